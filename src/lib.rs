@@ -1,0 +1,13 @@
+//! weft: a Flannel-compatible overlay network for pods.
+//!
+//! The crate is split along Flannel's lines: [`config`], [`subnet`], [`lease`] and [`store`]
+//! know the network configuration and etcd and nothing of the kernel; [`backend`] and
+//! [`netlink`] know the data path and nothing of etcd; [`daemon`] wires a lease stream into a
+//! backend.
+
+pub mod backend;
+pub mod config;
+pub mod lease;
+pub mod netlink;
+pub mod subnet;
+pub mod subnet_env;
