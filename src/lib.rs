@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod health;
 pub mod lease;
 pub mod netlink;
 pub mod subnet;
