@@ -1,1 +1,831 @@
-//! (placeholder, filled by its owner)
+//! A thin layer of small named rtnetlink operations (find a link, add a route, add an FDB
+//! entry, ...), each returning an error that names the object and the operation, plus a
+//! runner that keeps many requests in flight at once.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::str::FromStr;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
+use tokio::sync::mpsc;
+
+/// How many netlink requests [`run_concurrently`] keeps in flight.
+pub const IN_FLIGHT: usize = 128;
+
+/// An error from the kernel's routing netlink interface, naming what was attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The rtnetlink socket could not be opened.
+    #[error("open rtnetlink socket: {0}")]
+    Connect(#[source] io::Error),
+    /// A request was refused or failed; `op` names the object and the operation.
+    #[error("{op}: {source}")]
+    Request {
+        /// The operation, e.g. `add route 10.244.3.0/24 via 10.244.3.0 dev flannel.1`.
+        op: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// No interface matches what the operator asked for.
+    #[error("find external interface: {0}")]
+    NoInterface(String),
+}
+
+impl NetlinkError {
+    fn request(op: impl Into<String>, err: rtnetlink::Error) -> Self {
+        let source = match err {
+            rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+            other => io::Error::other(other.to_string()),
+        };
+        NetlinkError::Request {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// The kernel's errno, when the error carries one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request { source, .. } | NetlinkError::Connect(source) => {
+                source.raw_os_error()
+            }
+            NetlinkError::NoInterface(_) => None,
+        }
+    }
+
+    /// Whether the kernel said the object does not exist (ENOENT, ESRCH, ENODEV).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::ENODEV)
+        )
+    }
+}
+
+/// A 48-bit Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A random locally administered unicast address (bit 1 of the first octet set, bit 0 clear).
+    pub fn random_local() -> Self {
+        let mut octets: [u8; 6] = rand::random();
+        octets[0] = (octets[0] | 0x02) & 0xfe;
+        MacAddr(octets)
+    }
+
+    /// Whether this address can name a single VTEP: unicast and not all zeros.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 0x01 == 0 && self.0 != [0; 6]
+    }
+
+    /// Reads an address from the bytes of a netlink attribute.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            o[0], o[1], o[2], o[3], o[4], o[5]
+        )
+    }
+}
+
+/// A string that is not `xx:xx:xx:xx:xx:xx`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {0:?}: want six hex octets separated by ':'")]
+pub struct InvalidMac(pub String);
+
+impl FromStr for MacAddr {
+    type Err = InvalidMac;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut octets = [0u8; 6];
+        let mut parts = s.split(':');
+        for octet in octets.iter_mut() {
+            let part = parts.next().ok_or_else(|| InvalidMac(s.to_string()))?;
+            if part.len() != 2 {
+                return Err(InvalidMac(s.to_string()));
+            }
+            *octet = u8::from_str_radix(part, 16).map_err(|_| InvalidMac(s.to_string()))?;
+        }
+        if parts.next().is_some() {
+            return Err(InvalidMac(s.to_string()));
+        }
+        Ok(MacAddr(octets))
+    }
+}
+
+/// The underlay interface the overlay runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    /// Interface name, e.g. `eth0`.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// The interface's IPv4 address used for the overlay.
+    pub iface_addr: Ipv4Addr,
+    /// The address peers reach this node at (`--public-ip`, default `iface_addr`).
+    pub public_ip: Ipv4Addr,
+    /// The interface's MTU.
+    pub mtu: u32,
+    /// The interface address with its prefix, for same-L2 checks (DirectRouting, host-gw).
+    pub network: Ipv4Network,
+}
+
+/// Opens an rtnetlink connection whose driver runs as a task on the current tokio runtime.
+pub fn connect() -> Result<Handle, NetlinkError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Finds the underlay interface: by name or IPv4 address when `iface` is given, else the
+/// interface of the default route (or of the address `public_ip` when that is local).
+pub async fn find_external_interface(
+    iface: Option<&str>,
+    public_ip: Option<Ipv4Addr>,
+) -> Result<ExternalInterface, NetlinkError> {
+    let handle = connect()?;
+    let addrs = ipv4_addresses(&handle, None).await?;
+    let (index, addr) = match iface {
+        Some(spec) => match spec.parse::<Ipv4Addr>() {
+            Ok(ip) => {
+                let found = addrs.iter().find(|(_, a)| a.ip() == ip);
+                let (index, addr) = found.ok_or_else(|| {
+                    NetlinkError::NoInterface(format!("no interface has address {ip}"))
+                })?;
+                (*index, *addr)
+            }
+            Err(_) => {
+                let link = link_by_name(&handle, spec).await?.ok_or_else(|| {
+                    NetlinkError::NoInterface(format!("no interface named {spec}"))
+                })?;
+                let index = link.header.index;
+                (index, first_address(&addrs, index, spec)?)
+            }
+        },
+        None => {
+            let local = public_ip.and_then(|ip| addrs.iter().find(|(_, a)| a.ip() == ip));
+            match local {
+                Some((index, addr)) => (*index, *addr),
+                None => {
+                    let index = default_route_oif(&handle).await?.ok_or_else(|| {
+                        NetlinkError::NoInterface(
+                            "no default route and no --iface given".to_string(),
+                        )
+                    })?;
+                    (
+                        index,
+                        first_address(&addrs, index, &format!("index {index}"))?,
+                    )
+                }
+            }
+        }
+    };
+    let link = link_by_index(&handle, index)
+        .await?
+        .ok_or_else(|| NetlinkError::NoInterface(format!("interface index {index} vanished")))?;
+    Ok(ExternalInterface {
+        name: link_name(&link).unwrap_or_default(),
+        index,
+        iface_addr: addr.ip(),
+        public_ip: public_ip.unwrap_or(addr.ip()),
+        mtu: link_mtu(&link).unwrap_or(1500),
+        network: addr,
+    })
+}
+
+fn first_address(
+    addrs: &[(u32, Ipv4Network)],
+    index: u32,
+    what: &str,
+) -> Result<Ipv4Network, NetlinkError> {
+    addrs
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| NetlinkError::NoInterface(format!("interface {what} has no IPv4 address")))
+}
+
+async fn default_route_oif(handle: &Handle) -> Result<Option<u32>, NetlinkError> {
+    let routes = dump_ipv4_routes(handle).await?;
+    Ok(routes
+        .iter()
+        .filter(|r| {
+            r.header.table == RouteHeader::RT_TABLE_MAIN && r.header.destination_prefix_length == 0
+        })
+        .find_map(route_oif))
+}
+
+/// The name (`IFLA_IFNAME`) of a link message.
+pub fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+/// The MTU of a link message.
+pub fn link_mtu(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+/// The hardware address of a link message.
+pub fn link_mac(link: &LinkMessage) -> Option<MacAddr> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(b) => MacAddr::from_bytes(b),
+        _ => None,
+    })
+}
+
+/// Whether the link is administratively up.
+pub fn link_is_up(link: &LinkMessage) -> bool {
+    link.header.flags.contains(LinkFlags::Up)
+}
+
+async fn get_one_link(
+    req: rtnetlink::LinkGetRequest,
+    what: String,
+) -> Result<Option<LinkMessage>, NetlinkError> {
+    match req.execute().try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) => {
+            let err = NetlinkError::request(format!("get link {what}"), e);
+            if err.is_not_found() {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The link named `name`, or `None` when there is none.
+pub async fn link_by_name(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, NetlinkError> {
+    get_one_link(handle.link().get().match_name(name), name.to_string()).await
+}
+
+/// The link with index `index`, or `None` when there is none.
+pub async fn link_by_index(
+    handle: &Handle,
+    index: u32,
+) -> Result<Option<LinkMessage>, NetlinkError> {
+    get_one_link(
+        handle.link().get().match_index(index),
+        format!("index {index}"),
+    )
+    .await
+}
+
+/// Creates a link from a fully built message; `what` names it in errors.
+pub async fn add_link(handle: &Handle, msg: LinkMessage, what: &str) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::request(format!("create {what}"), e))
+}
+
+/// Deletes the link with index `index`; a link already gone is not an error.
+pub async fn del_link(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = NetlinkError::request(format!("delete link {name}"), e);
+            if err.is_not_found() {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Sets the link's MTU.
+pub async fn set_link_mtu(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    mtu: u32,
+) -> Result<(), NetlinkError> {
+    let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::request(format!("set mtu {mtu} on {name}"), e))
+}
+
+/// Brings the link up.
+pub async fn set_link_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
+    let msg = LinkUnspec::new_with_index(index).up().build();
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::request(format!("set {name} up"), e))
+}
+
+/// The IPv4 addresses of one link (`Some(index)`) or of all links, with their link index.
+pub async fn ipv4_addresses(
+    handle: &Handle,
+    index: Option<u32>,
+) -> Result<Vec<(u32, Ipv4Network)>, NetlinkError> {
+    let mut req = handle.address().get();
+    if let Some(index) = index {
+        req = req.set_link_index_filter(index);
+    }
+    let msgs: Vec<AddressMessage> = req
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request("list addresses", e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.family == AddressFamily::Inet)
+        .filter(|m| index.is_none_or(|i| m.header.index == i))
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            let net = Ipv4Network::new(ip, m.header.prefix_len).ok()?;
+            Some((m.header.index, net))
+        })
+        .collect())
+}
+
+/// Adds an IPv4 address to a link.
+pub async fn add_address(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    addr: Ipv4Network,
+) -> Result<(), NetlinkError> {
+    handle
+        .address()
+        .add(index, IpAddr::V4(addr.ip()), addr.prefix())
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::request(format!("add address {addr} dev {name}"), e))
+}
+
+/// Removes an IPv4 address from a link; an address already gone is not an error.
+pub async fn del_address(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    addr: Ipv4Network,
+) -> Result<(), NetlinkError> {
+    let msg = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(index)
+        .address(addr.ip(), addr.prefix())
+        .build();
+    match handle.address().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = NetlinkError::request(format!("delete address {addr} dev {name}"), e);
+            if err.is_not_found() || err.errno() == Some(libc::EADDRNOTAVAIL) {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// An IPv4 unicast route as weft programs it: one destination, one gateway, one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Route {
+    /// Destination prefix.
+    pub dst: Ipv4Network,
+    /// Next hop.
+    pub gateway: Ipv4Addr,
+    /// Output device index.
+    pub oif: u32,
+    /// Whether the next hop is declared on-link (VXLAN peers: `X.0` on `flannel.<VNI>`).
+    pub onlink: bool,
+}
+
+/// All IPv4 routes of all tables (the kernel ignores dump filters without strict checking).
+pub async fn dump_ipv4_routes(handle: &Handle) -> Result<Vec<RouteMessage>, NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    handle
+        .route()
+        .get(msg)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request("list routes", e))
+}
+
+fn route_oif(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// The unicast gateway routes of the main table, as [`Ipv4Route`]s; routes the kernel made
+/// itself and routes without a single gateway are left out.
+pub fn main_table_gateway_routes(msgs: &[RouteMessage]) -> Vec<Ipv4Route> {
+    msgs.iter()
+        .filter(|r| {
+            r.header.address_family == AddressFamily::Inet
+                && r.header.table == RouteHeader::RT_TABLE_MAIN
+                && r.header.protocol != RouteProtocol::Kernel
+        })
+        .filter_map(|r| {
+            let dst_ip = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let gateway = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            Some(Ipv4Route {
+                dst: Ipv4Network::new(dst_ip, r.header.destination_prefix_length).ok()?,
+                gateway,
+                oif: route_oif(r)?,
+                onlink: r.header.flags.contains(RouteFlags::Onlink),
+            })
+        })
+        .collect()
+}
+
+fn route_message(route: &Ipv4Route) -> RouteMessage {
+    let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.dst.network(), route.dst.prefix())
+        .gateway(route.gateway)
+        .output_interface(route.oif)
+        .scope(RouteScope::Universe);
+    if route.onlink {
+        builder = builder.onlink();
+    }
+    builder.build()
+}
+
+/// Adds or replaces a route; `dev` names the device in errors.
+pub async fn replace_route(
+    handle: &Handle,
+    route: &Ipv4Route,
+    dev: &str,
+) -> Result<(), NetlinkError> {
+    handle
+        .route()
+        .add(route_message(route))
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| {
+            let onlink = if route.onlink { " onlink" } else { "" };
+            NetlinkError::request(
+                format!(
+                    "add route {} via {} dev {dev}{onlink}",
+                    route.dst, route.gateway
+                ),
+                e,
+            )
+        })
+}
+
+/// Deletes a route; a route already gone is not an error.
+pub async fn del_route(handle: &Handle, route: &Ipv4Route, dev: &str) -> Result<(), NetlinkError> {
+    match handle.route().del(route_message(route)).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = NetlinkError::request(
+                format!("delete route {} via {} dev {dev}", route.dst, route.gateway),
+                e,
+            );
+            if err.is_not_found() {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// An IPv4 neighbour (ARP) entry on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Neighbour {
+    /// The neighbour's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its link-layer address; `None` for unresolved entries.
+    pub mac: Option<MacAddr>,
+    /// Whether the entry is permanent (never expires, never re-probed).
+    pub permanent: bool,
+}
+
+/// The IPv4 neighbour entries of the device with index `index`.
+pub async fn neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, NetlinkError> {
+    let msgs: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Inet)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request(format!("list neighbours of index {index}"), e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.ifindex == index && m.header.family == AddressFamily::Inet)
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            let mac = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => MacAddr::from_bytes(b),
+                _ => None,
+            });
+            Some(Neighbour {
+                ip,
+                mac,
+                permanent: m.header.state == NeighbourState::Permanent,
+            })
+        })
+        .collect())
+}
+
+/// Adds or replaces a permanent neighbour entry `ip -> mac` on a device.
+pub async fn replace_neighbour(
+    handle: &Handle,
+    index: u32,
+    dev: &str,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+) -> Result<(), NetlinkError> {
+    handle
+        .neighbours()
+        .add(index, IpAddr::V4(ip))
+        .link_layer_address(&mac.0)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::request(format!("add neighbour {ip} lladdr {mac} dev {dev}"), e))
+}
+
+/// Deletes a neighbour entry; an entry already gone is not an error.
+pub async fn del_neighbour(
+    handle: &Handle,
+    index: u32,
+    dev: &str,
+    ip: Ipv4Addr,
+) -> Result<(), NetlinkError> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.ifindex = index;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    match handle.neighbours().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = NetlinkError::request(format!("delete neighbour {ip} dev {dev}"), e);
+            if err.is_not_found() {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// A forwarding-database entry of a VXLAN device: frames for `mac` go to the VTEP at `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbEntry {
+    /// The remote VTEP's MAC.
+    pub mac: MacAddr,
+    /// The remote VTEP's underlay address.
+    pub dst: Ipv4Addr,
+}
+
+/// The FDB entries with a remote IPv4 destination on the device with index `index`.
+pub async fn fdb_entries(handle: &Handle, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
+    let msgs: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request(format!("list fdb of index {index}"), e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.ifindex == index && m.header.family == AddressFamily::Bridge)
+        .filter_map(|m| {
+            let mac = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => MacAddr::from_bytes(b),
+                _ => None,
+            })?;
+            let dst = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            Some(FdbEntry { mac, dst })
+        })
+        .collect())
+}
+
+fn fdb_message(index: u32, entry: &FdbEntry) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(entry.mac.0.to_vec()));
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            entry.dst,
+        )));
+    msg
+}
+
+/// Adds or replaces the permanent FDB entry `<mac> dst <ip> self` of a VXLAN device.
+pub async fn add_fdb(
+    handle: &Handle,
+    index: u32,
+    dev: &str,
+    entry: &FdbEntry,
+) -> Result<(), NetlinkError> {
+    handle
+        .neighbours()
+        .add_bridge(index, &entry.mac.0)
+        .flags(NeighbourFlags::Own)
+        .destination(IpAddr::V4(entry.dst))
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| {
+            NetlinkError::request(
+                format!("add fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+                e,
+            )
+        })
+}
+
+/// Deletes one FDB entry (that MAC towards that destination); an entry already gone is not an
+/// error.
+pub async fn del_fdb(
+    handle: &Handle,
+    index: u32,
+    dev: &str,
+    entry: &FdbEntry,
+) -> Result<(), NetlinkError> {
+    match handle
+        .neighbours()
+        .del(fdb_message(index, entry))
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = NetlinkError::request(
+                format!("delete fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+                e,
+            );
+            if err.is_not_found() {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// One netlink operation waiting to run.
+pub type PendingOp = Pin<Box<dyn Future<Output = Result<(), NetlinkError>> + Send>>;
+
+/// Runs the operations with up to [`IN_FLIGHT`] requests in flight; returns how many succeeded
+/// and the errors of the others.
+pub async fn run_concurrently(ops: Vec<PendingOp>) -> (usize, Vec<NetlinkError>) {
+    let results: Vec<Result<(), NetlinkError>> = stream::iter(ops)
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let mut ok = 0;
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => errors.push(e),
+        }
+    }
+    (ok, errors)
+}
+
+/// A link appeared, changed or disappeared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEvent {
+    /// The link's index.
+    pub index: u32,
+    /// The link's name, when the kernel sent it.
+    pub name: Option<String>,
+    /// True for RTM_DELLINK.
+    pub removed: bool,
+}
+
+/// Subscribes to the kernel's link notifications (RTNLGRP_LINK). The receiver yields one
+/// [`LinkEvent`] per message until it is dropped; must be called inside a tokio runtime.
+pub fn link_events() -> Result<mpsc::UnboundedReceiver<LinkEvent>, NetlinkError> {
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+
+    let (conn, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+            .map_err(NetlinkError::Connect)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(conn);
+    tokio::spawn(async move {
+        while let Some((msg, _)) = messages.next().await {
+            let (link, removed) = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (l, false),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => (l, true),
+                _ => continue,
+            };
+            let event = LinkEvent {
+                index: link.header.index,
+                name: link_name(&link),
+                removed,
+            };
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+        driver.abort();
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trips_through_text() {
+        let mac: MacAddr = "0a:1b:2c:3d:4e:5f".parse().unwrap();
+        assert_eq!(mac, MacAddr([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]));
+        assert_eq!(mac.to_string(), "0a:1b:2c:3d:4e:5f");
+    }
+
+    #[test]
+    fn mac_rejects_malformed_text() {
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5f:60",
+            "0a:1b:2c:3d:4e:zz",
+            "a:b:c:d:e:f",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn random_mac_is_local_unicast() {
+        for _ in 0..100 {
+            let mac = MacAddr::random_local();
+            assert_eq!(mac.0[0] & 0x03, 0x02, "{mac}");
+            assert!(mac.is_unicast());
+        }
+    }
+}
