@@ -3,20 +3,97 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
+use serde::ser::SerializeStruct;
+
+use crate::subnet::{parse_subnet_key, subnet_key, SubnetKeyError};
 
 /// The JSON value of a lease key, exactly Flannel's field names:
 /// `{"PublicIP":"192.0.2.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+///
+/// Serialised byte for byte as Flannel's Go `json.Marshal` does (see [`LeaseAttrs::to_json`]);
+/// deserialisation ignores Flannel's `PublicIPv6` and `BackendV6Data` (IPv6 is not supported).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct LeaseAttrs {
     /// The node's identity and underlay address.
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
     /// `vxlan`, `udp` or `host-gw`.
-    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "BackendType", default)]
     pub backend_type: String,
     /// Backend-specific data (VXLAN: `VNI`, `VtepMAC`); absent for udp and host-gw.
-    #[serde(rename = "BackendData", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "BackendData", default)]
     pub backend_data: Option<serde_json::Value>,
+}
+
+/// Flannel's Go struct order is `PublicIP`, `PublicIPv6` (a nil pointer without `omitempty`, so
+/// always `null` for IPv4), `BackendType` and `BackendData` (both `omitempty`).
+impl serde::Serialize for LeaseAttrs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("LeaseAttrs", 4)?;
+        s.serialize_field("PublicIP", &self.public_ip)?;
+        s.serialize_field("PublicIPv6", &None::<()>)?;
+        if self.backend_type.is_empty() {
+            s.skip_field("BackendType")?;
+        } else {
+            s.serialize_field("BackendType", &self.backend_type)?;
+        }
+        match &self.backend_data {
+            Some(data) => s.serialize_field("BackendData", data)?,
+            None => s.skip_field("BackendData")?,
+        }
+        s.end()
+    }
+}
+
+/// A lease key or value that is not in Flannel's format.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The key is not `<prefix>/subnets/<subnet key>`.
+    #[error("lease key {key:?}: not under {subnets_prefix:?}")]
+    NotASubnetKey {
+        /// The full etcd key.
+        key: String,
+        /// The expected `<prefix>/subnets/`.
+        subnets_prefix: String,
+    },
+    /// The key's last part is not a subnet.
+    #[error("lease key: {0}")]
+    BadSubnet(#[from] SubnetKeyError),
+    /// The value is not Flannel's lease JSON.
+    #[error("lease value of {key:?}: {source}")]
+    BadValue {
+        /// The full etcd key.
+        key: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+impl LeaseAttrs {
+    /// The value Flannel writes: `{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":...}`.
+    pub fn to_json(&self) -> String {
+        // Serialising a struct of strings and a JSON value into a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses a lease value; `key` only names the object in the error.
+    pub fn from_json(key: &str, value: &[u8]) -> Result<LeaseAttrs, LeaseError> {
+        serde_json::from_slice(value).map_err(|source| LeaseError::BadValue {
+            key: key.to_string(),
+            source,
+        })
+    }
+
+    /// `BackendData.VtepMAC` of a VXLAN lease, if present.
+    pub fn vtep_mac(&self) -> Option<&str> {
+        self.backend_data.as_ref()?.get("VtepMAC")?.as_str()
+    }
+
+    /// `BackendData.VNI` of a VXLAN lease, if present.
+    pub fn vni(&self) -> Option<u32> {
+        let vni = self.backend_data.as_ref()?.get("VNI")?.as_u64()?;
+        u32::try_from(vni).ok()
+    }
 }
 
 /// One subnet lease as read from etcd.
@@ -30,4 +107,138 @@ pub struct Lease {
     pub etcd_lease: Option<i64>,
     /// The key's modification revision.
     pub mod_revision: i64,
+}
+
+impl Lease {
+    /// Whether this key has no etcd lease: an operator's reservation, never expired or reused.
+    pub fn is_reservation(&self) -> bool {
+        self.etcd_lease.is_none()
+    }
+}
+
+/// `<prefix>/subnets/` for an etcd prefix such as `/coreos.com/network` (a trailing `/` is
+/// ignored, as Go's `path.Join` does).
+pub fn subnets_prefix(prefix: &str) -> String {
+    format!("{}/subnets/", prefix.trim_end_matches('/'))
+}
+
+/// `<prefix>/config`, where the network config lives.
+pub fn config_key(prefix: &str) -> String {
+    format!("{}/config", prefix.trim_end_matches('/'))
+}
+
+/// The full etcd key of a subnet's lease: `<prefix>/subnets/10.244.1.0-24`.
+pub fn lease_key(prefix: &str, subnet: Ipv4Network) -> String {
+    format!("{}{}", subnets_prefix(prefix), subnet_key(subnet))
+}
+
+/// Parses the subnet out of a full etcd key `<prefix>/subnets/<subnet key>`.
+pub fn parse_lease_key(prefix: &str, key: &str) -> Result<Ipv4Network, LeaseError> {
+    let subnets = subnets_prefix(prefix);
+    let rest = key
+        .strip_prefix(&subnets)
+        .ok_or_else(|| LeaseError::NotASubnetKey {
+            key: key.to_string(),
+            subnets_prefix: subnets.clone(),
+        })?;
+    Ok(parse_subnet_key(rest)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by flanneld v0.2x (etcd v3 mode) with its VXLAN backend.
+    const FLANNEL_VXLAN_VALUE: &str = r#"{"PublicIP":"192.168.33.6","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:52:fb:99:b1:f2"}}"#;
+
+    fn vxlan_attrs() -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: "192.168.33.6".parse().unwrap(),
+            backend_type: "vxlan".into(),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "02:52:fb:99:b1:f2"})),
+        }
+    }
+
+    #[test]
+    fn vxlan_value_is_flannels_byte_for_byte() {
+        assert_eq!(vxlan_attrs().to_json(), FLANNEL_VXLAN_VALUE);
+        let parsed = LeaseAttrs::from_json("k", FLANNEL_VXLAN_VALUE.as_bytes()).unwrap();
+        assert_eq!(parsed, vxlan_attrs());
+        assert_eq!(parsed.vtep_mac(), Some("02:52:fb:99:b1:f2"));
+        assert_eq!(parsed.vni(), Some(1));
+    }
+
+    #[test]
+    fn host_gw_and_old_values() {
+        let hostgw = LeaseAttrs {
+            public_ip: "192.0.2.7".parse().unwrap(),
+            backend_type: "host-gw".into(),
+            backend_data: None,
+        };
+        assert_eq!(
+            hostgw.to_json(),
+            r#"{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+        // Flannel before dual-stack wrote no PublicIPv6; a bare PublicIP is also valid.
+        let old =
+            LeaseAttrs::from_json("k", br#"{"PublicIP":"192.0.2.7","BackendType":"host-gw"}"#)
+                .unwrap();
+        assert_eq!(old, hostgw);
+        let bare =
+            LeaseAttrs::from_json("k", br#"{"PublicIP":"10.168.0.95","PublicIPv6":null}"#).unwrap();
+        assert_eq!(bare.backend_type, "");
+        assert_eq!(
+            bare.to_json(),
+            r#"{"PublicIP":"10.168.0.95","PublicIPv6":null}"#
+        );
+        assert_eq!(bare.vtep_mac(), None);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e =
+            LeaseAttrs::from_json("/p/subnets/10.0.1.0-24", b"{\"PublicIP\":\"x\"}").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("lease value of \"/p/subnets/10.0.1.0-24\": "),
+            "{e}"
+        );
+        assert!(LeaseAttrs::from_json("k", b"{}").is_err());
+    }
+
+    #[test]
+    fn keys() {
+        let sn: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(
+            lease_key("/coreos.com/network", sn),
+            "/coreos.com/network/subnets/10.244.1.0-24"
+        );
+        assert_eq!(
+            lease_key("/coreos.com/network/", sn),
+            "/coreos.com/network/subnets/10.244.1.0-24"
+        );
+        assert_eq!(
+            config_key("/coreos.com/network"),
+            "/coreos.com/network/config"
+        );
+        assert_eq!(
+            parse_lease_key(
+                "/coreos.com/network",
+                "/coreos.com/network/subnets/10.244.1.0-24"
+            )
+            .unwrap(),
+            sn
+        );
+        let e = parse_lease_key("/coreos.com/network", "/other/subnets/10.244.1.0-24").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "lease key \"/other/subnets/10.244.1.0-24\": not under \"/coreos.com/network/subnets/\""
+        );
+        let e =
+            parse_lease_key("/coreos.com/network", "/coreos.com/network/subnets/junk").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "lease key: subnet key \"junk\": no '-<prefix length>'"
+        );
+    }
 }
