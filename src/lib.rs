@@ -10,5 +10,8 @@ pub mod config;
 pub mod health;
 pub mod lease;
 pub mod netlink;
+pub mod peers;
+pub mod pod;
+pub mod store;
 pub mod subnet;
 pub mod subnet_env;

@@ -1,0 +1,593 @@
+//! The peer table as kernel entries: what the leases say the kernel should hold (routes,
+//! neighbours, FDB entries) and the difference to what it holds. Pure functions, no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use crate::lease::Lease;
+use crate::netlink::{FdbEntry, Ipv4Route, MacAddr, Neighbour};
+
+/// Kernel entries that the peer leases justify.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerEntries {
+    /// Routes to peer subnets.
+    pub routes: BTreeSet<Ipv4Route>,
+    /// Permanent neighbour entries on the overlay device, by IP.
+    pub neighbours: BTreeMap<Ipv4Addr, MacAddr>,
+    /// FDB entries on the overlay device.
+    pub fdb: BTreeSet<FdbEntry>,
+}
+
+impl PeerEntries {
+    /// How many kernel entries these are.
+    pub fn len(&self) -> usize {
+        self.routes.len() + self.neighbours.len() + self.fdb.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the kernel holds now, restricted to the entries weft owns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActualEntries {
+    /// Routes on the overlay device and weft's direct routes.
+    pub routes: Vec<Ipv4Route>,
+    /// All IPv4 neighbour entries of the overlay device.
+    pub neighbours: Vec<Neighbour>,
+    /// All FDB entries of the overlay device.
+    pub fdb: Vec<FdbEntry>,
+}
+
+/// A lease that yields no kernel entries, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedPeer {
+    /// The peer's subnet.
+    pub subnet: Ipv4Network,
+    /// Why it is skipped, for a warning.
+    pub reason: String,
+}
+
+/// Where VXLAN peers are programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanTopology {
+    /// Index of the `flannel.<VNI>` device.
+    pub dev_index: u32,
+    /// Index of the external (underlay) interface.
+    pub ext_index: u32,
+    /// With DirectRouting: the external interface's network; peers whose PublicIP lies in it
+    /// get a plain route via their PublicIP instead of the overlay.
+    pub direct_routing: Option<Ipv4Network>,
+}
+
+/// Reads the VTEP MAC from a VXLAN lease's `BackendData` (`{"VNI":1,"VtepMAC":"..."}`; key
+/// matched case-insensitively, as Flannel's JSON decoding does).
+pub fn vxlan_vtep_mac(data: Option<&serde_json::Value>) -> Result<MacAddr, String> {
+    let obj = data
+        .and_then(|d| d.as_object())
+        .ok_or_else(|| "BackendData is missing or not an object".to_string())?;
+    let value = obj
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("VtepMAC"))
+        .map(|(_, v)| v)
+        .ok_or_else(|| "BackendData has no VtepMAC".to_string())?;
+    let text = value
+        .as_str()
+        .ok_or_else(|| format!("BackendData.VtepMAC {value} is not a string"))?;
+    let mac: MacAddr = text
+        .parse()
+        .map_err(|e| format!("BackendData.VtepMAC: {e}"))?;
+    if !mac.is_unicast() {
+        return Err(format!(
+            "BackendData.VtepMAC {mac} is not a unicast address"
+        ));
+    }
+    Ok(mac)
+}
+
+/// The entries the VXLAN backend wants for `peers`: per peer one route `X via X.0 dev
+/// flannel.<VNI> onlink`, one neighbour `X.0 -> VtepMAC`, one FDB entry `VtepMAC -> PublicIP`;
+/// with DirectRouting, peers on the same L2 network get only `X via PublicIP dev <ext>`.
+/// Our own subnet, leases of other backends and leases with unusable BackendData are skipped.
+pub fn vxlan_desired(
+    own: Ipv4Network,
+    peers: &[Lease],
+    topo: &VxlanTopology,
+) -> (PeerEntries, Vec<SkippedPeer>) {
+    let mut entries = PeerEntries::default();
+    let mut skipped = Vec::new();
+    for lease in peers {
+        if lease.subnet == own {
+            continue;
+        }
+        if lease.attrs.backend_type != "vxlan" {
+            skipped.push(SkippedPeer {
+                subnet: lease.subnet,
+                reason: format!("backend type {:?} is not vxlan", lease.attrs.backend_type),
+            });
+            continue;
+        }
+        let public_ip = lease.attrs.public_ip;
+        if let Some(l2) = topo.direct_routing {
+            if l2.contains(public_ip) {
+                entries.routes.insert(Ipv4Route {
+                    dst: lease.subnet,
+                    gateway: public_ip,
+                    oif: topo.ext_index,
+                    onlink: false,
+                });
+                continue;
+            }
+        }
+        let mac = match vxlan_vtep_mac(lease.attrs.backend_data.as_ref()) {
+            Ok(mac) => mac,
+            Err(reason) => {
+                skipped.push(SkippedPeer {
+                    subnet: lease.subnet,
+                    reason,
+                });
+                continue;
+            }
+        };
+        let gateway = lease.subnet.network();
+        entries.routes.insert(Ipv4Route {
+            dst: lease.subnet,
+            gateway,
+            oif: topo.dev_index,
+            onlink: true,
+        });
+        entries.neighbours.insert(gateway, mac);
+        entries.fdb.insert(FdbEntry {
+            mac,
+            dst: public_ip,
+        });
+    }
+    (entries, skipped)
+}
+
+/// The routes among `all` that weft owns: those on the overlay device (`dev_index`), and those
+/// via the external interface (`ext_index`) to a subnet strictly inside the cluster `network`
+/// (DirectRouting's routes).
+pub fn owned_routes(
+    all: &[Ipv4Route],
+    dev_index: u32,
+    ext_index: u32,
+    network: Ipv4Network,
+) -> Vec<Ipv4Route> {
+    all.iter()
+        .filter(|r| {
+            r.oif == dev_index
+                || (r.oif == ext_index
+                    && r.dst.prefix() > network.prefix()
+                    && network.contains(r.dst.network()))
+        })
+        .copied()
+        .collect()
+}
+
+/// What to change so that the kernel holds exactly the desired entries. Removals must be
+/// applied before additions (a changed route or FDB entry is one removal plus one addition);
+/// a neighbour whose MAC changed is replaced in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerDiff {
+    /// Routes to delete.
+    pub del_routes: Vec<Ipv4Route>,
+    /// Neighbour entries to delete, by IP.
+    pub del_neighbours: Vec<Ipv4Addr>,
+    /// FDB entries to delete.
+    pub del_fdb: Vec<FdbEntry>,
+    /// Routes to add.
+    pub add_routes: Vec<Ipv4Route>,
+    /// Permanent neighbour entries to add or replace.
+    pub add_neighbours: Vec<(Ipv4Addr, MacAddr)>,
+    /// FDB entries to add.
+    pub add_fdb: Vec<FdbEntry>,
+    /// Desired entries that are already present.
+    pub present: usize,
+}
+
+impl PeerDiff {
+    /// Whether nothing needs to change.
+    pub fn is_empty(&self) -> bool {
+        self.del_routes.is_empty()
+            && self.del_neighbours.is_empty()
+            && self.del_fdb.is_empty()
+            && self.add_routes.is_empty()
+            && self.add_neighbours.is_empty()
+            && self.add_fdb.is_empty()
+    }
+}
+
+/// Compares desired and actual entries.
+pub fn diff(desired: &PeerEntries, actual: &ActualEntries) -> PeerDiff {
+    let mut d = PeerDiff::default();
+
+    let actual_routes: BTreeSet<Ipv4Route> = actual.routes.iter().copied().collect();
+    d.del_routes = actual_routes.difference(&desired.routes).copied().collect();
+    d.add_routes = desired.routes.difference(&actual_routes).copied().collect();
+    d.present += desired.routes.len() - d.add_routes.len();
+
+    let mut seen_neighbours = BTreeSet::new();
+    for n in &actual.neighbours {
+        if !desired.neighbours.contains_key(&n.ip) && seen_neighbours.insert(n.ip) {
+            d.del_neighbours.push(n.ip);
+        }
+    }
+    for (ip, mac) in &desired.neighbours {
+        let ok = actual
+            .neighbours
+            .iter()
+            .any(|n| n.ip == *ip && n.mac == Some(*mac) && n.permanent);
+        if ok {
+            d.present += 1;
+        } else {
+            d.add_neighbours.push((*ip, *mac));
+        }
+    }
+
+    let actual_fdb: BTreeSet<FdbEntry> = actual.fdb.iter().copied().collect();
+    d.del_fdb = actual_fdb.difference(&desired.fdb).copied().collect();
+    d.add_fdb = desired.fdb.difference(&actual_fdb).copied().collect();
+    d.present += desired.fdb.len() - d.add_fdb.len();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    const DEV: u32 = 10;
+    const EXT: u32 = 2;
+
+    fn topo() -> VxlanTopology {
+        VxlanTopology {
+            dev_index: DEV,
+            ext_index: EXT,
+            direct_routing: None,
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn vxlan_lease(subnet: &str, public_ip: &str, vtep: &str) -> Lease {
+        Lease {
+            subnet: net(subnet),
+            attrs: LeaseAttrs {
+                public_ip: public_ip.parse().unwrap(),
+                backend_type: "vxlan".to_string(),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": vtep})),
+            },
+            etcd_lease: Some(1),
+            mod_revision: 1,
+        }
+    }
+
+    /// The kernel state after programming `desired` exactly.
+    fn programmed(desired: &PeerEntries) -> ActualEntries {
+        ActualEntries {
+            routes: desired.routes.iter().copied().collect(),
+            neighbours: desired
+                .neighbours
+                .iter()
+                .map(|(ip, mac)| Neighbour {
+                    ip: *ip,
+                    mac: Some(*mac),
+                    permanent: true,
+                })
+                .collect(),
+            fdb: desired.fdb.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn one_peer_gives_route_neighbour_and_fdb() {
+        let own = net("10.244.1.0/24");
+        let peers = [vxlan_lease(
+            "10.244.3.0/24",
+            "192.0.2.3",
+            "0a:00:00:00:00:03",
+        )];
+        let (want, skipped) = vxlan_desired(own, &peers, &topo());
+        assert!(skipped.is_empty());
+        assert_eq!(
+            want.routes.into_iter().collect::<Vec<_>>(),
+            vec![Ipv4Route {
+                dst: net("10.244.3.0/24"),
+                gateway: "10.244.3.0".parse().unwrap(),
+                oif: DEV,
+                onlink: true
+            }]
+        );
+        assert_eq!(
+            want.neighbours.into_iter().collect::<Vec<_>>(),
+            vec![("10.244.3.0".parse().unwrap(), mac("0a:00:00:00:00:03"))]
+        );
+        assert_eq!(
+            want.fdb.into_iter().collect::<Vec<_>>(),
+            vec![FdbEntry {
+                mac: mac("0a:00:00:00:00:03"),
+                dst: "192.0.2.3".parse().unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn own_subnet_is_ignored() {
+        let own = net("10.244.1.0/24");
+        let peers = [vxlan_lease(
+            "10.244.1.0/24",
+            "192.0.2.1",
+            "0a:00:00:00:00:01",
+        )];
+        let (want, skipped) = vxlan_desired(own, &peers, &topo());
+        assert!(want.is_empty());
+        assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn other_backend_and_bad_data_are_skipped_with_reason() {
+        let own = net("10.244.1.0/24");
+        let mut udp = vxlan_lease("10.244.4.0/24", "192.0.2.4", "0a:00:00:00:00:04");
+        udp.attrs.backend_type = "udp".to_string();
+        udp.attrs.backend_data = None;
+        let bad_mac = vxlan_lease("10.244.5.0/24", "192.0.2.5", "not-a-mac");
+        let multicast = vxlan_lease("10.244.6.0/24", "192.0.2.6", "01:00:5e:00:00:01");
+        let mut no_data = vxlan_lease("10.244.7.0/24", "192.0.2.7", "");
+        no_data.attrs.backend_data = None;
+        let good = vxlan_lease("10.244.8.0/24", "192.0.2.8", "0a:00:00:00:00:08");
+        let (want, skipped) =
+            vxlan_desired(own, &[udp, bad_mac, multicast, no_data, good], &topo());
+        assert_eq!(want.len(), 3);
+        let subnets: Vec<String> = skipped.iter().map(|s| s.subnet.to_string()).collect();
+        assert_eq!(
+            subnets,
+            [
+                "10.244.4.0/24",
+                "10.244.5.0/24",
+                "10.244.6.0/24",
+                "10.244.7.0/24"
+            ]
+        );
+        assert!(skipped[0].reason.contains("udp"), "{}", skipped[0].reason);
+        assert!(
+            skipped[1].reason.contains("not-a-mac"),
+            "{}",
+            skipped[1].reason
+        );
+        assert!(
+            skipped[2].reason.contains("unicast"),
+            "{}",
+            skipped[2].reason
+        );
+        assert!(
+            skipped[3].reason.contains("missing"),
+            "{}",
+            skipped[3].reason
+        );
+    }
+
+    #[test]
+    fn vtep_mac_key_is_case_insensitive() {
+        let data = serde_json::json!({"vni": 1, "vtepmac": "0a:00:00:00:00:09"});
+        assert_eq!(vxlan_vtep_mac(Some(&data)), Ok(mac("0a:00:00:00:00:09")));
+    }
+
+    #[test]
+    fn direct_routing_uses_public_ip_on_same_l2_only() {
+        let own = net("10.244.1.0/24");
+        let peers = [
+            vxlan_lease("10.244.2.0/24", "192.0.2.2", "0a:00:00:00:00:02"),
+            vxlan_lease("10.244.3.0/24", "198.51.100.3", "0a:00:00:00:00:03"),
+        ];
+        let topo = VxlanTopology {
+            direct_routing: Some(net("192.0.2.1/24")),
+            ..topo()
+        };
+        let (want, _) = vxlan_desired(own, &peers, &topo);
+        assert!(want.routes.contains(&Ipv4Route {
+            dst: net("10.244.2.0/24"),
+            gateway: "192.0.2.2".parse().unwrap(),
+            oif: EXT,
+            onlink: false
+        }));
+        assert!(want.routes.contains(&Ipv4Route {
+            dst: net("10.244.3.0/24"),
+            gateway: "10.244.3.0".parse().unwrap(),
+            oif: DEV,
+            onlink: true
+        }));
+        assert_eq!(want.neighbours.len(), 1);
+        assert_eq!(want.fdb.len(), 1);
+    }
+
+    #[test]
+    fn empty_kernel_gets_everything_added() {
+        let own = net("10.244.1.0/24");
+        let peers = [
+            vxlan_lease("10.244.2.0/24", "192.0.2.2", "0a:00:00:00:00:02"),
+            vxlan_lease("10.244.3.0/24", "192.0.2.3", "0a:00:00:00:00:03"),
+        ];
+        let (want, _) = vxlan_desired(own, &peers, &topo());
+        let d = diff(&want, &ActualEntries::default());
+        assert_eq!(
+            (d.add_routes.len(), d.add_neighbours.len(), d.add_fdb.len()),
+            (2, 2, 2)
+        );
+        assert_eq!(d.present, 0);
+        assert!(d.del_routes.is_empty() && d.del_neighbours.is_empty() && d.del_fdb.is_empty());
+    }
+
+    #[test]
+    fn programmed_kernel_needs_nothing() {
+        let own = net("10.244.1.0/24");
+        let peers = [vxlan_lease(
+            "10.244.2.0/24",
+            "192.0.2.2",
+            "0a:00:00:00:00:02",
+        )];
+        let (want, _) = vxlan_desired(own, &peers, &topo());
+        let d = diff(&want, &programmed(&want));
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(d.present, 3);
+    }
+
+    #[test]
+    fn removed_peer_loses_all_three_entries() {
+        let own = net("10.244.1.0/24");
+        let both = [
+            vxlan_lease("10.244.2.0/24", "192.0.2.2", "0a:00:00:00:00:02"),
+            vxlan_lease("10.244.3.0/24", "192.0.2.3", "0a:00:00:00:00:03"),
+        ];
+        let (before, _) = vxlan_desired(own, &both, &topo());
+        let (after, _) = vxlan_desired(own, &both[..1], &topo());
+        let d = diff(&after, &programmed(&before));
+        assert_eq!(d.del_routes.len(), 1);
+        assert_eq!(d.del_routes[0].dst, net("10.244.3.0/24"));
+        assert_eq!(
+            d.del_neighbours,
+            vec!["10.244.3.0".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(
+            d.del_fdb,
+            vec![FdbEntry {
+                mac: mac("0a:00:00:00:00:03"),
+                dst: "192.0.2.3".parse().unwrap()
+            }]
+        );
+        assert!(d.add_routes.is_empty() && d.add_neighbours.is_empty() && d.add_fdb.is_empty());
+    }
+
+    #[test]
+    fn changed_mac_replaces_neighbour_and_drops_old_fdb() {
+        let own = net("10.244.1.0/24");
+        let old = [vxlan_lease(
+            "10.244.2.0/24",
+            "192.0.2.2",
+            "0a:00:00:00:00:02",
+        )];
+        let new = [vxlan_lease(
+            "10.244.2.0/24",
+            "192.0.2.2",
+            "0a:00:00:00:00:22",
+        )];
+        let (before, _) = vxlan_desired(own, &old, &topo());
+        let (after, _) = vxlan_desired(own, &new, &topo());
+        let d = diff(&after, &programmed(&before));
+        assert!(d.del_routes.is_empty() && d.add_routes.is_empty());
+        assert!(d.del_neighbours.is_empty());
+        assert_eq!(
+            d.add_neighbours,
+            vec![("10.244.2.0".parse().unwrap(), mac("0a:00:00:00:00:22"))]
+        );
+        assert_eq!(d.del_fdb.len(), 1);
+        assert_eq!(d.del_fdb[0].mac, mac("0a:00:00:00:00:02"));
+        assert_eq!(d.add_fdb.len(), 1);
+        assert_eq!(d.add_fdb[0].mac, mac("0a:00:00:00:00:22"));
+    }
+
+    #[test]
+    fn changed_public_ip_moves_fdb_entry() {
+        let own = net("10.244.1.0/24");
+        let old = [vxlan_lease(
+            "10.244.2.0/24",
+            "192.0.2.2",
+            "0a:00:00:00:00:02",
+        )];
+        let new = [vxlan_lease(
+            "10.244.2.0/24",
+            "192.0.2.20",
+            "0a:00:00:00:00:02",
+        )];
+        let (before, _) = vxlan_desired(own, &old, &topo());
+        let (after, _) = vxlan_desired(own, &new, &topo());
+        let d = diff(&after, &programmed(&before));
+        assert_eq!(d.del_fdb[0].dst, "192.0.2.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(d.add_fdb[0].dst, "192.0.2.20".parse::<Ipv4Addr>().unwrap());
+        assert!(d.add_routes.is_empty() && d.add_neighbours.is_empty());
+        assert_eq!(d.present, 2);
+    }
+
+    #[test]
+    fn unresolved_or_dynamic_neighbour_is_made_permanent() {
+        let want = PeerEntries {
+            neighbours: [("10.244.2.0".parse().unwrap(), mac("0a:00:00:00:00:02"))].into(),
+            ..Default::default()
+        };
+        let actual = ActualEntries {
+            neighbours: vec![
+                Neighbour {
+                    ip: "10.244.2.0".parse().unwrap(),
+                    mac: Some(mac("0a:00:00:00:00:02")),
+                    permanent: false,
+                },
+                Neighbour {
+                    ip: "10.244.9.0".parse().unwrap(),
+                    mac: None,
+                    permanent: false,
+                },
+            ],
+            ..Default::default()
+        };
+        let d = diff(&want, &actual);
+        assert_eq!(d.add_neighbours.len(), 1);
+        assert_eq!(
+            d.del_neighbours,
+            vec!["10.244.9.0".parse::<Ipv4Addr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn switching_to_direct_routing_replaces_overlay_route() {
+        let own = net("10.244.1.0/24");
+        let peers = [vxlan_lease(
+            "10.244.2.0/24",
+            "192.0.2.2",
+            "0a:00:00:00:00:02",
+        )];
+        let (before, _) = vxlan_desired(own, &peers, &topo());
+        let direct = VxlanTopology {
+            direct_routing: Some(net("192.0.2.1/24")),
+            ..topo()
+        };
+        let (after, _) = vxlan_desired(own, &peers, &direct);
+        let d = diff(&after, &programmed(&before));
+        assert_eq!(d.del_routes.len(), 1);
+        assert_eq!(d.del_routes[0].oif, DEV);
+        assert_eq!(d.add_routes.len(), 1);
+        assert_eq!(d.add_routes[0].oif, EXT);
+        assert_eq!(d.del_neighbours.len(), 1);
+        assert_eq!(d.del_fdb.len(), 1);
+    }
+
+    #[test]
+    fn owned_routes_are_overlay_and_direct_cluster_routes() {
+        let cluster = net("10.244.0.0/16");
+        let r = |dst: &str, oif: u32| Ipv4Route {
+            dst: net(dst),
+            gateway: "192.0.2.254".parse().unwrap(),
+            oif,
+            onlink: false,
+        };
+        let all = [
+            r("10.244.2.0/24", DEV),
+            r("10.244.3.0/24", EXT),
+            r("0.0.0.0/0", EXT),
+            r("10.244.0.0/16", EXT),
+            r("10.99.0.0/24", EXT),
+            r("10.244.4.0/24", 7),
+        ];
+        let owned = owned_routes(&all, DEV, EXT, cluster);
+        assert_eq!(owned, vec![all[0], all[1]]);
+    }
+}
