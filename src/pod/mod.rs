@@ -1,0 +1,7 @@
+//! The pod runtime core: images, OCI bundles, the OCI runtime and its shim, pause sandboxes
+//! (lower half), and manifests, the per-pod controller, CNI and status (upper half).
+
+pub mod backoff;
+pub mod image;
+pub mod manifest;
+pub mod status;
