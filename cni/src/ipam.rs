@@ -1,0 +1,522 @@
+//! Built-in IPAM with host-local's on-disk layout and allocation order.
+//!
+//! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>`, `last_reserved_ip.0` the last
+//! address handed out, and every read-modify-write happens under `flock` on `<dir>/lock`, so
+//! weft and the reference host-local can share a directory. Unlike host-local, an address file
+//! appears atomically with its content (written to a temporary file, then hard-linked into place),
+//! so a plugin killed at any point never leaves an empty file blocking an address.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, Result};
+use crate::ip::Ipv4Net;
+
+/// host-local's record of the last reserved address for range set 0.
+pub const LAST_RESERVED_FILE: &str = "last_reserved_ip.0";
+/// host-local's lock file.
+pub const LOCK_FILE: &str = "lock";
+/// Prefix of weft's temporary files; any found while holding the lock are leftovers of a crash.
+const TMP_PREFIX: &str = ".weft-tmp-";
+
+/// The allocatable addresses of a node subnet: network+1 .. broadcast-1, minus the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    start: u32,
+    end: u32,
+}
+
+impl Pool {
+    /// The pool of `subnet` (as in FLANNEL_SUBNET: the address given is the gateway).
+    pub fn new(subnet: Ipv4Net) -> Pool {
+        Pool {
+            subnet: subnet.trunc(),
+            gateway: subnet.addr(),
+            start: u32::from(subnet.network()).saturating_add(1),
+            end: u32::from(subnet.broadcast()).saturating_sub(1),
+        }
+    }
+
+    /// The subnet with host bits cleared.
+    pub fn subnet(&self) -> Ipv4Net {
+        self.subnet
+    }
+
+    /// How many addresses can be allocated.
+    pub fn capacity(&self) -> u32 {
+        let range = (self.end + 1).saturating_sub(self.start);
+        if self.holds(self.gateway) {
+            range - 1
+        } else {
+            range
+        }
+    }
+
+    fn holds(&self, ip: Ipv4Addr) -> bool {
+        (self.start..=self.end).contains(&u32::from(ip))
+    }
+
+    /// Whether `ip` may be handed to a pod.
+    pub fn allocatable(&self, ip: Ipv4Addr) -> bool {
+        self.holds(ip) && ip != self.gateway
+    }
+
+    /// host-local's round-robin order: the addresses after `last` (if it lies in the pool),
+    /// wrapping around, ending with `last` itself; otherwise from the start. Gateway skipped.
+    pub fn candidates(&self, last: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let first = match last {
+            Some(ip) if self.holds(ip) => {
+                let ip = u32::from(ip);
+                if ip == self.end {
+                    self.start
+                } else {
+                    ip + 1
+                }
+            }
+            _ => self.start,
+        };
+        let size = (self.end + 1).saturating_sub(self.start);
+        (0..size)
+            .map(move |step| {
+                let offset = (first - self.start + step) % size;
+                Ipv4Addr::from(self.start + offset)
+            })
+            .filter(move |ip| *ip != self.gateway)
+    }
+}
+
+/// One address file: who holds the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// The allocated address.
+    pub ip: Ipv4Addr,
+    /// The owning container ID.
+    pub container_id: String,
+    /// The owning interface; `None` for host-local's old one-line format.
+    pub ifname: Option<String>,
+}
+
+impl Allocation {
+    /// Whether this allocation belongs to `(container_id, ifname)` (old format: container only).
+    pub fn owned_by(&self, container_id: &str, ifname: &str) -> bool {
+        self.container_id == container_id && self.ifname.as_deref().is_none_or(|i| i == ifname)
+    }
+}
+
+/// The content of an address file, exactly as host-local writes it.
+pub fn format_owner(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}\r\n{ifname}")
+}
+
+/// Parses an address file's content; `None` for an empty (half-written) file.
+pub fn parse_owner(content: &str) -> Option<(String, Option<String>)> {
+    let content = content.trim();
+    if content.is_empty() {
+        return None;
+    }
+    match content.split_once('\n') {
+        Some((id, ifname)) => Some((
+            id.trim_end_matches('\r').to_string(),
+            Some(ifname.trim().to_string()),
+        )),
+        None => Some((content.to_string(), None)),
+    }
+}
+
+/// The IPAM directory of one network.
+#[derive(Debug, Clone)]
+pub struct IpamStore {
+    dir: PathBuf,
+}
+
+impl IpamStore {
+    /// The store at `<data_dir>/<network>`.
+    pub fn new(data_dir: &Path, network: &str) -> IpamStore {
+        IpamStore {
+            dir: data_dir.join(network),
+        }
+    }
+
+    /// The directory holding the address files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the directory if needed and takes the exclusive lock.
+    pub fn lock(&self) -> Result<LockedStore<'_>> {
+        fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
+            op: "create IPAM directory",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let lock_path = self.dir.join(LOCK_FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| Error::Io {
+                op: "open IPAM lock",
+                path: lock_path.clone(),
+                source,
+            })?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
+            op: "flock IPAM lock",
+            path: lock_path,
+            source: io::Error::from(errno),
+        })?;
+        Ok(LockedStore {
+            dir: &self.dir,
+            _lock: lock,
+        })
+    }
+}
+
+/// The store while its lock is held; dropping it releases the lock.
+#[derive(Debug)]
+pub struct LockedStore<'a> {
+    dir: &'a Path,
+    _lock: Flock<File>,
+}
+
+impl LockedStore<'_> {
+    fn io(&self, op: &'static str, path: PathBuf) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io { op, path, source }
+    }
+
+    /// Every address file, after removing crash leftovers (weft temporaries, empty files).
+    pub fn allocations(&self) -> Result<Vec<Allocation>> {
+        let entries =
+            fs::read_dir(self.dir).map_err(self.io("list IPAM directory", self.dir.into()))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(self.io("list IPAM directory", self.dir.into()))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let path = entry.path();
+            if name.starts_with(TMP_PREFIX) {
+                remove_if_present(&path)?;
+                continue;
+            }
+            let Ok(ip) = name.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let content = match fs::read_to_string(&path) {
+                Ok(content) => content,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "read address file",
+                        path,
+                        source,
+                    })
+                }
+            };
+            match parse_owner(&content) {
+                Some((container_id, ifname)) => found.push(Allocation {
+                    ip,
+                    container_id,
+                    ifname,
+                }),
+                None => remove_if_present(&path)?,
+            }
+        }
+        found.sort_by_key(|a| a.ip);
+        Ok(found)
+    }
+
+    /// The address recorded in `last_reserved_ip.0`, if readable.
+    pub fn last_reserved(&self) -> Option<Ipv4Addr> {
+        fs::read_to_string(self.dir.join(LAST_RESERVED_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Allocates an address of `pool` to `(container_id, ifname)`. An allocation this pair already
+    /// holds (left by an ADD that died before finishing) is reused instead of leaking it.
+    pub fn allocate(&self, pool: &Pool, container_id: &str, ifname: &str) -> Result<Ipv4Addr> {
+        let existing = self.allocations()?;
+        if let Some(own) = existing
+            .iter()
+            .find(|a| a.container_id == container_id && a.ifname.as_deref() == Some(ifname))
+        {
+            if pool.allocatable(own.ip) {
+                return Ok(own.ip);
+            }
+            remove_if_present(&self.dir.join(own.ip.to_string()))?;
+        }
+        let taken: HashSet<Ipv4Addr> = existing.iter().map(|a| a.ip).collect();
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{}", std::process::id()));
+        write_file(&tmp, format_owner(container_id, ifname).as_bytes())
+            .map_err(self.io("write temporary address file", tmp.clone()))?;
+        let mut chosen = None;
+        for candidate in pool.candidates(self.last_reserved()) {
+            if taken.contains(&candidate) {
+                continue;
+            }
+            let path = self.dir.join(candidate.to_string());
+            match fs::hard_link(&tmp, &path) {
+                Ok(()) => {
+                    chosen = Some(candidate);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    remove_if_present(&tmp)?;
+                    return Err(Error::Io {
+                        op: "create address file",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        remove_if_present(&tmp)?;
+        let Some(ip) = chosen else {
+            return Err(Error::AddressPoolExhausted {
+                subnet: pool.subnet().to_string(),
+                network: self
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                capacity: pool.capacity(),
+                dir: self.dir.to_path_buf(),
+            });
+        };
+        self.write_last_reserved(ip)?;
+        Ok(ip)
+    }
+
+    fn write_last_reserved(&self, ip: Ipv4Addr) -> Result<()> {
+        let tmp = self
+            .dir
+            .join(format!("{TMP_PREFIX}{}-last", std::process::id()));
+        let path = self.dir.join(LAST_RESERVED_FILE);
+        write_file(&tmp, ip.to_string().as_bytes())
+            .map_err(self.io("write temporary last_reserved_ip", tmp.clone()))?;
+        fs::rename(&tmp, &path).map_err(self.io("replace last_reserved_ip", path))
+    }
+
+    /// Releases every address held by `(container_id, ifname)`; returns them.
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>> {
+        self.release_where(|a| a.owned_by(container_id, ifname))
+            .map(|released| released.into_iter().map(|a| a.ip).collect())
+    }
+
+    /// Releases every allocation for which `stale` is true; returns them.
+    pub fn release_where(&self, stale: impl Fn(&Allocation) -> bool) -> Result<Vec<Allocation>> {
+        let mut released = Vec::new();
+        for allocation in self.allocations()? {
+            if stale(&allocation) {
+                remove_if_present(&self.dir.join(allocation.ip.to_string()))?;
+                released.push(allocation);
+            }
+        }
+        Ok(released)
+    }
+}
+
+fn write_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let mut file = File::create(path)?;
+    file.write_all(content)
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            op: "remove",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(s: &str) -> Pool {
+        Pool::new(s.parse().unwrap())
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "weft-ipam-{tag}-{}-{}",
+                std::process::id(),
+                rand_suffix()
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn pool_bounds_and_capacity() {
+        let p = pool("10.244.1.1/24");
+        assert_eq!(p.capacity(), 253);
+        assert!(!p.allocatable(ip("10.244.1.0")));
+        assert!(!p.allocatable(ip("10.244.1.1")));
+        assert!(p.allocatable(ip("10.244.1.2")));
+        assert!(p.allocatable(ip("10.244.1.254")));
+        assert!(!p.allocatable(ip("10.244.1.255")));
+        assert_eq!(pool("10.244.1.1/30").capacity(), 1);
+    }
+
+    #[test]
+    fn candidates_round_robin_after_last_reserved() {
+        let p = pool("10.244.1.1/29");
+        let from_start: Vec<String> = p.candidates(None).map(|i| i.to_string()).collect();
+        assert_eq!(
+            from_start,
+            [
+                "10.244.1.2",
+                "10.244.1.3",
+                "10.244.1.4",
+                "10.244.1.5",
+                "10.244.1.6"
+            ]
+        );
+        let after: Vec<String> = p
+            .candidates(Some(ip("10.244.1.4")))
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(
+            after,
+            [
+                "10.244.1.5",
+                "10.244.1.6",
+                "10.244.1.2",
+                "10.244.1.3",
+                "10.244.1.4"
+            ]
+        );
+        let wrap: Vec<String> = p
+            .candidates(Some(ip("10.244.1.6")))
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(wrap[0], "10.244.1.2");
+        let outside: Vec<Ipv4Addr> = p.candidates(Some(ip("10.9.9.9"))).collect();
+        assert_eq!(outside[0], ip("10.244.1.2"));
+    }
+
+    #[test]
+    fn owner_format_matches_host_local() {
+        assert_eq!(format_owner("abc", "eth0"), "abc\r\neth0");
+        assert_eq!(
+            parse_owner("abc\r\neth0"),
+            Some(("abc".into(), Some("eth0".into())))
+        );
+        assert_eq!(parse_owner("abc\n"), Some(("abc".into(), None)));
+        assert_eq!(parse_owner(""), None);
+    }
+
+    #[test]
+    fn allocate_release_on_disk() {
+        let tmp = TempDir::new("disk");
+        let store = IpamStore::new(&tmp.0, "net");
+        let p = pool("10.244.1.1/24");
+        let locked = store.lock().unwrap();
+        let a = locked.allocate(&p, "c1", "eth0").unwrap();
+        let b = locked.allocate(&p, "c2", "eth0").unwrap();
+        assert_eq!(a, ip("10.244.1.2"));
+        assert_eq!(b, ip("10.244.1.3"));
+        let dir = store.dir();
+        assert_eq!(
+            fs::read_to_string(dir.join("10.244.1.2")).unwrap(),
+            "c1\r\neth0"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join(LAST_RESERVED_FILE)).unwrap(),
+            "10.244.1.3"
+        );
+        assert!(dir.join(LOCK_FILE).exists());
+        assert_eq!(locked.allocate(&p, "c1", "eth0").unwrap(), a, "reused");
+        assert_eq!(locked.release("c1", "eth0").unwrap(), vec![a]);
+        assert!(locked.release("c1", "eth0").unwrap().is_empty());
+        let c = locked.allocate(&p, "c3", "eth0").unwrap();
+        assert_eq!(
+            c,
+            ip("10.244.1.4"),
+            "round-robin continues after last reserved"
+        );
+        let names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "temporaries left: {names:?}");
+    }
+
+    #[test]
+    fn crash_leftovers_are_recovered() {
+        let tmp = TempDir::new("crash");
+        let store = IpamStore::new(&tmp.0, "net");
+        let p = pool("10.244.1.1/29");
+        fs::create_dir_all(store.dir()).unwrap();
+        fs::write(store.dir().join("10.244.1.2"), "").unwrap();
+        fs::write(store.dir().join(".weft-tmp-999"), "x\r\neth0").unwrap();
+        fs::write(store.dir().join("10.244.1.3"), "legacy").unwrap();
+        let locked = store.lock().unwrap();
+        assert_eq!(locked.allocate(&p, "c1", "eth0").unwrap(), ip("10.244.1.2"));
+        assert!(!store.dir().join(".weft-tmp-999").exists());
+        assert_eq!(
+            locked.release("legacy", "eth0").unwrap(),
+            vec![ip("10.244.1.3")]
+        );
+    }
+
+    #[test]
+    fn exhaustion_names_the_subnet() {
+        let tmp = TempDir::new("full");
+        let store = IpamStore::new(&tmp.0, "net");
+        let p = pool("10.244.1.1/29");
+        let locked = store.lock().unwrap();
+        for n in 0..5 {
+            locked.allocate(&p, &format!("c{n}"), "eth0").unwrap();
+        }
+        let err = locked.allocate(&p, "c9", "eth0").unwrap_err();
+        assert_eq!(err.code(), 101);
+        assert!(err.to_string().contains("10.244.1.0/29"), "{err}");
+    }
+
+    #[test]
+    fn release_where_keeps_valid() {
+        let tmp = TempDir::new("gc");
+        let store = IpamStore::new(&tmp.0, "net");
+        let p = pool("10.244.1.1/24");
+        let locked = store.lock().unwrap();
+        locked.allocate(&p, "keep", "eth0").unwrap();
+        locked.allocate(&p, "drop", "eth0").unwrap();
+        let released = locked.release_where(|a| a.container_id != "keep").unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].container_id, "drop");
+        assert_eq!(locked.allocations().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,279 @@
+//! The ADD result, rendered in the format of each spec version, and read back from `prevResult`.
+
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::ip::Ipv4Net;
+use crate::version::Version;
+
+/// One interface in the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Device name.
+    pub name: String,
+    /// MAC address, `aa:bb:..`.
+    pub mac: String,
+    /// MTU (reported from 1.1.0 on).
+    pub mtu: Option<u32>,
+    /// Network namespace path for container interfaces; `None` for host ones.
+    pub sandbox: Option<String>,
+}
+
+/// One assigned address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpConfig {
+    /// Address with prefix length.
+    pub address: Ipv4Net,
+    /// Gateway for this address.
+    pub gateway: Option<Ipv4Addr>,
+    /// Index into `interfaces`.
+    pub interface: Option<usize>,
+}
+
+/// One route installed in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix.
+    pub dst: Ipv4Net,
+    /// Next hop, if any.
+    pub gw: Option<Ipv4Addr>,
+}
+
+/// A CNI ADD result, version-neutral.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddResult {
+    /// Interfaces created (bridge, host veth, container veth).
+    pub interfaces: Vec<Interface>,
+    /// Addresses assigned.
+    pub ips: Vec<IpConfig>,
+    /// Routes installed in the container.
+    pub routes: Vec<Route>,
+    /// DNS settings passed through from the config.
+    pub dns: Option<Value>,
+}
+
+impl AddResult {
+    /// Renders the result for `cni_version`: 0.3.x/0.4.0 carry `ips[].version`, 1.x do not;
+    /// 1.1.0 adds `interfaces[].mtu`.
+    pub fn to_json(&self, version: Version, version_text: &str) -> Value {
+        let legacy = version < Version::V1_0_0;
+        let interfaces: Vec<Value> = self
+            .interfaces
+            .iter()
+            .map(|iface| {
+                let mut obj = Map::new();
+                obj.insert("name".into(), json!(iface.name));
+                obj.insert("mac".into(), json!(iface.mac));
+                if version >= Version::V1_1_0 {
+                    if let Some(mtu) = iface.mtu {
+                        obj.insert("mtu".into(), json!(mtu));
+                    }
+                }
+                if let Some(sandbox) = &iface.sandbox {
+                    obj.insert("sandbox".into(), json!(sandbox));
+                }
+                Value::Object(obj)
+            })
+            .collect();
+        let ips: Vec<Value> = self
+            .ips
+            .iter()
+            .map(|ip| {
+                let mut obj = Map::new();
+                if legacy {
+                    obj.insert("version".into(), json!("4"));
+                }
+                obj.insert("address".into(), json!(ip.address.to_string()));
+                if let Some(gw) = ip.gateway {
+                    obj.insert("gateway".into(), json!(gw.to_string()));
+                }
+                if let Some(index) = ip.interface {
+                    obj.insert("interface".into(), json!(index));
+                }
+                Value::Object(obj)
+            })
+            .collect();
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|r| match r.gw {
+                Some(gw) => json!({"dst": r.dst.to_string(), "gw": gw.to_string()}),
+                None => json!({"dst": r.dst.to_string()}),
+            })
+            .collect();
+        json!({
+            "cniVersion": version_text,
+            "interfaces": interfaces,
+            "ips": ips,
+            "routes": routes,
+            "dns": self.dns.clone().unwrap_or_else(|| json!({})),
+        })
+    }
+
+    /// Reads a result of any supported version (e.g. `prevResult`); IPv6 entries are skipped.
+    pub fn from_json(value: &Value) -> Result<AddResult> {
+        let bad = |what: String| Error::InvalidConfig(format!("prevResult: {what}"));
+        let obj = value
+            .as_object()
+            .ok_or_else(|| bad("not a JSON object".into()))?;
+        let mut interfaces = Vec::new();
+        for iface in array(obj, "interfaces") {
+            let name = iface
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("interfaces[].name missing".into()))?;
+            interfaces.push(Interface {
+                name: name.to_string(),
+                mac: str_field(iface, "mac").unwrap_or_default(),
+                mtu: iface
+                    .get("mtu")
+                    .and_then(Value::as_u64)
+                    .and_then(|m| u32::try_from(m).ok()),
+                sandbox: str_field(iface, "sandbox").filter(|s| !s.is_empty()),
+            });
+        }
+        let mut ips = Vec::new();
+        for ip in array(obj, "ips") {
+            let address =
+                str_field(ip, "address").ok_or_else(|| bad("ips[].address missing".into()))?;
+            if address.contains(':') {
+                continue;
+            }
+            let address = address
+                .parse::<Ipv4Net>()
+                .map_err(|e| bad(format!("ips[].address: {e}")))?;
+            let gateway = str_field(ip, "gateway")
+                .map(|g| {
+                    g.parse::<Ipv4Addr>()
+                        .map_err(|_| bad(format!("ips[].gateway {g:?}")))
+                })
+                .transpose()?;
+            let interface = ip
+                .get("interface")
+                .and_then(Value::as_u64)
+                .and_then(|i| usize::try_from(i).ok());
+            ips.push(IpConfig {
+                address,
+                gateway,
+                interface,
+            });
+        }
+        let mut routes = Vec::new();
+        for route in array(obj, "routes") {
+            let dst = str_field(route, "dst").ok_or_else(|| bad("routes[].dst missing".into()))?;
+            if dst.contains(':') {
+                continue;
+            }
+            let dst = dst
+                .parse::<Ipv4Net>()
+                .map_err(|e| bad(format!("routes[].dst: {e}")))?;
+            let gw = str_field(route, "gw")
+                .map(|g| {
+                    g.parse::<Ipv4Addr>()
+                        .map_err(|_| bad(format!("routes[].gw {g:?}")))
+                })
+                .transpose()?;
+            routes.push(Route { dst, gw });
+        }
+        Ok(AddResult {
+            interfaces,
+            ips,
+            routes,
+            dns: obj.get("dns").cloned(),
+        })
+    }
+}
+
+fn array<'a>(obj: &'a Map<String, Value>, key: &str) -> impl Iterator<Item = &'a Value> {
+    obj.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+fn str_field(value: &Value, key: &str) -> Option<String> {
+    value.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AddResult {
+        AddResult {
+            interfaces: vec![
+                Interface {
+                    name: "cni0".into(),
+                    mac: "0a:58:0a:f4:01:01".into(),
+                    mtu: Some(1450),
+                    sandbox: None,
+                },
+                Interface {
+                    name: "eth0".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    mtu: Some(1450),
+                    sandbox: Some("/run/netns/p".into()),
+                },
+            ],
+            ips: vec![IpConfig {
+                address: "10.244.1.2/24".parse().unwrap(),
+                gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
+                interface: Some(1),
+            }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: Some(Ipv4Addr::new(10, 244, 1, 1)),
+            }],
+            dns: None,
+        }
+    }
+
+    #[test]
+    fn v1_result_shape() {
+        let json = sample().to_json(Version::V1_0_0, "1.0.0");
+        assert_eq!(
+            json,
+            json!({
+                "cniVersion": "1.0.0",
+                "interfaces": [
+                    {"name": "cni0", "mac": "0a:58:0a:f4:01:01"},
+                    {"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": "/run/netns/p"}
+                ],
+                "ips": [{"address": "10.244.1.2/24", "gateway": "10.244.1.1", "interface": 1}],
+                "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}],
+                "dns": {}
+            })
+        );
+    }
+
+    #[test]
+    fn legacy_result_has_ip_version_and_v11_has_mtu() {
+        let v031 = Version::parse("0.3.1").unwrap();
+        let json = sample().to_json(v031, "0.3.1");
+        assert_eq!(json["cniVersion"], "0.3.1");
+        assert_eq!(json["ips"][0]["version"], "4");
+        assert!(json["interfaces"][1].get("mtu").is_none());
+        let json = sample().to_json(Version::V1_1_0, "1.1.0");
+        assert!(json["ips"][0].get("version").is_none());
+        assert_eq!(json["interfaces"][1]["mtu"], 1450);
+    }
+
+    #[test]
+    fn round_trips_through_every_version() {
+        for v in crate::version::SUPPORTED {
+            let version = Version::parse(v).unwrap();
+            let json = sample().to_json(version, v);
+            let back = AddResult::from_json(&json).unwrap();
+            assert_eq!(back.ips, sample().ips, "{v}");
+            assert_eq!(back.routes, sample().routes, "{v}");
+            assert_eq!(back.interfaces[1].sandbox.as_deref(), Some("/run/netns/p"));
+        }
+    }
+
+    #[test]
+    fn prev_result_errors() {
+        assert!(AddResult::from_json(&json!([])).is_err());
+        assert!(AddResult::from_json(&json!({"ips": [{"address": "x"}]})).is_err());
+        let v6 = json!({"ips": [{"address": "fd00::2/64"}]});
+        assert!(AddResult::from_json(&v6).unwrap().ips.is_empty());
+    }
+}
