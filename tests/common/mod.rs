@@ -1,0 +1,1508 @@
+//! Integration-test harness: real etcd, real network namespaces, real kernel devices.
+//!
+//! Every topology lives in network namespaces this harness creates; nothing touches the root
+//! namespace and no packet can leave (the underlay bridge has no uplink). Names are unique per
+//! test (`weft-<pid>-<counter>-<role>`), so tests run in parallel, and everything is removed on
+//! drop, also when the test panics. Namespaces left behind by a test process that was killed
+//! (so its destructors never ran) are removed the next time any test creates a namespace.
+//!
+//! Use it from a test file with `mod common;` and `use common::*;`.
+//!
+//! # API (kept stable; other test files depend on it)
+//!
+//! * [`Netns`]: `Netns::new(role)`, `name()`, `path()`, `command(program)`, `exec(&[..]) -> Output`,
+//!   `exec_ok(&[..]) -> String`, `spawn(&[..]) -> Child`, `ip(&[..]) -> String` (`ip -n NAME ..`),
+//!   `ip_json(&[..]) -> Vec<Value>`, `run(|| ..)` (closure on a thread inside the namespace, e.g. to
+//!   open sockets there), `sysctl(key, value)`, `pids()`.
+//! * [`Underlay`]: a namespace with bridge `br0` for 192.0.2.0/24; `attach(&Netns, "192.0.2.N")`
+//!   gives the namespace an `eth0` on the bridge.
+//! * [`Etcd`]: a real etcd at [`Etcd::IP`] on the underlay; `endpoint()`, `put`, `put_with_ttl`,
+//!   `get`, `get_kv`, `get_prefix`, `del`, `revision`, `compact`, `stop`, `start`, `etcdctl`, `log`.
+//! * [`Node`]: a namespace on the underlay at 192.0.2.(10+index) with `net.ipv4.ip_forward=1`;
+//!   `start_weftd(&[extra args])`, `kill9`, `stop`, `restart`, `is_running`, `log`, `subnet_env`,
+//!   `wait_subnet_env`, `subnet`, `lease_key`, `wait_until`, `wait_for`, `routes`, `neighbours`,
+//!   `fdb`, `link`, `http_get` (healthz server at 127.0.0.1:[`Node::HEALTHZ_PORT`]), `add_pod`,
+//!   `add_pod_in`.
+//! * [`Pod`]: a namespace wired by hand to the node's `cni0` bridge; `ip()`, `netns()`, `exec`,
+//!   `tcp_check(&other) -> bool`, `traffic_probe(&other) -> TrafficProbe` (continuous TCP
+//!   round trips counting failures, for "pod traffic never stops" tests).
+//! * [`Cluster`]: `Cluster::new(n_nodes, config_json)` (underlay + etcd + config at
+//!   [`NETWORK_CONFIG_KEY`] + n nodes, weftd not yet running), `start()` (weftd everywhere, waits
+//!   for every subnet.env), `add_node()`, `wait_mesh(timeout)`, `node(i)`, `dump()`.
+//! * Free functions: [`unique_name`], [`wait_for`], [`wait_until`], [`bin_path`], [`lease_key`],
+//!   [`subnet_of`].
+//!
+//! Panics are the error reporting of this module: every failure names the command, the
+//! namespace and the output, and node/etcd logs are printed when a test fails.
+
+#![allow(dead_code)] // each tests/*.rs uses a different part of this shared harness
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use ipnetwork::Ipv4Network;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// etcd key prefix weftd uses by default (Flannel's).
+pub const ETCD_PREFIX: &str = "/coreos.com/network";
+/// etcd key of the network config.
+pub const NETWORK_CONFIG_KEY: &str = "/coreos.com/network/config";
+/// A plain VXLAN network config for 10.244.0.0/16.
+pub const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static STALE_CLEANUP: Once = Once::new();
+
+/// A name unique to this test process and call: `weft-<pid>-<counter>-<role>`.
+pub fn unique_name(role: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("weft-{}-{}-{}", std::process::id(), n, role)
+}
+
+/// Runs a command to completion, panicking (naming the command) only if it cannot be spawned.
+fn output_of(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null());
+    match cmd.output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run {cmd:?}: {e}"),
+    }
+}
+
+/// Runs a command and returns its stdout; panics with stdout and stderr if it fails.
+fn output_ok(cmd: &mut Command) -> String {
+    let out = output_of(cmd);
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `program args..` in the root namespace (harness tools only) and returns stdout.
+fn host_ok(program: &str, args: &[&str]) -> String {
+    output_ok(Command::new(program).args(args))
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `predicate` every 50 ms until it holds, or panics after `timeout` naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut predicate: impl FnMut() -> bool) {
+    wait_for(timeout, what, || predicate().then_some(()))
+}
+
+/// Path of another binary of this workspace (e.g. `weft`, the CNI plugin in package `weft-cni`),
+/// in the target directory next to the running test executable.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => panic!("cannot locate the test executable: {e}"),
+    };
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| panic!("test executable {} has no target dir", exe.display()));
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "binary {name} not found at {}: run `cargo build --workspace --all-targets` first",
+        path.display()
+    );
+    path
+}
+
+/// The etcd key of the lease for `subnet` (`10.244.3.0/24` -> `/coreos.com/network/subnets/10.244.3.0-24`).
+pub fn lease_key(subnet: &str) -> String {
+    format!("{ETCD_PREFIX}/subnets/{}", subnet.replace('/', "-"))
+}
+
+/// The subnet (`10.244.3.0/24`) of a subnet.env text's `FLANNEL_SUBNET` (`10.244.3.1/24`).
+pub fn subnet_of(subnet_env: &str) -> Option<String> {
+    let value = subnet_env
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+    let net: Ipv4Network = value.trim().parse().ok()?;
+    Some(format!("{}/{}", net.network(), net.prefix()))
+}
+
+/// A temporary directory removed on drop; named `weft-<pid>-...` so stale ones can be found.
+fn temp_dir(role: &str) -> tempfile::TempDir {
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    match tempfile::Builder::new()
+        .prefix(&format!("{}-", unique_name(role)))
+        .tempdir_in(&base)
+    {
+        Ok(d) => d,
+        Err(e) => panic!("cannot create temp dir in {}: {e}", base.display()),
+    }
+}
+
+/// The pid a harness name (`weft-<pid>-<n>-...`) was created by.
+fn owner_pid(name: &str) -> Option<i32> {
+    let mut parts = name.strip_prefix("weft-")?.splitn(3, '-');
+    let pid = parts.next()?.parse().ok()?;
+    parts.next()?.parse::<u32>().ok()?;
+    Some(pid)
+}
+
+/// Removes namespaces and temp dirs of test processes that died without running destructors.
+fn cleanup_stale() {
+    let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+    let list = host_ok("ip", &["netns", "list"]);
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        if owner_pid(name).is_some_and(|pid| !alive(pid)) {
+            kill_netns_processes(name);
+            let _ = output_of(Command::new("ip").args(["netns", "del", name]));
+        }
+    }
+    for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if owner_pid(&name).is_some_and(|pid| !alive(pid)) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Kills every process inside namespace `name` (never this test process itself).
+fn kill_netns_processes(name: &str) {
+    let me = std::process::id() as i32;
+    for _ in 0..100 {
+        let out = output_of(Command::new("ip").args(["netns", "pids", name]));
+        let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| *p != me)
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("harness: processes in netns {name} survived SIGKILL for 2 s");
+}
+
+/// Last `n` lines of a text.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn read_to_string_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Opens a log file for appending, as stdout and stderr of a child process.
+fn log_stdio(path: &Path) -> (Stdio, Stdio) {
+    let open = || match OpenOptions::new().create(true).append(true).open(path) {
+        Ok(f) => f,
+        Err(e) => panic!("cannot open log file {}: {e}", path.display()),
+    };
+    (Stdio::from(open()), Stdio::from(open()))
+}
+
+/// Appends a marker line to a log file, so restarts are visible in it.
+fn log_marker(path: &Path, text: &str) {
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "===== harness: {text} =====");
+    }
+}
+
+/// Sends SIGTERM and waits up to `timeout`; SIGKILLs and panics if the process does not exit.
+fn terminate(child: &mut Child, what: &str, timeout: Duration) -> ExitStatus {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status;
+    }
+    let _ = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not exit within {timeout:?} of SIGTERM");
+            }
+        }
+    }
+}
+
+/// SIGKILLs a child and reaps it.
+fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A network namespace with a per-test unique name, removed (with every process in it) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates namespace `weft-<pid>-<n>-<role>` with `lo` up.
+    pub fn new(role: &str) -> Netns {
+        STALE_CLEANUP.call_once(cleanup_stale);
+        let name = unique_name(role);
+        host_ok("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's name (as in `ip netns list`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A `Command` running `program` inside the namespace (`ip netns exec NAME program`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    fn command_of(&self, args: &[&str]) -> Command {
+        let (program, rest) = match args.split_first() {
+            Some(split) => split,
+            None => panic!("exec in netns {}: empty argument vector", self.name),
+        };
+        let mut cmd = self.command(program);
+        cmd.args(rest);
+        cmd
+    }
+
+    /// Runs `args[0] args[1..]` inside the namespace and returns its output (any exit status).
+    pub fn exec(&self, args: &[&str]) -> Output {
+        output_of(&mut self.command_of(args))
+    }
+
+    /// Runs a command inside the namespace; panics unless it succeeds; returns stdout.
+    pub fn exec_ok(&self, args: &[&str]) -> String {
+        output_ok(&mut self.command_of(args))
+    }
+
+    /// Starts a command inside the namespace with stdin/stdout/stderr discarded.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let mut cmd = self.command_of(args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot spawn {cmd:?}: {e}"),
+        }
+    }
+
+    /// `ip -n NAME args..`; panics unless it succeeds; returns stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        output_ok(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// `ip -j -n NAME args..` parsed (an empty output is an empty list).
+    pub fn ip_json(&self, args: &[&str]) -> Vec<Value> {
+        let out = output_ok(Command::new("ip").args(["-j", "-n", &self.name]).args(args));
+        parse_json_list(&out, &format!("ip -j -n {} {}", self.name, args.join(" ")))
+    }
+
+    /// `bridge -j -n NAME args..` parsed.
+    pub fn bridge_json(&self, args: &[&str]) -> Vec<Value> {
+        let out = output_ok(
+            Command::new("bridge")
+                .args(["-j", "-n", &self.name])
+                .args(args),
+        );
+        parse_json_list(
+            &out,
+            &format!("bridge -j -n {} {}", self.name, args.join(" ")),
+        )
+    }
+
+    /// Sets a sysctl inside this namespace only (e.g. `net.ipv4.ip_forward`).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec_ok(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Moves the calling thread into this namespace (for threads that live in it).
+    pub fn enter(&self) {
+        let file = match File::open(self.path()) {
+            Ok(f) => f,
+            Err(e) => panic!("open {}: {e}", self.path().display()),
+        };
+        if let Err(e) = nix::sched::setns(file, CloneFlags::CLONE_NEWNET) {
+            panic!("setns into netns {}: {e}", self.name);
+        }
+    }
+
+    /// Runs `f` on a fresh thread inside this namespace; sockets it creates stay in the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            let handle = s.spawn(|| {
+                self.enter();
+                f()
+            });
+            match handle.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+
+    /// Pids of the processes inside the namespace.
+    pub fn pids(&self) -> Vec<i32> {
+        host_ok("ip", &["netns", "pids", &self.name])
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        kill_netns_processes(&self.name);
+        let out = output_of(Command::new("ip").args(["netns", "del", &self.name]));
+        if !out.status.success() {
+            eprintln!(
+                "harness: ip netns del {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn parse_json_list(out: &str, what: &str) -> Vec<Value> {
+    if out.trim().is_empty() {
+        return Vec::new();
+    }
+    match serde_json::from_str::<Value>(out) {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => panic!("{what}: expected a JSON list, got {other}"),
+        Err(e) => panic!("{what}: invalid JSON ({e}): {out}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The underlay: a namespace with bridge `br0` (192.0.2.0/24 lives on the attached ends).
+/// It has no uplink, so no packet leaves the test's namespaces.
+#[derive(Debug)]
+pub struct Underlay {
+    ns: Netns,
+    ports: AtomicU32,
+}
+
+impl Underlay {
+    /// Creates the underlay namespace and its bridge.
+    pub fn new() -> Underlay {
+        let ns = Netns::new("ul");
+        ns.ip(&["link", "add", "br0", "type", "bridge"]);
+        ns.ip(&["link", "set", "br0", "up"]);
+        Underlay {
+            ns,
+            ports: AtomicU32::new(0),
+        }
+    }
+
+    /// The underlay's namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// Gives `node` an `eth0` with `ip`/24 on the underlay bridge (veth created in place).
+    pub fn attach(&self, node: &Netns, ip: &str) {
+        let port = format!("x{}", self.ports.fetch_add(1, Ordering::Relaxed));
+        self.ns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            node.name(),
+        ]);
+        self.ns.ip(&["link", "set", &port, "master", "br0", "up"]);
+        node.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        node.ip(&["link", "set", "eth0", "up"]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// One key as etcd stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    /// The key.
+    pub key: String,
+    /// The value, exactly as stored.
+    pub value: String,
+    /// The etcd lease id attached to the key, 0 for none.
+    pub lease: i64,
+    /// Revision that created the key.
+    pub create_revision: i64,
+    /// Revision of the last modification.
+    pub mod_revision: i64,
+}
+
+/// A real etcd (3.4, `/usr/bin/etcd`) in its own namespace on the underlay at [`Etcd::IP`].
+#[derive(Debug)]
+pub struct Etcd {
+    child: Mutex<Option<Child>>,
+    ns: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// etcd's address on the underlay.
+    pub const IP: &'static str = "192.0.2.254";
+
+    /// Starts etcd attached to `underlay` and waits until it answers.
+    pub fn new(underlay: &Underlay) -> Etcd {
+        let ns = Netns::new("etcd");
+        underlay.attach(&ns, Self::IP);
+        let etcd = Etcd {
+            child: Mutex::new(None),
+            ns,
+            dir: temp_dir("etcd"),
+        };
+        etcd.start();
+        etcd
+    }
+
+    /// `http://192.0.2.254:2379`, the client URL for nodes.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}:2379", Self::IP)
+    }
+
+    /// The etcd namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// etcd's log so far.
+    pub fn log(&self) -> String {
+        read_to_string_lossy(&self.log_path())
+    }
+
+    /// Starts etcd (same data dir as before) and waits until it serves requests.
+    pub fn start(&self) {
+        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            guard.is_none(),
+            "etcd in {} is already running",
+            self.ns.name()
+        );
+        let data = self.dir.path().join("data");
+        let data = data.to_string_lossy();
+        let client_urls = format!("http://{}:2379,http://127.0.0.1:2379", Self::IP);
+        log_marker(&self.log_path(), "start etcd");
+        let (out, err) = log_stdio(&self.log_path());
+        let mut cmd = self.ns.command("etcd");
+        cmd.args([
+            "--name",
+            "weft-test",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &client_urls,
+            "--advertise-client-urls",
+            &self.endpoint(),
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "weft-test=http://127.0.0.1:2380",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+        ])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot spawn etcd {cmd:?}: {e}"),
+        };
+        *guard = Some(child);
+        drop(guard);
+        let start = Instant::now();
+        loop {
+            let out = self.etcdctl(&["get", "--", "/weft-harness-ping"]);
+            if out.status.success() {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!(
+                    "etcd in {} not serving after 30 s: {}\netcd log:\n{}",
+                    self.ns.name(),
+                    String::from_utf8_lossy(&out.stderr),
+                    tail(&self.log(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops etcd (SIGTERM, wait); the data dir is kept for [`Etcd::start`].
+    pub fn stop(&self) {
+        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut child) = guard.take() {
+            terminate(&mut child, "etcd", Duration::from_secs(10));
+        }
+    }
+
+    /// Runs `etcdctl args..` (API v3) against this etcd, from inside its namespace.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let mut cmd = self.ns.command("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                "http://127.0.0.1:2379",
+                "--dial-timeout",
+                "2s",
+                "--command-timeout",
+                "5s",
+            ])
+            .args(args);
+        output_of(&mut cmd)
+    }
+
+    fn etcdctl_ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        if !out.status.success() {
+            panic!(
+                "etcdctl {} failed: {}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn etcdctl_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-w", "json"];
+        all.extend_from_slice(args);
+        let out = self.etcdctl_ok(&all);
+        match serde_json::from_str(&out) {
+            Ok(v) => v,
+            Err(e) => panic!("etcdctl {}: invalid JSON ({e}): {out}", args.join(" ")),
+        }
+    }
+
+    /// Puts `key` = `value` with no etcd lease (for subnets: a reservation).
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl_ok(&["put", "--", key, value]);
+    }
+
+    /// Grants an etcd lease of `ttl_secs`, puts `key` = `value` under it, returns the lease id.
+    pub fn put_with_ttl(&self, key: &str, value: &str, ttl_secs: u64) -> i64 {
+        let grant = self.etcdctl_json(&["lease", "grant", &ttl_secs.to_string()]);
+        let id = grant["ID"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("etcdctl lease grant {ttl_secs}: no ID in {grant}"));
+        self.etcdctl_ok(&["put", &format!("--lease={id:x}"), "--", key, value]);
+        id
+    }
+
+    /// The value of `key`, exactly as stored.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.get_kv(key).map(|kv| kv.value)
+    }
+
+    /// `key` with its lease and revisions.
+    pub fn get_kv(&self, key: &str) -> Option<Kv> {
+        self.kvs(&["get", "--", key]).into_iter().next()
+    }
+
+    /// Every key under `prefix`, sorted by key, with its value.
+    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.get_prefix_kv(prefix)
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect()
+    }
+
+    /// Every key under `prefix`, sorted by key, with lease and revisions.
+    pub fn get_prefix_kv(&self, prefix: &str) -> Vec<Kv> {
+        self.kvs(&["get", "--prefix", "--", prefix])
+    }
+
+    fn kvs(&self, args: &[&str]) -> Vec<Kv> {
+        let v = self.etcdctl_json(args);
+        let Some(kvs) = v["kvs"].as_array() else {
+            return Vec::new();
+        };
+        let b64 = |field: &Value| -> String {
+            let s = field.as_str().unwrap_or_default();
+            match base64::engine::general_purpose::STANDARD.decode(s) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) => panic!("etcdctl {}: bad base64 {s:?}: {e}", args.join(" ")),
+            }
+        };
+        kvs.iter()
+            .map(|kv| Kv {
+                key: b64(&kv["key"]),
+                value: b64(&kv["value"]),
+                lease: kv["lease"].as_i64().unwrap_or(0),
+                create_revision: kv["create_revision"].as_i64().unwrap_or(0),
+                mod_revision: kv["mod_revision"].as_i64().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Deletes `key`; true if it existed.
+    pub fn del(&self, key: &str) -> bool {
+        self.etcdctl_json(&["del", "--", key])["deleted"]
+            .as_i64()
+            .unwrap_or(0)
+            > 0
+    }
+
+    /// Revokes an etcd lease (its keys disappear at once).
+    pub fn revoke(&self, lease: i64) {
+        self.etcdctl_ok(&["lease", "revoke", &format!("{lease:x}")]);
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let v = self.etcdctl_json(&["get", "--", "/weft-harness-ping"]);
+        v["header"]["revision"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("etcdctl get: no header.revision in {v}"))
+    }
+
+    /// Compacts history up to the current revision (watchers on older revisions get `compacted`).
+    pub fn compact(&self) {
+        let rev = self.revision();
+        self.etcdctl_ok(&["compact", "--physical", &rev.to_string()]);
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut child) = guard.take() {
+            kill_and_reap(&mut child);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- etcd log ({}), last 30 lines -----\n{}",
+                self.ns.name(),
+                tail(&self.log(), 30)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A node: a namespace on the underlay at `192.0.2.(10+index)` running (when started) the real
+/// `weftd` with `--iface eth0`, its subnet file, state dir and log in a per-node temp dir.
+#[derive(Debug)]
+pub struct Node {
+    weftd: Mutex<Option<Child>>,
+    args: Mutex<Vec<String>>,
+    pods: AtomicU32,
+    index: u32,
+    ip: String,
+    etcd_endpoint: String,
+    ns: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Port of weftd's `--healthz-addr` (on 127.0.0.1 inside each node namespace).
+    pub const HEALTHZ_PORT: u16 = 9102;
+
+    /// Creates node `index` (1-based) at 192.0.2.(10+index) on `underlay`, with IP forwarding on.
+    pub fn new(underlay: &Underlay, index: u32, etcd_endpoint: &str) -> Node {
+        assert!(
+            (1..=200).contains(&index),
+            "node index {index} out of 1..=200"
+        );
+        let ns = Netns::new(&format!("node{index}"));
+        let ip = format!("192.0.2.{}", 10 + index);
+        underlay.attach(&ns, &ip);
+        ns.sysctl("net.ipv4.ip_forward", "1");
+        let dir = temp_dir(&format!("node{index}"));
+        Node {
+            weftd: Mutex::new(None),
+            args: Mutex::new(Vec::new()),
+            pods: AtomicU32::new(0),
+            index,
+            ip,
+            etcd_endpoint: etcd_endpoint.to_string(),
+            ns,
+            dir,
+        }
+    }
+
+    /// The node's index (1-based).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        self.ns.name()
+    }
+
+    /// The node namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// The node's underlay address (its Flannel `PublicIP`).
+    pub fn public_ip(&self) -> &str {
+        &self.ip
+    }
+
+    /// The per-node temp dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `--subnet-file`.
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    /// `--state-dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// weftd's stdout+stderr, appended across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("weftd.log")
+    }
+
+    /// weftd's log so far.
+    pub fn log(&self) -> String {
+        read_to_string_lossy(&self.log_path())
+    }
+
+    /// The last `n` lines of weftd's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log(), n)
+    }
+
+    /// The argument vector weftd is started with (before `extra_args`).
+    pub fn base_args(&self) -> Vec<String> {
+        vec![
+            "--etcd-endpoints".into(),
+            self.etcd_endpoint.clone(),
+            "--iface".into(),
+            "eth0".into(),
+            "--subnet-file".into(),
+            self.subnet_file().to_string_lossy().into_owned(),
+            "--state-dir".into(),
+            self.state_dir().to_string_lossy().into_owned(),
+            "--healthz-addr".into(),
+            format!("127.0.0.1:{}", Self::HEALTHZ_PORT),
+        ]
+    }
+
+    /// Starts the real weftd in the node namespace with [`Node::base_args`] + `extra_args`.
+    /// `RUST_LOG` is taken from `WEFT_TEST_LOG` (default `info`).
+    pub fn start_weftd(&self, extra_args: &[&str]) {
+        let mut args = self.base_args();
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        *self.args.lock().unwrap_or_else(|p| p.into_inner()) = args.clone();
+        self.spawn_weftd(&args);
+    }
+
+    fn spawn_weftd(&self, args: &[String]) {
+        let mut guard = self.weftd.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(child) = guard.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                panic!("weftd on {} is already running", self.name());
+            }
+        }
+        log_marker(&self.log_path(), &format!("start weftd {}", args.join(" ")));
+        let (out, err) = log_stdio(&self.log_path());
+        let level = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".into());
+        let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_weftd"));
+        cmd.args(args)
+            .env("RUST_LOG", level)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        match cmd.spawn() {
+            Ok(child) => *guard = Some(child),
+            Err(e) => panic!("cannot spawn weftd {cmd:?}: {e}"),
+        }
+    }
+
+    /// True while weftd runs.
+    pub fn is_running(&self) -> bool {
+        let mut guard = self.weftd.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// weftd's exit status if it has exited (None while running or never started).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        let mut guard = self.weftd.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGKILLs weftd (no cleanup runs), and reaps it.
+    pub fn kill9(&self) {
+        let mut guard = self.weftd.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.take() {
+            Some(mut child) => {
+                kill_and_reap(&mut child);
+                log_marker(&self.log_path(), "weftd killed with SIGKILL");
+            }
+            None => panic!("kill9: weftd on {} was never started", self.name()),
+        }
+    }
+
+    /// SIGTERMs weftd and waits (10 s) for it to exit; returns its exit status.
+    pub fn stop(&self) -> ExitStatus {
+        let mut guard = self.weftd.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut child) = guard.take() else {
+            panic!("stop: weftd on {} was never started", self.name());
+        };
+        let status = terminate(
+            &mut child,
+            &format!("weftd on {}", self.name()),
+            Duration::from_secs(10),
+        );
+        log_marker(&self.log_path(), &format!("weftd exited: {status}"));
+        status
+    }
+
+    /// Starts weftd again with the arguments of the last [`Node::start_weftd`] (stopping it first
+    /// with SIGTERM if it still runs).
+    pub fn restart(&self) {
+        if self.is_running() {
+            self.stop();
+        }
+        let args = self.args.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert!(
+            !args.is_empty(),
+            "restart: weftd on {} was never started",
+            self.name()
+        );
+        self.spawn_weftd(&args);
+    }
+
+    /// The subnet file's content, if it exists.
+    pub fn subnet_env(&self) -> Option<String> {
+        std::fs::read_to_string(self.subnet_file()).ok()
+    }
+
+    /// Waits for the subnet file and returns its content.
+    pub fn wait_subnet_env(&self, timeout: Duration) -> String {
+        self.wait_for(timeout, "subnet.env to be written", || self.subnet_env())
+    }
+
+    /// The node's subnet (`10.244.3.0/24`) from its subnet file.
+    pub fn subnet(&self) -> Option<String> {
+        self.subnet_env().as_deref().and_then(subnet_of)
+    }
+
+    /// The etcd key of this node's lease, from its subnet file.
+    pub fn lease_key(&self) -> Option<String> {
+        self.subnet().map(|s| lease_key(&s))
+    }
+
+    /// Like [`wait_until`], but prints weftd's log tail when it times out.
+    pub fn wait_until(&self, timeout: Duration, what: &str, predicate: impl FnMut() -> bool) {
+        let mut predicate = predicate;
+        self.wait_for(timeout, what, || predicate().then_some(()))
+    }
+
+    /// Like [`wait_for`], but prints weftd's log tail when it times out.
+    pub fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = probe() {
+                return v;
+            }
+            if start.elapsed() > timeout {
+                let state = match self.exit_status() {
+                    Some(s) => format!("weftd exited with {s} (signal {:?})", s.signal()),
+                    None if self.is_running() => "weftd running".to_string(),
+                    None => "weftd not running".to_string(),
+                };
+                panic!(
+                    "timed out after {timeout:?} on {} waiting for {what} ({state})\n----- weftd log, last 40 lines -----\n{}",
+                    self.name(),
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `ip -j route show` (main table).
+    pub fn routes(&self) -> Vec<Value> {
+        self.ns.ip_json(&["route", "show"])
+    }
+
+    /// The route whose `dst` is `subnet` (`10.244.3.0/24`), if any.
+    pub fn route_to(&self, subnet: &str) -> Option<Value> {
+        self.routes()
+            .into_iter()
+            .find(|r| r["dst"].as_str() == Some(subnet))
+    }
+
+    /// `ip -j neigh show` (all devices).
+    pub fn neighbours(&self) -> Vec<Value> {
+        self.ns.ip_json(&["neigh", "show"])
+    }
+
+    /// `bridge -j fdb show` (all devices).
+    pub fn fdb(&self) -> Vec<Value> {
+        self.ns.bridge_json(&["fdb", "show"])
+    }
+
+    /// `ip -j -d link show dev NAME`, if the device exists.
+    pub fn link(&self, name: &str) -> Option<Value> {
+        let out = self
+            .ns
+            .exec(&["ip", "-j", "-d", "link", "show", "dev", name]);
+        if !out.status.success() {
+            return None;
+        }
+        parse_json_list(&String::from_utf8_lossy(&out.stdout), "ip -j -d link show")
+            .into_iter()
+            .next()
+    }
+
+    /// GET `path` from weftd's healthz server; `(status code, body)`, None if not reachable.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, Self::HEALTHZ_PORT));
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let stream = self
+            .ns
+            .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)));
+        let mut stream = stream.ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).ok()?;
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// A pod wired into this node's subnet as written in subnet.env (gateway + MTU from it).
+    pub fn add_pod(&self) -> Pod {
+        let env = self.subnet_env().unwrap_or_else(|| {
+            panic!(
+                "add_pod on {}: no subnet.env yet (weftd not ready)",
+                self.name()
+            )
+        });
+        let vars: BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+        let gateway = vars
+            .get("FLANNEL_SUBNET")
+            .copied()
+            .unwrap_or_else(|| panic!("add_pod on {}: no FLANNEL_SUBNET in {env:?}", self.name()));
+        let mtu = vars
+            .get("FLANNEL_MTU")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("add_pod on {}: no FLANNEL_MTU in {env:?}", self.name()));
+        self.add_pod_in(gateway, mtu)
+    }
+
+    /// A pod wired by hand: bridge `cni0` in the node with `gateway` (`10.244.3.1/24`, created
+    /// if missing), a veth into a new pod namespace, the pod's address `.(10+k)` of that subnet,
+    /// MTU `mtu`, default route via the gateway.
+    pub fn add_pod_in(&self, gateway: &str, mtu: u32) -> Pod {
+        let gw: Ipv4Network = gateway
+            .parse()
+            .unwrap_or_else(|e| panic!("add_pod_in {}: bad gateway {gateway:?}: {e}", self.name()));
+        let k = self.pods.fetch_add(1, Ordering::Relaxed);
+        let ip = Ipv4Addr::from(u32::from(gw.network()) + 10 + k);
+        assert!(
+            gw.contains(ip),
+            "add_pod_in {}: subnet {gateway} is full",
+            self.name()
+        );
+        let pod = Pod {
+            ns: Netns::new(&format!("n{}p{k}", self.index)),
+            ip: ip.to_string(),
+        };
+        wire_pod(
+            &self.ns,
+            &pod.ns,
+            &format!("vp{k}"),
+            gateway,
+            &format!("{ip}/{}", gw.prefix()),
+            mtu,
+        );
+        pod
+    }
+}
+
+/// Wires `pod` to `node`: bridge `cni0` with `gateway` (created if missing) in the node, veth
+/// `host_veth` on it whose other end is `eth0` in the pod with `pod_cidr`, MTU, default route.
+pub fn wire_pod(
+    node: &Netns,
+    pod: &Netns,
+    host_veth: &str,
+    gateway: &str,
+    pod_cidr: &str,
+    mtu: u32,
+) {
+    let mtu = mtu.to_string();
+    let has_bridge = node
+        .exec(&["ip", "link", "show", "dev", "cni0"])
+        .status
+        .success();
+    if !has_bridge {
+        node.ip(&["link", "add", "cni0", "mtu", &mtu, "type", "bridge"]);
+        node.ip(&["addr", "add", gateway, "dev", "cni0"]);
+        node.ip(&["link", "set", "cni0", "up"]);
+    }
+    node.ip(&[
+        "link",
+        "add",
+        host_veth,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
+    ]);
+    node.ip(&["link", "set", host_veth, "master", "cni0", "up"]);
+    pod.ip(&["addr", "add", pod_cidr, "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    let gw_ip = gateway.split('/').next().unwrap_or(gateway);
+    pod.ip(&["route", "add", "default", "via", gw_ip]);
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut guard = self.weftd.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut child) = guard.take() {
+            kill_and_reap(&mut child);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- weftd log of {} ({}), last 40 lines -----\n{}",
+                self.name(),
+                self.ip,
+                self.log_tail(40)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A pod: a namespace with `eth0` on its node's `cni0` bridge.
+#[derive(Debug)]
+pub struct Pod {
+    ns: Netns,
+    ip: String,
+}
+
+impl Pod {
+    /// The pod's address.
+    pub fn ip(&self) -> &str {
+        &self.ip
+    }
+
+    /// The pod namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// Runs a command inside the pod.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.ns.exec(args)
+    }
+
+    /// True if a TCP connection from this pod to `other` carries a message both ways (3 s budget).
+    pub fn tcp_check(&self, other: &Pod) -> bool {
+        let listener = other
+            .ns
+            .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)));
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => panic!("bind in pod {}: {e}", other.ns.name()),
+        };
+        let port = match listener.local_addr() {
+            Ok(a) => a.port(),
+            Err(e) => panic!("listener address in pod {}: {e}", other.ns.name()),
+        };
+        let server = std::thread::spawn(move || serve_echo_once(&listener, Duration::from_secs(3)));
+        let ip: Ipv4Addr = other
+            .ip
+            .parse()
+            .unwrap_or_else(|e| panic!("pod {} address {:?}: {e}", other.ns.name(), other.ip));
+        let target = SocketAddr::from((ip, port));
+        let ok = self
+            .ns
+            .run(|| TcpStream::connect_timeout(&target, Duration::from_secs(3)))
+            .ok()
+            .is_some_and(|s| round_trip(s, b"weft-tcp-check", Duration::from_secs(3)));
+        let served = server.join().unwrap_or(false);
+        ok && served
+    }
+
+    /// Starts continuous TCP round trips (every 50 ms, 1 s timeout each) from this pod to `other`.
+    pub fn traffic_probe(&self, other: &Pod) -> TrafficProbe {
+        TrafficProbe::start(&self.ns, &other.ns, &other.ip)
+    }
+}
+
+/// Accepts one connection and echoes what it reads; false on timeout.
+fn serve_echo_once(listener: &TcpListener, timeout: Duration) -> bool {
+    if listener.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => return echo(stream, timeout),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() > timeout {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Reads up to 64 bytes and writes them back.
+fn echo(mut stream: TcpStream, timeout: Duration) -> bool {
+    let _ = stream.set_nonblocking(false);
+    if stream.set_read_timeout(Some(timeout)).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(n) if n > 0 => stream.write_all(&buf[..n]).is_ok(),
+        _ => false,
+    }
+}
+
+/// Sends `msg` and expects it echoed back.
+fn round_trip(mut stream: TcpStream, msg: &[u8], timeout: Duration) -> bool {
+    if stream.set_read_timeout(Some(timeout)).is_err() || stream.write_all(msg).is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < msg.len() {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got == msg
+}
+
+/// Counters of a [`TrafficProbe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProbeStats {
+    /// Round trips attempted.
+    pub attempts: u64,
+    /// Round trips that failed (connect, send or echo did not complete within 1 s).
+    pub failures: u64,
+    /// Longest time between two successful round trips.
+    pub longest_gap: Duration,
+}
+
+/// Continuous pod-to-pod TCP round trips in the background, counting failures.
+#[derive(Debug)]
+pub struct TrafficProbe {
+    stop: Arc<AtomicBool>,
+    attempts: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    longest_gap_ms: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl TrafficProbe {
+    fn start(from: &Netns, to: &Netns, to_ip: &str) -> TrafficProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = to.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)));
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => panic!("bind in {}: {e}", to.name()),
+        };
+        let port = match listener.local_addr() {
+            Ok(a) => a.port(),
+            Err(e) => panic!("listener address in {}: {e}", to.name()),
+        };
+        if let Err(e) = listener.set_nonblocking(true) {
+            panic!("nonblocking listener in {}: {e}", to.name());
+        }
+        let server_stop = stop.clone();
+        let server = std::thread::spawn(move || {
+            while !server_stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        std::thread::spawn(move || echo(stream, Duration::from_secs(2)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        let target: SocketAddr = match format!("{to_ip}:{port}").parse() {
+            Ok(a) => a,
+            Err(e) => panic!("probe target {to_ip}:{port}: {e}"),
+        };
+        let attempts = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
+        let longest_gap_ms = Arc::new(AtomicU64::new(0));
+        let from_path = from.path();
+        let (c_stop, c_attempts, c_failures, c_gap) = (
+            stop.clone(),
+            attempts.clone(),
+            failures.clone(),
+            longest_gap_ms.clone(),
+        );
+        let client = std::thread::spawn(move || {
+            let entered = File::open(&from_path)
+                .ok()
+                .is_some_and(|f| nix::sched::setns(f, CloneFlags::CLONE_NEWNET).is_ok());
+            let mut last_ok = Instant::now();
+            while !c_stop.load(Ordering::Relaxed) {
+                c_attempts.fetch_add(1, Ordering::Relaxed);
+                let ok = entered
+                    && TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                        .ok()
+                        .is_some_and(|s| round_trip(s, b"weft-probe", Duration::from_secs(1)));
+                if ok {
+                    let gap = last_ok.elapsed().as_millis() as u64;
+                    c_gap.fetch_max(gap, Ordering::Relaxed);
+                    last_ok = Instant::now();
+                } else {
+                    c_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        TrafficProbe {
+            stop,
+            attempts,
+            failures,
+            longest_gap_ms,
+            threads: vec![server, client],
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ProbeStats {
+        ProbeStats {
+            attempts: self.attempts.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            longest_gap: Duration::from_millis(self.longest_gap_ms.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Waits until at least `n` more round trips have been attempted.
+    pub fn wait_attempts(&self, n: u64) {
+        let target = self.stats().attempts + n;
+        wait_until(
+            Duration::from_secs(n + 10),
+            "traffic probe attempts",
+            || self.stats().attempts >= target,
+        );
+    }
+
+    /// Stops the probe and returns the final counters.
+    pub fn stop(mut self) -> ProbeStats {
+        self.halt();
+        self.stats()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TrafficProbe {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A test cluster: underlay, etcd with the network config, and nodes (weftd not yet started).
+/// Fields drop in order: nodes (weftd killed) first, then etcd, then the underlay.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The nodes, index i is node i+1 at 192.0.2.(11+i).
+    pub nodes: Vec<Node>,
+    /// The cluster's etcd.
+    pub etcd: Etcd,
+    /// The underlay every node and etcd hangs on.
+    pub underlay: Underlay,
+}
+
+impl Cluster {
+    /// Creates the underlay, etcd with `config_json` at [`NETWORK_CONFIG_KEY`] (unless empty),
+    /// and `n_nodes` nodes.
+    pub fn new(n_nodes: u32, config_json: &str) -> Cluster {
+        let underlay = Underlay::new();
+        let etcd = Etcd::new(&underlay);
+        if !config_json.is_empty() {
+            etcd.put(NETWORK_CONFIG_KEY, config_json);
+        }
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            etcd,
+            underlay,
+        };
+        for _ in 0..n_nodes {
+            cluster.add_node();
+        }
+        cluster
+    }
+
+    /// Adds one more node (not started).
+    pub fn add_node(&mut self) -> &Node {
+        let index = self.nodes.len() as u32 + 1;
+        let node = Node::new(&self.underlay, index, &self.etcd.endpoint());
+        self.nodes.push(node);
+        &self.nodes[self.nodes.len() - 1]
+    }
+
+    /// Node `i` (0-based).
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    /// Starts weftd on every node and waits (30 s) until each has written subnet.env.
+    pub fn start(&self) {
+        for node in &self.nodes {
+            node.start_weftd(&[]);
+        }
+        for node in &self.nodes {
+            node.wait_subnet_env(Duration::from_secs(30));
+        }
+    }
+
+    /// Waits until every node has a route to every other node's subnet.
+    pub fn wait_mesh(&self, timeout: Duration) {
+        let subnets: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.subnet()
+                    .unwrap_or_else(|| panic!("wait_mesh: {} has no subnet.env", n.name()))
+            })
+            .collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            for (j, subnet) in subnets.iter().enumerate() {
+                if i != j {
+                    node.wait_until(timeout, &format!("route to {subnet}"), || {
+                        node.route_to(subnet).is_some()
+                    });
+                }
+            }
+        }
+    }
+
+    /// A text dump of leases and every node's routes, neighbours and FDB (for failure messages).
+    pub fn dump(&self) -> String {
+        let mut s = String::new();
+        for (k, v) in self.etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/")) {
+            s.push_str(&format!("lease {k} = {v}\n"));
+        }
+        for node in &self.nodes {
+            s.push_str(&format!(
+                "{} {} routes {:?}\n  neigh {:?}\n  fdb {:?}\n",
+                node.name(),
+                node.public_ip(),
+                node.routes(),
+                node.neighbours(),
+                node.fdb()
+            ));
+        }
+        s
+    }
+}
