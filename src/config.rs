@@ -212,14 +212,14 @@ impl<'a> Fields<'a> {
         Fields(map)
     }
 
-    /// An exact match wins; otherwise the last case-insensitive match, as Go does.
+    /// An exact match wins; otherwise a case-insensitive one, as Go does.
     fn get(&self, name: &str) -> Option<&'a Value> {
         self.0.get(name).or_else(|| {
             self.0
                 .iter()
                 .filter(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v)
-                .last()
+                .next_back()
         })
     }
 }

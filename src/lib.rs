@@ -13,5 +13,6 @@ pub mod netlink;
 pub mod peers;
 pub mod pod;
 pub mod store;
+pub mod store;
 pub mod subnet;
 pub mod subnet_env;

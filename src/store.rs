@@ -1,0 +1,962 @@
+//! The etcd edge of the node agent: network config, subnet leases and their watch, in Flannel's
+//! etcd v3 layout (`<prefix>/config`, `<prefix>/subnets/<subnet key>`).
+//!
+//! Every request is bounded by a timeout; callers retry. Under etcd v3 a lease is renewed with a
+//! keep-alive of its etcd lease (no write, no watch event); the key is re-put under a fresh etcd
+//! lease only when its value or its TTL must change. A key without an etcd lease is a reservation:
+//! it is honoured for its `PublicIP` and never handed to anybody else.
+
+use std::fmt;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, LeaseTimeToLiveOptions, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
+use ipnetwork::Ipv4Network;
+use tracing::{debug, info, warn};
+
+use crate::config::NetworkConfig;
+use crate::lease::{config_key, lease_key, parse_lease_key, subnets_prefix};
+use crate::lease::{Lease, LeaseAttrs, LeaseError};
+use crate::subnet::{choose_free_subnet, TakenSubnets};
+
+/// flanneld's default etcd endpoint.
+pub const DEFAULT_ETCD_ENDPOINTS: &str = "http://127.0.0.1:2379";
+/// flanneld's default etcd prefix.
+pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
+/// Bound on establishing a connection to one endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on every unary request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings detect a dead connection under a long-lived watch.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many lost claim races `acquire` tolerates before giving up to its caller.
+const MAX_CLAIM_ATTEMPTS: usize = 10;
+
+/// How to reach etcd; the same settings as flanneld's `--etcd-*` flags.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// Client URLs, `http://` or `https://`.
+    pub endpoints: Vec<String>,
+    /// Key prefix of the network, `/coreos.com/network` by default.
+    pub prefix: String,
+    /// CA certificate (PEM) to verify the servers with.
+    pub cafile: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub certfile: Option<PathBuf>,
+    /// Client key (PEM).
+    pub keyfile: Option<PathBuf>,
+    /// User for etcd authentication.
+    pub username: Option<String>,
+    /// Password for etcd authentication; never printed.
+    pub password: Option<String>,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            endpoints: vec![DEFAULT_ETCD_ENDPOINTS.to_string()],
+            prefix: DEFAULT_ETCD_PREFIX.to_string(),
+            cafile: None,
+            certfile: None,
+            keyfile: None,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+impl fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("cafile", &self.cafile)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The `--etcd-*` flags shared by `weftd` and `weftctl`, each also read from `WEFTD_ETCD_*`.
+#[derive(Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated.
+    #[arg(long = "etcd-endpoints", env = "WEFTD_ETCD_ENDPOINTS", value_delimiter = ',',
+          default_value = DEFAULT_ETCD_ENDPOINTS)]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix of the network.
+    #[arg(long = "etcd-prefix", env = "WEFTD_ETCD_PREFIX", default_value = DEFAULT_ETCD_PREFIX)]
+    pub etcd_prefix: String,
+    /// CA certificate (PEM) for etcd over TLS.
+    #[arg(long = "etcd-cafile", env = "WEFTD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd over TLS.
+    #[arg(long = "etcd-certfile", env = "WEFTD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key (PEM) for etcd over TLS.
+    #[arg(long = "etcd-keyfile", env = "WEFTD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd user name.
+    #[arg(long = "etcd-username", env = "WEFTD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// etcd password.
+    #[arg(
+        long = "etcd-password",
+        env = "WEFTD_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+}
+
+impl fmt::Debug for EtcdArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.options(), f)
+    }
+}
+
+impl EtcdArgs {
+    /// The connection options these flags describe.
+    pub fn options(&self) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            cafile: self.etcd_cafile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        }
+    }
+}
+
+/// Why our own lease is no longer ours; the daemon acquires again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseLostReason {
+    /// The key is gone (deleted, or expired and removed).
+    Deleted,
+    /// The key's etcd lease expired.
+    Expired,
+    /// The key now names another node.
+    TakenBy(Ipv4Addr),
+    /// The key's value is no longer a lease.
+    Invalid(String),
+}
+
+impl fmt::Display for LeaseLostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseLostReason::Deleted => write!(f, "the key was deleted"),
+            LeaseLostReason::Expired => write!(f, "the etcd lease expired"),
+            LeaseLostReason::TakenBy(ip) => write!(f, "the key now belongs to PublicIP {ip}"),
+            LeaseLostReason::Invalid(e) => write!(f, "the key's value is not a lease: {e}"),
+        }
+    }
+}
+
+/// A failed etcd operation. Every variant names the operation and the key or object.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The options cannot work (no endpoint, certificate without key, ...).
+    #[error("etcd options: {0}")]
+    Options(String),
+    /// A TLS file could not be read.
+    #[error("etcd: read {what} {path}: {source}")]
+    ReadFile {
+        /// `CA file`, `certificate file` or `key file`.
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The client could not be set up.
+    #[error("etcd connect to {endpoints}: {source}")]
+    Connect {
+        /// The endpoints, comma-separated.
+        endpoints: String,
+        /// The client's error.
+        source: etcd_client::Error,
+    },
+    /// No answer in time (etcd down or unreachable).
+    #[error("etcd {op} {key}: no answer within {after:?}")]
+    Timeout {
+        /// The operation.
+        op: &'static str,
+        /// The key or key prefix.
+        key: String,
+        /// The bound that passed.
+        after: Duration,
+    },
+    /// etcd answered with an error.
+    #[error("etcd {op} {key}: {source}")]
+    Request {
+        /// The operation.
+        op: &'static str,
+        /// The key or key prefix.
+        key: String,
+        /// The client's error.
+        source: etcd_client::Error,
+    },
+    /// Our lease is gone or taken; acquire again.
+    #[error("subnet lease {subnet}: {reason}")]
+    LeaseLost {
+        /// Our subnet.
+        subnet: Ipv4Network,
+        /// What happened to it.
+        reason: LeaseLostReason,
+    },
+    /// The key changed between our read and our write; retry.
+    #[error("etcd {op} {key}: the key changed concurrently, retry")]
+    Conflict {
+        /// The operation.
+        op: &'static str,
+        /// The key.
+        key: String,
+    },
+    /// Every subnet of the config is taken.
+    #[error("no free subnet in {network} between {min} and {max}: {taken} subnets taken")]
+    NoFreeSubnet {
+        /// `Network`.
+        network: Ipv4Network,
+        /// `SubnetMin`.
+        min: Ipv4Addr,
+        /// `SubnetMax`.
+        max: Ipv4Addr,
+        /// How many leases and reservations exist.
+        taken: usize,
+    },
+    /// Other nodes won every subnet we tried to claim.
+    #[error("claim subnet: lost the race for a free subnet {attempts} times in a row")]
+    ClaimRaces {
+        /// How many claims were tried.
+        attempts: usize,
+    },
+    /// The watch start revision is older than etcd's compacted history: re-list and diff, then
+    /// watch from the listed revision + 1.
+    #[error("etcd watch: history before revision {revision} is compacted, re-list the leases")]
+    Compacted {
+        /// The oldest revision etcd still has.
+        revision: i64,
+    },
+    /// The watch stream broke (connection lost, canceled by etcd); watch again from
+    /// [`LeaseWatch::revision`] + 1.
+    #[error("etcd watch {key}: {reason}")]
+    WatchBroken {
+        /// The watched prefix.
+        key: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Our own subnet lease, as held by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnLease {
+    /// The node subnet.
+    pub subnet: Ipv4Network,
+    /// The value stored under the key.
+    pub attrs: LeaseAttrs,
+    /// The etcd lease keeping the key; `None` = a reservation, which never expires.
+    pub etcd_lease: Option<i64>,
+    /// When the etcd lease expires unless renewed; `None` for a reservation.
+    pub expires: Option<SystemTime>,
+}
+
+/// All leases under `<prefix>/subnets/` at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSnapshot {
+    /// The leases that parse (others are skipped with a warning).
+    pub leases: Vec<Lease>,
+    /// The store revision of the listing; watch from `revision + 1`.
+    pub revision: i64,
+}
+
+/// A change under `<prefix>/subnets/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// A lease was created or its value or etcd lease changed.
+    Put(Lease),
+    /// A lease was deleted or expired.
+    Delete {
+        /// The subnet whose key went away.
+        subnet: Ipv4Network,
+        /// The lease before deletion, when etcd still had it and it parsed.
+        prev: Option<Lease>,
+    },
+}
+
+/// A connected etcd client bound to one network prefix. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs one etcd request under [`REQUEST_TIMEOUT`], naming the operation and key in errors.
+async fn timed<T>(
+    op: &'static str,
+    key: &str,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Err(_) => Err(StoreError::Timeout {
+            op,
+            key: key.to_string(),
+            after: REQUEST_TIMEOUT,
+        }),
+        Ok(Err(source)) => Err(StoreError::Request {
+            op,
+            key: key.to_string(),
+            source,
+        }),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+fn read_pem(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|source| StoreError::ReadFile {
+        what,
+        path: path.clone(),
+        source,
+    })
+}
+
+fn ttl_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1)
+}
+
+fn expiry_after(seconds: i64) -> SystemTime {
+    SystemTime::now() + Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+/// Parses one key-value of `<prefix>/subnets/` into a lease.
+fn lease_from_kv(prefix: &str, kv: &KeyValue) -> Result<Lease, LeaseError> {
+    let key = String::from_utf8_lossy(kv.key());
+    let subnet = parse_lease_key(prefix, &key)?;
+    let attrs = LeaseAttrs::from_json(&key, kv.value())?;
+    Ok(Lease {
+        subnet,
+        attrs,
+        etcd_lease: (kv.lease() != 0).then_some(kv.lease()),
+        mod_revision: kv.mod_revision(),
+    })
+}
+
+impl EtcdStore {
+    /// Sets up the client (TLS and authentication as configured). The connection itself is
+    /// made lazily, so an etcd that is down shows up as a [`StoreError::Timeout`] of the first
+    /// request; with a user name, authentication happens here, under the connect timeout.
+    pub async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
+        if opts.endpoints.is_empty() {
+            return Err(StoreError::Options("no endpoint given".into()));
+        }
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(true);
+        if opts.cafile.is_some() || opts.certfile.is_some() || opts.keyfile.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &opts.cafile {
+                tls = tls.ca_certificate(Certificate::from_pem(read_pem("CA file", ca)?));
+            }
+            match (&opts.certfile, &opts.keyfile) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(Identity::from_pem(
+                        read_pem("certificate file", cert)?,
+                        read_pem("key file", key)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(StoreError::Options(
+                        "--etcd-certfile and --etcd-keyfile must be given together".into(),
+                    ))
+                }
+            }
+            co = co.with_tls(tls);
+        }
+        match (&opts.username, &opts.password) {
+            (Some(user), password) => {
+                co = co
+                    .with_user(user.clone(), password.clone().unwrap_or_default())
+                    .with_auto_token_refresh(true);
+            }
+            (None, Some(_)) => {
+                return Err(StoreError::Options(
+                    "a password was given without --etcd-username".into(),
+                ))
+            }
+            (None, None) => {}
+        }
+        let endpoints = opts.endpoints.join(",");
+        let client = match tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            Client::connect(&opts.endpoints, Some(co)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    op: "connect",
+                    key: endpoints,
+                    after: CONNECT_TIMEOUT * 2,
+                })
+            }
+            Ok(Err(source)) => return Err(StoreError::Connect { endpoints, source }),
+            Ok(Ok(c)) => c,
+        };
+        Ok(EtcdStore {
+            client,
+            prefix: opts.prefix.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The network prefix, without a trailing `/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The raw JSON at `<prefix>/config`, `None` when the key does not exist.
+    pub async fn network_config(&self) -> Result<Option<String>, StoreError> {
+        let key = config_key(&self.prefix);
+        let resp = timed(
+            "get network config",
+            &key,
+            self.client.kv_client().get(key.clone(), None),
+        )
+        .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Every lease under `<prefix>/subnets/`. Keys or values that do not parse are skipped with a
+    /// warning naming the key: a bad lease must not stop the node.
+    pub async fn list_leases(&self) -> Result<LeaseSnapshot, StoreError> {
+        let prefix = subnets_prefix(&self.prefix);
+        let resp = timed(
+            "list leases",
+            &prefix,
+            self.client
+                .kv_client()
+                .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let leases = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| match lease_from_kv(&self.prefix, kv) {
+                Ok(lease) => Some(lease),
+                Err(e) => {
+                    warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "skipping a lease that does not parse");
+                    None
+                }
+            })
+            .collect();
+        Ok(LeaseSnapshot { leases, revision })
+    }
+
+    /// When the etcd lease `id` expires (for display); `None` when it has already expired.
+    pub async fn lease_expiry(&self, id: i64) -> Result<Option<SystemTime>, StoreError> {
+        let resp = timed(
+            "read lease TTL",
+            &format!("lease {id:x}"),
+            self.client.lease_client().time_to_live(id, None),
+        )
+        .await?;
+        Ok((resp.ttl() >= 0).then(|| expiry_after(resp.ttl())))
+    }
+
+    /// Acquires this node's subnet lease: the lease whose `PublicIP` is ours (its value updated
+    /// if `attrs` changed, a reservation kept a reservation); else `previous` if it is inside the
+    /// config's range and free; else a random free subnet. A claim is a transaction on the key
+    /// not existing; a lost race picks again, at most [`MAX_CLAIM_ATTEMPTS`] times.
+    pub async fn acquire(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Network>,
+        ttl: Duration,
+    ) -> Result<OwnLease, StoreError> {
+        for attempt in 1..=MAX_CLAIM_ATTEMPTS {
+            let snap = self.list_leases().await?;
+            let mut mine: Vec<&Lease> = snap
+                .leases
+                .iter()
+                .filter(|l| l.attrs.public_ip == attrs.public_ip)
+                .collect();
+            // A reservation wins over a leased key; then the lowest subnet, to be deterministic.
+            mine.sort_by_key(|l| (!l.is_reservation(), l.subnet));
+            if let Some(own) = mine.iter().find(|l| cfg.contains_subnet(&l.subnet)) {
+                match self.reuse(own, attrs, ttl).await {
+                    Ok(lease) => return Ok(lease),
+                    Err(e @ (StoreError::Conflict { .. } | StoreError::LeaseLost { .. })) => {
+                        debug!(subnet = %own.subnet, error = %e, attempt, "own lease changed while reusing it, listing again");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut dropped = Vec::new();
+            for stale in mine.iter().filter(|l| !cfg.contains_subnet(&l.subnet)) {
+                if stale.is_reservation() {
+                    warn!(subnet = %stale.subnet, public_ip = %attrs.public_ip, "reservation of this node is outside the network config, ignoring it");
+                    continue;
+                }
+                info!(subnet = %stale.subnet, public_ip = %attrs.public_ip, "lease of this node is outside the network config, deleting it");
+                self.delete_if_unchanged(stale).await?;
+                dropped.push(stale.subnet);
+            }
+            let taken = TakenSubnets::new(
+                snap.leases
+                    .iter()
+                    .map(|l| &l.subnet)
+                    .filter(|s| !dropped.contains(s)),
+            );
+            let wanted = previous.filter(|p| cfg.contains_subnet(p) && !taken.overlaps(p));
+            let candidate = match wanted {
+                Some(p) => p,
+                None => {
+                    let mut rng = rand::rng();
+                    choose_free_subnet(cfg, &taken, &mut rng).ok_or(StoreError::NoFreeSubnet {
+                        network: cfg.network,
+                        min: cfg.subnet_min,
+                        max: cfg.subnet_max,
+                        taken: snap.leases.len(),
+                    })?
+                }
+            };
+            if let Some(lease) = self.claim(candidate, attrs, ttl).await? {
+                info!(subnet = %candidate, public_ip = %attrs.public_ip, "claimed a new subnet lease");
+                return Ok(lease);
+            }
+            debug!(subnet = %candidate, attempt, "another node claimed the subnet first, picking again");
+        }
+        Err(StoreError::ClaimRaces {
+            attempts: MAX_CLAIM_ATTEMPTS,
+        })
+    }
+
+    /// Extends our lease. A reservation needs nothing. Under etcd v3 the etcd lease is kept
+    /// alive; it is replaced (and the key re-put) only if the key's value differs from ours or
+    /// `ttl` differs from the lease's granted TTL. A key that is gone, expired or names another
+    /// node gives [`StoreError::LeaseLost`].
+    pub async fn renew(&self, own: &OwnLease, ttl: Duration) -> Result<OwnLease, StoreError> {
+        if own.etcd_lease.is_none() {
+            return Ok(own.clone());
+        }
+        let key = lease_key(&self.prefix, own.subnet);
+        let lost = |reason| StoreError::LeaseLost {
+            subnet: own.subnet,
+            reason,
+        };
+        let resp = timed(
+            "get own lease",
+            &key,
+            self.client.kv_client().get(key.clone(), None),
+        )
+        .await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Err(lost(LeaseLostReason::Deleted));
+        };
+        let stored = LeaseAttrs::from_json(&key, kv.value())
+            .map_err(|e| lost(LeaseLostReason::Invalid(e.to_string())))?;
+        if stored.public_ip != own.attrs.public_ip {
+            return Err(lost(LeaseLostReason::TakenBy(stored.public_ip)));
+        }
+        if kv.lease() == 0 {
+            info!(subnet = %own.subnet, "own lease became a reservation");
+            return Ok(OwnLease {
+                etcd_lease: None,
+                expires: None,
+                ..own.clone()
+            });
+        }
+        let current = Lease {
+            subnet: own.subnet,
+            attrs: stored,
+            etcd_lease: Some(kv.lease()),
+            mod_revision: kv.mod_revision(),
+        };
+        self.refresh(&current, kv.lease(), &own.attrs, ttl).await
+    }
+
+    /// Watches `<prefix>/subnets/` from `from_revision` (inclusive), with previous values.
+    pub async fn watch(&self, from_revision: i64) -> Result<LeaseWatch, StoreError> {
+        let key = subnets_prefix(&self.prefix);
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision)
+            .with_prev_key()
+            .with_progress_notify();
+        let stream = timed(
+            "watch",
+            &key,
+            self.client.watch_client().watch(key.clone(), Some(opts)),
+        )
+        .await?;
+        Ok(LeaseWatch {
+            stream,
+            prefix: self.prefix.clone(),
+            key,
+            revision: from_revision.saturating_sub(1),
+        })
+    }
+
+    /// Keeps or replaces the etcd lease of a key that is ours.
+    async fn reuse(
+        &self,
+        own: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<OwnLease, StoreError> {
+        match own.etcd_lease {
+            None => {
+                if own.attrs != *attrs {
+                    let key = lease_key(&self.prefix, own.subnet);
+                    self.put_if_unchanged("update reservation", &key, own.mod_revision, attrs, 0)
+                        .await?;
+                }
+                info!(subnet = %own.subnet, "reusing this node's reservation");
+                Ok(OwnLease {
+                    subnet: own.subnet,
+                    attrs: attrs.clone(),
+                    etcd_lease: None,
+                    expires: None,
+                })
+            }
+            Some(id) => {
+                info!(subnet = %own.subnet, "reusing this node's lease");
+                self.refresh(own, id, attrs, ttl).await
+            }
+        }
+    }
+
+    /// Renews the etcd lease `id` of `current` with a keep-alive, or, if the value or TTL must
+    /// change, re-puts the key under a new etcd lease (guarded by the key's mod revision).
+    async fn refresh(
+        &self,
+        current: &Lease,
+        id: i64,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<OwnLease, StoreError> {
+        let key = lease_key(&self.prefix, current.subnet);
+        let lost = |reason| StoreError::LeaseLost {
+            subnet: current.subnet,
+            reason,
+        };
+        let info = timed(
+            "read lease TTL",
+            &key,
+            self.client
+                .lease_client()
+                .time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())),
+        )
+        .await?;
+        if info.ttl() <= 0 {
+            return Err(lost(LeaseLostReason::Expired));
+        }
+        let ttl_s = ttl_seconds(ttl);
+        if current.attrs == *attrs && info.granted_ttl() == ttl_s {
+            match timed(
+                "keep lease alive",
+                &key,
+                self.client.lease_client().keep_alive(id),
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(StoreError::Request {
+                    source: etcd_client::Error::LeaseKeepAliveError(_),
+                    ..
+                }) => return Err(lost(LeaseLostReason::Expired)),
+                Err(e) => return Err(e),
+            }
+            return Ok(OwnLease {
+                subnet: current.subnet,
+                attrs: attrs.clone(),
+                etcd_lease: Some(id),
+                expires: Some(expiry_after(info.granted_ttl())),
+            });
+        }
+        let grant = timed(
+            "grant lease",
+            &key,
+            self.client.lease_client().grant(ttl_s, None),
+        )
+        .await?;
+        if let Err(e) = self
+            .put_if_unchanged(
+                "re-put lease",
+                &key,
+                current.mod_revision,
+                attrs,
+                grant.id(),
+            )
+            .await
+        {
+            self.revoke_quietly(grant.id(), &key).await;
+            return Err(e);
+        }
+        // The old etcd lease now holds nothing if it only held this key: drop it.
+        if info.keys() == [key.as_bytes()] {
+            self.revoke_quietly(id, &key).await;
+        }
+        Ok(OwnLease {
+            subnet: current.subnet,
+            attrs: attrs.clone(),
+            etcd_lease: Some(grant.id()),
+            expires: Some(expiry_after(grant.ttl())),
+        })
+    }
+
+    /// Claims a free subnet: put under a fresh etcd lease if the key does not exist.
+    /// `Ok(None)` when another node got there first.
+    async fn claim(
+        &self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<OwnLease>, StoreError> {
+        let key = lease_key(&self.prefix, subnet);
+        let grant = timed(
+            "grant lease",
+            &key,
+            self.client.lease_client().grant(ttl_seconds(ttl), None),
+        )
+        .await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(grant.id())),
+            )]);
+        match timed("claim subnet", &key, self.client.kv_client().txn(txn)).await {
+            Ok(resp) if resp.succeeded() => Ok(Some(OwnLease {
+                subnet,
+                attrs: attrs.clone(),
+                etcd_lease: Some(grant.id()),
+                expires: Some(expiry_after(grant.ttl())),
+            })),
+            Ok(_) => {
+                self.revoke_quietly(grant.id(), &key).await;
+                Ok(None)
+            }
+            Err(e) => {
+                // The claim may have landed before the error; revoking undoes it either way.
+                self.revoke_quietly(grant.id(), &key).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts `attrs` at `key` with etcd lease `lease_id` (0 = none) if the key's mod revision is
+    /// still `mod_revision`.
+    async fn put_if_unchanged(
+        &self,
+        op: &'static str,
+        key: &str,
+        mod_revision: i64,
+        attrs: &LeaseAttrs,
+        lease_id: i64,
+    ) -> Result<(), StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.to_string(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::put(
+                key.to_string(),
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        let resp = timed(op, key, self.client.kv_client().txn(txn)).await?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                op,
+                key: key.to_string(),
+            })
+        }
+    }
+
+    /// Deletes a lease unless it changed since it was listed.
+    async fn delete_if_unchanged(&self, lease: &Lease) -> Result<(), StoreError> {
+        let key = lease_key(&self.prefix, lease.subnet);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                lease.mod_revision,
+            )])
+            .and_then([TxnOp::delete(key.clone(), None)]);
+        timed("delete stale lease", &key, self.client.kv_client().txn(txn)).await?;
+        Ok(())
+    }
+
+    /// Revokes an etcd lease we no longer need; failure only costs a lease that expires anyway.
+    async fn revoke_quietly(&self, id: i64, key: &str) {
+        if let Err(e) = timed("revoke lease", key, self.client.lease_client().revoke(id)).await {
+            warn!(key, lease = %format!("{id:x}"), error = %e, "could not revoke an unused etcd lease, it will expire");
+        }
+    }
+}
+
+/// A watch of `<prefix>/subnets/`.
+pub struct LeaseWatch {
+    stream: WatchStream,
+    prefix: String,
+    key: String,
+    revision: i64,
+}
+
+impl fmt::Debug for LeaseWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseWatch")
+            .field("key", &self.key)
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseWatch {
+    /// The revision up to which every event has been delivered: after a
+    /// [`StoreError::WatchBroken`], watch again from `revision() + 1`.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The next batch of events (never empty). Waits as long as nothing changes; a lost
+    /// connection is detected by HTTP/2 keep-alive and reported as [`StoreError::WatchBroken`];
+    /// a start revision older than etcd's history gives [`StoreError::Compacted`].
+    pub async fn next(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
+        loop {
+            let resp = match self.stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return Err(self.broken("the stream was closed".into())),
+                Err(e) => return Err(self.broken(e.to_string())),
+            };
+            if resp.compact_revision() > 0 {
+                return Err(StoreError::Compacted {
+                    revision: resp.compact_revision(),
+                });
+            }
+            if resp.canceled() {
+                return Err(self.broken(format!("canceled by etcd: {}", resp.cancel_reason())));
+            }
+            if resp.events().is_empty() {
+                // Creation and progress notifications: with no event pending, the header
+                // revision is fully delivered.
+                if !resp.created() {
+                    if let Some(h) = resp.header() {
+                        self.revision = self.revision.max(h.revision());
+                    }
+                }
+                continue;
+            }
+            let mut batch = Vec::with_capacity(resp.events().len());
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                self.revision = self.revision.max(kv.mod_revision());
+                match self.event(ev.event_type(), kv, ev.prev_kv()) {
+                    Ok(e) => batch.push(e),
+                    Err(e) => {
+                        warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "skipping a lease event that does not parse")
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+    }
+
+    fn event(
+        &self,
+        kind: EventType,
+        kv: &KeyValue,
+        prev: Option<&KeyValue>,
+    ) -> Result<LeaseEvent, LeaseError> {
+        match kind {
+            EventType::Put => Ok(LeaseEvent::Put(lease_from_kv(&self.prefix, kv)?)),
+            EventType::Delete => {
+                let subnet = parse_lease_key(&self.prefix, &String::from_utf8_lossy(kv.key()))?;
+                let prev = prev.and_then(|p| lease_from_kv(&self.prefix, p).ok());
+                Ok(LeaseEvent::Delete { subnet, prev })
+            }
+        }
+    }
+
+    fn broken(&self, reason: String) -> StoreError {
+        StoreError::WatchBroken {
+            key: self.key.clone(),
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_never_in_debug() {
+        let opts = EtcdOptions {
+            username: Some("root".into()),
+            password: Some("s3cret".into()),
+            ..EtcdOptions::default()
+        };
+        let text = format!("{opts:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+        assert_eq!(opts.endpoints, vec!["http://127.0.0.1:2379".to_string()]);
+        assert_eq!(opts.prefix, "/coreos.com/network");
+    }
+
+    #[test]
+    fn ttl_and_expiry_conversions() {
+        assert_eq!(ttl_seconds(Duration::from_secs(86400)), 86400);
+        assert_eq!(ttl_seconds(Duration::from_millis(10)), 1);
+        let t = expiry_after(60);
+        let d = t.duration_since(SystemTime::now()).unwrap();
+        assert!(
+            d <= Duration::from_secs(60) && d > Duration::from_secs(58),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn lost_reasons_read_well() {
+        let e = StoreError::LeaseLost {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            reason: LeaseLostReason::TakenBy("192.0.2.9".parse().unwrap()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "subnet lease 10.244.1.0/24: the key now belongs to PublicIP 192.0.2.9"
+        );
+    }
+}
