@@ -13,6 +13,5 @@ pub mod netlink;
 pub mod peers;
 pub mod pod;
 pub mod store;
-pub mod store;
 pub mod subnet;
 pub mod subnet_env;
