@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The whole test suite: system packages, build, unit + integration tests (real etcd, network
+# namespaces, kernel devices; needs root), rustfmt and clippy. Exits non-zero on any failure.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if ! bash scripts/setup.sh; then
+    echo "test.sh: setup failed" >&2
+    exit 1
+fi
+
+declare -a NAMES=() RESULTS=() TIMES=()
+failed=0
+
+# step NAME COMMAND...: runs a step, records result and duration, keeps going on failure.
+step() {
+    local name=$1
+    shift
+    echo
+    echo "==> $name: $*"
+    local start=$SECONDS rc=0
+    "$@" || rc=$?
+    NAMES+=("$name")
+    TIMES+=("$((SECONDS - start))s")
+    if [ "$rc" -eq 0 ]; then
+        RESULTS+=("ok")
+    else
+        RESULTS+=("FAILED (exit $rc)")
+        failed=1
+    fi
+    return "$rc"
+}
+
+step "rustfmt" cargo fmt --all --check
+
+if step "build" cargo build --workspace --all-targets; then
+    # The integration tests need the binaries built above; the suite must stay well under 30 min.
+    if cargo nextest --version >/dev/null 2>&1; then
+        step "tests" timeout --signal=INT --kill-after=60 1500 \
+            cargo nextest run --workspace --no-fail-fast
+    else
+        echo "test.sh: cargo-nextest not installed, falling back to cargo test"
+        step "tests" timeout --signal=INT --kill-after=60 1500 \
+            cargo test --workspace --no-fail-fast
+    fi
+else
+    NAMES+=("tests")
+    RESULTS+=("not run (build failed)")
+    TIMES+=("-")
+fi
+
+step "clippy" cargo clippy --workspace --all-targets -- -D warnings
+
+echo
+echo "==================== test.sh summary ===================="
+for i in "${!NAMES[@]}"; do
+    printf '  %-8s %-24s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"
+done
+leftover=$(ip netns list 2>/dev/null | grep -c '^weft-' || true)
+if [ "$leftover" -gt 0 ]; then
+    echo "  warning: $leftover weft-* network namespaces left behind (see: ip netns list)"
+fi
+if [ "$failed" -eq 0 ]; then
+    echo "  ALL PASSED"
+else
+    echo "  FAILED"
+fi
+exit "$failed"
