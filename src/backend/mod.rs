@@ -1,2 +1,134 @@
 //! Data paths. One folder-local module per backend; nothing outside `backend/` needs to know
 //! which one runs: the daemon only sees [`Backend`].
+
+pub mod hostgw;
+pub mod routes;
+pub mod udp;
+pub mod vxlan;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+
+use crate::config::{BackendConfig, NetworkConfig};
+use crate::lease::{Lease, LeaseAttrs};
+use crate::netlink::{ExternalInterface, NetlinkError};
+
+/// An error of a backend, naming the device or file and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// Reading or writing backend state under `--state-dir` failed.
+    #[error("{op} {}: {source}", path.display())]
+    State {
+        /// The operation, e.g. `write VTEP MAC file`.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A state file holds something weft did not write.
+    #[error("VTEP MAC file {}: {reason}", path.display())]
+    BadState {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its content.
+        reason: String,
+    },
+    /// The configured backend type is not built into this weftd.
+    #[error("backend type {0:?} is not supported yet")]
+    Unsupported(&'static str),
+}
+
+/// The outcome of one reconcile pass, counted in kernel entries (routes, neighbours, FDB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Entries the peer leases justify.
+    pub desired: usize,
+    /// Desired entries that were already in the kernel.
+    pub present: usize,
+    /// Entries added or replaced in this pass.
+    pub added: usize,
+    /// Stale entries removed in this pass.
+    pub removed: usize,
+    /// Additions and removals the kernel refused (each logged with its error).
+    pub failed: usize,
+}
+
+/// The node's data path, chosen by `Backend.Type` in the network config.
+#[derive(Debug)]
+pub enum Backend {
+    /// The kernel VXLAN overlay (`flannel.<VNI>`).
+    Vxlan(vxlan::VxlanBackend),
+}
+
+impl Backend {
+    /// Prepares the backend for the configured type (VXLAN: loads or creates the VTEP MAC
+    /// persisted in `state_dir`, before any device exists).
+    pub async fn new(
+        cfg: &NetworkConfig,
+        ext: &ExternalInterface,
+        state_dir: &Path,
+    ) -> Result<Backend, BackendError> {
+        match &cfg.backend {
+            BackendConfig::Vxlan {
+                vni,
+                port,
+                direct_routing,
+                mtu,
+            } => {
+                let settings = vxlan::VxlanSettings {
+                    network: cfg.network,
+                    vni: *vni,
+                    port: *port,
+                    direct_routing: *direct_routing,
+                    mtu: *mtu,
+                };
+                Ok(Backend::Vxlan(
+                    vxlan::VxlanBackend::new(settings, ext.clone(), state_dir).await?,
+                ))
+            }
+            BackendConfig::Udp { .. } => Err(BackendError::Unsupported("udp")),
+            BackendConfig::HostGw => Err(BackendError::Unsupported("host-gw")),
+        }
+    }
+
+    /// What this node publishes in its lease (`PublicIP`, `BackendType`, `BackendData`).
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        match self {
+            Backend::Vxlan(b) => b.lease_attrs(),
+        }
+    }
+
+    /// The MTU pods must use (subnet.env `FLANNEL_MTU`).
+    pub fn mtu(&self) -> u32 {
+        match self {
+            Backend::Vxlan(b) => b.mtu(),
+        }
+    }
+
+    /// The name of the device the backend owns (e.g. `flannel.1`), so the daemon can react to
+    /// its removal at once (see [`crate::netlink::link_events`]).
+    pub fn device_name(&self) -> &str {
+        match self {
+            Backend::Vxlan(b) => b.device_name(),
+        }
+    }
+
+    /// Makes the kernel match `own` and `peers`: device, address, and per-peer entries; adds
+    /// what is missing and removes what no peer justifies. Idempotent.
+    pub async fn reconcile(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> Result<ReconcileReport, BackendError> {
+        match self {
+            Backend::Vxlan(b) => b.reconcile(own, peers).await,
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The kernel VXLAN backend, on the wire like Flannel's: device `flannel.<VNI>`, UDP 8472,
+//! learning off; per peer a route via `X.0` onlink, a permanent neighbour and an FDB entry.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
+use rtnetlink::{Handle, LinkVxlan};
+use tracing::{debug, info, warn};
+
+use super::{BackendError, ReconcileReport};
+use crate::lease::{Lease, LeaseAttrs};
+use crate::netlink::{self, ExternalInterface, MacAddr, PendingOp};
+use crate::peers::{self, ActualEntries, VxlanTopology};
+
+/// VXLAN overhead on an IPv4 underlay: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The VXLAN part of the network config, defaulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanSettings {
+    /// The cluster network (`Network`).
+    pub network: Ipv4Network,
+    /// `VNI`.
+    pub vni: u32,
+    /// `Port` (UDP destination port).
+    pub port: u16,
+    /// `DirectRouting`.
+    pub direct_routing: bool,
+    /// `MTU`; `None` means external MTU - 50.
+    pub mtu: Option<u32>,
+}
+
+/// The VXLAN data path of this node.
+#[derive(Debug)]
+pub struct VxlanBackend {
+    handle: Handle,
+    settings: VxlanSettings,
+    ext: ExternalInterface,
+    name: String,
+    mac: MacAddr,
+    mtu: u32,
+}
+
+/// The file under `state_dir` holding the VTEP MAC of device `flannel.<vni>`.
+pub fn vtep_mac_path(state_dir: &Path, vni: u32) -> PathBuf {
+    state_dir.join(format!("flannel.{vni}.vtep-mac"))
+}
+
+fn state_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BackendError {
+    let path = path.to_path_buf();
+    move |source| BackendError::State { op, path, source }
+}
+
+/// Reads the persisted VTEP MAC; `Ok(None)` when the file does not exist.
+pub fn load_vtep_mac(path: &Path) -> Result<Option<MacAddr>, BackendError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(state_err("read VTEP MAC file", path)(e)),
+    };
+    let mac: MacAddr = text.trim().parse().map_err(|e| BackendError::BadState {
+        path: path.to_path_buf(),
+        reason: format!("{e}"),
+    })?;
+    if !mac.is_unicast() {
+        return Err(BackendError::BadState {
+            path: path.to_path_buf(),
+            reason: format!("{mac} is not a unicast address"),
+        });
+    }
+    Ok(Some(mac))
+}
+
+/// Writes the VTEP MAC atomically (temporary file with mode 0600, fsync, rename, fsync of the
+/// directory), creating the state directory if needed.
+pub fn store_vtep_mac(path: &Path, mac: MacAddr) -> Result<(), BackendError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(state_err("create state directory", dir))?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(state_err("create VTEP MAC file", &tmp))?;
+    file.write_all(format!("{mac}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(state_err("write VTEP MAC file", &tmp))?;
+    fs::rename(&tmp, path).map_err(state_err("rename VTEP MAC file into", path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(state_err("sync state directory", dir))?;
+    Ok(())
+}
+
+/// What a VXLAN device must look like; anything but MTU and up-state can only be fixed by
+/// recreating the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WantedDevice {
+    vni: u32,
+    port: u16,
+    local: Ipv4Addr,
+    ext_index: u32,
+    mac: MacAddr,
+}
+
+/// The attributes of `link` that differ from `want`, described for a log line; empty when
+/// the device can be kept.
+fn device_mismatches(link: &LinkMessage, want: &WantedDevice) -> Vec<String> {
+    let infos: Vec<&LinkInfo> = link
+        .attributes
+        .iter()
+        .filter_map(|a| match a {
+            LinkAttribute::LinkInfo(i) => Some(i),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let is_vxlan = infos
+        .iter()
+        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)));
+    if !is_vxlan {
+        return vec!["kind is not vxlan".to_string()];
+    }
+    let data: Vec<&InfoVxlan> = infos
+        .iter()
+        .filter_map(|i| match i {
+            LinkInfo::Data(InfoData::Vxlan(d)) => Some(d),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut wrong = Vec::new();
+    let mut check = |what: &str, have: Option<String>, want: String| {
+        if have.as_deref() != Some(want.as_str()) {
+            wrong.push(format!(
+                "{what} is {} (want {want})",
+                have.unwrap_or_else(|| "unset".to_string())
+            ));
+        }
+    };
+    let find = |f: fn(&InfoVxlan) -> Option<String>| data.iter().find_map(|d| f(d));
+    check(
+        "vni",
+        find(|d| match d {
+            InfoVxlan::Id(v) => Some(v.to_string()),
+            _ => None,
+        }),
+        want.vni.to_string(),
+    );
+    check(
+        "dstport",
+        find(|d| match d {
+            InfoVxlan::Port(v) => Some(v.to_string()),
+            _ => None,
+        }),
+        want.port.to_string(),
+    );
+    check(
+        "local",
+        find(|d| match d {
+            InfoVxlan::Local(v) => Some(v.to_string()),
+            _ => None,
+        }),
+        want.local.to_string(),
+    );
+    check(
+        "dev",
+        find(|d| match d {
+            InfoVxlan::Link(v) => Some(v.to_string()),
+            _ => None,
+        }),
+        want.ext_index.to_string(),
+    );
+    check(
+        "learning",
+        find(|d| match d {
+            InfoVxlan::Learning(v) => Some(v.to_string()),
+            _ => None,
+        }),
+        false.to_string(),
+    );
+    check(
+        "address",
+        netlink::link_mac(link).map(|m| m.to_string()),
+        want.mac.to_string(),
+    );
+    wrong
+}
+
+impl VxlanBackend {
+    /// Opens a netlink connection and settles the VTEP MAC: the one persisted in `state_dir`,
+    /// else the MAC of an existing `flannel.<VNI>` device (an upgrade from flanneld keeps its
+    /// peers' entries valid), else a new random one; a new MAC is persisted before any device
+    /// is created with it.
+    pub async fn new(
+        settings: VxlanSettings,
+        ext: ExternalInterface,
+        state_dir: &Path,
+    ) -> Result<Self, BackendError> {
+        let handle = netlink::connect()?;
+        let name = format!("flannel.{}", settings.vni);
+        let path = vtep_mac_path(state_dir, settings.vni);
+        let mac = match load_vtep_mac(&path)? {
+            Some(mac) => mac,
+            None => {
+                let existing = netlink::link_by_name(&handle, &name)
+                    .await?
+                    .and_then(|l| netlink::link_mac(&l))
+                    .filter(MacAddr::is_unicast);
+                let mac = existing.unwrap_or_else(MacAddr::random_local);
+                store_vtep_mac(&path, mac)?;
+                info!(device = %name, vtep_mac = %mac, path = %path.display(), "persisted VTEP MAC");
+                mac
+            }
+        };
+        let mtu = settings
+            .mtu
+            .unwrap_or(ext.mtu.saturating_sub(VXLAN_OVERHEAD));
+        Ok(VxlanBackend {
+            handle,
+            settings,
+            ext,
+            name,
+            mac,
+            mtu,
+        })
+    }
+
+    /// `{"PublicIP":..,"BackendType":"vxlan","BackendData":{"VNI":..,"VtepMAC":".."}}`.
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: self.ext.public_ip,
+            backend_type: "vxlan".to_string(),
+            backend_data: Some(serde_json::json!({
+                "VNI": self.settings.vni,
+                "VtepMAC": self.mac.to_string(),
+            })),
+        }
+    }
+
+    /// The MTU of the overlay device, which pods must use.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// The VTEP MAC of this node.
+    pub fn vtep_mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    /// `flannel.<VNI>`.
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    fn wanted(&self) -> WantedDevice {
+        WantedDevice {
+            vni: self.settings.vni,
+            port: self.settings.port,
+            local: self.ext.public_ip,
+            ext_index: self.ext.index,
+            mac: self.mac,
+        }
+    }
+
+    /// Makes sure the device exists with the right attributes, MTU and up; returns its index.
+    async fn ensure_device(&self) -> Result<u32, BackendError> {
+        let h = &self.handle;
+        if let Some(link) = netlink::link_by_name(h, &self.name).await? {
+            let index = link.header.index;
+            let wrong = device_mismatches(&link, &self.wanted());
+            if wrong.is_empty() {
+                if netlink::link_mtu(&link) != Some(self.mtu) {
+                    info!(device = %self.name, mtu = self.mtu, "fixing MTU");
+                    netlink::set_link_mtu(h, index, &self.name, self.mtu).await?;
+                }
+                if !netlink::link_is_up(&link) {
+                    info!(device = %self.name, "setting device up");
+                    netlink::set_link_up(h, index, &self.name).await?;
+                }
+                return Ok(index);
+            }
+            warn!(device = %self.name, wrong = %wrong.join(", "), "recreating VXLAN device with wrong attributes");
+            netlink::del_link(h, index, &self.name).await?;
+        }
+        let msg = LinkVxlan::new(&self.name, self.settings.vni)
+            .dev(self.ext.index)
+            .local(self.ext.public_ip)
+            .port(self.settings.port)
+            .learning(false)
+            .mtu(self.mtu)
+            .address(self.mac.0.to_vec())
+            .up()
+            .build();
+        let what = format!(
+            "vxlan device {} (vni {}, local {}, dstport {}, dev {})",
+            self.name, self.settings.vni, self.ext.public_ip, self.settings.port, self.ext.name
+        );
+        netlink::add_link(h, msg, &what).await?;
+        let link = netlink::link_by_name(h, &self.name).await?.ok_or_else(|| {
+            netlink::NetlinkError::NoInterface(format!(
+                "{} vanished right after creation",
+                self.name
+            ))
+        })?;
+        info!(device = %self.name, vtep_mac = %self.mac, mtu = self.mtu, "created VXLAN device");
+        Ok(link.header.index)
+    }
+
+    /// Leaves exactly `<subnet>.0/32` as the device's IPv4 address.
+    async fn ensure_address(&self, index: u32, own: Ipv4Network) -> Result<(), BackendError> {
+        let want = Ipv4Network::new(own.network(), 32).map_err(|e| {
+            netlink::NetlinkError::NoInterface(format!("address for subnet {own}: {e}"))
+        })?;
+        let have = netlink::ipv4_addresses(&self.handle, Some(index)).await?;
+        for (_, addr) in &have {
+            if *addr != want {
+                netlink::del_address(&self.handle, index, &self.name, *addr).await?;
+            }
+        }
+        if !have.iter().any(|(_, a)| *a == want) {
+            netlink::add_address(&self.handle, index, &self.name, want).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_actual(&self, index: u32) -> Result<ActualEntries, BackendError> {
+        let h = &self.handle;
+        let (routes, neighbours, fdb) = futures::try_join!(
+            netlink::dump_ipv4_routes(h),
+            netlink::neighbours(h, index),
+            netlink::fdb_entries(h, index),
+        )?;
+        let routes = peers::owned_routes(
+            &netlink::main_table_gateway_routes(&routes),
+            index,
+            self.ext.index,
+            self.settings.network,
+        );
+        Ok(ActualEntries {
+            routes,
+            neighbours,
+            fdb,
+        })
+    }
+
+    fn dev_name_of(&self, oif: u32) -> String {
+        if oif == self.ext.index {
+            self.ext.name.clone()
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// See [`super::Backend::reconcile`].
+    pub async fn reconcile(
+        &mut self,
+        own: Ipv4Network,
+        peer_leases: &[Lease],
+    ) -> Result<ReconcileReport, BackendError> {
+        let index = self.ensure_device().await?;
+        self.ensure_address(index, own).await?;
+        let topo = VxlanTopology {
+            dev_index: index,
+            ext_index: self.ext.index,
+            direct_routing: self.settings.direct_routing.then_some(self.ext.network),
+        };
+        let (desired, skipped) = peers::vxlan_desired(own, peer_leases, &topo);
+        for s in &skipped {
+            warn!(subnet = %s.subnet, reason = %s.reason, "skipping peer lease");
+        }
+        let actual = self.read_actual(index).await?;
+        let diff = peers::diff(&desired, &actual);
+
+        let mut removals: Vec<PendingOp> = Vec::new();
+        for r in diff.del_routes {
+            let (h, dev) = (self.handle.clone(), self.dev_name_of(r.oif));
+            removals.push(Box::pin(
+                async move { netlink::del_route(&h, &r, &dev).await },
+            ));
+        }
+        for ip in diff.del_neighbours {
+            let (h, dev) = (self.handle.clone(), self.name.clone());
+            removals.push(Box::pin(async move {
+                netlink::del_neighbour(&h, index, &dev, ip).await
+            }));
+        }
+        for e in diff.del_fdb {
+            let (h, dev) = (self.handle.clone(), self.name.clone());
+            removals.push(Box::pin(async move {
+                netlink::del_fdb(&h, index, &dev, &e).await
+            }));
+        }
+        let mut additions: Vec<PendingOp> = Vec::new();
+        for r in diff.add_routes {
+            let (h, dev) = (self.handle.clone(), self.dev_name_of(r.oif));
+            additions.push(Box::pin(async move {
+                netlink::replace_route(&h, &r, &dev).await
+            }));
+        }
+        for (ip, mac) in diff.add_neighbours {
+            let (h, dev) = (self.handle.clone(), self.name.clone());
+            additions.push(Box::pin(async move {
+                netlink::replace_neighbour(&h, index, &dev, ip, mac).await
+            }));
+        }
+        for e in diff.add_fdb {
+            let (h, dev) = (self.handle.clone(), self.name.clone());
+            additions.push(Box::pin(async move {
+                netlink::add_fdb(&h, index, &dev, &e).await
+            }));
+        }
+
+        // Removals first: a changed route or FDB entry is a removal plus an addition.
+        let (removed, del_errors) = netlink::run_concurrently(removals).await;
+        let (added, add_errors) = netlink::run_concurrently(additions).await;
+        for e in del_errors.iter().chain(add_errors.iter()) {
+            warn!(device = %self.name, error = %e, "peer entry not programmed");
+        }
+        let report = ReconcileReport {
+            desired: desired.len(),
+            present: diff.present,
+            added,
+            removed,
+            failed: del_errors.len() + add_errors.len(),
+        };
+        debug!(device = %self.name, ?report, "reconciled VXLAN peers");
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted() -> WantedDevice {
+        WantedDevice {
+            vni: 1,
+            port: 8472,
+            local: "192.0.2.1".parse().unwrap(),
+            ext_index: 2,
+            mac: "0a:00:00:00:00:01".parse().unwrap(),
+        }
+    }
+
+    fn link(data: Vec<InfoVxlan>, mac: &str) -> LinkMessage {
+        let mut link = LinkMessage::default();
+        link.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ]));
+        let mac: MacAddr = mac.parse().unwrap();
+        link.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        link
+    }
+
+    fn good_data() -> Vec<InfoVxlan> {
+        vec![
+            InfoVxlan::Id(1),
+            InfoVxlan::Port(8472),
+            InfoVxlan::Local("192.0.2.1".parse().unwrap()),
+            InfoVxlan::Link(2),
+            InfoVxlan::Learning(false),
+        ]
+    }
+
+    #[test]
+    fn matching_device_is_kept() {
+        assert!(device_mismatches(&link(good_data(), "0a:00:00:00:00:01"), &wanted()).is_empty());
+    }
+
+    #[test]
+    fn each_wrong_attribute_is_named() {
+        let mut data = good_data();
+        data[0] = InfoVxlan::Id(2);
+        data[1] = InfoVxlan::Port(4789);
+        data[4] = InfoVxlan::Learning(true);
+        let wrong = device_mismatches(&link(data, "0a:00:00:00:00:02"), &wanted());
+        assert_eq!(
+            wrong,
+            vec![
+                "vni is 2 (want 1)",
+                "dstport is 4789 (want 8472)",
+                "learning is true (want false)",
+                "address is 0a:00:00:00:00:02 (want 0a:00:00:00:00:01)",
+            ]
+        );
+    }
+
+    #[test]
+    fn non_vxlan_device_is_replaced() {
+        let mut l = LinkMessage::default();
+        l.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Dummy,
+            )]));
+        assert_eq!(device_mismatches(&l, &wanted()), vec!["kind is not vxlan"]);
+    }
+
+    #[test]
+    fn vtep_mac_file_round_trips_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("weft-vtep-{}", std::process::id()));
+        let path = vtep_mac_path(&dir.join("state"), 7);
+        assert_eq!(load_vtep_mac(&path).unwrap(), None);
+        let mac = MacAddr::random_local();
+        store_vtep_mac(&path, mac).unwrap();
+        assert_eq!(load_vtep_mac(&path).unwrap(), Some(mac));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::write(&path, "garbage\n").unwrap();
+        let err = load_vtep_mac(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("garbage") && err.contains("flannel.7.vtep-mac"),
+            "{err}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
