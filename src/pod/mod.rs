@@ -2,6 +2,8 @@
 //! (lower half), and manifests, the per-pod controller, CNI and status (upper half).
 
 pub mod backoff;
+pub mod cni;
+pub mod bundle;
 pub mod image;
 pub mod manifest;
 pub mod status;
