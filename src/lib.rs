@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod health;
 pub mod lease;
+pub mod masq;
 pub mod netlink;
 pub mod peers;
 pub mod pod;
