@@ -6,4 +6,6 @@ pub mod cni;
 pub mod bundle;
 pub mod image;
 pub mod manifest;
+pub mod process;
+pub mod sandbox;
 pub mod status;

@@ -1,0 +1,463 @@
+//! OCI runtime bundle generation: turns a [`ContainerSpec`] and its pod sandbox into the
+//! `config.json` runc/crun run, following `runc spec`'s defaults and Kubernetes semantics for
+//! command/args, env and working directory.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::image::Image;
+
+/// `PATH` for containers whose image sets none (the value containerd and Docker use).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Capabilities every container gets (containerd's and Docker's default set).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Errors building a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// Neither the spec nor the image gives a command to run.
+    #[error("container {container}: no command: the spec has no command/args and image {image} no Entrypoint/Cmd")]
+    NoCommand {
+        /// Container name.
+        container: String,
+        /// Image name.
+        image: String,
+    },
+    /// The image's `User` cannot be resolved in its root filesystem.
+    #[error("container {container}: user {user:?}: {reason}")]
+    User {
+        /// Container name.
+        container: String,
+        /// The `User` value.
+        user: String,
+        /// Why it does not resolve.
+        reason: String,
+    },
+    /// A volume mount is not usable.
+    #[error("container {container}: mount {destination:?}: {reason}")]
+    Mount {
+        /// Container name.
+        container: String,
+        /// Destination in the container.
+        destination: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Writing the bundle failed.
+    #[error("write bundle {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// A bind mount into the container (a volume: emptyDir, hostPath, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Host path (file or directory) to bind.
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub destination: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// Everything needed to run one container of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Runtime container id, unique on the node (`[A-Za-z0-9_.-]`, e.g. `<pod uid>-<name>-<restart>`).
+    pub id: String,
+    /// The pod this container belongs to (for logs and cgroup naming).
+    pub pod_id: String,
+    /// Container name from the manifest.
+    pub name: String,
+    /// The image, as returned by [`super::image::ImageStore::get`].
+    pub image: Image,
+    /// Kubernetes `command`: replaces the image Entrypoint when non-empty.
+    pub command: Vec<String>,
+    /// Kubernetes `args`: replaces the image Cmd when non-empty.
+    pub args: Vec<String>,
+    /// Environment, applied over the image's `Env` (later entries win).
+    pub env: Vec<(String, String)>,
+    /// Working directory; the image's `WorkingDir`, else `/`, when `None`.
+    pub working_dir: Option<String>,
+    /// Volume mounts.
+    pub mounts: Vec<MountSpec>,
+    /// Hostname (the pod's).
+    pub hostname: String,
+    /// File stdout/stderr go to, in CRI log format.
+    pub log_path: PathBuf,
+}
+
+/// What a container takes from its pod's sandbox: namespaces to join and generated `/etc` files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxPaths {
+    /// Network namespace to join.
+    pub net_ns: PathBuf,
+    /// IPC namespace to join.
+    pub ipc_ns: PathBuf,
+    /// UTS namespace to join.
+    pub uts_ns: PathBuf,
+    /// The pod's `/etc/hosts`.
+    pub hosts: PathBuf,
+    /// The pod's `/etc/resolv.conf`.
+    pub resolv_conf: PathBuf,
+    /// The pod's `/etc/hostname`.
+    pub hostname: PathBuf,
+}
+
+/// The process argv by Kubernetes rules: `command` replaces Entrypoint, `args` replaces Cmd, and
+/// a `command` without `args` drops the image Cmd.
+pub fn process_args(spec: &ContainerSpec) -> Result<Vec<String>, BundleError> {
+    let image = &spec.image.config;
+    let argv: Vec<String> = match (spec.command.is_empty(), spec.args.is_empty()) {
+        (false, _) => spec.command.iter().chain(&spec.args).cloned().collect(),
+        (true, false) => image.entrypoint.iter().chain(&spec.args).cloned().collect(),
+        (true, true) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
+    };
+    if argv.is_empty() {
+        return Err(BundleError::NoCommand {
+            container: spec.name.clone(),
+            image: spec.image.name.clone(),
+        });
+    }
+    Ok(argv)
+}
+
+/// The process environment: image `Env`, then the spec's env over it, `PATH` and `HOSTNAME`
+/// defaulted when neither sets them.
+pub fn process_env(spec: &ContainerSpec) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |key: &str, value: &str| match env.iter_mut().find(|(k, _)| k == key) {
+        Some(entry) => entry.1 = value.to_string(),
+        None => env.push((key.to_string(), value.to_string())),
+    };
+    for kv in &spec.image.config.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        set(k, v);
+    }
+    for (k, v) in &spec.env {
+        set(k, v);
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.insert(0, ("PATH".to_string(), DEFAULT_PATH.to_string()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+        env.push(("HOSTNAME".to_string(), spec.hostname.clone()));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Looks a user or group name up in a passwd/group-format file's contents (`name:x:id:...`).
+fn lookup_id(contents: &str, name: &str) -> Option<(u32, Option<u32>)> {
+    contents.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 3 && fields[0] == name {
+            let id = fields[2].parse().ok()?;
+            let gid = fields.get(3).and_then(|g| g.parse().ok());
+            Some((id, gid))
+        } else {
+            None
+        }
+    })
+}
+
+/// Resolves an image `User` (`uid`, `uid:gid`, `name`, `name:group`) against the files of
+/// `rootfs` to `(uid, gid)`; an absent user is root.
+pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), String> {
+    let Some(user) = user else {
+        return Ok((0, 0));
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let read = |file: &str| fs::read_to_string(rootfs.join(file)).unwrap_or_default();
+    let (uid, primary_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, lookup_id(&read("etc/passwd"), u).and_then(|(_, g)| g)),
+        Err(_) => lookup_id(&read("etc/passwd"), u)
+            .ok_or_else(|| format!("no user {u:?} in /etc/passwd of the image"))?,
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup_id(&read("etc/group"), g)
+                .map(|(gid, _)| gid)
+                .ok_or_else(|| format!("no group {g:?} in /etc/group of the image"))?,
+        },
+        None => primary_gid.unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+fn bind(source: &Path, destination: &str, read_only: bool) -> Value {
+    let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
+    if read_only {
+        options.push("ro");
+    }
+    json!({"destination": destination, "type": "bind", "source": source, "options": options})
+}
+
+/// The OCI runtime `config.json` for `spec`, with `rootfs` as its root and the sandbox's
+/// namespaces and `/etc` files.
+pub fn oci_config(
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    sandbox: &SandboxPaths,
+) -> Result<Value, BundleError> {
+    let args = process_args(spec)?;
+    let (uid, gid) =
+        resolve_user(spec.image.config.user.as_deref(), &spec.image.rootfs).map_err(|reason| {
+            BundleError::User {
+                container: spec.name.clone(),
+                user: spec.image.config.user.clone().unwrap_or_default(),
+                reason,
+            }
+        })?;
+    let cwd = spec
+        .working_dir
+        .clone()
+        .or_else(|| spec.image.config.working_dir.clone())
+        .unwrap_or_else(|| "/".to_string());
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        bind(&sandbox.hosts, "/etc/hosts", false),
+        bind(&sandbox.resolv_conf, "/etc/resolv.conf", false),
+        bind(&sandbox.hostname, "/etc/hostname", false),
+    ];
+    for m in &spec.mounts {
+        if !m.destination.starts_with('/') {
+            return Err(BundleError::Mount {
+                container: spec.name.clone(),
+                destination: m.destination.clone(),
+                reason: "destination must be an absolute path",
+            });
+        }
+        if m.destination.split('/').any(|c| c == "..") {
+            return Err(BundleError::Mount {
+                container: spec.name.clone(),
+                destination: m.destination.clone(),
+                reason: "destination must not contain '..'",
+            });
+        }
+        mounts.push(bind(&m.source, &m.destination, m.read_only));
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": process_env(spec),
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": DEFAULT_CAPABILITIES,
+                "effective": DEFAULT_CAPABILITIES,
+                "permitted": DEFAULT_CAPABILITIES,
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true,
+        },
+        "root": {"path": rootfs, "readonly": false},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "mount"},
+                {"type": "network", "path": sandbox.net_ns},
+                {"type": "ipc", "path": sandbox.ipc_ns},
+                {"type": "uts", "path": sandbox.uts_ns},
+            ],
+            "cgroupsPath": format!("/weft/{}", spec.id),
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }))
+}
+
+/// Writes `config` as `<bundle>/config.json`.
+pub fn write_config(bundle: &Path, config: &Value) -> Result<(), BundleError> {
+    let path = bundle.join("config.json");
+    let bytes = serde_json::to_vec_pretty(config).map_err(|e| BundleError::Io {
+        path: path.clone(),
+        source: io::Error::other(e),
+    })?;
+    fs::write(&path, bytes).map_err(|source| BundleError::Io { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::image::ImageConfig;
+
+    fn spec(command: &[&str], args: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            id: "uid1-app-0".into(),
+            pod_id: "default-web-uid1".into(),
+            name: "app".into(),
+            image: Image {
+                name: "docker.io/library/busybox:latest".into(),
+                id: "sha256:00".into(),
+                rootfs: PathBuf::from("/nonexistent"),
+                config: ImageConfig {
+                    entrypoint: vec!["/entry".into()],
+                    cmd: vec!["serve".into(), "--port=80".into()],
+                    env: vec!["PATH=/bin".into(), "A=image".into(), "B=image".into()],
+                    working_dir: Some("/srv".into()),
+                    user: None,
+                },
+                size: 0,
+            },
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![("B".into(), "spec".into()), ("C".into(), "spec".into())],
+            working_dir: None,
+            mounts: vec![MountSpec {
+                source: "/var/lib/weft/pods/x/volumes/data".into(),
+                destination: "/data".into(),
+                read_only: true,
+            }],
+            hostname: "web".into(),
+            log_path: "/var/log/pods/default_web_uid1/app/0.log".into(),
+        }
+    }
+
+    fn sandbox() -> SandboxPaths {
+        SandboxPaths {
+            net_ns: "/proc/42/ns/net".into(),
+            ipc_ns: "/proc/42/ns/ipc".into(),
+            uts_ns: "/proc/42/ns/uts".into(),
+            hosts: "/pods/x/etc/hosts".into(),
+            resolv_conf: "/pods/x/etc/resolv.conf".into(),
+            hostname: "/pods/x/etc/hostname".into(),
+        }
+    }
+
+    #[test]
+    fn args_follow_kubernetes_rules() -> Result<(), BundleError> {
+        assert_eq!(
+            process_args(&spec(&[], &[]))?,
+            ["/entry", "serve", "--port=80"]
+        );
+        assert_eq!(process_args(&spec(&[], &["x"]))?, ["/entry", "x"]);
+        assert_eq!(process_args(&spec(&["sh", "-c"], &[]))?, ["sh", "-c"]);
+        assert_eq!(
+            process_args(&spec(&["sh", "-c"], &["echo"]))?,
+            ["sh", "-c", "echo"]
+        );
+        let mut empty = spec(&[], &[]);
+        empty.image.config.entrypoint.clear();
+        empty.image.config.cmd.clear();
+        assert!(matches!(
+            process_args(&empty),
+            Err(BundleError::NoCommand { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn env_layers_spec_over_image_with_defaults() {
+        assert_eq!(
+            process_env(&spec(&[], &[])),
+            ["PATH=/bin", "A=image", "B=spec", "C=spec", "HOSTNAME=web"]
+        );
+        let mut no_path = spec(&[], &[]);
+        no_path.image.config.env.clear();
+        assert_eq!(process_env(&no_path)[0], format!("PATH={DEFAULT_PATH}"));
+    }
+
+    #[test]
+    fn config_joins_sandbox_namespaces() -> Result<(), BundleError> {
+        let config = oci_config(&spec(&["sh"], &[]), Path::new("/c/rootfs"), &sandbox())?;
+        let ns = &config["linux"]["namespaces"];
+        assert_eq!(ns[0], json!({"type": "pid"}));
+        assert_eq!(ns[1], json!({"type": "mount"}));
+        assert_eq!(ns[2], json!({"type": "network", "path": "/proc/42/ns/net"}));
+        assert_eq!(ns[3], json!({"type": "ipc", "path": "/proc/42/ns/ipc"}));
+        assert_eq!(ns[4], json!({"type": "uts", "path": "/proc/42/ns/uts"}));
+        assert_eq!(config["process"]["cwd"], "/srv");
+        assert_eq!(config["process"]["terminal"], false);
+        assert_eq!(config["root"]["path"], "/c/rootfs");
+        assert_eq!(config["hostname"], "web");
+        let mounts = config["mounts"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let find = |d: &str| mounts.iter().find(|m| m["destination"] == d).cloned();
+        assert_eq!(
+            find("/sys").map(|m| m["options"][3].clone()),
+            Some(json!("ro"))
+        );
+        assert_eq!(
+            find("/etc/hosts").map(|m| m["source"].clone()),
+            Some(json!("/pods/x/etc/hosts"))
+        );
+        let data = find("/data").unwrap_or_default();
+        assert_eq!(data["source"], "/var/lib/weft/pods/x/volumes/data");
+        assert!(data["options"]
+            .as_array()
+            .is_some_and(|o| o.contains(&json!("ro"))));
+        Ok(())
+    }
+
+    #[test]
+    fn relative_mount_destination_rejected() {
+        let mut s = spec(&["sh"], &[]);
+        s.mounts[0].destination = "data".into();
+        assert!(matches!(
+            oci_config(&s, Path::new("/r"), &sandbox()),
+            Err(BundleError::Mount { .. })
+        ));
+    }
+
+    #[test]
+    fn users_resolve_from_image_files() -> Result<(), Box<dyn std::error::Error>> {
+        let root = tempfile::tempdir()?;
+        fs::create_dir_all(root.path().join("etc"))?;
+        fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/var/www:/bin/sh\n",
+        )?;
+        fs::write(root.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n")?;
+        assert_eq!(resolve_user(None, root.path())?, (0, 0));
+        assert_eq!(resolve_user(Some("1000"), root.path())?, (1000, 0));
+        assert_eq!(resolve_user(Some("1000:7"), root.path())?, (1000, 7));
+        assert_eq!(resolve_user(Some("www"), root.path())?, (33, 34));
+        assert_eq!(resolve_user(Some("www:staff"), root.path())?, (33, 50));
+        assert!(resolve_user(Some("nobody"), root.path()).is_err());
+        Ok(())
+    }
+}

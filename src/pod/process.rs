@@ -1,0 +1,113 @@
+//! Small process helpers shared by the sandbox and the runtime: identity of a pid across
+//! restarts (pid + start time, so a reused pid is not mistaken for ours), graceful termination,
+//! and locating weft's helper binaries.
+
+use std::fs;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// A process identified by pid and kernel start time (clock ticks since boot), stable across a
+/// restart of the daemon that started it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    /// The pid in the host pid namespace.
+    pub pid: i32,
+    /// Field 22 of `/proc/<pid>/stat`.
+    pub start_time: u64,
+}
+
+/// Parses `(state, start_time)` out of the contents of `/proc/<pid>/stat`.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    // comm may contain spaces and parentheses; the fields after the last ')' are fixed.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start_time = fields.get(19)?.parse().ok()?;
+    Some((state, start_time))
+}
+
+impl ProcessId {
+    /// Identifies the live process `pid`, or `None` when there is none (or only a zombie).
+    pub fn of(pid: i32) -> Option<ProcessId> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        match parse_stat(&stat)? {
+            ('Z' | 'X', _) => None,
+            (_, start_time) => Some(ProcessId { pid, start_time }),
+        }
+    }
+
+    /// Whether this very process (not a later one reusing the pid) is still running.
+    pub fn is_alive(&self) -> bool {
+        ProcessId::of(self.pid) == Some(*self)
+    }
+
+    /// Sends `signal` if the process is still this one; `false` when it is gone.
+    pub fn signal(&self, signal: Signal) -> bool {
+        self.is_alive() && kill(Pid::from_raw(self.pid), signal).is_ok()
+    }
+
+    /// Waits up to `timeout` for the process to end; `true` when it has.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.is_alive() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// SIGTERM, up to `grace` to exit, then SIGKILL and up to 5 s more; `true` when it is gone.
+    pub fn terminate(&self, grace: Duration) -> bool {
+        if self.signal(Signal::SIGTERM) && self.wait_gone(grace) {
+            return true;
+        }
+        self.signal(Signal::SIGKILL);
+        self.wait_gone(Duration::from_secs(5))
+    }
+}
+
+/// Path of one of weft's helper binaries (`weft-pause`, `weft-shim`): beside the running
+/// executable, or one directory up (test binaries live in `target/<profile>/deps`), else the bare
+/// name for a `PATH` lookup.
+pub fn helper_binary(name: &str) -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_comm() {
+        let stat =
+            "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_stat(stat), Some(('S', 98765)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive_and_fake_one_is_not() {
+        let me = ProcessId::of(std::process::id() as i32);
+        assert!(me.is_some_and(|p| p.is_alive()));
+        let stale = me.map(|p| ProcessId {
+            pid: p.pid,
+            start_time: p.start_time + 1,
+        });
+        assert!(stale.is_some_and(|p| !p.is_alive()));
+    }
+}

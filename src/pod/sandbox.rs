@@ -1,0 +1,522 @@
+//! The pod sandbox: a `weft-pause` process holding the pod's network, IPC and UTS namespaces,
+//! its network namespace bind-mounted at `/run/netns/<name>` for CNI and operators, and the
+//! pod's generated `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+//!
+//! The pause process is daemonized (not a child of weftd), so it outlives a weftd crash; the
+//! [`SandboxState`] written to `<pod_dir>/sandbox.json` lets a restarted weftd [`Sandbox::adopt`] it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::bundle::SandboxPaths;
+use super::image::write_atomic;
+use super::process::{helper_binary, ProcessId};
+
+/// Where named network namespaces are bind-mounted (iproute2's convention).
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// Longest network namespace name weft generates.
+pub const MAX_NETNS_NAME: usize = 64;
+
+/// Errors of sandbox handling, naming the pod, the operation and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A filesystem operation failed.
+    #[error("sandbox {pod}: {op} {path}: {source}")]
+    Io {
+        /// Pod id.
+        pod: String,
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A mount operation failed.
+    #[error("sandbox {pod}: {op} {path}: {source}")]
+    Mount {
+        /// Pod id.
+        pod: String,
+        /// What was being done.
+        op: &'static str,
+        /// The mount point.
+        path: PathBuf,
+        /// The errno.
+        source: nix::errno::Errno,
+    },
+    /// `weft-pause` did not start.
+    #[error("sandbox {pod}: start pause process {binary}: {reason}")]
+    Pause {
+        /// Pod id.
+        pod: String,
+        /// The pause binary.
+        binary: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The network namespace name is taken by something else.
+    #[error("sandbox {pod}: network namespace {path} already exists")]
+    NetnsExists {
+        /// Pod id.
+        pod: String,
+        /// The netns path.
+        path: PathBuf,
+    },
+    /// The pause process did not go away.
+    #[error("sandbox {pod}: pause process {pid} did not exit after SIGKILL")]
+    Stuck {
+        /// Pod id.
+        pod: String,
+        /// Its pid.
+        pid: i32,
+    },
+    /// `sandbox.json` could not be read or written.
+    #[error("sandbox {pod}: {op} state {path}: {source}")]
+    State {
+        /// Pod id.
+        pod: String,
+        /// What was being done.
+        op: &'static str,
+        /// The state file.
+        path: PathBuf,
+        /// The error.
+        source: serde_json::Error,
+    },
+}
+
+/// What a restarted weftd needs to take a sandbox over: kept in `<pod_dir>/sandbox.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxState {
+    /// The pod id the sandbox was created for.
+    pub pod_id: String,
+    /// Hostname inside the sandbox (the pod's).
+    pub hostname: String,
+    /// Name of the bind-mounted network namespace under [`NETNS_DIR`].
+    pub netns_name: String,
+    /// The pause process.
+    pub pause: ProcessId,
+    /// The pod directory holding `etc/` and `sandbox.json`.
+    pub pod_dir: PathBuf,
+}
+
+impl SandboxState {
+    /// Reads `<pod_dir>/sandbox.json`; `None` when there is none.
+    pub fn load(pod_dir: &Path) -> Result<Option<SandboxState>, SandboxError> {
+        let path = pod_dir.join("sandbox.json");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(SandboxError::Io {
+                    pod: pod_dir.display().to_string(),
+                    op: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| SandboxError::State {
+                pod: pod_dir.display().to_string(),
+                op: "parse",
+                path,
+                source,
+            })
+    }
+}
+
+/// A running (or adopted) pod sandbox.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    state: SandboxState,
+}
+
+/// The network namespace name for a pod id: `weft-<id>` with characters outside
+/// `[A-Za-z0-9_.-]` replaced by `-`, shortened with a hash suffix to at most 64 characters.
+pub fn netns_name(pod_id: &str) -> String {
+    let clean: String = pod_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = format!("weft-{clean}");
+    if name.len() <= MAX_NETNS_NAME {
+        return name;
+    }
+    let digest = Sha256::digest(pod_id.as_bytes());
+    let suffix: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{suffix}", &name[..MAX_NETNS_NAME - suffix.len() - 1])
+}
+
+/// `/etc/hosts` for a pod, like the kubelet writes it.
+pub fn hosts_file(hostname: &str, pod_ip: Option<IpAddr>) -> String {
+    let mut hosts = String::from(
+        "# Kubernetes-managed hosts file (weft).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    if let Some(ip) = pod_ip {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    hosts
+}
+
+/// The node's resolver configuration for pods: `/etc/resolv.conf`, or systemd-resolved's upstream
+/// file when the former only points at a loopback stub pods cannot reach.
+fn host_resolv_conf() -> String {
+    let main = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers: Vec<&str> = main
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(str::trim)
+        .collect();
+    let only_loopback = !servers.is_empty()
+        && servers
+            .iter()
+            .all(|s| s.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+    if only_loopback {
+        if let Ok(upstream) = fs::read_to_string("/run/systemd/resolve/resolv.conf") {
+            return upstream;
+        }
+    }
+    main
+}
+
+impl Sandbox {
+    /// Starts a pause process in new network, IPC and UTS namespaces with `hostname`, bind-mounts
+    /// its network namespace at `/run/netns/<netns_name(pod_id)>`, writes the pod's `/etc` files
+    /// under `<pod_dir>/etc/` and the state to `<pod_dir>/sandbox.json`.
+    pub fn create(pod_id: &str, hostname: &str, pod_dir: &Path) -> Result<Sandbox, SandboxError> {
+        let pod = pod_id.to_string();
+        let io = |op: &'static str, path: &Path| {
+            let pod = pod.clone();
+            let path = path.to_path_buf();
+            move |source| SandboxError::Io {
+                pod,
+                op,
+                path,
+                source,
+            }
+        };
+        let etc = pod_dir.join("etc");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&etc)
+            .map_err(io("create", &etc))?;
+        for (file, contents) in [
+            ("hosts", hosts_file(hostname, None)),
+            ("hostname", format!("{hostname}\n")),
+            ("resolv.conf", host_resolv_conf()),
+        ] {
+            let path = etc.join(file);
+            write_atomic(&path, contents.as_bytes()).map_err(io("write", &path))?;
+        }
+        let netns = netns_name(pod_id);
+        let netns_path = Path::new(NETNS_DIR).join(&netns);
+        prepare_netns_dir(pod_id)?;
+        if netns_path.exists() {
+            return Err(SandboxError::NetnsExists {
+                pod: pod.clone(),
+                path: netns_path,
+            });
+        }
+        let pause = start_pause(pod_id, hostname, pod_dir)?;
+        let sandbox = Sandbox {
+            state: SandboxState {
+                pod_id: pod.clone(),
+                hostname: hostname.to_string(),
+                netns_name: netns,
+                pause,
+                pod_dir: pod_dir.to_path_buf(),
+            },
+        };
+        if let Err(e) = sandbox.bind_netns().and_then(|()| sandbox.save()) {
+            if let Err(cleanup) = sandbox.stop(Duration::from_secs(1)) {
+                tracing::warn!(pod = %pod, error = %cleanup, "clean up half-created sandbox");
+            }
+            return Err(e);
+        }
+        tracing::info!(pod = %pod, pid = pause.pid, netns = %sandbox.state.netns_name, "sandbox created");
+        Ok(sandbox)
+    }
+
+    /// Takes over a sandbox from its saved state (after a weftd restart). The pause process may
+    /// have died meanwhile: check [`Sandbox::is_running`]; [`Sandbox::stop`] cleans up either way.
+    pub fn adopt(state: SandboxState) -> Sandbox {
+        Sandbox { state }
+    }
+
+    /// The state to persist for [`Sandbox::adopt`] (also saved in `<pod_dir>/sandbox.json`).
+    pub fn state(&self) -> &SandboxState {
+        &self.state
+    }
+
+    /// The pause process's pid.
+    pub fn pid(&self) -> i32 {
+        self.state.pause.pid
+    }
+
+    /// Whether the pause process (the very one started) is alive.
+    pub fn is_running(&self) -> bool {
+        self.state.pause.is_alive()
+    }
+
+    /// Name of the network namespace under `/run/netns`.
+    pub fn netns_name(&self) -> &str {
+        &self.state.netns_name
+    }
+
+    /// `/run/netns/<name>`: the path CNI plugins get as `CNI_NETNS`.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.state.netns_name)
+    }
+
+    /// The namespaces and files a container of this pod joins and mounts.
+    pub fn paths(&self) -> SandboxPaths {
+        let ns = |kind: &str| PathBuf::from(format!("/proc/{}/ns/{kind}", self.state.pause.pid));
+        let etc = self.state.pod_dir.join("etc");
+        SandboxPaths {
+            net_ns: ns("net"),
+            ipc_ns: ns("ipc"),
+            uts_ns: ns("uts"),
+            hosts: etc.join("hosts"),
+            resolv_conf: etc.join("resolv.conf"),
+            hostname: etc.join("hostname"),
+        }
+    }
+
+    /// Rewrites the pod's `/etc/hosts` with its IP (after CNI ADD). Written in place, so
+    /// containers that already bind-mount it see the change.
+    pub fn set_pod_ip(&self, pod_ip: Option<IpAddr>) -> Result<(), SandboxError> {
+        let path = self.paths().hosts;
+        let contents = hosts_file(&self.state.hostname, pod_ip);
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(contents.as_bytes()))
+            .map_err(|source| SandboxError::Io {
+                pod: self.state.pod_id.clone(),
+                op: "write",
+                path,
+                source,
+            })
+    }
+
+    fn bind_netns(&self) -> Result<(), SandboxError> {
+        let target = self.netns_path();
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(|source| SandboxError::Io {
+                pod: self.state.pod_id.clone(),
+                op: "create netns file",
+                path: target.clone(),
+                source,
+            })?;
+        let source = self.paths().net_ns;
+        mount(
+            Some(&source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|source| SandboxError::Mount {
+            pod: self.state.pod_id.clone(),
+            op: "bind-mount network namespace to",
+            path: target,
+            source,
+        })
+    }
+
+    fn save(&self) -> Result<(), SandboxError> {
+        let path = self.state.pod_dir.join("sandbox.json");
+        let bytes =
+            serde_json::to_vec_pretty(&self.state).map_err(|source| SandboxError::State {
+                pod: self.state.pod_id.clone(),
+                op: "encode",
+                path: path.clone(),
+                source,
+            })?;
+        write_atomic(&path, &bytes).map_err(|source| SandboxError::Io {
+            pod: self.state.pod_id.clone(),
+            op: "write",
+            path,
+            source,
+        })
+    }
+
+    /// Stops the pause process (SIGTERM, `grace`, SIGKILL), unmounts and removes the network
+    /// namespace file, and removes the sandbox's files from the pod directory. Idempotent.
+    pub fn stop(&self, grace: Duration) -> Result<(), SandboxError> {
+        let pod = &self.state.pod_id;
+        if !self.state.pause.terminate(grace) {
+            return Err(SandboxError::Stuck {
+                pod: pod.clone(),
+                pid: self.state.pause.pid,
+            });
+        }
+        let netns = self.netns_path();
+        match umount2(&netns, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::EINVAL) => {}
+            Err(source) => {
+                return Err(SandboxError::Mount {
+                    pod: pod.clone(),
+                    op: "unmount network namespace",
+                    path: netns,
+                    source,
+                })
+            }
+        }
+        let dir = &self.state.pod_dir;
+        for path in [netns, dir.join("sandbox.json"), dir.join("pause.pid")] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SandboxError::Io {
+                        pod: pod.clone(),
+                        op: "remove",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        let etc = dir.join("etc");
+        match fs::remove_dir_all(&etc) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SandboxError::Io {
+                    pod: pod.clone(),
+                    op: "remove",
+                    path: etc,
+                    source,
+                })
+            }
+        }
+        tracing::info!(pod = %pod, "sandbox stopped");
+        Ok(())
+    }
+}
+
+/// Makes `/run/netns` exist and be a shared mount point, as `ip netns add` does, so namespace
+/// mounts made here propagate into other mount namespaces.
+fn prepare_netns_dir(pod: &str) -> Result<(), SandboxError> {
+    let dir = Path::new(NETNS_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|source| SandboxError::Io {
+            pod: pod.to_string(),
+            op: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let mount_err = |op, source| SandboxError::Mount {
+        pod: pod.to_string(),
+        op,
+        path: dir.to_path_buf(),
+        source,
+    };
+    let flags = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    match mount(None::<&str>, dir, None::<&str>, flags, None::<&str>) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => {
+            // Not a mount point yet: bind it onto itself first.
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| mount_err("bind-mount onto itself", e))?;
+            mount(None::<&str>, dir, None::<&str>, flags, None::<&str>)
+                .map_err(|e| mount_err("make shared", e))
+        }
+        Err(e) => Err(mount_err("make shared", e)),
+    }
+}
+
+/// Runs `weft-pause --sandbox`, which unshares, sets the hostname, daemonizes and reports the
+/// daemon's pid through `<pod_dir>/pause.pid` before its first process exits.
+fn start_pause(pod: &str, hostname: &str, pod_dir: &Path) -> Result<ProcessId, SandboxError> {
+    let binary = helper_binary("weft-pause");
+    let pid_file = pod_dir.join("pause.pid");
+    let fail = |reason: String| SandboxError::Pause {
+        pod: pod.to_string(),
+        binary: binary.clone(),
+        reason,
+    };
+    let output = Command::new(&binary)
+        .arg("--sandbox")
+        .arg("--hostname")
+        .arg(hostname)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| fail(format!("spawn: {e}")))?;
+    if !output.status.success() {
+        return Err(fail(format!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let text = fs::read_to_string(&pid_file)
+        .map_err(|e| fail(format!("read {}: {e}", pid_file.display())))?;
+    let pid: i32 = text.trim().parse().map_err(|e| {
+        fail(format!(
+            "pid file {} holds {text:?}: {e}",
+            pid_file.display()
+        ))
+    })?;
+    ProcessId::of(pid).ok_or_else(|| fail(format!("pause process {pid} exited right after start")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_names_are_clean_and_bounded() {
+        assert_eq!(netns_name("default-web-1a2b3c"), "weft-default-web-1a2b3c");
+        assert_eq!(netns_name("ns/web x"), "weft-ns-web-x");
+        let long = "a".repeat(200);
+        let name = netns_name(&long);
+        assert_eq!(name.len(), MAX_NETNS_NAME);
+        assert_ne!(name, netns_name(&format!("{long}b")));
+    }
+
+    #[test]
+    fn hosts_file_names_the_pod() {
+        let ip: IpAddr = [10, 244, 1, 5].into();
+        let hosts = hosts_file("myapp-pod", Some(ip));
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n"));
+        assert!(hosts.ends_with("10.244.1.5\tmyapp-pod\n"));
+        assert!(!hosts_file("myapp-pod", None).contains("myapp-pod"));
+    }
+}
