@@ -1,0 +1,756 @@
+//! The etcd edge against a real etcd. Each test starts its own etcd inside a network namespace
+//! it creates (`weft-st-<pid>-<n>`) and talks to it from a thread that joined that namespace, so
+//! nothing touches the machine's own network. Needs root, `ip` and `/usr/bin/etcd`.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::Client;
+use ipnetwork::Ipv4Network;
+use weft::config::NetworkConfig;
+use weft::lease::{Lease, LeaseAttrs};
+use weft::store::{EtcdOptions, EtcdStore, LeaseEvent, LeaseLostReason, OwnLease, StoreError};
+
+const PREFIX: &str = "/coreos.com/network";
+const CONFIG: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A real etcd in a private network namespace; killed and removed on drop, also on failure.
+struct EtcdNs {
+    ns: String,
+    dir: PathBuf,
+    etcd: Option<Child>,
+}
+
+fn run_ok(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl EtcdNs {
+    fn start() -> EtcdNs {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let ns = format!("weft-st-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&ns);
+        run_ok(&["ip", "netns", "add", &ns]);
+        // From here on, Drop removes the namespace even if a later step panics.
+        let mut me = EtcdNs {
+            ns,
+            dir,
+            etcd: None,
+        };
+        run_ok(&[
+            "ip", "netns", "exec", &me.ns, "ip", "link", "set", "lo", "up",
+        ]);
+        std::fs::create_dir_all(&me.dir).expect("create etcd temp dir");
+        let log = File::create(me.dir.join("etcd.log")).expect("create etcd log");
+        let data = me.dir.join("data");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &me.ns, "/usr/bin/etcd", "--name", "st"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls=http://127.0.0.1:2379",
+                "--advertise-client-urls=http://127.0.0.1:2379",
+                "--listen-peer-urls=http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                "--initial-cluster=st=http://127.0.0.1:2380",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup etcd log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd in the namespace");
+        me.etcd = Some(child);
+        me
+    }
+
+    /// Runs async test code on a thread inside the namespace, once etcd answers there.
+    fn run<F, Fut, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        let ns = self.ns.clone();
+        let log = self.dir.join("etcd.log");
+        let handle = std::thread::spawn(move || {
+            let nsfd = File::open(format!("/run/netns/{ns}")).expect("open netns");
+            nix::sched::setns(&nsfd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                wait_ready(&log).await;
+                f().await
+            })
+        });
+        match handle.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    fn etcd_pid(&self) -> nix::unistd::Pid {
+        let pid = self.etcd.as_ref().expect("etcd running").id();
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits i32"))
+    }
+
+    fn kill_etcd(&mut self) {
+        if let Some(mut c) = self.etcd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EtcdNs {
+    fn drop(&mut self) {
+        self.kill_etcd();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn wait_ready(log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = Client::connect(["http://127.0.0.1:2379"], None).await {
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), c.get("x", None)).await
+            {
+                return;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "etcd did not answer within 20 s; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn opts(prefix: &str) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: vec!["http://127.0.0.1:2379".into()],
+        prefix: prefix.into(),
+        ..EtcdOptions::default()
+    }
+}
+
+async fn store() -> EtcdStore {
+    EtcdStore::connect(&opts(PREFIX)).await.expect("connect")
+}
+
+async fn raw() -> Client {
+    Client::connect(["http://127.0.0.1:2379"], None)
+        .await
+        .expect("raw connect")
+}
+
+async fn put_config(json: &str) -> NetworkConfig {
+    raw()
+        .await
+        .put(format!("{PREFIX}/config"), json, None)
+        .await
+        .expect("put config");
+    NetworkConfig::parse(json).expect("test config parses")
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("test IP")
+}
+
+fn net(s: &str) -> Ipv4Network {
+    s.parse().expect("test subnet")
+}
+
+fn vxlan(public_ip: &str, mac: &str) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip: ip(public_ip),
+        backend_type: "vxlan".into(),
+        backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+    }
+}
+
+fn key(subnet: Ipv4Network) -> String {
+    format!("{PREFIX}/subnets/{}-{}", subnet.ip(), subnet.prefix())
+}
+
+/// The raw value and etcd lease id of a key, `None` if absent.
+async fn raw_get(k: &str) -> Option<(String, i64, i64)> {
+    let resp = raw().await.get(k, None).await.expect("raw get");
+    resp.kvs().first().map(|kv| {
+        (
+            String::from_utf8_lossy(kv.value()).into_owned(),
+            kv.lease(),
+            kv.mod_revision(),
+        )
+    })
+}
+
+#[test]
+fn acquire_on_empty_store_writes_flannels_key_and_value() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        assert_eq!(s.network_config().await.unwrap(), None);
+        let cfg = put_config(CONFIG).await;
+        assert_eq!(s.network_config().await.unwrap().as_deref(), Some(CONFIG));
+
+        let attrs = vxlan("192.0.2.1", "aa:bb:cc:dd:ee:01");
+        let own = s.acquire(&cfg, &attrs, None, DAY).await.unwrap();
+        assert!(cfg.contains_subnet(&own.subnet), "{own:?}");
+        assert!(own.etcd_lease.is_some());
+        let (value, lease, _) = raw_get(&key(own.subnet)).await.expect("key exists");
+        assert_eq!(
+            value,
+            r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}}"#
+        );
+        assert_eq!(Some(lease), own.etcd_lease);
+        let ttl = raw().await.lease_time_to_live(lease, None).await.unwrap();
+        assert_eq!(ttl.granted_ttl(), 86400);
+        let expires = own.expires.expect("leased key has an expiry");
+        let left = expires.duration_since(SystemTime::now()).unwrap();
+        assert!(left > Duration::from_secs(86300), "{left:?}");
+
+        let snap = s.list_leases().await.unwrap();
+        assert_eq!(snap.leases.len(), 1);
+        assert_eq!(snap.leases[0].subnet, own.subnet);
+        assert_eq!(snap.leases[0].attrs, attrs);
+        assert_eq!(snap.leases[0].etcd_lease, own.etcd_lease);
+        assert!(snap.revision >= snap.leases[0].mod_revision);
+        let shown = s.lease_expiry(lease).await.unwrap().expect("not expired");
+        assert!(shown.duration_since(SystemTime::now()).unwrap() > Duration::from_secs(86300));
+    });
+}
+
+#[test]
+fn same_public_ip_gets_same_subnet_and_new_attrs() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        let cfg = put_config(CONFIG).await;
+        let first = s
+            .acquire(&cfg, &vxlan("192.0.2.1", "aa:bb:cc:dd:ee:01"), None, DAY)
+            .await
+            .unwrap();
+        let other = s
+            .acquire(&cfg, &vxlan("192.0.2.2", "aa:bb:cc:dd:ee:02"), None, DAY)
+            .await
+            .unwrap();
+        assert_ne!(first.subnet, other.subnet);
+        // Same attrs: same subnet, same etcd lease kept alive, no write.
+        let (_, _, rev_before) = raw_get(&key(first.subnet)).await.unwrap();
+        let again = s
+            .acquire(&cfg, &vxlan("192.0.2.1", "aa:bb:cc:dd:ee:01"), None, DAY)
+            .await
+            .unwrap();
+        assert_eq!(again.subnet, first.subnet);
+        assert_eq!(again.etcd_lease, first.etcd_lease);
+        let (_, _, rev_after) = raw_get(&key(first.subnet)).await.unwrap();
+        assert_eq!(rev_before, rev_after);
+        // A new VTEP MAC (and a previous subnet elsewhere) still gets the same subnet, value updated.
+        let moved = s
+            .acquire(
+                &cfg,
+                &vxlan("192.0.2.1", "aa:bb:cc:dd:ee:99"),
+                Some(net("10.244.200.0/24")),
+                DAY,
+            )
+            .await
+            .unwrap();
+        assert_eq!(moved.subnet, first.subnet);
+        let (value, lease, _) = raw_get(&key(first.subnet)).await.unwrap();
+        assert!(value.contains("aa:bb:cc:dd:ee:99"), "{value}");
+        assert_eq!(Some(lease), moved.etcd_lease);
+        assert_eq!(s.list_leases().await.unwrap().leases.len(), 2);
+    });
+}
+
+#[test]
+fn previous_subnet_is_honoured_when_free_and_in_range() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        let cfg = put_config(CONFIG).await;
+        let a = s
+            .acquire(
+                &cfg,
+                &vxlan("192.0.2.1", "aa:00:00:00:00:01"),
+                Some(net("10.244.77.0/24")),
+                DAY,
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.subnet, net("10.244.77.0/24"));
+        // Taken by A: B gets another one.
+        let b = s
+            .acquire(
+                &cfg,
+                &vxlan("192.0.2.2", "aa:00:00:00:00:02"),
+                Some(net("10.244.77.0/24")),
+                DAY,
+            )
+            .await
+            .unwrap();
+        assert_ne!(b.subnet, net("10.244.77.0/24"));
+        // Outside the config's Network, or not a /24: not reused.
+        let c = s
+            .acquire(
+                &cfg,
+                &vxlan("192.0.2.3", "aa:00:00:00:00:03"),
+                Some(net("10.245.5.0/24")),
+                DAY,
+            )
+            .await
+            .unwrap();
+        assert!(cfg.contains_subnet(&c.subnet));
+        let d = s
+            .acquire(
+                &cfg,
+                &vxlan("192.0.2.4", "aa:00:00:00:00:04"),
+                Some(net("10.244.0.0/24")),
+                DAY,
+            )
+            .await
+            .unwrap();
+        assert_ne!(
+            d.subnet,
+            net("10.244.0.0/24"),
+            "the first subnet is below SubnetMin"
+        );
+    });
+}
+
+#[test]
+fn own_lease_outside_a_changed_config_is_replaced() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        let old_cfg = put_config(r#"{"Network": "10.99.0.0/16"}"#).await;
+        let old = s
+            .acquire(
+                &old_cfg,
+                &vxlan("192.0.2.1", "aa:00:00:00:00:01"),
+                None,
+                DAY,
+            )
+            .await
+            .unwrap();
+        let cfg = put_config(CONFIG).await;
+        let new = s
+            .acquire(
+                &cfg,
+                &vxlan("192.0.2.1", "aa:00:00:00:00:01"),
+                Some(old.subnet),
+                DAY,
+            )
+            .await
+            .unwrap();
+        assert!(cfg.contains_subnet(&new.subnet), "{new:?}");
+        assert_eq!(raw_get(&key(old.subnet)).await, None, "stale lease deleted");
+        assert_eq!(s.list_leases().await.unwrap().leases.len(), 1);
+    });
+}
+
+#[test]
+fn reservation_is_honoured_and_never_handed_to_another_node() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        // A /28 holds three /30 node subnets: .4, .8 and .12.
+        let cfg = put_config(r#"{"Network": "10.1.2.0/28"}"#).await;
+        let reserved = net("10.1.2.8/30");
+        let mut c = raw().await;
+        c.put(
+            key(reserved),
+            vxlan("192.0.2.10", "aa:00:00:00:00:10").to_json(),
+            None,
+        )
+        .await
+        .unwrap();
+        let b = s
+            .acquire(
+                &cfg,
+                &vxlan("192.0.2.11", "aa:00:00:00:00:11"),
+                Some(reserved),
+                DAY,
+            )
+            .await
+            .unwrap();
+        assert_ne!(b.subnet, reserved);
+        let c2 = s
+            .acquire(&cfg, &vxlan("192.0.2.12", "aa:00:00:00:00:12"), None, DAY)
+            .await
+            .unwrap();
+        assert_ne!(c2.subnet, reserved);
+        // Only the reservation is left, and it is not ours.
+        let err = s
+            .acquire(&cfg, &vxlan("192.0.2.13", "aa:00:00:00:00:13"), None, DAY)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NoFreeSubnet { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "no free subnet in 10.1.2.0/28 between 10.1.2.4 and 10.1.2.12: 3 subnets taken"
+        );
+        // The reservation's owner gets it, stays a reservation, and its value follows the attrs.
+        let a = s
+            .acquire(&cfg, &vxlan("192.0.2.10", "aa:00:00:00:00:99"), None, DAY)
+            .await
+            .unwrap();
+        assert_eq!(
+            a,
+            OwnLease {
+                subnet: reserved,
+                attrs: vxlan("192.0.2.10", "aa:00:00:00:00:99"),
+                etcd_lease: None,
+                expires: None
+            }
+        );
+        let (value, lease, _) = raw_get(&key(reserved)).await.unwrap();
+        assert_eq!(lease, 0, "still a reservation");
+        assert!(value.contains("aa:00:00:00:00:99"), "{value}");
+        assert_eq!(s.renew(&a, DAY).await.unwrap(), a);
+        let listed = s.list_leases().await.unwrap();
+        let r: Vec<&Lease> = listed
+            .leases
+            .iter()
+            .filter(|l| l.is_reservation())
+            .collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].subnet, reserved);
+    });
+}
+
+#[test]
+fn racing_acquirers_on_one_forced_subnet_end_distinct() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let cfg = put_config(CONFIG).await;
+        for round in 0..5u8 {
+            let forced = net(&format!("10.244.{}.0/24", 10 + round));
+            let (s1, s2, s3) = (store().await, store().await, store().await);
+            let a1 = vxlan(&format!("192.0.2.{}", 10 * round + 1), "aa:00:00:00:00:01");
+            let a2 = vxlan(&format!("192.0.2.{}", 10 * round + 2), "aa:00:00:00:00:02");
+            let a3 = vxlan(&format!("192.0.2.{}", 10 * round + 3), "aa:00:00:00:00:03");
+            let (r1, r2, r3) = tokio::join!(
+                s1.acquire(&cfg, &a1, Some(forced), DAY),
+                s2.acquire(&cfg, &a2, Some(forced), DAY),
+                s3.acquire(&cfg, &a3, Some(forced), DAY),
+            );
+            let (r1, r2, r3) = (r1.unwrap(), r2.unwrap(), r3.unwrap());
+            let subnets = [r1.subnet, r2.subnet, r3.subnet];
+            assert!(
+                subnets.contains(&forced),
+                "one of them got the forced subnet: {subnets:?}"
+            );
+            assert_ne!(r1.subnet, r2.subnet);
+            assert_ne!(r1.subnet, r3.subnet);
+            assert_ne!(r2.subnet, r3.subnet);
+            for (r, a) in [(&r1, &a1), (&r2, &a2), (&r3, &a3)] {
+                let (value, _, _) = raw_get(&key(r.subnet)).await.unwrap();
+                assert_eq!(value, a.to_json(), "each key holds its winner's value");
+            }
+        }
+    });
+}
+
+#[test]
+fn watch_sees_put_and_delete_with_prev_and_skips_junk() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let prefix = "/weft-test/net/";
+        let s = EtcdStore::connect(&opts(prefix)).await.unwrap();
+        assert_eq!(s.prefix(), "/weft-test/net");
+        let mut c = raw().await;
+        c.put("/weft-test/net/config", CONFIG, None).await.unwrap();
+        let cfg = NetworkConfig::parse(CONFIG).unwrap();
+        let snap = s.list_leases().await.unwrap();
+        let mut w = s.watch(snap.revision + 1).await.unwrap();
+
+        // Junk under the prefix is skipped, not an error.
+        c.put("/weft-test/net/subnets/garbage", "x", None)
+            .await
+            .unwrap();
+        c.put("/weft-test/net/subnets/10.244.9.0-24", "{not json", None)
+            .await
+            .unwrap();
+        let attrs = vxlan("192.0.2.5", "aa:00:00:00:00:05");
+        let own = s
+            .acquire(&cfg, &attrs, Some(net("10.244.3.0/24")), DAY)
+            .await
+            .unwrap();
+        let events = w.next().await.unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let LeaseEvent::Put(put) = &events[0] else {
+            panic!("expected a put, got {events:?}");
+        };
+        assert_eq!(put.subnet, net("10.244.3.0/24"));
+        assert_eq!(put.attrs, attrs);
+        assert_eq!(put.etcd_lease, own.etcd_lease);
+        assert_eq!(w.revision(), put.mod_revision);
+
+        c.delete("/weft-test/net/subnets/10.244.3.0-24", None)
+            .await
+            .unwrap();
+        let events = w.next().await.unwrap();
+        let [LeaseEvent::Delete { subnet, prev }] = events.as_slice() else {
+            panic!("expected one delete, got {events:?}");
+        };
+        assert_eq!(*subnet, net("10.244.3.0/24"));
+        let prev = prev.as_ref().expect("prev_kv delivered");
+        assert_eq!(prev.attrs, attrs);
+        assert_eq!(prev.etcd_lease, own.etcd_lease);
+        // A deleted bad-valued key still yields a delete for its subnet, without prev.
+        c.delete("/weft-test/net/subnets/10.244.9.0-24", None)
+            .await
+            .unwrap();
+        let events = w.next().await.unwrap();
+        assert_eq!(
+            events,
+            vec![LeaseEvent::Delete {
+                subnet: net("10.244.9.0/24"),
+                prev: None
+            }]
+        );
+        // The bad entries were skipped by the listing too.
+        c.put("/weft-test/net/subnets/10.244.9.0-24", "{not json", None)
+            .await
+            .unwrap();
+        assert!(s.list_leases().await.unwrap().leases.is_empty());
+    });
+}
+
+#[test]
+fn watch_from_a_compacted_revision_reports_compacted() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        let cfg = put_config(CONFIG).await;
+        let start = s.list_leases().await.unwrap().revision;
+        for i in 1..=3 {
+            s.acquire(
+                &cfg,
+                &vxlan(&format!("192.0.2.{i}"), "aa:00:00:00:00:01"),
+                None,
+                DAY,
+            )
+            .await
+            .unwrap();
+        }
+        let now = s.list_leases().await.unwrap().revision;
+        raw().await.compact(now, None).await.unwrap();
+        let mut w = s.watch(start + 1).await.unwrap();
+        match w.next().await {
+            Err(StoreError::Compacted { revision }) => assert_eq!(revision, now),
+            other => panic!("expected Compacted, got {other:?}"),
+        }
+        // From the current revision the watch works again.
+        let mut w = s.watch(now + 1).await.unwrap();
+        s.acquire(&cfg, &vxlan("192.0.2.9", "aa:00:00:00:00:09"), None, DAY)
+            .await
+            .unwrap();
+        assert!(matches!(w.next().await.unwrap()[0], LeaseEvent::Put(_)));
+    });
+}
+
+#[test]
+fn renew_keeps_alive_or_replaces_the_etcd_lease() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        let cfg = put_config(CONFIG).await;
+        let attrs = vxlan("192.0.2.1", "aa:00:00:00:00:01");
+        let own = s
+            .acquire(&cfg, &attrs, None, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let id = own.etcd_lease.unwrap();
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let before = raw()
+            .await
+            .lease_time_to_live(id, None)
+            .await
+            .unwrap()
+            .ttl();
+        assert!(before <= 58, "TTL went down: {before}");
+        let (_, _, rev) = raw_get(&key(own.subnet)).await.unwrap();
+        let renewed = s.renew(&own, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(renewed.etcd_lease, Some(id), "same etcd lease kept alive");
+        let after = raw()
+            .await
+            .lease_time_to_live(id, None)
+            .await
+            .unwrap()
+            .ttl();
+        assert!(after >= 59, "TTL reset by the keep-alive: {after}");
+        assert_eq!(raw_get(&key(own.subnet)).await.unwrap().2, rev, "no write");
+        assert!(renewed.expires > own.expires);
+
+        // A new TTL moves the key to a new etcd lease and drops the old one.
+        let longer = s.renew(&renewed, Duration::from_secs(120)).await.unwrap();
+        let new_id = longer.etcd_lease.unwrap();
+        assert_ne!(new_id, id);
+        let mut c = raw().await;
+        assert_eq!(
+            c.lease_time_to_live(new_id, None)
+                .await
+                .unwrap()
+                .granted_ttl(),
+            120
+        );
+        assert_eq!(
+            c.lease_time_to_live(id, None).await.unwrap().ttl(),
+            -1,
+            "old lease revoked"
+        );
+        let (value, lease, _) = raw_get(&key(own.subnet)).await.unwrap();
+        assert_eq!((value, lease), (attrs.to_json(), new_id));
+    });
+}
+
+#[test]
+fn renew_of_a_lost_lease_is_distinguishable() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        let cfg = put_config(CONFIG).await;
+        let attrs = vxlan("192.0.2.1", "aa:00:00:00:00:01");
+        let own = s.acquire(&cfg, &attrs, None, DAY).await.unwrap();
+        let mut c = raw().await;
+
+        c.delete(key(own.subnet), None).await.unwrap();
+        match s.renew(&own, DAY).await {
+            Err(StoreError::LeaseLost {
+                subnet,
+                reason: LeaseLostReason::Deleted,
+            }) => assert_eq!(subnet, own.subnet),
+            other => panic!("expected LeaseLost Deleted, got {other:?}"),
+        }
+
+        // Re-acquiring gets the same subnet back while it is free.
+        let back = s
+            .acquire(&cfg, &attrs, Some(own.subnet), DAY)
+            .await
+            .unwrap();
+        assert_eq!(back.subnet, own.subnet);
+
+        // Taken over by another node.
+        c.put(
+            key(own.subnet),
+            vxlan("192.0.2.66", "aa:00:00:00:00:66").to_json(),
+            None,
+        )
+        .await
+        .unwrap();
+        match s.renew(&back, DAY).await {
+            Err(StoreError::LeaseLost {
+                reason: LeaseLostReason::TakenBy(ip),
+                ..
+            }) => assert_eq!(ip, Ipv4Addr::new(192, 0, 2, 66)),
+            other => panic!("expected LeaseLost TakenBy, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn expired_lease_is_lost_then_reacquired() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        let cfg = put_config(CONFIG).await;
+        let attrs = vxlan("192.0.2.1", "aa:00:00:00:00:01");
+        let own = s
+            .acquire(&cfg, &attrs, None, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while raw_get(&key(own.subnet)).await.is_some() {
+            assert!(Instant::now() < deadline, "key did not expire");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let err = s.renew(&own, Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+        let back = s
+            .acquire(&cfg, &attrs, Some(own.subnet), DAY)
+            .await
+            .unwrap();
+        assert_eq!(back.subnet, own.subnet);
+        assert_eq!(s.lease_expiry(own.etcd_lease.unwrap()).await.unwrap(), None);
+    });
+}
+
+#[test]
+fn requests_to_a_dead_etcd_fail_instead_of_hanging() {
+    let etcd = EtcdNs::start();
+    let pid = etcd.etcd_pid();
+    etcd.run(move || async move {
+        let s = store().await;
+        assert_eq!(s.network_config().await.unwrap(), None);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill etcd");
+        let t = Instant::now();
+        let err = s.network_config().await.unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            err.to_string()
+                .starts_with("etcd get network config /coreos.com/network/config: "),
+            "{err}"
+        );
+        let err = s.list_leases().await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("etcd list leases /coreos.com/network/subnets/: "),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn requests_to_a_frozen_etcd_time_out() {
+    let etcd = EtcdNs::start();
+    let pid = etcd.etcd_pid();
+    etcd.run(move || async move {
+        let s = store().await;
+        let cfg = put_config(CONFIG).await;
+        let own = s
+            .acquire(&cfg, &vxlan("192.0.2.1", "aa:00:00:00:00:01"), None, DAY)
+            .await
+            .unwrap();
+        // A stopped etcd keeps its TCP connections open but never answers.
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop etcd");
+        let t = Instant::now();
+        let err = s.renew(&own, DAY).await.unwrap_err();
+        let took = t.elapsed();
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        assert!(matches!(err, StoreError::Timeout { .. }), "{err}");
+        assert!(took < Duration::from_secs(15), "took {took:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "etcd get own lease {}: no answer within 10s",
+                key(own.subnet)
+            )
+        );
+    });
+}
