@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod cni;
 pub mod bundle;
+pub mod cli;
 pub mod image;
 pub mod manifest;
 pub mod process;
