@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 /// An IPv4 address with a prefix length, e.g. `10.244.1.1/24` (host bits may be set).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ipv4Net {
     addr: Ipv4Addr,
     prefix: u8,
@@ -19,6 +19,12 @@ pub struct ParseNetError {
 }
 
 impl Ipv4Net {
+    /// `0.0.0.0/0`.
+    pub const DEFAULT_ROUTE: Ipv4Net = Ipv4Net {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+    };
+
     /// A prefix from an address and a length; `None` when the length exceeds 32.
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
         (prefix <= 32).then_some(Ipv4Net { addr, prefix })
@@ -58,11 +64,6 @@ impl Ipv4Net {
             prefix: self.prefix,
         }
     }
-
-    /// Whether `ip` lies inside the prefix.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.network())
-    }
 }
 
 impl FromStr for Ipv4Net {
@@ -95,10 +96,8 @@ mod tests {
         assert_eq!(net.network(), Ipv4Addr::new(10, 244, 1, 0));
         assert_eq!(net.broadcast(), Ipv4Addr::new(10, 244, 1, 255));
         assert_eq!(net.trunc().to_string(), "10.244.1.0/24");
-        assert!(net.contains(Ipv4Addr::new(10, 244, 1, 77)));
-        assert!(!net.contains(Ipv4Addr::new(10, 244, 2, 1)));
         let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains(Ipv4Addr::new(8, 8, 8, 8)));
+        assert_eq!(all, Ipv4Net::DEFAULT_ROUTE);
         assert_eq!(all.broadcast(), Ipv4Addr::BROADCAST);
     }
 

@@ -1,0 +1,632 @@
+//! The CNI operations: ADD, DEL, CHECK, GC, STATUS (VERSION lives in `main`).
+
+use std::collections::HashSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::config::{Attachment, NetConf};
+use crate::env::AttachmentEnv;
+use crate::error::{Error, Result};
+use crate::ip::Ipv4Net;
+use crate::ipam::{IpamStore, Pool};
+use crate::log::Log;
+use crate::netlink::{Link, Netlink};
+use crate::netns::{Netns, NetnsError};
+use crate::result::{AddResult, Interface, IpConfig, Route};
+use crate::subnet_env::NodeSubnet;
+use crate::version::Version;
+
+/// MTU used when neither the config nor subnet.env names one.
+const FALLBACK_MTU: u32 = 1500;
+
+/// The host end's name: `veth` + 11 hex digits of a hash of (container ID, ifname), so DEL and GC
+/// can find it without the container namespace.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in container_id
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(ifname.bytes())
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("veth{:011x}", hash & 0x0fff_ffff_ffff)
+}
+
+/// The bridge's fixed MAC: locally administered `0a:58` + the gateway address.
+pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x0a, 0x58, a, b, c, d]
+}
+
+fn netlink_err(op: String) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Netlink { op, source }
+}
+
+fn open_node_netlink() -> Result<Netlink> {
+    Netlink::open().map_err(netlink_err(
+        "open netlink socket in the node namespace".into(),
+    ))
+}
+
+/// Maps a namespace failure on ADD/CHECK: gone → unknown container (3); not a netns → bad CNI_NETNS (4).
+fn netns_error(err: NetnsError, container: &str) -> Error {
+    match err {
+        NetnsError::Missing { .. } => Error::UnknownContainer {
+            container: container.to_string(),
+            reason: err.to_string(),
+        },
+        NetnsError::NotNetns { ref path, .. } => Error::InvalidEnv {
+            name: "CNI_NETNS",
+            value: path.display().to_string(),
+            reason: err.to_string(),
+        },
+        NetnsError::Io { op, path, source } => Error::Io {
+            op: match op {
+                "open" => "open network namespace",
+                "statfs" => "statfs network namespace",
+                _ => "enter network namespace",
+            },
+            path,
+            source,
+        },
+    }
+}
+
+fn netns_path(env: &AttachmentEnv) -> Result<PathBuf> {
+    env.netns.clone().ok_or_else(|| Error::InvalidEnv {
+        name: "CNI_NETNS",
+        value: String::new(),
+        reason: "required but not set".into(),
+    })
+}
+
+/// ADD: bridge, address, veth pair into the container, routes. Undoes its work on failure.
+pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
+    let node = NodeSubnet::load(&conf.subnet_file)?;
+    let mtu = conf.mtu.or(node.mtu).unwrap_or(FALLBACK_MTU);
+    let netns = Netns::open(&netns_path(env)?).map_err(|e| netns_error(e, &env.container_id))?;
+    let mut container_nl = netns
+        .netlink()
+        .map_err(|e| netns_error(e, &env.container_id))?;
+    let exists = container_nl
+        .link_by_name(&env.ifname)
+        .map_err(netlink_err(format!(
+            "look up {} in {}",
+            env.ifname,
+            netns.path().display()
+        )))?;
+    if exists.is_some() {
+        return Err(Error::InterfaceExists {
+            ifname: env.ifname.clone(),
+            netns: netns.path().display().to_string(),
+        });
+    }
+    let mut node_nl = open_node_netlink()?;
+    let bridge = ensure_bridge(&mut node_nl, &conf.bridge, &node, mtu)?;
+    enable_forwarding(&conf.bridge)?;
+
+    let pool = Pool::new(node.subnet);
+    let store = IpamStore::new(&conf.data_dir, &conf.name);
+    let ip = store
+        .lock()?
+        .allocate(&pool, &env.container_id, &env.ifname)?;
+    let address = Ipv4Net::new(ip, node.subnet.prefix())
+        .ok_or_else(|| Error::InvalidConfig(format!("prefix of {} out of range", node.subnet)))?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let wiring = Wiring {
+        conf,
+        env,
+        node: &node,
+        mtu,
+        bridge: &bridge,
+        host_name: &host_name,
+        address,
+        netns: &netns,
+    };
+    match wiring.attach(&mut node_nl, &mut container_nl) {
+        Ok(result) => {
+            log.info(format_args!(
+                "ADD container={} ifname={} ip={} host={} netns={}",
+                env.container_id,
+                env.ifname,
+                address,
+                host_name,
+                netns.path().display()
+            ));
+            Ok(result.to_json(conf.cni_version, &conf.cni_version_text))
+        }
+        Err(err) => {
+            log.error(format_args!(
+                "ADD container={} ifname={} failed, undoing: {err}",
+                env.container_id, env.ifname
+            ));
+            if let Err(e) = delete_link_named(&mut node_nl, &host_name) {
+                log.error(format_args!("undo: remove {host_name}: {e}"));
+            }
+            match store.lock() {
+                Ok(locked) => {
+                    if let Err(e) = locked.release(&env.container_id, &env.ifname) {
+                        log.error(format_args!("undo: release {ip}: {e}"));
+                    }
+                }
+                Err(e) => log.error(format_args!("undo: release {ip}: {e}")),
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Everything ADD needs to wire one container.
+struct Wiring<'a> {
+    conf: &'a NetConf,
+    env: &'a AttachmentEnv,
+    node: &'a NodeSubnet,
+    mtu: u32,
+    bridge: &'a Link,
+    host_name: &'a str,
+    address: Ipv4Net,
+    netns: &'a Netns,
+}
+
+impl Wiring<'_> {
+    fn desired_routes(&self) -> Vec<Route> {
+        let gateway = self.node.gateway();
+        let mut routes = vec![Route {
+            dst: self.node.network.trunc(),
+            gw: Some(gateway),
+        }];
+        if self.conf.is_default_gateway {
+            routes.push(Route {
+                dst: Ipv4Net::DEFAULT_ROUTE,
+                gw: Some(gateway),
+            });
+        }
+        for extra in &self.conf.routes {
+            routes.push(Route {
+                dst: extra.dst,
+                gw: Some(extra.gw.unwrap_or(gateway)),
+            });
+        }
+        let mut seen = HashSet::new();
+        routes.retain(|r| seen.insert(r.dst));
+        routes
+    }
+
+    fn attach(&self, node_nl: &mut Netlink, container_nl: &mut Netlink) -> Result<AddResult> {
+        let ifname = &self.env.ifname;
+        let netns_path = self.netns.path().display().to_string();
+        // A host end left by an ADD that died half-way would block the name.
+        delete_link_named(node_nl, self.host_name)?;
+        node_nl
+            .create_veth(
+                self.host_name,
+                self.bridge.index,
+                self.mtu,
+                ifname,
+                self.netns.file(),
+            )
+            .map_err(netlink_err(format!(
+                "create veth {} (peer {ifname} in {netns_path}) on {}",
+                self.host_name, self.bridge.name
+            )))?;
+        let host = node_nl
+            .link_by_name(self.host_name)
+            .map_err(netlink_err(format!("look up {}", self.host_name)))?
+            .ok_or_else(|| Error::Netlink {
+                op: format!("look up {} after creating it", self.host_name),
+                source: io::Error::from_raw_os_error(libc::ENODEV),
+            })?;
+        if self.conf.hairpin_mode {
+            node_nl
+                .set_hairpin(host.index)
+                .map_err(netlink_err(format!(
+                    "set hairpin on {} (port of {})",
+                    self.host_name, self.bridge.name
+                )))?;
+        }
+        let pod = container_nl
+            .link_by_name(ifname)
+            .map_err(netlink_err(format!("look up {ifname} in {netns_path}")))?
+            .ok_or_else(|| Error::Netlink {
+                op: format!("look up {ifname} in {netns_path} after creating it"),
+                source: io::Error::from_raw_os_error(libc::ENODEV),
+            })?;
+        container_nl
+            .add_address(pod.index, self.address)
+            .map_err(netlink_err(format!(
+                "add address {} to {ifname} in {netns_path}",
+                self.address
+            )))?;
+        container_nl
+            .set_up(pod.index)
+            .map_err(netlink_err(format!("set {ifname} up in {netns_path}")))?;
+        let routes = self.desired_routes();
+        for route in &routes {
+            container_nl
+                .add_route(route.dst, route.gw, pod.index)
+                .map_err(netlink_err(format!(
+                    "add route {} via {} dev {ifname} in {netns_path}",
+                    route.dst,
+                    route.gw.map(|g| g.to_string()).unwrap_or_default()
+                )))?;
+        }
+        Ok(AddResult {
+            interfaces: vec![
+                Interface {
+                    name: self.bridge.name.clone(),
+                    mac: self.bridge.mac.clone(),
+                    mtu: Some(self.bridge.mtu),
+                    sandbox: None,
+                },
+                Interface {
+                    name: host.name.clone(),
+                    mac: host.mac.clone(),
+                    mtu: Some(host.mtu),
+                    sandbox: None,
+                },
+                Interface {
+                    name: ifname.clone(),
+                    mac: pod.mac.clone(),
+                    mtu: Some(pod.mtu),
+                    sandbox: Some(netns_path),
+                },
+            ],
+            ips: vec![IpConfig {
+                address: self.address,
+                gateway: Some(self.node.gateway()),
+                interface: Some(2),
+            }],
+            routes,
+            dns: self.conf.dns.clone(),
+        })
+    }
+}
+
+/// Makes sure the bridge exists, is up and carries exactly the gateway address.
+fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> Result<Link> {
+    let lookup = |nl: &mut Netlink| {
+        nl.link_by_name(name)
+            .map_err(netlink_err(format!("look up bridge {name}")))
+    };
+    let mut bridge = match lookup(nl)? {
+        Some(link) => link,
+        None => {
+            match nl.create_bridge(name, mtu, bridge_mac(node.gateway())) {
+                Ok(()) => {}
+                // Another ADD running in parallel created it first.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    return Err(Error::Netlink {
+                        op: format!("create bridge {name} (mtu {mtu})"),
+                        source: e,
+                    })
+                }
+            }
+            lookup(nl)?.ok_or_else(|| Error::Netlink {
+                op: format!("look up bridge {name} after creating it"),
+                source: io::Error::from_raw_os_error(libc::ENODEV),
+            })?
+        }
+    };
+    if bridge.kind.as_deref() != Some("bridge") {
+        return Err(Error::InvalidConfig(format!(
+            "device {name} exists but is a {} device, not a bridge",
+            bridge.kind.as_deref().unwrap_or("unknown")
+        )));
+    }
+    // Set explicitly: an MTU given at creation is lost when the bridge's last port goes.
+    if bridge.mtu != mtu {
+        nl.set_mtu(bridge.index, mtu)
+            .map_err(netlink_err(format!("set MTU {mtu} on bridge {name}")))?;
+        bridge.mtu = mtu;
+    }
+    let expected = node.subnet;
+    let present = nl
+        .addresses(bridge.index)
+        .map_err(netlink_err(format!("list addresses of bridge {name}")))?;
+    if let Some(other) = present.iter().find(|a| **a != expected) {
+        return Err(Error::BridgeAddressConflict {
+            bridge: name.to_string(),
+            found: other.to_string(),
+            expected: expected.to_string(),
+        });
+    }
+    if present.is_empty() {
+        match nl.add_address(bridge.index, expected) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(Error::Netlink {
+                    op: format!("add gateway {expected} to bridge {name}"),
+                    source: e,
+                })
+            }
+        }
+    }
+    if !bridge.up {
+        nl.set_up(bridge.index)
+            .map_err(netlink_err(format!("set bridge {name} up")))?;
+    }
+    Ok(bridge)
+}
+
+/// Turns on IPv4 forwarding in the node namespace and on the bridge (written only when off).
+fn enable_forwarding(bridge: &str) -> Result<()> {
+    for path in [
+        PathBuf::from("/proc/sys/net/ipv4/ip_forward"),
+        PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/forwarding")),
+    ] {
+        let current = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            op: "read sysctl",
+            path: path.clone(),
+            source,
+        })?;
+        if current.trim() != "1" {
+            std::fs::write(&path, "1").map_err(|source| Error::Io {
+                op: "enable forwarding via sysctl",
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the link called `name` if it exists.
+fn delete_link_named(nl: &mut Netlink, name: &str) -> Result<bool> {
+    let Some(link) = nl
+        .link_by_name(name)
+        .map_err(netlink_err(format!("look up {name}")))?
+    else {
+        return Ok(false);
+    };
+    match nl.delete_link(link.index) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(source) => Err(Error::Netlink {
+            op: format!("delete {name}"),
+            source,
+        }),
+    }
+}
+
+/// DEL: removes the veth pair (from whichever side still exists) and always releases the address.
+pub fn del(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<()> {
+    let mut first_error = None;
+    if let Some(path) = &env.netns {
+        match Netns::open(path).and_then(|ns| ns.netlink()) {
+            Ok(mut container_nl) => {
+                if let Err(e) = delete_link_named(&mut container_nl, &env.ifname) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            Err(e) => log.info(format_args!(
+                "DEL container={}: skipping container side: {e}",
+                env.container_id
+            )),
+        }
+    }
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    match open_node_netlink() {
+        Ok(mut node_nl) => {
+            if let Err(e) = delete_link_named(&mut node_nl, &host_name) {
+                first_error.get_or_insert(e);
+            }
+        }
+        Err(e) => {
+            first_error.get_or_insert(e);
+        }
+    }
+    let store = IpamStore::new(&conf.data_dir, &conf.name);
+    let released = store.lock()?.release(&env.container_id, &env.ifname)?;
+    log.info(format_args!(
+        "DEL container={} ifname={} released={released:?}",
+        env.container_id, env.ifname
+    ));
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// CHECK: compares the live attachment with `prevResult` and the allocation.
+pub fn check(conf: &NetConf, env: &AttachmentEnv) -> Result<()> {
+    conf.cni_version.require(Version::V0_4_0, "CHECK")?;
+    let fail = |reason: String| Error::CheckFailed {
+        container: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        reason,
+    };
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| Error::InvalidConfig("CHECK requires prevResult".into()))?;
+    let prev = AddResult::from_json(prev)?;
+    let node = NodeSubnet::load(&conf.subnet_file)?;
+    let mtu = conf.mtu.or(node.mtu).unwrap_or(FALLBACK_MTU);
+
+    let container_index = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == env.ifname && i.sandbox.is_some())
+        .ok_or_else(|| fail("prevResult lists no container interface with this name".into()))?;
+    let expected_ips: Vec<Ipv4Net> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|i| i == container_index))
+        .map(|ip| ip.address)
+        .collect();
+
+    let store = IpamStore::new(&conf.data_dir, &conf.name);
+    let allocated: Vec<Ipv4Addr> = store
+        .lock()?
+        .allocations()?
+        .into_iter()
+        .filter(|a| a.container_id == env.container_id && a.ifname.as_deref() == Some(&env.ifname))
+        .map(|a| a.ip)
+        .collect();
+    if allocated.is_empty() {
+        return Err(Error::UnknownContainer {
+            container: env.container_id.clone(),
+            reason: format!(
+                "no address is allocated to it (interface {}) in {}",
+                env.ifname,
+                store.dir().display()
+            ),
+        });
+    }
+    for ip in &expected_ips {
+        if !allocated.contains(&ip.addr()) {
+            return Err(fail(format!(
+                "address {ip} is not allocated to it in {} (allocated: {allocated:?})",
+                store.dir().display()
+            )));
+        }
+    }
+
+    let netns = Netns::open(&netns_path(env)?).map_err(|e| netns_error(e, &env.container_id))?;
+    let netns_text = netns.path().display().to_string();
+    let mut container_nl = netns
+        .netlink()
+        .map_err(|e| netns_error(e, &env.container_id))?;
+    let pod = container_nl
+        .link_by_name(&env.ifname)
+        .map_err(netlink_err(format!(
+            "look up {} in {netns_text}",
+            env.ifname
+        )))?
+        .ok_or_else(|| fail(format!("interface missing from {netns_text}")))?;
+    let prev_mac = &prev.interfaces[container_index].mac;
+    if !prev_mac.is_empty() && !prev_mac.eq_ignore_ascii_case(&pod.mac) {
+        return Err(fail(format!(
+            "MAC is {}, prevResult says {prev_mac}",
+            pod.mac
+        )));
+    }
+    if pod.mtu != mtu {
+        return Err(fail(format!("MTU is {}, expected {mtu}", pod.mtu)));
+    }
+    let addresses = container_nl
+        .addresses(pod.index)
+        .map_err(netlink_err(format!(
+            "list addresses of {} in {netns_text}",
+            env.ifname
+        )))?;
+    for ip in &expected_ips {
+        if !addresses.contains(ip) {
+            return Err(fail(format!(
+                "address {ip} missing (present: {})",
+                join(&addresses)
+            )));
+        }
+    }
+    let routes = container_nl
+        .routes()
+        .map_err(netlink_err(format!("list routes in {netns_text}")))?;
+    for want in &prev.routes {
+        let found = routes
+            .iter()
+            .any(|r| r.dst == want.dst.trunc() && (want.gw.is_none() || r.gw == want.gw));
+        if !found {
+            return Err(fail(format!(
+                "route {} via {} missing",
+                want.dst,
+                want.gw.map(|g| g.to_string()).unwrap_or_default()
+            )));
+        }
+    }
+
+    let mut node_nl = open_node_netlink()?;
+    let bridge = node_nl
+        .link_by_name(&conf.bridge)
+        .map_err(netlink_err(format!("look up bridge {}", conf.bridge)))?
+        .ok_or_else(|| fail(format!("bridge {} missing", conf.bridge)))?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let host = node_nl
+        .link_by_name(&host_name)
+        .map_err(netlink_err(format!("look up {host_name}")))?
+        .ok_or_else(|| fail(format!("host veth {host_name} missing")))?;
+    if host.master != Some(bridge.index) {
+        return Err(fail(format!(
+            "host veth {host_name} is not a port of bridge {}",
+            conf.bridge
+        )));
+    }
+    Ok(())
+}
+
+fn join(nets: &[Ipv4Net]) -> String {
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// GC: releases allocations no valid attachment names and removes their host veths.
+pub fn gc(conf: &NetConf, log: &Log) -> Result<()> {
+    conf.cni_version.require(Version::V1_1_0, "GC")?;
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        Error::InvalidConfig("GC requires cni.dev/valid-attachments (may be empty)".into())
+    })?;
+    let valid_containers: HashSet<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
+    let store = IpamStore::new(&conf.data_dir, &conf.name);
+    let released = store.lock()?.release_where(|a| match &a.ifname {
+        Some(ifname) => !valid.contains(&Attachment {
+            container_id: a.container_id.clone(),
+            ifname: ifname.clone(),
+        }),
+        None => !valid_containers.contains(a.container_id.as_str()),
+    })?;
+    let mut node_nl = open_node_netlink()?;
+    for allocation in &released {
+        let Some(ifname) = &allocation.ifname else {
+            continue;
+        };
+        let host_name = host_veth_name(&allocation.container_id, ifname);
+        match delete_link_named(&mut node_nl, &host_name) {
+            Ok(removed) => log.info(format_args!(
+                "GC released {} of container={} ifname={ifname}; host veth {host_name} removed={removed}",
+                allocation.ip, allocation.container_id
+            )),
+            Err(e) => log.error(format_args!("GC: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// STATUS: ready when subnet.env can be read and parsed.
+pub fn status(conf: &NetConf) -> Result<()> {
+    conf.cni_version.require(Version::V1_1_0, "STATUS")?;
+    NodeSubnet::load(&conf.subnet_file)
+        .map(|_| ())
+        .map_err(|e| Error::NotReady(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_stable_and_short() {
+        let a = host_veth_name("3f6940ab5ab43bc5", "eth0");
+        assert_eq!(a, host_veth_name("3f6940ab5ab43bc5", "eth0"));
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("veth"));
+        assert_ne!(a, host_veth_name("3f6940ab5ab43bc5", "net1"));
+        assert_ne!(a, host_veth_name("3f6940ab5ab43bc6", "eth0"));
+        assert_ne!(host_veth_name("ab", "c"), host_veth_name("a", "bc"));
+    }
+
+    #[test]
+    fn bridge_mac_is_locally_administered_and_from_gateway() {
+        assert_eq!(
+            crate::netlink::format_mac(&bridge_mac(Ipv4Addr::new(10, 244, 1, 1))),
+            "0a:58:0a:f4:01:01"
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! A small synchronous rtnetlink client: one socket, one request at a time, no async runtime.
+//!
+//! A socket stays bound to the network namespace it was created in, so the plugin opens one in
+//! the node namespace and one in the container namespace and never moves its own threads.
+
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::ip::Ipv4Net;
+
+/// What the plugin needs to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MAC address formatted `aa:bb:cc:dd:ee:ff` (empty if none).
+    pub mac: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
+    /// Index of the bridge (or other controller) it is enslaved to.
+    pub master: Option<u32>,
+    /// Link kind (`bridge`, `veth`, ...), if reported.
+    pub kind: Option<String>,
+}
+
+/// An IPv4 route as read back from the kernel (main table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// Destination prefix (`0.0.0.0/0` for the default route).
+    pub dst: Ipv4Net,
+    /// Gateway, if any.
+    pub gw: Option<Ipv4Addr>,
+    /// Output interface index.
+    pub oif: Option<u32>,
+}
+
+/// A netlink route socket bound to one network namespace.
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// Receive buffer size: large enough for one dump datagram from the kernel.
+const RECV_BUF: usize = 64 * 1024;
+
+impl Netlink {
+    /// Opens a route socket in the calling thread's network namespace.
+    pub fn open() -> io::Result<Netlink> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// Sends one request and collects the replies until the ACK, DONE or an error.
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        self.socket.send(&out, 0)?;
+        let mut replies = Vec::new();
+        loop {
+            self.buf.clear();
+            let received = self.socket.recv(&mut self.buf, 0)?;
+            if received > self.buf.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("netlink reply of {received} bytes truncated"),
+                ));
+            }
+            let mut offset = 0;
+            while offset < self.buf.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let length = reply.header.length as usize;
+                if length == 0 {
+                    break;
+                }
+                offset += (length + 3) & !3;
+                if reply.header.sequence_number != seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::Error(err) => {
+                        return match err.code {
+                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                            None => Ok(replies),
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends a change request and waits for its ACK.
+    fn change(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.request(message, NLM_F_ACK | flags).map(|_| ())
+    }
+
+    /// The link called `name`, or `None` if there is none.
+    pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(message), NLM_F_ACK) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|reply| match reply {
+                RouteNetlinkMessage::NewLink(link) => Some(to_link(&link)),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates an up bridge `name` with a fixed MAC (so it never changes as ports come and go).
+    pub fn create_bridge(&mut self, name: &str, mtu: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.flags = LinkFlags::Up;
+        message.header.change_mask = LinkFlags::Up;
+        message.attributes = vec![
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::Address(mac.to_vec()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+        ];
+        self.change(
+            RouteNetlinkMessage::NewLink(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates a veth pair in ONE request: `host` here, up, enslaved to `master`; its peer
+    /// `peer` created directly inside the namespace `peer_netns`, with the same MTU.
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        master: u32,
+        mtu: u32,
+        peer: &str,
+        peer_netns: &File,
+    ) -> io::Result<()> {
+        let mut peer_message = LinkMessage::default();
+        peer_message.attributes = vec![
+            LinkAttribute::IfName(peer.to_string()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::NetNsFd(peer_netns.as_raw_fd()),
+        ];
+        let mut message = LinkMessage::default();
+        message.header.flags = LinkFlags::Up;
+        message.header.change_mask = LinkFlags::Up;
+        message.attributes = vec![
+            LinkAttribute::IfName(host.to_string()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::Controller(master),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_message))),
+            ]),
+        ];
+        self.change(
+            RouteNetlinkMessage::NewLink(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Turns on hairpin mode of bridge port `index`.
+    pub fn set_hairpin(&mut self, index: u32) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        self.change(RouteNetlinkMessage::NewLink(message), 0)
+    }
+
+    /// Sets link `index` administratively up.
+    pub fn set_up(&mut self, index: u32) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.header.flags = LinkFlags::Up;
+        message.header.change_mask = LinkFlags::Up;
+        self.change(RouteNetlinkMessage::SetLink(message), 0)
+    }
+
+    /// Sets the MTU of link `index` (through the device, so a bridge keeps it as user-set).
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::Mtu(mtu));
+        self.change(RouteNetlinkMessage::SetLink(message), 0)
+    }
+
+    /// Deletes link `index` (for a veth, both ends go).
+    pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        self.change(RouteNetlinkMessage::DelLink(message), 0)
+    }
+
+    /// The IPv4 addresses on link `index`.
+    pub fn addresses(&mut self, index: u32) -> io::Result<Vec<Ipv4Net>> {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.index = index;
+        let replies = self.request(RouteNetlinkMessage::GetAddress(message), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewAddress(addr) if addr.header.index == index => addr
+                    .attributes
+                    .iter()
+                    .find_map(|attr| match attr {
+                        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    })
+                    .and_then(|ip| Ipv4Net::new(ip, addr.header.prefix_len)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds `net` (address/prefix) to link `index`.
+    pub fn add_address(&mut self, index: u32, net: Ipv4Net) -> io::Result<()> {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.prefix_len = net.prefix();
+        message.header.index = index;
+        message.attributes = vec![
+            AddressAttribute::Local(IpAddr::V4(net.addr())),
+            AddressAttribute::Address(IpAddr::V4(net.addr())),
+            AddressAttribute::Broadcast(net.broadcast()),
+        ];
+        self.change(
+            RouteNetlinkMessage::NewAddress(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Adds a main-table route to `dst` via `gw` out of link `oif`.
+    pub fn add_route(&mut self, dst: Ipv4Net, gw: Option<Ipv4Addr>, oif: u32) -> io::Result<()> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet;
+        message.header.destination_prefix_length = dst.prefix();
+        message.header.table = RouteHeader::RT_TABLE_MAIN;
+        message.header.protocol = RouteProtocol::Boot;
+        message.header.kind = RouteType::Unicast;
+        message.header.scope = if gw.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        if dst.prefix() > 0 {
+            message
+                .attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(
+                    dst.network(),
+                )));
+        }
+        if let Some(gw) = gw {
+            message
+                .attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        }
+        message.attributes.push(RouteAttribute::Oif(oif));
+        self.change(
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Every IPv4 route of the main table.
+    pub fn routes(&mut self) -> io::Result<Vec<RouteEntry>> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet;
+        let replies = self.request(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewRoute(route)
+                    if route.header.table == RouteHeader::RT_TABLE_MAIN =>
+                {
+                    to_route(&route)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+fn to_link(message: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: message.header.index,
+        name: String::new(),
+        mac: String::new(),
+        mtu: 0,
+        up: message.header.flags.contains(LinkFlags::Up),
+        master: None,
+        kind: None,
+    };
+    for attr in &message.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name.clone(),
+            LinkAttribute::Address(mac) => link.mac = format_mac(mac),
+            LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+            LinkAttribute::Controller(master) => link.master = Some(*master),
+            LinkAttribute::LinkInfo(infos) => {
+                link.kind = infos.iter().find_map(|info| match info {
+                    LinkInfo::Kind(kind) => Some(kind.to_string()),
+                    _ => None,
+                })
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn to_route(route: &RouteMessage) -> Option<RouteEntry> {
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gw = None;
+    let mut oif = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            _ => {}
+        }
+    }
+    Some(RouteEntry {
+        dst: Ipv4Net::new(dst, route.header.destination_prefix_length)?,
+        gw,
+        oif,
+    })
+}
+
+/// Formats a hardware address as lower-case colon-separated hex.
+pub fn format_mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_format() {
+        assert_eq!(
+            format_mac(&[0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01]),
+            "0a:58:0a:f4:01:01"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The container's network namespace: opening and validating `CNI_NETNS`, and reaching into it.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
+
+use crate::netlink::Netlink;
+
+/// Why `CNI_NETNS` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The path does not exist (the container is gone).
+    #[error("network namespace {path} does not exist")]
+    Missing {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The path exists but is not a network namespace.
+    #[error("{path} is not a network namespace: {reason}")]
+    NotNetns {
+        /// The path given.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
+    /// Opening or entering the namespace failed otherwise.
+    #[error("{op} network namespace {path}: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// An open handle on a container network namespace.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+}
+
+impl Netns {
+    /// Opens `path` and checks that it is a namespace file (on nsfs, as bind mounts and /proc/<pid>/ns/net are).
+    pub fn open(path: &Path) -> Result<Netns, NetnsError> {
+        let file = File::open(path).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                NetnsError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                NetnsError::Io {
+                    op: "open",
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        let fs = fstatfs(&file).map_err(|errno| NetnsError::Io {
+            op: "statfs",
+            path: path.to_path_buf(),
+            source: io::Error::from(errno),
+        })?;
+        if fs.filesystem_type() != NSFS_MAGIC {
+            return Err(NetnsError::NotNetns {
+                path: path.to_path_buf(),
+                reason: "not a namespace file (not on nsfs)".into(),
+            });
+        }
+        Ok(Netns {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path the namespace was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open namespace file (for `IFLA_NET_NS_FD`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Opens a netlink socket inside this namespace. A helper thread enters the namespace and
+    /// creates the socket, which stays bound there; the caller's threads never move.
+    pub fn netlink(&self) -> Result<Netlink, NetnsError> {
+        let entered = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> Result<Netlink, NetnsError> {
+                    setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+                        if errno == nix::errno::Errno::EINVAL {
+                            NetnsError::NotNetns {
+                                path: self.path.clone(),
+                                reason: "setns(CLONE_NEWNET) refused it".into(),
+                            }
+                        } else {
+                            NetnsError::Io {
+                                op: "enter",
+                                path: self.path.clone(),
+                                source: io::Error::from(errno),
+                            }
+                        }
+                    })?;
+                    Netlink::open().map_err(|source| NetnsError::Io {
+                        op: "open netlink socket in",
+                        path: self.path.clone(),
+                        source,
+                    })
+                })
+                .join()
+        });
+        entered.unwrap_or_else(|_| {
+            Err(NetnsError::Io {
+                op: "enter (helper thread panicked)",
+                path: self.path.clone(),
+                source: io::Error::other("thread panicked"),
+            })
+        })
+    }
+}
