@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod daemon;
 pub mod health;
 pub mod lease;
 pub mod masq;

@@ -1,1 +1,113 @@
-fn main() {}
+//! `weftd`: the weft node agent.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::error;
+use weft::daemon::{self, DaemonOptions};
+use weft::store::EtcdArgs;
+
+/// Node agent of the weft overlay: leases a pod subnet from etcd, programs the overlay and
+/// keeps one route, neighbour and FDB entry per peer node in step with etcd.
+#[derive(Debug, Parser)]
+#[command(name = "weftd", version)]
+struct Flags {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Interface (name or IPv4 address) carrying the overlay; default: the default route's.
+    #[arg(long, env = "WEFTD_IFACE")]
+    iface: Option<String>,
+    /// Address published to other nodes; default: the interface's address.
+    #[arg(long, env = "WEFTD_PUBLIC_IP")]
+    public_ip: Option<Ipv4Addr>,
+    /// Where to write Flannel's subnet.env.
+    #[arg(
+        long,
+        env = "WEFTD_SUBNET_FILE",
+        default_value = "/run/weft/subnet.env"
+    )]
+    subnet_file: PathBuf,
+    /// Directory for everything weftd persists (VTEP MAC, pod state).
+    #[arg(long, env = "WEFTD_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// Minutes before expiry at which the subnet lease is renewed.
+    #[arg(long, env = "WEFTD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
+    subnet_lease_renew_margin: u64,
+    /// Masquerade pod traffic leaving the cluster network (nftables).
+    #[arg(long, env = "WEFTD_IP_MASQ")]
+    ip_masq: bool,
+    /// Serve /healthz, /readyz and /metrics on this address (off by default).
+    #[arg(long, env = "WEFTD_HEALTHZ_ADDR")]
+    healthz_addr: Option<SocketAddr>,
+    /// Seconds between full re-lists and reconciles of the kernel against etcd.
+    #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value_t = 30)]
+    resync_interval: u64,
+}
+
+impl Flags {
+    fn into_options(self) -> DaemonOptions {
+        DaemonOptions {
+            etcd: self.etcd.options(),
+            iface: self.iface,
+            public_ip: self.public_ip,
+            subnet_file: self.subnet_file,
+            state_dir: self.state_dir,
+            renew_margin: Duration::from_secs(self.subnet_lease_renew_margin * 60),
+            lease_ttl: Duration::from_secs(24 * 3600),
+            ip_masq: self.ip_masq,
+            healthz_addr: self.healthz_addr,
+            resync_interval: Duration::from_secs(self.resync_interval.max(1)),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = Flags::parse().into_options();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(opts, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "weftd stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            error!("install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+}

@@ -1,0 +1,570 @@
+//! The node agent: wires the etcd lease stream into a backend.
+//!
+//! One task owns all state ([`Agent`]); it reacts to watch events, the renew deadline, a
+//! periodic resync, overlay-device removal and shutdown. Every change of the peer table ends in
+//! a full reconcile of the kernel (read actual, diff against desired, apply the difference), so
+//! a lost event, a restart or a hand-deleted route is repaired the same way.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ipnetwork::Ipv4Network;
+use tracing::{debug, error, info, warn};
+
+use crate::backend::Backend;
+use crate::config::NetworkConfig;
+use crate::health::Metrics;
+use crate::lease::Lease;
+use crate::masq;
+use crate::netlink::{self, ExternalInterface};
+use crate::store::{EtcdOptions, EtcdStore, LeaseEvent, LeaseWatch, OwnLease, StoreError};
+use crate::subnet_env::SubnetEnv;
+
+/// Everything weftd needs to run, already parsed from flags.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// How to reach etcd.
+    pub etcd: EtcdOptions,
+    /// `--iface`: interface name or address; `None` = the default route's interface.
+    pub iface: Option<String>,
+    /// `--public-ip`: the address published in the lease (default: the interface's).
+    pub public_ip: Option<Ipv4Addr>,
+    /// `--subnet-file`.
+    pub subnet_file: PathBuf,
+    /// `--state-dir`.
+    pub state_dir: PathBuf,
+    /// `--subnet-lease-renew-margin`, as a duration.
+    pub renew_margin: Duration,
+    /// TTL of the etcd lease attached to the subnet key (24 h like Flannel).
+    pub lease_ttl: Duration,
+    /// `--ip-masq`.
+    pub ip_masq: bool,
+    /// `--healthz-addr`.
+    pub healthz_addr: Option<SocketAddr>,
+    /// `--resync-interval`: full relist-and-reconcile period.
+    pub resync_interval: Duration,
+}
+
+/// Errors that stop the agent. Everything else is logged and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The external interface could not be determined.
+    #[error("find the external interface: {0}")]
+    Interface(#[from] netlink::NetlinkError),
+    /// The backend could not be prepared (e.g. the state directory is unusable).
+    #[error("prepare the backend: {0}")]
+    Backend(#[from] crate::backend::BackendError),
+    /// The health endpoint could not be bound.
+    #[error("serve health on {addr}: {source}")]
+    Health {
+        /// The address from `--healthz-addr`.
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+}
+
+/// Retry delays for etcd: 200 ms doubling to 10 s.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const CAP: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// Runs the agent until `shutdown` resolves. The data path (device, routes, lease) is left in
+/// place on return so pods keep talking across restarts; only the masquerade table is removed.
+pub async fn run(
+    opts: DaemonOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    tokio::pin!(shutdown);
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = opts.healthz_addr {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| DaemonError::Health { addr, source })?;
+        drop(listener);
+        tokio::spawn(crate::health::serve(addr, metrics.clone()));
+    }
+    let ext = netlink::find_external_interface(opts.iface.as_deref(), opts.public_ip).await?;
+    info!(iface = %ext.name, public_ip = %ext.public_ip, mtu = ext.mtu, "using external interface");
+    enable_ip_forwarding();
+
+    let mut agent = tokio::select! {
+        agent = Agent::start(opts.clone(), ext, metrics.clone()) => agent?,
+        () = &mut shutdown => {
+            info!("shutdown before the node was up");
+            return Ok(());
+        }
+    };
+    agent.serve(shutdown).await;
+    if opts.ip_masq {
+        if let Err(e) = masq::remove().await {
+            warn!(error = %e, "remove the masquerade table");
+        }
+    }
+    info!(subnet = %agent.own.subnet, "stopped; device, routes and lease left in place");
+    Ok(())
+}
+
+/// The agent's state once it holds a lease.
+struct Agent {
+    opts: DaemonOptions,
+    ext: ExternalInterface,
+    store: EtcdStore,
+    config: NetworkConfig,
+    backend: Backend,
+    own: OwnLease,
+    /// Every lease in etcd, ours included, by subnet.
+    leases: BTreeMap<Ipv4Network, Lease>,
+    /// etcd revision the table reflects.
+    revision: i64,
+    metrics: Arc<Metrics>,
+    /// Whether subnet.env reflects the current lease.
+    published: bool,
+}
+
+impl Agent {
+    /// Connects, waits for a valid network config, acquires the lease, programs the kernel and
+    /// writes subnet.env. Retries etcd failures forever; fails only on local problems.
+    async fn start(
+        opts: DaemonOptions,
+        ext: ExternalInterface,
+        metrics: Arc<Metrics>,
+    ) -> Result<Agent, DaemonError> {
+        let store = connect(&opts.etcd, &metrics).await;
+        let config = wait_for_config(&store, &opts.etcd.prefix, &metrics).await;
+        info!(network = %config.network, subnet_len = config.subnet_len, backend = ?config.backend, "network config");
+        let backend = Backend::new(&config, &ext, &opts.state_dir).await?;
+        let previous = previous_subnet(&opts.subnet_file, &config);
+        let own = acquire(
+            &store,
+            &config,
+            &backend,
+            previous,
+            opts.lease_ttl,
+            &metrics,
+        )
+        .await;
+        let mut agent = Agent {
+            opts,
+            ext,
+            store,
+            config,
+            backend,
+            own,
+            leases: BTreeMap::new(),
+            revision: 0,
+            metrics,
+            published: false,
+        };
+        agent.note_lease();
+        let mut backoff = Backoff::new();
+        while let Err(e) = agent.relist().await {
+            agent.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "list leases; retrying");
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        agent.reconcile().await;
+        Ok(agent)
+    }
+
+    /// The event loop. Returns when `shutdown` resolves.
+    async fn serve(&mut self, shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>) {
+        let mut shutdown = shutdown;
+        let mut link_events = match netlink::link_events() {
+            Ok(rx) => rx,
+            Err(e) => {
+                warn!(error = %e, "subscribe to link events; a deleted device is noticed at the next resync");
+                tokio::sync::mpsc::unbounded_channel().1
+            }
+        };
+        let mut resync = tokio::time::interval(self.opts.resync_interval);
+        resync.tick().await;
+        let mut watch: Option<LeaseWatch> = None;
+        let mut backoff = Backoff::new();
+        let mut retry_at = Instant::now();
+        loop {
+            if watch.is_none() && Instant::now() >= retry_at {
+                match self.rewatch().await {
+                    Ok(w) => {
+                        watch = Some(w);
+                        backoff.reset();
+                    }
+                    Err(e) => {
+                        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                        let delay = backoff.next_delay();
+                        warn!(error = %e, retry_in = ?delay, "etcd unavailable; keeping the data path as it is");
+                        retry_at = Instant::now() + delay;
+                    }
+                }
+            }
+            let renew_in = self.renew_delay();
+            tokio::select! {
+                () = &mut shutdown => return,
+                events = next_events(&mut watch), if watch.is_some() => match events {
+                    Ok(events) => self.apply_events(events).await,
+                    Err(StoreError::Compacted { revision }) => {
+                        info!(revision, "watch compacted; re-listing");
+                        watch = None;
+                    }
+                    Err(e) => {
+                        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "lease watch failed; keeping the data path and reconnecting");
+                        watch = None;
+                        retry_at = Instant::now() + backoff.next_delay();
+                    }
+                },
+                () = tokio::time::sleep_until(retry_at.into()), if watch.is_none() => {}
+                () = tokio::time::sleep(renew_in) => self.renew().await,
+                _ = resync.tick() => {
+                    if watch.is_some() {
+                        if let Err(e) = self.relist().await {
+                            self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                            warn!(error = %e, "periodic re-list failed; reconciling against the last known table");
+                        }
+                    }
+                    self.reconcile().await;
+                }
+                Some(event) = link_events.recv() => {
+                    if event.removed && event.name.as_deref() == Some(self.backend.device_name()) {
+                        warn!(device = self.backend.device_name(), "overlay device removed; recreating it");
+                        self.reconcile().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-lists the leases, reconciles, and opens a new watch after the listed revision.
+    async fn rewatch(&mut self) -> Result<LeaseWatch, StoreError> {
+        self.relist().await?;
+        self.reconcile().await;
+        self.store.watch(self.revision + 1).await
+    }
+
+    /// Replaces the lease table with etcd's, re-acquiring our own lease if it is gone.
+    async fn relist(&mut self) -> Result<(), StoreError> {
+        let snapshot = self.store.list_leases().await?;
+        self.leases = snapshot.leases.into_iter().map(|l| (l.subnet, l)).collect();
+        self.revision = snapshot.revision;
+        if !self.holds_own_lease() {
+            warn!(subnet = %self.own.subnet, "own lease is gone from etcd; acquiring again");
+            self.reacquire().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the table still shows our lease under our public IP.
+    fn holds_own_lease(&self) -> bool {
+        self.leases
+            .get(&self.own.subnet)
+            .is_some_and(|l| l.attrs.public_ip == self.own.attrs.public_ip)
+    }
+
+    async fn apply_events(&mut self, events: Vec<LeaseEvent>) {
+        for event in events {
+            match event {
+                LeaseEvent::Put(lease) => {
+                    debug!(subnet = %lease.subnet, public_ip = %lease.attrs.public_ip, "lease added or changed");
+                    self.revision = self.revision.max(lease.mod_revision);
+                    self.leases.insert(lease.subnet, lease);
+                }
+                LeaseEvent::Delete { subnet, .. } => {
+                    debug!(%subnet, "lease removed");
+                    self.leases.remove(&subnet);
+                }
+            }
+        }
+        if !self.holds_own_lease() {
+            warn!(subnet = %self.own.subnet, "own lease was deleted or taken; acquiring again");
+            if let Err(e) = self.reacquire().await {
+                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "re-acquire own lease; will retry at the next resync");
+            }
+        }
+        self.reconcile().await;
+    }
+
+    /// Acquires a lease again, preferring the subnet we had.
+    async fn reacquire(&mut self) -> Result<(), StoreError> {
+        let attrs = self.backend.lease_attrs();
+        let own = self
+            .store
+            .acquire(
+                &self.config,
+                &attrs,
+                Some(self.own.subnet),
+                self.opts.lease_ttl,
+            )
+            .await?;
+        if own.subnet != self.own.subnet {
+            warn!(old = %self.own.subnet, subnet = %own.subnet, "own subnet changed");
+            self.published = false;
+        }
+        info!(subnet = %own.subnet, "lease re-acquired");
+        self.own = own;
+        self.note_lease();
+        let lease = self.own_as_lease();
+        self.leases.insert(lease.subnet, lease);
+        Ok(())
+    }
+
+    fn own_as_lease(&self) -> Lease {
+        Lease {
+            subnet: self.own.subnet,
+            attrs: self.own.attrs.clone(),
+            etcd_lease: self.own.etcd_lease,
+            mod_revision: self.revision,
+        }
+    }
+
+    fn note_lease(&self) {
+        let expiry = self
+            .own
+            .expires
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        self.metrics
+            .lease_expiry_unix
+            .store(expiry, Ordering::Relaxed);
+    }
+
+    /// Time until the lease must be renewed (a day for a reservation, which needs no renewal).
+    fn renew_delay(&self) -> Duration {
+        match self.own.expires {
+            Some(expires) => expires
+                .checked_sub(self.opts.renew_margin)
+                .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                .unwrap_or(Duration::ZERO),
+            None => Duration::from_secs(86_400),
+        }
+    }
+
+    async fn renew(&mut self) {
+        if self.own.etcd_lease.is_none() {
+            return;
+        }
+        match self.store.renew(&self.own, self.opts.lease_ttl).await {
+            Ok(own) => {
+                info!(subnet = %own.subnet, expires = ?own.expires, "lease renewed");
+                self.own = own;
+                self.note_lease();
+            }
+            Err(e @ StoreError::LeaseLost { .. }) => {
+                warn!(subnet = %self.own.subnet, error = %e, "own lease lost; acquiring again");
+                match self.reacquire().await {
+                    Ok(()) => self.reconcile().await,
+                    Err(e) => {
+                        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "re-acquire own lease; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(subnet = %self.own.subnet, error = %e, "renew lease; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Makes the kernel match the lease table, then publishes subnet.env and the masquerade
+    /// rules once the data path is in place.
+    async fn reconcile(&mut self) {
+        let started = Instant::now();
+        let peers: Vec<Lease> = self
+            .leases
+            .values()
+            .filter(|l| l.subnet != self.own.subnet)
+            .cloned()
+            .collect();
+        let result = self.backend.reconcile(self.own.subnet, &peers).await;
+        let took = started.elapsed();
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                self.metrics
+                    .record_reconcile(took, peers.len(), 0, 0, 0, true);
+                error!(subnet = %self.own.subnet, error = %e, "reconcile failed; retrying at the next resync");
+                return;
+            }
+        };
+        self.metrics.record_reconcile(
+            took,
+            report.desired,
+            report.desired.saturating_sub(report.failed),
+            report.added,
+            report.removed,
+            report.failed > 0,
+        );
+        if report.added + report.removed + report.failed > 0 {
+            info!(
+                subnet = %self.own.subnet,
+                peers = peers.len(),
+                added = report.added,
+                removed = report.removed,
+                failed = report.failed,
+                took_ms = took.as_secs_f64() * 1e3,
+                "reconciled"
+            );
+        }
+        if !self.published {
+            self.publish().await;
+        }
+    }
+
+    /// Writes subnet.env and applies the masquerade rules.
+    async fn publish(&mut self) {
+        if self.opts.ip_masq {
+            if let Err(e) = masq::apply(self.config.network, self.own.subnet).await {
+                error!(error = %e, "apply masquerade rules; retrying at the next resync");
+                return;
+            }
+        }
+        let env = SubnetEnv::new(
+            self.config.network,
+            self.own.subnet,
+            self.backend.mtu(),
+            self.opts.ip_masq,
+        );
+        match env.write_atomic(&self.opts.subnet_file) {
+            Ok(()) => {
+                info!(subnet = %self.own.subnet, file = %self.opts.subnet_file.display(), public_ip = %self.ext.public_ip, "node ready");
+                self.published = true;
+                self.metrics.ready.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                error!(file = %self.opts.subnet_file.display(), error = %e, "write subnet.env; retrying at the next resync")
+            }
+        }
+    }
+}
+
+async fn next_events(watch: &mut Option<LeaseWatch>) -> Result<Vec<LeaseEvent>, StoreError> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Connects to etcd, retrying with back-off until it answers.
+async fn connect(opts: &EtcdOptions, metrics: &Metrics) -> EtcdStore {
+    let mut backoff = Backoff::new();
+    loop {
+        match EtcdStore::connect(opts).await {
+            Ok(store) => return store,
+            Err(e) => {
+                metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.next_delay();
+                warn!(endpoints = ?opts.endpoints, error = %e, retry_in = ?delay, "connect to etcd");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Waits until `<prefix>/config` holds a valid network config. Each distinct problem is logged
+/// once, so a missing or broken config does not flood the log.
+async fn wait_for_config(store: &EtcdStore, prefix: &str, metrics: &Metrics) -> NetworkConfig {
+    let key = format!("{}/config", prefix.trim_end_matches('/'));
+    let mut last_problem = String::new();
+    loop {
+        let problem = match store.network_config().await {
+            Ok(Some(raw)) => match NetworkConfig::parse(&raw) {
+                Ok(config) => return config,
+                Err(e) => format!("invalid network config at {key}: {e}"),
+            },
+            Ok(None) => format!("waiting for the network config at {key}"),
+            Err(e) => {
+                metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                format!("read the network config at {key}: {e}")
+            }
+        };
+        if problem != last_problem {
+            if problem.starts_with("waiting") {
+                info!("{problem}");
+            } else {
+                error!("{problem}");
+            }
+            last_problem = problem;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Acquires our lease, retrying etcd failures with back-off.
+async fn acquire(
+    store: &EtcdStore,
+    config: &NetworkConfig,
+    backend: &Backend,
+    previous: Option<Ipv4Network>,
+    ttl: Duration,
+    metrics: &Metrics,
+) -> OwnLease {
+    let attrs = backend.lease_attrs();
+    let mut backoff = Backoff::new();
+    loop {
+        match store.acquire(config, &attrs, previous, ttl).await {
+            Ok(own) => {
+                let kind = if own.etcd_lease.is_some() {
+                    "lease"
+                } else {
+                    "reservation"
+                };
+                info!(subnet = %own.subnet, public_ip = %own.attrs.public_ip, kind, "acquired subnet");
+                return own;
+            }
+            Err(e) => {
+                metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "acquire a subnet lease");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The subnet from a previous run's subnet.env, when it belongs to the current network.
+fn previous_subnet(path: &std::path::Path, config: &NetworkConfig) -> Option<Ipv4Network> {
+    let env = SubnetEnv::read(path).ok()?;
+    let subnet = env.lease_subnet();
+    (env.network == config.network && subnet.prefix() == config.subnet_len).then_some(subnet)
+}
+
+/// Pods on other nodes are reached by forwarding; like a CNI bridge, the agent turns it on in
+/// its own network namespace.
+fn enable_ip_forwarding() {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    match std::fs::read_to_string(PATH) {
+        Ok(v) if v.trim() == "1" => {}
+        _ => match std::fs::write(PATH, "1") {
+            Ok(()) => info!("enabled net.ipv4.ip_forward"),
+            Err(e) => {
+                warn!(error = %e, "enable net.ipv4.ip_forward; pod traffic between nodes needs it")
+            }
+        },
+    }
+}
