@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 /// etcd in its namespace answers a client in a node namespace over the underlay bridge.
@@ -93,5 +95,426 @@ fn harness_cleans_up_after_panic() {
         !std::path::Path::new(&names[5]).exists(),
         "{} still exists",
         names[5]
+    );
+}
+
+// ----------------------------------------------------------------------------------------------
+// weftd (issue 2)
+
+/// Time for weftd to start and write subnet.env.
+const START: Duration = Duration::from_secs(30);
+/// Time for a change in etcd to reach the kernel of every node.
+const CONVERGE: Duration = Duration::from_secs(10);
+/// A Flannel-written VTEP MAC for fake peers.
+const FLANNEL_MAC: &str = "aa:bb:cc:dd:ee:ff";
+
+/// Every node's subnet, panicking if one has none.
+fn subnets(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.subnet()
+                .unwrap_or_else(|| panic!("{} has no subnet.env", n.name()))
+        })
+        .collect()
+}
+
+/// Three nodes lease three distinct subnets of the network and write Flannel's subnet.env.
+#[test]
+fn three_nodes_get_distinct_subnets_and_write_subnet_env() {
+    let cluster = Cluster::new(3, VXLAN_CONFIG);
+    cluster.start();
+    let subnets = subnets(&cluster);
+    let mut unique = subnets.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "subnets not distinct: {subnets:?}");
+    for (node, subnet) in cluster.nodes.iter().zip(&subnets) {
+        assert!(
+            subnet.starts_with("10.244.") && subnet.ends_with(".0/24"),
+            "{subnet}"
+        );
+        assert_ne!(
+            subnet, "10.244.0.0/24",
+            "SubnetMin must skip the first subnet"
+        );
+        assert_eq!(
+            node.subnet_env().as_deref(),
+            Some(expected_subnet_env(subnet).as_str()),
+            "subnet.env of {}",
+            node.name()
+        );
+    }
+    let keys: Vec<String> = cluster
+        .etcd
+        .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let mut expected: Vec<String> = subnets.iter().map(|s| lease_key(s)).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
+/// The lease key and value are byte for byte what flanneld writes, under a 24 h etcd lease,
+/// and the VXLAN device is Flannel's.
+#[test]
+fn lease_and_vxlan_device_are_flannels_format() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    cluster.start();
+    let node = cluster.node(0);
+    let subnet = node.subnet().unwrap_or_default();
+    let mac = node
+        .mac_of("flannel.1")
+        .unwrap_or_else(|| panic!("no flannel.1 on {}", node.name()));
+    let kv = cluster
+        .etcd
+        .get_kv(&lease_key(&subnet))
+        .unwrap_or_else(|| panic!("no lease key for {subnet}"));
+    // Flannel-written example: {"PublicIP":"192.0.2.11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}
+    assert_eq!(kv.value, vxlan_lease_value("192.0.2.11", &mac));
+    assert_ne!(kv.lease, 0, "own lease must carry an etcd lease");
+    let ttl = cluster.etcd.lease_ttl(kv.lease).unwrap_or(-1);
+    assert!(
+        (23 * 3600..=24 * 3600).contains(&ttl),
+        "etcd lease TTL {ttl} s, expected 24 h"
+    );
+
+    let link = node.link("flannel.1").unwrap_or_default();
+    let info = &link["linkinfo"]["info_data"];
+    assert_eq!(link["linkinfo"]["info_kind"], "vxlan", "{link}");
+    assert_eq!(info["id"], 1, "{link}");
+    assert_eq!(info["port"], 8472, "{link}");
+    assert_eq!(info["local"], "192.0.2.11", "{link}");
+    assert_eq!(info["learning"], false, "{link}");
+    assert_eq!(link["mtu"], 1450, "{link}");
+    let addrs = node.netns().ip_json(&["addr", "show", "dev", "flannel.1"]);
+    let inet: Vec<String> = addrs
+        .iter()
+        .flat_map(|a| a["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["family"] == "inet")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+        .collect();
+    assert_eq!(inet, vec![subnet.replace("/24", "/32")]);
+}
+
+/// A lease written by flanneld (exact bytes) is programmed as flanneld programs it.
+#[test]
+fn flannel_written_lease_is_programmed_as_flannel_does() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    cluster.start();
+    let node = cluster.node(0);
+    let peer = "10.244.99.0/24";
+    cluster.etcd.put_with_ttl(
+        &lease_key(peer),
+        &vxlan_lease_value("192.0.2.99", FLANNEL_MAC),
+        3600,
+    );
+    node.wait_until(
+        CONVERGE,
+        "route, neighbour and FDB entry for 10.244.99.0/24",
+        || node.vxlan_peer_programmed("flannel.1", peer, "192.0.2.99", FLANNEL_MAC),
+    );
+}
+
+/// Pods on three nodes reach each other over TCP across the VXLAN overlay.
+#[test]
+fn pods_on_different_nodes_talk_tcp() {
+    let cluster = Cluster::new(3, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let pods: Vec<Pod> = cluster.nodes.iter().map(Node::add_pod).collect();
+    for a in &pods {
+        for b in &pods {
+            if a.ip() != b.ip() {
+                assert!(
+                    a.tcp_check(b),
+                    "TCP {} -> {}\n{}",
+                    a.ip(),
+                    b.ip(),
+                    cluster.dump()
+                );
+            }
+        }
+    }
+}
+
+/// A node whose weftd is killed with SIGKILL and restarted keeps its subnet and VTEP MAC, and
+/// pod traffic through it never stops.
+#[test]
+fn kill9_restart_keeps_subnet_mac_and_pod_traffic() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let (p1, p2) = (n1.add_pod(), n2.add_pod());
+    assert!(p1.tcp_check(&p2), "TCP before restart\n{}", cluster.dump());
+    let subnet = n1.subnet();
+    let mac = n1.mac_of("flannel.1");
+    let value = cluster.etcd.get(&n1.lease_key().unwrap_or_default());
+    let probe = p1.traffic_probe(&p2);
+    probe.wait_attempts(10);
+
+    for _ in 0..2 {
+        n1.kill9();
+        probe.wait_attempts(5);
+        n1.restart();
+        n1.wait_ready(START);
+        probe.wait_attempts(10);
+    }
+    let stats = probe.stop();
+    assert_eq!(n1.subnet(), subnet);
+    assert_eq!(n1.mac_of("flannel.1"), mac);
+    assert_eq!(cluster.etcd.get(&n1.lease_key().unwrap_or_default()), value);
+    assert_eq!(stats.failures, 0, "pod traffic interrupted: {stats:?}");
+    assert!(p1.tcp_check(&p2), "TCP after restart\n{}", cluster.dump());
+}
+
+/// A lease deleted while a node is down is gone from that node's kernel after it restarts;
+/// a live peer's entries stay.
+#[test]
+fn lease_deleted_while_node_down_is_gone_after_restart() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let ghost = "10.244.98.0/24";
+    cluster.etcd.put_with_ttl(
+        &lease_key(ghost),
+        &vxlan_lease_value("192.0.2.98", FLANNEL_MAC),
+        3600,
+    );
+    n1.wait_until(CONVERGE, "ghost peer programmed", || {
+        n1.vxlan_peer_programmed("flannel.1", ghost, "192.0.2.98", FLANNEL_MAC)
+    });
+    n1.kill9();
+    assert!(cluster.etcd.del(&lease_key(ghost)));
+    n1.restart();
+    n1.wait_ready(START);
+    n1.wait_until(CONVERGE, "ghost peer's entries removed", || {
+        n1.vxlan_peer_absent(ghost, FLANNEL_MAC)
+    });
+    let s2 = n2.subnet().unwrap_or_default();
+    let mac2 = n2.mac_of("flannel.1").unwrap_or_default();
+    assert!(
+        n1.vxlan_peer_programmed("flannel.1", &s2, n2.public_ip(), &mac2),
+        "live peer lost\n{}",
+        cluster.dump()
+    );
+}
+
+/// A lease deleted from etcd is withdrawn (route, neighbour, FDB) from every running peer.
+#[test]
+fn deleted_lease_is_withdrawn_from_peers() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    let gone = "10.244.97.0/24";
+    cluster.etcd.put_with_ttl(
+        &lease_key(gone),
+        &vxlan_lease_value("192.0.2.97", FLANNEL_MAC),
+        3600,
+    );
+    for node in &cluster.nodes {
+        node.wait_until(CONVERGE, "peer 10.244.97.0/24 programmed", || {
+            node.vxlan_peer_programmed("flannel.1", gone, "192.0.2.97", FLANNEL_MAC)
+        });
+    }
+    assert!(cluster.etcd.del(&lease_key(gone)));
+    for node in &cluster.nodes {
+        node.wait_until(CONVERGE, "peer 10.244.97.0/24 withdrawn", || {
+            node.vxlan_peer_absent(gone, FLANNEL_MAC)
+        });
+    }
+}
+
+/// A node's own key deleted while it runs is acquired again (same subnet, it is still free).
+#[test]
+fn own_deleted_lease_is_reacquired() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    cluster.start();
+    let node = cluster.node(0);
+    let key = node.lease_key().unwrap_or_default();
+    let value = cluster.etcd.get(&key);
+    assert!(cluster.etcd.del(&key));
+    node.wait_until(CONVERGE, "own lease re-acquired", || {
+        cluster.etcd.get_kv(&key).is_some_and(|kv| kv.lease != 0)
+    });
+    assert_eq!(cluster.etcd.get(&key), value);
+    assert!(
+        node.is_running(),
+        "weftd must not exit when its lease is deleted"
+    );
+}
+
+/// Reservations (keys without an etcd lease) are honoured: the node whose PublicIP is reserved
+/// gets that subnet, the reservation stays a reservation, and no node takes another node's.
+#[test]
+fn reservation_is_honoured() {
+    let config = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.50.0","SubnetMax":"10.244.53.0","Backend":{"Type":"vxlan"}}"#;
+    let cluster = Cluster::new(3, config);
+    let mine = lease_key("10.244.50.0/24");
+    let foreign = lease_key("10.244.51.0/24");
+    cluster.etcd.put(&mine, r#"{"PublicIP":"192.0.2.11"}"#);
+    cluster.etcd.put(&foreign, r#"{"PublicIP":"192.0.2.77"}"#);
+    cluster.start();
+    assert_eq!(cluster.node(0).subnet().as_deref(), Some("10.244.50.0/24"));
+    let mut others: Vec<String> = subnets(&cluster)[1..].to_vec();
+    others.sort();
+    assert_eq!(others, vec!["10.244.52.0/24", "10.244.53.0/24"]);
+    let kv = cluster
+        .etcd
+        .get_kv(&mine)
+        .unwrap_or_else(|| panic!("{mine} gone"));
+    assert_eq!(kv.lease, 0, "a reservation must stay without an etcd lease");
+    assert!(
+        kv.value.contains(r#""PublicIP":"192.0.2.11""#),
+        "{}",
+        kv.value
+    );
+    assert_eq!(
+        cluster.etcd.get_kv(&foreign).map(|kv| (kv.value, kv.lease)),
+        Some((r#"{"PublicIP":"192.0.2.77"}"#.to_string(), 0))
+    );
+}
+
+/// Nodes started together racing for few subnets all end with distinct ones.
+#[test]
+fn nodes_racing_for_few_subnets_get_distinct_ones() {
+    let config = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.4.0","Backend":{"Type":"vxlan"}}"#;
+    let cluster = Cluster::new(4, config);
+    cluster.start();
+    let mut got = subnets(&cluster);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "10.244.1.0/24",
+            "10.244.2.0/24",
+            "10.244.3.0/24",
+            "10.244.4.0/24"
+        ]
+    );
+    assert_eq!(
+        cluster
+            .etcd
+            .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+            .len(),
+        4
+    );
+    for node in &cluster.nodes {
+        assert!(node.is_running(), "{} exited", node.name());
+    }
+}
+
+/// An invalid network config gets one clear error naming the field and the value, and no
+/// subnet.env; a corrected config is then picked up.
+#[test]
+fn invalid_config_gets_clear_error_and_no_subnet_env() {
+    let cluster = Cluster::new(1, r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#);
+    let node = cluster.node(0);
+    node.start_weftd(&[]);
+    node.wait_until(CONVERGE, "an error naming SubnetLen and 33", || {
+        let log = node.log();
+        log.lines()
+            .any(|l| l.contains("SubnetLen") && l.contains("33"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        node.subnet_env(),
+        None,
+        "subnet.env written for an invalid config"
+    );
+    assert!(
+        cluster
+            .etcd
+            .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+            .is_empty(),
+        "a lease was taken with an invalid config"
+    );
+}
+
+/// Without a network config weftd waits (and says so), then starts when the config appears.
+#[test]
+fn missing_config_is_awaited() {
+    let cluster = Cluster::new(1, "");
+    let node = cluster.node(0);
+    node.start_weftd(&[]);
+    node.wait_until(CONVERGE, "a log line about waiting for the config", || {
+        node.log().contains("config")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(node.is_running(), "weftd exited without a config");
+    assert_eq!(node.subnet_env(), None);
+    cluster.etcd.put(NETWORK_CONFIG_KEY, VXLAN_CONFIG);
+    let env = node.wait_subnet_env(START);
+    let subnet = subnet_of(&env).unwrap_or_default();
+    assert_eq!(env, expected_subnet_env(&subnet));
+}
+
+/// subnet.env appears only after the device and the existing peers are programmed.
+#[test]
+fn subnet_env_is_written_after_peers_are_programmed() {
+    let mut cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    let late = cluster.add_node();
+    late.start_weftd(&[]);
+    let env = late.wait_for(START, "subnet.env of the late node", || {
+        let env = late.subnet_env()?;
+        // Snapshot the kernel the moment the file exists.
+        Some((env, late.routes()))
+    });
+    let (_, routes) = env;
+    for node in &cluster.nodes[..2] {
+        let subnet = node.subnet().unwrap_or_default();
+        assert!(
+            routes
+                .iter()
+                .any(|r| r["dst"].as_str() == Some(subnet.as_str())),
+            "subnet.env written before the route to {subnet}: {routes:?}"
+        );
+    }
+}
+
+/// etcd stopped and restarted under a running cluster: pod traffic never stops, weftd keeps
+/// running, and a node that joined during the outage is converged on by everyone afterwards.
+#[test]
+fn etcd_outage_loses_no_pod_traffic_and_cluster_converges() {
+    let mut cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let (p1, p2) = (cluster.node(0).add_pod(), cluster.node(1).add_pod());
+    let probe = p1.traffic_probe(&p2);
+    probe.wait_attempts(10);
+
+    cluster.etcd.stop();
+    cluster.add_node();
+    let late = cluster.node(2);
+    late.start_weftd(&[]);
+    probe.wait_attempts(60);
+    for node in &cluster.nodes {
+        assert!(
+            node.is_running(),
+            "{} exited while etcd was down",
+            node.name()
+        );
+    }
+    assert_eq!(late.subnet_env(), None);
+    cluster.etcd.start();
+
+    late.wait_subnet_env(Duration::from_secs(60));
+    cluster.wait_mesh(Duration::from_secs(60));
+    let stats = probe.stop();
+    assert_eq!(stats.failures, 0, "pod traffic interrupted: {stats:?}");
+    let p3 = cluster.node(2).add_pod();
+    assert!(
+        p1.tcp_check(&p3),
+        "TCP to the late node\n{}",
+        cluster.dump()
+    );
+    assert!(
+        p3.tcp_check(&p2),
+        "TCP from the late node\n{}",
+        cluster.dump()
     );
 }

@@ -155,6 +155,31 @@ pub fn subnet_of(subnet_env: &str) -> Option<String> {
     Some(format!("{}/{}", net.network(), net.prefix()))
 }
 
+/// A lease value exactly as flanneld writes it for a VXLAN node with VNI 1.
+pub fn vxlan_lease_value(public_ip: &str, vtep_mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{vtep_mac}"}}}}"#
+    )
+}
+
+/// subnet.env exactly as flanneld writes it for `subnet` (`10.244.3.0/24`) of 10.244.0.0/16,
+/// MTU 1450 (1500 - VXLAN overhead), no masquerade.
+pub fn expected_subnet_env(subnet: &str) -> String {
+    let net: Ipv4Network = subnet
+        .parse()
+        .unwrap_or_else(|e| panic!("expected_subnet_env: bad subnet {subnet:?}: {e}"));
+    let first = Ipv4Addr::from(u32::from(net.network()) + 1);
+    format!(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={first}/{}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        net.prefix()
+    )
+}
+
+/// The gateway (first address, `X.0`) of a peer subnet `X.0/len`.
+fn subnet_address(subnet: &str) -> String {
+    subnet.split('/').next().unwrap_or(subnet).to_string()
+}
+
 /// A temporary directory removed on drop; named `weft-<pid>-...` so stale ones can be found.
 fn temp_dir(role: &str) -> tempfile::TempDir {
     let base = if Path::new("/dev/shm").is_dir() {
@@ -724,6 +749,12 @@ impl Etcd {
         self.etcdctl_ok(&["lease", "revoke", &format!("{lease:x}")]);
     }
 
+    /// Remaining TTL in seconds of etcd lease `lease`, None if it has expired or never existed.
+    pub fn lease_ttl(&self, lease: i64) -> Option<i64> {
+        let v = self.etcdctl_json(&["lease", "timetolive", &format!("{lease:x}")]);
+        v["ttl"].as_i64().filter(|ttl| *ttl >= 0)
+    }
+
     /// The store's current revision.
     pub fn revision(&self) -> i64 {
         let v = self.etcdctl_json(&["get", "--", "/weft-harness-ping"]);
@@ -1039,6 +1070,70 @@ impl Node {
         parse_json_list(&String::from_utf8_lossy(&out.stdout), "ip -j -d link show")
             .into_iter()
             .next()
+    }
+
+    /// The MAC address of device `dev` (e.g. `flannel.1`), if it exists.
+    pub fn mac_of(&self, dev: &str) -> Option<String> {
+        self.link(dev)
+            .and_then(|l| l["address"].as_str().map(str::to_string))
+    }
+
+    /// True if the three Flannel VXLAN entries for a peer exist on `dev`, exactly: route
+    /// `subnet via X.0 dev DEV onlink`, permanent neighbour `X.0 lladdr MAC`, FDB `MAC dst PUBLIC_IP`.
+    pub fn vxlan_peer_programmed(
+        &self,
+        dev: &str,
+        subnet: &str,
+        public_ip: &str,
+        mac: &str,
+    ) -> bool {
+        let gw = subnet_address(subnet);
+        let route_ok = self.route_to(subnet).is_some_and(|r| {
+            r["gateway"].as_str() == Some(gw.as_str())
+                && r["dev"].as_str() == Some(dev)
+                && r["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "onlink"))
+        });
+        let neigh_ok = self.neighbours().iter().any(|n| {
+            n["dst"].as_str() == Some(gw.as_str())
+                && n["dev"].as_str() == Some(dev)
+                && n["lladdr"].as_str() == Some(mac)
+                && n["state"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"))
+        });
+        let fdb_ok = self.fdb().iter().any(|f| {
+            f["mac"].as_str() == Some(mac)
+                && f["ifname"].as_str() == Some(dev)
+                && f["dst"].as_str() == Some(public_ip)
+        });
+        route_ok && neigh_ok && fdb_ok
+    }
+
+    /// True if none of a peer's entries is left: no route to `subnet`, no neighbour for its
+    /// `X.0`, no FDB entry for `mac` (on any device).
+    pub fn vxlan_peer_absent(&self, subnet: &str, mac: &str) -> bool {
+        let gw = subnet_address(subnet);
+        self.route_to(subnet).is_none()
+            && !self
+                .neighbours()
+                .iter()
+                .any(|n| n["dst"].as_str() == Some(gw.as_str()))
+            && !self.fdb().iter().any(|f| f["mac"].as_str() == Some(mac))
+    }
+
+    /// `nft list ruleset` inside the node.
+    pub fn nft_ruleset(&self) -> String {
+        self.ns.exec_ok(&["nft", "list", "ruleset"])
+    }
+
+    /// Waits until weftd's `/readyz` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        self.wait_until(timeout, "/readyz to answer 200", || {
+            self.http_get("/readyz")
+                .is_some_and(|(code, _)| code == 200)
+        })
     }
 
     /// GET `path` from weftd's healthz server; `(status code, body)`, None if not reachable.
