@@ -1,5 +1,6 @@
 //! `weftd`: the weft node agent.
 
+use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +72,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let opts = Flags::parse().into_options();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
