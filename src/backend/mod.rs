@@ -43,6 +43,12 @@ pub enum BackendError {
     /// The configured backend type is not built into this weftd.
     #[error("backend type {0:?} is not supported yet")]
     Unsupported(&'static str),
+    /// The UDP backend failed.
+    #[error(transparent)]
+    Udp(#[from] udp::UdpError),
+    /// The host-gw backend failed.
+    #[error(transparent)]
+    HostGw(#[from] hostgw::HostGwError),
 }
 
 /// The outcome of one reconcile pass, counted in kernel entries (routes, neighbours, FDB).
@@ -65,6 +71,10 @@ pub struct ReconcileReport {
 pub enum Backend {
     /// The kernel VXLAN overlay (`flannel.<VNI>`).
     Vxlan(vxlan::VxlanBackend),
+    /// Flannel's userspace UDP encapsulation (`flannel0`).
+    Udp(udp::UdpBackend),
+    /// Direct routes to peers on one L2 segment.
+    HostGw(hostgw::HostGwBackend),
 }
 
 impl Backend {
@@ -93,8 +103,10 @@ impl Backend {
                     vxlan::VxlanBackend::new(settings, ext.clone(), state_dir).await?,
                 ))
             }
-            BackendConfig::Udp { .. } => Err(BackendError::Unsupported("udp")),
-            BackendConfig::HostGw => Err(BackendError::Unsupported("host-gw")),
+            BackendConfig::Udp { port } => Ok(Backend::Udp(
+                udp::UdpBackend::new(cfg.network, *port, ext).await?,
+            )),
+            BackendConfig::HostGw => Ok(Backend::HostGw(hostgw::HostGwBackend::new(ext))),
         }
     }
 
@@ -102,6 +114,8 @@ impl Backend {
     pub fn lease_attrs(&self) -> LeaseAttrs {
         match self {
             Backend::Vxlan(b) => b.lease_attrs(),
+            Backend::Udp(b) => b.lease_attrs(),
+            Backend::HostGw(b) => b.lease_attrs(),
         }
     }
 
@@ -109,6 +123,8 @@ impl Backend {
     pub fn mtu(&self) -> u32 {
         match self {
             Backend::Vxlan(b) => b.mtu(),
+            Backend::Udp(b) => b.mtu(),
+            Backend::HostGw(b) => b.mtu(),
         }
     }
 
@@ -117,6 +133,8 @@ impl Backend {
     pub fn device_name(&self) -> &str {
         match self {
             Backend::Vxlan(b) => b.device_name(),
+            Backend::Udp(b) => b.device_name(),
+            Backend::HostGw(b) => b.device_name(),
         }
     }
 
@@ -129,6 +147,8 @@ impl Backend {
     ) -> Result<ReconcileReport, BackendError> {
         match self {
             Backend::Vxlan(b) => b.reconcile(own, peers).await,
+            Backend::Udp(b) => Ok(b.reconcile(own, peers).await?),
+            Backend::HostGw(b) => Ok(b.reconcile(own, peers).await?),
         }
     }
 }

@@ -1,0 +1,228 @@
+//! The host-gw backend: no encapsulation; every peer subnet is routed to the peer's public
+//! IP on the external interface (`X/len via PublicIP dev eth0`). Works only when all nodes
+//! share one L2 segment; a peer outside it is reported by name and skipped.
+//!
+//! The routes carry weft's route protocol number ([`WEFT_ROUTE_PROTOCOL`]), so a reconcile
+//! removes stale weft routes from the shared interface and never touches anyone else's.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use crate::backend::routes::{
+    del_owned_route, owned_routes, replace_owned_route, OwnedRoute, WEFT_ROUTE_PROTOCOL,
+};
+use crate::backend::ReconcileReport;
+use crate::lease::{Lease, LeaseAttrs};
+use crate::netlink::{self, ExternalInterface, NetlinkError, PendingOp};
+
+/// The lease `BackendType` of this backend.
+pub const BACKEND_TYPE: &str = "host-gw";
+
+/// A failure of the host-gw backend.
+#[derive(Debug, thiserror::Error)]
+pub enum HostGwError {
+    /// A peer's public IP is not on the external interface's subnet, so no direct route
+    /// can reach it.
+    #[error(
+        "host-gw peer {subnet} at {public_ip} is not on the L2 segment {network} of {iface}; \
+         host-gw needs every node on one segment (use vxlan or udp)"
+    )]
+    NotOnLink {
+        /// The peer's subnet.
+        subnet: Ipv4Network,
+        /// The peer's public IP.
+        public_ip: Ipv4Addr,
+        /// The external interface.
+        iface: String,
+        /// The interface's network.
+        network: Ipv4Network,
+    },
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+/// The host-gw backend of one node.
+#[derive(Debug)]
+pub struct HostGwBackend {
+    ext: ExternalInterface,
+}
+
+/// The routes the peers justify, and an error for each peer that cannot be routed directly.
+/// Leases of other backend types and the own subnet are ignored (as Flannel does).
+pub fn desired_routes(
+    ext: &ExternalInterface,
+    own: Ipv4Network,
+    peers: &[Lease],
+) -> (BTreeSet<OwnedRoute>, Vec<HostGwError>) {
+    let mut routes = BTreeSet::new();
+    let mut errors = Vec::new();
+    for peer in peers {
+        if peer.subnet == own || peer.attrs.backend_type != BACKEND_TYPE {
+            continue;
+        }
+        let ip = peer.attrs.public_ip;
+        if !ext.network.contains(ip) || ip == ext.iface_addr || ip == ext.network.network() {
+            errors.push(HostGwError::NotOnLink {
+                subnet: peer.subnet,
+                public_ip: ip,
+                iface: ext.name.clone(),
+                network: ext.network,
+            });
+            continue;
+        }
+        routes.insert(OwnedRoute {
+            dst: peer.subnet,
+            gateway: Some(ip),
+            oif: ext.index,
+        });
+    }
+    (routes, errors)
+}
+
+impl HostGwBackend {
+    /// The backend for the external interface `ext`.
+    pub fn new(ext: &ExternalInterface) -> Self {
+        HostGwBackend { ext: ext.clone() }
+    }
+
+    /// The lease value this node publishes: `{"PublicIP":..,"BackendType":"host-gw"}`.
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: self.ext.public_ip,
+            backend_type: BACKEND_TYPE.to_string(),
+            backend_data: None,
+        }
+    }
+
+    /// The pod MTU: the external interface's, as nothing is added.
+    pub fn mtu(&self) -> u32 {
+        self.ext.mtu
+    }
+
+    /// The device the routes go out of.
+    pub fn device_name(&self) -> &str {
+        &self.ext.name
+    }
+
+    /// Programs one route per peer on the external interface and removes weft routes there
+    /// that no lease justifies. A peer not on the interface's segment is logged as an error
+    /// naming it and counted in `failed`; every other peer is still programmed.
+    pub async fn reconcile(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> Result<ReconcileReport, HostGwError> {
+        let (desired, unroutable) = desired_routes(&self.ext, own, peers);
+        for err in &unroutable {
+            tracing::error!(error = %err, "cannot route peer");
+        }
+        let handle = netlink::connect()?;
+        let actual: BTreeSet<OwnedRoute> = owned_routes(&handle)
+            .await?
+            .into_iter()
+            .filter(|r| r.oif == self.ext.index && r.gateway.is_some())
+            .collect();
+        let dev = self.ext.name.clone();
+        let mut ops: Vec<PendingOp> = Vec::new();
+        let stale: Vec<OwnedRoute> = actual.difference(&desired).copied().collect();
+        let missing: Vec<OwnedRoute> = desired.difference(&actual).copied().collect();
+        for route in &stale {
+            let (h, d, r) = (handle.clone(), dev.clone(), *route);
+            ops.push(Box::pin(async move { del_owned_route(&h, &r, &d).await }));
+        }
+        for route in &missing {
+            let (h, d, r) = (handle.clone(), dev.clone(), *route);
+            ops.push(Box::pin(
+                async move { replace_owned_route(&h, &r, &d).await },
+            ));
+        }
+        let (_, errors) = netlink::run_concurrently(ops).await;
+        for err in &errors {
+            tracing::error!(error = %err, proto = WEFT_ROUTE_PROTOCOL, "host-gw route");
+        }
+        Ok(ReconcileReport {
+            desired: desired.len(),
+            present: desired.intersection(&actual).count(),
+            added: missing.len(),
+            removed: stale.len(),
+            failed: errors.len() + unroutable.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext() -> ExternalInterface {
+        ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            iface_addr: "192.0.2.1".parse().unwrap(),
+            public_ip: "192.0.2.1".parse().unwrap(),
+            mtu: 1500,
+            network: "192.0.2.1/24".parse().unwrap(),
+        }
+    }
+
+    fn lease(subnet: &str, ip: &str, kind: &str) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                backend_type: kind.into(),
+                backend_data: None,
+            },
+            etcd_lease: Some(1),
+            mod_revision: 1,
+        }
+    }
+
+    #[test]
+    fn routes_each_on_link_peer_via_its_public_ip() {
+        let own: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+        let peers = [
+            lease("10.244.1.0/24", "192.0.2.1", "host-gw"),
+            lease("10.244.2.0/24", "192.0.2.2", "host-gw"),
+            lease("10.244.3.0/24", "198.51.100.3", "host-gw"),
+            lease("10.244.4.0/24", "192.0.2.4", "vxlan"),
+            lease("10.244.5.0/24", "192.0.2.5", "host-gw"),
+        ];
+        let (routes, errors) = desired_routes(&ext(), own, &peers);
+        let routes: Vec<_> = routes.into_iter().collect();
+        assert_eq!(
+            routes,
+            vec![
+                OwnedRoute {
+                    dst: "10.244.2.0/24".parse().unwrap(),
+                    gateway: Some("192.0.2.2".parse().unwrap()),
+                    oif: 2
+                },
+                OwnedRoute {
+                    dst: "10.244.5.0/24".parse().unwrap(),
+                    gateway: Some("192.0.2.5".parse().unwrap()),
+                    oif: 2
+                },
+            ]
+        );
+        assert_eq!(errors.len(), 1);
+        let msg = errors[0].to_string();
+        assert!(msg.contains("10.244.3.0/24"), "{msg}");
+        assert!(msg.contains("198.51.100.3"), "{msg}");
+        assert!(msg.contains("eth0"), "{msg}");
+    }
+
+    #[test]
+    fn lease_is_flannels_host_gw_value() {
+        let b = HostGwBackend::new(&ext());
+        let json = serde_json::to_string(&b.lease_attrs()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+        assert_eq!(b.mtu(), 1500);
+    }
+}

@@ -1,0 +1,393 @@
+//! The UDP backend's underlay socket: batched receive (`recvmmsg`) with UDP GRO, and sends
+//! of many datagrams in one call, with UDP GSO (`UDP_SEGMENT`) where the kernel has it and
+//! `sendmmsg` where it does not.
+
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `UDP_SEGMENT` from `linux/udp.h` (Linux 4.18): GSO size of a send.
+const UDP_SEGMENT: libc::c_int = 103;
+/// `UDP_GRO` from `linux/udp.h` (Linux 5.0): deliver coalesced datagrams with their size.
+const UDP_GRO: libc::c_int = 104;
+/// The kernel refuses UDP GSO sends of more segments than this (`UDP_MAX_SEGMENTS`, 64 on
+/// kernels before 6.7).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+/// Largest UDP payload of one (GSO) send: 65535 minus IPv4 and UDP headers.
+pub const MAX_GSO_BYTES: usize = 65_507;
+/// Socket buffer size asked for; traffic comes in bursts of 64 KiB GSO batches.
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
+/// Receive buffer per message: one GRO batch can be a whole 64 KiB.
+pub const RECV_BUFFER: usize = 65_536;
+
+/// A bound UDP socket of the data path.
+#[derive(Debug)]
+pub struct UnderlaySocket {
+    fd: OwnedFd,
+    gso: AtomicBool,
+    gro: bool,
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: fd is an open socket and the option value is a live c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = addr.port().to_be();
+    sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+    sa
+}
+
+impl UnderlaySocket {
+    /// Opens a UDP socket bound to `addr` with `SO_REUSEPORT` (so every worker has its own
+    /// socket on the same port), large buffers, and GSO/GRO switched on where available.
+    pub fn bind(addr: SocketAddrV4) -> io::Result<Self> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_UDP,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: raw is a freshly opened descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        for (force, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            // FORCE needs CAP_NET_ADMIN; without it the plain option is capped by rmem_max.
+            if setsockopt_int(raw, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+                setsockopt_int(raw, libc::SOL_SOCKET, plain, SOCKET_BUFFER)?;
+            }
+        }
+        let sa = sockaddr_in(addr);
+        // SAFETY: sa is a valid sockaddr_in and the length matches it.
+        let rc = unsafe {
+            libc::bind(
+                raw,
+                (&sa as *const libc::sockaddr_in).cast(),
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Setting a GSO size of 0 succeeds exactly on kernels that know UDP_SEGMENT.
+        let gso = setsockopt_int(raw, libc::SOL_UDP, UDP_SEGMENT, 0).is_ok();
+        let gro = setsockopt_int(raw, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+        Ok(UnderlaySocket {
+            fd,
+            gso: AtomicBool::new(gso),
+            gro,
+        })
+    }
+
+    /// Whether sends use UDP GSO (cleared for good after the kernel refused one).
+    pub fn gso(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// Whether the kernel may hand over coalesced datagrams (UDP GRO).
+    pub fn gro(&self) -> bool {
+        self.gro
+    }
+
+    /// Sends each of `datagrams` to `dst` as its own UDP datagram. With GSO, runs of equal
+    /// size (the last of a run may be shorter) go out in one `sendmsg`; otherwise, or when
+    /// the kernel refuses GSO, one `sendmmsg` carries the whole batch.
+    pub fn send_datagrams(&self, dst: SocketAddrV4, datagrams: &[&[u8]]) -> io::Result<()> {
+        if datagrams.is_empty() {
+            return Ok(());
+        }
+        if self.gso() && datagrams.len() > 1 {
+            match self.send_gso_runs(dst, datagrams) {
+                Ok(()) => return Ok(()),
+                // EIO: the route's device cannot checksum-offload GSO; EINVAL: limits differ.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
+                    self.gso.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "UDP GSO send refused; falling back to sendmmsg");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.send_mmsg(dst, datagrams)
+    }
+
+    fn send_gso_runs(&self, dst: SocketAddrV4, datagrams: &[&[u8]]) -> io::Result<()> {
+        let mut start = 0;
+        while start < datagrams.len() {
+            let seg = datagrams[start].len();
+            let mut end = start + 1;
+            let mut bytes = seg;
+            // A run: equal sizes, optionally closed by one shorter datagram.
+            while end < datagrams.len()
+                && end - start < MAX_GSO_SEGMENTS
+                && bytes + datagrams[end].len() <= MAX_GSO_BYTES
+                && datagrams[end].len() <= seg
+            {
+                bytes += datagrams[end].len();
+                end += 1;
+                if datagrams[end - 1].len() < seg {
+                    break;
+                }
+            }
+            self.send_gso(dst, &datagrams[start..end], seg)?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn send_gso(&self, dst: SocketAddrV4, run: &[&[u8]], seg: usize) -> io::Result<()> {
+        let mut sa = sockaddr_in(dst);
+        let mut iov: Vec<libc::iovec> = run
+            .iter()
+            .map(|d| libc::iovec {
+                iov_base: d.as_ptr() as *mut libc::c_void,
+                iov_len: d.len(),
+            })
+            .collect();
+        let seg = u16::try_from(seg).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // Room for one cmsg carrying a u16, aligned as the kernel expects.
+        let mut control = [0u64; 4];
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        if run.len() > 1 {
+            msg.msg_control = control.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+            // SAFETY: msg_control points at `control`, which is large enough for one cmsg
+            // of a u16 (checked by CMSG_SPACE above being <= 32 bytes).
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), seg);
+            }
+        }
+        loop {
+            // SAFETY: msg and everything it points to (sa, iov, control, the datagrams) live
+            // until sendmsg returns.
+            let rc = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
+            if rc >= 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    fn send_mmsg(&self, dst: SocketAddrV4, datagrams: &[&[u8]]) -> io::Result<()> {
+        let mut sa = sockaddr_in(dst);
+        let mut iov: Vec<libc::iovec> = datagrams
+            .iter()
+            .map(|d| libc::iovec {
+                iov_base: d.as_ptr() as *mut libc::c_void,
+                iov_len: d.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: mmsghdr is plain old data; all-zero is valid.
+                let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
+                m.msg_hdr.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
+                m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                m.msg_hdr.msg_iov = v;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let mut sent = 0;
+        while sent < msgs.len() {
+            let rest = &mut msgs[sent..];
+            // SAFETY: every mmsghdr points at live sa/iov entries for the duration of the call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    rest.as_mut_ptr(),
+                    rest.len() as libc::c_uint,
+                    0,
+                )
+            };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            // A datagram the kernel refused (rc == 0 cannot happen for a non-empty batch)
+            // is skipped by the retry reporting its error on the next call.
+            sent += rc as usize;
+        }
+        Ok(())
+    }
+
+    /// Receives up to `batch.capacity()` messages without blocking; returns how many, 0 when
+    /// nothing is waiting.
+    pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        let n = batch.bufs.len();
+        let mut iov: Vec<libc::iovec> = batch
+            .bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = (0..n)
+            .map(|i| {
+                // SAFETY: mmsghdr is plain old data; all-zero is valid.
+                let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
+                m.msg_hdr.msg_name = (&mut batch.addrs[i] as *mut libc::sockaddr_in).cast();
+                m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                m.msg_hdr.msg_iov = &mut iov[i];
+                m.msg_hdr.msg_iovlen = 1;
+                m.msg_hdr.msg_control = batch.control[i].as_mut_ptr().cast();
+                m.msg_hdr.msg_controllen = mem::size_of_val(&batch.control[i]);
+                m
+            })
+            .collect();
+        let rc = loop {
+            // SAFETY: every mmsghdr points at live buffers, addresses and control areas of
+            // `batch` and `iov` for the duration of the call.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(err),
+            }
+        };
+        for (i, m) in msgs.iter().take(rc).enumerate() {
+            batch.lens[i] = m.msg_len as usize;
+            batch.truncated[i] = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            batch.segment[i] = gro_segment_size(&m.msg_hdr).unwrap_or(batch.lens[i]);
+            let sa = &batch.addrs[i];
+            batch.sources[i] = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
+        }
+        Ok(rc)
+    }
+
+    /// Blocks until the socket is readable or `timeout_ms` passed.
+    pub fn wait_readable(&self, timeout_ms: libc::c_int) -> io::Result<()> {
+        poll_readable(self.fd.as_raw_fd(), timeout_ms)
+    }
+}
+
+/// Blocks until `fd` is readable or `timeout_ms` passed; EINTR counts as a timeout.
+pub fn poll_readable(fd: RawFd, timeout_ms: libc::c_int) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: pfd is a valid pollfd array of length 1.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// The segment size of a GRO-coalesced message, from its `UDP_GRO` control message.
+fn gro_segment_size(hdr: &libc::msghdr) -> Option<usize> {
+    // SAFETY: hdr was filled by recvmmsg; CMSG_FIRSTHDR/NXTHDR walk only within
+    // msg_controllen bytes of its control buffer.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                return usize::try_from(size).ok().filter(|s| *s > 0);
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
+}
+
+/// Reusable receive state for [`UnderlaySocket::recv_batch`]: buffers and per-message results.
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<libc::sockaddr_in>,
+    control: Vec<[u64; 8]>,
+    lens: Vec<usize>,
+    truncated: Vec<bool>,
+    segment: Vec<usize>,
+    sources: Vec<Ipv4Addr>,
+}
+
+impl RecvBatch {
+    /// Room for `messages` messages of up to [`RECV_BUFFER`] bytes each.
+    pub fn new(messages: usize) -> Self {
+        RecvBatch {
+            bufs: vec![vec![0u8; RECV_BUFFER]; messages],
+            // SAFETY: sockaddr_in is plain old data; all-zero is valid.
+            addrs: vec![unsafe { mem::zeroed() }; messages],
+            control: vec![[0u64; 8]; messages],
+            lens: vec![0; messages],
+            truncated: vec![false; messages],
+            segment: vec![0; messages],
+            sources: vec![Ipv4Addr::UNSPECIFIED; messages],
+        }
+    }
+
+    /// Message `i` of the last receive: its sender, the datagrams it holds (several when the
+    /// kernel coalesced them), and whether it was truncated.
+    pub fn message(&self, i: usize) -> (Ipv4Addr, impl Iterator<Item = &[u8]>, bool) {
+        let data = &self.bufs[i][..self.lens[i].min(RECV_BUFFER)];
+        let seg = self.segment[i].max(1);
+        (self.sources[i], data.chunks(seg), self.truncated[i])
+    }
+}
