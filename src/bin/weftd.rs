@@ -43,6 +43,14 @@ struct Flags {
     /// Serve /healthz, /readyz and /metrics on this address (off by default).
     #[arg(long, env = "WEFTD_HEALTHZ_ADDR")]
     healthz_addr: Option<SocketAddr>,
+    /// Seconds of the etcd lease attached to the subnet key (Flannel: 24 h); lower only in tests.
+    #[arg(
+        long,
+        env = "WEFTD_SUBNET_LEASE_TTL",
+        default_value_t = 86_400,
+        hide = true
+    )]
+    subnet_lease_ttl: u64,
     /// Seconds between full re-lists and reconciles of the kernel against etcd.
     #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value_t = 30)]
     resync_interval: u64,
@@ -57,7 +65,7 @@ impl Flags {
             subnet_file: self.subnet_file,
             state_dir: self.state_dir,
             renew_margin: Duration::from_secs(self.subnet_lease_renew_margin * 60),
-            lease_ttl: Duration::from_secs(24 * 3600),
+            lease_ttl: Duration::from_secs(self.subnet_lease_ttl.max(5)),
             ip_masq: self.ip_masq,
             healthz_addr: self.healthz_addr,
             resync_interval: Duration::from_secs(self.resync_interval.max(1)),
@@ -74,7 +82,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let opts = Flags::parse().into_options();
+    let flags = Flags::parse();
+    if flags.subnet_lease_renew_margin * 60 >= flags.subnet_lease_ttl {
+        error!(
+            margin_minutes = flags.subnet_lease_renew_margin,
+            ttl_seconds = flags.subnet_lease_ttl,
+            "--subnet-lease-renew-margin must be shorter than the lease's 24 h lifetime"
+        );
+        return ExitCode::from(2);
+    }
+    let opts = flags.into_options();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
