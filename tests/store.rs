@@ -754,3 +754,106 @@ fn requests_to_a_frozen_etcd_time_out() {
         );
     });
 }
+
+/// Runs the real `weftctl` inside the namespace.
+fn weftctl(etcd: &EtcdNs, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &etcd.ns, env!("CARGO_BIN_EXE_weftctl")])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run weftctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn weftctl_leases_prints_table_and_json() {
+    let etcd = EtcdNs::start();
+    let (own, reserved) = etcd.run(|| async {
+        let s = EtcdStore::connect(&opts("/weft-ctl/network"))
+            .await
+            .unwrap();
+        let cfg = NetworkConfig::parse(CONFIG).unwrap();
+        let own = s
+            .acquire(
+                &cfg,
+                &vxlan("192.0.2.1", "aa:bb:cc:dd:ee:01"),
+                Some(net("10.244.1.0/24")),
+                DAY,
+            )
+            .await
+            .unwrap();
+        let reserved = LeaseAttrs {
+            public_ip: ip("192.0.2.100"),
+            backend_type: "host-gw".into(),
+            backend_data: None,
+        };
+        raw()
+            .await
+            .put(
+                "/weft-ctl/network/subnets/10.244.12.0-24",
+                reserved.to_json(),
+                None,
+            )
+            .await
+            .unwrap();
+        (own, reserved)
+    });
+    let (ok, out, err) = weftctl(
+        &etcd,
+        &["leases"],
+        &[("WEFTD_ETCD_PREFIX", "/weft-ctl/network")],
+    );
+    assert!(ok, "weftctl failed: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let cols = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        cols(lines[0]),
+        ["SUBNET", "PUBLIC", "IP", "BACKEND", "VTEP", "MAC", "EXPIRES"]
+    );
+    let row = cols(lines[1]);
+    assert_eq!(
+        row[..4],
+        ["10.244.1.0/24", "192.0.2.1", "vxlan", "aa:bb:cc:dd:ee:01"]
+    );
+    // RFC 3339 UTC, about 24 h ahead: "YYYY-MM-DDTHH:MM:SSZ".
+    assert!(
+        row[4].len() == 20 && row[4].as_bytes()[10] == b'T' && row[4].ends_with('Z'),
+        "{out}"
+    );
+    assert_eq!(
+        cols(lines[2]),
+        ["10.244.12.0/24", "192.0.2.100", "host-gw", "-", "reserved"]
+    );
+
+    let (ok, out, err) = weftctl(
+        &etcd,
+        &["leases", "-o", "json", "--etcd-prefix", "/weft-ctl/network"],
+        &[],
+    );
+    assert!(ok, "weftctl failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("weftctl -o json is JSON");
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{out}");
+    assert_eq!(v[0]["subnet"], "10.244.1.0/24");
+    assert_eq!(v[0]["vtepMAC"], "aa:bb:cc:dd:ee:01");
+    assert_eq!(v[0]["etcdLease"], format!("{:x}", own.etcd_lease.unwrap()));
+    assert_eq!(v[1]["publicIP"], reserved.public_ip.to_string());
+    assert_eq!(v[1]["reserved"], true);
+
+    // An unreachable etcd is a clear error and a failing exit status, not a hang.
+    let (ok, _, err) = weftctl(
+        &etcd,
+        &["leases", "--etcd-endpoints", "http://127.0.0.1:1"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.starts_with("weftctl: etcd list leases /coreos.com/network/subnets/: "),
+        "{err}"
+    );
+}

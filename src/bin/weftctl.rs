@@ -1,1 +1,363 @@
-fn main() {}
+//! `weftctl`: the operator CLI. One subcommand per concern; each is an enum variant of
+//! [`Command`] with its own argument struct and one `async fn` that runs it.
+
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use ipnetwork::Ipv4Network;
+use weft::lease::Lease;
+use weft::store::{EtcdArgs, EtcdStore, StoreError};
+
+/// How many lease TTL lookups run at once.
+const TTL_LOOKUPS_IN_FLIGHT: usize = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weftctl",
+    version,
+    about = "Inspect and operate a weft cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the cluster's subnet leases (subnet, public IP, backend, VTEP MAC, expiry).
+    Leases(LeasesArgs),
+}
+
+#[derive(Debug, Args)]
+struct LeasesArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// An aligned table for people.
+    Table,
+    /// A JSON array for scripts.
+    Json,
+}
+
+/// A failed `weftctl` command.
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// One row of `weftctl leases`; also its JSON object.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LeaseRow {
+    #[serde(serialize_with = "serialize_subnet")]
+    subnet: Ipv4Network,
+    #[serde(rename = "publicIP")]
+    public_ip: Ipv4Addr,
+    backend_type: String,
+    #[serde(rename = "vtepMAC")]
+    vtep_mac: Option<String>,
+    backend_data: Option<serde_json::Value>,
+    /// The etcd lease id in hex, as `etcdctl lease list` prints it; `None` for a reservation.
+    etcd_lease: Option<String>,
+    reserved: bool,
+    /// RFC 3339 UTC; `None` for a reservation or an expired etcd lease.
+    expires: Option<String>,
+}
+
+impl LeaseRow {
+    fn new(lease: &Lease, expires: Option<SystemTime>) -> LeaseRow {
+        LeaseRow {
+            subnet: lease.subnet,
+            public_ip: lease.attrs.public_ip,
+            backend_type: lease.attrs.backend_type.clone(),
+            vtep_mac: lease.attrs.vtep_mac().map(str::to_string),
+            backend_data: lease.attrs.backend_data.clone(),
+            etcd_lease: lease.etcd_lease.map(|id| format!("{id:x}")),
+            reserved: lease.is_reservation(),
+            expires: expires.map(rfc3339_utc),
+        }
+    }
+
+    fn expires_cell(&self) -> &str {
+        match (&self.expires, self.reserved) {
+            (_, true) => "reserved",
+            (Some(t), false) => t,
+            (None, false) => "expired",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CtlError::Runtime)
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CtlError> {
+    match cli.command {
+        Command::Leases(args) => leases(args).await,
+    }
+}
+
+async fn leases(args: LeasesArgs) -> Result<(), CtlError> {
+    let store = EtcdStore::connect(&args.etcd.options()).await?;
+    let mut leases = store.list_leases().await?.leases;
+    leases.sort_by_key(|l| l.subnet);
+    let rows: Vec<LeaseRow> = stream::iter(leases.iter())
+        .map(|lease| {
+            let store = store.clone();
+            async move {
+                let expires = match lease.etcd_lease {
+                    Some(id) => store.lease_expiry(id).await?,
+                    None => None,
+                };
+                Ok::<_, StoreError>(LeaseRow::new(lease, expires))
+            }
+        })
+        .buffered(TTL_LOOKUPS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    match args.output {
+        Output::Table => print!("{}", render_table(&rows)),
+        Output::Json => println!("{}", render_json(&rows)),
+    }
+    Ok(())
+}
+
+/// kubectl-style: a header, left-aligned columns separated by at least two spaces.
+fn render_table(rows: &[LeaseRow]) -> String {
+    let header = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.subnet.to_string(),
+                r.public_ip.to_string(),
+                if r.backend_type.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.backend_type.clone()
+                },
+                r.vtep_mac.clone().unwrap_or_else(|| "-".to_string()),
+                r.expires_cell().to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cols: [&str; 5]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+            if i + 1 == cols.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header);
+    for row in &cells {
+        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+    }
+    out
+}
+
+fn serialize_subnet<S: serde::Serializer>(
+    value: &Ipv4Network,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+fn render_json(rows: &[LeaseRow]) -> String {
+    // Rows hold only strings, numbers and JSON values: serialising cannot fail.
+    serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// `2026-11-28T06:43:06Z`. Times before 1970 print as the epoch.
+fn rfc3339_utc(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after Howard Hinnant's
+/// `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use weft::lease::LeaseAttrs;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(rfc3339_utc(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(at(1_795_848_186)), "2026-11-28T06:43:06Z");
+        assert_eq!(rfc3339_utc(at(4_102_444_799)), "2099-12-31T23:59:59Z");
+    }
+
+    fn rows() -> Vec<LeaseRow> {
+        let vx = Lease {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: "192.0.2.1".parse().unwrap(),
+                backend_type: "vxlan".into(),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"})),
+            },
+            etcd_lease: Some(0x694d854330fc5110),
+            mod_revision: 5,
+        };
+        let reserved = Lease {
+            subnet: "10.244.12.0/24".parse().unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: "192.0.2.100".parse().unwrap(),
+                backend_type: "host-gw".into(),
+                backend_data: None,
+            },
+            etcd_lease: None,
+            mod_revision: 6,
+        };
+        let expired = Lease {
+            etcd_lease: Some(7),
+            ..vx.clone()
+        };
+        vec![
+            LeaseRow::new(&vx, Some(at(1_795_848_186))),
+            LeaseRow::new(&reserved, None),
+            LeaseRow::new(&expired, None),
+        ]
+    }
+
+    #[test]
+    fn table() {
+        assert_eq!(
+            render_table(&rows()),
+            "SUBNET          PUBLIC IP    BACKEND  VTEP MAC           EXPIRES\n\
+             10.244.1.0/24   192.0.2.1    vxlan    aa:bb:cc:dd:ee:01  2026-11-28T06:43:06Z\n\
+             10.244.12.0/24  192.0.2.100  host-gw  -                  reserved\n\
+             10.244.1.0/24   192.0.2.1    vxlan    aa:bb:cc:dd:ee:01  expired\n"
+        );
+        assert_eq!(
+            render_table(&[]),
+            "SUBNET  PUBLIC IP  BACKEND  VTEP MAC  EXPIRES\n"
+        );
+    }
+
+    #[test]
+    fn json() {
+        let v: serde_json::Value = serde_json::from_str(&render_json(&rows())).unwrap();
+        assert_eq!(
+            v[0],
+            serde_json::json!({
+                "subnet": "10.244.1.0/24",
+                "publicIP": "192.0.2.1",
+                "backendType": "vxlan",
+                "vtepMAC": "aa:bb:cc:dd:ee:01",
+                "backendData": {"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"},
+                "etcdLease": "694d854330fc5110",
+                "reserved": false,
+                "expires": "2026-11-28T06:43:06Z"
+            })
+        );
+        assert_eq!(v[1]["reserved"], true);
+        assert_eq!(v[1]["expires"], serde_json::Value::Null);
+        assert_eq!(v[1]["vtepMAC"], serde_json::Value::Null);
+        assert_eq!(render_json(&[]), "[]");
+    }
+
+    fn leases_args(cli: Cli) -> LeasesArgs {
+        match cli.command {
+            Command::Leases(args) => args,
+            #[allow(unreachable_patterns)]
+            other => panic!("expected leases, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_flags_and_defaults() {
+        let cli = Cli::try_parse_from([
+            "weftctl",
+            "leases",
+            "-o",
+            "json",
+            "--etcd-endpoints",
+            "https://a:2379,https://b:2379",
+            "--etcd-prefix",
+            "/x/network",
+            "--etcd-cafile",
+            "/ca.pem",
+        ])
+        .unwrap();
+        let args = leases_args(cli);
+        assert_eq!(args.output, Output::Json);
+        let o = args.etcd.options();
+        assert_eq!(o.endpoints, vec!["https://a:2379", "https://b:2379"]);
+        assert_eq!(o.prefix, "/x/network");
+        assert_eq!(o.cafile, Some("/ca.pem".into()));
+        let cli = Cli::try_parse_from(["weftctl", "leases"]).unwrap();
+        let args = leases_args(cli);
+        assert_eq!(args.output, Output::Table);
+        assert_eq!(args.etcd.options().endpoints, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(args.etcd.options().prefix, "/coreos.com/network");
+    }
+}
