@@ -1,0 +1,946 @@
+//! The `weft` CNI plugin end to end: the real binary, real network namespaces, real kernel
+//! devices, and (for the cluster tests) real weftd and etcd.
+//!
+//! Most tests run the plugin in a node namespace with a hand-written subnet.env (a "site");
+//! the cluster tests use weftd's own subnet.env. The plugin binary is built by
+//! `cargo build --workspace` (package `weft-cni`); a missing binary fails the test loudly.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Where the reference plugins (Debian `containernetworking-plugins`) live.
+const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+
+/// What one plugin invocation printed.
+#[derive(Debug)]
+struct CniOutput {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl CniOutput {
+    /// The result JSON of a successful ADD; panics with the output otherwise.
+    fn result(&self) -> Value {
+        assert!(self.success, "plugin failed: {self:?}");
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("result is not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts success with empty stdout (DEL, CHECK, GC, STATUS).
+    fn assert_silent_success(&self) {
+        assert!(self.success, "plugin failed: {self:?}");
+        assert!(
+            self.stdout.trim().is_empty(),
+            "stdout must be empty: {self:?}"
+        );
+    }
+
+    /// The error object of a failed call; panics if it succeeded or printed no error JSON.
+    fn error(&self) -> Value {
+        assert!(!self.success, "plugin unexpectedly succeeded: {self:?}");
+        let err: Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("error is not JSON ({e}): {self:?}"));
+        for field in ["cniVersion", "code", "msg", "details"] {
+            assert!(err.get(field).is_some(), "error lacks {field}: {err}");
+        }
+        err
+    }
+
+    /// The error code of a failed call.
+    fn code(&self) -> u64 {
+        self.error()["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("code is not a number: {self:?}"))
+    }
+}
+
+/// One invocation of a CNI plugin binary inside a node namespace.
+struct Call<'a> {
+    plugin: PathBuf,
+    node: &'a Netns,
+    command: &'a str,
+    container: Option<&'a str>,
+    ifname: Option<&'a str>,
+    netns: Option<PathBuf>,
+    extra_env: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Call<'a> {
+    fn new(node: &'a Netns, command: &'a str) -> Call<'a> {
+        Call {
+            plugin: bin_path("weft"),
+            node,
+            command,
+            container: None,
+            ifname: None,
+            netns: None,
+            extra_env: Vec::new(),
+        }
+    }
+
+    fn attachment(mut self, container: &'a str, ifname: &'a str, netns: Option<&Netns>) -> Self {
+        self.container = Some(container);
+        self.ifname = Some(ifname);
+        self.netns = netns.map(Netns::path);
+        self
+    }
+
+    fn run(&self, stdin: &[u8]) -> CniOutput {
+        let mut cmd: Command = self.node.command(&self.plugin);
+        for var in [
+            "CNI_COMMAND",
+            "CNI_CONTAINERID",
+            "CNI_IFNAME",
+            "CNI_NETNS",
+            "CNI_ARGS",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("CNI_COMMAND", self.command)
+            .env("CNI_PATH", REFERENCE_PLUGINS);
+        if let Some(c) = self.container {
+            cmd.env("CNI_CONTAINERID", c);
+        }
+        if let Some(i) = self.ifname {
+            cmd.env("CNI_IFNAME", i);
+        }
+        if let Some(n) = &self.netns {
+            cmd.env("CNI_NETNS", n);
+        }
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        if let Some(mut stdin_pipe) = child.stdin.take() {
+            stdin_pipe
+                .write_all(stdin)
+                .unwrap_or_else(|e| panic!("write stdin of {cmd:?}: {e}"));
+        }
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("wait for {cmd:?}: {e}"));
+        CniOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn conf(&self, conf: &Value) -> CniOutput {
+        self.run(conf.to_string().as_bytes())
+    }
+}
+
+/// A node namespace with a hand-written subnet.env and its own IPAM directory.
+struct Site {
+    node: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// `subnet` as FLANNEL_SUBNET (`10.244.7.1/24`), MTU 1450.
+    fn new(subnet: &str) -> Site {
+        let node = Netns::new("cninode");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", unique_name("cni")))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let site = Site { node, dir };
+        site.write_subnet_env(subnet);
+        site
+    }
+
+    fn write_subnet_env(&self, subnet: &str) {
+        let text = format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        std::fs::write(self.subnet_file(), text)
+            .unwrap_or_else(|e| panic!("write {}: {e}", self.subnet_file().display()));
+    }
+
+    fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("networks")
+    }
+
+    fn ipam_dir(&self) -> PathBuf {
+        self.data_dir().join("weft-test")
+    }
+
+    fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "weft-test",
+            "type": "weft",
+            "subnetFile": self.subnet_file(),
+            "dataDir": self.data_dir(),
+        })
+    }
+
+    /// Addresses allocated on disk, with their file content.
+    fn allocations(&self) -> Vec<(String, String)> {
+        allocations_in(&self.ipam_dir())
+    }
+
+    fn add(&self, pod: &Netns, container: &str, version: &str) -> Value {
+        Call::new(&self.node, "ADD")
+            .attachment(container, "eth0", Some(pod))
+            .conf(&self.conf(version))
+            .result()
+    }
+}
+
+/// Address files (`<ip>` → content) of a host-local style directory.
+fn allocations_in(dir: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, String)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.parse::<Ipv4Addr>().ok()?;
+            let content = std::fs::read_to_string(e.path()).ok()?;
+            Some((name, content))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The pod's address from a result (without prefix).
+fn result_ip(result: &Value) -> String {
+    let address = result["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ips[0].address in {result}"));
+    address.split('/').next().unwrap_or(address).to_string()
+}
+
+/// `ip -j addr show dev NAME` addresses (`a.b.c.d/len`) in `ns`.
+fn addresses(ns: &Netns, dev: &str) -> Vec<String> {
+    ns.ip_json(&["-4", "addr", "show", "dev", dev])
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| {
+            Some(format!(
+                "{}/{}",
+                a["local"].as_str()?,
+                a["prefixlen"].as_u64()?
+            ))
+        })
+        .collect()
+}
+
+fn link_json(ns: &Netns, dev: &str) -> Option<Value> {
+    let out = ns.exec(&["ip", "-j", "-d", "link", "show", "dev", dev]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice::<Vec<Value>>(&out.stdout)
+        .ok()
+        .and_then(|v| v.into_iter().next())
+}
+
+/// A TCP round trip from `from` to `to_ip` (a listener opened inside `to`), 3 s budget.
+fn tcp_ok(from: &Netns, to: &Netns, to_ip: &str) -> bool {
+    let listener = to
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .unwrap_or_else(|e| panic!("bind in {}: {e}", to.name()));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("listener address: {e}"))
+        .port();
+    let server = std::thread::spawn(move || -> bool {
+        if listener.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+                    let mut buf = [0u8; 16];
+                    let Ok(n) = stream.read(&mut buf) else {
+                        return false;
+                    };
+                    return stream.write_all(&buf[..n]).is_ok();
+                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => return false,
+            }
+        }
+    });
+    let ip: Ipv4Addr = to_ip
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address {to_ip}: {e}"));
+    let target = SocketAddr::from((ip, port));
+    let client = from.run(|| -> bool {
+        let Ok(mut stream) = TcpStream::connect_timeout(&target, Duration::from_secs(3)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+        if stream.write_all(b"weft-cni").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 8];
+        stream.read_exact(&mut buf).is_ok() && &buf == b"weft-cni"
+    });
+    let served = server.join().unwrap_or(false);
+    client && served
+}
+
+#[test]
+fn add_result_shape_and_kernel_state_v1_0_0() {
+    let site = Site::new("10.244.7.1/24");
+    let pod = Netns::new("pod");
+    let result = site.add(&pod, "shape-v1", "1.0.0");
+    let host = result["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let host_mac = result["interfaces"][1]["mac"].clone();
+    let pod_mac = link_json(&pod, "eth0").map(|l| l["address"].clone());
+    assert_eq!(
+        result,
+        json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "cni0", "mac": "0a:58:0a:f4:07:01"},
+                {"name": host, "mac": host_mac},
+                {"name": "eth0", "mac": pod_mac.unwrap_or_default(), "sandbox": pod.path()},
+            ],
+            "ips": [{"address": "10.244.7.2/24", "gateway": "10.244.7.1", "interface": 2}],
+            "routes": [
+                {"dst": "10.244.0.0/16", "gw": "10.244.7.1"},
+                {"dst": "0.0.0.0/0", "gw": "10.244.7.1"}
+            ],
+            "dns": {}
+        })
+    );
+    assert!(host.starts_with("veth") && host.len() == 15, "{host}");
+    // Kernel state: pod side.
+    assert_eq!(addresses(&pod, "eth0"), vec!["10.244.7.2/24"]);
+    let eth0 = link_json(&pod, "eth0").unwrap_or_default();
+    assert_eq!(eth0["mtu"], 1450, "pod MTU is subnet.env's: {eth0}");
+    assert!(
+        eth0["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "UP")),
+        "{eth0}"
+    );
+    let routes = pod.ip_json(&["-4", "route", "show"]);
+    let has_route = |dst: &str| {
+        routes
+            .iter()
+            .any(|r| r["dst"] == dst && r["gateway"] == "10.244.7.1" && r["dev"] == "eth0")
+    };
+    assert!(
+        has_route("default") && has_route("10.244.0.0/16"),
+        "{routes:?}"
+    );
+    // Node side: bridge, port with hairpin, forwarding.
+    assert_eq!(addresses(&site.node, "cni0"), vec!["10.244.7.1/24"]);
+    let bridge = link_json(&site.node, "cni0").unwrap_or_default();
+    assert_eq!(bridge["mtu"], 1450, "{bridge}");
+    let port = link_json(&site.node, &host).unwrap_or_default();
+    assert_eq!(port["master"], "cni0", "{port}");
+    assert_eq!(port["mtu"], 1450, "{port}");
+    assert_eq!(
+        port["linkinfo"]["info_slave_data"]["hairpin"], true,
+        "{port}"
+    );
+    for key in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv4/conf/cni0/forwarding",
+    ] {
+        assert_eq!(site.node.exec_ok(&["cat", key]).trim(), "1", "{key}");
+    }
+    // On disk: host-local's layout.
+    assert_eq!(
+        site.allocations(),
+        vec![("10.244.7.2".to_string(), "shape-v1\r\neth0".to_string())]
+    );
+    assert_eq!(
+        std::fs::read_to_string(site.ipam_dir().join("last_reserved_ip.0")).unwrap_or_default(),
+        "10.244.7.2"
+    );
+    assert!(site.ipam_dir().join("lock").is_file());
+    // The pod reaches the node over the bridge and back.
+    assert!(tcp_ok(&pod, &site.node, "10.244.7.1"), "pod -> gateway");
+    assert!(tcp_ok(&site.node, &pod, "10.244.7.2"), "gateway -> pod");
+}
+
+#[test]
+fn add_result_shape_v0_3_1_and_v1_1_0() {
+    let site = Site::new("10.244.8.1/24");
+    let pod = Netns::new("pod");
+    let result = site.add(&pod, "shape-v031", "0.3.1");
+    assert_eq!(result["cniVersion"], "0.3.1");
+    assert_eq!(
+        result["ips"],
+        json!([{"version": "4", "address": "10.244.8.2/24", "gateway": "10.244.8.1", "interface": 2}])
+    );
+    assert!(result["interfaces"][2].get("mtu").is_none(), "{result}");
+    let pod2 = Netns::new("pod");
+    let result = site.add(&pod2, "shape-v110", "1.1.0");
+    assert_eq!(result["cniVersion"], "1.1.0");
+    assert!(result["ips"][0].get("version").is_none(), "{result}");
+    assert_eq!(result["interfaces"][2]["mtu"], 1450, "{result}");
+    assert_eq!(result["ips"][0]["address"], "10.244.8.3/24");
+}
+
+#[test]
+fn check_passes_when_healthy_and_fails_after_address_removed() {
+    let site = Site::new("10.244.9.1/24");
+    let pod = Netns::new("pod");
+    let result = site.add(&pod, "check-me", "1.0.0");
+    let mut conf = site.conf("1.0.0");
+    conf["prevResult"] = result;
+    Call::new(&site.node, "CHECK")
+        .attachment("check-me", "eth0", Some(&pod))
+        .conf(&conf)
+        .assert_silent_success();
+    pod.ip(&["addr", "del", "10.244.9.2/24", "dev", "eth0"]);
+    let out = Call::new(&site.node, "CHECK")
+        .attachment("check-me", "eth0", Some(&pod))
+        .conf(&conf);
+    assert_eq!(out.code(), 104, "{out:?}");
+    assert!(out.stdout.contains("10.244.9.2/24"), "{out:?}");
+}
+
+#[test]
+fn check_fails_when_host_veth_leaves_bridge_or_allocation_goes() {
+    let site = Site::new("10.244.10.1/24");
+    let pod = Netns::new("pod");
+    let result = site.add(&pod, "check-host", "1.1.0");
+    let host = result["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut conf = site.conf("1.1.0");
+    conf["prevResult"] = result;
+    let check = || {
+        Call::new(&site.node, "CHECK")
+            .attachment("check-host", "eth0", Some(&pod))
+            .conf(&conf)
+    };
+    check().assert_silent_success();
+    site.node.ip(&["link", "set", &host, "nomaster"]);
+    let out = check();
+    assert_eq!(out.code(), 104, "{out:?}");
+    assert!(out.stdout.contains("not a port of bridge"), "{out:?}");
+    site.node.ip(&["link", "set", &host, "master", "cni0"]);
+    check().assert_silent_success();
+    std::fs::remove_file(site.ipam_dir().join("10.244.10.2")).unwrap_or_else(|e| panic!("{e}"));
+    let out = check();
+    assert_eq!(out.code(), 3, "{out:?}");
+}
+
+#[test]
+fn del_twice_and_del_with_vanished_netns_succeed_and_release() {
+    let site = Site::new("10.244.11.1/24");
+    let pod = Netns::new("pod");
+    let result = site.add(&pod, "del-me", "1.0.0");
+    let host = result["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut conf = site.conf("1.0.0");
+    conf["prevResult"] = result;
+    for _ in 0..2 {
+        Call::new(&site.node, "DEL")
+            .attachment("del-me", "eth0", Some(&pod))
+            .conf(&conf)
+            .assert_silent_success();
+        assert!(site.allocations().is_empty(), "{:?}", site.allocations());
+        assert!(link_json(&pod, "eth0").is_none(), "pod eth0 still there");
+        assert!(
+            link_json(&site.node, &host).is_none(),
+            "host veth still there"
+        );
+    }
+
+    // A pod whose namespace vanished before DEL.
+    let gone = Netns::new("pod");
+    let gone_path = gone.path();
+    let result = site.add(&gone, "vanished", "1.0.0");
+    let host = result["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    drop(gone);
+    let mut call = Call::new(&site.node, "DEL").attachment("vanished", "eth0", None);
+    call.netns = Some(gone_path);
+    call.conf(&site.conf("1.0.0")).assert_silent_success();
+    assert!(site.allocations().is_empty(), "{:?}", site.allocations());
+    assert!(link_json(&site.node, &host).is_none(), "host veth left");
+    // And without CNI_NETNS at all.
+    Call::new(&site.node, "DEL")
+        .attachment("vanished", "eth0", None)
+        .conf(&site.conf("1.0.0"))
+        .assert_silent_success();
+}
+
+#[test]
+fn fifty_parallel_adds_give_distinct_working_addresses() {
+    let site = Site::new("10.244.12.1/24");
+    let pods: Vec<Netns> = (0..50).map(|_| Netns::new("pod")).collect();
+    let results: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let site = &site;
+                scope.spawn(move || site.add(pod, &format!("par-{i}"), "1.0.0"))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let ips: Vec<String> = results.iter().map(result_ip).collect();
+    let distinct: HashSet<&String> = ips.iter().collect();
+    assert_eq!(distinct.len(), 50, "{ips:?}");
+    assert_eq!(site.allocations().len(), 50);
+    for (pod, ip) in pods.iter().zip(&ips) {
+        assert_eq!(addresses(pod, "eth0"), vec![format!("{ip}/24")]);
+        assert!(tcp_ok(&site.node, pod, ip), "node -> {ip}");
+    }
+    // Pod to pod within the node, across the bridge.
+    assert!(tcp_ok(&pods[0], &pods[49], &ips[49]), "pod0 -> pod49");
+    assert!(tcp_ok(&pods[17], &pods[3], &ips[3]), "pod17 -> pod3");
+}
+
+#[test]
+fn gc_keeps_exactly_the_valid_attachments() {
+    let site = Site::new("10.244.13.1/24");
+    let pods: Vec<Netns> = (0..4).map(|_| Netns::new("pod")).collect();
+    let results: Vec<Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| site.add(pod, &format!("gc-{i}"), "1.1.0"))
+        .collect();
+    let mut conf = site.conf("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!([
+        {"containerID": "gc-0", "ifname": "eth0"},
+        {"containerID": "gc-2", "ifname": "eth0"},
+        {"containerID": "gc-3", "ifname": "net9"}
+    ]);
+    Call::new(&site.node, "GC")
+        .conf(&conf)
+        .assert_silent_success();
+    let kept: Vec<String> = site.allocations().into_iter().map(|(_, c)| c).collect();
+    assert_eq!(kept, vec!["gc-0\r\neth0", "gc-2\r\neth0"]);
+    for (i, result) in results.iter().enumerate() {
+        let host = result["interfaces"][1]["name"].as_str().unwrap_or_default();
+        let present = link_json(&site.node, host).is_some();
+        assert_eq!(present, i == 0 || i == 2, "host veth of gc-{i}");
+    }
+    assert!(tcp_ok(&site.node, &pods[2], &result_ip(&results[2])));
+    // GC needs 1.1.0.
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("1.0.0");
+    assert_eq!(Call::new(&site.node, "GC").conf(&old).code(), 1);
+}
+
+#[test]
+fn status_is_50_without_subnet_env_and_ok_with_it() {
+    let site = Site::new("10.244.14.1/24");
+    Call::new(&site.node, "STATUS")
+        .conf(&site.conf("1.1.0"))
+        .assert_silent_success();
+    std::fs::remove_file(site.subnet_file()).unwrap_or_else(|e| panic!("{e}"));
+    let out = Call::new(&site.node, "STATUS").conf(&site.conf("1.1.0"));
+    assert_eq!(out.code(), 50, "{out:?}");
+    assert_eq!(out.error()["cniVersion"], "1.1.0");
+}
+
+#[test]
+fn version_lists_supported_versions() {
+    let node = Netns::new("cninode");
+    let out = Call::new(&node, "VERSION").run(br#"{"cniVersion":"1.0.0"}"#);
+    let v = out.result();
+    assert_eq!(
+        v["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+    assert_eq!(v["cniVersion"], "1.1.0");
+}
+
+#[test]
+fn every_error_code_from_bad_input() {
+    let site = Site::new("10.244.15.1/24");
+    let pod = Netns::new("pod");
+    let conf = site.conf("1.0.0");
+    let add = |container: &'static str| {
+        Call::new(&site.node, "ADD").attachment(container, "eth0", Some(&pod))
+    };
+
+    // 1: incompatible version.
+    let mut bad = conf.clone();
+    bad["cniVersion"] = json!("0.2.0");
+    assert_eq!(add("e1").conf(&bad).code(), 1);
+    // 2: unsupported field value.
+    let mut bad = conf.clone();
+    bad["ipMasq"] = json!(true);
+    assert_eq!(add("e2").conf(&bad).code(), 2);
+    // 3: the container's namespace does not exist.
+    let mut call = add("e3");
+    call.netns = Some(PathBuf::from("/run/netns/weft-no-such-namespace"));
+    assert_eq!(call.conf(&conf).code(), 3);
+    // 4: missing or invalid environment variables, named in the message.
+    let out = Call::new(&site.node, "ADD")
+        .attachment("e4", "eth0", None)
+        .conf(&conf);
+    assert_eq!(out.code(), 4);
+    assert!(out.stdout.contains("CNI_NETNS"), "{out:?}");
+    let out = Call::new(&site.node, "ADD")
+        .attachment("-bad-id", "eth0", Some(&pod))
+        .conf(&conf);
+    assert_eq!(out.code(), 4);
+    assert!(out.stdout.contains("CNI_CONTAINERID"), "{out:?}");
+    for ifname in ["a/b", "eth0:1", "has space", "..", "sixteen-chars-xx"] {
+        let out = Call::new(&site.node, "ADD")
+            .attachment("e4", ifname, Some(&pod))
+            .conf(&conf);
+        assert_eq!(out.code(), 4, "{ifname}: {out:?}");
+        assert!(out.stdout.contains("CNI_IFNAME"), "{out:?}");
+    }
+    let mut call = add("e4");
+    call.netns = Some(site.subnet_file());
+    let out = call.conf(&conf);
+    assert_eq!(out.code(), 4, "regular file as CNI_NETNS: {out:?}");
+    let out = Call::new(&site.node, "BOGUS").conf(&conf);
+    assert_eq!(out.code(), 4);
+    assert!(out.stdout.contains("CNI_COMMAND"), "{out:?}");
+    // 5: I/O failure (dataDir below a regular file).
+    let mut bad = conf.clone();
+    bad["dataDir"] = json!(site.subnet_file().join("data"));
+    assert_eq!(add("e5").conf(&bad).code(), 5);
+    // 6: not JSON.
+    assert_eq!(add("e6").run(b"{not json").code(), 6);
+    // 7: invalid config (no name; wrong type; bad route).
+    let mut bad = conf.clone();
+    bad.as_object_mut().map(|o| o.remove("name"));
+    assert_eq!(add("e7").conf(&bad).code(), 7);
+    let mut bad = conf.clone();
+    bad["mtu"] = json!("big");
+    assert_eq!(add("e7").conf(&bad).code(), 7);
+    let mut bad = conf.clone();
+    bad["routes"] = json!([{"dst": "nonsense"}]);
+    assert_eq!(add("e7").conf(&bad).code(), 7);
+    // 11: weftd has not written subnet.env yet.
+    let mut bad = conf.clone();
+    bad["subnetFile"] = json!(site.dir.path().join("missing.env"));
+    assert_eq!(add("e11").conf(&bad).code(), 11);
+    // 105: subnet.env unusable.
+    let broken = site.dir.path().join("broken.env");
+    std::fs::write(&broken, "FLANNEL_NETWORK=10.244.0.0/16\n").unwrap_or_else(|e| panic!("{e}"));
+    let mut bad = conf.clone();
+    bad["subnetFile"] = json!(broken);
+    assert_eq!(add("e105").conf(&bad).code(), 105);
+    // Nothing above may have left an allocation or a device behind.
+    assert!(site.allocations().is_empty(), "{:?}", site.allocations());
+    // 102: ADD onto an existing CNI_IFNAME.
+    site.add(&pod, "e102", "1.0.0");
+    assert_eq!(add("e102b").conf(&conf).code(), 102);
+    // 103: the kernel refuses a route (gateway not on any link) -> everything undone.
+    let pod2 = Netns::new("pod");
+    let mut bad = conf.clone();
+    bad["routes"] = json!([{"dst": "192.0.2.0/24", "gw": "198.51.100.1"}]);
+    let out = Call::new(&site.node, "ADD")
+        .attachment("e103", "eth0", Some(&pod2))
+        .conf(&bad);
+    assert_eq!(out.code(), 103, "{out:?}");
+    assert!(link_json(&pod2, "eth0").is_none(), "pod veth left behind");
+    assert_eq!(
+        site.allocations().len(),
+        1,
+        "only e102 stays: {:?}",
+        site.allocations()
+    );
+    // 1 for CHECK below 0.4.0; 7 for CHECK without prevResult.
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("0.3.1");
+    let out = Call::new(&site.node, "CHECK")
+        .attachment("e102", "eth0", Some(&pod))
+        .conf(&old);
+    assert_eq!(out.code(), 1);
+    let out = Call::new(&site.node, "CHECK")
+        .attachment("e102", "eth0", Some(&pod))
+        .conf(&conf);
+    assert_eq!(out.code(), 7);
+    // Errors carry the caller's version; logs never reach stdout.
+    let mut v031 = conf.clone();
+    v031["cniVersion"] = json!("0.3.1");
+    v031["ipMasq"] = json!(true);
+    let out = add("ev").conf(&v031);
+    assert_eq!(out.error()["cniVersion"], "0.3.1");
+    assert_eq!(
+        out.stdout.lines().count(),
+        1,
+        "stdout is the error JSON only: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("ipMasq"),
+        "the error is logged on stderr: {out:?}"
+    );
+}
+
+#[test]
+fn bridge_with_another_address_is_a_clear_error() {
+    let site = Site::new("10.244.16.1/24");
+    site.node.ip(&["link", "add", "cni0", "type", "bridge"]);
+    site.node
+        .ip(&["addr", "add", "10.244.99.1/24", "dev", "cni0"]);
+    let pod = Netns::new("pod");
+    let out = Call::new(&site.node, "ADD")
+        .attachment("conflict", "eth0", Some(&pod))
+        .conf(&site.conf("1.0.0"));
+    assert_eq!(out.code(), 100, "{out:?}");
+    let details = out.error()["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        details.contains("cni0")
+            && details.contains("10.244.99.1/24")
+            && details.contains("10.244.16.1/24"),
+        "{details}"
+    );
+    assert!(site.allocations().is_empty());
+}
+
+#[test]
+fn exhausted_subnet_names_the_subnet() {
+    let site = Site::new("10.244.17.1/30");
+    let pod = Netns::new("pod");
+    assert_eq!(result_ip(&site.add(&pod, "only", "1.0.0")), "10.244.17.2");
+    let pod2 = Netns::new("pod");
+    let out = Call::new(&site.node, "ADD")
+        .attachment("second", "eth0", Some(&pod2))
+        .conf(&site.conf("1.0.0"));
+    assert_eq!(out.code(), 101, "{out:?}");
+    assert!(out.stdout.contains("10.244.17.0/30"), "{out:?}");
+    assert!(link_json(&pod2, "eth0").is_none());
+}
+
+#[test]
+fn leftovers_of_a_killed_add_are_recovered() {
+    let site = Site::new("10.244.18.1/24");
+    // A killed ADD: allocation written, host veth created, nothing in the pod.
+    std::fs::create_dir_all(site.ipam_dir()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(site.ipam_dir().join("10.244.18.9"), "crashed\r\neth0")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(site.ipam_dir().join("10.244.18.2"), "").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(site.ipam_dir().join(".weft-tmp-12345"), "x\r\neth0")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pod = Netns::new("pod");
+    let result = site.add(&pod, "crashed", "1.0.0");
+    assert_eq!(
+        result_ip(&result),
+        "10.244.18.9",
+        "the crashed ADD's address is reused"
+    );
+    let pod2 = Netns::new("pod");
+    let result2 = site.add(&pod2, "next", "1.0.0");
+    assert_eq!(
+        result_ip(&result2),
+        "10.244.18.2",
+        "an empty (half-written) address file does not block its address"
+    );
+    assert!(!site.ipam_dir().join(".weft-tmp-12345").exists());
+    // A leftover host veth with the attachment's name is replaced.
+    let pod3 = Netns::new("pod");
+    let result3 = site.add(&pod3, "third", "1.0.0");
+    let host3 = result3["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Call::new(&site.node, "DEL")
+        .attachment("third", "eth0", Some(&pod3))
+        .conf(&site.conf("1.0.0"))
+        .assert_silent_success();
+    site.node.ip(&[
+        "link", "add", &host3, "type", "veth", "peer", "name", "stale0",
+    ]);
+    let result3 = site.add(&pod3, "third", "1.0.0");
+    assert!(tcp_ok(&site.node, &pod3, &result_ip(&result3)));
+    // GC recovers an allocation nobody names.
+    std::fs::write(site.ipam_dir().join("10.244.18.200"), "ghost\r\neth0")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut conf = site.conf("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!([
+        {"containerID": "crashed", "ifname": "eth0"},
+        {"containerID": "next", "ifname": "eth0"},
+        {"containerID": "third", "ifname": "eth0"}
+    ]);
+    Call::new(&site.node, "GC")
+        .conf(&conf)
+        .assert_silent_success();
+    let ips: Vec<String> = site.allocations().into_iter().map(|(ip, _)| ip).collect();
+    assert_eq!(ips.len(), 3, "{ips:?}");
+    assert!(!ips.contains(&"10.244.18.200".to_string()));
+}
+
+#[test]
+fn host_local_and_weft_share_a_directory() {
+    // The reference host-local and weft allocate from the same directory without collisions.
+    let site = Site::new("10.244.19.1/24");
+    let pod = Netns::new("pod");
+    let weft_ip = result_ip(&site.add(&pod, "weft-one", "1.0.0"));
+    let host_local = json!({
+        "cniVersion": "1.0.0",
+        "name": "weft-test",
+        "ipam": {
+            "type": "host-local",
+            "dataDir": site.data_dir(),
+            "ranges": [[{"subnet": "10.244.19.0/24"}]]
+        }
+    });
+    let mut call = Call::new(&site.node, "ADD").attachment("hl-one", "eth0", Some(&pod));
+    call.plugin = PathBuf::from(REFERENCE_PLUGINS).join("host-local");
+    let hl = call.conf(&host_local).result();
+    let hl_ip = result_ip(&hl);
+    assert_ne!(hl_ip, weft_ip);
+    assert_eq!(
+        hl_ip, "10.244.19.3",
+        "host-local continues after weft's last_reserved_ip.0"
+    );
+    let allocations = site.allocations();
+    assert!(
+        allocations.contains(&(hl_ip.clone(), "hl-one\r\neth0".to_string())),
+        "{allocations:?}"
+    );
+    let pod2 = Netns::new("pod");
+    assert_eq!(
+        result_ip(&site.add(&pod2, "weft-two", "1.0.0")),
+        "10.244.19.4"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// On the cluster harness: real weftd and etcd.
+
+/// Wires a pod on `node` with weft, configured from weftd's subnet.env.
+fn weft_pod(node: &Node, container: &str) -> (Netns, String) {
+    let pod = Netns::new("pod");
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "weft",
+        "type": "weft",
+        "subnetFile": node.subnet_file(),
+        "dataDir": node.dir().join("cni-networks"),
+    });
+    let result = Call::new(node.netns(), "ADD")
+        .attachment(container, "eth0", Some(&pod))
+        .conf(&conf)
+        .result();
+    let ip = result_ip(&result);
+    (pod, ip)
+}
+
+#[test]
+fn pods_on_three_nodes_reach_each_other_over_tcp() {
+    let cluster = Cluster::new(3, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(Duration::from_secs(30));
+    let mut pods = Vec::new();
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        for p in 0..2 {
+            let (pod, ip) = weft_pod(node, &format!("mesh-{n}-{p}"));
+            let mtu = node
+                .subnet_env()
+                .and_then(|env| {
+                    env.lines()
+                        .find_map(|l| l.strip_prefix("FLANNEL_MTU=").map(str::to_string))
+                })
+                .unwrap_or_default();
+            let eth0 = link_json(&pod, "eth0").unwrap_or_default();
+            assert_eq!(eth0["mtu"].to_string(), mtu, "pod MTU equals subnet.env's");
+            pods.push((pod, ip));
+        }
+    }
+    let mut failures = Vec::new();
+    for (i, (from, from_ip)) in pods.iter().enumerate() {
+        for (j, (to, to_ip)) in pods.iter().enumerate() {
+            if i != j && !tcp_ok(from, to, to_ip) {
+                failures.push(format!("{from_ip} -> {to_ip}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failed: {failures:?}\n{}",
+        cluster.dump()
+    );
+}
+
+#[test]
+fn reference_bridge_pod_and_weft_pod_on_two_nodes_talk() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(Duration::from_secs(30));
+    // Node 1: the reference bridge + host-local, configured from subnet.env as Flannel's CNI
+    // plugin would delegate.
+    let node1 = cluster.node(0);
+    let env = node1.wait_subnet_env(Duration::from_secs(10));
+    let value = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("{key} missing from {env}"))
+    };
+    let subnet = subnet_of(&env).unwrap_or_else(|| panic!("no subnet in {env}"));
+    let mtu: u64 = value("FLANNEL_MTU").parse().unwrap_or(0);
+    let reference = json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "bridge",
+        "bridge": "cni0",
+        "mtu": mtu,
+        "isGateway": true,
+        "isDefaultGateway": true,
+        "ipMasq": false,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": node1.dir().join("host-local"),
+            "ranges": [[{"subnet": subnet}]],
+            "routes": [{"dst": value("FLANNEL_NETWORK")}]
+        }
+    });
+    let ref_pod = Netns::new("pod");
+    let mut call = Call::new(node1.netns(), "ADD").attachment("ref-pod", "eth0", Some(&ref_pod));
+    call.plugin = PathBuf::from(REFERENCE_PLUGINS).join("bridge");
+    let ref_ip = result_ip(&call.conf(&reference).result());
+    // Node 2: weft.
+    let (weft, weft_ip) = weft_pod(cluster.node(1), "weft-pod");
+    assert!(
+        tcp_ok(&ref_pod, &weft, &weft_ip),
+        "reference pod {ref_ip} -> weft pod {weft_ip}\n{}",
+        cluster.dump()
+    );
+    assert!(
+        tcp_ok(&weft, &ref_pod, &ref_ip),
+        "weft pod {weft_ip} -> reference pod {ref_ip}\n{}",
+        cluster.dump()
+    );
+}
