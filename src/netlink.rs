@@ -525,9 +525,13 @@ pub async fn replace_route(
         })
 }
 
-/// Deletes a route; a route already gone is not an error.
+/// Deletes a route whatever its protocol and scope; a route already gone is not an error.
 pub async fn del_route(handle: &Handle, route: &Ipv4Route, dev: &str) -> Result<(), NetlinkError> {
-    match handle.route().del(route_message(route)).execute().await {
+    let mut msg = route_message(route);
+    // The kernel only matches these when set: unset, the route goes whoever added it.
+    msg.header.protocol = RouteProtocol::Unspec;
+    msg.header.scope = RouteScope::NoWhere;
+    match handle.route().del(msg).execute().await {
         Ok(()) => Ok(()),
         Err(e) => {
             let err = NetlinkError::request(
@@ -656,8 +660,12 @@ pub async fn fdb_entries(handle: &Handle, index: u32) -> Result<Vec<FdbEntry>, N
                 NeighbourAttribute::LinkLayerAddress(b) => MacAddr::from_bytes(b),
                 _ => None,
             })?;
+            // AF_BRIDGE messages carry NDA_DST as raw bytes (an IPv4 remote is 4 of them).
             let dst = m.attributes.iter().find_map(|a| match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                    <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                }
                 _ => None,
             })?;
             Some(FdbEntry { mac, dst })

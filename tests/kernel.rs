@@ -1,0 +1,769 @@
+//! The kernel side of the node agent against a real kernel: the VXLAN device, the VTEP MAC's
+//! persistence, batched peer programming and its reconciliation, link events, and the nftables
+//! masquerade table. Every test runs in network namespaces it creates (unique names, removed
+//! on drop, also on panic); nothing touches the root namespace. Needs root.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use nix::sched::CloneFlags;
+use serde_json::Value;
+use weft::backend::{Backend, ReconcileReport};
+use weft::config::{BackendConfig, NetworkConfig};
+use weft::lease::{Lease, LeaseAttrs};
+use weft::netlink::{self, MacAddr};
+
+/// Runs a command with an argument vector; panics with its output when it fails.
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A cheap, sendable reference to a test namespace, for commands run inside it.
+#[derive(Clone)]
+struct Ns {
+    name: String,
+}
+
+impl Ns {
+    /// `ip -n <ns> <args>`.
+    fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// `ip -n <ns> -j <args>` parsed.
+    fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-j"];
+        full.extend_from_slice(args);
+        parse_json(&self.ip(&full))
+    }
+
+    /// `bridge -n <ns> -j fdb show dev <dev>` parsed.
+    fn fdb_json(&self, dev: &str) -> Value {
+        parse_json(&run(&[
+            "bridge", "-n", &self.name, "-j", "fdb", "show", "dev", dev,
+        ]))
+    }
+
+    /// The `ip -d -j link show <dev>` object.
+    fn link(&self, dev: &str) -> Value {
+        self.ip_json(&["-d", "link", "show", dev])[0].clone()
+    }
+
+    fn nft(&self, args: &[&str]) -> std::process::Output {
+        let mut full = vec!["netns", "exec", &self.name, "nft"];
+        full.extend_from_slice(args);
+        Command::new("ip")
+            .args(&full)
+            .output()
+            .unwrap_or_else(|e| panic!("spawn nft {args:?}: {e}"))
+    }
+}
+
+fn parse_json(text: &str) -> Value {
+    if text.trim().is_empty() {
+        return Value::Array(Vec::new());
+    }
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("parse {text:?}: {e}"))
+}
+
+/// A network namespace with an underlay `eth0` (192.0.2.1/24, one end of a veth pair whose
+/// other end stays in the namespace), plus a state directory; both removed on drop.
+struct TestNode {
+    ns: Ns,
+    state: tempfile::TempDir,
+}
+
+impl TestNode {
+    fn new(tag: &str) -> Self {
+        let name = format!("weftk-{}-{tag}", std::process::id());
+        run(&["ip", "netns", "add", &name]);
+        let node = TestNode {
+            ns: Ns { name },
+            state: tempfile::Builder::new()
+                .prefix("weftk-state-")
+                .tempdir()
+                .expect("create state dir"),
+        };
+        let ns = &node.ns;
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ]);
+        ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["link", "set", "eth0p", "up"]);
+        node
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.state.path().to_path_buf()
+    }
+
+    /// Runs async code on a thread that joined the namespace, on a current-thread runtime.
+    fn block_on<T, Fut>(&self, f: impl FnOnce(Ns) -> Fut + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        Fut: Future<Output = T>,
+    {
+        let ns = self.ns.clone();
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(format!("/run/netns/{}", ns.name))
+                .expect("open namespace file");
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).expect("setns into test namespace");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build runtime");
+            rt.block_on(f(ns))
+        });
+        match thread.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns.name])
+            .status();
+    }
+}
+
+fn vxlan_config(subnet_len: u8, direct_routing: bool, port: u16) -> NetworkConfig {
+    NetworkConfig {
+        network: "10.244.0.0/16".parse().unwrap(),
+        subnet_len,
+        subnet_min: "10.244.1.0".parse().unwrap(),
+        subnet_max: "10.244.255.0".parse().unwrap(),
+        backend: BackendConfig::Vxlan {
+            vni: 1,
+            port,
+            direct_routing,
+            mtu: None,
+        },
+    }
+}
+
+fn peer(subnet: Ipv4Network, public_ip: Ipv4Addr, mac: MacAddr) -> Lease {
+    Lease {
+        subnet,
+        attrs: LeaseAttrs {
+            public_ip,
+            backend_type: "vxlan".to_string(),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac.to_string()})),
+        },
+        etcd_lease: Some(1),
+        mod_revision: 1,
+    }
+}
+
+/// Peer `i` (1-based) of a /26 cluster: subnet 10.244.0.0 + 64 i, PublicIP in 198.51.100.0/24,
+/// MAC 0a:00:00:00:hi:lo.
+fn peer_n(i: u32) -> Lease {
+    let subnet = Ipv4Network::new(
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 64 * i),
+        26,
+    )
+    .unwrap();
+    let public_ip = Ipv4Addr::new(198, 51, 100, (1 + i % 250) as u8);
+    let mac = MacAddr([0x0a, 0, 0, 0, (i >> 8) as u8, (i & 0xff) as u8]);
+    peer(subnet, public_ip, mac)
+}
+
+/// The kernel's view of `flannel.1`: routes, neighbours, FDB entries as comparable strings.
+#[derive(Debug, PartialEq, Eq)]
+struct KernelView {
+    routes: BTreeSet<String>,
+    neighbours: BTreeSet<String>,
+    fdb: BTreeSet<String>,
+}
+
+fn kernel_view(ns: &Ns) -> KernelView {
+    let routes = ns.ip_json(&["route", "show", "dev", "flannel.1"]);
+    let neigh = ns.ip_json(&["neigh", "show", "dev", "flannel.1"]);
+    let fdb = ns.fdb_json("flannel.1");
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    KernelView {
+        routes: routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let onlink = r["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "onlink"));
+                format!("{} via {} onlink={onlink}", s(&r["dst"]), s(&r["gateway"]))
+            })
+            .collect(),
+        neighbours: neigh
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| format!("{} {} {}", s(&n["dst"]), s(&n["lladdr"]), n["state"]))
+            .collect(),
+        fdb: fdb
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} dst {} {} {}",
+                    s(&f["mac"]),
+                    s(&f["dst"]),
+                    f["flags"],
+                    s(&f["state"])
+                )
+            })
+            .collect(),
+    }
+}
+
+/// What [`kernel_view`] must show for these peers on the overlay.
+fn expected_view(peers: &[Lease]) -> KernelView {
+    let mut v = KernelView {
+        routes: BTreeSet::new(),
+        neighbours: BTreeSet::new(),
+        fdb: BTreeSet::new(),
+    };
+    for p in peers {
+        let mac = p.attrs.backend_data.as_ref().unwrap()["VtepMAC"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let gw = p.subnet.network();
+        v.routes
+            .insert(format!("{} via {gw} onlink=true", p.subnet));
+        v.neighbours.insert(format!("{gw} {mac} [\"PERMANENT\"]"));
+        v.fdb.insert(format!(
+            "{mac} dst {} [\"self\"] permanent",
+            p.attrs.public_ip
+        ));
+    }
+    v
+}
+
+async fn new_backend(cfg: &NetworkConfig, state_dir: &Path) -> Backend {
+    let ext = netlink::find_external_interface(Some("eth0"), None)
+        .await
+        .expect("find eth0");
+    Backend::new(cfg, &ext, state_dir)
+        .await
+        .expect("prepare backend")
+}
+
+fn own() -> Ipv4Network {
+    "10.244.0.0/26".parse().unwrap()
+}
+
+#[test]
+fn external_interface_found_by_name_ip_and_default_route() {
+    let node = TestNode::new("ext");
+    node.ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.0.2.254",
+        "dev",
+        "eth0",
+    ]);
+    node.block_on(|_| async {
+        let by_name = netlink::find_external_interface(Some("eth0"), None)
+            .await
+            .unwrap();
+        assert_eq!(by_name.name, "eth0");
+        assert_eq!(by_name.iface_addr, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(by_name.public_ip, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(
+            by_name.network,
+            "192.0.2.1/24".parse::<Ipv4Network>().unwrap()
+        );
+        assert_eq!(by_name.mtu, 1500);
+        let by_ip = netlink::find_external_interface(Some("192.0.2.1"), None)
+            .await
+            .unwrap();
+        assert_eq!(by_ip, by_name);
+        let by_route = netlink::find_external_interface(None, Some(Ipv4Addr::new(203, 0, 113, 9)))
+            .await
+            .unwrap();
+        assert_eq!(by_route.index, by_name.index);
+        assert_eq!(by_route.public_ip, Ipv4Addr::new(203, 0, 113, 9));
+        let err = netlink::find_external_interface(Some("nosuch0"), None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nosuch0"), "{err}");
+    });
+}
+
+#[test]
+fn vxlan_device_has_flannel_attributes_and_mac_survives_restart_and_reboot() {
+    let node = TestNode::new("dev");
+    let state = node.state_dir();
+    let cfg = vxlan_config(26, false, 8472);
+    let mac_file = state.join("flannel.1.vtep-mac");
+
+    let (attrs, mtu) = node.block_on({
+        let (cfg, state) = (cfg.clone(), state.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            // The MAC is chosen and persisted before any device exists.
+            assert!(Path::new(&state.join("flannel.1.vtep-mac")).exists());
+            let report = backend.reconcile(own(), &[]).await.unwrap();
+            assert_eq!(report, ReconcileReport::default());
+            (backend.lease_attrs(), backend.mtu())
+        }
+    });
+    assert_eq!(mtu, 1450);
+    let mac = attrs.backend_data.as_ref().unwrap()["VtepMAC"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(attrs.backend_type, "vxlan");
+    assert_eq!(attrs.backend_data.as_ref().unwrap()["VNI"], 1);
+    assert_eq!(attrs.public_ip, Ipv4Addr::new(192, 0, 2, 1));
+    let backend_data = serde_json::to_string(attrs.backend_data.as_ref().unwrap()).unwrap();
+    assert_eq!(backend_data, format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#));
+
+    let link = node.ns.link("flannel.1");
+    let info = &link["linkinfo"]["info_data"];
+    assert_eq!(link["linkinfo"]["info_kind"], "vxlan");
+    assert_eq!(info["id"], 1);
+    assert_eq!(info["port"], 8472);
+    assert_eq!(info["local"], "192.0.2.1");
+    assert_eq!(info["link"], "eth0");
+    assert_eq!(info["learning"], false);
+    assert_eq!(link["mtu"], 1450);
+    assert_eq!(link["address"], mac.as_str());
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    let addrs = node.ns.ip_json(&["-4", "addr", "show", "dev", "flannel.1"]);
+    let addr_info = addrs[0]["addr_info"].as_array().unwrap();
+    assert_eq!(addr_info.len(), 1);
+    assert_eq!(addr_info[0]["local"], "10.244.0.0");
+    assert_eq!(addr_info[0]["prefixlen"], 32);
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&mac_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(std::fs::read_to_string(&mac_file).unwrap().trim(), mac);
+
+    // Restart: same state dir, device still there.
+    let ifindex = link["ifindex"].clone();
+    let again = node.block_on({
+        let (cfg, state) = (cfg.clone(), state.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.reconcile(own(), &[]).await.unwrap();
+            backend.lease_attrs()
+        }
+    });
+    assert_eq!(again, attrs);
+    assert_eq!(
+        node.ns.link("flannel.1")["ifindex"],
+        ifindex,
+        "device recreated needlessly"
+    );
+
+    // Reboot: the device is gone, the state dir stays.
+    node.ns.ip(&["link", "del", "flannel.1"]);
+    let after_reboot = node.block_on({
+        let (cfg, state) = (cfg.clone(), state.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.reconcile(own(), &[]).await.unwrap();
+            backend.lease_attrs()
+        }
+    });
+    assert_eq!(after_reboot, attrs);
+    assert_eq!(node.ns.link("flannel.1")["address"], mac.as_str());
+}
+
+#[test]
+fn thousand_peers_programmed_then_changes_reconciled() {
+    let node = TestNode::new("1k");
+    let state = node.state_dir();
+    let cfg = vxlan_config(26, false, 8472);
+    let peers: Vec<Lease> = (1..=1000).map(peer_n).collect();
+
+    let (first, second, elapsed) = node.block_on({
+        let (cfg, state, peers) = (cfg.clone(), state.clone(), peers.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            // Create the device first so the timing covers the 3000 peer entries only.
+            backend.reconcile(own(), &[]).await.unwrap();
+            let start = Instant::now();
+            let first = backend.reconcile(own(), &peers).await.unwrap();
+            let elapsed = start.elapsed();
+            let second = backend.reconcile(own(), &peers).await.unwrap();
+            (first, second, elapsed)
+        }
+    });
+    println!(
+        "programmed 1000 VXLAN peers (3000 kernel entries) in {:.1} ms",
+        elapsed.as_secs_f64() * 1000.0
+    );
+    assert_eq!(
+        first,
+        ReconcileReport {
+            desired: 3000,
+            present: 0,
+            added: 3000,
+            removed: 0,
+            failed: 0
+        }
+    );
+    assert_eq!(
+        second,
+        ReconcileReport {
+            desired: 3000,
+            present: 3000,
+            added: 0,
+            removed: 0,
+            failed: 0
+        }
+    );
+    let view = kernel_view(&node.ns);
+    assert_eq!(view.routes.len(), 1000);
+    assert_eq!(view, expected_view(&peers));
+
+    // 100 leases gone, one peer with a new VTEP MAC, one with a new PublicIP.
+    let mut changed: Vec<Lease> = peers[100..].to_vec();
+    let new_mac = MacAddr([0x0a, 0xee, 0, 0, 0, 1]);
+    changed[0] = peer(changed[0].subnet, changed[0].attrs.public_ip, new_mac);
+    changed[1].attrs.public_ip = Ipv4Addr::new(198, 51, 100, 254);
+    let old_mac_of_0 = peers[100].attrs.backend_data.as_ref().unwrap()["VtepMAC"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_fdb_of_1 = format!(
+        "{} dst {}",
+        peers[101].attrs.backend_data.as_ref().unwrap()["VtepMAC"]
+            .as_str()
+            .unwrap(),
+        peers[101].attrs.public_ip
+    );
+    let third = node.block_on({
+        let (cfg, state, changed) = (cfg.clone(), state.clone(), changed.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.reconcile(own(), &changed).await.unwrap()
+        }
+    });
+    // Removed: 300 entries of the 100 peers, the old FDB entries of the two changed peers.
+    // Added: the new neighbour + FDB of the MAC change, the new FDB of the PublicIP change.
+    assert_eq!(
+        third,
+        ReconcileReport {
+            desired: 2700,
+            present: 2697,
+            added: 3,
+            removed: 302,
+            failed: 0
+        }
+    );
+    let view = kernel_view(&node.ns);
+    assert_eq!(view, expected_view(&changed));
+    assert!(
+        !view.fdb.iter().any(|f| f.starts_with(&old_mac_of_0)),
+        "FDB entry of the old MAC {old_mac_of_0} is still there"
+    );
+    assert!(!view.fdb.iter().any(|f| f.starts_with(&old_fdb_of_1)));
+}
+
+#[test]
+fn stale_entries_nobody_justifies_are_removed() {
+    let node = TestNode::new("stale");
+    let state = node.state_dir();
+    let cfg = vxlan_config(26, false, 8472);
+    let peers: Vec<Lease> = (1..=3).map(peer_n).collect();
+    node.block_on({
+        let (cfg, state) = (cfg.clone(), state.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.reconcile(own(), &[]).await.unwrap();
+        }
+    });
+    // Leftovers of a peer that left while weft was down, and a stray neighbour.
+    let ns = &node.ns;
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.200.0/26",
+        "via",
+        "10.244.200.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.244.200.0",
+        "lladdr",
+        "0a:bb:00:00:00:01",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.244.201.0",
+        "lladdr",
+        "0a:bb:00:00:00:02",
+        "dev",
+        "flannel.1",
+        "nud",
+        "reachable",
+    ]);
+    run(&[
+        "bridge",
+        "-n",
+        &ns.name,
+        "fdb",
+        "append",
+        "0a:bb:00:00:00:01",
+        "dev",
+        "flannel.1",
+        "dst",
+        "198.51.100.200",
+        "self",
+        "permanent",
+    ]);
+    // A direct route weft would own, and a route it must leave alone.
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.202.0/26",
+        "via",
+        "192.0.2.202",
+        "dev",
+        "eth0",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        "192.0.2.203",
+        "dev",
+        "eth0",
+    ]);
+    // A wrong neighbour for a real peer: replaced, not duplicated.
+    let gw1 = peers[0].subnet.network().to_string();
+    ns.ip(&[
+        "neigh",
+        "add",
+        &gw1,
+        "lladdr",
+        "0a:cc:00:00:00:01",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+
+    let report = node.block_on({
+        let (cfg, state, peers) = (cfg.clone(), state.clone(), peers.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.reconcile(own(), &peers).await.unwrap()
+        }
+    });
+    assert_eq!(report.removed, 5, "{report:?}");
+    assert_eq!(report.added, 9, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(kernel_view(ns), expected_view(&peers));
+    let eth0_routes = ns.ip(&["route", "show", "dev", "eth0"]);
+    assert!(!eth0_routes.contains("10.244.202.0"), "{eth0_routes}");
+    assert!(eth0_routes.contains("203.0.113.0/24"), "{eth0_routes}");
+}
+
+#[test]
+fn deleted_device_is_reported_recreated_and_reprogrammed() {
+    let node = TestNode::new("del");
+    let state = node.state_dir();
+    let cfg = vxlan_config(26, false, 8472);
+    let peers: Vec<Lease> = (1..=50).map(peer_n).collect();
+    let ns_name = node.ns.name.clone();
+    let report = node.block_on({
+        let (cfg, state, peers) = (cfg.clone(), state.clone(), peers.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.reconcile(own(), &peers).await.unwrap();
+            let mut events = netlink::link_events().unwrap();
+            run(&["ip", "-n", &ns_name, "link", "del", backend.device_name()]);
+            let removed = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(ev) = events.recv().await {
+                    if ev.removed && ev.name.as_deref() == Some("flannel.1") {
+                        return ev;
+                    }
+                }
+                panic!("link event stream ended");
+            })
+            .await
+            .expect("no RTM_DELLINK for flannel.1 within 5 s");
+            assert!(removed.index > 0);
+            backend.reconcile(own(), &peers).await.unwrap()
+        }
+    });
+    assert_eq!(report.desired, 150);
+    assert_eq!(report.added, 150);
+    assert_eq!(report.failed, 0);
+    assert_eq!(kernel_view(&node.ns), expected_view(&peers));
+    let addrs = node.ns.ip(&["-4", "addr", "show", "dev", "flannel.1"]);
+    assert!(addrs.contains("10.244.0.0/32"), "{addrs}");
+}
+
+#[test]
+fn device_with_wrong_attributes_is_fixed() {
+    let node = TestNode::new("fix");
+    let state = node.state_dir();
+    let ns = &node.ns;
+    // A device left by someone else: wrong port, learning on, wrong MTU, stray address.
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        "192.0.2.1",
+        "dev",
+        "eth0",
+        "dstport",
+        "4789",
+        "learning",
+    ]);
+    ns.ip(&["link", "set", "flannel.1", "mtu", "1300", "up"]);
+    ns.ip(&["addr", "add", "10.244.99.0/32", "dev", "flannel.1"]);
+    let peers: Vec<Lease> = (1..=2).map(peer_n).collect();
+    let cfg = vxlan_config(26, false, 8472);
+    node.block_on({
+        let (cfg, state, peers) = (cfg.clone(), state.clone(), peers.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.reconcile(own(), &peers).await.unwrap();
+        }
+    });
+    let link = ns.link("flannel.1");
+    let info = &link["linkinfo"]["info_data"];
+    assert_eq!(info["port"], 8472);
+    assert_eq!(info["learning"], false);
+    assert_eq!(link["mtu"], 1450);
+    let addrs = ns.ip(&["-4", "addr", "show", "dev", "flannel.1"]);
+    assert!(
+        addrs.contains("10.244.0.0/32") && !addrs.contains("10.244.99.0"),
+        "{addrs}"
+    );
+    assert_eq!(kernel_view(ns), expected_view(&peers));
+
+    // Only the MTU wrong: fixed in place, the device (and its entries) kept.
+    let ifindex = link["ifindex"].clone();
+    ns.ip(&["link", "set", "flannel.1", "mtu", "1400"]);
+    let report = node.block_on({
+        let (cfg, state, peers) = (cfg.clone(), state.clone(), peers.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.reconcile(own(), &peers).await.unwrap()
+        }
+    });
+    assert_eq!(report.present, 6, "{report:?}");
+    let link = ns.link("flannel.1");
+    assert_eq!(link["mtu"], 1450);
+    assert_eq!(link["ifindex"], ifindex);
+}
+
+#[test]
+fn direct_routing_routes_same_l2_peers_via_public_ip() {
+    let node = TestNode::new("direct");
+    let state = node.state_dir();
+    let cfg = vxlan_config(26, true, 8472);
+    let near = peer(
+        "10.244.0.64/26".parse().unwrap(),
+        Ipv4Addr::new(192, 0, 2, 2),
+        MacAddr([0x0a, 0, 0, 0, 0, 2]),
+    );
+    let far = peer_n(2);
+    node.block_on({
+        let (state, near, far) = (state.clone(), near.clone(), far.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            let report = backend.reconcile(own(), &[near, far]).await.unwrap();
+            assert_eq!(report.added, 4, "{report:?}");
+        }
+    });
+    let eth0 = node.ns.ip_json(&["route", "show", "10.244.0.64/26"]);
+    assert_eq!(eth0[0]["gateway"], "192.0.2.2");
+    assert_eq!(eth0[0]["dev"], "eth0");
+    assert_eq!(kernel_view(&node.ns), expected_view(&[far]));
+}
+
+#[test]
+fn nft_masquerade_table_applied_replaced_and_removed() {
+    let node = TestNode::new("nft");
+    let network: Ipv4Network = "10.244.0.0/16".parse().unwrap();
+    node.block_on(move |_| async move {
+        weft::masq::apply(network, "10.244.1.0/24".parse().unwrap())
+            .await
+            .unwrap();
+        // Applying again (e.g. a new subnet) replaces the table in one transaction.
+        weft::masq::apply(network, "10.244.3.0/24".parse().unwrap())
+            .await
+            .unwrap();
+    });
+    let out = node.ns.nft(&["list", "table", "ip", "weft"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("10.244.1.0/24"),
+        "old subnet still present: {text}"
+    );
+    assert_eq!(text.matches("masquerade").count(), 2, "{text}");
+    assert!(text.contains("hook forward"), "{text}");
+
+    node.block_on(|_| async {
+        weft::masq::remove().await.unwrap();
+        weft::masq::remove().await.unwrap();
+    });
+    let out = node.ns.nft(&["list", "tables"]);
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("weft"),
+        "table still present"
+    );
+}
