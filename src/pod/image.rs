@@ -792,9 +792,8 @@ impl ImageStore {
                 .create(&dir)
                 .map_err(io_err("create", &dir))?;
         }
-        Ok(ImageStore {
-            root: root.to_path_buf(),
-        })
+        let root = std::path::absolute(root).map_err(io_err("resolve", root))?;
+        Ok(ImageStore { root })
     }
 
     /// The store's root directory.

@@ -3,10 +3,12 @@
 
 pub mod backoff;
 pub mod cni;
+pub mod crilog;
 pub mod bundle;
 pub mod cli;
 pub mod image;
 pub mod manifest;
 pub mod process;
+pub mod runtime;
 pub mod sandbox;
 pub mod status;

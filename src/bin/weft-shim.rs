@@ -1,0 +1,236 @@
+//! `weft-shim`: the per-container supervisor (weft's conmon / containerd-shim).
+//!
+//! `weft-shim --runtime runc --runtime-root DIR --bundle DIR --id ID --log FILE` daemonizes
+//! (fork + setsid, so it survives weftd), records itself in `<bundle>/shim.json`, and lets the
+//! foreground process exit 0. The daemon runs `<runtime> --root DIR run --bundle DIR
+//! --pid-file <bundle>/container.pid ID` in the foreground, copies the container's stdout and
+//! stderr into FILE in CRI log format, reaps orphans (it is a child subreaper), and when the
+//! runtime returns writes the exit status atomically to `<bundle>/exit.json`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::SystemTime;
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{chdir, dup2, fork, setsid, ForkResult, Pid};
+use weft::pod::crilog::{format_record, Stream, MAX_RECORD};
+use weft::pod::process::ProcessId;
+use weft::pod::runtime::{ExitReason, ExitStatus};
+
+struct Args {
+    runtime: String,
+    runtime_root: PathBuf,
+    bundle: PathBuf,
+    id: String,
+    log: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut runtime, mut runtime_root, mut bundle, mut id, mut log) =
+        (None, None, None, None, None);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--runtime" => runtime = Some(value()?),
+            "--runtime-root" => runtime_root = Some(PathBuf::from(value()?)),
+            "--bundle" => bundle = Some(PathBuf::from(value()?)),
+            "--id" => id = Some(value()?),
+            "--log" => log = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Args {
+        runtime: runtime.ok_or("--runtime is required")?,
+        runtime_root: runtime_root.ok_or("--runtime-root is required")?,
+        bundle: bundle.ok_or("--bundle is required")?,
+        id: id.ok_or("--id is required")?,
+        log: log.ok_or("--log is required")?,
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// Copies one output stream into the log, one CRI record per line (split at [`MAX_RECORD`]).
+fn copy_stream(reader: impl Read, stream: Stream, log: Arc<Mutex<File>>) {
+    let mut reader = BufReader::with_capacity(MAX_RECORD, reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match reader
+            .by_ref()
+            .take(MAX_RECORD as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let newline = line.last() == Some(&b'\n');
+        if newline {
+            line.pop();
+        }
+        // Only a record cut at MAX_RECORD is partial; text before EOF ends its line.
+        let record = format_record(SystemTime::now(), stream, newline || n < MAX_RECORD, &line);
+        if let Ok(mut file) = log.lock() {
+            if file.write_all(&record).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the container to its end and returns its exit status.
+fn supervise(args: &Args) -> ExitStatus {
+    let pid_file = args.bundle.join("container.pid");
+    let log = match OpenOptions::new().create(true).append(true).open(&args.log) {
+        Ok(f) => Arc::new(Mutex::new(f)),
+        Err(e) => {
+            eprintln!(
+                "weft-shim {}: open log {}: {e}",
+                args.id,
+                args.log.display()
+            );
+            return start_error();
+        }
+    };
+    let child = Command::new(&args.runtime)
+        .arg("--root")
+        .arg(&args.runtime_root)
+        .arg("run")
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&args.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("weft-shim: spawn {}: {e}", args.runtime);
+            if let Ok(mut f) = log.lock() {
+                let _ = f.write_all(&format_record(
+                    SystemTime::now(),
+                    Stream::Stderr,
+                    true,
+                    msg.as_bytes(),
+                ));
+            }
+            return start_error();
+        }
+    };
+    let mut copiers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        let log = Arc::clone(&log);
+        copiers.push(thread::spawn(move || copy_stream(out, Stream::Stdout, log)));
+    }
+    if let Some(err) = child.stderr.take() {
+        let log = Arc::clone(&log);
+        copiers.push(thread::spawn(move || copy_stream(err, Stream::Stderr, log)));
+    }
+    let status = child.wait();
+    for copier in copiers {
+        let _ = copier.join();
+    }
+    // Orphans of the container (reparented to us as subreaper) are gone with its pid namespace.
+    while let Ok(s) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if s == WaitStatus::StillAlive {
+            break;
+        }
+    }
+    let code = match status {
+        Ok(s) => s.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)
+        }),
+        Err(_) => 255,
+    };
+    let started_at = fs::metadata(&pid_file).and_then(|m| m.modified()).ok();
+    let reason = match (started_at, code) {
+        (None, _) => ExitReason::StartError,
+        (Some(_), 0) => ExitReason::Completed,
+        (Some(_), _) => ExitReason::Error,
+    };
+    ExitStatus {
+        code,
+        reason,
+        started_at,
+        finished_at: SystemTime::now(),
+    }
+}
+
+fn start_error() -> ExitStatus {
+    ExitStatus {
+        code: 255,
+        reason: ExitReason::StartError,
+        started_at: None,
+        finished_at: SystemTime::now(),
+    }
+}
+
+/// Daemonizes; returns in the daemon only.
+fn daemonize(args: &Args) -> Result<(), String> {
+    // SAFETY: single-threaded at this point; both sides continue in ordinary Rust code.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => {
+            let id = ProcessId::of(child.as_raw()).ok_or(format!("daemon {child} died at once"))?;
+            let path = args.bundle.join("shim.json");
+            let bytes =
+                serde_json::to_vec(&id).map_err(|e| format!("encode shim identity: {e}"))?;
+            write_atomic(&path, &bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
+            std::process::exit(0);
+        }
+        ForkResult::Child => {
+            setsid().map_err(|e| format!("setsid: {e}"))?;
+            chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+            // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes an integer flag only.
+            if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
+                return Err(format!(
+                    "set child subreaper: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            let null = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| format!("open /dev/null: {e}"))?;
+            for fd in 0..=2 {
+                dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2 /dev/null: {e}"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("weft-shim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = daemonize(&args) {
+        eprintln!("weft-shim {}: {e}", args.id);
+        return ExitCode::FAILURE;
+    }
+    let status = supervise(&args);
+    let path = args.bundle.join("exit.json");
+    match serde_json::to_vec(&status) {
+        Ok(bytes) if write_atomic(&path, &bytes).is_ok() => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}

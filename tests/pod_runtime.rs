@@ -1,0 +1,631 @@
+//! Pod runtime core, lower half: image import, pause sandboxes, OCI bundles run by real runc
+//! through weft-shim. Every container runs in a sandbox with its own network namespace; every
+//! file lives in a per-test temp directory; every sandbox and container is removed on drop.
+
+#[path = "common/image.rs"]
+mod image;
+
+use std::error::Error;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use image::{layer, Entry, ImageBuilder};
+use weft::pod::bundle::{ContainerSpec, MountSpec};
+use weft::pod::crilog::log_text;
+use weft::pod::image::{Image, ImageError, ImageStore};
+use weft::pod::runtime::{ContainerState, ExitReason, OciRuntime};
+use weft::pod::sandbox::{Sandbox, SandboxState, NETNS_DIR};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn unique(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}-{}-{tag}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "pod_runtime tests need root (namespaces, mounts, runc)"
+    );
+}
+
+/// A temp directory holding an image store with the busybox image, the runtime state and logs.
+/// Declared fields drop in order: pods first (they unmount), then the directory.
+struct Fixture {
+    store: ImageStore,
+    runtime: OciRuntime,
+    busybox: Image,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Result<Fixture, Box<dyn Error>> {
+        require_root();
+        let dir = tempfile::Builder::new().prefix("weft-podrt-").tempdir()?;
+        let store = ImageStore::open(&dir.path().join("images"))?;
+        let archive = dir.path().join("busybox.tar");
+        ImageBuilder::busybox()?.write_oci(&archive)?;
+        store.import(&archive, None)?;
+        let busybox = store.get("busybox")?;
+        let runtime = OciRuntime::new("runc", &dir.path().join("runtime"));
+        Ok(Fixture {
+            store,
+            runtime,
+            busybox,
+            dir,
+        })
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn pod(&self, name: &str) -> Result<TestPod, Box<dyn Error>> {
+        let id = unique(name);
+        let pod_dir = self.path(&format!("pods/{id}"));
+        fs::create_dir_all(&pod_dir)?;
+        let sandbox = Sandbox::create(&id, name, &pod_dir)?;
+        Ok(TestPod {
+            id,
+            name: name.to_string(),
+            sandbox,
+            runtime: self.runtime.clone(),
+            logs: self.path("logs"),
+            containers: Vec::new(),
+        })
+    }
+}
+
+/// A sandbox and its containers, all removed on drop.
+struct TestPod {
+    id: String,
+    name: String,
+    sandbox: Sandbox,
+    runtime: OciRuntime,
+    logs: PathBuf,
+    containers: Vec<String>,
+}
+
+impl TestPod {
+    fn spec(&self, image: &Image, name: &str, command: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            id: format!("{}-{name}", self.id),
+            pod_id: self.id.clone(),
+            name: name.to_string(),
+            image: image.clone(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: Vec::new(),
+            env: vec![("GREETING".into(), "hello".into())],
+            working_dir: None,
+            mounts: Vec::new(),
+            hostname: self.name.clone(),
+            log_path: self
+                .logs
+                .join(format!("default_{}_{}", self.name, self.id))
+                .join(name)
+                .join("0.log"),
+        }
+    }
+
+    fn start(
+        &mut self,
+        spec: &ContainerSpec,
+    ) -> Result<weft::pod::runtime::ContainerHandle, Box<dyn Error>> {
+        self.containers.push(spec.id.clone());
+        Ok(self.runtime.start(spec, &self.sandbox)?)
+    }
+}
+
+impl Drop for TestPod {
+    fn drop(&mut self) {
+        for id in &self.containers {
+            if let Err(e) = self.runtime.delete(id) {
+                eprintln!("cleanup: delete container {id}: {e}");
+            }
+        }
+        if let Err(e) = self.sandbox.stop(Duration::from_secs(2)) {
+            eprintln!("cleanup: stop sandbox {}: {e}", self.id);
+        }
+    }
+}
+
+fn log_of(spec: &ContainerSpec) -> String {
+    fs::read_to_string(&spec.log_path).unwrap_or_default()
+}
+
+fn mountinfo_mentions(needle: &str) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn imports_oci_and_docker_archives() -> TestResult {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let store = ImageStore::open(&dir.path().join("store"))?;
+    let oci = dir.path().join("oci.tar");
+    let built_oci = ImageBuilder::busybox()?.write_oci(&oci)?;
+    let r = store.import(&oci, None)?;
+    assert_eq!(r.name, "docker.io/library/busybox:latest");
+    assert_eq!(r.id, built_oci.config_digest);
+
+    let docker = dir.path().join("docker.tar");
+    let built_docker = ImageBuilder::busybox()?
+        .gzip(true)
+        .entrypoint(&["/bin/sh", "-c"])
+        .cmd(&["echo from-docker"])
+        .working_dir("/tmp")
+        .name("example.com/team/tool:v2")
+        .write_docker(&docker)?;
+    let r = store.import(&docker, None)?;
+    assert_eq!(r.name, "example.com/team/tool:v2");
+    assert_eq!(r.id, built_docker.config_digest);
+
+    for name in [
+        "busybox",
+        "busybox:latest",
+        "docker.io/library/busybox:latest",
+    ] {
+        assert_eq!(store.get(name)?.id, built_oci.config_digest, "{name}");
+    }
+    let tool = store.get("example.com/team/tool:v2")?;
+    assert_eq!(tool.config.entrypoint, ["/bin/sh", "-c"]);
+    assert_eq!(tool.config.cmd, ["echo from-docker"]);
+    assert_eq!(tool.config.working_dir.as_deref(), Some("/tmp"));
+    assert!(tool.rootfs.join("bin/busybox").is_file());
+    assert_eq!(
+        fs::read_link(tool.rootfs.join("bin/sh"))?,
+        Path::new("busybox")
+    );
+    assert!(matches!(
+        store.get("busybox:other"),
+        Err(ImageError::NotFound { .. })
+    ));
+
+    // --name overrides, and the same content is stored once.
+    let r = store.import(&oci, Some("mirror/bb:1"))?;
+    assert_eq!(r.name, "docker.io/mirror/bb:1");
+    let names: Vec<String> = store.list()?.into_iter().map(|i| i.name).collect();
+    assert_eq!(
+        names,
+        [
+            "docker.io/library/busybox:latest",
+            "docker.io/mirror/bb:1",
+            "example.com/team/tool:v2"
+        ]
+    );
+    assert_eq!(fs::read_dir(store.root().join("images"))?.count(), 2);
+    assert_eq!(fs::read_dir(store.root().join("tmp"))?.count(), 0);
+    Ok(())
+}
+
+/// Rewrites one member of an archive, keeping its name (so its digest no longer matches).
+fn tamper(archive: &Path, member_prefix: &str, out: &Path) -> TestResult {
+    let mut files = image::read_archive(archive)?;
+    let target = files
+        .iter_mut()
+        .find(|(name, data)| name.starts_with(member_prefix) && data.len() > 1000)
+        .ok_or("no member to tamper with")?;
+    let mid = target.1.len() / 2;
+    target.1[mid] ^= 0xff;
+    image::write_archive(out, &files)?;
+    Ok(())
+}
+
+#[test]
+fn digest_mismatch_is_rejected() -> TestResult {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let store = ImageStore::open(&dir.path().join("store"))?;
+
+    let oci = dir.path().join("oci.tar");
+    let built = ImageBuilder::busybox()?.write_oci(&oci)?;
+    let bad_oci = dir.path().join("bad-oci.tar");
+    let layer_member = format!(
+        "blobs/sha256/{}",
+        built.layer_digests[0].trim_start_matches("sha256:")
+    );
+    tamper(&oci, &layer_member, &bad_oci)?;
+    match store.import(&bad_oci, None) {
+        Err(ImageError::DigestMismatch { blob, expected, .. }) => {
+            assert_eq!(blob, layer_member);
+            assert_eq!(expected, built.layer_digests[0]);
+        }
+        other => panic!("tampered OCI layer imported: {other:?}"),
+    }
+
+    let docker = dir.path().join("docker.tar");
+    ImageBuilder::busybox()?.write_docker(&docker)?;
+    let bad_docker = dir.path().join("bad-docker.tar");
+    tamper(&docker, "0000", &bad_docker)?;
+    let err = store.import(&bad_docker, None);
+    assert!(
+        matches!(err, Err(ImageError::DigestMismatch { .. })),
+        "tampered docker layer: {err:?}"
+    );
+
+    assert!(store.list()?.is_empty());
+    assert_eq!(fs::read_dir(store.root().join("images"))?.count(), 0);
+    assert_eq!(fs::read_dir(store.root().join("tmp"))?.count(), 0);
+    Ok(())
+}
+
+#[test]
+fn whiteouts_are_applied_in_layer_order() -> TestResult {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let store = ImageStore::open(&dir.path().join("store"))?;
+    let file = |p: &str, s: &str| Entry::File(p.into(), s.as_bytes().to_vec(), 0o644);
+    let lower = layer(&[
+        Entry::Dir("etc".into(), 0o755),
+        file("etc/gone", "old"),
+        file("etc/kept", "old"),
+        Entry::Dir("opq".into(), 0o755),
+        file("opq/lower", "old"),
+        Entry::Dir("opq/sub".into(), 0o755),
+        file("opq/sub/deep", "old"),
+        file("replaced", "file in lower"),
+    ])?;
+    let upper = layer(&[
+        file("etc/.wh.gone", ""),
+        file("opq/new", "new"),
+        file("opq/.wh..wh..opq", ""),
+        Entry::Dir("replaced".into(), 0o755),
+        file("replaced/inside", "dir in upper"),
+    ])?;
+    let top = layer(&[file("opq/top", "top")])?;
+    let archive = dir.path().join("wh.tar");
+    ImageBuilder::new()
+        .layer(lower)
+        .layer(upper)
+        .layer(top)
+        .gzip(true)
+        .cmd(&["/x"])
+        .name("whiteouts")
+        .write_oci(&archive)?;
+    let rootfs = store.get(&store.import(&archive, None)?.name)?.rootfs;
+    assert!(
+        !rootfs.join("etc/gone").exists(),
+        "whiteout .wh.gone ignored"
+    );
+    assert_eq!(fs::read_to_string(rootfs.join("etc/kept"))?, "old");
+    assert!(!rootfs.join("etc/.wh.gone").exists());
+    let mut opq: Vec<String> = fs::read_dir(rootfs.join("opq"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    opq.sort();
+    assert_eq!(
+        opq,
+        ["new", "top"],
+        "opaque dir keeps only this layer's and later entries"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("replaced/inside"))?,
+        "dir in upper"
+    );
+    Ok(())
+}
+
+#[test]
+fn path_traversal_is_rejected() -> TestResult {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let store = ImageStore::open(&dir.path().join("store"))?;
+    let outside = dir.path().join("outside");
+    fs::create_dir(&outside)?;
+    let file = |p: &str| Entry::File(p.into(), b"pwned".to_vec(), 0o644);
+    let cases: Vec<(&str, Vec<Entry>)> = vec![
+        ("dotdot", vec![file("../../../outside/dotdot")]),
+        (
+            "absolute",
+            vec![file(&format!("{}/absolute", outside.display()))],
+        ),
+        (
+            "symlink",
+            vec![
+                // store/tmp/<import>/image/rootfs/escape -> up to the temp dir, then outside/.
+                Entry::Symlink("escape".into(), "../../../../../../outside".into()),
+                file("escape/symlink"),
+            ],
+        ),
+        (
+            "symlink-abs",
+            vec![
+                Entry::Symlink("abs".into(), "/../../../../../../../..".into()),
+                file("abs/tmp/symlink-abs"),
+            ],
+        ),
+        (
+            "hardlink",
+            vec![Entry::Hardlink(
+                "passwd".into(),
+                "../../../../etc/passwd".into(),
+            )],
+        ),
+    ];
+    for (tag, entries) in cases {
+        let archive = dir.path().join(format!("{tag}.tar"));
+        ImageBuilder::new()
+            .layer(layer(&entries)?)
+            .cmd(&["/x"])
+            .name(tag)
+            .write_oci(&archive)?;
+        match store.import(&archive, None) {
+            Err(ImageError::UnsafePath { .. }) => {}
+            other => panic!("{tag}: hostile layer not rejected: {other:?}"),
+        }
+    }
+    assert_eq!(
+        fs::read_dir(&outside)?.count(),
+        0,
+        "something was written outside"
+    );
+    assert!(!Path::new("/tmp/symlink-abs").exists());
+    assert!(store.list()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn echo_hello_is_logged_with_exit_code_zero() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut pod = fx.pod("hello")?;
+    let spec = pod.spec(
+        &fx.busybox,
+        "echo",
+        &["sh", "-c", "echo $GREETING; echo to-stderr >&2"],
+    );
+    let handle = pod.start(&spec)?;
+    let status = handle.wait(WAIT)?.ok_or("echo did not finish")?;
+    assert_eq!(status.code, 0, "log: {}", log_of(&spec));
+    assert_eq!(status.reason, ExitReason::Completed);
+    let log = log_of(&spec);
+    assert!(
+        log.lines().any(|l| l.ends_with(" stdout F hello")),
+        "log: {log}"
+    );
+    assert!(
+        log.lines().any(|l| l.ends_with(" stderr F to-stderr")),
+        "log: {log}"
+    );
+    assert_eq!(
+        log_text(&log).lines().collect::<Vec<_>>().len(),
+        2,
+        "log: {log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn exit_code_three_is_reported_and_survives_adoption() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut pod = fx.pod("exit3")?;
+    let spec = pod.spec(&fx.busybox, "fail", &["sh", "-c", "sleep 1; exit 3"]);
+    let handle = pod.start(&spec)?;
+    assert!(matches!(handle.state()?, ContainerState::Running { .. }));
+    drop(handle);
+    // A fresh runtime object, as after a weftd restart, re-attaches through the state directory.
+    let restarted = OciRuntime::new("runc", &fx.path("runtime"));
+    assert_eq!(restarted.list()?, [spec.id.clone()]);
+    let adopted = restarted.adopt(&spec.id)?;
+    let status = adopted.wait(WAIT)?.ok_or("container did not finish")?;
+    assert_eq!(status.code, 3, "log: {}", log_of(&spec));
+    assert_eq!(status.reason, ExitReason::Error);
+    assert!(status.started_at.is_some());
+    Ok(())
+}
+
+#[test]
+fn start_error_is_reported_and_cleaned_up() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut pod = fx.pod("starterr")?;
+    let spec = pod.spec(&fx.busybox, "missing", &["/no/such/binary"]);
+    let err = pod.start(&spec).err().ok_or("a missing binary started")?;
+    assert!(err.to_string().contains("start failed"), "{err}");
+    assert!(!fx.runtime.container_dir(&spec.id).exists());
+    assert!(mountinfo_mentions(&spec.id).is_empty());
+    Ok(())
+}
+
+#[test]
+fn containers_of_a_pod_share_localhost_and_hostname() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut pod = fx.pod("shared")?;
+    let server = pod.spec(
+        &fx.busybox,
+        "server",
+        &["nc", "-l", "-p", "8080", "-e", "echo", "pong"],
+    );
+    let client = pod.spec(
+        &fx.busybox,
+        "client",
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 100); do if nc 127.0.0.1 8080; then hostname; cat /etc/hostname; exit 0; fi; sleep 0.1; done; exit 1",
+        ],
+    );
+    let server_handle = pod.start(&server)?;
+    let client_handle = pod.start(&client)?;
+    let status = client_handle.wait(WAIT)?.ok_or("client did not finish")?;
+    assert_eq!(status.code, 0, "client log: {}", log_of(&client));
+    let text = log_text(&log_of(&client));
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["pong", "shared", "shared"],
+        "client log"
+    );
+    let server_status = server_handle.wait(WAIT)?.ok_or("server did not finish")?;
+    assert_eq!(server_status.code, 0, "server log: {}", log_of(&server));
+    // The pod's loopback is not the host's: nothing listens on the host at 8080 for this pod.
+    assert_ne!(
+        pod.sandbox.paths().net_ns.canonicalize()?,
+        PathBuf::from("/proc/self/ns/net").canonicalize()?
+    );
+    Ok(())
+}
+
+#[test]
+fn rootfs_changes_do_not_reach_the_image() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut pod = fx.pod("cow")?;
+    let writer = pod.spec(
+        &fx.busybox,
+        "writer",
+        &[
+            "sh",
+            "-c",
+            "echo x > /bin/newfile && rm /bin/cat && echo changed > /etc/passwd",
+        ],
+    );
+    let status = pod
+        .start(&writer)?
+        .wait(WAIT)?
+        .ok_or("writer did not finish")?;
+    assert_eq!(status.code, 0, "writer log: {}", log_of(&writer));
+    let image = &fx.busybox.rootfs;
+    assert!(!image.join("bin/newfile").exists());
+    assert!(fs::symlink_metadata(image.join("bin/cat")).is_ok());
+    assert!(fs::read_to_string(image.join("etc/passwd"))?.starts_with("root:"));
+
+    let reader = pod.spec(
+        &fx.busybox,
+        "reader",
+        &[
+            "sh",
+            "-c",
+            "test ! -e /bin/newfile && test -e /bin/cat && grep -q root /etc/passwd",
+        ],
+    );
+    let status = pod
+        .start(&reader)?
+        .wait(WAIT)?
+        .ok_or("reader did not finish")?;
+    assert_eq!(
+        status.code, 0,
+        "a second container saw the first one's changes"
+    );
+    Ok(())
+}
+
+#[test]
+fn volumes_are_bind_mounted_and_read_only_is_honoured() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut pod = fx.pod("vol")?;
+    let shared = fx.path("volume");
+    fs::create_dir(&shared)?;
+    let mut writer = pod.spec(
+        &fx.busybox,
+        "writer",
+        &["sh", "-c", "echo data > /data/file"],
+    );
+    writer.mounts.push(MountSpec {
+        source: shared.clone(),
+        destination: "/data".into(),
+        read_only: false,
+    });
+    let status = pod
+        .start(&writer)?
+        .wait(WAIT)?
+        .ok_or("writer did not finish")?;
+    assert_eq!(status.code, 0, "{}", log_of(&writer));
+    assert_eq!(fs::read_to_string(shared.join("file"))?, "data\n");
+    let mut reader = pod.spec(
+        &fx.busybox,
+        "reader",
+        &["sh", "-c", "cat /data/file; echo more > /data/file"],
+    );
+    reader.mounts.push(MountSpec {
+        source: shared.clone(),
+        destination: "/data".into(),
+        read_only: true,
+    });
+    let status = pod
+        .start(&reader)?
+        .wait(WAIT)?
+        .ok_or("reader did not finish")?;
+    assert_ne!(
+        status.code,
+        0,
+        "read-only volume was writable: {}",
+        log_of(&reader)
+    );
+    assert!(log_text(&log_of(&reader)).starts_with("data\n"));
+    assert_eq!(fs::read_to_string(shared.join("file"))?, "data\n");
+    Ok(())
+}
+
+#[test]
+fn stop_and_delete_leave_nothing_behind() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut pod = fx.pod("cleanup")?;
+    let spec = pod.spec(&fx.busybox, "sleeper", &["sleep", "3600"]);
+    let handle = pod.start(&spec)?;
+    let ContainerState::Running { pid, .. } = handle.state()? else {
+        return Err("sleeper is not running".into());
+    };
+    let pause = pod.sandbox.pid();
+    let netns = pod.sandbox.netns_path();
+    assert!(netns.exists());
+    assert!(!mountinfo_mentions(&spec.id).is_empty(), "no overlay mount");
+
+    // sleep as pid 1 ignores SIGTERM: the grace period ends in SIGKILL (128 + 9).
+    let status = fx.runtime.stop(&spec.id, Duration::from_millis(500))?;
+    assert_eq!(status.code, 137);
+    fx.runtime.delete(&spec.id)?;
+    pod.sandbox.stop(Duration::from_secs(2))?;
+
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "container process left"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pause}")).exists(),
+        "pause process left"
+    );
+    assert!(!netns.exists(), "netns file left");
+    assert!(
+        mountinfo_mentions(&spec.id).is_empty(),
+        "overlay mount left"
+    );
+    assert!(
+        mountinfo_mentions(pod.sandbox.netns_name()).is_empty(),
+        "netns mount left"
+    );
+    assert!(!fx.runtime.container_dir(&spec.id).exists());
+    assert!(fx.runtime.list()?.is_empty());
+    assert!(fs::read_dir(NETNS_DIR)?
+        .filter_map(Result::ok)
+        .all(|e| e.file_name() != pod.sandbox.netns_name()));
+    // The log stays for `weftctl logs --previous`.
+    assert!(spec.log_path.exists());
+    Ok(())
+}
+
+#[test]
+fn sandbox_is_adopted_from_its_state_file() -> TestResult {
+    let fx = Fixture::new()?;
+    let pod = fx.pod("adopt")?;
+    let state = SandboxState::load(&pod.sandbox.state().pod_dir)?.ok_or("no sandbox.json")?;
+    assert_eq!(&state, pod.sandbox.state());
+    let adopted = Sandbox::adopt(state);
+    assert!(adopted.is_running());
+    let hostname = fs::read_to_string(adopted.paths().hostname)?;
+    assert_eq!(hostname, "adopt\n");
+    adopted.stop(Duration::from_secs(2))?;
+    assert!(!pod.sandbox.is_running());
+    assert!(!pod.sandbox.netns_path().exists());
+    Ok(())
+}
