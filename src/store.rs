@@ -370,7 +370,8 @@ impl EtcdStore {
         let mut co = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(true);
+            // etcd answers pings on a connection without streams with GOAWAY (too_many_pings).
+            .with_keep_alive_while_idle(false);
         if opts.cafile.is_some() || opts.certfile.is_some() || opts.keyfile.is_some() {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &opts.cafile {
@@ -497,6 +498,9 @@ impl EtcdStore {
         previous: Option<Ipv4Network>,
         ttl: Duration,
     ) -> Result<OwnLease, StoreError> {
+        // Subnets whose claim failed although the listing showed them free (another node was
+        // faster, or the key holds a value that does not parse): never tried twice.
+        let mut lost: Vec<Ipv4Network> = Vec::new();
         for attempt in 1..=MAX_CLAIM_ATTEMPTS {
             let snap = self.list_leases().await?;
             let mut mine: Vec<&Lease> = snap
@@ -530,7 +534,8 @@ impl EtcdStore {
                 snap.leases
                     .iter()
                     .map(|l| &l.subnet)
-                    .filter(|s| !dropped.contains(s)),
+                    .filter(|s| !dropped.contains(s))
+                    .chain(&lost),
             );
             let wanted = previous.filter(|p| cfg.contains_subnet(p) && !taken.overlaps(p));
             let candidate = match wanted {
@@ -549,7 +554,8 @@ impl EtcdStore {
                 info!(subnet = %candidate, public_ip = %attrs.public_ip, "claimed a new subnet lease");
                 return Ok(lease);
             }
-            debug!(subnet = %candidate, attempt, "another node claimed the subnet first, picking again");
+            debug!(subnet = %candidate, attempt, "the subnet's key exists already, picking again");
+            lost.push(candidate);
         }
         Err(StoreError::ClaimRaces {
             attempts: MAX_CLAIM_ATTEMPTS,

@@ -335,6 +335,27 @@ fn previous_subnet_is_honoured_when_free_and_in_range() {
             net("10.244.0.0/24"),
             "the first subnet is below SubnetMin"
         );
+        // A key whose value does not parse is still occupied: not claimed, not retried forever.
+        raw()
+            .await
+            .put(key(net("10.244.88.0/24")), "{garbage", None)
+            .await
+            .unwrap();
+        let e = s
+            .acquire(
+                &cfg,
+                &vxlan("192.0.2.5", "aa:00:00:00:00:05"),
+                Some(net("10.244.88.0/24")),
+                DAY,
+            )
+            .await
+            .unwrap();
+        assert!(cfg.contains_subnet(&e.subnet));
+        assert_ne!(e.subnet, net("10.244.88.0/24"));
+        assert_eq!(
+            raw_get(&key(net("10.244.88.0/24"))).await.unwrap().0,
+            "{garbage"
+        );
     });
 }
 
