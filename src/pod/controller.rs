@@ -1,0 +1,427 @@
+//! The static pod controller: watches the manifest directory (a rescan every second, which also
+//! covers editors that replace files), starts a [`PodWorker`] per valid manifest, restarts it when
+//! the manifest's content changes, stops it when the file goes away, and on start-up re-adopts
+//! the pods a previous weftd left running and removes the orphans whose manifest is gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::backoff::BackoffPolicy;
+use super::cli::{InvalidManifest, INVALID_FILE};
+use super::manifest::{is_manifest_file, parse_manifest, ParsedManifest};
+use super::pod_worker::{PodWorker, WorkerMode, WorkerState};
+
+/// Everything the pod runtime needs to know about the node; weftd's flags map onto it.
+#[derive(Debug, Clone)]
+pub struct PodConfig {
+    /// `--pod-manifest-path`: the static pod manifest directory.
+    pub manifest_dir: PathBuf,
+    /// `--cni-conf-dir` (`/etc/cni/net.d`).
+    pub cni_conf_dir: PathBuf,
+    /// `--cni-bin-dir` (`/opt/cni/bin`), searched in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// The CNI result cache root (`/var/lib/cni`).
+    pub cni_cache_dir: PathBuf,
+    /// `--oci-runtime` (`runc`).
+    pub oci_runtime: PathBuf,
+    /// `--pod-root` (`/var/lib/weft/pods`), one directory per pod.
+    pub pod_root: PathBuf,
+    /// `--image-root` (`/var/lib/weft/images`).
+    pub image_root: PathBuf,
+    /// `--pod-log-dir` (`/var/log/pods`).
+    pub pod_log_dir: PathBuf,
+    /// `--node-name` (the hostname): `spec.nodeName`.
+    pub node_name: String,
+    /// The node's address: `status.hostIP`.
+    pub host_ip: Option<IpAddr>,
+    /// Container restart back-off (10 s doubling to 5 min, reset after 10 min).
+    pub backoff: BackoffPolicy,
+    /// How often the manifest directory is rescanned.
+    pub rescan_interval: Duration,
+}
+
+impl PodConfig {
+    /// A config with the documented defaults for everything but the manifest directory.
+    pub fn new(manifest_dir: PathBuf, node_name: String) -> Self {
+        PodConfig {
+            manifest_dir,
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_bin_dirs: vec!["/opt/cni/bin".into()],
+            cni_cache_dir: "/var/lib/cni".into(),
+            oci_runtime: "runc".into(),
+            pod_root: "/var/lib/weft/pods".into(),
+            image_root: "/var/lib/weft/images".into(),
+            pod_log_dir: "/var/log/pods".into(),
+            node_name,
+            host_ip: None,
+            backoff: BackoffPolicy::default(),
+            rescan_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Errors that stop the controller (a bad manifest or pod never does).
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The pod root cannot be created.
+    #[error("pod controller: create pod root {path}: {source}")]
+    PodRoot {
+        /// The pod root.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The controller thread panicked or could not be joined.
+    #[error("pod controller: thread failed: {0}")]
+    Thread(String),
+}
+
+/// A valid manifest found in the directory.
+#[derive(Debug, Clone)]
+pub struct DesiredPod {
+    /// The file.
+    pub file: PathBuf,
+    /// Its parsed content.
+    pub manifest: ParsedManifest,
+}
+
+/// What the manifest directory holds: valid pods by `namespace/name`, and the rejected files.
+#[derive(Debug, Clone, Default)]
+pub struct ManifestScan {
+    /// Valid pods.
+    pub pods: BTreeMap<String, DesiredPod>,
+    /// Rejected files with the error.
+    pub invalid: Vec<InvalidManifest>,
+}
+
+/// Reads every manifest of `dir` (in file-name order). A pod name defined by two files is
+/// rejected in the second. `cache` keeps parse results by file and content, so unchanged
+/// files are not parsed again and warnings are logged once.
+pub fn scan_manifests(
+    dir: &Path,
+    cache: &mut HashMap<PathBuf, (Vec<u8>, Result<ParsedManifest, String>)>,
+) -> ManifestScan {
+    let mut scan = ManifestScan::default();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_manifest_file(p) && p.is_file())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "read pod manifest directory");
+            Vec::new()
+        }
+    };
+    files.sort();
+    cache.retain(|f, _| files.contains(f));
+    for file in files {
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => b,
+            // Deleted between listing and reading: it is gone.
+            Err(_) => continue,
+        };
+        let fresh = !matches!(cache.get(&file), Some((old, _)) if *old == bytes);
+        if fresh {
+            let parsed = parse_manifest(&file, &bytes).map_err(|e| e.to_string());
+            match &parsed {
+                Ok(m) => {
+                    for w in &m.warnings {
+                        tracing::warn!(file = %file.display(), pod = %m.pod.full_name(), "manifest: {w}");
+                    }
+                }
+                Err(e) => tracing::error!(file = %file.display(), "invalid pod manifest: {e}"),
+            }
+            cache.insert(file.clone(), (bytes, parsed));
+        }
+        let Some((_, parsed)) = cache.get(&file) else {
+            continue;
+        };
+        match parsed {
+            Ok(m) => {
+                let name = m.pod.full_name();
+                if let Some(first) = scan.pods.get(&name) {
+                    scan.invalid.push(InvalidManifest {
+                        file: file.display().to_string(),
+                        error: format!(
+                            "manifest {}: field metadata.name: pod {name} is already defined by {}",
+                            file.display(),
+                            first.file.display()
+                        ),
+                    });
+                } else {
+                    scan.pods.insert(
+                        name,
+                        DesiredPod {
+                            file: file.clone(),
+                            manifest: m.clone(),
+                        },
+                    );
+                }
+            }
+            Err(e) => scan.invalid.push(InvalidManifest {
+                file: file.display().to_string(),
+                error: e.clone(),
+            }),
+        }
+    }
+    scan
+}
+
+/// What the controller does to reach the desired pods from the running ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new pod.
+    Start(String),
+    /// Same name, different UID (the manifest changed): stop the old pod, then start the new.
+    Replace(String),
+    /// The manifest is gone.
+    Stop(String),
+}
+
+/// The changes from `running` (name → UID) to `desired` (name → UID), in name order.
+pub fn plan(desired: &BTreeMap<String, String>, running: &BTreeMap<String, String>) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (name, uid) in desired {
+        match running.get(name) {
+            None => out.push(Change::Start(name.clone())),
+            Some(old) if old != uid => out.push(Change::Replace(name.clone())),
+            Some(_) => {}
+        }
+    }
+    for name in running.keys() {
+        if !desired.contains_key(name) {
+            out.push(Change::Stop(name.clone()));
+        }
+    }
+    out
+}
+
+/// The static pod runtime of one node.
+pub struct PodManager {
+    cfg: Arc<PodConfig>,
+    workers: BTreeMap<String, PodWorker>,
+    stopping: Vec<PodWorker>,
+    cache: HashMap<PathBuf, (Vec<u8>, Result<ParsedManifest, String>)>,
+    last_invalid: Vec<InvalidManifest>,
+}
+
+impl PodManager {
+    /// Runs the pod runtime until `shutdown` is set. Pods keep running when it returns (so a
+    /// restarted weftd adopts them); only pods whose manifest disappears are stopped.
+    pub fn run_blocking(cfg: PodConfig, shutdown: &AtomicBool) -> Result<(), ControllerError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.pod_root)
+            .map_err(|source| ControllerError::PodRoot {
+                path: cfg.pod_root.clone(),
+                source,
+            })?;
+        let mut mgr = PodManager {
+            cfg: Arc::new(cfg),
+            workers: BTreeMap::new(),
+            stopping: Vec::new(),
+            cache: HashMap::new(),
+            last_invalid: Vec::new(),
+        };
+        tracing::info!(dir = %mgr.cfg.manifest_dir.display(), node = %mgr.cfg.node_name, "pod controller started");
+        let scan = scan_manifests(&mgr.cfg.manifest_dir, &mut mgr.cache);
+        mgr.adopt_existing(&scan);
+        while !shutdown.load(Ordering::Relaxed) {
+            let scan = scan_manifests(&mgr.cfg.manifest_dir, &mut mgr.cache);
+            mgr.reconcile(scan);
+            let mut slept = Duration::ZERO;
+            while slept < mgr.cfg.rescan_interval && !shutdown.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                slept += Duration::from_millis(50);
+            }
+        }
+        tracing::info!("pod controller stopping; pods are left running for the next weftd");
+        for (_, w) in std::mem::take(&mut mgr.workers) {
+            w.detach();
+        }
+        // Pods being removed finish their teardown: leaving one half-removed would leak it.
+        for w in mgr.stopping.drain(..) {
+            w.join();
+        }
+        Ok(())
+    }
+
+    /// [`PodManager::run_blocking`] on a dedicated thread, for the async daemon: returns when
+    /// `shutdown` turns true (or its sender is dropped).
+    pub async fn run(
+        cfg: PodConfig,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), ControllerError> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let thread_flag = flag.clone();
+        let handle = std::thread::Builder::new()
+            .name("pod-controller".into())
+            .spawn(move || PodManager::run_blocking(cfg, &thread_flag))
+            .map_err(|e| ControllerError::Thread(e.to_string()))?;
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        flag.store(true, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .map_err(|e| ControllerError::Thread(e.to_string()))?
+            .map_err(|_| ControllerError::Thread("pod controller panicked".into()))?
+    }
+
+    /// Takes over the pods found under the pod root: re-adopted when their manifest is still
+    /// there unchanged, torn down otherwise.
+    fn adopt_existing(&mut self, scan: &ManifestScan) {
+        let entries = match std::fs::read_dir(&self.cfg.pod_root) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %self.cfg.pod_root.display(), error = %e, "list pod root");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Some(state) = WorkerState::load(&dir) else {
+                continue;
+            };
+            let name = state.full_name();
+            let wanted = scan
+                .pods
+                .get(&name)
+                .filter(|d| d.manifest.pod.metadata.uid == state.uid);
+            match wanted {
+                Some(d) if !self.workers.contains_key(&name) => {
+                    tracing::info!(pod = %name, "re-adopting running pod");
+                    let w = PodWorker::spawn(
+                        self.cfg.clone(),
+                        d.manifest.clone(),
+                        d.file.clone(),
+                        WorkerMode::Adopt,
+                    );
+                    self.workers.insert(name, w);
+                }
+                _ => {
+                    tracing::info!(pod = %name, dir = %dir.display(), "removing orphaned pod");
+                    self.stopping
+                        .push(PodWorker::teardown_orphan(self.cfg.clone(), dir));
+                }
+            }
+        }
+    }
+
+    fn reconcile(&mut self, scan: ManifestScan) {
+        self.stopping.retain(|w| !w.is_finished());
+        if scan.invalid != self.last_invalid {
+            self.write_invalid(&scan.invalid);
+            self.last_invalid = scan.invalid.clone();
+        }
+        let desired: BTreeMap<String, String> = scan
+            .pods
+            .iter()
+            .map(|(n, d)| (n.clone(), d.manifest.pod.metadata.uid.clone()))
+            .collect();
+        let running: BTreeMap<String, String> = self
+            .workers
+            .iter()
+            .map(|(n, w)| (n.clone(), w.uid().to_string()))
+            .collect();
+        for change in plan(&desired, &running) {
+            match change {
+                Change::Stop(name) | Change::Replace(name) => {
+                    if let Some(w) = self.workers.remove(&name) {
+                        tracing::info!(pod = %name, "manifest removed or changed: stopping pod");
+                        w.stop();
+                        self.stopping.push(w);
+                    }
+                }
+                Change::Start(_) => {}
+            }
+        }
+        for (name, d) in scan.pods {
+            // A replaced pod starts once its predecessor is gone (same name, same log paths).
+            let busy = self.stopping.iter().any(|w| w.full_name() == name);
+            if self.workers.contains_key(&name) || busy {
+                continue;
+            }
+            tracing::info!(pod = %name, file = %d.file.display(), "starting pod");
+            let w = PodWorker::spawn(self.cfg.clone(), d.manifest, d.file, WorkerMode::Create);
+            self.workers.insert(name, w);
+        }
+    }
+
+    fn write_invalid(&self, invalid: &[InvalidManifest]) {
+        let path = self.cfg.pod_root.join(INVALID_FILE);
+        let tmp = self.cfg.pod_root.join(format!(".{INVALID_FILE}.tmp"));
+        let text = serde_json::to_vec_pretty(invalid).unwrap_or_default();
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::warn!(path = %path.display(), error = %e, "write invalid manifest list");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn plan_starts_replaces_and_stops() {
+        let desired = map(&[("default/a", "1"), ("default/b", "2"), ("default/c", "3")]);
+        let running = map(&[("default/b", "2"), ("default/c", "old"), ("default/d", "4")]);
+        assert_eq!(
+            plan(&desired, &running),
+            vec![
+                Change::Start("default/a".into()),
+                Change::Replace("default/c".into()),
+                Change::Stop("default/d".into()),
+            ]
+        );
+        assert!(plan(&desired, &desired).is_empty());
+    }
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+
+    #[test]
+    fn scan_reports_invalid_files_and_duplicate_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.yaml"), POD.replace("NAME", "web")).unwrap();
+        std::fs::write(d.join("b.json"), "{\"apiVersion\": \"v1\"").unwrap();
+        std::fs::write(d.join("c.yml"), POD.replace("NAME", "web")).unwrap();
+        std::fs::write(d.join("d.yaml"), POD.replace("NAME", "db")).unwrap();
+        std::fs::write(d.join("notes.txt"), "ignored").unwrap();
+        let mut cache = HashMap::new();
+        let scan = scan_manifests(d, &mut cache);
+        assert_eq!(
+            scan.pods.keys().collect::<Vec<_>>(),
+            ["default/db", "default/web"]
+        );
+        assert_eq!(scan.pods["default/web"].file, d.join("a.yaml"));
+        assert_eq!(scan.invalid.len(), 2);
+        assert!(scan.invalid[0]
+            .error
+            .starts_with(&format!("manifest {}", d.join("b.json").display())));
+        assert!(
+            scan.invalid[1].error.contains("already defined by"),
+            "{:?}",
+            scan.invalid[1]
+        );
+        std::fs::remove_file(d.join("a.yaml")).unwrap();
+        let scan = scan_manifests(d, &mut cache);
+        assert_eq!(scan.pods["default/web"].file, d.join("c.yml"));
+        assert_eq!(cache.len(), 3);
+    }
+}

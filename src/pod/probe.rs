@@ -1,0 +1,442 @@
+//! Liveness, readiness and startup probes: `exec` (through `runc exec` in the container),
+//! `httpGet` and `tcpSocket` (from inside the pod's network namespace, to the pod IP).
+//!
+//! The counting — initial delay, period, success and failure thresholds — is pure
+//! ([`ProbeCounter`]); the checks themselves are at the bottom.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::manifest::{Container, Probe};
+
+/// The three kinds of probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// Restarts the container when it fails.
+    Liveness,
+    /// Takes the container out of `ready` while it fails.
+    Readiness,
+    /// Holds the other probes back until it succeeds; kills the container when it fails.
+    Startup,
+}
+
+/// Thresholds and timing of one probe, defaulted as Kubernetes does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTiming {
+    /// Before the first check.
+    pub initial_delay: Duration,
+    /// Between checks (10 s).
+    pub period: Duration,
+    /// For one check (1 s).
+    pub timeout: Duration,
+    /// Consecutive successes to pass (1).
+    pub success_threshold: u32,
+    /// Consecutive failures to fail (3).
+    pub failure_threshold: u32,
+}
+
+impl ProbeTiming {
+    /// The timing of `p` with Kubernetes' defaults for zero values.
+    pub fn of(p: &Probe) -> Self {
+        let or = |v: u64, d: u64| Duration::from_secs(if v == 0 { d } else { v });
+        ProbeTiming {
+            initial_delay: Duration::from_secs(p.initial_delay_seconds),
+            period: or(p.period_seconds, 10),
+            timeout: or(p.timeout_seconds, 1),
+            success_threshold: p.success_threshold.max(1),
+            failure_threshold: if p.failure_threshold == 0 {
+                3
+            } else {
+                p.failure_threshold
+            },
+        }
+    }
+}
+
+/// The verdict of a probe so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not enough results yet.
+    Unknown,
+    /// Passed its success threshold.
+    Success,
+    /// Reached its failure threshold.
+    Failure,
+}
+
+/// Counts consecutive results of one probe and says when the next check is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeCounter {
+    timing: ProbeTiming,
+    next: Instant,
+    successes: u32,
+    failures: u32,
+    verdict: Verdict,
+}
+
+impl ProbeCounter {
+    /// A counter for a container that started at `started`.
+    pub fn new(timing: ProbeTiming, started: Instant) -> Self {
+        ProbeCounter {
+            timing,
+            next: started + timing.initial_delay,
+            successes: 0,
+            failures: 0,
+            verdict: Verdict::Unknown,
+        }
+    }
+
+    /// Whether a check is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+
+    /// Records a check's result at `now` and returns the verdict.
+    pub fn record(&mut self, ok: bool, now: Instant) -> Verdict {
+        self.next = now + self.timing.period;
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+            if self.successes >= self.timing.success_threshold {
+                self.verdict = Verdict::Success;
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.failures >= self.timing.failure_threshold {
+                self.verdict = Verdict::Failure;
+            }
+        }
+        self.verdict
+    }
+
+    /// The verdict so far.
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    /// The probe's timing.
+    pub fn timing(&self) -> ProbeTiming {
+        self.timing
+    }
+}
+
+/// What the probes of a container say after a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    /// The startup probe passed (or there is none).
+    pub started: bool,
+    /// Started, and the readiness probe passes (or there is none).
+    pub ready: bool,
+    /// The liveness or startup probe failed: the container is to be killed.
+    pub kill: bool,
+}
+
+/// Where probes run: the container's runtime and the pod's network.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget<'a> {
+    /// The OCI runtime binary (`runc`).
+    pub runtime: &'a Path,
+    /// Its `--root`.
+    pub runtime_root: &'a Path,
+    /// The container id.
+    pub container_id: &'a str,
+    /// The pod's network namespace (`/run/netns/...`).
+    pub netns: &'a Path,
+    /// The pod IP (loopback when unknown).
+    pub pod_ip: Option<IpAddr>,
+}
+
+/// The probe counters of one container run.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeTracker {
+    startup: Option<ProbeCounter>,
+    liveness: Option<ProbeCounter>,
+    readiness: Option<ProbeCounter>,
+}
+
+impl ProbeTracker {
+    /// Counters for the probes of `c`, starting now.
+    pub fn new(c: &Container) -> Self {
+        let now = Instant::now();
+        let counter = |p: &Option<Probe>| {
+            p.as_ref()
+                .map(|p| ProbeCounter::new(ProbeTiming::of(p), now))
+        };
+        ProbeTracker {
+            startup: counter(&c.startup_probe),
+            liveness: counter(&c.liveness_probe),
+            readiness: counter(&c.readiness_probe),
+        }
+    }
+
+    /// Runs the probes that are due and returns the container's state.
+    pub fn tick(&mut self, c: &Container, target: &ProbeTarget<'_>) -> ProbeOutcome {
+        let now = Instant::now();
+        let started = match (&mut self.startup, &c.startup_probe) {
+            (Some(counter), Some(p)) if counter.verdict() != Verdict::Success => {
+                if counter.due(now) {
+                    let ok = check(c, p, target, counter.timing().timeout);
+                    if counter.record(ok, now) == Verdict::Failure {
+                        return ProbeOutcome {
+                            started: false,
+                            ready: false,
+                            kill: true,
+                        };
+                    }
+                }
+                counter.verdict() == Verdict::Success
+            }
+            _ => true,
+        };
+        if !started {
+            return ProbeOutcome {
+                started,
+                ready: false,
+                kill: false,
+            };
+        }
+        if let (Some(counter), Some(p)) = (&mut self.liveness, &c.liveness_probe) {
+            if counter.due(now) {
+                let ok = check(c, p, target, counter.timing().timeout);
+                if counter.record(ok, now) == Verdict::Failure {
+                    return ProbeOutcome {
+                        started,
+                        ready: false,
+                        kill: true,
+                    };
+                }
+            }
+        }
+        let ready = match (&mut self.readiness, &c.readiness_probe) {
+            (Some(counter), Some(p)) => {
+                if counter.due(now) {
+                    let ok = check(c, p, target, counter.timing().timeout);
+                    counter.record(ok, now);
+                }
+                counter.verdict() == Verdict::Success
+            }
+            _ => true,
+        };
+        ProbeOutcome {
+            started,
+            ready,
+            kill: false,
+        }
+    }
+}
+
+/// Runs one check of `p`; `true` on success.
+fn check(c: &Container, p: &Probe, target: &ProbeTarget<'_>, timeout: Duration) -> bool {
+    let result = if let Some(e) = &p.exec {
+        exec_check(target, &e.command, timeout)
+    } else if let Some(h) = &p.http_get {
+        match c.resolve_port(&h.port) {
+            Some(port) => in_netns(target.netns, {
+                let addr = SocketAddr::new(
+                    target.pod_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    port,
+                );
+                let path = h.path.clone().unwrap_or_else(|| "/".to_string());
+                move || http_check(addr, &path, timeout)
+            }),
+            None => Err("unresolvable port".to_string()),
+        }
+    } else if let Some(t) = &p.tcp_socket {
+        match c.resolve_port(&t.port) {
+            Some(port) => in_netns(target.netns, {
+                let addr = SocketAddr::new(
+                    target.pod_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    port,
+                );
+                move || {
+                    TcpStream::connect_timeout(&addr, timeout)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+            }),
+            None => Err("unresolvable port".to_string()),
+        }
+    } else {
+        Err("no handler".to_string())
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(container = %c.name, error = %e, "probe failed");
+            false
+        }
+    }
+}
+
+/// `runc exec` of `command` in the container; success is exit 0 within `timeout`.
+fn exec_check(
+    target: &ProbeTarget<'_>,
+    command: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut child = Command::new(target.runtime)
+        .arg("--root")
+        .arg(target.runtime_root)
+        .arg("exec")
+        .arg(target.container_id)
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", target.runtime.display()))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("exec exited with {status}")),
+            Ok(None) if Instant::now() >= deadline => {
+                // Kill the runc exec client; the process inside ends with it.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("exec timed out after {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("wait exec: {e}")),
+        }
+    }
+}
+
+/// An HTTP/1.0 GET; success is a 2xx or 3xx status.
+fn http_check(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let req = format!(
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: weft-probe/1.0\r\nAccept: */*\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut head = [0u8; 32];
+    let n = s
+        .read(&mut head)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let code = http_status(&line).ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP status {code}"))
+    }
+}
+
+/// The status code of an HTTP status line (`HTTP/1.1 200 OK`).
+pub fn http_status(line: &str) -> Option<u16> {
+    let mut parts = line.split_whitespace();
+    parts.next().filter(|v| v.starts_with("HTTP/"))?;
+    parts.next()?.parse().ok()
+}
+
+/// Runs `f` on a thread inside the network namespace `netns`.
+fn in_netns<F>(netns: &Path, f: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<(), String> + Send + 'static,
+{
+    let path: PathBuf = netns.to_path_buf();
+    let handle = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| format!("open netns {}: {e}", path.display()))?;
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns {}: {e}", path.display()))?;
+        f()
+    });
+    handle
+        .join()
+        .map_err(|_| "probe thread panicked".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(success: u32, failure: u32) -> ProbeTiming {
+        ProbeTiming {
+            initial_delay: Duration::from_secs(5),
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            success_threshold: success,
+            failure_threshold: failure,
+        }
+    }
+
+    #[test]
+    fn defaults_are_kubernetes() {
+        let t = ProbeTiming::of(&Probe::default());
+        assert_eq!(t.period, Duration::from_secs(10));
+        assert_eq!(t.timeout, Duration::from_secs(1));
+        assert_eq!((t.success_threshold, t.failure_threshold), (1, 3));
+        assert_eq!(t.initial_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn initial_delay_and_period_gate_checks() {
+        let t0 = Instant::now();
+        let mut c = ProbeCounter::new(timing(1, 3), t0);
+        assert!(!c.due(t0 + Duration::from_secs(4)));
+        assert!(c.due(t0 + Duration::from_secs(5)));
+        c.record(true, t0 + Duration::from_secs(5));
+        assert!(!c.due(t0 + Duration::from_secs(14)));
+        assert!(c.due(t0 + Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn thresholds_need_consecutive_results() {
+        let t0 = Instant::now();
+        let mut c = ProbeCounter::new(timing(2, 3), t0);
+        assert_eq!(c.record(true, t0), Verdict::Unknown);
+        assert_eq!(c.record(false, t0), Verdict::Unknown);
+        assert_eq!(c.record(true, t0), Verdict::Unknown);
+        assert_eq!(c.record(true, t0), Verdict::Success);
+        assert_eq!(c.record(false, t0), Verdict::Success);
+        assert_eq!(c.record(false, t0), Verdict::Success);
+        assert_eq!(c.record(false, t0), Verdict::Failure);
+        assert_eq!(c.record(true, t0), Verdict::Failure);
+        assert_eq!(c.record(true, t0), Verdict::Success);
+    }
+
+    #[test]
+    fn http_status_lines() {
+        assert_eq!(http_status("HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(http_status("HTTP/1.0 503 Service Unavailable"), Some(503));
+        assert_eq!(http_status("SSH-2.0-OpenSSH"), None);
+    }
+
+    #[test]
+    fn http_and_tcp_checks_against_a_local_server() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.0 204 No Content\r\n\r\n",
+                "HTTP/1.0 500 Oops\r\n\r\n",
+            ] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf);
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        let t = Duration::from_secs(2);
+        assert_eq!(http_check(addr, "/healthz", t), Ok(()));
+        assert_eq!(
+            http_check(addr, "/healthz", t),
+            Err("HTTP status 500".into())
+        );
+        server.join().unwrap();
+        let closed = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port());
+        assert!(http_check(closed, "/", t).is_err());
+    }
+}
