@@ -896,7 +896,7 @@ impl Node {
     }
 
     /// Starts the real weftd in the node namespace with [`Node::base_args`] + `extra_args`.
-    /// `RUST_LOG` is taken from `WEFT_TEST_LOG` (default `info`).
+    /// `RUST_LOG` is taken from `WEFT_TEST_LOG` (default `info,weft=debug`).
     pub fn start_weftd(&self, extra_args: &[&str]) {
         let mut args = self.base_args();
         args.extend(extra_args.iter().map(|a| a.to_string()));
@@ -913,7 +913,7 @@ impl Node {
         }
         log_marker(&self.log_path(), &format!("start weftd {}", args.join(" ")));
         let (out, err) = log_stdio(&self.log_path());
-        let level = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".into());
+        let level = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info,weft=debug".into());
         let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_weftd"));
         cmd.args(args)
             .env("RUST_LOG", level)
