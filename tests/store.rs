@@ -25,6 +25,8 @@ struct EtcdNs {
     ns: String,
     dir: PathBuf,
     etcd: Option<Child>,
+    /// How to reach this etcd once it is up.
+    ready: EtcdOptions,
 }
 
 fn run_ok(args: &[&str]) {
@@ -40,7 +42,17 @@ fn run_ok(args: &[&str]) {
 }
 
 impl EtcdNs {
+    /// etcd over plain HTTP.
     fn start() -> EtcdNs {
+        EtcdNs::launch(false)
+    }
+
+    /// etcd over HTTPS with client certificates, from a CA made for this test.
+    fn start_tls() -> EtcdNs {
+        EtcdNs::launch(true)
+    }
+
+    fn launch(tls: bool) -> EtcdNs {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let ns = format!("weft-st-{}-{n}", std::process::id());
@@ -51,24 +63,41 @@ impl EtcdNs {
             ns,
             dir,
             etcd: None,
+            ready: opts(PREFIX),
         };
         run_ok(&[
             "ip", "netns", "exec", &me.ns, "ip", "link", "set", "lo", "up",
         ]);
         std::fs::create_dir_all(&me.dir).expect("create etcd temp dir");
-        let log = File::create(me.dir.join("etcd.log")).expect("create etcd log");
-        let data = me.dir.join("data");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &me.ns, "/usr/bin/etcd", "--name", "st"])
+        let scheme = if tls { "https" } else { "http" };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &me.ns, "/usr/bin/etcd", "--name", "st"])
             .arg("--data-dir")
-            .arg(&data)
+            .arg(me.dir.join("data"))
+            .arg(format!("--listen-client-urls={scheme}://127.0.0.1:2379"))
+            .arg(format!("--advertise-client-urls={scheme}://127.0.0.1:2379"))
             .args([
-                "--listen-client-urls=http://127.0.0.1:2379",
-                "--advertise-client-urls=http://127.0.0.1:2379",
                 "--listen-peer-urls=http://127.0.0.1:2380",
                 "--initial-advertise-peer-urls=http://127.0.0.1:2380",
                 "--initial-cluster=st=http://127.0.0.1:2380",
-            ])
+            ]);
+        if tls {
+            make_certs(&me.dir);
+            let f = |name: &str| me.dir.join(name).display().to_string();
+            cmd.arg(format!("--cert-file={}", f("server.pem")))
+                .arg(format!("--key-file={}", f("server.key")))
+                .arg(format!("--trusted-ca-file={}", f("ca.pem")))
+                .arg("--client-cert-auth");
+            me.ready = EtcdOptions {
+                endpoints: vec!["https://127.0.0.1:2379".into()],
+                cafile: Some(me.dir.join("ca.pem")),
+                certfile: Some(me.dir.join("client.pem")),
+                keyfile: Some(me.dir.join("client.key")),
+                ..opts(PREFIX)
+            };
+        }
+        let log = File::create(me.dir.join("etcd.log")).expect("create etcd log");
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup etcd log"))
             .stderr(log)
@@ -87,6 +116,7 @@ impl EtcdNs {
     {
         let ns = self.ns.clone();
         let log = self.dir.join("etcd.log");
+        let ready = self.ready.clone();
         let handle = std::thread::spawn(move || {
             let nsfd = File::open(format!("/run/netns/{ns}")).expect("open netns");
             nix::sched::setns(&nsfd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -95,7 +125,7 @@ impl EtcdNs {
                 .build()
                 .expect("tokio runtime");
             rt.block_on(async move {
-                wait_ready(&log).await;
+                wait_ready(&ready, &log).await;
                 f().await
             })
         });
@@ -126,12 +156,11 @@ impl Drop for EtcdNs {
     }
 }
 
-async fn wait_ready(log: &std::path::Path) {
+async fn wait_ready(ready: &EtcdOptions, log: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(mut c) = Client::connect(["http://127.0.0.1:2379"], None).await {
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), c.get("x", None)).await
-            {
+        if let Ok(s) = EtcdStore::connect(ready).await {
+            if s.network_config().await.is_ok() {
                 return;
             }
         }
@@ -142,6 +171,67 @@ async fn wait_ready(log: &std::path::Path) {
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let d = |name: &str| dir.join(name).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["openssl", "req", "-x509"];
+    ca.extend(ec);
+    let (ca_key, ca_pem) = (d("ca.key"), d("ca.pem"));
+    ca.extend([
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_pem,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=weft-test-ca",
+    ]);
+    run_ok(&ca);
+    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        let (key, csr, pem, ext) = (
+            d(&format!("{name}.key")),
+            d(&format!("{name}.csr")),
+            d(&format!("{name}.pem")),
+            d(&format!("{name}.ext")),
+        );
+        std::fs::write(
+            &ext,
+            format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
+        )
+        .expect("write extension file");
+        let mut req = vec!["openssl", "req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=weft-test"]);
+        run_ok(&req);
+        run_ok(&[
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
     }
 }
 
@@ -877,4 +967,95 @@ fn weftctl_leases_prints_table_and_json() {
         err.starts_with("weftctl: etcd list leases /coreos.com/network/subnets/: "),
         "{err}"
     );
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let etcd = EtcdNs::start_tls();
+    let tls = etcd.ready.clone();
+    etcd.run(move || async move {
+        let s = EtcdStore::connect(&tls).await.expect("connect over TLS");
+        assert_eq!(s.network_config().await.unwrap(), None);
+        let cfg = NetworkConfig::parse(CONFIG).unwrap();
+        let own = s
+            .acquire(&cfg, &vxlan("192.0.2.1", "aa:00:00:00:00:01"), None, DAY)
+            .await
+            .unwrap();
+        assert_eq!(s.list_leases().await.unwrap().leases[0].subnet, own.subnet);
+        // Without a client certificate the server refuses us.
+        let no_cert = EtcdOptions {
+            certfile: None,
+            keyfile: None,
+            ..tls.clone()
+        };
+        let s = EtcdStore::connect(&no_cert).await.unwrap();
+        assert!(s.network_config().await.is_err());
+        // Half a key pair is a clear error.
+        let half = EtcdOptions {
+            keyfile: None,
+            ..tls.clone()
+        };
+        let err = EtcdStore::connect(&half).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "etcd options: --etcd-certfile and --etcd-keyfile must be given together"
+        );
+        let missing = EtcdOptions {
+            cafile: Some("/nonexistent/ca.pem".into()),
+            ..tls
+        };
+        let err = EtcdStore::connect(&missing).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("etcd: read CA file /nonexistent/ca.pem: "),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn username_and_password() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let mut c = raw().await;
+        let _ = c.role_add("root").await;
+        c.user_add("root", "s3cret-pw", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.auth_enable().await.unwrap();
+
+        let err = match EtcdStore::connect(&opts(PREFIX)).await {
+            Ok(s) => s.network_config().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+
+        let good = EtcdOptions {
+            username: Some("root".into()),
+            password: Some("s3cret-pw".into()),
+            ..opts(PREFIX)
+        };
+        let s = EtcdStore::connect(&good)
+            .await
+            .expect("authenticated connect");
+        let cfg = NetworkConfig::parse(CONFIG).unwrap();
+        s.acquire(&cfg, &vxlan("192.0.2.1", "aa:00:00:00:00:01"), None, DAY)
+            .await
+            .unwrap();
+        assert_eq!(s.list_leases().await.unwrap().leases.len(), 1);
+
+        let bad = EtcdOptions {
+            password: Some("wrong-pw".into()),
+            ..good
+        };
+        let err = EtcdStore::connect(&bad).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("etcd connect to http://127.0.0.1:2379: "),
+            "{text}"
+        );
+        assert!(
+            !text.contains("wrong-pw") && !format!("{err:?}").contains("wrong-pw"),
+            "{err:?}"
+        );
+    });
 }
