@@ -8,10 +8,21 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ipnetwork::Ipv4Network;
 use sha2::{Digest, Sha256};
+use weft::backend::udp::UdpBackend;
+use weft::lease::{Lease, LeaseAttrs};
 
 const UDP_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#;
 const HOSTGW_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+/// A namespace on the underlay that plays a Flannel UDP node.
+const FLANNEL_IP: &str = "192.0.2.50";
+/// The subnet the fake Flannel node holds.
+const FLANNEL_SUBNET: &str = "10.244.200.0/24";
+/// A host on the underlay that holds no lease.
+const STRANGER_IP: &str = "192.0.2.51";
+/// Flannel's UDP port.
+const UDP_PORT: u16 = 8285;
 /// Bytes of the bulk transfer: enough to push many 64 KiB GSO batches through the data path.
 const BULK_BYTES: usize = 100 << 20;
 
@@ -21,7 +32,9 @@ fn two_node_cluster(config: &str) -> (Cluster, Pod, Pod) {
     cluster.start();
     let a = cluster.node(0).add_pod();
     let b = cluster.node(1).add_pod();
-    wait_until(Duration::from_secs(20), "pod a reaches pod b", || a.tcp_check(&b));
+    wait_until(Duration::from_secs(20), "pod a reaches pod b", || {
+        a.tcp_check(&b)
+    });
     (cluster, a, b)
 }
 
@@ -100,7 +113,10 @@ fn assert_pods_talk_and_bulk_arrives_intact(a: &Pod, b: &Pod, what: &str) {
     assert!(b.tcp_check(a), "{what}: TCP b -> a");
     for (from, to, dir) in [(a, b, "a -> b"), (b, a, "b -> a")] {
         let (sent, received, gbps) = bulk_transfer(from, to, BULK_BYTES);
-        assert_eq!(sent, received, "{what}: SHA-256 of {BULK_BYTES} bytes {dir}");
+        assert_eq!(
+            sent, received,
+            "{what}: SHA-256 of {BULK_BYTES} bytes {dir}"
+        );
         eprintln!("{what}: {BULK_BYTES} bytes {dir} intact at {gbps:.2} Gbit/s");
     }
 }
@@ -109,7 +125,10 @@ fn assert_pods_talk_and_bulk_arrives_intact(a: &Pod, b: &Pod, what: &str) {
 fn udp_pods_on_two_nodes_talk_both_ways_and_bulk_arrives_intact() {
     let (cluster, a, b) = two_node_cluster(UDP_CONFIG);
     let env = cluster.node(0).subnet_env().unwrap_or_default();
-    assert!(env.contains("FLANNEL_MTU=1472"), "UDP MTU is eth0 1500 - 28: {env}");
+    assert!(
+        env.contains("FLANNEL_MTU=1472"),
+        "UDP MTU is eth0 1500 - 28: {env}"
+    );
     let link = cluster.node(0).link("flannel0").expect("flannel0 exists");
     assert_eq!(link["mtu"], 1472, "flannel0 MTU: {link}");
     assert_pods_talk_and_bulk_arrives_intact(&a, &b, "udp");
@@ -119,10 +138,485 @@ fn udp_pods_on_two_nodes_talk_both_ways_and_bulk_arrives_intact() {
 fn hostgw_pods_on_two_nodes_talk_both_ways_and_bulk_arrives_intact() {
     let (cluster, a, b) = two_node_cluster(HOSTGW_CONFIG);
     let env = cluster.node(0).subnet_env().unwrap_or_default();
-    assert!(env.contains("FLANNEL_MTU=1500"), "host-gw MTU is eth0's: {env}");
+    assert!(
+        env.contains("FLANNEL_MTU=1500"),
+        "host-gw MTU is eth0's: {env}"
+    );
     let peer_subnet = cluster.node(1).subnet().expect("node 2 subnet");
-    let route = cluster.node(0).route_to(&peer_subnet).expect("route to node 2");
+    let route = cluster
+        .node(0)
+        .route_to(&peer_subnet)
+        .expect("route to node 2");
     assert_eq!(route["gateway"], cluster.node(1).public_ip(), "{route}");
     assert_eq!(route["dev"], "eth0", "{route}");
     assert_pods_talk_and_bulk_arrives_intact(&a, &b, "host-gw");
+}
+
+/// The Internet checksum, written out here so the test does not trust weft's.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 ICMP echo request `src -> dst` carrying `payload`, as a Flannel node puts it into
+/// a UDP datagram: the bare IP packet, no extra header.
+fn icmp_echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let sum = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p[20] = 8;
+    p[24..26].copy_from_slice(&id.to_be_bytes());
+    p[26..28].copy_from_slice(&seq.to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    let sum = checksum(&p[20..]);
+    p[22..24].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+/// Checks that `datagram` is exactly one IPv4 ICMP echo reply `src -> dst` answering
+/// (`id`, `seq`, `payload`), with valid checksums; returns a description of what is wrong.
+fn check_echo_reply(
+    datagram: &[u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+    seq: u16,
+    payload: &[u8],
+) -> Result<(), String> {
+    if datagram.len() != 28 + payload.len() {
+        return Err(format!(
+            "length {} != {}",
+            datagram.len(),
+            28 + payload.len()
+        ));
+    }
+    let total = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
+    let got_src = Ipv4Addr::new(datagram[12], datagram[13], datagram[14], datagram[15]);
+    let got_dst = Ipv4Addr::new(datagram[16], datagram[17], datagram[18], datagram[19]);
+    let fields = (
+        datagram[0],
+        total,
+        datagram[9],
+        got_src,
+        got_dst,
+        datagram[20],
+    );
+    if fields != (0x45, datagram.len(), 1, src, dst, 0) {
+        return Err(format!(
+            "header (ver/ihl, total, proto, src, dst, icmp type) = {fields:?}"
+        ));
+    }
+    if checksum(&datagram[..20]) != 0 || checksum(&datagram[20..]) != 0 {
+        return Err("bad checksum".into());
+    }
+    if datagram[24..26] != id.to_be_bytes() || datagram[26..28] != seq.to_be_bytes() {
+        return Err("id/seq differ".into());
+    }
+    if &datagram[28..] != payload {
+        return Err("payload differs".into());
+    }
+    Ok(())
+}
+
+/// A UDP socket at `ip:8285` in `ns`, like a Flannel node's.
+fn udp_8285_socket(ns: &Netns, ip: &str) -> UdpSocket {
+    let bind: SocketAddr = format!("{ip}:{UDP_PORT}").parse().expect("flannel address");
+    let socket = ns
+        .run(|| UdpSocket::bind(bind))
+        .unwrap_or_else(|e| panic!("bind {bind} in {}: {e}", ns.name()));
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("read timeout");
+    socket
+}
+
+/// Sends Flannel-framed echo requests from the fake Flannel node to `pod` via `node_ip`
+/// until a framed echo reply comes back from `node_ip:8285` (or `timeout` passes).
+fn flannel_ping(
+    socket: &UdpSocket,
+    node_ip: &str,
+    pod: &str,
+    seq: u16,
+    timeout: Duration,
+) -> Result<(), String> {
+    let src: Ipv4Addr = "10.244.200.5".parse().expect("flannel pod ip");
+    let pod: Ipv4Addr = pod.parse().expect("pod ip");
+    let node: SocketAddr = format!("{node_ip}:{UDP_PORT}")
+        .parse()
+        .expect("node address");
+    let payload = format!("weft-flannel-framing-{seq}").into_bytes();
+    let request = icmp_echo_request(src, pod, 0x5746, seq, &payload);
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no reply");
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        socket
+            .send_to(&request, node)
+            .map_err(|e| format!("send to {node}: {e}"))?;
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if from != node {
+                last = format!("datagram from {from}, expected {node}");
+                continue;
+            }
+            match check_echo_reply(&buf[..n], pod, src, 0x5746, seq, &payload) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+    }
+    Err(last)
+}
+
+#[test]
+fn udp_flannel_framed_datagram_reaches_pod_and_reply_comes_back_framed() {
+    let cluster = Cluster::new(1, UDP_CONFIG);
+    let flannel = Netns::new("flannel");
+    cluster.underlay.attach(&flannel, FLANNEL_IP);
+    // Exactly what flanneld's UDP backend writes: no BackendData.
+    cluster.etcd.put(
+        &lease_key(FLANNEL_SUBNET),
+        &format!(r#"{{"PublicIP":"{FLANNEL_IP}","PublicIPv6":null,"BackendType":"udp"}}"#),
+    );
+    cluster.start();
+    let node = cluster.node(0);
+    let pod = node.add_pod();
+    let socket = udp_8285_socket(&flannel, FLANNEL_IP);
+    flannel_ping(
+        &socket,
+        node.public_ip(),
+        pod.ip(),
+        1,
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "Flannel-framed echo to pod {}: {e}\n{}",
+            pod.ip(),
+            cluster.dump()
+        )
+    });
+
+    // Garbage from a leased address and a valid packet from an unleased one are dropped;
+    // the data path keeps working.
+    let node_addr: SocketAddr = format!("{}:{UDP_PORT}", node.public_ip())
+        .parse()
+        .expect("addr");
+    let mut v6 = icmp_echo_request(
+        "10.244.200.5".parse().unwrap(),
+        pod.ip().parse().unwrap(),
+        1,
+        1,
+        b"x",
+    );
+    v6[0] = 0x60;
+    let mut short = icmp_echo_request(
+        "10.244.200.5".parse().unwrap(),
+        pod.ip().parse().unwrap(),
+        1,
+        1,
+        b"xxxx",
+    );
+    short.truncate(30);
+    for garbage in [&b""[..], &b"garbage"[..], &v6, &short, &[0x45u8; 19][..]] {
+        socket.send_to(garbage, node_addr).expect("send garbage");
+    }
+    let stranger = Netns::new("stranger");
+    cluster.underlay.attach(&stranger, STRANGER_IP);
+    let stranger_socket = udp_8285_socket(&stranger, STRANGER_IP);
+    let valid = icmp_echo_request(
+        "10.244.200.5".parse().unwrap(),
+        pod.ip().parse().unwrap(),
+        7,
+        7,
+        b"spoof",
+    );
+    stranger_socket
+        .send_to(&valid, node_addr)
+        .expect("send from stranger");
+    let mut buf = [0u8; 2048];
+    assert!(
+        stranger_socket.recv_from(&mut buf).is_err() && socket.recv_from(&mut buf).is_err(),
+        "a packet from an address without a lease was delivered"
+    );
+    assert!(
+        node.is_running(),
+        "weftd survived garbage:\n{}",
+        node.log_tail(20)
+    );
+    flannel_ping(
+        &socket,
+        node.public_ip(),
+        pod.ip(),
+        2,
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("echo after garbage: {e}"));
+}
+
+#[test]
+fn udp_backend_counts_and_drops_garbage_and_strangers() {
+    let underlay = Underlay::new();
+    let node = Netns::new("udpnode");
+    underlay.attach(&node, "192.0.2.11");
+    node.sysctl("net.ipv4.ip_forward", "1");
+    let flannel = Netns::new("flannel");
+    underlay.attach(&flannel, FLANNEL_IP);
+    let stranger = Netns::new("stranger");
+    underlay.attach(&stranger, STRANGER_IP);
+    let own: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+    // A local "pod" address behind the node: answered by the node itself.
+    node.ip(&["addr", "add", "10.244.1.1/24", "dev", "lo"]);
+    let peer = Lease {
+        subnet: FLANNEL_SUBNET.parse().unwrap(),
+        attrs: LeaseAttrs {
+            public_ip: FLANNEL_IP.parse().unwrap(),
+            backend_type: "udp".into(),
+            backend_data: None,
+        },
+        etcd_lease: None,
+        mod_revision: 1,
+    };
+    let flannel_socket = udp_8285_socket(&flannel, FLANNEL_IP);
+    let stranger_socket = udp_8285_socket(&stranger, STRANGER_IP);
+    node.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async {
+            let ext = weft::netlink::find_external_interface(Some("eth0"), None)
+                .await
+                .expect("find eth0");
+            let mut backend = UdpBackend::new("10.244.0.0/16".parse().unwrap(), UDP_PORT, &ext)
+                .await
+                .expect("start UDP backend");
+            assert_eq!(backend.mtu(), 1472);
+            let report = backend.reconcile(own, &[peer]).await.expect("reconcile");
+            assert_eq!(report.desired, 1);
+            let counters = backend.counters();
+            flannel_ping(
+                &flannel_socket,
+                "192.0.2.11",
+                "10.244.1.1",
+                1,
+                Duration::from_secs(10),
+            )
+            .expect("framed echo to the node");
+
+            let node_addr: SocketAddr = "192.0.2.11:8285".parse().unwrap();
+            let src: Ipv4Addr = "10.244.200.5".parse().unwrap();
+            let dst: Ipv4Addr = "10.244.1.1".parse().unwrap();
+            let mut v6 = icmp_echo_request(src, dst, 1, 1, b"x");
+            v6[0] = 0x60;
+            let mut truncated = icmp_echo_request(src, dst, 1, 1, b"xxxx");
+            truncated.truncate(30);
+            let not_local = icmp_echo_request(src, "10.244.9.9".parse().unwrap(), 1, 1, b"x");
+            for garbage in [
+                &b""[..],
+                &b"garbage"[..],
+                &v6,
+                &truncated,
+                &[0x45u8; 19][..],
+            ] {
+                flannel_socket
+                    .send_to(garbage, node_addr)
+                    .expect("send garbage");
+            }
+            flannel_socket
+                .send_to(&not_local, node_addr)
+                .expect("send misdirected");
+            let valid = icmp_echo_request(src, dst, 7, 7, b"stranger");
+            stranger_socket
+                .send_to(&valid, node_addr)
+                .expect("send from stranger");
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            let drops = || {
+                (
+                    load(&counters.rx_malformed),
+                    load(&counters.rx_unknown_source),
+                    load(&counters.rx_not_local),
+                )
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while drops() != (5, 1, 1) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(drops(), (5, 1, 1), "(malformed, unknown source, not local)");
+            let mut buf = [0u8; 2048];
+            assert!(
+                stranger_socket.recv_from(&mut buf).is_err(),
+                "stranger got an answer"
+            );
+            flannel_ping(
+                &flannel_socket,
+                "192.0.2.11",
+                "10.244.1.1",
+                2,
+                Duration::from_secs(5),
+            )
+            .expect("framed echo after garbage");
+            assert!(load(&counters.rx_packets) >= 2 && load(&counters.tx_packets) >= 2);
+        });
+    });
+}
+
+/// The `.0` address of a node's subnet: its `flannel0` address under the UDP backend.
+fn subnet_zero(node: &Node) -> String {
+    let subnet = node.subnet().expect("node subnet");
+    subnet.split('/').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn udp_lease_removal_withdraws_peer_and_unknown_destination_gets_net_unreachable() {
+    let (cluster, a, b) = two_node_cluster(UDP_CONFIG);
+    let key = cluster.node(1).lease_key().expect("node 2 lease key");
+    cluster.node(1).stop();
+    assert!(cluster.etcd.del(&key), "delete {key}");
+    let from = format!("From {}", subnet_zero(cluster.node(0)));
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(20),
+        "net-unreachable for the withdrawn peer",
+        || {
+            let out = a.exec(&["ping", "-n", "-c", "1", "-W", "1", b.ip()]);
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+            last.contains(&from) && last.contains("Destination Net Unreachable")
+        },
+    );
+    assert!(!a.tcp_check(&b), "TCP to a withdrawn peer still works");
+    // A cluster address no lease ever held gets the same answer.
+    let out = a.exec(&["ping", "-n", "-c", "1", "-W", "1", "10.244.254.1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Destination Net Unreachable"), "{text}");
+}
+
+#[test]
+fn hostgw_reconcile_removes_stale_and_withdrawn_routes_never_foreign_ones() {
+    let cluster = Cluster::new(2, HOSTGW_CONFIG);
+    let n0 = cluster.node(0);
+    // Before weftd runs: a stale weft route (proto 87) and an operator's route on eth0.
+    n0.netns().ip(&[
+        "route",
+        "add",
+        "10.244.250.0/24",
+        "via",
+        "192.0.2.77",
+        "dev",
+        "eth0",
+        "proto",
+        "87",
+    ]);
+    n0.netns().ip(&[
+        "route",
+        "add",
+        "10.250.0.0/24",
+        "via",
+        "192.0.2.78",
+        "dev",
+        "eth0",
+    ]);
+    // A peer that is not on the underlay's L2 segment.
+    cluster.etcd.put(
+        &lease_key("10.244.251.0/24"),
+        r#"{"PublicIP":"198.51.100.9","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    );
+    cluster.start();
+    cluster.wait_mesh(Duration::from_secs(20));
+    n0.wait_until(Duration::from_secs(10), "stale weft route removed", || {
+        n0.route_to("10.244.250.0/24").is_none()
+    });
+    assert!(
+        n0.route_to("10.250.0.0/24").is_some(),
+        "foreign route removed:\n{}",
+        cluster.dump()
+    );
+    assert!(
+        n0.route_to("10.244.251.0/24").is_none(),
+        "off-segment peer routed"
+    );
+    let log = n0.log();
+    assert!(
+        log.contains("10.244.251.0/24")
+            && log.contains("198.51.100.9")
+            && log.contains("not on the L2 segment"),
+        "no clear error naming the off-segment peer:\n{}",
+        n0.log_tail(30)
+    );
+    let a = n0.add_pod();
+    let b = cluster.node(1).add_pod();
+    assert!(
+        a.tcp_check(&b) && b.tcp_check(&a),
+        "the on-segment peer is programmed"
+    );
+
+    let peer_subnet = cluster.node(1).subnet().expect("node 2 subnet");
+    let key = cluster.node(1).lease_key().expect("node 2 lease key");
+    cluster.node(1).stop();
+    assert!(cluster.etcd.del(&key), "delete {key}");
+    n0.wait_until(
+        Duration::from_secs(20),
+        "withdrawn peer's route removed",
+        || n0.route_to(&peer_subnet).is_none(),
+    );
+    assert!(
+        n0.route_to("10.250.0.0/24").is_some(),
+        "foreign route removed on withdrawal"
+    );
+    assert!(!a.tcp_check(&b), "TCP to a withdrawn peer still works");
+}
+
+/// Restarts both weftds under continuous pod traffic (node 1 with SIGKILL, node 2 with
+/// SIGTERM); returns the probe's counters.
+fn restart_under_traffic(config: &str) -> ProbeStats {
+    let (cluster, a, b) = two_node_cluster(config);
+    let probe = a.traffic_probe(&b);
+    probe.wait_attempts(10);
+    cluster.node(0).kill9();
+    cluster.node(0).start_weftd(&[]);
+    probe.wait_attempts(10);
+    cluster.node(1).restart();
+    probe.wait_attempts(40);
+    let stats = probe.stop();
+    assert!(
+        a.tcp_check(&b) && b.tcp_check(&a),
+        "pods talk after restarts"
+    );
+    eprintln!("{config}: {stats:?}");
+    stats
+}
+
+#[test]
+fn hostgw_restart_keeps_traffic_flowing() {
+    let stats = restart_under_traffic(HOSTGW_CONFIG);
+    assert_eq!(
+        stats.failures, 0,
+        "round trips failed across restarts: {stats:?}"
+    );
+}
+
+#[test]
+fn udp_restart_keeps_traffic_flowing() {
+    // The pumps live in weftd, so a restart pauses forwarding; the persistent flannel0 keeps
+    // its address and route, and traffic resumes as soon as the new weftd attaches.
+    let stats = restart_under_traffic(UDP_CONFIG);
+    assert!(
+        stats.longest_gap < Duration::from_secs(5),
+        "traffic stopped for {:?} across restarts: {stats:?}",
+        stats.longest_gap
+    );
 }

@@ -211,6 +211,7 @@ impl UdpBackend {
             netlink::set_link_up(&handle, self.tun_index, TUN_NAME).await?;
             outcome.added += 1;
         }
+        accept_local_source();
         let (added, removed) = self.reconcile_route(&handle).await?;
         outcome.added += added;
         outcome.removed += removed;
@@ -306,6 +307,19 @@ impl UdpBackend {
                 .map_err(UdpError::Threads)?,
         );
         Ok(())
+    }
+}
+
+/// Lets the kernel accept packets from `flannel0` whose source is a local address: the ICMP
+/// errors the data path writes come from `<subnet>.0`, which is `flannel0`'s own address, and
+/// are otherwise dropped as martians. Failure only costs those ICMP errors, so it is logged.
+fn accept_local_source() {
+    let path = format!("/proc/sys/net/ipv4/conf/{TUN_NAME}/accept_local");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::warn!(error = %e, path, "cannot enable accept_local; ICMP net-unreachable will not reach pods");
     }
 }
 

@@ -287,7 +287,7 @@ impl RxPump {
             let mut filled = 0;
             for i in 0..n {
                 let (src, datagrams, truncated) = batch.message(i);
-                if truncated {
+                if truncated || datagrams.len() == 0 {
                     UdpCounters::add(&self.counters.rx_malformed, 1);
                     continue;
                 }

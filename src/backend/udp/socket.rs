@@ -384,8 +384,8 @@ impl RecvBatch {
     }
 
     /// Message `i` of the last receive: its sender, the datagrams it holds (several when the
-    /// kernel coalesced them), and whether it was truncated.
-    pub fn message(&self, i: usize) -> (Ipv4Addr, impl Iterator<Item = &[u8]>, bool) {
+    /// kernel coalesced them; none for an empty datagram), and whether it was truncated.
+    pub fn message(&self, i: usize) -> (Ipv4Addr, std::slice::Chunks<'_, u8>, bool) {
         let data = &self.bufs[i][..self.lens[i].min(RECV_BUFFER)];
         let seg = self.segment[i].max(1);
         (self.sources[i], data.chunks(seg), self.truncated[i])
