@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// List the cluster's subnet leases (subnet, public IP, backend, VTEP MAC, expiry).
     Leases(LeasesArgs),
+    /// Import images into the node's image store and list them.
+    Image(weft::pod::image::ImageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +57,8 @@ enum CtlError {
     Store(#[from] StoreError),
     #[error("start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Image(#[from] weft::pod::image::ImageError),
 }
 
 /// One row of `weftctl leases`; also its JSON object.
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.command {
         Command::Leases(args) => leases(args).await,
+        Command::Image(args) => Ok(weft::pod::image::run_cli(&args, &mut std::io::stdout())?),
     }
 }
 
