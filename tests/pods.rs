@@ -1,0 +1,756 @@
+//! Pod runtime core, upper half: static pod manifests run by the pod controller with real runc,
+//! real pause sandboxes and real CNI plugins (the reference `bridge` + `host-local`), inside a
+//! node network namespace per test.
+//!
+//! The controller runs in-process on a thread that entered the node's namespace, so the CNI
+//! plugins it spawns build the `cni0` bridge there. Pods are put in a Kubernetes namespace named
+//! like the harness's netns (`<pid>-<n>-p`), so their sandbox namespaces
+//! (`weft-<pid>-<n>-p_<pod>_<uid>`) are swept by the harness if a test process dies.
+
+mod common;
+#[path = "common/image.rs"]
+mod image;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Netns};
+use image::ImageBuilder;
+use weft::pod::backoff::BackoffPolicy;
+use weft::pod::cli::{self, read_invalid, read_pods};
+use weft::pod::controller::{ControllerError, PodConfig, PodManager};
+use weft::pod::image::ImageStore;
+use weft::pod::status::{self, PodPhase, PodRecord};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "pod tests need root (namespaces, mounts, runc)"
+    );
+}
+
+/// A node namespace with a bridge CNI network, an image store with busybox, and the pod
+/// controller on a thread inside the namespace. On drop every manifest is removed and the
+/// controller is given time to remove every pod before it stops, so nothing is left behind.
+struct PodNode {
+    shutdown: Arc<AtomicBool>,
+    manager: Option<JoinHandle<Result<(), ControllerError>>>,
+    cfg: PodConfig,
+    /// The Kubernetes namespace of this test's pods.
+    ns: String,
+    subnet: String,
+    node: Netns,
+    dir: tempfile::TempDir,
+}
+
+static NODES: AtomicU32 = AtomicU32::new(0);
+
+impl PodNode {
+    fn new() -> PodNode {
+        require_root();
+        let n = NODES.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("{}-{n}-p", std::process::id());
+        let node = Netns::new("podnode");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("weft-{ns}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("create temp dir: {e}"));
+        let d = dir.path();
+        let images = d.join("images");
+        let store = ImageStore::open(&images).unwrap_or_else(|e| panic!("{e}"));
+        let archive = d.join("busybox.tar");
+        ImageBuilder::busybox()
+            .and_then(|b| b.write_oci(&archive))
+            .unwrap_or_else(|e| panic!("build busybox image: {e}"));
+        store
+            .import(&archive, None)
+            .unwrap_or_else(|e| panic!("import busybox: {e}"));
+        // Each node of this process gets its own /24 (the namespaces keep them apart anyway).
+        let subnet = format!("10.244.{}.0/24", 100 + n % 100);
+        let conf_dir = d.join("net.d");
+        std::fs::create_dir_all(&conf_dir).unwrap_or_else(|e| panic!("{e}"));
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "podnet",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "subnet": subnet,
+                    "dataDir": d.join("ipam"),
+                },
+            }],
+        });
+        std::fs::write(conf_dir.join("10-podnet.conflist"), conflist.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let manifests = d.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap_or_else(|e| panic!("{e}"));
+        let mut cfg = PodConfig::new(manifests, format!("node-{n}"));
+        cfg.cni_conf_dir = conf_dir;
+        cfg.cni_bin_dirs = vec![d.join("no-such-bin"), PathBuf::from("/usr/lib/cni")];
+        cfg.cni_cache_dir = d.join("cni-cache");
+        cfg.pod_root = d.join("pods");
+        cfg.image_root = images;
+        cfg.pod_log_dir = d.join("logs");
+        cfg.host_ip = Some("192.0.2.10".parse().unwrap_or_else(|e| panic!("{e}")));
+        cfg.backoff = BackoffPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(4),
+            reset_after: Duration::from_secs(60),
+        };
+        let mut pn = PodNode {
+            shutdown: Arc::new(AtomicBool::new(false)),
+            manager: None,
+            cfg,
+            ns,
+            subnet,
+            node,
+            dir,
+        };
+        pn.start();
+        pn
+    }
+
+    /// Starts the controller (as a weftd start would).
+    fn start(&mut self) {
+        assert!(self.manager.is_none(), "controller already running");
+        self.shutdown = Arc::new(AtomicBool::new(false));
+        let flag = self.shutdown.clone();
+        let cfg = self.cfg.clone();
+        let netns = self.node.path();
+        self.manager = Some(std::thread::spawn(move || {
+            let file = std::fs::File::open(&netns)
+                .unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {}: {e}", netns.display()));
+            PodManager::run_blocking(cfg, &flag)
+        }));
+    }
+
+    /// Stops the controller, leaving the pods running (as when weftd goes away).
+    fn stop_controller(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        if let Some(h) = self.manager.take() {
+            match h.join() {
+                Ok(r) => r.unwrap_or_else(|e| panic!("pod controller: {e}")),
+                Err(_) => panic!("pod controller thread panicked"),
+            }
+        }
+    }
+
+    fn manifest_path(&self, file: &str) -> PathBuf {
+        self.cfg.manifest_dir.join(file)
+    }
+
+    /// Writes a manifest atomically; `NS` in the text is replaced by this test's namespace.
+    fn put_manifest(&self, file: &str, text: &str) {
+        let tmp = self.cfg.manifest_dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text.replace("NS", &self.ns)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, self.manifest_path(file)).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn remove_manifest(&self, file: &str) {
+        std::fs::remove_file(self.manifest_path(file)).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn record(&self, name: &str) -> Option<PodRecord> {
+        read_pods(&self.cfg.pod_root)
+            .ok()?
+            .into_iter()
+            .find(|r| r.pod.metadata.name == name && r.pod.metadata.namespace == self.ns)
+    }
+
+    fn status(&self, name: &str) -> Option<String> {
+        self.record(name).map(|r| status::columns(&r.pod).status)
+    }
+
+    /// Waits until the pod's STATUS column reads `want`; returns its record.
+    fn wait_status(&self, name: &str, want: &str) -> PodRecord {
+        wait_for(WAIT, &format!("pod {name} to show {want}"), || {
+            self.record(name)
+                .filter(|r| status::columns(&r.pod).status == want)
+        })
+    }
+
+    fn log(&self, rec: &PodRecord, container: &str, restart: u32) -> String {
+        let m = &rec.pod.metadata;
+        let path = cli::log_path(
+            &self.cfg.pod_log_dir,
+            &m.namespace,
+            &m.name,
+            &m.uid,
+            container,
+            restart,
+        );
+        cli::cri_messages(&std::fs::read_to_string(path).unwrap_or_default())
+    }
+
+    fn wait_log(&self, rec: &PodRecord, container: &str, needle: &str) -> String {
+        wait_for(
+            WAIT,
+            &format!("{needle:?} in the log of {container}"),
+            || {
+                let log = self.log(rec, container, 0);
+                log.contains(needle).then_some(log)
+            },
+        )
+    }
+
+    fn table(&self) -> String {
+        let pods = read_pods(&self.cfg.pod_root).unwrap_or_else(|e| panic!("{e}"));
+        cli::pods_table(&pods, std::time::SystemTime::now())
+    }
+
+    /// Sandbox network namespaces of this test's pods.
+    fn pod_netns(&self) -> Vec<String> {
+        let prefix = format!("weft-{}_", self.ns);
+        std::fs::read_dir("/run/netns")
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Mount points under this test's directory.
+    fn mounts(&self) -> Vec<String> {
+        let root = self.dir.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&root))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Addresses host-local has handed out.
+    fn ipam_allocations(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("ipam/podnet"))
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("10."))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn veths(&self) -> Vec<String> {
+        self.node
+            .ip_json(&["link", "show", "type", "veth"])
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn pod_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.cfg.pod_root)
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asserts that no trace of any pod remains.
+    fn assert_clean(&self) {
+        assert_eq!(
+            self.pod_dirs(),
+            Vec::<PathBuf>::new(),
+            "pod directories left"
+        );
+        assert_eq!(
+            self.pod_netns(),
+            Vec::<String>::new(),
+            "sandbox namespaces left"
+        );
+        assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left");
+        assert_eq!(
+            self.ipam_allocations(),
+            Vec::<String>::new(),
+            "IP allocations left"
+        );
+        assert_eq!(self.veths(), Vec::<String>::new(), "veths left in the node");
+        let cache: Vec<_> = std::fs::read_dir(self.cfg.cni_cache_dir.join("results"))
+            .map(|e| e.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert_eq!(cache, Vec::<PathBuf>::new(), "CNI result cache left");
+        let logs: Vec<_> = std::fs::read_dir(&self.cfg.pod_log_dir)
+            .map(|e| e.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert_eq!(logs, Vec::<PathBuf>::new(), "pod logs left");
+        let procs = runc_processes(self.dir.path());
+        assert!(procs.is_empty(), "processes of the pods left: {procs:?}");
+    }
+}
+
+/// Pids of weft-shim / weft-pause / runc processes whose command line names `root`.
+fn runc_processes(root: &Path) -> Vec<String> {
+    let root = root.display().to_string();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&root) {
+            out.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+impl Drop for PodNode {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.cfg.manifest_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        if self.manager.is_none() {
+            self.start();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.pod_dirs().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.shutdown.store(true, Ordering::Relaxed);
+        if let Some(h) = self.manager.take() {
+            let _ = h.join();
+        }
+        if !self.pod_dirs().is_empty() {
+            eprintln!("cleanup: pods left in {}", self.cfg.pod_root.display());
+        }
+    }
+}
+
+const MYAPP: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: myapp-pod
+  namespace: NS
+  labels:
+    app: myapp
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: myapp-container
+      image: busybox
+      command: ['sh', '-c', 'echo Hello Kubernetes! && sleep 3600']
+"#;
+
+#[test]
+fn myapp_pod_runs_logs_and_removal_leaves_nothing_behind() {
+    let node = PodNode::new();
+    node.put_manifest("myapp.yaml", MYAPP);
+    let rec = node.wait_status("myapp-pod", "Running");
+    assert_eq!(rec.pod.status.phase, PodPhase::Running);
+    let ip = rec.pod.status.pod_ip.clone();
+    let net: ipnetwork::Ipv4Network = node.subnet.parse().unwrap_or_else(|e| panic!("{e}"));
+    let addr: std::net::Ipv4Addr = ip.parse().unwrap_or_else(|e| panic!("pod IP {ip:?}: {e}"));
+    assert!(net.contains(addr), "pod IP {ip} outside {net}");
+    assert_eq!(rec.pod.status.host_ip, "192.0.2.10");
+    assert!(
+        rec.pod.status.conditions.iter().all(|c| c.status == "True"),
+        "{:?}",
+        rec.pod.status.conditions
+    );
+    let log = node.wait_log(&rec, "myapp-container", "Hello Kubernetes!");
+    assert_eq!(log, "Hello Kubernetes!\n");
+    // The pod IP answers from the node (the bridge network works).
+    node.node.exec_ok(&["ping", "-c", "1", "-W", "2", &ip]);
+    let table = node.table();
+    let row = table.lines().nth(1).unwrap_or_default().to_string();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[0], node.ns, "{table}");
+    assert_eq!(&cols[1..5], ["myapp-pod", "1/1", "Running", "0"], "{table}");
+    assert_eq!(
+        cols[6..],
+        [ip.as_str(), node.cfg.node_name.as_str()],
+        "{table}"
+    );
+    let timings = rec.timings;
+    let (seen, sb, net_ms, ctr) = (
+        timings.seen_ms.unwrap_or(0),
+        timings.sandbox_ms.unwrap_or(0),
+        timings.network_ms.unwrap_or(0),
+        timings.containers_ms.unwrap_or(0),
+    );
+    assert!(
+        seen > 0 && seen <= sb && sb <= net_ms && net_ms <= ctr,
+        "{timings:?}"
+    );
+    assert_eq!(node.pod_netns().len(), 1);
+    assert_eq!(node.ipam_allocations(), [ip.clone()]);
+
+    node.remove_manifest("myapp.yaml");
+    wait_for(WAIT, "pod directory removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    node.assert_clean();
+    let out = node.node.exec(&["ping", "-c", "1", "-W", "1", &ip]);
+    assert!(!out.status.success(), "removed pod's IP {ip} still answers");
+}
+
+#[test]
+fn containers_of_a_pod_share_localhost_and_an_empty_dir() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "web.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 2
+  volumes:
+    - name: logs
+      emptyDir: {}
+  containers:
+    - name: server
+      image: busybox
+      command: ['sh', '-c']
+      args:
+        - mkdir -p /www && echo pong > /www/index.html && i=0;
+          while true; do i=$((i+1)); echo "entry $i" >> /var/log/app/app.log; sleep 0.2; done &
+          exec httpd -f -p 8080 -h /www
+      volumeMounts: [{name: logs, mountPath: /var/log/app}]
+    - name: client
+      image: busybox
+      command: ['sh', '-c', 'until wget -q -O - http://127.0.0.1:8080/index.html; do sleep 0.2; done; sleep 3600']
+    - name: sidecar
+      image: busybox
+      command: ['sh', '-c', 'until [ -f /logs/app.log ]; do sleep 0.1; done; tail -f /logs/app.log']
+      volumeMounts: [{name: logs, mountPath: /logs, readOnly: true}]
+"#,
+    );
+    let rec = node.wait_status("web", "Running");
+    node.wait_log(&rec, "client", "pong");
+    node.wait_log(&rec, "sidecar", "entry 3");
+    let rec = wait_for(WAIT, "3/3 ready", || {
+        node.record("web")
+            .filter(|r| status::columns(&r.pod).ready == "3/3")
+    });
+    assert!(rec
+        .pod
+        .status
+        .container_statuses
+        .iter()
+        .all(|s| s.restart_count == 0));
+    // The emptyDir is a directory of the pod, removed with it.
+    let dir = node.pod_dirs().pop().unwrap_or_default();
+    assert!(dir.join("volumes/logs/app.log").is_file());
+    node.remove_manifest("web.yaml");
+    wait_for(WAIT, "pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    assert!(!dir.exists());
+    node.assert_clean();
+}
+
+#[test]
+fn init_containers_run_in_order_and_show_progress() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "init.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: init-demo, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 2
+  volumes: [{name: work, emptyDir: {}}]
+  initContainers:
+    - name: first
+      image: busybox
+      command: ['sh', '-c', 'sleep 2; echo first > /work/first']
+      volumeMounts: [{name: work, mountPath: /work}]
+    - name: second
+      image: busybox
+      command: ['sh', '-c', 'test -f /work/first || exit 7; sleep 2; echo second > /work/second']
+      volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+    - name: app
+      image: busybox
+      command: ['sh', '-c', 'cat /work/first /work/second; sleep 3600']
+      volumeMounts: [{name: work, mountPath: /work}]
+"#,
+    );
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Some(s) = node.status("init-demo") {
+            if seen.last() != Some(&s) {
+                seen.push(s.clone());
+            }
+            if s == "Running" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let wanted = ["Init:0/2", "Init:1/2", "Running"];
+    let order: Vec<&str> = seen
+        .iter()
+        .map(String::as_str)
+        .filter(|s| wanted.contains(s))
+        .collect();
+    assert_eq!(order, wanted, "statuses seen: {seen:?}");
+    let rec = node.wait_status("init-demo", "Running");
+    assert_eq!(node.log(&rec, "app", 0).trim_end(), "first\nsecond");
+    let init = &rec.pod.status.init_container_statuses;
+    assert_eq!(init.len(), 2);
+    for s in init {
+        let t = s
+            .state
+            .terminated
+            .as_ref()
+            .unwrap_or_else(|| panic!("{s:?}"));
+        assert_eq!((t.exit_code, t.reason.as_str()), (0, "Completed"));
+        assert_eq!(s.restart_count, 0);
+    }
+    let init_cond = rec
+        .pod
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Initialized");
+    assert_eq!(init_cond.map(|c| c.status.as_str()), Some("True"));
+}
+
+/// Seconds between successive restarts of a pod's only container, watched for `watch`.
+fn restart_gaps(node: &PodNode, name: &str, watch: Duration) -> Vec<f64> {
+    let mut last_count = 0;
+    let mut last_at = Instant::now();
+    let mut gaps = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < watch {
+        if let Some(rec) = node.record(name) {
+            let count = rec
+                .pod
+                .status
+                .container_statuses
+                .first()
+                .map_or(0, |s| s.restart_count);
+            if count > last_count {
+                if last_count > 0 {
+                    gaps.push(last_at.elapsed().as_secs_f64());
+                }
+                last_count = count;
+                last_at = Instant::now();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gaps
+}
+
+fn exit_pod(name: &str, policy: &str, code: i32) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: NS}}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 1\n  containers:\n    - name: c\n      image: busybox\n      command: ['sh', '-c', 'echo run; exit {code}']\n"
+    )
+}
+
+#[test]
+fn restart_policies_with_exit_codes_and_back_off() {
+    let node = PodNode::new();
+    let cases = [
+        ("always-0", "Always", 0),
+        ("always-1", "Always", 1),
+        ("onfailure-0", "OnFailure", 0),
+        ("onfailure-1", "OnFailure", 1),
+        ("never-0", "Never", 0),
+        ("never-1", "Never", 1),
+    ];
+    for (name, policy, code) in cases {
+        node.put_manifest(&format!("{name}.yaml"), &exit_pod(name, policy, code));
+    }
+    // Pods that never restart settle in their final phase.
+    let done = |name: &str, phase: PodPhase, shown: &str| {
+        let rec = wait_for(WAIT, &format!("{name} {phase:?}"), || {
+            node.record(name).filter(|r| r.pod.status.phase == phase)
+        });
+        assert_eq!(status::columns(&rec.pod).status, shown, "{name}");
+        rec
+    };
+    done("onfailure-0", PodPhase::Succeeded, "Completed");
+    done("never-0", PodPhase::Succeeded, "Completed");
+    let failed = done("never-1", PodPhase::Failed, "Error");
+    let term = failed.pod.status.container_statuses[0]
+        .state
+        .terminated
+        .clone();
+    assert_eq!(
+        term.map(|t| (t.exit_code, t.reason)),
+        Some((1, "Error".to_string()))
+    );
+
+    // Back-off: base 1 s doubling to the 4 s cap.
+    let gaps = restart_gaps(&node, "always-1", Duration::from_secs(14));
+    assert!(gaps.len() >= 3, "restart gaps of always-1: {gaps:?}");
+    for (gap, want) in gaps.iter().zip([2.0, 4.0, 4.0]) {
+        assert!(
+            *gap >= want - 0.3 && *gap <= want + 1.0,
+            "gaps {gaps:?}: expected about {want}s"
+        );
+    }
+    for name in ["always-0", "always-1", "onfailure-1"] {
+        let rec = node
+            .record(name)
+            .unwrap_or_else(|| panic!("{name} has no status"));
+        let s = &rec.pod.status.container_statuses[0];
+        assert!(s.restart_count >= 3, "{name}: {s:?}");
+        assert_eq!(rec.pod.status.phase, PodPhase::Running, "{name}");
+        let last = s.last_state.terminated.as_ref().map(|t| t.exit_code);
+        assert_eq!(
+            last,
+            Some(if name == "always-0" { 0 } else { 1 }),
+            "{name}: {s:?}"
+        );
+        // Every run logged its own file.
+        assert_eq!(node.log(&rec, "c", s.restart_count - 1), "run\n", "{name}");
+    }
+    for name in ["onfailure-0", "never-0", "never-1"] {
+        let rec = node
+            .record(name)
+            .unwrap_or_else(|| panic!("{name} has no status"));
+        assert_eq!(
+            rec.pod.status.container_statuses[0].restart_count, 0,
+            "{name}"
+        );
+    }
+    let shown: BTreeSet<String> = ["always-0", "always-1"]
+        .iter()
+        .filter_map(|n| node.status(n))
+        .collect();
+    assert!(
+        shown
+            .iter()
+            .all(|s| ["CrashLoopBackOff", "Running", "Completed", "Error"].contains(&s.as_str())),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn invalid_manifest_is_reported_and_other_pods_keep_running() {
+    let node = PodNode::new();
+    node.put_manifest("good.yaml", MYAPP);
+    let before = node.wait_status("myapp-pod", "Running");
+    let id = before.pod.status.container_statuses[0].container_id.clone();
+    node.put_manifest(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bad, namespace: NS}\nspec:\n  containers:\n    - name: c\n      image: \"\"\n",
+    );
+    node.put_manifest("broken.json", "{\"apiVersion\": \"v1\", \"kind\": ");
+    let invalid = wait_for(WAIT, "invalid manifests listed", || {
+        let list = read_invalid(&node.cfg.pod_root);
+        (list.len() == 2).then_some(list)
+    });
+    let bad = node.manifest_path("bad.yaml").display().to_string();
+    assert_eq!(invalid[0].file, bad);
+    assert_eq!(
+        invalid[0].error,
+        format!("manifest {bad}: field spec.containers[0].image: required")
+    );
+    assert!(invalid[1].error.starts_with(&format!(
+        "manifest {}",
+        node.manifest_path("broken.json").display()
+    )));
+    std::thread::sleep(Duration::from_secs(2));
+    let after = node
+        .record("myapp-pod")
+        .unwrap_or_else(|| panic!("myapp-pod gone"));
+    assert_eq!(status::columns(&after.pod).status, "Running");
+    assert_eq!(after.pod.status.container_statuses[0].container_id, id);
+    assert_eq!(after.pod.status.container_statuses[0].restart_count, 0);
+    assert!(node.record("bad").is_none());
+
+    // Fixing the file starts the pod; changing the good one restarts it under a new UID.
+    node.put_manifest("bad.yaml", &MYAPP.replace("myapp-pod", "bad"));
+    node.wait_status("bad", "Running");
+    wait_for(WAIT, "fixed manifest dropped from the invalid list", || {
+        (read_invalid(&node.cfg.pod_root).len() == 1).then_some(())
+    });
+    node.put_manifest("good.yaml", &MYAPP.replace("sleep 3600", "sleep 3601"));
+    let changed = wait_for(WAIT, "myapp-pod replaced", || {
+        node.record("myapp-pod")
+            .filter(|r| r.pod.metadata.uid != before.pod.metadata.uid)
+            .filter(|r| status::columns(&r.pod).status == "Running")
+    });
+    assert_ne!(changed.pod.status.container_statuses[0].container_id, id);
+    assert_eq!(node.pod_dirs().len(), 2, "the old pod's directory is gone");
+}
+
+#[test]
+fn restarted_controller_adopts_running_pods_and_removes_orphans() {
+    let mut node = PodNode::new();
+    node.put_manifest("myapp.yaml", MYAPP);
+    node.put_manifest("other.yaml", &MYAPP.replace("myapp-pod", "other"));
+    let before = node.wait_status("myapp-pod", "Running");
+    node.wait_status("other", "Running");
+    node.stop_controller();
+    let pause_pids = |n: &PodNode| -> BTreeSet<String> {
+        n.pod_netns().iter().map(|ns| common_pids(ns)).collect()
+    };
+    let pids_before = pause_pids(&node);
+    assert_eq!(pids_before.len(), 2);
+    // While weftd is down, one manifest goes away.
+    node.remove_manifest("other.yaml");
+    node.start();
+    wait_for(WAIT, "orphan removed", || {
+        (node.pod_dirs().len() == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = node.wait_status("myapp-pod", "Running");
+    let (b, a) = (
+        &before.pod.status.container_statuses[0],
+        &after.pod.status.container_statuses[0],
+    );
+    assert_eq!(a.container_id, b.container_id, "container was restarted");
+    assert_eq!(a.restart_count, 0);
+    assert_eq!(a.state.running, b.state.running);
+    assert_eq!(after.pod.status.pod_ip, before.pod.status.pod_ip);
+    assert_eq!(after.pod.metadata.uid, before.pod.metadata.uid);
+    assert_eq!(node.pod_netns().len(), 1, "one sandbox, no duplicate");
+    assert!(
+        pids_before.contains(&common_pids(&node.pod_netns()[0])),
+        "sandbox was recreated"
+    );
+    assert_eq!(node.ipam_allocations(), [after.pod.status.pod_ip.clone()]);
+    node.remove_manifest("myapp.yaml");
+    wait_for(WAIT, "pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    node.assert_clean();
+}
+
+/// `ip netns pids NAME` as one string (the pause process and the containers).
+fn common_pids(netns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", netns])
+        .output()
+        .unwrap_or_else(|e| panic!("ip netns pids {netns}: {e}"));
+    let mut pids: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    pids.sort();
+    pids.join(",")
+}
