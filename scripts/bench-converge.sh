@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# Convergence benchmark of weftd (issue 2), all inside network namespaces:
+#
+# 1. PEERS leases (default 1000) in a real etcd; a fresh node starts weftd; measured: the time from
+#    the weftd process start until all 3*PEERS kernel entries (route, permanent neighbour, FDB entry
+#    per peer) exist, and weftd's own reconcile time for them (its log's took_ms).
+# 2. The floor: the same entries applied with `ip -batch` + `bridge -batch` to a hand-made VXLAN
+#    device in a fresh namespace.
+# 3. The time from a new lease appearing in etcd to its route existing on a running node (and from
+#    its deletion to the route being gone).
+#
+# Each is repeated (RUNS, LAT_RUNS) and the medians are printed.
+#
+#   scripts/bench-converge.sh                 release build, 1000 peers, 5 runs
+#   PEERS=500 RUNS=3 PROFILE=debug scripts/bench-converge.sh
+#
+# Addresses: underlay 192.0.2.0/24; pod network 10.244.0.0/16 cut into /26 subnets (1000 /24s do
+# not fit in a /16); the fake peers' public IPs are in 198.18.0.0/15 (RFC 2544 benchmarking range),
+# only ever written into FDB entries of the test namespace, never sent to.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PEERS=${PEERS:-1000}
+RUNS=${RUNS:-5}
+LAT_RUNS=${LAT_RUNS:-10}
+PROFILE=${PROFILE:-release}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bench-converge.sh: run as root (it creates network namespaces)" >&2
+    exit 1
+fi
+if [ "$PEERS" -gt 1000 ] || [ "$PEERS" -lt 1 ]; then
+    echo "bench-converge.sh: PEERS must be 1..1000 (the /16 holds 1023 /26 subnets)" >&2
+    exit 1
+fi
+
+P="weft-bench-$$"
+WORK=$(mktemp -d "/tmp/$P.XXXXXX")
+ETCD_IP=192.0.2.254
+PREFIX=/coreos.com/network
+CONFIG='{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}'
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local ns pids
+    for ns in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+    done
+    sleep 0.2
+    for ns in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
+        ip netns del "$ns" || true
+    done
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now_ns() { date +%s%N; }
+ms_since() {
+    local us=$((($(now_ns) - $1) / 1000))
+    printf '%d.%d\n' $((us / 1000)) $(((us % 1000) / 100))
+}
+median() { sort -n | awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+new_ns() { ip netns add "$1" && ip -n "$1" link set lo up; }
+attach() {
+    local ns=$1 ip=$2
+    local port="x${ip##*.}"
+    ip -n "$P-ul" link add "$port" type veth peer name eth0 netns "$ns"
+    ip -n "$P-ul" link set "$port" master br0 up
+    ip -n "$ns" addr add "$ip/24" dev eth0
+    ip -n "$ns" link set eth0 up
+}
+etcd_api() { ip netns exec "$P-etcd" curl -fsS -X POST "http://127.0.0.1:2379/v3/$1" -d "$2"; }
+b64() { printf '%s' "$1" | base64 -w0; }
+
+# entry_counts NS: "routes neighbours fdb" on flannel.1 (0 0 0 while the device is missing).
+entry_counts() {
+    local ns=$1 r n f
+    r=$(ip -n "$ns" route show dev flannel.1 2>/dev/null | grep -c onlink || true)
+    n=$(ip -n "$ns" neigh show dev flannel.1 nud permanent 2>/dev/null | grep -c lladdr || true)
+    f=$(bridge -n "$ns" fdb show dev flannel.1 2>/dev/null | grep -c ' dst ' || true)
+    echo "$r $n $f"
+}
+
+echo "== building weftd ($PROFILE)"
+bash scripts/setup.sh >/dev/null
+if [ "$PROFILE" = release ]; then
+    cargo build --release --bin weftd
+else
+    cargo build --bin weftd
+fi
+WEFTD="$ROOT/target/$PROFILE/weftd"
+
+echo "== underlay, etcd, $PEERS leases"
+new_ns "$P-ul"
+ip -n "$P-ul" link add br0 type bridge
+ip -n "$P-ul" link set br0 up
+new_ns "$P-etcd"
+attach "$P-etcd" "$ETCD_IP"
+ip netns exec "$P-etcd" etcd --name bench --data-dir "$WORK/etcd" --max-txn-ops 5000 \
+    --listen-client-urls "http://$ETCD_IP:2379,http://127.0.0.1:2379" \
+    --advertise-client-urls "http://$ETCD_IP:2379" \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster bench=http://127.0.0.1:2380 >"$WORK/etcd.log" 2>&1 &
+disown
+for _ in $(seq 1 300); do
+    etcd_api kv/range '{"key":"Lw=="}' >/dev/null 2>&1 && break
+    sleep 0.1
+done
+etcd_api kv/put "{\"key\":\"$(b64 "$PREFIX/config")\",\"value\":\"$(b64 "$CONFIG")\"}" >/dev/null
+LEASE=$(etcd_api lease/grant '{"TTL":7200}' | jq -r .ID)
+
+# One line per fake peer: subnet address, VTEP MAC, public IP. Subnet s = i+1 (the first /26 is
+# never handed out), so the node's own subnet is one of the last 23.
+awk -v n="$PEERS" 'BEGIN { for (i = 0; i < n; i++) { s = i + 1;
+    printf "10.244.%d.%d\t02:42:c6:12:%02x:%02x\t198.18.%d.%d\n", int(s / 4), (s % 4) * 64,
+        int(i / 256), i % 256, int(i / 250), i % 250 + 1 } }' >"$WORK/peers.tsv"
+jq -Rn --arg lease "$LEASE" --arg prefix "$PREFIX" '{success: [inputs | split("\t") | {requestPut: {
+    key: ("\($prefix)/subnets/\(.[0])-26" | @base64),
+    value: ({PublicIP: .[2], BackendType: "vxlan", BackendData: {VNI: 1, VtepMAC: .[1]}} | tojson | @base64),
+    lease: $lease}}]}' <"$WORK/peers.tsv" >"$WORK/txn.json"
+etcd_api kv/txn "@$WORK/txn.json" | jq -e .succeeded >/dev/null
+echo "   $(ip netns exec "$P-etcd" env ETCDCTL_API=3 etcdctl get --prefix "$PREFIX/subnets/" --keys-only | grep -c subnets) leases in etcd"
+
+# The same entries for ip -batch / bridge -batch.
+awk -F'\t' '{ printf "route add %s/26 via %s dev flannel.1 onlink\nneigh add %s lladdr %s dev flannel.1 nud permanent\n", $1, $1, $1, $2 }' \
+    "$WORK/peers.tsv" >"$WORK/ip.batch"
+awk -F'\t' '{ printf "fdb add %s dev flannel.1 dst %s self permanent\n", $2, $3 }' "$WORK/peers.tsv" >"$WORK/bridge.batch"
+
+: >"$WORK/start_ms"
+: >"$WORK/program_ms"
+: >"$WORK/floor_ms"
+for run in $(seq 1 "$RUNS"); do
+    node="$P-n$run"
+    ip_addr="192.0.2.$((10 + run))"
+    new_ns "$node"
+    attach "$node" "$ip_addr"
+    mkdir -p "$WORK/n$run"
+    t0=$(now_ns)
+    ip netns exec "$node" env RUST_LOG=info "$WEFTD" --etcd-endpoints "http://$ETCD_IP:2379" \
+        --iface eth0 --subnet-file "$WORK/n$run/subnet.env" --state-dir "$WORK/n$run/state" \
+        >"$WORK/n$run/weftd.log" 2>&1 &
+    weftd_pid=$!
+    disown
+    deadline=$((SECONDS + 30))
+    until [ "$(entry_counts "$node")" = "$PEERS $PEERS $PEERS" ]; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "run $run: entries after 30 s: $(entry_counts "$node") (want $PEERS each)" >&2
+            tail -20 "$WORK/n$run/weftd.log" >&2
+            exit 1
+        fi
+    done
+    start_ms=$(ms_since "$t0")
+    echo "$start_ms" >>"$WORK/start_ms"
+    program_ms=$(grep -m1 -o "reconciled .*added=$((3 * PEERS)) .*took_ms=[0-9.]*" "$WORK/n$run/weftd.log" |
+        sed 's/.*took_ms=//' | awk '{printf "%.1f", $1}' || true)
+    [ -n "$program_ms" ] && echo "$program_ms" >>"$WORK/program_ms"
+
+    floor="$P-f$run"
+    new_ns "$floor"
+    ip -n "$floor" link add eth0 type veth peer name eth0p
+    ip -n "$floor" link set eth0p up
+    ip -n "$floor" addr add 192.0.2.200/24 dev eth0
+    ip -n "$floor" link set eth0 up
+    ip -n "$floor" link add flannel.1 type vxlan id 1 local 192.0.2.200 dev eth0 dstport 8472 nolearning
+    ip -n "$floor" addr add 10.244.0.0/32 dev flannel.1
+    ip -n "$floor" link set flannel.1 up
+    t1=$(now_ns)
+    ip -n "$floor" -batch "$WORK/ip.batch"
+    bridge -n "$floor" -batch "$WORK/bridge.batch"
+    floor_ms=$(ms_since "$t1")
+    echo "$floor_ms" >>"$WORK/floor_ms"
+    [ "$(entry_counts "$floor")" = "$PEERS $PEERS $PEERS" ] || { echo "floor run $run incomplete: $(entry_counts "$floor")" >&2; exit 1; }
+    echo "   run $run: weftd start -> all $((3 * PEERS)) entries ${start_ms} ms, reconcile ${program_ms:-?} ms; ip/bridge -batch ${floor_ms} ms"
+
+    if [ "$run" -lt "$RUNS" ]; then
+        kill -9 "$weftd_pid" 2>/dev/null || true
+        own=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/n$run/subnet.env" | awk -F'[./]' '{printf "%s.%s.%s.%d-%s", $1, $2, $3, $4 - 1, $5}')
+        etcd_api kv/deleterange "{\"key\":\"$(b64 "$PREFIX/subnets/$own")\"}" >/dev/null
+        ip netns del "$node"
+    fi
+    ip netns del "$floor"
+done
+
+echo "== new lease in etcd -> route on the running node ($LAT_RUNS times)"
+node="$P-n$RUNS"
+own=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/n$RUNS/subnet.env" | awk -F'[./]' '{printf "%s.%s.%s.%d", $1, $2, $3, $4 - 1}')
+: >"$WORK/lat_lo"
+: >"$WORK/lat_hi"
+: >"$WORK/withdraw"
+s=1001
+for k in $(seq 1 "$LAT_RUNS"); do
+    while :; do
+        subnet="10.244.$((s / 4)).$(((s % 4) * 64))"
+        s=$((s + 1))
+        [ "$subnet" != "$own" ] && break
+    done
+    key=$(b64 "$PREFIX/subnets/$subnet-26")
+    value=$(b64 "{\"PublicIP\":\"198.19.0.$k\",\"BackendType\":\"vxlan\",\"BackendData\":{\"VNI\":1,\"VtepMAC\":\"02:42:c6:13:00:$(printf %02x "$k")\"}}")
+    t_before=$(now_ns)
+    etcd_api kv/put "{\"key\":\"$key\",\"value\":\"$value\",\"lease\":\"$LEASE\"}" >/dev/null
+    t_after=$(now_ns)
+    deadline=$((SECONDS + 10))
+    until [ -n "$(ip -n "$node" route show "$subnet/26" 2>/dev/null)" ]; do
+        [ "$SECONDS" -ge "$deadline" ] && { echo "route to $subnet/26 not programmed within 10 s" >&2; tail -20 "$WORK/n$RUNS/weftd.log" >&2; exit 1; }
+    done
+    ms_since "$t_before" >>"$WORK/lat_hi"
+    ms_since "$t_after" >>"$WORK/lat_lo"
+    t_del=$(now_ns)
+    etcd_api kv/deleterange "{\"key\":\"$key\"}" >/dev/null
+    deadline=$((SECONDS + 10))
+    until [ -z "$(ip -n "$node" route show "$subnet/26" 2>/dev/null)" ]; do
+        [ "$SECONDS" -ge "$deadline" ] && { echo "route to $subnet/26 not withdrawn within 10 s" >&2; tail -20 "$WORK/n$RUNS/weftd.log" >&2; exit 1; }
+    done
+    ms_since "$t_del" >>"$WORK/withdraw"
+done
+
+START=$(median <"$WORK/start_ms")
+PROGRAM=$(median <"$WORK/program_ms")
+FLOOR=$(median <"$WORK/floor_ms")
+LAT_LO=$(median <"$WORK/lat_lo")
+LAT_HI=$(median <"$WORK/lat_hi")
+WITHDRAW=$(median <"$WORK/withdraw")
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.2f\n", a / b }'; }
+verdict() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a") print "n/a"; else if (a + 0 <= b + 0) print "met"; else print "MISSED" }'; }
+
+echo
+echo "==================== bench-converge: $PEERS peers ($((3 * PEERS)) kernel entries), $RUNS runs, weftd $PROFILE ===================="
+printf '%-58s %10s ms   (runs: %s)\n' "weftd process start -> all entries in the kernel" "$START" "$(paste -sd' ' "$WORK/start_ms")"
+printf '%-58s %10s ms   (runs: %s)\n' "weftd programming (reconcile took_ms in its log)" "$PROGRAM" "$(paste -sd' ' "$WORK/program_ms")"
+printf '%-58s %10s ms   (runs: %s)\n' "floor: ip -batch + bridge -batch, same entries" "$FLOOR" "$(paste -sd' ' "$WORK/floor_ms")"
+printf '%-58s %10s x\n' "ratio programming / floor" "$(ratio "$PROGRAM" "$FLOOR")"
+printf '%-58s %10s x\n' "ratio start-to-all-entries / floor" "$(ratio "$START" "$FLOOR")"
+printf '%-58s %10s ms   (counted from the put returning; %s ms from the put starting)\n' \
+    "new lease in etcd -> route on a running node (median of $LAT_RUNS)" "$LAT_LO" "$LAT_HI"
+printf '%-58s %10s ms\n' "lease deleted in etcd -> route gone (median of $LAT_RUNS)" "$WITHDRAW"
+echo "target: all entries within 1000 ms of process start: $(verdict "$START" 1000)"
+echo "target: programming within 3x the ip -batch floor:  $(verdict "$(ratio "$PROGRAM" "$FLOOR")" 3)"
