@@ -11,6 +11,9 @@ use std::str::FromStr;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
@@ -19,7 +22,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
-use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
 use tokio::sync::mpsc;
 
@@ -501,52 +504,6 @@ fn route_message(route: &Ipv4Route) -> RouteMessage {
     builder.build()
 }
 
-/// Adds or replaces a route; `dev` names the device in errors.
-pub async fn replace_route(
-    handle: &Handle,
-    route: &Ipv4Route,
-    dev: &str,
-) -> Result<(), NetlinkError> {
-    handle
-        .route()
-        .add(route_message(route))
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| {
-            let onlink = if route.onlink { " onlink" } else { "" };
-            NetlinkError::request(
-                format!(
-                    "add route {} via {} dev {dev}{onlink}",
-                    route.dst, route.gateway
-                ),
-                e,
-            )
-        })
-}
-
-/// Deletes a route whatever its protocol and scope; a route already gone is not an error.
-pub async fn del_route(handle: &Handle, route: &Ipv4Route, dev: &str) -> Result<(), NetlinkError> {
-    let mut msg = route_message(route);
-    // The kernel only matches these when set: unset, the route goes whoever added it.
-    msg.header.protocol = RouteProtocol::Unspec;
-    msg.header.scope = RouteScope::NoWhere;
-    match handle.route().del(msg).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let err = NetlinkError::request(
-                format!("delete route {} via {} dev {dev}", route.dst, route.gateway),
-                e,
-            );
-            if err.is_not_found() {
-                Ok(())
-            } else {
-                Err(err)
-            }
-        }
-    }
-}
-
 /// An IPv4 neighbour (ARP) entry on one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Neighbour {
@@ -587,50 +544,6 @@ pub async fn neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, N
             })
         })
         .collect())
-}
-
-/// Adds or replaces a permanent neighbour entry `ip -> mac` on a device.
-pub async fn replace_neighbour(
-    handle: &Handle,
-    index: u32,
-    dev: &str,
-    ip: Ipv4Addr,
-    mac: MacAddr,
-) -> Result<(), NetlinkError> {
-    handle
-        .neighbours()
-        .add(index, IpAddr::V4(ip))
-        .link_layer_address(&mac.0)
-        .state(NeighbourState::Permanent)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| NetlinkError::request(format!("add neighbour {ip} lladdr {mac} dev {dev}"), e))
-}
-
-/// Deletes a neighbour entry; an entry already gone is not an error.
-pub async fn del_neighbour(
-    handle: &Handle,
-    index: u32,
-    dev: &str,
-    ip: Ipv4Addr,
-) -> Result<(), NetlinkError> {
-    let mut msg = NeighbourMessage::default();
-    msg.header.family = AddressFamily::Inet;
-    msg.header.ifindex = index;
-    msg.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-    match handle.neighbours().del(msg).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let err = NetlinkError::request(format!("delete neighbour {ip} dev {dev}"), e);
-            if err.is_not_found() {
-                Ok(())
-            } else {
-                Err(err)
-            }
-        }
-    }
 }
 
 /// A forwarding-database entry of a VXLAN device: frames for `mac` go to the VTEP at `dst`.
@@ -688,56 +601,239 @@ fn fdb_message(index: u32, entry: &FdbEntry) -> NeighbourMessage {
     msg
 }
 
-/// Adds or replaces the permanent FDB entry `<mac> dst <ip> self` of a VXLAN device.
-pub async fn add_fdb(
-    handle: &Handle,
-    index: u32,
-    dev: &str,
-    entry: &FdbEntry,
-) -> Result<(), NetlinkError> {
-    handle
-        .neighbours()
-        .add_bridge(index, &entry.mac.0)
-        .flags(NeighbourFlags::Own)
-        .destination(IpAddr::V4(entry.dst))
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| {
-            NetlinkError::request(
-                format!("add fdb {} dst {} dev {dev}", entry.mac, entry.dst),
-                e,
-            )
-        })
+/// One request of a [`run_batch`]: a route, neighbour or FDB change, and its description.
+#[derive(Debug, Clone)]
+pub struct BatchRequest {
+    message: RouteNetlinkMessage,
+    flags: u16,
+    op: String,
+    absent_ok: bool,
 }
 
-/// Deletes one FDB entry (that MAC towards that destination); an entry already gone is not an
-/// error.
-pub async fn del_fdb(
-    handle: &Handle,
-    index: u32,
-    dev: &str,
-    entry: &FdbEntry,
-) -> Result<(), NetlinkError> {
-    match handle
-        .neighbours()
-        .del(fdb_message(index, entry))
-        .execute()
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let err = NetlinkError::request(
-                format!("delete fdb {} dst {} dev {dev}", entry.mac, entry.dst),
-                e,
-            );
-            if err.is_not_found() {
-                Ok(())
-            } else {
-                Err(err)
+const CREATE_REPLACE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+const DELETE: u16 = NLM_F_REQUEST | NLM_F_ACK;
+
+impl BatchRequest {
+    /// Adds or replaces a route; `dev` names the device in errors.
+    pub fn replace_route(route: &Ipv4Route, dev: &str) -> Self {
+        let onlink = if route.onlink { " onlink" } else { "" };
+        BatchRequest {
+            message: RouteNetlinkMessage::NewRoute(route_message(route)),
+            flags: CREATE_REPLACE,
+            op: format!(
+                "add route {} via {} dev {dev}{onlink}",
+                route.dst, route.gateway
+            ),
+            absent_ok: false,
+        }
+    }
+
+    /// Deletes a route whoever added it (protocol and scope left unset, so the kernel does
+    /// not match on them); a route already gone counts as deleted.
+    pub fn del_route(route: &Ipv4Route, dev: &str) -> Self {
+        let mut msg = route_message(route);
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.scope = RouteScope::NoWhere;
+        BatchRequest {
+            message: RouteNetlinkMessage::DelRoute(msg),
+            flags: DELETE,
+            op: format!("delete route {} via {} dev {dev}", route.dst, route.gateway),
+            absent_ok: true,
+        }
+    }
+
+    /// Adds or replaces the permanent neighbour entry `ip -> mac` on device `index`.
+    pub fn replace_neighbour(index: u32, dev: &str, ip: Ipv4Addr, mac: MacAddr) -> Self {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        BatchRequest {
+            message: RouteNetlinkMessage::NewNeighbour(msg),
+            flags: CREATE_REPLACE,
+            op: format!("add neighbour {ip} lladdr {mac} dev {dev}"),
+            absent_ok: false,
+        }
+    }
+
+    /// Deletes the neighbour entry for `ip` on device `index`; one already gone counts as
+    /// deleted.
+    pub fn del_neighbour(index: u32, dev: &str, ip: Ipv4Addr) -> Self {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        BatchRequest {
+            message: RouteNetlinkMessage::DelNeighbour(msg),
+            flags: DELETE,
+            op: format!("delete neighbour {ip} dev {dev}"),
+            absent_ok: true,
+        }
+    }
+
+    /// Adds or replaces the permanent FDB entry `<mac> dst <ip> self` on VXLAN device `index`.
+    pub fn replace_fdb(index: u32, dev: &str, entry: &FdbEntry) -> Self {
+        BatchRequest {
+            message: RouteNetlinkMessage::NewNeighbour(fdb_message(index, entry)),
+            flags: CREATE_REPLACE,
+            op: format!("add fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+            absent_ok: false,
+        }
+    }
+
+    /// Deletes one FDB entry (that MAC towards that destination); one already gone counts as
+    /// deleted.
+    pub fn del_fdb(index: u32, dev: &str, entry: &FdbEntry) -> Self {
+        BatchRequest {
+            message: RouteNetlinkMessage::DelNeighbour(fdb_message(index, entry)),
+            flags: DELETE,
+            op: format!("delete fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+            absent_ok: true,
+        }
+    }
+}
+
+/// Requests per `sendmsg` in [`run_batch`]: their ACKs must fit the receive buffer at once.
+const BATCH_CHUNK: usize = 256;
+
+/// Socket receive buffer asked for by [`run_batch`] (the kernel caps it at `rmem_max`).
+const BATCH_RCVBUF: usize = 4 << 20;
+
+/// How long [`run_batch`] waits for the kernel's ACKs before giving up on a chunk.
+const BATCH_ACK_TIMEOUT: libc::timeval = libc::timeval {
+    tv_sec: 5,
+    tv_usec: 0,
+};
+
+/// Sends the requests to the kernel in chunks of many messages per `sendmsg` (the kernel
+/// handles each message in turn and acknowledges each), in order; returns how many succeeded
+/// and the errors of the others, each naming its operation. Runs synchronously on the calling
+/// thread, in its network namespace: the kernel does the work inside `sendmsg`, so this only
+/// takes as long as the kernel needs.
+pub fn run_batch(requests: &[BatchRequest]) -> Result<(usize, Vec<NetlinkError>), NetlinkError> {
+    use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+    use std::os::fd::AsRawFd;
+
+    let socket_err = |op: &str, source: io::Error| NetlinkError::Request {
+        op: format!("batch netlink socket: {op}"),
+        source,
+    };
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Connect)?;
+    socket.bind_auto().map_err(|e| socket_err("bind", e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| socket_err("connect", e))?;
+    socket
+        .set_rx_buf_sz(BATCH_RCVBUF)
+        .map_err(|e| socket_err("set receive buffer", e))?;
+    socket
+        .set_cap_ack(true)
+        .map_err(|e| socket_err("set NETLINK_CAP_ACK", e))?;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live timeval of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&BATCH_ACK_TIMEOUT as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(socket_err(
+            "set receive timeout",
+            io::Error::last_os_error(),
+        ));
+    }
+
+    let mut ok = 0;
+    let mut errors = Vec::new();
+    let mut send_buf = Vec::new();
+    let mut recv_buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    for (chunk_no, chunk) in requests.chunks(BATCH_CHUNK).enumerate() {
+        let base = (chunk_no * BATCH_CHUNK) as u32 + 1;
+        send_buf.clear();
+        for (i, req) in chunk.iter().enumerate() {
+            let mut msg = NetlinkMessage::from(req.message.clone());
+            msg.header.flags = req.flags;
+            msg.header.sequence_number = base + i as u32;
+            msg.finalize();
+            let start = send_buf.len();
+            send_buf.resize(start + msg.buffer_len(), 0);
+            msg.serialize(&mut send_buf[start..]);
+        }
+        socket
+            .send(&send_buf, 0)
+            .map_err(|e| socket_err("send", e))?;
+        let mut answered = vec![false; chunk.len()];
+        let mut pending = chunk.len();
+        while pending > 0 {
+            recv_buf.clear();
+            let n = match socket.recv(&mut recv_buf, 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    // Lost or late ACKs: count every unanswered request of the chunk as failed.
+                    for (req, _) in chunk.iter().zip(&answered).filter(|(_, a)| !**a) {
+                        errors.push(NetlinkError::Request {
+                            op: req.op.clone(),
+                            source: io::Error::new(e.kind(), format!("no answer from kernel: {e}")),
+                        });
+                    }
+                    break;
+                }
+            };
+            let mut offset = 0;
+            while offset < n {
+                let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(
+                    &recv_buf[offset..n],
+                ) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        return Err(socket_err(
+                            "parse answer",
+                            io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+                        ))
+                    }
+                };
+                let len = msg.header.length as usize;
+                let seq = msg.header.sequence_number;
+                offset += len.max(1);
+                let NetlinkPayload::Error(err) = msg.payload else {
+                    continue;
+                };
+                let Some(i) = seq.checked_sub(base).map(|i| i as usize) else {
+                    continue;
+                };
+                if i >= chunk.len() || answered[i] {
+                    continue;
+                }
+                answered[i] = true;
+                pending -= 1;
+                let req = &chunk[i];
+                match err.code {
+                    None => ok += 1,
+                    Some(code) => {
+                        let errno = -code.get();
+                        let absent = matches!(errno, libc::ENOENT | libc::ESRCH | libc::ENODEV);
+                        if req.absent_ok && absent {
+                            ok += 1;
+                        } else {
+                            errors.push(NetlinkError::Request {
+                                op: req.op.clone(),
+                                source: io::Error::from_raw_os_error(errno),
+                            });
+                        }
+                    }
+                }
             }
         }
     }
+    Ok((ok, errors))
 }
 
 /// One netlink operation waiting to run.
@@ -775,9 +871,6 @@ pub struct LinkEvent {
 /// Subscribes to the kernel's link notifications (RTNLGRP_LINK). The receiver yields one
 /// [`LinkEvent`] per message until it is dropped; must be called inside a tokio runtime.
 pub fn link_events() -> Result<mpsc::UnboundedReceiver<LinkEvent>, NetlinkError> {
-    use rtnetlink::packet_core::NetlinkPayload;
-    use rtnetlink::packet_route::RouteNetlinkMessage;
-
     let (conn, _handle, mut messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
             .map_err(NetlinkError::Connect)?;

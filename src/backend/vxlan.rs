@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::{BackendError, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
-use crate::netlink::{self, ExternalInterface, MacAddr, PendingOp};
+use crate::netlink::{self, BatchRequest, ExternalInterface, MacAddr};
 use crate::peers::{self, ActualEntries, VxlanTopology};
 
 /// VXLAN overhead on an IPv4 underlay: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
@@ -381,48 +381,32 @@ impl VxlanBackend {
         let actual = self.read_actual(index).await?;
         let diff = peers::diff(&desired, &actual);
 
-        let mut removals: Vec<PendingOp> = Vec::new();
-        for r in diff.del_routes {
-            let (h, dev) = (self.handle.clone(), self.dev_name_of(r.oif));
-            removals.push(Box::pin(
-                async move { netlink::del_route(&h, &r, &dev).await },
+        let mut removals = Vec::new();
+        for r in &diff.del_routes {
+            removals.push(BatchRequest::del_route(r, &self.dev_name_of(r.oif)));
+        }
+        for ip in &diff.del_neighbours {
+            removals.push(BatchRequest::del_neighbour(index, &self.name, *ip));
+        }
+        for e in &diff.del_fdb {
+            removals.push(BatchRequest::del_fdb(index, &self.name, e));
+        }
+        let mut additions = Vec::new();
+        for r in &diff.add_routes {
+            additions.push(BatchRequest::replace_route(r, &self.dev_name_of(r.oif)));
+        }
+        for (ip, mac) in &diff.add_neighbours {
+            additions.push(BatchRequest::replace_neighbour(
+                index, &self.name, *ip, *mac,
             ));
         }
-        for ip in diff.del_neighbours {
-            let (h, dev) = (self.handle.clone(), self.name.clone());
-            removals.push(Box::pin(async move {
-                netlink::del_neighbour(&h, index, &dev, ip).await
-            }));
-        }
-        for e in diff.del_fdb {
-            let (h, dev) = (self.handle.clone(), self.name.clone());
-            removals.push(Box::pin(async move {
-                netlink::del_fdb(&h, index, &dev, &e).await
-            }));
-        }
-        let mut additions: Vec<PendingOp> = Vec::new();
-        for r in diff.add_routes {
-            let (h, dev) = (self.handle.clone(), self.dev_name_of(r.oif));
-            additions.push(Box::pin(async move {
-                netlink::replace_route(&h, &r, &dev).await
-            }));
-        }
-        for (ip, mac) in diff.add_neighbours {
-            let (h, dev) = (self.handle.clone(), self.name.clone());
-            additions.push(Box::pin(async move {
-                netlink::replace_neighbour(&h, index, &dev, ip, mac).await
-            }));
-        }
-        for e in diff.add_fdb {
-            let (h, dev) = (self.handle.clone(), self.name.clone());
-            additions.push(Box::pin(async move {
-                netlink::add_fdb(&h, index, &dev, &e).await
-            }));
+        for e in &diff.add_fdb {
+            additions.push(BatchRequest::replace_fdb(index, &self.name, e));
         }
 
         // Removals first: a changed route or FDB entry is a removal plus an addition.
-        let (removed, del_errors) = netlink::run_concurrently(removals).await;
-        let (added, add_errors) = netlink::run_concurrently(additions).await;
+        let (removed, del_errors) = netlink::run_batch(&removals)?;
+        let (added, add_errors) = netlink::run_batch(&additions)?;
         for e in del_errors.iter().chain(add_errors.iter()) {
             warn!(device = %self.name, error = %e, "peer entry not programmed");
         }
