@@ -141,10 +141,8 @@ impl EtcdArgs {
 /// Why our own lease is no longer ours; the daemon acquires again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseLostReason {
-    /// The key is gone (deleted, or expired and removed).
+    /// The key is gone (deleted, or its etcd lease expired and etcd removed it).
     Deleted,
-    /// The key's etcd lease expired.
-    Expired,
     /// The key now names another node.
     TakenBy(Ipv4Addr),
     /// The key's value is no longer a lease.
@@ -155,7 +153,6 @@ impl fmt::Display for LeaseLostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LeaseLostReason::Deleted => write!(f, "the key was deleted"),
-            LeaseLostReason::Expired => write!(f, "the etcd lease expired"),
             LeaseLostReason::TakenBy(ip) => write!(f, "the key now belongs to PublicIP {ip}"),
             LeaseLostReason::Invalid(e) => write!(f, "the key's value is not a lease: {e}"),
         }
@@ -563,9 +560,10 @@ impl EtcdStore {
     }
 
     /// Extends our lease. A reservation needs nothing. Under etcd v3 the etcd lease is kept
-    /// alive; it is replaced (and the key re-put) only if the key's value differs from ours or
-    /// `ttl` differs from the lease's granted TTL. A key that is gone, expired or names another
-    /// node gives [`StoreError::LeaseLost`].
+    /// alive; it is replaced (and the key re-put) only if the key's value differs from ours,
+    /// `ttl` differs from the lease's granted TTL, or it has just expired. A key that is gone or
+    /// names another node gives [`StoreError::LeaseLost`]; [`StoreError::Conflict`] means the key
+    /// changed during the call (retry).
     pub async fn renew(&self, own: &OwnLease, ttl: Duration) -> Result<OwnLease, StoreError> {
         if own.etcd_lease.is_none() {
             return Ok(own.clone());
@@ -658,7 +656,8 @@ impl EtcdStore {
     }
 
     /// Renews the etcd lease `id` of `current` with a keep-alive, or, if the value or TTL must
-    /// change, re-puts the key under a new etcd lease (guarded by the key's mod revision).
+    /// change or the etcd lease has expired, re-puts the key under a new etcd lease (guarded by
+    /// the key's mod revision; a key changed or removed meanwhile gives [`StoreError::Conflict`]).
     async fn refresh(
         &self,
         current: &Lease,
@@ -667,10 +666,6 @@ impl EtcdStore {
         ttl: Duration,
     ) -> Result<OwnLease, StoreError> {
         let key = lease_key(&self.prefix, current.subnet);
-        let lost = |reason| StoreError::LeaseLost {
-            subnet: current.subnet,
-            reason,
-        };
         let info = timed(
             "read lease TTL",
             &key,
@@ -679,11 +674,11 @@ impl EtcdStore {
                 .time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())),
         )
         .await?;
-        if info.ttl() <= 0 {
-            return Err(lost(LeaseLostReason::Expired));
-        }
+        // An expired etcd lease whose key etcd has not removed yet is replaced below: the
+        // re-put wins the key back before other nodes ever see it go.
+        let alive = info.ttl() > 0;
         let ttl_s = ttl_seconds(ttl);
-        if current.attrs == *attrs && info.granted_ttl() == ttl_s {
+        if alive && current.attrs == *attrs && info.granted_ttl() == ttl_s {
             match timed(
                 "keep lease alive",
                 &key,
@@ -691,19 +686,20 @@ impl EtcdStore {
             )
             .await
             {
-                Ok(_) => {}
+                Ok(_) => {
+                    return Ok(OwnLease {
+                        subnet: current.subnet,
+                        attrs: attrs.clone(),
+                        etcd_lease: Some(id),
+                        expires: Some(expiry_after(info.granted_ttl())),
+                    })
+                }
                 Err(StoreError::Request {
                     source: etcd_client::Error::LeaseKeepAliveError(_),
                     ..
-                }) => return Err(lost(LeaseLostReason::Expired)),
+                }) => debug!(key, "etcd lease expired just now, replacing it"),
                 Err(e) => return Err(e),
             }
-            return Ok(OwnLease {
-                subnet: current.subnet,
-                attrs: attrs.clone(),
-                etcd_lease: Some(id),
-                expires: Some(expiry_after(info.granted_ttl())),
-            });
         }
         let grant = timed(
             "grant lease",
@@ -725,7 +721,7 @@ impl EtcdStore {
             return Err(e);
         }
         // The old etcd lease now holds nothing if it only held this key: drop it.
-        if info.keys() == [key.as_bytes()] {
+        if alive && info.keys() == [key.as_bytes()] {
             self.revoke_quietly(id, &key).await;
         }
         Ok(OwnLease {
