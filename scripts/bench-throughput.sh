@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# Single-stream TCP pod-to-pod throughput of weft's backends against the kernel floor.
+#
+# One run, two nodes in network namespaces on a bridged underlay (192.0.2.0/24), one pod per
+# node (10.244.0.0/16), iperf3 for each case:
+#   underlay      node to node on the bare underlay
+#   vxlan-hand    pods over a VXLAN overlay built by hand with ip(8), exactly Flannel's layout
+#   weft-vxlan    pods over weftd's VXLAN backend
+#   weft-udp      pods over weftd's UDP backend (userspace data path)
+#   weft-host-gw  pods over weftd's host-gw backend
+# Prints Gbit/s and the ratios the issue sets targets for, and writes docs/throughput.md and
+# the bar chart docs/throughput.svg (drawn by this script).
+#
+# Runs as root; touches nothing outside its own namespaces (named wbench-<pid>-*), removed on
+# exit. Environment: BENCH_SECONDS (per case, default 10), WEFTD (weftd binary; default: build
+# target/release/weftd), DOCS_DIR (default <repo>/docs).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+seconds=${BENCH_SECONDS:-10}
+docs=${DOCS_DIR:-$here/docs}
+prefix="wbench-$$"
+work=$(mktemp -d /tmp/weft-bench.XXXXXX)
+etcd_ip=192.0.2.254
+node_ips=(192.0.2.11 192.0.2.12)
+network=10.244.0.0/16
+
+die() { echo "bench-throughput: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces)"
+for tool in ip iperf3 etcd etcdctl awk; do
+    command -v "$tool" >/dev/null || die "missing $tool (run scripts/setup.sh)"
+done
+
+if [ -z "${WEFTD:-}" ]; then
+    echo "building weftd (release)..." >&2
+    (cd "$here" && cargo build --quiet --release --bin weftd)
+    WEFTD="${CARGO_TARGET_DIR:-$here/target}/release/weftd"
+fi
+[ -x "$WEFTD" ] || die "weftd binary $WEFTD not found"
+
+ns() { echo "$prefix-$1"; }
+inns() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
+
+cleanup() {
+    local n pid
+    for n in $(ip netns list | awk -v p="$prefix-" 'index($1, p) == 1 {print $1}'); do
+        for pid in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+        ip netns del "$n" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- topology ------------------------------------------------------------------------------
+
+port=0
+attach() { # attach <ns-role> <ip>: eth0 on the underlay bridge
+    port=$((port + 1))
+    ip -n "$(ns ul)" link add "x$port" type veth peer name eth0 netns "$(ns "$1")"
+    ip -n "$(ns ul)" link set "x$port" master br0 up
+    ip -n "$(ns "$1")" addr add "$2/24" dev eth0
+    ip -n "$(ns "$1")" link set eth0 up
+}
+
+topology() { # fresh underlay, etcd namespace and two nodes
+    cleanup_namespaces
+    local role
+    for role in ul etcd n1 n2 p1 p2; do
+        ip netns add "$(ns "$role")"
+        ip -n "$(ns "$role")" link set lo up
+    done
+    ip -n "$(ns ul)" link add br0 type bridge
+    ip -n "$(ns ul)" link set br0 up
+    attach etcd "$etcd_ip"
+    attach n1 "${node_ips[0]}"
+    attach n2 "${node_ips[1]}"
+    inns n1 sysctl -qw net.ipv4.ip_forward=1
+    inns n2 sysctl -qw net.ipv4.ip_forward=1
+}
+
+cleanup_namespaces() {
+    local n pid
+    for n in $(ip netns list | awk -v p="$prefix-" 'index($1, p) == 1 {print $1}'); do
+        for pid in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+        ip netns del "$n"
+    done
+}
+
+wire_pod() { # wire_pod <node> <pod> <gateway cidr, e.g. 10.244.1.1/24> <mtu>
+    local node=$1 pod=$2 gw=$3 mtu=$4
+    local base=${gw%.*} len=${gw#*/}
+    ip -n "$(ns "$node")" link add cni0 mtu "$mtu" type bridge
+    ip -n "$(ns "$node")" addr add "$gw" dev cni0
+    ip -n "$(ns "$node")" link set cni0 up
+    ip -n "$(ns "$node")" link add veth0 mtu "$mtu" type veth peer name eth0 netns "$(ns "$pod")"
+    ip -n "$(ns "$node")" link set veth0 master cni0 up
+    ip -n "$(ns "$pod")" addr add "$base.10/$len" dev eth0
+    ip -n "$(ns "$pod")" link set eth0 up
+    ip -n "$(ns "$pod")" route add default via "${gw%/*}"
+}
+
+# --- measurement ---------------------------------------------------------------------------
+
+iperf() { # iperf <client ns-role> <server ns-role> <server ip>: prints Gbit/s (receiver side)
+    local client=$1 server=$2 ip=$3 out pid
+    inns "$server" iperf3 -s -p 5201 >/dev/null 2>&1 &
+    pid=$!
+    sleep 0.5
+    out=$(inns "$client" iperf3 -c "$ip" -p 5201 -t "$seconds" -f m) || die "iperf3 $client -> $ip failed"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    echo "$out" | awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") printf "%.2f\n", $(i-1) / 1000 }'
+}
+
+# --- cases ---------------------------------------------------------------------------------
+
+case_underlay() {
+    topology
+    iperf n1 n2 "${node_ips[1]}"
+}
+
+case_vxlan_hand() {
+    topology
+    local i peer mac
+    for i in 1 2; do
+        ip -n "$(ns "n$i")" link add flannel.1 type vxlan id 1 local "${node_ips[$((i - 1))]}" dev eth0 \
+            dstport 8472 nolearning
+        ip -n "$(ns "n$i")" link set flannel.1 mtu 1450 up
+        ip -n "$(ns "n$i")" addr add "10.244.$i.0/32" dev flannel.1
+    done
+    for i in 1 2; do
+        peer=$((3 - i))
+        mac=$(ip -n "$(ns "n$peer")" -j link show dev flannel.1 | awk -F'"address":"' '{split($2, a, "\""); print a[1]}')
+        ip -n "$(ns "n$i")" route add "10.244.$peer.0/24" via "10.244.$peer.0" dev flannel.1 onlink
+        ip -n "$(ns "n$i")" neigh add "10.244.$peer.0" lladdr "$mac" dev flannel.1 nud permanent
+        bridge -n "$(ns "n$i")" fdb add "$mac" dev flannel.1 dst "${node_ips[$((peer - 1))]}" self permanent
+        wire_pod "n$i" "p$i" "10.244.$i.1/24" 1450
+    done
+    iperf p1 p2 10.244.2.10
+}
+
+start_weft() { # start_weft <backend type>: etcd + weftd on both nodes + a pod on each
+    topology
+    local data="$work/etcd-$1"
+    mkdir -p "$data"
+    inns etcd etcd --name bench --data-dir "$data" \
+        --listen-client-urls "http://$etcd_ip:2379" --advertise-client-urls "http://$etcd_ip:2379" \
+        --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+        --initial-cluster bench=http://127.0.0.1:2380 >"$work/etcd-$1.log" 2>&1 &
+    local i
+    for i in $(seq 100); do
+        inns etcd etcdctl --endpoints "http://$etcd_ip:2379" put /coreos.com/network/config \
+            "{\"Network\":\"$network\",\"Backend\":{\"Type\":\"$1\"}}" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    for i in 1 2; do
+        mkdir -p "$work/$1-n$i"
+        inns "n$i" "$WEFTD" --etcd-endpoints "http://$etcd_ip:2379" --iface eth0 \
+            --subnet-file "$work/$1-n$i/subnet.env" --state-dir "$work/$1-n$i/state" \
+            >"$work/$1-n$i/weftd.log" 2>&1 &
+    done
+    for i in 1 2; do
+        local env="$work/$1-n$i/subnet.env" t
+        for t in $(seq 300); do [ -s "$env" ] && break; sleep 0.1; done
+        [ -s "$env" ] || die "weftd ($1) on node $i wrote no subnet.env: $(tail -5 "$work/$1-n$i/weftd.log")"
+        # shellcheck disable=SC1090
+        . "$env"
+        wire_pod "n$i" "p$i" "$FLANNEL_SUBNET" "$FLANNEL_MTU"
+        eval "pod_ip_$i=\${FLANNEL_SUBNET%.*}.10"
+    done
+    for t in $(seq 100); do
+        inns p1 ping -c1 -W1 "$pod_ip_2" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    die "pods cannot reach each other over weft $1"
+}
+
+case_weft() {
+    start_weft "$1"
+    iperf p1 p2 "$pod_ip_2"
+}
+
+# --- run -----------------------------------------------------------------------------------
+
+declare -A gbps
+names=(underlay vxlan-hand weft-vxlan weft-udp weft-host-gw)
+echo "single-stream TCP, ${seconds}s per case" >&2
+gbps[underlay]=$(case_underlay)
+echo "  underlay      ${gbps[underlay]} Gbit/s" >&2
+gbps[vxlan-hand]=$(case_vxlan_hand)
+echo "  vxlan-hand    ${gbps[vxlan-hand]} Gbit/s" >&2
+gbps[weft-vxlan]=$(case_weft vxlan)
+echo "  weft-vxlan    ${gbps[weft-vxlan]} Gbit/s" >&2
+gbps[weft-udp]=$(case_weft udp)
+echo "  weft-udp      ${gbps[weft-udp]} Gbit/s" >&2
+gbps[weft-host-gw]=$(case_weft host-gw)
+echo "  weft-host-gw  ${gbps[weft-host-gw]} Gbit/s" >&2
+cleanup_namespaces
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f", 100 * a / b; else print "n/a" }'; }
+r_vxlan=$(ratio "${gbps[weft-vxlan]}" "${gbps[vxlan-hand]}")
+r_hostgw=$(ratio "${gbps[weft-host-gw]}" "${gbps[underlay]}")
+r_udp=$(ratio "${gbps[weft-udp]}" "${gbps[weft-vxlan]}")
+verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r + 0 >= t) ? "met" : "MISSED" }'; }
+
+date_utc=$(date -u +"%Y-%m-%d %H:%M UTC")
+cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+machine="$(uname -sr), $(nproc) CPUs (${cpu:-unknown CPU}), $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo)"
+
+report=$(cat <<EOF
+# weft throughput
+
+Single-stream TCP, pod to pod, iperf3 for ${seconds} s per case; two nodes in network namespaces
+on a veth/bridge underlay (MTU 1500), one run of \`scripts/bench-throughput.sh\`.
+
+Machine: ${machine}
+Date: ${date_utc}
+
+| case | Gbit/s |
+|---|---:|
+| bare underlay (node to node) | ${gbps[underlay]} |
+| VXLAN built by hand (kernel floor) | ${gbps[vxlan-hand]} |
+| weft VXLAN | ${gbps[weft-vxlan]} |
+| weft UDP (userspace) | ${gbps[weft-udp]} |
+| weft host-gw | ${gbps[weft-host-gw]} |
+
+| ratio | value | target | |
+|---|---:|---:|---|
+| weft VXLAN / hand-built VXLAN | ${r_vxlan} % | ≥ 95 % | $(verdict "$r_vxlan" 95) |
+| weft host-gw / underlay | ${r_hostgw} % | ≥ 95 % | $(verdict "$r_hostgw" 95) |
+| weft UDP / weft VXLAN | ${r_udp} % | ≥ 50 % | $(verdict "$r_udp" 50) |
+
+![bar chart](throughput.svg)
+EOF
+)
+
+svg() {
+    local max=0 n v
+    for n in "${names[@]}"; do max=$(awk -v a="$max" -v b="${gbps[$n]}" 'BEGIN { print (b > a) ? b : a }'); done
+    awk -v max="$max" -v date="$date_utc" -v secs="$seconds" '
+        BEGIN {
+            w = 640; h = 360; left = 130; top = 50; bar = 34; gap = 20; span = w - left - 90
+            printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"13\">\n", w, h, w, h
+            printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+            printf "<text x=\"%d\" y=\"24\" font-size=\"16\" font-weight=\"bold\">Single-stream TCP pod to pod (Gbit/s)</text>\n", left - 120
+            printf "<text x=\"%d\" y=\"%d\" fill=\"#555\" font-size=\"11\">iperf3, %s s per case, %s</text>\n", left - 120, h - 12, secs, date
+        }
+        {
+            y = top + (NR - 1) * (bar + gap)
+            len = (max > 0) ? $2 / max * span : 0
+            color = ($1 ~ /^weft/) ? "#2b7bb9" : "#999999"
+            printf "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 8, y + bar / 2 + 5, $1
+            printf "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"/>\n", left, y, len, bar, color
+            printf "<text x=\"%.1f\" y=\"%d\">%s</text>\n", left + len + 6, y + bar / 2 + 5, $2
+        }
+        END { print "</svg>" }
+    '
+}
+
+mkdir -p "$docs"
+echo "$report" >"$docs/throughput.md"
+for n in "${names[@]}"; do echo "$n ${gbps[$n]}"; done | svg >"$docs/throughput.svg"
+echo "$report"
+echo >&2 "wrote $docs/throughput.md and $docs/throughput.svg"
