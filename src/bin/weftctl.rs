@@ -31,6 +31,10 @@ enum Command {
     Leases(LeasesArgs),
     /// Import images into the node's image store and list them.
     Image(weft::pod::image::ImageArgs),
+    /// List the node's static pods like `kubectl get pods -o wide` (`-o json`: a v1 PodList).
+    Pods(weft::pod::cli::PodsArgs),
+    /// Print a pod container's log (`-c CONTAINER`, `--previous`).
+    Logs(weft::pod::cli::LogsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +63,8 @@ enum CtlError {
     Runtime(std::io::Error),
     #[error("{0}")]
     Image(#[from] weft::pod::image::ImageError),
+    #[error("{0}")]
+    Pods(#[from] weft::pod::cli::CliError),
 }
 
 /// One row of `weftctl leases`; also its JSON object.
@@ -130,6 +136,12 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.command {
         Command::Leases(args) => leases(args).await,
         Command::Image(args) => Ok(weft::pod::image::run_cli(&args, &mut std::io::stdout())?),
+        Command::Pods(args) => Ok(weft::pod::cli::pods(
+            &args,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )?),
+        Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
     }
 }
 
