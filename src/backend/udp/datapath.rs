@@ -62,6 +62,72 @@ impl UdpCounters {
             counter.fetch_add(n, Ordering::Relaxed);
         }
     }
+
+    /// The counters in Prometheus text format (`weft_udp_*_total`, all counters), for the
+    /// daemon's `/metrics`.
+    pub fn render_prometheus(&self) -> String {
+        let rows: [(&str, &AtomicU64, &str); 11] = [
+            ("tx_packets", &self.tx_packets, "Packets sent to peers."),
+            (
+                "tx_bytes",
+                &self.tx_bytes,
+                "Bytes of packets sent to peers.",
+            ),
+            (
+                "tx_no_route",
+                &self.tx_no_route,
+                "Packets for cluster addresses no lease holds.",
+            ),
+            (
+                "tx_not_ipv4",
+                &self.tx_not_ipv4,
+                "Non-IPv4 packets read from flannel0 (dropped).",
+            ),
+            (
+                "tx_errors",
+                &self.tx_errors,
+                "Failed TUN reads and UDP sends.",
+            ),
+            (
+                "rx_packets",
+                &self.rx_packets,
+                "Packets received from peers.",
+            ),
+            (
+                "rx_bytes",
+                &self.rx_bytes,
+                "Bytes of packets received from peers.",
+            ),
+            (
+                "rx_malformed",
+                &self.rx_malformed,
+                "Malformed or truncated datagrams (dropped).",
+            ),
+            (
+                "rx_unknown_source",
+                &self.rx_unknown_source,
+                "Datagrams from addresses without a lease (dropped).",
+            ),
+            (
+                "rx_not_local",
+                &self.rx_not_local,
+                "Datagrams for another node's subnet (dropped).",
+            ),
+            (
+                "rx_errors",
+                &self.rx_errors,
+                "Failed UDP receives and TUN writes.",
+            ),
+        ];
+        let mut out = String::new();
+        for (name, value, help) in rows {
+            let value = value.load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "# HELP weft_udp_{name}_total {help}\n# TYPE weft_udp_{name}_total counter\nweft_udp_{name}_total {value}\n"
+            ));
+        }
+        out
+    }
 }
 
 /// The forwarding table as the pumps see it: swapped whole by a reconcile.
@@ -334,5 +400,27 @@ impl RxPump {
                 tracing::debug!(error = %e, "write to flannel0");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_as_prometheus_counters() {
+        let c = UdpCounters::default();
+        UdpCounters::add(&c.rx_malformed, 3);
+        let text = c.render_prometheus();
+        assert!(
+            text.contains("# TYPE weft_udp_rx_malformed_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nweft_udp_rx_malformed_total 3\n"), "{text}");
+        assert!(
+            text.contains("\nweft_udp_rx_unknown_source_total 0\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 33);
     }
 }
