@@ -21,6 +21,8 @@ use crate::health::Metrics;
 use crate::lease::Lease;
 use crate::masq;
 use crate::netlink::{self, ExternalInterface};
+use crate::pod::controller::PodConfig;
+use crate::pod::controller::PodManager;
 use crate::store::{EtcdOptions, EtcdStore, LeaseEvent, LeaseWatch, OwnLease, StoreError};
 use crate::subnet_env::SubnetEnv;
 
@@ -47,6 +49,8 @@ pub struct DaemonOptions {
     pub healthz_addr: Option<SocketAddr>,
     /// `--resync-interval`: full relist-and-reconcile period.
     pub resync_interval: Duration,
+    /// `--pod-manifest-path` and friends: run static pods when set.
+    pub pods: Option<PodConfig>,
 }
 
 /// Errors that stop the agent. Everything else is logged and retried.
@@ -110,9 +114,35 @@ pub async fn run(
     let ext = netlink::find_external_interface(opts.iface.as_deref(), opts.public_ip).await?;
     info!(iface = %ext.name, public_ip = %ext.public_ip, mtu = ext.mtu, "using external interface");
     enable_ip_forwarding();
+    // Static pods run beside the network agent: pods already running keep running while etcd
+    // is away, and new ones are wired by CNI as soon as subnet.env exists.
+    let (pods_stop, pods_stopped) = tokio::sync::watch::channel(false);
+    let pods = opts.pods.clone().map(|mut cfg| {
+        cfg.host_ip = Some(ext.public_ip.into());
+        tokio::spawn(PodManager::run(cfg, pods_stopped))
+    });
+    let result = serve_network(&opts, ext, metrics, shutdown).await;
+    let _ = pods_stop.send(true);
+    if let Some(pods) = pods {
+        match pods.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "pod runtime stopped"),
+            Err(e) => error!(error = %e, "pod runtime task failed"),
+        }
+    }
+    result
+}
 
+/// The overlay part of [`run`]: lease, backend, reconcile loop.
+async fn serve_network(
+    opts: &DaemonOptions,
+    ext: ExternalInterface,
+    metrics: Arc<Metrics>,
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<(), DaemonError> {
+    let mut shutdown = shutdown;
     let mut agent = tokio::select! {
-        agent = Agent::start(opts.clone(), ext, metrics.clone()) => agent?,
+        agent = Agent::start(opts.clone(), ext, metrics) => agent?,
         () = &mut shutdown => {
             info!("shutdown before the node was up");
             return Ok(());

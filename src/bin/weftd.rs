@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::error;
 use weft::daemon::{self, DaemonOptions};
+use weft::pod::controller::PodConfig;
 use weft::store::EtcdArgs;
 
 /// Node agent of the weft overlay: leases a pod subnet from etcd, programs the overlay and
@@ -43,6 +44,54 @@ struct Flags {
     /// Serve /healthz, /readyz and /metrics on this address (off by default).
     #[arg(long, env = "WEFTD_HEALTHZ_ADDR")]
     healthz_addr: Option<SocketAddr>,
+    /// Run the static pods whose manifests (v1 Pod, YAML or JSON) are in this directory.
+    #[arg(long, env = "WEFTD_POD_MANIFEST_PATH")]
+    pod_manifest_path: Option<PathBuf>,
+    /// CNI network configurations; the first `.conflist`/`.conf` by name is used.
+    #[arg(long, env = "WEFTD_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Directories searched for CNI plugins, comma-separated or repeated.
+    #[arg(
+        long,
+        env = "WEFTD_CNI_BIN_DIR",
+        default_value = "/opt/cni/bin",
+        value_delimiter = ','
+    )]
+    cni_bin_dir: Vec<PathBuf>,
+    /// Where cached CNI results are kept (`<dir>/results`).
+    #[arg(long, env = "WEFTD_CNI_CACHE_DIR", default_value = "/var/lib/cni")]
+    cni_cache_dir: PathBuf,
+    /// OCI runtime for containers (`runc` or `crun`).
+    #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = "runc")]
+    oci_runtime: PathBuf,
+    /// Per-pod state (sandbox, containers, status).
+    #[arg(long, env = "WEFTD_POD_ROOT", default_value = "/var/lib/weft/pods")]
+    pod_root: PathBuf,
+    /// Imported images (`weftctl image import`).
+    #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = "/var/lib/weft/images")]
+    image_root: PathBuf,
+    /// Container logs: `<dir>/<ns>_<name>_<uid>/<container>/<restartCount>.log`.
+    #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = "/var/log/pods")]
+    pod_log_dir: PathBuf,
+    /// This node's name (`spec.nodeName`); default: the hostname.
+    #[arg(long, env = "WEFTD_NODE_NAME")]
+    node_name: Option<String>,
+    /// First container restart back-off in milliseconds (doubles up to the cap).
+    #[arg(
+        long,
+        env = "WEFTD_POD_BACKOFF_BASE_MS",
+        default_value_t = 10_000,
+        hide = true
+    )]
+    pod_backoff_base_ms: u64,
+    /// Longest container restart back-off in milliseconds.
+    #[arg(
+        long,
+        env = "WEFTD_POD_BACKOFF_CAP_MS",
+        default_value_t = 300_000,
+        hide = true
+    )]
+    pod_backoff_cap_ms: u64,
     /// Seconds of the etcd lease attached to the subnet key (Flannel: 24 h); lower only in tests.
     #[arg(
         long,
@@ -58,7 +107,23 @@ struct Flags {
 
 impl Flags {
     fn into_options(self) -> DaemonOptions {
+        let pods = self.pod_manifest_path.map(|manifest_dir| {
+            let node_name = self.node_name.unwrap_or_else(hostname);
+            let mut cfg = PodConfig::new(manifest_dir, node_name);
+            cfg.cni_conf_dir = self.cni_conf_dir;
+            cfg.cni_bin_dirs = self.cni_bin_dir;
+            cfg.cni_cache_dir = self.cni_cache_dir;
+            cfg.oci_runtime = self.oci_runtime;
+            cfg.pod_root = self.pod_root;
+            cfg.image_root = self.image_root;
+            cfg.pod_log_dir = self.pod_log_dir;
+            cfg.backoff.base = Duration::from_millis(self.pod_backoff_base_ms.max(1));
+            cfg.backoff.cap =
+                Duration::from_millis(self.pod_backoff_cap_ms.max(self.pod_backoff_base_ms));
+            cfg
+        });
         DaemonOptions {
+            pods,
             etcd: self.etcd.options(),
             iface: self.iface,
             public_ip: self.public_ip,
@@ -129,4 +194,12 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
+}
+
+/// The kernel's host name, as kubelet's default node name.
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
 }
