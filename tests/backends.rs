@@ -620,3 +620,18 @@ fn udp_restart_keeps_traffic_flowing() {
         stats.longest_gap
     );
 }
+
+#[test]
+fn udp_deleted_tun_device_is_recreated_and_traffic_resumes() {
+    let (cluster, a, b) = two_node_cluster(UDP_CONFIG);
+    let node = cluster.node(0);
+    node.netns().ip(&["link", "del", "flannel0"]);
+    wait_until(
+        Duration::from_secs(30),
+        "pods talk again after flannel0 was deleted",
+        || a.tcp_check(&b),
+    );
+    let link = node.link("flannel0").expect("flannel0 recreated");
+    assert_eq!(link["mtu"], 1472, "{link}");
+    assert!(b.tcp_check(&a), "TCP b -> a after recreation");
+}
