@@ -191,7 +191,7 @@ impl PodNode {
             container,
             restart,
         );
-        cli::cri_messages(&std::fs::read_to_string(path).unwrap_or_default())
+        weft::pod::crilog::log_text(&std::fs::read_to_string(path).unwrap_or_default())
     }
 
     fn wait_log(&self, rec: &PodRecord, container: &str, needle: &str) -> String {
@@ -398,7 +398,7 @@ fn myapp_pod_runs_logs_and_removal_leaves_nothing_behind() {
         "{timings:?}"
     );
     assert_eq!(node.pod_netns().len(), 1);
-    assert_eq!(node.ipam_allocations(), [ip.clone()]);
+    assert_eq!(node.ipam_allocations(), vec![ip.clone()]);
 
     node.remove_manifest("myapp.yaml");
     wait_for(WAIT, "pod directory removed", || {
@@ -733,7 +733,7 @@ fn restarted_controller_adopts_running_pods_and_removes_orphans() {
         pids_before.contains(&common_pids(&node.pod_netns()[0])),
         "sandbox was recreated"
     );
-    assert_eq!(node.ipam_allocations(), [after.pod.status.pod_ip.clone()]);
+    assert_eq!(node.ipam_allocations(), vec![after.pod.status.pod_ip.clone()]);
     node.remove_manifest("myapp.yaml");
     wait_for(WAIT, "pod removed", || {
         node.pod_dirs().is_empty().then_some(())

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::crilog::log_text;
 use super::status::{self, PodRecord};
 
 /// The file under the pod root listing the manifests that failed to load.
@@ -266,29 +267,6 @@ pub fn pods(args: &PodsArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
     }
 }
 
-/// The message part of CRI log lines (`<time> <stream> <P|F> <msg>`); partial lines are joined.
-pub fn cri_messages(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(4, ' ');
-        let (_time, _stream, tag) = (parts.next(), parts.next(), parts.next());
-        let msg = parts.next().unwrap_or("");
-        match tag {
-            Some("P") => out.push_str(msg),
-            Some("F") => {
-                out.push_str(msg);
-                out.push('\n');
-            }
-            // Not CRI format: print as is.
-            _ => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
 /// `weftctl logs`: prints the container's current (or previous) log.
 pub fn logs(args: &LogsArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let (ns, name) = args
@@ -355,7 +333,7 @@ pub fn logs(args: &LogsArgs, out: &mut dyn Write) -> Result<(), CliError> {
             })
         }
     };
-    out.write_all(cri_messages(&text).as_bytes())
+    out.write_all(log_text(&text).as_bytes())
         .map_err(|source| CliError::Io {
             op: "write",
             path: PathBuf::from("<stdout>"),
@@ -421,18 +399,6 @@ mod tests {
         assert_eq!(
             v["items"][0]["status"]["containerStatuses"][0]["restartCount"],
             2
-        );
-    }
-
-    #[test]
-    fn cri_lines_become_messages() {
-        let text = "2026-11-28T06:00:00.1Z stdout F Hello Kubernetes!\n\
-                    2026-11-28T06:00:00.2Z stderr P part one, \n\
-                    2026-11-28T06:00:00.3Z stderr F part two\n\
-                    2026-11-28T06:00:00.4Z stdout F \n";
-        assert_eq!(
-            cri_messages(text),
-            "Hello Kubernetes!\npart one, part two\n\n"
         );
     }
 
