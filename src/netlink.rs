@@ -185,7 +185,7 @@ pub async fn find_external_interface(
                     NetlinkError::NoInterface(format!("no interface named {spec}"))
                 })?;
                 let index = link.header.index;
-                (index, first_address(&addrs, index, spec)?)
+                (index, iface_address(&addrs, index, public_ip, spec)?)
             }
         },
         None => {
@@ -200,7 +200,7 @@ pub async fn find_external_interface(
                     })?;
                     (
                         index,
-                        first_address(&addrs, index, &format!("index {index}"))?,
+                        iface_address(&addrs, index, public_ip, &format!("index {index}"))?,
                     )
                 }
             }
@@ -219,15 +219,23 @@ pub async fn find_external_interface(
     })
 }
 
-fn first_address(
+/// The interface's address: `prefer` when the interface has it, else its first IPv4 address.
+fn iface_address(
     addrs: &[(u32, Ipv4Network)],
     index: u32,
+    prefer: Option<Ipv4Addr>,
     what: &str,
 ) -> Result<Ipv4Network, NetlinkError> {
-    addrs
+    let on_iface: Vec<Ipv4Network> = addrs
         .iter()
-        .find(|(i, _)| *i == index)
+        .filter(|(i, _)| *i == index)
         .map(|(_, a)| *a)
+        .collect();
+    on_iface
+        .iter()
+        .find(|a| Some(a.ip()) == prefer)
+        .or(on_iface.first())
+        .copied()
         .ok_or_else(|| NetlinkError::NoInterface(format!("interface {what} has no IPv4 address")))
 }
 

@@ -398,6 +398,36 @@ fn vxlan_device_has_flannel_attributes_and_mac_survives_restart_and_reboot() {
 }
 
 #[test]
+fn public_ip_behind_nat_is_published_while_tunnel_uses_iface_address() {
+    let node = TestNode::new("nat");
+    node.ns.ip(&["addr", "add", "192.0.2.50/24", "dev", "eth0"]);
+    let state = node.state_dir();
+    let cfg = vxlan_config(26, false, 8472);
+    let (nat, second) = node.block_on(move |_| async move {
+        let public = Ipv4Addr::new(203, 0, 113, 9);
+        let ext = netlink::find_external_interface(Some("eth0"), Some(public))
+            .await
+            .unwrap();
+        assert_eq!(ext.iface_addr, Ipv4Addr::new(192, 0, 2, 1));
+        let mut backend = Backend::new(&cfg, &ext, &state).await.unwrap();
+        backend.reconcile(own(), &[]).await.unwrap();
+        // A --public-ip that is one of the interface's addresses selects that address.
+        let second =
+            netlink::find_external_interface(Some("eth0"), Some(Ipv4Addr::new(192, 0, 2, 50)))
+                .await
+                .unwrap();
+        (backend.lease_attrs(), second)
+    });
+    assert_eq!(nat.public_ip, Ipv4Addr::new(203, 0, 113, 9));
+    assert_eq!(
+        node.ns.link("flannel.1")["linkinfo"]["info_data"]["local"],
+        "192.0.2.1"
+    );
+    assert_eq!(second.iface_addr, Ipv4Addr::new(192, 0, 2, 50));
+    assert_eq!(second.public_ip, Ipv4Addr::new(192, 0, 2, 50));
+}
+
+#[test]
 fn thousand_peers_programmed_then_changes_reconciled() {
     let node = TestNode::new("1k");
     let state = node.state_dir();

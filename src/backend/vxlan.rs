@@ -266,13 +266,15 @@ impl VxlanBackend {
         WantedDevice {
             vni: self.settings.vni,
             port: self.settings.port,
-            local: self.ext.public_ip,
+            local: self.ext.iface_addr,
             ext_index: self.ext.index,
             mac: self.mac,
         }
     }
 
     /// Makes sure the device exists with the right attributes, MTU and up; returns its index.
+    /// The tunnel's local address is the interface address, as Flannel's: behind NAT the
+    /// published PublicIP is not a local address and could not source packets.
     async fn ensure_device(&self) -> Result<u32, BackendError> {
         let h = &self.handle;
         if let Some(link) = netlink::link_by_name(h, &self.name).await? {
@@ -294,7 +296,7 @@ impl VxlanBackend {
         }
         let msg = LinkVxlan::new(&self.name, self.settings.vni)
             .dev(self.ext.index)
-            .local(self.ext.public_ip)
+            .local(self.ext.iface_addr)
             .port(self.settings.port)
             .learning(false)
             .mtu(self.mtu)
@@ -303,7 +305,7 @@ impl VxlanBackend {
             .build();
         let what = format!(
             "vxlan device {} (vni {}, local {}, dstport {}, dev {})",
-            self.name, self.settings.vni, self.ext.public_ip, self.settings.port, self.ext.name
+            self.name, self.settings.vni, self.ext.iface_addr, self.settings.port, self.ext.name
         );
         netlink::add_link(h, msg, &what).await?;
         let link = netlink::link_by_name(h, &self.name).await?.ok_or_else(|| {
