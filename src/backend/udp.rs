@@ -162,7 +162,8 @@ impl UdpBackend {
 
     /// Brings `flannel0` (device, MTU, address `<subnet>.0/32`, the cluster route) in line
     /// with the own subnet `own` and swaps in a forwarding table built from the `udp` leases
-    /// among `peers` (other types are ignored, as Flannel does). The report counts peer entries of the table plus the kernel objects added or removed.
+    /// among `peers` (other types are ignored, as Flannel does). The report counts the peer
+    /// entries of the table plus the kernel objects added or removed.
     pub async fn reconcile(
         &mut self,
         own: Ipv4Network,
