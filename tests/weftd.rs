@@ -518,3 +518,457 @@ fn etcd_outage_loses_no_pod_traffic_and_cluster_converges() {
         cluster.dump()
     );
 }
+
+/// A peer whose VTEP MAC changed gets a new neighbour and FDB entry; the old FDB entry goes.
+#[test]
+fn peer_mac_change_replaces_its_fdb_entry() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    cluster.start();
+    let node = cluster.node(0);
+    let peer = "10.244.96.0/24";
+    let key = lease_key(peer);
+    cluster
+        .etcd
+        .put_with_ttl(&key, &vxlan_lease_value("192.0.2.96", FLANNEL_MAC), 3600);
+    node.wait_until(CONVERGE, "peer with the first MAC", || {
+        node.vxlan_peer_programmed("flannel.1", peer, "192.0.2.96", FLANNEL_MAC)
+    });
+    let new_mac = "02:00:00:00:00:96";
+    cluster
+        .etcd
+        .put_with_ttl(&key, &vxlan_lease_value("192.0.2.96", new_mac), 3600);
+    node.wait_until(
+        CONVERGE,
+        "peer with the new MAC, old FDB entry gone",
+        || {
+            node.vxlan_peer_programmed("flannel.1", peer, "192.0.2.96", new_mac)
+                && !node
+                    .fdb()
+                    .iter()
+                    .any(|f| f["mac"].as_str() == Some(FLANNEL_MAC))
+        },
+    );
+}
+
+/// A deleted VXLAN device is recreated with the same MAC and every peer re-programmed; pods talk.
+#[test]
+fn deleted_vxlan_device_is_recreated_and_reprogrammed() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let (p1, p2) = (n1.add_pod(), n2.add_pod());
+    let mac = n1.mac_of("flannel.1").unwrap_or_default();
+    let s2 = n2.subnet().unwrap_or_default();
+    let mac2 = n2.mac_of("flannel.1").unwrap_or_default();
+    n1.netns().ip(&["link", "del", "flannel.1"]);
+    n1.wait_until(
+        CONVERGE,
+        "flannel.1 recreated and peer re-programmed",
+        || n1.vxlan_peer_programmed("flannel.1", &s2, n2.public_ip(), &mac2),
+    );
+    assert_eq!(n1.mac_of("flannel.1"), Some(mac));
+    assert!(
+        p1.tcp_check(&p2),
+        "TCP after recreation\n{}",
+        cluster.dump()
+    );
+}
+
+/// Periodic reconciliation removes entries on the overlay device that no lease justifies.
+#[test]
+fn stale_kernel_entries_are_removed_by_reconcile() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    for node in &cluster.nodes {
+        node.start_weftd(&["--resync-interval", "2"]);
+        node.wait_subnet_env(START);
+    }
+    cluster.wait_mesh(CONVERGE);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let stale = "10.244.200.0/24";
+    let stale_mac = "02:00:00:00:02:00";
+    let ns = n1.netns();
+    ns.ip(&[
+        "route",
+        "add",
+        stale,
+        "via",
+        "10.244.200.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.244.200.0",
+        "lladdr",
+        stale_mac,
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    ns.exec_ok(&[
+        "bridge",
+        "fdb",
+        "add",
+        stale_mac,
+        "dev",
+        "flannel.1",
+        "dst",
+        "192.0.2.200",
+        "self",
+        "permanent",
+    ]);
+    assert!(n1.vxlan_peer_programmed("flannel.1", stale, "192.0.2.200", stale_mac));
+    n1.wait_until(
+        CONVERGE,
+        "stale route, neighbour and FDB entry removed",
+        || n1.vxlan_peer_absent(stale, stale_mac),
+    );
+    let s2 = n2.subnet().unwrap_or_default();
+    let mac2 = n2.mac_of("flannel.1").unwrap_or_default();
+    assert!(n1.vxlan_peer_programmed("flannel.1", &s2, n2.public_ip(), &mac2));
+}
+
+/// A pre-existing flannel.1 with wrong VNI, port, MTU and learning is fixed or recreated.
+#[test]
+fn existing_device_with_wrong_attributes_is_fixed() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let node = cluster.node(0);
+    node.netns().ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "mtu",
+        "1300",
+        "type",
+        "vxlan",
+        "id",
+        "7",
+        "local",
+        "192.0.2.11",
+        "dev",
+        "eth0",
+        "dstport",
+        "4789",
+        "learning",
+    ]);
+    node.start_weftd(&[]);
+    node.wait_subnet_env(START);
+    let link = node.link("flannel.1").unwrap_or_default();
+    let info = &link["linkinfo"]["info_data"];
+    assert_eq!(info["id"], 1, "{link}");
+    assert_eq!(info["port"], 8472, "{link}");
+    assert_eq!(info["local"], "192.0.2.11", "{link}");
+    assert_eq!(info["learning"], false, "{link}");
+    assert_eq!(link["mtu"], 1450, "{link}");
+}
+
+/// The VTEP MAC is persisted in --state-dir: after a "reboot" (device gone, weftd restarted) the
+/// node comes back with the same MAC and the same lease value.
+#[test]
+fn vtep_mac_survives_reboot() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    cluster.start();
+    let node = cluster.node(0);
+    let mac = node.mac_of("flannel.1");
+    let key = node.lease_key().unwrap_or_default();
+    let value = cluster.etcd.get(&key);
+    node.kill9();
+    node.netns().ip(&["link", "del", "flannel.1"]);
+    node.restart();
+    node.wait_until(START, "flannel.1 back", || node.link("flannel.1").is_some());
+    node.wait_ready(START);
+    assert_eq!(node.mac_of("flannel.1"), mac);
+    assert_eq!(cluster.etcd.get(&key), value);
+}
+
+/// A restarted node whose lease vanished meanwhile gets its previous subnet back from subnet.env.
+#[test]
+fn previous_subnet_from_subnet_env_is_reused() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    cluster.start();
+    let node = cluster.node(0);
+    let subnet = node.subnet();
+    node.kill9();
+    assert!(cluster.etcd.del(&node.lease_key().unwrap_or_default()));
+    node.restart();
+    node.wait_ready(START);
+    assert_eq!(node.subnet(), subnet);
+    let key = node.lease_key().unwrap_or_default();
+    assert!(
+        cluster.etcd.get_kv(&key).is_some_and(|kv| kv.lease != 0),
+        "lease for {subnet:?} not re-created"
+    );
+}
+
+/// VNI, Port and MTU from the config are used (device name, lease, subnet.env), and pods talk.
+#[test]
+fn backend_vni_port_and_mtu_from_config_are_used() {
+    let config =
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":42,"Port":4789,"MTU":1400}}"#;
+    let cluster = Cluster::new(2, config);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let node = cluster.node(0);
+    let link = node
+        .link("flannel.42")
+        .unwrap_or_else(|| panic!("no flannel.42 on {}", node.name()));
+    assert_eq!(link["linkinfo"]["info_data"]["id"], 42, "{link}");
+    assert_eq!(link["linkinfo"]["info_data"]["port"], 4789, "{link}");
+    assert_eq!(link["mtu"], 1400, "{link}");
+    let env = node.subnet_env().unwrap_or_default();
+    assert!(env.contains("\nFLANNEL_MTU=1400\n"), "{env}");
+    let value = cluster
+        .etcd
+        .get(&node.lease_key().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(value.contains(r#""BackendData":{"VNI":42,"#), "{value}");
+    let (p1, p2) = (node.add_pod(), cluster.node(1).add_pod());
+    assert!(p1.tcp_check(&p2), "TCP over VNI 42\n{}", cluster.dump());
+}
+
+/// A config without `Backend` means VXLAN (unlike Flannel, which defaults to udp).
+#[test]
+fn missing_backend_means_vxlan() {
+    let cluster = Cluster::new(1, r#"{"Network":"10.244.0.0/16"}"#);
+    cluster.start();
+    let node = cluster.node(0);
+    assert!(node.link("flannel.1").is_some(), "no flannel.1");
+    let value = cluster
+        .etcd
+        .get(&node.lease_key().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(value.contains(r#""BackendType":"vxlan""#), "{value}");
+}
+
+/// DirectRouting: a peer on the same L2 subnet gets a plain route via its PublicIP; a peer
+/// elsewhere still goes over VXLAN; pods talk.
+#[test]
+fn direct_routing_uses_plain_routes_on_the_same_l2() {
+    let config = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+    let cluster = Cluster::new(2, config);
+    cluster.start();
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let s2 = n2.subnet().unwrap_or_default();
+    n1.wait_until(CONVERGE, "direct route to node 2's subnet", || {
+        n1.route_to(&s2).is_some_and(|r| {
+            r["gateway"].as_str() == Some(n2.public_ip()) && r["dev"].as_str() == Some("eth0")
+        })
+    });
+    let far = "10.244.95.0/24";
+    cluster.etcd.put_with_ttl(
+        &lease_key(far),
+        &vxlan_lease_value("198.51.100.95", FLANNEL_MAC),
+        3600,
+    );
+    n1.wait_until(CONVERGE, "VXLAN entries for the peer off the L2", || {
+        n1.vxlan_peer_programmed("flannel.1", far, "198.51.100.95", FLANNEL_MAC)
+    });
+    let (p1, p2) = (n1.add_pod(), n2.add_pod());
+    assert!(
+        p1.tcp_check(&p2),
+        "TCP over direct routes\n{}",
+        cluster.dump()
+    );
+}
+
+/// --ip-masq: traffic leaving the cluster network is masqueraded, pod-to-pod is not; the nftables
+/// table is removed on SIGTERM.
+#[test]
+fn ip_masq_masquerades_egress_only_and_is_removed_on_shutdown() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    for node in &cluster.nodes {
+        node.start_weftd(&["--ip-masq"]);
+        node.wait_subnet_env(START);
+    }
+    cluster.wait_mesh(CONVERGE);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let env = n1.subnet_env().unwrap_or_default();
+    assert!(env.ends_with("FLANNEL_IPMASQ=true\n"), "{env}");
+    assert!(
+        n1.nft_ruleset().contains("table ip weft"),
+        "{}",
+        n1.nft_ruleset()
+    );
+    let outside = Netns::new("outside");
+    cluster.underlay.attach(&outside, "192.0.2.100");
+    let (p1, p2) = (n1.add_pod(), n2.add_pod());
+    assert_eq!(
+        tcp_source_seen(p1.netns(), &outside, "192.0.2.100"),
+        Some(
+            "192.0.2.11"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+        ),
+        "egress to a non-cluster address must be masqueraded to the node's IP"
+    );
+    assert_eq!(
+        tcp_source_seen(p1.netns(), p2.netns(), p2.ip()).map(|a| a.to_string()),
+        Some(p1.ip().to_string()),
+        "pod-to-pod traffic must keep the pod's address"
+    );
+    let status = n1.stop();
+    assert!(status.success(), "weftd exit status {status}");
+    assert!(
+        !n1.nft_ruleset().contains("table ip weft"),
+        "table left after SIGTERM: {}",
+        n1.nft_ruleset()
+    );
+}
+
+/// SIGTERM stops weftd cleanly but leaves device, routes and lease in place: pods keep talking.
+#[test]
+fn sigterm_leaves_data_path_and_lease_in_place() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let (p1, p2) = (n1.add_pod(), n2.add_pod());
+    let key = n1.lease_key().unwrap_or_default();
+    let kv = cluster.etcd.get_kv(&key);
+    let probe = p1.traffic_probe(&p2);
+    probe.wait_attempts(10);
+    let status = n1.stop();
+    assert!(status.success(), "weftd exit status {status}");
+    probe.wait_attempts(20);
+    let stats = probe.stop();
+    assert_eq!(stats.failures, 0, "pod traffic interrupted: {stats:?}");
+    assert!(
+        n1.link("flannel.1").is_some(),
+        "flannel.1 removed on SIGTERM"
+    );
+    let s2 = n2.subnet().unwrap_or_default();
+    let mac2 = n2.mac_of("flannel.1").unwrap_or_default();
+    assert!(n1.vxlan_peer_programmed("flannel.1", &s2, n2.public_ip(), &mac2));
+    assert_eq!(cluster.etcd.get_kv(&key), kv, "lease changed on SIGTERM");
+}
+
+/// A node cut off from etcd while leases change and history is compacted catches up (its watch
+/// resumes from a compacted revision: it must re-list and diff) without waiting for a resync.
+#[test]
+fn watch_recovers_after_compaction() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let node = cluster.node(0);
+    node.start_weftd(&["--resync-interval", "3600"]);
+    node.wait_subnet_env(START);
+    let (old, new) = ("10.244.94.0/24", "10.244.93.0/24");
+    let new_mac = "02:00:00:00:00:93";
+    cluster.etcd.put_with_ttl(
+        &lease_key(old),
+        &vxlan_lease_value("192.0.2.94", FLANNEL_MAC),
+        3600,
+    );
+    node.wait_until(CONVERGE, "old peer programmed", || {
+        node.vxlan_peer_programmed("flannel.1", old, "192.0.2.94", FLANNEL_MAC)
+    });
+
+    node.netns().ip(&["link", "set", "eth0", "down"]);
+    // Restarting etcd breaks the node's connection; the node only notices once it can send.
+    cluster.etcd.stop();
+    cluster.etcd.start();
+    assert!(cluster.etcd.del(&lease_key(old)));
+    cluster.etcd.put_with_ttl(
+        &lease_key(new),
+        &vxlan_lease_value("192.0.2.93", new_mac),
+        3600,
+    );
+    for i in 0..5 {
+        cluster.etcd.put("/weft-test/filler", &i.to_string());
+    }
+    cluster.etcd.compact();
+    node.netns().ip(&["link", "set", "eth0", "up"]);
+
+    node.wait_until(
+        Duration::from_secs(60),
+        "old peer withdrawn, new one programmed",
+        || {
+            node.vxlan_peer_absent(old, FLANNEL_MAC)
+                && node.vxlan_peer_programmed("flannel.1", new, "192.0.2.93", new_mac)
+        },
+    );
+}
+
+/// `weftctl leases` prints the leases as a table (reservations as "reserved") and as JSON.
+#[test]
+fn weftctl_leases_prints_table_and_json() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster
+        .etcd
+        .put(&lease_key("10.244.92.0/24"), r#"{"PublicIP":"192.0.2.92"}"#);
+    cluster.start();
+    let weftctl = env!("CARGO_BIN_EXE_weftctl");
+    let endpoint = cluster.etcd.endpoint();
+    let node = cluster.node(0);
+    let table = node
+        .netns()
+        .exec_ok(&[weftctl, "leases", "--etcd-endpoints", &endpoint]);
+    for n in &cluster.nodes {
+        let subnet = n.subnet().unwrap_or_default();
+        let mac = n.mac_of("flannel.1").unwrap_or_default();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{subnet} ")))
+            .unwrap_or_else(|| panic!("no row for {subnet}:\n{table}"));
+        assert!(
+            row.contains(n.public_ip()) && row.contains(&mac) && row.contains("vxlan"),
+            "{row}"
+        );
+    }
+    let reserved = table
+        .lines()
+        .find(|l| l.starts_with("10.244.92.0/24 "))
+        .unwrap_or_else(|| panic!("no row for the reservation:\n{table}"));
+    assert!(reserved.contains("reserved"), "{reserved}");
+
+    let json = node.netns().exec_ok(&[
+        weftctl,
+        "leases",
+        "--etcd-endpoints",
+        &endpoint,
+        "-o",
+        "json",
+    ]);
+    let rows: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("weftctl -o json: {e}: {json}"));
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 3, "{json}");
+    let n1 = cluster.node(0);
+    let row = rows
+        .iter()
+        .find(|r| r["publicIP"] == n1.public_ip())
+        .unwrap_or_else(|| panic!("no JSON row for {}: {json}", n1.public_ip()));
+    assert_eq!(row["subnet"], n1.subnet().unwrap_or_default().as_str());
+    assert_eq!(
+        row["vtepMAC"],
+        n1.mac_of("flannel.1").unwrap_or_default().as_str()
+    );
+    assert_eq!(row["reserved"], false);
+}
+
+/// /healthz, /readyz and /metrics answer; metrics show the programmed peers.
+#[test]
+fn healthz_readyz_and_metrics() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let node = cluster.node(0);
+    assert_eq!(node.http_get("/healthz").map(|(c, _)| c), Some(200));
+    assert_eq!(node.http_get("/readyz").map(|(c, _)| c), Some(200));
+    let (code, metrics) = node.http_get("/metrics").unwrap_or_default();
+    assert_eq!(code, 200);
+    for name in [
+        "weft_peers_desired",
+        "weft_peers_programmed",
+        "weft_reconcile_runs_total",
+        "weft_etcd_errors_total",
+        "weft_lease_expiry_timestamp_seconds",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{metrics}"
+        );
+    }
+}

@@ -1325,6 +1325,41 @@ impl Pod {
     }
 }
 
+/// The source address the listener in `to` sees for a TCP connection from `from` to `to_ip`
+/// (e.g. to check masquerading); None if the connection fails within 3 s.
+pub fn tcp_source_seen(from: &Netns, to: &Netns, to_ip: &str) -> Option<Ipv4Addr> {
+    let listener = match to.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))) {
+        Ok(l) => l,
+        Err(e) => panic!("bind in {}: {e}", to.name()),
+    };
+    let port = match listener.local_addr() {
+        Ok(a) => a.port(),
+        Err(e) => panic!("listener address in {}: {e}", to.name()),
+    };
+    let ip: Ipv4Addr = to_ip
+        .parse()
+        .unwrap_or_else(|e| panic!("tcp_source_seen: bad address {to_ip:?}: {e}"));
+    let server = std::thread::spawn(move || -> Option<SocketAddr> {
+        listener.set_nonblocking(true).ok()?;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            match listener.accept() {
+                Ok((_, peer)) => return Some(peer),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        None
+    });
+    let connected = from
+        .run(|| TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3)))
+        .is_ok();
+    let peer = server.join().ok().flatten();
+    match (connected, peer) {
+        (true, Some(SocketAddr::V4(a))) => Some(*a.ip()),
+        _ => None,
+    }
+}
+
 /// Accepts one connection and echoes what it reads; false on timeout.
 fn serve_echo_once(listener: &TcpListener, timeout: Duration) -> bool {
     if listener.set_nonblocking(true).is_err() {
