@@ -431,7 +431,7 @@ fn exit_code_three_is_reported_and_survives_adoption() -> TestResult {
     drop(handle);
     // A fresh runtime object, as after a weftd restart, re-attaches through the state directory.
     let restarted = OciRuntime::new("runc", &fx.path("runtime"));
-    assert_eq!(restarted.list()?, [spec.id.clone()]);
+    assert_eq!(restarted.list()?, std::slice::from_ref(&spec.id));
     let adopted = restarted.adopt(&spec.id)?;
     let status = adopted.wait(WAIT)?.ok_or("container did not finish")?;
     assert_eq!(status.code, 3, "log: {}", log_of(&spec));

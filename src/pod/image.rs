@@ -749,11 +749,8 @@ fn lexical_join(base: &Path, target: &Path) -> Option<PathBuf> {
     for c in target.components() {
         match c {
             Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
+            // Climbing above the top is an escape.
+            Component::ParentDir => out.pop().then_some(())?,
             _ => {}
         }
     }
@@ -1224,9 +1221,9 @@ mod tests {
         ]);
         assert_eq!(
             table,
-            "IMAGE                  ID             SIZE\n\
-             busybox:latest         abababababab   2.0MB\n\
-             example.com/a/b:v1     abababababab   12B\n"
+            "IMAGE                ID             SIZE\n\
+             busybox:latest       abababababab   2.0MB\n\
+             example.com/a/b:v1   abababababab   12B\n"
         );
     }
 
