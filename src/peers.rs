@@ -44,7 +44,7 @@ pub struct ActualEntries {
 }
 
 /// A lease that yields no kernel entries, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SkippedPeer {
     /// The peer's subnet.
     pub subnet: Ipv4Network,

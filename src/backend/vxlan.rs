@@ -1,6 +1,7 @@
 //! The kernel VXLAN backend, on the wire like Flannel's: device `flannel.<VNI>`, UDP 8472,
 //! learning off; per peer a route via `X.0` onlink, a permanent neighbour and an FDB entry.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -17,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::{BackendError, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, BatchRequest, ExternalInterface, MacAddr};
-use crate::peers::{self, ActualEntries, VxlanTopology};
+use crate::peers::{self, ActualEntries, SkippedPeer, VxlanTopology};
 
 /// VXLAN overhead on an IPv4 underlay: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -46,6 +47,7 @@ pub struct VxlanBackend {
     name: String,
     mac: MacAddr,
     mtu: u32,
+    warned_skipped: BTreeSet<SkippedPeer>,
 }
 
 /// The file under `state_dir` holding the VTEP MAC of device `flannel.<vni>`.
@@ -232,6 +234,7 @@ impl VxlanBackend {
             name,
             mac,
             mtu,
+            warned_skipped: BTreeSet::new(),
         })
     }
 
@@ -377,9 +380,12 @@ impl VxlanBackend {
             direct_routing: self.settings.direct_routing.then_some(self.ext.network),
         };
         let (desired, skipped) = peers::vxlan_desired(own, peer_leases, &topo);
-        for s in &skipped {
+        // Warn once per bad lease, not on every resync.
+        let now_skipped: BTreeSet<SkippedPeer> = skipped.into_iter().collect();
+        for s in now_skipped.difference(&self.warned_skipped) {
             warn!(subnet = %s.subnet, reason = %s.reason, "skipping peer lease");
         }
+        self.warned_skipped = now_skipped;
         let actual = self.read_actual(index).await?;
         let diff = peers::diff(&desired, &actual);
 
