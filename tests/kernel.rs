@@ -797,3 +797,39 @@ fn nft_masquerade_table_applied_replaced_and_removed() {
         "table still present"
     );
 }
+
+#[test]
+fn batch_errors_name_the_operation_and_absent_deletes_succeed() {
+    let node = TestNode::new("err");
+    let (ok, errors) = node.block_on(|_| async {
+        let route = netlink::Ipv4Route {
+            dst: "10.244.3.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 244, 3, 0),
+            oif: 9999,
+            onlink: true,
+        };
+        let fdb = netlink::FdbEntry {
+            mac: MacAddr([0x0a, 0, 0, 0, 0, 3]),
+            dst: Ipv4Addr::new(198, 51, 100, 3),
+        };
+        let requests = [
+            netlink::BatchRequest::replace_route(&route, "flannel.9"),
+            netlink::BatchRequest::del_route(&route, "flannel.9"),
+            netlink::BatchRequest::del_neighbour(1, "lo", Ipv4Addr::new(10, 244, 3, 0)),
+            netlink::BatchRequest::replace_fdb(9999, "flannel.9", &fdb),
+        ];
+        netlink::run_batch(&requests).unwrap()
+    });
+    assert_eq!(ok, 2, "{errors:?}");
+    let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    println!("{messages:#?}");
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].starts_with("add route 10.244.3.0/24 via 10.244.3.0 dev flannel.9 onlink: "),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].starts_with("add fdb 0a:00:00:00:00:03 dst 198.51.100.3 dev flannel.9: "),
+        "{messages:?}"
+    );
+}
