@@ -7,11 +7,15 @@ mod image;
 
 use std::error::Error;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use image::{layer, Entry, ImageBuilder};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use weft::pod::bundle::{ContainerSpec, MountSpec};
 use weft::pod::crilog::log_text;
 use weft::pod::image::{Image, ImageError, ImageStore};
@@ -154,6 +158,13 @@ fn running(pid: i32) -> bool {
             Some(state != "Z" && state != "X")
         })
         .unwrap_or(false)
+}
+
+/// `(ppid, session id)` of a process, from `/proc/<pid>/stat`.
+fn stat_fields(pid: i32) -> Option<(i32, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(3)?.parse().ok()?))
 }
 
 fn mountinfo_mentions(needle: &str) -> Vec<String> {
@@ -394,14 +405,22 @@ fn path_traversal_is_rejected() -> TestResult {
 #[test]
 fn echo_hello_is_logged_with_exit_code_zero() -> TestResult {
     let fx = Fixture::new()?;
+    let started = Instant::now();
     let mut pod = fx.pod("hello")?;
+    let sandbox_time = started.elapsed();
     let spec = pod.spec(
         &fx.busybox,
         "echo",
         &["sh", "-c", "echo $GREETING; echo to-stderr >&2"],
     );
+    let started = Instant::now();
     let handle = pod.start(&spec)?;
+    let start_time = started.elapsed();
     let status = handle.wait(WAIT)?.ok_or("echo did not finish")?;
+    eprintln!(
+        "sandbox create {sandbox_time:?}, container start {start_time:?}, start to exit {:?}",
+        started.elapsed()
+    );
     assert_eq!(status.code, 0, "log: {}", log_of(&spec));
     assert_eq!(status.reason, ExitReason::Completed);
     let log = log_of(&spec);
@@ -428,6 +447,16 @@ fn exit_code_three_is_reported_and_survives_adoption() -> TestResult {
     let spec = pod.spec(&fx.busybox, "fail", &["sh", "-c", "sleep 1; exit 3"]);
     let handle = pod.start(&spec)?;
     assert!(matches!(handle.state()?, ContainerState::Running { .. }));
+    // The shim is nobody's child here and leads its own session, so weftd's death
+    // (kill -9 included) does not reach it.
+    let shim = handle.shim().pid;
+    let (ppid, sid) = stat_fields(shim).ok_or("shim not running")?;
+    assert_ne!(
+        ppid,
+        std::process::id() as i32,
+        "shim is a child of its starter"
+    );
+    assert_eq!(sid, shim, "shim does not lead its own session");
     drop(handle);
     // A fresh runtime object, as after a weftd restart, re-attaches through the state directory.
     let restarted = OciRuntime::new("runc", &fx.path("runtime"));
@@ -634,5 +663,39 @@ fn sandbox_is_adopted_from_its_state_file() -> TestResult {
     adopted.stop(Duration::from_secs(2))?;
     assert!(!pod.sandbox.is_running());
     assert!(!pod.sandbox.netns_path().exists());
+    Ok(())
+}
+
+#[test]
+fn pause_reaps_orphans_and_exits_zero_on_sigterm_and_sigint() -> TestResult {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        // The shell forks a short sleep and then becomes weft-pause, which inherits the child.
+        let mut pause = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep 0.2 & echo $!; exec {}",
+                env!("CARGO_BIN_EXE_weft-pause")
+            ))
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        io::BufRead::read_line(
+            &mut io::BufReader::new(pause.stdout.take().ok_or("no stdout")?),
+            &mut line,
+        )?;
+        let orphan: i32 = line.trim().parse()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{orphan}")).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "weft-pause left its exited child {orphan} a zombie"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(pause.try_wait()?.is_none(), "weft-pause exited on SIGCHLD");
+        kill(Pid::from_raw(pause.id() as i32), signal)?;
+        let status = pause.wait()?;
+        assert_eq!(status.code(), Some(0), "weft-pause on {signal}: {status}");
+    }
     Ok(())
 }

@@ -282,6 +282,11 @@ impl ContainerHandle {
         &self.record
     }
 
+    /// The shim supervising the container (not a child of weftd: it has its own session).
+    pub fn shim(&self) -> ProcessId {
+        self.shim
+    }
+
     /// The container's state directory (also its OCI bundle).
     pub fn dir(&self) -> &Path {
         &self.dir
