@@ -447,16 +447,18 @@ fn exit_code_three_is_reported_and_survives_adoption() -> TestResult {
     let spec = pod.spec(&fx.busybox, "fail", &["sh", "-c", "sleep 1; exit 3"]);
     let handle = pod.start(&spec)?;
     assert!(matches!(handle.state()?, ContainerState::Running { .. }));
-    // The shim is nobody's child here and leads its own session, so weftd's death
-    // (kill -9 included) does not reach it.
+    // The shim is nobody's child here and runs in a session of its own (double fork: it is no
+    // session leader), so weftd's death (kill -9 included) does not reach it.
     let shim = handle.shim().pid;
     let (ppid, sid) = stat_fields(shim).ok_or("shim not running")?;
+    let (_, our_sid) = stat_fields(std::process::id() as i32).ok_or("own stat")?;
     assert_ne!(
         ppid,
         std::process::id() as i32,
         "shim is a child of its starter"
     );
-    assert_eq!(sid, shim, "shim does not lead its own session");
+    assert_ne!(sid, our_sid, "shim shares its starter's session");
+    assert_ne!(sid, shim, "shim leads a session (not double-forked)");
     drop(handle);
     // A fresh runtime object, as after a weftd restart, re-attaches through the state directory.
     let restarted = OciRuntime::new("runc", &fx.path("runtime"));

@@ -1,7 +1,7 @@
 //! `weft-shim`: the per-container supervisor (weft's conmon / containerd-shim).
 //!
 //! `weft-shim --runtime runc --runtime-root DIR --bundle DIR --id ID --log FILE` daemonizes
-//! (fork + setsid, so it survives weftd), records itself in `<bundle>/shim.json`, and lets the
+//! (fork, setsid, fork, so it survives weftd), records itself in `<bundle>/shim.json`, and lets the
 //! foreground process exit 0. The daemon runs `<runtime> --root DIR run --bundle DIR
 //! --pid-file <bundle>/container.pid ID` in the foreground, copies the container's stdout and
 //! stderr into FILE in CRI log format, reaps orphans (it is a child subreaper), and when the
@@ -17,7 +17,7 @@ use std::thread;
 use std::time::SystemTime;
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{chdir, dup2, fork, setsid, ForkResult, Pid};
+use nix::unistd::{chdir, dup2, fork, pipe, setsid, ForkResult, Pid};
 use weft::pod::crilog::{format_record, Stream, MAX_RECORD};
 use weft::pod::process::ProcessId;
 use weft::pod::runtime::{ExitReason, ExitStatus};
@@ -180,39 +180,85 @@ fn start_error() -> ExitStatus {
     }
 }
 
-/// Daemonizes; returns in the daemon only.
+/// Daemonizes by a double fork (fork, setsid, fork: the daemon is no session leader and
+/// nobody's child but init's). Returns in the daemon only; the foreground process waits until
+/// the daemon has recorded itself in `shim.json` (or reports why it could not) and exits.
 fn daemonize(args: &Args) -> Result<(), String> {
+    let (report_read, report_write) = pipe().map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: single-threaded at this point; both sides continue in ordinary Rust code.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => {
-            let id = ProcessId::of(child.as_raw()).ok_or(format!("daemon {child} died at once"))?;
-            let path = args.bundle.join("shim.json");
-            let bytes =
-                serde_json::to_vec(&id).map_err(|e| format!("encode shim identity: {e}"))?;
-            write_atomic(&path, &bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
-            std::process::exit(0);
+            drop(report_write);
+            let mut report = String::new();
+            File::from(report_read)
+                .read_to_string(&mut report)
+                .map_err(|e| format!("read daemon report: {e}"))?;
+            // Reap the intermediate process, which exits right after the second fork.
+            waitpid(child, None).map_err(|e| format!("wait for intermediate {child}: {e}"))?;
+            if report == "ok" {
+                std::process::exit(0);
+            }
+            Err(if report.is_empty() {
+                "daemon exited without reporting".to_string()
+            } else {
+                report
+            })
         }
         ForkResult::Child => {
-            setsid().map_err(|e| format!("setsid: {e}"))?;
-            chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-            // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes an integer flag only.
-            if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
-                return Err(format!(
-                    "set child subreaper: {}",
-                    io::Error::last_os_error()
-                ));
+            drop(report_read);
+            let mut report = File::from(report_write);
+            if let Err(e) = setsid() {
+                let _ = write!(report, "setsid: {e}");
+                std::process::exit(1);
             }
-            let null = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .map_err(|e| format!("open /dev/null: {e}"))?;
-            for fd in 0..=2 {
-                dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2 /dev/null: {e}"))?;
+            // SAFETY: still single-threaded.
+            match unsafe { fork() } {
+                Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+                Ok(ForkResult::Child) => {}
+                Err(e) => {
+                    let _ = write!(report, "second fork: {e}");
+                    std::process::exit(1);
+                }
             }
-            Ok(())
+            match become_daemon(args) {
+                Ok(()) => {
+                    report
+                        .write_all(b"ok")
+                        .map_err(|e| format!("report to foreground: {e}"))?;
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = report.write_all(e.as_bytes());
+                    std::process::exit(1);
+                }
+            }
         }
     }
+}
+
+/// The daemon's own setup: cwd `/`, child subreaper, `shim.json`, stdio on `/dev/null`.
+fn become_daemon(args: &Args) -> Result<(), String> {
+    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes an integer flag only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
+        return Err(format!(
+            "set child subreaper: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    let me = ProcessId::of(std::process::id() as i32).ok_or("own /proc entry unreadable")?;
+    let path = args.bundle.join("shim.json");
+    let bytes = serde_json::to_vec(&me).map_err(|e| format!("encode shim identity: {e}"))?;
+    write_atomic(&path, &bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    for fd in 0..=2 {
+        dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2 /dev/null: {e}"))?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
