@@ -701,3 +701,52 @@ fn pause_reaps_orphans_and_exits_zero_on_sigterm_and_sigint() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn weftctl_image_import_and_ls() -> TestResult {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("bb.tar.gz");
+    let plain = dir.path().join("bb.tar");
+    let built = ImageBuilder::busybox()?.write_docker(&plain)?;
+    // `docker save | gzip` output: the whole archive gzipped.
+    let mut gz =
+        flate2::write::GzEncoder::new(fs::File::create(&archive)?, flate2::Compression::fast());
+    io::copy(&mut fs::File::open(&plain)?, &mut gz)?;
+    gz.finish()?;
+    let root = dir.path().join("store");
+    let weftctl = |args: &[&str]| -> Result<String, Box<dyn Error>> {
+        let out = Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .args(args)
+            .arg("--image-root")
+            .arg(&root)
+            .output()?;
+        if !out.status.success() {
+            return Err(
+                format!("weftctl {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into(),
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let archive_arg = archive.to_string_lossy().into_owned();
+    let imported = weftctl(&["image", "import", &archive_arg, "--name", "tools/bb:1.0"])?;
+    assert_eq!(
+        imported,
+        format!("imported tools/bb:1.0 ({})\n", built.config_digest)
+    );
+    weftctl(&["image", "import", &archive_arg])?;
+    let table = weftctl(&["image", "ls"])?;
+    let short = &built.config_digest["sha256:".len().."sha256:".len() + 12];
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("IMAGE "), "{table}");
+    assert!(
+        lines[1].starts_with("busybox:latest ") && lines[1].contains(short),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("tools/bb:1.0 ") && lines[2].contains(short),
+        "{table}"
+    );
+    Ok(())
+}
