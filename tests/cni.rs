@@ -944,3 +944,42 @@ fn reference_bridge_pod_and_weft_pod_on_two_nodes_talk() {
         cluster.dump()
     );
 }
+
+#[test]
+fn example_conflist_chain_weft_then_portmap_works() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cni/10-weft.conflist");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let list: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let site = Site::new("10.244.20.1/24");
+    let pod = Netns::new("pod");
+    // libcni's per-plugin config: the list's cniVersion and name, this test's paths.
+    let mut weft = list["plugins"][0].clone();
+    weft["cniVersion"] = list["cniVersion"].clone();
+    weft["name"] = list["name"].clone();
+    weft["subnetFile"] = json!(site.subnet_file());
+    weft["dataDir"] = json!(site.data_dir());
+    let result = Call::new(&site.node, "ADD")
+        .attachment("chain", "eth0", Some(&pod))
+        .conf(&weft)
+        .result();
+    let mut portmap = list["plugins"][1].clone();
+    portmap["cniVersion"] = list["cniVersion"].clone();
+    portmap["name"] = list["name"].clone();
+    portmap["prevResult"] = result.clone();
+    let mut call = Call::new(&site.node, "ADD").attachment("chain", "eth0", Some(&pod));
+    call.plugin = PathBuf::from(REFERENCE_PLUGINS).join("portmap");
+    let chained = call.conf(&portmap).result();
+    assert_eq!(
+        chained["ips"], result["ips"],
+        "portmap passes weft's result on"
+    );
+    assert!(tcp_ok(&site.node, &pod, &result_ip(&result)));
+    let mut del = weft.clone();
+    del["prevResult"] = chained;
+    Call::new(&site.node, "DEL")
+        .attachment("chain", "eth0", Some(&pod))
+        .conf(&del)
+        .assert_silent_success();
+    assert!(site.allocations().is_empty());
+}

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -64,6 +65,11 @@ fn netns_error(err: NetnsError, container: &str) -> Error {
             name: "CNI_NETNS",
             value: path.display().to_string(),
             reason: err.to_string(),
+        },
+        NetnsError::Restore { path, source } => Error::Io {
+            op: "return to the node namespace from",
+            path,
+            source,
         },
         NetnsError::Io { op, path, source } => Error::Io {
             op: match op {
@@ -242,9 +248,11 @@ impl Wiring<'_> {
                 "add address {} to {ifname} in {netns_path}",
                 self.address
             )))?;
-        container_nl
-            .set_up(pod.index)
-            .map_err(netlink_err(format!("set {ifname} up in {netns_path}")))?;
+        if !pod.up {
+            container_nl
+                .set_up(pod.index)
+                .map_err(netlink_err(format!("set {ifname} up in {netns_path}")))?;
+        }
         let routes = self.desired_routes();
         for route in &routes {
             container_nl
@@ -395,16 +403,50 @@ fn delete_link_named(nl: &mut Netlink, name: &str) -> Result<bool> {
     }
 }
 
+/// Removes link `name` seen through `nl`. The kernel's slow post-unlink teardown is left to a
+/// detached helper (`helper` opens a second socket in the same namespace); this returns once the
+/// device is gone, falling back to a plain synchronous delete if the helper cannot be used.
+fn remove_link(
+    nl: &mut Netlink,
+    name: &str,
+    helper: impl FnOnce() -> Result<Netlink>,
+) -> Result<()> {
+    let Some(link) = nl
+        .link_by_name(name)
+        .map_err(netlink_err(format!("look up {name}")))?
+    else {
+        return Ok(());
+    };
+    let detached = helper().and_then(|h| {
+        h.delete_link_detached(link.index)
+            .map_err(netlink_err(format!("delete {name} from a helper process")))
+    });
+    if detached.is_ok()
+        && nl
+            .wait_link_gone(name, LINK_GONE_TIMEOUT)
+            .map_err(netlink_err(format!("look up {name}")))?
+    {
+        return Ok(());
+    }
+    delete_link_named(nl, name).map(|_| ())
+}
+
+/// How long DEL waits for a link deleted by the helper to disappear before deleting it itself.
+const LINK_GONE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// DEL: removes the veth pair (from whichever side still exists) and always releases the address.
 pub fn del(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<()> {
     let mut first_error = None;
     if let Some(path) = &env.netns {
-        match Netns::open(path).and_then(|ns| ns.netlink()) {
-            Ok(mut container_nl) => {
-                if let Err(e) = delete_link_named(&mut container_nl, &env.ifname) {
+        let opened = Netns::open(path).and_then(|ns| ns.netlink().map(|nl| (ns, nl)));
+        match opened {
+            Ok((ns, mut container_nl)) => {
+                let helper = || ns.netlink().map_err(|e| netns_error(e, &env.container_id));
+                if let Err(e) = remove_link(&mut container_nl, &env.ifname, helper) {
                     first_error.get_or_insert(e);
                 }
             }
+            Err(e @ NetnsError::Restore { .. }) => return Err(netns_error(e, &env.container_id)),
             Err(e) => log.info(format_args!(
                 "DEL container={}: skipping container side: {e}",
                 env.container_id
@@ -414,7 +456,7 @@ pub fn del(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<()> {
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     match open_node_netlink() {
         Ok(mut node_nl) => {
-            if let Err(e) = delete_link_named(&mut node_nl, &host_name) {
+            if let Err(e) = remove_link(&mut node_nl, &host_name, open_node_netlink) {
                 first_error.get_or_insert(e);
             }
         }

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -295,14 +296,22 @@ impl LockedStore<'_> {
         Ok(ip)
     }
 
+    /// Records `ip` in `last_reserved_ip.0`, overwritten in place (host-local's exact content).
+    /// Truncating or renaming over the file makes ext4 flush it (milliseconds); a plugin killed
+    /// mid-write leaves at worst a wrong or unparsable hint, which only moves the round-robin start.
     fn write_last_reserved(&self, ip: Ipv4Addr) -> Result<()> {
-        let tmp = self
-            .dir
-            .join(format!("{TMP_PREFIX}{}-last", std::process::id()));
         let path = self.dir.join(LAST_RESERVED_FILE);
-        write_file(&tmp, ip.to_string().as_bytes())
-            .map_err(self.io("write temporary last_reserved_ip", tmp.clone()))?;
-        fs::rename(&tmp, &path).map_err(self.io("replace last_reserved_ip", path))
+        let text = ip.to_string();
+        let write = || -> io::Result<()> {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.write_all_at(text.as_bytes(), 0)?;
+            file.set_len(text.len() as u64)
+        };
+        write().map_err(self.io("write last_reserved_ip", path.clone()))
     }
 
     /// Releases every address held by `(container_id, ifname)`; returns them.

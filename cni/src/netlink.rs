@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
@@ -22,6 +23,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::unistd::ForkResult;
 
 use crate::ip::Ipv4Net;
 
@@ -78,21 +80,27 @@ impl Netlink {
         })
     }
 
+    /// Serializes a request with the next sequence number.
+    fn encode(&mut self, message: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        out
+    }
+
     /// Sends one request and collects the replies until the ACK, DONE or an error.
     fn request(
         &mut self,
         message: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
+        let out = self.encode(message, flags);
         let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
-        packet.finalize();
-        let mut out = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut out);
         self.socket.send(&out, 0)?;
         let mut replies = Vec::new();
         loop {
@@ -170,7 +178,7 @@ impl Netlink {
     }
 
     /// Creates a veth pair in ONE request: `host` here, up, enslaved to `master`; its peer
-    /// `peer` created directly inside the namespace `peer_netns`, with the same MTU.
+    /// `peer` created directly inside the namespace `peer_netns` (down), with the same MTU.
     pub fn create_veth(
         &mut self,
         host: &str,
@@ -179,6 +187,7 @@ impl Netlink {
         peer: &str,
         peer_netns: &File,
     ) -> io::Result<()> {
+        // The peer cannot be set up here: veth refuses to open a peer not yet paired (ENOTCONN).
         let mut peer_message = LinkMessage::default();
         peer_message.attributes = vec![
             LinkAttribute::IfName(peer.to_string()),
@@ -238,6 +247,49 @@ impl Netlink {
         let mut message = LinkMessage::default();
         message.header.index = index;
         self.change(RouteNetlinkMessage::DelLink(message), 0)
+    }
+
+    /// Deletes link `index` from a detached child process, consuming this socket (which must be
+    /// bound to the link's namespace and used for nothing else).
+    ///
+    /// The kernel unlists a device within a fraction of a millisecond but then keeps the
+    /// requesting task in an RCU barrier for ~20 ms before answering. The child sits that out,
+    /// so the caller only waits until the device is gone (see `wait_link_gone`).
+    pub fn delete_link_detached(mut self, index: u32) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        let request = self.encode(RouteNetlinkMessage::DelLink(message), 0);
+        let devnull = File::options().read(true).write(true).open("/dev/null")?;
+        let socket_fd = self.socket.as_raw_fd();
+        let null_fd = devnull.as_raw_fd();
+        // SAFETY: the plugin is single-threaded when it forks (the namespace helper threads have
+        // been joined), and the child calls only async-signal-safe functions before `_exit`.
+        match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+            ForkResult::Child => unsafe {
+                // Detach from the runtime: own session, no inherited stdio pipes kept open.
+                libc::setsid();
+                libc::dup2(null_fd, 0);
+                libc::dup2(null_fd, 1);
+                libc::dup2(null_fd, 2);
+                libc::send(socket_fd, request.as_ptr().cast(), request.len(), 0);
+                libc::_exit(0)
+            },
+            ForkResult::Parent { .. } => Ok(()),
+        }
+    }
+
+    /// Polls until no link is called `name` (true), or `timeout` passes (false).
+    pub fn wait_link_gone(&mut self, name: &str, timeout: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.link_by_name(name)?.is_none() {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// The IPv4 addresses on link `index`.

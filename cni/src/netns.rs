@@ -26,6 +26,14 @@ pub enum NetnsError {
         /// What it is instead.
         reason: String,
     },
+    /// The calling thread could not return from the container namespace: nothing may continue.
+    #[error("cannot return to the node namespace after entering {path}: {source}")]
+    Restore {
+        /// The container namespace entered.
+        path: PathBuf,
+        /// The error of the second setns.
+        source: io::Error,
+    },
     /// Opening or entering the namespace failed otherwise.
     #[error("{op} network namespace {path}: {source}")]
     Io {
@@ -88,40 +96,39 @@ impl Netns {
         &self.file
     }
 
-    /// Opens a netlink socket inside this namespace. A helper thread enters the namespace and
-    /// creates the socket, which stays bound there; the caller's threads never move.
+    /// Opens a netlink socket inside this namespace. The calling thread enters the namespace
+    /// just long enough to create the socket, which stays bound there, and returns at once (a
+    /// helper thread would cost a scheduler round trip on a busy node).
     pub fn netlink(&self) -> Result<Netlink, NetnsError> {
-        let entered = std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> Result<Netlink, NetnsError> {
-                    setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                        if errno == nix::errno::Errno::EINVAL {
-                            NetnsError::NotNetns {
-                                path: self.path.clone(),
-                                reason: "setns(CLONE_NEWNET) refused it".into(),
-                            }
-                        } else {
-                            NetnsError::Io {
-                                op: "enter",
-                                path: self.path.clone(),
-                                source: io::Error::from(errno),
-                            }
-                        }
-                    })?;
-                    Netlink::open().map_err(|source| NetnsError::Io {
-                        op: "open netlink socket in",
-                        path: self.path.clone(),
-                        source,
-                    })
-                })
-                .join()
-        });
-        entered.unwrap_or_else(|_| {
-            Err(NetnsError::Io {
-                op: "enter (helper thread panicked)",
-                path: self.path.clone(),
-                source: io::Error::other("thread panicked"),
-            })
+        let home_path = Path::new("/proc/thread-self/ns/net");
+        let home = File::open(home_path).map_err(|source| NetnsError::Io {
+            op: "open own",
+            path: home_path.to_path_buf(),
+            source,
+        })?;
+        setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+            if errno == nix::errno::Errno::EINVAL {
+                NetnsError::NotNetns {
+                    path: self.path.clone(),
+                    reason: "setns(CLONE_NEWNET) refused it".into(),
+                }
+            } else {
+                NetnsError::Io {
+                    op: "enter",
+                    path: self.path.clone(),
+                    source: io::Error::from(errno),
+                }
+            }
+        })?;
+        let opened = Netlink::open();
+        setns(&home, CloneFlags::CLONE_NEWNET).map_err(|errno| NetnsError::Restore {
+            path: self.path.clone(),
+            source: io::Error::from(errno),
+        })?;
+        opened.map_err(|source| NetnsError::Io {
+            op: "open netlink socket in",
+            path: self.path.clone(),
+            source,
         })
     }
 }

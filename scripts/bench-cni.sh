@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Benchmark: N ADDs then N DELs with the weft CNI plugin and, in the same run and the same way,
+# with the reference bridge + host-local plugins (configured from subnet.env as Flannel's CNI
+# plugin delegates). Prints per-operation medians and the weft/reference ratio.
+#
+# Everything happens in network namespaces this script creates (one node, 2N pods) and removes on
+# exit; the machine's own network is not touched. Needs root.
+#
+#   scripts/bench-cni.sh [N]        (default N=100, at most 250)
+#   WEFT_BIN=path  use this plugin binary instead of target/release/weft (built if missing)
+#   REF_DIR=dir    reference plugins directory (default /usr/lib/cni)
+set -euo pipefail
+
+N=${1:-100}
+if ! [[ $N =~ ^[0-9]+$ ]] || ((N < 1 || N > 250)); then
+    echo "usage: $0 [N in 1..250]" >&2
+    exit 2
+fi
+if ((EUID != 0)); then
+    echo "bench-cni: needs root (creates network namespaces)" >&2
+    exit 1
+fi
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+REF_DIR=${REF_DIR:-/usr/lib/cni}
+WEFT_BIN=${WEFT_BIN:-$ROOT/target/release/weft}
+if [[ ! -x $WEFT_BIN ]]; then
+    echo "bench-cni: building $WEFT_BIN (cargo build --release -p weft-cni)" >&2
+    (cd "$ROOT" && cargo build --release -p weft-cni >&2)
+fi
+WEFT_BIN=$(realpath "$WEFT_BIN")
+for p in bridge host-local; do
+    if [[ ! -x $REF_DIR/$p ]]; then
+        echo "bench-cni: reference plugin $REF_DIR/$p missing (apt-get install containernetworking-plugins)" >&2
+        exit 1
+    fi
+done
+
+PREFIX="weftbench-$$"
+NODE="$PREFIX-node"
+WORK=$(mktemp -d "/tmp/$PREFIX.XXXXXX")
+[[ -n $WORK && -d $WORK ]] || { echo "bench-cni: mktemp failed" >&2; exit 1; }
+cleanup() {
+    for ((i = 1; i <= N; i++)); do
+        ip netns del "$PREFIX-pod$i" 2>/dev/null || true
+        ip netns del "$PREFIX-ref$i" 2>/dev/null || true
+    done
+    ip netns del "$NODE" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ip netns add "$NODE"
+ip -n "$NODE" link set lo up
+for ((i = 1; i <= N; i++)); do
+    ip netns add "$PREFIX-pod$i"
+    ip netns add "$PREFIX-ref$i"
+done
+
+# weft on bridge cni0 / 10.244.1.0/24, the reference on cni1 / 10.244.2.0/24: both live in the
+# same node namespace at the same time, so their calls can alternate.
+printf 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n' \
+    >"$WORK/subnet.env"
+printf '{"cniVersion":"1.0.0","name":"bench","type":"weft","subnetFile":"%s","dataDir":"%s"}\n' \
+    "$WORK/subnet.env" "$WORK/weft-ipam" >"$WORK/weft.json"
+printf '{"cniVersion":"1.0.0","name":"bench","type":"bridge","bridge":"cni1","mtu":1450,"isGateway":true,"isDefaultGateway":true,"ipMasq":false,"hairpinMode":true,"ipam":{"type":"host-local","dataDir":"%s","ranges":[[{"subnet":"10.244.2.0/24"}]],"routes":[{"dst":"10.244.0.0/16"}]}}\n' \
+    "$WORK/ref-ipam" >"$WORK/reference.json"
+
+# Inside the node namespace: for each i, ADD with weft then with the reference (alternating, so
+# load changes on the machine hit both alike); then the DELs the same way. Prints
+# "<plugin> <add|del> <microseconds>"; each time is taken around the exec of the plugin.
+ip netns exec "$NODE" bash -c '
+    set -euo pipefail
+    weft=$1 ref_dir=$2 work=$3 prefix=$4 n=$5
+    export CNI_PATH=$ref_dir CNI_IFNAME=eth0
+    call() { # call NAME PLUGIN CONF CMD NETNS ID
+        local t0 t1
+        t0=$EPOCHREALTIME
+        if ! CNI_COMMAND=$4 CNI_CONTAINERID=$6 CNI_NETNS=/run/netns/$5 "$2" <"$3" >"$work/out" 2>&1; then
+            echo "bench-cni: $4 $6 with $2 failed: $(cat "$work/out")" >&2
+            exit 1
+        fi
+        t1=$EPOCHREALTIME
+        echo "$1 ${4,,} $((10#${t1/./} - 10#${t0/./}))"
+    }
+    for cmd in ADD DEL; do
+        for ((i = 1; i <= n; i++)); do
+            call weft "$weft" "$work/weft.json" "$cmd" "$prefix-pod$i" "bench-$i"
+            call ref "$ref_dir/bridge" "$work/reference.json" "$cmd" "$prefix-ref$i" "bench-$i"
+        done
+    done
+' bench "$WEFT_BIN" "$REF_DIR" "$WORK" "$PREFIX" "$N" >"$WORK/times"
+
+median() { # median of the times of plugin $1, operation $2
+    awk -v p="$1" -v o="$2" '$1 == p && $2 == o {print $3}' "$WORK/times" | sort -n |
+        awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print int((v[NR / 2] + v[NR / 2 + 1]) / 2)}'
+}
+
+weft_add=$(median weft add)
+weft_del=$(median weft del)
+ref_add=$(median ref add)
+ref_del=$(median ref del)
+
+echo "bench-cni: $N ADDs then $N DELs per plugin, alternating, in one node namespace (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+printf '%-28s %12s %12s\n' "median (microseconds)" "ADD" "DEL"
+printf '%-28s %12d %12d\n' "weft" "$weft_add" "$weft_del"
+printf '%-28s %12d %12d\n' "bridge + host-local" "$ref_add" "$ref_del"
+awk -v wa="$weft_add" -v ra="$ref_add" -v wd="$weft_del" -v rd="$ref_del" \
+    'BEGIN {printf "%-28s %12.3f %12.3f   (target <= 0.25)\n", "ratio weft/reference", wa / ra, wd / rd}'
