@@ -621,6 +621,7 @@ fn stop_and_delete_leave_nothing_behind() -> TestResult {
         return Err("sleeper is not running".into());
     };
     let pause = pod.sandbox.pid();
+    let shim = handle.shim().pid;
     let netns = pod.sandbox.netns_path();
     assert!(netns.exists());
     assert!(!mountinfo_mentions(&spec.id).is_empty(), "no overlay mount");
@@ -633,6 +634,11 @@ fn stop_and_delete_leave_nothing_behind() -> TestResult {
 
     assert!(!running(pid), "container process left");
     assert!(!running(pause), "pause process left");
+    assert!(!running(shim), "shim process left");
+    assert!(
+        !fx.path("runtime/runc").join(&spec.id).exists(),
+        "runc state left"
+    );
     assert!(!netns.exists(), "netns file left");
     assert!(
         mountinfo_mentions(&spec.id).is_empty(),

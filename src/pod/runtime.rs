@@ -434,6 +434,10 @@ impl OciRuntime {
         }
         let result = self.start_in(spec, sandbox, &dir);
         if result.is_err() {
+            // A runtime that timed out may still have created the container.
+            if let Err(e) = self.run_runtime(id, "delete", &["delete", "--force", id]) {
+                tracing::debug!(container = %id, error = %e, "runtime delete after failed start");
+            }
             if let Err(e) = self.remove_dir(id, &dir) {
                 tracing::warn!(container = %id, error = %e, "clean up failed start");
             }
