@@ -622,6 +622,15 @@ fn stop_and_delete_leave_nothing_behind() -> TestResult {
     };
     let pause = pod.sandbox.pid();
     let shim = handle.shim().pid;
+    let rss = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    eprintln!("RSS: shim {}, pause {}", rss(shim), rss(pause));
     let netns = pod.sandbox.netns_path();
     assert!(netns.exists());
     assert!(!mountinfo_mentions(&spec.id).is_empty(), "no overlay mount");
