@@ -2,11 +2,11 @@
 //! (lower half), and manifests, the per-pod controller, CNI and status (upper half).
 
 pub mod backoff;
-pub mod cni;
-pub mod crilog;
 pub mod bundle;
 pub mod cli;
+pub mod cni;
 pub mod controller;
+pub mod crilog;
 pub mod image;
 pub mod manifest;
 pub mod pod_worker;
