@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Netns};
+use common::{wait_for, Cluster, Netns, VXLAN_CONFIG};
 use image::ImageBuilder;
 use weft::pod::backoff::BackoffPolicy;
 use weft::pod::cli::{self, read_invalid, read_pods};
@@ -45,18 +45,45 @@ struct PodNode {
     /// The Kubernetes namespace of this test's pods.
     ns: String,
     subnet: String,
-    node: Netns,
+    /// The node's network namespace (`ip netns` name).
+    netns: String,
+    /// Set when this fixture created the namespace (dropped after the pods).
+    _own_netns: Option<Netns>,
     dir: tempfile::TempDir,
+}
+
+/// The CNI network of a node.
+enum Network {
+    /// The reference `bridge` + `host-local` plugins from /usr/lib/cni.
+    Bridge,
+    /// weft's own plugin, with the node's `subnet.env` written by weftd.
+    Weft {
+        subnet_file: PathBuf,
+        subnet: String,
+    },
 }
 
 static NODES: AtomicU32 = AtomicU32::new(0);
 
 impl PodNode {
+    /// A fresh node namespace with the bridge network.
     fn new() -> PodNode {
+        let node = Netns::new("podnode");
+        let name = node.name().to_string();
+        PodNode::in_netns(&name, Some(node), Network::Bridge)
+    }
+
+    fn in_netns(netns: &str, own: Option<Netns>, network: Network) -> PodNode {
         require_root();
+        // The controller's log, shown by the test runner when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("WEFT_TEST_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .try_init();
         let n = NODES.fetch_add(1, Ordering::Relaxed);
         let ns = format!("{}-{n}-p", std::process::id());
-        let node = Netns::new("podnode");
         let dir = tempfile::Builder::new()
             .prefix(&format!("weft-{ns}-"))
             .tempdir()
@@ -71,24 +98,42 @@ impl PodNode {
         store
             .import(&archive, None)
             .unwrap_or_else(|e| panic!("import busybox: {e}"));
-        // Each node of this process gets its own /24 (the namespaces keep them apart anyway).
-        let subnet = format!("10.244.{}.0/24", 100 + n % 100);
         let conf_dir = d.join("net.d");
         std::fs::create_dir_all(&conf_dir).unwrap_or_else(|e| panic!("{e}"));
+        let mut bin_dirs = vec![d.join("no-such-bin"), PathBuf::from("/usr/lib/cni")];
+        let (subnet, plugin) = match network {
+            // Each bridge node of this process gets its own /24 (the namespaces keep them apart anyway).
+            Network::Bridge => {
+                let subnet = format!("10.244.{}.0/24", 100 + n % 100);
+                let plugin = serde_json::json!({
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {"type": "host-local", "subnet": subnet, "dataDir": d.join("ipam")},
+                });
+                (subnet, plugin)
+            }
+            Network::Weft {
+                subnet_file,
+                subnet,
+            } => {
+                let weft = common::bin_path("weft");
+                bin_dirs.insert(0, weft.parent().map(Path::to_path_buf).unwrap_or_default());
+                let plugin = serde_json::json!({
+                    "type": "weft",
+                    "subnetFile": subnet_file,
+                    "dataDir": d.join("ipam"),
+                    "bridge": "cni0",
+                    "isDefaultGateway": true,
+                });
+                (subnet, plugin)
+            }
+        };
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "podnet",
-            "plugins": [{
-                "type": "bridge",
-                "bridge": "cni0",
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "subnet": subnet,
-                    "dataDir": d.join("ipam"),
-                },
-            }],
+            "plugins": [plugin],
         });
         std::fs::write(conf_dir.join("10-podnet.conflist"), conflist.to_string())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -96,7 +141,7 @@ impl PodNode {
         std::fs::create_dir_all(&manifests).unwrap_or_else(|e| panic!("{e}"));
         let mut cfg = PodConfig::new(manifests, format!("node-{n}"));
         cfg.cni_conf_dir = conf_dir;
-        cfg.cni_bin_dirs = vec![d.join("no-such-bin"), PathBuf::from("/usr/lib/cni")];
+        cfg.cni_bin_dirs = bin_dirs;
         cfg.cni_cache_dir = d.join("cni-cache");
         cfg.pod_root = d.join("pods");
         cfg.image_root = images;
@@ -113,7 +158,8 @@ impl PodNode {
             cfg,
             ns,
             subnet,
-            node,
+            netns: netns.to_string(),
+            _own_netns: own,
             dir,
         };
         pn.start();
@@ -126,7 +172,7 @@ impl PodNode {
         self.shutdown = Arc::new(AtomicBool::new(false));
         let flag = self.shutdown.clone();
         let cfg = self.cfg.clone();
-        let netns = self.node.path();
+        let netns = PathBuf::from("/run/netns").join(&self.netns);
         self.manager = Some(std::thread::spawn(move || {
             let file = std::fs::File::open(&netns)
                 .unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
@@ -179,6 +225,16 @@ impl PodNode {
             self.record(name)
                 .filter(|r| status::columns(&r.pod).status == want)
         })
+    }
+
+    /// Runs `args` in the node namespace; returns whether it succeeded.
+    fn node_exec(&self, args: &[&str]) -> bool {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     }
 
     fn log(&self, rec: &PodRecord, container: &str, restart: u32) -> String {
@@ -248,8 +304,12 @@ impl PodNode {
     }
 
     fn veths(&self) -> Vec<String> {
-        self.node
-            .ip_json(&["link", "show", "type", "veth"])
+        let out = std::process::Command::new("ip")
+            .args(["-j", "-n", &self.netns, "link", "show", "type", "veth"])
+            .output()
+            .unwrap_or_else(|e| panic!("ip link in {}: {e}", self.netns));
+        let links: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        links
             .iter()
             .filter_map(|l| l["ifname"].as_str().map(str::to_string))
             .collect()
@@ -375,7 +435,10 @@ fn myapp_pod_runs_logs_and_removal_leaves_nothing_behind() {
     let log = node.wait_log(&rec, "myapp-container", "Hello Kubernetes!");
     assert_eq!(log, "Hello Kubernetes!\n");
     // The pod IP answers from the node (the bridge network works).
-    node.node.exec_ok(&["ping", "-c", "1", "-W", "2", &ip]);
+    assert!(
+        node.node_exec(&["ping", "-c", "1", "-W", "2", &ip]),
+        "ping {ip}"
+    );
     let table = node.table();
     let row = table.lines().nth(1).unwrap_or_default().to_string();
     let cols: Vec<&str> = row.split_whitespace().collect();
@@ -405,8 +468,10 @@ fn myapp_pod_runs_logs_and_removal_leaves_nothing_behind() {
         node.pod_dirs().is_empty().then_some(())
     });
     node.assert_clean();
-    let out = node.node.exec(&["ping", "-c", "1", "-W", "1", &ip]);
-    assert!(!out.status.success(), "removed pod's IP {ip} still answers");
+    assert!(
+        !node.node_exec(&["ping", "-c", "1", "-W", "1", &ip]),
+        "removed pod's IP {ip} still answers"
+    );
 }
 
 #[test]
@@ -733,7 +798,10 @@ fn restarted_controller_adopts_running_pods_and_removes_orphans() {
         pids_before.contains(&common_pids(&node.pod_netns()[0])),
         "sandbox was recreated"
     );
-    assert_eq!(node.ipam_allocations(), vec![after.pod.status.pod_ip.clone()]);
+    assert_eq!(
+        node.ipam_allocations(),
+        vec![after.pod.status.pod_ip.clone()]
+    );
     node.remove_manifest("myapp.yaml");
     wait_for(WAIT, "pod removed", || {
         node.pod_dirs().is_empty().then_some(())
@@ -753,4 +821,84 @@ fn common_pids(netns: &str) -> String {
         .collect();
     pids.sort();
     pids.join(",")
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_over_the_overlay() {
+    require_root();
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(WAIT);
+    let nodes: Vec<PodNode> = (0..2)
+        .map(|i| {
+            let n = cluster.node(i);
+            let subnet = n
+                .subnet()
+                .unwrap_or_else(|| panic!("node {i} has no subnet"));
+            PodNode::in_netns(
+                n.netns().name(),
+                None,
+                Network::Weft {
+                    subnet_file: n.subnet_file(),
+                    subnet,
+                },
+            )
+        })
+        .collect();
+    nodes[1].put_manifest(
+        "server.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: httpd
+      image: busybox
+      command: ['sh', '-c', 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 8080 -h /www']
+"#,
+    );
+    let server = nodes[1].wait_status("server", "Running");
+    let server_ip = server.pod.status.pod_ip.clone();
+    let net: ipnetwork::Ipv4Network = nodes[1].subnet.parse().unwrap_or_else(|e| panic!("{e}"));
+    let addr: std::net::Ipv4Addr = server_ip
+        .parse()
+        .unwrap_or_else(|e| panic!("{server_ip:?}: {e}"));
+    assert!(
+        net.contains(addr),
+        "server IP {server_ip} outside node 1's subnet {net}"
+    );
+    nodes[0].put_manifest(
+        "client.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: NS}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: wget
+      image: busybox
+      env:
+        - {{name: MY_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+      command: ['sh', '-c', 'echo "client $MY_IP"; until wget -q -O - http://{server_ip}:8080/; do sleep 0.5; done; sleep 3600']
+"#
+        ),
+    );
+    let client = nodes[0].wait_status("client", "Running");
+    let client_ip = client.pod.status.pod_ip.clone();
+    let log = nodes[0].wait_log(&client, "wget", "hello from server");
+    assert!(log.starts_with(&format!("client {client_ip}\n")), "{log}");
+    let client_net: ipnetwork::Ipv4Network =
+        nodes[0].subnet.parse().unwrap_or_else(|e| panic!("{e}"));
+    let caddr: std::net::Ipv4Addr = client_ip
+        .parse()
+        .unwrap_or_else(|e| panic!("{client_ip:?}: {e}"));
+    assert!(
+        client_net.contains(caddr),
+        "client IP {client_ip} outside {client_net}"
+    );
+    drop(nodes);
 }
