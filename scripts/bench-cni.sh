@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: N ADDs then N DELs with the weft CNI plugin and, in the same run and the same way,
 # with the reference bridge + host-local plugins (configured from subnet.env as Flannel's CNI
-# plugin delegates). Prints per-operation medians and the weft/reference ratio.
+# plugin delegates). Prints per-operation medians and the weft/reference ratio. Like a runtime
+# using libcni, DEL gets the ADD result as prevResult.
 #
 # Everything happens in network namespaces this script creates (one node, 2N pods) and removes on
 # exit; the machine's own network is not touched. Needs root.
@@ -73,10 +74,16 @@ ip netns exec "$NODE" bash -c '
     weft=$1 ref_dir=$2 work=$3 prefix=$4 n=$5
     export CNI_PATH=$ref_dir CNI_IFNAME=eth0
     call() { # call NAME PLUGIN CONF CMD NETNS ID
-        local t0 t1
+        local t0 t1 input=$3 conf result=$work/result-$1-$6
+        if [[ $4 == DEL ]]; then
+            # As libcni does: DEL carries the cached ADD result as prevResult.
+            conf=$(<"$3")
+            printf "%s,\"prevResult\":%s}" "${conf%\}}" "$(<"$result")" >"$work/del-$1.json"
+            input=$work/del-$1.json
+        fi
         t0=$EPOCHREALTIME
-        if ! CNI_COMMAND=$4 CNI_CONTAINERID=$6 CNI_NETNS=/run/netns/$5 "$2" <"$3" >"$work/out" 2>&1; then
-            echo "bench-cni: $4 $6 with $2 failed: $(cat "$work/out")" >&2
+        if ! CNI_COMMAND=$4 CNI_CONTAINERID=$6 CNI_NETNS=/run/netns/$5 "$2" <"$input" >"$result" 2>"$work/err"; then
+            echo "bench-cni: $4 $6 with $2 failed: $(cat "$result" "$work/err")" >&2
             exit 1
         fi
         t1=$EPOCHREALTIME

@@ -746,7 +746,8 @@ fn exhausted_subnet_names_the_subnet() {
 #[test]
 fn leftovers_of_a_killed_add_are_recovered() {
     let site = Site::new("10.244.18.1/24");
-    // A killed ADD: allocation written, host veth created, nothing in the pod.
+    // A weft ADD killed after allocating (.9), a host-local killed mid-write (empty .2), and a
+    // weft temporary file.
     std::fs::create_dir_all(site.ipam_dir()).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(site.ipam_dir().join("10.244.18.9"), "crashed\r\neth0")
         .unwrap_or_else(|e| panic!("{e}"));
@@ -754,20 +755,26 @@ fn leftovers_of_a_killed_add_are_recovered() {
     std::fs::write(site.ipam_dir().join(".weft-tmp-12345"), "x\r\neth0")
         .unwrap_or_else(|e| panic!("{e}"));
     let pod = Netns::new("pod");
-    let result = site.add(&pod, "crashed", "1.0.0");
+    let first = site.add(&pod, "next", "1.0.0");
     assert_eq!(
-        result_ip(&result),
-        "10.244.18.9",
-        "the crashed ADD's address is reused"
-    );
-    let pod2 = Netns::new("pod");
-    let result2 = site.add(&pod2, "next", "1.0.0");
-    assert_eq!(
-        result_ip(&result2),
+        result_ip(&first),
         "10.244.18.2",
         "an empty (half-written) address file does not block its address"
     );
-    assert!(!site.ipam_dir().join(".weft-tmp-12345").exists());
+    // The killed container is retried, then deleted by the runtime: DEL releases both addresses.
+    let pod2 = Netns::new("pod");
+    let retried = site.add(&pod2, "crashed", "1.0.0");
+    assert!(tcp_ok(&site.node, &pod2, &result_ip(&retried)));
+    Call::new(&site.node, "DEL")
+        .attachment("crashed", "eth0", Some(&pod2))
+        .conf(&site.conf("1.0.0"))
+        .assert_silent_success();
+    let left: Vec<String> = site.allocations().into_iter().map(|(ip, _)| ip).collect();
+    assert_eq!(
+        left,
+        vec!["10.244.18.2"],
+        "DEL released the crashed ADD's address too"
+    );
     // A leftover host veth with the attachment's name is replaced.
     let pod3 = Netns::new("pod");
     let result3 = site.add(&pod3, "third", "1.0.0");
@@ -775,21 +782,22 @@ fn leftovers_of_a_killed_add_are_recovered() {
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let mut del = site.conf("1.0.0");
+    del["prevResult"] = result3;
     Call::new(&site.node, "DEL")
         .attachment("third", "eth0", Some(&pod3))
-        .conf(&site.conf("1.0.0"))
+        .conf(&del)
         .assert_silent_success();
     site.node.ip(&[
         "link", "add", &host3, "type", "veth", "peer", "name", "stale0",
     ]);
     let result3 = site.add(&pod3, "third", "1.0.0");
     assert!(tcp_ok(&site.node, &pod3, &result_ip(&result3)));
-    // GC recovers an allocation nobody names.
+    // GC recovers an allocation nobody names, and removes the temporary file.
     std::fs::write(site.ipam_dir().join("10.244.18.200"), "ghost\r\neth0")
         .unwrap_or_else(|e| panic!("{e}"));
     let mut conf = site.conf("1.1.0");
     conf["cni.dev/valid-attachments"] = json!([
-        {"containerID": "crashed", "ifname": "eth0"},
         {"containerID": "next", "ifname": "eth0"},
         {"containerID": "third", "ifname": "eth0"}
     ]);
@@ -797,8 +805,9 @@ fn leftovers_of_a_killed_add_are_recovered() {
         .conf(&conf)
         .assert_silent_success();
     let ips: Vec<String> = site.allocations().into_iter().map(|(ip, _)| ip).collect();
-    assert_eq!(ips.len(), 3, "{ips:?}");
+    assert_eq!(ips.len(), 2, "{ips:?}");
     assert!(!ips.contains(&"10.244.18.200".to_string()));
+    assert!(!site.ipam_dir().join(".weft-tmp-12345").exists());
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::ip::Ipv4Net;
 use crate::ipam::{IpamStore, Pool};
 use crate::log::Log;
-use crate::netlink::{Link, Netlink};
+use crate::netlink::{format_mac, Link, Netlink};
 use crate::netns::{Netns, NetnsError};
 use crate::result::{AddResult, Interface, IpConfig, Route};
 use crate::subnet_env::NodeSubnet;
@@ -36,6 +36,18 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     format!("veth{:011x}", hash & 0x0fff_ffff_ffff)
+}
+
+/// The host veth's MAC, fixed from its name (so ADD need not read it back): locally
+/// administered unicast.
+pub fn host_veth_mac(host_name: &str) -> [u8; 6] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in host_name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
 /// The bridge's fixed MAC: locally administered `0a:58` + the gateway address.
@@ -156,7 +168,7 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
             }
             match store.lock() {
                 Ok(locked) => {
-                    if let Err(e) = locked.release(&env.container_id, &env.ifname) {
+                    if let Err(e) = locked.release_hinted(&[ip], &env.container_id, &env.ifname) {
                         log.error(format_args!("undo: release {ip}: {e}"));
                     }
                 }
@@ -206,30 +218,32 @@ impl Wiring<'_> {
     fn attach(&self, node_nl: &mut Netlink, container_nl: &mut Netlink) -> Result<AddResult> {
         let ifname = &self.env.ifname;
         let netns_path = self.netns.path().display().to_string();
-        // A host end left by an ADD that died half-way would block the name.
-        delete_link_named(node_nl, self.host_name)?;
-        node_nl
-            .create_veth(
+        let host_mac = host_veth_mac(self.host_name);
+        let create = |nl: &mut Netlink| {
+            nl.create_veth(
                 self.host_name,
+                host_mac,
                 self.bridge.index,
                 self.mtu,
                 ifname,
                 self.netns.file(),
             )
-            .map_err(netlink_err(format!(
-                "create veth {} (peer {ifname} in {netns_path}) on {}",
-                self.host_name, self.bridge.name
-            )))?;
-        let host = node_nl
-            .link_by_name(self.host_name)
-            .map_err(netlink_err(format!("look up {}", self.host_name)))?
-            .ok_or_else(|| Error::Netlink {
-                op: format!("look up {} after creating it", self.host_name),
-                source: io::Error::from_raw_os_error(libc::ENODEV),
-            })?;
+        };
+        let created = match create(node_nl) {
+            // A host end left by an ADD that was killed half-way holds the name: replace it.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                delete_link_named(node_nl, self.host_name)?;
+                create(node_nl)
+            }
+            other => other,
+        };
+        created.map_err(netlink_err(format!(
+            "create veth {} (peer {ifname} in {netns_path}) on {}",
+            self.host_name, self.bridge.name
+        )))?;
         if self.conf.hairpin_mode {
             node_nl
-                .set_hairpin(host.index)
+                .set_hairpin(self.host_name)
                 .map_err(netlink_err(format!(
                     "set hairpin on {} (port of {})",
                     self.host_name, self.bridge.name
@@ -272,9 +286,9 @@ impl Wiring<'_> {
                     sandbox: None,
                 },
                 Interface {
-                    name: host.name.clone(),
-                    mac: host.mac.clone(),
-                    mtu: Some(host.mtu),
+                    name: self.host_name.to_string(),
+                    mac: format_mac(&host_mac),
+                    mtu: Some(self.mtu),
                     sandbox: None,
                 },
                 Interface {
@@ -465,7 +479,19 @@ pub fn del(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<()> {
         }
     }
     let store = IpamStore::new(&conf.data_dir, &conf.name);
-    let released = store.lock()?.release(&env.container_id, &env.ifname)?;
+    // prevResult names the address: check just that file; scan everything only without it.
+    let hints: Vec<Ipv4Addr> = conf
+        .prev_result
+        .as_ref()
+        .and_then(|prev| AddResult::from_json(prev).ok())
+        .map(|prev| prev.ips.iter().map(|ip| ip.address.addr()).collect())
+        .unwrap_or_default();
+    let locked = store.lock()?;
+    let mut released = locked.release_hinted(&hints, &env.container_id, &env.ifname)?;
+    if released.is_empty() {
+        released = locked.release(&env.container_id, &env.ifname)?;
+    }
+    drop(locked);
     log.info(format_args!(
         "DEL container={} ifname={} released={released:?}",
         env.container_id, env.ifname
@@ -665,9 +691,18 @@ mod tests {
     }
 
     #[test]
+    fn host_veth_mac_is_stable_unicast_and_local() {
+        let mac = host_veth_mac("veth0123456789a");
+        assert_eq!(mac, host_veth_mac("veth0123456789a"));
+        assert_eq!(mac[0] & 0x01, 0, "unicast");
+        assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
+        assert_ne!(mac, host_veth_mac("veth0123456789b"));
+    }
+
+    #[test]
     fn bridge_mac_is_locally_administered_and_from_gateway() {
         assert_eq!(
-            crate::netlink::format_mac(&bridge_mac(Ipv4Addr::new(10, 244, 1, 1))),
+            format_mac(&bridge_mac(Ipv4Addr::new(10, 244, 1, 1))),
             "0a:58:0a:f4:01:01"
         );
     }

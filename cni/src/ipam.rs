@@ -4,9 +4,9 @@
 //! address handed out, and every read-modify-write happens under `flock` on `<dir>/lock`, so
 //! weft and the reference host-local can share a directory. Unlike host-local, an address file
 //! appears atomically with its content (written to a temporary file, then hard-linked into place),
-//! so a plugin killed at any point never leaves an empty file blocking an address.
+//! so a plugin killed at any point never leaves an empty file blocking an address; an allocation
+//! whose ADD was killed before wiring the pod is released by that container's DEL or by GC.
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -62,11 +62,6 @@ impl Pool {
 
     fn holds(&self, ip: Ipv4Addr) -> bool {
         (self.start..=self.end).contains(&u32::from(ip))
-    }
-
-    /// Whether `ip` may be handed to a pod.
-    pub fn allocatable(&self, ip: Ipv4Addr) -> bool {
-        self.holds(ip) && ip != self.gateway
     }
 
     /// host-local's round-robin order: the addresses after `last` (if it lies in the pool),
@@ -240,47 +235,17 @@ impl LockedStore<'_> {
             .and_then(|s| s.trim().parse().ok())
     }
 
-    /// Allocates an address of `pool` to `(container_id, ifname)`. An allocation this pair already
-    /// holds (left by an ADD that died before finishing) is reused instead of leaking it.
+    /// Allocates an address of `pool` to `(container_id, ifname)`, host-local's way: the first
+    /// candidate whose file can be created exclusively. Reads no other allocation, so its cost
+    /// does not grow with the number of pods; an empty file met on the way (left by a killed
+    /// host-local) is taken over.
     pub fn allocate(&self, pool: &Pool, container_id: &str, ifname: &str) -> Result<Ipv4Addr> {
-        let existing = self.allocations()?;
-        if let Some(own) = existing
-            .iter()
-            .find(|a| a.container_id == container_id && a.ifname.as_deref() == Some(ifname))
-        {
-            if pool.allocatable(own.ip) {
-                return Ok(own.ip);
-            }
-            remove_if_present(&self.dir.join(own.ip.to_string()))?;
-        }
-        let taken: HashSet<Ipv4Addr> = existing.iter().map(|a| a.ip).collect();
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}", std::process::id()));
         write_file(&tmp, format_owner(container_id, ifname).as_bytes())
             .map_err(self.io("write temporary address file", tmp.clone()))?;
-        let mut chosen = None;
-        for candidate in pool.candidates(self.last_reserved()) {
-            if taken.contains(&candidate) {
-                continue;
-            }
-            let path = self.dir.join(candidate.to_string());
-            match fs::hard_link(&tmp, &path) {
-                Ok(()) => {
-                    chosen = Some(candidate);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(source) => {
-                    remove_if_present(&tmp)?;
-                    return Err(Error::Io {
-                        op: "create address file",
-                        path,
-                        source,
-                    });
-                }
-            }
-        }
+        let chosen = self.link_first_free(pool, &tmp);
         remove_if_present(&tmp)?;
-        let Some(ip) = chosen else {
+        let Some(ip) = chosen? else {
             return Err(Error::AddressPoolExhausted {
                 subnet: pool.subnet().to_string(),
                 network: self
@@ -294,6 +259,32 @@ impl LockedStore<'_> {
         };
         self.write_last_reserved(ip)?;
         Ok(ip)
+    }
+
+    /// Hard-links `tmp` to the first free candidate; `None` when the pool is full.
+    fn link_first_free(&self, pool: &Pool, tmp: &Path) -> Result<Option<Ipv4Addr>> {
+        for candidate in pool.candidates(self.last_reserved()) {
+            let path = self.dir.join(candidate.to_string());
+            let mut attempt = fs::hard_link(tmp, &path);
+            if matches!(&attempt, Err(e) if e.kind() == io::ErrorKind::AlreadyExists)
+                && is_empty_file(&path)
+            {
+                remove_if_present(&path)?;
+                attempt = fs::hard_link(tmp, &path);
+            }
+            match attempt {
+                Ok(()) => return Ok(Some(candidate)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "create address file",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Records `ip` in `last_reserved_ip.0`, overwritten in place (host-local's exact content).
@@ -314,7 +305,37 @@ impl LockedStore<'_> {
         write().map_err(self.io("write last_reserved_ip", path.clone()))
     }
 
-    /// Releases every address held by `(container_id, ifname)`; returns them.
+    /// Releases those of `hints` (e.g. the addresses in DEL's `prevResult`) that
+    /// `(container_id, ifname)` holds, reading only their files; returns them.
+    pub fn release_hinted(
+        &self,
+        hints: &[Ipv4Addr],
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Vec<Ipv4Addr>> {
+        let mut released = Vec::new();
+        for ip in hints {
+            let path = self.dir.join(ip.to_string());
+            let owned = fs::read_to_string(&path)
+                .ok()
+                .and_then(|content| parse_owner(&content))
+                .is_some_and(|(id, owner_ifname)| {
+                    let allocation = Allocation {
+                        ip: *ip,
+                        container_id: id,
+                        ifname: owner_ifname,
+                    };
+                    allocation.owned_by(container_id, ifname)
+                });
+            if owned {
+                remove_if_present(&path)?;
+                released.push(*ip);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Releases every address held by `(container_id, ifname)`, scanning all files; returns them.
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>> {
         self.release_where(|a| a.owned_by(container_id, ifname))
             .map(|released| released.into_iter().map(|a| a.ip).collect())
@@ -331,6 +352,10 @@ impl LockedStore<'_> {
         }
         Ok(released)
     }
+}
+
+fn is_empty_file(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
 fn write_file(path: &Path, content: &[u8]) -> io::Result<()> {
@@ -390,11 +415,13 @@ mod tests {
     fn pool_bounds_and_capacity() {
         let p = pool("10.244.1.1/24");
         assert_eq!(p.capacity(), 253);
-        assert!(!p.allocatable(ip("10.244.1.0")));
-        assert!(!p.allocatable(ip("10.244.1.1")));
-        assert!(p.allocatable(ip("10.244.1.2")));
-        assert!(p.allocatable(ip("10.244.1.254")));
-        assert!(!p.allocatable(ip("10.244.1.255")));
+        let all: Vec<Ipv4Addr> = p.candidates(None).collect();
+        assert_eq!(all.len(), 253);
+        assert!(!all.contains(&ip("10.244.1.0")));
+        assert!(!all.contains(&ip("10.244.1.1")), "gateway");
+        assert!(all.contains(&ip("10.244.1.2")));
+        assert!(all.contains(&ip("10.244.1.254")));
+        assert!(!all.contains(&ip("10.244.1.255")));
         assert_eq!(pool("10.244.1.1/30").capacity(), 1);
     }
 
@@ -466,7 +493,6 @@ mod tests {
             "10.244.1.3"
         );
         assert!(dir.join(LOCK_FILE).exists());
-        assert_eq!(locked.allocate(&p, "c1", "eth0").unwrap(), a, "reused");
         assert_eq!(locked.release("c1", "eth0").unwrap(), vec![a]);
         assert!(locked.release("c1", "eth0").unwrap().is_empty());
         let c = locked.allocate(&p, "c3", "eth0").unwrap();
@@ -475,12 +501,41 @@ mod tests {
             ip("10.244.1.4"),
             "round-robin continues after last reserved"
         );
+        for n in 5..=12 {
+            locked.allocate(&p, &format!("c{n}"), "eth0").unwrap();
+        }
+        assert_eq!(
+            fs::read_to_string(dir.join(LAST_RESERVED_FILE)).unwrap(),
+            "10.244.1.12",
+            "a longer address overwrites in place"
+        );
+        locked.allocate(&p, "c13", "eth0").unwrap();
+        assert_eq!(locked.last_reserved(), Some(ip("10.244.1.13")));
         let names: Vec<String> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with('.'))
             .collect();
         assert!(names.is_empty(), "temporaries left: {names:?}");
+    }
+
+    #[test]
+    fn release_hinted_reads_only_the_hinted_files() {
+        let tmp = TempDir::new("hint");
+        let store = IpamStore::new(&tmp.0, "net");
+        let p = pool("10.244.1.1/24");
+        let locked = store.lock().unwrap();
+        let a = locked.allocate(&p, "c1", "eth0").unwrap();
+        let b = locked.allocate(&p, "c2", "eth0").unwrap();
+        assert!(locked
+            .release_hinted(&[b], "c1", "eth0")
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            locked.release_hinted(&[a, b], "c1", "eth0").unwrap(),
+            vec![a]
+        );
+        assert_eq!(locked.allocations().unwrap().len(), 1);
     }
 
     #[test]
@@ -493,8 +548,16 @@ mod tests {
         fs::write(store.dir().join(".weft-tmp-999"), "x\r\neth0").unwrap();
         fs::write(store.dir().join("10.244.1.3"), "legacy").unwrap();
         let locked = store.lock().unwrap();
-        assert_eq!(locked.allocate(&p, "c1", "eth0").unwrap(), ip("10.244.1.2"));
-        assert!(!store.dir().join(".weft-tmp-999").exists());
+        assert_eq!(
+            locked.allocate(&p, "c1", "eth0").unwrap(),
+            ip("10.244.1.2"),
+            "an empty file does not block its address"
+        );
+        assert_eq!(locked.allocations().unwrap().len(), 2);
+        assert!(
+            !store.dir().join(".weft-tmp-999").exists(),
+            "a scan removes leftover temporaries"
+        );
         assert_eq!(
             locked.release("legacy", "eth0").unwrap(),
             vec![ip("10.244.1.3")]

@@ -177,11 +177,12 @@ impl Netlink {
         )
     }
 
-    /// Creates a veth pair in ONE request: `host` here, up, enslaved to `master`; its peer
+    /// Creates a veth pair in ONE request: `host` here (MAC `host_mac`), up, enslaved to `master`; its peer
     /// `peer` created directly inside the namespace `peer_netns` (down), with the same MTU.
     pub fn create_veth(
         &mut self,
         host: &str,
+        host_mac: [u8; 6],
         master: u32,
         mtu: u32,
         peer: &str,
@@ -199,6 +200,7 @@ impl Netlink {
         message.header.change_mask = LinkFlags::Up;
         message.attributes = vec![
             LinkAttribute::IfName(host.to_string()),
+            LinkAttribute::Address(host_mac.to_vec()),
             LinkAttribute::Mtu(mtu),
             LinkAttribute::Controller(master),
             LinkAttribute::LinkInfo(vec![
@@ -212,10 +214,12 @@ impl Netlink {
         )
     }
 
-    /// Turns on hairpin mode of bridge port `index`.
-    pub fn set_hairpin(&mut self, index: u32) -> io::Result<()> {
+    /// Turns on hairpin mode of bridge port `name` (addressed by name: no lookup needed).
+    pub fn set_hairpin(&mut self, name: &str) -> io::Result<()> {
         let mut message = LinkMessage::default();
-        message.header.index = index;
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
         message.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
             LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
