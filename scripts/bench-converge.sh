@@ -13,6 +13,7 @@
 #
 #   scripts/bench-converge.sh                 release build, 1000 peers, 5 runs
 #   PEERS=500 RUNS=3 PROFILE=debug scripts/bench-converge.sh
+#   SKIP_BUILD=1 scripts/bench-converge.sh   use the weftd already built
 #
 # Addresses: underlay 192.0.2.0/24; pod network 10.244.0.0/16 cut into /26 subnets (1000 /24s do
 # not fit in a /16); the fake peers' public IPs are in 198.18.0.0/15 (RFC 2544 benchmarking range),
@@ -60,6 +61,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 now_ns() { date +%s%N; }
+# nap: a 5 ms pause without forking, so polling loops leave the CPUs to weftd.
+exec {SLEEP_FD}<> <(:)
+nap() { read -r -t 0.005 -u "$SLEEP_FD" || true; }
 ms_since() {
     local us=$((($(now_ns) - $1) / 1000))
     printf '%d.%d\n' $((us / 1000)) $(((us % 1000) / 100))
@@ -88,7 +92,9 @@ entry_counts() {
 
 echo "== building weftd ($PROFILE)"
 bash scripts/setup.sh >/dev/null
-if [ "$PROFILE" = release ]; then
+if [ -n "${SKIP_BUILD:-}" ]; then
+    echo "   SKIP_BUILD set: using the existing target/$PROFILE/weftd"
+elif [ "$PROFILE" = release ]; then
     cargo build --release --bin weftd
 else
     cargo build --bin weftd
@@ -153,6 +159,7 @@ for run in $(seq 1 "$RUNS"); do
             tail -20 "$WORK/n$run/weftd.log" >&2
             exit 1
         fi
+        nap
     done
     start_ms=$(ms_since "$t0")
     echo "$start_ms" >>"$WORK/start_ms"
@@ -193,6 +200,8 @@ own=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/n$RUNS/subnet.env" | awk -F'[./]' '{
 : >"$WORK/lat_hi"
 : >"$WORK/withdraw"
 s=1001
+MISSED_ADD=0
+MISSED_DEL=0
 for k in $(seq 1 "$LAT_RUNS"); do
     while :; do
         subnet="10.244.$((s / 4)).$(((s % 4) * 64))"
@@ -205,18 +214,24 @@ for k in $(seq 1 "$LAT_RUNS"); do
     etcd_api kv/put "{\"key\":\"$key\",\"value\":\"$value\",\"lease\":\"$LEASE\"}" >/dev/null
     t_after=$(now_ns)
     deadline=$((SECONDS + 10))
-    until [ -n "$(ip -n "$node" route show "$subnet/26" 2>/dev/null)" ]; do
-        [ "$SECONDS" -ge "$deadline" ] && { echo "route to $subnet/26 not programmed within 10 s" >&2; tail -20 "$WORK/n$RUNS/weftd.log" >&2; exit 1; }
-    done
-    ms_since "$t_before" >>"$WORK/lat_hi"
-    ms_since "$t_after" >>"$WORK/lat_lo"
+    until [ -n "$(ip -n "$node" route show "$subnet/26" 2>/dev/null)" ] || [ "$SECONDS" -ge "$deadline" ]; do nap; done
+    if [ -n "$(ip -n "$node" route show "$subnet/26" 2>/dev/null)" ]; then
+        ms_since "$t_before" >>"$WORK/lat_hi"
+        ms_since "$t_after" >>"$WORK/lat_lo"
+    else
+        echo "   lease $k: route to $subnet/26 not programmed within 10 s (not counted)"
+        MISSED_ADD=$((MISSED_ADD + 1))
+    fi
     t_del=$(now_ns)
     etcd_api kv/deleterange "{\"key\":\"$key\"}" >/dev/null
     deadline=$((SECONDS + 10))
-    until [ -z "$(ip -n "$node" route show "$subnet/26" 2>/dev/null)" ]; do
-        [ "$SECONDS" -ge "$deadline" ] && { echo "route to $subnet/26 not withdrawn within 10 s" >&2; tail -20 "$WORK/n$RUNS/weftd.log" >&2; exit 1; }
-    done
-    ms_since "$t_del" >>"$WORK/withdraw"
+    until [ -z "$(ip -n "$node" route show "$subnet/26" 2>/dev/null)" ] || [ "$SECONDS" -ge "$deadline" ]; do nap; done
+    if [ -z "$(ip -n "$node" route show "$subnet/26" 2>/dev/null)" ]; then
+        ms_since "$t_del" >>"$WORK/withdraw"
+    else
+        echo "   lease $k: route to $subnet/26 not withdrawn within 10 s (not counted)"
+        MISSED_DEL=$((MISSED_DEL + 1))
+    fi
 done
 
 START=$(median <"$WORK/start_ms")
@@ -238,5 +253,10 @@ printf '%-58s %10s x\n' "ratio start-to-all-entries / floor" "$(ratio "$START" "
 printf '%-58s %10s ms   (counted from the put returning; %s ms from the put starting)\n' \
     "new lease in etcd -> route on a running node (median of $LAT_RUNS)" "$LAT_LO" "$LAT_HI"
 printf '%-58s %10s ms\n' "lease deleted in etcd -> route gone (median of $LAT_RUNS)" "$WITHDRAW"
+if [ "$MISSED_ADD" -gt 0 ] || [ "$MISSED_DEL" -gt 0 ]; then
+    echo "MISSED: $MISSED_ADD of $LAT_RUNS new leases not programmed, $MISSED_DEL of $LAT_RUNS deletions not applied within 10 s"
+    grep -E "ERROR|WARN" "$WORK/n$RUNS/weftd.log" | tail -5
+fi
 echo "target: all entries within 1000 ms of process start: $(verdict "$START" 1000)"
 echo "target: programming within 3x the ip -batch floor:  $(verdict "$(ratio "$PROGRAM" "$FLOOR")" 3)"
+[ "$MISSED_ADD" -eq 0 ] && [ "$MISSED_DEL" -eq 0 ]
