@@ -713,18 +713,17 @@ impl ExtractedArchive {
         Ok(path)
     }
 
-    fn oci_blob(&self, desc: &Descriptor) -> Result<PathBuf, ImageError> {
-        let hexdigest = desc
-            .digest
+    /// The archive member holding the blob `digest` (`blobs/sha256/<hex>`).
+    fn blob_member(&self, digest: &str) -> Result<String, ImageError> {
+        digest
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
-            .ok_or_else(|| {
-                self.format(format!(
-                    "unsupported digest {:?} (sha256 only)",
-                    desc.digest
-                ))
-            })?;
-        let member = format!("blobs/sha256/{hexdigest}");
+            .map(|h| format!("blobs/sha256/{h}"))
+            .ok_or_else(|| self.format(format!("unsupported digest {digest:?} (sha256 only)")))
+    }
+
+    fn oci_blob(&self, desc: &Descriptor) -> Result<PathBuf, ImageError> {
+        let member = self.blob_member(&desc.digest)?;
         let path = self.verified_blob(&member, &desc.digest)?;
         if let Some(size) = desc.size {
             let actual = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
@@ -975,13 +974,8 @@ impl ImageStore {
             layers: manifest
                 .layers
                 .iter()
-                .map(|l| {
-                    (
-                        format!("blobs/sha256/{}", l.digest.trim_start_matches("sha256:")),
-                        Some(l.digest.clone()),
-                    )
-                })
-                .collect(),
+                .map(|l| Ok((ar.blob_member(&l.digest)?, Some(l.digest.clone()))))
+                .collect::<Result<_, ImageError>>()?,
         })
     }
 
