@@ -765,3 +765,84 @@ fn weftctl_image_import_and_ls() -> TestResult {
     );
     Ok(())
 }
+
+/// Env var naming the fixture directory [`starter_for_kill9`] works in.
+const STARTER_ROOT: &str = "WEFT_TEST_STARTER_ROOT";
+
+/// Not a test: the stand-in for weftd that `containers_survive_their_starter_killed_9` runs as a
+/// separate process and kills. Started with `--ignored`; fails when run without its fixture.
+#[test]
+#[ignore = "helper process of containers_survive_their_starter_killed_9"]
+fn starter_for_kill9() -> TestResult {
+    let root =
+        PathBuf::from(std::env::var(STARTER_ROOT).map_err(|_| format!("{STARTER_ROOT} not set"))?);
+    let store = ImageStore::open(&root.join("images"))?;
+    let runtime = OciRuntime::new("runc", &root.join("runtime"));
+    let pod_dir = root.join("pods/kill9");
+    let sandbox = Sandbox::create(&unique("kill9"), "kill9", &pod_dir)?;
+    let spec = ContainerSpec {
+        id: "kill9-c".into(),
+        pod_id: sandbox.state().pod_id.clone(),
+        name: "c".into(),
+        image: store.get("busybox")?,
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 2; echo done; exit 7".into(),
+        ],
+        args: Vec::new(),
+        env: Vec::new(),
+        working_dir: None,
+        mounts: Vec::new(),
+        hostname: "kill9".into(),
+        log_path: root.join("logs/kill9/c/0.log"),
+    };
+    runtime.start(&spec, &sandbox)?;
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(600));
+    Err("starter was not killed".into())
+}
+
+#[test]
+fn containers_survive_their_starter_killed_9() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut starter = Command::new(std::env::current_exe()?)
+        .args(["--exact", "starter_for_kill9", "--ignored", "--nocapture"])
+        .env(STARTER_ROOT, fx.dir.path())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut reader = io::BufReader::new(starter.stdout.take().ok_or("no stdout")?);
+    let mut line = String::new();
+    while line.trim() != "ready" {
+        line.clear();
+        if io::BufRead::read_line(&mut reader, &mut line)? == 0 {
+            return Err(format!("starter exited before starting: {:?}", starter.wait()?).into());
+        }
+    }
+    kill(Pid::from_raw(starter.id() as i32), Signal::SIGKILL)?;
+    starter.wait()?;
+
+    let pod_dir = fx.path("pods/kill9");
+    let state = SandboxState::load(&pod_dir)?.ok_or("no sandbox state")?;
+    let pod = TestPod {
+        id: state.pod_id.clone(),
+        name: "kill9".into(),
+        sandbox: Sandbox::adopt(state),
+        runtime: fx.runtime.clone(),
+        logs: fx.path("logs"),
+        containers: vec!["kill9-c".into()],
+    };
+    assert!(pod.sandbox.is_running(), "pause died with its starter");
+    let handle = fx.runtime.adopt("kill9-c")?;
+    assert!(
+        matches!(handle.state()?, ContainerState::Running { .. }),
+        "container died with its starter"
+    );
+    let status = handle.wait(WAIT)?.ok_or("container did not finish")?;
+    assert_eq!(status.code, 7);
+    let log = fs::read_to_string(fx.path("logs/kill9/c/0.log"))?;
+    assert_eq!(log_text(&log), "done\n");
+    drop(pod);
+    assert!(!pod_dir.join("sandbox.json").exists());
+    Ok(())
+}
