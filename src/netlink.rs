@@ -1,6 +1,7 @@
-//! A thin layer of small named rtnetlink operations (find a link, add a route, add an FDB
-//! entry, ...), each returning an error that names the object and the operation, plus a
-//! runner that keeps many requests in flight at once.
+//! A thin layer of small named rtnetlink operations (find a link, set its MTU, list its FDB,
+//! ...), each returning an error that names the object and the operation; [`run_batch`] sends
+//! many route/neighbour/FDB changes per `sendmsg` (the peer table), and [`run_concurrently`]
+//! keeps many rtnetlink requests in flight; [`link_events`] reports links coming and going.
 
 use std::fmt;
 use std::future::Future;
