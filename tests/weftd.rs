@@ -441,7 +441,9 @@ fn missing_config_is_awaited() {
     let node = cluster.node(0);
     node.start_weftd(&[]);
     node.wait_until(CONVERGE, "a log line about waiting for the config", || {
-        node.log().contains("config")
+        node.log()
+            .lines()
+            .any(|l| l.contains("waiting") && l.contains(NETWORK_CONFIG_KEY))
     });
     std::thread::sleep(Duration::from_secs(1));
     assert!(node.is_running(), "weftd exited without a config");
