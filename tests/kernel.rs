@@ -833,3 +833,159 @@ fn batch_errors_name_the_operation_and_absent_deletes_succeed() {
         "{messages:?}"
     );
 }
+
+/// A bare network namespace, removed on drop.
+struct PlainNs {
+    name: String,
+}
+
+impl PlainNs {
+    fn new(tag: &str) -> Self {
+        let name = format!("weftk-{}-{tag}", std::process::id());
+        run(&["ip", "netns", "add", &name]);
+        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        PlainNs { name }
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        run(&full);
+    }
+}
+
+impl Drop for PlainNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+fn on_thread_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open namespace file");
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// Connects over TCP from namespace `from` to `to_ip:port` served in namespace `server`;
+/// returns the source address the server saw.
+fn seen_source(server: &str, from: &str, to_ip: Ipv4Addr, port: u16) -> Ipv4Addr {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listener = on_thread_in(server, move || {
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind listener");
+        ready_tx.send(()).expect("signal ready");
+        let (_, peer) = l.accept().expect("accept");
+        match peer.ip() {
+            std::net::IpAddr::V4(ip) => ip,
+            other => panic!("IPv6 peer {other}"),
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("listener ready");
+    on_thread_in(from, move || {
+        std::net::TcpStream::connect_timeout(&(to_ip, port).into(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to {to_ip}:{port}: {e}"));
+    })
+    .join()
+    .expect("connector");
+    listener.join().expect("listener")
+}
+
+#[test]
+fn masquerade_rules_nat_exactly_what_flannel_nats() {
+    // node: pod0 -> pod (10.244.1.2, this node's subnet), peer0 -> remote pod (10.244.5.2,
+    // another node's subnet), out0 -> outside (192.0.2.2).
+    let node = PlainNs::new("mq-node");
+    let pod = PlainNs::new("mq-pod");
+    let remote = PlainNs::new("mq-rpod");
+    let outside = PlainNs::new("mq-out");
+    for (peer, node_if, node_addr, peer_addr, gw) in [
+        (&pod, "pod0", "10.244.1.1/24", "10.244.1.2/24", "10.244.1.1"),
+        (
+            &remote,
+            "peer0",
+            "10.244.5.1/24",
+            "10.244.5.2/24",
+            "10.244.5.1",
+        ),
+        (
+            &outside,
+            "out0",
+            "192.0.2.1/24",
+            "192.0.2.2/24",
+            "192.0.2.1",
+        ),
+    ] {
+        node.ip(&[
+            "link", "add", node_if, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+        ]);
+        node.ip(&["addr", "add", node_addr, "dev", node_if]);
+        node.ip(&["link", "set", node_if, "up"]);
+        peer.ip(&["addr", "add", peer_addr, "dev", "eth0"]);
+        peer.ip(&["link", "set", "eth0", "up"]);
+        peer.ip(&["route", "add", "default", "via", gw]);
+    }
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node.name,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_forward=1",
+    ]);
+    let network: Ipv4Network = "10.244.0.0/16".parse().unwrap();
+    let apply = |ns: &str| {
+        on_thread_in(ns, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(weft::masq::apply(network, "10.244.1.0/24".parse().unwrap()))
+        })
+        .join()
+        .expect("apply thread")
+        .expect("apply masquerade rules")
+    };
+    let pod_ip = Ipv4Addr::new(10, 244, 1, 2);
+    let remote_ip = Ipv4Addr::new(10, 244, 5, 2);
+    let outside_ip = Ipv4Addr::new(192, 0, 2, 2);
+
+    // Without the rules nothing is translated: the checks below can fail.
+    assert_eq!(
+        seen_source(&outside.name, &pod.name, outside_ip, 18001),
+        pod_ip
+    );
+
+    apply(&node.name);
+    // Pod to the outside world: masqueraded to the node's address.
+    assert_eq!(
+        seen_source(&outside.name, &pod.name, outside_ip, 18002),
+        Ipv4Addr::new(192, 0, 2, 1)
+    );
+    // Pod to pod inside the cluster network: not masqueraded.
+    assert_eq!(
+        seen_source(&remote.name, &pod.name, remote_ip, 18003),
+        pod_ip
+    );
+    // Outside to this node's pods: not masqueraded.
+    assert_eq!(
+        seen_source(&pod.name, &outside.name, pod_ip, 18004),
+        outside_ip
+    );
+    // Outside to another node's pods: masqueraded (replies must come back through us).
+    assert_eq!(
+        seen_source(&remote.name, &outside.name, remote_ip, 18005),
+        Ipv4Addr::new(10, 244, 5, 1)
+    );
+}
