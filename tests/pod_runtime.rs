@@ -8,6 +8,7 @@ mod image;
 use std::error::Error;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -311,7 +312,10 @@ fn whiteouts_are_applied_in_layer_order() -> TestResult {
         Entry::Dir("replaced".into(), 0o755),
         file("replaced/inside", "dir in upper"),
     ])?;
-    let top = layer(&[file("opq/top", "top")])?;
+    let top = layer(&[
+        file("opq/top", "top"),
+        Entry::Hardlink("etc/kept-link".into(), "etc/kept".into()),
+    ])?;
     let archive = dir.path().join("wh.tar");
     ImageBuilder::new()
         .layer(lower)
@@ -327,6 +331,11 @@ fn whiteouts_are_applied_in_layer_order() -> TestResult {
         "whiteout .wh.gone ignored"
     );
     assert_eq!(fs::read_to_string(rootfs.join("etc/kept"))?, "old");
+    assert_eq!(
+        fs::metadata(rootfs.join("etc/kept-link"))?.ino(),
+        fs::metadata(rootfs.join("etc/kept"))?.ino(),
+        "hard link across layers"
+    );
     assert!(!rootfs.join("etc/.wh.gone").exists());
     let mut opq: Vec<String> = fs::read_dir(rootfs.join("opq"))?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
