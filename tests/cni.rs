@@ -628,6 +628,11 @@ fn every_error_code_from_bad_input() {
     call.netns = Some(site.subnet_file());
     let out = call.conf(&conf);
     assert_eq!(out.code(), 4, "regular file as CNI_NETNS: {out:?}");
+    let mut call = add("e4");
+    call.netns = Some(PathBuf::from("/proc/self/ns/uts"));
+    let out = call.conf(&conf);
+    assert_eq!(out.code(), 4, "a UTS namespace as CNI_NETNS: {out:?}");
+    assert!(out.stdout.contains("not a network namespace"), "{out:?}");
     let out = Call::new(&site.node, "BOGUS").conf(&conf);
     assert_eq!(out.code(), 4);
     assert!(out.stdout.contains("CNI_COMMAND"), "{out:?}");

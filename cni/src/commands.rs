@@ -419,7 +419,7 @@ fn delete_link_named(nl: &mut Netlink, name: &str) -> Result<bool> {
 
 /// Removes link `name` seen through `nl`. The kernel's slow post-unlink teardown is left to a
 /// detached helper (`helper` opens a second socket in the same namespace); this returns once the
-/// device is gone, falling back to a plain synchronous delete if the helper cannot be used.
+/// kernel announces the deletion, falling back to a plain synchronous delete otherwise.
 fn remove_link(
     nl: &mut Netlink,
     name: &str,
@@ -431,14 +431,20 @@ fn remove_link(
     else {
         return Ok(());
     };
-    let detached = helper().and_then(|h| {
-        h.delete_link_detached(link.index)
-            .map_err(netlink_err(format!("delete {name} from a helper process")))
-    });
+    let detached = nl
+        .subscribe_links()
+        .map_err(netlink_err(format!(
+            "subscribe to link events to delete {name}"
+        )))
+        .and_then(|()| helper())
+        .and_then(|h| {
+            h.delete_link_detached(link.index)
+                .map_err(netlink_err(format!("delete {name} from a helper process")))
+        });
     if detached.is_ok()
         && nl
-            .wait_link_gone(name, LINK_GONE_TIMEOUT)
-            .map_err(netlink_err(format!("look up {name}")))?
+            .wait_link_deleted(link.index, LINK_GONE_TIMEOUT)
+            .map_err(netlink_err(format!("wait for the deletion of {name}")))?
     {
         return Ok(());
     }

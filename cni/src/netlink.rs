@@ -64,6 +64,9 @@ pub struct Netlink {
     buf: Vec<u8>,
 }
 
+/// `RTNLGRP_LINK`: the multicast group of link notifications.
+const RTNLGRP_LINK: u32 = 1;
+
 /// Receive buffer size: large enough for one dump datagram from the kernel.
 const RECV_BUF: usize = 64 * 1024;
 
@@ -258,7 +261,7 @@ impl Netlink {
     ///
     /// The kernel unlists a device within a fraction of a millisecond but then keeps the
     /// requesting task in an RCU barrier for ~20 ms before answering. The child sits that out,
-    /// so the caller only waits until the device is gone (see `wait_link_gone`).
+    /// so the caller only waits until the device is gone (see `wait_link_deleted`).
     pub fn delete_link_detached(mut self, index: u32) -> io::Result<()> {
         let mut message = LinkMessage::default();
         message.header.index = index;
@@ -282,17 +285,67 @@ impl Netlink {
         }
     }
 
-    /// Polls until no link is called `name` (true), or `timeout` passes (false).
-    pub fn wait_link_gone(&mut self, name: &str, timeout: Duration) -> io::Result<bool> {
+    /// Subscribes this socket to link notifications (`RTNLGRP_LINK`), so that
+    /// [`Netlink::wait_link_deleted`] can block until the kernel announces a deletion. Replies to
+    /// later requests are still told apart by their sequence number.
+    pub fn subscribe_links(&mut self) -> io::Result<()> {
+        self.socket.add_membership(RTNLGRP_LINK)
+    }
+
+    /// Blocks until an `RTM_DELLINK` for link `index` arrives (true) or `timeout` passes, or the
+    /// notifications overflowed (false: the caller must look for the link itself). Needs
+    /// [`Netlink::subscribe_links`] before the deletion was requested.
+    pub fn wait_link_deleted(&mut self, index: u32, timeout: Duration) -> io::Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.link_by_name(name)?.is_none() {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let millis = i32::try_from(remaining.as_millis()).unwrap_or(i32::MAX);
+            if millis == 0 {
                 return Ok(false);
             }
-            std::thread::sleep(Duration::from_micros(200));
+            let mut pollfd = libc::pollfd {
+                fd: self.socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
+            if ready < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if ready == 0 {
+                return Ok(false);
+            }
+            self.buf.clear();
+            match self.socket.recv(&mut self.buf, 0) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            let mut offset = 0;
+            while offset < self.buf.len() {
+                let Ok(message) =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..])
+                else {
+                    break;
+                };
+                let length = message.header.length as usize;
+                if length == 0 {
+                    break;
+                }
+                offset += (length + 3) & !3;
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) =
+                    message.payload
+                {
+                    if link.header.index == index {
+                        return Ok(true);
+                    }
+                }
+            }
         }
     }
 
