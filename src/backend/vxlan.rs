@@ -340,11 +340,10 @@ impl VxlanBackend {
 
     async fn read_actual(&self, index: u32) -> Result<ActualEntries, BackendError> {
         let h = &self.handle;
-        let (routes, neighbours, fdb) = futures::try_join!(
-            netlink::dump_ipv4_routes(h),
-            netlink::neighbours(h, index),
-            netlink::fdb_entries(h, index),
-        )?;
+        // One dump at a time: a netlink socket refuses a second dump while one runs (EBUSY).
+        let routes = netlink::dump_ipv4_routes(h).await?;
+        let neighbours = netlink::neighbours(h, index).await?;
+        let fdb = netlink::fdb_entries(h, index).await?;
         let routes = peers::owned_routes(
             &netlink::main_table_gateway_routes(&routes),
             index,
