@@ -1423,16 +1423,19 @@ pub struct ProbeStats {
 /// Continuous pod-to-pod TCP round trips in the background, counting failures.
 #[derive(Debug)]
 pub struct TrafficProbe {
-    stop: Arc<AtomicBool>,
+    client_stop: Arc<AtomicBool>,
+    server_stop: Arc<AtomicBool>,
     attempts: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
     longest_gap_ms: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
+    client: Option<JoinHandle<()>>,
+    server: Option<JoinHandle<()>>,
 }
 
 impl TrafficProbe {
     fn start(from: &Netns, to: &Netns, to_ip: &str) -> TrafficProbe {
-        let stop = Arc::new(AtomicBool::new(false));
+        let client_stop = Arc::new(AtomicBool::new(false));
+        let server_stop = Arc::new(AtomicBool::new(false));
         let listener = to.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)));
         let listener = match listener {
             Ok(l) => l,
@@ -1445,9 +1448,9 @@ impl TrafficProbe {
         if let Err(e) = listener.set_nonblocking(true) {
             panic!("nonblocking listener in {}: {e}", to.name());
         }
-        let server_stop = stop.clone();
+        let s_stop = server_stop.clone();
         let server = std::thread::spawn(move || {
-            while !server_stop.load(Ordering::Relaxed) {
+            while !s_stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         std::thread::spawn(move || echo(stream, Duration::from_secs(2)));
@@ -1465,7 +1468,7 @@ impl TrafficProbe {
         let longest_gap_ms = Arc::new(AtomicU64::new(0));
         let from_path = from.path();
         let (c_stop, c_attempts, c_failures, c_gap) = (
-            stop.clone(),
+            client_stop.clone(),
             attempts.clone(),
             failures.clone(),
             longest_gap_ms.clone(),
@@ -1492,11 +1495,13 @@ impl TrafficProbe {
             }
         });
         TrafficProbe {
-            stop,
+            client_stop,
+            server_stop,
             attempts,
             failures,
             longest_gap_ms,
-            threads: vec![server, client],
+            client: Some(client),
+            server: Some(server),
         }
     }
 
@@ -1525,9 +1530,14 @@ impl TrafficProbe {
         self.stats()
     }
 
+    /// Stops the client first, so no round trip is in flight when the listener closes.
     fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
+        self.client_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.client.take() {
+            let _ = t.join();
+        }
+        self.server_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.server.take() {
             let _ = t.join();
         }
     }
