@@ -713,20 +713,13 @@ const BATCH_CHUNK: usize = 256;
 /// Socket receive buffer asked for by [`run_batch`] (the kernel caps it at `rmem_max`).
 const BATCH_RCVBUF: usize = 4 << 20;
 
-/// How long [`run_batch`] waits for the kernel's ACKs before giving up on a chunk.
-const BATCH_ACK_TIMEOUT: libc::timeval = libc::timeval {
-    tv_sec: 5,
-    tv_usec: 0,
-};
-
 /// Sends the requests to the kernel in chunks of many messages per `sendmsg` (the kernel
 /// handles each message in turn and acknowledges each), in order; returns how many succeeded
 /// and the errors of the others, each naming its operation. Runs synchronously on the calling
-/// thread, in its network namespace: the kernel does the work inside `sendmsg`, so this only
-/// takes as long as the kernel needs.
+/// thread, in its network namespace: the kernel does the work and queues every ACK inside
+/// `sendmsg`, so this only takes as long as the kernel needs and never waits for an answer.
 pub fn run_batch(requests: &[BatchRequest]) -> Result<(usize, Vec<NetlinkError>), NetlinkError> {
     use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-    use std::os::fd::AsRawFd;
 
     let socket_err = |op: &str, source: io::Error| NetlinkError::Request {
         op: format!("batch netlink socket: {op}"),
@@ -743,22 +736,6 @@ pub fn run_batch(requests: &[BatchRequest]) -> Result<(usize, Vec<NetlinkError>)
     socket
         .set_cap_ack(true)
         .map_err(|e| socket_err("set NETLINK_CAP_ACK", e))?;
-    // SAFETY: setsockopt on a socket we own, with a pointer to a live timeval of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&BATCH_ACK_TIMEOUT as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(socket_err(
-            "set receive timeout",
-            io::Error::last_os_error(),
-        ));
-    }
 
     let mut ok = 0;
     let mut errors = Vec::new();
@@ -783,10 +760,10 @@ pub fn run_batch(requests: &[BatchRequest]) -> Result<(usize, Vec<NetlinkError>)
         let mut pending = chunk.len();
         while pending > 0 {
             recv_buf.clear();
-            let n = match socket.recv(&mut recv_buf, 0) {
+            let n = match socket.recv(&mut recv_buf, libc::MSG_DONTWAIT) {
                 Ok(n) => n,
                 Err(e) => {
-                    // Lost or late ACKs: count every unanswered request of the chunk as failed.
+                    // ACKs lost to a full receive buffer: count the unanswered requests as failed.
                     for (req, _) in chunk.iter().zip(&answered).filter(|(_, a)| !**a) {
                         errors.push(NetlinkError::Request {
                             op: req.op.clone(),
