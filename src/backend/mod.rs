@@ -40,9 +40,6 @@ pub enum BackendError {
         /// What is wrong with its content.
         reason: String,
     },
-    /// The configured backend type is not built into this weftd.
-    #[error("backend type {0:?} is not supported yet")]
-    Unsupported(&'static str),
     /// The UDP backend failed.
     #[error(transparent)]
     Udp(#[from] udp::UdpError),
