@@ -60,33 +60,53 @@ fn harness_pods_on_one_node_talk() {
     );
 }
 
+/// True if process `pid` is alive (a zombie, dead but not yet reaped, is not).
+fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// Names in `ip netns list`.
+fn netns_list() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap_or_else(|e| panic!("ip netns list: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A panicking test leaves no namespace, process or temp dir behind.
 #[test]
 fn harness_cleans_up_after_panic() {
-    let created = std::sync::Mutex::new(Vec::new());
+    let created = std::sync::Mutex::new((Vec::new(), Vec::new()));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let cluster = Cluster::new(2, VXLAN_CONFIG);
+        cluster.node(1).start_weftd(&[]);
         let pod = cluster.node(0).add_pod_in("10.244.7.1/24", 1450);
-        let mut names = created.lock().unwrap_or_else(|p| p.into_inner());
+        let sleeper = pod.netns().spawn(&["sleep", "60"]);
+        let mut guard = created.lock().unwrap_or_else(|p| p.into_inner());
+        let (names, pids) = &mut *guard;
         names.push(cluster.underlay.netns().name().to_string());
         names.push(cluster.etcd.netns().name().to_string());
         names.extend(cluster.nodes.iter().map(|n| n.name().to_string()));
         names.push(pod.netns().name().to_string());
         names.push(cluster.node(1).dir().to_string_lossy().into_owned());
-        drop(names);
+        pids.extend(cluster.etcd.netns().pids());
+        pids.extend(cluster.node(1).weftd_pid().map(|p| p as i32));
+        pids.push(sleeper.id() as i32);
+        drop(guard);
         panic!("deliberate panic inside a cluster");
     }));
     assert!(result.is_err());
-    let names = created.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (names, pids) = created.into_inner().unwrap_or_else(|p| p.into_inner());
     assert_eq!(names.len(), 6);
-    let list = String::from_utf8_lossy(
-        &std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default(),
-    )
-    .into_owned();
+    assert_eq!(pids.len(), 3, "etcd, weftd and sleep expected: {pids:?}");
+    let list = netns_list();
     for name in &names[..5] {
         assert!(!list.contains(name.as_str()), "{name} still exists: {list}");
         assert!(!std::path::Path::new("/run/netns").join(name).exists());
@@ -96,6 +116,53 @@ fn harness_cleans_up_after_panic() {
         "{} still exists",
         names[5]
     );
+    for pid in pids {
+        assert!(!process_alive(pid), "process {pid} survived the cleanup");
+    }
+}
+
+/// Leftovers of a test process that died without destructors are removed: its namespaces (with
+/// the processes inside) and temp dirs.
+#[test]
+fn harness_removes_leftovers_of_dead_test_processes() {
+    // Above the kernel's maximum pid (4194304): never a live process.
+    let name = format!("weft-4194999-{}-stale", std::process::id());
+    let dir = std::path::Path::new("/dev/shm").join(format!("{name}-dir"));
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+        assert!(out.status.success(), "ip {args:?}: {:?}", out);
+    };
+    ip(&["netns", "add", &name]);
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", &name, "sleep", "60"])
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn sleep in {name}: {e}"));
+    std::fs::create_dir_all(dir.join("sub")).unwrap_or_else(|e| panic!("mkdir {dir:?}: {e}"));
+    wait_until(
+        Duration::from_secs(5),
+        "sleep inside the stale namespace",
+        || {
+            std::fs::read_link(format!("/proc/{}/ns/net", sleeper.id()))
+                .ok()
+                .zip(std::fs::metadata(format!("/run/netns/{name}")).ok())
+                .is_some_and(|(link, meta)| {
+                    link.to_string_lossy()
+                        .contains(&std::os::unix::fs::MetadataExt::ino(&meta).to_string())
+                })
+        },
+    );
+
+    cleanup_stale();
+
+    let status = sleeper
+        .wait()
+        .unwrap_or_else(|e| panic!("wait for sleep: {e}"));
+    assert!(!status.success(), "sleep should have been killed: {status}");
+    assert!(!netns_list().contains(&name), "{name} not removed");
+    assert!(!dir.exists(), "{dir:?} not removed");
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@
 //! * [`Etcd`]: a real etcd at [`Etcd::IP`] on the underlay; `endpoint()`, `put`, `put_with_ttl`,
 //!   `get`, `get_kv`, `get_prefix`, `del`, `revision`, `compact`, `stop`, `start`, `etcdctl`, `log`.
 //! * [`Node`]: a namespace on the underlay at 192.0.2.(10+index) with `net.ipv4.ip_forward=1`;
-//!   `start_weftd(&[extra args])`, `kill9`, `stop`, `restart`, `is_running`, `log`, `subnet_env`,
+//!   `start_weftd(&[extra args])`, `kill9`, `stop`, `restart`, `is_running`, `weftd_pid`, `log`, `subnet_env`,
 //!   `wait_subnet_env`, `subnet`, `lease_key`, `wait_until`, `wait_for`, `routes`, `neighbours`,
 //!   `fdb`, `link`, `http_get` (healthz server at 127.0.0.1:[`Node::HEALTHZ_PORT`]), `add_pod`,
 //!   `add_pod_in`.
@@ -30,7 +30,8 @@
 //!   [`NETWORK_CONFIG_KEY`] + n nodes, weftd not yet running), `start()` (weftd everywhere, waits
 //!   for every subnet.env), `add_node()`, `wait_mesh(timeout)`, `node(i)`, `dump()`.
 //! * Free functions: [`unique_name`], [`wait_for`], [`wait_until`], [`bin_path`], [`lease_key`],
-//!   [`subnet_of`].
+//!   [`subnet_of`], [`vxlan_lease_value`], [`expected_subnet_env`], [`tcp_source_seen`],
+//!   [`wire_pod`], [`cleanup_stale`].
 //!
 //! Panics are the error reporting of this module: every failure names the command, the
 //! namespace and the output, and node/etcd logs are printed when a test fails.
@@ -204,8 +205,10 @@ fn owner_pid(name: &str) -> Option<i32> {
     Some(pid)
 }
 
-/// Removes namespaces and temp dirs of test processes that died without running destructors.
-fn cleanup_stale() {
+/// Removes namespaces (killing what runs in them) and temp dirs of test processes that died
+/// without running destructors (e.g. SIGKILLed). Runs once per process before the first
+/// namespace is created; callable directly.
+pub fn cleanup_stale() {
     let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
     let list = host_ok("ip", &["netns", "list"]);
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
@@ -933,6 +936,12 @@ impl Node {
         guard
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The pid of the weftd process last started (running or not yet reaped).
+    pub fn weftd_pid(&self) -> Option<u32> {
+        let guard = self.weftd.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(Child::id)
     }
 
     /// weftd's exit status if it has exited (None while running or never started).
