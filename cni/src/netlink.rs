@@ -269,8 +269,8 @@ impl Netlink {
         let devnull = File::options().read(true).write(true).open("/dev/null")?;
         let socket_fd = self.socket.as_raw_fd();
         let null_fd = devnull.as_raw_fd();
-        // SAFETY: the plugin is single-threaded when it forks (the namespace helper threads have
-        // been joined), and the child calls only async-signal-safe functions before `_exit`.
+        // SAFETY: the plugin never starts a thread, so the child is a complete copy, and it
+        // calls only async-signal-safe functions before `_exit`.
         match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
             ForkResult::Child => unsafe {
                 // Detach from the runtime: own session, no inherited stdio pipes kept open.
