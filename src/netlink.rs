@@ -22,6 +22,7 @@ use rtnetlink::packet_route::neighbour::{
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
@@ -437,13 +438,13 @@ pub async fn del_address(
     }
 }
 
-/// An IPv4 unicast route as weft programs it: one destination, one gateway, one device.
+/// An IPv4 unicast route of the main table: one destination, at most one gateway, one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Route {
     /// Destination prefix.
     pub dst: Ipv4Network,
-    /// Next hop.
-    pub gateway: Ipv4Addr,
+    /// Next hop; `None` for a device route (scope link).
+    pub gateway: Option<Ipv4Addr>,
     /// Output device index.
     pub oif: u32,
     /// Whether the next hop is declared on-link (VXLAN peers: `X.0` on `flannel.<VNI>`).
@@ -469,14 +470,25 @@ fn route_oif(r: &RouteMessage) -> Option<u32> {
     })
 }
 
-/// The unicast gateway routes of the main table, as [`Ipv4Route`]s; routes the kernel made
-/// itself and routes without a single gateway are left out.
-pub fn main_table_gateway_routes(msgs: &[RouteMessage]) -> Vec<Ipv4Route> {
+impl Ipv4Route {
+    /// `ip route` style text for logs and errors, without the device.
+    fn describe(&self) -> String {
+        match self.gateway {
+            Some(gw) => format!("{} via {gw}", self.dst),
+            None => self.dst.to_string(),
+        }
+    }
+}
+
+/// The unicast routes of the main table with one output device, as [`Ipv4Route`]s; routes the
+/// kernel made itself (connected subnets) are left out.
+pub fn main_table_routes(msgs: &[RouteMessage]) -> Vec<Ipv4Route> {
     msgs.iter()
         .filter(|r| {
             r.header.address_family == AddressFamily::Inet
                 && r.header.table == RouteHeader::RT_TABLE_MAIN
                 && r.header.protocol != RouteProtocol::Kernel
+                && r.header.kind == RouteType::Unicast
         })
         .filter_map(|r| {
             let dst_ip = r
@@ -490,7 +502,7 @@ pub fn main_table_gateway_routes(msgs: &[RouteMessage]) -> Vec<Ipv4Route> {
             let gateway = r.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
                 _ => None,
-            })?;
+            });
             Some(Ipv4Route {
                 dst: Ipv4Network::new(dst_ip, r.header.destination_prefix_length).ok()?,
                 gateway,
@@ -504,9 +516,11 @@ pub fn main_table_gateway_routes(msgs: &[RouteMessage]) -> Vec<Ipv4Route> {
 fn route_message(route: &Ipv4Route) -> RouteMessage {
     let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(route.dst.network(), route.dst.prefix())
-        .gateway(route.gateway)
-        .output_interface(route.oif)
-        .scope(RouteScope::Universe);
+        .output_interface(route.oif);
+    builder = match route.gateway {
+        Some(gw) => builder.gateway(gw).scope(RouteScope::Universe),
+        None => builder.scope(RouteScope::Link),
+    };
     if route.onlink {
         builder = builder.onlink();
     }
@@ -629,10 +643,7 @@ impl BatchRequest {
         BatchRequest {
             message: RouteNetlinkMessage::NewRoute(route_message(route)),
             flags: CREATE_REPLACE,
-            op: format!(
-                "add route {} via {} dev {dev}{onlink}",
-                route.dst, route.gateway
-            ),
+            op: format!("add route {} dev {dev}{onlink}", route.describe()),
             absent_ok: false,
         }
     }
@@ -646,7 +657,7 @@ impl BatchRequest {
         BatchRequest {
             message: RouteNetlinkMessage::DelRoute(msg),
             flags: DELETE,
-            op: format!("delete route {} via {} dev {dev}", route.dst, route.gateway),
+            op: format!("delete route {} dev {dev}", route.describe()),
             absent_ok: true,
         }
     }

@@ -116,7 +116,7 @@ pub fn vxlan_desired(
             if l2.contains(public_ip) {
                 entries.routes.insert(Ipv4Route {
                     dst: lease.subnet,
-                    gateway: public_ip,
+                    gateway: Some(public_ip),
                     oif: topo.ext_index,
                     onlink: false,
                 });
@@ -136,7 +136,7 @@ pub fn vxlan_desired(
         let gateway = lease.subnet.network();
         entries.routes.insert(Ipv4Route {
             dst: lease.subnet,
-            gateway,
+            gateway: Some(gateway),
             oif: topo.dev_index,
             onlink: true,
         });
@@ -149,9 +149,9 @@ pub fn vxlan_desired(
     (entries, skipped)
 }
 
-/// The routes among `all` that weft owns: those on the overlay device (`dev_index`), and those
-/// via the external interface (`ext_index`) to a subnet strictly inside the cluster `network`
-/// (DirectRouting's routes).
+/// The routes among `all` that weft owns: every route on the overlay device (`dev_index`), and
+/// the gateway routes via the external interface (`ext_index`) to a subnet strictly inside the
+/// cluster `network` (DirectRouting's routes).
 pub fn owned_routes(
     all: &[Ipv4Route],
     dev_index: u32,
@@ -162,6 +162,7 @@ pub fn owned_routes(
         .filter(|r| {
             r.oif == dev_index
                 || (r.oif == ext_index
+                    && r.gateway.is_some()
                     && r.dst.prefix() > network.prefix()
                     && network.contains(r.dst.network()))
         })
@@ -304,7 +305,7 @@ mod tests {
             want.routes.into_iter().collect::<Vec<_>>(),
             vec![Ipv4Route {
                 dst: net("10.244.3.0/24"),
-                gateway: "10.244.3.0".parse().unwrap(),
+                gateway: Some("10.244.3.0".parse().unwrap()),
                 oif: DEV,
                 onlink: true
             }]
@@ -397,13 +398,13 @@ mod tests {
         let (want, _) = vxlan_desired(own, &peers, &topo);
         assert!(want.routes.contains(&Ipv4Route {
             dst: net("10.244.2.0/24"),
-            gateway: "192.0.2.2".parse().unwrap(),
+            gateway: Some("192.0.2.2".parse().unwrap()),
             oif: EXT,
             onlink: false
         }));
         assert!(want.routes.contains(&Ipv4Route {
             dst: net("10.244.3.0/24"),
-            gateway: "10.244.3.0".parse().unwrap(),
+            gateway: Some("10.244.3.0".parse().unwrap()),
             oif: DEV,
             onlink: true
         }));
@@ -575,19 +576,25 @@ mod tests {
         let cluster = net("10.244.0.0/16");
         let r = |dst: &str, oif: u32| Ipv4Route {
             dst: net(dst),
-            gateway: "192.0.2.254".parse().unwrap(),
+            gateway: Some("192.0.2.254".parse().unwrap()),
             oif,
             onlink: false,
+        };
+        let device_route = |dst: &str, oif: u32| Ipv4Route {
+            gateway: None,
+            ..r(dst, oif)
         };
         let all = [
             r("10.244.2.0/24", DEV),
             r("10.244.3.0/24", EXT),
+            device_route("10.244.0.0/16", DEV),
             r("0.0.0.0/0", EXT),
             r("10.244.0.0/16", EXT),
             r("10.99.0.0/24", EXT),
             r("10.244.4.0/24", 7),
+            device_route("10.244.5.0/24", EXT),
         ];
         let owned = owned_routes(&all, DEV, EXT, cluster);
-        assert_eq!(owned, vec![all[0], all[1]]);
+        assert_eq!(owned, vec![all[0], all[1], all[2]]);
     }
 }

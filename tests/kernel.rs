@@ -580,7 +580,10 @@ fn stale_entries_nobody_justifies_are_removed() {
         "self",
         "permanent",
     ]);
-    // A direct route weft would own, and a route it must leave alone.
+    // A device route on the overlay (e.g. left by a hand-made setup).
+    ns.ip(&["route", "add", "10.244.210.0/26", "dev", "flannel.1"]);
+    // A direct route weft would own, and routes it must leave alone.
+    ns.ip(&["route", "add", "10.244.211.0/26", "dev", "eth0"]);
     ns.ip(&[
         "route",
         "add",
@@ -620,13 +623,14 @@ fn stale_entries_nobody_justifies_are_removed() {
             backend.reconcile(own(), &peers).await.unwrap()
         }
     });
-    assert_eq!(report.removed, 5, "{report:?}");
+    assert_eq!(report.removed, 6, "{report:?}");
     assert_eq!(report.added, 9, "{report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(kernel_view(ns), expected_view(&peers));
     let eth0_routes = ns.ip(&["route", "show", "dev", "eth0"]);
     assert!(!eth0_routes.contains("10.244.202.0"), "{eth0_routes}");
     assert!(eth0_routes.contains("203.0.113.0/24"), "{eth0_routes}");
+    assert!(eth0_routes.contains("10.244.211.0/26"), "{eth0_routes}");
 }
 
 #[test]
@@ -804,7 +808,7 @@ fn batch_errors_name_the_operation_and_absent_deletes_succeed() {
     let (ok, errors) = node.block_on(|_| async {
         let route = netlink::Ipv4Route {
             dst: "10.244.3.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 244, 3, 0),
+            gateway: Some(Ipv4Addr::new(10, 244, 3, 0)),
             oif: 9999,
             onlink: true,
         };

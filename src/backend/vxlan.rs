@@ -345,7 +345,7 @@ impl VxlanBackend {
         let neighbours = netlink::neighbours(h, index).await?;
         let fdb = netlink::fdb_entries(h, index).await?;
         let routes = peers::owned_routes(
-            &netlink::main_table_gateway_routes(&routes),
+            &netlink::main_table_routes(&routes),
             index,
             self.ext.index,
             self.settings.network,
