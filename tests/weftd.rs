@@ -83,14 +83,14 @@ fn netns_list() -> String {
 /// A panicking test leaves no namespace, process or temp dir behind.
 #[test]
 fn harness_cleans_up_after_panic() {
-    let created = std::sync::Mutex::new((Vec::new(), Vec::new()));
+    let created = std::sync::Mutex::new((Vec::new(), Vec::new(), None));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let cluster = Cluster::new(2, VXLAN_CONFIG);
         cluster.node(1).start_weftd(&[]);
         let pod = cluster.node(0).add_pod_in("10.244.7.1/24", 1450);
         let sleeper = pod.netns().spawn(&["sleep", "60"]);
         let mut guard = created.lock().unwrap_or_else(|p| p.into_inner());
-        let (names, pids) = &mut *guard;
+        let (names, pids, child) = &mut *guard;
         names.push(cluster.underlay.netns().name().to_string());
         names.push(cluster.etcd.netns().name().to_string());
         names.extend(cluster.nodes.iter().map(|n| n.name().to_string()));
@@ -98,14 +98,14 @@ fn harness_cleans_up_after_panic() {
         names.push(cluster.node(1).dir().to_string_lossy().into_owned());
         pids.extend(cluster.etcd.netns().pids());
         pids.extend(cluster.node(1).weftd_pid().map(|p| p as i32));
-        pids.push(sleeper.id() as i32);
+        *child = Some(sleeper);
         drop(guard);
         panic!("deliberate panic inside a cluster");
     }));
     assert!(result.is_err());
-    let (names, pids) = created.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (names, pids, child) = created.into_inner().unwrap_or_else(|p| p.into_inner());
     assert_eq!(names.len(), 6);
-    assert_eq!(pids.len(), 3, "etcd, weftd and sleep expected: {pids:?}");
+    assert_eq!(pids.len(), 2, "etcd and weftd expected: {pids:?}");
     let list = netns_list();
     for name in &names[..5] {
         assert!(!list.contains(name.as_str()), "{name} still exists: {list}");
@@ -119,6 +119,16 @@ fn harness_cleans_up_after_panic() {
     for pid in pids {
         assert!(!process_alive(pid), "process {pid} survived the cleanup");
     }
+    let mut sleeper: std::process::Child =
+        child.unwrap_or_else(|| panic!("the sleeper was not started"));
+    let status = sleeper
+        .wait()
+        .unwrap_or_else(|e| panic!("wait for the sleeper: {e}"));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the pod's process must be SIGKILLed by the cleanup: {status}"
+    );
 }
 
 /// Leftovers of a test process that died without destructors are removed: its namespaces (with
