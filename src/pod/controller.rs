@@ -1,5 +1,5 @@
-//! The static pod controller: watches the manifest directory (a rescan every second, which also
-//! covers editors that replace files), starts a [`PodWorker`] per valid manifest, restarts it when
+//! The static pod controller: watches the manifest directory (inotify, plus a rescan every
+//! second as the fallback), starts a [`PodWorker`] per valid manifest, restarts it when
 //! the manifest's content changes, stops it when the file goes away, and on start-up re-adopts
 //! the pods a previous weftd left running and removes the orphans whose manifest is gone.
 
@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use super::backoff::BackoffPolicy;
 use super::cli::{InvalidManifest, INVALID_FILE};
@@ -79,6 +81,41 @@ pub enum ControllerError {
     /// The controller thread panicked or could not be joined.
     #[error("pod controller: thread failed: {0}")]
     Thread(String),
+}
+
+/// inotify on the manifest directory, so a new or changed file is seen within milliseconds;
+/// the periodic rescan stays as the fallback (and covers a directory created later).
+struct DirWatch {
+    inotify: Inotify,
+}
+
+impl DirWatch {
+    fn new(dir: &Path) -> Option<DirWatch> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| tracing::warn!(error = %e, "inotify unavailable; rescanning only"))
+            .ok()?;
+        let mask = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_MODIFY
+            | AddWatchFlags::IN_ATTRIB;
+        match inotify.add_watch(dir, mask) {
+            Ok(_) => Some(DirWatch { inotify }),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "watch manifest directory; rescanning only");
+                None
+            }
+        }
+    }
+
+    /// Whether anything happened in the directory since the last call.
+    fn changed(&self) -> bool {
+        self.inotify
+            .read_events()
+            .is_ok_and(|events| !events.is_empty())
+    }
 }
 
 /// A valid manifest found in the directory.
@@ -230,6 +267,7 @@ impl PodManager {
             last_invalid: Vec::new(),
         };
         tracing::info!(dir = %mgr.cfg.manifest_dir.display(), node = %mgr.cfg.node_name, "pod controller started");
+        let watch = DirWatch::new(&mgr.cfg.manifest_dir);
         let scan = scan_manifests(&mgr.cfg.manifest_dir, &mut mgr.cache);
         mgr.adopt_existing(&scan);
         while !shutdown.load(Ordering::Relaxed) {
@@ -237,8 +275,11 @@ impl PodManager {
             mgr.reconcile(scan);
             let mut slept = Duration::ZERO;
             while slept < mgr.cfg.rescan_interval && !shutdown.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-                slept += Duration::from_millis(50);
+                if watch.as_ref().is_some_and(DirWatch::changed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                slept += Duration::from_millis(20);
             }
         }
         tracing::info!("pod controller stopping; pods are left running for the next weftd");
