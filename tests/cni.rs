@@ -448,9 +448,120 @@ fn check_fails_when_host_veth_leaves_bridge_or_allocation_goes() {
     assert!(out.stdout.contains("not a port of bridge"), "{out:?}");
     site.node.ip(&["link", "set", &host, "master", "cni0"]);
     check().assert_silent_success();
+    // MTU changed inside the pod.
+    pod.ip(&["link", "set", "eth0", "mtu", "1400"]);
+    let out = check();
+    assert_eq!(out.code(), 104, "{out:?}");
+    assert!(out.stdout.contains("MTU is 1400"), "{out:?}");
+    pod.ip(&["link", "set", "eth0", "mtu", "1450"]);
+    check().assert_silent_success();
+    // A route of the result removed.
+    pod.ip(&["route", "del", "10.244.0.0/16"]);
+    let out = check();
+    assert_eq!(out.code(), 104, "{out:?}");
+    assert!(out.stdout.contains("route 10.244.0.0/16"), "{out:?}");
+    pod.ip(&[
+        "route",
+        "add",
+        "10.244.0.0/16",
+        "via",
+        "10.244.10.1",
+        "dev",
+        "eth0",
+    ]);
+    check().assert_silent_success();
+    // The allocation released behind the pod's back.
     std::fs::remove_file(site.ipam_dir().join("10.244.10.2")).unwrap_or_else(|e| panic!("{e}"));
     let out = check();
     assert_eq!(out.code(), 3, "{out:?}");
+    // The interface gone.
+    std::fs::write(site.ipam_dir().join("10.244.10.2"), "check-host\r\neth0")
+        .unwrap_or_else(|e| panic!("{e}"));
+    check().assert_silent_success();
+    pod.ip(&["link", "del", "eth0"]);
+    let out = check();
+    assert_eq!(out.code(), 104, "{out:?}");
+    assert!(out.stdout.contains("interface missing"), "{out:?}");
+}
+
+#[test]
+fn adds_killed_at_random_points_leave_nothing_gc_cannot_recover() {
+    let site = Site::new("10.244.21.1/24");
+    let plugin = bin_path("weft");
+    let conf = site.conf("1.1.0").to_string();
+    let mut rng_state: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    let mut killed_early = 0;
+    // Pods stay alive until after GC, so host veths of killed ADDs are not removed by their
+    // namespace going away.
+    let mut pods = Vec::new();
+    for round in 0..40 {
+        let pod = Netns::new("pod");
+        let mut cmd = site.node.command(&plugin);
+        cmd.env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("killed-{round}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_PATH", REFERENCE_PLUGINS)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(conf.as_bytes());
+        }
+        // xorshift: a delay of 0-8 ms, so the kill lands anywhere from exec to exit.
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        std::thread::sleep(Duration::from_micros(rng_state % 8000));
+        // `ip netns exec` execs the plugin, so the child's pid is the plugin's.
+        let _ = child.kill();
+        let status = child.wait().unwrap_or_else(|e| panic!("wait: {e}"));
+        if !status.success() {
+            killed_early += 1;
+        }
+        pods.push(pod);
+    }
+    assert!(
+        killed_early > 0,
+        "no ADD was interrupted: the test proved nothing"
+    );
+    // No half-written address file may exist: every file names its owner.
+    let before_gc = site.allocations();
+    eprintln!(
+        "{killed_early}/40 ADDs killed before finishing; {} allocations left for GC",
+        before_gc.len()
+    );
+    for (ip, content) in before_gc {
+        assert!(
+            content.starts_with("killed-") && content.ends_with("\r\neth0"),
+            "{ip}: {content:?}"
+        );
+    }
+    let mut gc = site.conf("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    Call::new(&site.node, "GC")
+        .conf(&gc)
+        .assert_silent_success();
+    assert!(site.allocations().is_empty(), "{:?}", site.allocations());
+    let leftovers: Vec<String> = std::fs::read_dir(site.ipam_dir())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+    // GC removed the host veths of everything it released, completed ADDs included.
+    let veths: Vec<Value> = site.node.ip_json(&["link", "show", "type", "veth"]);
+    assert!(veths.is_empty(), "host veths left after GC: {veths:?}");
+    drop(pods);
+    // The node still works.
+    let pod = Netns::new("pod");
+    let result = site.add(&pod, "after-crashes", "1.1.0");
+    assert!(tcp_ok(&site.node, &pod, &result_ip(&result)));
 }
 
 #[test]
