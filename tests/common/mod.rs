@@ -19,7 +19,7 @@
 //! * [`Etcd`]: a real etcd at [`Etcd::IP`] on the underlay; `endpoint()`, `put`, `put_with_ttl`,
 //!   `get`, `get_kv`, `get_prefix`, `del`, `revision`, `compact`, `stop`, `start`, `etcdctl`, `log`.
 //! * [`Node`]: a namespace on the underlay at 192.0.2.(10+index) with `net.ipv4.ip_forward=1`;
-//!   `start_weftd(&[extra args])`, `kill9`, `stop`, `restart`, `is_running`, `weftd_pid`, `log`, `subnet_env`,
+//!   `start_weftd(&[extra args])`, `start_weftd_env`, `kill9`, `stop`, `restart`, `is_running`, `weftd_pid`, `log`, `subnet_env`,
 //!   `wait_subnet_env`, `subnet`, `lease_key`, `wait_until`, `wait_for`, `routes`, `neighbours`,
 //!   `fdb`, `link`, `http_get` (healthz server at 127.0.0.1:[`Node::HEALTHZ_PORT`]), `add_pod`,
 //!   `add_pod_in`.
@@ -791,12 +791,19 @@ impl Drop for Etcd {
 
 // ---------------------------------------------------------------------------------------------
 
+/// How weftd was started on a node, for restarts.
+#[derive(Debug, Clone)]
+struct Launch {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
 /// A node: a namespace on the underlay at `192.0.2.(10+index)` running (when started) the real
 /// `weftd` with `--iface eth0`, its subnet file, state dir and log in a per-node temp dir.
 #[derive(Debug)]
 pub struct Node {
     weftd: Mutex<Option<Child>>,
-    args: Mutex<Vec<String>>,
+    launch: Mutex<Option<Launch>>,
     pods: AtomicU32,
     index: u32,
     ip: String,
@@ -822,7 +829,7 @@ impl Node {
         let dir = temp_dir(&format!("node{index}"));
         Node {
             weftd: Mutex::new(None),
-            args: Mutex::new(Vec::new()),
+            launch: Mutex::new(None),
             pods: AtomicU32::new(0),
             index,
             ip,
@@ -903,22 +910,47 @@ impl Node {
     pub fn start_weftd(&self, extra_args: &[&str]) {
         let mut args = self.base_args();
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        *self.args.lock().unwrap_or_else(|p| p.into_inner()) = args.clone();
-        self.spawn_weftd(&args);
+        self.launch_weftd(Launch {
+            args,
+            envs: Vec::new(),
+        });
     }
 
-    fn spawn_weftd(&self, args: &[String]) {
+    /// Starts weftd with no command-line arguments at all, configured only by `envs`
+    /// (`WEFTD_<FLAG>` variables); log and restart as with [`Node::start_weftd`].
+    pub fn start_weftd_env(&self, envs: &[(&str, &str)]) {
+        self.launch_weftd(Launch {
+            args: Vec::new(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        });
+    }
+
+    fn launch_weftd(&self, launch: Launch) {
+        self.spawn_weftd(&launch);
+        *self.launch.lock().unwrap_or_else(|p| p.into_inner()) = Some(launch);
+    }
+
+    fn spawn_weftd(&self, launch: &Launch) {
+        let Launch { args, envs } = launch;
         let mut guard = self.weftd.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(child) = guard.as_mut() {
             if matches!(child.try_wait(), Ok(None)) {
                 panic!("weftd on {} is already running", self.name());
             }
         }
-        log_marker(&self.log_path(), &format!("start weftd {}", args.join(" ")));
+        let env_text: Vec<String> = envs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        log_marker(
+            &self.log_path(),
+            &format!("start weftd {} {}", env_text.join(" "), args.join(" ")),
+        );
         let (out, err) = log_stdio(&self.log_path());
         let level = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info,weft=debug".into());
         let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_weftd"));
         cmd.args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", level)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -983,13 +1015,15 @@ impl Node {
         if self.is_running() {
             self.stop();
         }
-        let args = self.args.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        assert!(
-            !args.is_empty(),
-            "restart: weftd on {} was never started",
-            self.name()
-        );
-        self.spawn_weftd(&args);
+        let launch = self
+            .launch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match launch {
+            Some(launch) => self.spawn_weftd(&launch),
+            None => panic!("restart: weftd on {} was never started", self.name()),
+        }
     }
 
     /// The subnet file's content, if it exists.
