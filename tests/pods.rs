@@ -902,3 +902,61 @@ spec:
     );
     drop(nodes);
 }
+
+#[test]
+fn probes_gate_readiness_and_restart_a_dead_container() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "probed.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: web
+      image: busybox
+      command: ['sh', '-c']
+      args:
+        - touch /tmp/alive; mkdir -p /www;
+          (sleep 3; echo ok > /www/ready.html; sleep 4; rm /tmp/alive) &
+          exec httpd -f -p 8080 -h /www
+      ports: [{name: http, containerPort: 8080}]
+      startupProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+      readinessProbe: {httpGet: {path: /ready.html, port: 8080}, periodSeconds: 1}
+      livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}
+"#,
+    );
+    let running = node.wait_status("probed", "Running");
+    let first = &running.pod.status.container_statuses[0];
+    assert_eq!(first.restart_count, 0);
+    assert!(
+        !first.ready,
+        "ready before the readiness probe passed: {first:?}"
+    );
+    let ready = wait_for(WAIT, "readiness probe to pass", || {
+        node.record("probed")
+            .filter(|r| status::columns(&r.pod).ready == "1/1")
+    });
+    let s = &ready.pod.status.container_statuses[0];
+    assert!(s.started && s.ready && s.restart_count == 0, "{s:?}");
+    let ready_cond = ready
+        .pod
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Ready");
+    assert_eq!(ready_cond.map(|c| c.status.as_str()), Some("True"));
+    // /tmp/alive goes away: the liveness probe fails twice and the container is restarted.
+    let restarted = wait_for(WAIT, "liveness restart", || {
+        node.record("probed")
+            .filter(|r| r.pod.status.container_statuses[0].restart_count >= 1)
+    });
+    let s = &restarted.pod.status.container_statuses[0];
+    let last = s.last_state.terminated.as_ref().map(|t| t.exit_code);
+    assert!(
+        matches!(last, Some(c) if c != 0),
+        "killed run's exit: {s:?}"
+    );
+}
