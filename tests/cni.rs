@@ -407,6 +407,54 @@ fn add_result_shape_v0_3_1_and_v1_1_0() {
 }
 
 #[test]
+fn no_default_gateway_extra_routes_dns_and_mtu_override() {
+    let site = Site::new("10.244.22.1/24");
+    let pod = Netns::new("pod");
+    let mut conf = site.conf("1.0.0");
+    conf["isDefaultGateway"] = json!(false);
+    conf["hairpinMode"] = json!(false);
+    conf["mtu"] = json!(1400);
+    conf["routes"] =
+        json!([{"dst": "198.51.100.0/24"}, {"dst": "192.0.2.0/24", "gw": "10.244.22.9"}]);
+    conf["dns"] = json!({"nameservers": ["10.96.0.10"], "search": ["cluster.local"]});
+    let result = Call::new(&site.node, "ADD")
+        .attachment("custom", "eth0", Some(&pod))
+        .conf(&conf)
+        .result();
+    assert_eq!(
+        result["routes"],
+        json!([
+            {"dst": "10.244.0.0/16", "gw": "10.244.22.1"},
+            {"dst": "198.51.100.0/24", "gw": "10.244.22.1"},
+            {"dst": "192.0.2.0/24", "gw": "10.244.22.9"}
+        ])
+    );
+    assert_eq!(result["dns"], conf["dns"]);
+    let routes = pod.ip_json(&["-4", "route", "show"]);
+    assert!(
+        !routes.iter().any(|r| r["dst"] == "default"),
+        "no default route: {routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "192.0.2.0/24" && r["gateway"] == "10.244.22.9"),
+        "{routes:?}"
+    );
+    assert_eq!(link_json(&pod, "eth0").unwrap_or_default()["mtu"], 1400);
+    let host = result["interfaces"][1]["name"].as_str().unwrap_or_default();
+    let port = link_json(&site.node, host).unwrap_or_default();
+    assert_eq!(
+        port["linkinfo"]["info_slave_data"]["hairpin"], false,
+        "{port}"
+    );
+    assert_eq!(
+        link_json(&site.node, "cni0").unwrap_or_default()["mtu"],
+        1400
+    );
+}
+
+#[test]
 fn check_passes_when_healthy_and_fails_after_address_removed() {
     let site = Site::new("10.244.9.1/24");
     let pod = Netns::new("pod");
