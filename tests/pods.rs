@@ -49,6 +49,8 @@ struct PodNode {
     netns: String,
     /// Set when this fixture created the namespace (dropped after the pods).
     _own_netns: Option<Netns>,
+    /// A real weftd running the pods instead of the in-process controller.
+    weftd: Option<std::process::Child>,
     dir: tempfile::TempDir,
 }
 
@@ -73,6 +75,7 @@ impl PodNode {
         PodNode::in_netns(&name, Some(node), Network::Bridge)
     }
 
+    /// A fixture in the existing namespace `netns` (kept in `own` when the fixture owns it).
     fn in_netns(netns: &str, own: Option<Netns>, network: Network) -> PodNode {
         require_root();
         // The controller's log, shown by the test runner when a test fails.
@@ -160,10 +163,53 @@ impl PodNode {
             subnet,
             netns: netns.to_string(),
             _own_netns: own,
+            weftd: None,
             dir,
         };
         pn.start();
         pn
+    }
+
+    /// Stops the in-process controller and runs the pods with a real weftd instead, started
+    /// with `net_args` (etcd, interface, subnet file) plus the pod flags of this fixture.
+    ///
+    /// weftd enters only the node's network namespace (nsenter --net): `ip netns exec` would
+    /// also give it a mount namespace without cgroup mounts, where runc cannot start containers.
+    fn start_weftd(&mut self, net_args: &[String]) {
+        self.stop_controller();
+        let bin_dirs: Vec<String> = self
+            .cfg
+            .cni_bin_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let path = |p: &Path| p.display().to_string();
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(env!("CARGO_BIN_EXE_weftd"))
+            .args(net_args)
+            .args(["--pod-manifest-path", &path(&self.cfg.manifest_dir)])
+            .args(["--cni-conf-dir", &path(&self.cfg.cni_conf_dir)])
+            .args(["--cni-bin-dir", &bin_dirs.join(",")])
+            .args(["--cni-cache-dir", &path(&self.cfg.cni_cache_dir)])
+            .args(["--pod-root", &path(&self.cfg.pod_root)])
+            .args(["--image-root", &path(&self.cfg.image_root)])
+            .args(["--pod-log-dir", &path(&self.cfg.pod_log_dir)])
+            .args(["--node-name", &self.cfg.node_name])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null());
+        self.weftd = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("spawn weftd {cmd:?}: {e}")),
+        );
+    }
+
+    /// SIGKILL to weftd: no clean-up of any kind runs.
+    fn kill_weftd(&mut self) {
+        if let Some(mut child) = self.weftd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Starts the controller (as a weftd start would).
@@ -303,9 +349,10 @@ impl PodNode {
             .unwrap_or_default()
     }
 
+    /// Pod veths: the links enslaved to the node's `cni0` bridge.
     fn veths(&self) -> Vec<String> {
         let out = std::process::Command::new("ip")
-            .args(["-j", "-n", &self.netns, "link", "show", "type", "veth"])
+            .args(["-j", "-n", &self.netns, "link", "show", "master", "cni0"])
             .output()
             .unwrap_or_else(|e| panic!("ip link in {}: {e}", self.netns));
         let links: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -358,7 +405,7 @@ impl PodNode {
     }
 }
 
-/// Pids of weft-shim / weft-pause / runc processes whose command line names `root`.
+/// Processes (weft-shim, weft-pause, runc, containers) whose command line names `root`.
 fn runc_processes(root: &Path) -> Vec<String> {
     let root = root.display().to_string();
     let mut out = Vec::new();
@@ -367,7 +414,8 @@ fn runc_processes(root: &Path) -> Vec<String> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(&root) {
+        // weftd itself names the directories in its flags; it is not a pod process.
+        if cmd.contains(&root) && !cmd.contains("/weftd ") {
             out.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
         }
     }
@@ -376,6 +424,7 @@ fn runc_processes(root: &Path) -> Vec<String> {
 
 impl Drop for PodNode {
     fn drop(&mut self) {
+        self.kill_weftd();
         for entry in std::fs::read_dir(&self.cfg.manifest_dir)
             .into_iter()
             .flatten()
@@ -462,6 +511,7 @@ fn myapp_pod_runs_logs_and_removal_leaves_nothing_behind() {
     );
     assert_eq!(node.pod_netns().len(), 1);
     assert_eq!(node.ipam_allocations(), vec![ip.clone()]);
+    assert_eq!(node.veths().len(), 1, "one pod veth on cni0");
 
     node.remove_manifest("myapp.yaml");
     wait_for(WAIT, "pod directory removed", || {
@@ -959,4 +1009,58 @@ spec:
         matches!(last, Some(c) if c != 0),
         "killed run's exit: {s:?}"
     );
+}
+
+#[test]
+fn weftd_killed_and_restarted_readopts_a_running_pod() {
+    require_root();
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let n = cluster.node(0);
+    let mut node = PodNode::in_netns(
+        n.netns().name(),
+        None,
+        Network::Weft {
+            subnet_file: n.subnet_file(),
+            subnet: String::new(),
+        },
+    );
+    node.start_weftd(&n.base_args());
+    n.wait_subnet_env(WAIT);
+    node.put_manifest("myapp.yaml", MYAPP);
+    let before = node.wait_status("myapp-pod", "Running");
+    let pids = common_pids(&node.pod_netns()[0]);
+    assert!(pids.contains(','), "pause and container in the pod: {pids}");
+
+    node.kill_weftd();
+    // The pod runs on without weftd.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(common_pids(&node.pod_netns()[0]), pids);
+
+    node.start_weftd(&n.base_args());
+    // Give the new weftd time to adopt (and, were it wrong, to restart or duplicate the pod).
+    std::thread::sleep(Duration::from_secs(4));
+    let after = node.wait_status("myapp-pod", "Running");
+    let (b, a) = (
+        &before.pod.status.container_statuses[0],
+        &after.pod.status.container_statuses[0],
+    );
+    assert_eq!(a.container_id, b.container_id, "container was restarted");
+    assert_eq!(a.restart_count, 0);
+    assert_eq!(after.pod.status.pod_ip, before.pod.status.pod_ip);
+    assert_eq!(node.pod_netns().len(), 1, "one sandbox, no duplicate");
+    assert_eq!(
+        common_pids(&node.pod_netns()[0]),
+        pids,
+        "pod processes changed"
+    );
+    assert_eq!(
+        node.ipam_allocations(),
+        vec![after.pod.status.pod_ip.clone()]
+    );
+    node.remove_manifest("myapp.yaml");
+    wait_for(WAIT, "pod removed by weftd", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    node.assert_clean();
+    node.kill_weftd();
 }
