@@ -249,8 +249,9 @@ fn lease_and_vxlan_device_are_flannels_format() {
         .etcd
         .get_kv(&lease_key(&subnet))
         .unwrap_or_else(|| panic!("no lease key for {subnet}"));
-    // Flannel-written example: {"PublicIP":"192.0.2.11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}
-    assert_eq!(kv.value, vxlan_lease_value("192.0.2.11", &mac));
+    // What flanneld v0.2x writes for this node, byte for byte:
+    // {"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"..."}}
+    assert_eq!(kv.value, flannel_vxlan_lease_value("192.0.2.11", &mac));
     assert_ne!(kv.lease, 0, "own lease must carry an etcd lease");
     let ttl = cluster.etcd.lease_ttl(kv.lease).unwrap_or(-1);
     assert!(
@@ -276,22 +277,32 @@ fn lease_and_vxlan_device_are_flannels_format() {
     assert_eq!(inet, vec![subnet.replace("/24", "/32")]);
 }
 
-/// A lease written by flanneld (exact bytes) is programmed as flanneld programs it.
+/// Leases written by flanneld, current (`"PublicIPv6":null`) and older form, exact bytes, are
+/// programmed as flanneld programs them.
 #[test]
-fn flannel_written_lease_is_programmed_as_flannel_does() {
+fn flannel_written_leases_are_programmed_as_flannel_does() {
     let cluster = Cluster::new(1, VXLAN_CONFIG);
     cluster.start();
     let node = cluster.node(0);
-    let peer = "10.244.99.0/24";
+    let (current, older) = ("10.244.99.0/24", "10.244.98.0/24");
+    let older_mac = "aa:bb:cc:dd:ee:98";
     cluster.etcd.put_with_ttl(
-        &lease_key(peer),
-        &vxlan_lease_value("192.0.2.99", FLANNEL_MAC),
+        &lease_key(current),
+        &flannel_vxlan_lease_value("192.0.2.99", FLANNEL_MAC),
+        3600,
+    );
+    cluster.etcd.put_with_ttl(
+        &lease_key(older),
+        &vxlan_lease_value("192.0.2.98", older_mac),
         3600,
     );
     node.wait_until(
         CONVERGE,
-        "route, neighbour and FDB entry for 10.244.99.0/24",
-        || node.vxlan_peer_programmed("flannel.1", peer, "192.0.2.99", FLANNEL_MAC),
+        "route, neighbour and FDB entry for both peers",
+        || {
+            node.vxlan_peer_programmed("flannel.1", current, "192.0.2.99", FLANNEL_MAC)
+                && node.vxlan_peer_programmed("flannel.1", older, "192.0.2.98", older_mac)
+        },
     );
 }
 

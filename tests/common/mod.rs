@@ -30,7 +30,7 @@
 //!   [`NETWORK_CONFIG_KEY`] + n nodes, weftd not yet running), `start()` (weftd everywhere, waits
 //!   for every subnet.env), `add_node()`, `wait_mesh(timeout)`, `node(i)`, `dump()`.
 //! * Free functions: [`unique_name`], [`wait_for`], [`wait_until`], [`bin_path`], [`lease_key`],
-//!   [`subnet_of`], [`vxlan_lease_value`], [`expected_subnet_env`], [`tcp_source_seen`],
+//!   [`subnet_of`], [`vxlan_lease_value`], [`flannel_vxlan_lease_value`], [`expected_subnet_env`], [`tcp_source_seen`],
 //!   [`wire_pod`], [`cleanup_stale`].
 //!
 //! Panics are the error reporting of this module: every failure names the command, the
@@ -156,10 +156,20 @@ pub fn subnet_of(subnet_env: &str) -> Option<String> {
     Some(format!("{}/{}", net.network(), net.prefix()))
 }
 
-/// A lease value exactly as flanneld writes it for a VXLAN node with VNI 1.
+/// A VXLAN lease value (VNI 1) in the form of design.md and of flanneld before its IPv6 support:
+/// `{"PublicIP":"..","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":".."}}`.
 pub fn vxlan_lease_value(public_ip: &str, vtep_mac: &str) -> String {
     format!(
         r#"{{"PublicIP":"{public_ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{vtep_mac}"}}}}"#
+    )
+}
+
+/// A VXLAN lease value (VNI 1) byte for byte as current flanneld (v0.2x) writes it: its Go
+/// `LeaseAttrs` has `PublicIPv6 *ip.IP6` without `omitempty`, so an IPv4 node writes
+/// `"PublicIPv6":null` (flannel-io/flannel pkg/lease/lease.go).
+pub fn flannel_vxlan_lease_value(public_ip: &str, vtep_mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{vtep_mac}"}}}}"#
     )
 }
 
