@@ -2,10 +2,11 @@
 //!
 //! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>`, `last_reserved_ip.0` the last
 //! address handed out, and every read-modify-write happens under `flock` on `<dir>/lock`, so
-//! weft and the reference host-local can share a directory. Unlike host-local, an address file
-//! appears atomically with its content (written to a temporary file, then hard-linked into place),
-//! so a plugin killed at any point never leaves an empty file blocking an address; an allocation
-//! whose ADD was killed before wiring the pod is released by that container's DEL or by GC.
+//! weft and the reference host-local can share a directory. An address file is created
+//! exclusively and filled with one small write, so a plugin killed at any point leaves no file, an
+//! empty one (taken over by the next ADD that meets it, removed by any scan) or a complete one; an
+//! allocation whose ADD was killed before wiring the pod is released by that container's DEL or
+//! by GC.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -22,8 +23,6 @@ use crate::ip::Ipv4Net;
 pub const LAST_RESERVED_FILE: &str = "last_reserved_ip.0";
 /// host-local's lock file.
 pub const LOCK_FILE: &str = "lock";
-/// Prefix of weft's temporary files; any found while holding the lock are leftovers of a crash.
-const TMP_PREFIX: &str = ".weft-tmp-";
 
 /// The allocatable addresses of a node subnet: network+1 .. broadcast-1, minus the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +186,7 @@ impl LockedStore<'_> {
         move |source| Error::Io { op, path, source }
     }
 
-    /// Every address file, after removing crash leftovers (weft temporaries, empty files).
+    /// Every address file, after removing crash leftovers (empty files).
     pub fn allocations(&self) -> Result<Vec<Allocation>> {
         let entries =
             fs::read_dir(self.dir).map_err(self.io("list IPAM directory", self.dir.into()))?;
@@ -197,10 +196,6 @@ impl LockedStore<'_> {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let path = entry.path();
-            if name.starts_with(TMP_PREFIX) {
-                remove_if_present(&path)?;
-                continue;
-            }
             let Ok(ip) = name.parse::<Ipv4Addr>() else {
                 continue;
             };
@@ -237,43 +232,34 @@ impl LockedStore<'_> {
 
     /// Allocates an address of `pool` to `(container_id, ifname)`, host-local's way: the first
     /// candidate whose file can be created exclusively. Reads no other allocation, so its cost
-    /// does not grow with the number of pods; an empty file met on the way (left by a killed
-    /// host-local) is taken over.
+    /// does not grow with the number of pods. The file gets its content in one small write, so a
+    /// killed plugin leaves no file, an empty one or a complete one; an empty file met here is
+    /// taken over (under the lock, it can only be a killed writer's).
     pub fn allocate(&self, pool: &Pool, container_id: &str, ifname: &str) -> Result<Ipv4Addr> {
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{}", std::process::id()));
-        write_file(&tmp, format_owner(container_id, ifname).as_bytes())
-            .map_err(self.io("write temporary address file", tmp.clone()))?;
-        let chosen = self.link_first_free(pool, &tmp);
-        remove_if_present(&tmp)?;
-        let Some(ip) = chosen? else {
-            return Err(Error::AddressPoolExhausted {
-                subnet: pool.subnet().to_string(),
-                network: self
-                    .dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                capacity: pool.capacity(),
-                dir: self.dir.to_path_buf(),
-            });
-        };
-        self.write_last_reserved(ip)?;
-        Ok(ip)
-    }
-
-    /// Hard-links `tmp` to the first free candidate; `None` when the pool is full.
-    fn link_first_free(&self, pool: &Pool, tmp: &Path) -> Result<Option<Ipv4Addr>> {
+        let content = format_owner(container_id, ifname);
+        let create = |path: &Path| File::options().write(true).create_new(true).open(path);
         for candidate in pool.candidates(self.last_reserved()) {
             let path = self.dir.join(candidate.to_string());
-            let mut attempt = fs::hard_link(tmp, &path);
-            if matches!(&attempt, Err(e) if e.kind() == io::ErrorKind::AlreadyExists)
+            let mut created = create(&path);
+            if matches!(&created, Err(e) if e.kind() == io::ErrorKind::AlreadyExists)
                 && is_empty_file(&path)
             {
                 remove_if_present(&path)?;
-                attempt = fs::hard_link(tmp, &path);
+                created = create(&path);
             }
-            match attempt {
-                Ok(()) => return Ok(Some(candidate)),
+            match created {
+                Ok(mut file) => {
+                    if let Err(source) = file.write_all(content.as_bytes()) {
+                        remove_if_present(&path)?;
+                        return Err(Error::Io {
+                            op: "write address file",
+                            path,
+                            source,
+                        });
+                    }
+                    self.write_last_reserved(candidate)?;
+                    return Ok(candidate);
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(source) => {
                     return Err(Error::Io {
@@ -284,7 +270,16 @@ impl LockedStore<'_> {
                 }
             }
         }
-        Ok(None)
+        Err(Error::AddressPoolExhausted {
+            subnet: pool.subnet().to_string(),
+            network: self
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            capacity: pool.capacity(),
+            dir: self.dir.to_path_buf(),
+        })
     }
 
     /// Records `ip` in `last_reserved_ip.0`, overwritten in place (host-local's exact content).
@@ -356,11 +351,6 @@ impl LockedStore<'_> {
 
 fn is_empty_file(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
-}
-
-fn write_file(path: &Path, content: &[u8]) -> io::Result<()> {
-    let mut file = File::create(path)?;
-    file.write_all(content)
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {
@@ -545,7 +535,6 @@ mod tests {
         let p = pool("10.244.1.1/29");
         fs::create_dir_all(store.dir()).unwrap();
         fs::write(store.dir().join("10.244.1.2"), "").unwrap();
-        fs::write(store.dir().join(".weft-tmp-999"), "x\r\neth0").unwrap();
         fs::write(store.dir().join("10.244.1.3"), "legacy").unwrap();
         let locked = store.lock().unwrap();
         assert_eq!(
@@ -553,11 +542,13 @@ mod tests {
             ip("10.244.1.2"),
             "an empty file does not block its address"
         );
-        assert_eq!(locked.allocations().unwrap().len(), 2);
-        assert!(
-            !store.dir().join(".weft-tmp-999").exists(),
-            "a scan removes leftover temporaries"
+        fs::write(store.dir().join("10.244.1.4"), "").unwrap();
+        assert_eq!(
+            locked.allocations().unwrap().len(),
+            2,
+            "a scan drops empty files"
         );
+        assert!(!store.dir().join("10.244.1.4").exists());
         assert_eq!(
             locked.release("legacy", "eth0").unwrap(),
             vec![ip("10.244.1.3")]
