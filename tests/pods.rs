@@ -513,6 +513,35 @@ fn myapp_pod_runs_logs_and_removal_leaves_nothing_behind() {
     assert_eq!(node.ipam_allocations(), vec![ip.clone()]);
     assert_eq!(node.veths().len(), 1, "one pod veth on cni0");
 
+    // weftctl reads the same files.
+    let weftctl = |args: &[&str]| {
+        let root = |p: &Path| p.display().to_string();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .args(args)
+            .args(["--pod-root", &root(&node.cfg.pod_root)])
+            .args(["--image-root", &root(&node.cfg.image_root)])
+            .args(["--pod-log-dir", &root(&node.cfg.pod_log_dir)])
+            .output()
+            .unwrap_or_else(|e| panic!("weftctl {args:?}: {e}"));
+        assert!(out.status.success(), "weftctl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pod_ref = format!("{}/myapp-pod", node.ns);
+    assert_eq!(weftctl(&["logs", &pod_ref]), "Hello Kubernetes!\n");
+    let list: serde_json::Value = serde_json::from_str(&weftctl(&["pods", "-o", "json"]))
+        .unwrap_or_else(|e| panic!("weftctl pods -o json: {e}"));
+    assert_eq!(list["kind"], "PodList");
+    assert_eq!(list["items"][0]["metadata"]["name"], "myapp-pod");
+    assert_eq!(list["items"][0]["status"]["phase"], "Running");
+    assert_eq!(list["items"][0]["status"]["podIP"], ip.as_str());
+    assert_eq!(
+        list["items"][0]["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+            .as_str()
+            .map(|s| s.ends_with('Z')),
+        Some(true)
+    );
+    assert!(weftctl(&["pods"]).contains("myapp-pod"));
+
     node.remove_manifest("myapp.yaml");
     wait_for(WAIT, "pod directory removed", || {
         node.pod_dirs().is_empty().then_some(())
@@ -796,6 +825,25 @@ fn invalid_manifest_is_reported_and_other_pods_keep_running() {
     assert_eq!(after.pod.status.container_statuses[0].container_id, id);
     assert_eq!(after.pod.status.container_statuses[0].restart_count, 0);
     assert!(node.record("bad").is_none());
+    // An image that was never imported: the pod waits, as kubelet's ErrImageNeverPull.
+    node.put_manifest(
+        "noimage.yaml",
+        &MYAPP
+            .replace("myapp-pod", "noimage")
+            .replace("image: busybox", "image: not-imported:1.0"),
+    );
+    let waiting = node.wait_status("noimage", "ErrImageNeverPull");
+    let w = waiting.pod.status.container_statuses[0]
+        .state
+        .waiting
+        .clone();
+    assert!(
+        w.is_some_and(|w| w.message.contains("not-imported")),
+        "{:?}",
+        waiting.pod.status
+    );
+    assert_eq!(waiting.pod.status.phase, PodPhase::Pending);
+    node.remove_manifest("noimage.yaml");
 
     // Fixing the file starts the pod; changing the good one restarts it under a new UID.
     node.put_manifest("bad.yaml", &MYAPP.replace("myapp-pod", "bad"));
@@ -810,7 +858,9 @@ fn invalid_manifest_is_reported_and_other_pods_keep_running() {
             .filter(|r| status::columns(&r.pod).status == "Running")
     });
     assert_ne!(changed.pod.status.container_statuses[0].container_id, id);
-    assert_eq!(node.pod_dirs().len(), 2, "the old pod's directory is gone");
+    wait_for(WAIT, "the old pod's and noimage's directories gone", || {
+        (node.pod_dirs().len() == 2).then_some(())
+    });
 }
 
 #[test]
