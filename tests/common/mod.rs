@@ -1042,8 +1042,21 @@ impl Node {
     }
 
     /// Waits for the subnet file and returns its content.
+    /// Fails at once, with the log tail, if weftd exits before writing it.
     pub fn wait_subnet_env(&self, timeout: Duration) -> String {
-        self.wait_for(timeout, "subnet.env to be written", || self.subnet_env())
+        self.wait_for(timeout, "subnet.env to be written", || {
+            let env = self.subnet_env();
+            if env.is_none() {
+                if let Some(status) = self.exit_status() {
+                    panic!(
+                        "weftd on {} exited with {status} before writing subnet.env\n----- weftd log, last 40 lines -----\n{}",
+                        self.name(),
+                        self.log_tail(40)
+                    );
+                }
+            }
+            env
+        })
     }
 
     /// The node's subnet (`10.244.3.0/24`) from its subnet file.
