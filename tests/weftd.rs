@@ -1124,3 +1124,39 @@ fn etcd_password_is_never_logged() {
         .collect();
     assert!(leaked.is_empty(), "password in the log: {leaked:?}");
 }
+
+/// A node whose etcd lease is revoked (as on expiry) acquires its subnet again under a new
+/// etcd lease, and its peers keep (or regain) the route to it.
+#[test]
+fn own_revoked_lease_is_reacquired() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let key = n1.lease_key().unwrap_or_default();
+    let before = cluster
+        .etcd
+        .get_kv(&key)
+        .unwrap_or_else(|| panic!("no {key}"));
+    cluster.etcd.revoke(before.lease);
+    let after = n1.wait_for(
+        CONVERGE,
+        "own lease re-acquired under a new etcd lease",
+        || {
+            cluster
+                .etcd
+                .get_kv(&key)
+                .filter(|kv| kv.lease != 0 && kv.lease != before.lease)
+        },
+    );
+    assert_eq!(after.value, before.value);
+    assert!(
+        n1.is_running(),
+        "weftd must not exit when its lease expires"
+    );
+    let s1 = n1.subnet().unwrap_or_default();
+    let mac1 = n1.mac_of("flannel.1").unwrap_or_default();
+    n2.wait_until(CONVERGE, "peer entries for the re-acquired subnet", || {
+        n2.vxlan_peer_programmed("flannel.1", &s1, n1.public_ip(), &mac1)
+    });
+}
