@@ -432,6 +432,14 @@ impl Drop for PodNode {
         {
             let _ = std::fs::remove_file(entry.path());
         }
+        // A controller without the manifest URL removes that source's pod as an orphan too.
+        if self.manager.is_some() && self.cfg.manifest_url.is_some() {
+            self.shutdown.store(true, Ordering::Relaxed);
+            if let Some(h) = self.manager.take() {
+                let _ = h.join();
+            }
+        }
+        self.cfg.manifest_url = None;
         if self.manager.is_none() {
             self.start();
         }
@@ -1113,4 +1121,129 @@ fn weftd_killed_and_restarted_readopts_a_running_pod() {
     });
     node.assert_clean();
     node.kill_weftd();
+}
+
+/// Serves `body` (404 while `None`) at `http://127.0.0.1:<port>/pod.yaml` inside `netns`.
+struct ManifestServer {
+    body: Arc<std::sync::Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+    port: u16,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ManifestServer {
+    fn start(netns: &str) -> ManifestServer {
+        use std::io::{Read, Write};
+        let body: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = PathBuf::from("/run/netns").join(netns);
+        let (b, st) = (body.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns: {e}"));
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+            listener
+                .set_nonblocking(true)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let _ = tx.send(listener.local_addr().map(|a| a.port()).unwrap_or(0));
+            while !st.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = s.set_nonblocking(false);
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf);
+                let answer = match b.lock().map(|g| g.clone()).unwrap_or(None) {
+                    Some(text) => format!("HTTP/1.0 200 OK\r\n\r\n{text}"),
+                    None => "HTTP/1.0 404 Not Found\r\n\r\n".to_string(),
+                };
+                let _ = s.write_all(answer.as_bytes());
+            }
+        });
+        let port = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("manifest server: {e}"));
+        ManifestServer {
+            body,
+            stop,
+            port,
+            thread: Some(thread),
+        }
+    }
+
+    fn serve(&self, text: Option<String>) {
+        if let Ok(mut g) = self.body.lock() {
+            *g = text;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/pod.yaml", self.port)
+    }
+}
+
+impl Drop for ManifestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_manifest_url_runs_its_pod_and_keeps_it_while_unreachable() {
+    let mut node = PodNode::new();
+    let server = ManifestServer::start(&node.netns);
+    let ns = node.ns.clone();
+    let text = |cmd: &str| {
+        Some(
+            MYAPP
+                .replace("myapp-pod", "from-url")
+                .replace("sleep 3600", cmd)
+                .replace("NS", &ns),
+        )
+    };
+    server.serve(text("sleep 3600"));
+    node.stop_controller();
+    node.cfg.manifest_url = Some(server.url());
+    node.cfg.manifest_url_interval = Duration::from_secs(1);
+    node.start();
+    let first = node.wait_status("from-url", "Running");
+    assert_eq!(first.manifest, server.url());
+    node.wait_log(&first, "myapp-container", "Hello Kubernetes!");
+
+    // The server answers 404: the pod stays.
+    server.serve(None);
+    std::thread::sleep(Duration::from_secs(3));
+    let kept = node
+        .record("from-url")
+        .unwrap_or_else(|| panic!("URL pod removed"));
+    assert_eq!(kept.pod.metadata.uid, first.pod.metadata.uid);
+    assert_eq!(status::columns(&kept.pod).status, "Running");
+
+    // New content replaces the pod.
+    server.serve(text("sleep 3601"));
+    wait_for(WAIT, "URL pod replaced", || {
+        node.record("from-url")
+            .filter(|r| r.pod.metadata.uid != first.pod.metadata.uid)
+            .filter(|r| status::columns(&r.pod).status == "Running")
+    });
+    // An invalid answer is reported and its pod stopped.
+    server.serve(Some("apiVersion: v1\nkind: Pod\nspec: {}\n".to_string()));
+    wait_for(WAIT, "URL pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    let invalid = read_invalid(&node.cfg.pod_root);
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
+    assert_eq!(invalid[0].file, server.url());
+    assert!(
+        invalid[0].error.contains("missing field `metadata`"),
+        "{invalid:?}"
+    );
+    node.assert_clean();
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use super::backoff::BackoffPolicy;
-use super::cli::{InvalidManifest, INVALID_FILE};
+use super::cli::{pod_dir_name, InvalidManifest, INVALID_FILE};
 use super::manifest::{is_manifest_file, parse_manifest, ParsedManifest};
 use super::pod_worker::{PodWorker, WorkerMode, WorkerState};
 
@@ -23,6 +23,10 @@ use super::pod_worker::{PodWorker, WorkerMode, WorkerState};
 pub struct PodConfig {
     /// `--pod-manifest-path`: the static pod manifest directory.
     pub manifest_dir: PathBuf,
+    /// `--manifest-url`: an `http://` URL serving one more Pod manifest (kubelet's static pod URL).
+    pub manifest_url: Option<String>,
+    /// How often the manifest URL is fetched (kubelet: 20 s).
+    pub manifest_url_interval: Duration,
     /// `--cni-conf-dir` (`/etc/cni/net.d`).
     pub cni_conf_dir: PathBuf,
     /// `--cni-bin-dir` (`/opt/cni/bin`), searched in order.
@@ -52,6 +56,8 @@ impl PodConfig {
     pub fn new(manifest_dir: PathBuf, node_name: String) -> Self {
         PodConfig {
             manifest_dir,
+            manifest_url: None,
+            manifest_url_interval: Duration::from_secs(20),
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/opt/cni/bin".into()],
             cni_cache_dir: "/var/lib/cni".into(),
@@ -116,6 +122,119 @@ impl DirWatch {
             .read_events()
             .is_ok_and(|events| !events.is_empty())
     }
+}
+
+/// The pod served at the manifest URL. A failed fetch keeps the last content (the pod keeps
+/// running while the server is unreachable), as kubelet does.
+struct UrlSource {
+    url: String,
+    next: Option<std::time::Instant>,
+    body: Option<Vec<u8>>,
+    parsed: Option<Result<ParsedManifest, String>>,
+}
+
+impl UrlSource {
+    fn new(url: String) -> UrlSource {
+        UrlSource {
+            url,
+            next: None,
+            body: None,
+            parsed: None,
+        }
+    }
+
+    fn refresh(&mut self, interval: Duration) {
+        let now = std::time::Instant::now();
+        if self.next.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next = Some(now + interval);
+        match http_get(&self.url, Duration::from_secs(5)) {
+            Ok(body) if self.body.as_ref() != Some(&body) => {
+                let parsed = parse_manifest(Path::new(&self.url), &body).map_err(|e| e.to_string());
+                match &parsed {
+                    Ok(m) => {
+                        for w in &m.warnings {
+                            tracing::warn!(url = %self.url, "manifest: {w}");
+                        }
+                    }
+                    Err(e) => tracing::error!(url = %self.url, "invalid pod manifest: {e}"),
+                }
+                self.body = Some(body);
+                self.parsed = Some(parsed);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(url = %self.url, error = %e, "fetch pod manifest; keeping the last one")
+            }
+        }
+    }
+}
+
+/// `(host:port, path)` of an `http://` URL.
+pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("manifest URL {url:?}: only http:// is supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("manifest URL {url:?}: bad host"));
+    }
+    let host_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok((host_port, path.to_string()))
+}
+
+/// Body of `GET url` (HTTP/1.0, status 200 required).
+pub fn http_get(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let (host_port, path) = parse_http_url(url)?;
+    let addr = host_port
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {host_port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {host_port}: no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port.as_str(), |(h, _)| h);
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: weftd\r\n\r\n"
+    )
+    .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut resp = Vec::new();
+    s.take(16 << 20)
+        .read_to_end(&mut resp)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("GET {url}: no HTTP header"))?;
+    let head = String::from_utf8_lossy(&resp[..split]);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("GET {url}: bad status line"))?;
+    if code != 200 {
+        return Err(format!("GET {url}: HTTP status {code}"));
+    }
+    Ok(resp[split + 4..].to_vec())
 }
 
 /// A valid manifest found in the directory.
@@ -245,6 +364,7 @@ pub struct PodManager {
     stopping: Vec<PodWorker>,
     cache: HashMap<PathBuf, (Vec<u8>, Result<ParsedManifest, String>)>,
     last_invalid: Vec<InvalidManifest>,
+    url_source: Option<UrlSource>,
 }
 
 impl PodManager {
@@ -265,13 +385,15 @@ impl PodManager {
             stopping: Vec::new(),
             cache: HashMap::new(),
             last_invalid: Vec::new(),
+            url_source: None,
         };
+        mgr.url_source = mgr.cfg.manifest_url.clone().map(UrlSource::new);
         tracing::info!(dir = %mgr.cfg.manifest_dir.display(), node = %mgr.cfg.node_name, "pod controller started");
         let watch = DirWatch::new(&mgr.cfg.manifest_dir);
-        let scan = scan_manifests(&mgr.cfg.manifest_dir, &mut mgr.cache);
+        let scan = mgr.scan();
         mgr.adopt_existing(&scan);
         while !shutdown.load(Ordering::Relaxed) {
-            let scan = scan_manifests(&mgr.cfg.manifest_dir, &mut mgr.cache);
+            let scan = mgr.scan();
             mgr.reconcile(scan);
             let mut slept = Duration::ZERO;
             while slept < mgr.cfg.rescan_interval && !shutdown.load(Ordering::Relaxed) {
@@ -337,6 +459,11 @@ impl PodManager {
                 .pods
                 .get(&name)
                 .filter(|d| d.manifest.pod.metadata.uid == state.uid);
+            // The manifest URL could not be fetched yet: keep its pod until it answers.
+            let url_unknown = self
+                .url_source
+                .as_ref()
+                .is_some_and(|u| u.parsed.is_none() && state.manifest == Path::new(&u.url));
             match wanted {
                 Some(d) if !self.workers.contains_key(&name) => {
                     tracing::info!(pod = %name, "re-adopting running pod");
@@ -348,6 +475,9 @@ impl PodManager {
                     );
                     self.workers.insert(name, w);
                 }
+                _ if url_unknown => {
+                    tracing::info!(pod = %name, "pod of the manifest URL kept until the URL answers");
+                }
                 _ => {
                     tracing::info!(pod = %name, dir = %dir.display(), "removing orphaned pod");
                     self.stopping
@@ -355,6 +485,44 @@ impl PodManager {
                 }
             }
         }
+    }
+
+    /// The manifest directory plus the manifest URL's pod (fetched when due).
+    fn scan(&mut self) -> ManifestScan {
+        let mut scan = scan_manifests(&self.cfg.manifest_dir, &mut self.cache);
+        if let Some(src) = self.url_source.as_mut() {
+            src.refresh(self.cfg.manifest_url_interval);
+            match &src.parsed {
+                Some(Ok(m)) => {
+                    let name = m.pod.full_name();
+                    match scan.pods.get(&name) {
+                        Some(first) => scan.invalid.push(InvalidManifest {
+                            file: src.url.clone(),
+                            error: format!(
+                                "manifest {}: field metadata.name: pod {name} is already defined by {}",
+                                src.url,
+                                first.file.display()
+                            ),
+                        }),
+                        None => {
+                            scan.pods.insert(
+                                name,
+                                DesiredPod {
+                                    file: PathBuf::from(&src.url),
+                                    manifest: m.clone(),
+                                },
+                            );
+                        }
+                    }
+                }
+                Some(Err(e)) => scan.invalid.push(InvalidManifest {
+                    file: src.url.clone(),
+                    error: e.clone(),
+                }),
+                None => {}
+            }
+        }
+        scan
     }
 
     fn reconcile(&mut self, scan: ManifestScan) {
@@ -391,8 +559,18 @@ impl PodManager {
             if self.workers.contains_key(&name) || busy {
                 continue;
             }
-            tracing::info!(pod = %name, file = %d.file.display(), "starting pod");
-            let w = PodWorker::spawn(self.cfg.clone(), d.manifest, d.file, WorkerMode::Create);
+            // A pod kept while its manifest URL was unreachable is taken over, not recreated.
+            let m = &d.manifest.pod.metadata;
+            let dir = self
+                .cfg
+                .pod_root
+                .join(pod_dir_name(&m.namespace, &m.name, &m.uid));
+            let mode = match WorkerState::load(&dir) {
+                Some(s) if s.uid == m.uid => WorkerMode::Adopt,
+                _ => WorkerMode::Create,
+            };
+            tracing::info!(pod = %name, file = %d.file.display(), mode = ?mode, "starting pod");
+            let w = PodWorker::spawn(self.cfg.clone(), d.manifest, d.file, mode);
             self.workers.insert(name, w);
         }
     }
@@ -416,6 +594,47 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn http_urls_split_into_address_and_path() {
+        assert_eq!(
+            parse_http_url("http://192.0.2.1:8080/pods/web.yaml"),
+            Ok(("192.0.2.1:8080".into(), "/pods/web.yaml".into()))
+        );
+        assert_eq!(
+            parse_http_url("http://config.example"),
+            Ok(("config.example:80".into(), "/".into()))
+        );
+        assert!(parse_http_url("https://x/y").is_err());
+        assert!(parse_http_url("http:///y").is_err());
+    }
+
+    #[test]
+    fn http_get_returns_the_body_of_a_200_only() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.0 200 OK\r\nContent-Type: text/yaml\r\n\r\nkind: Pod\n",
+                "HTTP/1.0 404 Not Found\r\n\r\n",
+            ] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).unwrap();
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /m.yaml HTTP/1.0\r\n"));
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/m.yaml");
+        assert_eq!(
+            http_get(&url, Duration::from_secs(2)).unwrap(),
+            b"kind: Pod\n"
+        );
+        let e = http_get(&url, Duration::from_secs(2)).unwrap_err();
+        assert!(e.ends_with("HTTP status 404"), "{e}");
+        server.join().unwrap();
     }
 
     #[test]
