@@ -569,12 +569,17 @@ fn containers_of_a_pod_share_localhost_and_an_empty_dir() {
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: web, namespace: NS}
+metadata: {name: web, namespace: NS, labels: {app: web}}
 spec:
   terminationGracePeriodSeconds: 2
   volumes:
     - name: logs
       emptyDir: {}
+    - name: podinfo
+      downwardAPI:
+        items:
+          - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+          - {path: meta/name, fieldRef: {fieldPath: metadata.name}}
   containers:
     - name: server
       image: busybox
@@ -586,7 +591,8 @@ spec:
       volumeMounts: [{name: logs, mountPath: /var/log/app}]
     - name: client
       image: busybox
-      command: ['sh', '-c', 'until wget -q -O - http://127.0.0.1:8080/index.html; do sleep 0.2; done; sleep 3600']
+      command: ['sh', '-c', 'cat /podinfo/labels /podinfo/meta/name; echo; touch /podinfo/x 2>/dev/null || echo read-only; until wget -q -O - http://127.0.0.1:8080/index.html; do sleep 0.2; done; sleep 3600']
+      volumeMounts: [{name: podinfo, mountPath: /podinfo}]
     - name: sidecar
       image: busybox
       command: ['sh', '-c', 'until [ -f /logs/app.log ]; do sleep 0.1; done; tail -f /logs/app.log']
@@ -594,7 +600,11 @@ spec:
 "#,
     );
     let rec = node.wait_status("web", "Running");
-    node.wait_log(&rec, "client", "pong");
+    let client = node.wait_log(&rec, "client", "pong");
+    assert!(
+        client.starts_with("app=\"web\"\nweb\nread-only\n"),
+        "downwardAPI volume: {client:?}"
+    );
     node.wait_log(&rec, "sidecar", "entry 3");
     let rec = wait_for(WAIT, "3/3 ready", || {
         node.record("web")

@@ -252,7 +252,41 @@ pub struct Volume {
     /// `hostPath`: a directory of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_path: Option<HostPathSource>,
+    /// `downwardAPI`: files holding the pod's own metadata.
+    #[serde(
+        default,
+        rename = "downwardAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub downward_api: Option<DownwardApiSource>,
 }
+
+/// `volumes[].downwardAPI`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+pub struct DownwardApiSource {
+    /// `items`: one file per field.
+    #[serde(default)]
+    pub items: Vec<DownwardApiFile>,
+}
+
+/// `volumes[].downwardAPI.items[]`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardApiFile {
+    /// `path`, relative to the volume.
+    pub path: String,
+    /// `fieldRef`, one of [`DOWNWARD_VOLUME_FIELDS`].
+    pub field_ref: FieldRef,
+}
+
+/// The field paths a `downwardAPI` volume can hold (labels and annotations one `key="value"` a line).
+pub const DOWNWARD_VOLUME_FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "metadata.labels",
+    "metadata.annotations",
+];
 
 /// `volumes[].emptyDir`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
@@ -576,31 +610,69 @@ fn validate_volumes(volumes: &[Volume]) -> Result<BTreeSet<&str>, FieldError> {
                 format!("duplicate volume name {:?}", v.name),
             );
         }
-        match (&v.empty_dir, &v.host_path) {
-            (Some(_), None) => {}
-            (None, Some(hp)) => {
-                if !hp.path.starts_with('/') {
-                    return err(
-                        format!("{at}.hostPath.path"),
-                        format!("{:?} is not absolute", hp.path),
-                    );
-                }
-                let kinds = ["", "Directory", "DirectoryOrCreate", "File", "FileOrCreate"];
-                if let Some(k) = &hp.kind {
-                    if !kinds.contains(&k.as_str()) {
-                        return err(
-                            format!("{at}.hostPath.type"),
-                            format!("unsupported type {k:?} (supported: {kinds:?})"),
-                        );
-                    }
-                }
-            }
-            (Some(_), Some(_)) => return err(at, "exactly one of emptyDir, hostPath is allowed"),
-            (None, None) => {
+        let sources = [
+            v.empty_dir.is_some(),
+            v.host_path.is_some(),
+            v.downward_api.is_some(),
+        ];
+        match sources.iter().filter(|s| **s).count() {
+            0 => {
                 return err(
                     at,
-                    "no supported volume source (supported: emptyDir, hostPath)",
+                    "no supported volume source (supported: emptyDir, hostPath, downwardAPI)",
                 )
+            }
+            1 => {}
+            _ => {
+                return err(
+                    at,
+                    "exactly one of emptyDir, hostPath, downwardAPI is allowed",
+                )
+            }
+        }
+        if let Some(hp) = &v.host_path {
+            if !hp.path.starts_with('/') {
+                return err(
+                    format!("{at}.hostPath.path"),
+                    format!("{:?} is not absolute", hp.path),
+                );
+            }
+            let kinds = ["", "Directory", "DirectoryOrCreate", "File", "FileOrCreate"];
+            if let Some(k) = &hp.kind {
+                if !kinds.contains(&k.as_str()) {
+                    return err(
+                        format!("{at}.hostPath.type"),
+                        format!("unsupported type {k:?} (supported: {kinds:?})"),
+                    );
+                }
+            }
+        }
+        for (j, item) in v
+            .downward_api
+            .iter()
+            .flat_map(|d| d.items.iter())
+            .enumerate()
+        {
+            let at = format!("{at}.downwardAPI.items[{j}]");
+            let p = Path::new(&item.path);
+            let relative = !item.path.is_empty()
+                && p.is_relative()
+                && p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !relative {
+                return err(
+                    format!("{at}.path"),
+                    format!("{:?} must be a relative path without '..'", item.path),
+                );
+            }
+            if !DOWNWARD_VOLUME_FIELDS.contains(&item.field_ref.field_path.as_str()) {
+                return err(
+                    format!("{at}.fieldRef.fieldPath"),
+                    format!(
+                        "unsupported field {:?} (supported: {DOWNWARD_VOLUME_FIELDS:?})",
+                        item.field_ref.field_path
+                    ),
+                );
             }
         }
     }
@@ -739,6 +811,8 @@ enum Shape {
     Port,
     Mount,
     Volume,
+    DownwardApi,
+    DownwardItem,
     EmptyDir,
     HostPath,
     Probe,
@@ -808,7 +882,10 @@ fn known_fields(shape: Shape) -> &'static [(&'static str, Field)] {
             ("name", Leaf),
             ("emptyDir", Obj(Shape::EmptyDir)),
             ("hostPath", Obj(Shape::HostPath)),
+            ("downwardAPI", Obj(Shape::DownwardApi)),
         ],
+        Shape::DownwardApi => &[("items", List(Shape::DownwardItem))],
+        Shape::DownwardItem => &[("path", Leaf), ("fieldRef", Obj(Shape::FieldRef))],
         Shape::EmptyDir => &[("medium", Leaf)],
         Shape::HostPath => &[("path", Leaf), ("type", Leaf)],
         Shape::Probe => &[
@@ -1082,6 +1159,26 @@ spec:
         assert_eq!(
             invalid_field(&INIT.replace("emptyDir: {}", "configMap: {name: x}")),
             "spec.volumes[0]"
+        );
+    }
+
+    #[test]
+    fn downward_api_volumes_are_validated() {
+        let text = INIT.replace(
+            "    - name: host\n      hostPath: {path: /srv/data, type: DirectoryOrCreate}\n",
+            "    - name: host\n      downwardAPI:\n        items:\n          - {path: labels, fieldRef: {fieldPath: metadata.labels}}\n",
+        );
+        let m = parse(&text).unwrap();
+        let d = m.pod.spec.volumes[1].downward_api.as_ref().unwrap();
+        assert_eq!(d.items[0].field_ref.field_path, "metadata.labels");
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        assert_eq!(
+            invalid_field(&text.replace("path: labels", "path: ../x")),
+            "spec.volumes[1].downwardAPI.items[0].path"
+        );
+        assert_eq!(
+            invalid_field(&text.replace("metadata.labels", "status.podIP")),
+            "spec.volumes[1].downwardAPI.items[0].fieldRef.fieldPath"
         );
     }
 

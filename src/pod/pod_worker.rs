@@ -369,6 +369,24 @@ impl PodRun {
 
     fn create_volumes(&self) -> StepResult {
         for v in &self.pod.spec.volumes {
+            if let Some(d) = &v.downward_api {
+                let root = self.dir.join("volumes").join(&v.name);
+                for item in &d.items {
+                    let path = root.join(&item.path);
+                    let text = downward_file(&self.pod, &item.field_ref.field_path);
+                    path.parent()
+                        .map_or(Ok(()), std::fs::create_dir_all)
+                        .and_then(|()| std::fs::write(&path, text))
+                        .map_err(|e| {
+                            format!(
+                                "write downwardAPI volume {} file {}: {e}",
+                                v.name,
+                                path.display()
+                            )
+                        })?;
+                }
+                continue;
+            }
             if v.empty_dir.is_some() {
                 let path = self.dir.join("volumes").join(&v.name);
                 std::fs::create_dir_all(&path)
@@ -758,7 +776,7 @@ impl PodRun {
                 .iter()
                 .find(|v| v.name == m.name)
                 .ok_or_else(|| format!("volume {} not found", m.name))?;
-            let source = if v.empty_dir.is_some() {
+            let source = if v.empty_dir.is_some() || v.downward_api.is_some() {
                 self.dir.join("volumes").join(&v.name)
             } else if let Some(hp) = &v.host_path {
                 prepare_host_path(&hp.path, hp.kind.as_deref().unwrap_or(""))
@@ -770,7 +788,8 @@ impl PodRun {
             out.push(MountSpec {
                 source,
                 destination: m.mount_path.clone(),
-                read_only: m.read_only,
+                // Downward API files are the runtime's to write, as in Kubernetes.
+                read_only: m.read_only || v.downward_api.is_some(),
             });
         }
         Ok(out)
@@ -932,6 +951,24 @@ impl PodRun {
     }
 }
 
+/// The content of a `downwardAPI` volume file for `field` (labels and annotations: one
+/// `key="value"` a line, sorted, as the kubelet writes them).
+pub fn downward_file(pod: &Pod, field: &str) -> String {
+    let pairs = |map: &BTreeMap<String, String>| -> String {
+        map.iter()
+            .map(|(k, v)| format!("{k}={}\n", serde_json::Value::String(v.clone())))
+            .collect()
+    };
+    match field {
+        "metadata.name" => pod.metadata.name.clone(),
+        "metadata.namespace" => pod.metadata.namespace.clone(),
+        "metadata.uid" => pod.metadata.uid.clone(),
+        "metadata.labels" => pairs(&pod.metadata.labels),
+        "metadata.annotations" => pairs(&pod.metadata.annotations),
+        _ => String::new(),
+    }
+}
+
 /// Makes a hostPath volume's source exist as its `type` asks.
 fn prepare_host_path(path: &str, kind: &str) -> Result<(), String> {
     let p = Path::new(path);
@@ -1058,6 +1095,25 @@ mod tests {
         prepare_host_path(f.to_str().unwrap(), "FileOrCreate").unwrap();
         assert!(f.is_file());
         prepare_host_path(f.to_str().unwrap(), "File").unwrap();
+    }
+
+    #[test]
+    fn downward_files_hold_the_pods_metadata() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: web, tier: \"front end\"}\n  annotations: {note: 'say \"hi\"'}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+        let pod = crate::pod::manifest::parse_manifest(Path::new("/m/web.yaml"), text.as_bytes())
+            .unwrap()
+            .pod;
+        assert_eq!(downward_file(&pod, "metadata.name"), "web");
+        assert_eq!(downward_file(&pod, "metadata.namespace"), "default");
+        assert_eq!(
+            downward_file(&pod, "metadata.labels"),
+            "app=\"web\"\ntier=\"front end\"\n"
+        );
+        assert_eq!(
+            downward_file(&pod, "metadata.annotations"),
+            "note=\"say \\\"hi\\\"\"\n"
+        );
+        assert_eq!(downward_file(&pod, "metadata.uid"), pod.metadata.uid);
     }
 
     #[test]
