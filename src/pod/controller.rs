@@ -212,11 +212,10 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
     let host = host_port
         .rsplit_once(':')
         .map_or(host_port.as_str(), |(h, _)| h);
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: weftd\r\n\r\n"
-    )
-    .map_err(|e| format!("send to {addr}: {e}"))?;
+    // One write: a request split over segments confuses minimal servers.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: weftd\r\n\r\n");
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut resp = Vec::new();
     s.take(16 << 20)
         .read_to_end(&mut resp)
