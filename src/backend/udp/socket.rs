@@ -128,8 +128,9 @@ impl UnderlaySocket {
         if datagrams.is_empty() {
             return Ok(());
         }
+        let mut sent = 0;
         if self.gso() && datagrams.len() > 1 {
-            match self.send_gso_runs(dst, datagrams) {
+            match self.send_gso_runs(dst, datagrams, &mut sent) {
                 Ok(()) => return Ok(()),
                 // EIO: the route's device cannot checksum-offload GSO; EINVAL: limits differ.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
@@ -139,10 +140,17 @@ impl UnderlaySocket {
                 Err(e) => return Err(e),
             }
         }
-        self.send_mmsg(dst, datagrams)
+        // Only what GSO did not already send, so no datagram goes out twice.
+        self.send_mmsg(dst, &datagrams[sent..])
     }
 
-    fn send_gso_runs(&self, dst: SocketAddrV4, datagrams: &[&[u8]]) -> io::Result<()> {
+    /// Sends `datagrams` in GSO runs; `sent` counts the datagrams already sent when it fails.
+    fn send_gso_runs(
+        &self,
+        dst: SocketAddrV4,
+        datagrams: &[&[u8]],
+        sent: &mut usize,
+    ) -> io::Result<()> {
         let mut start = 0;
         while start < datagrams.len() {
             let seg = datagrams[start].len();
@@ -162,6 +170,7 @@ impl UnderlaySocket {
             }
             self.send_gso(dst, &datagrams[start..end], seg)?;
             start = end;
+            *sent = end;
         }
         Ok(())
     }
@@ -213,6 +222,9 @@ impl UnderlaySocket {
     }
 
     fn send_mmsg(&self, dst: SocketAddrV4, datagrams: &[&[u8]]) -> io::Result<()> {
+        if datagrams.is_empty() {
+            return Ok(());
+        }
         let mut sa = sockaddr_in(dst);
         let mut iov: Vec<libc::iovec> = datagrams
             .iter()
@@ -252,8 +264,7 @@ impl UnderlaySocket {
                 }
                 return Err(err);
             }
-            // A datagram the kernel refused (rc == 0 cannot happen for a non-empty batch)
-            // is skipped by the retry reporting its error on the next call.
+            // A short count means the next datagram failed; the next call reports why.
             sent += rc as usize;
         }
         Ok(())
@@ -389,5 +400,83 @@ impl RecvBatch {
         let data = &self.bufs[i][..self.lens[i].min(RECV_BUFFER)];
         let seg = self.segment[i].max(1);
         (self.sources[i], data.chunks(seg), self.truncated[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread in a fresh, private network namespace with `lo` up (needs root;
+    /// the namespace disappears with the thread, nothing outside it is touched).
+    fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("unshare a network namespace (tests run as root)");
+                let up = std::process::Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .expect("run ip link set lo up");
+                assert!(up.success(), "ip link set lo up: {up}");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Sends four datagrams (three of 1000 bytes, one of 500) and returns what arrived.
+    fn round_trip(force_sendmmsg: bool) -> (bool, Vec<Vec<u8>>) {
+        in_private_netns(|| {
+            let lo = Ipv4Addr::LOCALHOST;
+            let rx = UnderlaySocket::bind(SocketAddrV4::new(lo, 8285)).expect("bind receiver");
+            let tx = UnderlaySocket::bind(SocketAddrV4::new(lo, 8286)).expect("bind sender");
+            if force_sendmmsg {
+                tx.gso.store(false, Ordering::Relaxed);
+            }
+            let payloads: Vec<Vec<u8>> = [1000usize, 1000, 1000, 500]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| vec![i as u8 + 1; *n])
+                .collect();
+            let slices: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+            tx.send_datagrams(SocketAddrV4::new(lo, 8285), &slices)
+                .expect("send datagrams");
+            let mut batch = RecvBatch::new(8);
+            let mut got = Vec::new();
+            for _ in 0..50 {
+                let n = rx.recv_batch(&mut batch).expect("receive");
+                for i in 0..n {
+                    let (src, datagrams, truncated) = batch.message(i);
+                    assert_eq!(src, lo);
+                    assert!(!truncated);
+                    got.extend(datagrams.map(|d| d.to_vec()));
+                }
+                if got.len() >= 4 {
+                    break;
+                }
+                rx.wait_readable(20).expect("poll");
+            }
+            (tx.gso(), got)
+        })
+    }
+
+    fn expected() -> Vec<Vec<u8>> {
+        vec![vec![1; 1000], vec![2; 1000], vec![3; 1000], vec![4; 500]]
+    }
+
+    #[test]
+    fn gso_send_arrives_as_separate_datagrams() {
+        let (gso, got) = round_trip(false);
+        assert!(gso, "this kernel (>= 4.18) has UDP_SEGMENT");
+        assert_eq!(got, expected());
+    }
+
+    #[test]
+    fn sendmmsg_fallback_arrives_as_separate_datagrams() {
+        let (gso, got) = round_trip(true);
+        assert!(!gso);
+        assert_eq!(got, expected());
     }
 }
