@@ -4,6 +4,7 @@
 # One run, two nodes in network namespaces on a bridged underlay (192.0.2.0/24), one pod per
 # node (10.244.0.0/16), iperf3 for each case:
 #   underlay      node to node on the bare underlay
+#   routes-hand   pods routed by hand over the underlay (what host-gw programs; its floor)
 #   vxlan-hand    pods over a VXLAN overlay built by hand with ip(8), exactly Flannel's layout
 #   weft-vxlan    pods over weftd's VXLAN backend
 #   weft-udp      pods over weftd's UDP backend (userspace data path)
@@ -12,12 +13,15 @@
 # the bar chart docs/throughput.svg (drawn by this script).
 #
 # Runs as root; touches nothing outside its own namespaces (named wbench-<pid>-*), removed on
-# exit. Environment: BENCH_SECONDS (per case, default 10), WEFTD (weftd binary; default: build
+# exit. Environment: BENCH_SECONDS (per case and round, default 5), BENCH_ROUNDS (default 3;
+# the cases are interleaved round by round and the median is reported, because a shared machine
+# is noisy), WEFTD (weftd binary; default: build
 # target/release/weftd), DOCS_DIR (default <repo>/docs).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-seconds=${BENCH_SECONDS:-10}
+seconds=${BENCH_SECONDS:-5}
+rounds=${BENCH_ROUNDS:-3}
 docs=${DOCS_DIR:-$here/docs}
 prefix="wbench-$$"
 work=$(mktemp -d /tmp/weft-bench.XXXXXX)
@@ -140,6 +144,17 @@ case_vxlan_hand() {
     iperf p1 p2 10.244.2.10
 }
 
+case_routes_hand() { # pods routed by hand exactly as host-gw does: the floor for host-gw
+    topology
+    local i peer
+    for i in 1 2; do
+        peer=$((3 - i))
+        ip -n "$(ns "n$i")" route add "10.244.$peer.0/24" via "${node_ips[$((peer - 1))]}" dev eth0
+        wire_pod "n$i" "p$i" "10.244.$i.1/24" 1500
+    done
+    iperf p1 p2 10.244.2.10
+}
+
 start_weft() { # start_weft <backend type>: etcd + weftd on both nodes + a pod on each
     topology
     local data="$work/etcd-$1"
@@ -183,24 +198,26 @@ case_weft() {
 
 # --- run -----------------------------------------------------------------------------------
 
-declare -A gbps
-names=(underlay vxlan-hand weft-vxlan weft-udp weft-host-gw)
-echo "single-stream TCP, ${seconds}s per case" >&2
-gbps[underlay]=$(case_underlay)
-echo "  underlay      ${gbps[underlay]} Gbit/s" >&2
-gbps[vxlan-hand]=$(case_vxlan_hand)
-echo "  vxlan-hand    ${gbps[vxlan-hand]} Gbit/s" >&2
-gbps[weft-vxlan]=$(case_weft vxlan)
-echo "  weft-vxlan    ${gbps[weft-vxlan]} Gbit/s" >&2
-gbps[weft-udp]=$(case_weft udp)
-echo "  weft-udp      ${gbps[weft-udp]} Gbit/s" >&2
-gbps[weft-host-gw]=$(case_weft host-gw)
-echo "  weft-host-gw  ${gbps[weft-host-gw]} Gbit/s" >&2
+declare -A gbps runs
+names=(underlay routes-hand vxlan-hand weft-vxlan weft-udp weft-host-gw)
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+echo "single-stream TCP, ${seconds}s per case, ${rounds} rounds (cases interleaved; median reported)" >&2
+for round in $(seq "$rounds"); do
+    runs[underlay]+=" $(case_underlay)"
+    runs[routes-hand]+=" $(case_routes_hand)"
+    runs[vxlan-hand]+=" $(case_vxlan_hand)"
+    runs[weft-vxlan]+=" $(case_weft vxlan)"
+    runs[weft-udp]+=" $(case_weft udp)"
+    runs[weft-host-gw]+=" $(case_weft host-gw)"
+    echo "  round $round:$(for n in "${names[@]}"; do printf ' %s=%s' "$n" "${runs[$n]##* }"; done) Gbit/s" >&2
+done
+for n in "${names[@]}"; do gbps[$n]=$(echo "${runs[$n]}" | median); done
 cleanup_namespaces
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f", 100 * a / b; else print "n/a" }'; }
 r_vxlan=$(ratio "${gbps[weft-vxlan]}" "${gbps[vxlan-hand]}")
 r_hostgw=$(ratio "${gbps[weft-host-gw]}" "${gbps[underlay]}")
+r_hostgw_hand=$(ratio "${gbps[weft-host-gw]}" "${gbps[routes-hand]}")
 r_udp=$(ratio "${gbps[weft-udp]}" "${gbps[weft-vxlan]}")
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r + 0 >= t) ? "met" : "MISSED" }'; }
 
@@ -212,7 +229,8 @@ report=$(cat <<EOF
 # weft throughput
 
 Single-stream TCP, pod to pod, iperf3 for ${seconds} s per case; two nodes in network namespaces
-on a veth/bridge underlay (MTU 1500), one run of \`scripts/bench-throughput.sh\`.
+on a veth/bridge underlay (MTU 1500), one run of \`scripts/bench-throughput.sh\`: ${rounds} rounds
+with the cases interleaved, median of the rounds reported (all rounds listed below).
 
 Machine: ${machine}
 Date: ${date_utc}
@@ -220,6 +238,7 @@ Date: ${date_utc}
 | case | Gbit/s |
 |---|---:|
 | bare underlay (node to node) | ${gbps[underlay]} |
+| pods routed by hand over the underlay (host-gw's kernel floor) | ${gbps[routes-hand]} |
 | VXLAN built by hand (kernel floor) | ${gbps[vxlan-hand]} |
 | weft VXLAN | ${gbps[weft-vxlan]} |
 | weft UDP (userspace) | ${gbps[weft-udp]} |
@@ -229,7 +248,10 @@ Date: ${date_utc}
 |---|---:|---:|---|
 | weft VXLAN / hand-built VXLAN | ${r_vxlan} % | ≥ 95 % | $(verdict "$r_vxlan" 95) |
 | weft host-gw / underlay | ${r_hostgw} % | ≥ 95 % | $(verdict "$r_hostgw" 95) |
+| weft host-gw / pods routed by hand | ${r_hostgw_hand} % | (context) | |
 | weft UDP / weft VXLAN | ${r_udp} % | ≥ 50 % | $(verdict "$r_udp" 50) |
+
+Rounds (Gbit/s): $(for n in "${names[@]}"; do printf '%s:%s; ' "$n" "${runs[$n]}"; done)
 
 ![bar chart](throughput.svg)
 EOF
@@ -238,13 +260,13 @@ EOF
 svg() {
     local max=0 n v
     for n in "${names[@]}"; do max=$(awk -v a="$max" -v b="${gbps[$n]}" 'BEGIN { print (b > a) ? b : a }'); done
-    awk -v max="$max" -v date="$date_utc" -v secs="$seconds" '
+    awk -v max="$max" -v date="$date_utc" -v secs="$seconds" -v rounds="$rounds" '
         BEGIN {
-            w = 640; h = 360; left = 130; top = 50; bar = 34; gap = 20; span = w - left - 90
+            w = 640; h = 400; left = 130; top = 50; bar = 34; gap = 20; span = w - left - 90
             printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"13\">\n", w, h, w, h
             printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
             printf "<text x=\"%d\" y=\"24\" font-size=\"16\" font-weight=\"bold\">Single-stream TCP pod to pod (Gbit/s)</text>\n", left - 120
-            printf "<text x=\"%d\" y=\"%d\" fill=\"#555\" font-size=\"11\">iperf3, %s s per case, %s</text>\n", left - 120, h - 12, secs, date
+            printf "<text x=\"%d\" y=\"%d\" fill=\"#555\" font-size=\"11\">iperf3, median of %s rounds of %s s, %s</text>\n", left - 120, h - 12, rounds, secs, date
         }
         {
             y = top + (NR - 1) * (bar + gap)
