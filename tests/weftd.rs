@@ -1160,3 +1160,55 @@ fn own_revoked_lease_is_reacquired() {
         n2.vxlan_peer_programmed("flannel.1", &s1, n1.public_ip(), &mac1)
     });
 }
+
+/// Two nodes starting together whose subnet.env both name the same previous subnet race for it
+/// in etcd: one gets it, the other retries with another subnet; neither exits.
+#[test]
+fn two_nodes_racing_for_one_subnet_end_distinct() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    let contested = "10.244.7.0/24";
+    for node in &cluster.nodes {
+        std::fs::write(node.subnet_file(), expected_subnet_env(contested))
+            .unwrap_or_else(|e| panic!("write {}: {e}", node.subnet_file().display()));
+    }
+    for node in &cluster.nodes {
+        node.start_weftd(&[]);
+    }
+    let subnets: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.wait_until(START, "lease in etcd for this node", || {
+                cluster
+                    .etcd
+                    .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+                    .iter()
+                    .any(|(_, v)| v.contains(&format!(r#""PublicIP":"{}""#, n.public_ip())))
+            });
+            n.wait_until(START, "subnet.env naming the node's lease", || {
+                n.subnet().is_some_and(|s| {
+                    cluster
+                        .etcd
+                        .get(&lease_key(&s))
+                        .is_some_and(|v| v.contains(&format!(r#""PublicIP":"{}""#, n.public_ip())))
+                })
+            });
+            n.subnet().unwrap_or_default()
+        })
+        .collect();
+    assert_ne!(subnets[0], subnets[1], "both nodes hold {}", subnets[0]);
+    assert!(
+        subnets.iter().any(|s| s == contested),
+        "nobody got the contested subnet: {subnets:?}"
+    );
+    assert_eq!(
+        cluster
+            .etcd
+            .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+            .len(),
+        2
+    );
+    for node in &cluster.nodes {
+        assert!(node.is_running(), "{} exited", node.name());
+    }
+}
