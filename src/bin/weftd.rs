@@ -47,6 +47,9 @@ struct Flags {
     /// Run the static pods whose manifests (v1 Pod, YAML or JSON) are in this directory.
     #[arg(long, env = "WEFTD_POD_MANIFEST_PATH")]
     pod_manifest_path: Option<PathBuf>,
+    /// Also run the static pod served at this http:// URL (kubelet's static pod URL), refetched every 20 s.
+    #[arg(long, env = "WEFTD_MANIFEST_URL", requires = "pod_manifest_path")]
+    manifest_url: Option<String>,
     /// CNI network configurations; the first `.conflist`/`.conf` by name is used.
     #[arg(long, env = "WEFTD_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
@@ -110,6 +113,7 @@ impl Flags {
         let pods = self.pod_manifest_path.map(|manifest_dir| {
             let node_name = self.node_name.unwrap_or_else(hostname);
             let mut cfg = PodConfig::new(manifest_dir, node_name);
+            cfg.manifest_url = self.manifest_url;
             cfg.cni_conf_dir = self.cni_conf_dir;
             cfg.cni_bin_dirs = self.cni_bin_dir;
             cfg.cni_cache_dir = self.cni_cache_dir;
