@@ -47,7 +47,7 @@ inns() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
 
 cleanup() {
     local n pid
-    for n in $(ip netns list | awk -v p="$prefix-" 'index($1, p) == 1 {print $1}'); do
+    for n in $(ip netns list 2>/dev/null | awk -v p="$prefix-" 'index($1, p) == 1 {print $1}'); do
         for pid in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
         ip netns del "$n" 2>/dev/null || true
     done
@@ -85,7 +85,7 @@ topology() { # fresh underlay, etcd namespace and two nodes
 
 cleanup_namespaces() {
     local n pid
-    for n in $(ip netns list | awk -v p="$prefix-" 'index($1, p) == 1 {print $1}'); do
+    for n in $(ip netns list 2>/dev/null | awk -v p="$prefix-" 'index($1, p) == 1 {print $1}'); do
         for pid in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
         ip netns del "$n"
     done
