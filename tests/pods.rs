@@ -764,6 +764,11 @@ fn restart_policies_with_exit_codes_and_back_off() {
         Some((1, "Error".to_string()))
     );
 
+    // Finished pods keep their status but give back their sandbox and pod IP.
+    wait_for(WAIT, "finished pods' sandboxes released", || {
+        (node.pod_netns().len() == 3 && node.ipam_allocations().len() == 3).then_some(())
+    });
+    assert_eq!(node.pod_dirs().len(), 6);
     // Back-off: base 1 s doubling to the 4 s cap.
     let gaps = restart_gaps(&node, "always-1", Duration::from_secs(14));
     assert!(gaps.len() >= 3, "restart gaps of always-1: {gaps:?}");
@@ -888,6 +893,11 @@ fn restarted_controller_adopts_running_pods_and_removes_orphans() {
     node.put_manifest("other.yaml", &MYAPP.replace("myapp-pod", "other"));
     let before = node.wait_status("myapp-pod", "Running");
     node.wait_status("other", "Running");
+    node.put_manifest("done.yaml", &exit_pod("done", "Never", 0));
+    let done = node.wait_status("done", "Completed");
+    wait_for(WAIT, "done's sandbox released", || {
+        (node.pod_netns().len() == 2).then_some(())
+    });
     node.stop_controller();
     let pause_pids = |n: &PodNode| -> BTreeSet<String> {
         n.pod_netns().iter().map(|ns| common_pids(ns)).collect()
@@ -898,7 +908,7 @@ fn restarted_controller_adopts_running_pods_and_removes_orphans() {
     node.remove_manifest("other.yaml");
     node.start();
     wait_for(WAIT, "orphan removed", || {
-        (node.pod_dirs().len() == 1).then_some(())
+        (node.pod_dirs().len() == 2).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
     let after = node.wait_status("myapp-pod", "Running");
@@ -912,6 +922,13 @@ fn restarted_controller_adopts_running_pods_and_removes_orphans() {
     assert_eq!(after.pod.status.pod_ip, before.pod.status.pod_ip);
     assert_eq!(after.pod.metadata.uid, before.pod.metadata.uid);
     assert_eq!(node.pod_netns().len(), 1, "one sandbox, no duplicate");
+    let done_after = node.wait_status("done", "Completed");
+    assert_eq!(
+        done_after.pod.status.container_statuses[0].container_id,
+        done.pod.status.container_statuses[0].container_id,
+        "a finished pod was run again"
+    );
+    assert_eq!(done_after.pod.status.phase, PodPhase::Succeeded);
     assert!(
         pids_before.contains(&common_pids(&node.pod_netns()[0])),
         "sandbox was recreated"
@@ -921,6 +938,7 @@ fn restarted_controller_adopts_running_pods_and_removes_orphans() {
         vec![after.pod.status.pod_ip.clone()]
     );
     node.remove_manifest("myapp.yaml");
+    node.remove_manifest("done.yaml");
     wait_for(WAIT, "pod removed", || {
         node.pod_dirs().is_empty().then_some(())
     });

@@ -198,8 +198,9 @@ enum Stage {
     Network,
     Init(usize),
     Apps,
-    /// An init container failed under `restartPolicy: Never`: nothing more runs.
-    Failed,
+    /// The pod reached Succeeded or Failed: nothing more runs, and its sandbox and pod IP are
+    /// released (the status and logs stay until the manifest goes).
+    Finished,
 }
 
 /// One container's runtime side.
@@ -455,8 +456,22 @@ impl PodRun {
                 self.run_apps();
                 Ok(())
             }
-            Stage::Failed => Ok(()),
+            Stage::Finished => Ok(()),
         };
+        if matches!(self.stage, Stage::Init(_) | Stage::Apps) {
+            let st = &self.record.pod.status;
+            let phase = status::pod_phase(
+                &self.pod.spec,
+                &st.init_container_statuses,
+                &st.container_statuses,
+            );
+            if matches!(
+                phase,
+                status::PodPhase::Succeeded | status::PodPhase::Failed
+            ) {
+                self.finish();
+            }
+        }
         match result {
             Ok(()) => self.retry_at = None,
             Err(message) => {
@@ -549,7 +564,6 @@ impl PodRun {
         } else if self.pod.spec.restart_policy == RestartPolicy::Never {
             self.retire(&c.name);
             tracing::warn!(container = %c.name, code = exit.code, "init container failed; restartPolicy Never: pod failed");
-            self.stage = Stage::Failed;
         } else {
             self.schedule_restart(&c.name, &exit);
         }
@@ -865,8 +879,49 @@ impl PodRun {
         }
     }
 
+    /// The pod is done: release its pod IP (CNI DEL) and its sandbox, keep status and logs.
+    fn finish(&mut self) {
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for name in names {
+            self.retire(&name);
+        }
+        let netns = self.sandbox.as_ref().map(Sandbox::netns_path);
+        release_network(&self.cfg, &self.state, netns.unwrap_or_default());
+        self.state.network = None;
+        if let Some(sb) = self.sandbox.take() {
+            if let Err(e) = sb.stop(SANDBOX_GRACE) {
+                tracing::warn!(error = %e, "stop sandbox of finished pod");
+            }
+        }
+        self.save_state();
+        self.stage = Stage::Finished;
+        tracing::info!("pod finished: sandbox and pod IP released");
+    }
+
     /// Takes over the pod a previous weftd left in `dir`.
     fn adopt(&mut self) -> StepResult {
+        if let (Some(old), Ok(rec)) = (WorkerState::load(&self.dir), status::read_record(&self.dir))
+        {
+            if matches!(
+                rec.pod.status.phase,
+                status::PodPhase::Succeeded | status::PodPhase::Failed
+            ) {
+                self.state.network = old.network;
+                self.state.backoff = old.backoff;
+                self.pod_ip = rec.pod.status.pod_ip.parse().ok();
+                self.record = rec;
+                self.record.pod.metadata.deletion_timestamp = None;
+                self.sandbox = SandboxState::load(&self.dir)
+                    .ok()
+                    .flatten()
+                    .map(Sandbox::adopt);
+                // Finishes a release a killed weftd left half done (idempotent).
+                self.finish();
+                self.written = None;
+                tracing::info!("finished pod adopted");
+                return Ok(());
+            }
+        }
         let sandbox = SandboxState::load(&self.dir)
             .ok()
             .flatten()
@@ -938,13 +993,6 @@ impl PodRun {
                 slot.not_before = Some(Instant::now() + self.cfg.backoff.base);
             }
         }
-        if self.record.pod.status.phase == status::PodPhase::Failed
-            && self.pod.spec.restart_policy == RestartPolicy::Never
-            && !self.pod.spec.init_containers.is_empty()
-            && self.first_unfinished_init() != Stage::Apps
-        {
-            self.stage = Stage::Failed;
-        }
         self.written = None;
         tracing::info!(stage = ?self.stage, ip = ?self.pod_ip, "pod adopted");
         Ok(())
@@ -993,6 +1041,40 @@ fn prepare_host_path(path: &str, kind: &str) -> Result<(), String> {
     }
 }
 
+/// CNI DEL of the pod's attachment, with the network config cached at ADD (or the current one
+/// of the same name). Nothing to do when the pod was never attached.
+fn release_network(cfg: &PodConfig, state: &WorkerState, netns: PathBuf) {
+    let Some(network) = &state.network else {
+        return;
+    };
+    let pod = state.full_name();
+    let cni = CniRuntime {
+        bin_dirs: cfg.cni_bin_dirs.clone(),
+        cache_dir: cfg.cni_cache_dir.clone(),
+    };
+    let att = Attachment {
+        container_id: state.pod_id(),
+        netns,
+        ifname: POD_IFNAME.to_string(),
+        pod_namespace: state.namespace.clone(),
+        pod_name: state.name.clone(),
+        pod_uid: state.uid.clone(),
+    };
+    let list = cni.cached(network, &att).map(|(l, _)| l).or_else(|| {
+        load_network(&cfg.cni_conf_dir)
+            .ok()
+            .filter(|l| &l.name == network)
+    });
+    match list {
+        Some(list) => {
+            if let Err(e) = cni.del(&list, &att) {
+                tracing::warn!(pod = %pod, error = %e, "CNI DEL");
+            }
+        }
+        None => tracing::warn!(pod = %pod, network = %network, "CNI DEL: network config gone"),
+    }
+}
+
 /// Removes a pod completely: containers (SIGTERM, grace, SIGKILL), CNI DEL, the sandbox, then
 /// its directory (state, volumes) and its logs. Errors are logged; every step is attempted.
 fn teardown(
@@ -1027,36 +1109,14 @@ fn teardown(
         }
     }
     let sandbox = SandboxState::load(dir).ok().flatten().map(Sandbox::adopt);
-    if let Some(network) = &state.network {
-        let cni = CniRuntime {
-            bin_dirs: cfg.cni_bin_dirs.clone(),
-            cache_dir: cfg.cni_cache_dir.clone(),
-        };
-        let att = Attachment {
-            container_id: state.pod_id(),
-            netns: sandbox
-                .as_ref()
-                .map(Sandbox::netns_path)
-                .unwrap_or_default(),
-            ifname: POD_IFNAME.to_string(),
-            pod_namespace: state.namespace.clone(),
-            pod_name: state.name.clone(),
-            pod_uid: state.uid.clone(),
-        };
-        let list = cni.cached(network, &att).map(|(l, _)| l).or_else(|| {
-            load_network(&cfg.cni_conf_dir)
-                .ok()
-                .filter(|l| &l.name == network)
-        });
-        match list {
-            Some(list) => {
-                if let Err(e) = cni.del(&list, &att) {
-                    tracing::warn!(pod = %pod, error = %e, "CNI DEL");
-                }
-            }
-            None => tracing::warn!(pod = %pod, network = %network, "CNI DEL: network config gone"),
-        }
-    }
+    release_network(
+        cfg,
+        state,
+        sandbox
+            .as_ref()
+            .map(Sandbox::netns_path)
+            .unwrap_or_default(),
+    );
     if let Some(sb) = sandbox {
         if let Err(e) = sb.stop(SANDBOX_GRACE) {
             tracing::warn!(pod = %pod, error = %e, "stop sandbox");
