@@ -470,7 +470,14 @@ fn udp_backend_counts_and_drops_garbage_and_strangers() {
                 Duration::from_secs(5),
             )
             .expect("framed echo after garbage");
-            assert!(load(&counters.rx_packets) >= 2 && load(&counters.tx_packets) >= 2);
+            // The pumps count after their syscall returns, so the reply can arrive first.
+            let forwarded = || (load(&counters.rx_packets), load(&counters.tx_packets));
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while (forwarded().0 < 2 || forwarded().1 < 2) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let (rx, tx) = forwarded();
+            assert!(rx >= 2 && tx >= 2, "forwarded rx {rx} tx {tx}");
         });
     });
 }
