@@ -173,7 +173,12 @@ struct Agent {
     metrics: Arc<Metrics>,
     /// Whether subnet.env reflects the current lease.
     published: bool,
+    /// When to run a reconcile again after one that failed (entries, subnet.env or masquerade).
+    retry_reconcile: Option<Instant>,
 }
+
+/// Delay before a failed reconcile is tried again, instead of waiting for the next resync.
+const RECONCILE_RETRY: Duration = Duration::from_secs(1);
 
 impl Agent {
     /// Connects, waits for a valid network config, acquires the lease, programs the kernel and
@@ -208,6 +213,7 @@ impl Agent {
             revision: 0,
             metrics,
             published: false,
+            retry_reconcile: None,
         };
         agent.note_lease();
         let mut backoff = Backoff::new();
@@ -267,6 +273,9 @@ impl Agent {
                     }
                 },
                 () = tokio::time::sleep_until(retry_at.into()), if watch.is_none() => {}
+                () = sleep_until_some(self.retry_reconcile), if self.retry_reconcile.is_some() => {
+                    self.reconcile().await;
+                }
                 () = tokio::time::sleep(renew_in) => self.renew().await,
                 _ = resync.tick() => {
                     if watch.is_some() {
@@ -438,18 +447,20 @@ impl Agent {
             Err(e) => {
                 self.metrics
                     .record_reconcile(took, peers.len(), 0, 0, 0, true);
-                error!(subnet = %self.own.subnet, error = %e, "reconcile failed; retrying at the next resync");
+                error!(subnet = %self.own.subnet, error = %e, "reconcile failed; retrying in {RECONCILE_RETRY:?}");
+                self.retry_reconcile = Some(Instant::now() + RECONCILE_RETRY);
                 return;
             }
         };
         self.metrics.record_reconcile(
             took,
-            report.desired,
-            report.desired.saturating_sub(report.failed),
+            peers.len(),
+            peers.len().saturating_sub(report.failed),
             report.added,
             report.removed,
             report.failed > 0,
         );
+        self.retry_reconcile = (report.failed > 0).then(|| Instant::now() + RECONCILE_RETRY);
         if report.added + report.removed + report.failed > 0 {
             info!(
                 subnet = %self.own.subnet,
@@ -470,7 +481,8 @@ impl Agent {
     async fn publish(&mut self) {
         if self.opts.ip_masq {
             if let Err(e) = masq::apply(self.config.network, self.own.subnet).await {
-                error!(error = %e, "apply masquerade rules; retrying at the next resync");
+                error!(error = %e, "apply masquerade rules; retrying in {RECONCILE_RETRY:?}");
+                self.retry_reconcile = Some(Instant::now() + RECONCILE_RETRY);
                 return;
             }
         }
@@ -487,9 +499,18 @@ impl Agent {
                 self.metrics.ready.store(true, Ordering::Relaxed);
             }
             Err(e) => {
-                error!(file = %self.opts.subnet_file.display(), error = %e, "write subnet.env; retrying at the next resync")
+                error!(file = %self.opts.subnet_file.display(), error = %e, "write subnet.env; retrying in {RECONCILE_RETRY:?}");
+                self.retry_reconcile = Some(Instant::now() + RECONCILE_RETRY);
             }
         }
+    }
+}
+
+/// Sleeps until `at`; never resolves for `None` (the select! guard keeps it from being polled).
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
