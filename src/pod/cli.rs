@@ -17,13 +17,13 @@ pub const INVALID_FILE: &str = "invalid-manifests.json";
 #[derive(Debug, Clone, clap::Args)]
 pub struct PodPaths {
     /// Per-pod state and status directories.
-    #[arg(long, env = "WEFT_POD_ROOT", default_value = "/var/lib/weft/pods")]
+    #[arg(long, env = "WEFTD_POD_ROOT", default_value = "/var/lib/weft/pods")]
     pub pod_root: PathBuf,
     /// The image store.
-    #[arg(long, env = "WEFT_IMAGE_ROOT", default_value = "/var/lib/weft/images")]
+    #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = "/var/lib/weft/images")]
     pub image_root: PathBuf,
     /// Container logs (`<dir>/<ns>_<name>_<uid>/<container>/<restart>.log`).
-    #[arg(long, env = "WEFT_POD_LOG_DIR", default_value = "/var/log/pods")]
+    #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = "/var/log/pods")]
     pub pod_log_dir: PathBuf,
 }
 

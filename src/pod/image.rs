@@ -1264,7 +1264,7 @@ mod tests {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImageArgs {
     /// The image store (weftd's `--image-root`).
-    #[arg(long, global = true, env = "WEFT_IMAGE_ROOT", default_value = DEFAULT_IMAGE_ROOT)]
+    #[arg(long, global = true, env = "WEFTD_IMAGE_ROOT", default_value = DEFAULT_IMAGE_ROOT)]
     pub image_root: PathBuf,
     /// What to do.
     #[command(subcommand)]
