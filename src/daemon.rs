@@ -192,6 +192,9 @@ impl Agent {
         let config = wait_for_config(&store, &opts.etcd.prefix, &metrics).await;
         info!(network = %config.network, subnet_len = config.subnet_len, backend = ?config.backend, "network config");
         let backend = Backend::new(&config, &ext, &opts.state_dir).await?;
+        if let Some(render) = backend.metrics() {
+            metrics.set_backend(render);
+        }
         let previous = previous_subnet(&opts.subnet_file, &config);
         let own = acquire(
             &store,

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 /// Counters and gauges the agent updates and `/metrics` exposes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
     /// Peers the etcd lease table asks for.
     pub peers_desired: AtomicU64,
@@ -38,9 +38,25 @@ pub struct Metrics {
     pub lease_expiry_unix: AtomicI64,
     /// Whether the node is serving: lease held, device and peers programmed, subnet.env written.
     pub ready: AtomicBool,
+    /// The backend's own metrics (e.g. the UDP data path's packet and drop counters).
+    backend: std::sync::OnceLock<BackendMetrics>,
+}
+
+/// Renders a backend's metrics in Prometheus text format.
+pub type BackendMetrics = Box<dyn Fn() -> String + Send + Sync>;
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
 }
 
 impl Metrics {
+    /// Adds the backend's metrics to `/metrics`; only the first call counts.
+    pub fn set_backend(&self, render: BackendMetrics) {
+        let _ = self.backend.set(render);
+    }
+
     /// Records one reconcile run.
     pub fn record_reconcile(
         &self,
@@ -145,6 +161,9 @@ impl Metrics {
             "1 when the node serves its subnet.",
             u8::from(self.ready.load(Ordering::Relaxed)).to_string(),
         );
+        if let Some(render) = self.backend.get() {
+            out.push_str(&render());
+        }
         out
     }
 }

@@ -371,6 +371,27 @@ fn udp_flannel_framed_datagram_reaches_pod_and_reply_comes_back_framed() {
         "weftd survived garbage:\n{}",
         node.log_tail(20)
     );
+    // The drops are visible to operators in weftd's /metrics.
+    let counted = |metrics: &str| {
+        metrics.contains("\nweft_udp_rx_malformed_total 5\n")
+            && metrics.contains("\nweft_udp_rx_unknown_source_total 1\n")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics = String::new();
+    while Instant::now() < deadline {
+        metrics = node
+            .http_get("/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        if counted(&metrics) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        counted(&metrics),
+        "drops not counted in /metrics:\n{metrics}"
+    );
     flannel_ping(
         &socket,
         node.public_ip(),

@@ -125,6 +125,17 @@ impl Backend {
         }
     }
 
+    /// The backend's own Prometheus metrics, for backends that keep counters (UDP).
+    pub fn metrics(&self) -> Option<crate::health::BackendMetrics> {
+        match self {
+            Backend::Udp(b) => {
+                let counters = b.counters();
+                Some(Box::new(move || counters.render_prometheus()))
+            }
+            Backend::Vxlan(_) | Backend::HostGw(_) => None,
+        }
+    }
+
     /// The name of the device the backend owns (e.g. `flannel.1`), so the daemon can react to
     /// its removal at once (see [`crate::netlink::link_events`]).
     pub fn device_name(&self) -> &str {
