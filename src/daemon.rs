@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnetwork::Ipv4Network;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::backend::Backend;
 use crate::config::NetworkConfig;
@@ -329,12 +329,19 @@ impl Agent {
         for event in events {
             match event {
                 LeaseEvent::Put(lease) => {
-                    debug!(subnet = %lease.subnet, public_ip = %lease.attrs.public_ip, "lease added or changed");
+                    if lease.subnet != self.own.subnet {
+                        let known = self.leases.get(&lease.subnet).map(|l| &l.attrs);
+                        if known != Some(&lease.attrs) {
+                            info!(peer = %lease.subnet, public_ip = %lease.attrs.public_ip, "peer joined or changed");
+                        }
+                    }
                     self.revision = self.revision.max(lease.mod_revision);
                     self.leases.insert(lease.subnet, lease);
                 }
                 LeaseEvent::Delete { subnet, .. } => {
-                    debug!(%subnet, "lease removed");
+                    if subnet != self.own.subnet {
+                        info!(peer = %subnet, "peer left");
+                    }
                     self.leases.remove(&subnet);
                 }
             }

@@ -382,7 +382,7 @@ impl VxlanBackend {
         // Warn once per bad lease, not on every resync.
         let now_skipped: BTreeSet<SkippedPeer> = skipped.into_iter().collect();
         for s in now_skipped.difference(&self.warned_skipped) {
-            warn!(subnet = %s.subnet, reason = %s.reason, "skipping peer lease");
+            warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
         }
         self.warned_skipped = now_skipped;
         let actual = self.read_actual(index).await?;
