@@ -28,6 +28,7 @@ PACKAGES=(
     containernetworking-plugins  # reference CNI plugins (chaining, comparisons)
     jq                           # JSON in the scripts
     curl                         # healthz/metrics in the demo
+    openssl                      # test CA and certificates for the etcd TLS tests
 )
 
 installed() {
