@@ -133,6 +133,12 @@ attach() {
     ip -n "$ns" link set eth0 up
 }
 
+# The demo's own namespaces (read from /run/netns: `ip netns list` also queries every entry and
+# complains about namespaces other programs are removing at that moment).
+demo_netns() {
+    ls -1 /run/netns 2>/dev/null | grep "^$P-" || true
+}
+
 new_ns() {
     ip netns add "$1"
     ip -n "$1" link set lo up
@@ -144,7 +150,7 @@ new_ns() {
 # directory's sandbox.json and every "sandbox created" line of the weftd logs, remembered in
 # $WORK/sandboxes so removed pods still count).
 our_netns() {
-    ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'
+    demo_netns
     local f
     for f in "$WORK"/node*/pods/*/sandbox.json; do
         [ -f "$f" ] && jq -r .netns_name "$f" >>"$WORK/sandboxes"
@@ -270,7 +276,7 @@ cleanup() {
     done
 
     stop_pid "$ETCD_PID" etcd
-    for ns in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
+    for ns in $(demo_netns); do
         for pid in $(ip netns pids "$ns" 2>/dev/null); do
             kill -KILL "$pid" 2>/dev/null
         done
@@ -282,7 +288,7 @@ cleanup() {
 
     # The check: nothing of this demo may remain.
     local left_ns left_sb left_mounts left_pids left_cg
-    left_ns=$(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}')
+    left_ns=$(demo_netns)
     left_sb=$(for ns in $sandboxes; do [ -e "/run/netns/$ns" ] && echo "$ns"; done)
     left_mounts=$(grep -F -e "$WORK" -e "/run/netns/$P-" /proc/self/mountinfo
         for ns in $sandboxes; do grep -F "/run/netns/$ns " /proc/self/mountinfo; done)
@@ -386,10 +392,14 @@ ip -n "$P-node1" route show dev flannel.1 | sed 's/^/  /'
 
 # --- the pods --------------------------------------------------------------------------------
 
+# stage_manifest N FILE: stdin into node N's manifest directory as .FILE.tmp, which weftd ignores
+# until it is renamed to FILE (a manifest must appear whole, never half-written).
+stage_manifest() { cat >"$(node_dir "$1")/manifests/.$2.tmp"; }
+
 # The essay's manifests, adapted to the one image there is (busybox). terminationGracePeriodSeconds
 # is short so that the clean-up is quick: `sh` as a container's PID 1 ignores SIGTERM, so every
 # pod would otherwise take the default 30 s to stop.
-cat >"$(node_dir 1)/manifests/myapp-pod.yaml" <<'EOF'
+stage_manifest 1 myapp-pod.yaml <<'EOF'
 apiVersion: v1
 kind: Pod
 metadata:
@@ -404,7 +414,7 @@ spec:
       command: ["sh", "-c", "echo Hello Kubernetes! && sleep 3600"]
 EOF
 # The "database" the init example waits for: answers +PONG on port 6379.
-cat >"$(node_dir 1)/manifests/mydb.yaml" <<'EOF'
+stage_manifest 1 mydb.yaml <<'EOF'
 apiVersion: v1
 kind: Pod
 metadata:
@@ -421,7 +431,7 @@ spec:
         - containerPort: 6379
 EOF
 # The two-container pod: the essay's nginx-test image is played by busybox httpd.
-cat >"$(node_dir 2)/manifests/pod-demo.yaml" <<'EOF'
+stage_manifest 2 pod-demo.yaml <<'EOF'
 apiVersion: v1
 kind: Pod
 metadata:
@@ -451,7 +461,7 @@ EOF
 # addresses as files in a hostPath directory (its stand-in for `kubectl create -f services.yaml`);
 # the init containers wait for them, then for the service itself to answer across the overlay.
 mkdir -p "$(node_dir 3)/services"
-cat >"$(node_dir 3)/manifests/myapp-pod.yaml" <<EOF
+stage_manifest 3 myapp-pod.yaml <<EOF
 apiVersion: v1
 kind: Pod
 metadata:
@@ -485,12 +495,16 @@ spec:
       emptyDir: {}
 EOF
 say "static pods: manifests written into each node's --pod-manifest-path"
+echo "the essay's first example, as written into node1's manifest directory:"
+sed 's/^/  /' "$(node_dir 1)/manifests/.myapp-pod.yaml.tmp"
 T_PODS=$(now_ms)
 for i in $(seq 1 "$NODES"); do
+    for f in "$(node_dir "$i")"/manifests/.*.yaml.tmp; do
+        m=${f##*/.}
+        mv "$f" "$(node_dir "$i")/manifests/${m%.tmp}"
+    done
     echo "node$i: $(cd "$(node_dir "$i")/manifests" && echo *.yaml)"
 done
-echo "the essay's first example, as written into node1's manifest directory:"
-sed 's/^/  /' "$(node_dir 1)/manifests/myapp-pod.yaml"
 wait_status 1 myapp-pod Running
 wait_status 1 mydb Running
 wait_status 2 pod-demo Running
@@ -561,7 +575,7 @@ done
 
 say "demo complete in $((SECONDS - T0))s after the build"
 if [ "$WAIT" -eq 1 ]; then
-    echo "namespaces: $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {printf "%s ", $1}')"
+    echo "namespaces: $(demo_netns | tr '\n' ' ')"
     echo "weftctl for node N: $BIN/weftctl pods --pod-root $WORK/nodeN/pods --pod-log-dir $WORK/nodeN/logs"
     read -r -p "press Enter to clean up " _ || true
 fi
