@@ -215,7 +215,7 @@ stop_pid() {
 
 cleanup() {
     local rc=$?
-    set +e
+    set +eu
     trap '' INT TERM
     trap - EXIT
     say "cleaning up ($P)"
@@ -226,10 +226,10 @@ cleanup() {
     # Pods first, the way an operator would: delete the manifests and let weftd stop each pod
     # (SIGTERM, grace period, CNI DEL, sandbox removed).
     rm -f "$WORK"/node*/manifests/*.yaml
-    local live=0
+    local live=0 started=0
     for n in $(seq 1 "$NODES"); do
         pid=${WEFTD_PID[n]:-}
-        [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && live=1
+        [ -n "$pid" ] && started=1 && kill -0 "$pid" 2>/dev/null && live=1
     done
     if [ "$live" -eq 1 ] && compgen -G "$WORK/node*/pods/*/" >/dev/null; then
         echo "manifests removed: weftd stops each pod (SIGTERM, grace period, CNI DEL, sandbox)"
@@ -246,7 +246,7 @@ cleanup() {
     for n in $(seq 1 "$NODES"); do
         stop_pid "${WEFTD_PID[n]:-}" "weftd node$n"
     done
-    echo "weftd stopped on every node"
+    [ "$started" -eq 1 ] && echo "weftd stopped on every node"
 
     # Anything weftd did not remove (only after a failure): containers, shims, pause processes,
     # mounts, sandbox namespaces.
@@ -397,7 +397,7 @@ ip -n "$P-node1" route show dev flannel.1 | sed 's/^/  /'
 stage_manifest() { cat >"$(node_dir "$1")/manifests/.$2.tmp"; }
 
 # The essay's manifests, adapted to the one image there is (busybox). terminationGracePeriodSeconds
-# is short so that the clean-up is quick: `sh` as a container's PID 1 ignores SIGTERM, so every
+# is short so that the clean-up is quick: `sh` or `sleep` as a container's PID 1 ignore SIGTERM, so every
 # pod would otherwise take the default 30 s to stop.
 stage_manifest 1 myapp-pod.yaml <<'EOF'
 apiVersion: v1
