@@ -28,6 +28,7 @@ fi
 
 P="weft-demo-$$"
 WORK=$(mktemp -d "/tmp/$P.XXXXXX")
+echo "demo directory: WORK=$WORK"
 NODES=3
 ETCD_IP=192.0.2.254
 NETWORK_CONFIG='{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
@@ -341,7 +342,7 @@ echo "network config: $NETWORK_CONFIG"
 
 say "a busybox image, built offline from /usr/bin/busybox (OCI image layout archive: tar + sha256sum)"
 build_busybox_image "$WORK/busybox.tar" "$WORK/image-build"
-tar -tvf "$WORK/busybox.tar" | awk '{print "  " $3 "\t" $6}'
+tar -tvf "$WORK/busybox.tar" | awk '$6 !~ /\/$/ {print "  " $3 "\t" $6}'
 
 for i in $(seq 1 "$NODES"); do
     d=$(node_dir "$i")
@@ -356,8 +357,8 @@ done
 echo "imported on node1..node$NODES"
 show 1 image ls
 
-say "CNI network of node1 ($(node_dir 1)/net.d/10-weft.conflist)"
-cat "$(node_dir 1)/net.d/10-weft.conflist"
+say "CNI network of node1: cni/10-weft.conflist pointed at the node's subnet.env and IPAM directory"
+jq -c '{cniVersion, name}, .plugins[]' "$(node_dir 1)/net.d/10-weft.conflist" | sed 's/^/  /'
 
 for i in $(seq 1 "$NODES"); do
     d=$(node_dir "$i")
@@ -366,16 +367,19 @@ for i in $(seq 1 "$NODES"); do
     attach "$P-node$i" "$ip"
     # weftd enters only the node's network namespace: `ip netns exec` would also remount /sys
     # without the cgroup hierarchy, where runc cannot create containers.
-    setsid nsenter --net="/run/netns/$P-node$i" env RUST_LOG=info "$BIN/weftd" \
-        --etcd-endpoints "http://$ETCD_IP:2379" --iface eth0 --node-name "node$i" \
-        --subnet-file "$d/subnet.env" --state-dir "$d/state" \
-        --pod-manifest-path "$d/manifests" --pod-root "$d/pods" --image-root "$d/images" \
-        --pod-log-dir "$d/logs" --cni-conf-dir "$d/net.d" --cni-bin-dir "$BIN,/usr/lib/cni" \
-        --cni-cache-dir "$d/cni-cache" </dev/null >"$d/weftd.log" 2>&1 &
+    weftd_args=(--etcd-endpoints "http://$ETCD_IP:2379" --iface eth0 --node-name "node$i"
+        --subnet-file "$d/subnet.env" --state-dir "$d/state"
+        --pod-manifest-path "$d/manifests" --pod-root "$d/pods" --image-root "$d/images"
+        --pod-log-dir "$d/logs" --cni-conf-dir "$d/net.d" --cni-bin-dir "$BIN,/usr/lib/cni"
+        --cni-cache-dir "$d/cni-cache")
+    setsid nsenter --net="/run/netns/$P-node$i" env RUST_LOG=info "$BIN/weftd" "${weftd_args[@]}" \
+        </dev/null >"$d/weftd.log" 2>&1 &
     WEFTD_PID[i]=$!
     disown
+    [ "$i" -eq 1 ] && node1_cmd="nsenter --net=/run/netns/$P-node1 weftd ${weftd_args[*]}"
 done
 say "3 nodes at 192.0.2.11-13, each running weftd (logs: $WORK/node*/weftd.log)"
+cmd "${node1_cmd//$WORK/\$WORK}"
 for i in $(seq 1 "$NODES"); do
     if ! wait_for 30 "subnet.env of node$i" test -s "$(node_dir "$i")/subnet.env"; then
         tail -20 "$(node_dir "$i")/weftd.log" >&2
