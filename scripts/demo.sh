@@ -100,7 +100,12 @@ now_ms() { date +%s%3N; }
 # since_ms T: seconds since now_ms T, e.g. 0.42.
 since_ms() { local d=$(($(now_ms) - $1)); printf '%d.%02d' $((d / 1000)) $((d % 1000 / 10)); }
 status_is() { [ "$(pod_status "$1" "$2")" = "$3" ]; }
-log_has() { weftctl_ "$1" logs "$2" 2>/dev/null | grep -qF "$3"; }
+# log_has N TEXT POD [-c CONTAINER]: the container's log on node N holds TEXT.
+log_has() {
+    local n=$1 text=$2
+    shift 2
+    weftctl_ "$n" logs "$@" 2>/dev/null | grep -qF "$text"
+}
 
 # wait_status N POD STATUS: waits until POD on node N shows STATUS; on timeout prints the table
 # and the end of weftd's log.
@@ -520,12 +525,13 @@ for i in $(seq 1 "$NODES"); do
 done
 
 say "node1: the log of myapp-pod"
-wait_for 10 "the Hello line" log_has 1 myapp-pod "Hello Kubernetes!"
+wait_for 10 "the Hello line" log_has 1 "Hello Kubernetes!" myapp-pod
 show 1 logs myapp-pod
 
 MYSERVICE_IP=$(pod_field 2 pod-demo .status.podIP)
 MYDB_IP=$(pod_field 1 mydb .status.podIP)
 say "node3: myapp-pod is stuck in Init:0/2 until myservice and mydb exist"
+wait_for 10 "init-myservice's first line" log_has 3 "waiting for myservice" myapp-pod -c init-myservice
 show 3 logs myapp-pod -c init-myservice | tail -3
 echo "publishing myservice = pod-demo on node2 ($MYSERVICE_IP:80) and mydb = mydb on node1 ($MYDB_IP:6379)"
 echo "$MYSERVICE_IP" >"$(node_dir 3)/services/.myservice" && mv "$(node_dir 3)/services/.myservice" "$(node_dir 3)/services/myservice"
@@ -553,7 +559,7 @@ show 3 pods
 echo
 show 3 logs myapp-pod -c init-myservice | tail -1
 show 3 logs myapp-pod -c init-mydb | tail -1
-wait_for 10 "the app's log line" log_has 3 myapp-pod "The app is running!"
+wait_for 10 "the app's log line" log_has 3 "The app is running!" myapp-pod
 show 3 logs myapp-pod
 
 say "pods across nodes: HTTP from node3's myapp-pod to pod-demo's web server on node2 ($MYSERVICE_IP)"
@@ -561,7 +567,8 @@ cmd "runc exec myapp-container wget -q -O- http://$MYSERVICE_IP/        # in mya
 pod_exec 3 myapp-pod myapp-container wget -q -O- "http://$MYSERVICE_IP/"
 MYAPP3_IP=$(pod_field 3 myapp-pod .status.podIP)
 echo "pod-demo's web server saw the request come from node3's pod IP $MYAPP3_IP (no NAT on the overlay):"
-show 2 logs pod-demo -c myapp-1 | grep -F "$MYAPP3_IP" | tail -2
+wait_for 10 "the request in httpd's log" log_has 2 "$MYAPP3_IP]" pod-demo -c myapp-1
+show 2 logs pod-demo -c myapp-1 | grep -F "$MYAPP3_IP]" | tail -2
 
 say "inside a pod: the sidecar busybox-1 reaches myapp-1 over localhost (one network namespace)"
 cmd "runc exec busybox-1 wget -q -O- http://localhost/        # in pod-demo on node2"
