@@ -8,6 +8,7 @@
 
 mod datapath;
 mod forwarding;
+mod offload;
 mod packet;
 mod socket;
 

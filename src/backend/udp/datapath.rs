@@ -3,9 +3,11 @@
 //! thread receives datagrams and writes their packets back into `flannel0`.
 //!
 //! Offloads: the TUN device runs with virtio-net headers, so the kernel hands over whole
-//! TCP segments of up to 64 KiB; they are split into MTU-sized packets and leave in one
-//! `sendmsg` with UDP GSO. On receive, UDP GRO hands over up to 64 KiB of datagrams at once,
-//! and TCP packets of one flow are coalesced back into one large segment for the TUN write.
+//! TCP segments of up to 64 KiB; only their headers are rebuilt per MTU-sized packet, and
+//! headers and payloads (straight from the read buffer) leave in one `sendmsg` with UDP GSO.
+//! On receive, UDP GRO hands over up to 64 KiB of datagrams at once; TCP packets of one flow
+//! are written back as one large segment with `writev` of one rebuilt header and the
+//! payloads where they were received. No payload byte is copied in userspace.
 
 use std::io;
 use std::net::SocketAddrV4;
@@ -14,20 +16,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::forwarding::ForwardingTable;
+use super::offload::{complete_checksum, is_gso, segment, Segment, SegmentError, TcpRun};
 use super::packet::{ipv4_destination, net_unreachable, parse_ipv4};
-use super::socket::{poll_readable, RecvBatch, UnderlaySocket};
+use super::socket::{poll_readable, Datagram, RecvBatch, UnderlaySocket};
 
 /// How long a pump blocks before it looks at the stop flag again.
 const POLL_MS: libc::c_int = 200;
 /// Messages per `recvmmsg`; each can hold a 64 KiB GRO batch.
 const RECV_MESSAGES: usize = 16;
-/// Largest single packet a TUN read can yield after GSO splitting (jumbo frames included).
-const MAX_PACKET: usize = 9216;
-/// Room for a TUN write that GRO grows to 64 KiB plus its virtio-net header.
-const WRITE_BUFFER: usize = 65_536 + 2 * VIRTIO_NET_HDR_LEN;
+/// Room for one TUN read: a 64 KiB super-packet behind its virtio-net header.
+const READ_BUFFER: usize = VIRTIO_NET_HDR_LEN + 65_535;
 
 /// Packet and drop counters of the UDP data path, for the daemon's `/metrics`.
 #[derive(Debug, Default)]
@@ -221,18 +222,28 @@ struct TxPump {
     stop: Arc<AtomicBool>,
 }
 
+/// The virtio-net header of a packet read without one (no offloads).
+const PLAIN: VirtioNetHdr = VirtioNetHdr {
+    flags: 0,
+    gso_type: 0,
+    hdr_len: 0,
+    gso_size: 0,
+    csum_start: 0,
+    csum_offset: 0,
+};
+
 impl TxPump {
     fn run(self) {
         let tun = &self.queue.tun;
-        let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-        let mut bufs = vec![vec![0u8; MAX_PACKET]; IDEAL_BATCH_SIZE];
-        let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
-        // An ICMP error written back into the TUN needs a (zero) virtio-net header first.
-        let icmp_offset = if tun.tcp_gso() { VIRTIO_NET_HDR_LEN } else { 0 };
-        let mut icmp = vec![0u8; icmp_offset + 128];
+        // With vnet headers every read and write starts with one.
+        let offset = if tun.tcp_gso() { VIRTIO_NET_HDR_LEN } else { 0 };
+        let mut buf = vec![0u8; READ_BUFFER];
+        let mut headers: Vec<u8> = Vec::with_capacity(64 * 128);
+        let mut segments: Vec<Segment> = Vec::with_capacity(64);
+        let mut icmp = vec![0u8; offset + 128];
         while !self.stop.load(Ordering::Relaxed) {
-            let n = match tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0) {
-                Ok(n) => n,
+            let len = match tun.recv(&mut buf) {
+                Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Err(e) = poll_readable(tun.as_raw_fd(), POLL_MS) {
                         tracing::warn!(error = %e, "poll flannel0");
@@ -249,49 +260,85 @@ impl TxPump {
                     continue;
                 }
             };
-            let table = snapshot(&self.table);
-            let mut start = 0;
-            while start < n {
-                let Some(dst) = ipv4_destination(&bufs[start][..sizes[start]]) else {
-                    UdpCounters::add(&self.counters.tx_not_ipv4, 1);
-                    start += 1;
-                    continue;
-                };
-                let Some(hop) = table.next_hop(dst) else {
-                    self.answer_unreachable(
-                        &table,
-                        &bufs[start][..sizes[start]],
-                        &mut icmp,
-                        icmp_offset,
-                    );
-                    start += 1;
-                    continue;
-                };
-                // Segments of one GSO read share their destination: send the run at once.
-                let mut end = start + 1;
-                while end < n
-                    && ipv4_destination(&bufs[end][..sizes[end]]).and_then(|d| table.next_hop(d))
-                        == Some(hop)
-                {
-                    end += 1;
+            if len <= offset {
+                UdpCounters::add(&self.counters.tx_errors, 1);
+                continue;
+            }
+            let (vnet, pkt) = buf[..len].split_at_mut(offset);
+            let hdr = if offset > 0 {
+                match VirtioNetHdr::decode(vnet) {
+                    Ok(hdr) => hdr,
+                    Err(_) => PLAIN,
                 }
-                let datagrams: Vec<&[u8]> = (start..end).map(|i| &bufs[i][..sizes[i]]).collect();
-                let bytes: usize = datagrams.iter().map(|d| d.len()).sum();
-                match self
-                    .queue
-                    .socket
-                    .send_datagrams(SocketAddrV4::new(hop, self.port), &datagrams)
-                {
-                    Ok(()) => {
-                        UdpCounters::add(&self.counters.tx_packets, datagrams.len() as u64);
-                        UdpCounters::add(&self.counters.tx_bytes, bytes as u64);
-                    }
-                    Err(e) => {
-                        UdpCounters::add(&self.counters.tx_errors, datagrams.len() as u64);
-                        tracing::debug!(error = %e, peer = %hop, "send to peer");
-                    }
-                }
-                start = end;
+            } else {
+                PLAIN
+            };
+            self.forward(&hdr, pkt, &mut headers, &mut segments, &mut icmp, offset);
+        }
+    }
+
+    /// Sends the packet (or super-packet) `pkt` read with virtio-net header `hdr` to the peer
+    /// owning its destination, or answers it with ICMP net-unreachable.
+    fn forward(
+        &self,
+        hdr: &VirtioNetHdr,
+        pkt: &mut [u8],
+        headers: &mut Vec<u8>,
+        segments: &mut Vec<Segment>,
+        icmp: &mut [u8],
+        icmp_offset: usize,
+    ) {
+        let Some(dst) = ipv4_destination(pkt) else {
+            UdpCounters::add(&self.counters.tx_not_ipv4, 1);
+            return;
+        };
+        let gso = is_gso(hdr);
+        if gso {
+            if let Err(e) = segment(hdr, pkt, headers, segments) {
+                let counter = match e {
+                    SegmentError::Unsupported(_) => &self.counters.tx_not_ipv4,
+                    SegmentError::BadHeader { .. } => &self.counters.tx_errors,
+                };
+                UdpCounters::add(counter, 1);
+                tracing::debug!(error = %e, "cut a flannel0 super-packet into segments");
+                return;
+            }
+        } else if !complete_checksum(hdr, pkt) {
+            UdpCounters::add(&self.counters.tx_errors, 1);
+            return;
+        }
+        let pkt: &[u8] = pkt;
+        let datagrams: Vec<Datagram<'_>> = if gso {
+            segments
+                .iter()
+                .map(|s| [&headers[s.header.clone()], &pkt[s.payload.clone()]])
+                .collect()
+        } else {
+            vec![[pkt, &[][..]]]
+        };
+        let table = snapshot(&self.table);
+        let Some(hop) = table.next_hop(dst) else {
+            // Quote the first packet: a super-packet's first segment, put together.
+            let first: Vec<u8> = datagrams
+                .first()
+                .map(|d| [d[0], d[1]].concat())
+                .unwrap_or_default();
+            self.answer_unreachable(&table, &first, icmp, icmp_offset);
+            return;
+        };
+        let bytes: usize = datagrams.iter().map(|d| d[0].len() + d[1].len()).sum();
+        match self
+            .queue
+            .socket
+            .send_datagrams(SocketAddrV4::new(hop, self.port), &datagrams)
+        {
+            Ok(()) => {
+                UdpCounters::add(&self.counters.tx_packets, datagrams.len() as u64);
+                UdpCounters::add(&self.counters.tx_bytes, bytes as u64);
+            }
+            Err(e) => {
+                UdpCounters::add(&self.counters.tx_errors, datagrams.len() as u64);
+                tracing::debug!(error = %e, peer = %hop, "send to peer");
             }
         }
     }
@@ -326,14 +373,11 @@ struct RxPump {
 
 impl RxPump {
     fn run(self) {
-        let tun = &self.queue.tun;
         let socket = &self.queue.socket;
-        let offset = if tun.tcp_gso() { VIRTIO_NET_HDR_LEN } else { 0 };
+        let vnet = self.queue.tun.tcp_gso();
         let mut batch = RecvBatch::new(RECV_MESSAGES);
-        let mut out: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE)
-            .map(|_| Vec::with_capacity(WRITE_BUFFER))
-            .collect();
-        let mut gro = GROTable::default();
+        let mut run = TcpRun::default();
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(64);
         while !self.stop.load(Ordering::Relaxed) {
             let n = match socket.recv_batch(&mut batch) {
                 Ok(0) => {
@@ -350,55 +394,97 @@ impl RxPump {
                 }
             };
             let table = snapshot(&self.table);
-            let mut filled = 0;
             for i in 0..n {
-                let (src, datagrams, truncated) = batch.message(i);
-                if truncated || datagrams.len() == 0 {
+                let (src, data, seg, truncated) = batch.message(i);
+                if truncated || data.is_empty() {
                     UdpCounters::add(&self.counters.rx_malformed, 1);
                     continue;
                 }
                 if !table.is_peer(src) {
-                    UdpCounters::add(&self.counters.rx_unknown_source, datagrams.count() as u64);
+                    let count = data.len().div_ceil(seg);
+                    UdpCounters::add(&self.counters.rx_unknown_source, count as u64);
                     continue;
                 }
-                for datagram in datagrams {
-                    match parse_ipv4(datagram) {
+                run.clear();
+                let mut start = 0;
+                while start < data.len() {
+                    let end = (start + seg).min(data.len());
+                    match parse_ipv4(&data[start..end]) {
                         Err(_) => UdpCounters::add(&self.counters.rx_malformed, 1),
                         Ok(addrs) if !table.is_local(addrs.dst) => {
                             UdpCounters::add(&self.counters.rx_not_local, 1)
                         }
+                        Ok(_) if !vnet => {
+                            self.write_plain(&data[start..end]);
+                        }
                         Ok(_) => {
-                            let buf = &mut out[filled];
-                            buf.clear();
-                            buf.resize(offset, 0);
-                            buf.extend_from_slice(datagram);
-                            filled += 1;
-                            if filled == out.len() {
-                                self.write(&mut gro, &mut out[..filled], offset);
-                                filled = 0;
+                            if !run.push(data, start..end) {
+                                self.flush(&mut run, data, &mut iov);
+                                // An empty run takes any packet.
+                                run.push(data, start..end);
                             }
                         }
                     }
+                    start = end;
                 }
-            }
-            if filled > 0 {
-                self.write(&mut gro, &mut out[..filled], offset);
+                self.flush(&mut run, data, &mut iov);
             }
         }
     }
 
-    fn write(&self, gro: &mut GROTable, bufs: &mut [Vec<u8>], offset: usize) {
-        let packets = bufs.len() as u64;
-        let bytes: usize = bufs.iter().map(|b| b.len() - offset).sum();
-        match self.queue.tun.send_multiple(gro, bufs, offset) {
+    /// Writes one packet to a TUN device without virtio-net headers.
+    fn write_plain(&self, pkt: &[u8]) {
+        match self.queue.tun.send(pkt) {
             Ok(_) => {
-                UdpCounters::add(&self.counters.rx_packets, packets);
-                UdpCounters::add(&self.counters.rx_bytes, bytes as u64);
+                UdpCounters::add(&self.counters.rx_packets, 1);
+                UdpCounters::add(&self.counters.rx_bytes, pkt.len() as u64);
             }
             Err(e) => {
-                UdpCounters::add(&self.counters.rx_errors, packets);
+                UdpCounters::add(&self.counters.rx_errors, 1);
                 tracing::debug!(error = %e, "write to flannel0");
             }
+        }
+    }
+
+    /// Writes the packets of `run` (ranges of `data`) to `flannel0` with one `writev`: a lone
+    /// packet behind an empty virtio-net header (the kernel checks its checksum), several as
+    /// one GSO packet of their rebuilt header and their payloads.
+    fn flush(&self, run: &mut TcpRun, data: &[u8], iov: &mut Vec<libc::iovec>) {
+        const NO_OFFLOAD: [u8; VIRTIO_NET_HDR_LEN] = [0; VIRTIO_NET_HDR_LEN];
+        let packets = run.packets();
+        if packets.is_empty() {
+            return;
+        }
+        let count = packets.len() as u64;
+        let bytes: usize = packets.iter().map(|p| p.len()).sum();
+        let slice = |s: &[u8]| libc::iovec {
+            iov_base: s.as_ptr() as *mut libc::c_void,
+            iov_len: s.len(),
+        };
+        iov.clear();
+        if packets.len() == 1 {
+            iov.push(slice(&NO_OFFLOAD));
+            iov.push(slice(&data[packets[0].clone()]));
+        } else {
+            let off = run.payload_offset();
+            iov.push(slice(&[]));
+            for p in packets {
+                iov.push(slice(&data[p.start + off..p.end]));
+            }
+            iov[0] = slice(run.header(data));
+        }
+        let fd = self.queue.tun.as_raw_fd();
+        // SAFETY: every iovec points into `data`, `NO_OFFLOAD` or the run's header buffer,
+        // all alive and unchanged until writev returns.
+        let rc = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+        run.clear();
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            UdpCounters::add(&self.counters.rx_errors, count);
+            tracing::debug!(error = %e, "write to flannel0");
+        } else {
+            UdpCounters::add(&self.counters.rx_packets, count);
+            UdpCounters::add(&self.counters.rx_bytes, bytes as u64);
         }
     }
 }

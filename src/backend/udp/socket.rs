@@ -22,6 +22,20 @@ const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// Receive buffer per message: one GRO batch can be a whole 64 KiB.
 pub const RECV_BUFFER: usize = 65_536;
 
+/// One datagram to send, in two parts (a header and a payload) the kernel gathers.
+pub type Datagram<'a> = [&'a [u8]; 2];
+
+fn datagram_len(d: &Datagram<'_>) -> usize {
+    d[0].len() + d[1].len()
+}
+
+fn iovecs(d: &Datagram<'_>) -> [libc::iovec; 2] {
+    d.map(|part| libc::iovec {
+        iov_base: part.as_ptr() as *mut libc::c_void,
+        iov_len: part.len(),
+    })
+}
+
 /// A bound UDP socket of the data path.
 #[derive(Debug)]
 pub struct UnderlaySocket {
@@ -121,10 +135,12 @@ impl UnderlaySocket {
         self.gro
     }
 
-    /// Sends each of `datagrams` to `dst` as its own UDP datagram. With GSO, runs of equal
-    /// size (the last of a run may be shorter) go out in one `sendmsg`; otherwise, or when
-    /// the kernel refuses GSO, one `sendmmsg` carries the whole batch.
-    pub fn send_datagrams(&self, dst: SocketAddrV4, datagrams: &[&[u8]]) -> io::Result<()> {
+    /// Sends each of `datagrams` to `dst` as its own UDP datagram, made of its two parts (a
+    /// header and a payload, either may be empty: they are gathered by the kernel, not
+    /// copied here). With GSO, runs of equal size (the last of a run may be shorter) go out
+    /// in one `sendmsg`; otherwise, or when the kernel refuses GSO, one `sendmmsg` carries
+    /// the whole batch.
+    pub fn send_datagrams(&self, dst: SocketAddrV4, datagrams: &[Datagram<'_>]) -> io::Result<()> {
         if datagrams.is_empty() {
             return Ok(());
         }
@@ -148,23 +164,23 @@ impl UnderlaySocket {
     fn send_gso_runs(
         &self,
         dst: SocketAddrV4,
-        datagrams: &[&[u8]],
+        datagrams: &[Datagram<'_>],
         sent: &mut usize,
     ) -> io::Result<()> {
         let mut start = 0;
         while start < datagrams.len() {
-            let seg = datagrams[start].len();
+            let seg = datagram_len(&datagrams[start]);
             let mut end = start + 1;
             let mut bytes = seg;
             // A run: equal sizes, optionally closed by one shorter datagram.
             while end < datagrams.len()
                 && end - start < MAX_GSO_SEGMENTS
-                && bytes + datagrams[end].len() <= MAX_GSO_BYTES
-                && datagrams[end].len() <= seg
+                && bytes + datagram_len(&datagrams[end]) <= MAX_GSO_BYTES
+                && datagram_len(&datagrams[end]) <= seg
             {
-                bytes += datagrams[end].len();
+                bytes += datagram_len(&datagrams[end]);
                 end += 1;
-                if datagrams[end - 1].len() < seg {
+                if datagram_len(&datagrams[end - 1]) < seg {
                     break;
                 }
             }
@@ -175,15 +191,9 @@ impl UnderlaySocket {
         Ok(())
     }
 
-    fn send_gso(&self, dst: SocketAddrV4, run: &[&[u8]], seg: usize) -> io::Result<()> {
+    fn send_gso(&self, dst: SocketAddrV4, run: &[Datagram<'_>], seg: usize) -> io::Result<()> {
         let mut sa = sockaddr_in(dst);
-        let mut iov: Vec<libc::iovec> = run
-            .iter()
-            .map(|d| libc::iovec {
-                iov_base: d.as_ptr() as *mut libc::c_void,
-                iov_len: d.len(),
-            })
-            .collect();
+        let mut iov: Vec<libc::iovec> = run.iter().flat_map(iovecs).collect();
         let seg = u16::try_from(seg).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // Room for one cmsg carrying a u16, aligned as the kernel expects.
         let mut control = [0u64; 4];
@@ -221,18 +231,12 @@ impl UnderlaySocket {
         }
     }
 
-    fn send_mmsg(&self, dst: SocketAddrV4, datagrams: &[&[u8]]) -> io::Result<()> {
+    fn send_mmsg(&self, dst: SocketAddrV4, datagrams: &[Datagram<'_>]) -> io::Result<()> {
         if datagrams.is_empty() {
             return Ok(());
         }
         let mut sa = sockaddr_in(dst);
-        let mut iov: Vec<libc::iovec> = datagrams
-            .iter()
-            .map(|d| libc::iovec {
-                iov_base: d.as_ptr() as *mut libc::c_void,
-                iov_len: d.len(),
-            })
-            .collect();
+        let mut iov: Vec<[libc::iovec; 2]> = datagrams.iter().map(iovecs).collect();
         let mut msgs: Vec<libc::mmsghdr> = iov
             .iter_mut()
             .map(|v| {
@@ -240,8 +244,8 @@ impl UnderlaySocket {
                 let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
                 m.msg_hdr.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
                 m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                m.msg_hdr.msg_iov = v;
-                m.msg_hdr.msg_iovlen = 1;
+                m.msg_hdr.msg_iov = v.as_mut_ptr();
+                m.msg_hdr.msg_iovlen = v.len();
                 m
             })
             .collect();
@@ -394,12 +398,13 @@ impl RecvBatch {
         }
     }
 
-    /// Message `i` of the last receive: its sender, the datagrams it holds (several when the
-    /// kernel coalesced them; none for an empty datagram), and whether it was truncated.
-    pub fn message(&self, i: usize) -> (Ipv4Addr, std::slice::Chunks<'_, u8>, bool) {
+    /// Message `i` of the last receive: its sender, its bytes (several datagrams of the
+    /// segment size, the last maybe shorter, when the kernel coalesced them; empty for an
+    /// empty datagram), the segment size (at least 1), and whether it was truncated.
+    pub fn message(&self, i: usize) -> (Ipv4Addr, &[u8], usize, bool) {
         let data = &self.bufs[i][..self.lens[i].min(RECV_BUFFER)];
         let seg = self.segment[i].max(1);
-        (self.sources[i], data.chunks(seg), self.truncated[i])
+        (self.sources[i], data, seg, self.truncated[i])
     }
 }
 
@@ -440,7 +445,10 @@ mod tests {
                 .enumerate()
                 .map(|(i, n)| vec![i as u8 + 1; *n])
                 .collect();
-            let slices: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+            // The first datagram in two parts, to check that they are gathered.
+            let (head, tail) = payloads[0].split_at(300);
+            let mut slices: Vec<Datagram<'_>> = vec![[head, tail]];
+            slices.extend(payloads[1..].iter().map(|p| [p.as_slice(), &[][..]]));
             tx.send_datagrams(SocketAddrV4::new(lo, 8285), &slices)
                 .expect("send datagrams");
             let mut batch = RecvBatch::new(8);
@@ -448,10 +456,10 @@ mod tests {
             for _ in 0..50 {
                 let n = rx.recv_batch(&mut batch).expect("receive");
                 for i in 0..n {
-                    let (src, datagrams, truncated) = batch.message(i);
+                    let (src, data, seg, truncated) = batch.message(i);
                     assert_eq!(src, lo);
                     assert!(!truncated);
-                    got.extend(datagrams.map(|d| d.to_vec()));
+                    got.extend(data.chunks(seg).map(|d| d.to_vec()));
                 }
                 if got.len() >= 4 {
                     break;

@@ -1,0 +1,610 @@
+//! Copy-free handling of the TUN device's offloads, pure byte work without I/O.
+//!
+//! Send side: a TCP or UDP super-packet the kernel hands over with a virtio-net header is cut
+//! into MTU-sized IPv4 packets by writing only their headers ([`segment`]); the payload stays
+//! where the TUN read put it and goes to `sendmsg` as an iovec next to its header.
+//!
+//! Receive side: consecutive TCP segments of one flow are gathered into a [`TcpRun`] whose
+//! single rebuilt header ([`TcpRun::header`]) and the untouched payloads are written to the
+//! TUN device as one GSO packet with `writev`.
+
+use std::ops::Range;
+
+use tun_rs::{checksum_no_fold, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is partial.
+const F_NEEDS_CSUM: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_NONE`.
+const GSO_NONE: u8 = 0;
+/// `VIRTIO_NET_HDR_GSO_TCPV4`.
+const GSO_TCPV4: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`.
+const GSO_UDP_L4: u8 = 5;
+/// `VIRTIO_NET_HDR_GSO_ECN`, a flag on top of the type.
+const GSO_ECN: u8 = 0x80;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+const TCP_CWR: u8 = 0x80;
+/// Offset of the TCP checksum inside the TCP header.
+const TCP_CSUM_OFFSET: usize = 16;
+/// Largest IPv4 packet.
+const MAX_IPV4_LEN: usize = 65_535;
+
+/// Why a packet read from the TUN device cannot be cut into segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    /// The GSO type is not IPv4 TCP or UDP (IPv6 has no place in the cluster network).
+    #[error("GSO type {0} is not IPv4 TCP or UDP")]
+    Unsupported(u8),
+    /// The virtio-net header does not describe the packet (lengths, offsets, sizes).
+    #[error("virtio-net header (hdr_len {hdr_len}, gso_size {gso_size}, csum_start {csum_start}) does not fit a {len}-byte packet")]
+    BadHeader {
+        /// Header length the virtio-net header claims.
+        hdr_len: u16,
+        /// Segment payload size it claims.
+        gso_size: u16,
+        /// Where it says the transport header starts.
+        csum_start: u16,
+        /// The packet's length.
+        len: usize,
+    },
+}
+
+/// One segment of a super-packet: its header in the header buffer, its payload in the packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Range of the segment's IPv4 + transport header in the header buffer.
+    pub header: Range<usize>,
+    /// Range of the segment's payload in the super-packet.
+    pub payload: Range<usize>,
+}
+
+/// Folds a 64-bit one's complement accumulator to 16 bits.
+fn fold(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum >> 16) + (sum & 0xffff);
+    }
+    sum as u16
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// The unfolded sum of the IPv4 pseudo-header of `ip` for protocol `proto` and a transport
+/// length of `len`.
+fn pseudo_header(ip: &[u8], proto: u8, len: usize) -> u64 {
+    checksum_no_fold(&ip[12..20], u64::from(proto) + len as u64)
+}
+
+/// Writes a valid IPv4 header checksum into `ip[..ihl]`.
+fn fix_ipv4_checksum(ip: &mut [u8], ihl: usize) {
+    put16(ip, 10, 0);
+    let sum = !fold(checksum_no_fold(&ip[..ihl], 0));
+    put16(ip, 10, sum);
+}
+
+/// Completes the partial checksum of a packet the kernel handed over with
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` and no GSO. Returns `false` when the offsets do not fit.
+pub fn complete_checksum(hdr: &VirtioNetHdr, pkt: &mut [u8]) -> bool {
+    if hdr.flags & F_NEEDS_CSUM == 0 {
+        return true;
+    }
+    let start = usize::from(hdr.csum_start);
+    let at = start + usize::from(hdr.csum_offset);
+    if at + 2 > pkt.len() {
+        return false;
+    }
+    let mut sum = !fold(checksum_no_fold(&pkt[start..], 0));
+    if sum == 0 && hdr.csum_offset == 6 {
+        // UDP sends a computed zero as all ones; zero means "no checksum".
+        sum = 0xffff;
+    }
+    put16(pkt, at, sum);
+    true
+}
+
+/// Whether the TUN read with virtio-net header `hdr` is a GSO super-packet.
+pub fn is_gso(hdr: &VirtioNetHdr) -> bool {
+    hdr.gso_type != GSO_NONE
+}
+
+/// Cuts the IPv4 TCP or UDP super-packet `pkt` described by `hdr` into segments of
+/// `hdr.gso_size` payload bytes: each segment's header (IPv4 total length, identification and
+/// checksum, TCP sequence number, flags and checksum or UDP length and checksum) is appended
+/// to `headers`, and `segments` receives where each header and payload lie. Payloads are not
+/// copied; their checksums are computed in place.
+pub fn segment(
+    hdr: &VirtioNetHdr,
+    pkt: &[u8],
+    headers: &mut Vec<u8>,
+    segments: &mut Vec<Segment>,
+) -> Result<(), SegmentError> {
+    headers.clear();
+    segments.clear();
+    let kind = hdr.gso_type & !GSO_ECN;
+    let proto = match kind {
+        GSO_TCPV4 => PROTO_TCP,
+        GSO_UDP_L4 => PROTO_UDP,
+        other => return Err(SegmentError::Unsupported(other)),
+    };
+    let hdr_len = usize::from(hdr.hdr_len);
+    let ihl = usize::from(hdr.csum_start);
+    let gso_size = usize::from(hdr.gso_size);
+    let bad = SegmentError::BadHeader {
+        hdr_len: hdr.hdr_len,
+        gso_size: hdr.gso_size,
+        csum_start: hdr.csum_start,
+        len: pkt.len(),
+    };
+    let min_l4 = if proto == PROTO_TCP { 20 } else { 8 };
+    if pkt.len() < 20
+        || pkt[0] >> 4 != 4
+        || ihl != usize::from(pkt[0] & 0x0f) * 4
+        || ihl < 20
+        || hdr_len < ihl + min_l4
+        || hdr_len > pkt.len()
+        || pkt[9] != proto
+        || gso_size == 0
+        || hdr_len + gso_size > MAX_IPV4_LEN
+    {
+        return Err(bad);
+    }
+    let l4_csum_at = ihl
+        + if proto == PROTO_TCP {
+            TCP_CSUM_OFFSET
+        } else {
+            6
+        };
+    if l4_csum_at + 2 > hdr_len {
+        return Err(bad);
+    }
+    let first_seq = if proto == PROTO_TCP {
+        be32(pkt, ihl + 4)
+    } else {
+        0
+    };
+    let first_id = be16(pkt, 4);
+    let mut start = hdr_len;
+    let mut i = 0usize;
+    while start < pkt.len() {
+        let end = (start + gso_size).min(pkt.len());
+        let payload_len = end - start;
+        let total = hdr_len + payload_len;
+        let l4_len = total - ihl;
+        let at = headers.len();
+        headers.extend_from_slice(&pkt[..hdr_len]);
+        let h = &mut headers[at..];
+        put16(h, 2, total as u16);
+        put16(h, 4, first_id.wrapping_add(i as u16));
+        fix_ipv4_checksum(h, ihl);
+        if proto == PROTO_TCP {
+            let seq = first_seq.wrapping_add((gso_size * i) as u32);
+            h[ihl + 4..ihl + 8].copy_from_slice(&seq.to_be_bytes());
+            let flags = &mut h[ihl + 13];
+            if i > 0 {
+                *flags &= !TCP_CWR;
+            }
+            if end != pkt.len() {
+                *flags &= !(TCP_FIN | TCP_PSH);
+            }
+        } else {
+            put16(h, ihl + 4, l4_len as u16);
+        }
+        put16(h, l4_csum_at, 0);
+        let sum = pseudo_header(h, proto, l4_len);
+        let sum = checksum_no_fold(&h[ihl..hdr_len], sum);
+        let mut sum = !fold(checksum_no_fold(&pkt[start..end], sum));
+        if proto == PROTO_UDP && sum == 0 {
+            sum = 0xffff;
+        }
+        put16(h, l4_csum_at, sum);
+        segments.push(Segment {
+            header: at..at + hdr_len,
+            payload: start..end,
+        });
+        start = end;
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The parts of an IPv4 TCP segment that decide whether it continues a run.
+#[derive(Debug, Clone, Copy)]
+struct TcpView {
+    /// IPv4 + TCP header length.
+    hdr_len: usize,
+    seq: u32,
+    flags: u8,
+}
+
+/// Looks at `pkt` (a checked IPv4 packet whose total length is its length) as a TCP segment
+/// that may be coalesced: no IP options, not a fragment, ACK with at most PSH besides, and a
+/// payload.
+fn tcp_view(pkt: &[u8]) -> Option<TcpView> {
+    if pkt.len() < 40 || pkt[0] != 0x45 || pkt[9] != PROTO_TCP {
+        return None;
+    }
+    // Only the DF bit may be set: no MF, no fragment offset.
+    if be16(pkt, 6) & !0x4000 != 0 {
+        return None;
+    }
+    let hdr_len = 20 + usize::from(pkt[32] >> 4) * 4;
+    if hdr_len < 40 || hdr_len >= pkt.len() {
+        return None;
+    }
+    let flags = pkt[33];
+    if flags & !TCP_PSH != TCP_ACK {
+        return None;
+    }
+    Some(TcpView {
+        hdr_len,
+        seq: be32(pkt, 24),
+        flags,
+    })
+}
+
+/// Consecutive TCP segments of one flow, taken from one receive buffer, that the kernel can
+/// accept as one GSO packet: equal headers except for length, identification, checksums and
+/// sequence numbers (which follow on), equal payload sizes except a shorter last one, PSH
+/// only on the last.
+#[derive(Debug, Default)]
+pub struct TcpRun {
+    /// Ranges of the packets in the receive buffer, in order.
+    packets: Vec<Range<usize>>,
+    /// Header length of the first packet.
+    hdr_len: usize,
+    /// Payload size of the first packet: the GSO size.
+    seg: usize,
+    /// Sequence number the next segment must carry.
+    next_seq: u32,
+    /// Total IPv4 length so far.
+    total: usize,
+    /// No further segment may join (PSH seen, a short segment, or the size limit).
+    closed: bool,
+    /// Room for the rebuilt virtio-net + IPv4 + TCP header.
+    header: Vec<u8>,
+}
+
+impl TcpRun {
+    /// Forgets all packets.
+    pub fn clear(&mut self) {
+        self.packets.clear();
+        self.closed = false;
+    }
+
+    /// The packets of the run, as ranges of the receive buffer.
+    pub fn packets(&self) -> &[Range<usize>] {
+        &self.packets
+    }
+
+    /// Adds the checked IPv4 packet at `range` of `buf` to the run if it continues it (or
+    /// starts it when the run is empty). Returns `false`, leaving the run as it was, when it
+    /// does not fit; the caller then flushes the run and starts a new one with the packet.
+    pub fn push(&mut self, buf: &[u8], range: Range<usize>) -> bool {
+        let pkt = &buf[range.clone()];
+        let Some(view) = tcp_view(pkt) else {
+            if self.packets.is_empty() {
+                self.packets.push(range);
+                self.closed = true;
+                return true;
+            }
+            return false;
+        };
+        let payload = pkt.len() - view.hdr_len;
+        let Some(first) = self.packets.first() else {
+            self.packets.push(range);
+            self.hdr_len = view.hdr_len;
+            self.seg = payload;
+            self.next_seq = view.seq.wrapping_add(payload as u32);
+            self.total = pkt.len();
+            self.closed = view.flags & TCP_PSH != 0;
+            return true;
+        };
+        if self.closed
+            || view.hdr_len != self.hdr_len
+            || view.seq != self.next_seq
+            || payload > self.seg
+            || self.total + payload > MAX_IPV4_LEN
+        {
+            return false;
+        }
+        let head = &buf[first.clone()];
+        // Equal: version/IHL/TOS; DF; TTL/protocol; addresses; ports; ack; offset/flags
+        // (ACK only in the run so far); window; urgent pointer; options.
+        let same = head[..2] == pkt[..2]
+            && head[6..10] == pkt[6..10]
+            && head[12..24] == pkt[12..24]
+            && head[28..32] == pkt[28..32]
+            && head[32] == pkt[32]
+            && head[34..36] == pkt[34..36]
+            && head[38..self.hdr_len] == pkt[38..self.hdr_len];
+        if !same || head[33] != TCP_ACK {
+            return false;
+        }
+        self.packets.push(range);
+        self.next_seq = view.seq.wrapping_add(payload as u32);
+        self.total += payload;
+        self.closed = view.flags & TCP_PSH != 0 || payload < self.seg;
+        true
+    }
+
+    /// The virtio-net header plus IPv4 + TCP header to write before the payloads of a run of
+    /// two or more packets: the first packet's header with the total length, PSH of the last
+    /// packet, a fresh IPv4 checksum and the TCP pseudo-header sum, marked for GSO with a
+    /// partial checksum (the kernel finishes it). The payloads are
+    /// `buf[p.start + hdr_len..p.end]` for each packet `p`; see [`TcpRun::payload_offset`].
+    pub fn header(&mut self, buf: &[u8]) -> &[u8] {
+        let first = self.packets[0].clone();
+        let last = self.packets[self.packets.len() - 1].clone();
+        let hdr_len = self.hdr_len;
+        let vnet = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: hdr_len as u16,
+            gso_size: self.seg as u16,
+            csum_start: 20,
+            csum_offset: TCP_CSUM_OFFSET as u16,
+        };
+        self.header.clear();
+        self.header.resize(VIRTIO_NET_HDR_LEN, 0);
+        // The buffer has exactly VIRTIO_NET_HDR_LEN bytes, so encoding cannot fail.
+        let _ = vnet.encode(&mut self.header);
+        self.header
+            .extend_from_slice(&buf[first.start..first.start + hdr_len]);
+        let h = &mut self.header[VIRTIO_NET_HDR_LEN..];
+        put16(h, 2, self.total as u16);
+        fix_ipv4_checksum(h, 20);
+        h[33] |= buf[last.start + 33] & TCP_PSH;
+        let sum = fold(pseudo_header(h, PROTO_TCP, self.total - 20));
+        put16(h, 20 + TCP_CSUM_OFFSET, sum);
+        &self.header
+    }
+
+    /// Header length of the run's packets: a packet's payload starts this far into it.
+    pub fn payload_offset(&self) -> usize {
+        self.hdr_len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The RFC 1071 checksum of `data` (complemented).
+    fn csum(data: &[u8]) -> u16 {
+        !fold(checksum_no_fold(data, 0))
+    }
+
+    /// An IPv4 TCP packet 10.244.1.5:40000 -> 10.244.2.7:5201 with timestamps, `payload`
+    /// bytes of payload (a counting pattern from `seq`), flags `flags`, valid checksums.
+    fn tcp_packet(seq: u32, payload: usize, flags: u8) -> Vec<u8> {
+        let hdr = 20 + 32;
+        let total = hdr + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        put16(&mut p, 2, total as u16);
+        put16(&mut p, 4, 7);
+        put16(&mut p, 6, 0x4000);
+        p[8] = 64;
+        p[9] = PROTO_TCP;
+        p[12..16].copy_from_slice(&[10, 244, 1, 5]);
+        p[16..20].copy_from_slice(&[10, 244, 2, 7]);
+        fix_ipv4_checksum(&mut p, 20);
+        put16(&mut p, 20, 40000);
+        put16(&mut p, 22, 5201);
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[28..32].copy_from_slice(&99u32.to_be_bytes());
+        p[32] = 8 << 4;
+        p[33] = flags;
+        put16(&mut p, 34, 512);
+        p[40..52].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 5, 0, 0, 0, 6]);
+        for (i, b) in p[hdr..].iter_mut().enumerate() {
+            *b = (seq as usize + i) as u8;
+        }
+        let sum = csum_tcp(&p);
+        put16(&mut p, 36, sum);
+        p
+    }
+
+    fn csum_tcp(p: &[u8]) -> u16 {
+        let mut copy = p.to_vec();
+        put16(&mut copy, 36, 0);
+        !fold(checksum_no_fold(
+            &copy[20..],
+            pseudo_header(&copy, PROTO_TCP, copy.len() - 20),
+        ))
+    }
+
+    /// A super-packet as the TUN device hands it over: the headers of a segment with the
+    /// total payload behind them and a partial checksum.
+    fn super_packet(payload: usize, gso: u16, flags: u8) -> (VirtioNetHdr, Vec<u8>) {
+        let mut p = tcp_packet(1000, payload, flags);
+        put16(&mut p, 36, 0);
+        let hdr = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 52,
+            gso_size: gso,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        (hdr, p)
+    }
+
+    #[test]
+    fn segments_carry_valid_headers_and_the_payload_in_place() {
+        let (hdr, pkt) = super_packet(3000, 1400, TCP_ACK | TCP_PSH);
+        let mut headers = Vec::new();
+        let mut segs = Vec::new();
+        segment(&hdr, &pkt, &mut headers, &mut segs).unwrap();
+        assert_eq!(segs.len(), 3);
+        let mut payload = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            let mut whole = headers[s.header.clone()].to_vec();
+            whole.extend_from_slice(&pkt[s.payload.clone()]);
+            assert_eq!(usize::from(be16(&whole, 2)), whole.len());
+            assert_eq!(be16(&whole, 4), 7 + i as u16, "IP id");
+            assert_eq!(csum(&whole[..20]), 0, "IP checksum of segment {i}");
+            assert_eq!(csum_tcp(&whole), be16(&whole, 36), "TCP checksum of {i}");
+            assert_eq!(be32(&whole, 24), 1000 + 1400 * i as u32);
+            let psh = whole[33] & TCP_PSH != 0;
+            assert_eq!(psh, i == 2, "PSH only on the last segment");
+            payload.extend_from_slice(&whole[52..]);
+        }
+        assert_eq!(segs[2].payload.len(), 200);
+        assert_eq!(payload, pkt[52..]);
+    }
+
+    #[test]
+    fn udp_segments_get_their_length_and_checksum() {
+        let mut p = vec![0u8; 28 + 250];
+        p[0] = 0x45;
+        p[9] = PROTO_UDP;
+        p[12..16].copy_from_slice(&[10, 244, 1, 5]);
+        p[16..20].copy_from_slice(&[10, 244, 2, 7]);
+        for (i, b) in p[28..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let hdr = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_UDP_L4,
+            hdr_len: 28,
+            gso_size: 100,
+            csum_start: 20,
+            csum_offset: 6,
+        };
+        let (mut headers, mut segs) = (Vec::new(), Vec::new());
+        segment(&hdr, &p, &mut headers, &mut segs).unwrap();
+        assert_eq!(segs.len(), 3);
+        for s in &segs {
+            let mut whole = headers[s.header.clone()].to_vec();
+            whole.extend_from_slice(&p[s.payload.clone()]);
+            assert_eq!(usize::from(be16(&whole, 24)), whole.len() - 20);
+            let sum = checksum_no_fold(
+                &whole[20..],
+                pseudo_header(&whole, PROTO_UDP, whole.len() - 20),
+            );
+            assert_eq!(fold(sum), 0xffff, "UDP checksum verifies");
+        }
+    }
+
+    #[test]
+    fn refuses_headers_that_do_not_fit() {
+        let (mut hdr, pkt) = super_packet(3000, 1400, TCP_ACK);
+        let (mut headers, mut segs) = (Vec::new(), Vec::new());
+        hdr.hdr_len = 4000;
+        assert!(matches!(
+            segment(&hdr, &pkt, &mut headers, &mut segs),
+            Err(SegmentError::BadHeader { .. })
+        ));
+        hdr.hdr_len = 52;
+        hdr.gso_type = 4;
+        assert_eq!(
+            segment(&hdr, &pkt, &mut headers, &mut segs),
+            Err(SegmentError::Unsupported(4))
+        );
+        hdr.gso_type = GSO_TCPV4;
+        hdr.gso_size = 0;
+        assert!(segment(&hdr, &pkt, &mut headers, &mut segs).is_err());
+    }
+
+    #[test]
+    fn completes_a_partial_checksum() {
+        let (mut hdr, mut pkt) = super_packet(100, 1400, TCP_ACK);
+        let partial = fold(pseudo_header(&pkt, PROTO_TCP, pkt.len() - 20));
+        put16(&mut pkt, 36, partial);
+        hdr.gso_type = GSO_NONE;
+        assert!(complete_checksum(&hdr, &mut pkt));
+        assert_eq!(be16(&pkt, 36), csum_tcp(&pkt));
+        hdr.csum_offset = 4000;
+        assert!(!complete_checksum(&hdr, &mut pkt));
+    }
+
+    /// Concatenates packets as one GRO receive buffer and returns it with their ranges.
+    fn gro_buffer(packets: &[Vec<u8>]) -> (Vec<u8>, Vec<Range<usize>>) {
+        let mut buf = Vec::new();
+        let mut ranges = Vec::new();
+        for p in packets {
+            ranges.push(buf.len()..buf.len() + p.len());
+            buf.extend_from_slice(p);
+        }
+        (buf, ranges)
+    }
+
+    #[test]
+    fn coalesces_a_flow_into_one_gso_packet() {
+        let packets = vec![
+            tcp_packet(1000, 1400, TCP_ACK),
+            tcp_packet(2400, 1400, TCP_ACK),
+            tcp_packet(3800, 600, TCP_ACK | TCP_PSH),
+        ];
+        let (buf, ranges) = gro_buffer(&packets);
+        let mut run = TcpRun::default();
+        for r in &ranges {
+            assert!(run.push(&buf, r.clone()));
+        }
+        assert_eq!(run.packets().len(), 3);
+        assert!(!run.push(&buf, ranges[0].clone()), "closed after PSH");
+        let off = run.payload_offset();
+        let header = run.header(&buf).to_vec();
+        let vnet = VirtioNetHdr::decode(&header).unwrap();
+        assert_eq!(
+            (vnet.gso_type, vnet.gso_size, vnet.hdr_len),
+            (GSO_TCPV4, 1400, 52)
+        );
+        assert_eq!(vnet.flags, F_NEEDS_CSUM);
+        let mut whole = header[VIRTIO_NET_HDR_LEN..].to_vec();
+        for r in &ranges {
+            whole.extend_from_slice(&buf[r.start + off..r.end]);
+        }
+        assert_eq!(usize::from(be16(&whole, 2)), whole.len());
+        assert_eq!(csum(&whole[..20]), 0);
+        assert_eq!(whole[33], TCP_ACK | TCP_PSH);
+        // Completing the partial checksum gives the checksum of the whole segment.
+        let partial = be16(&whole, 36);
+        assert_eq!(
+            partial,
+            fold(pseudo_header(&whole, PROTO_TCP, whole.len() - 20))
+        );
+        let mut done = whole.clone();
+        let hdr = VirtioNetHdr {
+            gso_type: GSO_NONE,
+            ..vnet
+        };
+        assert!(complete_checksum(&hdr, &mut done));
+        assert_eq!(be16(&done, 36), csum_tcp(&done));
+    }
+
+    #[test]
+    fn does_not_coalesce_gaps_other_flows_or_control_segments() {
+        let first = tcp_packet(1000, 1400, TCP_ACK);
+        let gap = tcp_packet(9999, 1400, TCP_ACK);
+        let mut other_port = tcp_packet(2400, 1400, TCP_ACK);
+        put16(&mut other_port, 22, 80);
+        let fin = tcp_packet(2400, 1400, TCP_ACK | TCP_FIN);
+        let larger = tcp_packet(2400, 1401, TCP_ACK);
+        let (buf, r) = gro_buffer(&[first, gap, other_port, fin, larger]);
+        let mut run = TcpRun::default();
+        assert!(run.push(&buf, r[0].clone()));
+        for (i, range) in r.iter().enumerate().skip(1) {
+            assert!(!run.push(&buf, range.clone()), "packet {i} joined");
+        }
+        assert_eq!(run.packets().len(), 1);
+        run.clear();
+        assert!(run.packets().is_empty());
+        assert!(run.push(&buf, r[3].clone()), "a FIN segment stands alone");
+        assert!(!run.push(&buf, r[0].clone()));
+    }
+}
