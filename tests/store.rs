@@ -556,8 +556,20 @@ fn racing_acquirers_on_one_forced_subnet_end_distinct() {
     etcd.run(|| async {
         let cfg = put_config(CONFIG).await;
         for round in 0..5u8 {
-            let forced = net(&format!("10.244.{}.0/24", 10 + round));
             let (s1, s2, s3) = (store().await, store().await, store().await);
+            // Losers of earlier rounds took random subnets: force one nobody holds yet.
+            let taken: Vec<_> = s1
+                .list_leases()
+                .await
+                .unwrap()
+                .leases
+                .into_iter()
+                .map(|l| l.subnet)
+                .collect();
+            let forced = (10..=250u8)
+                .map(|third| net(&format!("10.244.{third}.0/24")))
+                .find(|n| !taken.contains(n))
+                .unwrap();
             let a1 = vxlan(&format!("192.0.2.{}", 10 * round + 1), "aa:00:00:00:00:01");
             let a2 = vxlan(&format!("192.0.2.{}", 10 * round + 2), "aa:00:00:00:00:02");
             let a3 = vxlan(&format!("192.0.2.{}", 10 * round + 3), "aa:00:00:00:00:03");
