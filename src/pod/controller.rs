@@ -254,6 +254,17 @@ pub struct ManifestScan {
     pub invalid: Vec<InvalidManifest>,
 }
 
+/// A manifest changed less than this long ago may still be being written.
+const MANIFEST_SETTLE: Duration = Duration::from_secs(1);
+
+fn recently_modified(file: &Path) -> bool {
+    std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < MANIFEST_SETTLE)
+}
+
 /// Reads every manifest of `dir` (in file-name order). A pod name defined by two files is
 /// rejected in the second. `cache` keeps parse results by file and content, so unchanged
 /// files are not parsed again and warnings are logged once.
@@ -283,6 +294,19 @@ pub fn scan_manifests(
         let fresh = !matches!(cache.get(&file), Some((old, _)) if *old == bytes);
         if fresh {
             let parsed = parse_manifest(&file, &bytes).map_err(|e| e.to_string());
+            if parsed.is_err() && recently_modified(&file) {
+                // Probably still being written (not renamed into place): judge it at the next
+                // scan, keeping the pod of its previous content meanwhile.
+                if let Some((_, Ok(m))) = cache.get(&file) {
+                    scan.pods
+                        .entry(m.pod.full_name())
+                        .or_insert_with(|| DesiredPod {
+                            file: file.clone(),
+                            manifest: m.clone(),
+                        });
+                }
+                continue;
+            }
             match &parsed {
                 Ok(m) => {
                     for w in &m.warnings {
@@ -662,6 +686,7 @@ mod tests {
         std::fs::write(d.join("c.yml"), POD.replace("NAME", "web")).unwrap();
         std::fs::write(d.join("d.yaml"), POD.replace("NAME", "db")).unwrap();
         std::fs::write(d.join("notes.txt"), "ignored").unwrap();
+        age(&d.join("b.json"));
         let mut cache = HashMap::new();
         let scan = scan_manifests(d, &mut cache);
         assert_eq!(
@@ -682,5 +707,35 @@ mod tests {
         let scan = scan_manifests(d, &mut cache);
         assert_eq!(scan.pods["default/web"].file, d.join("c.yml"));
         assert_eq!(cache.len(), 3);
+    }
+
+    /// Makes a file look written long ago, past the settle time of half-written manifests.
+    fn age(file: &Path) {
+        let past = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(file)
+            .and_then(|f| f.set_modified(past))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_manifest_being_written_keeps_the_old_pod_until_it_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.yaml");
+        std::fs::write(&file, POD.replace("NAME", "web")).unwrap();
+        let mut cache = HashMap::new();
+        let scan = scan_manifests(dir.path(), &mut cache);
+        assert_eq!(scan.pods.keys().collect::<Vec<_>>(), ["default/web"]);
+        // Half of a new version, as `cat > web.yaml` leaves it for a moment.
+        std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmeta").unwrap();
+        let scan = scan_manifests(dir.path(), &mut cache);
+        assert_eq!(scan.pods.keys().collect::<Vec<_>>(), ["default/web"]);
+        assert!(scan.invalid.is_empty(), "{:?}", scan.invalid);
+        // Still broken once settled: reported, and the pod is no longer wanted.
+        age(&file);
+        let scan = scan_manifests(dir.path(), &mut cache);
+        assert!(scan.pods.is_empty());
+        assert_eq!(scan.invalid.len(), 1, "{:?}", scan.invalid);
     }
 }
