@@ -394,6 +394,9 @@ impl RxPump {
                 }
             };
             let table = snapshot(&self.table);
+            // A run may span messages: a TCP super-packet often arrives as one full GSO batch
+            // and a short one.
+            run.clear();
             for i in 0..n {
                 let (src, data, seg, truncated) = batch.message(i);
                 if truncated || data.is_empty() {
@@ -405,7 +408,6 @@ impl RxPump {
                     UdpCounters::add(&self.counters.rx_unknown_source, count as u64);
                     continue;
                 }
-                run.clear();
                 let mut start = 0;
                 while start < data.len() {
                     let end = (start + seg).min(data.len());
@@ -418,17 +420,18 @@ impl RxPump {
                             self.write_plain(&data[start..end]);
                         }
                         Ok(_) => {
-                            if !run.push(data, start..end) {
-                                self.flush(&mut run, data, &mut iov);
+                            let pkt = &data[start..end];
+                            if !run.push(pkt, (i, start..end)) {
+                                self.flush(&mut run, &batch, &mut iov);
                                 // An empty run takes any packet.
-                                run.push(data, start..end);
+                                run.push(pkt, (i, start..end));
                             }
                         }
                     }
                     start = end;
                 }
-                self.flush(&mut run, data, &mut iov);
             }
+            self.flush(&mut run, &batch, &mut iov);
         }
     }
 
@@ -446,17 +449,18 @@ impl RxPump {
         }
     }
 
-    /// Writes the packets of `run` (ranges of `data`) to `flannel0` with one `writev`: a lone
-    /// packet behind an empty virtio-net header (the kernel checks its checksum), several as
-    /// one GSO packet of their rebuilt header and their payloads.
-    fn flush(&self, run: &mut TcpRun, data: &[u8], iov: &mut Vec<libc::iovec>) {
+    /// Writes the packets of `run` (in the messages of `batch`) to `flannel0` with one
+    /// `writev`: a lone packet behind an empty virtio-net header (the kernel checks its
+    /// checksum), several as one GSO packet of their rebuilt header and their payloads.
+    fn flush(&self, run: &mut TcpRun, batch: &RecvBatch, iov: &mut Vec<libc::iovec>) {
         const NO_OFFLOAD: [u8; VIRTIO_NET_HDR_LEN] = [0; VIRTIO_NET_HDR_LEN];
         let packets = run.packets();
         if packets.is_empty() {
             return;
         }
         let count = packets.len() as u64;
-        let bytes: usize = packets.iter().map(|p| p.len()).sum();
+        let bytes: usize = packets.iter().map(|(_, r)| r.len()).sum();
+        let data = |i: usize| batch.message(i).1;
         let slice = |s: &[u8]| libc::iovec {
             iov_base: s.as_ptr() as *mut libc::c_void,
             iov_len: s.len(),
@@ -464,17 +468,18 @@ impl RxPump {
         iov.clear();
         if packets.len() == 1 {
             iov.push(slice(&NO_OFFLOAD));
-            iov.push(slice(&data[packets[0].clone()]));
+            let (i, r) = &packets[0];
+            iov.push(slice(&data(*i)[r.clone()]));
         } else {
             let off = run.payload_offset();
             iov.push(slice(&[]));
-            for p in packets {
-                iov.push(slice(&data[p.start + off..p.end]));
+            for (i, r) in packets {
+                iov.push(slice(&data(*i)[r.start + off..r.end]));
             }
-            iov[0] = slice(run.header(data));
+            iov[0] = slice(run.header());
         }
         let fd = self.queue.tun.as_raw_fd();
-        // SAFETY: every iovec points into `data`, `NO_OFFLOAD` or the run's header buffer,
+        // SAFETY: every iovec points into `batch`, `NO_OFFLOAD` or the run's header buffer,
         // all alive and unchanged until writev returns.
         let rc = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
         run.clear();

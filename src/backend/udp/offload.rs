@@ -255,23 +255,29 @@ fn tcp_view(pkt: &[u8]) -> Option<TcpView> {
     })
 }
 
-/// Consecutive TCP segments of one flow, taken from one receive buffer, that the kernel can
-/// accept as one GSO packet: equal headers except for length, identification, checksums and
-/// sequence numbers (which follow on), equal payload sizes except a shorter last one, PSH
-/// only on the last.
+/// Where a packet of a run lies: which receive buffer, and which bytes of it.
+pub type PacketAt = (usize, Range<usize>);
+
+/// Consecutive TCP segments of one flow that the kernel can accept as one GSO packet: equal
+/// headers except for length, identification, checksums and sequence numbers (which follow
+/// on), equal payload sizes except a shorter last one, PSH only on the last. The packets stay
+/// where they were received; the run keeps their places and a copy of the first header.
 #[derive(Debug, Default)]
 pub struct TcpRun {
-    /// Ranges of the packets in the receive buffer, in order.
-    packets: Vec<Range<usize>>,
-    /// Header length of the first packet.
-    hdr_len: usize,
+    /// Places of the packets, in order.
+    packets: Vec<PacketAt>,
+    /// IPv4 + TCP header of the first packet.
+    head: Vec<u8>,
     /// Payload size of the first packet: the GSO size.
     seg: usize,
     /// Sequence number the next segment must carry.
     next_seq: u32,
     /// Total IPv4 length so far.
     total: usize,
-    /// No further segment may join (PSH seen, a short segment, or the size limit).
+    /// Whether the last packet carries PSH.
+    psh: bool,
+    /// No further segment may join (PSH seen, a short segment, the size limit, or not a
+    /// plain TCP segment).
     closed: bool,
     /// Room for the rebuilt virtio-net + IPv4 + TCP header.
     header: Vec<u8>,
@@ -284,43 +290,45 @@ impl TcpRun {
         self.closed = false;
     }
 
-    /// The packets of the run, as ranges of the receive buffer.
-    pub fn packets(&self) -> &[Range<usize>] {
+    /// The places of the run's packets.
+    pub fn packets(&self) -> &[PacketAt] {
         &self.packets
     }
 
-    /// Adds the checked IPv4 packet at `range` of `buf` to the run if it continues it (or
+    /// Adds the checked IPv4 packet `pkt`, found at `at`, to the run if it continues it (or
     /// starts it when the run is empty). Returns `false`, leaving the run as it was, when it
     /// does not fit; the caller then flushes the run and starts a new one with the packet.
-    pub fn push(&mut self, buf: &[u8], range: Range<usize>) -> bool {
-        let pkt = &buf[range.clone()];
+    pub fn push(&mut self, pkt: &[u8], at: PacketAt) -> bool {
         let Some(view) = tcp_view(pkt) else {
             if self.packets.is_empty() {
-                self.packets.push(range);
+                self.packets.push(at);
                 self.closed = true;
                 return true;
             }
             return false;
         };
         let payload = pkt.len() - view.hdr_len;
-        let Some(first) = self.packets.first() else {
-            self.packets.push(range);
-            self.hdr_len = view.hdr_len;
+        if self.packets.is_empty() {
+            self.packets.push(at);
+            self.head.clear();
+            self.head.extend_from_slice(&pkt[..view.hdr_len]);
             self.seg = payload;
             self.next_seq = view.seq.wrapping_add(payload as u32);
             self.total = pkt.len();
-            self.closed = view.flags & TCP_PSH != 0;
+            self.psh = view.flags & TCP_PSH != 0;
+            self.closed = self.psh;
             return true;
-        };
+        }
+        let head = &self.head;
+        let hdr_len = head.len();
         if self.closed
-            || view.hdr_len != self.hdr_len
+            || view.hdr_len != hdr_len
             || view.seq != self.next_seq
             || payload > self.seg
             || self.total + payload > MAX_IPV4_LEN
         {
             return false;
         }
-        let head = &buf[first.clone()];
         // Equal: version/IHL/TOS; DF; TTL/protocol; addresses; ports; ack; offset/flags
         // (ACK only in the run so far); window; urgent pointer; options.
         let same = head[..2] == pkt[..2]
@@ -329,26 +337,25 @@ impl TcpRun {
             && head[28..32] == pkt[28..32]
             && head[32] == pkt[32]
             && head[34..36] == pkt[34..36]
-            && head[38..self.hdr_len] == pkt[38..self.hdr_len];
+            && head[38..hdr_len] == pkt[38..hdr_len];
         if !same || head[33] != TCP_ACK {
             return false;
         }
-        self.packets.push(range);
+        self.packets.push(at);
         self.next_seq = view.seq.wrapping_add(payload as u32);
         self.total += payload;
-        self.closed = view.flags & TCP_PSH != 0 || payload < self.seg;
+        self.psh = view.flags & TCP_PSH != 0;
+        self.closed = self.psh || payload < self.seg;
         true
     }
 
     /// The virtio-net header plus IPv4 + TCP header to write before the payloads of a run of
     /// two or more packets: the first packet's header with the total length, PSH of the last
     /// packet, a fresh IPv4 checksum and the TCP pseudo-header sum, marked for GSO with a
-    /// partial checksum (the kernel finishes it). The payloads are
-    /// `buf[p.start + hdr_len..p.end]` for each packet `p`; see [`TcpRun::payload_offset`].
-    pub fn header(&mut self, buf: &[u8]) -> &[u8] {
-        let first = self.packets[0].clone();
-        let last = self.packets[self.packets.len() - 1].clone();
-        let hdr_len = self.hdr_len;
+    /// partial checksum (the kernel finishes it). Each packet's payload follows its first
+    /// [`TcpRun::payload_offset`] bytes.
+    pub fn header(&mut self) -> &[u8] {
+        let hdr_len = self.head.len();
         let vnet = VirtioNetHdr {
             flags: F_NEEDS_CSUM,
             gso_type: GSO_TCPV4,
@@ -361,12 +368,13 @@ impl TcpRun {
         self.header.resize(VIRTIO_NET_HDR_LEN, 0);
         // The buffer has exactly VIRTIO_NET_HDR_LEN bytes, so encoding cannot fail.
         let _ = vnet.encode(&mut self.header);
-        self.header
-            .extend_from_slice(&buf[first.start..first.start + hdr_len]);
+        self.header.extend_from_slice(&self.head);
         let h = &mut self.header[VIRTIO_NET_HDR_LEN..];
         put16(h, 2, self.total as u16);
         fix_ipv4_checksum(h, 20);
-        h[33] |= buf[last.start + 33] & TCP_PSH;
+        if self.psh {
+            h[33] |= TCP_PSH;
+        }
         let sum = fold(pseudo_header(h, PROTO_TCP, self.total - 20));
         put16(h, 20 + TCP_CSUM_OFFSET, sum);
         &self.header
@@ -374,7 +382,7 @@ impl TcpRun {
 
     /// Header length of the run's packets: a packet's payload starts this far into it.
     pub fn payload_offset(&self) -> usize {
-        self.hdr_len
+        self.head.len()
     }
 }
 
@@ -553,12 +561,15 @@ mod tests {
         let (buf, ranges) = gro_buffer(&packets);
         let mut run = TcpRun::default();
         for r in &ranges {
-            assert!(run.push(&buf, r.clone()));
+            assert!(run.push(&buf[r.clone()], (0, r.clone())));
         }
         assert_eq!(run.packets().len(), 3);
-        assert!(!run.push(&buf, ranges[0].clone()), "closed after PSH");
+        assert!(
+            !run.push(&buf[ranges[0].clone()], (0, ranges[0].clone())),
+            "closed after PSH"
+        );
         let off = run.payload_offset();
-        let header = run.header(&buf).to_vec();
+        let header = run.header().to_vec();
         let vnet = VirtioNetHdr::decode(&header).unwrap();
         assert_eq!(
             (vnet.gso_type, vnet.gso_size, vnet.hdr_len),
@@ -597,14 +608,15 @@ mod tests {
         let larger = tcp_packet(2400, 1401, TCP_ACK);
         let (buf, r) = gro_buffer(&[first, gap, other_port, fin, larger]);
         let mut run = TcpRun::default();
-        assert!(run.push(&buf, r[0].clone()));
-        for (i, range) in r.iter().enumerate().skip(1) {
-            assert!(!run.push(&buf, range.clone()), "packet {i} joined");
+        let push = |run: &mut TcpRun, i: usize| run.push(&buf[r[i].clone()], (0, r[i].clone()));
+        assert!(push(&mut run, 0));
+        for i in 1..r.len() {
+            assert!(!push(&mut run, i), "packet {i} joined");
         }
         assert_eq!(run.packets().len(), 1);
         run.clear();
         assert!(run.packets().is_empty());
-        assert!(run.push(&buf, r[3].clone()), "a FIN segment stands alone");
-        assert!(!run.push(&buf, r[0].clone()));
+        assert!(push(&mut run, 3), "a FIN segment stands alone");
+        assert!(!push(&mut run, 0));
     }
 }

@@ -160,13 +160,16 @@ impl UnderlaySocket {
         self.send_mmsg(dst, &datagrams[sent..])
     }
 
-    /// Sends `datagrams` in GSO runs; `sent` counts the datagrams already sent when it fails.
+    /// Sends `datagrams` in GSO runs, all runs in one `sendmmsg` (so the receiver finds
+    /// them queued together); `sent` counts the datagrams already sent when it fails.
     fn send_gso_runs(
         &self,
         dst: SocketAddrV4,
         datagrams: &[Datagram<'_>],
         sent: &mut usize,
     ) -> io::Result<()> {
+        // Runs as (first datagram, end, segment size).
+        let mut runs: Vec<(usize, usize, u16)> = Vec::new();
         let mut start = 0;
         while start < datagrams.len() {
             let seg = datagram_len(&datagrams[start]);
@@ -184,51 +187,68 @@ impl UnderlaySocket {
                     break;
                 }
             }
-            self.send_gso(dst, &datagrams[start..end], seg)?;
+            let seg = u16::try_from(seg).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            runs.push((start, end, seg));
             start = end;
-            *sent = end;
         }
-        Ok(())
-    }
-
-    fn send_gso(&self, dst: SocketAddrV4, run: &[Datagram<'_>], seg: usize) -> io::Result<()> {
         let mut sa = sockaddr_in(dst);
-        let mut iov: Vec<libc::iovec> = run.iter().flat_map(iovecs).collect();
-        let seg = u16::try_from(seg).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // Room for one cmsg carrying a u16, aligned as the kernel expects.
-        let mut control = [0u64; 4];
-        // SAFETY: msghdr is plain old data; all-zero is valid.
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
-        msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = iov.len();
-        if run.len() > 1 {
-            msg.msg_control = control.as_mut_ptr().cast();
-            // SAFETY: CMSG_SPACE is a pure size computation.
-            msg.msg_controllen = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
-            // SAFETY: msg_control points at `control`, which is large enough for one cmsg
-            // of a u16 (checked by CMSG_SPACE above being <= 32 bytes).
-            unsafe {
-                let cmsg = libc::CMSG_FIRSTHDR(&msg);
-                (*cmsg).cmsg_level = libc::SOL_UDP;
-                (*cmsg).cmsg_type = UDP_SEGMENT;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), seg);
+        let mut iov: Vec<libc::iovec> = datagrams.iter().flat_map(iovecs).collect();
+        // Per run room for one cmsg carrying a u16, aligned as the kernel expects.
+        let mut control = vec![[0u64; 4]; runs.len()];
+        let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(runs.len());
+        for (&(first, end, seg), control) in runs.iter().zip(control.iter_mut()) {
+            // SAFETY: mmsghdr is plain old data; all-zero is valid.
+            let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
+            let msg = &mut m.msg_hdr;
+            msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
+            msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msg.msg_iov = iov[2 * first..].as_mut_ptr();
+            msg.msg_iovlen = 2 * (end - first);
+            if end - first > 1 {
+                msg.msg_control = control.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE is a pure size computation.
+                msg.msg_controllen =
+                    unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+                // SAFETY: msg_control points at `control`, which is large enough for one
+                // cmsg of a u16 (CMSG_SPACE of 2 bytes is at most 24 bytes).
+                unsafe {
+                    let cmsg = libc::CMSG_FIRSTHDR(msg);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), seg);
+                }
             }
+            msgs.push(m);
         }
-        loop {
-            // SAFETY: msg and everything it points to (sa, iov, control, the datagrams) live
-            // until sendmsg returns.
-            let rc = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
-            if rc >= 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
+        let mut done = 0;
+        while done < msgs.len() {
+            let rest = &mut msgs[done..];
+            // SAFETY: every mmsghdr points at live sa/iov/control entries and datagrams for
+            // the duration of the call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    rest.as_mut_ptr(),
+                    rest.len() as libc::c_uint,
+                    0,
+                )
+            };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
                 return Err(err);
             }
+            if rc == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            // A short count means the next message failed; the next call reports why.
+            done += rc as usize;
+            *sent = runs[done - 1].1;
         }
+        Ok(())
     }
 
     fn send_mmsg(&self, dst: SocketAddrV4, datagrams: &[Datagram<'_>]) -> io::Result<()> {
