@@ -380,12 +380,7 @@ impl RxPump {
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(64);
         while !self.stop.load(Ordering::Relaxed) {
             let n = match socket.recv_batch(&mut batch) {
-                Ok(0) => {
-                    if let Err(e) = socket.wait_readable(POLL_MS) {
-                        tracing::warn!(error = %e, "poll UDP socket");
-                    }
-                    continue;
-                }
+                Ok(0) => continue,
                 Ok(n) => n,
                 Err(e) => {
                     UdpCounters::add(&self.counters.rx_errors, 1);

@@ -19,6 +19,8 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 pub const MAX_GSO_BYTES: usize = 65_507;
 /// Socket buffer size asked for; traffic comes in bursts of 64 KiB GSO batches.
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
+/// How long a receive waits for a first message, so a pump looks at its stop flag this often.
+pub const RECV_TIMEOUT_MS: libc::suseconds_t = 200;
 /// Receive buffer per message: one GRO batch can be a whole 64 KiB.
 pub const RECV_BUFFER: usize = 65_536;
 
@@ -102,6 +104,23 @@ impl UnderlaySocket {
             if setsockopt_int(raw, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
                 setsockopt_int(raw, libc::SOL_SOCKET, plain, SOCKET_BUFFER)?;
             }
+        }
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: RECV_TIMEOUT_MS * 1000,
+        };
+        // SAFETY: fd is an open socket and the option value is a live timeval of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
         }
         let sa = sockaddr_in(addr);
         // SAFETY: sa is a valid sockaddr_in and the length matches it.
@@ -294,8 +313,9 @@ impl UnderlaySocket {
         Ok(())
     }
 
-    /// Receives up to `batch.capacity()` messages without blocking; returns how many, 0 when
-    /// nothing is waiting.
+    /// Receives up to `batch.capacity()` messages, waiting up to [`RECV_TIMEOUT_MS`] for the
+    /// first (one blocking call instead of poll and receive); returns how many, 0 when none
+    /// came in time.
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         let n = batch.bufs.len();
         let mut iov: Vec<libc::iovec> = batch
@@ -327,7 +347,7 @@ impl UnderlaySocket {
                     self.fd.as_raw_fd(),
                     msgs.as_mut_ptr(),
                     n as libc::c_uint,
-                    libc::MSG_DONTWAIT,
+                    libc::MSG_WAITFORONE,
                     std::ptr::null_mut(),
                 )
             };
@@ -349,11 +369,6 @@ impl UnderlaySocket {
             batch.sources[i] = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
         }
         Ok(rc)
-    }
-
-    /// Blocks until the socket is readable or `timeout_ms` passed.
-    pub fn wait_readable(&self, timeout_ms: libc::c_int) -> io::Result<()> {
-        poll_readable(self.fd.as_raw_fd(), timeout_ms)
     }
 }
 
@@ -484,7 +499,6 @@ mod tests {
                 if got.len() >= 4 {
                     break;
                 }
-                rx.wait_readable(20).expect("poll");
             }
             (tx.gso(), got)
         })
