@@ -1,9 +1,10 @@
 //! Small process helpers shared by the sandbox and the runtime: identity of a pid across
 //! restarts (pid + start time, so a reused pid is not mistaken for ours), graceful termination,
-//! and locating weft's helper binaries.
+//! locating weft's helper binaries, and running them.
 
 use std::fs;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,26 @@ pub fn helper_binary(name: &str) -> PathBuf {
         }
     }
     PathBuf::from(name)
+}
+
+/// Runs a helper program (weft-shim, weft-pause) that daemonizes and exits: stdin and stdout
+/// closed, the error is its exit status and stderr.
+pub fn run_helper(cmd: &mut Command) -> Result<(), String> {
+    let output = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("spawn: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::bundle::{oci_config, write_config, BundleError, ContainerSpec};
 use super::crilog::log_text;
 use super::image::write_atomic;
-use super::process::{helper_binary, ProcessId};
+use super::process::{helper_binary, run_helper, ProcessId};
 use super::sandbox::Sandbox;
 
 /// How long [`OciRuntime::start`] waits for the runtime to create the container.
@@ -555,29 +555,20 @@ impl OciRuntime {
             id: id.to_string(),
             reason: format!("{}: {reason}", binary.display()),
         };
-        let output = Command::new(&binary)
-            .arg("--runtime")
-            .arg(&self.binary)
-            .arg("--runtime-root")
-            .arg(self.runtime_root())
-            .arg("--bundle")
-            .arg(dir)
-            .arg("--id")
-            .arg(id)
-            .arg("--log")
-            .arg(std::path::absolute(log).map_err(self.io(id, "resolve log path", log))?)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| fail(format!("spawn: {e}")))?;
-        if !output.status.success() {
-            return Err(fail(format!(
-                "{}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
-        }
+        run_helper(
+            Command::new(&binary)
+                .arg("--runtime")
+                .arg(&self.binary)
+                .arg("--runtime-root")
+                .arg(self.runtime_root())
+                .arg("--bundle")
+                .arg(dir)
+                .arg("--id")
+                .arg(id)
+                .arg("--log")
+                .arg(std::path::absolute(log).map_err(self.io(id, "resolve log path", log))?),
+        )
+        .map_err(fail)?;
         read_shim(id, dir)
     }
 

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::bundle::SandboxPaths;
 use super::image::write_atomic;
-use super::process::{helper_binary, ProcessId};
+use super::process::{helper_binary, run_helper, ProcessId};
 
 /// Where named network namespaces are bind-mounted (iproute2's convention).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -468,24 +468,15 @@ fn start_pause(pod: &str, hostname: &str, pod_dir: &Path) -> Result<ProcessId, S
         binary: binary.clone(),
         reason,
     };
-    let output = Command::new(&binary)
-        .arg("--sandbox")
-        .arg("--hostname")
-        .arg(hostname)
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| fail(format!("spawn: {e}")))?;
-    if !output.status.success() {
-        return Err(fail(format!(
-            "{}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
+    run_helper(
+        Command::new(&binary)
+            .arg("--sandbox")
+            .arg("--hostname")
+            .arg(hostname)
+            .arg("--pid-file")
+            .arg(&pid_file),
+    )
+    .map_err(fail)?;
     let text = fs::read_to_string(&pid_file)
         .map_err(|e| fail(format!("read {}: {e}", pid_file.display())))?;
     let pid: i32 = text.trim().parse().map_err(|e| {
