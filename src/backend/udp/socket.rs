@@ -240,34 +240,7 @@ impl UnderlaySocket {
             }
             msgs.push(m);
         }
-        let mut done = 0;
-        while done < msgs.len() {
-            let rest = &mut msgs[done..];
-            // SAFETY: every mmsghdr points at live sa/iov/control entries and datagrams for
-            // the duration of the call.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    rest.as_mut_ptr(),
-                    rest.len() as libc::c_uint,
-                    0,
-                )
-            };
-            if rc < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            if rc == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero));
-            }
-            // A short count means the next message failed; the next call reports why.
-            done += rc as usize;
-            *sent = runs[done - 1].1;
-        }
-        Ok(())
+        self.sendmmsg_all(&mut msgs, |done| *sent = runs[done - 1].1)
     }
 
     fn send_mmsg(&self, dst: SocketAddrV4, datagrams: &[Datagram<'_>]) -> io::Result<()> {
@@ -288,10 +261,21 @@ impl UnderlaySocket {
                 m
             })
             .collect();
-        let mut sent = 0;
-        while sent < msgs.len() {
-            let rest = &mut msgs[sent..];
-            // SAFETY: every mmsghdr points at live sa/iov entries for the duration of the call.
+        self.sendmmsg_all(&mut msgs, |_| {})
+    }
+
+    /// Sends every message with as few `sendmmsg` calls as the kernel allows; `progress` gets
+    /// the number of messages sent so far after each call. The messages' pointers must stay
+    /// valid for the call.
+    fn sendmmsg_all(
+        &self,
+        msgs: &mut [libc::mmsghdr],
+        mut progress: impl FnMut(usize),
+    ) -> io::Result<()> {
+        let mut done = 0;
+        while done < msgs.len() {
+            let rest = &mut msgs[done..];
+            // SAFETY: the caller's mmsghdrs point at live sa/iov/control buffers.
             let rc = unsafe {
                 libc::sendmmsg(
                     self.fd.as_raw_fd(),
@@ -307,8 +291,12 @@ impl UnderlaySocket {
                 }
                 return Err(err);
             }
-            // A short count means the next datagram failed; the next call reports why.
-            sent += rc as usize;
+            if rc == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            // A short count means the next message failed; the next call reports why.
+            done += rc as usize;
+            progress(done);
         }
         Ok(())
     }
