@@ -10,7 +10,9 @@
 
 use std::ops::Range;
 
-use tun_rs::{checksum_no_fold, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+
+use super::packet::ones_sum;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is partial.
 const F_NEEDS_CSUM: u8 = 1;
@@ -85,13 +87,13 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
 /// The unfolded sum of the IPv4 pseudo-header of `ip` for protocol `proto` and a transport
 /// length of `len`.
 fn pseudo_header(ip: &[u8], proto: u8, len: usize) -> u64 {
-    checksum_no_fold(&ip[12..20], u64::from(proto) + len as u64)
+    ones_sum(&ip[12..20], u64::from(proto) + len as u64)
 }
 
 /// Writes a valid IPv4 header checksum into `ip[..ihl]`.
 fn fix_ipv4_checksum(ip: &mut [u8], ihl: usize) {
     put16(ip, 10, 0);
-    let sum = !fold(checksum_no_fold(&ip[..ihl], 0));
+    let sum = !fold(ones_sum(&ip[..ihl], 0));
     put16(ip, 10, sum);
 }
 
@@ -106,7 +108,7 @@ pub fn complete_checksum(hdr: &VirtioNetHdr, pkt: &mut [u8]) -> bool {
     if at + 2 > pkt.len() {
         return false;
     }
-    let mut sum = !fold(checksum_no_fold(&pkt[start..], 0));
+    let mut sum = !fold(ones_sum(&pkt[start..], 0));
     if sum == 0 && hdr.csum_offset == 6 {
         // UDP sends a computed zero as all ones; zero means "no checksum".
         sum = 0xffff;
@@ -204,8 +206,8 @@ pub fn segment(
         }
         put16(h, l4_csum_at, 0);
         let sum = pseudo_header(h, proto, l4_len);
-        let sum = checksum_no_fold(&h[ihl..hdr_len], sum);
-        let mut sum = !fold(checksum_no_fold(&pkt[start..end], sum));
+        let sum = ones_sum(&h[ihl..hdr_len], sum);
+        let mut sum = !fold(ones_sum(&pkt[start..end], sum));
         if proto == PROTO_UDP && sum == 0 {
             sum = 0xffff;
         }
@@ -392,7 +394,7 @@ mod tests {
 
     /// The RFC 1071 checksum of `data` (complemented).
     fn csum(data: &[u8]) -> u16 {
-        !fold(checksum_no_fold(data, 0))
+        !fold(ones_sum(data, 0))
     }
 
     /// An IPv4 TCP packet 10.244.1.5:40000 -> 10.244.2.7:5201 with timestamps, `payload`
@@ -429,7 +431,7 @@ mod tests {
     fn csum_tcp(p: &[u8]) -> u16 {
         let mut copy = p.to_vec();
         put16(&mut copy, 36, 0);
-        !fold(checksum_no_fold(
+        !fold(ones_sum(
             &copy[20..],
             pseudo_header(&copy, PROTO_TCP, copy.len() - 20),
         ))
@@ -500,7 +502,7 @@ mod tests {
             let mut whole = headers[s.header.clone()].to_vec();
             whole.extend_from_slice(&p[s.payload.clone()]);
             assert_eq!(usize::from(be16(&whole, 24)), whole.len() - 20);
-            let sum = checksum_no_fold(
+            let sum = ones_sum(
                 &whole[20..],
                 pseudo_header(&whole, PROTO_UDP, whole.len() - 20),
             );
