@@ -297,6 +297,17 @@ async fn get_one_link(
     }
 }
 
+/// Every link of the namespace.
+pub async fn all_links(handle: &Handle) -> Result<Vec<LinkMessage>, NetlinkError> {
+    handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request("list links", e))
+}
+
 /// The link named `name`, or `None` when there is none.
 pub async fn link_by_name(
     handle: &Handle,

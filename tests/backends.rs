@@ -677,3 +677,75 @@ fn udp_deleted_tun_device_is_recreated_and_traffic_resumes() {
     assert_eq!(link["mtu"], 1472, "{link}");
     assert!(b.tcp_check(&a), "TCP b -> a after recreation");
 }
+
+const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+/// Stops weftd on every node (the data paths stay), switches the network config to `config`
+/// and starts weftd again; returns when the pods talk both ways.
+fn switch_backend(cluster: &Cluster, config: &str, a: &Pod, b: &Pod) {
+    for i in 0..2 {
+        cluster.node(i).stop();
+    }
+    cluster.etcd.put(NETWORK_CONFIG_KEY, config);
+    for i in 0..2 {
+        cluster.node(i).start_weftd(&[]);
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "pods talk after the switch",
+        || a.tcp_check(b) && b.tcp_check(a),
+    );
+}
+
+#[test]
+fn switching_backend_type_removes_what_the_old_backend_left() {
+    let (cluster, a, b) = two_node_cluster(UDP_CONFIG);
+    let n0 = cluster.node(0);
+    let peer = cluster.node(1).subnet().expect("node 2 subnet");
+    let peer_ip = cluster.node(1).public_ip().to_string();
+    assert!(n0.link("flannel0").is_some(), "udp runs on flannel0");
+
+    switch_backend(&cluster, HOSTGW_CONFIG, &a, &b);
+    assert!(
+        n0.link("flannel0").is_none(),
+        "flannel0 left behind after udp -> host-gw:\n{}",
+        cluster.dump()
+    );
+    let route = n0.route_to(&peer).expect("host-gw peer route");
+    assert_eq!(route["gateway"], peer_ip.as_str(), "{route}");
+    assert_eq!(route["dev"], "eth0", "{route}");
+    assert!(
+        n0.route_to("10.244.0.0/16").is_none(),
+        "udp's cluster route left behind"
+    );
+    assert!(
+        n0.log()
+            .contains("removed what another backend left behind"),
+        "the removal is not logged:\n{}",
+        n0.log_tail(30)
+    );
+
+    switch_backend(&cluster, VXLAN_CONFIG, &a, &b);
+    let route = n0.route_to(&peer).expect("vxlan peer route");
+    assert_eq!(
+        route["dev"],
+        "flannel.1",
+        "host-gw route left behind after host-gw -> vxlan: {route}\n{}",
+        cluster.dump()
+    );
+    let routes_to_peer = n0
+        .routes()
+        .into_iter()
+        .filter(|r| r["dst"].as_str() == Some(peer.as_str()))
+        .count();
+    assert_eq!(routes_to_peer, 1, "{}", cluster.dump());
+
+    switch_backend(&cluster, UDP_CONFIG, &a, &b);
+    assert!(
+        n0.link("flannel.1").is_none(),
+        "flannel.1 left behind after vxlan -> udp:\n{}",
+        cluster.dump()
+    );
+    assert!(n0.route_to(&peer).is_none(), "vxlan peer route left behind");
+    assert!(n0.link("flannel0").is_some(), "udp runs on flannel0 again");
+}

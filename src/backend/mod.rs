@@ -2,6 +2,7 @@
 //! which one runs: the daemon only sees [`Backend`].
 
 pub mod hostgw;
+pub mod leftovers;
 pub mod routes;
 pub mod udp;
 pub mod vxlan;
@@ -63,6 +64,35 @@ pub struct ReconcileReport {
     pub failed: usize,
 }
 
+/// Removes what other backends left on this node (a changed `Backend.Type` or VNI), before
+/// the configured backend sets up its own data path. Failures are logged, not fatal: the new
+/// data path works next to leftovers, only less cleanly.
+async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface) {
+    let vxlan_name;
+    let starting = match &cfg.backend {
+        BackendConfig::Vxlan { vni, .. } => {
+            vxlan_name = format!("flannel.{vni}");
+            leftovers::Starting::Vxlan(&vxlan_name)
+        }
+        BackendConfig::Udp { .. } => leftovers::Starting::Udp,
+        BackendConfig::HostGw => leftovers::Starting::HostGw,
+    };
+    let result = match crate::netlink::connect() {
+        Ok(handle) => leftovers::remove(&handle, starting, ext.index, cfg.network).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(removed) => {
+            for what in removed {
+                tracing::info!(removed = %what, "removed what another backend left behind");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not remove what other backends left behind");
+        }
+    }
+}
+
 /// The node's data path, chosen by `Backend.Type` in the network config.
 #[derive(Debug)]
 pub enum Backend {
@@ -82,6 +112,7 @@ impl Backend {
         ext: &ExternalInterface,
         state_dir: &Path,
     ) -> Result<Backend, BackendError> {
+        remove_leftovers(cfg, ext).await;
         match &cfg.backend {
             BackendConfig::Vxlan {
                 vni,
