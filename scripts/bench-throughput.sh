@@ -205,8 +205,10 @@ case_weft() {
 # --- run -----------------------------------------------------------------------------------
 
 declare -A gbps runs
-names=(underlay node-to-node vxlan-hand weft-vxlan weft-udp weft-host-gw)
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# Run order: each weft case right after the reference its target compares it with, so the
+# per-round ratios below compare measurements taken seconds apart.
+names=(underlay weft-host-gw vxlan-hand weft-vxlan weft-udp node-to-node)
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo "single-stream TCP, ${seconds}s per case, ${rounds} rounds (cases interleaved; median reported)" >&2
 run_case() {
     current_case=$1
@@ -229,12 +231,21 @@ done
 for n in "${names[@]}"; do gbps[$n]=$(echo "${runs[$n]}" | median); done
 cleanup_namespaces
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f", 100 * a / b; else print "n/a" }'; }
-r_vxlan=$(ratio "${gbps[weft-vxlan]}" "${gbps[vxlan-hand]}")
-r_hostgw=$(ratio "${gbps[weft-host-gw]}" "${gbps[underlay]}")
-r_hostgw_nodes=$(ratio "${gbps[weft-host-gw]}" "${gbps[node-to-node]}")
-r_pods_nodes=$(ratio "${gbps[underlay]}" "${gbps[node-to-node]}")
-r_udp=$(ratio "${gbps[weft-udp]}" "${gbps[weft-vxlan]}")
+ratio() { # ratio <case> <reference>: median over the rounds of 100 * case / reference (same round)
+    local -a a b
+    read -r -a a <<<"${runs[$1]}"
+    read -r -a b <<<"${runs[$2]}"
+    local i out=""
+    for i in "${!a[@]}"; do
+        out+=" $(awk -v x="${a[$i]}" -v y="${b[$i]:-0}" 'BEGIN { if (y > 0) printf "%.2f", 100 * x / y }')"
+    done
+    echo "$out" | median | awk '{ printf "%.0f", $1 }'
+}
+r_vxlan=$(ratio weft-vxlan vxlan-hand)
+r_hostgw=$(ratio weft-host-gw underlay)
+r_hostgw_nodes=$(ratio weft-host-gw node-to-node)
+r_pods_nodes=$(ratio underlay node-to-node)
+r_udp=$(ratio weft-udp weft-vxlan)
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r + 0 >= t) ? "met" : "MISSED" }'; }
 
 date_utc=$(date -u +"%Y-%m-%d %H:%M UTC")
@@ -246,7 +257,9 @@ report=$(cat <<EOF
 
 Single-stream TCP, pod to pod, iperf3 for ${seconds} s per case; two nodes in network namespaces
 on a veth/bridge underlay (MTU 1500), one run of \`scripts/bench-throughput.sh\`: ${rounds} rounds
-with the cases interleaved, median of the rounds reported (all rounds listed below).
+with the cases interleaved, median of the rounds reported (all rounds listed below). Each ratio
+is the median of its per-round ratios; within a round each weft case runs right after the case
+it is compared with, so the shared machine's drift cancels out of the ratios.
 
 Machine: ${machine}
 Date: ${date_utc}

@@ -1128,6 +1128,45 @@ fn etcd_password_is_never_logged() {
 /// A node whose etcd lease is revoked (as on expiry) acquires its subnet again under a new
 /// etcd lease, and its peers keep (or regain) the route to it.
 #[test]
+fn lease_is_renewed_at_the_renew_margin_and_keeps_its_value() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let node = cluster.node(0);
+    // A 70 s lease renewed 1 min before expiry: renewed about 10 s after it was taken.
+    node.start_weftd(&[
+        "--subnet-lease-ttl",
+        "70",
+        "--subnet-lease-renew-margin",
+        "1",
+    ]);
+    let key = node.wait_for(CONVERGE, "own lease", || node.lease_key());
+    let seen = std::time::Instant::now();
+    let first = cluster
+        .etcd
+        .get_kv(&key)
+        .unwrap_or_else(|| panic!("no {key}"));
+    let ttl = cluster.etcd.lease_ttl(first.lease).unwrap_or(-1);
+    assert!((55..=70).contains(&ttl), "fresh lease has {ttl} s left");
+    node.wait_until(Duration::from_secs(30), "lease renewed", || {
+        node.log().contains("lease renewed")
+    });
+    assert!(
+        seen.elapsed() >= Duration::from_secs(5),
+        "renewed {:?} after the lease was seen, long before the margin",
+        seen.elapsed()
+    );
+    let kv = cluster
+        .etcd
+        .get_kv(&key)
+        .unwrap_or_else(|| panic!("{key} gone after renewal"));
+    assert_eq!(kv.value, first.value, "renewal changed the lease value");
+    let ttl = cluster.etcd.lease_ttl(kv.lease).unwrap_or(-1);
+    assert!(
+        ttl >= 62,
+        "after renewal the lease has {ttl} s left; unrenewed it would have at most 60"
+    );
+}
+
+#[test]
 fn own_revoked_lease_is_reacquired() {
     let cluster = Cluster::new(2, VXLAN_CONFIG);
     cluster.start();
