@@ -117,7 +117,7 @@ iperf() { # iperf <client ns-role> <server ns-role> <server ip>: prints Gbit/s (
     if [ -n "${BENCH_PERF_DIR:-}" ]; then # profile the whole machine during the middle of the run
         (sleep 1 && perf record -q -a -g -o "$BENCH_PERF_DIR/$current_case.data" -- sleep $((seconds - 2)) >/dev/null 2>&1) &
     fi
-    out=$(inns "$client" iperf3 -c "$ip" -p 5201 -t "$seconds" -f m) || die "iperf3 $client -> $ip failed"
+    out=$(inns "$client" iperf3 -c "$ip" -p 5201 -O 1 -t "$seconds" -f m) || die "iperf3 $client -> $ip failed"
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     echo "$out" | awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") printf "%.2f\n", $(i-1) / 1000 }'
@@ -255,7 +255,8 @@ machine="$(uname -sr), $(nproc) CPUs (${cpu:-unknown CPU}), $(awk '/MemTotal/ {p
 report=$(cat <<EOF
 # weft throughput
 
-Single-stream TCP, pod to pod, iperf3 for ${seconds} s per case; two nodes in network namespaces
+Single-stream TCP, pod to pod, iperf3 for ${seconds} s per case after a first second left out
+(slow start, and the start-up of weftd and etcd just before); two nodes in network namespaces
 on a veth/bridge underlay (MTU 1500), one run of \`scripts/bench-throughput.sh\`: ${rounds} rounds
 with the cases interleaved, median of the rounds reported (all rounds listed below). Each ratio
 is the median of its per-round ratios; within a round each weft case runs right after the case
