@@ -749,3 +749,68 @@ fn switching_backend_type_removes_what_the_old_backend_left() {
     assert!(n0.route_to(&peer).is_none(), "vxlan peer route left behind");
     assert!(n0.link("flannel0").is_some(), "udp runs on flannel0 again");
 }
+
+#[test]
+fn udp_lease_device_route_and_subnet_env_are_flannels() {
+    let cluster = Cluster::new(
+        1,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":8300}}"#,
+    );
+    cluster.start();
+    let node = cluster.node(0);
+    let subnet = node.subnet().expect("node subnet");
+    let kv = cluster
+        .etcd
+        .get_kv(&lease_key(&subnet))
+        .unwrap_or_else(|| panic!("no lease for {subnet}"));
+    // What flanneld's UDP backend writes: no BackendData.
+    assert_eq!(
+        kv.value,
+        format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"udp"}}"#,
+            node.public_ip()
+        )
+    );
+
+    let link = node.link("flannel0").expect("flannel0");
+    assert_eq!(link["mtu"], 1472, "underlay MTU 1500 - 28: {link}");
+    let addrs = node
+        .netns()
+        .ip_json(&["-4", "addr", "show", "dev", "flannel0"]);
+    let local: Vec<String> = addrs
+        .iter()
+        .flat_map(|a| a["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|i| format!("{}/{}", i["local"].as_str().unwrap_or(""), i["prefixlen"]))
+        .collect();
+    assert_eq!(
+        local,
+        vec![format!("{}/32", subnet_zero(node))],
+        "{addrs:?}"
+    );
+    let route = node
+        .route_to("10.244.0.0/16")
+        .expect("cluster route on flannel0");
+    assert_eq!(route["dev"], "flannel0", "{route}");
+
+    let env = node.subnet_env().expect("subnet.env");
+    for line in [
+        "FLANNEL_NETWORK=10.244.0.0/16",
+        "FLANNEL_MTU=1472",
+        "FLANNEL_IPMASQ=false",
+    ] {
+        assert!(env.lines().any(|l| l == line), "no {line} in\n{env}");
+    }
+
+    // Backend.Port replaces Flannel's 8285.
+    let sockets = node.netns().exec_ok(&["ss", "-Hnuln"]);
+    assert!(
+        sockets.contains(&format!("{}:8300", node.public_ip()))
+            || sockets.contains("0.0.0.0:8300")
+            || sockets.contains("*:8300"),
+        "nothing listens on UDP 8300:\n{sockets}"
+    );
+    assert!(
+        !sockets.contains(":8285 "),
+        "UDP 8285 still bound:\n{sockets}"
+    );
+}
