@@ -15,7 +15,7 @@
 # the bar chart docs/throughput.svg (drawn by this script).
 #
 # Runs as root; touches nothing outside its own namespaces (named wbench-<pid>-*), removed on
-# exit. Environment: BENCH_SECONDS (per case and round, default 5), BENCH_ROUNDS (default 5;
+# exit. Environment: BENCH_SECONDS (per case and round, default 5), BENCH_ROUNDS (default 7;
 # the cases are interleaved round by round and the median is reported, because a shared machine
 # is noisy), BENCH_ONLY (space-separated case names to run; the others report 0),
 # BENCH_PERF_DIR (record a system-wide perf profile per case there), WEFTD (weftd binary;
@@ -24,10 +24,12 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${BENCH_SECONDS:-5}
-rounds=${BENCH_ROUNDS:-5}
+rounds=${BENCH_ROUNDS:-7}
 docs=${DOCS_DIR:-$here/docs}
 prefix="wbench-$$"
 work=$(mktemp -d /tmp/weft-bench.XXXXXX)
+# etcd on tmpfs: its WAL writes and fsyncs must not compete with the measurement.
+etcd_data=$(mktemp -d /dev/shm/weft-bench-etcd.XXXXXX)
 etcd_ip=192.0.2.254
 node_ips=(192.0.2.11 192.0.2.12)
 network=10.244.0.0/16
@@ -54,7 +56,7 @@ cleanup() {
         for pid in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
         ip netns del "$n" 2>/dev/null || true
     done
-    rm -rf "$work"
+    rm -rf "$work" "$etcd_data"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -163,7 +165,8 @@ case_underlay() { # pods over the bare underlay, routed by hand as host-gw does
 
 start_weft() { # start_weft <backend type>: etcd + weftd on both nodes + a pod on each
     topology
-    local data="$work/etcd-$1"
+    local data="$etcd_data/$1"
+    rm -rf "$data" "$work/$1-n1" "$work/$1-n2" # every round starts from an empty cluster
     mkdir -p "$data"
     inns etcd etcd --name bench --data-dir "$data" \
         --listen-client-urls "http://$etcd_ip:2379" --advertise-client-urls "http://$etcd_ip:2379" \
