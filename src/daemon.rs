@@ -175,6 +175,11 @@ struct Agent {
     published: bool,
     /// When to run a reconcile again after one that failed (entries, subnet.env or masquerade).
     retry_reconcile: Option<Instant>,
+    /// The external interface was deleted; reconciles look for it until it is back.
+    ext_gone: bool,
+    /// The address the external interface last came back with, when it was not our public IP
+    /// (so that is logged once, not every second).
+    ext_wrong_ip: Option<Ipv4Addr>,
 }
 
 /// Delay before a failed reconcile is tried again, instead of waiting for the next resync.
@@ -217,6 +222,8 @@ impl Agent {
             metrics,
             published: false,
             retry_reconcile: None,
+            ext_gone: false,
+            ext_wrong_ip: None,
         };
         agent.note_lease();
         let mut backoff = Backoff::new();
@@ -290,7 +297,13 @@ impl Agent {
                     self.reconcile().await;
                 }
                 Some(event) = link_events.recv() => {
-                    if event.removed && event.name.as_deref() == Some(self.backend.device_name()) {
+                    if event.removed && event.index == self.ext.index {
+                        warn!(iface = %self.ext.name, "external interface removed; the data path follows it when it is back");
+                        self.ext_gone = true;
+                        self.reconcile().await;
+                    } else if self.ext_gone && !event.removed {
+                        self.reconcile().await;
+                    } else if event.removed && event.name.as_deref() == Some(self.backend.device_name()) {
                         warn!(device = self.backend.device_name(), "overlay device removed; recreating it");
                         self.reconcile().await;
                     }
@@ -440,9 +453,56 @@ impl Agent {
         }
     }
 
+    /// Looks for the external interface again after it was deleted (same `--iface` and
+    /// `--public-ip` rules as at start). Once it is back with the node's public IP, the backend
+    /// is rebuilt on it: a VXLAN device is bound to the interface's index, which a re-created
+    /// interface does not keep. Returns whether the interface is back.
+    async fn follow_external_interface(&mut self) -> bool {
+        let ext =
+            match netlink::find_external_interface(self.opts.iface.as_deref(), self.opts.public_ip)
+                .await
+            {
+                Ok(ext) => ext,
+                Err(e) => {
+                    tracing::debug!(error = %e, "external interface not back yet");
+                    return false;
+                }
+            };
+        if ext.public_ip != self.ext.public_ip {
+            if self.ext_wrong_ip != Some(ext.public_ip) {
+                error!(iface = %ext.name, address = %ext.public_ip, public_ip = %self.ext.public_ip,
+                    "external interface is back with another address; the lease publishes the old one: restart weftd to move the node");
+                self.ext_wrong_ip = Some(ext.public_ip);
+            }
+            return false;
+        }
+        match Backend::new(&self.config, &ext, &self.opts.state_dir).await {
+            Ok(backend) => {
+                info!(iface = %ext.name, index = ext.index, public_ip = %ext.public_ip, "external interface is back; data path rebuilt on it");
+                if let Some(render) = backend.metrics() {
+                    self.metrics.set_backend(render);
+                }
+                // The old backend (for UDP: its pumps and sockets) goes away here.
+                self.backend = backend;
+                self.ext = ext;
+                self.ext_gone = false;
+                self.ext_wrong_ip = None;
+                true
+            }
+            Err(e) => {
+                warn!(iface = %ext.name, error = %e, "rebuild the data path on the external interface");
+                false
+            }
+        }
+    }
+
     /// Makes the kernel match the lease table, then publishes subnet.env and the masquerade
     /// rules once the data path is in place.
     async fn reconcile(&mut self) {
+        if self.ext_gone && !self.follow_external_interface().await {
+            self.retry_reconcile = Some(Instant::now() + RECONCILE_RETRY);
+            return;
+        }
         let started = Instant::now();
         let peers: Vec<Lease> = self
             .leases

@@ -814,3 +814,12 @@ fn udp_lease_device_route_and_subnet_env_are_flannels() {
         "UDP 8285 still bound:\n{sockets}"
     );
 }
+
+#[test]
+fn udp_and_hostgw_follow_a_replaced_external_interface() {
+    for config in [UDP_CONFIG, HOSTGW_CONFIG] {
+        let cluster = Cluster::new(2, config);
+        cluster.start();
+        cluster.replace_external_interface_under_traffic(0);
+    }
+}

@@ -1167,6 +1167,17 @@ fn lease_is_renewed_at_the_renew_margin_and_keeps_its_value() {
 }
 
 #[test]
+fn replaced_external_interface_is_followed_without_restart() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let mac = cluster.node(0).mac_of("flannel.1");
+    // The kernel takes flannel.1 down with the old eth0; weftd builds it again on the new one.
+    cluster.replace_external_interface_under_traffic(0);
+    assert_eq!(cluster.node(0).mac_of("flannel.1"), mac, "VTEP MAC changed");
+}
+
+#[test]
 fn own_revoked_lease_is_reacquired() {
     let cluster = Cluster::new(2, VXLAN_CONFIG);
     cluster.start();

@@ -1672,6 +1672,33 @@ impl Cluster {
         }
     }
 
+    /// Replaces node `i`'s underlay interface as when a bond or a NIC driver is re-created:
+    /// deletes `eth0` and attaches a new one with the same name and address (a new index).
+    /// Pods on node `i` and the next node must talk before and, without a weftd restart,
+    /// again after; weftd must log that it followed the interface.
+    pub fn replace_external_interface_under_traffic(&self, i: usize) {
+        let (n1, n2) = (self.node(i), self.node((i + 1) % self.nodes.len()));
+        let a = n1.add_pod();
+        let b = n2.add_pod();
+        wait_until(Duration::from_secs(20), "pods talk", || a.tcp_check(&b));
+        let old_index = n1.link("eth0").map(|l| l["ifindex"].clone());
+        n1.netns().ip(&["link", "del", "eth0"]);
+        self.underlay.attach(n1.netns(), n1.public_ip());
+        let new_index = n1.link("eth0").map(|l| l["ifindex"].clone());
+        assert_ne!(old_index, new_index, "eth0 kept its index");
+        wait_until(
+            Duration::from_secs(20),
+            "pods talk again over the new eth0",
+            || a.tcp_check(&b) && b.tcp_check(&a),
+        );
+        assert!(n1.is_running(), "weftd exited");
+        assert!(
+            n1.log().contains("external interface is back"),
+            "{}",
+            n1.log_tail(30)
+        );
+    }
+
     /// Waits until every node has a route to every other node's subnet.
     pub fn wait_mesh(&self, timeout: Duration) {
         let subnets: Vec<String> = self
