@@ -1686,17 +1686,17 @@ impl Cluster {
         self.underlay.attach(n1.netns(), n1.public_ip());
         let new_index = n1.link("eth0").map(|l| l["ifindex"].clone());
         assert_ne!(old_index, new_index, "eth0 kept its index");
+        n1.wait_until(
+            Duration::from_secs(20),
+            "weftd following the new eth0",
+            || n1.log().contains("external interface is back"),
+        );
         wait_until(
             Duration::from_secs(20),
             "pods talk again over the new eth0",
             || a.tcp_check(&b) && b.tcp_check(&a),
         );
         assert!(n1.is_running(), "weftd exited");
-        assert!(
-            n1.log().contains("external interface is back"),
-            "{}",
-            n1.log_tail(30)
-        );
     }
 
     /// Waits until every node has a route to every other node's subnet.
