@@ -487,6 +487,8 @@ impl Agent {
                 self.ext = ext;
                 self.ext_gone = false;
                 self.ext_wrong_ip = None;
+                // The interface may have come back with another MTU: subnet.env follows.
+                self.published = false;
                 true
             }
             Err(e) => {

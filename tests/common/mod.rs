@@ -500,16 +500,26 @@ impl Underlay {
 
     /// Gives `node` an `eth0` with `ip`/24 on the underlay bridge (veth created in place).
     pub fn attach(&self, node: &Netns, ip: &str) {
+        self.attach_with_mtu(node, ip, 1500);
+    }
+
+    /// Like [`attach`](Self::attach), with `mtu` on both ends of the veth pair.
+    pub fn attach_with_mtu(&self, node: &Netns, ip: &str, mtu: u32) {
         let port = format!("x{}", self.ports.fetch_add(1, Ordering::Relaxed));
+        let mtu = mtu.to_string();
         self.ns.ip(&[
             "link",
             "add",
             &port,
+            "mtu",
+            &mtu,
             "type",
             "veth",
             "peer",
             "name",
             "eth0",
+            "mtu",
+            &mtu,
             "netns",
             node.name(),
         ]);
@@ -1683,7 +1693,9 @@ impl Cluster {
         wait_until(Duration::from_secs(20), "pods talk", || a.tcp_check(&b));
         let old_index = n1.link("eth0").map(|l| l["ifindex"].clone());
         n1.netns().ip(&["link", "del", "eth0"]);
-        self.underlay.attach(n1.netns(), n1.public_ip());
+        // Back with another MTU: the pods' MTU in subnet.env must follow.
+        self.underlay
+            .attach_with_mtu(n1.netns(), n1.public_ip(), 1400);
         let new_index = n1.link("eth0").map(|l| l["ifindex"].clone());
         assert_ne!(old_index, new_index, "eth0 kept its index");
         n1.wait_until(
@@ -1697,6 +1709,20 @@ impl Cluster {
             || a.tcp_check(&b) && b.tcp_check(&a),
         );
         assert!(n1.is_running(), "weftd exited");
+        let mtu = |env: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix("FLANNEL_MTU="))
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        n1.wait_until(
+            Duration::from_secs(10),
+            "subnet.env with the new interface's MTU",
+            || {
+                let env = n1.subnet_env().unwrap_or_default();
+                // VXLAN 1400 - 50, UDP 1400 - 28, host-gw 1400.
+                matches!(mtu(&env), Some(1350 | 1372 | 1400))
+            },
+        );
     }
 
     /// Waits until every node has a route to every other node's subnet.
