@@ -15,7 +15,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{chdir, dup2, fork, sethostname, setsid, ForkResult, Pid};
+use nix::unistd::{chdir, fork, sethostname, setsid, ForkResult, Pid};
 
 struct SandboxArgs {
     hostname: String,
@@ -94,15 +94,7 @@ fn enter_sandbox(args: &SandboxArgs) -> Result<(), String> {
         ForkResult::Child => {
             setsid().map_err(|e| format!("setsid: {e}"))?;
             chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-            let null = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .map_err(|e| format!("open /dev/null: {e}"))?;
-            for fd in 0..=2 {
-                dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2 /dev/null: {e}"))?;
-            }
-            Ok(())
+            weft::pod::process::stdio_to_dev_null()
         }
     }
 }

@@ -9,7 +9,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,9 +16,9 @@ use std::thread;
 use std::time::SystemTime;
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{chdir, dup2, fork, pipe, setsid, ForkResult, Pid};
+use nix::unistd::{chdir, fork, pipe, setsid, ForkResult, Pid};
 use weft::pod::crilog::{format_record, Stream, MAX_RECORD};
-use weft::pod::process::ProcessId;
+use weft::pod::process::{stdio_to_dev_null, ProcessId};
 use weft::pod::runtime::{ExitReason, ExitStatus};
 
 struct Args {
@@ -250,15 +249,7 @@ fn become_daemon(args: &Args) -> Result<(), String> {
     let path = args.bundle.join("shim.json");
     let bytes = serde_json::to_vec(&me).map_err(|e| format!("encode shim identity: {e}"))?;
     write_atomic(&path, &bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
-    let null = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("open /dev/null: {e}"))?;
-    for fd in 0..=2 {
-        dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2 /dev/null: {e}"))?;
-    }
-    Ok(())
+    stdio_to_dev_null()
 }
 
 fn main() -> ExitCode {

@@ -89,6 +89,21 @@ pub fn helper_binary(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Points stdin, stdout and stderr at `/dev/null`: the last step of weft-shim's and
+/// weft-pause's daemonizing, once nothing is left to report to the parent.
+pub fn stdio_to_dev_null() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let null = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    for fd in 0..=2 {
+        nix::unistd::dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2 /dev/null: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Runs a helper program (weft-shim, weft-pause) that daemonizes and exits: stdin and stdout
 /// closed, the error is its exit status and stderr.
 pub fn run_helper(cmd: &mut Command) -> Result<(), String> {
