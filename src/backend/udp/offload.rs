@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
-use super::packet::ones_sum;
+use super::packet::{fold, ones_sum};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is partial.
 const F_NEEDS_CSUM: u8 = 1;
@@ -62,14 +62,6 @@ pub struct Segment {
     pub header: Range<usize>,
     /// Range of the segment's payload in the super-packet.
     pub payload: Range<usize>,
-}
-
-/// Folds a 64-bit one's complement accumulator to 16 bits.
-fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum >> 16) + (sum & 0xffff);
-    }
-    sum as u16
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {

@@ -115,23 +115,22 @@ pub fn ones_sum(data: &[u8], initial: u64) -> u64 {
         last[..rest.len()].copy_from_slice(rest);
         b = add_carry(b, u64::from_le_bytes(last));
     }
-    let mut sum = add_carry(add_carry(a, b), add_carry(c, d));
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
+    let sum = fold(add_carry(add_carry(a, b), add_carry(c, d)));
     // Summed as little-endian words: swap into network order.
-    initial + u64::from((sum as u16).swap_bytes())
+    initial + u64::from(sum.swap_bytes())
+}
+
+/// Folds a one's complement accumulator to 16 bits (end-around carries).
+pub fn fold(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum >> 16) + (sum & 0xffff);
+    }
+    sum as u16
 }
 
 /// The Internet checksum (RFC 1071) of `data`.
 pub fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum = ones_sum(data, 0);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    !fold(ones_sum(data, 0))
 }
 
 /// Whether an ICMP error may be sent about `pkt` (RFC 1122 3.2.2): not about an ICMP error,
@@ -198,12 +197,6 @@ mod tests {
 
     #[test]
     fn ones_sum_agrees_with_tun_rs_on_any_length_and_alignment() {
-        let fold = |mut s: u64| {
-            while s > 0xffff {
-                s = (s & 0xffff) + (s >> 16);
-            }
-            s
-        };
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             x ^= x << 13;
