@@ -214,6 +214,48 @@ pub fn segment(
     Ok(())
 }
 
+/// Lays the segments [`segment`] made of the super-packet at the start of `buf` out one after
+/// the other inside `buf`, each header in front of its payload, so that the datagrams form
+/// one contiguous run of bytes: the kernel then copies a whole GSO send from one iovec
+/// instead of two small ones per datagram (each user copy pays a fixed price, which on a
+/// 64 KiB send of 45 segments costs about as much as copying the bytes). Moving the payloads
+/// apart costs one `memmove` of the super-packet in a buffer that is still in cache.
+///
+/// `buf` holds the super-packet in its first bytes and needs room for the extra headers
+/// behind it (`headers.len()` minus one header). On success `datagrams` receives the range of
+/// each datagram in `buf`; returns `false` and leaves `buf` untouched when the room is missing.
+pub fn spread(
+    buf: &mut [u8],
+    headers: &[u8],
+    segments: &[Segment],
+    datagrams: &mut Vec<Range<usize>>,
+) -> bool {
+    datagrams.clear();
+    let Some(last) = segments.last() else {
+        return true;
+    };
+    let hdr_len = last.header.len();
+    let end = last.payload.end + hdr_len * (segments.len() - 1);
+    if end > buf.len() {
+        return false;
+    }
+    // From the last segment back: a payload only ever moves towards the end, onto bytes whose
+    // own payload has already moved, and a header lands behind the previous payload's
+    // original place.
+    for (i, s) in segments.iter().enumerate().rev() {
+        let at = s.payload.start + hdr_len * i - hdr_len;
+        buf.copy_within(s.payload.clone(), at + hdr_len);
+        buf[at..at + hdr_len].copy_from_slice(&headers[s.header.clone()]);
+    }
+    let mut at = segments[0].payload.start - hdr_len;
+    for s in segments {
+        let len = hdr_len + s.payload.len();
+        datagrams.push(at..at + len);
+        at += len;
+    }
+    true
+}
+
 /// The parts of an IPv4 TCP segment that decide whether it continues a run.
 #[derive(Debug, Clone, Copy)]
 struct TcpView {
@@ -378,6 +420,30 @@ impl TcpRun {
     pub fn payload_offset(&self) -> usize {
         self.head.len()
     }
+
+    /// Moves the payloads of the run's packets together inside their receive buffers
+    /// (`bufs[i]` is buffer `i` of the packets' places): per buffer, each payload goes right
+    /// behind the previous one, starting at the first one's place. `spans` receives, in order,
+    /// where the gathered payloads lie, one per buffer, so the kernel can copy the run from one
+    /// iovec per buffer instead of one per packet (each user copy pays a fixed price; one
+    /// `memmove` of bytes still in cache costs less than 44 of them). The packets' places are
+    /// stale afterwards; call [`TcpRun::clear`] next.
+    pub fn gather<B: AsMut<[u8]>>(&self, bufs: &mut [B], spans: &mut Vec<PacketAt>) {
+        spans.clear();
+        let off = self.payload_offset();
+        for (i, r) in &self.packets {
+            let payload = r.start + off..r.end;
+            match spans.last_mut() {
+                // A buffer's packets come in order: the gathered payloads end at or before
+                // this one's start, so the move only ever goes towards the front.
+                Some((m, span)) if m == i => {
+                    bufs[*i].as_mut().copy_within(payload.clone(), span.end);
+                    span.end += payload.len();
+                }
+                _ => spans.push((*i, payload)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -470,6 +536,39 @@ mod tests {
     }
 
     #[test]
+    fn spread_lays_the_datagrams_out_back_to_back() {
+        for (payload, gso) in [(3000, 1400), (64_000, 1420), (1420 * 7, 1420), (10, 1420)] {
+            let (hdr, pkt) = super_packet(payload, gso, TCP_ACK | TCP_PSH);
+            let mut headers = Vec::new();
+            let mut segs = Vec::new();
+            segment(&hdr, &pkt, &mut headers, &mut segs).unwrap();
+            let expected: Vec<Vec<u8>> = segs
+                .iter()
+                .map(|s| [&headers[s.header.clone()], &pkt[s.payload.clone()]].concat())
+                .collect();
+            let extra = 52 * (segs.len() - 1);
+            let mut buf = pkt.clone();
+            buf.resize(pkt.len() + extra, 0xee);
+            let mut short = pkt.clone();
+            short.resize(pkt.len() + extra - 1, 0xee);
+            let mut ranges = Vec::new();
+            if extra > 0 {
+                assert!(!spread(&mut short, &headers, &segs, &mut ranges), "no room");
+                assert_eq!(short[..pkt.len()], pkt[..], "untouched without room");
+            }
+            assert!(spread(&mut buf, &headers, &segs, &mut ranges));
+            let got: Vec<Vec<u8>> = ranges.iter().map(|r| buf[r.clone()].to_vec()).collect();
+            assert_eq!(got, expected, "payload {payload}, gso {gso}");
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert!(
+                ranges.windows(2).all(|w| w[0].end == w[1].start),
+                "back to back"
+            );
+            assert_eq!(ranges.last().map(|r| r.end), Some(buf.len()));
+        }
+    }
+
+    #[test]
     fn udp_segments_get_their_length_and_checksum() {
         let mut p = vec![0u8; 28 + 250];
         p[0] = 0x45;
@@ -543,6 +642,36 @@ mod tests {
             buf.extend_from_slice(p);
         }
         (buf, ranges)
+    }
+
+    #[test]
+    fn gather_moves_each_buffers_payloads_together() {
+        let first: Vec<Vec<u8>> = (0..44)
+            .map(|i| tcp_packet(1000 + 1420 * i, 1420, TCP_ACK))
+            .collect();
+        let second = vec![tcp_packet(1000 + 1420 * 44, 700, TCP_ACK | TCP_PSH)];
+        let (buf0, ranges0) = gro_buffer(&first);
+        let (buf1, ranges1) = gro_buffer(&second);
+        let mut run = TcpRun::default();
+        for r in &ranges0 {
+            assert!(run.push(&buf0[r.clone()], (0, r.clone())));
+        }
+        assert!(run.push(&buf1[ranges1[0].clone()], (1, ranges1[0].clone())));
+        let expected: Vec<u8> = first
+            .iter()
+            .chain(&second)
+            .flat_map(|p| p[52..].to_vec())
+            .collect();
+        let mut bufs = vec![buf0.clone(), buf1.clone()];
+        let mut spans = Vec::new();
+        run.gather(&mut bufs, &mut spans);
+        assert_eq!(spans, vec![(0, 52..52 + 44 * 1420), (1, 52..52 + 700)]);
+        let got: Vec<u8> = spans
+            .iter()
+            .flat_map(|(i, r)| bufs[*i][r.clone()].to_vec())
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(bufs[0][..52], buf0[..52], "the first header stays");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,6 +37,26 @@ fn iovecs(d: &Datagram<'_>) -> [libc::iovec; 2] {
         iov_base: part.as_ptr() as *mut libc::c_void,
         iov_len: part.len(),
     })
+}
+
+/// Appends `part` to the iovecs `iov[from..]`, extending the last one instead when `part`
+/// starts where it ends; empty parts are left out.
+pub fn push_merged(iov: &mut Vec<libc::iovec>, from: usize, part: &[u8]) {
+    if part.is_empty() {
+        return;
+    }
+    if iov.len() > from {
+        if let Some(last) = iov.last_mut() {
+            if (last.iov_base as usize).wrapping_add(last.iov_len) == part.as_ptr() as usize {
+                last.iov_len += part.len();
+                return;
+            }
+        }
+    }
+    iov.push(libc::iovec {
+        iov_base: part.as_ptr() as *mut libc::c_void,
+        iov_len: part.len(),
+    });
 }
 
 /// A bound UDP socket of the data path.
@@ -211,18 +232,29 @@ impl UnderlaySocket {
             start = end;
         }
         let mut sa = sockaddr_in(dst);
-        let mut iov: Vec<libc::iovec> = datagrams.iter().flat_map(iovecs).collect();
+        // Per run its iovecs, parts that lie back to back in memory merged into one: each
+        // iovec costs the kernel a separate user copy.
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(2 * datagrams.len());
+        let mut spans: Vec<Range<usize>> = Vec::with_capacity(runs.len());
+        for &(first, end, _) in &runs {
+            let from = iov.len();
+            for part in datagrams[first..end].iter().flatten() {
+                push_merged(&mut iov, from, part);
+            }
+            spans.push(from..iov.len());
+        }
         // Per run room for one cmsg carrying a u16, aligned as the kernel expects.
         let mut control = vec![[0u64; 4]; runs.len()];
         let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(runs.len());
-        for (&(first, end, seg), control) in runs.iter().zip(control.iter_mut()) {
+        for ((&(first, end, seg), control), span) in runs.iter().zip(control.iter_mut()).zip(&spans)
+        {
             // SAFETY: mmsghdr is plain old data; all-zero is valid.
             let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
             let msg = &mut m.msg_hdr;
             msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
             msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msg.msg_iov = iov[2 * first..].as_mut_ptr();
-            msg.msg_iovlen = 2 * (end - first);
+            msg.msg_iov = iov[span.start..].as_mut_ptr();
+            msg.msg_iovlen = span.len();
             if end - first > 1 {
                 msg.msg_control = control.as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE is a pure size computation.
@@ -429,6 +461,11 @@ impl RecvBatch {
         let seg = self.segment[i].max(1);
         (self.sources[i], data, seg, self.truncated[i])
     }
+
+    /// The receive buffers, buffer `i` holding message `i`, to rearrange messages in place.
+    pub fn buffers_mut(&mut self) -> &mut [Vec<u8>] {
+        &mut self.bufs
+    }
 }
 
 #[cfg(test)]
@@ -468,10 +505,15 @@ mod tests {
                 .enumerate()
                 .map(|(i, n)| vec![i as u8 + 1; *n])
                 .collect();
-            // The first datagram in two parts, to check that they are gathered.
+            // The first datagram in two parts, to check that they are gathered; the second
+            // and third back to back in one buffer (their iovecs are merged), cut unevenly.
             let (head, tail) = payloads[0].split_at(300);
-            let mut slices: Vec<Datagram<'_>> = vec![[head, tail]];
-            slices.extend(payloads[1..].iter().map(|p| [p.as_slice(), &[][..]]));
+            let joined = [payloads[1].as_slice(), payloads[2].as_slice()].concat();
+            let (second, third) = joined.split_at(1000);
+            let (second_head, second_tail) = second.split_at(400);
+            let mut slices: Vec<Datagram<'_>> =
+                vec![[head, tail], [second_head, second_tail], [&[][..], third]];
+            slices.push([payloads[3].as_slice(), &[][..]]);
             tx.send_datagrams(SocketAddrV4::new(lo, 8285), &slices)
                 .expect("send datagrams");
             let mut batch = RecvBatch::new(8);
@@ -490,6 +532,39 @@ mod tests {
             }
             (tx.gso(), got)
         })
+    }
+
+    #[test]
+    fn back_to_back_parts_share_an_iovec() {
+        let buf = [7u8; 100];
+        let other = [8u8; 20];
+        let mut iov = Vec::new();
+        push_merged(&mut iov, 0, &buf[..30]);
+        push_merged(&mut iov, 0, &buf[30..30]);
+        push_merged(&mut iov, 0, &buf[30..100]);
+        push_merged(&mut iov, 0, &other[..10]);
+        assert_eq!(
+            iov.len(),
+            2,
+            "empty parts are left out, adjacent ones merged"
+        );
+        assert_eq!(
+            (iov[0].iov_base as *const u8, iov[0].iov_len),
+            (buf.as_ptr(), 100)
+        );
+        assert_eq!(
+            (iov[1].iov_base as *const u8, iov[1].iov_len),
+            (other.as_ptr(), 10)
+        );
+        // The next message's iovecs start at 2: never merged into the previous message's.
+        push_merged(&mut iov, 2, &other[10..15]);
+        push_merged(&mut iov, 2, &other[15..]);
+        assert_eq!(iov.len(), 3);
+        assert_eq!(iov[1].iov_len, 10);
+        assert_eq!(
+            (iov[2].iov_base as *const u8, iov[2].iov_len),
+            (other[10..].as_ptr(), 10)
+        );
     }
 
     fn expected() -> Vec<Vec<u8>> {
