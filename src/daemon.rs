@@ -45,6 +45,9 @@ pub struct DaemonOptions {
     pub lease_ttl: Duration,
     /// `--ip-masq`.
     pub ip_masq: bool,
+    /// Not `--no-udp-offloads`: the UDP backend uses TUN and UDP offloads where the kernel
+    /// has them.
+    pub udp_offloads: bool,
     /// `--healthz-addr`.
     pub healthz_addr: Option<SocketAddr>,
     /// `--resync-interval`: full relist-and-reconcile period.
@@ -196,7 +199,7 @@ impl Agent {
         let store = connect(&opts.etcd, &metrics).await;
         let config = wait_for_config(&store, &opts.etcd.prefix, &metrics).await;
         info!(network = %config.network, subnet_len = config.subnet_len, backend = ?config.backend, "network config");
-        let backend = Backend::new(&config, &ext, &opts.state_dir).await?;
+        let backend = Backend::new(&config, &ext, &opts.state_dir, opts.udp_offloads).await?;
         if let Some(render) = backend.metrics() {
             metrics.set_backend(render);
         }
@@ -476,7 +479,14 @@ impl Agent {
             }
             return false;
         }
-        match Backend::new(&self.config, &ext, &self.opts.state_dir).await {
+        match Backend::new(
+            &self.config,
+            &ext,
+            &self.opts.state_dir,
+            self.opts.udp_offloads,
+        )
+        .await
+        {
             Ok(backend) => {
                 info!(iface = %ext.name, index = ext.index, public_ip = %ext.public_ip, "external interface is back; data path rebuilt on it");
                 if let Some(render) = backend.metrics() {

@@ -25,6 +25,8 @@ const STRANGER_IP: &str = "192.0.2.51";
 const UDP_PORT: u16 = 8285;
 /// Bytes of the bulk transfer: enough to push many 64 KiB GSO batches through the data path.
 const BULK_BYTES: usize = 100 << 20;
+/// Bytes of a bulk transfer over a data path without offloads (one packet per syscall).
+const SMALL_BULK_BYTES: usize = 16 << 20;
 
 /// A two-node cluster running `config`, with one pod per node that can reach the other.
 fn two_node_cluster(config: &str) -> (Cluster, Pod, Pod) {
@@ -107,17 +109,15 @@ fn bulk_transfer(from: &Pod, to: &Pod, bytes: usize) -> (Vec<u8>, Vec<u8>, f64) 
     (hash.finalize().to_vec(), received, gbps)
 }
 
-/// Both directions carry TCP, and a bulk transfer arrives intact in both directions.
-fn assert_pods_talk_and_bulk_arrives_intact(a: &Pod, b: &Pod, what: &str) {
+/// Both directions carry TCP, and a bulk transfer of `bytes` arrives intact in both
+/// directions.
+fn assert_pods_talk_and_bulk_arrives_intact(a: &Pod, b: &Pod, what: &str, bytes: usize) {
     assert!(a.tcp_check(b), "{what}: TCP a -> b");
     assert!(b.tcp_check(a), "{what}: TCP b -> a");
     for (from, to, dir) in [(a, b, "a -> b"), (b, a, "b -> a")] {
-        let (sent, received, gbps) = bulk_transfer(from, to, BULK_BYTES);
-        assert_eq!(
-            sent, received,
-            "{what}: SHA-256 of {BULK_BYTES} bytes {dir}"
-        );
-        eprintln!("{what}: {BULK_BYTES} bytes {dir} intact at {gbps:.2} Gbit/s");
+        let (sent, received, gbps) = bulk_transfer(from, to, bytes);
+        assert_eq!(sent, received, "{what}: SHA-256 of {bytes} bytes {dir}");
+        eprintln!("{what}: {bytes} bytes {dir} intact at {gbps:.2} Gbit/s");
     }
 }
 
@@ -131,7 +131,62 @@ fn udp_pods_on_two_nodes_talk_both_ways_and_bulk_arrives_intact() {
     );
     let link = cluster.node(0).link("flannel0").expect("flannel0 exists");
     assert_eq!(link["mtu"], 1472, "flannel0 MTU: {link}");
-    assert_pods_talk_and_bulk_arrives_intact(&a, &b, "udp");
+    assert_pods_talk_and_bulk_arrives_intact(&a, &b, "udp", BULK_BYTES);
+}
+
+#[test]
+fn udp_without_offloads_and_after_switching_them_off_bulk_arrives_intact() {
+    // Node 0 starts with offloads (vnet headers on flannel0, UDP GSO/GRO), node 1 without:
+    // super-packets cut by one node, single packets from the other.
+    let cluster = Cluster::new(2, UDP_CONFIG);
+    cluster.node(0).start_weftd(&[]);
+    cluster.node(1).start_weftd(&["--no-udp-offloads"]);
+    for node in [cluster.node(0), cluster.node(1)] {
+        node.wait_subnet_env(Duration::from_secs(30));
+    }
+    let a = cluster.node(0).add_pod();
+    let b = cluster.node(1).add_pod();
+    wait_until(Duration::from_secs(20), "pod a reaches pod b", || {
+        a.tcp_check(&b)
+    });
+    let offloads = |node: &Node| {
+        node.log()
+            .lines()
+            .rfind(|l| l.contains("UDP data path"))
+            .map(|l| l.to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        offloads(cluster.node(0)).contains("offloads=Some((true, true, true))"),
+        "node 0 runs with offloads: {}",
+        offloads(cluster.node(0))
+    );
+    assert!(
+        offloads(cluster.node(1)).contains("offloads=Some((false, false, false))"),
+        "node 1 runs without: {}",
+        offloads(cluster.node(1))
+    );
+    // Packet by packet (and a debug build in tests): a smaller transfer, still thousands of
+    // full-size segments.
+    assert_pods_talk_and_bulk_arrives_intact(
+        &a,
+        &b,
+        "udp, one node without offloads",
+        SMALL_BULK_BYTES,
+    );
+    // The persistent flannel0 keeps the device-wide offload settings of the weftd before;
+    // a weftd without offloads must not be handed 64 KiB super-packets it cannot cut.
+    cluster.node(0).kill9();
+    cluster.node(0).start_weftd(&["--no-udp-offloads"]);
+    wait_until(
+        Duration::from_secs(30),
+        "node 0 runs without offloads",
+        || offloads(cluster.node(0)).contains("offloads=Some((false, false, false))"),
+    );
+    wait_until(Duration::from_secs(20), "pod a reaches pod b again", || {
+        a.tcp_check(&b)
+    });
+    assert_pods_talk_and_bulk_arrives_intact(&a, &b, "udp without offloads", SMALL_BULK_BYTES);
 }
 
 #[test]
@@ -149,7 +204,7 @@ fn hostgw_pods_on_two_nodes_talk_both_ways_and_bulk_arrives_intact() {
         .expect("route to node 2");
     assert_eq!(route["gateway"], cluster.node(1).public_ip(), "{route}");
     assert_eq!(route["dev"], "eth0", "{route}");
-    assert_pods_talk_and_bulk_arrives_intact(&a, &b, "host-gw");
+    assert_pods_talk_and_bulk_arrives_intact(&a, &b, "host-gw", BULK_BYTES);
 }
 
 /// The Internet checksum, written out here so the test does not trust weft's.
@@ -436,9 +491,10 @@ fn udp_backend_counts_and_drops_garbage_and_strangers() {
             let ext = weft::netlink::find_external_interface(Some("eth0"), None)
                 .await
                 .expect("find eth0");
-            let mut backend = UdpBackend::new("10.244.0.0/16".parse().unwrap(), UDP_PORT, &ext)
-                .await
-                .expect("start UDP backend");
+            let mut backend =
+                UdpBackend::new("10.244.0.0/16".parse().unwrap(), UDP_PORT, &ext, true)
+                    .await
+                    .expect("start UDP backend");
             assert_eq!(backend.mtu(), 1472);
             let report = backend.reconcile(own, &[peer]).await.expect("reconcile");
             assert_eq!(report.desired, 1);

@@ -265,7 +265,7 @@ async fn new_backend(cfg: &NetworkConfig, state_dir: &Path) -> Backend {
     let ext = netlink::find_external_interface(Some("eth0"), None)
         .await
         .expect("find eth0");
-    Backend::new(cfg, &ext, state_dir)
+    Backend::new(cfg, &ext, state_dir, true)
         .await
         .expect("prepare backend")
 }
@@ -409,7 +409,7 @@ fn public_ip_behind_nat_is_published_while_tunnel_uses_iface_address() {
             .await
             .unwrap();
         assert_eq!(ext.iface_addr, Ipv4Addr::new(192, 0, 2, 1));
-        let mut backend = Backend::new(&cfg, &ext, &state).await.unwrap();
+        let mut backend = Backend::new(&cfg, &ext, &state, true).await.unwrap();
         backend.reconcile(own(), &[]).await.unwrap();
         // A --public-ip that is one of the interface's addresses selects that address.
         let second =

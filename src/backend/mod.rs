@@ -106,11 +106,13 @@ pub enum Backend {
 
 impl Backend {
     /// Prepares the backend for the configured type (VXLAN: loads or creates the VTEP MAC
-    /// persisted in `state_dir`, before any device exists).
+    /// persisted in `state_dir`, before any device exists; UDP: with TUN and UDP offloads
+    /// where the kernel has them, unless `udp_offloads` is false).
     pub async fn new(
         cfg: &NetworkConfig,
         ext: &ExternalInterface,
         state_dir: &Path,
+        udp_offloads: bool,
     ) -> Result<Backend, BackendError> {
         remove_leftovers(cfg, ext).await;
         match &cfg.backend {
@@ -132,7 +134,7 @@ impl Backend {
                 ))
             }
             BackendConfig::Udp { port } => Ok(Backend::Udp(
-                udp::UdpBackend::new(cfg.network, *port, ext).await?,
+                udp::UdpBackend::new(cfg.network, *port, ext, udp_offloads).await?,
             )),
             BackendConfig::HostGw => Ok(Backend::HostGw(hostgw::HostGwBackend::new(ext))),
         }

@@ -89,6 +89,8 @@ pub struct UdpBackend {
     counters: Arc<UdpCounters>,
     datapath: Option<DataPath>,
     tun_index: u32,
+    /// Whether TUN and UDP offloads are used where the kernel has them.
+    offloads: bool,
 }
 
 impl std::fmt::Debug for UdpBackend {
@@ -107,11 +109,13 @@ impl std::fmt::Debug for UdpBackend {
 impl UdpBackend {
     /// Creates (or re-attaches to) `flannel0` and starts the data path for the cluster
     /// network `network`, exchanging datagrams on UDP `port` of `ext`. Must run inside a
-    /// tokio runtime, in the network namespace the backend serves.
+    /// tokio runtime, in the network namespace the backend serves. Without `offloads` the data
+    /// path moves one packet per read and write, as Flannel's does.
     pub async fn new(
         network: Ipv4Network,
         port: u16,
         ext: &ExternalInterface,
+        offloads: bool,
     ) -> Result<Self, UdpError> {
         let min = UDP_OVERHEAD + 68;
         if ext.mtu < min {
@@ -130,6 +134,7 @@ impl UdpBackend {
             counters: Arc::new(UdpCounters::default()),
             datapath: None,
             tun_index: 0,
+            offloads,
         };
         let handle = netlink::connect()?;
         backend.start_data_path(&handle).await?;
@@ -268,7 +273,7 @@ impl UdpBackend {
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, MAX_QUEUES);
-        let tuns = match open_tun_queues(queues) {
+        let tuns = match open_tun_queues(queues, self.offloads) {
             Ok(t) => t,
             Err(e) => {
                 // A flannel0 left by Flannel or created with other flags cannot be attached
@@ -278,13 +283,13 @@ impl UdpBackend {
                 };
                 tracing::warn!(error = %e, device = TUN_NAME, "existing device is unusable; recreating it");
                 netlink::del_link(handle, link.header.index, TUN_NAME).await?;
-                open_tun_queues(queues)?
+                open_tun_queues(queues, self.offloads)?
             }
         };
         let mut qs = Vec::with_capacity(tuns.len());
         let bind = SocketAddrV4::new(self.ext.iface_addr, self.port);
         for tun in tuns {
-            let socket = UnderlaySocket::bind(bind)
+            let socket = UnderlaySocket::bind(bind, self.offloads)
                 .map_err(|source| UdpError::Socket { addr: bind, source })?;
             qs.push(Queue { tun, socket });
         }
@@ -326,8 +331,8 @@ fn accept_local_source() {
 }
 
 /// Opens `queues` queues of the persistent multi-queue TUN device `flannel0`, with
-/// virtio-net headers when the kernel takes them, all non-blocking.
-fn open_tun_queues(queues: usize) -> Result<Vec<SyncDevice>, UdpError> {
+/// virtio-net headers when `offloads` and the kernel takes them, all non-blocking.
+fn open_tun_queues(queues: usize, offloads: bool) -> Result<Vec<SyncDevice>, UdpError> {
     let build = |offload: bool| {
         DeviceBuilder::new()
             .name(TUN_NAME)
@@ -335,9 +340,9 @@ fn open_tun_queues(queues: usize) -> Result<Vec<SyncDevice>, UdpError> {
             .offload(offload)
             .build_sync()
     };
-    let first = match build(true) {
+    let first = match build(offloads) {
         Ok(dev) => dev,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+        Err(e) if offloads && e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(error = %e, "TUN offloads unavailable; running without vnet headers");
             build(false).map_err(|source| UdpError::Tun {
                 op: "create",

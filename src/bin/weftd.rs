@@ -41,6 +41,11 @@ struct Flags {
     /// Masquerade pod traffic leaving the cluster network (nftables).
     #[arg(long, env = "WEFTD_IP_MASQ")]
     ip_masq: bool,
+    /// UDP backend: run without offloads (no virtio-net headers on flannel0, no UDP GSO or
+    /// GRO), one packet per read and write as Flannel does; for kernels that misbehave with
+    /// them, and to rule them out when debugging.
+    #[arg(long, env = "WEFTD_NO_UDP_OFFLOADS")]
+    no_udp_offloads: bool,
     /// Serve /healthz, /readyz and /metrics on this address (off by default).
     #[arg(long, env = "WEFTD_HEALTHZ_ADDR")]
     healthz_addr: Option<SocketAddr>,
@@ -136,6 +141,7 @@ impl Flags {
             renew_margin: Duration::from_secs(self.subnet_lease_renew_margin * 60),
             lease_ttl: Duration::from_secs(self.subnet_lease_ttl.max(5)),
             ip_masq: self.ip_masq,
+            udp_offloads: !self.no_udp_offloads,
             healthz_addr: self.healthz_addr,
             resync_interval: Duration::from_secs(self.resync_interval.max(1)),
         }

@@ -101,8 +101,9 @@ fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
 
 impl UnderlaySocket {
     /// Opens a UDP socket bound to `addr` with `SO_REUSEPORT` (so every worker has its own
-    /// socket on the same port), large buffers, and GSO/GRO switched on where available.
-    pub fn bind(addr: SocketAddrV4) -> io::Result<Self> {
+    /// socket on the same port), large buffers, and, when `offloads`, GSO/GRO switched on
+    /// where available.
+    pub fn bind(addr: SocketAddrV4, offloads: bool) -> io::Result<Self> {
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw = unsafe {
             libc::socket(
@@ -156,8 +157,8 @@ impl UnderlaySocket {
             return Err(io::Error::last_os_error());
         }
         // Setting a GSO size of 0 succeeds exactly on kernels that know UDP_SEGMENT.
-        let gso = setsockopt_int(raw, libc::SOL_UDP, UDP_SEGMENT, 0).is_ok();
-        let gro = setsockopt_int(raw, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+        let gso = offloads && setsockopt_int(raw, libc::SOL_UDP, UDP_SEGMENT, 0).is_ok();
+        let gro = offloads && setsockopt_int(raw, libc::SOL_UDP, UDP_GRO, 1).is_ok();
         Ok(UnderlaySocket {
             fd,
             gso: AtomicBool::new(gso),
@@ -495,8 +496,9 @@ mod tests {
     fn round_trip(force_sendmmsg: bool) -> (bool, Vec<Vec<u8>>) {
         in_private_netns(|| {
             let lo = Ipv4Addr::LOCALHOST;
-            let rx = UnderlaySocket::bind(SocketAddrV4::new(lo, 8285)).expect("bind receiver");
-            let tx = UnderlaySocket::bind(SocketAddrV4::new(lo, 8286)).expect("bind sender");
+            let rx =
+                UnderlaySocket::bind(SocketAddrV4::new(lo, 8285), true).expect("bind receiver");
+            let tx = UnderlaySocket::bind(SocketAddrV4::new(lo, 8286), true).expect("bind sender");
             if force_sendmmsg {
                 tx.gso.store(false, Ordering::Relaxed);
             }
