@@ -298,7 +298,7 @@ impl TxPump {
         let Scratch {
             headers,
             segments,
-            spread: laid_out,
+            laid_out,
         } = scratch;
         let Some(dst) = ipv4_destination(&room[..len]) else {
             UdpCounters::add(&self.counters.tx_not_ipv4, 1);
@@ -389,7 +389,7 @@ impl TxPump {
 struct Scratch {
     headers: Vec<u8>,
     segments: Vec<Segment>,
-    spread: Vec<Range<usize>>,
+    laid_out: Vec<Range<usize>>,
 }
 
 /// The receive side's reusable buffers: the iovecs of a TUN write and the gathered payloads.
