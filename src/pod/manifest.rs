@@ -446,19 +446,103 @@ pub fn is_manifest_file(path: &Path) -> bool {
     !hidden && matches!(ext, Some("yaml" | "yml" | "json"))
 }
 
+/// The largest manifest weft reads (files and URL bodies): a Pod object is a few KiB, and
+/// Kubernetes' API server refuses objects over 1.5 MiB.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// The parser's budgets for one manifest: a Pod nests about ten levels deep and holds a few
+/// hundred nodes, so these refuse hostile input (deep `[[[`, alias bombs, many documents)
+/// early while leaving real manifests far inside them.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = 32;
+    budget.flow_nesting_limit = 32;
+    budget.max_documents = 1;
+    budget.max_nodes = 100_000;
+    budget.max_events = 200_000;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_total_scalar_bytes = MAX_MANIFEST_BYTES;
+    budget.max_reader_input_bytes = Some(MAX_MANIFEST_BYTES);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    // The parser would quote the offending lines; a manifest may be a link to any file, so
+    // errors carry the location only, never content.
+    options.with_snippet = false;
+    options
+}
+
+/// The parser's message without the values it quotes from the input (`string "…"`), so an
+/// error never echoes file content.
+fn redact_parser_message(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let quoted = &rest[i + "string \"".len()..];
+        let mut end = quoted.len();
+        let mut escaped = false;
+        for (j, ch) in quoted.char_indices() {
+            match ch {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = j + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &quoted[end.min(quoted.len())..];
+    }
+    out.push_str(rest);
+    // One line, bounded: parser messages may carry more context than an operator needs.
+    let line = out.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    line.chars().take(300).collect()
+}
+
 /// Parses and validates the manifest `file` whose content is `bytes`.
 ///
-/// YAML and JSON are both read by the YAML parser (JSON is YAML). The namespace defaults to
-/// `default`; the UID, when absent, is a hash of namespace, name, file and content, so it is
-/// stable while the file is unchanged, as kubelet does for static pods.
+/// YAML and JSON are both read by the YAML parser (JSON is YAML), within [`yaml_options`]'
+/// budgets and in time linear in the input. The namespace defaults to `default`; the UID,
+/// when absent, is a hash of namespace, name, file and content, so it is stable while the
+/// file is unchanged, as kubelet does for static pods.
 pub fn parse_manifest(file: &Path, bytes: &[u8]) -> Result<ParsedManifest, ManifestError> {
     let syntax = |reason: String| ManifestError::Syntax {
         file: file.to_path_buf(),
         reason,
     };
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(syntax(format!(
+            "{} bytes is over the {MAX_MANIFEST_BYTES}-byte limit",
+            bytes.len()
+        )));
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| syntax(format!("not UTF-8: {e}")))?;
-    let mut pod: Pod = serde_yaml::from_str(text).map_err(|e| syntax(e.to_string()))?;
-    let tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| syntax(e.to_string()))?;
+    let yaml_error = |e: serde_saphyr::Error| syntax(redact_parser_message(&e.to_string()));
+    // The tree first: it shows whether the document is an object at all, and finds the
+    // fields weft does not know.
+    let tree: serde_json::Value =
+        serde_saphyr::from_str_with_options(text, yaml_options()).map_err(yaml_error)?;
+    if !tree.is_object() {
+        return Err(syntax(format!(
+            "the document is {}, not a Pod object",
+            json_kind(&tree)
+        )));
+    }
+    // Typed from the tree, which is already within the budgets; the error names the field.
+    let mut pod: Pod = serde_path_to_error::deserialize(&tree).map_err(|e| {
+        let reason = redact_parser_message(&e.inner().to_string());
+        match e.path().to_string() {
+            root if root == "." => syntax(reason),
+            field => ManifestError::Invalid {
+                file: file.to_path_buf(),
+                field,
+                reason,
+            },
+        }
+    })?;
     let mut warnings = Vec::new();
     unknown_fields(&tree, "", Shape::Pod, &mut warnings);
     let content_hash = hex(&Sha256::digest(bytes));
@@ -491,6 +575,18 @@ pub fn parse_manifest(file: &Path, bytes: &[u8]) -> Result<ParsedManifest, Manif
         warnings,
         content_hash,
     })
+}
+
+/// "a string", "a list", … for an error about the document's top level.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "empty",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -905,16 +1001,12 @@ fn known_fields(shape: Shape) -> &'static [(&'static str, Field)] {
 }
 
 /// Collects `path: unknown field, ignored` for every field of `value` the schema lacks.
-fn unknown_fields(value: &serde_yaml::Value, at: &str, shape: Shape, out: &mut Vec<String>) {
-    let Some(map) = value.as_mapping() else {
+fn unknown_fields(value: &serde_json::Value, at: &str, shape: Shape, out: &mut Vec<String>) {
+    let Some(map) = value.as_object() else {
         return;
     };
     let fields = known_fields(shape);
-    for (k, v) in map {
-        let key = match k.as_str() {
-            Some(s) => s.to_string(),
-            None => format!("{k:?}"),
-        };
+    for (key, v) in map {
         let path = if at.is_empty() {
             key.clone()
         } else {
@@ -925,7 +1017,7 @@ fn unknown_fields(value: &serde_yaml::Value, at: &str, shape: Shape, out: &mut V
             Some((_, Field::Leaf)) => {}
             Some((_, Field::Obj(s))) => unknown_fields(v, &path, *s, out),
             Some((_, Field::List(s))) => {
-                for (i, item) in v.as_sequence().into_iter().flatten().enumerate() {
+                for (i, item) in v.as_array().into_iter().flatten().enumerate() {
                     unknown_fields(item, &format!("{path}[{i}]"), *s, out);
                 }
             }
@@ -1024,19 +1116,72 @@ spec:
     }
 
     #[test]
-    fn type_errors_name_the_field_and_the_location() {
+    fn type_errors_name_the_field() {
         let text = MYAPP.replace(
             "      image: busybox",
             "      image: busybox\n      ports: 80",
         );
         let e = parse(&text).unwrap_err();
-        let msg = e.to_string();
-        assert!(
-            msg.starts_with("manifest /etc/weft/manifests/p.yaml: "),
-            "{msg}"
+        assert_eq!(
+            e.to_string(),
+            "manifest /etc/weft/manifests/p.yaml: field spec.containers[0].ports: \
+             invalid type: integer `80`, expected a sequence"
         );
-        assert!(msg.contains("spec.containers[0].ports"), "{msg}");
-        assert!(msg.contains("line"), "{msg}");
+        let broken = parse("metadata: {name: [x\n").unwrap_err().to_string();
+        assert!(broken.contains("line"), "{broken}");
+    }
+
+    #[test]
+    fn errors_never_quote_file_content() {
+        let secret = "s3cr3t-MARKER-value";
+        for text in [
+            format!("{secret}\n"),
+            format!("root:x:0:0:{secret}:/root:/bin/sh\ndaemon:x:1:1::/:/bin/false\n"),
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec: {secret}\n"),
+            format!("apiVersion: v1\nkind: Pod\nmetadata: \"{secret}\"\n"),
+            format!("- {secret}\n"),
+            format!("{secret}: [\n"),
+        ] {
+            let msg = parse(&text).unwrap_err().to_string();
+            assert!(!msg.contains(secret), "{msg}");
+            assert!(
+                msg.starts_with("manifest /etc/weft/manifests/p.yaml: "),
+                "{msg}"
+            );
+        }
+        let msg = parse(&format!("{secret}\n")).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "manifest /etc/weft/manifests/p.yaml: the document is a string, not a Pod object"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_once() {
+        // The input that kept the previous parser busy for half a minute.
+        let nested = "[".repeat(100 * 1024);
+        let started = std::time::Instant::now();
+        let e = parse(&nested).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(e, ManifestError::Syntax { .. }), "{e}");
+        eprintln!("100 KiB of '[' refused in {took:?}: {e}");
+        let deep_block = (0..200)
+            .map(|i| format!("{}k:\n", " ".repeat(i)))
+            .collect::<String>();
+        assert!(parse(&deep_block).is_err());
+    }
+
+    #[test]
+    fn oversize_and_multi_document_input_is_refused() {
+        let big = format!("{MYAPP}# {}\n", "x".repeat(MAX_MANIFEST_BYTES));
+        let msg = parse(&big).unwrap_err().to_string();
+        assert!(msg.contains("over the 1048576-byte limit"), "{msg}");
+        let two = format!("{MYAPP}---\n{MYAPP}");
+        assert!(parse(&two).is_err());
+        let bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
+                    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n\
+                    e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n";
+        assert!(parse(bomb).is_err());
     }
 
     #[test]
