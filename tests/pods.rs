@@ -24,6 +24,7 @@ use weft::pod::backoff::BackoffPolicy;
 use weft::pod::cli::{self, read_invalid, read_pods};
 use weft::pod::controller::{ControllerError, PodConfig, PodManager};
 use weft::pod::image::ImageStore;
+use weft::pod::layout::PodId;
 use weft::pod::status::{self, PodPhase, PodRecord};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -285,14 +286,12 @@ impl PodNode {
 
     fn log(&self, rec: &PodRecord, container: &str, restart: u32) -> String {
         let m = &rec.pod.metadata;
-        let path = cli::log_path(
-            &self.cfg.pod_log_dir,
-            &m.namespace,
-            &m.name,
-            &m.uid,
-            container,
-            restart,
-        );
+        let pod = PodId::new(&m.namespace, &m.name, &m.uid).unwrap_or_else(|e| panic!("{e}"));
+        let path = self
+            .cfg
+            .layout()
+            .container_log(&pod, container, restart)
+            .unwrap_or_else(|e| panic!("{e}"));
         weft::pod::crilog::log_text(&std::fs::read_to_string(path).unwrap_or_default())
     }
 

@@ -9,6 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use std::time::SystemTime;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{chdir, fork, pipe, setsid, ForkResult, Pid};
 use weft::pod::crilog::{format_record, Stream, MAX_RECORD};
+use weft::pod::layout::LOG_FILE_MODE;
 use weft::pod::process::{stdio_to_dev_null, ProcessId};
 use weft::pod::runtime::{ExitReason, ExitStatus};
 
@@ -92,7 +94,12 @@ fn copy_stream(reader: impl Read, stream: Stream, log: Arc<Mutex<File>>) {
 /// Runs the container to its end and returns its exit status.
 fn supervise(args: &Args) -> ExitStatus {
     let pid_file = args.bundle.join("container.pid");
-    let log = match OpenOptions::new().create(true).append(true).open(&args.log) {
+    let log = match OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_FILE_MODE)
+        .open(&args.log)
+    {
         Ok(f) => Arc::new(Mutex::new(f)),
         Err(e) => {
             eprintln!(

@@ -8,10 +8,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::crilog::log_text;
+use super::layout::{LayoutError, PodId, PodLayout, INVALID_FILE};
 use super::status::{self, PodRecord};
-
-/// The file under the pod root listing the manifests that failed to load.
-pub const INVALID_FILE: &str = "invalid-manifests.json";
 
 /// The on-disk locations shared by weftd's pod runtime and weftctl.
 #[derive(Debug, Clone, clap::Args)]
@@ -96,29 +94,12 @@ pub enum CliError {
         /// The pod.
         pod: String,
     },
+    /// The pod or container named in a status file cannot name a path.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
     /// An unknown `-o` value.
     #[error("unsupported output format {0:?} (supported: wide, json)")]
     Output(String),
-}
-
-/// The directory name of a pod under the pod root and the log dir: `<ns>_<name>_<uid>`.
-pub fn pod_dir_name(namespace: &str, name: &str, uid: &str) -> String {
-    format!("{namespace}_{name}_{uid}")
-}
-
-/// The log file of run `restart` of `container`.
-pub fn log_path(
-    log_dir: &Path,
-    namespace: &str,
-    name: &str,
-    uid: &str,
-    container: &str,
-    restart: u32,
-) -> PathBuf {
-    log_dir
-        .join(pod_dir_name(namespace, name, uid))
-        .join(container)
-        .join(format!("{restart}.log"))
 }
 
 /// Reads the status record of every pod under `pod_root`, sorted by namespace and name.
@@ -313,14 +294,9 @@ pub fn logs(args: &LogsArgs, out: &mut dyn Write) -> Result<(), CliError> {
     } else {
         st.restart_count
     };
-    let path = log_path(
-        &args.paths.pod_log_dir,
-        ns,
-        name,
-        &p.metadata.uid,
-        &container,
-        restart,
-    );
+    let layout = PodLayout::new(&args.paths.pod_root, &args.paths.pod_log_dir);
+    let pod = PodId::new(ns, name, &p.metadata.uid)?;
+    let path = layout.container_log(&pod, &container, restart)?;
     let text = match std::fs::read(&path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         // A container that has not started has no log yet: print nothing, as kubectl would.
@@ -412,11 +388,13 @@ mod tests {
         };
         let rec = record("default", "web", "10.244.1.5");
         let uid = rec.pod.metadata.uid.clone();
-        let dir = paths.pod_root.join(pod_dir_name("default", "web", &uid));
+        let layout = PodLayout::new(&paths.pod_root, &paths.pod_log_dir);
+        let pod = PodId::new("default", "web", &uid).unwrap();
+        let dir = layout.pod_dir(&pod);
         std::fs::create_dir_all(&dir).unwrap();
         status::write_record(&dir, &rec).unwrap();
         for (run, msg) in [(1, "first run"), (2, "second run")] {
-            let p = log_path(&paths.pod_log_dir, "default", "web", &uid, "app", run);
+            let p = layout.container_log(&pod, "app", run).unwrap();
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, format!("2026-11-28T06:00:00Z stdout F {msg}\n")).unwrap();
         }

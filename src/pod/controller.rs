@@ -8,14 +8,15 @@ use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use super::backoff::BackoffPolicy;
-use super::cli::{pod_dir_name, InvalidManifest, INVALID_FILE};
-use super::manifest::{is_manifest_file, parse_manifest, ParsedManifest};
+use super::cli::InvalidManifest;
+use super::layout::{PodId, PodLayout};
+use super::manifest::{is_manifest_file, parse_manifest, ParsedManifest, MAX_MANIFEST_BYTES};
 use super::pod_worker::{PodWorker, WorkerMode, WorkerState};
 
 /// Everything the pod runtime needs to know about the node; weftd's flags map onto it.
@@ -27,6 +28,8 @@ pub struct PodConfig {
     pub manifest_url: Option<String>,
     /// How often the manifest URL is fetched (kubelet: 20 s).
     pub manifest_url_interval: Duration,
+    /// How long one fetch of the manifest URL may take in all (kubelet: 10 s).
+    pub manifest_url_deadline: Duration,
     /// `--cni-conf-dir` (`/etc/cni/net.d`).
     pub cni_conf_dir: PathBuf,
     /// `--cni-bin-dir` (`/opt/cni/bin`), searched in order.
@@ -52,12 +55,18 @@ pub struct PodConfig {
 }
 
 impl PodConfig {
+    /// Where this node's pods and logs live on disk.
+    pub fn layout(&self) -> PodLayout {
+        PodLayout::new(&self.pod_root, &self.pod_log_dir)
+    }
+
     /// A config with the documented defaults for everything but the manifest directory.
     pub fn new(manifest_dir: PathBuf, node_name: String) -> Self {
         PodConfig {
             manifest_dir,
             manifest_url: None,
             manifest_url_interval: Duration::from_secs(20),
+            manifest_url_deadline: Duration::from_secs(10),
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/opt/cni/bin".into()],
             cni_cache_dir: "/var/lib/cni".into(),
@@ -124,13 +133,19 @@ impl DirWatch {
     }
 }
 
-/// The pod served at the manifest URL. A failed fetch keeps the last content (the pod keeps
-/// running while the server is unreachable), as kubelet does.
+/// The pod served at the manifest URL, fetched on a thread of its own so a slow or silent
+/// server never holds up the controller. A failed fetch, or an answer that is not a valid
+/// manifest, keeps the last good content (its pod keeps running), as kubelet does.
 struct UrlSource {
     url: String,
-    next: Option<std::time::Instant>,
+    next: Option<Instant>,
+    /// The fetch in flight; its answer arrives here.
+    pending: Option<mpsc::Receiver<Result<Vec<u8>, String>>>,
     body: Option<Vec<u8>>,
-    parsed: Option<Result<ParsedManifest, String>>,
+    /// The last content that was a valid manifest.
+    good: Option<ParsedManifest>,
+    /// Why the last answer was refused, until a valid one comes.
+    error: Option<String>,
 }
 
 impl UrlSource {
@@ -138,30 +153,62 @@ impl UrlSource {
         UrlSource {
             url,
             next: None,
+            pending: None,
             body: None,
-            parsed: None,
+            good: None,
+            error: None,
         }
     }
 
-    fn refresh(&mut self, interval: Duration) {
-        let now = std::time::Instant::now();
+    /// Takes the answer of the fetch in flight, if it came, and starts the next one when due.
+    fn refresh(&mut self, interval: Duration, deadline: Duration) {
+        if let Some(rx) = &self.pending {
+            match rx.try_recv() {
+                Ok(answer) => {
+                    self.pending = None;
+                    self.take(answer);
+                }
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => self.pending = None,
+            }
+        }
+        let now = Instant::now();
         if self.next.is_some_and(|t| now < t) {
             return;
         }
         self.next = Some(now + interval);
-        match http_get(&self.url, Duration::from_secs(5)) {
+        let (tx, rx) = mpsc::channel();
+        let url = self.url.clone();
+        // The thread ends by itself within `deadline`; nobody waits for it, so neither does
+        // weftd's shutdown.
+        let spawned = std::thread::Builder::new()
+            .name("manifest-url".into())
+            .spawn(move || {
+                let _ = tx.send(http_get(&url, deadline, MAX_MANIFEST_BYTES));
+            });
+        match spawned {
+            Ok(_) => self.pending = Some(rx),
+            Err(e) => tracing::warn!(url = %self.url, error = %e, "start manifest fetch"),
+        }
+    }
+
+    fn take(&mut self, answer: Result<Vec<u8>, String>) {
+        match answer {
             Ok(body) if self.body.as_ref() != Some(&body) => {
-                let parsed = parse_manifest(Path::new(&self.url), &body).map_err(|e| e.to_string());
-                match &parsed {
+                match parse_manifest(Path::new(&self.url), &body) {
                     Ok(m) => {
                         for w in &m.warnings {
                             tracing::warn!(url = %self.url, "manifest: {w}");
                         }
+                        self.good = Some(m);
+                        self.error = None;
                     }
-                    Err(e) => tracing::error!(url = %self.url, "invalid pod manifest: {e}"),
+                    Err(e) => {
+                        tracing::error!(url = %self.url, "invalid pod manifest; keeping the last good one: {e}");
+                        self.error = Some(e.to_string());
+                    }
                 }
                 self.body = Some(body);
-                self.parsed = Some(parsed);
             }
             Ok(_) => {}
             Err(e) => {
@@ -195,19 +242,30 @@ pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
     Ok((host_port, path.to_string()))
 }
 
-/// Body of `GET url` (HTTP/1.0, status 200 required).
-pub fn http_get(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+/// Room for the status line and headers on top of the body limit.
+const MAX_HTTP_HEADER: usize = 64 << 10;
+
+/// Body of `GET url` (HTTP/1.0, status 200 required), all of it within `deadline` (connect,
+/// request and every read together: a server dripping a byte at a time gets no longer) and
+/// refused when the body is over `max_body` bytes.
+pub fn http_get(url: &str, deadline: Duration, max_body: usize) -> Result<Vec<u8>, String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
+    let end = Instant::now() + deadline;
+    let left = || {
+        end.checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("GET {url}: no complete answer within {deadline:?}"))
+    };
     let (host_port, path) = parse_http_url(url)?;
     let addr = host_port
         .to_socket_addrs()
         .map_err(|e| format!("resolve {host_port}: {e}"))?
         .next()
         .ok_or_else(|| format!("resolve {host_port}: no address"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+    let mut s = std::net::TcpStream::connect_timeout(&addr, left()?)
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
+    s.set_write_timeout(Some(left()?))
         .map_err(|e| e.to_string())?;
     let host = host_port
         .rsplit_once(':')
@@ -216,10 +274,28 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
     let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: weftd\r\n\r\n");
     s.write_all(request.as_bytes())
         .map_err(|e| format!("send to {addr}: {e}"))?;
+    let limit = max_body + MAX_HTTP_HEADER;
     let mut resp = Vec::new();
-    s.take(16 << 20)
-        .read_to_end(&mut resp)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        s.set_read_timeout(Some(left()?))
+            .map_err(|e| e.to_string())?;
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => resp.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("read from {addr}: {e}")),
+        }
+        if resp.len() > limit {
+            return Err(format!("GET {url}: answer over {limit} bytes"));
+        }
+    }
     let split = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -233,7 +309,14 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
     if code != 200 {
         return Err(format!("GET {url}: HTTP status {code}"));
     }
-    Ok(resp[split + 4..].to_vec())
+    let body = &resp[split + 4..];
+    if body.len() > max_body {
+        return Err(format!(
+            "GET {url}: body of {} bytes is over the {max_body}-byte limit",
+            body.len()
+        ));
+    }
+    Ok(body.to_vec())
 }
 
 /// A valid manifest found in the directory.
@@ -254,6 +337,42 @@ pub struct ManifestScan {
     pub invalid: Vec<InvalidManifest>,
 }
 
+impl ManifestScan {
+    /// Adds the pod of `desired` unless an earlier manifest has its name or its UID (two pods
+    /// with one UID would share a directory, a sandbox and cgroups).
+    pub fn add(&mut self, desired: DesiredPod) {
+        let pod = &desired.manifest.pod;
+        let name = pod.full_name();
+        let uid = &pod.metadata.uid;
+        let taken = match self.pods.get(&name) {
+            Some(first) => Some(format!(
+                "field metadata.name: pod {name} is already defined by {}",
+                first.file.display()
+            )),
+            None => self
+                .pods
+                .values()
+                .find(|d| &d.manifest.pod.metadata.uid == uid)
+                .map(|first| {
+                    format!(
+                        "field metadata.uid: {uid:?} is already the UID of pod {} defined by {}",
+                        first.manifest.pod.full_name(),
+                        first.file.display()
+                    )
+                }),
+        };
+        match taken {
+            Some(reason) => self.invalid.push(InvalidManifest {
+                file: desired.file.display().to_string(),
+                error: format!("manifest {}: {reason}", desired.file.display()),
+            }),
+            None => {
+                self.pods.insert(name, desired);
+            }
+        }
+    }
+}
+
 /// A manifest changed less than this long ago may still be being written.
 const MANIFEST_SETTLE: Duration = Duration::from_secs(1);
 
@@ -265,13 +384,48 @@ fn recently_modified(file: &Path) -> bool {
         .is_some_and(|age| age < MANIFEST_SETTLE)
 }
 
-/// Reads every manifest of `dir` (in file-name order). A pod name defined by two files is
-/// rejected in the second. `cache` keeps parse results by file and content, so unchanged
+/// The content of a manifest file, `Ok(None)` when it is gone, `Err(reason)` when it is
+/// refused unread: over [`MAX_MANIFEST_BYTES`] (judged by its size, then capped while reading)
+/// or not a regular file.
+fn read_manifest_file(file: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a FIFO renamed into place must not stop the controller in open().
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(file)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("open: {e}")),
+    };
+    let meta = f.metadata().map_err(|e| format!("stat: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let too_big = |n: u64| format!("{n} bytes is over the {MAX_MANIFEST_BYTES}-byte limit");
+    if meta.len() > MAX_MANIFEST_BYTES as u64 {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("read: {e}"))?;
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
+/// Parse results by file: the content they were made from (`None` when the file was refused
+/// unread) and the outcome.
+pub type ManifestCache = HashMap<PathBuf, (Option<Vec<u8>>, Result<ParsedManifest, String>)>;
+
+/// Reads every manifest of `dir` (in file-name order). A pod name or UID defined by two files
+/// is rejected in the second. `cache` keeps parse results by file and content, so unchanged
 /// files are not parsed again and warnings are logged once.
-pub fn scan_manifests(
-    dir: &Path,
-    cache: &mut HashMap<PathBuf, (Vec<u8>, Result<ParsedManifest, String>)>,
-) -> ManifestScan {
+pub fn scan_manifests(dir: &Path, cache: &mut ManifestCache) -> ManifestScan {
     let mut scan = ManifestScan::default();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
@@ -286,24 +440,32 @@ pub fn scan_manifests(
     files.sort();
     cache.retain(|f, _| files.contains(f));
     for file in files {
-        let bytes = match std::fs::read(&file) {
-            Ok(b) => b,
+        let content = match read_manifest_file(&file) {
+            Ok(Some(bytes)) => Ok(bytes),
             // Deleted between listing and reading: it is gone.
-            Err(_) => continue,
+            Ok(None) => continue,
+            Err(reason) => Err(format!("manifest {}: {reason}", file.display())),
         };
-        let fresh = !matches!(cache.get(&file), Some((old, _)) if *old == bytes);
+        let fresh = match (cache.get(&file), &content) {
+            (Some((Some(old), _)), Ok(new)) => old != new,
+            (Some((None, Err(old))), Err(new)) => old != new,
+            _ => true,
+        };
         if fresh {
-            let parsed = parse_manifest(&file, &bytes).map_err(|e| e.to_string());
+            let parsed = match &content {
+                Ok(bytes) => parse_manifest(&file, bytes).map_err(|e| e.to_string()),
+                Err(reason) => Err(reason.clone()),
+            };
             if parsed.is_err() && recently_modified(&file) {
                 // Probably still being written (not renamed into place): judge it at the next
                 // scan, keeping the pod of its previous content meanwhile.
                 if let Some((_, Ok(m))) = cache.get(&file) {
-                    scan.pods
-                        .entry(m.pod.full_name())
-                        .or_insert_with(|| DesiredPod {
+                    if !scan.pods.contains_key(&m.pod.full_name()) {
+                        scan.add(DesiredPod {
                             file: file.clone(),
                             manifest: m.clone(),
                         });
+                    }
                 }
                 continue;
             }
@@ -315,33 +477,16 @@ pub fn scan_manifests(
                 }
                 Err(e) => tracing::error!(file = %file.display(), "invalid pod manifest: {e}"),
             }
-            cache.insert(file.clone(), (bytes, parsed));
+            cache.insert(file.clone(), (content.ok(), parsed));
         }
         let Some((_, parsed)) = cache.get(&file) else {
             continue;
         };
         match parsed {
-            Ok(m) => {
-                let name = m.pod.full_name();
-                if let Some(first) = scan.pods.get(&name) {
-                    scan.invalid.push(InvalidManifest {
-                        file: file.display().to_string(),
-                        error: format!(
-                            "manifest {}: field metadata.name: pod {name} is already defined by {}",
-                            file.display(),
-                            first.file.display()
-                        ),
-                    });
-                } else {
-                    scan.pods.insert(
-                        name,
-                        DesiredPod {
-                            file: file.clone(),
-                            manifest: m.clone(),
-                        },
-                    );
-                }
-            }
+            Ok(m) => scan.add(DesiredPod {
+                file: file.clone(),
+                manifest: m.clone(),
+            }),
             Err(e) => scan.invalid.push(InvalidManifest {
                 file: file.display().to_string(),
                 error: e.clone(),
@@ -385,9 +530,14 @@ pub struct PodManager {
     cfg: Arc<PodConfig>,
     workers: BTreeMap<String, PodWorker>,
     stopping: Vec<PodWorker>,
-    cache: HashMap<PathBuf, (Vec<u8>, Result<ParsedManifest, String>)>,
-    last_invalid: Vec<InvalidManifest>,
+    cache: ManifestCache,
+    /// What `invalid-manifests.json` holds; `None` until written once by this controller, so
+    /// a list left by a previous weftd is replaced at start.
+    last_invalid: Option<Vec<InvalidManifest>>,
     url_source: Option<UrlSource>,
+    /// Pod directories of the manifest URL found at start, kept until the URL serves a valid
+    /// manifest (then adopted when it is the same pod, removed otherwise).
+    url_kept: Vec<PathBuf>,
 }
 
 impl PodManager {
@@ -407,8 +557,9 @@ impl PodManager {
             workers: BTreeMap::new(),
             stopping: Vec::new(),
             cache: HashMap::new(),
-            last_invalid: Vec::new(),
+            last_invalid: None,
             url_source: None,
+            url_kept: Vec::new(),
         };
         mgr.url_source = mgr.cfg.manifest_url.clone().map(UrlSource::new);
         tracing::info!(dir = %mgr.cfg.manifest_dir.display(), node = %mgr.cfg.node_name, "pod controller started");
@@ -482,11 +633,11 @@ impl PodManager {
                 .pods
                 .get(&name)
                 .filter(|d| d.manifest.pod.metadata.uid == state.uid);
-            // The manifest URL could not be fetched yet: keep its pod until it answers.
+            // The manifest URL has not served a valid manifest yet: keep its pod until it does.
             let url_unknown = self
                 .url_source
                 .as_ref()
-                .is_some_and(|u| u.parsed.is_none() && state.manifest == Path::new(&u.url));
+                .is_some_and(|u| u.good.is_none() && state.manifest == Path::new(&u.url));
             match wanted {
                 Some(d) if !self.workers.contains_key(&name) => {
                     tracing::info!(pod = %name, "re-adopting running pod");
@@ -500,6 +651,7 @@ impl PodManager {
                 }
                 _ if url_unknown => {
                     tracing::info!(pod = %name, "pod of the manifest URL kept until the URL answers");
+                    self.url_kept.push(dir);
                 }
                 _ => {
                     tracing::info!(pod = %name, dir = %dir.display(), "removing orphaned pod");
@@ -513,46 +665,42 @@ impl PodManager {
     /// The manifest directory plus the manifest URL's pod (fetched when due).
     fn scan(&mut self) -> ManifestScan {
         let mut scan = scan_manifests(&self.cfg.manifest_dir, &mut self.cache);
-        if let Some(src) = self.url_source.as_mut() {
-            src.refresh(self.cfg.manifest_url_interval);
-            match &src.parsed {
-                Some(Ok(m)) => {
-                    let name = m.pod.full_name();
-                    match scan.pods.get(&name) {
-                        Some(first) => scan.invalid.push(InvalidManifest {
-                            file: src.url.clone(),
-                            error: format!(
-                                "manifest {}: field metadata.name: pod {name} is already defined by {}",
-                                src.url,
-                                first.file.display()
-                            ),
-                        }),
-                        None => {
-                            scan.pods.insert(
-                                name,
-                                DesiredPod {
-                                    file: PathBuf::from(&src.url),
-                                    manifest: m.clone(),
-                                },
-                            );
-                        }
-                    }
-                }
-                Some(Err(e)) => scan.invalid.push(InvalidManifest {
-                    file: src.url.clone(),
-                    error: e.clone(),
-                }),
-                None => {}
+        let Some(src) = self.url_source.as_mut() else {
+            return scan;
+        };
+        src.refresh(
+            self.cfg.manifest_url_interval,
+            self.cfg.manifest_url_deadline,
+        );
+        if let Some(e) = &src.error {
+            scan.invalid.push(InvalidManifest {
+                file: src.url.clone(),
+                error: e.clone(),
+            });
+        }
+        let Some(m) = src.good.clone() else {
+            return scan;
+        };
+        // The pods kept since start are judged now that the URL serves a valid manifest.
+        for dir in std::mem::take(&mut self.url_kept) {
+            if WorkerState::load(&dir).is_some_and(|s| s.uid != m.pod.metadata.uid) {
+                tracing::info!(dir = %dir.display(), "manifest URL serves another pod: removing the old one");
+                self.stopping
+                    .push(PodWorker::teardown_orphan(self.cfg.clone(), dir));
             }
         }
+        scan.add(DesiredPod {
+            file: PathBuf::from(&src.url),
+            manifest: m,
+        });
         scan
     }
 
     fn reconcile(&mut self, scan: ManifestScan) {
         self.stopping.retain(|w| !w.is_finished());
-        if scan.invalid != self.last_invalid {
+        if self.last_invalid.as_ref() != Some(&scan.invalid) {
             self.write_invalid(&scan.invalid);
-            self.last_invalid = scan.invalid.clone();
+            self.last_invalid = Some(scan.invalid.clone());
         }
         let desired: BTreeMap<String, String> = scan
             .pods
@@ -577,17 +725,26 @@ impl PodManager {
             }
         }
         for (name, d) in scan.pods {
-            // A replaced pod starts once its predecessor is gone (same name, same log paths).
-            let busy = self.stopping.iter().any(|w| w.full_name() == name);
+            // A replaced pod starts once its predecessor is gone (same name, same log paths),
+            // and a pod taking over a removed pod's UID once that pod's directory is gone.
+            let uid = &d.manifest.pod.metadata.uid;
+            let busy = self
+                .stopping
+                .iter()
+                .any(|w| w.full_name() == name || w.uid() == uid);
             if self.workers.contains_key(&name) || busy {
                 continue;
             }
             // A pod kept while its manifest URL was unreachable is taken over, not recreated.
             let m = &d.manifest.pod.metadata;
-            let dir = self
-                .cfg
-                .pod_root
-                .join(pod_dir_name(&m.namespace, &m.name, &m.uid));
+            let id = match PodId::new(&m.namespace, &m.name, &m.uid) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::error!(pod = %name, error = %e, "pod not started");
+                    continue;
+                }
+            };
+            let dir = self.cfg.layout().pod_dir(&id);
             let mode = match WorkerState::load(&dir) {
                 Some(s) if s.uid == m.uid => WorkerMode::Adopt,
                 _ => WorkerMode::Create,
@@ -599,8 +756,8 @@ impl PodManager {
     }
 
     fn write_invalid(&self, invalid: &[InvalidManifest]) {
-        let path = self.cfg.pod_root.join(INVALID_FILE);
-        let tmp = self.cfg.pod_root.join(format!(".{INVALID_FILE}.tmp"));
+        let path = self.cfg.layout().invalid_manifests();
+        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(invalid).unwrap_or_default();
         if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
             tracing::warn!(path = %path.display(), error = %e, "write invalid manifest list");
@@ -652,12 +809,156 @@ mod tests {
         });
         let url = format!("http://127.0.0.1:{port}/m.yaml");
         assert_eq!(
-            http_get(&url, Duration::from_secs(2)).unwrap(),
+            http_get(&url, Duration::from_secs(2), 100).unwrap(),
             b"kind: Pod\n"
         );
-        let e = http_get(&url, Duration::from_secs(2)).unwrap_err();
+        let e = http_get(&url, Duration::from_secs(2), 100).unwrap_err();
         assert!(e.ends_with("HTTP status 404"), "{e}");
         server.join().unwrap();
+    }
+
+    /// A server that answers every request with `head` and then `body`, `chunk` bytes every
+    /// `pause`, until the client goes away.
+    fn dripping_server(head: &'static str, body: Vec<u8>, chunk: usize, pause: Duration) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf);
+                    if s.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    for part in body.chunks(chunk) {
+                        if s.write_all(part).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(pause);
+                    }
+                });
+            }
+        });
+        format!("http://127.0.0.1:{port}/pod.yaml")
+    }
+
+    #[test]
+    fn http_get_has_a_total_deadline_and_a_size_cap() {
+        // One byte every 300 ms for far longer than the deadline: each read succeeds in time.
+        let url = dripping_server(
+            "HTTP/1.0 200 OK\r\n\r\n",
+            vec![b'#'; 1000],
+            1,
+            Duration::from_millis(300),
+        );
+        let e = http_get(&url, Duration::from_secs(1), 4096).unwrap_err();
+        assert!(e.contains("no complete answer within 1s"), "{e}");
+        let url = dripping_server(
+            "HTTP/1.0 200 OK\r\n\r\n",
+            vec![b'#'; 5000],
+            5000,
+            Duration::ZERO,
+        );
+        let e = http_get(&url, Duration::from_secs(5), 4096).unwrap_err();
+        assert!(e.contains("over the 4096-byte limit"), "{e}");
+        let url = dripping_server(
+            "HTTP/1.0 200 OK\r\n\r\n",
+            vec![b'#'; 200_000],
+            200_000,
+            Duration::ZERO,
+        );
+        let e = http_get(&url, Duration::from_secs(5), 4096).unwrap_err();
+        assert!(e.contains("answer over"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_url_answer_keeps_the_last_good_pod() {
+        let mut src = UrlSource::new("http://192.0.2.1/pod.yaml".into());
+        src.take(Ok(POD.replace("NAME", "web").into_bytes()));
+        let uid = src.good.as_ref().map(|m| m.pod.metadata.uid.clone());
+        assert!(uid.is_some());
+        assert_eq!(src.error, None);
+        src.take(Ok(b"[[[[".to_vec()));
+        assert_eq!(src.good.as_ref().map(|m| m.pod.metadata.uid.clone()), uid);
+        assert!(src.error.as_ref().is_some_and(|e| e.contains("192.0.2.1")));
+        src.take(Err("connection refused".into()));
+        assert_eq!(src.good.as_ref().map(|m| m.pod.metadata.uid.clone()), uid);
+        src.take(Ok(POD.replace("NAME", "db").into_bytes()));
+        assert_eq!(src.error, None);
+        assert_eq!(
+            src.good.map(|m| m.pod.full_name()).as_deref(),
+            Some("default/db")
+        );
+    }
+
+    #[test]
+    fn a_second_manifest_with_a_taken_uid_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let with_uid = |name: &str| {
+            POD.replace("NAME", name)
+                .replace("metadata: {name: ", "metadata: {uid: shared-1, name: ")
+        };
+        std::fs::write(d.join("a.yaml"), with_uid("first")).unwrap();
+        std::fs::write(d.join("b.yaml"), with_uid("second")).unwrap();
+        let scan = scan_manifests(d, &mut HashMap::new());
+        assert_eq!(scan.pods.keys().collect::<Vec<_>>(), ["default/first"]);
+        assert_eq!(
+            scan.invalid,
+            vec![InvalidManifest {
+                file: d.join("b.yaml").display().to_string(),
+                error: format!(
+                    "manifest {}: field metadata.uid: \"shared-1\" is already the UID of pod default/first defined by {}",
+                    d.join("b.yaml").display(),
+                    d.join("a.yaml").display()
+                ),
+            }]
+        );
+    }
+
+    /// Bytes this thread has read through system calls so far.
+    fn thread_read_bytes() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn oversize_and_special_files_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // 300 MB without the disk space: a sparse file.
+        let big = std::fs::File::create(d.join("big.yaml")).unwrap();
+        big.set_len(300_000_000).unwrap();
+        age(&d.join("big.yaml"));
+        nix::unistd::mkfifo(&d.join("fifo.yaml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::write(d.join("ok.yaml"), POD.replace("NAME", "web")).unwrap();
+        let mut cache = HashMap::new();
+        let before = thread_read_bytes();
+        let scan = scan_manifests(d, &mut cache);
+        let read = thread_read_bytes() - before;
+        assert!(read < 1 << 20, "{read} bytes read");
+        assert_eq!(scan.pods.keys().collect::<Vec<_>>(), ["default/web"]);
+        assert_eq!(
+            scan.invalid,
+            vec![InvalidManifest {
+                file: d.join("big.yaml").display().to_string(),
+                error: format!(
+                    "manifest {}: 300000000 bytes is over the 1048576-byte limit",
+                    d.join("big.yaml").display()
+                ),
+            }]
+        );
+        // Judged again from its size alone, every scan.
+        let before = thread_read_bytes();
+        let again = scan_manifests(d, &mut cache);
+        assert!(thread_read_bytes() - before < 1 << 20);
+        assert_eq!(again.invalid, scan.invalid);
     }
 
     #[test]
@@ -687,7 +988,7 @@ mod tests {
         std::fs::write(d.join("d.yaml"), POD.replace("NAME", "db")).unwrap();
         std::fs::write(d.join("notes.txt"), "ignored").unwrap();
         age(&d.join("b.json"));
-        let mut cache = HashMap::new();
+        let mut cache = ManifestCache::new();
         let scan = scan_manifests(d, &mut cache);
         assert_eq!(
             scan.pods.keys().collect::<Vec<_>>(),

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::layout::{check_dns_label, check_dns_subdomain, check_uid, LayoutError};
+
 /// Why a manifest was rejected.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ManifestError {
@@ -612,19 +614,14 @@ fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, Fiel
     Err((field.into(), reason.into()))
 }
 
-/// RFC 1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, ≤ 63.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// RFC 1123 subdomain: dot-separated labels, ≤ 253.
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+/// A name check's error as `(field, reason)`.
+fn name_error(e: LayoutError) -> FieldError {
+    match e {
+        LayoutError::InvalidName { field, value, rule } => {
+            (field, format!("{value:?} is not {rule}"))
+        }
+        other => (String::new(), other.to_string()),
+    }
 }
 
 fn validate(pod: &Pod) -> Result<(), FieldError> {
@@ -641,23 +638,14 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
     if meta.name.is_empty() {
         return err("metadata.name", "required");
     }
-    if !is_dns_subdomain(&meta.name) {
-        return err(
-            "metadata.name",
-            format!("{:?} is not a DNS-1123 subdomain", meta.name),
-        );
-    }
-    // The log directory and CNI args are built from namespace and name: keep them labels.
-    if !is_dns_label(&meta.namespace) {
-        return err(
-            "metadata.namespace",
-            format!("{:?} is not a DNS-1123 label", meta.namespace),
-        );
+    // Namespace, name and UID name the pod's directories: the layout's rules apply.
+    check_dns_subdomain("metadata.name", &meta.name).map_err(name_error)?;
+    check_dns_label("metadata.namespace", &meta.namespace).map_err(name_error)?;
+    if !meta.uid.is_empty() {
+        check_uid("metadata.uid", &meta.uid).map_err(name_error)?;
     }
     if let Some(h) = &pod.spec.hostname {
-        if !is_dns_label(h) {
-            return err("spec.hostname", format!("{h:?} is not a DNS-1123 label"));
-        }
+        check_dns_label("spec.hostname", h).map_err(name_error)?;
     }
     if pod.spec.containers.is_empty() {
         return err("spec.containers", "at least one container is required");
@@ -694,12 +682,7 @@ fn validate_volumes(volumes: &[Volume]) -> Result<BTreeSet<&str>, FieldError> {
     let mut names = BTreeSet::new();
     for (i, v) in volumes.iter().enumerate() {
         let at = format!("spec.volumes[{i}]");
-        if !is_dns_label(&v.name) {
-            return err(
-                format!("{at}.name"),
-                format!("{:?} is not a DNS-1123 label", v.name),
-            );
-        }
+        check_dns_label(&format!("{at}.name"), &v.name).map_err(name_error)?;
         if !names.insert(v.name.as_str()) {
             return err(
                 format!("{at}.name"),
@@ -776,12 +759,7 @@ fn validate_volumes(volumes: &[Volume]) -> Result<BTreeSet<&str>, FieldError> {
 }
 
 fn validate_container(at: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result<(), FieldError> {
-    if !is_dns_label(&c.name) {
-        return err(
-            format!("{at}.name"),
-            format!("{:?} is not a DNS-1123 label", c.name),
-        );
-    }
+    check_dns_label(&format!("{at}.name"), &c.name).map_err(name_error)?;
     if c.image.trim().is_empty() {
         return err(format!("{at}.image"), "required");
     }
@@ -1208,6 +1186,32 @@ spec:
         assert_eq!(
             e.to_string(),
             "manifest /etc/weft/manifests/p.yaml: field metadata.name: required"
+        );
+    }
+
+    #[test]
+    fn names_that_become_paths_follow_kubernetes_rules() {
+        let with_uid =
+            |uid: &str| MYAPP.replace("  labels:", &format!("  uid: {uid:?}\n  labels:"));
+        let e = parse(&with_uid("../../../../../victim")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest /etc/weft/manifests/p.yaml: field metadata.uid: \"../../../../../victim\" \
+             is not a valid UID (lowercase alphanumerics and '-', at most 63 characters)"
+        );
+        for uid in ["a/b", "A", "x_y", &"1".repeat(64)] {
+            assert_eq!(invalid_field(&with_uid(uid)), "metadata.uid", "{uid}");
+        }
+        let ns = |n: &str| MYAPP.replace("  labels:", &format!("  namespace: {n:?}\n  labels:"));
+        assert_eq!(invalid_field(&ns("..")), "metadata.namespace");
+        assert_eq!(invalid_field(&ns("a.b")), "metadata.namespace");
+        assert_eq!(
+            invalid_field(&MYAPP.replace("name: myapp-pod", "name: \"../x\"")),
+            "metadata.name"
+        );
+        assert_eq!(
+            invalid_field(&INIT.replace("- name: work\n", "- name: \"../w\"\n")),
+            "spec.volumes[0].name"
         );
     }
 

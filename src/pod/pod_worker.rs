@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
 use super::bundle::{ContainerSpec, MountSpec};
-use super::cli::{log_path, pod_dir_name};
 use super::cni::{load_network, Attachment, CniRuntime, POD_IFNAME};
 use super::controller::PodConfig;
 use super::image::ImageStore;
+use super::layout::{LayoutError, PodId, PodLayout};
 use super::manifest::{Container, ParsedManifest, Pod, RestartPolicy};
 use super::probe::{ProbeKind, ProbeTarget, ProbeTracker};
 use super::runtime::{ContainerHandle, ExitStatus, OciRuntime};
@@ -68,10 +68,18 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
-    /// Reads `<dir>/pod.json`; `None` when absent or unreadable.
+    /// Reads `<dir>/pod.json`; `None` when absent, unreadable, or naming a pod whose names
+    /// cannot name paths (such a directory is left alone: removing it could reach anywhere).
     pub fn load(dir: &Path) -> Option<WorkerState> {
         let bytes = std::fs::read(dir.join(STATE_FILE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let state: WorkerState = serde_json::from_slice(&bytes).ok()?;
+        match state.id() {
+            Ok(_) => Some(state),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "pod state names an invalid pod; left alone");
+                None
+            }
+        }
     }
 
     /// `namespace/name`.
@@ -79,9 +87,9 @@ impl WorkerState {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// `<ns>_<name>_<uid>`: the pod's id, directory name and CNI container id.
-    pub fn pod_id(&self) -> String {
-        pod_dir_name(&self.namespace, &self.name, &self.uid)
+    /// The pod's checked identity, which names its directories and its CNI container id.
+    pub fn id(&self) -> Result<PodId, LayoutError> {
+        PodId::new(&self.namespace, &self.name, &self.uid)
     }
 
     fn save(&self, dir: &Path) -> std::io::Result<()> {
@@ -124,9 +132,10 @@ impl PodWorker {
         let full_name = manifest.pod.full_name();
         let uid = manifest.pod.metadata.uid.clone();
         let sig = signal.clone();
-        let thread = std::thread::spawn(move || {
-            let mut run = PodRun::new(cfg, manifest, file, sig);
-            run.main(mode);
+        let name = full_name.clone();
+        let thread = std::thread::spawn(move || match PodRun::new(cfg, manifest, file, sig) {
+            Ok(mut run) => run.main(mode),
+            Err(e) => tracing::error!(pod = %name, error = %e, "pod not started"),
         });
         PodWorker {
             full_name,
@@ -217,6 +226,8 @@ struct Slot {
 struct PodRun {
     cfg: Arc<PodConfig>,
     pod: Pod,
+    id: PodId,
+    layout: PodLayout,
     dir: PathBuf,
     state: WorkerState,
     runtime: OciRuntime,
@@ -240,7 +251,12 @@ fn now_str() -> String {
 }
 
 impl PodRun {
-    fn new(cfg: Arc<PodConfig>, m: ParsedManifest, file: PathBuf, signal: Arc<AtomicU8>) -> PodRun {
+    fn new(
+        cfg: Arc<PodConfig>,
+        m: ParsedManifest,
+        file: PathBuf,
+        signal: Arc<AtomicU8>,
+    ) -> Result<PodRun, LayoutError> {
         let mut pod = m.pod;
         pod.spec.node_name = Some(cfg.node_name.clone());
         let state = WorkerState {
@@ -253,7 +269,9 @@ impl PodRun {
             network: None,
             backoff: BTreeMap::new(),
         };
-        let dir = cfg.pod_root.join(state.pod_id());
+        let id = state.id()?;
+        let layout = cfg.layout();
+        let dir = layout.pod_dir(&id);
         let mut obj = PodObject::new(&pod);
         obj.metadata.creation_timestamp = Some(now_str());
         obj.status.start_time = now_str();
@@ -280,7 +298,7 @@ impl PodRun {
             .all_containers()
             .map(|c| (c.name.clone(), Slot::default()))
             .collect();
-        PodRun {
+        Ok(PodRun {
             runtime: OciRuntime::new(&cfg.oci_runtime.to_string_lossy(), &dir),
             cni: CniRuntime {
                 bin_dirs: cfg.cni_bin_dirs.clone(),
@@ -296,6 +314,8 @@ impl PodRun {
             },
             cfg,
             pod,
+            id,
+            layout,
             dir,
             state,
             sandbox: None,
@@ -306,7 +326,7 @@ impl PodRun {
             slots,
             written: None,
             signal,
-        }
+        })
     }
 
     fn main(&mut self, mode: WorkerMode) {
@@ -371,9 +391,11 @@ impl PodRun {
     fn create_volumes(&self) -> StepResult {
         for v in &self.pod.spec.volumes {
             if let Some(d) = &v.downward_api {
-                let root = self.dir.join("volumes").join(&v.name);
                 for item in &d.items {
-                    let path = root.join(&item.path);
+                    let path = self
+                        .layout
+                        .volume_file(&self.id, &v.name, &item.path)
+                        .map_err(|e| format!("downwardAPI volume {}: {e}", v.name))?;
                     let text = downward_file(&self.pod, &item.field_ref.field_path);
                     path.parent()
                         .map_or(Ok(()), std::fs::create_dir_all)
@@ -389,7 +411,10 @@ impl PodRun {
                 continue;
             }
             if v.empty_dir.is_some() {
-                let path = self.dir.join("volumes").join(&v.name);
+                let path = self
+                    .layout
+                    .volume_dir(&self.id, &v.name)
+                    .map_err(|e| format!("emptyDir {}: {e}", v.name))?;
                 std::fs::create_dir_all(&path)
                     .and_then(|()| {
                         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
@@ -427,7 +452,7 @@ impl PodRun {
 
     fn attachment(&self) -> Attachment {
         Attachment {
-            container_id: self.state.pod_id(),
+            container_id: self.id.dir_name(),
             netns: self
                 .sandbox
                 .as_ref()
@@ -484,7 +509,7 @@ impl PodRun {
     }
 
     fn make_sandbox(&mut self) -> StepResult {
-        let sandbox = Sandbox::create(&self.state.pod_id(), self.pod.hostname(), &self.dir)
+        let sandbox = Sandbox::create(&self.id.dir_name(), self.pod.hostname(), &self.dir)
             .map_err(|e| e.to_string())?;
         self.sandbox = Some(sandbox);
         self.record.timings.sandbox_ms = Some(unix_ms(SystemTime::now()));
@@ -754,17 +779,13 @@ impl PodRun {
         if let Err(e) = self.runtime.delete(&id) {
             tracing::debug!(container = %c.name, error = %e, "delete stale container");
         }
-        let log = log_path(
-            &self.cfg.pod_log_dir,
-            &self.state.namespace,
-            &self.state.name,
-            &self.state.uid,
-            &c.name,
-            restart,
-        );
+        let log = self
+            .layout
+            .container_log(&self.id, &c.name, restart)
+            .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
         let spec = ContainerSpec {
             id,
-            pod_id: self.state.pod_id(),
+            pod_id: self.id.dir_name(),
             name: c.name.clone(),
             image,
             command: c.command.clone().unwrap_or_default(),
@@ -791,7 +812,9 @@ impl PodRun {
                 .find(|v| v.name == m.name)
                 .ok_or_else(|| format!("volume {} not found", m.name))?;
             let source = if v.empty_dir.is_some() || v.downward_api.is_some() {
-                self.dir.join("volumes").join(&v.name)
+                self.layout
+                    .volume_dir(&self.id, &v.name)
+                    .map_err(|e| e.to_string())?
             } else if let Some(hp) = &v.host_path {
                 prepare_host_path(&hp.path, hp.kind.as_deref().unwrap_or(""))
                     .map_err(|e| format!("volume {}: hostPath {}: {e}", v.name, hp.path))?;
@@ -886,7 +909,7 @@ impl PodRun {
             self.retire(&name);
         }
         let netns = self.sandbox.as_ref().map(Sandbox::netns_path);
-        release_network(&self.cfg, &self.state, netns.unwrap_or_default());
+        release_network(&self.cfg, &self.id, &self.state, netns.unwrap_or_default());
         self.state.network = None;
         if let Some(sb) = self.sandbox.take() {
             if let Err(e) = sb.stop(SANDBOX_GRACE) {
@@ -1043,7 +1066,7 @@ fn prepare_host_path(path: &str, kind: &str) -> Result<(), String> {
 
 /// CNI DEL of the pod's attachment, with the network config cached at ADD (or the current one
 /// of the same name). Nothing to do when the pod was never attached.
-fn release_network(cfg: &PodConfig, state: &WorkerState, netns: PathBuf) {
+fn release_network(cfg: &PodConfig, id: &PodId, state: &WorkerState, netns: PathBuf) {
     let Some(network) = &state.network else {
         return;
     };
@@ -1053,7 +1076,7 @@ fn release_network(cfg: &PodConfig, state: &WorkerState, netns: PathBuf) {
         cache_dir: cfg.cni_cache_dir.clone(),
     };
     let att = Attachment {
-        container_id: state.pod_id(),
+        container_id: id.dir_name(),
         netns,
         ifname: POD_IFNAME.to_string(),
         pod_namespace: state.namespace.clone(),
@@ -1084,6 +1107,13 @@ fn teardown(
     handles: Option<Vec<ContainerHandle>>,
 ) {
     let pod = state.full_name();
+    let id = match state.id() {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(pod = %pod, dir = %dir.display(), error = %e, "not removing a pod with invalid names");
+            return;
+        }
+    };
     let runtime = OciRuntime::new(&cfg.oci_runtime.to_string_lossy(), dir);
     let grace = Duration::from_secs(state.grace_seconds);
     let ids: Vec<String> = match handles {
@@ -1111,6 +1141,7 @@ fn teardown(
     let sandbox = SandboxState::load(dir).ok().flatten().map(Sandbox::adopt);
     release_network(
         cfg,
+        &id,
         state,
         sandbox
             .as_ref()
@@ -1125,7 +1156,7 @@ fn teardown(
     if let Err(e) = std::fs::remove_dir_all(dir) {
         tracing::warn!(pod = %pod, dir = %dir.display(), error = %e, "remove pod directory");
     }
-    let logs = cfg.pod_log_dir.join(state.pod_id());
+    let logs = cfg.layout().log_dir(&id);
     if let Err(e) = std::fs::remove_dir_all(&logs) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(pod = %pod, dir = %logs.display(), error = %e, "remove pod logs");
@@ -1191,7 +1222,7 @@ mod tests {
         };
         s.save(dir.path()).unwrap();
         assert_eq!(WorkerState::load(dir.path()), Some(s.clone()));
-        assert_eq!(s.pod_id(), "default_web_u");
+        assert_eq!(s.id().unwrap().dir_name(), "default_web_u");
         assert_eq!(s.full_name(), "default/web");
     }
 }

@@ -491,7 +491,7 @@ impl OciRuntime {
         if let Some(log_dir) = spec.log_path.parent() {
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o755)
+                .mode(super::layout::LOG_DIR_MODE)
                 .create(log_dir)
                 .map_err(self.io(id, "create log directory", log_dir))?;
         }
