@@ -8,7 +8,7 @@ mod image;
 use std::error::Error;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -408,6 +408,93 @@ fn path_traversal_is_rejected() -> TestResult {
     );
     assert!(!Path::new("/tmp/symlink-abs").exists());
     assert!(store.list()?.is_empty());
+    Ok(())
+}
+
+/// `stat PATH` as the `nobody` user: `Ok` when it could, the error text otherwise.
+fn stat_as_nobody(path: &Path) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("stat")
+        .arg(path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .map_err(|e| format!("run stat as nobody: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn image_store_is_private_and_keeps_device_nodes() -> TestResult {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    // A world-traversable parent, as /var/lib is: only the store's own mode may stop `nobody`.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+    let store = ImageStore::open(&dir.path().join("store"))?;
+    let entries = [
+        Entry::Dir("bin".into(), 0o755),
+        Entry::File("bin/suid".into(), b"#!/bin/sh\n".to_vec(), 0o4755),
+        Entry::Dir("shared".into(), 0o777),
+        Entry::Dir("dev".into(), 0o755),
+        Entry::Special("dev/null".into(), tar::EntryType::Char, 1, 3, 0o666),
+        Entry::Special("dev/loop9".into(), tar::EntryType::Block, 7, 9, 0o660),
+        Entry::Special("dev/fifo".into(), tar::EntryType::Fifo, 0, 0, 0o600),
+    ];
+    let archive = dir.path().join("special.tar");
+    ImageBuilder::new()
+        .layer(layer(&entries)?)
+        .cmd(&["/bin/suid"])
+        .write_oci(&archive)?;
+    let image = store.import(&archive, Some("special:1"))?;
+    let rootfs = store.get(&image.name)?.rootfs;
+
+    assert_eq!(fs::metadata(store.root())?.mode() & 0o7777, 0o700);
+    let suid = rootfs.join("bin/suid");
+    assert_eq!(fs::metadata(&suid)?.mode() & 0o7777, 0o4755);
+    stat_as_nobody(dir.path())?;
+    for inside in [&suid, &rootfs.join("shared"), &rootfs.join("dev/null")] {
+        let e = stat_as_nobody(inside).err();
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("Permission denied")),
+            "nobody reached {}: {e:?}",
+            inside.display()
+        );
+    }
+
+    // Device nodes and FIFOs as containerd makes them when it runs as root.
+    use std::os::unix::fs::FileTypeExt;
+    let null = fs::symlink_metadata(rootfs.join("dev/null"))?;
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+    assert_eq!(null.mode() & 0o7777, 0o666);
+    let lp = fs::symlink_metadata(rootfs.join("dev/loop9"))?;
+    assert!(lp.file_type().is_block_device());
+    assert_eq!(lp.rdev(), nix::sys::stat::makedev(7, 9));
+    assert!(fs::symlink_metadata(rootfs.join("dev/fifo"))?
+        .file_type()
+        .is_fifo());
+
+    // A store made 0755 by an older weft is tightened when opened.
+    fs::set_permissions(store.root(), fs::Permissions::from_mode(0o755))?;
+    ImageStore::open(store.root())?;
+    assert_eq!(fs::metadata(store.root())?.mode() & 0o7777, 0o700);
+
+    match store.import(&archive, Some("a/../..:1")) {
+        Err(e @ ImageError::InvalidName { .. }) => assert!(
+            e.to_string()
+                .starts_with("image name \"a/../..:1\": repository must be"),
+            "{e}"
+        ),
+        other => panic!("a/../..:1 accepted: {other:?}"),
+    }
+    assert!(matches!(
+        store.get("a/../..:1"),
+        Err(ImageError::InvalidName { .. })
+    ));
     Ok(())
 }
 

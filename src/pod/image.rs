@@ -185,18 +185,31 @@ pub fn normalize_name(name: &str) -> Result<String, ImageError> {
         Some(i) => (&name[..last_slash + i], &name[last_slash + i + 1..]),
         None => (name, "latest"),
     };
-    if tag.is_empty()
-        || tag.len() > 128
-        || !tag
+    if name.len() > 255 {
+        return Err(invalid("longer than 255 characters"));
+    }
+    let tag_ok = tag.len() <= 128
+        && tag
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
-        return Err(invalid("tag must be 1-128 of [A-Za-z0-9_.-]"));
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !tag_ok {
+        return Err(invalid(
+            "tag must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'",
+        ));
     }
     let (domain, path) = match repo.split_once('/') {
         Some((first, rest))
             if first.contains('.') || first.contains(':') || first == "localhost" =>
         {
+            if !is_registry_domain(first) {
+                return Err(invalid(
+                    "registry must be a host name of [A-Za-z0-9-] labels, with an optional :port",
+                ));
+            }
             (first.to_string(), rest.to_string())
         }
         _ => ("docker.io".to_string(), repo.to_string()),
@@ -206,18 +219,64 @@ pub fn normalize_name(name: &str) -> Result<String, ImageError> {
     } else {
         path
     };
-    let path_ok = path.split('/').all(|c| {
-        !c.is_empty()
-            && c.chars().all(|ch| {
-                ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
-            })
-    });
-    if !path_ok {
+    if !path.split('/').all(is_path_component) {
         return Err(invalid(
-            "repository must be lowercase [a-z0-9._-] components separated by '/'",
+            "repository must be components of lowercase alphanumerics joined by '.', '_', '__' \
+             or '-' runs, separated by '/'",
         ));
     }
     Ok(format!("{domain}/{path}:{tag}"))
+}
+
+/// A repository path component of the distribution reference grammar:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` (so never `.`, `..` or empty).
+fn is_path_component(c: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = c.as_bytes();
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return false;
+    };
+    if !alnum(first) || !alnum(last) {
+        return false;
+    }
+    let mut run: Vec<u8> = Vec::new();
+    for &b in bytes {
+        if alnum(b) {
+            let ok = run.is_empty()
+                || run == b"."
+                || run == b"_"
+                || run == b"__"
+                || run.iter().all(|&r| r == b'-');
+            if !ok {
+                return false;
+            }
+            run.clear();
+        } else if matches!(b, b'.' | b'_' | b'-') {
+            run.push(b);
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// A registry host of the reference grammar: DNS-style labels of `[A-Za-z0-9-]` (not starting
+/// or ending with `-`), separated by `.`, with an optional numeric `:port`.
+fn is_registry_domain(d: &str) -> bool {
+    let (host, port) = match d.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (d, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    port_ok && host.split('.').all(label_ok)
 }
 
 /// Short form of a canonical name for display (`docker.io/library/busybox:latest` → `busybox:latest`).
@@ -386,6 +445,43 @@ fn apply_opaque(root: &Path, dir: &Path, written: &HashSet<PathBuf>) -> io::Resu
     Ok(())
 }
 
+/// Creates a layer's device node or FIFO as containerd does when it runs as root: `mknod`
+/// with the entry's device numbers, then its owner and mode. Without the right to make
+/// devices (not root, or in a user namespace) device nodes are skipped, as containerd
+/// skips them in a user namespace. They are reachable only inside containers, whose device
+/// cgroup decides what opening them does, because the store root is 0700.
+fn make_special_file(header: &tar::Header, dest: &Path) -> io::Result<()> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let kind = header.entry_type();
+    let mode = header.mode()? & 0o7777;
+    let (flag, dev) = if kind.is_fifo() {
+        (SFlag::S_IFIFO, 0)
+    } else {
+        let major = header.device_major()?.unwrap_or(0);
+        let minor = header.device_minor()?.unwrap_or(0);
+        let flag = if kind.is_character_special() {
+            SFlag::S_IFCHR
+        } else {
+            SFlag::S_IFBLK
+        };
+        (flag, makedev(major.into(), minor.into()))
+    };
+    match mknod(dest, flag, Mode::from_bits_truncate(mode), dev) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EPERM) if !kind.is_fifo() => {
+            tracing::debug!(path = %dest.display(), "no right to create device nodes: skipped");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let uid = header.uid()?;
+    let gid = header.gid()?;
+    let owner = |id: u64| u32::try_from(id).map_err(|_| io::Error::other("owner id out of range"));
+    std::os::unix::fs::lchown(dest, Some(owner(uid)?), Some(owner(gid)?))?;
+    // mknod's mode was cut by the umask, and chown cleared set-id bits.
+    fs::set_permissions(dest, fs::Permissions::from_mode(mode))
+}
+
 /// Unpacks one layer tar stream onto `rootfs`, applying AUFS-style whiteouts.
 fn apply_layer(
     rootfs: &Path,
@@ -464,6 +560,9 @@ fn apply_layer(
                     .map_err(|r| unsafe_path(&raw, format!("hard link target: {r}")))?;
             let source = link_parent.join(link_rel.file_name().unwrap_or_default());
             fs::hard_link(&source, &dest).map_err(io_err("hard link", &dest))?;
+        } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            make_special_file(entry.header(), &dest)
+                .map_err(|e| format(format!("unpack {}: {e}", raw.display())))?;
         } else {
             if kind.is_file() {
                 size += entry.header().size().unwrap_or(0);
@@ -779,14 +878,22 @@ impl Drop for ScratchDir {
 }
 
 impl ImageStore {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`. The root is 0700 (as containerd's
+    /// snapshot store): images may hold setuid binaries, device nodes and world-writable
+    /// directories, which must be reachable only inside containers. A store made by an older
+    /// weft with another mode is tightened.
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
         for dir in [root.to_path_buf(), root.join("images"), root.join("tmp")] {
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o755)
+                .mode(0o700)
                 .create(&dir)
                 .map_err(io_err("create", &dir))?;
+        }
+        let meta = fs::metadata(root).map_err(io_err("stat", root))?;
+        if meta.permissions().mode() & 0o7777 != 0o700 {
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("restrict to 0700", root))?;
         }
         let root = std::path::absolute(root).map_err(io_err("resolve", root))?;
         Ok(ImageStore { root })
@@ -1194,6 +1301,31 @@ mod tests {
             Some("docker.io/me/app:1")
         );
         assert!(normalize_name("Busybox").is_err());
+        for bad in [
+            "a/../..:1",
+            "a/..",
+            "./a",
+            "a//b",
+            "a/.b",
+            "a-/b",
+            "a..b",
+            "a___b",
+            "quay..io/a",
+            "localhost:x/a",
+            "busybox:.1",
+            "busybox:-1",
+        ] {
+            let e = normalize_name(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("image name {bad:?}: ")), "{e}");
+        }
+        for good in [
+            "a.b/c",
+            "a__b",
+            "a---b",
+            "my-registry.example:5000/team/app:v1_2.3",
+        ] {
+            assert!(normalize_name(good).is_ok(), "{good}");
+        }
         assert!(normalize_name("busybox:").is_err());
         assert!(normalize_name("busybox@sha256:00").is_err());
         assert_eq!(familiar_name(canonical), "busybox:latest");

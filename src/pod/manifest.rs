@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::image::normalize_name;
 use super::layout::{check_dns_label, check_dns_subdomain, check_uid, LayoutError};
 
 /// Why a manifest was rejected.
@@ -763,6 +764,7 @@ fn validate_container(at: &str, c: &Container, volumes: &BTreeSet<&str>) -> Resu
     if c.image.trim().is_empty() {
         return err(format!("{at}.image"), "required");
     }
+    normalize_name(&c.image).map_err(|e| (format!("{at}.image"), e.to_string()))?;
     if let Some(dir) = &c.working_dir {
         if !dir.starts_with('/') {
             return err(
@@ -1175,6 +1177,13 @@ spec:
         assert_eq!(
             invalid_field(&MYAPP.replace("image: busybox", "image: \"\"")),
             "spec.containers[0].image"
+        );
+        let e = parse(&MYAPP.replace("image: busybox", "image: a/../..:1")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest /etc/weft/manifests/p.yaml: field spec.containers[0].image: image name \
+             \"a/../..:1\": repository must be components of lowercase alphanumerics joined by \
+             '.', '_', '__' or '-' runs, separated by '/'"
         );
         assert_eq!(
             invalid_field(&MYAPP.replace("myapp-container", "Bad Name")),

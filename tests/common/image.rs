@@ -39,6 +39,8 @@ pub enum Entry {
     Symlink(String, String),
     /// A hard link and the archive path it links to.
     Hardlink(String, String),
+    /// A device node or FIFO: path, entry type, major, minor, mode.
+    Special(String, tar::EntryType, u32, u32, u32),
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -73,6 +75,14 @@ pub fn layer(entries: &[Entry]) -> io::Result<Vec<u8>> {
                 header.set_mode(*mode);
                 header.set_size(data.len() as u64);
                 append_raw(&mut builder, &mut header, path, data)?;
+            }
+            Entry::Special(path, kind, major, minor, mode) => {
+                header.set_entry_type(*kind);
+                header.set_mode(*mode);
+                header.set_size(0);
+                header.set_device_major(*major)?;
+                header.set_device_minor(*minor)?;
+                append_raw(&mut builder, &mut header, path, &[])?;
             }
             Entry::Symlink(path, target) | Entry::Hardlink(path, target) => {
                 let kind = if matches!(entry, Entry::Symlink(..)) {
