@@ -197,12 +197,29 @@ impl PodNode {
             .args(["--image-root", &path(&self.cfg.image_root)])
             .args(["--pod-log-dir", &path(&self.cfg.pod_log_dir)])
             .args(["--node-name", &self.cfg.node_name])
+            .args(
+                self.cfg
+                    .manifest_url
+                    .iter()
+                    .flat_map(|u| ["--manifest-url", u.as_str()]),
+            )
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null());
+        // Appended, so a restarted weftd's log follows its predecessor's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.weftd_log_path())
+            .unwrap_or_else(|e| panic!("open weftd log: {e}"));
+        cmd.stderr(log);
         self.weftd = Some(
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("spawn weftd {cmd:?}: {e}")),
         );
+    }
+
+    fn weftd_log_path(&self) -> PathBuf {
+        self.dir.path().join("weftd.log")
     }
 
     /// SIGKILL to weftd: no clean-up of any kind runs.
@@ -1260,17 +1277,352 @@ fn a_manifest_url_runs_its_pod_and_keeps_it_while_unreachable() {
             .filter(|r| r.pod.metadata.uid != first.pod.metadata.uid)
             .filter(|r| status::columns(&r.pod).status == "Running")
     });
-    // An invalid answer is reported and its pod stopped.
-    server.serve(Some("apiVersion: v1\nkind: Pod\nspec: {}\n".to_string()));
+    let replaced = node.wait_status("from-url", "Running");
+    // An answer that does not parse is reported and the last good pod keeps running.
+    let mut last_error = String::new();
+    for bad in [
+        "apiVersion: v1\nkind: Pod\nspec: {}\n",
+        "[[[[[[[[",
+        "{\"kind\": ",
+    ] {
+        server.serve(Some(bad.to_string()));
+        let invalid = wait_for(WAIT, "invalid URL answer reported", || {
+            let list = read_invalid(&node.cfg.pod_root);
+            (list.len() == 1 && list[0].error != last_error).then_some(list)
+        });
+        last_error = invalid[0].error.clone();
+        assert_eq!(invalid[0].file, server.url());
+        assert!(
+            invalid[0]
+                .error
+                .starts_with(&format!("manifest {}: ", server.url())),
+            "{invalid:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let kept = node
+            .record("from-url")
+            .unwrap_or_else(|| panic!("URL pod removed after a bad answer"));
+        assert_eq!(kept.pod.metadata.uid, replaced.pod.metadata.uid);
+        assert_eq!(status::columns(&kept.pod).status, "Running");
+        assert_eq!(node.pod_dirs().len(), 1);
+    }
+    // Without the manifest URL, its pod is an orphan: removed at start.
+    node.stop_controller();
+    node.cfg.manifest_url = None;
+    node.start();
     wait_for(WAIT, "URL pod removed", || {
         node.pod_dirs().is_empty().then_some(())
     });
-    let invalid = read_invalid(&node.cfg.pod_root);
-    assert_eq!(invalid.len(), 1, "{invalid:?}");
-    assert_eq!(invalid[0].file, server.url());
-    assert!(
-        invalid[0].error.contains("missing field `metadata`"),
-        "{invalid:?}"
-    );
     node.assert_clean();
+}
+
+/// Every entry under `dir`, relative, with a file's content or a directory's/link's kind.
+fn tree(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(dir).unwrap_or(&path).to_path_buf();
+            let kind = entry.file_type().unwrap_or_else(|e| panic!("{e}"));
+            if kind.is_dir() {
+                out.push((rel, "<dir>".to_string()));
+                todo.push(path);
+            } else if kind.is_file() {
+                out.push((rel, std::fs::read_to_string(&path).unwrap_or_default()));
+            } else {
+                out.push((rel, format!("{kind:?}")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The exploit of a UID with `..` in it, from a file and from the manifest URL: refused with
+/// the field named, and nothing outside the pod and log roots is written or removed, also when
+/// the manifests go away. Two manifests with one UID: the second is refused (they would share
+/// a pod directory and cgroups). The invalid list is rebuilt when the controller restarts.
+#[test]
+fn traversal_and_shared_uids_are_refused_and_nothing_outside_the_roots_changes() {
+    let mut node = PodNode::new();
+    let d = node.dir.path().to_path_buf();
+    // Roots three levels down, so the exploit's five `..` end in this test's directory.
+    node.stop_controller();
+    node.cfg.pod_root = d.join("state/a/b/pods");
+    node.cfg.pod_log_dir = d.join("log/a/b/pods");
+    let victim = d.join("victim");
+    std::fs::create_dir_all(victim.join("data")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(victim.join("data/keep"), "precious").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(victim.join("pod.json"), "not weft's").unwrap_or_else(|e| panic!("{e}"));
+    let before = tree(&victim);
+
+    let server = ManifestServer::start(&node.netns);
+    let with_uid = |name: &str, uid: &str| {
+        MYAPP
+            .replace("myapp-pod", name)
+            .replace("  labels:", &format!("  uid: {uid:?}\n  labels:"))
+    };
+    let exploit = "../../../../../victim";
+    server.serve(Some(with_uid("evil-url", exploit).replace("NS", &node.ns)));
+    node.cfg.manifest_url = Some(server.url());
+    node.cfg.manifest_url_interval = Duration::from_secs(1);
+    node.start();
+    node.put_manifest("evil.yaml", &with_uid("evil", exploit));
+    node.put_manifest("shared-a.yaml", &with_uid("shared-a", "shared-uid"));
+    node.put_manifest("shared-b.yaml", &with_uid("shared-b", "shared-uid"));
+    let invalid = wait_for(WAIT, "the exploits and the second UID listed", || {
+        let list = read_invalid(&node.cfg.pod_root);
+        (list.len() == 3).then_some(list)
+    });
+    let rule = "is not a valid UID (lowercase alphanumerics and '-', at most 63 characters)";
+    let evil = node.manifest_path("evil.yaml").display().to_string();
+    let b = node.manifest_path("shared-b.yaml").display().to_string();
+    let a = node.manifest_path("shared-a.yaml").display().to_string();
+    let errors: Vec<(String, String)> = invalid.into_iter().map(|i| (i.file, i.error)).collect();
+    assert_eq!(
+        errors,
+        vec![
+            (
+                evil.clone(),
+                format!("manifest {evil}: field metadata.uid: {exploit:?} {rule}")
+            ),
+            (
+                b.clone(),
+                format!(
+                    "manifest {b}: field metadata.uid: \"shared-uid\" is already the UID of pod {}/shared-a defined by {a}",
+                    node.ns
+                )
+            ),
+            (
+                server.url(),
+                format!("manifest {}: field metadata.uid: {exploit:?} {rule}", server.url())
+            ),
+        ]
+    );
+    let shared = node.wait_status("shared-a", "Running");
+    assert_eq!(shared.pod.metadata.uid, "shared-uid");
+    assert!(node.record("shared-b").is_none());
+    assert_eq!(node.pod_dirs().len(), 1, "{:?}", node.pod_dirs());
+
+    // The manifests go away; the controller restarts without them: still nothing touched.
+    node.remove_manifest("evil.yaml");
+    server.serve(None);
+    std::thread::sleep(Duration::from_secs(3));
+    node.stop_controller();
+    node.remove_manifest("shared-b.yaml");
+    node.cfg.manifest_url = None;
+    node.start();
+    wait_for(WAIT, "stale invalid entries gone after the restart", || {
+        read_invalid(&node.cfg.pod_root).is_empty().then_some(())
+    });
+    node.remove_manifest("shared-a.yaml");
+    wait_for(WAIT, "shared-a removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    assert_eq!(tree(&victim), before, "the victim directory changed");
+    node.assert_clean();
+}
+
+/// Answers every request inside `netns` with a 200 whose body comes one byte every 3 s,
+/// without end: the manifest URL that used to stop all pod work and SIGTERM.
+struct DripServer {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU32>,
+    port: u16,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DripServer {
+    fn start(netns: &str) -> DripServer {
+        use std::io::{Read, Write};
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU32::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = PathBuf::from("/run/netns").join(netns);
+        let (st, acc) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns: {e}"));
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+            listener
+                .set_nonblocking(true)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let _ = tx.send(listener.local_addr().map(|a| a.port()).unwrap_or(0));
+            let mut drips = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                acc.fetch_add(1, Ordering::Relaxed);
+                let st = st.clone();
+                drips.push(std::thread::spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let mut buf = [0u8; 2048];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+                    let mut last = Instant::now() - Duration::from_secs(3);
+                    while !st.load(Ordering::Relaxed) {
+                        if last.elapsed() >= Duration::from_secs(3) {
+                            if s.write_all(b"#").is_err() {
+                                return;
+                            }
+                            last = Instant::now();
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }));
+            }
+            for d in drips {
+                let _ = d.join();
+            }
+        });
+        let port = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("drip server: {e}"));
+        DripServer {
+            stop,
+            accepted,
+            port,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/pod.yaml", self.port)
+    }
+}
+
+impl Drop for DripServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A real weftd whose manifest URL drips one byte every 3 s: pods still start and stop, a
+/// manifest that links to a secret is refused without the secret appearing in the log, the
+/// invalid list or `weftctl pods`, container logs are 0640 in 0750 directories, and SIGTERM
+/// during a fetch stops weftd at once.
+#[test]
+fn a_dripping_manifest_url_wedges_nothing_and_sigterm_stops_weftd() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let n = cluster.node(0);
+    let mut node = PodNode::in_netns(
+        n.netns().name(),
+        None,
+        Network::Weft {
+            subnet_file: n.subnet_file(),
+            subnet: String::new(),
+        },
+    );
+    let drip = DripServer::start(&node.netns);
+    node.cfg.manifest_url = Some(drip.url());
+    node.start_weftd(&n.base_args());
+    n.wait_subnet_env(WAIT);
+    wait_for(WAIT, "weftd fetching the manifest URL", || {
+        (drip.accepted.load(Ordering::Relaxed) > 0).then_some(())
+    });
+
+    node.put_manifest("myapp.yaml", MYAPP);
+    let rec = node.wait_status("myapp-pod", "Running");
+    let m = &rec.pod.metadata;
+    let pod = PodId::new(&m.namespace, &m.name, &m.uid).unwrap_or_else(|e| panic!("{e}"));
+    let log = node
+        .cfg
+        .layout()
+        .container_log(&pod, "myapp-container", 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    node.wait_log(&rec, "myapp-container", "Hello Kubernetes!");
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let container_dir = log.parent().unwrap_or_else(|| panic!("no parent"));
+    let pod_dir = container_dir
+        .parent()
+        .unwrap_or_else(|| panic!("no parent"));
+    assert_eq!(
+        [mode(&log), mode(container_dir), mode(pod_dir)],
+        [0o640, 0o750, 0o750]
+    );
+
+    let marker = format!("weft-secret-marker-{}", std::process::id());
+    let secret = node.dir.path().join("secret");
+    std::fs::write(
+        &secret,
+        format!("{marker}\nroot:x:0:0:{marker}:/root:/bin/sh\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let leak = node.manifest_path("leak.yaml");
+    std::os::unix::fs::symlink(&secret, &leak).unwrap_or_else(|e| panic!("{e}"));
+    let listed = wait_for(WAIT, "the link listed as invalid", || {
+        read_invalid(&node.cfg.pod_root)
+            .into_iter()
+            .find(|i| Path::new(&i.file) == leak)
+    });
+    assert_eq!(
+        listed.error,
+        format!(
+            "manifest {}: the document is a string, not a Pod object",
+            leak.display()
+        )
+    );
+    let raw = std::fs::read_to_string(node.cfg.layout().invalid_manifests())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!raw.contains(&marker), "{raw}");
+    let path = |p: &Path| p.display().to_string();
+    let weftctl = std::process::Command::new(common::bin_path("weftctl"))
+        .arg("pods")
+        .args(["--pod-root", &path(&node.cfg.pod_root)])
+        .args(["--image-root", &path(&node.cfg.image_root)])
+        .args(["--pod-log-dir", &path(&node.cfg.pod_log_dir)])
+        .output()
+        .unwrap_or_else(|e| panic!("weftctl pods: {e}"));
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&weftctl.stdout),
+        String::from_utf8_lossy(&weftctl.stderr)
+    );
+    assert!(shown.contains("leak.yaml"), "{shown}");
+    assert!(!shown.contains(&marker), "{shown}");
+
+    node.remove_manifest("myapp.yaml");
+    wait_for(WAIT, "pod removed while the URL drips", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+
+    // SIGTERM just after weftd opened a new fetch, so one is surely in flight.
+    let seen = drip.accepted.load(Ordering::Relaxed);
+    wait_for(WAIT, "a new fetch", || {
+        (drip.accepted.load(Ordering::Relaxed) > seen).then_some(())
+    });
+    let mut weftd = node
+        .weftd
+        .take()
+        .unwrap_or_else(|| panic!("weftd not running"));
+    let pid = nix::unistd::Pid::from_raw(weftd.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        .unwrap_or_else(|e| panic!("SIGTERM weftd: {e}"));
+    let sent = Instant::now();
+    // Well inside systemd's default 90 s stop timeout; a wedged weftd never exits.
+    let status = wait_for(
+        Duration::from_secs(15),
+        "weftd to stop after SIGTERM",
+        || weftd.try_wait().ok().flatten(),
+    );
+    eprintln!("weftd stopped {:?} after SIGTERM: {status}", sent.elapsed());
+    assert!(status.success(), "{status}");
+    let weftd_log =
+        std::fs::read_to_string(node.weftd_log_path()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(weftd_log.contains("leak.yaml"), "{weftd_log}");
+    assert!(!weftd_log.contains(&marker), "the secret was logged");
 }
