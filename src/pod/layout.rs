@@ -19,11 +19,11 @@ use std::path::{Component, Path, PathBuf};
 /// The file under the pod root listing the manifests that failed to load.
 pub const INVALID_FILE: &str = "invalid-manifests.json";
 
-/// Mode of the per-pod and per-container log directories: the node's log readers (group
-/// `adm` on Debian, as for `/var/log`) may list them, other users may not.
+/// Mode of the per-pod and per-container log directories: weftd's group may list them, other
+/// users may not (container output can hold anything).
 pub const LOG_DIR_MODE: u32 = 0o750;
 
-/// Mode of container log files (kubelet's CRI logs are 0640 as well).
+/// Mode of container log files (containerd's CRI logs are 0640 as well).
 pub const LOG_FILE_MODE: u32 = 0o640;
 
 /// A name refused as a path component, or a path that would leave its root.
