@@ -135,6 +135,15 @@ impl PodId {
     }
 }
 
+/// The runtime id of run `restart` of `container` in `pod`: `<uid>_<container>_<restart>`,
+/// which also names the container's state directory and cgroup. `_` is in neither a UID nor a
+/// container name, so two pods can never produce the same id (with `-`, UID `a` with container
+/// `b-c` and UID `a-b` with container `c` would share a cgroup).
+pub fn container_id(pod: &PodId, container: &str, restart: u32) -> Result<String, LayoutError> {
+    check_dns_label("container name", container)?;
+    Ok(format!("{}_{container}_{restart}", pod.uid))
+}
+
 /// `root` joined with the components of `rel`, refused when `rel` is empty, absolute or has
 /// `..`: the result is always strictly inside `root`.
 pub fn contained(root: &Path, rel: &str) -> Result<PathBuf, LayoutError> {
@@ -313,5 +322,17 @@ mod tests {
         }
         let log = l.container_log(&pod, "c", 0).unwrap();
         assert!(log.starts_with("/var/log/pods/a-b_c.d_e-f/"));
+    }
+
+    #[test]
+    fn container_ids_of_different_pods_never_collide() {
+        let a = PodId::new("default", "x", "a").unwrap();
+        let ab = PodId::new("default", "y", "a-b").unwrap();
+        assert_eq!(container_id(&a, "b-c", 0).unwrap(), "a_b-c_0");
+        assert_ne!(
+            container_id(&a, "b-c", 0).unwrap(),
+            container_id(&ab, "c", 0).unwrap()
+        );
+        assert!(container_id(&a, "../c", 0).is_err());
     }
 }

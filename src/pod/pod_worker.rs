@@ -25,7 +25,7 @@ use super::bundle::{ContainerSpec, MountSpec};
 use super::cni::{load_network, Attachment, CniRuntime, POD_IFNAME};
 use super::controller::PodConfig;
 use super::image::ImageStore;
-use super::layout::{LayoutError, PodId, PodLayout};
+use super::layout::{container_id, LayoutError, PodId, PodLayout};
 use super::manifest::{Container, ParsedManifest, Pod, RestartPolicy};
 use super::probe::{ProbeKind, ProbeTarget, ProbeTracker};
 use super::runtime::{ContainerHandle, ExitStatus, OciRuntime};
@@ -774,7 +774,8 @@ impl PodRun {
         let mounts = self
             .mounts(c)
             .map_err(|e| ("CreateContainerConfigError", e))?;
-        let id = format!("{}-{}-{restart}", self.state.uid, c.name);
+        let id = container_id(&self.id, &c.name, restart)
+            .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
         // A run with this id may be left from before a weftd restart.
         if let Err(e) = self.runtime.delete(&id) {
             tracing::debug!(container = %c.name, error = %e, "delete stale container");
