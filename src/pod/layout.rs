@@ -53,6 +53,12 @@ const DNS_LABEL: &str = "a DNS-1123 label (lowercase alphanumerics and '-', at m
 const DNS_SUBDOMAIN: &str =
     "a DNS-1123 subdomain (DNS-1123 labels separated by '.', at most 253 characters)";
 const UID: &str = "a valid UID (lowercase alphanumerics and '-', at most 63 characters)";
+const DIR_NAME: &str =
+    "short enough: namespace, name and UID together must stay within 250 characters";
+
+/// The longest `<ns>_<name>_<uid>`: a file name is at most 255 bytes, and the sandbox's
+/// network namespace file adds `weft-`.
+const MAX_DIR_NAME: usize = 250;
 
 fn invalid(field: &str, value: &str, rule: &'static str) -> LayoutError {
     LayoutError::InvalidName {
@@ -117,11 +123,15 @@ impl PodId {
         check_dns_label("metadata.namespace", namespace)?;
         check_dns_subdomain("metadata.name", name)?;
         check_uid("metadata.uid", uid)?;
-        Ok(PodId {
+        let id = PodId {
             namespace: namespace.to_string(),
             name: name.to_string(),
             uid: uid.to_string(),
-        })
+        };
+        if id.dir_name().len() > MAX_DIR_NAME {
+            return Err(invalid("metadata.name", name, DIR_NAME));
+        }
+        Ok(id)
     }
 
     /// `<ns>_<name>_<uid>`: the pod's directory name, sandbox name and CNI container id.
@@ -286,6 +296,7 @@ mod tests {
             ("default", "web", &"a".repeat(64)),
             ("default", ".", "u"),
             ("kube_system", "web", "u"),
+            ("default", &"n".repeat(200), &"u".repeat(50)),
         ] {
             assert!(PodId::new(ns, name, uid).is_err(), "{ns} {name} {uid}");
         }

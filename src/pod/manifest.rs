@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::image::normalize_name;
-use super::layout::{check_dns_label, check_dns_subdomain, check_uid, LayoutError};
+use super::layout::{check_dns_label, check_dns_subdomain, check_uid, LayoutError, PodId};
 
 /// Why a manifest was rejected.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -645,6 +645,13 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
     if !meta.uid.is_empty() {
         check_uid("metadata.uid", &meta.uid).map_err(name_error)?;
     }
+    // A generated UID is 36 characters: check the directory name with one that long.
+    let uid = if meta.uid.is_empty() {
+        "0".repeat(36)
+    } else {
+        meta.uid.clone()
+    };
+    PodId::new(&meta.namespace, &meta.name, &uid).map_err(name_error)?;
     if let Some(h) = &pod.spec.hostname {
         check_dns_label("spec.hostname", h).map_err(name_error)?;
     }
@@ -1211,6 +1218,17 @@ spec:
         for uid in ["a/b", "A", "x_y", &"1".repeat(64)] {
             assert_eq!(invalid_field(&with_uid(uid)), "metadata.uid", "{uid}");
         }
+        let long = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(60),
+            "b".repeat(60),
+            "c".repeat(60),
+            "d".repeat(60)
+        );
+        assert_eq!(
+            invalid_field(&MYAPP.replace("name: myapp-pod", &format!("name: {long}"))),
+            "metadata.name"
+        );
         let ns = |n: &str| MYAPP.replace("  labels:", &format!("  namespace: {n:?}\n  labels:"));
         assert_eq!(invalid_field(&ns("..")), "metadata.namespace");
         assert_eq!(invalid_field(&ns("a.b")), "metadata.namespace");
