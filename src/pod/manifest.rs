@@ -1128,6 +1128,18 @@ spec:
             format!("apiVersion: v1\nkind: Pod\nmetadata: \"{secret}\"\n"),
             format!("- {secret}\n"),
             format!("{secret}: [\n"),
+            format!("*{secret}\n"),
+            format!("a: *{secret}\n"),
+            format!("!{secret} x\n"),
+            format!("\"{secret}\n"),
+            format!("'{secret}\n"),
+            format!("%{secret} 1\n"),
+            format!("@{secret}\n"),
+            format!("`{secret}\n"),
+            format!("{{\"a\": \"{secret}\\q\"}}\n"),
+            format!("a: |{secret}\n  x\n"),
+            format!("a: 1\n{secret}\n"),
+            format!("{secret}:\n  - a\n b\n"),
         ] {
             let msg = parse(&text).unwrap_err().to_string();
             assert!(!msg.contains(secret), "{msg}");
