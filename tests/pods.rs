@@ -1342,7 +1342,8 @@ fn tree(dir: &Path) -> Vec<(PathBuf, String)> {
 /// The exploit of a UID with `..` in it, from a file and from the manifest URL: refused with
 /// the field named, and nothing outside the pod and log roots is written or removed, also when
 /// the manifests go away. Two manifests with one UID: the second is refused (they would share
-/// a pod directory and cgroups). The invalid list is rebuilt when the controller restarts.
+/// a pod directory and cgroups). A 300 MB manifest and 100 KB of nested `[` are refused while
+/// the other pods run. The invalid list is rebuilt when the controller restarts.
 #[test]
 fn traversal_and_shared_uids_are_refused_and_nothing_outside_the_roots_changes() {
     let mut node = PodNode::new();
@@ -1371,10 +1372,31 @@ fn traversal_and_shared_uids_are_refused_and_nothing_outside_the_roots_changes()
     node.put_manifest("evil.yaml", &with_uid("evil", exploit));
     node.put_manifest("shared-a.yaml", &with_uid("shared-a", "shared-uid"));
     node.put_manifest("shared-b.yaml", &with_uid("shared-b", "shared-uid"));
-    let invalid = wait_for(WAIT, "the exploits and the second UID listed", || {
+    // 300 MB (sparse) and 100 KB of nested `[`: each once stalled the controller.
+    std::fs::File::create(node.manifest_path("big.yaml"))
+        .and_then(|f| f.set_len(300_000_000))
+        .unwrap_or_else(|e| panic!("{e}"));
+    node.put_manifest("nested.yaml", &"[".repeat(100 * 1024));
+    let mut invalid = wait_for(WAIT, "the exploits and the second UID listed", || {
         let list = read_invalid(&node.cfg.pod_root);
-        (list.len() == 3).then_some(list)
+        (list.len() == 5).then_some(list)
     });
+    let big = node.manifest_path("big.yaml").display().to_string();
+    let nested = node.manifest_path("nested.yaml").display().to_string();
+    let first = invalid.remove(0);
+    assert_eq!(
+        (first.file, first.error),
+        (
+            big.clone(),
+            format!("manifest {big}: 300000000 bytes is over the 1048576-byte limit")
+        )
+    );
+    let deep = invalid.remove(1);
+    assert_eq!(deep.file, nested);
+    assert!(
+        deep.error.starts_with(&format!("manifest {nested}: ")) && deep.error.contains("line 1"),
+        "{deep:?}"
+    );
     let rule = "is not a valid UID (lowercase alphanumerics and '-', at most 63 characters)";
     let evil = node.manifest_path("evil.yaml").display().to_string();
     let b = node.manifest_path("shared-b.yaml").display().to_string();
@@ -1411,6 +1433,8 @@ fn traversal_and_shared_uids_are_refused_and_nothing_outside_the_roots_changes()
     std::thread::sleep(Duration::from_secs(3));
     node.stop_controller();
     node.remove_manifest("shared-b.yaml");
+    node.remove_manifest("big.yaml");
+    node.remove_manifest("nested.yaml");
     node.cfg.manifest_url = None;
     node.start();
     wait_for(WAIT, "stale invalid entries gone after the restart", || {
