@@ -3,13 +3,15 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::arp;
 use crate::config::{Attachment, NetConf};
-use crate::env::AttachmentEnv;
+use crate::env::{parse_mac, AttachmentEnv};
 use crate::error::{Error, Result};
 use crate::ip::Ipv4Net;
 use crate::ipam::{IpamStore, Pool};
@@ -107,10 +109,24 @@ fn netns_path(env: &AttachmentEnv) -> Result<PathBuf> {
 pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     let node = NodeSubnet::load(&conf.subnet_file)?;
     let mtu = conf.mtu.or(node.mtu).unwrap_or(FALLBACK_MTU);
+    let pool = Pool::new(node.subnet);
+    let requested = requested_address(conf, env, &pool)?;
     let netns = Netns::open(&netns_path(env)?).map_err(|e| netns_error(e, &env.container_id))?;
-    let mut container_nl = netns
-        .netlink()
+    let (container_nl, arp_socket) = netns
+        .within(|| (Netlink::open(), arp::socket()))
         .map_err(|e| netns_error(e, &env.container_id))?;
+    let mut container_nl = container_nl.map_err(netlink_err(format!(
+        "open netlink socket in {}",
+        netns.path().display()
+    )))?;
+    let arp_socket = arp_socket
+        .map_err(|e| {
+            log.error(format_args!(
+                "ADD container={}: no packet socket for gratuitous ARP: {e}",
+                env.container_id
+            ))
+        })
+        .ok();
     let exists = container_nl
         .link_by_name(&env.ifname)
         .map_err(netlink_err(format!(
@@ -128,11 +144,16 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     let bridge = ensure_bridge(&mut node_nl, &conf.bridge, &node, mtu)?;
     enable_forwarding(&conf.bridge)?;
 
-    let pool = Pool::new(node.subnet);
     let store = IpamStore::new(&conf.data_dir, &conf.name);
-    let ip = store
-        .lock()?
-        .allocate(&pool, &env.container_id, &env.ifname)?;
+    let ip = {
+        let locked = store.lock()?;
+        match requested {
+            Some(ip) => locked
+                .allocate_static(ip, &env.container_id, &env.ifname)
+                .map(|()| ip)?,
+            None => locked.allocate(&pool, &env.container_id, &env.ifname)?,
+        }
+    };
     let address = Ipv4Net::new(ip, node.subnet.prefix())
         .ok_or_else(|| Error::InvalidConfig(format!("prefix of {} out of range", node.subnet)))?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
@@ -145,6 +166,9 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
         host_name: &host_name,
         address,
         netns: &netns,
+        pod_mac: env.args.mac.or(conf.static_mac),
+        arp_socket: arp_socket.as_ref(),
+        log,
     };
     match wiring.attach(&mut node_nl, &mut container_nl) {
         Ok(result) => {
@@ -163,8 +187,11 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
                 "ADD container={} ifname={} failed, undoing: {err}",
                 env.container_id, env.ifname
             ));
-            if let Err(e) = delete_link_named(&mut node_nl, &host_name) {
-                log.error(format_args!("undo: remove {host_name}: {e}"));
+            // A duplicate's host veth belongs to the attachment already in place.
+            if !matches!(err, Error::DuplicateAttachment { .. }) {
+                if let Err(e) = delete_link_named(&mut node_nl, &host_name) {
+                    log.error(format_args!("undo: remove {host_name}: {e}"));
+                }
             }
             match store.lock() {
                 Ok(locked) => {
@@ -179,6 +206,60 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     }
 }
 
+/// The static address asked for by `CNI_ARGS` (`IP=`) or the config (`runtimeConfig.ips`,
+/// `args.cni.ips`), checked against the node subnet before anything is changed.
+fn requested_address(conf: &NetConf, env: &AttachmentEnv, pool: &Pool) -> Result<Option<Ipv4Addr>> {
+    let mut wanted: Vec<(Ipv4Addr, bool)> = Vec::new();
+    for (ip, from_env) in env
+        .args
+        .ips
+        .iter()
+        .map(|ip| (*ip, true))
+        .chain(conf.static_ips.iter().map(|ip| (*ip, false)))
+    {
+        if !wanted.iter().any(|(w, _)| *w == ip) {
+            wanted.push((ip, from_env));
+        }
+    }
+    let refuse = |from_env: bool, reason: String| {
+        if from_env {
+            Error::InvalidEnv {
+                name: "CNI_ARGS",
+                value: format!("IP={}", join_ips(&env.args.ips)),
+                reason,
+            }
+        } else {
+            Error::InvalidConfig(reason)
+        }
+    };
+    match wanted.as_slice() {
+        [] => Ok(None),
+        [(ip, from_env)] => match pool.static_refusal(*ip) {
+            None => Ok(Some(*ip)),
+            Some(reason) => Err(refuse(*from_env, reason)),
+        },
+        [.., (_, from_env)] => Err(refuse(
+            *from_env,
+            format!(
+                "{} addresses requested ({}); weft assigns one IPv4 address per interface",
+                wanted.len(),
+                wanted
+                    .iter()
+                    .map(|(ip, _)| ip.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+fn join_ips(ips: &[Ipv4Addr]) -> String {
+    ips.iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Everything ADD needs to wire one container.
 struct Wiring<'a> {
     conf: &'a NetConf,
@@ -189,9 +270,29 @@ struct Wiring<'a> {
     host_name: &'a str,
     address: Ipv4Net,
     netns: &'a Netns,
+    pod_mac: Option<[u8; 6]>,
+    arp_socket: Option<&'a OwnedFd>,
+    log: &'a Log,
 }
 
 impl Wiring<'_> {
+    /// Broadcasts a gratuitous ARP for the new address from the pod's interface. Best effort: a
+    /// failure only means neighbours learn the address the slow way.
+    fn announce(&self, pod: &Link) {
+        let Some(socket) = self.arp_socket else {
+            return;
+        };
+        let sent = parse_mac(&pod.mac)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            .and_then(|mac| arp::announce(socket, pod.index, mac, self.address.addr()));
+        if let Err(e) = sent {
+            self.log.error(format_args!(
+                "ADD container={}: gratuitous ARP for {} from {}: {e}",
+                self.env.container_id, self.address, self.env.ifname
+            ));
+        }
+    }
+
     fn desired_routes(&self) -> Vec<Route> {
         let gateway = self.node.gateway();
         let mut routes = vec![Route {
@@ -226,12 +327,25 @@ impl Wiring<'_> {
                 self.bridge.index,
                 self.mtu,
                 ifname,
+                self.pod_mac,
                 self.netns.file(),
             )
         };
         let created = match create(node_nl) {
-            // A host end left by an ADD that was killed half-way holds the name: replace it.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let existing = node_nl
+                    .link_by_name(self.host_name)
+                    .map_err(netlink_err(format!("look up {}", self.host_name)))?;
+                // Its peer lives in another namespace: the same (container, ifname) is wired
+                // there already (CNI_IFNAME is absent from this one), and stays untouched.
+                if existing.is_some_and(|l| l.peer_netnsid.is_some()) {
+                    return Err(Error::DuplicateAttachment {
+                        container: self.env.container_id.clone(),
+                        ifname: ifname.clone(),
+                        host: self.host_name.to_string(),
+                    });
+                }
+                // A host end whose peer is gone or local is a leftover: replace it.
                 delete_link_named(node_nl, self.host_name)?;
                 create(node_nl)
             }
@@ -267,16 +381,36 @@ impl Wiring<'_> {
                 .set_up(pod.index)
                 .map_err(netlink_err(format!("set {ifname} up in {netns_path}")))?;
         }
-        let routes = self.desired_routes();
-        for route in &routes {
-            container_nl
-                .add_route(route.dst, route.gw, pod.index)
-                .map_err(netlink_err(format!(
-                    "add route {} via {} dev {ifname} in {netns_path}",
-                    route.dst,
-                    route.gw.map(|g| g.to_string()).unwrap_or_default()
-                )))?;
+        self.announce(&pod);
+        let mut routes = self.desired_routes();
+        let mut kept = Vec::with_capacity(routes.len());
+        for route in routes.drain(..) {
+            match container_nl.add_route(route.dst, route.gw, pod.index) {
+                Ok(()) => kept.push(route),
+                // Another network of the container owns the default route: leave it be (weft is
+                // a secondary network there) and do not claim it in the result.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EEXIST)
+                        && route.dst == Ipv4Net::DEFAULT_ROUTE =>
+                {
+                    self.log.info(format_args!(
+                        "ADD container={} ifname={ifname}: default route exists already, left alone",
+                        self.env.container_id
+                    ));
+                }
+                Err(source) => {
+                    return Err(Error::Netlink {
+                        op: format!(
+                            "add route {} via {} dev {ifname} in {netns_path}",
+                            route.dst,
+                            route.gw.map(|g| g.to_string()).unwrap_or_default()
+                        ),
+                        source,
+                    })
+                }
+            }
         }
+        let routes = kept;
         Ok(AddResult {
             interfaces: vec![
                 Interface {

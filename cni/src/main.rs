@@ -3,6 +3,7 @@
 //! stdin carries the network configuration, `CNI_*` variables the operation; stdout carries only
 //! the result or the spec's error JSON, logs go to stderr (and `logFile`).
 
+mod arp;
 mod commands;
 mod config;
 mod env;
@@ -70,7 +71,7 @@ fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<Valu
         })));
     }
     let conf = NetConf::parse(stdin)?;
-    let log = Log::new(conf.log_file.as_deref());
+    let log = Log::new(conf.log_file.as_deref())?;
     match command {
         Command::Add => {
             let env = AttachmentEnv::from_env(get, true)?;

@@ -44,6 +44,8 @@ pub struct Link {
     pub master: Option<u32>,
     /// Link kind (`bridge`, `veth`, ...), if reported.
     pub kind: Option<String>,
+    /// For a veth: the namespace ID of its peer's namespace, when that is another namespace.
+    pub peer_netnsid: Option<i32>,
 }
 
 /// An IPv4 route as read back from the kernel (main table).
@@ -181,7 +183,9 @@ impl Netlink {
     }
 
     /// Creates a veth pair in ONE request: `host` here (MAC `host_mac`), up, enslaved to `master`; its peer
-    /// `peer` created directly inside the namespace `peer_netns` (down), with the same MTU.
+    /// `peer` created directly inside the namespace `peer_netns` (down), with the same MTU and
+    /// `peer_mac` if given (else the kernel picks one).
+    #[allow(clippy::too_many_arguments)] // one kernel request's parameters, named at the call
     pub fn create_veth(
         &mut self,
         host: &str,
@@ -189,6 +193,7 @@ impl Netlink {
         master: u32,
         mtu: u32,
         peer: &str,
+        peer_mac: Option<[u8; 6]>,
         peer_netns: &File,
     ) -> io::Result<()> {
         // The peer cannot be set up here: veth refuses to open a peer not yet paired (ENOTCONN).
@@ -198,6 +203,11 @@ impl Netlink {
             LinkAttribute::Mtu(mtu),
             LinkAttribute::NetNsFd(peer_netns.as_raw_fd()),
         ];
+        if let Some(mac) = peer_mac {
+            peer_message
+                .attributes
+                .push(LinkAttribute::Address(mac.to_vec()));
+        }
         let mut message = LinkMessage::default();
         message.header.flags = LinkFlags::Up;
         message.header.change_mask = LinkFlags::Up;
@@ -468,6 +478,7 @@ fn to_link(message: &LinkMessage) -> Link {
         up: message.header.flags.contains(LinkFlags::Up),
         master: None,
         kind: None,
+        peer_netnsid: None,
     };
     for attr in &message.attributes {
         match attr {
@@ -475,6 +486,7 @@ fn to_link(message: &LinkMessage) -> Link {
             LinkAttribute::Address(mac) => link.mac = format_mac(mac),
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             LinkAttribute::Controller(master) => link.master = Some(*master),
+            LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
             LinkAttribute::LinkInfo(infos) => {
                 link.kind = infos.iter().find_map(|info| match info {
                     LinkInfo::Kind(kind) => Some(kind.to_string()),
