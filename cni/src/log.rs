@@ -34,6 +34,14 @@ impl Log {
             .open(path);
         let file = match opened {
             Ok(file) => file,
+            // A FIFO without a reader (a device without a driver) answers ENXIO when opened
+            // without blocking.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(Error::InvalidConfig(format!(
+                    "logFile {} is not a regular file",
+                    path.display()
+                )))
+            }
             Err(e) => {
                 eprintln!("weft: open log file {}: {e}", path.display());
                 return Ok(Log::default());
