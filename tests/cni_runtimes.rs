@@ -36,12 +36,12 @@ const PAGE: &str = "weft-ok";
 /// mount made here propagates to the machine.
 const HOLDER_SCRIPT: &str = r#"set -e
 d=$1
-mount --make-rprivate /
-for dir in /run /var/lib /opt; do mount -t tmpfs -o mode=0755 weft-test "$dir"; done
+mount -n --make-rprivate /
+for dir in /run /var/lib /opt; do mount -n -t tmpfs -o mode=0755 weft-test "$dir"; done
 mkdir -p /run/netns /opt/cni/bin /var/lib/cni
-mount --bind "$d/bin" /opt/cni/bin
-mount --bind "$d/cache" /var/lib/cni
-mount --bind "$d/net.d" /etc/cni/net.d
+mount -n --bind "$d/bin" /opt/cni/bin
+mount -n --bind "$d/cache" /var/lib/cni
+mount -n --bind "$d/net.d" /etc/cni/net.d
 echo ready
 exec sleep 1000000
 "#;
@@ -169,6 +169,8 @@ impl RuntimeHost {
         let mut holder = Command::new("nsenter")
             .arg(format!("--net={}", node.path().display()))
             .args(["unshare", "--mount", "sh", "-c", HOLDER_SCRIPT, "sh"])
+            // libmount would record the mounts in the machine's /run/mount/utab otherwise.
+            .env("LIBMOUNT_UTAB", d.join("utab"))
             .arg(d)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -386,6 +388,15 @@ impl Drop for RuntimeHost {
         }
         let _ = self.holder.kill();
         let _ = self.holder.wait();
+        // The runtimes' parent cgroups (cgroupfs): removed once empty (a parallel test's
+        // containers keep them busy, and the last test removes them).
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for controller in controllers.filter_map(Result::ok) {
+                for parent in ["libpod_parent/conmon", "libpod_parent", "wefttest"] {
+                    let _ = std::fs::remove_dir(controller.path().join(parent));
+                }
+            }
+        }
     }
 }
 
