@@ -3,15 +3,13 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::arp;
 use crate::config::{Attachment, NetConf};
-use crate::env::{parse_mac, AttachmentEnv};
+use crate::env::AttachmentEnv;
 use crate::error::{Error, Result};
 use crate::ip::Ipv4Net;
 use crate::ipam::{IpamStore, Pool};
@@ -112,21 +110,9 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     let pool = Pool::new(node.subnet);
     let requested = requested_address(conf, env, &pool)?;
     let netns = Netns::open(&netns_path(env)?).map_err(|e| netns_error(e, &env.container_id))?;
-    let (container_nl, arp_socket) = netns
-        .within(|| (Netlink::open(), arp::socket()))
+    let mut container_nl = netns
+        .netlink()
         .map_err(|e| netns_error(e, &env.container_id))?;
-    let mut container_nl = container_nl.map_err(netlink_err(format!(
-        "open netlink socket in {}",
-        netns.path().display()
-    )))?;
-    let arp_socket = arp_socket
-        .map_err(|e| {
-            log.error(format_args!(
-                "ADD container={}: no packet socket for gratuitous ARP: {e}",
-                env.container_id
-            ))
-        })
-        .ok();
     let exists = container_nl
         .link_by_name(&env.ifname)
         .map_err(netlink_err(format!(
@@ -167,7 +153,6 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
         address,
         netns: &netns,
         pod_mac: env.args.mac.or(conf.static_mac),
-        arp_socket: arp_socket.as_ref(),
         log,
     };
     match wiring.attach(&mut node_nl, &mut container_nl) {
@@ -271,28 +256,10 @@ struct Wiring<'a> {
     address: Ipv4Net,
     netns: &'a Netns,
     pod_mac: Option<[u8; 6]>,
-    arp_socket: Option<&'a OwnedFd>,
     log: &'a Log,
 }
 
 impl Wiring<'_> {
-    /// Broadcasts a gratuitous ARP for the new address from the pod's interface. Best effort: a
-    /// failure only means neighbours learn the address the slow way.
-    fn announce(&self, pod: &Link) {
-        let Some(socket) = self.arp_socket else {
-            return;
-        };
-        let sent = parse_mac(&pod.mac)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-            .and_then(|mac| arp::announce(socket, pod.index, mac, self.address.addr()));
-        if let Err(e) = sent {
-            self.log.error(format_args!(
-                "ADD container={}: gratuitous ARP for {} from {}: {e}",
-                self.env.container_id, self.address, self.env.ifname
-            ));
-        }
-    }
-
     fn desired_routes(&self) -> Vec<Route> {
         let gateway = self.node.gateway();
         let mut routes = vec![Route {
@@ -370,6 +337,13 @@ impl Wiring<'_> {
                 op: format!("look up {ifname} in {netns_path} after creating it"),
                 source: io::Error::from_raw_os_error(libc::ENODEV),
             })?;
+        // The kernel announces the address (gratuitous ARP) when the interface comes up, so
+        // neighbours holding an earlier owner's MAC for a re-used address switch at once.
+        container_nl
+            .set_arp_notify(pod.index)
+            .map_err(netlink_err(format!(
+                "turn on arp_notify of {ifname} in {netns_path}"
+            )))?;
         container_nl
             .add_address(pod.index, self.address)
             .map_err(netlink_err(format!(
@@ -381,7 +355,6 @@ impl Wiring<'_> {
                 .set_up(pod.index)
                 .map_err(netlink_err(format!("set {ifname} up in {netns_path}")))?;
         }
-        self.announce(&pod);
         let mut routes = self.desired_routes();
         let mut kept = Vec::with_capacity(routes.len());
         for route in routes.drain(..) {

@@ -3,7 +3,6 @@
 //! stdin carries the network configuration, `CNI_*` variables the operation; stdout carries only
 //! the result or the spec's error JSON, logs go to stderr (and `logFile`).
 
-mod arp;
 mod commands;
 mod config;
 mod env;

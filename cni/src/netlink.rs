@@ -15,8 +15,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -256,6 +256,22 @@ impl Netlink {
         let mut message = LinkMessage::default();
         message.header.index = index;
         message.attributes.push(LinkAttribute::Mtu(mtu));
+        self.change(RouteNetlinkMessage::SetLink(message), 0)
+    }
+
+    /// Turns on `arp_notify` for link `index`: when it next comes up (and whenever its MAC
+    /// changes) the kernel broadcasts a gratuitous ARP for each of its IPv4 addresses. Done this
+    /// way rather than from a packet socket, whose close waits for an RCU grace period (~10 ms).
+    pub fn set_arp_notify(&mut self, index: u32) -> io::Result<()> {
+        let mut conf = InetDevConf::default();
+        conf.arp_notify = 1;
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message
+            .attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
         self.change(RouteNetlinkMessage::SetLink(message), 0)
     }
 
