@@ -26,6 +26,9 @@ PACKAGES=(
     iputils-ping                 # ping between pods
     runc                         # OCI runtime of the pod core
     containernetworking-plugins  # reference CNI plugins (chaining, comparisons)
+    podman                       # real runtime driving the CNI plugin (CNI backend) in tests/cni_runtimes.rs
+    containerd                   # real runtime driving the CNI plugin (ctr run --cni) in tests/cni_runtimes.rs
+    iptables                     # portmap's rules; tests/cni_runtimes.rs checks none are left
     jq                           # JSON in the scripts
     curl                         # healthz/metrics in the demo
     openssl                      # test CA and certificates for the etcd TLS tests

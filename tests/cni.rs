@@ -894,6 +894,70 @@ fn bridge_with_another_address_is_a_clear_error() {
 }
 
 #[test]
+fn bridge_moves_to_the_new_gateway_when_subnet_env_names_a_new_subnet() {
+    let site = Site::new("10.244.23.1/24");
+    let old_pod = Netns::new("pod");
+    site.add(&old_pod, "before-move", "1.0.0");
+    assert_eq!(addresses(&site.node, "cni0"), vec!["10.244.23.1/24"]);
+    // weftd lost its lease and took another subnet: subnet.env now names it.
+    site.write_subnet_env("10.244.24.1/24");
+    let pod = Netns::new("pod");
+    let result = site.add(&pod, "after-move", "1.0.0");
+    assert_eq!(result["ips"][0]["address"], "10.244.24.2/24", "{result}");
+    assert_eq!(result["ips"][0]["gateway"], "10.244.24.1", "{result}");
+    assert_eq!(
+        result["interfaces"][0]["mac"], "0a:58:0a:f4:18:01",
+        "the bridge MAC names the new gateway: {result}"
+    );
+    assert_eq!(
+        addresses(&site.node, "cni0"),
+        vec!["10.244.24.1/24"],
+        "old gateway removed, new one added"
+    );
+    let node_routes = site.node.ip_json(&["-4", "route", "show", "dev", "cni0"]);
+    let dsts: Vec<&str> = node_routes
+        .iter()
+        .filter_map(|r| r["dst"].as_str())
+        .collect();
+    assert_eq!(dsts, vec!["10.244.24.0/24"], "{node_routes:?}");
+    let pod_routes = pod.ip_json(&["-4", "route", "show"]);
+    for dst in ["default", "10.244.0.0/16"] {
+        assert!(
+            pod_routes
+                .iter()
+                .any(|r| r["dst"] == dst && r["gateway"] == "10.244.24.1" && r["dev"] == "eth0"),
+            "{dst} via the new gateway: {pod_routes:?}"
+        );
+    }
+    assert!(
+        tcp_ok(&pod, &site.node, "10.244.24.1"),
+        "pod -> new gateway"
+    );
+    assert!(tcp_ok(&site.node, &pod, "10.244.24.2"), "node -> pod");
+    // The next ADD finds the bridge as it should be and changes nothing.
+    let pod2 = Netns::new("pod");
+    assert_eq!(
+        result_ip(&site.add(&pod2, "after-move-2", "1.0.0")),
+        "10.244.24.3"
+    );
+    assert_eq!(addresses(&site.node, "cni0"), vec!["10.244.24.1/24"]);
+    // An address weft did not put there is still left alone, with code 100.
+    site.node
+        .ip(&["addr", "add", "198.51.100.1/24", "dev", "cni0"]);
+    site.write_subnet_env("10.244.25.1/24");
+    let pod3 = Netns::new("pod");
+    let out = Call::new(&site.node, "ADD")
+        .attachment("after-move-3", "eth0", Some(&pod3))
+        .conf(&site.conf("1.0.0"));
+    assert_eq!(out.code(), 100, "{out:?}");
+    assert!(out.stdout.contains("198.51.100.1/24"), "{out:?}");
+    let mut left = addresses(&site.node, "cni0");
+    left.sort();
+    assert_eq!(left, vec!["10.244.24.1/24", "198.51.100.1/24"]);
+    assert!(link_json(&pod3, "eth0").is_none());
+}
+
+#[test]
 fn exhausted_subnet_names_the_subnet() {
     let site = Site::new("10.244.17.1/30");
     let pod = Netns::new("pod");
@@ -1152,4 +1216,322 @@ fn example_conflist_chain_weft_then_portmap_works() {
         .conf(&del)
         .assert_silent_success();
     assert!(site.allocations().is_empty());
+}
+
+/// `ip -j neigh` lladdr of `ip` on `dev` in `ns`, if any.
+fn neighbour_mac(ns: &Netns, dev: &str, ip: &str) -> Option<String> {
+    ns.ip_json(&["-4", "neigh", "show", "dev", dev])
+        .into_iter()
+        .find(|n| n["dst"] == ip)
+        .and_then(|n| n["lladdr"].as_str().map(str::to_string))
+}
+
+#[test]
+fn static_ip_and_mac_from_cni_args_and_runtime_config() {
+    let site = Site::new("10.244.26.1/24");
+    let pod = Netns::new("pod");
+    let mut call = Call::new(&site.node, "ADD").attachment("static-args", "eth0", Some(&pod));
+    call.extra_env = vec![(
+        "CNI_ARGS",
+        "IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.244.26.50;MAC=0a:00:00:26:00:50;PODMAN_EXTRA=y",
+    )];
+    let result = call.conf(&site.conf("1.0.0")).result();
+    assert_eq!(result["ips"][0]["address"], "10.244.26.50/24", "{result}");
+    assert_eq!(
+        result["interfaces"][2]["mac"], "0a:00:00:26:00:50",
+        "{result}"
+    );
+    assert_eq!(addresses(&pod, "eth0"), vec!["10.244.26.50/24"]);
+    assert_eq!(
+        link_json(&pod, "eth0").map(|l| l["address"].clone()),
+        Some(json!("0a:00:00:26:00:50"))
+    );
+    assert!(site
+        .allocations()
+        .contains(&("10.244.26.50".into(), "static-args\r\neth0".into())));
+    // The runtimeConfig capabilities (what podman and CRI runtimes send).
+    let pod2 = Netns::new("pod");
+    let mut conf = site.conf("1.0.0");
+    conf["runtimeConfig"] = json!({"ips": ["10.244.26.60/24"], "mac": "0a:00:00:26:00:60"});
+    let result = Call::new(&site.node, "ADD")
+        .attachment("static-rc", "eth0", Some(&pod2))
+        .conf(&conf)
+        .result();
+    assert_eq!(result["ips"][0]["address"], "10.244.26.60/24", "{result}");
+    assert_eq!(result["interfaces"][2]["mac"], "0a:00:00:26:00:60");
+    assert!(tcp_ok(&site.node, &pod2, "10.244.26.60"));
+    // DEL then ADD again with the same IP= (podman network reload) keeps the address.
+    Call::new(&site.node, "DEL")
+        .attachment("static-rc", "eth0", Some(&pod2))
+        .conf(&conf)
+        .assert_silent_success();
+    let again = Call::new(&site.node, "ADD")
+        .attachment("static-rc", "eth0", Some(&pod2))
+        .conf(&conf)
+        .result();
+    assert_eq!(again["ips"][0]["address"], "10.244.26.60/24");
+    // Refusals: taken by another container, outside the subnet, the gateway, unknown keys
+    // without IgnoreUnknown. Nothing is left behind.
+    let before = site.allocations();
+    let refusals: [(&str, u64, &str); 5] = [
+        ("IP=10.244.26.50", 106, "static-args"),
+        ("IP=10.244.99.5", 4, "not an assignable address"),
+        ("IgnoreUnknown=1;IP=10.244.26.1", 4, "gateway"),
+        ("IP=10.244.26.70;MAC=01:00:5e:00:00:01", 4, "multicast"),
+        ("FOO=bar", 4, "FOO"),
+    ];
+    for (args, code, text) in refusals {
+        let pod3 = Netns::new("pod");
+        let mut call = Call::new(&site.node, "ADD").attachment("refused", "eth0", Some(&pod3));
+        call.extra_env = vec![("CNI_ARGS", args)];
+        let out = call.conf(&site.conf("1.0.0"));
+        assert_eq!(out.code(), code, "{args}: {out:?}");
+        assert!(out.stdout.contains(text), "{args}: {out:?}");
+        assert!(link_json(&pod3, "eth0").is_none(), "{args}");
+        assert_eq!(site.allocations(), before, "{args}");
+    }
+    let mut conf = site.conf("1.0.0");
+    conf["runtimeConfig"] = json!({"ips": ["192.0.2.9/24"]});
+    let pod4 = Netns::new("pod");
+    let out = Call::new(&site.node, "ADD")
+        .attachment("refused", "eth0", Some(&pod4))
+        .conf(&conf);
+    assert_eq!(out.code(), 7, "{out:?}");
+    assert_eq!(site.allocations(), before);
+}
+
+#[test]
+fn existing_default_route_is_left_alone_and_del_removes_only_weft_s_part() {
+    let site = Site::new("10.244.27.1/24");
+    let pod = Netns::new("pod");
+    // The container's first network: a dummy device with the default route.
+    pod.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "first-net",
+    ]);
+    pod.ip(&["link", "set", "first-net", "up"]);
+    pod.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    pod.ip(&["route", "add", "default", "via", "198.51.100.1"]);
+    let result = Call::new(&site.node, "ADD")
+        .attachment("second-net", "eth1", Some(&pod))
+        .conf(&site.conf("1.0.0"))
+        .result();
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "10.244.0.0/16", "gw": "10.244.27.1"}]),
+        "the default route is not weft's: {result}"
+    );
+    let routes = pod.ip_json(&["-4", "route", "show"]);
+    let default: Vec<&Value> = routes.iter().filter(|r| r["dst"] == "default").collect();
+    assert_eq!(default.len(), 1, "{routes:?}");
+    assert_eq!(default[0]["gateway"], "198.51.100.1", "{routes:?}");
+    assert!(tcp_ok(&site.node, &pod, &result_ip(&result)));
+    // isDefaultGateway false: only the cluster route, whatever the container has.
+    let pod2 = Netns::new("pod");
+    let mut conf = site.conf("1.0.0");
+    conf["isDefaultGateway"] = json!(false);
+    let result2 = Call::new(&site.node, "ADD")
+        .attachment("secondary", "eth0", Some(&pod2))
+        .conf(&conf)
+        .result();
+    assert_eq!(
+        result2["routes"],
+        json!([{"dst": "10.244.0.0/16", "gw": "10.244.27.1"}])
+    );
+    assert!(pod2
+        .ip_json(&["-4", "route", "show"])
+        .iter()
+        .all(|r| r["dst"] != "default"));
+    // DEL removes weft's interface and its routes; the first network stays.
+    let mut del = site.conf("1.0.0");
+    del["prevResult"] = result;
+    Call::new(&site.node, "DEL")
+        .attachment("second-net", "eth1", Some(&pod))
+        .conf(&del)
+        .assert_silent_success();
+    assert!(link_json(&pod, "eth1").is_none());
+    assert_eq!(addresses(&pod, "eth0"), vec!["198.51.100.2/24"]);
+    let routes = pod.ip_json(&["-4", "route", "show"]);
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "198.51.100.1"),
+        "{routes:?}"
+    );
+    assert!(
+        routes.iter().all(|r| r["dst"] != "10.244.0.0/16"),
+        "{routes:?}"
+    );
+}
+
+#[test]
+fn reused_address_is_announced_to_the_node_at_once() {
+    let site = Site::new("10.244.28.1/24");
+    // Another pod keeps the bridge up (with no port left, its neighbour table is flushed).
+    let bystander = Netns::new("pod");
+    site.add(&bystander, "arp-bystander", "1.0.0");
+    let first = Netns::new("pod");
+    let mut call = Call::new(&site.node, "ADD").attachment("arp-first", "eth0", Some(&first));
+    call.extra_env = vec![("CNI_ARGS", "IP=10.244.28.9")];
+    let result = call.conf(&site.conf("1.0.0")).result();
+    let first_mac = result["interfaces"][2]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(tcp_ok(&site.node, &first, "10.244.28.9"));
+    assert_eq!(
+        neighbour_mac(&site.node, "cni0", "10.244.28.9"),
+        Some(first_mac.clone())
+    );
+    // The kernel lets an ARP override a neighbour entry only after its locktime (1 s).
+    std::thread::sleep(Duration::from_millis(1100));
+    Call::new(&site.node, "DEL")
+        .attachment("arp-first", "eth0", Some(&first))
+        .conf(&site.conf("1.0.0"))
+        .assert_silent_success();
+    let second = Netns::new("pod");
+    let mut call = Call::new(&site.node, "ADD").attachment("arp-second", "eth0", Some(&second));
+    call.extra_env = vec![("CNI_ARGS", "IP=10.244.28.9")];
+    let result = call.conf(&site.conf("1.0.0")).result();
+    let second_mac = result["interfaces"][2]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_ne!(first_mac, second_mac);
+    // Right after ADD, before any traffic: the node already knows the new owner.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let mut seen = neighbour_mac(&site.node, "cni0", "10.244.28.9");
+    while seen.as_deref() != Some(second_mac.as_str()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        seen = neighbour_mac(&site.node, "cni0", "10.244.28.9");
+    }
+    assert_eq!(seen, Some(second_mac), "node neighbour entry after ADD");
+    assert!(tcp_ok(&site.node, &second, "10.244.28.9"));
+}
+
+#[test]
+fn hostile_input_is_refused_and_leaves_nothing_behind() {
+    let site = Site::new("10.244.29.1/24");
+    let pod = Netns::new("pod");
+    let first = site.add(&pod, "dup", "1.0.0");
+    // The same (container ID, ifname) into another namespace: refused, the first pod untouched.
+    let other = Netns::new("pod");
+    let out = Call::new(&site.node, "ADD")
+        .attachment("dup", "eth0", Some(&other))
+        .conf(&site.conf("1.0.0"));
+    assert_eq!(out.code(), 107, "{out:?}");
+    assert!(link_json(&other, "eth0").is_none());
+    assert_eq!(
+        site.allocations(),
+        vec![("10.244.29.2".to_string(), "dup\r\neth0".to_string())]
+    );
+    assert!(
+        tcp_ok(&site.node, &pod, &result_ip(&first)),
+        "first pod still wired"
+    );
+    let links_before: HashSet<String> = site
+        .node
+        .ip_json(&["link", "show"])
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect();
+    // Names the kernel would expand or that break paths; network names off the spec's pattern.
+    let fifo = site.dir.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+    let big = site.dir.path().join("big.env");
+    std::fs::write(&big, "#".repeat(100_000)).unwrap_or_else(|e| panic!("{e}"));
+    let cases: Vec<(&str, Value, &str, u64)> = vec![
+        ("bridge %", json!({"bridge": "br%d"}), "eth0", 7),
+        ("bridge space", json!({"bridge": "br 0"}), "eth0", 7),
+        (
+            "bridge long",
+            json!({"bridge": "bridge012345678x"}),
+            "eth0",
+            7,
+        ),
+        ("name newline", json!({"name": "weft\ntest"}), "eth0", 7),
+        ("name slash", json!({"name": "a/b"}), "eth0", 7),
+        ("subnetFile fifo", json!({"subnetFile": fifo}), "eth0", 105),
+        ("subnetFile big", json!({"subnetFile": big}), "eth0", 105),
+        ("logFile fifo", json!({"logFile": fifo}), "eth0", 7),
+        ("ifname %", json!({}), "eth%d", 4),
+        ("ifname slash", json!({}), "a/b", 4),
+        ("ifname long", json!({}), "eth0123456789abc", 4),
+    ];
+    for (what, patch, ifname, code) in cases {
+        let target = Netns::new("pod");
+        let mut conf = site.conf("1.0.0");
+        if let (Some(conf), Some(patch)) = (conf.as_object_mut(), patch.as_object()) {
+            conf.extend(patch.clone());
+        }
+        let started = Instant::now();
+        let out = Call::new(&site.node, "ADD")
+            .attachment("hostile", ifname, Some(&target))
+            .conf(&conf);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.code(), code, "{what}: {out:?}");
+        let links: HashSet<String> = site
+            .node
+            .ip_json(&["link", "show"])
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(links, links_before, "{what}: no device left behind");
+        assert!(
+            target.ip_json(&["link", "show"]).len() == 1,
+            "{what}: only lo in the pod namespace"
+        );
+        assert_eq!(site.allocations().len(), 1, "{what}");
+    }
+}
+
+#[test]
+fn subnet_env_problems_are_all_listed_and_details_do_not_repeat_msg() {
+    let site = Site::new("10.244.30.1/24");
+    std::fs::write(
+        site.subnet_file(),
+        "FLANNEL_NETWORK=10.244.0.0/33\nFLANNEL_SUBNET=10.244.30.0/24\nFLANNEL_MTU=huge\nnonsense\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pod = Netns::new("pod");
+    let out = Call::new(&site.node, "ADD")
+        .attachment("bad-env", "eth0", Some(&pod))
+        .conf(&site.conf("1.0.0"));
+    assert_eq!(out.code(), 105, "{out:?}");
+    let details = out.error()["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for part in [
+        "FLANNEL_NETWORK",
+        "FLANNEL_SUBNET=10.244.30.0/24",
+        "FLANNEL_MTU",
+        "line 4",
+    ] {
+        assert!(details.contains(part), "{part} missing from {details}");
+    }
+    std::fs::remove_file(site.subnet_file()).unwrap_or_else(|e| panic!("{e}"));
+    let out = Call::new(&site.node, "ADD")
+        .attachment("bad-env", "eth0", Some(&pod))
+        .conf(&site.conf("1.0.0"));
+    let err = out.error();
+    assert_eq!(err["code"], 11);
+    let msg = err["msg"].as_str().unwrap_or_default().to_lowercase();
+    let details = err["details"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        !details.starts_with(&msg) && details.contains("subnet"),
+        "{err}"
+    );
 }

@@ -107,6 +107,8 @@ fn netns_path(env: &AttachmentEnv) -> Result<PathBuf> {
 pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     let node = NodeSubnet::load(&conf.subnet_file)?;
     let mtu = conf.mtu.or(node.mtu).unwrap_or(FALLBACK_MTU);
+    let pool = Pool::new(node.subnet);
+    let requested = requested_address(conf, env, &pool)?;
     let netns = Netns::open(&netns_path(env)?).map_err(|e| netns_error(e, &env.container_id))?;
     let mut container_nl = netns
         .netlink()
@@ -128,11 +130,16 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     let bridge = ensure_bridge(&mut node_nl, &conf.bridge, &node, mtu)?;
     enable_forwarding(&conf.bridge)?;
 
-    let pool = Pool::new(node.subnet);
     let store = IpamStore::new(&conf.data_dir, &conf.name);
-    let ip = store
-        .lock()?
-        .allocate(&pool, &env.container_id, &env.ifname)?;
+    let ip = {
+        let locked = store.lock()?;
+        match requested {
+            Some(ip) => locked
+                .allocate_static(ip, &env.container_id, &env.ifname)
+                .map(|()| ip)?,
+            None => locked.allocate(&pool, &env.container_id, &env.ifname)?,
+        }
+    };
     let address = Ipv4Net::new(ip, node.subnet.prefix())
         .ok_or_else(|| Error::InvalidConfig(format!("prefix of {} out of range", node.subnet)))?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
@@ -145,6 +152,8 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
         host_name: &host_name,
         address,
         netns: &netns,
+        pod_mac: env.args.mac.or(conf.static_mac),
+        log,
     };
     match wiring.attach(&mut node_nl, &mut container_nl) {
         Ok(result) => {
@@ -163,8 +172,11 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
                 "ADD container={} ifname={} failed, undoing: {err}",
                 env.container_id, env.ifname
             ));
-            if let Err(e) = delete_link_named(&mut node_nl, &host_name) {
-                log.error(format_args!("undo: remove {host_name}: {e}"));
+            // A duplicate's host veth belongs to the attachment already in place.
+            if !matches!(err, Error::DuplicateAttachment { .. }) {
+                if let Err(e) = delete_link_named(&mut node_nl, &host_name) {
+                    log.error(format_args!("undo: remove {host_name}: {e}"));
+                }
             }
             match store.lock() {
                 Ok(locked) => {
@@ -179,6 +191,60 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     }
 }
 
+/// The static address asked for by `CNI_ARGS` (`IP=`) or the config (`runtimeConfig.ips`,
+/// `args.cni.ips`), checked against the node subnet before anything is changed.
+fn requested_address(conf: &NetConf, env: &AttachmentEnv, pool: &Pool) -> Result<Option<Ipv4Addr>> {
+    let mut wanted: Vec<(Ipv4Addr, bool)> = Vec::new();
+    for (ip, from_env) in env
+        .args
+        .ips
+        .iter()
+        .map(|ip| (*ip, true))
+        .chain(conf.static_ips.iter().map(|ip| (*ip, false)))
+    {
+        if !wanted.iter().any(|(w, _)| *w == ip) {
+            wanted.push((ip, from_env));
+        }
+    }
+    let refuse = |from_env: bool, reason: String| {
+        if from_env {
+            Error::InvalidEnv {
+                name: "CNI_ARGS",
+                value: format!("IP={}", join_ips(&env.args.ips)),
+                reason,
+            }
+        } else {
+            Error::InvalidConfig(reason)
+        }
+    };
+    match wanted.as_slice() {
+        [] => Ok(None),
+        [(ip, from_env)] => match pool.static_refusal(*ip) {
+            None => Ok(Some(*ip)),
+            Some(reason) => Err(refuse(*from_env, reason)),
+        },
+        [.., (_, from_env)] => Err(refuse(
+            *from_env,
+            format!(
+                "{} addresses requested ({}); weft assigns one IPv4 address per interface",
+                wanted.len(),
+                wanted
+                    .iter()
+                    .map(|(ip, _)| ip.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+fn join_ips(ips: &[Ipv4Addr]) -> String {
+    ips.iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Everything ADD needs to wire one container.
 struct Wiring<'a> {
     conf: &'a NetConf,
@@ -189,6 +255,8 @@ struct Wiring<'a> {
     host_name: &'a str,
     address: Ipv4Net,
     netns: &'a Netns,
+    pod_mac: Option<[u8; 6]>,
+    log: &'a Log,
 }
 
 impl Wiring<'_> {
@@ -226,12 +294,25 @@ impl Wiring<'_> {
                 self.bridge.index,
                 self.mtu,
                 ifname,
+                self.pod_mac,
                 self.netns.file(),
             )
         };
         let created = match create(node_nl) {
-            // A host end left by an ADD that was killed half-way holds the name: replace it.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let existing = node_nl
+                    .link_by_name(self.host_name)
+                    .map_err(netlink_err(format!("look up {}", self.host_name)))?;
+                // Its peer lives in another namespace: the same (container, ifname) is wired
+                // there already (CNI_IFNAME is absent from this one), and stays untouched.
+                if existing.is_some_and(|l| l.peer_netnsid.is_some()) {
+                    return Err(Error::DuplicateAttachment {
+                        container: self.env.container_id.clone(),
+                        ifname: ifname.clone(),
+                        host: self.host_name.to_string(),
+                    });
+                }
+                // A host end whose peer is gone or local is a leftover: replace it.
                 delete_link_named(node_nl, self.host_name)?;
                 create(node_nl)
             }
@@ -256,6 +337,13 @@ impl Wiring<'_> {
                 op: format!("look up {ifname} in {netns_path} after creating it"),
                 source: io::Error::from_raw_os_error(libc::ENODEV),
             })?;
+        // The kernel announces the address (gratuitous ARP) when the interface comes up, so
+        // neighbours holding an earlier owner's MAC for a re-used address switch at once.
+        container_nl
+            .set_arp_notify(pod.index)
+            .map_err(netlink_err(format!(
+                "turn on arp_notify of {ifname} in {netns_path}"
+            )))?;
         container_nl
             .add_address(pod.index, self.address)
             .map_err(netlink_err(format!(
@@ -267,16 +355,35 @@ impl Wiring<'_> {
                 .set_up(pod.index)
                 .map_err(netlink_err(format!("set {ifname} up in {netns_path}")))?;
         }
-        let routes = self.desired_routes();
-        for route in &routes {
-            container_nl
-                .add_route(route.dst, route.gw, pod.index)
-                .map_err(netlink_err(format!(
-                    "add route {} via {} dev {ifname} in {netns_path}",
-                    route.dst,
-                    route.gw.map(|g| g.to_string()).unwrap_or_default()
-                )))?;
+        let mut routes = self.desired_routes();
+        let mut kept = Vec::with_capacity(routes.len());
+        for route in routes.drain(..) {
+            match container_nl.add_route(route.dst, route.gw, pod.index) {
+                Ok(()) => kept.push(route),
+                // Another network of the container owns the default route: leave it be (weft is
+                // a secondary network there) and do not claim it in the result.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EEXIST)
+                        && route.dst == Ipv4Net::DEFAULT_ROUTE =>
+                {
+                    self.log.info(format_args!(
+                        "ADD container={} ifname={ifname}: default route exists already, left alone",
+                        self.env.container_id
+                    ));
+                }
+                Err(source) => {
+                    return Err(Error::Netlink {
+                        op: format!(
+                            "add route {} via {} dev {ifname} in {netns_path}",
+                            route.dst,
+                            route.gw.map(|g| g.to_string()).unwrap_or_default()
+                        ),
+                        source,
+                    })
+                }
+            }
         }
+        let routes = kept;
         Ok(AddResult {
             interfaces: vec![
                 Interface {
@@ -309,7 +416,9 @@ impl Wiring<'_> {
     }
 }
 
-/// Makes sure the bridge exists, is up and carries exactly the gateway address.
+/// Makes sure the bridge exists, is up and carries exactly the gateway address. A gateway
+/// address of an earlier node subnet (weftd leased a new one) is replaced; any other address is
+/// a conflict and nothing is changed.
 fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> Result<Link> {
     let lookup = |nl: &mut Netlink| {
         nl.link_by_name(name)
@@ -351,14 +460,38 @@ fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> R
     let present = nl
         .addresses(bridge.index)
         .map_err(netlink_err(format!("list addresses of bridge {name}")))?;
-    if let Some(other) = present.iter().find(|a| **a != expected) {
-        return Err(Error::BridgeAddressConflict {
+    let plan = plan_bridge_addresses(&present, expected, &bridge.mac).map_err(|found| {
+        Error::BridgeAddressConflict {
             bridge: name.to_string(),
-            found: other.to_string(),
+            found: found.to_string(),
             expected: expected.to_string(),
-        });
+            mac: bridge.mac.clone(),
+        }
+    })?;
+    // Old gateway first, then the MAC, then the new gateway: a plugin killed between any two
+    // steps leaves a state the next ADD finishes (no address, or the MAC naming the new one).
+    for old in &plan.remove {
+        match nl.delete_address(bridge.index, *old) {
+            Ok(()) => {}
+            // A parallel ADD moved it first.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+            Err(e) => {
+                return Err(Error::Netlink {
+                    op: format!("remove old gateway {old} from bridge {name}"),
+                    source: e,
+                })
+            }
+        }
     }
-    if present.is_empty() {
+    if plan.add {
+        let mac = bridge_mac(node.gateway());
+        if bridge.mac != format_mac(&mac) {
+            nl.set_mac(bridge.index, mac).map_err(netlink_err(format!(
+                "set MAC {} on bridge {name}",
+                format_mac(&mac)
+            )))?;
+            bridge.mac = format_mac(&mac);
+        }
         match nl.add_address(bridge.index, expected) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -375,6 +508,36 @@ fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> R
             .map_err(netlink_err(format!("set bridge {name} up")))?;
     }
     Ok(bridge)
+}
+
+/// What to change on the bridge's IPv4 addresses.
+#[derive(Debug, PartialEq, Eq)]
+struct BridgeAddressPlan {
+    /// Gateway addresses of an earlier node subnet, to remove.
+    remove: Vec<Ipv4Net>,
+    /// Whether the gateway address must be added.
+    add: bool,
+}
+
+/// Decides how the bridge reaches carrying exactly `expected`. An address other than `expected`
+/// is weft's old gateway only when the bridge's MAC is the one weft derives from it
+/// (`0a:58:<address>`, set whenever weft adds a gateway); anything else is returned as a conflict.
+fn plan_bridge_addresses(
+    present: &[Ipv4Net],
+    expected: Ipv4Net,
+    bridge_mac_text: &str,
+) -> std::result::Result<BridgeAddressPlan, Ipv4Net> {
+    let mut remove = Vec::new();
+    for address in present.iter().filter(|a| **a != expected) {
+        if format_mac(&bridge_mac(address.addr())) != bridge_mac_text {
+            return Err(*address);
+        }
+        remove.push(*address);
+    }
+    Ok(BridgeAddressPlan {
+        remove,
+        add: !present.contains(&expected),
+    })
 }
 
 /// Turns on IPv4 forwarding in the node namespace and on the bridge (written only when off).
@@ -703,6 +866,53 @@ mod tests {
         assert_eq!(mac[0] & 0x01, 0, "unicast");
         assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
         assert_ne!(mac, host_veth_mac("veth0123456789b"));
+    }
+
+    #[test]
+    fn bridge_address_plan_replaces_only_weft_gateways() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let new = net("10.244.9.1/24");
+        let old = net("10.244.7.1/24");
+        let old_mac = "0a:58:0a:f4:07:01";
+        let new_mac = "0a:58:0a:f4:09:01";
+        let plan = |present: &[Ipv4Net], mac: &str| plan_bridge_addresses(present, new, mac);
+        assert_eq!(
+            plan(&[], old_mac),
+            Ok(BridgeAddressPlan {
+                remove: vec![],
+                add: true
+            })
+        );
+        assert_eq!(
+            plan(&[new], new_mac),
+            Ok(BridgeAddressPlan {
+                remove: vec![],
+                add: false
+            })
+        );
+        assert_eq!(
+            plan(&[old], old_mac),
+            Ok(BridgeAddressPlan {
+                remove: vec![old],
+                add: true
+            })
+        );
+        // Same address, new prefix length (SubnetLen changed).
+        assert_eq!(
+            plan(&[net("10.244.9.1/25")], new_mac),
+            Ok(BridgeAddressPlan {
+                remove: vec![net("10.244.9.1/25")],
+                add: true
+            })
+        );
+        // Not weft's: an address the MAC does not name, or any address next to weft's.
+        assert_eq!(plan(&[old], "0a:58:0a:f4:63:01"), Err(old));
+        assert_eq!(plan(&[old], "52:54:00:12:34:56"), Err(old));
+        assert_eq!(
+            plan(&[old, net("192.0.2.1/24")], old_mac),
+            Err(net("192.0.2.1/24"))
+        );
+        assert_eq!(plan(&[new, old], new_mac), Err(old));
     }
 
     #[test]

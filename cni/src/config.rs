@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::env::validate_ifname;
+use crate::env::{parse_mac, validate_ifname, validate_name};
 use crate::error::{Error, Result};
 use crate::ip::Ipv4Net;
 use crate::version::{self, Version};
@@ -69,6 +69,23 @@ pub struct NetConf {
     pub valid_attachments: Option<HashSet<Attachment>>,
     /// Optional log file (besides stderr).
     pub log_file: Option<PathBuf>,
+    /// Static addresses asked for through `runtimeConfig.ips` or `args.cni.ips`.
+    pub static_ips: Vec<Ipv4Addr>,
+    /// Pod MAC asked for through `runtimeConfig.mac`.
+    pub static_mac: Option<[u8; 6]>,
+}
+
+/// The `runtimeConfig` capabilities weft honours (`ips`, `mac`); others are for other plugins.
+#[derive(Deserialize, Default)]
+struct RawRuntimeConfig {
+    ips: Option<Vec<String>>,
+    mac: Option<String>,
+}
+
+/// `args.cni`: the conflist's per-plugin static arguments.
+#[derive(Deserialize, Default)]
+struct RawArgs {
+    cni: Option<RawRuntimeConfig>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +114,8 @@ struct RawConf {
     #[serde(rename = "cni.dev/attachments")]
     attachments: Option<Vec<Attachment>>,
     log_file: Option<PathBuf>,
+    runtime_config: Option<RawRuntimeConfig>,
+    args: Option<RawArgs>,
 }
 
 /// The `cniVersion` of a stdin document, for error output even when the rest is invalid.
@@ -138,11 +157,11 @@ impl NetConf {
         if name.is_empty() {
             return Err(Error::InvalidConfig("name is missing or empty".into()));
         }
-        if name.contains('/') || name == "." || name == ".." {
-            return Err(Error::InvalidConfig(format!(
-                "name {name:?} cannot be used as a directory name under dataDir"
-            )));
-        }
+        validate_name(&name).map_err(|reason| {
+            Error::InvalidConfig(format!(
+                "name {name:?} does not match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$: {reason}"
+            ))
+        })?;
         if raw.ip_masq == Some(true) {
             return Err(Error::UnsupportedField {
                 field: "ipMasq",
@@ -165,6 +184,28 @@ impl NetConf {
             .into_iter()
             .map(parse_route)
             .collect::<Result<Vec<_>>>()?;
+        let runtime = raw.runtime_config.unwrap_or_default();
+        let from_args = raw.args.and_then(|a| a.cni).unwrap_or_default();
+        let mut static_ips = Vec::new();
+        for (field, list) in [
+            ("runtimeConfig.ips", runtime.ips),
+            ("args.cni.ips", from_args.ips),
+        ] {
+            for text in list.unwrap_or_default() {
+                let ip = text.split('/').next().unwrap_or(&text);
+                static_ips.push(ip.parse::<Ipv4Addr>().map_err(|_| {
+                    Error::InvalidConfig(format!("{field}: {text:?} is not an IPv4 address"))
+                })?);
+            }
+        }
+        let static_mac = runtime
+            .mac
+            .or(from_args.mac)
+            .map(|text| {
+                parse_mac(&text)
+                    .map_err(|e| Error::InvalidConfig(format!("runtimeConfig.mac {text:?}: {e}")))
+            })
+            .transpose()?;
         let valid_attachments = raw
             .valid_attachments
             .or(raw.attachments)
@@ -186,6 +227,8 @@ impl NetConf {
             prev_result: raw.prev_result,
             valid_attachments,
             log_file: raw.log_file,
+            static_ips,
+            static_mac,
         })
     }
 }
@@ -254,6 +297,26 @@ mod tests {
     }
 
     #[test]
+    fn runtime_config_ips_and_mac() {
+        let conf = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"ips":["10.244.7.50/24"],"mac":"0a:00:00:00:00:09","portMappings":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.static_ips, vec![Ipv4Addr::new(10, 244, 7, 50)]);
+        assert_eq!(conf.static_mac, Some([0x0a, 0, 0, 0, 0, 9]));
+        let conf =
+            parse(r#"{"cniVersion":"1.0.0","name":"n","args":{"cni":{"ips":["10.244.7.51"]}}}"#)
+                .unwrap();
+        assert_eq!(conf.static_ips, vec![Ipv4Addr::new(10, 244, 7, 51)]);
+        for bad in [
+            r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"ips":["fd00::1/64"]}}"#,
+            r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"mac":"ff:ff:ff:ff:ff:ff"}}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code(), 7, "{bad}");
+        }
+    }
+
+    #[test]
     fn gc_attachments_new_and_old_names() {
         let conf = parse(
             r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#,
@@ -313,5 +376,13 @@ mod tests {
             2
         );
         assert_eq!(parse("[1]").unwrap_err().code(), 7);
+        for name in ["a/b", ".", "..", "-a", "a\\nb", "a b", "a%d"] {
+            let text = format!(r#"{{"cniVersion":"1.0.0","name":"{name}"}}"#);
+            assert_eq!(parse(&text).unwrap_err().code(), 7, "{name}");
+        }
+        for bridge in ["br%d", "a b", "0123456789abcdef"] {
+            let text = format!(r#"{{"cniVersion":"1.0.0","name":"n","bridge":"{bridge}"}}"#);
+            assert_eq!(parse(&text).unwrap_err().code(), 7, "{bridge}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The `CNI_*` environment variables: reading and validating them as the reference plugins do.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
@@ -51,7 +52,29 @@ pub struct AttachmentEnv {
     pub ifname: String,
     /// `CNI_NETNS`; may be empty on DEL.
     pub netns: Option<PathBuf>,
+    /// What `CNI_ARGS` asks for.
+    pub args: CniArgs,
 }
+
+/// The `CNI_ARGS` keys weft acts on (podman passes `IP=`/`MAC=` for `--ip`/`--mac-address`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CniArgs {
+    /// `IP=a.b.c.d[,...]`: requested static addresses.
+    pub ips: Vec<Ipv4Addr>,
+    /// `MAC=aa:bb:cc:dd:ee:ff`: requested MAC of the pod interface.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Keys that runtimes pass for their own bookkeeping; accepted without `IgnoreUnknown`.
+const KNOWN_ARGS: &[&str] = &[
+    "IgnoreUnknown",
+    "IP",
+    "MAC",
+    "K8S_POD_NAME",
+    "K8S_POD_NAMESPACE",
+    "K8S_POD_INFRA_CONTAINER_ID",
+    "K8S_POD_UID",
+];
 
 /// Reads one variable through `get`, treating unset and empty alike.
 fn var(get: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
@@ -80,17 +103,19 @@ impl AttachmentEnv {
         if netns_required && netns.is_none() {
             return Err(missing("CNI_NETNS"));
         }
-        if let Some(args) = var(get, "CNI_ARGS") {
-            validate_cni_args(&args).map_err(|reason| Error::InvalidEnv {
+        let args = match var(get, "CNI_ARGS") {
+            Some(text) => parse_cni_args(&text).map_err(|reason| Error::InvalidEnv {
                 name: "CNI_ARGS",
-                value: args.clone(),
+                value: text.clone(),
                 reason,
-            })?;
-        }
+            })?,
+            None => CniArgs::default(),
+        };
         Ok(AttachmentEnv {
             container_id,
             ifname,
             netns,
+            args,
         })
     }
 }
@@ -105,6 +130,11 @@ fn missing(name: &'static str) -> Error {
 
 /// The spec's container ID rule: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
 pub fn validate_container_id(id: &str) -> std::result::Result<(), String> {
+    validate_name(id)
+}
+
+/// The spec's rule for container IDs and network names: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+pub fn validate_name(id: &str) -> std::result::Result<(), String> {
     let mut chars = id.chars();
     match chars.next() {
         None => return Err("must not be empty".into()),
@@ -136,24 +166,74 @@ pub fn validate_ifname(name: &str) -> std::result::Result<(), String> {
     if name == "." || name == ".." {
         return Err("interface name must not be . or ..".into());
     }
+    // `%` would make the kernel pick a name itself (`%d`), leaving a device weft did not ask for.
     if let Some(bad) = name
         .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+        .find(|c| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control())
     {
         return Err(format!("interface name must not contain {bad:?}"));
     }
     Ok(())
 }
 
-/// `CNI_ARGS` must be `KEY=VALUE` pairs separated by `;`.
-pub fn validate_cni_args(args: &str) -> std::result::Result<(), String> {
-    for pair in args.split(';').filter(|p| !p.is_empty()) {
+/// Parses `CNI_ARGS` (`KEY=VALUE` pairs separated by `;`). Keys weft does not know are an
+/// error unless `IgnoreUnknown` is `1` or `true`, as in the reference plugins.
+pub fn parse_cni_args(text: &str) -> std::result::Result<CniArgs, String> {
+    let mut pairs = Vec::new();
+    for pair in text.split(';').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some((key, _)) if !key.is_empty() => {}
+            Some((key, value)) if !key.is_empty() => pairs.push((key, value)),
             _ => return Err(format!("{pair:?} is not KEY=VALUE")),
         }
     }
-    Ok(())
+    let ignore_unknown = pairs
+        .iter()
+        .any(|(k, v)| *k == "IgnoreUnknown" && (*v == "1" || v.eq_ignore_ascii_case("true")));
+    let mut args = CniArgs::default();
+    for (key, value) in pairs {
+        match key {
+            "IP" => {
+                for ip in value.split(',').filter(|v| !v.is_empty()) {
+                    let ip = ip.split('/').next().unwrap_or(ip);
+                    args.ips.push(
+                        ip.parse()
+                            .map_err(|_| format!("IP={value:?}: {ip:?} is not an IPv4 address"))?,
+                    );
+                }
+            }
+            "MAC" => args.mac = Some(parse_mac(value).map_err(|e| format!("MAC={value:?}: {e}"))?),
+            _ if KNOWN_ARGS.contains(&key) || ignore_unknown => {}
+            _ => {
+                return Err(format!(
+                    "unknown key {key:?} (set IgnoreUnknown=1 to ignore keys weft does not use)"
+                ))
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// Parses a unicast MAC `aa:bb:cc:dd:ee:ff` (also `-`-separated).
+pub fn parse_mac(text: &str) -> std::result::Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split([':', '-']);
+    for byte in &mut mac {
+        let part = parts.next().ok_or("not six bytes")?;
+        if part.len() != 2 {
+            return Err(format!("{part:?} is not a two-digit hex byte"));
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{part:?} is not hex"))?;
+    }
+    if parts.next().is_some() {
+        return Err("more than six bytes".into());
+    }
+    if mac[0] & 0x01 != 0 {
+        return Err("is a multicast address, not a unicast one".into());
+    }
+    if mac == [0; 6] {
+        return Err("is all zeros".into());
+    }
+    Ok(mac)
 }
 
 #[cfg(test)]
@@ -193,6 +273,8 @@ mod tests {
             "a:b",
             "a b",
             "a\tb",
+            "br%d",
+            "a\nb",
         ] {
             assert!(validate_ifname(bad).is_err(), "{bad}");
         }
@@ -227,6 +309,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("CNI_ARGS"), "{err}");
+    }
+
+    #[test]
+    fn cni_args_static_ip_mac_and_ignore_unknown() {
+        let args =
+            parse_cni_args("IgnoreUnknown=1;IP=10.244.7.50;MAC=0a:00:00:00:00:07;K8S_POD_NAME=a")
+                .unwrap();
+        assert_eq!(args.ips, vec![Ipv4Addr::new(10, 244, 7, 50)]);
+        assert_eq!(args.mac, Some([0x0a, 0, 0, 0, 0, 7]));
+        assert_eq!(
+            parse_cni_args("IP=10.244.7.5/24,10.244.7.6")
+                .unwrap()
+                .ips
+                .len(),
+            2
+        );
+        assert!(parse_cni_args("FOO=1").unwrap_err().contains("FOO"));
+        assert!(parse_cni_args("FOO=1;IgnoreUnknown=true").is_ok());
+        assert!(parse_cni_args("FOO=1;IgnoreUnknown=0").is_err());
+        assert!(parse_cni_args("IP=fd00::1").is_err());
+        assert!(parse_cni_args("IP=10.1.2").is_err());
+        for bad in [
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "0a:00:00:00:00",
+            "0a:00:00:00:00:00:01",
+            "zz:00:00:00:00:01",
+        ] {
+            assert!(parse_cni_args(&format!("MAC={bad}")).is_err(), "{bad}");
+        }
+        assert_eq!(parse_cni_args("").unwrap(), CniArgs::default());
     }
 
     #[test]

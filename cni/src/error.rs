@@ -69,8 +69,8 @@ pub enum Error {
     /// STATUS: the plugin cannot serve ADDs right now.
     #[error("weft not ready: {0}")]
     NotReady(String),
-    /// The bridge already carries an IPv4 address other than the node subnet's gateway.
-    #[error("bridge {bridge} already carries address {found}, expected only {expected} (node subnet changed? remove the bridge or fix subnet.env)")]
+    /// The bridge carries an IPv4 address that is neither the node gateway nor weft's earlier one.
+    #[error("bridge {bridge} carries address {found}, which weft did not put there (bridge MAC {mac} does not name it); expected only {expected}: remove the address or the bridge, or name another bridge")]
     BridgeAddressConflict {
         /// The bridge name.
         bridge: String,
@@ -78,6 +78,8 @@ pub enum Error {
         found: String,
         /// The gateway address weft wants.
         expected: String,
+        /// The bridge's MAC (weft's bridges carry `0a:58:<gateway>`).
+        mac: String,
     },
     /// Every address of the node subnet is allocated.
     #[error("no free address in {subnet} for network {network}: all {capacity} addresses are allocated in {dir}")]
@@ -90,6 +92,26 @@ pub enum Error {
         capacity: u32,
         /// The IPAM directory.
         dir: PathBuf,
+    },
+    /// A requested static address is allocated to another attachment.
+    #[error("requested address {ip} is already allocated to {owner} ({file})")]
+    AddressTaken {
+        /// The requested address.
+        ip: std::net::Ipv4Addr,
+        /// Who holds it.
+        owner: String,
+        /// The address file.
+        file: PathBuf,
+    },
+    /// The (container ID, ifname) pair is already attached, in another namespace.
+    #[error("container {container} interface {ifname} is already attached (host veth {host} leads to another network namespace); DEL it first")]
+    DuplicateAttachment {
+        /// The container ID.
+        container: String,
+        /// The interface name.
+        ifname: String,
+        /// The existing host veth.
+        host: String,
     },
     /// ADD found `CNI_IFNAME` already present in the container namespace.
     #[error("interface {ifname} already exists in network namespace {netns}")]
@@ -159,6 +181,10 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 104;
     /// weft: subnet.env is malformed.
     pub const INVALID_SUBNET_FILE: u32 = 105;
+    /// weft: a requested static address is allocated to another attachment.
+    pub const ADDRESS_TAKEN: u32 = 106;
+    /// weft: the (container ID, ifname) pair is already attached in another namespace.
+    pub const DUPLICATE_ATTACHMENT: u32 = 107;
 }
 
 impl Error {
@@ -180,6 +206,8 @@ impl Error {
             Error::Netlink { .. } => code::NETLINK,
             Error::CheckFailed { .. } => code::CHECK_FAILED,
             Error::InvalidSubnetFile { .. } => code::INVALID_SUBNET_FILE,
+            Error::AddressTaken { .. } => code::ADDRESS_TAKEN,
+            Error::DuplicateAttachment { .. } => code::DUPLICATE_ATTACHMENT,
         }
     }
 
@@ -201,6 +229,23 @@ impl Error {
             Error::Netlink { .. } => "Kernel refused a netlink request",
             Error::CheckFailed { .. } => "Attachment does not match",
             Error::InvalidSubnetFile { .. } => "Invalid subnet file",
+            Error::AddressTaken { .. } => "Requested address already allocated",
+            Error::DuplicateAttachment { .. } => "Attachment already exists",
+        }
+    }
+
+    /// The error's details for the spec's `details` field: what `msg` does not already say.
+    pub fn details(&self) -> String {
+        match self {
+            Error::InvalidConfig(text) | Error::TryAgainLater(text) | Error::NotReady(text) => {
+                text.clone()
+            }
+            Error::IncompatibleVersion { version, reason } => {
+                format!("cniVersion {version:?}: {reason}")
+            }
+            Error::UnsupportedField { field, reason } => format!("{field}: {reason}"),
+            Error::InvalidSubnetFile { path, reason } => format!("{}: {reason}", path.display()),
+            other => other.to_string(),
         }
     }
 
@@ -218,7 +263,7 @@ impl Error {
             cni_version,
             code: self.code(),
             msg: self.summary(),
-            details: self.to_string(),
+            details: self.details(),
         };
         serde_json::to_value(wire).unwrap_or(serde_json::Value::Null)
     }
@@ -246,6 +291,33 @@ mod tests {
             json["details"],
             "invalid environment variable CNI_IFNAME=\"\": missing"
         );
+    }
+
+    #[test]
+    fn details_add_to_msg_instead_of_repeating_it() {
+        for err in [
+            Error::TryAgainLater("subnet file /run/weft/subnet.env does not exist yet".into()),
+            Error::NotReady("subnet file missing".into()),
+            Error::InvalidConfig("name is missing or empty".into()),
+            Error::IncompatibleVersion {
+                version: "0.2.0".into(),
+                reason: "weft supports 0.3.0 and later".into(),
+            },
+            Error::UnsupportedField {
+                field: "ipMasq",
+                reason: "true is not supported".into(),
+            },
+            Error::InvalidSubnetFile {
+                path: "/run/weft/subnet.env".into(),
+                reason: "FLANNEL_NETWORK is missing".into(),
+            },
+        ] {
+            let json = err.to_json("1.0.0");
+            let msg = json["msg"].as_str().unwrap().to_lowercase();
+            let details = json["details"].as_str().unwrap().to_lowercase();
+            assert!(!details.starts_with(&msg), "{json}");
+            assert!(!details.is_empty(), "{json}");
+        }
     }
 
     #[test]

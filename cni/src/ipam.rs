@@ -59,6 +59,20 @@ impl Pool {
         }
     }
 
+    /// Why `ip` cannot be requested as a static address of this pool, if it cannot.
+    pub fn static_refusal(&self, ip: Ipv4Addr) -> Option<String> {
+        if ip == self.gateway {
+            Some(format!("{ip} is the gateway of {}", self.subnet))
+        } else if !self.holds(ip) {
+            Some(format!(
+                "requested static ip {ip} is not an assignable address of the node subnet {}",
+                self.subnet
+            ))
+        } else {
+            None
+        }
+    }
+
     fn holds(&self, ip: Ipv4Addr) -> bool {
         (self.start..=self.end).contains(&u32::from(ip))
     }
@@ -282,6 +296,60 @@ impl LockedStore<'_> {
         })
     }
 
+    /// Allocates the requested `ip` (already checked against the pool) to `(container_id,
+    /// ifname)`. An allocation the same attachment already holds is kept (a runtime re-adding a
+    /// container with its old address); one held by anyone else is refused.
+    pub fn allocate_static(&self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<()> {
+        let path = self.dir.join(ip.to_string());
+        let create = || File::options().write(true).create_new(true).open(&path);
+        let mut created = create();
+        if matches!(&created, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
+            if is_empty_file(&path) {
+                remove_if_present(&path)?;
+                created = create();
+            } else {
+                let owner = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|content| parse_owner(&content));
+                return match owner {
+                    Some((id, owner_ifname))
+                        if (Allocation {
+                            ip,
+                            container_id: id.clone(),
+                            ifname: owner_ifname.clone(),
+                        })
+                        .owned_by(container_id, ifname) =>
+                    {
+                        Ok(())
+                    }
+                    Some((id, owner_ifname)) => Err(Error::AddressTaken {
+                        ip,
+                        owner: format!(
+                            "container {id} interface {}",
+                            owner_ifname.as_deref().unwrap_or("?")
+                        ),
+                        file: path,
+                    }),
+                    None => Err(Error::AddressTaken {
+                        ip,
+                        owner: "an unreadable allocation".into(),
+                        file: path,
+                    }),
+                };
+            }
+        }
+        let mut file = created.map_err(self.io("create address file", path.clone()))?;
+        if let Err(source) = file.write_all(format_owner(container_id, ifname).as_bytes()) {
+            remove_if_present(&path)?;
+            return Err(Error::Io {
+                op: "write address file",
+                path,
+                source,
+            });
+        }
+        self.write_last_reserved(ip)
+    }
+
     /// Records `ip` in `last_reserved_ip.0`, overwritten in place (host-local's exact content).
     /// Truncating or renaming over the file makes ext4 flush it (milliseconds); a plugin killed
     /// mid-write leaves at worst a wrong or unparsable hint, which only moves the round-robin start.
@@ -399,6 +467,38 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn static_allocation_own_taken_and_refused() {
+        let dir = TempDir::new("static");
+        let store = IpamStore::new(&dir.0, "net");
+        let locked = store.lock().unwrap();
+        let p = pool("10.244.1.1/24");
+        assert!(p.static_refusal(ip("10.244.1.50")).is_none());
+        for bad in ["10.244.1.0", "10.244.1.1", "10.244.1.255", "10.244.2.5"] {
+            assert!(p.static_refusal(ip(bad)).is_some(), "{bad}");
+        }
+        locked
+            .allocate_static(ip("10.244.1.50"), "c1", "eth0")
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.0.join("net/10.244.1.50")).unwrap(),
+            "c1\r\neth0"
+        );
+        assert_eq!(locked.last_reserved(), Some(ip("10.244.1.50")));
+        locked
+            .allocate_static(ip("10.244.1.50"), "c1", "eth0")
+            .unwrap();
+        let err = locked
+            .allocate_static(ip("10.244.1.50"), "c2", "eth0")
+            .unwrap_err();
+        assert_eq!(err.code(), 106);
+        assert!(err.to_string().contains("c1"), "{err}");
+        fs::write(dir.0.join("net/10.244.1.51"), "").unwrap();
+        locked
+            .allocate_static(ip("10.244.1.51"), "c3", "eth0")
+            .unwrap();
     }
 
     #[test]

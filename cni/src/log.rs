@@ -6,8 +6,11 @@
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
 
 /// Where log lines go: stderr, plus `logFile` from the config when given.
 #[derive(Debug, Default)]
@@ -16,17 +19,46 @@ pub struct Log {
 }
 
 impl Log {
-    /// Logs to stderr, and appends to `path` when given (an unopenable file is reported on stderr).
-    pub fn new(path: Option<&Path>) -> Log {
-        let file = path.and_then(|p| {
-            File::options()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| eprintln!("weft: open log file {}: {e}", p.display()))
-                .ok()
-        });
-        Log { file }
+    /// Logs to stderr, and appends to `path` when given (an unopenable file is reported on
+    /// stderr). `path` must be a regular file: it is opened without blocking, so a FIFO or device
+    /// named there cannot hang the plugin, and anything but a regular file is refused.
+    pub fn new(path: Option<&Path>) -> Result<Log> {
+        let Some(path) = path else {
+            return Ok(Log::default());
+        };
+        let opened = File::options()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path);
+        let file = match opened {
+            Ok(file) => file,
+            // A FIFO without a reader (a device without a driver) answers ENXIO when opened
+            // without blocking.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(Error::InvalidConfig(format!(
+                    "logFile {} is not a regular file",
+                    path.display()
+                )))
+            }
+            Err(e) => {
+                eprintln!("weft: open log file {}: {e}", path.display());
+                return Ok(Log::default());
+            }
+        };
+        match file.metadata() {
+            Ok(meta) if meta.is_file() => Ok(Log { file: Some(file) }),
+            Ok(_) => Err(Error::InvalidConfig(format!(
+                "logFile {} is not a regular file",
+                path.display()
+            ))),
+            Err(source) => Err(Error::Io {
+                op: "stat log file",
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     /// An informational line (log file only).

@@ -70,7 +70,7 @@ fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<Valu
         })));
     }
     let conf = NetConf::parse(stdin)?;
-    let log = Log::new(conf.log_file.as_deref());
+    let log = Log::new(conf.log_file.as_deref())?;
     match command {
         Command::Add => {
             let env = AttachmentEnv::from_env(get, true)?;

@@ -15,8 +15,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -44,6 +44,8 @@ pub struct Link {
     pub master: Option<u32>,
     /// Link kind (`bridge`, `veth`, ...), if reported.
     pub kind: Option<String>,
+    /// For a veth: the namespace ID of its peer's namespace, when that is another namespace.
+    pub peer_netnsid: Option<i32>,
 }
 
 /// An IPv4 route as read back from the kernel (main table).
@@ -181,7 +183,9 @@ impl Netlink {
     }
 
     /// Creates a veth pair in ONE request: `host` here (MAC `host_mac`), up, enslaved to `master`; its peer
-    /// `peer` created directly inside the namespace `peer_netns` (down), with the same MTU.
+    /// `peer` created directly inside the namespace `peer_netns` (down), with the same MTU and
+    /// `peer_mac` if given (else the kernel picks one).
+    #[allow(clippy::too_many_arguments)] // one kernel request's parameters, named at the call
     pub fn create_veth(
         &mut self,
         host: &str,
@@ -189,6 +193,7 @@ impl Netlink {
         master: u32,
         mtu: u32,
         peer: &str,
+        peer_mac: Option<[u8; 6]>,
         peer_netns: &File,
     ) -> io::Result<()> {
         // The peer cannot be set up here: veth refuses to open a peer not yet paired (ENOTCONN).
@@ -198,6 +203,11 @@ impl Netlink {
             LinkAttribute::Mtu(mtu),
             LinkAttribute::NetNsFd(peer_netns.as_raw_fd()),
         ];
+        if let Some(mac) = peer_mac {
+            peer_message
+                .attributes
+                .push(LinkAttribute::Address(mac.to_vec()));
+        }
         let mut message = LinkMessage::default();
         message.header.flags = LinkFlags::Up;
         message.header.change_mask = LinkFlags::Up;
@@ -246,6 +256,32 @@ impl Netlink {
         let mut message = LinkMessage::default();
         message.header.index = index;
         message.attributes.push(LinkAttribute::Mtu(mtu));
+        self.change(RouteNetlinkMessage::SetLink(message), 0)
+    }
+
+    /// Turns on `arp_notify` for link `index`: when it next comes up (and whenever its MAC
+    /// changes) the kernel broadcasts a gratuitous ARP for each of its IPv4 addresses. Done this
+    /// way rather than from a packet socket, whose close waits for an RCU grace period (~10 ms).
+    pub fn set_arp_notify(&mut self, index: u32) -> io::Result<()> {
+        let mut conf = InetDevConf::default();
+        conf.arp_notify = 1;
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message
+            .attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
+        self.change(RouteNetlinkMessage::SetLink(message), 0)
+    }
+
+    /// Sets the hardware address of link `index`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message
+            .attributes
+            .push(LinkAttribute::Address(mac.to_vec()));
         self.change(RouteNetlinkMessage::SetLink(message), 0)
     }
 
@@ -388,6 +424,16 @@ impl Netlink {
         )
     }
 
+    /// Removes `net` (address/prefix) from link `index`.
+    pub fn delete_address(&mut self, index: u32, net: Ipv4Net) -> io::Result<()> {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.prefix_len = net.prefix();
+        message.header.index = index;
+        message.attributes = vec![AddressAttribute::Local(IpAddr::V4(net.addr()))];
+        self.change(RouteNetlinkMessage::DelAddress(message), 0)
+    }
+
     /// Adds a main-table route to `dst` via `gw` out of link `oif`.
     pub fn add_route(&mut self, dst: Ipv4Net, gw: Option<Ipv4Addr>, oif: u32) -> io::Result<()> {
         let mut message = RouteMessage::default();
@@ -448,6 +494,7 @@ fn to_link(message: &LinkMessage) -> Link {
         up: message.header.flags.contains(LinkFlags::Up),
         master: None,
         kind: None,
+        peer_netnsid: None,
     };
     for attr in &message.attributes {
         match attr {
@@ -455,6 +502,7 @@ fn to_link(message: &LinkMessage) -> Link {
             LinkAttribute::Address(mac) => link.mac = format_mac(mac),
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             LinkAttribute::Controller(master) => link.master = Some(*master),
+            LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
             LinkAttribute::LinkInfo(infos) => {
                 link.kind = infos.iter().find_map(|info| match info {
                     LinkInfo::Kind(kind) => Some(kind.to_string()),

@@ -96,10 +96,20 @@ impl Netns {
         &self.file
     }
 
-    /// Opens a netlink socket inside this namespace. The calling thread enters the namespace
-    /// just long enough to create the socket, which stays bound there, and returns at once (a
-    /// helper thread would cost a scheduler round trip on a busy node).
+    /// Opens a netlink socket inside this namespace (see [`Netns::within`]).
     pub fn netlink(&self) -> Result<Netlink, NetnsError> {
+        self.within(Netlink::open)?
+            .map_err(|source| NetnsError::Io {
+                op: "open netlink socket in",
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Runs `open` with the calling thread inside this namespace, for creating sockets, which
+    /// stay bound there. The thread enters just long enough and returns at once (a helper thread
+    /// would cost a scheduler round trip on a busy node).
+    pub fn within<T>(&self, open: impl FnOnce() -> T) -> Result<T, NetnsError> {
         let home_path = Path::new("/proc/thread-self/ns/net");
         let home = File::open(home_path).map_err(|source| NetnsError::Io {
             op: "open own",
@@ -120,15 +130,11 @@ impl Netns {
                 }
             }
         })?;
-        let opened = Netlink::open();
+        let opened = open();
         setns(&home, CloneFlags::CLONE_NEWNET).map_err(|errno| NetnsError::Restore {
             path: self.path.clone(),
             source: io::Error::from(errno),
         })?;
-        opened.map_err(|source| NetnsError::Io {
-            op: "open netlink socket in",
-            path: self.path.clone(),
-            source,
-        })
+        Ok(opened)
     }
 }

@@ -1,7 +1,9 @@
 //! Reading the node lease that weftd (or flanneld) writes to subnet.env.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -25,75 +27,125 @@ impl NodeSubnet {
     }
 
     /// Reads and parses subnet.env. A missing file is "try again later" (weftd not ready yet).
+    /// The file must be a regular file of at most [`MAX_SUBNET_FILE`] bytes; it is opened without
+    /// blocking, so a FIFO or device put in its place cannot hang the plugin.
     pub fn load(path: &Path) -> Result<NodeSubnet> {
-        let text = std::fs::read_to_string(path).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                Error::TryAgainLater(format!(
-                    "subnet file {} does not exist yet: weftd has not leased a subnet for this node",
-                    path.display()
-                ))
-            } else {
-                Error::Io {
-                    op: "read subnet file",
-                    path: path.to_path_buf(),
-                    source,
-                }
+        let io_err = |op: &'static str| {
+            move |source: io::Error| Error::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
             }
-        })?;
-        NodeSubnet::parse(&text).map_err(|reason| Error::InvalidSubnetFile {
+        };
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|source| {
+                if source.kind() == io::ErrorKind::NotFound {
+                    Error::TryAgainLater(format!(
+                        "subnet file {} does not exist yet: weftd has not leased a subnet for this node",
+                        path.display()
+                    ))
+                } else {
+                    io_err("open subnet file")(source)
+                }
+            })?;
+        let invalid = |reason: String| Error::InvalidSubnetFile {
             path: path.to_path_buf(),
             reason,
-        })
+        };
+        let meta = file.metadata().map_err(io_err("stat subnet file"))?;
+        if !meta.is_file() {
+            return Err(invalid("not a regular file".into()));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_SUBNET_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err("read subnet file"))?;
+        if bytes.len() as u64 > MAX_SUBNET_FILE {
+            return Err(invalid(format!(
+                "larger than {MAX_SUBNET_FILE} bytes; Flannel's subnet.env is a few lines"
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))?;
+        NodeSubnet::parse(&text).map_err(invalid)
     }
 
-    /// Parses subnet.env text (`KEY=VALUE` lines, Flannel's format).
+    /// Parses subnet.env text (`KEY=VALUE` lines, Flannel's format). Every problem found is
+    /// reported, separated by `; `, so one fix-up round is enough.
     pub fn parse(text: &str) -> std::result::Result<NodeSubnet, String> {
+        let mut problems = Vec::new();
         let mut network = None;
         let mut subnet = None;
         let mut mtu = None;
-        for line in text.lines() {
+        for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let Some((key, value)) = line.split_once('=') else {
-                return Err(format!("line {line:?} is not KEY=VALUE"));
+                problems.push(format!("line {}: {line:?} is not KEY=VALUE", number + 1));
+                continue;
             };
             let value = value.trim().trim_matches('"');
-            match key.trim() {
-                "FLANNEL_NETWORK" => {
-                    network = Some(value.parse::<Ipv4Net>().map_err(|e| e.to_string())?)
-                }
-                "FLANNEL_SUBNET" => {
-                    subnet = Some(value.parse::<Ipv4Net>().map_err(|e| e.to_string())?)
-                }
-                "FLANNEL_MTU" => {
-                    mtu = Some(
-                        value
-                            .parse::<u32>()
-                            .map_err(|_| format!("FLANNEL_MTU={value:?} is not a number"))?,
-                    )
-                }
+            let key = key.trim();
+            let net = |value: &str| {
+                value
+                    .parse::<Ipv4Net>()
+                    .map_err(|e| format!("line {}: {key}={value:?}: {e}", number + 1))
+            };
+            match key {
+                "FLANNEL_NETWORK" => match net(value) {
+                    Ok(n) => network = Some(n),
+                    Err(e) => problems.push(e),
+                },
+                "FLANNEL_SUBNET" => match net(value) {
+                    Ok(n) => subnet = Some(n),
+                    Err(e) => problems.push(e),
+                },
+                "FLANNEL_MTU" => match value.parse::<u32>() {
+                    Ok(m) if (68..=65535).contains(&m) => mtu = Some(m),
+                    _ => problems.push(format!(
+                        "line {}: FLANNEL_MTU={value:?} is not a number in 68-65535",
+                        number + 1
+                    )),
+                },
                 _ => {}
             }
         }
-        let network = network.ok_or("FLANNEL_NETWORK is missing")?;
-        let subnet = subnet.ok_or("FLANNEL_SUBNET is missing")?;
-        if subnet.prefix() > 30 {
-            return Err(format!("FLANNEL_SUBNET={subnet} leaves no room for pods"));
+        if network.is_none() && !problems.iter().any(|p| p.contains("FLANNEL_NETWORK=")) {
+            problems.push("FLANNEL_NETWORK is missing".into());
         }
-        if subnet.addr() == subnet.network() || subnet.addr() == subnet.broadcast() {
-            return Err(format!(
-                "FLANNEL_SUBNET={subnet} must name a usable gateway address, not the network or broadcast address"
-            ));
+        match subnet {
+            None if !problems.iter().any(|p| p.contains("FLANNEL_SUBNET=")) => {
+                problems.push("FLANNEL_SUBNET is missing".into())
+            }
+            Some(subnet) if subnet.prefix() > 30 => {
+                problems.push(format!("FLANNEL_SUBNET={subnet} leaves no room for pods"))
+            }
+            Some(subnet)
+                if subnet.addr() == subnet.network() || subnet.addr() == subnet.broadcast() =>
+            {
+                problems.push(format!(
+                    "FLANNEL_SUBNET={subnet} must name a usable gateway address, not the network or broadcast address"
+                ))
+            }
+            _ => {}
         }
-        Ok(NodeSubnet {
-            network,
-            subnet,
-            mtu,
-        })
+        match (network, subnet) {
+            (Some(network), Some(subnet)) if problems.is_empty() => Ok(NodeSubnet {
+                network,
+                subnet,
+                mtu,
+            }),
+            _ => Err(problems.join("; ")),
+        }
     }
 }
+
+/// The largest subnet.env weft reads (Flannel's is about 100 bytes).
+pub const MAX_SUBNET_FILE: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -122,6 +174,43 @@ mod tests {
         )
         .is_err());
         assert!(NodeSubnet::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let err =
+            NodeSubnet::parse("FLANNEL_NETWORK=10.244.0.0/99\njunk\nFLANNEL_MTU=0\n").unwrap_err();
+        for part in [
+            "FLANNEL_NETWORK=\"10.244.0.0/99\"",
+            "line 2",
+            "FLANNEL_MTU",
+            "FLANNEL_SUBNET is missing",
+        ] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
+        assert_eq!(err.matches("; ").count(), 3, "{err}");
+    }
+
+    #[test]
+    fn oversized_fifo_and_directory_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("weft-subnet-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.env");
+        let mut text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n".to_string();
+        text.push_str(&"#".repeat(MAX_SUBNET_FILE as usize));
+        std::fs::write(&big, text).unwrap();
+        let fifo = dir.join("fifo.env");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        for path in [&big, &fifo, &dir] {
+            let err = NodeSubnet::load(path).unwrap_err();
+            assert_eq!(err.code(), 105, "{}: {err}", path.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
