@@ -139,6 +139,8 @@ pub enum ExitReason {
     Completed,
     /// Non-zero exit code (including 128+N for death by signal N).
     Error,
+    /// Killed by the OOM killer in its memory cgroup (exit code 137).
+    OomKilled,
     /// The runtime could not create or start the container (bad command, missing mount, ...).
     StartError,
     /// The shim vanished without recording an exit status; the code is 255.
@@ -151,6 +153,7 @@ impl ExitReason {
         match self {
             ExitReason::Completed => "Completed",
             ExitReason::Error => "Error",
+            ExitReason::OomKilled => "OOMKilled",
             ExitReason::StartError => "StartError",
             ExitReason::Unknown => "Unknown",
         }
