@@ -1275,3 +1275,219 @@ fn a_manifest_url_runs_its_pod_and_keeps_it_while_unreachable() {
     );
     node.assert_clean();
 }
+
+// securityContext, resources and the sandbox's life.
+
+/// The script both containers of the securityContext pod run: what they are allowed to do.
+const INSPECT: &str = r#"grep -E '^(Uid|Gid|Groups|CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status | tr -s '\t ' ' ';
+touch /tmp/rootfs-write 2>/dev/null && echo root-writable || echo root-read-only;
+unshare -U true 2>/dev/null && echo unshare-allowed || echo unshare-blocked;
+touch /data/$(id -u) && stat -c 'data-group %g' /data;
+echo "sysctl $(cat /proc/sys/net/ipv4/ip_unprivileged_port_start)";
+echo "oom-score-adj $(cat /proc/self/oom_score_adj)";
+echo "cgroup-lines-naming-weft $(grep -c weft /proc/self/cgroup)";
+echo done; exec sleep 3600"#;
+
+/// The pod directory and the runtime directory of the current run of `container`.
+fn container_dir(node: &PodNode, rec: &PodRecord, container: &str) -> (PathBuf, PathBuf) {
+    let m = &rec.pod.metadata;
+    let pod_dir = node
+        .cfg
+        .pod_root
+        .join(cli::pod_dir_name(&m.namespace, &m.name, &m.uid));
+    let id = rec
+        .pod
+        .status
+        .init_container_statuses
+        .iter()
+        .chain(&rec.pod.status.container_statuses)
+        .find(|s| s.name == container)
+        .map(|s| s.container_id.trim_start_matches("weft://").to_string())
+        .unwrap_or_else(|| panic!("no status of {container}"));
+    let dir = pod_dir.join("containers").join(id);
+    (pod_dir, dir)
+}
+
+/// The OCI config weft generated for the current run of `container`.
+fn oci_config(node: &PodNode, rec: &PodRecord, container: &str) -> serde_json::Value {
+    let (_, dir) = container_dir(node, rec, container);
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `(device, inode)` of a namespace file, to tell namespaces apart.
+fn ns_identity(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    (m.dev(), m.ino())
+}
+
+#[test]
+fn security_context_is_enforced_with_runtime_default_seccomp() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "secure.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: secure, namespace: NS}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    fsGroup: 2000
+    supplementalGroups: [3000]
+    sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: "80"}}]
+  volumes: [{{name: data, emptyDir: {{}}}}]
+  containers:
+    - name: locked
+      image: busybox
+      volumeMounts: [{{name: data, mountPath: /data}}]
+      securityContext:
+        capabilities: {{drop: [ALL]}}
+        readOnlyRootFilesystem: true
+        allowPrivilegeEscalation: false
+        seccompProfile: {{type: RuntimeDefault}}
+      command: [sh, -c, {script}]
+    - name: open
+      image: busybox
+      volumeMounts: [{{name: data, mountPath: /data}}]
+      securityContext:
+        runAsUser: 1001
+        allowPrivilegeEscalation: true
+        seccompProfile: {{type: Unconfined}}
+      command: [sh, -c, {script}]
+"#,
+            script = serde_json::to_string(INSPECT).unwrap_or_default()
+        ),
+    );
+    let rec = node.wait_status("secure", "Running");
+    assert_eq!(rec.pod.status.qos_class, "BestEffort");
+    let locked = node.wait_log(&rec, "locked", "done");
+    for want in [
+        "Uid: 1000 1000 1000 1000",
+        "Gid: 0 0 0 0",
+        "Groups: 2000 3000",
+        "CapEff: 0000000000000000",
+        "CapBnd: 0000000000000000",
+        "Seccomp: 2",
+        "NoNewPrivs: 1",
+        "root-read-only",
+        "unshare-blocked",
+        "data-group 2000",
+        "sysctl 80",
+        "oom-score-adj 1000",
+        "cgroup-lines-naming-weft 0",
+    ] {
+        assert!(locked.contains(want), "{want:?} not in the log of locked:\n{locked}");
+    }
+    // The same image and script without those settings: every check comes out the other way.
+    let open = node.wait_log(&rec, "open", "done");
+    for want in [
+        "Uid: 1001 1001 1001 1001",
+        "CapBnd: 00000000a80425fb",
+        "Seccomp: 0",
+        "NoNewPrivs: 0",
+        "root-writable",
+        "unshare-allowed",
+        "data-group 2000",
+    ] {
+        assert!(open.contains(want), "{want:?} not in the log of open:\n{open}");
+    }
+    let config = oci_config(&node, &rec, "locked");
+    let masked = config["linux"]["maskedPaths"].to_string();
+    assert!(masked.contains("/sys/devices/virtual/powercap"), "{masked}");
+    let namespaces = config["linux"]["namespaces"].to_string();
+    assert!(!namespaces.contains("/proc/"), "joins through a pid: {namespaces}");
+    assert!(namespaces.contains(r#""type":"cgroup""#), "{namespaces}");
+
+    // runAsNonRoot with an image that runs as root: the container is never created.
+    node.put_manifest(
+        "root.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rootpod, namespace: NS}
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers: [{name: c, image: busybox, command: [sleep, "3600"]}]
+"#,
+    );
+    let root = node.wait_status("rootpod", "CreateContainerConfigError");
+    let waiting = root.pod.status.container_statuses[0].state.waiting.clone();
+    assert!(
+        waiting.is_some_and(|w| w.message.contains("image will run as root")),
+        "{:?}",
+        root.pod.status
+    );
+    assert!(node.log(&root, "c", 0).is_empty(), "the root container ran");
+
+    // A sysctl outside the safe set is refused with the field named.
+    node.put_manifest(
+        "sysctl.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unsafe-sysctl, namespace: NS}
+spec:
+  securityContext: {sysctls: [{name: kernel.msgmax, value: "65536"}]}
+  containers: [{name: c, image: busybox}]
+"#,
+    );
+    let invalid = wait_for(WAIT, "unsafe sysctl refused", || {
+        read_invalid(&node.cfg.pod_root)
+            .into_iter()
+            .find(|i| i.file.ends_with("sysctl.yaml"))
+    });
+    assert!(
+        invalid
+            .error
+            .contains("field spec.securityContext.sysctls[0].name: \"kernel.msgmax\" is not a safe sysctl"),
+        "{}",
+        invalid.error
+    );
+    assert!(node.record("unsafe-sysctl").is_none());
+}
+
+#[test]
+fn host_network_pod_uses_the_nodes_namespace_without_cni() {
+    let node = PodNode::new();
+    // A device only the node's namespace has: the pod sees it through hostNetwork alone.
+    assert!(
+        node.node_exec(&[
+            "ip", "link", "add", "weft-hostdev", "type", "veth", "peer", "name", "weft-hostpeer"
+        ]),
+        "add a veth pair to the node namespace"
+    );
+    node.put_manifest(
+        "host.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostNetwork: true
+  containers:
+    - name: c
+      image: busybox
+      command: [sh, -c, 'cat /proc/net/dev; echo "host $(hostname)"; echo done; exec sleep 3600']
+"#,
+    );
+    let rec = node.wait_status("hostnet", "Running");
+    let log = node.wait_log(&rec, "c", "done");
+    assert!(log.contains("weft-hostdev"), "node's devices not seen:\n{log}");
+    assert_eq!(rec.pod.status.pod_ip, "192.0.2.10", "a hostNetwork pod has the node's IP");
+    assert_eq!(node.ipam_allocations(), Vec::<String>::new(), "CNI was called");
+    assert!(node.pod_netns().is_empty(), "a network namespace was made");
+    let config = oci_config(&node, &rec, "c");
+    let namespaces = config["linux"]["namespaces"].to_string();
+    assert!(!namespaces.contains("network") && !namespaces.contains("uts"), "{namespaces}");
+    node.remove_manifest("host.yaml");
+    wait_for(WAIT, "pod removed", || node.pod_dirs().is_empty().then_some(()));
+    node.assert_clean();
+}
