@@ -1491,3 +1491,119 @@ spec:
     wait_for(WAIT, "pod removed", || node.pod_dirs().is_empty().then_some(()));
     node.assert_clean();
 }
+
+/// CPU time the cgroup of `container`'s current run has used, in nanoseconds (cgroup v1
+/// `cpuacct.usage`, or v2 `cpu.stat` usage_usec).
+fn cgroup_cpu_ns(node: &PodNode, rec: &PodRecord, container: &str) -> u64 {
+    let (_, dir) = container_dir(node, rec, container);
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let v1 = PathBuf::from("/sys/fs/cgroup/cpuacct/weft").join(&id).join("cpuacct.usage");
+    if let Ok(text) = std::fs::read_to_string(&v1) {
+        return text.trim().parse().unwrap_or_else(|e| panic!("{}: {e}", v1.display()));
+    }
+    let v2 = PathBuf::from("/sys/fs/cgroup/weft").join(&id).join("cpu.stat");
+    let text = std::fs::read_to_string(&v2)
+        .unwrap_or_else(|e| panic!("neither {} nor {}: {e}", v1.display(), v2.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|us| us * 1000)
+        .unwrap_or_else(|| panic!("no usage_usec in {}", v2.display()))
+}
+
+#[test]
+fn cpu_limit_caps_a_busy_loop_and_a_memory_hog_is_oom_killed() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "cpu.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: cpu, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: limited
+      image: busybox
+      command: [sh, -c, 'while :; do :; done']
+      resources: {limits: {cpu: 100m, memory: 64Mi}}
+    - name: free
+      image: busybox
+      command: [sh, -c, 'while :; do :; done']
+      # A request and no limit: shares as large as a core's, so the 2 shares of no request do
+      # not leave the loop starved by the machine's other work.
+      resources: {requests: {cpu: "1"}}
+"#,
+    );
+    let rec = node.wait_status("cpu", "Running");
+    assert_eq!(rec.pod.status.qos_class, "Burstable");
+    let config = oci_config(&node, &rec, "limited");
+    assert_eq!(
+        config["linux"]["resources"]["cpu"],
+        serde_json::json!({"shares": 102, "quota": 10000, "period": 100000})
+    );
+    assert_eq!(config["linux"]["resources"]["memory"]["limit"], 64 << 20);
+    // Both loops run side by side in the same measurement window.
+    std::thread::sleep(Duration::from_secs(1));
+    let start = (
+        Instant::now(),
+        cgroup_cpu_ns(&node, &rec, "limited"),
+        cgroup_cpu_ns(&node, &rec, "free"),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let wall = start.0.elapsed().as_nanos() as f64;
+    let limited = (cgroup_cpu_ns(&node, &rec, "limited") - start.1) as f64 / wall;
+    let free = (cgroup_cpu_ns(&node, &rec, "free") - start.2) as f64 / wall;
+    eprintln!("cpu over {:.1} s: limited {:.1} %, free {:.1} %", wall / 1e9, limited * 100.0, free * 100.0);
+    assert!(limited < 0.25, "100m limit let the loop use {:.1} % of a core", limited * 100.0);
+    // Relative, measured in the same window: the machine's other load moves both numbers.
+    assert!(
+        free > 2.0 * limited,
+        "the unlimited loop got only {:.1} % (limited {:.1} %)",
+        free * 100.0,
+        limited * 100.0
+    );
+    node.remove_manifest("cpu.yaml");
+
+    node.put_manifest(
+        "hog.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: OnFailure
+  containers:
+    - name: hog
+      image: busybox
+      command: [sh, -c, 'echo "oom-score-adj $(cat /proc/self/oom_score_adj)"; x=0123456789abcdef; while :; do x=$x$x; done; echo survived']
+      resources: {limits: {memory: 32Mi}, requests: {cpu: 50m}}
+"#,
+    );
+
+    // The hog is killed in its 32 Mi cgroup, shown as OOMKilled 137, and restarted (OnFailure).
+    let hog = wait_for(WAIT, "hog OOM-killed and restarted", || {
+        node.record("hog")
+            .filter(|r| r.pod.status.container_statuses[0].restart_count >= 1)
+    });
+    let s = &hog.pod.status.container_statuses[0];
+    let last = s.last_state.terminated.clone();
+    assert!(
+        last.as_ref().is_some_and(|t| t.reason == "OOMKilled" && t.exit_code == 137),
+        "{s:?}"
+    );
+    assert_eq!(hog.pod.status.qos_class, "Burstable");
+    let log = node.log(&hog, "hog", 0);
+    assert!(!log.contains("survived"), "{log}");
+    let adj: i32 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("oom-score-adj "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no oom_score_adj in {log:?}"));
+    // Burstable with no memory request... but the limit defaults the request: 1000 - 1000*32Mi/MemTotal.
+    assert!((900..=999).contains(&adj), "oom_score_adj {adj}");
+}
