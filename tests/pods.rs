@@ -1607,3 +1607,105 @@ spec:
     // Burstable with no memory request... but the limit defaults the request: 1000 - 1000*32Mi/MemTotal.
     assert!((900..=999).contains(&adj), "oom_score_adj {adj}");
 }
+
+/// The pod's pause process as its sandbox state records it.
+fn pause_pid(pod_dir: &Path) -> i32 {
+    weft::pod::sandbox::SandboxState::load(pod_dir)
+        .ok()
+        .flatten()
+        .map(|s| s.pause.pid)
+        .unwrap_or_else(|| panic!("no sandbox state in {}", pod_dir.display()))
+}
+
+/// The body of `GET http://ip:8080/`, fetched from a thread in the node's namespace.
+fn fetch_from_node(node: &PodNode, ip: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let netns = PathBuf::from("/run/netns").join(&node.netns);
+    let addr: std::net::SocketAddr = format!("{ip}:8080").parse().ok()?;
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns).ok()?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        conn.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).ok()?;
+        reply.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+const SERVER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+    - name: prepare
+      image: busybox
+      command: [sh, -c, 'echo prepared']
+  containers:
+    - name: httpd
+      image: busybox
+      command: [sh, -c, 'mkdir -p /tmp/www && echo "hello from $(hostname)" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www']
+"#;
+
+#[test]
+fn killed_pause_is_noticed_and_the_pod_comes_back_in_a_new_sandbox() {
+    let node = PodNode::new();
+    node.put_manifest("server.yaml", SERVER);
+    let before = node.wait_status("server", "Running");
+    let (pod_dir, _) = container_dir(&node, &before, "httpd");
+    let netns_file = PathBuf::from("/run/netns").join(
+        node.pod_netns()
+            .first()
+            .cloned()
+            .unwrap_or_else(|| panic!("no pod netns")),
+    );
+    let old_netns = ns_identity(&netns_file);
+    wait_for(WAIT, "server answers", || {
+        fetch_from_node(&node, &before.pod.status.pod_ip)
+    });
+    let old_pause = pause_pid(&pod_dir);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pause),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap_or_else(|e| panic!("kill pause {old_pause}: {e}"));
+    let killed = Instant::now();
+    let after = wait_for(WAIT, "pod back in a new sandbox", || {
+        node.record("server").filter(|r| {
+            status::columns(&r.pod).status == "Running"
+                && r.pod.status.container_statuses[0].restart_count == 1
+        })
+    });
+    eprintln!("pause killed -> pod Running again in {:?}", killed.elapsed());
+    // kubelet's handling: the app container restarted (count kept, plus this restart), the
+    // init container ran again in the new sandbox.
+    let init = &after.pod.status.init_container_statuses[0];
+    assert_eq!(init.restart_count, 1, "{init:?}");
+    assert_eq!(after.pod.status.container_statuses[0].restart_count, 1);
+    let new_pause = pause_pid(&pod_dir);
+    assert_ne!(new_pause, old_pause);
+    let new_netns = ns_identity(&netns_file);
+    assert_ne!(new_netns, old_netns, "the pod kept the dead sandbox's network");
+    // The restarted container lives in the new sandbox's namespace, not the node's.
+    let (_, dir) = container_dir(&node, &after, "httpd");
+    let pid = std::fs::read_to_string(dir.join("container.pid"))
+        .unwrap_or_else(|e| panic!("container.pid: {e}"));
+    let container_netns = ns_identity(&PathBuf::from(format!("/proc/{}/ns/net", pid.trim())));
+    assert_eq!(container_netns, new_netns);
+    assert_ne!(
+        container_netns,
+        ns_identity(&PathBuf::from("/run/netns").join(&node.netns))
+    );
+    let namespaces = oci_config(&node, &after, "httpd")["linux"]["namespaces"].to_string();
+    assert!(!namespaces.contains("/proc/"), "joins through a pid: {namespaces}");
+    let page = wait_for(WAIT, "server answers again", || {
+        fetch_from_node(&node, &after.pod.status.pod_ip)
+    });
+    assert_eq!(page, "hello from server\n");
+}
