@@ -1666,6 +1666,9 @@ fn killed_pause_is_noticed_and_the_pod_comes_back_in_a_new_sandbox() {
             .unwrap_or_else(|| panic!("no pod netns")),
     );
     let old_netns = ns_identity(&netns_file);
+    // Held open so the old namespace's inode number cannot be handed to the new one.
+    let _old_netns_held = std::fs::File::open(&netns_file)
+        .unwrap_or_else(|e| panic!("open {}: {e}", netns_file.display()));
     wait_for(WAIT, "server answers", || {
         fetch_from_node(&node, &before.pod.status.pod_ip)
     });
@@ -1676,6 +1679,7 @@ fn killed_pause_is_noticed_and_the_pod_comes_back_in_a_new_sandbox() {
     )
     .unwrap_or_else(|e| panic!("kill pause {old_pause}: {e}"));
     let killed = Instant::now();
+    tracing::info!(pid = old_pause, "test: pause killed");
     let after = wait_for(WAIT, "pod back in a new sandbox", || {
         node.record("server").filter(|r| {
             status::columns(&r.pod).status == "Running"
