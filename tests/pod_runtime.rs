@@ -20,8 +20,8 @@ use nix::unistd::Pid;
 use weft::pod::bundle::{ContainerSpec, MountSpec};
 use weft::pod::crilog::log_text;
 use weft::pod::image::{Image, ImageError, ImageStore};
-use weft::pod::runtime::{ContainerState, ExitReason, OciRuntime};
 use weft::pod::resources::ContainerResources;
+use weft::pod::runtime::{ContainerState, ExitReason, OciRuntime};
 use weft::pod::sandbox::{Sandbox, SandboxState, NETNS_DIR};
 use weft::pod::security::{ContainerSecurity, HostNamespaces};
 
@@ -531,7 +531,11 @@ fn containers_of_a_pod_share_localhost_and_hostname() -> TestResult {
     assert_eq!(server_status.code, 0, "server log: {}", log_of(&server));
     // The pod's loopback is not the host's: nothing listens on the host at 8080 for this pod.
     let ns_id = |p: &Path| fs::metadata(p).map(|m| (m.dev(), m.ino()));
-    let pod_net = pod.sandbox.paths().net_ns.ok_or("pod has no network namespace")?;
+    let pod_net = pod
+        .sandbox
+        .paths()
+        .net_ns
+        .ok_or("pod has no network namespace")?;
     assert_ne!(ns_id(&pod_net)?, ns_id(Path::new("/proc/self/ns/net"))?);
     Ok(())
 }
@@ -794,7 +798,12 @@ fn starter_for_kill9() -> TestResult {
     let store = ImageStore::open(&root.join("images"))?;
     let runtime = OciRuntime::new("runc", &root.join("runtime"));
     let pod_dir = root.join("pods/kill9");
-    let sandbox = Sandbox::create(&unique("kill9"), "kill9", &pod_dir, HostNamespaces::default())?;
+    let sandbox = Sandbox::create(
+        &unique("kill9"),
+        "kill9",
+        &pod_dir,
+        HostNamespaces::default(),
+    )?;
     let spec = ContainerSpec {
         id: "kill9-c".into(),
         pod_id: sandbox.state().pod_id.clone(),

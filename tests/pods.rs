@@ -1312,8 +1312,8 @@ fn container_dir(node: &PodNode, rec: &PodRecord, container: &str) -> (PathBuf, 
 fn oci_config(node: &PodNode, rec: &PodRecord, container: &str) -> serde_json::Value {
     let (_, dir) = container_dir(node, rec, container);
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -1383,7 +1383,10 @@ spec:
         "oom-score-adj 1000",
         "cgroup-lines-naming-weft 0",
     ] {
-        assert!(locked.contains(want), "{want:?} not in the log of locked:\n{locked}");
+        assert!(
+            locked.contains(want),
+            "{want:?} not in the log of locked:\n{locked}"
+        );
     }
     // The same image and script without those settings: every check comes out the other way.
     let open = node.wait_log(&rec, "open", "done");
@@ -1396,13 +1399,19 @@ spec:
         "unshare-allowed",
         "data-group 2000",
     ] {
-        assert!(open.contains(want), "{want:?} not in the log of open:\n{open}");
+        assert!(
+            open.contains(want),
+            "{want:?} not in the log of open:\n{open}"
+        );
     }
     let config = oci_config(&node, &rec, "locked");
     let masked = config["linux"]["maskedPaths"].to_string();
     assert!(masked.contains("/sys/devices/virtual/powercap"), "{masked}");
     let namespaces = config["linux"]["namespaces"].to_string();
-    assert!(!namespaces.contains("/proc/"), "joins through a pid: {namespaces}");
+    assert!(
+        !namespaces.contains("/proc/"),
+        "joins through a pid: {namespaces}"
+    );
     assert!(namespaces.contains(r#""type":"cgroup""#), "{namespaces}");
 
     // runAsNonRoot with an image that runs as root: the container is never created.
@@ -1444,9 +1453,9 @@ spec:
             .find(|i| i.file.ends_with("sysctl.yaml"))
     });
     assert!(
-        invalid
-            .error
-            .contains("field spec.securityContext.sysctls[0].name: \"kernel.msgmax\" is not a safe sysctl"),
+        invalid.error.contains(
+            "field spec.securityContext.sysctls[0].name: \"kernel.msgmax\" is not a safe sysctl"
+        ),
         "{}",
         invalid.error
     );
@@ -1459,7 +1468,15 @@ fn host_network_pod_uses_the_nodes_namespace_without_cni() {
     // A device only the node's namespace has: the pod sees it through hostNetwork alone.
     assert!(
         node.node_exec(&[
-            "ip", "link", "add", "weft-hostdev", "type", "veth", "peer", "name", "weft-hostpeer"
+            "ip",
+            "link",
+            "add",
+            "weft-hostdev",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "weft-hostpeer"
         ]),
         "add a veth pair to the node namespace"
     );
@@ -1480,15 +1497,30 @@ spec:
     );
     let rec = node.wait_status("hostnet", "Running");
     let log = node.wait_log(&rec, "c", "done");
-    assert!(log.contains("weft-hostdev"), "node's devices not seen:\n{log}");
-    assert_eq!(rec.pod.status.pod_ip, "192.0.2.10", "a hostNetwork pod has the node's IP");
-    assert_eq!(node.ipam_allocations(), Vec::<String>::new(), "CNI was called");
+    assert!(
+        log.contains("weft-hostdev"),
+        "node's devices not seen:\n{log}"
+    );
+    assert_eq!(
+        rec.pod.status.pod_ip, "192.0.2.10",
+        "a hostNetwork pod has the node's IP"
+    );
+    assert_eq!(
+        node.ipam_allocations(),
+        Vec::<String>::new(),
+        "CNI was called"
+    );
     assert!(node.pod_netns().is_empty(), "a network namespace was made");
     let config = oci_config(&node, &rec, "c");
     let namespaces = config["linux"]["namespaces"].to_string();
-    assert!(!namespaces.contains("network") && !namespaces.contains("uts"), "{namespaces}");
+    assert!(
+        !namespaces.contains("network") && !namespaces.contains("uts"),
+        "{namespaces}"
+    );
     node.remove_manifest("host.yaml");
-    wait_for(WAIT, "pod removed", || node.pod_dirs().is_empty().then_some(()));
+    wait_for(WAIT, "pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
     node.assert_clean();
 }
 
@@ -1500,11 +1532,18 @@ fn cgroup_cpu_ns(node: &PodNode, rec: &PodRecord, container: &str) -> u64 {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let v1 = PathBuf::from("/sys/fs/cgroup/cpuacct/weft").join(&id).join("cpuacct.usage");
+    let v1 = PathBuf::from("/sys/fs/cgroup/cpuacct/weft")
+        .join(&id)
+        .join("cpuacct.usage");
     if let Ok(text) = std::fs::read_to_string(&v1) {
-        return text.trim().parse().unwrap_or_else(|e| panic!("{}: {e}", v1.display()));
+        return text
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", v1.display()));
     }
-    let v2 = PathBuf::from("/sys/fs/cgroup/weft").join(&id).join("cpu.stat");
+    let v2 = PathBuf::from("/sys/fs/cgroup/weft")
+        .join(&id)
+        .join("cpu.stat");
     let text = std::fs::read_to_string(&v2)
         .unwrap_or_else(|e| panic!("neither {} nor {}: {e}", v1.display(), v2.display()));
     text.lines()
@@ -1516,7 +1555,10 @@ fn cgroup_cpu_ns(node: &PodNode, rec: &PodRecord, container: &str) -> u64 {
 
 #[test]
 fn cpu_limit_caps_a_busy_loop_and_a_memory_hog_is_oom_killed() {
-    let node = PodNode::new();
+    let mut node = PodNode::new();
+    node.stop_controller();
+    node.cfg.pids_limit = Some(64);
+    node.start();
     node.put_manifest(
         "cpu.yaml",
         r#"
@@ -1540,6 +1582,19 @@ spec:
     );
     let rec = node.wait_status("cpu", "Running");
     assert_eq!(rec.pod.status.qos_class, "Burstable");
+    let (_, limited_dir) = container_dir(&node, &rec, "limited");
+    let id = limited_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pids_max = ["/sys/fs/cgroup/pids/weft", "/sys/fs/cgroup/weft"]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(Path::new(d).join(&id).join("pids.max")).ok());
+    assert_eq!(
+        pids_max.as_deref().map(str::trim),
+        Some("64"),
+        "--pids-limit not applied"
+    );
     let config = oci_config(&node, &rec, "limited");
     assert_eq!(
         config["linux"]["resources"]["cpu"],
@@ -1557,8 +1612,17 @@ spec:
     let wall = start.0.elapsed().as_nanos() as f64;
     let limited = (cgroup_cpu_ns(&node, &rec, "limited") - start.1) as f64 / wall;
     let free = (cgroup_cpu_ns(&node, &rec, "free") - start.2) as f64 / wall;
-    eprintln!("cpu over {:.1} s: limited {:.1} %, free {:.1} %", wall / 1e9, limited * 100.0, free * 100.0);
-    assert!(limited < 0.25, "100m limit let the loop use {:.1} % of a core", limited * 100.0);
+    eprintln!(
+        "cpu over {:.1} s: limited {:.1} %, free {:.1} %",
+        wall / 1e9,
+        limited * 100.0,
+        free * 100.0
+    );
+    assert!(
+        limited < 0.25,
+        "100m limit let the loop use {:.1} % of a core",
+        limited * 100.0
+    );
     // Relative, measured in the same window: the machine's other load moves both numbers.
     assert!(
         free > 2.0 * limited,
@@ -1593,7 +1657,8 @@ spec:
     let s = &hog.pod.status.container_statuses[0];
     let last = s.last_state.terminated.clone();
     assert!(
-        last.as_ref().is_some_and(|t| t.reason == "OOMKilled" && t.exit_code == 137),
+        last.as_ref()
+            .is_some_and(|t| t.reason == "OOMKilled" && t.exit_code == 137),
         "{s:?}"
     );
     assert_eq!(hog.pod.status.qos_class, "Burstable");
@@ -1630,7 +1695,9 @@ fn fetch_from_node(node: &PodNode, ip: &str) -> Option<String> {
         conn.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
         let mut reply = String::new();
         conn.read_to_string(&mut reply).ok()?;
-        reply.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+        reply
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
     })
     .join()
     .ok()
@@ -1673,6 +1740,20 @@ fn killed_pause_is_noticed_and_the_pod_comes_back_in_a_new_sandbox() {
         fetch_from_node(&node, &before.pod.status.pod_ip)
     });
     let old_pause = pause_pid(&pod_dir);
+    // weft-pause keeps no capability once its namespaces are set up.
+    let pause_status = std::fs::read_to_string(format!("/proc/{old_pause}/status"))
+        .unwrap_or_else(|e| panic!("status of pause {old_pause}: {e}"));
+    for want in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ] {
+        assert!(
+            pause_status.contains(want),
+            "{want:?} not in pause's status:\n{pause_status}"
+        );
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(old_pause),
         nix::sys::signal::Signal::SIGKILL,
@@ -1686,7 +1767,10 @@ fn killed_pause_is_noticed_and_the_pod_comes_back_in_a_new_sandbox() {
                 && r.pod.status.container_statuses[0].restart_count == 1
         })
     });
-    eprintln!("pause killed -> pod Running again in {:?}", killed.elapsed());
+    eprintln!(
+        "pause killed -> pod Running again in {:?}",
+        killed.elapsed()
+    );
     // kubelet's handling: the app container restarted (count kept, plus this restart), the
     // init container ran again in the new sandbox.
     let init = &after.pod.status.init_container_statuses[0];
@@ -1695,7 +1779,10 @@ fn killed_pause_is_noticed_and_the_pod_comes_back_in_a_new_sandbox() {
     let new_pause = pause_pid(&pod_dir);
     assert_ne!(new_pause, old_pause);
     let new_netns = ns_identity(&netns_file);
-    assert_ne!(new_netns, old_netns, "the pod kept the dead sandbox's network");
+    assert_ne!(
+        new_netns, old_netns,
+        "the pod kept the dead sandbox's network"
+    );
     // The restarted container lives in the new sandbox's namespace, not the node's.
     let (_, dir) = container_dir(&node, &after, "httpd");
     let pid = std::fs::read_to_string(dir.join("container.pid"))
@@ -1707,9 +1794,72 @@ fn killed_pause_is_noticed_and_the_pod_comes_back_in_a_new_sandbox() {
         ns_identity(&PathBuf::from("/run/netns").join(&node.netns))
     );
     let namespaces = oci_config(&node, &after, "httpd")["linux"]["namespaces"].to_string();
-    assert!(!namespaces.contains("/proc/"), "joins through a pid: {namespaces}");
+    assert!(
+        !namespaces.contains("/proc/"),
+        "joins through a pid: {namespaces}"
+    );
     let page = wait_for(WAIT, "server answers again", || {
         fetch_from_node(&node, &after.pod.status.pod_ip)
     });
     assert_eq!(page, "hello from server\n");
+}
+
+/// Flannel's subnet.env for a node subnet given by its gateway (`10.244.41.1/24`).
+fn subnet_env(gateway: &str) -> String {
+    format!(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={gateway}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+    )
+}
+
+#[test]
+fn a_new_node_subnet_recreates_the_pod_sandbox_in_it() {
+    require_root();
+    let env_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let subnet_file = env_dir.path().join("subnet.env");
+    std::fs::write(&subnet_file, subnet_env("10.244.41.1/24")).unwrap_or_else(|e| panic!("{e}"));
+    let netns = Netns::new("podnode");
+    let name = netns.name().to_string();
+    let mut node = PodNode::in_netns(
+        &name,
+        Some(netns),
+        Network::Weft {
+            subnet_file: subnet_file.clone(),
+            subnet: "10.244.41.0/24".into(),
+        },
+    );
+    node.stop_controller();
+    node.cfg.subnet_file = Some(subnet_file.clone());
+    node.start();
+    node.put_manifest("server.yaml", SERVER);
+    let before = node.wait_status("server", "Running");
+    assert!(
+        before.pod.status.pod_ip.starts_with("10.244.41."),
+        "{}",
+        before.pod.status.pod_ip
+    );
+    // The node's lease was taken over: weftd writes its new subnet. The bridge still carries the
+    // old gateway, which the plugin does not move: start from a fresh bridge.
+    assert!(
+        node.node_exec(&["ip", "link", "del", "cni0"]),
+        "delete cni0"
+    );
+    let tmp = subnet_file.with_extension("tmp");
+    std::fs::write(&tmp, subnet_env("10.244.42.1/24")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&tmp, &subnet_file).unwrap_or_else(|e| panic!("{e}"));
+    let after = wait_for(WAIT, "pod re-created in the new subnet", || {
+        node.record("server").filter(|r| {
+            r.pod.status.pod_ip.starts_with("10.244.42.")
+                && status::columns(&r.pod).status == "Running"
+        })
+    });
+    assert_eq!(after.pod.status.container_statuses[0].restart_count, 1);
+    let page = wait_for(WAIT, "server answers at its new address", || {
+        fetch_from_node(&node, &after.pod.status.pod_ip)
+    });
+    assert_eq!(page, "hello from server\n");
+    assert_eq!(
+        node.ipam_allocations(),
+        vec![after.pod.status.pod_ip.clone()],
+        "the old address was not released"
+    );
 }
