@@ -569,8 +569,8 @@ fn prepare_netns_dir(pod: &str) -> Result<(), SandboxError> {
 
 /// Whether `path` is a mounted namespace file (nsfs), not the empty file under it.
 fn is_nsfs(path: &Path) -> bool {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// Creates the empty files pause bind-mounts its namespaces onto; an existing file is an error.
