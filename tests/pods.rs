@@ -1863,3 +1863,31 @@ fn a_new_node_subnet_recreates_the_pod_sandbox_in_it() {
         "the old address was not released"
     );
 }
+
+#[test]
+fn pause_killed_while_the_controller_is_away_is_replaced_on_adoption() {
+    let mut node = PodNode::new();
+    node.put_manifest("server.yaml", SERVER);
+    let before = node.wait_status("server", "Running");
+    let (pod_dir, _) = container_dir(&node, &before, "httpd");
+    node.stop_controller();
+    let pause = pause_pid(&pod_dir);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pause),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap_or_else(|e| panic!("kill pause {pause}: {e}"));
+    node.start();
+    let after = wait_for(WAIT, "pod back in a new sandbox", || {
+        node.record("server").filter(|r| {
+            status::columns(&r.pod).status == "Running"
+                && r.pod.status.container_statuses[0].restart_count == 1
+        })
+    });
+    assert_eq!(after.pod.metadata.uid, before.pod.metadata.uid);
+    assert_ne!(pause_pid(&pod_dir), pause);
+    let page = wait_for(WAIT, "server answers again", || {
+        fetch_from_node(&node, &after.pod.status.pod_ip)
+    });
+    assert_eq!(page, "hello from server\n");
+}

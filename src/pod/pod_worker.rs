@@ -499,7 +499,7 @@ impl PodRun {
 
     /// One pass of the state machine.
     fn step(&mut self) {
-        if matches!(self.stage, Stage::Init(_) | Stage::Apps) {
+        if matches!(self.stage, Stage::Network | Stage::Init(_) | Stage::Apps) {
             if let Some(reason) = self.sandbox_changed() {
                 self.recreate_sandbox(&reason);
                 return;
@@ -1119,8 +1119,10 @@ impl PodRun {
         let sandbox = SandboxState::load(&self.dir)
             .ok()
             .flatten()
-            .map(Sandbox::adopt)
-            .filter(Sandbox::is_running);
+            .map(Sandbox::adopt);
+        // A sandbox whose pause died while weftd was away (or one of an older weftd, held
+        // through /proc) is adopted all the same: the first step re-creates it as a changed
+        // sandbox, so the containers keep their restart counts.
         let (Some(old), Some(sandbox), Ok(rec)) = (
             WorkerState::load(&self.dir),
             sandbox,
