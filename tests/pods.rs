@@ -1877,6 +1877,11 @@ fn pause_killed_while_the_controller_is_away_is_replaced_on_adoption() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap_or_else(|e| panic!("kill pause {pause}: {e}"));
+    wait_for(WAIT, "pause gone", || {
+        weft::pod::process::ProcessId::of(pause)
+            .is_none()
+            .then_some(())
+    });
     node.start();
     let after = wait_for(WAIT, "pod back in a new sandbox", || {
         node.record("server").filter(|r| {
@@ -1885,6 +1890,12 @@ fn pause_killed_while_the_controller_is_away_is_replaced_on_adoption() {
         })
     });
     assert_eq!(after.pod.metadata.uid, before.pod.metadata.uid);
+    // The same pod carried on (not torn down and created afresh): the init container ran again
+    // as a restart, and the app's previous run is its last state.
+    let init = &after.pod.status.init_container_statuses[0];
+    assert_eq!(init.restart_count, 1, "{init:?}");
+    let app = &after.pod.status.container_statuses[0];
+    assert!(app.last_state.terminated.is_some(), "{app:?}");
     assert_ne!(pause_pid(&pod_dir), pause);
     let page = wait_for(WAIT, "server answers again", || {
         fetch_from_node(&node, &after.pod.status.pod_ip)
