@@ -1326,7 +1326,19 @@ fn ns_identity(path: &Path) -> (u64, u64) {
 
 #[test]
 fn security_context_is_enforced_with_runtime_default_seccomp() {
-    let node = PodNode::new();
+    let mut node = PodNode::new();
+    // A Localhost profile: everything allowed but mkdir/mkdirat, which fail with EPERM.
+    let profiles = node.dir.path().join("seccomp");
+    std::fs::create_dir_all(profiles.join("team")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        profiles.join("team/no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    node.stop_controller();
+    node.cfg.seccomp_root = profiles;
+    node.start();
     node.put_manifest(
         "secure.yaml",
         &format!(
@@ -1361,6 +1373,11 @@ spec:
         allowPrivilegeEscalation: true
         seccompProfile: {{type: Unconfined}}
       command: [sh, -c, {script}]
+    - name: custom
+      image: busybox
+      securityContext:
+        seccompProfile: {{type: Localhost, localhostProfile: team/no-mkdir.json}}
+      command: [sh, -c, 'grep Seccomp: /proc/self/status; mkdir /tmp/d 2>/dev/null && echo mkdir-allowed || echo mkdir-blocked; touch /tmp/f && echo touch-allowed; exec sleep 3600']
 "#,
             script = serde_json::to_string(INSPECT).unwrap_or_default()
         ),
@@ -1404,6 +1421,11 @@ spec:
             "{want:?} not in the log of open:\n{open}"
         );
     }
+    let custom = node.wait_log(&rec, "custom", "touch-allowed");
+    assert!(
+        custom.contains("mkdir-blocked") && custom.contains("Seccomp:\t2"),
+        "Localhost profile not applied:\n{custom}"
+    );
     let config = oci_config(&node, &rec, "locked");
     let masked = config["linux"]["maskedPaths"].to_string();
     assert!(masked.contains("/sys/devices/virtual/powercap"), "{masked}");
@@ -1489,10 +1511,12 @@ metadata: {name: hostnet, namespace: NS}
 spec:
   terminationGracePeriodSeconds: 1
   hostNetwork: true
+  hostPID: true
+  hostIPC: true
   containers:
     - name: c
       image: busybox
-      command: [sh, -c, 'cat /proc/net/dev; echo "host $(hostname)"; echo done; exec sleep 3600']
+      command: [sh, -c, 'cat /proc/net/dev; echo "pid1 $(cat /proc/1/comm)"; echo "ipc $(readlink /proc/self/ns/ipc)"; echo done; exec sleep 3600']
 "#,
     );
     let rec = node.wait_status("hostnet", "Running");
@@ -1500,6 +1524,16 @@ spec:
     assert!(
         log.contains("weft-hostdev"),
         "node's devices not seen:\n{log}"
+    );
+    assert!(
+        !log.contains("pid1 sh"),
+        "hostPID: the container is PID 1 of its own namespace:\n{log}"
+    );
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        log.contains(&format!("ipc {}", host_ipc.display())),
+        "hostIPC: not the node's IPC namespace ({}):\n{log}",
+        host_ipc.display()
     );
     assert_eq!(
         rec.pod.status.pod_ip, "192.0.2.10",
