@@ -1063,6 +1063,39 @@ spec:
     }
 
     #[test]
+    fn security_context_and_resources_are_typed_and_checked() {
+        let text = MYAPP.replace(
+            "      image: busybox",
+            "      image: busybox\n      securityContext: {runAsUser: 1000, capabilities: {drop: [ALL]}}\n      resources: {limits: {cpu: 100m, memory: 32Mi}}",
+        ) + "  hostNetwork: true\n  securityContext: {runAsNonRoot: true}\n";
+        let m = parse(&text).unwrap();
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        assert!(m.pod.spec.host_network);
+        let c = &m.pod.spec.containers[0];
+        assert_eq!(
+            c.security_context.as_ref().and_then(|s| s.run_as_user),
+            Some(1000)
+        );
+        assert!(c.resources.as_ref().is_some_and(|r| r.limits.len() == 2));
+        // A misspelt field inside securityContext must not silently run the container unconfined.
+        let typo = MYAPP.replace(
+            "      image: busybox",
+            "      image: busybox\n      securityContext: {capabilities: {dorp: [ALL]}}",
+        );
+        let e = parse(&typo).unwrap_err().to_string();
+        assert!(e.contains("dorp"), "{e}");
+        let bad = MYAPP.replace(
+            "      image: busybox",
+            "      image: busybox\n      resources: {limits: {memory: 12 apples}}",
+        );
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.containers[0].resources.limits.memory"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_warnings_with_their_path() {
         let text = MYAPP.replace(
             "      image: busybox",
