@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::image::normalize_name;
 use super::layout::{check_dns_label, check_dns_subdomain, check_uid, LayoutError, PodId};
+use super::resources::{self, ResourceRequirements};
+use super::security::{self, HostNamespaces, PodSecurityContext, SecurityContext};
 
 /// Why a manifest was rejected.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -105,6 +107,37 @@ pub struct PodSpec {
     /// `spec.nodeName`, filled with the node's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// `spec.securityContext`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// `spec.hostNetwork`: the node's network (and UTS) namespace, no CNI call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// `spec.hostPID`: the node's PID namespace.
+    #[serde(
+        default,
+        rename = "hostPID",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_pid: bool,
+    /// `spec.hostIPC`: the node's IPC namespace.
+    #[serde(
+        default,
+        rename = "hostIPC",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_ipc: bool,
+}
+
+impl PodSpec {
+    /// The host namespaces the pod shares.
+    pub fn host_namespaces(&self) -> HostNamespaces {
+        HostNamespaces {
+            network: self.host_network,
+            pid: self.host_pid,
+            ipc: self.host_ipc,
+        }
+    }
 }
 
 /// `spec.restartPolicy`.
@@ -170,6 +203,12 @@ pub struct Container {
     /// `imagePullPolicy`: accepted; images are never pulled (they are imported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
+    /// `securityContext` (wins over the pod's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    /// `resources`: cpu and memory requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// An entry of a container's `env`.
@@ -658,6 +697,9 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
     if pod.spec.containers.is_empty() {
         return err("spec.containers", "at least one container is required");
     }
+    if let Some(sc) = &pod.spec.security_context {
+        security::validate_pod(sc, pod.spec.host_namespaces())?;
+    }
     let volumes = validate_volumes(&pod.spec.volumes)?;
     let mut names = BTreeSet::new();
     let groups = [
@@ -772,6 +814,12 @@ fn validate_container(at: &str, c: &Container, volumes: &BTreeSet<&str>) -> Resu
         return err(format!("{at}.image"), "required");
     }
     normalize_name(&c.image).map_err(|e| (format!("{at}.image"), e.to_string()))?;
+    if let Some(sc) = &c.security_context {
+        security::validate_container(at, sc)?;
+    }
+    if let Some(r) = &c.resources {
+        resources::validate(at, r)?;
+    }
     if let Some(dir) = &c.working_dir {
         if !dir.starts_with('/') {
             return err(
@@ -937,6 +985,11 @@ fn known_fields(shape: Shape) -> &'static [(&'static str, Field)] {
             ("terminationGracePeriodSeconds", Leaf),
             ("hostname", Leaf),
             ("nodeName", Leaf),
+            // Checked field by field by the typed parser (unknown fields there are errors).
+            ("securityContext", Leaf),
+            ("hostNetwork", Leaf),
+            ("hostPID", Leaf),
+            ("hostIPC", Leaf),
         ],
         Shape::Container => &[
             ("name", Leaf),
@@ -951,6 +1004,8 @@ fn known_fields(shape: Shape) -> &'static [(&'static str, Field)] {
             ("readinessProbe", Obj(Shape::Probe)),
             ("startupProbe", Obj(Shape::Probe)),
             ("imagePullPolicy", Leaf),
+            ("securityContext", Leaf),
+            ("resources", Leaf),
         ],
         Shape::Env => &[
             ("name", Leaf),
@@ -1086,16 +1141,49 @@ spec:
     }
 
     #[test]
+    fn security_context_and_resources_are_typed_and_checked() {
+        let text = MYAPP.replace(
+            "      image: busybox",
+            "      image: busybox\n      securityContext: {runAsUser: 1000, capabilities: {drop: [ALL]}}\n      resources: {limits: {cpu: 100m, memory: 32Mi}}",
+        ) + "  hostNetwork: true\n  securityContext: {runAsNonRoot: true}\n";
+        let m = parse(&text).unwrap();
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        assert!(m.pod.spec.host_network);
+        let c = &m.pod.spec.containers[0];
+        assert_eq!(
+            c.security_context.as_ref().and_then(|s| s.run_as_user),
+            Some(1000)
+        );
+        assert!(c.resources.as_ref().is_some_and(|r| r.limits.len() == 2));
+        // A misspelt field inside securityContext must not silently run the container unconfined.
+        let typo = MYAPP.replace(
+            "      image: busybox",
+            "      image: busybox\n      securityContext: {capabilities: {dorp: [ALL]}}",
+        );
+        let e = parse(&typo).unwrap_err().to_string();
+        assert!(e.contains("dorp"), "{e}");
+        let bad = MYAPP.replace(
+            "      image: busybox",
+            "      image: busybox\n      resources: {limits: {memory: 12 apples}}",
+        );
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.containers[0].resources.limits.memory"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_warnings_with_their_path() {
         let text = MYAPP.replace(
             "      image: busybox",
-            "      image: busybox\n      resources: {limits: {cpu: 1}}\n      tty: true",
+            "      image: busybox\n      stdin: true\n      tty: true",
         ) + "status:\n  phase: Running\n";
         let m = parse(&text).unwrap();
         assert_eq!(
             m.warnings,
             vec![
-                "spec.containers[0].resources: unknown field, ignored",
+                "spec.containers[0].stdin: unknown field, ignored",
                 "spec.containers[0].tty: unknown field, ignored",
                 "status: unknown field, ignored",
             ]
