@@ -629,11 +629,13 @@ impl EtcdStore {
                 self.delete_if_unchanged(stale).await?;
                 dropped.push(stale.subnet);
             }
+            // A key for a subnet larger than SubnetLen (a whole-Network lease, say) is never
+            // believed by validation, so it must not block the subnets inside it either.
             let taken = TakenSubnets::new(
                 snap.leases
                     .iter()
                     .map(|l| &l.subnet)
-                    .filter(|s| !dropped.contains(s))
+                    .filter(|s| s.prefix() >= cfg.subnet_len && !dropped.contains(s))
                     .chain(&lost),
             );
             let wanted = previous.filter(|p| cfg.contains_subnet(p) && !taken.overlaps(p));
