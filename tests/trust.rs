@@ -359,3 +359,277 @@ fn guard_refuses_a_valid_lease_covering_a_local_address() {
     let stats = probe.stop();
     assert_eq!(stats.failures, 0, "{stats:?}");
 }
+
+/// The `value` of a `name` sample in a Prometheus text exposition (`name{labels} value`).
+fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Another writer overwrites node 1's lease with its own PublicIP while no subnet is free:
+/// weftd names the key and both PublicIPs, /readyz fails and the takeover gauge is 1 while it
+/// recovers; once a subnet is free it takes it, writes subnet.env, is ready again, and a pod
+/// started in the new subnet reaches a pod on node 2.
+#[test]
+fn own_lease_taken_over_is_replaced_by_a_new_subnet() {
+    // A /22 holds three /24s to hand out (10.244.1.0 .. 10.244.3.0).
+    let cluster = Cluster::new(
+        2,
+        r#"{"Network":"10.244.0.0/22","Backend":{"Type":"vxlan"}}"#,
+    );
+    cluster.start();
+    cluster.wait_mesh(CONVERGE);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    n1.wait_ready(CONVERGE);
+    // A pod from before the takeover: cni0 carries the old subnet's gateway.
+    let _before = n1.add_pod();
+    let old = n1.subnet().unwrap_or_default();
+    let taken = [old.as_str(), &n2.subnet().unwrap_or_default()];
+    let free = ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
+        .into_iter()
+        .find(|s| !taken.contains(s))
+        .unwrap_or_else(|| panic!("no third subnet besides {taken:?}"));
+    // Keep the last free subnet occupied, so recovery has to wait.
+    let blocker = lease_key(free);
+    cluster.etcd.put(
+        &blocker,
+        &vxlan_lease_value("192.0.2.91", "aa:bb:cc:00:00:91"),
+    );
+    let key = lease_key(&old);
+    cluster
+        .etcd
+        .put(&key, &vxlan_lease_value("192.0.2.90", "aa:bb:cc:00:00:90"));
+    n1.wait_until(
+        CONVERGE,
+        "the takeover logged with key and both PublicIPs",
+        || {
+            n1.log().lines().any(|l| {
+                l.contains("ERROR")
+                    && l.contains("taken over by another writer")
+                    && l.contains(&key)
+                    && l.contains("192.0.2.11")
+                    && l.contains("192.0.2.90")
+            })
+        },
+    );
+    n1.wait_until(CONVERGE, "/readyz failing while recovering", || {
+        n1.http_get("/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    let metrics = n1.http_get("/metrics").map(|(_, m)| m).unwrap_or_default();
+    assert_eq!(
+        metric(&metrics, "weft_own_lease_taken_over"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "weft_own_lease_takeovers_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(n1.is_running(), "weftd exited while recovering");
+
+    assert!(cluster.etcd.del(&blocker));
+    n1.wait_until(CONVERGE, "subnet.env naming the freed subnet", || {
+        n1.subnet().as_deref() == Some(free)
+    });
+    assert_eq!(
+        n1.subnet_env().unwrap_or_default(),
+        expected_subnet_env_in(free, "10.244.0.0/22")
+    );
+    n1.wait_ready(CONVERGE);
+    let metrics = n1.http_get("/metrics").map(|(_, m)| m).unwrap_or_default();
+    assert_eq!(
+        metric(&metrics, "weft_own_lease_taken_over"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let value = cluster.etcd.get(&lease_key(free)).unwrap_or_default();
+    assert!(value.contains(r#""PublicIP":"192.0.2.11""#), "{value}");
+    assert!(
+        cluster
+            .etcd
+            .get(&key)
+            .is_some_and(|v| v.contains("192.0.2.90")),
+        "the other writer's key must be left alone"
+    );
+    let mac1 = n1.mac_of("flannel.1").unwrap_or_default();
+    n2.wait_until(CONVERGE, "node 2 routes the new subnet to node 1", || {
+        n2.vxlan_peer_programmed("flannel.1", free, n1.public_ip(), &mac1)
+    });
+    // Moving cni0 to the new gateway is the CNI plugin's job; here the harness wires the pod
+    // by hand, so it starts from a fresh bridge.
+    n1.netns().ip(&["link", "del", "cni0"]);
+    let (a, b) = (n1.add_pod(), n2.add_pod());
+    assert!(
+        subnet_contains(free, a.ip()),
+        "pod {} not in {free}",
+        a.ip()
+    );
+    wait_until(
+        CONVERGE,
+        "a pod in the new subnet reaches node 2's pod",
+        || a.tcp_check(&b) && b.tcp_check(&a),
+    );
+}
+
+/// Whether the IPv4 `subnet` (`10.244.3.0/24`) contains `ip`.
+fn subnet_contains(subnet: &str, ip: &str) -> bool {
+    let net: ipnetwork::Ipv4Network = subnet.parse().unwrap_or_else(|e| panic!("{subnet}: {e}"));
+    ip.parse().is_ok_and(|ip| net.contains(ip))
+}
+
+/// subnet.env as flanneld writes it for `subnet` of `network`, VXLAN MTU 1450, no masquerade.
+fn expected_subnet_env_in(subnet: &str, network: &str) -> String {
+    expected_subnet_env(subnet).replace(
+        "FLANNEL_NETWORK=10.244.0.0/16",
+        &format!("FLANNEL_NETWORK={network}"),
+    )
+}
+
+/// Config changes while running: each is logged old -> new; SubnetMax is applied live; a new
+/// Network, a new backend, an invalid config and a deleted config are refused with one error
+/// each and the refusal gauge, the node keeping its subnet and its data path; the original
+/// config written back clears the gauge.
+#[test]
+fn config_changes_while_running_are_applied_or_refused() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    cluster.start();
+    let node = cluster.node(0);
+    node.wait_ready(CONVERGE);
+    let subnet = node.subnet().unwrap_or_default();
+    let env = node.subnet_env().unwrap_or_default();
+    let refused = || {
+        node.http_get("/metrics")
+            .and_then(|(_, m)| metric(&m, "weft_config_change_refused"))
+    };
+    let count = |needle: &str| node.log().lines().filter(|l| l.contains(needle)).count();
+
+    cluster.etcd.put(
+        NETWORK_CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.200.0","Backend":{"Type":"vxlan"}}"#,
+    );
+    node.wait_until(CONFIG_WAIT, "the live change logged old -> new", || {
+        node.log().lines().any(|l| {
+            l.contains("network config changed")
+                && l.contains("SubnetMax 10.244.255.0")
+                && l.contains("-> Network 10.244.0.0/16, SubnetLen 24, SubnetMin 10.244.1.0, SubnetMax 10.244.200.0")
+                && l.contains("applied")
+        })
+    });
+    assert_eq!(refused(), Some(0.0));
+
+    for (config, needle) in [
+        (
+            r#"{"Network":"10.245.0.0/16","Backend":{"Type":"vxlan"}}"#,
+            "-> Network 10.245.0.0/16",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+            "Backend host-gw; a new Network",
+        ),
+    ] {
+        let before = count("not applied while running");
+        cluster.etcd.put(NETWORK_CONFIG_KEY, config);
+        node.wait_until(CONFIG_WAIT, "the refusal logged old -> new", || {
+            node.log().lines().any(|l| {
+                l.contains("ERROR") && l.contains("not applied while running") && l.contains(needle)
+            })
+        });
+        assert_eq!(
+            count("not applied while running"),
+            before + 1,
+            "one error per change"
+        );
+        assert_eq!(refused(), Some(1.0));
+    }
+    cluster
+        .etcd
+        .put(NETWORK_CONFIG_KEY, r#"{"Network":"10.244.0.0/33"}"#);
+    node.wait_until(CONFIG_WAIT, "the invalid config refused", || {
+        node.log()
+            .lines()
+            .any(|l| l.contains("changed to an invalid one") && l.contains("field Network"))
+    });
+    assert!(cluster.etcd.del(NETWORK_CONFIG_KEY));
+    node.wait_until(CONFIG_WAIT, "the deleted config refused", || {
+        node.log().contains("network config was deleted")
+    });
+    assert_eq!(refused(), Some(1.0));
+    let metrics = node
+        .http_get("/metrics")
+        .map(|(_, m)| m)
+        .unwrap_or_default();
+    assert_eq!(
+        metric(&metrics, "weft_config_changes_total{result=\"refused\"}"),
+        Some(4.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "weft_config_changes_total{result=\"applied\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    // Still serving the running config.
+    assert_eq!(node.subnet().unwrap_or_default(), subnet);
+    assert_eq!(node.subnet_env().unwrap_or_default(), env);
+    assert!(node.link("flannel.1").is_some(), "VXLAN device gone");
+    assert!(node.is_running());
+
+    cluster.etcd.put(
+        NETWORK_CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.200.0","Backend":{"Type":"vxlan"}}"#,
+    );
+    node.wait_until(CONFIG_WAIT, "the refusal cleared", || {
+        refused() == Some(0.0)
+    });
+}
+
+/// How long a config change takes to be noticed (the watch delivers it at once).
+const CONFIG_WAIT: Duration = Duration::from_secs(5);
+
+/// With etcd authentication on, weftd logs in with `--etcd-password-file`; a password on the
+/// command line still works but is warned about; neither password is ever logged.
+#[test]
+fn etcd_password_from_a_file() {
+    let mut cluster = Cluster::new(1, VXLAN_CONFIG);
+    cluster.add_node();
+    let secret = "s3cret-weft-file-pw-0815";
+    for args in [
+        vec!["user", "add", &format!("root:{secret}")],
+        vec!["user", "grant-role", "root", "root"],
+        vec!["auth", "enable"],
+    ] {
+        let out = cluster.etcd.etcdctl(&args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let file = n1.dir().join("etcd-password");
+    std::fs::write(&file, format!("{secret}\n")).unwrap_or_else(|e| panic!("write password: {e}"));
+    n1.start_weftd(&[
+        "--etcd-username",
+        "root",
+        "--etcd-password-file",
+        &file.to_string_lossy(),
+    ]);
+    n2.start_weftd(&["--etcd-username", "root", "--etcd-password", secret]);
+    for node in &cluster.nodes {
+        node.wait_subnet_env(CONVERGE);
+    }
+    let warning = "visible to every local user in ps";
+    assert!(!n1.log().contains(warning), "{}", n1.log_tail(20));
+    assert!(n2.log().contains(warning), "{}", n2.log_tail(20));
+    for node in &cluster.nodes {
+        let leaked: Vec<String> = node
+            .log()
+            .lines()
+            .filter(|l| !l.starts_with("===== harness:") && l.contains(secret))
+            .map(str::to_string)
+            .collect();
+        assert!(leaked.is_empty(), "password in the log: {leaked:?}");
+    }
+}
