@@ -94,6 +94,9 @@ struct LeaseRow {
     rejected: Option<String>,
     /// The kind of rejection, as in weftd's `weft_leases_rejected_total{reason}`.
     reject_reason: Option<&'static str>,
+    /// Whether the lease was validated (there is a valid network config to judge it by).
+    #[serde(skip)]
+    checked: bool,
 }
 
 impl LeaseRow {
@@ -120,13 +123,15 @@ impl LeaseRow {
             expires: expires.map(rfc3339_utc),
             rejected: None,
             reject_reason: None,
+            checked: false,
         }
     }
 
     fn status_cell(&self) -> String {
-        match &self.rejected {
-            None => "ok".to_string(),
-            Some(why) => format!("rejected: {why}"),
+        match (&self.rejected, self.checked) {
+            (Some(why), _) => format!("rejected: {why}"),
+            (None, true) => "ok".to_string(),
+            (None, false) => "unchecked".to_string(),
         }
     }
 
@@ -220,6 +225,7 @@ async fn leases(args: LeasesArgs) -> Result<(), CtlError> {
         .try_collect()
         .await?;
     for (row, raw) in rows.iter_mut().zip(&raws) {
+        row.checked = policy.is_some();
         if let Some(reason) = rejected.get(&raw.key) {
             row.rejected = Some(reason.to_string());
             row.reject_reason = Some(reason.label());
@@ -364,14 +370,18 @@ mod tests {
         );
         let expired = raw("10.244.1.0-24", &String::from_utf8_lossy(&vx.value), 7);
         let mut junk = LeaseRow::from_raw(PREFIX, &raw("junk", "{", 9), None);
+        junk.checked = true;
         junk.rejected = Some("subnet key \"junk\": no '-<prefix length>'".into());
         junk.reject_reason = Some("bad_key");
-        vec![
+        let mut rows = vec![
             LeaseRow::from_raw(PREFIX, &vx, Some(at(1_795_848_186))),
             LeaseRow::from_raw(PREFIX, &reserved, None),
             LeaseRow::from_raw(PREFIX, &expired, None),
             junk,
-        ]
+        ];
+        rows[0].checked = true;
+        rows[1].checked = true;
+        rows
     }
 
     #[test]
@@ -381,7 +391,7 @@ mod tests {
             "SUBNET          PUBLIC IP    BACKEND  VTEP MAC           EXPIRES               STATUS\n\
              10.244.1.0/24   192.0.2.1    vxlan    aa:bb:cc:dd:ee:01  2026-11-28T06:43:06Z  ok\n\
              10.244.12.0/24  192.0.2.100  host-gw  -                  reserved              ok\n\
-             10.244.1.0/24   192.0.2.1    vxlan    aa:bb:cc:dd:ee:01  expired               ok\n\
+             10.244.1.0/24   192.0.2.1    vxlan    aa:bb:cc:dd:ee:01  expired               unchecked\n\
              junk            -            -        -                  expired               rejected: subnet key \"junk\": no '-<prefix length>'\n"
         );
         assert_eq!(
