@@ -865,13 +865,22 @@ async fn resolve_endpoints(endpoints: &[String]) -> Vec<Ipv4Addr> {
         match host.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(ip)) => addresses.push(ip),
             Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => match tokio::net::lookup_host((host, 0)).await {
-                Ok(found) => addresses.extend(found.filter_map(|a| match a.ip() {
+            // A resolver that does not answer must not hold up the start.
+            Err(_) => match tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::lookup_host((host, 0)),
+            )
+            .await
+            {
+                Ok(Ok(found)) => addresses.extend(found.filter_map(|a| match a.ip() {
                     std::net::IpAddr::V4(ip) => Some(ip),
                     std::net::IpAddr::V6(_) => None,
                 })),
-                Err(e) => {
+                Ok(Err(e)) => {
                     warn!(endpoint = %url, error = %e, "resolve etcd endpoint; the route guard cannot protect it")
+                }
+                Err(_) => {
+                    warn!(endpoint = %url, "resolve etcd endpoint: no answer within 5 s; the route guard cannot protect it")
                 }
             },
         }
