@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::backend::guard::{self, RouteGuard};
 use crate::backend::Backend;
-use crate::config::NetworkConfig;
+use crate::config::{ConfigChange, NetworkConfig};
 use crate::health::Metrics;
 use crate::lease::{config_key, lease_key, Lease, LeaseAttrs, RawLease};
 use crate::masq;
@@ -464,17 +464,15 @@ impl Agent {
                 return;
             }
         };
-        if new == *running {
+        let change = running.change_to(&new);
+        if change == ConfigChange::Same {
             info!(key, config = %new, "network config rewritten without a change");
             self.metrics
                 .config_change_refused
                 .store(false, Ordering::Relaxed);
             return;
         }
-        let live = new.network == running.network
-            && new.subnet_len == running.subnet_len
-            && new.backend == running.backend;
-        if live {
+        if change == ConfigChange::Live {
             info!(key, old = %running, new = %new, "network config changed: {running} -> {new}; applied");
             self.config = new;
             self.metrics

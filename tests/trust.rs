@@ -633,3 +633,50 @@ fn etcd_password_from_a_file() {
         assert!(leaked.is_empty(), "password in the log: {leaked:?}");
     }
 }
+
+/// Flannel's dual-stack key form is understood, and of two keys for the same subnet the older
+/// one wins on every node; when it goes, the other one is believed.
+#[test]
+fn dual_stack_key_is_read_and_the_older_of_two_overlapping_leases_wins() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    let older = format!("{ETCD_PREFIX}/subnets/10.244.70.0-24&fd00:10:244:70::-64");
+    let newer = lease_key("10.244.70.0/24");
+    let (old_mac, new_mac) = ("aa:bb:cc:00:00:71", "aa:bb:cc:00:00:72");
+    cluster
+        .etcd
+        .put_with_ttl(&older, &vxlan_lease_value("192.0.2.71", old_mac), 600);
+    cluster
+        .etcd
+        .put_with_ttl(&newer, &vxlan_lease_value("192.0.2.72", new_mac), 600);
+    for node in &cluster.nodes {
+        node.wait_until(CONVERGE, "the older (dual-stack) lease programmed", || {
+            node.vxlan_peer_programmed("flannel.1", "10.244.70.0/24", "192.0.2.71", old_mac)
+        });
+        node.wait_until(CONVERGE, "the newer one rejected as an overlap", || {
+            node.log().lines().any(|l| {
+                l.contains("lease rejected")
+                    && l.contains(&newer)
+                    && l.contains(&format!("overlaps the older lease {older}"))
+            })
+        });
+        assert!(
+            !node
+                .fdb()
+                .iter()
+                .any(|f| f["mac"].as_str() == Some(new_mac)),
+            "the newer lease reached the kernel on {}",
+            node.name()
+        );
+    }
+    assert!(cluster.etcd.del(&older));
+    for node in &cluster.nodes {
+        node.wait_until(CONVERGE, "the remaining lease programmed", || {
+            node.vxlan_peer_programmed("flannel.1", "10.244.70.0/24", "192.0.2.72", new_mac)
+                && !node
+                    .fdb()
+                    .iter()
+                    .any(|f| f["mac"].as_str() == Some(old_mac))
+        });
+    }
+}
