@@ -1918,6 +1918,9 @@ fn pods_follow_their_node_to_a_new_subnet_after_a_lease_takeover() {
     node1.put_manifest("client.yaml", &client_manifest("client", &server_ip));
     let before = node1.wait_status("client", "Running");
     node1.wait_log(&before, "wget", "hello from server");
+    // The pod worker notices a move only once it has seen the pod inside the node subnet (it
+    // looks every second); a takeover before that first look would go unnoticed.
+    std::thread::sleep(Duration::from_secs(2));
 
     cluster.etcd.put(
         &common::lease_key(&old),
