@@ -96,6 +96,22 @@ impl LeaseAttrs {
     }
 }
 
+/// One key-value under `<prefix>/subnets/` exactly as etcd holds it, before anything in it is
+/// believed: the input of [`crate::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLease {
+    /// The full etcd key (`<prefix>/subnets/10.244.1.0-24`), bytes that are not UTF-8 replaced.
+    pub key: String,
+    /// The value's bytes.
+    pub value: Vec<u8>,
+    /// The etcd lease attached to the key; 0 for none (a reservation).
+    pub etcd_lease: i64,
+    /// The revision that created the key; the older lease wins an overlap.
+    pub create_revision: i64,
+    /// The revision of the key's last change.
+    pub mod_revision: i64,
+}
+
 /// One subnet lease as read from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

@@ -1,7 +1,7 @@
 //! weft: a Flannel-compatible overlay network for pods.
 //!
-//! The crate is split along Flannel's lines: [`config`], [`subnet`], [`lease`] and [`store`]
-//! know the network configuration and etcd and nothing of the kernel; [`backend`] and
+//! The crate is split along Flannel's lines: [`config`], [`subnet`], [`lease`], [`validate`] and
+//! [`store`] know the network configuration and etcd and nothing of the kernel; [`backend`] and
 //! [`netlink`] know the data path and nothing of etcd; [`daemon`] wires a lease stream into a
 //! backend.
 
@@ -17,3 +17,4 @@ pub mod pod;
 pub mod store;
 pub mod subnet;
 pub mod subnet_env;
+pub mod validate;

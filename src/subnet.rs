@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use rand::Rng;
 
 use crate::config::NetworkConfig;
@@ -18,6 +18,17 @@ pub struct SubnetKeyError {
     pub key: String,
     /// What is wrong with it.
     pub reason: String,
+    /// The key is well formed but an address is not its prefix's network address.
+    pub misaligned: bool,
+}
+
+/// Both parts of a subnet key: `10.244.1.0-24`, or dual-stack `10.244.1.0-24&fd00:10:244:1::-64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DualSubnet {
+    /// The IPv4 node subnet.
+    pub v4: Ipv4Network,
+    /// The IPv6 node subnet of a dual-stack key.
+    pub v6: Option<Ipv6Network>,
 }
 
 /// Flannel's key for a subnet: `10.244.1.0-24`.
@@ -28,25 +39,47 @@ pub fn subnet_key(subnet: Ipv4Network) -> String {
 /// Parses Flannel's subnet key (`10.244.1.0-24`). A dual-stack key (`10.244.1.0-24&fc00::-64`)
 /// yields its IPv4 part. The address must be the subnet's network address.
 pub fn parse_subnet_key(key: &str) -> Result<Ipv4Network, SubnetKeyError> {
+    parse_dual_subnet_key(key).map(|d| d.v4)
+}
+
+/// Parses Flannel's subnet key with its optional IPv6 part (`10.244.1.0-24&fd00::-64`, as
+/// Flannel's dual-stack mode writes it). Each address must be its prefix's network address.
+pub fn parse_dual_subnet_key(key: &str) -> Result<DualSubnet, SubnetKeyError> {
     let fail = |reason: &str| SubnetKeyError {
         key: key.to_string(),
         reason: reason.to_string(),
+        misaligned: false,
     };
     let (v4, v6) = match key.split_once('&') {
         Some((v4, v6)) => (v4, Some(v6)),
         None => (key, None),
     };
-    if let Some(v6) = v6 {
-        let (ip6, len6) = v6
-            .rsplit_once('-')
-            .ok_or_else(|| fail("IPv6 part has no '-<prefix length>'"))?;
-        ip6.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| fail("IPv6 part is not an IPv6 address"))?;
-        match len6.parse::<u8>() {
-            Ok(n) if n <= 128 && len6.bytes().all(|b| b.is_ascii_digit()) => {}
-            _ => return Err(fail("IPv6 prefix length is not a number from 0 to 128")),
+    let v6 = match v6 {
+        None => None,
+        Some(v6) => {
+            let (ip6, len6) = v6
+                .rsplit_once('-')
+                .ok_or_else(|| fail("IPv6 part has no '-<prefix length>'"))?;
+            let ip6 = ip6
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| fail("IPv6 part is not an IPv6 address"))?;
+            let len6 = match len6.parse::<u8>() {
+                Ok(n) if n <= 128 && len6.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(fail("IPv6 prefix length is not a number from 0 to 128")),
+            };
+            let net6 = Ipv6Network::new(ip6, len6).map_err(|e| fail(&e.to_string()))?;
+            if net6.network() != ip6 {
+                return Err(SubnetKeyError {
+                    misaligned: true,
+                    ..fail(&format!(
+                        "{ip6} is not the network address of a /{len6} (that is {})",
+                        net6.network()
+                    ))
+                });
+            }
+            Some(net6)
         }
-    }
+    };
     let (ip, len) = v4
         .rsplit_once('-')
         .ok_or_else(|| fail("no '-<prefix length>'"))?;
@@ -57,12 +90,15 @@ pub fn parse_subnet_key(key: &str) -> Result<Ipv4Network, SubnetKeyError> {
     };
     let net = Ipv4Network::new(ip, len).map_err(|e| fail(&e.to_string()))?;
     if net.network() != ip {
-        return Err(fail(&format!(
-            "{ip} is not the network address of a /{len} (that is {})",
-            net.network()
-        )));
+        return Err(SubnetKeyError {
+            misaligned: true,
+            ..fail(&format!(
+                "{ip} is not the network address of a /{len} (that is {})",
+                net.network()
+            ))
+        });
     }
-    Ok(net)
+    Ok(DualSubnet { v4: net, v6 })
 }
 
 /// Every subnet the config may hand out, from `SubnetMin` to `SubnetMax`, lowest first.

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use tracing::error;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use tracing::{error, warn};
 use weft::daemon::{self, DaemonOptions};
 use weft::pod::controller::PodConfig;
 use weft::store::EtcdArgs;
@@ -175,7 +176,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let flags = Flags::parse();
+    let matches = Flags::command().get_matches();
+    let flags = match Flags::from_arg_matches(&matches) {
+        Ok(flags) => flags,
+        Err(e) => e.exit(),
+    };
+    if matches.value_source("etcd_password") == Some(ValueSource::CommandLine) {
+        warn!(
+            "--etcd-password is visible to every local user in ps and /proc/<pid>/cmdline; \
+             use --etcd-password-file (or WEFTD_ETCD_PASSWORD_FILE) instead"
+        );
+    }
     if flags.subnet_lease_renew_margin * 60 >= flags.subnet_lease_ttl {
         error!(
             margin_minutes = flags.subnet_lease_renew_margin,

@@ -1,0 +1,787 @@
+//! Lease validation: which keys under `<prefix>/subnets/` are believed before anything reaches a
+//! backend. Any etcd client can write there, so every key and value is hostile until it passes
+//! [`validate_lease`]; [`validate_leases`] judges a whole table, deterministically on every node.
+//!
+//! Pure functions of the network config, this node's identity and the raw key-values: no I/O,
+//! nothing of the kernel.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
+
+use crate::config::{BackendConfig, NetworkConfig};
+use crate::lease::{subnets_prefix, Lease, LeaseAttrs, RawLease};
+use crate::subnet::{parse_dual_subnet_key, DualSubnet};
+
+/// What this node is, for the checks that depend on it. Every field may be empty (e.g. for
+/// `weftctl`, which judges leases without being a node).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The `PublicIP` this node publishes.
+    pub public_ip: Option<Ipv4Addr>,
+    /// Every IPv4 address of this node: no peer may claim one as its `PublicIP`.
+    pub addresses: Vec<Ipv4Addr>,
+    /// This node's VTEP MAC: no peer may claim it.
+    pub vtep_mac: Option<[u8; 6]>,
+    /// This node's own subnet: the lease there under our `PublicIP` is ours.
+    pub subnet: Option<Ipv4Network>,
+}
+
+/// Everything a lease is judged against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasePolicy {
+    /// The etcd prefix (`/coreos.com/network`) the keys must be under.
+    pub prefix: String,
+    /// The network config in force.
+    pub config: NetworkConfig,
+    /// This node.
+    pub node: NodeIdentity,
+}
+
+/// Why a lease is not believed. [`RejectReason::label`] names the kind for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The key is not `<prefix>/subnets/A.B.C.D-LEN[&IPV6-LEN]`.
+    BadKey(String),
+    /// An address in the key is not the network address of its prefix.
+    Misaligned(String),
+    /// The value is not Flannel's lease JSON.
+    BadValue(String),
+    /// The subnet is not inside `Network`.
+    OutsideNetwork {
+        /// The lease's subnet.
+        subnet: Ipv4Network,
+        /// `Network`.
+        network: Ipv4Network,
+    },
+    /// The subnet's prefix length is not `SubnetLen`.
+    WrongLength {
+        /// The lease's subnet.
+        subnet: Ipv4Network,
+        /// `SubnetLen`.
+        subnet_len: u8,
+    },
+    /// The subnet overlaps a lease that was created earlier (and is believed).
+    Overlaps {
+        /// The lease's subnet (IPv4, or the IPv6 part of a dual-stack key).
+        subnet: String,
+        /// The key of the older lease.
+        older_key: String,
+    },
+    /// `BackendType` is not the configured backend's.
+    BackendType {
+        /// The lease's `BackendType`.
+        found: String,
+        /// The config's backend type.
+        expected: &'static str,
+    },
+    /// `PublicIP` cannot be a peer's address.
+    PublicIp {
+        /// The lease's `PublicIP`.
+        ip: Ipv4Addr,
+        /// Why (loopback, multicast, this node's address, ...).
+        why: &'static str,
+    },
+    /// `BackendData.VtepMAC` is missing or cannot be a peer's VTEP.
+    VtepMac {
+        /// The value found (`-` when missing).
+        found: String,
+        /// Why.
+        why: String,
+    },
+    /// `BackendData.VNI` is not the config's.
+    Vni {
+        /// The value found (`-` when missing).
+        found: String,
+        /// `Backend.VNI`.
+        expected: u32,
+    },
+}
+
+impl RejectReason {
+    /// A short, fixed name of the kind of rejection, the `reason` label of
+    /// `weft_leases_rejected_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::BadKey(_) => "bad_key",
+            RejectReason::Misaligned(_) => "misaligned",
+            RejectReason::BadValue(_) => "bad_value",
+            RejectReason::OutsideNetwork { .. } => "outside_network",
+            RejectReason::WrongLength { .. } => "subnet_len",
+            RejectReason::Overlaps { .. } => "overlap",
+            RejectReason::BackendType { .. } => "backend_type",
+            RejectReason::PublicIp { .. } => "public_ip",
+            RejectReason::VtepMac { .. } => "vtep_mac",
+            RejectReason::Vni { .. } => "vni",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RejectReason::BadKey(e) | RejectReason::Misaligned(e) => write!(f, "{e}"),
+            RejectReason::BadValue(e) => write!(f, "value is not a lease: {e}"),
+            RejectReason::OutsideNetwork { subnet, network } => {
+                write!(f, "subnet {subnet} is not inside Network {network}")
+            }
+            RejectReason::WrongLength { subnet, subnet_len } => {
+                write!(f, "subnet {subnet} is not a /{subnet_len} (SubnetLen)")
+            }
+            RejectReason::Overlaps { subnet, older_key } => {
+                write!(f, "subnet {subnet} overlaps the older lease {older_key}")
+            }
+            RejectReason::BackendType { found, expected } => {
+                write!(
+                    f,
+                    "BackendType {found:?} is not the configured {expected:?}"
+                )
+            }
+            RejectReason::PublicIp { ip, why } => write!(f, "PublicIP {ip} is {why}"),
+            RejectReason::VtepMac { found, why } => write!(f, "BackendData.VtepMAC {found} {why}"),
+            RejectReason::Vni { found, expected } => {
+                write!(
+                    f,
+                    "BackendData.VNI {found} is not the configured {expected}"
+                )
+            }
+        }
+    }
+}
+
+/// A lease that failed validation: its key, revisions and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedLease {
+    /// The full etcd key.
+    pub key: String,
+    /// The key's last change, to log each rejection once per revision.
+    pub mod_revision: i64,
+    /// Why it is not believed.
+    pub reason: RejectReason,
+}
+
+impl fmt::Display for RejectedLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lease {}: {}", self.key, self.reason)
+    }
+}
+
+/// The subnets of the leases believed so far, to find overlaps and name the older lease.
+#[derive(Debug, Clone, Default)]
+pub struct AcceptedSubnets {
+    /// Disjoint IPv4 ranges: first address -> (last address, key).
+    v4: BTreeMap<u32, (u32, String)>,
+    /// IPv6 parts of dual-stack keys, with their key.
+    v6: Vec<(Ipv6Network, String)>,
+    /// VTEP MACs of believed VXLAN leases: MAC -> (PublicIP, key).
+    macs: BTreeMap<[u8; 6], (Ipv4Addr, String)>,
+}
+
+impl AcceptedSubnets {
+    /// The key of a believed lease overlapping `subnet`, if any.
+    pub fn overlapping_v4(&self, subnet: &Ipv4Network) -> Option<&str> {
+        let first = u32::from(subnet.network());
+        let last = u32::from(subnet.broadcast());
+        // Ranges are disjoint: only the last one starting at or below `last` can reach `first`.
+        let (_, (end, key)) = self.v4.range(..=last).next_back()?;
+        (*end >= first).then_some(key.as_str())
+    }
+
+    /// The key of a believed lease whose IPv6 part overlaps `subnet`, if any.
+    pub fn overlapping_v6(&self, subnet: &Ipv6Network) -> Option<&str> {
+        self.v6
+            .iter()
+            .find(|(n, _)| n.contains(subnet.network()) || subnet.contains(n.network()))
+            .map(|(_, k)| k.as_str())
+    }
+
+    /// The key of a believed lease of another node (another `PublicIP`) with VTEP MAC `mac`:
+    /// one MAC leads to one VTEP, so a second node claiming it would steal the first's traffic.
+    pub fn mac_owner(&self, mac: &[u8; 6], public_ip: Ipv4Addr) -> Option<&str> {
+        self.macs
+            .get(mac)
+            .filter(|(ip, _)| *ip != public_ip)
+            .map(|(_, k)| k.as_str())
+    }
+
+    /// Records a believed lease's subnets and, for VXLAN, its VTEP MAC.
+    pub fn insert_lease(&mut self, subnet: DualSubnet, lease: &Lease, key: &str) {
+        if let Some(mac) = lease.attrs.vtep_mac().and_then(parse_mac) {
+            self.macs
+                .entry(mac)
+                .or_insert_with(|| (lease.attrs.public_ip, key.to_string()));
+        }
+        self.insert(subnet, key);
+    }
+
+    /// Records a believed lease's subnets.
+    pub fn insert(&mut self, subnet: DualSubnet, key: &str) {
+        let first = u32::from(subnet.v4.network());
+        let last = u32::from(subnet.v4.broadcast());
+        self.v4.insert(first, (last, key.to_string()));
+        if let Some(v6) = subnet.v6 {
+            self.v6.push((v6, key.to_string()));
+        }
+    }
+}
+
+/// Judges one lease against `policy` and the leases already believed (`accepted`; for a
+/// deterministic outcome feed leases oldest `create_revision` first, as [`validate_leases`]
+/// does). On success the lease's subnets are *not* added to `accepted`; the caller does that.
+pub fn validate_lease(
+    policy: &LeasePolicy,
+    raw: &RawLease,
+    accepted: &AcceptedSubnets,
+) -> Result<(DualSubnet, Lease), RejectReason> {
+    let subnets = subnets_prefix(&policy.prefix);
+    let rest = raw.key.strip_prefix(&subnets).ok_or_else(|| {
+        RejectReason::BadKey(format!("key {:?} is not under {subnets:?}", raw.key))
+    })?;
+    let dual = parse_dual_subnet_key(rest).map_err(|e| {
+        if e.misaligned {
+            RejectReason::Misaligned(e.to_string())
+        } else {
+            RejectReason::BadKey(e.to_string())
+        }
+    })?;
+    let attrs = LeaseAttrs::from_json(&raw.key, &raw.value).map_err(|e| match e {
+        crate::lease::LeaseError::BadValue { source, .. } => {
+            RejectReason::BadValue(source.to_string())
+        }
+        other => RejectReason::BadValue(other.to_string()),
+    })?;
+    let cfg = &policy.config;
+    let subnet = dual.v4;
+    if subnet.prefix() < cfg.network.prefix() || !cfg.network.contains(subnet.network()) {
+        return Err(RejectReason::OutsideNetwork {
+            subnet,
+            network: cfg.network,
+        });
+    }
+    if subnet.prefix() != cfg.subnet_len {
+        return Err(RejectReason::WrongLength {
+            subnet,
+            subnet_len: cfg.subnet_len,
+        });
+    }
+    if let Some(older) = accepted.overlapping_v4(&subnet) {
+        return Err(RejectReason::Overlaps {
+            subnet: subnet.to_string(),
+            older_key: older.to_string(),
+        });
+    }
+    if let Some(v6) = dual.v6 {
+        if let Some(older) = accepted.overlapping_v6(&v6) {
+            return Err(RejectReason::Overlaps {
+                subnet: v6.to_string(),
+                older_key: older.to_string(),
+            });
+        }
+    }
+    let expected = cfg.backend.type_name();
+    if attrs.backend_type != expected {
+        return Err(RejectReason::BackendType {
+            found: attrs.backend_type.clone(),
+            expected,
+        });
+    }
+    let node = &policy.node;
+    let ours = node.subnet == Some(subnet) && node.public_ip == Some(attrs.public_ip);
+    check_public_ip(attrs.public_ip, node, ours)?;
+    if let BackendConfig::Vxlan { vni, .. } = cfg.backend {
+        let mac = check_vxlan_data(&attrs, vni, node, ours)?;
+        if let Some(older) = accepted.mac_owner(&mac, attrs.public_ip) {
+            return Err(RejectReason::VtepMac {
+                found: format!("{:?}", attrs.vtep_mac().unwrap_or_default()),
+                why: format!("is already the VTEP MAC of another node's older lease {older}"),
+            });
+        }
+    }
+    let lease = Lease {
+        subnet,
+        attrs,
+        etcd_lease: (raw.etcd_lease != 0).then_some(raw.etcd_lease),
+        mod_revision: raw.mod_revision,
+    };
+    Ok((dual, lease))
+}
+
+/// The outcome of [`validate_leases`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseVerdicts {
+    /// The leases believed, by subnet.
+    pub accepted: Vec<Lease>,
+    /// The leases refused, with their reasons, in key order.
+    pub rejected: Vec<RejectedLease>,
+}
+
+/// Judges a whole table. Leases are taken oldest `create_revision` first (ties by key), so on
+/// every node the older of two overlapping leases wins, whatever order etcd listed them in.
+pub fn validate_leases<'a>(
+    policy: &LeasePolicy,
+    raw: impl IntoIterator<Item = &'a RawLease>,
+) -> LeaseVerdicts {
+    let mut ordered: Vec<&RawLease> = raw.into_iter().collect();
+    ordered.sort_by(|a, b| (a.create_revision, &a.key).cmp(&(b.create_revision, &b.key)));
+    let mut taken = AcceptedSubnets::default();
+    let mut verdicts = LeaseVerdicts::default();
+    for raw in ordered {
+        match validate_lease(policy, raw, &taken) {
+            Ok((dual, lease)) => {
+                taken.insert_lease(dual, &lease, &raw.key);
+                verdicts.accepted.push(lease);
+            }
+            Err(reason) => verdicts.rejected.push(RejectedLease {
+                key: raw.key.clone(),
+                mod_revision: raw.mod_revision,
+                reason,
+            }),
+        }
+    }
+    verdicts.accepted.sort_by_key(|l| l.subnet);
+    verdicts.rejected.sort_by(|a, b| a.key.cmp(&b.key));
+    verdicts
+}
+
+fn check_public_ip(ip: Ipv4Addr, node: &NodeIdentity, ours: bool) -> Result<(), RejectReason> {
+    let why = if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_broadcast() {
+        Some("the broadcast address")
+    } else if ip.octets()[0] >= 240 {
+        Some("in the reserved range 240.0.0.0/4")
+    } else if !ours && (node.public_ip == Some(ip) || node.addresses.contains(&ip)) {
+        Some("an address of this node")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(RejectReason::PublicIp { ip, why }),
+        None => Ok(()),
+    }
+}
+
+fn check_vxlan_data(
+    attrs: &LeaseAttrs,
+    vni: u32,
+    node: &NodeIdentity,
+    ours: bool,
+) -> Result<[u8; 6], RejectReason> {
+    let data = attrs.backend_data.as_ref().and_then(|d| d.as_object());
+    // Flannel decodes BackendData with Go's case-insensitive field matching.
+    let field = |name: &str| {
+        data.and_then(|d| {
+            d.get(name).or_else(|| {
+                d.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            })
+        })
+    };
+    let found_vni = field("VNI");
+    if found_vni.and_then(|v| v.as_u64()) != Some(u64::from(vni)) {
+        return Err(RejectReason::Vni {
+            found: found_vni.map_or_else(|| "-".to_string(), |v| v.to_string()),
+            expected: vni,
+        });
+    }
+    let mac_value = field("VtepMAC");
+    let text = mac_value.and_then(|v| v.as_str());
+    let fail = |why: &str| RejectReason::VtepMac {
+        found: mac_value.map_or_else(|| "-".to_string(), |v| v.to_string()),
+        why: why.to_string(),
+    };
+    let Some(text) = text else {
+        return Err(fail("is missing or not a string"));
+    };
+    let mac = parse_mac(text).ok_or_else(|| fail("is not six hex octets separated by ':'"))?;
+    if mac == [0; 6] {
+        return Err(fail("is all zeros"));
+    }
+    if mac[0] & 0x01 != 0 {
+        return Err(fail("is a multicast or broadcast address"));
+    }
+    if !ours && node.vtep_mac == Some(mac) {
+        return Err(fail("is this node's own VTEP MAC"));
+    }
+    Ok(mac)
+}
+
+/// `aa:bb:cc:dd:ee:ff` (hex digits of either case), as Go's `net.ParseMAC` reads Flannel's.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut octets = [0u8; 6];
+    let mut parts = text.split(':');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *octet = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(octets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFIX: &str = "/coreos.com/network";
+    const OWN_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x11];
+
+    fn policy() -> LeasePolicy {
+        LeasePolicy {
+            prefix: PREFIX.to_string(),
+            config: NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap(),
+            node: NodeIdentity {
+                public_ip: Some("192.0.2.11".parse().unwrap()),
+                addresses: vec!["192.0.2.11".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+                vtep_mac: Some(OWN_MAC),
+                subnet: Some("10.244.1.0/24".parse().unwrap()),
+            },
+        }
+    }
+
+    fn raw(subnet_key: &str, value: &str, create_revision: i64) -> RawLease {
+        RawLease {
+            key: format!("{PREFIX}/subnets/{subnet_key}"),
+            value: value.as_bytes().to_vec(),
+            etcd_lease: 7,
+            create_revision,
+            mod_revision: create_revision,
+        }
+    }
+
+    fn vxlan(public_ip: &str, mac: &str) -> String {
+        format!(
+            r#"{{"PublicIP":"{public_ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    }
+
+    fn check(subnet_key: &str, value: &str) -> Result<Lease, RejectReason> {
+        validate_lease(
+            &policy(),
+            &raw(subnet_key, value, 5),
+            &AcceptedSubnets::default(),
+        )
+        .map(|(_, l)| l)
+    }
+
+    fn reason(subnet_key: &str, value: &str) -> RejectReason {
+        match check(subnet_key, value) {
+            Ok(l) => panic!("{subnet_key} = {value} must be rejected, got {l:?}"),
+            Err(r) => r,
+        }
+    }
+
+    #[test]
+    fn a_good_peer_is_accepted_as_is() {
+        let lease = check("10.244.3.0-24", &vxlan("192.0.2.13", "0a:00:00:00:00:13")).unwrap();
+        assert_eq!(lease.subnet, "10.244.3.0/24".parse().unwrap());
+        assert_eq!(
+            lease.attrs.public_ip,
+            "192.0.2.13".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(lease.etcd_lease, Some(7));
+        // Flannel's dual-stack key names the same IPv4 subnet.
+        let dual = validate_lease(
+            &policy(),
+            &raw(
+                "10.244.4.0-24&fd00:10:244:4::-64",
+                &vxlan("192.0.2.14", "0a:00:00:00:00:14"),
+                5,
+            ),
+            &AcceptedSubnets::default(),
+        )
+        .unwrap();
+        assert_eq!(dual.0.v6, Some("fd00:10:244:4::/64".parse().unwrap()));
+        assert_eq!(dual.1.subnet, "10.244.4.0/24".parse().unwrap());
+    }
+
+    #[test]
+    fn the_attacks_of_the_issue_are_rejected_with_their_reason() {
+        let ok_value = vxlan("192.0.2.31", "aa:bb:cc:00:00:31");
+        let cases: Vec<(&str, String, &str, &str)> = vec![
+            (
+                "192.0.2.0-24",
+                ok_value.clone(),
+                "outside_network",
+                "subnet 192.0.2.0/24 is not inside Network 10.244.0.0/16",
+            ),
+            (
+                "10.244.0.0-16",
+                ok_value.clone(),
+                "subnet_len",
+                "subnet 10.244.0.0/16 is not a /24 (SubnetLen)",
+            ),
+            (
+                "10.244.3.128-25",
+                ok_value.clone(),
+                "subnet_len",
+                "subnet 10.244.3.128/25 is not a /24 (SubnetLen)",
+            ),
+            (
+                "10.244.3.0-24",
+                vxlan("127.0.0.1", "aa:bb:cc:00:00:31"),
+                "public_ip",
+                "PublicIP 127.0.0.1 is a loopback address",
+            ),
+            (
+                "10.244.3.0-24",
+                vxlan("0.0.0.0", "aa:bb:cc:00:00:31"),
+                "public_ip",
+                "PublicIP 0.0.0.0 is unspecified",
+            ),
+            (
+                "10.244.3.0-24",
+                vxlan("224.0.0.1", "aa:bb:cc:00:00:31"),
+                "public_ip",
+                "PublicIP 224.0.0.1 is a multicast address",
+            ),
+            (
+                "10.244.3.0-24",
+                vxlan("255.255.255.255", "aa:bb:cc:00:00:31"),
+                "public_ip",
+                "PublicIP 255.255.255.255 is the broadcast address",
+            ),
+            (
+                "10.244.3.0-24",
+                vxlan("192.0.2.11", "aa:bb:cc:00:00:31"),
+                "public_ip",
+                "PublicIP 192.0.2.11 is an address of this node",
+            ),
+            (
+                "10.244.3.0-24",
+                vxlan("192.0.2.31", "0a:00:00:00:00:11"),
+                "vtep_mac",
+                "BackendData.VtepMAC \"0a:00:00:00:00:11\" is this node's own VTEP MAC",
+            ),
+            (
+                "10.244.3.0-24",
+                vxlan("192.0.2.31", "00:00:00:00:00:00"),
+                "vtep_mac",
+                "BackendData.VtepMAC \"00:00:00:00:00:00\" is all zeros",
+            ),
+            (
+                "10.244.3.0-24",
+                vxlan("192.0.2.31", "ff:ff:ff:ff:ff:ff"),
+                "vtep_mac",
+                "BackendData.VtepMAC \"ff:ff:ff:ff:ff:ff\" is a multicast or broadcast address",
+            ),
+            (
+                "10.244.3.0-24",
+                vxlan("192.0.2.31", "aa:bb:cc:00:00"),
+                "vtep_mac",
+                "BackendData.VtepMAC \"aa:bb:cc:00:00\" is not six hex octets separated by ':'",
+            ),
+            (
+                "10.244.3.0-24",
+                r#"{"PublicIP":"192.0.2.31","BackendType":"vxlan","BackendData":{"VNI":99,"VtepMAC":"aa:bb:cc:00:00:31"}}"#.into(),
+                "vni",
+                "BackendData.VNI 99 is not the configured 1",
+            ),
+            (
+                "10.244.3.0-24",
+                r#"{"PublicIP":"192.0.2.31","BackendType":"vxlan"}"#.into(),
+                "vni",
+                "BackendData.VNI - is not the configured 1",
+            ),
+            (
+                "10.244.3.0-24",
+                r#"{"PublicIP":"192.0.2.31","BackendType":"host-gw"}"#.into(),
+                "backend_type",
+                "BackendType \"host-gw\" is not the configured \"vxlan\"",
+            ),
+            (
+                "10.244.3.5-24",
+                ok_value.clone(),
+                "misaligned",
+                "subnet key \"10.244.3.5-24\": 10.244.3.5 is not the network address of a /24 (that is 10.244.3.0)",
+            ),
+            (
+                "10.244.3.0-24&fd00::1-64",
+                ok_value.clone(),
+                "misaligned",
+                "subnet key \"10.244.3.0-24&fd00::1-64\": fd00::1 is not the network address of a /64 (that is fd00::)",
+            ),
+            (
+                "junk",
+                ok_value.clone(),
+                "bad_key",
+                "subnet key \"junk\": no '-<prefix length>'",
+            ),
+            ("10.244.3.0-24", "{".into(), "bad_value", "value is not a lease: "),
+        ];
+        for (key, value, label, text) in cases {
+            let r = reason(key, &value);
+            assert_eq!(r.label(), label, "{key} = {value}: {r}");
+            assert!(
+                r.to_string().starts_with(text),
+                "{key} = {value}: got {r:?} / {r}, want {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn own_lease_may_carry_own_address_and_mac() {
+        let own = vxlan("192.0.2.11", "0a:00:00:00:00:11");
+        assert!(check("10.244.1.0-24", &own).is_ok());
+        // The same value in another subnet is somebody pretending to be us.
+        assert_eq!(reason("10.244.2.0-24", &own).label(), "public_ip");
+    }
+
+    #[test]
+    fn keys_outside_the_prefix_are_rejected() {
+        let r = validate_lease(
+            &policy(),
+            &RawLease {
+                key: "/other/subnets/10.244.3.0-24".into(),
+                ..raw("x", &vxlan("192.0.2.13", "0a:00:00:00:00:13"), 1)
+            },
+            &AcceptedSubnets::default(),
+        )
+        .unwrap_err();
+        assert_eq!(r.label(), "bad_key");
+        assert!(
+            r.to_string().contains("/other/subnets/10.244.3.0-24"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn the_older_of_two_overlapping_leases_wins_in_any_order() {
+        let older = raw(
+            "10.244.5.0-24&fd00:10:244:5::-64",
+            &vxlan("192.0.2.15", "0a:00:00:00:00:15"),
+            10,
+        );
+        let newer = raw(
+            "10.244.5.0-24",
+            &vxlan("192.0.2.16", "0a:00:00:00:00:16"),
+            20,
+        );
+        let v6_clash = raw(
+            "10.244.6.0-24&fd00:10:244:5::-80",
+            &vxlan("192.0.2.17", "0a:00:00:00:00:17"),
+            30,
+        );
+        let good = raw(
+            "10.244.7.0-24",
+            &vxlan("192.0.2.18", "0a:00:00:00:00:18"),
+            5,
+        );
+        let a = validate_leases(&policy(), [&newer, &v6_clash, &older, &good]);
+        let b = validate_leases(&policy(), [&good, &older, &v6_clash, &newer]);
+        assert_eq!(a, b);
+        let ips: Vec<String> = a
+            .accepted
+            .iter()
+            .map(|l| l.attrs.public_ip.to_string())
+            .collect();
+        assert_eq!(ips, ["192.0.2.15", "192.0.2.18"]);
+        assert_eq!(a.rejected.len(), 2);
+        assert_eq!(a.rejected[0].key, newer.key);
+        assert_eq!(
+            a.rejected[0].to_string(),
+            format!(
+                "lease {}: subnet 10.244.5.0/24 overlaps the older lease {}",
+                newer.key, older.key
+            )
+        );
+        assert_eq!(a.rejected[1].key, v6_clash.key);
+        assert_eq!(a.rejected[1].reason.label(), "overlap");
+    }
+
+    #[test]
+    fn a_vtep_mac_belongs_to_the_older_node() {
+        let older = raw(
+            "10.244.5.0-24",
+            &vxlan("192.0.2.15", "0a:00:00:00:00:15"),
+            10,
+        );
+        let thief = raw(
+            "10.244.6.0-24",
+            &vxlan("192.0.2.31", "0a:00:00:00:00:15"),
+            20,
+        );
+        // The same node under two keys (a leftover of its own) is not a thief.
+        let same_node = raw(
+            "10.244.7.0-24",
+            &vxlan("192.0.2.15", "0a:00:00:00:00:15"),
+            30,
+        );
+        let v = validate_leases(&policy(), [&thief, &same_node, &older]);
+        let subnets: Vec<String> = v.accepted.iter().map(|l| l.subnet.to_string()).collect();
+        assert_eq!(subnets, ["10.244.5.0/24", "10.244.7.0/24"]);
+        assert_eq!(v.rejected.len(), 1);
+        assert_eq!(
+            v.rejected[0].to_string(),
+            format!(
+                "lease {}: BackendData.VtepMAC \"0a:00:00:00:00:15\" is already the VTEP MAC of \
+                 another node's older lease {}",
+                thief.key, older.key
+            )
+        );
+    }
+
+    #[test]
+    fn a_rejected_lease_does_not_shadow_a_valid_one() {
+        // The older key is invalid, so the newer one on the same subnet is the one believed.
+        let bad_older = raw(
+            "10.244.5.0-24&fd00:10:244:5::-64",
+            &vxlan("127.0.0.1", "0a:00:00:00:00:15"),
+            10,
+        );
+        let newer = raw(
+            "10.244.5.0-24",
+            &vxlan("192.0.2.16", "0a:00:00:00:00:16"),
+            20,
+        );
+        let v = validate_leases(&policy(), [&bad_older, &newer]);
+        assert_eq!(v.accepted.len(), 1);
+        assert_eq!(v.rejected[0].reason.label(), "public_ip");
+    }
+
+    #[test]
+    fn other_backends_need_no_backend_data() {
+        let mut p = policy();
+        p.config =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
+                .unwrap();
+        let r = raw(
+            "10.244.3.0-24",
+            r#"{"PublicIP":"192.0.2.13","BackendType":"host-gw"}"#,
+            1,
+        );
+        assert!(validate_lease(&p, &r, &AcceptedSubnets::default()).is_ok());
+        let r = raw(
+            "10.244.3.0-24",
+            &vxlan("192.0.2.13", "0a:00:00:00:00:13"),
+            1,
+        );
+        let e = validate_lease(&p, &r, &AcceptedSubnets::default()).unwrap_err();
+        assert_eq!(e.label(), "backend_type");
+    }
+
+    #[test]
+    fn macs_parse_like_go() {
+        assert_eq!(
+            parse_mac("0A:1b:2c:3d:4e:5f"),
+            Some([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f])
+        );
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5f:00",
+            "0a-1b-2c-3d-4e-5f",
+            "+a:1b:2c:3d:4e:5f",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
+    }
+}
