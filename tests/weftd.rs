@@ -146,6 +146,15 @@ fn harness_removes_leftovers_of_dead_test_processes() {
         assert!(out.status.success(), "ip {args:?}: {:?}", out);
     };
     ip(&["netns", "add", &name]);
+    // The names the other test files give their namespaces, owned by the same dead pid.
+    let others = [
+        "weftk-4194999-stale".to_string(),
+        format!("weft-st-4194999-{}", std::process::id()),
+        format!("weft-t4194999-{}-x_pod_uid", std::process::id()),
+    ];
+    for other in &others {
+        ip(&["netns", "add", other]);
+    }
     let mut sleeper = std::process::Command::new("ip")
         .args(["netns", "exec", &name, "sleep", "60"])
         .spawn()
@@ -171,7 +180,10 @@ fn harness_removes_leftovers_of_dead_test_processes() {
         .wait()
         .unwrap_or_else(|e| panic!("wait for sleep: {e}"));
     assert!(!status.success(), "sleep should have been killed: {status}");
-    assert!(!netns_list().contains(&name), "{name} not removed");
+    let list = netns_list();
+    for n in others.iter().chain([&name]) {
+        assert!(!list.contains(n.as_str()), "{n} not removed: {list}");
+    }
     assert!(!dir.exists(), "{dir:?} not removed");
 }
 

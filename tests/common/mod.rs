@@ -207,12 +207,15 @@ fn temp_dir(role: &str) -> tempfile::TempDir {
     }
 }
 
-/// The pid a harness name (`weft-<pid>-<n>-...`) was created by.
-fn owner_pid(name: &str) -> Option<i32> {
-    let mut parts = name.strip_prefix("weft-")?.splitn(3, '-');
-    let pid = parts.next()?.parse().ok()?;
-    parts.next()?.parse::<u32>().ok()?;
-    Some(pid)
+/// The pid a test-made name was created by. Every test file names what it creates after its
+/// process: `weft-<pid>-<n>-..` (this harness, pods.rs), `weftk-<pid>-..` (kernel.rs),
+/// `weft-st-<pid>-..` (store.rs), `weft-t<pid>-..` (pod_runtime.rs sandboxes).
+pub fn owner_pid(name: &str) -> Option<i32> {
+    let rest = ["weftk-", "weft-st-", "weft-t", "weft-"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))?;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
 }
 
 /// Removes namespaces (killing what runs in them) and temp dirs of test processes that died
