@@ -554,28 +554,145 @@ fn missing_config_is_awaited() {
     assert_eq!(env, expected_subnet_env(&subnet));
 }
 
-/// subnet.env appears only after the device and the existing peers are programmed.
-#[test]
-fn subnet_env_is_written_after_peers_are_programmed() {
-    let mut cluster = Cluster::new(2, VXLAN_CONFIG);
-    cluster.start();
-    let late = cluster.add_node();
-    late.start_weftd(&[]);
-    let env = late.wait_for(START, "subnet.env of the late node", || {
-        let env = late.subnet_env()?;
-        // Snapshot the kernel the moment the file exists.
-        Some((env, late.routes()))
-    });
-    let (_, routes) = env;
-    for node in &cluster.nodes[..2] {
-        let subnet = node.subnet().unwrap_or_default();
-        assert!(
-            routes
-                .iter()
-                .any(|r| r["dst"].as_str() == Some(subnet.as_str())),
-            "subnet.env written before the route to {subnet}: {routes:?}"
-        );
+/// Puts every `(key, value)` into etcd with the v3 JSON API, 100 per transaction (etcd's
+/// default limit is 128 operations), from inside the etcd namespace.
+fn put_many(etcd: &Etcd, kvs: &[(String, String)]) {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    for chunk in kvs.chunks(100) {
+        let ops: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|(k, v)| serde_json::json!({"requestPut": {"key": b64(k), "value": b64(v)}}))
+            .collect();
+        let body = serde_json::json!({ "success": ops }).to_string();
+        let out = etcd.netns().exec_ok(&[
+            "curl",
+            "-fsS",
+            "-X",
+            "POST",
+            "http://127.0.0.1:2379/v3/kv/txn",
+            "-d",
+            &body,
+        ]);
+        assert!(out.contains(r#""succeeded":true"#), "etcd txn: {out}");
     }
+}
+
+/// `n` VXLAN leases of /26 subnets of 10.244.0.0/16 (never the first /26) for fake peers whose
+/// public IPs are in 198.18.0.0/15 (benchmarking range, only written into FDB entries).
+fn fake_peer_leases(n: u32) -> Vec<(String, String)> {
+    (1..=n)
+        .map(|s| {
+            let subnet = format!("10.244.{}.{}/26", s / 4, (s % 4) * 64);
+            let public_ip = format!("198.18.{}.{}", s / 250, s % 250 + 1);
+            let mac = format!("02:42:c6:12:{:02x}:{:02x}", s / 256, s % 256);
+            (lease_key(&subnet), vxlan_lease_value(&public_ip, &mac))
+        })
+        .collect()
+}
+
+/// Counts of `(routes, permanent neighbours, FDB entries)` on `flannel.1` of `node`.
+fn vxlan_entry_counts(node: &Node) -> (usize, usize, usize) {
+    if node.link("flannel.1").is_none() {
+        return (0, 0, 0);
+    }
+    let routes = node
+        .netns()
+        .ip_json(&["route", "show", "dev", "flannel.1"])
+        .len();
+    let neighbours = node
+        .netns()
+        .ip_json(&["neigh", "show", "dev", "flannel.1", "nud", "permanent"])
+        .len();
+    let fdb = node
+        .netns()
+        .bridge_json(&["fdb", "show", "dev", "flannel.1"])
+        .iter()
+        .filter(|f| f["dst"].is_string())
+        .count();
+    (routes, neighbours, fdb)
+}
+
+/// subnet.env appears only after the device and every existing peer are programmed, and
+/// `/readyz` answers 200 only from then on. With 1000 peers (3000 kernel entries) to program,
+/// weftd is frozen (SIGSTOP) the moment the file is created and the kernel is counted then.
+#[test]
+fn subnet_env_and_readyz_come_after_all_peers_are_programmed() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use nix::sys::signal::{kill, Signal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const PEERS: u32 = 1000;
+    let cluster = Cluster::new(
+        1,
+        r#"{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}"#,
+    );
+    put_many(&cluster.etcd, &fake_peer_leases(PEERS));
+    let node = cluster.node(0);
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK)
+        .unwrap_or_else(|e| panic!("inotify_init: {e}"));
+    inotify
+        .add_watch(
+            node.dir(),
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO,
+        )
+        .unwrap_or_else(|e| panic!("inotify watch {}: {e}", node.dir().display()));
+    let file_name = node.subnet_file();
+    let file_name = file_name.file_name().unwrap_or_default();
+
+    // Polls /readyz until the file exists, remembering whether it ever said 200 before that.
+    let file_seen = AtomicBool::new(false);
+    let ready_early = AtomicBool::new(false);
+    let mut frozen_counts = None;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !file_seen.load(Ordering::SeqCst) {
+                if node.http_get("/readyz").is_some_and(|(code, _)| code == 200)
+                    && !file_seen.load(Ordering::SeqCst)
+                {
+                    ready_early.store(true, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        node.start_weftd(&[]);
+        let pid = node
+            .weftd_pid()
+            .unwrap_or_else(|| panic!("weftd has no pid"));
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let deadline = std::time::Instant::now() + START;
+        'wait: loop {
+            if let Ok(events) = inotify.read_events() {
+                if events.iter().any(|e| e.name.as_deref() == Some(file_name)) {
+                    // Freeze weftd before it can add anything more, then look at the kernel.
+                    let _ = kill(pid, Signal::SIGSTOP);
+                    file_seen.store(true, Ordering::SeqCst);
+                    frozen_counts = Some(vxlan_entry_counts(node));
+                    let _ = kill(pid, Signal::SIGCONT);
+                    break 'wait;
+                }
+            }
+            if std::time::Instant::now() > deadline || !node.is_running() {
+                file_seen.store(true, Ordering::SeqCst);
+                panic!(
+                    "no subnet.env within {START:?}\n{}",
+                    node.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let n = PEERS as usize;
+    assert_eq!(
+        frozen_counts,
+        Some((n, n, n)),
+        "(routes, neighbours, FDB entries) on flannel.1 when subnet.env appeared"
+    );
+    assert!(
+        !ready_early.load(Ordering::SeqCst),
+        "/readyz answered 200 before subnet.env was written"
+    );
+    node.wait_ready(CONVERGE);
 }
 
 /// etcd stopped and restarted under a running cluster: pod traffic never stops, weftd keeps
