@@ -1341,53 +1341,88 @@ fn own_revoked_lease_is_reacquired() {
 }
 
 /// Two nodes starting together whose subnet.env both name the same previous subnet race for it
-/// in etcd: one gets it, the other retries with another subnet; neither exits.
+/// in etcd: one gets it, the other loses the claim, retries with another subnet (and says so);
+/// neither exits. etcd is frozen while both start, so their requests reach it together; when
+/// the loser still saw the subnet taken in its listing (no race), the round is run again.
 #[test]
 fn two_nodes_racing_for_one_subnet_end_distinct() {
+    use nix::sys::signal::{kill, Signal};
     let cluster = Cluster::new(2, VXLAN_CONFIG);
     let contested = "10.244.7.0/24";
-    for node in &cluster.nodes {
-        std::fs::write(node.subnet_file(), expected_subnet_env(contested))
-            .unwrap_or_else(|e| panic!("write {}: {e}", node.subnet_file().display()));
-    }
-    for node in &cluster.nodes {
-        node.start_weftd(&[]);
-    }
-    let subnets: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|n| {
-            n.wait_until(START, "lease in etcd for this node", || {
-                cluster
-                    .etcd
-                    .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
-                    .iter()
-                    .any(|(_, v)| v.contains(&format!(r#""PublicIP":"{}""#, n.public_ip())))
-            });
-            n.wait_until(START, "subnet.env naming the node's lease", || {
-                n.subnet().is_some_and(|s| {
-                    cluster
-                        .etcd
-                        .get(&lease_key(&s))
-                        .is_some_and(|v| v.contains(&format!(r#""PublicIP":"{}""#, n.public_ip())))
-                })
-            });
-            n.subnet().unwrap_or_default()
-        })
+    let subnets_prefix = format!("{ETCD_PREFIX}/subnets/");
+    let etcd_pids: Vec<nix::unistd::Pid> = cluster
+        .etcd
+        .netns()
+        .pids()
+        .into_iter()
+        .map(nix::unistd::Pid::from_raw)
         .collect();
-    assert_ne!(subnets[0], subnets[1], "both nodes hold {}", subnets[0]);
-    assert!(
-        subnets.iter().any(|s| s == contested),
-        "nobody got the contested subnet: {subnets:?}"
-    );
-    assert_eq!(
-        cluster
-            .etcd
-            .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
-            .len(),
-        2
-    );
-    for node in &cluster.nodes {
-        assert!(node.is_running(), "{} exited", node.name());
+    assert!(!etcd_pids.is_empty(), "no etcd process");
+    let signal_etcd = |signal: Signal| {
+        for pid in &etcd_pids {
+            kill(*pid, signal).unwrap_or_else(|e| panic!("{signal} to etcd {pid}: {e}"));
+        }
+    };
+    let mut races_lost = 0;
+    for round in 1..=5 {
+        let log_len: Vec<usize> = cluster.nodes.iter().map(|n| n.log().len()).collect();
+        for node in &cluster.nodes {
+            std::fs::write(node.subnet_file(), expected_subnet_env(contested))
+                .unwrap_or_else(|e| panic!("write {}: {e}", node.subnet_file().display()));
+        }
+        signal_etcd(Signal::SIGSTOP);
+        for node in &cluster.nodes {
+            if round == 1 {
+                node.start_weftd(&[]);
+            } else {
+                node.restart();
+            }
+        }
+        // Both connect (the kernel accepts for the stopped etcd) and wait for its answers.
+        std::thread::sleep(Duration::from_millis(1500));
+        signal_etcd(Signal::SIGCONT);
+        let subnets: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                n.wait_until(START, "subnet.env naming the node's lease", || {
+                    n.subnet().is_some_and(|s| {
+                        cluster.etcd.get(&lease_key(&s)).is_some_and(|v| {
+                            v.contains(&format!(r#""PublicIP":"{}""#, n.public_ip()))
+                        })
+                    })
+                });
+                n.subnet().unwrap_or_default()
+            })
+            .collect();
+        assert_ne!(subnets[0], subnets[1], "both nodes hold {}", subnets[0]);
+        assert!(
+            subnets.iter().any(|s| s == contested),
+            "nobody got the contested subnet: {subnets:?}"
+        );
+        assert_eq!(cluster.etcd.get_prefix(&subnets_prefix).len(), 2);
+        for node in &cluster.nodes {
+            assert!(node.is_running(), "{} exited", node.name());
+        }
+        let loser = usize::from(subnets[0] == contested);
+        let log = cluster.nodes[loser].log();
+        if log[log_len[loser]..]
+            .lines()
+            .any(|l| l.contains("picking again") && l.contains(contested))
+        {
+            races_lost += 1;
+            break;
+        }
+        // No race this round: start over from the same two subnet.env files.
+        for node in &cluster.nodes {
+            node.stop();
+        }
+        for (key, _) in cluster.etcd.get_prefix(&subnets_prefix) {
+            cluster.etcd.del(&key);
+        }
     }
+    assert_eq!(
+        races_lost, 1,
+        "in 5 rounds the loser never lost a claim for {contested}: the race was not run"
+    );
 }
