@@ -1056,11 +1056,11 @@ spec:
       image: busybox
       command: ['sh', '-c']
       args:
-        - touch /tmp/alive; mkdir -p /www;
+        - sleep 3; touch /tmp/alive; mkdir -p /www;
           (sleep 3; echo ok > /www/ready.html; sleep 4; rm /tmp/alive) &
           exec httpd -f -p 8080 -h /www
       ports: [{name: http, containerPort: 8080}]
-      startupProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+      startupProbe: {tcpSocket: {port: http}, periodSeconds: 1, failureThreshold: 30}
       readinessProbe: {httpGet: {path: /ready.html, port: 8080}, periodSeconds: 1}
       livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}
 "#,
@@ -1069,15 +1069,28 @@ spec:
     let first = &running.pod.status.container_statuses[0];
     assert_eq!(first.restart_count, 0);
     assert!(
-        !first.ready,
-        "ready before the readiness probe passed: {first:?}"
+        !first.started && !first.ready,
+        "started or ready before the startup probe passed: {first:?}"
     );
-    let ready = wait_for(WAIT, "readiness probe to pass", || {
+    // For its first 3 s the container has neither its port nor /tmp/alive: the liveness probe
+    // would kill it, were it not held off until the startup probe passes.
+    let started = wait_for(WAIT, "startup probe to pass", || {
         node.record("probed")
-            .filter(|r| status::columns(&r.pod).ready == "1/1")
+            .filter(|r| r.pod.status.container_statuses[0].started)
+    });
+    let s = &started.pod.status.container_statuses[0];
+    assert_eq!(s.restart_count, 0, "liveness ran before startup: {s:?}");
+    let ready = wait_for(WAIT, "readiness probe to pass (or a restart)", || {
+        node.record("probed").filter(|r| {
+            status::columns(&r.pod).ready == "1/1"
+                || r.pod.status.container_statuses[0].restart_count > 0
+        })
     });
     let s = &ready.pod.status.container_statuses[0];
-    assert!(s.started && s.ready && s.restart_count == 0, "{s:?}");
+    assert!(
+        s.started && s.ready && s.restart_count == 0,
+        "restarted before it was ready (liveness not held off by the startup probe?): {s:?}"
+    );
     let ready_cond = ready
         .pod
         .status
