@@ -1136,9 +1136,17 @@ fn weftd_killed_and_restarted_readopts_a_running_pod() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(common_pids(&node.pod_netns()[0]), pids);
 
+    // What follows must be the new weftd's view: the status the killed one wrote does not count.
+    let status_file = node.pod_dirs()[0].join(status::STATUS_FILE);
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let killed_wrote = modified(&status_file);
+    let restarted_at = std::time::SystemTime::now();
     node.start_weftd(&n.base_args());
-    // Give the new weftd time to adopt (and, were it wrong, to restart or duplicate the pod).
-    std::thread::sleep(Duration::from_secs(4));
+    wait_for(WAIT, "a status.json written by the new weftd", || {
+        modified(&status_file).filter(|m| *m > restarted_at && Some(*m) != killed_wrote)
+    });
+    // Were the adoption wrong, the pod would now be restarted or duplicated: give it time to show.
+    std::thread::sleep(Duration::from_secs(2));
     let after = node.wait_status("myapp-pod", "Running");
     let (b, a) = (
         &before.pod.status.container_statuses[0],
