@@ -698,31 +698,34 @@ spec:
     assert_eq!(init_cond.map(|c| c.status.as_str()), Some("True"));
 }
 
-/// Seconds between successive restarts of a pod's only container, watched for `watch`.
-fn restart_gaps(node: &PodNode, name: &str, watch: Duration) -> Vec<f64> {
-    let mut last_count = 0;
-    let mut last_at = Instant::now();
-    let mut gaps = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < watch {
-        if let Some(rec) = node.record(name) {
-            let count = rec
-                .pod
-                .status
-                .container_statuses
-                .first()
-                .map_or(0, |s| s.restart_count);
-            if count > last_count {
-                if last_count > 0 {
-                    gaps.push(last_at.elapsed().as_secs_f64());
-                }
-                last_count = count;
-                last_at = Instant::now();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    gaps
+/// When run `restart` of a pod's container `c` started, in seconds since the epoch: the
+/// timestamp of the first line it logged (CRI logs carry nanoseconds; the container logs at once).
+fn run_started(node: &PodNode, rec: &PodRecord, restart: u32) -> f64 {
+    let m = &rec.pod.metadata;
+    let path = cli::log_path(
+        &node.cfg.pod_log_dir,
+        &m.namespace,
+        &m.name,
+        &m.uid,
+        "c",
+        restart,
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("log of run {restart}: {}: {e}", path.display()));
+    let stamp = text
+        .lines()
+        .next()
+        .and_then(weft::pod::crilog::parse_record)
+        .map(|r| r.timestamp.to_string())
+        .unwrap_or_else(|| panic!("no log record in {}: {text:?}", path.display()));
+    let whole = status::parse_rfc3339(&stamp)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_else(|| panic!("bad timestamp {stamp:?} in {}", path.display()));
+    let fraction: f64 = stamp
+        .split_once('.')
+        .and_then(|(_, f)| format!("0.{}", f.trim_end_matches('Z')).parse().ok())
+        .unwrap_or(0.0);
+    whole.as_secs() as f64 + fraction
 }
 
 fn exit_pod(name: &str, policy: &str, code: i32) -> String {
@@ -770,13 +773,18 @@ fn restart_policies_with_exit_codes_and_back_off() {
         (node.pod_netns().len() == 3 && node.ipam_allocations().len() == 3).then_some(())
     });
     assert_eq!(node.pod_dirs().len(), 6);
-    // Back-off: base 1 s doubling to the 4 s cap.
-    let gaps = restart_gaps(&node, "always-1", Duration::from_secs(14));
-    assert!(gaps.len() >= 3, "restart gaps of always-1: {gaps:?}");
-    for (gap, want) in gaps.iter().zip([2.0, 4.0, 4.0]) {
+    // Back-off: base 1 s doubling to the 4 s cap, measured between the runs' own start times
+    // (each run exits at once, so a gap is its back-off plus the start of a container).
+    let rec = wait_for(WAIT, "always-1 restarted 4 times", || {
+        node.record("always-1")
+            .filter(|r| r.pod.status.container_statuses[0].restart_count >= 4)
+    });
+    let starts: Vec<f64> = (0..5).map(|run| run_started(&node, &rec, run)).collect();
+    let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, want) in gaps.iter().zip([1.0, 2.0, 4.0, 4.0]) {
         assert!(
-            *gap >= want - 0.3 && *gap <= want + 1.0,
-            "gaps {gaps:?}: expected about {want}s"
+            *gap >= want && *gap < want + 2.5,
+            "gaps between runs {gaps:?}: expected back-offs of 1, 2, 4, 4 s"
         );
     }
     for name in ["always-0", "always-1", "onfailure-1"] {
