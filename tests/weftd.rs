@@ -629,8 +629,8 @@ fn subnet_env_and_readyz_come_after_all_peers_are_programmed() {
     );
     put_many(&cluster.etcd, &fake_peer_leases(PEERS));
     let node = cluster.node(0);
-    let inotify = Inotify::init(InitFlags::IN_NONBLOCK)
-        .unwrap_or_else(|e| panic!("inotify_init: {e}"));
+    let inotify =
+        Inotify::init(InitFlags::IN_NONBLOCK).unwrap_or_else(|e| panic!("inotify_init: {e}"));
     inotify
         .add_watch(
             node.dir(),
@@ -647,7 +647,9 @@ fn subnet_env_and_readyz_come_after_all_peers_are_programmed() {
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while !file_seen.load(Ordering::SeqCst) {
-                if node.http_get("/readyz").is_some_and(|(code, _)| code == 200)
+                if node
+                    .http_get("/readyz")
+                    .is_some_and(|(code, _)| code == 200)
                     && !file_seen.load(Ordering::SeqCst)
                 {
                     ready_early.store(true, Ordering::SeqCst);
@@ -674,10 +676,7 @@ fn subnet_env_and_readyz_come_after_all_peers_are_programmed() {
             }
             if std::time::Instant::now() > deadline || !node.is_running() {
                 file_seen.store(true, Ordering::SeqCst);
-                panic!(
-                    "no subnet.env within {START:?}\n{}",
-                    node.log_tail(40)
-                );
+                panic!("no subnet.env within {START:?}\n{}", node.log_tail(40));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -1234,24 +1233,183 @@ fn public_ip_flag_is_published() {
     );
 }
 
-/// The etcd password never appears in weftd's log, whatever happens with it.
+/// Runs openssl (or any harness tool) in the root namespace; panics with its stderr on failure.
+fn run_tool(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, an etcd server certificate for [`Etcd::IP`] and a client certificate (CN
+/// `weft-client`, not an etcd user) in `dir`, made with openssl.
+fn make_pki(dir: &std::path::Path) -> EtcdTls {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca_key, ca) = (p("ca.key"), p("ca.pem"));
+    let mut args = vec!["openssl", "req", "-x509"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=weft-ca",
+    ]);
+    run_tool(&args);
+    let server_san = format!(
+        "subjectAltName=IP:{}\nextendedKeyUsage=serverAuth\n",
+        Etcd::IP
+    );
+    for (name, cn, ext) in [
+        ("server", "etcd", server_san.as_str()),
+        ("client", "weft-client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (key, csr, pem, ext_file) = (
+            p(&format!("{name}.key")),
+            p(&format!("{name}.csr")),
+            p(&format!("{name}.pem")),
+            p(&format!("{name}.ext")),
+        );
+        std::fs::write(&ext_file, ext).unwrap_or_else(|e| panic!("write {ext_file}: {e}"));
+        let subject = format!("/CN={cn}");
+        let mut args = vec!["openssl", "req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        run_tool(&args);
+        run_tool(&[
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &pem,
+        ]);
+    }
+    EtcdTls {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        ca: dir.join("ca.pem"),
+    }
+}
+
+/// weftd reaches an etcd that demands TLS with a client certificate and, with authentication
+/// enabled, a user and password — through its `--etcd-*` flags; a wrong password gets an error
+/// and no lease; no password ever appears in a log.
 #[test]
-fn etcd_password_is_never_logged() {
-    let cluster = Cluster::new(1, VXLAN_CONFIG);
-    let node = cluster.node(0);
-    let secret = "s3cret-weft-pw-4711";
-    node.start_weftd(&["--etcd-username", "weft", "--etcd-password", secret]);
-    // etcd runs without auth: weftd either works or reports errors; give it time to log them.
-    node.wait_until(CONVERGE, "weftd to log something", || {
-        node.log().lines().count() > 3
+fn etcd_tls_and_password_through_weftd_flags() {
+    let underlay = Underlay::new();
+    let pki = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let etcd = Etcd::new_tls(&underlay, make_pki(pki.path()));
+    etcd.put(NETWORK_CONFIG_KEY, VXLAN_CONFIG);
+    let (root_pw, weft_pw, wrong_pw) = ("r00t-pw-8812", "s3cret-weft-pw-4711", "wr0ng-pw-5150");
+    for args in [
+        vec!["user", "add", &format!("root:{root_pw}")],
+        vec!["role", "add", "weft"],
+        vec![
+            "role",
+            "grant-permission",
+            "weft",
+            "--prefix=true",
+            "readwrite",
+            &format!("{ETCD_PREFIX}/"),
+        ],
+        vec!["user", "add", &format!("weft:{weft_pw}")],
+        vec!["user", "grant-role", "weft", "weft"],
+        vec!["auth", "enable"],
+    ] {
+        let out = etcd.etcdctl(&args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pem = |name: &str| pki.path().join(name).display().to_string();
+    let tls_args = [
+        "--etcd-cafile".to_string(),
+        pem("ca.pem"),
+        "--etcd-certfile".to_string(),
+        pem("client.pem"),
+        "--etcd-keyfile".to_string(),
+        pem("client.key"),
+        "--etcd-username".to_string(),
+        "weft".to_string(),
+    ];
+    let args = |pw: &str| -> Vec<String> {
+        let mut a = tls_args.to_vec();
+        a.extend(["--etcd-password".to_string(), pw.to_string()]);
+        a
+    };
+    let good = Node::new(&underlay, 1, &etcd.endpoint());
+    let bad = Node::new(&underlay, 2, &etcd.endpoint());
+    good.start_weftd(&args(weft_pw).iter().map(String::as_str).collect::<Vec<_>>());
+    bad.start_weftd(
+        &args(wrong_pw)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+
+    let env = good.wait_subnet_env(START);
+    let subnet = subnet_of(&env).unwrap_or_default();
+    assert_eq!(env, expected_subnet_env(&subnet));
+    let root = format!("root:{root_pw}");
+    let out = etcd.etcdctl(&[
+        "--user",
+        &root,
+        "get",
+        "--print-value-only",
+        &lease_key(&subnet),
+    ]);
+    let value = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        value.contains(r#""PublicIP":"192.0.2.11""#),
+        "lease value: {value}"
+    );
+
+    bad.wait_until(CONVERGE, "an authentication error in the log", || {
+        bad.log().contains("authentication failed")
     });
-    std::thread::sleep(Duration::from_secs(3));
-    let log = node.log();
-    let leaked: Vec<&str> = log
-        .lines()
-        .filter(|l| !l.starts_with("===== harness:") && l.contains(secret))
-        .collect();
-    assert!(leaked.is_empty(), "password in the log: {leaked:?}");
+    assert_eq!(bad.subnet_env(), None, "a wrong password got a lease");
+    assert!(bad.is_running(), "weftd exited on a wrong password");
+    for (node, secret) in [(&good, weft_pw), (&bad, wrong_pw)] {
+        let leaked: Vec<String> = node
+            .log()
+            .lines()
+            .filter(|l| !l.starts_with("===== harness:") && l.contains(secret))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "password in the log of {}: {leaked:?}",
+            node.name()
+        );
+    }
 }
 
 /// A node whose etcd lease is revoked (as on expiry) acquires its subnet again under a new

@@ -16,7 +16,8 @@
 //!   open sockets there), `sysctl(key, value)`, `pids()`.
 //! * [`Underlay`]: a namespace with bridge `br0` for 192.0.2.0/24; `attach(&Netns, "192.0.2.N")`
 //!   gives the namespace an `eth0` on the bridge.
-//! * [`Etcd`]: a real etcd at [`Etcd::IP`] on the underlay; `endpoint()`, `put`, `put_with_ttl`,
+//! * [`Etcd`]: a real etcd at [`Etcd::IP`] on the underlay (`Etcd::new_tls` for TLS with client
+//!   certificates towards the nodes); `endpoint()`, `put`, `put_with_ttl`,
 //!   `get`, `get_kv`, `get_prefix`, `del`, `revision`, `compact`, `stop`, `start`, `etcdctl`, `log`.
 //! * [`Node`]: a namespace on the underlay at 192.0.2.(10+index) with `net.ipv4.ip_forward=1`;
 //!   `start_weftd(&[extra args])`, `start_weftd_env`, `kill9`, `stop`, `restart`, `is_running`, `weftd_pid`, `log`, `subnet_env`,
@@ -555,6 +556,19 @@ pub struct Etcd {
     child: Mutex<Option<Child>>,
     ns: Netns,
     dir: tempfile::TempDir,
+    /// Server certificate, key and CA for clients on the underlay ([`Etcd::new_tls`]).
+    tls: Option<EtcdTls>,
+}
+
+/// PEM files of an etcd that serves TLS with client certificates on the underlay.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The server certificate (its subjectAltName must hold [`Etcd::IP`]).
+    pub cert: PathBuf,
+    /// The server key.
+    pub key: PathBuf,
+    /// The CA client certificates must be signed by.
+    pub ca: PathBuf,
 }
 
 impl Etcd {
@@ -569,14 +583,31 @@ impl Etcd {
             child: Mutex::new(None),
             ns,
             dir: temp_dir("etcd"),
+            tls: None,
         };
         etcd.start();
         etcd
     }
 
-    /// `http://192.0.2.254:2379`, the client URL for nodes.
+    /// Like [`Etcd::new`], but nodes must speak TLS with a client certificate signed by
+    /// `tls.ca`; [`Etcd::etcdctl`] keeps plain HTTP on 127.0.0.1 inside etcd's namespace.
+    pub fn new_tls(underlay: &Underlay, tls: EtcdTls) -> Etcd {
+        let ns = Netns::new("etcd");
+        underlay.attach(&ns, Self::IP);
+        let etcd = Etcd {
+            child: Mutex::new(None),
+            ns,
+            dir: temp_dir("etcd"),
+            tls: Some(tls),
+        };
+        etcd.start();
+        etcd
+    }
+
+    /// `http://192.0.2.254:2379` (`https://` for [`Etcd::new_tls`]), the client URL for nodes.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:2379", Self::IP)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:2379", Self::IP)
     }
 
     /// The etcd namespace.
@@ -603,7 +634,7 @@ impl Etcd {
         );
         let data = self.dir.path().join("data");
         let data = data.to_string_lossy();
-        let client_urls = format!("http://{}:2379,http://127.0.0.1:2379", Self::IP);
+        let client_urls = format!("{},http://127.0.0.1:2379", self.endpoint());
         log_marker(&self.log_path(), "start etcd");
         let (out, err) = log_stdio(&self.log_path());
         let mut cmd = self.ns.command("etcd");
@@ -626,10 +657,17 @@ impl Etcd {
             "zap",
             "--log-outputs",
             "stderr",
-        ])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+        ]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => panic!("cannot spawn etcd {cmd:?}: {e}"),
