@@ -694,8 +694,21 @@ fn subnet_env_and_readyz_come_after_all_peers_are_programmed() {
     node.wait_ready(CONVERGE);
 }
 
+/// The `retry_in=` delays (in seconds) of weftd's "etcd unavailable" lines in `log`.
+fn etcd_retry_delays(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("etcd unavailable"))
+        .filter_map(|l| l.split("retry_in=").nth(1)?.split_whitespace().next())
+        .filter_map(|d| match d.strip_suffix("ms") {
+            Some(ms) => ms.parse::<f64>().ok().map(|ms| ms / 1000.0),
+            None => d.strip_suffix('s')?.parse().ok(),
+        })
+        .collect()
+}
+
 /// etcd stopped and restarted under a running cluster: pod traffic never stops, weftd keeps
-/// running, and a node that joined during the outage is converged on by everyone afterwards.
+/// running and retries with back-off (200 ms doubling to a 10 s cap; the outage outlasts the
+/// cap), and a node that joined during the outage is converged on by everyone afterwards.
 #[test]
 fn etcd_outage_loses_no_pod_traffic_and_cluster_converges() {
     let mut cluster = Cluster::new(2, VXLAN_CONFIG);
@@ -709,7 +722,20 @@ fn etcd_outage_loses_no_pod_traffic_and_cluster_converges() {
     cluster.add_node();
     let late = cluster.node(2);
     late.start_weftd(&[]);
-    probe.wait_attempts(60);
+    // 0.2 + 0.4 + .. + 6.4 s of retries: the 10 s cap is reached about 13 s into the outage.
+    let n1 = cluster.node(0);
+    n1.wait_until(
+        Duration::from_secs(40),
+        "weftd retrying etcd at the back-off cap",
+        || etcd_retry_delays(&n1.log()).contains(&10.0),
+    );
+    let delays = etcd_retry_delays(&n1.log());
+    assert!(
+        delays.first().is_some_and(|d| *d <= 0.4)
+            && delays.windows(2).all(|w| w[1] == (w[0] * 2.0).min(10.0))
+            && delays.iter().all(|d| *d <= 10.0),
+        "retry delays while etcd was down: {delays:?} (want 200 ms doubling to 10 s)"
+    );
     for node in &cluster.nodes {
         assert!(
             node.is_running(),
