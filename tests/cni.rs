@@ -503,6 +503,17 @@ fn check_fails_when_host_veth_leaves_bridge_or_allocation_goes() {
     assert!(out.stdout.contains("MTU is 1400"), "{out:?}");
     pod.ip(&["link", "set", "eth0", "mtu", "1450"]);
     check().assert_silent_success();
+    // The pod interface's MAC changed (e.g. the interface was replaced).
+    let mac = pod.ip_json(&["link", "show", "dev", "eth0"])[0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    pod.ip(&["link", "set", "eth0", "address", "02:00:5e:10:00:01"]);
+    let out = check();
+    assert_eq!(out.code(), 104, "{out:?}");
+    assert!(out.stdout.contains("MAC is 02:00:5e:10:00:01"), "{out:?}");
+    pod.ip(&["link", "set", "eth0", "address", &mac]);
+    check().assert_silent_success();
     // A route of the result removed.
     pod.ip(&["route", "del", "10.244.0.0/16"]);
     let out = check();
