@@ -26,6 +26,7 @@ PACKAGES=(
     iputils-ping                 # ping between pods
     runc                         # OCI runtime of the pod core
     containernetworking-plugins  # reference CNI plugins (chaining, comparisons)
+    iptables                     # the reference portmap plugin programs hostPorts with it
     jq                           # JSON in the scripts
     curl                         # healthz/metrics in the demo
     openssl                      # test CA and certificates for the etcd TLS tests
