@@ -1305,3 +1305,32 @@ fn a_manifest_url_runs_its_pod_and_keeps_it_while_unreachable() {
     );
     node.assert_clean();
 }
+
+/// `--manifest-url` given to a real weftd: the pod it serves runs, recorded as coming from the URL.
+#[test]
+fn manifest_url_flag_runs_its_pod_through_weftd() {
+    require_root();
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let n = cluster.node(0);
+    let mut node = PodNode::in_netns(
+        n.netns().name(),
+        None,
+        Network::Weft {
+            subnet_file: n.subnet_file(),
+            subnet: String::new(),
+        },
+    );
+    let server = ManifestServer::start(&node.netns);
+    server.serve(Some(
+        MYAPP
+            .replace("myapp-pod", "from-url-flag")
+            .replace("NS", &node.ns),
+    ));
+    let mut args = n.base_args();
+    args.extend(["--manifest-url".to_string(), server.url()]);
+    node.start_weftd(&args);
+    let rec = node.wait_status("from-url-flag", "Running");
+    assert_eq!(rec.manifest, server.url());
+    node.wait_log(&rec, "myapp-container", "Hello Kubernetes!");
+    node.kill_weftd();
+}
