@@ -53,6 +53,19 @@ fn harness_pods_on_one_node_talk() {
     probe.wait_attempts(10);
     let stats = probe.stop();
     assert_eq!(stats.failures, 0, "{stats:?}");
+    // The probe counts what is lost while a pod is cut off, and traffic comes back after.
+    let probe = a.traffic_probe(&b);
+    probe.wait_attempts(5);
+    b.netns().ip(&["link", "set", "eth0", "down"]);
+    probe.wait_attempts(6);
+    b.netns().ip(&["link", "set", "eth0", "up"]);
+    probe.wait_attempts(10);
+    let lossy = probe.stop();
+    assert!(
+        lossy.failures >= 4 && lossy.failures < lossy.attempts - 10,
+        "a cut of 6 datagrams: {lossy:?}"
+    );
+    assert!(lossy.longest_gap >= Duration::from_millis(200), "{lossy:?}");
     b.netns().ip(&["link", "set", "eth0", "down"]);
     assert!(
         !a.tcp_check(&b),
