@@ -677,7 +677,12 @@ spec:
         .collect();
     assert_eq!(order, wanted, "statuses seen: {seen:?}");
     let rec = node.wait_status("init-demo", "Running");
-    assert_eq!(node.log(&rec, "app", 0).trim_end(), "first\nsecond");
+    // Running is shown once the container started; its output follows a moment later.
+    let log = wait_for(WAIT, "the app's log", || {
+        let log = node.log(&rec, "app", 0);
+        log.contains("second").then_some(log)
+    });
+    assert_eq!(log.trim_end(), "first\nsecond");
     let init = &rec.pod.status.init_container_statuses;
     assert_eq!(init.len(), 2);
     for s in init {
