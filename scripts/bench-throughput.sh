@@ -9,14 +9,17 @@
 #                 hops cost, which no backend can remove)
 #   vxlan-hand    pods over a VXLAN overlay built by hand with ip(8), exactly Flannel's layout
 #   weft-vxlan    pods over weftd's VXLAN backend
-#   weft-udp      pods over weftd's UDP backend (userspace data path)
+#   weft-udp      pods over weftd's UDP backend (userspace data path), pods at VXLAN's MTU 1450
+#                 (not UDP's own 1472) so that UDP and VXLAN carry the same segment size
+#   weft-udp-plain  the same with --no-udp-offloads (one packet per syscall, as Flannel's)
 #   weft-host-gw  pods over weftd's host-gw backend
 # Prints Gbit/s and the ratios the issue sets targets for, and writes docs/throughput.md and
 # the bar chart docs/throughput.svg (drawn by this script).
 #
 # Runs as root; touches nothing outside its own namespaces (named wbench-<pid>-*), removed on
 # exit. Environment: BENCH_SECONDS (per case and round, default 5), BENCH_ROUNDS (default 7;
-# the cases are interleaved round by round and the median is reported, because a shared machine
+# the cases are interleaved round by round, in reverse order every other round so that neither
+# side of a ratio always runs first, and the median is reported, because a shared machine
 # is noisy), BENCH_ONLY (space-separated case names to run; the others report 0),
 # BENCH_PERF_DIR (record a system-wide perf profile per case there), WEFTD (weftd binary;
 # default: build target/release/weftd), DOCS_DIR (default <repo>/docs).
@@ -163,7 +166,9 @@ case_underlay() { # pods over the bare underlay, routed by hand as host-gw does
     iperf p1 p2 10.244.2.10
 }
 
-start_weft() { # start_weft <backend type>: etcd + weftd on both nodes + a pod on each
+start_weft() { # start_weft <backend type> [pod MTU cap] [weftd flags..]: etcd, weftd on both nodes, a pod on each
+    local mtu_cap=${2:-0}
+    local -a flags=("${@:3}")
     topology
     local data="$etcd_data/$1"
     rm -rf "$data" "$work/$1-n1" "$work/$1-n2" # every round starts from an empty cluster
@@ -181,7 +186,7 @@ start_weft() { # start_weft <backend type>: etcd + weftd on both nodes + a pod o
     for i in 1 2; do
         mkdir -p "$work/$1-n$i"
         inns "n$i" "$WEFTD" --etcd-endpoints "http://$etcd_ip:2379" --iface eth0 \
-            --subnet-file "$work/$1-n$i/subnet.env" --state-dir "$work/$1-n$i/state" \
+            --subnet-file "$work/$1-n$i/subnet.env" --state-dir "$work/$1-n$i/state" "${flags[@]}" \
             >"$work/$1-n$i/weftd.log" 2>&1 &
     done
     for i in 1 2; do
@@ -190,6 +195,7 @@ start_weft() { # start_weft <backend type>: etcd + weftd on both nodes + a pod o
         [ -s "$env" ] || die "weftd ($1) on node $i wrote no subnet.env: $(tail -5 "$work/$1-n$i/weftd.log")"
         # shellcheck disable=SC1090
         . "$env"
+        if [ "$mtu_cap" -gt 0 ] && [ "$FLANNEL_MTU" -gt "$mtu_cap" ]; then FLANNEL_MTU=$mtu_cap; fi
         wire_pod "n$i" "p$i" "$FLANNEL_SUBNET" "$FLANNEL_MTU"
         eval "pod_ip_$i=\${FLANNEL_SUBNET%.*}.10"
     done
@@ -200,17 +206,18 @@ start_weft() { # start_weft <backend type>: etcd + weftd on both nodes + a pod o
     die "pods cannot reach each other over weft $1"
 }
 
-case_weft() {
-    start_weft "$1"
+case_weft() { # case_weft <backend type> [pod MTU cap] [weftd flags..]
+    start_weft "$@"
     iperf p1 p2 "$pod_ip_2"
 }
 
 # --- run -----------------------------------------------------------------------------------
 
 declare -A gbps runs
-# Run order: each weft case right after the reference its target compares it with, so the
-# per-round ratios below compare measurements taken seconds apart.
-names=(underlay weft-host-gw vxlan-hand weft-vxlan weft-udp node-to-node)
+# Run order: each weft case next to the reference its target compares it with, so the per-round
+# ratios below compare measurements taken seconds apart; odd rounds run the list forwards (the
+# reference first), even rounds backwards (weft first).
+names=(underlay weft-host-gw vxlan-hand weft-vxlan weft-udp weft-udp-plain node-to-node)
 median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo "single-stream TCP, ${seconds}s per case, ${rounds} rounds (cases interleaved; median reported)" >&2
 run_case() {
@@ -220,12 +227,18 @@ run_case() {
     node-to-node) case_node_to_node ;;
     vxlan-hand) case_vxlan_hand ;;
     weft-vxlan) case_weft vxlan ;;
-    weft-udp) case_weft udp ;;
+    weft-udp) case_weft udp 1450 ;;
+    weft-udp-plain) case_weft udp 1450 --no-udp-offloads ;;
     weft-host-gw) case_weft host-gw ;;
     esac
 }
 for round in $(seq "$rounds"); do
-    for n in "${names[@]}"; do
+    order=("${names[@]}")
+    if ((round % 2 == 0)); then
+        order=()
+        for ((k = ${#names[@]} - 1; k >= 0; k--)); do order+=("${names[$k]}"); done
+    fi
+    for n in "${order[@]}"; do
         if [ -n "${BENCH_ONLY:-}" ] && [[ " $BENCH_ONLY " != *" $n "* ]]; then runs[$n]+=" 0"; continue; fi
         runs[$n]+=" $(run_case "$n")"
     done
@@ -249,6 +262,17 @@ r_hostgw=$(ratio weft-host-gw underlay)
 r_hostgw_nodes=$(ratio weft-host-gw node-to-node)
 r_pods_nodes=$(ratio underlay node-to-node)
 r_udp=$(ratio weft-udp weft-vxlan)
+r_udp_plain=$(ratio weft-udp-plain weft-udp)
+# spread <case> <reference>: the lowest and highest per-round ratio, to show how much one round moves
+spread() {
+    local -a a b
+    read -r -a a <<<"${runs[$1]}"
+    read -r -a b <<<"${runs[$2]}"
+    local i
+    for i in "${!a[@]}"; do
+        awk -v x="${a[$i]}" -v y="${b[$i]:-0}" 'BEGIN { if (y > 0) printf "%.0f\n", 100 * x / y }'
+    done | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s–%s %%", lo, hi }'
+}
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r + 0 >= t) ? "met" : "MISSED" }'; }
 
 date_utc=$(date -u +"%Y-%m-%d %H:%M UTC")
@@ -262,8 +286,10 @@ Single-stream TCP, pod to pod, iperf3 for ${seconds} s per case after a first se
 (slow start, and the start-up of weftd and etcd just before); two nodes in network namespaces
 on a veth/bridge underlay (MTU 1500), one run of \`scripts/bench-throughput.sh\`: ${rounds} rounds
 with the cases interleaved, median of the rounds reported (all rounds listed below). Each ratio
-is the median of its per-round ratios; within a round each weft case runs right after the case
-it is compared with, so the shared machine's drift cancels out of the ratios.
+is the median of its per-round ratios; within a round each weft case runs next to the case it
+is compared with, before it in every other round, so the shared machine's drift cancels out of
+the ratios. The UDP cases run their pods at MTU 1450, VXLAN's, instead of UDP's own 1472, so
+UDP and VXLAN are compared at the same segment size.
 
 Machine: ${machine}
 Date: ${date_utc}
@@ -274,16 +300,18 @@ Date: ${date_utc}
 | node to node, no pods (context) | ${gbps[node-to-node]} |
 | VXLAN built by hand (kernel floor) | ${gbps[vxlan-hand]} |
 | weft VXLAN | ${gbps[weft-vxlan]} |
-| weft UDP (userspace) | ${gbps[weft-udp]} |
+| weft UDP (userspace), pod MTU 1450 | ${gbps[weft-udp]} |
+| weft UDP with \`--no-udp-offloads\`, pod MTU 1450 | ${gbps[weft-udp-plain]} |
 | weft host-gw | ${gbps[weft-host-gw]} |
 
 | ratio | value | target | |
 |---|---:|---:|---|
-| weft VXLAN / hand-built VXLAN | ${r_vxlan} % | ≥ 95 % | $(verdict "$r_vxlan" 95) |
-| weft host-gw / underlay (pods over the bare underlay) | ${r_hostgw} % | ≥ 95 % | $(verdict "$r_hostgw" 95) |
+| weft VXLAN / hand-built VXLAN | ${r_vxlan} % (rounds $(spread weft-vxlan vxlan-hand)) | ≥ 95 % | $(verdict "$r_vxlan" 95) |
+| weft host-gw / underlay (pods over the bare underlay) | ${r_hostgw} % (rounds $(spread weft-host-gw underlay)) | ≥ 95 % | $(verdict "$r_hostgw" 95) |
 | weft host-gw / node to node | ${r_hostgw_nodes} % | (context) | |
 | pods over the bare underlay / node to node | ${r_pods_nodes} % | (context: cost of the pod hops) | |
-| weft UDP / weft VXLAN | ${r_udp} % | ≥ 50 % | $(verdict "$r_udp" 50) |
+| weft UDP / weft VXLAN (same pod MTU) | ${r_udp} % (rounds $(spread weft-udp weft-vxlan)) | ≥ 50 % | $(verdict "$r_udp" 50) |
+| weft UDP without / with offloads | ${r_udp_plain} % (rounds $(spread weft-udp-plain weft-udp)) | (context) | |
 
 Every case but node-to-node is measured pod to pod: iperf3 runs in a pod namespace behind a
 veth pair and a \`cni0\` bridge on each node. "underlay" is the pods talking over the bare

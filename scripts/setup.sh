@@ -58,3 +58,10 @@ for tool in cargo rustc; do
         exit 1
     fi
 done
+
+# The test runner: one process per test, so a test that kills, unshares or exits cannot take
+# others down with it, and scripts/test.sh runs exactly what CI runs. Not packaged in Debian.
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "setup.sh: installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi

@@ -35,16 +35,21 @@ step() {
 
 step "rustfmt" cargo fmt --all --check
 
+# shellcheck source=scripts/lib/leftovers.sh
+source scripts/lib/leftovers.sh
+
+# leftovers: fails if the tests left a namespace, process, mount or cgroup behind.
+leftovers() {
+    leftovers_report "$PWD"
+}
+
 if step "build" cargo build --workspace --all-targets; then
+    leftovers_snapshot
     # The integration tests need the binaries built above; the suite must stay well under 30 min.
-    if cargo nextest --version >/dev/null 2>&1; then
-        step "tests" timeout --signal=INT --kill-after=60 1500 \
-            cargo nextest run --workspace --no-fail-fast
-    else
-        echo "test.sh: cargo-nextest not installed, falling back to cargo test"
-        step "tests" timeout --signal=INT --kill-after=60 1500 \
-            cargo test --workspace --no-fail-fast
-    fi
+    # One runner, always: setup.sh installs cargo-nextest (a process per test).
+    step "tests" timeout --signal=INT --kill-after=60 1500 \
+        cargo nextest run --workspace --no-fail-fast
+    step "leftovers" leftovers
 else
     NAMES+=("tests")
     RESULTS+=("not run (build failed)")
@@ -56,12 +61,8 @@ step "clippy" cargo clippy --workspace --all-targets -- -D warnings
 echo
 echo "==================== test.sh summary ===================="
 for i in "${!NAMES[@]}"; do
-    printf '  %-8s %-24s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"
+    printf '  %-9s %-24s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"
 done
-leftover=$(ip netns list 2>/dev/null | grep -c '^weft-' || true)
-if [ "$leftover" -gt 0 ]; then
-    echo "  warning: $leftover weft-* network namespaces left behind (see: ip netns list)"
-fi
 if [ "$failed" -eq 0 ]; then
     echo "  ALL PASSED"
 else

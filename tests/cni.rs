@@ -259,13 +259,27 @@ fn link_json(ns: &Netns, dev: &str) -> Option<Value> {
 
 /// A TCP round trip from `from` to `to_ip` (a listener opened inside `to`), 3 s budget.
 fn tcp_ok(from: &Netns, to: &Netns, to_ip: &str) -> bool {
+    tcp_echo(from, to, 0, to_ip, None)
+}
+
+/// Like [`tcp_ok`] with a listener on `listen_port` in `to` (0: any) and the client dialling
+/// `dial_ip:dial_port` (default: the listener's port), e.g. a host port mapped to it.
+fn tcp_echo(
+    from: &Netns,
+    to: &Netns,
+    listen_port: u16,
+    dial_ip: &str,
+    dial_port: Option<u16>,
+) -> bool {
+    let to_ip = dial_ip;
     let listener = to
-        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, listen_port)))
         .unwrap_or_else(|e| panic!("bind in {}: {e}", to.name()));
     let port = listener
         .local_addr()
         .unwrap_or_else(|e| panic!("listener address: {e}"))
         .port();
+    let port = dial_port.unwrap_or(port);
     let server = std::thread::spawn(move || -> bool {
         if listener.set_nonblocking(true).is_err() {
             return false;
@@ -502,6 +516,17 @@ fn check_fails_when_host_veth_leaves_bridge_or_allocation_goes() {
     assert_eq!(out.code(), 104, "{out:?}");
     assert!(out.stdout.contains("MTU is 1400"), "{out:?}");
     pod.ip(&["link", "set", "eth0", "mtu", "1450"]);
+    check().assert_silent_success();
+    // The pod interface's MAC changed (e.g. the interface was replaced).
+    let mac = pod.ip_json(&["link", "show", "dev", "eth0"])[0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    pod.ip(&["link", "set", "eth0", "address", "02:00:5e:10:00:01"]);
+    let out = check();
+    assert_eq!(out.code(), 104, "{out:?}");
+    assert!(out.stdout.contains("MAC is 02:00:5e:10:00:01"), "{out:?}");
+    pod.ip(&["link", "set", "eth0", "address", &mac]);
     check().assert_silent_success();
     // A route of the result removed.
     pod.ip(&["route", "del", "10.244.0.0/16"]);
@@ -1197,20 +1222,38 @@ fn example_conflist_chain_weft_then_portmap_works() {
         .attachment("chain", "eth0", Some(&pod))
         .conf(&weft)
         .result();
+    // A pod's hostPort, as a runtime passes it to the plugins with the portMappings capability.
     let mut portmap = list["plugins"][1].clone();
     portmap["cniVersion"] = list["cniVersion"].clone();
     portmap["name"] = list["name"].clone();
     portmap["prevResult"] = result.clone();
-    let mut call = Call::new(&site.node, "ADD").attachment("chain", "eth0", Some(&pod));
-    call.plugin = PathBuf::from(REFERENCE_PLUGINS).join("portmap");
-    let chained = call.conf(&portmap).result();
+    portmap["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 30080, "containerPort": 8080, "protocol": "tcp"}]});
+    let portmap_call = || {
+        let mut call = Call::new(&site.node, "ADD").attachment("chain", "eth0", Some(&pod));
+        call.plugin = PathBuf::from(REFERENCE_PLUGINS).join("portmap");
+        call
+    };
+    let chained = portmap_call().conf(&portmap).result();
     assert_eq!(
         chained["ips"], result["ips"],
         "portmap passes weft's result on"
     );
     assert!(tcp_ok(&site.node, &pod, &result_ip(&result)));
+    // The node's own address, port 30080, reaches the pod's port 8080.
+    assert!(
+        tcp_echo(&site.node, &pod, 8080, "10.244.20.1", Some(30080)),
+        "hostPort 30080 does not reach the pod's 8080:\n{}",
+        site.node.exec_ok(&["nft", "list", "ruleset"])
+    );
     let mut del = weft.clone();
-    del["prevResult"] = chained;
+    del["prevResult"] = chained.clone();
+    let mut portmap_del = portmap.clone();
+    portmap_del["prevResult"] = chained;
+    // libcni deletes in reverse order: portmap, then weft.
+    let mut call = Call::new(&site.node, "DEL").attachment("chain", "eth0", Some(&pod));
+    call.plugin = PathBuf::from(REFERENCE_PLUGINS).join("portmap");
+    call.conf(&portmap_del).assert_silent_success();
     Call::new(&site.node, "DEL")
         .attachment("chain", "eth0", Some(&pod))
         .conf(&del)

@@ -137,13 +137,22 @@ impl TestPod {
 
 impl Drop for TestPod {
     fn drop(&mut self) {
+        let mut leaks = Vec::new();
         for id in &self.containers {
             if let Err(e) = self.runtime.delete(id) {
-                eprintln!("cleanup: delete container {id}: {e}");
+                leaks.push(format!("delete container {id}: {e}"));
             }
         }
         if let Err(e) = self.sandbox.stop(Duration::from_secs(2)) {
-            eprintln!("cleanup: stop sandbox {}: {e}", self.id);
+            leaks.push(format!("stop sandbox {}: {e}", self.id));
+        }
+        // A pod that cannot be removed is a leak: it fails the test (unless that already failed).
+        if !leaks.is_empty() {
+            if std::thread::panicking() {
+                eprintln!("cleanup: {}", leaks.join("; "));
+            } else {
+                panic!("cleanup of pod {} failed: {}", self.id, leaks.join("; "));
+            }
         }
     }
 }

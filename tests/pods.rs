@@ -467,8 +467,9 @@ impl Drop for PodNode {
         if let Some(h) = self.manager.take() {
             let _ = h.join();
         }
-        if !self.pod_dirs().is_empty() {
-            eprintln!("cleanup: pods left in {}", self.cfg.pod_root.display());
+        // A leak fails the test that caused it; a test already failing keeps its own message.
+        if !std::thread::panicking() {
+            self.assert_clean();
         }
     }
 }
@@ -692,7 +693,12 @@ spec:
         .collect();
     assert_eq!(order, wanted, "statuses seen: {seen:?}");
     let rec = node.wait_status("init-demo", "Running");
-    assert_eq!(node.log(&rec, "app", 0).trim_end(), "first\nsecond");
+    // Running is shown once the container started; its output follows a moment later.
+    let log = wait_for(WAIT, "the app's log", || {
+        let log = node.log(&rec, "app", 0);
+        log.contains("second").then_some(log)
+    });
+    assert_eq!(log.trim_end(), "first\nsecond");
     let init = &rec.pod.status.init_container_statuses;
     assert_eq!(init.len(), 2);
     for s in init {
@@ -713,31 +719,32 @@ spec:
     assert_eq!(init_cond.map(|c| c.status.as_str()), Some("True"));
 }
 
-/// Seconds between successive restarts of a pod's only container, watched for `watch`.
-fn restart_gaps(node: &PodNode, name: &str, watch: Duration) -> Vec<f64> {
-    let mut last_count = 0;
-    let mut last_at = Instant::now();
-    let mut gaps = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < watch {
-        if let Some(rec) = node.record(name) {
-            let count = rec
-                .pod
-                .status
-                .container_statuses
-                .first()
-                .map_or(0, |s| s.restart_count);
-            if count > last_count {
-                if last_count > 0 {
-                    gaps.push(last_at.elapsed().as_secs_f64());
-                }
-                last_count = count;
-                last_at = Instant::now();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    gaps
+/// When run `restart` of a pod's container `c` started, in seconds since the epoch: the
+/// timestamp of the first line it logged (CRI logs carry nanoseconds; the container logs at once).
+fn run_started(node: &PodNode, rec: &PodRecord, restart: u32) -> f64 {
+    let m = &rec.pod.metadata;
+    let pod = PodId::new(&m.namespace, &m.name, &m.uid).unwrap_or_else(|e| panic!("{e}"));
+    let path = node
+        .cfg
+        .layout()
+        .container_log(&pod, "c", restart)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("log of run {restart}: {}: {e}", path.display()));
+    let stamp = text
+        .lines()
+        .next()
+        .and_then(weft::pod::crilog::parse_record)
+        .map(|r| r.timestamp.to_string())
+        .unwrap_or_else(|| panic!("no log record in {}: {text:?}", path.display()));
+    let whole = status::parse_rfc3339(&stamp)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_else(|| panic!("bad timestamp {stamp:?} in {}", path.display()));
+    let fraction: f64 = stamp
+        .split_once('.')
+        .and_then(|(_, f)| format!("0.{}", f.trim_end_matches('Z')).parse().ok())
+        .unwrap_or(0.0);
+    whole.as_secs() as f64 + fraction
 }
 
 fn exit_pod(name: &str, policy: &str, code: i32) -> String {
@@ -785,13 +792,18 @@ fn restart_policies_with_exit_codes_and_back_off() {
         (node.pod_netns().len() == 3 && node.ipam_allocations().len() == 3).then_some(())
     });
     assert_eq!(node.pod_dirs().len(), 6);
-    // Back-off: base 1 s doubling to the 4 s cap.
-    let gaps = restart_gaps(&node, "always-1", Duration::from_secs(14));
-    assert!(gaps.len() >= 3, "restart gaps of always-1: {gaps:?}");
-    for (gap, want) in gaps.iter().zip([2.0, 4.0, 4.0]) {
+    // Back-off: base 1 s doubling to the 4 s cap, measured between the runs' own start times
+    // (each run exits at once, so a gap is its back-off plus the start of a container).
+    let rec = wait_for(WAIT, "always-1 restarted 4 times", || {
+        node.record("always-1")
+            .filter(|r| r.pod.status.container_statuses[0].restart_count >= 4)
+    });
+    let starts: Vec<f64> = (0..5).map(|run| run_started(&node, &rec, run)).collect();
+    let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, want) in gaps.iter().zip([1.0, 2.0, 4.0, 4.0]) {
         assert!(
-            *gap >= want - 0.3 && *gap <= want + 1.0,
-            "gaps {gaps:?}: expected about {want}s"
+            *gap >= want && *gap < want + 2.5,
+            "gaps between runs {gaps:?}: expected back-offs of 1, 2, 4, 4 s"
         );
     }
     for name in ["always-0", "always-1", "onfailure-1"] {
@@ -1071,11 +1083,11 @@ spec:
       image: busybox
       command: ['sh', '-c']
       args:
-        - touch /tmp/alive; mkdir -p /www;
+        - sleep 3; touch /tmp/alive; mkdir -p /www;
           (sleep 3; echo ok > /www/ready.html; sleep 4; rm /tmp/alive) &
           exec httpd -f -p 8080 -h /www
       ports: [{name: http, containerPort: 8080}]
-      startupProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+      startupProbe: {tcpSocket: {port: http}, periodSeconds: 1, failureThreshold: 30}
       readinessProbe: {httpGet: {path: /ready.html, port: 8080}, periodSeconds: 1}
       livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}
 "#,
@@ -1084,15 +1096,28 @@ spec:
     let first = &running.pod.status.container_statuses[0];
     assert_eq!(first.restart_count, 0);
     assert!(
-        !first.ready,
-        "ready before the readiness probe passed: {first:?}"
+        !first.started && !first.ready,
+        "started or ready before the startup probe passed: {first:?}"
     );
-    let ready = wait_for(WAIT, "readiness probe to pass", || {
+    // For its first 3 s the container has neither its port nor /tmp/alive: the liveness probe
+    // would kill it, were it not held off until the startup probe passes.
+    let started = wait_for(WAIT, "startup probe to pass", || {
         node.record("probed")
-            .filter(|r| status::columns(&r.pod).ready == "1/1")
+            .filter(|r| r.pod.status.container_statuses[0].started)
+    });
+    let s = &started.pod.status.container_statuses[0];
+    assert_eq!(s.restart_count, 0, "liveness ran before startup: {s:?}");
+    let ready = wait_for(WAIT, "readiness probe to pass (or a restart)", || {
+        node.record("probed").filter(|r| {
+            status::columns(&r.pod).ready == "1/1"
+                || r.pod.status.container_statuses[0].restart_count > 0
+        })
     });
     let s = &ready.pod.status.container_statuses[0];
-    assert!(s.started && s.ready && s.restart_count == 0, "{s:?}");
+    assert!(
+        s.started && s.ready && s.restart_count == 0,
+        "restarted before it was ready (liveness not held off by the startup probe?): {s:?}"
+    );
     let ready_cond = ready
         .pod
         .status
@@ -1138,9 +1163,17 @@ fn weftd_killed_and_restarted_readopts_a_running_pod() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(common_pids(&node.pod_netns()[0]), pids);
 
+    // What follows must be the new weftd's view: the status the killed one wrote does not count.
+    let status_file = node.pod_dirs()[0].join(status::STATUS_FILE);
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let killed_wrote = modified(&status_file);
+    let restarted_at = std::time::SystemTime::now();
     node.start_weftd(&n.base_args());
-    // Give the new weftd time to adopt (and, were it wrong, to restart or duplicate the pod).
-    std::thread::sleep(Duration::from_secs(4));
+    wait_for(WAIT, "a status.json written by the new weftd", || {
+        modified(&status_file).filter(|m| *m > restarted_at && Some(*m) != killed_wrote)
+    });
+    // Were the adoption wrong, the pod would now be restarted or duplicated: give it time to show.
+    std::thread::sleep(Duration::from_secs(2));
     let after = node.wait_status("myapp-pod", "Running");
     let (b, a) = (
         &before.pod.status.container_statuses[0],
@@ -2401,4 +2434,33 @@ fn pods_follow_their_node_to_a_new_subnet_after_a_lease_takeover() {
         late.pod.status.pod_ip
     );
     node1.wait_log(&late, "wget", "hello from server");
+}
+
+/// `--manifest-url` given to a real weftd: the pod it serves runs, recorded as coming from the URL.
+#[test]
+fn manifest_url_flag_runs_its_pod_through_weftd() {
+    require_root();
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let n = cluster.node(0);
+    let mut node = PodNode::in_netns(
+        n.netns().name(),
+        None,
+        Network::Weft {
+            subnet_file: n.subnet_file(),
+            subnet: String::new(),
+        },
+    );
+    let server = ManifestServer::start(&node.netns);
+    server.serve(Some(
+        MYAPP
+            .replace("myapp-pod", "from-url-flag")
+            .replace("NS", &node.ns),
+    ));
+    let mut args = n.base_args();
+    args.extend(["--manifest-url".to_string(), server.url()]);
+    node.start_weftd(&args);
+    let rec = node.wait_status("from-url-flag", "Running");
+    assert_eq!(rec.manifest, server.url());
+    node.wait_log(&rec, "myapp-container", "Hello Kubernetes!");
+    node.kill_weftd();
 }

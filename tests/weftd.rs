@@ -53,6 +53,19 @@ fn harness_pods_on_one_node_talk() {
     probe.wait_attempts(10);
     let stats = probe.stop();
     assert_eq!(stats.failures, 0, "{stats:?}");
+    // The probe counts what is lost while a pod is cut off, and traffic comes back after.
+    let probe = a.traffic_probe(&b);
+    probe.wait_attempts(5);
+    b.netns().ip(&["link", "set", "eth0", "down"]);
+    probe.wait_attempts(6);
+    b.netns().ip(&["link", "set", "eth0", "up"]);
+    probe.wait_attempts(10);
+    let lossy = probe.stop();
+    assert!(
+        lossy.failures >= 4 && lossy.failures < lossy.attempts - 10,
+        "a cut of 6 datagrams: {lossy:?}"
+    );
+    assert!(lossy.longest_gap >= Duration::from_millis(200), "{lossy:?}");
     b.netns().ip(&["link", "set", "eth0", "down"]);
     assert!(
         !a.tcp_check(&b),
@@ -146,6 +159,15 @@ fn harness_removes_leftovers_of_dead_test_processes() {
         assert!(out.status.success(), "ip {args:?}: {:?}", out);
     };
     ip(&["netns", "add", &name]);
+    // The names the other test files give their namespaces, owned by the same dead pid.
+    let others = [
+        "weftk-4194999-stale".to_string(),
+        format!("weft-st-4194999-{}", std::process::id()),
+        format!("weft-t4194999-{}-x_pod_uid", std::process::id()),
+    ];
+    for other in &others {
+        ip(&["netns", "add", other]);
+    }
     let mut sleeper = std::process::Command::new("ip")
         .args(["netns", "exec", &name, "sleep", "60"])
         .spawn()
@@ -171,7 +193,10 @@ fn harness_removes_leftovers_of_dead_test_processes() {
         .wait()
         .unwrap_or_else(|e| panic!("wait for sleep: {e}"));
     assert!(!status.success(), "sleep should have been killed: {status}");
-    assert!(!netns_list().contains(&name), "{name} not removed");
+    let list = netns_list();
+    for n in others.iter().chain([&name]) {
+        assert!(!list.contains(n.as_str()), "{n} not removed: {list}");
+    }
     assert!(!dir.exists(), "{dir:?} not removed");
 }
 
@@ -542,32 +567,161 @@ fn missing_config_is_awaited() {
     assert_eq!(env, expected_subnet_env(&subnet));
 }
 
-/// subnet.env appears only after the device and the existing peers are programmed.
-#[test]
-fn subnet_env_is_written_after_peers_are_programmed() {
-    let mut cluster = Cluster::new(2, VXLAN_CONFIG);
-    cluster.start();
-    let late = cluster.add_node();
-    late.start_weftd(&[]);
-    let env = late.wait_for(START, "subnet.env of the late node", || {
-        let env = late.subnet_env()?;
-        // Snapshot the kernel the moment the file exists.
-        Some((env, late.routes()))
-    });
-    let (_, routes) = env;
-    for node in &cluster.nodes[..2] {
-        let subnet = node.subnet().unwrap_or_default();
-        assert!(
-            routes
-                .iter()
-                .any(|r| r["dst"].as_str() == Some(subnet.as_str())),
-            "subnet.env written before the route to {subnet}: {routes:?}"
-        );
+/// Puts every `(key, value)` into etcd with the v3 JSON API, 100 per transaction (etcd's
+/// default limit is 128 operations), from inside the etcd namespace.
+fn put_many(etcd: &Etcd, kvs: &[(String, String)]) {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    for chunk in kvs.chunks(100) {
+        let ops: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|(k, v)| serde_json::json!({"requestPut": {"key": b64(k), "value": b64(v)}}))
+            .collect();
+        let body = serde_json::json!({ "success": ops }).to_string();
+        let out = etcd.netns().exec_ok(&[
+            "curl",
+            "-fsS",
+            "-X",
+            "POST",
+            "http://127.0.0.1:2379/v3/kv/txn",
+            "-d",
+            &body,
+        ]);
+        assert!(out.contains(r#""succeeded":true"#), "etcd txn: {out}");
     }
 }
 
+/// `n` VXLAN leases of /26 subnets of 10.244.0.0/16 (never the first /26) for fake peers whose
+/// public IPs are in 198.18.0.0/15 (benchmarking range, only written into FDB entries).
+fn fake_peer_leases(n: u32) -> Vec<(String, String)> {
+    (1..=n)
+        .map(|s| {
+            let subnet = format!("10.244.{}.{}/26", s / 4, (s % 4) * 64);
+            let public_ip = format!("198.18.{}.{}", s / 250, s % 250 + 1);
+            let mac = format!("02:42:c6:12:{:02x}:{:02x}", s / 256, s % 256);
+            (lease_key(&subnet), vxlan_lease_value(&public_ip, &mac))
+        })
+        .collect()
+}
+
+/// Counts of `(routes, permanent neighbours, FDB entries)` on `flannel.1` of `node`.
+fn vxlan_entry_counts(node: &Node) -> (usize, usize, usize) {
+    if node.link("flannel.1").is_none() {
+        return (0, 0, 0);
+    }
+    let routes = node
+        .netns()
+        .ip_json(&["route", "show", "dev", "flannel.1"])
+        .len();
+    let neighbours = node
+        .netns()
+        .ip_json(&["neigh", "show", "dev", "flannel.1", "nud", "permanent"])
+        .len();
+    let fdb = node
+        .netns()
+        .bridge_json(&["fdb", "show", "dev", "flannel.1"])
+        .iter()
+        .filter(|f| f["dst"].is_string())
+        .count();
+    (routes, neighbours, fdb)
+}
+
+/// subnet.env appears only after the device and every existing peer are programmed, and
+/// `/readyz` answers 200 only from then on. With 1000 peers (3000 kernel entries) to program,
+/// weftd is frozen (SIGSTOP) the moment the file is created and the kernel is counted then.
+#[test]
+fn subnet_env_and_readyz_come_after_all_peers_are_programmed() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use nix::sys::signal::{kill, Signal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const PEERS: u32 = 1000;
+    let cluster = Cluster::new(
+        1,
+        r#"{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}"#,
+    );
+    put_many(&cluster.etcd, &fake_peer_leases(PEERS));
+    let node = cluster.node(0);
+    let inotify =
+        Inotify::init(InitFlags::IN_NONBLOCK).unwrap_or_else(|e| panic!("inotify_init: {e}"));
+    inotify
+        .add_watch(
+            node.dir(),
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO,
+        )
+        .unwrap_or_else(|e| panic!("inotify watch {}: {e}", node.dir().display()));
+    let file_name = node.subnet_file();
+    let file_name = file_name.file_name().unwrap_or_default();
+
+    // Polls /readyz until the file exists, remembering whether it ever said 200 before that.
+    let file_seen = AtomicBool::new(false);
+    let ready_early = AtomicBool::new(false);
+    let mut frozen_counts = None;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !file_seen.load(Ordering::SeqCst) {
+                if node
+                    .http_get("/readyz")
+                    .is_some_and(|(code, _)| code == 200)
+                    && !file_seen.load(Ordering::SeqCst)
+                {
+                    ready_early.store(true, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        node.start_weftd(&[]);
+        let pid = node
+            .weftd_pid()
+            .unwrap_or_else(|| panic!("weftd has no pid"));
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let deadline = std::time::Instant::now() + START;
+        'wait: loop {
+            if let Ok(events) = inotify.read_events() {
+                if events.iter().any(|e| e.name.as_deref() == Some(file_name)) {
+                    // Freeze weftd before it can add anything more, then look at the kernel.
+                    let _ = kill(pid, Signal::SIGSTOP);
+                    file_seen.store(true, Ordering::SeqCst);
+                    frozen_counts = Some(vxlan_entry_counts(node));
+                    let _ = kill(pid, Signal::SIGCONT);
+                    break 'wait;
+                }
+            }
+            if std::time::Instant::now() > deadline || !node.is_running() {
+                file_seen.store(true, Ordering::SeqCst);
+                panic!("no subnet.env within {START:?}\n{}", node.log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let n = PEERS as usize;
+    assert_eq!(
+        frozen_counts,
+        Some((n, n, n)),
+        "(routes, neighbours, FDB entries) on flannel.1 when subnet.env appeared"
+    );
+    assert!(
+        !ready_early.load(Ordering::SeqCst),
+        "/readyz answered 200 before subnet.env was written"
+    );
+    node.wait_ready(CONVERGE);
+}
+
+/// The `retry_in=` delays (in seconds) of weftd's "etcd unavailable" lines in `log`.
+fn etcd_retry_delays(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("etcd unavailable"))
+        .filter_map(|l| l.split("retry_in=").nth(1)?.split_whitespace().next())
+        .filter_map(|d| match d.strip_suffix("ms") {
+            Some(ms) => ms.parse::<f64>().ok().map(|ms| ms / 1000.0),
+            None => d.strip_suffix('s')?.parse().ok(),
+        })
+        .collect()
+}
+
 /// etcd stopped and restarted under a running cluster: pod traffic never stops, weftd keeps
-/// running, and a node that joined during the outage is converged on by everyone afterwards.
+/// running and retries with back-off (200 ms doubling to a 10 s cap; the outage outlasts the
+/// cap), and a node that joined during the outage is converged on by everyone afterwards.
 #[test]
 fn etcd_outage_loses_no_pod_traffic_and_cluster_converges() {
     let mut cluster = Cluster::new(2, VXLAN_CONFIG);
@@ -581,7 +735,20 @@ fn etcd_outage_loses_no_pod_traffic_and_cluster_converges() {
     cluster.add_node();
     let late = cluster.node(2);
     late.start_weftd(&[]);
-    probe.wait_attempts(60);
+    // 0.2 + 0.4 + .. + 6.4 s of retries: the 10 s cap is reached about 13 s into the outage.
+    let n1 = cluster.node(0);
+    n1.wait_until(
+        Duration::from_secs(40),
+        "weftd retrying etcd at the back-off cap",
+        || etcd_retry_delays(&n1.log()).contains(&10.0),
+    );
+    let delays = etcd_retry_delays(&n1.log());
+    assert!(
+        delays.first().is_some_and(|d| *d <= 0.4)
+            && delays.windows(2).all(|w| w[1] == (w[0] * 2.0).min(10.0))
+            && delays.iter().all(|d| *d <= 10.0),
+        "retry delays while etcd was down: {delays:?} (want 200 ms doubling to 10 s)"
+    );
     for node in &cluster.nodes {
         assert!(
             node.is_running(),
@@ -1105,24 +1272,183 @@ fn public_ip_flag_is_published() {
     );
 }
 
-/// The etcd password never appears in weftd's log, whatever happens with it.
+/// Runs openssl (or any harness tool) in the root namespace; panics with its stderr on failure.
+fn run_tool(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, an etcd server certificate for [`Etcd::IP`] and a client certificate (CN
+/// `weft-client`, not an etcd user) in `dir`, made with openssl.
+fn make_pki(dir: &std::path::Path) -> EtcdTls {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca_key, ca) = (p("ca.key"), p("ca.pem"));
+    let mut args = vec!["openssl", "req", "-x509"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=weft-ca",
+    ]);
+    run_tool(&args);
+    let server_san = format!(
+        "subjectAltName=IP:{}\nextendedKeyUsage=serverAuth\n",
+        Etcd::IP
+    );
+    for (name, cn, ext) in [
+        ("server", "etcd", server_san.as_str()),
+        ("client", "weft-client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (key, csr, pem, ext_file) = (
+            p(&format!("{name}.key")),
+            p(&format!("{name}.csr")),
+            p(&format!("{name}.pem")),
+            p(&format!("{name}.ext")),
+        );
+        std::fs::write(&ext_file, ext).unwrap_or_else(|e| panic!("write {ext_file}: {e}"));
+        let subject = format!("/CN={cn}");
+        let mut args = vec!["openssl", "req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        run_tool(&args);
+        run_tool(&[
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &pem,
+        ]);
+    }
+    EtcdTls {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        ca: dir.join("ca.pem"),
+    }
+}
+
+/// weftd reaches an etcd that demands TLS with a client certificate and, with authentication
+/// enabled, a user and password — through its `--etcd-*` flags; a wrong password gets an error
+/// and no lease; no password ever appears in a log.
 #[test]
-fn etcd_password_is_never_logged() {
-    let cluster = Cluster::new(1, VXLAN_CONFIG);
-    let node = cluster.node(0);
-    let secret = "s3cret-weft-pw-4711";
-    node.start_weftd(&["--etcd-username", "weft", "--etcd-password", secret]);
-    // etcd runs without auth: weftd either works or reports errors; give it time to log them.
-    node.wait_until(CONVERGE, "weftd to log something", || {
-        node.log().lines().count() > 3
+fn etcd_tls_and_password_through_weftd_flags() {
+    let underlay = Underlay::new();
+    let pki = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let etcd = Etcd::new_tls(&underlay, make_pki(pki.path()));
+    etcd.put(NETWORK_CONFIG_KEY, VXLAN_CONFIG);
+    let (root_pw, weft_pw, wrong_pw) = ("r00t-pw-8812", "s3cret-weft-pw-4711", "wr0ng-pw-5150");
+    for args in [
+        vec!["user", "add", &format!("root:{root_pw}")],
+        vec!["role", "add", "weft"],
+        vec![
+            "role",
+            "grant-permission",
+            "weft",
+            "--prefix=true",
+            "readwrite",
+            &format!("{ETCD_PREFIX}/"),
+        ],
+        vec!["user", "add", &format!("weft:{weft_pw}")],
+        vec!["user", "grant-role", "weft", "weft"],
+        vec!["auth", "enable"],
+    ] {
+        let out = etcd.etcdctl(&args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pem = |name: &str| pki.path().join(name).display().to_string();
+    let tls_args = [
+        "--etcd-cafile".to_string(),
+        pem("ca.pem"),
+        "--etcd-certfile".to_string(),
+        pem("client.pem"),
+        "--etcd-keyfile".to_string(),
+        pem("client.key"),
+        "--etcd-username".to_string(),
+        "weft".to_string(),
+    ];
+    let args = |pw: &str| -> Vec<String> {
+        let mut a = tls_args.to_vec();
+        a.extend(["--etcd-password".to_string(), pw.to_string()]);
+        a
+    };
+    let good = Node::new(&underlay, 1, &etcd.endpoint());
+    let bad = Node::new(&underlay, 2, &etcd.endpoint());
+    good.start_weftd(&args(weft_pw).iter().map(String::as_str).collect::<Vec<_>>());
+    bad.start_weftd(
+        &args(wrong_pw)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+
+    let env = good.wait_subnet_env(START);
+    let subnet = subnet_of(&env).unwrap_or_default();
+    assert_eq!(env, expected_subnet_env(&subnet));
+    let root = format!("root:{root_pw}");
+    let out = etcd.etcdctl(&[
+        "--user",
+        &root,
+        "get",
+        "--print-value-only",
+        &lease_key(&subnet),
+    ]);
+    let value = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        value.contains(r#""PublicIP":"192.0.2.11""#),
+        "lease value: {value}"
+    );
+
+    bad.wait_until(CONVERGE, "an authentication error in the log", || {
+        bad.log().contains("authentication failed")
     });
-    std::thread::sleep(Duration::from_secs(3));
-    let log = node.log();
-    let leaked: Vec<&str> = log
-        .lines()
-        .filter(|l| !l.starts_with("===== harness:") && l.contains(secret))
-        .collect();
-    assert!(leaked.is_empty(), "password in the log: {leaked:?}");
+    assert_eq!(bad.subnet_env(), None, "a wrong password got a lease");
+    assert!(bad.is_running(), "weftd exited on a wrong password");
+    for (node, secret) in [(&good, weft_pw), (&bad, wrong_pw)] {
+        let leaked: Vec<String> = node
+            .log()
+            .lines()
+            .filter(|l| !l.starts_with("===== harness:") && l.contains(secret))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "password in the log of {}: {leaked:?}",
+            node.name()
+        );
+    }
 }
 
 /// A node whose etcd lease is revoked (as on expiry) acquires its subnet again under a new
@@ -1212,53 +1538,88 @@ fn own_revoked_lease_is_reacquired() {
 }
 
 /// Two nodes starting together whose subnet.env both name the same previous subnet race for it
-/// in etcd: one gets it, the other retries with another subnet; neither exits.
+/// in etcd: one gets it, the other loses the claim, retries with another subnet (and says so);
+/// neither exits. etcd is frozen while both start, so their requests reach it together; when
+/// the loser still saw the subnet taken in its listing (no race), the round is run again.
 #[test]
 fn two_nodes_racing_for_one_subnet_end_distinct() {
+    use nix::sys::signal::{kill, Signal};
     let cluster = Cluster::new(2, VXLAN_CONFIG);
     let contested = "10.244.7.0/24";
-    for node in &cluster.nodes {
-        std::fs::write(node.subnet_file(), expected_subnet_env(contested))
-            .unwrap_or_else(|e| panic!("write {}: {e}", node.subnet_file().display()));
-    }
-    for node in &cluster.nodes {
-        node.start_weftd(&[]);
-    }
-    let subnets: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|n| {
-            n.wait_until(START, "lease in etcd for this node", || {
-                cluster
-                    .etcd
-                    .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
-                    .iter()
-                    .any(|(_, v)| v.contains(&format!(r#""PublicIP":"{}""#, n.public_ip())))
-            });
-            n.wait_until(START, "subnet.env naming the node's lease", || {
-                n.subnet().is_some_and(|s| {
-                    cluster
-                        .etcd
-                        .get(&lease_key(&s))
-                        .is_some_and(|v| v.contains(&format!(r#""PublicIP":"{}""#, n.public_ip())))
-                })
-            });
-            n.subnet().unwrap_or_default()
-        })
+    let subnets_prefix = format!("{ETCD_PREFIX}/subnets/");
+    let etcd_pids: Vec<nix::unistd::Pid> = cluster
+        .etcd
+        .netns()
+        .pids()
+        .into_iter()
+        .map(nix::unistd::Pid::from_raw)
         .collect();
-    assert_ne!(subnets[0], subnets[1], "both nodes hold {}", subnets[0]);
-    assert!(
-        subnets.iter().any(|s| s == contested),
-        "nobody got the contested subnet: {subnets:?}"
-    );
-    assert_eq!(
-        cluster
-            .etcd
-            .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
-            .len(),
-        2
-    );
-    for node in &cluster.nodes {
-        assert!(node.is_running(), "{} exited", node.name());
+    assert!(!etcd_pids.is_empty(), "no etcd process");
+    let signal_etcd = |signal: Signal| {
+        for pid in &etcd_pids {
+            kill(*pid, signal).unwrap_or_else(|e| panic!("{signal} to etcd {pid}: {e}"));
+        }
+    };
+    let mut races_lost = 0;
+    for round in 1..=5 {
+        let log_len: Vec<usize> = cluster.nodes.iter().map(|n| n.log().len()).collect();
+        for node in &cluster.nodes {
+            std::fs::write(node.subnet_file(), expected_subnet_env(contested))
+                .unwrap_or_else(|e| panic!("write {}: {e}", node.subnet_file().display()));
+        }
+        signal_etcd(Signal::SIGSTOP);
+        for node in &cluster.nodes {
+            if round == 1 {
+                node.start_weftd(&[]);
+            } else {
+                node.restart();
+            }
+        }
+        // Both connect (the kernel accepts for the stopped etcd) and wait for its answers.
+        std::thread::sleep(Duration::from_millis(1500));
+        signal_etcd(Signal::SIGCONT);
+        let subnets: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                n.wait_until(START, "subnet.env naming the node's lease", || {
+                    n.subnet().is_some_and(|s| {
+                        cluster.etcd.get(&lease_key(&s)).is_some_and(|v| {
+                            v.contains(&format!(r#""PublicIP":"{}""#, n.public_ip()))
+                        })
+                    })
+                });
+                n.subnet().unwrap_or_default()
+            })
+            .collect();
+        assert_ne!(subnets[0], subnets[1], "both nodes hold {}", subnets[0]);
+        assert!(
+            subnets.iter().any(|s| s == contested),
+            "nobody got the contested subnet: {subnets:?}"
+        );
+        assert_eq!(cluster.etcd.get_prefix(&subnets_prefix).len(), 2);
+        for node in &cluster.nodes {
+            assert!(node.is_running(), "{} exited", node.name());
+        }
+        let loser = usize::from(subnets[0] == contested);
+        let log = cluster.nodes[loser].log();
+        if log[log_len[loser]..]
+            .lines()
+            .any(|l| l.contains("picking again") && l.contains(contested))
+        {
+            races_lost += 1;
+            break;
+        }
+        // No race this round: start over from the same two subnet.env files.
+        for node in &cluster.nodes {
+            node.stop();
+        }
+        for (key, _) in cluster.etcd.get_prefix(&subnets_prefix) {
+            cluster.etcd.del(&key);
+        }
     }
+    assert_eq!(
+        races_lost, 1,
+        "in 5 rounds the loser never lost a claim for {contested}: the race was not run"
+    );
 }

@@ -293,14 +293,14 @@ impl UdpBackend {
                 .map_err(|source| UdpError::Socket { addr: bind, source })?;
             qs.push(Queue { tun, socket });
         }
-        let offloads = qs
-            .first()
-            .map(|q| (q.tun.tcp_gso(), q.socket.gso(), q.socket.gro()));
+        let offloads = qs.first().map_or_else(String::new, |q| {
+            granted_offloads(q.tun.tcp_gso(), q.socket.gso(), q.socket.gro())
+        });
         tracing::info!(
             device = TUN_NAME,
             queues = qs.len(),
-            ?offloads,
-            "UDP data path (tun vnet_hdr, udp gso, udp gro)"
+            offloads = %offloads,
+            "UDP data path"
         );
         let link = netlink::link_by_name(handle, TUN_NAME)
             .await?
@@ -331,6 +331,24 @@ fn accept_local_source() {
 }
 
 /// Opens `queues` queues of the persistent multi-queue TUN device `flannel0`, with
+/// The offloads the kernel granted, as an operator reads them in the log
+/// (`tun vnet_hdr, udp gso, udp gro`, or `none`).
+fn granted_offloads(vnet_hdr: bool, gso: bool, gro: bool) -> String {
+    let granted: Vec<&str> = [
+        (vnet_hdr, "tun vnet_hdr"),
+        (gso, "udp gso"),
+        (gro, "udp gro"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    if granted.is_empty() {
+        "none".to_string()
+    } else {
+        granted.join(", ")
+    }
+}
+
 /// virtio-net headers when `offloads` and the kernel takes them, all non-blocking.
 fn open_tun_queues(queues: usize, offloads: bool) -> Result<Vec<SyncDevice>, UdpError> {
     let build = |offload: bool| {
@@ -375,4 +393,19 @@ fn open_tun_queues(queues: usize, offloads: bool) -> Result<Vec<SyncDevice>, Udp
         })?;
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::granted_offloads;
+
+    #[test]
+    fn granted_offloads_read_as_the_log_shows_them() {
+        assert_eq!(
+            granted_offloads(true, true, true),
+            "tun vnet_hdr, udp gso, udp gro"
+        );
+        assert_eq!(granted_offloads(true, false, true), "tun vnet_hdr, udp gro");
+        assert_eq!(granted_offloads(false, false, false), "none");
+    }
 }

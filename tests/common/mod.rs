@@ -16,7 +16,8 @@
 //!   open sockets there), `sysctl(key, value)`, `pids()`.
 //! * [`Underlay`]: a namespace with bridge `br0` for 192.0.2.0/24; `attach(&Netns, "192.0.2.N")`
 //!   gives the namespace an `eth0` on the bridge.
-//! * [`Etcd`]: a real etcd at [`Etcd::IP`] on the underlay; `endpoint()`, `put`, `put_with_ttl`,
+//! * [`Etcd`]: a real etcd at [`Etcd::IP`] on the underlay (`Etcd::new_tls` for TLS with client
+//!   certificates towards the nodes); `endpoint()`, `put`, `put_with_ttl`,
 //!   `get`, `get_kv`, `get_prefix`, `del`, `revision`, `compact`, `stop`, `start`, `etcdctl`, `log`.
 //! * [`Node`]: a namespace on the underlay at 192.0.2.(10+index) with `net.ipv4.ip_forward=1`;
 //!   `start_weftd(&[extra args])`, `start_weftd_env`, `kill9`, `stop`, `restart`, `is_running`, `weftd_pid`, `log`, `subnet_env`,
@@ -24,8 +25,8 @@
 //!   `fdb`, `link`, `http_get` (healthz server at 127.0.0.1:[`Node::HEALTHZ_PORT`]), `add_pod`,
 //!   `add_pod_in`.
 //! * [`Pod`]: a namespace wired by hand to the node's `cni0` bridge; `ip()`, `netns()`, `exec`,
-//!   `tcp_check(&other) -> bool`, `traffic_probe(&other) -> TrafficProbe` (continuous TCP
-//!   round trips counting failures, for "pod traffic never stops" tests).
+//!   `tcp_check(&other) -> bool`, `traffic_probe(&other) -> TrafficProbe` (numbered UDP
+//!   datagrams echoed back, counting the lost ones, for "pod traffic never stops" tests).
 //! * [`Cluster`]: `Cluster::new(n_nodes, config_json)` (underlay + etcd + config at
 //!   [`NETWORK_CONFIG_KEY`] + n nodes, weftd not yet running), `start()` (weftd everywhere, waits
 //!   for every subnet.env), `add_node()`, `wait_mesh(timeout)`, `node(i)`, `dump()`.
@@ -207,12 +208,15 @@ fn temp_dir(role: &str) -> tempfile::TempDir {
     }
 }
 
-/// The pid a harness name (`weft-<pid>-<n>-...`) was created by.
-fn owner_pid(name: &str) -> Option<i32> {
-    let mut parts = name.strip_prefix("weft-")?.splitn(3, '-');
-    let pid = parts.next()?.parse().ok()?;
-    parts.next()?.parse::<u32>().ok()?;
-    Some(pid)
+/// The pid a test-made name was created by. Every test file names what it creates after its
+/// process: `weft-<pid>-<n>-..` (this harness, pods.rs), `weftk-<pid>-..` (kernel.rs),
+/// `weft-st-<pid>-..` (store.rs), `weft-t<pid>-..` (pod_runtime.rs sandboxes).
+pub fn owner_pid(name: &str) -> Option<i32> {
+    let rest = ["weftk-", "weft-st-", "weft-t", "weft-"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))?;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
 }
 
 /// Removes namespaces (killing what runs in them) and temp dirs of test processes that died
@@ -552,6 +556,19 @@ pub struct Etcd {
     child: Mutex<Option<Child>>,
     ns: Netns,
     dir: tempfile::TempDir,
+    /// Server certificate, key and CA for clients on the underlay ([`Etcd::new_tls`]).
+    tls: Option<EtcdTls>,
+}
+
+/// PEM files of an etcd that serves TLS with client certificates on the underlay.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The server certificate (its subjectAltName must hold [`Etcd::IP`]).
+    pub cert: PathBuf,
+    /// The server key.
+    pub key: PathBuf,
+    /// The CA client certificates must be signed by.
+    pub ca: PathBuf,
 }
 
 impl Etcd {
@@ -566,14 +583,31 @@ impl Etcd {
             child: Mutex::new(None),
             ns,
             dir: temp_dir("etcd"),
+            tls: None,
         };
         etcd.start();
         etcd
     }
 
-    /// `http://192.0.2.254:2379`, the client URL for nodes.
+    /// Like [`Etcd::new`], but nodes must speak TLS with a client certificate signed by
+    /// `tls.ca`; [`Etcd::etcdctl`] keeps plain HTTP on 127.0.0.1 inside etcd's namespace.
+    pub fn new_tls(underlay: &Underlay, tls: EtcdTls) -> Etcd {
+        let ns = Netns::new("etcd");
+        underlay.attach(&ns, Self::IP);
+        let etcd = Etcd {
+            child: Mutex::new(None),
+            ns,
+            dir: temp_dir("etcd"),
+            tls: Some(tls),
+        };
+        etcd.start();
+        etcd
+    }
+
+    /// `http://192.0.2.254:2379` (`https://` for [`Etcd::new_tls`]), the client URL for nodes.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:2379", Self::IP)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:2379", Self::IP)
     }
 
     /// The etcd namespace.
@@ -600,7 +634,7 @@ impl Etcd {
         );
         let data = self.dir.path().join("data");
         let data = data.to_string_lossy();
-        let client_urls = format!("http://{}:2379,http://127.0.0.1:2379", Self::IP);
+        let client_urls = format!("{},http://127.0.0.1:2379", self.endpoint());
         log_marker(&self.log_path(), "start etcd");
         let (out, err) = log_stdio(&self.log_path());
         let mut cmd = self.ns.command("etcd");
@@ -623,10 +657,17 @@ impl Etcd {
             "zap",
             "--log-outputs",
             "stderr",
-        ])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+        ]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => panic!("cannot spawn etcd {cmd:?}: {e}"),
@@ -1395,7 +1436,7 @@ impl Pod {
         ok && served
     }
 
-    /// Starts continuous TCP round trips (every 50 ms, 1 s timeout each) from this pod to `other`.
+    /// Starts a numbered UDP datagram every 50 ms from this pod to `other`, echoed back; counts loss.
     pub fn traffic_probe(&self, other: &Pod) -> TrafficProbe {
         TrafficProbe::start(&self.ns, &other.ns, &other.ip)
     }
@@ -1488,109 +1529,130 @@ fn round_trip(mut stream: TcpStream, msg: &[u8], timeout: Duration) -> bool {
 /// Counters of a [`TrafficProbe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProbeStats {
-    /// Round trips attempted.
+    /// Datagrams sent.
     pub attempts: u64,
-    /// Round trips that failed (connect, send or echo did not complete within 1 s).
+    /// Datagrams lost: sent but never echoed back (a late echo is not a loss; after
+    /// [`TrafficProbe::stop`] every echo still in flight has had 2 s to arrive).
     pub failures: u64,
-    /// Longest time between two successful round trips.
+    /// Longest time between two echoes received (how long traffic stood still).
     pub longest_gap: Duration,
 }
 
-/// Continuous pod-to-pod TCP round trips in the background, counting failures.
+/// Pod-to-pod traffic in the background that measures loss: a numbered UDP datagram every
+/// 50 ms, echoed by the other pod; each sequence number is counted once when it comes back,
+/// however late. A packet dropped anywhere is a failure; a slow path is only a gap.
 #[derive(Debug)]
 pub struct TrafficProbe {
-    client_stop: Arc<AtomicBool>,
+    sender_stop: Arc<AtomicBool>,
+    receiver_stop: Arc<AtomicBool>,
     server_stop: Arc<AtomicBool>,
-    attempts: Arc<AtomicU64>,
-    failures: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    echoed: Arc<AtomicU64>,
     longest_gap_ms: Arc<AtomicU64>,
-    client: Option<JoinHandle<()>>,
-    server: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl TrafficProbe {
     fn start(from: &Netns, to: &Netns, to_ip: &str) -> TrafficProbe {
-        let client_stop = Arc::new(AtomicBool::new(false));
-        let server_stop = Arc::new(AtomicBool::new(false));
-        let listener = to.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)));
-        let listener = match listener {
-            Ok(l) => l,
-            Err(e) => panic!("bind in {}: {e}", to.name()),
+        use std::net::UdpSocket;
+        let bind = |ns: &Netns| match ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))) {
+            Ok(s) => s,
+            Err(e) => panic!("UDP bind in {}: {e}", ns.name()),
         };
-        let port = match listener.local_addr() {
+        let server = bind(to);
+        let client = bind(from);
+        let port = match server.local_addr() {
             Ok(a) => a.port(),
-            Err(e) => panic!("listener address in {}: {e}", to.name()),
+            Err(e) => panic!("probe socket address in {}: {e}", to.name()),
         };
-        if let Err(e) = listener.set_nonblocking(true) {
-            panic!("nonblocking listener in {}: {e}", to.name());
-        }
-        let s_stop = server_stop.clone();
-        let server = std::thread::spawn(move || {
-            while !s_stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        std::thread::spawn(move || echo(stream, Duration::from_secs(2)));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
         let target: SocketAddr = match format!("{to_ip}:{port}").parse() {
             Ok(a) => a,
             Err(e) => panic!("probe target {to_ip}:{port}: {e}"),
         };
-        let attempts = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(AtomicU64::new(0));
-        let longest_gap_ms = Arc::new(AtomicU64::new(0));
-        let from_path = from.path();
-        let (c_stop, c_attempts, c_failures, c_gap) = (
-            client_stop.clone(),
-            attempts.clone(),
-            failures.clone(),
-            longest_gap_ms.clone(),
+        let tick = Some(Duration::from_millis(50));
+        for socket in [&server, &client] {
+            if let Err(e) = socket.set_read_timeout(tick) {
+                panic!("probe socket timeout: {e}");
+            }
+        }
+        let receiver = match client.try_clone() {
+            Ok(s) => s,
+            Err(e) => panic!("clone probe socket: {e}"),
+        };
+        let (sender_stop, receiver_stop, server_stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
         );
-        let client = std::thread::spawn(move || {
-            let entered = File::open(&from_path)
-                .ok()
-                .is_some_and(|f| nix::sched::setns(f, CloneFlags::CLONE_NEWNET).is_ok());
-            let mut last_ok = Instant::now();
-            while !c_stop.load(Ordering::Relaxed) {
-                c_attempts.fetch_add(1, Ordering::Relaxed);
-                let ok = entered
-                    && TcpStream::connect_timeout(&target, Duration::from_secs(1))
-                        .ok()
-                        .is_some_and(|s| round_trip(s, b"weft-probe", Duration::from_secs(1)));
-                if ok {
-                    let gap = last_ok.elapsed().as_millis() as u64;
-                    c_gap.fetch_max(gap, Ordering::Relaxed);
-                    last_ok = Instant::now();
-                } else {
-                    c_failures.fetch_add(1, Ordering::Relaxed);
+        let (sent, echoed, longest_gap_ms) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let stop = server_stop.clone();
+        let echo_server = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = server.recv_from(&mut buf) {
+                    let _ = server.send_to(&buf[..n], peer);
                 }
+            }
+        });
+        let (stop, count) = (sender_stop.clone(), sent.clone());
+        let send = std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let seq = count.load(Ordering::Relaxed);
+                // A send error (no route yet) is a datagram lost like any other.
+                let _ = client.send_to(&seq.to_be_bytes(), target);
+                count.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
+        let (stop, count, gap) = (
+            receiver_stop.clone(),
+            echoed.clone(),
+            longest_gap_ms.clone(),
+        );
+        let receive = std::thread::spawn(move || {
+            let mut seen = std::collections::HashSet::new();
+            let mut last = Instant::now();
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(n) = receiver.recv(&mut buf) else {
+                    continue;
+                };
+                let Ok(bytes) = <[u8; 8]>::try_from(&buf[..n]) else {
+                    continue;
+                };
+                if seen.insert(u64::from_be_bytes(bytes)) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    gap.fetch_max(last.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    last = Instant::now();
+                }
+            }
+        });
         TrafficProbe {
-            client_stop,
+            sender_stop,
+            receiver_stop,
             server_stop,
-            attempts,
-            failures,
+            sent,
+            echoed,
             longest_gap_ms,
-            client: Some(client),
-            server: Some(server),
+            threads: vec![send, receive, echo_server],
         }
     }
 
-    /// The counters so far.
+    /// The counters so far (datagrams still in flight count as lost until they are echoed).
     pub fn stats(&self) -> ProbeStats {
+        let attempts = self.sent.load(Ordering::Relaxed);
         ProbeStats {
-            attempts: self.attempts.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
+            attempts,
+            failures: attempts.saturating_sub(self.echoed.load(Ordering::Relaxed)),
             longest_gap: Duration::from_millis(self.longest_gap_ms.load(Ordering::Relaxed)),
         }
     }
 
-    /// Waits until at least `n` more round trips have been attempted.
+    /// Waits until at least `n` more datagrams have been sent.
     pub fn wait_attempts(&self, n: u64) {
         let target = self.stats().attempts + n;
         wait_until(
@@ -1600,20 +1662,22 @@ impl TrafficProbe {
         );
     }
 
-    /// Stops the probe and returns the final counters.
+    /// Stops sending, gives the echoes in flight 2 s to arrive, and returns the final counters.
     pub fn stop(mut self) -> ProbeStats {
+        self.sender_stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.stats().failures > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.halt();
         self.stats()
     }
 
-    /// Stops the client first, so no round trip is in flight when the listener closes.
     fn halt(&mut self) {
-        self.client_stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.client.take() {
-            let _ = t.join();
+        for flag in [&self.sender_stop, &self.receiver_stop, &self.server_stop] {
+            flag.store(true, Ordering::Relaxed);
         }
-        self.server_stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.server.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
