@@ -29,9 +29,14 @@
 //! * [`Cluster`]: `Cluster::new(n_nodes, config_json)` (underlay + etcd + config at
 //!   [`NETWORK_CONFIG_KEY`] + n nodes, weftd not yet running), `start()` (weftd everywhere, waits
 //!   for every subnet.env), `add_node()`, `wait_mesh(timeout)`, `node(i)`, `dump()`.
+//! * [`EtcdCluster`]: `EtcdCluster::new(&underlay, 3)`, a real etcd cluster, member `i` in its own
+//!   namespace at 192.0.2.(251+i); `endpoints()` (comma-separated, for `--etcd-endpoints`),
+//!   `member(i)` ([`EtcdMember`]: `ip`, `netns`, `is_running`, `metric(name)` from `/metrics`),
+//!   `leader`, `wait_leader`, `move_leader(i)`, `kill(i)`, `kill_all`, `start(i)`, `start_all`,
+//!   `partition(i)`/`heal(i)` (nftables drop in the member's namespace), `put`, `get`, `etcdctl`.
 //! * Free functions: [`unique_name`], [`wait_for`], [`wait_until`], [`bin_path`], [`lease_key`],
 //!   [`subnet_of`], [`vxlan_lease_value`], [`flannel_vxlan_lease_value`], [`expected_subnet_env`], [`tcp_source_seen`],
-//!   [`wire_pod`], [`cleanup_stale`].
+//!   [`wire_pod`], [`cleanup_stale`], [`nft_apply`].
 //!
 //! Panics are the error reporting of this module: every failure names the command, the
 //! namespace and the output, and node/etcd logs are printed when a test fails.
