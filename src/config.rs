@@ -204,6 +204,34 @@ impl NetworkConfig {
     }
 }
 
+/// One line for logs, e.g. `Network 10.244.0.0/16, SubnetLen 24, SubnetMin 10.244.1.0,
+/// SubnetMax 10.244.255.0, Backend vxlan (VNI 1, Port 8472, DirectRouting false, MTU auto)`.
+impl std::fmt::Display for NetworkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Network {}, SubnetLen {}, SubnetMin {}, SubnetMax {}, Backend ",
+            self.network, self.subnet_len, self.subnet_min, self.subnet_max
+        )?;
+        match &self.backend {
+            BackendConfig::Vxlan {
+                vni,
+                port,
+                direct_routing,
+                mtu,
+            } => {
+                let mtu = mtu.map_or_else(|| "auto".to_string(), |m| m.to_string());
+                write!(
+                    f,
+                    "vxlan (VNI {vni}, Port {port}, DirectRouting {direct_routing}, MTU {mtu})"
+                )
+            }
+            BackendConfig::Udp { port } => write!(f, "udp (Port {port})"),
+            BackendConfig::HostGw => write!(f, "host-gw"),
+        }
+    }
+}
+
 /// The JSON object's fields, looked up case-insensitively like Go's `encoding/json`.
 struct Fields<'a>(&'a Map<String, Value>);
 
@@ -591,6 +619,18 @@ mod tests {
                 "{json}: got {got:?}, want prefix {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn one_line_for_logs() {
+        let c = parse(r#"{"Network": "10.244.0.0/16"}"#);
+        assert_eq!(
+            c.to_string(),
+            "Network 10.244.0.0/16, SubnetLen 24, SubnetMin 10.244.1.0, SubnetMax 10.244.255.0, \
+             Backend vxlan (VNI 1, Port 8472, DirectRouting false, MTU auto)"
+        );
+        let c = parse(r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#);
+        assert!(c.to_string().ends_with("Backend host-gw"), "{c}");
     }
 
     #[test]

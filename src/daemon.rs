@@ -5,7 +5,7 @@
 //! a full reconcile of the kernel (read actual, diff against desired, apply the difference), so
 //! a lost event, a restart or a hand-deleted route is repaired the same way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,16 +15,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ipnetwork::Ipv4Network;
 use tracing::{error, info, warn};
 
+use crate::backend::guard::{self, RouteGuard};
 use crate::backend::Backend;
 use crate::config::NetworkConfig;
 use crate::health::Metrics;
-use crate::lease::Lease;
+use crate::lease::{config_key, lease_key, Lease, LeaseAttrs, RawLease};
 use crate::masq;
 use crate::netlink::{self, ExternalInterface};
 use crate::pod::controller::PodConfig;
 use crate::pod::controller::PodManager;
-use crate::store::{EtcdOptions, EtcdStore, LeaseEvent, LeaseWatch, OwnLease, StoreError};
+use crate::store::{
+    endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseWatch, NetworkEvent, OwnLease,
+    StoreError,
+};
 use crate::subnet_env::SubnetEnv;
+use crate::validate::{parse_mac, validate_leases, LeasePolicy, NodeIdentity};
 
 /// Everything weftd needs to run, already parsed from flags.
 #[derive(Debug, Clone)]
@@ -170,10 +175,18 @@ struct Agent {
     config: NetworkConfig,
     backend: Backend,
     own: OwnLease,
-    /// Every lease in etcd, ours included, by subnet.
-    leases: BTreeMap<Ipv4Network, Lease>,
+    /// The raw JSON of `<prefix>/config` the running `config` was last compared with.
+    config_text: Option<String>,
+    /// Every key under `<prefix>/subnets/`, ours included, unparsed, by key: nothing in it is
+    /// believed before [`validate_leases`] (each reconcile).
+    leases: BTreeMap<String, RawLease>,
     /// etcd revision the table reflects.
     revision: i64,
+    /// The mod revision of each rejected or refused key already logged, so a bad key is
+    /// logged and counted once per revision, not on every reconcile.
+    reported: HashMap<String, i64>,
+    /// The etcd endpoints' addresses, which no peer route may cover.
+    etcd_addresses: Vec<Ipv4Addr>,
     metrics: Arc<Metrics>,
     /// Whether subnet.env reflects the current lease.
     published: bool,
@@ -198,7 +211,8 @@ impl Agent {
         metrics: Arc<Metrics>,
     ) -> Result<Agent, DaemonError> {
         let store = connect(&opts.etcd, &metrics).await;
-        let config = wait_for_config(&store, &opts.etcd.prefix, &metrics).await;
+        let etcd_addresses = resolve_endpoints(&opts.etcd.endpoints).await;
+        let (config, config_text) = wait_for_config(&store, &opts.etcd.prefix, &metrics).await;
         info!(network = %config.network, subnet_len = config.subnet_len, backend = ?config.backend, "network config");
         let backend = Backend::new(&config, &ext, &opts.state_dir, opts.udp_offloads).await?;
         if let Some(render) = backend.metrics() {
@@ -221,8 +235,11 @@ impl Agent {
             config,
             backend,
             own,
+            config_text: Some(config_text),
             leases: BTreeMap::new(),
             revision: 0,
+            reported: HashMap::new(),
+            etcd_addresses,
             metrics,
             published: false,
             retry_reconcile: None,
@@ -274,7 +291,7 @@ impl Agent {
             tokio::select! {
                 () = &mut shutdown => return,
                 events = next_events(&mut watch), if watch.is_some() => match events {
-                    Ok(events) => self.apply_events(events).await,
+                    Ok(events) => self.apply_changes(events).await,
                     Err(StoreError::Compacted { revision }) => {
                         info!(revision, "watch compacted; re-listing");
                         watch = None;
@@ -320,57 +337,160 @@ impl Agent {
     async fn rewatch(&mut self) -> Result<LeaseWatch, StoreError> {
         self.relist().await?;
         self.reconcile().await;
-        self.store.watch(self.revision + 1).await
+        self.store.watch_network(self.revision + 1).await
     }
 
-    /// Replaces the lease table with etcd's, re-acquiring our own lease if it is gone.
+    /// Replaces the lease table with etcd's, re-acquiring our own lease if it is gone, and
+    /// compares the network config with the running one.
     async fn relist(&mut self) -> Result<(), StoreError> {
-        let snapshot = self.store.list_leases().await?;
-        self.leases = snapshot.leases.into_iter().map(|l| (l.subnet, l)).collect();
+        let snapshot = self.store.list_network().await?;
+        self.leases = snapshot
+            .leases
+            .into_iter()
+            .map(|l| (l.key.clone(), l))
+            .collect();
         self.revision = snapshot.revision;
-        if !self.holds_own_lease() {
-            warn!(subnet = %self.own.subnet, "own lease is gone from etcd; acquiring again");
-            self.reacquire().await?;
+        self.config_seen(snapshot.config);
+        self.check_own_lease().await
+    }
+
+    /// The key of our own lease.
+    fn own_key(&self) -> String {
+        lease_key(&self.opts.etcd.prefix, self.own.subnet)
+    }
+
+    /// Re-acquires when the table no longer shows our lease under our public IP: deleted,
+    /// expired, overwritten with something that is not a lease, or taken by another writer.
+    async fn check_own_lease(&mut self) -> Result<(), StoreError> {
+        let key = self.own_key();
+        let reason = match self.leases.get(&key) {
+            None => LeaseLostReason::Deleted,
+            Some(raw) => match LeaseAttrs::from_json(&key, &raw.value) {
+                Ok(a) if a.public_ip == self.own.attrs.public_ip => return Ok(()),
+                Ok(a) => LeaseLostReason::TakenBy(a.public_ip),
+                Err(e) => LeaseLostReason::Invalid(e.to_string()),
+            },
+        };
+        self.own_lease_lost(&reason);
+        self.reacquire().await
+    }
+
+    /// Reports a lost own lease; a takeover by another writer also marks the node not ready
+    /// until it serves a new subnet.
+    fn own_lease_lost(&self, reason: &LeaseLostReason) {
+        let key = self.own_key();
+        match reason {
+            LeaseLostReason::TakenBy(other) => {
+                if self.metrics.own_lease_taken_over.load(Ordering::Relaxed) {
+                    // Still recovering from this takeover (the last acquire failed): said already.
+                    return;
+                }
+                error!(key, own_public_ip = %self.own.attrs.public_ip, other_public_ip = %other,
+                    "own lease was taken over by another writer (PublicIP {} replaced by {other}); \
+                     leaving the subnet to it and acquiring a new one", self.own.attrs.public_ip);
+                self.metrics.ready.store(false, Ordering::Relaxed);
+                self.metrics
+                    .own_lease_taken_over
+                    .store(true, Ordering::Relaxed);
+                self.metrics
+                    .own_lease_takeovers
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            LeaseLostReason::Invalid(e) => {
+                error!(key, error = %e, "own lease was overwritten with a value that is not a lease; acquiring again");
+            }
+            LeaseLostReason::Deleted => {
+                warn!(key, "own lease is gone from etcd; acquiring again");
+            }
         }
-        Ok(())
     }
 
-    /// Whether the table still shows our lease under our public IP.
-    fn holds_own_lease(&self) -> bool {
-        self.leases
-            .get(&self.own.subnet)
-            .is_some_and(|l| l.attrs.public_ip == self.own.attrs.public_ip)
-    }
-
-    async fn apply_events(&mut self, events: Vec<LeaseEvent>) {
+    async fn apply_changes(&mut self, events: Vec<NetworkEvent>) {
         for event in events {
             match event {
-                LeaseEvent::Put(lease) => {
-                    if lease.subnet != self.own.subnet {
-                        let known = self.leases.get(&lease.subnet).map(|l| &l.attrs);
-                        if known != Some(&lease.attrs) {
-                            info!(peer = %lease.subnet, public_ip = %lease.attrs.public_ip, "peer joined or changed");
+                NetworkEvent::LeasePut(raw) => {
+                    if raw.key != self.own_key() {
+                        let known = self.leases.get(&raw.key).map(|l| &l.value);
+                        if known != Some(&raw.value) {
+                            info!(peer = %raw.key, revision = raw.mod_revision, "peer joined or changed");
                         }
                     }
-                    self.revision = self.revision.max(lease.mod_revision);
-                    self.leases.insert(lease.subnet, lease);
+                    self.revision = self.revision.max(raw.mod_revision);
+                    self.leases.insert(raw.key.clone(), raw);
                 }
-                LeaseEvent::Delete { subnet, .. } => {
-                    if subnet != self.own.subnet {
-                        info!(peer = %subnet, "peer left");
+                NetworkEvent::LeaseDeleted { key } => {
+                    if key != self.own_key() {
+                        info!(peer = %key, "peer left");
                     }
-                    self.leases.remove(&subnet);
+                    self.leases.remove(&key);
+                    self.reported.remove(&key);
                 }
+                NetworkEvent::Config(text) => self.config_seen(text),
             }
         }
-        if !self.holds_own_lease() {
-            warn!(subnet = %self.own.subnet, "own lease was deleted or taken; acquiring again");
-            if let Err(e) = self.reacquire().await {
-                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "re-acquire own lease; will retry at the next resync");
-            }
+        if let Err(e) = self.check_own_lease().await {
+            self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "re-acquire own lease; will retry at the next resync");
         }
         self.reconcile().await;
+    }
+
+    /// Compares the config in etcd with the running one. Changes weftd can apply live
+    /// (`SubnetMin`, `SubnetMax`: they only steer which subnet is handed out next) are applied;
+    /// a new `Network`, `SubnetLen` or `Backend` would orphan leases or rebuild the data path
+    /// under running pods, so it is refused with one error until the nodes are restarted.
+    fn config_seen(&mut self, text: Option<String>) {
+        if text == self.config_text {
+            return;
+        }
+        let key = config_key(&self.opts.etcd.prefix);
+        self.config_text = text.clone();
+        let running = &self.config;
+        let refuse = |metrics: &Metrics| {
+            metrics.config_change_refused.store(true, Ordering::Relaxed);
+            metrics
+                .config_changes_refused
+                .fetch_add(1, Ordering::Relaxed);
+        };
+        let Some(text) = text else {
+            error!(key, old = %running, "network config was deleted; keeping the running config");
+            refuse(&self.metrics);
+            return;
+        };
+        let new = match NetworkConfig::parse(&text) {
+            Ok(new) => new,
+            Err(e) => {
+                error!(key, old = %running, error = %e, "network config changed to an invalid one; keeping the running config");
+                refuse(&self.metrics);
+                return;
+            }
+        };
+        if new == *running {
+            info!(key, config = %new, "network config rewritten without a change");
+            self.metrics
+                .config_change_refused
+                .store(false, Ordering::Relaxed);
+            return;
+        }
+        let live = new.network == running.network
+            && new.subnet_len == running.subnet_len
+            && new.backend == running.backend;
+        if live {
+            info!(key, old = %running, new = %new, "network config changed: {running} -> {new}; applied");
+            self.config = new;
+            self.metrics
+                .config_change_refused
+                .store(false, Ordering::Relaxed);
+            self.metrics
+                .config_changes_applied
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            error!(key, old = %running, new = %new,
+                "network config changed: {running} -> {new}; a new Network, SubnetLen or Backend is \
+                 not applied while running (it would orphan leases or rebuild the data path under \
+                 running pods): keeping the running config; restart weftd on every node to apply it");
+            refuse(&self.metrics);
+        }
     }
 
     /// Acquires a lease again, preferring the subnet we had.
@@ -388,22 +508,21 @@ impl Agent {
         if own.subnet != self.own.subnet {
             warn!(old = %self.own.subnet, subnet = %own.subnet, "own subnet changed");
             self.published = false;
+            self.metrics.ready.store(false, Ordering::Relaxed);
         }
         info!(subnet = %own.subnet, "lease re-acquired");
         self.own = own;
         self.note_lease();
-        let lease = self.own_as_lease();
-        self.leases.insert(lease.subnet, lease);
-        Ok(())
-    }
-
-    fn own_as_lease(&self) -> Lease {
-        Lease {
-            subnet: self.own.subnet,
-            attrs: self.own.attrs.clone(),
-            etcd_lease: self.own.etcd_lease,
+        // Until the watch delivers the key, the table holds our lease as we wrote it.
+        let raw = RawLease {
+            key: self.own_key(),
+            value: self.own.attrs.to_json().into_bytes(),
+            etcd_lease: self.own.etcd_lease.unwrap_or(0),
+            create_revision: self.revision,
             mod_revision: self.revision,
-        }
+        };
+        self.leases.insert(raw.key.clone(), raw);
+        Ok(())
     }
 
     fn note_lease(&self) {
@@ -438,8 +557,8 @@ impl Agent {
                 self.own = own;
                 self.note_lease();
             }
-            Err(e @ StoreError::LeaseLost { .. }) => {
-                warn!(subnet = %self.own.subnet, error = %e, "own lease lost; acquiring again");
+            Err(StoreError::LeaseLost { reason, .. }) => {
+                self.own_lease_lost(&reason);
                 match self.reacquire().await {
                     Ok(()) => self.reconcile().await,
                     Err(e) => {
@@ -517,12 +636,7 @@ impl Agent {
             return;
         }
         let started = Instant::now();
-        let peers: Vec<Lease> = self
-            .leases
-            .values()
-            .filter(|l| l.subnet != self.own.subnet)
-            .cloned()
-            .collect();
+        let peers = self.believed_peers().await;
         let result = self.backend.reconcile(self.own.subnet, &peers).await;
         let took = started.elapsed();
         let report = match result {
@@ -560,6 +674,90 @@ impl Agent {
         }
     }
 
+    /// What validation says about this node.
+    fn policy(&self) -> LeasePolicy {
+        let attrs = self.backend.lease_attrs();
+        let addresses = vec![self.ext.public_ip, self.ext.iface_addr];
+        LeasePolicy {
+            prefix: self.opts.etcd.prefix.clone(),
+            config: self.config.clone(),
+            node: NodeIdentity {
+                public_ip: Some(self.own.attrs.public_ip),
+                addresses,
+                vtep_mac: attrs.vtep_mac().and_then(parse_mac),
+                subnet: Some(self.own.subnet),
+            },
+        }
+    }
+
+    /// The peer leases that pass validation and then the kernel guard. Each rejected lease
+    /// and refused route is logged and counted once per revision of its key.
+    async fn believed_peers(&mut self) -> Vec<Lease> {
+        let mut policy = self.policy();
+        let protected = match guard::protected_now(&self.ext, &self.etcd_addresses).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Without the kernel's view the guard still has the addresses weftd knows.
+                warn!(error = %e, "read this node's addresses and routes for the route guard");
+                policy
+                    .node
+                    .addresses
+                    .iter()
+                    .map(|ip| guard::Protected {
+                        prefix: Ipv4Network::from(*ip),
+                        what: format!("address {ip} of this node"),
+                    })
+                    .collect()
+            }
+        };
+        // Every local address (other interfaces, loopback) is this node's for validation too.
+        policy.node.addresses.extend(
+            protected
+                .iter()
+                .filter(|p| p.prefix.prefix() == 32)
+                .map(|p| p.prefix.ip()),
+        );
+        let verdicts = validate_leases(&policy, self.leases.values());
+        let mut current: HashMap<String, i64> = HashMap::new();
+        self.metrics
+            .leases_rejected_now
+            .store(verdicts.rejected.len() as u64, Ordering::Relaxed);
+        for r in &verdicts.rejected {
+            current.insert(r.key.clone(), r.mod_revision);
+            if self.reported.get(&r.key) != Some(&r.mod_revision) {
+                error!(key = %r.key, revision = r.mod_revision, reason = r.reason.label(),
+                    "lease rejected, not programmed: {}", r.reason);
+                self.metrics.count_rejected_lease(r.reason.label());
+            }
+        }
+        let route_guard = RouteGuard::new(protected);
+        let peers: Vec<Lease> = verdicts
+            .accepted
+            .into_iter()
+            .filter(|l| l.subnet != self.own.subnet)
+            .collect();
+        let by_subnet: HashMap<Ipv4Network, (String, i64)> = self
+            .leases
+            .values()
+            .filter_map(|raw| {
+                let subnet =
+                    crate::lease::parse_lease_key(&self.opts.etcd.prefix, &raw.key).ok()?;
+                Some((subnet, (raw.key.clone(), raw.mod_revision)))
+            })
+            .collect();
+        let (allowed, refused) = route_guard.filter(peers);
+        for r in &refused {
+            let (key, revision) = by_subnet.get(&r.dst).cloned().unwrap_or_default();
+            current.insert(key.clone(), revision);
+            if self.reported.get(&key) != Some(&revision) {
+                error!(key, peer = %r.dst, "route refused by the guard, not programmed: {r}");
+                self.metrics.routes_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.reported = current;
+        allowed
+    }
+
     /// Writes subnet.env and applies the masquerade rules.
     async fn publish(&mut self) {
         if self.opts.ip_masq {
@@ -580,6 +778,9 @@ impl Agent {
                 info!(subnet = %self.own.subnet, file = %self.opts.subnet_file.display(), public_ip = %self.ext.public_ip, "node ready");
                 self.published = true;
                 self.metrics.ready.store(true, Ordering::Relaxed);
+                self.metrics
+                    .own_lease_taken_over
+                    .store(false, Ordering::Relaxed);
             }
             Err(e) => {
                 error!(file = %self.opts.subnet_file.display(), error = %e, "write subnet.env; retrying in {RECONCILE_RETRY:?}");
@@ -597,9 +798,9 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-async fn next_events(watch: &mut Option<LeaseWatch>) -> Result<Vec<LeaseEvent>, StoreError> {
+async fn next_events(watch: &mut Option<LeaseWatch>) -> Result<Vec<NetworkEvent>, StoreError> {
     match watch {
-        Some(w) => w.next().await,
+        Some(w) => w.next_changes().await,
         None => std::future::pending().await,
     }
 }
@@ -622,13 +823,17 @@ async fn connect(opts: &EtcdOptions, metrics: &Metrics) -> EtcdStore {
 
 /// Waits until `<prefix>/config` holds a valid network config. Each distinct problem is logged
 /// once, so a missing or broken config does not flood the log.
-async fn wait_for_config(store: &EtcdStore, prefix: &str, metrics: &Metrics) -> NetworkConfig {
+async fn wait_for_config(
+    store: &EtcdStore,
+    prefix: &str,
+    metrics: &Metrics,
+) -> (NetworkConfig, String) {
     let key = format!("{}/config", prefix.trim_end_matches('/'));
     let mut last_problem = String::new();
     loop {
         let problem = match store.network_config().await {
             Ok(Some(raw)) => match NetworkConfig::parse(&raw) {
-                Ok(config) => return config,
+                Ok(config) => return (config, raw),
                 Err(e) => format!("invalid network config at {key}: {e}"),
             },
             Ok(None) => format!("waiting for the network config at {key}"),
@@ -647,6 +852,34 @@ async fn wait_for_config(store: &EtcdStore, prefix: &str, metrics: &Metrics) -> 
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The addresses of the etcd endpoints (host names resolved once, at start); the route guard
+/// keeps every peer route off them.
+async fn resolve_endpoints(endpoints: &[String]) -> Vec<Ipv4Addr> {
+    let mut addresses = Vec::new();
+    for url in endpoints {
+        let Some(host) = endpoint_host(url) else {
+            warn!(endpoint = %url, "etcd endpoint has no host; the route guard cannot protect it");
+            continue;
+        };
+        match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => addresses.push(ip),
+            Ok(std::net::IpAddr::V6(_)) => {}
+            Err(_) => match tokio::net::lookup_host((host, 0)).await {
+                Ok(found) => addresses.extend(found.filter_map(|a| match a.ip() {
+                    std::net::IpAddr::V4(ip) => Some(ip),
+                    std::net::IpAddr::V6(_) => None,
+                })),
+                Err(e) => {
+                    warn!(endpoint = %url, error = %e, "resolve etcd endpoint; the route guard cannot protect it")
+                }
+            },
+        }
+    }
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
 }
 
 /// Acquires our lease, retrying etcd failures with back-off.

@@ -38,6 +38,22 @@ pub struct Metrics {
     pub lease_expiry_unix: AtomicI64,
     /// Whether the node is serving: lease held, device and peers programmed, subnet.env written.
     pub ready: AtomicBool,
+    /// Leases currently refused by validation.
+    pub leases_rejected_now: AtomicU64,
+    /// Peer routes the kernel guard refused (each refused lease revision once).
+    pub routes_refused: AtomicU64,
+    /// Whether another writer took our lease and the node has not served a new subnet yet.
+    pub own_lease_taken_over: AtomicBool,
+    /// How often another writer took our lease.
+    pub own_lease_takeovers: AtomicU64,
+    /// Whether `<prefix>/config` holds a change weftd refused to apply while running.
+    pub config_change_refused: AtomicBool,
+    /// Config changes applied while running.
+    pub config_changes_applied: AtomicU64,
+    /// Config changes refused while running.
+    pub config_changes_refused: AtomicU64,
+    /// Rejected lease revisions, by reason label.
+    leases_rejected: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// The backend's own metrics (e.g. the UDP data path's packet and drop counters).
     backend: std::sync::OnceLock<BackendMetrics>,
 }
@@ -55,6 +71,15 @@ impl Metrics {
     /// Adds the backend's metrics to `/metrics`; only the first call counts.
     pub fn set_backend(&self, render: BackendMetrics) {
         let _ = self.backend.set(render);
+    }
+
+    /// Counts one rejected lease revision under its reason label.
+    pub fn count_rejected_lease(&self, reason: &'static str) {
+        let mut by_reason = self
+            .leases_rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *by_reason.entry(reason).or_default() += 1;
     }
 
     /// Records one reconcile run.
@@ -161,6 +186,59 @@ impl Metrics {
             "1 when the node serves its subnet.",
             u8::from(self.ready.load(Ordering::Relaxed)).to_string(),
         );
+        let flag = |b: &AtomicBool| u8::from(b.load(Ordering::Relaxed)).to_string();
+        metric(
+            "weft_leases_rejected",
+            "gauge",
+            "Leases in etcd currently refused by validation.",
+            load(&self.leases_rejected_now).to_string(),
+        );
+        metric(
+            "weft_routes_refused_total",
+            "counter",
+            "Peer routes refused by the kernel guard (own addresses, underlay, etcd, default route).",
+            load(&self.routes_refused).to_string(),
+        );
+        metric(
+            "weft_own_lease_taken_over",
+            "gauge",
+            "1 while the node recovers from another writer taking its lease.",
+            flag(&self.own_lease_taken_over),
+        );
+        metric(
+            "weft_own_lease_takeovers_total",
+            "counter",
+            "Times another writer took this node's lease.",
+            load(&self.own_lease_takeovers).to_string(),
+        );
+        metric(
+            "weft_config_change_refused",
+            "gauge",
+            "1 while the network config in etcd differs from the running one in a way not applied live.",
+            flag(&self.config_change_refused),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weft_config_changes_total Network config changes seen while running, by result.\n\
+             # TYPE weft_config_changes_total counter\n\
+             weft_config_changes_total{{result=\"applied\"}} {}\n\
+             weft_config_changes_total{{result=\"refused\"}} {}",
+            load(&self.config_changes_applied),
+            load(&self.config_changes_refused)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weft_leases_rejected_total Lease revisions refused by validation, by reason.\n\
+             # TYPE weft_leases_rejected_total counter"
+        );
+        let by_reason = self
+            .leases_rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (reason, n) in by_reason {
+            let _ = writeln!(out, "weft_leases_rejected_total{{reason=\"{reason}\"}} {n}");
+        }
         if let Some(render) = self.backend.get() {
             out.push_str(&render());
         }
@@ -281,6 +359,23 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE weft_etcd_errors_total counter\n"),
+            "{text}"
+        );
+        m.count_rejected_lease("public_ip");
+        m.count_rejected_lease("public_ip");
+        m.count_rejected_lease("vni");
+        m.config_changes_refused.fetch_add(1, Ordering::Relaxed);
+        let text = m.render();
+        assert!(
+            text.contains("weft_leases_rejected_total{reason=\"public_ip\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_leases_rejected_total{reason=\"vni\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_config_changes_total{result=\"refused\"} 1\n"),
             "{text}"
         );
     }

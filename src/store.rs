@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::NetworkConfig;
 use crate::lease::{config_key, lease_key, parse_lease_key, subnets_prefix};
-use crate::lease::{Lease, LeaseAttrs, LeaseError};
+use crate::lease::{Lease, LeaseAttrs, LeaseError, RawLease};
 use crate::subnet::{choose_free_subnet, TakenSubnets};
 
 /// flanneld's default etcd endpoint.
@@ -60,6 +60,8 @@ pub struct EtcdOptions {
     pub username: Option<String>,
     /// Password for etcd authentication; never printed.
     pub password: Option<String>,
+    /// File holding the password (read at connect; one trailing newline ignored); never printed.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for EtcdOptions {
@@ -72,6 +74,7 @@ impl Default for EtcdOptions {
             keyfile: None,
             username: None,
             password: None,
+            password_file: None,
         }
     }
 }
@@ -86,6 +89,7 @@ impl fmt::Debug for EtcdOptions {
             .field("keyfile", &self.keyfile)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
             .finish()
     }
 }
@@ -112,13 +116,17 @@ pub struct EtcdArgs {
     /// etcd user name.
     #[arg(long = "etcd-username", env = "WEFTD_ETCD_USERNAME")]
     pub etcd_username: Option<String>,
-    /// etcd password.
+    /// etcd password. Visible to every local user in `ps`: prefer `--etcd-password-file`.
     #[arg(
         long = "etcd-password",
         env = "WEFTD_ETCD_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "etcd_password_file"
     )]
     pub etcd_password: Option<String>,
+    /// File holding the etcd password (one trailing newline is ignored); keep it 0600.
+    #[arg(long = "etcd-password-file", env = "WEFTD_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for EtcdArgs {
@@ -138,6 +146,7 @@ impl EtcdArgs {
             keyfile: self.etcd_keyfile.clone(),
             username: self.etcd_username.clone(),
             password: self.etcd_password.clone(),
+            password_file: self.etcd_password_file.clone(),
         }
     }
 }
@@ -279,6 +288,31 @@ pub struct LeaseSnapshot {
     pub leases: Vec<Lease>,
     /// The store revision of the listing; watch from `revision + 1`.
     pub revision: i64,
+}
+
+/// The network config and every key under `<prefix>/subnets/`, unparsed, at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSnapshot {
+    /// The raw JSON at `<prefix>/config`, `None` when the key does not exist.
+    pub config: Option<String>,
+    /// Every lease key with its value, as etcd holds it.
+    pub leases: Vec<RawLease>,
+    /// The store revision of the listing; watch from `revision + 1`.
+    pub revision: i64,
+}
+
+/// A change under `<prefix>/`, unparsed (see [`LeaseWatch::next_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkEvent {
+    /// A key under `<prefix>/subnets/` was created or changed.
+    LeasePut(RawLease),
+    /// A key under `<prefix>/subnets/` was deleted or expired.
+    LeaseDeleted {
+        /// The full key.
+        key: String,
+    },
+    /// `<prefix>/config` was written (`Some(json)`) or deleted (`None`).
+    Config(Option<String>),
 }
 
 /// A change under `<prefix>/subnets/`.
@@ -438,12 +472,47 @@ fn read_pem(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, StoreError> {
     })
 }
 
+/// The password in `path`, without the newline an editor or `echo` leaves at its end.
+fn read_password_file(path: &PathBuf) -> Result<String, StoreError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StoreError::ReadFile {
+        what: "password file",
+        path: path.clone(),
+        source,
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
+}
+
+/// The host of an etcd client URL: `https://etcd-1:2379` -> `etcd-1`,
+/// `http://[fd00::1]:2379` -> `fd00::1`; `None` when there is none.
+pub fn endpoint_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.0,
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
 fn ttl_seconds(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1)
 }
 
 fn expiry_after(seconds: i64) -> SystemTime {
     SystemTime::now() + Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+/// One key-value of `<prefix>/subnets/` as it is, for [`crate::validate`].
+fn raw_from_kv(kv: &KeyValue) -> RawLease {
+    RawLease {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        etcd_lease: kv.lease(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    }
 }
 
 /// Parses one key-value of `<prefix>/subnets/` into a lease.
@@ -493,7 +562,11 @@ impl EtcdStore {
             }
             co = co.with_tls(tls);
         }
-        match (&opts.username, &opts.password) {
+        let password = match &opts.password_file {
+            Some(path) => Some(read_password_file(path)?),
+            None => opts.password.clone(),
+        };
+        match (&opts.username, &password) {
             (Some(user), password) => {
                 co = co
                     .with_user(user.clone(), password.clone().unwrap_or_default())
@@ -580,6 +653,36 @@ impl EtcdStore {
         Ok(LeaseSnapshot { leases, revision })
     }
 
+    /// The network config and every lease key, unparsed, in one read (one revision).
+    pub async fn list_network(&self) -> Result<NetworkSnapshot, StoreError> {
+        let prefix = format!("{}/", self.prefix);
+        let resp = self
+            .timed(
+                "list network",
+                &prefix,
+                self.client
+                    .kv_client()
+                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let config_key = config_key(&self.prefix);
+        let subnets = subnets_prefix(&self.prefix);
+        let mut snapshot = NetworkSnapshot {
+            config: None,
+            leases: Vec::new(),
+            revision,
+        };
+        for kv in resp.kvs() {
+            if kv.key() == config_key.as_bytes() {
+                snapshot.config = Some(String::from_utf8_lossy(kv.value()).into_owned());
+            } else if kv.key().starts_with(subnets.as_bytes()) {
+                snapshot.leases.push(raw_from_kv(kv));
+            }
+        }
+        Ok(snapshot)
+    }
+
     /// When the etcd lease `id` expires (for display); `None` when it has already expired.
     pub async fn lease_expiry(&self, id: i64) -> Result<Option<SystemTime>, StoreError> {
         let resp = self
@@ -635,11 +738,13 @@ impl EtcdStore {
                 self.delete_if_unchanged(stale).await?;
                 dropped.push(stale.subnet);
             }
+            // A key for a subnet larger than SubnetLen (a whole-Network lease, say) is never
+            // believed by validation, so it must not block the subnets inside it either.
             let taken = TakenSubnets::new(
                 snap.leases
                     .iter()
                     .map(|l| &l.subnet)
-                    .filter(|s| !dropped.contains(s))
+                    .filter(|s| s.prefix() >= cfg.subnet_len && !dropped.contains(s))
                     .chain(&lost),
             );
             let wanted = previous.filter(|p| cfg.contains_subnet(p) && !taken.overlaps(p));
@@ -720,6 +825,32 @@ impl EtcdStore {
             .with_prefix()
             .with_start_revision(from_revision)
             .with_prev_key()
+            .with_progress_notify();
+        let endpoint = self.endpoints.pinned();
+        let stream = self
+            .timed(
+                "watch",
+                &key,
+                self.client.watch_client().watch(key.clone(), Some(opts)),
+            )
+            .await?;
+        Ok(LeaseWatch {
+            stream,
+            prefix: self.prefix.clone(),
+            key,
+            revision: from_revision.saturating_sub(1),
+            store: self.clone(),
+            endpoint,
+        })
+    }
+
+    /// Watches all of `<prefix>/` (the config and the leases) from `from_revision` (inclusive);
+    /// read with [`LeaseWatch::next_changes`].
+    pub async fn watch_network(&self, from_revision: i64) -> Result<LeaseWatch, StoreError> {
+        let key = format!("{}/", self.prefix);
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision)
             .with_progress_notify();
         let endpoint = self.endpoints.pinned();
         let stream = self
@@ -984,6 +1115,61 @@ impl LeaseWatch {
     /// connection is detected by HTTP/2 keep-alive and reported as [`StoreError::WatchBroken`];
     /// a start revision older than etcd's history gives [`StoreError::Compacted`].
     pub async fn next(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
+        let subnets = subnets_prefix(&self.prefix);
+        loop {
+            let raw = self.next_raw().await?;
+            let mut batch = Vec::with_capacity(raw.len());
+            for (kind, kv, prev) in &raw {
+                if !kv.key().starts_with(subnets.as_bytes()) {
+                    continue;
+                }
+                match self.event(*kind, kv, prev.as_ref()) {
+                    Ok(e) => batch.push(e),
+                    Err(e) => {
+                        warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "skipping a lease event that does not parse")
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+    }
+
+    /// The next batch of changes of the config and the lease keys, unparsed (never empty);
+    /// errors as [`LeaseWatch::next`]. Keys under `<prefix>/` that are neither are skipped.
+    pub async fn next_changes(&mut self) -> Result<Vec<NetworkEvent>, StoreError> {
+        let subnets = subnets_prefix(&self.prefix);
+        let config = config_key(&self.prefix);
+        loop {
+            let raw = self.next_raw().await?;
+            let mut batch = Vec::with_capacity(raw.len());
+            for (kind, kv, _) in &raw {
+                let key = kv.key();
+                if key == config.as_bytes() {
+                    batch.push(NetworkEvent::Config(match kind {
+                        EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
+                        EventType::Delete => None,
+                    }));
+                } else if key.starts_with(subnets.as_bytes()) {
+                    batch.push(match kind {
+                        EventType::Put => NetworkEvent::LeasePut(raw_from_kv(kv)),
+                        EventType::Delete => NetworkEvent::LeaseDeleted {
+                            key: String::from_utf8_lossy(key).into_owned(),
+                        },
+                    });
+                }
+            }
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+    }
+
+    /// The next non-empty batch of watch events as etcd sent them.
+    async fn next_raw(
+        &mut self,
+    ) -> Result<Vec<(EventType, KeyValue, Option<KeyValue>)>, StoreError> {
         loop {
             let resp = match self.stream.message().await {
                 Ok(Some(resp)) => resp,
@@ -1013,12 +1199,7 @@ impl LeaseWatch {
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 self.revision = self.revision.max(kv.mod_revision());
-                match self.event(ev.event_type(), kv, ev.prev_kv()) {
-                    Ok(e) => batch.push(e),
-                    Err(e) => {
-                        warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "skipping a lease event that does not parse")
-                    }
-                }
+                batch.push((ev.event_type(), kv.clone(), ev.prev_kv().cloned()));
             }
             if !batch.is_empty() {
                 return Ok(batch);
@@ -1069,6 +1250,45 @@ mod tests {
         assert!(text.contains("<redacted>"), "{text}");
         assert_eq!(opts.endpoints, vec!["http://127.0.0.1:2379".to_string()]);
         assert_eq!(opts.prefix, "/coreos.com/network");
+    }
+
+    #[test]
+    fn password_file_loses_only_its_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        for (content, want) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("s3cret", "s3cret"),
+            (" s3 cret \n\n", " s3 cret \n"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            assert_eq!(read_password_file(&path).unwrap(), want, "{content:?}");
+        }
+        let e = read_password_file(&dir.path().join("missing")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("etcd: read password file "),
+            "{e}"
+        );
+        let opts = EtcdOptions {
+            password_file: Some(path),
+            ..EtcdOptions::default()
+        };
+        assert!(!format!("{opts:?}").contains("s3 cret"));
+    }
+
+    #[test]
+    fn endpoint_hosts() {
+        for (url, host) in [
+            ("http://192.0.2.254:2379", Some("192.0.2.254")),
+            ("https://etcd-1.example:2379/", Some("etcd-1.example")),
+            ("http://[2001:db8::1]:2379", Some("2001:db8::1")),
+            ("192.0.2.7:2379", Some("192.0.2.7")),
+            ("http://user@192.0.2.8", Some("192.0.2.8")),
+            ("http://:2379", None),
+        ] {
+            assert_eq!(endpoint_host(url), host, "{url}");
+        }
     }
 
     #[test]

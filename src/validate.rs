@@ -89,7 +89,7 @@ pub enum RejectReason {
         /// The value found (`-` when missing).
         found: String,
         /// Why.
-        why: &'static str,
+        why: String,
     },
     /// `BackendData.VNI` is not the config's.
     Vni {
@@ -175,6 +175,8 @@ pub struct AcceptedSubnets {
     v4: BTreeMap<u32, (u32, String)>,
     /// IPv6 parts of dual-stack keys, with their key.
     v6: Vec<(Ipv6Network, String)>,
+    /// VTEP MACs of believed VXLAN leases: MAC -> (PublicIP, key).
+    macs: BTreeMap<[u8; 6], (Ipv4Addr, String)>,
 }
 
 impl AcceptedSubnets {
@@ -193,6 +195,25 @@ impl AcceptedSubnets {
             .iter()
             .find(|(n, _)| n.contains(subnet.network()) || subnet.contains(n.network()))
             .map(|(_, k)| k.as_str())
+    }
+
+    /// The key of a believed lease of another node (another `PublicIP`) with VTEP MAC `mac`:
+    /// one MAC leads to one VTEP, so a second node claiming it would steal the first's traffic.
+    pub fn mac_owner(&self, mac: &[u8; 6], public_ip: Ipv4Addr) -> Option<&str> {
+        self.macs
+            .get(mac)
+            .filter(|(ip, _)| *ip != public_ip)
+            .map(|(_, k)| k.as_str())
+    }
+
+    /// Records a believed lease's subnets and, for VXLAN, its VTEP MAC.
+    pub fn insert_lease(&mut self, subnet: DualSubnet, lease: &Lease, key: &str) {
+        if let Some(mac) = lease.attrs.vtep_mac().and_then(parse_mac) {
+            self.macs
+                .entry(mac)
+                .or_insert_with(|| (lease.attrs.public_ip, key.to_string()));
+        }
+        self.insert(subnet, key);
     }
 
     /// Records a believed lease's subnets.
@@ -270,7 +291,13 @@ pub fn validate_lease(
     let ours = node.subnet == Some(subnet) && node.public_ip == Some(attrs.public_ip);
     check_public_ip(attrs.public_ip, node, ours)?;
     if let BackendConfig::Vxlan { vni, .. } = cfg.backend {
-        check_vxlan_data(&attrs, vni, node, ours)?;
+        let mac = check_vxlan_data(&attrs, vni, node, ours)?;
+        if let Some(older) = accepted.mac_owner(&mac, attrs.public_ip) {
+            return Err(RejectReason::VtepMac {
+                found: format!("{:?}", attrs.vtep_mac().unwrap_or_default()),
+                why: format!("is already the VTEP MAC of another node's older lease {older}"),
+            });
+        }
     }
     let lease = Lease {
         subnet,
@@ -303,7 +330,7 @@ pub fn validate_leases<'a>(
     for raw in ordered {
         match validate_lease(policy, raw, &taken) {
             Ok((dual, lease)) => {
-                taken.insert(dual, &raw.key);
+                taken.insert_lease(dual, &lease, &raw.key);
                 verdicts.accepted.push(lease);
             }
             Err(reason) => verdicts.rejected.push(RejectedLease {
@@ -345,7 +372,7 @@ fn check_vxlan_data(
     vni: u32,
     node: &NodeIdentity,
     ours: bool,
-) -> Result<(), RejectReason> {
+) -> Result<[u8; 6], RejectReason> {
     let data = attrs.backend_data.as_ref().and_then(|d| d.as_object());
     // Flannel decodes BackendData with Go's case-insensitive field matching.
     let field = |name: &str| {
@@ -366,9 +393,9 @@ fn check_vxlan_data(
     }
     let mac_value = field("VtepMAC");
     let text = mac_value.and_then(|v| v.as_str());
-    let fail = |why| RejectReason::VtepMac {
+    let fail = |why: &str| RejectReason::VtepMac {
         found: mac_value.map_or_else(|| "-".to_string(), |v| v.to_string()),
-        why,
+        why: why.to_string(),
     };
     let Some(text) = text else {
         return Err(fail("is missing or not a string"));
@@ -383,7 +410,7 @@ fn check_vxlan_data(
     if !ours && node.vtep_mac == Some(mac) {
         return Err(fail("is this node's own VTEP MAC"));
     }
-    Ok(())
+    Ok(mac)
 }
 
 /// `aa:bb:cc:dd:ee:ff` (hex digits of either case), as Go's `net.ParseMAC` reads Flannel's.
@@ -668,6 +695,38 @@ mod tests {
         );
         assert_eq!(a.rejected[1].key, v6_clash.key);
         assert_eq!(a.rejected[1].reason.label(), "overlap");
+    }
+
+    #[test]
+    fn a_vtep_mac_belongs_to_the_older_node() {
+        let older = raw(
+            "10.244.5.0-24",
+            &vxlan("192.0.2.15", "0a:00:00:00:00:15"),
+            10,
+        );
+        let thief = raw(
+            "10.244.6.0-24",
+            &vxlan("192.0.2.31", "0a:00:00:00:00:15"),
+            20,
+        );
+        // The same node under two keys (a leftover of its own) is not a thief.
+        let same_node = raw(
+            "10.244.7.0-24",
+            &vxlan("192.0.2.15", "0a:00:00:00:00:15"),
+            30,
+        );
+        let v = validate_leases(&policy(), [&thief, &same_node, &older]);
+        let subnets: Vec<String> = v.accepted.iter().map(|l| l.subnet.to_string()).collect();
+        assert_eq!(subnets, ["10.244.5.0/24", "10.244.7.0/24"]);
+        assert_eq!(v.rejected.len(), 1);
+        assert_eq!(
+            v.rejected[0].to_string(),
+            format!(
+                "lease {}: BackendData.VtepMAC \"0a:00:00:00:00:15\" is already the VTEP MAC of \
+                 another node's older lease {}",
+                thief.key, older.key
+            )
+        );
     }
 
     #[test]

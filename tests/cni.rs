@@ -894,6 +894,70 @@ fn bridge_with_another_address_is_a_clear_error() {
 }
 
 #[test]
+fn bridge_moves_to_the_new_gateway_when_subnet_env_names_a_new_subnet() {
+    let site = Site::new("10.244.23.1/24");
+    let old_pod = Netns::new("pod");
+    site.add(&old_pod, "before-move", "1.0.0");
+    assert_eq!(addresses(&site.node, "cni0"), vec!["10.244.23.1/24"]);
+    // weftd lost its lease and took another subnet: subnet.env now names it.
+    site.write_subnet_env("10.244.24.1/24");
+    let pod = Netns::new("pod");
+    let result = site.add(&pod, "after-move", "1.0.0");
+    assert_eq!(result["ips"][0]["address"], "10.244.24.2/24", "{result}");
+    assert_eq!(result["ips"][0]["gateway"], "10.244.24.1", "{result}");
+    assert_eq!(
+        result["interfaces"][0]["mac"], "0a:58:0a:f4:18:01",
+        "the bridge MAC names the new gateway: {result}"
+    );
+    assert_eq!(
+        addresses(&site.node, "cni0"),
+        vec!["10.244.24.1/24"],
+        "old gateway removed, new one added"
+    );
+    let node_routes = site.node.ip_json(&["-4", "route", "show", "dev", "cni0"]);
+    let dsts: Vec<&str> = node_routes
+        .iter()
+        .filter_map(|r| r["dst"].as_str())
+        .collect();
+    assert_eq!(dsts, vec!["10.244.24.0/24"], "{node_routes:?}");
+    let pod_routes = pod.ip_json(&["-4", "route", "show"]);
+    for dst in ["default", "10.244.0.0/16"] {
+        assert!(
+            pod_routes
+                .iter()
+                .any(|r| r["dst"] == dst && r["gateway"] == "10.244.24.1" && r["dev"] == "eth0"),
+            "{dst} via the new gateway: {pod_routes:?}"
+        );
+    }
+    assert!(
+        tcp_ok(&pod, &site.node, "10.244.24.1"),
+        "pod -> new gateway"
+    );
+    assert!(tcp_ok(&site.node, &pod, "10.244.24.2"), "node -> pod");
+    // The next ADD finds the bridge as it should be and changes nothing.
+    let pod2 = Netns::new("pod");
+    assert_eq!(
+        result_ip(&site.add(&pod2, "after-move-2", "1.0.0")),
+        "10.244.24.3"
+    );
+    assert_eq!(addresses(&site.node, "cni0"), vec!["10.244.24.1/24"]);
+    // An address weft did not put there is still left alone, with code 100.
+    site.node
+        .ip(&["addr", "add", "198.51.100.1/24", "dev", "cni0"]);
+    site.write_subnet_env("10.244.25.1/24");
+    let pod3 = Netns::new("pod");
+    let out = Call::new(&site.node, "ADD")
+        .attachment("after-move-3", "eth0", Some(&pod3))
+        .conf(&site.conf("1.0.0"));
+    assert_eq!(out.code(), 100, "{out:?}");
+    assert!(out.stdout.contains("198.51.100.1/24"), "{out:?}");
+    let mut left = addresses(&site.node, "cni0");
+    left.sort();
+    assert_eq!(left, vec!["10.244.24.1/24", "198.51.100.1/24"]);
+    assert!(link_json(&pod3, "eth0").is_none());
+}
+
+#[test]
 fn exhausted_subnet_names_the_subnet() {
     let site = Site::new("10.244.17.1/30");
     let pod = Netns::new("pod");

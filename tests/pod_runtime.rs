@@ -20,8 +20,10 @@ use nix::unistd::Pid;
 use weft::pod::bundle::{ContainerSpec, MountSpec};
 use weft::pod::crilog::log_text;
 use weft::pod::image::{Image, ImageError, ImageStore};
+use weft::pod::resources::ContainerResources;
 use weft::pod::runtime::{ContainerState, ExitReason, OciRuntime};
 use weft::pod::sandbox::{Sandbox, SandboxState, NETNS_DIR};
+use weft::pod::security::{ContainerSecurity, HostNamespaces};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -76,7 +78,7 @@ impl Fixture {
         let id = unique(name);
         let pod_dir = self.path(&format!("pods/{id}"));
         fs::create_dir_all(&pod_dir)?;
-        let sandbox = Sandbox::create(&id, name, &pod_dir)?;
+        let sandbox = Sandbox::create(&id, name, &pod_dir, HostNamespaces::default())?;
         Ok(TestPod {
             id,
             name: name.to_string(),
@@ -116,6 +118,11 @@ impl TestPod {
                 .join(format!("default_{}_{}", self.name, self.id))
                 .join(name)
                 .join("0.log"),
+            security: ContainerSecurity::default(),
+            seccomp: None,
+            resources: ContainerResources::default(),
+            oom_score_adj: 0,
+            pids_limit: None,
         }
     }
 
@@ -523,10 +530,13 @@ fn containers_of_a_pod_share_localhost_and_hostname() -> TestResult {
     let server_status = server_handle.wait(WAIT)?.ok_or("server did not finish")?;
     assert_eq!(server_status.code, 0, "server log: {}", log_of(&server));
     // The pod's loopback is not the host's: nothing listens on the host at 8080 for this pod.
-    assert_ne!(
-        fs::read_link(pod.sandbox.paths().net_ns)?,
-        fs::read_link("/proc/self/ns/net")?
-    );
+    let ns_id = |p: &Path| fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let pod_net = pod
+        .sandbox
+        .paths()
+        .net_ns
+        .ok_or("pod has no network namespace")?;
+    assert_ne!(ns_id(&pod_net)?, ns_id(Path::new("/proc/self/ns/net"))?);
     Ok(())
 }
 
@@ -788,7 +798,12 @@ fn starter_for_kill9() -> TestResult {
     let store = ImageStore::open(&root.join("images"))?;
     let runtime = OciRuntime::new("runc", &root.join("runtime"));
     let pod_dir = root.join("pods/kill9");
-    let sandbox = Sandbox::create(&unique("kill9"), "kill9", &pod_dir)?;
+    let sandbox = Sandbox::create(
+        &unique("kill9"),
+        "kill9",
+        &pod_dir,
+        HostNamespaces::default(),
+    )?;
     let spec = ContainerSpec {
         id: "kill9-c".into(),
         pod_id: sandbox.state().pod_id.clone(),
@@ -805,6 +820,11 @@ fn starter_for_kill9() -> TestResult {
         mounts: Vec::new(),
         hostname: "kill9".into(),
         log_path: root.join("logs/kill9/c/0.log"),
+        security: ContainerSecurity::default(),
+        seccomp: None,
+        resources: ContainerResources::default(),
+        oom_score_adj: 0,
+        pids_limit: None,
     };
     runtime.start(&spec, &sandbox)?;
     println!("ready");

@@ -1275,3 +1275,591 @@ fn a_manifest_url_runs_its_pod_and_keeps_it_while_unreachable() {
     );
     node.assert_clean();
 }
+
+// securityContext, resources and the sandbox's life.
+
+/// The script both containers of the securityContext pod run: what they are allowed to do.
+const INSPECT: &str = r#"grep -E '^(Uid|Gid|Groups|CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status | tr -s '\t ' ' ';
+touch /tmp/rootfs-write 2>/dev/null && echo root-writable || echo root-read-only;
+unshare -U true 2>/dev/null && echo unshare-allowed || echo unshare-blocked;
+touch /data/$(id -u) && stat -c 'data-group %g' /data;
+echo "sysctl $(cat /proc/sys/net/ipv4/ip_unprivileged_port_start)";
+echo "oom-score-adj $(cat /proc/self/oom_score_adj)";
+echo "cgroup-lines-naming-weft $(grep -c weft /proc/self/cgroup)";
+echo done; exec sleep 3600"#;
+
+/// The pod directory and the runtime directory of the current run of `container`.
+fn container_dir(node: &PodNode, rec: &PodRecord, container: &str) -> (PathBuf, PathBuf) {
+    let m = &rec.pod.metadata;
+    let pod_dir = node
+        .cfg
+        .pod_root
+        .join(cli::pod_dir_name(&m.namespace, &m.name, &m.uid));
+    let id = rec
+        .pod
+        .status
+        .init_container_statuses
+        .iter()
+        .chain(&rec.pod.status.container_statuses)
+        .find(|s| s.name == container)
+        .map(|s| s.container_id.trim_start_matches("weft://").to_string())
+        .unwrap_or_else(|| panic!("no status of {container}"));
+    let dir = pod_dir.join("containers").join(id);
+    (pod_dir, dir)
+}
+
+/// The OCI config weft generated for the current run of `container`.
+fn oci_config(node: &PodNode, rec: &PodRecord, container: &str) -> serde_json::Value {
+    let (_, dir) = container_dir(node, rec, container);
+    let path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `(device, inode)` of a namespace file, to tell namespaces apart.
+fn ns_identity(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    (m.dev(), m.ino())
+}
+
+#[test]
+fn security_context_is_enforced_with_runtime_default_seccomp() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "secure.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: secure, namespace: NS}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    fsGroup: 2000
+    supplementalGroups: [3000]
+    sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: "80"}}]
+  volumes: [{{name: data, emptyDir: {{}}}}]
+  containers:
+    - name: locked
+      image: busybox
+      volumeMounts: [{{name: data, mountPath: /data}}]
+      securityContext:
+        capabilities: {{drop: [ALL]}}
+        readOnlyRootFilesystem: true
+        allowPrivilegeEscalation: false
+        seccompProfile: {{type: RuntimeDefault}}
+      command: [sh, -c, {script}]
+    - name: open
+      image: busybox
+      volumeMounts: [{{name: data, mountPath: /data}}]
+      securityContext:
+        runAsUser: 1001
+        allowPrivilegeEscalation: true
+        seccompProfile: {{type: Unconfined}}
+      command: [sh, -c, {script}]
+"#,
+            script = serde_json::to_string(INSPECT).unwrap_or_default()
+        ),
+    );
+    let rec = node.wait_status("secure", "Running");
+    assert_eq!(rec.pod.status.qos_class, "BestEffort");
+    let locked = node.wait_log(&rec, "locked", "done");
+    for want in [
+        "Uid: 1000 1000 1000 1000",
+        "Gid: 0 0 0 0",
+        "Groups: 2000 3000",
+        "CapEff: 0000000000000000",
+        "CapBnd: 0000000000000000",
+        "Seccomp: 2",
+        "NoNewPrivs: 1",
+        "root-read-only",
+        "unshare-blocked",
+        "data-group 2000",
+        "sysctl 80",
+        "oom-score-adj 1000",
+        "cgroup-lines-naming-weft 0",
+    ] {
+        assert!(
+            locked.contains(want),
+            "{want:?} not in the log of locked:\n{locked}"
+        );
+    }
+    // The same image and script without those settings: every check comes out the other way.
+    let open = node.wait_log(&rec, "open", "done");
+    for want in [
+        "Uid: 1001 1001 1001 1001",
+        "CapBnd: 00000000a80425fb",
+        "Seccomp: 0",
+        "NoNewPrivs: 0",
+        "root-writable",
+        "unshare-allowed",
+        "data-group 2000",
+    ] {
+        assert!(
+            open.contains(want),
+            "{want:?} not in the log of open:\n{open}"
+        );
+    }
+    let config = oci_config(&node, &rec, "locked");
+    let masked = config["linux"]["maskedPaths"].to_string();
+    assert!(masked.contains("/sys/devices/virtual/powercap"), "{masked}");
+    let namespaces = config["linux"]["namespaces"].to_string();
+    assert!(
+        !namespaces.contains("/proc/"),
+        "joins through a pid: {namespaces}"
+    );
+    assert!(namespaces.contains(r#""type":"cgroup""#), "{namespaces}");
+
+    // runAsNonRoot with an image that runs as root: the container is never created.
+    node.put_manifest(
+        "root.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rootpod, namespace: NS}
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers: [{name: c, image: busybox, command: [sleep, "3600"]}]
+"#,
+    );
+    let root = node.wait_status("rootpod", "CreateContainerConfigError");
+    let waiting = root.pod.status.container_statuses[0].state.waiting.clone();
+    assert!(
+        waiting.is_some_and(|w| w.message.contains("image will run as root")),
+        "{:?}",
+        root.pod.status
+    );
+    assert!(node.log(&root, "c", 0).is_empty(), "the root container ran");
+
+    // A sysctl outside the safe set is refused with the field named.
+    node.put_manifest(
+        "sysctl.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unsafe-sysctl, namespace: NS}
+spec:
+  securityContext: {sysctls: [{name: kernel.msgmax, value: "65536"}]}
+  containers: [{name: c, image: busybox}]
+"#,
+    );
+    let invalid = wait_for(WAIT, "unsafe sysctl refused", || {
+        read_invalid(&node.cfg.pod_root)
+            .into_iter()
+            .find(|i| i.file.ends_with("sysctl.yaml"))
+    });
+    assert!(
+        invalid.error.contains(
+            "field spec.securityContext.sysctls[0].name: \"kernel.msgmax\" is not a safe sysctl"
+        ),
+        "{}",
+        invalid.error
+    );
+    assert!(node.record("unsafe-sysctl").is_none());
+}
+
+#[test]
+fn host_network_pod_uses_the_nodes_namespace_without_cni() {
+    let node = PodNode::new();
+    // A device only the node's namespace has: the pod sees it through hostNetwork alone.
+    assert!(
+        node.node_exec(&[
+            "ip",
+            "link",
+            "add",
+            "weft-hostdev",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "weft-hostpeer"
+        ]),
+        "add a veth pair to the node namespace"
+    );
+    node.put_manifest(
+        "host.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostNetwork: true
+  containers:
+    - name: c
+      image: busybox
+      command: [sh, -c, 'cat /proc/net/dev; echo "host $(hostname)"; echo done; exec sleep 3600']
+"#,
+    );
+    let rec = node.wait_status("hostnet", "Running");
+    let log = node.wait_log(&rec, "c", "done");
+    assert!(
+        log.contains("weft-hostdev"),
+        "node's devices not seen:\n{log}"
+    );
+    assert_eq!(
+        rec.pod.status.pod_ip, "192.0.2.10",
+        "a hostNetwork pod has the node's IP"
+    );
+    assert_eq!(
+        node.ipam_allocations(),
+        Vec::<String>::new(),
+        "CNI was called"
+    );
+    assert!(node.pod_netns().is_empty(), "a network namespace was made");
+    let config = oci_config(&node, &rec, "c");
+    let namespaces = config["linux"]["namespaces"].to_string();
+    assert!(
+        !namespaces.contains("network") && !namespaces.contains("uts"),
+        "{namespaces}"
+    );
+    node.remove_manifest("host.yaml");
+    wait_for(WAIT, "pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    node.assert_clean();
+}
+
+/// CPU time the cgroup of `container`'s current run has used, in nanoseconds (cgroup v1
+/// `cpuacct.usage`, or v2 `cpu.stat` usage_usec).
+fn cgroup_cpu_ns(node: &PodNode, rec: &PodRecord, container: &str) -> u64 {
+    let (_, dir) = container_dir(node, rec, container);
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let v1 = PathBuf::from("/sys/fs/cgroup/cpuacct/weft")
+        .join(&id)
+        .join("cpuacct.usage");
+    if let Ok(text) = std::fs::read_to_string(&v1) {
+        return text
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", v1.display()));
+    }
+    let v2 = PathBuf::from("/sys/fs/cgroup/weft")
+        .join(&id)
+        .join("cpu.stat");
+    let text = std::fs::read_to_string(&v2)
+        .unwrap_or_else(|e| panic!("neither {} nor {}: {e}", v1.display(), v2.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|us| us * 1000)
+        .unwrap_or_else(|| panic!("no usage_usec in {}", v2.display()))
+}
+
+#[test]
+fn cpu_limit_caps_a_busy_loop_and_a_memory_hog_is_oom_killed() {
+    let mut node = PodNode::new();
+    node.stop_controller();
+    node.cfg.pids_limit = Some(64);
+    node.start();
+    node.put_manifest(
+        "cpu.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: cpu, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: limited
+      image: busybox
+      command: [sh, -c, 'while :; do :; done']
+      resources: {limits: {cpu: 100m, memory: 64Mi}}
+    - name: free
+      image: busybox
+      command: [sh, -c, 'while :; do :; done']
+      # A request and no limit: shares as large as a core's, so the 2 shares of no request do
+      # not leave the loop starved by the machine's other work.
+      resources: {requests: {cpu: "1"}}
+"#,
+    );
+    let rec = node.wait_status("cpu", "Running");
+    assert_eq!(rec.pod.status.qos_class, "Burstable");
+    let (_, limited_dir) = container_dir(&node, &rec, "limited");
+    let id = limited_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pids_max = ["/sys/fs/cgroup/pids/weft", "/sys/fs/cgroup/weft"]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(Path::new(d).join(&id).join("pids.max")).ok());
+    assert_eq!(
+        pids_max.as_deref().map(str::trim),
+        Some("64"),
+        "--pids-limit not applied"
+    );
+    let config = oci_config(&node, &rec, "limited");
+    assert_eq!(
+        config["linux"]["resources"]["cpu"],
+        serde_json::json!({"shares": 102, "quota": 10000, "period": 100000})
+    );
+    assert_eq!(config["linux"]["resources"]["memory"]["limit"], 64 << 20);
+    // Both loops run side by side in the same measurement window.
+    std::thread::sleep(Duration::from_secs(1));
+    let start = (
+        Instant::now(),
+        cgroup_cpu_ns(&node, &rec, "limited"),
+        cgroup_cpu_ns(&node, &rec, "free"),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let wall = start.0.elapsed().as_nanos() as f64;
+    let limited = (cgroup_cpu_ns(&node, &rec, "limited") - start.1) as f64 / wall;
+    let free = (cgroup_cpu_ns(&node, &rec, "free") - start.2) as f64 / wall;
+    eprintln!(
+        "cpu over {:.1} s: limited {:.1} %, free {:.1} %",
+        wall / 1e9,
+        limited * 100.0,
+        free * 100.0
+    );
+    assert!(
+        limited < 0.25,
+        "100m limit let the loop use {:.1} % of a core",
+        limited * 100.0
+    );
+    // Relative, measured in the same window: the machine's other load moves both numbers.
+    assert!(
+        free > 2.0 * limited,
+        "the unlimited loop got only {:.1} % (limited {:.1} %)",
+        free * 100.0,
+        limited * 100.0
+    );
+    node.remove_manifest("cpu.yaml");
+
+    node.put_manifest(
+        "hog.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: OnFailure
+  containers:
+    - name: hog
+      image: busybox
+      command: [sh, -c, 'echo "oom-score-adj $(cat /proc/self/oom_score_adj)"; x=0123456789abcdef; while :; do x=$x$x; done; echo survived']
+      resources: {limits: {memory: 32Mi}, requests: {cpu: 50m}}
+"#,
+    );
+
+    // The hog is killed in its 32 Mi cgroup, shown as OOMKilled 137, and restarted (OnFailure).
+    let hog = wait_for(WAIT, "hog OOM-killed and restarted", || {
+        node.record("hog")
+            .filter(|r| r.pod.status.container_statuses[0].restart_count >= 1)
+    });
+    let s = &hog.pod.status.container_statuses[0];
+    let last = s.last_state.terminated.clone();
+    assert!(
+        last.as_ref()
+            .is_some_and(|t| t.reason == "OOMKilled" && t.exit_code == 137),
+        "{s:?}"
+    );
+    assert_eq!(hog.pod.status.qos_class, "Burstable");
+    let log = node.log(&hog, "hog", 0);
+    assert!(!log.contains("survived"), "{log}");
+    let adj: i32 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("oom-score-adj "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no oom_score_adj in {log:?}"));
+    // Burstable with no memory request... but the limit defaults the request: 1000 - 1000*32Mi/MemTotal.
+    assert!((900..=999).contains(&adj), "oom_score_adj {adj}");
+}
+
+/// The pod's pause process as its sandbox state records it.
+fn pause_pid(pod_dir: &Path) -> i32 {
+    weft::pod::sandbox::SandboxState::load(pod_dir)
+        .ok()
+        .flatten()
+        .map(|s| s.pause.pid)
+        .unwrap_or_else(|| panic!("no sandbox state in {}", pod_dir.display()))
+}
+
+/// The body of `GET http://ip:8080/`, fetched from a thread in the node's namespace.
+fn fetch_from_node(node: &PodNode, ip: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let netns = PathBuf::from("/run/netns").join(&node.netns);
+    let addr: std::net::SocketAddr = format!("{ip}:8080").parse().ok()?;
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns).ok()?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        conn.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).ok()?;
+        reply
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+const SERVER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+    - name: prepare
+      image: busybox
+      command: [sh, -c, 'echo prepared']
+  containers:
+    - name: httpd
+      image: busybox
+      command: [sh, -c, 'mkdir -p /tmp/www && echo "hello from $(hostname)" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www']
+"#;
+
+#[test]
+fn killed_pause_is_noticed_and_the_pod_comes_back_in_a_new_sandbox() {
+    let node = PodNode::new();
+    node.put_manifest("server.yaml", SERVER);
+    let before = node.wait_status("server", "Running");
+    let (pod_dir, _) = container_dir(&node, &before, "httpd");
+    let netns_file = PathBuf::from("/run/netns").join(
+        node.pod_netns()
+            .first()
+            .cloned()
+            .unwrap_or_else(|| panic!("no pod netns")),
+    );
+    let old_netns = ns_identity(&netns_file);
+    // Held open so the old namespace's inode number cannot be handed to the new one.
+    let _old_netns_held = std::fs::File::open(&netns_file)
+        .unwrap_or_else(|e| panic!("open {}: {e}", netns_file.display()));
+    wait_for(WAIT, "server answers", || {
+        fetch_from_node(&node, &before.pod.status.pod_ip)
+    });
+    let old_pause = pause_pid(&pod_dir);
+    // weft-pause keeps no capability once its namespaces are set up.
+    let pause_status = std::fs::read_to_string(format!("/proc/{old_pause}/status"))
+        .unwrap_or_else(|e| panic!("status of pause {old_pause}: {e}"));
+    for want in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ] {
+        assert!(
+            pause_status.contains(want),
+            "{want:?} not in pause's status:\n{pause_status}"
+        );
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pause),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap_or_else(|e| panic!("kill pause {old_pause}: {e}"));
+    let killed = Instant::now();
+    tracing::info!(pid = old_pause, "test: pause killed");
+    let after = wait_for(WAIT, "pod back in a new sandbox", || {
+        node.record("server").filter(|r| {
+            status::columns(&r.pod).status == "Running"
+                && r.pod.status.container_statuses[0].restart_count == 1
+        })
+    });
+    eprintln!(
+        "pause killed -> pod Running again in {:?}",
+        killed.elapsed()
+    );
+    // kubelet's handling: the app container restarted (count kept, plus this restart), the
+    // init container ran again in the new sandbox.
+    let init = &after.pod.status.init_container_statuses[0];
+    assert_eq!(init.restart_count, 1, "{init:?}");
+    assert_eq!(after.pod.status.container_statuses[0].restart_count, 1);
+    let new_pause = pause_pid(&pod_dir);
+    assert_ne!(new_pause, old_pause);
+    let new_netns = ns_identity(&netns_file);
+    assert_ne!(
+        new_netns, old_netns,
+        "the pod kept the dead sandbox's network"
+    );
+    // The restarted container lives in the new sandbox's namespace, not the node's.
+    let (_, dir) = container_dir(&node, &after, "httpd");
+    let pid = std::fs::read_to_string(dir.join("container.pid"))
+        .unwrap_or_else(|e| panic!("container.pid: {e}"));
+    let container_netns = ns_identity(&PathBuf::from(format!("/proc/{}/ns/net", pid.trim())));
+    assert_eq!(container_netns, new_netns);
+    assert_ne!(
+        container_netns,
+        ns_identity(&PathBuf::from("/run/netns").join(&node.netns))
+    );
+    let namespaces = oci_config(&node, &after, "httpd")["linux"]["namespaces"].to_string();
+    assert!(
+        !namespaces.contains("/proc/"),
+        "joins through a pid: {namespaces}"
+    );
+    let page = wait_for(WAIT, "server answers again", || {
+        fetch_from_node(&node, &after.pod.status.pod_ip)
+    });
+    assert_eq!(page, "hello from server\n");
+}
+
+/// Flannel's subnet.env for a node subnet given by its gateway (`10.244.41.1/24`).
+fn subnet_env(gateway: &str) -> String {
+    format!(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={gateway}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+    )
+}
+
+#[test]
+fn a_new_node_subnet_recreates_the_pod_sandbox_in_it() {
+    require_root();
+    let env_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let subnet_file = env_dir.path().join("subnet.env");
+    std::fs::write(&subnet_file, subnet_env("10.244.41.1/24")).unwrap_or_else(|e| panic!("{e}"));
+    let netns = Netns::new("podnode");
+    let name = netns.name().to_string();
+    let mut node = PodNode::in_netns(
+        &name,
+        Some(netns),
+        Network::Weft {
+            subnet_file: subnet_file.clone(),
+            subnet: "10.244.41.0/24".into(),
+        },
+    );
+    node.stop_controller();
+    node.cfg.subnet_file = Some(subnet_file.clone());
+    node.start();
+    node.put_manifest("server.yaml", SERVER);
+    let before = node.wait_status("server", "Running");
+    assert!(
+        before.pod.status.pod_ip.starts_with("10.244.41."),
+        "{}",
+        before.pod.status.pod_ip
+    );
+    // The node's lease was taken over: weftd writes its new subnet. The bridge still carries the
+    // old gateway, which the plugin does not move: start from a fresh bridge.
+    assert!(
+        node.node_exec(&["ip", "link", "del", "cni0"]),
+        "delete cni0"
+    );
+    let tmp = subnet_file.with_extension("tmp");
+    std::fs::write(&tmp, subnet_env("10.244.42.1/24")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&tmp, &subnet_file).unwrap_or_else(|e| panic!("{e}"));
+    let after = wait_for(WAIT, "pod re-created in the new subnet", || {
+        node.record("server").filter(|r| {
+            r.pod.status.pod_ip.starts_with("10.244.42.")
+                && status::columns(&r.pod).status == "Running"
+        })
+    });
+    assert_eq!(after.pod.status.container_statuses[0].restart_count, 1);
+    let page = wait_for(WAIT, "server answers at its new address", || {
+        fetch_from_node(&node, &after.pod.status.pod_ip)
+    });
+    assert_eq!(page, "hello from server\n");
+    assert_eq!(
+        node.ipam_allocations(),
+        vec![after.pod.status.pod_ip.clone()],
+        "the old address was not released"
+    );
+}

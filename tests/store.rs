@@ -937,7 +937,7 @@ fn weftctl_leases_prints_table_and_json() {
     let cols = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
     assert_eq!(
         cols(lines[0]),
-        ["SUBNET", "PUBLIC", "IP", "BACKEND", "VTEP", "MAC", "EXPIRES"]
+        ["SUBNET", "PUBLIC", "IP", "BACKEND", "VTEP", "MAC", "EXPIRES", "STATUS"]
     );
     let row = cols(lines[1]);
     assert_eq!(
@@ -949,9 +949,22 @@ fn weftctl_leases_prints_table_and_json() {
         row[4].len() == 20 && row[4].as_bytes()[10] == b'T' && row[4].ends_with('Z'),
         "{out}"
     );
+    // Without a network config under this prefix, nothing can be validated.
+    assert_eq!(row[5], "unchecked", "{out}");
+    assert!(
+        err.contains("leases are not validated: no network config"),
+        "{err}"
+    );
     assert_eq!(
         cols(lines[2]),
-        ["10.244.12.0/24", "192.0.2.100", "host-gw", "-", "reserved"]
+        [
+            "10.244.12.0/24",
+            "192.0.2.100",
+            "host-gw",
+            "-",
+            "reserved",
+            "unchecked"
+        ]
     );
 
     let (ok, out, err) = weftctl(
@@ -976,7 +989,7 @@ fn weftctl_leases_prints_table_and_json() {
     );
     assert!(!ok);
     assert!(
-        err.starts_with("weftctl: etcd list leases /coreos.com/network/subnets/: "),
+        err.starts_with("weftctl: etcd list network /coreos.com/network/: "),
         "{err}"
     );
 }

@@ -309,7 +309,9 @@ impl Wiring<'_> {
     }
 }
 
-/// Makes sure the bridge exists, is up and carries exactly the gateway address.
+/// Makes sure the bridge exists, is up and carries exactly the gateway address. A gateway
+/// address of an earlier node subnet (weftd leased a new one) is replaced; any other address is
+/// a conflict and nothing is changed.
 fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> Result<Link> {
     let lookup = |nl: &mut Netlink| {
         nl.link_by_name(name)
@@ -351,14 +353,38 @@ fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> R
     let present = nl
         .addresses(bridge.index)
         .map_err(netlink_err(format!("list addresses of bridge {name}")))?;
-    if let Some(other) = present.iter().find(|a| **a != expected) {
-        return Err(Error::BridgeAddressConflict {
+    let plan = plan_bridge_addresses(&present, expected, &bridge.mac).map_err(|found| {
+        Error::BridgeAddressConflict {
             bridge: name.to_string(),
-            found: other.to_string(),
+            found: found.to_string(),
             expected: expected.to_string(),
-        });
+            mac: bridge.mac.clone(),
+        }
+    })?;
+    // Old gateway first, then the MAC, then the new gateway: a plugin killed between any two
+    // steps leaves a state the next ADD finishes (no address, or the MAC naming the new one).
+    for old in &plan.remove {
+        match nl.delete_address(bridge.index, *old) {
+            Ok(()) => {}
+            // A parallel ADD moved it first.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+            Err(e) => {
+                return Err(Error::Netlink {
+                    op: format!("remove old gateway {old} from bridge {name}"),
+                    source: e,
+                })
+            }
+        }
     }
-    if present.is_empty() {
+    if plan.add {
+        let mac = bridge_mac(node.gateway());
+        if bridge.mac != format_mac(&mac) {
+            nl.set_mac(bridge.index, mac).map_err(netlink_err(format!(
+                "set MAC {} on bridge {name}",
+                format_mac(&mac)
+            )))?;
+            bridge.mac = format_mac(&mac);
+        }
         match nl.add_address(bridge.index, expected) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -375,6 +401,36 @@ fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> R
             .map_err(netlink_err(format!("set bridge {name} up")))?;
     }
     Ok(bridge)
+}
+
+/// What to change on the bridge's IPv4 addresses.
+#[derive(Debug, PartialEq, Eq)]
+struct BridgeAddressPlan {
+    /// Gateway addresses of an earlier node subnet, to remove.
+    remove: Vec<Ipv4Net>,
+    /// Whether the gateway address must be added.
+    add: bool,
+}
+
+/// Decides how the bridge reaches carrying exactly `expected`. An address other than `expected`
+/// is weft's old gateway only when the bridge's MAC is the one weft derives from it
+/// (`0a:58:<address>`, set whenever weft adds a gateway); anything else is returned as a conflict.
+fn plan_bridge_addresses(
+    present: &[Ipv4Net],
+    expected: Ipv4Net,
+    bridge_mac_text: &str,
+) -> std::result::Result<BridgeAddressPlan, Ipv4Net> {
+    let mut remove = Vec::new();
+    for address in present.iter().filter(|a| **a != expected) {
+        if format_mac(&bridge_mac(address.addr())) != bridge_mac_text {
+            return Err(*address);
+        }
+        remove.push(*address);
+    }
+    Ok(BridgeAddressPlan {
+        remove,
+        add: !present.contains(&expected),
+    })
 }
 
 /// Turns on IPv4 forwarding in the node namespace and on the bridge (written only when off).
@@ -703,6 +759,53 @@ mod tests {
         assert_eq!(mac[0] & 0x01, 0, "unicast");
         assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
         assert_ne!(mac, host_veth_mac("veth0123456789b"));
+    }
+
+    #[test]
+    fn bridge_address_plan_replaces_only_weft_gateways() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let new = net("10.244.9.1/24");
+        let old = net("10.244.7.1/24");
+        let old_mac = "0a:58:0a:f4:07:01";
+        let new_mac = "0a:58:0a:f4:09:01";
+        let plan = |present: &[Ipv4Net], mac: &str| plan_bridge_addresses(present, new, mac);
+        assert_eq!(
+            plan(&[], old_mac),
+            Ok(BridgeAddressPlan {
+                remove: vec![],
+                add: true
+            })
+        );
+        assert_eq!(
+            plan(&[new], new_mac),
+            Ok(BridgeAddressPlan {
+                remove: vec![],
+                add: false
+            })
+        );
+        assert_eq!(
+            plan(&[old], old_mac),
+            Ok(BridgeAddressPlan {
+                remove: vec![old],
+                add: true
+            })
+        );
+        // Same address, new prefix length (SubnetLen changed).
+        assert_eq!(
+            plan(&[net("10.244.9.1/25")], new_mac),
+            Ok(BridgeAddressPlan {
+                remove: vec![net("10.244.9.1/25")],
+                add: true
+            })
+        );
+        // Not weft's: an address the MAC does not name, or any address next to weft's.
+        assert_eq!(plan(&[old], "0a:58:0a:f4:63:01"), Err(old));
+        assert_eq!(plan(&[old], "52:54:00:12:34:56"), Err(old));
+        assert_eq!(
+            plan(&[old, net("192.0.2.1/24")], old_mac),
+            Err(net("192.0.2.1/24"))
+        );
+        assert_eq!(plan(&[new, old], new_mac), Err(old));
     }
 
     #[test]

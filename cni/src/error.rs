@@ -69,8 +69,8 @@ pub enum Error {
     /// STATUS: the plugin cannot serve ADDs right now.
     #[error("weft not ready: {0}")]
     NotReady(String),
-    /// The bridge already carries an IPv4 address other than the node subnet's gateway.
-    #[error("bridge {bridge} already carries address {found}, expected only {expected} (node subnet changed? remove the bridge or fix subnet.env)")]
+    /// The bridge carries an IPv4 address that is neither the node gateway nor weft's earlier one.
+    #[error("bridge {bridge} carries address {found}, which weft did not put there (bridge MAC {mac} does not name it); expected only {expected}: remove the address or the bridge, or name another bridge")]
     BridgeAddressConflict {
         /// The bridge name.
         bridge: String,
@@ -78,6 +78,8 @@ pub enum Error {
         found: String,
         /// The gateway address weft wants.
         expected: String,
+        /// The bridge's MAC (weft's bridges carry `0a:58:<gateway>`).
+        mac: String,
     },
     /// Every address of the node subnet is allocated.
     #[error("no free address in {subnet} for network {network}: all {capacity} addresses are allocated in {dir}")]

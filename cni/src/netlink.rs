@@ -249,6 +249,16 @@ impl Netlink {
         self.change(RouteNetlinkMessage::SetLink(message), 0)
     }
 
+    /// Sets the hardware address of link `index`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message
+            .attributes
+            .push(LinkAttribute::Address(mac.to_vec()));
+        self.change(RouteNetlinkMessage::SetLink(message), 0)
+    }
+
     /// Deletes link `index` (for a veth, both ends go).
     pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
         let mut message = LinkMessage::default();
@@ -386,6 +396,16 @@ impl Netlink {
             RouteNetlinkMessage::NewAddress(message),
             NLM_F_CREATE | NLM_F_EXCL,
         )
+    }
+
+    /// Removes `net` (address/prefix) from link `index`.
+    pub fn delete_address(&mut self, index: u32, net: Ipv4Net) -> io::Result<()> {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.prefix_len = net.prefix();
+        message.header.index = index;
+        message.attributes = vec![AddressAttribute::Local(IpAddr::V4(net.addr()))];
+        self.change(RouteNetlinkMessage::DelAddress(message), 0)
     }
 
     /// Adds a main-table route to `dst` via `gw` out of link `oif`.

@@ -1,6 +1,7 @@
 //! Data paths. One folder-local module per backend; nothing outside `backend/` needs to know
 //! which one runs: the daemon only sees [`Backend`].
 
+pub mod guard;
 pub mod hostgw;
 pub mod leftovers;
 pub mod routes;

@@ -2,15 +2,18 @@
 //! 0 on SIGTERM or SIGINT.
 //!
 //! `weft-pause` alone just pauses (usable as a pause container's command).
-//! `weft-pause --sandbox --hostname NAME --pid-file FILE` first unshares new network, IPC and UTS
-//! namespaces, sets the hostname, brings `lo` up, then daemonizes (fork + setsid) and writes the
-//! daemon's pid to FILE before the foreground process exits 0.
+//! `weft-pause --sandbox --hostname NAME --pid-file FILE [--netns-file F] [--ipc-file F]
+//! [--uts-file F]` first unshares a new namespace for each file given, bind-mounts it onto that
+//! (existing, empty) file, sets the hostname (UTS) and brings `lo` up (network), then daemonizes
+//! (fork + setsid), writes the daemon's pid to FILE before the foreground process exits 0, and
+//! the daemon drops every capability: all it does from then on is wait and reap.
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
@@ -20,6 +23,9 @@ use nix::unistd::{chdir, fork, sethostname, setsid, ForkResult, Pid};
 struct SandboxArgs {
     hostname: String,
     pid_file: PathBuf,
+    netns_file: Option<PathBuf>,
+    ipc_file: Option<PathBuf>,
+    uts_file: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Option<SandboxArgs>, String> {
@@ -27,8 +33,17 @@ fn parse_args() -> Result<Option<SandboxArgs>, String> {
     let mut sandbox = false;
     let mut hostname = None;
     let mut pid_file = None;
+    let (mut netns_file, mut ipc_file, mut uts_file) = (None, None, None);
     while let Some(arg) = args.next() {
+        let mut path = || {
+            args.next()
+                .map(PathBuf::from)
+                .ok_or(format!("{arg} needs a value"))
+        };
         match arg.as_str() {
+            "--netns-file" => netns_file = Some(path()?),
+            "--ipc-file" => ipc_file = Some(path()?),
+            "--uts-file" => uts_file = Some(path()?),
             "--sandbox" => sandbox = true,
             "--hostname" => hostname = Some(args.next().ok_or("--hostname needs a value")?),
             "--pid-file" => {
@@ -45,6 +60,9 @@ fn parse_args() -> Result<Option<SandboxArgs>, String> {
     Ok(Some(SandboxArgs {
         hostname: hostname.ok_or("--sandbox needs --hostname")?,
         pid_file: pid_file.ok_or("--sandbox needs --pid-file")?,
+        netns_file,
+        ipc_file,
+        uts_file,
     }))
 }
 
@@ -77,10 +95,38 @@ fn loopback_up() -> Result<(), String> {
 /// Enters the sandbox namespaces and daemonizes. Returns in the daemon only; the foreground
 /// process exits from here.
 fn enter_sandbox(args: &SandboxArgs) -> Result<(), String> {
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
-        .map_err(|e| format!("unshare net/ipc/uts: {e}"))?;
-    sethostname(&args.hostname).map_err(|e| format!("sethostname {:?}: {e}", args.hostname))?;
-    loopback_up()?;
+    let kinds = [
+        ("net", CloneFlags::CLONE_NEWNET, &args.netns_file),
+        ("ipc", CloneFlags::CLONE_NEWIPC, &args.ipc_file),
+        ("uts", CloneFlags::CLONE_NEWUTS, &args.uts_file),
+    ];
+    let mut flags = CloneFlags::empty();
+    for (_, flag, file) in &kinds {
+        if file.is_some() {
+            flags |= *flag;
+        }
+    }
+    unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))?;
+    // Held by files from here on, so containers never join through this process's pid.
+    for (kind, _, file) in &kinds {
+        if let Some(file) = file {
+            let source = format!("/proc/self/ns/{kind}");
+            mount(
+                Some(source.as_str()),
+                file,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind-mount {source} onto {}: {e}", file.display()))?;
+        }
+    }
+    if args.uts_file.is_some() {
+        sethostname(&args.hostname).map_err(|e| format!("sethostname {:?}: {e}", args.hostname))?;
+    }
+    if args.netns_file.is_some() {
+        loopback_up()?;
+    }
     // SAFETY: single-threaded here; the child only makes async-signal-safe calls until it returns
     // into plain Rust code of this single-threaded program.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
@@ -94,9 +140,63 @@ fn enter_sandbox(args: &SandboxArgs) -> Result<(), String> {
         ForkResult::Child => {
             setsid().map_err(|e| format!("setsid: {e}"))?;
             chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-            weft::pod::process::stdio_to_dev_null()
+            weft::pod::process::stdio_to_dev_null()?;
+            drop_capabilities()
         }
     }
+}
+
+/// `struct __user_cap_header_struct` of capset(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct` of capset(2).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Drops every capability (bounding, ambient, effective, permitted, inheritable) and sets
+/// no_new_privs: a compromised pause process can do nothing root could.
+fn drop_capabilities() -> Result<(), String> {
+    let last: u64 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63);
+    for cap in 0..=last {
+        // SAFETY: prctl with integer arguments only; EINVAL for caps the kernel lacks is fine.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    }
+    // SAFETY: integer arguments only.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    let header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: header and data are the layouts capset(2) version 3 reads.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(format!("capset: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Sleeps until SIGTERM or SIGINT, reaping children on SIGCHLD.

@@ -5,15 +5,19 @@
 //! foreground process exit 0. The daemon runs `<runtime> --root DIR run --bundle DIR
 //! --pid-file <bundle>/container.pid ID` in the foreground, copies the container's stdout and
 //! stderr into FILE in CRI log format, reaps orphans (it is a child subreaper), and when the
-//! runtime returns writes the exit status atomically to `<bundle>/exit.json`.
+//! runtime returns writes the exit status atomically to `<bundle>/exit.json`. While the container
+//! runs, `<runtime> events` reports OOM kills in its cgroup (cgroup v1 or v2), so a container
+//! the OOM killer ended exits as `OOMKilled`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{chdir, fork, pipe, setsid, ForkResult, Pid};
@@ -89,6 +93,74 @@ fn copy_stream(reader: impl Read, stream: Stream, log: Arc<Mutex<File>>) {
     }
 }
 
+/// Watches the container's cgroup for OOM kills with `<runtime> events` once the container
+/// exists; sets `oom` when one is reported. Ends when `done` is set and the events process is
+/// killed.
+struct OomWatch {
+    oom: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    events: Arc<Mutex<Option<Child>>>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl OomWatch {
+    fn start(args: &Args, pid_file: PathBuf) -> OomWatch {
+        let oom = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let events: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(None));
+        let (o, d, ev) = (oom.clone(), done.clone(), events.clone());
+        let mut cmd = Command::new(&args.runtime);
+        cmd.arg("--root")
+            .arg(&args.runtime_root)
+            .args(["events", "--interval", "3600s", &args.id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let thread = thread::spawn(move || {
+            while !pid_file.exists() {
+                if d.load(Ordering::Relaxed) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            let Ok(mut child) = cmd.spawn() else { return };
+            let out = child.stdout.take();
+            if let Ok(mut slot) = ev.lock() {
+                *slot = Some(child);
+            }
+            let Some(out) = out else { return };
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if event["type"] == "oom" {
+                    o.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+        OomWatch {
+            oom,
+            done,
+            events,
+            thread,
+        }
+    }
+
+    /// Stops watching; whether an OOM kill was reported.
+    fn finish(self) -> bool {
+        self.done.store(true, Ordering::Relaxed);
+        // The OOM event is written before the container's exit is seen; let it be read.
+        thread::sleep(Duration::from_millis(50));
+        if let Ok(mut slot) = self.events.lock() {
+            if let Some(mut child) = slot.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = self.thread.join();
+        self.oom.load(Ordering::Relaxed)
+    }
+}
+
 /// Runs the container to its end and returns its exit status.
 fn supervise(args: &Args) -> ExitStatus {
     let pid_file = args.bundle.join("container.pid");
@@ -131,6 +203,7 @@ fn supervise(args: &Args) -> ExitStatus {
             return start_error();
         }
     };
+    let oom_watch = OomWatch::start(args, pid_file.clone());
     let mut copiers = Vec::new();
     if let Some(out) = child.stdout.take() {
         let log = Arc::clone(&log);
@@ -141,6 +214,7 @@ fn supervise(args: &Args) -> ExitStatus {
         copiers.push(thread::spawn(move || copy_stream(err, Stream::Stderr, log)));
     }
     let status = child.wait();
+    let oom_killed = oom_watch.finish();
     for copier in copiers {
         let _ = copier.join();
     }
@@ -160,6 +234,7 @@ fn supervise(args: &Args) -> ExitStatus {
     let reason = match (started_at, code) {
         (None, _) => ExitReason::StartError,
         (Some(_), 0) => ExitReason::Completed,
+        (Some(_), _) if oom_killed => ExitReason::OomKilled,
         (Some(_), _) => ExitReason::Error,
     };
     ExitStatus {

@@ -8,8 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
-use weft::lease::Lease;
+use weft::config::NetworkConfig;
+use weft::lease::{subnets_prefix, LeaseAttrs, RawLease};
 use weft::store::{EtcdArgs, EtcdStore, StoreError};
+use weft::subnet::parse_subnet_key;
+use weft::validate::{validate_leases, LeasePolicy, NodeIdentity};
 
 /// How many lease TTL lookups run at once.
 const TTL_LOOKUPS_IN_FLIGHT: usize = 64;
@@ -27,7 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List the cluster's subnet leases (subnet, public IP, backend, VTEP MAC, expiry).
+    /// List the cluster's subnet leases (subnet, public IP, backend, VTEP MAC, expiry) and
+    /// whether each passes validation against the network config (and why not).
     Leases(LeasesArgs),
     /// Import images into the node's image store and list them.
     Image(weft::pod::image::ImageArgs),
@@ -71,10 +75,11 @@ enum CtlError {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct LeaseRow {
-    #[serde(serialize_with = "serialize_subnet")]
-    subnet: Ipv4Network,
+    /// The subnet, or the key's last part when it is not a subnet.
+    subnet: String,
+    /// `None` when the value is not a lease.
     #[serde(rename = "publicIP")]
-    public_ip: Ipv4Addr,
+    public_ip: Option<Ipv4Addr>,
     backend_type: String,
     #[serde(rename = "vtepMAC")]
     vtep_mac: Option<String>,
@@ -84,19 +89,49 @@ struct LeaseRow {
     reserved: bool,
     /// RFC 3339 UTC; `None` for a reservation or an expired etcd lease.
     expires: Option<String>,
+    /// Why nodes refuse the lease (validation against the network config); `None` when it is
+    /// accepted.
+    rejected: Option<String>,
+    /// The kind of rejection, as in weftd's `weft_leases_rejected_total{reason}`.
+    reject_reason: Option<&'static str>,
+    /// Whether the lease was validated (there is a valid network config to judge it by).
+    #[serde(skip)]
+    checked: bool,
 }
 
 impl LeaseRow {
-    fn new(lease: &Lease, expires: Option<SystemTime>) -> LeaseRow {
+    /// A row for whatever a key holds: as much as parses, empty cells for the rest.
+    fn from_raw(prefix: &str, raw: &RawLease, expires: Option<SystemTime>) -> LeaseRow {
+        let name = raw
+            .key
+            .strip_prefix(&subnets_prefix(prefix))
+            .unwrap_or(&raw.key);
+        let attrs = LeaseAttrs::from_json(&raw.key, &raw.value).ok();
         LeaseRow {
-            subnet: lease.subnet,
-            public_ip: lease.attrs.public_ip,
-            backend_type: lease.attrs.backend_type.clone(),
-            vtep_mac: lease.attrs.vtep_mac().map(str::to_string),
-            backend_data: lease.attrs.backend_data.clone(),
-            etcd_lease: lease.etcd_lease.map(|id| format!("{id:x}")),
-            reserved: lease.is_reservation(),
+            subnet: parse_subnet_key(name).map_or_else(|_| name.to_string(), |n| n.to_string()),
+            public_ip: attrs.as_ref().map(|a| a.public_ip),
+            backend_type: attrs
+                .as_ref()
+                .map(|a| a.backend_type.clone())
+                .unwrap_or_default(),
+            vtep_mac: attrs
+                .as_ref()
+                .and_then(|a| a.vtep_mac().map(str::to_string)),
+            backend_data: attrs.and_then(|a| a.backend_data),
+            etcd_lease: (raw.etcd_lease != 0).then(|| format!("{:x}", raw.etcd_lease)),
+            reserved: raw.etcd_lease == 0,
             expires: expires.map(rfc3339_utc),
+            rejected: None,
+            reject_reason: None,
+            checked: false,
+        }
+    }
+
+    fn status_cell(&self) -> String {
+        match (&self.rejected, self.checked) {
+            (Some(why), _) => format!("rejected: {why}"),
+            (None, true) => "ok".to_string(),
+            (None, false) => "unchecked".to_string(),
         }
     }
 
@@ -147,22 +182,56 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
 
 async fn leases(args: LeasesArgs) -> Result<(), CtlError> {
     let store = EtcdStore::connect(&args.etcd.options()).await?;
-    let mut leases = store.list_leases().await?.leases;
-    leases.sort_by_key(|l| l.subnet);
-    let rows: Vec<LeaseRow> = stream::iter(leases.iter())
-        .map(|lease| {
+    let snapshot = store.list_network().await?;
+    // Judged as any node judges them, minus what only a node knows (its own addresses and MAC).
+    let policy = match snapshot.config.as_deref().map(NetworkConfig::parse) {
+        Some(Ok(config)) => Some(LeasePolicy {
+            prefix: store.prefix().to_string(),
+            config,
+            node: NodeIdentity::default(),
+        }),
+        Some(Err(e)) => {
+            eprintln!("weftctl: leases are not validated: {e}");
+            None
+        }
+        None => {
+            eprintln!("weftctl: leases are not validated: no network config in etcd");
+            None
+        }
+    };
+    let rejected: std::collections::HashMap<String, _> = policy
+        .as_ref()
+        .map(|p| validate_leases(p, &snapshot.leases).rejected)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.key.clone(), r.reason))
+        .collect();
+    let mut raws = snapshot.leases;
+    raws.sort_by(|a, b| a.key.cmp(&b.key));
+    let prefix = store.prefix().to_string();
+    let mut rows: Vec<LeaseRow> = stream::iter(raws.iter())
+        .map(|raw| {
             let store = store.clone();
+            let prefix = prefix.clone();
             async move {
-                let expires = match lease.etcd_lease {
-                    Some(id) => store.lease_expiry(id).await?,
-                    None => None,
+                let expires = match raw.etcd_lease {
+                    0 => None,
+                    id => store.lease_expiry(id).await?,
                 };
-                Ok::<_, StoreError>(LeaseRow::new(lease, expires))
+                Ok::<_, StoreError>(LeaseRow::from_raw(&prefix, raw, expires))
             }
         })
         .buffered(TTL_LOOKUPS_IN_FLIGHT)
         .try_collect()
         .await?;
+    for (row, raw) in rows.iter_mut().zip(&raws) {
+        row.checked = policy.is_some();
+        if let Some(reason) = rejected.get(&raw.key) {
+            row.rejected = Some(reason.to_string());
+            row.reject_reason = Some(reason.label());
+        }
+    }
+    rows.sort_by_key(|r| (r.subnet.parse::<Ipv4Network>().ok(), r.subnet.clone()));
     match args.output {
         Output::Table => print!("{}", render_table(&rows)),
         Output::Json => println!("{}", render_json(&rows)),
@@ -172,13 +241,21 @@ async fn leases(args: LeasesArgs) -> Result<(), CtlError> {
 
 /// kubectl-style: a header, left-aligned columns separated by at least two spaces.
 fn render_table(rows: &[LeaseRow]) -> String {
-    let header = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES"];
-    let cells: Vec<[String; 5]> = rows
+    let header = [
+        "SUBNET",
+        "PUBLIC IP",
+        "BACKEND",
+        "VTEP MAC",
+        "EXPIRES",
+        "STATUS",
+    ];
+    let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
             [
-                r.subnet.to_string(),
-                r.public_ip.to_string(),
+                r.subnet.clone(),
+                r.public_ip
+                    .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
                 if r.backend_type.is_empty() {
                     "-".to_string()
                 } else {
@@ -186,6 +263,7 @@ fn render_table(rows: &[LeaseRow]) -> String {
                 },
                 r.vtep_mac.clone().unwrap_or_else(|| "-".to_string()),
                 r.expires_cell().to_string(),
+                r.status_cell(),
             ]
         })
         .collect();
@@ -195,7 +273,7 @@ fn render_table(rows: &[LeaseRow]) -> String {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cols: [&str; 5]| {
+    let line = |cols: [&str; 6]| {
         let mut s = String::new();
         for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
             if i + 1 == cols.len() {
@@ -209,16 +287,11 @@ fn render_table(rows: &[LeaseRow]) -> String {
     };
     let mut out = line(header);
     for row in &cells {
-        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+        out.push_str(&line([
+            &row[0], &row[1], &row[2], &row[3], &row[4], &row[5],
+        ]));
     }
     out
-}
-
-fn serialize_subnet<S: serde::Serializer>(
-    value: &Ipv4Network,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(value)
 }
 
 fn render_json(rows: &[LeaseRow]) -> String {
@@ -259,7 +332,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use weft::lease::LeaseAttrs;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
@@ -273,50 +345,58 @@ mod tests {
         assert_eq!(rfc3339_utc(at(4_102_444_799)), "2099-12-31T23:59:59Z");
     }
 
-    fn rows() -> Vec<LeaseRow> {
-        let vx = Lease {
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            attrs: LeaseAttrs {
-                public_ip: "192.0.2.1".parse().unwrap(),
-                backend_type: "vxlan".into(),
-                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"})),
-            },
-            etcd_lease: Some(0x694d854330fc5110),
+    const PREFIX: &str = "/coreos.com/network";
+
+    fn raw(subnet_key: &str, value: &str, etcd_lease: i64) -> RawLease {
+        RawLease {
+            key: format!("{PREFIX}/subnets/{subnet_key}"),
+            value: value.as_bytes().to_vec(),
+            etcd_lease,
+            create_revision: 5,
             mod_revision: 5,
-        };
-        let reserved = Lease {
-            subnet: "10.244.12.0/24".parse().unwrap(),
-            attrs: LeaseAttrs {
-                public_ip: "192.0.2.100".parse().unwrap(),
-                backend_type: "host-gw".into(),
-                backend_data: None,
-            },
-            etcd_lease: None,
-            mod_revision: 6,
-        };
-        let expired = Lease {
-            etcd_lease: Some(7),
-            ..vx.clone()
-        };
-        vec![
-            LeaseRow::new(&vx, Some(at(1_795_848_186))),
-            LeaseRow::new(&reserved, None),
-            LeaseRow::new(&expired, None),
-        ]
+        }
+    }
+
+    fn rows() -> Vec<LeaseRow> {
+        let vx = raw(
+            "10.244.1.0-24",
+            r#"{"PublicIP":"192.0.2.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}}"#,
+            0x694d854330fc5110,
+        );
+        let reserved = raw(
+            "10.244.12.0-24",
+            r#"{"PublicIP":"192.0.2.100","BackendType":"host-gw"}"#,
+            0,
+        );
+        let expired = raw("10.244.1.0-24", &String::from_utf8_lossy(&vx.value), 7);
+        let mut junk = LeaseRow::from_raw(PREFIX, &raw("junk", "{", 9), None);
+        junk.checked = true;
+        junk.rejected = Some("subnet key \"junk\": no '-<prefix length>'".into());
+        junk.reject_reason = Some("bad_key");
+        let mut rows = vec![
+            LeaseRow::from_raw(PREFIX, &vx, Some(at(1_795_848_186))),
+            LeaseRow::from_raw(PREFIX, &reserved, None),
+            LeaseRow::from_raw(PREFIX, &expired, None),
+            junk,
+        ];
+        rows[0].checked = true;
+        rows[1].checked = true;
+        rows
     }
 
     #[test]
     fn table() {
         assert_eq!(
             render_table(&rows()),
-            "SUBNET          PUBLIC IP    BACKEND  VTEP MAC           EXPIRES\n\
-             10.244.1.0/24   192.0.2.1    vxlan    aa:bb:cc:dd:ee:01  2026-11-28T06:43:06Z\n\
-             10.244.12.0/24  192.0.2.100  host-gw  -                  reserved\n\
-             10.244.1.0/24   192.0.2.1    vxlan    aa:bb:cc:dd:ee:01  expired\n"
+            "SUBNET          PUBLIC IP    BACKEND  VTEP MAC           EXPIRES               STATUS\n\
+             10.244.1.0/24   192.0.2.1    vxlan    aa:bb:cc:dd:ee:01  2026-11-28T06:43:06Z  ok\n\
+             10.244.12.0/24  192.0.2.100  host-gw  -                  reserved              ok\n\
+             10.244.1.0/24   192.0.2.1    vxlan    aa:bb:cc:dd:ee:01  expired               unchecked\n\
+             junk            -            -        -                  expired               rejected: subnet key \"junk\": no '-<prefix length>'\n"
         );
         assert_eq!(
             render_table(&[]),
-            "SUBNET  PUBLIC IP  BACKEND  VTEP MAC  EXPIRES\n"
+            "SUBNET  PUBLIC IP  BACKEND  VTEP MAC  EXPIRES  STATUS\n"
         );
     }
 
@@ -333,12 +413,17 @@ mod tests {
                 "backendData": {"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"},
                 "etcdLease": "694d854330fc5110",
                 "reserved": false,
-                "expires": "2026-11-28T06:43:06Z"
+                "expires": "2026-11-28T06:43:06Z",
+                "rejected": null,
+                "rejectReason": null
             })
         );
         assert_eq!(v[1]["reserved"], true);
         assert_eq!(v[1]["expires"], serde_json::Value::Null);
         assert_eq!(v[1]["vtepMAC"], serde_json::Value::Null);
+        assert_eq!(v[3]["subnet"], "junk");
+        assert_eq!(v[3]["publicIP"], serde_json::Value::Null);
+        assert_eq!(v[3]["rejectReason"], "bad_key");
         assert_eq!(render_json(&[]), "[]");
     }
 

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use tracing::error;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use tracing::{error, warn};
 use weft::daemon::{self, DaemonOptions};
 use weft::pod::controller::PodConfig;
 use weft::store::EtcdArgs;
@@ -81,6 +82,20 @@ struct Flags {
     /// Container logs: `<dir>/<ns>_<name>_<uid>/<container>/<restartCount>.log`.
     #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = "/var/log/pods")]
     pod_log_dir: PathBuf,
+    /// Run containers without a `seccompProfile` Unconfined instead of under RuntimeDefault
+    /// (containerd's default profile), as kubelet does without `--seccomp-default`.
+    #[arg(long, env = "WEFTD_NO_SECCOMP_DEFAULT")]
+    no_seccomp_default: bool,
+    /// Where `seccompProfile: {type: Localhost}` profiles are looked up.
+    #[arg(
+        long,
+        env = "WEFTD_SECCOMP_ROOT",
+        default_value = "/var/lib/weft/seccomp"
+    )]
+    seccomp_root: PathBuf,
+    /// Most processes (and threads) each container may have (cgroup pids.max); default: unlimited.
+    #[arg(long, env = "WEFTD_PIDS_LIMIT", value_parser = clap::value_parser!(i64).range(1..))]
+    pids_limit: Option<i64>,
     /// This node's name (`spec.nodeName`); default: the hostname.
     #[arg(long, env = "WEFTD_NODE_NAME")]
     node_name: Option<String>,
@@ -126,6 +141,10 @@ impl Flags {
             cfg.pod_root = self.pod_root;
             cfg.image_root = self.image_root;
             cfg.pod_log_dir = self.pod_log_dir;
+            cfg.seccomp_default = !self.no_seccomp_default;
+            cfg.seccomp_root = self.seccomp_root;
+            cfg.pids_limit = self.pids_limit;
+            cfg.subnet_file = Some(self.subnet_file.clone());
             cfg.backoff.base = Duration::from_millis(self.pod_backoff_base_ms.max(1));
             cfg.backoff.cap =
                 Duration::from_millis(self.pod_backoff_cap_ms.max(self.pod_backoff_base_ms));
@@ -157,7 +176,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let flags = Flags::parse();
+    let matches = Flags::command().get_matches();
+    let flags = match Flags::from_arg_matches(&matches) {
+        Ok(flags) => flags,
+        Err(e) => e.exit(),
+    };
+    if matches.value_source("etcd_password") == Some(ValueSource::CommandLine) {
+        warn!(
+            "--etcd-password is visible to every local user in ps and /proc/<pid>/cmdline; \
+             use --etcd-password-file (or WEFTD_ETCD_PASSWORD_FILE) instead"
+        );
+    }
     if flags.subnet_lease_renew_margin * 60 >= flags.subnet_lease_ttl {
         error!(
             margin_minutes = flags.subnet_lease_renew_margin,

@@ -10,9 +10,35 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::image::Image;
+use super::resources::{linux_resources, ContainerResources};
+use super::security::{non_root_violation, ContainerSecurity};
 
 /// `PATH` for containers whose image sets none (the value containerd and Docker use).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Paths masked in every unprivileged container (containerd's `populateDefaultUnixSpec`).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/proc/scsi",
+];
+
+/// Paths read-only in every unprivileged container (containerd's defaults).
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Capabilities every container gets (containerd's and Docker's default set).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -42,6 +68,14 @@ pub enum BundleError {
         container: String,
         /// Image name.
         image: String,
+    },
+    /// `runAsNonRoot` and the container would run as root (kubelet's CreateContainerConfigError).
+    #[error("container {container}: {reason}")]
+    NonRoot {
+        /// Container name.
+        container: String,
+        /// kubelet's message.
+        reason: String,
     },
     /// The image's `User` cannot be resolved in its root filesystem.
     #[error("container {container}: user {user:?}: {reason}")]
@@ -109,17 +143,29 @@ pub struct ContainerSpec {
     pub hostname: String,
     /// File stdout/stderr go to, in CRI log format.
     pub log_path: PathBuf,
+    /// Effective security settings.
+    pub security: ContainerSecurity,
+    /// The resolved OCI `linux.seccomp` profile; `None` runs unconfined.
+    pub seccomp: Option<Value>,
+    /// cpu and memory requests and limits.
+    pub resources: ContainerResources,
+    /// `oom_score_adj` of the container's processes (per QoS class).
+    pub oom_score_adj: i32,
+    /// Most processes the container may have.
+    pub pids_limit: Option<i64>,
 }
 
-/// What a container takes from its pod's sandbox: namespaces to join and generated `/etc` files.
+/// What a container takes from its pod's sandbox: namespaces to join (bind-mounted namespace
+/// files, never `/proc/<pid>/ns`, so a dead pause process's reused pid cannot lead a container
+/// elsewhere; `None`: the node's own) and generated `/etc` files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxPaths {
     /// Network namespace to join.
-    pub net_ns: PathBuf,
+    pub net_ns: Option<PathBuf>,
     /// IPC namespace to join.
-    pub ipc_ns: PathBuf,
+    pub ipc_ns: Option<PathBuf>,
     /// UTS namespace to join.
-    pub uts_ns: PathBuf,
+    pub uts_ns: Option<PathBuf>,
     /// The pod's `/etc/hosts`.
     pub hosts: PathBuf,
     /// The pod's `/etc/resolv.conf`.
@@ -212,6 +258,42 @@ pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), Str
     Ok((uid, gid))
 }
 
+/// The `(uid, gid)` the container runs as: `runAsUser`/`runAsGroup` over the image's `User`,
+/// the primary group of a `runAsUser` from the image's `/etc/passwd` (else 0); refused with
+/// kubelet's message when `runAsNonRoot` and the result is root.
+pub fn container_user(spec: &ContainerSpec) -> Result<(u32, u32), BundleError> {
+    let image_user = spec.image.config.user.as_deref();
+    let sec = &spec.security;
+    let (uid, gid) = match sec.run_as_user {
+        Some(uid) => {
+            let passwd =
+                fs::read_to_string(spec.image.rootfs.join("etc/passwd")).unwrap_or_default();
+            let primary = passwd.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 4 && f[2].parse() == Ok(uid))
+                    .then(|| f[3].parse().ok())
+                    .flatten()
+            });
+            (uid, primary.unwrap_or(0))
+        }
+        None => {
+            resolve_user(image_user, &spec.image.rootfs).map_err(|reason| BundleError::User {
+                container: spec.name.clone(),
+                user: image_user.unwrap_or_default().to_string(),
+                reason,
+            })?
+        }
+    };
+    let gid = sec.run_as_group.unwrap_or(gid);
+    if let Some(reason) = non_root_violation(sec, image_user, uid) {
+        return Err(BundleError::NonRoot {
+            container: spec.name.clone(),
+            reason,
+        });
+    }
+    Ok((uid, gid))
+}
+
 fn bind(source: &Path, destination: &str, read_only: bool) -> Value {
     let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
     if read_only {
@@ -228,14 +310,9 @@ pub fn oci_config(
     sandbox: &SandboxPaths,
 ) -> Result<Value, BundleError> {
     let args = process_args(spec)?;
-    let (uid, gid) =
-        resolve_user(spec.image.config.user.as_deref(), &spec.image.rootfs).map_err(|reason| {
-            BundleError::User {
-                container: spec.name.clone(),
-                user: spec.image.config.user.clone().unwrap_or_default(),
-                reason,
-            }
-        })?;
+    let (uid, gid) = container_user(spec)?;
+    let sec = &spec.security;
+    let sys_opt = if sec.privileged { "rw" } else { "ro" };
     let cwd = spec
         .working_dir
         .clone()
@@ -247,8 +324,8 @@ pub fn oci_config(
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys_opt]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", sys_opt]}),
         bind(&sandbox.hosts, "/etc/hosts", false),
         bind(&sandbox.resolv_conf, "/etc/resolv.conf", false),
         bind(&sandbox.hostname, "/etc/hostname", false),
@@ -270,42 +347,74 @@ pub fn oci_config(
         }
         mounts.push(bind(&m.source, &m.destination, m.read_only));
     }
-    Ok(json!({
+    let mut namespaces = Vec::new();
+    if !sec.host.pid {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    namespaces.push(json!({"type": "mount"}));
+    for (kind, path) in [
+        ("network", &sandbox.net_ns),
+        ("ipc", &sandbox.ipc_ns),
+        ("uts", &sandbox.uts_ns),
+    ] {
+        if let Some(path) = path {
+            namespaces.push(json!({"type": kind, "path": path}));
+        }
+    }
+    // Its own cgroup namespace: the container sees its cgroup as the root, not the node's tree.
+    namespaces.push(json!({"type": "cgroup"}));
+    let caps = &sec.capabilities;
+    let mut process = json!({
+        "terminal": false,
+        "user": {"uid": uid, "gid": gid, "additionalGids": sec.supplemental_groups},
+        "args": args,
+        "env": process_env(spec),
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": sec.no_new_privileges,
+        "oomScoreAdj": spec.oom_score_adj,
+    });
+    if sec.supplemental_groups.is_empty() {
+        if let Some(user) = process["user"].as_object_mut() {
+            user.remove("additionalGids");
+        }
+    }
+    let (masked, readonly): (&[&str], &[&str]) = if sec.privileged {
+        (&[], &[])
+    } else {
+        (MASKED_PATHS, READONLY_PATHS)
+    };
+    let sysctl: serde_json::Map<String, Value> = sec
+        .sysctls
+        .iter()
+        .map(|(k, v)| (k.replace('/', "."), json!(v)))
+        .collect();
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": format!("/weft/{}", spec.id),
+        "resources": linux_resources(&spec.resources, spec.pids_limit, sec.privileged),
+        "maskedPaths": masked,
+        "readonlyPaths": readonly,
+    });
+    if !sysctl.is_empty() {
+        linux["sysctl"] = Value::Object(sysctl);
+    }
+    if let Some(profile) = &spec.seccomp {
+        linux["seccomp"] = profile.clone();
+    }
+    let mut config = json!({
         "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": uid, "gid": gid},
-            "args": args,
-            "env": process_env(spec),
-            "cwd": cwd,
-            "capabilities": {
-                "bounding": DEFAULT_CAPABILITIES,
-                "effective": DEFAULT_CAPABILITIES,
-                "permitted": DEFAULT_CAPABILITIES,
-            },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true,
-        },
-        "root": {"path": rootfs, "readonly": false},
-        "hostname": spec.hostname,
+        "process": process.take(),
+        "root": {"path": rootfs, "readonly": sec.read_only_root},
         "mounts": mounts,
-        "linux": {
-            "namespaces": [
-                {"type": "pid"},
-                {"type": "mount"},
-                {"type": "network", "path": sandbox.net_ns},
-                {"type": "ipc", "path": sandbox.ipc_ns},
-                {"type": "uts", "path": sandbox.uts_ns},
-            ],
-            "cgroupsPath": format!("/weft/{}", spec.id),
-            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
-            ],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-        },
-    }))
+        "linux": linux,
+    });
+    // Only a private UTS namespace can take a hostname (hostNetwork pods keep the node's).
+    if sandbox.uts_ns.is_some() {
+        config["hostname"] = json!(spec.hostname);
+    }
+    Ok(config)
 }
 
 /// Writes `config` as `<bundle>/config.json`.
@@ -352,14 +461,19 @@ mod tests {
             }],
             hostname: "web".into(),
             log_path: "/var/log/pods/default_web_uid1/app/0.log".into(),
+            security: ContainerSecurity::default(),
+            seccomp: None,
+            resources: ContainerResources::default(),
+            oom_score_adj: 1000,
+            pids_limit: None,
         }
     }
 
     fn sandbox() -> SandboxPaths {
         SandboxPaths {
-            net_ns: "/proc/42/ns/net".into(),
-            ipc_ns: "/proc/42/ns/ipc".into(),
-            uts_ns: "/proc/42/ns/uts".into(),
+            net_ns: Some("/run/netns/weft-x".into()),
+            ipc_ns: Some("/pods/x/ns/ipc".into()),
+            uts_ns: Some("/pods/x/ns/uts".into()),
             hosts: "/pods/x/etc/hosts".into(),
             resolv_conf: "/pods/x/etc/resolv.conf".into(),
             hostname: "/pods/x/etc/hostname".into(),
@@ -405,9 +519,24 @@ mod tests {
         let ns = &config["linux"]["namespaces"];
         assert_eq!(ns[0], json!({"type": "pid"}));
         assert_eq!(ns[1], json!({"type": "mount"}));
-        assert_eq!(ns[2], json!({"type": "network", "path": "/proc/42/ns/net"}));
-        assert_eq!(ns[3], json!({"type": "ipc", "path": "/proc/42/ns/ipc"}));
-        assert_eq!(ns[4], json!({"type": "uts", "path": "/proc/42/ns/uts"}));
+        assert_eq!(
+            ns[2],
+            json!({"type": "network", "path": "/run/netns/weft-x"})
+        );
+        assert_eq!(ns[3], json!({"type": "ipc", "path": "/pods/x/ns/ipc"}));
+        assert_eq!(ns[4], json!({"type": "uts", "path": "/pods/x/ns/uts"}));
+        assert_eq!(ns[5], json!({"type": "cgroup"}));
+        assert!(
+            !config.to_string().contains("/proc/42"),
+            "joins a pid's namespaces"
+        );
+        let masked = &config["linux"]["maskedPaths"];
+        assert!(masked
+            .as_array()
+            .is_some_and(|m| m.contains(&json!("/sys/devices/virtual/powercap"))));
+        assert_eq!(config["process"]["noNewPrivileges"], true);
+        assert_eq!(config["process"]["oomScoreAdj"], 1000);
+        assert!(config["linux"].get("seccomp").is_none());
         assert_eq!(config["process"]["cwd"], "/srv");
         assert_eq!(config["process"]["terminal"], false);
         assert_eq!(config["root"]["path"], "/c/rootfs");
@@ -430,6 +559,63 @@ mod tests {
         assert!(data["options"]
             .as_array()
             .is_some_and(|o| o.contains(&json!("ro"))));
+        Ok(())
+    }
+
+    #[test]
+    fn security_context_shapes_the_config() -> Result<(), BundleError> {
+        use crate::pod::security::{HostNamespaces, Seccomp};
+        let mut s = spec(&["sh"], &[]);
+        s.security = ContainerSecurity {
+            run_as_user: Some(1000),
+            run_as_group: Some(3000),
+            supplemental_groups: vec![2000],
+            capabilities: vec![],
+            read_only_root: true,
+            seccomp: Seccomp::RuntimeDefault,
+            sysctls: vec![("net.ipv4.tcp_syncookies".into(), "1".into())],
+            host: HostNamespaces {
+                network: true,
+                pid: true,
+                ipc: false,
+            },
+            ..ContainerSecurity::default()
+        };
+        s.seccomp = Some(json!({"defaultAction": "SCMP_ACT_ERRNO"}));
+        let mut sb = sandbox();
+        sb.net_ns = None;
+        sb.uts_ns = None;
+        let config = oci_config(&s, Path::new("/r"), &sb)?;
+        assert_eq!(
+            config["process"]["user"],
+            json!({"uid": 1000, "gid": 3000, "additionalGids": [2000]})
+        );
+        assert_eq!(config["process"]["capabilities"]["bounding"], json!([]));
+        assert_eq!(config["root"]["readonly"], true);
+        assert_eq!(
+            config["linux"]["seccomp"]["defaultAction"],
+            "SCMP_ACT_ERRNO"
+        );
+        assert_eq!(config["linux"]["sysctl"]["net.ipv4.tcp_syncookies"], "1");
+        let kinds: Vec<&str> = config["linux"]["namespaces"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n["type"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(kinds, ["mount", "ipc", "cgroup"]);
+        assert!(config.get("hostname").is_none());
+        s.security = ContainerSecurity {
+            run_as_non_root: true,
+            ..ContainerSecurity::default()
+        };
+        assert!(matches!(
+            oci_config(&s, Path::new("/r"), &sb),
+            Err(BundleError::NonRoot { .. })
+        ));
+        s.security.privileged = true;
+        s.security.run_as_non_root = false;
+        let config = oci_config(&s, Path::new("/r"), &sb)?;
+        assert_eq!(config["linux"]["maskedPaths"], json!([]));
+        assert_eq!(config["linux"]["resources"]["devices"][0]["allow"], true);
         Ok(())
     }
 

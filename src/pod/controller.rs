@@ -49,6 +49,16 @@ pub struct PodConfig {
     pub backoff: BackoffPolicy,
     /// How often the manifest directory is rescanned.
     pub rescan_interval: Duration,
+    /// Containers without a `seccompProfile` run under RuntimeDefault (kubelet's
+    /// `--seccomp-default`); `false` leaves them Unconfined, as kubelet does by default.
+    pub seccomp_default: bool,
+    /// Where `Localhost` seccomp profiles live (kubelet: `/var/lib/kubelet/seccomp`).
+    pub seccomp_root: PathBuf,
+    /// `pids.max` of every container; `None`: unlimited.
+    pub pids_limit: Option<i64>,
+    /// The node's `subnet.env`: pods whose address is outside its `FLANNEL_SUBNET` get a new
+    /// sandbox (and address) when the node's subnet changes.
+    pub subnet_file: Option<PathBuf>,
 }
 
 impl PodConfig {
@@ -69,6 +79,10 @@ impl PodConfig {
             host_ip: None,
             backoff: BackoffPolicy::default(),
             rescan_interval: Duration::from_secs(1),
+            seccomp_default: true,
+            seccomp_root: "/var/lib/weft/seccomp".into(),
+            pids_limit: None,
+            subnet_file: None,
         }
     }
 }

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::resources::{self, ResourceRequirements};
+use super::security::{self, HostNamespaces, PodSecurityContext, SecurityContext};
+
 /// Why a manifest was rejected.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ManifestError {
@@ -102,6 +105,37 @@ pub struct PodSpec {
     /// `spec.nodeName`, filled with the node's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// `spec.securityContext`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// `spec.hostNetwork`: the node's network (and UTS) namespace, no CNI call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// `spec.hostPID`: the node's PID namespace.
+    #[serde(
+        default,
+        rename = "hostPID",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_pid: bool,
+    /// `spec.hostIPC`: the node's IPC namespace.
+    #[serde(
+        default,
+        rename = "hostIPC",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_ipc: bool,
+}
+
+impl PodSpec {
+    /// The host namespaces the pod shares.
+    pub fn host_namespaces(&self) -> HostNamespaces {
+        HostNamespaces {
+            network: self.host_network,
+            pid: self.host_pid,
+            ipc: self.host_ipc,
+        }
+    }
 }
 
 /// `spec.restartPolicy`.
@@ -167,6 +201,12 @@ pub struct Container {
     /// `imagePullPolicy`: accepted; images are never pulled (they are imported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
+    /// `securityContext` (wins over the pod's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    /// `resources`: cpu and memory requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// An entry of a container's `env`.
@@ -566,6 +606,9 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
     if pod.spec.containers.is_empty() {
         return err("spec.containers", "at least one container is required");
     }
+    if let Some(sc) = &pod.spec.security_context {
+        security::validate_pod(sc, pod.spec.host_namespaces())?;
+    }
     let volumes = validate_volumes(&pod.spec.volumes)?;
     let mut names = BTreeSet::new();
     let groups = [
@@ -688,6 +731,12 @@ fn validate_container(at: &str, c: &Container, volumes: &BTreeSet<&str>) -> Resu
     }
     if c.image.trim().is_empty() {
         return err(format!("{at}.image"), "required");
+    }
+    if let Some(sc) = &c.security_context {
+        security::validate_container(at, sc)?;
+    }
+    if let Some(r) = &c.resources {
+        resources::validate(at, r)?;
     }
     if let Some(dir) = &c.working_dir {
         if !dir.starts_with('/') {
@@ -854,6 +903,11 @@ fn known_fields(shape: Shape) -> &'static [(&'static str, Field)] {
             ("terminationGracePeriodSeconds", Leaf),
             ("hostname", Leaf),
             ("nodeName", Leaf),
+            // Checked field by field by the typed parser (unknown fields there are errors).
+            ("securityContext", Leaf),
+            ("hostNetwork", Leaf),
+            ("hostPID", Leaf),
+            ("hostIPC", Leaf),
         ],
         Shape::Container => &[
             ("name", Leaf),
@@ -868,6 +922,8 @@ fn known_fields(shape: Shape) -> &'static [(&'static str, Field)] {
             ("readinessProbe", Obj(Shape::Probe)),
             ("startupProbe", Obj(Shape::Probe)),
             ("imagePullPolicy", Leaf),
+            ("securityContext", Leaf),
+            ("resources", Leaf),
         ],
         Shape::Env => &[
             ("name", Leaf),
@@ -1010,13 +1066,13 @@ spec:
     fn unknown_fields_are_warnings_with_their_path() {
         let text = MYAPP.replace(
             "      image: busybox",
-            "      image: busybox\n      resources: {limits: {cpu: 1}}\n      tty: true",
+            "      image: busybox\n      stdin: true\n      tty: true",
         ) + "status:\n  phase: Running\n";
         let m = parse(&text).unwrap();
         assert_eq!(
             m.warnings,
             vec![
-                "spec.containers[0].resources: unknown field, ignored",
+                "spec.containers[0].stdin: unknown field, ignored",
                 "spec.containers[0].tty: unknown field, ignored",
                 "status: unknown field, ignored",
             ]

@@ -21,15 +21,18 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
-use super::bundle::{ContainerSpec, MountSpec};
+use super::bundle::{container_user, ContainerSpec, MountSpec};
 use super::cli::{log_path, pod_dir_name};
 use super::cni::{load_network, Attachment, CniRuntime, POD_IFNAME};
 use super::controller::PodConfig;
 use super::image::ImageStore;
 use super::manifest::{Container, ParsedManifest, Pod, RestartPolicy};
 use super::probe::{ProbeKind, ProbeTarget, ProbeTracker};
+use super::resources::{self, ContainerResources, QosClass};
 use super::runtime::{ContainerHandle, ExitStatus, OciRuntime};
 use super::sandbox::{Sandbox, SandboxState};
+use super::seccomp;
+use super::security::{self, Seccomp};
 use super::status::{
     self, rfc3339, unix_ms, ContainerState, ContainerStatus, PodObject, PodRecord, StartTimings,
 };
@@ -42,6 +45,24 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// Grace period for a sandbox's pause process, which exits on SIGTERM at once.
 const SANDBOX_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a worker compares its pod address with the node's subnet.
+const SUBNET_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether `pod_ip` lies inside the `FLANNEL_SUBNET` (or `FLANNEL_IPV6_SUBNET`) of the
+/// `subnet.env` text; `None` when the file names no subnet of the address's family.
+pub fn in_node_subnet(subnet_env: &str, pod_ip: IpAddr) -> Option<bool> {
+    let key = if pod_ip.is_ipv4() {
+        "FLANNEL_SUBNET="
+    } else {
+        "FLANNEL_IPV6_SUBNET="
+    };
+    let subnet = subnet_env
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|v| v.trim().parse::<ipnetwork::IpNetwork>().ok());
+    subnet.map(|net| net.contains(pod_ip))
+}
 
 /// What a restarted weftd needs to take a pod over or remove it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +251,12 @@ struct PodRun {
     record: PodRecord,
     written: Option<PodRecord>,
     signal: Arc<AtomicU8>,
+    qos: QosClass,
+    memory_capacity: u64,
+    subnet_checked: Option<Instant>,
+    /// The pod's address was inside the node's subnet when last looked at: only then does
+    /// leaving it mean the node's subnet changed (a pod on another CNI network never was).
+    in_node_subnet: bool,
 }
 
 /// The error text of a pod-level step, for `status.message`.
@@ -280,6 +307,16 @@ impl PodRun {
             .all_containers()
             .map(|c| (c.name.clone(), Slot::default()))
             .collect();
+        let all: Vec<ContainerResources> = pod
+            .all_containers()
+            .map(|c| ContainerResources::of(c.resources.as_ref()))
+            .collect();
+        let qos = resources::qos_class(&all);
+        obj.status.qos_class = qos.as_str().to_string();
+        let memory_capacity = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| resources::mem_total(&m))
+            .unwrap_or(u64::MAX);
         PodRun {
             runtime: OciRuntime::new(&cfg.oci_runtime.to_string_lossy(), &dir),
             cni: CniRuntime {
@@ -306,6 +343,10 @@ impl PodRun {
             slots,
             written: None,
             signal,
+            qos,
+            memory_capacity,
+            subnet_checked: None,
+            in_node_subnet: false,
         }
     }
 
@@ -369,7 +410,21 @@ impl PodRun {
     }
 
     fn create_volumes(&self) -> StepResult {
+        let fs_group = self
+            .pod
+            .spec
+            .security_context
+            .as_ref()
+            .and_then(|s| s.fs_group)
+            .and_then(|g| u32::try_from(g).ok());
         for v in &self.pod.spec.volumes {
+            if let (Some(gid), true) = (fs_group, v.empty_dir.is_some() || v.downward_api.is_some())
+            {
+                let root = self.dir.join("volumes").join(&v.name);
+                std::fs::create_dir_all(&root)
+                    .and_then(|()| set_volume_group(&root, gid))
+                    .map_err(|e| format!("fsGroup {gid} on volume {}: {e}", v.name))?;
+            }
             if let Some(d) = &v.downward_api {
                 let root = self.dir.join("volumes").join(&v.name);
                 for item in &d.items {
@@ -378,6 +433,7 @@ impl PodRun {
                     path.parent()
                         .map_or(Ok(()), std::fs::create_dir_all)
                         .and_then(|()| std::fs::write(&path, text))
+                        .and_then(|()| fs_group.map_or(Ok(()), |gid| set_volume_group(&root, gid)))
                         .map_err(|e| {
                             format!(
                                 "write downwardAPI volume {} file {}: {e}",
@@ -394,6 +450,7 @@ impl PodRun {
                     .and_then(|()| {
                         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
                     })
+                    .and_then(|()| fs_group.map_or(Ok(()), |gid| set_volume_group(&path, gid)))
                     .map_err(|e| {
                         format!("create emptyDir {} at {}: {e}", v.name, path.display())
                     })?;
@@ -442,6 +499,12 @@ impl PodRun {
 
     /// One pass of the state machine.
     fn step(&mut self) {
+        if matches!(self.stage, Stage::Init(_) | Stage::Apps) {
+            if let Some(reason) = self.sandbox_changed() {
+                self.recreate_sandbox(&reason);
+                return;
+            }
+        }
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
@@ -483,8 +546,106 @@ impl PodRun {
         }
     }
 
+    /// Why the pod's sandbox must be re-created, if it must: its pause process is gone (its
+    /// namespaces with it), or the node's subnet no longer holds the pod's address.
+    fn sandbox_changed(&mut self) -> Option<String> {
+        let sandbox = self.sandbox.as_ref()?;
+        if !sandbox.is_running() {
+            return Some(format!(
+                "pause process {} exited or its namespace files are gone",
+                sandbox.pid()
+            ));
+        }
+        if self.pod.spec.host_network
+            || self
+                .subnet_checked
+                .is_some_and(|t| t.elapsed() < SUBNET_CHECK)
+        {
+            return None;
+        }
+        self.subnet_checked = Some(Instant::now());
+        let (Some(file), Some(ip)) = (&self.cfg.subnet_file, self.pod_ip) else {
+            return None;
+        };
+        let text = std::fs::read_to_string(file).ok()?;
+        let inside = in_node_subnet(&text, ip);
+        let was_inside = std::mem::replace(&mut self.in_node_subnet, inside == Some(true));
+        (was_inside && inside == Some(false)).then(|| {
+            format!(
+                "pod IP {ip} is outside the node's new subnet in {}",
+                file.display()
+            )
+        })
+    }
+
+    /// kubelet's answer to a changed sandbox: stop every container, release the pod network
+    /// (CNI DEL) and the old sandbox, then start over from the sandbox; containers keep their
+    /// restart counts (their next run counts as a restart) and init containers run again.
+    fn recreate_sandbox(&mut self, reason: &str) {
+        tracing::warn!(event = "SandboxChanged", reason = %reason, "pod sandbox changed, it will be killed and re-created");
+        self.record.pod.status.message = format!("SandboxChanged: {reason}");
+        let grace = Duration::from_secs(self.state.grace_seconds);
+        let running: Vec<(String, String)> = self
+            .slots
+            .iter()
+            .filter_map(|(n, s)| s.handle.as_ref().map(|h| (n.clone(), h.id().to_string())))
+            .collect();
+        for (name, id) in &running {
+            if let Err(e) = self.runtime.stop(id, grace) {
+                tracing::warn!(container = %name, error = %e, "stop container of changed sandbox");
+            }
+            self.poll_exit(name);
+            self.retire(name);
+        }
+        let inits: Vec<String> = self
+            .pod
+            .spec
+            .init_containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let st = &mut self.record.pod.status;
+        for s in st
+            .init_container_statuses
+            .iter_mut()
+            .chain(st.container_statuses.iter_mut())
+        {
+            if s.state.terminated.is_some() {
+                let is_init = inits.contains(&s.name);
+                let done = self.slots.get(&s.name).is_some_and(|slot| slot.done);
+                if is_init || !done {
+                    s.last_state = std::mem::take(&mut s.state);
+                    let waiting = if is_init {
+                        "PodInitializing"
+                    } else {
+                        "ContainerCreating"
+                    };
+                    s.state = ContainerState::waiting(waiting, "");
+                }
+            }
+            s.ready = false;
+            s.started = false;
+        }
+        for slot in self.slots.values_mut() {
+            slot.not_before = None;
+        }
+        let netns = self.sandbox.as_ref().map(Sandbox::netns_path);
+        release_network(&self.cfg, &self.state, netns.unwrap_or_default());
+        self.state.network = None;
+        if let Some(sb) = self.sandbox.take() {
+            if let Err(e) = sb.stop(SANDBOX_GRACE) {
+                tracing::warn!(error = %e, "stop changed sandbox");
+            }
+        }
+        self.save_state();
+        self.pod_ip = None;
+        self.retry_at = None;
+        self.stage = Stage::Sandbox;
+    }
+
     fn make_sandbox(&mut self) -> StepResult {
-        let sandbox = Sandbox::create(&self.state.pod_id(), self.pod.hostname(), &self.dir)
+        let host = self.pod.spec.host_namespaces();
+        let sandbox = Sandbox::create(&self.state.pod_id(), self.pod.hostname(), &self.dir, host)
             .map_err(|e| e.to_string())?;
         self.sandbox = Some(sandbox);
         self.record.timings.sandbox_ms = Some(unix_ms(SystemTime::now()));
@@ -493,12 +654,21 @@ impl PodRun {
     }
 
     fn attach_network(&mut self) -> StepResult {
-        let list = load_network(&self.cfg.cni_conf_dir).map_err(|e| e.to_string())?;
-        let att = self.attachment();
-        let result = self.cni.add(&list, &att).map_err(|e| e.to_string())?;
-        self.state.network = Some(list.name.clone());
-        self.save_state();
-        self.pod_ip = result.pod_ip();
+        let network = if self.pod.spec.host_network {
+            // The node's namespace: no CNI call; the pod's IP is the node's, as in Kubernetes.
+            self.pod_ip = self.cfg.host_ip;
+            "host".to_string()
+        } else {
+            let list = load_network(&self.cfg.cni_conf_dir).map_err(|e| e.to_string())?;
+            let att = self.attachment();
+            let result = self.cni.add(&list, &att).map_err(|e| e.to_string())?;
+            self.state.network = Some(list.name.clone());
+            self.save_state();
+            self.pod_ip = result.pod_ip();
+            self.in_node_subnet = false;
+            self.subnet_checked = None;
+            list.name
+        };
         if let Some(sb) = &self.sandbox {
             if let Err(e) = sb.set_pod_ip(self.pod_ip) {
                 tracing::warn!(error = %e, "write /etc/hosts");
@@ -507,7 +677,7 @@ impl PodRun {
         self.record.timings.network_ms = Some(unix_ms(SystemTime::now()));
         self.record.pod.status.message.clear();
         self.pod_backoff = Backoff::default();
-        tracing::info!(ip = ?self.pod_ip, network = %list.name, "pod network attached");
+        tracing::info!(ip = ?self.pod_ip, network = %network, "pod network attached");
         self.stage = self.first_unfinished_init();
         if self.stage == Stage::Apps {
             self.run_apps();
@@ -749,6 +919,24 @@ impl PodRun {
         let mounts = self
             .mounts(c)
             .map_err(|e| ("CreateContainerConfigError", e))?;
+        let security = security::effective(
+            self.pod.spec.security_context.as_ref(),
+            c.security_context.as_ref(),
+            self.pod.spec.host_namespaces(),
+            self.cfg.seccomp_default,
+        );
+        let seccomp = match &security.seccomp {
+            Seccomp::RuntimeDefault => Some(seccomp::runtime_default(
+                &security.capabilities,
+                std::env::consts::ARCH,
+            )),
+            Seccomp::Unconfined => None,
+            Seccomp::Localhost(name) => Some(
+                seccomp::localhost(&self.cfg.seccomp_root, name)
+                    .map_err(|e| ("CreateContainerConfigError", e.to_string()))?,
+            ),
+        };
+        let resources = ContainerResources::of(c.resources.as_ref());
         let id = format!("{}-{}-{restart}", self.state.uid, c.name);
         // A run with this id may be left from before a weftd restart.
         if let Err(e) = self.runtime.delete(&id) {
@@ -774,7 +962,13 @@ impl PodRun {
             mounts,
             hostname: self.pod.hostname().to_string(),
             log_path: log,
+            oom_score_adj: resources::oom_score_adj(self.qos, &resources, self.memory_capacity),
+            security,
+            seccomp,
+            resources,
+            pids_limit: self.cfg.pids_limit,
         };
+        container_user(&spec).map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
         self.runtime
             .start(&spec, &sandbox)
             .map_err(|e| ("RunContainerError", e.to_string()))
@@ -1017,6 +1211,26 @@ pub fn downward_file(pod: &Pod, field: &str) -> String {
     }
 }
 
+/// kubelet's volume ownership for `fsGroup`: every file and directory under `root` gets group
+/// `gid` and group read/write (directories also setgid, so new files inherit the group).
+fn set_volume_group(root: &Path, gid: u32) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(root)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(root, None, Some(gid))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.is_dir() {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode | 0o2070))?;
+        for entry in std::fs::read_dir(root)? {
+            set_volume_group(&entry?.path(), gid)?;
+        }
+    } else {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode | 0o060))?;
+    }
+    Ok(())
+}
+
 /// Makes a hostPath volume's source exist as its `type` asks.
 fn prepare_host_path(path: &str, kind: &str) -> Result<(), String> {
     let p = Path::new(path);
@@ -1174,6 +1388,18 @@ mod tests {
             "note=\"say \\\"hi\\\"\"\n"
         );
         assert_eq!(downward_file(&pod, "metadata.uid"), pod.metadata.uid);
+    }
+
+    #[test]
+    fn a_pod_outside_the_node_subnet_is_noticed() {
+        let env = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\n";
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(in_node_subnet(env, ip("10.244.3.7")), Some(true));
+        assert_eq!(in_node_subnet(env, ip("10.244.1.7")), Some(false));
+        assert_eq!(in_node_subnet("", ip("10.244.1.7")), None);
+        assert_eq!(in_node_subnet(env, ip("fd00::7")), None);
+        let v6 = "FLANNEL_IPV6_SUBNET=fd00:0:0:3::1/64\n";
+        assert_eq!(in_node_subnet(v6, ip("fd00:0:0:4::7")), Some(false));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -139,6 +139,8 @@ pub enum ExitReason {
     Completed,
     /// Non-zero exit code (including 128+N for death by signal N).
     Error,
+    /// Killed by the OOM killer in its memory cgroup (exit code 137).
+    OomKilled,
     /// The runtime could not create or start the container (bad command, missing mount, ...).
     StartError,
     /// The shim vanished without recording an exit status; the code is 255.
@@ -151,6 +153,7 @@ impl ExitReason {
         match self {
             ExitReason::Completed => "Completed",
             ExitReason::Error => "Error",
+            ExitReason::OomKilled => "OOMKilled",
             ExitReason::StartError => "StartError",
             ExitReason::Unknown => "Unknown",
         }
@@ -460,6 +463,13 @@ impl OciRuntime {
                 .create(d)
                 .map_err(self.io(id, "create", d))?;
         }
+        // The overlay's root takes the upper directory's mode: give it the image root's (0755
+        // as a rule), or only root could enter `/` (the container directory stays 0700).
+        let root_mode = fs::metadata(&spec.image.rootfs)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o755);
+        fs::set_permissions(&upper, fs::Permissions::from_mode(root_mode))
+            .map_err(self.io(id, "chmod", &upper))?;
         let options = overlay_options(&spec.image.rootfs, &upper, &work).map_err(|reason| {
             RuntimeError::Start {
                 id: id.to_string(),

@@ -1,6 +1,11 @@
-//! The pod sandbox: a `weft-pause` process holding the pod's network, IPC and UTS namespaces,
-//! its network namespace bind-mounted at `/run/netns/<name>` for CNI and operators, and the
-//! pod's generated `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+//! The pod sandbox: a `weft-pause` process creating the pod's network, IPC and UTS namespaces
+//! (those the pod does not share with the node), each held by a bind-mounted namespace file —
+//! the network's at `/run/netns/<name>` for CNI and operators, IPC and UTS in `<pod_dir>/ns/` —
+//! and the pod's generated `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+//!
+//! Containers join the namespace files, never `/proc/<pause pid>/ns/*`: once pause is dead its
+//! pid may name any process. weft watches the pause process through a pidfd; its death means the
+//! sandbox is gone and the pod worker re-creates it.
 //!
 //! The pause process is daemonized (not a child of weftd), so it outlives a weftd crash; the
 //! [`SandboxState`] written to `<pod_dir>/sandbox.json` lets a restarted weftd [`Sandbox::adopt`] it.
@@ -8,9 +13,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -20,6 +27,7 @@ use sha2::{Digest, Sha256};
 use super::bundle::SandboxPaths;
 use super::image::write_atomic;
 use super::process::{helper_binary, run_helper, ProcessId};
+use super::security::HostNamespaces;
 
 /// Where named network namespaces are bind-mounted (iproute2's convention).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -105,8 +113,11 @@ pub struct SandboxState {
     pub netns_name: String,
     /// The pause process.
     pub pause: ProcessId,
-    /// The pod directory holding `etc/` and `sandbox.json`.
+    /// The pod directory holding `etc/`, `ns/` and `sandbox.json`.
     pub pod_dir: PathBuf,
+    /// The node namespaces the pod shares instead of its own.
+    #[serde(default)]
+    pub host: HostNamespaces,
 }
 
 impl SandboxState {
@@ -140,6 +151,32 @@ impl SandboxState {
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     state: SandboxState,
+    /// A pidfd of the pause process: readable once it has exited, whatever reuses its pid.
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+/// A pidfd for `pause`, checked to be that very process (not a later one with its pid).
+fn open_pidfd(pause: &ProcessId) -> Option<Arc<OwnedFd>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pause.pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a freshly opened descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // The pid could have been reused between reading its identity and opening the pidfd.
+    pause.is_alive().then(|| Arc::new(fd))
+}
+
+/// Whether the process behind `pidfd` has exited (a pidfd polls readable then).
+fn pidfd_exited(pidfd: &OwnedFd) -> bool {
+    let mut fd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, timeout 0: poll only reads and writes it.
+    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
 }
 
 /// The network namespace name for a pod id: `weft-<id>` with characters outside
@@ -197,10 +234,17 @@ fn host_resolv_conf() -> String {
 }
 
 impl Sandbox {
-    /// Starts a pause process in new network, IPC and UTS namespaces with `hostname`, bind-mounts
-    /// its network namespace at `/run/netns/<netns_name(pod_id)>`, writes the pod's `/etc` files
-    /// under `<pod_dir>/etc/` and the state to `<pod_dir>/sandbox.json`.
-    pub fn create(pod_id: &str, hostname: &str, pod_dir: &Path) -> Result<Sandbox, SandboxError> {
+    /// Starts a pause process in new network, IPC and UTS namespaces (those not shared with the
+    /// node per `host`) with `hostname`; pause bind-mounts its network namespace at
+    /// `/run/netns/<netns_name(pod_id)>` and its IPC and UTS namespaces at `<pod_dir>/ns/`.
+    /// Writes the pod's `/etc` files under `<pod_dir>/etc/` and the state to
+    /// `<pod_dir>/sandbox.json`.
+    pub fn create(
+        pod_id: &str,
+        hostname: &str,
+        pod_dir: &Path,
+        host: HostNamespaces,
+    ) -> Result<Sandbox, SandboxError> {
         let pod = pod_id.to_string();
         let io = |op: &'static str, path: &Path| {
             let pod = pod.clone();
@@ -228,24 +272,60 @@ impl Sandbox {
         }
         let netns = netns_name(pod_id);
         let netns_path = Path::new(NETNS_DIR).join(&netns);
-        prepare_netns_dir(pod_id)?;
-        if netns_path.exists() {
-            return Err(SandboxError::NetnsExists {
-                pod: pod.clone(),
-                path: netns_path,
-            });
+        let ns_dir = pod_dir.join("ns");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&ns_dir)
+            .map_err(io("create", &ns_dir))?;
+        let mut files = Vec::new();
+        if !host.network {
+            prepare_netns_dir(pod_id)?;
+            if netns_path.exists() {
+                return Err(SandboxError::NetnsExists {
+                    pod: pod.clone(),
+                    path: netns_path,
+                });
+            }
+            files.push(("--netns-file", netns_path.clone()));
+            files.push(("--uts-file", ns_dir.join("uts")));
         }
-        let pause = start_pause(pod_id, hostname, pod_dir)?;
+        if !host.ipc {
+            files.push(("--ipc-file", ns_dir.join("ipc")));
+        }
         let sandbox = Sandbox {
             state: SandboxState {
                 pod_id: pod.clone(),
                 hostname: hostname.to_string(),
                 netns_name: netns,
-                pause,
+                pause: ProcessId {
+                    pid: 0,
+                    start_time: 0,
+                },
                 pod_dir: pod_dir.to_path_buf(),
+                host,
+            },
+            pidfd: None,
+        };
+        let started = create_ns_files(pod_id, &files)
+            .and_then(|()| start_pause(pod_id, hostname, pod_dir, &files));
+        let pause = match started {
+            Ok(p) => p,
+            Err(e) => {
+                if let Err(cleanup) = sandbox.release_ns_files() {
+                    tracing::warn!(pod = %pod, error = %cleanup, "clean up half-created sandbox");
+                }
+                return Err(e);
+            }
+        };
+        let sandbox = Sandbox {
+            pidfd: open_pidfd(&pause),
+            state: SandboxState {
+                pause,
+                ..sandbox.state
             },
         };
-        if let Err(e) = sandbox.bind_netns().and_then(|()| sandbox.save()) {
+        if let Err(e) = sandbox.save() {
             if let Err(cleanup) = sandbox.stop(Duration::from_secs(1)) {
                 tracing::warn!(pod = %pod, error = %cleanup, "clean up half-created sandbox");
             }
@@ -258,7 +338,8 @@ impl Sandbox {
     /// Takes over a sandbox from its saved state (after a weftd restart). The pause process may
     /// have died meanwhile: check [`Sandbox::is_running`]; [`Sandbox::stop`] cleans up either way.
     pub fn adopt(state: SandboxState) -> Sandbox {
-        Sandbox { state }
+        let pidfd = open_pidfd(&state.pause);
+        Sandbox { state, pidfd }
     }
 
     /// The state to persist for [`Sandbox::adopt`] (also saved in `<pod_dir>/sandbox.json`).
@@ -271,9 +352,64 @@ impl Sandbox {
         self.state.pause.pid
     }
 
-    /// Whether the pause process (the very one started) is alive.
+    /// Whether the pause process (the very one started) is alive and its namespace files are
+    /// in place.
     pub fn is_running(&self) -> bool {
-        self.state.pause.is_alive()
+        let alive = match &self.pidfd {
+            Some(fd) => !pidfd_exited(fd),
+            None => self.state.pause.is_alive(),
+        };
+        alive && self.ns_files().iter().all(|(_, f)| is_nsfs(f))
+    }
+
+    /// The node namespaces the pod shares.
+    pub fn host(&self) -> HostNamespaces {
+        self.state.host
+    }
+
+    /// The namespace files this sandbox holds, by kind.
+    fn ns_files(&self) -> Vec<(&'static str, PathBuf)> {
+        let dir = self.state.pod_dir.join("ns");
+        let mut files = Vec::new();
+        if !self.state.host.network {
+            files.push(("net", Path::new(NETNS_DIR).join(&self.state.netns_name)));
+            files.push(("uts", dir.join("uts")));
+        }
+        if !self.state.host.ipc {
+            files.push(("ipc", dir.join("ipc")));
+        }
+        files
+    }
+
+    /// Unmounts and removes the namespace files (idempotent).
+    fn release_ns_files(&self) -> Result<(), SandboxError> {
+        let pod = &self.state.pod_id;
+        for (_, path) in self.ns_files() {
+            match umount2(&path, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::EINVAL) => {}
+                Err(source) => {
+                    return Err(SandboxError::Mount {
+                        pod: pod.clone(),
+                        op: "unmount namespace file",
+                        path,
+                        source,
+                    })
+                }
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SandboxError::Io {
+                        pod: pod.clone(),
+                        op: "remove",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Name of the network namespace under `/run/netns`.
@@ -281,14 +417,24 @@ impl Sandbox {
         &self.state.netns_name
     }
 
-    /// `/run/netns/<name>`: the path CNI plugins get as `CNI_NETNS`.
+    /// `/run/netns/<name>`: the path CNI plugins get as `CNI_NETNS`. For a `hostNetwork` pod
+    /// the calling thread's own network namespace (the node's).
     pub fn netns_path(&self) -> PathBuf {
+        if self.state.host.network {
+            return PathBuf::from("/proc/thread-self/ns/net");
+        }
         Path::new(NETNS_DIR).join(&self.state.netns_name)
     }
 
     /// The namespaces and files a container of this pod joins and mounts.
     pub fn paths(&self) -> SandboxPaths {
-        let ns = |kind: &str| PathBuf::from(format!("/proc/{}/ns/{kind}", self.state.pause.pid));
+        let files = self.ns_files();
+        let ns = |kind: &str| {
+            files
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, p)| p.clone())
+        };
         let etc = self.state.pod_dir.join("etc");
         SandboxPaths {
             net_ns: ns("net"),
@@ -318,34 +464,6 @@ impl Sandbox {
             })
     }
 
-    fn bind_netns(&self) -> Result<(), SandboxError> {
-        let target = self.netns_path();
-        File::options()
-            .write(true)
-            .create_new(true)
-            .open(&target)
-            .map_err(|source| SandboxError::Io {
-                pod: self.state.pod_id.clone(),
-                op: "create netns file",
-                path: target.clone(),
-                source,
-            })?;
-        let source = self.paths().net_ns;
-        mount(
-            Some(&source),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|source| SandboxError::Mount {
-            pod: self.state.pod_id.clone(),
-            op: "bind-mount network namespace to",
-            path: target,
-            source,
-        })
-    }
-
     fn save(&self) -> Result<(), SandboxError> {
         let path = self.state.pod_dir.join("sandbox.json");
         let bytes =
@@ -373,20 +491,9 @@ impl Sandbox {
                 pid: self.state.pause.pid,
             });
         }
-        let netns = self.netns_path();
-        match umount2(&netns, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::EINVAL) => {}
-            Err(source) => {
-                return Err(SandboxError::Mount {
-                    pod: pod.clone(),
-                    op: "unmount network namespace",
-                    path: netns,
-                    source,
-                })
-            }
-        }
+        self.release_ns_files()?;
         let dir = &self.state.pod_dir;
-        for path in [netns, dir.join("sandbox.json"), dir.join("pause.pid")] {
+        for path in [dir.join("sandbox.json"), dir.join("pause.pid")] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -400,17 +507,19 @@ impl Sandbox {
                 }
             }
         }
-        let etc = dir.join("etc");
-        match fs::remove_dir_all(&etc) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(SandboxError::Io {
-                    pod: pod.clone(),
-                    op: "remove",
-                    path: etc,
-                    source,
-                })
+        for sub in ["etc", "ns"] {
+            let path = dir.join(sub);
+            match fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SandboxError::Io {
+                        pod: pod.clone(),
+                        op: "remove",
+                        path,
+                        source,
+                    })
+                }
             }
         }
         tracing::info!(pod = %pod, "sandbox stopped");
@@ -458,9 +567,38 @@ fn prepare_netns_dir(pod: &str) -> Result<(), SandboxError> {
     }
 }
 
-/// Runs `weft-pause --sandbox`, which unshares, sets the hostname, daemonizes and reports the
-/// daemon's pid through `<pod_dir>/pause.pid` before its first process exits.
-fn start_pause(pod: &str, hostname: &str, pod_dir: &Path) -> Result<ProcessId, SandboxError> {
+/// Whether `path` is a mounted namespace file (nsfs), not the empty file under it.
+fn is_nsfs(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+}
+
+/// Creates the empty files pause bind-mounts its namespaces onto; an existing file is an error.
+fn create_ns_files(pod: &str, files: &[(&str, PathBuf)]) -> Result<(), SandboxError> {
+    for (_, path) in files {
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|source| SandboxError::Io {
+                pod: pod.to_string(),
+                op: "create namespace file",
+                path: path.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Runs `weft-pause --sandbox`, which unshares, sets the hostname, bind-mounts its namespaces
+/// onto `files`, daemonizes and reports the daemon's pid through `<pod_dir>/pause.pid` before
+/// its first process exits.
+fn start_pause(
+    pod: &str,
+    hostname: &str,
+    pod_dir: &Path,
+    files: &[(&str, PathBuf)],
+) -> Result<ProcessId, SandboxError> {
     let binary = helper_binary("weft-pause");
     let pid_file = pod_dir.join("pause.pid");
     let fail = |reason: String| SandboxError::Pause {
@@ -474,7 +612,12 @@ fn start_pause(pod: &str, hostname: &str, pod_dir: &Path) -> Result<ProcessId, S
             .arg("--hostname")
             .arg(hostname)
             .arg("--pid-file")
-            .arg(&pid_file),
+            .arg(&pid_file)
+            .args(
+                files
+                    .iter()
+                    .flat_map(|(flag, path)| [flag.as_ref(), path.as_os_str()]),
+            ),
     )
     .map_err(fail)?;
     let text = fs::read_to_string(&pid_file)

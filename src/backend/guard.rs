@@ -1,0 +1,209 @@
+//! The last check before the kernel, independent of lease validation: whatever the store says,
+//! no peer route may equal, cover or overlap this node's own addresses, the external
+//! interface's connected prefixes, the etcd endpoints' addresses or the default route. A route
+//! like that would cut the node off from etcd and its peers, and it could never hear the fix.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use crate::lease::Lease;
+use crate::netlink::{self, ExternalInterface, NetlinkError};
+
+/// One prefix no peer route may touch, and what it is (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    /// The prefix (a /32 for a single address).
+    pub prefix: Ipv4Network,
+    /// What it is: `address 192.0.2.11 of this node`, `etcd endpoint 192.0.2.254`, ...
+    pub what: String,
+}
+
+/// A peer route the guard refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedRoute {
+    /// The route's destination (the peer's subnet).
+    pub dst: Ipv4Network,
+    /// What it would have overlapped.
+    pub protected: String,
+}
+
+impl fmt::Display for RefusedRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "route to {} overlaps {}", self.dst, self.protected)
+    }
+}
+
+/// The prefixes peer routes must stay clear of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteGuard {
+    protected: Vec<Protected>,
+}
+
+/// Whether two prefixes share an address (one contains the other's network address).
+fn overlaps(a: &Ipv4Network, b: &Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+impl RouteGuard {
+    /// A guard for these prefixes; the default route (any /0) is always refused.
+    pub fn new(protected: Vec<Protected>) -> RouteGuard {
+        RouteGuard { protected }
+    }
+
+    /// Refuses a route to `dst` that is a default route or overlaps a protected prefix.
+    pub fn check(&self, dst: Ipv4Network) -> Result<(), RefusedRoute> {
+        if dst.prefix() == 0 {
+            return Err(RefusedRoute {
+                dst,
+                protected: "the default route".to_string(),
+            });
+        }
+        match self.protected.iter().find(|p| overlaps(&p.prefix, &dst)) {
+            Some(p) => Err(RefusedRoute {
+                dst,
+                protected: p.what.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Splits `peers` into those whose route may be installed and the refused ones. Every
+    /// backend routes a peer's subnet (`X via X.0 dev flannel.1 onlink`, `X via PublicIP`, `X
+    /// dev flannel0`), so the subnet is what is checked.
+    pub fn filter(&self, peers: Vec<Lease>) -> (Vec<Lease>, Vec<RefusedRoute>) {
+        let mut allowed = Vec::with_capacity(peers.len());
+        let mut refused = Vec::new();
+        for lease in peers {
+            match self.check(lease.subnet) {
+                Ok(()) => allowed.push(lease),
+                Err(r) => refused.push(r),
+            }
+        }
+        (allowed, refused)
+    }
+}
+
+/// Reads what the guard protects from the kernel now: every IPv4 address of this node, the
+/// connected prefixes of the external interface and the default routes' gateways, plus the
+/// etcd endpoints' addresses (resolved by the caller).
+pub async fn protected_now(
+    ext: &ExternalInterface,
+    etcd_addresses: &[Ipv4Addr],
+) -> Result<Vec<Protected>, NetlinkError> {
+    let handle = netlink::connect()?;
+    let addrs = netlink::ipv4_addresses(&handle, None).await?;
+    let routes = netlink::main_table_routes(&netlink::dump_ipv4_routes(&handle).await?);
+    let mut protected = Vec::new();
+    for (index, addr) in &addrs {
+        protected.push(Protected {
+            prefix: Ipv4Network::from(addr.ip()),
+            what: format!("address {} of this node", addr.ip()),
+        });
+        if *index == ext.index {
+            protected.push(Protected {
+                prefix: Ipv4Network::new(addr.network(), addr.prefix())
+                    .unwrap_or_else(|_| Ipv4Network::from(addr.ip())),
+                what: format!("connected prefix {addr} of {}", ext.name),
+            });
+        }
+    }
+    for gw in routes
+        .iter()
+        .filter(|r| r.dst.prefix() == 0)
+        .filter_map(|r| r.gateway)
+    {
+        protected.push(Protected {
+            prefix: Ipv4Network::from(gw),
+            what: format!("default gateway {gw}"),
+        });
+    }
+    for ip in etcd_addresses {
+        protected.push(Protected {
+            prefix: Ipv4Network::from(*ip),
+            what: format!("etcd endpoint {ip}"),
+        });
+    }
+    Ok(protected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    fn guard() -> RouteGuard {
+        RouteGuard::new(vec![
+            Protected {
+                prefix: net("192.0.2.11/32"),
+                what: "address 192.0.2.11 of this node".into(),
+            },
+            Protected {
+                prefix: net("192.0.2.0/24"),
+                what: "connected prefix 192.0.2.11/24 of eth0".into(),
+            },
+            Protected {
+                prefix: net("198.51.100.7/32"),
+                what: "etcd endpoint 198.51.100.7".into(),
+            },
+            Protected {
+                prefix: net("127.0.0.1/32"),
+                what: "address 127.0.0.1 of this node".into(),
+            },
+        ])
+    }
+
+    /// A peer lease as it would reach the backend if validation let anything through.
+    fn lease(subnet: &str) -> Lease {
+        Lease {
+            subnet: net(subnet),
+            attrs: LeaseAttrs {
+                public_ip: "192.0.2.31".parse().unwrap(),
+                backend_type: "vxlan".into(),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:00:00:31"})),
+            },
+            etcd_lease: Some(1),
+            mod_revision: 1,
+        }
+    }
+
+    #[test]
+    fn routes_onto_the_underlay_etcd_own_addresses_or_default_are_refused() {
+        let g = guard();
+        for (dst, what) in [
+            ("192.0.2.0/24", "address 192.0.2.11 of this node"),
+            ("192.0.2.11/32", "address 192.0.2.11 of this node"),
+            ("192.0.2.128/25", "connected prefix 192.0.2.11/24 of eth0"),
+            ("192.0.2.64/26", "connected prefix 192.0.2.11/24 of eth0"),
+            ("198.51.100.0/24", "etcd endpoint 198.51.100.7"),
+            ("127.0.0.0/8", "address 127.0.0.1 of this node"),
+            ("0.0.0.0/0", "the default route"),
+        ] {
+            let r = g.check(net(dst)).unwrap_err();
+            assert_eq!(r.protected, what, "{dst}");
+            assert_eq!(r.to_string(), format!("route to {dst} overlaps {what}"));
+        }
+        assert!(g.check(net("10.244.3.0/24")).is_ok());
+        assert!(g.check(net("198.51.101.0/24")).is_ok());
+    }
+
+    #[test]
+    fn filter_stops_what_validation_would_have_caught_without_it() {
+        // No validation here: the guard alone keeps the node reachable.
+        let (allowed, refused) = guard().filter(vec![
+            lease("10.244.3.0/24"),
+            lease("192.0.2.0/24"),
+            lease("10.244.4.0/24"),
+            lease("0.0.0.0/0"),
+        ]);
+        let allowed: Vec<String> = allowed.iter().map(|l| l.subnet.to_string()).collect();
+        assert_eq!(allowed, ["10.244.3.0/24", "10.244.4.0/24"]);
+        let refused: Vec<String> = refused.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(refused, ["192.0.2.0/24", "0.0.0.0/0"]);
+    }
+}
