@@ -6,14 +6,16 @@
 //! only when an invariant breaks: a parser must never panic, and what it accepts must survive a
 //! round trip through weft's own writer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use weft::config::NetworkConfig;
 use weft::lease::{lease_key, parse_lease_key, LeaseAttrs, RawLease};
 use weft::subnet::{parse_dual_subnet_key, subnet_key};
 use weft::subnet_env::SubnetEnv;
-use weft::validate::{validate_lease, validate_leases, AcceptedSubnets, LeasePolicy, NodeIdentity};
+use weft::validate::{
+    parse_mac, validate_lease, validate_leases, AcceptedSubnets, LeasePolicy, NodeIdentity,
+};
 
 /// The names of the targets, as directories under tests/fuzz/corpus and binaries of the fuzz crate.
 pub const TARGETS: [&str; 4] = ["network_config", "lease", "subnet_env", "validation"];
@@ -157,6 +159,7 @@ pub fn validation(data: &[u8]) {
     assert_eq!(verdicts.accepted.len() + verdicts.rejected.len(), raw.len());
     let cfg = &policy.config;
     let mut last_end: Option<u32> = None;
+    let mut macs: BTreeMap<[u8; 6], Ipv4Addr> = BTreeMap::new();
     for lease in &verdicts.accepted {
         let subnet = lease.subnet;
         assert!(cfg.network.contains(subnet.network()), "{subnet} outside");
@@ -174,6 +177,11 @@ pub fn validation(data: &[u8]) {
         );
         let ours = policy.node.subnet == Some(subnet);
         assert!(ours || ip != own_ip, "peer {subnet} claims our PublicIP");
+        // One VTEP MAC leads to one node.
+        if let Some(mac) = lease.attrs.vtep_mac().and_then(parse_mac) {
+            let owner = *macs.entry(mac).or_insert(ip);
+            assert_eq!(owner, ip, "{subnet}: VTEP MAC {mac:02x?} of two nodes");
+        }
     }
     for rejected in &verdicts.rejected {
         let _ = (rejected.to_string(), rejected.reason.label());
