@@ -1239,6 +1239,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn failover_moves_to_the_next_endpoint_once_per_failure() {
+        let eps = Endpoints {
+            all: vec![
+                "http://a:2379".into(),
+                "http://b:2379".into(),
+                "http://c:2379".into(),
+            ],
+            pinned: Mutex::new(0),
+        };
+        assert_eq!(eps.advance(0), Some(1));
+        // A second request that failed on the same member does not skip a healthy one.
+        assert_eq!(eps.advance(0), None);
+        assert_eq!(eps.advance(1), Some(2));
+        assert_eq!(eps.advance(2), Some(0), "wraps around");
+        assert_eq!(eps.pinned(), 0);
+        let one = Endpoints {
+            all: vec!["http://a:2379".into()],
+            pinned: Mutex::new(0),
+        };
+        assert_eq!(one.advance(0), None);
+    }
+
+    #[test]
+    fn only_failures_of_the_member_fail_over() {
+        let request = |status: tonic::Status| StoreError::Request {
+            op: "get",
+            key: "k".into(),
+            source: etcd_client::Error::GRpcStatus(status),
+        };
+        assert!(member_failed(&StoreError::Timeout {
+            op: "get",
+            key: "k".into(),
+            after: REQUEST_TIMEOUT,
+        }));
+        assert!(member_failed(&request(tonic::Status::unavailable(
+            "etcdserver: no leader"
+        ))));
+        assert!(!member_failed(&request(tonic::Status::invalid_argument(
+            "etcdserver: key is not provided"
+        ))));
+        assert!(!member_failed(&request(tonic::Status::permission_denied(
+            "etcdserver: permission denied"
+        ))));
+        assert!(!member_failed(&StoreError::Conflict {
+            op: "claim subnet",
+            key: "k".into(),
+        }));
+        assert!(!member_failed(&StoreError::Compacted { revision: 5 }));
+    }
+
+    #[test]
     fn password_never_in_debug() {
         let opts = EtcdOptions {
             username: Some("root".into()),
