@@ -204,6 +204,35 @@ impl NetworkConfig {
     }
 }
 
+/// How a network config written while weftd runs relates to the running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigChange {
+    /// Nothing that matters changed (e.g. only the JSON's spelling).
+    Same,
+    /// Only `SubnetMin`/`SubnetMax`: they steer which subnet is handed out next, so they apply
+    /// at once.
+    Live,
+    /// `Network` or `SubnetLen` (existing leases would be orphaned) or `Backend` (the data path
+    /// would be rebuilt under running pods): applied only by restarting weftd.
+    NeedsRestart,
+}
+
+impl NetworkConfig {
+    /// Classifies `new` against `self`, the running config.
+    pub fn change_to(&self, new: &NetworkConfig) -> ConfigChange {
+        if self == new {
+            ConfigChange::Same
+        } else if self.network == new.network
+            && self.subnet_len == new.subnet_len
+            && self.backend == new.backend
+        {
+            ConfigChange::Live
+        } else {
+            ConfigChange::NeedsRestart
+        }
+    }
+}
+
 /// One line for logs, e.g. `Network 10.244.0.0/16, SubnetLen 24, SubnetMin 10.244.1.0,
 /// SubnetMax 10.244.255.0, Backend vxlan (VNI 1, Port 8472, DirectRouting false, MTU auto)`.
 impl std::fmt::Display for NetworkConfig {
@@ -618,6 +647,47 @@ mod tests {
                 got.starts_with(want),
                 "{json}: got {got:?}, want prefix {want:?}"
             );
+        }
+    }
+
+    #[test]
+    fn changes_are_live_only_for_the_handing_out_range() {
+        let running = parse(r#"{"Network": "10.244.0.0/16"}"#);
+        for (json, want) in [
+            (
+                r#"{"network": "10.244.0.0/16", "Backend": {}}"#,
+                ConfigChange::Same,
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "SubnetMax": "10.244.9.0"}"#,
+                ConfigChange::Live,
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "SubnetMin": "10.244.5.0"}"#,
+                ConfigChange::Live,
+            ),
+            (
+                r#"{"Network": "10.245.0.0/16"}"#,
+                ConfigChange::NeedsRestart,
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "SubnetLen": 25}"#,
+                ConfigChange::NeedsRestart,
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#,
+                ConfigChange::NeedsRestart,
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "Backend": {"VNI": 2}}"#,
+                ConfigChange::NeedsRestart,
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "Backend": {"MTU": 1400}}"#,
+                ConfigChange::NeedsRestart,
+            ),
+        ] {
+            assert_eq!(running.change_to(&parse(json)), want, "{json}");
         }
     }
 

@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::backend::guard::{self, RouteGuard};
 use crate::backend::Backend;
-use crate::config::NetworkConfig;
+use crate::config::{ConfigChange, NetworkConfig};
 use crate::health::Metrics;
 use crate::lease::{config_key, lease_key, Lease, LeaseAttrs, RawLease};
 use crate::masq;
@@ -465,17 +465,15 @@ impl Agent {
                 return;
             }
         };
-        if new == *running {
+        let change = running.change_to(&new);
+        if change == ConfigChange::Same {
             info!(key, config = %new, "network config rewritten without a change");
             self.metrics
                 .config_change_refused
                 .store(false, Ordering::Relaxed);
             return;
         }
-        let live = new.network == running.network
-            && new.subnet_len == running.subnet_len
-            && new.backend == running.backend;
-        if live {
+        if change == ConfigChange::Live {
             info!(key, old = %running, new = %new, "network config changed: {running} -> {new}; applied");
             self.config = new;
             self.metrics
@@ -866,13 +864,22 @@ async fn resolve_endpoints(endpoints: &[String]) -> Vec<Ipv4Addr> {
         match host.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(ip)) => addresses.push(ip),
             Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => match tokio::net::lookup_host((host, 0)).await {
-                Ok(found) => addresses.extend(found.filter_map(|a| match a.ip() {
+            // A resolver that does not answer must not hold up the start.
+            Err(_) => match tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::lookup_host((host, 0)),
+            )
+            .await
+            {
+                Ok(Ok(found)) => addresses.extend(found.filter_map(|a| match a.ip() {
                     std::net::IpAddr::V4(ip) => Some(ip),
                     std::net::IpAddr::V6(_) => None,
                 })),
-                Err(e) => {
+                Ok(Err(e)) => {
                     warn!(endpoint = %url, error = %e, "resolve etcd endpoint; the route guard cannot protect it")
+                }
+                Err(_) => {
+                    warn!(endpoint = %url, "resolve etcd endpoint: no answer within 5 s; the route guard cannot protect it")
                 }
             },
         }

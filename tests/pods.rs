@@ -1863,3 +1863,95 @@ fn a_new_node_subnet_recreates_the_pod_sandbox_in_it() {
         "the old address was not released"
     );
 }
+
+/// A client pod that prints its address, fetches `server_ip`'s page once, then idles.
+fn client_manifest(name: &str, server_ip: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: NS}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: wget
+      image: busybox
+      env:
+        - {{name: MY_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+      command: ['sh', '-c', 'echo "client $MY_IP"; until wget -q -O - http://{server_ip}:8080/; do sleep 0.5; done; sleep 3600']
+"#
+    )
+}
+
+/// Another writer takes node 1's lease: weftd acquires a new subnet and rewrites subnet.env, the
+/// CNI plugin moves cni0 to the new gateway, weftd re-creates its static pod in the new subnet,
+/// and both that pod and a pod started after the takeover reach a pod on node 2 over the overlay.
+#[test]
+fn pods_follow_their_node_to_a_new_subnet_after_a_lease_takeover() {
+    require_root();
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    n2.start_weftd(&[]);
+    n2.wait_subnet_env(WAIT);
+    let mut node1 = PodNode::in_netns(
+        n1.netns().name(),
+        None,
+        Network::Weft {
+            subnet_file: n1.subnet_file(),
+            subnet: String::new(),
+        },
+    );
+    node1.start_weftd(&n1.base_args());
+    n1.wait_subnet_env(WAIT);
+    cluster.wait_mesh(WAIT);
+    let old = n1.subnet().unwrap_or_default();
+    let node2 = PodNode::in_netns(
+        n2.netns().name(),
+        None,
+        Network::Weft {
+            subnet_file: n2.subnet_file(),
+            subnet: n2.subnet().unwrap_or_default(),
+        },
+    );
+    node2.put_manifest("server.yaml", SERVER);
+    let server_ip = node2.wait_status("server", "Running").pod.status.pod_ip;
+    node1.put_manifest("client.yaml", &client_manifest("client", &server_ip));
+    let before = node1.wait_status("client", "Running");
+    node1.wait_log(&before, "wget", "hello from server");
+    // The pod worker notices a move only once it has seen the pod inside the node subnet (it
+    // looks every second); a takeover before that first look would go unnoticed.
+    std::thread::sleep(Duration::from_secs(2));
+
+    cluster.etcd.put(
+        &common::lease_key(&old),
+        &common::vxlan_lease_value("192.0.2.90", "aa:bb:cc:00:00:90"),
+    );
+    let new = wait_for(WAIT, "subnet.env naming a new subnet", || {
+        n1.subnet().filter(|s| *s != old)
+    });
+    let new_net: ipnetwork::Ipv4Network = new.parse().unwrap_or_else(|e| panic!("{new}: {e}"));
+    let inside = |ip: &str| ip.parse().is_ok_and(|ip| new_net.contains(ip));
+    let after = wait_for(WAIT, "the static pod re-created in the new subnet", || {
+        node1
+            .record("client")
+            .filter(|r| inside(&r.pod.status.pod_ip) && status::columns(&r.pod).status == "Running")
+    });
+    let restart = after.pod.status.container_statuses[0].restart_count;
+    let log = wait_for(WAIT, "the re-created pod reaches node 2's server", || {
+        let log = node1.log(&after, "wget", restart);
+        log.contains("hello from server").then_some(log)
+    });
+    assert!(
+        log.starts_with(&format!("client {}\n", after.pod.status.pod_ip)),
+        "{log}"
+    );
+
+    node1.put_manifest("late.yaml", &client_manifest("late", &server_ip));
+    let late = node1.wait_status("late", "Running");
+    assert!(
+        inside(&late.pod.status.pod_ip),
+        "pod started after the takeover at {} outside {new}",
+        late.pod.status.pod_ip
+    );
+    node1.wait_log(&late, "wget", "hello from server");
+}

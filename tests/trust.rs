@@ -382,8 +382,6 @@ fn own_lease_taken_over_is_replaced_by_a_new_subnet() {
     cluster.wait_mesh(CONVERGE);
     let (n1, n2) = (cluster.node(0), cluster.node(1));
     n1.wait_ready(CONVERGE);
-    // A pod from before the takeover: cni0 carries the old subnet's gateway.
-    let _before = n1.add_pod();
     let old = n1.subnet().unwrap_or_default();
     let taken = [old.as_str(), &n2.subnet().unwrap_or_default()];
     let free = ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
@@ -457,9 +455,13 @@ fn own_lease_taken_over_is_replaced_by_a_new_subnet() {
     n2.wait_until(CONVERGE, "node 2 routes the new subnet to node 1", || {
         n2.vxlan_peer_programmed("flannel.1", free, n1.public_ip(), &mac1)
     });
-    // Moving cni0 to the new gateway is the CNI plugin's job; here the harness wires the pod
-    // by hand, so it starts from a fresh bridge.
-    n1.netns().ip(&["link", "del", "cni0"]);
+    // The old subnet is the other writer's now: node 1 routes it there too, once its overlay
+    // device has let go of the old address (not only at the next resync).
+    n1.wait_until(
+        CONVERGE,
+        "node 1 routes its old subnet to the other writer",
+        || n1.vxlan_peer_programmed("flannel.1", &old, "192.0.2.90", "aa:bb:cc:00:00:90"),
+    );
     let (a, b) = (n1.add_pod(), n2.add_pod());
     assert!(
         subnet_contains(free, a.ip()),
@@ -631,5 +633,52 @@ fn etcd_password_from_a_file() {
             .map(str::to_string)
             .collect();
         assert!(leaked.is_empty(), "password in the log: {leaked:?}");
+    }
+}
+
+/// Flannel's dual-stack key form is understood, and of two keys for the same subnet the older
+/// one wins on every node; when it goes, the other one is believed.
+#[test]
+fn dual_stack_key_is_read_and_the_older_of_two_overlapping_leases_wins() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    let older = format!("{ETCD_PREFIX}/subnets/10.244.70.0-24&fd00:10:244:70::-64");
+    let newer = lease_key("10.244.70.0/24");
+    let (old_mac, new_mac) = ("aa:bb:cc:00:00:71", "aa:bb:cc:00:00:72");
+    cluster
+        .etcd
+        .put_with_ttl(&older, &vxlan_lease_value("192.0.2.71", old_mac), 600);
+    cluster
+        .etcd
+        .put_with_ttl(&newer, &vxlan_lease_value("192.0.2.72", new_mac), 600);
+    for node in &cluster.nodes {
+        node.wait_until(CONVERGE, "the older (dual-stack) lease programmed", || {
+            node.vxlan_peer_programmed("flannel.1", "10.244.70.0/24", "192.0.2.71", old_mac)
+        });
+        node.wait_until(CONVERGE, "the newer one rejected as an overlap", || {
+            node.log().lines().any(|l| {
+                l.contains("lease rejected")
+                    && l.contains(&newer)
+                    && l.contains(&format!("overlaps the older lease {older}"))
+            })
+        });
+        assert!(
+            !node
+                .fdb()
+                .iter()
+                .any(|f| f["mac"].as_str() == Some(new_mac)),
+            "the newer lease reached the kernel on {}",
+            node.name()
+        );
+    }
+    assert!(cluster.etcd.del(&older));
+    for node in &cluster.nodes {
+        node.wait_until(CONVERGE, "the remaining lease programmed", || {
+            node.vxlan_peer_programmed("flannel.1", "10.244.70.0/24", "192.0.2.72", new_mac)
+                && !node
+                    .fdb()
+                    .iter()
+                    .any(|f| f["mac"].as_str() == Some(old_mac))
+        });
     }
 }
