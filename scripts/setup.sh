@@ -12,6 +12,7 @@ fi
 # package         why
 PACKAGES=(
     gcc                          # linker driver for rustc
+    g++                          # libFuzzer, compiled by the libfuzzer-sys crate (scripts/fuzz.sh)
     libc6-dev                    # crt files and libc for linking
     mold                         # linker set in .cargo/config.toml
     protobuf-compiler            # protoc, for etcd-client's build script

@@ -1,7 +1,10 @@
 //! The etcd edge of the node agent: network config, subnet leases and their watch, in Flannel's
 //! etcd v3 layout (`<prefix>/config`, `<prefix>/subnets/<subnet key>`).
 //!
-//! Every request is bounded by a timeout; callers retry. Under etcd v3 a lease is renewed with a
+//! Every request is bounded by a timeout; callers retry. Requests go to one endpoint at a time;
+//! when that member stops answering (connection refused or lost, no answer in time, no leader),
+//! the store fails over to the next endpoint, so a dead or cut-off member costs one failed request
+//! instead of a share of every later one. Under etcd v3 a lease is renewed with a
 //! keep-alive of its etcd lease (no write, no watch event); the key is re-put under a fresh etcd
 //! lease only when its value or its TTL must change. A key without an etcd lease is a reservation:
 //! it is honoured for its `PublicIP` and never handed to anybody else.
@@ -10,6 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
@@ -330,6 +334,54 @@ pub enum LeaseEvent {
 pub struct EtcdStore {
     client: Client,
     prefix: String,
+    endpoints: Arc<Endpoints>,
+}
+
+/// Every configured endpoint and the one the client talks to. etcd-client balances over all
+/// endpoints it is given and keeps sending a share of the requests to a member that is down
+/// (its connection errors count as ready), so the client is given one endpoint and is moved to
+/// the next when that one fails.
+#[derive(Debug)]
+struct Endpoints {
+    all: Vec<String>,
+    pinned: Mutex<usize>,
+}
+
+impl Endpoints {
+    fn pinned(&self) -> usize {
+        *self.pinned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the pin from `from` to the next endpoint; `None` if it was moved already (by a
+    /// concurrent failure) or there is no other endpoint.
+    fn advance(&self, from: usize) -> Option<usize> {
+        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        if *pinned != from || self.all.len() < 2 {
+            return None;
+        }
+        *pinned = (from + 1) % self.all.len();
+        Some(*pinned)
+    }
+}
+
+/// Whether an error says the member itself is unusable (down, unreachable, without a leader),
+/// as opposed to an answer about the request.
+fn member_failed(error: &StoreError) -> bool {
+    match error {
+        StoreError::Timeout { .. } | StoreError::WatchBroken { .. } => true,
+        StoreError::Request { source, .. } => match source {
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+            etcd_client::Error::GRpcStatus(status) => matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+            ),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 impl fmt::Debug for EtcdStore {
@@ -358,6 +410,57 @@ async fn timed<T>(
             source,
         }),
         Ok(Ok(v)) => Ok(v),
+    }
+}
+
+impl EtcdStore {
+    /// [`timed`], failing over to the next endpoint when the member did not answer.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        let endpoint = self.endpoints.pinned();
+        let result = timed(op, key, fut).await;
+        if let Err(e) = &result {
+            if member_failed(e) {
+                self.fail_over(endpoint, e).await;
+            }
+        }
+        result
+    }
+
+    /// Points the client at the endpoint after `from` (unless that happened already).
+    async fn fail_over(&self, from: usize, error: &StoreError) {
+        let Some(to) = self.endpoints.advance(from) else {
+            return;
+        };
+        let (old, new) = (&self.endpoints.all[from], &self.endpoints.all[to]);
+        warn!(from = %old, to = %new, error = %error, "etcd endpoint failed; switching to the next one");
+        if let Err(e) = self.client.add_endpoint(new).await {
+            warn!(endpoint = %new, error = %e, "add etcd endpoint");
+        }
+        if let Err(e) = self.client.remove_endpoint(old).await {
+            warn!(endpoint = %old, error = %e, "remove etcd endpoint");
+        }
+    }
+}
+
+/// A client of the single endpoint `endpoint`, under the connect timeout.
+async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Client, StoreError> {
+    let connecting = Client::connect([endpoint], Some(options));
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
+        Err(_) => Err(StoreError::Timeout {
+            op: "connect",
+            key: endpoint.to_string(),
+            after: CONNECT_TIMEOUT * 2,
+        }),
+        Ok(Err(source)) => Err(StoreError::Connect {
+            endpoints: endpoint.to_string(),
+            source,
+        }),
+        Ok(Ok(client)) => Ok(client),
     }
 }
 
@@ -476,27 +579,29 @@ impl EtcdStore {
             }
             (None, None) => {}
         }
-        let endpoints = opts.endpoints.join(",");
-        let client = match tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            Client::connect(&opts.endpoints, Some(co)),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(StoreError::Timeout {
-                    op: "connect",
-                    key: endpoints,
-                    after: CONNECT_TIMEOUT * 2,
-                })
+        co = co.with_require_leader(true);
+        // One endpoint at a time (see [`Endpoints`]); with authentication connecting asks the
+        // member for a token, so a member that is down at start is skipped.
+        let mut last = None;
+        for (i, endpoint) in opts.endpoints.iter().enumerate() {
+            match connect_one(endpoint, co.clone()).await {
+                Ok(client) => {
+                    return Ok(EtcdStore {
+                        client,
+                        prefix: opts.prefix.trim_end_matches('/').to_string(),
+                        endpoints: Arc::new(Endpoints {
+                            all: opts.endpoints.clone(),
+                            pinned: Mutex::new(i),
+                        }),
+                    })
+                }
+                Err(e) => {
+                    warn!(endpoint = %endpoint, error = %e, "connect to etcd endpoint");
+                    last = Some(e);
+                }
             }
-            Ok(Err(source)) => return Err(StoreError::Connect { endpoints, source }),
-            Ok(Ok(c)) => c,
-        };
-        Ok(EtcdStore {
-            client,
-            prefix: opts.prefix.trim_end_matches('/').to_string(),
-        })
+        }
+        Err(last.unwrap_or_else(|| StoreError::Options("no endpoint given".into())))
     }
 
     /// The network prefix, without a trailing `/`.
@@ -507,12 +612,13 @@ impl EtcdStore {
     /// The raw JSON at `<prefix>/config`, `None` when the key does not exist.
     pub async fn network_config(&self) -> Result<Option<String>, StoreError> {
         let key = config_key(&self.prefix);
-        let resp = timed(
-            "get network config",
-            &key,
-            self.client.kv_client().get(key.clone(), None),
-        )
-        .await?;
+        let resp = self
+            .timed(
+                "get network config",
+                &key,
+                self.client.kv_client().get(key.clone(), None),
+            )
+            .await?;
         Ok(resp
             .kvs()
             .first()
@@ -523,14 +629,15 @@ impl EtcdStore {
     /// warning naming the key: a bad lease must not stop the node.
     pub async fn list_leases(&self) -> Result<LeaseSnapshot, StoreError> {
         let prefix = subnets_prefix(&self.prefix);
-        let resp = timed(
-            "list leases",
-            &prefix,
-            self.client
-                .kv_client()
-                .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let resp = self
+            .timed(
+                "list leases",
+                &prefix,
+                self.client
+                    .kv_client()
+                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let leases = resp
             .kvs()
@@ -549,14 +656,15 @@ impl EtcdStore {
     /// The network config and every lease key, unparsed, in one read (one revision).
     pub async fn list_network(&self) -> Result<NetworkSnapshot, StoreError> {
         let prefix = format!("{}/", self.prefix);
-        let resp = timed(
-            "list network",
-            &prefix,
-            self.client
-                .kv_client()
-                .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let resp = self
+            .timed(
+                "list network",
+                &prefix,
+                self.client
+                    .kv_client()
+                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let config_key = config_key(&self.prefix);
         let subnets = subnets_prefix(&self.prefix);
@@ -577,12 +685,13 @@ impl EtcdStore {
 
     /// When the etcd lease `id` expires (for display); `None` when it has already expired.
     pub async fn lease_expiry(&self, id: i64) -> Result<Option<SystemTime>, StoreError> {
-        let resp = timed(
-            "read lease TTL",
-            &format!("lease {id:x}"),
-            self.client.lease_client().time_to_live(id, None),
-        )
-        .await?;
+        let resp = self
+            .timed(
+                "read lease TTL",
+                &format!("lease {id:x}"),
+                self.client.lease_client().time_to_live(id, None),
+            )
+            .await?;
         Ok((resp.ttl() >= 0).then(|| expiry_after(resp.ttl())))
     }
 
@@ -677,12 +786,13 @@ impl EtcdStore {
             subnet: own.subnet,
             reason,
         };
-        let resp = timed(
-            "get own lease",
-            &key,
-            self.client.kv_client().get(key.clone(), None),
-        )
-        .await?;
+        let resp = self
+            .timed(
+                "get own lease",
+                &key,
+                self.client.kv_client().get(key.clone(), None),
+            )
+            .await?;
         let Some(kv) = resp.kvs().first() else {
             return Err(lost(LeaseLostReason::Deleted));
         };
@@ -716,17 +826,21 @@ impl EtcdStore {
             .with_start_revision(from_revision)
             .with_prev_key()
             .with_progress_notify();
-        let stream = timed(
-            "watch",
-            &key,
-            self.client.watch_client().watch(key.clone(), Some(opts)),
-        )
-        .await?;
+        let endpoint = self.endpoints.pinned();
+        let stream = self
+            .timed(
+                "watch",
+                &key,
+                self.client.watch_client().watch(key.clone(), Some(opts)),
+            )
+            .await?;
         Ok(LeaseWatch {
             stream,
             prefix: self.prefix.clone(),
             key,
             revision: from_revision.saturating_sub(1),
+            store: self.clone(),
+            endpoint,
         })
     }
 
@@ -738,17 +852,21 @@ impl EtcdStore {
             .with_prefix()
             .with_start_revision(from_revision)
             .with_progress_notify();
-        let stream = timed(
-            "watch",
-            &key,
-            self.client.watch_client().watch(key.clone(), Some(opts)),
-        )
-        .await?;
+        let endpoint = self.endpoints.pinned();
+        let stream = self
+            .timed(
+                "watch",
+                &key,
+                self.client.watch_client().watch(key.clone(), Some(opts)),
+            )
+            .await?;
         Ok(LeaseWatch {
             stream,
             prefix: self.prefix.clone(),
             key,
             revision: from_revision.saturating_sub(1),
+            store: self.clone(),
+            endpoint,
         })
     }
 
@@ -792,25 +910,27 @@ impl EtcdStore {
         ttl: Duration,
     ) -> Result<OwnLease, StoreError> {
         let key = lease_key(&self.prefix, current.subnet);
-        let info = timed(
-            "read lease TTL",
-            &key,
-            self.client
-                .lease_client()
-                .time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())),
-        )
-        .await?;
+        let info = self
+            .timed(
+                "read lease TTL",
+                &key,
+                self.client
+                    .lease_client()
+                    .time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())),
+            )
+            .await?;
         // An expired etcd lease whose key etcd has not removed yet is replaced below: the
         // re-put wins the key back before other nodes ever see it go.
         let alive = info.ttl() > 0;
         let ttl_s = ttl_seconds(ttl);
         if alive && current.attrs == *attrs && info.granted_ttl() == ttl_s {
-            match timed(
-                "keep lease alive",
-                &key,
-                self.client.lease_client().keep_alive(id),
-            )
-            .await
+            match self
+                .timed(
+                    "keep lease alive",
+                    &key,
+                    self.client.lease_client().keep_alive(id),
+                )
+                .await
             {
                 Ok(_) => {
                     return Ok(OwnLease {
@@ -827,12 +947,13 @@ impl EtcdStore {
                 Err(e) => return Err(e),
             }
         }
-        let grant = timed(
-            "grant lease",
-            &key,
-            self.client.lease_client().grant(ttl_s, None),
-        )
-        .await?;
+        let grant = self
+            .timed(
+                "grant lease",
+                &key,
+                self.client.lease_client().grant(ttl_s, None),
+            )
+            .await?;
         if let Err(e) = self
             .put_if_unchanged(
                 "re-put lease",
@@ -867,12 +988,13 @@ impl EtcdStore {
         ttl: Duration,
     ) -> Result<Option<OwnLease>, StoreError> {
         let key = lease_key(&self.prefix, subnet);
-        let grant = timed(
-            "grant lease",
-            &key,
-            self.client.lease_client().grant(ttl_seconds(ttl), None),
-        )
-        .await?;
+        let grant = self
+            .timed(
+                "grant lease",
+                &key,
+                self.client.lease_client().grant(ttl_seconds(ttl), None),
+            )
+            .await?;
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -880,7 +1002,10 @@ impl EtcdStore {
                 attrs.to_json(),
                 Some(PutOptions::new().with_lease(grant.id())),
             )]);
-        match timed("claim subnet", &key, self.client.kv_client().txn(txn)).await {
+        match self
+            .timed("claim subnet", &key, self.client.kv_client().txn(txn))
+            .await
+        {
             Ok(resp) if resp.succeeded() => Ok(Some(OwnLease {
                 subnet,
                 attrs: attrs.clone(),
@@ -920,7 +1045,9 @@ impl EtcdStore {
                 attrs.to_json(),
                 Some(PutOptions::new().with_lease(lease_id)),
             )]);
-        let resp = timed(op, key, self.client.kv_client().txn(txn)).await?;
+        let resp = self
+            .timed(op, key, self.client.kv_client().txn(txn))
+            .await?;
         if resp.succeeded() {
             Ok(())
         } else {
@@ -941,13 +1068,17 @@ impl EtcdStore {
                 lease.mod_revision,
             )])
             .and_then([TxnOp::delete(key.clone(), None)]);
-        timed("delete stale lease", &key, self.client.kv_client().txn(txn)).await?;
+        self.timed("delete stale lease", &key, self.client.kv_client().txn(txn))
+            .await?;
         Ok(())
     }
 
     /// Revokes an etcd lease we no longer need; failure only costs a lease that expires anyway.
     async fn revoke_quietly(&self, id: i64, key: &str) {
-        if let Err(e) = timed("revoke lease", key, self.client.lease_client().revoke(id)).await {
+        if let Err(e) = self
+            .timed("revoke lease", key, self.client.lease_client().revoke(id))
+            .await
+        {
             warn!(key, lease = %format!("{id:x}"), error = %e, "could not revoke an unused etcd lease, it will expire");
         }
     }
@@ -959,6 +1090,9 @@ pub struct LeaseWatch {
     prefix: String,
     key: String,
     revision: i64,
+    /// To fail over when the member serving the watch breaks it.
+    store: EtcdStore,
+    endpoint: usize,
 }
 
 impl fmt::Debug for LeaseWatch {
@@ -1039,8 +1173,8 @@ impl LeaseWatch {
         loop {
             let resp = match self.stream.message().await {
                 Ok(Some(resp)) => resp,
-                Ok(None) => return Err(self.broken("the stream was closed".into())),
-                Err(e) => return Err(self.broken(e.to_string())),
+                Ok(None) => return Err(self.broken("the stream was closed".into()).await),
+                Err(e) => return Err(self.broken(e.to_string()).await),
             };
             if resp.compact_revision() > 0 {
                 return Err(StoreError::Compacted {
@@ -1048,7 +1182,8 @@ impl LeaseWatch {
                 });
             }
             if resp.canceled() {
-                return Err(self.broken(format!("canceled by etcd: {}", resp.cancel_reason())));
+                let reason = format!("canceled by etcd: {}", resp.cancel_reason());
+                return Err(self.broken(reason).await);
             }
             if resp.events().is_empty() {
                 // Creation and progress notifications: with no event pending, the header
@@ -1088,17 +1223,71 @@ impl LeaseWatch {
         }
     }
 
-    fn broken(&self, reason: String) -> StoreError {
-        StoreError::WatchBroken {
+    /// The error for a broken stream; the next request goes to another member.
+    async fn broken(&self, reason: String) -> StoreError {
+        let error = StoreError::WatchBroken {
             key: self.key.clone(),
             reason,
-        }
+        };
+        self.store.fail_over(self.endpoint, &error).await;
+        error
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failover_moves_to_the_next_endpoint_once_per_failure() {
+        let eps = Endpoints {
+            all: vec![
+                "http://a:2379".into(),
+                "http://b:2379".into(),
+                "http://c:2379".into(),
+            ],
+            pinned: Mutex::new(0),
+        };
+        assert_eq!(eps.advance(0), Some(1));
+        // A second request that failed on the same member does not skip a healthy one.
+        assert_eq!(eps.advance(0), None);
+        assert_eq!(eps.advance(1), Some(2));
+        assert_eq!(eps.advance(2), Some(0), "wraps around");
+        assert_eq!(eps.pinned(), 0);
+        let one = Endpoints {
+            all: vec!["http://a:2379".into()],
+            pinned: Mutex::new(0),
+        };
+        assert_eq!(one.advance(0), None);
+    }
+
+    #[test]
+    fn only_failures_of_the_member_fail_over() {
+        let request = |status: tonic::Status| StoreError::Request {
+            op: "get",
+            key: "k".into(),
+            source: etcd_client::Error::GRpcStatus(status),
+        };
+        assert!(member_failed(&StoreError::Timeout {
+            op: "get",
+            key: "k".into(),
+            after: REQUEST_TIMEOUT,
+        }));
+        assert!(member_failed(&request(tonic::Status::unavailable(
+            "etcdserver: no leader"
+        ))));
+        assert!(!member_failed(&request(tonic::Status::invalid_argument(
+            "etcdserver: key is not provided"
+        ))));
+        assert!(!member_failed(&request(tonic::Status::permission_denied(
+            "etcdserver: permission denied"
+        ))));
+        assert!(!member_failed(&StoreError::Conflict {
+            op: "claim subnet",
+            key: "k".into(),
+        }));
+        assert!(!member_failed(&StoreError::Compacted { revision: 5 }));
+    }
 
     #[test]
     fn password_never_in_debug() {

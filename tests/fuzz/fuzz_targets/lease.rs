@@ -1,0 +1,8 @@
+//! Fuzz target `lease`: see tests/fuzz/targets.rs.
+#![no_main]
+
+#[path = "../targets.rs"]
+#[allow(dead_code)]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::lease(data));
