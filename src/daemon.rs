@@ -21,8 +21,10 @@ use crate::health::Metrics;
 use crate::lease::Lease;
 use crate::masq;
 use crate::netlink::{self, ExternalInterface};
+use crate::notify::{NotifyState, ServiceNotifier};
 use crate::pod::controller::PodConfig;
 use crate::pod::controller::PodManager;
+use crate::status::{BackendStatus, LeaseStatus, PeerStatus, ReconcileStatus, StatusBoard};
 use crate::store::{EtcdOptions, EtcdStore, LeaseEvent, LeaseWatch, OwnLease, StoreError};
 use crate::subnet_env::SubnetEnv;
 
@@ -54,6 +56,8 @@ pub struct DaemonOptions {
     pub resync_interval: Duration,
     /// `--pod-manifest-path` and friends: run static pods when set.
     pub pods: Option<PodConfig>,
+    /// systemd's notification socket, when weftd runs as a `Type=notify` service.
+    pub notifier: ServiceNotifier,
 }
 
 /// Errors that stop the agent. Everything else is logged and retried.
@@ -106,6 +110,15 @@ pub async fn run(
     opts: DaemonOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let board = Arc::new(StatusBoard::new(opts.notifier.clone()));
+    if let Some(every) = opts.notifier.watchdog_interval() {
+        tokio::spawn(crate::notify::watchdog(opts.notifier.clone(), every));
+    }
+    let notifier = opts.notifier.clone();
+    let shutdown = async move {
+        shutdown.await;
+        notifier.notify(&[NotifyState::Stopping]);
+    };
     tokio::pin!(shutdown);
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = opts.healthz_addr {
@@ -124,7 +137,7 @@ pub async fn run(
         cfg.host_ip = Some(ext.public_ip.into());
         tokio::spawn(PodManager::run(cfg, pods_stopped))
     });
-    let result = serve_network(&opts, ext, metrics, shutdown).await;
+    let result = serve_network(&opts, ext, metrics, board, shutdown).await;
     let _ = pods_stop.send(true);
     if let Some(pods) = pods {
         match pods.await {
@@ -141,11 +154,12 @@ async fn serve_network(
     opts: &DaemonOptions,
     ext: ExternalInterface,
     metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
     shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<(), DaemonError> {
     let mut shutdown = shutdown;
     let mut agent = tokio::select! {
-        agent = Agent::start(opts.clone(), ext, metrics) => agent?,
+        agent = Agent::start(opts.clone(), ext, metrics, board) => agent?,
         () = &mut shutdown => {
             info!("shutdown before the node was up");
             return Ok(());
@@ -180,6 +194,8 @@ struct Agent {
     retry_reconcile: Option<Instant>,
     /// The external interface was deleted; reconciles look for it until it is back.
     ext_gone: bool,
+    /// What `weftctl status` and systemd are told.
+    board: Arc<StatusBoard>,
     /// The address the external interface last came back with, when it was not our public IP
     /// (so that is logged once, not every second).
     ext_wrong_ip: Option<Ipv4Addr>,
@@ -195,8 +211,18 @@ impl Agent {
         opts: DaemonOptions,
         ext: ExternalInterface,
         metrics: Arc<Metrics>,
+        board: Arc<StatusBoard>,
     ) -> Result<Agent, DaemonError> {
+        board.update(|s| {
+            s.interface = Some(ext.name.clone());
+            s.public_ip = Some(ext.public_ip);
+            s.phase = format!("connecting to etcd at {}", opts.etcd.endpoints.join(","));
+        });
         let store = connect(&opts.etcd, &metrics).await;
+        board.set_phase(&format!(
+            "waiting for a valid network config at {}/config",
+            opts.etcd.prefix.trim_end_matches('/')
+        ));
         let config = wait_for_config(&store, &opts.etcd.prefix, &metrics).await;
         info!(network = %config.network, subnet_len = config.subnet_len, backend = ?config.backend, "network config");
         let backend = Backend::new(&config, &ext, &opts.state_dir, opts.udp_offloads).await?;
@@ -204,6 +230,7 @@ impl Agent {
             metrics.set_backend(render);
         }
         let previous = previous_subnet(&opts.subnet_file, &config);
+        board.set_phase("acquiring a subnet lease");
         let own = acquire(
             &store,
             &config,
@@ -225,6 +252,7 @@ impl Agent {
             metrics,
             published: false,
             retry_reconcile: None,
+            board,
             ext_gone: false,
             ext_wrong_ip: None,
         };
@@ -531,6 +559,7 @@ impl Agent {
                     .record_reconcile(took, peers.len(), 0, 0, 0, true);
                 error!(subnet = %self.own.subnet, error = %e, "reconcile failed; retrying in {RECONCILE_RETRY:?}");
                 self.retry_reconcile = Some(Instant::now() + RECONCILE_RETRY);
+                self.report_status(&peers, ReconcileStatus::failed(took, &e));
                 return;
             }
         };
@@ -557,6 +586,32 @@ impl Agent {
         if !self.published {
             self.publish().await;
         }
+        self.report_status(&peers, ReconcileStatus::of(took, &report));
+    }
+
+    /// Puts the node's state on the status board: `weftctl status`, and systemd's `STATUS=`
+    /// and `READY=1` (sent once subnet.env is written after peers were programmed).
+    fn report_status(&self, peers: &[Lease], reconcile: ReconcileStatus) {
+        let state = reconcile.peer_state();
+        self.board.update(|s| {
+            s.ready = self.published;
+            s.phase = if self.published {
+                "ready"
+            } else {
+                "publishing subnet.env"
+            }
+            .to_string();
+            s.interface = Some(self.ext.name.clone());
+            s.public_ip = Some(self.ext.public_ip);
+            s.lease = Some(LeaseStatus::of(&self.own));
+            s.backend = Some(BackendStatus {
+                kind: self.config.backend.type_name().to_string(),
+                device: self.backend.device_name().to_string(),
+                mtu: self.backend.mtu(),
+            });
+            s.peers = peers.iter().map(|l| PeerStatus::of(l, state)).collect();
+            s.last_reconcile = Some(reconcile);
+        });
     }
 
     /// Writes subnet.env and applies the masquerade rules.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::error;
 use weft::daemon::{self, DaemonOptions};
+use weft::notify::ServiceNotifier;
 use weft::pod::controller::PodConfig;
 use weft::store::EtcdArgs;
 
@@ -144,6 +145,7 @@ impl Flags {
             udp_offloads: !self.no_udp_offloads,
             healthz_addr: self.healthz_addr,
             resync_interval: Duration::from_secs(self.resync_interval.max(1)),
+            notifier: ServiceNotifier::default(),
         }
     }
 }
@@ -157,6 +159,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Before the first thread: the variables leave the environment children inherit.
+    let notifier = ServiceNotifier::take_from_env();
     let flags = Flags::parse();
     if flags.subnet_lease_renew_margin * 60 >= flags.subnet_lease_ttl {
         error!(
@@ -166,7 +170,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let opts = flags.into_options();
+    let opts = DaemonOptions {
+        notifier,
+        ..flags.into_options()
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
