@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod health;
 pub mod lease;
 pub mod masq;
+pub mod netconf;
 pub mod netlink;
 pub mod notify;
 pub mod peers;

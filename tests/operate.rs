@@ -150,3 +150,143 @@ fn systemd_notify_ready_status_watchdog_stopping() {
         "READY=1 sent twice: {after:?}"
     );
 }
+
+/// Runs `weftctl args..` inside `ns` with stdin from `input`; (success, stdout, stderr).
+fn weftctl(ns: &Netns, args: &[&str], input: Option<&str>) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut cmd = ns.command(env!("CARGO_BIN_EXE_weftctl"));
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn weftctl {args:?}: {e}"));
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("weftctl stdin: {e}"));
+    }
+    drop(child.stdin.take());
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait for weftctl {args:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `weftctl network get | set | validate` against a real etcd: validation is weftd's, a change
+/// that would orphan a lease is refused (the diff and the lease shown, etcd untouched) unless
+/// `--force`, a safe change is stored.
+#[test]
+fn weftctl_network_get_validate_set() {
+    let cluster = Cluster::new(0, VXLAN_CONFIG);
+    let ns = cluster.etcd.netns();
+    let etcd = ["--etcd-endpoints", "http://127.0.0.1:2379"];
+    cluster.etcd.put(
+        &lease_key("10.244.7.0/24"),
+        &vxlan_lease_value("192.0.2.11", "aa:bb:cc:dd:ee:07"),
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+        path.to_string_lossy().into_owned()
+    };
+
+    let (ok, out, _) = weftctl(ns, &[&["network", "get"][..], &etcd].concat(), None);
+    assert!(ok);
+    assert_eq!(out, format!("{VXLAN_CONFIG}\n"));
+    let (ok, out, _) = weftctl(
+        ns,
+        &[&["network", "get", "--effective"][..], &etcd].concat(),
+        None,
+    );
+    assert!(ok);
+    assert!(
+        out.starts_with("Network: 10.244.0.0/16\nSubnetLen: 24\nSubnetMin: 10.244.1.0\n"),
+        "{out}"
+    );
+
+    // validate: weftd's rules, the error names the file, the field and the value.
+    let bad = file("bad.json", r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#);
+    let (ok, _, err) = weftctl(ns, &["network", "validate", &bad], None);
+    assert!(!ok, "SubnetLen 31 accepted");
+    assert!(
+        err.contains(&format!("{bad}: network config: field SubnetLen = 31")),
+        "{err}"
+    );
+    let (ok, out, err) = weftctl(
+        ns,
+        &["network", "validate", "-"],
+        Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("stdin: valid\n") && out.contains("Backend.Type: host-gw\n"),
+        "{out}"
+    );
+
+    // A bad config never reaches etcd.
+    let (ok, _, err) = weftctl(ns, &[&["network", "set", &bad][..], &etcd].concat(), None);
+    assert!(!ok && err.contains("SubnetLen = 31"), "{err}");
+    assert_eq!(
+        cluster.etcd.get(NETWORK_CONFIG_KEY).as_deref(),
+        Some(VXLAN_CONFIG)
+    );
+
+    // SubnetLen 25 leaves the /24 lease outside: refused, with the diff and the lease.
+    let orphaning = file(
+        "orphaning.json",
+        r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#,
+    );
+    let (ok, out, err) = weftctl(
+        ns,
+        &[&["network", "set", &orphaning][..], &etcd].concat(),
+        None,
+    );
+    assert!(!ok, "orphaning change accepted: {out}");
+    assert!(out.contains("-SubnetLen: 24\n+SubnetLen: 25\n"), "{out}");
+    assert!(
+        out.contains("  10.244.7.0/24  192.0.2.11  reservation\n"),
+        "{out}"
+    );
+    assert!(
+        err.contains("would orphan 1 lease(s)") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        cluster.etcd.get(NETWORK_CONFIG_KEY).as_deref(),
+        Some(VXLAN_CONFIG)
+    );
+
+    // A wider network keeps every lease: stored as written.
+    let wider = r#"{"Network":"10.244.0.0/15","SubnetLen":24}"#;
+    let (ok, out, err) = weftctl(
+        ns,
+        &[&["network", "set", &file("wider.json", wider)][..], &etcd].concat(),
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("-Network: 10.244.0.0/16\n+Network: 10.244.0.0/15\n"),
+        "{out}"
+    );
+    assert!(out.contains(" SubnetLen: 24\n"), "{out}");
+    assert_eq!(cluster.etcd.get(NETWORK_CONFIG_KEY).as_deref(), Some(wider));
+
+    // --force stores the orphaning change.
+    let (ok, out, err) = weftctl(
+        ns,
+        &[&["network", "set", "--force", &orphaning][..], &etcd].concat(),
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        cluster.etcd.get(NETWORK_CONFIG_KEY).as_deref(),
+        Some(r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#)
+    );
+}

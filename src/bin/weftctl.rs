@@ -2,13 +2,16 @@
 //! [`Command`] with its own argument struct and one `async fn` that runs it.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
+use weft::config::NetworkConfig;
 use weft::lease::Lease;
+use weft::netconf::{self, ConfigChange};
 use weft::store::{EtcdArgs, EtcdStore, StoreError};
 
 /// How many lease TTL lookups run at once.
@@ -35,6 +38,42 @@ enum Command {
     Pods(weft::pod::cli::PodsArgs),
     /// Print a pod container's log (`-c CONTAINER`, `--previous`).
     Logs(weft::pod::cli::LogsArgs),
+    /// Read, check and change the network config in etcd (`<prefix>/config`).
+    Network(NetworkArgs),
+}
+
+#[derive(Debug, Args)]
+struct NetworkArgs {
+    #[command(subcommand)]
+    command: NetworkCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCommand {
+    /// Print the stored config (`--effective`: every field with Flannel's defaults filled in).
+    Get {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Print the effective values instead of the stored JSON.
+        #[arg(long)]
+        effective: bool,
+    },
+    /// Check a config file (`-` for stdin) with the rules weftd applies; prints its effective values.
+    Validate {
+        /// The JSON file.
+        file: PathBuf,
+    },
+    /// Validate a config file (`-` for stdin), show the change, and store it. Refuses a change
+    /// that leaves existing leases outside the new range unless `--force`.
+    Set {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// The JSON file.
+        file: PathBuf,
+        /// Store it even though existing leases would be orphaned.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +104,17 @@ enum CtlError {
     Image(#[from] weft::pod::image::ImageError),
     #[error("{0}")]
     Pods(#[from] weft::pod::cli::CliError),
+    #[error("{0}")]
+    InvalidConfig(#[from] weft::netconf::InvalidConfig),
+    #[error("read {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no network config at {0}")]
+    NoConfig(String),
+    #[error("refusing to store the new config: it would orphan {0} lease(s) listed above; --force stores it anyway")]
+    WouldOrphan(usize),
 }
 
 /// One row of `weftctl leases`; also its JSON object.
@@ -142,7 +192,106 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             &mut std::io::stderr(),
         )?),
         Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
+        Command::Network(args) => network(args.command).await,
     }
+}
+
+async fn network(command: NetworkCommand) -> Result<(), CtlError> {
+    match command {
+        NetworkCommand::Get { etcd, effective } => {
+            let store = EtcdStore::connect(&etcd.options()).await?;
+            let key = weft::lease::config_key(store.prefix());
+            let stored = netconf::read(&store)
+                .await?
+                .ok_or_else(|| CtlError::NoConfig(key.clone()))?;
+            if effective {
+                let cfg = netconf::validate(&key, &stored.raw)?;
+                print!("{}", render_fields(&cfg));
+            } else {
+                println!("{}", stored.raw.trim_end());
+            }
+            Ok(())
+        }
+        NetworkCommand::Validate { file } => {
+            let (origin, raw) = read_input(&file)?;
+            let cfg = netconf::validate(&origin, &raw)?;
+            println!("{origin}: valid");
+            print!("{}", render_fields(&cfg));
+            Ok(())
+        }
+        NetworkCommand::Set { etcd, file, force } => {
+            let (origin, raw) = read_input(&file)?;
+            let new = netconf::validate(&origin, &raw)?;
+            let store = EtcdStore::connect(&etcd.options()).await?;
+            let key = weft::lease::config_key(store.prefix());
+            let stored = netconf::read(&store).await?;
+            let old = stored
+                .as_ref()
+                .and_then(|s| match NetworkConfig::parse(&s.raw) {
+                    Ok(cfg) => Some(cfg),
+                    Err(e) => {
+                        eprintln!(
+                            "weftctl: the stored config at {key} is invalid ({e}); replacing it"
+                        );
+                        None
+                    }
+                });
+            let leases = store.list_leases().await?.leases;
+            let change = ConfigChange::new(old, new, &leases);
+            if change.is_noop() && stored.as_ref().is_some_and(|s| s.raw.trim() == raw.trim()) {
+                println!("{key}: unchanged");
+                return Ok(());
+            }
+            println!("--- {key}\n+++ {origin}");
+            print!("{}", change.diff());
+            if change.changes_backend() {
+                println!("note: every node switches its data path to {} (pods on nodes with different backends cannot talk meanwhile)", change.new.backend.type_name());
+            }
+            if !change.orphaned.is_empty() {
+                println!("leases outside the new range ({}):", change.orphaned.len());
+                for lease in &change.orphaned {
+                    let kind = if lease.is_reservation() {
+                        "reservation"
+                    } else {
+                        "lease"
+                    };
+                    println!("  {}  {}  {kind}", lease.subnet, lease.attrs.public_ip);
+                }
+                if !force {
+                    return Err(CtlError::WouldOrphan(change.orphaned.len()));
+                }
+            }
+            netconf::write(&store, raw.trim(), stored.as_ref()).await?;
+            println!("{key}: stored");
+            Ok(())
+        }
+    }
+}
+
+/// The text of `file`, `-` meaning stdin; with the name errors should give.
+fn read_input(file: &Path) -> Result<(String, String), CtlError> {
+    let read = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let origin = if file == Path::new("-") {
+        "stdin".to_string()
+    } else {
+        file.display().to_string()
+    };
+    read.map(|raw| (origin, raw))
+        .map_err(|source| CtlError::ReadFile {
+            path: file.to_path_buf(),
+            source,
+        })
+}
+
+fn render_fields(cfg: &NetworkConfig) -> String {
+    netconf::effective_fields(cfg)
+        .into_iter()
+        .map(|(field, value)| format!("{field}: {value}\n"))
+        .collect()
 }
 
 async fn leases(args: LeasesArgs) -> Result<(), CtlError> {
