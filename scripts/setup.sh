@@ -29,6 +29,7 @@ PACKAGES=(
     jq                           # JSON in the scripts
     curl                         # healthz/metrics in the demo
     openssl                      # test CA and certificates for the etcd TLS tests
+    binutils                     # strip, objdump: scripts/package.sh
 )
 
 installed() {

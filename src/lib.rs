@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod docs;
 pub mod health;
 pub mod lease;
 pub mod masq;

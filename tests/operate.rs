@@ -290,3 +290,156 @@ fn weftctl_network_get_validate_set() {
         Some(r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#)
     );
 }
+
+/// `scripts/package.sh` builds a package with every binary, the unit, the examples, man pages
+/// and completions; unpacked into a throwaway root (never the machine's /usr), weftd and the CNI
+/// plugin (through /opt/cni/bin) run from there. The suite's debug binaries are packaged here
+/// to keep it fast; `scripts/package.sh` without `--bin-dir` builds and packages release ones.
+#[test]
+fn debian_package_file_list_and_throwaway_install() {
+    let bin_dir = bin_path("weftd")
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| panic!("no target dir"));
+    bin_path("weft"); // the CNI plugin must be built too
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/package.sh");
+    let run = std::process::Command::new("bash")
+        .arg(script)
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--out")
+        .arg(out.path())
+        .env("DEB_COMPRESSION", "none")
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "package.sh failed: {stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let deb = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(deb.ends_with(".deb"), "{stdout}");
+
+    let contents = exec_ok("dpkg-deb", &["-c", &deb]);
+    let entries: Vec<(String, String)> = contents
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            let mode = cols.next()?.to_string();
+            let path = cols.nth(4)?.trim_start_matches('.').to_string();
+            Some((mode, path))
+        })
+        .collect();
+    let mode_of = |path: &str| {
+        entries
+            .iter()
+            .find(|(_, p)| p == path)
+            .map(|(m, _)| m.clone())
+            .unwrap_or_else(|| panic!("{path} not in the package:\n{contents}"))
+    };
+    for bin in ["weftd", "weftctl", "weft-pause", "weft-shim"] {
+        assert_eq!(mode_of(&format!("/usr/bin/{bin}")), "-rwxr-xr-x");
+    }
+    assert_eq!(mode_of("/usr/lib/cni/weft"), "-rwxr-xr-x");
+    assert_eq!(mode_of("/opt/cni/bin/weft"), "lrwxrwxrwx");
+    assert_eq!(mode_of("/etc/default/weftd"), "-rw-------");
+    for path in [
+        "/usr/lib/systemd/system/weftd.service",
+        "/usr/share/doc/weft/examples/10-weft.conflist",
+        "/usr/share/doc/weft/examples/network-config.json",
+        "/usr/share/doc/weft/copyright",
+        "/usr/share/man/man8/weftd.8.gz",
+        "/usr/share/man/man8/weftctl.8.gz",
+        "/usr/share/man/man8/weftctl-network-set.8.gz",
+        "/usr/share/bash-completion/completions/weftd",
+        "/usr/share/bash-completion/completions/weftctl",
+        "/usr/share/zsh/vendor-completions/_weftctl",
+        "/usr/share/fish/vendor_completions.d/weftctl.fish",
+    ] {
+        assert_eq!(mode_of(path), "-rw-r--r--", "{path}");
+    }
+    let control = exec_ok("dpkg-deb", &["-f", &deb, "Package", "Version", "Depends"]);
+    assert!(
+        control.starts_with(&format!(
+            "Package: weft\nVersion: {}\nDepends: libc6 (>= 2.",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{control}"
+    );
+    assert_eq!(
+        exec_ok("dpkg-deb", &["-f", &deb, "Conffiles"]).trim(),
+        "",
+        "conffiles are in DEBIAN/conffiles, not a control field"
+    );
+
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let root_path = root.path().to_string_lossy().into_owned();
+    exec_ok("dpkg", &["-x", &deb, &root_path]);
+    let weftd = root.path().join("usr/bin/weftd");
+    let version = exec_ok(&weftd.to_string_lossy(), &["--version"]);
+    assert_eq!(version, format!("weftd {}\n", env!("CARGO_PKG_VERSION")));
+    let unit = std::fs::read_to_string(root.path().join("usr/lib/systemd/system/weftd.service"))
+        .unwrap_or_else(|e| panic!("read the unit: {e}"));
+    for line in [
+        "Type=notify",
+        "KillMode=process",
+        "Restart=always",
+        "ExecStart=/usr/bin/weftd",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "no {line} in the unit");
+    }
+    let man = exec_ok(
+        "zcat",
+        &[&root
+            .path()
+            .join("usr/share/man/man8/weftd.8.gz")
+            .to_string_lossy()],
+    );
+    assert!(
+        man.contains(".TH weftd 8") && man.contains("resync\\-interval"),
+        "{man}"
+    );
+
+    // The CNI plugin through the conventional path: the relative link stays inside the root.
+    let plugin = root.path().join("opt/cni/bin/weft");
+    let out = std::process::Command::new(&plugin)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(br#"{"cniVersion":"1.0.0"}"#)?;
+            }
+            child.wait_with_output()
+        })
+        .unwrap_or_else(|e| panic!("run {}: {e}", plugin.display()));
+    assert!(out.status.success(), "VERSION failed: {out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("VERSION answer is not JSON ({e}): {out:?}"));
+    assert!(answer["cniVersion"].is_string(), "{answer}");
+    let supported = answer["supportedVersions"].to_string();
+    assert!(
+        supported.contains("\"0.3.1\"") && supported.contains("\"1.1.0\""),
+        "{supported}"
+    );
+}
+
+/// Runs `program args..` in the test's own namespace (file work only); stdout, or a panic
+/// naming the command.
+fn exec_ok(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

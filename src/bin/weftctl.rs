@@ -40,6 +40,12 @@ enum Command {
     Logs(weft::pod::cli::LogsArgs),
     /// Read, check and change the network config in etcd (`<prefix>/config`).
     Network(NetworkArgs),
+    /// Write weftctl's man pages and shell completions into DIR (package build).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +115,11 @@ enum CtlError {
     #[error("read {path}: {source}")]
     ReadFile {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("write man pages and completions to {dir}: {source}")]
+    WriteDocs {
+        dir: PathBuf,
         source: std::io::Error,
     },
     #[error("no network config at {0}")]
@@ -193,6 +204,11 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         )?),
         Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
         Command::Network(args) => network(args.command).await,
+        Command::GenerateDocs { dir } => {
+            weft::docs::generate(<Cli as clap::CommandFactory>::command(), "8", &dir)
+                .map_err(|source| CtlError::WriteDocs { dir, source })?;
+            Ok(())
+        }
     }
 }
 

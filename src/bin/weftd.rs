@@ -112,6 +112,9 @@ struct Flags {
     /// Seconds between full re-lists and reconciles of the kernel against etcd.
     #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value_t = 30)]
     resync_interval: u64,
+    /// Write weftd's man page and shell completions into this directory and exit (package build).
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_docs: Option<PathBuf>,
 }
 
 impl Flags {
@@ -162,6 +165,15 @@ fn main() -> ExitCode {
     // Before the first thread: the variables leave the environment children inherit.
     let notifier = ServiceNotifier::take_from_env();
     let flags = Flags::parse();
+    if let Some(dir) = &flags.generate_docs {
+        return match weft::docs::generate(<Flags as clap::CommandFactory>::command(), "8", dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!(dir = %dir.display(), error = %e, "write man page and completions");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if flags.subnet_lease_renew_margin * 60 >= flags.subnet_lease_ttl {
         error!(
             margin_minutes = flags.subnet_lease_renew_margin,
