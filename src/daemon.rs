@@ -58,6 +58,8 @@ pub struct DaemonOptions {
     pub pods: Option<PodConfig>,
     /// systemd's notification socket, when weftd runs as a `Type=notify` service.
     pub notifier: ServiceNotifier,
+    /// `--status-socket`: where `weftctl status` asks; `None` = off.
+    pub status_socket: Option<PathBuf>,
 }
 
 /// Errors that stop the agent. Everything else is logged and retried.
@@ -113,6 +115,14 @@ pub async fn run(
     let board = Arc::new(StatusBoard::new(opts.notifier.clone()));
     if let Some(every) = opts.notifier.watchdog_interval() {
         tokio::spawn(crate::notify::watchdog(opts.notifier.clone(), every));
+    }
+    if let Some(path) = opts.status_socket.clone() {
+        let board = board.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::status::serve(path, board).await {
+                error!(error = %e, "weftctl status will not answer");
+            }
+        });
     }
     let notifier = opts.notifier.clone();
     let shutdown = async move {

@@ -3,11 +3,16 @@
 //! The agent records a [`NodeStatus`] on a [`StatusBoard`] after every reconcile; the board
 //! turns it into systemd's `STATUS=` line (and `READY=1` the first time the node is ready).
 
+use std::io::Read as _;
 use std::net::Ipv4Addr;
-use std::sync::RwLock;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt as _;
+use tracing::{debug, info, warn};
 
 use crate::backend::ReconcileReport;
 use crate::lease::Lease;
@@ -239,6 +244,111 @@ impl StatusBoard {
             self.notifier.notify(&[NotifyState::Status(&line)]);
         }
     }
+}
+
+/// The status socket's name, beside subnet.env (`/run/weft/weftd.sock` by default).
+pub const SOCKET_NAME: &str = "weftd.sock";
+
+/// How long a client may take to read its answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failure of the status socket, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The socket could not be set up.
+    #[error("status socket {path}: {op}: {source}")]
+    Serve {
+        /// The socket's path.
+        path: PathBuf,
+        /// What failed.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// weftd could not be asked.
+    #[error("ask weftd at {path} (is weftd running, and are you root?): {source}")]
+    Ask {
+        /// The socket's path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// weftd answered something that is not a status.
+    #[error("weftd at {path} answered with something that is not a status: {source}")]
+    Answer {
+        /// The socket's path.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+/// Binds the status socket at `path` (owner-only, 0600) and answers every connection with
+/// the board's [`NodeStatus`] as JSON. A stale socket from an earlier run is replaced; any
+/// other file at `path` is left alone and reported.
+pub async fn serve(path: PathBuf, board: Arc<StatusBoard>) -> Result<(), StatusError> {
+    let fail = |op, source| StatusError::Serve {
+        path: path.clone(),
+        op,
+        source,
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(&path).map_err(|e| fail("remove the stale socket", e))?
+        }
+        Ok(_) => {
+            return Err(fail(
+                "refusing to replace a file that is not a socket",
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ))
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| fail("bind", e))?;
+    // Peers, leases and the node's layout are for root: connecting needs write permission.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail("chmod 0600", e))?;
+    info!(socket = %path.display(), "serving the node's status");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(socket = %path.display(), error = %e, "accept on the status socket");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let board = board.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let mut body = serde_json::to_vec(&board.snapshot()).unwrap_or_default();
+            body.push(b'\n');
+            let sent = tokio::time::timeout(ANSWER_TIMEOUT, async {
+                stream.write_all(&body).await?;
+                stream.shutdown().await
+            })
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                debug!("a status client went away before its answer");
+            }
+        });
+    }
+}
+
+/// Asks the weftd serving `socket` for its status.
+pub fn fetch(socket: &Path) -> Result<NodeStatus, StatusError> {
+    let ask = |source| StatusError::Ask {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(ask)?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(ask)?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).map_err(ask)?;
+    serde_json::from_slice(&body).map_err(|source| StatusError::Answer {
+        path: socket.to_path_buf(),
+        source,
+    })
 }
 
 /// The one-line summary systemd shows in `systemctl status weftd`.

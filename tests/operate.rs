@@ -443,3 +443,109 @@ fn exec_ok(program: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `weftctl status` asks the node's weftd over its unix socket (0600: root only): lease and
+/// expiry, backend, readiness, every peer with its state, the last reconcile; `-o json` too.
+#[test]
+fn weftctl_status_over_the_node_socket() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    cluster.wait_mesh(START);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let socket = n2.dir().join("weftd.sock");
+    let socket_arg = socket.to_string_lossy().into_owned();
+    let mode = std::fs::metadata(&socket)
+        .unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let (s1, s2) = (
+        n1.subnet().unwrap_or_default(),
+        n2.subnet().unwrap_or_default(),
+    );
+
+    let (ok, table, err) = weftctl(n2.netns(), &["status", "--socket", &socket_arg], None);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("Node:           192.0.2.12 on eth0\n"),
+        "{table}"
+    );
+    assert!(table.contains("Ready:          yes\n"), "{table}");
+    assert!(
+        table.contains(&format!("Lease:          {s2}, expires ")),
+        "{table}"
+    );
+    assert!(
+        table.contains("Backend:        vxlan, device flannel.1, pod MTU 1450\n"),
+        "{table}"
+    );
+    let peer_row = table
+        .lines()
+        .find(|l| l.starts_with(&s1))
+        .unwrap_or_else(|| panic!("no row for peer {s1}:\n{table}"));
+    let cells: Vec<&str> = peer_row.split_whitespace().collect();
+    assert_eq!(
+        cells[1..],
+        [
+            "192.0.2.11",
+            "vxlan",
+            &n1.mac_of("flannel.1").unwrap_or_default(),
+            "programmed"
+        ]
+    );
+
+    let (ok, json, err) = weftctl(
+        n2.netns(),
+        &["status", "--socket", &socket_arg, "-o", "json"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["lease"]["subnet"], s2.as_str());
+    assert_eq!(v["lease"]["reservation"], false);
+    let lease_id = cluster
+        .etcd
+        .get_kv(&lease_key(&s2))
+        .map(|kv| kv.lease)
+        .unwrap_or_default();
+    let ttl = cluster.etcd.lease_ttl(lease_id).unwrap_or_default();
+    let expires = v["lease"]["expiresUnix"].as_i64().unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    assert!(
+        (expires - (now + ttl)).abs() <= 5,
+        "expiry {expires}, etcd TTL {ttl} from {now}"
+    );
+    assert_eq!(v["peers"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["peers"][0]["subnet"], s1.as_str());
+    assert_eq!(v["lastReconcile"]["error"], serde_json::Value::Null);
+
+    // Not for other users.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weftctl"))
+        .args(["status", "--socket", &socket_arg])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap_or_else(|e| panic!("weftctl as nobody: {e}"));
+    assert!(!out.status.success(), "nobody read the status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+
+    // A peer that leaves disappears from the status.
+    n1.kill9();
+    cluster.etcd.del(&lease_key(&s1));
+    n2.wait_until(START, "the peer gone from weftctl status", || {
+        let (_, json, _) = weftctl(
+            n2.netns(),
+            &["status", "--socket", &socket_arg, "-o", "json"],
+            None,
+        );
+        json.contains("\"peers\": []")
+    });
+}

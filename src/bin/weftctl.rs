@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -12,6 +12,7 @@ use ipnetwork::Ipv4Network;
 use weft::config::NetworkConfig;
 use weft::lease::Lease;
 use weft::netconf::{self, ConfigChange};
+use weft::status::{rfc3339_utc, NodeStatus};
 use weft::store::{EtcdArgs, EtcdStore, StoreError};
 
 /// How many lease TTL lookups run at once.
@@ -40,12 +41,28 @@ enum Command {
     Logs(weft::pod::cli::LogsArgs),
     /// Read, check and change the network config in etcd (`<prefix>/config`).
     Network(NetworkArgs),
+    /// This node's weftd: lease and expiry, backend, readiness, peers, last reconcile.
+    Status(StatusArgs),
     /// Write weftctl's man pages and shell completions into DIR (package build).
     #[command(hide = true)]
     GenerateDocs {
         /// Output directory.
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// weftd's status socket (weftd's --status-socket).
+    #[arg(
+        long,
+        env = "WEFTD_STATUS_SOCKET",
+        default_value = "/run/weft/weftd.sock"
+    )]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +139,8 @@ enum CtlError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Status(#[from] weft::status::StatusError),
     #[error("no network config at {0}")]
     NoConfig(String),
     #[error("refusing to store the new config: it would orphan {0} lease(s) listed above; --force stores it anyway")]
@@ -204,6 +223,17 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         )?),
         Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
         Command::Network(args) => network(args.command).await,
+        Command::Status(args) => {
+            let status = weft::status::fetch(&args.socket)?;
+            match args.output {
+                Output::Table => print!("{}", render_status(&status, SystemTime::now())),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                ),
+            }
+            Ok(())
+        }
         Command::GenerateDocs { dir } => {
             weft::docs::generate(<Cli as clap::CommandFactory>::command(), "8", &dir)
                 .map_err(|source| CtlError::WriteDocs { dir, source })?;
@@ -335,6 +365,120 @@ async fn leases(args: LeasesArgs) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// `weftctl status` for people: the node, then one row per peer.
+fn render_status(s: &NodeStatus, now: SystemTime) -> String {
+    let mut out = String::new();
+    let dash = || "-".to_string();
+    let node = match (&s.public_ip, &s.interface) {
+        (Some(ip), Some(iface)) => format!("{ip} on {iface}"),
+        _ => dash(),
+    };
+    let ready = if s.ready {
+        "yes".to_string()
+    } else {
+        format!("no ({})", s.phase)
+    };
+    let lease = s
+        .lease
+        .as_ref()
+        .map_or_else(dash, |l| match l.expires_unix {
+            Some(t) => {
+                let at = UNIX_EPOCH + Duration::from_secs(t);
+                let left = at.duration_since(now).map_or("expired".to_string(), |d| {
+                    format!("in {}", human_duration(d))
+                });
+                format!("{}, expires {} ({left})", l.subnet, rfc3339_utc(at))
+            }
+            None => format!("{}, reservation (never expires)", l.subnet),
+        });
+    let backend = s.backend.as_ref().map_or_else(dash, |b| {
+        format!("{}, device {}, pod MTU {}", b.kind, b.device, b.mtu)
+    });
+    let reconcile = s.last_reconcile.as_ref().map_or_else(dash, |r| {
+        let at = UNIX_EPOCH + Duration::from_secs(r.at_unix);
+        let outcome = match &r.error {
+            Some(e) => format!("failed: {e}"),
+            None => format!(
+                "{} added, {} stale removed, {} refused by the kernel",
+                r.added, r.removed, r.failed
+            ),
+        };
+        format!(
+            "{} ({:.1} ms): {outcome}",
+            rfc3339_utc(at),
+            r.took_seconds * 1e3
+        )
+    });
+    for (label, value) in [
+        ("Node", node),
+        ("Version", s.version.clone()),
+        ("Ready", ready),
+        ("Lease", lease),
+        ("Backend", backend),
+        ("Last reconcile", reconcile),
+    ] {
+        out.push_str(&format!("{:<16}{value}\n", format!("{label}:")));
+    }
+    out.push_str(&format!("Peers ({}):\n", s.peers.len()));
+    let rows: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.subnet.clone(),
+                p.public_ip.to_string(),
+                p.backend_type.clone(),
+                p.vtep_mac.clone().unwrap_or_else(dash),
+                p.state.as_str().to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&render_columns(
+        &["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "STATE"],
+        &rows,
+    ));
+    out
+}
+
+/// `1d2h`, `3h4m`, `5m6s`, `7s`: the two largest units.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// kubectl-style columns: a header, left-aligned cells separated by at least two spaces.
+fn render_columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
 /// kubectl-style: a header, left-aligned columns separated by at least two spaces.
 fn render_table(rows: &[LeaseRow]) -> String {
     let header = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES"];
@@ -391,51 +535,13 @@ fn render_json(rows: &[LeaseRow]) -> String {
     serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_string())
 }
 
-/// `2026-11-28T06:43:06Z`. Times before 1970 print as the epoch.
-fn rfc3339_utc(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after Howard Hinnant's
-/// `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use weft::lease::LeaseAttrs;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(rfc3339_utc(at(0)), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_utc(at(951_782_400)), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339_utc(at(1_795_848_186)), "2026-11-28T06:43:06Z");
-        assert_eq!(rfc3339_utc(at(4_102_444_799)), "2099-12-31T23:59:59Z");
     }
 
     fn rows() -> Vec<LeaseRow> {
@@ -505,6 +611,42 @@ mod tests {
         assert_eq!(v[1]["expires"], serde_json::Value::Null);
         assert_eq!(v[1]["vtepMAC"], serde_json::Value::Null);
         assert_eq!(render_json(&[]), "[]");
+    }
+
+    #[test]
+    fn status_table() {
+        let status: NodeStatus = serde_json::from_value(serde_json::json!({
+            "version": "0.1.0", "interface": "eth0", "publicIP": "192.0.2.11",
+            "ready": true, "phase": "ready",
+            "lease": {"subnet": "10.244.3.0/24", "reservation": false, "expiresUnix": 1_795_848_186},
+            "backend": {"type": "vxlan", "device": "flannel.1", "mtu": 1450},
+            "peers": [{"subnet": "10.244.4.0/24", "publicIP": "192.0.2.12", "backendType": "vxlan",
+                       "vtepMAC": "aa:bb:cc:dd:ee:01", "state": "programmed"}],
+            "lastReconcile": {"atUnix": 1_795_848_000, "tookSeconds": 0.0012, "added": 3,
+                              "removed": 1, "failed": 0, "error": null}
+        }))
+        .unwrap();
+        assert_eq!(
+            render_status(&status, at(1_795_848_186 - 3_700)),
+            "Node:           192.0.2.11 on eth0\n\
+             Version:        0.1.0\n\
+             Ready:          yes\n\
+             Lease:          10.244.3.0/24, expires 2026-11-28T06:43:06Z (in 1h1m)\n\
+             Backend:        vxlan, device flannel.1, pod MTU 1450\n\
+             Last reconcile: 2026-11-28T06:40:00Z (1.2 ms): 3 added, 1 stale removed, 0 refused by the kernel\n\
+             Peers (1):\n\
+             SUBNET         PUBLIC IP   BACKEND  VTEP MAC           STATE\n\
+             10.244.4.0/24  192.0.2.12  vxlan    aa:bb:cc:dd:ee:01  programmed\n"
+        );
+        let waiting = NodeStatus {
+            phase: "waiting for a valid network config at /coreos.com/network/config".into(),
+            ..NodeStatus::default()
+        };
+        let text = render_status(&waiting, at(0));
+        assert!(
+            text.contains("Ready:          no (waiting for a valid network config at /coreos.com/network/config)\n"),
+            "{text}"
+        );
     }
 
     fn leases_args(cli: Cli) -> LeasesArgs {

@@ -112,6 +112,10 @@ struct Flags {
     /// Seconds between full re-lists and reconciles of the kernel against etcd.
     #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value_t = 30)]
     resync_interval: u64,
+    /// Unix socket (0600) where `weftctl status` asks for the node's status; default:
+    /// weftd.sock beside --subnet-file.
+    #[arg(long, env = "WEFTD_STATUS_SOCKET")]
+    status_socket: Option<PathBuf>,
     /// Write weftd's man page and shell completions into this directory and exit (package build).
     #[arg(long, hide = true, value_name = "DIR")]
     generate_docs: Option<PathBuf>,
@@ -119,6 +123,12 @@ struct Flags {
 
 impl Flags {
     fn into_options(self) -> DaemonOptions {
+        let status_socket = self.status_socket.unwrap_or_else(|| {
+            self.subnet_file
+                .parent()
+                .unwrap_or(std::path::Path::new("/run/weft"))
+                .join(weft::status::SOCKET_NAME)
+        });
         let pods = self.pod_manifest_path.map(|manifest_dir| {
             let node_name = self.node_name.unwrap_or_else(hostname);
             let mut cfg = PodConfig::new(manifest_dir, node_name);
@@ -149,6 +159,7 @@ impl Flags {
             healthz_addr: self.healthz_addr,
             resync_interval: Duration::from_secs(self.resync_interval.max(1)),
             notifier: ServiceNotifier::default(),
+            status_socket: Some(status_socket),
         }
     }
 }
