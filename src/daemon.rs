@@ -143,6 +143,14 @@ pub async fn run(
     // Static pods run beside the network agent: pods already running keep running while etcd
     // is away, and new ones are wired by CNI as soon as subnet.env exists.
     let (pods_stop, pods_stopped) = tokio::sync::watch::channel(false);
+    if let Some(cfg) = &opts.pods {
+        tokio::spawn(publish_pods(
+            opts.etcd.clone(),
+            cfg.node_name.clone(),
+            cfg.pod_root.clone(),
+            board.clone(),
+        ));
+    }
     let pods = opts.pods.clone().map(|mut cfg| {
         cfg.host_ip = Some(ext.public_ip.into());
         tokio::spawn(PodManager::run(cfg, pods_stopped))
@@ -648,6 +656,21 @@ impl Agent {
             Err(e) => {
                 error!(file = %self.opts.subnet_file.display(), error = %e, "write subnet.env; retrying in {RECONCILE_RETRY:?}");
                 self.retry_reconcile = Some(Instant::now() + RECONCILE_RETRY);
+            }
+        }
+    }
+}
+
+/// Publishes the static pods' records for `weftctl pods -A` (see [`crate::podview`]).
+async fn publish_pods(etcd: EtcdOptions, node: String, pod_root: PathBuf, board: Arc<StatusBoard>) {
+    let mut backoff = Backoff::new();
+    loop {
+        match EtcdStore::connect(&etcd).await {
+            Ok(store) => return crate::podview::publish(store, node, pod_root, board).await,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "connect to etcd to publish the pods");
+                tokio::time::sleep(delay).await;
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod netlink;
 pub mod notify;
 pub mod peers;
 pub mod pod;
+pub mod podview;
 pub mod status;
 pub mod store;
 pub mod subnet;

@@ -54,6 +54,9 @@ pub struct LeaseStatus {
     pub reservation: bool,
     /// Expiry as Unix seconds; `None` for a reservation.
     pub expires_unix: Option<u64>,
+    /// The etcd lease keeping the key (and the node's pod records); `None` for a reservation.
+    #[serde(default)]
+    pub etcd_lease: Option<i64>,
 }
 
 impl LeaseStatus {
@@ -63,6 +66,7 @@ impl LeaseStatus {
             subnet: own.subnet.to_string(),
             reservation: own.etcd_lease.is_none(),
             expires_unix: own.expires.map(unix_seconds),
+            etcd_lease: own.etcd_lease,
         }
     }
 }
@@ -440,6 +444,7 @@ mod tests {
                 subnet: "10.244.3.0/24".into(),
                 reservation: false,
                 expires_unix: Some(1_795_848_186),
+                etcd_lease: Some(0x694d854330fc5110),
             }),
             backend: Some(BackendStatus {
                 kind: "vxlan".into(),

@@ -549,3 +549,194 @@ fn weftctl_status_over_the_node_socket() {
         json.contains("\"peers\": []")
     });
 }
+
+/// weftd with static pods, started with `nsenter --net` (runc and the sandbox need the host's
+/// mount namespace, which `ip netns exec` replaces); killed on drop.
+struct PodWeftd {
+    child: Option<std::process::Child>,
+    args: Vec<String>,
+    log: std::path::PathBuf,
+}
+
+impl PodWeftd {
+    fn start(node: &Node, manifests: &std::path::Path, node_name: &str) -> PodWeftd {
+        let dir = node.dir();
+        let mut args = node.base_args();
+        for (flag, path) in [
+            ("--pod-manifest-path", manifests.to_path_buf()),
+            ("--cni-conf-dir", dir.join("net.d")),
+            ("--cni-cache-dir", dir.join("cni-cache")),
+            ("--pod-root", dir.join("pods")),
+            ("--image-root", dir.join("images")),
+            ("--pod-log-dir", dir.join("pod-logs")),
+        ] {
+            args.push(flag.to_string());
+            args.push(path.to_string_lossy().into_owned());
+        }
+        args.extend(["--node-name".to_string(), node_name.to_string()]);
+        args.extend(["--pod-backoff-base-ms".to_string(), "500".to_string()]);
+        let mut w = PodWeftd {
+            child: None,
+            args,
+            log: dir.join("weftd-pods.log"),
+        };
+        w.spawn(node);
+        w
+    }
+
+    fn spawn(&mut self, node: &Node) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.log.display()));
+        let err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.log.display()));
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", node.netns().path().display()))
+            .arg(env!("CARGO_BIN_EXE_weftd"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn weftd: {e}"));
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PodWeftd {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- weftd (pods) log -----\n{}", self.log());
+        }
+    }
+}
+
+/// Each node publishes a record per static pod under `<prefix>/pods/<node>/`, attached to its
+/// subnet lease; `weftctl pods -A` lists them like `kubectl get pods -A -o wide`. A record goes
+/// when its pod goes, and with the node's lease.
+#[test]
+fn weftctl_pods_all_namespaces_lists_published_pods() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let node = cluster.node(0);
+    let manifests = node.dir().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap_or_else(|e| panic!("{e}"));
+    // Named like the harness's namespaces, so a sandbox left by a killed test run is swept.
+    let ns = unique_name("p").trim_start_matches("weft-").to_string();
+    let manifest = manifests.join("web.yaml");
+    let pod_yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n    - name: c\n      image: busybox\n"
+    );
+    std::fs::write(&manifest, &pod_yaml).unwrap_or_else(|e| panic!("{e}"));
+    let mut weftd = PodWeftd::start(node, &manifests, "node1");
+    let env = node.wait_subnet_env(START);
+    let subnet = subnet_of(&env).unwrap_or_default();
+    let key = format!("{ETCD_PREFIX}/pods/node1/{ns}/web");
+    let etcd_ns = cluster.etcd.netns();
+    let etcd = ["--etcd-endpoints", "http://127.0.0.1:2379"];
+    let pods_all = || {
+        let (ok, out, err) = weftctl(etcd_ns, &[&["pods", "-A"][..], &etcd].concat(), None);
+        assert!(ok, "weftctl pods -A: {err}");
+        out
+    };
+
+    // No CNI network is configured: the pod stays in ContainerCreating, as the view must show.
+    let kv = wait_for(START, "the pod's record in etcd", || {
+        cluster.etcd.get_kv(&key)
+    });
+    let lease = cluster
+        .etcd
+        .get_kv(&lease_key(&subnet))
+        .map(|l| l.lease)
+        .unwrap_or_default();
+    assert!(
+        lease != 0 && kv.lease == lease,
+        "record lease {} vs node lease {lease}",
+        kv.lease
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&kv.value).unwrap_or_else(|e| panic!("record ({e}): {}", kv.value));
+    assert_eq!(record["node"], "node1");
+    assert_eq!(record["hostIP"], node.public_ip());
+    assert_eq!(record["ready"], "0/1");
+    let table = pods_all();
+    let mut lines = table.lines();
+    assert_eq!(
+        lines
+            .next()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>()),
+        Some(vec![
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE"
+        ]),
+        "{table}"
+    );
+    let row: Vec<&str> = lines
+        .find(|l| l.starts_with(&ns))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_else(|| panic!("no row for {ns}/web:\n{table}"));
+    assert_eq!(row[1..4], ["web", "0/1", "ContainerCreating"], "{table}");
+    assert_eq!(row[6..], ["<none>", "node1"], "{table}");
+
+    // A hostile record under the prefix is reported, not printed raw.
+    cluster.etcd.put(
+        &format!("{ETCD_PREFIX}/pods/evil/x/y"),
+        "{\"name\":\"\\u001b[2J\"}",
+    );
+    let (ok, _, err) = weftctl(etcd_ns, &[&["pods", "-A"][..], &etcd].concat(), None);
+    assert!(
+        ok && err.contains("skipping pod record /coreos.com/network/pods/evil/x/y"),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    cluster.etcd.del(&format!("{ETCD_PREFIX}/pods/evil/x/y"));
+
+    // The pod goes: so does its record.
+    std::fs::remove_file(&manifest).unwrap_or_else(|e| panic!("{e}"));
+    wait_until(START, "the record removed with the pod", || {
+        cluster.etcd.get(&key).is_none()
+    });
+    assert!(!pods_all().contains("web"));
+
+    // The node goes (weftd dead, its lease expired): its records go with the lease.
+    std::fs::write(&manifest, &pod_yaml).unwrap_or_else(|e| panic!("{e}"));
+    wait_for(START, "the record back", || cluster.etcd.get_kv(&key));
+    weftd.kill();
+    cluster.etcd.revoke(lease);
+    assert_eq!(
+        cluster.etcd.get(&key),
+        None,
+        "record outlived the node's lease"
+    );
+
+    // Clean up: the pod's manifest goes, and a new weftd removes the orphaned pod.
+    std::fs::remove_file(&manifest).unwrap_or_else(|e| panic!("{e}"));
+    weftd.spawn(node);
+    let pods_dir = node.dir().join("pods");
+    wait_until(START, "the orphaned pod removed", || {
+        std::fs::read_dir(&pods_dir).map_or(true, |d| {
+            d.flatten().all(|e| !e.path().join("status.json").exists())
+        })
+    });
+}

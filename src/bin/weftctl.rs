@@ -12,6 +12,7 @@ use ipnetwork::Ipv4Network;
 use weft::config::NetworkConfig;
 use weft::lease::Lease;
 use weft::netconf::{self, ConfigChange};
+use weft::podview::{self, PodSummary};
 use weft::status::{rfc3339_utc, NodeStatus};
 use weft::store::{EtcdArgs, EtcdStore, StoreError};
 
@@ -35,8 +36,9 @@ enum Command {
     Leases(LeasesArgs),
     /// Import images into the node's image store and list them.
     Image(weft::pod::image::ImageArgs),
-    /// List the node's static pods like `kubectl get pods -o wide` (`-o json`: a v1 PodList).
-    Pods(weft::pod::cli::PodsArgs),
+    /// List the node's static pods like `kubectl get pods -o wide` (`-o json`: a v1 PodList);
+    /// `-A`: every node's pods, from etcd.
+    Pods(PodsCommand),
     /// Print a pod container's log (`-c CONTAINER`, `--previous`).
     Logs(weft::pod::cli::LogsArgs),
     /// Read, check and change the network config in etcd (`<prefix>/config`).
@@ -49,6 +51,17 @@ enum Command {
         /// Output directory.
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct PodsCommand {
+    #[command(flatten)]
+    local: weft::pod::cli::PodsArgs,
+    /// Every node's pods in every namespace, as published in etcd (`<prefix>/pods/`).
+    #[arg(short = 'A', long = "all-namespaces")]
+    all: bool,
+    #[command(flatten)]
+    etcd: EtcdArgs,
 }
 
 #[derive(Debug, Args)]
@@ -216,8 +229,9 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.command {
         Command::Leases(args) => leases(args).await,
         Command::Image(args) => Ok(weft::pod::image::run_cli(&args, &mut std::io::stdout())?),
+        Command::Pods(args) if args.all => cluster_pods(&args).await,
         Command::Pods(args) => Ok(weft::pod::cli::pods(
-            &args,
+            &args.local,
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         )?),
@@ -312,6 +326,72 @@ async fn network(command: NetworkCommand) -> Result<(), CtlError> {
             Ok(())
         }
     }
+}
+
+/// `weftctl pods -A`: every node's published pods.
+async fn cluster_pods(args: &PodsCommand) -> Result<(), CtlError> {
+    let store = EtcdStore::connect(&args.etcd.options()).await?;
+    let (pods, errors) = podview::list_cluster(&store).await?;
+    for e in &errors {
+        eprintln!("weftctl: skipping {}", podview::printable(&e.to_string()));
+    }
+    match args.local.output.as_str() {
+        "json" => println!(
+            "{}",
+            serde_json::to_string_pretty(&pods).unwrap_or_else(|_| "[]".to_string())
+        ),
+        _ if pods.is_empty() => eprintln!("No pods found."),
+        _ => print!("{}", render_cluster_pods(&pods, SystemTime::now())),
+    }
+    Ok(())
+}
+
+/// `kubectl get pods -A -o wide`'s columns, text made safe for a terminal.
+fn render_cluster_pods(pods: &[PodSummary], now: SystemTime) -> String {
+    let none = |s: &str| {
+        if s.is_empty() {
+            "<none>".to_string()
+        } else {
+            podview::printable(s)
+        }
+    };
+    let rows: Vec<Vec<String>> = pods
+        .iter()
+        .map(|p| {
+            let age = p
+                .created
+                .as_deref()
+                .and_then(weft::pod::status::parse_rfc3339)
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or_else(
+                    || "<unknown>".to_string(),
+                    weft::pod::status::human_duration,
+                );
+            vec![
+                podview::printable(&p.namespace),
+                podview::printable(&p.name),
+                podview::printable(&p.ready),
+                podview::printable(&p.status),
+                p.restarts.to_string(),
+                age,
+                none(&p.pod_ip),
+                podview::printable(&p.node),
+            ]
+        })
+        .collect();
+    render_columns(
+        &[
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+        ],
+        &rows,
+    )
 }
 
 /// The text of `file`, `-` meaning stdin; with the name errors should give.
@@ -647,6 +727,36 @@ mod tests {
             text.contains("Ready:          no (waiting for a valid network config at /coreos.com/network/config)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn cluster_pods_table() {
+        let pod = |ns: &str, name: &str, node: &str, ip: &str| PodSummary {
+            namespace: ns.into(),
+            name: name.into(),
+            node: node.into(),
+            host_ip: None,
+            ready: "1/1".into(),
+            status: "Running".into(),
+            restarts: 2,
+            pod_ip: ip.into(),
+            created: Some("2026-11-28T06:00:00Z".into()),
+        };
+        let pods = [
+            pod("default", "web", "node1", "10.244.3.5"),
+            pod("kube-system", "dns\u{1b}[2J", "node2", ""),
+        ];
+        assert_eq!(
+            render_cluster_pods(&pods, at(1_795_848_186)),
+            "NAMESPACE    NAME     READY  STATUS   RESTARTS  AGE  IP          NODE\n\
+             default      web      1/1    Running  2         43m  10.244.3.5  node1\n\
+             kube-system  dns?[2J  1/1    Running  2         43m  <none>      node2\n"
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
     }
 
     fn leases_args(cli: Cli) -> LeasesArgs {
