@@ -64,6 +64,7 @@ install -m 0644 "$ROOT/README.md" "$DOC/README.md"
 install -m 0644 "$ROOT/cni/10-weft.conflist" "$DOC/examples/10-weft.conflist"
 install -m 0644 "$ROOT/docs/network-config.json" "$DOC/examples/network-config.json"
 install -m 0644 "$ROOT/docs/systemd/weftd.env" "$DOC/examples/weftd.env"
+install -m 0644 "$ROOT/docs/grafana-dashboard.json" "$DOC/examples/grafana-dashboard.json"
 cat > "$DOC/copyright" <<COPYRIGHT
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: weft

@@ -349,6 +349,7 @@ fn debian_package_file_list_and_throwaway_install() {
         "/usr/lib/systemd/system/weftd.service",
         "/usr/share/doc/weft/examples/10-weft.conflist",
         "/usr/share/doc/weft/examples/network-config.json",
+        "/usr/share/doc/weft/examples/grafana-dashboard.json",
         "/usr/share/doc/weft/copyright",
         "/usr/share/man/man8/weftd.8.gz",
         "/usr/share/man/man8/weftctl.8.gz",
@@ -739,4 +740,52 @@ fn weftctl_pods_all_namespaces_lists_published_pods() {
             d.flatten().all(|e| !e.path().join("status.json").exists())
         })
     });
+}
+
+/// The Grafana dashboard is valid JSON, every panel says what it shows and queries something,
+/// and every metric weftd exports today has a panel.
+#[test]
+fn grafana_dashboard_covers_weftds_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let dash: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"));
+    let panels = dash["panels"].as_array().cloned().unwrap_or_default();
+    let mut exprs = String::new();
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        let title = p["title"].as_str().unwrap_or_default();
+        assert!(
+            p["description"].as_str().is_some_and(|d| d.len() > 40),
+            "panel {title} has no description"
+        );
+        let targets = p["targets"].as_array().cloned().unwrap_or_default();
+        assert!(!targets.is_empty(), "panel {title} queries nothing");
+        for t in targets {
+            exprs.push_str(t["expr"].as_str().unwrap_or_default());
+            exprs.push('\n');
+        }
+    }
+    let exported = weft::health::Metrics::default().render();
+    let mut names: Vec<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    names.extend([
+        "weft_udp_tx_packets_total",
+        "weft_udp_rx_bytes_total",
+        "weft_udp_rx_unknown_source_total",
+    ]);
+    for name in names {
+        assert!(exprs.contains(name), "no panel shows {name}");
+    }
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/dashboard.md"))
+        .unwrap_or_else(|e| panic!("docs/dashboard.md: {e}"));
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        let title = p["title"].as_str().unwrap_or_default();
+        assert!(
+            doc.contains(&format!("**{title}**")),
+            "docs/dashboard.md does not describe {title}"
+        );
+    }
 }
