@@ -60,6 +60,8 @@ pub struct DaemonOptions {
     pub notifier: ServiceNotifier,
     /// `--status-socket`: where `weftctl status` asks; `None` = off.
     pub status_socket: Option<PathBuf>,
+    /// `--peer-probe-interval`: how often every peer is probed; `None` = off.
+    pub probe_interval: Option<Duration>,
 }
 
 /// Errors that stop the agent. Everything else is logged and retried.
@@ -136,6 +138,17 @@ pub async fn run(
             .map_err(|source| DaemonError::Health { addr, source })?;
         drop(listener);
         tokio::spawn(crate::health::serve(addr, metrics.clone()));
+    }
+    if let Some(every) = opts.probe_interval {
+        match crate::probe::spawn(board.clone(), every) {
+            Ok(()) => {
+                let board = board.clone();
+                metrics.set_probes(Box::new(move || {
+                    crate::probe::render_metrics(&board.peer_health())
+                }));
+            }
+            Err(e) => error!(error = %e, "open the raw ICMP socket; peers are not probed"),
+        }
     }
     let ext = netlink::find_external_interface(opts.iface.as_deref(), opts.public_ip).await?;
     info!(iface = %ext.name, public_ip = %ext.public_ip, mtu = ext.mtu, "using external interface");

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub ready: AtomicBool,
     /// The backend's own metrics (e.g. the UDP data path's packet and drop counters).
     backend: std::sync::OnceLock<BackendMetrics>,
+    /// The peer prober's metrics (`weft_peer_*`).
+    probes: std::sync::OnceLock<BackendMetrics>,
 }
 
 /// Renders a backend's metrics in Prometheus text format.
@@ -55,6 +57,11 @@ impl Metrics {
     /// Adds the backend's metrics to `/metrics`; only the first call counts.
     pub fn set_backend(&self, render: BackendMetrics) {
         let _ = self.backend.set(render);
+    }
+
+    /// Adds the peer prober's metrics to `/metrics`; only the first call counts.
+    pub fn set_probes(&self, render: BackendMetrics) {
+        let _ = self.probes.set(render);
     }
 
     /// Records one reconcile run.
@@ -162,6 +169,9 @@ impl Metrics {
             u8::from(self.ready.load(Ordering::Relaxed)).to_string(),
         );
         if let Some(render) = self.backend.get() {
+            out.push_str(&render());
+        }
+        if let Some(render) = self.probes.get() {
             out.push_str(&render());
         }
         out

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod peers;
 pub mod pod;
 pub mod podview;
+pub mod probe;
 pub mod status;
 pub mod store;
 pub mod subnet;

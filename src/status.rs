@@ -3,6 +3,7 @@
 //! The agent records a [`NodeStatus`] on a [`StatusBoard`] after every reconcile; the board
 //! turns it into systemd's `STATUS=` line (and `READY=1` the first time the node is ready).
 
+use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
@@ -17,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::backend::ReconcileReport;
 use crate::lease::Lease;
 use crate::notify::{NotifyState, ServiceNotifier};
+use crate::probe::PeerHealth;
 use crate::store::OwnLease;
 
 /// A snapshot of the node agent, also the JSON of `weftctl status -o json`.
@@ -123,6 +125,9 @@ pub struct PeerStatus {
     pub vtep_mac: Option<String>,
     /// Whether its entries are in the kernel.
     pub state: PeerState,
+    /// The latest probe over the overlay; `None` before the first round or with probing off.
+    #[serde(default)]
+    pub health: Option<PeerHealth>,
 }
 
 impl PeerStatus {
@@ -134,6 +139,7 @@ impl PeerStatus {
             backend_type: lease.attrs.backend_type.clone(),
             vtep_mac: lease.attrs.vtep_mac().map(str::to_string),
             state,
+            health: None,
         }
     }
 }
@@ -195,6 +201,8 @@ impl ReconcileStatus {
 #[derive(Debug)]
 pub struct StatusBoard {
     status: RwLock<NodeStatus>,
+    /// The prober's latest results, by peer subnet.
+    health: RwLock<BTreeMap<String, PeerHealth>>,
     notifier: ServiceNotifier,
 }
 
@@ -207,6 +215,7 @@ impl StatusBoard {
                 phase: "starting".to_string(),
                 ..NodeStatus::default()
             }),
+            health: RwLock::new(BTreeMap::new()),
             notifier,
         }
     }
@@ -216,12 +225,34 @@ impl StatusBoard {
         &self.notifier
     }
 
-    /// A copy of the current status.
+    /// A copy of the current status, each peer with its latest probe results.
     pub fn snapshot(&self) -> NodeStatus {
-        self.status
+        let mut status = self
+            .status
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let health = self.peer_health();
+        for peer in &mut status.peers {
+            peer.health = health.get(&peer.subnet).cloned();
+        }
+        status
+    }
+
+    /// The prober's latest results, by peer subnet.
+    pub fn peer_health(&self) -> BTreeMap<String, PeerHealth> {
+        self.health
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Replaces the prober's results.
+    pub fn set_peer_health(&self, health: BTreeMap<String, PeerHealth>) {
+        *self
+            .health
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = health;
     }
 
     /// Records what the agent waits for before it is up (`STATUS=` only).
@@ -458,6 +489,7 @@ mod tests {
                     backend_type: "vxlan".into(),
                     vtep_mac: Some("aa:bb:cc:dd:ee:01".into()),
                     state: PeerState::Programmed,
+                    health: None,
                 },
                 PeerStatus {
                     subnet: "10.244.5.0/24".into(),
@@ -465,6 +497,7 @@ mod tests {
                     backend_type: "vxlan".into(),
                     vtep_mac: None,
                     state: PeerState::Incomplete,
+                    health: None,
                 },
             ],
             last_reconcile: Some(ReconcileStatus {

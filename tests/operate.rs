@@ -488,7 +488,7 @@ fn weftctl_status_over_the_node_socket() {
         .unwrap_or_else(|| panic!("no row for peer {s1}:\n{table}"));
     let cells: Vec<&str> = peer_row.split_whitespace().collect();
     assert_eq!(
-        cells[1..],
+        cells[1..5],
         [
             "192.0.2.11",
             "vxlan",
@@ -788,4 +788,106 @@ fn grafana_dashboard_covers_weftds_metrics() {
             "docs/dashboard.md does not describe {title}"
         );
     }
+}
+
+/// `weft_peer_<name>{peer="<subnet>"}` from a node's /metrics.
+fn peer_metric(node: &Node, name: &str, subnet: &str) -> Option<String> {
+    let (_, body) = node.http_get("/metrics")?;
+    let prefix = format!("weft_peer_{name}{{peer=\"{subnet}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_string)
+}
+
+/// weftd probes every peer over the overlay (small and full-MTU with DF, plus the underlay)
+/// and names Flannel's classic failures: an MTU black hole (a lower MTU on a veth of the
+/// underlay path; the MTU that works is measured), encapsulation dropped (nft drops UDP 8472 on
+/// the peer), a stale lease (a node that is gone); metrics follow within two probe intervals
+/// (plus a round's wait for answers).
+#[test]
+fn peer_health_names_black_hole_dropped_encapsulation_and_stale_lease() {
+    let cluster = Cluster::new(3, VXLAN_CONFIG);
+    for node in &cluster.nodes {
+        node.start_weftd(&["--peer-probe-interval", "1"]);
+    }
+    for node in &cluster.nodes {
+        node.wait_subnet_env(START);
+    }
+    cluster.wait_mesh(START);
+    let (n1, n2, n3) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    let (s2, s3) = (
+        n2.subnet().unwrap_or_default(),
+        n3.subnet().unwrap_or_default(),
+    );
+    let soon = Duration::from_secs(5);
+    n1.wait_until(START, "healthy peers in /metrics", || {
+        [&s2, &s3].iter().all(|s| {
+            peer_metric(n1, "reachable", s).as_deref() == Some("1")
+                && peer_metric(n1, "path_mtu_bytes", s).as_deref() == Some("1450")
+        })
+    });
+    assert!(peer_metric(n1, "rtt_seconds", &s2).is_some());
+
+    // Node 2's end of the underlay takes 1400-byte frames: full-size VXLAN packets to it vanish.
+    n2.netns().ip(&["link", "set", "eth0", "mtu", "1400"]);
+    n1.wait_until(soon, "the MTU black hole diagnosed", || {
+        n1.log().contains(&format!(
+            "MTU black hole to peer {s2} (192.0.2.12): 1450-byte packets"
+        ))
+    });
+    n1.wait_until(soon, "the MTU that works named", || {
+        n1.log().contains(&format!("MTU black hole to peer {s2} (192.0.2.12): 1450-byte packets with DF are lost on the way, 1350 bytes pass"))
+            && peer_metric(n1, "path_mtu_bytes", &s2).as_deref() == Some("1350")
+    });
+    assert_eq!(peer_metric(n1, "reachable", &s2).as_deref(), Some("1"));
+
+    // Node 3 drops VXLAN: the underlay still answers.
+    n3.netns().exec_ok(&[
+        "nft",
+        "add table inet drop8472; add chain inet drop8472 in { type filter hook input priority 0; }; add rule inet drop8472 in udp dport 8472 drop",
+    ]);
+    n1.wait_until(soon, "dropped encapsulation diagnosed", || {
+        n1.log().contains(&format!("encapsulation dropped to peer {s3}: the underlay reaches 192.0.2.13 but vxlan packets (UDP 8472) do not pass"))
+            && peer_metric(n1, "reachable", &s3).as_deref() == Some("0")
+    });
+
+    // A lease whose node is gone.
+    cluster.etcd.put(
+        &lease_key("10.244.250.0/24"),
+        &vxlan_lease_value("192.0.2.99", "aa:bb:cc:00:00:99"),
+    );
+    n1.wait_until(START, "the stale lease diagnosed", || {
+        n1.log().contains("peer 10.244.250.0/24 (192.0.2.99) answers neither over the overlay nor on the underlay: the node is down and its lease is stale")
+    });
+    let (ok, json, err) = weftctl(
+        n1.netns(),
+        &[
+            "status",
+            "--socket",
+            &n1.dir().join("weftd.sock").to_string_lossy(),
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let diagnosis = |subnet: &str| {
+        v["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["subnet"] == subnet))
+            .map(|p| p["health"]["diagnosis"].clone())
+    };
+    assert_eq!(diagnosis(&s2), Some("mtu-black-hole".into()), "{json}");
+    assert_eq!(
+        diagnosis(&s3),
+        Some("encapsulation-dropped".into()),
+        "{json}"
+    );
+    assert_eq!(
+        diagnosis("10.244.250.0/24"),
+        Some("peer-down".into()),
+        "{json}"
+    );
 }

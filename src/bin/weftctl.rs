@@ -510,11 +510,31 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
                 p.backend_type.clone(),
                 p.vtep_mac.clone().unwrap_or_else(dash),
                 p.state.as_str().to_string(),
+                p.health
+                    .as_ref()
+                    .map_or_else(dash, |h| h.diagnosis.as_str().to_string()),
+                p.health
+                    .as_ref()
+                    .and_then(|h| h.rtt_seconds)
+                    .map_or_else(dash, |rtt| format!("{:.2}ms", rtt * 1e3)),
+                p.health
+                    .as_ref()
+                    .and_then(|h| h.path_mtu)
+                    .map_or_else(dash, |mtu| mtu.to_string()),
             ]
         })
         .collect();
     out.push_str(&render_columns(
-        &["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "STATE"],
+        &[
+            "SUBNET",
+            "PUBLIC IP",
+            "BACKEND",
+            "VTEP MAC",
+            "STATE",
+            "HEALTH",
+            "RTT",
+            "PATH MTU",
+        ],
         &rows,
     ));
     out
@@ -701,7 +721,9 @@ mod tests {
             "lease": {"subnet": "10.244.3.0/24", "reservation": false, "expiresUnix": 1_795_848_186},
             "backend": {"type": "vxlan", "device": "flannel.1", "mtu": 1450},
             "peers": [{"subnet": "10.244.4.0/24", "publicIP": "192.0.2.12", "backendType": "vxlan",
-                       "vtepMAC": "aa:bb:cc:dd:ee:01", "state": "programmed"}],
+                       "vtepMAC": "aa:bb:cc:dd:ee:01", "state": "programmed",
+                       "health": {"reachable": true, "rttSeconds": 0.0004, "pathMtu": 1350,
+                                  "diagnosis": "mtu-black-hole", "atUnix": 0}}],
             "lastReconcile": {"atUnix": 1_795_848_000, "tookSeconds": 0.0012, "added": 3,
                               "removed": 1, "failed": 0, "error": null}
         }))
@@ -715,8 +737,8 @@ mod tests {
              Backend:        vxlan, device flannel.1, pod MTU 1450\n\
              Last reconcile: 2026-11-28T06:40:00Z (1.2 ms): 3 added, 1 stale removed, 0 refused by the kernel\n\
              Peers (1):\n\
-             SUBNET         PUBLIC IP   BACKEND  VTEP MAC           STATE\n\
-             10.244.4.0/24  192.0.2.12  vxlan    aa:bb:cc:dd:ee:01  programmed\n"
+             SUBNET         PUBLIC IP   BACKEND  VTEP MAC           STATE       HEALTH          RTT     PATH MTU\n\
+             10.244.4.0/24  192.0.2.12  vxlan    aa:bb:cc:dd:ee:01  programmed  mtu-black-hole  0.40ms  1350\n"
         );
         let waiting = NodeStatus {
             phase: "waiting for a valid network config at /coreos.com/network/config".into(),

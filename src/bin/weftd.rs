@@ -116,6 +116,11 @@ struct Flags {
     /// weftd.sock beside --subnet-file.
     #[arg(long, env = "WEFTD_STATUS_SOCKET")]
     status_socket: Option<PathBuf>,
+    /// Seconds between probes of every peer over the overlay (small and full-MTU ICMP echoes
+    /// with DF, and one on the underlay), with a diagnosis logged when a pattern matches an MTU
+    /// black hole, dropped encapsulation or a stale lease; 0 turns probing off.
+    #[arg(long, env = "WEFTD_PEER_PROBE_INTERVAL", default_value_t = 10.0)]
+    peer_probe_interval: f64,
     /// Write weftd's man page and shell completions into this directory and exit (package build).
     #[arg(long, hide = true, value_name = "DIR")]
     generate_docs: Option<PathBuf>,
@@ -160,6 +165,8 @@ impl Flags {
             resync_interval: Duration::from_secs(self.resync_interval.max(1)),
             notifier: ServiceNotifier::default(),
             status_socket: Some(status_socket),
+            probe_interval: (self.peer_probe_interval > 0.0)
+                .then(|| Duration::from_secs_f64(self.peer_probe_interval.clamp(0.1, 3600.0))),
         }
     }
 }
