@@ -213,6 +213,22 @@ pub fn spawn(board: Arc<StatusBoard>, interval: Duration) -> std::io::Result<()>
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // A round queues a few probes per peer, and those to a dead peer wait in its ARP queue,
+    // charged to this socket: room for a round at a thousand peers, beyond wmem_max (root may).
+    let room: libc::c_int = 4 << 20;
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            std::ptr::from_ref(&room).cast(),
+            std::mem::size_of_val(&room) as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "enlarge the probe socket's send buffer");
+    }
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     let id = rand::random::<u16>();
     std::thread::Builder::new()
@@ -262,7 +278,12 @@ fn round(
         *seq = seq.wrapping_add(1);
         let pkt = echo_request(id, *seq, size);
         let addr = SockAddr::from(SocketAddrV4::new(to, 0));
-        if socket.send_to(&pkt, &addr).is_ok() {
+        // Never wait for buffer space: probes queued behind a dead peer's ARP must not hold
+        // up the round; a probe that cannot be queued counts as unanswered.
+        if socket
+            .send_to_with_flags(&pkt, &addr, libc::MSG_DONTWAIT)
+            .is_ok()
+        {
             sent.insert(
                 *seq,
                 Sent {
