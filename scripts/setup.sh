@@ -33,6 +33,7 @@ PACKAGES=(
     jq                           # JSON in the scripts
     curl                         # healthz/metrics in the demo
     openssl                      # test CA and certificates for the etcd TLS tests
+    binutils                     # strip, objdump: scripts/package.sh
 )
 
 installed() {

@@ -22,8 +22,10 @@ use crate::health::Metrics;
 use crate::lease::{config_key, lease_key, Lease, LeaseAttrs, RawLease};
 use crate::masq;
 use crate::netlink::{self, ExternalInterface};
+use crate::notify::{NotifyState, ServiceNotifier};
 use crate::pod::controller::PodConfig;
 use crate::pod::controller::PodManager;
+use crate::status::{BackendStatus, LeaseStatus, PeerStatus, ReconcileStatus, StatusBoard};
 use crate::store::{
     endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseWatch, NetworkEvent, OwnLease,
     StoreError,
@@ -59,6 +61,12 @@ pub struct DaemonOptions {
     pub resync_interval: Duration,
     /// `--pod-manifest-path` and friends: run static pods when set.
     pub pods: Option<PodConfig>,
+    /// systemd's notification socket, when weftd runs as a `Type=notify` service.
+    pub notifier: ServiceNotifier,
+    /// `--status-socket`: where `weftctl status` asks; `None` = off.
+    pub status_socket: Option<PathBuf>,
+    /// `--peer-probe-interval`: how often every peer is probed; `None` = off.
+    pub probe_interval: Option<Duration>,
 }
 
 /// Errors that stop the agent. Everything else is logged and retried.
@@ -112,6 +120,23 @@ pub async fn run(
     opts: DaemonOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let board = Arc::new(StatusBoard::new(opts.notifier.clone()));
+    if let Some(every) = opts.notifier.watchdog_interval() {
+        tokio::spawn(crate::notify::watchdog(opts.notifier.clone(), every));
+    }
+    if let Some(path) = opts.status_socket.clone() {
+        let board = board.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::status::serve(path, board).await {
+                error!(error = %e, "weftctl status will not answer");
+            }
+        });
+    }
+    let notifier = opts.notifier.clone();
+    let shutdown = async move {
+        shutdown.await;
+        notifier.notify(&[NotifyState::Stopping]);
+    };
     tokio::pin!(shutdown);
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = opts.healthz_addr {
@@ -120,17 +145,36 @@ pub async fn run(
         drop(listener);
         tokio::spawn(crate::health::serve(addr, metrics.clone()));
     }
+    if let Some(every) = opts.probe_interval {
+        match crate::probe::spawn(board.clone(), every) {
+            Ok(()) => {
+                let board = board.clone();
+                metrics.set_probes(Box::new(move || {
+                    crate::probe::render_metrics(&board.peer_health())
+                }));
+            }
+            Err(e) => error!(error = %e, "open the raw ICMP socket; peers are not probed"),
+        }
+    }
     let ext = netlink::find_external_interface(opts.iface.as_deref(), opts.public_ip).await?;
     info!(iface = %ext.name, public_ip = %ext.public_ip, mtu = ext.mtu, "using external interface");
     enable_ip_forwarding();
     // Static pods run beside the network agent: pods already running keep running while etcd
     // is away, and new ones are wired by CNI as soon as subnet.env exists.
     let (pods_stop, pods_stopped) = tokio::sync::watch::channel(false);
+    if let Some(cfg) = &opts.pods {
+        tokio::spawn(publish_pods(
+            opts.etcd.clone(),
+            cfg.node_name.clone(),
+            cfg.pod_root.clone(),
+            board.clone(),
+        ));
+    }
     let pods = opts.pods.clone().map(|mut cfg| {
         cfg.host_ip = Some(ext.public_ip.into());
         tokio::spawn(PodManager::run(cfg, pods_stopped))
     });
-    let result = serve_network(&opts, ext, metrics, shutdown).await;
+    let result = serve_network(&opts, ext, metrics, board, shutdown).await;
     let _ = pods_stop.send(true);
     if let Some(pods) = pods {
         match pods.await {
@@ -147,11 +191,12 @@ async fn serve_network(
     opts: &DaemonOptions,
     ext: ExternalInterface,
     metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
     shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<(), DaemonError> {
     let mut shutdown = shutdown;
     let mut agent = tokio::select! {
-        agent = Agent::start(opts.clone(), ext, metrics) => agent?,
+        agent = Agent::start(opts.clone(), ext, metrics, board) => agent?,
         () = &mut shutdown => {
             info!("shutdown before the node was up");
             return Ok(());
@@ -194,6 +239,8 @@ struct Agent {
     retry_reconcile: Option<Instant>,
     /// The external interface was deleted; reconciles look for it until it is back.
     ext_gone: bool,
+    /// What `weftctl status` and systemd are told.
+    board: Arc<StatusBoard>,
     /// The address the external interface last came back with, when it was not our public IP
     /// (so that is logged once, not every second).
     ext_wrong_ip: Option<Ipv4Addr>,
@@ -209,9 +256,19 @@ impl Agent {
         opts: DaemonOptions,
         ext: ExternalInterface,
         metrics: Arc<Metrics>,
+        board: Arc<StatusBoard>,
     ) -> Result<Agent, DaemonError> {
+        board.update(|s| {
+            s.interface = Some(ext.name.clone());
+            s.public_ip = Some(ext.public_ip);
+            s.phase = format!("connecting to etcd at {}", opts.etcd.endpoints.join(","));
+        });
         let store = connect(&opts.etcd, &metrics).await;
         let etcd_addresses = resolve_endpoints(&opts.etcd.endpoints).await;
+        board.set_phase(&format!(
+            "waiting for a valid network config at {}/config",
+            opts.etcd.prefix.trim_end_matches('/')
+        ));
         let (config, config_text) = wait_for_config(&store, &opts.etcd.prefix, &metrics).await;
         info!(network = %config.network, subnet_len = config.subnet_len, backend = ?config.backend, "network config");
         let backend = Backend::new(&config, &ext, &opts.state_dir, opts.udp_offloads).await?;
@@ -219,6 +276,7 @@ impl Agent {
             metrics.set_backend(render);
         }
         let previous = previous_subnet(&opts.subnet_file, &config);
+        board.set_phase("acquiring a subnet lease");
         let own = acquire(
             &store,
             &config,
@@ -243,6 +301,7 @@ impl Agent {
             metrics,
             published: false,
             retry_reconcile: None,
+            board,
             ext_gone: false,
             ext_wrong_ip: None,
         };
@@ -644,6 +703,7 @@ impl Agent {
                     .record_reconcile(took, peers.len(), 0, 0, 0, true);
                 error!(subnet = %self.own.subnet, error = %e, "reconcile failed; retrying in {RECONCILE_RETRY:?}");
                 self.retry_reconcile = Some(Instant::now() + RECONCILE_RETRY);
+                self.report_status(&peers, ReconcileStatus::failed(took, &e));
                 return;
             }
         };
@@ -670,6 +730,32 @@ impl Agent {
         if !self.published {
             self.publish().await;
         }
+        self.report_status(&peers, ReconcileStatus::of(took, &report));
+    }
+
+    /// Puts the node's state on the status board: `weftctl status`, and systemd's `STATUS=`
+    /// and `READY=1` (sent once subnet.env is written after peers were programmed).
+    fn report_status(&self, peers: &[Lease], reconcile: ReconcileStatus) {
+        let state = reconcile.peer_state();
+        self.board.update(|s| {
+            s.ready = self.published;
+            s.phase = if self.published {
+                "ready"
+            } else {
+                "publishing subnet.env"
+            }
+            .to_string();
+            s.interface = Some(self.ext.name.clone());
+            s.public_ip = Some(self.ext.public_ip);
+            s.lease = Some(LeaseStatus::of(&self.own));
+            s.backend = Some(BackendStatus {
+                kind: self.config.backend.type_name().to_string(),
+                device: self.backend.device_name().to_string(),
+                mtu: self.backend.mtu(),
+            });
+            s.peers = peers.iter().map(|l| PeerStatus::of(l, state)).collect();
+            s.last_reconcile = Some(reconcile);
+        });
     }
 
     /// What validation says about this node.
@@ -783,6 +869,21 @@ impl Agent {
             Err(e) => {
                 error!(file = %self.opts.subnet_file.display(), error = %e, "write subnet.env; retrying in {RECONCILE_RETRY:?}");
                 self.retry_reconcile = Some(Instant::now() + RECONCILE_RETRY);
+            }
+        }
+    }
+}
+
+/// Publishes the static pods' records for `weftctl pods -A` (see [`crate::podview`]).
+async fn publish_pods(etcd: EtcdOptions, node: String, pod_root: PathBuf, board: Arc<StatusBoard>) {
+    let mut backoff = Backoff::new();
+    loop {
+        match EtcdStore::connect(&etcd).await {
+            Ok(store) => return crate::podview::publish(store, node, pod_root, board).await,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "connect to etcd to publish the pods");
+                tokio::time::sleep(delay).await;
             }
         }
     }

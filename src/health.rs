@@ -56,6 +56,8 @@ pub struct Metrics {
     leases_rejected: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// The backend's own metrics (e.g. the UDP data path's packet and drop counters).
     backend: std::sync::OnceLock<BackendMetrics>,
+    /// The peer prober's metrics (`weft_peer_*`).
+    probes: std::sync::OnceLock<BackendMetrics>,
 }
 
 /// Renders a backend's metrics in Prometheus text format.
@@ -71,6 +73,11 @@ impl Metrics {
     /// Adds the backend's metrics to `/metrics`; only the first call counts.
     pub fn set_backend(&self, render: BackendMetrics) {
         let _ = self.backend.set(render);
+    }
+
+    /// Adds the peer prober's metrics to `/metrics`; only the first call counts.
+    pub fn set_probes(&self, render: BackendMetrics) {
+        let _ = self.probes.set(render);
     }
 
     /// Counts one rejected lease revision under its reason label.
@@ -240,6 +247,9 @@ impl Metrics {
             let _ = writeln!(out, "weft_leases_rejected_total{{reason=\"{reason}\"}} {n}");
         }
         if let Some(render) = self.backend.get() {
+            out.push_str(&render());
+        }
+        if let Some(render) = self.probes.get() {
             out.push_str(&render());
         }
         out

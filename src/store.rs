@@ -393,7 +393,7 @@ impl fmt::Debug for EtcdStore {
 }
 
 /// Runs one etcd request under [`REQUEST_TIMEOUT`], naming the operation and key in errors.
-async fn timed<T>(
+pub(crate) async fn timed<T>(
     op: &'static str,
     key: &str,
     fut: impl Future<Output = Result<T, etcd_client::Error>>,
@@ -1231,6 +1231,15 @@ impl LeaseWatch {
         };
         self.store.fail_over(self.endpoint, &error).await;
         error
+    }
+}
+
+/// For modules that keep their own keys under the prefix (the network config's editor, the
+/// nodes' pod records); their requests go through [`timed`] like this module's.
+impl EtcdStore {
+    /// The etcd client.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 }
 

@@ -9,7 +9,7 @@
 mod datapath;
 mod forwarding;
 mod offload;
-mod packet;
+pub(crate) mod packet;
 mod socket;
 
 use std::io;

@@ -2,14 +2,18 @@
 //! [`Command`] with its own argument struct and one `async fn` that runs it.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
 use weft::config::NetworkConfig;
 use weft::lease::{subnets_prefix, LeaseAttrs, RawLease};
+use weft::netconf::{self, ConfigChange};
+use weft::podview::{self, PodSummary};
+use weft::status::{rfc3339_utc, NodeStatus};
 use weft::store::{EtcdArgs, EtcdStore, StoreError};
 use weft::subnet::parse_subnet_key;
 use weft::validate::{validate_leases, LeasePolicy, NodeIdentity};
@@ -35,10 +39,80 @@ enum Command {
     Leases(LeasesArgs),
     /// Import images into the node's image store and list them.
     Image(weft::pod::image::ImageArgs),
-    /// List the node's static pods like `kubectl get pods -o wide` (`-o json`: a v1 PodList).
-    Pods(weft::pod::cli::PodsArgs),
+    /// List the node's static pods like `kubectl get pods -o wide` (`-o json`: a v1 PodList);
+    /// `-A`: every node's pods, from etcd.
+    Pods(PodsCommand),
     /// Print a pod container's log (`-c CONTAINER`, `--previous`).
     Logs(weft::pod::cli::LogsArgs),
+    /// Read, check and change the network config in etcd (`<prefix>/config`).
+    Network(NetworkArgs),
+    /// This node's weftd: lease and expiry, backend, readiness, peers, last reconcile.
+    Status(StatusArgs),
+    /// Write weftctl's man pages and shell completions into DIR (package build).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PodsCommand {
+    #[command(flatten)]
+    local: weft::pod::cli::PodsArgs,
+    /// Every node's pods in every namespace, as published in etcd (`<prefix>/pods/`).
+    #[arg(short = 'A', long = "all-namespaces")]
+    all: bool,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// weftd's status socket (weftd's --status-socket).
+    #[arg(
+        long,
+        env = "WEFTD_STATUS_SOCKET",
+        default_value = "/run/weft/weftd.sock"
+    )]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+struct NetworkArgs {
+    #[command(subcommand)]
+    command: NetworkCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCommand {
+    /// Print the stored config (`--effective`: every field with Flannel's defaults filled in).
+    Get {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Print the effective values instead of the stored JSON.
+        #[arg(long)]
+        effective: bool,
+    },
+    /// Check a config file (`-` for stdin) with the rules weftd applies; prints its effective values.
+    Validate {
+        /// The JSON file.
+        file: PathBuf,
+    },
+    /// Validate a config file (`-` for stdin), show the change, and store it. Refuses a change
+    /// that leaves existing leases outside the new range unless `--force`.
+    Set {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// The JSON file.
+        file: PathBuf,
+        /// Store it even though existing leases would be orphaned.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +143,24 @@ enum CtlError {
     Image(#[from] weft::pod::image::ImageError),
     #[error("{0}")]
     Pods(#[from] weft::pod::cli::CliError),
+    #[error("{0}")]
+    InvalidConfig(#[from] weft::netconf::InvalidConfig),
+    #[error("read {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("write man pages and completions to {dir}: {source}")]
+    WriteDocs {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Status(#[from] weft::status::StatusError),
+    #[error("no network config at {0}")]
+    NoConfig(String),
+    #[error("refusing to store the new config: it would orphan {0} lease(s) listed above; --force stores it anyway")]
+    WouldOrphan(usize),
 }
 
 /// One row of `weftctl leases`; also its JSON object.
@@ -171,13 +263,195 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.command {
         Command::Leases(args) => leases(args).await,
         Command::Image(args) => Ok(weft::pod::image::run_cli(&args, &mut std::io::stdout())?),
+        Command::Pods(args) if args.all => cluster_pods(&args).await,
         Command::Pods(args) => Ok(weft::pod::cli::pods(
-            &args,
+            &args.local,
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         )?),
         Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
+        Command::Network(args) => network(args.command).await,
+        Command::Status(args) => {
+            let status = weft::status::fetch(&args.socket)?;
+            match args.output {
+                Output::Table => print!("{}", render_status(&status, SystemTime::now())),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                ),
+            }
+            Ok(())
+        }
+        Command::GenerateDocs { dir } => {
+            weft::docs::generate(<Cli as clap::CommandFactory>::command(), "8", &dir)
+                .map_err(|source| CtlError::WriteDocs { dir, source })?;
+            Ok(())
+        }
     }
+}
+
+async fn network(command: NetworkCommand) -> Result<(), CtlError> {
+    match command {
+        NetworkCommand::Get { etcd, effective } => {
+            let store = EtcdStore::connect(&etcd.options()).await?;
+            let key = weft::lease::config_key(store.prefix());
+            let stored = netconf::read(&store)
+                .await?
+                .ok_or_else(|| CtlError::NoConfig(key.clone()))?;
+            if effective {
+                let cfg = netconf::validate(&key, &stored.raw)?;
+                print!("{}", render_fields(&cfg));
+            } else {
+                println!("{}", stored.raw.trim_end());
+            }
+            Ok(())
+        }
+        NetworkCommand::Validate { file } => {
+            let (origin, raw) = read_input(&file)?;
+            let cfg = netconf::validate(&origin, &raw)?;
+            println!("{origin}: valid");
+            print!("{}", render_fields(&cfg));
+            Ok(())
+        }
+        NetworkCommand::Set { etcd, file, force } => {
+            let (origin, raw) = read_input(&file)?;
+            let new = netconf::validate(&origin, &raw)?;
+            let store = EtcdStore::connect(&etcd.options()).await?;
+            let key = weft::lease::config_key(store.prefix());
+            let stored = netconf::read(&store).await?;
+            let old = stored
+                .as_ref()
+                .and_then(|s| match NetworkConfig::parse(&s.raw) {
+                    Ok(cfg) => Some(cfg),
+                    Err(e) => {
+                        eprintln!(
+                            "weftctl: the stored config at {key} is invalid ({e}); replacing it"
+                        );
+                        None
+                    }
+                });
+            let leases = store.list_leases().await?.leases;
+            let change = ConfigChange::new(old, new, &leases);
+            if change.is_noop() && stored.as_ref().is_some_and(|s| s.raw.trim() == raw.trim()) {
+                println!("{key}: unchanged");
+                return Ok(());
+            }
+            println!("--- {key}\n+++ {origin}");
+            print!("{}", change.diff());
+            if change.changes_backend() {
+                println!("note: every node switches its data path to {} (pods on nodes with different backends cannot talk meanwhile)", change.new.backend.type_name());
+            }
+            if !change.orphaned.is_empty() {
+                println!("leases outside the new range ({}):", change.orphaned.len());
+                for lease in &change.orphaned {
+                    let kind = if lease.is_reservation() {
+                        "reservation"
+                    } else {
+                        "lease"
+                    };
+                    println!("  {}  {}  {kind}", lease.subnet, lease.attrs.public_ip);
+                }
+                if !force {
+                    return Err(CtlError::WouldOrphan(change.orphaned.len()));
+                }
+            }
+            netconf::write(&store, raw.trim(), stored.as_ref()).await?;
+            println!("{key}: stored");
+            Ok(())
+        }
+    }
+}
+
+/// `weftctl pods -A`: every node's published pods.
+async fn cluster_pods(args: &PodsCommand) -> Result<(), CtlError> {
+    let store = EtcdStore::connect(&args.etcd.options()).await?;
+    let (pods, errors) = podview::list_cluster(&store).await?;
+    for e in &errors {
+        eprintln!("weftctl: skipping {}", podview::printable(&e.to_string()));
+    }
+    match args.local.output.as_str() {
+        "json" => println!(
+            "{}",
+            serde_json::to_string_pretty(&pods).unwrap_or_else(|_| "[]".to_string())
+        ),
+        _ if pods.is_empty() => eprintln!("No pods found."),
+        _ => print!("{}", render_cluster_pods(&pods, SystemTime::now())),
+    }
+    Ok(())
+}
+
+/// `kubectl get pods -A -o wide`'s columns, text made safe for a terminal.
+fn render_cluster_pods(pods: &[PodSummary], now: SystemTime) -> String {
+    let none = |s: &str| {
+        if s.is_empty() {
+            "<none>".to_string()
+        } else {
+            podview::printable(s)
+        }
+    };
+    let rows: Vec<Vec<String>> = pods
+        .iter()
+        .map(|p| {
+            let age = p
+                .created
+                .as_deref()
+                .and_then(weft::pod::status::parse_rfc3339)
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or_else(
+                    || "<unknown>".to_string(),
+                    weft::pod::status::human_duration,
+                );
+            vec![
+                podview::printable(&p.namespace),
+                podview::printable(&p.name),
+                podview::printable(&p.ready),
+                podview::printable(&p.status),
+                p.restarts.to_string(),
+                age,
+                none(&p.pod_ip),
+                podview::printable(&p.node),
+            ]
+        })
+        .collect();
+    render_columns(
+        &[
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+        ],
+        &rows,
+    )
+}
+
+/// The text of `file`, `-` meaning stdin; with the name errors should give.
+fn read_input(file: &Path) -> Result<(String, String), CtlError> {
+    let read = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let origin = if file == Path::new("-") {
+        "stdin".to_string()
+    } else {
+        file.display().to_string()
+    };
+    read.map(|raw| (origin, raw))
+        .map_err(|source| CtlError::ReadFile {
+            path: file.to_path_buf(),
+            source,
+        })
+}
+
+fn render_fields(cfg: &NetworkConfig) -> String {
+    netconf::effective_fields(cfg)
+        .into_iter()
+        .map(|(field, value)| format!("{field}: {value}\n"))
+        .collect()
 }
 
 async fn leases(args: LeasesArgs) -> Result<(), CtlError> {
@@ -239,6 +513,140 @@ async fn leases(args: LeasesArgs) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// `weftctl status` for people: the node, then one row per peer.
+fn render_status(s: &NodeStatus, now: SystemTime) -> String {
+    let mut out = String::new();
+    let dash = || "-".to_string();
+    let node = match (&s.public_ip, &s.interface) {
+        (Some(ip), Some(iface)) => format!("{ip} on {iface}"),
+        _ => dash(),
+    };
+    let ready = if s.ready {
+        "yes".to_string()
+    } else {
+        format!("no ({})", s.phase)
+    };
+    let lease = s
+        .lease
+        .as_ref()
+        .map_or_else(dash, |l| match l.expires_unix {
+            Some(t) => {
+                let at = UNIX_EPOCH + Duration::from_secs(t);
+                let left = at.duration_since(now).map_or("expired".to_string(), |d| {
+                    format!("in {}", human_duration(d))
+                });
+                format!("{}, expires {} ({left})", l.subnet, rfc3339_utc(at))
+            }
+            None => format!("{}, reservation (never expires)", l.subnet),
+        });
+    let backend = s.backend.as_ref().map_or_else(dash, |b| {
+        format!("{}, device {}, pod MTU {}", b.kind, b.device, b.mtu)
+    });
+    let reconcile = s.last_reconcile.as_ref().map_or_else(dash, |r| {
+        let at = UNIX_EPOCH + Duration::from_secs(r.at_unix);
+        let outcome = match &r.error {
+            Some(e) => format!("failed: {e}"),
+            None => format!(
+                "{} added, {} stale removed, {} refused by the kernel",
+                r.added, r.removed, r.failed
+            ),
+        };
+        format!(
+            "{} ({:.1} ms): {outcome}",
+            rfc3339_utc(at),
+            r.took_seconds * 1e3
+        )
+    });
+    for (label, value) in [
+        ("Node", node),
+        ("Version", s.version.clone()),
+        ("Ready", ready),
+        ("Lease", lease),
+        ("Backend", backend),
+        ("Last reconcile", reconcile),
+    ] {
+        out.push_str(&format!("{:<16}{value}\n", format!("{label}:")));
+    }
+    out.push_str(&format!("Peers ({}):\n", s.peers.len()));
+    let rows: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.subnet.clone(),
+                p.public_ip.to_string(),
+                p.backend_type.clone(),
+                p.vtep_mac.clone().unwrap_or_else(dash),
+                p.state.as_str().to_string(),
+                p.health
+                    .as_ref()
+                    .map_or_else(dash, |h| h.diagnosis.as_str().to_string()),
+                p.health
+                    .as_ref()
+                    .and_then(|h| h.rtt_seconds)
+                    .map_or_else(dash, |rtt| format!("{:.2}ms", rtt * 1e3)),
+                p.health
+                    .as_ref()
+                    .and_then(|h| h.path_mtu)
+                    .map_or_else(dash, |mtu| mtu.to_string()),
+            ]
+        })
+        .collect();
+    out.push_str(&render_columns(
+        &[
+            "SUBNET",
+            "PUBLIC IP",
+            "BACKEND",
+            "VTEP MAC",
+            "STATE",
+            "HEALTH",
+            "RTT",
+            "PATH MTU",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// `1d2h`, `3h4m`, `5m6s`, `7s`: the two largest units.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// kubectl-style columns: a header, left-aligned cells separated by at least two spaces.
+fn render_columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
 /// kubectl-style: a header, left-aligned columns separated by at least two spaces.
 fn render_table(rows: &[LeaseRow]) -> String {
     let header = [
@@ -297,35 +705,6 @@ fn render_table(rows: &[LeaseRow]) -> String {
 fn render_json(rows: &[LeaseRow]) -> String {
     // Rows hold only strings, numbers and JSON values: serialising cannot fail.
     serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_string())
-}
-
-/// `2026-11-28T06:43:06Z`. Times before 1970 print as the epoch.
-fn rfc3339_utc(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after Howard Hinnant's
-/// `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -425,6 +804,74 @@ mod tests {
         assert_eq!(v[3]["publicIP"], serde_json::Value::Null);
         assert_eq!(v[3]["rejectReason"], "bad_key");
         assert_eq!(render_json(&[]), "[]");
+    }
+
+    #[test]
+    fn status_table() {
+        let status: NodeStatus = serde_json::from_value(serde_json::json!({
+            "version": "0.1.0", "interface": "eth0", "publicIP": "192.0.2.11",
+            "ready": true, "phase": "ready",
+            "lease": {"subnet": "10.244.3.0/24", "reservation": false, "expiresUnix": 1_795_848_186},
+            "backend": {"type": "vxlan", "device": "flannel.1", "mtu": 1450},
+            "peers": [{"subnet": "10.244.4.0/24", "publicIP": "192.0.2.12", "backendType": "vxlan",
+                       "vtepMAC": "aa:bb:cc:dd:ee:01", "state": "programmed",
+                       "health": {"reachable": true, "rttSeconds": 0.0004, "pathMtu": 1350,
+                                  "diagnosis": "mtu-black-hole", "atUnix": 0}}],
+            "lastReconcile": {"atUnix": 1_795_848_000, "tookSeconds": 0.0012, "added": 3,
+                              "removed": 1, "failed": 0, "error": null}
+        }))
+        .unwrap();
+        assert_eq!(
+            render_status(&status, at(1_795_848_186 - 3_700)),
+            "Node:           192.0.2.11 on eth0\n\
+             Version:        0.1.0\n\
+             Ready:          yes\n\
+             Lease:          10.244.3.0/24, expires 2026-11-28T06:43:06Z (in 1h1m)\n\
+             Backend:        vxlan, device flannel.1, pod MTU 1450\n\
+             Last reconcile: 2026-11-28T06:40:00Z (1.2 ms): 3 added, 1 stale removed, 0 refused by the kernel\n\
+             Peers (1):\n\
+             SUBNET         PUBLIC IP   BACKEND  VTEP MAC           STATE       HEALTH          RTT     PATH MTU\n\
+             10.244.4.0/24  192.0.2.12  vxlan    aa:bb:cc:dd:ee:01  programmed  mtu-black-hole  0.40ms  1350\n"
+        );
+        let waiting = NodeStatus {
+            phase: "waiting for a valid network config at /coreos.com/network/config".into(),
+            ..NodeStatus::default()
+        };
+        let text = render_status(&waiting, at(0));
+        assert!(
+            text.contains("Ready:          no (waiting for a valid network config at /coreos.com/network/config)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cluster_pods_table() {
+        let pod = |ns: &str, name: &str, node: &str, ip: &str| PodSummary {
+            namespace: ns.into(),
+            name: name.into(),
+            node: node.into(),
+            host_ip: None,
+            ready: "1/1".into(),
+            status: "Running".into(),
+            restarts: 2,
+            pod_ip: ip.into(),
+            created: Some("2026-11-28T06:00:00Z".into()),
+        };
+        let pods = [
+            pod("default", "web", "node1", "10.244.3.5"),
+            pod("kube-system", "dns\u{1b}[2J", "node2", ""),
+        ];
+        assert_eq!(
+            render_cluster_pods(&pods, at(1_795_848_186)),
+            "NAMESPACE    NAME     READY  STATUS   RESTARTS  AGE  IP          NODE\n\
+             default      web      1/1    Running  2         43m  10.244.3.5  node1\n\
+             kube-system  dns?[2J  1/1    Running  2         43m  <none>      node2\n"
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
     }
 
     fn leases_args(cli: Cli) -> LeasesArgs {

@@ -10,6 +10,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use tracing::{error, warn};
 use weft::daemon::{self, DaemonOptions};
+use weft::notify::ServiceNotifier;
 use weft::pod::controller::PodConfig;
 use weft::store::EtcdArgs;
 
@@ -126,10 +127,28 @@ struct Flags {
     /// Seconds between full re-lists and reconciles of the kernel against etcd.
     #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value_t = 30)]
     resync_interval: u64,
+    /// Unix socket (0600) where `weftctl status` asks for the node's status; default:
+    /// weftd.sock beside --subnet-file.
+    #[arg(long, env = "WEFTD_STATUS_SOCKET")]
+    status_socket: Option<PathBuf>,
+    /// Seconds between probes of every peer over the overlay (small and full-MTU ICMP echoes
+    /// with DF, and one on the underlay), with a diagnosis logged when a pattern matches an MTU
+    /// black hole, dropped encapsulation or a stale lease; 0 turns probing off.
+    #[arg(long, env = "WEFTD_PEER_PROBE_INTERVAL", default_value_t = 10.0)]
+    peer_probe_interval: f64,
+    /// Write weftd's man page and shell completions into this directory and exit (package build).
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_docs: Option<PathBuf>,
 }
 
 impl Flags {
     fn into_options(self) -> DaemonOptions {
+        let status_socket = self.status_socket.unwrap_or_else(|| {
+            self.subnet_file
+                .parent()
+                .unwrap_or(std::path::Path::new("/run/weft"))
+                .join(weft::status::SOCKET_NAME)
+        });
         let pods = self.pod_manifest_path.map(|manifest_dir| {
             let node_name = self.node_name.unwrap_or_else(hostname);
             let mut cfg = PodConfig::new(manifest_dir, node_name);
@@ -163,6 +182,10 @@ impl Flags {
             udp_offloads: !self.no_udp_offloads,
             healthz_addr: self.healthz_addr,
             resync_interval: Duration::from_secs(self.resync_interval.max(1)),
+            notifier: ServiceNotifier::default(),
+            status_socket: Some(status_socket),
+            probe_interval: (self.peer_probe_interval > 0.0)
+                .then(|| Duration::from_secs_f64(self.peer_probe_interval.clamp(0.1, 3600.0))),
         }
     }
 }
@@ -176,11 +199,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Before the first thread: the variables leave the environment children inherit.
+    let notifier = ServiceNotifier::take_from_env();
     let matches = Flags::command().get_matches();
     let flags = match Flags::from_arg_matches(&matches) {
         Ok(flags) => flags,
         Err(e) => e.exit(),
     };
+    if let Some(dir) = &flags.generate_docs {
+        return match weft::docs::generate(Flags::command(), "8", dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!(dir = %dir.display(), error = %e, "write man page and completions");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if matches.value_source("etcd_password") == Some(ValueSource::CommandLine) {
         warn!(
             "--etcd-password is visible to every local user in ps and /proc/<pid>/cmdline; \
@@ -195,7 +229,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let opts = flags.into_options();
+    let opts = DaemonOptions {
+        notifier,
+        ..flags.into_options()
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,0 +1,560 @@
+//! What weftd says about itself: the node's lease, backend, readiness, peers and last reconcile.
+//!
+//! The agent records a [`NodeStatus`] on a [`StatusBoard`] after every reconcile; the board
+//! turns it into systemd's `STATUS=` line (and `READY=1` the first time the node is ready).
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt as _;
+use tracing::{debug, info, warn};
+
+use crate::backend::ReconcileReport;
+use crate::lease::Lease;
+use crate::notify::{NotifyState, ServiceNotifier};
+use crate::probe::PeerHealth;
+use crate::store::OwnLease;
+
+/// A snapshot of the node agent, also the JSON of `weftctl status -o json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// weftd's version.
+    pub version: String,
+    /// The external interface carrying the overlay.
+    pub interface: Option<String>,
+    /// The address published in the lease.
+    #[serde(rename = "publicIP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Lease held, peers programmed, subnet.env written.
+    pub ready: bool,
+    /// What the agent is doing when it is not ready (waiting for etcd, for the config, ...).
+    pub phase: String,
+    /// The node's own subnet lease.
+    pub lease: Option<LeaseStatus>,
+    /// The data path.
+    pub backend: Option<BackendStatus>,
+    /// Every other node's lease and whether the kernel carries it.
+    pub peers: Vec<PeerStatus>,
+    /// The most recent reconcile of the kernel against etcd.
+    pub last_reconcile: Option<ReconcileStatus>,
+}
+
+/// The node's own lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseStatus {
+    /// `10.244.3.0/24`.
+    pub subnet: String,
+    /// A key without an etcd lease: never expires, never renewed.
+    pub reservation: bool,
+    /// Expiry as Unix seconds; `None` for a reservation.
+    pub expires_unix: Option<u64>,
+    /// The etcd lease keeping the key (and the node's pod records); `None` for a reservation.
+    #[serde(default)]
+    pub etcd_lease: Option<i64>,
+}
+
+impl LeaseStatus {
+    /// The status of the lease the agent holds.
+    pub fn of(own: &OwnLease) -> LeaseStatus {
+        LeaseStatus {
+            subnet: own.subnet.to_string(),
+            reservation: own.etcd_lease.is_none(),
+            expires_unix: own.expires.map(unix_seconds),
+            etcd_lease: own.etcd_lease,
+        }
+    }
+}
+
+/// The backend and its device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStatus {
+    /// `vxlan`, `udp` or `host-gw`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `flannel.1`, `flannel0`, or the external interface for host-gw.
+    pub device: String,
+    /// The MTU pods get (subnet.env's `FLANNEL_MTU`).
+    pub mtu: u32,
+}
+
+/// Whether a peer's entries are in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerState {
+    /// The last reconcile put every entry in place.
+    Programmed,
+    /// The kernel refused some entries in the last reconcile (weftd's log names them); retried.
+    Incomplete,
+    /// The last reconcile failed as a whole; retried.
+    NotProgrammed,
+}
+
+impl PeerState {
+    /// The word `weftctl status` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Programmed => "programmed",
+            PeerState::Incomplete => "incomplete",
+            PeerState::NotProgrammed => "not-programmed",
+        }
+    }
+}
+
+/// One peer node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// The peer's subnet.
+    pub subnet: String,
+    /// The peer's `PublicIP`.
+    #[serde(rename = "publicIP")]
+    pub public_ip: Ipv4Addr,
+    /// The peer's `BackendType`.
+    pub backend_type: String,
+    /// The peer's VTEP MAC (VXLAN only).
+    #[serde(rename = "vtepMAC")]
+    pub vtep_mac: Option<String>,
+    /// Whether its entries are in the kernel.
+    pub state: PeerState,
+    /// The latest probe over the overlay; `None` before the first round or with probing off.
+    #[serde(default)]
+    pub health: Option<PeerHealth>,
+}
+
+impl PeerStatus {
+    /// A peer lease in `state`.
+    pub fn of(lease: &Lease, state: PeerState) -> PeerStatus {
+        PeerStatus {
+            subnet: lease.subnet.to_string(),
+            public_ip: lease.attrs.public_ip,
+            backend_type: lease.attrs.backend_type.clone(),
+            vtep_mac: lease.attrs.vtep_mac().map(str::to_string),
+            state,
+            health: None,
+        }
+    }
+}
+
+/// One reconcile run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileStatus {
+    /// When it finished, Unix seconds.
+    pub at_unix: u64,
+    /// How long it took.
+    pub took_seconds: f64,
+    /// Kernel entries added or replaced.
+    pub added: usize,
+    /// Stale kernel entries removed.
+    pub removed: usize,
+    /// Entries the kernel refused.
+    pub failed: usize,
+    /// Why the reconcile failed as a whole, if it did.
+    pub error: Option<String>,
+}
+
+impl ReconcileStatus {
+    /// A run that finished now, after `took`, with `report`.
+    pub fn of(took: Duration, report: &ReconcileReport) -> ReconcileStatus {
+        ReconcileStatus {
+            at_unix: unix_seconds(SystemTime::now()),
+            took_seconds: took.as_secs_f64(),
+            added: report.added,
+            removed: report.removed,
+            failed: report.failed,
+            error: None,
+        }
+    }
+
+    /// A run that failed as a whole with `error`.
+    pub fn failed(took: Duration, error: &impl std::fmt::Display) -> ReconcileStatus {
+        ReconcileStatus {
+            at_unix: unix_seconds(SystemTime::now()),
+            took_seconds: took.as_secs_f64(),
+            added: 0,
+            removed: 0,
+            failed: 0,
+            error: Some(error.to_string()),
+        }
+    }
+
+    /// The state every peer is in after this run.
+    pub fn peer_state(&self) -> PeerState {
+        match (&self.error, self.failed) {
+            (Some(_), _) => PeerState::NotProgrammed,
+            (None, 0) => PeerState::Programmed,
+            (None, _) => PeerState::Incomplete,
+        }
+    }
+}
+
+/// The agent's current [`NodeStatus`], shared with the status socket and systemd.
+#[derive(Debug)]
+pub struct StatusBoard {
+    status: RwLock<NodeStatus>,
+    /// The prober's latest results, by peer subnet.
+    health: RwLock<BTreeMap<String, PeerHealth>>,
+    notifier: ServiceNotifier,
+}
+
+impl StatusBoard {
+    /// An empty board that reports to `notifier`.
+    pub fn new(notifier: ServiceNotifier) -> StatusBoard {
+        StatusBoard {
+            status: RwLock::new(NodeStatus {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                phase: "starting".to_string(),
+                ..NodeStatus::default()
+            }),
+            health: RwLock::new(BTreeMap::new()),
+            notifier,
+        }
+    }
+
+    /// The systemd notifier the board reports to.
+    pub fn notifier(&self) -> &ServiceNotifier {
+        &self.notifier
+    }
+
+    /// A copy of the current status, each peer with its latest probe results.
+    pub fn snapshot(&self) -> NodeStatus {
+        let mut status = self
+            .status
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let health = self.peer_health();
+        for peer in &mut status.peers {
+            peer.health = health.get(&peer.subnet).cloned();
+        }
+        status
+    }
+
+    /// The prober's latest results, by peer subnet.
+    pub fn peer_health(&self) -> BTreeMap<String, PeerHealth> {
+        self.health
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the prober's results.
+    pub fn set_peer_health(&self, health: BTreeMap<String, PeerHealth>) {
+        *self
+            .health
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = health;
+    }
+
+    /// Records what the agent waits for before it is up (`STATUS=` only).
+    pub fn set_phase(&self, phase: &str) {
+        self.update(|s| s.phase = phase.to_string());
+    }
+
+    /// Changes the status and tells systemd: `STATUS=` always, `READY=1` when the node
+    /// becomes ready.
+    pub fn update(&self, change: impl FnOnce(&mut NodeStatus)) {
+        let (line, became_ready) = {
+            let mut status = self
+                .status
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let was_ready = status.ready;
+            change(&mut status);
+            (status_line(&status), status.ready && !was_ready)
+        };
+        if became_ready {
+            self.notifier
+                .notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+        } else {
+            self.notifier.notify(&[NotifyState::Status(&line)]);
+        }
+    }
+}
+
+/// The status socket's name, beside subnet.env (`/run/weft/weftd.sock` by default).
+pub const SOCKET_NAME: &str = "weftd.sock";
+
+/// How long a client may take to read its answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failure of the status socket, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The socket could not be set up.
+    #[error("status socket {path}: {op}: {source}")]
+    Serve {
+        /// The socket's path.
+        path: PathBuf,
+        /// What failed.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// weftd could not be asked.
+    #[error("ask weftd at {path} (is weftd running, and are you root?): {source}")]
+    Ask {
+        /// The socket's path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// weftd answered something that is not a status.
+    #[error("weftd at {path} answered with something that is not a status: {source}")]
+    Answer {
+        /// The socket's path.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+/// Binds the status socket at `path` (owner-only, 0600) and answers every connection with
+/// the board's [`NodeStatus`] as JSON. A stale socket from an earlier run is replaced; any
+/// other file at `path` is left alone and reported.
+pub async fn serve(path: PathBuf, board: Arc<StatusBoard>) -> Result<(), StatusError> {
+    let fail = |op, source| StatusError::Serve {
+        path: path.clone(),
+        op,
+        source,
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(&path).map_err(|e| fail("remove the stale socket", e))?
+        }
+        Ok(_) => {
+            return Err(fail(
+                "refusing to replace a file that is not a socket",
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ))
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| fail("bind", e))?;
+    // Peers, leases and the node's layout are for root: connecting needs write permission.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail("chmod 0600", e))?;
+    info!(socket = %path.display(), "serving the node's status");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(socket = %path.display(), error = %e, "accept on the status socket");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let board = board.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let mut body = serde_json::to_vec(&board.snapshot()).unwrap_or_default();
+            body.push(b'\n');
+            let sent = tokio::time::timeout(ANSWER_TIMEOUT, async {
+                stream.write_all(&body).await?;
+                stream.shutdown().await
+            })
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                debug!("a status client went away before its answer");
+            }
+        });
+    }
+}
+
+/// Asks the weftd serving `socket` for its status.
+pub fn fetch(socket: &Path) -> Result<NodeStatus, StatusError> {
+    let ask = |source| StatusError::Ask {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(ask)?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(ask)?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).map_err(ask)?;
+    serde_json::from_slice(&body).map_err(|source| StatusError::Answer {
+        path: socket.to_path_buf(),
+        source,
+    })
+}
+
+/// The one-line summary systemd shows in `systemctl status weftd`.
+pub fn status_line(s: &NodeStatus) -> String {
+    let (Some(lease), true) = (&s.lease, s.ready) else {
+        return s.phase.clone();
+    };
+    let mut line = lease.subnet.clone();
+    if let Some(b) = &s.backend {
+        line.push_str(&format!(" {} on {} mtu {}", b.kind, b.device, b.mtu));
+    }
+    let programmed = s
+        .peers
+        .iter()
+        .filter(|p| p.state == PeerState::Programmed)
+        .count();
+    line.push_str(&format!(
+        "; {programmed}/{} peers programmed",
+        s.peers.len()
+    ));
+    match lease.expires_unix {
+        Some(t) => line.push_str(&format!(
+            "; lease until {}",
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(t))
+        )),
+        None => line.push_str("; reservation"),
+    }
+    if let Some(r) = &s.last_reconcile {
+        line.push_str(&format!(
+            "; last reconcile {} ({:.1} ms{})",
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(r.at_unix)),
+            r.took_seconds * 1e3,
+            if r.error.is_some() || r.failed > 0 {
+                ", with errors"
+            } else {
+                ""
+            }
+        ));
+    }
+    line
+}
+
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `2026-11-28T06:43:06Z`. Times before 1970 print as the epoch.
+pub fn rfc3339_utc(t: SystemTime) -> String {
+    let secs = unix_seconds(t);
+    let days = i64::try_from(secs / 86400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after Howard Hinnant's
+/// `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready_status() -> NodeStatus {
+        NodeStatus {
+            version: "0.1.0".into(),
+            interface: Some("eth0".into()),
+            public_ip: Some(Ipv4Addr::new(192, 0, 2, 11)),
+            ready: true,
+            phase: "ready".into(),
+            lease: Some(LeaseStatus {
+                subnet: "10.244.3.0/24".into(),
+                reservation: false,
+                expires_unix: Some(1_795_848_186),
+                etcd_lease: Some(0x694d854330fc5110),
+            }),
+            backend: Some(BackendStatus {
+                kind: "vxlan".into(),
+                device: "flannel.1".into(),
+                mtu: 1450,
+            }),
+            peers: vec![
+                PeerStatus {
+                    subnet: "10.244.4.0/24".into(),
+                    public_ip: Ipv4Addr::new(192, 0, 2, 12),
+                    backend_type: "vxlan".into(),
+                    vtep_mac: Some("aa:bb:cc:dd:ee:01".into()),
+                    state: PeerState::Programmed,
+                    health: None,
+                },
+                PeerStatus {
+                    subnet: "10.244.5.0/24".into(),
+                    public_ip: Ipv4Addr::new(192, 0, 2, 13),
+                    backend_type: "vxlan".into(),
+                    vtep_mac: None,
+                    state: PeerState::Incomplete,
+                    health: None,
+                },
+            ],
+            last_reconcile: Some(ReconcileStatus {
+                at_unix: 1_795_848_000,
+                took_seconds: 0.00125,
+                added: 3,
+                removed: 0,
+                failed: 1,
+                error: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn status_line_summarises_a_ready_node() {
+        assert_eq!(
+            status_line(&ready_status()),
+            "10.244.3.0/24 vxlan on flannel.1 mtu 1450; 1/2 peers programmed; \
+             lease until 2026-11-28T06:43:06Z; last reconcile 2026-11-28T06:40:00Z (1.2 ms, with errors)"
+        );
+        let waiting = NodeStatus {
+            phase: "waiting for the network config at /coreos.com/network/config".into(),
+            ..NodeStatus::default()
+        };
+        assert_eq!(
+            status_line(&waiting),
+            "waiting for the network config at /coreos.com/network/config"
+        );
+    }
+
+    #[test]
+    fn json_round_trips_with_flannel_spellings() {
+        let s = ready_status();
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["publicIP"], "192.0.2.11");
+        assert_eq!(json["backend"]["type"], "vxlan");
+        assert_eq!(json["peers"][1]["state"], "incomplete");
+        assert_eq!(json["lastReconcile"]["failed"], 1);
+        let back: NodeStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn peer_state_follows_the_reconcile() {
+        let mut r = ready_status().last_reconcile.unwrap();
+        assert_eq!(r.peer_state(), PeerState::Incomplete);
+        r.failed = 0;
+        assert_eq!(r.peer_state(), PeerState::Programmed);
+        r.error = Some("netlink: EPERM".into());
+        assert_eq!(r.peer_state(), PeerState::NotProgrammed);
+    }
+
+    #[test]
+    fn rfc3339() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(rfc3339_utc(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(at(4_102_444_799)), "2099-12-31T23:59:59Z");
+    }
+}
