@@ -2398,10 +2398,8 @@ fn pods_follow_their_node_to_a_new_subnet_after_a_lease_takeover() {
     node1.put_manifest("client.yaml", &client_manifest("client", &server_ip));
     let before = node1.wait_status("client", "Running");
     node1.wait_log(&before, "wget", "hello from server");
-    // The pod worker notices a move only once it has seen the pod inside the node subnet (it
-    // looks every second); a takeover before that first look would go unnoticed.
-    std::thread::sleep(Duration::from_secs(2));
-
+    // The takeover follows at once: the worker knows the pod was inside the old subnet from
+    // its CNI ADD, not only from its first periodic look.
     cluster.etcd.put(
         &common::lease_key(&old),
         &common::vxlan_lease_value("192.0.2.90", "aa:bb:cc:00:00:90"),

@@ -599,7 +599,7 @@ impl PodRun {
         let (Some(file), Some(ip)) = (&self.cfg.subnet_file, self.pod_ip) else {
             return None;
         };
-        let text = std::fs::read_to_string(file).ok()?;
+        let text = self.read_subnet_file()?;
         let inside = in_node_subnet(&text, ip);
         let was_inside = std::mem::replace(&mut self.in_node_subnet, inside == Some(true));
         (was_inside && inside == Some(false)).then(|| {
@@ -608,6 +608,11 @@ impl PodRun {
                 file.display()
             )
         })
+    }
+
+    /// The node's subnet.env as it is now, if weftd names one and it can be read.
+    fn read_subnet_file(&self) -> Option<String> {
+        std::fs::read_to_string(self.cfg.subnet_file.as_ref()?).ok()
     }
 
     /// kubelet's answer to a changed sandbox: stop every container, release the pod network
@@ -693,12 +698,20 @@ impl PodRun {
         } else {
             let list = load_network(&self.cfg.cni_conf_dir).map_err(|e| e.to_string())?;
             let att = self.attachment();
+            // The node subnet as the plugin saw it: a change right after the ADD, before the
+            // first periodic check, must still count as a change.
+            let subnet_before = self.read_subnet_file();
             let result = self.cni.add(&list, &att).map_err(|e| e.to_string())?;
             self.state.network = Some(list.name.clone());
             self.save_state();
             self.pod_ip = result.pod_ip();
-            self.in_node_subnet = false;
-            self.subnet_checked = None;
+            self.in_node_subnet = self.pod_ip.is_some_and(|ip| {
+                [subnet_before, self.read_subnet_file()]
+                    .iter()
+                    .flatten()
+                    .any(|text| in_node_subnet(text, ip) == Some(true))
+            });
+            self.subnet_checked = Some(Instant::now());
             list.name
         };
         if let Some(sb) = &self.sandbox {
