@@ -168,6 +168,7 @@ wait_entries() {
 }
 
 run_weftd() { # run_weftd RUN: starts weftd on a fresh node; sets start_ms, program_ms
+    # Peer probing off: the benchmark's peers do not exist, and the floor sends no probes either.
     local run=$1 node="$P-n$1"
     new_ns "$node"
     attach "$node" "192.0.2.$((10 + run))"
@@ -176,7 +177,7 @@ run_weftd() { # run_weftd RUN: starts weftd on a fresh node; sets start_ms, prog
     t0=$(now_ns)
     ip netns exec "$node" env RUST_LOG=info "$WEFTD" --etcd-endpoints "http://$ETCD_IP:2379" \
         --iface eth0 --subnet-file "$WORK/n$run/subnet.env" --state-dir "$WORK/n$run/state" \
-        >"$WORK/n$run/weftd.log" 2>&1 &
+        --peer-probe-interval 0 >"$WORK/n$run/weftd.log" 2>&1 &
     weftd_pid=$!
     disown
     start_ms=$(wait_entries "$node" "$t0" "weftd run $run") || { tail -20 "$WORK/n$run/weftd.log" >&2; exit 1; }
