@@ -42,6 +42,10 @@ pub struct NodeStatus {
     pub backend: Option<BackendStatus>,
     /// Every other node's lease and whether the kernel carries it.
     pub peers: Vec<PeerStatus>,
+    /// The peer leases weftd does not program: rejected by validation or refused by the
+    /// route guard, each with why.
+    #[serde(default)]
+    pub rejected: Vec<RejectedPeer>,
     /// The most recent reconcile of the kernel against etcd.
     pub last_reconcile: Option<ReconcileStatus>,
 }
@@ -84,6 +88,10 @@ pub struct BackendStatus {
     pub device: String,
     /// The MTU pods get (subnet.env's `FLANNEL_MTU`).
     pub mtu: u32,
+    /// What the kernel granted the data path: UDP's offloads (`tun vnet_hdr, udp gso, udp
+    /// gro` or `none`); `not applicable` for the kernel's own VXLAN and routes.
+    #[serde(default)]
+    pub offloads: String,
 }
 
 /// Whether a peer's entries are in the kernel.
@@ -142,6 +150,44 @@ impl PeerStatus {
             health: None,
         }
     }
+}
+
+/// What refused a peer lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectedBy {
+    /// Lease validation: the lease is not believed at all.
+    Validation,
+    /// The route guard: the lease is valid, but its route would touch this node's own
+    /// addresses, connected prefixes, etcd endpoints or default route.
+    RouteGuard,
+}
+
+impl RejectedBy {
+    /// The word `weftctl status` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectedBy::Validation => "rejected",
+            RejectedBy::RouteGuard => "refused",
+        }
+    }
+}
+
+/// A peer lease that is not programmed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedPeer {
+    /// The lease's etcd key.
+    pub key: String,
+    /// The subnet the key names, when it names one.
+    pub subnet: Option<String>,
+    /// Who refused it.
+    pub by: RejectedBy,
+    /// The kind, a fixed word: `weft_leases_rejected_total`'s `reason` label for validation
+    /// (`public_ip`, `overlap`, ...), `route_overlap` for the guard.
+    pub reason: String,
+    /// Why, in words (`PublicIP 127.0.0.1 is a loopback address`).
+    pub why: String,
 }
 
 /// One reconcile run.
@@ -481,7 +527,15 @@ mod tests {
                 kind: "vxlan".into(),
                 device: "flannel.1".into(),
                 mtu: 1450,
+                offloads: "not applicable".into(),
             }),
+            rejected: vec![RejectedPeer {
+                key: "/coreos.com/network/subnets/10.244.9.0-24".into(),
+                subnet: Some("10.244.9.0/24".into()),
+                by: RejectedBy::Validation,
+                reason: "public_ip".into(),
+                why: "PublicIP 127.0.0.1 is a loopback address".into(),
+            }],
             peers: vec![
                 PeerStatus {
                     subnet: "10.244.4.0/24".into(),
@@ -536,6 +590,9 @@ mod tests {
         assert_eq!(json["backend"]["type"], "vxlan");
         assert_eq!(json["peers"][1]["state"], "incomplete");
         assert_eq!(json["lastReconcile"]["failed"], 1);
+        assert_eq!(json["backend"]["offloads"], "not applicable");
+        assert_eq!(json["rejected"][0]["by"], "validation");
+        assert_eq!(json["rejected"][0]["reason"], "public_ip");
         let back: NodeStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
     }

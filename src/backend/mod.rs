@@ -170,6 +170,16 @@ impl Backend {
         }
     }
 
+    /// The offloads the kernel granted the data path (UDP: `tun vnet_hdr, udp gso, udp gro`
+    /// or `none`); `None` where weft has no data path of its own (VXLAN, host-gw: the kernel
+    /// forwards).
+    pub fn granted_offloads(&self) -> Option<&str> {
+        match self {
+            Backend::Udp(b) => Some(b.granted_offloads()),
+            Backend::Vxlan(_) | Backend::HostGw(_) => None,
+        }
+    }
+
     /// The name of the device the backend owns (e.g. `flannel.1`), so the daemon can react to
     /// its removal at once (see [`crate::netlink::link_events`]).
     pub fn device_name(&self) -> &str {

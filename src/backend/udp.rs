@@ -91,6 +91,8 @@ pub struct UdpBackend {
     tun_index: u32,
     /// Whether TUN and UDP offloads are used where the kernel has them.
     offloads: bool,
+    /// The offloads the kernel granted when the data path started, as logged.
+    granted: String,
 }
 
 impl std::fmt::Debug for UdpBackend {
@@ -135,6 +137,7 @@ impl UdpBackend {
             datapath: None,
             tun_index: 0,
             offloads,
+            granted: String::new(),
         };
         let handle = netlink::connect()?;
         backend.start_data_path(&handle).await?;
@@ -268,6 +271,12 @@ impl UdpBackend {
         Ok((1, removed))
     }
 
+    /// The offloads the kernel granted the running data path (`tun vnet_hdr, udp gso, udp
+    /// gro`, or `none`).
+    pub fn granted_offloads(&self) -> &str {
+        &self.granted
+    }
+
     async fn start_data_path(&mut self, handle: &Handle) -> Result<(), UdpError> {
         let queues = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -302,6 +311,7 @@ impl UdpBackend {
             offloads = %offloads,
             "UDP data path"
         );
+        self.granted = offloads;
         let link = netlink::link_by_name(handle, TUN_NAME)
             .await?
             .ok_or_else(|| UdpError::Tun {
