@@ -26,7 +26,8 @@ use crate::notify::{NotifyState, ServiceNotifier};
 use crate::pod::controller::PodConfig;
 use crate::pod::controller::PodManager;
 use crate::status::{
-    BackendStatus, LeaseStatus, PeerStatus, ReconcileStatus, RejectedBy, RejectedPeer, StatusBoard,
+    BackendStatus, LeaseStatus, PeerStatus, ReconcileStatus, RejectedBy, RejectedPeer,
+    StaleRemoval, StatusBoard,
 };
 use crate::store::{
     endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseWatch, NetworkEvent, OwnLease,
@@ -765,6 +766,9 @@ impl Agent {
             });
             s.peers = peers.iter().map(|l| PeerStatus::of(l, state)).collect();
             s.rejected = self.rejected.clone();
+            if let Some(stale) = StaleRemoval::of(&reconcile) {
+                s.last_stale = Some(stale);
+            }
             s.last_reconcile = Some(reconcile);
         });
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 use tracing::{debug, info, warn};
 
-use crate::backend::ReconcileReport;
+use crate::backend::{ReconcileReport, StaleEntry};
 use crate::lease::Lease;
 use crate::notify::{NotifyState, ServiceNotifier};
 use crate::probe::PeerHealth;
@@ -48,6 +48,33 @@ pub struct NodeStatus {
     pub rejected: Vec<RejectedPeer>,
     /// The most recent reconcile of the kernel against etcd.
     pub last_reconcile: Option<ReconcileStatus>,
+    /// What the most recent reconcile that found kernel entries weft did not expect removed
+    /// (kept after later, clean reconciles).
+    #[serde(default)]
+    pub last_stale: Option<StaleRemoval>,
+}
+
+/// Kernel entries weft owns but did not expect, removed by one reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaleRemoval {
+    /// When, Unix seconds.
+    pub at_unix: u64,
+    /// How many were removed.
+    pub removed: usize,
+    /// Which, by kind and destination (at most [`STALE_LISTED`]).
+    pub entries: Vec<StaleEntry>,
+}
+
+impl StaleRemoval {
+    /// What `run` removed, if it found anything stale.
+    pub fn of(run: &ReconcileStatus) -> Option<StaleRemoval> {
+        (!run.stale.is_empty()).then(|| StaleRemoval {
+            at_unix: run.at_unix,
+            removed: run.removed,
+            entries: run.stale.clone(),
+        })
+    }
 }
 
 /// The node's own lease.
@@ -204,9 +231,17 @@ pub struct ReconcileStatus {
     pub removed: usize,
     /// Entries the kernel refused.
     pub failed: usize,
+    /// The kernel entries weft did not expect, removed in this run (at most
+    /// [`STALE_LISTED`]; `removed` counts them all).
+    #[serde(default)]
+    pub stale: Vec<StaleEntry>,
     /// Why the reconcile failed as a whole, if it did.
     pub error: Option<String>,
 }
+
+/// How many stale entries one reconcile lists: enough to name what went wrong, bounded when
+/// a whole table was stale.
+pub const STALE_LISTED: usize = 64;
 
 impl ReconcileStatus {
     /// A run that finished now, after `took`, with `report`.
@@ -217,6 +252,7 @@ impl ReconcileStatus {
             added: report.added,
             removed: report.removed,
             failed: report.failed,
+            stale: report.stale.iter().take(STALE_LISTED).cloned().collect(),
             error: None,
         }
     }
@@ -229,6 +265,7 @@ impl ReconcileStatus {
             added: 0,
             removed: 0,
             failed: 0,
+            stale: Vec::new(),
             error: Some(error.to_string()),
         }
     }
@@ -560,6 +597,7 @@ mod tests {
                 added: 3,
                 removed: 0,
                 failed: 1,
+                stale: Vec::new(),
                 error: None,
             }),
         }

@@ -538,13 +538,26 @@ fn weftctl_status_over_the_node_socket() {
     let mut free = (50..70)
         .map(|i| format!("10.244.{i}.0/24"))
         .filter(|s| *s != s1 && *s != s2);
-    let (bad, covering) = (
+    let (bad, covering, stray) = (
+        free.next().unwrap_or_default(),
         free.next().unwrap_or_default(),
         free.next().unwrap_or_default(),
     );
     let local = covering.replace(".0/24", ".1/32");
     n2.netns().ip(&["link", "set", "lo", "up"]);
     n2.netns().ip(&["addr", "add", &local, "dev", "lo"]);
+    // And a route on flannel.1 no lease justifies: the next reconcile removes it and says so.
+    let stray_gw = stray.trim_end_matches("/24");
+    n2.netns().ip(&[
+        "route",
+        "add",
+        &stray,
+        "via",
+        stray_gw,
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
     cluster.etcd.put_with_ttl(
         &lease_key(&bad),
         &vxlan_lease_value("127.0.0.1", "aa:bb:cc:00:00:50"),
@@ -586,9 +599,20 @@ fn weftctl_status_over_the_node_socket() {
         "{r}"
     );
     assert_eq!(v["peers"].as_array().map(Vec::len), Some(1), "{v}");
+    let stray_route = format!("{stray} via {stray_gw} dev flannel.1");
+    assert!(
+        v["lastStale"]["entries"].as_array().is_some_and(
+            |e| e.contains(&serde_json::json!({"kind": "route", "destination": stray_route}))
+        ),
+        "{v}"
+    );
     let (ok, table, err) = weftctl(n2.netns(), &["status", "--socket", &socket_arg], None);
     assert!(ok, "{err}");
     assert!(table.contains("Not programmed (2):\n"), "{table}");
+    assert!(
+        table.contains(&format!("                route {stray_route}\n")),
+        "{table}"
+    );
     let row = |subnet: &str| {
         table
             .lines()

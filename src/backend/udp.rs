@@ -25,7 +25,7 @@ pub use forwarding::ForwardingTable;
 pub use packet::{net_unreachable, parse_ipv4, Malformed};
 
 use crate::backend::routes::{del_owned_route, owned_routes, replace_owned_route, OwnedRoute};
-use crate::backend::ReconcileReport;
+use crate::backend::{ReconcileReport, StaleEntry};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, NetlinkError};
 use datapath::{DataPath, Queue, SharedTable};
@@ -211,6 +211,9 @@ impl UdpBackend {
             } else {
                 netlink::del_address(&handle, self.tun_index, TUN_NAME, a).await?;
                 outcome.removed += 1;
+                outcome
+                    .stale
+                    .push(StaleEntry::new("address", format!("{a} dev {TUN_NAME}")));
             }
         }
         if !have_addr {
@@ -224,7 +227,8 @@ impl UdpBackend {
         accept_local_source();
         let (added, removed) = self.reconcile_route(&handle).await?;
         outcome.added += added;
-        outcome.removed += removed;
+        outcome.removed += removed.len();
+        outcome.stale.extend(removed);
 
         let table = Arc::new(ForwardingTable::new(
             own,
@@ -248,20 +252,23 @@ impl UdpBackend {
     }
 
     /// Keeps exactly one weft route on `flannel0`: the cluster network.
-    async fn reconcile_route(&self, handle: &Handle) -> Result<(usize, usize), UdpError> {
+    async fn reconcile_route(&self, handle: &Handle) -> Result<(usize, Vec<StaleEntry>), UdpError> {
         let want = OwnedRoute {
             dst: self.network,
             gateway: None,
             oif: self.tun_index,
         };
         let mut found = false;
-        let mut removed = 0;
+        let mut removed = Vec::new();
         for route in owned_routes(handle).await? {
             if route == want {
                 found = true;
             } else if route.oif == self.tun_index {
                 del_owned_route(handle, &route, TUN_NAME).await?;
-                removed += 1;
+                removed.push(StaleEntry::new(
+                    "route",
+                    format!("{} dev {TUN_NAME}", route.dst),
+                ));
             }
         }
         if found {

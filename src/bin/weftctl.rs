@@ -573,6 +573,25 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
     ] {
         out.push_str(&format!("{:<16}{value}\n", format!("{label}:")));
     }
+    // Entries the kernel held that no lease justified: someone else's routes, or weft's own
+    // from a peer that left while weftd was down.
+    if let Some(stale) = &s.last_stale {
+        let at = rfc3339_utc(UNIX_EPOCH + Duration::from_secs(stale.at_unix));
+        out.push_str(&format!(
+            "{:<16}{} at {at}:\n",
+            "Stale removed:", stale.removed
+        ));
+        for e in &stale.entries {
+            out.push_str(&format!("{:<16}{} {}\n", "", e.kind, e.destination));
+        }
+        if stale.removed > stale.entries.len() {
+            out.push_str(&format!(
+                "{:<16}and {} more\n",
+                "",
+                stale.removed - stale.entries.len()
+            ));
+        }
+    }
     out.push_str(&format!("Peers ({}):\n", s.peers.len()));
     let rows: Vec<Vec<String>> = s
         .peers
@@ -861,7 +880,10 @@ mod tests {
                           "subnet": "192.0.2.0/24", "by": "route-guard", "reason": "route_overlap",
                           "why": "route to 192.0.2.0/24 overlaps address 192.0.2.11 of this node"}],
             "lastReconcile": {"atUnix": 1_795_848_000, "tookSeconds": 0.0012, "added": 3,
-                              "removed": 1, "failed": 0, "error": null}
+                              "removed": 1, "failed": 0, "error": null},
+            "lastStale": {"atUnix": 1_795_847_000, "removed": 1,
+                          "entries": [{"kind": "route",
+                                       "destination": "10.244.77.0/24 via 10.244.77.0 dev flannel.1"}]}
         }))
         .unwrap();
         assert_eq!(
@@ -873,6 +895,8 @@ mod tests {
              Backend:        vxlan, device flannel.1, pod MTU 1450\n\
              Offloads:       not applicable\n\
              Last reconcile: 2026-11-28T06:40:00Z (1.2 ms): 3 added, 1 stale removed, 0 refused by the kernel\n\
+             Stale removed:  1 at 2026-11-28T06:23:20Z:\n\
+             \x20               route 10.244.77.0/24 via 10.244.77.0 dev flannel.1\n\
              Peers (1):\n\
              SUBNET         PUBLIC IP   BACKEND  VTEP MAC           STATE       HEALTH          RTT     PATH MTU\n\
              10.244.4.0/24  192.0.2.12  vxlan    aa:bb:cc:dd:ee:01  programmed  mtu-black-hole  0.40ms  1350\n\
