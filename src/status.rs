@@ -595,11 +595,15 @@ mod tests {
                 at_unix: 1_795_848_000,
                 took_seconds: 0.00125,
                 added: 3,
-                removed: 0,
+                removed: 1,
                 failed: 1,
-                stale: Vec::new(),
+                stale: vec![StaleEntry::new(
+                    "fdb",
+                    "aa:bb:cc:00:00:09 dst 192.0.2.19 dev flannel.1",
+                )],
                 error: None,
             }),
+            last_stale: None,
         }
     }
 
@@ -631,8 +635,19 @@ mod tests {
         assert_eq!(json["backend"]["offloads"], "not applicable");
         assert_eq!(json["rejected"][0]["by"], "validation");
         assert_eq!(json["rejected"][0]["reason"], "public_ip");
+        assert_eq!(json["lastReconcile"]["stale"][0]["kind"], "fdb");
         let back: NodeStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn stale_removals_are_kept_from_the_run_that_found_them() {
+        let mut run = ready_status().last_reconcile.unwrap();
+        let found = StaleRemoval::of(&run).unwrap();
+        assert_eq!(found.at_unix, run.at_unix);
+        assert_eq!(found.entries, run.stale);
+        run.stale.clear();
+        assert_eq!(StaleRemoval::of(&run), None);
     }
 
     #[test]
