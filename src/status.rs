@@ -60,8 +60,8 @@ pub struct NodeStatus {
 pub struct StaleRemoval {
     /// When, Unix seconds.
     pub at_unix: u64,
-    /// How many were removed.
-    pub removed: usize,
+    /// How many were found (removals the kernel refused are retried and counted as failed).
+    pub found: usize,
     /// Which, by kind and destination (at most [`STALE_LISTED`]).
     pub entries: Vec<StaleEntry>,
 }
@@ -71,7 +71,7 @@ impl StaleRemoval {
     pub fn of(run: &ReconcileStatus) -> Option<StaleRemoval> {
         (!run.stale.is_empty()).then(|| StaleRemoval {
             at_unix: run.at_unix,
-            removed: run.removed,
+            found: run.stale_found.max(run.stale.len()),
             entries: run.stale.clone(),
         })
     }
@@ -232,9 +232,12 @@ pub struct ReconcileStatus {
     /// Entries the kernel refused.
     pub failed: usize,
     /// The kernel entries weft did not expect, removed in this run (at most
-    /// [`STALE_LISTED`]; `removed` counts them all).
+    /// [`STALE_LISTED`]).
     #[serde(default)]
     pub stale: Vec<StaleEntry>,
+    /// How many kernel entries weft did not expect this run found, listed or not.
+    #[serde(default)]
+    pub stale_found: usize,
     /// Why the reconcile failed as a whole, if it did.
     pub error: Option<String>,
 }
@@ -253,6 +256,7 @@ impl ReconcileStatus {
             removed: report.removed,
             failed: report.failed,
             stale: report.stale.iter().take(STALE_LISTED).cloned().collect(),
+            stale_found: report.stale.len(),
             error: None,
         }
     }
@@ -266,6 +270,7 @@ impl ReconcileStatus {
             removed: 0,
             failed: 0,
             stale: Vec::new(),
+            stale_found: 0,
             error: Some(error.to_string()),
         }
     }
@@ -601,6 +606,7 @@ mod tests {
                     "fdb",
                     "aa:bb:cc:00:00:09 dst 192.0.2.19 dev flannel.1",
                 )],
+                stale_found: 1,
                 error: None,
             }),
             last_stale: None,
@@ -645,6 +651,7 @@ mod tests {
         let mut run = ready_status().last_reconcile.unwrap();
         let found = StaleRemoval::of(&run).unwrap();
         assert_eq!(found.at_unix, run.at_unix);
+        assert_eq!(found.found, 1);
         assert_eq!(found.entries, run.stale);
         run.stale.clear();
         assert_eq!(StaleRemoval::of(&run), None);

@@ -579,16 +579,16 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
         let at = rfc3339_utc(UNIX_EPOCH + Duration::from_secs(stale.at_unix));
         out.push_str(&format!(
             "{:<16}{} at {at}:\n",
-            "Stale removed:", stale.removed
+            "Stale removed:", stale.found
         ));
         for e in &stale.entries {
             out.push_str(&format!("{:<16}{} {}\n", "", e.kind, e.destination));
         }
-        if stale.removed > stale.entries.len() {
+        if stale.found > stale.entries.len() {
             out.push_str(&format!(
                 "{:<16}and {} more\n",
                 "",
-                stale.removed - stale.entries.len()
+                stale.found - stale.entries.len()
             ));
         }
     }
@@ -881,7 +881,7 @@ mod tests {
                           "why": "route to 192.0.2.0/24 overlaps address 192.0.2.11 of this node"}],
             "lastReconcile": {"atUnix": 1_795_848_000, "tookSeconds": 0.0012, "added": 3,
                               "removed": 1, "failed": 0, "error": null},
-            "lastStale": {"atUnix": 1_795_847_000, "removed": 1,
+            "lastStale": {"atUnix": 1_795_847_000, "found": 1,
                           "entries": [{"kind": "route",
                                        "destination": "10.244.77.0/24 via 10.244.77.0 dev flannel.1"}]}
         }))
