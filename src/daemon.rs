@@ -25,7 +25,10 @@ use crate::netlink::{self, ExternalInterface};
 use crate::notify::{NotifyState, ServiceNotifier};
 use crate::pod::controller::PodConfig;
 use crate::pod::controller::PodManager;
-use crate::status::{BackendStatus, LeaseStatus, PeerStatus, ReconcileStatus, StatusBoard};
+use crate::status::{
+    BackendStatus, LeaseStatus, PeerStatus, ReconcileStatus, RejectedBy, RejectedPeer,
+    StaleRemoval, StatusBoard,
+};
 use crate::store::{
     endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseWatch, NetworkEvent, OwnLease,
     StoreError,
@@ -230,6 +233,8 @@ struct Agent {
     /// The mod revision of each rejected or refused key already logged, so a bad key is
     /// logged and counted once per revision, not on every reconcile.
     reported: HashMap<String, i64>,
+    /// The peer leases the last reconcile did not program, and why (for `weftctl status`).
+    rejected: Vec<RejectedPeer>,
     /// The etcd endpoints' addresses, which no peer route may cover.
     etcd_addresses: Vec<Ipv4Addr>,
     metrics: Arc<Metrics>,
@@ -297,6 +302,7 @@ impl Agent {
             leases: BTreeMap::new(),
             revision: 0,
             reported: HashMap::new(),
+            rejected: Vec::new(),
             etcd_addresses,
             metrics,
             published: false,
@@ -752,8 +758,17 @@ impl Agent {
                 kind: self.config.backend.type_name().to_string(),
                 device: self.backend.device_name().to_string(),
                 mtu: self.backend.mtu(),
+                offloads: self
+                    .backend
+                    .granted_offloads()
+                    .unwrap_or("not applicable")
+                    .to_string(),
             });
             s.peers = peers.iter().map(|l| PeerStatus::of(l, state)).collect();
+            s.rejected = self.rejected.clone();
+            if let Some(stale) = StaleRemoval::of(&reconcile) {
+                s.last_stale = Some(stale);
+            }
             s.last_reconcile = Some(reconcile);
         });
     }
@@ -803,6 +818,23 @@ impl Agent {
         );
         let verdicts = validate_leases(&policy, self.leases.values());
         let mut current: HashMap<String, i64> = HashMap::new();
+        let prefix = self.opts.etcd.prefix.clone();
+        let subnet_of = |key: &str| {
+            crate::lease::parse_lease_key(&prefix, key)
+                .ok()
+                .map(|s| s.to_string())
+        };
+        let mut rejected: Vec<RejectedPeer> = verdicts
+            .rejected
+            .iter()
+            .map(|r| RejectedPeer {
+                key: r.key.clone(),
+                subnet: subnet_of(&r.key),
+                by: RejectedBy::Validation,
+                reason: r.reason.label().to_string(),
+                why: r.reason.to_string(),
+            })
+            .collect();
         self.metrics
             .leases_rejected_now
             .store(verdicts.rejected.len() as u64, Ordering::Relaxed);
@@ -837,8 +869,16 @@ impl Agent {
                 error!(key, peer = %r.dst, "route refused by the guard, not programmed: {r}");
                 self.metrics.routes_refused.fetch_add(1, Ordering::Relaxed);
             }
+            rejected.push(RejectedPeer {
+                key,
+                subnet: Some(r.dst.to_string()),
+                by: RejectedBy::RouteGuard,
+                reason: "route_overlap".to_string(),
+                why: r.to_string(),
+            });
         }
         self.reported = current;
+        self.rejected = rejected;
         allowed
     }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 use tracing::{debug, info, warn};
 
-use crate::backend::ReconcileReport;
+use crate::backend::{ReconcileReport, StaleEntry};
 use crate::lease::Lease;
 use crate::notify::{NotifyState, ServiceNotifier};
 use crate::probe::PeerHealth;
@@ -42,8 +42,39 @@ pub struct NodeStatus {
     pub backend: Option<BackendStatus>,
     /// Every other node's lease and whether the kernel carries it.
     pub peers: Vec<PeerStatus>,
+    /// The peer leases weftd does not program: rejected by validation or refused by the
+    /// route guard, each with why.
+    #[serde(default)]
+    pub rejected: Vec<RejectedPeer>,
     /// The most recent reconcile of the kernel against etcd.
     pub last_reconcile: Option<ReconcileStatus>,
+    /// What the most recent reconcile that found kernel entries weft did not expect removed
+    /// (kept after later, clean reconciles).
+    #[serde(default)]
+    pub last_stale: Option<StaleRemoval>,
+}
+
+/// Kernel entries weft owns but did not expect, removed by one reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaleRemoval {
+    /// When, Unix seconds.
+    pub at_unix: u64,
+    /// How many were found (removals the kernel refused are retried and counted as failed).
+    pub found: usize,
+    /// Which, by kind and destination (at most [`STALE_LISTED`]).
+    pub entries: Vec<StaleEntry>,
+}
+
+impl StaleRemoval {
+    /// What `run` removed, if it found anything stale.
+    pub fn of(run: &ReconcileStatus) -> Option<StaleRemoval> {
+        (!run.stale.is_empty()).then(|| StaleRemoval {
+            at_unix: run.at_unix,
+            found: run.stale_found.max(run.stale.len()),
+            entries: run.stale.clone(),
+        })
+    }
 }
 
 /// The node's own lease.
@@ -84,6 +115,10 @@ pub struct BackendStatus {
     pub device: String,
     /// The MTU pods get (subnet.env's `FLANNEL_MTU`).
     pub mtu: u32,
+    /// What the kernel granted the data path: UDP's offloads (`tun vnet_hdr, udp gso, udp
+    /// gro` or `none`); `not applicable` for the kernel's own VXLAN and routes.
+    #[serde(default)]
+    pub offloads: String,
 }
 
 /// Whether a peer's entries are in the kernel.
@@ -144,6 +179,44 @@ impl PeerStatus {
     }
 }
 
+/// What refused a peer lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectedBy {
+    /// Lease validation: the lease is not believed at all.
+    Validation,
+    /// The route guard: the lease is valid, but its route would touch this node's own
+    /// addresses, connected prefixes, etcd endpoints or default route.
+    RouteGuard,
+}
+
+impl RejectedBy {
+    /// The word `weftctl status` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectedBy::Validation => "rejected",
+            RejectedBy::RouteGuard => "refused",
+        }
+    }
+}
+
+/// A peer lease that is not programmed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedPeer {
+    /// The lease's etcd key.
+    pub key: String,
+    /// The subnet the key names, when it names one.
+    pub subnet: Option<String>,
+    /// Who refused it.
+    pub by: RejectedBy,
+    /// The kind, a fixed word: `weft_leases_rejected_total`'s `reason` label for validation
+    /// (`public_ip`, `overlap`, ...), `route_overlap` for the guard.
+    pub reason: String,
+    /// Why, in words (`PublicIP 127.0.0.1 is a loopback address`).
+    pub why: String,
+}
+
 /// One reconcile run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -158,9 +231,20 @@ pub struct ReconcileStatus {
     pub removed: usize,
     /// Entries the kernel refused.
     pub failed: usize,
+    /// The kernel entries weft did not expect, removed in this run (at most
+    /// [`STALE_LISTED`]).
+    #[serde(default)]
+    pub stale: Vec<StaleEntry>,
+    /// How many kernel entries weft did not expect this run found, listed or not.
+    #[serde(default)]
+    pub stale_found: usize,
     /// Why the reconcile failed as a whole, if it did.
     pub error: Option<String>,
 }
+
+/// How many stale entries one reconcile lists: enough to name what went wrong, bounded when
+/// a whole table was stale.
+pub const STALE_LISTED: usize = 64;
 
 impl ReconcileStatus {
     /// A run that finished now, after `took`, with `report`.
@@ -171,6 +255,8 @@ impl ReconcileStatus {
             added: report.added,
             removed: report.removed,
             failed: report.failed,
+            stale: report.stale.iter().take(STALE_LISTED).cloned().collect(),
+            stale_found: report.stale.len(),
             error: None,
         }
     }
@@ -183,6 +269,8 @@ impl ReconcileStatus {
             added: 0,
             removed: 0,
             failed: 0,
+            stale: Vec::new(),
+            stale_found: 0,
             error: Some(error.to_string()),
         }
     }
@@ -481,7 +569,15 @@ mod tests {
                 kind: "vxlan".into(),
                 device: "flannel.1".into(),
                 mtu: 1450,
+                offloads: "not applicable".into(),
             }),
+            rejected: vec![RejectedPeer {
+                key: "/coreos.com/network/subnets/10.244.9.0-24".into(),
+                subnet: Some("10.244.9.0/24".into()),
+                by: RejectedBy::Validation,
+                reason: "public_ip".into(),
+                why: "PublicIP 127.0.0.1 is a loopback address".into(),
+            }],
             peers: vec![
                 PeerStatus {
                     subnet: "10.244.4.0/24".into(),
@@ -504,10 +600,16 @@ mod tests {
                 at_unix: 1_795_848_000,
                 took_seconds: 0.00125,
                 added: 3,
-                removed: 0,
+                removed: 1,
                 failed: 1,
+                stale: vec![StaleEntry::new(
+                    "fdb",
+                    "aa:bb:cc:00:00:09 dst 192.0.2.19 dev flannel.1",
+                )],
+                stale_found: 1,
                 error: None,
             }),
+            last_stale: None,
         }
     }
 
@@ -536,8 +638,23 @@ mod tests {
         assert_eq!(json["backend"]["type"], "vxlan");
         assert_eq!(json["peers"][1]["state"], "incomplete");
         assert_eq!(json["lastReconcile"]["failed"], 1);
+        assert_eq!(json["backend"]["offloads"], "not applicable");
+        assert_eq!(json["rejected"][0]["by"], "validation");
+        assert_eq!(json["rejected"][0]["reason"], "public_ip");
+        assert_eq!(json["lastReconcile"]["stale"][0]["kind"], "fdb");
         let back: NodeStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn stale_removals_are_kept_from_the_run_that_found_them() {
+        let mut run = ready_status().last_reconcile.unwrap();
+        let found = StaleRemoval::of(&run).unwrap();
+        assert_eq!(found.at_unix, run.at_unix);
+        assert_eq!(found.found, 1);
+        assert_eq!(found.entries, run.stale);
+        run.stale.clear();
+        assert_eq!(StaleRemoval::of(&run), None);
     }
 
     #[test]

@@ -134,6 +134,30 @@ fn udp_pods_on_two_nodes_talk_both_ways_and_bulk_arrives_intact() {
     assert_pods_talk_and_bulk_arrives_intact(&a, &b, "udp", BULK_BYTES);
 }
 
+/// The offloads `weftctl status -o json` reports for `node`'s backend.
+fn status_offloads(node: &Node) -> String {
+    let socket = node.dir().join("weftd.sock");
+    let out = node
+        .netns()
+        .command(env!("CARGO_BIN_EXE_weftctl"))
+        .args(["status", "-o", "json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap_or_else(|e| panic!("weftctl status: {e}"));
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "weftctl status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    v["backend"]["offloads"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn udp_without_offloads_and_after_switching_them_off_bulk_arrives_intact() {
     // Node 0 starts with offloads (vnet headers on flannel0, UDP GSO/GRO), node 1 without:
@@ -166,6 +190,12 @@ fn udp_without_offloads_and_after_switching_them_off_bulk_arrives_intact() {
         "node 1 runs without: {}",
         offloads(cluster.node(1))
     );
+    // `weftctl status` reports what the kernel granted, as the log does.
+    assert_eq!(
+        status_offloads(cluster.node(0)),
+        "tun vnet_hdr, udp gso, udp gro"
+    );
+    assert_eq!(status_offloads(cluster.node(1)), "none");
     // Packet by packet (and a debug build in tests): a smaller transfer, still thousands of
     // full-size segments.
     assert_pods_talk_and_bulk_arrives_intact(

@@ -526,6 +526,114 @@ fn weftctl_status_over_the_node_socket() {
     assert_eq!(v["peers"].as_array().map(Vec::len), Some(1), "{v}");
     assert_eq!(v["peers"][0]["subnet"], s1.as_str());
     assert_eq!(v["lastReconcile"]["error"], serde_json::Value::Null);
+    assert_eq!(v["backend"]["offloads"], "not applicable", "{v}");
+    assert!(
+        table.contains("Offloads:       not applicable\n"),
+        "{table}"
+    );
+
+    // Leases weftd does not program are listed with why: one validation rejects (PublicIP
+    // 127.0.0.1), one valid lease whose route the guard refuses (it covers an address of
+    // node 2). Subnets neither node holds.
+    let mut free = (50..70)
+        .map(|i| format!("10.244.{i}.0/24"))
+        .filter(|s| *s != s1 && *s != s2);
+    let (bad, covering, stray) = (
+        free.next().unwrap_or_default(),
+        free.next().unwrap_or_default(),
+        free.next().unwrap_or_default(),
+    );
+    let local = covering.replace(".0/24", ".1/32");
+    n2.netns().ip(&["link", "set", "lo", "up"]);
+    n2.netns().ip(&["addr", "add", &local, "dev", "lo"]);
+    // And a route on flannel.1 no lease justifies: the next reconcile removes it and says so.
+    let stray_gw = stray.trim_end_matches("/24");
+    n2.netns().ip(&[
+        "route",
+        "add",
+        &stray,
+        "via",
+        stray_gw,
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    cluster.etcd.put_with_ttl(
+        &lease_key(&bad),
+        &vxlan_lease_value("127.0.0.1", "aa:bb:cc:00:00:50"),
+        600,
+    );
+    cluster.etcd.put_with_ttl(
+        &lease_key(&covering),
+        &vxlan_lease_value("192.0.2.61", "aa:bb:cc:00:00:61"),
+        600,
+    );
+    let mut v = serde_json::Value::Null;
+    n2.wait_until(START, "both leases listed as not programmed", || {
+        let (_, json, _) = weftctl(
+            n2.netns(),
+            &["status", "--socket", &socket_arg, "-o", "json"],
+            None,
+        );
+        v = serde_json::from_str(&json).unwrap_or_default();
+        v["rejected"].as_array().map(Vec::len) == Some(2)
+    });
+    let rejected = |subnet: &str| {
+        v["rejected"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["subnet"] == subnet).cloned())
+            .unwrap_or_else(|| panic!("{subnet} not among the rejected: {v}"))
+    };
+    let r = rejected(&bad);
+    assert_eq!(r["key"], lease_key(&bad).as_str(), "{r}");
+    assert_eq!(r["by"], "validation", "{r}");
+    assert_eq!(r["reason"], "public_ip", "{r}");
+    assert_eq!(r["why"], "PublicIP 127.0.0.1 is a loopback address", "{r}");
+    let r = rejected(&covering);
+    assert_eq!(r["by"], "route-guard", "{r}");
+    assert_eq!(r["reason"], "route_overlap", "{r}");
+    let address = local.trim_end_matches("/32");
+    assert_eq!(
+        r["why"],
+        format!("route to {covering} overlaps address {address} of this node").as_str(),
+        "{r}"
+    );
+    assert_eq!(v["peers"].as_array().map(Vec::len), Some(1), "{v}");
+    let stray_route = format!("{stray} via {stray_gw} dev flannel.1");
+    assert!(
+        v["lastStale"]["entries"].as_array().is_some_and(
+            |e| e.contains(&serde_json::json!({"kind": "route", "destination": stray_route}))
+        ),
+        "{v}"
+    );
+    let (ok, table, err) = weftctl(n2.netns(), &["status", "--socket", &socket_arg], None);
+    assert!(ok, "{err}");
+    assert!(table.contains("Not programmed (2):\n"), "{table}");
+    assert!(
+        table.contains(&format!("                route {stray_route}\n")),
+        "{table}"
+    );
+    let row = |subnet: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{subnet} ")))
+            .unwrap_or_else(|| panic!("no row for {subnet}:\n{table}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        row(&bad),
+        format!("{bad} rejected public_ip PublicIP 127.0.0.1 is a loopback address"),
+        "{table}"
+    );
+    assert_eq!(
+        row(&covering),
+        format!("{covering} refused route_overlap route to {covering} overlaps address {address} of this node"),
+        "{table}"
+    );
+    cluster.etcd.del(&lease_key(&bad));
+    cluster.etcd.del(&lease_key(&covering));
 
     // Not for other users.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weftctl"))

@@ -13,7 +13,7 @@ use ipnetwork::Ipv4Network;
 use crate::backend::routes::{
     del_owned_route, owned_routes, replace_owned_route, OwnedRoute, WEFT_ROUTE_PROTOCOL,
 };
-use crate::backend::ReconcileReport;
+use crate::backend::{ReconcileReport, StaleEntry};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, NetlinkError, PendingOp};
 
@@ -149,6 +149,16 @@ impl HostGwBackend {
             added: missing.len(),
             removed: stale.len(),
             failed: errors.len() + unroutable.len(),
+            stale: stale
+                .iter()
+                .map(|r| {
+                    let dst = match r.gateway {
+                        Some(gw) => format!("{} via {gw}", r.dst),
+                        None => r.dst.to_string(),
+                    };
+                    StaleEntry::new("route", format!("{dst} dev {dev}"))
+                })
+                .collect(),
         })
     }
 }

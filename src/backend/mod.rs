@@ -50,8 +50,28 @@ pub enum BackendError {
     HostGw(#[from] hostgw::HostGwError),
 }
 
+/// A kernel entry weft owns but no lease justifies, found (and removed) by a reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StaleEntry {
+    /// `route`, `neighbour`, `fdb` or `address`.
+    pub kind: String,
+    /// What it pointed at: `10.244.9.0/24 via 192.0.2.19 dev eth0`, `aa:bb:cc:00:00:09 dst
+    /// 192.0.2.19 dev flannel.1`, ...
+    pub destination: String,
+}
+
+impl StaleEntry {
+    /// A stale entry of `kind` to `destination`.
+    pub fn new(kind: &str, destination: impl std::fmt::Display) -> StaleEntry {
+        StaleEntry {
+            kind: kind.to_string(),
+            destination: destination.to_string(),
+        }
+    }
+}
+
 /// The outcome of one reconcile pass, counted in kernel entries (routes, neighbours, FDB).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     /// Entries the peer leases justify.
     pub desired: usize,
@@ -63,6 +83,9 @@ pub struct ReconcileReport {
     pub removed: usize,
     /// Additions and removals the kernel refused (each logged with its error).
     pub failed: usize,
+    /// The kernel entries this pass found stale and removed (a removal the kernel refused is
+    /// also counted in `failed`).
+    pub stale: Vec<StaleEntry>,
 }
 
 /// Removes what other backends left on this node (a changed `Backend.Type` or VNI), before
@@ -166,6 +189,16 @@ impl Backend {
                 let counters = b.counters();
                 Some(Box::new(move || counters.render_prometheus()))
             }
+            Backend::Vxlan(_) | Backend::HostGw(_) => None,
+        }
+    }
+
+    /// The offloads the kernel granted the data path (UDP: `tun vnet_hdr, udp gso, udp gro`
+    /// or `none`); `None` where weft has no data path of its own (VXLAN, host-gw: the kernel
+    /// forwards).
+    pub fn granted_offloads(&self) -> Option<&str> {
+        match self {
+            Backend::Udp(b) => Some(b.granted_offloads()),
             Backend::Vxlan(_) | Backend::HostGw(_) => None,
         }
     }

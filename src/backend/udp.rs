@@ -25,7 +25,7 @@ pub use forwarding::ForwardingTable;
 pub use packet::{net_unreachable, parse_ipv4, Malformed};
 
 use crate::backend::routes::{del_owned_route, owned_routes, replace_owned_route, OwnedRoute};
-use crate::backend::ReconcileReport;
+use crate::backend::{ReconcileReport, StaleEntry};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, NetlinkError};
 use datapath::{DataPath, Queue, SharedTable};
@@ -91,6 +91,8 @@ pub struct UdpBackend {
     tun_index: u32,
     /// Whether TUN and UDP offloads are used where the kernel has them.
     offloads: bool,
+    /// The offloads the kernel granted when the data path started, as logged.
+    granted: String,
 }
 
 impl std::fmt::Debug for UdpBackend {
@@ -135,6 +137,7 @@ impl UdpBackend {
             datapath: None,
             tun_index: 0,
             offloads,
+            granted: String::new(),
         };
         let handle = netlink::connect()?;
         backend.start_data_path(&handle).await?;
@@ -208,6 +211,9 @@ impl UdpBackend {
             } else {
                 netlink::del_address(&handle, self.tun_index, TUN_NAME, a).await?;
                 outcome.removed += 1;
+                outcome
+                    .stale
+                    .push(StaleEntry::new("address", format!("{a} dev {TUN_NAME}")));
             }
         }
         if !have_addr {
@@ -221,7 +227,8 @@ impl UdpBackend {
         accept_local_source();
         let (added, removed) = self.reconcile_route(&handle).await?;
         outcome.added += added;
-        outcome.removed += removed;
+        outcome.removed += removed.len();
+        outcome.stale.extend(removed);
 
         let table = Arc::new(ForwardingTable::new(
             own,
@@ -245,20 +252,23 @@ impl UdpBackend {
     }
 
     /// Keeps exactly one weft route on `flannel0`: the cluster network.
-    async fn reconcile_route(&self, handle: &Handle) -> Result<(usize, usize), UdpError> {
+    async fn reconcile_route(&self, handle: &Handle) -> Result<(usize, Vec<StaleEntry>), UdpError> {
         let want = OwnedRoute {
             dst: self.network,
             gateway: None,
             oif: self.tun_index,
         };
         let mut found = false;
-        let mut removed = 0;
+        let mut removed = Vec::new();
         for route in owned_routes(handle).await? {
             if route == want {
                 found = true;
             } else if route.oif == self.tun_index {
                 del_owned_route(handle, &route, TUN_NAME).await?;
-                removed += 1;
+                removed.push(StaleEntry::new(
+                    "route",
+                    format!("{} dev {TUN_NAME}", route.dst),
+                ));
             }
         }
         if found {
@@ -266,6 +276,12 @@ impl UdpBackend {
         }
         replace_owned_route(handle, &want, TUN_NAME).await?;
         Ok((1, removed))
+    }
+
+    /// The offloads the kernel granted the running data path (`tun vnet_hdr, udp gso, udp
+    /// gro`, or `none`).
+    pub fn granted_offloads(&self) -> &str {
+        &self.granted
     }
 
     async fn start_data_path(&mut self, handle: &Handle) -> Result<(), UdpError> {
@@ -302,6 +318,7 @@ impl UdpBackend {
             offloads = %offloads,
             "UDP data path"
         );
+        self.granted = offloads;
         let link = netlink::link_by_name(handle, TUN_NAME)
             .await?
             .ok_or_else(|| UdpError::Tun {

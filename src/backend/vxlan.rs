@@ -15,7 +15,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkVxlan};
 use tracing::{debug, info, warn};
 
-use super::{BackendError, ReconcileReport};
+use super::{BackendError, ReconcileReport, StaleEntry};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, BatchRequest, ExternalInterface, MacAddr};
 use crate::peers::{self, ActualEntries, SkippedPeer, VxlanTopology};
@@ -417,12 +417,32 @@ impl VxlanBackend {
         for e in del_errors.iter().chain(add_errors.iter()) {
             warn!(device = %self.name, error = %e, "peer entry not programmed");
         }
+        let stale = diff
+            .del_routes
+            .iter()
+            .map(|r| {
+                let dst = match r.gateway {
+                    Some(gw) => format!("{} via {gw}", r.dst),
+                    None => r.dst.to_string(),
+                };
+                StaleEntry::new("route", format!("{dst} dev {}", self.dev_name_of(r.oif)))
+            })
+            .chain(
+                diff.del_neighbours
+                    .iter()
+                    .map(|ip| StaleEntry::new("neighbour", format!("{ip} dev {}", self.name))),
+            )
+            .chain(diff.del_fdb.iter().map(|e| {
+                StaleEntry::new("fdb", format!("{} dst {} dev {}", e.mac, e.dst, self.name))
+            }))
+            .collect();
         let report = ReconcileReport {
             desired: desired.len(),
             present: diff.present,
             added,
             removed,
             failed: del_errors.len() + add_errors.len(),
+            stale,
         };
         debug!(device = %self.name, ?report, "reconciled VXLAN peers");
         Ok(report)

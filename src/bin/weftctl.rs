@@ -563,9 +563,34 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
         ("Ready", ready),
         ("Lease", lease),
         ("Backend", backend),
+        (
+            "Offloads",
+            s.backend
+                .as_ref()
+                .map_or_else(dash, |b| non_empty(&b.offloads)),
+        ),
         ("Last reconcile", reconcile),
     ] {
         out.push_str(&format!("{:<16}{value}\n", format!("{label}:")));
+    }
+    // Entries the kernel held that no lease justified: someone else's routes, or weft's own
+    // from a peer that left while weftd was down.
+    if let Some(stale) = &s.last_stale {
+        let at = rfc3339_utc(UNIX_EPOCH + Duration::from_secs(stale.at_unix));
+        out.push_str(&format!(
+            "{:<16}{} at {at}:\n",
+            "Stale removed:", stale.found
+        ));
+        for e in &stale.entries {
+            out.push_str(&format!("{:<16}{} {}\n", "", e.kind, e.destination));
+        }
+        if stale.found > stale.entries.len() {
+            out.push_str(&format!(
+                "{:<16}and {} more\n",
+                "",
+                stale.found - stale.entries.len()
+            ));
+        }
     }
     out.push_str(&format!("Peers ({}):\n", s.peers.len()));
     let rows: Vec<Vec<String>> = s
@@ -605,7 +630,37 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
         ],
         &rows,
     ));
+    if !s.rejected.is_empty() {
+        // Rejected by validation (not believed) or refused by the route guard (valid, but
+        // its route would cut this node off): never programmed, each with why.
+        out.push_str(&format!("Not programmed ({}):\n", s.rejected.len()));
+        let rows: Vec<Vec<String>> = s
+            .rejected
+            .iter()
+            .map(|r| {
+                vec![
+                    r.subnet.clone().unwrap_or_else(|| r.key.clone()),
+                    r.by.as_str().to_string(),
+                    r.reason.clone(),
+                    r.why.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&render_columns(
+            &["SUBNET", "STATE", "REASON", "WHY"],
+            &rows,
+        ));
+    }
     out
+}
+
+/// The text, or `-` when an older weftd sent none.
+fn non_empty(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text.to_string()
+    }
 }
 
 /// `1d2h`, `3h4m`, `5m6s`, `7s`: the two largest units.
@@ -812,13 +867,23 @@ mod tests {
             "version": "0.1.0", "interface": "eth0", "publicIP": "192.0.2.11",
             "ready": true, "phase": "ready",
             "lease": {"subnet": "10.244.3.0/24", "reservation": false, "expiresUnix": 1_795_848_186},
-            "backend": {"type": "vxlan", "device": "flannel.1", "mtu": 1450},
+            "backend": {"type": "vxlan", "device": "flannel.1", "mtu": 1450,
+                        "offloads": "not applicable"},
             "peers": [{"subnet": "10.244.4.0/24", "publicIP": "192.0.2.12", "backendType": "vxlan",
                        "vtepMAC": "aa:bb:cc:dd:ee:01", "state": "programmed",
                        "health": {"reachable": true, "rttSeconds": 0.0004, "pathMtu": 1350,
                                   "diagnosis": "mtu-black-hole", "atUnix": 0}}],
+            "rejected": [{"key": "/coreos.com/network/subnets/10.244.9.0-24",
+                          "subnet": "10.244.9.0/24", "by": "validation", "reason": "public_ip",
+                          "why": "PublicIP 127.0.0.1 is a loopback address"},
+                         {"key": "/coreos.com/network/subnets/192.0.2.0-24",
+                          "subnet": "192.0.2.0/24", "by": "route-guard", "reason": "route_overlap",
+                          "why": "route to 192.0.2.0/24 overlaps address 192.0.2.11 of this node"}],
             "lastReconcile": {"atUnix": 1_795_848_000, "tookSeconds": 0.0012, "added": 3,
-                              "removed": 1, "failed": 0, "error": null}
+                              "removed": 1, "failed": 0, "error": null},
+            "lastStale": {"atUnix": 1_795_847_000, "found": 1,
+                          "entries": [{"kind": "route",
+                                       "destination": "10.244.77.0/24 via 10.244.77.0 dev flannel.1"}]}
         }))
         .unwrap();
         assert_eq!(
@@ -828,10 +893,17 @@ mod tests {
              Ready:          yes\n\
              Lease:          10.244.3.0/24, expires 2026-11-28T06:43:06Z (in 1h1m)\n\
              Backend:        vxlan, device flannel.1, pod MTU 1450\n\
+             Offloads:       not applicable\n\
              Last reconcile: 2026-11-28T06:40:00Z (1.2 ms): 3 added, 1 stale removed, 0 refused by the kernel\n\
+             Stale removed:  1 at 2026-11-28T06:23:20Z:\n\
+             \x20               route 10.244.77.0/24 via 10.244.77.0 dev flannel.1\n\
              Peers (1):\n\
              SUBNET         PUBLIC IP   BACKEND  VTEP MAC           STATE       HEALTH          RTT     PATH MTU\n\
-             10.244.4.0/24  192.0.2.12  vxlan    aa:bb:cc:dd:ee:01  programmed  mtu-black-hole  0.40ms  1350\n"
+             10.244.4.0/24  192.0.2.12  vxlan    aa:bb:cc:dd:ee:01  programmed  mtu-black-hole  0.40ms  1350\n\
+             Not programmed (2):\n\
+             SUBNET         STATE     REASON         WHY\n\
+             10.244.9.0/24  rejected  public_ip      PublicIP 127.0.0.1 is a loopback address\n\
+             192.0.2.0/24   refused   route_overlap  route to 192.0.2.0/24 overlaps address 192.0.2.11 of this node\n"
         );
         let waiting = NodeStatus {
             phase: "waiting for a valid network config at /coreos.com/network/config".into(),
