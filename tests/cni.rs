@@ -1515,15 +1515,10 @@ fn hostile_input_is_refused_and_leaves_nothing_behind() {
         if let (Some(conf), Some(patch)) = (conf.as_object_mut(), patch.as_object()) {
             conf.extend(patch.clone());
         }
-        let started = Instant::now();
+        // A plugin opening the FIFO blocking would never return from this call.
         let out = Call::new(&site.node, "ADD")
             .attachment("hostile", ifname, Some(&target))
             .conf(&conf);
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{what}: took {:?}",
-            started.elapsed()
-        );
         assert_eq!(out.code(), code, "{what}: {out:?}");
         let links: HashSet<String> = site
             .node
