@@ -820,35 +820,28 @@ impl EtcdStore {
 
     /// Watches `<prefix>/subnets/` from `from_revision` (inclusive), with previous values.
     pub async fn watch(&self, from_revision: i64) -> Result<LeaseWatch, StoreError> {
-        let key = subnets_prefix(&self.prefix);
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from_revision)
-            .with_prev_key()
-            .with_progress_notify();
-        let endpoint = self.endpoints.pinned();
-        let stream = self
-            .timed(
-                "watch",
-                &key,
-                self.client.watch_client().watch(key.clone(), Some(opts)),
-            )
-            .await?;
-        Ok(LeaseWatch {
-            stream,
-            prefix: self.prefix.clone(),
-            key,
-            revision: from_revision.saturating_sub(1),
-            store: self.clone(),
-            endpoint,
-        })
+        let opts = WatchOptions::new().with_prev_key();
+        self.watch_prefix(subnets_prefix(&self.prefix), opts, from_revision)
+            .await
     }
 
     /// Watches all of `<prefix>/` (the config and the leases) from `from_revision` (inclusive);
     /// read with [`LeaseWatch::next_changes`].
     pub async fn watch_network(&self, from_revision: i64) -> Result<LeaseWatch, StoreError> {
         let key = format!("{}/", self.prefix);
-        let opts = WatchOptions::new()
+        self.watch_prefix(key, WatchOptions::new(), from_revision)
+            .await
+    }
+
+    /// Watches every key under `key` from `from_revision` (inclusive), with progress notifies,
+    /// on the endpoint in use now.
+    async fn watch_prefix(
+        &self,
+        key: String,
+        opts: WatchOptions,
+        from_revision: i64,
+    ) -> Result<LeaseWatch, StoreError> {
+        let opts = opts
             .with_prefix()
             .with_start_revision(from_revision)
             .with_progress_notify();

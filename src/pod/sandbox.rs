@@ -396,18 +396,7 @@ impl Sandbox {
                     })
                 }
             }
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(SandboxError::Io {
-                        pod: pod.clone(),
-                        op: "remove",
-                        path,
-                        source,
-                    })
-                }
-            }
+            remove_if_present(pod, &path, |p| fs::remove_file(p))?;
         }
         Ok(())
     }
@@ -494,36 +483,30 @@ impl Sandbox {
         self.release_ns_files()?;
         let dir = &self.state.pod_dir;
         for path in [dir.join("sandbox.json"), dir.join("pause.pid")] {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(SandboxError::Io {
-                        pod: pod.clone(),
-                        op: "remove",
-                        path,
-                        source,
-                    })
-                }
-            }
+            remove_if_present(pod, &path, |p| fs::remove_file(p))?;
         }
         for sub in ["etc", "ns"] {
-            let path = dir.join(sub);
-            match fs::remove_dir_all(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(SandboxError::Io {
-                        pod: pod.clone(),
-                        op: "remove",
-                        path,
-                        source,
-                    })
-                }
-            }
+            remove_if_present(pod, &dir.join(sub), |p| fs::remove_dir_all(p))?;
         }
         tracing::info!(pod = %pod, "sandbox stopped");
         Ok(())
+    }
+}
+
+/// Removes `path` with `remove` (a file or a tree); already gone is fine.
+fn remove_if_present(
+    pod: &str,
+    path: &Path,
+    remove: impl FnOnce(&Path) -> io::Result<()>,
+) -> Result<(), SandboxError> {
+    match remove(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SandboxError::Io {
+            pod: pod.to_string(),
+            op: "remove",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
     }
 }
 
