@@ -1,9 +1,14 @@
 //! The node agent: wires the etcd lease stream into a backend.
 //!
 //! One task owns all state ([`Agent`]); it reacts to watch events, the renew deadline, a
-//! periodic resync, overlay-device removal and shutdown. Every change of the peer table ends in
-//! a full reconcile of the kernel (read actual, diff against desired, apply the difference), so
-//! a lost event, a restart or a hand-deleted route is repaired the same way.
+//! periodic resync, overlay-device removal and shutdown. What each of them means is decided by
+//! the pure functions of [`decisions`]. Watch events are coalesced for up to
+//! [`COALESCE_CHANGES`] and applied incrementally (only the changed peers' entries); start,
+//! the periodic resync and every repair run a full reconcile of the kernel (read actual, diff
+//! against desired, apply the difference), so a lost event, a restart or a hand-deleted route
+//! is repaired the same way.
+
+pub mod decisions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,10 +21,10 @@ use ipnetwork::Ipv4Network;
 use tracing::{error, info, warn};
 
 use crate::backend::guard::{self, RouteGuard};
-use crate::backend::Backend;
-use crate::config::{ConfigChange, NetworkConfig};
+use crate::backend::{Backend, DataPath};
+use crate::config::NetworkConfig;
 use crate::health::Metrics;
-use crate::lease::{config_key, lease_key, Lease, LeaseAttrs, RawLease};
+use crate::lease::{config_key, lease_key, Lease, RawLease};
 use crate::masq;
 use crate::netlink::{self, ExternalInterface};
 use crate::notify::{NotifyState, ServiceNotifier};
@@ -30,11 +35,12 @@ use crate::status::{
     StaleRemoval, StatusBoard,
 };
 use crate::store::{
-    endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseWatch, NetworkEvent, OwnLease,
-    StoreError,
+    endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseStore, LeaseWatch, NetworkEvent,
+    NetworkWatch, OwnLease, StoreError,
 };
 use crate::subnet_env::SubnetEnv;
 use crate::validate::{parse_mac, validate_leases, LeasePolicy, NodeIdentity};
+use decisions::{AfterRenew, AfterWatchError, ConfigDecision, Pass};
 
 /// Everything weftd needs to run, already parsed from flags.
 #[derive(Debug, Clone)]
@@ -249,10 +255,19 @@ struct Agent {
     /// The address the external interface last came back with, when it was not our public IP
     /// (so that is logged once, not every second).
     ext_wrong_ip: Option<Ipv4Addr>,
+    /// When the coalesced watch events are applied; `None` when none wait.
+    apply_changes_at: Option<Instant>,
+    /// What the route guard protected at the last full reconcile, reused by incremental
+    /// passes (the node's own addresses and routes change rarely; a resync re-reads them).
+    protected: Option<Vec<guard::Protected>>,
 }
 
 /// Delay before a failed reconcile is tried again, instead of waiting for the next resync.
 const RECONCILE_RETRY: Duration = Duration::from_secs(1);
+
+/// How long watch events are collected before they are applied: a burst of lease changes
+/// becomes one incremental pass, and no change waits longer than this.
+pub const COALESCE_CHANGES: Duration = Duration::from_millis(20);
 
 impl Agent {
     /// Connects, waits for a valid network config, acquires the lease, programs the kernel and
@@ -310,6 +325,8 @@ impl Agent {
             board,
             ext_gone: false,
             ext_wrong_ip: None,
+            apply_changes_at: None,
+            protected: None,
         };
         agent.note_lease();
         let mut backoff = Backoff::new();
@@ -356,18 +373,22 @@ impl Agent {
             tokio::select! {
                 () = &mut shutdown => return,
                 events = next_events(&mut watch), if watch.is_some() => match events {
-                    Ok(events) => self.apply_changes(events).await,
-                    Err(StoreError::Compacted { revision }) => {
-                        info!(revision, "watch compacted; re-listing");
-                        watch = None;
-                    }
+                    Ok(events) => self.note_changes(events).await,
                     Err(e) => {
-                        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                        warn!(error = %e, "lease watch failed; keeping the data path and reconnecting");
                         watch = None;
-                        retry_at = Instant::now() + backoff.next_delay();
+                        match decisions::after_watch_error(&e) {
+                            AfterWatchError::RelistNow => info!(error = %e, "watch compacted; re-listing"),
+                            AfterWatchError::BackOff => {
+                                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                                warn!(error = %e, "lease watch failed; keeping the data path and reconnecting");
+                                retry_at = Instant::now() + backoff.next_delay();
+                            }
+                        }
                     }
                 },
+                () = sleep_until_some(self.apply_changes_at), if self.apply_changes_at.is_some() => {
+                    self.apply_changes().await;
+                }
                 () = tokio::time::sleep_until(retry_at.into()), if watch.is_none() => {}
                 () = sleep_until_some(self.retry_reconcile), if self.retry_reconcile.is_some() => {
                     self.reconcile().await;
@@ -399,7 +420,7 @@ impl Agent {
     }
 
     /// Re-lists the leases, reconciles, and opens a new watch after the listed revision.
-    async fn rewatch(&mut self) -> Result<LeaseWatch, StoreError> {
+    async fn rewatch(&mut self) -> Result<<EtcdStore as LeaseStore>::Watch, StoreError> {
         self.relist().await?;
         self.reconcile().await;
         self.store.watch_network(self.revision + 1).await
@@ -428,13 +449,9 @@ impl Agent {
     /// expired, overwritten with something that is not a lease, or taken by another writer.
     async fn check_own_lease(&mut self) -> Result<(), StoreError> {
         let key = self.own_key();
-        let reason = match self.leases.get(&key) {
-            None => LeaseLostReason::Deleted,
-            Some(raw) => match LeaseAttrs::from_json(&key, &raw.value) {
-                Ok(a) if a.public_ip == self.own.attrs.public_ip => return Ok(()),
-                Ok(a) => LeaseLostReason::TakenBy(a.public_ip),
-                Err(e) => LeaseLostReason::Invalid(e.to_string()),
-            },
+        let Some(reason) = decisions::own_lease_lost(&self.leases, &key, self.own.attrs.public_ip)
+        else {
+            return Ok(());
         };
         self.own_lease_lost(&reason);
         self.reacquire().await
@@ -470,7 +487,9 @@ impl Agent {
         }
     }
 
-    async fn apply_changes(&mut self, events: Vec<NetworkEvent>) {
+    /// Takes watch events into the lease table and schedules their application (coalesced);
+    /// a lost own lease is re-acquired at once.
+    async fn note_changes(&mut self, events: Vec<NetworkEvent>) {
         for event in events {
             match event {
                 NetworkEvent::LeasePut(raw) => {
@@ -497,7 +516,34 @@ impl Agent {
             self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
             warn!(error = %e, "re-acquire own lease; will retry at the next resync");
         }
-        self.reconcile().await;
+        self.apply_changes_at
+            .get_or_insert_with(|| Instant::now() + COALESCE_CHANGES);
+    }
+
+    /// Applies the coalesced watch events: incrementally when the node is healthy (only the
+    /// changed peers' entries), else as a full reconcile.
+    async fn apply_changes(&mut self) {
+        self.apply_changes_at = None;
+        let pass = decisions::pass_for_changes(
+            self.published,
+            self.ext_gone,
+            self.retry_reconcile.is_some(),
+        );
+        if pass == Pass::Full || self.protected.is_none() {
+            return self.reconcile().await;
+        }
+        let started = Instant::now();
+        let peers = self.believed_peers().await;
+        let result = self.backend.apply_changes(self.own.subnet, &peers).await;
+        let report = match result {
+            Ok(Some(report)) => report,
+            Ok(None) => return self.reconcile().await,
+            Err(e) => {
+                warn!(error = %e, "apply lease changes; running a full reconcile");
+                return self.reconcile().await;
+            }
+        };
+        self.record(started.elapsed(), &peers, report).await;
     }
 
     /// Compares the config in etcd with the running one. Changes weftd can apply live
@@ -505,11 +551,10 @@ impl Agent {
     /// a new `Network`, `SubnetLen` or `Backend` would orphan leases or rebuild the data path
     /// under running pods, so it is refused with one error until the nodes are restarted.
     fn config_seen(&mut self, text: Option<String>) {
-        if text == self.config_text {
-            return;
-        }
+        let decision =
+            decisions::config_decision(&self.config, self.config_text.as_deref(), text.as_deref());
         let key = config_key(&self.opts.etcd.prefix);
-        self.config_text = text.clone();
+        self.config_text = text;
         let running = &self.config;
         let refuse = |metrics: &Metrics| {
             metrics.config_change_refused.store(true, Ordering::Relaxed);
@@ -517,42 +562,39 @@ impl Agent {
                 .config_changes_refused
                 .fetch_add(1, Ordering::Relaxed);
         };
-        let Some(text) = text else {
-            error!(key, old = %running, "network config was deleted; keeping the running config");
-            refuse(&self.metrics);
-            return;
-        };
-        let new = match NetworkConfig::parse(&text) {
-            Ok(new) => new,
-            Err(e) => {
+        match decision {
+            ConfigDecision::Unchanged => {}
+            ConfigDecision::Deleted => {
+                error!(key, old = %running, "network config was deleted; keeping the running config");
+                refuse(&self.metrics);
+            }
+            ConfigDecision::Invalid(e) => {
                 error!(key, old = %running, error = %e, "network config changed to an invalid one; keeping the running config");
                 refuse(&self.metrics);
-                return;
             }
-        };
-        let change = running.change_to(&new);
-        if change == ConfigChange::Same {
-            info!(key, config = %new, "network config rewritten without a change");
-            self.metrics
-                .config_change_refused
-                .store(false, Ordering::Relaxed);
-            return;
-        }
-        if change == ConfigChange::Live {
-            info!(key, old = %running, new = %new, "network config changed: {running} -> {new}; applied");
-            self.config = new;
-            self.metrics
-                .config_change_refused
-                .store(false, Ordering::Relaxed);
-            self.metrics
-                .config_changes_applied
-                .fetch_add(1, Ordering::Relaxed);
-        } else {
-            error!(key, old = %running, new = %new,
-                "network config changed: {running} -> {new}; a new Network, SubnetLen or Backend is \
-                 not applied while running (it would orphan leases or rebuild the data path under \
-                 running pods): keeping the running config; restart weftd on every node to apply it");
-            refuse(&self.metrics);
+            ConfigDecision::Same => {
+                info!(key, config = %running, "network config rewritten without a change");
+                self.metrics
+                    .config_change_refused
+                    .store(false, Ordering::Relaxed);
+            }
+            ConfigDecision::ApplyLive(new) => {
+                info!(key, old = %running, new = %new, "network config changed: {running} -> {new}; applied");
+                self.config = new;
+                self.metrics
+                    .config_change_refused
+                    .store(false, Ordering::Relaxed);
+                self.metrics
+                    .config_changes_applied
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            ConfigDecision::NeedsRestart(new) => {
+                error!(key, old = %running, new = %new,
+                    "network config changed: {running} -> {new}; a new Network, SubnetLen or Backend is \
+                     not applied while running (it would orphan leases or rebuild the data path under \
+                     running pods): keeping the running config; restart weftd on every node to apply it");
+                refuse(&self.metrics);
+            }
         }
     }
 
@@ -614,13 +656,14 @@ impl Agent {
         if self.own.etcd_lease.is_none() {
             return;
         }
-        match self.store.renew(&self.own, self.opts.lease_ttl).await {
-            Ok(own) => {
+        let answer = self.store.renew(&self.own, self.opts.lease_ttl).await;
+        match decisions::after_renew(answer) {
+            AfterRenew::Renewed(own) => {
                 info!(subnet = %own.subnet, expires = ?own.expires, "lease renewed");
                 self.own = own;
                 self.note_lease();
             }
-            Err(StoreError::LeaseLost { reason, .. }) => {
+            AfterRenew::Reacquire(reason) => {
                 self.own_lease_lost(&reason);
                 match self.reacquire().await {
                     Ok(()) => self.reconcile().await,
@@ -631,7 +674,7 @@ impl Agent {
                     }
                 }
             }
-            Err(e) => {
+            AfterRenew::RetrySoon(e) => {
                 self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(subnet = %self.own.subnet, error = %e, "renew lease; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -699,6 +742,8 @@ impl Agent {
             return;
         }
         let started = Instant::now();
+        self.apply_changes_at = None;
+        self.protected = None;
         let peers = self.believed_peers().await;
         let result = self.backend.reconcile(self.own.subnet, &peers).await;
         let took = started.elapsed();
@@ -713,6 +758,17 @@ impl Agent {
                 return;
             }
         };
+        self.record(took, &peers, report).await;
+    }
+
+    /// Counts, logs and reports one pass, and publishes subnet.env once the data path is in
+    /// place.
+    async fn record(
+        &mut self,
+        took: Duration,
+        peers: &[Lease],
+        report: crate::backend::ReconcileReport,
+    ) {
         self.metrics.record_reconcile(
             took,
             peers.len(),
@@ -736,7 +792,7 @@ impl Agent {
         if !self.published {
             self.publish().await;
         }
-        self.report_status(&peers, ReconcileStatus::of(took, &report));
+        self.report_status(peers, ReconcileStatus::of(took, &report));
     }
 
     /// Puts the node's state on the status board: `weftctl status`, and systemd's `STATUS=`
@@ -793,8 +849,15 @@ impl Agent {
     /// and refused route is logged and counted once per revision of its key.
     async fn believed_peers(&mut self) -> Vec<Lease> {
         let mut policy = self.policy();
-        let protected = match guard::protected_now(&self.ext, &self.etcd_addresses).await {
-            Ok(p) => p,
+        let read = match self.protected.clone() {
+            Some(p) => Ok(p),
+            None => guard::protected_now(&self.ext, &self.etcd_addresses).await,
+        };
+        let protected = match read {
+            Ok(p) => {
+                self.protected = Some(p.clone());
+                p
+            }
             Err(e) => {
                 // Without the kernel's view the guard still has the addresses weftd knows.
                 warn!(error = %e, "read this node's addresses and routes for the route guard");
@@ -937,7 +1000,9 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-async fn next_events(watch: &mut Option<LeaseWatch>) -> Result<Vec<NetworkEvent>, StoreError> {
+async fn next_events(
+    watch: &mut Option<impl NetworkWatch>,
+) -> Result<Vec<NetworkEvent>, StoreError> {
     match watch {
         Some(w) => w.next_changes().await,
         None => std::future::pending().await,
@@ -1032,9 +1097,9 @@ async fn resolve_endpoints(endpoints: &[String]) -> Vec<Ipv4Addr> {
 
 /// Acquires our lease, retrying etcd failures with back-off.
 async fn acquire(
-    store: &EtcdStore,
+    store: &impl LeaseStore,
     config: &NetworkConfig,
-    backend: &Backend,
+    backend: &impl DataPath,
     previous: Option<Ipv4Network>,
     ttl: Duration,
     metrics: &Metrics,

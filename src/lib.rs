@@ -15,7 +15,6 @@ pub mod masq;
 pub mod netconf;
 pub mod netlink;
 pub mod notify;
-pub mod peers;
 pub mod pod;
 pub mod podview;
 pub mod probe;

@@ -1,16 +1,14 @@
 //! A thin layer of small named rtnetlink operations (find a link, set its MTU, list its FDB,
 //! ...), each returning an error that names the object and the operation; [`run_batch`] sends
-//! many route/neighbour/FDB changes per `sendmsg` (the peer table), and [`run_concurrently`]
-//! keeps many rtnetlink requests in flight; [`link_events`] reports links coming and going.
+//! many route/neighbour/FDB changes per `sendmsg` (the peer table) off the runtime's workers;
+//! [`link_events`] reports links coming and going.
 
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::pin::Pin;
 use std::str::FromStr;
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
@@ -28,8 +26,10 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
 use tokio::sync::mpsc;
 
-/// How many netlink requests [`run_concurrently`] keeps in flight.
-pub const IN_FLIGHT: usize = 128;
+/// The route protocol (`proto` in `ip route`) of every route weft adds: 87 is unassigned in
+/// iproute2's `rt_protos` (shows as `proto 87`). A reconcile recognises weft's routes by it, so
+/// it never removes a route it did not add, also on a shared device (host-gw's underlay).
+pub const WEFT_ROUTE_PROTOCOL: u8 = 87;
 
 /// An error from the kernel's routing netlink interface, naming what was attempted.
 #[derive(Debug, thiserror::Error)]
@@ -491,15 +491,32 @@ impl Ipv4Route {
     }
 }
 
-/// The unicast routes of the main table with one output device, as [`Ipv4Route`]s; routes the
-/// kernel made itself (connected subnets) are left out.
-pub fn main_table_routes(msgs: &[RouteMessage]) -> Vec<Ipv4Route> {
+/// Which main-table routes [`main_table_routes`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOrigin {
+    /// Every route but those the kernel made itself (connected subnets).
+    Any,
+    /// weft's routes: protocol [`WEFT_ROUTE_PROTOCOL`].
+    Weft,
+    /// Routes of any other origin but the kernel's.
+    Untagged,
+}
+
+/// The unicast routes of the main table with one output device, as [`Ipv4Route`]s, of the
+/// given origin; routes the kernel made itself (connected subnets) are always left out.
+pub fn main_table_routes(msgs: &[RouteMessage], origin: RouteOrigin) -> Vec<Ipv4Route> {
+    let weft = RouteProtocol::Other(WEFT_ROUTE_PROTOCOL);
     msgs.iter()
         .filter(|r| {
             r.header.address_family == AddressFamily::Inet
                 && r.header.table == RouteHeader::RT_TABLE_MAIN
                 && r.header.protocol != RouteProtocol::Kernel
                 && r.header.kind == RouteType::Unicast
+                && match origin {
+                    RouteOrigin::Any => true,
+                    RouteOrigin::Weft => r.header.protocol == weft,
+                    RouteOrigin::Untagged => r.header.protocol != weft,
+                }
         })
         .filter_map(|r| {
             let dst_ip = r
@@ -524,10 +541,12 @@ pub fn main_table_routes(msgs: &[RouteMessage]) -> Vec<Ipv4Route> {
         .collect()
 }
 
+/// The message for one of weft's routes (protocol [`WEFT_ROUTE_PROTOCOL`]).
 fn route_message(route: &Ipv4Route) -> RouteMessage {
     let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(route.dst.network(), route.dst.prefix())
-        .output_interface(route.oif);
+        .output_interface(route.oif)
+        .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL));
     builder = match route.gateway {
         Some(gw) => builder.gateway(gw).scope(RouteScope::Universe),
         None => builder.scope(RouteScope::Link),
@@ -659,9 +678,22 @@ impl BatchRequest {
         }
     }
 
-    /// Deletes a route whoever added it (protocol and scope left unset, so the kernel does
-    /// not match on them); a route already gone counts as deleted.
+    /// Deletes one of weft's routes (the kernel matches the protocol, so a route someone else
+    /// added to the same destination stays); a route already gone counts as deleted.
     pub fn del_route(route: &Ipv4Route, dev: &str) -> Self {
+        let mut msg = route_message(route);
+        msg.header.scope = RouteScope::NoWhere;
+        BatchRequest {
+            message: RouteNetlinkMessage::DelRoute(msg),
+            flags: DELETE,
+            op: format!("delete route {} dev {dev}", route.describe()),
+            absent_ok: true,
+        }
+    }
+
+    /// Deletes a route whoever added it (protocol and scope left unset, so the kernel does
+    /// not match on them): only for the untagged routes a previous weft version wrote.
+    pub fn del_untagged_route(route: &Ipv4Route, dev: &str) -> Self {
         let mut msg = route_message(route);
         msg.header.protocol = RouteProtocol::Unspec;
         msg.header.scope = RouteScope::NoWhere;
@@ -735,19 +767,38 @@ const BATCH_CHUNK: usize = 256;
 /// Socket receive buffer asked for by [`run_batch`] (the kernel caps it at `rmem_max`).
 const BATCH_RCVBUF: usize = 4 << 20;
 
-/// Sends the requests to the kernel in chunks of many messages per `sendmsg` (the kernel
-/// handles each message in turn and acknowledges each), in order; returns how many succeeded
-/// and the errors of the others, each naming its operation. Runs synchronously on the calling
-/// thread, in its network namespace: the kernel does the work and queues every ACK inside
-/// `sendmsg`, so this only takes as long as the kernel needs and never waits for an answer.
-pub fn run_batch(requests: &[BatchRequest]) -> Result<(usize, Vec<NetlinkError>), NetlinkError> {
-    use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-
-    let socket_err = |op: &str, source: io::Error| NetlinkError::Request {
+fn socket_err(op: &str, source: io::Error) -> NetlinkError {
+    NetlinkError::Request {
         op: format!("batch netlink socket: {op}"),
         source,
-    };
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Connect)?;
+    }
+}
+
+/// Sends the requests to the kernel in chunks of many messages per `sendmsg` (the kernel
+/// handles each message in turn and acknowledges each), in order; returns how many succeeded
+/// and the errors of the others, each naming its operation.
+///
+/// The socket is opened on the calling thread, so it lives in that thread's network
+/// namespace; the sends run on tokio's blocking pool, never on a runtime worker. The kernel
+/// does the work and queues every ACK inside `sendmsg`, so a batch only takes as long as the
+/// kernel needs and never waits for an answer.
+pub async fn run_batch(
+    requests: Vec<BatchRequest>,
+) -> Result<(usize, Vec<NetlinkError>), NetlinkError> {
+    use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket};
+
+    let socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Connect)?;
+    tokio::task::spawn_blocking(move || send_batch(socket, &requests))
+        .await
+        .map_err(|e| socket_err("batch task", io::Error::other(e.to_string())))?
+}
+
+fn send_batch(
+    mut socket: rtnetlink::sys::Socket,
+    requests: &[BatchRequest],
+) -> Result<(usize, Vec<NetlinkError>), NetlinkError> {
+    use rtnetlink::sys::SocketAddr;
+
     socket.bind_auto().map_err(|e| socket_err("bind", e))?;
     socket
         .connect(&SocketAddr::new(0, 0))
@@ -842,27 +893,6 @@ pub fn run_batch(requests: &[BatchRequest]) -> Result<(usize, Vec<NetlinkError>)
         }
     }
     Ok((ok, errors))
-}
-
-/// One netlink operation waiting to run.
-pub type PendingOp = Pin<Box<dyn Future<Output = Result<(), NetlinkError>> + Send>>;
-
-/// Runs the operations with up to [`IN_FLIGHT`] requests in flight; returns how many succeeded
-/// and the errors of the others.
-pub async fn run_concurrently(ops: Vec<PendingOp>) -> (usize, Vec<NetlinkError>) {
-    let results: Vec<Result<(), NetlinkError>> = stream::iter(ops)
-        .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await;
-    let mut ok = 0;
-    let mut errors = Vec::new();
-    for r in results {
-        match r {
-            Ok(()) => ok += 1,
-            Err(e) => errors.push(e),
-        }
-    }
-    (ok, errors)
 }
 
 /// A link appeared, changed or disappeared.

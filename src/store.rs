@@ -1236,6 +1236,87 @@ impl EtcdStore {
     }
 }
 
+/// The lease store as the node agent uses it: the seam between the agent's decisions and
+/// etcd, implemented by [`EtcdStore`].
+pub trait LeaseStore {
+    /// A stream of changes under the prefix.
+    type Watch: NetworkWatch;
+
+    /// Claims a subnet for this node (see [`EtcdStore::acquire`]).
+    fn acquire(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Network>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send;
+
+    /// Extends the node's lease (see [`EtcdStore::renew`]).
+    fn renew(
+        &self,
+        own: &OwnLease,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send;
+
+    /// Every lease and the network config, at one revision.
+    fn list_network(&self) -> impl Future<Output = Result<NetworkSnapshot, StoreError>> + Send;
+
+    /// Watches the leases and the config from `from_revision` on.
+    fn watch_network(
+        &self,
+        from_revision: i64,
+    ) -> impl Future<Output = Result<Self::Watch, StoreError>> + Send;
+}
+
+/// Changes of the leases and the network config, in etcd's order.
+pub trait NetworkWatch {
+    /// The next batch of changes; [`StoreError::Compacted`] when the watch fell behind.
+    fn next_changes(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<NetworkEvent>, StoreError>> + Send;
+}
+
+impl LeaseStore for EtcdStore {
+    type Watch = LeaseWatch;
+
+    fn acquire(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Network>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send {
+        EtcdStore::acquire(self, cfg, attrs, previous, ttl)
+    }
+
+    fn renew(
+        &self,
+        own: &OwnLease,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send {
+        EtcdStore::renew(self, own, ttl)
+    }
+
+    fn list_network(&self) -> impl Future<Output = Result<NetworkSnapshot, StoreError>> + Send {
+        EtcdStore::list_network(self)
+    }
+
+    fn watch_network(
+        &self,
+        from_revision: i64,
+    ) -> impl Future<Output = Result<LeaseWatch, StoreError>> + Send {
+        EtcdStore::watch_network(self, from_revision)
+    }
+}
+
+impl NetworkWatch for LeaseWatch {
+    fn next_changes(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<NetworkEvent>, StoreError>> + Send {
+        LeaseWatch::next_changes(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -788,7 +788,7 @@ fn batch_errors_name_the_operation_and_absent_deletes_succeed() {
             netlink::BatchRequest::del_neighbour(1, "lo", Ipv4Addr::new(10, 244, 3, 0)),
             netlink::BatchRequest::replace_fdb(9999, "flannel.9", &fdb),
         ];
-        netlink::run_batch(&requests).unwrap()
+        netlink::run_batch(requests.to_vec()).await.unwrap()
     });
     assert_eq!(ok, 2, "{errors:?}");
     let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();

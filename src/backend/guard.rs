@@ -94,7 +94,10 @@ pub async fn protected_now(
 ) -> Result<Vec<Protected>, NetlinkError> {
     let handle = netlink::connect()?;
     let addrs = netlink::ipv4_addresses(&handle, None).await?;
-    let routes = netlink::main_table_routes(&netlink::dump_ipv4_routes(&handle).await?);
+    let routes = netlink::main_table_routes(
+        &netlink::dump_ipv4_routes(&handle).await?,
+        netlink::RouteOrigin::Any,
+    );
     let mut protected = Vec::new();
     for (index, addr) in &addrs {
         protected.push(Protected {

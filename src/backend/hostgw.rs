@@ -10,12 +10,13 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::backend::routes::{
-    del_owned_route, owned_routes, replace_owned_route, OwnedRoute, WEFT_ROUTE_PROTOCOL,
-};
-use crate::backend::{ReconcileReport, StaleEntry};
+use crate::backend::entries::{self, KernelEntries};
+use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
+#[cfg(doc)]
+use crate::backend::routes::WEFT_ROUTE_PROTOCOL;
+use crate::backend::ReconcileReport;
 use crate::lease::{Lease, LeaseAttrs};
-use crate::netlink::{self, ExternalInterface, NetlinkError, PendingOp};
+use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
 
 /// The lease `BackendType` of this backend.
 pub const BACKEND_TYPE: &str = "host-gw";
@@ -48,6 +49,7 @@ pub enum HostGwError {
 #[derive(Debug)]
 pub struct HostGwBackend {
     ext: ExternalInterface,
+    pipeline: EntryPipeline,
 }
 
 /// The routes the peers justify, and an error for each peer that cannot be routed directly.
@@ -56,7 +58,7 @@ pub fn desired_routes(
     ext: &ExternalInterface,
     own: Ipv4Network,
     peers: &[Lease],
-) -> (BTreeSet<OwnedRoute>, Vec<HostGwError>) {
+) -> (BTreeSet<Ipv4Route>, Vec<HostGwError>) {
     let mut routes = BTreeSet::new();
     let mut errors = Vec::new();
     for peer in peers {
@@ -73,10 +75,11 @@ pub fn desired_routes(
             });
             continue;
         }
-        routes.insert(OwnedRoute {
+        routes.insert(Ipv4Route {
             dst: peer.subnet,
             gateway: Some(ip),
             oif: ext.index,
+            onlink: false,
         });
     }
     (routes, errors)
@@ -85,7 +88,10 @@ pub fn desired_routes(
 impl HostGwBackend {
     /// The backend for the external interface `ext`.
     pub fn new(ext: &ExternalInterface) -> Self {
-        HostGwBackend { ext: ext.clone() }
+        HostGwBackend {
+            ext: ext.clone(),
+            pipeline: EntryPipeline::default(),
+        }
     }
 
     /// The lease value this node publishes: `{"PublicIP":..,"BackendType":"host-gw"}`.
@@ -107,6 +113,29 @@ impl HostGwBackend {
         &self.ext.name
     }
 
+    fn devices(&self) -> Devices {
+        Devices {
+            overlay: None,
+            routes: Device {
+                index: self.ext.index,
+                name: self.ext.name.clone(),
+            },
+        }
+    }
+
+    /// The desired routes; each peer that cannot be routed is logged as an error naming it.
+    fn desired(&self, own: Ipv4Network, peers: &[Lease]) -> (KernelEntries, usize) {
+        let (routes, unroutable) = desired_routes(&self.ext, own, peers);
+        for err in &unroutable {
+            tracing::error!(error = %err, "cannot route peer");
+        }
+        let entries = KernelEntries {
+            routes,
+            ..Default::default()
+        };
+        (entries, unroutable.len())
+    }
+
     /// Programs one route per peer on the external interface and removes weft routes there
     /// that no lease justifies. A peer not on the interface's segment is logged as an error
     /// naming it and counted in `failed`; every other peer is still programmed.
@@ -115,51 +144,32 @@ impl HostGwBackend {
         own: Ipv4Network,
         peers: &[Lease],
     ) -> Result<ReconcileReport, HostGwError> {
-        let (desired, unroutable) = desired_routes(&self.ext, own, peers);
-        for err in &unroutable {
-            tracing::error!(error = %err, "cannot route peer");
-        }
+        let (desired, unroutable) = self.desired(own, peers);
         let handle = netlink::connect()?;
-        let actual: BTreeSet<OwnedRoute> = owned_routes(&handle)
-            .await?
-            .into_iter()
-            .filter(|r| r.oif == self.ext.index && r.gateway.is_some())
-            .collect();
-        let dev = self.ext.name.clone();
-        let mut ops: Vec<PendingOp> = Vec::new();
-        let stale: Vec<OwnedRoute> = actual.difference(&desired).copied().collect();
-        let missing: Vec<OwnedRoute> = desired.difference(&actual).copied().collect();
-        for route in &stale {
-            let (h, d, r) = (handle.clone(), dev.clone(), *route);
-            ops.push(Box::pin(async move { del_owned_route(&h, &r, &d).await }));
-        }
-        for route in &missing {
-            let (h, d, r) = (handle.clone(), dev.clone(), *route);
-            ops.push(Box::pin(
-                async move { replace_owned_route(&h, &r, &d).await },
-            ));
-        }
-        let (_, errors) = netlink::run_concurrently(ops).await;
-        for err in &errors {
-            tracing::error!(error = %err, proto = WEFT_ROUTE_PROTOCOL, "host-gw route");
-        }
-        Ok(ReconcileReport {
-            desired: desired.len(),
-            present: desired.intersection(&actual).count(),
-            added: missing.len(),
-            removed: stale.len(),
-            failed: errors.len() + unroutable.len(),
-            stale: stale
-                .iter()
-                .map(|r| {
-                    let dst = match r.gateway {
-                        Some(gw) => format!("{} via {gw}", r.dst),
-                        None => r.dst.to_string(),
-                    };
-                    StaleEntry::new("route", format!("{dst} dev {dev}"))
-                })
-                .collect(),
-        })
+        let devices = self.devices();
+        let ext = self.ext.index;
+        let view =
+            pipeline::read_kernel(&handle, &devices, |r| r.oif == ext && r.gateway.is_some())
+                .await?;
+        let d = entries::diff(&desired, &view.actual);
+        let mut report = self.pipeline.full(&devices, desired, d).await?;
+        report.failed += unroutable;
+        Ok(report)
+    }
+
+    /// Applies only what changed since the last pass; `None` when a full reconcile is due.
+    pub async fn apply_changes(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> Result<Option<ReconcileReport>, HostGwError> {
+        let (desired, unroutable) = self.desired(own, peers);
+        let devices = self.devices();
+        let report = self.pipeline.incremental(&devices, desired).await?;
+        Ok(report.map(|mut r| {
+            r.failed += unroutable;
+            r
+        }))
     }
 }
 
@@ -206,15 +216,17 @@ mod tests {
         assert_eq!(
             routes,
             vec![
-                OwnedRoute {
+                Ipv4Route {
                     dst: "10.244.2.0/24".parse().unwrap(),
                     gateway: Some("192.0.2.2".parse().unwrap()),
-                    oif: 2
+                    oif: 2,
+                    onlink: false
                 },
-                OwnedRoute {
+                Ipv4Route {
                     dst: "10.244.5.0/24".parse().unwrap(),
                     gateway: Some("192.0.2.5".parse().unwrap()),
-                    oif: 2
+                    oif: 2,
+                    onlink: false
                 },
             ]
         );

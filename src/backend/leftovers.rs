@@ -12,8 +12,8 @@ use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::Handle;
 
-use super::routes::{del_owned_route, owned_routes, OwnedRoute};
-use crate::netlink::{self, NetlinkError};
+use super::routes::{del_owned_routes, owned_routes};
+use crate::netlink::{self, Ipv4Route, NetlinkError};
 
 /// The backend that is starting, with what it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub fn is_other_backends_device(starting: Starting<'_>, name: &str, kind: &InfoK
 /// the underlay interface `ext_index`.
 pub fn is_other_backends_route(
     starting: Starting<'_>,
-    route: &OwnedRoute,
+    route: &Ipv4Route,
     ext_index: u32,
     network: Ipv4Network,
 ) -> bool {
@@ -102,15 +102,20 @@ pub async fn remove(
         netlink::del_link(handle, dev.index, &dev.name).await?;
         removed.push(format!("device {}", dev.name));
     }
-    for route in owned_routes(handle).await? {
-        if is_other_backends_route(starting, &route, ext_index, network) {
-            del_owned_route(handle, &route, "the underlay interface").await?;
-            removed.push(format!(
-                "host-gw route {} via {}",
-                route.dst,
-                route.gateway.map(|g| g.to_string()).unwrap_or_default()
-            ));
-        }
+    let doomed: Vec<Ipv4Route> = owned_routes(handle)
+        .await?
+        .into_iter()
+        .filter(|r| is_other_backends_route(starting, r, ext_index, network))
+        .collect();
+    if !doomed.is_empty() {
+        del_owned_routes(&doomed, "the underlay interface").await?;
+    }
+    for route in doomed {
+        removed.push(format!(
+            "host-gw route {} via {}",
+            route.dst,
+            route.gateway.map(|g| g.to_string()).unwrap_or_default()
+        ));
     }
     Ok(removed)
 }
@@ -163,10 +168,11 @@ mod tests {
     #[test]
     fn only_host_gw_peer_routes_are_leftover_routes() {
         let network: Ipv4Network = "10.244.0.0/16".parse().unwrap();
-        let peer = OwnedRoute {
+        let peer = Ipv4Route {
             dst: "10.244.3.0/24".parse().unwrap(),
             gateway: Some("192.0.2.3".parse().unwrap()),
             oif: 2,
+            onlink: false,
         };
         assert!(is_other_backends_route(
             Starting::Vxlan("flannel.1"),
@@ -184,12 +190,12 @@ mod tests {
         // Another interface, no gateway (UDP's device route), outside the network, or wider
         // than it: not host-gw's.
         assert!(!is_other_backends_route(Starting::Udp, &peer, 5, network));
-        let device = OwnedRoute {
+        let device = Ipv4Route {
             gateway: None,
             ..peer
         };
         assert!(!is_other_backends_route(Starting::Udp, &device, 2, network));
-        let outside = OwnedRoute {
+        let outside = Ipv4Route {
             dst: "10.245.3.0/24".parse().unwrap(),
             ..peer
         };
@@ -199,7 +205,7 @@ mod tests {
             2,
             network
         ));
-        let wider = OwnedRoute {
+        let wider = Ipv4Route {
             dst: "10.0.0.0/8".parse().unwrap(),
             ..peer
         };

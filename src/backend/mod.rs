@@ -1,9 +1,11 @@
 //! Data paths. One folder-local module per backend; nothing outside `backend/` needs to know
 //! which one runs: the daemon only sees [`Backend`].
 
+pub mod entries;
 pub mod guard;
 pub mod hostgw;
 pub mod leftovers;
+pub mod pipeline;
 pub mod routes;
 pub mod udp;
 pub mod vxlan;
@@ -225,5 +227,77 @@ impl Backend {
             Backend::Udp(b) => Ok(b.reconcile(own, peers).await?),
             Backend::HostGw(b) => Ok(b.reconcile(own, peers).await?),
         }
+    }
+
+    /// Applies a changed peer table incrementally: only the entries of the peers that came,
+    /// went or changed since the last pass, without reading the kernel (no device checks, no
+    /// dumps). `Ok(None)` when no pass has left a known state; run [`Backend::reconcile`].
+    pub async fn apply_changes(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        match self {
+            Backend::Vxlan(b) => b.apply_changes(own, peers).await,
+            Backend::Udp(b) => Ok(b.apply_changes(own, peers).await?),
+            Backend::HostGw(b) => Ok(b.apply_changes(own, peers).await?),
+        }
+    }
+}
+
+/// The data path as the node agent uses it: the seam between the agent's decisions and the
+/// kernel, implemented by [`Backend`].
+pub trait DataPath {
+    /// What this node publishes in its lease.
+    fn lease_attrs(&self) -> LeaseAttrs;
+
+    /// The MTU pods must use.
+    fn mtu(&self) -> u32;
+
+    /// The device the data path owns.
+    fn device_name(&self) -> &str;
+
+    /// A full pass: device, address and every peer entry, diffed against the kernel.
+    fn reconcile(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> impl std::future::Future<Output = Result<ReconcileReport, BackendError>>;
+
+    /// An incremental pass; `Ok(None)` when a full one is due.
+    fn apply_changes(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>>;
+}
+
+impl DataPath for Backend {
+    fn lease_attrs(&self) -> LeaseAttrs {
+        Backend::lease_attrs(self)
+    }
+
+    fn mtu(&self) -> u32 {
+        Backend::mtu(self)
+    }
+
+    fn device_name(&self) -> &str {
+        Backend::device_name(self)
+    }
+
+    fn reconcile(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> impl std::future::Future<Output = Result<ReconcileReport, BackendError>> {
+        Backend::reconcile(self, own, peers)
+    }
+
+    fn apply_changes(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>> {
+        Backend::apply_changes(self, own, peers)
     }
 }

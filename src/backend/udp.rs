@@ -24,10 +24,11 @@ pub use datapath::UdpCounters;
 pub use forwarding::ForwardingTable;
 pub use packet::{net_unreachable, parse_ipv4, Malformed};
 
-use crate::backend::routes::{del_owned_route, owned_routes, replace_owned_route, OwnedRoute};
+use crate::backend::entries::{self, KernelEntries};
+use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
 use crate::backend::{ReconcileReport, StaleEntry};
 use crate::lease::{Lease, LeaseAttrs};
-use crate::netlink::{self, ExternalInterface, NetlinkError};
+use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
 use datapath::{DataPath, Queue, SharedTable};
 use socket::UnderlaySocket;
 
@@ -93,6 +94,8 @@ pub struct UdpBackend {
     offloads: bool,
     /// The offloads the kernel granted when the data path started, as logged.
     granted: String,
+    /// Applies the cluster route on `flannel0`.
+    pipeline: EntryPipeline,
 }
 
 impl std::fmt::Debug for UdpBackend {
@@ -138,6 +141,7 @@ impl UdpBackend {
             tun_index: 0,
             offloads,
             granted: String::new(),
+            pipeline: EntryPipeline::default(),
         };
         let handle = netlink::connect()?;
         backend.start_data_path(&handle).await?;
@@ -225,25 +229,18 @@ impl UdpBackend {
             outcome.added += 1;
         }
         accept_local_source();
-        let (added, removed) = self.reconcile_route(&handle).await?;
-        outcome.added += added;
-        outcome.removed += removed.len();
-        outcome.stale.extend(removed);
-
-        let table = Arc::new(ForwardingTable::new(
-            own,
-            peers
-                .iter()
-                .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
-                .map(|l| (l.subnet, l.attrs.public_ip)),
-        ));
-        let mut guard = match self.table.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let (present, added, removed) = guard.diff(&table);
-        *guard = table;
-        drop(guard);
+        let (entries, table) = self.desired(own, peers);
+        let devices = self.devices();
+        let tun = self.tun_index;
+        let view = pipeline::read_kernel(&handle, &devices, |r| r.oif == tun).await?;
+        let d = entries::diff(&entries, &view.actual);
+        let route = self.pipeline.full(&devices, entries, d).await?;
+        // The route is the device's, not a peer's: counted only when it had to change.
+        outcome.added += route.added;
+        outcome.removed += route.removed;
+        outcome.failed += route.failed;
+        outcome.stale.extend(route.stale);
+        let (present, added, removed) = self.swap_table(table);
         outcome.desired += present + added;
         outcome.present += present;
         outcome.added += added;
@@ -251,31 +248,72 @@ impl UdpBackend {
         Ok(outcome)
     }
 
-    /// Keeps exactly one weft route on `flannel0`: the cluster network.
-    async fn reconcile_route(&self, handle: &Handle) -> Result<(usize, Vec<StaleEntry>), UdpError> {
-        let want = OwnedRoute {
+    /// The desired state: one weft route on `flannel0` (the cluster network), and the
+    /// forwarding table of the peers that run this backend.
+    fn desired(&self, own: Ipv4Network, peers: &[Lease]) -> (KernelEntries, ForwardingTable) {
+        let route = Ipv4Route {
             dst: self.network,
             gateway: None,
             oif: self.tun_index,
+            onlink: false,
         };
-        let mut found = false;
-        let mut removed = Vec::new();
-        for route in owned_routes(handle).await? {
-            if route == want {
-                found = true;
-            } else if route.oif == self.tun_index {
-                del_owned_route(handle, &route, TUN_NAME).await?;
-                removed.push(StaleEntry::new(
-                    "route",
-                    format!("{} dev {TUN_NAME}", route.dst),
-                ));
-            }
+        let entries = KernelEntries {
+            routes: [route].into(),
+            ..Default::default()
+        };
+        let table = ForwardingTable::new(
+            own,
+            peers
+                .iter()
+                .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
+                .map(|l| (l.subnet, l.attrs.public_ip)),
+        );
+        (entries, table)
+    }
+
+    fn devices(&self) -> Devices {
+        Devices {
+            overlay: None,
+            routes: Device {
+                index: self.tun_index,
+                name: TUN_NAME.to_string(),
+            },
         }
-        if found {
-            return Ok((0, removed));
-        }
-        replace_owned_route(handle, &want, TUN_NAME).await?;
-        Ok((1, removed))
+    }
+
+    /// Swaps in a new forwarding table; returns (present, added, removed) peers.
+    fn swap_table(&self, table: ForwardingTable) -> (usize, usize, usize) {
+        let table = Arc::new(table);
+        let mut guard = match self.table.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let counts = guard.diff(&table);
+        *guard = table;
+        counts
+    }
+
+    /// Applies a changed peer table: only the forwarding table changes (the cluster route
+    /// does not depend on peers). `None` when a full reconcile is due.
+    pub async fn apply_changes(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> Result<Option<ReconcileReport>, UdpError> {
+        let (entries, table) = self.desired(own, peers);
+        let Some(route) = self.pipeline.incremental(&self.devices(), entries).await? else {
+            return Ok(None);
+        };
+        let mut report = ReconcileReport {
+            failed: route.failed,
+            ..Default::default()
+        };
+        let (present, added, removed) = self.swap_table(table);
+        report.desired += present + added;
+        report.present += present;
+        report.added += added;
+        report.removed += removed;
+        Ok(Some(report))
     }
 
     /// The offloads the kernel granted the running data path (`tun vnet_hdr, udp gso, udp

@@ -1,5 +1,8 @@
 //! The kernel VXLAN backend, on the wire like Flannel's: device `flannel.<VNI>`, UDP 8472,
-//! learning off; per peer a route via `X.0` onlink, a permanent neighbour and an FDB entry.
+//! learning off; per peer a route via `X.0` onlink, a permanent neighbour and an FDB entry
+//! ([`peers`] states them; [`super::pipeline`] programs them).
+
+pub mod peers;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -15,10 +18,12 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkVxlan};
 use tracing::{debug, info, warn};
 
-use super::{BackendError, ReconcileReport, StaleEntry};
+use super::entries::{self, KernelEntries, SkippedPeer};
+use super::pipeline::{self, Device, Devices, EntryPipeline};
+use super::{BackendError, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
-use crate::netlink::{self, BatchRequest, ExternalInterface, MacAddr};
-use crate::peers::{self, ActualEntries, SkippedPeer, VxlanTopology};
+use crate::netlink::{self, ExternalInterface, MacAddr};
+use peers::VxlanTopology;
 
 /// VXLAN overhead on an IPv4 underlay: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -48,6 +53,11 @@ pub struct VxlanBackend {
     mac: MacAddr,
     mtu: u32,
     warned_skipped: BTreeSet<SkippedPeer>,
+    /// The overlay device's index as the last full reconcile found it.
+    dev_index: Option<u32>,
+    /// Whether the untagged routes of a previous version were adopted (once per start).
+    adopted_untagged: bool,
+    pipeline: EntryPipeline,
 }
 
 /// The file under `state_dir` holding the VTEP MAC of device `flannel.<vni>`.
@@ -235,6 +245,9 @@ impl VxlanBackend {
             mac,
             mtu,
             warned_skipped: BTreeSet::new(),
+            dev_index: None,
+            adopted_untagged: false,
+            pipeline: EntryPipeline::default(),
         })
     }
 
@@ -338,114 +351,85 @@ impl VxlanBackend {
         Ok(())
     }
 
-    async fn read_actual(&self, index: u32) -> Result<ActualEntries, BackendError> {
-        let h = &self.handle;
-        // One dump at a time: a netlink socket refuses a second dump while one runs (EBUSY).
-        let routes = netlink::dump_ipv4_routes(h).await?;
-        let neighbours = netlink::neighbours(h, index).await?;
-        let fdb = netlink::fdb_entries(h, index).await?;
-        let routes = peers::owned_routes(
-            &netlink::main_table_routes(&routes),
-            index,
-            self.ext.index,
-            self.settings.network,
-        );
-        Ok(ActualEntries {
-            routes,
-            neighbours,
-            fdb,
-        })
-    }
-
-    fn dev_name_of(&self, oif: u32) -> String {
-        if oif == self.ext.index {
-            self.ext.name.clone()
-        } else {
-            self.name.clone()
+    fn devices(&self, index: u32) -> Devices {
+        Devices {
+            overlay: Some(Device {
+                index,
+                name: self.name.clone(),
+            }),
+            routes: Device {
+                index: self.ext.index,
+                name: self.ext.name.clone(),
+            },
         }
     }
 
-    /// See [`super::Backend::reconcile`].
-    pub async fn reconcile(
-        &mut self,
-        own: Ipv4Network,
-        peer_leases: &[Lease],
-    ) -> Result<ReconcileReport, BackendError> {
-        let index = self.ensure_device().await?;
-        self.ensure_address(index, own).await?;
+    /// The entries the peers justify on device `index`; each unusable lease is warned about
+    /// once, not on every pass.
+    fn desired(&mut self, index: u32, own: Ipv4Network, peer_leases: &[Lease]) -> KernelEntries {
         let topo = VxlanTopology {
             dev_index: index,
             ext_index: self.ext.index,
             direct_routing: self.settings.direct_routing.then_some(self.ext.network),
         };
         let (desired, skipped) = peers::vxlan_desired(own, peer_leases, &topo);
-        // Warn once per bad lease, not on every resync.
         let now_skipped: BTreeSet<SkippedPeer> = skipped.into_iter().collect();
         for s in now_skipped.difference(&self.warned_skipped) {
             warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
         }
         self.warned_skipped = now_skipped;
-        let actual = self.read_actual(index).await?;
-        let diff = peers::diff(&desired, &actual);
+        desired
+    }
 
-        let mut removals = Vec::new();
-        for r in &diff.del_routes {
-            removals.push(BatchRequest::del_route(r, &self.dev_name_of(r.oif)));
+    /// See [`super::Backend::reconcile`]. The first pass after start also adopts the
+    /// untagged routes a previous weft version wrote (see [`entries::adopt_untagged`]).
+    pub async fn reconcile(
+        &mut self,
+        own: Ipv4Network,
+        peer_leases: &[Lease],
+    ) -> Result<ReconcileReport, BackendError> {
+        self.dev_index = None;
+        let index = self.ensure_device().await?;
+        self.ensure_address(index, own).await?;
+        let desired = self.desired(index, own, peer_leases);
+        let devices = self.devices(index);
+        let ext = self.ext.index;
+        let view =
+            pipeline::read_kernel(&self.handle, &devices, |r| r.oif == index || r.oif == ext)
+                .await?;
+        let mut d = entries::diff(&desired, &view.actual);
+        let adopting = !self.adopted_untagged;
+        if adopting {
+            let untagged =
+                peers::untagged_routes(&view.untagged, index, ext, self.settings.network);
+            if !untagged.is_empty() {
+                info!(device = %self.name, routes = untagged.len(), "adopting the untagged routes of a previous version");
+            }
+            entries::adopt_untagged(&mut d, &desired, &untagged);
         }
-        for ip in &diff.del_neighbours {
-            removals.push(BatchRequest::del_neighbour(index, &self.name, *ip));
+        let report = self.pipeline.full(&devices, desired, d).await?;
+        if report.failed == 0 {
+            self.adopted_untagged = true;
         }
-        for e in &diff.del_fdb {
-            removals.push(BatchRequest::del_fdb(index, &self.name, e));
-        }
-        let mut additions = Vec::new();
-        for r in &diff.add_routes {
-            additions.push(BatchRequest::replace_route(r, &self.dev_name_of(r.oif)));
-        }
-        for (ip, mac) in &diff.add_neighbours {
-            additions.push(BatchRequest::replace_neighbour(
-                index, &self.name, *ip, *mac,
-            ));
-        }
-        for e in &diff.add_fdb {
-            additions.push(BatchRequest::replace_fdb(index, &self.name, e));
-        }
-
-        // Removals first: a changed route or FDB entry is a removal plus an addition.
-        let (removed, del_errors) = netlink::run_batch(&removals)?;
-        let (added, add_errors) = netlink::run_batch(&additions)?;
-        for e in del_errors.iter().chain(add_errors.iter()) {
-            warn!(device = %self.name, error = %e, "peer entry not programmed");
-        }
-        let stale = diff
-            .del_routes
-            .iter()
-            .map(|r| {
-                let dst = match r.gateway {
-                    Some(gw) => format!("{} via {gw}", r.dst),
-                    None => r.dst.to_string(),
-                };
-                StaleEntry::new("route", format!("{dst} dev {}", self.dev_name_of(r.oif)))
-            })
-            .chain(
-                diff.del_neighbours
-                    .iter()
-                    .map(|ip| StaleEntry::new("neighbour", format!("{ip} dev {}", self.name))),
-            )
-            .chain(diff.del_fdb.iter().map(|e| {
-                StaleEntry::new("fdb", format!("{} dst {} dev {}", e.mac, e.dst, self.name))
-            }))
-            .collect();
-        let report = ReconcileReport {
-            desired: desired.len(),
-            present: diff.present,
-            added,
-            removed,
-            failed: del_errors.len() + add_errors.len(),
-            stale,
-        };
+        self.dev_index = Some(index);
         debug!(device = %self.name, ?report, "reconciled VXLAN peers");
         Ok(report)
+    }
+
+    /// Applies only what changed since the last pass; `None` when a full reconcile is due.
+    pub async fn apply_changes(
+        &mut self,
+        own: Ipv4Network,
+        peer_leases: &[Lease],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        let Some(index) = self.dev_index else {
+            return Ok(None);
+        };
+        let desired = self.desired(index, own, peer_leases);
+        Ok(self
+            .pipeline
+            .incremental(&self.devices(index), desired)
+            .await?)
     }
 }
 

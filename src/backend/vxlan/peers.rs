@@ -1,56 +1,12 @@
-//! The peer table as kernel entries: what the leases say the kernel should hold (routes,
-//! neighbours, FDB entries) and the difference to what it holds. Pure functions, no I/O.
-
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+//! The VXLAN backend's desired state: per peer lease one route, one permanent neighbour and
+//! one FDB entry (or, with DirectRouting, one route via the peer's PublicIP). Pure functions,
+//! no I/O.
 
 use ipnetwork::Ipv4Network;
 
+use crate::backend::entries::{KernelEntries, SkippedPeer};
 use crate::lease::Lease;
-use crate::netlink::{FdbEntry, Ipv4Route, MacAddr, Neighbour};
-
-/// Kernel entries that the peer leases justify.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerEntries {
-    /// Routes to peer subnets.
-    pub routes: BTreeSet<Ipv4Route>,
-    /// Permanent neighbour entries on the overlay device, by IP.
-    pub neighbours: BTreeMap<Ipv4Addr, MacAddr>,
-    /// FDB entries on the overlay device.
-    pub fdb: BTreeSet<FdbEntry>,
-}
-
-impl PeerEntries {
-    /// How many kernel entries these are.
-    pub fn len(&self) -> usize {
-        self.routes.len() + self.neighbours.len() + self.fdb.len()
-    }
-
-    /// Whether there are no entries.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// What the kernel holds now, restricted to the entries weft owns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ActualEntries {
-    /// Routes on the overlay device and weft's direct routes.
-    pub routes: Vec<Ipv4Route>,
-    /// All IPv4 neighbour entries of the overlay device.
-    pub neighbours: Vec<Neighbour>,
-    /// All FDB entries of the overlay device.
-    pub fdb: Vec<FdbEntry>,
-}
-
-/// A lease that yields no kernel entries, and why.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SkippedPeer {
-    /// The peer's subnet.
-    pub subnet: Ipv4Network,
-    /// Why it is skipped, for a warning.
-    pub reason: String,
-}
+use crate::netlink::{FdbEntry, Ipv4Route, MacAddr};
 
 /// Where VXLAN peers are programmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +53,8 @@ pub fn vxlan_desired(
     own: Ipv4Network,
     peers: &[Lease],
     topo: &VxlanTopology,
-) -> (PeerEntries, Vec<SkippedPeer>) {
-    let mut entries = PeerEntries::default();
+) -> (KernelEntries, Vec<SkippedPeer>) {
+    let mut entries = KernelEntries::default();
     let mut skipped = Vec::new();
     for lease in peers {
         if lease.subnet == own {
@@ -149,10 +105,12 @@ pub fn vxlan_desired(
     (entries, skipped)
 }
 
-/// The routes among `all` that weft owns: every route on the overlay device (`dev_index`), and
-/// the gateway routes via the external interface (`ext_index`) to a subnet strictly inside the
-/// cluster `network` (DirectRouting's routes).
-pub fn owned_routes(
+/// The untagged routes among `all` (routes without weft's protocol) that a previous weft
+/// version wrote for VXLAN and a start must adopt: every route on the overlay device
+/// (`dev_index`), and the gateway routes via the external interface (`ext_index`) to a subnet
+/// strictly inside the cluster `network` (DirectRouting's routes). Only the one-time
+/// migration uses this rule; afterwards weft's routes are recognised by their protocol.
+pub fn untagged_routes(
     all: &[Ipv4Route],
     dev_index: u32,
     ext_index: u32,
@@ -170,77 +128,13 @@ pub fn owned_routes(
         .collect()
 }
 
-/// What to change so that the kernel holds exactly the desired entries. Removals must be
-/// applied before additions (a changed route or FDB entry is one removal plus one addition);
-/// a neighbour whose MAC changed is replaced in place.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerDiff {
-    /// Routes to delete.
-    pub del_routes: Vec<Ipv4Route>,
-    /// Neighbour entries to delete, by IP.
-    pub del_neighbours: Vec<Ipv4Addr>,
-    /// FDB entries to delete.
-    pub del_fdb: Vec<FdbEntry>,
-    /// Routes to add.
-    pub add_routes: Vec<Ipv4Route>,
-    /// Permanent neighbour entries to add or replace.
-    pub add_neighbours: Vec<(Ipv4Addr, MacAddr)>,
-    /// FDB entries to add.
-    pub add_fdb: Vec<FdbEntry>,
-    /// Desired entries that are already present.
-    pub present: usize,
-}
-
-impl PeerDiff {
-    /// Whether nothing needs to change.
-    pub fn is_empty(&self) -> bool {
-        self.del_routes.is_empty()
-            && self.del_neighbours.is_empty()
-            && self.del_fdb.is_empty()
-            && self.add_routes.is_empty()
-            && self.add_neighbours.is_empty()
-            && self.add_fdb.is_empty()
-    }
-}
-
-/// Compares desired and actual entries.
-pub fn diff(desired: &PeerEntries, actual: &ActualEntries) -> PeerDiff {
-    let mut d = PeerDiff::default();
-
-    let actual_routes: BTreeSet<Ipv4Route> = actual.routes.iter().copied().collect();
-    d.del_routes = actual_routes.difference(&desired.routes).copied().collect();
-    d.add_routes = desired.routes.difference(&actual_routes).copied().collect();
-    d.present += desired.routes.len() - d.add_routes.len();
-
-    let mut seen_neighbours = BTreeSet::new();
-    for n in &actual.neighbours {
-        if !desired.neighbours.contains_key(&n.ip) && seen_neighbours.insert(n.ip) {
-            d.del_neighbours.push(n.ip);
-        }
-    }
-    for (ip, mac) in &desired.neighbours {
-        let ok = actual
-            .neighbours
-            .iter()
-            .any(|n| n.ip == *ip && n.mac == Some(*mac) && n.permanent);
-        if ok {
-            d.present += 1;
-        } else {
-            d.add_neighbours.push((*ip, *mac));
-        }
-    }
-
-    let actual_fdb: BTreeSet<FdbEntry> = actual.fdb.iter().copied().collect();
-    d.del_fdb = actual_fdb.difference(&desired.fdb).copied().collect();
-    d.add_fdb = desired.fdb.difference(&actual_fdb).copied().collect();
-    d.present += desired.fdb.len() - d.add_fdb.len();
-    d
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::entries::{diff, ActualEntries};
     use crate::lease::LeaseAttrs;
+    use crate::netlink::Neighbour;
+    use std::net::Ipv4Addr;
 
     const DEV: u32 = 10;
     const EXT: u32 = 2;
@@ -275,20 +169,8 @@ mod tests {
     }
 
     /// The kernel state after programming `desired` exactly.
-    fn programmed(desired: &PeerEntries) -> ActualEntries {
-        ActualEntries {
-            routes: desired.routes.iter().copied().collect(),
-            neighbours: desired
-                .neighbours
-                .iter()
-                .map(|(ip, mac)| Neighbour {
-                    ip: *ip,
-                    mac: Some(*mac),
-                    permanent: true,
-                })
-                .collect(),
-            fdb: desired.fdb.iter().copied().collect(),
-        }
+    fn programmed(desired: &KernelEntries) -> ActualEntries {
+        ActualEntries::programmed(desired)
     }
 
     #[test]
@@ -521,7 +403,7 @@ mod tests {
 
     #[test]
     fn unresolved_or_dynamic_neighbour_is_made_permanent() {
-        let want = PeerEntries {
+        let want = KernelEntries {
             neighbours: [("10.244.2.0".parse().unwrap(), mac("0a:00:00:00:00:02"))].into(),
             ..Default::default()
         };
@@ -572,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn owned_routes_are_overlay_and_direct_cluster_routes() {
+    fn untagged_routes_to_adopt_are_overlay_and_direct_cluster_routes() {
         let cluster = net("10.244.0.0/16");
         let r = |dst: &str, oif: u32| Ipv4Route {
             dst: net(dst),
@@ -594,7 +476,7 @@ mod tests {
             r("10.244.4.0/24", 7),
             device_route("10.244.5.0/24", EXT),
         ];
-        let owned = owned_routes(&all, DEV, EXT, cluster);
-        assert_eq!(owned, vec![all[0], all[1], all[2]]);
+        let untagged = untagged_routes(&all, DEV, EXT, cluster);
+        assert_eq!(untagged, vec![all[0], all[1], all[2]]);
     }
 }
