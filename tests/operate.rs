@@ -546,7 +546,8 @@ fn weftctl_status_over_the_node_socket() {
     let local = covering.replace(".0/24", ".1/32");
     n2.netns().ip(&["link", "set", "lo", "up"]);
     n2.netns().ip(&["addr", "add", &local, "dev", "lo"]);
-    // And a route on flannel.1 no lease justifies: the next reconcile removes it and says so.
+    // And a weft route (protocol 87) on flannel.1 no lease justifies: the next reconcile
+    // removes it and says so.
     let stray_gw = stray.trim_end_matches("/24");
     n2.netns().ip(&[
         "route",
@@ -557,6 +558,8 @@ fn weftctl_status_over_the_node_socket() {
         "dev",
         "flannel.1",
         "onlink",
+        "proto",
+        "87",
     ]);
     cluster.etcd.put_with_ttl(
         &lease_key(&bad),

@@ -845,6 +845,7 @@ fn stale_kernel_entries_are_removed_by_reconcile() {
     let stale = "10.244.200.0/24";
     let stale_mac = "02:00:00:00:02:00";
     let ns = n1.netns();
+    // As weft writes its routes: with its protocol number, which is how it knows them.
     ns.ip(&[
         "route",
         "add",
@@ -854,6 +855,8 @@ fn stale_kernel_entries_are_removed_by_reconcile() {
         "dev",
         "flannel.1",
         "onlink",
+        "proto",
+        "87",
     ]);
     ns.ip(&[
         "neigh",
@@ -887,6 +890,70 @@ fn stale_kernel_entries_are_removed_by_reconcile() {
     let s2 = n2.subnet().unwrap_or_default();
     let mac2 = n2.mac_of("flannel.1").unwrap_or_default();
     assert!(n1.vxlan_peer_programmed("flannel.1", &s2, n2.public_ip(), &mac2));
+}
+
+/// An upgrade from a version that wrote VXLAN routes without weft's protocol number: the
+/// restarted agent adopts its routes (protocol 87, no duplicates), removes the untagged route
+/// of a peer that left while it was down, and pods keep talking.
+#[test]
+fn untagged_routes_of_the_previous_version_are_adopted_on_start() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    for node in &cluster.nodes {
+        node.start_weftd(&[]);
+        node.wait_subnet_env(START);
+    }
+    cluster.wait_mesh(CONVERGE);
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let (p1, p2) = (n1.add_pod(), n2.add_pod());
+    assert!(p1.tcp_check(&p2), "TCP before\n{}", cluster.dump());
+    n1.stop();
+    let s2 = n2.subnet().unwrap_or_default();
+    let gw2 = s2.trim_end_matches("/24").to_string();
+    let ns = n1.netns();
+    // The routes as the previous version left them: no protocol given (the kernel says boot).
+    ns.ip(&[
+        "route",
+        "replace",
+        &s2,
+        "via",
+        &gw2,
+        "dev",
+        "flannel.1",
+        "onlink",
+        "proto",
+        "boot",
+    ]);
+    let gone = "10.244.200.0/24";
+    ns.ip(&[
+        "route",
+        "add",
+        gone,
+        "via",
+        "10.244.200.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    let before = ns.ip(&["route", "show", "dev", "flannel.1"]);
+    assert!(!before.contains("proto 87"), "{before}");
+    assert!(
+        p1.tcp_check(&p2),
+        "TCP over the untagged route\n{}",
+        cluster.dump()
+    );
+    n1.restart();
+    let mut routes = String::new();
+    n1.wait_until(CONVERGE, "untagged routes adopted or removed", || {
+        routes = ns.ip(&["route", "show", "dev", "flannel.1"]);
+        let lines: Vec<&str> = routes.lines().collect();
+        lines.len() == 1 && lines[0].starts_with(&format!("{s2} via {gw2} proto 87"))
+    });
+    assert!(!routes.contains(gone), "{routes}");
+    assert!(
+        p1.tcp_check(&p2),
+        "TCP after the adoption\n{}",
+        cluster.dump()
+    );
 }
 
 /// A pre-existing flannel.1 with wrong VNI, port, MTU and learning is fixed or recreated.
