@@ -742,6 +742,8 @@ impl Agent {
             return;
         }
         let started = Instant::now();
+        // subnet.env is not written yet: this pass sets up a new own subnet.
+        let moving = !self.published;
         self.apply_changes_at = None;
         self.protected = None;
         let peers = self.believed_peers().await;
@@ -758,7 +760,17 @@ impl Agent {
                 return;
             }
         };
+        // A refusal may come from an address this very pass changed (the overlay address
+        // follows a new own subnet): the next pass reads the node's addresses again, and on a
+        // new subnet it comes at once.
+        let guard_refused = self.rejected.iter().any(|r| r.by == RejectedBy::RouteGuard);
+        if guard_refused {
+            self.protected = None;
+        }
         self.record(took, &peers, report).await;
+        if guard_refused && moving {
+            self.retry_reconcile = Some(Instant::now());
+        }
     }
 
     /// Counts, logs and reports one pass, and publishes subnet.env once the data path is in
