@@ -66,8 +66,10 @@ pub struct DaemonOptions {
     pub udp_offloads: bool,
     /// `--healthz-addr`.
     pub healthz_addr: Option<SocketAddr>,
-    /// `--resync-interval`: full relist-and-reconcile period.
+    /// `--resync-interval`: period of the full reconcile against the cached lease table.
     pub resync_interval: Duration,
+    /// `--relist-interval`: mean period of the safety re-list from etcd while the watch runs.
+    pub relist_interval: Duration,
     /// `--pod-manifest-path` and friends: run static pods when set.
     pub pods: Option<PodConfig>,
     /// systemd's notification socket, when weftd runs as a `Type=notify` service.
@@ -354,6 +356,8 @@ impl Agent {
         let mut watch: Option<LeaseWatch> = None;
         let mut backoff = Backoff::new();
         let mut retry_at = Instant::now();
+        let mut relist_at =
+            Instant::now() + decisions::jittered(self.opts.relist_interval, rand::random());
         loop {
             if watch.is_none() && Instant::now() >= retry_at {
                 match self.rewatch().await {
@@ -394,12 +398,13 @@ impl Agent {
                     self.reconcile().await;
                 }
                 () = tokio::time::sleep(renew_in) => self.renew().await,
-                _ = resync.tick() => {
-                    if watch.is_some() {
-                        if let Err(e) = self.relist().await {
-                            self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                            warn!(error = %e, "periodic re-list failed; reconciling against the last known table");
-                        }
+                // The kernel against the table the watch keeps: no etcd request.
+                _ = resync.tick() => self.reconcile().await,
+                () = tokio::time::sleep_until(relist_at.into()), if watch.is_some() => {
+                    relist_at = Instant::now() + decisions::jittered(self.opts.relist_interval, rand::random());
+                    if let Err(e) = self.relist().await {
+                        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "safety re-list failed; reconciling against the last known table");
                     }
                     self.reconcile().await;
                 }

@@ -124,9 +124,15 @@ struct Flags {
         hide = true
     )]
     subnet_lease_ttl: u64,
-    /// Seconds between full re-lists and reconciles of the kernel against etcd.
+    /// Seconds between full reconciles of the kernel against the lease table weftd keeps from
+    /// its etcd watch (no etcd request).
     #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value_t = 30)]
     resync_interval: u64,
+    /// Mean seconds between safety re-lists of every lease from etcd while the watch runs
+    /// (each spread at random over 0.5x to 1.5x, so nodes do not re-list together); a broken or
+    /// compacted watch re-lists at once regardless.
+    #[arg(long, env = "WEFTD_RELIST_INTERVAL", default_value_t = 1800)]
+    relist_interval: u64,
     /// Unix socket (0600) where `weftctl status` asks for the node's status; default:
     /// weftd.sock beside --subnet-file.
     #[arg(long, env = "WEFTD_STATUS_SOCKET")]
@@ -182,6 +188,7 @@ impl Flags {
             udp_offloads: !self.no_udp_offloads,
             healthz_addr: self.healthz_addr,
             resync_interval: Duration::from_secs(self.resync_interval.max(1)),
+            relist_interval: Duration::from_secs(self.relist_interval.max(1)),
             notifier: ServiceNotifier::default(),
             status_socket: Some(status_socket),
             probe_interval: (self.peer_probe_interval > 0.0)

@@ -125,6 +125,12 @@ pub fn pass_for_changes(published: bool, ext_gone: bool, retry_pending: bool) ->
     }
 }
 
+/// The delay until the next safety re-list: `mean` spread over 0.5x to 1.5x by `unit`, a
+/// random number in [0, 1), so a cluster's nodes do not re-list from etcd together.
+pub fn jittered(mean: std::time::Duration, unit: f64) -> std::time::Duration {
+    mean.mul_f64(0.5 + unit.clamp(0.0, 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +260,14 @@ mod tests {
         assert_eq!(pass_for_changes(false, false, false), Pass::Full);
         assert_eq!(pass_for_changes(true, true, false), Pass::Full);
         assert_eq!(pass_for_changes(true, false, true), Pass::Full);
+    }
+
+    #[test]
+    fn safety_relists_spread_over_half_to_one_and_a_half_times_the_mean() {
+        let mean = std::time::Duration::from_secs(600);
+        assert_eq!(jittered(mean, 0.0).as_secs(), 300);
+        assert_eq!(jittered(mean, 0.5).as_secs(), 600);
+        assert_eq!(jittered(mean, 0.999).as_secs(), 899);
+        assert_eq!(jittered(mean, 7.0).as_secs(), 900);
     }
 }
