@@ -607,6 +607,62 @@ fn stale_entries_nobody_justifies_are_removed() {
     assert!(eth0_routes.contains("10.244.211.0/26"), "{eth0_routes}");
 }
 
+/// A lease change is applied incrementally: only the changed peers' entries are sent, the
+/// kernel is not re-read (an entry deleted behind weft's back stays missing until the next full
+/// pass, which restores it).
+#[test]
+fn lease_changes_touch_only_the_changed_peers_entries() {
+    let node = TestNode::new("inc");
+    let state = node.state_dir();
+    let cfg = vxlan_config(26, false, 8472);
+    let peers: Vec<Lease> = (1..=20).map(peer_n).collect();
+    let mut changed: Vec<Lease> = peers[1..].to_vec();
+    changed.push(peer_n(21));
+    let untouched = peers[5].subnet.to_string();
+    let ns_name = node.ns.name.clone();
+    let (incremental, full) = node.block_on({
+        let (cfg, state, peers, changed) = (cfg.clone(), state.clone(), peers, changed.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            assert!(
+                backend
+                    .apply_changes(own(), &peers)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "an incremental pass before any full one"
+            );
+            backend.reconcile(own(), &peers).await.unwrap();
+            run(&["ip", "-n", &ns_name, "route", "del", &untouched]);
+            let incremental = backend.apply_changes(own(), &changed).await.unwrap();
+            let view = kernel_view(&Ns {
+                name: ns_name.clone(),
+            });
+            assert!(
+                !view.routes.iter().any(|r| r.starts_with(&untouched)),
+                "an incremental pass re-read the kernel and restored {untouched}"
+            );
+            let full = backend.reconcile(own(), &changed).await.unwrap();
+            (incremental, full)
+        }
+    });
+    let incremental = incremental.expect("an incremental pass after a full one");
+    // Peer 1 left (3 entries removed), peer 21 joined (3 added); nothing else was sent.
+    assert_eq!(
+        (incremental.added, incremental.removed, incremental.failed),
+        (3, 3, 0),
+        "{incremental:?}"
+    );
+    assert_eq!(incremental.present, 57, "{incremental:?}");
+    // The full pass finds the route deleted behind weft's back and restores only it.
+    assert_eq!(
+        (full.added, full.removed, full.failed),
+        (1, 0, 0),
+        "{full:?}"
+    );
+    assert_eq!(kernel_view(&node.ns), expected_view(&changed));
+}
+
 #[test]
 fn deleted_device_is_reported_recreated_and_reprogrammed() {
     let node = TestNode::new("del");
