@@ -223,13 +223,14 @@ async fn serve_network(
     Ok(())
 }
 
-/// The agent's state once it holds a lease.
-struct Agent {
+/// The agent's state once it holds a lease: generic over the lease store and the data path,
+/// the two seams where it meets etcd and the kernel.
+struct Agent<S: LeaseStore = EtcdStore, D: DataPath = Backend> {
     opts: DaemonOptions,
     ext: ExternalInterface,
-    store: EtcdStore,
+    store: S,
     config: NetworkConfig,
-    backend: Backend,
+    backend: D,
     own: OwnLease,
     /// The raw JSON of `<prefix>/config` the running `config` was last compared with.
     config_text: Option<String>,
@@ -340,7 +341,9 @@ impl Agent {
         agent.reconcile().await;
         Ok(agent)
     }
+}
 
+impl<S: LeaseStore, D: DataPath> Agent<S, D> {
     /// The event loop. Returns when `shutdown` resolves.
     async fn serve(&mut self, shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>) {
         let mut shutdown = shutdown;
@@ -353,7 +356,7 @@ impl Agent {
         };
         let mut resync = tokio::time::interval(self.opts.resync_interval);
         resync.tick().await;
-        let mut watch: Option<LeaseWatch> = None;
+        let mut watch: Option<S::Watch> = None;
         let mut backoff = Backoff::new();
         let mut retry_at = Instant::now();
         let mut relist_at =
@@ -425,7 +428,7 @@ impl Agent {
     }
 
     /// Re-lists the leases, reconciles, and opens a new watch after the listed revision.
-    async fn rewatch(&mut self) -> Result<<EtcdStore as LeaseStore>::Watch, StoreError> {
+    async fn rewatch(&mut self) -> Result<S::Watch, StoreError> {
         self.relist().await?;
         self.reconcile().await;
         self.store.watch_network(self.revision + 1).await
@@ -710,13 +713,15 @@ impl Agent {
             }
             return false;
         }
-        match Backend::new(
-            &self.config,
-            &ext,
-            &self.opts.state_dir,
-            self.opts.udp_offloads,
-        )
-        .await
+        match self
+            .backend
+            .rebuild(
+                &self.config,
+                &ext,
+                &self.opts.state_dir,
+                self.opts.udp_offloads,
+            )
+            .await
         {
             Ok(backend) => {
                 info!(iface = %ext.name, index = ext.index, public_ip = %ext.public_ip, "external interface is back; data path rebuilt on it");

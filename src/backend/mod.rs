@@ -257,6 +257,25 @@ pub trait DataPath {
     /// The device the data path owns.
     fn device_name(&self) -> &str;
 
+    /// The offloads the kernel granted a userspace data path; `None` where the kernel
+    /// forwards.
+    fn granted_offloads(&self) -> Option<&str>;
+
+    /// The data path's own Prometheus metrics, if it keeps any.
+    fn metrics(&self) -> Option<crate::health::BackendMetrics>;
+
+    /// A new data path of the same kind on `ext` (the external interface came back with a
+    /// new index).
+    fn rebuild(
+        &self,
+        cfg: &NetworkConfig,
+        ext: &ExternalInterface,
+        state_dir: &Path,
+        udp_offloads: bool,
+    ) -> impl std::future::Future<Output = Result<Self, BackendError>>
+    where
+        Self: Sized;
+
     /// A full pass: device, address and every peer entry, diffed against the kernel.
     fn reconcile(
         &mut self,
@@ -283,6 +302,24 @@ impl DataPath for Backend {
 
     fn device_name(&self) -> &str {
         Backend::device_name(self)
+    }
+
+    fn granted_offloads(&self) -> Option<&str> {
+        Backend::granted_offloads(self)
+    }
+
+    fn metrics(&self) -> Option<crate::health::BackendMetrics> {
+        Backend::metrics(self)
+    }
+
+    fn rebuild(
+        &self,
+        cfg: &NetworkConfig,
+        ext: &ExternalInterface,
+        state_dir: &Path,
+        udp_offloads: bool,
+    ) -> impl std::future::Future<Output = Result<Self, BackendError>> {
+        Backend::new(cfg, ext, state_dir, udp_offloads)
     }
 
     fn reconcile(
