@@ -2,8 +2,9 @@
 //!
 //! One task owns all state ([`Agent`]); it reacts to watch events, the renew deadline, a
 //! periodic resync, overlay-device removal and shutdown. What each of them means is decided by
-//! the pure functions of [`decisions`]. Watch events are coalesced for up to
-//! [`COALESCE_CHANGES`] and applied incrementally (only the changed peers' entries); start,
+//! the pure functions of [`decisions`]. Watch events are applied incrementally (only the
+//! changed peers' entries): at once after a quiet spell, and a burst at most one pass per
+//! [`COALESCE_CHANGES`]; start,
 //! the periodic resync and every repair run a full reconcile of the kernel (read actual, diff
 //! against desired, apply the difference), so a lost event, a restart or a hand-deleted route
 //! is repaired the same way.
@@ -35,8 +36,8 @@ use crate::status::{
     StaleRemoval, StatusBoard,
 };
 use crate::store::{
-    endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseStore, LeaseWatch, NetworkEvent,
-    NetworkWatch, OwnLease, StoreError,
+    endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseStore, NetworkEvent, NetworkWatch,
+    OwnLease, StoreError,
 };
 use crate::subnet_env::SubnetEnv;
 use crate::validate::{parse_mac, validate_leases, LeasePolicy, NodeIdentity};
@@ -260,6 +261,8 @@ struct Agent<S: LeaseStore = EtcdStore, D: DataPath = Backend> {
     ext_wrong_ip: Option<Ipv4Addr>,
     /// When the coalesced watch events are applied; `None` when none wait.
     apply_changes_at: Option<Instant>,
+    /// When the last incremental pass ran, which spaces the next one.
+    changes_applied: Option<Instant>,
     /// What the route guard protected at the last full reconcile, reused by incremental
     /// passes (the node's own addresses and routes change rarely; a resync re-reads them).
     protected: Option<Vec<guard::Protected>>,
@@ -268,8 +271,8 @@ struct Agent<S: LeaseStore = EtcdStore, D: DataPath = Backend> {
 /// Delay before a failed reconcile is tried again, instead of waiting for the next resync.
 const RECONCILE_RETRY: Duration = Duration::from_secs(1);
 
-/// How long watch events are collected before they are applied: a burst of lease changes
-/// becomes one incremental pass, and no change waits longer than this.
+/// The least time between two incremental passes: a lone change is applied at once, a burst
+/// of lease changes is collected into one pass per period, and no change waits longer.
 pub const COALESCE_CHANGES: Duration = Duration::from_millis(20);
 
 impl Agent {
@@ -329,6 +332,7 @@ impl Agent {
             ext_gone: false,
             ext_wrong_ip: None,
             apply_changes_at: None,
+            changes_applied: None,
             protected: None,
         };
         agent.note_lease();
@@ -524,14 +528,16 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
             self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
             warn!(error = %e, "re-acquire own lease; will retry at the next resync");
         }
-        self.apply_changes_at
-            .get_or_insert_with(|| Instant::now() + COALESCE_CHANGES);
+        let at =
+            decisions::apply_changes_at(Instant::now(), self.changes_applied, COALESCE_CHANGES);
+        self.apply_changes_at.get_or_insert(at);
     }
 
     /// Applies the coalesced watch events: incrementally when the node is healthy (only the
     /// changed peers' entries), else as a full reconcile.
     async fn apply_changes(&mut self) {
         self.apply_changes_at = None;
+        self.changes_applied = Some(Instant::now());
         let pass = decisions::pass_for_changes(
             self.published,
             self.ext_gone,

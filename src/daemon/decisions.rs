@@ -125,6 +125,19 @@ pub fn pass_for_changes(published: bool, ext_gone: bool, retry_pending: bool) ->
     }
 }
 
+/// When changes noted `now` are applied: at once after a quiet spell, else one `period` after
+/// the last pass, so a burst becomes one pass per period and no change waits longer.
+pub fn apply_changes_at(
+    now: std::time::Instant,
+    last_pass: Option<std::time::Instant>,
+    period: std::time::Duration,
+) -> std::time::Instant {
+    match last_pass {
+        Some(last) => now.max(last + period),
+        None => now,
+    }
+}
+
 /// The delay until the next safety re-list: `mean` spread over 0.5x to 1.5x by `unit`, a
 /// random number in [0, 1), so a cluster's nodes do not re-list from etcd together.
 pub fn jittered(mean: std::time::Duration, unit: f64) -> std::time::Duration {
@@ -269,5 +282,17 @@ mod tests {
         assert_eq!(jittered(mean, 0.5).as_secs(), 600);
         assert_eq!(jittered(mean, 0.999).as_secs(), 899);
         assert_eq!(jittered(mean, 7.0).as_secs(), 900);
+    }
+
+    #[test]
+    fn a_lone_change_goes_at_once_and_a_burst_waits_at_most_one_period() {
+        use std::time::{Duration, Instant};
+        let period = Duration::from_millis(20);
+        let t0 = Instant::now();
+        assert_eq!(apply_changes_at(t0, None, period), t0);
+        let quiet = t0 + Duration::from_secs(1);
+        assert_eq!(apply_changes_at(quiet, Some(t0), period), quiet);
+        let burst = t0 + Duration::from_millis(5);
+        assert_eq!(apply_changes_at(burst, Some(t0), period), t0 + period);
     }
 }
