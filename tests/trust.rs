@@ -514,7 +514,7 @@ fn config_changes_while_running_are_applied_or_refused() {
     node.wait_until(CONFIG_WAIT, "the live change logged old -> new", || {
         node.log().lines().any(|l| {
             l.contains("network config changed")
-                && l.contains("SubnetMax 10.244.255.0")
+                && l.contains("SubnetMax 10.244.199.0")
                 && l.contains("-> Network 10.244.0.0/16, SubnetLen 24, SubnetMin 10.244.1.0, SubnetMax 10.244.200.0")
                 && l.contains("applied")
         })

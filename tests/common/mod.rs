@@ -67,8 +67,10 @@ use serde_json::Value;
 pub const ETCD_PREFIX: &str = "/coreos.com/network";
 /// etcd key of the network config.
 pub const NETWORK_CONFIG_KEY: &str = "/coreos.com/network/config";
-/// A plain VXLAN network config for 10.244.0.0/16.
-pub const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// A plain VXLAN network config for 10.244.0.0/16. Nodes lease only from 10.244.100.0/24 to
+/// 10.244.199.0/24 (`SubnetMin`/`SubnetMax`), so a fake lease a test puts outside that range
+/// (a bad key, a sentinel peer) can never land on a real node's own subnet by chance.
+pub const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan"}}"#;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static STALE_CLEANUP: Once = Once::new();
