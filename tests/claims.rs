@@ -1,0 +1,267 @@
+//! README claims about weftd that no other test file shows: what `--resync-interval` does for an
+//! operator, that a rejected lease is logged once per revision, which fields name a lease or a
+//! peer in the log, that `WEFTD_ETCD_PASSWORD` is not warned about, and the settings of the
+//! systemd unit. docs/evidence.md maps every README claim to its test.
+//!
+//! Real etcd, real namespaces, real weftd (see tests/common).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Time for weftd to start and write subnet.env.
+const START: Duration = Duration::from_secs(30);
+/// Time for a change in etcd to reach the kernel.
+const CONVERGE: Duration = Duration::from_secs(10);
+/// `--resync-interval` of the resync test, in seconds.
+const RESYNC_SECS: u64 = 2;
+
+/// A fake peer, programmed from etcd and then deleted from the kernel by hand.
+const PEER: &str = "10.244.60.0/24";
+const PEER_IP: &str = "192.0.2.60";
+const PEER_MAC: &str = "aa:bb:cc:00:00:60";
+
+/// The value of an unlabelled counter or gauge on the node's `/metrics`.
+fn metric(node: &Node, name: &str) -> Option<f64> {
+    let (_, text) = node.http_get("/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until weftd has finished `n` more reconciles than `since` (resyncs, when nothing else
+/// happens), and returns the new count.
+fn wait_reconciles(node: &Node, since: f64, n: f64) -> f64 {
+    node.wait_for(
+        Duration::from_secs(RESYNC_SECS * (n as u64 + 3)),
+        "periodic reconciles",
+        || metric(node, "weft_reconcile_runs_total").filter(|&runs| runs >= since + n),
+    )
+}
+
+/// Lines of the node's log that report the rejection of `key`.
+fn rejections_logged(node: &Node, key: &str) -> usize {
+    node.log()
+        .lines()
+        .filter(|l| l.contains("lease rejected") && l.contains(&format!("key={key}")))
+        .count()
+}
+
+/// `--resync-interval`: a route and neighbour deleted by hand come back within the interval with
+/// no etcd event in between. A rejected lease is logged once per revision of its key, however
+/// many resyncs judge it again; a new revision is logged again. Lease and peer events name the
+/// lease in `subnet`, `public_ip`, `peer` or `key` fields.
+#[test]
+fn resync_restores_hand_deleted_entries_and_logs_a_rejection_once_per_revision() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let node = cluster.node(0);
+    let bad_key = lease_key("192.0.2.0/24");
+    let bad_value = vxlan_lease_value("192.0.2.61", "aa:bb:cc:00:00:61");
+    cluster.etcd.put(&bad_key, &bad_value);
+    node.start_weftd(&["--resync-interval", &RESYNC_SECS.to_string()]);
+    node.wait_subnet_env(START);
+    // Put after the start, so it arrives as a watch event ("peer joined").
+    cluster.etcd.put_with_ttl(
+        &lease_key(PEER),
+        &vxlan_lease_value(PEER_IP, PEER_MAC),
+        600,
+    );
+    node.wait_until(CONVERGE, "the fake peer programmed", || {
+        node.vxlan_peer_programmed("flannel.1", PEER, PEER_IP, PEER_MAC)
+    });
+
+    // Resync: entries deleted by hand come back with no etcd event.
+    let revision = cluster.etcd.revision();
+    let ns = node.netns();
+    ns.ip(&["route", "del", PEER, "dev", "flannel.1"]);
+    ns.ip(&["neigh", "del", "10.244.60.0", "dev", "flannel.1"]);
+    assert!(
+        node.route_to(PEER).is_none(),
+        "the route is still there after `ip route del`"
+    );
+    let deleted = Instant::now();
+    // The interval, plus a reconcile's and a listing's time on a loaded machine.
+    let within = Duration::from_secs(RESYNC_SECS + 3);
+    node.wait_until(within, "route and neighbour restored by the resync", || {
+        node.vxlan_peer_programmed("flannel.1", PEER, PEER_IP, PEER_MAC)
+    });
+    eprintln!("restored {:?} after the deletion", deleted.elapsed());
+    assert_eq!(
+        cluster.etcd.revision(),
+        revision,
+        "etcd changed while the entries were away: the restore was not the resync's"
+    );
+
+    // Once per revision: three more resyncs, still one line.
+    let runs = metric(node, "weft_reconcile_runs_total").unwrap_or_default();
+    let runs = wait_reconciles(node, runs, 3.0);
+    assert_eq!(
+        rejections_logged(node, &bad_key),
+        1,
+        "a rejected lease logged other than once across resyncs:\n{}",
+        node.log_tail(40)
+    );
+    cluster.etcd.put(&bad_key, &bad_value);
+    node.wait_until(CONVERGE, "the new revision logged", || {
+        rejections_logged(node, &bad_key) == 2
+    });
+    wait_reconciles(node, runs, 3.0);
+    assert_eq!(
+        rejections_logged(node, &bad_key),
+        2,
+        "the second revision logged other than once:\n{}",
+        node.log_tail(40)
+    );
+
+    // The fields that name a lease or a peer.
+    assert!(cluster.etcd.del(&lease_key(PEER)), "delete the fake peer");
+    node.wait_until(CONVERGE, "the fake peer withdrawn", || {
+        node.vxlan_peer_absent(PEER, PEER_MAC)
+    });
+    let log = node.log();
+    let own = node.subnet().unwrap_or_default();
+    let line = |what: &str| -> String {
+        log.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line in:\n{}", node.log_tail(40)))
+            .to_string()
+    };
+    let acquired = line("acquired subnet");
+    assert!(
+        acquired.contains(&format!("subnet={own}"))
+            && acquired.contains(&format!("public_ip={}", node.public_ip())),
+        "{acquired}"
+    );
+    let peer_key = lease_key(PEER);
+    for what in ["peer joined or changed", "peer left"] {
+        let l = line(what);
+        assert!(l.contains(&format!("peer={peer_key}")), "{l}");
+    }
+    let ready = line("node ready");
+    assert!(ready.contains(&format!("subnet={own}")), "{ready}");
+}
+
+/// `WEFTD_ETCD_PASSWORD` (the variable, not the flag) logs in without the `ps` warning, and the
+/// password never appears in the log.
+#[test]
+fn etcd_password_from_the_environment_is_not_warned_about() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let secret = "s3cret-weft-env-pw-4711";
+    for args in [
+        vec!["user", "add", &format!("root:{secret}")],
+        vec!["user", "grant-role", "root", "root"],
+        vec!["auth", "enable"],
+    ] {
+        let out = cluster.etcd.etcdctl(&args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let node = cluster.node(0);
+    let subnet_file = node.subnet_file().to_string_lossy().into_owned();
+    let state_dir = node.state_dir().to_string_lossy().into_owned();
+    let endpoint = cluster.etcd.endpoint();
+    node.start_weftd_env(&[
+        ("WEFTD_ETCD_ENDPOINTS", &endpoint),
+        ("WEFTD_IFACE", "eth0"),
+        ("WEFTD_SUBNET_FILE", &subnet_file),
+        ("WEFTD_STATE_DIR", &state_dir),
+        ("WEFTD_ETCD_USERNAME", "root"),
+        ("WEFTD_ETCD_PASSWORD", secret),
+    ]);
+    node.wait_subnet_env(START);
+    let log = node.log();
+    assert!(
+        !log.contains("visible to every local user in ps"),
+        "the variable was warned about:\n{}",
+        node.log_tail(20)
+    );
+    let leaked: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("===== harness:") && l.contains(secret))
+        .collect();
+    assert!(leaked.is_empty(), "password in the log: {leaked:?}");
+}
+
+/// docs/systemd/weftd.service passes `systemd-analyze verify` and holds the settings the README
+/// describes: notify with a 2 min watchdog, only weftd killed, /run/weft kept, and no option
+/// that gives weftd a private mount namespace.
+#[test]
+fn systemd_unit_verifies_and_has_the_documented_settings() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/systemd/weftd.service");
+    let unit = std::fs::read_to_string(&source)
+        .unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .collect();
+    for expected in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=2min",
+        "KillMode=process",
+        "RuntimeDirectory=weft",
+        "RuntimeDirectoryPreserve=yes",
+        "Restart=always",
+        "ExecStart=/usr/bin/weftd",
+    ] {
+        assert!(settings.contains(&expected), "no {expected} in the unit");
+    }
+    // Each of these puts the service in a mount namespace of its own.
+    for private in [
+        "ProtectSystem=",
+        "ProtectHome=",
+        "PrivateTmp=",
+        "PrivateDevices=",
+        "PrivateMounts=",
+        "ReadOnlyPaths=",
+        "ReadWritePaths=",
+        "InaccessiblePaths=",
+        "TemporaryFileSystem=",
+        "BindPaths=",
+        "MountFlags=",
+        "ProtectKernelTunables=",
+        "ProtectControlGroups=",
+    ] {
+        assert!(
+            !settings.iter().any(|l| l.starts_with(private)),
+            "{private} gives weftd a private mount namespace"
+        );
+    }
+    // systemd-analyze checks the unit's syntax and that ExecStart= exists: point it at the
+    // weftd this test was built with, in a copy of the unit. Documentation= names man pages
+    // that only the package installs (tests/operate.rs checks them there).
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let copy = dir.path().join("weftd.service");
+    let copied: String = unit
+        .lines()
+        .filter(|l| !l.starts_with("Documentation="))
+        .map(|l| match l {
+            "ExecStart=/usr/bin/weftd" => format!("ExecStart={}\n", env!("CARGO_BIN_EXE_weftd")),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&copy, copied)
+    .unwrap_or_else(|e| panic!("write {}: {e}", copy.display()));
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap_or_else(|e| panic!("run systemd-analyze (systemd in scripts/setup.sh): {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Complaints about other units of this machine are not the unit's.
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("weftd.service"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {}\n{stderr}",
+        out.status
+    );
+}
