@@ -265,3 +265,64 @@ fn systemd_unit_verifies_and_has_the_documented_settings() {
         out.status
     );
 }
+
+/// The flag tables of README.md (weftd reference and static pods) against `weftd --help`: every
+/// flag exists, takes its `WEFTD_<NAME>` variable, and has exactly the default the README gives
+/// (a row whose default is a single literal such as `30`), or none (a row saying off, —, or
+/// describing what is used instead).
+#[test]
+fn readme_flag_tables_match_weftd_help() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .unwrap_or_else(|e| panic!("read README.md: {e}"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weftd"))
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("weftd --help: {e}"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    // clap prints each flag's line, then its description with `[env: ..] [default: ..]`.
+    let entry = |flag: &str| -> String {
+        let mut lines = help.lines().skip_while(|l| {
+            !l.trim_start()
+                .strip_prefix(flag)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+        });
+        let head = lines
+            .next()
+            .unwrap_or_else(|| panic!("{flag} is not in weftd --help:\n{help}"));
+        let body: Vec<&str> = lines.take_while(|l| !l.trim_start().starts_with('-')).collect();
+        format!("{head} {}", body.join(" "))
+    };
+    let mut checked = 0;
+    for row in readme.lines().filter(|l| l.starts_with("| `--")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (flags, default) = (cells[1], cells[2]);
+        // A single literal, e.g. "`30`" or "`runc`; any runtime ..." or "`/opt/cni/bin` (...)".
+        let literal = default.strip_prefix('`').and_then(|rest| {
+            let (value, after) = rest.split_once('`')?;
+            (after.is_empty() || after.starts_with(';') || after.starts_with(" ("))
+                .then_some(value)
+        });
+        for flag in flags.split(", ") {
+            let flag = flag.trim_matches('`');
+            let text = entry(flag);
+            let env = format!(
+                "[env: WEFTD_{}",
+                flag.trim_start_matches("--").replace('-', "_").to_uppercase()
+            );
+            assert!(text.contains(&env), "{flag}: no {env} in {text:?}");
+            match literal {
+                Some(value) => assert!(
+                    text.contains(&format!("[default: {value}]")),
+                    "{flag}: README says the default is {value}, weftd --help: {text:?}"
+                ),
+                None => assert!(
+                    !text.contains("[default:"),
+                    "{flag}: README gives no default ({default}), weftd --help: {text:?}"
+                ),
+            }
+            checked += 1;
+        }
+    }
+    // The two tables hold over 30 flags; a table the filter stopped matching checks nothing.
+    assert!(checked >= 30, "only {checked} README flags found");
+}
