@@ -326,3 +326,31 @@ fn readme_flag_tables_match_weftd_help() {
     // The two tables hold over 30 flags; a table the filter stopped matching checks nothing.
     assert!(checked >= 30, "only {checked} README flags found");
 }
+
+/// `--etcd-prefix`: weftd reads the config and writes its lease under the given prefix, and
+/// ignores Flannel's default one.
+#[test]
+fn etcd_prefix_flag_moves_config_and_leases() {
+    // Nothing under the default prefix: a weftd reading it would wait for a config for ever.
+    let cluster = Cluster::new(1, "");
+    let prefix = "/weft-test/network";
+    cluster
+        .etcd
+        .put(&format!("{prefix}/config"), r#"{"Network":"10.244.0.0/16"}"#);
+    let node = cluster.node(0);
+    node.start_weftd(&["--etcd-prefix", prefix]);
+    let env = node.wait_subnet_env(START);
+    let subnet = node.subnet().unwrap_or_default();
+    assert!(env.contains("FLANNEL_NETWORK=10.244.0.0/16"), "{env}");
+    let leases = cluster.etcd.get_prefix(&format!("{prefix}/subnets/"));
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(
+        leases[0].0,
+        format!("{prefix}/subnets/{}", subnet.replace('/', "-")),
+        "{leases:?}"
+    );
+    assert!(
+        cluster.etcd.get_prefix("/coreos.com/network/").is_empty(),
+        "written under the default prefix"
+    );
+}
