@@ -354,3 +354,23 @@ fn etcd_prefix_flag_moves_config_and_leases() {
         "written under the default prefix"
     );
 }
+
+/// A key for the whole `Network` (larger than `SubnetLen`, so never believed) does not keep a
+/// new node from leasing a subnet inside it.
+#[test]
+fn whole_network_key_does_not_block_a_new_node() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let whole = lease_key("10.244.0.0/16");
+    cluster
+        .etcd
+        .put(&whole, &vxlan_lease_value("192.0.2.90", "aa:bb:cc:00:00:90"));
+    let node = cluster.node(0);
+    node.start_weftd(&[]);
+    node.wait_subnet_env(START);
+    let subnet = node.subnet().unwrap_or_default();
+    assert!(subnet.starts_with("10.244.") && subnet.ends_with("/24"), "{subnet}");
+    assert!(
+        cluster.etcd.get(&whole).is_some(),
+        "the whole-Network key was removed"
+    );
+}
