@@ -2509,8 +2509,10 @@ fn pod_without_namespace_files_gets_a_new_sandbox_on_adoption() {
 /// Pod flags and volumes through a real weftd: `--oci-runtime` names the runtime every
 /// container is run with, `--pids-limit` becomes each container's `pids.max`, `--cni-bin-dir`
 /// is a comma list (the fixture's lists a missing directory first), a `hostPath` volume is
-/// the node's directory read and written by the pod, and a FIFO behind a `.yaml` name (put
-/// before weftd starts, never opened by a writer) does not block the pod next to it.
+/// the node's directory read and written by the pod, an `ephemeral-storage` limit is accepted,
+/// the pod's state directory is 0700, and a
+/// FIFO behind a `.yaml` name (put before weftd starts, never opened by a writer) does not
+/// block the pod next to it.
 #[test]
 fn pod_flags_host_path_and_a_fifo_manifest_through_weftd() {
     use std::os::unix::fs::PermissionsExt;
@@ -2562,6 +2564,8 @@ spec:
       image: busybox
       command: [sh, -c, 'cat /host/in; echo from-pod > /host/out; exec sleep 3600']
       volumeMounts: [{{name: host, mountPath: /host}}]
+      # Accepted (and not enforced): the pod must run.
+      resources: {{limits: {{ephemeral-storage: 1Gi}}}}
 "#,
             host_dir.display()
         ),
@@ -2580,7 +2584,11 @@ spec:
         std::fs::read_to_string(host_dir.join("out")).ok()
     });
     assert_eq!(written, "from-pod\n");
-    let (_, container) = container_dir(&node, &rec, "writer");
+    let (pod_dir, container) = container_dir(&node, &rec, "writer");
+    let pod_dir_mode = std::fs::metadata(&pod_dir)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or_else(|e| panic!("{}: {e}", pod_dir.display()));
+    assert_eq!(pod_dir_mode, 0o700, "mode of {}", pod_dir.display());
     let id = container
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
