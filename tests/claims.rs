@@ -1,7 +1,8 @@
-//! README claims about weftd that no other test file shows: what `--resync-interval` does for an
-//! operator, that a rejected lease is logged once per revision, which fields name a lease or a
-//! peer in the log, that `WEFTD_ETCD_PASSWORD` is not warned about, and the settings of the
-//! systemd unit. docs/evidence.md maps every README claim to its test.
+//! README claims about weftd that no other test file shows: the flag tables, what
+//! `--resync-interval` does for an operator, that rejected leases and refused routes are logged
+//! once per revision, which fields name a lease or a peer in the log, `--etcd-prefix`, that
+//! `WEFTD_ETCD_PASSWORD` is not warned about, a whole-Network key, when peers are not probed,
+//! and the settings of the systemd unit. docs/evidence.md maps every README claim to its test.
 //!
 //! Real etcd, real namespaces, real weftd (see tests/common).
 
@@ -373,4 +374,89 @@ fn whole_network_key_does_not_block_a_new_node() {
         cluster.etcd.get(&whole).is_some(),
         "the whole-Network key was removed"
     );
+}
+
+/// A route the guard refuses is logged once per revision of its key, however many resyncs
+/// refuse it again.
+#[test]
+fn refused_route_is_logged_once_per_revision() {
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let node = cluster.node(0);
+    // A node-local address inside the pod network: a lease covering it must not be routed.
+    node.netns().ip(&["link", "set", "lo", "up"]);
+    node.netns()
+        .ip(&["addr", "add", "10.244.60.1/32", "dev", "lo"]);
+    node.start_weftd(&["--resync-interval", &RESYNC_SECS.to_string()]);
+    node.wait_subnet_env(START);
+    let key = lease_key(PEER);
+    let value = vxlan_lease_value(PEER_IP, PEER_MAC);
+    cluster.etcd.put_with_ttl(&key, &value, 600);
+    let refusals = || {
+        node.log()
+            .lines()
+            .filter(|l| l.contains("route refused by the guard") && l.contains(&key))
+            .count()
+    };
+    node.wait_until(CONVERGE, "the refusal logged", || refusals() == 1);
+    let runs = metric(node, "weft_reconcile_runs_total").unwrap_or_default();
+    let runs = wait_reconciles(node, runs, 3.0);
+    assert_eq!(refusals(), 1, "{}", node.log_tail(30));
+    cluster.etcd.put_with_ttl(&key, &value, 600);
+    node.wait_until(CONVERGE, "the new revision logged", || refusals() == 2);
+    wait_reconciles(node, runs, 3.0);
+    assert_eq!(refusals(), 2, "{}", node.log_tail(30));
+    assert!(node.route_to(PEER).is_none(), "the refused route is in the kernel");
+}
+
+/// Lines of `weft_peer_reachable` on the node's `/metrics`.
+fn probe_results(node: &Node) -> usize {
+    node.http_get("/metrics")
+        .map(|(_, m)| {
+            m.lines()
+                .filter(|l| l.starts_with("weft_peer_reachable{"))
+                .count()
+        })
+        .unwrap_or_default()
+}
+
+/// `--peer-probe-interval 0` turns probing off: next to a node probing every second (which
+/// reports its peer), the node with 0 reports none.
+#[test]
+fn peer_probe_interval_zero_turns_probing_off() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    let (off, on) = (cluster.node(0), cluster.node(1));
+    off.start_weftd(&["--peer-probe-interval", "0"]);
+    on.start_weftd(&["--peer-probe-interval", "1"]);
+    for node in [off, on] {
+        node.wait_subnet_env(START);
+    }
+    cluster.wait_mesh(CONVERGE);
+    on.wait_until(CONVERGE, "the probing node reports its peer", || {
+        probe_results(on) > 0
+    });
+    // Three more of the probing node's rounds.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(probe_results(off), 0, "{}", off.log_tail(20));
+}
+
+/// host-gw peers are not probed: two host-gw nodes probing every second report no peer.
+#[test]
+fn host_gw_peers_are_not_probed() {
+    let config = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","Backend":{"Type":"host-gw"}}"#;
+    let cluster = Cluster::new(2, config);
+    for node in &cluster.nodes {
+        node.start_weftd(&["--peer-probe-interval", "1"]);
+        node.wait_subnet_env(START);
+    }
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let s2 = n2.subnet().unwrap_or_default();
+    n1.wait_until(CONVERGE, "the host-gw route to node 2", || {
+        n1.route_to(&s2).is_some()
+    });
+    // Several probe intervals (peer_probe_interval_zero_turns_probing_off shows a VXLAN node
+    // reports its peer within this time).
+    std::thread::sleep(Duration::from_secs(4));
+    for node in [n1, n2] {
+        assert_eq!(probe_results(node), 0, "{}", node.log_tail(20));
+    }
 }
