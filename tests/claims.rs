@@ -64,11 +64,9 @@ fn resync_restores_hand_deleted_entries_and_logs_a_rejection_once_per_revision()
     node.start_weftd(&["--resync-interval", &RESYNC_SECS.to_string()]);
     node.wait_subnet_env(START);
     // Put after the start, so it arrives as a watch event ("peer joined").
-    cluster.etcd.put_with_ttl(
-        &lease_key(PEER),
-        &vxlan_lease_value(PEER_IP, PEER_MAC),
-        600,
-    );
+    cluster
+        .etcd
+        .put_with_ttl(&lease_key(PEER), &vxlan_lease_value(PEER_IP, PEER_MAC), 600);
     node.wait_until(CONVERGE, "the fake peer programmed", || {
         node.vxlan_peer_programmed("flannel.1", PEER, PEER_IP, PEER_MAC)
     });
@@ -247,8 +245,7 @@ fn systemd_unit_verifies_and_has_the_documented_settings() {
             _ => format!("{l}\n"),
         })
         .collect();
-    std::fs::write(&copy, copied)
-    .unwrap_or_else(|e| panic!("write {}: {e}", copy.display()));
+    std::fs::write(&copy, copied).unwrap_or_else(|e| panic!("write {}: {e}", copy.display()));
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .arg(&copy)
@@ -290,7 +287,9 @@ fn readme_flag_tables_match_weftd_help() {
         let head = lines
             .next()
             .unwrap_or_else(|| panic!("{flag} is not in weftd --help:\n{help}"));
-        let body: Vec<&str> = lines.take_while(|l| !l.trim_start().starts_with('-')).collect();
+        let body: Vec<&str> = lines
+            .take_while(|l| !l.trim_start().starts_with('-'))
+            .collect();
         format!("{head} {}", body.join(" "))
     };
     let mut checked = 0;
@@ -300,15 +299,16 @@ fn readme_flag_tables_match_weftd_help() {
         // A single literal, e.g. "`30`" or "`runc`; any runtime ..." or "`/opt/cni/bin` (...)".
         let literal = default.strip_prefix('`').and_then(|rest| {
             let (value, after) = rest.split_once('`')?;
-            (after.is_empty() || after.starts_with(';') || after.starts_with(" ("))
-                .then_some(value)
+            (after.is_empty() || after.starts_with(';') || after.starts_with(" (")).then_some(value)
         });
         for flag in flags.split(", ") {
             let flag = flag.trim_matches('`');
             let text = entry(flag);
             let env = format!(
                 "[env: WEFTD_{}",
-                flag.trim_start_matches("--").replace('-', "_").to_uppercase()
+                flag.trim_start_matches("--")
+                    .replace('-', "_")
+                    .to_uppercase()
             );
             assert!(text.contains(&env), "{flag}: no {env} in {text:?}");
             match literal {
@@ -335,9 +335,10 @@ fn etcd_prefix_flag_moves_config_and_leases() {
     // Nothing under the default prefix: a weftd reading it would wait for a config for ever.
     let cluster = Cluster::new(1, "");
     let prefix = "/weft-test/network";
-    cluster
-        .etcd
-        .put(&format!("{prefix}/config"), r#"{"Network":"10.244.0.0/16"}"#);
+    cluster.etcd.put(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.244.0.0/16"}"#,
+    );
     let node = cluster.node(0);
     node.start_weftd(&["--etcd-prefix", prefix]);
     let env = node.wait_subnet_env(START);
@@ -362,14 +363,18 @@ fn etcd_prefix_flag_moves_config_and_leases() {
 fn whole_network_key_does_not_block_a_new_node() {
     let cluster = Cluster::new(1, VXLAN_CONFIG);
     let whole = lease_key("10.244.0.0/16");
-    cluster
-        .etcd
-        .put(&whole, &vxlan_lease_value("192.0.2.90", "aa:bb:cc:00:00:90"));
+    cluster.etcd.put(
+        &whole,
+        &vxlan_lease_value("192.0.2.90", "aa:bb:cc:00:00:90"),
+    );
     let node = cluster.node(0);
     node.start_weftd(&[]);
     node.wait_subnet_env(START);
     let subnet = node.subnet().unwrap_or_default();
-    assert!(subnet.starts_with("10.244.") && subnet.ends_with("/24"), "{subnet}");
+    assert!(
+        subnet.starts_with("10.244.") && subnet.ends_with("/24"),
+        "{subnet}"
+    );
     assert!(
         cluster.etcd.get(&whole).is_some(),
         "the whole-Network key was removed"
@@ -405,7 +410,10 @@ fn refused_route_is_logged_once_per_revision() {
     node.wait_until(CONVERGE, "the new revision logged", || refusals() == 2);
     wait_reconciles(node, runs, 3.0);
     assert_eq!(refusals(), 2, "{}", node.log_tail(30));
-    assert!(node.route_to(PEER).is_none(), "the refused route is in the kernel");
+    assert!(
+        node.route_to(PEER).is_none(),
+        "the refused route is in the kernel"
+    );
 }
 
 /// Lines of `weft_peer_reachable` on the node's `/metrics`.

@@ -1596,7 +1596,8 @@ fn log_file_is_created_0600_with_a_line_per_operation() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     for command in ["ADD", "DEL"] {
         assert!(
-            text.lines().any(|l| l.contains(command) && l.contains("logged")),
+            text.lines()
+                .any(|l| l.contains(command) && l.contains("logged")),
             "no {command} line for the container in:\n{text}"
         );
     }
