@@ -272,26 +272,8 @@ fn systemd_unit_verifies_and_has_the_documented_settings() {
 fn readme_flag_tables_match_weftd_help() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
         .unwrap_or_else(|e| panic!("read README.md: {e}"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weftd"))
-        .arg("--help")
-        .output()
-        .unwrap_or_else(|e| panic!("weftd --help: {e}"));
-    let help = String::from_utf8_lossy(&out.stdout);
-    // clap prints each flag's line, then its description with `[env: ..] [default: ..]`.
-    let entry = |flag: &str| -> String {
-        let mut lines = help.lines().skip_while(|l| {
-            !l.trim_start()
-                .strip_prefix(flag)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
-        });
-        let head = lines
-            .next()
-            .unwrap_or_else(|| panic!("{flag} is not in weftd --help:\n{help}"));
-        let body: Vec<&str> = lines
-            .take_while(|l| !l.trim_start().starts_with('-'))
-            .collect();
-        format!("{head} {}", body.join(" "))
-    };
+    let help = help_of(env!("CARGO_BIN_EXE_weftd"), &[]);
+    let entry = |flag: &str| help_entry(&help, flag);
     let mut checked = 0;
     for row in readme.lines().filter(|l| l.starts_with("| `--")) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
@@ -467,4 +449,58 @@ fn host_gw_peers_are_not_probed() {
     for node in [n1, n2] {
         assert_eq!(probe_results(node), 0, "{}", node.log_tail(20));
     }
+}
+
+/// The help text of `flag` in clap's `--help` output: the flag's line and its description, where
+/// clap prints `[env: ..] [default: ..]`. Panics when the flag is not there.
+fn help_entry(help: &str, flag: &str) -> String {
+    let mut lines = help.lines().skip_while(|l| {
+        !l.trim_start()
+            .strip_prefix(flag)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+    });
+    let head = lines
+        .next()
+        .unwrap_or_else(|| panic!("{flag} is not in the help:\n{help}"));
+    let body: Vec<&str> = lines
+        .take_while(|l| !l.trim_start().starts_with('-'))
+        .collect();
+    format!("{head} {}", body.join(" "))
+}
+
+/// `--help` of one of this package's binaries, with `args` before it.
+fn help_of(binary: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("{binary} {args:?} --help: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `weftctl` takes weftd's `--pod-root`, `--image-root` and `--pod-log-dir`, with the same
+/// `WEFTD_*` variables and defaults, in every command that reads them.
+#[test]
+fn weftctl_takes_weftds_pod_flags_and_variables() {
+    let weftd = help_of(env!("CARGO_BIN_EXE_weftd"), &[]);
+    let commands: [&[&str]; 4] = [&["pods"], &["logs"], &["image", "import"], &["image", "ls"]];
+    let mut checked = 0;
+    for command in commands {
+        let help = help_of(env!("CARGO_BIN_EXE_weftctl"), command);
+        for flag in ["--pod-root", "--image-root", "--pod-log-dir"] {
+            if !help.contains(flag) {
+                continue;
+            }
+            // The flag's description differs; its variable and default must not.
+            let tail = |text: String| text.split_once("[env:").map(|(_, t)| t.trim().to_string());
+            assert_eq!(
+                tail(help_entry(&help, flag)),
+                tail(help_entry(&weftd, flag)),
+                "weftctl {command:?} {flag}"
+            );
+            checked += 1;
+        }
+    }
+    // pods and logs read all three; image commands the image root.
+    assert!(checked >= 6, "only {checked} flags found in weftctl's help");
 }
