@@ -2608,3 +2608,57 @@ spec:
     );
     node.kill_weftd();
 }
+
+/// At start, a pod from the manifest URL is kept while the URL does not answer, adopted (not
+/// restarted) when it serves the same pod again, and replaced when it serves another.
+#[test]
+fn a_manifest_url_pod_is_kept_at_start_until_the_url_answers() {
+    let mut node = PodNode::new();
+    let server = ManifestServer::start(&node.netns);
+    let text = |cmd: &str| {
+        MYAPP
+            .replace("myapp-pod", "url-start")
+            .replace("sleep 3600", cmd)
+    };
+    server.serve(Some(text("sleep 3600").replace("NS", &node.ns)));
+    node.stop_controller();
+    node.cfg.manifest_url = Some(server.url());
+    node.cfg.manifest_url_interval = Duration::from_secs(1);
+    node.start();
+    let first = node.wait_status("url-start", "Running");
+    let id = first.pod.status.container_statuses[0].container_id.clone();
+
+    // Restarted while the URL answers 404: the pod is kept.
+    node.stop_controller();
+    server.serve(None);
+    node.start();
+    std::thread::sleep(Duration::from_secs(3));
+    let kept = node
+        .record("url-start")
+        .unwrap_or_else(|| panic!("the URL pod was removed while the URL did not answer"));
+    assert_eq!(kept.pod.metadata.uid, first.pod.metadata.uid);
+    assert_eq!(status::columns(&kept.pod).status, "Running");
+
+    // The same pod served again: adopted, the container untouched.
+    server.serve(Some(text("sleep 3600").replace("NS", &node.ns)));
+    std::thread::sleep(Duration::from_secs(3));
+    let adopted = node.wait_status("url-start", "Running");
+    assert_eq!(adopted.pod.metadata.uid, first.pod.metadata.uid);
+    assert_eq!(adopted.pod.status.container_statuses[0].container_id, id);
+    assert_eq!(adopted.pod.status.container_statuses[0].restart_count, 0);
+
+    // Restarted while the URL is down, then another pod served: the old one is replaced.
+    node.stop_controller();
+    server.serve(None);
+    node.start();
+    server.serve(Some(text("sleep 3601").replace("NS", &node.ns)));
+    let replaced = wait_for(WAIT, "the URL pod replaced", || {
+        node.record("url-start")
+            .filter(|r| r.pod.metadata.uid != first.pod.metadata.uid)
+            .filter(|r| status::columns(&r.pod).status == "Running")
+    });
+    assert_ne!(replaced.pod.status.container_statuses[0].container_id, id);
+    wait_for(WAIT, "the old pod's directory gone", || {
+        (node.pod_dirs().len() == 1).then_some(())
+    });
+}
