@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::*;
 
-/// Time for a change in etcd to reach the kernel of every node.
-const CONVERGE: Duration = Duration::from_secs(10);
+/// Time allowed for a change in etcd to reach the kernel of every node (it takes milliseconds;
+/// the margin is for a loaded 2-core machine: it only bounds how long a failure takes to show).
+const CONVERGE: Duration = Duration::from_secs(20);
 /// Round trips each probe must make (50 ms apart) with the bad key in place.
 const PROBE_ROUNDS: u64 = 40;
 
