@@ -2462,3 +2462,130 @@ fn manifest_url_flag_runs_its_pod_through_weftd() {
     node.wait_log(&rec, "myapp-container", "Hello Kubernetes!");
     node.kill_weftd();
 }
+
+/// Runs weftctl with the node's roots after `args`' subcommand words (`pre`), feeding `stdin`.
+fn weftctl_run(node: &PodNode, pre: &[&str], post: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let root = |p: &Path| p.display().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weftctl"))
+        .args(pre)
+        .args(["--pod-root", &root(&node.cfg.pod_root)])
+        .args(["--image-root", &root(&node.cfg.image_root)])
+        .args(["--pod-log-dir", &root(&node.cfg.pod_log_dir)])
+        .args(post)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("weftctl {pre:?}: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        // A command that does not read its input closes the pipe early; that is its business.
+        let _ = input.write_all(stdin);
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("weftctl {pre:?}: {e}"))
+}
+
+#[test]
+fn weftctl_exec_runs_in_the_container_with_its_exit_code_stdin_and_tty() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "shell.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shell, namespace: NS}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: busybox
+      command: ['sh', '-c', 'echo app-only > /tmp/mark; exec sleep 3600']
+    - name: side
+      image: busybox
+      command: ['sleep', '3600']
+"#,
+    );
+    node.wait_status("shell", "Running");
+    let pod = format!("{}/shell", node.ns);
+    let exec = |post: &[&str], stdin: &[u8]| weftctl_run(&node, &["exec", &pod], post, stdin);
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    // The default container is the first app container (its own root filesystem).
+    let out = wait_for(WAIT, "mark written", || {
+        let o = exec(&["--", "cat", "/tmp/mark"], b"");
+        o.status.success().then_some(o)
+    });
+    assert_eq!(text(&out), "app-only\n");
+    // The exit code is passed through.
+    let out = exec(&["--", "sh", "-c", "echo out; exit 7"], b"");
+    assert_eq!((out.status.code(), text(&out)), (Some(7), "out\n".into()));
+    // -c picks the container; it shares the pod's UTS namespace.
+    let out = exec(
+        &["-c", "side", "--", "sh", "-c", "hostname; cat /tmp/mark"],
+        b"",
+    );
+    assert_eq!(text(&out), "shell\n", "{out:?}");
+    assert_eq!(out.status.code(), Some(1));
+    // -i passes stdin; without it the command reads nothing.
+    let out = exec(&["-i", "--", "cat"], b"hello from stdin\n");
+    assert_eq!(text(&out), "hello from stdin\n");
+    let out = exec(&["--", "cat"], b"not passed\n");
+    assert_eq!((out.status.code(), text(&out)), (Some(0), String::new()));
+    // -t gives the command a terminal when weftctl has one (script(1) provides it).
+    let root = |p: &Path| p.display().to_string();
+    let line = [
+        env!("CARGO_BIN_EXE_weftctl"),
+        "exec",
+        "-it",
+        &pod,
+        "--pod-root",
+        &root(&node.cfg.pod_root),
+        "--",
+        "test",
+        "-t",
+        "0",
+    ]
+    .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("script: {e}"));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Without a terminal -t is dropped with kubectl's warning.
+    let out = exec(&["-t", "--", "test", "-t", "0"], b"");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unable to use a TTY"),
+        "{out:?}"
+    );
+    // Bad names and unknown containers are refused with a clear error, nothing run.
+    for (args, want) in [
+        (&["-c", "../app", "--", "true"][..], "container name"),
+        (
+            &["-c", "nope", "--", "true"][..],
+            "container nope is not valid",
+        ),
+    ] {
+        let out = exec(args, b"");
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(want),
+            "{args:?}: {out:?}"
+        );
+    }
+    let out = weftctl_run(&node, &["exec", "Bad_Pod"], &["--", "true"], b"");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pod name"),
+        "{out:?}"
+    );
+
+    node.remove_manifest("shell.yaml");
+    wait_for(WAIT, "pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    node.assert_clean();
+}

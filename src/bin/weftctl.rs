@@ -44,6 +44,10 @@ enum Command {
     Pods(PodsCommand),
     /// Print a pod container's log (`-c CONTAINER`, `--previous`).
     Logs(weft::pod::cli::LogsArgs),
+    /// Run a command in a running container of a pod on this node, like `kubectl exec`:
+    /// `weftctl exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]`. The command's exit
+    /// code is weftctl's.
+    Exec(ExecArgs),
     /// Read, check and change the network config in etcd (`<prefix>/config`).
     Network(NetworkArgs),
     /// This node's weftd: lease and expiry, backend, readiness, peers, last reconcile.
@@ -65,6 +69,33 @@ struct PodsCommand {
     all: bool,
     #[command(flatten)]
     etcd: EtcdArgs,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// Where the node keeps pods.
+    #[command(flatten)]
+    paths: weft::pod::cli::PodPaths,
+    /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
+    pod: String,
+    /// The container (default: the pod's first app container).
+    #[arg(short = 'c', long = "container")]
+    container: Option<String>,
+    /// The pod's namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    namespace: String,
+    /// Pass stdin to the command (without it the command reads an empty input).
+    #[arg(short = 'i', long = "stdin")]
+    stdin: bool,
+    /// Give the command a terminal (needs one on weftctl's stdin, as `kubectl exec -t`).
+    #[arg(short = 't', long = "tty")]
+    tty: bool,
+    /// The OCI runtime weftd runs containers with (weftd's --oci-runtime).
+    #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = "runc")]
+    oci_runtime: PathBuf,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +174,13 @@ enum CtlError {
     Image(#[from] weft::pod::image::ImageError),
     #[error("{0}")]
     Pods(#[from] weft::pod::cli::CliError),
+    #[error("{0}")]
+    Exec(#[from] weft::pod::exec::ExecError),
+    #[error("run {runtime}: {source}")]
+    Spawn {
+        runtime: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     InvalidConfig(#[from] weft::netconf::InvalidConfig),
     #[error("read {path}: {source}")]
@@ -245,6 +283,12 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if let Command::Exec(args) = &cli.command {
+        return exec(args).unwrap_or_else(|e| {
+            eprintln!("weftctl: {e}");
+            ExitCode::FAILURE
+        });
+    }
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -270,6 +314,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             &mut std::io::stderr(),
         )?),
         Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
+        Command::Exec(args) => exec(&args).map(|_| ()),
         Command::Network(args) => network(args.command).await,
         Command::Status(args) => {
             let status = weft::status::fetch(&args.socket)?;
@@ -360,6 +405,44 @@ async fn network(command: NetworkCommand) -> Result<(), CtlError> {
             Ok(())
         }
     }
+}
+
+/// `weftctl exec`: the OCI runtime's `exec` in the container, its exit code passed through.
+fn exec(args: &ExecArgs) -> Result<ExitCode, CtlError> {
+    use std::io::IsTerminal;
+    use std::process::Stdio;
+    let layout = weft::pod::layout::PodLayout::new(&args.paths.pod_root, &args.paths.pod_log_dir);
+    let target = weft::pod::exec::resolve(
+        &layout,
+        &args.pod,
+        &args.namespace,
+        args.container.as_deref(),
+    )?;
+    // As kubectl: a terminal is only given when there is one to drive it.
+    let tty = args.tty && std::io::stdin().is_terminal();
+    if args.tty && !tty {
+        eprintln!("Unable to use a TTY - input is not a terminal or the right kind of file");
+    }
+    let argv = weft::pod::exec::runtime_args(&target, tty, &args.command)?;
+    let stdin = if args.stdin || tty {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    let status = std::process::Command::new(&args.oci_runtime)
+        .args(argv)
+        .stdin(stdin)
+        .status()
+        .map_err(|source| CtlError::Spawn {
+            runtime: args.oci_runtime.clone(),
+            source,
+        })?;
+    // A command killed by a signal exits 128+signal, as a shell reports it.
+    let code = status
+        .code()
+        .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
+        .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 /// `weftctl pods -A`: every node's published pods.
