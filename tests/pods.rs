@@ -2489,14 +2489,14 @@ fn weftctl_run(node: &PodNode, pre: &[&str], post: &[&str], stdin: &[u8]) -> std
 }
 
 #[test]
-fn weftctl_exec_runs_in_the_container_with_its_exit_code_stdin_and_tty() {
+fn weftctl_exec_runs_in_the_container_and_pods_select_by_label() {
     let node = PodNode::new();
     node.put_manifest(
         "shell.yaml",
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: shell, namespace: NS}
+metadata: {name: shell, namespace: NS, labels: {app: shell, tier: debug}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:

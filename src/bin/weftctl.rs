@@ -448,7 +448,10 @@ fn exec(args: &ExecArgs) -> Result<ExitCode, CtlError> {
 /// `weftctl pods -A`: every node's published pods.
 async fn cluster_pods(args: &PodsCommand) -> Result<(), CtlError> {
     let store = EtcdStore::connect(&args.etcd.options()).await?;
-    let (pods, errors) = podview::list_cluster(&store).await?;
+    let selector = weft::pod::selector::parse(args.local.selector.as_deref().unwrap_or(""))
+        .map_err(weft::pod::cli::CliError::from)?;
+    let (mut pods, errors) = podview::list_cluster(&store).await?;
+    pods.retain(|p| selector.matches(&p.labels));
     for e in &errors {
         eprintln!("weftctl: skipping {}", podview::printable(&e.to_string()));
     }
@@ -458,13 +461,17 @@ async fn cluster_pods(args: &PodsCommand) -> Result<(), CtlError> {
             serde_json::to_string_pretty(&pods).unwrap_or_else(|_| "[]".to_string())
         ),
         _ if pods.is_empty() => eprintln!("No pods found."),
-        _ => print!("{}", render_cluster_pods(&pods, SystemTime::now())),
+        _ => print!(
+            "{}",
+            render_cluster_pods(&pods, SystemTime::now(), args.local.show_labels)
+        ),
     }
     Ok(())
 }
 
-/// `kubectl get pods -A -o wide`'s columns, text made safe for a terminal.
-fn render_cluster_pods(pods: &[PodSummary], now: SystemTime) -> String {
+/// `kubectl get pods -A -o wide`'s columns (and LABELS when `show_labels`), text made safe for
+/// a terminal.
+fn render_cluster_pods(pods: &[PodSummary], now: SystemTime, show_labels: bool) -> String {
     let none = |s: &str| {
         if s.is_empty() {
             "<none>".to_string()
@@ -484,7 +491,7 @@ fn render_cluster_pods(pods: &[PodSummary], now: SystemTime) -> String {
                     || "<unknown>".to_string(),
                     weft::pod::status::human_duration,
                 );
-            vec![
+            let mut row = vec![
                 podview::printable(&p.namespace),
                 podview::printable(&p.name),
                 podview::printable(&p.ready),
@@ -493,22 +500,27 @@ fn render_cluster_pods(pods: &[PodSummary], now: SystemTime) -> String {
                 age,
                 none(&p.pod_ip),
                 podview::printable(&p.node),
-            ]
+            ];
+            if show_labels {
+                row.push(podview::printable(&weft::pod::cli::labels_cell(&p.labels)));
+            }
+            row
         })
         .collect();
-    render_columns(
-        &[
-            "NAMESPACE",
-            "NAME",
-            "READY",
-            "STATUS",
-            "RESTARTS",
-            "AGE",
-            "IP",
-            "NODE",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "NAMESPACE",
+        "NAME",
+        "READY",
+        "STATUS",
+        "RESTARTS",
+        "AGE",
+        "IP",
+        "NODE",
+    ];
+    if show_labels {
+        header.push("LABELS");
+    }
+    render_columns(&header, &rows)
 }
 
 /// The text of `file`, `-` meaning stdin; with the name errors should give.
@@ -1011,16 +1023,27 @@ mod tests {
             restarts: 2,
             pod_ip: ip.into(),
             created: Some("2026-11-28T06:00:00Z".into()),
+            labels: [("app".to_string(), ns.to_string())].into(),
         };
         let pods = [
             pod("default", "web", "node1", "10.244.3.5"),
             pod("kube-system", "dns\u{1b}[2J", "node2", ""),
         ];
         assert_eq!(
-            render_cluster_pods(&pods, at(1_795_848_186)),
+            render_cluster_pods(&pods, at(1_795_848_186), false),
             "NAMESPACE    NAME     READY  STATUS   RESTARTS  AGE  IP          NODE\n\
              default      web      1/1    Running  2         43m  10.244.3.5  node1\n\
              kube-system  dns?[2J  1/1    Running  2         43m  <none>      node2\n"
+        );
+        let with_labels = render_cluster_pods(&pods[..1], at(1_795_848_186), true);
+        assert!(
+            with_labels
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with("NODE   LABELS")
+                && with_labels.ends_with("node1  app=default\n"),
+            "{with_labels}"
         );
     }
 

@@ -19,4 +19,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod seccomp;
 pub mod security;
+pub mod selector;
 pub mod status;
