@@ -2489,7 +2489,7 @@ fn weftctl_run(node: &PodNode, pre: &[&str], post: &[&str], stdin: &[u8]) -> std
 }
 
 #[test]
-fn weftctl_exec_runs_in_the_container_and_pods_select_by_label() {
+fn weftctl_exec_debug_and_label_selectors_on_a_running_pod() {
     let node = PodNode::new();
     node.put_manifest(
         "shell.yaml",

@@ -48,6 +48,10 @@ enum Command {
     /// `weftctl exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]`. The command's exit
     /// code is weftctl's.
     Exec(ExecArgs),
+    /// Run an ephemeral debug container in a pod on this node, like `kubectl debug --image`:
+    /// it joins the pod's network, IPC and UTS namespaces (and `--target`'s PID namespace),
+    /// prints its output, is removed when it exits, and its exit code is weftctl's.
+    Debug(DebugArgs),
     /// Read, check and change the network config in etcd (`<prefix>/config`).
     Network(NetworkArgs),
     /// This node's weftd: lease and expiry, backend, readiness, peers, last reconcile.
@@ -95,6 +99,30 @@ struct ExecArgs {
     oci_runtime: PathBuf,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct DebugArgs {
+    /// Where the node keeps pods and images.
+    #[command(flatten)]
+    paths: weft::pod::cli::PodPaths,
+    /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
+    pod: String,
+    /// The debug container's image (imported with `weftctl image import`).
+    #[arg(long)]
+    image: String,
+    /// A container whose PID namespace the debug container joins (its processes become visible).
+    #[arg(long)]
+    target: Option<String>,
+    /// The pod's namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    namespace: String,
+    /// The OCI runtime weftd runs containers with (weftd's --oci-runtime).
+    #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = "runc")]
+    oci_runtime: PathBuf,
+    /// The command and its arguments, after `--` (default: the image's).
+    #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
 
@@ -176,6 +204,8 @@ enum CtlError {
     Pods(#[from] weft::pod::cli::CliError),
     #[error("{0}")]
     Exec(#[from] weft::pod::exec::ExecError),
+    #[error("{0}")]
+    Debug(#[from] weft::pod::debug::DebugError),
     #[error("run {runtime}: {source}")]
     Spawn {
         runtime: PathBuf,
@@ -283,8 +313,13 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    if let Command::Exec(args) = &cli.command {
-        return exec(args).unwrap_or_else(|e| {
+    let direct = match &cli.command {
+        Command::Exec(args) => Some(exec(args)),
+        Command::Debug(args) => Some(debug(args)),
+        _ => None,
+    };
+    if let Some(result) = direct {
+        return result.unwrap_or_else(|e| {
             eprintln!("weftctl: {e}");
             ExitCode::FAILURE
         });
@@ -315,6 +350,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         )?),
         Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
         Command::Exec(args) => exec(&args).map(|_| ()),
+        Command::Debug(args) => debug(&args).map(|_| ()),
         Command::Network(args) => network(args.command).await,
         Command::Status(args) => {
             let status = weft::status::fetch(&args.socket)?;
@@ -442,6 +478,27 @@ fn exec(args: &ExecArgs) -> Result<ExitCode, CtlError> {
         .code()
         .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
         .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `weftctl debug`: the debug container's output, its exit code passed through.
+fn debug(args: &DebugArgs) -> Result<ExitCode, CtlError> {
+    let layout = weft::pod::layout::PodLayout::new(&args.paths.pod_root, &args.paths.pod_log_dir);
+    let images = weft::pod::image::ImageStore::open(&args.paths.image_root)?;
+    let req = weft::pod::debug::DebugRequest {
+        pod: args.pod.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+        target: args.target.clone(),
+        command: args.command.clone(),
+    };
+    let code = weft::pod::debug::run(
+        &layout,
+        &images,
+        &args.oci_runtime.to_string_lossy(),
+        &req,
+        &mut std::io::stdout(),
+    )?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cni;
 pub mod controller;
 pub mod crilog;
+pub mod debug;
 pub mod exec;
 pub mod image;
 pub mod layout;
