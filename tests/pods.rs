@@ -2583,6 +2583,101 @@ spec:
         "{out:?}"
     );
 
+    // A debug container joins the pod's network, IPC and UTS namespaces, with --target also the
+    // target's PID namespace; it is removed when it exits and its exit code is weftctl's.
+    let lines = |o: &std::process::Output| text(o).lines().map(str::to_string).collect::<Vec<_>>();
+    let probe = "hostname; for n in net ipc uts; do readlink /proc/self/ns/$n; done";
+    let in_app = exec(&["--", "sh", "-c", probe], b"");
+    let debug = |pre: &[&str], cmd: &str| {
+        weftctl_run(
+            &node,
+            &[&["debug", &pod, "--image", "busybox"], pre].concat(),
+            &["--", "sh", "-c", cmd],
+            b"",
+        )
+    };
+    let out = debug(
+        &[],
+        &format!("{probe}; ps -o args | grep -c '^sleep 3600'; exit 3"),
+    );
+    let seen = lines(&out);
+    assert_eq!(seen.len(), 5, "{out:?}");
+    assert_eq!(seen[..4], lines(&in_app)[..], "{out:?} vs {in_app:?}");
+    assert_eq!(
+        (seen[4].as_str(), out.status.code()),
+        ("0", Some(3)),
+        "{out:?}"
+    );
+    let out = debug(&["--target", "app"], "ps -o args | grep '^sleep 3600'");
+    assert_eq!(
+        (text(&out), out.status.code()),
+        ("sleep 3600\n".into(), Some(0)),
+        "{out:?}"
+    );
+    let rec = node
+        .record("shell")
+        .unwrap_or_else(|| panic!("shell record"));
+    let m = &rec.pod.metadata;
+    let id = PodId::new(&m.namespace, &m.name, &m.uid).unwrap_or_else(|e| panic!("{e}"));
+    let names = |dir: PathBuf| {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        n.sort();
+        n
+    };
+    let layout = node.cfg.layout();
+    assert_eq!(
+        names(layout.pod_dir(&id).join("containers")),
+        [format!("{}_app_0", m.uid), format!("{}_side_0", m.uid)]
+    );
+    assert_eq!(names(layout.log_dir(&id)), ["app", "side"]);
+    let out = debug(&["--target", "nope"], "true");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container nope is not valid"),
+        "{out:?}"
+    );
+    let out = weftctl_run(
+        &node,
+        &["debug", &pod, "--image", "no-such-image"],
+        &["--", "true"],
+        b"",
+    );
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no-such-image"),
+        "{out:?}"
+    );
+
+    // Label selectors and --show-labels on the live pod.
+    let pods = |sel: &str| {
+        text(&weftctl_run(
+            &node,
+            &["pods", "-l", sel, "--show-labels"],
+            &[],
+            b"",
+        ))
+    };
+    let listed = pods("app=shell,tier in (debug, web)");
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" shell ") && l.ends_with(" app=shell,tier=debug")),
+        "{listed}"
+    );
+    assert_eq!(pods("tier notin (debug)").lines().count(), 0);
+    assert_eq!(pods("!app").lines().count(), 0);
+    let out = weftctl_run(&node, &["pods", "-l", "app in ("], &[], b"");
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("invalid label selector"),
+        "{out:?}"
+    );
+
     node.remove_manifest("shell.yaml");
     wait_for(WAIT, "pod removed", || {
         node.pod_dirs().is_empty().then_some(())
