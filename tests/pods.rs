@@ -2636,6 +2636,29 @@ spec:
         [format!("{}_app_0", m.uid), format!("{}_side_0", m.uid)]
     );
     assert_eq!(names(layout.log_dir(&id)), ["app", "side"]);
+    // Ended debug containers stay in the status, as Kubernetes keeps ephemeral containers'.
+    let list: serde_json::Value = serde_json::from_str(&text(&weftctl_run(
+        &node,
+        &["pods", "-o", "json"],
+        &[],
+        b"",
+    )))
+    .unwrap_or_else(|e| panic!("weftctl pods -o json: {e}"));
+    let eph = &list["items"][0]["status"]["ephemeralContainerStatuses"];
+    let ended: Vec<(bool, serde_json::Value)> = eph
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let named = s["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("debugger-"));
+                    (named, s["state"]["terminated"]["exitCode"].clone())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(ended, [(true, 3.into()), (true, 0.into())], "{eph}");
     let out = debug(&["--target", "nope"], "true");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("container nope is not valid"),

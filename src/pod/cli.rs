@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::crilog::log_text;
-use super::layout::{LayoutError, PodId, PodLayout, INVALID_FILE};
+use super::layout::{LayoutError, PodId, PodLayout, EPHEMERAL_FILE, INVALID_FILE};
 use super::status::{self, PodRecord};
 
 /// The on-disk locations shared by weftd's pod runtime and weftctl.
@@ -129,7 +129,10 @@ pub fn read_pods(pod_root: &Path) -> Result<Vec<PodRecord>, CliError> {
     for entry in entries.flatten() {
         let dir = entry.path();
         if dir.join(status::STATUS_FILE).is_file() {
-            pods.push(status::read_record(&dir)?);
+            let mut record = status::read_record(&dir)?;
+            record.pod.status.ephemeral_container_statuses =
+                super::debug::read_ephemeral(&dir.join(EPHEMERAL_FILE));
+            pods.push(record);
         }
     }
     pods.sort_by(|a, b| {

@@ -7,20 +7,21 @@
 
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::bundle::ContainerSpec;
 use super::cli::{read_pods, CliError};
 use super::crilog::log_text;
 use super::exec::{find_target, pod_ref, ExecError};
-use super::image::{ImageError, ImageStore};
+use super::image::{write_atomic, ImageError, ImageStore};
 use super::layout::{container_id, LayoutError, PodId, PodLayout, LOG_DIR_MODE};
 use super::resources::ContainerResources;
 use super::runtime::{OciRuntime, RuntimeError};
 use super::sandbox::{Sandbox, SandboxError, SandboxState};
 use super::seccomp;
 use super::security::ContainerSecurity;
+use super::status::{self, ContainerState, ContainerStatus};
 
 /// Errors of running a debug container.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,9 @@ pub enum DebugError {
     },
 }
 
+/// How many ephemeral containers' statuses a pod keeps.
+const MAX_EPHEMERAL: usize = 16;
+
 /// What to run: `kubectl debug POD --image IMAGE [--target CONTAINER] -- COMMAND`.
 #[derive(Debug, Clone)]
 pub struct DebugRequest {
@@ -86,6 +90,32 @@ pub fn debugger_name(seed: u64) -> String {
         n /= ALPHABET.len() as u64;
     }
     name
+}
+
+/// The ephemeral containers' statuses recorded in `file` (none when it is missing or unreadable:
+/// they are informational and must not hide the pod).
+pub fn read_ephemeral(file: &Path) -> Vec<ContainerStatus> {
+    std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Adds or replaces `st` in `file` (written atomically, in the 0700 pod directory), as the kubelet keeps an ephemeral
+/// container's status after it ended. A failure only costs the status line, so it is logged.
+fn record_ephemeral(file: &Path, st: &ContainerStatus) {
+    let mut all = read_ephemeral(file);
+    all.retain(|s| s.name != st.name);
+    all.push(st.clone());
+    // Bounded: the oldest debug sessions' statuses go first.
+    let excess = all.len().saturating_sub(MAX_EPHEMERAL);
+    all.drain(..excess);
+    let written = serde_json::to_vec_pretty(&all)
+        .map_err(std::io::Error::other)
+        .and_then(|json| write_atomic(file, &json));
+    if let Err(e) = written {
+        tracing::warn!(file = %file.display(), error = %e, "record ephemeral container status");
+    }
 }
 
 /// Runs the debug container to its end, printing its output to `out`; returns its exit code.
@@ -167,12 +197,22 @@ pub fn run(
         oom_score_adj: 1000,
         pids_limit: None,
     };
+    let status_file = layout.ephemeral_containers(&pod);
+    let mut st = ContainerStatus::new(&debugger, &req.image, "ContainerCreating");
+    st.container_id = format!("weft://{}", spec.id);
     let handle = runtime.start_joining(&spec, &paths)?;
+    let started = status::rfc3339(handle.started_at().unwrap_or_else(SystemTime::now));
+    st.state = ContainerState::running(&started);
+    st.started = true;
+    record_ephemeral(&status_file, &st);
     let exit = loop {
         if let Some(exit) = handle.wait(Duration::from_secs(1))? {
             break exit;
         }
     };
+    st.state = ContainerState::terminated(exit.code, &started, &status::rfc3339(exit.finished_at));
+    st.started = false;
+    record_ephemeral(&status_file, &st);
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     let written = out.write_all(log_text(&text).as_bytes());
     // Removed when it exits, as the kubelet leaves nothing of an ended ephemeral container
