@@ -8,6 +8,8 @@ pub mod cni;
 pub mod controller;
 pub mod crilog;
 pub mod debug;
+pub mod describe;
+pub mod events;
 pub mod exec;
 pub mod image;
 pub mod layout;
