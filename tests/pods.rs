@@ -2707,3 +2707,79 @@ spec:
     });
     node.assert_clean();
 }
+
+#[test]
+fn describe_pod_shows_the_pods_events_kept_in_its_directory() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "ev.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ev, namespace: NS, labels: {app: ev}, annotations: {owner: ops}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: scratch, emptyDir: {}}]
+  containers:
+    - name: app
+      image: busybox
+      command: ['sleep', '3600']
+      livenessProbe: {exec: {command: [cat, /no/such/file]}, periodSeconds: 1, failureThreshold: 1}
+      volumeMounts: [{name: scratch, mountPath: /scratch}]
+"#,
+    );
+    let pod = format!("{}/ev", node.ns);
+    wait_for(WAIT, "pod ev recorded", || node.record("ev"));
+    let describe = || {
+        let out = weftctl_run(&node, &["describe", "pod", &pod], &[], b"");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = wait_for(WAIT, "Unhealthy, Killing and BackOff events", || {
+        let d = describe();
+        ["Unhealthy", "Killing", "BackOff"]
+            .iter()
+            .all(|r| d.contains(r))
+            .then_some(d)
+    });
+    for want in [
+        "Labels:           app=ev\n",
+        "Annotations:      owner=ops\n",
+        "QoS Class:        BestEffort\n",
+        "    Liveness:       exec [cat /no/such/file] delay=0s timeout=1s period=1s #success=1 #failure=1\n",
+        "      /scratch from scratch (rw)\n",
+        "Normal   Pulled",
+        "Container image \"busybox\" already present on machine",
+        "Normal   Created",
+        "Started container app",
+        "Warning  Unhealthy",
+        "Liveness probe failed",
+        "Container app failed Liveness probe, will be restarted",
+        "Back-off restarting failed container app in pod ev",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    assert!(text.contains("Last State:     Terminated"), "{text}");
+    let rec = node.record("ev").unwrap_or_else(|| panic!("ev record"));
+    let m = &rec.pod.metadata;
+    let id = PodId::new(&m.namespace, &m.name, &m.uid).unwrap_or_else(|e| panic!("{e}"));
+    let file = node.cfg.layout().events(&id);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let out = weftctl_run(&node, &["describe", "pod", "Bad_Name"], &[], b"");
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("pod name"),
+        "{out:?}"
+    );
+
+    node.remove_manifest("ev.yaml");
+    wait_for(WAIT, "pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    assert!(!file.exists(), "events outlived the pod");
+    node.assert_clean();
+}

@@ -52,6 +52,9 @@ enum Command {
     /// it joins the pod's network, IPC and UTS namespaces (and `--target`'s PID namespace),
     /// prints its output, is removed when it exits, and its exit code is weftctl's.
     Debug(DebugArgs),
+    /// Show a pod on this node like `kubectl describe pod`: labels, annotations, node, IP, QoS
+    /// class, containers (state, last state, restarts, probes, mounts) and the pod's events.
+    Describe(DescribeArgs),
     /// Read, check and change the network config in etcd (`<prefix>/config`).
     Network(NetworkArgs),
     /// This node's weftd: lease and expiry, backend, readiness, peers, last reconcile.
@@ -124,6 +127,21 @@ struct DebugArgs {
     /// The command and its arguments, after `--` (default: the image's).
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct DescribeArgs {
+    /// Where the node keeps pods.
+    #[command(flatten)]
+    paths: weft::pod::cli::PodPaths,
+    /// The kind of object: `pod` (also `pods`, `po`).
+    #[arg(value_parser = ["pod", "pods", "po"])]
+    kind: String,
+    /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
+    pod: String,
+    /// The pod's namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    namespace: String,
 }
 
 #[derive(Debug, Args)]
@@ -351,6 +369,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
         Command::Exec(args) => exec(&args).map(|_| ()),
         Command::Debug(args) => debug(&args).map(|_| ()),
+        Command::Describe(args) => describe(&args),
         Command::Network(args) => network(args.command).await,
         Command::Status(args) => {
             let status = weft::status::fetch(&args.socket)?;
@@ -500,6 +519,29 @@ fn debug(args: &DebugArgs) -> Result<ExitCode, CtlError> {
         &mut std::io::stdout(),
     )?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `weftctl describe pod`: the pod's record and events as kubectl describes a pod.
+fn describe(args: &DescribeArgs) -> Result<(), CtlError> {
+    use weft::pod::exec::{pod_ref, ExecError};
+    let layout = weft::pod::layout::PodLayout::new(&args.paths.pod_root, &args.paths.pod_log_dir);
+    let (ns, name) = pod_ref(&args.pod, &args.namespace)?;
+    let pods = weft::pod::cli::read_pods(layout.pod_root())?;
+    let rec = pods
+        .iter()
+        .find(|r| r.pod.metadata.namespace == ns && r.pod.metadata.name == name)
+        .ok_or_else(|| ExecError::NoPod {
+            pod: format!("{ns}/{name}"),
+            root: layout.pod_root().to_path_buf(),
+        })?;
+    let id =
+        weft::pod::layout::PodId::new(ns, name, &rec.pod.metadata.uid).map_err(ExecError::from)?;
+    let events = weft::pod::events::read(&layout.events(&id));
+    print!(
+        "{}",
+        weft::pod::describe::describe_pod(rec, &events, SystemTime::now())
+    );
+    Ok(())
 }
 
 /// `weftctl pods -A`: every node's published pods.
