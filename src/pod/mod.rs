@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crilog;
 pub mod debug;
 pub mod describe;
+pub mod downward;
 pub mod events;
 pub mod exec;
 pub mod image;
