@@ -2503,6 +2503,11 @@ spec:
     - name: app
       image: busybox
       command: ['sh', '-c', 'echo app-only > /tmp/mark; exec sleep 3600']
+      resources: {limits: {cpu: 500m, memory: 64Mi}}
+      env:
+        - {name: CPU_M, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}
+        - {name: CPU, valueFrom: {resourceFieldRef: {resource: requests.cpu}}}
+        - {name: MEM_MI, valueFrom: {resourceFieldRef: {containerName: app, resource: limits.memory, divisor: 1Mi}}}
     - name: side
       image: busybox
       command: ['sleep', '3600']
@@ -2519,6 +2524,9 @@ spec:
         o.status.success().then_some(o)
     });
     assert_eq!(text(&out), "app-only\n");
+    // resourceFieldRef env: divided by the divisor, rounded up (the request defaults to the limit).
+    let out = exec(&["--", "sh", "-c", "echo $CPU_M $CPU $MEM_MI"], b"");
+    assert_eq!(text(&out), "500 1 64\n", "{out:?}");
     // The exit code is passed through.
     let out = exec(&["--", "sh", "-c", "echo out; exit 7"], b"");
     assert_eq!((out.status.code(), text(&out)), (Some(7), "out\n".into()));

@@ -24,10 +24,11 @@ use super::backoff::Backoff;
 use super::bundle::{container_user, ContainerSpec, MountSpec};
 use super::cni::{load_network, Attachment, CniRuntime, POD_IFNAME};
 use super::controller::PodConfig;
+use super::downward;
 use super::events::{self, EventType};
 use super::image::ImageStore;
 use super::layout::{container_id, LayoutError, PodId, PodLayout};
-use super::manifest::{Container, ParsedManifest, Pod, RestartPolicy};
+use super::manifest::{Container, ParsedManifest, Pod, ResourceFieldRef, RestartPolicy};
 use super::probe::{ProbeKind, ProbeTarget, ProbeTracker};
 use super::resources::{self, ContainerResources, QosClass};
 use super::runtime::{ContainerHandle, ExitStatus, OciRuntime};
@@ -1108,11 +1109,29 @@ impl PodRun {
                         .host_ip
                         .map(|ip| ip.to_string())
                         .unwrap_or_default(),
-                    _ => e.value.clone().unwrap_or_default(),
+                    _ => match e
+                        .value_from
+                        .as_ref()
+                        .and_then(|v| v.resource_field_ref.as_ref())
+                    {
+                        Some(r) => self.resource_field(c, r),
+                        None => e.value.clone().unwrap_or_default(),
+                    },
                 };
                 (e.name.clone(), value)
             })
             .collect()
+    }
+
+    /// A validated `resourceFieldRef` of `c`; unset limits are the node's cpus and memory.
+    fn resource_field(&self, c: &Container, r: &ResourceFieldRef) -> String {
+        let node = downward::NodeAllocatable {
+            cpu_milli: std::thread::available_parallelism().map_or(1000, |n| n.get() as u64 * 1000),
+            memory_bytes: self.memory_capacity,
+        };
+        let res = ContainerResources::of(c.resources.as_ref());
+        downward::resource_field_value(&r.resource, r.divisor.as_ref(), &res, node)
+            .unwrap_or_default()
     }
 
     fn check_probes(&mut self, c: &Container) {
