@@ -2791,3 +2791,39 @@ spec:
     assert!(!file.exists(), "events outlived the pod");
     node.assert_clean();
 }
+
+/// A manifest of docs/examples, put in this test's namespace.
+fn example(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/examples")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.replacen("metadata:\n", "metadata:\n  namespace: NS\n", 1)
+}
+
+#[test]
+fn docs_examples_init_copies_the_app_and_a_sidecar_collects_the_log() {
+    let node = PodNode::new();
+    node.put_manifest("javaweb.yaml", &example("init-copies-app.yaml"));
+    node.put_manifest("sidecar.yaml", &example("sidecar-log-collector.yaml"));
+    // The copied application is what the server serves.
+    let rec = node.wait_status("javaweb", "Running");
+    let ip = rec.pod.status.pod_ip.clone();
+    let body = wait_for(WAIT, "the copied app served", || {
+        fetch_from_node(&node, &ip)
+    });
+    assert_eq!(body, "sample app, copied by the init container\n");
+    // The application's log lines come out of the collector's stdout.
+    let rec = node.wait_status("sidecar-logs", "Running");
+    let log = node.wait_log(&rec, "collector", "request 3 served");
+    assert!(
+        log.starts_with("request 1 served\nrequest 2 served\n"),
+        "{log:?}"
+    );
+    node.remove_manifest("javaweb.yaml");
+    node.remove_manifest("sidecar.yaml");
+    wait_for(WAIT, "pods removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    node.assert_clean();
+}
