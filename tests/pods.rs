@@ -2802,7 +2802,7 @@ fn example(file: &str) -> String {
 }
 
 #[test]
-fn docs_examples_init_copies_the_app_and_a_sidecar_collects_the_log() {
+fn docs_examples_init_copies_the_app_a_sidecar_collects_the_log_an_adapter_translates() {
     let node = PodNode::new();
     node.put_manifest("javaweb.yaml", &example("init-copies-app.yaml"));
     node.put_manifest("sidecar.yaml", &example("sidecar-log-collector.yaml"));
@@ -2820,8 +2820,17 @@ fn docs_examples_init_copies_the_app_and_a_sidecar_collects_the_log() {
         log.starts_with("request 1 served\nrequest 2 served\n"),
         "{log:?}"
     );
+    // The adapter serves the application's statistics in the other format.
+    node.put_manifest("adapter.yaml", &example("adapter.yaml"));
+    let rec = node.wait_status("adapter", "Running");
+    let ip = rec.pod.status.pod_ip.clone();
+    let body = wait_for(WAIT, "adapted statistics", || {
+        fetch_from_node(&node, &ip).filter(|b| !b.is_empty() && !b.contains("404"))
+    });
+    assert_eq!(body, "requests_total 42\nerrors_total 1\n");
     node.remove_manifest("javaweb.yaml");
     node.remove_manifest("sidecar.yaml");
+    node.remove_manifest("adapter.yaml");
     wait_for(WAIT, "pods removed", || {
         node.pod_dirs().is_empty().then_some(())
     });
