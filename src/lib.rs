@@ -5,6 +5,7 @@
 //! [`netlink`] know the data path and nothing of etcd; [`daemon`] wires a lease stream into a
 //! backend.
 
+pub mod atomic_file;
 pub mod backend;
 pub mod config;
 pub mod daemon;

@@ -19,6 +19,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{chdir, fork, sethostname, setsid, ForkResult, Pid};
+use weft::atomic_file::write_atomic;
 
 struct SandboxArgs {
     hostname: String,
@@ -131,9 +132,7 @@ fn enter_sandbox(args: &SandboxArgs) -> Result<(), String> {
     // into plain Rust code of this single-threaded program.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => {
-            let tmp = args.pid_file.with_extension("tmp");
-            fs::write(&tmp, format!("{child}\n"))
-                .and_then(|()| fs::rename(&tmp, &args.pid_file))
+            write_atomic(&args.pid_file, format!("{child}\n").as_bytes(), 0o644)
                 .map_err(|e| format!("write pid file {}: {e}", args.pid_file.display()))?;
             std::process::exit(0);
         }

@@ -18,6 +18,9 @@ use weft::store::{EtcdArgs, EtcdStore, StoreError};
 use weft::subnet::parse_subnet_key;
 use weft::validate::{validate_leases, LeasePolicy, NodeIdentity};
 
+#[path = "weftctl/image.rs"]
+mod image;
+
 /// How many lease TTL lookups run at once.
 const TTL_LOOKUPS_IN_FLIGHT: usize = 64;
 
@@ -38,7 +41,7 @@ enum Command {
     /// whether each passes validation against the network config (and why not).
     Leases(LeasesArgs),
     /// Import images into the node's image store and list them.
-    Image(weft::pod::image::ImageArgs),
+    Image(image::ImageArgs),
     /// List the node's static pods like `kubectl get pods -o wide` (`-o json`: a v1 PodList);
     /// `-A`: every node's pods, from etcd.
     Pods(PodsCommand),
@@ -262,7 +265,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.command {
         Command::Leases(args) => leases(args).await,
-        Command::Image(args) => Ok(weft::pod::image::run_cli(&args, &mut std::io::stdout())?),
+        Command::Image(args) => Ok(image::run(&args, &mut std::io::stdout())?),
         Command::Pods(args) if args.all => cluster_pods(&args).await,
         Command::Pods(args) => Ok(weft::pod::cli::pods(
             &args.local,

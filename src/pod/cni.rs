@@ -505,9 +505,9 @@ impl CniRuntime {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err("create dir for", e))?;
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, entry.to_string()).map_err(|e| err("write", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| err("rename", e))
+        // The cache holds the network config: root-only, like libcni's.
+        crate::atomic_file::write_atomic(&path, entry.to_string().as_bytes(), 0o600)
+            .map_err(|e| err("write", e))
     }
 
     /// Reads the cached ADD of `att` to `network`: the network list it used and its result.

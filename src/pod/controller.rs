@@ -771,9 +771,8 @@ impl PodManager {
 
     fn write_invalid(&self, invalid: &[InvalidManifest]) {
         let path = self.cfg.layout().invalid_manifests();
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(invalid).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        if let Err(e) = crate::atomic_file::write_atomic(&path, &text, 0o644) {
             tracing::warn!(path = %path.display(), error = %e, "write invalid manifest list");
         }
     }

@@ -320,9 +320,7 @@ pub fn write_record(dir: &Path, record: &PodRecord) -> Result<(), StatusError> {
         path: path.display().to_string(),
         source,
     })?;
-    let tmp = dir.join(format!(".{STATUS_FILE}.tmp"));
-    std::fs::write(&tmp, json).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)
+    crate::atomic_file::write_atomic(&path, &json, 0o644).map_err(io)
 }
 
 /// Reads `dir/status.json`.
