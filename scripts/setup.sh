@@ -34,6 +34,7 @@ PACKAGES=(
     curl                         # healthz/metrics in the demo
     openssl                      # test CA and certificates for the etcd TLS tests
     binutils                     # strip, objdump: scripts/package.sh
+    zstd                         # zstd-compressed image layers made by a tool of its own (tests/pod_runtime.rs)
 )
 
 installed() {

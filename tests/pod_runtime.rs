@@ -254,6 +254,31 @@ fn imports_oci_and_docker_archives() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn imports_zstd_layers_written_by_the_zstd_tool() -> TestResult {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let store = ImageStore::open(&dir.path().join("store"))?;
+    let archive = dir.path().join("zstd.tar");
+    let built = ImageBuilder::busybox()?
+        .layer(layer(&[Entry::File(
+            "etc/motd".into(),
+            b"zstd layer\n".to_vec(),
+            0o644,
+        )])?)
+        .zstd(true)
+        .write_oci(&archive)?;
+    let r = store.import(&archive, Some("zstd/bb:1"))?;
+    assert_eq!(r.id, built.config_digest);
+    let image = store.get("zstd/bb:1")?;
+    assert!(image.rootfs.join("bin/busybox").is_file());
+    assert_eq!(
+        fs::read_to_string(image.rootfs.join("etc/motd"))?,
+        "zstd layer\n"
+    );
+    Ok(())
+}
+
 /// Rewrites one member of an archive, keeping its name (so its digest no longer matches).
 fn tamper(archive: &Path, member_prefix: &str, out: &Path) -> TestResult {
     let mut files = image::read_archive(archive)?;
