@@ -24,4 +24,5 @@ pub mod status;
 pub mod store;
 pub mod subnet;
 pub mod subnet_env;
+pub mod timestamp;
 pub mod validate;

@@ -14,7 +14,11 @@ use weft::lease::{subnets_prefix, LeaseAttrs, RawLease};
 use weft::netconf::{self, ConfigChange};
 use weft::podview::{self, PodSummary};
 use weft::status::{rfc3339_utc, NodeStatus};
-use weft::store::{EtcdArgs, EtcdStore, StoreError};
+use weft::store::{EtcdStore, StoreError};
+
+#[path = "flags/etcd.rs"]
+mod etcd_flags;
+use etcd_flags::EtcdArgs;
 use weft::subnet::parse_subnet_key;
 use weft::validate::{validate_leases, LeasePolicy, NodeIdentity};
 

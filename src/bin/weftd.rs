@@ -12,7 +12,10 @@ use tracing::{error, warn};
 use weft::daemon::{self, DaemonOptions};
 use weft::notify::ServiceNotifier;
 use weft::pod::controller::PodConfig;
-use weft::store::EtcdArgs;
+
+#[path = "flags/etcd.rs"]
+mod etcd_flags;
+use etcd_flags::EtcdArgs;
 
 /// Node agent of the weft overlay: leases a pod subnet from etcd, programs the overlay and
 /// keeps one route, neighbour and FDB entry per peer node in step with etcd.
