@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod docs;
 pub mod health;
+pub mod http_client;
 pub mod lease;
 pub mod masq;
 pub mod netconf;

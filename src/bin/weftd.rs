@@ -57,9 +57,13 @@ struct Flags {
     /// Run the static pods whose manifests (v1 Pod, YAML or JSON) are in this directory.
     #[arg(long, env = "WEFTD_POD_MANIFEST_PATH")]
     pod_manifest_path: Option<PathBuf>,
-    /// Also run the static pod served at this http:// URL (kubelet's static pod URL), refetched every 20 s.
+    /// Also run the static pod served at this https:// (or, with a warning, http://) URL
+    /// (kubelet's static pod URL), refetched every 20 s.
     #[arg(long, env = "WEFTD_MANIFEST_URL", requires = "pod_manifest_path")]
     manifest_url: Option<String>,
+    /// PEM CA certificates trusted for an https:// manifest URL, besides the system's roots.
+    #[arg(long, env = "WEFTD_MANIFEST_URL_CA_FILE", requires = "manifest_url")]
+    manifest_url_ca_file: Option<PathBuf>,
     /// CNI network configurations; the first `.conflist`/`.conf` by name is used.
     #[arg(long, env = "WEFTD_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
@@ -156,6 +160,7 @@ impl Flags {
             let node_name = self.node_name.unwrap_or_else(hostname);
             let mut cfg = PodConfig::new(manifest_dir, node_name);
             cfg.manifest_url = self.manifest_url;
+            cfg.manifest_url_ca_file = self.manifest_url_ca_file;
             cfg.cni_conf_dir = self.cni_conf_dir;
             cfg.cni_bin_dirs = self.cni_bin_dir;
             cfg.cni_cache_dir = self.cni_cache_dir;
