@@ -229,6 +229,22 @@ impl Metrics {
             "1 while the network config in etcd differs from the running one in a way not applied live.",
             flag(&self.config_change_refused),
         );
+        metric(
+            "weft_image_gc_removed_total",
+            "counter",
+            "Unused images removed by automatic image garbage collection.",
+            crate::pod::image_gc::GC_REMOVED
+                .load(Ordering::Relaxed)
+                .to_string(),
+        );
+        metric(
+            "weft_image_gc_freed_bytes_total",
+            "counter",
+            "Bytes of image root filesystems freed by automatic image garbage collection.",
+            crate::pod::image_gc::GC_FREED_BYTES
+                .load(Ordering::Relaxed)
+                .to_string(),
+        );
         let _ = writeln!(
             out,
             "# HELP weft_config_changes_total Network config changes seen while running, by result.\n\

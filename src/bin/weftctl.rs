@@ -44,7 +44,7 @@ enum Command {
     /// List the cluster's subnet leases (subnet, public IP, backend, VTEP MAC, expiry) and
     /// whether each passes validation against the network config (and why not).
     Leases(LeasesArgs),
-    /// Import images into the node's image store and list them.
+    /// Import images into the node's image store, list, remove and prune them.
     Image(image::ImageArgs),
     /// List the node's static pods like `kubectl get pods -o wide` (`-o json`: a v1 PodList);
     /// `-A`: every node's pods, from etcd.
@@ -147,7 +147,7 @@ enum CtlError {
     #[error("start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]
-    Image(#[from] weft::pod::image::ImageError),
+    Image(#[from] weft::pod::image_gc::GcError),
     #[error("{0}")]
     Pods(#[from] weft::pod::cli::CliError),
     #[error("{0}")]

@@ -87,6 +87,23 @@ struct Flags {
     /// Imported images (`weftctl image import`).
     #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = "/var/lib/weft/images")]
     image_root: PathBuf,
+    /// Image GC runs when the image root's filesystem is at least this full (percent;
+    /// kubelet's imageGCHighThresholdPercent).
+    #[arg(long, env = "WEFTD_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    image_gc_high_threshold: u8,
+    /// Image GC frees unused images down to this usage (percent; imageGCLowThresholdPercent).
+    #[arg(long, env = "WEFTD_IMAGE_GC_LOW_THRESHOLD", default_value_t = 80,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
+    /// Images imported more recently than this many seconds are never collected
+    /// (imageMinimumGCAge, 2 min).
+    #[arg(long, env = "WEFTD_IMAGE_MINIMUM_GC_AGE", default_value_t = 120)]
+    image_minimum_gc_age: u64,
+    /// Seconds between two measurements of the image root's filesystem by image GC.
+    #[arg(long, env = "WEFTD_IMAGE_GC_INTERVAL", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    image_gc_interval: u64,
     /// Container logs: `<dir>/<ns>_<name>_<uid>/<container>/<restartCount>.log`.
     #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = "/var/log/pods")]
     pod_log_dir: PathBuf,
@@ -167,6 +184,14 @@ impl Flags {
             cfg.oci_runtime = self.oci_runtime;
             cfg.pod_root = self.pod_root;
             cfg.image_root = self.image_root;
+            cfg.image_gc = weft::pod::image_gc::GcPolicy {
+                high_percent: self.image_gc_high_threshold,
+                low_percent: self
+                    .image_gc_low_threshold
+                    .min(self.image_gc_high_threshold),
+                min_age: std::time::Duration::from_secs(self.image_minimum_gc_age),
+            };
+            cfg.image_gc_interval = std::time::Duration::from_secs(self.image_gc_interval);
             cfg.pod_log_dir = self.pod_log_dir;
             cfg.seccomp_default = !self.no_seccomp_default;
             cfg.seccomp_root = self.seccomp_root;

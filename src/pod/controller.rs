@@ -18,6 +18,8 @@ use super::cli::InvalidManifest;
 use super::layout::{PodId, PodLayout};
 use crate::http_client;
 
+use super::image_gc::{self, GcPolicy};
+
 use super::manifest::{is_manifest_file, parse_manifest, ParsedManifest, MAX_MANIFEST_BYTES};
 use super::pod_worker::{PodWorker, WorkerMode, WorkerState};
 
@@ -58,6 +60,10 @@ pub struct PodConfig {
     pub backoff: BackoffPolicy,
     /// How often the manifest directory is rescanned.
     pub rescan_interval: Duration,
+    /// Image garbage collection thresholds (kubelet's defaults: 85 %, 80 %, 2 min).
+    pub image_gc: GcPolicy,
+    /// How often image GC measures the image store's filesystem (kubelet: 5 min).
+    pub image_gc_interval: Duration,
     /// Containers without a `seccompProfile` run under RuntimeDefault (kubelet's
     /// `--seccomp-default`); `false` leaves them Unconfined, as kubelet does by default.
     pub seccomp_default: bool,
@@ -95,6 +101,8 @@ impl PodConfig {
             host_ip: None,
             backoff: BackoffPolicy::default(),
             rescan_interval: Duration::from_secs(1),
+            image_gc: GcPolicy::default(),
+            image_gc_interval: Duration::from_secs(300),
             seccomp_default: true,
             seccomp_root: "/var/lib/weft/seccomp".into(),
             pids_limit: None,
@@ -499,6 +507,14 @@ impl PodManager {
             .clone()
             .map(|url| UrlSource::new(url, ca_file));
         tracing::info!(dir = %mgr.cfg.manifest_dir.display(), node = %mgr.cfg.node_name, "pod controller started");
+        let gc_stop = Arc::new(AtomicBool::new(false));
+        image_gc::spawn(
+            &mgr.cfg.image_root,
+            &mgr.cfg.pod_root,
+            mgr.cfg.image_gc,
+            mgr.cfg.image_gc_interval,
+            gc_stop.clone(),
+        );
         let watch = DirWatch::new(&mgr.cfg.manifest_dir);
         let scan = mgr.scan();
         mgr.adopt_existing(&scan);
@@ -514,6 +530,7 @@ impl PodManager {
                 slept += Duration::from_millis(20);
             }
         }
+        gc_stop.store(true, Ordering::Relaxed);
         tracing::info!("pod controller stopping; pods are left running for the next weftd");
         for (_, w) in std::mem::take(&mut mgr.workers) {
             w.detach();

@@ -8,6 +8,7 @@ pub mod cni;
 pub mod controller;
 pub mod crilog;
 pub mod image;
+pub mod image_gc;
 pub mod layout;
 pub mod manifest;
 pub mod pod_worker;

@@ -960,6 +960,10 @@ impl PodRun {
         if let Some(s) = self.status_mut(&c.name) {
             s.image_id = image.id.clone();
         }
+        // The LRU clock of image GC; a failure only makes the image look older.
+        if let Err(e) = store.mark_used(&image.id) {
+            tracing::warn!(image = %image.id, error = %e, "mark image used");
+        }
         let mounts = self
             .mounts(c)
             .map_err(|e| ("CreateContainerConfigError", e))?;

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use weft::pod::image::{familiar_name, Image, ImageError, ImageStore, DEFAULT_IMAGE_ROOT};
+use weft::pod::image_gc::{self, GcError};
 
 /// `weftctl image`: import archives into and list a node's image store.
 #[derive(Debug, Clone, clap::Args)]
@@ -11,6 +12,14 @@ pub struct ImageArgs {
     /// The image store (weftd's `--image-root`).
     #[arg(long, global = true, env = "WEFTD_IMAGE_ROOT", default_value = DEFAULT_IMAGE_ROOT)]
     pub image_root: PathBuf,
+    /// weftd's `--pod-root`: the pods whose images are in use.
+    #[arg(
+        long,
+        global = true,
+        env = "WEFTD_POD_ROOT",
+        default_value = "/var/lib/weft/pods"
+    )]
+    pub pod_root: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: ImageCommand,
@@ -29,6 +38,17 @@ pub enum ImageCommand {
     },
     /// List the images in the store.
     Ls,
+    /// Remove an image by NAME[:TAG] or by id (`sha256:<hex>`, with all its names). Refused
+    /// while a pod uses it, unless `--force`: then it is untagged and kept until the pod goes.
+    Rm {
+        /// The image name or id.
+        image: String,
+        /// Untag an image a pod still uses; its content goes with the next prune or GC.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove every image no pod uses.
+    Prune,
 }
 
 /// `1.9MB`-style sizes, as `docker images` prints them.
@@ -74,7 +94,7 @@ fn render_images(images: &[Image]) -> String {
 }
 
 /// Runs `weftctl image ...`, printing to `out`.
-pub fn run(args: &ImageArgs, out: &mut impl Write) -> Result<(), ImageError> {
+pub fn run(args: &ImageArgs, out: &mut impl Write) -> Result<(), GcError> {
     let store = ImageStore::open(&args.image_root)?;
     let stdout = |e| ImageError::Io {
         op: "write",
@@ -84,11 +104,26 @@ pub fn run(args: &ImageArgs, out: &mut impl Write) -> Result<(), ImageError> {
     match &args.command {
         ImageCommand::Import { file, name } => {
             let r = store.import(file, name.as_deref())?;
-            writeln!(out, "imported {} ({})", familiar_name(&r.name), r.id).map_err(stdout)
+            Ok(writeln!(out, "imported {} ({})", familiar_name(&r.name), r.id).map_err(stdout)?)
         }
-        ImageCommand::Ls => out
+        ImageCommand::Ls => Ok(out
             .write_all(render_images(&store.list()?).as_bytes())
-            .map_err(stdout),
+            .map_err(stdout)?),
+        ImageCommand::Rm { image, force } => {
+            let deleted = image_gc::remove(&store, &args.pod_root, image, *force)?;
+            let what = if deleted {
+                "removed"
+            } else {
+                "untagged (kept while a pod uses it)"
+            };
+            Ok(writeln!(out, "{what} {image}").map_err(stdout)?)
+        }
+        ImageCommand::Prune => {
+            for id in image_gc::prune(&store, &args.pod_root)? {
+                writeln!(out, "removed {id}").map_err(stdout)?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use reference::{familiar_name, normalize_name};
-pub use store::ImageStore;
+pub use store::{ImageStore, StoredImage};
 
 /// Default root of the image store (`--image-root`).
 pub const DEFAULT_IMAGE_ROOT: &str = "/var/lib/weft/images";

@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -249,5 +250,130 @@ impl ImageStore {
                 root: self.root.clone(),
             }),
         }
+    }
+}
+
+/// One unpacked image as garbage collection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    /// Image id (`sha256:<hex>`).
+    pub id: String,
+    /// Names tagging it (canonical); empty for an image untagged while a pod used it.
+    pub names: Vec<String>,
+    /// Bytes of regular files in its root filesystem.
+    pub size: u64,
+    /// When a container last started from it (else when it was imported).
+    pub last_used: SystemTime,
+    /// When it was imported.
+    pub imported: SystemTime,
+}
+
+impl ImageStore {
+    fn image_dir(&self, id: &str) -> PathBuf {
+        self.root
+            .join("images")
+            .join(id.trim_start_matches("sha256:"))
+    }
+
+    /// Records that a container starts from image `id` now (the LRU clock of image GC): the
+    /// modification time of its `image.json`.
+    pub fn mark_used(&self, id: &str) -> Result<(), ImageError> {
+        let path = self.image_dir(id).join("image.json");
+        File::options()
+            .append(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .map_err(io_err("mark used", &path))
+    }
+
+    /// Every unpacked image, tagged or not, with its names and times.
+    pub fn stored(&self) -> Result<Vec<StoredImage>, ImageError> {
+        let repos = self.repositories()?;
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let hex = entry.file_name().to_string_lossy().into_owned();
+            let record_path = entry.path().join("image.json");
+            // An import that died before its rename leaves no image.json: nothing to count.
+            let Ok(meta) = fs::metadata(&record_path) else {
+                continue;
+            };
+            let id = format!("sha256:{hex}");
+            let size = self.load("", &id).map(|i| i.size).unwrap_or(0);
+            let dir_meta = entry.metadata().map_err(io_err("stat", &entry.path()))?;
+            out.push(StoredImage {
+                names: repos
+                    .iter()
+                    .filter(|(_, v)| **v == id)
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+                size,
+                last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                imported: dir_meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                id,
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Resolves `name_or_id` (a name, or `sha256:<hex>`) to an image id and the names to drop
+    /// with it: the one name, or every name of the id.
+    pub fn resolve_for_removal(
+        &self,
+        name_or_id: &str,
+    ) -> Result<(String, Vec<String>), ImageError> {
+        let repos = self.repositories()?;
+        let not_found = |name: String| ImageError::NotFound {
+            name,
+            root: self.root.clone(),
+        };
+        if name_or_id.starts_with("sha256:") {
+            if !self.image_dir(name_or_id).join("image.json").is_file() {
+                return Err(not_found(name_or_id.to_string()));
+            }
+            let names = repos
+                .iter()
+                .filter(|(_, id)| id.as_str() == name_or_id)
+                .map(|(n, _)| n.clone())
+                .collect();
+            return Ok((name_or_id.to_string(), names));
+        }
+        let canonical = normalize_name(name_or_id)?;
+        match repos.get(&canonical) {
+            Some(id) => Ok((id.clone(), vec![canonical])),
+            None => Err(not_found(canonical)),
+        }
+    }
+
+    /// Removes the tags `names`, then the image `id` itself when no name is left on it and
+    /// `keep_content` is false. Returns whether the content was deleted.
+    pub fn remove(
+        &self,
+        id: &str,
+        names: &[String],
+        keep_content: bool,
+    ) -> Result<bool, ImageError> {
+        let _lock = self.lock()?;
+        let mut repos = self.repositories()?;
+        for n in names {
+            repos.remove(n);
+        }
+        self.write_repositories(&repos)?;
+        if keep_content || repos.values().any(|v| v == id) {
+            return Ok(false);
+        }
+        let dir = self.image_dir(id);
+        // Rename first: a half-deleted tree must never be seen as an image.
+        let doomed = self.root.join("tmp").join(format!(
+            "remove-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        fs::rename(&dir, &doomed).map_err(io_err("move aside", &dir))?;
+        fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))?;
+        tracing::info!(id = %id, "removed image");
+        Ok(true)
     }
 }
