@@ -79,6 +79,8 @@ fn loopback_up() -> Result<(), String> {
         None,
     )
     .map_err(|e| format!("socket: {e}"))?;
+    // Setting IFF_UP on `lo` is one ioctl; nix has no interface-flags call, and a netlink
+    // socket would cost this tiny static program more than the ioctl it replaces.
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -168,6 +170,8 @@ fn drop_capabilities() -> Result<(), String> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(63);
+    // nix wraps neither PR_CAPBSET_DROP, PR_CAP_AMBIENT nor capset(2): raw calls, integers and
+    // the kernel's own capability structs only.
     for cap in 0..=last {
         // SAFETY: prctl with integer arguments only; EINVAL for caps the kernel lacks is fine.
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
@@ -191,10 +195,7 @@ fn drop_capabilities() -> Result<(), String> {
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
         return Err(format!("capset: {}", std::io::Error::last_os_error()));
     }
-    // SAFETY: integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
-    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 //! the OOM killer ended exits as `OOMKilled`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Child;
@@ -313,13 +313,7 @@ fn daemonize(args: &Args) -> Result<(), String> {
 /// The daemon's own setup: cwd `/`, child subreaper, `shim.json`, stdio on `/dev/null`.
 fn become_daemon(args: &Args) -> Result<(), String> {
     chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes an integer flag only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
-        return Err(format!(
-            "set child subreaper: {}",
-            io::Error::last_os_error()
-        ));
-    }
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("set child subreaper: {e}"))?;
     let me = ProcessId::of(std::process::id() as i32).ok_or("own /proc entry unreadable")?;
     let path = args.bundle.join("shim.json");
     let bytes = serde_json::to_vec(&me).map_err(|e| format!("encode shim identity: {e}"))?;
