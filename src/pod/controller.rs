@@ -15,13 +15,11 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use super::backoff::BackoffPolicy;
 use super::cli::InvalidManifest;
-use super::layout::{PodId, PodLayout};
-use crate::http_client;
-
 use super::image_gc::{self, GcPolicy};
-
+use super::layout::{self, PodId, PodLayout};
 use super::manifest::{is_manifest_file, parse_manifest, ParsedManifest, MAX_MANIFEST_BYTES};
 use super::pod_worker::{PodWorker, WorkerMode, WorkerState};
+use crate::http_client;
 
 /// Everything the pod runtime needs to know about the node; weftd's flags map onto it.
 #[derive(Debug, Clone)]
@@ -90,13 +88,13 @@ impl PodConfig {
             manifest_url_ca_file: None,
             manifest_url_interval: Duration::from_secs(20),
             manifest_url_deadline: Duration::from_secs(10),
-            cni_conf_dir: "/etc/cni/net.d".into(),
-            cni_bin_dirs: vec!["/opt/cni/bin".into()],
-            cni_cache_dir: "/var/lib/cni".into(),
+            cni_conf_dir: layout::DEFAULT_CNI_CONF_DIR.into(),
+            cni_bin_dirs: vec![layout::DEFAULT_CNI_BIN_DIR.into()],
+            cni_cache_dir: layout::DEFAULT_CNI_CACHE_DIR.into(),
             oci_runtime: "runc".into(),
-            pod_root: "/var/lib/weft/pods".into(),
-            image_root: "/var/lib/weft/images".into(),
-            pod_log_dir: "/var/log/pods".into(),
+            pod_root: layout::DEFAULT_POD_ROOT.into(),
+            image_root: layout::DEFAULT_IMAGE_ROOT.into(),
+            pod_log_dir: layout::DEFAULT_POD_LOG_DIR.into(),
             node_name,
             host_ip: None,
             backoff: BackoffPolicy::default(),
@@ -104,7 +102,7 @@ impl PodConfig {
             image_gc: GcPolicy::default(),
             image_gc_interval: Duration::from_secs(300),
             seccomp_default: true,
-            seccomp_root: "/var/lib/weft/seccomp".into(),
+            seccomp_root: layout::DEFAULT_SECCOMP_ROOT.into(),
             pids_limit: None,
             subnet_file: None,
         }

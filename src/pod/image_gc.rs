@@ -49,10 +49,10 @@ impl DiskUsage {
     /// The filesystem holding `path`.
     pub fn of(path: &Path) -> std::io::Result<DiskUsage> {
         let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
-        let block = u64::from(st.fragment_size());
+        let block = st.fragment_size();
         Ok(DiskUsage {
-            capacity: u64::from(st.blocks()) * block,
-            available: u64::from(st.blocks_available()) * block,
+            capacity: st.blocks() * block,
+            available: st.blocks_available() * block,
         })
     }
 

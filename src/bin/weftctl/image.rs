@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use weft::pod::image::{familiar_name, Image, ImageError, ImageStore, DEFAULT_IMAGE_ROOT};
+use weft::pod::image::{familiar_name, Image, ImageError, ImageStore};
 use weft::pod::image_gc::{self, GcError};
+use weft::pod::layout::{DEFAULT_IMAGE_ROOT, DEFAULT_POD_ROOT};
 
 /// `weftctl image`: import archives into and list a node's image store.
 #[derive(Debug, Clone, clap::Args)]
@@ -17,7 +18,7 @@ pub struct ImageArgs {
         long,
         global = true,
         env = "WEFTD_POD_ROOT",
-        default_value = "/var/lib/weft/pods"
+        default_value = DEFAULT_POD_ROOT
     )]
     pub pod_root: PathBuf,
     /// What to do.
@@ -130,6 +131,7 @@ pub fn run(args: &ImageArgs, out: &mut impl Write) -> Result<(), GcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft::pod::image::ImageConfig;
 
     #[test]
     fn image_table_is_aligned() {

@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::layer::{clean_entry_path, maybe_decompress, HashingReader};
+use super::layer::{clean_entry_path, entry_path, maybe_decompress, HashingReader};
 use super::{io_err, normalize_name, ImageError};
 
 /// OCI content descriptor.
@@ -127,11 +127,8 @@ impl ExtractedArchive {
             .map_err(|e| format(format!("read tar: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| format(format!("read tar entry: {e}")))?;
-            let raw = entry
-                .path()
-                .map_err(|e| format(format!("entry path: {e}")))?
-                .into_owned();
-            let rel = clean_entry_path(&raw).map_err(|r| bad(&raw, r.to_string()))?;
+            let (raw, rel) = entry_path(&entry).map_err(format)?;
+            let rel = rel.map_err(|r| bad(&raw, r.to_string()))?;
             if rel.as_os_str().is_empty() {
                 continue;
             }

@@ -89,19 +89,35 @@ pub(super) fn clean_entry_path(path: &Path) -> Result<PathBuf, &'static str> {
     Ok(out)
 }
 
-/// Resolves `rel` inside `root` like a chroot would: symlinks are followed with `root` as `/`,
-/// and any step that would leave `root` is an error. Missing directories are created when
-/// `create` is set. Returns the absolute path of the resolved location.
-pub(super) fn resolve_in_root(root: &Path, rel: &Path, create: bool) -> Result<PathBuf, String> {
-    let mut cur = PathBuf::new();
-    let mut pending: VecDeque<OsString> = rel
-        .components()
+/// The names and `..` steps of `path`, in order (`.` and `/` say nothing to a walk).
+fn steps(path: &Path) -> VecDeque<OsString> {
+    path.components()
         .filter_map(|c| match c {
             Component::Normal(n) => Some(n.to_os_string()),
             Component::ParentDir => Some(OsString::from("..")),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// A tar entry's path as written (for messages) and as safe relative components (or why not).
+pub(super) fn entry_path<R: Read>(
+    entry: &tar::Entry<'_, R>,
+) -> Result<(PathBuf, Result<PathBuf, &'static str>), String> {
+    let raw = entry
+        .path()
+        .map_err(|e| format!("entry path: {e}"))?
+        .into_owned();
+    let rel = clean_entry_path(&raw);
+    Ok((raw, rel))
+}
+
+/// Resolves `rel` inside `root` like a chroot would: symlinks are followed with `root` as `/`,
+/// and any step that would leave `root` is an error. Missing directories are created when
+/// `create` is set. Returns the absolute path of the resolved location.
+pub(super) fn resolve_in_root(root: &Path, rel: &Path, create: bool) -> Result<PathBuf, String> {
+    let mut cur = PathBuf::new();
+    let mut pending = steps(rel);
     let mut links = 0;
     while let Some(name) = pending.pop_front() {
         if name == ".." {
@@ -123,14 +139,7 @@ pub(super) fn resolve_in_root(root: &Path, rel: &Path, create: bool) -> Result<P
                 if target.is_absolute() {
                     cur = PathBuf::new();
                 }
-                let mut next: VecDeque<OsString> = target
-                    .components()
-                    .filter_map(|c| match c {
-                        Component::Normal(n) => Some(n.to_os_string()),
-                        Component::ParentDir => Some(OsString::from("..")),
-                        _ => None,
-                    })
-                    .collect();
+                let mut next = steps(&target);
                 next.extend(pending);
                 pending = next;
             }
@@ -251,11 +260,8 @@ pub(super) fn apply_layer(
         .map_err(|e| format(format!("read tar: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format(format!("read tar entry: {e}")))?;
-        let raw = entry
-            .path()
-            .map_err(|e| format(format!("entry path: {e}")))?
-            .into_owned();
-        let rel = clean_entry_path(&raw).map_err(|r| unsafe_path(&raw, r.to_string()))?;
+        let (raw, rel) = entry_path(&entry).map_err(format)?;
+        let rel = rel.map_err(|r| unsafe_path(&raw, r.to_string()))?;
         let Some(base) = rel.file_name().map(|b| b.to_string_lossy().into_owned()) else {
             continue;
         };

@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use reference::{familiar_name, normalize_name};
 pub use store::{ImageStore, StoredImage};
 
-/// Default root of the image store (`--image-root`).
-pub const DEFAULT_IMAGE_ROOT: &str = "/var/lib/weft/images";
+pub use super::layout::DEFAULT_IMAGE_ROOT;
 
 /// Errors of the image store, each naming the object, the operation and the offending value.
 #[derive(Debug, thiserror::Error)]
