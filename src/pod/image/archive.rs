@@ -8,43 +8,11 @@ use std::io::{self, BufReader};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde::Deserialize;
 
 use super::layer::{clean_entry_path, entry_path, maybe_decompress, HashingReader};
 use super::{io_err, normalize_name, ImageError};
-
-/// OCI content descriptor.
-#[derive(Debug, Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    size: Option<u64>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Platform {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct OciIndex {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct OciManifest {
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
 
 #[derive(Debug, Deserialize)]
 struct DockerManifestEntry {
@@ -54,34 +22,6 @@ struct DockerManifestEntry {
     repo_tags: Option<Vec<String>>,
     #[serde(rename = "Layers")]
     layers: Vec<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-pub(super) struct ConfigFile {
-    #[serde(default)]
-    pub(super) config: Option<ContainerConfig>,
-    #[serde(default)]
-    pub(super) rootfs: Option<RootFs>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-pub(super) struct ContainerConfig {
-    #[serde(rename = "Entrypoint", default)]
-    pub(super) entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Cmd", default)]
-    pub(super) cmd: Option<Vec<String>>,
-    #[serde(rename = "Env", default)]
-    pub(super) env: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir", default)]
-    pub(super) working_dir: Option<String>,
-    #[serde(rename = "User", default)]
-    pub(super) user: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-pub(super) struct RootFs {
-    #[serde(default)]
-    pub(super) diff_ids: Vec<String>,
 }
 
 /// The Go architecture name of this machine, as used in image platforms.
@@ -249,16 +189,15 @@ impl ExtractedArchive {
     }
 
     fn oci_blob(&self, desc: &Descriptor) -> Result<PathBuf, ImageError> {
-        let member = self.blob_member(&desc.digest)?;
-        let path = self.verified_blob(&member, &desc.digest)?;
-        if let Some(size) = desc.size {
-            let actual = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
-            if actual != size {
-                return Err(self.format(format!(
-                    "blob {}: size {actual} != descriptor size {size}",
-                    desc.digest
-                )));
-            }
+        let digest = desc.digest().to_string();
+        let member = self.blob_member(&digest)?;
+        let path = self.verified_blob(&member, &digest)?;
+        let size = desc.size();
+        let actual = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
+        if actual != size {
+            return Err(self.format(format!(
+                "blob {digest}: size {actual} != descriptor size {size}"
+            )));
         }
         Ok(path)
     }
@@ -306,8 +245,8 @@ impl ExtractedArchive {
     }
 
     fn resolve_oci(&self, wanted: Option<&str>) -> Result<ResolvedImage, ImageError> {
-        let index: OciIndex = self.read_json("index.json", "OCI index")?;
-        let mut candidates: Vec<&Descriptor> = index.manifests.iter().collect();
+        let index: ImageIndex = self.read_json("index.json", "OCI index")?;
+        let mut candidates: Vec<&Descriptor> = index.manifests().iter().collect();
         if candidates.len() > 1 {
             if let Some(w) = wanted {
                 let named: Vec<&Descriptor> = candidates
@@ -328,49 +267,53 @@ impl ExtractedArchive {
         let desc = pick_platform(&candidates).ok_or_else(|| {
             self.format(format!(
                 "index.json lists {} manifests and none is the single match for linux/{}",
-                index.manifests.len(),
+                index.manifests().len(),
                 host_arch()
             ))
         })?;
         let name = descriptor_name(desc);
         let manifest = self.oci_manifest(desc, 0)?;
-        let config_path = self.oci_blob(&manifest.config)?;
+        let config_path = self.oci_blob(manifest.config())?;
         Ok(ResolvedImage {
             name,
             config_path,
-            config_digest: manifest.config.digest.clone(),
+            config_digest: manifest.config().digest().to_string(),
             layers: manifest
-                .layers
+                .layers()
                 .iter()
-                .map(|l| Ok((self.blob_member(&l.digest)?, Some(l.digest.clone()))))
+                .map(|l| {
+                    let digest = l.digest().to_string();
+                    Ok((self.blob_member(&digest)?, Some(digest)))
+                })
                 .collect::<Result<_, ImageError>>()?,
         })
     }
 
     /// Follows nested image indexes down to one image manifest.
-    fn oci_manifest(&self, desc: &Descriptor, depth: u32) -> Result<OciManifest, ImageError> {
+    fn oci_manifest(&self, desc: &Descriptor, depth: u32) -> Result<ImageManifest, ImageError> {
         if depth > 4 {
             return Err(self.format("image indexes nested too deep".into()));
         }
         let path = self.oci_blob(desc)?;
         let bytes = fs::read(&path).map_err(io_err("read", &path))?;
-        let is_index = desc.media_type.ends_with("image.index.v1+json")
-            || desc.media_type.ends_with("manifest.list.v2+json")
+        let media_type = desc.media_type().to_string();
+        let is_index = media_type.ends_with("image.index.v1+json")
+            || media_type.ends_with("manifest.list.v2+json")
             || serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .is_some_and(|v| v.get("manifests").is_some());
         if is_index {
-            let index: OciIndex =
+            let index: ImageIndex =
                 serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
                     what: "OCI image index",
                     path: path.clone(),
                     source,
                 })?;
-            let candidates: Vec<&Descriptor> = index.manifests.iter().collect();
+            let candidates: Vec<&Descriptor> = index.manifests().iter().collect();
             let inner = pick_platform(&candidates).ok_or_else(|| {
                 self.format(format!(
                     "image index {} has no manifest for linux/{}",
-                    desc.digest,
+                    desc.digest(),
                     host_arch()
                 ))
             })?;
@@ -440,10 +383,11 @@ impl ExtractedArchive {
 
 /// The image name a descriptor carries in its annotations, if any.
 fn descriptor_name(desc: &Descriptor) -> Option<String> {
-    if let Some(n) = desc.annotations.get("io.containerd.image.name") {
+    let annotations = desc.annotations().as_ref()?;
+    if let Some(n) = annotations.get("io.containerd.image.name") {
         return Some(n.clone());
     }
-    desc.annotations
+    annotations
         .get("org.opencontainers.image.ref.name")
         .filter(|n| n.contains(':') || n.contains('/'))
         .cloned()
@@ -455,9 +399,9 @@ fn pick_platform<'a>(candidates: &[&'a Descriptor]) -> Option<&'a Descriptor> {
         return Some(candidates[0]);
     }
     let mut matching = candidates.iter().filter(|d| {
-        d.platform
-            .as_ref()
-            .is_some_and(|p| p.os == "linux" && p.architecture == host_arch())
+        d.platform().as_ref().is_some_and(|p| {
+            p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+        })
     });
     let first = matching.next()?;
     Some(*first)

@@ -11,7 +11,9 @@ use std::time::SystemTime;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::archive::{ConfigFile, ExtractedArchive};
+use oci_spec::image::ImageConfiguration;
+
+use super::archive::ExtractedArchive;
 use super::layer::{apply_layer, maybe_decompress, HashingReader};
 use super::{io_err, normalize_name, Image, ImageConfig, ImageError, ImageRef};
 use crate::atomic_file::write_atomic;
@@ -124,13 +126,13 @@ impl ImageStore {
         };
         let config_bytes =
             fs::read(&resolved.config_path).map_err(io_err("read", &resolved.config_path))?;
-        let config_file: ConfigFile =
+        let config_file: ImageConfiguration =
             serde_json::from_slice(&config_bytes).map_err(|source| ImageError::Json {
                 what: "image config",
                 path: resolved.config_path.clone(),
                 source,
             })?;
-        let diff_ids = config_file.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        let diff_ids = config_file.rootfs().diff_ids().clone();
         if diff_ids.len() != resolved.layers.len() {
             return Err(extracted.format(format!(
                 "image config lists {} diff_ids but the manifest {} layers",
@@ -167,15 +169,15 @@ impl ImageStore {
                     });
                 }
             }
-            let cc = config_file.config.unwrap_or_default();
+            let cc = config_file.config().clone().unwrap_or_default();
             let record = ImageRecord {
                 id: id.clone(),
                 config: ImageConfig {
-                    entrypoint: cc.entrypoint.unwrap_or_default(),
-                    cmd: cc.cmd.unwrap_or_default(),
-                    env: cc.env.unwrap_or_default(),
-                    working_dir: cc.working_dir.filter(|w| !w.is_empty()),
-                    user: cc.user.filter(|u| !u.is_empty()),
+                    entrypoint: cc.entrypoint().clone().unwrap_or_default(),
+                    cmd: cc.cmd().clone().unwrap_or_default(),
+                    env: cc.env().clone().unwrap_or_default(),
+                    working_dir: cc.working_dir().clone().filter(|w| !w.is_empty()),
+                    user: cc.user().clone().filter(|u| !u.is_empty()),
                 },
                 layers: diff_ids,
                 size,
