@@ -60,6 +60,8 @@ impl ExtractedArchive {
             .mode(0o700)
             .create(dir)
             .map_err(io_err("create", dir))?;
+        // Read like a layer (layer::apply_layer), but members land in scratch space as they
+        // are and links are only recorded: the outer tar is a container of blobs, not a rootfs.
         let mut tar = tar::Archive::new(maybe_decompress(archive)?);
         let mut links = BTreeMap::new();
         let entries = tar
