@@ -224,7 +224,9 @@ enum CtlError {
     #[error("start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]
-    Image(#[from] weft::pod::image_gc::GcError),
+    Image(#[from] weft::pod::image::ImageError),
+    #[error("{0}")]
+    ImageGc(#[from] weft::pod::image_gc::GcError),
     #[error("{0}")]
     Pods(#[from] weft::pod::cli::CliError),
     #[error("{0}")]
