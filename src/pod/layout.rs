@@ -16,6 +16,30 @@
 
 use std::path::{Component, Path, PathBuf};
 
+/// Default `--pod-root`: one directory per pod.
+pub const DEFAULT_POD_ROOT: &str = "/var/lib/weft/pods";
+
+/// Default `--image-root`: the image store.
+pub const DEFAULT_IMAGE_ROOT: &str = "/var/lib/weft/images";
+
+/// Default `--pod-log-dir`: container logs, `<dir>/<ns>_<name>_<uid>/<container>/<restart>.log`.
+pub const DEFAULT_POD_LOG_DIR: &str = "/var/log/pods";
+
+/// Default `--seccomp-root`: where `Localhost` seccomp profiles live.
+pub const DEFAULT_SECCOMP_ROOT: &str = "/var/lib/weft/seccomp";
+
+/// Default `--cni-conf-dir`.
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+
+/// Default `--cni-bin-dir`.
+pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
+
+/// Default CNI result cache root (libcni's).
+pub const DEFAULT_CNI_CACHE_DIR: &str = "/var/lib/cni";
+
+/// Default `--oci-runtime`.
+pub const DEFAULT_OCI_RUNTIME: &str = "runc";
+
 /// The file under the pod root listing the manifests that failed to load.
 pub const INVALID_FILE: &str = "invalid-manifests.json";
 
