@@ -43,7 +43,7 @@ enum Command {
     /// `-A`: every node's pods, from etcd.
     Pods(PodsCommand),
     /// Print a pod container's log (`-c CONTAINER`, `--previous`).
-    Logs(weft::pod::cli::LogsArgs),
+    Logs(LogsArgs),
     /// Read, check and change the network config in etcd (`<prefix>/config`).
     Network(NetworkArgs),
     /// This node's weftd: lease and expiry, backend, readiness, peers, last reconcile.
@@ -56,10 +56,69 @@ enum Command {
     },
 }
 
+/// The on-disk locations shared by weftd's pod runtime and weftctl.
+#[derive(Debug, Clone, Args)]
+struct PodPaths {
+    /// Per-pod state and status directories.
+    #[arg(long, env = "WEFTD_POD_ROOT", default_value = weft::pod::layout::DEFAULT_POD_ROOT)]
+    pod_root: PathBuf,
+    /// The image store.
+    #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = weft::pod::layout::DEFAULT_IMAGE_ROOT)]
+    // Not read by pods/logs; accepted so one set of path flags fits every pod subcommand.
+    #[allow(dead_code)]
+    image_root: PathBuf,
+    /// Container logs (`<dir>/<ns>_<name>_<uid>/<container>/<restart>.log`).
+    #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = weft::pod::layout::DEFAULT_POD_LOG_DIR)]
+    pod_log_dir: PathBuf,
+}
+
+/// `weftctl pods [-o json|wide]`.
+#[derive(Debug, Clone, Args)]
+struct PodsArgs {
+    /// Where the node keeps pods.
+    #[command(flatten)]
+    paths: PodPaths,
+    /// Output format: `wide` (the default table) or `json` (a v1 PodList).
+    #[arg(short = 'o', long = "output", default_value = "wide")]
+    output: String,
+}
+
+/// `weftctl logs POD [-c CONTAINER] [--previous]`.
+#[derive(Debug, Clone, Args)]
+struct LogsArgs {
+    /// Where the node keeps pods.
+    #[command(flatten)]
+    paths: PodPaths,
+    /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
+    pod: String,
+    /// The container; may be omitted when the pod has a single app container.
+    #[arg(short = 'c', long = "container")]
+    container: Option<String>,
+    /// The pod's namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    namespace: String,
+    /// Print the previous run's log (the one before the last restart).
+    #[arg(short = 'p', long = "previous")]
+    previous: bool,
+}
+
+impl LogsArgs {
+    fn request(self) -> weft::pod::cli::LogsRequest {
+        weft::pod::cli::LogsRequest {
+            pod_root: self.paths.pod_root,
+            pod_log_dir: self.paths.pod_log_dir,
+            pod: self.pod,
+            container: self.container,
+            namespace: self.namespace,
+            previous: self.previous,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct PodsCommand {
     #[command(flatten)]
-    local: weft::pod::cli::PodsArgs,
+    local: PodsArgs,
     /// Every node's pods in every namespace, as published in etcd (`<prefix>/pods/`).
     #[arg(short = 'A', long = "all-namespaces")]
     all: bool,
@@ -265,11 +324,15 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Image(args) => Ok(weft::pod::image::run_cli(&args, &mut std::io::stdout())?),
         Command::Pods(args) if args.all => cluster_pods(&args).await,
         Command::Pods(args) => Ok(weft::pod::cli::pods(
-            &args.local,
+            &args.local.paths.pod_root,
+            &args.local.output,
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         )?),
-        Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
+        Command::Logs(args) => Ok(weft::pod::cli::logs(
+            &args.request(),
+            &mut std::io::stdout(),
+        )?),
         Command::Network(args) => network(args.command).await,
         Command::Status(args) => {
             let status = weft::status::fetch(&args.socket)?;

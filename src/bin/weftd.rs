@@ -11,7 +11,8 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use tracing::{error, warn};
 use weft::daemon::{self, DaemonOptions};
 use weft::notify::ServiceNotifier;
-use weft::pod::controller::PodConfig;
+use weft::pod::config::PodConfig;
+use weft::pod::layout;
 use weft::store::EtcdArgs;
 
 /// Node agent of the weft overlay: leases a pod subnet from etcd, programs the overlay and
@@ -58,30 +59,30 @@ struct Flags {
     #[arg(long, env = "WEFTD_MANIFEST_URL", requires = "pod_manifest_path")]
     manifest_url: Option<String>,
     /// CNI network configurations; the first `.conflist`/`.conf` by name is used.
-    #[arg(long, env = "WEFTD_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    #[arg(long, env = "WEFTD_CNI_CONF_DIR", default_value = layout::DEFAULT_CNI_CONF_DIR)]
     cni_conf_dir: PathBuf,
     /// Directories searched for CNI plugins, comma-separated or repeated.
     #[arg(
         long,
         env = "WEFTD_CNI_BIN_DIR",
-        default_value = "/opt/cni/bin",
+        default_value = layout::DEFAULT_CNI_BIN_DIR,
         value_delimiter = ','
     )]
     cni_bin_dir: Vec<PathBuf>,
     /// Where cached CNI results are kept (`<dir>/results`).
-    #[arg(long, env = "WEFTD_CNI_CACHE_DIR", default_value = "/var/lib/cni")]
+    #[arg(long, env = "WEFTD_CNI_CACHE_DIR", default_value = layout::DEFAULT_CNI_CACHE_DIR)]
     cni_cache_dir: PathBuf,
     /// OCI runtime for containers (`runc` or `crun`).
-    #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = "runc")]
+    #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = layout::DEFAULT_OCI_RUNTIME)]
     oci_runtime: PathBuf,
     /// Per-pod state (sandbox, containers, status).
-    #[arg(long, env = "WEFTD_POD_ROOT", default_value = "/var/lib/weft/pods")]
+    #[arg(long, env = "WEFTD_POD_ROOT", default_value = layout::DEFAULT_POD_ROOT)]
     pod_root: PathBuf,
     /// Imported images (`weftctl image import`).
-    #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = "/var/lib/weft/images")]
+    #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = layout::DEFAULT_IMAGE_ROOT)]
     image_root: PathBuf,
     /// Container logs: `<dir>/<ns>_<name>_<uid>/<container>/<restartCount>.log`.
-    #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = "/var/log/pods")]
+    #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = layout::DEFAULT_POD_LOG_DIR)]
     pod_log_dir: PathBuf,
     /// Run containers without a `seccompProfile` Unconfined instead of under RuntimeDefault
     /// (containerd's default profile), as kubelet does without `--seccomp-default`.
@@ -91,7 +92,7 @@ struct Flags {
     #[arg(
         long,
         env = "WEFTD_SECCOMP_ROOT",
-        default_value = "/var/lib/weft/seccomp"
+        default_value = layout::DEFAULT_SECCOMP_ROOT
     )]
     seccomp_root: PathBuf,
     /// Most processes (and threads) each container may have (cgroup pids.max); default: unlimited.
