@@ -566,6 +566,32 @@ pub fn parse_cni_args(args: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The pod worker's seam to the pod network: attach, detach and what was attached, so its
+/// logic can run against another network (or a fake) and [`CniRuntime`] stays one
+/// implementation.
+pub trait PodNetwork {
+    /// Attaches `att` to the network `list` (CNI ADD).
+    fn add(&self, list: &NetworkList, att: &Attachment) -> Result<CniResult, CniError>;
+    /// The network list and result of an earlier attachment of `att` to `network`.
+    fn cached(&self, network: &str, att: &Attachment) -> Option<(NetworkList, Value)>;
+    /// Detaches `att` (CNI DEL); succeeds when already gone.
+    fn del(&self, list: &NetworkList, att: &Attachment) -> Result<(), CniError>;
+}
+
+impl PodNetwork for CniRuntime {
+    fn add(&self, list: &NetworkList, att: &Attachment) -> Result<CniResult, CniError> {
+        CniRuntime::add(self, list, att)
+    }
+
+    fn cached(&self, network: &str, att: &Attachment) -> Option<(NetworkList, Value)> {
+        CniRuntime::cached(self, network, att)
+    }
+
+    fn del(&self, list: &NetworkList, att: &Attachment) -> Result<(), CniError> {
+        CniRuntime::del(self, list, att)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ pub mod container_spec;
 pub mod controller;
 pub mod crilog;
 pub mod image;
+pub mod image_source;
 pub mod layout;
 pub mod lifecycle;
 pub mod manifest;

@@ -18,17 +18,18 @@ use super::actions::{
     compute_pod_actions, ContainerView, PodAction, PodView, RunView, SandboxView,
 };
 use super::backoff::Backoff;
-use super::cni::{load_network, Attachment, CniRuntime, POD_IFNAME};
+use super::cni::{load_network, Attachment, CniRuntime, PodNetwork, POD_IFNAME};
 use super::config::PodConfig;
 use super::container_spec::PodContext;
 use super::image::ImageStore;
+use super::image_source::ImageSource;
 use super::layout::{LayoutError, PodId, PodLayout};
 use super::lifecycle::{in_node_subnet, release_network, teardown, SANDBOX_GRACE};
 use super::manifest::{Container, ParsedManifest, Pod};
 use super::probe::{ProbeKind, ProbeTarget, ProbeTracker};
 use super::resources::{self, ContainerResources, QosClass};
-use super::runtime::{ContainerHandle, ExitStatus, OciRuntime};
-use super::sandbox::Sandbox;
+use super::runtime::{ContainerHandle, ContainerRuntime, ExitStatus, OciRuntime};
+use super::sandbox::{PauseSandboxes, Sandbox, SandboxRuntime};
 use super::status::{
     self, rfc3339, unix_ms, ContainerState, ContainerStatus, PodObject, PodRecord, StartTimings,
 };
@@ -165,8 +166,9 @@ pub(super) struct PodRun {
     pub(super) layout: PodLayout,
     pub(super) dir: PathBuf,
     pub(super) state: WorkerState,
-    pub(super) runtime: OciRuntime,
-    pub(super) cni: CniRuntime,
+    pub(super) runtime: Box<dyn ContainerRuntime>,
+    pub(super) cni: Box<dyn PodNetwork>,
+    pub(super) sandboxes: Box<dyn SandboxRuntime>,
     pub(super) sandbox: Option<Sandbox>,
     /// The pod network is attached to the current sandbox.
     pub(super) attached: bool,
@@ -251,11 +253,12 @@ impl PodRun {
             .and_then(|m| resources::mem_total(&m))
             .unwrap_or(u64::MAX);
         Ok(PodRun {
-            runtime: OciRuntime::new(&cfg.oci_runtime.to_string_lossy(), &dir),
-            cni: CniRuntime {
+            runtime: Box::new(OciRuntime::new(&cfg.oci_runtime.to_string_lossy(), &dir)),
+            cni: Box::new(CniRuntime {
                 bin_dirs: cfg.cni_bin_dirs.clone(),
                 cache_dir: cfg.cni_cache_dir.clone(),
-            },
+            }),
+            sandboxes: Box::new(PauseSandboxes),
             record: PodRecord {
                 pod: obj,
                 manifest: file.display().to_string(),
@@ -525,7 +528,7 @@ impl PodRun {
     /// namespaces with it), or the node's subnet no longer holds the pod's address.
     fn sandbox_changed(&mut self) -> Option<String> {
         let sandbox = self.sandbox.as_ref()?;
-        if !sandbox.is_running() {
+        if !self.sandboxes.is_running(sandbox) {
             return Some(format!(
                 "pause process {} exited or its namespace files are gone",
                 sandbox.pid()
@@ -619,7 +622,7 @@ impl PodRun {
         release_network(&self.cfg, &self.id, &self.state, netns.unwrap_or_default());
         self.state.network = None;
         if let Some(sb) = self.sandbox.take() {
-            if let Err(e) = sb.stop(SANDBOX_GRACE) {
+            if let Err(e) = self.sandboxes.stop(&sb, SANDBOX_GRACE) {
                 tracing::warn!(error = %e, "stop changed sandbox");
             }
         }
@@ -631,7 +634,9 @@ impl PodRun {
 
     fn make_sandbox(&mut self) -> Result<(), WorkerError> {
         let host = self.pod.spec.host_namespaces();
-        let sandbox = Sandbox::create(&self.id.dir_name(), self.pod.hostname(), &self.dir, host)?;
+        let sandbox =
+            self.sandboxes
+                .create(&self.id.dir_name(), self.pod.hostname(), &self.dir, host)?;
         self.sandbox = Some(sandbox);
         self.attached = false;
         self.record.timings.sandbox_ms = Some(unix_ms(SystemTime::now()));
@@ -828,7 +833,7 @@ impl PodRun {
     ) -> Result<ContainerHandle, WorkerError> {
         let sandbox = self.sandbox.clone().ok_or(WorkerError::NoSandbox)?;
         let store = ImageStore::open(&self.cfg.image_root).map_err(WorkerError::ImageStore)?;
-        let image = store.get(&c.image).map_err(WorkerError::ImageMissing)?;
+        let image = store.image(&c.image).map_err(WorkerError::ImageMissing)?;
         if let Some(s) = self.status_mut(&c.name) {
             s.image_id = image.id.clone();
         }
@@ -893,7 +898,7 @@ impl PodRun {
         release_network(&self.cfg, &self.id, &self.state, netns.unwrap_or_default());
         self.state.network = None;
         if let Some(sb) = self.sandbox.take() {
-            if let Err(e) = sb.stop(SANDBOX_GRACE) {
+            if let Err(e) = self.sandboxes.stop(&sb, SANDBOX_GRACE) {
                 tracing::warn!(error = %e, "stop sandbox of finished pod");
             }
         }
