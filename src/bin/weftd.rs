@@ -101,7 +101,8 @@ struct Flags {
     /// This node's name (`spec.nodeName`); default: the hostname.
     #[arg(long, env = "WEFTD_NODE_NAME")]
     node_name: Option<String>,
-    /// First container restart back-off in milliseconds (doubles up to the cap).
+    /// Container restart back-off in milliseconds before the second restart (the first is
+    /// immediate); doubles up to the cap.
     #[arg(
         long,
         env = "WEFTD_POD_BACKOFF_BASE_MS",
