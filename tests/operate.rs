@@ -207,7 +207,7 @@ fn weftctl_network_get_validate_set() {
     );
     assert!(ok);
     assert!(
-        out.starts_with("Network: 10.244.0.0/16\nSubnetLen: 24\nSubnetMin: 10.244.1.0\n"),
+        out.starts_with("Network: 10.244.0.0/16\nSubnetLen: 24\nSubnetMin: 10.244.100.0\nSubnetMax: 10.244.199.0\n"),
         "{out}"
     );
 
