@@ -40,6 +40,10 @@ pub const DEFAULT_CNI_CACHE_DIR: &str = "/var/lib/cni";
 /// Default `--oci-runtime`.
 pub const DEFAULT_OCI_RUNTIME: &str = "runc";
 
+/// Where the OCI runtime keeps its own state (`runc --root`), under a runtime's state root (the
+/// pod directory for pods): the runtime and the exec probes must name the same directory.
+pub const RUNTIME_STATE_DIR: &str = "runc";
+
 /// The file under the pod root listing the manifests that failed to load.
 pub const INVALID_FILE: &str = "invalid-manifests.json";
 

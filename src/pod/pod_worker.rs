@@ -848,8 +848,8 @@ impl PodRun {
     /// Runs the container's probes; the probe that failed past its threshold, if one did.
     fn check_probes(&mut self, c: &Container) -> Option<ProbeKind> {
         let netns = self.sandbox.as_ref()?.netns_path();
-        // The runtime keeps runc's state in `<state_root>/runc`, the state root being the pod dir.
-        let runtime_root = self.dir.join("runc");
+        // The runtime's state root is the pod directory.
+        let runtime_root = self.dir.join(super::layout::RUNTIME_STATE_DIR);
         let slot = self.slots.get_mut(&c.name)?;
         let id = slot.handle.as_ref()?.id().to_string();
         let target = ProbeTarget {

@@ -400,7 +400,7 @@ impl OciRuntime {
     }
 
     fn runtime_root(&self) -> PathBuf {
-        self.state_root.join("runc")
+        self.state_root.join(super::layout::RUNTIME_STATE_DIR)
     }
 
     fn io(
