@@ -201,7 +201,7 @@ pub fn load_network(conf_dir: &Path) -> Result<NetworkList, CniError> {
     for file in files {
         match std::fs::read(&file)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| parse_network(&file, &bytes))
+            .and_then(|bytes| network_list(&file, &bytes))
         {
             Ok(list) => return Ok(list),
             Err(reason) => skipped.push(format!("{}: {reason}", file.display())),
@@ -218,7 +218,15 @@ pub fn load_network(conf_dir: &Path) -> Result<NetworkList, CniError> {
 }
 
 /// Parses a config file's bytes: a conflist, or a single plugin config turned into a list.
-pub fn parse_network(file: &Path, bytes: &[u8]) -> Result<NetworkList, String> {
+pub fn parse_network(file: &Path, bytes: &[u8]) -> Result<NetworkList, CniError> {
+    network_list(file, bytes).map_err(|reason| CniError::Config {
+        file: file.to_path_buf(),
+        reason,
+    })
+}
+
+/// [`parse_network`]'s work; the error names the field and what is wrong with it.
+fn network_list(file: &Path, bytes: &[u8]) -> Result<NetworkList, String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let obj = v.as_object().ok_or("not a JSON object")?;
     let name = obj
@@ -647,19 +655,20 @@ mod tests {
     #[test]
     fn broken_configs_are_rejected_with_the_field() {
         let p = Path::new("/c/x.conflist");
+        let err = |bytes: &[u8]| parse_network(p, bytes).unwrap_err().to_string();
         assert_eq!(
-            parse_network(p, br#"{"plugins":[]}"#).unwrap_err(),
-            "field name: required"
+            err(br#"{"plugins":[]}"#),
+            "cni: config /c/x.conflist: field name: required"
         );
         assert_eq!(
-            parse_network(p, br#"{"name":"n"}"#).unwrap_err(),
-            "field plugins: required in a conflist"
+            err(br#"{"name":"n"}"#),
+            "cni: config /c/x.conflist: field plugins: required in a conflist"
         );
         assert_eq!(
-            parse_network(p, br#"{"name":"n","plugins":[{"type":"../../bin/sh"}]}"#).unwrap_err(),
-            "field plugins[0].type: invalid \"../../bin/sh\""
+            err(br#"{"name":"n","plugins":[{"type":"../../bin/sh"}]}"#),
+            "cni: config /c/x.conflist: field plugins[0].type: invalid \"../../bin/sh\""
         );
-        assert!(parse_network(p, b"{").unwrap_err().starts_with("not JSON"));
+        assert!(err(b"{").starts_with("cni: config /c/x.conflist: not JSON"));
     }
 
     #[test]
