@@ -15,8 +15,9 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use super::cli::InvalidManifest;
 pub use super::config::PodConfig;
 use super::layout::PodId;
+use super::lifecycle::WorkerState;
 use super::manifest::{is_manifest_file, parse_manifest, ParsedManifest, MAX_MANIFEST_BYTES};
-use super::pod_worker::{PodWorker, WorkerMode, WorkerState};
+use super::pod_worker::{PodWorker, WorkerMode};
 
 /// Errors that stop the controller (a bad manifest or pod never does).
 #[derive(Debug, thiserror::Error)]

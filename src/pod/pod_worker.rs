@@ -35,7 +35,7 @@ use super::status::{
 };
 use super::worker_error::WorkerError;
 
-pub use super::lifecycle::{WorkerState, STATE_FILE};
+use super::lifecycle::WorkerState;
 
 /// How often a worker looks at its containers.
 const TICK: Duration = Duration::from_millis(100);
