@@ -35,6 +35,7 @@ PACKAGES=(
     curl                         # healthz/metrics in the demo
     openssl                      # test CA and certificates for the etcd TLS tests
     binutils                     # strip, objdump: scripts/package.sh
+    systemd                      # systemd-analyze verify: docs/systemd/weftd.service in tests/claims.rs
 )
 
 installed() {
