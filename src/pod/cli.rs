@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::crilog::log_text;
-use super::layout::{LayoutError, PodId, PodLayout, INVALID_FILE};
+use super::layout::{LayoutError, PodId, PodLayout, EPHEMERAL_FILE, INVALID_FILE};
 use super::status::{self, PodRecord};
 
 /// What `weftctl logs` asks for.
@@ -70,6 +70,9 @@ pub enum CliError {
     /// The pod or container named in a status file cannot name a path.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// A `-l` selector that does not parse.
+    #[error(transparent)]
+    Selector(#[from] super::selector::SelectorError),
     /// An unknown `-o` value.
     #[error("unsupported output format {0:?} (supported: wide, json)")]
     Output(String),
@@ -92,7 +95,10 @@ pub fn read_pods(pod_root: &Path) -> Result<Vec<PodRecord>, CliError> {
     for entry in entries.flatten() {
         let dir = entry.path();
         if dir.join(status::STATUS_FILE).is_file() {
-            pods.push(status::read_record(&dir)?);
+            let mut record = status::read_record(&dir)?;
+            record.pod.status.ephemeral_container_statuses =
+                super::debug::read_ephemeral(&dir.join(EPHEMERAL_FILE));
+            pods.push(record);
         }
     }
     pods.sort_by(|a, b| {
@@ -117,6 +123,20 @@ pub fn read_invalid(pod_root: &Path) -> Vec<InvalidManifest> {
 
 /// The `kubectl get pods -o wide`-like table (NAMESPACE first when a pod is outside `default`).
 pub fn pods_table(pods: &[PodRecord], now: SystemTime) -> String {
+    pods_table_labels(pods, now, false)
+}
+
+/// Labels as `kubectl --show-labels` prints them: `k=v` joined by `,` in key order, or `<none>`.
+pub fn labels_cell(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".to_string();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+/// [`pods_table`], with a LABELS column when `show_labels`.
+pub fn pods_table_labels(pods: &[PodRecord], now: SystemTime, show_labels: bool) -> String {
     let with_ns = pods.iter().any(|r| r.pod.metadata.namespace != "default");
     let mut rows = vec![vec![
         "NAME".to_string(),
@@ -129,6 +149,9 @@ pub fn pods_table(pods: &[PodRecord], now: SystemTime) -> String {
     ]];
     if with_ns {
         rows[0].insert(0, "NAMESPACE".into());
+    }
+    if show_labels {
+        rows[0].push("LABELS".into());
     }
     for r in pods {
         let p = &r.pod;
@@ -154,6 +177,9 @@ pub fn pods_table(pods: &[PodRecord], now: SystemTime) -> String {
         ];
         if with_ns {
             row.insert(0, p.metadata.namespace.clone());
+        }
+        if show_labels {
+            row.push(labels_cell(&p.metadata.labels));
         }
         rows.push(row);
     }
@@ -192,14 +218,19 @@ pub fn pod_list_json(pods: &[PodRecord]) -> serde_json::Value {
 }
 
 /// `weftctl pods`: the table (and invalid manifests on `err`) or, for `output` `json`, the
-/// JSON list on `out`.
+/// JSON list on `out`; only pods whose labels match `selector` (`kubectl -l`'s syntax), with a
+/// LABELS column when `show_labels`.
 pub fn pods(
     pod_root: &Path,
     output: &str,
+    selector: Option<&str>,
+    show_labels: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let pods = read_pods(pod_root)?;
+    let selector = super::selector::parse(selector.unwrap_or(""))?;
+    let mut pods = read_pods(pod_root)?;
+    pods.retain(|r| selector.matches(&r.pod.metadata.labels));
     let io = |source| CliError::Io {
         op: "write",
         path: PathBuf::from("<stdout>"),
@@ -215,8 +246,8 @@ pub fn pods(
             if pods.is_empty() {
                 writeln!(err, "No pods found in {}.", pod_root.display()).map_err(io)?;
             } else {
-                out.write_all(pods_table(&pods, SystemTime::now()).as_bytes())
-                    .map_err(io)?;
+                let table = pods_table_labels(&pods, SystemTime::now(), show_labels);
+                out.write_all(table.as_bytes()).map_err(io)?;
             }
             for bad in read_invalid(pod_root) {
                 writeln!(err, "invalid manifest {}: {}", bad.file, bad.error).map_err(io)?;
@@ -343,6 +374,68 @@ mod tests {
         );
         assert!(t.starts_with("NAMESPACE     NAME"), "{t}");
         assert!(t.contains("<none>"), "{t}");
+    }
+
+    #[test]
+    fn selector_filters_and_show_labels_adds_a_column() {
+        let root = tempfile::tempdir().unwrap();
+        let pod_root = root.path().join("pods");
+        let layout = PodLayout::new(&pod_root, &root.path().join("logs"));
+        for (name, labels) in [
+            ("web", &[("app", "web"), ("tier", "front")][..]),
+            ("db", &[("app", "db")][..]),
+            ("bare", &[][..]),
+        ] {
+            let mut rec = record("default", name, "10.244.1.5");
+            rec.pod.metadata.uid = format!("uid-{name}");
+            rec.pod.metadata.labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let dir = layout.pod_dir(&PodId::new("default", name, &rec.pod.metadata.uid).unwrap());
+            std::fs::create_dir_all(&dir).unwrap();
+            status::write_record(&dir, &rec).unwrap();
+        }
+        let run = |selector: Option<&str>, show_labels: bool| {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            pods(&pod_root, "wide", selector, show_labels, &mut out, &mut err).map(|()| {
+                let names: Vec<String> = String::from_utf8(out)
+                    .unwrap()
+                    .lines()
+                    .skip(1)
+                    .map(|l| {
+                        let cols: Vec<&str> = l.split_whitespace().collect();
+                        format!(
+                            "{} {}",
+                            cols[0],
+                            if show_labels {
+                                cols[cols.len() - 1]
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect();
+                names.join(";")
+            })
+        };
+        assert_eq!(run(None, false).unwrap(), "bare ;db ;web ");
+        assert_eq!(run(Some("app=web"), false).unwrap(), "web ");
+        assert_eq!(
+            run(Some("app in (web,db),tier notin (front)"), false).unwrap(),
+            "db "
+        );
+        assert_eq!(run(Some("!app"), false).unwrap(), "bare ");
+        assert_eq!(
+            run(Some("app!=web"), true).unwrap(),
+            "bare <none>;db app=db"
+        );
+        assert_eq!(
+            run(Some("app"), true).unwrap(),
+            "db app=db;web app=web,tier=front"
+        );
+        let e = run(Some("app in (web"), false).unwrap_err().to_string();
+        assert!(e.contains("invalid label selector \"app in (web\""), "{e}");
     }
 
     #[test]

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use super::bundle::{container_user, ContainerSpec, MountSpec};
 use super::config::PodConfig;
+use super::downward;
 use super::image::Image;
 use super::layout::{container_id, PodId, PodLayout};
-use super::manifest::{Container, Pod};
+use super::manifest::{Container, Pod, ResourceFieldRef};
 use super::resources::{self, ContainerResources, QosClass};
 use super::seccomp;
 use super::security::{self, Seccomp};
@@ -228,11 +229,29 @@ impl PodContext<'_> {
                         .host_ip
                         .map(|ip| ip.to_string())
                         .unwrap_or_default(),
-                    _ => e.value.clone().unwrap_or_default(),
+                    _ => match e
+                        .value_from
+                        .as_ref()
+                        .and_then(|v| v.resource_field_ref.as_ref())
+                    {
+                        Some(r) => self.resource_field(c, r),
+                        None => e.value.clone().unwrap_or_default(),
+                    },
                 };
                 (e.name.clone(), value)
             })
             .collect()
+    }
+
+    /// A validated `resourceFieldRef` of `c`; unset limits are the node's cpus and memory.
+    fn resource_field(&self, c: &Container, r: &ResourceFieldRef) -> String {
+        let node = downward::NodeAllocatable {
+            cpu_milli: std::thread::available_parallelism().map_or(1000, |n| n.get() as u64 * 1000),
+            memory_bytes: self.memory_capacity,
+        };
+        let res = ContainerResources::of(c.resources.as_ref());
+        downward::resource_field_value(&r.resource, r.divisor.as_ref(), &res, node)
+            .unwrap_or_default()
     }
 }
 

@@ -21,6 +21,7 @@ use super::backoff::Backoff;
 use super::cni::{load_network, Attachment, CniRuntime, PodNetwork, POD_IFNAME};
 use super::config::PodConfig;
 use super::container_spec::PodContext;
+use super::events::{self, EventType};
 use super::image::ImageStore;
 use super::image_source::ImageSource;
 use super::layout::{LayoutError, PodId, PodLayout};
@@ -566,6 +567,11 @@ impl PodRun {
     /// restart counts (their next run counts as a restart) and init containers run again.
     fn recreate_sandbox(&mut self, reason: &str) {
         tracing::warn!(event = "SandboxChanged", reason = %reason, "pod sandbox changed, it will be killed and re-created");
+        self.event(
+            EventType::Normal,
+            "SandboxChanged",
+            "Pod sandbox changed, it will be killed and re-created.",
+        );
         self.record.pod.status.message = format!("SandboxChanged: {reason}");
         let grace = Duration::from_secs(self.state.grace_seconds);
         let running: Vec<(String, String)> = self
@@ -723,6 +729,13 @@ impl PodRun {
     /// Records an ended run in the container's status and its slot.
     fn record_exit(&mut self, name: &str, exit: &ExitStatus) {
         tracing::info!(container = %name, code = exit.code, reason = exit.reason.as_str(), "container exited");
+        if exit.reason.as_str() == "OOMKilled" {
+            self.event(
+                EventType::Warning,
+                "OOMKilled",
+                &format!("Container {name} was OOM-killed (exit code {})", exit.code),
+            );
+        }
         let started = exit.started_at.map(rfc3339).unwrap_or_default();
         let mut term = ContainerState::terminated(exit.code, &started, &rfc3339(exit.finished_at));
         if let Some(t) = term.terminated.as_mut() {
@@ -781,6 +794,11 @@ impl PodRun {
             ),
         );
         tracing::info!(container = %name, delay = ?delay, "container restart scheduled");
+        self.event(
+            EventType::Warning,
+            "BackOff",
+            &format!("Back-off restarting failed container {name} in pod {pod_name}"),
+        );
     }
 
     /// Starts run `restart` of the container; on failure it waits with the Kubernetes reason.
@@ -791,6 +809,25 @@ impl PodRun {
         self.state.backoff.insert(c.name.clone(), backoff);
         self.save_state();
         let result = self.start_container(&c, restart);
+        match &result {
+            Ok(_) => {
+                self.event(
+                    EventType::Normal,
+                    "Created",
+                    &format!("Created container {}", c.name),
+                );
+                self.event(
+                    EventType::Normal,
+                    "Started",
+                    &format!("Started container {}", c.name),
+                );
+            }
+            Err(e) => self.event(
+                EventType::Warning,
+                "Failed",
+                &format!("Error: {}: {e}", e.reason()),
+            ),
+        }
         let Some(s) = self.status_mut(&c.name) else {
             return;
         };
@@ -834,6 +871,11 @@ impl PodRun {
         let sandbox = self.sandbox.clone().ok_or(WorkerError::NoSandbox)?;
         let store = ImageStore::open(&self.cfg.image_root).map_err(WorkerError::ImageStore)?;
         let image = store.image(&c.image).map_err(WorkerError::ImageMissing)?;
+        self.event(
+            EventType::Normal,
+            "Pulled",
+            &format!("Container image {:?} already present on machine", c.image),
+        );
         if let Some(s) = self.status_mut(&c.name) {
             s.image_id = image.id.clone();
         }
@@ -882,10 +924,25 @@ impl PodRun {
             return;
         };
         tracing::info!(container = %name, probe = ?probe, "probe failed: killing container");
+        self.event(
+            EventType::Warning,
+            "Unhealthy",
+            &format!("{probe:?} probe failed"),
+        );
+        self.event(
+            EventType::Normal,
+            "Killing",
+            &format!("Container {name} failed {probe:?} probe, will be restarted"),
+        );
         let grace = Duration::from_secs(self.state.grace_seconds);
         if let Err(e) = self.runtime.stop(&id, grace) {
             tracing::warn!(container = %name, error = %e, "stop container after failed probe");
         }
+    }
+
+    /// Records a pod event (`weftctl describe pod`'s Events) in the pod's events file.
+    fn event(&self, kind: EventType, reason: &str, message: &str) {
+        events::record(&self.layout.events(&self.id), kind, reason, message);
     }
 
     /// The pod is done: release its pod IP (CNI DEL) and its sandbox, keep status and logs.
