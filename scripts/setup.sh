@@ -36,6 +36,7 @@ PACKAGES=(
     openssl                      # test CA and certificates for the etcd TLS tests
     binutils                     # strip, objdump: scripts/package.sh
     systemd                      # systemd-analyze verify: docs/systemd/weftd.service in tests/claims.rs
+    zstd                         # zstd-compressed image layers made by a tool of its own (tests/pod_runtime.rs)
 )
 
 installed() {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::backoff::BackoffPolicy;
+use super::image_gc::GcPolicy;
 use super::layout::{self, PodLayout};
 
 /// Everything the pod runtime needs to know about the node; weftd's flags map onto it.
@@ -13,8 +14,12 @@ use super::layout::{self, PodLayout};
 pub struct PodConfig {
     /// `--pod-manifest-path`: the static pod manifest directory.
     pub manifest_dir: PathBuf,
-    /// `--manifest-url`: an `http://` URL serving one more Pod manifest (kubelet's static pod URL).
+    /// `--manifest-url`: an `http://` or `https://` URL serving one more Pod manifest
+    /// (kubelet's static pod URL).
     pub manifest_url: Option<String>,
+    /// `--manifest-url-ca-file`: PEM CA certificates trusted for an `https://` manifest URL,
+    /// besides the system's roots.
+    pub manifest_url_ca_file: Option<PathBuf>,
     /// How often the manifest URL is fetched (kubelet: 20 s).
     pub manifest_url_interval: Duration,
     /// How long one fetch of the manifest URL may take in all (kubelet: 10 s).
@@ -41,6 +46,10 @@ pub struct PodConfig {
     pub backoff: BackoffPolicy,
     /// How often the manifest directory is rescanned.
     pub rescan_interval: Duration,
+    /// Image garbage collection thresholds (kubelet's defaults: 85 %, 80 %, 2 min).
+    pub image_gc: GcPolicy,
+    /// How often image GC measures the image store's filesystem (kubelet: 5 min).
+    pub image_gc_interval: Duration,
     /// Containers without a `seccompProfile` run under RuntimeDefault (kubelet's
     /// `--seccomp-default`); `false` leaves them Unconfined, as kubelet does by default.
     pub seccomp_default: bool,
@@ -64,6 +73,7 @@ impl PodConfig {
         PodConfig {
             manifest_dir,
             manifest_url: None,
+            manifest_url_ca_file: None,
             manifest_url_interval: Duration::from_secs(20),
             manifest_url_deadline: Duration::from_secs(10),
             cni_conf_dir: layout::DEFAULT_CNI_CONF_DIR.into(),
@@ -77,6 +87,8 @@ impl PodConfig {
             host_ip: None,
             backoff: BackoffPolicy::default(),
             rescan_interval: Duration::from_secs(1),
+            image_gc: GcPolicy::default(),
+            image_gc_interval: Duration::from_secs(300),
             seccomp_default: true,
             seccomp_root: layout::DEFAULT_SECCOMP_ROOT.into(),
             pids_limit: None,

@@ -79,9 +79,8 @@ impl WorkerState {
     }
 
     pub(super) fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
-        std::fs::rename(&tmp, dir.join(STATE_FILE))
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        crate::atomic_file::write_atomic(&dir.join(STATE_FILE), &bytes, 0o644)
     }
 }
 

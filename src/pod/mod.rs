@@ -16,6 +16,7 @@ pub mod downward;
 pub mod events;
 pub mod exec;
 pub mod image;
+pub mod image_gc;
 pub mod image_source;
 pub mod layout;
 pub mod lifecycle;

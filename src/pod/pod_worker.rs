@@ -879,6 +879,10 @@ impl PodRun {
         if let Some(s) = self.status_mut(&c.name) {
             s.image_id = image.id.clone();
         }
+        // The LRU clock of image GC; a failure only makes the image look older.
+        if let Err(e) = store.mark_used(&image.id) {
+            tracing::warn!(image = %image.id, error = %e, "mark image used");
+        }
         let spec = self.context().container_spec(c, restart, image)?;
         // A run with this id may be left from before a weftd restart.
         if let Err(e) = self.runtime.delete(&spec.id) {
