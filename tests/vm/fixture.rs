@@ -222,6 +222,18 @@ fn image() -> &'static Image {
     })
 }
 
+/// Boots `vms` at the same time; returns the time until the last one answers.
+pub fn boot_all(vms: &[&Vm]) -> Duration {
+    let start = Instant::now();
+    for vm in vms {
+        vm.start();
+    }
+    for vm in vms {
+        vm.wait_agent(None);
+    }
+    start.elapsed()
+}
+
 /// Serialises the VM groups of all test processes on this machine: two 768 MiB TCG guests at a
 /// time are what 2 shared cores carry.
 pub fn vm_lock() -> nix::fcntl::Flock<File> {
@@ -275,7 +287,6 @@ impl Segment {
             agent: Mutex::new(None),
             ids: AtomicU64::new(1),
             boot_id: Mutex::new(String::new()),
-            offloads: Mutex::new(true),
         };
         vm.set_weftd_args(&vm.default_weftd_args(&self.etcd.endpoint()));
         vm
@@ -309,7 +320,6 @@ pub struct Vm {
     agent: Mutex<Option<Agent>>,
     ids: AtomicU64,
     boot_id: Mutex<String>,
-    offloads: Mutex<bool>,
 }
 
 impl Vm {
@@ -321,11 +331,6 @@ impl Vm {
     /// The VM's name (also QEMU's `-name`, carrying the owner pid).
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The host directory behind the guest's `/var/lib/weft`.
-    pub fn state_dir(&self) -> &Path {
-        &self.state
     }
 
     /// weftd's arguments as the guest's init starts it.
@@ -350,11 +355,6 @@ impl Vm {
         write_file(&self.state.join("weftd.args"), &(args.join("\n") + "\n"), 0o600);
     }
 
-    /// The NIC's virtio checksum/segmentation offloads, as QEMU offers them at the next boot.
-    pub fn set_nic_offloads(&self, on: bool) {
-        *self.offloads.lock().unwrap_or_else(|p| p.into_inner()) = on;
-    }
-
     /// weftd's log in the guest (kept across reboots).
     pub fn weftd_log(&self) -> String {
         std::fs::read_to_string(self.state.join("weftd.log")).unwrap_or_default()
@@ -373,29 +373,27 @@ impl Vm {
     /// guest does not come up within [`BOOT_TIMEOUT`]. Returns the boot time.
     pub fn boot(&self) -> Duration {
         let start = Instant::now();
-        {
-            let mut qemu = self.qemu.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(child) = qemu.as_mut() {
-                if matches!(child.try_wait(), Ok(None)) {
-                    panic!("{} is already running", self.name);
-                }
-            }
-            let _ = std::fs::remove_file(self.sock());
-            *qemu = Some(self.spawn_qemu());
-        }
-        *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.start();
         self.wait_agent(None);
         start.elapsed()
+    }
+
+    /// Starts QEMU without waiting for the guest.
+    fn start(&self) {
+        let mut qemu = self.qemu.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(child) = qemu.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                panic!("{} is already running", self.name);
+            }
+        }
+        let _ = std::fs::remove_file(self.sock());
+        *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *qemu = Some(self.spawn_qemu());
     }
 
     fn spawn_qemu(&self) -> Child {
         let image = image();
         let accel = std::env::var("WEFT_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
-        let offloads = if *self.offloads.lock().unwrap_or_else(|p| p.into_inner()) {
-            "on"
-        } else {
-            "off"
-        };
         let run = self.run.path().display().to_string();
         let mac = format!("52:54:00:12:34:{:02x}", 0x10 + self.index);
         let virtfs = |tag: &str, path: &str, ro: bool| {
@@ -445,10 +443,7 @@ impl Vm {
             "-netdev".into(),
             format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
             "-device".into(),
-            format!(
-                "virtio-net-pci,netdev=n0,mac={mac},csum={offloads},guest_csum={offloads},\
-                 gso={offloads},guest_tso4={offloads},host_tso4={offloads}"
-            ),
+            format!("virtio-net-pci,netdev=n0,mac={mac}"),
             "-virtfs".into(),
             virtfs("usr", "/usr", true),
             "-virtfs".into(),
@@ -670,9 +665,11 @@ impl Vm {
         addr.split('/').next().unwrap_or_default().to_string()
     }
 
-    /// TCP from pod `from` here to `to_ip`:`port` where `server` listens in pod `to_pod`: the
-    /// token sent arrives on the other side.
-    pub fn pod_tcp(&self, from: &str, server: &Vm, to_pod: &str, to_ip: &str, port: u16) -> bool {
+    /// TCP from pod `from` here to `to_ip` where `server` listens in pod `to_pod`: the token
+    /// sent arrives on the other side. Each call listens on a port of its own.
+    pub fn pod_tcp(&self, from: &str, server: &Vm, to_pod: &str, to_ip: &str) -> bool {
+        static PORT: AtomicU64 = AtomicU64::new(7000);
+        let port = PORT.fetch_add(1, Ordering::Relaxed);
         let token = format!("weft-{}-{}-{}", self.name, server.name, port);
         let port_s = port.to_string();
         let out = format!("/tmp/tcp-{port}.out");
@@ -698,7 +695,6 @@ impl Vm {
                     .stdout
                     .contains(&token)
         });
-        server.run(&["/bin/busybox", "pkill", "-f", &format!("nc -l -p {port}")]);
         ok
     }
 }

@@ -2,39 +2,171 @@
 //! power loss, a NIC with its own offloads. Each test is one scenario group: it boots its VMs
 //! once, runs its scenarios in order, and fails loudly if a VM does not boot. Needs root,
 //! `qemu-system-x86` and the kernel `scripts/setup.sh` caches; run alone with `scripts/test-vm.sh`.
+//!
+//! Pending: the kernel WireGuard path (Debian's kernel has the module) waits for a WireGuard backend.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod fixture;
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
 
 use common::*;
 use fixture::*;
 
-const CONVERGE: Duration = Duration::from_secs(60);
+const CONVERGE: Duration = Duration::from_secs(90);
 
 fn subnet_of_env(env: &str) -> String {
     subnet_of(env).unwrap_or_else(|| panic!("no FLANNEL_SUBNET in {env}"))
 }
 
+/// The guest's own subnet, once weftd wrote subnet.env.
+fn own_subnet(vm: &Vm) -> String {
+    subnet_of_env(&vm.wait_subnet_env(CONVERGE))
+}
+
+/// The VTEP MAC of `flannel.1` in the guest, once it exists.
+fn vtep_mac(vm: &Vm) -> String {
+    wait_for(CONVERGE, &format!("flannel.1 on {}", vm.name()), || {
+        let r = vm.run(&["/usr/bin/ip", "-j", "link", "show", "flannel.1"]);
+        let links: Vec<Value> = serde_json::from_str(&r.stdout).ok()?;
+        Some(links.first()?["address"].as_str()?.to_string())
+    })
+}
+
+/// The guest's FDB entries on `flannel.1` that name a remote VTEP: (MAC, destination).
+fn vxlan_fdb(vm: &Vm) -> Vec<(String, String)> {
+    let r = vm.run(&["/usr/sbin/bridge", "-j", "fdb", "show", "dev", "flannel.1"]);
+    let entries: Vec<Value> = serde_json::from_str(&r.stdout).unwrap_or_default();
+    let mut out: Vec<(String, String)> = entries
+        .iter()
+        .filter_map(|e| Some((e["mac"].as_str()?.to_string(), e["dst"].as_str()?.to_string())))
+        .collect();
+    out.sort();
+    out
+}
+
+/// True if the guest routes `subnet` (a peer's pod subnet).
+fn has_route(vm: &Vm, subnet: &str) -> bool {
+    vm.ip_json(&["route", "show", subnet])
+        .iter()
+        .any(|r| r["dst"].as_str() == Some(subnet))
+}
+
+/// The lease of `subnet` in etcd, parsed.
+fn lease(seg: &Segment, prefix: &str, subnet: &str) -> Option<(Kv, Value)> {
+    let key = format!("{prefix}/subnets/{}", subnet.replace('/', "-"));
+    let kv = seg.etcd.get_kv(&key)?;
+    let value = serde_json::from_str(&kv.value).ok()?;
+    Some((kv, value))
+}
+
+/// Pod TCP in both directions between pod `pa` on `a` and pod `pb` on `b`.
+fn pods_talk(a: &Vm, pa: &str, ip_a: &str, b: &Vm, pb: &str, ip_b: &str, what: &str) {
+    assert!(a.pod_tcp(pa, b, pb, ip_b), "{what}: pod TCP {} -> {}", a.name(), b.name());
+    assert!(b.pod_tcp(pb, a, pa, ip_a), "{what}: pod TCP {} -> {}", b.name(), a.name());
+}
+
+/// Sets the NIC's transmit offloads (checksum, scatter-gather, TSO, GSO) in the guest.
+fn nic_offloads(vm: &Vm, on: bool) {
+    let v = if on { "on" } else { "off" };
+    vm.run_ok(&["/usr/sbin/ethtool", "-K", "eth0", "tx", v, "sg", v, "tso", v, "gso", v]);
+    let shown = vm.run_ok(&["/usr/sbin/ethtool", "-k", "eth0"]);
+    assert!(
+        shown.contains(&format!("tx-checksumming: {v}")),
+        "{}: tx-checksumming not {v}:\n{shown}",
+        vm.name()
+    );
+}
+
+/// Scenarios 1–3 (and VXLAN with the NIC's offloads on and off) on one pair of VMs.
 #[test]
-fn vxlan_pods_across_vms() {
+fn vxlan_pods_reboot_and_power_loss() {
     let _lock = vm_lock();
     let seg = Segment::new(VXLAN_CONFIG);
-    let vms = [seg.vm(1), seg.vm(2)];
-    let start = Instant::now();
-    for vm in &vms {
-        eprintln!("boot {}: {:?}", vm.name(), vm.boot());
+    let (vm1, vm2) = (seg.vm(1), seg.vm(2));
+    eprintln!("boot of two VMs: {:?}", boot_all(&[&vm1, &vm2]));
+
+    // 1. weftd in each guest, pods wired by the CNI plugin, TCP across VMs over VXLAN.
+    let (s1, s2) = (own_subnet(&vm1), own_subnet(&vm2));
+    assert_ne!(s1, s2);
+    let (a, b) = (vm1.add_pod("pa"), vm2.add_pod("pb"));
+    wait_until(CONVERGE, "routes to each other's subnet", || {
+        has_route(&vm1, &s2) && has_route(&vm2, &s1)
+    });
+    pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan");
+
+    // 4b. The same path with the virtio NIC's transmit offloads off, then on again.
+    for vm in [&vm1, &vm2] {
+        nic_offloads(vm, false);
     }
-    eprintln!("both booted in {:?}", start.elapsed());
-    let subnets: Vec<String> = vms
-        .iter()
-        .map(|vm| subnet_of_env(&vm.wait_subnet_env(CONVERGE)))
-        .collect();
-    eprintln!("subnets {subnets:?}");
-    let a = vms[0].add_pod("pa");
-    let b = vms[1].add_pod("pb");
-    assert!(vms[0].pod_tcp("pa", &vms[1], "pb", &b, 7001), "pod TCP vm1 -> vm2");
-    assert!(vms[1].pod_tcp("pb", &vms[0], "pa", &a, 7002), "pod TCP vm2 -> vm1");
+    pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan, NIC offloads off");
+    for vm in [&vm1, &vm2] {
+        nic_offloads(vm, true);
+    }
+    pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan, NIC offloads on");
+
+    // 2. Real reboot of vm1: same subnet, same VTEP MAC; vm2's FDB never changes.
+    let mac1 = vtep_mac(&vm1);
+    let (_, before) = lease(&seg, ETCD_PREFIX, &s1).unwrap_or_else(|| panic!("no lease for {s1}"));
+    assert_eq!(before["BackendData"]["VtepMAC"].as_str(), Some(mac1.as_str()));
+    let fdb_before = vxlan_fdb(&vm2);
+    assert!(
+        fdb_before.contains(&(mac1.clone(), vm1.ip().to_string())),
+        "vm2's FDB has no entry for vm1's VTEP {mac1}: {fdb_before:?}"
+    );
+    let rebooting = AtomicBool::new(true);
+    let mut fdb_seen = Vec::new();
+    let reboot_time = std::thread::scope(|scope| {
+        let reboot = scope.spawn(|| {
+            let t = vm1.reboot();
+            rebooting.store(false, Ordering::Relaxed);
+            t
+        });
+        while rebooting.load(Ordering::Relaxed) {
+            fdb_seen.push(vxlan_fdb(&vm2));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        match reboot.join() {
+            Ok(t) => t,
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    });
+    eprintln!("reboot of vm1 back to its agent: {reboot_time:?}");
+    assert_eq!(vtep_mac(&vm1), mac1, "VTEP MAC after reboot");
+    assert_eq!(own_subnet(&vm1), s1, "subnet after reboot");
+    wait_until(CONVERGE, "vm1's weftd back (second start in its log)", || {
+        vm1.weftd_log().matches("weft-vm: start weftd").count() >= 2
+            && has_route(&vm1, &s2)
+    });
+    let (_, after) = lease(&seg, ETCD_PREFIX, &s1).unwrap_or_else(|| panic!("no lease for {s1}"));
+    assert_eq!(after["BackendData"]["VtepMAC"].as_str(), Some(mac1.as_str()));
+    fdb_seen.push(vxlan_fdb(&vm2));
+    for (i, seen) in fdb_seen.iter().enumerate() {
+        assert_eq!(seen, &fdb_before, "vm2's FDB changed during vm1's reboot (sample {i})");
+    }
+    let a = vm1.add_pod("pa");
+    pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan after reboot");
+
+    // 3. Power loss: vm2 keeps vm1's route while its lease lives; vm1 takes its subnet back.
+    vm1.power_off();
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(has_route(&vm2, &s1), "vm2 dropped the route of a powered-off peer with a live lease");
+    assert!(vxlan_fdb(&vm2).contains(&(mac1.clone(), vm1.ip().to_string())));
+    let (kv, _) = lease(&seg, ETCD_PREFIX, &s1).unwrap_or_else(|| panic!("no lease for {s1}"));
+    assert_ne!(kv.lease, 0, "vm1's subnet is held by an etcd lease");
+    seg.etcd.revoke(kv.lease); // what expiry does after the TTL
+    wait_until(CONVERGE, "vm2 drops the route of vm1's gone lease", || !has_route(&vm2, &s1));
+    eprintln!("boot of vm1 after power loss: {:?}", vm1.boot());
+    wait_until(CONVERGE, "vm1 leases its old subnet again", || {
+        lease(&seg, ETCD_PREFIX, &s1)
+            .is_some_and(|(_, v)| v["PublicIP"].as_str() == Some(vm1.ip()))
+    });
+    assert_eq!(own_subnet(&vm1), s1);
+    wait_until(CONVERGE, "vm2 routes vm1's subnet again", || has_route(&vm2, &s1));
+    let a = vm1.add_pod("pa");
+    pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan after power loss");
 }
