@@ -42,7 +42,6 @@ const MODULES: &[&str] = &[
     "veth",
     "vxlan",
     "tun",
-    "nf_tables",
 ];
 /// How long a boot (or reboot) may take before the test fails with the console's tail.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -234,6 +233,21 @@ pub fn boot_all(vms: &[&Vm]) -> Duration {
     start.elapsed()
 }
 
+/// Reboots `vms` at the same time (guest `reboot`); returns the time until the last one answers
+/// from its new boot.
+pub fn reboot_all(vms: &[&Vm]) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = vms.iter().map(|vm| scope.spawn(move || vm.reboot())).collect();
+        for h in handles {
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
+    start.elapsed()
+}
+
 /// Serialises the VM groups of all test processes on this machine: two 768 MiB TCG guests at a
 /// time are what 2 shared cores carry.
 pub fn vm_lock() -> nix::fcntl::Flock<File> {
@@ -344,6 +358,9 @@ impl Vm {
             "/var/lib/weft/subnet.env",
             "--state-dir",
             "/var/lib/weft/state",
+            // 9p cannot hold a Unix socket; subnet.env sits on 9p to survive reboots.
+            "--status-socket",
+            "/run/weftd.sock",
         ]
         .iter()
         .map(|s| s.to_string())

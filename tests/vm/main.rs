@@ -170,3 +170,49 @@ fn vxlan_pods_reboot_and_power_loss() {
     let a = vm1.add_pod("pa");
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan after power loss");
 }
+
+/// Scenario 4: the UDP backend, then (after a real reboot of both VMs into another network)
+/// host-gw, each with pod TCP both ways across the VMs.
+#[test]
+fn udp_then_host_gw_across_vms() {
+    const UDP: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#;
+    const HOST_GW_PREFIX: &str = "/weft-vm/host-gw";
+    const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+    let _lock = vm_lock();
+    let seg = Segment::new(UDP);
+    let (vm1, vm2) = (seg.vm(1), seg.vm(2));
+    eprintln!("boot of two VMs: {:?}", boot_all(&[&vm1, &vm2]));
+
+    let (s1, s2) = (own_subnet(&vm1), own_subnet(&vm2));
+    assert_ne!(s1, s2);
+    // Flannel's UDP backend routes the whole network to flannel0; pods_talk retries until the
+    // peers know each other.
+    let (a, b) = (vm1.add_pod("pa"), vm2.add_pod("pb"));
+    assert_eq!(
+        lease(&seg, ETCD_PREFIX, &s1).map(|(_, v)| v["BackendType"].clone()),
+        Some(Value::from("udp"))
+    );
+    pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "udp");
+
+    seg.etcd.put(&format!("{HOST_GW_PREFIX}/config"), HOST_GW);
+    for vm in [&vm1, &vm2] {
+        let mut args = vm.default_weftd_args(&seg.etcd.endpoint());
+        args.extend(["--etcd-prefix".to_string(), HOST_GW_PREFIX.to_string()]);
+        vm.set_weftd_args(&args);
+    }
+    eprintln!("reboot of two VMs: {:?}", reboot_all(&[&vm1, &vm2]));
+    let (s1, s2) = (own_subnet(&vm1), own_subnet(&vm2));
+    wait_until(CONVERGE, "host-gw: leases in the new network", || {
+        lease(&seg, HOST_GW_PREFIX, &s1).is_some() && lease(&seg, HOST_GW_PREFIX, &s2).is_some()
+    });
+    wait_until(CONVERGE, "host-gw: routes via the peer's address", || {
+        let via = |vm: &Vm, subnet: &str, gw: &str| {
+            vm.ip_json(&["route", "show", subnet])
+                .iter()
+                .any(|r| r["gateway"].as_str() == Some(gw))
+        };
+        via(&vm1, &s2, vm2.ip()) && via(&vm2, &s1, vm1.ip())
+    });
+    let (a, b) = (vm1.add_pod("pa"), vm2.add_pod("pb"));
+    pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "host-gw");
+}
