@@ -28,7 +28,7 @@ source scripts/lib/leftovers.sh
 leftovers_snapshot
 start=$SECONDS
 rc=0
-cargo nextest run -p weft --test vm --test-threads 1 --no-fail-fast --no-tests fail "$@" || rc=$?
+cargo nextest run -p weft --test vm --no-capture --no-fail-fast --no-tests fail "$@" || rc=$?
 echo "test-vm.sh: VM tier took $((SECONDS - start))s"
 if ! leftovers_report "$PWD"; then
     echo "test-vm.sh: the VM tier left something behind" >&2

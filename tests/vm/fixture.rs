@@ -70,10 +70,10 @@ fn kernel_tree() -> (PathBuf, PathBuf) {
     let vmlinuz = std::fs::read_dir(&boot)
         .ok()
         .and_then(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+            entries.flatten().map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
         })
         .unwrap_or_else(|| {
             panic!(
@@ -83,7 +83,11 @@ fn kernel_tree() -> (PathBuf, PathBuf) {
         });
     let version = vmlinuz
         .file_name()
-        .map(|n| n.to_string_lossy().trim_start_matches("vmlinuz-").to_string())
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_start_matches("vmlinuz-")
+                .to_string()
+        })
         .unwrap_or_default();
     (vmlinuz, root.join("lib/modules").join(version))
 }
@@ -96,7 +100,10 @@ fn module_index(modules: &Path) -> BTreeMap<String, PathBuf> {
     text.lines()
         .filter_map(|line| {
             let rel = line.trim();
-            let name = Path::new(rel).file_stem()?.to_string_lossy().replace('-', "_");
+            let name = Path::new(rel)
+                .file_stem()?
+                .to_string_lossy()
+                .replace('-', "_");
             Some((name, modules.join(rel)))
         })
         .collect()
@@ -104,7 +111,8 @@ fn module_index(modules: &Path) -> BTreeMap<String, PathBuf> {
 
 /// The `depends=` field of a module's `.modinfo`.
 fn module_depends(path: &Path) -> Vec<String> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let needle = b"\0depends=";
     let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) else {
         return Vec::new();
@@ -160,7 +168,9 @@ fn image() -> &'static Image {
             .tempdir_in("/dev/shm")
             .unwrap_or_else(|e| panic!("temp dir: {e}"));
         let stage = dir.path().join("root");
-        for sub in ["bin", "modules", "etc/weft", "usr", "proc", "sys", "dev", "run", "tmp", "root"] {
+        for sub in [
+            "bin", "modules", "etc/weft", "usr", "proc", "sys", "dev", "run", "tmp", "root",
+        ] {
             mkdir(&stage.join(sub));
         }
         std::fs::copy("/usr/bin/busybox", stage.join("bin/busybox"))
@@ -175,10 +185,17 @@ fn image() -> &'static Image {
         let index = module_index(&modules);
         let order = load_order(&index, MODULES);
         for name in &order {
-            std::fs::copy(&index[name], stage.join("modules").join(format!("{name}.ko")))
-                .unwrap_or_else(|e| panic!("copy module {name}: {e}"));
+            std::fs::copy(
+                &index[name],
+                stage.join("modules").join(format!("{name}.ko")),
+            )
+            .unwrap_or_else(|e| panic!("copy module {name}: {e}"));
         }
-        write_file(&stage.join("modules/order"), &(order.join("\n") + "\n"), 0o644);
+        write_file(
+            &stage.join("modules/order"),
+            &(order.join("\n") + "\n"),
+            0o644,
+        );
 
         let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/guest");
         let read = |name: &str| {
@@ -190,7 +207,11 @@ fn image() -> &'static Image {
         write_file(&stage.join("etc/weft/agent.py"), &read("agent.py"), 0o644);
         write_file(&stage.join("etc/weft/weftd-run"), &read("weftd-run"), 0o755);
         write_file(&stage.join("etc/weft/shutdown"), &read("shutdown"), 0o755);
-        write_file(&stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n", 0o644);
+        write_file(
+            &stage.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\n",
+            0o644,
+        );
         write_file(&stage.join("etc/group"), "root:x:0:\n", 0o644);
 
         let list = Command::new("find")
@@ -209,10 +230,18 @@ fn image() -> &'static Image {
             .spawn()
             .unwrap_or_else(|e| panic!("busybox cpio: {e}"));
         if let Some(mut stdin) = cpio.stdin.take() {
-            stdin.write_all(&list.stdout).unwrap_or_else(|e| panic!("cpio stdin: {e}"));
+            stdin
+                .write_all(&list.stdout)
+                .unwrap_or_else(|e| panic!("cpio stdin: {e}"));
         }
-        let done = cpio.wait_with_output().unwrap_or_else(|e| panic!("cpio: {e}"));
-        assert!(done.status.success(), "cpio failed: {}", String::from_utf8_lossy(&done.stderr));
+        let done = cpio
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("cpio: {e}"));
+        assert!(
+            done.status.success(),
+            "cpio failed: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
         Image {
             kernel,
             initrd,
@@ -238,7 +267,10 @@ pub fn boot_all(vms: &[&Vm]) -> Duration {
 pub fn reboot_all(vms: &[&Vm]) -> Duration {
     let start = Instant::now();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = vms.iter().map(|vm| scope.spawn(move || vm.reboot())).collect();
+        let handles: Vec<_> = vms
+            .iter()
+            .map(|vm| scope.spawn(move || vm.reboot()))
+            .collect();
         for h in handles {
             if let Err(e) = h.join() {
                 std::panic::resume_unwind(e);
@@ -269,7 +301,9 @@ impl Segment {
     /// Underlay + etcd, and `config` at the network's config key.
     pub fn new(config: &str) -> Segment {
         let underlay = Underlay::new();
-        underlay.netns().ip(&["addr", "add", "192.0.2.1/24", "dev", "br0"]);
+        underlay
+            .netns()
+            .ip(&["addr", "add", "192.0.2.1/24", "dev", "br0"]);
         let etcd = Etcd::new(&underlay);
         etcd.put(NETWORK_CONFIG_KEY, config);
         Segment { etcd, underlay }
@@ -369,7 +403,11 @@ impl Vm {
 
     /// Writes the argument file weftd is started with at the next (re)start.
     pub fn set_weftd_args(&self, args: &[String]) {
-        write_file(&self.state.join("weftd.args"), &(args.join("\n") + "\n"), 0o600);
+        write_file(
+            &self.state.join("weftd.args"),
+            &(args.join("\n") + "\n"),
+            0o600,
+        );
     }
 
     /// weftd's log in the guest (kept across reboots).
@@ -492,7 +530,8 @@ impl Vm {
 
     fn qemu_alive(&self) -> bool {
         let mut qemu = self.qemu.lock().unwrap_or_else(|p| p.into_inner());
-        qemu.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        qemu.as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     fn boot_failure(&self, what: &str) -> ! {
@@ -514,7 +553,9 @@ impl Vm {
                 self.boot_failure("QEMU exited while booting");
             }
             if Instant::now() > deadline {
-                self.boot_failure(&format!("the guest agent did not answer within {BOOT_TIMEOUT:?}"));
+                self.boot_failure(&format!(
+                    "the guest agent did not answer within {BOOT_TIMEOUT:?}"
+                ));
             }
             if let Some(reply) = self.request(
                 json!({"argv": ["cat", "/proc/sys/kernel/random/boot_id"]}),
@@ -603,7 +644,10 @@ impl Vm {
     pub fn run_ok(&self, argv: &[&str]) -> String {
         let r = self.run(argv);
         if r.rc != 0 {
-            panic!("{}: {argv:?} failed ({}): {}{}", self.name, r.rc, r.stdout, r.stderr);
+            panic!(
+                "{}: {argv:?} failed ({}): {}{}",
+                self.name, r.rc, r.stdout, r.stderr
+            );
         }
         r.stdout
     }
@@ -614,7 +658,11 @@ impl Vm {
         let r = self
             .request(req, Duration::from_secs(30))
             .unwrap_or_else(|| self.boot_failure(&format!("the agent did not start {argv:?}")));
-        assert_eq!(r.rc, 0, "{}: cannot start {argv:?}: {}", self.name, r.stderr);
+        assert_eq!(
+            r.rc, 0,
+            "{}: cannot start {argv:?}: {}",
+            self.name, r.stderr
+        );
     }
 
     /// Debian's `ip -j ARGS` in the guest.
@@ -637,10 +685,17 @@ impl Vm {
     /// Guest `reboot` (busybox's: init runs the shutdown actions, then the kernel restarts and
     /// QEMU resets the machine). Returns the time until the agent answers from the new boot.
     pub fn reboot(&self) -> Duration {
-        let old = self.boot_id.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let old = self
+            .boot_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let start = Instant::now();
         // The reply may not make it out before the guest goes down.
-        let _ = self.request(json!({"argv": ["/bin/busybox", "reboot"]}), Duration::from_secs(5));
+        let _ = self.request(
+            json!({"argv": ["/bin/busybox", "reboot"]}),
+            Duration::from_secs(5),
+        );
         self.wait_agent(Some(&old));
         start.elapsed()
     }
@@ -675,7 +730,11 @@ impl Vm {
             ("CNI_PATH", "/opt/weft"),
         ];
         let r = self.run_full(&["/opt/weft/weft"], &env, &conf);
-        assert_eq!(r.rc, 0, "{}: CNI ADD {name}: {}{}", self.name, r.stdout, r.stderr);
+        assert_eq!(
+            r.rc, 0,
+            "{}: CNI ADD {name}: {}{}",
+            self.name, r.stdout, r.stderr
+        );
         let result: Value = serde_json::from_str(&r.stdout)
             .unwrap_or_else(|e| panic!("{}: CNI ADD result {}: {e}", self.name, r.stdout));
         let addr = result["ips"][0]["address"].as_str().unwrap_or_default();
@@ -702,15 +761,22 @@ impl Vm {
         ]);
         let ok = wait_for_bool(Duration::from_secs(20), || {
             let r = self.run_full(
-                &["/usr/bin/ip", "netns", "exec", from, "/bin/busybox", "nc", "-w", "3", to_ip, &port_s],
+                &[
+                    "/usr/bin/ip",
+                    "netns",
+                    "exec",
+                    from,
+                    "/bin/busybox",
+                    "nc",
+                    "-w",
+                    "3",
+                    to_ip,
+                    &port_s,
+                ],
                 &[],
                 &(token.clone() + "\n"),
             );
-            r.rc == 0
-                && server
-                    .run(&["cat", &out])
-                    .stdout
-                    .contains(&token)
+            r.rc == 0 && server.run(&["cat", &out]).stdout.contains(&token)
         });
         ok
     }
@@ -761,4 +827,3 @@ impl Drop for Vm {
             .status();
     }
 }
-

@@ -43,7 +43,12 @@ fn vxlan_fdb(vm: &Vm) -> Vec<(String, String)> {
     let entries: Vec<Value> = serde_json::from_str(&r.stdout).unwrap_or_default();
     let mut out: Vec<(String, String)> = entries
         .iter()
-        .filter_map(|e| Some((e["mac"].as_str()?.to_string(), e["dst"].as_str()?.to_string())))
+        .filter_map(|e| {
+            Some((
+                e["mac"].as_str()?.to_string(),
+                e["dst"].as_str()?.to_string(),
+            ))
+        })
         .collect();
     out.sort();
     out
@@ -66,14 +71,36 @@ fn lease(seg: &Segment, prefix: &str, subnet: &str) -> Option<(Kv, Value)> {
 
 /// Pod TCP in both directions between pod `pa` on `a` and pod `pb` on `b`.
 fn pods_talk(a: &Vm, pa: &str, ip_a: &str, b: &Vm, pb: &str, ip_b: &str, what: &str) {
-    assert!(a.pod_tcp(pa, b, pb, ip_b), "{what}: pod TCP {} -> {}", a.name(), b.name());
-    assert!(b.pod_tcp(pb, a, pa, ip_a), "{what}: pod TCP {} -> {}", b.name(), a.name());
+    assert!(
+        a.pod_tcp(pa, b, pb, ip_b),
+        "{what}: pod TCP {} -> {}",
+        a.name(),
+        b.name()
+    );
+    assert!(
+        b.pod_tcp(pb, a, pa, ip_a),
+        "{what}: pod TCP {} -> {}",
+        b.name(),
+        a.name()
+    );
 }
 
 /// Sets the NIC's transmit offloads (checksum, scatter-gather, TSO, GSO) in the guest.
 fn nic_offloads(vm: &Vm, on: bool) {
     let v = if on { "on" } else { "off" };
-    vm.run_ok(&["/usr/sbin/ethtool", "-K", "eth0", "tx", v, "sg", v, "tso", v, "gso", v]);
+    vm.run_ok(&[
+        "/usr/sbin/ethtool",
+        "-K",
+        "eth0",
+        "tx",
+        v,
+        "sg",
+        v,
+        "tso",
+        v,
+        "gso",
+        v,
+    ]);
     let shown = vm.run_ok(&["/usr/sbin/ethtool", "-k", "eth0"]);
     assert!(
         shown.contains(&format!("tx-checksumming: {v}")),
@@ -112,7 +139,10 @@ fn vxlan_pods_reboot_and_power_loss() {
     // 2. Real reboot of vm1: same subnet, same VTEP MAC; vm2's FDB never changes.
     let mac1 = vtep_mac(&vm1);
     let (_, before) = lease(&seg, ETCD_PREFIX, &s1).unwrap_or_else(|| panic!("no lease for {s1}"));
-    assert_eq!(before["BackendData"]["VtepMAC"].as_str(), Some(mac1.as_str()));
+    assert_eq!(
+        before["BackendData"]["VtepMAC"].as_str(),
+        Some(mac1.as_str())
+    );
     let fdb_before = vxlan_fdb(&vm2);
     assert!(
         fdb_before.contains(&(mac1.clone(), vm1.ip().to_string())),
@@ -138,15 +168,22 @@ fn vxlan_pods_reboot_and_power_loss() {
     eprintln!("reboot of vm1 back to its agent: {reboot_time:?}");
     assert_eq!(vtep_mac(&vm1), mac1, "VTEP MAC after reboot");
     assert_eq!(own_subnet(&vm1), s1, "subnet after reboot");
-    wait_until(CONVERGE, "vm1's weftd back (second start in its log)", || {
-        vm1.weftd_log().matches("weft-vm: start weftd").count() >= 2
-            && has_route(&vm1, &s2)
-    });
+    wait_until(
+        CONVERGE,
+        "vm1's weftd back (second start in its log)",
+        || vm1.weftd_log().matches("weft-vm: start weftd").count() >= 2 && has_route(&vm1, &s2),
+    );
     let (_, after) = lease(&seg, ETCD_PREFIX, &s1).unwrap_or_else(|| panic!("no lease for {s1}"));
-    assert_eq!(after["BackendData"]["VtepMAC"].as_str(), Some(mac1.as_str()));
+    assert_eq!(
+        after["BackendData"]["VtepMAC"].as_str(),
+        Some(mac1.as_str())
+    );
     fdb_seen.push(vxlan_fdb(&vm2));
     for (i, seen) in fdb_seen.iter().enumerate() {
-        assert_eq!(seen, &fdb_before, "vm2's FDB changed during vm1's reboot (sample {i})");
+        assert_eq!(
+            seen, &fdb_before,
+            "vm2's FDB changed during vm1's reboot (sample {i})"
+        );
     }
     let a = vm1.add_pod("pa");
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan after reboot");
@@ -154,19 +191,25 @@ fn vxlan_pods_reboot_and_power_loss() {
     // 3. Power loss: vm2 keeps vm1's route while its lease lives; vm1 takes its subnet back.
     vm1.power_off();
     std::thread::sleep(Duration::from_secs(10));
-    assert!(has_route(&vm2, &s1), "vm2 dropped the route of a powered-off peer with a live lease");
+    assert!(
+        has_route(&vm2, &s1),
+        "vm2 dropped the route of a powered-off peer with a live lease"
+    );
     assert!(vxlan_fdb(&vm2).contains(&(mac1.clone(), vm1.ip().to_string())));
     let (kv, _) = lease(&seg, ETCD_PREFIX, &s1).unwrap_or_else(|| panic!("no lease for {s1}"));
     assert_ne!(kv.lease, 0, "vm1's subnet is held by an etcd lease");
     seg.etcd.revoke(kv.lease); // what expiry does after the TTL
-    wait_until(CONVERGE, "vm2 drops the route of vm1's gone lease", || !has_route(&vm2, &s1));
+    wait_until(CONVERGE, "vm2 drops the route of vm1's gone lease", || {
+        !has_route(&vm2, &s1)
+    });
     eprintln!("boot of vm1 after power loss: {:?}", vm1.boot());
     wait_until(CONVERGE, "vm1 leases its old subnet again", || {
-        lease(&seg, ETCD_PREFIX, &s1)
-            .is_some_and(|(_, v)| v["PublicIP"].as_str() == Some(vm1.ip()))
+        lease(&seg, ETCD_PREFIX, &s1).is_some_and(|(_, v)| v["PublicIP"].as_str() == Some(vm1.ip()))
     });
     assert_eq!(own_subnet(&vm1), s1);
-    wait_until(CONVERGE, "vm2 routes vm1's subnet again", || has_route(&vm2, &s1));
+    wait_until(CONVERGE, "vm2 routes vm1's subnet again", || {
+        has_route(&vm2, &s1)
+    });
     let a = vm1.add_pod("pa");
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan after power loss");
 }
