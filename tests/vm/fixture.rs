@@ -759,7 +759,8 @@ impl Vm {
             &port_s,
             &out,
         ]);
-        let ok = wait_for_bool(Duration::from_secs(20), || {
+        // Retried while the listener starts or the peers still learn of each other.
+        let sent = wait_for_bool(Duration::from_secs(20), || {
             let r = self.run_full(
                 &[
                     "/usr/bin/ip",
@@ -776,9 +777,11 @@ impl Vm {
                 &[],
                 &(token.clone() + "\n"),
             );
-            r.rc == 0 && server.run(&["cat", &out]).stdout.contains(&token)
+            r.rc == 0
         });
-        ok
+        sent && wait_for_bool(Duration::from_secs(5), || {
+            server.run(&["cat", &out]).stdout.contains(&token)
+        })
     }
 }
 
