@@ -9,7 +9,9 @@
 mod common;
 mod fixture;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -85,6 +87,105 @@ fn pods_talk(a: &Vm, pa: &str, ip_a: &str, b: &Vm, pb: &str, ip_b: &str, what: &
     );
 }
 
+/// FDB entries of `node` (a namespace on the host's kernel) that name a remote VTEP.
+fn node_vxlan_fdb(node: &Node) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = node
+        .fdb()
+        .iter()
+        .filter(|e| e["ifname"].as_str() == Some("flannel.1"))
+        .filter_map(|e| {
+            Some((
+                e["mac"].as_str()?.to_string(),
+                e["dst"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Pod TCP both ways between pod `pod` on `vm` and `node_pod` in the node namespace.
+fn vm_and_node_pods_talk(vm: &Vm, pod: &str, pod_ip: &str, node_pod: &Pod, what: &str) {
+    static PORT: AtomicU16 = AtomicU16::new(7500);
+    let nc = |port: &str, listen: bool, ip: &str| -> Command {
+        let mut cmd = node_pod.netns().command("busybox");
+        if listen {
+            cmd.args(["nc", "-l", "-p", port]);
+        } else {
+            cmd.args(["nc", "-w", "3", ip, port]);
+        }
+        cmd
+    };
+    // node pod -> VM pod: listener in the guest, client in the node's pod.
+    let port = PORT.fetch_add(1, Ordering::Relaxed).to_string();
+    let token = format!("node-to-{}-{port}", vm.name());
+    let out = format!("/tmp/tcp-{port}.out");
+    vm.spawn(&[
+        "/bin/sh",
+        "-c",
+        "exec /usr/bin/ip netns exec \"$0\" /bin/busybox nc -l -p \"$1\" > \"$2\"",
+        pod,
+        &port,
+        &out,
+    ]);
+    let sent = wait_for_bool(Duration::from_secs(20), || {
+        let mut cmd = nc(&port, false, pod_ip);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let Ok(mut child) = cmd.spawn() else {
+            return false;
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(format!("{token}\n").as_bytes());
+        }
+        child.wait().is_ok_and(|s| s.success())
+    });
+    assert!(
+        sent && wait_for_bool(Duration::from_secs(5), || vm
+            .run(&["cat", &out])
+            .stdout
+            .contains(&token)),
+        "{what}: pod TCP node -> {}",
+        vm.name()
+    );
+    // VM pod -> node pod: listener in the node's pod, client in the guest.
+    let port = PORT.fetch_add(1, Ordering::Relaxed).to_string();
+    let token = format!("{}-to-node-{port}", vm.name());
+    let mut listener = nc(&port, true, "")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("busybox nc -l in the node's pod: {e}"));
+    let node_ip = node_pod.ip().to_string();
+    let sent = wait_for_bool(Duration::from_secs(20), || {
+        let argv = [
+            "/usr/bin/ip",
+            "netns",
+            "exec",
+            pod,
+            "/bin/busybox",
+            "nc",
+            "-w",
+            "3",
+            &node_ip,
+            &port,
+        ];
+        vm.run_full(&argv, &[], &format!("{token}\n")).rc == 0
+    });
+    let _ = listener.kill();
+    let got = listener
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        sent && got.contains(&token),
+        "{what}: pod TCP {} -> node (got {got:?})",
+        vm.name()
+    );
+}
+
 /// Sets the NIC's transmit offloads (checksum, scatter-gather, TSO, GSO) in the guest.
 fn nic_offloads(vm: &Vm, on: bool) {
     let v = if on { "on" } else { "off" };
@@ -109,22 +210,31 @@ fn nic_offloads(vm: &Vm, on: bool) {
     );
 }
 
-/// Scenarios 1–3 (and VXLAN with the NIC's offloads on and off) on one pair of VMs.
+/// Scenarios 1–3 (and VXLAN with the NIC's offloads on and off) on two VMs and a node namespace
+/// on the host's kernel (three VMs do not fit two shared cores).
 #[test]
 fn vxlan_pods_reboot_and_power_loss() {
     let _lock = vm_lock();
     let seg = Segment::new(VXLAN_CONFIG);
     let (vm1, vm2) = (seg.vm(1), seg.vm(2));
     eprintln!("boot of two VMs: {:?}", boot_all(&[&vm1, &vm2]));
+    let node = Node::new(&seg.underlay, 3, &seg.etcd.endpoint());
+    node.start_weftd(&[]);
 
-    // 1. weftd in each guest, pods wired by the CNI plugin, TCP across VMs over VXLAN.
+    // 1. weftd in each guest, pods wired by the CNI plugin, TCP across VMs over VXLAN, and
+    //    between a guest's pod and the node namespace's.
     let (s1, s2) = (own_subnet(&vm1), own_subnet(&vm2));
-    assert_ne!(s1, s2);
-    let (a, b) = (vm1.add_pod("pa"), vm2.add_pod("pb"));
+    let s3 = subnet_of_env(&node.wait_subnet_env(CONVERGE));
+    assert!(s1 != s2 && s1 != s3 && s2 != s3, "{s1} {s2} {s3}");
+    let (a, b, np) = (vm1.add_pod("pa"), vm2.add_pod("pb"), node.add_pod());
     wait_until(CONVERGE, "routes to each other's subnet", || {
-        has_route(&vm1, &s2) && has_route(&vm2, &s1)
+        has_route(&vm1, &s2)
+            && has_route(&vm2, &s1)
+            && has_route(&vm1, &s3)
+            && node.route_to(&s1).is_some()
     });
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan");
+    vm_and_node_pods_talk(&vm1, "pa", &a, &np, "vxlan");
 
     // 4b. The same path with the virtio NIC's transmit offloads off, then on again.
     for vm in [&vm1, &vm2] {
@@ -136,7 +246,7 @@ fn vxlan_pods_reboot_and_power_loss() {
     }
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan, NIC offloads on");
 
-    // 2. Real reboot of vm1: same subnet, same VTEP MAC; vm2's FDB never changes.
+    // 2. Real reboot of vm1: same subnet, same VTEP MAC; vm2's and the node's FDB never change.
     let mac1 = vtep_mac(&vm1);
     let (_, before) = lease(&seg, ETCD_PREFIX, &s1).unwrap_or_else(|| panic!("no lease for {s1}"));
     assert_eq!(
@@ -148,8 +258,14 @@ fn vxlan_pods_reboot_and_power_loss() {
         fdb_before.contains(&(mac1.clone(), vm1.ip().to_string())),
         "vm2's FDB has no entry for vm1's VTEP {mac1}: {fdb_before:?}"
     );
+    let node_fdb_before = node_vxlan_fdb(&node);
+    assert!(
+        node_fdb_before.contains(&(mac1.clone(), vm1.ip().to_string())),
+        "the node's FDB has no entry for vm1's VTEP {mac1}: {node_fdb_before:?}"
+    );
     let rebooting = AtomicBool::new(true);
     let mut fdb_seen = Vec::new();
+    let mut node_fdb_seen = Vec::new();
     let reboot_time = std::thread::scope(|scope| {
         let reboot = scope.spawn(|| {
             let t = vm1.reboot();
@@ -158,6 +274,7 @@ fn vxlan_pods_reboot_and_power_loss() {
         });
         while rebooting.load(Ordering::Relaxed) {
             fdb_seen.push(vxlan_fdb(&vm2));
+            node_fdb_seen.push(node_vxlan_fdb(&node));
             std::thread::sleep(Duration::from_millis(300));
         }
         match reboot.join() {
@@ -179,6 +296,14 @@ fn vxlan_pods_reboot_and_power_loss() {
         Some(mac1.as_str())
     );
     fdb_seen.push(vxlan_fdb(&vm2));
+    node_fdb_seen.push(node_vxlan_fdb(&node));
+    eprintln!("FDB samples during the reboot: {}", fdb_seen.len());
+    for (i, seen) in node_fdb_seen.iter().enumerate() {
+        assert_eq!(
+            seen, &node_fdb_before,
+            "the node's FDB changed during vm1's reboot (sample {i})"
+        );
+    }
     for (i, seen) in fdb_seen.iter().enumerate() {
         assert_eq!(
             seen, &fdb_before,
@@ -187,6 +312,7 @@ fn vxlan_pods_reboot_and_power_loss() {
     }
     let a = vm1.add_pod("pa");
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan after reboot");
+    vm_and_node_pods_talk(&vm1, "pa", &a, &np, "vxlan after reboot");
 
     // 3. Power loss: vm2 keeps vm1's route while its lease lives; vm1 takes its subnet back.
     vm1.power_off();
@@ -196,11 +322,15 @@ fn vxlan_pods_reboot_and_power_loss() {
         "vm2 dropped the route of a powered-off peer with a live lease"
     );
     assert!(vxlan_fdb(&vm2).contains(&(mac1.clone(), vm1.ip().to_string())));
+    assert!(
+        node.route_to(&s1).is_some(),
+        "the node dropped the route of a powered-off peer"
+    );
     let (kv, _) = lease(&seg, ETCD_PREFIX, &s1).unwrap_or_else(|| panic!("no lease for {s1}"));
     assert_ne!(kv.lease, 0, "vm1's subnet is held by an etcd lease");
     seg.etcd.revoke(kv.lease); // what expiry does after the TTL
     wait_until(CONVERGE, "vm2 drops the route of vm1's gone lease", || {
-        !has_route(&vm2, &s1)
+        !has_route(&vm2, &s1) && node.route_to(&s1).is_none()
     });
     eprintln!("boot of vm1 after power loss: {:?}", vm1.boot());
     wait_until(CONVERGE, "vm1 leases its old subnet again", || {
@@ -212,6 +342,7 @@ fn vxlan_pods_reboot_and_power_loss() {
     });
     let a = vm1.add_pod("pa");
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "vxlan after power loss");
+    vm_and_node_pods_talk(&vm1, "pa", &a, &np, "vxlan after power loss");
 }
 
 /// Scenario 4: the UDP backend, then (after a real reboot of both VMs into another network)
