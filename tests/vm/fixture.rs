@@ -250,6 +250,127 @@ fn image() -> &'static Image {
     })
 }
 
+/// How long a guest may take under KVM before KVM counts as not booting it usefully.
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// QEMU's accelerator: `WEFT_VM_ACCEL` if set; else `kvm` if a probe guest answers under KVM
+/// within [`KVM_PROBE_TIMEOUT`], else `tcg`. Nested KVM on some machines runs stock kernels only
+/// by emulating them instruction by instruction (or not at all), slower than TCG. The verdict is
+/// cached per host kernel and guest kernel.
+fn accel() -> &'static str {
+    static ACCEL: OnceLock<&'static str> = OnceLock::new();
+    ACCEL.get_or_init(|| {
+        if let Ok(a) = std::env::var("WEFT_VM_ACCEL") {
+            return if a == "kvm" { "kvm" } else { "tcg" };
+        }
+        if !Path::new("/dev/kvm").exists() {
+            return "tcg";
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let guest = image()
+            .kernel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let cache = cache_dir().join(format!(
+            "accel-{}-{}",
+            host.trim(),
+            guest.unwrap_or_default()
+        ));
+        match std::fs::read_to_string(&cache).as_deref().map(str::trim) {
+            Ok("kvm") => return "kvm",
+            Ok("tcg") => return "tcg",
+            _ => {}
+        }
+        let verdict = if kvm_boots() { "kvm" } else { "tcg" };
+        eprintln!(
+            "QEMU accelerator: {verdict} (cached in {})",
+            cache.display()
+        );
+        let _ = std::fs::write(&cache, verdict);
+        verdict
+    })
+}
+
+/// Boots a probe guest under KVM (no NIC; only the host's `/usr` for the agent) and tells whether
+/// its agent answers within [`KVM_PROBE_TIMEOUT`].
+fn kvm_boots() -> bool {
+    let image = image();
+    let Ok(dir) = tempfile::Builder::new()
+        .prefix(&format!("{}-", unique_name("kvmprobe")))
+        .tempdir_in("/dev/shm")
+    else {
+        return false;
+    };
+    let run = dir.path().display().to_string();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-name",
+        &unique_name("kvmprobe"),
+        "-machine",
+        "q35",
+        "-accel",
+        "kvm",
+    ])
+    .args(["-cpu", "host", "-smp", "1", "-m", MEMORY_MIB, "-nodefaults"])
+    .args(["-no-user-config", "-display", "none", "-nic", "none"])
+    .args(["-serial", &format!("file:{run}/console.log")])
+    .arg("-kernel")
+    .arg(&image.kernel)
+    .arg("-initrd")
+    .arg(&image.initrd)
+    .args([
+        "-append",
+        "console=ttyS0 weft.ip=192.0.2.99/24 weft.name=kvmprobe",
+    ])
+    .args(["-device", "virtio-serial-pci", "-chardev"])
+    .arg(format!(
+        "socket,id=agent,path={run}/agent.sock,server=on,wait=off"
+    ))
+    .args([
+        "-device",
+        "virtserialport,chardev=agent,name=weft.agent",
+        "-virtfs",
+    ])
+    .arg("local,path=/usr,mount_tag=usr,security_model=none,multidevs=remap,readonly=on")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: as in `spawn_qemu`.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        return false;
+    };
+    let deadline = Instant::now() + KVM_PROBE_TIMEOUT;
+    let mut answered = false;
+    while !answered && Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        if let Ok(mut stream) = UnixStream::connect(dir.path().join("agent.sock")) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            if stream
+                .write_all(b"{\"id\":1,\"argv\":[\"true\"]}\n")
+                .is_ok()
+            {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["id"] == json!(1)) {
+                        answered = true;
+                        break;
+                    }
+                    line.clear();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kill_qemu(&mut child);
+    answered
+}
+
 /// Boots `vms` at the same time; returns the time until the last one answers.
 pub fn boot_all(vms: &[&Vm]) -> Duration {
     let start = Instant::now();
@@ -448,7 +569,8 @@ impl Vm {
 
     fn spawn_qemu(&self) -> Child {
         let image = image();
-        let accel = std::env::var("WEFT_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let accel = accel();
+        let cpu = if accel == "kvm" { "host" } else { "max" };
         let run = self.run.path().display().to_string();
         let mac = format!("52:54:00:12:34:{:02x}", 0x10 + self.index);
         let virtfs = |tag: &str, path: &str, ro: bool| {
@@ -467,9 +589,9 @@ impl Vm {
             "-machine".into(),
             "q35".into(),
             "-accel".into(),
-            accel,
+            accel.into(),
             "-cpu".into(),
-            "max".into(),
+            cpu.into(),
             "-smp".into(),
             "1".into(),
             "-m".into(),
