@@ -42,6 +42,7 @@ const MODULES: &[&str] = &[
     "veth",
     "vxlan",
     "tun",
+    "overlay",
 ];
 /// How long a boot (or reboot) may take before the test fails with the console's tail.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -529,6 +530,19 @@ impl Vm {
             &(args.join("\n") + "\n"),
             0o600,
         );
+    }
+
+    /// The host directory behind the guest's `/var/lib/weft`.
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// The id of the boot the agent last answered from.
+    pub fn boot_id(&self) -> String {
+        self.boot_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// weftd's log in the guest (kept across reboots).

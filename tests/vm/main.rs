@@ -390,3 +390,70 @@ fn udp_then_host_gw_across_vms() {
     let (a, b) = (vm1.add_pod("pa"), vm2.add_pod("pb"));
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "host-gw");
 }
+
+/// Scenario 2, static pods: a static pod from the VM's manifest directory runs again after a
+/// guest reboot (its container writes the boot id to a hostPath volume).
+#[test]
+fn static_pod_back_after_reboot() {
+    let _lock = vm_lock();
+    let seg = Segment::new(VXLAN_CONFIG);
+    let vm = seg.vm(1);
+    let state = vm.state_dir();
+    let image = state.join("images.tar");
+    let scratch = state.join("image-scratch");
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/busybox-image.sh");
+    let out = Command::new("bash")
+        .args(["-c", "source \"$0\" && build_busybox_image \"$1\" \"$2\""])
+        .arg(&lib)
+        .arg(&image)
+        .arg(&scratch)
+        .output()
+        .unwrap_or_else(|e| panic!("bash {}: {e}", lib.display()));
+    assert!(
+        out.status.success(),
+        "busybox image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for dir in ["manifests", "cni", "out"] {
+        std::fs::create_dir_all(state.join(dir)).unwrap_or_else(|e| panic!("mkdir {dir}: {e}"));
+    }
+    let conf = r#"{"cniVersion":"1.0.0","name":"weft","type":"weft","subnetFile":"/var/lib/weft/subnet.env","dataDir":"/run/cni-networks"}"#;
+    std::fs::write(state.join("cni/10-weft.conf"), conf)
+        .unwrap_or_else(|e| panic!("cni conf: {e}"));
+    let manifest = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"bootstamp"},
+"spec":{"containers":[{"name":"c","image":"busybox:latest",
+"command":["sh","-c","cat /proc/sys/kernel/random/boot_id > /out/boot; exec sleep 3600"],
+"volumeMounts":[{"name":"out","mountPath":"/out"}]}],
+"volumes":[{"name":"out","hostPath":{"path":"/var/lib/weft/out"}}]}}"#;
+    std::fs::write(state.join("manifests/bootstamp.json"), manifest)
+        .unwrap_or_else(|e| panic!("manifest: {e}"));
+    let mut args = vm.default_weftd_args(&seg.etcd.endpoint());
+    for (flag, value) in [
+        ("--pod-manifest-path", "/var/lib/weft/manifests"),
+        ("--cni-conf-dir", "/var/lib/weft/cni"),
+        ("--cni-bin-dir", "/opt/weft"),
+        ("--cni-cache-dir", "/run/cni-cache"),
+        ("--image-root", "/run/weft-images"),
+        ("--pod-root", "/run/weft-pods"),
+        ("--pod-log-dir", "/run/pod-logs"),
+    ] {
+        args.extend([flag.to_string(), value.to_string()]);
+    }
+    vm.set_weftd_args(&args);
+    eprintln!("boot of one VM: {:?}", vm.boot());
+    let stamp = || std::fs::read_to_string(state.join("out/boot")).unwrap_or_default();
+    let first = vm.boot_id();
+    wait_until(
+        Duration::from_secs(180),
+        "the static pod's container runs",
+        || stamp().trim() == first,
+    );
+    eprintln!("reboot of the VM: {:?}", vm.reboot());
+    let second = vm.boot_id();
+    assert_ne!(first, second);
+    wait_until(
+        Duration::from_secs(180),
+        "the static pod runs again after the reboot",
+        || stamp().trim() == second,
+    );
+}
