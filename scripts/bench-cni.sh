@@ -9,7 +9,8 @@
 # exit; the machine's own network is not touched. Needs root.
 #
 #   scripts/bench-cni.sh [N]        (default N=100, at most 250)
-#   WEFT_BIN=path  use this plugin binary instead of target/release/weft (built if missing)
+#   WEFT_BIN=path  use this plugin binary instead of the statically linked release build that
+#                  scripts/package.sh ships (target/static/release/weft, built if out of date)
 #   REF_DIR=dir    reference plugins directory (default /usr/lib/cni)
 set -euo pipefail
 
@@ -24,10 +25,11 @@ if ((EUID != 0)); then
 fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 REF_DIR=${REF_DIR:-/usr/lib/cni}
-WEFT_BIN=${WEFT_BIN:-$ROOT/target/release/weft}
-if [[ ! -x $WEFT_BIN ]]; then
-    echo "bench-cni: building $WEFT_BIN (cargo build --release -p weft-cni)" >&2
-    (cd "$ROOT" && cargo build --release -p weft-cni >&2)
+if [[ -z ${WEFT_BIN:-} ]]; then
+    # shellcheck source=lib/static-plugin.sh
+    source "$ROOT/scripts/lib/static-plugin.sh"
+    echo "bench-cni: building the static release plugin (scripts/lib/static-plugin.sh)" >&2
+    WEFT_BIN=$(build_static_plugin "$ROOT")
 fi
 WEFT_BIN=$(realpath "$WEFT_BIN")
 for p in bridge host-local; do

@@ -3,7 +3,8 @@
 #
 #   scripts/package.sh [--bin-dir DIR] [--out DIR]
 #
-# By default the release binaries are built (cargo build --release) and the package is written
+# By default the release binaries are built (cargo build --release; the CNI plugin linked
+# statically, see scripts/lib/static-plugin.sh) and the package is written
 # to target/debian/. --bin-dir packages the binaries already in DIR instead (weftd, weftctl,
 # weft-pause, weft-shim and the CNI plugin weft), e.g. target/debug for a quick check.
 # DEB_COMPRESSION picks dpkg-deb's compressor (default xz). Prints the package's path last.
@@ -25,14 +26,20 @@ for tool in dpkg-deb dpkg strip objdump gzip; do
     command -v "$tool" >/dev/null || { echo "package.sh: $tool not found (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 
+PLUGIN=""
 if [ -z "$BIN_DIR" ]; then
-    (cd "$ROOT" && cargo build --release --locked -p weft -p weft-cni --bins)
+    (cd "$ROOT" && cargo build --release --locked -p weft --bins)
     BIN_DIR="$ROOT/target/release"
+    # shellcheck source=lib/static-plugin.sh
+    source "$ROOT/scripts/lib/static-plugin.sh"
+    PLUGIN="$(build_static_plugin "$ROOT")"
 fi
+PLUGIN="${PLUGIN:-$BIN_DIR/weft}"
 BINARIES=(weftd weftctl weft-pause weft-shim)
-for bin in "${BINARIES[@]}" weft; do
+for bin in "${BINARIES[@]}"; do
     [ -x "$BIN_DIR/$bin" ] || { echo "package.sh: $BIN_DIR/$bin missing: build it first" >&2; exit 1; }
 done
+[ -x "$PLUGIN" ] || { echo "package.sh: $PLUGIN missing: build it first" >&2; exit 1; }
 
 # The [package] version of the workspace root's Cargo.toml.
 VERSION="$(awk '/^\[package\]/{p=1; next} /^\[/{p=0} p && /^version *=/{gsub(/[" ]/, "", $0); sub(/version=/, "", $0); print; exit}' "$ROOT/Cargo.toml")"
@@ -52,7 +59,8 @@ for bin in "${BINARIES[@]}"; do
     install -m 0755 "$BIN_DIR/$bin" "$PKG/usr/bin/$bin"
 done
 # Debian's CNI plugins live in /usr/lib/cni; runtimes configured for /opt/cni/bin find it too.
-install -m 0755 "$BIN_DIR/weft" "$PKG/usr/lib/cni/weft"
+# The release plugin is linked statically (scripts/lib/static-plugin.sh says why).
+install -m 0755 "$PLUGIN" "$PKG/usr/lib/cni/weft"
 ln -s ../../../usr/lib/cni/weft "$PKG/opt/cni/bin/weft"
 strip --strip-unneeded "$PKG"/usr/bin/* "$PKG/usr/lib/cni/weft"
 
@@ -90,7 +98,8 @@ done
 chmod 0644 "$PKG"/usr/share/man/man8/*.gz
 
 # The newest glibc symbol version any binary needs.
-GLIBC="$(objdump -T "$PKG"/usr/bin/* "$PKG/usr/lib/cni/weft" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n 1)"
+# (A statically linked plugin has no dynamic symbols: objdump -T skips it with a message.)
+GLIBC="$(objdump -T "$PKG"/usr/bin/* "$PKG/usr/lib/cni/weft" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n 1 || true)"
 install -d -m 0755 "$PKG/DEBIAN"
 cat > "$PKG/DEBIAN/control" <<CONTROL
 Package: weft

@@ -31,11 +31,12 @@ PACKAGES=(
     containerd                   # real runtime driving the CNI plugin (ctr run --cni) in tests/cni_runtimes.rs
     iptables                     # portmap's rules; tests/cni_runtimes.rs checks none are left
     jq                           # JSON in the scripts
+    python3                      # scripts/bench-scale.sh's driver (scripts/lib/scale.py); the VM tier's guest agent (over 9p)
     curl                         # healthz/metrics in the demo
     openssl                      # test CA and certificates for the etcd TLS tests
     binutils                     # strip, objdump: scripts/package.sh
+    systemd                      # systemd-analyze verify: docs/systemd/weftd.service in tests/claims.rs
     qemu-system-x86              # the VM tier (tests/vm): Debian's kernel under QEMU
-    python3                      # the VM tier's guest control agent (runs from the host's /usr over 9p)
     ethtool                      # the VM tier: the guest NIC's offloads (Debian's, over 9p)
 )
 

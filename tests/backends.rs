@@ -13,8 +13,10 @@ use sha2::{Digest, Sha256};
 use weft::backend::udp::UdpBackend;
 use weft::lease::{Lease, LeaseAttrs};
 
-const UDP_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#;
-const HOSTGW_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+/// Nodes lease from 10.244.100.0–10.244.199.0 only (as `VXLAN_CONFIG`): fixed fake leases stay
+/// outside that range.
+const UDP_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","Backend":{"Type":"udp"}}"#;
+const HOSTGW_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","Backend":{"Type":"host-gw"}}"#;
 /// A namespace on the underlay that plays a Flannel UDP node.
 const FLANNEL_IP: &str = "192.0.2.50";
 /// The subnet the fake Flannel node holds.
@@ -764,7 +766,7 @@ fn udp_deleted_tun_device_is_recreated_and_traffic_resumes() {
     assert!(b.tcp_check(&a), "TCP b -> a after recreation");
 }
 
-const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan"}}"#;
 
 /// Stops weftd on every node (the data paths stay), switches the network config to `config`
 /// and starts weftd again; returns when both nodes publish `backend_type`, node 1 has the

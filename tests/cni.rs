@@ -1573,3 +1573,32 @@ fn subnet_env_problems_are_all_listed_and_details_do_not_repeat_msg() {
         "{err}"
     );
 }
+
+/// `logFile`: created 0600, with a line per operation (ADD and DEL).
+#[test]
+fn log_file_is_created_0600_with_a_line_per_operation() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new("10.244.31.1/24");
+    let pod = Netns::new("pod");
+    let log = site.dir.path().join("weft-cni.log");
+    let mut conf = site.conf("1.0.0");
+    conf["logFile"] = json!(log);
+    for command in ["ADD", "DEL"] {
+        let out = Call::new(&site.node, command)
+            .attachment("logged", "eth0", Some(&pod))
+            .conf(&conf);
+        assert!(out.success, "{command}: {out:?}");
+    }
+    let mode = std::fs::metadata(&log)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    assert_eq!(mode, 0o600, "mode of {}", log.display());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    for command in ["ADD", "DEL"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(command) && l.contains("logged")),
+            "no {command} line for the container in:\n{text}"
+        );
+    }
+}

@@ -725,3 +725,28 @@ fn containerd_ctr_run_cni_containers_talk_and_cycles_leave_nothing() {
     host.assert_clean("after ctr run --rm");
     eprintln!("containerd: {:?}", started.elapsed());
 }
+
+/// `podman network inspect` of a weft network shows only what podman knows about a network it
+/// did not create: the name, the first plugin's type as driver, and no subnets or IPAM.
+#[test]
+fn podman_network_inspect_shows_no_subnets() {
+    let host = RuntimeHost::new("10.244.44.1/24");
+    let text = host.podman_ok(&["network", "inspect", "weftnet"]);
+    let list: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("podman network inspect is not JSON ({e}): {text}"));
+    let net = &list[0];
+    assert_eq!(net["name"], "weftnet", "{net}");
+    assert_eq!(net["driver"], "weft", "{net}");
+    assert!(
+        net["subnets"].as_array().is_none_or(|s| s.is_empty()),
+        "subnets shown: {net}"
+    );
+    for flag in ["ipv6_enabled", "internal", "dns_enabled"] {
+        assert_eq!(net[flag], false, "{flag}: {net}");
+    }
+    assert!(
+        net["ipam_options"].as_object().is_none_or(|o| o.is_empty()),
+        "IPAM shown: {net}"
+    );
+    host.assert_clean("after podman network inspect");
+}

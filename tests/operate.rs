@@ -207,7 +207,7 @@ fn weftctl_network_get_validate_set() {
     );
     assert!(ok);
     assert!(
-        out.starts_with("Network: 10.244.0.0/16\nSubnetLen: 24\nSubnetMin: 10.244.1.0\n"),
+        out.starts_with("Network: 10.244.0.0/16\nSubnetLen: 24\nSubnetMin: 10.244.100.0\nSubnetMax: 10.244.199.0\n"),
         "{out}"
     );
 
@@ -374,6 +374,17 @@ fn debian_package_file_list_and_throwaway_install() {
         "",
         "conffiles are in DEBIAN/conffiles, not a control field"
     );
+    let control_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    exec_ok(
+        "dpkg-deb",
+        &["-e", &deb, &control_dir.path().to_string_lossy()],
+    );
+    for script in ["preinst", "postinst", "prerm", "postrm", "config"] {
+        assert!(
+            !control_dir.path().join(script).exists(),
+            "the package runs a maintainer script: {script}"
+        );
+    }
 
     let root = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
     let root_path = root.path().to_string_lossy().into_owned();

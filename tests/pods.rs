@@ -2462,3 +2462,203 @@ fn manifest_url_flag_runs_its_pod_through_weftd() {
     node.wait_log(&rec, "myapp-container", "Hello Kubernetes!");
     node.kill_weftd();
 }
+
+/// A pod whose sandbox lost its namespace files while the controller was away (as a pod of an
+/// older weftd, which held its namespaces through `/proc`, has none) gets a new sandbox once on
+/// adoption, keeping its UID and restart counts, and serves again; the old pause is gone.
+#[test]
+fn pod_without_namespace_files_gets_a_new_sandbox_on_adoption() {
+    let mut node = PodNode::new();
+    node.put_manifest("server.yaml", SERVER);
+    let before = node.wait_status("server", "Running");
+    let (pod_dir, _) = container_dir(&node, &before, "httpd");
+    node.stop_controller();
+    let pause = pause_pid(&pod_dir);
+    for kind in ["uts", "ipc"] {
+        let file = pod_dir.join("ns").join(kind);
+        nix::mount::umount2(&file, nix::mount::MntFlags::MNT_DETACH)
+            .unwrap_or_else(|e| panic!("unmount {}: {e}", file.display()));
+        std::fs::remove_file(&file).unwrap_or_else(|e| panic!("remove {}: {e}", file.display()));
+    }
+    node.start();
+    let after = wait_for(WAIT, "pod back in a new sandbox", || {
+        node.record("server").filter(|r| {
+            status::columns(&r.pod).status == "Running"
+                && r.pod.status.container_statuses[0].restart_count == 1
+        })
+    });
+    assert_eq!(after.pod.metadata.uid, before.pod.metadata.uid);
+    assert_ne!(pause_pid(&pod_dir), pause, "the old sandbox was kept");
+    wait_for(WAIT, "the old pause gone", || {
+        weft::pod::process::ProcessId::of(pause)
+            .is_none()
+            .then_some(())
+    });
+    for kind in ["uts", "ipc"] {
+        assert!(
+            pod_dir.join("ns").join(kind).exists(),
+            "no ns/{kind} in the new sandbox"
+        );
+    }
+    let page = wait_for(WAIT, "server answers again", || {
+        fetch_from_node(&node, &after.pod.status.pod_ip)
+    });
+    assert_eq!(page, "hello from server\n");
+}
+
+/// Pod flags and volumes through a real weftd: `--oci-runtime` names the runtime every
+/// container is run with, `--pids-limit` becomes each container's `pids.max`, `--cni-bin-dir`
+/// is a comma list (the fixture's lists a missing directory first), a `hostPath` volume is
+/// the node's directory read and written by the pod, an `ephemeral-storage` limit is accepted,
+/// the pod's state directory is 0700, and a
+/// FIFO behind a `.yaml` name (put before weftd starts, never opened by a writer) does not
+/// block the pod next to it.
+#[test]
+fn pod_flags_host_path_and_a_fifo_manifest_through_weftd() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let cluster = Cluster::new(1, VXLAN_CONFIG);
+    let n = cluster.node(0);
+    let mut node = PodNode::in_netns(
+        n.netns().name(),
+        None,
+        Network::Weft {
+            subnet_file: n.subnet_file(),
+            subnet: String::new(),
+        },
+    );
+    let dir = node.dir.path().to_path_buf();
+    // A runtime with runc's command line that records each call, then is runc.
+    let calls = dir.join("runtime-calls");
+    let runtime = dir.join("recording-runc");
+    std::fs::write(
+        &runtime,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec runc \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", runtime.display()));
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", runtime.display()));
+    let host_dir = dir.join("host-dir");
+    std::fs::create_dir(&host_dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(host_dir.join("in"), "from-host\n").unwrap_or_else(|e| panic!("{e}"));
+    let fifo = node.manifest_path("fifo.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", fifo.display()));
+    node.put_manifest(
+        "hostpath.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostpath, namespace: NS}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+    - name: host
+      hostPath: {{path: {}, type: Directory}}
+  containers:
+    - name: writer
+      image: busybox
+      command: [sh, -c, 'cat /host/in; echo from-pod > /host/out; exec sleep 3600']
+      volumeMounts: [{{name: host, mountPath: /host}}]
+      # Accepted (and not enforced): the pod must run.
+      resources: {{limits: {{ephemeral-storage: 1Gi}}}}
+"#,
+            host_dir.display()
+        ),
+    );
+    let mut args = n.base_args();
+    args.extend([
+        "--oci-runtime".to_string(),
+        runtime.display().to_string(),
+        "--pids-limit".to_string(),
+        "48".to_string(),
+    ]);
+    node.start_weftd(&args);
+    let rec = node.wait_status("hostpath", "Running");
+    node.wait_log(&rec, "writer", "from-host");
+    let written = wait_for(WAIT, "the pod's file in the node's directory", || {
+        std::fs::read_to_string(host_dir.join("out")).ok()
+    });
+    assert_eq!(written, "from-pod\n");
+    let (pod_dir, container) = container_dir(&node, &rec, "writer");
+    let pod_dir_mode = std::fs::metadata(&pod_dir)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or_else(|e| panic!("{}: {e}", pod_dir.display()));
+    assert_eq!(pod_dir_mode, 0o700, "mode of {}", pod_dir.display());
+    let id = container
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pids_max = ["/sys/fs/cgroup/pids/weft", "/sys/fs/cgroup/weft"]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(Path::new(d).join(&id).join("pids.max")).ok());
+    assert_eq!(
+        pids_max.as_deref().map(str::trim),
+        Some("48"),
+        "--pids-limit not applied"
+    );
+    let recorded = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        recorded.lines().any(|l| l.contains(&id)),
+        "--oci-runtime was not called for container {id}: {recorded:?}"
+    );
+    node.kill_weftd();
+}
+
+/// At start, a pod from the manifest URL is kept while the URL does not answer, adopted (not
+/// restarted) when it serves the same pod again, and replaced when it serves another.
+#[test]
+fn a_manifest_url_pod_is_kept_at_start_until_the_url_answers() {
+    let mut node = PodNode::new();
+    let server = ManifestServer::start(&node.netns);
+    let text = |cmd: &str| {
+        MYAPP
+            .replace("myapp-pod", "url-start")
+            .replace("sleep 3600", cmd)
+    };
+    server.serve(Some(text("sleep 3600").replace("NS", &node.ns)));
+    node.stop_controller();
+    node.cfg.manifest_url = Some(server.url());
+    node.cfg.manifest_url_interval = Duration::from_secs(1);
+    node.start();
+    let first = node.wait_status("url-start", "Running");
+    let id = first.pod.status.container_statuses[0].container_id.clone();
+
+    // Restarted while the URL answers 404: the pod is kept.
+    node.stop_controller();
+    server.serve(None);
+    node.start();
+    std::thread::sleep(Duration::from_secs(3));
+    let kept = node
+        .record("url-start")
+        .unwrap_or_else(|| panic!("the URL pod was removed while the URL did not answer"));
+    assert_eq!(kept.pod.metadata.uid, first.pod.metadata.uid);
+    assert_eq!(status::columns(&kept.pod).status, "Running");
+
+    // The same pod served again: adopted, the container untouched.
+    server.serve(Some(text("sleep 3600").replace("NS", &node.ns)));
+    std::thread::sleep(Duration::from_secs(3));
+    let adopted = node.wait_status("url-start", "Running");
+    assert_eq!(adopted.pod.metadata.uid, first.pod.metadata.uid);
+    assert_eq!(adopted.pod.status.container_statuses[0].container_id, id);
+    assert_eq!(adopted.pod.status.container_statuses[0].restart_count, 0);
+
+    // Restarted while the URL is down, then another pod served: the old one is replaced.
+    node.stop_controller();
+    server.serve(None);
+    node.start();
+    server.serve(Some(text("sleep 3601").replace("NS", &node.ns)));
+    let replaced = wait_for(WAIT, "the URL pod replaced", || {
+        node.record("url-start")
+            .filter(|r| r.pod.metadata.uid != first.pod.metadata.uid)
+            .filter(|r| status::columns(&r.pod).status == "Running")
+    });
+    assert_ne!(replaced.pod.status.container_statuses[0].container_id, id);
+    wait_for(WAIT, "the old pod's directory gone", || {
+        (node.pod_dirs().len() == 1).then_some(())
+    });
+}

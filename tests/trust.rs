@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::*;
 
-/// Time for a change in etcd to reach the kernel of every node.
-const CONVERGE: Duration = Duration::from_secs(10);
+/// Time allowed for a change in etcd to reach the kernel of every node (it takes milliseconds;
+/// the margin is for a loaded 2-core machine: it only bounds how long a failure takes to show).
+const CONVERGE: Duration = Duration::from_secs(20);
 /// Round trips each probe must make (50 ms apart) with the bad key in place.
 const PROBE_ROUNDS: u64 = 40;
 
@@ -514,7 +515,7 @@ fn config_changes_while_running_are_applied_or_refused() {
     node.wait_until(CONFIG_WAIT, "the live change logged old -> new", || {
         node.log().lines().any(|l| {
             l.contains("network config changed")
-                && l.contains("SubnetMax 10.244.255.0")
+                && l.contains("SubnetMax 10.244.199.0")
                 && l.contains("-> Network 10.244.0.0/16, SubnetLen 24, SubnetMin 10.244.1.0, SubnetMax 10.244.200.0")
                 && l.contains("applied")
         })

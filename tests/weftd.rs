@@ -1545,7 +1545,7 @@ fn own_revoked_lease_is_reacquired() {
 fn two_nodes_racing_for_one_subnet_end_distinct() {
     use nix::sys::signal::{kill, Signal};
     let cluster = Cluster::new(2, VXLAN_CONFIG);
-    let contested = "10.244.7.0/24";
+    let contested = "10.244.107.0/24";
     let subnets_prefix = format!("{ETCD_PREFIX}/subnets/");
     let etcd_pids: Vec<nix::unistd::Pid> = cluster
         .etcd

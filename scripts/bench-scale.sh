@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Scale benchmark of weftd: thousands of leases in one real etcd, all inside network namespaces.
+#
+#   start   5000 and 10 000 leases: a fresh weftd from process start until every kernel entry
+#           (route, neighbour, FDB entry per peer: 30 000 at 10 000 peers) is programmed, against
+#           the floor (`ip -batch` + `bridge -batch` of the same entries on a fresh VXLAN device) in
+#           the same run, alternating which goes first; weftd's RSS.
+#   churn   50 lease changes per second for 60 s (add, delete, VTEP MAC change in turn) on the
+#           10 000-peer node: latency from each etcd write to the change in the kernel (seen by
+#           `ip -ts monitor`), p50/p99; weftd's CPU; etcd requests per minute from weftd during the
+#           churn and for 60 s at rest (etcd's own gRPC counters less the driver's requests), and
+#           the bytes etcd sent.
+#   fanout  50 weftd processes, each on its own node namespace, watching the same 5000 leases;
+#           100 writes at 10/s: latency from a write to the LAST agent's kernel holding it; etcd's
+#           CPU meanwhile.
+#
+#   scripts/bench-scale.sh                   release build, the full run (~5 minutes)
+#   PEERS=1000,2000 AGENTS=5 CHURN_SECONDS=10 REST_SECONDS=10 scripts/bench-scale.sh   quick
+#   SKIP_BUILD=1 scripts/bench-scale.sh      use the weftd already built
+#
+# Addresses: underlay 192.0.2.0/24; pod network 10.0.0.0/8 in /24s (10 000 /24s do not fit in a
+# /16); the fake peers' public IPs are in 198.18.0.0/15 (RFC 2544 benchmarking range), only ever
+# written into FDB entries of the test namespaces, never sent to. Nothing touches the machine's own
+# network. Needs root, python3, etcd.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PROFILE=${PROFILE:-release}
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bench-scale.sh: run as root (it creates network namespaces)" >&2
+    exit 1
+fi
+
+P="weft-scale-$$"
+WORK=$(mktemp -d "/tmp/$P.XXXXXX")
+ETCD_IP=192.0.2.254
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local ns pids
+    for ns in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+    done
+    sleep 0.2
+    for ns in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
+        ip netns del "$ns" || true
+    done
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== building weftd ($PROFILE)"
+bash scripts/setup.sh >/dev/null
+if [ -n "${SKIP_BUILD:-}" ]; then
+    echo "   SKIP_BUILD set: using the existing target/$PROFILE/weftd"
+elif [ "$PROFILE" = release ]; then
+    cargo build --quiet --release --bin weftd
+else
+    cargo build --quiet --bin weftd
+fi
+WEFTD="$ROOT/target/$PROFILE/weftd"
+
+echo "== underlay and etcd (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+ip netns add "$P-ul"
+ip -n "$P-ul" link set lo up
+ip -n "$P-ul" link add br0 type bridge
+ip -n "$P-ul" link set br0 up
+ip netns add "$P-etcd"
+ip -n "$P-etcd" link set lo up
+ip -n "$P-ul" link add xetcd type veth peer name eth0 netns "$P-etcd"
+ip -n "$P-ul" link set xetcd master br0 up
+ip -n "$P-etcd" addr add "$ETCD_IP/24" dev eth0
+ip -n "$P-etcd" link set eth0 up
+ip netns exec "$P-etcd" etcd --name bench --data-dir "$WORK/etcd" --max-txn-ops 1000 \
+    --listen-client-urls "http://$ETCD_IP:2379,http://127.0.0.1:2379" \
+    --advertise-client-urls "http://$ETCD_IP:2379" \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster bench=http://127.0.0.1:2380 >"$WORK/etcd.log" 2>&1 &
+disown
+for _ in $(seq 1 300); do
+    ip netns exec "$P-etcd" curl -fsS -X POST http://127.0.0.1:2379/v3/kv/range -d '{"key":"Lw=="}' \
+        >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+# The driver runs inside etcd's namespace, where etcd answers on 127.0.0.1.
+ip netns exec "$P-etcd" python3 "$ROOT/scripts/lib/scale.py" --prefix "$P" --work "$WORK" --weftd "$WEFTD" \
+    --peers "${PEERS:-5000,10000}" --churn-rate "${CHURN_RATE:-50}" --churn-seconds "${CHURN_SECONDS:-60}" \
+    --rest-seconds "${REST_SECONDS:-60}" --agents "${AGENTS:-50}" --fanout-leases "${FANOUT_LEASES:-5000}" \
+    --fanout-writes "${FANOUT_WRITES:-100}" --fanout-rate "${FANOUT_RATE:-10}"

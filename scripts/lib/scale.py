@@ -1,0 +1,532 @@
+#!/usr/bin/env python3
+"""Scale benchmark driver (scripts/bench-scale.sh runs it inside the etcd namespace).
+
+Everything lives in network namespaces named PREFIX-*, created by bench-scale.sh (underlay
+PREFIX-ul with bridge br0, etcd PREFIX-etcd at 192.0.2.254) and by this driver (node
+namespaces); nothing touches the machine's own network. The fake peers' public IPs are in
+198.18.0.0/15 (RFC 2544 benchmarking range): only ever written into FDB entries, never sent to.
+
+Phases (each measured in the same run as its reference):
+  start   for each lease count: start weftd on a fresh node until every kernel entry (route,
+          neighbour, FDB entry per peer) is in place, against the floor: the same entries applied
+          by `ip -batch` + `bridge -batch` on a fresh VXLAN device; weftd's RSS.
+  churn   on the largest node: CHURN_RATE lease changes per second (add, delete, VTEP MAC change in
+          turn) for CHURN_SECONDS; latency from each etcd write leaving this driver to the change
+          seen in the node's kernel (`ip -ts monitor`), weftd's CPU, etcd requests per minute
+          from weftd during the churn and at rest, bytes etcd sent.
+  fanout  AGENTS weftd processes, one per node namespace, watching the same leases; writes at a
+          steady rate; latency from a write to the last agent's kernel having it; etcd's CPU.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from base64 import b64encode
+
+PREFIX_KEY = "/coreos.com/network"
+CONFIG = {"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}
+ETCD_IP = "192.0.2.254"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def run(*argv, check=True, capture=True):
+    p = subprocess.run(argv, capture_output=capture, text=True)
+    if check and p.returncode != 0:
+        raise SystemExit(f"bench-scale: {' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p.stdout if capture else ""
+
+
+def b64(s):
+    return b64encode(s.encode()).decode()
+
+
+class Etcd:
+    """etcd's v3 JSON gateway on 127.0.0.1 (this driver runs in etcd's namespace)."""
+
+    def __init__(self):
+        self.conn = http.client.HTTPConnection("127.0.0.1", 2379, timeout=30)
+        self.requests = 0  # unary gRPC requests this driver made (to subtract from etcd's counts)
+
+    def post(self, path, body):
+        for attempt in range(2):
+            try:
+                self.conn.request("POST", "/v3/" + path, json.dumps(body), {"Content-Type": "application/json"})
+                resp = self.conn.getresponse()
+                data = resp.read()
+                break
+            except (http.client.HTTPException, OSError):
+                if attempt:
+                    raise
+                self.conn = http.client.HTTPConnection("127.0.0.1", 2379, timeout=30)
+        self.requests += 1
+        if resp.status != 200:
+            raise SystemExit(f"bench-scale: etcd {path}: {resp.status} {data[:200]!r}")
+        return json.loads(data)
+
+    def put(self, key, value, lease=None):
+        body = {"key": b64(key), "value": b64(value)}
+        if lease:
+            body["lease"] = lease
+        return self.post("kv/put", body)
+
+    def delete(self, key):
+        return self.post("kv/deleterange", {"key": b64(key)})
+
+    def delete_prefix(self, prefix):
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        return self.post("kv/deleterange", {"key": b64(prefix), "range_end": b64(end)})
+
+    def grant(self, ttl):
+        return self.post("lease/grant", {"TTL": ttl})["ID"]
+
+    def txn_puts(self, kvs, lease):
+        ops = [{"requestPut": {"key": b64(k), "value": b64(v), "lease": lease}} for k, v in kvs]
+        return self.post("kv/txn", {"success": ops})
+
+    def metrics(self):
+        c = http.client.HTTPConnection("127.0.0.1", 2379, timeout=30)
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+        c.close()
+        unary = 0.0
+        sent = 0.0
+        for line in text.splitlines():
+            if line.startswith("grpc_server_handled_total{") and 'grpc_type="unary"' in line:
+                unary += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("etcd_network_client_grpc_sent_bytes_total"):
+                sent += float(line.rsplit(" ", 1)[1])
+        return unary, sent
+
+
+def peer(i):
+    """The i-th fake peer: subnet key part, subnet, VTEP MAC, public IP."""
+    s = i + 1  # 10.0.0.0/24 is never handed out to a fake peer
+    subnet = f"10.{(s >> 8) & 255}.{s & 255}.0"
+    mac = f"02:42:c6:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"
+    ip = f"198.{18 + ((i >> 16) & 1)}.{(i >> 8) & 255}.{(i & 255) or 1}"
+    return subnet, mac, ip
+
+
+def lease_value(ip, mac):
+    return json.dumps({"PublicIP": ip, "BackendType": "vxlan", "BackendData": {"VNI": 1, "VtepMAC": mac}})
+
+
+def lease_key(subnet):
+    return f"{PREFIX_KEY}/subnets/{subnet}-24"
+
+
+class Namespaces:
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.made = []
+
+    def new(self, name):
+        ns = f"{self.prefix}-{name}"
+        run("ip", "netns", "add", ns)
+        self.made.append(ns)
+        run("ip", "-n", ns, "link", "set", "lo", "up")
+        return ns
+
+    def attach(self, ns, ip):
+        port = "x" + ns.rsplit("-", 1)[1][:12]
+        run("ip", "-n", f"{self.prefix}-ul", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        run("ip", "-n", f"{self.prefix}-ul", "link", "set", port, "master", "br0", "up")
+        run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+
+    def remove(self, ns):
+        pids = run("ip", "netns", "pids", ns, check=False).split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        time.sleep(0.1)
+        run("ip", "netns", "del", ns, check=False)
+        if ns in self.made:
+            self.made.remove(ns)
+
+    def remove_all(self):
+        for ns in list(self.made):
+            self.remove(ns)
+
+
+def counts(ns):
+    r = run("ip", "-n", ns, "route", "show", "dev", "flannel.1", check=False).count("onlink")
+    n = run("ip", "-n", ns, "neigh", "show", "dev", "flannel.1", "nud", "permanent", check=False).count("lladdr")
+    f = run("bridge", "-n", ns, "fdb", "show", "dev", "flannel.1", check=False).count(" dst ")
+    return r, n, f
+
+
+def proc_status(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class Weftd:
+    def __init__(self, args, nss, name, ip, quiet=False):
+        self.ns = nss.new(name)
+        nss.attach(self.ns, ip)
+        self.dir = os.path.join(args.work, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.subnet_env = os.path.join(self.dir, "subnet.env")
+        self.logf = open(os.path.join(self.dir, "weftd.log"), "w")
+        self.t0 = time.time()
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, "env", "RUST_LOG=warn" if quiet else "RUST_LOG=info", args.weftd,
+             "--etcd-endpoints", f"http://{ETCD_IP}:2379", "--iface", "eth0",
+             "--subnet-file", self.subnet_env, "--state-dir", os.path.join(self.dir, "state"),
+             "--peer-probe-interval", "0", "--healthz-addr", "127.0.0.1:9102"],
+            stdout=self.logf, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self):
+        # `ip netns exec` execs env, which execs weftd: same pid.
+        return self.proc.pid
+
+    def ready_after(self, timeout):
+        """Seconds from start until subnet.env exists (weftd writes it after programming peers)."""
+        deadline = time.time() + timeout
+        while not os.path.exists(self.subnet_env):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"bench-scale: weftd in {self.ns} not ready (see {self.logf.name})")
+            time.sleep(0.002)
+        return time.time() - self.t0
+
+
+def floor(nss, name, entries, work):
+    """The same entries by `ip -batch` + `bridge -batch` on a fresh VXLAN device; seconds."""
+    ns = nss.new(name)
+    run("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    run("ip", "-n", ns, "link", "set", "eth0p", "up")
+    run("ip", "-n", ns, "addr", "add", "192.0.2.200/24", "dev", "eth0")
+    run("ip", "-n", ns, "link", "set", "eth0", "up")
+    ipb = os.path.join(work, f"{name}.ip")
+    brb = os.path.join(work, f"{name}.bridge")
+    with open(ipb, "w") as f:
+        for subnet, mac, _ in entries:
+            f.write(f"route add {subnet}/24 via {subnet} dev flannel.1 onlink\n")
+            f.write(f"neigh add {subnet} lladdr {mac} dev flannel.1 nud permanent\n")
+    with open(brb, "w") as f:
+        for _, mac, ip in entries:
+            f.write(f"fdb add {mac} dev flannel.1 dst {ip} self permanent\n")
+    t0 = time.time()
+    run("ip", "-n", ns, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", "192.0.2.200",
+        "dev", "eth0", "dstport", "8472", "nolearning")
+    run("ip", "-n", ns, "addr", "add", "10.0.0.0/32", "dev", "flannel.1")
+    run("ip", "-n", ns, "link", "set", "flannel.1", "up")
+    run("ip", "-n", ns, "-batch", ipb)
+    run("bridge", "-n", ns, "-batch", brb)
+    took = time.time() - t0
+    nss.remove(ns)
+    return took
+
+
+def load_leases(etcd, n):
+    etcd.delete_prefix(f"{PREFIX_KEY}/subnets/")
+    lease = etcd.grant(7200)
+    entries = [peer(i) for i in range(n)]
+    for k in range(0, n, 1000):
+        etcd.txn_puts([(lease_key(s), lease_value(ip, mac)) for s, mac, ip in entries[k:k + 1000]], lease)
+    return lease, entries
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+class Monitor:
+    """`ip -ts monitor route neigh` in a namespace, into a file."""
+
+    def __init__(self, ns, path):
+        self.path = path
+        self.f = open(path, "w")
+        self.proc = subprocess.Popen(["ip", "-ts", "-n", ns, "monitor", "route", "neigh"], stdout=self.f,
+                                     stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        self.f.close()
+
+    def events(self):
+        ts_re = re.compile(r"^\[(\S+)\] (.*)$")
+        out = []
+        with open(self.path) as f:
+            for line in f:
+                m = ts_re.match(line.strip())
+                if not m:
+                    continue
+                t = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp() \
+                    if time.timezone == 0 else datetime.datetime.fromisoformat(m.group(1)).timestamp()
+                out.append((t, m.group(2)))
+        return out
+
+
+def index_events(events):
+    """Kernel events by what they show: ("add", subnet), ("del", subnet), ("mac", subnet, mac)."""
+    idx = {}
+    for t, e in events:
+        parts = e.split()
+        if not parts:
+            continue
+        if parts[0] == "Deleted" and len(parts) > 1 and parts[1].endswith("/24"):
+            key = ("del", parts[1][:-3])
+        elif parts[0].endswith("/24") and "flannel.1" in parts:
+            key = ("add", parts[0][:-3])
+        elif "lladdr" in parts and parts[0] != "Deleted":
+            key = ("mac", parts[0], parts[parts.index("lladdr") + 1])
+        else:
+            continue
+        idx.setdefault(key, []).append(t)
+    return idx
+
+
+def match_latencies(changes, idx):
+    """Latency (ms) of each change: its write time to the first kernel event showing it."""
+    lat = []
+    missed = []
+    for kind, subnet, mac, t in changes:
+        key = ("mac", subnet, mac) if kind == "mac" else (kind, subnet)
+        seen = next((et for et in idx.get(key, []) if et >= t - 0.001), None)
+        if seen is None:
+            missed.append((kind, subnet))
+        else:
+            lat.append((seen - t) * 1000)
+    return lat, missed
+
+
+def drain(monitors, changes, limit):
+    """Waits until every monitor has seen every change, at most `limit` seconds; returns the wait."""
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if all(not match_latencies(changes, index_events(m.events()))[1] for m in monitors):
+            break
+        time.sleep(0.5)
+    return time.time() - t0
+
+
+def phase_start(args, etcd, nss):
+    results = []
+    node = None
+    for n in args.peers:
+        lease, entries = load_leases(etcd, n)
+        if node:
+            node.proc.kill()
+            nss.remove(node.ns)
+        order = [0, 1] if len(results) % 2 == 0 else [1, 0]
+        took = {}
+        for which in order:
+            if which == 0:
+                node = Weftd(args, nss, f"n{n}", "192.0.2.10")
+                took["weftd"] = node.ready_after(120)
+                have = counts(node.ns)
+                if have != (n, n, n):
+                    raise SystemExit(f"bench-scale: weftd ready with {have} entries, want {n} each")
+            else:
+                took["floor"] = floor(nss, f"f{n}", entries, args.work)
+        time.sleep(2)  # settle: the first resync and any post-ready work
+        rss = proc_status(node.pid, "VmRSS") / 1024
+        hwm = proc_status(node.pid, "VmHWM") / 1024
+        results.append((n, took["weftd"], took["floor"], rss, hwm))
+        log(f"   {n:>6} peers: weftd ready {took['weftd'] * 1000:7.0f} ms, floor {took['floor'] * 1000:7.0f} ms "
+            f"(ratio {took['weftd'] / took['floor']:.2f}), RSS {rss:.1f} MiB (peak {hwm:.1f} MiB)")
+    return node, lease, results
+
+
+def phase_churn(args, etcd, node, lease, n):
+    mon = Monitor(node.ns, os.path.join(args.work, "churn.monitor"))
+    time.sleep(0.3)
+    # At rest first: what weftd asks of etcd when nothing changes.
+    u0, b0 = etcd.metrics()
+    r0 = etcd.requests
+    time.sleep(args.rest_seconds)
+    u1, b1 = etcd.metrics()
+    rest_req = (u1 - u0) - (etcd.requests - r0)
+    rest_bytes = b1 - b0
+    rng = random.Random(7)
+    live = list(range(n))
+    next_new = n
+    changes = []
+    ticks0 = cpu_ticks(node.pid)
+    u0, b0 = etcd.metrics()
+    r0 = etcd.requests
+    t_start = time.time()
+    period = 1.0 / args.churn_rate
+    k = 0
+    while time.time() - t_start < args.churn_seconds:
+        target = t_start + k * period
+        delay = target - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        kind = ("add", "del", "mac")[k % 3]
+        if kind == "add":
+            subnet, mac, ip = peer(next_new)
+            live.append(next_new)
+            next_new += 1
+            t = time.time()
+            etcd.put(lease_key(subnet), lease_value(ip, mac), lease)
+        elif kind == "del":
+            i = live.pop(rng.randrange(len(live)))
+            subnet, mac, ip = peer(i)
+            t = time.time()
+            etcd.delete(lease_key(subnet))
+        else:
+            i = live[rng.randrange(len(live))]
+            subnet, _, ip = peer(i)
+            mac = f"02:43:{k >> 24 & 255:02x}:{k >> 16 & 255:02x}:{k >> 8 & 255:02x}:{k & 255:02x}"
+            t = time.time()
+            etcd.put(lease_key(subnet), lease_value(ip, mac), lease)
+        changes.append((kind, subnet, mac, t))
+        k += 1
+    elapsed = time.time() - t_start
+    ticks1 = cpu_ticks(node.pid)
+    u1, b1 = etcd.metrics()
+    churn_req = (u1 - u0) - (etcd.requests - r0)
+    churn_bytes = b1 - b0
+    drained = drain([mon], changes, args.drain_seconds)
+    mon.stop()
+    lat, missed = match_latencies(changes, index_events(mon.events()))
+    cpu = (ticks1 - ticks0) / CLK_TCK / elapsed * 100
+    log(f"   churn: {len(changes)} changes in {elapsed:.1f} s ({len(changes) / elapsed:.1f}/s) over {n} peers")
+    log(f"     write -> kernel: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat, default=0):.1f} ms, "
+        f"missed {len(missed)} {missed[:5]}")
+    log(f"     the kernel had every change {drained:.1f} s after the last write (waited up to {args.drain_seconds:.0f} s)")
+    log(f"     weftd CPU {cpu:.1f} % of one core during the churn")
+    log(f"     etcd unary gRPC requests: churn {u1 - u0:.0f} handled, {etcd.requests - r0} of them the driver's")
+    log(f"     etcd requests from weftd: churn {churn_req / elapsed * 60:.1f}/min, rest {rest_req / args.rest_seconds * 60:.1f}/min;"
+        f" bytes sent by etcd: churn {churn_bytes / elapsed * 60 / 1024:.0f} KiB/min, rest {rest_bytes / args.rest_seconds * 60 / 1024:.1f} KiB/min")
+    return {"changes": len(changes), "p50": pct(lat, 50), "p99": pct(lat, 99), "missed": len(missed), "cpu": cpu,
+            "rest_req_min": rest_req / args.rest_seconds * 60, "churn_req_min": churn_req / elapsed * 60,
+            "rest_bytes_min": rest_bytes / args.rest_seconds * 60}
+
+
+def etcd_pid():
+    out = run("ip", "netns", "pids", f"{args_prefix}-etcd", check=False).split()
+    for pid in out:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "etcd":
+                    return int(pid)
+        except OSError:
+            pass
+    raise SystemExit("bench-scale: no etcd process")
+
+
+def phase_fanout(args, etcd, nss, n):
+    lease, _ = load_leases(etcd, n)
+    agents = []
+    t0 = time.time()
+    for a in range(args.agents):
+        agents.append(Weftd(args, nss, f"a{a}", f"192.0.2.{11 + a}", quiet=True))
+    for w in agents:
+        w.ready_after(300)
+    log(f"   {args.agents} agents ready on {n} leases after {time.time() - t0:.1f} s; "
+        f"RSS median {statistics.median(proc_status(w.pid, 'VmRSS') for w in agents) / 1024:.1f} MiB")
+    time.sleep(2)
+    mons = [Monitor(w.ns, os.path.join(args.work, f"fan{i}.monitor")) for i, w in enumerate(agents)]
+    time.sleep(0.5)
+    epid = etcd_pid()
+    e0 = cpu_ticks(epid)
+    writes = []
+    t_start = time.time()
+    for k in range(args.fanout_writes):
+        target = t_start + k / args.fanout_rate
+        delay = target - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        subnet, mac, ip = peer(n + 100 + k)
+        t = time.time()
+        etcd.put(lease_key(subnet), lease_value(ip, mac), lease)
+        writes.append(("add", subnet, mac, t))
+    elapsed = time.time() - t_start
+    e1 = cpu_ticks(epid)
+    drained = drain(mons, writes, args.drain_seconds)
+    for m in mons:
+        m.stop()
+    # Latency to the last agent: for each write, the slowest agent's.
+    missed = 0
+    by_write = [[] for _ in writes]
+    for m in mons:
+        idx = index_events(m.events())
+        for i, w in enumerate(writes):
+            lat, miss = match_latencies([w], idx)
+            if miss:
+                missed += 1
+            else:
+                by_write[i].append(lat[0])
+    last = [max(v) for v in by_write if len(v) == len(mons)]
+    cpu = (e1 - e0) / CLK_TCK / elapsed * 100
+    log(f"   fan-out: {len(writes)} writes at {args.fanout_rate}/s to {len(agents)} agents: write -> last agent's kernel "
+        f"p50 {pct(last, 50):.1f} ms, p99 {pct(last, 99):.1f} ms, max {max(last, default=0):.1f} ms; "
+        f"missed {missed}; every agent had every write {drained:.1f} s after the last; etcd CPU {cpu:.1f} % of one core")
+    for w in agents:
+        w.proc.kill()
+    return {"p50": pct(last, 50), "p99": pct(last, 99), "missed": missed, "etcd_cpu": cpu}
+
+
+args_prefix = ""
+
+
+def main():
+    global args_prefix
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prefix", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--weftd", required=True)
+    ap.add_argument("--peers", default="5000,10000")
+    ap.add_argument("--churn-rate", type=float, default=50)
+    ap.add_argument("--churn-seconds", type=float, default=60)
+    ap.add_argument("--rest-seconds", type=float, default=60)
+    ap.add_argument("--agents", type=int, default=50)
+    ap.add_argument("--fanout-leases", type=int, default=5000)
+    ap.add_argument("--fanout-writes", type=int, default=100)
+    ap.add_argument("--fanout-rate", type=float, default=10)
+    ap.add_argument("--drain-seconds", type=float, default=60)
+    args = ap.parse_args()
+    args.peers = [int(x) for x in args.peers.split(",")]
+    args_prefix = args.prefix
+    nss = Namespaces(args.prefix)
+    etcd = Etcd()
+    etcd.put(f"{PREFIX_KEY}/config", json.dumps(CONFIG))
+    try:
+        log("== start: weftd from process start to every entry programmed, against ip/bridge -batch")
+        node, lease, _ = phase_start(args, etcd, nss)
+        log(f"== churn at {max(args.peers)} peers")
+        phase_churn(args, etcd, node, lease, max(args.peers))
+        node.proc.kill()
+        nss.remove(node.ns)
+        if args.agents > 0:
+            log(f"== fan-out: {args.agents} weftd agents on {args.fanout_leases} leases")
+            phase_fanout(args, etcd, nss, args.fanout_leases)
+    finally:
+        nss.remove_all()
+
+
+if __name__ == "__main__":
+    main()
