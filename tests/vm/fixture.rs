@@ -3,11 +3,12 @@
 //! * [`Segment`]: the underlay namespace of `common` (bridge `br0`, here with 192.0.2.1/24) and a
 //!   real etcd at [`Etcd::IP`] on it; one tap per VM on the bridge; QEMU runs inside that namespace,
 //!   so nothing touches the root namespace.
-//! * [`Vm`]: one QEMU (1 vCPU, 768 MiB, TCG unless `WEFT_VM_ACCEL=kvm`) booting the cached Debian
-//!   kernel with a busybox initramfs built here (see `guest/init`): the host's `/usr` and the
-//!   workspace's binaries read-only over 9p, a persistent per-VM directory at `/var/lib/weft`
-//!   (weftd's state and subnet.env survive reboots), weftd started by the guest's init from
-//!   `weftd.args` in that directory. Commands run through the agent on a virtio-serial port.
+//! * [`Vm`]: one QEMU (1 vCPU, 768 MiB; KVM only where a probe guest boots under it, else TCG)
+//!   booting the cached Debian kernel with a busybox initramfs built here (see `guest/init`): the
+//!   host's `/usr` and the workspace's binaries read-only over 9p, a persistent per-VM directory
+//!   at `/var/lib/weft` (weftd's state and subnet.env survive reboots), weftd started by the
+//!   guest's init from `weftd.args` in that directory. Commands run through the agent on a
+//!   virtio-serial port.
 //!
 //! QEMU is killed on drop, also when the test panics (and by the kernel when the test process
 //! dies: parent-death signal); its name carries the owner pid like every test-made name, so
