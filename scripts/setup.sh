@@ -95,8 +95,12 @@ else
     echo "setup.sh: fetching $kpkg for the VM tier into $VM_CACHE/kernel"
     mkdir -p "$VM_CACHE"
     fetch=$(mktemp -d "$VM_CACHE/fetch.XXXXXX")
-    chmod 755 "$fetch" # apt-get download hands the file to the _apt user
-    (cd "$fetch" && apt-get download -q -o APT::Sandbox::User=root "$kpkg")
+    if ! (cd "$fetch" && apt-get download -q -o APT::Sandbox::User=root "$kpkg"); then
+        # Stale package lists name a version the archive no longer has.
+        apt-get update -q
+        kpkg=$(vm_kernel_package)
+        (cd "$fetch" && apt-get download -q -o APT::Sandbox::User=root "$kpkg")
+    fi
     dpkg-deb -x "$fetch"/"$kpkg"_*.deb "$fetch/kernel"
     touch "$fetch/kernel/.unpacked-$kpkg"
     rm -rf "$VM_CACHE/kernel"
