@@ -345,16 +345,76 @@ fn vxlan_pods_reboot_and_power_loss() {
     vm_and_node_pods_talk(&vm1, "pa", &a, &np, "vxlan after power loss");
 }
 
+/// Sets up a static pod on `vm` (manifest, image archive and CNI config in its persistent
+/// directory) and returns weftd's pod flags. The pod's container writes the boot id to a hostPath
+/// volume, read by [`static_pod_boot`].
+fn static_pod_args(vm: &Vm) -> Vec<String> {
+    let state = vm.state_dir();
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/busybox-image.sh");
+    let out = Command::new("bash")
+        .args(["-c", "source \"$0\" && build_busybox_image \"$1\" \"$2\""])
+        .arg(&lib)
+        .arg(state.join("images.tar"))
+        .arg(state.join("image-scratch"))
+        .output()
+        .unwrap_or_else(|e| panic!("bash {}: {e}", lib.display()));
+    assert!(
+        out.status.success(),
+        "busybox image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for dir in ["manifests", "cni", "out"] {
+        std::fs::create_dir_all(state.join(dir)).unwrap_or_else(|e| panic!("mkdir {dir}: {e}"));
+    }
+    // The network and data dir of `Vm::add_pod`: one IPAM store for both kinds of pods.
+    let conf = r#"{"cniVersion":"1.0.0","name":"weft-vm","type":"weft","subnetFile":"/var/lib/weft/subnet.env","dataDir":"/run/cni-networks"}"#;
+    std::fs::write(state.join("cni/10-weft.conf"), conf)
+        .unwrap_or_else(|e| panic!("cni conf: {e}"));
+    let manifest = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"bootstamp"},
+"spec":{"containers":[{"name":"c","image":"busybox:latest",
+"command":["sh","-c","cat /proc/sys/kernel/random/boot_id > /out/boot; exec sleep 3600"],
+"volumeMounts":[{"name":"out","mountPath":"/out"}]}],
+"volumes":[{"name":"out","hostPath":{"path":"/var/lib/weft/out"}}]}}"#;
+    std::fs::write(state.join("manifests/bootstamp.json"), manifest)
+        .unwrap_or_else(|e| panic!("manifest: {e}"));
+    [
+        ("--pod-manifest-path", "/var/lib/weft/manifests"),
+        ("--cni-conf-dir", "/var/lib/weft/cni"),
+        ("--cni-bin-dir", "/opt/weft"),
+        ("--cni-cache-dir", "/run/cni-cache"),
+        ("--image-root", "/run/weft-images"),
+        ("--pod-root", "/run/weft-pods"),
+        ("--pod-log-dir", "/run/pod-logs"),
+    ]
+    .iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+    .collect()
+}
+
+/// Waits until the static pod of [`static_pod_args`] has run in `vm`'s current boot.
+fn static_pod_ran_this_boot(vm: &Vm, what: &str) {
+    let boot = vm.boot_id();
+    wait_until(Duration::from_secs(180), what, || {
+        std::fs::read_to_string(vm.state_dir().join("out/boot"))
+            .is_ok_and(|stamp| stamp.trim() == boot)
+    });
+}
+
 /// Scenario 4: the UDP backend, then (after a real reboot of both VMs into another network)
-/// host-gw, each with pod TCP both ways across the VMs.
+/// host-gw, each with pod TCP both ways across the VMs. Scenario 2's static pods: vm1 runs a
+/// static pod, and runs it again after the reboot.
 #[test]
-fn udp_then_host_gw_across_vms() {
+fn udp_then_host_gw_and_a_static_pod_across_reboot() {
     const UDP: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#;
     const HOST_GW_PREFIX: &str = "/weft-vm/host-gw";
     const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
     let _lock = vm_lock();
     let seg = Segment::new(UDP);
     let (vm1, vm2) = (seg.vm(1), seg.vm(2));
+    let pod_args = static_pod_args(&vm1);
+    let mut args = vm1.default_weftd_args(&seg.etcd.endpoint());
+    args.extend(pod_args.iter().cloned());
+    vm1.set_weftd_args(&args);
     eprintln!("boot of two VMs: {:?}", boot_all(&[&vm1, &vm2]));
 
     let (s1, s2) = (own_subnet(&vm1), own_subnet(&vm2));
@@ -367,11 +427,16 @@ fn udp_then_host_gw_across_vms() {
         Some(Value::from("udp"))
     );
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "udp");
+    static_pod_ran_this_boot(&vm1, "the static pod's container runs");
+    let first_boot = vm1.boot_id();
 
     seg.etcd.put(&format!("{HOST_GW_PREFIX}/config"), HOST_GW);
     for vm in [&vm1, &vm2] {
         let mut args = vm.default_weftd_args(&seg.etcd.endpoint());
         args.extend(["--etcd-prefix".to_string(), HOST_GW_PREFIX.to_string()]);
+        if vm.name() == vm1.name() {
+            args.extend(pod_args.iter().cloned());
+        }
         vm.set_weftd_args(&args);
     }
     eprintln!("reboot of two VMs: {:?}", reboot_all(&[&vm1, &vm2]));
@@ -389,71 +454,6 @@ fn udp_then_host_gw_across_vms() {
     });
     let (a, b) = (vm1.add_pod("pa"), vm2.add_pod("pb"));
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "host-gw");
-}
-
-/// Scenario 2, static pods: a static pod from the VM's manifest directory runs again after a
-/// guest reboot (its container writes the boot id to a hostPath volume).
-#[test]
-fn static_pod_back_after_reboot() {
-    let _lock = vm_lock();
-    let seg = Segment::new(VXLAN_CONFIG);
-    let vm = seg.vm(1);
-    let state = vm.state_dir();
-    let image = state.join("images.tar");
-    let scratch = state.join("image-scratch");
-    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/busybox-image.sh");
-    let out = Command::new("bash")
-        .args(["-c", "source \"$0\" && build_busybox_image \"$1\" \"$2\""])
-        .arg(&lib)
-        .arg(&image)
-        .arg(&scratch)
-        .output()
-        .unwrap_or_else(|e| panic!("bash {}: {e}", lib.display()));
-    assert!(
-        out.status.success(),
-        "busybox image: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for dir in ["manifests", "cni", "out"] {
-        std::fs::create_dir_all(state.join(dir)).unwrap_or_else(|e| panic!("mkdir {dir}: {e}"));
-    }
-    let conf = r#"{"cniVersion":"1.0.0","name":"weft","type":"weft","subnetFile":"/var/lib/weft/subnet.env","dataDir":"/run/cni-networks"}"#;
-    std::fs::write(state.join("cni/10-weft.conf"), conf)
-        .unwrap_or_else(|e| panic!("cni conf: {e}"));
-    let manifest = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"bootstamp"},
-"spec":{"containers":[{"name":"c","image":"busybox:latest",
-"command":["sh","-c","cat /proc/sys/kernel/random/boot_id > /out/boot; exec sleep 3600"],
-"volumeMounts":[{"name":"out","mountPath":"/out"}]}],
-"volumes":[{"name":"out","hostPath":{"path":"/var/lib/weft/out"}}]}}"#;
-    std::fs::write(state.join("manifests/bootstamp.json"), manifest)
-        .unwrap_or_else(|e| panic!("manifest: {e}"));
-    let mut args = vm.default_weftd_args(&seg.etcd.endpoint());
-    for (flag, value) in [
-        ("--pod-manifest-path", "/var/lib/weft/manifests"),
-        ("--cni-conf-dir", "/var/lib/weft/cni"),
-        ("--cni-bin-dir", "/opt/weft"),
-        ("--cni-cache-dir", "/run/cni-cache"),
-        ("--image-root", "/run/weft-images"),
-        ("--pod-root", "/run/weft-pods"),
-        ("--pod-log-dir", "/run/pod-logs"),
-    ] {
-        args.extend([flag.to_string(), value.to_string()]);
-    }
-    vm.set_weftd_args(&args);
-    eprintln!("boot of one VM: {:?}", vm.boot());
-    let stamp = || std::fs::read_to_string(state.join("out/boot")).unwrap_or_default();
-    let first = vm.boot_id();
-    wait_until(
-        Duration::from_secs(180),
-        "the static pod's container runs",
-        || stamp().trim() == first,
-    );
-    eprintln!("reboot of the VM: {:?}", vm.reboot());
-    let second = vm.boot_id();
-    assert_ne!(first, second);
-    wait_until(
-        Duration::from_secs(180),
-        "the static pod runs again after the reboot",
-        || stamp().trim() == second,
-    );
+    assert_ne!(vm1.boot_id(), first_boot);
+    static_pod_ran_this_boot(&vm1, "the static pod runs again after the reboot");
 }
