@@ -51,6 +51,9 @@ pub struct PodSummary {
     pub pod_ip: String,
     /// `metadata.creationTimestamp` (RFC 3339), for AGE.
     pub created: Option<String>,
+    /// `metadata.labels`, for `-l` and `--show-labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl PodSummary {
@@ -68,6 +71,7 @@ impl PodSummary {
             restarts: cols.restarts,
             pod_ip: pod.status.pod_ip.clone(),
             created: pod.metadata.creation_timestamp.clone(),
+            labels: pod.metadata.labels.clone(),
         }
     }
 }
@@ -389,6 +393,7 @@ mod tests {
             restarts: 0,
             pod_ip: "10.244.3.5".into(),
             created: Some("2026-12-03T08:00:00Z".into()),
+            labels: Default::default(),
         }
     }
 

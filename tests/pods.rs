@@ -2463,6 +2463,380 @@ fn manifest_url_flag_runs_its_pod_through_weftd() {
     node.kill_weftd();
 }
 
+/// Runs weftctl with the node's roots after `args`' subcommand words (`pre`), feeding `stdin`.
+fn weftctl_run(node: &PodNode, pre: &[&str], post: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let root = |p: &Path| p.display().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weftctl"))
+        .args(pre)
+        .args(["--pod-root", &root(&node.cfg.pod_root)])
+        .args(["--image-root", &root(&node.cfg.image_root)])
+        .args(["--pod-log-dir", &root(&node.cfg.pod_log_dir)])
+        .args(post)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("weftctl {pre:?}: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        // A command that does not read its input closes the pipe early; that is its business.
+        let _ = input.write_all(stdin);
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("weftctl {pre:?}: {e}"))
+}
+
+#[test]
+fn weftctl_exec_debug_and_label_selectors_on_a_running_pod() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "shell.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shell, namespace: NS, labels: {app: shell, tier: debug}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: busybox
+      command: ['sh', '-c', 'echo app-only > /tmp/mark; exec sleep 3600']
+      resources: {limits: {cpu: 500m, memory: 64Mi}}
+      env:
+        - {name: CPU_M, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}
+        - {name: CPU, valueFrom: {resourceFieldRef: {resource: requests.cpu}}}
+        - {name: MEM_MI, valueFrom: {resourceFieldRef: {containerName: app, resource: limits.memory, divisor: 1Mi}}}
+    - name: side
+      image: busybox
+      command: ['sleep', '3600']
+"#,
+    );
+    node.wait_status("shell", "Running");
+    let pod = format!("{}/shell", node.ns);
+    let exec = |post: &[&str], stdin: &[u8]| weftctl_run(&node, &["exec", &pod], post, stdin);
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    // The default container is the first app container (its own root filesystem).
+    let out = wait_for(WAIT, "mark written", || {
+        let o = exec(&["--", "cat", "/tmp/mark"], b"");
+        o.status.success().then_some(o)
+    });
+    assert_eq!(text(&out), "app-only\n");
+    // resourceFieldRef env: divided by the divisor, rounded up (the request defaults to the limit).
+    let out = exec(&["--", "sh", "-c", "echo $CPU_M $CPU $MEM_MI"], b"");
+    assert_eq!(text(&out), "500 1 64\n", "{out:?}");
+    // The exit code is passed through.
+    let out = exec(&["--", "sh", "-c", "echo out; exit 7"], b"");
+    assert_eq!((out.status.code(), text(&out)), (Some(7), "out\n".into()));
+    // -c picks the container; it shares the pod's UTS namespace.
+    let out = exec(
+        &["-c", "side", "--", "sh", "-c", "hostname; cat /tmp/mark"],
+        b"",
+    );
+    assert_eq!(text(&out), "shell\n", "{out:?}");
+    assert_eq!(out.status.code(), Some(1));
+    // -i passes stdin; without it the command reads nothing.
+    let out = exec(&["-i", "--", "cat"], b"hello from stdin\n");
+    assert_eq!(text(&out), "hello from stdin\n");
+    let out = exec(&["--", "cat"], b"not passed\n");
+    assert_eq!((out.status.code(), text(&out)), (Some(0), String::new()));
+    // -t gives the command a terminal when weftctl has one (script(1) provides it).
+    let root = |p: &Path| p.display().to_string();
+    let line = [
+        env!("CARGO_BIN_EXE_weftctl"),
+        "exec",
+        "-it",
+        &pod,
+        "--pod-root",
+        &root(&node.cfg.pod_root),
+        "--",
+        "test",
+        "-t",
+        "0",
+    ]
+    .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("script: {e}"));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Without a terminal -t is dropped with kubectl's warning.
+    let out = exec(&["-t", "--", "test", "-t", "0"], b"");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unable to use a TTY"),
+        "{out:?}"
+    );
+    // Bad names and unknown containers are refused with a clear error, nothing run.
+    for (args, want) in [
+        (&["-c", "../app", "--", "true"][..], "container name"),
+        (
+            &["-c", "nope", "--", "true"][..],
+            "container nope is not valid",
+        ),
+    ] {
+        let out = exec(args, b"");
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(want),
+            "{args:?}: {out:?}"
+        );
+    }
+    let out = weftctl_run(&node, &["exec", "Bad_Pod"], &["--", "true"], b"");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pod name"),
+        "{out:?}"
+    );
+
+    // A debug container joins the pod's network, IPC and UTS namespaces, with --target also the
+    // target's PID namespace; it is removed when it exits and its exit code is weftctl's.
+    let lines = |o: &std::process::Output| text(o).lines().map(str::to_string).collect::<Vec<_>>();
+    let probe = "hostname; for n in net ipc uts; do readlink /proc/self/ns/$n; done";
+    let in_app = exec(&["--", "sh", "-c", probe], b"");
+    let debug = |pre: &[&str], cmd: &str| {
+        weftctl_run(
+            &node,
+            &[&["debug", &pod, "--image", "busybox"], pre].concat(),
+            &["--", "sh", "-c", cmd],
+            b"",
+        )
+    };
+    let out = debug(
+        &[],
+        &format!("{probe}; ps -o args | grep -c '^sleep 3600'; exit 3"),
+    );
+    let seen = lines(&out);
+    assert_eq!(seen.len(), 5, "{out:?}");
+    assert_eq!(seen[..4], lines(&in_app)[..], "{out:?} vs {in_app:?}");
+    assert_eq!(
+        (seen[4].as_str(), out.status.code()),
+        ("0", Some(3)),
+        "{out:?}"
+    );
+    let out = debug(&["--target", "app"], "ps -o args | grep '^sleep 3600'");
+    assert_eq!(
+        (text(&out), out.status.code()),
+        ("sleep 3600\n".into(), Some(0)),
+        "{out:?}"
+    );
+    let rec = node
+        .record("shell")
+        .unwrap_or_else(|| panic!("shell record"));
+    let m = &rec.pod.metadata;
+    let id = PodId::new(&m.namespace, &m.name, &m.uid).unwrap_or_else(|e| panic!("{e}"));
+    let names = |dir: PathBuf| {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        n.sort();
+        n
+    };
+    let layout = node.cfg.layout();
+    assert_eq!(
+        names(layout.pod_dir(&id).join("containers")),
+        [format!("{}_app_0", m.uid), format!("{}_side_0", m.uid)]
+    );
+    assert_eq!(names(layout.log_dir(&id)), ["app", "side"]);
+    // Ended debug containers stay in the status, as Kubernetes keeps ephemeral containers'.
+    let list: serde_json::Value = serde_json::from_str(&text(&weftctl_run(
+        &node,
+        &["pods", "-o", "json"],
+        &[],
+        b"",
+    )))
+    .unwrap_or_else(|e| panic!("weftctl pods -o json: {e}"));
+    let eph = &list["items"][0]["status"]["ephemeralContainerStatuses"];
+    let ended: Vec<(bool, serde_json::Value)> = eph
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let named = s["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("debugger-"));
+                    (named, s["state"]["terminated"]["exitCode"].clone())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(ended, [(true, 3.into()), (true, 0.into())], "{eph}");
+    let out = debug(&["--target", "nope"], "true");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container nope is not valid"),
+        "{out:?}"
+    );
+    let out = weftctl_run(
+        &node,
+        &["debug", &pod, "--image", "no-such-image"],
+        &["--", "true"],
+        b"",
+    );
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no-such-image"),
+        "{out:?}"
+    );
+
+    // Label selectors and --show-labels on the live pod.
+    let pods = |sel: &str| {
+        text(&weftctl_run(
+            &node,
+            &["pods", "-l", sel, "--show-labels"],
+            &[],
+            b"",
+        ))
+    };
+    let listed = pods("app=shell,tier in (debug, web)");
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" shell ") && l.ends_with(" app=shell,tier=debug")),
+        "{listed}"
+    );
+    assert_eq!(pods("tier notin (debug)").lines().count(), 0);
+    assert_eq!(pods("!app").lines().count(), 0);
+    let out = weftctl_run(&node, &["pods", "-l", "app in ("], &[], b"");
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("invalid label selector"),
+        "{out:?}"
+    );
+
+    node.remove_manifest("shell.yaml");
+    wait_for(WAIT, "pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    node.assert_clean();
+}
+
+#[test]
+fn describe_pod_shows_the_pods_events_kept_in_its_directory() {
+    let node = PodNode::new();
+    node.put_manifest(
+        "ev.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ev, namespace: NS, labels: {app: ev}, annotations: {owner: ops}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: scratch, emptyDir: {}}]
+  containers:
+    - name: app
+      image: busybox
+      command: ['sleep', '3600']
+      livenessProbe: {exec: {command: [cat, /no/such/file]}, periodSeconds: 1, failureThreshold: 1}
+      volumeMounts: [{name: scratch, mountPath: /scratch}]
+"#,
+    );
+    let pod = format!("{}/ev", node.ns);
+    wait_for(WAIT, "pod ev recorded", || node.record("ev"));
+    let describe = || {
+        let out = weftctl_run(&node, &["describe", "pod", &pod], &[], b"");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = wait_for(WAIT, "Unhealthy, Killing and BackOff events", || {
+        let d = describe();
+        ["Unhealthy", "Killing", "BackOff"]
+            .iter()
+            .all(|r| d.contains(r))
+            .then_some(d)
+    });
+    for want in [
+        "Labels:           app=ev\n",
+        "Annotations:      owner=ops\n",
+        "QoS Class:        BestEffort\n",
+        "    Liveness:       exec [cat /no/such/file] delay=0s timeout=1s period=1s #success=1 #failure=1\n",
+        "      /scratch from scratch (rw)\n",
+        "Normal   Pulled",
+        "Container image \"busybox\" already present on machine",
+        "Normal   Created",
+        "Started container app",
+        "Warning  Unhealthy",
+        "Liveness probe failed",
+        "Container app failed Liveness probe, will be restarted",
+        "Back-off restarting failed container app in pod ev",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    assert!(text.contains("Last State:     Terminated"), "{text}");
+    let rec = node.record("ev").unwrap_or_else(|| panic!("ev record"));
+    let m = &rec.pod.metadata;
+    let id = PodId::new(&m.namespace, &m.name, &m.uid).unwrap_or_else(|e| panic!("{e}"));
+    let file = node.cfg.layout().events(&id);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let out = weftctl_run(&node, &["describe", "pod", "Bad_Name"], &[], b"");
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("pod name"),
+        "{out:?}"
+    );
+
+    node.remove_manifest("ev.yaml");
+    wait_for(WAIT, "pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    assert!(!file.exists(), "events outlived the pod");
+    node.assert_clean();
+}
+
+/// A manifest of docs/examples, put in this test's namespace.
+fn example(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/examples")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.replacen("metadata:\n", "metadata:\n  namespace: NS\n", 1)
+}
+
+#[test]
+fn docs_examples_init_copies_the_app_a_sidecar_collects_the_log_an_adapter_translates() {
+    let node = PodNode::new();
+    node.put_manifest("javaweb.yaml", &example("init-copies-app.yaml"));
+    node.put_manifest("sidecar.yaml", &example("sidecar-log-collector.yaml"));
+    // The copied application is what the server serves.
+    let rec = node.wait_status("javaweb", "Running");
+    let ip = rec.pod.status.pod_ip.clone();
+    let body = wait_for(WAIT, "the copied app served", || {
+        fetch_from_node(&node, &ip)
+    });
+    assert_eq!(body, "sample app, copied by the init container\n");
+    // The application's log lines come out of the collector's stdout.
+    let rec = node.wait_status("sidecar-logs", "Running");
+    let log = node.wait_log(&rec, "collector", "request 3 served");
+    assert!(
+        log.starts_with("request 1 served\nrequest 2 served\n"),
+        "{log:?}"
+    );
+    // The adapter serves the application's statistics in the other format.
+    node.put_manifest("adapter.yaml", &example("adapter.yaml"));
+    let rec = node.wait_status("adapter", "Running");
+    let ip = rec.pod.status.pod_ip.clone();
+    let body = wait_for(WAIT, "adapted statistics", || {
+        fetch_from_node(&node, &ip).filter(|b| !b.is_empty() && !b.contains("404"))
+    });
+    assert_eq!(body, "requests_total 42\nerrors_total 1\n");
+    node.remove_manifest("javaweb.yaml");
+    node.remove_manifest("sidecar.yaml");
+    node.remove_manifest("adapter.yaml");
+    wait_for(WAIT, "pods removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    node.assert_clean();
+}
+
 /// A pod whose sandbox lost its namespace files while the controller was away (as a pod of an
 /// older weftd, which held its namespaces through `/proc`, has none) gets a new sandbox once on
 /// adoption, keeping its UID and restart counts, and serves again; the old pause is gone.

@@ -44,6 +44,17 @@ enum Command {
     Pods(PodsCommand),
     /// Print a pod container's log (`-c CONTAINER`, `--previous`).
     Logs(weft::pod::cli::LogsArgs),
+    /// Run a command in a running container of a pod on this node, like `kubectl exec`:
+    /// `weftctl exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]`. The command's exit
+    /// code is weftctl's.
+    Exec(ExecArgs),
+    /// Run an ephemeral debug container in a pod on this node, like `kubectl debug --image`:
+    /// it joins the pod's network, IPC and UTS namespaces (and `--target`'s PID namespace),
+    /// prints its output, is removed when it exits, and its exit code is weftctl's.
+    Debug(DebugArgs),
+    /// Show a pod on this node like `kubectl describe pod`: labels, annotations, node, IP, QoS
+    /// class, containers (state, last state, restarts, probes, mounts) and the pod's events.
+    Describe(DescribeArgs),
     /// Read, check and change the network config in etcd (`<prefix>/config`).
     Network(NetworkArgs),
     /// This node's weftd: lease and expiry, backend, readiness, peers, last reconcile.
@@ -65,6 +76,72 @@ struct PodsCommand {
     all: bool,
     #[command(flatten)]
     etcd: EtcdArgs,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// Where the node keeps pods.
+    #[command(flatten)]
+    paths: weft::pod::cli::PodPaths,
+    /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
+    pod: String,
+    /// The container (default: the pod's first app container).
+    #[arg(short = 'c', long = "container")]
+    container: Option<String>,
+    /// The pod's namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    namespace: String,
+    /// Pass stdin to the command (without it the command reads an empty input).
+    #[arg(short = 'i', long = "stdin")]
+    stdin: bool,
+    /// Give the command a terminal (needs one on weftctl's stdin, as `kubectl exec -t`).
+    #[arg(short = 't', long = "tty")]
+    tty: bool,
+    /// The OCI runtime weftd runs containers with (weftd's --oci-runtime).
+    #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = "runc")]
+    oci_runtime: PathBuf,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct DebugArgs {
+    /// Where the node keeps pods and images.
+    #[command(flatten)]
+    paths: weft::pod::cli::PodPaths,
+    /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
+    pod: String,
+    /// The debug container's image (imported with `weftctl image import`).
+    #[arg(long)]
+    image: String,
+    /// A container whose PID namespace the debug container joins (its processes become visible).
+    #[arg(long)]
+    target: Option<String>,
+    /// The pod's namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    namespace: String,
+    /// The OCI runtime weftd runs containers with (weftd's --oci-runtime).
+    #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = "runc")]
+    oci_runtime: PathBuf,
+    /// The command and its arguments, after `--` (default: the image's).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct DescribeArgs {
+    /// Where the node keeps pods.
+    #[command(flatten)]
+    paths: weft::pod::cli::PodPaths,
+    /// The kind of object: `pod` (also `pods`, `po`).
+    #[arg(value_parser = ["pod", "pods", "po"])]
+    kind: String,
+    /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
+    pod: String,
+    /// The pod's namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    namespace: String,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +220,15 @@ enum CtlError {
     Image(#[from] weft::pod::image::ImageError),
     #[error("{0}")]
     Pods(#[from] weft::pod::cli::CliError),
+    #[error("{0}")]
+    Exec(#[from] weft::pod::exec::ExecError),
+    #[error("{0}")]
+    Debug(#[from] weft::pod::debug::DebugError),
+    #[error("run {runtime}: {source}")]
+    Spawn {
+        runtime: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     InvalidConfig(#[from] weft::netconf::InvalidConfig),
     #[error("read {path}: {source}")]
@@ -245,6 +331,17 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    let direct = match &cli.command {
+        Command::Exec(args) => Some(exec(args)),
+        Command::Debug(args) => Some(debug(args)),
+        _ => None,
+    };
+    if let Some(result) = direct {
+        return result.unwrap_or_else(|e| {
+            eprintln!("weftctl: {e}");
+            ExitCode::FAILURE
+        });
+    }
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -270,6 +367,9 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             &mut std::io::stderr(),
         )?),
         Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
+        Command::Exec(args) => exec(&args).map(|_| ()),
+        Command::Debug(args) => debug(&args).map(|_| ()),
+        Command::Describe(args) => describe(&args),
         Command::Network(args) => network(args.command).await,
         Command::Status(args) => {
             let status = weft::status::fetch(&args.socket)?;
@@ -362,10 +462,95 @@ async fn network(command: NetworkCommand) -> Result<(), CtlError> {
     }
 }
 
+/// `weftctl exec`: the OCI runtime's `exec` in the container, its exit code passed through.
+fn exec(args: &ExecArgs) -> Result<ExitCode, CtlError> {
+    use std::io::IsTerminal;
+    use std::process::Stdio;
+    let layout = weft::pod::layout::PodLayout::new(&args.paths.pod_root, &args.paths.pod_log_dir);
+    let target = weft::pod::exec::resolve(
+        &layout,
+        &args.pod,
+        &args.namespace,
+        args.container.as_deref(),
+    )?;
+    // As kubectl: a terminal is only given when there is one to drive it.
+    let tty = args.tty && std::io::stdin().is_terminal();
+    if args.tty && !tty {
+        eprintln!("Unable to use a TTY - input is not a terminal or the right kind of file");
+    }
+    let argv = weft::pod::exec::runtime_args(&target, tty, &args.command)?;
+    let stdin = if args.stdin || tty {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    let status = std::process::Command::new(&args.oci_runtime)
+        .args(argv)
+        .stdin(stdin)
+        .status()
+        .map_err(|source| CtlError::Spawn {
+            runtime: args.oci_runtime.clone(),
+            source,
+        })?;
+    // A command killed by a signal exits 128+signal, as a shell reports it.
+    let code = status
+        .code()
+        .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
+        .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `weftctl debug`: the debug container's output, its exit code passed through.
+fn debug(args: &DebugArgs) -> Result<ExitCode, CtlError> {
+    let layout = weft::pod::layout::PodLayout::new(&args.paths.pod_root, &args.paths.pod_log_dir);
+    let images = weft::pod::image::ImageStore::open(&args.paths.image_root)?;
+    let req = weft::pod::debug::DebugRequest {
+        pod: args.pod.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+        target: args.target.clone(),
+        command: args.command.clone(),
+    };
+    let code = weft::pod::debug::run(
+        &layout,
+        &images,
+        &args.oci_runtime.to_string_lossy(),
+        &req,
+        &mut std::io::stdout(),
+    )?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `weftctl describe pod`: the pod's record and events as kubectl describes a pod.
+fn describe(args: &DescribeArgs) -> Result<(), CtlError> {
+    use weft::pod::exec::{pod_ref, ExecError};
+    let layout = weft::pod::layout::PodLayout::new(&args.paths.pod_root, &args.paths.pod_log_dir);
+    let (ns, name) = pod_ref(&args.pod, &args.namespace)?;
+    let pods = weft::pod::cli::read_pods(layout.pod_root())?;
+    let rec = pods
+        .iter()
+        .find(|r| r.pod.metadata.namespace == ns && r.pod.metadata.name == name)
+        .ok_or_else(|| ExecError::NoPod {
+            pod: format!("{ns}/{name}"),
+            root: layout.pod_root().to_path_buf(),
+        })?;
+    let id =
+        weft::pod::layout::PodId::new(ns, name, &rec.pod.metadata.uid).map_err(ExecError::from)?;
+    let events = weft::pod::events::read(&layout.events(&id));
+    print!(
+        "{}",
+        weft::pod::describe::describe_pod(rec, &events, SystemTime::now())
+    );
+    Ok(())
+}
+
 /// `weftctl pods -A`: every node's published pods.
 async fn cluster_pods(args: &PodsCommand) -> Result<(), CtlError> {
     let store = EtcdStore::connect(&args.etcd.options()).await?;
-    let (pods, errors) = podview::list_cluster(&store).await?;
+    let selector = weft::pod::selector::parse(args.local.selector.as_deref().unwrap_or(""))
+        .map_err(weft::pod::cli::CliError::from)?;
+    let (mut pods, errors) = podview::list_cluster(&store).await?;
+    pods.retain(|p| selector.matches(&p.labels));
     for e in &errors {
         eprintln!("weftctl: skipping {}", podview::printable(&e.to_string()));
     }
@@ -375,13 +560,17 @@ async fn cluster_pods(args: &PodsCommand) -> Result<(), CtlError> {
             serde_json::to_string_pretty(&pods).unwrap_or_else(|_| "[]".to_string())
         ),
         _ if pods.is_empty() => eprintln!("No pods found."),
-        _ => print!("{}", render_cluster_pods(&pods, SystemTime::now())),
+        _ => print!(
+            "{}",
+            render_cluster_pods(&pods, SystemTime::now(), args.local.show_labels)
+        ),
     }
     Ok(())
 }
 
-/// `kubectl get pods -A -o wide`'s columns, text made safe for a terminal.
-fn render_cluster_pods(pods: &[PodSummary], now: SystemTime) -> String {
+/// `kubectl get pods -A -o wide`'s columns (and LABELS when `show_labels`), text made safe for
+/// a terminal.
+fn render_cluster_pods(pods: &[PodSummary], now: SystemTime, show_labels: bool) -> String {
     let none = |s: &str| {
         if s.is_empty() {
             "<none>".to_string()
@@ -401,7 +590,7 @@ fn render_cluster_pods(pods: &[PodSummary], now: SystemTime) -> String {
                     || "<unknown>".to_string(),
                     weft::pod::status::human_duration,
                 );
-            vec![
+            let mut row = vec![
                 podview::printable(&p.namespace),
                 podview::printable(&p.name),
                 podview::printable(&p.ready),
@@ -410,22 +599,27 @@ fn render_cluster_pods(pods: &[PodSummary], now: SystemTime) -> String {
                 age,
                 none(&p.pod_ip),
                 podview::printable(&p.node),
-            ]
+            ];
+            if show_labels {
+                row.push(podview::printable(&weft::pod::cli::labels_cell(&p.labels)));
+            }
+            row
         })
         .collect();
-    render_columns(
-        &[
-            "NAMESPACE",
-            "NAME",
-            "READY",
-            "STATUS",
-            "RESTARTS",
-            "AGE",
-            "IP",
-            "NODE",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "NAMESPACE",
+        "NAME",
+        "READY",
+        "STATUS",
+        "RESTARTS",
+        "AGE",
+        "IP",
+        "NODE",
+    ];
+    if show_labels {
+        header.push("LABELS");
+    }
+    render_columns(&header, &rows)
 }
 
 /// The text of `file`, `-` meaning stdin; with the name errors should give.
@@ -928,16 +1122,27 @@ mod tests {
             restarts: 2,
             pod_ip: ip.into(),
             created: Some("2026-11-28T06:00:00Z".into()),
+            labels: [("app".to_string(), ns.to_string())].into(),
         };
         let pods = [
             pod("default", "web", "node1", "10.244.3.5"),
             pod("kube-system", "dns\u{1b}[2J", "node2", ""),
         ];
         assert_eq!(
-            render_cluster_pods(&pods, at(1_795_848_186)),
+            render_cluster_pods(&pods, at(1_795_848_186), false),
             "NAMESPACE    NAME     READY  STATUS   RESTARTS  AGE  IP          NODE\n\
              default      web      1/1    Running  2         43m  10.244.3.5  node1\n\
              kube-system  dns?[2J  1/1    Running  2         43m  <none>      node2\n"
+        );
+        let with_labels = render_cluster_pods(&pods[..1], at(1_795_848_186), true);
+        assert!(
+            with_labels
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with("NODE   LABELS")
+                && with_labels.ends_with("node1  app=default\n"),
+            "{with_labels}"
         );
     }
 

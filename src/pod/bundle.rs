@@ -172,6 +172,9 @@ pub struct SandboxPaths {
     pub resolv_conf: PathBuf,
     /// The pod's `/etc/hostname`.
     pub hostname: PathBuf,
+    /// A PID namespace to join instead of a new one (an ephemeral container targeting another).
+    #[serde(default)]
+    pub pid_ns: Option<PathBuf>,
 }
 
 /// The process argv by Kubernetes rules: `command` replaces Entrypoint, `args` replaces Cmd, and
@@ -348,7 +351,9 @@ pub fn oci_config(
         mounts.push(bind(&m.source, &m.destination, m.read_only));
     }
     let mut namespaces = Vec::new();
-    if !sec.host.pid {
+    if let Some(path) = &sandbox.pid_ns {
+        namespaces.push(json!({"type": "pid", "path": path}));
+    } else if !sec.host.pid {
         namespaces.push(json!({"type": "pid"}));
     }
     namespaces.push(json!({"type": "mount"}));
@@ -477,6 +482,7 @@ mod tests {
             hosts: "/pods/x/etc/hosts".into(),
             resolv_conf: "/pods/x/etc/resolv.conf".into(),
             hostname: "/pods/x/etc/hostname".into(),
+            pid_ns: None,
         }
     }
 

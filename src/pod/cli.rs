@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::crilog::log_text;
-use super::layout::{LayoutError, PodId, PodLayout, INVALID_FILE};
+use super::layout::{LayoutError, PodId, PodLayout, EPHEMERAL_FILE, INVALID_FILE};
 use super::status::{self, PodRecord};
 
 /// The on-disk locations shared by weftd's pod runtime and weftctl.
@@ -34,6 +34,13 @@ pub struct PodsArgs {
     /// Output format: `wide` (the default table) or `json` (a v1 PodList).
     #[arg(short = 'o', long = "output", default_value = "wide")]
     pub output: String,
+    /// Only pods whose labels match, as `kubectl -l`: `app=web`, `app==web`, `tier!=db`,
+    /// `env in (prod,qa)`, `env notin (dev)`, `app` (present), `!canary` (absent), joined by `,`.
+    #[arg(short = 'l', long = "selector")]
+    pub selector: Option<String>,
+    /// Add a LABELS column (`key=value,...`).
+    #[arg(long = "show-labels")]
+    pub show_labels: bool,
 }
 
 /// `weftctl logs POD [-c CONTAINER] [--previous]`.
@@ -97,6 +104,9 @@ pub enum CliError {
     /// The pod or container named in a status file cannot name a path.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// A `-l` selector that does not parse.
+    #[error(transparent)]
+    Selector(#[from] super::selector::SelectorError),
     /// An unknown `-o` value.
     #[error("unsupported output format {0:?} (supported: wide, json)")]
     Output(String),
@@ -119,7 +129,10 @@ pub fn read_pods(pod_root: &Path) -> Result<Vec<PodRecord>, CliError> {
     for entry in entries.flatten() {
         let dir = entry.path();
         if dir.join(status::STATUS_FILE).is_file() {
-            pods.push(status::read_record(&dir)?);
+            let mut record = status::read_record(&dir)?;
+            record.pod.status.ephemeral_container_statuses =
+                super::debug::read_ephemeral(&dir.join(EPHEMERAL_FILE));
+            pods.push(record);
         }
     }
     pods.sort_by(|a, b| {
@@ -144,6 +157,20 @@ pub fn read_invalid(pod_root: &Path) -> Vec<InvalidManifest> {
 
 /// The `kubectl get pods -o wide`-like table (NAMESPACE first when a pod is outside `default`).
 pub fn pods_table(pods: &[PodRecord], now: SystemTime) -> String {
+    pods_table_labels(pods, now, false)
+}
+
+/// Labels as `kubectl --show-labels` prints them: `k=v` joined by `,` in key order, or `<none>`.
+pub fn labels_cell(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".to_string();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+/// [`pods_table`], with a LABELS column when `show_labels`.
+pub fn pods_table_labels(pods: &[PodRecord], now: SystemTime, show_labels: bool) -> String {
     let with_ns = pods.iter().any(|r| r.pod.metadata.namespace != "default");
     let mut rows = vec![vec![
         "NAME".to_string(),
@@ -156,6 +183,9 @@ pub fn pods_table(pods: &[PodRecord], now: SystemTime) -> String {
     ]];
     if with_ns {
         rows[0].insert(0, "NAMESPACE".into());
+    }
+    if show_labels {
+        rows[0].push("LABELS".into());
     }
     for r in pods {
         let p = &r.pod;
@@ -181,6 +211,9 @@ pub fn pods_table(pods: &[PodRecord], now: SystemTime) -> String {
         ];
         if with_ns {
             row.insert(0, p.metadata.namespace.clone());
+        }
+        if show_labels {
+            row.push(labels_cell(&p.metadata.labels));
         }
         rows.push(row);
     }
@@ -220,7 +253,9 @@ pub fn pod_list_json(pods: &[PodRecord]) -> serde_json::Value {
 
 /// `weftctl pods`: the table (and invalid manifests on `err`) or the JSON list on `out`.
 pub fn pods(args: &PodsArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
-    let pods = read_pods(&args.paths.pod_root)?;
+    let selector = super::selector::parse(args.selector.as_deref().unwrap_or(""))?;
+    let mut pods = read_pods(&args.paths.pod_root)?;
+    pods.retain(|r| selector.matches(&r.pod.metadata.labels));
     let io = |source| CliError::Io {
         op: "write",
         path: PathBuf::from("<stdout>"),
@@ -236,8 +271,8 @@ pub fn pods(args: &PodsArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
             if pods.is_empty() {
                 writeln!(err, "No pods found in {}.", args.paths.pod_root.display()).map_err(io)?;
             } else {
-                out.write_all(pods_table(&pods, SystemTime::now()).as_bytes())
-                    .map_err(io)?;
+                let table = pods_table_labels(&pods, SystemTime::now(), args.show_labels);
+                out.write_all(table.as_bytes()).map_err(io)?;
             }
             for bad in read_invalid(&args.paths.pod_root) {
                 writeln!(err, "invalid manifest {}: {}", bad.file, bad.error).map_err(io)?;
@@ -364,6 +399,78 @@ mod tests {
         );
         assert!(t.starts_with("NAMESPACE     NAME"), "{t}");
         assert!(t.contains("<none>"), "{t}");
+    }
+
+    #[test]
+    fn selector_filters_and_show_labels_adds_a_column() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = PodPaths {
+            pod_root: root.path().join("pods"),
+            image_root: root.path().join("images"),
+            pod_log_dir: root.path().join("logs"),
+        };
+        let layout = PodLayout::new(&paths.pod_root, &paths.pod_log_dir);
+        for (name, labels) in [
+            ("web", &[("app", "web"), ("tier", "front")][..]),
+            ("db", &[("app", "db")][..]),
+            ("bare", &[][..]),
+        ] {
+            let mut rec = record("default", name, "10.244.1.5");
+            rec.pod.metadata.uid = format!("uid-{name}");
+            rec.pod.metadata.labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let dir = layout.pod_dir(&PodId::new("default", name, &rec.pod.metadata.uid).unwrap());
+            std::fs::create_dir_all(&dir).unwrap();
+            status::write_record(&dir, &rec).unwrap();
+        }
+        let run = |selector: Option<&str>, show_labels: bool| {
+            let args = PodsArgs {
+                paths: paths.clone(),
+                output: "wide".into(),
+                selector: selector.map(str::to_string),
+                show_labels,
+            };
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            pods(&args, &mut out, &mut err).map(|()| {
+                let names: Vec<String> = String::from_utf8(out)
+                    .unwrap()
+                    .lines()
+                    .skip(1)
+                    .map(|l| {
+                        let cols: Vec<&str> = l.split_whitespace().collect();
+                        format!(
+                            "{} {}",
+                            cols[0],
+                            if show_labels {
+                                cols[cols.len() - 1]
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect();
+                names.join(";")
+            })
+        };
+        assert_eq!(run(None, false).unwrap(), "bare ;db ;web ");
+        assert_eq!(run(Some("app=web"), false).unwrap(), "web ");
+        assert_eq!(
+            run(Some("app in (web,db),tier notin (front)"), false).unwrap(),
+            "db "
+        );
+        assert_eq!(run(Some("!app"), false).unwrap(), "bare ");
+        assert_eq!(
+            run(Some("app!=web"), true).unwrap(),
+            "bare <none>;db app=db"
+        );
+        assert_eq!(
+            run(Some("app"), true).unwrap(),
+            "db app=db;web app=web,tier=front"
+        );
+        let e = run(Some("app in (web"), false).unwrap_err().to_string();
+        assert!(e.contains("invalid label selector \"app in (web\""), "{e}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!
 //! ```text
 //! <pod-root>/<ns>_<name>_<uid>/                     pod.json, sandbox.json, status.json, runc/, …
+//! <pod-root>/<ns>_<name>_<uid>/ephemeral-containers.json   debug containers' statuses
+//! <pod-root>/<ns>_<name>_<uid>/events.json                 the pod's events (0600)
 //! <pod-root>/<ns>_<name>_<uid>/volumes/<volume>/    emptyDir and downwardAPI volumes
 //! <pod-root>/invalid-manifests.json                 manifests that failed to load
 //! <log-root>/<ns>_<name>_<uid>/<container>/<restart>.log
@@ -18,6 +20,12 @@ use std::path::{Component, Path, PathBuf};
 
 /// The file under the pod root listing the manifests that failed to load.
 pub const INVALID_FILE: &str = "invalid-manifests.json";
+
+/// The file in a pod's directory holding its ephemeral (debug) containers' statuses.
+pub const EPHEMERAL_FILE: &str = "ephemeral-containers.json";
+
+/// The file in a pod's directory holding its events.
+pub const EVENTS_FILE: &str = "events.json";
 
 /// Mode of the per-pod and per-container log directories: weftd's group may list them, other
 /// users may not (container output can hold anything).
@@ -226,6 +234,16 @@ impl PodLayout {
         item: &str,
     ) -> Result<PathBuf, LayoutError> {
         contained(&self.volume_dir(pod, volume)?, item)
+    }
+
+    /// The pod's ephemeral containers' statuses ([`EPHEMERAL_FILE`]).
+    pub fn ephemeral_containers(&self, pod: &PodId) -> PathBuf {
+        self.pod_dir(pod).join(EPHEMERAL_FILE)
+    }
+
+    /// The pod's events ([`EVENTS_FILE`]).
+    pub fn events(&self, pod: &PodId) -> PathBuf {
+        self.pod_dir(pod).join(EVENTS_FILE)
     }
 
     /// The pod's log directory.

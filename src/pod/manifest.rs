@@ -232,6 +232,23 @@ pub struct EnvVarSource {
     /// `fieldRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_ref: Option<FieldRef>,
+    /// `resourceFieldRef`: a cpu or memory request or limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldRef>,
+}
+
+/// `valueFrom.resourceFieldRef`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceFieldRef {
+    /// The container whose resources are read (in `env`: this container when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// One of [`super::downward::RESOURCE_FIELDS`].
+    pub resource: String,
+    /// What the value is divided by (`1m`, `1Mi`, ...; `1` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divisor: Option<resources::Quantity>,
 }
 
 /// `valueFrom.fieldRef`.
@@ -808,6 +825,28 @@ fn validate_volumes(volumes: &[Volume]) -> Result<BTreeSet<&str>, FieldError> {
     Ok(names)
 }
 
+/// Checks an env `resourceFieldRef`: a known resource, a divisor Kubernetes accepts, and no
+/// other container than this one (a node without an API server resolves only its own).
+fn check_resource_field(at: &str, src: &EnvVarSource, c: &Container) -> Result<(), FieldError> {
+    let Some(r) = &src.resource_field_ref else {
+        return Ok(());
+    };
+    if let Some(name) = r.container_name.as_deref().filter(|n| *n != c.name) {
+        return err(
+            format!("{at}.containerName"),
+            format!("{name:?}: only the container's own resources can be read"),
+        );
+    }
+    let probe = resources::ContainerResources::default();
+    let node = super::downward::NodeAllocatable {
+        cpu_milli: 1000,
+        memory_bytes: 1,
+    };
+    super::downward::resource_field_value(&r.resource, r.divisor.as_ref(), &probe, node)
+        .map(|_| ())
+        .or_else(|e| err(at.to_string(), e.to_string()))
+}
+
 fn validate_container(at: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result<(), FieldError> {
     check_dns_label(&format!("{at}.name"), &c.name).map_err(name_error)?;
     if c.image.trim().is_empty() {
@@ -836,6 +875,9 @@ fn validate_container(at: &str, c: &Container, volumes: &BTreeSet<&str>) -> Resu
         match (&e.value, &e.value_from) {
             (Some(_), Some(_)) => return err(at, "value and valueFrom are exclusive"),
             (_, Some(src)) => match &src.field_ref {
+                None if src.resource_field_ref.is_some() => {
+                    check_resource_field(&format!("{at}.valueFrom.resourceFieldRef"), src, c)?
+                }
                 Some(f) if DOWNWARD_FIELDS.contains(&f.field_path.as_str()) => {}
                 Some(f) => {
                     return err(
@@ -849,7 +891,7 @@ fn validate_container(at: &str, c: &Container, volumes: &BTreeSet<&str>) -> Resu
                 None => {
                     return err(
                         format!("{at}.valueFrom"),
-                        "only fieldRef is supported on a node without an API server",
+                        "only fieldRef and resourceFieldRef are supported on a node without an API server",
                     )
                 }
             },
@@ -939,6 +981,7 @@ enum Shape {
     Env,
     ValueFrom,
     FieldRef,
+    ResourceFieldRef,
     Port,
     Mount,
     Volume,
@@ -1012,7 +1055,15 @@ fn known_fields(shape: Shape) -> &'static [(&'static str, Field)] {
             ("value", Leaf),
             ("valueFrom", Obj(Shape::ValueFrom)),
         ],
-        Shape::ValueFrom => &[("fieldRef", Obj(Shape::FieldRef))],
+        Shape::ValueFrom => &[
+            ("fieldRef", Obj(Shape::FieldRef)),
+            ("resourceFieldRef", Obj(Shape::ResourceFieldRef)),
+        ],
+        Shape::ResourceFieldRef => &[
+            ("containerName", Leaf),
+            ("resource", Leaf),
+            ("divisor", Leaf),
+        ],
         Shape::FieldRef => &[("fieldPath", Leaf), ("apiVersion", Leaf)],
         Shape::Port => &[("containerPort", Leaf), ("name", Leaf), ("protocol", Leaf)],
         Shape::Mount => &[("name", Leaf), ("mountPath", Leaf), ("readOnly", Leaf)],
@@ -1095,6 +1146,36 @@ spec:
       image: busybox
       command: ["sh", "-c", "echo Hello Kubernetes! && sleep 3600"]
 "#;
+
+    #[test]
+    fn resource_field_refs_are_checked() {
+        let pod = |env: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n    - name: app\n      image: busybox\n      env: [{{name: X, valueFrom: {{resourceFieldRef: {env}}}}}]\n")
+        };
+        let parse = |env: &str| parse_manifest(Path::new("/m/p.yaml"), pod(env).as_bytes());
+        assert!(parse("{resource: limits.memory, divisor: 1Mi}").is_ok());
+        assert!(parse("{resource: requests.cpu, divisor: 1m, containerName: app}").is_ok());
+        for (env, want) in [
+            (
+                "{resource: limits.memory, divisor: 3Mi}",
+                "divisor \"3Mi\" is not valid",
+            ),
+            (
+                "{resource: limits.storage}",
+                "\"limits.storage\" is not supported",
+            ),
+            (
+                "{resource: limits.cpu, containerName: other}",
+                "containerName",
+            ),
+        ] {
+            let e = match parse(env) {
+                Ok(_) => panic!("{env} accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(want), "{env}: {e}");
+        }
+    }
 
     #[test]
     fn parses_the_classic_myapp_pod_with_defaults() {

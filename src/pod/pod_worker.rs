@@ -24,9 +24,11 @@ use super::backoff::Backoff;
 use super::bundle::{container_user, ContainerSpec, MountSpec};
 use super::cni::{load_network, Attachment, CniRuntime, POD_IFNAME};
 use super::controller::PodConfig;
+use super::downward;
+use super::events::{self, EventType};
 use super::image::ImageStore;
 use super::layout::{container_id, LayoutError, PodId, PodLayout};
-use super::manifest::{Container, ParsedManifest, Pod, RestartPolicy};
+use super::manifest::{Container, ParsedManifest, Pod, ResourceFieldRef, RestartPolicy};
 use super::probe::{ProbeKind, ProbeTarget, ProbeTracker};
 use super::resources::{self, ContainerResources, QosClass};
 use super::runtime::{ContainerHandle, ExitStatus, OciRuntime};
@@ -620,6 +622,11 @@ impl PodRun {
     /// restart counts (their next run counts as a restart) and init containers run again.
     fn recreate_sandbox(&mut self, reason: &str) {
         tracing::warn!(event = "SandboxChanged", reason = %reason, "pod sandbox changed, it will be killed and re-created");
+        self.event(
+            EventType::Normal,
+            "SandboxChanged",
+            "Pod sandbox changed, it will be killed and re-created.",
+        );
         self.record.pod.status.message = format!("SandboxChanged: {reason}");
         let grace = Duration::from_secs(self.state.grace_seconds);
         let running: Vec<(String, String)> = self
@@ -830,6 +837,13 @@ impl PodRun {
             }
         };
         tracing::info!(container = %name, code = exit.code, reason = exit.reason.as_str(), "container exited");
+        if exit.reason.as_str() == "OOMKilled" {
+            self.event(
+                EventType::Warning,
+                "OOMKilled",
+                &format!("Container {name} was OOM-killed (exit code {})", exit.code),
+            );
+        }
         let started = exit.started_at.map(rfc3339).unwrap_or_default();
         let mut term = ContainerState::terminated(exit.code, &started, &rfc3339(exit.finished_at));
         if let Some(t) = term.terminated.as_mut() {
@@ -880,6 +894,11 @@ impl PodRun {
             );
         }
         tracing::info!(container = %name, delay = ?delay, "container restart scheduled");
+        self.event(
+            EventType::Warning,
+            "BackOff",
+            &format!("Back-off restarting failed container {name} in pod {pod_name}"),
+        );
     }
 
     fn start_if_due(&mut self, c: &Container) {
@@ -921,9 +940,24 @@ impl PodRun {
                     s.ready = !has_readiness && !has_startup;
                 }
                 tracing::info!(container = %c.name, id = %id, restart, "container started");
+                self.event(
+                    EventType::Normal,
+                    "Created",
+                    &format!("Created container {}", c.name),
+                );
+                self.event(
+                    EventType::Normal,
+                    "Started",
+                    &format!("Started container {}", c.name),
+                );
             }
             Err((reason, message)) => {
                 tracing::warn!(container = %c.name, reason = %reason, error = %message, "start container");
+                self.event(
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Error: {reason}: {message}"),
+                );
                 let delay = self
                     .state
                     .backoff
@@ -958,6 +992,11 @@ impl PodRun {
                 format!("{e} (images are not pulled: import it with `weftctl image import`)"),
             )
         })?;
+        self.event(
+            EventType::Normal,
+            "Pulled",
+            &format!("Container image {:?} already present on machine", c.image),
+        );
         if let Some(s) = self.status_mut(&c.name) {
             s.image_id = image.id.clone();
         }
@@ -1070,11 +1109,29 @@ impl PodRun {
                         .host_ip
                         .map(|ip| ip.to_string())
                         .unwrap_or_default(),
-                    _ => e.value.clone().unwrap_or_default(),
+                    _ => match e
+                        .value_from
+                        .as_ref()
+                        .and_then(|v| v.resource_field_ref.as_ref())
+                    {
+                        Some(r) => self.resource_field(c, r),
+                        None => e.value.clone().unwrap_or_default(),
+                    },
                 };
                 (e.name.clone(), value)
             })
             .collect()
+    }
+
+    /// A validated `resourceFieldRef` of `c`; unset limits are the node's cpus and memory.
+    fn resource_field(&self, c: &Container, r: &ResourceFieldRef) -> String {
+        let node = downward::NodeAllocatable {
+            cpu_milli: std::thread::available_parallelism().map_or(1000, |n| n.get() as u64 * 1000),
+            memory_bytes: self.memory_capacity,
+        };
+        let res = ContainerResources::of(c.resources.as_ref());
+        downward::resource_field_value(&r.resource, r.divisor.as_ref(), &res, node)
+            .unwrap_or_default()
     }
 
     fn check_probes(&mut self, c: &Container) {
@@ -1110,11 +1167,29 @@ impl PodRun {
                 ProbeKind::Startup
             };
             tracing::info!(container = %c.name, probe = ?kind, "probe failed: killing container");
+            self.event(
+                EventType::Warning,
+                "Unhealthy",
+                &format!("{kind:?} probe failed"),
+            );
+            self.event(
+                EventType::Normal,
+                "Killing",
+                &format!(
+                    "Container {} failed {kind:?} probe, will be restarted",
+                    c.name
+                ),
+            );
             let grace = Duration::from_secs(self.state.grace_seconds);
             if let Err(e) = self.runtime.stop(&id, grace) {
                 tracing::warn!(container = %c.name, error = %e, "stop container after failed probe");
             }
         }
+    }
+
+    /// Records a pod event (`weftctl describe pod`'s Events) in the pod's events file.
+    fn event(&self, kind: EventType, reason: &str, message: &str) {
+        events::record(&self.layout.events(&self.id), kind, reason, message);
     }
 
     /// The pod is done: release its pod IP (CNI DEL) and its sandbox, keep status and logs.

@@ -24,6 +24,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+use super::bundle::SandboxPaths;
 use super::bundle::{oci_config, write_config, BundleError, ContainerSpec};
 use super::crilog::log_text;
 use super::image::write_atomic;
@@ -426,6 +427,16 @@ impl OciRuntime {
         spec: &ContainerSpec,
         sandbox: &Sandbox,
     ) -> Result<ContainerHandle, RuntimeError> {
+        self.start_joining(spec, &sandbox.paths())
+    }
+
+    /// [`OciRuntime::start`] with the namespaces and files to join given directly (an
+    /// ephemeral debug container also joins a target container's PID namespace).
+    pub fn start_joining(
+        &self,
+        spec: &ContainerSpec,
+        sandbox: &SandboxPaths,
+    ) -> Result<ContainerHandle, RuntimeError> {
         check_id(&spec.id)?;
         let id = spec.id.as_str();
         let dir = self.container_dir(id);
@@ -451,7 +462,7 @@ impl OciRuntime {
     fn start_in(
         &self,
         spec: &ContainerSpec,
-        sandbox: &Sandbox,
+        sandbox: &SandboxPaths,
         dir: &Path,
     ) -> Result<ContainerHandle, RuntimeError> {
         let id = spec.id.as_str();
@@ -489,11 +500,10 @@ impl OciRuntime {
             path: rootfs.clone(),
             source,
         })?;
-        let config =
-            oci_config(spec, &rootfs, &sandbox.paths()).map_err(|source| RuntimeError::Bundle {
-                id: id.to_string(),
-                source,
-            })?;
+        let config = oci_config(spec, &rootfs, sandbox).map_err(|source| RuntimeError::Bundle {
+            id: id.to_string(),
+            source,
+        })?;
         write_config(dir, &config).map_err(|source| RuntimeError::Bundle {
             id: id.to_string(),
             source,

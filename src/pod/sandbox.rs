@@ -432,6 +432,7 @@ impl Sandbox {
             hosts: etc.join("hosts"),
             resolv_conf: etc.join("resolv.conf"),
             hostname: etc.join("hostname"),
+            pid_ns: None,
         }
     }
 

@@ -225,6 +225,9 @@ pub struct PodStatus {
     /// One per app container, in spec order.
     #[serde(default)]
     pub container_statuses: Vec<ContainerStatus>,
+    /// Ephemeral (debug) containers, as `weftctl debug` records them beside the status file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ephemeral_container_statuses: Vec<ContainerStatus>,
     /// `Guaranteed`, `Burstable` or `BestEffort`, from the containers' resources.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub qos_class: String,
