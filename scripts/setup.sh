@@ -36,6 +36,7 @@ PACKAGES=(
     openssl                      # test CA and certificates for the etcd TLS tests
     binutils                     # strip, objdump: scripts/package.sh
     systemd                      # systemd-analyze verify: docs/systemd/weftd.service in tests/claims.rs
+    zstd                         # zstd-compressed image layers made by a tool of its own (tests/pod_runtime.rs)
     qemu-system-x86              # the VM tier (tests/vm): Debian's kernel under QEMU
     ethtool                      # the VM tier: the guest NIC's offloads (Debian's, over 9p)
 )

@@ -1,7 +1,8 @@
-//! `--healthz-addr`: `/healthz`, `/readyz` and Prometheus `/metrics` over a minimal HTTP/1.1 server.
+//! `--healthz-addr`: `/healthz`, `/readyz` and Prometheus `/metrics`, served by axum on hyper.
 //!
-//! The agent's state is a handful of numbers; a hand-written responder keeps hyper and its
-//! dependency tree out of the node agent.
+//! The exposition text is written here rather than by a Prometheus client crate: its names are
+//! a published interface (alerts, docs/grafana-dashboard.json), and the client crates rename
+//! counters (`_total` moved out of `# TYPE`) and switch to OpenMetrics framing.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -9,8 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 /// Counters and gauges the agent updates and `/metrics` exposes.
@@ -224,6 +229,22 @@ impl Metrics {
             "1 while the network config in etcd differs from the running one in a way not applied live.",
             flag(&self.config_change_refused),
         );
+        metric(
+            "weft_image_gc_removed_total",
+            "counter",
+            "Unused images removed by automatic image garbage collection.",
+            crate::pod::image_gc::GC_REMOVED
+                .load(Ordering::Relaxed)
+                .to_string(),
+        );
+        metric(
+            "weft_image_gc_freed_bytes_total",
+            "counter",
+            "Bytes of image root filesystems freed by automatic image garbage collection.",
+            crate::pod::image_gc::GC_FREED_BYTES
+                .load(Ordering::Relaxed)
+                .to_string(),
+        );
         let _ = writeln!(
             out,
             "# HELP weft_config_changes_total Network config changes seen while running, by result.\n\
@@ -256,10 +277,14 @@ impl Metrics {
     }
 }
 
+/// How long one connection may take in all: a slow or silent client gets no longer.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Serves health and metrics on `addr` until the task is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    let app = router(metrics);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -269,86 +294,84 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), answer(stream, &metrics))
-                .await
-                .unwrap_or(Ok(()))
-            {
-                debug!(%peer, error = %e, "health request");
+            // One request per connection, as before: nothing idles on the agent's sockets.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_DEADLINE, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "health request"),
+                Err(_) => debug!(%peer, "health request: no complete request in time"),
             }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut buf = [0u8; 2048];
-    let mut len = 0;
-    while len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || buf[..len].contains(&b'\n') {
-            break;
-        }
-    }
-    let request = String::from_utf8_lossy(&buf[..len]);
-    let (status, content_type, body) = route(&request, metrics);
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+/// `/healthz` (alive), `/readyz` (serving), `/metrics` (Prometheus text); 404 elsewhere, 405
+/// for methods other than GET and HEAD.
+fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(metrics)
 }
 
-/// Maps a request's first line to status, content type and body.
-fn route(request: &str, metrics: &Metrics) -> (&'static str, &'static str, String) {
-    let mut words = request.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    if method != "GET" && method != "HEAD" {
-        return (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".into(),
-        );
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
+    if metrics.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
-    match path {
-        "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-            ("200 OK", "text/plain", "ready\n".into())
-        }
-        "/readyz" => (
-            "503 Service Unavailable",
-            "text/plain",
-            "not ready\n".into(),
-        ),
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        _ => ("404 Not Found", "text/plain", "not found\n".into()),
-    }
+}
+
+async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn routes_health_and_readiness() {
-        let m = Metrics::default();
-        assert_eq!(route("GET /healthz HTTP/1.1\r\n", &m).0, "200 OK");
-        assert_eq!(
-            route("GET /readyz HTTP/1.1\r\n", &m).0,
-            "503 Service Unavailable"
-        );
+    /// One request through the router, as hyper would hand it over: (status, body).
+    async fn call(app: &Router, method: &str, path: &str) -> (u16, String) {
+        use tower::ServiceExt as _;
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn routes_health_and_readiness() {
+        let m = Arc::new(Metrics::default());
+        let app = router(m.clone());
+        assert_eq!(call(&app, "GET", "/healthz").await, (200, "ok\n".into()));
+        assert_eq!(call(&app, "GET", "/readyz").await.0, 503);
         m.ready.store(true, Ordering::Relaxed);
-        assert_eq!(route("GET /readyz HTTP/1.1\r\n", &m).0, "200 OK");
-        assert_eq!(route("GET /nope HTTP/1.1\r\n", &m).0, "404 Not Found");
-        assert_eq!(
-            route("POST /healthz HTTP/1.1\r\n", &m).0,
-            "405 Method Not Allowed"
+        assert_eq!(call(&app, "GET", "/readyz").await, (200, "ready\n".into()));
+        assert_eq!(call(&app, "GET", "/readyz?verbose").await.0, 200);
+        assert_eq!(call(&app, "HEAD", "/healthz").await.0, 200);
+        assert_eq!(call(&app, "GET", "/nope").await.0, 404);
+        assert_eq!(call(&app, "POST", "/healthz").await.0, 405);
+        let (code, text) = call(&app, "GET", "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(
+            text.contains("# TYPE weft_etcd_errors_total counter\n"),
+            "{text}"
         );
     }
 

@@ -86,14 +86,29 @@ impl LeaseAttrs {
 
     /// `BackendData.VtepMAC` of a VXLAN lease, if present.
     pub fn vtep_mac(&self) -> Option<&str> {
-        self.backend_data.as_ref()?.get("VtepMAC")?.as_str()
+        backend_data_field(self.backend_data.as_ref(), "VtepMAC")?.as_str()
     }
 
     /// `BackendData.VNI` of a VXLAN lease, if present.
     pub fn vni(&self) -> Option<u32> {
-        let vni = self.backend_data.as_ref()?.get("VNI")?.as_u64()?;
+        let vni = backend_data_field(self.backend_data.as_ref(), "VNI")?.as_u64()?;
         u32::try_from(vni).ok()
     }
+}
+
+/// The field `name` of a lease's `BackendData`, matched as Flannel's Go JSON decoding matches
+/// struct fields: the exact key first, else any key equal ignoring ASCII case. Every reader of
+/// `BackendData` goes through here, so validation and programming never disagree on a key.
+pub fn backend_data_field<'a>(
+    data: Option<&'a serde_json::Value>,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    let obj = data?.as_object()?;
+    obj.get(name).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
 }
 
 /// One key-value under `<prefix>/subnets/` exactly as etcd holds it, before anything in it is
@@ -182,6 +197,23 @@ mod tests {
         assert_eq!(parsed, vxlan_attrs());
         assert_eq!(parsed.vtep_mac(), Some("02:52:fb:99:b1:f2"));
         assert_eq!(parsed.vni(), Some(1));
+    }
+
+    #[test]
+    fn backend_data_keys_match_ignoring_case_like_flannel() {
+        let lower = LeaseAttrs::from_json(
+            "k",
+            br#"{"PublicIP":"192.0.2.7","BackendType":"vxlan","BackendData":{"vni":1,"vtepmac":"02:52:fb:99:b1:f2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(lower.vtep_mac(), Some("02:52:fb:99:b1:f2"));
+        assert_eq!(lower.vni(), Some(1));
+        // The exact key wins over a differently cased one, as in Go's decoder.
+        let both = serde_json::json!({"vni": 2, "VNI": 1});
+        assert_eq!(
+            backend_data_field(Some(&both), "VNI"),
+            Some(&serde_json::json!(1))
+        );
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! [`netlink`] know the data path and nothing of etcd; [`daemon`] wires a lease stream into a
 //! backend.
 
+pub mod atomic_file;
 pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod docs;
 pub mod health;
+pub mod http_client;
 pub mod lease;
 pub mod masq;
 pub mod netconf;
@@ -23,4 +25,5 @@ pub mod status;
 pub mod store;
 pub mod subnet;
 pub mod subnet_env;
+pub mod timestamp;
 pub mod validate;

@@ -67,13 +67,10 @@ pub struct VxlanTopology {
 /// Reads the VTEP MAC from a VXLAN lease's `BackendData` (`{"VNI":1,"VtepMAC":"..."}`; key
 /// matched case-insensitively, as Flannel's JSON decoding does).
 pub fn vxlan_vtep_mac(data: Option<&serde_json::Value>) -> Result<MacAddr, String> {
-    let obj = data
-        .and_then(|d| d.as_object())
-        .ok_or_else(|| "BackendData is missing or not an object".to_string())?;
-    let value = obj
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("VtepMAC"))
-        .map(|(_, v)| v)
+    if !data.is_some_and(|d| d.is_object()) {
+        return Err("BackendData is missing or not an object".to_string());
+    }
+    let value = crate::lease::backend_data_field(data, "VtepMAC")
         .ok_or_else(|| "BackendData has no VtepMAC".to_string())?;
     let text = value
         .as_str()

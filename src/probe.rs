@@ -199,6 +199,7 @@ pub fn spawn(board: Arc<StatusBoard>, interval: Duration) -> std::io::Result<()>
         Some(Protocol::ICMPV4),
     )?;
     // DF on every probe and no fragmentation by the sender, whatever the kernel learnt.
+    // Neither socket2 nor nix offers IP_MTU_DISCOVER: one raw setsockopt.
     let probe = libc::IP_PMTUDISC_PROBE;
     // SAFETY: a valid socket, an int option of the right size.
     let rc = unsafe {
@@ -215,19 +216,10 @@ pub fn spawn(board: Arc<StatusBoard>, interval: Duration) -> std::io::Result<()>
     }
     // A round queues a few probes per peer, and those to a dead peer wait in its ARP queue,
     // charged to this socket: room for a round at a thousand peers, beyond wmem_max (root may).
-    let room: libc::c_int = 4 << 20;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            std::ptr::from_ref(&room).cast(),
-            std::mem::size_of_val(&room) as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        warn!(error = %std::io::Error::last_os_error(), "enlarge the probe socket's send buffer");
+    if let Err(e) =
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBufForce, &(4 << 20))
+    {
+        warn!(error = %e, "enlarge the probe socket's send buffer");
     }
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     let id = rand::random::<u16>();

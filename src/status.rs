@@ -20,6 +20,7 @@ use crate::lease::Lease;
 use crate::notify::{NotifyState, ServiceNotifier};
 use crate::probe::PeerHealth;
 use crate::store::OwnLease;
+pub use crate::timestamp::rfc3339 as rfc3339_utc;
 
 /// A snapshot of the node agent, also the JSON of `weftctl status -o json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -517,35 +518,6 @@ pub fn status_line(s: &NodeStatus) -> String {
 /// Seconds since the Unix epoch (0 before it).
 pub fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// `2026-11-28T06:43:06Z`. Times before 1970 print as the epoch.
-pub fn rfc3339_utc(t: SystemTime) -> String {
-    let secs = unix_seconds(t);
-    let days = i64::try_from(secs / 86400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after Howard Hinnant's
-/// `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

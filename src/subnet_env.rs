@@ -10,8 +10,6 @@
 //! With IPv6, Flannel adds `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` after the IPv4 pair.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -196,34 +194,8 @@ impl SubnetEnv {
             _ => Path::new("."),
         };
         std::fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "subnet.env".into());
-        let tmp = dir.join(format!(
-            ".{name}.tmp-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)
-                .map_err(io(&tmp, "create temporary file"))?;
-            // The umask may have narrowed the mode given at creation.
-            f.set_permissions(std::fs::Permissions::from_mode(0o644))
-                .map_err(io(&tmp, "chmod 0644"))?;
-            f.write_all(self.render().as_bytes())
-                .map_err(io(&tmp, "write"))?;
-            f.sync_all().map_err(io(&tmp, "fsync"))?;
-            std::fs::rename(&tmp, path).map_err(io(path, "rename temporary file over"))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
+        crate::atomic_file::write_atomic(path, self.render().as_bytes(), 0o644)
+            .map_err(io(path, "write atomically"))?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir, "fsync directory"))
@@ -233,6 +205,7 @@ impl SubnetEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     const FLANNEL_FILE: &str =
         "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";

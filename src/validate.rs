@@ -373,17 +373,7 @@ fn check_vxlan_data(
     node: &NodeIdentity,
     ours: bool,
 ) -> Result<[u8; 6], RejectReason> {
-    let data = attrs.backend_data.as_ref().and_then(|d| d.as_object());
-    // Flannel decodes BackendData with Go's case-insensitive field matching.
-    let field = |name: &str| {
-        data.and_then(|d| {
-            d.get(name).or_else(|| {
-                d.iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v)
-            })
-        })
-    };
+    let field = |name: &str| crate::lease::backend_data_field(attrs.backend_data.as_ref(), name);
     let found_vni = field("VNI");
     if found_vni.and_then(|v| v.as_u64()) != Some(u64::from(vni)) {
         return Err(RejectReason::Vni {

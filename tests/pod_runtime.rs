@@ -254,6 +254,186 @@ fn imports_oci_and_docker_archives() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn imports_zstd_layers_written_by_the_zstd_tool() -> TestResult {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let store = ImageStore::open(&dir.path().join("store"))?;
+    let archive = dir.path().join("zstd.tar");
+    let built = ImageBuilder::busybox()?
+        .layer(layer(&[Entry::File(
+            "etc/motd".into(),
+            b"zstd layer\n".to_vec(),
+            0o644,
+        )])?)
+        .zstd(true)
+        .write_oci(&archive)?;
+    let r = store.import(&archive, Some("zstd/bb:1"))?;
+    assert_eq!(r.id, built.config_digest);
+    let image = store.get("zstd/bb:1")?;
+    assert!(image.rootfs.join("bin/busybox").is_file());
+    assert_eq!(
+        fs::read_to_string(image.rootfs.join("etc/motd"))?,
+        "zstd layer\n"
+    );
+    Ok(())
+}
+
+/// A tmpfs mounted on a test directory, unmounted on drop (also when the test fails).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, Box<dyn Error>> {
+        fs::create_dir_all(dir)?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0700").as_str()),
+        )?;
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// An image of one 3 MiB file, named `name`, imported into `store`.
+fn import_sized(store: &ImageStore, dir: &Path, name: &str) -> Result<String, Box<dyn Error>> {
+    let archive = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+    let content = format!("{name}\n")
+        .into_bytes()
+        .repeat((3 << 20) / (name.len() + 1));
+    ImageBuilder::new()
+        .layer(layer(&[Entry::File("data".into(), content, 0o644)])?)
+        .cmd(&["true"])
+        .write_oci(&archive)?;
+    Ok(store.import(&archive, Some(name))?.id)
+}
+
+/// Writes a pod record under `pod_root` whose started container runs `image` (id `id`), as
+/// weftd's pod worker does.
+fn pod_using(pod_root: &Path, image: &str, id: &str) -> Result<PathBuf, Box<dyn Error>> {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: user, uid: gc-user}}\nspec:\n  containers: [{{name: c, image: {image}}}]\n"
+    );
+    let parsed = weft::pod::manifest::parse_manifest(Path::new("user.yaml"), yaml.as_bytes())?;
+    let mut record = weft::pod::status::PodRecord {
+        pod: weft::pod::status::PodObject::new(&parsed.pod),
+        manifest: "user.yaml".into(),
+        timings: Default::default(),
+    };
+    let mut status = weft::pod::status::ContainerStatus::new("c", image, "ContainerCreating");
+    status.image_id = id.to_string();
+    record.pod.status.container_statuses.push(status);
+    let dir = pod_root.join("default_user_gc-user");
+    fs::create_dir_all(&dir)?;
+    weft::pod::status::write_record(&dir, &record)?;
+    Ok(dir)
+}
+
+#[test]
+fn image_gc_on_a_full_filesystem_removes_the_least_recently_used_unused_image() -> TestResult {
+    use weft::pod::image_gc::{collect, DiskUsage, GcPolicy};
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let mount = Tmpfs::mount(&dir.path().join("images"), "16m")?;
+    let store = ImageStore::open(&mount.0)?;
+    let pod_root = dir.path().join("pods");
+    let a = import_sized(&store, dir.path(), "gc/a:1")?;
+    let used = import_sized(&store, dir.path(), "gc/used:1")?;
+    let b = import_sized(&store, dir.path(), "gc/b:1")?;
+    std::thread::sleep(Duration::from_millis(20));
+    // `a` ran a container after `b` was imported: `b` is now the least recently used unused
+    // image; `used` is older still but a pod uses it.
+    store.mark_used(&a)?;
+    pod_using(&pod_root, "gc/used:1", &used)?;
+    let before = DiskUsage::of(&mount.0)?;
+    assert!(before.used_percent() >= 50, "{before:?}");
+    // Under the high mark nothing goes.
+    let lax = GcPolicy {
+        high_percent: 95,
+        low_percent: 90,
+        min_age: Duration::ZERO,
+    };
+    assert_eq!(collect(&store, &pod_root, lax)?, Vec::<String>::new());
+    // Over it, one image (3 MiB) brings usage under the low mark: the LRU unused one.
+    let policy = GcPolicy {
+        high_percent: 50,
+        low_percent: u8::try_from(before.used_percent() - 12)?,
+        min_age: Duration::ZERO,
+    };
+    assert_eq!(collect(&store, &pod_root, policy)?, vec![b.clone()]);
+    assert!(matches!(
+        store.get("gc/b:1"),
+        Err(ImageError::NotFound { .. })
+    ));
+    assert_eq!(store.get("gc/a:1")?.id, a);
+    assert_eq!(store.get("gc/used:1")?.id, used);
+    assert!(DiskUsage::of(&mount.0)?.available > before.available);
+    // Nothing younger than the minimum age goes, however full.
+    let young = GcPolicy {
+        high_percent: 1,
+        low_percent: 0,
+        min_age: Duration::from_secs(120),
+    };
+    assert_eq!(collect(&store, &pod_root, young)?, Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn weftctl_image_rm_refuses_a_used_image_and_prune_keeps_it() -> TestResult {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("store");
+    let pod_root = dir.path().join("pods");
+    let store = ImageStore::open(&root)?;
+    let used = import_sized(&store, dir.path(), "rm/used:1")?;
+    let spare = import_sized(&store, dir.path(), "rm/spare:1")?;
+    let pod = pod_using(&pod_root, "rm/used:1", &used)?;
+    let weftctl = |args: &[&str]| -> Result<(bool, String), Box<dyn Error>> {
+        let out = Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .arg("image")
+            .args(args)
+            .arg("--image-root")
+            .arg(&root)
+            .arg("--pod-root")
+            .arg(&pod_root)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    };
+    let (ok, text) = weftctl(&["rm", "rm/used:1"])?;
+    assert!(!ok && text.contains("is used by a pod"), "{text}");
+    assert_eq!(store.get("rm/used:1")?.id, used);
+    // Forced: untagged at once, content kept while the pod runs, prune leaves it.
+    let (ok, text) = weftctl(&["rm", "--force", "rm/used:1"])?;
+    assert!(ok && text.contains("untagged"), "{text}");
+    assert!(matches!(
+        store.get("rm/used:1"),
+        Err(ImageError::NotFound { .. })
+    ));
+    let (ok, text) = weftctl(&["prune"])?;
+    assert_eq!((ok, text), (true, format!("removed {spare}\n")));
+    let hex = |id: &str| id.trim_start_matches("sha256:").to_string();
+    assert!(root.join("images").join(hex(&used)).is_dir());
+    assert!(!root.join("images").join(hex(&spare)).exists());
+    // The pod goes: the next prune removes the content.
+    fs::remove_dir_all(&pod)?;
+    let (ok, text) = weftctl(&["prune"])?;
+    assert_eq!((ok, text), (true, format!("removed {used}\n")));
+    assert_eq!(fs::read_dir(root.join("images"))?.count(), 0);
+    Ok(())
+}
+
 /// Rewrites one member of an archive, keeping its name (so its digest no longer matches).
 fn tamper(archive: &Path, member_prefix: &str, out: &Path) -> TestResult {
     let mut files = image::read_archive(archive)?;

@@ -3,9 +3,8 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
@@ -85,18 +84,8 @@ pub fn load_vtep_mac(path: &Path) -> Result<Option<MacAddr>, BackendError> {
 pub fn store_vtep_mac(path: &Path, mac: MacAddr) -> Result<(), BackendError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(state_err("create state directory", dir))?;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(state_err("create VTEP MAC file", &tmp))?;
-    file.write_all(format!("{mac}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(state_err("write VTEP MAC file", &tmp))?;
-    fs::rename(&tmp, path).map_err(state_err("rename VTEP MAC file into", path))?;
+    crate::atomic_file::write_atomic(path, format!("{mac}\n").as_bytes(), 0o600)
+        .map_err(state_err("write VTEP MAC file", path))?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(state_err("sync state directory", dir))?;

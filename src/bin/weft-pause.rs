@@ -19,6 +19,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{chdir, fork, sethostname, setsid, ForkResult, Pid};
+use weft::atomic_file::write_atomic;
 
 struct SandboxArgs {
     hostname: String,
@@ -78,6 +79,8 @@ fn loopback_up() -> Result<(), String> {
         None,
     )
     .map_err(|e| format!("socket: {e}"))?;
+    // Setting IFF_UP on `lo` is one ioctl; nix has no interface-flags call, and a netlink
+    // socket would cost this tiny static program more than the ioctl it replaces.
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -131,9 +134,7 @@ fn enter_sandbox(args: &SandboxArgs) -> Result<(), String> {
     // into plain Rust code of this single-threaded program.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => {
-            let tmp = args.pid_file.with_extension("tmp");
-            fs::write(&tmp, format!("{child}\n"))
-                .and_then(|()| fs::rename(&tmp, &args.pid_file))
+            write_atomic(&args.pid_file, format!("{child}\n").as_bytes(), 0o644)
                 .map_err(|e| format!("write pid file {}: {e}", args.pid_file.display()))?;
             std::process::exit(0);
         }
@@ -169,6 +170,8 @@ fn drop_capabilities() -> Result<(), String> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(63);
+    // nix wraps neither PR_CAPBSET_DROP, PR_CAP_AMBIENT nor capset(2): raw calls, integers and
+    // the kernel's own capability structs only.
     for cap in 0..=last {
         // SAFETY: prctl with integer arguments only; EINVAL for caps the kernel lacks is fine.
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
@@ -192,10 +195,7 @@ fn drop_capabilities() -> Result<(), String> {
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
         return Err(format!("capset: {}", std::io::Error::last_os_error()));
     }
-    // SAFETY: integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
-    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     Ok(())
 }
 

@@ -10,9 +10,9 @@
 //! the OOM killer ended exits as `OOMKilled`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Child;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{chdir, fork, pipe, setsid, ForkResult, Pid};
+use weft::atomic_file::write_atomic;
 use weft::pod::crilog::{format_record, Stream, MAX_RECORD};
 use weft::pod::layout::LOG_FILE_MODE;
 use weft::pod::process::{stdio_to_dev_null, ProcessId};
@@ -57,14 +58,6 @@ fn parse_args() -> Result<Args, String> {
         id: id.ok_or("--id is required")?,
         log: log.ok_or("--log is required")?,
     })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)
 }
 
 /// Copies one output stream into the log, one CRI record per line (split at [`MAX_RECORD`]).
@@ -320,17 +313,11 @@ fn daemonize(args: &Args) -> Result<(), String> {
 /// The daemon's own setup: cwd `/`, child subreaper, `shim.json`, stdio on `/dev/null`.
 fn become_daemon(args: &Args) -> Result<(), String> {
     chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes an integer flag only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
-        return Err(format!(
-            "set child subreaper: {}",
-            io::Error::last_os_error()
-        ));
-    }
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("set child subreaper: {e}"))?;
     let me = ProcessId::of(std::process::id() as i32).ok_or("own /proc entry unreadable")?;
     let path = args.bundle.join("shim.json");
     let bytes = serde_json::to_vec(&me).map_err(|e| format!("encode shim identity: {e}"))?;
-    write_atomic(&path, &bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
+    write_atomic(&path, &bytes, 0o644).map_err(|e| format!("write {}: {e}", path.display()))?;
     stdio_to_dev_null()
 }
 
@@ -349,7 +336,7 @@ fn main() -> ExitCode {
     let status = supervise(&args);
     let path = args.bundle.join("exit.json");
     match serde_json::to_vec(&status) {
-        Ok(bytes) if write_atomic(&path, &bytes).is_ok() => ExitCode::SUCCESS,
+        Ok(bytes) if write_atomic(&path, &bytes, 0o644).is_ok() => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     }
 }

@@ -14,9 +14,16 @@ use weft::lease::{subnets_prefix, LeaseAttrs, RawLease};
 use weft::netconf::{self, ConfigChange};
 use weft::podview::{self, PodSummary};
 use weft::status::{rfc3339_utc, NodeStatus};
-use weft::store::{EtcdArgs, EtcdStore, StoreError};
+use weft::store::{EtcdStore, StoreError};
+
+#[path = "flags/etcd.rs"]
+mod etcd_flags;
+use etcd_flags::EtcdArgs;
 use weft::subnet::parse_subnet_key;
 use weft::validate::{validate_leases, LeasePolicy, NodeIdentity};
+
+#[path = "weftctl/image.rs"]
+mod image;
 
 /// How many lease TTL lookups run at once.
 const TTL_LOOKUPS_IN_FLIGHT: usize = 64;
@@ -37,8 +44,8 @@ enum Command {
     /// List the cluster's subnet leases (subnet, public IP, backend, VTEP MAC, expiry) and
     /// whether each passes validation against the network config (and why not).
     Leases(LeasesArgs),
-    /// Import images into the node's image store and list them.
-    Image(weft::pod::image::ImageArgs),
+    /// Import images into the node's image store, list, remove and prune them.
+    Image(image::ImageArgs),
     /// List the node's static pods like `kubectl get pods -o wide` (`-o json`: a v1 PodList);
     /// `-A`: every node's pods, from etcd.
     Pods(PodsCommand),
@@ -219,6 +226,8 @@ enum CtlError {
     #[error("{0}")]
     Image(#[from] weft::pod::image::ImageError),
     #[error("{0}")]
+    ImageGc(#[from] weft::pod::image_gc::GcError),
+    #[error("{0}")]
     Pods(#[from] weft::pod::cli::CliError),
     #[error("{0}")]
     Exec(#[from] weft::pod::exec::ExecError),
@@ -359,7 +368,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.command {
         Command::Leases(args) => leases(args).await,
-        Command::Image(args) => Ok(weft::pod::image::run_cli(&args, &mut std::io::stdout())?),
+        Command::Image(args) => Ok(image::run(&args, &mut std::io::stdout())?),
         Command::Pods(args) if args.all => cluster_pods(&args).await,
         Command::Pods(args) => Ok(weft::pod::cli::pods(
             &args.local,

@@ -12,7 +12,11 @@ use tracing::{error, warn};
 use weft::daemon::{self, DaemonOptions};
 use weft::notify::ServiceNotifier;
 use weft::pod::controller::PodConfig;
-use weft::store::EtcdArgs;
+use weft::pod::layout;
+
+#[path = "flags/etcd.rs"]
+mod etcd_flags;
+use etcd_flags::EtcdArgs;
 
 /// Node agent of the weft overlay: leases a pod subnet from etcd, programs the overlay and
 /// keeps one route, neighbour and FDB entry per peer node in step with etcd.
@@ -54,34 +58,55 @@ struct Flags {
     /// Run the static pods whose manifests (v1 Pod, YAML or JSON) are in this directory.
     #[arg(long, env = "WEFTD_POD_MANIFEST_PATH")]
     pod_manifest_path: Option<PathBuf>,
-    /// Also run the static pod served at this http:// URL (kubelet's static pod URL), refetched every 20 s.
+    /// Also run the static pod served at this https:// (or, with a warning, http://) URL
+    /// (kubelet's static pod URL), refetched every 20 s.
     #[arg(long, env = "WEFTD_MANIFEST_URL", requires = "pod_manifest_path")]
     manifest_url: Option<String>,
+    /// PEM CA certificates trusted for an https:// manifest URL, besides the system's roots.
+    #[arg(long, env = "WEFTD_MANIFEST_URL_CA_FILE", requires = "manifest_url")]
+    manifest_url_ca_file: Option<PathBuf>,
     /// CNI network configurations; the first `.conflist`/`.conf` by name is used.
-    #[arg(long, env = "WEFTD_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    #[arg(long, env = "WEFTD_CNI_CONF_DIR", default_value = layout::DEFAULT_CNI_CONF_DIR)]
     cni_conf_dir: PathBuf,
     /// Directories searched for CNI plugins, comma-separated or repeated.
     #[arg(
         long,
         env = "WEFTD_CNI_BIN_DIR",
-        default_value = "/opt/cni/bin",
+        default_value = layout::DEFAULT_CNI_BIN_DIR,
         value_delimiter = ','
     )]
     cni_bin_dir: Vec<PathBuf>,
     /// Where cached CNI results are kept (`<dir>/results`).
-    #[arg(long, env = "WEFTD_CNI_CACHE_DIR", default_value = "/var/lib/cni")]
+    #[arg(long, env = "WEFTD_CNI_CACHE_DIR", default_value = layout::DEFAULT_CNI_CACHE_DIR)]
     cni_cache_dir: PathBuf,
     /// OCI runtime for containers (`runc` or `crun`).
     #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = "runc")]
     oci_runtime: PathBuf,
     /// Per-pod state (sandbox, containers, status).
-    #[arg(long, env = "WEFTD_POD_ROOT", default_value = "/var/lib/weft/pods")]
+    #[arg(long, env = "WEFTD_POD_ROOT", default_value = layout::DEFAULT_POD_ROOT)]
     pod_root: PathBuf,
     /// Imported images (`weftctl image import`).
-    #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = "/var/lib/weft/images")]
+    #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = layout::DEFAULT_IMAGE_ROOT)]
     image_root: PathBuf,
+    /// Image GC runs when the image root's filesystem is at least this full (percent;
+    /// kubelet's imageGCHighThresholdPercent).
+    #[arg(long, env = "WEFTD_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    image_gc_high_threshold: u8,
+    /// Image GC frees unused images down to this usage (percent; imageGCLowThresholdPercent).
+    #[arg(long, env = "WEFTD_IMAGE_GC_LOW_THRESHOLD", default_value_t = 80,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
+    /// Images imported more recently than this many seconds are never collected
+    /// (imageMinimumGCAge, 2 min).
+    #[arg(long, env = "WEFTD_IMAGE_MINIMUM_GC_AGE", default_value_t = 120)]
+    image_minimum_gc_age: u64,
+    /// Seconds between two measurements of the image root's filesystem by image GC.
+    #[arg(long, env = "WEFTD_IMAGE_GC_INTERVAL", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    image_gc_interval: u64,
     /// Container logs: `<dir>/<ns>_<name>_<uid>/<container>/<restartCount>.log`.
-    #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = "/var/log/pods")]
+    #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = layout::DEFAULT_POD_LOG_DIR)]
     pod_log_dir: PathBuf,
     /// Run containers without a `seccompProfile` Unconfined instead of under RuntimeDefault
     /// (containerd's default profile), as kubelet does without `--seccomp-default`.
@@ -91,7 +116,7 @@ struct Flags {
     #[arg(
         long,
         env = "WEFTD_SECCOMP_ROOT",
-        default_value = "/var/lib/weft/seccomp"
+        default_value = layout::DEFAULT_SECCOMP_ROOT
     )]
     seccomp_root: PathBuf,
     /// Most processes (and threads) each container may have (cgroup pids.max); default: unlimited.
@@ -153,12 +178,21 @@ impl Flags {
             let node_name = self.node_name.unwrap_or_else(hostname);
             let mut cfg = PodConfig::new(manifest_dir, node_name);
             cfg.manifest_url = self.manifest_url;
+            cfg.manifest_url_ca_file = self.manifest_url_ca_file;
             cfg.cni_conf_dir = self.cni_conf_dir;
             cfg.cni_bin_dirs = self.cni_bin_dir;
             cfg.cni_cache_dir = self.cni_cache_dir;
             cfg.oci_runtime = self.oci_runtime;
             cfg.pod_root = self.pod_root;
             cfg.image_root = self.image_root;
+            cfg.image_gc = weft::pod::image_gc::GcPolicy {
+                high_percent: self.image_gc_high_threshold,
+                low_percent: self
+                    .image_gc_low_threshold
+                    .min(self.image_gc_high_threshold),
+                min_age: std::time::Duration::from_secs(self.image_minimum_gc_age),
+            };
+            cfg.image_gc_interval = std::time::Duration::from_secs(self.image_gc_interval);
             cfg.pod_log_dir = self.pod_log_dir;
             cfg.seccomp_default = !self.no_seccomp_default;
             cfg.seccomp_root = self.seccomp_root;

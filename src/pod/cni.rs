@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 /// The interface name pods get.
@@ -301,45 +303,6 @@ fn at_least_0_4(version: &str) -> bool {
     major > 0 || minor >= 4
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (libcni stores the network config this way in its cache).
-fn base64(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn unbase64(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = B64.iter().position(|x| *x == c)?;
-        acc = (acc << 6) | u32::try_from(v).ok()?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
-        }
-    }
-    Some(out)
-}
-
 impl CniRuntime {
     /// The cache file of an attachment to `network`.
     pub fn cache_file(&self, network: &str, att: &Attachment) -> PathBuf {
@@ -495,7 +458,7 @@ impl CniRuntime {
         let entry = json!({
             "kind": "cniCacheV1",
             "containerId": att.container_id,
-            "config": base64(conf.to_string().as_bytes()),
+            "config": BASE64.encode(conf.to_string().as_bytes()),
             "ifName": att.ifname,
             "networkName": list.name,
             "netns": att.netns,
@@ -505,16 +468,16 @@ impl CniRuntime {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err("create dir for", e))?;
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, entry.to_string()).map_err(|e| err("write", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| err("rename", e))
+        // The cache holds the network config: root-only, like libcni's.
+        crate::atomic_file::write_atomic(&path, entry.to_string().as_bytes(), 0o600)
+            .map_err(|e| err("write", e))
     }
 
     /// Reads the cached ADD of `att` to `network`: the network list it used and its result.
     pub fn cached(&self, network: &str, att: &Attachment) -> Option<(NetworkList, Value)> {
         let path = self.cache_file(network, att);
         let entry: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-        let conf = unbase64(entry["config"].as_str()?)?;
+        let conf = BASE64.decode(entry["config"].as_str()?).ok()?;
         let list = parse_network(&path.with_extension("conflist"), &conf).ok()?;
         Some((list, entry["result"].clone()))
     }
@@ -666,17 +629,6 @@ mod tests {
         };
         assert_eq!(old.pod_ip(), Some("10.244.2.3".parse().unwrap()));
         assert_eq!(CniResult { raw: json!({}) }.pod_ip(), None);
-    }
-
-    #[test]
-    fn base64_round_trips_like_the_standard_alphabet() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(unbase64("Zm9vYmE=").unwrap(), b"fooba");
-        let conf = BRIDGE.as_bytes();
-        assert_eq!(unbase64(&base64(conf)).unwrap(), conf);
     }
 
     #[test]

@@ -15,17 +15,23 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use super::backoff::BackoffPolicy;
 use super::cli::InvalidManifest;
-use super::layout::{PodId, PodLayout};
+use super::image_gc::{self, GcPolicy};
+use super::layout::{self, PodId, PodLayout};
 use super::manifest::{is_manifest_file, parse_manifest, ParsedManifest, MAX_MANIFEST_BYTES};
 use super::pod_worker::{PodWorker, WorkerMode, WorkerState};
+use crate::http_client;
 
 /// Everything the pod runtime needs to know about the node; weftd's flags map onto it.
 #[derive(Debug, Clone)]
 pub struct PodConfig {
     /// `--pod-manifest-path`: the static pod manifest directory.
     pub manifest_dir: PathBuf,
-    /// `--manifest-url`: an `http://` URL serving one more Pod manifest (kubelet's static pod URL).
+    /// `--manifest-url`: an `http://` or `https://` URL serving one more Pod manifest
+    /// (kubelet's static pod URL).
     pub manifest_url: Option<String>,
+    /// `--manifest-url-ca-file`: PEM CA certificates trusted for an `https://` manifest URL,
+    /// besides the system's roots.
+    pub manifest_url_ca_file: Option<PathBuf>,
     /// How often the manifest URL is fetched (kubelet: 20 s).
     pub manifest_url_interval: Duration,
     /// How long one fetch of the manifest URL may take in all (kubelet: 10 s).
@@ -52,6 +58,10 @@ pub struct PodConfig {
     pub backoff: BackoffPolicy,
     /// How often the manifest directory is rescanned.
     pub rescan_interval: Duration,
+    /// Image garbage collection thresholds (kubelet's defaults: 85 %, 80 %, 2 min).
+    pub image_gc: GcPolicy,
+    /// How often image GC measures the image store's filesystem (kubelet: 5 min).
+    pub image_gc_interval: Duration,
     /// Containers without a `seccompProfile` run under RuntimeDefault (kubelet's
     /// `--seccomp-default`); `false` leaves them Unconfined, as kubelet does by default.
     pub seccomp_default: bool,
@@ -75,21 +85,24 @@ impl PodConfig {
         PodConfig {
             manifest_dir,
             manifest_url: None,
+            manifest_url_ca_file: None,
             manifest_url_interval: Duration::from_secs(20),
             manifest_url_deadline: Duration::from_secs(10),
-            cni_conf_dir: "/etc/cni/net.d".into(),
-            cni_bin_dirs: vec!["/opt/cni/bin".into()],
-            cni_cache_dir: "/var/lib/cni".into(),
+            cni_conf_dir: layout::DEFAULT_CNI_CONF_DIR.into(),
+            cni_bin_dirs: vec![layout::DEFAULT_CNI_BIN_DIR.into()],
+            cni_cache_dir: layout::DEFAULT_CNI_CACHE_DIR.into(),
             oci_runtime: "runc".into(),
-            pod_root: "/var/lib/weft/pods".into(),
-            image_root: "/var/lib/weft/images".into(),
-            pod_log_dir: "/var/log/pods".into(),
+            pod_root: layout::DEFAULT_POD_ROOT.into(),
+            image_root: layout::DEFAULT_IMAGE_ROOT.into(),
+            pod_log_dir: layout::DEFAULT_POD_LOG_DIR.into(),
             node_name,
             host_ip: None,
             backoff: BackoffPolicy::default(),
             rescan_interval: Duration::from_secs(1),
+            image_gc: GcPolicy::default(),
+            image_gc_interval: Duration::from_secs(300),
             seccomp_default: true,
-            seccomp_root: "/var/lib/weft/seccomp".into(),
+            seccomp_root: layout::DEFAULT_SECCOMP_ROOT.into(),
             pids_limit: None,
             subnet_file: None,
         }
@@ -152,6 +165,7 @@ impl DirWatch {
 /// manifest, keeps the last good content (its pod keeps running), as kubelet does.
 struct UrlSource {
     url: String,
+    ca_file: Option<PathBuf>,
     next: Option<Instant>,
     /// The fetch in flight; its answer arrives here.
     pending: Option<mpsc::Receiver<Result<Vec<u8>, String>>>,
@@ -163,9 +177,16 @@ struct UrlSource {
 }
 
 impl UrlSource {
-    fn new(url: String) -> UrlSource {
+    fn new(url: String, ca_file: Option<PathBuf>) -> UrlSource {
+        if url.starts_with("http://") {
+            tracing::warn!(
+                url = %url,
+                "manifest URL is plain http: anyone on the path can change the pod it runs; use https"
+            );
+        }
         UrlSource {
             url,
+            ca_file,
             next: None,
             pending: None,
             body: None,
@@ -192,13 +213,16 @@ impl UrlSource {
         }
         self.next = Some(now + interval);
         let (tx, rx) = mpsc::channel();
+        let max_body = u64::try_from(MAX_MANIFEST_BYTES).unwrap_or(u64::MAX);
         let url = self.url.clone();
+        let ca_file = self.ca_file.clone();
         // The thread ends by itself within `deadline`; nobody waits for it, so neither does
         // weftd's shutdown.
         let spawned = std::thread::Builder::new()
             .name("manifest-url".into())
             .spawn(move || {
-                let _ = tx.send(http_get(&url, deadline, MAX_MANIFEST_BYTES));
+                let answer = http_client::get(&url, deadline, max_body, ca_file.as_deref());
+                let _ = tx.send(answer.map_err(|e| e.to_string()));
             });
         match spawned {
             Ok(_) => self.pending = Some(rx),
@@ -230,107 +254,6 @@ impl UrlSource {
             }
         }
     }
-}
-
-/// `(host:port, path)` of an `http://` URL.
-pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("manifest URL {url:?}: only http:// is supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || authority.contains('@') {
-        return Err(format!("manifest URL {url:?}: bad host"));
-    }
-    let host_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']')
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((host_port, path.to_string()))
-}
-
-/// Room for the status line and headers on top of the body limit.
-const MAX_HTTP_HEADER: usize = 64 << 10;
-
-/// Body of `GET url` (HTTP/1.0, status 200 required), all of it within `deadline` (connect,
-/// request and every read together: a server dripping a byte at a time gets no longer) and
-/// refused when the body is over `max_body` bytes.
-pub fn http_get(url: &str, deadline: Duration, max_body: usize) -> Result<Vec<u8>, String> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let end = Instant::now() + deadline;
-    let left = || {
-        end.checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("GET {url}: no complete answer within {deadline:?}"))
-    };
-    let (host_port, path) = parse_http_url(url)?;
-    let addr = host_port
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {host_port}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("resolve {host_port}: no address"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, left()?)
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_write_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
-    let host = host_port
-        .rsplit_once(':')
-        .map_or(host_port.as_str(), |(h, _)| h);
-    // One write: a request split over segments confuses minimal servers.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: weftd\r\n\r\n");
-    s.write_all(request.as_bytes())
-        .map_err(|e| format!("send to {addr}: {e}"))?;
-    let limit = max_body + MAX_HTTP_HEADER;
-    let mut resp = Vec::new();
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        s.set_read_timeout(Some(left()?))
-            .map_err(|e| e.to_string())?;
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => resp.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(format!("read from {addr}: {e}")),
-        }
-        if resp.len() > limit {
-            return Err(format!("GET {url}: answer over {limit} bytes"));
-        }
-    }
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("GET {url}: no HTTP header"))?;
-    let head = String::from_utf8_lossy(&resp[..split]);
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("GET {url}: bad status line"))?;
-    if code != 200 {
-        return Err(format!("GET {url}: HTTP status {code}"));
-    }
-    let body = &resp[split + 4..];
-    if body.len() > max_body {
-        return Err(format!(
-            "GET {url}: body of {} bytes is over the {max_body}-byte limit",
-            body.len()
-        ));
-    }
-    Ok(body.to_vec())
 }
 
 /// A valid manifest found in the directory.
@@ -575,8 +498,21 @@ impl PodManager {
             url_source: None,
             url_kept: Vec::new(),
         };
-        mgr.url_source = mgr.cfg.manifest_url.clone().map(UrlSource::new);
+        let ca_file = mgr.cfg.manifest_url_ca_file.clone();
+        mgr.url_source = mgr
+            .cfg
+            .manifest_url
+            .clone()
+            .map(|url| UrlSource::new(url, ca_file));
         tracing::info!(dir = %mgr.cfg.manifest_dir.display(), node = %mgr.cfg.node_name, "pod controller started");
+        let gc_stop = Arc::new(AtomicBool::new(false));
+        image_gc::spawn(
+            &mgr.cfg.image_root,
+            &mgr.cfg.pod_root,
+            mgr.cfg.image_gc,
+            mgr.cfg.image_gc_interval,
+            gc_stop.clone(),
+        );
         let watch = DirWatch::new(&mgr.cfg.manifest_dir);
         let scan = mgr.scan();
         mgr.adopt_existing(&scan);
@@ -592,6 +528,7 @@ impl PodManager {
                 slept += Duration::from_millis(20);
             }
         }
+        gc_stop.store(true, Ordering::Relaxed);
         tracing::info!("pod controller stopping; pods are left running for the next weftd");
         for (_, w) in std::mem::take(&mut mgr.workers) {
             w.detach();
@@ -771,9 +708,8 @@ impl PodManager {
 
     fn write_invalid(&self, invalid: &[InvalidManifest]) {
         let path = self.cfg.layout().invalid_manifests();
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(invalid).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        if let Err(e) = crate::atomic_file::write_atomic(&path, &text, 0o644) {
             tracing::warn!(path = %path.display(), error = %e, "write invalid manifest list");
         }
     }
@@ -791,106 +727,8 @@ mod tests {
     }
 
     #[test]
-    fn http_urls_split_into_address_and_path() {
-        assert_eq!(
-            parse_http_url("http://192.0.2.1:8080/pods/web.yaml"),
-            Ok(("192.0.2.1:8080".into(), "/pods/web.yaml".into()))
-        );
-        assert_eq!(
-            parse_http_url("http://config.example"),
-            Ok(("config.example:80".into(), "/".into()))
-        );
-        assert!(parse_http_url("https://x/y").is_err());
-        assert!(parse_http_url("http:///y").is_err());
-    }
-
-    #[test]
-    fn http_get_returns_the_body_of_a_200_only() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            for answer in [
-                "HTTP/1.0 200 OK\r\nContent-Type: text/yaml\r\n\r\nkind: Pod\n",
-                "HTTP/1.0 404 Not Found\r\n\r\n",
-            ] {
-                let (mut s, _) = listener.accept().unwrap();
-                let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).unwrap();
-                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /m.yaml HTTP/1.0\r\n"));
-                s.write_all(answer.as_bytes()).unwrap();
-            }
-        });
-        let url = format!("http://127.0.0.1:{port}/m.yaml");
-        assert_eq!(
-            http_get(&url, Duration::from_secs(2), 100).unwrap(),
-            b"kind: Pod\n"
-        );
-        let e = http_get(&url, Duration::from_secs(2), 100).unwrap_err();
-        assert!(e.ends_with("HTTP status 404"), "{e}");
-        server.join().unwrap();
-    }
-
-    /// A server that answers every request with `head` and then `body`, `chunk` bytes every
-    /// `pause`, until the client goes away.
-    fn dripping_server(head: &'static str, body: Vec<u8>, chunk: usize, pause: Duration) -> String {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { return };
-                let body = body.clone();
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 1024];
-                    let _ = s.read(&mut buf);
-                    if s.write_all(head.as_bytes()).is_err() {
-                        return;
-                    }
-                    for part in body.chunks(chunk) {
-                        if s.write_all(part).is_err() {
-                            return;
-                        }
-                        std::thread::sleep(pause);
-                    }
-                });
-            }
-        });
-        format!("http://127.0.0.1:{port}/pod.yaml")
-    }
-
-    #[test]
-    fn http_get_has_a_total_deadline_and_a_size_cap() {
-        // One byte every 300 ms for far longer than the deadline: each read succeeds in time.
-        let url = dripping_server(
-            "HTTP/1.0 200 OK\r\n\r\n",
-            vec![b'#'; 1000],
-            1,
-            Duration::from_millis(300),
-        );
-        let e = http_get(&url, Duration::from_secs(1), 4096).unwrap_err();
-        assert!(e.contains("no complete answer within 1s"), "{e}");
-        let url = dripping_server(
-            "HTTP/1.0 200 OK\r\n\r\n",
-            vec![b'#'; 5000],
-            5000,
-            Duration::ZERO,
-        );
-        let e = http_get(&url, Duration::from_secs(5), 4096).unwrap_err();
-        assert!(e.contains("over the 4096-byte limit"), "{e}");
-        let url = dripping_server(
-            "HTTP/1.0 200 OK\r\n\r\n",
-            vec![b'#'; 200_000],
-            200_000,
-            Duration::ZERO,
-        );
-        let e = http_get(&url, Duration::from_secs(5), 4096).unwrap_err();
-        assert!(e.contains("answer over"), "{e}");
-    }
-
-    #[test]
     fn a_bad_url_answer_keeps_the_last_good_pod() {
-        let mut src = UrlSource::new("http://192.0.2.1/pod.yaml".into());
+        let mut src = UrlSource::new("http://192.0.2.1/pod.yaml".into(), None);
         src.take(Ok(POD.replace("NAME", "web").into_bytes()));
         let uid = src.good.as_ref().map(|m| m.pod.metadata.uid.clone());
         assert!(uid.is_some());

@@ -2,7 +2,9 @@
 //! one record per line, `<RFC3339Nano UTC> <stdout|stderr> <F|P> <message>`, where `P` marks a
 //! partial line that the next record continues.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+pub use crate::timestamp::rfc3339_nano;
 
 /// Longest message of one record; longer lines are split into `P` records.
 pub const MAX_RECORD: usize = 16 * 1024;
@@ -37,30 +39,6 @@ pub struct LogRecord<'a> {
     pub complete: bool,
     /// The message, without the line break.
     pub message: &'a str,
-}
-
-/// RFC 3339 UTC timestamp with nanoseconds, as CRI logs use (`2026-11-28T06:41:13.123456789Z`).
-pub fn rfc3339_nano(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_nanos()
-    )
 }
 
 /// Formats one record (with its trailing newline). `message` must not contain a newline.
@@ -123,7 +101,7 @@ pub fn log_text(contents: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn timestamps_are_rfc3339_nano_utc() {

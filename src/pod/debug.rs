@@ -14,7 +14,7 @@ use super::bundle::ContainerSpec;
 use super::cli::{read_pods, CliError};
 use super::crilog::log_text;
 use super::exec::{find_target, pod_ref, ExecError};
-use super::image::{write_atomic, ImageError, ImageStore};
+use super::image::{ImageError, ImageStore};
 use super::layout::{container_id, LayoutError, PodId, PodLayout, LOG_DIR_MODE};
 use super::resources::ContainerResources;
 use super::runtime::{OciRuntime, RuntimeError};
@@ -22,6 +22,7 @@ use super::sandbox::{Sandbox, SandboxError, SandboxState};
 use super::seccomp;
 use super::security::ContainerSecurity;
 use super::status::{self, ContainerState, ContainerStatus};
+use crate::atomic_file::write_atomic;
 
 /// Errors of running a debug container.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +113,7 @@ fn record_ephemeral(file: &Path, st: &ContainerStatus) {
     all.drain(..excess);
     let written = serde_json::to_vec_pretty(&all)
         .map_err(std::io::Error::other)
-        .and_then(|json| write_atomic(file, &json));
+        .and_then(|json| write_atomic(file, &json, 0o644));
     if let Err(e) = written {
         tracing::warn!(file = %file.display(), error = %e, "record ephemeral container status");
     }

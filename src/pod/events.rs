@@ -94,18 +94,8 @@ pub fn record(file: &Path, kind: EventType, reason: &str, message: &str) {
 }
 
 fn write(file: &Path, events: &[PodEvent]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let json = serde_json::to_vec_pretty(events).map_err(std::io::Error::other)?;
-    let tmp = file.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&json)?;
-    std::fs::rename(&tmp, file)
+    crate::atomic_file::write_atomic(file, &json, 0o600)
 }
 
 #[cfg(test)]

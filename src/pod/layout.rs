@@ -18,6 +18,21 @@
 
 use std::path::{Component, Path, PathBuf};
 
+/// Default `--pod-root`: per-pod state.
+pub const DEFAULT_POD_ROOT: &str = "/var/lib/weft/pods";
+/// Default `--image-root`: the image store.
+pub const DEFAULT_IMAGE_ROOT: &str = "/var/lib/weft/images";
+/// Default `--pod-log-dir`: container logs, where kubelet keeps them.
+pub const DEFAULT_POD_LOG_DIR: &str = "/var/log/pods";
+/// Default `--cni-conf-dir`.
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// Default `--cni-bin-dir`.
+pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
+/// Default `--cni-cache-dir` (libcni's).
+pub const DEFAULT_CNI_CACHE_DIR: &str = "/var/lib/cni";
+/// Default `--seccomp-root`: `Localhost` seccomp profiles.
+pub const DEFAULT_SECCOMP_ROOT: &str = "/var/lib/weft/seccomp";
+
 /// The file under the pod root listing the manifests that failed to load.
 pub const INVALID_FILE: &str = "invalid-manifests.json";
 

@@ -13,6 +13,7 @@ pub mod downward;
 pub mod events;
 pub mod exec;
 pub mod image;
+pub mod image_gc;
 pub mod layout;
 pub mod manifest;
 pub mod pod_worker;

@@ -116,9 +116,8 @@ impl WorkerState {
     }
 
     fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
-        std::fs::rename(&tmp, dir.join(STATE_FILE))
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        crate::atomic_file::write_atomic(&dir.join(STATE_FILE), &bytes, 0o644)
     }
 }
 
@@ -999,6 +998,10 @@ impl PodRun {
         );
         if let Some(s) = self.status_mut(&c.name) {
             s.image_id = image.id.clone();
+        }
+        // The LRU clock of image GC; a failure only makes the image look older.
+        if let Err(e) = store.mark_used(&image.id) {
+            tracing::warn!(image = %image.id, error = %e, "mark image used");
         }
         let mounts = self
             .mounts(c)

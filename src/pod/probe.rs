@@ -4,7 +4,6 @@
 //! The counting — initial delay, period, success and failure thresholds — is pure
 //! ([`ProbeCounter`]); the checks themselves are at the bottom.
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -307,37 +306,14 @@ fn exec_check(
     }
 }
 
-/// An HTTP/1.0 GET; success is a 2xx or 3xx status.
+/// An HTTP GET through the node's one HTTP client; success is a 2xx or 3xx status.
 fn http_check(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: weft-probe/1.0\r\nAccept: */*\r\n\r\n"
-    );
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut head = [0u8; 32];
-    let n = s
-        .read(&mut head)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    let code = http_status(&line).ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+    let code = crate::http_client::status_of(addr, path, timeout).map_err(|e| e.to_string())?;
     if (200..400).contains(&code) {
         Ok(())
     } else {
         Err(format!("HTTP status {code}"))
     }
-}
-
-/// The status code of an HTTP status line (`HTTP/1.1 200 OK`).
-pub fn http_status(line: &str) -> Option<u16> {
-    let mut parts = line.split_whitespace();
-    parts.next().filter(|v| v.starts_with("HTTP/"))?;
-    parts.next()?.parse().ok()
 }
 
 /// Runs `f` on a thread inside the network namespace `netns`.
@@ -361,6 +337,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     fn timing(success: u32, failure: u32) -> ProbeTiming {
         ProbeTiming {
@@ -405,13 +382,6 @@ mod tests {
         assert_eq!(c.record(false, t0), Verdict::Failure);
         assert_eq!(c.record(true, t0), Verdict::Failure);
         assert_eq!(c.record(true, t0), Verdict::Success);
-    }
-
-    #[test]
-    fn http_status_lines() {
-        assert_eq!(http_status("HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(http_status("HTTP/1.0 503 Service Unavailable"), Some(503));
-        assert_eq!(http_status("SSH-2.0-OpenSSH"), None);
     }
 
     #[test]

@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use super::bundle::SandboxPaths;
 use super::bundle::{oci_config, write_config, BundleError, ContainerSpec};
 use super::crilog::log_text;
-use super::image::write_atomic;
 use super::process::{helper_binary, run_helper, ProcessId};
 use super::sandbox::Sandbox;
+use crate::atomic_file::write_atomic;
 
 /// How long [`OciRuntime::start`] waits for the runtime to create the container.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -528,7 +528,7 @@ impl OciRuntime {
             path: record_path.clone(),
             source,
         })?;
-        write_atomic(&record_path, &bytes).map_err(self.io(id, "write", &record_path))?;
+        write_atomic(&record_path, &bytes, 0o644).map_err(self.io(id, "write", &record_path))?;
         let shim = self.spawn_shim(id, dir, &spec.log_path)?;
         let handle = ContainerHandle {
             record,

@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::bundle::SandboxPaths;
-use super::image::write_atomic;
 use super::process::{helper_binary, run_helper, ProcessId};
 use super::security::HostNamespaces;
+use crate::atomic_file::write_atomic;
 
 /// Where named network namespaces are bind-mounted (iproute2's convention).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -268,7 +268,7 @@ impl Sandbox {
             ("resolv.conf", host_resolv_conf()),
         ] {
             let path = etc.join(file);
-            write_atomic(&path, contents.as_bytes()).map_err(io("write", &path))?;
+            write_atomic(&path, contents.as_bytes(), 0o644).map_err(io("write", &path))?;
         }
         let netns = netns_name(pod_id);
         let netns_path = Path::new(NETNS_DIR).join(&netns);
@@ -463,7 +463,7 @@ impl Sandbox {
                 path: path.clone(),
                 source,
             })?;
-        write_atomic(&path, &bytes).map_err(|source| SandboxError::Io {
+        write_atomic(&path, &bytes, 0o644).map_err(|source| SandboxError::Io {
             pod: self.state.pod_id.clone(),
             op: "write",
             path,

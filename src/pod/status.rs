@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{ObjectMeta, Pod, PodSpec, RestartPolicy};
+pub use crate::timestamp::{parse_rfc3339, rfc3339};
 
 /// The file in a pod's directory holding its [`PodRecord`].
 pub const STATUS_FILE: &str = "status.json";
@@ -323,9 +324,7 @@ pub fn write_record(dir: &Path, record: &PodRecord) -> Result<(), StatusError> {
         path: path.display().to_string(),
         source,
     })?;
-    let tmp = dir.join(format!(".{STATUS_FILE}.tmp"));
-    std::fs::write(&tmp, json).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)
+    crate::atomic_file::write_atomic(&path, &json, 0o644).map_err(io)
 }
 
 /// Reads `dir/status.json`.
@@ -597,70 +596,6 @@ pub fn human_duration(d: Duration) -> String {
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// `t` as RFC 3339 UTC with second precision (`2026-11-28T06:34:22Z`), as Kubernetes writes times.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let (y, mo, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Parses what [`rfc3339`] writes (`YYYY-MM-DDTHH:MM:SSZ`, fractional seconds ignored).
-pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let days = days_from_civil(i64::try_from(y).ok()?, mo, d);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + mi * 60 + se;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-/// Howard Hinnant's days-from-civil: days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::try_from(m).unwrap_or(1);
-    let d = i64::try_from(d).unwrap_or(1);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`].
-fn civil_from_days(z: i64) -> (i64, u64, u64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m.unsigned_abs(), d.unsigned_abs())
 }
 
 #[cfg(test)]

@@ -166,11 +166,36 @@ fn gzip(bytes: &[u8]) -> io::Result<Vec<u8>> {
     enc.finish()
 }
 
+/// `bytes` compressed by the `zstd` program (scripts/setup.sh installs it).
+fn zstd_cli(bytes: &[u8]) -> io::Result<Vec<u8>> {
+    let mut child = std::process::Command::new("zstd")
+        .args(["-q", "-c", "-3"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::other(format!("run zstd (scripts/setup.sh installs it): {e}")))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| io::Error::other("zstd stdin"))?;
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output()?;
+    writer
+        .join()
+        .map_err(|_| io::Error::other("zstd writer panicked"))??;
+    if !out.status.success() {
+        return Err(io::Error::other(format!("zstd: {}", out.status)));
+    }
+    Ok(out.stdout)
+}
+
 /// An image under construction: layers (uncompressed tars, bottom first) and config.
 #[derive(Debug, Clone, Default)]
 pub struct ImageBuilder {
     layers: Vec<Vec<u8>>,
     gzip: bool,
+    zstd: bool,
     entrypoint: Vec<String>,
     cmd: Vec<String>,
     env: Vec<String>,
@@ -213,6 +238,13 @@ impl ImageBuilder {
     /// Gzip-compress the layers.
     pub fn gzip(mut self, on: bool) -> Self {
         self.gzip = on;
+        self
+    }
+
+    /// Compress the layers with the `zstd` command line (OCI `tar+zstd`), so the store reads
+    /// a stream written by a zstd implementation nobody here wrote.
+    pub fn zstd(mut self, on: bool) -> Self {
+        self.zstd = on;
         self
     }
 
@@ -270,7 +302,11 @@ impl ImageBuilder {
     fn layer_blobs(&self) -> io::Result<Vec<Vec<u8>>> {
         self.layers
             .iter()
-            .map(|l| if self.gzip { gzip(l) } else { Ok(l.clone()) })
+            .map(|l| match (self.gzip, self.zstd) {
+                (true, _) => gzip(l),
+                (false, true) => zstd_cli(l),
+                (false, false) => Ok(l.clone()),
+            })
             .collect()
     }
 
@@ -278,10 +314,10 @@ impl ImageBuilder {
     pub fn write_oci(&self, path: &Path) -> io::Result<BuiltImage> {
         let config = self.config();
         let blobs = self.layer_blobs()?;
-        let layer_media = if self.gzip {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        } else {
-            "application/vnd.oci.image.layer.v1.tar"
+        let layer_media = match (self.gzip, self.zstd) {
+            (true, _) => "application/vnd.oci.image.layer.v1.tar+gzip",
+            (false, true) => "application/vnd.oci.image.layer.v1.tar+zstd",
+            (false, false) => "application/vnd.oci.image.layer.v1.tar",
         };
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
