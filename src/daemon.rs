@@ -23,7 +23,7 @@ use crate::lease::{config_key, lease_key, Lease, LeaseAttrs, RawLease};
 use crate::masq;
 use crate::netlink::{self, ExternalInterface};
 use crate::notify::{NotifyState, ServiceNotifier};
-use crate::pod::controller::PodConfig;
+use crate::pod::config::PodConfig;
 use crate::pod::controller::PodManager;
 use crate::status::{
     BackendStatus, LeaseStatus, PeerStatus, ReconcileStatus, RejectedBy, RejectedPeer,

@@ -22,7 +22,8 @@ use common::{wait_for, Cluster, Netns, VXLAN_CONFIG};
 use image::ImageBuilder;
 use weft::pod::backoff::BackoffPolicy;
 use weft::pod::cli::{self, read_invalid, read_pods};
-use weft::pod::controller::{ControllerError, PodConfig, PodManager};
+use weft::pod::config::PodConfig;
+use weft::pod::controller::{ControllerError, PodManager};
 use weft::pod::image::ImageStore;
 use weft::pod::layout::PodId;
 use weft::pod::status::{self, PodPhase, PodRecord};
@@ -792,18 +793,19 @@ fn restart_policies_with_exit_codes_and_back_off() {
         (node.pod_netns().len() == 3 && node.ipam_allocations().len() == 3).then_some(())
     });
     assert_eq!(node.pod_dirs().len(), 6);
-    // Back-off: base 1 s doubling to the 4 s cap, measured between the runs' own start times
-    // (each run exits at once, so a gap is its back-off plus the start of a container).
+    // Back-off: the first restart at once, then base 1 s doubling to the 4 s cap, measured
+    // between the runs' own start times (each run exits at once, so a gap is its back-off plus
+    // the start of a container).
     let rec = wait_for(WAIT, "always-1 restarted 4 times", || {
         node.record("always-1")
             .filter(|r| r.pod.status.container_statuses[0].restart_count >= 4)
     });
     let starts: Vec<f64> = (0..5).map(|run| run_started(&node, &rec, run)).collect();
     let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
-    for (gap, want) in gaps.iter().zip([1.0, 2.0, 4.0, 4.0]) {
+    for (gap, want) in gaps.iter().zip([0.0, 1.0, 2.0, 4.0]) {
         assert!(
             *gap >= want && *gap < want + 2.5,
-            "gaps between runs {gaps:?}: expected back-offs of 1, 2, 4, 4 s"
+            "gaps between runs {gaps:?}: expected back-offs of 0, 1, 2, 4 s"
         );
     }
     for name in ["always-0", "always-1", "onfailure-1"] {
@@ -841,6 +843,31 @@ fn restart_policies_with_exit_codes_and_back_off() {
             .all(|s| ["CrashLoopBackOff", "Running", "Completed", "Error"].contains(&s.as_str())),
         "{shown:?}"
     );
+}
+
+#[test]
+fn kubelet_restart_timing_with_the_default_policy() {
+    let mut node = PodNode::new();
+    node.stop_controller();
+    node.cfg.backoff = BackoffPolicy::default();
+    node.start();
+    node.put_manifest("crash.yaml", &exit_pod("crash", "Always", 1));
+    let rec = wait_for(WAIT, "crash restarted twice", || {
+        node.record("crash")
+            .filter(|r| r.pod.status.container_statuses[0].restart_count >= 2)
+    });
+    // Gaps between the runs' recorded start times: each run exits at once, so a gap is the
+    // back-off plus a container start (well under the 10 s base).
+    let starts: Vec<f64> = (0..3).map(|run| run_started(&node, &rec, run)).collect();
+    let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[0] < 5.0, "first restart not at once: gaps {gaps:?}");
+    assert!(
+        gaps[1] >= 10.0 && gaps[1] < 15.0,
+        "second restart not after the 10 s base: gaps {gaps:?}"
+    );
+    let s = &rec.pod.status.container_statuses[0];
+    let last = s.last_state.terminated.as_ref().map(|t| t.exit_code);
+    assert_eq!(last, Some(1), "{s:?}");
 }
 
 #[test]

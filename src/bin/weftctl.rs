@@ -50,7 +50,7 @@ enum Command {
     /// `-A`: every node's pods, from etcd.
     Pods(PodsCommand),
     /// Print a pod container's log (`-c CONTAINER`, `--previous`).
-    Logs(weft::pod::cli::LogsArgs),
+    Logs(LogsArgs),
     /// Run a command in a running container of a pod on this node, like `kubectl exec`:
     /// `weftctl exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]`. The command's exit
     /// code is weftctl's.
@@ -74,10 +74,74 @@ enum Command {
     },
 }
 
+/// The on-disk locations shared by weftd's pod runtime and weftctl.
+#[derive(Debug, Clone, Args)]
+struct PodPaths {
+    /// Per-pod state and status directories.
+    #[arg(long, env = "WEFTD_POD_ROOT", default_value = weft::pod::layout::DEFAULT_POD_ROOT)]
+    pod_root: PathBuf,
+    /// The image store.
+    #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = weft::pod::layout::DEFAULT_IMAGE_ROOT)]
+    image_root: PathBuf,
+    /// Container logs (`<dir>/<ns>_<name>_<uid>/<container>/<restart>.log`).
+    #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = weft::pod::layout::DEFAULT_POD_LOG_DIR)]
+    pod_log_dir: PathBuf,
+}
+
+/// `weftctl pods [-o json|wide]`.
+#[derive(Debug, Clone, Args)]
+struct PodsArgs {
+    /// Where the node keeps pods.
+    #[command(flatten)]
+    paths: PodPaths,
+    /// Output format: `wide` (the default table) or `json` (a v1 PodList).
+    #[arg(short = 'o', long = "output", default_value = "wide")]
+    output: String,
+    /// Only pods whose labels match, as `kubectl -l`: `app=web`, `app==web`, `tier!=db`,
+    /// `env in (prod,qa)`, `env notin (dev)`, `app` (present), `!canary` (absent), joined by `,`.
+    #[arg(short = 'l', long = "selector")]
+    selector: Option<String>,
+    /// Add a LABELS column (`key=value,...`).
+    #[arg(long = "show-labels")]
+    show_labels: bool,
+}
+
+/// `weftctl logs POD [-c CONTAINER] [--previous]`.
+#[derive(Debug, Clone, Args)]
+struct LogsArgs {
+    /// Where the node keeps pods.
+    #[command(flatten)]
+    paths: PodPaths,
+    /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
+    pod: String,
+    /// The container; may be omitted when the pod has a single app container.
+    #[arg(short = 'c', long = "container")]
+    container: Option<String>,
+    /// The pod's namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    namespace: String,
+    /// Print the previous run's log (the one before the last restart).
+    #[arg(short = 'p', long = "previous")]
+    previous: bool,
+}
+
+impl LogsArgs {
+    fn request(self) -> weft::pod::cli::LogsRequest {
+        weft::pod::cli::LogsRequest {
+            pod_root: self.paths.pod_root,
+            pod_log_dir: self.paths.pod_log_dir,
+            pod: self.pod,
+            container: self.container,
+            namespace: self.namespace,
+            previous: self.previous,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct PodsCommand {
     #[command(flatten)]
-    local: weft::pod::cli::PodsArgs,
+    local: PodsArgs,
     /// Every node's pods in every namespace, as published in etcd (`<prefix>/pods/`).
     #[arg(short = 'A', long = "all-namespaces")]
     all: bool,
@@ -89,7 +153,7 @@ struct PodsCommand {
 struct ExecArgs {
     /// Where the node keeps pods.
     #[command(flatten)]
-    paths: weft::pod::cli::PodPaths,
+    paths: PodPaths,
     /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
     pod: String,
     /// The container (default: the pod's first app container).
@@ -116,7 +180,7 @@ struct ExecArgs {
 struct DebugArgs {
     /// Where the node keeps pods and images.
     #[command(flatten)]
-    paths: weft::pod::cli::PodPaths,
+    paths: PodPaths,
     /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
     pod: String,
     /// The debug container's image (imported with `weftctl image import`).
@@ -140,7 +204,7 @@ struct DebugArgs {
 struct DescribeArgs {
     /// Where the node keeps pods.
     #[command(flatten)]
-    paths: weft::pod::cli::PodPaths,
+    paths: PodPaths,
     /// The kind of object: `pod` (also `pods`, `po`).
     #[arg(value_parser = ["pod", "pods", "po"])]
     kind: String,
@@ -371,11 +435,17 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Image(args) => Ok(image::run(&args, &mut std::io::stdout())?),
         Command::Pods(args) if args.all => cluster_pods(&args).await,
         Command::Pods(args) => Ok(weft::pod::cli::pods(
-            &args.local,
+            &args.local.paths.pod_root,
+            &args.local.output,
+            args.local.selector.as_deref(),
+            args.local.show_labels,
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         )?),
-        Command::Logs(args) => Ok(weft::pod::cli::logs(&args, &mut std::io::stdout())?),
+        Command::Logs(args) => Ok(weft::pod::cli::logs(
+            &args.request(),
+            &mut std::io::stdout(),
+        )?),
         Command::Exec(args) => exec(&args).map(|_| ()),
         Command::Debug(args) => debug(&args).map(|_| ()),
         Command::Describe(args) => describe(&args),

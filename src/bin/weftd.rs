@@ -11,7 +11,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use tracing::{error, warn};
 use weft::daemon::{self, DaemonOptions};
 use weft::notify::ServiceNotifier;
-use weft::pod::controller::PodConfig;
+use weft::pod::config::PodConfig;
 use weft::pod::layout;
 
 #[path = "flags/etcd.rs"]
@@ -80,7 +80,7 @@ struct Flags {
     #[arg(long, env = "WEFTD_CNI_CACHE_DIR", default_value = layout::DEFAULT_CNI_CACHE_DIR)]
     cni_cache_dir: PathBuf,
     /// OCI runtime for containers (`runc` or `crun`).
-    #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = "runc")]
+    #[arg(long, env = "WEFTD_OCI_RUNTIME", default_value = layout::DEFAULT_OCI_RUNTIME)]
     oci_runtime: PathBuf,
     /// Per-pod state (sandbox, containers, status).
     #[arg(long, env = "WEFTD_POD_ROOT", default_value = layout::DEFAULT_POD_ROOT)]
@@ -125,7 +125,8 @@ struct Flags {
     /// This node's name (`spec.nodeName`); default: the hostname.
     #[arg(long, env = "WEFTD_NODE_NAME")]
     node_name: Option<String>,
-    /// First container restart back-off in milliseconds (doubles up to the cap).
+    /// Container restart back-off in milliseconds before the second restart (the first is
+    /// immediate); doubles up to the cap.
     #[arg(
         long,
         env = "WEFTD_POD_BACKOFF_BASE_MS",

@@ -1,4 +1,4 @@
-//! `weftctl pods` and `weftctl logs`: read the status files and container logs a node's pod
+//! The library half of `weftctl pods` and `weftctl logs` (their flags are the binary's): read the status files and container logs a node's pod
 //! runtime writes, and print them the way `kubectl get pods -o wide` and `kubectl logs` do.
 
 use std::io::Write;
@@ -11,54 +11,20 @@ use super::crilog::log_text;
 use super::layout::{LayoutError, PodId, PodLayout, EPHEMERAL_FILE, INVALID_FILE};
 use super::status::{self, PodRecord};
 
-/// The on-disk locations shared by weftd's pod runtime and weftctl.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PodPaths {
-    /// Per-pod state and status directories.
-    #[arg(long, env = "WEFTD_POD_ROOT", default_value = "/var/lib/weft/pods")]
+/// What `weftctl logs` asks for.
+#[derive(Debug, Clone)]
+pub struct LogsRequest {
+    /// The pod root (`--pod-root`).
     pub pod_root: PathBuf,
-    /// The image store.
-    #[arg(long, env = "WEFTD_IMAGE_ROOT", default_value = "/var/lib/weft/images")]
-    pub image_root: PathBuf,
-    /// Container logs (`<dir>/<ns>_<name>_<uid>/<container>/<restart>.log`).
-    #[arg(long, env = "WEFTD_POD_LOG_DIR", default_value = "/var/log/pods")]
+    /// The container log root (`--pod-log-dir`).
     pub pod_log_dir: PathBuf,
-}
-
-/// `weftctl pods [-o json|wide]`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PodsArgs {
-    /// Where the node keeps pods.
-    #[command(flatten)]
-    pub paths: PodPaths,
-    /// Output format: `wide` (the default table) or `json` (a v1 PodList).
-    #[arg(short = 'o', long = "output", default_value = "wide")]
-    pub output: String,
-    /// Only pods whose labels match, as `kubectl -l`: `app=web`, `app==web`, `tier!=db`,
-    /// `env in (prod,qa)`, `env notin (dev)`, `app` (present), `!canary` (absent), joined by `,`.
-    #[arg(short = 'l', long = "selector")]
-    pub selector: Option<String>,
-    /// Add a LABELS column (`key=value,...`).
-    #[arg(long = "show-labels")]
-    pub show_labels: bool,
-}
-
-/// `weftctl logs POD [-c CONTAINER] [--previous]`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct LogsArgs {
-    /// Where the node keeps pods.
-    #[command(flatten)]
-    pub paths: PodPaths,
-    /// The pod: `NAME` (namespace from `-n`) or `NAMESPACE/NAME`.
+    /// The pod: `NAME` (namespace from `namespace`) or `NAMESPACE/NAME`.
     pub pod: String,
     /// The container; may be omitted when the pod has a single app container.
-    #[arg(short = 'c', long = "container")]
     pub container: Option<String>,
     /// The pod's namespace.
-    #[arg(short = 'n', long = "namespace", default_value = "default")]
     pub namespace: String,
-    /// Print the previous run's log (the one before the last restart).
-    #[arg(short = 'p', long = "previous")]
+    /// The previous run's log (the one before the last restart).
     pub previous: bool,
 }
 
@@ -251,17 +217,26 @@ pub fn pod_list_json(pods: &[PodRecord]) -> serde_json::Value {
     })
 }
 
-/// `weftctl pods`: the table (and invalid manifests on `err`) or the JSON list on `out`.
-pub fn pods(args: &PodsArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
-    let selector = super::selector::parse(args.selector.as_deref().unwrap_or(""))?;
-    let mut pods = read_pods(&args.paths.pod_root)?;
+/// `weftctl pods`: the table (and invalid manifests on `err`) or, for `output` `json`, the
+/// JSON list on `out`; only pods whose labels match `selector` (`kubectl -l`'s syntax), with a
+/// LABELS column when `show_labels`.
+pub fn pods(
+    pod_root: &Path,
+    output: &str,
+    selector: Option<&str>,
+    show_labels: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let selector = super::selector::parse(selector.unwrap_or(""))?;
+    let mut pods = read_pods(pod_root)?;
     pods.retain(|r| selector.matches(&r.pod.metadata.labels));
     let io = |source| CliError::Io {
         op: "write",
         path: PathBuf::from("<stdout>"),
         source,
     };
-    match args.output.as_str() {
+    match output {
         "json" => {
             let text = serde_json::to_string_pretty(&pod_list_json(&pods))
                 .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -269,12 +244,12 @@ pub fn pods(args: &PodsArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
         }
         "wide" | "" => {
             if pods.is_empty() {
-                writeln!(err, "No pods found in {}.", args.paths.pod_root.display()).map_err(io)?;
+                writeln!(err, "No pods found in {}.", pod_root.display()).map_err(io)?;
             } else {
-                let table = pods_table_labels(&pods, SystemTime::now(), args.show_labels);
+                let table = pods_table_labels(&pods, SystemTime::now(), show_labels);
                 out.write_all(table.as_bytes()).map_err(io)?;
             }
-            for bad in read_invalid(&args.paths.pod_root) {
+            for bad in read_invalid(pod_root) {
                 writeln!(err, "invalid manifest {}: {}", bad.file, bad.error).map_err(io)?;
             }
             Ok(())
@@ -284,16 +259,16 @@ pub fn pods(args: &PodsArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
 }
 
 /// `weftctl logs`: prints the container's current (or previous) log.
-pub fn logs(args: &LogsArgs, out: &mut dyn Write) -> Result<(), CliError> {
+pub fn logs(args: &LogsRequest, out: &mut dyn Write) -> Result<(), CliError> {
     let (ns, name) = args
         .pod
         .split_once('/')
         .unwrap_or((args.namespace.as_str(), args.pod.as_str()));
-    let pods = read_pods(&args.paths.pod_root)?;
+    let pods = read_pods(&args.pod_root)?;
     let rec = pods
         .iter()
         .find(|r| r.pod.metadata.namespace == ns && r.pod.metadata.name == name)
-        .ok_or_else(|| CliError::NoPod(format!("{ns}/{name}"), args.paths.pod_root.clone()))?;
+        .ok_or_else(|| CliError::NoPod(format!("{ns}/{name}"), args.pod_root.clone()))?;
     let p = &rec.pod;
     let statuses = p
         .status
@@ -329,7 +304,7 @@ pub fn logs(args: &LogsArgs, out: &mut dyn Write) -> Result<(), CliError> {
     } else {
         st.restart_count
     };
-    let layout = PodLayout::new(&args.paths.pod_root, &args.paths.pod_log_dir);
+    let layout = PodLayout::new(&args.pod_root, &args.pod_log_dir);
     let pod = PodId::new(ns, name, &p.metadata.uid)?;
     let path = layout.container_log(&pod, &container, restart)?;
     let text = match std::fs::read(&path) {
@@ -404,12 +379,8 @@ mod tests {
     #[test]
     fn selector_filters_and_show_labels_adds_a_column() {
         let root = tempfile::tempdir().unwrap();
-        let paths = PodPaths {
-            pod_root: root.path().join("pods"),
-            image_root: root.path().join("images"),
-            pod_log_dir: root.path().join("logs"),
-        };
-        let layout = PodLayout::new(&paths.pod_root, &paths.pod_log_dir);
+        let pod_root = root.path().join("pods");
+        let layout = PodLayout::new(&pod_root, &root.path().join("logs"));
         for (name, labels) in [
             ("web", &[("app", "web"), ("tier", "front")][..]),
             ("db", &[("app", "db")][..]),
@@ -426,14 +397,8 @@ mod tests {
             status::write_record(&dir, &rec).unwrap();
         }
         let run = |selector: Option<&str>, show_labels: bool| {
-            let args = PodsArgs {
-                paths: paths.clone(),
-                output: "wide".into(),
-                selector: selector.map(str::to_string),
-                show_labels,
-            };
             let (mut out, mut err) = (Vec::new(), Vec::new());
-            pods(&args, &mut out, &mut err).map(|()| {
+            pods(&pod_root, "wide", selector, show_labels, &mut out, &mut err).map(|()| {
                 let names: Vec<String> = String::from_utf8(out)
                     .unwrap()
                     .lines()
@@ -488,14 +453,10 @@ mod tests {
     #[test]
     fn logs_pick_the_run_and_the_container() {
         let root = tempfile::tempdir().unwrap();
-        let paths = PodPaths {
-            pod_root: root.path().join("pods"),
-            image_root: root.path().join("images"),
-            pod_log_dir: root.path().join("logs"),
-        };
+        let (pod_root, pod_log_dir) = (root.path().join("pods"), root.path().join("logs"));
         let rec = record("default", "web", "10.244.1.5");
         let uid = rec.pod.metadata.uid.clone();
-        let layout = PodLayout::new(&paths.pod_root, &paths.pod_log_dir);
+        let layout = PodLayout::new(&pod_root, &pod_log_dir);
         let pod = PodId::new("default", "web", &uid).unwrap();
         let dir = layout.pod_dir(&pod);
         std::fs::create_dir_all(&dir).unwrap();
@@ -505,14 +466,15 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, format!("2026-11-28T06:00:00Z stdout F {msg}\n")).unwrap();
         }
-        let mut args = LogsArgs {
-            paths,
+        let mut args = LogsRequest {
+            pod_root,
+            pod_log_dir,
             pod: "web".into(),
             container: None,
             namespace: "default".into(),
             previous: false,
         };
-        let run = |a: &LogsArgs| {
+        let run = |a: &LogsRequest| {
             let mut out = Vec::new();
             logs(a, &mut out).map(|()| String::from_utf8(out).unwrap())
         };

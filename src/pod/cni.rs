@@ -203,7 +203,7 @@ pub fn load_network(conf_dir: &Path) -> Result<NetworkList, CniError> {
     for file in files {
         match std::fs::read(&file)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| parse_network(&file, &bytes))
+            .and_then(|bytes| network_list(&file, &bytes))
         {
             Ok(list) => return Ok(list),
             Err(reason) => skipped.push(format!("{}: {reason}", file.display())),
@@ -220,7 +220,15 @@ pub fn load_network(conf_dir: &Path) -> Result<NetworkList, CniError> {
 }
 
 /// Parses a config file's bytes: a conflist, or a single plugin config turned into a list.
-pub fn parse_network(file: &Path, bytes: &[u8]) -> Result<NetworkList, String> {
+pub fn parse_network(file: &Path, bytes: &[u8]) -> Result<NetworkList, CniError> {
+    network_list(file, bytes).map_err(|reason| CniError::Config {
+        file: file.to_path_buf(),
+        reason,
+    })
+}
+
+/// [`parse_network`]'s work; the error names the field and what is wrong with it.
+fn network_list(file: &Path, bytes: &[u8]) -> Result<NetworkList, String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let obj = v.as_object().ok_or("not a JSON object")?;
     let name = obj
@@ -529,6 +537,32 @@ pub fn parse_cni_args(args: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The pod worker's seam to the pod network: attach, detach and what was attached, so its
+/// logic can run against another network (or a fake) and [`CniRuntime`] stays one
+/// implementation.
+pub trait PodNetwork {
+    /// Attaches `att` to the network `list` (CNI ADD).
+    fn add(&self, list: &NetworkList, att: &Attachment) -> Result<CniResult, CniError>;
+    /// The network list and result of an earlier attachment of `att` to `network`.
+    fn cached(&self, network: &str, att: &Attachment) -> Option<(NetworkList, Value)>;
+    /// Detaches `att` (CNI DEL); succeeds when already gone.
+    fn del(&self, list: &NetworkList, att: &Attachment) -> Result<(), CniError>;
+}
+
+impl PodNetwork for CniRuntime {
+    fn add(&self, list: &NetworkList, att: &Attachment) -> Result<CniResult, CniError> {
+        CniRuntime::add(self, list, att)
+    }
+
+    fn cached(&self, network: &str, att: &Attachment) -> Option<(NetworkList, Value)> {
+        CniRuntime::cached(self, network, att)
+    }
+
+    fn del(&self, list: &NetworkList, att: &Attachment) -> Result<(), CniError> {
+        CniRuntime::del(self, list, att)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,19 +618,20 @@ mod tests {
     #[test]
     fn broken_configs_are_rejected_with_the_field() {
         let p = Path::new("/c/x.conflist");
+        let err = |bytes: &[u8]| parse_network(p, bytes).unwrap_err().to_string();
         assert_eq!(
-            parse_network(p, br#"{"plugins":[]}"#).unwrap_err(),
-            "field name: required"
+            err(br#"{"plugins":[]}"#),
+            "cni: config /c/x.conflist: field name: required"
         );
         assert_eq!(
-            parse_network(p, br#"{"name":"n"}"#).unwrap_err(),
-            "field plugins: required in a conflist"
+            err(br#"{"name":"n"}"#),
+            "cni: config /c/x.conflist: field plugins: required in a conflist"
         );
         assert_eq!(
-            parse_network(p, br#"{"name":"n","plugins":[{"type":"../../bin/sh"}]}"#).unwrap_err(),
-            "field plugins[0].type: invalid \"../../bin/sh\""
+            err(br#"{"name":"n","plugins":[{"type":"../../bin/sh"}]}"#),
+            "cni: config /c/x.conflist: field plugins[0].type: invalid \"../../bin/sh\""
         );
-        assert!(parse_network(p, b"{").unwrap_err().starts_with("not JSON"));
+        assert!(err(b"{").starts_with("cni: config /c/x.conflist: not JSON"));
     }
 
     #[test]

@@ -18,20 +18,33 @@
 
 use std::path::{Component, Path, PathBuf};
 
-/// Default `--pod-root`: per-pod state.
+/// Default `--pod-root`: one directory per pod.
 pub const DEFAULT_POD_ROOT: &str = "/var/lib/weft/pods";
+
 /// Default `--image-root`: the image store.
 pub const DEFAULT_IMAGE_ROOT: &str = "/var/lib/weft/images";
-/// Default `--pod-log-dir`: container logs, where kubelet keeps them.
+
+/// Default `--pod-log-dir`: container logs, `<dir>/<ns>_<name>_<uid>/<container>/<restart>.log`.
 pub const DEFAULT_POD_LOG_DIR: &str = "/var/log/pods";
+
+/// Default `--seccomp-root`: where `Localhost` seccomp profiles live.
+pub const DEFAULT_SECCOMP_ROOT: &str = "/var/lib/weft/seccomp";
+
 /// Default `--cni-conf-dir`.
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+
 /// Default `--cni-bin-dir`.
 pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
-/// Default `--cni-cache-dir` (libcni's).
+
+/// Default CNI result cache root (libcni's).
 pub const DEFAULT_CNI_CACHE_DIR: &str = "/var/lib/cni";
-/// Default `--seccomp-root`: `Localhost` seccomp profiles.
-pub const DEFAULT_SECCOMP_ROOT: &str = "/var/lib/weft/seccomp";
+
+/// Default `--oci-runtime`.
+pub const DEFAULT_OCI_RUNTIME: &str = "runc";
+
+/// Where the OCI runtime keeps its own state (`runc --root`), under a runtime's state root (the
+/// pod directory for pods): the runtime and the exec probes must name the same directory.
+pub const RUNTIME_STATE_DIR: &str = "runc";
 
 /// The file under the pod root listing the manifests that failed to load.
 pub const INVALID_FILE: &str = "invalid-manifests.json";

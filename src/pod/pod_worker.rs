@@ -1,125 +1,52 @@
-//! One pod's life on a thread: sandbox → CNI ADD → init containers one at a time → app
-//! containers together, restarts per restart policy with back-off, status written to
-//! `<pod_dir>/status.json` on every change, and on removal SIGTERM → grace → SIGKILL → CNI DEL →
-//! sandbox stop → volumes, state and logs removed.
-//!
-//! `<pod_dir>/pod.json` ([`WorkerState`]) holds what a restarted weftd needs to adopt the pod
-//! (or tear it down when its manifest is gone); the container runtime and the sandbox keep their
-//! own state in the same directory.
+//! One pod's life on a thread, kubelet's way: each tick observes the pod (is the sandbox
+//! alive, which containers exited, what the probes say), asks
+//! [`compute_pod_actions`](super::actions::compute_pod_actions) what to do, and does it
+//! (sandbox → CNI ADD → init containers one at a time → app containers together, restarts with
+//! back-off, probe kills); status goes to `<pod_dir>/status.json` on every change. On removal:
+//! SIGTERM → grace → SIGKILL → CNI DEL → sandbox stop → volumes, state and logs removed
+//! ([`lifecycle`](super::lifecycle)).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::sys::signal::Signal;
-use serde::{Deserialize, Serialize};
-
+use super::actions::{
+    compute_pod_actions, ContainerView, PodAction, PodView, RunView, SandboxView,
+};
 use super::backoff::Backoff;
-use super::bundle::{container_user, ContainerSpec, MountSpec};
-use super::cni::{load_network, Attachment, CniRuntime, POD_IFNAME};
-use super::controller::PodConfig;
-use super::downward;
+use super::cni::{load_network, Attachment, CniRuntime, PodNetwork, POD_IFNAME};
+use super::config::PodConfig;
+use super::container_spec::PodContext;
 use super::events::{self, EventType};
 use super::image::ImageStore;
-use super::layout::{container_id, LayoutError, PodId, PodLayout};
-use super::manifest::{Container, ParsedManifest, Pod, ResourceFieldRef, RestartPolicy};
+use super::image_source::ImageSource;
+use super::layout::{LayoutError, PodId, PodLayout};
+use super::lifecycle::{in_node_subnet, release_network, teardown, SANDBOX_GRACE};
+use super::manifest::{Container, ParsedManifest, Pod};
 use super::probe::{ProbeKind, ProbeTarget, ProbeTracker};
 use super::resources::{self, ContainerResources, QosClass};
-use super::runtime::{ContainerHandle, ExitStatus, OciRuntime};
-use super::sandbox::{Sandbox, SandboxState};
-use super::seccomp;
-use super::security::{self, Seccomp};
+use super::runtime::{ContainerHandle, ContainerRuntime, ExitStatus, OciRuntime};
+use super::sandbox::{PauseSandboxes, Sandbox, SandboxRuntime};
 use super::status::{
     self, rfc3339, unix_ms, ContainerState, ContainerStatus, PodObject, PodRecord, StartTimings,
 };
+use super::worker_error::WorkerError;
 
-/// The file in a pod's directory holding its [`WorkerState`].
-pub const STATE_FILE: &str = "pod.json";
+use super::lifecycle::WorkerState;
 
 /// How often a worker looks at its containers.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Grace period for a sandbox's pause process, which exits on SIGTERM at once.
-const SANDBOX_GRACE: Duration = Duration::from_secs(2);
-
 /// How often a worker compares its pod address with the node's subnet.
 const SUBNET_CHECK: Duration = Duration::from_secs(1);
 
-/// Whether `pod_ip` lies inside the `FLANNEL_SUBNET` (or `FLANNEL_IPV6_SUBNET`) of the
-/// `subnet.env` text; `None` when the file names no subnet of the address's family.
-pub fn in_node_subnet(subnet_env: &str, pod_ip: IpAddr) -> Option<bool> {
-    let key = if pod_ip.is_ipv4() {
-        "FLANNEL_SUBNET="
-    } else {
-        "FLANNEL_IPV6_SUBNET="
-    };
-    let subnet = subnet_env
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(key))
-        .and_then(|v| v.trim().parse::<ipnetwork::IpNetwork>().ok());
-    subnet.map(|net| net.contains(pod_ip))
-}
-
-/// What a restarted weftd needs to take a pod over or remove it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerState {
-    /// `metadata.namespace`.
-    pub namespace: String,
-    /// `metadata.name`.
-    pub name: String,
-    /// `metadata.uid`.
-    pub uid: String,
-    /// The manifest file.
-    pub manifest: PathBuf,
-    /// The manifest's content hash.
-    pub content_hash: String,
-    /// `terminationGracePeriodSeconds`.
-    pub grace_seconds: u64,
-    /// The CNI network the pod was attached to (set once ADD succeeded).
-    #[serde(default)]
-    pub network: Option<String>,
-    /// Back-off state per container name.
-    #[serde(default)]
-    pub backoff: BTreeMap<String, Backoff>,
-}
-
-impl WorkerState {
-    /// Reads `<dir>/pod.json`; `None` when absent, unreadable, or naming a pod whose names
-    /// cannot name paths (such a directory is left alone: removing it could reach anywhere).
-    pub fn load(dir: &Path) -> Option<WorkerState> {
-        let bytes = std::fs::read(dir.join(STATE_FILE)).ok()?;
-        let state: WorkerState = serde_json::from_slice(&bytes).ok()?;
-        match state.id() {
-            Ok(_) => Some(state),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "pod state names an invalid pod; left alone");
-                None
-            }
-        }
-    }
-
-    /// `namespace/name`.
-    pub fn full_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
-    /// The pod's checked identity, which names its directories and its CNI container id.
-    pub fn id(&self) -> Result<PodId, LayoutError> {
-        PodId::new(&self.namespace, &self.name, &self.uid)
-    }
-
-    fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        crate::atomic_file::write_atomic(&dir.join(STATE_FILE), &bytes, 0o644)
-    }
-}
+/// Observe-decide-act passes within one tick: a new pod goes sandbox → network → first
+/// containers without waiting a tick between them.
+const PASSES: usize = 4;
 
 /// How a worker begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,46 +149,39 @@ impl PodWorker {
     }
 }
 
-/// Where the worker is in the pod's start-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Sandbox,
-    Network,
-    Init(usize),
-    Apps,
-    /// The pod reached Succeeded or Failed: nothing more runs, and its sandbox and pod IP are
-    /// released (the status and logs stay until the manifest goes).
-    Finished,
-}
-
 /// One container's runtime side.
 #[derive(Default)]
-struct Slot {
-    handle: Option<ContainerHandle>,
-    /// When the next start may happen (after a back-off).
-    not_before: Option<Instant>,
-    /// The last run ended and the policy says it stays ended.
-    done: bool,
-    probes: ProbeTracker,
+pub(super) struct Slot {
+    pub(super) handle: Option<ContainerHandle>,
+    /// Its current (or last) run as the action computation sees it.
+    pub(super) run: RunView,
+    pub(super) probes: ProbeTracker,
 }
 
-struct PodRun {
-    cfg: Arc<PodConfig>,
-    pod: Pod,
-    id: PodId,
-    layout: PodLayout,
-    dir: PathBuf,
-    state: WorkerState,
-    runtime: OciRuntime,
-    cni: CniRuntime,
-    sandbox: Option<Sandbox>,
-    pod_ip: Option<IpAddr>,
-    stage: Stage,
-    retry_at: Option<Instant>,
-    pod_backoff: Backoff,
-    slots: BTreeMap<String, Slot>,
-    record: PodRecord,
-    written: Option<PodRecord>,
+/// A pod worker's whole state; its lifecycle half (creation, adoption) is in
+/// [`lifecycle`](super::lifecycle).
+pub(super) struct PodRun {
+    pub(super) cfg: Arc<PodConfig>,
+    pub(super) pod: Pod,
+    pub(super) id: PodId,
+    pub(super) layout: PodLayout,
+    pub(super) dir: PathBuf,
+    pub(super) state: WorkerState,
+    pub(super) runtime: Box<dyn ContainerRuntime>,
+    pub(super) cni: Box<dyn PodNetwork>,
+    pub(super) sandboxes: Box<dyn SandboxRuntime>,
+    pub(super) sandbox: Option<Sandbox>,
+    /// The pod network is attached to the current sandbox.
+    pub(super) attached: bool,
+    /// The pod reached Succeeded or Failed: nothing more runs, and its sandbox and pod IP are
+    /// released (the status and logs stay until the manifest goes).
+    pub(super) finished: bool,
+    pub(super) pod_ip: Option<IpAddr>,
+    pub(super) retry_at: Option<SystemTime>,
+    pub(super) pod_backoff: Backoff,
+    pub(super) slots: BTreeMap<String, Slot>,
+    pub(super) record: PodRecord,
+    pub(super) written: Option<PodRecord>,
     signal: Arc<AtomicU8>,
     qos: QosClass,
     memory_capacity: u64,
@@ -270,9 +190,6 @@ struct PodRun {
     /// leaving it mean the node's subnet changed (a pod on another CNI network never was).
     in_node_subnet: bool,
 }
-
-/// The error text of a pod-level step, for `status.message`.
-type StepResult = Result<(), String>;
 
 fn now_str() -> String {
     rfc3339(SystemTime::now())
@@ -337,11 +254,12 @@ impl PodRun {
             .and_then(|m| resources::mem_total(&m))
             .unwrap_or(u64::MAX);
         Ok(PodRun {
-            runtime: OciRuntime::new(&cfg.oci_runtime.to_string_lossy(), &dir),
-            cni: CniRuntime {
+            runtime: Box::new(OciRuntime::new(&cfg.oci_runtime.to_string_lossy(), &dir)),
+            cni: Box::new(CniRuntime {
                 bin_dirs: cfg.cni_bin_dirs.clone(),
                 cache_dir: cfg.cni_cache_dir.clone(),
-            },
+            }),
+            sandboxes: Box::new(PauseSandboxes),
             record: PodRecord {
                 pod: obj,
                 manifest: file.display().to_string(),
@@ -357,8 +275,9 @@ impl PodRun {
             dir,
             state,
             sandbox: None,
+            attached: false,
+            finished: false,
             pod_ip: None,
-            stage: Stage::Sandbox,
             retry_at: None,
             pod_backoff: Backoff::default(),
             slots,
@@ -380,7 +299,7 @@ impl PodRun {
         };
         if let Err(e) = ready {
             tracing::error!(error = %e, "pod directory");
-            self.record.pod.status.message = e;
+            self.record.pod.status.message = e.to_string();
         }
         loop {
             match self.signal.load(Ordering::Relaxed) {
@@ -408,88 +327,23 @@ impl PodRun {
         }
     }
 
-    fn create_dir(&mut self) -> StepResult {
-        if self.dir.exists() {
-            // A leftover of a pod with the same UID that was not removed completely.
-            if let Some(old) = WorkerState::load(&self.dir) {
-                teardown(&self.cfg, &self.dir, &old, None);
-            }
+    /// What every container of this pod is assembled from.
+    pub(super) fn context(&self) -> PodContext<'_> {
+        PodContext {
+            cfg: &self.cfg,
+            pod: &self.pod,
+            id: &self.id,
+            layout: &self.layout,
+            pod_ip: self.pod_ip,
+            qos: self.qos,
+            memory_capacity: self.memory_capacity,
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| format!("create pod directory {}: {e}", self.dir.display()))?;
-        self.save_state();
-        self.create_volumes()
     }
 
-    fn save_state(&self) {
+    pub(super) fn save_state(&self) {
         if let Err(e) = self.state.save(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "save pod state");
         }
-    }
-
-    fn create_volumes(&self) -> StepResult {
-        let fs_group = self
-            .pod
-            .spec
-            .security_context
-            .as_ref()
-            .and_then(|s| s.fs_group)
-            .and_then(|g| u32::try_from(g).ok());
-        for v in &self.pod.spec.volumes {
-            if let (Some(gid), true) = (fs_group, v.empty_dir.is_some() || v.downward_api.is_some())
-            {
-                let root = self
-                    .layout
-                    .volume_dir(&self.id, &v.name)
-                    .map_err(|e| format!("fsGroup {gid} on volume {}: {e}", v.name))?;
-                std::fs::create_dir_all(&root)
-                    .and_then(|()| set_volume_group(&root, gid))
-                    .map_err(|e| format!("fsGroup {gid} on volume {}: {e}", v.name))?;
-            }
-            if let Some(d) = &v.downward_api {
-                let root = self
-                    .layout
-                    .volume_dir(&self.id, &v.name)
-                    .map_err(|e| format!("downwardAPI volume {}: {e}", v.name))?;
-                for item in &d.items {
-                    let path = self
-                        .layout
-                        .volume_file(&self.id, &v.name, &item.path)
-                        .map_err(|e| format!("downwardAPI volume {}: {e}", v.name))?;
-                    let text = downward_file(&self.pod, &item.field_ref.field_path);
-                    path.parent()
-                        .map_or(Ok(()), std::fs::create_dir_all)
-                        .and_then(|()| std::fs::write(&path, text))
-                        .and_then(|()| fs_group.map_or(Ok(()), |gid| set_volume_group(&root, gid)))
-                        .map_err(|e| {
-                            format!(
-                                "write downwardAPI volume {} file {}: {e}",
-                                v.name,
-                                path.display()
-                            )
-                        })?;
-                }
-                continue;
-            }
-            if v.empty_dir.is_some() {
-                let path = self
-                    .layout
-                    .volume_dir(&self.id, &v.name)
-                    .map_err(|e| format!("emptyDir {}: {e}", v.name))?;
-                std::fs::create_dir_all(&path)
-                    .and_then(|()| {
-                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
-                    })
-                    .and_then(|()| fs_group.map_or(Ok(()), |gid| set_volume_group(&path, gid)))
-                    .map_err(|e| {
-                        format!("create emptyDir {} at {}: {e}", v.name, path.display())
-                    })?;
-            }
-        }
-        Ok(())
     }
 
     fn write_status(&mut self) {
@@ -515,7 +369,7 @@ impl PodRun {
         self.written = Some(self.record.clone());
     }
 
-    fn attachment(&self) -> Attachment {
+    pub(super) fn attachment(&self) -> Attachment {
         Attachment {
             container_id: self.id.dir_name(),
             netns: self
@@ -530,51 +384,143 @@ impl PodRun {
         }
     }
 
-    /// One pass of the state machine.
+    /// One tick: observe, compute the actions, carry them out; again at once while a pass
+    /// made progress that the next pass can build on (sandbox up, network attached, an exit).
     fn step(&mut self) {
-        if matches!(self.stage, Stage::Network | Stage::Init(_) | Stage::Apps) {
-            if let Some(reason) = self.sandbox_changed() {
-                self.recreate_sandbox(&reason);
+        for _ in 0..PASSES {
+            if self.finished {
+                return;
+            }
+            let exits = self.observe();
+            let views = self.views();
+            let sandbox = self.sandbox_view();
+            let view = PodView {
+                spec: &self.pod.spec,
+                sandbox,
+                setup_retry_at: self.retry_at,
+                containers: &views,
+                policy: &self.cfg.backoff,
+            };
+            let actions = compute_pod_actions(&view, SystemTime::now());
+            let mut again = exits > 0;
+            for action in actions {
+                again |= self.execute(action);
+            }
+            self.note_started();
+            if !again {
                 return;
             }
         }
-        if self.retry_at.is_some_and(|t| Instant::now() < t) {
-            return;
+    }
+
+    /// Polls every running container: records exits (the number returned) and probe verdicts.
+    fn observe(&mut self) -> usize {
+        let names: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.handle.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut exits = 0;
+        for name in names {
+            if let Some(exit) = self.poll_exit(&name) {
+                self.record_exit(&name, &exit);
+                self.retire(&name);
+                exits += 1;
+                continue;
+            }
+            let app = self.pod.spec.containers.iter().find(|c| c.name == name);
+            if let Some(c) = app.cloned() {
+                let probe_failed = self.check_probes(&c);
+                if let Some(slot) = self.slots.get_mut(&name) {
+                    slot.run = RunView::Running { probe_failed };
+                }
+            }
         }
-        let result = match self.stage {
-            Stage::Sandbox => self.make_sandbox(),
-            Stage::Network => self.attach_network(),
-            Stage::Init(i) => {
-                self.run_init(i);
-                Ok(())
+        exits
+    }
+
+    /// The containers as the action computation sees them.
+    fn views(&self) -> BTreeMap<String, ContainerView> {
+        let st = &self.record.pod.status;
+        st.init_container_statuses
+            .iter()
+            .chain(&st.container_statuses)
+            .filter_map(|s| {
+                let slot = self.slots.get(&s.name)?;
+                let view = ContainerView {
+                    run: slot.run,
+                    restart_count: s.restart_count,
+                    has_run: !s.last_state.is_empty() || !s.container_id.is_empty(),
+                    backoff: self.state.backoff.get(&s.name).copied().unwrap_or_default(),
+                };
+                Some((s.name.clone(), view))
+            })
+            .collect()
+    }
+
+    fn sandbox_view(&mut self) -> SandboxView {
+        if self.sandbox.is_none() {
+            return SandboxView::Missing;
+        }
+        if let Some(reason) = self.sandbox_changed() {
+            return SandboxView::Changed(reason);
+        }
+        if self.attached {
+            SandboxView::Ready
+        } else {
+            SandboxView::Unattached
+        }
+    }
+
+    /// Carries one action out; whether the next pass may build on it at once.
+    fn execute(&mut self, action: PodAction) -> bool {
+        match action {
+            PodAction::RecreateSandbox { reason } => {
+                self.recreate_sandbox(&reason);
+                false
             }
-            Stage::Apps => {
-                self.run_apps();
-                Ok(())
+            PodAction::CreateSandbox => self.setup(Self::make_sandbox),
+            PodAction::AttachNetwork => self.setup(Self::attach_network),
+            PodAction::Start {
+                container,
+                restart,
+                backoff,
+            } => {
+                self.start(&container, restart, backoff);
+                false
             }
-            Stage::Finished => Ok(()),
-        };
-        if matches!(self.stage, Stage::Init(_) | Stage::Apps) {
-            let st = &self.record.pod.status;
-            let phase = status::pod_phase(
-                &self.pod.spec,
-                &st.init_container_statuses,
-                &st.container_statuses,
-            );
-            if matches!(
-                phase,
-                status::PodPhase::Succeeded | status::PodPhase::Failed
-            ) {
+            PodAction::BackOff {
+                container, delay, ..
+            } => {
+                self.back_off(&container, delay);
+                false
+            }
+            PodAction::Kill { container, probe } => {
+                self.kill(&container, probe);
+                false
+            }
+            PodAction::Finish(outcome) => {
+                tracing::info!(outcome = ?outcome, "pod ended");
                 self.finish();
+                false
             }
         }
-        match result {
-            Ok(()) => self.retry_at = None,
-            Err(message) => {
-                let delay = self.pod_backoff.on_exit(&self.cfg.backoff, Duration::ZERO);
-                tracing::warn!(error = %message, retry_in = ?delay, "pod setup");
-                self.record.pod.status.message = message;
-                self.retry_at = Some(Instant::now() + delay);
+    }
+
+    /// A pod setup step; a failure is retried after the pod's back-off.
+    fn setup(&mut self, step: fn(&mut Self) -> Result<(), WorkerError>) -> bool {
+        match step(self) {
+            Ok(()) => {
+                self.retry_at = None;
+                true
+            }
+            Err(e) => {
+                let delay = self.pod_backoff.on_failure(&self.cfg.backoff);
+                tracing::warn!(error = %e, reason = e.reason(), retry_in = ?delay, "pod setup");
+                self.record.pod.status.message = e.to_string();
+                self.retry_at = Some(SystemTime::now() + delay);
+                false
             }
         }
     }
@@ -583,7 +529,7 @@ impl PodRun {
     /// namespaces with it), or the node's subnet no longer holds the pod's address.
     fn sandbox_changed(&mut self) -> Option<String> {
         let sandbox = self.sandbox.as_ref()?;
-        if !sandbox.is_running() {
+        if !self.sandboxes.is_running(sandbox) {
             return Some(format!(
                 "pause process {} exited or its namespace files are gone",
                 sandbox.pid()
@@ -637,9 +583,12 @@ impl PodRun {
             if let Err(e) = self.runtime.stop(id, grace) {
                 tracing::warn!(container = %name, error = %e, "stop container of changed sandbox");
             }
-            self.poll_exit(name);
+            if let Some(exit) = self.poll_exit(name) {
+                self.record_exit(name, &exit);
+            }
             self.retire(name);
         }
+        let policy = self.pod.spec.restart_policy;
         let inits: Vec<String> = self
             .pod
             .spec
@@ -653,10 +602,16 @@ impl PodRun {
             .iter_mut()
             .chain(st.container_statuses.iter_mut())
         {
-            if s.state.terminated.is_some() {
-                let is_init = inits.contains(&s.name);
-                let done = self.slots.get(&s.name).is_some_and(|slot| slot.done);
-                if is_init || !done {
+            let is_init = inits.contains(&s.name);
+            let Some(slot) = self.slots.get_mut(&s.name) else {
+                continue;
+            };
+            // An app container that ended for good stays ended; everything else runs again.
+            let done = !is_init
+                && matches!(slot.run, RunView::Exited { code, .. } if !policy.restarts(code));
+            if !done {
+                slot.run = RunView::Pending;
+                if s.state.terminated.is_some() {
                     s.last_state = std::mem::take(&mut s.state);
                     let waiting = if is_init {
                         "PodInitializing"
@@ -669,45 +624,43 @@ impl PodRun {
             s.ready = false;
             s.started = false;
         }
-        for slot in self.slots.values_mut() {
-            slot.not_before = None;
-        }
         let netns = self.sandbox.as_ref().map(Sandbox::netns_path);
         release_network(&self.cfg, &self.id, &self.state, netns.unwrap_or_default());
         self.state.network = None;
         if let Some(sb) = self.sandbox.take() {
-            if let Err(e) = sb.stop(SANDBOX_GRACE) {
+            if let Err(e) = self.sandboxes.stop(&sb, SANDBOX_GRACE) {
                 tracing::warn!(error = %e, "stop changed sandbox");
             }
         }
         self.save_state();
+        self.attached = false;
         self.pod_ip = None;
         self.retry_at = None;
-        self.stage = Stage::Sandbox;
     }
 
-    fn make_sandbox(&mut self) -> StepResult {
+    fn make_sandbox(&mut self) -> Result<(), WorkerError> {
         let host = self.pod.spec.host_namespaces();
-        let sandbox = Sandbox::create(&self.id.dir_name(), self.pod.hostname(), &self.dir, host)
-            .map_err(|e| e.to_string())?;
+        let sandbox =
+            self.sandboxes
+                .create(&self.id.dir_name(), self.pod.hostname(), &self.dir, host)?;
         self.sandbox = Some(sandbox);
+        self.attached = false;
         self.record.timings.sandbox_ms = Some(unix_ms(SystemTime::now()));
-        self.stage = Stage::Network;
-        self.attach_network()
+        Ok(())
     }
 
-    fn attach_network(&mut self) -> StepResult {
+    fn attach_network(&mut self) -> Result<(), WorkerError> {
         let network = if self.pod.spec.host_network {
             // The node's namespace: no CNI call; the pod's IP is the node's, as in Kubernetes.
             self.pod_ip = self.cfg.host_ip;
             "host".to_string()
         } else {
-            let list = load_network(&self.cfg.cni_conf_dir).map_err(|e| e.to_string())?;
+            let list = load_network(&self.cfg.cni_conf_dir)?;
             let att = self.attachment();
             // The node subnet as the plugin saw it: a change right after the ADD, before the
             // first periodic check, must still count as a change.
             let subnet_before = self.read_subnet_file();
-            let result = self.cni.add(&list, &att).map_err(|e| e.to_string())?;
+            let result = self.cni.add(&list, &att)?;
             self.state.network = Some(list.name.clone());
             self.save_state();
             self.pod_ip = result.pod_ip();
@@ -725,28 +678,12 @@ impl PodRun {
                 tracing::warn!(error = %e, "write /etc/hosts");
             }
         }
+        self.attached = true;
         self.record.timings.network_ms = Some(unix_ms(SystemTime::now()));
         self.record.pod.status.message.clear();
         self.pod_backoff = Backoff::default();
         tracing::info!(ip = ?self.pod_ip, network = %network, "pod network attached");
-        self.stage = self.first_unfinished_init();
-        if self.stage == Stage::Apps {
-            self.run_apps();
-        } else if let Stage::Init(i) = self.stage {
-            self.run_init(i);
-        }
         Ok(())
-    }
-
-    fn first_unfinished_init(&self) -> Stage {
-        let statuses = &self.record.pod.status.init_container_statuses;
-        match statuses
-            .iter()
-            .position(|s| s.state.terminated.as_ref().is_none_or(|t| t.exit_code != 0))
-        {
-            Some(i) => Stage::Init(i),
-            None => Stage::Apps,
-        }
     }
 
     fn container(&self, name: &str) -> Option<Container> {
@@ -761,80 +698,36 @@ impl PodRun {
             .find(|s| s.name == name)
     }
 
-    fn run_init(&mut self, i: usize) {
-        let Some(c) = self.pod.spec.init_containers.get(i).cloned() else {
-            self.stage = Stage::Apps;
-            return;
-        };
-        if !self.slot_running(&c.name) {
-            self.start_if_due(&c);
+    /// Sets `containers_ms` once every app container runs.
+    fn note_started(&mut self) {
+        if self.record.timings.containers_ms.is_some() {
             return;
         }
-        let Some(exit) = self.poll_exit(&c.name) else {
-            return;
-        };
-        if exit.code == 0 {
-            self.retire(&c.name);
-            self.stage = self.first_unfinished_init();
-            if self.stage == Stage::Apps {
-                for s in &mut self.record.pod.status.container_statuses {
-                    s.state = ContainerState::waiting("ContainerCreating", "");
-                }
-                self.run_apps();
-            }
-        } else if self.pod.spec.restart_policy == RestartPolicy::Never {
-            self.retire(&c.name);
-            tracing::warn!(container = %c.name, code = exit.code, "init container failed; restartPolicy Never: pod failed");
-        } else {
-            self.schedule_restart(&c.name, &exit);
-        }
-    }
-
-    fn run_apps(&mut self) {
-        let apps = self.pod.spec.containers.clone();
-        let mut all_started = true;
-        for c in &apps {
-            if self.slots.get(&c.name).is_some_and(|s| s.done) {
-                continue;
-            }
-            if !self.slot_running(&c.name) {
-                self.start_if_due(c);
-                all_started &= self.slot_running(&c.name);
-                continue;
-            }
-            if let Some(exit) = self.poll_exit(&c.name) {
-                if self.pod.spec.restart_policy.restarts(exit.code) {
-                    self.schedule_restart(&c.name, &exit);
-                } else {
-                    self.retire(&c.name);
-                    if let Some(s) = self.slots.get_mut(&c.name) {
-                        s.done = true;
-                    }
-                }
-                continue;
-            }
-            self.check_probes(c);
-        }
-        if all_started && self.record.timings.containers_ms.is_none() {
+        let all = self
+            .pod
+            .spec
+            .containers
+            .iter()
+            .all(|c| self.slots.get(&c.name).is_some_and(|s| s.handle.is_some()));
+        if all {
             self.record.timings.containers_ms = Some(unix_ms(SystemTime::now()));
         }
     }
 
-    fn slot_running(&self, name: &str) -> bool {
-        self.slots.get(name).is_some_and(|s| s.handle.is_some())
-    }
-
-    /// The exit of the container's current run, recorded in its status; `None` while it runs.
+    /// The exit of the container's current run; `None` while it runs.
     fn poll_exit(&mut self, name: &str) -> Option<ExitStatus> {
         let handle = self.slots.get(name)?.handle.as_ref()?;
-        let exit = match handle.poll() {
-            Ok(Some(exit)) => exit,
-            Ok(None) => return None,
+        match handle.poll() {
+            Ok(exit) => exit,
             Err(e) => {
                 tracing::warn!(container = %name, error = %e, "poll container");
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Records an ended run in the container's status and its slot.
+    fn record_exit(&mut self, name: &str, exit: &ExitStatus) {
         tracing::info!(container = %name, code = exit.code, reason = exit.reason.as_str(), "container exited");
         if exit.reason.as_str() == "OOMKilled" {
             self.event(
@@ -853,7 +746,25 @@ impl PodRun {
             s.ready = false;
             s.started = false;
         }
-        Some(exit)
+        let ran = exit
+            .started_at
+            .and_then(|s| exit.finished_at.duration_since(s).ok())
+            .unwrap_or_default();
+        if let Some(slot) = self.slots.get_mut(name) {
+            slot.run = RunView::Exited {
+                code: exit.code,
+                ran,
+                finished_at: exit.finished_at,
+            };
+        }
+        let last_init = self.pod.spec.init_containers.last();
+        if exit.code == 0 && last_init.is_some_and(|c| c.name == name) {
+            for s in &mut self.record.pod.status.container_statuses {
+                if s.state.waiting.is_some() {
+                    s.state = ContainerState::waiting("ContainerCreating", "");
+                }
+            }
+        }
     }
 
     /// Removes the ended container's runtime state (its log stays).
@@ -865,33 +776,23 @@ impl PodRun {
         }
     }
 
-    fn schedule_restart(&mut self, name: &str, exit: &ExitStatus) {
-        let ran = exit
-            .started_at
-            .and_then(|s| exit.finished_at.duration_since(s).ok())
-            .unwrap_or_default();
-        let delay = self
-            .state
-            .backoff
-            .entry(name.to_string())
-            .or_default()
-            .on_exit(&self.cfg.backoff, ran);
-        self.save_state();
-        self.retire(name);
-        if let Some(slot) = self.slots.get_mut(name) {
-            slot.not_before = Some(Instant::now() + delay);
-        }
+    /// Shows a crashed container as waiting in `CrashLoopBackOff` (once per exit).
+    fn back_off(&mut self, name: &str, delay: Duration) {
         let pod_name = self.state.name.clone();
-        if let Some(s) = self.status_mut(name) {
-            s.last_state = std::mem::take(&mut s.state);
-            s.state = ContainerState::waiting(
-                "CrashLoopBackOff",
-                &format!(
-                    "back-off {}s restarting failed container={name} pod={pod_name}",
-                    delay.as_secs()
-                ),
-            );
+        let Some(s) = self.status_mut(name) else {
+            return;
+        };
+        if s.state.terminated.is_none() {
+            return;
         }
+        s.last_state = std::mem::take(&mut s.state);
+        s.state = ContainerState::waiting(
+            "CrashLoopBackOff",
+            &format!(
+                "back-off {}s restarting failed container={name} pod={pod_name}",
+                delay.as_secs()
+            ),
+        );
         tracing::info!(container = %name, delay = ?delay, "container restart scheduled");
         self.event(
             EventType::Warning,
@@ -900,45 +801,16 @@ impl PodRun {
         );
     }
 
-    fn start_if_due(&mut self, c: &Container) {
-        let due = self
-            .slots
-            .get(&c.name)
-            .and_then(|s| s.not_before)
-            .is_none_or(|t| Instant::now() >= t);
-        if !due {
+    /// Starts run `restart` of the container; on failure it waits with the Kubernetes reason.
+    fn start(&mut self, name: &str, restart: u32, backoff: Backoff) {
+        let Some(c) = self.container(name) else {
             return;
-        }
-        let restart = {
-            let s = self.status_mut(&c.name);
-            let prior_run = s
-                .as_ref()
-                .is_some_and(|s| !s.last_state.is_empty() || !s.container_id.is_empty());
-            match s {
-                Some(s) if prior_run => s.restart_count + 1,
-                Some(s) => s.restart_count,
-                None => 0,
-            }
         };
-        match self.start_container(c, restart) {
-            Ok(handle) => {
-                let started = handle.started_at().map_or_else(now_str, rfc3339);
-                let id = handle.id().to_string();
-                if let Some(slot) = self.slots.get_mut(&c.name) {
-                    slot.handle = Some(handle);
-                    slot.not_before = None;
-                    slot.probes = ProbeTracker::new(c);
-                }
-                let has_readiness = c.readiness_probe.is_some();
-                let has_startup = c.startup_probe.is_some();
-                if let Some(s) = self.status_mut(&c.name) {
-                    s.restart_count = restart;
-                    s.container_id = format!("weft://{id}");
-                    s.state = ContainerState::running(&started);
-                    s.started = !has_startup;
-                    s.ready = !has_readiness && !has_startup;
-                }
-                tracing::info!(container = %c.name, id = %id, restart, "container started");
+        self.state.backoff.insert(c.name.clone(), backoff);
+        self.save_state();
+        let result = self.start_container(&c, restart);
+        match &result {
+            Ok(_) => {
                 self.event(
                     EventType::Normal,
                     "Created",
@@ -950,47 +822,55 @@ impl PodRun {
                     &format!("Started container {}", c.name),
                 );
             }
-            Err((reason, message)) => {
-                tracing::warn!(container = %c.name, reason = %reason, error = %message, "start container");
-                self.event(
-                    EventType::Warning,
-                    "Failed",
-                    &format!("Error: {reason}: {message}"),
-                );
-                let delay = self
-                    .state
-                    .backoff
-                    .entry(c.name.clone())
-                    .or_default()
-                    .on_exit(&self.cfg.backoff, Duration::ZERO);
+            Err(e) => self.event(
+                EventType::Warning,
+                "Failed",
+                &format!("Error: {}: {e}", e.reason()),
+            ),
+        }
+        let Some(s) = self.status_mut(&c.name) else {
+            return;
+        };
+        if s.state.terminated.is_some() {
+            s.last_state = std::mem::take(&mut s.state);
+        }
+        match result {
+            Ok(handle) => {
+                let started = handle.started_at().map_or_else(now_str, rfc3339);
+                let id = handle.id().to_string();
+                s.restart_count = restart;
+                s.container_id = format!("weft://{id}");
+                s.state = ContainerState::running(&started);
+                s.started = c.startup_probe.is_none();
+                s.ready = c.readiness_probe.is_none() && c.startup_probe.is_none();
                 if let Some(slot) = self.slots.get_mut(&c.name) {
-                    slot.not_before = Some(Instant::now() + delay);
+                    slot.handle = Some(handle);
+                    slot.run = RunView::Running { probe_failed: None };
+                    slot.probes = ProbeTracker::new(&c);
                 }
-                if let Some(s) = self.status_mut(&c.name) {
-                    s.state = ContainerState::waiting(reason, &message);
+                tracing::info!(container = %c.name, id = %id, restart, "container started");
+            }
+            Err(e) => {
+                tracing::warn!(container = %c.name, reason = e.reason(), error = %e, "start container");
+                s.state = ContainerState::waiting(e.reason(), &e.to_string());
+                if let Some(slot) = self.slots.get_mut(&c.name) {
+                    slot.run = RunView::StartFailed {
+                        at: SystemTime::now(),
+                    };
                 }
             }
         }
     }
 
-    /// Starts run `restart` of `c`; on failure the Kubernetes waiting reason and the message.
+    /// Starts run `restart` of `c`.
     fn start_container(
         &mut self,
         c: &Container,
         restart: u32,
-    ) -> Result<ContainerHandle, (&'static str, String)> {
-        let sandbox = self
-            .sandbox
-            .clone()
-            .ok_or(("CreateContainerError", "the pod has no sandbox".to_string()))?;
-        let store = ImageStore::open(&self.cfg.image_root)
-            .map_err(|e| ("CreateContainerError", e.to_string()))?;
-        let image = store.get(&c.image).map_err(|e| {
-            (
-                "ErrImageNeverPull",
-                format!("{e} (images are not pulled: import it with `weftctl image import`)"),
-            )
-        })?;
+    ) -> Result<ContainerHandle, WorkerError> {
+        let sandbox = self.sandbox.clone().ok_or(WorkerError::NoSandbox)?;
+        let store = ImageStore::open(&self.cfg.image_root).map_err(WorkerError::ImageStore)?;
+        let image = store.image(&c.image).map_err(WorkerError::ImageMissing)?;
         self.event(
             EventType::Normal,
             "Pulled",
@@ -1003,154 +883,21 @@ impl PodRun {
         if let Err(e) = store.mark_used(&image.id) {
             tracing::warn!(image = %image.id, error = %e, "mark image used");
         }
-        let mounts = self
-            .mounts(c)
-            .map_err(|e| ("CreateContainerConfigError", e))?;
-        let security = security::effective(
-            self.pod.spec.security_context.as_ref(),
-            c.security_context.as_ref(),
-            self.pod.spec.host_namespaces(),
-            self.cfg.seccomp_default,
-        );
-        let seccomp = match &security.seccomp {
-            Seccomp::RuntimeDefault => Some(seccomp::runtime_default(
-                &security.capabilities,
-                std::env::consts::ARCH,
-            )),
-            Seccomp::Unconfined => None,
-            Seccomp::Localhost(name) => Some(
-                seccomp::localhost(&self.cfg.seccomp_root, name)
-                    .map_err(|e| ("CreateContainerConfigError", e.to_string()))?,
-            ),
-        };
-        let resources = ContainerResources::of(c.resources.as_ref());
-        let id = container_id(&self.id, &c.name, restart)
-            .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+        let spec = self.context().container_spec(c, restart, image)?;
         // A run with this id may be left from before a weftd restart.
-        if let Err(e) = self.runtime.delete(&id) {
+        if let Err(e) = self.runtime.delete(&spec.id) {
             tracing::debug!(container = %c.name, error = %e, "delete stale container");
         }
-        let log = self
-            .layout
-            .container_log(&self.id, &c.name, restart)
-            .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
-        let spec = ContainerSpec {
-            id,
-            pod_id: self.id.dir_name(),
-            name: c.name.clone(),
-            image,
-            command: c.command.clone().unwrap_or_default(),
-            args: c.args.clone().unwrap_or_default(),
-            env: self.env(c),
-            working_dir: c.working_dir.clone(),
-            mounts,
-            hostname: self.pod.hostname().to_string(),
-            log_path: log,
-            oom_score_adj: resources::oom_score_adj(self.qos, &resources, self.memory_capacity),
-            security,
-            seccomp,
-            resources,
-            pids_limit: self.cfg.pids_limit,
-        };
-        container_user(&spec).map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
-        self.runtime
-            .start(&spec, &sandbox)
-            .map_err(|e| ("RunContainerError", e.to_string()))
+        Ok(self.runtime.start(&spec, &sandbox)?)
     }
 
-    fn mounts(&self, c: &Container) -> Result<Vec<MountSpec>, String> {
-        let mut out = Vec::new();
-        for m in &c.volume_mounts {
-            let v = self
-                .pod
-                .spec
-                .volumes
-                .iter()
-                .find(|v| v.name == m.name)
-                .ok_or_else(|| format!("volume {} not found", m.name))?;
-            let source = if v.empty_dir.is_some() || v.downward_api.is_some() {
-                self.layout
-                    .volume_dir(&self.id, &v.name)
-                    .map_err(|e| e.to_string())?
-            } else if let Some(hp) = &v.host_path {
-                prepare_host_path(&hp.path, hp.kind.as_deref().unwrap_or(""))
-                    .map_err(|e| format!("volume {}: hostPath {}: {e}", v.name, hp.path))?;
-                PathBuf::from(&hp.path)
-            } else {
-                return Err(format!("volume {} has no source", v.name));
-            };
-            out.push(MountSpec {
-                source,
-                destination: m.mount_path.clone(),
-                // Downward API files are the runtime's to write, as in Kubernetes.
-                read_only: m.read_only || v.downward_api.is_some(),
-            });
-        }
-        Ok(out)
-    }
-
-    /// The container's env with Downward API references resolved.
-    fn env(&self, c: &Container) -> Vec<(String, String)> {
-        c.env
-            .iter()
-            .map(|e| {
-                let field = e
-                    .value_from
-                    .as_ref()
-                    .and_then(|v| v.field_ref.as_ref())
-                    .map(|f| f.field_path.as_str());
-                let value = match field {
-                    Some("metadata.name") => self.state.name.clone(),
-                    Some("metadata.namespace") => self.state.namespace.clone(),
-                    Some("metadata.uid") => self.state.uid.clone(),
-                    Some("spec.nodeName") => self.cfg.node_name.clone(),
-                    Some("status.podIP") => {
-                        self.pod_ip.map(|ip| ip.to_string()).unwrap_or_default()
-                    }
-                    Some("status.hostIP") => self
-                        .cfg
-                        .host_ip
-                        .map(|ip| ip.to_string())
-                        .unwrap_or_default(),
-                    _ => match e
-                        .value_from
-                        .as_ref()
-                        .and_then(|v| v.resource_field_ref.as_ref())
-                    {
-                        Some(r) => self.resource_field(c, r),
-                        None => e.value.clone().unwrap_or_default(),
-                    },
-                };
-                (e.name.clone(), value)
-            })
-            .collect()
-    }
-
-    /// A validated `resourceFieldRef` of `c`; unset limits are the node's cpus and memory.
-    fn resource_field(&self, c: &Container, r: &ResourceFieldRef) -> String {
-        let node = downward::NodeAllocatable {
-            cpu_milli: std::thread::available_parallelism().map_or(1000, |n| n.get() as u64 * 1000),
-            memory_bytes: self.memory_capacity,
-        };
-        let res = ContainerResources::of(c.resources.as_ref());
-        downward::resource_field_value(&r.resource, r.divisor.as_ref(), &res, node)
-            .unwrap_or_default()
-    }
-
-    fn check_probes(&mut self, c: &Container) {
-        let Some(sandbox) = self.sandbox.as_ref() else {
-            return;
-        };
-        let netns = sandbox.netns_path();
-        // The runtime keeps runc's state in `<state_root>/runc`, the state root being the pod dir.
-        let runtime_root = self.dir.join("runc");
-        let Some(slot) = self.slots.get_mut(&c.name) else {
-            return;
-        };
-        let Some(handle) = slot.handle.as_ref() else {
-            return;
-        };
-        let id = handle.id().to_string();
+    /// Runs the container's probes; the probe that failed past its threshold, if one did.
+    fn check_probes(&mut self, c: &Container) -> Option<ProbeKind> {
+        let netns = self.sandbox.as_ref()?.netns_path();
+        // The runtime's state root is the pod directory.
+        let runtime_root = self.dir.join(super::layout::RUNTIME_STATE_DIR);
+        let slot = self.slots.get_mut(&c.name)?;
+        let id = slot.handle.as_ref()?.id().to_string();
         let target = ProbeTarget {
             runtime: &self.cfg.oci_runtime,
             runtime_root: &runtime_root,
@@ -1163,30 +910,37 @@ impl PodRun {
             s.started = outcome.started;
             s.ready = outcome.ready;
         }
-        if outcome.kill {
-            let kind = if outcome.started {
-                ProbeKind::Liveness
-            } else {
-                ProbeKind::Startup
-            };
-            tracing::info!(container = %c.name, probe = ?kind, "probe failed: killing container");
-            self.event(
-                EventType::Warning,
-                "Unhealthy",
-                &format!("{kind:?} probe failed"),
-            );
-            self.event(
-                EventType::Normal,
-                "Killing",
-                &format!(
-                    "Container {} failed {kind:?} probe, will be restarted",
-                    c.name
-                ),
-            );
-            let grace = Duration::from_secs(self.state.grace_seconds);
-            if let Err(e) = self.runtime.stop(&id, grace) {
-                tracing::warn!(container = %c.name, error = %e, "stop container after failed probe");
-            }
+        outcome.kill.then_some(if outcome.started {
+            ProbeKind::Liveness
+        } else {
+            ProbeKind::Startup
+        })
+    }
+
+    /// Stops a container whose probe failed; the next pass sees its exit.
+    fn kill(&mut self, name: &str, probe: ProbeKind) {
+        let Some(id) = self
+            .slots
+            .get(name)
+            .and_then(|s| s.handle.as_ref())
+            .map(|h| h.id().to_string())
+        else {
+            return;
+        };
+        tracing::info!(container = %name, probe = ?probe, "probe failed: killing container");
+        self.event(
+            EventType::Warning,
+            "Unhealthy",
+            &format!("{probe:?} probe failed"),
+        );
+        self.event(
+            EventType::Normal,
+            "Killing",
+            &format!("Container {name} failed {probe:?} probe, will be restarted"),
+        );
+        let grace = Duration::from_secs(self.state.grace_seconds);
+        if let Err(e) = self.runtime.stop(&id, grace) {
+            tracing::warn!(container = %name, error = %e, "stop container after failed probe");
         }
     }
 
@@ -1196,7 +950,7 @@ impl PodRun {
     }
 
     /// The pod is done: release its pod IP (CNI DEL) and its sandbox, keep status and logs.
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
             self.retire(&name);
@@ -1205,351 +959,13 @@ impl PodRun {
         release_network(&self.cfg, &self.id, &self.state, netns.unwrap_or_default());
         self.state.network = None;
         if let Some(sb) = self.sandbox.take() {
-            if let Err(e) = sb.stop(SANDBOX_GRACE) {
+            if let Err(e) = self.sandboxes.stop(&sb, SANDBOX_GRACE) {
                 tracing::warn!(error = %e, "stop sandbox of finished pod");
             }
         }
         self.save_state();
-        self.stage = Stage::Finished;
+        self.attached = false;
+        self.finished = true;
         tracing::info!("pod finished: sandbox and pod IP released");
-    }
-
-    /// Takes over the pod a previous weftd left in `dir`.
-    fn adopt(&mut self) -> StepResult {
-        if let (Some(old), Ok(rec)) = (WorkerState::load(&self.dir), status::read_record(&self.dir))
-        {
-            if matches!(
-                rec.pod.status.phase,
-                status::PodPhase::Succeeded | status::PodPhase::Failed
-            ) {
-                self.state.network = old.network;
-                self.state.backoff = old.backoff;
-                self.pod_ip = rec.pod.status.pod_ip.parse().ok();
-                self.record = rec;
-                self.record.pod.metadata.deletion_timestamp = None;
-                self.sandbox = SandboxState::load(&self.dir)
-                    .ok()
-                    .flatten()
-                    .map(Sandbox::adopt);
-                // Finishes a release a killed weftd left half done (idempotent).
-                self.finish();
-                self.written = None;
-                tracing::info!("finished pod adopted");
-                return Ok(());
-            }
-        }
-        let sandbox = SandboxState::load(&self.dir)
-            .ok()
-            .flatten()
-            .map(Sandbox::adopt);
-        // A sandbox whose pause died while weftd was away (or one of an older weftd, held
-        // through /proc) is adopted all the same: the first step re-creates it as a changed
-        // sandbox, so the containers keep their restart counts.
-        let (Some(old), Some(sandbox), Ok(rec)) = (
-            WorkerState::load(&self.dir),
-            sandbox,
-            status::read_record(&self.dir),
-        ) else {
-            tracing::warn!("pod sandbox or state lost: recreating the pod");
-            if let Some(old) = WorkerState::load(&self.dir) {
-                teardown(&self.cfg, &self.dir, &old, None);
-            }
-            return self.create_dir();
-        };
-        self.state.network = old.network.clone();
-        self.state.backoff = old.backoff.clone();
-        self.record = rec;
-        self.record.pod.metadata.deletion_timestamp = None;
-        self.sandbox = Some(sandbox);
-        let att = self.attachment();
-        let cached = self
-            .state
-            .network
-            .as_ref()
-            .and_then(|n| self.cni.cached(n, &att));
-        match cached {
-            Some((_, result)) => {
-                self.pod_ip = super::cni::CniResult { raw: result }.pod_ip();
-                self.stage = self.first_unfinished_init();
-            }
-            None => self.stage = Stage::Network,
-        }
-        let statuses: Vec<ContainerStatus> = self
-            .record
-            .pod
-            .status
-            .init_container_statuses
-            .iter()
-            .chain(&self.record.pod.status.container_statuses)
-            .cloned()
-            .collect();
-        for s in statuses {
-            let Some(id) = s.container_id.strip_prefix("weft://") else {
-                continue;
-            };
-            let container = self.container(&s.name);
-            let is_app = self.pod.spec.containers.iter().any(|c| c.name == s.name);
-            let Some(slot) = self.slots.get_mut(&s.name) else {
-                continue;
-            };
-            if s.state.running.is_some() {
-                match self.runtime.adopt(id) {
-                    Ok(h) => {
-                        if let Some(c) = &container {
-                            slot.probes = ProbeTracker::new(c);
-                        }
-                        slot.handle = Some(h);
-                    }
-                    Err(e) => {
-                        tracing::warn!(container = %s.name, error = %e, "adopt container: will start it again")
-                    }
-                }
-            } else if s.state.terminated.is_some() && is_app {
-                slot.done = true;
-            } else if s.state.waiting.is_some() && !s.last_state.is_empty() {
-                // It was waiting in back-off: restart after one more base delay at most.
-                slot.not_before = Some(Instant::now() + self.cfg.backoff.base);
-            }
-        }
-        self.written = None;
-        tracing::info!(stage = ?self.stage, ip = ?self.pod_ip, "pod adopted");
-        Ok(())
-    }
-}
-
-/// The content of a `downwardAPI` volume file for `field` (labels and annotations: one
-/// `key="value"` a line, sorted, as the kubelet writes them).
-pub fn downward_file(pod: &Pod, field: &str) -> String {
-    let pairs = |map: &BTreeMap<String, String>| -> String {
-        map.iter()
-            .map(|(k, v)| format!("{k}={}\n", serde_json::Value::String(v.clone())))
-            .collect()
-    };
-    match field {
-        "metadata.name" => pod.metadata.name.clone(),
-        "metadata.namespace" => pod.metadata.namespace.clone(),
-        "metadata.uid" => pod.metadata.uid.clone(),
-        "metadata.labels" => pairs(&pod.metadata.labels),
-        "metadata.annotations" => pairs(&pod.metadata.annotations),
-        _ => String::new(),
-    }
-}
-
-/// kubelet's volume ownership for `fsGroup`: every file and directory under `root` gets group
-/// `gid` and group read/write (directories also setgid, so new files inherit the group).
-fn set_volume_group(root: &Path, gid: u32) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(root)?;
-    if meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    std::os::unix::fs::lchown(root, None, Some(gid))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if meta.is_dir() {
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode | 0o2070))?;
-        for entry in std::fs::read_dir(root)? {
-            set_volume_group(&entry?.path(), gid)?;
-        }
-    } else {
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode | 0o060))?;
-    }
-    Ok(())
-}
-
-/// Makes a hostPath volume's source exist as its `type` asks.
-fn prepare_host_path(path: &str, kind: &str) -> Result<(), String> {
-    let p = Path::new(path);
-    match kind {
-        "DirectoryOrCreate" if !p.exists() => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(p)
-            .map_err(|e| format!("create: {e}")),
-        "FileOrCreate" if !p.exists() => {
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("create parent: {e}"))?;
-            }
-            std::fs::File::create(p)
-                .map(drop)
-                .map_err(|e| format!("create: {e}"))
-        }
-        "Directory" | "DirectoryOrCreate" if !p.is_dir() => Err("not a directory".into()),
-        "File" | "FileOrCreate" if !p.is_file() => Err("not a file".into()),
-        "" if !p.exists() => Err("does not exist".into()),
-        _ => Ok(()),
-    }
-}
-
-/// CNI DEL of the pod's attachment, with the network config cached at ADD (or the current one
-/// of the same name). Nothing to do when the pod was never attached.
-fn release_network(cfg: &PodConfig, id: &PodId, state: &WorkerState, netns: PathBuf) {
-    let Some(network) = &state.network else {
-        return;
-    };
-    let pod = state.full_name();
-    let cni = CniRuntime {
-        bin_dirs: cfg.cni_bin_dirs.clone(),
-        cache_dir: cfg.cni_cache_dir.clone(),
-    };
-    let att = Attachment {
-        container_id: id.dir_name(),
-        netns,
-        ifname: POD_IFNAME.to_string(),
-        pod_namespace: state.namespace.clone(),
-        pod_name: state.name.clone(),
-        pod_uid: state.uid.clone(),
-    };
-    let list = cni.cached(network, &att).map(|(l, _)| l).or_else(|| {
-        load_network(&cfg.cni_conf_dir)
-            .ok()
-            .filter(|l| &l.name == network)
-    });
-    match list {
-        Some(list) => {
-            if let Err(e) = cni.del(&list, &att) {
-                tracing::warn!(pod = %pod, error = %e, "CNI DEL");
-            }
-        }
-        None => tracing::warn!(pod = %pod, network = %network, "CNI DEL: network config gone"),
-    }
-}
-
-/// Removes a pod completely: containers (SIGTERM, grace, SIGKILL), CNI DEL, the sandbox, then
-/// its directory (state, volumes) and its logs. Errors are logged; every step is attempted.
-fn teardown(
-    cfg: &PodConfig,
-    dir: &Path,
-    state: &WorkerState,
-    handles: Option<Vec<ContainerHandle>>,
-) {
-    let pod = state.full_name();
-    let id = match state.id() {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::error!(pod = %pod, dir = %dir.display(), error = %e, "not removing a pod with invalid names");
-            return;
-        }
-    };
-    let runtime = OciRuntime::new(&cfg.oci_runtime.to_string_lossy(), dir);
-    let grace = Duration::from_secs(state.grace_seconds);
-    let ids: Vec<String> = match handles {
-        Some(h) => h.iter().map(|h| h.id().to_string()).collect(),
-        None => runtime.list().unwrap_or_default(),
-    };
-    // SIGTERM to all first, so the grace periods run concurrently as kubelet's do.
-    for id in &ids {
-        if let Err(e) = runtime.kill(id, Signal::SIGTERM) {
-            tracing::debug!(pod = %pod, container = %id, error = %e, "SIGTERM");
-        }
-    }
-    let deadline = Instant::now() + grace;
-    for id in &ids {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Err(e) = runtime.stop(id, left) {
-            tracing::warn!(pod = %pod, container = %id, error = %e, "stop container");
-        }
-    }
-    for id in runtime.list().unwrap_or_default() {
-        if let Err(e) = runtime.delete(&id) {
-            tracing::warn!(pod = %pod, container = %id, error = %e, "delete container");
-        }
-    }
-    let sandbox = SandboxState::load(dir).ok().flatten().map(Sandbox::adopt);
-    release_network(
-        cfg,
-        &id,
-        state,
-        sandbox
-            .as_ref()
-            .map(Sandbox::netns_path)
-            .unwrap_or_default(),
-    );
-    if let Some(sb) = sandbox {
-        if let Err(e) = sb.stop(SANDBOX_GRACE) {
-            tracing::warn!(pod = %pod, error = %e, "stop sandbox");
-        }
-    }
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        tracing::warn!(pod = %pod, dir = %dir.display(), error = %e, "remove pod directory");
-    }
-    let logs = cfg.layout().log_dir(&id);
-    if let Err(e) = std::fs::remove_dir_all(&logs) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(pod = %pod, dir = %logs.display(), error = %e, "remove pod logs");
-        }
-    }
-    tracing::info!(pod = %pod, "pod removed");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_paths_are_prepared_per_type() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("made/here");
-        let ds = d.to_str().unwrap();
-        assert_eq!(prepare_host_path(ds, ""), Err("does not exist".into()));
-        assert_eq!(
-            prepare_host_path(ds, "Directory"),
-            Err("not a directory".into())
-        );
-        prepare_host_path(ds, "DirectoryOrCreate").unwrap();
-        assert!(d.is_dir());
-        assert_eq!(prepare_host_path(ds, "File"), Err("not a file".into()));
-        let f = dir.path().join("f/file");
-        prepare_host_path(f.to_str().unwrap(), "FileOrCreate").unwrap();
-        assert!(f.is_file());
-        prepare_host_path(f.to_str().unwrap(), "File").unwrap();
-    }
-
-    #[test]
-    fn downward_files_hold_the_pods_metadata() {
-        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: web, tier: \"front end\"}\n  annotations: {note: 'say \"hi\"'}\nspec:\n  containers: [{name: c, image: busybox}]\n";
-        let pod = crate::pod::manifest::parse_manifest(Path::new("/m/web.yaml"), text.as_bytes())
-            .unwrap()
-            .pod;
-        assert_eq!(downward_file(&pod, "metadata.name"), "web");
-        assert_eq!(downward_file(&pod, "metadata.namespace"), "default");
-        assert_eq!(
-            downward_file(&pod, "metadata.labels"),
-            "app=\"web\"\ntier=\"front end\"\n"
-        );
-        assert_eq!(
-            downward_file(&pod, "metadata.annotations"),
-            "note=\"say \\\"hi\\\"\"\n"
-        );
-        assert_eq!(downward_file(&pod, "metadata.uid"), pod.metadata.uid);
-    }
-
-    #[test]
-    fn a_pod_outside_the_node_subnet_is_noticed() {
-        let env = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\n";
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(in_node_subnet(env, ip("10.244.3.7")), Some(true));
-        assert_eq!(in_node_subnet(env, ip("10.244.1.7")), Some(false));
-        assert_eq!(in_node_subnet("", ip("10.244.1.7")), None);
-        assert_eq!(in_node_subnet(env, ip("fd00::7")), None);
-        let v6 = "FLANNEL_IPV6_SUBNET=fd00:0:0:3::1/64\n";
-        assert_eq!(in_node_subnet(v6, ip("fd00:0:0:4::7")), Some(false));
-    }
-
-    #[test]
-    fn worker_state_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = WorkerState {
-            namespace: "default".into(),
-            name: "web".into(),
-            uid: "u".into(),
-            manifest: "/m/web.yaml".into(),
-            content_hash: "h".into(),
-            grace_seconds: 30,
-            network: Some("podnet".into()),
-            backoff: BTreeMap::from([("app".to_string(), Backoff { streak: 2 })]),
-        };
-        s.save(dir.path()).unwrap();
-        assert_eq!(WorkerState::load(dir.path()), Some(s.clone()));
-        assert_eq!(s.id().unwrap().dir_name(), "default_web_u");
-        assert_eq!(s.full_name(), "default/web");
     }
 }

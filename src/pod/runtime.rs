@@ -401,7 +401,7 @@ impl OciRuntime {
     }
 
     fn runtime_root(&self) -> PathBuf {
-        self.state_root.join("runc")
+        self.state_root.join(super::layout::RUNTIME_STATE_DIR)
     }
 
     fn io(
@@ -751,6 +751,45 @@ impl OciRuntime {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io(id, "remove", dir)(e)),
         }
+    }
+}
+
+/// The pod worker's seam to an OCI runtime: what it asks of containers, so its logic can run
+/// against another runtime (or a fake) and [`OciRuntime`] stays one implementation.
+pub trait ContainerRuntime {
+    /// Starts `spec` in `sandbox`'s namespaces; returns once the process exists.
+    fn start(
+        &self,
+        spec: &ContainerSpec,
+        sandbox: &Sandbox,
+    ) -> Result<ContainerHandle, RuntimeError>;
+    /// Takes over container `id` started by an earlier weftd.
+    fn adopt(&self, id: &str) -> Result<ContainerHandle, RuntimeError>;
+    /// SIGTERM, `grace`, SIGKILL; the exit.
+    fn stop(&self, id: &str, grace: Duration) -> Result<ExitStatus, RuntimeError>;
+    /// Removes an ended container's runtime state (its log stays).
+    fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+}
+
+impl ContainerRuntime for OciRuntime {
+    fn start(
+        &self,
+        spec: &ContainerSpec,
+        sandbox: &Sandbox,
+    ) -> Result<ContainerHandle, RuntimeError> {
+        OciRuntime::start(self, spec, sandbox)
+    }
+
+    fn adopt(&self, id: &str) -> Result<ContainerHandle, RuntimeError> {
+        OciRuntime::adopt(self, id)
+    }
+
+    fn stop(&self, id: &str, grace: Duration) -> Result<ExitStatus, RuntimeError> {
+        OciRuntime::stop(self, id, grace)
+    }
+
+    fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        OciRuntime::delete(self, id)
     }
 }
 

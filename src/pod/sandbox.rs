@@ -615,6 +615,47 @@ fn start_pause(
     ProcessId::of(pid).ok_or_else(|| fail(format!("pause process {pid} exited right after start")))
 }
 
+/// The pod worker's seam to sandboxes: make one, ask whether it still holds the pod's
+/// namespaces, remove it; [`PauseSandboxes`] (a pause process per pod) is one implementation.
+pub trait SandboxRuntime {
+    /// Makes the sandbox of pod `pod_id` (see [`Sandbox::create`]).
+    fn create(
+        &self,
+        pod_id: &str,
+        hostname: &str,
+        pod_dir: &Path,
+        host: HostNamespaces,
+    ) -> Result<Sandbox, SandboxError>;
+    /// Whether `sandbox` still holds the pod's namespaces.
+    fn is_running(&self, sandbox: &Sandbox) -> bool;
+    /// Stops `sandbox` and removes its namespaces and files.
+    fn stop(&self, sandbox: &Sandbox, grace: Duration) -> Result<(), SandboxError>;
+}
+
+/// Sandboxes held by a `weft-pause` process each.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PauseSandboxes;
+
+impl SandboxRuntime for PauseSandboxes {
+    fn create(
+        &self,
+        pod_id: &str,
+        hostname: &str,
+        pod_dir: &Path,
+        host: HostNamespaces,
+    ) -> Result<Sandbox, SandboxError> {
+        Sandbox::create(pod_id, hostname, pod_dir, host)
+    }
+
+    fn is_running(&self, sandbox: &Sandbox) -> bool {
+        sandbox.is_running()
+    }
+
+    fn stop(&self, sandbox: &Sandbox, grace: Duration) -> Result<(), SandboxError> {
+        sandbox.stop(grace)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
