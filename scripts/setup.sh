@@ -31,12 +31,14 @@ PACKAGES=(
     containerd                   # real runtime driving the CNI plugin (ctr run --cni) in tests/cni_runtimes.rs
     iptables                     # portmap's rules; tests/cni_runtimes.rs checks none are left
     jq                           # JSON in the scripts
-    python3                      # scripts/bench-scale.sh's driver (scripts/lib/scale.py)
+    python3                      # scripts/bench-scale.sh's driver (scripts/lib/scale.py); the VM tier's guest agent (over 9p)
     curl                         # healthz/metrics in the demo
     openssl                      # test CA and certificates for the etcd TLS tests
     binutils                     # strip, objdump: scripts/package.sh
     systemd                      # systemd-analyze verify: docs/systemd/weftd.service in tests/claims.rs
     zstd                         # zstd-compressed image layers made by a tool of its own (tests/pod_runtime.rs)
+    qemu-system-x86              # the VM tier (tests/vm): Debian's kernel under QEMU
+    ethtool                      # the VM tier: the guest NIC's offloads (Debian's, over 9p)
 )
 
 installed() {
@@ -69,4 +71,40 @@ done
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup.sh: installing cargo-nextest"
     cargo install --locked cargo-nextest
+fi
+
+# The VM tier's kernel (tests/vm, scripts/test-vm.sh): Debian's generic amd64 kernel package (the
+# cloud flavour has no 9p), fetched and unpacked into a cache, never installed on this machine.
+# Fetched again only when Debian's linux-image-amd64 points at a newer version.
+VM_CACHE=${WEFT_VM_CACHE:-/var/cache/weft-vm}
+vm_kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ {print $2; exit}'
+}
+kpkg=$(vm_kernel_package)
+if [ -z "$kpkg" ]; then
+    apt-get update -q
+    kpkg=$(vm_kernel_package)
+fi
+if [ -z "$kpkg" ]; then
+    echo "setup.sh: cannot tell which linux-image-*-amd64 package linux-image-amd64 depends on" >&2
+    exit 1
+fi
+if [ -f "$VM_CACHE/kernel/.unpacked-$kpkg" ]; then
+    echo "setup.sh: VM kernel $kpkg already in $VM_CACHE/kernel"
+else
+    echo "setup.sh: fetching $kpkg for the VM tier into $VM_CACHE/kernel"
+    mkdir -p "$VM_CACHE"
+    fetch=$(mktemp -d "$VM_CACHE/fetch.XXXXXX")
+    if ! (cd "$fetch" && apt-get download -q -o APT::Sandbox::User=root "$kpkg"); then
+        # Stale package lists name a version the archive no longer has.
+        apt-get update -q
+        kpkg=$(vm_kernel_package)
+        (cd "$fetch" && apt-get download -q -o APT::Sandbox::User=root "$kpkg")
+    fi
+    dpkg-deb -x "$fetch"/"$kpkg"_*.deb "$fetch/kernel"
+    touch "$fetch/kernel/.unpacked-$kpkg"
+    rm -rf "$VM_CACHE/kernel"
+    mv "$fetch/kernel" "$VM_CACHE/kernel"
+    rm -rf "$fetch"
 fi

@@ -48,7 +48,10 @@ if step "build" cargo build --workspace --all-targets; then
     # The integration tests need the binaries built above; the suite must stay well under 30 min.
     # One runner, always: setup.sh installs cargo-nextest (a process per test).
     step "tests" timeout --signal=INT --kill-after=60 1500 \
-        cargo nextest run --workspace --no-fail-fast
+        cargo nextest run --workspace --no-fail-fast -E 'not binary_id(weft::vm)'
+    # The VM tier after the rest, so its TCG guests do not compete with the other tests for the
+    # two cores; its own leftovers check runs inside, the suite's below.
+    step "vm" timeout --signal=INT --kill-after=60 900 bash scripts/test-vm.sh --no-setup
     step "leftovers" leftovers
 else
     NAMES+=("tests")

@@ -52,6 +52,8 @@ leftovers_report() {
             continue
         fi
         for word in $cmd; do
+            # QEMU names its files inside option lists: "socket,id=agent,path=/dev/shm/weft-..".
+            word=${word##*=}
             name=${word#/dev/shm/}
             name=${name#/tmp/}
             if [ "$name" != "$word" ] && [ -n "$(_lo_owner_pid "${name%%/*}")" ] && _lo_orphaned "${name%%/*}"; then
