@@ -1151,3 +1151,71 @@ fn containers_survive_their_starter_killed_9() -> TestResult {
     assert!(!pod_dir.join("sandbox.json").exists());
     Ok(())
 }
+
+/// The GC thread the pod controller starts (`image_gc::spawn`, with weftd's
+/// `--image-gc-*` values) removes an unused image once the image filesystem is over the high
+/// mark, keeps the used one, and counts what it did in /metrics' `weft_image_gc_*` counters.
+#[test]
+fn image_gc_thread_collects_on_its_interval_and_counts_in_metrics() -> TestResult {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use weft::pod::image_gc::{spawn, DiskUsage, GcPolicy};
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let mount = Tmpfs::mount(&dir.path().join("images"), "16m")?;
+    let store = ImageStore::open(&mount.0)?;
+    let pod_root = dir.path().join("pods");
+    let used = import_sized(&store, dir.path(), "gct/used:1")?;
+    let spare = import_sized(&store, dir.path(), "gct/spare:1")?;
+    pod_using(&pod_root, "gct/used:1", &used)?;
+    let counter = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let before = weft::health::Metrics::default().render();
+    let (removed0, freed0) = (
+        counter(&before, "weft_image_gc_removed_total"),
+        counter(&before, "weft_image_gc_freed_bytes_total"),
+    );
+    assert_ne!(
+        removed0,
+        u64::MAX,
+        "no weft_image_gc_removed_total:\n{before}"
+    );
+    let usage = DiskUsage::of(&mount.0)?;
+    let policy = GcPolicy {
+        high_percent: u8::try_from(usage.used_percent().saturating_sub(5))?,
+        low_percent: u8::try_from(usage.used_percent().saturating_sub(10))?,
+        min_age: Duration::ZERO,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn(
+        &mount.0,
+        &pod_root,
+        policy,
+        Duration::from_millis(200),
+        stop.clone(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.get("gct/spare:1").is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the GC thread did not remove the unused image {spare}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(store.get("gct/used:1")?.id, used, "a used image went");
+    let after = weft::health::Metrics::default().render();
+    assert!(
+        counter(&after, "weft_image_gc_removed_total") > removed0,
+        "{after}"
+    );
+    assert!(
+        counter(&after, "weft_image_gc_freed_bytes_total") > freed0,
+        "{after}"
+    );
+    Ok(())
+}

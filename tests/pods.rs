@@ -2487,6 +2487,15 @@ fn manifest_url_flag_runs_its_pod_through_weftd() {
     let rec = node.wait_status("from-url-flag", "Running");
     assert_eq!(rec.manifest, server.url());
     node.wait_log(&rec, "myapp-container", "Hello Kubernetes!");
+    // A plain-http URL is warned about: anyone on the path could change the pod.
+    let weftd_log =
+        std::fs::read_to_string(node.weftd_log_path()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        weftd_log.lines().any(|l| l.contains("WARN")
+            && l.contains("manifest URL is plain http")
+            && l.contains(&server.url())),
+        "no plain-http warning in the weftd log:\n{weftd_log}"
+    );
     node.kill_weftd();
 }
 
