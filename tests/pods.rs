@@ -494,7 +494,8 @@ spec:
 #[test]
 fn myapp_pod_runs_logs_and_removal_leaves_nothing_behind() {
     let node = PodNode::new();
-    node.put_manifest("myapp.yaml", MYAPP);
+    // The documented example is what runs here (MYAPP is the same pod for the other tests).
+    node.put_manifest("myapp.yaml", &example("myapp-pod.yaml"));
     let rec = node.wait_status("myapp-pod", "Running");
     assert_eq!(rec.pod.status.phase, PodPhase::Running);
     let ip = rec.pod.status.pod_ip.clone();
@@ -2838,7 +2839,8 @@ fn example(file: &str) -> String {
 }
 
 #[test]
-fn docs_examples_init_copies_the_app_a_sidecar_collects_the_log_an_adapter_translates() {
+fn docs_examples_init_copies_the_app_a_sidecar_collects_the_log_an_adapter_translates_a_proxy_forwards(
+) {
     let node = PodNode::new();
     node.put_manifest("javaweb.yaml", &example("init-copies-app.yaml"));
     node.put_manifest("sidecar.yaml", &example("sidecar-log-collector.yaml"));
@@ -2864,9 +2866,19 @@ fn docs_examples_init_copies_the_app_a_sidecar_collects_the_log_an_adapter_trans
         fetch_from_node(&node, &ip).filter(|b| !b.is_empty() && !b.contains("404"))
     });
     assert_eq!(body, "requests_total 42\nerrors_total 1\n");
+    // The app listens on localhost only: what answers on the pod IP is the proxy container,
+    // forwarding to it inside the pod.
+    node.put_manifest("proxy.yaml", &example("localhost-proxy.yaml"));
+    let rec = node.wait_status("localhost-proxy", "Running");
+    let ip = rec.pod.status.pod_ip.clone();
+    let body = wait_for(WAIT, "the app's answer through the proxy", || {
+        fetch_from_node(&node, &ip).filter(|b| !b.is_empty())
+    });
+    assert_eq!(body, "answered by the app on localhost\n");
     node.remove_manifest("javaweb.yaml");
     node.remove_manifest("sidecar.yaml");
     node.remove_manifest("adapter.yaml");
+    node.remove_manifest("proxy.yaml");
     wait_for(WAIT, "pods removed", || {
         node.pod_dirs().is_empty().then_some(())
     });
