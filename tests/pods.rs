@@ -599,9 +599,11 @@ spec:
         items:
           - {path: labels, fieldRef: {fieldPath: metadata.labels}}
           - {path: meta/name, fieldRef: {fieldPath: metadata.name}}
+          - {path: mem, resourceFieldRef: {containerName: server, resource: limits.memory, divisor: 1Mi}}
   containers:
     - name: server
       image: busybox
+      resources: {limits: {memory: 64Mi}}
       command: ['sh', '-c']
       args:
         - mkdir -p /www && echo pong > /www/index.html && i=0;
@@ -610,7 +612,7 @@ spec:
       volumeMounts: [{name: logs, mountPath: /var/log/app}]
     - name: client
       image: busybox
-      command: ['sh', '-c', 'cat /podinfo/labels /podinfo/meta/name; echo; touch /podinfo/x 2>/dev/null || echo read-only; until wget -q -O - http://127.0.0.1:8080/index.html; do sleep 0.2; done; sleep 3600']
+      command: ['sh', '-c', 'cat /podinfo/labels /podinfo/meta/name; echo; cat /podinfo/mem; echo; touch /podinfo/x 2>/dev/null || echo read-only; until wget -q -O - http://127.0.0.1:8080/index.html; do sleep 0.2; done; sleep 3600']
       volumeMounts: [{name: podinfo, mountPath: /podinfo}]
     - name: sidecar
       image: busybox
@@ -621,7 +623,7 @@ spec:
     let rec = node.wait_status("web", "Running");
     let client = node.wait_log(&rec, "client", "pong");
     assert!(
-        client.starts_with("app=\"web\"\nweb\nread-only\n"),
+        client.starts_with("app=\"web\"\nweb\n64\nread-only\n"),
         "downwardAPI volume: {client:?}"
     );
     node.wait_log(&rec, "sidecar", "entry 3");

@@ -129,7 +129,11 @@ impl PodContext<'_> {
                         .layout
                         .volume_file(self.id, &v.name, &item.path)
                         .map_err(layout_err(what.clone()))?;
-                    let text = downward_file(self.pod, &item.field_ref.field_path);
+                    let text = match (&item.field_ref, &item.resource_field_ref) {
+                        (Some(f), _) => downward_file(self.pod, &f.field_path),
+                        (None, Some(r)) => self.volume_resource_field(r),
+                        (None, None) => String::new(),
+                    };
                     path.parent()
                         .map_or(Ok(()), std::fs::create_dir_all)
                         .and_then(|()| std::fs::write(&path, text))
@@ -243,16 +247,50 @@ impl PodContext<'_> {
             .collect()
     }
 
-    /// A validated `resourceFieldRef` of `c`; unset limits are the node's cpus and memory.
-    fn resource_field(&self, c: &Container, r: &ResourceFieldRef) -> String {
-        let node = downward::NodeAllocatable {
+    /// A validated volume `resourceFieldRef` on this node.
+    fn volume_resource_field(&self, r: &ResourceFieldRef) -> String {
+        downward_resource_file(self.pod, r, self.node_allocatable())
+    }
+
+    /// What unset limits become: the node's cpus and memory.
+    fn node_allocatable(&self) -> downward::NodeAllocatable {
+        downward::NodeAllocatable {
             cpu_milli: std::thread::available_parallelism().map_or(1000, |n| n.get() as u64 * 1000),
             memory_bytes: self.memory_capacity,
-        };
-        let res = ContainerResources::of(c.resources.as_ref());
-        downward::resource_field_value(&r.resource, r.divisor.as_ref(), &res, node)
-            .unwrap_or_default()
+        }
     }
+
+    /// A validated `resourceFieldRef` of `c`; unset limits are the node's cpus and memory.
+    fn resource_field(&self, c: &Container, r: &ResourceFieldRef) -> String {
+        let res = ContainerResources::of(c.resources.as_ref());
+        downward::resource_field_value(
+            &r.resource,
+            r.divisor.as_ref(),
+            &res,
+            self.node_allocatable(),
+        )
+        .unwrap_or_default()
+    }
+}
+
+/// The content of a `downwardAPI` volume file for a validated `resourceFieldRef`: the named
+/// container's value, divided and rounded up as for env (no trailing newline, as the kubelet).
+pub fn downward_resource_file(
+    pod: &Pod,
+    r: &ResourceFieldRef,
+    node: downward::NodeAllocatable,
+) -> String {
+    let name = r.container_name.as_deref().unwrap_or_default();
+    pod.spec
+        .init_containers
+        .iter()
+        .chain(&pod.spec.containers)
+        .find(|c| c.name == name)
+        .and_then(|c| {
+            let res = ContainerResources::of(c.resources.as_ref());
+            downward::resource_field_value(&r.resource, r.divisor.as_ref(), &res, node).ok()
+        })
+        .unwrap_or_default()
 }
 
 /// The content of a `downwardAPI` volume file for `field` (labels and annotations: one
@@ -357,5 +395,32 @@ mod tests {
             "note=\"say \\\"hi\\\"\"\n"
         );
         assert_eq!(downward_file(&pod, "metadata.uid"), pod.metadata.uid);
+    }
+
+    #[test]
+    fn downward_resource_files_hold_the_named_containers_value_divided() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n    - name: c\n      image: busybox\n      resources: {limits: {cpu: 500m, memory: 64Mi}, requests: {memory: 32Mi}}\n    - {name: d, image: busybox}\n  volumes:\n    - name: res\n      downwardAPI:\n        items:\n          - {path: cpu, resourceFieldRef: {containerName: c, resource: limits.cpu, divisor: 1m}}\n";
+        let pod = crate::pod::manifest::parse_manifest(Path::new("/m/web.yaml"), text.as_bytes())
+            .unwrap()
+            .pod;
+        let node = downward::NodeAllocatable {
+            cpu_milli: 4000,
+            memory_bytes: 1 << 30,
+        };
+        let file = |container: &str, resource: &str, divisor: Option<&str>| {
+            let r = ResourceFieldRef {
+                container_name: Some(container.to_string()),
+                resource: resource.to_string(),
+                divisor: divisor.map(|d| crate::pod::resources::Quantity::Text(d.to_string())),
+            };
+            downward_resource_file(&pod, &r, node)
+        };
+        assert_eq!(file("c", "limits.cpu", Some("1m")), "500");
+        assert_eq!(file("c", "limits.cpu", None), "1");
+        assert_eq!(file("c", "limits.memory", Some("1Mi")), "64");
+        assert_eq!(file("c", "requests.memory", None), "33554432");
+        // Unset limits are the node's.
+        assert_eq!(file("d", "limits.memory", Some("1Mi")), "1024");
+        assert_eq!(file("d", "limits.cpu", None), "4");
     }
 }

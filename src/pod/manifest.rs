@@ -334,8 +334,12 @@ pub struct DownwardApiSource {
 pub struct DownwardApiFile {
     /// `path`, relative to the volume.
     pub path: String,
-    /// `fieldRef`, one of [`DOWNWARD_VOLUME_FIELDS`].
-    pub field_ref: FieldRef,
+    /// `fieldRef`, one of [`DOWNWARD_VOLUME_FIELDS`] (this or `resourceFieldRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<FieldRef>,
+    /// `resourceFieldRef`: a named container's cpu or memory request or limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldRef>,
 }
 
 /// The field paths a `downwardAPI` volume can hold (labels and annotations one `key="value"` a line).
@@ -717,7 +721,14 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
     if let Some(sc) = &pod.spec.security_context {
         security::validate_pod(sc, pod.spec.host_namespaces())?;
     }
-    let volumes = validate_volumes(&pod.spec.volumes)?;
+    let containers: BTreeMap<&str, &Container> = pod
+        .spec
+        .init_containers
+        .iter()
+        .chain(&pod.spec.containers)
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let volumes = validate_volumes(&pod.spec.volumes, &containers)?;
     let mut names = BTreeSet::new();
     let groups = [
         ("spec.initContainers", &pod.spec.init_containers),
@@ -745,7 +756,10 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn validate_volumes(volumes: &[Volume]) -> Result<BTreeSet<&str>, FieldError> {
+fn validate_volumes<'a>(
+    volumes: &'a [Volume],
+    containers: &BTreeMap<&str, &Container>,
+) -> Result<BTreeSet<&'a str>, FieldError> {
     let mut names = BTreeSet::new();
     for (i, v) in volumes.iter().enumerate() {
         let at = format!("spec.volumes[{i}]");
@@ -811,14 +825,35 @@ fn validate_volumes(volumes: &[Volume]) -> Result<BTreeSet<&str>, FieldError> {
                     format!("{:?} must be a relative path without '..'", item.path),
                 );
             }
-            if !DOWNWARD_VOLUME_FIELDS.contains(&item.field_ref.field_path.as_str()) {
-                return err(
-                    format!("{at}.fieldRef.fieldPath"),
-                    format!(
-                        "unsupported field {:?} (supported: {DOWNWARD_VOLUME_FIELDS:?})",
-                        item.field_ref.field_path
-                    ),
-                );
+            match (&item.field_ref, &item.resource_field_ref) {
+                (Some(f), None) => {
+                    if !DOWNWARD_VOLUME_FIELDS.contains(&f.field_path.as_str()) {
+                        return err(
+                            format!("{at}.fieldRef.fieldPath"),
+                            format!(
+                                "unsupported field {:?} (supported: {DOWNWARD_VOLUME_FIELDS:?})",
+                                f.field_path
+                            ),
+                        );
+                    }
+                }
+                (None, Some(r)) => {
+                    let at = format!("{at}.resourceFieldRef");
+                    // In a volume there is no "this container": the kubelet requires the name.
+                    let name = r.container_name.as_deref().unwrap_or_default();
+                    let Some(c) = containers.get(name) else {
+                        return err(
+                            format!("{at}.containerName"),
+                            format!("{name:?} names no container of this pod"),
+                        );
+                    };
+                    let src = EnvVarSource {
+                        field_ref: None,
+                        resource_field_ref: Some(r.clone()),
+                    };
+                    check_resource_field(&at, &src, c)?;
+                }
+                _ => return err(at, "exactly one of fieldRef, resourceFieldRef is required"),
             }
         }
     }
@@ -1074,7 +1109,11 @@ fn known_fields(shape: Shape) -> &'static [(&'static str, Field)] {
             ("downwardAPI", Obj(Shape::DownwardApi)),
         ],
         Shape::DownwardApi => &[("items", List(Shape::DownwardItem))],
-        Shape::DownwardItem => &[("path", Leaf), ("fieldRef", Obj(Shape::FieldRef))],
+        Shape::DownwardItem => &[
+            ("path", Leaf),
+            ("fieldRef", Obj(Shape::FieldRef)),
+            ("resourceFieldRef", Obj(Shape::ResourceFieldRef)),
+        ],
         Shape::EmptyDir => &[("medium", Leaf)],
         Shape::HostPath => &[("path", Leaf), ("type", Leaf)],
         Shape::Probe => &[
@@ -1527,7 +1566,10 @@ spec:
         );
         let m = parse(&text).unwrap();
         let d = m.pod.spec.volumes[1].downward_api.as_ref().unwrap();
-        assert_eq!(d.items[0].field_ref.field_path, "metadata.labels");
+        assert_eq!(
+            d.items[0].field_ref.as_ref().unwrap().field_path,
+            "metadata.labels"
+        );
         assert!(m.warnings.is_empty(), "{:?}", m.warnings);
         assert_eq!(
             invalid_field(&text.replace("path: labels", "path: ../x")),
@@ -1536,6 +1578,43 @@ spec:
         assert_eq!(
             invalid_field(&text.replace("metadata.labels", "status.podIP")),
             "spec.volumes[1].downwardAPI.items[0].fieldRef.fieldPath"
+        );
+        // A resourceFieldRef names a container of the pod and a valid resource and divisor.
+        let res = |r: &str| {
+            text.replace(
+                "fieldRef: {fieldPath: metadata.labels}",
+                &format!("resourceFieldRef: {{{r}}}"),
+            )
+        };
+        parse(&res(
+            "containerName: app, resource: limits.memory, divisor: 1Mi",
+        ))
+        .unwrap();
+        let at = "spec.volumes[1].downwardAPI.items[0].resourceFieldRef";
+        assert_eq!(
+            invalid_field(&res("resource: limits.memory")),
+            format!("{at}.containerName")
+        );
+        assert_eq!(
+            invalid_field(&res("containerName: nope, resource: limits.memory")),
+            format!("{at}.containerName")
+        );
+        assert_eq!(
+            invalid_field(&res(
+                "containerName: app, resource: limits.memory, divisor: 1m"
+            )),
+            at
+        );
+        assert_eq!(
+            invalid_field(&res("containerName: app, resource: limits.gpu")),
+            at
+        );
+        assert_eq!(
+            invalid_field(&text.replace(
+                "fieldRef: {fieldPath: metadata.labels}",
+                "fieldRef: {fieldPath: metadata.labels}, resourceFieldRef: {containerName: app, resource: limits.cpu}"
+            )),
+            "spec.volumes[1].downwardAPI.items[0]"
         );
     }
 
