@@ -2757,7 +2757,7 @@ spec:
 
 #[test]
 fn describe_pod_shows_the_pods_events_kept_in_its_directory() {
-    let node = PodNode::new();
+    let mut node = PodNode::new();
     node.put_manifest(
         "ev.yaml",
         r#"
@@ -2777,13 +2777,13 @@ spec:
     );
     let pod = format!("{}/ev", node.ns);
     wait_for(WAIT, "pod ev recorded", || node.record("ev"));
-    let describe = || {
-        let out = weftctl_run(&node, &["describe", "pod", &pod], &[], b"");
+    let describe = |node: &PodNode| {
+        let out = weftctl_run(node, &["describe", "pod", &pod], &[], b"");
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let text = wait_for(WAIT, "Unhealthy, Killing and BackOff events", || {
-        let d = describe();
+        let d = describe(&node);
         ["Unhealthy", "Killing", "BackOff"]
             .iter()
             .all(|r| d.contains(r))
@@ -2817,6 +2817,44 @@ spec:
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
+
+    // The events survive a restart of the controller: the new one counts on from them, keeping
+    // each event's first occurrence, and `describe` still shows them.
+    node.stop_controller();
+    let before = weft::pod::events::read(&file);
+    let killings = |events: &[weft::pod::events::PodEvent]| {
+        events
+            .iter()
+            .filter(|e| e.reason == "Killing")
+            .map(|e| e.count)
+            .sum::<u32>()
+    };
+    node.start();
+    let after = wait_for(
+        WAIT,
+        "an event recorded by the restarted controller",
+        || {
+            let events = weft::pod::events::read(&file);
+            (killings(&events) > killings(&before)).then_some(events)
+        },
+    );
+    for old in &before {
+        assert!(
+            after.iter().any(|e| e.kind == old.kind
+                && e.reason == old.reason
+                && e.message == old.message
+                && e.first_timestamp == old.first_timestamp
+                && e.count >= old.count),
+            "{old:?} lost over the restart: {after:?}"
+        );
+    }
+    let text = describe(&node);
+    for want in ["Normal   Pulled", "Warning  Unhealthy", "Normal   Killing"] {
+        assert!(
+            text.contains(want),
+            "missing {want:?} after the restart in\n{text}"
+        );
+    }
     let out = weftctl_run(&node, &["describe", "pod", "Bad_Name"], &[], b"");
     assert!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("pod name"),
