@@ -337,14 +337,15 @@ pub(super) fn teardown(
             tracing::warn!(pod = %pod, error = %e, "stop sandbox");
         }
     }
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        tracing::warn!(pod = %pod, dir = %dir.display(), error = %e, "remove pod directory");
-    }
     let logs = cfg.layout().log_dir(&id);
     if let Err(e) = std::fs::remove_dir_all(&logs) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(pod = %pod, dir = %logs.display(), error = %e, "remove pod logs");
         }
+    }
+    // The pod directory goes last: its absence is what says the pod is gone entirely.
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(pod = %pod, dir = %dir.display(), error = %e, "remove pod directory");
     }
     tracing::info!(pod = %pod, "pod removed");
 }
