@@ -3124,3 +3124,35 @@ fn a_manifest_url_pod_is_kept_at_start_until_the_url_answers() {
         (node.pod_dirs().len() == 1).then_some(())
     });
 }
+
+/// docs/examples/myapp-pod-init.yaml, the essay's init-container pod: Init:0/2 while the first
+/// init container waits for its service, Init:1/2 while the second waits, Running with the app's
+/// log once both have run to completion in order.
+#[test]
+fn docs_example_init_container_myapp_pod_waits_for_its_services_in_order() {
+    let node = PodNode::new();
+    let services = node.dir.path().join("services");
+    std::fs::create_dir_all(&services).unwrap_or_else(|e| panic!("{e}"));
+    let manifest = example("myapp-pod-init.yaml").replace(
+        "/run/weft-example/services",
+        &services.display().to_string(),
+    );
+    node.put_manifest("myapp-init.yaml", &manifest);
+    node.wait_status("myapp-pod-init", "Init:0/2");
+    // Announcing mydb first changes nothing: the init containers run in order.
+    std::fs::write(services.join("mydb"), "").unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        node.status("myapp-pod-init").as_deref(),
+        Some("Init:0/2"),
+        "the second init container ran before the first finished"
+    );
+    std::fs::write(services.join("myservice"), "").unwrap_or_else(|e| panic!("{e}"));
+    let rec = node.wait_status("myapp-pod-init", "Running");
+    node.wait_log(&rec, "myapp-container", "The app is running!");
+    node.remove_manifest("myapp-init.yaml");
+    wait_for(WAIT, "pod removed", || {
+        node.pod_dirs().is_empty().then_some(())
+    });
+    node.assert_clean();
+}
