@@ -189,6 +189,26 @@ pub fn status_of(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16,
     Ok(response.status().as_u16())
 }
 
+/// A one-connection-per-answer HTTP server on 127.0.0.1 for tests: it reads each request and
+/// writes the next canned answer, then ends. Join the handle to see the answers all went out.
+#[cfg(test)]
+pub(crate) fn canned_http_server(
+    answers: &'static [&'static str],
+) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let server = std::thread::spawn(move || {
+        for answer in answers {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            s.write_all(answer.as_bytes()).expect("write answer");
+        }
+    });
+    (addr, server)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,21 +308,11 @@ mod tests {
 
     #[test]
     fn probe_status_is_the_answer_code_and_redirects_are_not_followed() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            for answer in [
-                "HTTP/1.0 204 No Content\r\n\r\n",
-                "HTTP/1.0 302 Found\r\nLocation: http://192.0.2.1/\r\n\r\n",
-                "HTTP/1.0 500 Oops\r\n\r\n",
-            ] {
-                let (mut s, _) = listener.accept().unwrap();
-                let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf);
-                s.write_all(answer.as_bytes()).unwrap();
-            }
-        });
+        let (addr, server) = canned_http_server(&[
+            "HTTP/1.0 204 No Content\r\n\r\n",
+            "HTTP/1.0 302 Found\r\nLocation: http://192.0.2.1/\r\n\r\n",
+            "HTTP/1.0 500 Oops\r\n\r\n",
+        ]);
         let t = Duration::from_secs(2);
         assert_eq!(status_of(addr, "/healthz", t).unwrap(), 204);
         assert_eq!(status_of(addr, "/healthz", t).unwrap(), 302);

@@ -337,7 +337,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
 
     fn timing(success: u32, failure: u32) -> ProbeTiming {
         ProbeTiming {
@@ -386,19 +385,10 @@ mod tests {
 
     #[test]
     fn http_and_tcp_checks_against_a_local_server() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            for answer in [
-                "HTTP/1.0 204 No Content\r\n\r\n",
-                "HTTP/1.0 500 Oops\r\n\r\n",
-            ] {
-                let (mut s, _) = listener.accept().unwrap();
-                let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf);
-                s.write_all(answer.as_bytes()).unwrap();
-            }
-        });
+        let (addr, server) = crate::http_client::canned_http_server(&[
+            "HTTP/1.0 204 No Content\r\n\r\n",
+            "HTTP/1.0 500 Oops\r\n\r\n",
+        ]);
         let t = Duration::from_secs(2);
         assert_eq!(http_check(addr, "/healthz", t), Ok(()));
         assert_eq!(

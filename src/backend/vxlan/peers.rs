@@ -128,7 +128,7 @@ pub fn untagged_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::entries::{diff, ActualEntries};
+    use crate::backend::entries::{diff, ActualEntries, EntryDiff};
     use crate::lease::LeaseAttrs;
     use crate::netlink::Neighbour;
     use std::net::Ipv4Addr;
@@ -168,6 +168,13 @@ mod tests {
     /// The kernel state after programming `desired` exactly.
     fn programmed(desired: &KernelEntries) -> ActualEntries {
         ActualEntries::programmed(desired)
+    }
+
+    /// What changes in the kernel when the peer leases go from `old` to `new` (default topology).
+    fn change(own: Ipv4Network, old: &[Lease], new: &[Lease]) -> EntryDiff {
+        let (before, _) = vxlan_desired(own, old, &topo());
+        let (after, _) = vxlan_desired(own, new, &topo());
+        diff(&after, &programmed(&before))
     }
 
     #[test]
@@ -329,9 +336,7 @@ mod tests {
             vxlan_lease("10.244.2.0/24", "192.0.2.2", "0a:00:00:00:00:02"),
             vxlan_lease("10.244.3.0/24", "192.0.2.3", "0a:00:00:00:00:03"),
         ];
-        let (before, _) = vxlan_desired(own, &both, &topo());
-        let (after, _) = vxlan_desired(own, &both[..1], &topo());
-        let d = diff(&after, &programmed(&before));
+        let d = change(own, &both, &both[..1]);
         assert_eq!(d.del_routes.len(), 1);
         assert_eq!(d.del_routes[0].dst, net("10.244.3.0/24"));
         assert_eq!(
@@ -361,9 +366,7 @@ mod tests {
             "192.0.2.2",
             "0a:00:00:00:00:22",
         )];
-        let (before, _) = vxlan_desired(own, &old, &topo());
-        let (after, _) = vxlan_desired(own, &new, &topo());
-        let d = diff(&after, &programmed(&before));
+        let d = change(own, &old, &new);
         assert!(d.del_routes.is_empty() && d.add_routes.is_empty());
         assert!(d.del_neighbours.is_empty());
         assert_eq!(
@@ -389,9 +392,7 @@ mod tests {
             "192.0.2.20",
             "0a:00:00:00:00:02",
         )];
-        let (before, _) = vxlan_desired(own, &old, &topo());
-        let (after, _) = vxlan_desired(own, &new, &topo());
-        let d = diff(&after, &programmed(&before));
+        let d = change(own, &old, &new);
         assert_eq!(d.del_fdb[0].dst, "192.0.2.2".parse::<Ipv4Addr>().unwrap());
         assert_eq!(d.add_fdb[0].dst, "192.0.2.20".parse::<Ipv4Addr>().unwrap());
         assert!(d.add_routes.is_empty() && d.add_neighbours.is_empty());
