@@ -36,23 +36,8 @@ P="weft-scale-$$"
 WORK=$(mktemp -d "/tmp/$P.XXXXXX")
 ETCD_IP=192.0.2.254
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local ns pids
-    for ns in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
-        pids=$(ip netns pids "$ns" 2>/dev/null || true)
-        [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
-    done
-    sleep 0.2
-    for ns in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
-        ip netns del "$ns" || true
-    done
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=lib/bench-cleanup.sh
+source "$ROOT/scripts/lib/bench-cleanup.sh"
 
 echo "== building weftd ($PROFILE)"
 bash scripts/setup.sh >/dev/null
