@@ -4,10 +4,14 @@
 //! JSON keys match case-insensitively, `SubnetLen` defaults to 24 for a /22 or larger network
 //! and to prefix + 2 otherwise, `SubnetMin` skips the first subnet, `SubnetMax` is the last one,
 //! and networks smaller than a /28 are rejected. Unlike Flannel, a missing `Backend` means vxlan.
+//!
+//! IPv6 follows the same rules with Flannel's IPv6 keys (`EnableIPv6`, `IPv6Network`,
+//! `IPv6SubnetLen` defaulting to 64 for a /62 or larger network, `IPv6SubnetMin`,
+//! `IPv6SubnetMax`); `EnableIPv4: false` makes an IPv6-only network.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
 
 /// Default VXLAN network identifier (Flannel's).
@@ -79,9 +83,38 @@ impl BackendConfig {
     }
 }
 
+/// The IPv6 half of a dual-stack or IPv6-only network config, already defaulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Config {
+    /// `IPv6Network`: the cluster's IPv6 pod network.
+    pub network: Ipv6Network,
+    /// `IPv6SubnetLen`: the prefix length of each node's IPv6 subnet.
+    pub subnet_len: u8,
+    /// `IPv6SubnetMin`: the lowest IPv6 subnet handed out.
+    pub subnet_min: Ipv6Addr,
+    /// `IPv6SubnetMax`: the highest IPv6 subnet handed out.
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Config {
+    /// Whether `subnet` is a node subnet this config could hand out: the right prefix length,
+    /// aligned, and between `IPv6SubnetMin` and `IPv6SubnetMax`.
+    pub fn contains_subnet(&self, subnet: &Ipv6Network) -> bool {
+        subnet.prefix() == self.subnet_len
+            && subnet.ip() == subnet.network()
+            && subnet.ip() >= self.subnet_min
+            && subnet.ip() <= self.subnet_max
+    }
+}
+
 /// A parsed and defaulted network configuration.
+///
+/// With `EnableIPv4: false` (`enable_ipv4` false) the IPv4 fields hold Flannel's zero values
+/// (`0.0.0.0/0`, length 0) and nothing of IPv4 is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
+    /// `EnableIPv4` (default true): whether nodes get IPv4 subnets.
+    pub enable_ipv4: bool,
     /// `Network`: the cluster's pod network.
     pub network: Ipv4Network,
     /// `SubnetLen`: the prefix length of each node's subnet.
@@ -92,6 +125,8 @@ pub struct NetworkConfig {
     pub subnet_max: std::net::Ipv4Addr,
     /// `Backend`, defaulted.
     pub backend: BackendConfig,
+    /// `EnableIPv6` with `IPv6Network` and friends; `None` when IPv6 is off.
+    pub ipv6: Option<Ipv6Config>,
 }
 
 impl NetworkConfig {
@@ -104,19 +139,43 @@ impl NetworkConfig {
         };
         let fields = Fields::new(&top);
 
-        if let Some(v) = fields.get("EnableIPv4") {
-            if !as_bool("EnableIPv4", v)? {
-                return Err(invalid(
-                    "EnableIPv4",
-                    v,
-                    "IPv6-only networks are not supported yet",
-                ));
-            }
+        let enable_ipv4 = match fields.get("EnableIPv4") {
+            None => true,
+            Some(v) => as_bool("EnableIPv4", v)?,
+        };
+        let enable_ipv6 = match fields.get("EnableIPv6") {
+            None => false,
+            Some(v) => as_bool("EnableIPv6", v)?,
+        };
+        if !enable_ipv4 && !enable_ipv6 {
+            return Err(invalid(
+                "EnableIPv4",
+                fields.get("EnableIPv4").unwrap_or(&Value::Null),
+                "with EnableIPv6 unset no address family is left; set EnableIPv6 for an IPv6-only network",
+            ));
         }
-        if let Some(v) = fields.get("EnableIPv6") {
-            if as_bool("EnableIPv6", v)? {
-                return Err(invalid("EnableIPv6", v, "IPv6 is not supported yet"));
-            }
+        let backend = match fields.get("Backend") {
+            None | Some(Value::Null) => default_vxlan(),
+            Some(Value::Object(b)) => parse_backend(b)?,
+            Some(v) => return Err(invalid("Backend", v, "not a JSON object")),
+        };
+        // Flannel ignores the IPv6 keys when IPv6 is off, and the IPv4 keys when IPv4 is off.
+        let ipv6 = if enable_ipv6 {
+            Some(parse_ipv6(&fields)?)
+        } else {
+            None
+        };
+        if !enable_ipv4 {
+            return Ok(NetworkConfig {
+                enable_ipv4,
+                network: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0)
+                    .map_err(|e| invalid("Network", &Value::Null, &e.to_string()))?,
+                subnet_len: 0,
+                subnet_min: Ipv4Addr::UNSPECIFIED,
+                subnet_max: Ipv4Addr::UNSPECIFIED,
+                backend,
+                ipv6,
+            });
         }
 
         let network = match fields.get("Network") {
@@ -174,18 +233,14 @@ impl NetworkConfig {
             });
         }
 
-        let backend = match fields.get("Backend") {
-            None | Some(Value::Null) => default_vxlan(),
-            Some(Value::Object(b)) => parse_backend(b)?,
-            Some(v) => return Err(invalid("Backend", v, "not a JSON object")),
-        };
-
         Ok(NetworkConfig {
+            enable_ipv4,
             network,
             subnet_len,
             subnet_min,
             subnet_max,
             backend,
+            ipv6,
         })
     }
 
@@ -195,9 +250,10 @@ impl NetworkConfig {
     }
 
     /// Whether `subnet` is a node subnet this config could hand out: the right prefix length,
-    /// aligned, and between `SubnetMin` and `SubnetMax`.
+    /// aligned, and between `SubnetMin` and `SubnetMax`. Always false for an IPv6-only network.
     pub fn contains_subnet(&self, subnet: &Ipv4Network) -> bool {
-        subnet.prefix() == self.subnet_len
+        self.enable_ipv4
+            && subnet.prefix() == self.subnet_len
             && subnet.ip() == subnet.network()
             && subnet.ip() >= self.subnet_min
             && subnet.ip() <= self.subnet_max
@@ -209,10 +265,11 @@ impl NetworkConfig {
 pub enum ConfigChange {
     /// Nothing that matters changed (e.g. only the JSON's spelling).
     Same,
-    /// Only `SubnetMin`/`SubnetMax`: they steer which subnet is handed out next, so they apply
+    /// Only `SubnetMin`/`SubnetMax` (or their IPv6 twins): they steer which subnet is handed out next, so they apply
     /// at once.
     Live,
-    /// `Network` or `SubnetLen` (existing leases would be orphaned) or `Backend` (the data path
+    /// `Network` or `SubnetLen`, an address family or the IPv6 network (existing leases would be
+    /// orphaned) or `Backend` (the data path
     /// would be rebuilt under running pods): applied only by restarting weftd.
     NeedsRestart,
 }
@@ -222,9 +279,12 @@ impl NetworkConfig {
     pub fn change_to(&self, new: &NetworkConfig) -> ConfigChange {
         if self == new {
             ConfigChange::Same
-        } else if self.network == new.network
+        } else if self.enable_ipv4 == new.enable_ipv4
+            && self.network == new.network
             && self.subnet_len == new.subnet_len
             && self.backend == new.backend
+            && self.ipv6.as_ref().map(|v6| (v6.network, v6.subnet_len))
+                == new.ipv6.as_ref().map(|v6| (v6.network, v6.subnet_len))
         {
             ConfigChange::Live
         } else {
@@ -237,11 +297,21 @@ impl NetworkConfig {
 /// SubnetMax 10.244.255.0, Backend vxlan (VNI 1, Port 8472, DirectRouting false, MTU auto)`.
 impl std::fmt::Display for NetworkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Network {}, SubnetLen {}, SubnetMin {}, SubnetMax {}, Backend ",
-            self.network, self.subnet_len, self.subnet_min, self.subnet_max
-        )?;
+        if self.enable_ipv4 {
+            write!(
+                f,
+                "Network {}, SubnetLen {}, SubnetMin {}, SubnetMax {}, ",
+                self.network, self.subnet_len, self.subnet_min, self.subnet_max
+            )?;
+        }
+        if let Some(v6) = &self.ipv6 {
+            write!(
+                f,
+                "IPv6Network {}, IPv6SubnetLen {}, IPv6SubnetMin {}, IPv6SubnetMax {}, ",
+                v6.network, v6.subnet_len, v6.subnet_min, v6.subnet_max
+            )?;
+        }
+        write!(f, "Backend ")?;
         match &self.backend {
             BackendConfig::Vxlan {
                 vni,
@@ -356,6 +426,123 @@ fn check_bound(
             field,
             v,
             &format!("not on a /{subnet_len} (SubnetLen) boundary"),
+        ));
+    }
+    Ok(ip)
+}
+
+/// The IPv6 keys, defaulted and checked as Flannel's `CheckNetworkConfig` does.
+fn parse_ipv6(fields: &Fields<'_>) -> Result<Ipv6Config, ConfigError> {
+    let Some(v) = fields.get("IPv6Network") else {
+        return Err(ConfigError::Missing {
+            field: "IPv6Network",
+        });
+    };
+    let text = v
+        .as_str()
+        .ok_or_else(|| invalid("IPv6Network", v, "not a string in CIDR notation"))?;
+    let parsed: Ipv6Network = text
+        .parse()
+        .map_err(|e| invalid("IPv6Network", v, &format!("not an IPv6 CIDR: {e}")))?;
+    if parsed.prefix() == 0 {
+        return Err(invalid("IPv6Network", v, "the network is empty"));
+    }
+    // Masked to its network, as Go's net.ParseCIDR does.
+    let network = Ipv6Network::new(parsed.network(), parsed.prefix())
+        .map_err(|e| invalid("IPv6Network", v, &e.to_string()))?;
+    let prefix = network.prefix();
+    let subnet_len = match fields.get("IPv6SubnetLen").map(|v| (v, v.as_u64())) {
+        None | Some((_, Some(0))) if prefix > 124 => {
+            return Err(invalid(
+                "IPv6Network",
+                v,
+                "network is too small, the minimum useful prefix is /124",
+            ))
+        }
+        None | Some((_, Some(0))) if prefix <= 62 => 64,
+        None | Some((_, Some(0))) => prefix + 2,
+        Some((l, Some(len))) => {
+            if len > 126 {
+                return Err(invalid("IPv6SubnetLen", l, "must be at most 126"));
+            }
+            if len < u64::from(prefix) + 2 {
+                return Err(invalid(
+                    "IPv6SubnetLen",
+                    l,
+                    &format!(
+                        "network {network} must hold at least four subnets, so IPv6SubnetLen must be at least {}",
+                        prefix + 2
+                    ),
+                ));
+            }
+            len as u8
+        }
+        Some((l, None)) => return Err(invalid("IPv6SubnetLen", l, "not an unsigned integer")),
+    };
+    let size = 1u128 << (128 - u32::from(subnet_len));
+    let start = u128::from(network.network());
+    // The network's last address; its last subnet starts `size - 1` below it.
+    let end = start | (u128::MAX >> prefix);
+    let subnet_min = match address6_field(fields, "IPv6SubnetMin")? {
+        None => Ipv6Addr::from(start + size),
+        Some((v, ip)) => check_bound6("IPv6SubnetMin", v, ip, &network, subnet_len)?,
+    };
+    let subnet_max = match address6_field(fields, "IPv6SubnetMax")? {
+        None => Ipv6Addr::from(end - (size - 1)),
+        Some((v, ip)) => check_bound6("IPv6SubnetMax", v, ip, &network, subnet_len)?,
+    };
+    if subnet_min > subnet_max {
+        return Err(ConfigError::Invalid {
+            field: "IPv6SubnetMin",
+            value: subnet_min.to_string(),
+            reason: format!("is above IPv6SubnetMax {subnet_max}, no subnet can be handed out"),
+        });
+    }
+    Ok(Ipv6Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
+fn address6_field<'a>(
+    fields: &Fields<'a>,
+    field: &'static str,
+) -> Result<Option<(&'a Value, Ipv6Addr)>, ConfigError> {
+    let Some(v) = fields.get(field) else {
+        return Ok(None);
+    };
+    let s = v
+        .as_str()
+        .ok_or_else(|| invalid(field, v, "not an IPv6 address string"))?;
+    let ip: Ipv6Addr = s
+        .parse()
+        .map_err(|e| invalid(field, v, &format!("not an IPv6 address: {e}")))?;
+    // Go leaves an unset address at :: and then defaults it.
+    Ok((!ip.is_unspecified()).then_some((v, ip)))
+}
+
+fn check_bound6(
+    field: &'static str,
+    v: &Value,
+    ip: Ipv6Addr,
+    network: &Ipv6Network,
+    subnet_len: u8,
+) -> Result<Ipv6Addr, ConfigError> {
+    if !network.contains(ip) {
+        return Err(invalid(
+            field,
+            v,
+            &format!("not inside IPv6Network {network}"),
+        ));
+    }
+    let mask = u128::MAX << (128 - u32::from(subnet_len));
+    if u128::from(ip) & mask != u128::from(ip) {
+        return Err(invalid(
+            field,
+            v,
+            &format!("not on a /{subnet_len} (IPv6SubnetLen) boundary"),
         ));
     }
     Ok(ip)
@@ -563,20 +750,145 @@ mod tests {
         );
     }
 
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn ipv6_fields_rejected_or_ignored() {
-        let e =
-            err(r#"{"Network": "10.5.0.0/16", "EnableIPv6": true, "IPv6Network": "fc00::/48"}"#);
+    fn dual_stack_defaults_as_flannel() {
+        let c = parse(
+            r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56"}"#,
+        );
+        assert!(c.enable_ipv4);
+        assert_eq!(c.subnet_len, 24);
+        let v6 = c.ipv6.clone().unwrap();
+        assert_eq!(v6.network, "fd00:10:244::/56".parse().unwrap());
+        assert_eq!(v6.subnet_len, 64);
+        // Flannel's GetIPv6SubnetMin/Max: the first subnet is skipped, the last one is used.
+        assert_eq!(v6.subnet_min, ip6("fd00:10:244:1::"));
+        assert_eq!(v6.subnet_max, ip6("fd00:10:244:ff::"));
+        assert!(v6.contains_subnet(&"fd00:10:244:1::/64".parse().unwrap()));
+        assert!(!v6.contains_subnet(&"fd00:10:244::/64".parse().unwrap()));
+        assert!(!v6.contains_subnet(&"fd00:10:244:1::/72".parse().unwrap()));
+        // Small networks are split in four, as for IPv4; keys match in any case.
+        let c = parse(
+            r#"{"Network": "10.244.0.0/16", "enableipv6": true, "ipv6network": "fd00::/120"}"#,
+        );
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 122);
+        assert_eq!(v6.subnet_min, ip6("fd00::40"));
+        assert_eq!(v6.subnet_max, ip6("fd00::c0"));
+        let c = parse(
+            r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48",
+                "IPv6SubnetLen": 80, "IPv6SubnetMin": "fd00:0:0:5::", "IPv6SubnetMax": "fd00:0:0:9::"}"#,
+        );
+        let v6 = c.ipv6.unwrap();
         assert_eq!(
-            e.to_string(),
-            "network config: field EnableIPv6 = true: IPv6 is not supported yet"
+            (v6.subnet_len, v6.subnet_min, v6.subnet_max),
+            (80, ip6("fd00:0:0:5::"), ip6("fd00:0:0:9::"))
+        );
+    }
+
+    #[test]
+    fn ipv6_only_and_disabled_ipv6() {
+        let c = parse(r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/48"}"#);
+        assert!(!c.enable_ipv4);
+        assert_eq!(c.subnet_len, 0);
+        assert!(!c.contains_subnet(&"0.0.0.0/0".parse().unwrap()));
+        assert_eq!(c.ipv6.as_ref().unwrap().subnet_len, 64);
+        assert_eq!(
+            c.to_string(),
+            "IPv6Network fd00::/48, IPv6SubnetLen 64, IPv6SubnetMin fd00:0:0:1::, \
+             IPv6SubnetMax fd00:0:0:ffff::, Backend vxlan (VNI 1, Port 8472, DirectRouting false, MTU auto)"
         );
         // A disabled IPv6 section is ignored, as Flannel does.
-        let c =
-            parse(r#"{"Network": "10.5.0.0/16", "EnableIPv6": false, "IPv6Network": "fc00::/48"}"#);
-        assert_eq!(c.subnet_len, 24);
-        let e = err(r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fc00::/48"}"#);
-        assert!(e.to_string().contains("EnableIPv4 = false"), "{e}");
+        let c = parse(r#"{"Network": "10.5.0.0/16", "EnableIPv6": false, "IPv6Network": "junk"}"#);
+        assert_eq!(c.ipv6, None);
+    }
+
+    #[test]
+    fn ipv6_errors_name_field_and_value() {
+        let base = r#""Network": "10.0.0.0/16", "EnableIPv6": true"#;
+        let cases: Vec<(String, &str)> = vec![
+            (
+                r#"{"EnableIPv4": false}"#.to_string(),
+                "network config: field EnableIPv4 = false: with EnableIPv6 unset no address family is left",
+            ),
+            (
+                r#"{"Network": "10.0.0.0/16", "EnableIPv6": "yes"}"#.to_string(),
+                "network config: field EnableIPv6 = \"yes\": not a boolean",
+            ),
+            (
+                format!("{{{base}}}"),
+                "network config: field IPv6Network is missing",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "10.0.0.0/8"}}"#),
+                "network config: field IPv6Network = \"10.0.0.0/8\": not an IPv6 CIDR",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "fd00::/125"}}"#),
+                "network config: field IPv6Network = \"fd00::/125\": network is too small, the minimum useful prefix is /124",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "::/0"}}"#),
+                "network config: field IPv6Network = \"::/0\": the network is empty",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "fd00::/64", "IPv6SubnetLen": 127}}"#),
+                "network config: field IPv6SubnetLen = 127: must be at most 126",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "fd00::/64", "IPv6SubnetLen": 65}}"#),
+                "network config: field IPv6SubnetLen = 65: network fd00::/64 must hold at least four subnets, so IPv6SubnetLen must be at least 66",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "fd00::/48", "IPv6SubnetLen": "64"}}"#),
+                "network config: field IPv6SubnetLen = \"64\": not an unsigned integer",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "fd00::/48", "IPv6SubnetMin": "fd01::"}}"#),
+                "network config: field IPv6SubnetMin = \"fd01::\": not inside IPv6Network fd00::/48",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "fd00::/48", "IPv6SubnetMax": "fd00::1:0:0:0"}}"#),
+                "network config: field IPv6SubnetMax = \"fd00::1:0:0:0\": not on a /64 (IPv6SubnetLen) boundary",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "fd00::/48", "IPv6SubnetMin": "fd00:0:0:9::", "IPv6SubnetMax": "fd00:0:0:3::"}}"#),
+                "network config: field IPv6SubnetMin = fd00:0:0:9::: is above IPv6SubnetMax fd00:0:0:3::",
+            ),
+            (
+                format!(r#"{{{base}, "IPv6Network": "fd00::/48", "IPv6SubnetMin": 7}}"#),
+                "network config: field IPv6SubnetMin = 7: not an IPv6 address string",
+            ),
+        ];
+        for (json, want) in &cases {
+            let got = err(json).to_string();
+            assert!(
+                got.starts_with(want),
+                "{json}: got {got:?}, want prefix {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_changes_need_a_restart_except_the_range() {
+        let running = parse(
+            r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48"}"#,
+        );
+        let v4_only = parse(r#"{"Network": "10.244.0.0/16"}"#);
+        assert_eq!(running.change_to(&v4_only), ConfigChange::NeedsRestart);
+        assert_eq!(v4_only.change_to(&running), ConfigChange::NeedsRestart);
+        let moved = parse(
+            r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd01::/48"}"#,
+        );
+        assert_eq!(running.change_to(&moved), ConfigChange::NeedsRestart);
+        let narrowed = parse(
+            r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48",
+                "IPv6SubnetMax": "fd00:0:0:9::"}"#,
+        );
+        assert_eq!(running.change_to(&narrowed), ConfigChange::Live);
     }
 
     #[test]

@@ -150,6 +150,7 @@ impl Drop for TestNode {
 
 fn vxlan_config(subnet_len: u8, direct_routing: bool, port: u16) -> NetworkConfig {
     NetworkConfig {
+        enable_ipv4: true,
         network: "10.244.0.0/16".parse().unwrap(),
         subnet_len,
         subnet_min: "10.244.1.0".parse().unwrap(),
@@ -160,6 +161,7 @@ fn vxlan_config(subnet_len: u8, direct_routing: bool, port: u16) -> NetworkConfi
             direct_routing,
             mtu: None,
         },
+        ipv6: None,
     }
 }
 
