@@ -260,6 +260,25 @@ impl NetworkConfig {
     }
 }
 
+impl NetworkConfig {
+    /// Whether a lease's subnets fit this config in every enabled family, and carry nothing of a
+    /// disabled one (Flannel's `isSubnetConfigCompat` and `isIPv6SubnetConfigCompat`). An
+    /// IPv6-only lease has the IPv4 part `0.0.0.0/0`, as Flannel keys it.
+    pub fn fits_lease(&self, v4: &Ipv4Network, v6: Option<&Ipv6Network>) -> bool {
+        let v4_fits = if self.enable_ipv4 {
+            self.contains_subnet(v4)
+        } else {
+            v4.prefix() == 0 && v4.ip().is_unspecified()
+        };
+        let v6_fits = match (&self.ipv6, v6) {
+            (Some(cfg), Some(n)) => cfg.contains_subnet(n),
+            (None, None) => true,
+            _ => false,
+        };
+        v4_fits && v6_fits
+    }
+}
+
 /// How a network config written while weftd runs relates to the running one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigChange {

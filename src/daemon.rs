@@ -869,6 +869,10 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                 addresses,
                 vtep_mac: attrs.vtep_mac().and_then(parse_mac),
                 subnet: Some(self.own.subnet),
+                ipv6_subnet: self.own.ipv6_subnet,
+                public_ipv6: self.own.attrs.public_ipv6,
+                addresses_v6: self.ext.public_ipv6.into_iter().collect(),
+                vtep_mac_v6: attrs.v6_vtep_mac().and_then(parse_mac),
             },
         }
     }

@@ -1,17 +1,18 @@
 //! Subnet leases as Flannel stores them: key `<prefix>/subnets/10.244.1.0-24`, JSON value.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::ser::SerializeStruct;
 
-use crate::subnet::{parse_subnet_key, subnet_key, SubnetKeyError};
+use crate::subnet::{dual_subnet_key, parse_subnet_key, subnet_key, SubnetKeyError};
 
 /// The JSON value of a lease key, exactly Flannel's field names:
 /// `{"PublicIP":"192.0.2.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"..."}}`.
 ///
-/// Serialised byte for byte as Flannel's Go `json.Marshal` does (see [`LeaseAttrs::to_json`]);
-/// deserialisation ignores Flannel's `PublicIPv6` and `BackendV6Data` (IPv6 is not supported).
+/// Serialised byte for byte as Flannel's Go `json.Marshal` does (see [`LeaseAttrs::to_json`]).
+/// A dual-stack lease adds `PublicIPv6` and `BackendV6Data` (VXLAN: the `VNI` and `VtepMAC` of
+/// `flannel-v6.<VNI>`); an IPv6-only lease has `PublicIP` `0.0.0.0` and no `BackendData`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct LeaseAttrs {
     /// The node's identity and underlay address.
@@ -23,15 +24,21 @@ pub struct LeaseAttrs {
     /// Backend-specific data (VXLAN: `VNI`, `VtepMAC`); absent for udp and host-gw.
     #[serde(rename = "BackendData", default)]
     pub backend_data: Option<serde_json::Value>,
+    /// The node's IPv6 underlay address, when it has IPv6 subnets.
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Backend-specific data of the IPv6 side (VXLAN: the v6 device's `VNI`, `VtepMAC`).
+    #[serde(rename = "BackendV6Data", default)]
+    pub backend_v6_data: Option<serde_json::Value>,
 }
 
-/// Flannel's Go struct order is `PublicIP`, `PublicIPv6` (a nil pointer without `omitempty`, so
-/// always `null` for IPv4), `BackendType` and `BackendData` (both `omitempty`).
+/// Flannel's Go struct order is `PublicIP`, `PublicIPv6` (a pointer without `omitempty`, so
+/// `null` without IPv6), `BackendType`, `BackendData` and `BackendV6Data` (all `omitempty`).
 impl serde::Serialize for LeaseAttrs {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("LeaseAttrs", 4)?;
+        let mut s = serializer.serialize_struct("LeaseAttrs", 5)?;
         s.serialize_field("PublicIP", &self.public_ip)?;
-        s.serialize_field("PublicIPv6", &None::<()>)?;
+        s.serialize_field("PublicIPv6", &self.public_ipv6)?;
         if self.backend_type.is_empty() {
             s.skip_field("BackendType")?;
         } else {
@@ -40,6 +47,10 @@ impl serde::Serialize for LeaseAttrs {
         match &self.backend_data {
             Some(data) => s.serialize_field("BackendData", data)?,
             None => s.skip_field("BackendData")?,
+        }
+        match &self.backend_v6_data {
+            Some(data) => s.serialize_field("BackendV6Data", data)?,
+            None => s.skip_field("BackendV6Data")?,
         }
         s.end()
     }
@@ -94,6 +105,23 @@ impl LeaseAttrs {
         let vni = backend_data_field(self.backend_data.as_ref(), "VNI")?.as_u64()?;
         u32::try_from(vni).ok()
     }
+
+    /// Whether `other` names the same node: the same `PublicIP`, or between IPv6-only leases
+    /// (`PublicIP` `0.0.0.0`) the same `PublicIPv6`.
+    pub fn same_node(&self, other: &LeaseAttrs) -> bool {
+        if self.public_ip.is_unspecified() {
+            other.public_ip.is_unspecified()
+                && self.public_ipv6.is_some()
+                && self.public_ipv6 == other.public_ipv6
+        } else {
+            self.public_ip == other.public_ip
+        }
+    }
+
+    /// `BackendV6Data.VtepMAC` of a dual-stack or IPv6-only VXLAN lease, if present.
+    pub fn v6_vtep_mac(&self) -> Option<&str> {
+        backend_data_field(self.backend_v6_data.as_ref(), "VtepMAC")?.as_str()
+    }
 }
 
 /// The field `name` of a lease's `BackendData`, matched as Flannel's Go JSON decoding matches
@@ -130,8 +158,10 @@ pub struct RawLease {
 /// One subnet lease as read from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// The node subnet this key names.
+    /// The node subnet this key names (`0.0.0.0/0` in an IPv6-only network, as Flannel keys it).
     pub subnet: Ipv4Network,
+    /// The IPv6 node subnet of a dual-stack or IPv6-only key, when the network has IPv6.
+    pub ipv6_subnet: Option<Ipv6Network>,
     /// The lease's value.
     pub attrs: LeaseAttrs,
     /// The etcd lease attached to the key; `None` marks a reservation.
@@ -163,6 +193,16 @@ pub fn lease_key(prefix: &str, subnet: Ipv4Network) -> String {
     format!("{}{}", subnets_prefix(prefix), subnet_key(subnet))
 }
 
+/// The full etcd key of a node's subnets, as Flannel's `MakeSubnetKey` spells it:
+/// `<prefix>/subnets/10.244.1.0-24`, with IPv6 `...-24&fd00:10:244:1::-64`.
+pub fn dual_lease_key(prefix: &str, subnet: Ipv4Network, ipv6: Option<Ipv6Network>) -> String {
+    format!(
+        "{}{}",
+        subnets_prefix(prefix),
+        dual_subnet_key(subnet, ipv6)
+    )
+}
+
 /// Parses the subnet out of a full etcd key `<prefix>/subnets/<subnet key>`.
 pub fn parse_lease_key(prefix: &str, key: &str) -> Result<Ipv4Network, LeaseError> {
     let subnets = subnets_prefix(prefix);
@@ -187,6 +227,8 @@ mod tests {
             public_ip: "192.168.33.6".parse().unwrap(),
             backend_type: "vxlan".into(),
             backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "02:52:fb:99:b1:f2"})),
+            public_ipv6: None,
+            backend_v6_data: None,
         }
     }
 
@@ -222,6 +264,8 @@ mod tests {
             public_ip: "192.0.2.7".parse().unwrap(),
             backend_type: "host-gw".into(),
             backend_data: None,
+            public_ipv6: None,
+            backend_v6_data: None,
         };
         assert_eq!(
             hostgw.to_json(),
@@ -288,5 +332,104 @@ mod tests {
             e.to_string(),
             "lease key: subnet key \"junk\": no '-<prefix length>'"
         );
+    }
+
+    /// Flannel's `subnetRegex` from `pkg/subnet/subnet.go`, copied verbatim: what flanneld
+    /// matches a key under `<prefix>/subnets/` against (`ParseSubnetKey`).
+    const FLANNEL_SUBNET_REGEX: &str = r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$";
+
+    /// Written by flanneld (etcd v3 mode, dual stack) with its VXLAN backend.
+    const FLANNEL_DUAL_VALUE: &str = r#"{"PublicIP":"192.0.2.6","PublicIPv6":"2001:db8::6","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:52:fb:99:b1:f2"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:52:fb:99:b1:f3"}}"#;
+
+    fn dual_attrs() -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: "192.0.2.6".parse().unwrap(),
+            public_ipv6: Some("2001:db8::6".parse().unwrap()),
+            backend_v6_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "02:52:fb:99:b1:f3"})),
+            ..vxlan_attrs()
+        }
+    }
+
+    #[test]
+    fn dual_stack_value_is_flannels_byte_for_byte() {
+        assert_eq!(dual_attrs().to_json(), FLANNEL_DUAL_VALUE);
+        let parsed = LeaseAttrs::from_json("k", FLANNEL_DUAL_VALUE.as_bytes()).unwrap();
+        assert_eq!(parsed, dual_attrs());
+        assert_eq!(parsed.v6_vtep_mac(), Some("02:52:fb:99:b1:f3"));
+        // IPv6-only, as flanneld writes it: PublicIP is Go's zero IP4, no BackendData.
+        let v6_only = LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            backend_data: None,
+            ..dual_attrs()
+        };
+        assert_eq!(
+            v6_only.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::6","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"02:52:fb:99:b1:f3"}}"#
+        );
+        // The field names and types flanneld's LeaseAttrs decodes.
+        let value: serde_json::Value = serde_json::from_str(&dual_attrs().to_json()).unwrap();
+        let obj = value.as_object().unwrap();
+        let names: Vec<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "BackendData",
+                "BackendType",
+                "BackendV6Data",
+                "PublicIP",
+                "PublicIPv6"
+            ]
+        );
+        assert!(obj["PublicIPv6"].is_string() && obj["BackendV6Data"]["VNI"].is_u64());
+    }
+
+    #[test]
+    fn keys_weft_writes_match_flannels_regex() {
+        let re = regex::Regex::new(FLANNEL_SUBNET_REGEX).unwrap();
+        let v4: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+        let v6: Ipv6Network = "fd00:10:244:1::/64".parse().unwrap();
+        let cases = [
+            (
+                dual_lease_key("/coreos.com/network", v4, Some(v6)),
+                "/coreos.com/network/subnets/10.244.1.0-24&fd00:10:244:1::-64",
+                ("10.244.1.0", "24", "fd00:10:244:1::", "64"),
+            ),
+            (
+                dual_lease_key("/coreos.com/network", v4, None),
+                "/coreos.com/network/subnets/10.244.1.0-24",
+                ("10.244.1.0", "24", "", ""),
+            ),
+            (
+                // IPv6-only: MakeSubnetKey of an empty IP4Net.
+                dual_lease_key(
+                    "/coreos.com/network",
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("fd00:0:0:ab00::/56".parse().unwrap()),
+                ),
+                "/coreos.com/network/subnets/0.0.0.0-0&fd00:0:0:ab00::-56",
+                ("0.0.0.0", "0", "fd00:0:0:ab00::", "56"),
+            ),
+        ];
+        for (key, want, (ip4, len4, ip6, len6)) in cases {
+            assert_eq!(key, want);
+            let caps = re.captures(&key).unwrap_or_else(|| panic!("{key}"));
+            let group = |i: usize| caps.get(i).map_or("", |m| m.as_str());
+            assert_eq!(
+                (group(1), group(2), group(3), group(4)),
+                (ip4, len4, ip6, len6)
+            );
+            // And weft reads its own keys back.
+            let rest = key.strip_prefix("/coreos.com/network/subnets/").unwrap();
+            let dual = crate::subnet::parse_dual_subnet_key(rest).unwrap();
+            assert_eq!(dual.v4.to_string(), format!("{ip4}/{len4}"));
+            assert_eq!(
+                dual.v6.map(|n| n.to_string()).unwrap_or_default(),
+                if ip6.is_empty() {
+                    String::new()
+                } else {
+                    format!("{ip6}/{len6}")
+                }
+            );
+        }
     }
 }

@@ -191,8 +191,11 @@ mod tests {
 
     fn lease(subnet: &str, etcd_lease: Option<i64>) -> Lease {
         Lease {
+            ipv6_subnet: None,
             subnet: subnet.parse().unwrap(),
             attrs: LeaseAttrs {
+                public_ipv6: None,
+                backend_v6_data: None,
                 public_ip: "192.0.2.11".parse().unwrap(),
                 backend_type: "vxlan".into(),
                 backend_data: None,

@@ -5,11 +5,11 @@
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use futures::stream::{StreamExt, TryStreamExt};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
 };
@@ -156,6 +156,11 @@ pub struct ExternalInterface {
     pub mtu: u32,
     /// The interface address with its prefix, for same-L2 checks (DirectRouting, host-gw).
     pub network: Ipv4Network,
+    /// The IPv6 address peers reach this node at (`--public-ipv6`, default the interface's
+    /// first global IPv6 address), when the network has IPv6.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The interface's IPv6 address with its prefix, for same-L2 checks over IPv6.
+    pub network_v6: Option<Ipv6Network>,
 }
 
 /// Opens an rtnetlink connection whose driver runs as a task on the current tokio runtime.
@@ -218,6 +223,8 @@ pub async fn find_external_interface(
         public_ip: public_ip.unwrap_or(addr.ip()),
         mtu: link_mtu(&link).unwrap_or(1500),
         network: addr,
+        public_ipv6: None,
+        network_v6: None,
     })
 }
 

@@ -21,13 +21,15 @@ use etcd_client::{
     KeyValue, LeaseTimeToLiveOptions, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
     WatchStream,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tracing::{debug, info, warn};
 
 use crate::config::NetworkConfig;
-use crate::lease::{config_key, lease_key, parse_lease_key, subnets_prefix};
+use crate::lease::{config_key, dual_lease_key, parse_lease_key, subnets_prefix};
 use crate::lease::{Lease, LeaseAttrs, LeaseError, RawLease};
-use crate::subnet::{choose_free_subnet, TakenSubnets};
+use crate::subnet::{
+    choose_free_ipv6_subnet, choose_free_subnet, parse_dual_subnet_key, TakenSubnets,
+};
 
 /// flanneld's default etcd endpoint.
 pub const DEFAULT_ETCD_ENDPOINTS: &str = "http://127.0.0.1:2379";
@@ -175,6 +177,14 @@ pub enum StoreError {
         /// The key.
         key: String,
     },
+    /// Every IPv6 subnet of the config is taken.
+    #[error("no free IPv6 subnet in {network}: {taken} subnets taken")]
+    NoFreeIpv6Subnet {
+        /// `IPv6Network`.
+        network: Ipv6Network,
+        /// How many leases and reservations exist.
+        taken: usize,
+    },
     /// Every subnet of the config is taken.
     #[error("no free subnet in {network} between {min} and {max}: {taken} subnets taken")]
     NoFreeSubnet {
@@ -214,14 +224,23 @@ pub enum StoreError {
 /// Our own subnet lease, as held by this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnLease {
-    /// The node subnet.
+    /// The node subnet (`0.0.0.0/0` in an IPv6-only network).
     pub subnet: Ipv4Network,
+    /// The node's IPv6 subnet, when the network has IPv6.
+    pub ipv6_subnet: Option<Ipv6Network>,
     /// The value stored under the key.
     pub attrs: LeaseAttrs,
     /// The etcd lease keeping the key; `None` = a reservation, which never expires.
     pub etcd_lease: Option<i64>,
     /// When the etcd lease expires unless renewed; `None` for a reservation.
     pub expires: Option<SystemTime>,
+}
+
+impl OwnLease {
+    /// The lease's full etcd key (`<prefix>/subnets/10.244.1.0-24[&fd00:...-64]`).
+    pub fn key(&self, prefix: &str) -> String {
+        dual_lease_key(prefix, self.subnet, self.ipv6_subnet)
+    }
 }
 
 /// All leases under `<prefix>/subnets/` at one revision.
@@ -461,10 +480,18 @@ fn raw_from_kv(kv: &KeyValue) -> RawLease {
 /// Parses one key-value of `<prefix>/subnets/` into a lease.
 fn lease_from_kv(prefix: &str, kv: &KeyValue) -> Result<Lease, LeaseError> {
     let key = String::from_utf8_lossy(kv.key());
-    let subnet = parse_lease_key(prefix, &key)?;
+    let subnets = subnets_prefix(prefix);
+    let rest = key
+        .strip_prefix(&subnets)
+        .ok_or_else(|| LeaseError::NotASubnetKey {
+            key: key.to_string(),
+            subnets_prefix: subnets.clone(),
+        })?;
+    let dual = parse_dual_subnet_key(rest)?;
     let attrs = LeaseAttrs::from_json(&key, kv.value())?;
     Ok(Lease {
-        subnet,
+        ipv6_subnet: dual.v6,
+        subnet: dual.v4,
         attrs,
         etcd_lease: (kv.lease() != 0).then_some(kv.lease()),
         mod_revision: kv.mod_revision(),
@@ -652,16 +679,18 @@ impl EtcdStore {
         // Subnets whose claim failed although the listing showed them free (another node was
         // faster, or the key holds a value that does not parse): never tried twice.
         let mut lost: Vec<Ipv4Network> = Vec::new();
+        let mut lost6: Vec<Ipv6Network> = Vec::new();
         for attempt in 1..=MAX_CLAIM_ATTEMPTS {
             let snap = self.list_leases().await?;
             let mut mine: Vec<&Lease> = snap
                 .leases
                 .iter()
-                .filter(|l| l.attrs.public_ip == attrs.public_ip)
+                .filter(|l| l.attrs.same_node(attrs))
                 .collect();
             // A reservation wins over a leased key; then the lowest subnet, to be deterministic.
-            mine.sort_by_key(|l| (!l.is_reservation(), l.subnet));
-            if let Some(own) = mine.iter().find(|l| cfg.contains_subnet(&l.subnet)) {
+            mine.sort_by_key(|l| (!l.is_reservation(), l.subnet, l.ipv6_subnet));
+            let fits = |l: &Lease| cfg.fits_lease(&l.subnet, l.ipv6_subnet.as_ref());
+            if let Some(own) = mine.iter().find(|l| fits(l)) {
                 match self.reuse(own, attrs, ttl).await {
                     Ok(lease) => return Ok(lease),
                     Err(e @ (StoreError::Conflict { .. } | StoreError::LeaseLost { .. })) => {
@@ -672,7 +701,8 @@ impl EtcdStore {
                 }
             }
             let mut dropped = Vec::new();
-            for stale in mine.iter().filter(|l| !cfg.contains_subnet(&l.subnet)) {
+            let mut dropped6 = Vec::new();
+            for stale in mine.iter().filter(|l| !fits(l)) {
                 if stale.is_reservation() {
                     warn!(subnet = %stale.subnet, public_ip = %attrs.public_ip, "reservation of this node is outside the network config, ignoring it");
                     continue;
@@ -680,6 +710,7 @@ impl EtcdStore {
                 info!(subnet = %stale.subnet, public_ip = %attrs.public_ip, "lease of this node is outside the network config, deleting it");
                 self.delete_if_unchanged(stale).await?;
                 dropped.push(stale.subnet);
+                dropped6.extend(stale.ipv6_subnet);
             }
             // A key for a subnet larger than SubnetLen (a whole-Network lease, say) is never
             // believed by validation, so it must not block the subnets inside it either.
@@ -692,6 +723,8 @@ impl EtcdStore {
             );
             let wanted = previous.filter(|p| cfg.contains_subnet(p) && !taken.overlaps(p));
             let candidate = match wanted {
+                // An IPv6-only network keys every lease `0.0.0.0-0&...`, as Flannel does.
+                _ if !cfg.enable_ipv4 => cfg.network,
                 Some(p) => p,
                 None => {
                     let mut rng = rand::rng();
@@ -703,12 +736,32 @@ impl EtcdStore {
                     })?
                 }
             };
-            if let Some(lease) = self.claim(candidate, attrs, ttl).await? {
-                info!(subnet = %candidate, public_ip = %attrs.public_ip, "claimed a new subnet lease");
+            let candidate6 = match &cfg.ipv6 {
+                None => None,
+                Some(cfg6) => {
+                    let taken6: Vec<Ipv6Network> = snap
+                        .leases
+                        .iter()
+                        .filter_map(|l| l.ipv6_subnet)
+                        .filter(|s| s.prefix() >= cfg6.subnet_len && !dropped6.contains(s))
+                        .chain(lost6.iter().copied())
+                        .collect();
+                    let mut rng = rand::rng();
+                    Some(choose_free_ipv6_subnet(cfg6, &taken6, &mut rng).ok_or(
+                        StoreError::NoFreeIpv6Subnet {
+                            network: cfg6.network,
+                            taken: taken6.len(),
+                        },
+                    )?)
+                }
+            };
+            if let Some(lease) = self.claim(candidate, candidate6, attrs, ttl).await? {
+                info!(subnet = %candidate, ipv6_subnet = ?candidate6, public_ip = %attrs.public_ip, "claimed a new subnet lease");
                 return Ok(lease);
             }
-            debug!(subnet = %candidate, attempt, "the subnet's key exists already, picking again");
+            debug!(subnet = %candidate, ipv6_subnet = ?candidate6, attempt, "the subnet's key exists already, picking again");
             lost.push(candidate);
+            lost6.extend(candidate6);
         }
         Err(StoreError::ClaimRaces {
             attempts: MAX_CLAIM_ATTEMPTS,
@@ -724,7 +777,7 @@ impl EtcdStore {
         if own.etcd_lease.is_none() {
             return Ok(own.clone());
         }
-        let key = lease_key(&self.prefix, own.subnet);
+        let key = own.key(&self.prefix);
         let lost = |reason| StoreError::LeaseLost {
             subnet: own.subnet,
             reason,
@@ -741,7 +794,7 @@ impl EtcdStore {
         };
         let stored = LeaseAttrs::from_json(&key, kv.value())
             .map_err(|e| lost(LeaseLostReason::Invalid(e.to_string())))?;
-        if stored.public_ip != own.attrs.public_ip {
+        if !stored.same_node(&own.attrs) {
             return Err(lost(LeaseLostReason::TakenBy(stored.public_ip)));
         }
         if kv.lease() == 0 {
@@ -753,6 +806,7 @@ impl EtcdStore {
             });
         }
         let current = Lease {
+            ipv6_subnet: own.ipv6_subnet,
             subnet: own.subnet,
             attrs: stored,
             etcd_lease: Some(kv.lease()),
@@ -816,13 +870,14 @@ impl EtcdStore {
         match own.etcd_lease {
             None => {
                 if own.attrs != *attrs {
-                    let key = lease_key(&self.prefix, own.subnet);
+                    let key = dual_lease_key(&self.prefix, own.subnet, own.ipv6_subnet);
                     self.put_if_unchanged("update reservation", &key, own.mod_revision, attrs, 0)
                         .await?;
                 }
                 info!(subnet = %own.subnet, "reusing this node's reservation");
                 Ok(OwnLease {
                     subnet: own.subnet,
+                    ipv6_subnet: own.ipv6_subnet,
                     attrs: attrs.clone(),
                     etcd_lease: None,
                     expires: None,
@@ -845,7 +900,7 @@ impl EtcdStore {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<OwnLease, StoreError> {
-        let key = lease_key(&self.prefix, current.subnet);
+        let key = dual_lease_key(&self.prefix, current.subnet, current.ipv6_subnet);
         let info = self
             .timed(
                 "read lease TTL",
@@ -871,6 +926,7 @@ impl EtcdStore {
                 Ok(_) => {
                     return Ok(OwnLease {
                         subnet: current.subnet,
+                        ipv6_subnet: current.ipv6_subnet,
                         attrs: attrs.clone(),
                         etcd_lease: Some(id),
                         expires: Some(expiry_after(info.granted_ttl())),
@@ -909,6 +965,7 @@ impl EtcdStore {
         }
         Ok(OwnLease {
             subnet: current.subnet,
+            ipv6_subnet: current.ipv6_subnet,
             attrs: attrs.clone(),
             etcd_lease: Some(grant.id()),
             expires: Some(expiry_after(grant.ttl())),
@@ -920,10 +977,11 @@ impl EtcdStore {
     async fn claim(
         &self,
         subnet: Ipv4Network,
+        ipv6_subnet: Option<Ipv6Network>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<OwnLease>, StoreError> {
-        let key = lease_key(&self.prefix, subnet);
+        let key = dual_lease_key(&self.prefix, subnet, ipv6_subnet);
         let grant = self
             .timed(
                 "grant lease",
@@ -944,6 +1002,7 @@ impl EtcdStore {
         {
             Ok(resp) if resp.succeeded() => Ok(Some(OwnLease {
                 subnet,
+                ipv6_subnet,
                 attrs: attrs.clone(),
                 etcd_lease: Some(grant.id()),
                 expires: Some(expiry_after(grant.ttl())),
@@ -996,7 +1055,7 @@ impl EtcdStore {
 
     /// Deletes a lease unless it changed since it was listed.
     async fn delete_if_unchanged(&self, lease: &Lease) -> Result<(), StoreError> {
-        let key = lease_key(&self.prefix, lease.subnet);
+        let key = dual_lease_key(&self.prefix, lease.subnet, lease.ipv6_subnet);
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 key.clone(),

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use rand::Rng;
 
-use crate::config::NetworkConfig;
+use crate::config::{Ipv6Config, NetworkConfig};
 
 /// How many free subnets, from the lowest up, the random choice picks among (Flannel's number).
 pub const FREE_SUBNET_CHOICES: usize = 100;
@@ -34,6 +34,16 @@ pub struct DualSubnet {
 /// Flannel's key for a subnet: `10.244.1.0-24`.
 pub fn subnet_key(subnet: Ipv4Network) -> String {
     format!("{}-{}", subnet.ip(), subnet.prefix())
+}
+
+/// Flannel's key for a node's subnets (`MakeSubnetKey`): `10.244.1.0-24`, or with IPv6
+/// `10.244.1.0-24&fd00:10:244:1::-64` (IPv6-only: `0.0.0.0-0&fd00:10:244:1::-64`).
+pub fn dual_subnet_key(subnet: Ipv4Network, ipv6: Option<Ipv6Network>) -> String {
+    match ipv6 {
+        None => subnet_key(subnet),
+        // Rust prints IPv6 addresses as Go's net.IP.String does (RFC 5952, lower case).
+        Some(v6) => format!("{}&{}-{}", subnet_key(subnet), v6.ip(), v6.prefix()),
+    }
 }
 
 /// Parses Flannel's subnet key (`10.244.1.0-24`). A dual-stack key (`10.244.1.0-24&fc00::-64`)
@@ -174,6 +184,40 @@ pub fn choose_free_subnet<R: Rng + ?Sized>(
     free.get(i).copied()
 }
 
+/// Flannel's choice of an IPv6 node subnet: a random one among the first
+/// [`FREE_SUBNET_CHOICES`] from `IPv6SubnetMin` up that overlap none of `taken`. `None` when
+/// the range is full.
+pub fn choose_free_ipv6_subnet<R: Rng + ?Sized>(
+    cfg: &Ipv6Config,
+    taken: &[Ipv6Network],
+    rng: &mut R,
+) -> Option<Ipv6Network> {
+    let size = 1u128 << (128 - u32::from(cfg.subnet_len));
+    let last = u128::from(cfg.subnet_max);
+    let overlaps = |n: &Ipv6Network| {
+        taken
+            .iter()
+            .any(|t| t.contains(n.network()) || n.contains(t.network()))
+    };
+    let mut free = Vec::new();
+    let mut start = u128::from(cfg.subnet_min);
+    while start <= last && free.len() < FREE_SUBNET_CHOICES {
+        if let Ok(n) = Ipv6Network::new(start.into(), cfg.subnet_len) {
+            if !overlaps(&n) {
+                free.push(n);
+            }
+        }
+        let Some(next) = start.checked_add(size) else {
+            break;
+        };
+        start = next;
+    }
+    if free.is_empty() {
+        return None;
+    }
+    free.get(rng.random_range(0..free.len())).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +339,30 @@ mod tests {
             seen.insert(s);
         }
         assert!(seen.len() > 90, "only {} distinct choices", seen.len());
+    }
+
+    #[test]
+    fn ipv6_choice_skips_taken_and_stays_in_range() {
+        let c =
+            cfg(r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/120"}"#);
+        let v6 = c.ipv6.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let taken: Vec<Ipv6Network> = vec!["fd00::40/122".parse().unwrap()];
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            seen.insert(
+                choose_free_ipv6_subnet(&v6, &taken, &mut rng)
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            ["fd00::80/122", "fd00::c0/122"]
+        );
+        // A reservation of a larger prefix blocks the subnets inside it.
+        let all: Vec<Ipv6Network> = vec!["fd00::/120".parse().unwrap()];
+        assert_eq!(choose_free_ipv6_subnet(&v6, &all, &mut rng), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
@@ -27,6 +27,14 @@ pub struct NodeIdentity {
     pub vtep_mac: Option<[u8; 6]>,
     /// This node's own subnet: the lease there under our `PublicIP` is ours.
     pub subnet: Option<Ipv4Network>,
+    /// This node's own IPv6 subnet, part of the own lease's key with IPv6.
+    pub ipv6_subnet: Option<Ipv6Network>,
+    /// The `PublicIPv6` this node publishes.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Every IPv6 address of this node: no peer may claim one as its `PublicIPv6`.
+    pub addresses_v6: Vec<Ipv6Addr>,
+    /// This node's IPv6 VTEP MAC (`flannel-v6.<VNI>`): no peer may claim it.
+    pub vtep_mac_v6: Option<[u8; 6]>,
 }
 
 /// Everything a lease is judged against.
@@ -56,6 +64,29 @@ pub enum RejectReason {
         /// `Network`.
         network: Ipv4Network,
     },
+    /// The IPv6 subnet is not inside `IPv6Network`.
+    OutsideIpv6Network {
+        /// The lease's IPv6 subnet.
+        subnet: Ipv6Network,
+        /// `IPv6Network`.
+        network: Ipv6Network,
+    },
+    /// The IPv6 subnet's prefix length is not `IPv6SubnetLen`.
+    WrongIpv6Length {
+        /// The lease's IPv6 subnet.
+        subnet: Ipv6Network,
+        /// `IPv6SubnetLen`.
+        subnet_len: u8,
+    },
+    /// The key lacks a family the network needs, or carries one the network has not.
+    Family(String),
+    /// `PublicIPv6` cannot be a peer's IPv6 underlay address.
+    PublicIpv6 {
+        /// The lease's `PublicIPv6` (`-` when missing).
+        ip: String,
+        /// Why.
+        why: &'static str,
+    },
     /// The subnet's prefix length is not `SubnetLen`.
     WrongLength {
         /// The lease's subnet.
@@ -84,15 +115,19 @@ pub enum RejectReason {
         /// Why (loopback, multicast, this node's address, ...).
         why: &'static str,
     },
-    /// `BackendData.VtepMAC` is missing or cannot be a peer's VTEP.
+    /// `BackendData.VtepMAC` (or `BackendV6Data.VtepMAC`) is missing or cannot be a peer's VTEP.
     VtepMac {
+        /// `BackendData` or `BackendV6Data`.
+        section: &'static str,
         /// The value found (`-` when missing).
         found: String,
         /// Why.
         why: String,
     },
-    /// `BackendData.VNI` is not the config's.
+    /// `BackendData.VNI` (or `BackendV6Data.VNI`) is not the config's.
     Vni {
+        /// `BackendData` or `BackendV6Data`.
+        section: &'static str,
         /// The value found (`-` when missing).
         found: String,
         /// `Backend.VNI`.
@@ -108,8 +143,12 @@ impl RejectReason {
             RejectReason::BadKey(_) => "bad_key",
             RejectReason::Misaligned(_) => "misaligned",
             RejectReason::BadValue(_) => "bad_value",
-            RejectReason::OutsideNetwork { .. } => "outside_network",
-            RejectReason::WrongLength { .. } => "subnet_len",
+            RejectReason::OutsideNetwork { .. } | RejectReason::OutsideIpv6Network { .. } => {
+                "outside_network"
+            }
+            RejectReason::WrongLength { .. } | RejectReason::WrongIpv6Length { .. } => "subnet_len",
+            RejectReason::Family(_) => "family",
+            RejectReason::PublicIpv6 { .. } => "public_ip",
             RejectReason::Overlaps { .. } => "overlap",
             RejectReason::BackendType { .. } => "backend_type",
             RejectReason::PublicIp { .. } => "public_ip",
@@ -130,6 +169,20 @@ impl fmt::Display for RejectReason {
             RejectReason::WrongLength { subnet, subnet_len } => {
                 write!(f, "subnet {subnet} is not a /{subnet_len} (SubnetLen)")
             }
+            RejectReason::OutsideIpv6Network { subnet, network } => {
+                write!(
+                    f,
+                    "IPv6 subnet {subnet} is not inside IPv6Network {network}"
+                )
+            }
+            RejectReason::WrongIpv6Length { subnet, subnet_len } => {
+                write!(
+                    f,
+                    "IPv6 subnet {subnet} is not a /{subnet_len} (IPv6SubnetLen)"
+                )
+            }
+            RejectReason::Family(e) => write!(f, "{e}"),
+            RejectReason::PublicIpv6 { ip, why } => write!(f, "PublicIPv6 {ip} is {why}"),
             RejectReason::Overlaps { subnet, older_key } => {
                 write!(f, "subnet {subnet} overlaps the older lease {older_key}")
             }
@@ -140,12 +193,17 @@ impl fmt::Display for RejectReason {
                 )
             }
             RejectReason::PublicIp { ip, why } => write!(f, "PublicIP {ip} is {why}"),
-            RejectReason::VtepMac { found, why } => write!(f, "BackendData.VtepMAC {found} {why}"),
-            RejectReason::Vni { found, expected } => {
-                write!(
-                    f,
-                    "BackendData.VNI {found} is not the configured {expected}"
-                )
+            RejectReason::VtepMac {
+                section,
+                found,
+                why,
+            } => write!(f, "{section}.VtepMAC {found} {why}"),
+            RejectReason::Vni {
+                section,
+                found,
+                expected,
+            } => {
+                write!(f, "{section}.VNI {found} is not the configured {expected}")
             }
         }
     }
@@ -208,7 +266,8 @@ impl AcceptedSubnets {
 
     /// Records a believed lease's subnets and, for VXLAN, its VTEP MAC.
     pub fn insert_lease(&mut self, subnet: DualSubnet, lease: &Lease, key: &str) {
-        if let Some(mac) = lease.attrs.vtep_mac().and_then(parse_mac) {
+        let macs = [lease.attrs.vtep_mac(), lease.attrs.v6_vtep_mac()];
+        for mac in macs.into_iter().flatten().filter_map(parse_mac) {
             self.macs
                 .entry(mac)
                 .or_insert_with(|| (lease.attrs.public_ip, key.to_string()));
@@ -216,11 +275,14 @@ impl AcceptedSubnets {
         self.insert(subnet, key);
     }
 
-    /// Records a believed lease's subnets.
+    /// Records a believed lease's subnets (the `0.0.0.0/0` IPv4 part of an IPv6-only key is no
+    /// subnet).
     pub fn insert(&mut self, subnet: DualSubnet, key: &str) {
-        let first = u32::from(subnet.v4.network());
-        let last = u32::from(subnet.v4.broadcast());
-        self.v4.insert(first, (last, key.to_string()));
+        if subnet.v4.prefix() != 0 {
+            let first = u32::from(subnet.v4.network());
+            let last = u32::from(subnet.v4.broadcast());
+            self.v4.insert(first, (last, key.to_string()));
+        }
         if let Some(v6) = subnet.v6 {
             self.v6.push((v6, key.to_string()));
         }
@@ -254,6 +316,108 @@ pub fn validate_lease(
     })?;
     let cfg = &policy.config;
     let subnet = dual.v4;
+    if cfg.enable_ipv4 {
+        check_ipv4_subnet(cfg, subnet, accepted)?;
+    } else if subnet.prefix() != 0 || !subnet.ip().is_unspecified() {
+        return Err(RejectReason::Family(format!(
+            "IPv4 subnet {subnet} in an IPv6-only network (Flannel keys it 0.0.0.0-0&...)"
+        )));
+    }
+    // IPv6 parts count only where the network has IPv6; a v4-only peer in a dual-stack network
+    // is believed for IPv4, as Flannel does.
+    let ipv6_subnet = match (&cfg.ipv6, dual.v6) {
+        (Some(cfg6), Some(v6)) => {
+            if v6.prefix() < cfg6.network.prefix() || !cfg6.network.contains(v6.network()) {
+                return Err(RejectReason::OutsideIpv6Network {
+                    subnet: v6,
+                    network: cfg6.network,
+                });
+            }
+            if v6.prefix() != cfg6.subnet_len {
+                return Err(RejectReason::WrongIpv6Length {
+                    subnet: v6,
+                    subnet_len: cfg6.subnet_len,
+                });
+            }
+            if let Some(older) = accepted.overlapping_v6(&v6) {
+                return Err(RejectReason::Overlaps {
+                    subnet: v6.to_string(),
+                    older_key: older.to_string(),
+                });
+            }
+            Some(v6)
+        }
+        (Some(_), None) if !cfg.enable_ipv4 => {
+            return Err(RejectReason::Family(
+                "no IPv6 subnet in the key of an IPv6-only network".to_string(),
+            ))
+        }
+        _ => None,
+    };
+    let expected = cfg.backend.type_name();
+    if attrs.backend_type != expected {
+        return Err(RejectReason::BackendType {
+            found: attrs.backend_type.clone(),
+            expected,
+        });
+    }
+    let node = &policy.node;
+    let ours = node.subnet == Some(subnet)
+        && node.ipv6_subnet == ipv6_subnet
+        && node.public_ip == Some(attrs.public_ip)
+        && (cfg.enable_ipv4 || node.public_ipv6 == attrs.public_ipv6);
+    if cfg.enable_ipv4 {
+        check_public_ip(attrs.public_ip, node, ours)?;
+    }
+    if ipv6_subnet.is_some() {
+        check_public_ipv6(attrs.public_ipv6, node, ours)?;
+    }
+    if let BackendConfig::Vxlan { vni, .. } = cfg.backend {
+        let mut sections = Vec::new();
+        if cfg.enable_ipv4 {
+            sections.push(("BackendData", attrs.backend_data.as_ref(), node.vtep_mac));
+        }
+        if ipv6_subnet.is_some() {
+            sections.push((
+                "BackendV6Data",
+                attrs.backend_v6_data.as_ref(),
+                node.vtep_mac_v6,
+            ));
+        }
+        for (section, data, own_mac) in sections {
+            let mac = check_vxlan_data(section, data, vni, own_mac, ours)?;
+            if let Some(older) = accepted.mac_owner(&mac, attrs.public_ip) {
+                let found = crate::lease::backend_data_field(data, "VtepMAC");
+                return Err(RejectReason::VtepMac {
+                    section,
+                    found: found.map_or_else(|| "-".to_string(), |v| v.to_string()),
+                    why: format!("is already the VTEP MAC of another node's older lease {older}"),
+                });
+            }
+        }
+    }
+    let lease = Lease {
+        ipv6_subnet,
+        subnet,
+        attrs,
+        etcd_lease: (raw.etcd_lease != 0).then_some(raw.etcd_lease),
+        mod_revision: raw.mod_revision,
+    };
+    Ok((
+        DualSubnet {
+            v4: dual.v4,
+            v6: ipv6_subnet,
+        },
+        lease,
+    ))
+}
+
+/// The IPv4 checks: inside `Network`, a `/SubnetLen`, overlapping no older lease.
+fn check_ipv4_subnet(
+    cfg: &NetworkConfig,
+    subnet: Ipv4Network,
+    accepted: &AcceptedSubnets,
+) -> Result<(), RejectReason> {
     if subnet.prefix() < cfg.network.prefix() || !cfg.network.contains(subnet.network()) {
         return Err(RejectReason::OutsideNetwork {
             subnet,
@@ -272,40 +436,43 @@ pub fn validate_lease(
             older_key: older.to_string(),
         });
     }
-    if let Some(v6) = dual.v6 {
-        if let Some(older) = accepted.overlapping_v6(&v6) {
-            return Err(RejectReason::Overlaps {
-                subnet: v6.to_string(),
-                older_key: older.to_string(),
-            });
-        }
-    }
-    let expected = cfg.backend.type_name();
-    if attrs.backend_type != expected {
-        return Err(RejectReason::BackendType {
-            found: attrs.backend_type.clone(),
-            expected,
+    Ok(())
+}
+
+fn check_public_ipv6(
+    ip: Option<Ipv6Addr>,
+    node: &NodeIdentity,
+    ours: bool,
+) -> Result<(), RejectReason> {
+    let Some(ip) = ip else {
+        return Err(RejectReason::PublicIpv6 {
+            ip: "-".to_string(),
+            why: "missing from a lease with an IPv6 subnet",
         });
-    }
-    let node = &policy.node;
-    let ours = node.subnet == Some(subnet) && node.public_ip == Some(attrs.public_ip);
-    check_public_ip(attrs.public_ip, node, ours)?;
-    if let BackendConfig::Vxlan { vni, .. } = cfg.backend {
-        let mac = check_vxlan_data(&attrs, vni, node, ours)?;
-        if let Some(older) = accepted.mac_owner(&mac, attrs.public_ip) {
-            return Err(RejectReason::VtepMac {
-                found: format!("{:?}", attrs.vtep_mac().unwrap_or_default()),
-                why: format!("is already the VTEP MAC of another node's older lease {older}"),
-            });
-        }
-    }
-    let lease = Lease {
-        subnet,
-        attrs,
-        etcd_lease: (raw.etcd_lease != 0).then_some(raw.etcd_lease),
-        mod_revision: raw.mod_revision,
     };
-    Ok((dual, lease))
+    let segments = ip.segments();
+    let why = if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if segments[0] & 0xffc0 == 0xfe80 {
+        Some("link-local (not routable between nodes)")
+    } else if ip.to_ipv4_mapped().is_some() {
+        Some("an IPv4-mapped address")
+    } else if !ours && (node.public_ipv6 == Some(ip) || node.addresses_v6.contains(&ip)) {
+        Some("an address of this node")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(RejectReason::PublicIpv6 {
+            ip: ip.to_string(),
+            why,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The outcome of [`validate_leases`].
@@ -368,15 +535,17 @@ fn check_public_ip(ip: Ipv4Addr, node: &NodeIdentity, ours: bool) -> Result<(), 
 }
 
 fn check_vxlan_data(
-    attrs: &LeaseAttrs,
+    section: &'static str,
+    data: Option<&serde_json::Value>,
     vni: u32,
-    node: &NodeIdentity,
+    own_mac: Option<[u8; 6]>,
     ours: bool,
 ) -> Result<[u8; 6], RejectReason> {
-    let field = |name: &str| crate::lease::backend_data_field(attrs.backend_data.as_ref(), name);
+    let field = |name: &str| crate::lease::backend_data_field(data, name);
     let found_vni = field("VNI");
     if found_vni.and_then(|v| v.as_u64()) != Some(u64::from(vni)) {
         return Err(RejectReason::Vni {
+            section,
             found: found_vni.map_or_else(|| "-".to_string(), |v| v.to_string()),
             expected: vni,
         });
@@ -384,6 +553,7 @@ fn check_vxlan_data(
     let mac_value = field("VtepMAC");
     let text = mac_value.and_then(|v| v.as_str());
     let fail = |why: &str| RejectReason::VtepMac {
+        section,
         found: mac_value.map_or_else(|| "-".to_string(), |v| v.to_string()),
         why: why.to_string(),
     };
@@ -397,7 +567,7 @@ fn check_vxlan_data(
     if mac[0] & 0x01 != 0 {
         return Err(fail("is a multicast or broadcast address"));
     }
-    if !ours && node.vtep_mac == Some(mac) {
+    if !ours && own_mac == Some(mac) {
         return Err(fail("is this node's own VTEP MAC"));
     }
     Ok(mac)
@@ -433,6 +603,7 @@ mod tests {
                 addresses: vec!["192.0.2.11".parse().unwrap(), "127.0.0.1".parse().unwrap()],
                 vtep_mac: Some(OWN_MAC),
                 subnet: Some("10.244.1.0/24".parse().unwrap()),
+                ..Default::default()
             },
         }
     }
@@ -489,7 +660,9 @@ mod tests {
             &AcceptedSubnets::default(),
         )
         .unwrap();
-        assert_eq!(dual.0.v6, Some("fd00:10:244:4::/64".parse().unwrap()));
+        // Without IPv6 in the config the IPv6 part is not believed.
+        assert_eq!(dual.0.v6, None);
+        assert_eq!(dual.1.ipv6_subnet, None);
         assert_eq!(dual.1.subnet, "10.244.4.0/24".parse().unwrap());
     }
 
@@ -643,11 +816,197 @@ mod tests {
         );
     }
 
+    fn dual_policy() -> LeasePolicy {
+        LeasePolicy {
+            config: NetworkConfig::parse(
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#,
+            )
+            .unwrap(),
+            node: NodeIdentity {
+                public_ipv6: Some("2001:db8::11".parse().unwrap()),
+                addresses_v6: vec!["2001:db8::11".parse().unwrap()],
+                ipv6_subnet: Some("fd00:10:244:1::/64".parse().unwrap()),
+                vtep_mac_v6: Some([0x0a, 0, 0, 0, 0x06, 0x11]),
+                ..policy().node
+            },
+            ..policy()
+        }
+    }
+
+    fn v6_only_policy() -> LeasePolicy {
+        LeasePolicy {
+            config: NetworkConfig::parse(
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#,
+            )
+            .unwrap(),
+            node: NodeIdentity {
+                public_ip: Some(Ipv4Addr::UNSPECIFIED),
+                addresses: Vec::new(),
+                vtep_mac: None,
+                subnet: Some("0.0.0.0/0".parse().unwrap()),
+                ..dual_policy().node
+            },
+            ..policy()
+        }
+    }
+
+    /// A dual-stack VXLAN value as flanneld writes it; `public_ip` `0.0.0.0` gives the
+    /// IPv6-only form (no `BackendData`).
+    fn vxlan6(public_ip: &str, mac: &str, public_ipv6: &str, mac6: &str) -> String {
+        let v4 = if public_ip == "0.0.0.0" {
+            String::new()
+        } else {
+            format!(r#","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}"#)
+        };
+        format!(
+            r#"{{"PublicIP":"{public_ip}","PublicIPv6":"{public_ipv6}","BackendType":"vxlan"{v4},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+        )
+    }
+
+    fn judge(policy: &LeasePolicy, key: &str, value: &str) -> Result<Lease, RejectReason> {
+        validate_lease(policy, &raw(key, value, 5), &AcceptedSubnets::default()).map(|(_, l)| l)
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only_leases_are_believed() {
+        let value = vxlan6(
+            "192.0.2.14",
+            "0a:00:00:00:00:14",
+            "2001:db8::14",
+            "0a:00:00:00:06:14",
+        );
+        let l = judge(&dual_policy(), "10.244.4.0-24&fd00:10:244:4::-64", &value).unwrap();
+        assert_eq!(l.ipv6_subnet, Some("fd00:10:244:4::/64".parse().unwrap()));
+        assert_eq!(l.attrs.public_ipv6, Some("2001:db8::14".parse().unwrap()));
+        // A v4-only peer (an older Flannel) is believed for IPv4 in a dual-stack network.
+        let l = judge(
+            &dual_policy(),
+            "10.244.5.0-24",
+            &vxlan("192.0.2.15", "0a:00:00:00:00:15"),
+        )
+        .unwrap();
+        assert_eq!(l.ipv6_subnet, None);
+        let v6_only = vxlan6("0.0.0.0", "", "2001:db8::14", "0a:00:00:00:06:14");
+        let l = judge(&v6_only_policy(), "0.0.0.0-0&fd00:10:244:4::-64", &v6_only).unwrap();
+        assert_eq!(l.ipv6_subnet, Some("fd00:10:244:4::/64".parse().unwrap()));
+        // Every IPv6-only key has the IPv4 part 0.0.0.0-0: that is no overlap.
+        let a = raw("0.0.0.0-0&fd00:10:244:4::-64", &v6_only, 5);
+        let b_value = vxlan6("0.0.0.0", "", "2001:db8::15", "0a:00:00:00:06:15");
+        let b = raw("0.0.0.0-0&fd00:10:244:5::-64", &b_value, 6);
+        let v = validate_leases(&v6_only_policy(), [&a, &b]);
+        assert_eq!(v.accepted.len(), 2, "{:?}", v.rejected);
+    }
+
+    #[test]
+    fn ipv6_attacks_are_rejected_with_their_reason() {
+        let good = |ip6: &str, mac6: &str| vxlan6("192.0.2.31", "aa:bb:cc:00:00:31", ip6, mac6);
+        let ok = good("2001:db8::31", "aa:bb:cc:00:06:31");
+        let cases: Vec<(&str, String, &str, &str)> =
+            vec![
+            (
+                "10.244.31.0-24&fd00:10:245:31::-64",
+                ok.clone(),
+                "outside_network",
+                "IPv6 subnet fd00:10:245:31::/64 is not inside IPv6Network fd00:10:244::/48",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-80",
+                ok.clone(),
+                "subnet_len",
+                "IPv6 subnet fd00:10:244:31::/80 is not a /64 (IPv6SubnetLen)",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244::-48",
+                ok.clone(),
+                "subnet_len",
+                "IPv6 subnet fd00:10:244::/48 is not a /64 (IPv6SubnetLen)",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-64",
+                vxlan("192.0.2.31", "aa:bb:cc:00:00:31"),
+                "public_ip",
+                "PublicIPv6 - is missing from a lease with an IPv6 subnet",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-64",
+                good("::1", "aa:bb:cc:00:06:31"),
+                "public_ip",
+                "PublicIPv6 ::1 is a loopback address",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-64",
+                good("ff02::1", "aa:bb:cc:00:06:31"),
+                "public_ip",
+                "PublicIPv6 ff02::1 is a multicast address",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-64",
+                good("fe80::1", "aa:bb:cc:00:06:31"),
+                "public_ip",
+                "PublicIPv6 fe80::1 is link-local (not routable between nodes)",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-64",
+                good("2001:db8::11", "aa:bb:cc:00:06:31"),
+                "public_ip",
+                "PublicIPv6 2001:db8::11 is an address of this node",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-64",
+                good("2001:db8::31", "0a:00:00:00:06:11"),
+                "vtep_mac",
+                "BackendV6Data.VtepMAC \"0a:00:00:00:06:11\" is this node's own VTEP MAC",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-64",
+                good("2001:db8::31", "ff:ff:ff:ff:ff:ff"),
+                "vtep_mac",
+                "BackendV6Data.VtepMAC \"ff:ff:ff:ff:ff:ff\" is a multicast or broadcast address",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-64",
+                ok.replace(r#""BackendV6Data":{"VNI":1"#, r#""BackendV6Data":{"VNI":9"#),
+                "vni",
+                "BackendV6Data.VNI 9 is not the configured 1",
+            ),
+            (
+                "10.244.31.0-24&fd00:10:244:31::-64",
+                ok.replace(r#","PublicIPv6":"2001:db8::31""#, r#","PublicIPv6":"fd00::zz""#),
+                "bad_value",
+                "value is not a lease",
+            ),
+        ];
+        for (key, value, label, want) in &cases {
+            let r = judge(&dual_policy(), key, value).unwrap_err();
+            assert_eq!(r.label(), *label, "{key} {value}: {r}");
+            assert!(r.to_string().starts_with(want), "{key} {value}: {r}");
+        }
+        // In an IPv6-only network an IPv4 subnet or a key without IPv6 is refused.
+        let v6_only = vxlan6("0.0.0.0", "", "2001:db8::31", "aa:bb:cc:00:06:31");
+        let r = judge(
+            &v6_only_policy(),
+            "10.244.31.0-24&fd00:10:244:31::-64",
+            &v6_only,
+        )
+        .unwrap_err();
+        assert_eq!(r.label(), "family");
+        let r = judge(&v6_only_policy(), "0.0.0.0-0", &v6_only).unwrap_err();
+        assert_eq!(
+            r.to_string(),
+            "no IPv6 subnet in the key of an IPv6-only network"
+        );
+    }
+
     #[test]
     fn the_older_of_two_overlapping_leases_wins_in_any_order() {
         let older = raw(
             "10.244.5.0-24&fd00:10:244:5::-64",
-            &vxlan("192.0.2.15", "0a:00:00:00:00:15"),
+            &vxlan6(
+                "192.0.2.15",
+                "0a:00:00:00:00:15",
+                "2001:db8::15",
+                "0a:00:00:00:06:15",
+            ),
             10,
         );
         let newer = raw(
@@ -656,8 +1015,13 @@ mod tests {
             20,
         );
         let v6_clash = raw(
-            "10.244.6.0-24&fd00:10:244:5::-80",
-            &vxlan("192.0.2.17", "0a:00:00:00:00:17"),
+            "10.244.6.0-24&fd00:10:244:5::-64",
+            &vxlan6(
+                "192.0.2.17",
+                "0a:00:00:00:00:17",
+                "2001:db8::17",
+                "0a:00:00:00:06:17",
+            ),
             30,
         );
         let good = raw(
@@ -665,8 +1029,8 @@ mod tests {
             &vxlan("192.0.2.18", "0a:00:00:00:00:18"),
             5,
         );
-        let a = validate_leases(&policy(), [&newer, &v6_clash, &older, &good]);
-        let b = validate_leases(&policy(), [&good, &older, &v6_clash, &newer]);
+        let a = validate_leases(&dual_policy(), [&newer, &v6_clash, &older, &good]);
+        let b = validate_leases(&dual_policy(), [&good, &older, &v6_clash, &newer]);
         assert_eq!(a, b);
         let ips: Vec<String> = a
             .accepted

@@ -503,8 +503,11 @@ fn udp_backend_counts_and_drops_garbage_and_strangers() {
     // A local "pod" address behind the node: answered by the node itself.
     node.ip(&["addr", "add", "10.244.1.1/24", "dev", "lo"]);
     let peer = Lease {
+        ipv6_subnet: None,
         subnet: FLANNEL_SUBNET.parse().unwrap(),
         attrs: LeaseAttrs {
+            public_ipv6: None,
+            backend_v6_data: None,
             public_ip: FLANNEL_IP.parse().unwrap(),
             backend_type: "udp".into(),
             backend_data: None,

@@ -167,8 +167,11 @@ fn vxlan_config(subnet_len: u8, direct_routing: bool, port: u16) -> NetworkConfi
 
 fn peer(subnet: Ipv4Network, public_ip: Ipv4Addr, mac: MacAddr) -> Lease {
     Lease {
+        ipv6_subnet: None,
         subnet,
         attrs: LeaseAttrs {
+            public_ipv6: None,
+            backend_v6_data: None,
             public_ip,
             backend_type: "vxlan".to_string(),
             backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac.to_string()})),

@@ -272,6 +272,8 @@ fn net(s: &str) -> Ipv4Network {
 
 fn vxlan(public_ip: &str, mac: &str) -> LeaseAttrs {
     LeaseAttrs {
+        public_ipv6: None,
+        backend_v6_data: None,
         public_ip: ip(public_ip),
         backend_type: "vxlan".into(),
         backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
@@ -327,6 +329,86 @@ fn acquire_on_empty_store_writes_flannels_key_and_value() {
         assert!(snap.revision >= snap.leases[0].mod_revision);
         let shown = s.lease_expiry(lease).await.unwrap().expect("not expired");
         assert!(shown.duration_since(SystemTime::now()).unwrap() > Duration::from_secs(86300));
+    });
+}
+
+/// Flannel's `subnetRegex` (pkg/subnet/subnet.go), which flanneld matches keys against.
+const FLANNEL_SUBNET_REGEX: &str = r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$";
+
+fn dual(public_ip: &str, mac: &str, public_ipv6: &str, mac6: &str) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ipv6: Some(public_ipv6.parse().expect("test IPv6")),
+        backend_v6_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac6})),
+        ..vxlan(public_ip, mac)
+    }
+}
+
+#[test]
+fn dual_stack_and_ipv6_only_acquire_write_flannels_keys() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let re = regex::Regex::new(FLANNEL_SUBNET_REGEX).unwrap();
+        let s = store().await;
+        let cfg = put_config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#,
+        )
+        .await;
+        let attrs = dual("192.0.2.1", "aa:bb:cc:dd:ee:01", "2001:db8::1", "aa:bb:cc:dd:e6:01");
+        let own = s.acquire(&cfg, &attrs, None, DAY).await.unwrap();
+        let v6 = own.ipv6_subnet.expect("a dual-stack lease has an IPv6 subnet");
+        assert!(cfg.fits_lease(&own.subnet, Some(&v6)), "{own:?}");
+        let k = own.key(PREFIX);
+        assert_eq!(
+            k,
+            format!("{PREFIX}/subnets/{}-24&{}-64", own.subnet.ip(), v6.ip())
+        );
+        let caps = re.captures(&k).expect("Flannel's regex matches the key");
+        assert_eq!(&caps[3], v6.ip().to_string());
+        let (value, _, _) = raw_get(&k).await.expect("key exists");
+        assert_eq!(
+            value,
+            r#"{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:e6:01"}}"#
+        );
+        // A second node gets other subnets in both families; a restart gets the same ones.
+        let other = s
+            .acquire(
+                &cfg,
+                &dual("192.0.2.2", "aa:bb:cc:dd:ee:02", "2001:db8::2", "aa:bb:cc:dd:e6:02"),
+                None,
+                DAY,
+            )
+            .await
+            .unwrap();
+        assert_ne!(other.subnet, own.subnet);
+        assert_ne!(other.ipv6_subnet, own.ipv6_subnet);
+        let again = s.acquire(&cfg, &attrs, None, DAY).await.unwrap();
+        assert_eq!((again.subnet, again.ipv6_subnet), (own.subnet, own.ipv6_subnet));
+        assert_eq!(again.ipv6_subnet, s.renew(&again, DAY).await.unwrap().ipv6_subnet);
+
+        // IPv6-only: Flannel's key `0.0.0.0-0&...`; nodes are told apart by PublicIPv6.
+        let cfg6 = put_config(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:20::/48"}"#,
+        )
+        .await;
+        let only6 = |ip6: &str, mac6: &str| LeaseAttrs {
+            public_ip: ip("0.0.0.0"),
+            backend_data: None,
+            ..dual("0.0.0.0", "aa:bb:cc:dd:ee:00", ip6, mac6)
+        };
+        let a = s.acquire(&cfg6, &only6("2001:db8::1", "aa:bb:cc:dd:e6:01"), None, DAY).await.unwrap();
+        let b = s.acquire(&cfg6, &only6("2001:db8::2", "aa:bb:cc:dd:e6:02"), None, DAY).await.unwrap();
+        let ka = a.key(PREFIX);
+        assert!(ka.starts_with(&format!("{PREFIX}/subnets/0.0.0.0-0&fd00:20:0:")), "{ka}");
+        assert!(re.is_match(&ka), "{ka}");
+        assert_ne!(a.ipv6_subnet, b.ipv6_subnet);
+        let (value, _, _) = raw_get(&ka).await.expect("key exists");
+        assert_eq!(
+            value,
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:e6:01"}}"#
+        );
+        // A restarted IPv6-only node finds its lease by PublicIPv6.
+        let a2 = s.acquire(&cfg6, &only6("2001:db8::1", "aa:bb:cc:dd:e6:01"), None, DAY).await.unwrap();
+        assert_eq!(a2.ipv6_subnet, a.ipv6_subnet);
     });
 }
 
@@ -529,6 +611,7 @@ fn reservation_is_honoured_and_never_handed_to_another_node() {
         assert_eq!(
             a,
             OwnLease {
+                ipv6_subnet: None,
                 subnet: reserved,
                 attrs: vxlan("192.0.2.10", "aa:00:00:00:00:99"),
                 etcd_lease: None,
@@ -911,6 +994,8 @@ fn weftctl_leases_prints_table_and_json() {
             .await
             .unwrap();
         let reserved = LeaseAttrs {
+            public_ipv6: None,
+            backend_v6_data: None,
             public_ip: ip("192.0.2.100"),
             backend_type: "host-gw".into(),
             backend_data: None,

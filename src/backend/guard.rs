@@ -164,8 +164,11 @@ mod tests {
     /// A peer lease as it would reach the backend if validation let anything through.
     fn lease(subnet: &str) -> Lease {
         Lease {
+            ipv6_subnet: None,
             subnet: net(subnet),
             attrs: LeaseAttrs {
+                public_ipv6: None,
+                backend_v6_data: None,
                 public_ip: "192.0.2.31".parse().unwrap(),
                 backend_type: "vxlan".into(),
                 backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:00:00:31"})),

@@ -97,6 +97,8 @@ impl HostGwBackend {
     /// The lease value this node publishes: `{"PublicIP":..,"BackendType":"host-gw"}`.
     pub fn lease_attrs(&self) -> LeaseAttrs {
         LeaseAttrs {
+            public_ipv6: None,
+            backend_v6_data: None,
             public_ip: self.ext.public_ip,
             backend_type: BACKEND_TYPE.to_string(),
             backend_data: None,
@@ -185,13 +187,18 @@ mod tests {
             public_ip: "192.0.2.1".parse().unwrap(),
             mtu: 1500,
             network: "192.0.2.1/24".parse().unwrap(),
+            public_ipv6: None,
+            network_v6: None,
         }
     }
 
     fn lease(subnet: &str, ip: &str, kind: &str) -> Lease {
         Lease {
+            ipv6_subnet: None,
             subnet: subnet.parse().unwrap(),
             attrs: LeaseAttrs {
+                public_ipv6: None,
+                backend_v6_data: None,
                 public_ip: ip.parse().unwrap(),
                 backend_type: kind.into(),
                 backend_data: None,

@@ -152,6 +152,8 @@ impl UdpBackend {
     /// BackendData (as Flannel's).
     pub fn lease_attrs(&self) -> LeaseAttrs {
         LeaseAttrs {
+            public_ipv6: None,
+            backend_v6_data: None,
             public_ip: self.ext.public_ip,
             backend_type: BACKEND_TYPE.to_string(),
             backend_data: None,

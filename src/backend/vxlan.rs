@@ -243,6 +243,8 @@ impl VxlanBackend {
     /// `{"PublicIP":..,"BackendType":"vxlan","BackendData":{"VNI":..,"VtepMAC":".."}}`.
     pub fn lease_attrs(&self) -> LeaseAttrs {
         LeaseAttrs {
+            public_ipv6: None,
+            backend_v6_data: None,
             public_ip: self.ext.public_ip,
             backend_type: "vxlan".to_string(),
             backend_data: Some(serde_json::json!({

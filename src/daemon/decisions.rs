@@ -170,8 +170,11 @@ mod tests {
 
     fn own() -> OwnLease {
         OwnLease {
+            ipv6_subnet: None,
             subnet: "10.244.1.0/24".parse().unwrap(),
             attrs: LeaseAttrs {
+                public_ipv6: None,
+                backend_v6_data: None,
                 public_ip: me(),
                 backend_type: "vxlan".into(),
                 backend_data: None,

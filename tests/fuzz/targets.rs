@@ -134,6 +134,7 @@ pub fn validation(data: &[u8]) {
             addresses: vec![own_ip, Ipv4Addr::new(198, 51, 100, 11)],
             vtep_mac: Some([0x0a, 0, 0, 0, 0, 0x11]),
             subnet: "10.244.1.0/24".parse().ok(),
+            ..Default::default()
         },
     };
     let mut seen = BTreeSet::new();

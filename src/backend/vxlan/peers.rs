@@ -154,8 +154,11 @@ mod tests {
 
     fn vxlan_lease(subnet: &str, public_ip: &str, vtep: &str) -> Lease {
         Lease {
+            ipv6_subnet: None,
             subnet: net(subnet),
             attrs: LeaseAttrs {
+                public_ipv6: None,
+                backend_v6_data: None,
                 public_ip: public_ip.parse().unwrap(),
                 backend_type: "vxlan".to_string(),
                 backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": vtep})),
