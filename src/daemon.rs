@@ -986,12 +986,15 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                 return;
             }
         }
-        let env = SubnetEnv::new(
+        let mut env = SubnetEnv::new(
             self.config.network,
             self.own.subnet,
             self.backend.mtu(),
             self.opts.ip_masq,
         );
+        if let (Some(cfg6), Some(sn6)) = (&self.config.ipv6, self.own.ipv6_subnet) {
+            env = env.with_ipv6(cfg6.network, sn6);
+        }
         match env.write_atomic(&self.opts.subnet_file) {
             Ok(()) => {
                 info!(subnet = %self.own.subnet, file = %self.opts.subnet_file.display(), public_ip = %self.ext.public_ip, "node ready");

@@ -7,7 +7,8 @@
 //! FLANNEL_IPMASQ=false
 //! ```
 //!
-//! With IPv6, Flannel adds `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` after the IPv4 pair.
+//! With IPv6, Flannel adds `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` after the IPv4 pair;
+//! an IPv6-only node (`EnableIPv4: false`) writes no IPv4 pair.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -48,7 +49,8 @@ pub enum SubnetEnvError {
 /// The contents of `subnet.env`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// `FLANNEL_NETWORK`: the cluster's pod network.
+    /// `FLANNEL_NETWORK`: the cluster's pod network; `0.0.0.0/0` on an IPv6-only node, which
+    /// writes no IPv4 pair.
     pub network: Ipv4Network,
     /// `FLANNEL_SUBNET`: the node subnet's first usable address with the subnet's prefix length
     /// (`10.244.1.1/24` for the lease `10.244.1.0/24`).
@@ -79,6 +81,20 @@ impl SubnetEnv {
         }
     }
 
+    /// Adds the IPv6 pair for the IPv6 node lease `lease` (e.g. `fd00:10:244:1::/64`) of
+    /// `network`: `FLANNEL_IPV6_SUBNET` is the first usable address, as Flannel writes it.
+    pub fn with_ipv6(mut self, network: Ipv6Network, lease: Ipv6Network) -> SubnetEnv {
+        let first = u128::from(lease.network()).saturating_add(1);
+        self.ipv6_network = Some(network);
+        self.ipv6_subnet = Some(Ipv6Network::new(first.into(), lease.prefix()).unwrap_or(lease));
+        self
+    }
+
+    /// Whether the file has the IPv4 pair (every node but an IPv6-only one).
+    pub fn has_ipv4(&self) -> bool {
+        self.network.prefix() != 0
+    }
+
     /// The node subnet itself (`10.244.1.0/24` for `FLANNEL_SUBNET=10.244.1.1/24`), as the
     /// previous subnet to ask for after a restart.
     pub fn lease_subnet(&self) -> Ipv4Network {
@@ -89,11 +105,13 @@ impl SubnetEnv {
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = write!(
-            out,
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n",
-            self.network, self.subnet
-        );
+        if self.has_ipv4() {
+            let _ = write!(
+                out,
+                "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n",
+                self.network, self.subnet
+            );
+        }
         if let (Some(net6), Some(sn6)) = (self.ipv6_network, self.ipv6_subnet) {
             let _ = write!(
                 out,
@@ -109,7 +127,8 @@ impl SubnetEnv {
     }
 
     /// Parses the text of a `subnet.env`. Unknown variables, blank lines and `#` comments are
-    /// ignored; the IPv4 pair, `FLANNEL_MTU` and `FLANNEL_IPMASQ` are required.
+    /// ignored; the IPv4 pair (unless the IPv6 pair is there), `FLANNEL_MTU` and
+    /// `FLANNEL_IPMASQ` are required.
     pub fn parse(text: &str) -> Result<SubnetEnv, SubnetEnvError> {
         let mut network = None;
         let mut subnet = None;
@@ -155,6 +174,13 @@ impl SubnetEnv {
                 }
                 _ => {}
             }
+        }
+        // An IPv6-only file has no IPv4 pair; its absence reads as Flannel's zero value.
+        let none = Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).ok();
+        let v6_only = network.is_none() && subnet.is_none() && ipv6_subnet.is_some();
+        if v6_only {
+            network = none;
+            subnet = none;
         }
         Ok(SubnetEnv {
             network: network.ok_or(SubnetEnvError::Missing {
@@ -246,6 +272,41 @@ mod tests {
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
         );
         assert_eq!(SubnetEnv::parse(&text).unwrap(), e);
+    }
+
+    #[test]
+    fn ipv6_pair_as_write_subnet_file_writes_it() {
+        let e = env().with_ipv6(
+            "fd00:10:244::/48".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        );
+        assert_eq!(
+            e.render(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:10:244::/48\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        // IPv6-only: flanneld writes no IPv4 pair (config.EnableIPv4 is false).
+        let v6 = SubnetEnv::new(
+            "0.0.0.0/0".parse().unwrap(),
+            "0.0.0.0/0".parse().unwrap(),
+            1430,
+            true,
+        )
+        .with_ipv6(
+            "fd00:10:244::/48".parse().unwrap(),
+            "fd00:10:244:7::/64".parse().unwrap(),
+        );
+        let text = v6.render();
+        assert_eq!(
+            text,
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/48\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n\
+             FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
+        );
+        let back = SubnetEnv::parse(&text).unwrap();
+        assert!(!back.has_ipv4());
+        assert_eq!(back.ipv6_subnet, v6.ipv6_subnet);
+        assert_eq!(SubnetEnv::parse(&e.render()).unwrap(), e);
     }
 
     #[test]
