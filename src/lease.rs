@@ -171,6 +171,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Whether the lease has an IPv4 subnet: an IPv6-only lease's key has the IPv4 part
+    /// `0.0.0.0-0`, which is no subnet.
+    pub fn has_ipv4(&self) -> bool {
+        self.subnet.prefix() != 0
+    }
+
     /// Whether this key has no etcd lease: an operator's reservation, never expired or reused.
     pub fn is_reservation(&self) -> bool {
         self.etcd_lease.is_none()

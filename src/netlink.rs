@@ -942,6 +942,386 @@ pub fn link_events() -> Result<mpsc::UnboundedReceiver<LinkEvent>, NetlinkError>
     Ok(rx)
 }
 
+// IPv6: the same entries over IPv6 (routes, neighbours, FDB entries with an IPv6 remote), for
+// dual-stack and IPv6-only networks.
+
+/// An IPv6 unicast route of the main table, the IPv6 twin of [`Ipv4Route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv6Route {
+    /// Destination prefix.
+    pub dst: Ipv6Network,
+    /// Next hop; `None` for a device route.
+    pub gateway: Option<Ipv6Addr>,
+    /// Output device index.
+    pub oif: u32,
+    /// Whether the next hop is declared on-link (VXLAN peers: `X::` on `flannel-v6.<VNI>`).
+    pub onlink: bool,
+}
+
+impl Ipv6Route {
+    /// `ip -6 route` style text for logs and errors, without the device.
+    pub fn describe(&self) -> String {
+        match self.gateway {
+            Some(gw) => format!("{} via {gw}", self.dst),
+            None => self.dst.to_string(),
+        }
+    }
+}
+
+/// An IPv6 neighbour entry on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour6 {
+    /// The neighbour's IPv6 address.
+    pub ip: Ipv6Addr,
+    /// Its link-layer address; `None` for unresolved entries.
+    pub mac: Option<MacAddr>,
+    /// Whether the entry is permanent.
+    pub permanent: bool,
+}
+
+/// An FDB entry of a VXLAN device whose remote VTEP has an IPv6 underlay address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbEntry6 {
+    /// The remote VTEP's MAC.
+    pub mac: MacAddr,
+    /// The remote VTEP's IPv6 underlay address.
+    pub dst: Ipv6Addr,
+}
+
+/// The IPv6 addresses of one link (`Some(index)`) or of all links, with their link index.
+pub async fn ipv6_addresses(
+    handle: &Handle,
+    index: Option<u32>,
+) -> Result<Vec<(u32, Ipv6Network)>, NetlinkError> {
+    let mut req = handle.address().get();
+    if let Some(index) = index {
+        req = req.set_link_index_filter(index);
+    }
+    let msgs: Vec<AddressMessage> = req
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request("list addresses", e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.family == AddressFamily::Inet6)
+        .filter(|m| index.is_none_or(|i| m.header.index == i))
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            let net = Ipv6Network::new(ip, m.header.prefix_len).ok()?;
+            Some((m.header.index, net))
+        })
+        .collect())
+}
+
+/// Whether an IPv6 address can carry traffic between nodes (not link-local, loopback,
+/// multicast or unspecified).
+pub fn is_routable_v6(ip: &Ipv6Addr) -> bool {
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// Fills in the IPv6 side of `ext` as flanneld picks it: `--public-ipv6` if given, else the
+/// external interface's first routable IPv6 address. Fails when the interface has none.
+pub async fn add_ipv6_underlay(
+    ext: &mut ExternalInterface,
+    public_ipv6: Option<Ipv6Addr>,
+) -> Result<(), NetlinkError> {
+    let handle = connect()?;
+    let on_iface: Vec<Ipv6Network> = ipv6_addresses(&handle, Some(ext.index))
+        .await?
+        .into_iter()
+        .map(|(_, a)| a)
+        .filter(|a| is_routable_v6(&a.ip()))
+        .collect();
+    let addr = on_iface
+        .iter()
+        .find(|a| Some(a.ip()) == public_ipv6)
+        .or(on_iface.first())
+        .copied()
+        .ok_or_else(|| {
+            NetlinkError::NoInterface(format!(
+                "interface {} has no routable IPv6 address (IPv6 is enabled)",
+                ext.name
+            ))
+        })?;
+    ext.public_ipv6 = Some(public_ipv6.unwrap_or(addr.ip()));
+    ext.network_v6 = Some(addr);
+    Ok(())
+}
+
+/// Adds an IPv6 address to a link, without duplicate address detection: it is a /128 only this
+/// node uses, and a tentative address could not source the node's traffic to pods for a while.
+pub async fn add_address6(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    addr: Ipv6Network,
+) -> Result<(), NetlinkError> {
+    use rtnetlink::packet_route::address::AddressFlags;
+    let mut req = handle
+        .address()
+        .add(index, IpAddr::V6(addr.ip()), addr.prefix())
+        .replace();
+    req.message_mut()
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    req.execute()
+        .await
+        .map_err(|e| NetlinkError::request(format!("add address {addr} dev {name}"), e))
+}
+
+/// Removes an IPv6 address from a link; an address already gone is not an error.
+pub async fn del_address6(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    addr: Ipv6Network,
+) -> Result<(), NetlinkError> {
+    let msg = rtnetlink::AddressMessageBuilder::<Ipv6Addr>::new()
+        .index(index)
+        .address(addr.ip(), addr.prefix())
+        .build();
+    match handle.address().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = NetlinkError::request(format!("delete address {addr} dev {name}"), e);
+            if err.is_not_found() || err.errno() == Some(libc::EADDRNOTAVAIL) {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// All IPv6 routes of all tables.
+pub async fn dump_ipv6_routes(handle: &Handle) -> Result<Vec<RouteMessage>, NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv6Addr>::new().build();
+    handle
+        .route()
+        .get(msg)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request("list IPv6 routes", e))
+}
+
+/// The IPv6 twin of [`main_table_routes`].
+pub fn main_table_routes6(msgs: &[RouteMessage], origin: RouteOrigin) -> Vec<Ipv6Route> {
+    let weft = RouteProtocol::Other(WEFT_ROUTE_PROTOCOL);
+    msgs.iter()
+        .filter(|r| {
+            r.header.address_family == AddressFamily::Inet6
+                && r.header.table == RouteHeader::RT_TABLE_MAIN
+                && r.header.protocol != RouteProtocol::Kernel
+                && r.header.kind == RouteType::Unicast
+                && match origin {
+                    RouteOrigin::Any => true,
+                    RouteOrigin::Weft => r.header.protocol == weft,
+                    RouteOrigin::Untagged => r.header.protocol != weft,
+                }
+        })
+        .filter_map(|r| {
+            let dst_ip = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(*ip),
+                    _ => None,
+                })
+                .unwrap_or(Ipv6Addr::UNSPECIFIED);
+            let gateway = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(*ip),
+                _ => None,
+            });
+            Some(Ipv6Route {
+                dst: Ipv6Network::new(dst_ip, r.header.destination_prefix_length).ok()?,
+                gateway,
+                oif: route_oif(r)?,
+                onlink: r.header.flags.contains(RouteFlags::Onlink),
+            })
+        })
+        .collect()
+}
+
+fn route_message6(route: &Ipv6Route) -> RouteMessage {
+    let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(route.dst.network(), route.dst.prefix())
+        .output_interface(route.oif)
+        .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL));
+    builder = match route.gateway {
+        Some(gw) => builder.gateway(gw).scope(RouteScope::Universe),
+        None => builder.scope(RouteScope::Link),
+    };
+    if route.onlink {
+        builder = builder.onlink();
+    }
+    builder.build()
+}
+
+/// The IPv6 neighbour entries of the device with index `index`.
+pub async fn neighbours6(handle: &Handle, index: u32) -> Result<Vec<Neighbour6>, NetlinkError> {
+    let msgs: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Inet6)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request(format!("list IPv6 neighbours of index {index}"), e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.ifindex == index && m.header.family == AddressFamily::Inet6)
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            let mac = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => MacAddr::from_bytes(b),
+                _ => None,
+            });
+            Some(Neighbour6 {
+                ip,
+                mac,
+                permanent: m.header.state == NeighbourState::Permanent,
+            })
+        })
+        // The kernel's own entries (routers, link-local peers) are not weft's.
+        .filter(|n| n.permanent || is_routable_v6(&n.ip))
+        .collect())
+}
+
+/// The FDB entries with a remote IPv6 destination on the device with index `index`.
+pub async fn fdb_entries6(handle: &Handle, index: u32) -> Result<Vec<FdbEntry6>, NetlinkError> {
+    let msgs: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request(format!("list fdb of index {index}"), e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.ifindex == index && m.header.family == AddressFamily::Bridge)
+        .filter_map(|m| {
+            let mac = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => MacAddr::from_bytes(b),
+                _ => None,
+            })?;
+            // AF_BRIDGE messages carry NDA_DST as raw bytes (an IPv6 remote is 16 of them).
+            let dst = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(*ip),
+                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                    <[u8; 16]>::try_from(b.as_slice()).ok().map(Ipv6Addr::from)
+                }
+                _ => None,
+            })?;
+            Some(FdbEntry6 { mac, dst })
+        })
+        .collect())
+}
+
+fn fdb_message6(index: u32, entry: &FdbEntry6) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(entry.mac.0.to_vec()));
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(
+            entry.dst,
+        )));
+    msg
+}
+
+impl BatchRequest {
+    /// Adds or replaces an IPv6 route; `dev` names the device in errors.
+    pub fn replace_route6(route: &Ipv6Route, dev: &str) -> Self {
+        let onlink = if route.onlink { " onlink" } else { "" };
+        BatchRequest {
+            message: RouteNetlinkMessage::NewRoute(route_message6(route)),
+            flags: CREATE_REPLACE,
+            op: format!("add route {} dev {dev}{onlink}", route.describe()),
+            absent_ok: false,
+        }
+    }
+
+    /// Deletes one of weft's IPv6 routes; a route already gone counts as deleted.
+    pub fn del_route6(route: &Ipv6Route, dev: &str) -> Self {
+        let mut msg = route_message6(route);
+        msg.header.scope = RouteScope::NoWhere;
+        BatchRequest {
+            message: RouteNetlinkMessage::DelRoute(msg),
+            flags: DELETE,
+            op: format!("delete route {} dev {dev}", route.describe()),
+            absent_ok: true,
+        }
+    }
+
+    /// Adds or replaces the permanent IPv6 neighbour entry `ip -> mac` on device `index`.
+    pub fn replace_neighbour6(index: u32, dev: &str, ip: Ipv6Addr, mac: MacAddr) -> Self {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        BatchRequest {
+            message: RouteNetlinkMessage::NewNeighbour(msg),
+            flags: CREATE_REPLACE,
+            op: format!("add neighbour {ip} lladdr {mac} dev {dev}"),
+            absent_ok: false,
+        }
+    }
+
+    /// Deletes the IPv6 neighbour entry for `ip` on device `index`.
+    pub fn del_neighbour6(index: u32, dev: &str, ip: Ipv6Addr) -> Self {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
+        BatchRequest {
+            message: RouteNetlinkMessage::DelNeighbour(msg),
+            flags: DELETE,
+            op: format!("delete neighbour {ip} dev {dev}"),
+            absent_ok: true,
+        }
+    }
+
+    /// Adds or replaces the permanent FDB entry `<mac> dst <ipv6> self` on device `index`.
+    pub fn replace_fdb6(index: u32, dev: &str, entry: &FdbEntry6) -> Self {
+        BatchRequest {
+            message: RouteNetlinkMessage::NewNeighbour(fdb_message6(index, entry)),
+            flags: CREATE_REPLACE,
+            op: format!("add fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+            absent_ok: false,
+        }
+    }
+
+    /// Deletes one IPv6 FDB entry.
+    pub fn del_fdb6(index: u32, dev: &str, entry: &FdbEntry6) -> Self {
+        BatchRequest {
+            message: RouteNetlinkMessage::DelNeighbour(fdb_message6(index, entry)),
+            flags: DELETE,
+            op: format!("delete fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+            absent_ok: true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,11 @@
 //! on weft's own overlay device, so all of them are weft's.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::Ipv4Network;
 
-use crate::netlink::{FdbEntry, Ipv4Route, MacAddr, Neighbour};
+use crate::netlink::{FdbEntry, FdbEntry6, Ipv4Route, Ipv6Route, MacAddr, Neighbour, Neighbour6};
 
 /// The kernel entries a backend wants for its peer leases (its desired state).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,12 +21,23 @@ pub struct KernelEntries {
     pub neighbours: BTreeMap<Ipv4Addr, MacAddr>,
     /// FDB entries on the overlay device.
     pub fdb: BTreeSet<FdbEntry>,
+    /// IPv6 routes to peer subnets, also with weft's protocol.
+    pub routes6: BTreeSet<Ipv6Route>,
+    /// Permanent IPv6 neighbour entries on the IPv6 overlay device, by IP.
+    pub neighbours6: BTreeMap<Ipv6Addr, MacAddr>,
+    /// FDB entries with IPv6 remotes on the IPv6 overlay device.
+    pub fdb6: BTreeSet<FdbEntry6>,
 }
 
 impl KernelEntries {
     /// How many kernel entries these are.
     pub fn len(&self) -> usize {
-        self.routes.len() + self.neighbours.len() + self.fdb.len()
+        self.routes.len()
+            + self.neighbours.len()
+            + self.fdb.len()
+            + self.routes6.len()
+            + self.neighbours6.len()
+            + self.fdb6.len()
     }
 
     /// Whether there are no entries.
@@ -44,6 +55,12 @@ pub struct ActualEntries {
     pub neighbours: Vec<Neighbour>,
     /// All FDB entries of the overlay device.
     pub fdb: Vec<FdbEntry>,
+    /// weft's IPv6 routes on the backend's devices.
+    pub routes6: Vec<Ipv6Route>,
+    /// The IPv6 neighbour entries of the IPv6 overlay device.
+    pub neighbours6: Vec<Neighbour6>,
+    /// All FDB entries of the IPv6 overlay device.
+    pub fdb6: Vec<FdbEntry6>,
 }
 
 impl ActualEntries {
@@ -62,6 +79,17 @@ impl ActualEntries {
                 })
                 .collect(),
             fdb: desired.fdb.iter().copied().collect(),
+            routes6: desired.routes6.iter().copied().collect(),
+            neighbours6: desired
+                .neighbours6
+                .iter()
+                .map(|(ip, mac)| Neighbour6 {
+                    ip: *ip,
+                    mac: Some(*mac),
+                    permanent: true,
+                })
+                .collect(),
+            fdb6: desired.fdb6.iter().copied().collect(),
         }
     }
 }
@@ -95,6 +123,18 @@ pub struct EntryDiff {
     pub add_neighbours: Vec<(Ipv4Addr, MacAddr)>,
     /// FDB entries to add.
     pub add_fdb: Vec<FdbEntry>,
+    /// weft's IPv6 routes to delete.
+    pub del_routes6: Vec<Ipv6Route>,
+    /// IPv6 neighbour entries to delete, by IP.
+    pub del_neighbours6: Vec<Ipv6Addr>,
+    /// IPv6 FDB entries to delete.
+    pub del_fdb6: Vec<FdbEntry6>,
+    /// IPv6 routes to add.
+    pub add_routes6: Vec<Ipv6Route>,
+    /// Permanent IPv6 neighbour entries to add or replace.
+    pub add_neighbours6: Vec<(Ipv6Addr, MacAddr)>,
+    /// IPv6 FDB entries to add.
+    pub add_fdb6: Vec<FdbEntry6>,
     /// Desired entries that are already present.
     pub present: usize,
 }
@@ -109,6 +149,12 @@ impl EntryDiff {
             && self.add_routes.is_empty()
             && self.add_neighbours.is_empty()
             && self.add_fdb.is_empty()
+            && self.del_routes6.is_empty()
+            && self.del_neighbours6.is_empty()
+            && self.del_fdb6.is_empty()
+            && self.add_routes6.is_empty()
+            && self.add_neighbours6.is_empty()
+            && self.add_fdb6.is_empty()
     }
 }
 
@@ -143,7 +189,58 @@ pub fn diff(desired: &KernelEntries, actual: &ActualEntries) -> EntryDiff {
     d.del_fdb = actual_fdb.difference(&desired.fdb).copied().collect();
     d.add_fdb = desired.fdb.difference(&actual_fdb).copied().collect();
     d.present += desired.fdb.len() - d.add_fdb.len();
+
+    // IPv6: the same rules.
+    (d.del_routes6, d.add_routes6) = set_diff(&desired.routes6, &actual.routes6);
+    d.present += desired.routes6.len() - d.add_routes6.len();
+    let actual6: Vec<(Ipv6Addr, Option<MacAddr>, bool)> = actual
+        .neighbours6
+        .iter()
+        .map(|n| (n.ip, n.mac, n.permanent))
+        .collect();
+    let present;
+    (d.del_neighbours6, d.add_neighbours6, present) =
+        neighbour_diff(&desired.neighbours6, &actual6);
+    d.present += present;
+    (d.del_fdb6, d.add_fdb6) = set_diff(&desired.fdb6, &actual.fdb6);
+    d.present += desired.fdb6.len() - d.add_fdb6.len();
     d
+}
+
+/// What to delete from `actual` and add to it to make it `desired`.
+fn set_diff<T: Ord + Copy>(desired: &BTreeSet<T>, actual: &[T]) -> (Vec<T>, Vec<T>) {
+    let actual: BTreeSet<T> = actual.iter().copied().collect();
+    (
+        actual.difference(desired).copied().collect(),
+        desired.difference(&actual).copied().collect(),
+    )
+}
+
+/// Neighbours to delete (by IP), to add or replace, and how many are present already.
+fn neighbour_diff<A: Ord + Copy>(
+    desired: &BTreeMap<A, MacAddr>,
+    actual: &[(A, Option<MacAddr>, bool)],
+) -> (Vec<A>, Vec<(A, MacAddr)>, usize) {
+    let mut del = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (ip, _, _) in actual {
+        if !desired.contains_key(ip) && seen.insert(*ip) {
+            del.push(*ip);
+        }
+    }
+    let mut add = Vec::new();
+    let mut present = 0;
+    for (ip, mac) in desired {
+        if actual
+            .iter()
+            .any(|(a, m, permanent)| a == ip && *m == Some(*mac) && *permanent)
+        {
+            present += 1;
+        } else {
+            add.push((*ip, *mac));
+        }
+    }
+    (del, add, present)
 }
 
 /// Folds the untagged routes a previous weft version left (it did not tag VXLAN routes) into
@@ -233,9 +330,56 @@ mod tests {
                 dst: "192.0.2.2".parse().unwrap(),
             }]
             .into(),
+            ..Default::default()
         };
         let d = diff(&desired, &ActualEntries::programmed(&desired));
         assert!(d.is_empty(), "{d:?}");
         assert_eq!(d.present, 3);
+    }
+
+    #[test]
+    fn ipv6_entries_diff_like_ipv4() {
+        let mac: MacAddr = "0a:00:00:00:06:02".parse().unwrap();
+        let route6 = |dst: &str| Ipv6Route {
+            dst: dst.parse().unwrap(),
+            gateway: Some(dst.split('/').next().unwrap().parse().unwrap()),
+            oif: 11,
+            onlink: true,
+        };
+        let desired = KernelEntries {
+            routes6: [route6("fd00:10:244:2::/64")].into(),
+            neighbours6: [("fd00:10:244:2::".parse().unwrap(), mac)].into(),
+            fdb6: [FdbEntry6 {
+                mac,
+                dst: "2001:db8::2".parse().unwrap(),
+            }]
+            .into(),
+            ..Default::default()
+        };
+        assert_eq!(desired.len(), 3);
+        let d = diff(&desired, &ActualEntries::programmed(&desired));
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(d.present, 3);
+        // A stale peer and a neighbour with a wrong MAC.
+        let mut actual = ActualEntries::programmed(&desired);
+        actual.routes6.push(route6("fd00:10:244:9::/64"));
+        actual.neighbours6[0].mac = Some("0a:00:00:00:06:09".parse().unwrap());
+        actual.neighbours6.push(Neighbour6 {
+            ip: "fd00:10:244:9::".parse().unwrap(),
+            mac: Some(mac),
+            permanent: true,
+        });
+        let d = diff(&desired, &actual);
+        assert_eq!(d.del_routes6, vec![route6("fd00:10:244:9::/64")]);
+        assert_eq!(
+            d.del_neighbours6,
+            vec!["fd00:10:244:9::".parse::<Ipv6Addr>().unwrap()]
+        );
+        assert_eq!(
+            d.add_neighbours6,
+            vec![("fd00:10:244:2::".parse().unwrap(), mac)]
+        );
+        assert!(d.add_routes6.is_empty() && d.add_fdb6.is_empty());
+        assert_eq!(d.present, 2);
     }
 }

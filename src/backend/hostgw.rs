@@ -117,6 +117,7 @@ impl HostGwBackend {
 
     fn devices(&self) -> Devices {
         Devices {
+            overlay6: None,
             overlay: None,
             routes: Device {
                 index: self.ext.index,

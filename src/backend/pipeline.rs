@@ -30,14 +30,25 @@ pub struct Devices {
     /// Where routes go that are not on the overlay device (the underlay interface, or UDP's
     /// TUN device).
     pub routes: Device,
+    /// The IPv6 overlay device (`flannel-v6.<VNI>`), which holds the IPv6 neighbour and FDB
+    /// entries; `None` without IPv6 or for backends without such entries.
+    pub overlay6: Option<Device>,
 }
 
 impl Devices {
     fn name_of(&self, oif: u32) -> &str {
-        match &self.overlay {
-            Some(dev) if dev.index == oif => &dev.name,
+        match (&self.overlay, &self.overlay6) {
+            (Some(dev), _) if dev.index == oif => &dev.name,
+            (_, Some(dev)) if dev.index == oif => &dev.name,
             _ => &self.routes.name,
         }
+    }
+
+    /// Whether a route on `oif` is on one of these devices (IPv6 routes are weft's there).
+    fn holds(&self, oif: u32) -> bool {
+        oif == self.routes.index
+            || self.overlay.as_ref().is_some_and(|d| d.index == oif)
+            || self.overlay6.as_ref().is_some_and(|d| d.index == oif)
     }
 }
 
@@ -52,7 +63,8 @@ pub struct KernelView {
 }
 
 /// Reads weft's entries: its routes (protocol 87) that `owns` accepts, and every neighbour and
-/// FDB entry of the overlay device.
+/// FDB entry of the overlay device; with an IPv6 overlay device or IPv6 routes, the same of
+/// IPv6 (weft's IPv6 routes on the backend's devices).
 pub async fn read_kernel(
     handle: &Handle,
     devices: &Devices,
@@ -72,11 +84,26 @@ pub async fn read_kernel(
         ),
         None => (Vec::new(), Vec::new()),
     };
+    let dump6 = netlink::dump_ipv6_routes(handle).await?;
+    let routes6 = netlink::main_table_routes6(&dump6, RouteOrigin::Weft)
+        .into_iter()
+        .filter(|r| devices.holds(r.oif))
+        .collect();
+    let (neighbours6, fdb6) = match &devices.overlay6 {
+        Some(dev) => (
+            netlink::neighbours6(handle, dev.index).await?,
+            netlink::fdb_entries6(handle, dev.index).await?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     Ok(KernelView {
         actual: ActualEntries {
             routes,
             neighbours,
             fdb,
+            routes6,
+            neighbours6,
+            fdb6,
         },
         untagged,
     })
@@ -164,6 +191,28 @@ async fn apply(
             additions.push(BatchRequest::replace_fdb(dev.index, &dev.name, e));
         }
     }
+    for r in &d.del_routes6 {
+        removals.push(BatchRequest::del_route6(r, devices.name_of(r.oif)));
+    }
+    for r in &d.add_routes6 {
+        additions.push(BatchRequest::replace_route6(r, devices.name_of(r.oif)));
+    }
+    if let Some(dev) = &devices.overlay6 {
+        for ip in &d.del_neighbours6 {
+            removals.push(BatchRequest::del_neighbour6(dev.index, &dev.name, *ip));
+        }
+        for e in &d.del_fdb6 {
+            removals.push(BatchRequest::del_fdb6(dev.index, &dev.name, e));
+        }
+        for (ip, mac) in &d.add_neighbours6 {
+            additions.push(BatchRequest::replace_neighbour6(
+                dev.index, &dev.name, *ip, *mac,
+            ));
+        }
+        for e in &d.add_fdb6 {
+            additions.push(BatchRequest::replace_fdb6(dev.index, &dev.name, e));
+        }
+    }
     let (removed, del_errors) = if removals.is_empty() {
         (0, Vec::new())
     } else {
@@ -178,6 +227,7 @@ async fn apply(
         tracing::warn!(device = %devices.routes.name, error = %e, "peer entry not programmed");
     }
     let overlay_name = overlay.map_or("", |d| d.name.as_str());
+    let overlay6_name = devices.overlay6.as_ref().map_or("", |d| d.name.as_str());
     let stale =
         d.del_routes
             .iter()
@@ -198,6 +248,23 @@ async fn apply(
             )
             .chain(d.del_fdb.iter().map(|e| {
                 StaleEntry::new("fdb", format!("{} dst {} dev {overlay_name}", e.mac, e.dst))
+            }))
+            .chain(d.del_routes6.iter().map(|r| {
+                StaleEntry::new(
+                    "route",
+                    format!("{} dev {}", r.describe(), devices.name_of(r.oif)),
+                )
+            }))
+            .chain(
+                d.del_neighbours6
+                    .iter()
+                    .map(|ip| StaleEntry::new("neighbour", format!("{ip} dev {overlay6_name}"))),
+            )
+            .chain(d.del_fdb6.iter().map(|e| {
+                StaleEntry::new(
+                    "fdb",
+                    format!("{} dst {} dev {overlay6_name}", e.mac, e.dst),
+                )
             }))
             .collect();
     Ok(ReconcileReport {

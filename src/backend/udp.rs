@@ -275,6 +275,7 @@ impl UdpBackend {
 
     fn devices(&self) -> Devices {
         Devices {
+            overlay6: None,
             overlay: None,
             routes: Device {
                 index: self.tun_index,

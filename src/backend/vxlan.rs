@@ -344,6 +344,7 @@ impl VxlanBackend {
 
     fn devices(&self, index: u32) -> Devices {
         Devices {
+            overlay6: None,
             overlay: Some(Device {
                 index,
                 name: self.name.clone(),

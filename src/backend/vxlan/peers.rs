@@ -2,11 +2,11 @@
 //! one FDB entry (or, with DirectRouting, one route via the peer's PublicIP). Pure functions,
 //! no I/O.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::backend::entries::{KernelEntries, SkippedPeer};
 use crate::lease::Lease;
-use crate::netlink::{FdbEntry, Ipv4Route, MacAddr};
+use crate::netlink::{FdbEntry, FdbEntry6, Ipv4Route, Ipv6Route, MacAddr};
 
 /// Where VXLAN peers are programmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub fn vxlan_desired(
     let mut entries = KernelEntries::default();
     let mut skipped = Vec::new();
     for lease in peers {
-        if lease.subnet == own {
+        if lease.subnet == own || !lease.has_ipv4() {
             continue;
         }
         if lease.attrs.backend_type != "vxlan" {
@@ -100,6 +100,81 @@ pub fn vxlan_desired(
         });
     }
     (entries, skipped)
+}
+
+/// Where IPv6 VXLAN peers are programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanTopology6 {
+    /// Index of the `flannel-v6.<VNI>` device.
+    pub dev_index: u32,
+    /// Index of the external (underlay) interface.
+    pub ext_index: u32,
+    /// With DirectRouting: the external interface's IPv6 network; peers whose PublicIPv6 lies
+    /// in it get a plain route via their PublicIPv6 instead of the overlay.
+    pub direct_routing: Option<Ipv6Network>,
+}
+
+/// Adds the IPv6 entries the VXLAN backend wants for `peers` to `entries`, as Flannel programs
+/// them on `flannel-v6.<VNI>`: per peer with an IPv6 subnet `X` one route `X via X:: dev
+/// flannel-v6.<VNI> onlink`, one neighbour `X:: -> BackendV6Data.VtepMAC`, one FDB entry
+/// `VtepMAC -> PublicIPv6` (DirectRouting on one L2 segment: only `X via PublicIPv6 dev
+/// <ext>`). `own6` and leases without an IPv6 part are skipped.
+pub fn vxlan_desired6(
+    own6: Option<Ipv6Network>,
+    peers: &[Lease],
+    topo: &VxlanTopology6,
+    entries: &mut KernelEntries,
+) -> Vec<SkippedPeer> {
+    let mut skipped = Vec::new();
+    for lease in peers {
+        let Some(v6) = lease.ipv6_subnet else {
+            continue;
+        };
+        if Some(v6) == own6 || lease.attrs.backend_type != "vxlan" {
+            continue;
+        }
+        let Some(public_ipv6) = lease.attrs.public_ipv6 else {
+            skipped.push(SkippedPeer {
+                subnet: lease.subnet,
+                reason: format!("IPv6 subnet {v6} without PublicIPv6"),
+            });
+            continue;
+        };
+        if let Some(l2) = topo.direct_routing {
+            if l2.contains(public_ipv6) {
+                entries.routes6.insert(Ipv6Route {
+                    dst: v6,
+                    gateway: Some(public_ipv6),
+                    oif: topo.ext_index,
+                    onlink: false,
+                });
+                continue;
+            }
+        }
+        let mac = match vxlan_vtep_mac(lease.attrs.backend_v6_data.as_ref()) {
+            Ok(mac) => mac,
+            Err(reason) => {
+                skipped.push(SkippedPeer {
+                    subnet: lease.subnet,
+                    reason: format!("IPv6 side (BackendV6Data): {reason}"),
+                });
+                continue;
+            }
+        };
+        let gateway = v6.network();
+        entries.routes6.insert(Ipv6Route {
+            dst: v6,
+            gateway: Some(gateway),
+            oif: topo.dev_index,
+            onlink: true,
+        });
+        entries.neighbours6.insert(gateway, mac);
+        entries.fdb6.insert(FdbEntry6 {
+            mac,
+            dst: public_ipv6,
+        });
+    }
+    skipped
 }
 
 /// The untagged routes among `all` (routes without weft's protocol) that a previous weft
@@ -479,5 +554,71 @@ mod tests {
         ];
         let untagged = untagged_routes(&all, DEV, EXT, cluster);
         assert_eq!(untagged, vec![all[0], all[1], all[2]]);
+    }
+
+    #[test]
+    fn ipv6_peers_get_flannels_v6_entries() {
+        let mut dual = vxlan_lease("10.244.2.0/24", "192.0.2.2", "0a:00:00:00:00:02");
+        dual.ipv6_subnet = Some("fd00:10:244:2::/64".parse().unwrap());
+        dual.attrs.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+        dual.attrs.backend_v6_data =
+            Some(serde_json::json!({"VNI": 1, "VtepMAC": "0a:00:00:00:06:02"}));
+        let v4_only = vxlan_lease("10.244.3.0/24", "192.0.2.3", "0a:00:00:00:00:03");
+        let mut no_mac = dual.clone();
+        no_mac.subnet = net("10.244.4.0/24");
+        no_mac.ipv6_subnet = Some("fd00:10:244:4::/64".parse().unwrap());
+        no_mac.attrs.backend_v6_data = None;
+        let topo6 = VxlanTopology6 {
+            dev_index: 11,
+            ext_index: EXT,
+            direct_routing: None,
+        };
+        let mut entries = KernelEntries::default();
+        let own6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        let skipped = vxlan_desired6(own6, &[dual.clone(), v4_only, no_mac], &topo6, &mut entries);
+        let mac: MacAddr = "0a:00:00:00:06:02".parse().unwrap();
+        assert_eq!(
+            entries.routes6.iter().copied().collect::<Vec<_>>(),
+            vec![Ipv6Route {
+                dst: "fd00:10:244:2::/64".parse().unwrap(),
+                gateway: Some("fd00:10:244:2::".parse().unwrap()),
+                oif: 11,
+                onlink: true,
+            }]
+        );
+        assert_eq!(
+            entries.neighbours6.get(&"fd00:10:244:2::".parse().unwrap()),
+            Some(&mac)
+        );
+        assert_eq!(
+            entries.fdb6.iter().copied().collect::<Vec<_>>(),
+            vec![FdbEntry6 {
+                mac,
+                dst: "2001:db8::2".parse().unwrap()
+            }]
+        );
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].reason.starts_with("IPv6 side (BackendV6Data): "),
+            "{skipped:?}"
+        );
+        // DirectRouting on one IPv6 segment: a plain route via PublicIPv6.
+        let mut entries = KernelEntries::default();
+        let direct = VxlanTopology6 {
+            direct_routing: Some("2001:db8::/64".parse().unwrap()),
+            ..topo6
+        };
+        vxlan_desired6(own6, &[dual], &direct, &mut entries);
+        assert_eq!(entries.len(), 1);
+        let r = entries.routes6.first().unwrap();
+        assert_eq!(
+            (r.gateway, r.oif),
+            (Some("2001:db8::2".parse().unwrap()), EXT)
+        );
+        // An IPv6-only lease (0.0.0.0-0) yields no IPv4 entries.
+        let mut v6_only = vxlan_lease("0.0.0.0/0", "0.0.0.0", "0a:00:00:00:00:05");
+        v6_only.ipv6_subnet = Some("fd00:10:244:5::/64".parse().unwrap());
+        let (entries, skipped) = vxlan_desired(net("0.0.0.0/0"), &[v6_only], &topo());
+        assert!(entries.is_empty() && skipped.is_empty());
     }
 }
