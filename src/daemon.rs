@@ -52,6 +52,9 @@ pub struct DaemonOptions {
     pub iface: Option<String>,
     /// `--public-ip`: the address published in the lease (default: the interface's).
     pub public_ip: Option<Ipv4Addr>,
+    /// `--public-ipv6`: the IPv6 address published with IPv6 (default: the interface's first
+    /// routable IPv6 address).
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     /// `--subnet-file`.
     pub subnet_file: PathBuf,
     /// `--state-dir`.
@@ -266,6 +269,8 @@ struct Agent<S: LeaseStore = EtcdStore, D: DataPath = Backend> {
     /// What the route guard protected at the last full reconcile, reused by incremental
     /// passes (the node's own addresses and routes change rarely; a resync re-reads them).
     protected: Option<Vec<guard::Protected>>,
+    /// The same for IPv6, when the network has IPv6.
+    protected6: Option<Vec<guard::Protected6>>,
 }
 
 /// Delay before a failed reconcile is tried again, instead of waiting for the next resync.
@@ -297,6 +302,20 @@ impl Agent {
         ));
         let (config, config_text) = wait_for_config(&store, &opts.etcd.prefix, &metrics).await;
         info!(network = %config.network, subnet_len = config.subnet_len, backend = ?config.backend, "network config");
+        let mut ext = ext;
+        if config.enable_ipv4 && ext.iface_addr.is_unspecified() {
+            return Err(DaemonError::Interface(netlink::NetlinkError::NoInterface(
+                format!(
+                    "{} has no IPv4 address and the network has IPv4 (EnableIPv4)",
+                    ext.name
+                ),
+            )));
+        }
+        if let Some(v6) = &config.ipv6 {
+            netlink::add_ipv6_underlay(&mut ext, opts.public_ipv6).await?;
+            info!(ipv6_network = %v6.network, ipv6_subnet_len = v6.subnet_len,
+                public_ipv6 = ?ext.public_ipv6, ipv4 = config.enable_ipv4, "IPv6 enabled");
+        }
         let backend = Backend::new(&config, &ext, &opts.state_dir, opts.udp_offloads).await?;
         if let Some(render) = backend.metrics() {
             metrics.set_backend(render);
@@ -334,6 +353,7 @@ impl Agent {
             apply_changes_at: None,
             changes_applied: None,
             protected: None,
+            protected6: None,
         };
         agent.note_lease();
         let mut backoff = Backoff::new();
@@ -701,7 +721,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
     /// is rebuilt on it: a VXLAN device is bound to the interface's index, which a re-created
     /// interface does not keep. Returns whether the interface is back.
     async fn follow_external_interface(&mut self) -> bool {
-        let ext =
+        let mut ext =
             match netlink::find_external_interface(self.opts.iface.as_deref(), self.opts.public_ip)
                 .await
             {
@@ -711,6 +731,12 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                     return false;
                 }
             };
+        if self.config.ipv6.is_some() {
+            if let Err(e) = netlink::add_ipv6_underlay(&mut ext, self.opts.public_ipv6).await {
+                tracing::debug!(error = %e, "external interface's IPv6 address not back yet");
+                return false;
+            }
+        }
         if ext.public_ip != self.ext.public_ip {
             if self.ext_wrong_ip != Some(ext.public_ip) {
                 error!(iface = %ext.name, address = %ext.public_ip, public_ip = %self.ext.public_ip,
@@ -762,7 +788,9 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let moving = !self.published;
         self.apply_changes_at = None;
         self.protected = None;
+        self.protected6 = None;
         let peers = self.believed_peers().await;
+        self.backend.set_own_ipv6(self.own.ipv6_subnet);
         let result = self.backend.reconcile(self.own.subnet, &peers).await;
         let took = started.elapsed();
         let report = match result {
@@ -782,6 +810,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let guard_refused = self.rejected.iter().any(|r| r.by == RejectedBy::RouteGuard);
         if guard_refused {
             self.protected = None;
+            self.protected6 = None;
         }
         self.record(took, &peers, report).await;
         if guard_refused && moving {
@@ -941,11 +970,34 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                 self.metrics.count_rejected_lease(r.reason.label());
             }
         }
-        let route_guard = RouteGuard::new(protected);
+        let mut route_guard = RouteGuard::new(protected);
+        if self.config.ipv6.is_some() {
+            let protected6 = match self.protected6.clone() {
+                Some(p) => p,
+                None => match guard::protected6_now(&self.ext).await {
+                    Ok(p) => {
+                        self.protected6 = Some(p.clone());
+                        p
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "read this node's IPv6 addresses and routes for the route guard");
+                        self.ext
+                            .public_ipv6
+                            .map(|ip| guard::Protected6 {
+                                prefix: ip.into(),
+                                what: format!("address {ip} of this node"),
+                            })
+                            .into_iter()
+                            .collect()
+                    }
+                },
+            };
+            route_guard = route_guard.with_ipv6(protected6);
+        }
         let peers: Vec<Lease> = verdicts
             .accepted
             .into_iter()
-            .filter(|l| l.subnet != self.own.subnet)
+            .filter(|l| (l.subnet, l.ipv6_subnet) != (self.own.subnet, self.own.ipv6_subnet))
             .collect();
         let by_subnet: HashMap<Ipv4Network, (String, i64)> = self
             .leases

@@ -188,11 +188,35 @@ pub async fn find_external_interface(
                 (*index, *addr)
             }
             Err(_) => {
-                let link = link_by_name(&handle, spec).await?.ok_or_else(|| {
-                    NetlinkError::NoInterface(format!("no interface named {spec}"))
-                })?;
-                let index = link.header.index;
-                (index, iface_address(&addrs, index, public_ip, spec)?)
+                let index = match spec.parse::<Ipv6Addr>() {
+                    // An IPv6 address names the interface holding it (IPv6 underlays).
+                    Ok(ip6) => ipv6_addresses(&handle, None)
+                        .await?
+                        .into_iter()
+                        .find(|(_, a)| a.ip() == ip6)
+                        .map(|(index, _)| index)
+                        .ok_or_else(|| {
+                            NetlinkError::NoInterface(format!("no interface has address {ip6}"))
+                        })?,
+                    Err(_) => {
+                        link_by_name(&handle, spec)
+                            .await?
+                            .ok_or_else(|| {
+                                NetlinkError::NoInterface(format!("no interface named {spec}"))
+                            })?
+                            .header
+                            .index
+                    }
+                };
+                match iface_address(&addrs, index, public_ip, spec) {
+                    Ok(addr) => (index, addr),
+                    // An interface named explicitly may have IPv6 only (an IPv6-only network
+                    // checks that it has IPv6; an IPv4 one refuses 0.0.0.0).
+                    Err(_) if public_ip.is_none() => {
+                        (index, Ipv4Network::from(Ipv4Addr::UNSPECIFIED))
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         },
         None => {

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::backend::entries::{self, KernelEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
@@ -16,7 +16,7 @@ use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
 use crate::backend::routes::WEFT_ROUTE_PROTOCOL;
 use crate::backend::ReconcileReport;
 use crate::lease::{Lease, LeaseAttrs};
-use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
+use crate::netlink::{self, ExternalInterface, Ipv4Route, Ipv6Route, NetlinkError};
 
 /// The lease `BackendType` of this backend.
 pub const BACKEND_TYPE: &str = "host-gw";
@@ -40,6 +40,21 @@ pub enum HostGwError {
         /// The interface's network.
         network: Ipv4Network,
     },
+    /// A peer's PublicIPv6 is not on the external interface's IPv6 prefix.
+    #[error(
+        "host-gw peer {subnet} at {public_ipv6} is not on the IPv6 segment {network} of {iface}; \
+         host-gw needs every node on one segment (use vxlan)"
+    )]
+    NotOnLink6 {
+        /// The peer's IPv6 subnet.
+        subnet: Ipv6Network,
+        /// The peer's PublicIPv6 (`-` when missing).
+        public_ipv6: String,
+        /// The external interface.
+        iface: String,
+        /// The interface's IPv6 network (`-` when it has none).
+        network: String,
+    },
     /// A netlink request failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
@@ -62,7 +77,7 @@ pub fn desired_routes(
     let mut routes = BTreeSet::new();
     let mut errors = Vec::new();
     for peer in peers {
-        if peer.subnet == own || peer.attrs.backend_type != BACKEND_TYPE {
+        if peer.subnet == own || peer.attrs.backend_type != BACKEND_TYPE || !peer.has_ipv4() {
             continue;
         }
         let ip = peer.attrs.public_ip;
@@ -85,6 +100,44 @@ pub fn desired_routes(
     (routes, errors)
 }
 
+/// The IPv6 routes the peers justify (`X6 via PublicIPv6 dev <ext>`, as Flannel's host-gw
+/// programs them), and an error for each peer whose PublicIPv6 is not on the segment.
+pub fn desired_routes6(
+    ext: &ExternalInterface,
+    peers: &[Lease],
+) -> (BTreeSet<Ipv6Route>, Vec<HostGwError>) {
+    let mut routes = BTreeSet::new();
+    let mut errors = Vec::new();
+    let Some(segment) = ext.network_v6 else {
+        return (routes, errors);
+    };
+    for peer in peers {
+        let Some(v6) = peer.ipv6_subnet else {
+            continue;
+        };
+        if peer.attrs.backend_type != BACKEND_TYPE {
+            continue;
+        }
+        match peer.attrs.public_ipv6 {
+            Some(ip) if segment.contains(ip) && Some(ip) != ext.public_ipv6 => {
+                routes.insert(Ipv6Route {
+                    dst: v6,
+                    gateway: Some(ip),
+                    oif: ext.index,
+                    onlink: false,
+                });
+            }
+            other => errors.push(HostGwError::NotOnLink6 {
+                subnet: v6,
+                public_ipv6: other.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+                iface: ext.name.clone(),
+                network: segment.to_string(),
+            }),
+        }
+    }
+    (routes, errors)
+}
+
 impl HostGwBackend {
     /// The backend for the external interface `ext`.
     pub fn new(ext: &ExternalInterface) -> Self {
@@ -97,7 +150,7 @@ impl HostGwBackend {
     /// The lease value this node publishes: `{"PublicIP":..,"BackendType":"host-gw"}`.
     pub fn lease_attrs(&self) -> LeaseAttrs {
         LeaseAttrs {
-            public_ipv6: None,
+            public_ipv6: self.ext.public_ipv6,
             backend_v6_data: None,
             public_ip: self.ext.public_ip,
             backend_type: BACKEND_TYPE.to_string(),
@@ -128,12 +181,15 @@ impl HostGwBackend {
 
     /// The desired routes; each peer that cannot be routed is logged as an error naming it.
     fn desired(&self, own: Ipv4Network, peers: &[Lease]) -> (KernelEntries, usize) {
-        let (routes, unroutable) = desired_routes(&self.ext, own, peers);
+        let (routes, mut unroutable) = desired_routes(&self.ext, own, peers);
+        let (routes6, unroutable6) = desired_routes6(&self.ext, peers);
+        unroutable.extend(unroutable6);
         for err in &unroutable {
             tracing::error!(error = %err, "cannot route peer");
         }
         let entries = KernelEntries {
             routes,
+            routes6,
             ..Default::default()
         };
         (entries, unroutable.len())
@@ -254,5 +310,34 @@ mod tests {
             r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}"#
         );
         assert_eq!(b.mtu(), 1500);
+    }
+
+    #[test]
+    fn ipv6_peers_on_the_segment_get_a_route_via_public_ipv6() {
+        let mut e = ext();
+        e.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+        e.network_v6 = Some("2001:db8::1/64".parse().unwrap());
+        let mut near = lease("10.244.2.0/24", "192.0.2.2", "host-gw");
+        near.ipv6_subnet = Some("fd00:10:244:2::/64".parse().unwrap());
+        near.attrs.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+        let mut far = near.clone();
+        far.ipv6_subnet = Some("fd00:10:244:3::/64".parse().unwrap());
+        far.attrs.public_ipv6 = Some("2001:db8:1::3".parse().unwrap());
+        let (routes, errors) = desired_routes6(&e, &[near, far]);
+        assert_eq!(
+            routes.into_iter().collect::<Vec<_>>(),
+            vec![Ipv6Route {
+                dst: "fd00:10:244:2::/64".parse().unwrap(),
+                gateway: Some("2001:db8::2".parse().unwrap()),
+                oif: e.index,
+                onlink: false,
+            }]
+        );
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].to_string().contains("2001:db8:1::3"),
+            "{}",
+            errors[0]
+        );
     }
 }

@@ -13,7 +13,7 @@ pub mod vxlan;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::config::{BackendConfig, NetworkConfig};
 use crate::lease::{Lease, LeaseAttrs};
@@ -50,6 +50,9 @@ pub enum BackendError {
     /// The host-gw backend failed.
     #[error(transparent)]
     HostGw(#[from] hostgw::HostGwError),
+    /// The network config asks for something this backend cannot do.
+    #[error("backend: {0}")]
+    Unsupported(String),
 }
 
 /// A kernel entry weft owns but no lease justifies, found (and removed) by a reconcile.
@@ -154,15 +157,30 @@ impl Backend {
                     port: *port,
                     direct_routing: *direct_routing,
                     mtu: *mtu,
+                    enable_ipv4: cfg.enable_ipv4,
+                    enable_ipv6: cfg.ipv6.is_some(),
                 };
                 Ok(Backend::Vxlan(
                     vxlan::VxlanBackend::new(settings, ext.clone(), state_dir).await?,
                 ))
             }
+            BackendConfig::Udp { .. } if cfg.ipv6.is_some() || !cfg.enable_ipv4 => {
+                Err(BackendError::Unsupported(
+                    "the udp backend carries IPv4 only; use vxlan or host-gw with EnableIPv6"
+                        .to_string(),
+                ))
+            }
             BackendConfig::Udp { port } => Ok(Backend::Udp(
                 udp::UdpBackend::new(cfg.network, *port, ext, udp_offloads).await?,
             )),
-            BackendConfig::HostGw => Ok(Backend::HostGw(hostgw::HostGwBackend::new(ext))),
+            BackendConfig::HostGw => {
+                // An IPv6-only node publishes PublicIP 0.0.0.0, as flanneld does.
+                let mut ext = ext.clone();
+                if !cfg.enable_ipv4 {
+                    ext.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
+                }
+                Ok(Backend::HostGw(hostgw::HostGwBackend::new(&ext)))
+            }
         }
     }
 
@@ -243,6 +261,14 @@ impl Backend {
             Backend::HostGw(b) => Ok(b.apply_changes(own, peers).await?),
         }
     }
+
+    /// Tells the data path this node's own IPv6 subnet from the lease (the VXLAN IPv6 device
+    /// carries its network address).
+    pub fn set_own_ipv6(&mut self, own6: Option<Ipv6Network>) {
+        if let Backend::Vxlan(b) = self {
+            b.set_own_ipv6(own6);
+        }
+    }
 }
 
 /// The data path as the node agent uses it: the seam between the agent's decisions and the
@@ -289,6 +315,9 @@ pub trait DataPath {
         own: Ipv4Network,
         peers: &[Lease],
     ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>>;
+
+    /// Tells the data path this node's own IPv6 subnet (see [`Backend::set_own_ipv6`]).
+    fn set_own_ipv6(&mut self, _own6: Option<Ipv6Network>) {}
 }
 
 impl DataPath for Backend {
@@ -336,5 +365,9 @@ impl DataPath for Backend {
         peers: &[Lease],
     ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>> {
         Backend::apply_changes(self, own, peers)
+    }
+
+    fn set_own_ipv6(&mut self, own6: Option<Ipv6Network>) {
+        Backend::set_own_ipv6(self, own6)
     }
 }

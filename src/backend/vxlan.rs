@@ -7,10 +7,10 @@ pub mod peers;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
@@ -22,7 +22,7 @@ use super::pipeline::{self, Device, Devices, EntryPipeline};
 use super::{BackendError, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, MacAddr};
-use peers::VxlanTopology;
+use peers::{VxlanTopology, VxlanTopology6};
 
 /// VXLAN overhead on an IPv4 underlay: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -40,7 +40,14 @@ pub struct VxlanSettings {
     pub direct_routing: bool,
     /// `MTU`; `None` means external MTU - 50.
     pub mtu: Option<u32>,
+    /// `EnableIPv4`: whether `flannel.<VNI>` carries IPv4 pods.
+    pub enable_ipv4: bool,
+    /// `EnableIPv6`: whether `flannel-v6.<VNI>` carries IPv6 pods over the IPv6 underlay.
+    pub enable_ipv6: bool,
 }
+
+/// VXLAN overhead on an IPv6 underlay: outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// The VXLAN data path of this node.
 #[derive(Debug)]
@@ -57,11 +64,33 @@ pub struct VxlanBackend {
     /// Whether the untagged routes of a previous version were adopted (once per start).
     adopted_untagged: bool,
     pipeline: EntryPipeline,
+    /// The IPv6 side (`flannel-v6.<VNI>`), when IPv6 is enabled.
+    v6: Option<Vxlan6>,
+}
+
+/// The IPv6 device of the VXLAN backend, as Flannel's: `flannel-v6.<VNI>` with the IPv6
+/// underlay address as local address and its own persisted VTEP MAC.
+#[derive(Debug)]
+struct Vxlan6 {
+    name: String,
+    mac: MacAddr,
+    /// This node's IPv6 underlay address (the tunnel's local address, published as
+    /// `PublicIPv6`).
+    local: std::net::Ipv6Addr,
+    /// The node's own IPv6 subnet, whose network address the device carries as a /128.
+    own: Option<Ipv6Network>,
+    /// The device's index as the last full reconcile found it.
+    index: Option<u32>,
 }
 
 /// The file under `state_dir` holding the VTEP MAC of device `flannel.<vni>`.
 pub fn vtep_mac_path(state_dir: &Path, vni: u32) -> PathBuf {
     state_dir.join(format!("flannel.{vni}.vtep-mac"))
+}
+
+/// The file under `state_dir` holding the VTEP MAC of device `flannel-v6.<vni>`.
+pub fn vtep_mac6_path(state_dir: &Path, vni: u32) -> PathBuf {
+    state_dir.join(format!("flannel-v6.{vni}.vtep-mac"))
 }
 
 fn state_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BackendError {
@@ -108,7 +137,7 @@ pub fn store_vtep_mac(path: &Path, mac: MacAddr) -> Result<(), BackendError> {
 struct WantedDevice {
     vni: u32,
     port: u16,
-    local: Ipv4Addr,
+    local: IpAddr,
     ext_index: u32,
     mac: MacAddr,
 }
@@ -169,6 +198,7 @@ fn device_mismatches(link: &LinkMessage, want: &WantedDevice) -> Vec<String> {
         "local",
         find(|d| match d {
             InfoVxlan::Local(v) => Some(v.to_string()),
+            InfoVxlan::Local6(v) => Some(v.to_string()),
             _ => None,
         }),
         want.local.to_string(),
@@ -209,23 +239,40 @@ impl VxlanBackend {
     ) -> Result<Self, BackendError> {
         let handle = netlink::connect()?;
         let name = format!("flannel.{}", settings.vni);
-        let path = vtep_mac_path(state_dir, settings.vni);
-        let mac = match load_vtep_mac(&path)? {
-            Some(mac) => mac,
-            None => {
-                let existing = netlink::link_by_name(&handle, &name)
-                    .await?
-                    .and_then(|l| netlink::link_mac(&l))
-                    .filter(MacAddr::is_unicast);
-                let mac = existing.unwrap_or_else(MacAddr::random_local);
-                store_vtep_mac(&path, mac)?;
-                info!(device = %name, vtep_mac = %mac, path = %path.display(), "persisted VTEP MAC");
-                mac
-            }
-        };
-        let mtu = settings
+        let mac = settle_vtep_mac(&handle, &name, &vtep_mac_path(state_dir, settings.vni)).await?;
+        let mut mtu = settings
             .mtu
             .unwrap_or(ext.mtu.saturating_sub(VXLAN_OVERHEAD));
+        let v6 = if settings.enable_ipv6 {
+            let local = ext.public_ipv6.ok_or_else(|| {
+                netlink::NetlinkError::NoInterface(format!(
+                    "{} has no IPv6 address for flannel-v6.{} (IPv6 is enabled)",
+                    ext.name, settings.vni
+                ))
+            })?;
+            let name6 = format!("flannel-v6.{}", settings.vni);
+            let path6 = vtep_mac6_path(state_dir, settings.vni);
+            let mac6 = settle_vtep_mac(&handle, &name6, &path6).await?;
+            // Pods share one MTU: the smaller of the two overlays' (Flannel takes the IPv4
+            // one; a full-size IPv6 packet would not fit the IPv6 tunnel).
+            if settings.mtu.is_none() {
+                let mtu6 = ext.mtu.saturating_sub(VXLAN6_OVERHEAD);
+                mtu = if settings.enable_ipv4 {
+                    mtu.min(mtu6)
+                } else {
+                    mtu6
+                };
+            }
+            Some(Vxlan6 {
+                name: name6,
+                mac: mac6,
+                local,
+                own: None,
+                index: None,
+            })
+        } else {
+            None
+        };
         Ok(VxlanBackend {
             handle,
             settings,
@@ -237,20 +284,39 @@ impl VxlanBackend {
             dev_index: None,
             adopted_untagged: false,
             pipeline: EntryPipeline::default(),
+            v6,
         })
     }
 
-    /// `{"PublicIP":..,"BackendType":"vxlan","BackendData":{"VNI":..,"VtepMAC":".."}}`.
+    /// Sets this node's own IPv6 subnet (from the lease), whose network address
+    /// `flannel-v6.<VNI>` carries.
+    pub fn set_own_ipv6(&mut self, own6: Option<Ipv6Network>) {
+        if let Some(v6) = &mut self.v6 {
+            v6.own = own6;
+        }
+    }
+
+    /// `{"PublicIP":..,"BackendType":"vxlan","BackendData":{"VNI":..,"VtepMAC":".."}}`, with
+    /// IPv6 also `PublicIPv6` and `BackendV6Data` (the `flannel-v6.<VNI>` VTEP); IPv6-only:
+    /// `PublicIP` `0.0.0.0` and no `BackendData`, as flanneld's `newSubnetAttrs`.
     pub fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ipv6: None,
-            backend_v6_data: None,
-            public_ip: self.ext.public_ip,
-            backend_type: "vxlan".to_string(),
-            backend_data: Some(serde_json::json!({
+        let data = |mac: MacAddr| {
+            serde_json::json!({
                 "VNI": self.settings.vni,
-                "VtepMAC": self.mac.to_string(),
-            })),
+                "VtepMAC": mac.to_string(),
+            })
+        };
+        let ipv4 = self.settings.enable_ipv4;
+        LeaseAttrs {
+            public_ipv6: self.v6.as_ref().map(|v6| v6.local),
+            backend_v6_data: self.v6.as_ref().map(|v6| data(v6.mac)),
+            public_ip: if ipv4 {
+                self.ext.public_ip
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED
+            },
+            backend_type: "vxlan".to_string(),
+            backend_data: ipv4.then(|| data(self.mac)),
         }
     }
 
@@ -269,60 +335,89 @@ impl VxlanBackend {
         &self.name
     }
 
+    /// The tunnel's local address is the interface address, as Flannel's: behind NAT the
+    /// published PublicIP is not a local address and could not source packets.
     fn wanted(&self) -> WantedDevice {
         WantedDevice {
             vni: self.settings.vni,
             port: self.settings.port,
-            local: self.ext.iface_addr,
+            local: IpAddr::V4(self.ext.iface_addr),
             ext_index: self.ext.index,
             mac: self.mac,
         }
     }
 
-    /// Makes sure the device exists with the right attributes, MTU and up; returns its index.
-    /// The tunnel's local address is the interface address, as Flannel's: behind NAT the
-    /// published PublicIP is not a local address and could not source packets.
-    async fn ensure_device(&self) -> Result<u32, BackendError> {
+    /// Makes sure the device `name` exists as `want`, with the MTU and up; returns its index.
+    async fn ensure_device(&self, name: &str, want: &WantedDevice) -> Result<u32, BackendError> {
         let h = &self.handle;
-        if let Some(link) = netlink::link_by_name(h, &self.name).await? {
+        if let Some(link) = netlink::link_by_name(h, name).await? {
             let index = link.header.index;
-            let wrong = device_mismatches(&link, &self.wanted());
+            let wrong = device_mismatches(&link, want);
             if wrong.is_empty() {
                 if netlink::link_mtu(&link) != Some(self.mtu) {
-                    info!(device = %self.name, mtu = self.mtu, "fixing MTU");
-                    netlink::set_link_mtu(h, index, &self.name, self.mtu).await?;
+                    info!(device = %name, mtu = self.mtu, "fixing MTU");
+                    netlink::set_link_mtu(h, index, name, self.mtu).await?;
                 }
                 if !netlink::link_is_up(&link) {
-                    info!(device = %self.name, "setting device up");
-                    netlink::set_link_up(h, index, &self.name).await?;
+                    info!(device = %name, "setting device up");
+                    netlink::set_link_up(h, index, name).await?;
                 }
                 return Ok(index);
             }
-            warn!(device = %self.name, wrong = %wrong.join(", "), "recreating VXLAN device with wrong attributes");
-            netlink::del_link(h, index, &self.name).await?;
+            warn!(device = %name, wrong = %wrong.join(", "), "recreating VXLAN device with wrong attributes");
+            netlink::del_link(h, index, name).await?;
         }
-        let msg = LinkVxlan::new(&self.name, self.settings.vni)
-            .dev(self.ext.index)
-            .local(self.ext.iface_addr)
-            .port(self.settings.port)
+        let builder = LinkVxlan::new(name, want.vni).dev(want.ext_index);
+        let builder = match want.local {
+            IpAddr::V4(ip) => builder.local(ip),
+            IpAddr::V6(ip) => builder.local6(ip),
+        };
+        let msg = builder
+            .port(want.port)
             .learning(false)
             .mtu(self.mtu)
-            .address(self.mac.0.to_vec())
+            .address(want.mac.0.to_vec())
             .up()
             .build();
         let what = format!(
-            "vxlan device {} (vni {}, local {}, dstport {}, dev {})",
-            self.name, self.settings.vni, self.ext.iface_addr, self.settings.port, self.ext.name
+            "vxlan device {name} (vni {}, local {}, dstport {}, dev {})",
+            want.vni, want.local, want.port, self.ext.name
         );
         netlink::add_link(h, msg, &what).await?;
-        let link = netlink::link_by_name(h, &self.name).await?.ok_or_else(|| {
-            netlink::NetlinkError::NoInterface(format!(
-                "{} vanished right after creation",
-                self.name
-            ))
+        let link = netlink::link_by_name(h, name).await?.ok_or_else(|| {
+            netlink::NetlinkError::NoInterface(format!("{name} vanished right after creation"))
         })?;
-        info!(device = %self.name, vtep_mac = %self.mac, mtu = self.mtu, "created VXLAN device");
+        info!(device = %name, vtep_mac = %want.mac, mtu = self.mtu, "created VXLAN device");
         Ok(link.header.index)
+    }
+
+    /// Makes sure `flannel-v6.<VNI>` exists and carries exactly `<own IPv6 subnet>::/128`
+    /// (besides the kernel's link-local address); returns its index.
+    async fn ensure_device6(&self, v6: &Vxlan6) -> Result<u32, BackendError> {
+        let want = WantedDevice {
+            vni: self.settings.vni,
+            port: self.settings.port,
+            local: IpAddr::V6(v6.local),
+            ext_index: self.ext.index,
+            mac: v6.mac,
+        };
+        let index = self.ensure_device(&v6.name, &want).await?;
+        let Some(own) = v6.own else {
+            return Ok(index);
+        };
+        let addr = Ipv6Network::new(own.network(), 128).map_err(|e| {
+            netlink::NetlinkError::NoInterface(format!("address for IPv6 subnet {own}: {e}"))
+        })?;
+        let have = netlink::ipv6_addresses(&self.handle, Some(index)).await?;
+        for (_, a) in &have {
+            if *a != addr && netlink::is_routable_v6(&a.ip()) {
+                netlink::del_address6(&self.handle, index, &v6.name, *a).await?;
+            }
+        }
+        if !have.iter().any(|(_, a)| *a == addr) {
+            netlink::add_address6(&self.handle, index, &v6.name, addr).await?;
+        }
+        Ok(index)
     }
 
     /// Leaves exactly `<subnet>.0/32` as the device's IPv4 address.
@@ -342,10 +437,9 @@ impl VxlanBackend {
         Ok(())
     }
 
-    fn devices(&self, index: u32) -> Devices {
+    fn devices(&self, index: Option<u32>, index6: Option<u32>) -> Devices {
         Devices {
-            overlay6: None,
-            overlay: Some(Device {
+            overlay: index.map(|index| Device {
                 index,
                 name: self.name.clone(),
             }),
@@ -353,18 +447,50 @@ impl VxlanBackend {
                 index: self.ext.index,
                 name: self.ext.name.clone(),
             },
+            overlay6: self.v6.as_ref().zip(index6).map(|(v6, index)| Device {
+                index,
+                name: v6.name.clone(),
+            }),
         }
     }
 
-    /// The entries the peers justify on device `index`; each unusable lease is warned about
+    /// The entries the peers justify on the devices; each unusable lease is warned about
     /// once, not on every pass.
-    fn desired(&mut self, index: u32, own: Ipv4Network, peer_leases: &[Lease]) -> KernelEntries {
-        let topo = VxlanTopology {
-            dev_index: index,
-            ext_index: self.ext.index,
-            direct_routing: self.settings.direct_routing.then_some(self.ext.network),
+    fn desired(
+        &mut self,
+        index: Option<u32>,
+        index6: Option<u32>,
+        own: Ipv4Network,
+        peer_leases: &[Lease],
+    ) -> KernelEntries {
+        let (mut desired, mut skipped) = match index {
+            Some(dev_index) => {
+                let topo = VxlanTopology {
+                    dev_index,
+                    ext_index: self.ext.index,
+                    direct_routing: self.settings.direct_routing.then_some(self.ext.network),
+                };
+                peers::vxlan_desired(own, peer_leases, &topo)
+            }
+            None => (KernelEntries::default(), Vec::new()),
         };
-        let (desired, skipped) = peers::vxlan_desired(own, peer_leases, &topo);
+        if let (Some(v6), Some(dev_index)) = (&self.v6, index6) {
+            let topo6 = VxlanTopology6 {
+                dev_index,
+                ext_index: self.ext.index,
+                direct_routing: self
+                    .settings
+                    .direct_routing
+                    .then_some(self.ext.network_v6)
+                    .flatten(),
+            };
+            skipped.extend(peers::vxlan_desired6(
+                v6.own,
+                peer_leases,
+                &topo6,
+                &mut desired,
+            ));
+        }
         let now_skipped: BTreeSet<SkippedPeer> = skipped.into_iter().collect();
         for s in now_skipped.difference(&self.warned_skipped) {
             warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
@@ -381,17 +507,27 @@ impl VxlanBackend {
         peer_leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
         self.dev_index = None;
-        let index = self.ensure_device().await?;
-        self.ensure_address(index, own).await?;
-        let desired = self.desired(index, own, peer_leases);
-        let devices = self.devices(index);
+        let index = if self.settings.enable_ipv4 {
+            let index = self.ensure_device(&self.name, &self.wanted()).await?;
+            self.ensure_address(index, own).await?;
+            Some(index)
+        } else {
+            None
+        };
+        let index6 = match &self.v6 {
+            Some(v6) => Some(self.ensure_device6(v6).await?),
+            None => None,
+        };
+        let desired = self.desired(index, index6, own, peer_leases);
+        let devices = self.devices(index, index6);
         let ext = self.ext.index;
-        let view =
-            pipeline::read_kernel(&self.handle, &devices, |r| r.oif == index || r.oif == ext)
-                .await?;
+        let view = pipeline::read_kernel(&self.handle, &devices, |r| {
+            Some(r.oif) == index || r.oif == ext
+        })
+        .await?;
         let mut d = entries::diff(&desired, &view.actual);
         let adopting = !self.adopted_untagged;
-        if adopting {
+        if let (true, Some(index)) = (adopting, index) {
             let untagged =
                 peers::untagged_routes(&view.untagged, index, ext, self.settings.network);
             if !untagged.is_empty() {
@@ -403,7 +539,11 @@ impl VxlanBackend {
         if report.failed == 0 {
             self.adopted_untagged = true;
         }
-        self.dev_index = Some(index);
+        // A sentinel index marks the pass done on an IPv6-only node without flannel.<VNI>.
+        self.dev_index = Some(index.unwrap_or(0));
+        if let Some(v6) = &mut self.v6 {
+            v6.index = index6;
+        }
         debug!(device = %self.name, ?report, "reconciled VXLAN peers");
         Ok(report)
     }
@@ -417,12 +557,35 @@ impl VxlanBackend {
         let Some(index) = self.dev_index else {
             return Ok(None);
         };
-        let desired = self.desired(index, own, peer_leases);
+        let index = self.settings.enable_ipv4.then_some(index);
+        let index6 = self.v6.as_ref().and_then(|v6| v6.index);
+        let desired = self.desired(index, index6, own, peer_leases);
         Ok(self
             .pipeline
-            .incremental(&self.devices(index), desired)
+            .incremental(&self.devices(index, index6), desired)
             .await?)
     }
+}
+
+/// The VTEP MAC of device `name`: the one persisted at `path`, else the MAC of an existing
+/// device of that name (an upgrade from flanneld keeps its peers' entries valid), else a new
+/// random one; a new MAC is persisted before any device is created with it.
+async fn settle_vtep_mac(
+    handle: &Handle,
+    name: &str,
+    path: &Path,
+) -> Result<MacAddr, BackendError> {
+    if let Some(mac) = load_vtep_mac(path)? {
+        return Ok(mac);
+    }
+    let existing = netlink::link_by_name(handle, name)
+        .await?
+        .and_then(|l| netlink::link_mac(&l))
+        .filter(MacAddr::is_unicast);
+    let mac = existing.unwrap_or_else(MacAddr::random_local);
+    store_vtep_mac(path, mac)?;
+    info!(device = %name, vtep_mac = %mac, path = %path.display(), "persisted VTEP MAC");
+    Ok(mac)
 }
 
 #[cfg(test)]
@@ -433,7 +596,7 @@ mod tests {
         WantedDevice {
             vni: 1,
             port: 8472,
-            local: "192.0.2.1".parse().unwrap(),
+            local: "192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap().into(),
             ext_index: 2,
             mac: "0a:00:00:00:00:01".parse().unwrap(),
         }

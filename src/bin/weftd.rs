@@ -31,6 +31,10 @@ struct Flags {
     /// Address published to other nodes; default: the interface's address.
     #[arg(long, env = "WEFTD_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
+    /// IPv6 address published to other nodes when the network has IPv6 (Flannel's
+    /// --public-ipv6); default: the interface's first routable IPv6 address.
+    #[arg(long, env = "WEFTD_PUBLIC_IPV6")]
+    public_ipv6: Option<std::net::Ipv6Addr>,
     /// Where to write Flannel's subnet.env.
     #[arg(
         long,
@@ -215,6 +219,7 @@ impl Flags {
             etcd: self.etcd.options(),
             iface: self.iface,
             public_ip: self.public_ip,
+            public_ipv6: self.public_ipv6,
             subnet_file: self.subnet_file,
             state_dir: self.state_dir,
             renew_margin: Duration::from_secs(self.subnet_lease_renew_margin * 60),
