@@ -1032,7 +1032,17 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
     /// Writes subnet.env and applies the masquerade rules.
     async fn publish(&mut self) {
         if self.opts.ip_masq {
-            if let Err(e) = masq::apply(self.config.network, self.own.subnet).await {
+            let v4 = self
+                .config
+                .enable_ipv4
+                .then_some((self.config.network, self.own.subnet));
+            let v6 = self
+                .config
+                .ipv6
+                .as_ref()
+                .zip(self.own.ipv6_subnet)
+                .map(|(cfg6, sn6)| (cfg6.network, sn6));
+            if let Err(e) = masq::apply_families(v4, v6).await {
                 error!(error = %e, "apply masquerade rules; retrying in {RECONCILE_RETRY:?}");
                 self.retry_reconcile = Some(Instant::now() + RECONCILE_RETRY);
                 return;

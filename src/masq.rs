@@ -1,9 +1,10 @@
 //! `--ip-masq`: Flannel's masquerade and forward rules as nftables, in one table of weft's
-//! own (`table ip weft`), replaced atomically by one `nft -f -` transaction.
+//! own (`table ip weft`, and `table ip6 weft` with IPv6), replaced atomically by one
+//! `nft -f -` transaction.
 
 use std::process::Stdio;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -68,9 +69,38 @@ pub fn masq_ruleset(network: Ipv4Network, subnet: Ipv4Network) -> String {
     )
 }
 
-/// The nft script that removes `table ip weft` whether or not it exists.
+/// The IPv6 twin of [`masq_ruleset`] (`table ip6 weft`), as Flannel's IPv6 masquerade rules:
+/// pod traffic leaving the cluster is masqueraded except to multicast (`ff00::/8`).
+pub fn masq6_ruleset(network: Ipv6Network, subnet: Ipv6Network) -> String {
+    let n = Ipv6Network::new(network.network(), network.prefix()).unwrap_or(network);
+    let s = Ipv6Network::new(subnet.network(), subnet.prefix()).unwrap_or(subnet);
+    let mark = KUBE_PROXY_MASQ_MARK;
+    format!(
+        "table ip6 {TABLE}\n\
+         delete table ip6 {TABLE}\n\
+         table ip6 {TABLE} {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\tmeta mark & {mark:#x} == {mark:#x} return\n\
+         \t\tip6 saddr {n} ip6 daddr {n} return\n\
+         \t\tip6 saddr {n} ip6 daddr != ff00::/8 masquerade fully-random\n\
+         \t\tip6 saddr != {n} ip6 daddr {s} return\n\
+         \t\tip6 saddr != {n} ip6 daddr {n} masquerade fully-random\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority 0; policy accept;\n\
+         \t\tip6 saddr {n} accept\n\
+         \t\tip6 daddr {n} accept\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// The nft script that removes `table ip weft` and `table ip6 weft` whether or not they exist.
 pub fn remove_ruleset() -> String {
-    format!("table ip {TABLE}\ndelete table ip {TABLE}\n")
+    format!(
+        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip6 {TABLE}\ndelete table ip6 {TABLE}\n"
+    )
 }
 
 async fn nft_transaction(op: &'static str, script: &str) -> Result<(), MasqError> {
@@ -103,6 +133,23 @@ async fn nft_transaction(op: &'static str, script: &str) -> Result<(), MasqError
 /// Installs (or atomically replaces) weft's masquerade and forward rules.
 pub async fn apply(network: Ipv4Network, subnet: Ipv4Network) -> Result<(), MasqError> {
     nft_transaction("apply", &masq_ruleset(network, subnet)).await
+}
+
+/// Installs the rules of each family the node has (`v4`, `v6`: cluster network and node
+/// subnet) in one transaction, and drops the table of a family it has not.
+pub async fn apply_families(
+    v4: Option<(Ipv4Network, Ipv4Network)>,
+    v6: Option<(Ipv6Network, Ipv6Network)>,
+) -> Result<(), MasqError> {
+    let mut script = match v4 {
+        Some((network, subnet)) => masq_ruleset(network, subnet),
+        None => format!("table ip {TABLE}\ndelete table ip {TABLE}\n"),
+    };
+    script.push_str(&match v6 {
+        Some((network, subnet)) => masq6_ruleset(network, subnet),
+        None => format!("table ip6 {TABLE}\ndelete table ip6 {TABLE}\n"),
+    });
+    nft_transaction("apply", &script).await
 }
 
 /// Removes weft's table; succeeds when it is already gone.
@@ -154,6 +201,27 @@ table ip weft {
 
     #[test]
     fn remove_script_tolerates_missing_table() {
-        assert_eq!(remove_ruleset(), "table ip weft\ndelete table ip weft\n");
+        assert_eq!(
+            remove_ruleset(),
+            "table ip weft\ndelete table ip weft\ntable ip6 weft\ndelete table ip6 weft\n"
+        );
+    }
+
+    #[test]
+    fn ipv6_ruleset_is_flannels_ip6_masquerade_set() {
+        let text = masq6_ruleset(
+            "fd00:10:244::/48".parse().unwrap(),
+            "fd00:10:244:3::1/64".parse().unwrap(),
+        );
+        assert!(text.starts_with("table ip6 weft\ndelete table ip6 weft\ntable ip6 weft {\n"));
+        for rule in [
+            "ip6 saddr fd00:10:244::/48 ip6 daddr fd00:10:244::/48 return",
+            "ip6 saddr fd00:10:244::/48 ip6 daddr != ff00::/8 masquerade fully-random",
+            "ip6 saddr != fd00:10:244::/48 ip6 daddr fd00:10:244:3::/64 return",
+            "ip6 saddr != fd00:10:244::/48 ip6 daddr fd00:10:244::/48 masquerade fully-random",
+            "ip6 saddr fd00:10:244::/48 accept",
+        ] {
+            assert!(text.contains(&format!("\t\t{rule}\n")), "{rule}\n{text}");
+        }
     }
 }
