@@ -312,6 +312,7 @@ impl Agent {
             )));
         }
         if let Some(v6) = &config.ipv6 {
+            enable_ipv6_forwarding();
             netlink::add_ipv6_underlay(&mut ext, opts.public_ipv6).await?;
             info!(ipv6_network = %v6.network, ipv6_subnet_len = v6.subnet_len,
                 public_ipv6 = ?ext.public_ipv6, ipv4 = config.enable_ipv4, "IPv6 enabled");
@@ -1211,7 +1212,7 @@ async fn acquire(
                 } else {
                     "reservation"
                 };
-                info!(subnet = %own.subnet, public_ip = %own.attrs.public_ip, kind, "acquired subnet");
+                info!(subnet = %own.subnet, ipv6_subnet = ?own.ipv6_subnet, public_ip = %own.attrs.public_ip, kind, "acquired subnet");
                 return own;
             }
             Err(e) => {
@@ -1241,6 +1242,20 @@ fn enable_ip_forwarding() {
             Ok(()) => info!("enabled net.ipv4.ip_forward"),
             Err(e) => {
                 warn!(error = %e, "enable net.ipv4.ip_forward; pod traffic between nodes needs it")
+            }
+        },
+    }
+}
+
+/// The IPv6 twin of [`enable_ip_forwarding`], for networks with IPv6.
+fn enable_ipv6_forwarding() {
+    const PATH: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    match std::fs::read_to_string(PATH) {
+        Ok(v) if v.trim() == "1" => {}
+        _ => match std::fs::write(PATH, "1") {
+            Ok(()) => info!("enabled net.ipv6.conf.all.forwarding"),
+            Err(e) => {
+                warn!(error = %e, "enable net.ipv6.conf.all.forwarding; IPv6 pod traffic between nodes needs it")
             }
         },
     }

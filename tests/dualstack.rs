@@ -1,0 +1,535 @@
+//! IPv6 and dual stack in Flannel's formats, on real etcd, real network namespaces and real
+//! kernel devices: dual-stack pods on three nodes, an IPv6-only cluster on an IPv6 underlay,
+//! and a Flannel-format dual-stack node built by hand that weft nodes interoperate with.
+//!
+//! IPv6 addresses go through duplicate address detection; inside the test namespaces only,
+//! `accept_dad` is off so an address is usable at once (never in the root namespace).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// 10.244.0.0/16 and fd00:10:244::/48; nodes lease from the 100..199 ranges of both, so the
+/// hand-built Flannel node's subnets (…99…) can never be a weft node's.
+const DUAL_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetMin":"fd00:10:244:100::","IPv6SubnetMax":"fd00:10:244:199::","Backend":{"Type":"vxlan"}}"#;
+
+/// IPv6 only: no `Network` at all, as Flannel accepts it with `EnableIPv4: false`.
+const V6_ONLY_CONFIG: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:20::/48","Backend":{"Type":"vxlan"}}"#;
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// Flannel's `subnetRegex` (pkg/subnet/subnet.go), which flanneld parses lease keys with.
+const FLANNEL_SUBNET_REGEX: &str = r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$";
+
+/// Turns duplicate address detection off in `ns` (all, default and existing interfaces).
+fn no_dad(ns: &Netns) {
+    for key in ["all", "default"] {
+        ns.sysctl(&format!("net.ipv6.conf.{key}.accept_dad"), "0");
+    }
+    if ns
+        .exec(&["ip", "link", "show", "dev", "eth0"])
+        .status
+        .success()
+    {
+        ns.sysctl("net.ipv6.conf.eth0.accept_dad", "0");
+    }
+}
+
+/// Node `i`'s IPv6 underlay address on the same `eth0` as its IPv4 one.
+fn v6_of(node: &Node) -> String {
+    format!("2001:db8::{}", 10 + node.index())
+}
+
+/// Gives every node (and the underlay bridge) IPv6 on the underlay, 2001:db8::/64.
+fn ipv6_underlay(cluster: &Cluster) {
+    no_dad(cluster.underlay.netns());
+    for node in &cluster.nodes {
+        no_dad(node.netns());
+        node.netns().ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", v6_of(node)),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+    }
+}
+
+/// The value of `key` in a subnet.env text.
+fn env_var(env: &str, key: &str) -> Option<String> {
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+}
+
+/// A pod wired by hand into a node's `cni0`, with an IPv4 and/or an IPv6 address.
+struct TestPod {
+    ns: Netns,
+    ip4: Option<String>,
+    ip6: Option<String>,
+}
+
+/// Adds a pod to the node whose subnet.env (or hand-made gateways) are `gw4`
+/// (`10.244.3.1/24`) and `gw6` (`fd00:…::1/64`): addresses `.(10+k)` / `::(10+k)`, default
+/// routes via the gateways.
+fn add_pod(node: &Netns, k: u32, gw4: Option<&str>, gw6: Option<&str>, mtu: u32) -> TestPod {
+    let ns = Netns::new(&format!("p{k}"));
+    no_dad(&ns);
+    let host_veth = format!("vp{k}");
+    let mut ip4 = None;
+    let mut ip6 = None;
+    let first = match (gw4, gw6) {
+        (Some(gw), _) => {
+            let net: ipnetwork::Ipv4Network = gw.parse().expect("IPv4 gateway");
+            let ip = std::net::Ipv4Addr::from(u32::from(net.network()) + 10 + k);
+            ip4 = Some(ip.to_string());
+            (gw, format!("{ip}/{}", net.prefix()))
+        }
+        (None, Some(gw)) => {
+            let net: ipnetwork::Ipv6Network = gw.parse().expect("IPv6 gateway");
+            let ip = std::net::Ipv6Addr::from(u128::from(net.network()) + 10 + u128::from(k));
+            ip6 = Some(ip.to_string());
+            (gw, format!("{ip}/{}", net.prefix()))
+        }
+        (None, None) => panic!("add_pod: no gateway"),
+    };
+    // The node's bridge gets no DAD either (it may be created right here).
+    no_dad(node);
+    wire_pod(node, &ns, &host_veth, first.0, &first.1, mtu);
+    if let (Some(_), Some(gw)) = (gw4, gw6) {
+        let net: ipnetwork::Ipv6Network = gw.parse().expect("IPv6 gateway");
+        let ip = std::net::Ipv6Addr::from(u128::from(net.network()) + 10 + u128::from(k));
+        let has_gw = node
+            .ip(&["-6", "addr", "show", "dev", "cni0"])
+            .contains(&net.ip().to_string());
+        if !has_gw {
+            node.ip(&["addr", "add", gw, "dev", "cni0", "nodad"]);
+        }
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{ip}/{}", net.prefix()),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &net.ip().to_string(),
+        ]);
+        ip6 = Some(ip.to_string());
+    }
+    TestPod { ns, ip4, ip6 }
+}
+
+/// A dual-stack (or IPv6-only) pod on a weft node, from its subnet.env.
+fn add_weft_pod(node: &Node, k: u32) -> TestPod {
+    let env = node.wait_subnet_env(CONVERGE);
+    let mtu = env_var(&env, "FLANNEL_MTU")
+        .and_then(|m| m.parse().ok())
+        .expect("FLANNEL_MTU");
+    add_pod(
+        node.netns(),
+        k,
+        env_var(&env, "FLANNEL_SUBNET").as_deref(),
+        env_var(&env, "FLANNEL_IPV6_SUBNET").as_deref(),
+        mtu,
+    )
+}
+
+/// True if a TCP connection from `from` to `ip` (a listener in `to`) carries a message both
+/// ways within 3 s.
+fn tcp_ok(from: &Netns, to: &Netns, ip: &str) -> bool {
+    let ip: IpAddr = ip.parse().expect("pod address");
+    let listener = to
+        .run(|| TcpListener::bind((ip, 0)))
+        .unwrap_or_else(|e| panic!("bind {ip} in {}: {e}", to.name()));
+    let port = listener.local_addr().expect("listener address").port();
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(true).ok()?;
+        let start = Instant::now();
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if start.elapsed() < Duration::from_secs(3) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(_) => return None,
+            }
+        };
+        stream.set_nonblocking(false).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).ok()?;
+        stream.write_all(&buf[..n]).ok()
+    });
+    let target = SocketAddr::from((ip, port));
+    let msg = b"weft-dual-stack";
+    let client = from.run(|| -> Option<Vec<u8>> {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        s.write_all(msg).ok()?;
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).ok()?;
+        Some(got)
+    });
+    let served = server.join().ok().flatten().is_some();
+    served && client.as_deref() == Some(&msg[..])
+}
+
+/// Asserts TCP both ways between every two pods, over each family both have.
+fn assert_mesh(pods: &[TestPod], what: &dyn Fn() -> String) {
+    for a in pods {
+        for b in pods {
+            if a.ns.name() == b.ns.name() {
+                continue;
+            }
+            for ip in [&b.ip4, &b.ip6].into_iter().flatten() {
+                let ok = tcp_ok(&a.ns, &b.ns, ip);
+                assert!(
+                    ok,
+                    "TCP {} -> {ip} ({})\n{}",
+                    a.ns.name(),
+                    b.ns.name(),
+                    what()
+                );
+            }
+        }
+    }
+}
+
+/// Waits until a TCP connection from `a` to `ip` in `b` works (the mesh converging).
+fn wait_tcp(a: &TestPod, b: &TestPod, ip: &str, what: &dyn Fn() -> String) {
+    let start = Instant::now();
+    while !tcp_ok(&a.ns, &b.ns, ip) {
+        assert!(
+            start.elapsed() < CONVERGE,
+            "TCP {} -> {ip} never worked\n{}",
+            a.ns.name(),
+            what()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The keys and values under `<prefix>/subnets/`.
+fn leases(etcd: &Etcd) -> Vec<(String, serde_json::Value)> {
+    etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+        .into_iter()
+        .map(|(k, v)| {
+            let v = serde_json::from_str(&v).unwrap_or_else(|e| panic!("lease {k} = {v}: {e}"));
+            (k, v)
+        })
+        .collect()
+}
+
+#[test]
+fn dual_stack_pods_on_three_nodes_talk_tcp_over_ipv4_and_ipv6_both_ways() {
+    let cluster = Cluster::new(3, DUAL_CONFIG);
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let re = regex::Regex::new(FLANNEL_SUBNET_REGEX).expect("Flannel's regex");
+    for node in &cluster.nodes {
+        let env = node.wait_subnet_env(CONVERGE);
+        let names: Vec<&str> = env
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "FLANNEL_NETWORK",
+                "FLANNEL_SUBNET",
+                "FLANNEL_IPV6_NETWORK",
+                "FLANNEL_IPV6_SUBNET",
+                "FLANNEL_MTU",
+                "FLANNEL_IPMASQ"
+            ],
+            "{env}"
+        );
+        assert_eq!(
+            env_var(&env, "FLANNEL_IPV6_NETWORK").as_deref(),
+            Some("fd00:10:244::/48")
+        );
+        let sn6 = env_var(&env, "FLANNEL_IPV6_SUBNET").unwrap_or_default();
+        assert!(
+            sn6.starts_with("fd00:10:244:1") && sn6.ends_with("::1/64"),
+            "{env}"
+        );
+        // The pods' MTU fits the IPv6 tunnel (1500 - 70).
+        assert_eq!(env_var(&env, "FLANNEL_MTU").as_deref(), Some("1430"));
+        assert!(node.link("flannel-v6.1").is_some(), "no flannel-v6.1");
+    }
+    // Every lease is Flannel's dual-stack key with PublicIPv6 and BackendV6Data.
+    let all = leases(&cluster.etcd);
+    assert_eq!(all.len(), 3, "{all:?}");
+    for (key, value) in &all {
+        let caps = re.captures(key).unwrap_or_else(|| panic!("{key}"));
+        assert_eq!(&caps[4], "64", "{key}");
+        let public6 = value["PublicIPv6"].as_str().unwrap_or_default();
+        assert!(public6.starts_with("2001:db8::1"), "{key} = {value}");
+        assert_eq!(value["BackendV6Data"]["VNI"], 1, "{key} = {value}");
+        assert!(value["BackendV6Data"]["VtepMAC"].is_string(), "{value}");
+    }
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
+        wait_tcp(&pods[0], &pods[1], ip, &dump);
+    }
+    assert_mesh(&pods, &dump);
+    // Flannel's IPv6 entries: route X:: /64 via X:: dev flannel-v6.1 onlink, weft's protocol.
+    let n0 = cluster.node(0);
+    let routes6 = n0
+        .netns()
+        .ip(&["-6", "route", "show", "dev", "flannel-v6.1"]);
+    let peer6 = pods[1].ip6.as_deref().unwrap_or_default();
+    let peer_net = format!("{}::/64", &peer6[..peer6.rfind("::").unwrap_or(0)]);
+    assert!(
+        routes6.contains(&format!(
+            "{peer_net} via {} proto 87 metric 1024 onlink",
+            peer_net.trim_end_matches("/64")
+        )),
+        "{routes6}"
+    );
+}
+
+#[test]
+fn ipv6_only_cluster_on_an_ipv6_underlay() {
+    let cluster = Cluster::new(2, V6_ONLY_CONFIG);
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let re = regex::Regex::new(FLANNEL_SUBNET_REGEX).expect("Flannel's regex");
+    for node in &cluster.nodes {
+        let env = node.wait_subnet_env(CONVERGE);
+        assert!(
+            env.starts_with("FLANNEL_IPV6_NETWORK=fd00:20::/48\nFLANNEL_IPV6_SUBNET=fd00:20:0:"),
+            "{env}"
+        );
+        assert!(
+            env.ends_with("::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"),
+            "{env}"
+        );
+        assert!(
+            node.link("flannel.1").is_none(),
+            "an IPv6-only node has no flannel.1"
+        );
+        assert!(node.link("flannel-v6.1").is_some(), "no flannel-v6.1");
+    }
+    for (key, value) in leases(&cluster.etcd) {
+        assert!(key.contains("/subnets/0.0.0.0-0&fd00:20:0:"), "{key}");
+        assert!(re.is_match(&key), "{key}");
+        assert_eq!(value["PublicIP"], "0.0.0.0", "{value}");
+        assert!(value.get("BackendData").is_none(), "{value}");
+        assert!(value["PublicIPv6"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("2001:db8::1"));
+    }
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    assert!(pods.iter().all(|p| p.ip4.is_none()));
+    let dump = || cluster.dump();
+    wait_tcp(
+        &pods[0],
+        &pods[1],
+        pods[1].ip6.as_deref().unwrap_or_default(),
+        &dump,
+    );
+    assert_mesh(&pods, &dump);
+    // The overlay's remote VTEPs are IPv6 underlay addresses.
+    let fdb = cluster.node(0).fdb();
+    let dsts: Vec<&str> = fdb
+        .iter()
+        .filter(|f| f["ifname"] == "flannel-v6.1")
+        .filter_map(|f| f["dst"].as_str())
+        .collect();
+    assert_eq!(dsts, [v6_of(cluster.node(1))], "{fdb:?}");
+}
+
+#[test]
+fn flannel_format_dual_stack_node_built_by_hand_interoperates() {
+    let cluster = Cluster::new(1, DUAL_CONFIG);
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let weft = cluster.node(0);
+
+    // The Flannel node, set up as flanneld sets itself up (device names, attributes,
+    // addresses), at 192.0.2.99 / 2001:db8::99 with 10.244.99.0/24 and fd00:10:244:99::/64.
+    let fl = Netns::new("flannel");
+    no_dad(&fl);
+    cluster.underlay.attach(&fl, "192.0.2.99");
+    no_dad(&fl);
+    fl.ip(&["addr", "add", "2001:db8::99/64", "dev", "eth0", "nodad"]);
+    fl.sysctl("net.ipv4.ip_forward", "1");
+    fl.sysctl("net.ipv6.conf.all.forwarding", "1");
+    let (mac4, mac6) = ("aa:bb:cc:dd:ee:99", "aa:bb:cc:dd:e6:99");
+    for (dev, local, mac) in [
+        ("flannel.1", "192.0.2.99", mac4),
+        ("flannel-v6.1", "2001:db8::99", mac6),
+    ] {
+        fl.ip(&[
+            "link",
+            "add",
+            dev,
+            "address",
+            mac,
+            "mtu",
+            "1450",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            local,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ]);
+        fl.ip(&["link", "set", dev, "up"]);
+    }
+    fl.ip(&["addr", "add", "10.244.99.0/32", "dev", "flannel.1"]);
+    fl.ip(&[
+        "addr",
+        "add",
+        "fd00:10:244:99::/128",
+        "dev",
+        "flannel-v6.1",
+        "nodad",
+    ]);
+    // flanneld's lease, byte for byte as its json.Marshal of LeaseAttrs writes it.
+    cluster.etcd.put_with_ttl(
+        &format!("{ETCD_PREFIX}/subnets/10.244.99.0-24&fd00:10:244:99::-64"),
+        &format!(
+            r#"{{"PublicIP":"192.0.2.99","PublicIPv6":"2001:db8::99","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac4}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+        ),
+        3600,
+    );
+
+    // What flanneld programs for weft's lease, read as flanneld reads it: the key through
+    // Flannel's regex, the value through its LeaseAttrs field names.
+    let re = regex::Regex::new(FLANNEL_SUBNET_REGEX).expect("Flannel's regex");
+    let (key, value) = leases(&cluster.etcd)
+        .into_iter()
+        .find(|(k, _)| !k.contains("10.244.99.0"))
+        .expect("weft's lease");
+    let caps = re.captures(&key).unwrap_or_else(|| panic!("{key}"));
+    let (sn4, len4, sn6, len6) = (&caps[1], &caps[2], &caps[3], &caps[4]);
+    let field = |path: &[&str]| -> String {
+        let mut v = &value;
+        for p in path {
+            v = &v[*p];
+        }
+        v.as_str()
+            .unwrap_or_else(|| panic!("{path:?} in {value}"))
+            .to_string()
+    };
+    let (ip4, ip6) = (field(&["PublicIP"]), field(&["PublicIPv6"]));
+    let (vtep4, vtep6) = (
+        field(&["BackendData", "VtepMAC"]),
+        field(&["BackendV6Data", "VtepMAC"]),
+    );
+    fl.ip(&[
+        "neigh",
+        "replace",
+        sn4,
+        "lladdr",
+        &vtep4,
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    fl.exec_ok(&[
+        "bridge",
+        "fdb",
+        "append",
+        &vtep4,
+        "dev",
+        "flannel.1",
+        "dst",
+        &ip4,
+    ]);
+    fl.ip(&[
+        "route",
+        "replace",
+        &format!("{sn4}/{len4}"),
+        "via",
+        sn4,
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    fl.ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        sn6,
+        "lladdr",
+        &vtep6,
+        "dev",
+        "flannel-v6.1",
+        "nud",
+        "permanent",
+    ]);
+    fl.exec_ok(&[
+        "bridge",
+        "fdb",
+        "append",
+        &vtep6,
+        "dev",
+        "flannel-v6.1",
+        "dst",
+        &ip6,
+    ]);
+    fl.ip(&[
+        "-6",
+        "route",
+        "replace",
+        &format!("{sn6}/{len6}"),
+        "via",
+        sn6,
+        "dev",
+        "flannel-v6.1",
+        "onlink",
+    ]);
+
+    let theirs = add_pod(
+        &fl,
+        50,
+        Some("10.244.99.1/24"),
+        Some("fd00:10:244:99::1/64"),
+        1450,
+    );
+    let ours = add_weft_pod(weft, 0);
+    let dump = || {
+        format!(
+            "{}\nflannel node:\n{}",
+            cluster.dump(),
+            fl.ip(&["-d", "link"])
+        )
+    };
+    for ip in [&theirs.ip4, &theirs.ip6].into_iter().flatten() {
+        wait_tcp(&ours, &theirs, ip, &dump);
+    }
+    assert_mesh(&[ours, theirs], &dump);
+}
