@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,13 +11,13 @@ use serde_json::Value;
 use crate::config::{Attachment, NetConf};
 use crate::env::AttachmentEnv;
 use crate::error::{Error, Result};
-use crate::ip::Ipv4Net;
-use crate::ipam::{IpamStore, Pool};
+use crate::ip::{Ipv4Net, Ipv6Net};
+use crate::ipam::{IpamStore, Pool, Pool6, LAST_RESERVED_FILE_6};
 use crate::log::Log;
 use crate::netlink::{format_mac, Link, Netlink};
 use crate::netns::{Netns, NetnsError};
-use crate::result::{AddResult, Interface, IpConfig, Route};
-use crate::subnet_env::NodeSubnet;
+use crate::result::{AddResult, Interface, IpConfig, IpConfig6, Route, Route6};
+use crate::subnet_env::{NodeSubnet, NodeSubnet6};
 use crate::version::Version;
 
 /// MTU used when neither the config nor subnet.env names one.
@@ -128,20 +128,41 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     }
     let mut node_nl = open_node_netlink()?;
     let bridge = ensure_bridge(&mut node_nl, &conf.bridge, &node, mtu)?;
-    enable_forwarding(&conf.bridge)?;
+    enable_forwarding(&conf.bridge, node.ipv6.is_some())?;
+    if let Some(v6) = &node.ipv6 {
+        ensure_bridge6(&mut node_nl, &bridge, v6)?;
+    }
 
     let store = IpamStore::new(&conf.data_dir, &conf.name);
-    let ip = {
+    let (ip, ip6) = {
         let locked = store.lock()?;
-        match requested {
+        let ip = match requested {
             Some(ip) => locked
                 .allocate_static(ip, &env.container_id, &env.ifname)
                 .map(|()| ip)?,
             None => locked.allocate(&pool, &env.container_id, &env.ifname)?,
-        }
+        };
+        // One address per family, in host-local's layout: the IPv6 range is range set 1.
+        let ip6 = match &node.ipv6 {
+            None => None,
+            Some(v6) => {
+                match locked.allocate6(&Pool6::new(v6.subnet), &env.container_id, &env.ifname) {
+                    Ok(ip6) => Some(ip6),
+                    Err(e) => {
+                        locked.release_hinted(&[ip.into()], &env.container_id, &env.ifname)?;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        (ip, ip6)
     };
     let address = Ipv4Net::new(ip, node.subnet.prefix())
         .ok_or_else(|| Error::InvalidConfig(format!("prefix of {} out of range", node.subnet)))?;
+    let address6 = node
+        .ipv6
+        .zip(ip6)
+        .and_then(|(v6, ip6)| Ipv6Net::new(ip6, v6.subnet.prefix()));
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     let wiring = Wiring {
         conf,
@@ -151,6 +172,7 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
         bridge: &bridge,
         host_name: &host_name,
         address,
+        address6,
         netns: &netns,
         pod_mac: env.args.mac.or(conf.static_mac),
         log,
@@ -158,10 +180,11 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     match wiring.attach(&mut node_nl, &mut container_nl) {
         Ok(result) => {
             log.info(format_args!(
-                "ADD container={} ifname={} ip={} host={} netns={}",
+                "ADD container={} ifname={} ip={}{} host={} netns={}",
                 env.container_id,
                 env.ifname,
                 address,
+                address6.map(|a| format!(",{a}")).unwrap_or_default(),
                 host_name,
                 netns.path().display()
             ));
@@ -178,13 +201,16 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
                     log.error(format_args!("undo: remove {host_name}: {e}"));
                 }
             }
+            let ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(ip))
+                .chain(ip6.map(IpAddr::V6))
+                .collect();
             match store.lock() {
                 Ok(locked) => {
-                    if let Err(e) = locked.release_hinted(&[ip], &env.container_id, &env.ifname) {
-                        log.error(format_args!("undo: release {ip}: {e}"));
+                    if let Err(e) = locked.release_hinted(&ips, &env.container_id, &env.ifname) {
+                        log.error(format_args!("undo: release {ips:?}: {e}"));
                     }
                 }
-                Err(e) => log.error(format_args!("undo: release {ip}: {e}")),
+                Err(e) => log.error(format_args!("undo: release {ips:?}: {e}")),
             }
             Err(err)
         }
@@ -254,6 +280,8 @@ struct Wiring<'a> {
     bridge: &'a Link,
     host_name: &'a str,
     address: Ipv4Net,
+    /// The pod's IPv6 address on a dual-stack node.
+    address6: Option<Ipv6Net>,
     netns: &'a Netns,
     pod_mac: Option<[u8; 6]>,
     log: &'a Log,
@@ -281,6 +309,77 @@ impl Wiring<'_> {
         let mut seen = HashSet::new();
         routes.retain(|r| seen.insert(r.dst));
         routes
+    }
+
+    /// The IPv6 twins of [`Wiring::desired_routes`]: the cluster's IPv6 network via the IPv6
+    /// gateway, and the IPv6 default route with `isDefaultGateway`.
+    fn desired_routes6(&self, v6: &NodeSubnet6) -> Vec<Route6> {
+        let gateway = v6.subnet.addr();
+        let mut routes = vec![Route6 {
+            dst: v6.network.trunc(),
+            gw: Some(gateway),
+        }];
+        if self.conf.is_default_gateway {
+            routes.push(Route6 {
+                dst: Ipv6Net::DEFAULT_ROUTE,
+                gw: Some(gateway),
+            });
+        }
+        routes
+    }
+
+    /// Gives the pod its IPv6 address and routes; the kernel sends unsolicited neighbour
+    /// advertisements for it when the interface comes up (`ndisc_notify`), the IPv6 twin of
+    /// `arp_notify`, so neighbours holding an earlier owner's MAC switch at once.
+    fn attach6(
+        &self,
+        container_nl: &mut Netlink,
+        index: u32,
+        address: Ipv6Net,
+        v6: &NodeSubnet6,
+    ) -> Result<(Vec<IpConfig6>, Vec<Route6>)> {
+        let ifname = &self.env.ifname;
+        let netns_path = self.netns.path().display().to_string();
+        // CNI_IFNAME is validated (no '/', at most 15 bytes), so the path stays in conf/.
+        let sysctl = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{ifname}/ndisc_notify"));
+        self.netns
+            .within(|| std::fs::write(&sysctl, "1"))
+            .map_err(|e| netns_error(e, &self.env.container_id))?
+            .map_err(|source| Error::Io {
+                op: "turn on ndisc_notify (unsolicited neighbour advertisements) in the container",
+                path: sysctl.clone(),
+                source,
+            })?;
+        container_nl
+            .add_address6(index, address)
+            .map_err(netlink_err(format!(
+                "add address {address} to {ifname} in {netns_path}"
+            )))?;
+        let mut kept = Vec::new();
+        for route in self.desired_routes6(v6) {
+            match container_nl.add_route6(route.dst, route.gw, index) {
+                Ok(()) => kept.push(route),
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EEXIST)
+                        && route.dst == Ipv6Net::DEFAULT_ROUTE => {}
+                Err(source) => {
+                    return Err(Error::Netlink {
+                        op: format!(
+                            "add route {} via {} dev {ifname} in {netns_path}",
+                            route.dst,
+                            route.gw.map(|g| g.to_string()).unwrap_or_default()
+                        ),
+                        source,
+                    })
+                }
+            }
+        }
+        let ips = vec![IpConfig6 {
+            address,
+            gateway: Some(v6.subnet.addr()),
+            interface: Some(2),
+        }];
+        Ok((ips, kept))
     }
 
     fn attach(&self, node_nl: &mut Netlink, container_nl: &mut Netlink) -> Result<AddResult> {
@@ -350,6 +449,11 @@ impl Wiring<'_> {
                 "add address {} to {ifname} in {netns_path}",
                 self.address
             )))?;
+        // IPv6 before the interface comes up, so the advertisement goes out with it.
+        let (ips6, routes6) = match (self.address6, &self.node.ipv6) {
+            (Some(address6), Some(v6)) => self.attach6(container_nl, pod.index, address6, v6)?,
+            _ => (Vec::new(), Vec::new()),
+        };
         if !pod.up {
             container_nl
                 .set_up(pod.index)
@@ -412,7 +516,29 @@ impl Wiring<'_> {
             }],
             routes,
             dns: self.conf.dns.clone(),
+            ips6,
+            routes6,
         })
+    }
+}
+
+/// Makes sure the bridge also carries the node's IPv6 gateway (`FLANNEL_IPV6_SUBNET`'s address).
+fn ensure_bridge6(nl: &mut Netlink, bridge: &Link, v6: &NodeSubnet6) -> Result<()> {
+    let present = nl.addresses6(bridge.index).map_err(netlink_err(format!(
+        "list IPv6 addresses of bridge {}",
+        bridge.name
+    )))?;
+    if present.contains(&v6.subnet) {
+        return Ok(());
+    }
+    match nl.add_address6(bridge.index, v6.subnet) {
+        Ok(()) => Ok(()),
+        // Another ADD running in parallel added it first.
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(Error::Netlink {
+            op: format!("add IPv6 gateway {} to bridge {}", v6.subnet, bridge.name),
+            source: e,
+        }),
     }
 }
 
@@ -540,12 +666,17 @@ fn plan_bridge_addresses(
     })
 }
 
-/// Turns on IPv4 forwarding in the node namespace and on the bridge (written only when off).
-fn enable_forwarding(bridge: &str) -> Result<()> {
-    for path in [
+/// Turns on IPv4 forwarding in the node namespace and on the bridge (written only when off),
+/// and IPv6 forwarding on a dual-stack node.
+fn enable_forwarding(bridge: &str, ipv6: bool) -> Result<()> {
+    let mut paths = vec![
         PathBuf::from("/proc/sys/net/ipv4/ip_forward"),
         PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/forwarding")),
-    ] {
+    ];
+    if ipv6 {
+        paths.push(PathBuf::from("/proc/sys/net/ipv6/conf/all/forwarding"));
+    }
+    for path in paths {
         let current = std::fs::read_to_string(&path).map_err(|source| Error::Io {
             op: "read sysctl",
             path: path.clone(),
@@ -649,16 +780,24 @@ pub fn del(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<()> {
     }
     let store = IpamStore::new(&conf.data_dir, &conf.name);
     // prevResult names the address: check just that file; scan everything only without it.
-    let hints: Vec<Ipv4Addr> = conf
+    let hints: Vec<IpAddr> = conf
         .prev_result
         .as_ref()
         .and_then(|prev| AddResult::from_json(prev).ok())
-        .map(|prev| prev.ips.iter().map(|ip| ip.address.addr()).collect())
+        .map(|prev| {
+            let v4 = prev.ips.iter().map(|ip| IpAddr::V4(ip.address.addr()));
+            let v6 = prev.ips6.iter().map(|ip| IpAddr::V6(ip.address.addr()));
+            v4.chain(v6).collect()
+        })
         .unwrap_or_default();
     let locked = store.lock()?;
     let mut released = locked.release_hinted(&hints, &env.container_id, &env.ifname)?;
-    if released.is_empty() {
-        released = locked.release(&env.container_id, &env.ifname)?;
+    // Without hints, or with hints naming no IPv6 address where IPv6 is allocated (a
+    // prevResult of an older plugin), every file is looked at.
+    let v6_unhinted =
+        !hints.iter().any(IpAddr::is_ipv6) && store.dir().join(LAST_RESERVED_FILE_6).exists();
+    if released.is_empty() || v6_unhinted {
+        released.extend(locked.release(&env.container_id, &env.ifname)?);
     }
     drop(locked);
     log.info(format_args!(
@@ -700,7 +839,7 @@ pub fn check(conf: &NetConf, env: &AttachmentEnv) -> Result<()> {
         .collect();
 
     let store = IpamStore::new(&conf.data_dir, &conf.name);
-    let allocated: Vec<Ipv4Addr> = store
+    let allocated: Vec<IpAddr> = store
         .lock()?
         .allocations()?
         .into_iter()
@@ -717,10 +856,24 @@ pub fn check(conf: &NetConf, env: &AttachmentEnv) -> Result<()> {
             ),
         });
     }
-    for ip in &expected_ips {
-        if !allocated.contains(&ip.addr()) {
+    let expected_ips6: Vec<Ipv6Net> = prev
+        .ips6
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|i| i == container_index))
+        .map(|ip| ip.address)
+        .collect();
+    let expected_addrs = expected_ips
+        .iter()
+        .map(|ip| (ip.to_string(), IpAddr::V4(ip.addr())))
+        .chain(
+            expected_ips6
+                .iter()
+                .map(|ip| (ip.to_string(), IpAddr::V6(ip.addr()))),
+        );
+    for (text, ip) in expected_addrs {
+        if !allocated.contains(&ip) {
             return Err(fail(format!(
-                "address {ip} is not allocated to it in {} (allocated: {allocated:?})",
+                "address {text} is not allocated to it in {} (allocated: {allocated:?})",
                 store.dir().display()
             )));
         }
@@ -760,6 +913,36 @@ pub fn check(conf: &NetConf, env: &AttachmentEnv) -> Result<()> {
                 "address {ip} missing (present: {})",
                 join(&addresses)
             )));
+        }
+    }
+    if !expected_ips6.is_empty() {
+        let addresses6 = container_nl
+            .addresses6(pod.index)
+            .map_err(netlink_err(format!(
+                "list IPv6 addresses of {} in {netns_text}",
+                env.ifname
+            )))?;
+        for ip in &expected_ips6 {
+            if !addresses6.contains(ip) {
+                return Err(fail(format!("address {ip} missing")));
+            }
+        }
+    }
+    if !prev.routes6.is_empty() {
+        let routes6 = container_nl
+            .routes6()
+            .map_err(netlink_err(format!("list IPv6 routes in {netns_text}")))?;
+        for want in &prev.routes6 {
+            let found = routes6
+                .iter()
+                .any(|r| r.dst == want.dst.trunc() && (want.gw.is_none() || r.gw == want.gw));
+            if !found {
+                return Err(fail(format!(
+                    "route {} via {} missing",
+                    want.dst,
+                    want.gw.map(|g| g.to_string()).unwrap_or_default()
+                )));
+            }
         }
     }
     let routes = container_nl

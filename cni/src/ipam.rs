@@ -10,17 +10,21 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
-use crate::ip::Ipv4Net;
+use crate::ip::{Ipv4Net, Ipv6Net};
 
 /// host-local's record of the last reserved address for range set 0.
 pub const LAST_RESERVED_FILE: &str = "last_reserved_ip.0";
+
+/// host-local's record for range set 1: the IPv6 range of a dual-stack node (host-local
+/// numbers range sets in config order, IPv4 first as flannel's CNI plugin lists them).
+pub const LAST_RESERVED_FILE_6: &str = "last_reserved_ip.1";
 /// host-local's lock file.
 pub const LOCK_FILE: &str = "lock";
 
@@ -101,11 +105,56 @@ impl Pool {
     }
 }
 
+/// The allocatable IPv6 addresses of a node subnet, host-local's range: network+1 .. the
+/// last address, minus the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool6 {
+    subnet: Ipv6Net,
+    gateway: Ipv6Addr,
+    start: u128,
+    end: u128,
+}
+
+impl Pool6 {
+    /// The pool of `subnet` (as in FLANNEL_IPV6_SUBNET: the address given is the gateway).
+    pub fn new(subnet: Ipv6Net) -> Pool6 {
+        Pool6 {
+            subnet: subnet.trunc(),
+            gateway: subnet.addr(),
+            start: u128::from(subnet.network()).saturating_add(1),
+            end: u128::from(subnet.last()),
+        }
+    }
+
+    /// The subnet with host bits cleared.
+    pub fn subnet(&self) -> Ipv6Net {
+        self.subnet
+    }
+
+    fn holds(&self, ip: Ipv6Addr) -> bool {
+        (self.start..=self.end).contains(&u128::from(ip))
+    }
+
+    /// host-local's round-robin order, as [`Pool::candidates`].
+    pub fn candidates(&self, last: Option<Ipv6Addr>) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        let first = match last {
+            Some(ip) if self.holds(ip) && u128::from(ip) < self.end => u128::from(ip) + 1,
+            _ => self.start,
+        };
+        // From `first` to the end, then from the start up to `first` (a /64 is never walked
+        // whole: the first free address ends the walk).
+        (first..=self.end)
+            .chain(self.start..first)
+            .map(Ipv6Addr::from)
+            .filter(move |ip| *ip != self.gateway)
+    }
+}
+
 /// One address file: who holds the address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
-    /// The allocated address.
-    pub ip: Ipv4Addr,
+    /// The allocated address (IPv4, or IPv6 on a dual-stack node).
+    pub ip: IpAddr,
     /// The owning container ID.
     pub container_id: String,
     /// The owning interface; `None` for host-local's old one-line format.
@@ -210,7 +259,7 @@ impl LockedStore<'_> {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let path = entry.path();
-            let Ok(ip) = name.parse::<Ipv4Addr>() else {
+            let Ok(ip) = name.parse::<IpAddr>() else {
                 continue;
             };
             let content = match fs::read_to_string(&path) {
@@ -250,9 +299,61 @@ impl LockedStore<'_> {
     /// killed plugin leaves no file, an empty one or a complete one; an empty file met here is
     /// taken over (under the lock, it can only be a killed writer's).
     pub fn allocate(&self, pool: &Pool, container_id: &str, ifname: &str) -> Result<Ipv4Addr> {
+        let claimed = self.claim_first(
+            pool.candidates(self.last_reserved()).map(IpAddr::V4),
+            LAST_RESERVED_FILE,
+            container_id,
+            ifname,
+        )?;
+        match claimed {
+            Some(IpAddr::V4(ip)) => Ok(ip),
+            _ => Err(self.exhausted(pool.subnet().to_string(), pool.capacity())),
+        }
+    }
+
+    /// Allocates an IPv6 address of `pool` (range set 1, `last_reserved_ip.1`), as
+    /// [`LockedStore::allocate`] does for IPv4.
+    pub fn allocate6(&self, pool: &Pool6, container_id: &str, ifname: &str) -> Result<Ipv6Addr> {
+        let last = fs::read_to_string(self.dir.join(LAST_RESERVED_FILE_6))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let claimed = self.claim_first(
+            pool.candidates(last).map(IpAddr::V6),
+            LAST_RESERVED_FILE_6,
+            container_id,
+            ifname,
+        )?;
+        match claimed {
+            Some(IpAddr::V6(ip)) => Ok(ip),
+            _ => Err(self.exhausted(pool.subnet().to_string(), u32::MAX)),
+        }
+    }
+
+    fn exhausted(&self, subnet: String, capacity: u32) -> Error {
+        Error::AddressPoolExhausted {
+            subnet,
+            network: self
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            capacity,
+            dir: self.dir.to_path_buf(),
+        }
+    }
+
+    /// The first of `candidates` whose file can be created exclusively, recorded in
+    /// `last_file`; `None` when every one is taken.
+    fn claim_first(
+        &self,
+        candidates: impl Iterator<Item = IpAddr>,
+        last_file: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<IpAddr>> {
         let content = format_owner(container_id, ifname);
         let create = |path: &Path| File::options().write(true).create_new(true).open(path);
-        for candidate in pool.candidates(self.last_reserved()) {
+        for candidate in candidates {
             let path = self.dir.join(candidate.to_string());
             let mut created = create(&path);
             if matches!(&created, Err(e) if e.kind() == io::ErrorKind::AlreadyExists)
@@ -271,8 +372,8 @@ impl LockedStore<'_> {
                             source,
                         });
                     }
-                    self.write_last_reserved(candidate)?;
-                    return Ok(candidate);
+                    self.write_last_reserved_to(last_file, &candidate.to_string())?;
+                    return Ok(Some(candidate));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(source) => {
@@ -284,16 +385,7 @@ impl LockedStore<'_> {
                 }
             }
         }
-        Err(Error::AddressPoolExhausted {
-            subnet: pool.subnet().to_string(),
-            network: self
-                .dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            capacity: pool.capacity(),
-            dir: self.dir.to_path_buf(),
-        })
+        Ok(None)
     }
 
     /// Allocates the requested `ip` (already checked against the pool) to `(container_id,
@@ -314,7 +406,7 @@ impl LockedStore<'_> {
                 return match owner {
                     Some((id, owner_ifname))
                         if (Allocation {
-                            ip,
+                            ip: ip.into(),
                             container_id: id.clone(),
                             ifname: owner_ifname.clone(),
                         })
@@ -354,8 +446,12 @@ impl LockedStore<'_> {
     /// Truncating or renaming over the file makes ext4 flush it (milliseconds); a plugin killed
     /// mid-write leaves at worst a wrong or unparsable hint, which only moves the round-robin start.
     fn write_last_reserved(&self, ip: Ipv4Addr) -> Result<()> {
-        let path = self.dir.join(LAST_RESERVED_FILE);
-        let text = ip.to_string();
+        self.write_last_reserved_to(LAST_RESERVED_FILE, &ip.to_string())
+    }
+
+    /// Writes `text` to the last-reserved file `name`, as [`LockedStore::write_last_reserved`].
+    fn write_last_reserved_to(&self, name: &str, text: &str) -> Result<()> {
+        let path = self.dir.join(name);
         let write = || -> io::Result<()> {
             let file = File::options()
                 .create(true)
@@ -372,10 +468,10 @@ impl LockedStore<'_> {
     /// `(container_id, ifname)` holds, reading only their files; returns them.
     pub fn release_hinted(
         &self,
-        hints: &[Ipv4Addr],
+        hints: &[IpAddr],
         container_id: &str,
         ifname: &str,
-    ) -> Result<Vec<Ipv4Addr>> {
+    ) -> Result<Vec<IpAddr>> {
         let mut released = Vec::new();
         for ip in hints {
             let path = self.dir.join(ip.to_string());
@@ -399,7 +495,7 @@ impl LockedStore<'_> {
     }
 
     /// Releases every address held by `(container_id, ifname)`, scanning all files; returns them.
-    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>> {
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
         self.release_where(|a| a.owned_by(container_id, ifname))
             .map(|released| released.into_iter().map(|a| a.ip).collect())
     }
@@ -583,7 +679,7 @@ mod tests {
             "10.244.1.3"
         );
         assert!(dir.join(LOCK_FILE).exists());
-        assert_eq!(locked.release("c1", "eth0").unwrap(), vec![a]);
+        assert_eq!(locked.release("c1", "eth0").unwrap(), vec![IpAddr::from(a)]);
         assert!(locked.release("c1", "eth0").unwrap().is_empty());
         let c = locked.allocate(&p, "c3", "eth0").unwrap();
         assert_eq!(
@@ -618,12 +714,14 @@ mod tests {
         let a = locked.allocate(&p, "c1", "eth0").unwrap();
         let b = locked.allocate(&p, "c2", "eth0").unwrap();
         assert!(locked
-            .release_hinted(&[b], "c1", "eth0")
+            .release_hinted(&[b.into()], "c1", "eth0")
             .unwrap()
             .is_empty());
         assert_eq!(
-            locked.release_hinted(&[a, b], "c1", "eth0").unwrap(),
-            vec![a]
+            locked
+                .release_hinted(&[a.into(), b.into()], "c1", "eth0")
+                .unwrap(),
+            vec![IpAddr::from(a)]
         );
         assert_eq!(locked.allocations().unwrap().len(), 1);
     }
@@ -681,5 +779,50 @@ mod tests {
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].container_id, "drop");
         assert_eq!(locked.allocations().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ipv6_allocations_share_the_directory_as_range_set_1() {
+        let tmp = TempDir::new("v6");
+        let store = IpamStore::new(&tmp.0, "net");
+        let p4 = pool("10.244.1.1/24");
+        let p6 = Pool6::new("fd00:10:244:1::1/64".parse().unwrap());
+        let locked = store.lock().unwrap();
+        let a4 = locked.allocate(&p4, "c1", "eth0").unwrap();
+        let a6 = locked.allocate6(&p6, "c1", "eth0").unwrap();
+        let b6 = locked.allocate6(&p6, "c2", "eth0").unwrap();
+        // host-local's layout: a file named by the address, range set 1's last reserved.
+        assert_eq!(
+            a6.to_string(),
+            "fd00:10:244:1::2",
+            "the gateway ::1 is skipped"
+        );
+        assert_eq!(b6.to_string(), "fd00:10:244:1::3");
+        let dir = store.dir();
+        assert_eq!(
+            fs::read_to_string(dir.join("fd00:10:244:1::2")).unwrap(),
+            "c1\r\neth0"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join(LAST_RESERVED_FILE_6)).unwrap(),
+            "fd00:10:244:1::3"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join(LAST_RESERVED_FILE)).unwrap(),
+            "10.244.1.2"
+        );
+        // DEL releases both families of the attachment; GC sees both.
+        assert_eq!(locked.allocations().unwrap().len(), 3);
+        let mut released = locked.release("c1", "eth0").unwrap();
+        released.sort();
+        assert_eq!(released, vec![IpAddr::from(a4), IpAddr::from(a6)]);
+        let gc = locked.release_where(|a| a.container_id == "c2").unwrap();
+        assert_eq!(gc.len(), 1);
+        assert_eq!(gc[0].ip, IpAddr::from(b6));
+        // Round robin continues after the last reserved IPv6 address.
+        assert_eq!(
+            locked.allocate6(&p6, "c3", "eth0").unwrap().to_string(),
+            "fd00:10:244:1::4"
+        );
     }
 }

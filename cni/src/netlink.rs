@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::unistd::ForkResult;
 
-use crate::ip::Ipv4Net;
+use crate::ip::{Ipv4Net, Ipv6Net};
 
 /// What the plugin needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,15 @@ pub struct RouteEntry {
     pub gw: Option<Ipv4Addr>,
     /// Output interface index.
     pub oif: Option<u32>,
+}
+
+/// An IPv6 route as read back from the kernel (main table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry6 {
+    /// Destination prefix (`::/0` for the default route).
+    pub dst: Ipv6Net,
+    /// Gateway, if any.
+    pub gw: Option<Ipv6Addr>,
 }
 
 /// A netlink route socket bound to one network namespace.
@@ -464,6 +473,105 @@ impl Netlink {
             RouteNetlinkMessage::NewRoute(message),
             NLM_F_CREATE | NLM_F_EXCL,
         )
+    }
+
+    /// The IPv6 addresses of link `index` (link-local ones included).
+    pub fn addresses6(&mut self, index: u32) -> io::Result<Vec<Ipv6Net>> {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet6;
+        message.header.index = index;
+        let replies = self.request(RouteNetlinkMessage::GetAddress(message), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewAddress(addr) if addr.header.index == index => addr
+                    .attributes
+                    .iter()
+                    .find_map(|attr| match attr {
+                        AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                        _ => None,
+                    })
+                    .and_then(|ip| Ipv6Net::new(ip, addr.header.prefix_len)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds the IPv6 `net` to link `index` without duplicate address detection: the address is
+    /// allocated to this one pod (the gateway: to this one bridge), and a tentative address
+    /// would hold the pod's traffic back for a second or more.
+    pub fn add_address6(&mut self, index: u32, net: Ipv6Net) -> io::Result<()> {
+        use netlink_packet_route::address::AddressFlags;
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet6;
+        message.header.prefix_len = net.prefix();
+        message.header.index = index;
+        message.attributes = vec![
+            AddressAttribute::Address(IpAddr::V6(net.addr())),
+            AddressAttribute::Flags(AddressFlags::Nodad),
+        ];
+        self.change(
+            RouteNetlinkMessage::NewAddress(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Adds a main-table IPv6 route to `dst` via `gw` out of link `oif`.
+    pub fn add_route6(&mut self, dst: Ipv6Net, gw: Option<Ipv6Addr>, oif: u32) -> io::Result<()> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet6;
+        message.header.destination_prefix_length = dst.prefix();
+        message.header.table = RouteHeader::RT_TABLE_MAIN;
+        message.header.protocol = RouteProtocol::Boot;
+        message.header.kind = RouteType::Unicast;
+        message.header.scope = RouteScope::Universe;
+        if dst.prefix() > 0 {
+            message
+                .attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet6(
+                    dst.network(),
+                )));
+        }
+        if let Some(gw) = gw {
+            message
+                .attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet6(gw)));
+        }
+        message.attributes.push(RouteAttribute::Oif(oif));
+        self.change(
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Every IPv6 route of the main table.
+    pub fn routes6(&mut self) -> io::Result<Vec<RouteEntry6>> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet6;
+        let replies = self.request(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewRoute(route)
+                    if route.header.table == RouteHeader::RT_TABLE_MAIN =>
+                {
+                    let mut dst = Ipv6Addr::UNSPECIFIED;
+                    let mut gw = None;
+                    for attr in &route.attributes {
+                        match attr {
+                            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = *ip,
+                            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gw = Some(*ip),
+                            _ => {}
+                        }
+                    }
+                    Some(RouteEntry6 {
+                        dst: Ipv6Net::new(dst, route.header.destination_prefix_length)?,
+                        gw,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every IPv4 route of the main table.

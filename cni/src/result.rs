@@ -1,11 +1,11 @@
 //! The ADD result, rendered in the format of each spec version, and read back from `prevResult`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::ip::Ipv4Net;
+use crate::ip::{Ipv4Net, Ipv6Net};
 use crate::version::Version;
 
 /// One interface in the result.
@@ -41,6 +41,26 @@ pub struct Route {
     pub gw: Option<Ipv4Addr>,
 }
 
+/// One assigned IPv6 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpConfig6 {
+    /// Address with prefix length.
+    pub address: Ipv6Net,
+    /// Gateway for this address.
+    pub gateway: Option<Ipv6Addr>,
+    /// Index into `interfaces`.
+    pub interface: Option<usize>,
+}
+
+/// One IPv6 route installed in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route6 {
+    /// Destination prefix.
+    pub dst: Ipv6Net,
+    /// Next hop, if any.
+    pub gw: Option<Ipv6Addr>,
+}
+
 /// A CNI ADD result, version-neutral.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AddResult {
@@ -52,6 +72,10 @@ pub struct AddResult {
     pub routes: Vec<Route>,
     /// DNS settings passed through from the config.
     pub dns: Option<Value>,
+    /// IPv6 addresses assigned (dual stack), listed after the IPv4 ones.
+    pub ips6: Vec<IpConfig6>,
+    /// IPv6 routes installed in the container, listed after the IPv4 ones.
+    pub routes6: Vec<Route6>,
 }
 
 impl AddResult {
@@ -77,31 +101,54 @@ impl AddResult {
                 Value::Object(obj)
             })
             .collect();
+        let ip_entry =
+            |version: &str, address: String, gateway: Option<String>, interface: Option<usize>| {
+                let mut obj = Map::new();
+                if legacy {
+                    obj.insert("version".into(), json!(version));
+                }
+                obj.insert("address".into(), json!(address));
+                if let Some(gw) = gateway {
+                    obj.insert("gateway".into(), json!(gw));
+                }
+                if let Some(index) = interface {
+                    obj.insert("interface".into(), json!(index));
+                }
+                Value::Object(obj)
+            };
+        let route_entry = |dst: String, gw: Option<String>| match gw {
+            Some(gw) => json!({"dst": dst, "gw": gw}),
+            None => json!({"dst": dst}),
+        };
         let ips: Vec<Value> = self
             .ips
             .iter()
             .map(|ip| {
-                let mut obj = Map::new();
-                if legacy {
-                    obj.insert("version".into(), json!("4"));
-                }
-                obj.insert("address".into(), json!(ip.address.to_string()));
-                if let Some(gw) = ip.gateway {
-                    obj.insert("gateway".into(), json!(gw.to_string()));
-                }
-                if let Some(index) = ip.interface {
-                    obj.insert("interface".into(), json!(index));
-                }
-                Value::Object(obj)
+                ip_entry(
+                    "4",
+                    ip.address.to_string(),
+                    ip.gateway.map(|g| g.to_string()),
+                    ip.interface,
+                )
             })
+            .chain(self.ips6.iter().map(|ip| {
+                ip_entry(
+                    "6",
+                    ip.address.to_string(),
+                    ip.gateway.map(|g| g.to_string()),
+                    ip.interface,
+                )
+            }))
             .collect();
         let routes: Vec<Value> = self
             .routes
             .iter()
-            .map(|r| match r.gw {
-                Some(gw) => json!({"dst": r.dst.to_string(), "gw": gw.to_string()}),
-                None => json!({"dst": r.dst.to_string()}),
-            })
+            .map(|r| route_entry(r.dst.to_string(), r.gw.map(|g| g.to_string())))
+            .chain(
+                self.routes6
+                    .iter()
+                    .map(|r| route_entry(r.dst.to_string(), r.gw.map(|g| g.to_string()))),
+            )
             .collect();
         json!({
             "cniVersion": version_text,
@@ -112,7 +159,7 @@ impl AddResult {
         })
     }
 
-    /// Reads a result of any supported version (e.g. `prevResult`); IPv6 entries are skipped.
+    /// Reads a result of any supported version (e.g. `prevResult`), both families.
     pub fn from_json(value: &Value) -> Result<AddResult> {
         let bad = |what: String| Error::InvalidConfig(format!("prevResult: {what}"));
         let obj = value
@@ -135,10 +182,29 @@ impl AddResult {
             });
         }
         let mut ips = Vec::new();
+        let mut ips6 = Vec::new();
         for ip in array(obj, "ips") {
             let address =
                 str_field(ip, "address").ok_or_else(|| bad("ips[].address missing".into()))?;
+            let interface = ip
+                .get("interface")
+                .and_then(Value::as_u64)
+                .and_then(|i| usize::try_from(i).ok());
             if address.contains(':') {
+                let address = address
+                    .parse::<Ipv6Net>()
+                    .map_err(|e| bad(format!("ips[].address: {e}")))?;
+                let gateway = str_field(ip, "gateway")
+                    .map(|g| {
+                        g.parse::<Ipv6Addr>()
+                            .map_err(|_| bad(format!("ips[].gateway {g:?}")))
+                    })
+                    .transpose()?;
+                ips6.push(IpConfig6 {
+                    address,
+                    gateway,
+                    interface,
+                });
                 continue;
             }
             let address = address
@@ -150,10 +216,6 @@ impl AddResult {
                         .map_err(|_| bad(format!("ips[].gateway {g:?}")))
                 })
                 .transpose()?;
-            let interface = ip
-                .get("interface")
-                .and_then(Value::as_u64)
-                .and_then(|i| usize::try_from(i).ok());
             ips.push(IpConfig {
                 address,
                 gateway,
@@ -161,9 +223,20 @@ impl AddResult {
             });
         }
         let mut routes = Vec::new();
+        let mut routes6 = Vec::new();
         for route in array(obj, "routes") {
             let dst = str_field(route, "dst").ok_or_else(|| bad("routes[].dst missing".into()))?;
             if dst.contains(':') {
+                let dst = dst
+                    .parse::<Ipv6Net>()
+                    .map_err(|e| bad(format!("routes[].dst: {e}")))?;
+                let gw = str_field(route, "gw")
+                    .map(|g| {
+                        g.parse::<Ipv6Addr>()
+                            .map_err(|_| bad(format!("routes[].gw {g:?}")))
+                    })
+                    .transpose()?;
+                routes6.push(Route6 { dst, gw });
                 continue;
             }
             let dst = dst
@@ -182,6 +255,8 @@ impl AddResult {
             ips,
             routes,
             dns: obj.get("dns").cloned(),
+            ips6,
+            routes6,
         })
     }
 }
@@ -224,7 +299,53 @@ mod tests {
                 gw: Some(Ipv4Addr::new(10, 244, 1, 1)),
             }],
             dns: None,
+            ips6: Vec::new(),
+            routes6: Vec::new(),
         }
+    }
+
+    fn dual_sample() -> AddResult {
+        AddResult {
+            ips6: vec![IpConfig6 {
+                address: "fd00:10:244:1::2/64".parse().unwrap(),
+                gateway: Some("fd00:10:244:1::1".parse().unwrap()),
+                interface: Some(1),
+            }],
+            routes6: vec![Route6 {
+                dst: "fd00:10:244::/48".parse().unwrap(),
+                gw: Some("fd00:10:244:1::1".parse().unwrap()),
+            }],
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn dual_stack_result_lists_both_families() {
+        let json = dual_sample().to_json(Version::V1_0_0, "1.0.0");
+        assert_eq!(
+            json["ips"],
+            json!([
+                {"address": "10.244.1.2/24", "gateway": "10.244.1.1", "interface": 1},
+                {"address": "fd00:10:244:1::2/64", "gateway": "fd00:10:244:1::1", "interface": 1}
+            ])
+        );
+        assert_eq!(
+            json["routes"],
+            json!([
+                {"dst": "0.0.0.0/0", "gw": "10.244.1.1"},
+                {"dst": "fd00:10:244::/48", "gw": "fd00:10:244:1::1"}
+            ])
+        );
+        let legacy = dual_sample().to_json(Version::parse("0.4.0").unwrap(), "0.4.0");
+        assert_eq!(legacy["ips"][1]["version"], "6");
+        for v in crate::version::SUPPORTED {
+            let version = Version::parse(v).unwrap();
+            let back = AddResult::from_json(&dual_sample().to_json(version, v)).unwrap();
+            assert_eq!(back.ips6, dual_sample().ips6, "{v}");
+            assert_eq!(back.routes6, dual_sample().routes6, "{v}");
+        }
+        let bad = json!({"ips": [{"address": "fd00::zz/64"}]});
+        assert!(AddResult::from_json(&bad).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::ip::Ipv4Net;
+use crate::ip::{Ipv4Net, Ipv6Net};
 
 /// What the plugin needs from subnet.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,17 @@ pub struct NodeSubnet {
     pub subnet: Ipv4Net,
     /// `FLANNEL_MTU`, if present.
     pub mtu: Option<u32>,
+    /// `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET`, on a dual-stack node.
+    pub ipv6: Option<NodeSubnet6>,
+}
+
+/// The IPv6 half of a dual-stack node's subnet.env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSubnet6 {
+    /// `FLANNEL_IPV6_NETWORK`: the cluster's IPv6 pod network.
+    pub network: Ipv6Net,
+    /// `FLANNEL_IPV6_SUBNET`: the node's IPv6 subnet, as its first address (the gateway) / length.
+    pub subnet: Ipv6Net,
 }
 
 impl NodeSubnet {
@@ -79,6 +90,8 @@ impl NodeSubnet {
         let mut network = None;
         let mut subnet = None;
         let mut mtu = None;
+        let mut network6 = None;
+        let mut subnet6 = None;
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -103,6 +116,11 @@ impl NodeSubnet {
                 "FLANNEL_SUBNET" => match net(value) {
                     Ok(n) => subnet = Some(n),
                     Err(e) => problems.push(e),
+                },
+                "FLANNEL_IPV6_NETWORK" | "FLANNEL_IPV6_SUBNET" => match value.parse::<Ipv6Net>() {
+                    Ok(n) if key == "FLANNEL_IPV6_NETWORK" => network6 = Some(n),
+                    Ok(n) => subnet6 = Some(n),
+                    Err(e) => problems.push(format!("line {}: {key}={value:?}: {e}", number + 1)),
                 },
                 "FLANNEL_MTU" => match value.parse::<u32>() {
                     Ok(m) if (68..=65535).contains(&m) => mtu = Some(m),
@@ -133,11 +151,32 @@ impl NodeSubnet {
             }
             _ => {}
         }
+        let ipv6 = match (network6, subnet6) {
+            (Some(network), Some(subnet)) => {
+                if subnet.prefix() > 126 || subnet.addr() == subnet.network() {
+                    problems.push(format!(
+                        "FLANNEL_IPV6_SUBNET={subnet} must name a usable gateway address in a prefix with room for pods"
+                    ));
+                }
+                Some(NodeSubnet6 { network, subnet })
+            }
+            (None, None) => None,
+            (Some(_), None) if !problems.iter().any(|p| p.contains("FLANNEL_IPV6_SUBNET=")) => {
+                problems.push("FLANNEL_IPV6_NETWORK without FLANNEL_IPV6_SUBNET".into());
+                None
+            }
+            (None, Some(_)) if !problems.iter().any(|p| p.contains("FLANNEL_IPV6_NETWORK=")) => {
+                problems.push("FLANNEL_IPV6_SUBNET without FLANNEL_IPV6_NETWORK".into());
+                None
+            }
+            _ => None,
+        };
         match (network, subnet) {
             (Some(network), Some(subnet)) if problems.is_empty() => Ok(NodeSubnet {
                 network,
                 subnet,
                 mtu,
+                ipv6,
             }),
             _ => Err(problems.join("; ")),
         }
@@ -159,6 +198,28 @@ mod tests {
         assert_eq!(node.subnet.to_string(), "10.244.1.1/24");
         assert_eq!(node.gateway(), Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(node.mtu, Some(1450));
+    }
+
+    #[test]
+    fn parses_flannels_dual_stack_file() {
+        let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/48\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n";
+        let node = NodeSubnet::parse(text).unwrap();
+        let v6 = node.ipv6.unwrap();
+        assert_eq!(v6.network.to_string(), "fd00:10:244::/48");
+        assert_eq!(v6.subnet.to_string(), "fd00:10:244:1::1/64");
+        let half = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/48\n";
+        assert_eq!(
+            NodeSubnet::parse(half).unwrap_err(),
+            "FLANNEL_IPV6_NETWORK without FLANNEL_IPV6_SUBNET"
+        );
+        let bad = format!("{half}FLANNEL_IPV6_SUBNET=fd00:10:244:1::/64\n");
+        assert!(NodeSubnet::parse(&bad)
+            .unwrap_err()
+            .contains("usable gateway"));
+        let junk = format!("{half}FLANNEL_IPV6_SUBNET=10.0.0.1/24\n");
+        assert!(NodeSubnet::parse(&junk)
+            .unwrap_err()
+            .contains("FLANNEL_IPV6_SUBNET=\"10.0.0.1/24\""));
     }
 
     #[test]
