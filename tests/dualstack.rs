@@ -533,3 +533,163 @@ fn flannel_format_dual_stack_node_built_by_hand_interoperates() {
     }
     assert_mesh(&[ours, theirs], &dump);
 }
+
+/// Runs the weft CNI plugin in `node` with `conf` on stdin; (success, stdout).
+fn cni(
+    node: &Netns,
+    command: &str,
+    container: &str,
+    pod: Option<&Netns>,
+    conf: &serde_json::Value,
+) -> (bool, String) {
+    let mut cmd = node.command(bin_path("weft"));
+    cmd.env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env_remove("CNI_ARGS")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    match pod {
+        Some(pod) => cmd.env("CNI_NETNS", pod.path()),
+        None => cmd.env_remove("CNI_NETNS"),
+    };
+    let mut child = cmd.spawn().expect("spawn the weft plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("write the plugin's stdin");
+    let out = child.wait_with_output().expect("wait for the plugin");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The address files (`<ip>`) of an IPAM directory.
+fn address_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn cni_plugin_wires_dual_stack_pods_and_del_check_gc_cover_both_families() {
+    let cluster = Cluster::new(2, DUAL_CONFIG);
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let conf = |node: &Node| {
+        serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "weft",
+            "type": "weft",
+            "subnetFile": node.subnet_file(),
+            "dataDir": node.dir().join("cni-networks"),
+        })
+    };
+    let mut pods = Vec::new();
+    for (k, node) in cluster.nodes.iter().enumerate() {
+        let pod = Netns::new(&format!("cnipod{k}"));
+        let (ok, out) = cni(
+            node.netns(),
+            "ADD",
+            &format!("dual-{k}"),
+            Some(&pod),
+            &conf(node),
+        );
+        assert!(ok, "ADD on {}: {out}", node.name());
+        let result: serde_json::Value = serde_json::from_str(&out).expect("ADD result");
+        let ips: Vec<String> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(ips.len(), 2, "one address per family: {result}");
+        let env = node.wait_subnet_env(CONVERGE);
+        let gw6 = env_var(&env, "FLANNEL_IPV6_SUBNET").unwrap_or_default();
+        let gw6 = gw6.trim_end_matches("/64");
+        assert!(ips[1].ends_with("/64") && ips[1].contains(':'), "{result}");
+        assert_eq!(result["ips"][1]["gateway"], gw6, "{result}");
+        let routes = result["routes"].to_string();
+        assert!(
+            routes.contains(&format!(r#"{{"dst":"fd00:10:244::/48","gw":"{gw6}"}}"#)),
+            "{routes}"
+        );
+        // Unsolicited neighbour advertisements when the interface comes up.
+        assert_eq!(
+            pod.exec_ok(&["sysctl", "-n", "net.ipv6.conf.eth0.ndisc_notify"])
+                .trim(),
+            "1"
+        );
+        let strip = |a: &str| a.split('/').next().unwrap_or_default().to_string();
+        pods.push((
+            TestPod {
+                ns: pod,
+                ip4: Some(strip(&ips[0])),
+                ip6: Some(strip(&ips[1])),
+            },
+            result,
+        ));
+    }
+    let dump = || cluster.dump();
+    let (a, b) = (&pods[0].0, &pods[1].0);
+    wait_tcp(a, b, b.ip6.as_deref().unwrap_or_default(), &dump);
+    for (from, to) in [(a, b), (b, a)] {
+        for ip in [&to.ip4, &to.ip6].into_iter().flatten() {
+            assert!(tcp_ok(&from.ns, &to.ns, ip), "TCP -> {ip}\n{}", dump());
+        }
+    }
+
+    // CHECK passes, and fails once the IPv6 address is gone from the pod.
+    let node = cluster.node(0);
+    let (pod, result) = &pods[0];
+    let ipam_dir = node.dir().join("cni-networks").join("weft");
+    let files = address_files(&ipam_dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files.contains(pod.ip6.as_ref().expect("ip6")), "{files:?}");
+    assert!(ipam_dir.join("last_reserved_ip.1").exists());
+    let mut with_prev = conf(node);
+    with_prev["prevResult"] = result.clone();
+    let (ok, out) = cni(node.netns(), "CHECK", "dual-0", Some(&pod.ns), &with_prev);
+    assert!(ok, "CHECK: {out}");
+    let addr6 = result["ips"][1]["address"].as_str().unwrap_or_default();
+    pod.ns.ip(&["addr", "del", addr6, "dev", "eth0"]);
+    let (ok, out) = cni(node.netns(), "CHECK", "dual-0", Some(&pod.ns), &with_prev);
+    assert!(
+        !ok && out.contains(addr6),
+        "CHECK must name the missing {addr6}: {out}"
+    );
+    // DEL releases both families.
+    let (ok, out) = cni(node.netns(), "DEL", "dual-0", Some(&pod.ns), &with_prev);
+    assert!(ok, "DEL: {out}");
+    assert!(
+        address_files(&ipam_dir).is_empty(),
+        "{:?}",
+        address_files(&ipam_dir)
+    );
+    // GC releases both families of an attachment no runtime names.
+    let orphan = Netns::new("orphan");
+    let (ok, out) = cni(node.netns(), "ADD", "orphan", Some(&orphan), &conf(node));
+    assert!(ok, "ADD: {out}");
+    assert_eq!(address_files(&ipam_dir).len(), 2);
+    let mut gc = conf(node);
+    gc["cni.dev/valid-attachments"] = serde_json::json!([]);
+    let (ok, out) = cni(node.netns(), "GC", "", None, &gc);
+    assert!(ok, "GC: {out}");
+    assert!(
+        address_files(&ipam_dir).is_empty(),
+        "{:?}",
+        address_files(&ipam_dir)
+    );
+}

@@ -328,16 +328,11 @@ impl Wiring<'_> {
         routes
     }
 
-    /// Gives the pod its IPv6 address and routes; the kernel sends unsolicited neighbour
-    /// advertisements for it when the interface comes up (`ndisc_notify`), the IPv6 twin of
-    /// `arp_notify`, so neighbours holding an earlier owner's MAC switch at once.
-    fn attach6(
-        &self,
-        container_nl: &mut Netlink,
-        index: u32,
-        address: Ipv6Net,
-        v6: &NodeSubnet6,
-    ) -> Result<(Vec<IpConfig6>, Vec<Route6>)> {
+    /// Gives the pod its IPv6 address (before the interface comes up); the kernel sends
+    /// unsolicited neighbour advertisements for it when the interface comes up
+    /// (`ndisc_notify`), the IPv6 twin of `arp_notify`, so neighbours holding an earlier
+    /// owner's MAC switch at once.
+    fn address6(&self, container_nl: &mut Netlink, index: u32, address: Ipv6Net) -> Result<()> {
         let ifname = &self.env.ifname;
         let netns_path = self.netns.path().display().to_string();
         // CNI_IFNAME is validated (no '/', at most 15 bytes), so the path stays in conf/.
@@ -354,7 +349,20 @@ impl Wiring<'_> {
             .add_address6(index, address)
             .map_err(netlink_err(format!(
                 "add address {address} to {ifname} in {netns_path}"
-            )))?;
+            )))
+    }
+
+    /// Adds the pod's IPv6 routes (after the interface is up: the kernel refuses an IPv6
+    /// gateway on a link that is down) and returns the result's IPv6 part.
+    fn routes6(
+        &self,
+        container_nl: &mut Netlink,
+        index: u32,
+        address: Ipv6Net,
+        v6: &NodeSubnet6,
+    ) -> Result<(Vec<IpConfig6>, Vec<Route6>)> {
+        let ifname = &self.env.ifname;
+        let netns_path = self.netns.path().display().to_string();
         let mut kept = Vec::new();
         for route in self.desired_routes6(v6) {
             match container_nl.add_route6(route.dst, route.gw, index) {
@@ -450,15 +458,19 @@ impl Wiring<'_> {
                 self.address
             )))?;
         // IPv6 before the interface comes up, so the advertisement goes out with it.
-        let (ips6, routes6) = match (self.address6, &self.node.ipv6) {
-            (Some(address6), Some(v6)) => self.attach6(container_nl, pod.index, address6, v6)?,
-            _ => (Vec::new(), Vec::new()),
-        };
+        let dual = self.address6.zip(self.node.ipv6);
+        if let Some((address6, _)) = dual {
+            self.address6(container_nl, pod.index, address6)?;
+        }
         if !pod.up {
             container_nl
                 .set_up(pod.index)
                 .map_err(netlink_err(format!("set {ifname} up in {netns_path}")))?;
         }
+        let (ips6, routes6) = match dual {
+            Some((address6, v6)) => self.routes6(container_nl, pod.index, address6, &v6)?,
+            None => (Vec::new(), Vec::new()),
+        };
         let mut routes = self.desired_routes();
         let mut kept = Vec::with_capacity(routes.len());
         for route in routes.drain(..) {
