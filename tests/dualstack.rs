@@ -693,3 +693,53 @@ fn cni_plugin_wires_dual_stack_pods_and_del_check_gc_cover_both_families() {
         address_files(&ipam_dir)
     );
 }
+
+/// The route guard of the trust issue for IPv6: a lease whose IPv6 subnet would cover this
+/// node's IPv6 underlay (valid for validation: inside an `IPv6Network` that contains the
+/// underlay) is refused whole, while a harmless peer next to it is programmed.
+#[test]
+fn ipv6_route_over_the_underlay_is_refused_by_the_guard() {
+    let config = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","EnableIPv6":true,"IPv6Network":"2001:db8::/48","IPv6SubnetMin":"2001:db8:0:100::","Backend":{"Type":"vxlan"}}"#;
+    let cluster = Cluster::new(1, config);
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let node = cluster.node(0);
+    let value = |ip: &str, ip6: &str, n: u32| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:{n}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"aa:bb:cc:dd:e6:{n}"}}}}"#
+        )
+    };
+    cluster.etcd.put_with_ttl(
+        &format!("{ETCD_PREFIX}/subnets/10.244.98.0-24&2001:db8::-64"),
+        &value("192.0.2.98", "2001:db8:1::98", 98),
+        3600,
+    );
+    cluster.etcd.put_with_ttl(
+        &format!("{ETCD_PREFIX}/subnets/10.244.97.0-24&2001:db8:0:97::-64"),
+        &value("192.0.2.97", "2001:db8:1::97", 97),
+        3600,
+    );
+    let routes6 = || node.netns().ip(&["-6", "route", "show", "proto", "87"]);
+    node.wait_until(CONVERGE, "the harmless peer's IPv6 route", || {
+        routes6().contains("2001:db8:0:97::/64 via 2001:db8:0:97:: dev flannel-v6.1")
+    });
+    node.wait_until(CONVERGE, "the guard's refusal in the log", || {
+        node.log().contains("route refused by the guard")
+    });
+    let routes = routes6();
+    assert!(!routes.contains("2001:db8::/64 via"), "{routes}");
+    assert!(
+        node.route_to("10.244.98.0/24").is_none(),
+        "the refused lease gets no IPv4 route either"
+    );
+    assert!(
+        node.log().contains("route to 2001:db8::/64 overlaps"),
+        "{}",
+        node.log_tail(20)
+    );
+    // The node still reaches its IPv6 underlay neighbour.
+    let ping = node
+        .netns()
+        .exec(&["ping", "-6", "-c", "1", "-W", "2", "2001:db8::11"]);
+    assert!(ping.status.success(), "own underlay address unreachable");
+}
