@@ -941,6 +941,38 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                 .filter(|p| p.prefix.prefix() == 32)
                 .map(|p| p.prefix.ip()),
         );
+        let protected6 = if self.config.ipv6.is_some() {
+            let protected6 = match self.protected6.clone() {
+                Some(p) => p,
+                None => match guard::protected6_now(&self.ext).await {
+                    Ok(p) => {
+                        self.protected6 = Some(p.clone());
+                        p
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "read this node's IPv6 addresses and routes for the route guard");
+                        self.ext
+                            .public_ipv6
+                            .map(|ip| guard::Protected6 {
+                                prefix: ip.into(),
+                                what: format!("address {ip} of this node"),
+                            })
+                            .into_iter()
+                            .collect()
+                    }
+                },
+            };
+            // Every local IPv6 address is this node's for validation too.
+            policy.node.addresses_v6.extend(
+                protected6
+                    .iter()
+                    .filter(|p| p.prefix.prefix() == 128)
+                    .map(|p| p.prefix.ip()),
+            );
+            Some(protected6)
+        } else {
+            None
+        };
         let verdicts = validate_leases(&policy, self.leases.values());
         let mut current: HashMap<String, i64> = HashMap::new();
         let prefix = self.opts.etcd.prefix.clone();
@@ -972,27 +1004,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
             }
         }
         let mut route_guard = RouteGuard::new(protected);
-        if self.config.ipv6.is_some() {
-            let protected6 = match self.protected6.clone() {
-                Some(p) => p,
-                None => match guard::protected6_now(&self.ext).await {
-                    Ok(p) => {
-                        self.protected6 = Some(p.clone());
-                        p
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "read this node's IPv6 addresses and routes for the route guard");
-                        self.ext
-                            .public_ipv6
-                            .map(|ip| guard::Protected6 {
-                                prefix: ip.into(),
-                                what: format!("address {ip} of this node"),
-                            })
-                            .into_iter()
-                            .collect()
-                    }
-                },
-            };
+        if let Some(protected6) = protected6 {
             route_guard = route_guard.with_ipv6(protected6);
         }
         let peers: Vec<Lease> = verdicts

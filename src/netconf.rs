@@ -40,7 +40,7 @@ impl ConfigChange {
     pub fn new(old: Option<NetworkConfig>, new: NetworkConfig, leases: &[Lease]) -> ConfigChange {
         let orphaned = leases
             .iter()
-            .filter(|l| !new.contains_subnet(&l.subnet))
+            .filter(|l| !new.fits_lease(&l.subnet, l.ipv6_subnet.as_ref()))
             .cloned()
             .collect();
         ConfigChange { old, new, orphaned }
@@ -95,6 +95,16 @@ pub fn effective_fields(cfg: &NetworkConfig) -> Vec<(&'static str, String)> {
         ("SubnetMax", cfg.subnet_max.to_string()),
         ("Backend.Type", cfg.backend.type_name().to_string()),
     ];
+    // The IPv6 fields are shown when they matter, so an IPv4 cluster's diff stays as it was.
+    if !cfg.enable_ipv4 {
+        fields.insert(0, ("EnableIPv4", "false".to_string()));
+    }
+    if let Some(v6) = &cfg.ipv6 {
+        fields.push(("IPv6Network", v6.network.to_string()));
+        fields.push(("IPv6SubnetLen", v6.subnet_len.to_string()));
+        fields.push(("IPv6SubnetMin", v6.subnet_min.to_string()));
+        fields.push(("IPv6SubnetMax", v6.subnet_max.to_string()));
+    }
     match &cfg.backend {
         BackendConfig::Vxlan {
             vni,
@@ -203,6 +213,33 @@ mod tests {
             etcd_lease,
             mod_revision: 1,
         }
+    }
+
+    #[test]
+    fn ipv6_leases_are_judged_by_both_families() {
+        let dual =
+            cfg(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}"#);
+        let mut fits = lease("10.244.1.0/24", Some(7));
+        fits.ipv6_subnet = Some("fd00:0:0:1::/64".parse().unwrap());
+        let mut outside = lease("10.244.2.0/24", Some(7));
+        outside.ipv6_subnet = Some("fd01:0:0:1::/64".parse().unwrap());
+        let v4_only = lease("10.244.3.0/24", Some(7));
+        let change = ConfigChange::new(
+            None,
+            dual.clone(),
+            &[fits, outside.clone(), v4_only.clone()],
+        );
+        assert_eq!(change.orphaned, vec![outside, v4_only]);
+        let text = change.diff();
+        assert!(
+            text.contains("+IPv6Network: fd00::/48\n+IPv6SubnetLen: 64\n"),
+            "{text}"
+        );
+        let v6_only = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48"}"#);
+        assert_eq!(
+            effective_fields(&v6_only)[0],
+            ("EnableIPv4", "false".to_string())
+        );
     }
 
     #[test]

@@ -226,6 +226,9 @@ impl fmt::Display for RejectedLease {
     }
 }
 
+/// A node's `PublicIP` and `PublicIPv6`, which tell nodes apart.
+type NodeAddresses = (Ipv4Addr, Option<Ipv6Addr>);
+
 /// The subnets of the leases believed so far, to find overlaps and name the older lease.
 #[derive(Debug, Clone, Default)]
 pub struct AcceptedSubnets {
@@ -233,8 +236,8 @@ pub struct AcceptedSubnets {
     v4: BTreeMap<u32, (u32, String)>,
     /// IPv6 parts of dual-stack keys, with their key.
     v6: Vec<(Ipv6Network, String)>,
-    /// VTEP MACs of believed VXLAN leases: MAC -> (PublicIP, key).
-    macs: BTreeMap<[u8; 6], (Ipv4Addr, String)>,
+    /// VTEP MACs of believed VXLAN leases: MAC -> (the node's PublicIP and PublicIPv6, key).
+    macs: BTreeMap<[u8; 6], (NodeAddresses, String)>,
 }
 
 impl AcceptedSubnets {
@@ -255,12 +258,22 @@ impl AcceptedSubnets {
             .map(|(_, k)| k.as_str())
     }
 
-    /// The key of a believed lease of another node (another `PublicIP`) with VTEP MAC `mac`:
-    /// one MAC leads to one VTEP, so a second node claiming it would steal the first's traffic.
-    pub fn mac_owner(&self, mac: &[u8; 6], public_ip: Ipv4Addr) -> Option<&str> {
+    /// The key of a believed lease of another node (another `PublicIP`, or for IPv6-only
+    /// leases another `PublicIPv6`) with VTEP MAC `mac`: one MAC leads to one VTEP, so a second
+    /// node claiming it would steal the first's traffic.
+    pub fn mac_owner(&self, mac: &[u8; 6], attrs: &LeaseAttrs) -> Option<&str> {
         self.macs
             .get(mac)
-            .filter(|(ip, _)| *ip != public_ip)
+            .filter(|((ip, ip6), _)| {
+                let owner = LeaseAttrs {
+                    public_ip: *ip,
+                    public_ipv6: *ip6,
+                    backend_type: String::new(),
+                    backend_data: None,
+                    backend_v6_data: None,
+                };
+                !owner.same_node(attrs)
+            })
             .map(|(_, k)| k.as_str())
     }
 
@@ -268,9 +281,12 @@ impl AcceptedSubnets {
     pub fn insert_lease(&mut self, subnet: DualSubnet, lease: &Lease, key: &str) {
         let macs = [lease.attrs.vtep_mac(), lease.attrs.v6_vtep_mac()];
         for mac in macs.into_iter().flatten().filter_map(parse_mac) {
-            self.macs
-                .entry(mac)
-                .or_insert_with(|| (lease.attrs.public_ip, key.to_string()));
+            self.macs.entry(mac).or_insert_with(|| {
+                (
+                    (lease.attrs.public_ip, lease.attrs.public_ipv6),
+                    key.to_string(),
+                )
+            });
         }
         self.insert(subnet, key);
     }
@@ -386,7 +402,7 @@ pub fn validate_lease(
         }
         for (section, data, own_mac) in sections {
             let mac = check_vxlan_data(section, data, vni, own_mac, ours)?;
-            if let Some(older) = accepted.mac_owner(&mac, attrs.public_ip) {
+            if let Some(older) = accepted.mac_owner(&mac, &attrs) {
                 let found = crate::lease::backend_data_field(data, "VtepMAC");
                 return Err(RejectReason::VtepMac {
                     section,
@@ -895,6 +911,13 @@ mod tests {
         let b = raw("0.0.0.0-0&fd00:10:244:5::-64", &b_value, 6);
         let v = validate_leases(&v6_only_policy(), [&a, &b]);
         assert_eq!(v.accepted.len(), 2, "{:?}", v.rejected);
+        // Another IPv6-only node claiming the first one's VTEP MAC is refused (PublicIP is
+        // 0.0.0.0 for both: PublicIPv6 tells them apart).
+        let thief_value = vxlan6("0.0.0.0", "", "2001:db8::16", "0a:00:00:00:06:14");
+        let thief = raw("0.0.0.0-0&fd00:10:244:6::-64", &thief_value, 7);
+        let v = validate_leases(&v6_only_policy(), [&a, &thief]);
+        assert_eq!(v.accepted.len(), 1);
+        assert_eq!(v.rejected[0].reason.label(), "vtep_mac", "{:?}", v.rejected);
     }
 
     #[test]
