@@ -160,10 +160,7 @@ pub async fn run(
     if let Some(every) = opts.probe_interval {
         match crate::probe::spawn(board.clone(), every) {
             Ok(()) => {
-                let board = board.clone();
-                metrics.set_probes(Box::new(move || {
-                    crate::probe::render_metrics(&board.peer_health())
-                }));
+                metrics.set_probes(Arc::new(crate::probe::PeerHealthMetrics(board.clone())));
             }
             Err(e) => error!(error = %e, "open the raw ICMP socket; peers are not probed"),
         }

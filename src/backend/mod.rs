@@ -187,10 +187,7 @@ impl Backend {
     /// The backend's own Prometheus metrics, for backends that keep counters (UDP).
     pub fn metrics(&self) -> Option<crate::health::BackendMetrics> {
         match self {
-            Backend::Udp(b) => {
-                let counters = b.counters();
-                Some(Box::new(move || counters.render_prometheus()))
-            }
+            Backend::Udp(b) => Some(b.counters()),
             Backend::Vxlan(_) | Backend::HostGw(_) => None,
         }
     }
