@@ -13,7 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd as _, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -157,6 +158,7 @@ pub struct Sandbox {
 
 /// A pidfd for `pause`, checked to be that very process (not a later one with its pid).
 fn open_pidfd(pause: &ProcessId) -> Option<Arc<OwnedFd>> {
+    // nix (0.29) has no pidfd_open: one raw syscall.
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pause.pid, 0) };
     if fd < 0 {
@@ -170,13 +172,8 @@ fn open_pidfd(pause: &ProcessId) -> Option<Arc<OwnedFd>> {
 
 /// Whether the process behind `pidfd` has exited (a pidfd polls readable then).
 fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    let mut fd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, timeout 0: poll only reads and writes it.
-    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    nix::poll::poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
 }
 
 /// The network namespace name for a pod id: `weft-<id>` with characters outside

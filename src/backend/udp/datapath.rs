@@ -15,7 +15,7 @@
 use std::io;
 use std::net::SocketAddrV4;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd as _, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -31,7 +31,7 @@ use super::packet::{ipv4_destination, net_unreachable, parse_ipv4};
 use super::socket::{poll_readable, Datagram, RecvBatch, UnderlaySocket};
 
 /// How long a pump blocks before it looks at the stop flag again.
-const POLL_MS: libc::c_int = 200;
+const POLL_MS: u16 = 200;
 /// Messages per `recvmmsg`; each can hold a 64 KiB GRO batch.
 const RECV_MESSAGES: usize = 16;
 /// Room for one TUN read: a 64 KiB super-packet behind its virtio-net header.
@@ -259,7 +259,7 @@ impl TxPump {
             let len = match tun.recv(&mut buf) {
                 Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = poll_readable(tun.as_raw_fd(), POLL_MS) {
+                    if let Err(e) = poll_readable(tun.as_fd(), POLL_MS) {
                         tracing::warn!(error = %e, "poll flannel0");
                     }
                     continue;
