@@ -600,7 +600,7 @@ fn start_pause(
                     .flat_map(|(flag, path)| [flag.as_ref(), path.as_os_str()]),
             ),
     )
-    .map_err(fail)?;
+    .map_err(|e| fail(e.to_string()))?;
     let text = fs::read_to_string(&pid_file)
         .map_err(|e| fail(format!("read {}: {e}", pid_file.display())))?;
     let pid: i32 = text.trim().parse().map_err(|e| {
