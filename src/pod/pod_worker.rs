@@ -38,6 +38,9 @@ use super::worker_error::WorkerError;
 
 use super::lifecycle::WorkerState;
 
+#[cfg(test)]
+mod executor_tests;
+
 /// How often a worker looks at its containers.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -625,7 +628,13 @@ impl PodRun {
             s.started = false;
         }
         let netns = self.sandbox.as_ref().map(Sandbox::netns_path);
-        release_network(&self.cfg, &self.id, &self.state, netns.unwrap_or_default());
+        release_network(
+            self.cni.as_ref(),
+            &self.cfg,
+            &self.id,
+            &self.state,
+            netns.unwrap_or_default(),
+        );
         self.state.network = None;
         if let Some(sb) = self.sandbox.take() {
             if let Err(e) = self.sandboxes.stop(&sb, SANDBOX_GRACE) {
@@ -956,7 +965,13 @@ impl PodRun {
             self.retire(&name);
         }
         let netns = self.sandbox.as_ref().map(Sandbox::netns_path);
-        release_network(&self.cfg, &self.id, &self.state, netns.unwrap_or_default());
+        release_network(
+            self.cni.as_ref(),
+            &self.cfg,
+            &self.id,
+            &self.state,
+            netns.unwrap_or_default(),
+        );
         self.state.network = None;
         if let Some(sb) = self.sandbox.take() {
             if let Err(e) = self.sandboxes.stop(&sb, SANDBOX_GRACE) {
