@@ -9,6 +9,8 @@
 //! against desired, apply the difference), so a lost event, a restart or a hand-deleted route
 //! is repaired the same way.
 
+#[cfg(test)]
+mod agent_tests;
 pub mod decisions;
 
 use std::collections::{BTreeMap, HashMap};
@@ -876,7 +878,11 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let mut policy = self.policy();
         let read = match self.protected.clone() {
             Some(p) => Ok(p),
-            None => guard::protected_now(&self.ext, &self.etcd_addresses).await,
+            None => {
+                self.backend
+                    .protected(&self.ext, &self.etcd_addresses)
+                    .await
+            }
         };
         let protected = match read {
             Ok(p) => {

@@ -286,6 +286,16 @@ pub trait DataPath {
         own: Ipv4Network,
         peers: &[Lease],
     ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>>;
+
+    /// What no peer route may cover, as the kernel shows it now (see
+    /// [`guard::protected_now`]).
+    fn protected(
+        &self,
+        ext: &ExternalInterface,
+        etcd_addresses: &[std::net::Ipv4Addr],
+    ) -> impl std::future::Future<Output = Result<Vec<guard::Protected>, NetlinkError>> {
+        guard::protected_now(ext, etcd_addresses)
+    }
 }
 
 impl DataPath for Backend {

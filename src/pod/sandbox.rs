@@ -254,11 +254,7 @@ impl Sandbox {
             }
         };
         let etc = pod_dir.join("etc");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&etc)
-            .map_err(io("create", &etc))?;
+        create_dir(&pod, &etc, 0o755)?;
         for (file, contents) in [
             ("hosts", hosts_file(hostname, None)),
             ("hostname", format!("{hostname}\n")),
@@ -270,11 +266,7 @@ impl Sandbox {
         let netns = netns_name(pod_id);
         let netns_path = Path::new(NETNS_DIR).join(&netns);
         let ns_dir = pod_dir.join("ns");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&ns_dir)
-            .map_err(io("create", &ns_dir))?;
+        create_dir(&pod, &ns_dir, 0o700)?;
         let mut files = Vec::new();
         if !host.network {
             prepare_netns_dir(pod_id)?;
@@ -508,20 +500,25 @@ fn remove_if_present(
     }
 }
 
-/// Makes `/run/netns` exist and be a shared mount point, as `ip netns add` does, so namespace
-/// mounts made here propagate into other mount namespaces.
-fn prepare_netns_dir(pod: &str) -> Result<(), SandboxError> {
-    let dir = Path::new(NETNS_DIR);
+/// Creates `dir` and its missing parents with permissions `mode`.
+fn create_dir(pod: &str, dir: &Path, mode: u32) -> Result<(), SandboxError> {
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o755)
+        .mode(mode)
         .create(dir)
         .map_err(|source| SandboxError::Io {
             pod: pod.to_string(),
             op: "create",
             path: dir.to_path_buf(),
             source,
-        })?;
+        })
+}
+
+/// Makes `/run/netns` exist and be a shared mount point, as `ip netns add` does, so namespace
+/// mounts made here propagate into other mount namespaces.
+fn prepare_netns_dir(pod: &str) -> Result<(), SandboxError> {
+    let dir = Path::new(NETNS_DIR);
+    create_dir(pod, dir, 0o755)?;
     let mount_err = |op, source| SandboxError::Mount {
         pod: pod.to_string(),
         op,
@@ -600,7 +597,7 @@ fn start_pause(
                     .flat_map(|(flag, path)| [flag.as_ref(), path.as_os_str()]),
             ),
     )
-    .map_err(fail)?;
+    .map_err(|e| fail(e.to_string()))?;
     let text = fs::read_to_string(&pid_file)
         .map_err(|e| fail(format!("read {}: {e}", pid_file.display())))?;
     let pid: i32 = text.trim().parse().map_err(|e| {
