@@ -149,12 +149,10 @@ impl HostGwBackend {
 
     /// The lease value this node publishes: `{"PublicIP":..,"BackendType":"host-gw"}`.
     pub fn lease_attrs(&self) -> LeaseAttrs {
+        // With IPv6 the external interface has a PublicIPv6, published beside PublicIP.
         LeaseAttrs {
             public_ipv6: self.ext.public_ipv6,
-            backend_v6_data: None,
-            public_ip: self.ext.public_ip,
-            backend_type: BACKEND_TYPE.to_string(),
-            backend_data: None,
+            ..LeaseAttrs::without_backend_data(self.ext.public_ip, BACKEND_TYPE)
         }
     }
 

@@ -205,10 +205,7 @@ impl Backend {
     /// The backend's own Prometheus metrics, for backends that keep counters (UDP).
     pub fn metrics(&self) -> Option<crate::health::BackendMetrics> {
         match self {
-            Backend::Udp(b) => {
-                let counters = b.counters();
-                Some(Box::new(move || counters.render_prometheus()))
-            }
+            Backend::Udp(b) => Some(b.counters()),
             Backend::Vxlan(_) | Backend::HostGw(_) => None,
         }
     }
@@ -318,6 +315,25 @@ pub trait DataPath {
 
     /// Tells the data path this node's own IPv6 subnet (see [`Backend::set_own_ipv6`]).
     fn set_own_ipv6(&mut self, _own6: Option<Ipv6Network>) {}
+
+    /// What no peer route may cover, as the kernel shows it now (see
+    /// [`guard::protected_now`]).
+    fn protected(
+        &self,
+        ext: &ExternalInterface,
+        etcd_addresses: &[std::net::Ipv4Addr],
+    ) -> impl std::future::Future<Output = Result<Vec<guard::Protected>, NetlinkError>> {
+        guard::protected_now(ext, etcd_addresses)
+    }
+
+    /// The IPv6 prefixes no peer route may cover, as the kernel shows them now (see
+    /// [`guard::protected6_now`]).
+    fn protected6(
+        &self,
+        ext: &ExternalInterface,
+    ) -> impl std::future::Future<Output = Result<Vec<guard::Protected6>, NetlinkError>> {
+        guard::protected6_now(ext)
+    }
 }
 
 impl DataPath for Backend {
