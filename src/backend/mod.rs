@@ -143,6 +143,15 @@ impl Backend {
         state_dir: &Path,
         udp_offloads: bool,
     ) -> Result<Backend, BackendError> {
+        // Refused before anything of another backend is removed.
+        if matches!(cfg.backend, BackendConfig::Udp { .. })
+            && (cfg.ipv6.is_some() || !cfg.enable_ipv4)
+        {
+            return Err(BackendError::Unsupported(
+                "the udp backend carries IPv4 only; use vxlan or host-gw with EnableIPv6"
+                    .to_string(),
+            ));
+        }
         remove_leftovers(cfg, ext).await;
         match &cfg.backend {
             BackendConfig::Vxlan {
@@ -162,12 +171,6 @@ impl Backend {
                 };
                 Ok(Backend::Vxlan(
                     vxlan::VxlanBackend::new(settings, ext.clone(), state_dir).await?,
-                ))
-            }
-            BackendConfig::Udp { .. } if cfg.ipv6.is_some() || !cfg.enable_ipv4 => {
-                Err(BackendError::Unsupported(
-                    "the udp backend carries IPv4 only; use vxlan or host-gw with EnableIPv6"
-                        .to_string(),
                 ))
             }
             BackendConfig::Udp { port } => Ok(Backend::Udp(

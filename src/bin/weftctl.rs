@@ -19,7 +19,7 @@ use weft::store::{EtcdStore, StoreError};
 #[path = "flags/etcd.rs"]
 mod etcd_flags;
 use etcd_flags::EtcdArgs;
-use weft::subnet::parse_subnet_key;
+use weft::subnet::parse_dual_subnet_key;
 use weft::validate::{validate_leases, LeasePolicy, NodeIdentity};
 
 #[path = "weftctl/image.rs"]
@@ -359,7 +359,15 @@ impl LeaseRow {
             .unwrap_or(&raw.key);
         let attrs = LeaseAttrs::from_json(&raw.key, &raw.value).ok();
         LeaseRow {
-            subnet: parse_subnet_key(name).map_or_else(|_| name.to_string(), |n| n.to_string()),
+            // Dual stack: both subnets; IPv6-only (`0.0.0.0-0&...`): the IPv6 one.
+            subnet: parse_dual_subnet_key(name).map_or_else(
+                |_| name.to_string(),
+                |d| match d.v6 {
+                    Some(v6) if d.v4.prefix() == 0 => v6.to_string(),
+                    Some(v6) => format!("{},{v6}", d.v4),
+                    None => d.v4.to_string(),
+                },
+            ),
             public_ip: attrs.as_ref().map(|a| a.public_ip),
             backend_type: attrs
                 .as_ref()
