@@ -362,6 +362,47 @@ fn ipv6_only_cluster_on_an_ipv6_underlay() {
         .filter_map(|f| f["dst"].as_str())
         .collect();
     assert_eq!(dsts, [v6_of(cluster.node(1))], "{fdb:?}");
+
+    // The CNI plugin wires an IPv6-only pod from the IPv6-only subnet.env.
+    let node = cluster.node(0);
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "weft",
+        "type": "weft",
+        "subnetFile": node.subnet_file(),
+        "dataDir": node.dir().join("cni-networks"),
+    });
+    let cni_pod = Netns::new("cni6pod");
+    let (ok, out) = cni(node.netns(), "ADD", "v6only", Some(&cni_pod), &conf);
+    assert!(ok, "ADD on an IPv6-only node: {out}");
+    let result: serde_json::Value = serde_json::from_str(&out).expect("ADD result");
+    let ips = result["ips"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ips.len(), 1, "{result}");
+    let addr = ips[0]["address"].as_str().unwrap_or_default();
+    assert!(
+        addr.starts_with("fd00:20:0:") && addr.ends_with("/64"),
+        "{result}"
+    );
+    let cni_pod = TestPod {
+        ns: cni_pod,
+        ip4: None,
+        ip6: Some(addr.trim_end_matches("/64").to_string()),
+    };
+    let far = &pods[1];
+    assert!(
+        tcp_ok(&cni_pod.ns, &far.ns, far.ip6.as_deref().unwrap_or_default()),
+        "CNI pod -> remote pod\n{}",
+        dump()
+    );
+    assert!(
+        tcp_ok(
+            &far.ns,
+            &cni_pod.ns,
+            cni_pod.ip6.as_deref().unwrap_or_default()
+        ),
+        "remote pod -> CNI pod\n{}",
+        dump()
+    );
 }
 
 #[test]

@@ -107,8 +107,8 @@ fn netns_path(env: &AttachmentEnv) -> Result<PathBuf> {
 pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     let node = NodeSubnet::load(&conf.subnet_file)?;
     let mtu = conf.mtu.or(node.mtu).unwrap_or(FALLBACK_MTU);
-    let pool = Pool::new(node.subnet);
-    let requested = requested_address(conf, env, &pool)?;
+    let pool = node.ipv4.map(|v4| Pool::new(v4.subnet));
+    let requested = requested_address(conf, env, pool.as_ref())?;
     let netns = Netns::open(&netns_path(env)?).map_err(|e| netns_error(e, &env.container_id))?;
     let mut container_nl = netns
         .netlink()
@@ -136,11 +136,15 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     let store = IpamStore::new(&conf.data_dir, &conf.name);
     let (ip, ip6) = {
         let locked = store.lock()?;
-        let ip = match requested {
-            Some(ip) => locked
-                .allocate_static(ip, &env.container_id, &env.ifname)
-                .map(|()| ip)?,
-            None => locked.allocate(&pool, &env.container_id, &env.ifname)?,
+        let ip = match (requested, &pool) {
+            (Some(ip), _) => Some(
+                locked
+                    .allocate_static(ip, &env.container_id, &env.ifname)
+                    .map(|()| ip)?,
+            ),
+            (None, Some(pool)) => Some(locked.allocate(pool, &env.container_id, &env.ifname)?),
+            // An IPv6-only node.
+            (None, None) => None,
         };
         // One address per family, in host-local's layout: the IPv6 range is range set 1.
         let ip6 = match &node.ipv6 {
@@ -149,7 +153,8 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
                 match locked.allocate6(&Pool6::new(v6.subnet), &env.container_id, &env.ifname) {
                     Ok(ip6) => Some(ip6),
                     Err(e) => {
-                        locked.release_hinted(&[ip.into()], &env.container_id, &env.ifname)?;
+                        let ips: Vec<IpAddr> = ip.into_iter().map(IpAddr::V4).collect();
+                        locked.release_hinted(&ips, &env.container_id, &env.ifname)?;
                         return Err(e);
                     }
                 }
@@ -157,8 +162,12 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
         };
         (ip, ip6)
     };
-    let address = Ipv4Net::new(ip, node.subnet.prefix())
-        .ok_or_else(|| Error::InvalidConfig(format!("prefix of {} out of range", node.subnet)))?;
+    let address = match (ip, node.ipv4) {
+        (Some(ip), Some(v4)) => Some(Ipv4Net::new(ip, v4.subnet.prefix()).ok_or_else(|| {
+            Error::InvalidConfig(format!("prefix of {} out of range", v4.subnet))
+        })?),
+        _ => None,
+    };
     let address6 = node
         .ipv6
         .zip(ip6)
@@ -180,11 +189,15 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     match wiring.attach(&mut node_nl, &mut container_nl) {
         Ok(result) => {
             log.info(format_args!(
-                "ADD container={} ifname={} ip={}{} host={} netns={}",
+                "ADD container={} ifname={} ip={} host={} netns={}",
                 env.container_id,
                 env.ifname,
-                address,
-                address6.map(|a| format!(",{a}")).unwrap_or_default(),
+                address
+                    .map(|a| a.to_string())
+                    .into_iter()
+                    .chain(address6.map(|a| a.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 host_name,
                 netns.path().display()
             ));
@@ -201,7 +214,9 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
                     log.error(format_args!("undo: remove {host_name}: {e}"));
                 }
             }
-            let ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(ip))
+            let ips: Vec<IpAddr> = ip
+                .map(IpAddr::V4)
+                .into_iter()
                 .chain(ip6.map(IpAddr::V6))
                 .collect();
             match store.lock() {
@@ -219,7 +234,11 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
 
 /// The static address asked for by `CNI_ARGS` (`IP=`) or the config (`runtimeConfig.ips`,
 /// `args.cni.ips`), checked against the node subnet before anything is changed.
-fn requested_address(conf: &NetConf, env: &AttachmentEnv, pool: &Pool) -> Result<Option<Ipv4Addr>> {
+fn requested_address(
+    conf: &NetConf,
+    env: &AttachmentEnv,
+    pool: Option<&Pool>,
+) -> Result<Option<Ipv4Addr>> {
     let mut wanted: Vec<(Ipv4Addr, bool)> = Vec::new();
     for (ip, from_env) in env
         .args
@@ -245,9 +264,13 @@ fn requested_address(conf: &NetConf, env: &AttachmentEnv, pool: &Pool) -> Result
     };
     match wanted.as_slice() {
         [] => Ok(None),
-        [(ip, from_env)] => match pool.static_refusal(*ip) {
-            None => Ok(Some(*ip)),
-            Some(reason) => Err(refuse(*from_env, reason)),
+        [(ip, from_env)] => match pool.map(|p| p.static_refusal(*ip)) {
+            Some(None) => Ok(Some(*ip)),
+            Some(Some(reason)) => Err(refuse(*from_env, reason)),
+            None => Err(refuse(
+                *from_env,
+                format!("requested static ip {ip}: the node has no IPv4 subnet (IPv6-only)"),
+            )),
         },
         [.., (_, from_env)] => Err(refuse(
             *from_env,
@@ -279,7 +302,8 @@ struct Wiring<'a> {
     mtu: u32,
     bridge: &'a Link,
     host_name: &'a str,
-    address: Ipv4Net,
+    /// The pod's IPv4 address; `None` on an IPv6-only node.
+    address: Option<Ipv4Net>,
     /// The pod's IPv6 address on a dual-stack node.
     address6: Option<Ipv6Net>,
     netns: &'a Netns,
@@ -289,9 +313,12 @@ struct Wiring<'a> {
 
 impl Wiring<'_> {
     fn desired_routes(&self) -> Vec<Route> {
-        let gateway = self.node.gateway();
+        let Some(v4) = self.node.ipv4 else {
+            return Vec::new();
+        };
+        let gateway = v4.gateway();
         let mut routes = vec![Route {
-            dst: self.node.network.trunc(),
+            dst: v4.network.trunc(),
             gw: Some(gateway),
         }];
         if self.conf.is_default_gateway {
@@ -451,12 +478,13 @@ impl Wiring<'_> {
             .map_err(netlink_err(format!(
                 "turn on arp_notify of {ifname} in {netns_path}"
             )))?;
-        container_nl
-            .add_address(pod.index, self.address)
-            .map_err(netlink_err(format!(
-                "add address {} to {ifname} in {netns_path}",
-                self.address
-            )))?;
+        if let Some(address) = self.address {
+            container_nl
+                .add_address(pod.index, address)
+                .map_err(netlink_err(format!(
+                    "add address {address} to {ifname} in {netns_path}"
+                )))?;
+        }
         // IPv6 before the interface comes up, so the advertisement goes out with it.
         let dual = self.address6.zip(self.node.ipv6);
         if let Some((address6, _)) = dual {
@@ -521,11 +549,16 @@ impl Wiring<'_> {
                     sandbox: Some(netns_path),
                 },
             ],
-            ips: vec![IpConfig {
-                address: self.address,
-                gateway: Some(self.node.gateway()),
-                interface: Some(2),
-            }],
+            ips: self
+                .address
+                .zip(self.node.ipv4)
+                .map(|(address, v4)| IpConfig {
+                    address,
+                    gateway: Some(v4.gateway()),
+                    interface: Some(2),
+                })
+                .into_iter()
+                .collect(),
             routes,
             dns: self.conf.dns.clone(),
             ips6,
@@ -565,7 +598,7 @@ fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> R
     let mut bridge = match lookup(nl)? {
         Some(link) => link,
         None => {
-            match nl.create_bridge(name, mtu, bridge_mac(node.gateway())) {
+            match nl.create_bridge(name, mtu, bridge_mac(node.mac_seed())) {
                 Ok(()) => {}
                 // Another ADD running in parallel created it first.
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -594,7 +627,15 @@ fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> R
             .map_err(netlink_err(format!("set MTU {mtu} on bridge {name}")))?;
         bridge.mtu = mtu;
     }
-    let expected = node.subnet;
+    let Some(v4) = node.ipv4 else {
+        // An IPv6-only node: the IPv6 gateway is added by ensure_bridge6.
+        if !bridge.up {
+            nl.set_up(bridge.index)
+                .map_err(netlink_err(format!("set bridge {name} up")))?;
+        }
+        return Ok(bridge);
+    };
+    let expected = v4.subnet;
     let present = nl
         .addresses(bridge.index)
         .map_err(netlink_err(format!("list addresses of bridge {name}")))?;
@@ -622,7 +663,7 @@ fn ensure_bridge(nl: &mut Netlink, name: &str, node: &NodeSubnet, mtu: u32) -> R
         }
     }
     if plan.add {
-        let mac = bridge_mac(node.gateway());
+        let mac = bridge_mac(node.mac_seed());
         if bridge.mac != format_mac(&mac) {
             nl.set_mac(bridge.index, mac).map_err(netlink_err(format!(
                 "set MAC {} on bridge {name}",

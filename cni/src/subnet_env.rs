@@ -12,14 +12,28 @@ use crate::ip::{Ipv4Net, Ipv6Net};
 /// What the plugin needs from subnet.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSubnet {
-    /// `FLANNEL_NETWORK`: the whole cluster pod network.
-    pub network: Ipv4Net,
-    /// `FLANNEL_SUBNET`: the node subnet, written as its first usable address (the gateway) / length.
-    pub subnet: Ipv4Net,
+    /// `FLANNEL_NETWORK` and `FLANNEL_SUBNET`; `None` on an IPv6-only node.
+    pub ipv4: Option<NodeSubnet4>,
     /// `FLANNEL_MTU`, if present.
     pub mtu: Option<u32>,
     /// `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET`, on a dual-stack node.
     pub ipv6: Option<NodeSubnet6>,
+}
+
+/// The IPv4 part of a node's subnet.env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSubnet4 {
+    /// `FLANNEL_NETWORK`: the whole cluster pod network.
+    pub network: Ipv4Net,
+    /// `FLANNEL_SUBNET`: the node subnet, written as its first usable address (the gateway) / length.
+    pub subnet: Ipv4Net,
+}
+
+impl NodeSubnet4 {
+    /// The bridge's address: FLANNEL_SUBNET's address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.subnet.addr()
+    }
 }
 
 /// The IPv6 half of a dual-stack node's subnet.env.
@@ -32,9 +46,14 @@ pub struct NodeSubnet6 {
 }
 
 impl NodeSubnet {
-    /// The bridge's address: FLANNEL_SUBNET's address.
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.subnet.addr()
+    /// The address the bridge's MAC is derived from (`0a:58:<address>`): the IPv4 gateway, or
+    /// on an IPv6-only node the last 32 bits of the IPv6 one.
+    pub fn mac_seed(&self) -> Ipv4Addr {
+        match (&self.ipv4, &self.ipv6) {
+            (Some(v4), _) => v4.gateway(),
+            (None, Some(v6)) => Ipv4Addr::from(u128::from(v6.subnet.addr()) as u32),
+            (None, None) => Ipv4Addr::UNSPECIFIED,
+        }
     }
 
     /// Reads and parses subnet.env. A missing file is "try again later" (weftd not ready yet).
@@ -132,11 +151,15 @@ impl NodeSubnet {
                 _ => {}
             }
         }
-        if network.is_none() && !problems.iter().any(|p| p.contains("FLANNEL_NETWORK=")) {
+        // An IPv6-only node (flanneld with EnableIPv4 false) writes no IPv4 pair.
+        let v6_only =
+            network.is_none() && subnet.is_none() && (network6.is_some() || subnet6.is_some());
+        if !v6_only && network.is_none() && !problems.iter().any(|p| p.contains("FLANNEL_NETWORK="))
+        {
             problems.push("FLANNEL_NETWORK is missing".into());
         }
         match subnet {
-            None if !problems.iter().any(|p| p.contains("FLANNEL_SUBNET=")) => {
+            None if !v6_only && !problems.iter().any(|p| p.contains("FLANNEL_SUBNET=")) => {
                 problems.push("FLANNEL_SUBNET is missing".into())
             }
             Some(subnet) if subnet.prefix() > 30 => {
@@ -171,15 +194,14 @@ impl NodeSubnet {
             }
             _ => None,
         };
-        match (network, subnet) {
-            (Some(network), Some(subnet)) if problems.is_empty() => Ok(NodeSubnet {
-                network,
-                subnet,
-                mtu,
-                ipv6,
-            }),
-            _ => Err(problems.join("; ")),
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
         }
+        let ipv4 = match (network, subnet) {
+            (Some(network), Some(subnet)) => Some(NodeSubnet4 { network, subnet }),
+            _ => None,
+        };
+        Ok(NodeSubnet { ipv4, mtu, ipv6 })
     }
 }
 
@@ -194,9 +216,10 @@ mod tests {
     fn parses_flannel_format() {
         let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
         let node = NodeSubnet::parse(text).unwrap();
-        assert_eq!(node.network.to_string(), "10.244.0.0/16");
-        assert_eq!(node.subnet.to_string(), "10.244.1.1/24");
-        assert_eq!(node.gateway(), Ipv4Addr::new(10, 244, 1, 1));
+        let v4 = node.ipv4.unwrap();
+        assert_eq!(v4.network.to_string(), "10.244.0.0/16");
+        assert_eq!(v4.subnet.to_string(), "10.244.1.1/24");
+        assert_eq!(v4.gateway(), Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(node.mtu, Some(1450));
     }
 
@@ -216,6 +239,13 @@ mod tests {
         assert!(NodeSubnet::parse(&bad)
             .unwrap_err()
             .contains("usable gateway"));
+        // IPv6-only, as flanneld writes it: no IPv4 pair.
+        let v6_only = NodeSubnet::parse(
+            "FLANNEL_IPV6_NETWORK=fd00:20::/48\nFLANNEL_IPV6_SUBNET=fd00:20:0:7::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        assert_eq!(v6_only.ipv4, None);
+        assert_eq!(v6_only.mac_seed(), Ipv4Addr::new(0, 0, 0, 1));
         let junk = format!("{half}FLANNEL_IPV6_SUBNET=10.0.0.1/24\n");
         assert!(NodeSubnet::parse(&junk)
             .unwrap_err()
