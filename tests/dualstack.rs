@@ -784,3 +784,56 @@ fn ipv6_route_over_the_underlay_is_refused_by_the_guard() {
         .exec(&["ping", "-6", "-c", "1", "-W", "2", "2001:db8::11"]);
     assert!(ping.status.success(), "own underlay address unreachable");
 }
+
+/// `--ip-masq` with IPv6: a pod's connection to an address outside the cluster leaves with the
+/// node's IPv6 address (Flannel's `ip6` masquerade rules in `table ip6 weft`), and the rules go
+/// with weftd.
+#[test]
+fn ipv6_pod_egress_is_masqueraded_with_ip_masq() {
+    let cluster = Cluster::new(1, DUAL_CONFIG);
+    ipv6_underlay(&cluster);
+    let node = cluster.node(0);
+    node.start_weftd(&["--ip-masq"]);
+    node.wait_subnet_env(CONVERGE);
+    let ruleset = node.nft_ruleset();
+    assert!(ruleset.contains("table ip6 weft"), "{ruleset}");
+    // A host outside the cluster, on the underlay only.
+    let outside = Netns::new("outside");
+    no_dad(&outside);
+    cluster.underlay.attach(&outside, "192.0.2.200");
+    no_dad(&outside);
+    outside.ip(&["addr", "add", "2001:db8::c8/64", "dev", "eth0", "nodad"]);
+    let pod = add_weft_pod(node, 0);
+    let listener = outside
+        .run(|| TcpListener::bind(("2001:db8::c8", 0)))
+        .expect("bind outside");
+    let port = listener.local_addr().expect("listener address").port();
+    let seen = std::thread::spawn(move || {
+        listener.set_nonblocking(true).ok()?;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok((_, peer)) = listener.accept() {
+                return Some(peer.ip());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    });
+    let target: SocketAddr = format!("[2001:db8::c8]:{port}").parse().expect("target");
+    let connected = pod
+        .ns
+        .run(|| TcpStream::connect_timeout(&target, Duration::from_secs(5)))
+        .is_ok();
+    let source = seen.join().ok().flatten();
+    assert!(connected, "pod could not reach the outside host\n{ruleset}");
+    assert_eq!(
+        source,
+        Some(v6_of(node).parse::<IpAddr>().expect("node address")),
+        "the outside host must see the node's IPv6 address"
+    );
+    node.stop();
+    assert!(
+        !node.nft_ruleset().contains("table ip6 weft"),
+        "table ip6 weft left after shutdown"
+    );
+}
