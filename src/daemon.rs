@@ -979,10 +979,14 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let verdicts = validate_leases(&policy, self.leases.values());
         let mut current: HashMap<String, i64> = HashMap::new();
         let prefix = self.opts.etcd.prefix.clone();
+        // An IPv6-only key is named by its IPv6 subnet (its IPv4 part is 0.0.0.0/0).
         let subnet_of = |key: &str| {
-            crate::lease::parse_lease_key(&prefix, key)
-                .ok()
-                .map(|s| s.to_string())
+            let rest = key.strip_prefix(&crate::lease::subnets_prefix(&prefix))?;
+            let dual = crate::subnet::parse_dual_subnet_key(rest).ok()?;
+            Some(match dual.v6 {
+                Some(v6) if dual.v4.prefix() == 0 => v6.to_string(),
+                _ => dual.v4.to_string(),
+            })
         };
         let mut rejected: Vec<RejectedPeer> = verdicts
             .rejected
@@ -1015,26 +1019,38 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
             .into_iter()
             .filter(|l| (l.subnet, l.ipv6_subnet) != (self.own.subnet, self.own.ipv6_subnet))
             .collect();
-        let by_subnet: HashMap<Ipv4Network, (String, i64)> = self
+        // Both parts of each key: IPv6-only keys all share the IPv4 part 0.0.0.0/0.
+        let subnets_prefix = crate::lease::subnets_prefix(&self.opts.etcd.prefix);
+        let by_subnet: Vec<(crate::subnet::DualSubnet, (String, i64))> = self
             .leases
             .values()
             .filter_map(|raw| {
-                let subnet =
-                    crate::lease::parse_lease_key(&self.opts.etcd.prefix, &raw.key).ok()?;
-                Some((subnet, (raw.key.clone(), raw.mod_revision)))
+                let rest = raw.key.strip_prefix(&subnets_prefix)?;
+                let dual = crate::subnet::parse_dual_subnet_key(rest).ok()?;
+                Some((dual, (raw.key.clone(), raw.mod_revision)))
             })
             .collect();
         let (allowed, refused) = route_guard.filter(peers);
         for r in &refused {
-            let (key, revision) = by_subnet.get(&r.dst).cloned().unwrap_or_default();
+            let (key, revision) = by_subnet
+                .iter()
+                .find(|(d, _)| match r.dst6 {
+                    Some(v6) => d.v6 == Some(v6) && d.v4 == r.dst,
+                    None => d.v4 == r.dst,
+                })
+                .map(|(_, k)| k.clone())
+                .unwrap_or_default();
             current.insert(key.clone(), revision);
             if self.reported.get(&key) != Some(&revision) {
-                error!(key, peer = %r.dst, "route refused by the guard, not programmed: {r}");
+                error!(key, peer = %r.dst, peer_ipv6 = ?r.dst6, "route refused by the guard, not programmed: {r}");
                 self.metrics.routes_refused.fetch_add(1, Ordering::Relaxed);
             }
             rejected.push(RejectedPeer {
                 key,
-                subnet: Some(r.dst.to_string()),
+                subnet: Some(
+                    r.dst6
+                        .map_or_else(|| r.dst.to_string(), |v6| v6.to_string()),
+                ),
                 by: RejectedBy::RouteGuard,
                 reason: "route_overlap".to_string(),
                 why: r.to_string(),
