@@ -837,3 +837,32 @@ fn ipv6_pod_egress_is_masqueraded_with_ip_masq() {
         "table ip6 weft left after shutdown"
     );
 }
+
+/// `--public-ipv6` picks the `PublicIPv6` a node publishes among its interface's IPv6
+/// addresses, as flanneld's does; the IPv6 tunnel runs from that address.
+#[test]
+fn public_ipv6_flag_picks_the_published_ipv6_address() {
+    let cluster = Cluster::new(1, DUAL_CONFIG);
+    ipv6_underlay(&cluster);
+    let node = cluster.node(0);
+    node.netns()
+        .ip(&["addr", "add", "2001:db8::111/64", "dev", "eth0", "nodad"]);
+    node.start_weftd(&["--public-ipv6", "2001:db8::111"]);
+    node.wait_subnet_env(CONVERGE);
+    let all = leases(&cluster.etcd);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].1["PublicIPv6"], "2001:db8::111", "{:?}", all[0]);
+    let link = node.netns().ip(&["-d", "link", "show", "flannel-v6.1"]);
+    assert!(link.contains("local 2001:db8::111 "), "{link}");
+    // Without the flag, the interface's (first routable) IPv6 address is published.
+    node.stop();
+    cluster.etcd.del(&all[0].0);
+    node.netns()
+        .ip(&["addr", "del", "2001:db8::111/64", "dev", "eth0"]);
+    node.start_weftd(&[]);
+    node.wait_until(CONVERGE, "a lease published again", || {
+        leases(&cluster.etcd).len() == 1
+    });
+    let again = leases(&cluster.etcd);
+    assert_eq!(again[0].1["PublicIPv6"], v6_of(node), "{again:?}");
+}

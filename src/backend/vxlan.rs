@@ -74,9 +74,10 @@ pub struct VxlanBackend {
 struct Vxlan6 {
     name: String,
     mac: MacAddr,
-    /// This node's IPv6 underlay address (the tunnel's local address, published as
-    /// `PublicIPv6`).
+    /// The external interface's IPv6 address: the tunnel's local address.
     local: std::net::Ipv6Addr,
+    /// The address published as `PublicIPv6` (`--public-ipv6`, default `local`).
+    public: std::net::Ipv6Addr,
     /// The node's own IPv6 subnet, whose network address the device carries as a /128.
     own: Option<Ipv6Network>,
     /// The device's index as the last full reconcile found it.
@@ -244,12 +245,18 @@ impl VxlanBackend {
             .mtu
             .unwrap_or(ext.mtu.saturating_sub(VXLAN_OVERHEAD));
         let v6 = if settings.enable_ipv6 {
-            let local = ext.public_ipv6.ok_or_else(|| {
-                netlink::NetlinkError::NoInterface(format!(
-                    "{} has no IPv6 address for flannel-v6.{} (IPv6 is enabled)",
-                    ext.name, settings.vni
-                ))
-            })?;
+            // As for IPv4: the tunnel's local address is the interface's, the published one
+            // (`--public-ipv6`) may be a NAT's.
+            let (local, public) = ext
+                .network_v6
+                .map(|n| n.ip())
+                .zip(ext.public_ipv6)
+                .ok_or_else(|| {
+                    netlink::NetlinkError::NoInterface(format!(
+                        "{} has no IPv6 address for flannel-v6.{} (IPv6 is enabled)",
+                        ext.name, settings.vni
+                    ))
+                })?;
             let name6 = format!("flannel-v6.{}", settings.vni);
             let path6 = vtep_mac6_path(state_dir, settings.vni);
             let mac6 = settle_vtep_mac(&handle, &name6, &path6).await?;
@@ -267,6 +274,7 @@ impl VxlanBackend {
                 name: name6,
                 mac: mac6,
                 local,
+                public,
                 own: None,
                 index: None,
             })
@@ -308,7 +316,7 @@ impl VxlanBackend {
         };
         let ipv4 = self.settings.enable_ipv4;
         LeaseAttrs {
-            public_ipv6: self.v6.as_ref().map(|v6| v6.local),
+            public_ipv6: self.v6.as_ref().map(|v6| v6.public),
             backend_v6_data: self.v6.as_ref().map(|v6| data(v6.mac)),
             public_ip: if ipv4 {
                 self.ext.public_ip
