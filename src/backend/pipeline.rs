@@ -84,7 +84,11 @@ pub async fn read_kernel(
         ),
         None => (Vec::new(), Vec::new()),
     };
-    let dump6 = netlink::dump_ipv6_routes(handle).await?;
+    // A kernel booted with IPv6 off has no IPv6 routes to read (and an IPv4 network needs none).
+    let dump6 = match netlink::dump_ipv6_routes(handle).await {
+        Err(e) if e.errno() == Some(libc::EAFNOSUPPORT) => Vec::new(),
+        other => other?,
+    };
     let routes6 = netlink::main_table_routes6(&dump6, RouteOrigin::Weft)
         .into_iter()
         .filter(|r| devices.holds(r.oif))
