@@ -866,3 +866,88 @@ fn public_ipv6_flag_picks_the_published_ipv6_address() {
     let again = leases(&cluster.etcd);
     assert_eq!(again[0].1["PublicIPv6"], v6_of(node), "{again:?}");
 }
+
+/// Sends `bytes` bytes over TCP from `from` to `ip` (a listener in `to`); true when every byte
+/// arrives in order (10 s budget). Large writes make the kernel hand super-packets (GSO) to
+/// the data path.
+fn bulk_ok(from: &Netns, to: &Netns, ip: &str, bytes: usize) -> bool {
+    let ip: IpAddr = ip.parse().expect("pod address");
+    let listener = to
+        .run(|| TcpListener::bind((ip, 0)))
+        .unwrap_or_else(|e| panic!("bind {ip} in {}: {e}", to.name()));
+    let port = listener.local_addr().expect("listener address").port();
+    let pattern = |i: usize| (i % 251) as u8;
+    let server = std::thread::spawn(move || -> Option<usize> {
+        let (mut stream, _) = listener.accept().ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return Some(got),
+                Ok(n) => {
+                    if buf[..n]
+                        .iter()
+                        .enumerate()
+                        .any(|(k, b)| *b != pattern(got + k))
+                    {
+                        return None;
+                    }
+                    got += n;
+                }
+                Err(_) => return None,
+            }
+        }
+    });
+    let target = SocketAddr::from((ip, port));
+    let data: Vec<u8> = (0..bytes).map(pattern).collect();
+    let sent = from.run(|| -> Option<()> {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).ok()?;
+        s.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(&data).ok()
+    });
+    sent.is_some() && server.join().ok().flatten() == Some(bytes)
+}
+
+/// The udp backend carries IPv6 pods over its IPv4 underlay (`flannel0`): short and bulk TCP
+/// both ways, with and without the TUN/UDP offloads.
+#[test]
+fn udp_backend_carries_ipv6_pods() {
+    let config = DUAL_CONFIG.replace(r#""Type":"vxlan""#, r#""Type":"udp""#);
+    for offloads in [true, false] {
+        let cluster = Cluster::new(2, &config);
+        ipv6_underlay(&cluster);
+        for node in &cluster.nodes {
+            let args: &[&str] = if offloads {
+                &[]
+            } else {
+                &["--no-udp-offloads"]
+            };
+            node.start_weftd(args);
+        }
+        let pods: Vec<TestPod> = cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| add_weft_pod(n, k as u32))
+            .collect();
+        let dump = || cluster.dump();
+        wait_tcp(
+            &pods[0],
+            &pods[1],
+            pods[1].ip6.as_deref().unwrap_or_default(),
+            &dump,
+        );
+        assert_mesh(&pods, &dump);
+        for (a, b) in [(&pods[0], &pods[1]), (&pods[1], &pods[0])] {
+            let ip6 = b.ip6.as_deref().unwrap_or_default();
+            assert!(
+                bulk_ok(&a.ns, &b.ns, ip6, 4 << 20),
+                "bulk TCP over IPv6 -> {ip6} (offloads {offloads})\n{}",
+                dump()
+            );
+        }
+    }
+}

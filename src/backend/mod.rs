@@ -143,12 +143,10 @@ impl Backend {
         state_dir: &Path,
         udp_offloads: bool,
     ) -> Result<Backend, BackendError> {
-        // Refused before anything of another backend is removed.
-        if matches!(cfg.backend, BackendConfig::Udp { .. })
-            && (cfg.ipv6.is_some() || !cfg.enable_ipv4)
-        {
+        // Refused before anything of another backend is removed: UDP tunnels over IPv4.
+        if matches!(cfg.backend, BackendConfig::Udp { .. }) && !cfg.enable_ipv4 {
             return Err(BackendError::Unsupported(
-                "the udp backend carries IPv4 only; use vxlan or host-gw with EnableIPv6"
+                "the udp backend tunnels over IPv4 and needs EnableIPv4; use vxlan or host-gw for an IPv6-only network"
                     .to_string(),
             ));
         }
@@ -174,7 +172,9 @@ impl Backend {
                 ))
             }
             BackendConfig::Udp { port } => Ok(Backend::Udp(
-                udp::UdpBackend::new(cfg.network, *port, ext, udp_offloads).await?,
+                udp::UdpBackend::new(cfg.network, *port, ext, udp_offloads)
+                    .await?
+                    .with_ipv6(cfg.ipv6.as_ref().map(|c| c.network)),
             )),
             BackendConfig::HostGw => {
                 // An IPv6-only node publishes PublicIP 0.0.0.0, as flanneld does.
@@ -265,8 +265,10 @@ impl Backend {
     /// Tells the data path this node's own IPv6 subnet from the lease (the VXLAN IPv6 device
     /// carries its network address).
     pub fn set_own_ipv6(&mut self, own6: Option<Ipv6Network>) {
-        if let Backend::Vxlan(b) = self {
-            b.set_own_ipv6(own6);
+        match self {
+            Backend::Vxlan(b) => b.set_own_ipv6(own6),
+            Backend::Udp(b) => b.set_own_ipv6(own6),
+            Backend::HostGw(_) => {}
         }
     }
 }

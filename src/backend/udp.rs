@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddrV4;
 use std::sync::{Arc, RwLock};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use rtnetlink::Handle;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
@@ -28,7 +28,7 @@ use crate::backend::entries::{self, KernelEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
 use crate::backend::{ReconcileReport, StaleEntry};
 use crate::lease::{Lease, LeaseAttrs};
-use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
+use crate::netlink::{self, ExternalInterface, Ipv4Route, Ipv6Route, NetlinkError};
 use datapath::{DataPath, Queue, SharedTable};
 use socket::UnderlaySocket;
 
@@ -96,6 +96,9 @@ pub struct UdpBackend {
     granted: String,
     /// Applies the cluster route on `flannel0`.
     pipeline: EntryPipeline,
+    /// `IPv6Network` and this node's IPv6 subnet on a dual-stack node: IPv6 pod packets take
+    /// `flannel0` and the IPv4 underlay like IPv4 ones.
+    ipv6: Option<(Ipv6Network, Option<Ipv6Network>)>,
 }
 
 impl std::fmt::Debug for UdpBackend {
@@ -142,16 +145,33 @@ impl UdpBackend {
             offloads,
             granted: String::new(),
             pipeline: EntryPipeline::default(),
+            ipv6: None,
         };
         let handle = netlink::connect()?;
         backend.start_data_path(&handle).await?;
         Ok(backend)
     }
 
+    /// Carries IPv6 pods of `network` too (a dual-stack network).
+    pub fn with_ipv6(mut self, network: Option<Ipv6Network>) -> Self {
+        self.ipv6 = network.map(|n| (n, None));
+        self
+    }
+
+    /// Sets this node's own IPv6 subnet (from the lease).
+    pub fn set_own_ipv6(&mut self, own6: Option<Ipv6Network>) {
+        if let Some((_, own)) = &mut self.ipv6 {
+            *own = own6;
+        }
+    }
+
     /// The lease value this node publishes: `{"PublicIP":..,"BackendType":"udp"}`, no
-    /// BackendData (as Flannel's).
+    /// BackendData (as Flannel's); a dual-stack node adds its `PublicIPv6`.
     pub fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs::without_backend_data(self.ext.public_ip, BACKEND_TYPE)
+        LeaseAttrs {
+            public_ipv6: self.ipv6.and(self.ext.public_ipv6),
+            ..LeaseAttrs::without_backend_data(self.ext.public_ip, BACKEND_TYPE)
+        }
     }
 
     /// The pod MTU: the external interface's MTU minus the 28 bytes of IPv4 + UDP header.
@@ -253,17 +273,31 @@ impl UdpBackend {
             oif: self.tun_index,
             onlink: false,
         };
-        let entries = KernelEntries {
+        let mut entries = KernelEntries {
             routes: [route].into(),
             ..Default::default()
         };
-        let table = ForwardingTable::new(
-            own,
+        let udp_peers = || {
             peers
                 .iter()
                 .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
-                .map(|l| (l.subnet, l.attrs.public_ip)),
-        );
+        };
+        let mut table =
+            ForwardingTable::new(own, udp_peers().map(|l| (l.subnet, l.attrs.public_ip)));
+        if let Some((network6, own6)) = self.ipv6 {
+            entries.routes6.insert(Ipv6Route {
+                dst: network6,
+                gateway: None,
+                oif: self.tun_index,
+                onlink: false,
+            });
+            if let Some(own6) = own6 {
+                table = table.with_ipv6(
+                    own6,
+                    udp_peers().filter_map(|l| Some((l.ipv6_subnet?, l.attrs.public_ip))),
+                );
+            }
+        }
         (entries, table)
     }
 

@@ -13,7 +13,7 @@
 //! one or two iovecs rather than ninety, which costs less (measured: see `spread`).
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddrV4};
 use std::ops::Range;
 use std::os::fd::{AsFd as _, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::forwarding::ForwardingTable;
 use super::offload::{complete_checksum, is_gso, segment, spread, Segment, SegmentError, TcpRun};
-use super::packet::{ipv4_destination, net_unreachable, parse_ipv4};
+use super::packet::{ipv4_destination, ipv6_destination, net_unreachable, parse_ipv4, parse_ipv6};
 use super::socket::{poll_readable, Datagram, RecvBatch, UnderlaySocket};
 
 /// How long a pump blocks before it looks at the stop flag again.
@@ -93,7 +93,7 @@ impl Collector for UdpCounters {
             (
                 "tx_not_ipv4",
                 &self.tx_not_ipv4,
-                "Non-IPv4 packets read from flannel0 (dropped).",
+                "Packets read from flannel0 that are neither IPv4 nor IPv6 (dropped).",
             ),
             (
                 "tx_errors",
@@ -308,9 +308,16 @@ impl TxPump {
             segments,
             laid_out,
         } = scratch;
-        let Some(dst) = ipv4_destination(&room[..len]) else {
-            UdpCounters::add(&self.counters.tx_not_ipv4, 1);
-            return;
+        // IPv4, or IPv6 on a dual-stack node (over the same IPv4 underlay).
+        let dst = match ipv4_destination(&room[..len]) {
+            Some(ip) => IpAddr::V4(ip),
+            None => match ipv6_destination(&room[..len]) {
+                Some(ip) => IpAddr::V6(ip),
+                None => {
+                    UdpCounters::add(&self.counters.tx_not_ipv4, 1);
+                    return;
+                }
+            },
         };
         let gso = is_gso(hdr);
         let mut spread_done = false;
@@ -344,7 +351,16 @@ impl TxPump {
             vec![[&room[..len], &[][..]]]
         };
         let table = snapshot(&self.table);
-        let Some(hop) = table.next_hop(dst) else {
+        let hop = match dst {
+            IpAddr::V4(dst) => table.next_hop(dst),
+            IpAddr::V6(dst) => table.next_hop6(dst),
+        };
+        let Some(hop) = hop else {
+            if dst.is_ipv6() {
+                // No ICMPv6 errors (yet): the packet is dropped and counted.
+                UdpCounters::add(&self.counters.tx_errors, 1);
+                return;
+            }
             // Quote the first packet: a super-packet's first segment, put together.
             let first: Vec<u8> = datagrams
                 .first()
@@ -452,11 +468,13 @@ impl RxPump {
                     let end = (start + seg).min(len);
                     // Borrowed anew per packet: a flush rearranges the bytes before `start`.
                     let pkt = &batch.message(i).1[start..end];
-                    match parse_ipv4(pkt) {
+                    let local = match pkt.first().map(|b| b >> 4) {
+                        Some(6) => parse_ipv6(pkt).map(|dst| table.is_local6(dst)),
+                        _ => parse_ipv4(pkt).map(|addrs| table.is_local(addrs.dst)),
+                    };
+                    match local {
                         Err(_) => UdpCounters::add(&self.counters.rx_malformed, 1),
-                        Ok(addrs) if !table.is_local(addrs.dst) => {
-                            UdpCounters::add(&self.counters.rx_not_local, 1)
-                        }
+                        Ok(false) => UdpCounters::add(&self.counters.rx_not_local, 1),
                         Ok(_) if !vnet => self.write_plain(pkt),
                         Ok(_) => {
                             if !run.push(pkt, (i, start..end)) {

@@ -2,9 +2,9 @@
 //! public IP of the node whose subnet holds it, plus the set of addresses allowed to send.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 /// What the data path needs to know about the cluster, rebuilt by every reconcile and read
 /// by the workers without locking per packet.
@@ -18,6 +18,10 @@ pub struct ForwardingTable {
     by_len: Vec<(u8, HashMap<u32, Ipv4Addr>)>,
     /// Public IPs of all peers: the only sources datagrams are accepted from.
     senders: HashSet<Ipv4Addr>,
+    /// This node's IPv6 subnet on a dual-stack node.
+    own_subnet6: Option<Ipv6Network>,
+    /// The IPv6 twin of `by_len`: peers' IPv6 subnets, reached over the IPv4 underlay.
+    by_len6: Vec<(u8, HashMap<u128, Ipv4Addr>)>,
 }
 
 impl ForwardingTable {
@@ -45,7 +49,47 @@ impl ForwardingTable {
             tun_addr: Some(own_subnet.network()),
             by_len,
             senders,
+            own_subnet6: None,
+            by_len6: Vec::new(),
         }
+    }
+
+    /// Adds the IPv6 side of a dual-stack node: its own IPv6 subnet and `(peer IPv6 subnet,
+    /// peer public IP)` pairs (IPv6 pod packets travel over the IPv4 underlay, as IPv4 ones).
+    pub fn with_ipv6(
+        mut self,
+        own_subnet6: Ipv6Network,
+        peers: impl IntoIterator<Item = (Ipv6Network, Ipv4Addr)>,
+    ) -> Self {
+        let mut lens: HashMap<u8, HashMap<u128, Ipv4Addr>> = HashMap::new();
+        for (subnet, public_ip) in peers {
+            if subnet == own_subnet6 {
+                continue;
+            }
+            lens.entry(subnet.prefix())
+                .or_default()
+                .insert(u128::from(subnet.network()), public_ip);
+            self.senders.insert(public_ip);
+        }
+        let mut by_len6: Vec<_> = lens.into_iter().collect();
+        by_len6.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        self.own_subnet6 = Some(own_subnet6);
+        self.by_len6 = by_len6;
+        self
+    }
+
+    /// The public IP of the peer whose IPv6 subnet holds `dst` (longest prefix wins).
+    pub fn next_hop6(&self, dst: Ipv6Addr) -> Option<Ipv4Addr> {
+        let dst = u128::from(dst);
+        self.by_len6.iter().find_map(|(len, nets)| {
+            let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+            nets.get(&(dst & mask)).copied()
+        })
+    }
+
+    /// Whether `dst` is inside this node's IPv6 subnet.
+    pub fn is_local6(&self, dst: Ipv6Addr) -> bool {
+        self.own_subnet6.is_some_and(|s| s.contains(dst))
     }
 
     /// The public IP of the peer whose subnet holds `dst` (longest prefix wins).
@@ -74,20 +118,29 @@ impl ForwardingTable {
 
     /// Compares the peer entries with those of `next`: (kept, added, removed).
     pub fn diff(&self, next: &ForwardingTable) -> (usize, usize, usize) {
-        let entries = |t: &ForwardingTable| -> HashSet<(u8, u32, Ipv4Addr)> {
-            t.by_len
+        let entries = |t: &ForwardingTable| -> HashSet<(bool, u8, u128, Ipv4Addr)> {
+            let v4 = t.by_len.iter().flat_map(|(len, nets)| {
+                nets.iter()
+                    .map(move |(n, ip)| (false, *len, u128::from(*n), *ip))
+            });
+            let v6 = t
+                .by_len6
                 .iter()
-                .flat_map(|(len, nets)| nets.iter().map(move |(n, ip)| (*len, *n, *ip)))
-                .collect()
+                .flat_map(|(len, nets)| nets.iter().map(move |(n, ip)| (true, *len, *n, *ip)));
+            v4.chain(v6).collect()
         };
         let (old, new) = (entries(self), entries(next));
         let kept = old.intersection(&new).count();
         (kept, new.len() - kept, old.len() - kept)
     }
 
-    /// Number of peer subnets.
+    /// Number of peer subnets (IPv4 and IPv6).
     pub fn len(&self) -> usize {
-        self.by_len.iter().map(|(_, nets)| nets.len()).sum()
+        self.by_len
+            .iter()
+            .map(|(_, nets)| nets.len())
+            .chain(self.by_len6.iter().map(|(_, nets)| nets.len()))
+            .sum()
     }
 
     /// Whether the table has no peers.
@@ -193,5 +246,39 @@ mod tests {
         assert!(!t.is_local(ip("10.244.1.1")));
         assert_eq!(t.next_hop(ip("10.244.1.1")), None);
         assert_eq!(t.tun_addr(), None);
+    }
+
+    #[test]
+    fn ipv6_subnets_go_to_the_peers_public_ip() {
+        let net6 = |s: &str| -> Ipv6Network { s.parse().unwrap() };
+        let t = ForwardingTable::new(
+            net("10.244.1.0/24"),
+            [(net("10.244.2.0/24"), ip("192.0.2.2"))],
+        )
+        .with_ipv6(
+            net6("fd00:0:0:1::/64"),
+            [
+                (net6("fd00:0:0:2::/64"), ip("192.0.2.2")),
+                (net6("fd00:0:0:1::/64"), ip("192.0.2.1")),
+            ],
+        );
+        assert_eq!(
+            t.next_hop6("fd00:0:0:2::9".parse().unwrap()),
+            Some(ip("192.0.2.2"))
+        );
+        assert_eq!(
+            t.next_hop6("fd00:0:0:1::9".parse().unwrap()),
+            None,
+            "own subnet"
+        );
+        assert_eq!(t.next_hop6("fd00:0:0:3::9".parse().unwrap()), None);
+        assert!(t.is_local6("fd00:0:0:1::9".parse().unwrap()));
+        assert!(!t.is_local6("fd00:0:0:2::9".parse().unwrap()));
+        assert_eq!(t.len(), 2);
+        let v4_only = ForwardingTable::new(
+            net("10.244.1.0/24"),
+            [(net("10.244.2.0/24"), ip("192.0.2.2"))],
+        );
+        assert_eq!(v4_only.diff(&t), (1, 1, 0));
     }
 }

@@ -22,6 +22,11 @@ const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 /// `VIRTIO_NET_HDR_GSO_UDP_L4`.
 const GSO_UDP_L4: u8 = 5;
+/// `VIRTIO_NET_HDR_GSO_TCPV6`.
+const GSO_TCPV6: u8 = 4;
+/// The IPv6 fixed header's length (weft's pods send no extension headers in GSO packets; a
+/// packet with one is refused).
+const IPV6_LEN: usize = 40;
 /// `VIRTIO_NET_HDR_GSO_ECN`, a flag on top of the type.
 const GSO_ECN: u8 = 0x80;
 const PROTO_TCP: u8 = 6;
@@ -82,6 +87,11 @@ fn pseudo_header(ip: &[u8], proto: u8, len: usize) -> u64 {
     ones_sum(&ip[12..20], u64::from(proto) + len as u64)
 }
 
+/// The unfolded sum of the IPv6 pseudo-header of `ip` (RFC 8200 8.1).
+fn pseudo_header6(ip: &[u8], proto: u8, len: usize) -> u64 {
+    ones_sum(&ip[8..40], u64::from(proto) + len as u64)
+}
+
 /// Writes a valid IPv4 header checksum into `ip[..ihl]`.
 fn fix_ipv4_checksum(ip: &mut [u8], ihl: usize) {
     put16(ip, 10, 0);
@@ -129,10 +139,11 @@ pub fn segment(
     segments.clear();
     let kind = hdr.gso_type & !GSO_ECN;
     let proto = match kind {
-        GSO_TCPV4 => PROTO_TCP,
+        GSO_TCPV4 | GSO_TCPV6 => PROTO_TCP,
         GSO_UDP_L4 => PROTO_UDP,
         other => return Err(SegmentError::Unsupported(other)),
     };
+    let v6 = pkt.first().is_some_and(|b| b >> 4 == 6);
     let hdr_len = usize::from(hdr.hdr_len);
     let ihl = usize::from(hdr.csum_start);
     let gso_size = usize::from(hdr.gso_size);
@@ -143,13 +154,19 @@ pub fn segment(
         len: pkt.len(),
     };
     let min_l4 = if proto == PROTO_TCP { 20 } else { 8 };
-    if pkt.len() < 20
-        || pkt[0] >> 4 != 4
-        || ihl != usize::from(pkt[0] & 0x0f) * 4
-        || ihl < 20
+    let ip_ok = if v6 {
+        kind != GSO_TCPV4 && pkt.len() >= IPV6_LEN && ihl == IPV6_LEN && pkt[6] == proto
+    } else {
+        kind != GSO_TCPV6
+            && pkt.len() >= 20
+            && pkt[0] >> 4 == 4
+            && ihl == usize::from(pkt[0] & 0x0f) * 4
+            && ihl >= 20
+            && pkt[9] == proto
+    };
+    if !ip_ok
         || hdr_len < ihl + min_l4
         || hdr_len > pkt.len()
-        || pkt[9] != proto
         || gso_size == 0
         || hdr_len + gso_size > MAX_IPV4_LEN
     {
@@ -169,7 +186,7 @@ pub fn segment(
     } else {
         0
     };
-    let first_id = be16(pkt, 4);
+    let first_id = if v6 { 0 } else { be16(pkt, 4) };
     let mut start = hdr_len;
     let mut i = 0usize;
     while start < pkt.len() {
@@ -180,9 +197,14 @@ pub fn segment(
         let at = headers.len();
         headers.extend_from_slice(&pkt[..hdr_len]);
         let h = &mut headers[at..];
-        put16(h, 2, total as u16);
-        put16(h, 4, first_id.wrapping_add(i as u16));
-        fix_ipv4_checksum(h, ihl);
+        if v6 {
+            // IPv6: the payload length; no identification, no header checksum.
+            put16(h, 4, l4_len as u16);
+        } else {
+            put16(h, 2, total as u16);
+            put16(h, 4, first_id.wrapping_add(i as u16));
+            fix_ipv4_checksum(h, ihl);
+        }
         if proto == PROTO_TCP {
             let seq = first_seq.wrapping_add((gso_size * i) as u32);
             h[ihl + 4..ihl + 8].copy_from_slice(&seq.to_be_bytes());
@@ -197,7 +219,11 @@ pub fn segment(
             put16(h, ihl + 4, l4_len as u16);
         }
         put16(h, l4_csum_at, 0);
-        let sum = pseudo_header(h, proto, l4_len);
+        let sum = if v6 {
+            pseudo_header6(h, proto, l4_len)
+        } else {
+            pseudo_header(h, proto, l4_len)
+        };
         let sum = ones_sum(&h[ihl..hdr_len], sum);
         let mut sum = !fold(ones_sum(&pkt[start..end], sum));
         if proto == PROTO_UDP && sum == 0 {
@@ -611,11 +637,17 @@ mod tests {
             Err(SegmentError::BadHeader { .. })
         ));
         hdr.hdr_len = 52;
-        hdr.gso_type = 4;
+        // GSO_UDP (UFO, fragmentation) is not cut; TCPV6 on an IPv4 packet is a bad header.
+        hdr.gso_type = 3;
         assert_eq!(
             segment(&hdr, &pkt, &mut headers, &mut segs),
-            Err(SegmentError::Unsupported(4))
+            Err(SegmentError::Unsupported(3))
         );
+        hdr.gso_type = GSO_TCPV6;
+        assert!(matches!(
+            segment(&hdr, &pkt, &mut headers, &mut segs),
+            Err(SegmentError::BadHeader { .. })
+        ));
         hdr.gso_type = GSO_TCPV4;
         hdr.gso_size = 0;
         assert!(segment(&hdr, &pkt, &mut headers, &mut segs).is_err());
@@ -741,5 +773,64 @@ mod tests {
         assert!(run.packets().is_empty());
         assert!(push(&mut run, 3), "a FIN segment stands alone");
         assert!(!push(&mut run, 0));
+    }
+
+    /// An IPv6 TCP super-packet fd00::5 -> fd00::7 as TUN hands it over with TSO6.
+    fn super_packet6(payload: usize, gso: u16) -> (VirtioNetHdr, Vec<u8>) {
+        let hdr_len = IPV6_LEN + 20;
+        let mut p = vec![0u8; hdr_len + payload];
+        p[0] = 0x60;
+        put16(&mut p, 4, (20 + payload) as u16);
+        p[6] = PROTO_TCP;
+        p[7] = 64;
+        p[8] = 0xfd;
+        p[23] = 5;
+        p[24] = 0xfd;
+        p[39] = 7;
+        put16(&mut p, 40, 40000);
+        put16(&mut p, 42, 5201);
+        p[44..48].copy_from_slice(&1000u32.to_be_bytes());
+        p[52] = 5 << 4;
+        p[53] = TCP_ACK | TCP_PSH;
+        for (i, b) in p[hdr_len..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let hdr = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV6,
+            hdr_len: hdr_len as u16,
+            gso_size: gso,
+            csum_start: IPV6_LEN as u16,
+            csum_offset: 16,
+        };
+        (hdr, p)
+    }
+
+    #[test]
+    fn ipv6_tcp_super_packets_are_cut_with_valid_headers() {
+        let (hdr, p) = super_packet6(3000, 1200);
+        let (mut headers, mut segments) = (Vec::new(), Vec::new());
+        segment(&hdr, &p, &mut headers, &mut segments).unwrap();
+        assert_eq!(segments.len(), 3);
+        for (i, s) in segments.iter().enumerate() {
+            let mut seg = headers[s.header.clone()].to_vec();
+            seg.extend_from_slice(&p[s.payload.clone()]);
+            let l4_len = seg.len() - IPV6_LEN;
+            assert_eq!(usize::from(be16(&seg, 4)), l4_len, "payload length");
+            assert_eq!(be32(&seg, 44), 1000 + 1200 * i as u32, "sequence number");
+            let psh = seg[53] & TCP_PSH != 0;
+            assert_eq!(psh, i == 2, "PSH only on the last segment");
+            let sum = fold(ones_sum(
+                &seg[IPV6_LEN..],
+                pseudo_header6(&seg, PROTO_TCP, l4_len),
+            ));
+            assert_eq!(sum, 0xffff, "TCP checksum of segment {i}");
+        }
+        // An IPv4 GSO type on an IPv6 packet is refused.
+        let bad = VirtioNetHdr {
+            gso_type: GSO_TCPV4,
+            ..hdr
+        };
+        assert!(segment(&bad, &p, &mut headers, &mut segments).is_err());
     }
 }

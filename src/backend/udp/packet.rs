@@ -71,6 +71,34 @@ pub fn parse_ipv4(pkt: &[u8]) -> Result<Ipv4Addrs, Malformed> {
     })
 }
 
+/// The IPv6 fixed header's length.
+const IPV6_HEADER_LEN: usize = 40;
+
+/// Checks that `pkt` is exactly one IPv6 packet (version, payload length) and returns its
+/// destination.
+pub fn parse_ipv6(pkt: &[u8]) -> Result<std::net::Ipv6Addr, Malformed> {
+    if pkt.len() < IPV6_HEADER_LEN {
+        return Err(Malformed::TooShort(pkt.len()));
+    }
+    let payload = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+    if payload + IPV6_HEADER_LEN != pkt.len() {
+        return Err(Malformed::LengthMismatch {
+            total: payload + IPV6_HEADER_LEN,
+            got: pkt.len(),
+        });
+    }
+    ipv6_destination(pkt).ok_or(Malformed::NotIpv4(pkt[0] >> 4))
+}
+
+/// The destination of an IPv6 packet, without further checks; `None` if it is not one.
+pub fn ipv6_destination(pkt: &[u8]) -> Option<std::net::Ipv6Addr> {
+    if pkt.len() < IPV6_HEADER_LEN || pkt[0] >> 4 != 6 {
+        return None;
+    }
+    let dst: [u8; 16] = pkt[24..40].try_into().ok()?;
+    Some(dst.into())
+}
+
 /// The destination of an IPv4 packet, without further checks; `None` if it is not one.
 pub fn ipv4_destination(pkt: &[u8]) -> Option<Ipv4Addr> {
     if pkt.len() < IPV4_HEADER_LEN || pkt[0] >> 4 != 4 {
@@ -318,5 +346,20 @@ mod tests {
         bcast[12..16].copy_from_slice(&[255, 255, 255, 255]);
         assert_eq!(net_unreachable(&bcast, from, &mut out), None);
         assert_eq!(net_unreachable(&udp_packet(8), from, &mut out[..40]), None);
+    }
+
+    #[test]
+    fn parses_an_ipv6_packet_and_refuses_a_wrong_length() {
+        let mut p = vec![0u8; 48];
+        p[0] = 0x60;
+        p[5] = 8;
+        p[24] = 0xfd;
+        p[39] = 7;
+        assert_eq!(parse_ipv6(&p).unwrap().to_string(), "fd00::7");
+        assert_eq!(ipv6_destination(&p), parse_ipv6(&p).ok());
+        p[5] = 9;
+        assert!(parse_ipv6(&p).is_err());
+        assert!(parse_ipv6(&p[..30]).is_err());
+        assert_eq!(ipv6_destination(&[0x45; 40]), None);
     }
 }
