@@ -951,3 +951,40 @@ fn udp_backend_carries_ipv6_pods() {
         }
     }
 }
+
+/// host-gw routes each peer's IPv6 subnet via its PublicIPv6 on the shared segment, as
+/// Flannel's host-gw does; pods talk over both families.
+#[test]
+fn host_gw_routes_ipv6_pods_via_public_ipv6() {
+    let config = DUAL_CONFIG.replace(r#""Type":"vxlan""#, r#""Type":"host-gw""#);
+    let cluster = Cluster::new(2, &config);
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    wait_tcp(
+        &pods[0],
+        &pods[1],
+        pods[1].ip6.as_deref().unwrap_or_default(),
+        &dump,
+    );
+    assert_mesh(&pods, &dump);
+    let peer6 = pods[1].ip6.as_deref().unwrap_or_default();
+    let peer_net = format!("{}::/64", &peer6[..peer6.rfind("::").unwrap_or(0)]);
+    let routes6 = cluster
+        .node(0)
+        .netns()
+        .ip(&["-6", "route", "show", "proto", "87"]);
+    assert!(
+        routes6.contains(&format!(
+            "{peer_net} via {} dev eth0",
+            v6_of(cluster.node(1))
+        )),
+        "{routes6}"
+    );
+}
