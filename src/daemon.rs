@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tracing::{error, info, warn};
 
 use crate::backend::guard::{self, RouteGuard};
@@ -320,7 +320,7 @@ impl Agent {
         if let Some(render) = backend.metrics() {
             metrics.set_backend(render);
         }
-        let previous = previous_subnet(&opts.subnet_file, &config);
+        let previous = previous_subnets(&opts.subnet_file, &config);
         board.set_phase("acquiring a subnet lease");
         let own = acquire(
             &store,
@@ -637,10 +637,11 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let attrs = self.backend.lease_attrs();
         let own = self
             .store
-            .acquire(
+            .acquire_dual(
                 &self.config,
                 &attrs,
                 Some(self.own.subnet),
+                self.own.ipv6_subnet,
                 self.opts.lease_ttl,
             )
             .await?;
@@ -1229,14 +1230,17 @@ async fn acquire(
     store: &impl LeaseStore,
     config: &NetworkConfig,
     backend: &impl DataPath,
-    previous: Option<Ipv4Network>,
+    (previous, previous6): (Option<Ipv4Network>, Option<Ipv6Network>),
     ttl: Duration,
     metrics: &Metrics,
 ) -> OwnLease {
     let attrs = backend.lease_attrs();
     let mut backoff = Backoff::new();
     loop {
-        match store.acquire(config, &attrs, previous, ttl).await {
+        match store
+            .acquire_dual(config, &attrs, previous, previous6, ttl)
+            .await
+        {
             Ok(own) => {
                 let kind = if own.etcd_lease.is_some() {
                     "lease"
@@ -1256,11 +1260,23 @@ async fn acquire(
     }
 }
 
-/// The subnet from a previous run's subnet.env, when it belongs to the current network.
-fn previous_subnet(path: &std::path::Path, config: &NetworkConfig) -> Option<Ipv4Network> {
-    let env = SubnetEnv::read(path).ok()?;
+/// The subnets from a previous run's subnet.env, when they belong to the current network.
+fn previous_subnets(
+    path: &std::path::Path,
+    config: &NetworkConfig,
+) -> (Option<Ipv4Network>, Option<Ipv6Network>) {
+    let Ok(env) = SubnetEnv::read(path) else {
+        return (None, None);
+    };
     let subnet = env.lease_subnet();
-    (env.network == config.network && subnet.prefix() == config.subnet_len).then_some(subnet)
+    let v4 =
+        (env.network == config.network && subnet.prefix() == config.subnet_len).then_some(subnet);
+    let v6 = env
+        .ipv6_subnet
+        .zip(env.ipv6_network)
+        .filter(|(_, net6)| config.ipv6.as_ref().is_some_and(|c| c.network == *net6))
+        .and_then(|(sn6, _)| Ipv6Network::new(sn6.network(), sn6.prefix()).ok());
+    (v4, v6)
 }
 
 /// Pods on other nodes are reached by forwarding; like a CNI bridge, the agent turns it on in

@@ -676,6 +676,20 @@ impl EtcdStore {
         previous: Option<Ipv4Network>,
         ttl: Duration,
     ) -> Result<OwnLease, StoreError> {
+        self.acquire_dual(cfg, attrs, previous, None, ttl).await
+    }
+
+    /// [`EtcdStore::acquire`] with the previous IPv6 subnet too (from subnet.env's
+    /// `FLANNEL_IPV6_SUBNET`): asked for when it fits the config and is free, so a node whose
+    /// lease expired keeps its pods' IPv6 addresses as it keeps their IPv4 ones.
+    pub async fn acquire_dual(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Network>,
+        previous6: Option<Ipv6Network>,
+        ttl: Duration,
+    ) -> Result<OwnLease, StoreError> {
         // Subnets whose claim failed although the listing showed them free (another node was
         // faster, or the key holds a value that does not parse): never tried twice.
         let mut lost: Vec<Ipv4Network> = Vec::new();
@@ -746,13 +760,24 @@ impl EtcdStore {
                         .filter(|s| s.prefix() >= cfg6.subnet_len && !dropped6.contains(s))
                         .chain(lost6.iter().copied())
                         .collect();
-                    let mut rng = rand::rng();
-                    Some(choose_free_ipv6_subnet(cfg6, &taken6, &mut rng).ok_or(
-                        StoreError::NoFreeIpv6Subnet {
-                            network: cfg6.network,
-                            taken: taken6.len(),
-                        },
-                    )?)
+                    let free = |p: &Ipv6Network| {
+                        cfg6.contains_subnet(p)
+                            && !taken6
+                                .iter()
+                                .any(|t| t.contains(p.network()) || p.contains(t.network()))
+                    };
+                    match previous6.filter(free) {
+                        Some(p) => Some(p),
+                        None => {
+                            let mut rng = rand::rng();
+                            Some(choose_free_ipv6_subnet(cfg6, &taken6, &mut rng).ok_or(
+                                StoreError::NoFreeIpv6Subnet {
+                                    network: cfg6.network,
+                                    taken: taken6.len(),
+                                },
+                            )?)
+                        }
+                    }
                 }
             };
             if let Some(lease) = self.claim(candidate, candidate6, attrs, ttl).await? {
@@ -1253,6 +1278,19 @@ pub trait LeaseStore {
         ttl: Duration,
     ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send;
 
+    /// Claims a subnet asking for the previous IPv6 subnet too (see
+    /// [`EtcdStore::acquire_dual`]); a store without IPv6 preferences ignores `previous6`.
+    fn acquire_dual(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Network>,
+        _previous6: Option<Ipv6Network>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send {
+        self.acquire(cfg, attrs, previous, ttl)
+    }
+
     /// Extends the node's lease (see [`EtcdStore::renew`]).
     fn renew(
         &self,
@@ -1289,6 +1327,17 @@ impl LeaseStore for EtcdStore {
         ttl: Duration,
     ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send {
         EtcdStore::acquire(self, cfg, attrs, previous, ttl)
+    }
+
+    fn acquire_dual(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Network>,
+        previous6: Option<Ipv6Network>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send {
+        EtcdStore::acquire_dual(self, cfg, attrs, previous, previous6, ttl)
     }
 
     fn renew(

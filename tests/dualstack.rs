@@ -988,3 +988,23 @@ fn host_gw_routes_ipv6_pods_via_public_ipv6() {
         "{routes6}"
     );
 }
+
+/// A node whose lease is gone (expired while weftd was down) asks for the subnets of its
+/// subnet.env again, IPv6 included, so its pods keep both addresses.
+#[test]
+fn restarted_node_without_its_lease_gets_both_previous_subnets() {
+    let cluster = Cluster::new(1, DUAL_CONFIG);
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let node = cluster.node(0);
+    let before = leases(&cluster.etcd);
+    assert_eq!(before.len(), 1);
+    node.stop();
+    assert!(cluster.etcd.del(&before[0].0));
+    node.start_weftd(&[]);
+    node.wait_until(CONVERGE, "a lease again", || {
+        leases(&cluster.etcd).len() == 1
+    });
+    let after = leases(&cluster.etcd);
+    assert_eq!(after[0].0, before[0].0, "the same dual-stack key");
+}

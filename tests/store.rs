@@ -413,6 +413,44 @@ fn dual_stack_and_ipv6_only_acquire_write_flannels_keys() {
 }
 
 #[test]
+fn previous_ipv6_subnet_is_asked_for_when_free() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        let cfg = put_config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#,
+        )
+        .await;
+        let wanted: ipnetwork::Ipv6Network = "fd00:10:244:77::/64".parse().unwrap();
+        let a = dual(
+            "192.0.2.1",
+            "aa:bb:cc:dd:ee:01",
+            "2001:db8::1",
+            "aa:bb:cc:dd:e6:01",
+        );
+        let own = s
+            .acquire_dual(&cfg, &a, Some(net("10.244.77.0/24")), Some(wanted), DAY)
+            .await
+            .unwrap();
+        assert_eq!(own.ipv6_subnet, Some(wanted));
+        assert_eq!(own.subnet, net("10.244.77.0/24"));
+        // Taken by another node: a free one instead.
+        let b = dual(
+            "192.0.2.2",
+            "aa:bb:cc:dd:ee:02",
+            "2001:db8::2",
+            "aa:bb:cc:dd:e6:02",
+        );
+        let other = s
+            .acquire_dual(&cfg, &b, None, Some(wanted), DAY)
+            .await
+            .unwrap();
+        assert_ne!(other.ipv6_subnet, Some(wanted));
+        assert!(other.ipv6_subnet.is_some());
+    });
+}
+
+#[test]
 fn same_public_ip_gets_same_subnet_and_new_attrs() {
     let etcd = EtcdNs::start();
     etcd.run(|| async {
