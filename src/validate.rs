@@ -523,7 +523,7 @@ pub fn validate_leases<'a>(
             }),
         }
     }
-    verdicts.accepted.sort_by_key(|l| l.subnet);
+    verdicts.accepted.sort_by_key(|l| (l.subnet, l.ipv6_subnet));
     verdicts.rejected.sort_by(|a, b| a.key.cmp(&b.key));
     verdicts
 }

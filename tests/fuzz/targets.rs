@@ -43,6 +43,29 @@ pub fn network_config(data: &[u8]) {
     let Ok(cfg) = NetworkConfig::parse(text) else {
         return;
     };
+    if let Some(v6) = &cfg.ipv6 {
+        let prefix = v6.network.prefix();
+        assert!(
+            v6.subnet_len >= prefix + 2 && v6.subnet_len <= 126,
+            "IPv6SubnetLen {} for {}",
+            v6.subnet_len,
+            v6.network
+        );
+        assert!(v6.subnet_min <= v6.subnet_max, "{cfg:?}");
+        for bound in [v6.subnet_min, v6.subnet_max] {
+            assert!(v6.network.contains(bound), "{bound} outside {cfg:?}");
+            let subnet = ipnetwork::Ipv6Network::new(bound, v6.subnet_len)
+                .unwrap_or_else(|e| panic!("{bound}/{}: {e}", v6.subnet_len));
+            assert!(
+                v6.contains_subnet(&subnet),
+                "{subnet} not handed out by {cfg:?}"
+            );
+        }
+    }
+    if !cfg.enable_ipv4 {
+        assert!(cfg.ipv6.is_some(), "no family enabled: {cfg:?}");
+        return;
+    }
     let prefix = cfg.network.prefix();
     assert!(prefix <= 28, "accepted Network {}", cfg.network);
     assert!(
@@ -161,7 +184,38 @@ pub fn validation(data: &[u8]) {
     let cfg = &policy.config;
     let mut last_end: Option<u32> = None;
     let mut macs: BTreeMap<[u8; 6], Ipv4Addr> = BTreeMap::new();
+    // IPv6 parts: inside IPv6Network, of IPv6SubnetLen, disjoint, with a usable PublicIPv6.
+    let mut v6_seen: Vec<ipnetwork::Ipv6Network> = Vec::new();
     for lease in &verdicts.accepted {
+        if let Some(v6) = lease.ipv6_subnet {
+            let cfg6 = cfg
+                .ipv6
+                .as_ref()
+                .unwrap_or_else(|| panic!("{v6} believed without IPv6"));
+            assert!(cfg6.network.contains(v6.network()), "{v6} outside");
+            assert_eq!(v6.prefix(), cfg6.subnet_len, "{v6}");
+            assert!(
+                !v6_seen
+                    .iter()
+                    .any(|o| o.contains(v6.network()) || v6.contains(o.network())),
+                "{v6} overlaps"
+            );
+            v6_seen.push(v6);
+            let ip6 = lease
+                .attrs
+                .public_ipv6
+                .unwrap_or_else(|| panic!("{v6} without PublicIPv6"));
+            assert!(
+                !(ip6.is_loopback() || ip6.is_unspecified() || ip6.is_multicast()),
+                "accepted PublicIPv6 {ip6}"
+            );
+        }
+    }
+    if !cfg.enable_ipv4 {
+        assert!(verdicts.accepted.iter().all(|l| l.ipv6_subnet.is_some()));
+    }
+    // The IPv4 checks; an IPv6-only network's leases all have the IPv4 part 0.0.0.0/0.
+    for lease in verdicts.accepted.iter().filter(|_| cfg.enable_ipv4) {
         let subnet = lease.subnet;
         assert!(cfg.network.contains(subnet.network()), "{subnet} outside");
         assert_eq!(subnet.prefix(), cfg.subnet_len, "{subnet}");
