@@ -17,6 +17,8 @@
 #   scripts/bench-scale.sh                   release build, the full run (~5 minutes)
 #   PEERS=1000,2000 AGENTS=5 CHURN_SECONDS=10 REST_SECONDS=10 scripts/bench-scale.sh   quick
 #   SKIP_BUILD=1 scripts/bench-scale.sh      use the weftd already built
+#   SECTIONS=start,churn PEERS=10000 scripts/bench-scale.sh   only these phases (start, churn,
+#                                            fanout; churn runs on the start phase's largest node)
 #
 # Addresses: underlay 192.0.2.0/24; pod network 10.0.0.0/8 in /24s (10 000 /24s do not fit in a
 # /16); the fake peers' public IPs are in 198.18.0.0/15 (RFC 2544 benchmarking range), only ever
@@ -77,4 +79,5 @@ done
 ip netns exec "$P-etcd" python3 "$ROOT/scripts/lib/scale.py" --prefix "$P" --work "$WORK" --weftd "$WEFTD" \
     --peers "${PEERS:-5000,10000}" --churn-rate "${CHURN_RATE:-50}" --churn-seconds "${CHURN_SECONDS:-60}" \
     --rest-seconds "${REST_SECONDS:-60}" --agents "${AGENTS:-50}" --fanout-leases "${FANOUT_LEASES:-5000}" \
-    --fanout-writes "${FANOUT_WRITES:-100}" --fanout-rate "${FANOUT_RATE:-10}"
+    --fanout-writes "${FANOUT_WRITES:-100}" --fanout-rate "${FANOUT_RATE:-10}" \
+    --sections "${SECTIONS:-start,churn,fanout}"
