@@ -17,6 +17,7 @@
 #   scripts/bench-scale.sh                   release build, the full run (~5 minutes)
 #   PEERS=1000,2000 AGENTS=5 CHURN_SECONDS=10 REST_SECONDS=10 scripts/bench-scale.sh   quick
 #   SKIP_BUILD=1 scripts/bench-scale.sh      use the weftd already built
+#   SKIP_BUILD=1 WEFTD=/tmp/weftd-old scripts/bench-scale.sh   measure another build
 #   SECTIONS=start,churn PEERS=10000 scripts/bench-scale.sh   only these phases (start, churn,
 #                                            fanout; churn runs on the start phase's largest node)
 #
@@ -50,7 +51,8 @@ elif [ "$PROFILE" = release ]; then
 else
     cargo build --quiet --bin weftd
 fi
-WEFTD="$ROOT/target/$PROFILE/weftd"
+# WEFTD=/path/to/weftd measures another build (e.g. a baseline) with this driver.
+WEFTD=${WEFTD:-$ROOT/target/$PROFILE/weftd}
 
 echo "== underlay and etcd (load: $(cut -d' ' -f1-3 /proc/loadavg))"
 ip netns add "$P-ul"

@@ -34,7 +34,10 @@ import base64
 from base64 import b64encode
 
 PREFIX_KEY = "/coreos.com/network"
-CONFIG = {"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}
+# The fake peers' leases are written straight into etcd from 10.0.1.0/24 up; the real nodes
+# take theirs from 10.200.0.0/24 up, out of the way, or a churn add would overwrite a node's own
+# lease (which it then re-acquires elsewhere, a full pass that is not what is measured).
+CONFIG = {"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.200.0.0", "Backend": {"Type": "vxlan"}}
 ETCD_IP = "192.0.2.254"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
