@@ -18,6 +18,8 @@
 #   PEERS=1000,2000 AGENTS=5 CHURN_SECONDS=10 REST_SECONDS=10 scripts/bench-scale.sh   quick
 #   SKIP_BUILD=1 scripts/bench-scale.sh      use the weftd already built
 #   SKIP_BUILD=1 WEFTD=/tmp/weftd-old scripts/bench-scale.sh   measure another build
+#   WEFTD_WRAP="perf record -g -o /tmp/weftd.perf" SECTIONS=start PEERS=10000 scripts/bench-scale.sh
+#                                            profile weftd (RSS and CPU figures are then perf's)
 #   SECTIONS=start,churn PEERS=10000 scripts/bench-scale.sh   only these phases (start, churn,
 #                                            fanout; churn runs on the start phase's largest node)
 #

@@ -670,7 +670,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
     fn note_rejected(&mut self, key: &str, revision: i64, reason: &RejectReason) {
         if self.reported.get(key) != Some(&revision) {
             error!(
-                key,
+                key = %key,
                 revision,
                 reason = reason.label(),
                 "lease rejected, not programmed: {reason}"

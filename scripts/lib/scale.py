@@ -199,7 +199,9 @@ class Weftd:
         self.logf = open(os.path.join(self.dir, "weftd.log"), "w")
         self.t0 = time.time()
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "env", "RUST_LOG=warn" if quiet else "RUST_LOG=info", args.weftd,
+            ["ip", "netns", "exec", self.ns, "env", "RUST_LOG=warn" if quiet else "RUST_LOG=info"]
+            + (os.environ["WEFTD_WRAP"].split() if os.environ.get("WEFTD_WRAP") else [])
+            + [args.weftd,
              "--etcd-endpoints", f"http://{ETCD_IP}:2379", "--iface", "eth0",
              "--subnet-file", self.subnet_env, "--state-dir", os.path.join(self.dir, "state"),
              "--peer-probe-interval", "0", "--healthz-addr", "127.0.0.1:9102"],
