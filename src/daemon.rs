@@ -598,7 +598,6 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let mut claims = self.claims.take()?;
         let policy = self.policy_with(&protected);
         let route_guard = RouteGuard::new(protected);
-        let own_key = self.own_key();
         let mut changes = Vec::new();
         for (key, old) in std::mem::take(&mut self.dirty) {
             let new = self.leases.get(&key);
