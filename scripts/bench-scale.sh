@@ -9,7 +9,7 @@
 #           10 000-peer node: latency from each etcd write to the change in the kernel (seen by
 #           `ip -ts monitor`), p50/p99; weftd's CPU; etcd requests per minute from weftd during the
 #           churn and for 60 s at rest (etcd's own gRPC counters less the driver's requests), and
-#           the bytes etcd sent.
+#           the bytes etcd sent; then the node's kernel against etcd, entry by entry.
 #   fanout  50 weftd processes, each on its own node namespace, watching the same 5000 leases;
 #           100 writes at 10/s: latency from a write to the LAST agent's kernel holding it; etcd's
 #           CPU meanwhile.

@@ -13,9 +13,11 @@ Phases (each measured in the same run as its reference):
   churn   on the largest node: CHURN_RATE lease changes per second (add, delete, VTEP MAC change in
           turn) for CHURN_SECONDS; latency from each etcd write leaving this driver to the change
           seen in the node's kernel (`ip -ts monitor`), weftd's CPU, etcd requests per minute
-          from weftd during the churn and at rest, bytes etcd sent.
+          from weftd during the churn and at rest, bytes etcd sent; then the kernel against
+          etcd, entry by entry (what decides whether a change was lost).
   fanout  AGENTS weftd processes, one per node namespace, watching the same leases; writes at a
-          steady rate; latency from a write to the last agent's kernel having it; etcd's CPU.
+          steady rate; latency from a write to the last agent's kernel having it; etcd's CPU;
+          every agent's kernel against etcd.
 """
 
 import argparse
