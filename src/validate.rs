@@ -5,7 +5,7 @@
 //! Pure functions of the network config, this node's identity and the raw key-values: no I/O,
 //! nothing of the kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -313,6 +313,18 @@ pub fn validate_lease(
     raw: &RawLease,
     accepted: &AcceptedSubnets,
 ) -> Result<(DualSubnet, Lease), RejectReason> {
+    let (dual, attrs) = parse_lease(policy, raw)?;
+    judge_parsed(policy, raw, dual, attrs, accepted)
+}
+
+/// The checks of one lease that come before any comparison with other leases: key, value,
+/// families, networks and prefix lengths. A lease that passes them claims its subnets (and
+/// VTEP MAC). The returned subnets keep the IPv6 part only where the network has IPv6 (a
+/// v4-only peer in a dual-stack network is believed for IPv4, as Flannel does).
+fn parse_lease(
+    policy: &LeasePolicy,
+    raw: &RawLease,
+) -> Result<(DualSubnet, LeaseAttrs), RejectReason> {
     let subnets = subnets_prefix(&policy.prefix);
     let rest = raw.key.strip_prefix(&subnets).ok_or_else(|| {
         RejectReason::BadKey(format!("key {:?} is not under {subnets:?}", raw.key))
@@ -333,15 +345,13 @@ pub fn validate_lease(
     let cfg = &policy.config;
     let subnet = dual.v4;
     if cfg.enable_ipv4 {
-        check_ipv4_subnet(cfg, subnet, accepted)?;
+        check_ipv4_subnet(cfg, subnet)?;
     } else if subnet.prefix() != 0 || !subnet.ip().is_unspecified() {
         return Err(RejectReason::Family(format!(
             "IPv4 subnet {subnet} in an IPv6-only network (Flannel keys it 0.0.0.0-0&...)"
         )));
     }
-    // IPv6 parts count only where the network has IPv6; a v4-only peer in a dual-stack network
-    // is believed for IPv4, as Flannel does.
-    let ipv6_subnet = match (&cfg.ipv6, dual.v6) {
+    let v6 = match (&cfg.ipv6, dual.v6) {
         (Some(cfg6), Some(v6)) => {
             if v6.prefix() < cfg6.network.prefix() || !cfg6.network.contains(v6.network()) {
                 return Err(RejectReason::OutsideIpv6Network {
@@ -355,12 +365,6 @@ pub fn validate_lease(
                     subnet_len: cfg6.subnet_len,
                 });
             }
-            if let Some(older) = accepted.overlapping_v6(&v6) {
-                return Err(RejectReason::Overlaps {
-                    subnet: v6.to_string(),
-                    older_key: older.to_string(),
-                });
-            }
             Some(v6)
         }
         (Some(_), None) if !cfg.enable_ipv4 => {
@@ -370,6 +374,89 @@ pub fn validate_lease(
         }
         _ => None,
     };
+    Ok((DualSubnet { v4: dual.v4, v6 }, attrs))
+}
+
+/// The IPv4 checks that need no other lease: inside `Network`, a `/SubnetLen`.
+fn check_ipv4_subnet(cfg: &NetworkConfig, subnet: Ipv4Network) -> Result<(), RejectReason> {
+    if subnet.prefix() < cfg.network.prefix() || !cfg.network.contains(subnet.network()) {
+        return Err(RejectReason::OutsideNetwork {
+            subnet,
+            network: cfg.network,
+        });
+    }
+    if subnet.prefix() != cfg.subnet_len {
+        return Err(RejectReason::WrongLength {
+            subnet,
+            subnet_len: cfg.subnet_len,
+        });
+    }
+    Ok(())
+}
+
+fn check_public_ipv6(
+    ip: Option<Ipv6Addr>,
+    node: &NodeIdentity,
+    ours: bool,
+) -> Result<(), RejectReason> {
+    let Some(ip) = ip else {
+        return Err(RejectReason::PublicIpv6 {
+            ip: "-".to_string(),
+            why: "missing from a lease with an IPv6 subnet",
+        });
+    };
+    let segments = ip.segments();
+    let why = if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if segments[0] & 0xffc0 == 0xfe80 {
+        Some("link-local (not routable between nodes)")
+    } else if ip.to_ipv4_mapped().is_some() {
+        Some("an IPv4-mapped address")
+    } else if !ours && (node.public_ipv6 == Some(ip) || node.addresses_v6.contains(&ip)) {
+        Some("an address of this node")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(RejectReason::PublicIpv6 {
+            ip: ip.to_string(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The rest of [`validate_lease`], on a lease [`parse_lease`] passed.
+fn judge_parsed(
+    policy: &LeasePolicy,
+    raw: &RawLease,
+    dual: DualSubnet,
+    attrs: LeaseAttrs,
+    accepted: &AcceptedSubnets,
+) -> Result<(DualSubnet, Lease), RejectReason> {
+    let cfg = &policy.config;
+    let subnet = dual.v4;
+    let ipv6_subnet = dual.v6;
+    if cfg.enable_ipv4 {
+        if let Some(older) = accepted.overlapping_v4(&subnet) {
+            return Err(RejectReason::Overlaps {
+                subnet: subnet.to_string(),
+                older_key: older.to_string(),
+            });
+        }
+    }
+    if let Some(v6) = ipv6_subnet {
+        if let Some(older) = accepted.overlapping_v6(&v6) {
+            return Err(RejectReason::Overlaps {
+                subnet: v6.to_string(),
+                older_key: older.to_string(),
+            });
+        }
+    }
     let expected = cfg.backend.type_name();
     if attrs.backend_type != expected {
         return Err(RejectReason::BackendType {
@@ -419,76 +506,7 @@ pub fn validate_lease(
         etcd_lease: (raw.etcd_lease != 0).then_some(raw.etcd_lease),
         mod_revision: raw.mod_revision,
     };
-    Ok((
-        DualSubnet {
-            v4: dual.v4,
-            v6: ipv6_subnet,
-        },
-        lease,
-    ))
-}
-
-/// The IPv4 checks: inside `Network`, a `/SubnetLen`, overlapping no older lease.
-fn check_ipv4_subnet(
-    cfg: &NetworkConfig,
-    subnet: Ipv4Network,
-    accepted: &AcceptedSubnets,
-) -> Result<(), RejectReason> {
-    if subnet.prefix() < cfg.network.prefix() || !cfg.network.contains(subnet.network()) {
-        return Err(RejectReason::OutsideNetwork {
-            subnet,
-            network: cfg.network,
-        });
-    }
-    if subnet.prefix() != cfg.subnet_len {
-        return Err(RejectReason::WrongLength {
-            subnet,
-            subnet_len: cfg.subnet_len,
-        });
-    }
-    if let Some(older) = accepted.overlapping_v4(&subnet) {
-        return Err(RejectReason::Overlaps {
-            subnet: subnet.to_string(),
-            older_key: older.to_string(),
-        });
-    }
-    Ok(())
-}
-
-fn check_public_ipv6(
-    ip: Option<Ipv6Addr>,
-    node: &NodeIdentity,
-    ours: bool,
-) -> Result<(), RejectReason> {
-    let Some(ip) = ip else {
-        return Err(RejectReason::PublicIpv6 {
-            ip: "-".to_string(),
-            why: "missing from a lease with an IPv6 subnet",
-        });
-    };
-    let segments = ip.segments();
-    let why = if ip.is_unspecified() {
-        Some("unspecified")
-    } else if ip.is_loopback() {
-        Some("a loopback address")
-    } else if ip.is_multicast() {
-        Some("a multicast address")
-    } else if segments[0] & 0xffc0 == 0xfe80 {
-        Some("link-local (not routable between nodes)")
-    } else if ip.to_ipv4_mapped().is_some() {
-        Some("an IPv4-mapped address")
-    } else if !ours && (node.public_ipv6 == Some(ip) || node.addresses_v6.contains(&ip)) {
-        Some("an address of this node")
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(RejectReason::PublicIpv6 {
-            ip: ip.to_string(),
-            why,
-        }),
-        None => Ok(()),
-    }
+    Ok((dual, lease))
 }
 
 /// The outcome of [`validate_leases`].
@@ -506,12 +524,26 @@ pub fn validate_leases<'a>(
     policy: &LeasePolicy,
     raw: impl IntoIterator<Item = &'a RawLease>,
 ) -> LeaseVerdicts {
+    validate_leases_indexed(policy, raw).0
+}
+
+/// [`validate_leases`], and the [`LeaseClaims`] of the table, with which a change of some
+/// keys can later be judged key by key ([`LeaseClaims::update`]).
+pub fn validate_leases_indexed<'a>(
+    policy: &LeasePolicy,
+    raw: impl IntoIterator<Item = &'a RawLease>,
+) -> (LeaseVerdicts, LeaseClaims) {
     let mut ordered: Vec<&RawLease> = raw.into_iter().collect();
     ordered.sort_by(|a, b| (a.create_revision, &a.key).cmp(&(b.create_revision, &b.key)));
     let mut taken = AcceptedSubnets::default();
     let mut verdicts = LeaseVerdicts::default();
+    let mut claims = LeaseClaims::default();
     for raw in ordered {
-        match validate_lease(policy, raw, &taken) {
+        let judged = parse_lease(policy, raw).and_then(|(dual, attrs)| {
+            claims.add(&Claim::of(&dual, &attrs));
+            judge_parsed(policy, raw, dual, attrs, &taken)
+        });
+        match judged {
             Ok((dual, lease)) => {
                 taken.insert_lease(dual, &lease, &raw.key);
                 verdicts.accepted.push(lease);
@@ -525,7 +557,115 @@ pub fn validate_leases<'a>(
     }
     verdicts.accepted.sort_by_key(|l| (l.subnet, l.ipv6_subnet));
     verdicts.rejected.sort_by(|a, b| a.key.cmp(&b.key));
-    verdicts
+    (verdicts, claims)
+}
+
+/// What one lease that reaches the comparison with other leases could collide on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Claim {
+    v4: Ipv4Network,
+    v6: bool,
+    mac: Option<[u8; 6]>,
+}
+
+impl Claim {
+    fn of(dual: &DualSubnet, attrs: &LeaseAttrs) -> Claim {
+        Claim {
+            v4: dual.v4,
+            v6: dual.v6.is_some(),
+            mac: attrs.vtep_mac().and_then(parse_mac),
+        }
+    }
+}
+
+/// The subnets and VTEP MACs every lease of a table claims, counted, to tell whether a changed
+/// key collides with any other. A key that collides with none (the normal case: one subnet,
+/// one VTEP per node) is judged alone, and its change alters no other key's verdict; only a
+/// collision needs the whole table judged again in age order.
+///
+/// All subnets [`parse_lease`] passes have the prefix length `SubnetLen` and are aligned, so
+/// two of them overlap exactly when they are equal; IPv6 parts (dual-stack keys) are not
+/// indexed and always send a change to the whole table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseClaims {
+    v4: HashMap<Ipv4Network, u32>,
+    macs: HashMap<[u8; 6], u32>,
+}
+
+impl LeaseClaims {
+    fn add(&mut self, c: &Claim) {
+        *self.v4.entry(c.v4).or_default() += 1;
+        if let Some(mac) = c.mac {
+            *self.macs.entry(mac).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, c: &Claim) {
+        fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, k: K) {
+            if let Some(n) = map.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&k);
+                }
+            }
+        }
+        dec(&mut self.v4, c.v4);
+        if let Some(mac) = c.mac {
+            dec(&mut self.macs, mac);
+        }
+    }
+
+    fn collides(&self, c: &Claim) -> bool {
+        c.v6 || self.v4.contains_key(&c.v4) || c.mac.is_some_and(|m| self.macs.contains_key(&m))
+    }
+
+    /// Takes the change of one key (`old` as the table last held it, `new` as it holds it
+    /// now; `None` when absent) into the claims, and judges the new version alone when
+    /// neither version collides with another key's claim (then no other key's verdict
+    /// changes).
+    pub fn update(
+        &mut self,
+        policy: &LeasePolicy,
+        old: Option<&RawLease>,
+        new: Option<&RawLease>,
+    ) -> ChangedKey {
+        let old_claim = old
+            .and_then(|raw| parse_lease(policy, raw).ok())
+            .map(|(d, a)| Claim::of(&d, &a));
+        if let Some(c) = &old_claim {
+            self.remove(c);
+        }
+        let parsed = new.map(|raw| (raw, parse_lease(policy, raw)));
+        let new_claim = match &parsed {
+            Some((_, Ok((d, a)))) => Some(Claim::of(d, a)),
+            _ => None,
+        };
+        let collides = old_claim.is_some_and(|c| self.collides(&c))
+            || new_claim.is_some_and(|c| self.collides(&c));
+        if let Some(c) = &new_claim {
+            self.add(c);
+        }
+        match parsed {
+            _ if collides => ChangedKey::Collides,
+            None => ChangedKey::Gone,
+            Some((raw, parsed)) => ChangedKey::Judged(parsed.and_then(|(dual, attrs)| {
+                judge_parsed(policy, raw, dual, attrs, &AcceptedSubnets::default())
+                    .map(|(_, lease)| lease)
+            })),
+        }
+    }
+}
+
+/// What [`LeaseClaims::update`] says of a changed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangedKey {
+    /// The key is gone and took nothing from another key.
+    Gone,
+    /// The key's verdict, which no other key's depends on.
+    Judged(Result<Lease, RejectReason>),
+    /// The key shares a subnet or VTEP MAC with another (now or before the change): the table
+    /// must be judged again as a whole, in age order.
+    Collides,
 }
 
 fn check_public_ip(ip: Ipv4Addr, node: &NodeIdentity, ours: bool) -> Result<(), RejectReason> {
@@ -606,6 +746,7 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::lease_key;
 
     const PREFIX: &str = "/coreos.com/network";
     const OWN_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x11];
@@ -1072,6 +1213,123 @@ mod tests {
         );
         assert_eq!(a.rejected[1].key, v6_clash.key);
         assert_eq!(a.rejected[1].reason.label(), "overlap");
+    }
+
+    #[test]
+    fn a_change_judged_alone_agrees_with_the_whole_table() {
+        let p = policy();
+        let key = |k: &str| format!("{PREFIX}/subnets/{k}");
+        let mut table: BTreeMap<String, RawLease> = [
+            raw(
+                "10.244.2.0-24",
+                &vxlan("192.0.2.12", "0a:00:00:00:00:12"),
+                2,
+            ),
+            raw(
+                "10.244.3.0-24",
+                &vxlan("192.0.2.13", "0a:00:00:00:00:13"),
+                3,
+            ),
+        ]
+        .into_iter()
+        .map(|r| (r.key.clone(), r))
+        .collect();
+        let (_, mut claims) = validate_leases_indexed(&p, table.values());
+        // (key, new value or None, whether it may be judged alone)
+        let steps: Vec<(&str, Option<RawLease>, bool)> = vec![
+            (
+                "10.244.4.0-24",
+                Some(raw(
+                    "10.244.4.0-24",
+                    &vxlan("192.0.2.14", "0a:00:00:00:00:14"),
+                    4,
+                )),
+                true,
+            ),
+            (
+                "10.244.4.0-24",
+                Some(raw(
+                    "10.244.4.0-24",
+                    &vxlan("192.0.2.14", "0a:00:00:00:00:24"),
+                    4,
+                )),
+                true,
+            ),
+            (
+                "10.244.5.0-24",
+                Some(raw("10.244.5.0-24", "not json", 5)),
+                true,
+            ),
+            (
+                "10.244.6.0-24",
+                Some(raw(
+                    "10.244.6.0-24",
+                    &vxlan("192.0.2.11", "0a:00:00:00:00:16"),
+                    6,
+                )),
+                true,
+            ),
+            // Another node's MAC: the older owner keeps it.
+            (
+                "10.244.7.0-24",
+                Some(raw(
+                    "10.244.7.0-24",
+                    &vxlan("192.0.2.17", "0a:00:00:00:00:12"),
+                    7,
+                )),
+                false,
+            ),
+            // The owner goes: the younger one now wins, which only the whole table shows.
+            ("10.244.2.0-24", None, false),
+            ("10.244.3.0-24", None, true),
+            // A dual-stack key in an IPv4-only network is believed for IPv4 alone (its IPv6
+            // part plays no role), so it is judged alone like any other key.
+            (
+                "10.244.8.0-24&fd00:10:244:8::-64",
+                Some(raw(
+                    "10.244.8.0-24&fd00:10:244:8::-64",
+                    &vxlan("192.0.2.18", "0a:00:00:00:00:18"),
+                    8,
+                )),
+                true,
+            ),
+        ];
+        for (k, new, alone) in steps {
+            let k = key(k);
+            let old = match &new {
+                Some(r) => table.insert(k.clone(), r.clone()),
+                None => table.remove(&k),
+            };
+            let verdict = claims.update(&p, old.as_ref(), new.as_ref());
+            let whole = validate_leases(&p, table.values());
+            match verdict {
+                ChangedKey::Collides => {
+                    assert!(!alone, "{k} was sent to the whole table");
+                    claims = validate_leases_indexed(&p, table.values()).1;
+                }
+                ChangedKey::Gone => {
+                    assert!(alone && new.is_none(), "{k}");
+                    assert!(!whole
+                        .accepted
+                        .iter()
+                        .any(|l| lease_key(PREFIX, l.subnet) == k));
+                }
+                ChangedKey::Judged(judged) => {
+                    assert!(alone, "{k} was judged alone");
+                    match judged {
+                        Ok(lease) => assert!(whole.accepted.contains(&lease), "{k}"),
+                        Err(reason) => assert!(
+                            whole
+                                .rejected
+                                .iter()
+                                .any(|r| r.key == k && r.reason == reason),
+                            "{k}: {reason}"
+                        ),
+                    }
+                }
+            }
+            assert_eq!(claims, validate_leases_indexed(&p, table.values()).1, "{k}");
+        }
     }
 
     #[test]

@@ -17,9 +17,9 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkVxlan};
 use tracing::{debug, info, warn};
 
-use super::entries::{self, KernelEntries, SkippedPeer};
+use super::entries::{self, EntriesByPeer, KernelEntries, SkippedPeer};
 use super::pipeline::{self, Device, Devices, EntryPipeline};
-use super::{BackendError, ReconcileReport};
+use super::{BackendError, PeerChange, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, MacAddr};
 use peers::{VxlanTopology, VxlanTopology6};
@@ -462,26 +462,31 @@ impl VxlanBackend {
         }
     }
 
-    /// The entries the peers justify on the devices; each unusable lease is warned about
-    /// once, not on every pass.
+    fn topology(&self, index: u32) -> VxlanTopology {
+        VxlanTopology {
+            dev_index: index,
+            ext_index: self.ext.index,
+            direct_routing: self.settings.direct_routing.then_some(self.ext.network),
+        }
+    }
+
+    /// The entries the peers justify: the IPv4 ones on `flannel.<VNI>` by peer, the IPv6 ones
+    /// on `flannel-v6.<VNI>` as one value; each unusable lease is warned about once, not on
+    /// every pass.
     fn desired(
         &mut self,
         index: Option<u32>,
         index6: Option<u32>,
         own: Ipv4Network,
         peer_leases: &[Lease],
-    ) -> KernelEntries {
-        let (mut desired, mut skipped) = match index {
+    ) -> (EntriesByPeer, KernelEntries) {
+        let (desired, mut skipped) = match index {
             Some(dev_index) => {
-                let topo = VxlanTopology {
-                    dev_index,
-                    ext_index: self.ext.index,
-                    direct_routing: self.settings.direct_routing.then_some(self.ext.network),
-                };
-                peers::vxlan_desired(own, peer_leases, &topo)
+                peers::vxlan_desired_by_peer(own, peer_leases, &self.topology(dev_index))
             }
-            None => (KernelEntries::default(), Vec::new()),
+            None => (EntriesByPeer::default(), Vec::new()),
         };
+        let mut desired6 = KernelEntries::default();
         if let (Some(v6), Some(dev_index)) = (&self.v6, index6) {
             let topo6 = VxlanTopology6 {
                 dev_index,
@@ -496,7 +501,7 @@ impl VxlanBackend {
                 v6.own,
                 peer_leases,
                 &topo6,
-                &mut desired,
+                &mut desired6,
             ));
         }
         let now_skipped: BTreeSet<SkippedPeer> = skipped.into_iter().collect();
@@ -504,7 +509,7 @@ impl VxlanBackend {
             warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
         }
         self.warned_skipped = now_skipped;
-        desired
+        (desired, desired6)
     }
 
     /// See [`super::Backend::reconcile`]. The first pass after start also adopts the
@@ -526,14 +531,18 @@ impl VxlanBackend {
             Some(v6) => Some(self.ensure_device6(v6).await?),
             None => None,
         };
-        let desired = self.desired(index, index6, own, peer_leases);
+        let (desired, desired6) = self.desired(index, index6, own, peer_leases);
         let devices = self.devices(index, index6);
         let ext = self.ext.index;
         let view = pipeline::read_kernel(&self.handle, &devices, |r| {
             Some(r.oif) == index || r.oif == ext
         })
         .await?;
-        let mut d = entries::diff(&desired, &view.actual);
+        let mut merged = KernelEntries::merged(&desired);
+        merged.routes6 = desired6.routes6;
+        merged.neighbours6 = desired6.neighbours6;
+        merged.fdb6 = desired6.fdb6;
+        let mut d = entries::diff(&merged, &view.actual);
         let adopting = !self.adopted_untagged;
         if let (true, Some(index)) = (adopting, index) {
             let untagged =
@@ -541,8 +550,9 @@ impl VxlanBackend {
             if !untagged.is_empty() {
                 info!(device = %self.name, routes = untagged.len(), "adopting the untagged routes of a previous version");
             }
-            entries::adopt_untagged(&mut d, &desired, &untagged);
+            entries::adopt_untagged(&mut d, &merged, &untagged);
         }
+        drop(merged);
         let report = self.pipeline.full(&devices, desired, d).await?;
         if report.failed == 0 {
             self.adopted_untagged = true;
@@ -556,21 +566,40 @@ impl VxlanBackend {
         Ok(report)
     }
 
-    /// Applies only what changed since the last pass; `None` when a full reconcile is due.
+    /// Applies the entries of the peers that changed since the last pass, and nothing else;
+    /// `None` when a full reconcile is due.
     pub async fn apply_changes(
         &mut self,
         own: Ipv4Network,
-        peer_leases: &[Lease],
+        changes: &[PeerChange],
     ) -> Result<Option<ReconcileReport>, BackendError> {
         let Some(index) = self.dev_index else {
             return Ok(None);
         };
-        let index = self.settings.enable_ipv4.then_some(index);
-        let index6 = self.v6.as_ref().and_then(|v6| v6.index);
-        let desired = self.desired(index, index6, own, peer_leases);
+        // Incremental passes know the IPv4 peers alone.
+        if self.v6.is_some() || !self.settings.enable_ipv4 {
+            return Ok(None);
+        }
+        let topo = self.topology(index);
+        let mut entries = Vec::with_capacity(changes.len());
+        for change in changes {
+            self.warned_skipped.retain(|s| s.subnet != change.subnet);
+            let wanted = match &change.lease {
+                Some(lease) => match peers::vxlan_peer(own, lease, &topo) {
+                    Ok(e) => e,
+                    Err(s) => {
+                        warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
+                        self.warned_skipped.insert(s);
+                        None
+                    }
+                },
+                None => None,
+            };
+            entries.push((change.subnet, wanted));
+        }
         Ok(self
             .pipeline
-            .incremental(&self.devices(index, index6), desired)
+            .incremental(&self.devices(Some(index), None), &entries)
             .await?)
     }
 }
