@@ -91,6 +91,15 @@ pub enum RejectReason {
         /// Why.
         why: String,
     },
+    /// `BackendData` of a WireGuard lease: `PublicKey` missing or malformed, `Port` no port.
+    WireGuardData {
+        /// `BackendData.PublicKey` or `BackendData.Port`.
+        field: &'static str,
+        /// The value found (`-` when missing).
+        found: String,
+        /// Why.
+        why: String,
+    },
     /// `BackendData.VNI` is not the config's.
     Vni {
         /// The value found (`-` when missing).
@@ -115,6 +124,7 @@ impl RejectReason {
             RejectReason::PublicIp { .. } => "public_ip",
             RejectReason::VtepMac { .. } => "vtep_mac",
             RejectReason::Vni { .. } => "vni",
+            RejectReason::WireGuardData { .. } => "wireguard_data",
         }
     }
 }
@@ -141,6 +151,7 @@ impl fmt::Display for RejectReason {
             }
             RejectReason::PublicIp { ip, why } => write!(f, "PublicIP {ip} is {why}"),
             RejectReason::VtepMac { found, why } => write!(f, "BackendData.VtepMAC {found} {why}"),
+            RejectReason::WireGuardData { field, found, why } => write!(f, "{field} {found} {why}"),
             RejectReason::Vni { found, expected } => {
                 write!(
                     f,
@@ -299,6 +310,9 @@ pub fn validate_lease(
             });
         }
     }
+    if let BackendConfig::WireGuard(_) = cfg.backend {
+        check_wireguard_data(&attrs)?;
+    }
     let lease = Lease {
         subnet,
         attrs,
@@ -403,6 +417,33 @@ fn check_vxlan_data(
     Ok(mac)
 }
 
+/// A WireGuard peer needs a well-formed `BackendData.PublicKey` (32 bytes of base64) and, if
+/// given, a `Port` that is a UDP port; a lease without them could never be a peer.
+fn check_wireguard_data(attrs: &LeaseAttrs) -> Result<(), RejectReason> {
+    let key_value = crate::lease::backend_data_field(attrs.backend_data.as_ref(), "PublicKey");
+    let fail = |why: String| RejectReason::WireGuardData {
+        field: "BackendData.PublicKey",
+        found: key_value.map_or_else(|| "-".to_string(), |v| v.to_string()),
+        why,
+    };
+    match attrs.wireguard_public_key() {
+        None => return Err(fail("is missing or not a string".to_string())),
+        Some((_, Err(e))) => return Err(fail(format!("is not a WireGuard public key: {e}"))),
+        Some((_, Ok(key))) if key.as_bytes() == &[0; 32] => {
+            return Err(fail("is all zeros".to_string()))
+        }
+        Some((_, Ok(_))) => {}
+    }
+    attrs
+        .wireguard_port()
+        .map_err(|found| RejectReason::WireGuardData {
+            field: "BackendData.Port",
+            found,
+            why: "is not a UDP port (0 to 65535)".to_string(),
+        })?;
+    Ok(())
+}
+
 /// `aa:bb:cc:dd:ee:ff` (hex digits of either case), as Go's `net.ParseMAC` reads Flannel's.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut octets = [0u8; 6];
@@ -466,6 +507,66 @@ mod tests {
         match check(subnet_key, value) {
             Ok(l) => panic!("{subnet_key} = {value} must be rejected, got {l:?}"),
             Err(r) => r,
+        }
+    }
+
+    #[test]
+    fn wireguard_leases_need_a_public_key_and_a_port() {
+        let mut policy = policy();
+        policy.config =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#)
+                .unwrap();
+        let judge = |data: &str| {
+            let value = format!(
+                r#"{{"PublicIP":"192.0.2.13","BackendType":"wireguard","BackendData":{data}}}"#
+            );
+            validate_lease(
+                &policy,
+                &raw("10.244.3.0-24", &value, 5),
+                &AcceptedSubnets::default(),
+            )
+            .map(|(_, l)| l)
+        };
+        // As flanneld writes it.
+        let lease =
+            judge(r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":51820}"#)
+                .unwrap();
+        assert_eq!(lease.attrs.wireguard_port(), Ok(Some(51820)));
+        let cases: &[(&str, &str)] = &[
+            ("null", "BackendData.PublicKey - is missing or not a string"),
+            (
+                r#"{"PublicKey":7}"#,
+                "BackendData.PublicKey 7 is missing or not a string",
+            ),
+            (
+                r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8D=","Port":51820}"#,
+                "BackendData.PublicKey \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8D=\" is not a WireGuard public key: is not base64",
+            ),
+            (
+                r#"{"PublicKey":"AAAA","Port":51820}"#,
+                "BackendData.PublicKey \"AAAA\" is not a WireGuard public key: decodes to 3 bytes, a WireGuard key has 32",
+            ),
+            (
+                r#"{"PublicKey":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","Port":51820}"#,
+                "BackendData.PublicKey \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\" is all zeros",
+            ),
+            (
+                r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":65536}"#,
+                "BackendData.Port 65536 is not a UDP port (0 to 65535)",
+            ),
+            (
+                r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":"51820"}"#,
+                "BackendData.Port \"51820\" is not a UDP port (0 to 65535)",
+            ),
+        ];
+        for (data, want) in cases {
+            match judge(data) {
+                Ok(l) => panic!("{data} must be rejected, got {l:?}"),
+                Err(r) => {
+                    assert_eq!(r.to_string(), *want, "{data}");
+                    assert_eq!(r.label(), "wireguard_data");
+                }
+            }
         }
     }
 

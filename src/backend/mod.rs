@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod routes;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,28 @@ pub enum BackendError {
     /// The host-gw backend failed.
     #[error(transparent)]
     HostGw(#[from] hostgw::HostGwError),
+    /// The WireGuard backend failed.
+    #[error(transparent)]
+    WireGuard(#[from] wireguard::WireGuardError),
+}
+
+/// How the userspace data paths run, from weftd's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Not `--no-udp-offloads`: TUN and UDP offloads where the kernel has them (UDP and
+    /// userspace WireGuard).
+    pub udp_offloads: bool,
+    /// `--wireguard-datapath`.
+    pub wireguard: wireguard::WireGuardDataPath,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            udp_offloads: true,
+            wireguard: wireguard::WireGuardDataPath::Auto,
+        }
+    }
 }
 
 /// A kernel entry weft owns but no lease justifies, found (and removed) by a reconcile.
@@ -102,6 +125,7 @@ async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface) {
         }
         BackendConfig::Udp { .. } => leftovers::Starting::Udp,
         BackendConfig::HostGw => leftovers::Starting::HostGw,
+        BackendConfig::WireGuard(_) => leftovers::Starting::WireGuard,
     };
     let result = match crate::netlink::connect() {
         Ok(handle) => leftovers::remove(&handle, starting, ext.index, cfg.network).await,
@@ -128,18 +152,22 @@ pub enum Backend {
     Udp(udp::UdpBackend),
     /// Direct routes to peers on one L2 segment.
     HostGw(hostgw::HostGwBackend),
+    /// Encrypted tunnels to every peer (`flannel-wg`).
+    WireGuard(wireguard::WireGuardBackend),
 }
 
 impl Backend {
     /// Prepares the backend for the configured type (VXLAN: loads or creates the VTEP MAC
     /// persisted in `state_dir`, before any device exists; UDP: with TUN and UDP offloads
-    /// where the kernel has them, unless `udp_offloads` is false).
+    /// where the kernel has them, unless `opts.udp_offloads` is false; WireGuard: with the
+    /// private key kept in `state_dir` and the data path `opts.wireguard`).
     pub async fn new(
         cfg: &NetworkConfig,
         ext: &ExternalInterface,
         state_dir: &Path,
-        udp_offloads: bool,
+        opts: BackendOptions,
     ) -> Result<Backend, BackendError> {
+        let udp_offloads = opts.udp_offloads;
         remove_leftovers(cfg, ext).await;
         match &cfg.backend {
             BackendConfig::Vxlan {
@@ -163,6 +191,17 @@ impl Backend {
                 udp::UdpBackend::new(cfg.network, *port, ext, udp_offloads).await?,
             )),
             BackendConfig::HostGw => Ok(Backend::HostGw(hostgw::HostGwBackend::new(ext))),
+            BackendConfig::WireGuard(wg) => Ok(Backend::WireGuard(
+                wireguard::WireGuardBackend::new(
+                    cfg.network,
+                    wg,
+                    ext,
+                    state_dir,
+                    opts.wireguard,
+                    udp_offloads,
+                )
+                .await?,
+            )),
         }
     }
 
@@ -172,6 +211,7 @@ impl Backend {
             Backend::Vxlan(b) => b.lease_attrs(),
             Backend::Udp(b) => b.lease_attrs(),
             Backend::HostGw(b) => b.lease_attrs(),
+            Backend::WireGuard(b) => b.lease_attrs(),
         }
     }
 
@@ -181,6 +221,7 @@ impl Backend {
             Backend::Vxlan(b) => b.mtu(),
             Backend::Udp(b) => b.mtu(),
             Backend::HostGw(b) => b.mtu(),
+            Backend::WireGuard(b) => b.mtu(),
         }
     }
 
@@ -188,6 +229,10 @@ impl Backend {
     pub fn metrics(&self) -> Option<crate::health::BackendMetrics> {
         match self {
             Backend::Udp(b) => {
+                let counters = b.counters();
+                Some(Box::new(move || counters.render_prometheus()))
+            }
+            Backend::WireGuard(b) => {
                 let counters = b.counters();
                 Some(Box::new(move || counters.render_prometheus()))
             }
@@ -201,6 +246,7 @@ impl Backend {
     pub fn granted_offloads(&self) -> Option<&str> {
         match self {
             Backend::Udp(b) => Some(b.granted_offloads()),
+            Backend::WireGuard(b) => Some(b.granted_offloads()),
             Backend::Vxlan(_) | Backend::HostGw(_) => None,
         }
     }
@@ -212,6 +258,7 @@ impl Backend {
             Backend::Vxlan(b) => b.device_name(),
             Backend::Udp(b) => b.device_name(),
             Backend::HostGw(b) => b.device_name(),
+            Backend::WireGuard(b) => b.device_name(),
         }
     }
 
@@ -226,6 +273,7 @@ impl Backend {
             Backend::Vxlan(b) => b.reconcile(own, peers).await,
             Backend::Udp(b) => Ok(b.reconcile(own, peers).await?),
             Backend::HostGw(b) => Ok(b.reconcile(own, peers).await?),
+            Backend::WireGuard(b) => Ok(b.reconcile(own, peers).await?),
         }
     }
 
@@ -241,6 +289,7 @@ impl Backend {
             Backend::Vxlan(b) => b.apply_changes(own, peers).await,
             Backend::Udp(b) => Ok(b.apply_changes(own, peers).await?),
             Backend::HostGw(b) => Ok(b.apply_changes(own, peers).await?),
+            Backend::WireGuard(b) => Ok(b.apply_changes(own, peers).await?),
         }
     }
 }
@@ -271,7 +320,7 @@ pub trait DataPath {
         cfg: &NetworkConfig,
         ext: &ExternalInterface,
         state_dir: &Path,
-        udp_offloads: bool,
+        opts: BackendOptions,
     ) -> impl std::future::Future<Output = Result<Self, BackendError>>
     where
         Self: Sized;
@@ -317,9 +366,9 @@ impl DataPath for Backend {
         cfg: &NetworkConfig,
         ext: &ExternalInterface,
         state_dir: &Path,
-        udp_offloads: bool,
+        opts: BackendOptions,
     ) -> impl std::future::Future<Output = Result<Self, BackendError>> {
-        Backend::new(cfg, ext, state_dir, udp_offloads)
+        Backend::new(cfg, ext, state_dir, opts)
     }
 
     fn reconcile(
