@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use ipnetwork::Ipv4Network;
 use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
@@ -662,6 +663,17 @@ impl Pump {
                 TunnResult::Done => {}
                 // IPv6 inside the tunnel: delivered once dual stack allows v6 subnets here.
                 TunnResult::WriteToTunnelV6(..) => add(&self.counters.rx_not_allowed, 1),
+                TunnResult::Err(WireGuardError::NoCurrentSession) => {
+                    // The peer still uses a session this process never had (weftd restarted):
+                    // shake hands now rather than after its 15 s rekey timeout.
+                    add(&self.counters.rx_rejected, 1);
+                    if let TunnResult::WriteToNetwork(msg) =
+                        tunn.format_handshake_initiation(spare, false)
+                    {
+                        let msg: &[u8] = msg;
+                        self.send_control(peer, msg);
+                    }
+                }
                 TunnResult::Err(e) => {
                     add(&self.counters.rx_rejected, 1);
                     tracing::trace!(error = ?e, peer = %src, "WireGuard datagram refused");
