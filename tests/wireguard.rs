@@ -447,3 +447,72 @@ fn wireguard_interoperates_with_wireguard_go_configured_as_flanneld() {
         "wireguard-go shook hands with both weft nodes: {shown}"
     );
 }
+
+/// Stops weftd on both nodes, writes `config`, starts them again and waits until both publish
+/// `backend_type` and the pods talk both ways.
+fn switch_to(cluster: &Cluster, config: &str, backend_type: &str, a: &Pod, b: &Pod) {
+    for i in 0..2 {
+        cluster.node(i).stop();
+    }
+    cluster.etcd.put(NETWORK_CONFIG_KEY, config);
+    for i in 0..2 {
+        cluster.node(i).start_weftd(&[]);
+    }
+    let published = format!(r#""BackendType":"{backend_type}""#);
+    for i in 0..2 {
+        let node = cluster.node(i);
+        node.wait_until(Duration::from_secs(30), &published, || {
+            node.lease_key()
+                .and_then(|key| cluster.etcd.get(&key))
+                .is_some_and(|value| value.contains(&published))
+        });
+    }
+    wait_until(
+        Duration::from_secs(30),
+        &format!("pods talk over {backend_type}"),
+        || a.tcp_check(b) && b.tcp_check(a),
+    );
+}
+
+#[test]
+fn switching_between_vxlan_and_wireguard_leaves_nothing_of_the_old_backend() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    let a = cluster.node(0).add_pod();
+    let b = cluster.node(1).add_pod();
+    wait_until(Duration::from_secs(20), "pods talk over vxlan", || {
+        a.tcp_check(&b)
+    });
+    let n0 = cluster.node(0);
+    let peer = cluster.node(1).subnet().expect("node 2 subnet");
+
+    switch_to(&cluster, WG_CONFIG, "wireguard", &a, &b);
+    assert!(
+        n0.link("flannel.1").is_none(),
+        "flannel.1 left behind after vxlan -> wireguard:\n{}",
+        cluster.dump()
+    );
+    assert!(
+        n0.route_to(&peer).is_none(),
+        "vxlan peer route left behind:\n{}",
+        cluster.dump()
+    );
+    let route = n0
+        .route_to("10.244.0.0/16")
+        .expect("wireguard cluster route");
+    assert_eq!(route["dev"], "flannel-wg", "{route}");
+
+    switch_to(&cluster, VXLAN_CONFIG, "vxlan", &a, &b);
+    assert!(
+        n0.link("flannel-wg").is_none(),
+        "flannel-wg left behind after wireguard -> vxlan:\n{}",
+        cluster.dump()
+    );
+    assert!(
+        n0.route_to("10.244.0.0/16").is_none(),
+        "wireguard's cluster route left behind:\n{}",
+        cluster.dump()
+    );
+    let route = n0.route_to(&peer).expect("vxlan peer route");
+    assert_eq!(route["dev"], "flannel.1", "{route}");
+}

@@ -159,6 +159,20 @@ mod tests {
         ));
         assert!(is_other_backends_device(HostGw, "flannel0", &tun));
         assert!(!is_other_backends_device(Udp, "flannel0", &tun));
+        // WireGuard's devices, userspace (TUN) or kernel (Flannel's), v4 and v6.
+        let wg = InfoKind::Wireguard;
+        assert!(is_other_backends_device(Udp, "flannel-wg", &tun));
+        assert!(is_other_backends_device(
+            Vxlan("flannel.1"),
+            "flannel-wg",
+            &wg
+        ));
+        assert!(is_other_backends_device(HostGw, "flannel-wg-v6", &wg));
+        assert!(!is_other_backends_device(WireGuard, "flannel-wg", &tun));
+        assert!(!is_other_backends_device(WireGuard, "flannel-wg-v6", &wg));
+        assert!(is_other_backends_device(WireGuard, "flannel0", &tun));
+        assert!(is_other_backends_device(WireGuard, "flannel.1", &vx));
+        assert!(!is_other_backends_device(HostGw, "wg0", &wg));
         // Not a backend's name or not its kind: someone else's device.
         assert!(!is_other_backends_device(Udp, "flannel.x", &vx));
         assert!(!is_other_backends_device(Udp, "flannel.", &vx));
