@@ -516,3 +516,58 @@ fn switching_between_vxlan_and_wireguard_leaves_nothing_of_the_old_backend() {
     let route = n0.route_to(&peer).expect("vxlan peer route");
     assert_eq!(route["dev"], "flannel.1", "{route}");
 }
+
+/// Whether this kernel can create a WireGuard device (in a throwaway namespace).
+fn kernel_has_wireguard() -> bool {
+    let ns = Netns::new("wgprobe");
+    ns.exec(&["ip", "link", "add", "wgprobe0", "type", "wireguard"])
+        .status
+        .success()
+}
+
+#[test]
+fn wireguard_datapath_kernel_runs_on_the_kernel_or_refuses_loudly() {
+    let cluster = Cluster::new(2, WG_CONFIG);
+    if kernel_has_wireguard() {
+        for i in 0..2 {
+            cluster
+                .node(i)
+                .start_weftd(&["--wireguard-datapath", "kernel"]);
+        }
+        for i in 0..2 {
+            cluster.node(i).wait_subnet_env(Duration::from_secs(30));
+        }
+        let a = cluster.node(0).add_pod();
+        let b = cluster.node(1).add_pod();
+        wait_until(
+            Duration::from_secs(20),
+            "pods talk over kernel WireGuard",
+            || a.tcp_check(&b) && b.tcp_check(&a),
+        );
+        let link = cluster.node(0).link("flannel-wg").expect("flannel-wg");
+        assert_eq!(link["linkinfo"]["info_kind"], "wireguard", "{link}");
+        assert!(cluster.node(0).log().contains(r#"datapath="kernel""#));
+    } else {
+        let node = cluster.node(0);
+        node.start_weftd(&["--wireguard-datapath", "kernel"]);
+        node.wait_until(Duration::from_secs(20), "weftd exits", || {
+            node.exit_status().is_some()
+        });
+        assert!(
+            !node.exit_status().is_some_and(|s| s.success()),
+            "weftd exited 0 without a kernel WireGuard"
+        );
+        let log = node.log();
+        assert!(
+            log.contains(
+                "kernel WireGuard requested, but the kernel cannot create a wireguard device"
+            ),
+            "{}",
+            node.log_tail(20)
+        );
+        assert!(
+            node.link("flannel-wg").is_none(),
+            "a device was left behind"
+        );
+    }
+}

@@ -38,7 +38,7 @@ pub struct Leftover {
     pub name: String,
 }
 
-fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
+pub(crate) fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
     link.attributes
         .iter()
         .filter_map(|a| match a {

@@ -9,6 +9,7 @@
 //! TUN machinery otherwise. The private key lives in `--state-dir` ([`key`]); the device's
 //! address and route go through the entry pipeline like every backend's.
 
+pub mod kernel;
 pub mod key;
 pub mod peers;
 mod userspace;
@@ -100,9 +101,15 @@ pub enum WireGuardError {
     /// `--wireguard-datapath kernel` on a kernel without WireGuard.
     #[error("kernel WireGuard requested, but the kernel cannot create a wireguard device: {0}")]
     NoKernelWireGuard(String),
-    /// The kernel has WireGuard but weft cannot yet configure it over generic netlink.
-    #[error("kernel WireGuard data path is not available in this build; run with --wireguard-datapath userspace")]
-    KernelUnsupported,
+    /// Configuring the kernel's WireGuard device over generic netlink failed.
+    #[error("{op} kernel WireGuard device {DEVICE_NAME}: {source}")]
+    Kernel {
+        /// What was attempted.
+        op: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
     /// The MTU cannot carry the encapsulation.
     #[error("MTU {mtu} of {iface} is too small for WireGuard (needs at least {min})")]
     Mtu {
@@ -139,6 +146,8 @@ pub struct WireGuardBackend {
     next_index: AtomicU32,
     counters: Arc<WireGuardCounters>,
     datapath: Option<UserspaceDataPath>,
+    /// The kernel's WireGuard, when it carries the data path.
+    kernel: Option<kernel::WireGuardNetlink>,
     tun_index: u32,
     offloads: bool,
     granted: String,
@@ -206,31 +215,6 @@ impl WireGuardBackend {
             tracing::info!(path = %path.display(), public_key = %public_key, "loaded WireGuard private key");
         }
         let handle = netlink::connect().map_err(WireGuardError::from)?;
-        let kernel = match choice {
-            WireGuardDataPath::Userspace => Err("userspace requested".to_string()),
-            WireGuardDataPath::Auto | WireGuardDataPath::Kernel => {
-                kernel_has_wireguard(&handle).await
-            }
-        };
-        match (choice, kernel) {
-            (WireGuardDataPath::Kernel, Err(why)) => {
-                return Err(WireGuardError::NoKernelWireGuard(why).into())
-            }
-            (_, Ok(())) => {
-                // The kernel could carry it, but configuring its peers over generic netlink
-                // is not built yet: say so instead of silently using userspace.
-                if choice == WireGuardDataPath::Kernel {
-                    return Err(WireGuardError::KernelUnsupported.into());
-                }
-                tracing::warn!(
-                    device = DEVICE_NAME,
-                    "kernel has WireGuard, but weft configures only its userspace data path so far; using userspace"
-                );
-            }
-            (_, Err(why)) => {
-                tracing::info!(device = DEVICE_NAME, reason = %why, "kernel WireGuard unavailable; using the userspace data path");
-            }
-        }
         let mut backend = WireGuardBackend {
             network,
             listen_port: cfg.listen_port,
@@ -246,13 +230,105 @@ impl WireGuardBackend {
             next_index: AtomicU32::new(rand::random::<u32>() >> 8),
             counters: Arc::new(WireGuardCounters::default()),
             datapath: None,
+            kernel: None,
             tun_index: 0,
             offloads,
             granted: String::new(),
             pipeline: EntryPipeline::default(),
         };
-        backend.start_userspace(&handle).await?;
+        let kernel = match choice {
+            WireGuardDataPath::Userspace => Err("--wireguard-datapath userspace".to_string()),
+            WireGuardDataPath::Auto | WireGuardDataPath::Kernel => {
+                match kernel_has_wireguard(&handle).await {
+                    Ok(()) => backend.start_kernel(&handle).await,
+                    Err(why) => Err(why),
+                }
+            }
+        };
+        match kernel {
+            Ok(()) => {}
+            Err(why) if choice == WireGuardDataPath::Kernel => {
+                return Err(WireGuardError::NoKernelWireGuard(why).into())
+            }
+            Err(why) => {
+                tracing::info!(device = DEVICE_NAME, reason = %why, "kernel WireGuard unavailable; using the userspace data path");
+                backend.start_userspace(&handle).await?;
+            }
+        }
         Ok(backend)
+    }
+
+    /// Makes `flannel-wg` a kernel WireGuard device (replacing a TUN device of that name the
+    /// userspace path left) with the private key and listen port. The error says why not.
+    async fn start_kernel(&mut self, handle: &Handle) -> Result<(), String> {
+        let existing = netlink::link_by_name(handle, DEVICE_NAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reuse = match &existing {
+            Some(link) => {
+                let is_wg = matches!(
+                    crate::backend::leftovers::link_kind(link),
+                    Some(rtnetlink::packet_route::link::InfoKind::Wireguard)
+                );
+                if !is_wg {
+                    netlink::del_link(handle, link.header.index, DEVICE_NAME)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                is_wg
+            }
+            None => false,
+        };
+        if !reuse {
+            let msg = rtnetlink::LinkWireguard::new(DEVICE_NAME)
+                .mtu(self.mtu)
+                .build();
+            netlink::add_link(handle, msg, "wireguard device flannel-wg")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let link = netlink::link_by_name(handle, DEVICE_NAME)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{DEVICE_NAME} vanished right after creation"))?;
+        let mut nl = kernel::WireGuardNetlink::open()
+            .map_err(|e| format!("open generic netlink family wireguard: {e}"))?;
+        nl.set_device(DEVICE_NAME, &self.settings.private, self.listen_port)
+            .map_err(|e| format!("set private key and listen port: {e}"))?;
+        self.tun_index = link.header.index;
+        self.kernel = Some(nl);
+        self.datapath = None;
+        self.granted = "kernel".to_string();
+        tracing::info!(
+            device = DEVICE_NAME,
+            datapath = "kernel",
+            listen_port = self.listen_port,
+            "WireGuard data path"
+        );
+        Ok(())
+    }
+
+    /// Reconciles the kernel device's peers with `leases`: (present, added or updated, removed).
+    fn sync_kernel_peers(
+        &mut self,
+        own: Ipv4Network,
+        leases: &[Lease],
+    ) -> Result<(usize, usize, usize), WireGuardError> {
+        let specs = wireguard_peers(own, self.listen_port, leases);
+        let Some(nl) = self.kernel.as_mut() else {
+            return Ok((0, 0, 0));
+        };
+        let kernel_err = |op| move |source| WireGuardError::Kernel { op, source };
+        let actual = nl.peers(DEVICE_NAME).map_err(kernel_err("read peers of"))?;
+        let changes = kernel::peer_changes(&specs, &actual);
+        nl.apply(
+            DEVICE_NAME,
+            &changes,
+            self.settings.psk.as_ref(),
+            self.settings.keepalive,
+        )
+        .map_err(kernel_err("set peers of"))?;
+        Ok((changes.present, changes.upsert.len(), changes.remove.len()))
     }
 
     /// The lease value: `{"PublicIP":..,"BackendType":"wireguard","BackendData":{"PublicKey":..,
@@ -294,7 +370,7 @@ impl WireGuardBackend {
         self.counters.clone()
     }
 
-    /// The offloads the userspace data path was granted.
+    /// The offloads the userspace data path was granted (`kernel` for the kernel's data path).
     pub fn granted_offloads(&self) -> &str {
         &self.granted
     }
@@ -314,8 +390,17 @@ impl WireGuardBackend {
                 device = DEVICE_NAME,
                 "WireGuard device vanished or was replaced; recreating it"
             );
-            self.datapath = None;
-            self.start_userspace(&handle).await?;
+            if self.kernel.is_some() {
+                self.start_kernel(&handle)
+                    .await
+                    .map_err(|why| WireGuardError::Kernel {
+                        op: "recreate",
+                        source: io::Error::other(why),
+                    })?;
+            } else {
+                self.datapath = None;
+                self.start_userspace(&handle).await?;
+            }
             outcome.added += 1;
         }
         let link = netlink::link_by_index(&handle, self.tun_index)
@@ -362,7 +447,7 @@ impl WireGuardBackend {
         outcome.removed += route.removed;
         outcome.failed += route.failed;
         outcome.stale.extend(route.stale);
-        let (kept, added, removed) = self.swap_peers(own, peers);
+        let (kept, added, removed) = self.sync_peers(own, peers)?;
         outcome.desired += kept + added;
         outcome.present += kept;
         outcome.added += added;
@@ -381,7 +466,7 @@ impl WireGuardBackend {
         let Some(route) = self.pipeline.incremental(&self.devices(), entries).await? else {
             return Ok(None);
         };
-        let (kept, added, removed) = self.swap_peers(own, peers);
+        let (kept, added, removed) = self.sync_peers(own, peers)?;
         Ok(Some(ReconcileReport {
             desired: kept + added,
             present: kept,
@@ -413,6 +498,19 @@ impl WireGuardBackend {
                 index: self.tun_index,
                 name: DEVICE_NAME.to_string(),
             },
+        }
+    }
+
+    /// Brings the data path's peers in line with `leases`: (present, added, removed).
+    fn sync_peers(
+        &mut self,
+        own: Ipv4Network,
+        leases: &[Lease],
+    ) -> Result<(usize, usize, usize), WireGuardError> {
+        if self.kernel.is_some() {
+            self.sync_kernel_peers(own, leases)
+        } else {
+            Ok(self.swap_peers(own, leases))
         }
     }
 
@@ -472,6 +570,7 @@ impl WireGuardBackend {
                 source: io::Error::from_raw_os_error(libc::ENODEV),
             })?;
         self.tun_index = link.header.index;
+        self.kernel = None;
         self.datapath = Some(
             UserspaceDataPath::start(qs, self.peers.clone(), self.counters.clone())
                 .map_err(WireGuardError::Threads)?,
