@@ -9,6 +9,8 @@
 //! against desired, apply the difference), so a lost event, a restart or a hand-deleted route
 //! is repaired the same way.
 
+#[cfg(test)]
+mod agent_tests;
 pub mod decisions;
 
 use std::collections::{BTreeMap, HashMap};
@@ -172,10 +174,7 @@ pub async fn run(
     if let Some(every) = opts.probe_interval {
         match crate::probe::spawn(board.clone(), every) {
             Ok(()) => {
-                let board = board.clone();
-                metrics.set_probes(Box::new(move || {
-                    crate::probe::render_metrics(&board.peer_health())
-                }));
+                metrics.set_probes(Arc::new(crate::probe::PeerHealthMetrics(board.clone())));
             }
             Err(e) => error!(error = %e, "open the raw ICMP socket; peers are not probed"),
         }
@@ -891,7 +890,11 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let mut policy = self.policy();
         let read = match self.protected.clone() {
             Some(p) => Ok(p),
-            None => guard::protected_now(&self.ext, &self.etcd_addresses).await,
+            None => {
+                self.backend
+                    .protected(&self.ext, &self.etcd_addresses)
+                    .await
+            }
         };
         let protected = match read {
             Ok(p) => {

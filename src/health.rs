@@ -1,10 +1,9 @@
 //! `--healthz-addr`: `/healthz`, `/readyz` and Prometheus `/metrics`, served by axum on hyper.
 //!
-//! The exposition text is written here rather than by a Prometheus client crate: its names are
-//! a published interface (alerts, docs/grafana-dashboard.json), and the client crates rename
-//! counters (`_total` moved out of `# TYPE`) and switch to OpenMetrics framing.
+//! `/metrics` is encoded by `prometheus-client` in the OpenMetrics text format: a counter's
+//! samples end in `_total` (`weft_etcd_errors_total`), its `# TYPE` line names the family
+//! without it (`weft_etcd_errors`), and the text ends with `# EOF`.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +14,14 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeMetric, MetricEncoder,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -65,8 +72,8 @@ pub struct Metrics {
     probes: std::sync::OnceLock<BackendMetrics>,
 }
 
-/// Renders a backend's metrics in Prometheus text format.
-pub type BackendMetrics = Box<dyn Fn() -> String + Send + Sync>;
+/// A backend's or the prober's own metrics, encoded into `/metrics` on every scrape.
+pub type BackendMetrics = Arc<dyn Collector>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,159 +128,197 @@ impl Metrics {
             .fetch_add(removed as u64, Ordering::Relaxed);
     }
 
-    /// Renders the Prometheus text exposition format.
+    /// Renders `/metrics` in the OpenMetrics text format.
     pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        self.register_snapshot(&mut registry);
+        for extra in [self.backend.get(), self.probes.get()]
+            .into_iter()
+            .flatten()
+        {
+            registry.register_collector(Box::new(SharedCollector(extra.clone())));
+        }
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        let secs = |micros: u64| format!("{:.6}", micros as f64 / 1e6);
+        // Encoding into a String cannot fail: fmt::Write for String never errors.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    /// Registers the current value of every agent metric. Counters are registered without
+    /// `_total`: the encoder appends it to the sample (`weft_etcd_errors_total 3`) and names
+    /// the family without it (`# TYPE weft_etcd_errors counter`), as OpenMetrics asks.
+    fn register_snapshot(&self, r: &mut Registry) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metric(
+        let secs = |a: &AtomicU64| load(a) as f64 / 1e6;
+        let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
+        let gauge = ConstGauge::new;
+        let counter = ConstCounter::new;
+        r.register(
             "weft_peers_desired",
-            "gauge",
             "Peers the etcd lease table asks for.",
-            load(&self.peers_desired).to_string(),
+            gauge(load(&self.peers_desired)),
         );
-        metric(
+        r.register(
             "weft_peers_programmed",
-            "gauge",
             "Peers programmed in the kernel by the last reconcile.",
-            load(&self.peers_programmed).to_string(),
+            gauge(load(&self.peers_programmed)),
         );
-        metric(
-            "weft_reconcile_runs_total",
-            "counter",
+        r.register(
+            "weft_reconcile_runs",
             "Reconcile runs.",
-            load(&self.reconcile_runs).to_string(),
+            counter(load(&self.reconcile_runs)),
         );
-        metric(
-            "weft_reconcile_failures_total",
-            "counter",
+        r.register(
+            "weft_reconcile_failures",
             "Reconcile runs with errors.",
-            load(&self.reconcile_failures).to_string(),
+            counter(load(&self.reconcile_failures)),
         );
-        metric(
+        r.register(
             "weft_reconcile_last_duration_seconds",
-            "gauge",
             "Duration of the last reconcile.",
-            secs(load(&self.reconcile_last_micros)),
+            ConstGauge::new(secs(&self.reconcile_last_micros)),
         );
-        metric(
-            "weft_reconcile_duration_seconds_total",
-            "counter",
+        r.register(
+            "weft_reconcile_duration_seconds",
             "Time spent reconciling.",
-            secs(load(&self.reconcile_total_micros)),
+            ConstCounter::new(secs(&self.reconcile_total_micros)),
         );
-        metric(
-            "weft_kernel_entries_added_total",
-            "counter",
+        r.register(
+            "weft_kernel_entries_added",
             "Routes, neighbours and FDB entries added.",
-            load(&self.entries_added).to_string(),
+            counter(load(&self.entries_added)),
         );
-        metric(
-            "weft_kernel_entries_removed_total",
-            "counter",
+        r.register(
+            "weft_kernel_entries_removed",
             "Stale routes, neighbours and FDB entries removed.",
-            load(&self.entries_removed).to_string(),
+            counter(load(&self.entries_removed)),
         );
-        metric(
-            "weft_etcd_errors_total",
-            "counter",
+        r.register(
+            "weft_etcd_errors",
             "Failed etcd operations.",
-            load(&self.etcd_errors).to_string(),
+            counter(load(&self.etcd_errors)),
         );
-        metric(
+        r.register(
             "weft_lease_expiry_timestamp_seconds",
-            "gauge",
             "Own subnet lease expiry (Unix time); 0 for a reservation.",
-            self.lease_expiry_unix.load(Ordering::Relaxed).to_string(),
+            ConstGauge::new(self.lease_expiry_unix.load(Ordering::Relaxed)),
         );
-        metric(
+        r.register(
             "weft_ready",
-            "gauge",
             "1 when the node serves its subnet.",
-            u8::from(self.ready.load(Ordering::Relaxed)).to_string(),
+            gauge(flag(&self.ready)),
         );
-        let flag = |b: &AtomicBool| u8::from(b.load(Ordering::Relaxed)).to_string();
-        metric(
-            "weft_leases_rejected",
-            "gauge",
+        // Not `weft_leases_rejected`: that is the family name of the counter below.
+        r.register(
+            "weft_leases_rejected_now",
             "Leases in etcd currently refused by validation.",
-            load(&self.leases_rejected_now).to_string(),
+            gauge(load(&self.leases_rejected_now)),
         );
-        metric(
-            "weft_routes_refused_total",
-            "counter",
+        r.register(
+            "weft_routes_refused",
             "Peer routes refused by the kernel guard (own addresses, underlay, etcd, default route).",
-            load(&self.routes_refused).to_string(),
+            counter(load(&self.routes_refused)),
         );
-        metric(
+        r.register(
             "weft_own_lease_taken_over",
-            "gauge",
             "1 while the node recovers from another writer taking its lease.",
-            flag(&self.own_lease_taken_over),
+            gauge(flag(&self.own_lease_taken_over)),
         );
-        metric(
-            "weft_own_lease_takeovers_total",
-            "counter",
+        r.register(
+            "weft_own_lease_takeovers",
             "Times another writer took this node's lease.",
-            load(&self.own_lease_takeovers).to_string(),
+            counter(load(&self.own_lease_takeovers)),
         );
-        metric(
+        r.register(
             "weft_config_change_refused",
-            "gauge",
             "1 while the network config in etcd differs from the running one in a way not applied live.",
-            flag(&self.config_change_refused),
+            gauge(flag(&self.config_change_refused)),
         );
-        metric(
-            "weft_image_gc_removed_total",
-            "counter",
+        r.register(
+            "weft_image_gc_removed",
             "Unused images removed by automatic image garbage collection.",
-            crate::pod::image_gc::GC_REMOVED
-                .load(Ordering::Relaxed)
-                .to_string(),
+            counter(crate::pod::image_gc::GC_REMOVED.load(Ordering::Relaxed)),
         );
-        metric(
-            "weft_image_gc_freed_bytes_total",
-            "counter",
+        r.register(
+            "weft_image_gc_freed_bytes",
             "Bytes of image root filesystems freed by automatic image garbage collection.",
-            crate::pod::image_gc::GC_FREED_BYTES
-                .load(Ordering::Relaxed)
-                .to_string(),
+            counter(crate::pod::image_gc::GC_FREED_BYTES.load(Ordering::Relaxed)),
         );
-        let _ = writeln!(
-            out,
-            "# HELP weft_config_changes_total Network config changes seen while running, by result.\n\
-             # TYPE weft_config_changes_total counter\n\
-             weft_config_changes_total{{result=\"applied\"}} {}\n\
-             weft_config_changes_total{{result=\"refused\"}} {}",
-            load(&self.config_changes_applied),
-            load(&self.config_changes_refused)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP weft_leases_rejected_total Lease revisions refused by validation, by reason.\n\
-             # TYPE weft_leases_rejected_total counter"
+        r.register(
+            "weft_config_changes",
+            "Network config changes seen while running, by result.",
+            ByLabel {
+                key: "result",
+                rows: vec![
+                    ("applied", counter(load(&self.config_changes_applied))),
+                    ("refused", counter(load(&self.config_changes_refused))),
+                ],
+            },
         );
         let by_reason = self
             .leases_rejected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (reason, n) in by_reason {
-            let _ = writeln!(out, "weft_leases_rejected_total{{reason=\"{reason}\"}} {n}");
+            .iter()
+            .map(|(reason, n)| (*reason, counter(*n)))
+            .collect();
+        r.register(
+            "weft_leases_rejected",
+            "Lease revisions refused by validation, by reason.",
+            ByLabel {
+                key: "reason",
+                rows: by_reason,
+            },
+        );
+    }
+}
+
+/// One metric family with one label, its samples in the given order (the crate's `Family`
+/// keeps a hash map, so its samples come out in no stable order).
+#[derive(Debug)]
+struct ByLabel<M> {
+    key: &'static str,
+    rows: Vec<(&'static str, M)>,
+}
+
+impl<M: EncodeMetric + TypedMetric> EncodeMetric for ByLabel<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        for (value, metric) in &self.rows {
+            let labels = [(self.key, *value)];
+            metric.encode(encoder.encode_family(&labels)?)?;
         }
-        if let Some(render) = self.backend.get() {
-            out.push_str(&render());
-        }
-        if let Some(render) = self.probes.get() {
-            out.push_str(&render());
-        }
-        out
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+/// Encodes one gauge family with one label, a sample per `(label value, value)` row; for the
+/// collectors that read their rows at scrape time (the UDP data path, the peer prober).
+pub fn encode_gauges<'a, N: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    key: &str,
+    rows: impl Iterator<Item = (&'a str, N)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value, n) in rows {
+        let labels = [(key, value)];
+        ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A backend's or the prober's collector, shared between scrapes.
+#[derive(Debug)]
+struct SharedCollector(Arc<dyn Collector>);
+
+impl Collector for SharedCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        self.0.encode(encoder)
     }
 }
 
@@ -330,7 +375,10 @@ async fn readyz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static st
 
 async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.render(),
     )
 }
@@ -369,10 +417,7 @@ mod tests {
         assert_eq!(call(&app, "POST", "/healthz").await.0, 405);
         let (code, text) = call(&app, "GET", "/metrics").await;
         assert_eq!(code, 200);
-        assert!(
-            text.contains("# TYPE weft_etcd_errors_total counter\n"),
-            "{text}"
-        );
+        assert!(text.contains("# TYPE weft_etcd_errors counter\n"), "{text}");
     }
 
     #[test]
@@ -383,7 +428,7 @@ mod tests {
         assert!(text.contains("weft_peers_desired 1000\n"), "{text}");
         assert!(text.contains("weft_reconcile_runs_total 1\n"), "{text}");
         assert!(
-            text.contains("weft_reconcile_last_duration_seconds 0.012000\n"),
+            text.contains("weft_reconcile_last_duration_seconds 0.012\n"),
             "{text}"
         );
         assert!(
@@ -391,9 +436,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("# TYPE weft_etcd_errors_total counter\n"),
+            text.contains("# TYPE weft_etcd_errors counter\nweft_etcd_errors_total 0\n"),
             "{text}"
         );
+        assert!(text.ends_with("# EOF\n"), "{text}");
         m.count_rejected_lease("public_ip");
         m.count_rejected_lease("public_ip");
         m.count_rejected_lease("vni");
@@ -411,5 +457,6 @@ mod tests {
             text.contains("weft_config_changes_total{result=\"refused\"} 1\n"),
             "{text}"
         );
+        assert!(text.contains("weft_leases_rejected_now 0\n"), "{text}");
     }
 }

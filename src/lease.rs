@@ -100,6 +100,15 @@ pub enum LeaseError {
 }
 
 impl LeaseAttrs {
+    /// A lease value without BackendData, as udp and host-gw publish (like Flannel's).
+    pub fn without_backend_data(public_ip: Ipv4Addr, backend_type: &str) -> Self {
+        LeaseAttrs {
+            public_ip,
+            backend_type: backend_type.to_string(),
+            backend_data: None,
+        }
+    }
+
     /// The value Flannel writes: `{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":...}`.
     pub fn to_json(&self) -> String {
         // Serialising a struct of strings and a JSON value into a String cannot fail.

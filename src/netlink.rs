@@ -570,17 +570,9 @@ pub struct Neighbour {
 
 /// The IPv4 neighbour entries of the device with index `index`.
 pub async fn neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, NetlinkError> {
-    let msgs: Vec<NeighbourMessage> = handle
-        .neighbours()
-        .get()
-        .set_address_family(AddressFamily::Inet)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| NetlinkError::request(format!("list neighbours of index {index}"), e))?;
+    let msgs = neighbour_table(handle, AddressFamily::Inet, index, "neighbours").await?;
     Ok(msgs
         .iter()
-        .filter(|m| m.header.ifindex == index && m.header.family == AddressFamily::Inet)
         .filter_map(|m| {
             let ip = m.attributes.iter().find_map(|a| match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
@@ -599,6 +591,28 @@ pub async fn neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, N
         .collect())
 }
 
+/// The neighbour-table messages of `family` (`Inet`: ARP, `Bridge`: FDB) on the device with
+/// index `index`; `what` names the table in the error.
+async fn neighbour_table(
+    handle: &Handle,
+    family: AddressFamily,
+    index: u32,
+    what: &str,
+) -> Result<Vec<NeighbourMessage>, NetlinkError> {
+    let msgs: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetlinkError::request(format!("list {what} of index {index}"), e))?;
+    Ok(msgs
+        .into_iter()
+        .filter(|m| m.header.ifindex == index && m.header.family == family)
+        .collect())
+}
+
 /// A forwarding-database entry of a VXLAN device: frames for `mac` go to the VTEP at `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FdbEntry {
@@ -610,17 +624,9 @@ pub struct FdbEntry {
 
 /// The FDB entries with a remote IPv4 destination on the device with index `index`.
 pub async fn fdb_entries(handle: &Handle, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
-    let msgs: Vec<NeighbourMessage> = handle
-        .neighbours()
-        .get()
-        .set_address_family(AddressFamily::Bridge)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| NetlinkError::request(format!("list fdb of index {index}"), e))?;
+    let msgs = neighbour_table(handle, AddressFamily::Bridge, index, "fdb").await?;
     Ok(msgs
         .iter()
-        .filter(|m| m.header.ifindex == index && m.header.family == AddressFamily::Bridge)
         .filter_map(|m| {
             let mac = m.attributes.iter().find_map(|a| match a {
                 NeighbourAttribute::LinkLayerAddress(b) => MacAddr::from_bytes(b),
@@ -694,15 +700,11 @@ impl BatchRequest {
     /// Deletes a route whoever added it (protocol and scope left unset, so the kernel does
     /// not match on them): only for the untagged routes a previous weft version wrote.
     pub fn del_untagged_route(route: &Ipv4Route, dev: &str) -> Self {
-        let mut msg = route_message(route);
-        msg.header.protocol = RouteProtocol::Unspec;
-        msg.header.scope = RouteScope::NoWhere;
-        BatchRequest {
-            message: RouteNetlinkMessage::DelRoute(msg),
-            flags: DELETE,
-            op: format!("delete route {} dev {dev}", route.describe()),
-            absent_ok: true,
+        let mut req = Self::del_route(route, dev);
+        if let RouteNetlinkMessage::DelRoute(msg) = &mut req.message {
+            msg.header.protocol = RouteProtocol::Unspec;
         }
+        req
     }
 
     /// Adds or replaces the permanent neighbour entry `ip -> mac` on device `index`.

@@ -12,7 +12,6 @@
 //! packets per peer (the ladder only while a black hole is being measured).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd as _;
@@ -23,7 +22,11 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::{info, warn};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+
 use crate::backend::udp::packet::internet_checksum;
+use crate::health::encode_gauges;
 use crate::status::{unix_seconds, NodeStatus, StatusBoard};
 
 /// The small probe's IP packet size (ping's default).
@@ -107,31 +110,48 @@ pub fn explain(peer: &str, public_ip: Ipv4Addr, backend: &str, mtu: u32, h: &Pee
     }
 }
 
-/// Prometheus text for every peer's health.
-pub fn render_metrics(health: &BTreeMap<String, PeerHealth>) -> String {
-    let mut out = String::from(
-        "# HELP weft_peer_reachable 1 when the peer answers a small probe over the overlay.\n# TYPE weft_peer_reachable gauge\n",
-    );
-    for (peer, h) in health {
-        let _ = writeln!(
-            out,
-            "weft_peer_reachable{{peer=\"{peer}\"}} {}",
-            u8::from(h.reachable)
-        );
+/// Every peer's health on `/metrics`: `weft_peer_*{peer="<subnet>"}` gauges, read from the
+/// board at each scrape.
+#[derive(Debug)]
+pub struct PeerHealthMetrics(pub Arc<StatusBoard>);
+
+impl Collector for PeerHealthMetrics {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        encode_peer_health(&self.0.peer_health(), encoder)
     }
-    out.push_str("# HELP weft_peer_rtt_seconds Round trip of the small overlay probe.\n# TYPE weft_peer_rtt_seconds gauge\n");
-    for (peer, h) in health {
-        if let Some(rtt) = h.rtt_seconds {
-            let _ = writeln!(out, "weft_peer_rtt_seconds{{peer=\"{peer}\"}} {rtt:.6}");
-        }
-    }
-    out.push_str("# HELP weft_peer_path_mtu_bytes Largest packet that crossed the overlay with DF set.\n# TYPE weft_peer_path_mtu_bytes gauge\n");
-    for (peer, h) in health {
-        if let Some(mtu) = h.path_mtu {
-            let _ = writeln!(out, "weft_peer_path_mtu_bytes{{peer=\"{peer}\"}} {mtu}");
-        }
-    }
-    out
+}
+
+fn encode_peer_health(
+    health: &BTreeMap<String, PeerHealth>,
+    mut encoder: DescriptorEncoder,
+) -> std::fmt::Result {
+    encode_gauges(
+        &mut encoder,
+        "weft_peer_reachable",
+        "1 when the peer answers a small probe over the overlay.",
+        "peer",
+        health
+            .iter()
+            .map(|(p, h)| (p.as_str(), u64::from(h.reachable))),
+    )?;
+    encode_gauges(
+        &mut encoder,
+        "weft_peer_rtt_seconds",
+        "Round trip of the small overlay probe.",
+        "peer",
+        health
+            .iter()
+            .filter_map(|(p, h)| Some((p.as_str(), h.rtt_seconds?))),
+    )?;
+    encode_gauges(
+        &mut encoder,
+        "weft_peer_path_mtu_bytes",
+        "Largest packet that crossed the overlay with DF set.",
+        "peer",
+        health
+            .iter()
+            .filter_map(|(p, h)| Some((p.as_str(), h.path_mtu?))),
+    )
 }
 
 /// One echo request: ICMP type 8 with `id`, `seq` and a payload filling `size` bytes of IP.
@@ -421,13 +441,23 @@ mod tests {
                 at_unix: 0,
             },
         );
-        let text = render_metrics(&health);
+        #[derive(Debug)]
+        struct Fixed(BTreeMap<String, PeerHealth>);
+        impl Collector for Fixed {
+            fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+                encode_peer_health(&self.0, encoder)
+            }
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Fixed(health.clone())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
             text.contains("weft_peer_reachable{peer=\"10.244.2.0/24\"} 1\n"),
             "{text}"
         );
         assert!(
-            text.contains("weft_peer_rtt_seconds{peer=\"10.244.2.0/24\"} 0.000400\n"),
+            text.contains("weft_peer_rtt_seconds{peer=\"10.244.2.0/24\"} 0.0004\n"),
             "{text}"
         );
         assert!(

@@ -96,11 +96,7 @@ impl HostGwBackend {
 
     /// The lease value this node publishes: `{"PublicIP":..,"BackendType":"host-gw"}`.
     pub fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ip: self.ext.public_ip,
-            backend_type: BACKEND_TYPE.to_string(),
-            backend_data: None,
-        }
+        LeaseAttrs::without_backend_data(self.ext.public_ip, BACKEND_TYPE)
     }
 
     /// The pod MTU: the external interface's, as nothing is added.

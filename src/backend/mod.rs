@@ -225,17 +225,11 @@ impl Backend {
         }
     }
 
-    /// The backend's own Prometheus metrics, for backends that keep counters (UDP).
+    /// The backend's own Prometheus metrics, for backends that keep counters (UDP, WireGuard).
     pub fn metrics(&self) -> Option<crate::health::BackendMetrics> {
         match self {
-            Backend::Udp(b) => {
-                let counters = b.counters();
-                Some(Box::new(move || counters.render_prometheus()))
-            }
-            Backend::WireGuard(b) => {
-                let counters = b.counters();
-                Some(Box::new(move || counters.render_prometheus()))
-            }
+            Backend::Udp(b) => Some(b.counters()),
+            Backend::WireGuard(b) => Some(b.counters()),
             Backend::Vxlan(_) | Backend::HostGw(_) => None,
         }
     }
@@ -338,6 +332,16 @@ pub trait DataPath {
         own: Ipv4Network,
         peers: &[Lease],
     ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>>;
+
+    /// What no peer route may cover, as the kernel shows it now (see
+    /// [`guard::protected_now`]).
+    fn protected(
+        &self,
+        ext: &ExternalInterface,
+        etcd_addresses: &[std::net::Ipv4Addr],
+    ) -> impl std::future::Future<Output = Result<Vec<guard::Protected>, NetlinkError>> {
+        guard::protected_now(ext, etcd_addresses)
+    }
 }
 
 impl DataPath for Backend {

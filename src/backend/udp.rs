@@ -151,11 +151,7 @@ impl UdpBackend {
     /// The lease value this node publishes: `{"PublicIP":..,"BackendType":"udp"}`, no
     /// BackendData (as Flannel's).
     pub fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ip: self.ext.public_ip,
-            backend_type: BACKEND_TYPE.to_string(),
-            backend_data: None,
-        }
+        LeaseAttrs::without_backend_data(self.ext.public_ip, BACKEND_TYPE)
     }
 
     /// The pod MTU: the external interface's MTU minus the 28 bytes of IPv4 + UDP header.

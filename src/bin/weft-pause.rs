@@ -141,7 +141,7 @@ fn enter_sandbox(args: &SandboxArgs) -> Result<(), String> {
         ForkResult::Child => {
             setsid().map_err(|e| format!("setsid: {e}"))?;
             chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-            weft::pod::process::stdio_to_dev_null()?;
+            weft::pod::process::stdio_to_dev_null().map_err(|e| e.to_string())?;
             drop_capabilities()
         }
     }

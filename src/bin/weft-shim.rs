@@ -318,7 +318,7 @@ fn become_daemon(args: &Args) -> Result<(), String> {
     let path = args.bundle.join("shim.json");
     let bytes = serde_json::to_vec(&me).map_err(|e| format!("encode shim identity: {e}"))?;
     write_atomic(&path, &bytes, 0o644).map_err(|e| format!("write {}: {e}", path.display()))?;
-    stdio_to_dev_null()
+    stdio_to_dev_null().map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

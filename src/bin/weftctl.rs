@@ -602,17 +602,11 @@ fn debug(args: &DebugArgs) -> Result<ExitCode, CtlError> {
 
 /// `weftctl describe pod`: the pod's record and events as kubectl describes a pod.
 fn describe(args: &DescribeArgs) -> Result<(), CtlError> {
-    use weft::pod::exec::{pod_ref, ExecError};
+    use weft::pod::exec::{find_pod, pod_ref, ExecError};
     let layout = weft::pod::layout::PodLayout::new(&args.paths.pod_root, &args.paths.pod_log_dir);
     let (ns, name) = pod_ref(&args.pod, &args.namespace)?;
     let pods = weft::pod::cli::read_pods(layout.pod_root())?;
-    let rec = pods
-        .iter()
-        .find(|r| r.pod.metadata.namespace == ns && r.pod.metadata.name == name)
-        .ok_or_else(|| ExecError::NoPod {
-            pod: format!("{ns}/{name}"),
-            root: layout.pod_root().to_path_buf(),
-        })?;
+    let rec = find_pod(&pods, &layout, ns, name)?;
     let id =
         weft::pod::layout::PodId::new(ns, name, &rec.pod.metadata.uid).map_err(ExecError::from)?;
     let events = weft::pod::events::read(&layout.events(&id));

@@ -2,12 +2,19 @@
 //! `config.json` runc/crun run, following `runc spec`'s defaults and Kubernetes semantics for
 //! command/args, env and working directory.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespace,
+    LinuxNamespaceType, LinuxSeccomp, Mount, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    Root, Spec, SpecBuilder, User,
+};
+use serde::de::IntoDeserializer as _;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::image::Image;
 use super::resources::{linux_resources, ContainerResources};
@@ -96,6 +103,16 @@ pub enum BundleError {
         destination: String,
         /// What is wrong.
         reason: &'static str,
+    },
+    /// A field of the runtime config does not fit the OCI runtime spec.
+    #[error("container {container}: {what}: {reason}")]
+    Spec {
+        /// Container name.
+        container: String,
+        /// The part of the config (capabilities, seccomp profile, ...).
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
     },
     /// Writing the bundle failed.
     #[error("write bundle {path}: {source}")]
@@ -297,12 +314,30 @@ pub fn container_user(spec: &ContainerSpec) -> Result<(u32, u32), BundleError> {
     Ok((uid, gid))
 }
 
-fn bind(source: &Path, destination: &str, read_only: bool) -> Value {
+fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(destination.into());
+    m.set_typ(Some(kind.to_string()));
+    m.set_source(Some(source.into()));
+    m.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+    m
+}
+
+fn bind(source: &Path, destination: &str, read_only: bool) -> Mount {
     let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
     if read_only {
         options.push("ro");
     }
-    json!({"destination": destination, "type": "bind", "source": source, "options": options})
+    let mut m = mount(destination, "bind", "", &options);
+    m.set_source(Some(source.to_path_buf()));
+    m
+}
+
+fn namespace(kind: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
+    let mut ns = LinuxNamespace::default();
+    ns.set_typ(kind);
+    ns.set_path(path.map(Path::to_path_buf));
+    ns
 }
 
 /// The OCI runtime `config.json` for `spec`, with `rootfs` as its root and the sandbox's
@@ -311,10 +346,18 @@ pub fn oci_config(
     spec: &ContainerSpec,
     rootfs: &Path,
     sandbox: &SandboxPaths,
-) -> Result<Value, BundleError> {
+) -> Result<Spec, BundleError> {
     let args = process_args(spec)?;
     let (uid, gid) = container_user(spec)?;
     let sec = &spec.security;
+    let invalid = |what: &'static str| {
+        let container = spec.name.clone();
+        move |e: String| BundleError::Spec {
+            container,
+            what,
+            reason: e,
+        }
+    };
     let sys_opt = if sec.privileged { "rw" } else { "ro" };
     let cwd = spec
         .working_dir
@@ -322,13 +365,50 @@ pub fn oci_config(
         .or_else(|| spec.image.config.working_dir.clone())
         .unwrap_or_else(|| "/".to_string());
     let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys_opt]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", sys_opt]}),
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys_opt],
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", sys_opt],
+        ),
         bind(&sandbox.hosts, "/etc/hosts", false),
         bind(&sandbox.resolv_conf, "/etc/resolv.conf", false),
         bind(&sandbox.hostname, "/etc/hostname", false),
@@ -352,78 +432,111 @@ pub fn oci_config(
     }
     let mut namespaces = Vec::new();
     if let Some(path) = &sandbox.pid_ns {
-        namespaces.push(json!({"type": "pid", "path": path}));
+        namespaces.push(namespace(LinuxNamespaceType::Pid, Some(path)));
     } else if !sec.host.pid {
-        namespaces.push(json!({"type": "pid"}));
+        namespaces.push(namespace(LinuxNamespaceType::Pid, None));
     }
-    namespaces.push(json!({"type": "mount"}));
+    namespaces.push(namespace(LinuxNamespaceType::Mount, None));
     for (kind, path) in [
-        ("network", &sandbox.net_ns),
-        ("ipc", &sandbox.ipc_ns),
-        ("uts", &sandbox.uts_ns),
+        (LinuxNamespaceType::Network, &sandbox.net_ns),
+        (LinuxNamespaceType::Ipc, &sandbox.ipc_ns),
+        (LinuxNamespaceType::Uts, &sandbox.uts_ns),
     ] {
         if let Some(path) = path {
-            namespaces.push(json!({"type": kind, "path": path}));
+            namespaces.push(namespace(kind, Some(path)));
         }
     }
     // Its own cgroup namespace: the container sees its cgroup as the root, not the node's tree.
-    namespaces.push(json!({"type": "cgroup"}));
-    let caps = &sec.capabilities;
-    let mut process = json!({
-        "terminal": false,
-        "user": {"uid": uid, "gid": gid, "additionalGids": sec.supplemental_groups},
-        "args": args,
-        "env": process_env(spec),
-        "cwd": cwd,
-        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-        "noNewPrivileges": sec.no_new_privileges,
-        "oomScoreAdj": spec.oom_score_adj,
-    });
-    if sec.supplemental_groups.is_empty() {
-        if let Some(user) = process["user"].as_object_mut() {
-            user.remove("additionalGids");
-        }
+    namespaces.push(namespace(LinuxNamespaceType::Cgroup, None));
+    let caps = sec
+        .capabilities
+        .iter()
+        .map(|name| {
+            Capability::deserialize(name.as_str().into_deserializer())
+                .map_err(|e: serde::de::value::Error| e.to_string())
+        })
+        .collect::<Result<Capabilities, String>>()
+        .map_err(invalid("capabilities"))?;
+    let mut capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(|e| invalid("capabilities")(e.to_string()))?;
+    // The builder fills unset sets from the crate's defaults; a container gets none of these.
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
+    let mut user = User::default();
+    user.set_uid(uid);
+    user.set_gid(gid);
+    if !sec.supplemental_groups.is_empty() {
+        user.set_additional_gids(Some(sec.supplemental_groups.clone()));
     }
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(1024u64)
+        .soft(1024u64)
+        .build()
+        .map_err(|e| invalid("rlimits")(e.to_string()))?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(args)
+        .env(process_env(spec))
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .rlimits(vec![nofile])
+        .no_new_privileges(sec.no_new_privileges)
+        .oom_score_adj(spec.oom_score_adj)
+        .build()
+        .map_err(|e| invalid("process")(e.to_string()))?;
     let (masked, readonly): (&[&str], &[&str]) = if sec.privileged {
         (&[], &[])
     } else {
         (MASKED_PATHS, READONLY_PATHS)
     };
-    let sysctl: serde_json::Map<String, Value> = sec
+    let strings = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(format!("/weft/{}", spec.id)))
+        .resources(
+            linux_resources(&spec.resources, spec.pids_limit, sec.privileged)
+                .map_err(|e| invalid("resources")(e.to_string()))?,
+        )
+        .masked_paths(strings(masked))
+        .readonly_paths(strings(readonly))
+        .build()
+        .map_err(|e| invalid("linux")(e.to_string()))?;
+    let sysctl: HashMap<String, String> = sec
         .sysctls
         .iter()
-        .map(|(k, v)| (k.replace('/', "."), json!(v)))
+        .map(|(k, v)| (k.replace('/', "."), v.clone()))
         .collect();
-    let mut linux = json!({
-        "namespaces": namespaces,
-        "cgroupsPath": format!("/weft/{}", spec.id),
-        "resources": linux_resources(&spec.resources, spec.pids_limit, sec.privileged),
-        "maskedPaths": masked,
-        "readonlyPaths": readonly,
-    });
-    if !sysctl.is_empty() {
-        linux["sysctl"] = Value::Object(sysctl);
-    }
+    linux.set_sysctl((!sysctl.is_empty()).then_some(sysctl));
     if let Some(profile) = &spec.seccomp {
-        linux["seccomp"] = profile.clone();
+        let seccomp: LinuxSeccomp = serde_json::from_value(profile.clone())
+            .map_err(|e| invalid("seccomp profile")(e.to_string()))?;
+        linux.set_seccomp(Some(seccomp));
     }
-    let mut config = json!({
-        "ociVersion": "1.0.2",
-        "process": process.take(),
-        "root": {"path": rootfs, "readonly": sec.read_only_root},
-        "mounts": mounts,
-        "linux": linux,
-    });
+    let mut root = Root::default();
+    root.set_path(rootfs.to_path_buf());
+    root.set_readonly(Some(sec.read_only_root));
+    let mut config = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(root)
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(|e| invalid("config")(e.to_string()))?;
     // Only a private UTS namespace can take a hostname (hostNetwork pods keep the node's).
-    if sandbox.uts_ns.is_some() {
-        config["hostname"] = json!(spec.hostname);
-    }
+    config.set_hostname(sandbox.uts_ns.is_some().then(|| spec.hostname.clone()));
+    config.set_annotations(None);
     Ok(config)
 }
 
 /// Writes `config` as `<bundle>/config.json`.
-pub fn write_config(bundle: &Path, config: &Value) -> Result<(), BundleError> {
+pub fn write_config(bundle: &Path, config: &Spec) -> Result<(), BundleError> {
     let path = bundle.join("config.json");
     let bytes = serde_json::to_vec_pretty(config).map_err(|e| BundleError::Io {
         path: path.clone(),
@@ -436,6 +549,17 @@ pub fn write_config(bundle: &Path, config: &Value) -> Result<(), BundleError> {
 mod tests {
     use super::*;
     use crate::pod::image::ImageConfig;
+    use serde_json::json;
+
+    /// The config as runc reads it from `config.json`.
+    fn config_json(
+        spec: &ContainerSpec,
+        rootfs: &Path,
+        sandbox: &SandboxPaths,
+    ) -> Result<Value, BundleError> {
+        let config = oci_config(spec, rootfs, sandbox)?;
+        Ok(serde_json::to_value(config).unwrap_or_default())
+    }
 
     fn spec(command: &[&str], args: &[&str]) -> ContainerSpec {
         ContainerSpec {
@@ -521,7 +645,7 @@ mod tests {
 
     #[test]
     fn config_joins_sandbox_namespaces() -> Result<(), BundleError> {
-        let config = oci_config(&spec(&["sh"], &[]), Path::new("/c/rootfs"), &sandbox())?;
+        let config = config_json(&spec(&["sh"], &[]), Path::new("/c/rootfs"), &sandbox())?;
         let ns = &config["linux"]["namespaces"];
         assert_eq!(ns[0], json!({"type": "pid"}));
         assert_eq!(ns[1], json!({"type": "mount"}));
@@ -591,7 +715,7 @@ mod tests {
         let mut sb = sandbox();
         sb.net_ns = None;
         sb.uts_ns = None;
-        let config = oci_config(&s, Path::new("/r"), &sb)?;
+        let config = config_json(&s, Path::new("/r"), &sb)?;
         assert_eq!(
             config["process"]["user"],
             json!({"uid": 1000, "gid": 3000, "additionalGids": [2000]})
@@ -619,9 +743,82 @@ mod tests {
         ));
         s.security.privileged = true;
         s.security.run_as_non_root = false;
-        let config = oci_config(&s, Path::new("/r"), &sb)?;
+        let config = config_json(&s, Path::new("/r"), &sb)?;
         assert_eq!(config["linux"]["maskedPaths"], json!([]));
         assert_eq!(config["linux"]["resources"]["devices"][0]["allow"], true);
+        Ok(())
+    }
+
+    /// The typed spec carries what runc enforces: capabilities, rlimits, cgroup and
+    /// resources, the RuntimeDefault seccomp profile, user, and no stray defaults of the crate
+    /// (hostname, annotations) where weft sets none.
+    #[test]
+    fn spec_carries_security_resources_and_no_stray_defaults() -> Result<(), BundleError> {
+        let mut s = spec(&["sh"], &[]);
+        s.security.capabilities = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        s.security.supplemental_groups = vec![5, 6];
+        s.resources.memory_limit = Some(64 << 20);
+        s.pids_limit = Some(100);
+        s.seccomp = Some(crate::pod::seccomp::runtime_default(
+            &s.security.capabilities,
+            std::env::consts::ARCH,
+        ));
+        let mut sb = sandbox();
+        sb.uts_ns = None;
+        let config = oci_config(&s, Path::new("/r"), &sb)?;
+        assert_eq!(config.version(), "1.0.2");
+        assert_eq!(config.hostname(), &None);
+        assert_eq!(config.annotations(), &None);
+        let process = config.process().clone().unwrap_or_default();
+        let caps = process.capabilities().clone().unwrap_or_default();
+        let bounding = caps.bounding().clone().unwrap_or_default();
+        assert_eq!(bounding.len(), DEFAULT_CAPABILITIES.len());
+        assert!(bounding.contains(&Capability::NetBindService));
+        assert!(!bounding.contains(&Capability::SysAdmin));
+        assert_eq!(caps.effective(), caps.bounding());
+        assert_eq!(caps.permitted(), caps.bounding());
+        assert_eq!(caps.inheritable(), &None);
+        assert_eq!(caps.ambient(), &None);
+        assert_eq!(process.user().additional_gids(), &Some(vec![5, 6]));
+        assert_eq!(process.args(), &Some(vec!["sh".to_string()]));
+        assert_eq!(process.oom_score_adj(), Some(1000));
+        let rlimits = process.rlimits().clone().unwrap_or_default();
+        assert_eq!(rlimits.len(), 1);
+        assert_eq!(rlimits[0].typ(), PosixRlimitType::RlimitNofile);
+        assert_eq!((rlimits[0].soft(), rlimits[0].hard()), (1024, 1024));
+        let linux = config.linux().clone().unwrap_or_default();
+        assert_eq!(
+            linux.cgroups_path(),
+            &Some(PathBuf::from("/weft/uid1-app-0"))
+        );
+        let resources = linux.resources().clone().unwrap_or_default();
+        assert_eq!(resources.memory().and_then(|m| m.limit()), Some(64 << 20));
+        assert_eq!(resources.pids().map(|p| p.limit()), Some(100));
+        assert_eq!(linux.sysctl(), &None);
+        let seccomp = linux.seccomp().clone();
+        assert!(
+            seccomp.is_some_and(|p| p.syscalls().as_ref().is_some_and(|s| !s.is_empty())),
+            "RuntimeDefault profile lost"
+        );
+        let json = serde_json::to_value(&config).unwrap_or_default();
+        assert_eq!(
+            json["linux"]["seccomp"],
+            s.seccomp.clone().unwrap_or_default()
+        );
+        assert_eq!(
+            json["process"]["capabilities"]["bounding"]
+                .as_array()
+                .map(Vec::len),
+            Some(14)
+        );
+        s.seccomp = Some(json!({"defaultAction": "SCMP_ACT_NOPE"}));
+        assert!(matches!(
+            oci_config(&s, Path::new("/r"), &sb),
+            Err(BundleError::Spec {
+                what: "seccomp profile",
+                ..
+            })
+        ));
         Ok(())
     }
 

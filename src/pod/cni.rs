@@ -33,7 +33,8 @@ pub enum CniError {
         /// The file.
         file: PathBuf,
         /// What is wrong.
-        reason: String,
+        #[source]
+        reason: ConfigProblem,
     },
     /// A plugin binary is in none of the bin dirs.
     #[error("cni: plugin {plugin:?} of network {network} not found in {dirs}")]
@@ -202,7 +203,7 @@ pub fn load_network(conf_dir: &Path) -> Result<NetworkList, CniError> {
     let mut skipped = Vec::new();
     for file in files {
         match std::fs::read(&file)
-            .map_err(|e| e.to_string())
+            .map_err(ConfigProblem::Read)
             .and_then(|bytes| network_list(&file, &bytes))
         {
             Ok(list) => return Ok(list),
@@ -227,15 +228,49 @@ pub fn parse_network(file: &Path, bytes: &[u8]) -> Result<NetworkList, CniError>
     })
 }
 
+/// What is wrong with a network config file; names the field where one is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// The file could not be read.
+    #[error(transparent)]
+    Read(std::io::Error),
+    /// The bytes are not JSON.
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The JSON is not an object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// `name` is missing or empty.
+    #[error("field name: required")]
+    NoName,
+    /// A conflist without `plugins`.
+    #[error("field plugins: required in a conflist")]
+    NoPlugins,
+    /// `plugins[i]` is not an object.
+    #[error("field plugins[{0}]: not an object")]
+    PluginNotAnObject(usize),
+    /// `plugins` is empty.
+    #[error("field plugins: empty")]
+    EmptyPlugins,
+    /// A plugin's `type` is empty or could name a path outside the bin dirs.
+    #[error("field plugins[{index}].type: invalid {ty:?}")]
+    BadType {
+        /// The plugin's index.
+        index: usize,
+        /// The `type` as given.
+        ty: String,
+    },
+}
+
 /// [`parse_network`]'s work; the error names the field and what is wrong with it.
-fn network_list(file: &Path, bytes: &[u8]) -> Result<NetworkList, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let obj = v.as_object().ok_or("not a JSON object")?;
+fn network_list(file: &Path, bytes: &[u8]) -> Result<NetworkList, ConfigProblem> {
+    let v: Value = serde_json::from_slice(bytes).map_err(ConfigProblem::NotJson)?;
+    let obj = v.as_object().ok_or(ConfigProblem::NotAnObject)?;
     let name = obj
         .get("name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or("field name: required")?
+        .ok_or(ConfigProblem::NoName)?
         .to_string();
     let cni_version = obj
         .get("cniVersion")
@@ -248,12 +283,12 @@ fn network_list(file: &Path, bytes: &[u8]) -> Result<NetworkList, String> {
         let list = obj
             .get("plugins")
             .and_then(Value::as_array)
-            .ok_or("field plugins: required in a conflist")?;
+            .ok_or(ConfigProblem::NoPlugins)?;
         let mut out = Vec::new();
         for (i, p) in list.iter().enumerate() {
             out.push(
                 p.as_object()
-                    .ok_or(format!("field plugins[{i}]: not an object"))?
+                    .ok_or(ConfigProblem::PluginNotAnObject(i))?
                     .clone(),
             );
         }
@@ -262,13 +297,16 @@ fn network_list(file: &Path, bytes: &[u8]) -> Result<NetworkList, String> {
         vec![obj.clone()]
     };
     if plugins.is_empty() {
-        return Err("field plugins: empty".to_string());
+        return Err(ConfigProblem::EmptyPlugins);
     }
     for (i, p) in plugins.iter().enumerate() {
         let ty = p.get("type").and_then(Value::as_str).unwrap_or("");
         // The type names a binary: a path separator would escape the bin dirs.
         if ty.is_empty() || ty.contains('/') || ty.starts_with('.') {
-            return Err(format!("field plugins[{i}].type: invalid {ty:?}"));
+            return Err(ConfigProblem::BadType {
+                index: i,
+                ty: ty.to_string(),
+            });
         }
     }
     Ok(NetworkList {

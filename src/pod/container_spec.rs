@@ -331,26 +331,46 @@ fn set_volume_group(root: &Path, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What is wrong with a hostPath volume's source, given its `type`.
+#[derive(Debug, thiserror::Error)]
+pub enum HostPathProblem {
+    /// `DirectoryOrCreate`/`FileOrCreate`: it could not be created.
+    #[error("create: {0}")]
+    Create(#[source] std::io::Error),
+    /// `FileOrCreate`: its parent directory could not be created.
+    #[error("create parent: {0}")]
+    CreateParent(#[source] std::io::Error),
+    /// `Directory`: it is not a directory.
+    #[error("not a directory")]
+    NotADirectory,
+    /// `File`: it is not a regular file.
+    #[error("not a file")]
+    NotAFile,
+    /// No `type`: it has to exist.
+    #[error("does not exist")]
+    Missing,
+}
+
 /// Makes a hostPath volume's source exist as its `type` asks; the problem otherwise.
-fn prepare_host_path(path: &str, kind: &str) -> Result<(), String> {
+fn prepare_host_path(path: &str, kind: &str) -> Result<(), HostPathProblem> {
     let p = Path::new(path);
     match kind {
         "DirectoryOrCreate" if !p.exists() => std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(p)
-            .map_err(|e| format!("create: {e}")),
+            .map_err(HostPathProblem::Create),
         "FileOrCreate" if !p.exists() => {
             if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("create parent: {e}"))?;
+                std::fs::create_dir_all(parent).map_err(HostPathProblem::CreateParent)?;
             }
             std::fs::File::create(p)
                 .map(drop)
-                .map_err(|e| format!("create: {e}"))
+                .map_err(HostPathProblem::Create)
         }
-        "Directory" | "DirectoryOrCreate" if !p.is_dir() => Err("not a directory".into()),
-        "File" | "FileOrCreate" if !p.is_file() => Err("not a file".into()),
-        "" if !p.exists() => Err("does not exist".into()),
+        "Directory" | "DirectoryOrCreate" if !p.is_dir() => Err(HostPathProblem::NotADirectory),
+        "File" | "FileOrCreate" if !p.is_file() => Err(HostPathProblem::NotAFile),
+        "" if !p.exists() => Err(HostPathProblem::Missing),
         _ => Ok(()),
     }
 }
@@ -364,14 +384,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("made/here");
         let ds = d.to_str().unwrap();
-        assert_eq!(prepare_host_path(ds, ""), Err("does not exist".into()));
-        assert_eq!(
-            prepare_host_path(ds, "Directory"),
-            Err("not a directory".into())
-        );
+        let problem = |kind| prepare_host_path(ds, kind).map_err(|e| e.to_string());
+        assert_eq!(problem(""), Err("does not exist".into()));
+        assert_eq!(problem("Directory"), Err("not a directory".into()));
         prepare_host_path(ds, "DirectoryOrCreate").unwrap();
         assert!(d.is_dir());
-        assert_eq!(prepare_host_path(ds, "File"), Err("not a file".into()));
+        assert_eq!(problem("File"), Err("not a file".into()));
         let f = dir.path().join("f/file");
         prepare_host_path(f.to_str().unwrap(), "FileOrCreate").unwrap();
         assert!(f.is_file());

@@ -19,7 +19,7 @@ use super::layout::PodId;
 use super::lifecycle::WorkerState;
 use super::manifest::{is_manifest_file, parse_manifest, ParsedManifest, MAX_MANIFEST_BYTES};
 use super::pod_worker::{PodWorker, WorkerMode};
-use crate::http_client;
+use crate::http_client::{self, HttpError};
 
 /// Errors that stop the controller (a bad manifest or pod never does).
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ struct UrlSource {
     ca_file: Option<PathBuf>,
     next: Option<Instant>,
     /// The fetch in flight; its answer arrives here.
-    pending: Option<mpsc::Receiver<Result<Vec<u8>, String>>>,
+    pending: Option<mpsc::Receiver<Result<Vec<u8>, HttpError>>>,
     body: Option<Vec<u8>>,
     /// The last content that was a valid manifest.
     good: Option<ParsedManifest>,
@@ -134,7 +134,7 @@ impl UrlSource {
             .name("manifest-url".into())
             .spawn(move || {
                 let answer = http_client::get(&url, deadline, max_body, ca_file.as_deref());
-                let _ = tx.send(answer.map_err(|e| e.to_string()));
+                let _ = tx.send(answer);
             });
         match spawned {
             Ok(_) => self.pending = Some(rx),
@@ -142,7 +142,7 @@ impl UrlSource {
         }
     }
 
-    fn take(&mut self, answer: Result<Vec<u8>, String>) {
+    fn take(&mut self, answer: Result<Vec<u8>, HttpError>) {
         match answer {
             Ok(body) if self.body.as_ref() != Some(&body) => {
                 match parse_manifest(Path::new(&self.url), &body) {
@@ -233,10 +233,29 @@ fn recently_modified(file: &Path) -> bool {
         .is_some_and(|age| age < MANIFEST_SETTLE)
 }
 
+/// Why a manifest file is refused unread.
+#[derive(Debug, thiserror::Error)]
+enum ManifestFileError {
+    /// Opening, inspecting or reading it failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// `open`, `stat` or `read`.
+        op: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A directory, FIFO, device or socket.
+    #[error("not a regular file")]
+    NotRegular,
+    /// Over [`MAX_MANIFEST_BYTES`].
+    #[error("{0} bytes is over the {MAX_MANIFEST_BYTES}-byte limit")]
+    TooLarge(u64),
+}
+
 /// The content of a manifest file, `Ok(None)` when it is gone, `Err(reason)` when it is
 /// refused unread: over [`MAX_MANIFEST_BYTES`] (judged by its size, then capped while reading)
 /// or not a regular file.
-fn read_manifest_file(file: &Path) -> Result<Option<Vec<u8>>, String> {
+fn read_manifest_file(file: &Path) -> Result<Option<Vec<u8>>, ManifestFileError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // Non-blocking: a FIFO renamed into place must not stop the controller in open().
@@ -247,22 +266,23 @@ fn read_manifest_file(file: &Path) -> Result<Option<Vec<u8>>, String> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("open: {e}")),
+        Err(source) => return Err(ManifestFileError::Io { op: "open", source }),
     };
-    let meta = f.metadata().map_err(|e| format!("stat: {e}"))?;
+    let meta = f
+        .metadata()
+        .map_err(|source| ManifestFileError::Io { op: "stat", source })?;
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        return Err(ManifestFileError::NotRegular);
     }
-    let too_big = |n: u64| format!("{n} bytes is over the {MAX_MANIFEST_BYTES}-byte limit");
     if meta.len() > MAX_MANIFEST_BYTES as u64 {
-        return Err(too_big(meta.len()));
+        return Err(ManifestFileError::TooLarge(meta.len()));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     f.take(MAX_MANIFEST_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("read: {e}"))?;
+        .map_err(|source| ManifestFileError::Io { op: "read", source })?;
     if bytes.len() > MAX_MANIFEST_BYTES {
-        return Err(too_big(bytes.len() as u64));
+        return Err(ManifestFileError::TooLarge(bytes.len() as u64));
     }
     Ok(Some(bytes))
 }
@@ -648,7 +668,10 @@ mod tests {
         src.take(Ok(b"[[[[".to_vec()));
         assert_eq!(src.good.as_ref().map(|m| m.pod.metadata.uid.clone()), uid);
         assert!(src.error.as_ref().is_some_and(|e| e.contains("192.0.2.1")));
-        src.take(Err("connection refused".into()));
+        src.take(Err(HttpError::Timeout {
+            url: src.url.clone(),
+            deadline: Duration::from_secs(1),
+        }));
         assert_eq!(src.good.as_ref().map(|m| m.pod.metadata.uid.clone()), uid);
         src.take(Ok(POD.replace("NAME", "db").into_bytes()));
         assert_eq!(src.error, None);

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::bundle::ContainerSpec;
 use super::cli::{read_pods, CliError};
 use super::crilog::log_text;
-use super::exec::{find_target, pod_ref, ExecError};
+use super::exec::{find_pod, find_target, pod_ref, ExecError};
 use super::image::{ImageError, ImageStore};
 use super::layout::{container_id, LayoutError, PodId, PodLayout, LOG_DIR_MODE};
 use super::resources::ContainerResources;
@@ -129,13 +129,7 @@ pub fn run(
 ) -> Result<i32, DebugError> {
     let (ns, name) = pod_ref(&req.pod, &req.namespace)?;
     let pods = read_pods(layout.pod_root())?;
-    let rec = pods
-        .iter()
-        .find(|r| r.pod.metadata.namespace == ns && r.pod.metadata.name == name)
-        .ok_or_else(|| ExecError::NoPod {
-            pod: format!("{ns}/{name}"),
-            root: layout.pod_root().to_path_buf(),
-        })?;
+    let rec = find_pod(&pods, layout, ns, name)?;
     let pod = PodId::new(ns, name, &rec.pod.metadata.uid)?;
     let dir = layout.pod_dir(&pod);
     let runtime = OciRuntime::new(oci_runtime, &dir);

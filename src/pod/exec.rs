@@ -74,6 +74,21 @@ pub fn pod_ref<'a>(pod: &'a str, namespace: &'a str) -> Result<(&'a str, &'a str
     Ok((ns, name))
 }
 
+/// The record of pod `ns/name` among `pods`, whose directories `layout` names.
+pub fn find_pod<'p>(
+    pods: &'p [PodRecord],
+    layout: &PodLayout,
+    ns: &str,
+    name: &str,
+) -> Result<&'p PodRecord, ExecError> {
+    pods.iter()
+        .find(|r| r.pod.metadata.namespace == ns && r.pod.metadata.name == name)
+        .ok_or_else(|| ExecError::NoPod {
+            pod: format!("{ns}/{name}"),
+            root: layout.pod_root().to_path_buf(),
+        })
+}
+
 /// The running container `container` (default: the first app container) of pod `ns/name` among
 /// `pods`, whose directories `layout` names.
 pub fn find_target(
@@ -84,14 +99,7 @@ pub fn find_target(
     container: Option<&str>,
 ) -> Result<ExecTarget, ExecError> {
     let full = format!("{ns}/{name}");
-    let rec = pods
-        .iter()
-        .find(|r| r.pod.metadata.namespace == ns && r.pod.metadata.name == name)
-        .ok_or_else(|| ExecError::NoPod {
-            pod: full.clone(),
-            root: layout.pod_root().to_path_buf(),
-        })?;
-    let p = &rec.pod;
+    let p = &find_pod(pods, layout, ns, name)?.pod;
     let container = match container {
         Some(c) => {
             check_dns_label("container name", c)?;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::actions::RunView;
 use super::backoff::Backoff;
-use super::cni::{load_network, Attachment, CniResult, CniRuntime, POD_IFNAME};
+use super::cni::{load_network, Attachment, CniResult, CniRuntime, PodNetwork, POD_IFNAME};
 use super::config::PodConfig;
 use super::layout::{LayoutError, PodId};
 use super::pod_worker::PodRun;
@@ -248,17 +248,19 @@ impl PodRun {
     }
 }
 
-/// CNI DEL of the pod's attachment, with the network config cached at ADD (or the current one
-/// of the same name). Nothing to do when the pod was never attached.
-pub(super) fn release_network(cfg: &PodConfig, id: &PodId, state: &WorkerState, netns: PathBuf) {
+/// CNI DEL of the pod's attachment through `cni`, with the network config cached at ADD (or
+/// the current one of the same name). Nothing to do when the pod was never attached.
+pub(super) fn release_network(
+    cni: &dyn PodNetwork,
+    cfg: &PodConfig,
+    id: &PodId,
+    state: &WorkerState,
+    netns: PathBuf,
+) {
     let Some(network) = &state.network else {
         return;
     };
     let pod = state.full_name();
-    let cni = CniRuntime {
-        bin_dirs: cfg.cni_bin_dirs.clone(),
-        cache_dir: cfg.cni_cache_dir.clone(),
-    };
     let att = Attachment {
         container_id: id.dir_name(),
         netns,
@@ -323,7 +325,12 @@ pub(super) fn teardown(
         }
     }
     let sandbox = SandboxState::load(dir).ok().flatten().map(Sandbox::adopt);
+    let cni = CniRuntime {
+        bin_dirs: cfg.cni_bin_dirs.clone(),
+        cache_dir: cfg.cni_cache_dir.clone(),
+    };
     release_network(
+        &cni,
         cfg,
         &id,
         state,

@@ -38,6 +38,9 @@ use super::worker_error::WorkerError;
 
 use super::lifecycle::WorkerState;
 
+#[cfg(test)]
+mod executor_tests;
+
 /// How often a worker looks at its containers.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -624,18 +627,30 @@ impl PodRun {
             s.ready = false;
             s.started = false;
         }
+        self.release_sandbox("changed");
+        self.pod_ip = None;
+        self.retry_at = None;
+    }
+
+    /// Releases the pod's address (CNI DEL) and stops its sandbox; `why` (`changed`,
+    /// `finished`) goes into the log.
+    fn release_sandbox(&mut self, why: &str) {
         let netns = self.sandbox.as_ref().map(Sandbox::netns_path);
-        release_network(&self.cfg, &self.id, &self.state, netns.unwrap_or_default());
+        release_network(
+            self.cni.as_ref(),
+            &self.cfg,
+            &self.id,
+            &self.state,
+            netns.unwrap_or_default(),
+        );
         self.state.network = None;
         if let Some(sb) = self.sandbox.take() {
             if let Err(e) = self.sandboxes.stop(&sb, SANDBOX_GRACE) {
-                tracing::warn!(error = %e, "stop changed sandbox");
+                tracing::warn!(error = %e, sandbox = why, "stop sandbox");
             }
         }
         self.save_state();
         self.attached = false;
-        self.pod_ip = None;
-        self.retry_at = None;
     }
 
     fn make_sandbox(&mut self) -> Result<(), WorkerError> {
@@ -955,16 +970,7 @@ impl PodRun {
         for name in names {
             self.retire(&name);
         }
-        let netns = self.sandbox.as_ref().map(Sandbox::netns_path);
-        release_network(&self.cfg, &self.id, &self.state, netns.unwrap_or_default());
-        self.state.network = None;
-        if let Some(sb) = self.sandbox.take() {
-            if let Err(e) = self.sandboxes.stop(&sb, SANDBOX_GRACE) {
-                tracing::warn!(error = %e, "stop sandbox of finished pod");
-            }
-        }
-        self.save_state();
-        self.attached = false;
+        self.release_sandbox("finished");
         self.finished = true;
         tracing::info!("pod finished: sandbox and pod IP released");
     }

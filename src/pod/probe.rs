@@ -229,6 +229,62 @@ impl ProbeTracker {
     }
 }
 
+/// Why one probe check failed (logged at debug level; the verdict counts failures only).
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    /// The probe's named port is not among the container's ports.
+    #[error("unresolvable port")]
+    UnresolvablePort,
+    /// The probe has no exec, httpGet or tcpSocket handler.
+    #[error("no handler")]
+    NoHandler,
+    /// The OCI runtime could not be started for an exec probe.
+    #[error("spawn {}: {source}", runtime.display())]
+    Spawn {
+        /// The runtime binary.
+        runtime: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The exec probe's command exited non-zero.
+    #[error("exec exited with {0}")]
+    Exited(std::process::ExitStatus),
+    /// The exec probe ran past its timeout.
+    #[error("exec timed out after {0:?}")]
+    TimedOut(Duration),
+    /// Waiting for the exec probe failed.
+    #[error("wait exec: {0}")]
+    Wait(#[source] std::io::Error),
+    /// The HTTP request failed.
+    #[error(transparent)]
+    Http(#[from] crate::http_client::HttpError),
+    /// The HTTP answer's status is not 2xx or 3xx.
+    #[error("HTTP status {0}")]
+    HttpStatus(u16),
+    /// The TCP connection failed.
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The pod's network namespace could not be opened.
+    #[error("open netns {}: {source}", path.display())]
+    OpenNetns {
+        /// The namespace file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Entering the pod's network namespace failed.
+    #[error("setns {}: {source}", path.display())]
+    Setns {
+        /// The namespace file.
+        path: PathBuf,
+        /// The cause.
+        source: nix::errno::Errno,
+    },
+    /// The probe thread panicked.
+    #[error("probe thread panicked")]
+    Panicked,
+}
+
 /// Runs one check of `p`; `true` on success.
 fn check(c: &Container, p: &Probe, target: &ProbeTarget<'_>, timeout: Duration) -> bool {
     let result = if let Some(e) = &p.exec {
@@ -243,7 +299,7 @@ fn check(c: &Container, p: &Probe, target: &ProbeTarget<'_>, timeout: Duration) 
                 let path = h.path.clone().unwrap_or_else(|| "/".to_string());
                 move || http_check(addr, &path, timeout)
             }),
-            None => Err("unresolvable port".to_string()),
+            None => Err(ProbeError::UnresolvablePort),
         }
     } else if let Some(t) = &p.tcp_socket {
         match c.resolve_port(&t.port) {
@@ -255,13 +311,13 @@ fn check(c: &Container, p: &Probe, target: &ProbeTarget<'_>, timeout: Duration) 
                 move || {
                     TcpStream::connect_timeout(&addr, timeout)
                         .map(drop)
-                        .map_err(|e| e.to_string())
+                        .map_err(ProbeError::Connect)
                 }
             }),
-            None => Err("unresolvable port".to_string()),
+            None => Err(ProbeError::UnresolvablePort),
         }
     } else {
-        Err("no handler".to_string())
+        Err(ProbeError::NoHandler)
     };
     match result {
         Ok(()) => true,
@@ -277,7 +333,7 @@ fn exec_check(
     target: &ProbeTarget<'_>,
     command: &[String],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let mut child = Command::new(target.runtime)
         .arg("--root")
         .arg(target.runtime_root)
@@ -288,50 +344,53 @@ fn exec_check(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("spawn {}: {e}", target.runtime.display()))?;
+        .map_err(|source| ProbeError::Spawn {
+            runtime: target.runtime.to_path_buf(),
+            source,
+        })?;
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("exec exited with {status}")),
+            Ok(Some(status)) => return Err(ProbeError::Exited(status)),
             Ok(None) if Instant::now() >= deadline => {
                 // Kill the runc exec client; the process inside ends with it.
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("exec timed out after {timeout:?}"));
+                return Err(ProbeError::TimedOut(timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("wait exec: {e}")),
+            Err(e) => return Err(ProbeError::Wait(e)),
         }
     }
 }
 
 /// An HTTP GET through the node's one HTTP client; success is a 2xx or 3xx status.
-fn http_check(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
-    let code = crate::http_client::status_of(addr, path, timeout).map_err(|e| e.to_string())?;
+fn http_check(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), ProbeError> {
+    let code = crate::http_client::status_of(addr, path, timeout)?;
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(format!("HTTP status {code}"))
+        Err(ProbeError::HttpStatus(code))
     }
 }
 
 /// Runs `f` on a thread inside the network namespace `netns`.
-fn in_netns<F>(netns: &Path, f: F) -> Result<(), String>
+fn in_netns<F>(netns: &Path, f: F) -> Result<(), ProbeError>
 where
-    F: FnOnce() -> Result<(), String> + Send + 'static,
+    F: FnOnce() -> Result<(), ProbeError> + Send + 'static,
 {
     let path: PathBuf = netns.to_path_buf();
     let handle = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path)
-            .map_err(|e| format!("open netns {}: {e}", path.display()))?;
+        let file = std::fs::File::open(&path).map_err(|source| ProbeError::OpenNetns {
+            path: path.clone(),
+            source,
+        })?;
         nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("setns {}: {e}", path.display()))?;
+            .map_err(|source| ProbeError::Setns { path, source })?;
         f()
     });
-    handle
-        .join()
-        .map_err(|_| "probe thread panicked".to_string())?
+    handle.join().map_err(|_| ProbeError::Panicked)?
 }
 
 #[cfg(test)]
@@ -390,9 +449,9 @@ mod tests {
             "HTTP/1.0 500 Oops\r\n\r\n",
         ]);
         let t = Duration::from_secs(2);
-        assert_eq!(http_check(addr, "/healthz", t), Ok(()));
+        assert!(http_check(addr, "/healthz", t).is_ok());
         assert_eq!(
-            http_check(addr, "/healthz", t),
+            http_check(addr, "/healthz", t).map_err(|e| e.to_string()),
             Err("HTTP status 500".into())
         );
         server.join().unwrap();

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -89,38 +89,59 @@ pub fn helper_binary(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Why [`stdio_to_dev_null`] or [`run_helper`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// `/dev/null` could not be opened.
+    #[error("open /dev/null: {0}")]
+    OpenDevNull(#[source] std::io::Error),
+    /// A standard stream could not be pointed at `/dev/null`.
+    #[error("dup2 /dev/null: {0}")]
+    Dup2(#[source] nix::errno::Errno),
+    /// The helper program could not be started.
+    #[error("spawn: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The helper program failed: its exit status and what it wrote to stderr.
+    #[error("{status}: {stderr}")]
+    Failed {
+        /// Its exit status.
+        status: ExitStatus,
+        /// Its stderr, trimmed.
+        stderr: String,
+    },
+}
+
 /// Points stdin, stdout and stderr at `/dev/null`: the last step of weft-shim's and
 /// weft-pause's daemonizing, once nothing is left to report to the parent.
-pub fn stdio_to_dev_null() -> Result<(), String> {
+pub fn stdio_to_dev_null() -> Result<(), HelperError> {
     use std::os::fd::AsRawFd;
     let null = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
-        .map_err(|e| format!("open /dev/null: {e}"))?;
+        .map_err(HelperError::OpenDevNull)?;
     for fd in 0..=2 {
-        nix::unistd::dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2 /dev/null: {e}"))?;
+        nix::unistd::dup2(null.as_raw_fd(), fd).map_err(HelperError::Dup2)?;
     }
     Ok(())
 }
 
 /// Runs a helper program (weft-shim, weft-pause) that daemonizes and exits: stdin and stdout
 /// closed, the error is its exit status and stderr.
-pub fn run_helper(cmd: &mut Command) -> Result<(), String> {
+pub fn run_helper(cmd: &mut Command) -> Result<(), HelperError> {
     let output = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("spawn: {e}"))?;
+        .map_err(HelperError::Spawn)?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(HelperError::Failed {
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
     }
 }
 

@@ -4,8 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
+    LinuxResources, LinuxResourcesBuilder,
+};
+use oci_spec::OciSpecError;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 /// `resources` of a container.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
@@ -221,23 +225,33 @@ pub fn cpu_quota(milli: u64) -> i64 {
 
 /// The OCI `linux.resources` for a container: devices denied (privileged: allowed), cpu
 /// shares and quota, memory limit, pids limit.
-pub fn linux_resources(c: &ContainerResources, pids_limit: Option<i64>, privileged: bool) -> Value {
-    let mut cpu = json!({"shares": cpu_shares(c.cpu_request)});
+pub fn linux_resources(
+    c: &ContainerResources,
+    pids_limit: Option<i64>,
+    privileged: bool,
+) -> Result<LinuxResources, OciSpecError> {
+    let mut cpu = LinuxCpuBuilder::default().shares(cpu_shares(c.cpu_request));
     if let Some(limit) = c.cpu_limit {
-        cpu["quota"] = json!(cpu_quota(limit));
-        cpu["period"] = json!(CPU_PERIOD_US);
+        cpu = cpu.quota(cpu_quota(limit)).period(CPU_PERIOD_US);
     }
-    let mut res = json!({
-        "devices": [{"allow": privileged, "access": "rwm"}],
-        "cpu": cpu,
-    });
+    let devices = LinuxDeviceCgroupBuilder::default()
+        .allow(privileged)
+        .access("rwm")
+        .build()?;
+    let mut res = LinuxResourcesBuilder::default()
+        .devices(vec![devices])
+        .cpu(cpu.build()?);
     if let Some(limit) = c.memory_limit {
-        res["memory"] = json!({"limit": i64::try_from(limit).unwrap_or(i64::MAX)});
+        res = res.memory(
+            LinuxMemoryBuilder::default()
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .build()?,
+        );
     }
     if let Some(limit) = pids_limit {
-        res["pids"] = json!({"limit": limit});
+        res = res.pids(LinuxPidsBuilder::default().limit(limit).build()?);
     }
-    res
+    res.build()
 }
 
 /// Validates a container's `resources` (`at` is its field path): known names, well-formed
@@ -364,19 +378,24 @@ mod tests {
         assert_eq!(cpu_shares(Some(1000)), 1024);
         assert_eq!(cpu_quota(100), 10_000);
         assert_eq!(cpu_quota(1), 1000);
-        let r = linux_resources(
+        let as_json =
+            |r: Result<LinuxResources, OciSpecError>| serde_json::to_value(r.unwrap()).unwrap();
+        let r = as_json(linux_resources(
             &res(Some(100), Some(100), None, Some(32 << 20)),
             Some(64),
             false,
-        );
+        ));
         assert_eq!(
             r["cpu"],
-            json!({"shares": 102, "quota": 10000, "period": 100000})
+            serde_json::json!({"shares": 102, "quota": 10000, "period": 100000})
         );
         assert_eq!(r["memory"]["limit"], 32 << 20);
         assert_eq!(r["pids"]["limit"], 64);
-        assert_eq!(r["devices"][0]["allow"], false);
-        let none = linux_resources(&ContainerResources::default(), None, false);
+        assert_eq!(
+            r["devices"],
+            serde_json::json!([{"allow": false, "access": "rwm"}])
+        );
+        let none = as_json(linux_resources(&ContainerResources::default(), None, false));
         assert!(none.get("memory").is_none() && none.get("pids").is_none());
     }
 

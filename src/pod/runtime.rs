@@ -588,7 +588,7 @@ impl OciRuntime {
                 .arg("--log")
                 .arg(std::path::absolute(log).map_err(self.io(id, "resolve log path", log))?),
         )
-        .map_err(fail)?;
+        .map_err(|e| fail(e.to_string()))?;
         read_shim(id, dir)
     }
 

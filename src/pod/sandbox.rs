@@ -13,7 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd as _, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -157,6 +158,7 @@ pub struct Sandbox {
 
 /// A pidfd for `pause`, checked to be that very process (not a later one with its pid).
 fn open_pidfd(pause: &ProcessId) -> Option<Arc<OwnedFd>> {
+    // nix (0.29) has no pidfd_open: one raw syscall.
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pause.pid, 0) };
     if fd < 0 {
@@ -170,13 +172,8 @@ fn open_pidfd(pause: &ProcessId) -> Option<Arc<OwnedFd>> {
 
 /// Whether the process behind `pidfd` has exited (a pidfd polls readable then).
 fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    let mut fd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, timeout 0: poll only reads and writes it.
-    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    nix::poll::poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
 }
 
 /// The network namespace name for a pod id: `weft-<id>` with characters outside
@@ -257,11 +254,7 @@ impl Sandbox {
             }
         };
         let etc = pod_dir.join("etc");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&etc)
-            .map_err(io("create", &etc))?;
+        create_dir(&pod, &etc, 0o755)?;
         for (file, contents) in [
             ("hosts", hosts_file(hostname, None)),
             ("hostname", format!("{hostname}\n")),
@@ -273,11 +266,7 @@ impl Sandbox {
         let netns = netns_name(pod_id);
         let netns_path = Path::new(NETNS_DIR).join(&netns);
         let ns_dir = pod_dir.join("ns");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&ns_dir)
-            .map_err(io("create", &ns_dir))?;
+        create_dir(&pod, &ns_dir, 0o700)?;
         let mut files = Vec::new();
         if !host.network {
             prepare_netns_dir(pod_id)?;
@@ -511,20 +500,25 @@ fn remove_if_present(
     }
 }
 
-/// Makes `/run/netns` exist and be a shared mount point, as `ip netns add` does, so namespace
-/// mounts made here propagate into other mount namespaces.
-fn prepare_netns_dir(pod: &str) -> Result<(), SandboxError> {
-    let dir = Path::new(NETNS_DIR);
+/// Creates `dir` and its missing parents with permissions `mode`.
+fn create_dir(pod: &str, dir: &Path, mode: u32) -> Result<(), SandboxError> {
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o755)
+        .mode(mode)
         .create(dir)
         .map_err(|source| SandboxError::Io {
             pod: pod.to_string(),
             op: "create",
             path: dir.to_path_buf(),
             source,
-        })?;
+        })
+}
+
+/// Makes `/run/netns` exist and be a shared mount point, as `ip netns add` does, so namespace
+/// mounts made here propagate into other mount namespaces.
+fn prepare_netns_dir(pod: &str) -> Result<(), SandboxError> {
+    let dir = Path::new(NETNS_DIR);
+    create_dir(pod, dir, 0o755)?;
     let mount_err = |op, source| SandboxError::Mount {
         pod: pod.to_string(),
         op,
@@ -603,7 +597,7 @@ fn start_pause(
                     .flat_map(|(flag, path)| [flag.as_ref(), path.as_os_str()]),
             ),
     )
-    .map_err(fail)?;
+    .map_err(|e| fail(e.to_string()))?;
     let text = fs::read_to_string(&pid_file)
         .map_err(|e| fail(format!("read {}: {e}", pid_file.display())))?;
     let pid: i32 = text.trim().parse().map_err(|e| {

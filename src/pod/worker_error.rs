@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::bundle::BundleError;
 use super::cni::CniError;
+use super::container_spec::HostPathProblem;
 use super::image::ImageError;
 use super::layout::LayoutError;
 use super::runtime::RuntimeError;
@@ -44,7 +45,8 @@ pub enum WorkerError {
         /// The host path.
         path: String,
         /// What is wrong with it.
-        problem: String,
+        #[source]
+        problem: HostPathProblem,
     },
     /// The pause process could not be started.
     #[error(transparent)]
@@ -111,7 +113,7 @@ mod tests {
         let e = WorkerError::HostPath {
             volume: "data".into(),
             path: "/srv/data".into(),
-            problem: "not a directory".into(),
+            problem: HostPathProblem::NotADirectory,
         };
         assert_eq!(
             e.to_string(),

@@ -15,11 +15,14 @@
 use std::io;
 use std::net::SocketAddrV4;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd as _, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
 use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::forwarding::ForwardingTable;
@@ -28,7 +31,7 @@ use super::packet::{ipv4_destination, net_unreachable, parse_ipv4};
 use super::socket::{poll_readable, Datagram, RecvBatch, UnderlaySocket};
 
 /// How long a pump blocks before it looks at the stop flag again.
-const POLL_MS: libc::c_int = 200;
+const POLL_MS: u16 = 200;
 /// Messages per `recvmmsg`; each can hold a 64 KiB GRO batch.
 const RECV_MESSAGES: usize = 16;
 /// Room for one TUN read: a 64 KiB super-packet behind its virtio-net header.
@@ -70,10 +73,11 @@ impl UdpCounters {
             counter.fetch_add(n, Ordering::Relaxed);
         }
     }
+}
 
-    /// The counters in Prometheus text format (`weft_udp_*_total`, all counters), for the
-    /// daemon's `/metrics`.
-    pub fn render_prometheus(&self) -> String {
+/// The counters as `weft_udp_<name>_total` on the daemon's `/metrics`.
+impl Collector for UdpCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let rows: [(&str, &AtomicU64, &str); 11] = [
             ("tx_packets", &self.tx_packets, "Packets sent to peers."),
             (
@@ -127,14 +131,18 @@ impl UdpCounters {
                 "Failed UDP receives and TUN writes.",
             ),
         ];
-        let mut out = String::new();
         for (name, value, help) in rows {
-            let value = value.load(Ordering::Relaxed);
-            out.push_str(&format!(
-                "# HELP weft_udp_{name}_total {help}\n# TYPE weft_udp_{name}_total counter\nweft_udp_{name}_total {value}\n"
-            ));
+            // The encoder appends `_total` to the sample name.
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let family = format!("weft_udp_{name}");
+            counter.encode(encoder.encode_descriptor(
+                &family,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
-        out
+        Ok(())
     }
 }
 
@@ -251,7 +259,7 @@ impl TxPump {
             let len = match tun.recv(&mut buf) {
                 Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = poll_readable(tun.as_raw_fd(), POLL_MS) {
+                    if let Err(e) = poll_readable(tun.as_fd(), POLL_MS) {
                         tracing::warn!(error = %e, "poll flannel0");
                     }
                     continue;
@@ -532,9 +540,12 @@ mod tests {
     fn counters_render_as_prometheus_counters() {
         let c = UdpCounters::default();
         UdpCounters::add(&c.rx_malformed, 3);
-        let text = c.render_prometheus();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(c));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
-            text.contains("# TYPE weft_udp_rx_malformed_total counter\n"),
+            text.contains("# TYPE weft_udp_rx_malformed counter\n"),
             "{text}"
         );
         assert!(text.contains("\nweft_udp_rx_malformed_total 3\n"), "{text}");
@@ -542,6 +553,10 @@ mod tests {
             text.contains("\nweft_udp_rx_unknown_source_total 0\n"),
             "{text}"
         );
-        assert_eq!(text.lines().count(), 33);
+        assert_eq!(
+            text.lines().count(),
+            34,
+            "11 counters of three lines, then # EOF"
+        );
     }
 }

@@ -6,8 +6,14 @@ use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn,
+};
+use nix::sys::time::TimeVal;
 
 /// `UDP_SEGMENT` from `linux/udp.h` (Linux 4.18): GSO size of a send.
 const UDP_SEGMENT: libc::c_int = 103;
@@ -19,7 +25,7 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload of one (GSO) send: 65535 minus IPv4 and UDP headers.
 pub const MAX_GSO_BYTES: usize = 65_507;
 /// Socket buffer size asked for; traffic comes in bursts of 64 KiB GSO batches.
-const SOCKET_BUFFER: libc::c_int = 8 << 20;
+const SOCKET_BUFFER: usize = 8 << 20;
 /// How long a receive waits for a first message, so a pump looks at its stop flag this often.
 pub const RECV_TIMEOUT_MS: libc::suseconds_t = 200;
 /// Receive buffer per message: one GRO batch can be a whole 64 KiB.
@@ -67,36 +73,15 @@ pub struct UnderlaySocket {
     gro: bool,
 }
 
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: fd is an open socket and the option value is a live c_int of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
-    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-    sa.sin_port = addr.port().to_be();
-    sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
-    sa
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
 }
 
 impl UnderlaySocket {
@@ -104,61 +89,26 @@ impl UnderlaySocket {
     /// socket on the same port), large buffers, and, when `offloads`, GSO/GRO switched on
     /// where available.
     pub fn bind(addr: SocketAddrV4, offloads: bool) -> io::Result<Self> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_UDP,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
+        let fd = socket::socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::Udp,
+        )?;
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+        // FORCE needs CAP_NET_ADMIN; without it the plain option is capped by rmem_max.
+        if socket::setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+            socket::setsockopt(&fd, sockopt::RcvBuf, &SOCKET_BUFFER)?;
         }
-        // SAFETY: raw is a freshly opened descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-        for (force, plain) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-        ] {
-            // FORCE needs CAP_NET_ADMIN; without it the plain option is capped by rmem_max.
-            if setsockopt_int(raw, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
-                setsockopt_int(raw, libc::SOL_SOCKET, plain, SOCKET_BUFFER)?;
-            }
+        if socket::setsockopt(&fd, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+            socket::setsockopt(&fd, sockopt::SndBuf, &SOCKET_BUFFER)?;
         }
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: RECV_TIMEOUT_MS * 1000,
-        };
-        // SAFETY: fd is an open socket and the option value is a live timeval of its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sa = sockaddr_in(addr);
-        // SAFETY: sa is a valid sockaddr_in and the length matches it.
-        let rc = unsafe {
-            libc::bind(
-                raw,
-                (&sa as *const libc::sockaddr_in).cast(),
-                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let timeout = TimeVal::new(0, RECV_TIMEOUT_MS * 1000);
+        socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
+        socket::bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
         // Setting a GSO size of 0 succeeds exactly on kernels that know UDP_SEGMENT.
-        let gso = offloads && setsockopt_int(raw, libc::SOL_UDP, UDP_SEGMENT, 0).is_ok();
-        let gro = offloads && setsockopt_int(raw, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+        let gso = offloads && socket::setsockopt(&fd, sockopt::UdpGsoSegment, &0).is_ok();
+        let gro = offloads && socket::setsockopt(&fd, sockopt::UdpGroSegment, &true).is_ok();
         Ok(UnderlaySocket {
             fd,
             gso: AtomicBool::new(gso),
@@ -394,21 +344,12 @@ impl UnderlaySocket {
 }
 
 /// Blocks until `fd` is readable or `timeout_ms` passed; EINTR counts as a timeout.
-pub fn poll_readable(fd: RawFd, timeout_ms: libc::c_int) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: pfd is a valid pollfd array of length 1.
-    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: u16) -> io::Result<()> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match nix::poll::poll(&mut fds, timeout_ms) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// The segment size of a GRO-coalesced message, from its `UDP_GRO` control message.
@@ -444,8 +385,7 @@ impl RecvBatch {
     pub fn new(messages: usize) -> Self {
         RecvBatch {
             bufs: vec![vec![0u8; RECV_BUFFER]; messages],
-            // SAFETY: sockaddr_in is plain old data; all-zero is valid.
-            addrs: vec![unsafe { mem::zeroed() }; messages],
+            addrs: vec![sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); messages],
             control: vec![[0u64; 8]; messages],
             lens: vec![0; messages],
             truncated: vec![false; messages],

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd as _, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -23,6 +23,9 @@ use std::time::Duration;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use ipnetwork::Ipv4Network;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
 use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::peers::PeerSpec;
@@ -36,7 +39,7 @@ use crate::backend::udp::socket::{
 use crate::wireguard_key::{SecretKey, WireGuardKey};
 
 /// How long a pump blocks before it looks at the stop flag again.
-const POLL_MS: libc::c_int = 200;
+const POLL_MS: u16 = 200;
 /// Messages per `recvmmsg`; each can hold a 64 KiB GRO batch.
 const RECV_MESSAGES: usize = 16;
 /// Room for one TUN read: a 64 KiB super-packet behind its virtio-net header.
@@ -89,9 +92,9 @@ fn add(counter: &AtomicU64, n: u64) {
     }
 }
 
-impl WireGuardCounters {
-    /// The counters in Prometheus text format (`weft_wireguard_*_total`).
-    pub fn render_prometheus(&self) -> String {
+/// The counters as `weft_wireguard_<name>_total` on the daemon's `/metrics`.
+impl Collector for WireGuardCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let rows: [(&str, &AtomicU64, &str); 12] = [
             (
                 "tx_packets",
@@ -154,14 +157,18 @@ impl WireGuardCounters {
                 "Handshake, cookie and keepalive messages sent.",
             ),
         ];
-        let mut out = String::new();
         for (name, value, help) in rows {
-            let value = value.load(Ordering::Relaxed);
-            out.push_str(&format!(
-                "# HELP weft_wireguard_{name}_total {help}\n# TYPE weft_wireguard_{name}_total counter\nweft_wireguard_{name}_total {value}\n"
-            ));
+            // The encoder appends `_total` to the sample name.
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let family = format!("weft_wireguard_{name}");
+            counter.encode(encoder.encode_descriptor(
+                &family,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
-        out
+        Ok(())
     }
 }
 
@@ -449,7 +456,7 @@ impl Pump {
             let len = match tun.recv(&mut buf) {
                 Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = poll_readable(tun.as_raw_fd(), POLL_MS) {
+                    if let Err(e) = poll_readable(tun.as_fd(), POLL_MS) {
                         tracing::warn!(error = %e, "poll WireGuard TUN device");
                     }
                     continue;

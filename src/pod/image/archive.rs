@@ -69,7 +69,7 @@ impl ExtractedArchive {
             .map_err(|e| format(format!("read tar: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| format(format!("read tar entry: {e}")))?;
-            let (raw, rel) = entry_path(&entry).map_err(format)?;
+            let (raw, rel) = entry_path(&entry).map_err(|e| format(format!("entry path: {e}")))?;
             let rel = rel.map_err(|r| bad(&raw, r.to_string()))?;
             if rel.as_os_str().is_empty() {
                 continue;

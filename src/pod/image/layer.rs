@@ -100,29 +100,59 @@ fn steps(path: &Path) -> VecDeque<OsString> {
         .collect()
 }
 
-/// A tar entry's path as written (for messages) and as safe relative components (or why not).
+/// A tar entry's path as written (for messages) and as safe relative components (or why not);
+/// the error is the tar header's.
 pub(super) fn entry_path<R: Read>(
     entry: &tar::Entry<'_, R>,
-) -> Result<(PathBuf, Result<PathBuf, &'static str>), String> {
-    let raw = entry
-        .path()
-        .map_err(|e| format!("entry path: {e}"))?
-        .into_owned();
+) -> io::Result<(PathBuf, Result<PathBuf, &'static str>)> {
+    let raw = entry.path()?.into_owned();
     let rel = clean_entry_path(&raw);
     Ok((raw, rel))
+}
+
+/// Why a path cannot be resolved inside a root.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RootPathError {
+    /// A `..` or a symlink leads out of the root.
+    #[error("{} escapes the root", .0.display())]
+    Escapes(PathBuf),
+    /// More than 40 symlinks on the way (a loop, or a bomb).
+    #[error("{}: too many levels of symlinks", .0.display())]
+    SymlinkLoop(PathBuf),
+    /// A step that has to be a directory is a file.
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// Reading a link, making a directory or looking at a step failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// `readlink`, `mkdir` or `stat`.
+        op: &'static str,
+        /// The step.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
 }
 
 /// Resolves `rel` inside `root` like a chroot would: symlinks are followed with `root` as `/`,
 /// and any step that would leave `root` is an error. Missing directories are created when
 /// `create` is set. Returns the absolute path of the resolved location.
-pub(super) fn resolve_in_root(root: &Path, rel: &Path, create: bool) -> Result<PathBuf, String> {
+pub(super) fn resolve_in_root(
+    root: &Path,
+    rel: &Path,
+    create: bool,
+) -> Result<PathBuf, RootPathError> {
+    let io_err = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RootPathError::Io { op, path, source }
+    };
     let mut cur = PathBuf::new();
     let mut pending = steps(rel);
     let mut links = 0;
     while let Some(name) = pending.pop_front() {
         if name == ".." {
             if !cur.pop() {
-                return Err(format!("{} escapes the root", rel.display()));
+                return Err(RootPathError::Escapes(rel.to_path_buf()));
             }
             continue;
         }
@@ -132,10 +162,9 @@ pub(super) fn resolve_in_root(root: &Path, rel: &Path, create: bool) -> Result<P
             Ok(meta) if meta.file_type().is_symlink() => {
                 links += 1;
                 if links > 40 {
-                    return Err(format!("{}: too many levels of symlinks", rel.display()));
+                    return Err(RootPathError::SymlinkLoop(rel.to_path_buf()));
                 }
-                let target = fs::read_link(&full)
-                    .map_err(|e| format!("readlink {}: {e}", full.display()))?;
+                let target = fs::read_link(&full).map_err(io_err("readlink", &full))?;
                 if target.is_absolute() {
                     cur = PathBuf::new();
                 }
@@ -146,7 +175,7 @@ pub(super) fn resolve_in_root(root: &Path, rel: &Path, create: bool) -> Result<P
             Ok(meta) if meta.is_dir() => cur = candidate,
             Ok(_) => {
                 if !pending.is_empty() {
-                    return Err(format!("{} is not a directory", candidate.display()));
+                    return Err(RootPathError::NotADirectory(candidate));
                 }
                 cur = candidate;
             }
@@ -155,11 +184,11 @@ pub(super) fn resolve_in_root(root: &Path, rel: &Path, create: bool) -> Result<P
                     fs::DirBuilder::new()
                         .mode(0o755)
                         .create(&full)
-                        .map_err(|e| format!("mkdir {}: {e}", full.display()))?;
+                        .map_err(io_err("mkdir", &full))?;
                 }
                 cur = candidate;
             }
-            Err(e) => return Err(format!("stat {}: {e}", full.display())),
+            Err(e) => return Err(io_err("stat", &full)(e)),
         }
     }
     Ok(root.join(cur))
@@ -260,15 +289,15 @@ pub(super) fn apply_layer(
         .map_err(|e| format(format!("read tar: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format(format!("read tar entry: {e}")))?;
-        let (raw, rel) = entry_path(&entry).map_err(format)?;
+        let (raw, rel) = entry_path(&entry).map_err(|e| format(format!("entry path: {e}")))?;
         let rel = rel.map_err(|r| unsafe_path(&raw, r.to_string()))?;
         let Some(base) = rel.file_name().map(|b| b.to_string_lossy().into_owned()) else {
             continue;
         };
         let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         if let Some(hidden) = base.strip_prefix(".wh.") {
-            let parent =
-                resolve_in_root(rootfs, &parent_rel, false).map_err(|r| unsafe_path(&raw, r))?;
+            let parent = resolve_in_root(rootfs, &parent_rel, false)
+                .map_err(|r| unsafe_path(&raw, r.to_string()))?;
             let parent_rel = parent
                 .strip_prefix(rootfs)
                 .unwrap_or(Path::new(""))
@@ -282,8 +311,8 @@ pub(super) fn apply_layer(
             }
             continue;
         }
-        let parent =
-            resolve_in_root(rootfs, &parent_rel, true).map_err(|r| unsafe_path(&raw, r))?;
+        let parent = resolve_in_root(rootfs, &parent_rel, true)
+            .map_err(|r| unsafe_path(&raw, r.to_string()))?;
         let dest = parent.join(&base);
         let kind = entry.header().entry_type();
         if let Ok(existing) = fs::symlink_metadata(&dest) {
@@ -351,8 +380,8 @@ mod tests {
         std::os::unix::fs::symlink("/usr/lib", root.path().join("lib"))?;
         std::os::unix::fs::symlink("../../..", root.path().join("evil"))?;
         assert_eq!(
-            resolve_in_root(root.path(), Path::new("lib"), false),
-            Ok(root.path().join("usr/lib"))
+            resolve_in_root(root.path(), Path::new("lib"), false).ok(),
+            Some(root.path().join("usr/lib"))
         );
         assert!(resolve_in_root(root.path(), Path::new("evil/x"), false).is_err());
         Ok(())

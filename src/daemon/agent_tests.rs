@@ -1,0 +1,457 @@
+//! The agent's event handlers driven through its two seams with in-memory stand-ins: a lease
+//! store that answers from queues (or is down) and a data path that records each pass. No
+//! etcd, no root, nothing read from the machine running the test.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::*;
+use crate::backend::{BackendError, ReconcileReport};
+use crate::lease::LeaseAttrs;
+use crate::netlink::NetlinkError;
+use crate::store::{EtcdOptions, NetworkEvent, NetworkSnapshot, NetworkWatch};
+
+const PREFIX: &str = "/coreos.com/network";
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16"}"#;
+const ME: &str = "192.0.2.1";
+
+fn net(s: &str) -> Ipv4Network {
+    s.parse().unwrap()
+}
+
+fn vxlan_value(public_ip: &str, mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    )
+}
+
+fn raw(subnet: &str, value: &str, revision: i64) -> RawLease {
+    RawLease {
+        key: lease_key(PREFIX, net(subnet)),
+        value: value.as_bytes().to_vec(),
+        etcd_lease: 7,
+        create_revision: revision,
+        mod_revision: revision,
+    }
+}
+
+fn my_attrs() -> LeaseAttrs {
+    LeaseAttrs::from_json("own", vxlan_value(ME, "0a:00:00:00:00:01").as_bytes()).unwrap()
+}
+
+fn own(subnet: &str) -> OwnLease {
+    OwnLease {
+        subnet: net(subnet),
+        attrs: my_attrs(),
+        etcd_lease: Some(7),
+        expires: Some(SystemTime::now() + Duration::from_secs(86_400)),
+    }
+}
+
+/// What etcd answers when it is down.
+fn etcd_down(op: &'static str) -> StoreError {
+    StoreError::Timeout {
+        op,
+        key: PREFIX.to_string(),
+        after: Duration::from_secs(5),
+    }
+}
+
+/// A lease store answering from queues; an empty queue means etcd is down.
+#[derive(Debug, Clone, Default)]
+struct FakeStore(Arc<Mutex<StoreState>>);
+
+#[derive(Debug, Default)]
+struct StoreState {
+    acquire: VecDeque<OwnLease>,
+    renew: VecDeque<Result<OwnLease, StoreError>>,
+    list: Option<NetworkSnapshot>,
+    /// The config and previous subnet of each acquire call.
+    acquired_with: Vec<(NetworkConfig, Option<Ipv4Network>)>,
+}
+
+impl FakeStore {
+    fn state(&self) -> std::sync::MutexGuard<'_, StoreState> {
+        self.0.lock().unwrap()
+    }
+}
+
+/// A watch with nothing to say.
+#[derive(Debug)]
+struct QuietWatch;
+
+impl NetworkWatch for QuietWatch {
+    fn next_changes(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Vec<NetworkEvent>, StoreError>> + Send {
+        std::future::pending()
+    }
+}
+
+impl LeaseStore for FakeStore {
+    type Watch = QuietWatch;
+
+    fn acquire(
+        &self,
+        cfg: &NetworkConfig,
+        _attrs: &LeaseAttrs,
+        previous: Option<Ipv4Network>,
+        _ttl: Duration,
+    ) -> impl std::future::Future<Output = Result<OwnLease, StoreError>> + Send {
+        let mut s = self.state();
+        s.acquired_with.push((cfg.clone(), previous));
+        std::future::ready(s.acquire.pop_front().ok_or_else(|| etcd_down("acquire")))
+    }
+
+    fn renew(
+        &self,
+        _own: &OwnLease,
+        _ttl: Duration,
+    ) -> impl std::future::Future<Output = Result<OwnLease, StoreError>> + Send {
+        let answer = self.state().renew.pop_front();
+        std::future::ready(answer.unwrap_or_else(|| Err(etcd_down("renew"))))
+    }
+
+    fn list_network(
+        &self,
+    ) -> impl std::future::Future<Output = Result<NetworkSnapshot, StoreError>> + Send {
+        let answer = self.state().list.clone();
+        std::future::ready(answer.ok_or_else(|| etcd_down("list")))
+    }
+
+    fn watch_network(
+        &self,
+        _from_revision: i64,
+    ) -> impl std::future::Future<Output = Result<QuietWatch, StoreError>> + Send {
+        std::future::ready(Ok(QuietWatch))
+    }
+}
+
+/// One pass the agent asked of the data path: the own subnet and the peers' subnets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DataPathPass {
+    Full(Ipv4Network, Vec<Ipv4Network>),
+    Incremental(Ipv4Network, Vec<Ipv4Network>),
+}
+
+/// A data path that records every pass and programs nothing.
+#[derive(Debug, Clone, Default)]
+struct RecordingDataPath(Arc<Mutex<Vec<DataPathPass>>>);
+
+impl RecordingDataPath {
+    fn passes(&self) -> Vec<DataPathPass> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn record(&self, pass: DataPathPass) -> ReconcileReport {
+        let peers = match &pass {
+            DataPathPass::Full(_, p) | DataPathPass::Incremental(_, p) => p.len(),
+        };
+        self.0.lock().unwrap().push(pass);
+        ReconcileReport {
+            desired: 3 * peers,
+            present: 3 * peers,
+            ..ReconcileReport::default()
+        }
+    }
+}
+
+fn subnets(peers: &[Lease]) -> Vec<Ipv4Network> {
+    peers.iter().map(|l| l.subnet).collect()
+}
+
+impl DataPath for RecordingDataPath {
+    fn lease_attrs(&self) -> LeaseAttrs {
+        my_attrs()
+    }
+
+    fn mtu(&self) -> u32 {
+        1450
+    }
+
+    fn device_name(&self) -> &str {
+        "flannel.1"
+    }
+
+    fn granted_offloads(&self) -> Option<&str> {
+        None
+    }
+
+    fn metrics(&self) -> Option<crate::health::BackendMetrics> {
+        None
+    }
+
+    fn rebuild(
+        &self,
+        _cfg: &NetworkConfig,
+        _ext: &ExternalInterface,
+        _state_dir: &Path,
+        _opts: crate::backend::BackendOptions,
+    ) -> impl std::future::Future<Output = Result<Self, BackendError>> {
+        std::future::ready(Ok(self.clone()))
+    }
+
+    fn reconcile(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> impl std::future::Future<Output = Result<ReconcileReport, BackendError>> {
+        std::future::ready(Ok(self.record(DataPathPass::Full(own, subnets(peers)))))
+    }
+
+    fn apply_changes(
+        &mut self,
+        own: Ipv4Network,
+        peers: &[Lease],
+    ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>> {
+        let pass = DataPathPass::Incremental(own, subnets(peers));
+        std::future::ready(Ok(Some(self.record(pass))))
+    }
+
+    /// The node's public address only: nothing of the machine running the test.
+    fn protected(
+        &self,
+        ext: &ExternalInterface,
+        _etcd_addresses: &[Ipv4Addr],
+    ) -> impl std::future::Future<Output = Result<Vec<guard::Protected>, NetlinkError>> {
+        std::future::ready(Ok(vec![guard::Protected {
+            prefix: Ipv4Network::from(ext.public_ip),
+            what: "the node's public address".to_string(),
+        }]))
+    }
+}
+
+/// An agent on 10.244.1.0/24 with one peer (10.244.2.0/24) in its table, before its first
+/// pass; subnet.env goes to `dir`.
+fn agent(
+    store: &FakeStore,
+    data_path: &RecordingDataPath,
+    dir: &Path,
+) -> Agent<FakeStore, RecordingDataPath> {
+    let me: Ipv4Addr = ME.parse().unwrap();
+    let opts = DaemonOptions {
+        etcd: EtcdOptions::default(),
+        iface: None,
+        public_ip: None,
+        subnet_file: dir.join("subnet.env"),
+        state_dir: dir.to_path_buf(),
+        renew_margin: Duration::from_secs(3600),
+        lease_ttl: Duration::from_secs(86_400),
+        ip_masq: false,
+        udp_offloads: false,
+        wireguard_datapath: crate::backend::wireguard::WireGuardDataPath::Auto,
+        healthz_addr: None,
+        resync_interval: Duration::from_secs(60),
+        relist_interval: Duration::from_secs(600),
+        pods: None,
+        notifier: ServiceNotifier::default(),
+        status_socket: None,
+        probe_interval: None,
+    };
+    let own = own("10.244.1.0/24");
+    let leases = [
+        raw("10.244.1.0/24", &own.attrs.to_json(), 5),
+        raw(
+            "10.244.2.0/24",
+            &vxlan_value("192.0.2.2", "0a:00:00:00:00:02"),
+            6,
+        ),
+    ];
+    Agent {
+        opts,
+        ext: ExternalInterface {
+            name: "eth0".into(),
+            index: u32::MAX,
+            iface_addr: me,
+            public_ip: me,
+            mtu: 1500,
+            network: net("192.0.2.0/24"),
+        },
+        store: store.clone(),
+        config: NetworkConfig::parse(CONFIG).unwrap(),
+        backend: data_path.clone(),
+        own,
+        config_text: Some(CONFIG.to_string()),
+        leases: leases.into_iter().map(|l| (l.key.clone(), l)).collect(),
+        revision: 6,
+        reported: HashMap::new(),
+        rejected: Vec::new(),
+        etcd_addresses: Vec::new(),
+        metrics: Arc::new(Metrics::default()),
+        published: false,
+        retry_reconcile: None,
+        ext_gone: false,
+        board: Arc::new(StatusBoard::new(ServiceNotifier::default())),
+        ext_wrong_ip: None,
+        apply_changes_at: None,
+        changes_applied: None,
+        protected: None,
+    }
+}
+
+fn subnet_env(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("subnet.env")).unwrap_or_default()
+}
+
+/// An agent that has run its first full pass and published subnet.env.
+async fn serving(
+    store: &FakeStore,
+    data_path: &RecordingDataPath,
+    dir: &Path,
+) -> Agent<FakeStore, RecordingDataPath> {
+    let mut a = agent(store, data_path, dir);
+    a.reconcile().await;
+    assert_eq!(
+        data_path.passes(),
+        [DataPathPass::Full(
+            net("10.244.1.0/24"),
+            vec![net("10.244.2.0/24")]
+        )],
+        "{:?}",
+        a.rejected
+    );
+    assert!(
+        subnet_env(dir).contains("FLANNEL_SUBNET=10.244.1.1/24"),
+        "{}",
+        subnet_env(dir)
+    );
+    a
+}
+
+#[tokio::test]
+async fn a_peer_change_is_applied_incrementally() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = serving(&store, &dp, dir.path()).await;
+    let joined = raw(
+        "10.244.4.0/24",
+        &vxlan_value("192.0.2.4", "0a:00:00:00:00:04"),
+        9,
+    );
+    a.note_changes(vec![NetworkEvent::LeasePut(joined)]).await;
+    a.apply_changes().await;
+    assert_eq!(
+        dp.passes()[1..],
+        [DataPathPass::Incremental(
+            net("10.244.1.0/24"),
+            vec![net("10.244.2.0/24"), net("10.244.4.0/24")]
+        )]
+    );
+    assert!(store.state().acquired_with.is_empty());
+}
+
+#[tokio::test]
+async fn a_lost_lease_is_reacquired_and_the_data_path_reprogrammed_for_the_new_subnet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = serving(&store, &dp, dir.path()).await;
+    // The old subnet went to someone else meanwhile: etcd hands out another.
+    store.state().acquire.push_back(own("10.244.3.0/24"));
+    let key = a.own_key();
+    a.note_changes(vec![NetworkEvent::LeaseDeleted { key }])
+        .await;
+    a.apply_changes().await;
+    let acquired: Vec<_> = store.state().acquired_with.iter().map(|a| a.1).collect();
+    assert_eq!(
+        acquired,
+        [Some(net("10.244.1.0/24"))],
+        "old subnet asked first"
+    );
+    assert_eq!(
+        dp.passes()[1..],
+        [DataPathPass::Full(
+            net("10.244.3.0/24"),
+            vec![net("10.244.2.0/24")]
+        )]
+    );
+    assert!(
+        subnet_env(dir.path()).contains("FLANNEL_SUBNET=10.244.3.1/24"),
+        "{}",
+        subnet_env(dir.path())
+    );
+}
+
+#[tokio::test]
+async fn a_renew_that_finds_the_lease_gone_reacquires_and_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = serving(&store, &dp, dir.path()).await;
+    store.state().renew.push_back(Err(StoreError::LeaseLost {
+        subnet: net("10.244.1.0/24"),
+        reason: LeaseLostReason::Deleted,
+    }));
+    store.state().acquire.push_back(own("10.244.1.0/24"));
+    a.renew().await;
+    assert_eq!(store.state().acquired_with.len(), 1);
+    assert_eq!(
+        dp.passes()[1..],
+        [DataPathPass::Full(
+            net("10.244.1.0/24"),
+            vec![net("10.244.2.0/24")]
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_renewed_lease_keeps_the_data_path_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = serving(&store, &dp, dir.path()).await;
+    let mut renewed = own("10.244.1.0/24");
+    renewed.expires = Some(SystemTime::now() + Duration::from_secs(2 * 86_400));
+    store.state().renew.push_back(Ok(renewed.clone()));
+    a.renew().await;
+    assert_eq!(a.own.expires, renewed.expires);
+    assert_eq!(dp.passes().len(), 1);
+    assert!(store.state().acquired_with.is_empty());
+}
+
+#[tokio::test]
+async fn etcd_down_leaves_the_data_path_and_the_lease_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = serving(&store, &dp, dir.path()).await;
+    let env = subnet_env(dir.path());
+    // Every store call fails: renew, re-list, re-watch.
+    a.renew().await;
+    assert!(a.relist().await.is_err());
+    assert_eq!(dp.passes().len(), 1, "{:?}", dp.passes());
+    assert!(store.state().acquired_with.is_empty());
+    assert_eq!(a.own.subnet, net("10.244.1.0/24"));
+    assert_eq!(subnet_env(dir.path()), env);
+    assert!(a.published);
+}
+
+#[tokio::test]
+async fn a_live_config_change_steers_the_next_acquire_and_a_new_network_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = serving(&store, &dp, dir.path()).await;
+    let key = a.own_key();
+    let live = r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.9.0"}"#;
+    let moved = r#"{"Network":"10.99.0.0/16"}"#;
+    for text in [live, moved] {
+        store.state().acquire.push_back(own("10.244.1.0/24"));
+        a.note_changes(vec![
+            NetworkEvent::Config(Some(text.to_string())),
+            NetworkEvent::LeaseDeleted { key: key.clone() },
+        ])
+        .await;
+    }
+    let seen: Vec<(Ipv4Network, Ipv4Addr)> = store
+        .state()
+        .acquired_with
+        .iter()
+        .map(|(cfg, _)| (cfg.network, cfg.subnet_max))
+        .collect();
+    let live_max: Ipv4Addr = "10.244.9.0".parse().unwrap();
+    assert_eq!(
+        seen,
+        [
+            (net("10.244.0.0/16"), live_max),
+            (net("10.244.0.0/16"), live_max)
+        ]
+    );
+    assert_eq!(a.config.network, net("10.244.0.0/16"));
+}
