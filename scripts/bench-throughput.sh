@@ -168,7 +168,7 @@ case_wg_go() { # Debian's wireguard-go, configured as flanneld configures flanne
         dev="wb$$n$i" # unique: the control socket /var/run/wireguard/<dev>.sock is shared
         WG_PROCESS_FOREGROUND=1 inns "n$i" wireguard-go -f "$dev" >/dev/null 2>&1 &
         for _ in $(seq 50); do ip -n "$(ns "n$i")" link show dev "$dev" >/dev/null 2>&1 && break; sleep 0.1; done
-        wg genkey >"$work/wg-n$i.key"
+        (umask 077 && wg genkey >"$work/wg-n$i.key")
         wg pubkey <"$work/wg-n$i.key" >"$work/wg-n$i.pub"
         inns "n$i" wg set "$dev" private-key "$work/wg-n$i.key" listen-port 51820
         ip -n "$(ns "n$i")" link set "$dev" mtu 1420 up

@@ -172,6 +172,10 @@ impl std::fmt::Debug for WireGuardBackend {
 /// removes it again, as `ip link add ... type wireguard` would.
 async fn kernel_has_wireguard(handle: &Handle) -> Result<(), String> {
     let probe = "weft-wg-probe";
+    // One left by a weftd that died mid-probe would make the probe fail with EEXIST.
+    if let Ok(Some(link)) = netlink::link_by_name(handle, probe).await {
+        let _ = netlink::del_link(handle, link.header.index, probe).await;
+    }
     let msg = rtnetlink::LinkWireguard::new(probe).build();
     match netlink::add_link(handle, msg, "wireguard probe device").await {
         Ok(()) => {
