@@ -14,6 +14,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use crate::config::{BackendConfig, NetworkConfig};
 use crate::lease::{subnets_prefix, Lease, LeaseAttrs, RawLease};
 use crate::subnet::{parse_dual_subnet_key, DualSubnet};
+use crate::wireguard_key::WireGuardKey;
 
 /// What this node is, for the checks that depend on it. Every field may be empty (e.g. for
 /// `weftctl`, which judges leases without being a node).
@@ -188,6 +189,8 @@ pub struct AcceptedSubnets {
     v6: Vec<(Ipv6Network, String)>,
     /// VTEP MACs of believed VXLAN leases: MAC -> (PublicIP, key).
     macs: BTreeMap<[u8; 6], (Ipv4Addr, String)>,
+    /// Public keys of believed WireGuard leases: key -> (PublicIP, key of the lease).
+    wireguard_keys: BTreeMap<[u8; 32], (Ipv4Addr, String)>,
 }
 
 impl AcceptedSubnets {
@@ -217,8 +220,23 @@ impl AcceptedSubnets {
             .map(|(_, k)| k.as_str())
     }
 
-    /// Records a believed lease's subnets and, for VXLAN, its VTEP MAC.
+    /// The key of a believed lease of another node with WireGuard public key `public_key`: a
+    /// second node claiming it would get the first's allowed IPs and endpoint mixed with its own.
+    pub fn wireguard_key_owner(&self, public_key: &[u8; 32], public_ip: Ipv4Addr) -> Option<&str> {
+        self.wireguard_keys
+            .get(public_key)
+            .filter(|(ip, _)| *ip != public_ip)
+            .map(|(_, k)| k.as_str())
+    }
+
+    /// Records a believed lease's subnets and, for VXLAN, its VTEP MAC (WireGuard: its public
+    /// key).
     pub fn insert_lease(&mut self, subnet: DualSubnet, lease: &Lease, key: &str) {
+        if let Some((_, Ok(public_key))) = lease.attrs.wireguard_public_key() {
+            self.wireguard_keys
+                .entry(*public_key.as_bytes())
+                .or_insert_with(|| (lease.attrs.public_ip, key.to_string()));
+        }
         if let Some(mac) = lease.attrs.vtep_mac().and_then(parse_mac) {
             self.macs
                 .entry(mac)
@@ -311,7 +329,14 @@ pub fn validate_lease(
         }
     }
     if let BackendConfig::WireGuard(_) = cfg.backend {
-        check_wireguard_data(&attrs)?;
+        let public_key = check_wireguard_data(&attrs)?;
+        if let Some(older) = accepted.wireguard_key_owner(&public_key, attrs.public_ip) {
+            return Err(RejectReason::WireGuardData {
+                field: "BackendData.PublicKey",
+                found: format!("{:?}", WireGuardKey::from_bytes(public_key).to_string()),
+                why: format!("is already the public key of another node's older lease {older}"),
+            });
+        }
     }
     let lease = Lease {
         subnet,
@@ -419,21 +444,21 @@ fn check_vxlan_data(
 
 /// A WireGuard peer needs a well-formed `BackendData.PublicKey` (32 bytes of base64) and, if
 /// given, a `Port` that is a UDP port; a lease without them could never be a peer.
-fn check_wireguard_data(attrs: &LeaseAttrs) -> Result<(), RejectReason> {
+fn check_wireguard_data(attrs: &LeaseAttrs) -> Result<[u8; 32], RejectReason> {
     let key_value = crate::lease::backend_data_field(attrs.backend_data.as_ref(), "PublicKey");
     let fail = |why: String| RejectReason::WireGuardData {
         field: "BackendData.PublicKey",
         found: key_value.map_or_else(|| "-".to_string(), |v| v.to_string()),
         why,
     };
-    match attrs.wireguard_public_key() {
+    let public_key = match attrs.wireguard_public_key() {
         None => return Err(fail("is missing or not a string".to_string())),
         Some((_, Err(e))) => return Err(fail(format!("is not a WireGuard public key: {e}"))),
         Some((_, Ok(key))) if key.as_bytes() == &[0; 32] => {
             return Err(fail("is all zeros".to_string()))
         }
-        Some((_, Ok(_))) => {}
-    }
+        Some((_, Ok(key))) => *key.as_bytes(),
+    };
     attrs
         .wireguard_port()
         .map_err(|found| RejectReason::WireGuardData {
@@ -441,7 +466,7 @@ fn check_wireguard_data(attrs: &LeaseAttrs) -> Result<(), RejectReason> {
             found,
             why: "is not a UDP port (0 to 65535)".to_string(),
         })?;
-    Ok(())
+    Ok(public_key)
 }
 
 /// `aa:bb:cc:dd:ee:ff` (hex digits of either case), as Go's `net.ParseMAC` reads Flannel's.
@@ -567,6 +592,37 @@ mod tests {
                     assert_eq!(r.label(), "wireguard_data");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_wireguard_public_key_belongs_to_the_older_node() {
+        let mut policy = policy();
+        policy.config =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#)
+                .unwrap();
+        let wg = |ip: &str| {
+            format!(
+                r#"{{"PublicIP":"{ip}","BackendType":"wireguard","BackendData":{{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":51820}}}}"#
+            )
+        };
+        let older = raw("10.244.3.0-24", &wg("192.0.2.13"), 1);
+        let thief = raw("10.244.4.0-24", &wg("192.0.2.14"), 2);
+        // The same node under a second subnet (it moved) keeps its key.
+        let moved = raw("10.244.5.0-24", &wg("192.0.2.13"), 3);
+        for order in [[&older, &thief, &moved], [&thief, &moved, &older]] {
+            let v = validate_leases(&policy, order);
+            let accepted: Vec<String> = v.accepted.iter().map(|l| l.subnet.to_string()).collect();
+            assert_eq!(accepted, ["10.244.3.0/24", "10.244.5.0/24"]);
+            assert_eq!(v.rejected.len(), 1);
+            assert_eq!(v.rejected[0].key, thief.key);
+            assert_eq!(
+                v.rejected[0].reason.to_string(),
+                format!(
+                    "BackendData.PublicKey \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\" is already the public key of another node's older lease {}",
+                    older.key
+                )
+            );
         }
     }
 
