@@ -571,3 +571,50 @@ fn wireguard_datapath_kernel_runs_on_the_kernel_or_refuses_loudly() {
         );
     }
 }
+
+#[test]
+fn hostile_wireguard_leases_are_rejected_and_the_data_path_keeps_working() {
+    let cluster = Cluster::new(2, WG_CONFIG);
+    cluster.start();
+    let a = cluster.node(0).add_pod();
+    let b = cluster.node(1).add_pod();
+    wait_until(Duration::from_secs(20), "pods talk", || a.tcp_check(&b));
+    let n0 = cluster.node(0);
+    let stolen = backend_data(&cluster, cluster.node(1))["PublicKey"]
+        .as_str()
+        .expect("PublicKey")
+        .to_string();
+    let hostile = [
+        (
+            "10.244.201.0-24",
+            "AAAA".to_string(),
+            "is not a WireGuard public key",
+        ),
+        (
+            "10.244.202.0-24",
+            stolen,
+            "is already the public key of another node's older lease",
+        ),
+    ];
+    for (subnet, key, _) in &hostile {
+        cluster.etcd.put_with_ttl(
+            &lease_key(subnet),
+            &format!(
+                r#"{{"PublicIP":"192.0.2.60","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}}}}"#
+            ),
+            3600,
+        );
+    }
+    for (subnet, _, why) in &hostile {
+        let key = lease_key(subnet);
+        n0.wait_until(Duration::from_secs(20), &format!("{key} rejected"), || {
+            n0.log()
+                .lines()
+                .any(|l| l.contains("lease rejected") && l.contains(&key) && l.contains(why))
+        });
+    }
+    assert!(
+        a.tcp_check(&b) && b.tcp_check(&a),
+        "pods talk with hostile leases in etcd"
+    );
+}
