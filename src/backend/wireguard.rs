@@ -148,6 +148,9 @@ pub struct WireGuardBackend {
     datapath: Option<UserspaceDataPath>,
     /// The kernel's WireGuard, when it carries the data path.
     kernel: Option<kernel::WireGuardNetlink>,
+    /// Whether every kernel peer has been written since the device was (re)attached: a PSK or
+    /// keepalive the kernel cannot show must be set once on peers a previous weftd left.
+    kernel_peers_written: bool,
     tun_index: u32,
     offloads: bool,
     granted: String,
@@ -235,6 +238,7 @@ impl WireGuardBackend {
             counters: Arc::new(WireGuardCounters::default()),
             datapath: None,
             kernel: None,
+            kernel_peers_written: false,
             tun_index: 0,
             offloads,
             granted: String::new(),
@@ -301,6 +305,7 @@ impl WireGuardBackend {
             .map_err(|e| format!("set private key and listen port: {e}"))?;
         self.tun_index = link.header.index;
         self.kernel = Some(nl);
+        self.kernel_peers_written = false;
         self.datapath = None;
         self.granted = "kernel".to_string();
         tracing::info!(
@@ -324,7 +329,11 @@ impl WireGuardBackend {
         };
         let kernel_err = |op| move |source| WireGuardError::Kernel { op, source };
         let actual = nl.peers(DEVICE_NAME).map_err(kernel_err("read peers of"))?;
-        let changes = kernel::peer_changes(&specs, &actual);
+        let mut changes = kernel::peer_changes(&specs, &actual);
+        if !self.kernel_peers_written {
+            changes.upsert = specs.values().cloned().collect();
+            changes.present = 0;
+        }
         nl.apply(
             DEVICE_NAME,
             &changes,
@@ -332,6 +341,7 @@ impl WireGuardBackend {
             self.settings.keepalive,
         )
         .map_err(kernel_err("set peers of"))?;
+        self.kernel_peers_written = true;
         Ok((changes.present, changes.upsert.len(), changes.remove.len()))
     }
 
