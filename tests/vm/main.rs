@@ -490,4 +490,30 @@ fn wireguard_kernel_data_path_in_vms_and_userspace_on_the_host() {
     let (a, b, np) = (vm1.add_pod("pa"), vm2.add_pod("pb"), node.add_pod());
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "kernel wireguard");
     vm_and_node_pods_talk(&vm1, "pa", &a, &np, "kernel and userspace wireguard");
+
+    // A real reboot of vm1 keeps its private key (in the persistent state directory): the
+    // lease's public key is the same, so no peer is re-keyed, and pods talk again.
+    let s1 = own_subnet(&vm1);
+    let key_of = |subnet: &str| {
+        lease(&seg, ETCD_PREFIX, subnet).map(|(_, v)| v["BackendData"]["PublicKey"].clone())
+    };
+    let before = key_of(&s1).unwrap_or_else(|| panic!("no lease for {s1}"));
+    eprintln!("reboot of vm1: {:?}", vm1.reboot());
+    assert_eq!(own_subnet(&vm1), s1, "subnet after reboot");
+    wait_until(
+        CONVERGE,
+        "vm1's weftd back (second start in its log)",
+        || vm1.weftd_log().matches("weft-vm: start weftd").count() >= 2,
+    );
+    assert_eq!(key_of(&s1), Some(before), "public key after reboot");
+    let a = vm1.add_pod("pa");
+    pods_talk(
+        &vm1,
+        "pa",
+        &a,
+        &vm2,
+        "pb",
+        &b,
+        "kernel wireguard after reboot",
+    );
 }
