@@ -9,7 +9,7 @@
 #           10 000-peer node: latency from each etcd write to the change in the kernel (seen by
 #           `ip -ts monitor`), p50/p99; weftd's CPU; etcd requests per minute from weftd during the
 #           churn and for 60 s at rest (etcd's own gRPC counters less the driver's requests), and
-#           the bytes etcd sent.
+#           the bytes etcd sent; then the node's kernel against etcd, entry by entry.
 #   fanout  50 weftd processes, each on its own node namespace, watching the same 5000 leases;
 #           100 writes at 10/s: latency from a write to the LAST agent's kernel holding it; etcd's
 #           CPU meanwhile.
@@ -17,6 +17,11 @@
 #   scripts/bench-scale.sh                   release build, the full run (~5 minutes)
 #   PEERS=1000,2000 AGENTS=5 CHURN_SECONDS=10 REST_SECONDS=10 scripts/bench-scale.sh   quick
 #   SKIP_BUILD=1 scripts/bench-scale.sh      use the weftd already built
+#   SKIP_BUILD=1 WEFTD=/tmp/weftd-old scripts/bench-scale.sh   measure another build
+#   WEFTD_WRAP="perf record -g -o /tmp/weftd.perf" SECTIONS=start PEERS=10000 scripts/bench-scale.sh
+#                                            profile weftd (RSS and CPU figures are then perf's)
+#   SECTIONS=start,churn PEERS=10000 scripts/bench-scale.sh   only these phases (start, churn,
+#                                            fanout; churn runs on the start phase's largest node)
 #
 # Addresses: underlay 192.0.2.0/24; pod network 10.0.0.0/8 in /24s (10 000 /24s do not fit in a
 # /16); the fake peers' public IPs are in 198.18.0.0/15 (RFC 2544 benchmarking range), only ever
@@ -48,7 +53,8 @@ elif [ "$PROFILE" = release ]; then
 else
     cargo build --quiet --bin weftd
 fi
-WEFTD="$ROOT/target/$PROFILE/weftd"
+# WEFTD=/path/to/weftd measures another build (e.g. a baseline) with this driver.
+WEFTD=${WEFTD:-$ROOT/target/$PROFILE/weftd}
 
 echo "== underlay and etcd (load: $(cut -d' ' -f1-3 /proc/loadavg))"
 ip netns add "$P-ul"
@@ -77,4 +83,5 @@ done
 ip netns exec "$P-etcd" python3 "$ROOT/scripts/lib/scale.py" --prefix "$P" --work "$WORK" --weftd "$WEFTD" \
     --peers "${PEERS:-5000,10000}" --churn-rate "${CHURN_RATE:-50}" --churn-seconds "${CHURN_SECONDS:-60}" \
     --rest-seconds "${REST_SECONDS:-60}" --agents "${AGENTS:-50}" --fanout-leases "${FANOUT_LEASES:-5000}" \
-    --fanout-writes "${FANOUT_WRITES:-100}" --fanout-rate "${FANOUT_RATE:-10}"
+    --fanout-writes "${FANOUT_WRITES:-100}" --fanout-rate "${FANOUT_RATE:-10}" \
+    --sections "${SECTIONS:-start,churn,fanout}"

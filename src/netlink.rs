@@ -769,6 +769,10 @@ const BATCH_CHUNK: usize = 256;
 /// Socket receive buffer asked for by [`run_batch`] (the kernel caps it at `rmem_max`).
 const BATCH_RCVBUF: usize = 4 << 20;
 
+/// Batches up to this many requests are sent on the calling thread: the kernel handles them in
+/// microseconds, less than the hop to the blocking pool and back costs on a busy machine.
+pub const INLINE_BATCH: usize = 64;
+
 fn socket_err(op: &str, source: io::Error) -> NetlinkError {
     NetlinkError::Request {
         op: format!("batch netlink socket: {op}"),
@@ -781,15 +785,19 @@ fn socket_err(op: &str, source: io::Error) -> NetlinkError {
 /// and the errors of the others, each naming its operation.
 ///
 /// The socket is opened on the calling thread, so it lives in that thread's network
-/// namespace; the sends run on tokio's blocking pool, never on a runtime worker. The kernel
-/// does the work and queues every ACK inside `sendmsg`, so a batch only takes as long as the
-/// kernel needs and never waits for an answer.
+/// namespace; a large batch is sent from tokio's blocking pool, never on a runtime worker, a
+/// small one (up to [`INLINE_BATCH`] requests, an incremental pass) on the calling thread. The
+/// kernel does the work and queues every ACK inside `sendmsg`, so a batch only takes as long as
+/// the kernel needs and never waits for an answer.
 pub async fn run_batch(
     requests: Vec<BatchRequest>,
 ) -> Result<(usize, Vec<NetlinkError>), NetlinkError> {
     use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket};
 
     let socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Connect)?;
+    if requests.len() <= INLINE_BATCH {
+        return send_batch(socket, &requests);
+    }
     tokio::task::spawn_blocking(move || send_batch(socket, &requests))
         .await
         .map_err(|e| socket_err("batch task", io::Error::other(e.to_string())))?

@@ -5,7 +5,7 @@
 //! Pure functions of the network config, this node's identity and the raw key-values: no I/O,
 //! nothing of the kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -264,6 +264,16 @@ pub fn validate_lease(
     raw: &RawLease,
     accepted: &AcceptedSubnets,
 ) -> Result<(DualSubnet, Lease), RejectReason> {
+    let (dual, attrs) = parse_lease(policy, raw)?;
+    judge_parsed(policy, raw, dual, attrs, accepted)
+}
+
+/// The checks of one lease that come before any comparison with other leases: key, value,
+/// network and prefix length. A lease that passes them claims its subnet (and VTEP MAC).
+fn parse_lease(
+    policy: &LeasePolicy,
+    raw: &RawLease,
+) -> Result<(DualSubnet, LeaseAttrs), RejectReason> {
     let subnets = subnets_prefix(&policy.prefix);
     let rest = raw.key.strip_prefix(&subnets).ok_or_else(|| {
         RejectReason::BadKey(format!("key {:?} is not under {subnets:?}", raw.key))
@@ -295,6 +305,19 @@ pub fn validate_lease(
             subnet_len: cfg.subnet_len,
         });
     }
+    Ok((dual, attrs))
+}
+
+/// The rest of [`validate_lease`], on a lease [`parse_lease`] passed.
+fn judge_parsed(
+    policy: &LeasePolicy,
+    raw: &RawLease,
+    dual: DualSubnet,
+    attrs: LeaseAttrs,
+    accepted: &AcceptedSubnets,
+) -> Result<(DualSubnet, Lease), RejectReason> {
+    let cfg = &policy.config;
+    let subnet = dual.v4;
     if let Some(older) = accepted.overlapping_v4(&subnet) {
         return Err(RejectReason::Overlaps {
             subnet: subnet.to_string(),
@@ -362,12 +385,26 @@ pub fn validate_leases<'a>(
     policy: &LeasePolicy,
     raw: impl IntoIterator<Item = &'a RawLease>,
 ) -> LeaseVerdicts {
+    validate_leases_indexed(policy, raw).0
+}
+
+/// [`validate_leases`], and the [`LeaseClaims`] of the table, with which a change of some
+/// keys can later be judged key by key ([`LeaseClaims::update`]).
+pub fn validate_leases_indexed<'a>(
+    policy: &LeasePolicy,
+    raw: impl IntoIterator<Item = &'a RawLease>,
+) -> (LeaseVerdicts, LeaseClaims) {
     let mut ordered: Vec<&RawLease> = raw.into_iter().collect();
     ordered.sort_by(|a, b| (a.create_revision, &a.key).cmp(&(b.create_revision, &b.key)));
     let mut taken = AcceptedSubnets::default();
     let mut verdicts = LeaseVerdicts::default();
+    let mut claims = LeaseClaims::default();
     for raw in ordered {
-        match validate_lease(policy, raw, &taken) {
+        let judged = parse_lease(policy, raw).and_then(|(dual, attrs)| {
+            claims.add(&Claim::of(&dual, &attrs));
+            judge_parsed(policy, raw, dual, attrs, &taken)
+        });
+        match judged {
             Ok((dual, lease)) => {
                 taken.insert_lease(dual, &lease, &raw.key);
                 verdicts.accepted.push(lease);
@@ -381,7 +418,130 @@ pub fn validate_leases<'a>(
     }
     verdicts.accepted.sort_by_key(|l| l.subnet);
     verdicts.rejected.sort_by(|a, b| a.key.cmp(&b.key));
-    verdicts
+    (verdicts, claims)
+}
+
+/// What one lease that reaches the comparison with other leases could collide on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Claim {
+    v4: Ipv4Network,
+    v6: bool,
+    mac: Option<[u8; 6]>,
+    wireguard_key: Option<[u8; 32]>,
+}
+
+impl Claim {
+    fn of(dual: &DualSubnet, attrs: &LeaseAttrs) -> Claim {
+        Claim {
+            v4: dual.v4,
+            v6: dual.v6.is_some(),
+            mac: attrs.vtep_mac().and_then(parse_mac),
+            wireguard_key: match attrs.wireguard_public_key() {
+                Some((_, Ok(key))) => Some(*key.as_bytes()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The subnets, VTEP MACs and WireGuard public keys every lease of a table claims, counted, to tell whether a changed
+/// key collides with any other. A key that collides with none (the normal case: one subnet,
+/// one VTEP per node) is judged alone, and its change alters no other key's verdict; only a
+/// collision needs the whole table judged again in age order.
+///
+/// All subnets [`parse_lease`] passes have the prefix length `SubnetLen` and are aligned, so
+/// two of them overlap exactly when they are equal; IPv6 parts (dual-stack keys) are not
+/// indexed and always send a change to the whole table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseClaims {
+    v4: HashMap<Ipv4Network, u32>,
+    macs: HashMap<[u8; 6], u32>,
+    wireguard_keys: HashMap<[u8; 32], u32>,
+}
+
+impl LeaseClaims {
+    fn add(&mut self, c: &Claim) {
+        *self.v4.entry(c.v4).or_default() += 1;
+        if let Some(mac) = c.mac {
+            *self.macs.entry(mac).or_default() += 1;
+        }
+        if let Some(key) = c.wireguard_key {
+            *self.wireguard_keys.entry(key).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, c: &Claim) {
+        fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, k: K) {
+            if let Some(n) = map.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&k);
+                }
+            }
+        }
+        dec(&mut self.v4, c.v4);
+        if let Some(mac) = c.mac {
+            dec(&mut self.macs, mac);
+        }
+        if let Some(key) = c.wireguard_key {
+            dec(&mut self.wireguard_keys, key);
+        }
+    }
+
+    fn collides(&self, c: &Claim) -> bool {
+        c.v6 || self.v4.contains_key(&c.v4)
+            || c.mac.is_some_and(|m| self.macs.contains_key(&m))
+            || c.wireguard_key
+                .is_some_and(|k| self.wireguard_keys.contains_key(&k))
+    }
+
+    /// Takes the change of one key (`old` as the table last held it, `new` as it holds it
+    /// now; `None` when absent) into the claims, and judges the new version alone when
+    /// neither version collides with another key's claim (then no other key's verdict
+    /// changes).
+    pub fn update(
+        &mut self,
+        policy: &LeasePolicy,
+        old: Option<&RawLease>,
+        new: Option<&RawLease>,
+    ) -> ChangedKey {
+        let old_claim = old
+            .and_then(|raw| parse_lease(policy, raw).ok())
+            .map(|(d, a)| Claim::of(&d, &a));
+        if let Some(c) = &old_claim {
+            self.remove(c);
+        }
+        let parsed = new.map(|raw| (raw, parse_lease(policy, raw)));
+        let new_claim = match &parsed {
+            Some((_, Ok((d, a)))) => Some(Claim::of(d, a)),
+            _ => None,
+        };
+        let collides = old_claim.is_some_and(|c| self.collides(&c))
+            || new_claim.is_some_and(|c| self.collides(&c));
+        if let Some(c) = &new_claim {
+            self.add(c);
+        }
+        match parsed {
+            _ if collides => ChangedKey::Collides,
+            None => ChangedKey::Gone,
+            Some((raw, parsed)) => ChangedKey::Judged(parsed.and_then(|(dual, attrs)| {
+                judge_parsed(policy, raw, dual, attrs, &AcceptedSubnets::default())
+                    .map(|(_, lease)| lease)
+            })),
+        }
+    }
+}
+
+/// What [`LeaseClaims::update`] says of a changed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangedKey {
+    /// The key is gone and took nothing from another key.
+    Gone,
+    /// The key's verdict, which no other key's depends on.
+    Judged(Result<Lease, RejectReason>),
+    /// The key shares a subnet or VTEP MAC with another (now or before the change): the table
+    /// must be judged again as a whole, in age order.
+    Collides,
 }
 
 fn check_public_ip(ip: Ipv4Addr, node: &NodeIdentity, ours: bool) -> Result<(), RejectReason> {
@@ -486,6 +646,7 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::lease_key;
 
     const PREFIX: &str = "/coreos.com/network";
     const OWN_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x11];
@@ -842,6 +1003,121 @@ mod tests {
         );
         assert_eq!(a.rejected[1].key, v6_clash.key);
         assert_eq!(a.rejected[1].reason.label(), "overlap");
+    }
+
+    #[test]
+    fn a_change_judged_alone_agrees_with_the_whole_table() {
+        let p = policy();
+        let key = |k: &str| format!("{PREFIX}/subnets/{k}");
+        let mut table: BTreeMap<String, RawLease> = [
+            raw(
+                "10.244.2.0-24",
+                &vxlan("192.0.2.12", "0a:00:00:00:00:12"),
+                2,
+            ),
+            raw(
+                "10.244.3.0-24",
+                &vxlan("192.0.2.13", "0a:00:00:00:00:13"),
+                3,
+            ),
+        ]
+        .into_iter()
+        .map(|r| (r.key.clone(), r))
+        .collect();
+        let (_, mut claims) = validate_leases_indexed(&p, table.values());
+        // (key, new value or None, whether it may be judged alone)
+        let steps: Vec<(&str, Option<RawLease>, bool)> = vec![
+            (
+                "10.244.4.0-24",
+                Some(raw(
+                    "10.244.4.0-24",
+                    &vxlan("192.0.2.14", "0a:00:00:00:00:14"),
+                    4,
+                )),
+                true,
+            ),
+            (
+                "10.244.4.0-24",
+                Some(raw(
+                    "10.244.4.0-24",
+                    &vxlan("192.0.2.14", "0a:00:00:00:00:24"),
+                    4,
+                )),
+                true,
+            ),
+            (
+                "10.244.5.0-24",
+                Some(raw("10.244.5.0-24", "not json", 5)),
+                true,
+            ),
+            (
+                "10.244.6.0-24",
+                Some(raw(
+                    "10.244.6.0-24",
+                    &vxlan("192.0.2.11", "0a:00:00:00:00:16"),
+                    6,
+                )),
+                true,
+            ),
+            // Another node's MAC: the older owner keeps it.
+            (
+                "10.244.7.0-24",
+                Some(raw(
+                    "10.244.7.0-24",
+                    &vxlan("192.0.2.17", "0a:00:00:00:00:12"),
+                    7,
+                )),
+                false,
+            ),
+            // The owner goes: the younger one now wins, which only the whole table shows.
+            ("10.244.2.0-24", None, false),
+            ("10.244.3.0-24", None, true),
+            (
+                "10.244.8.0-24&fd00:10:244:8::-64",
+                Some(raw(
+                    "10.244.8.0-24&fd00:10:244:8::-64",
+                    &vxlan("192.0.2.18", "0a:00:00:00:00:18"),
+                    8,
+                )),
+                false,
+            ),
+        ];
+        for (k, new, alone) in steps {
+            let k = key(k);
+            let old = match &new {
+                Some(r) => table.insert(k.clone(), r.clone()),
+                None => table.remove(&k),
+            };
+            let verdict = claims.update(&p, old.as_ref(), new.as_ref());
+            let whole = validate_leases(&p, table.values());
+            match verdict {
+                ChangedKey::Collides => {
+                    assert!(!alone, "{k} was sent to the whole table");
+                    claims = validate_leases_indexed(&p, table.values()).1;
+                }
+                ChangedKey::Gone => {
+                    assert!(alone && new.is_none(), "{k}");
+                    assert!(!whole
+                        .accepted
+                        .iter()
+                        .any(|l| lease_key(PREFIX, l.subnet) == k));
+                }
+                ChangedKey::Judged(judged) => {
+                    assert!(alone, "{k} was judged alone");
+                    match judged {
+                        Ok(lease) => assert!(whole.accepted.contains(&lease), "{k}"),
+                        Err(reason) => assert!(
+                            whole
+                                .rejected
+                                .iter()
+                                .any(|r| r.key == k && r.reason == reason),
+                            "{k}: {reason}"
+                        ),
+                    }
+                }
+            }
+            assert_eq!(claims, validate_leases_indexed(&p, table.values()).1, "{k}");
+        }
     }
 
     #[test]

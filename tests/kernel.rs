@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::Ipv4Network;
 use nix::sched::CloneFlags;
 use serde_json::Value;
-use weft::backend::{Backend, BackendOptions, ReconcileReport};
+use weft::backend::{Backend, BackendOptions, PeerChange, ReconcileReport};
 use weft::config::{BackendConfig, NetworkConfig};
 use weft::lease::{Lease, LeaseAttrs};
 use weft::netlink::{self, MacAddr};
@@ -620,6 +620,17 @@ fn lease_changes_touch_only_the_changed_peers_entries() {
     let peers: Vec<Lease> = (1..=20).map(peer_n).collect();
     let mut changed: Vec<Lease> = peers[1..].to_vec();
     changed.push(peer_n(21));
+    // Peer 1 leaves, peer 21 joins.
+    let changes = vec![
+        PeerChange {
+            subnet: peers[0].subnet,
+            lease: None,
+        },
+        PeerChange {
+            subnet: peer_n(21).subnet,
+            lease: Some(peer_n(21)),
+        },
+    ];
     let untouched = peers[5].subnet.to_string();
     let ns_name = node.ns.name.clone();
     let (incremental, full) = node.block_on({
@@ -628,7 +639,7 @@ fn lease_changes_touch_only_the_changed_peers_entries() {
             let mut backend = new_backend(&cfg, &state).await;
             assert!(
                 backend
-                    .apply_changes(own(), &peers)
+                    .apply_changes(own(), &changes)
                     .await
                     .unwrap()
                     .is_none(),
@@ -636,7 +647,7 @@ fn lease_changes_touch_only_the_changed_peers_entries() {
             );
             backend.reconcile(own(), &peers).await.unwrap();
             run(&["ip", "-n", &ns_name, "route", "del", &untouched]);
-            let incremental = backend.apply_changes(own(), &changed).await.unwrap();
+            let incremental = backend.apply_changes(own(), &changes).await.unwrap();
             let view = kernel_view(&Ns {
                 name: ns_name.clone(),
             });

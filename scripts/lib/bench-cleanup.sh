@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Cleanup for the benchmark scripts: on exit (also Ctrl-C), kill every process in the
 # namespaces named "$P-*", delete those namespaces and remove "$WORK". Source it after setting
-# P and WORK.
+# P and WORK. KEEP_WORK=1 keeps "$WORK" (the daemons' logs).
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -14,7 +14,11 @@ cleanup() {
     for ns in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
         ip netns del "$ns" || true
     done
-    rm -rf "$WORK"
+    if [ -n "${KEEP_WORK:-}" ]; then
+        echo "kept $WORK (weftd logs)" >&2
+    else
+        rm -rf "$WORK"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT

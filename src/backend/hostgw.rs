@@ -10,11 +10,11 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::backend::entries::{self, KernelEntries};
+use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
 #[cfg(doc)]
 use crate::backend::routes::WEFT_ROUTE_PROTOCOL;
-use crate::backend::ReconcileReport;
+use crate::backend::{PeerChange, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
 
@@ -62,27 +62,46 @@ pub fn desired_routes(
     let mut routes = BTreeSet::new();
     let mut errors = Vec::new();
     for peer in peers {
-        if peer.subnet == own || peer.attrs.backend_type != BACKEND_TYPE {
-            continue;
+        match peer_route(ext, own, peer) {
+            Ok(route) => routes.extend(route),
+            Err(e) => errors.push(e),
         }
-        let ip = peer.attrs.public_ip;
-        if !ext.network.contains(ip) || ip == ext.iface_addr || ip == ext.network.network() {
-            errors.push(HostGwError::NotOnLink {
-                subnet: peer.subnet,
-                public_ip: ip,
-                iface: ext.name.clone(),
-                network: ext.network,
-            });
-            continue;
-        }
-        routes.insert(Ipv4Route {
-            dst: peer.subnet,
-            gateway: Some(ip),
-            oif: ext.index,
-            onlink: false,
-        });
     }
     (routes, errors)
+}
+
+/// The route of one peer (see [`desired_routes`]); `Ok(None)` when it is ignored.
+pub fn peer_route(
+    ext: &ExternalInterface,
+    own: Ipv4Network,
+    peer: &Lease,
+) -> Result<Option<Ipv4Route>, HostGwError> {
+    if peer.subnet == own || peer.attrs.backend_type != BACKEND_TYPE {
+        return Ok(None);
+    }
+    let ip = peer.attrs.public_ip;
+    if !ext.network.contains(ip) || ip == ext.iface_addr || ip == ext.network.network() {
+        return Err(HostGwError::NotOnLink {
+            subnet: peer.subnet,
+            public_ip: ip,
+            iface: ext.name.clone(),
+            network: ext.network,
+        });
+    }
+    Ok(Some(Ipv4Route {
+        dst: peer.subnet,
+        gateway: Some(ip),
+        oif: ext.index,
+        onlink: false,
+    }))
+}
+
+/// The entries of one route.
+fn route_entries(route: Ipv4Route) -> PeerEntries {
+    PeerEntries {
+        route: Some(route),
+        ..Default::default()
+    }
 }
 
 impl HostGwBackend {
@@ -120,16 +139,22 @@ impl HostGwBackend {
     }
 
     /// The desired routes; each peer that cannot be routed is logged as an error naming it.
-    fn desired(&self, own: Ipv4Network, peers: &[Lease]) -> (KernelEntries, usize) {
-        let (routes, unroutable) = desired_routes(&self.ext, own, peers);
-        for err in &unroutable {
-            tracing::error!(error = %err, "cannot route peer");
+    fn desired(&self, own: Ipv4Network, peers: &[Lease]) -> (EntriesByPeer, usize) {
+        let mut entries = EntriesByPeer::with_capacity(peers.len());
+        let mut unroutable = 0;
+        for peer in peers {
+            match peer_route(&self.ext, own, peer) {
+                Ok(Some(route)) => {
+                    entries.insert(peer.subnet, route_entries(route));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot route peer");
+                    unroutable += 1;
+                }
+            }
         }
-        let entries = KernelEntries {
-            routes,
-            ..Default::default()
-        };
-        (entries, unroutable.len())
+        (entries, unroutable)
     }
 
     /// Programs one route per peer on the external interface and removes weft routes there
@@ -147,21 +172,35 @@ impl HostGwBackend {
         let view =
             pipeline::read_kernel(&handle, &devices, |r| r.oif == ext && r.gateway.is_some())
                 .await?;
-        let d = entries::diff(&desired, &view.actual);
+        let d = entries::diff(&KernelEntries::merged(&desired), &view.actual);
         let mut report = self.pipeline.full(&devices, desired, d).await?;
         report.failed += unroutable;
         Ok(report)
     }
 
-    /// Applies only what changed since the last pass; `None` when a full reconcile is due.
+    /// Applies the routes of the peers that changed since the last pass; `None` when a full
+    /// reconcile is due.
     pub async fn apply_changes(
         &mut self,
         own: Ipv4Network,
-        peers: &[Lease],
+        changes: &[PeerChange],
     ) -> Result<Option<ReconcileReport>, HostGwError> {
-        let (desired, unroutable) = self.desired(own, peers);
+        let mut unroutable = 0;
+        let mut entries = Vec::with_capacity(changes.len());
+        for change in changes {
+            let route = match change.lease.as_ref().map(|l| peer_route(&self.ext, own, l)) {
+                Some(Ok(route)) => route,
+                Some(Err(err)) => {
+                    tracing::error!(error = %err, "cannot route peer");
+                    unroutable += 1;
+                    None
+                }
+                None => None,
+            };
+            entries.push((change.subnet, route.map(route_entries)));
+        }
         let devices = self.devices();
-        let report = self.pipeline.incremental(&devices, desired).await?;
+        let report = self.pipeline.incremental(&devices, &entries).await?;
         Ok(report.map(|mut r| {
             r.failed += unroutable;
             r

@@ -95,6 +95,16 @@ impl StaleEntry {
     }
 }
 
+/// A peer lease that came or changed (`lease` is its believed value) or went (`None`) since
+/// the last pass: what an incremental pass works from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerChange {
+    /// The peer's subnet.
+    pub subnet: Ipv4Network,
+    /// The lease now believed for it; `None` when it is gone or no longer believed.
+    pub lease: Option<Lease>,
+}
+
 /// The outcome of one reconcile pass, counted in kernel entries (routes, neighbours, FDB).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -271,19 +281,19 @@ impl Backend {
         }
     }
 
-    /// Applies a changed peer table incrementally: only the entries of the peers that came,
-    /// went or changed since the last pass, without reading the kernel (no device checks, no
-    /// dumps). `Ok(None)` when no pass has left a known state; run [`Backend::reconcile`].
+    /// Applies peer changes incrementally: only the entries of the peers that came, went or
+    /// changed since the last pass, without reading the kernel (no device checks, no dumps).
+    /// `Ok(None)` when no pass has left a known state; run [`Backend::reconcile`].
     pub async fn apply_changes(
         &mut self,
         own: Ipv4Network,
-        peers: &[Lease],
+        changes: &[PeerChange],
     ) -> Result<Option<ReconcileReport>, BackendError> {
         match self {
-            Backend::Vxlan(b) => b.apply_changes(own, peers).await,
-            Backend::Udp(b) => Ok(b.apply_changes(own, peers).await?),
-            Backend::HostGw(b) => Ok(b.apply_changes(own, peers).await?),
-            Backend::WireGuard(b) => Ok(b.apply_changes(own, peers).await?),
+            Backend::Vxlan(b) => b.apply_changes(own, changes).await,
+            Backend::Udp(b) => Ok(b.apply_changes(own, changes).await?),
+            Backend::HostGw(b) => Ok(b.apply_changes(own, changes).await?),
+            Backend::WireGuard(b) => Ok(b.apply_changes(own, changes).await?),
         }
     }
 }
@@ -326,11 +336,11 @@ pub trait DataPath {
         peers: &[Lease],
     ) -> impl std::future::Future<Output = Result<ReconcileReport, BackendError>>;
 
-    /// An incremental pass; `Ok(None)` when a full one is due.
+    /// An incremental pass over the peers that changed; `Ok(None)` when a full one is due.
     fn apply_changes(
         &mut self,
         own: Ipv4Network,
-        peers: &[Lease],
+        changes: &[PeerChange],
     ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>>;
 
     /// What no peer route may cover, as the kernel shows it now (see
@@ -386,8 +396,8 @@ impl DataPath for Backend {
     fn apply_changes(
         &mut self,
         own: Ipv4Network,
-        peers: &[Lease],
+        changes: &[PeerChange],
     ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>> {
-        Backend::apply_changes(self, own, peers)
+        Backend::apply_changes(self, own, changes)
     }
 }

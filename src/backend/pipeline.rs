@@ -1,14 +1,17 @@
-//! The one way kernel entries reach the kernel. A backend states the entries it wants
-//! ([`KernelEntries`]); a full pass reads what the kernel holds of weft's ([`read_kernel`]),
-//! diffs and applies the difference; an incremental pass (a watch event) diffs against what
-//! the last pass left in the kernel, so only the changed peers' entries are sent. Either way
+//! The one way kernel entries reach the kernel. A backend states the entries each peer wants
+//! ([`PeerEntries`]); a full pass reads what the kernel holds of weft's ([`read_kernel`]),
+//! diffs and applies the difference; an incremental pass (a watch event) diffs only the
+//! changed peers' entries against what the last pass left for them, so its cost follows the
+//! change, not the table. Either way
 //! the changes go out as netlink batches ([`netlink::run_batch`]), off the runtime's workers.
 
 use std::collections::BTreeSet;
 
 use rtnetlink::Handle;
 
-use super::entries::{self, ActualEntries, EntryDiff, KernelEntries};
+use ipnetwork::Ipv4Network;
+
+use super::entries::{ActualEntries, AppliedEntries, EntriesByPeer, EntryDiff, PeerEntries};
 use super::{ReconcileReport, StaleEntry};
 use crate::netlink::{self, BatchRequest, Ipv4Route, NetlinkError, RouteOrigin};
 
@@ -82,13 +85,13 @@ pub async fn read_kernel(
     })
 }
 
-/// The applier of one backend: sends diffs as batches and remembers what it left in the
-/// kernel, which the next incremental pass diffs against.
+/// The applier of one backend: sends diffs as batches and remembers, by peer, what it left
+/// in the kernel, which the next incremental pass diffs the changed peers against.
 #[derive(Debug, Default)]
 pub struct EntryPipeline {
     /// The entries the last pass left in the kernel; `None` before the first full pass, after
     /// a pass the kernel refused part of, or when the devices changed.
-    applied: Option<(Devices, KernelEntries)>,
+    applied: Option<(Devices, AppliedEntries)>,
 }
 
 impl EntryPipeline {
@@ -96,37 +99,46 @@ impl EntryPipeline {
     pub async fn full(
         &mut self,
         devices: &Devices,
-        desired: KernelEntries,
+        desired: EntriesByPeer,
         d: EntryDiff,
     ) -> Result<ReconcileReport, NetlinkError> {
         self.applied = None;
-        let report = apply(devices, &d, desired.len()).await?;
+        let applied = AppliedEntries::new(desired);
+        let report = apply(devices, &d, applied.len()).await?;
         if report.failed == 0 {
-            self.applied = Some((devices.clone(), desired));
+            self.applied = Some((devices.clone(), applied));
         }
         Ok(report)
     }
 
-    /// Applies only what changed since the last pass: the entries of peers that came, went
-    /// or changed. `Ok(None)` when there is no trustworthy last pass; the caller then runs a
-    /// full one.
+    /// Applies the new entries of the peers in `changes` (`None`: gone): only their entries
+    /// are diffed and sent, whatever the size of the table. `Ok(None)` when there is no
+    /// trustworthy last pass; the caller then runs a full one.
     pub async fn incremental(
         &mut self,
         devices: &Devices,
-        desired: KernelEntries,
+        changes: &[(Ipv4Network, Option<PeerEntries>)],
     ) -> Result<Option<ReconcileReport>, NetlinkError> {
-        let Some((last_devices, last)) = self.applied.take() else {
+        let Some((last_devices, mut applied)) = self.applied.take() else {
             return Ok(None);
         };
         if &last_devices != devices {
             return Ok(None);
         }
-        let d = entries::diff(&desired, &ActualEntries::programmed(&last));
-        let report = apply(devices, &d, desired.len()).await?;
+        let mut d = applied.change(changes);
+        let desired = applied.len();
+        d.present =
+            desired.saturating_sub(d.add_routes.len() + d.add_neighbours.len() + d.add_fdb.len());
+        let report = apply(devices, &d, desired).await?;
         if report.failed == 0 {
-            self.applied = Some((last_devices, desired));
+            self.applied = Some((last_devices, applied));
         }
         Ok(Some(report))
+    }
+
+    /// Whether a full pass left a known state that incremental passes can build on.
+    pub fn is_known(&self) -> bool {
+        self.applied.is_some()
     }
 }
 

@@ -12,8 +12,9 @@ pub(crate) mod offload;
 pub(crate) mod packet;
 pub(crate) mod socket;
 
+use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, RwLock};
 
 use ipnetwork::Ipv4Network;
@@ -24,9 +25,9 @@ pub use datapath::UdpCounters;
 pub use forwarding::ForwardingTable;
 pub use packet::{net_unreachable, parse_ipv4, Malformed};
 
-use crate::backend::entries::{self, KernelEntries};
+use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
-use crate::backend::{ReconcileReport, StaleEntry};
+use crate::backend::{PeerChange, ReconcileReport, StaleEntry};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
 use datapath::{DataPath, Queue, SharedTable};
@@ -96,6 +97,8 @@ pub struct UdpBackend {
     granted: String,
     /// Applies the cluster route on `flannel0`.
     pipeline: EntryPipeline,
+    /// The `udp` peers of the current table, by subnet, which incremental passes change.
+    peers: BTreeMap<Ipv4Network, Ipv4Addr>,
 }
 
 impl std::fmt::Debug for UdpBackend {
@@ -138,6 +141,7 @@ impl UdpBackend {
             table: Arc::new(RwLock::new(Arc::new(ForwardingTable::default()))),
             counters: Arc::new(UdpCounters::default()),
             datapath: None,
+            peers: BTreeMap::new(),
             tun_index: 0,
             offloads,
             granted: String::new(),
@@ -225,12 +229,14 @@ impl UdpBackend {
             outcome.added += 1;
         }
         accept_local_source();
-        let (entries, table) = self.desired(own, peers);
+        let (entries, table) = self.desired(peers);
         let devices = self.devices();
         let tun = self.tun_index;
         let view = pipeline::read_kernel(&handle, &devices, |r| r.oif == tun).await?;
-        let d = entries::diff(&entries, &view.actual);
+        let d = entries::diff(&KernelEntries::merged(&entries), &view.actual);
         let route = self.pipeline.full(&devices, entries, d).await?;
+        self.peers = table;
+        let table = ForwardingTable::new(own, self.peers.iter().map(|(s, ip)| (*s, *ip)));
         // The route is the device's, not a peer's: counted only when it had to change.
         outcome.added += route.added;
         outcome.removed += route.removed;
@@ -244,26 +250,28 @@ impl UdpBackend {
         Ok(outcome)
     }
 
-    /// The desired state: one weft route on `flannel0` (the cluster network), and the
-    /// forwarding table of the peers that run this backend.
-    fn desired(&self, own: Ipv4Network, peers: &[Lease]) -> (KernelEntries, ForwardingTable) {
+    /// The desired state: one weft route on `flannel0` (the cluster network), and the peers
+    /// that run this backend (the forwarding table's entries).
+    fn desired(&self, peers: &[Lease]) -> (EntriesByPeer, BTreeMap<Ipv4Network, Ipv4Addr>) {
         let route = Ipv4Route {
             dst: self.network,
             gateway: None,
             oif: self.tun_index,
             onlink: false,
         };
-        let entries = KernelEntries {
-            routes: [route].into(),
-            ..Default::default()
-        };
-        let table = ForwardingTable::new(
-            own,
-            peers
-                .iter()
-                .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
-                .map(|l| (l.subnet, l.attrs.public_ip)),
-        );
+        let entries = [(
+            self.network,
+            PeerEntries {
+                route: Some(route),
+                ..Default::default()
+            },
+        )]
+        .into();
+        let table = peers
+            .iter()
+            .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
+            .map(|l| (l.subnet, l.attrs.public_ip))
+            .collect();
         (entries, table)
     }
 
@@ -289,17 +297,25 @@ impl UdpBackend {
         counts
     }
 
-    /// Applies a changed peer table: only the forwarding table changes (the cluster route
-    /// does not depend on peers). `None` when a full reconcile is due.
+    /// Applies peer changes: only the forwarding table changes (the cluster route does not
+    /// depend on peers). `None` when a full reconcile is due.
     pub async fn apply_changes(
         &mut self,
         own: Ipv4Network,
-        peers: &[Lease],
+        changes: &[PeerChange],
     ) -> Result<Option<ReconcileReport>, UdpError> {
-        let (entries, table) = self.desired(own, peers);
-        let Some(route) = self.pipeline.incremental(&self.devices(), entries).await? else {
+        let Some(route) = self.pipeline.incremental(&self.devices(), &[]).await? else {
             return Ok(None);
         };
+        for change in changes {
+            match &change.lease {
+                Some(l) if l.attrs.backend_type == BACKEND_TYPE => {
+                    self.peers.insert(change.subnet, l.attrs.public_ip)
+                }
+                _ => self.peers.remove(&change.subnet),
+            };
+        }
+        let table = ForwardingTable::new(own, self.peers.iter().map(|(s, ip)| (*s, *ip)));
         let mut report = ReconcileReport {
             failed: route.failed,
             ..Default::default()

@@ -17,9 +17,9 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkVxlan};
 use tracing::{debug, info, warn};
 
-use super::entries::{self, KernelEntries, SkippedPeer};
+use super::entries::{self, EntriesByPeer, KernelEntries, SkippedPeer};
 use super::pipeline::{self, Device, Devices, EntryPipeline};
-use super::{BackendError, ReconcileReport};
+use super::{BackendError, PeerChange, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, MacAddr};
 use peers::VxlanTopology;
@@ -353,15 +353,19 @@ impl VxlanBackend {
         }
     }
 
-    /// The entries the peers justify on device `index`; each unusable lease is warned about
-    /// once, not on every pass.
-    fn desired(&mut self, index: u32, own: Ipv4Network, peer_leases: &[Lease]) -> KernelEntries {
-        let topo = VxlanTopology {
+    fn topology(&self, index: u32) -> VxlanTopology {
+        VxlanTopology {
             dev_index: index,
             ext_index: self.ext.index,
             direct_routing: self.settings.direct_routing.then_some(self.ext.network),
-        };
-        let (desired, skipped) = peers::vxlan_desired(own, peer_leases, &topo);
+        }
+    }
+
+    /// The entries the peers justify on device `index`; each unusable lease is warned about
+    /// once, not on every pass.
+    fn desired(&mut self, index: u32, own: Ipv4Network, peer_leases: &[Lease]) -> EntriesByPeer {
+        let (desired, skipped) =
+            peers::vxlan_desired_by_peer(own, peer_leases, &self.topology(index));
         let now_skipped: BTreeSet<SkippedPeer> = skipped.into_iter().collect();
         for s in now_skipped.difference(&self.warned_skipped) {
             warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
@@ -386,7 +390,8 @@ impl VxlanBackend {
         let view =
             pipeline::read_kernel(&self.handle, &devices, |r| r.oif == index || r.oif == ext)
                 .await?;
-        let mut d = entries::diff(&desired, &view.actual);
+        let merged = KernelEntries::merged(&desired);
+        let mut d = entries::diff(&merged, &view.actual);
         let adopting = !self.adopted_untagged;
         if adopting {
             let untagged =
@@ -394,8 +399,9 @@ impl VxlanBackend {
             if !untagged.is_empty() {
                 info!(device = %self.name, routes = untagged.len(), "adopting the untagged routes of a previous version");
             }
-            entries::adopt_untagged(&mut d, &desired, &untagged);
+            entries::adopt_untagged(&mut d, &merged, &untagged);
         }
+        drop(merged);
         let report = self.pipeline.full(&devices, desired, d).await?;
         if report.failed == 0 {
             self.adopted_untagged = true;
@@ -405,19 +411,36 @@ impl VxlanBackend {
         Ok(report)
     }
 
-    /// Applies only what changed since the last pass; `None` when a full reconcile is due.
+    /// Applies the entries of the peers that changed since the last pass, and nothing else;
+    /// `None` when a full reconcile is due.
     pub async fn apply_changes(
         &mut self,
         own: Ipv4Network,
-        peer_leases: &[Lease],
+        changes: &[PeerChange],
     ) -> Result<Option<ReconcileReport>, BackendError> {
         let Some(index) = self.dev_index else {
             return Ok(None);
         };
-        let desired = self.desired(index, own, peer_leases);
+        let topo = self.topology(index);
+        let mut entries = Vec::with_capacity(changes.len());
+        for change in changes {
+            self.warned_skipped.retain(|s| s.subnet != change.subnet);
+            let wanted = match &change.lease {
+                Some(lease) => match peers::vxlan_peer(own, lease, &topo) {
+                    Ok(e) => e,
+                    Err(s) => {
+                        warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
+                        self.warned_skipped.insert(s);
+                        None
+                    }
+                },
+                None => None,
+            };
+            entries.push((change.subnet, wanted));
+        }
         Ok(self
             .pipeline
-            .incremental(&self.devices(index), desired)
+            .incremental(&self.devices(index), &entries)
             .await?)
     }
 }

@@ -27,11 +27,11 @@ use rtnetlink::Handle;
 pub use peers::{wireguard_peers, PeerSpec, BACKEND_TYPE};
 pub use userspace::WireGuardCounters;
 
-use crate::backend::entries::{self, KernelEntries};
+use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
 use crate::backend::udp::socket::UnderlaySocket;
 use crate::backend::udp::{granted_offloads, open_tun_device};
-use crate::backend::{BackendError, ReconcileReport, StaleEntry};
+use crate::backend::{BackendError, PeerChange, ReconcileReport, StaleEntry};
 use crate::config::WireGuardConfig;
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
@@ -155,6 +155,9 @@ pub struct WireGuardBackend {
     offloads: bool,
     granted: String,
     pipeline: EntryPipeline,
+    /// The believed `wireguard` leases of the last pass, by subnet, which incremental passes
+    /// update.
+    leases: BTreeMap<Ipv4Network, Lease>,
 }
 
 impl std::fmt::Debug for WireGuardBackend {
@@ -243,6 +246,7 @@ impl WireGuardBackend {
             offloads,
             granted: String::new(),
             pipeline: EntryPipeline::default(),
+            leases: BTreeMap::new(),
         };
         let kernel = match choice {
             WireGuardDataPath::Userspace => Err("--wireguard-datapath userspace".to_string()),
@@ -455,8 +459,13 @@ impl WireGuardBackend {
         let devices = self.devices();
         let tun = self.tun_index;
         let view = pipeline::read_kernel(&handle, &devices, |r| r.oif == tun).await?;
-        let d = entries::diff(&entries, &view.actual);
+        let d = entries::diff(&KernelEntries::merged(&entries), &view.actual);
         let route = self.pipeline.full(&devices, entries, d).await?;
+        self.leases = peers
+            .iter()
+            .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
+            .map(|l| (l.subnet, l.clone()))
+            .collect();
         outcome.added += route.added;
         outcome.removed += route.removed;
         outcome.failed += route.failed;
@@ -474,13 +483,21 @@ impl WireGuardBackend {
     pub async fn apply_changes(
         &mut self,
         own: Ipv4Network,
-        peers: &[Lease],
+        changes: &[PeerChange],
     ) -> Result<Option<ReconcileReport>, WireGuardError> {
-        let entries = self.desired_entries();
-        let Some(route) = self.pipeline.incremental(&self.devices(), entries).await? else {
+        let Some(route) = self.pipeline.incremental(&self.devices(), &[]).await? else {
             return Ok(None);
         };
-        let (kept, added, removed) = self.sync_peers(own, peers)?;
+        for change in changes {
+            match &change.lease {
+                Some(l) if l.attrs.backend_type == BACKEND_TYPE => {
+                    self.leases.insert(change.subnet, l.clone())
+                }
+                _ => self.leases.remove(&change.subnet),
+            };
+        }
+        let peers: Vec<Lease> = self.leases.values().cloned().collect();
+        let (kept, added, removed) = self.sync_peers(own, &peers)?;
         Ok(Some(ReconcileReport {
             desired: kept + added,
             present: kept,
@@ -491,18 +508,23 @@ impl WireGuardBackend {
         }))
     }
 
-    /// One weft route on `flannel-wg`: the cluster network (Flannel's `addRoute`).
-    fn desired_entries(&self) -> KernelEntries {
+    /// One weft route on `flannel-wg`: the cluster network (Flannel's `addRoute`), the
+    /// device's rather than a peer's.
+    fn desired_entries(&self) -> EntriesByPeer {
         let route = Ipv4Route {
             dst: self.network,
             gateway: None,
             oif: self.tun_index,
             onlink: false,
         };
-        KernelEntries {
-            routes: [route].into(),
-            ..Default::default()
-        }
+        [(
+            self.network,
+            PeerEntries {
+                route: Some(route),
+                ..Default::default()
+            },
+        )]
+        .into()
     }
 
     fn devices(&self) -> Devices {

@@ -281,6 +281,7 @@ fn main() -> ExitCode {
         notifier,
         ..flags.into_options()
     };
+    limit_heap_growth();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -326,4 +327,17 @@ fn hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A full pass at thousands of peers allocates large, short-lived buffers (kernel dumps,
+/// netlink batches). Give each its own mapping, returned to the system when freed, instead of
+/// heap that glibc keeps (its mmap threshold otherwise grows to 32 MiB after the first such
+/// buffer is freed), and keep to two arenas for two workers plus the blocking pool.
+fn limit_heap_growth() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }

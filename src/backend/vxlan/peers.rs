@@ -4,7 +4,7 @@
 
 use ipnetwork::Ipv4Network;
 
-use crate::backend::entries::{KernelEntries, SkippedPeer};
+use crate::backend::entries::{EntriesByPeer, KernelEntries, PeerEntries, SkippedPeer};
 use crate::lease::Lease;
 use crate::netlink::{FdbEntry, Ipv4Route, MacAddr};
 
@@ -51,55 +51,77 @@ pub fn vxlan_desired(
     peers: &[Lease],
     topo: &VxlanTopology,
 ) -> (KernelEntries, Vec<SkippedPeer>) {
-    let mut entries = KernelEntries::default();
+    let (by_peer, skipped) = vxlan_desired_by_peer(own, peers, topo);
+    (KernelEntries::merged(&by_peer), skipped)
+}
+
+/// [`vxlan_desired`], by peer subnet.
+pub fn vxlan_desired_by_peer(
+    own: Ipv4Network,
+    peers: &[Lease],
+    topo: &VxlanTopology,
+) -> (EntriesByPeer, Vec<SkippedPeer>) {
+    let mut entries = EntriesByPeer::with_capacity(peers.len());
     let mut skipped = Vec::new();
     for lease in peers {
-        if lease.subnet == own {
-            continue;
+        match vxlan_peer(own, lease, topo) {
+            Ok(Some(e)) => {
+                entries.insert(lease.subnet, e);
+            }
+            Ok(None) => {}
+            Err(s) => skipped.push(s),
         }
-        if lease.attrs.backend_type != "vxlan" {
-            skipped.push(SkippedPeer {
-                subnet: lease.subnet,
-                reason: format!("backend type {:?} is not vxlan", lease.attrs.backend_type),
-            });
-            continue;
-        }
-        let public_ip = lease.attrs.public_ip;
-        if let Some(l2) = topo.direct_routing {
-            if l2.contains(public_ip) {
-                entries.routes.insert(Ipv4Route {
+    }
+    (entries, skipped)
+}
+
+/// The entries of one peer lease (see [`vxlan_desired`]); `Ok(None)` for our own subnet.
+pub fn vxlan_peer(
+    own: Ipv4Network,
+    lease: &Lease,
+    topo: &VxlanTopology,
+) -> Result<Option<PeerEntries>, SkippedPeer> {
+    if lease.subnet == own {
+        return Ok(None);
+    }
+    if lease.attrs.backend_type != "vxlan" {
+        return Err(SkippedPeer {
+            subnet: lease.subnet,
+            reason: format!("backend type {:?} is not vxlan", lease.attrs.backend_type),
+        });
+    }
+    let public_ip = lease.attrs.public_ip;
+    if let Some(l2) = topo.direct_routing {
+        if l2.contains(public_ip) {
+            return Ok(Some(PeerEntries {
+                route: Some(Ipv4Route {
                     dst: lease.subnet,
                     gateway: Some(public_ip),
                     oif: topo.ext_index,
                     onlink: false,
-                });
-                continue;
-            }
+                }),
+                ..Default::default()
+            }));
         }
-        let mac = match vxlan_vtep_mac(lease.attrs.backend_data.as_ref()) {
-            Ok(mac) => mac,
-            Err(reason) => {
-                skipped.push(SkippedPeer {
-                    subnet: lease.subnet,
-                    reason,
-                });
-                continue;
-            }
-        };
-        let gateway = lease.subnet.network();
-        entries.routes.insert(Ipv4Route {
+    }
+    let mac = vxlan_vtep_mac(lease.attrs.backend_data.as_ref()).map_err(|reason| SkippedPeer {
+        subnet: lease.subnet,
+        reason,
+    })?;
+    let gateway = lease.subnet.network();
+    Ok(Some(PeerEntries {
+        route: Some(Ipv4Route {
             dst: lease.subnet,
             gateway: Some(gateway),
             oif: topo.dev_index,
             onlink: true,
-        });
-        entries.neighbours.insert(gateway, mac);
-        entries.fdb.insert(FdbEntry {
+        }),
+        neighbour: Some((gateway, mac)),
+        fdb: Some(FdbEntry {
             mac,
             dst: public_ip,
-        });
-    }
-    (entries, skipped)
+        }),
+    }))
 }
 
 /// The untagged routes among `all` (routes without weft's protocol) that a previous weft
