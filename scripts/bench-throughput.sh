@@ -13,6 +13,10 @@
 #                 (not UDP's own 1472) so that UDP and VXLAN carry the same segment size
 #   weft-udp-plain  the same with --no-udp-offloads (one packet per syscall, as Flannel's)
 #   weft-host-gw  pods over weftd's host-gw backend
+#   weft-wg       pods over weftd's WireGuard backend, userspace data path (this kernel has no
+#                 WireGuard module; --wireguard-datapath userspace elsewhere), pod MTU 1420
+#   wg-go         pods over Debian's wireguard-go between the same two nodes, set up by hand
+#                 with wg(8) and ip(8) as flanneld sets up flannel-wg, pod MTU 1420
 # Prints Gbit/s and the ratios the issue sets targets for, and writes docs/throughput.md and
 # the bar chart docs/throughput.svg (drawn by this script).
 #
@@ -39,7 +43,7 @@ network=10.244.0.0/16
 
 die() { echo "bench-throughput: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces)"
-for tool in ip iperf3 etcd etcdctl awk; do
+for tool in ip iperf3 etcd etcdctl awk wg wireguard-go; do
     command -v "$tool" >/dev/null || die "missing $tool (run scripts/setup.sh)"
 done
 
@@ -60,6 +64,8 @@ cleanup() {
         ip netns del "$n" 2>/dev/null || true
     done
     rm -rf "$work" "$etcd_data"
+    # wireguard-go's control sockets are shared by all namespaces; its devices are named wb<pid>*.
+    rm -f /var/run/wireguard/wb$$*.sock
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -155,6 +161,30 @@ case_vxlan_hand() {
     iperf p1 p2 10.244.2.10
 }
 
+case_wg_go() { # Debian's wireguard-go, configured as flanneld configures flannel-wg
+    topology
+    local i peer dev
+    for i in 1 2; do
+        dev="wb$$n$i" # unique: the control socket /var/run/wireguard/<dev>.sock is shared
+        WG_PROCESS_FOREGROUND=1 inns "n$i" wireguard-go -f "$dev" >/dev/null 2>&1 &
+        for _ in $(seq 50); do ip -n "$(ns "n$i")" link show dev "$dev" >/dev/null 2>&1 && break; sleep 0.1; done
+        (umask 077 && wg genkey >"$work/wg-n$i.key")
+        wg pubkey <"$work/wg-n$i.key" >"$work/wg-n$i.pub"
+        inns "n$i" wg set "$dev" private-key "$work/wg-n$i.key" listen-port 51820
+        ip -n "$(ns "n$i")" link set "$dev" mtu 1420 up
+        ip -n "$(ns "n$i")" addr add "10.244.$i.0/32" dev "$dev"
+        ip -n "$(ns "n$i")" route replace "$network" dev "$dev" scope link
+    done
+    for i in 1 2; do
+        peer=$((3 - i))
+        inns "n$i" wg set "wb$$n$i" peer "$(cat "$work/wg-n$peer.pub")" \
+            endpoint "${node_ips[$((peer - 1))]}:51820" allowed-ips "10.244.$peer.0/24"
+        wire_pod "n$i" "p$i" "10.244.$i.1/24" 1420
+    done
+    for _ in $(seq 50); do inns p1 ping -c1 -W1 10.244.2.10 >/dev/null 2>&1 && break; sleep 0.2; done
+    iperf p1 p2 10.244.2.10
+}
+
 case_underlay() { # pods over the bare underlay, routed by hand as host-gw does
     topology
     local i peer
@@ -217,7 +247,7 @@ declare -A gbps runs
 # Run order: each weft case next to the reference its target compares it with, so the per-round
 # ratios below compare measurements taken seconds apart; odd rounds run the list forwards (the
 # reference first), even rounds backwards (weft first).
-names=(underlay weft-host-gw vxlan-hand weft-vxlan weft-udp weft-udp-plain node-to-node)
+names=(underlay weft-host-gw vxlan-hand weft-vxlan weft-udp weft-wg wg-go weft-udp-plain node-to-node)
 median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo "single-stream TCP, ${seconds}s per case, ${rounds} rounds (cases interleaved; median reported)" >&2
 run_case() {
@@ -230,6 +260,8 @@ run_case() {
     weft-udp) case_weft udp 1450 ;;
     weft-udp-plain) case_weft udp 1450 --no-udp-offloads ;;
     weft-host-gw) case_weft host-gw ;;
+    weft-wg) case_weft wireguard 0 --wireguard-datapath userspace ;;
+    wg-go) case_wg_go ;;
     esac
 }
 for round in $(seq "$rounds"); do
@@ -263,6 +295,8 @@ r_hostgw_nodes=$(ratio weft-host-gw node-to-node)
 r_pods_nodes=$(ratio underlay node-to-node)
 r_udp=$(ratio weft-udp weft-vxlan)
 r_udp_plain=$(ratio weft-udp-plain weft-udp)
+r_wg_go=$(ratio weft-wg wg-go)
+r_wg_udp=$(ratio weft-wg weft-udp)
 # spread <case> <reference>: the lowest and highest per-round ratio, to show how much one round moves
 spread() {
     local -a a b
@@ -303,6 +337,8 @@ Date: ${date_utc}
 | weft UDP (userspace), pod MTU 1450 | ${gbps[weft-udp]} |
 | weft UDP with \`--no-udp-offloads\`, pod MTU 1450 | ${gbps[weft-udp-plain]} |
 | weft host-gw | ${gbps[weft-host-gw]} |
+| weft WireGuard (userspace data path), pod MTU 1420 | ${gbps[weft-wg]} |
+| Debian's wireguard-go set up by hand as flanneld does, pod MTU 1420 | ${gbps[wg-go]} |
 
 | ratio | value | target | |
 |---|---:|---:|---|
@@ -312,6 +348,8 @@ Date: ${date_utc}
 | pods over the bare underlay / node to node | ${r_pods_nodes} % | (context: cost of the pod hops) | |
 | weft UDP / weft VXLAN (same pod MTU) | ${r_udp} % (rounds $(spread weft-udp weft-vxlan)) | ≥ 50 % | $(verdict "$r_udp" 50) |
 | weft UDP without / with offloads | ${r_udp_plain} % (rounds $(spread weft-udp-plain weft-udp)) | (context) | |
+| weft WireGuard / wireguard-go | ${r_wg_go} % (rounds $(spread weft-wg wg-go)) | ≥ 1000 % | $(verdict "$r_wg_go" 1000) |
+| weft WireGuard / weft UDP (pod MTU 1420 vs 1450) | ${r_wg_udp} % (rounds $(spread weft-wg weft-udp)) | ≥ 50 % | $(verdict "$r_wg_udp" 50) |
 
 Every case but node-to-node is measured pod to pod: iperf3 runs in a pod namespace behind a
 veth pair and a \`cni0\` bridge on each node. "underlay" is the pods talking over the bare
@@ -328,9 +366,9 @@ EOF
 svg() {
     local max=0 n v
     for n in "${names[@]}"; do max=$(awk -v a="$max" -v b="${gbps[$n]}" 'BEGIN { print (b > a) ? b : a }'); done
-    awk -v max="$max" -v date="$date_utc" -v secs="$seconds" -v rounds="$rounds" '
+    awk -v max="$max" -v date="$date_utc" -v secs="$seconds" -v rounds="$rounds" -v bars="${#names[@]}" '
         BEGIN {
-            w = 640; h = 400; left = 130; top = 50; bar = 34; gap = 20; span = w - left - 90
+            w = 640; h = 50 + bars * 54 + 40; left = 130; top = 50; bar = 34; gap = 20; span = w - left - 90
             printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"13\">\n", w, h, w, h
             printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
             printf "<text x=\"%d\" y=\"24\" font-size=\"16\" font-weight=\"bold\">Single-stream TCP pod to pod (Gbit/s)</text>\n", left - 120

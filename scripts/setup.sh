@@ -39,6 +39,9 @@ PACKAGES=(
     zstd                         # zstd-compressed image layers made by a tool of its own (tests/pod_runtime.rs)
     qemu-system-x86              # the VM tier (tests/vm): Debian's kernel under QEMU
     ethtool                      # the VM tier: the guest NIC's offloads (Debian's, over 9p)
+    wireguard-go                 # a WireGuard node nobody here wrote: interop test and throughput baseline
+    wireguard-tools              # wg: configures that node as flanneld configures its device
+    tcpdump                      # captures the underlay in the WireGuard test (only ciphertext on the wire)
 )
 
 installed() {

@@ -14,12 +14,18 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
 
+use crate::wireguard_key::SecretKey;
+
 /// Default VXLAN network identifier (Flannel's).
 pub const DEFAULT_VXLAN_VNI: u32 = 1;
 /// Default VXLAN UDP port (Linux's and Flannel's).
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// Default UDP backend port (Flannel's).
 pub const DEFAULT_UDP_PORT: u16 = 8285;
+/// Default WireGuard listen port of `flannel-wg` (Flannel's `ListenPort`).
+pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
+/// Default WireGuard listen port of `flannel-wg-v6` (Flannel's `ListenPortV6`).
+pub const DEFAULT_WIREGUARD_PORT_V6: u16 = 51821;
 /// Largest VNI a 24-bit VXLAN header carries.
 const MAX_VXLAN_VNI: u64 = (1 << 24) - 1;
 /// Smallest MTU an IPv4 interface may have.
@@ -70,6 +76,52 @@ pub enum BackendConfig {
     },
     /// `{"Type": "host-gw"}`.
     HostGw,
+    /// `{"Type": "wireguard"}`.
+    WireGuard(WireGuardConfig),
+}
+
+/// Flannel's `wireguard` backend settings, defaulted as flanneld defaults them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGuardConfig {
+    /// `ListenPort` of `flannel-wg`, default 51820 (0 also means the default).
+    pub listen_port: u16,
+    /// `ListenPortV6` of `flannel-wg-v6`, default 51821; used once IPv6 is enabled.
+    pub listen_port_v6: u16,
+    /// `PSK`: a pre-shared key mixed into every handshake, if set. Never logged.
+    pub psk: Option<SecretKey>,
+    /// `MTU` of the underlay the tunnel rides on, default the external interface's; the
+    /// device and the pods get this minus 80 (Flannel's overhead).
+    pub mtu: Option<u32>,
+    /// `PersistentKeepaliveInterval` in seconds, 0 (default) for none.
+    pub persistent_keepalive: u16,
+    /// `Mode`, default `separate`.
+    pub mode: WireGuardMode,
+}
+
+/// Flannel's WireGuard `Mode`: how IPv4 and IPv6 share devices. With IPv4 alone every mode
+/// means one device, `flannel-wg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireGuardMode {
+    /// `separate`: `flannel-wg` for IPv4, `flannel-wg-v6` for IPv6.
+    Separate,
+    /// `auto`: one device; the underlay family per peer as Flannel picks it.
+    Auto,
+    /// `ipv4`: one device over the IPv4 underlay.
+    Ipv4,
+    /// `ipv6`: one device over the IPv6 underlay.
+    Ipv6,
+}
+
+impl WireGuardMode {
+    /// The value as Flannel spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireGuardMode::Separate => "separate",
+            WireGuardMode::Auto => "auto",
+            WireGuardMode::Ipv4 => "ipv4",
+            WireGuardMode::Ipv6 => "ipv6",
+        }
+    }
 }
 
 impl BackendConfig {
@@ -79,6 +131,7 @@ impl BackendConfig {
             BackendConfig::Vxlan { .. } => "vxlan",
             BackendConfig::Udp { .. } => "udp",
             BackendConfig::HostGw => "host-gw",
+            BackendConfig::WireGuard(_) => "wireguard",
         }
     }
 }
@@ -346,6 +399,19 @@ impl std::fmt::Display for NetworkConfig {
             }
             BackendConfig::Udp { port } => write!(f, "udp (Port {port})"),
             BackendConfig::HostGw => write!(f, "host-gw"),
+            BackendConfig::WireGuard(wg) => {
+                let mtu = wg.mtu.map_or_else(|| "auto".to_string(), |m| m.to_string());
+                // The PSK is a secret: only whether one is set.
+                let psk = if wg.psk.is_some() { "set" } else { "none" };
+                write!(
+                    f,
+                    "wireguard (ListenPort {}, ListenPortV6 {}, PSK {psk}, MTU {mtu}, PersistentKeepaliveInterval {}, Mode {})",
+                    wg.listen_port,
+                    wg.listen_port_v6,
+                    wg.persistent_keepalive,
+                    wg.mode.as_str()
+                )
+            }
         }
     }
 }
@@ -629,12 +695,104 @@ fn parse_backend(backend: &Map<String, Value>) -> Result<BackendConfig, ConfigEr
             port: port_field(&fields, DEFAULT_UDP_PORT)?,
         }),
         "host-gw" => Ok(BackendConfig::HostGw),
+        "wireguard" => parse_wireguard(&fields).map(BackendConfig::WireGuard),
         other => Err(ConfigError::Invalid {
             field: "Backend.Type",
             value: format!("{other:?}"),
-            reason: "unknown backend type, expected \"vxlan\", \"udp\" or \"host-gw\"".into(),
+            reason:
+                "unknown backend type, expected \"vxlan\", \"udp\", \"host-gw\" or \"wireguard\""
+                    .into(),
         }),
     }
+}
+
+/// The `wireguard` backend's keys, as flanneld reads them (`RegisterNetwork`).
+fn parse_wireguard(fields: &Fields<'_>) -> Result<WireGuardConfig, ConfigError> {
+    let port = |field: &'static str, key: &str, default: u16| match fields.get(key) {
+        None => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(0) => Ok(default),
+            Some(n) if n <= u64::from(u16::MAX) => Ok(n as u16),
+            _ => Err(invalid(
+                field,
+                v,
+                "must be an integer from 0 (default) to 65535",
+            )),
+        },
+    };
+    let listen_port = port("Backend.ListenPort", "ListenPort", DEFAULT_WIREGUARD_PORT)?;
+    let listen_port_v6 = port(
+        "Backend.ListenPortV6",
+        "ListenPortV6",
+        DEFAULT_WIREGUARD_PORT_V6,
+    )?;
+    let psk = match fields.get("PSK") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(v) => {
+            let text = v.as_str().ok_or_else(|| {
+                invalid("Backend.PSK", v, "not a string (a base64 WireGuard key)")
+            })?;
+            // The value is a secret: the error names the field and the problem, not the key.
+            Some(SecretKey::parse(text).map_err(|e| ConfigError::Invalid {
+                field: "Backend.PSK",
+                value: "(secret)".to_string(),
+                reason: format!("not a WireGuard pre-shared key: {e}"),
+            })?)
+        }
+    };
+    let mtu = match fields.get("MTU") {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(0) => None,
+            // The device gets MTU - 80, which must still carry an IPv4 packet.
+            Some(n) if (MIN_MTU + 80..=u64::from(u16::MAX)).contains(&n) => Some(n as u32),
+            _ => {
+                return Err(invalid(
+                    "Backend.MTU",
+                    v,
+                    "must be 0 (automatic) or an integer from 148 to 65535",
+                ))
+            }
+        },
+    };
+    let persistent_keepalive = match fields.get("PersistentKeepaliveInterval") {
+        None => 0,
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= u64::from(u16::MAX) => n as u16,
+            _ => {
+                return Err(invalid(
+                    "Backend.PersistentKeepaliveInterval",
+                    v,
+                    "must be an integer number of seconds from 0 (off) to 65535",
+                ))
+            }
+        },
+    };
+    let mode = match fields.get("Mode") {
+        None | Some(Value::Null) => WireGuardMode::Separate,
+        Some(v) => match v.as_str() {
+            Some("") | Some("separate") => WireGuardMode::Separate,
+            Some("auto") => WireGuardMode::Auto,
+            Some("ipv4") => WireGuardMode::Ipv4,
+            Some("ipv6") => WireGuardMode::Ipv6,
+            _ => {
+                return Err(invalid(
+                    "Backend.Mode",
+                    v,
+                    "must be \"separate\", \"auto\", \"ipv4\" or \"ipv6\"",
+                ))
+            }
+        },
+    };
+    Ok(WireGuardConfig {
+        listen_port,
+        listen_port_v6,
+        psk,
+        mtu,
+        persistent_keepalive,
+        mode,
+    })
 }
 
 fn port_field(fields: &Fields<'_>, default: u16) -> Result<u16, ConfigError> {
@@ -771,6 +929,92 @@ mod tests {
 
     fn ip6(s: &str) -> Ipv6Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn wireguard_keys_and_defaults_are_flannels() {
+        let c = parse(r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "wireguard"}}"#);
+        assert_eq!(c.backend.type_name(), "wireguard");
+        assert_eq!(
+            c.backend,
+            BackendConfig::WireGuard(WireGuardConfig {
+                listen_port: 51820,
+                listen_port_v6: 51821,
+                psk: None,
+                mtu: None,
+                persistent_keepalive: 0,
+                mode: WireGuardMode::Separate,
+            })
+        );
+        let psk = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+        let c = parse(&format!(
+            r#"{{"Network": "10.5.0.0/16", "Backend": {{"type": "wireguard", "listenport": 7000,
+            "ListenPortV6": 7001, "PSK": "{psk}", "MTU": 1400, "PersistentKeepaliveInterval": 25,
+            "Mode": "auto"}}}}"#
+        ));
+        let BackendConfig::WireGuard(wg) = &c.backend else {
+            panic!("{c:?}")
+        };
+        assert_eq!((wg.listen_port, wg.listen_port_v6), (7000, 7001));
+        assert_eq!(
+            wg.psk.as_ref().map(|k| k.to_base64()),
+            Some(psk.to_string())
+        );
+        assert_eq!(wg.mtu, Some(1400));
+        assert_eq!(wg.persistent_keepalive, 25);
+        assert_eq!(wg.mode, WireGuardMode::Auto);
+        // The log line says whether a PSK is set, never the key.
+        let line = c.to_string();
+        assert!(line.contains("PSK set"), "{line}");
+        assert!(!line.contains(psk), "{line}");
+    }
+
+    #[test]
+    fn hostile_wireguard_settings_are_refused_by_name() {
+        let psk = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp";
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"ListenPort": 70000}"#,
+                "field Backend.ListenPort = 70000: must be an integer from 0 (default) to 65535",
+            ),
+            (
+                r#"{"ListenPortV6": "51821"}"#,
+                "field Backend.ListenPortV6 = \"51821\": must be an integer",
+            ),
+            (
+                r#"{"PSK": 5}"#,
+                "field Backend.PSK = 5: not a string (a base64 WireGuard key)",
+            ),
+            (
+                r#"{"MTU": 100}"#,
+                "field Backend.MTU = 100: must be 0 (automatic) or an integer from 148 to 65535",
+            ),
+            (
+                r#"{"PersistentKeepaliveInterval": -1}"#,
+                "field Backend.PersistentKeepaliveInterval = -1: must be an integer number of seconds",
+            ),
+            (
+                r#"{"Mode": "both"}"#,
+                "field Backend.Mode = \"both\": must be \"separate\", \"auto\", \"ipv4\" or \"ipv6\"",
+            ),
+        ];
+        for (backend, want) in cases {
+            let json = format!(
+                r#"{{"Network": "10.5.0.0/16", "Backend": {{"Type": "wireguard", {}}}}}"#,
+                &backend[1..backend.len() - 1]
+            );
+            let e = err(&json).to_string();
+            assert!(e.contains(want), "{json}: {e}");
+        }
+        // A malformed PSK is named, but its text is not repeated into the log.
+        let e = err(&format!(
+            r#"{{"Network": "10.5.0.0/16", "Backend": {{"Type": "wireguard", "PSK": "{psk}"}}}}"#
+        ))
+        .to_string();
+        assert_eq!(
+            e,
+            "network config: field Backend.PSK = (secret): not a WireGuard pre-shared key: decodes to 30 bytes, a WireGuard key has 32"
+        );
     }
 
     #[test]
@@ -953,7 +1197,7 @@ mod tests {
             ),
             (
                 r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "ipip"}}"#,
-                "network config: field Backend.Type = \"ipip\": unknown backend type, expected \"vxlan\", \"udp\" or \"host-gw\"",
+                "network config: field Backend.Type = \"ipip\": unknown backend type, expected \"vxlan\", \"udp\", \"host-gw\" or \"wireguard\"",
             ),
             (
                 r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}"#,

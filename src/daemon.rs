@@ -73,6 +73,8 @@ pub struct DaemonOptions {
     /// Not `--no-udp-offloads`: the UDP backend uses TUN and UDP offloads where the kernel
     /// has them.
     pub udp_offloads: bool,
+    /// `--wireguard-datapath`: the WireGuard backend's data path.
+    pub wireguard_datapath: crate::backend::wireguard::WireGuardDataPath,
     /// `--healthz-addr`.
     pub healthz_addr: Option<SocketAddr>,
     /// `--resync-interval`: period of the full reconcile against the cached lease table.
@@ -87,6 +89,16 @@ pub struct DaemonOptions {
     pub status_socket: Option<PathBuf>,
     /// `--peer-probe-interval`: how often every peer is probed; `None` = off.
     pub probe_interval: Option<Duration>,
+}
+
+impl DaemonOptions {
+    /// What the backend takes from the flags.
+    pub fn backend_options(&self) -> crate::backend::BackendOptions {
+        crate::backend::BackendOptions {
+            udp_offloads: self.udp_offloads,
+            wireguard: self.wireguard_datapath,
+        }
+    }
 }
 
 /// Errors that stop the agent. Everything else is logged and retried.
@@ -332,7 +344,7 @@ impl Agent {
             info!(ipv6_network = %v6.network, ipv6_subnet_len = v6.subnet_len,
                 public_ipv6 = ?ext.public_ipv6, ipv4 = config.enable_ipv4, "IPv6 enabled");
         }
-        let backend = Backend::new(&config, &ext, &opts.state_dir, opts.udp_offloads).await?;
+        let backend = Backend::new(&config, &ext, &opts.state_dir, opts.backend_options()).await?;
         if let Some(render) = backend.metrics() {
             metrics.set_backend(render);
         }
@@ -887,7 +899,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                 &self.config,
                 &ext,
                 &self.opts.state_dir,
-                self.opts.udp_offloads,
+                self.opts.backend_options(),
             )
             .await
         {

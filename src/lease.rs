@@ -6,6 +6,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::ser::SerializeStruct;
 
 use crate::subnet::{dual_subnet_key, parse_subnet_key, subnet_key, SubnetKeyError};
+use crate::wireguard_key::{KeyError, WireGuardKey};
 
 /// The JSON value of a lease key, exactly Flannel's field names:
 /// `{"PublicIP":"192.0.2.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"..."}}`.
@@ -45,7 +46,7 @@ impl serde::Serialize for LeaseAttrs {
             s.serialize_field("BackendType", &self.backend_type)?;
         }
         match &self.backend_data {
-            Some(data) => s.serialize_field("BackendData", data)?,
+            Some(data) => s.serialize_field("BackendData", &InGoOrder(data))?,
             None => s.skip_field("BackendData")?,
         }
         match &self.backend_v6_data {
@@ -53,6 +54,35 @@ impl serde::Serialize for LeaseAttrs {
             None => s.skip_field("BackendV6Data")?,
         }
         s.end()
+    }
+}
+
+/// The fields of Flannel's `BackendData` structs in their Go declaration order, which is the
+/// order `json.Marshal` writes them: VXLAN's `VNI`, `VtepMAC`; WireGuard's `PublicKey`, `Port`.
+const GO_FIELD_ORDER: [&str; 4] = ["VNI", "VtepMAC", "PublicKey", "Port"];
+
+/// A `BackendData` object serialised with Flannel's fields first, in Go's order (a JSON map
+/// would sort `Port` before `PublicKey`), then any others as they are.
+struct InGoOrder<'a>(&'a serde_json::Value);
+
+impl serde::Serialize for InGoOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let serde_json::Value::Object(map) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let mut m = serializer.serialize_map(Some(map.len()))?;
+        for name in GO_FIELD_ORDER {
+            if let Some(v) = map.get(name) {
+                m.serialize_entry(name, v)?;
+            }
+        }
+        for (k, v) in map {
+            if !GO_FIELD_ORDER.contains(&k.as_str()) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
     }
 }
 
@@ -109,6 +139,25 @@ impl LeaseAttrs {
     /// `BackendData.VtepMAC` of a VXLAN lease, if present.
     pub fn vtep_mac(&self) -> Option<&str> {
         backend_data_field(self.backend_data.as_ref(), "VtepMAC")?.as_str()
+    }
+
+    /// `BackendData.PublicKey` of a WireGuard lease: the text, and the key when it is one.
+    pub fn wireguard_public_key(&self) -> Option<(&str, Result<WireGuardKey, KeyError>)> {
+        let text = backend_data_field(self.backend_data.as_ref(), "PublicKey")?.as_str()?;
+        Some((text, WireGuardKey::parse(text)))
+    }
+
+    /// `BackendData.Port` of a WireGuard lease: `Ok(None)` when absent or 0 (flanneld then
+    /// uses its own listen port), `Err` with the value's text when it is no port.
+    pub fn wireguard_port(&self) -> Result<Option<u16>, String> {
+        match backend_data_field(self.backend_data.as_ref(), "Port") {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(0) => Ok(None),
+                Some(n) => u16::try_from(n).map(Some).map_err(|_| v.to_string()),
+                None => Err(v.to_string()),
+            },
+        }
     }
 
     /// `BackendData.VNI` of a VXLAN lease, if present.
@@ -256,6 +305,18 @@ mod tests {
         assert_eq!(parsed, vxlan_attrs());
         assert_eq!(parsed.vtep_mac(), Some("02:52:fb:99:b1:f2"));
         assert_eq!(parsed.vni(), Some(1));
+    }
+
+    #[test]
+    fn wireguard_value_is_flannels_byte_for_byte() {
+        // Go's json.Marshal of wireguardLeaseAttrs{PublicKey, Port}: declaration order.
+        let flannel = r#"{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":51820}}"#;
+        let parsed = LeaseAttrs::from_json("k", flannel.as_bytes()).unwrap();
+        assert_eq!(parsed.to_json(), flannel);
+        let (text, key) = parsed.wireguard_public_key().unwrap();
+        assert_eq!(text, "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=");
+        assert!(key.is_ok());
+        assert_eq!(parsed.wireguard_port(), Ok(Some(51820)));
     }
 
     #[test]

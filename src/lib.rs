@@ -26,3 +26,4 @@ pub mod subnet;
 pub mod subnet_env;
 pub mod timestamp;
 pub mod validate;
+pub mod wireguard_key;

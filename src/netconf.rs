@@ -122,6 +122,22 @@ pub fn effective_fields(cfg: &NetworkConfig) -> Vec<(&'static str, String)> {
         }
         BackendConfig::Udp { port } => fields.push(("Backend.Port", port.to_string())),
         BackendConfig::HostGw => {}
+        BackendConfig::WireGuard(wg) => {
+            fields.push(("Backend.ListenPort", wg.listen_port.to_string()));
+            fields.push(("Backend.ListenPortV6", wg.listen_port_v6.to_string()));
+            let psk = if wg.psk.is_some() { "set" } else { "none" };
+            fields.push(("Backend.PSK", psk.to_string()));
+            fields.push((
+                "Backend.MTU",
+                wg.mtu
+                    .map_or("interface MTU".to_string(), |m| m.to_string()),
+            ));
+            fields.push((
+                "Backend.PersistentKeepaliveInterval",
+                wg.persistent_keepalive.to_string(),
+            ));
+            fields.push(("Backend.Mode", wg.mode.as_str().to_string()));
+        }
     }
     fields
 }

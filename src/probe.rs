@@ -90,7 +90,11 @@ pub fn diagnose(small: bool, large: bool, underlay: bool) -> Diagnosis {
 
 /// The log line for a diagnosis; names what to check.
 pub fn explain(peer: &str, public_ip: Ipv4Addr, backend: &str, mtu: u32, h: &PeerHealth) -> String {
-    let port = if backend == "udp" { 8285 } else { 8472 };
+    let port = match backend {
+        "udp" => crate::config::DEFAULT_UDP_PORT,
+        "wireguard" => crate::config::DEFAULT_WIREGUARD_PORT,
+        _ => crate::config::DEFAULT_VXLAN_PORT,
+    };
     match h.diagnosis {
         Diagnosis::Healthy => format!("peer {peer} ({public_ip}) reachable over the overlay at full MTU {mtu}"),
         Diagnosis::MtuBlackHole => match h.path_mtu {

@@ -14,6 +14,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use crate::config::{BackendConfig, NetworkConfig};
 use crate::lease::{subnets_prefix, Lease, LeaseAttrs, RawLease};
 use crate::subnet::{parse_dual_subnet_key, DualSubnet};
+use crate::wireguard_key::WireGuardKey;
 
 /// What this node is, for the checks that depend on it. Every field may be empty (e.g. for
 /// `weftctl`, which judges leases without being a node).
@@ -124,6 +125,15 @@ pub enum RejectReason {
         /// Why.
         why: String,
     },
+    /// `BackendData` of a WireGuard lease: `PublicKey` missing or malformed, `Port` no port.
+    WireGuardData {
+        /// `BackendData.PublicKey` or `BackendData.Port`.
+        field: &'static str,
+        /// The value found (`-` when missing).
+        found: String,
+        /// Why.
+        why: String,
+    },
     /// `BackendData.VNI` (or `BackendV6Data.VNI`) is not the config's.
     Vni {
         /// `BackendData` or `BackendV6Data`.
@@ -154,6 +164,7 @@ impl RejectReason {
             RejectReason::PublicIp { .. } => "public_ip",
             RejectReason::VtepMac { .. } => "vtep_mac",
             RejectReason::Vni { .. } => "vni",
+            RejectReason::WireGuardData { .. } => "wireguard_data",
         }
     }
 }
@@ -198,6 +209,7 @@ impl fmt::Display for RejectReason {
                 found,
                 why,
             } => write!(f, "{section}.VtepMAC {found} {why}"),
+            RejectReason::WireGuardData { field, found, why } => write!(f, "{field} {found} {why}"),
             RejectReason::Vni {
                 section,
                 found,
@@ -238,6 +250,8 @@ pub struct AcceptedSubnets {
     v6: Vec<(Ipv6Network, String)>,
     /// VTEP MACs of believed VXLAN leases: MAC -> (the node's PublicIP and PublicIPv6, key).
     macs: BTreeMap<[u8; 6], (NodeAddresses, String)>,
+    /// Public keys of believed WireGuard leases: key -> (PublicIP, key of the lease).
+    wireguard_keys: BTreeMap<[u8; 32], (Ipv4Addr, String)>,
 }
 
 impl AcceptedSubnets {
@@ -277,8 +291,23 @@ impl AcceptedSubnets {
             .map(|(_, k)| k.as_str())
     }
 
-    /// Records a believed lease's subnets and, for VXLAN, its VTEP MAC.
+    /// The key of a believed lease of another node with WireGuard public key `public_key`: a
+    /// second node claiming it would get the first's allowed IPs and endpoint mixed with its own.
+    pub fn wireguard_key_owner(&self, public_key: &[u8; 32], public_ip: Ipv4Addr) -> Option<&str> {
+        self.wireguard_keys
+            .get(public_key)
+            .filter(|(ip, _)| *ip != public_ip)
+            .map(|(_, k)| k.as_str())
+    }
+
+    /// Records a believed lease's subnets and, for VXLAN, its VTEP MAC (WireGuard: its public
+    /// key).
     pub fn insert_lease(&mut self, subnet: DualSubnet, lease: &Lease, key: &str) {
+        if let Some((_, Ok(public_key))) = lease.attrs.wireguard_public_key() {
+            self.wireguard_keys
+                .entry(*public_key.as_bytes())
+                .or_insert_with(|| (lease.attrs.public_ip, key.to_string()));
+        }
         let macs = [lease.attrs.vtep_mac(), lease.attrs.v6_vtep_mac()];
         for mac in macs.into_iter().flatten().filter_map(parse_mac) {
             self.macs.entry(mac).or_insert_with(|| {
@@ -499,6 +528,16 @@ fn judge_parsed(
             }
         }
     }
+    if let BackendConfig::WireGuard(_) = cfg.backend {
+        let public_key = check_wireguard_data(&attrs)?;
+        if let Some(older) = accepted.wireguard_key_owner(&public_key, attrs.public_ip) {
+            return Err(RejectReason::WireGuardData {
+                field: "BackendData.PublicKey",
+                found: format!("{:?}", WireGuardKey::from_bytes(public_key).to_string()),
+                why: format!("is already the public key of another node's older lease {older}"),
+            });
+        }
+    }
     let lease = Lease {
         ipv6_subnet,
         subnet,
@@ -566,6 +605,7 @@ struct Claim {
     v4: Ipv4Network,
     v6: bool,
     mac: Option<[u8; 6]>,
+    wireguard_key: Option<[u8; 32]>,
 }
 
 impl Claim {
@@ -574,11 +614,15 @@ impl Claim {
             v4: dual.v4,
             v6: dual.v6.is_some(),
             mac: attrs.vtep_mac().and_then(parse_mac),
+            wireguard_key: match attrs.wireguard_public_key() {
+                Some((_, Ok(key))) => Some(*key.as_bytes()),
+                _ => None,
+            },
         }
     }
 }
 
-/// The subnets and VTEP MACs every lease of a table claims, counted, to tell whether a changed
+/// The subnets, VTEP MACs and WireGuard public keys every lease of a table claims, counted, to tell whether a changed
 /// key collides with any other. A key that collides with none (the normal case: one subnet,
 /// one VTEP per node) is judged alone, and its change alters no other key's verdict; only a
 /// collision needs the whole table judged again in age order.
@@ -590,6 +634,7 @@ impl Claim {
 pub struct LeaseClaims {
     v4: HashMap<Ipv4Network, u32>,
     macs: HashMap<[u8; 6], u32>,
+    wireguard_keys: HashMap<[u8; 32], u32>,
 }
 
 impl LeaseClaims {
@@ -597,6 +642,9 @@ impl LeaseClaims {
         *self.v4.entry(c.v4).or_default() += 1;
         if let Some(mac) = c.mac {
             *self.macs.entry(mac).or_default() += 1;
+        }
+        if let Some(key) = c.wireguard_key {
+            *self.wireguard_keys.entry(key).or_default() += 1;
         }
     }
 
@@ -613,10 +661,16 @@ impl LeaseClaims {
         if let Some(mac) = c.mac {
             dec(&mut self.macs, mac);
         }
+        if let Some(key) = c.wireguard_key {
+            dec(&mut self.wireguard_keys, key);
+        }
     }
 
     fn collides(&self, c: &Claim) -> bool {
-        c.v6 || self.v4.contains_key(&c.v4) || c.mac.is_some_and(|m| self.macs.contains_key(&m))
+        c.v6 || self.v4.contains_key(&c.v4)
+            || c.mac.is_some_and(|m| self.macs.contains_key(&m))
+            || c.wireguard_key
+                .is_some_and(|k| self.wireguard_keys.contains_key(&k))
     }
 
     /// Takes the change of one key (`old` as the table last held it, `new` as it holds it
@@ -729,6 +783,33 @@ fn check_vxlan_data(
     Ok(mac)
 }
 
+/// A WireGuard peer needs a well-formed `BackendData.PublicKey` (32 bytes of base64) and, if
+/// given, a `Port` that is a UDP port; a lease without them could never be a peer.
+fn check_wireguard_data(attrs: &LeaseAttrs) -> Result<[u8; 32], RejectReason> {
+    let key_value = crate::lease::backend_data_field(attrs.backend_data.as_ref(), "PublicKey");
+    let fail = |why: String| RejectReason::WireGuardData {
+        field: "BackendData.PublicKey",
+        found: key_value.map_or_else(|| "-".to_string(), |v| v.to_string()),
+        why,
+    };
+    let public_key = match attrs.wireguard_public_key() {
+        None => return Err(fail("is missing or not a string".to_string())),
+        Some((_, Err(e))) => return Err(fail(format!("is not a WireGuard public key: {e}"))),
+        Some((_, Ok(key))) if key.as_bytes() == &[0; 32] => {
+            return Err(fail("is all zeros".to_string()))
+        }
+        Some((_, Ok(key))) => *key.as_bytes(),
+    };
+    attrs
+        .wireguard_port()
+        .map_err(|found| RejectReason::WireGuardData {
+            field: "BackendData.Port",
+            found,
+            why: "is not a UDP port (0 to 65535)".to_string(),
+        })?;
+    Ok(public_key)
+}
+
 /// `aa:bb:cc:dd:ee:ff` (hex digits of either case), as Go's `net.ParseMAC` reads Flannel's.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut octets = [0u8; 6];
@@ -794,6 +875,97 @@ mod tests {
         match check(subnet_key, value) {
             Ok(l) => panic!("{subnet_key} = {value} must be rejected, got {l:?}"),
             Err(r) => r,
+        }
+    }
+
+    #[test]
+    fn wireguard_leases_need_a_public_key_and_a_port() {
+        let mut policy = policy();
+        policy.config =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#)
+                .unwrap();
+        let judge = |data: &str| {
+            let value = format!(
+                r#"{{"PublicIP":"192.0.2.13","BackendType":"wireguard","BackendData":{data}}}"#
+            );
+            validate_lease(
+                &policy,
+                &raw("10.244.3.0-24", &value, 5),
+                &AcceptedSubnets::default(),
+            )
+            .map(|(_, l)| l)
+        };
+        // As flanneld writes it.
+        let lease =
+            judge(r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":51820}"#)
+                .unwrap();
+        assert_eq!(lease.attrs.wireguard_port(), Ok(Some(51820)));
+        let cases: &[(&str, &str)] = &[
+            ("null", "BackendData.PublicKey - is missing or not a string"),
+            (
+                r#"{"PublicKey":7}"#,
+                "BackendData.PublicKey 7 is missing or not a string",
+            ),
+            (
+                r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8D=","Port":51820}"#,
+                "BackendData.PublicKey \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8D=\" is not a WireGuard public key: is not base64",
+            ),
+            (
+                r#"{"PublicKey":"AAAA","Port":51820}"#,
+                "BackendData.PublicKey \"AAAA\" is not a WireGuard public key: decodes to 3 bytes, a WireGuard key has 32",
+            ),
+            (
+                r#"{"PublicKey":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","Port":51820}"#,
+                "BackendData.PublicKey \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\" is all zeros",
+            ),
+            (
+                r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":65536}"#,
+                "BackendData.Port 65536 is not a UDP port (0 to 65535)",
+            ),
+            (
+                r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":"51820"}"#,
+                "BackendData.Port \"51820\" is not a UDP port (0 to 65535)",
+            ),
+        ];
+        for (data, want) in cases {
+            match judge(data) {
+                Ok(l) => panic!("{data} must be rejected, got {l:?}"),
+                Err(r) => {
+                    assert_eq!(r.to_string(), *want, "{data}");
+                    assert_eq!(r.label(), "wireguard_data");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_wireguard_public_key_belongs_to_the_older_node() {
+        let mut policy = policy();
+        policy.config =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#)
+                .unwrap();
+        let wg = |ip: &str| {
+            format!(
+                r#"{{"PublicIP":"{ip}","BackendType":"wireguard","BackendData":{{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":51820}}}}"#
+            )
+        };
+        let older = raw("10.244.3.0-24", &wg("192.0.2.13"), 1);
+        let thief = raw("10.244.4.0-24", &wg("192.0.2.14"), 2);
+        // The same node under a second subnet (it moved) keeps its key.
+        let moved = raw("10.244.5.0-24", &wg("192.0.2.13"), 3);
+        for order in [[&older, &thief, &moved], [&thief, &moved, &older]] {
+            let v = validate_leases(&policy, order);
+            let accepted: Vec<String> = v.accepted.iter().map(|l| l.subnet.to_string()).collect();
+            assert_eq!(accepted, ["10.244.3.0/24", "10.244.5.0/24"]);
+            assert_eq!(v.rejected.len(), 1);
+            assert_eq!(v.rejected[0].key, thief.key);
+            assert_eq!(
+                v.rejected[0].reason.to_string(),
+                format!(
+                    "BackendData.PublicKey \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\" is already the public key of another node's older lease {}",
+                    older.key
+                )
+            );
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::Ipv4Network;
 use nix::sched::CloneFlags;
 use serde_json::Value;
-use weft::backend::{Backend, PeerChange, ReconcileReport};
+use weft::backend::{Backend, BackendOptions, PeerChange, ReconcileReport};
 use weft::config::{BackendConfig, NetworkConfig};
 use weft::lease::{Lease, LeaseAttrs};
 use weft::netlink::{self, MacAddr};
@@ -270,7 +270,7 @@ async fn new_backend(cfg: &NetworkConfig, state_dir: &Path) -> Backend {
     let ext = netlink::find_external_interface(Some("eth0"), None)
         .await
         .expect("find eth0");
-    Backend::new(cfg, &ext, state_dir, true)
+    Backend::new(cfg, &ext, state_dir, BackendOptions::default())
         .await
         .expect("prepare backend")
 }
@@ -414,7 +414,9 @@ fn public_ip_behind_nat_is_published_while_tunnel_uses_iface_address() {
             .await
             .unwrap();
         assert_eq!(ext.iface_addr, Ipv4Addr::new(192, 0, 2, 1));
-        let mut backend = Backend::new(&cfg, &ext, &state, true).await.unwrap();
+        let mut backend = Backend::new(&cfg, &ext, &state, BackendOptions::default())
+            .await
+            .unwrap();
         backend.reconcile(own(), &[]).await.unwrap();
         // A --public-ip that is one of the interface's addresses selects that address.
         let second =

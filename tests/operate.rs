@@ -903,6 +903,10 @@ fn grafana_dashboard_covers_weftds_metrics() {
             "weft_udp_tx_packets_total",
             "weft_udp_rx_bytes_total",
             "weft_udp_rx_unknown_source_total",
+            "weft_wireguard_tx_packets_total",
+            "weft_wireguard_rx_packets_total",
+            "weft_wireguard_rx_not_allowed_total",
+            "weft_wireguard_rx_rejected_total",
         ]
         .map(String::from),
     );

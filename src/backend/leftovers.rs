@@ -4,7 +4,8 @@
 //! restart), so after a switch, say from `udp` to `vxlan`, the old `flannel0` and its
 //! cluster route would stay and catch traffic for any pod subnet the new backend has no
 //! route for yet. At start the chosen backend removes the others' devices and routes:
-//! VXLAN devices `flannel.<VNI>` (also of another VNI), the TUN device `flannel0`, and
+//! VXLAN devices `flannel.<VNI>` (also of another VNI), the TUN device `flannel0`, the
+//! WireGuard devices `flannel-wg`/`flannel-wg-v6` (TUN or kernel WireGuard), and
 //! host-gw's routes (weft's route protocol, a gateway, inside the cluster network). Nothing
 //! else is touched: not other devices, not routes of other protocols.
 
@@ -24,6 +25,8 @@ pub enum Starting<'a> {
     Udp,
     /// host-gw.
     HostGw,
+    /// WireGuard (`flannel-wg`, `flannel-wg-v6`).
+    WireGuard,
 }
 
 /// A device another backend left behind.
@@ -35,7 +38,7 @@ pub struct Leftover {
     pub name: String,
 }
 
-fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
+pub(crate) fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
     link.attributes
         .iter()
         .filter_map(|a| match a {
@@ -57,8 +60,16 @@ pub fn is_other_backends_device(starting: Starting<'_>, name: &str, kind: &InfoK
     match kind {
         InfoKind::Vxlan if vxlan_device => starting != Starting::Vxlan(name),
         InfoKind::Tun if name == super::udp::TUN_NAME => starting != Starting::Udp,
+        // The userspace data path's TUN device, or the kernel's (or Flannel's) WireGuard one.
+        InfoKind::Tun | InfoKind::Wireguard if is_wireguard_device(name) => {
+            starting != Starting::WireGuard
+        }
         _ => false,
     }
+}
+
+fn is_wireguard_device(name: &str) -> bool {
+    name == super::wireguard::DEVICE_NAME || name == super::wireguard::DEVICE_NAME_V6
 }
 
 /// Whether one of weft's routes is a host-gw peer route that a starting `starting` backend
@@ -148,6 +159,20 @@ mod tests {
         ));
         assert!(is_other_backends_device(HostGw, "flannel0", &tun));
         assert!(!is_other_backends_device(Udp, "flannel0", &tun));
+        // WireGuard's devices, userspace (TUN) or kernel (Flannel's), v4 and v6.
+        let wg = InfoKind::Wireguard;
+        assert!(is_other_backends_device(Udp, "flannel-wg", &tun));
+        assert!(is_other_backends_device(
+            Vxlan("flannel.1"),
+            "flannel-wg",
+            &wg
+        ));
+        assert!(is_other_backends_device(HostGw, "flannel-wg-v6", &wg));
+        assert!(!is_other_backends_device(WireGuard, "flannel-wg", &tun));
+        assert!(!is_other_backends_device(WireGuard, "flannel-wg-v6", &wg));
+        assert!(is_other_backends_device(WireGuard, "flannel0", &tun));
+        assert!(is_other_backends_device(WireGuard, "flannel.1", &vx));
+        assert!(!is_other_backends_device(HostGw, "wg0", &wg));
         // Not a backend's name or not its kind: someone else's device.
         assert!(!is_other_backends_device(Udp, "flannel.x", &vx));
         assert!(!is_other_backends_device(Udp, "flannel.", &vx));

@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod routes;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,28 @@ pub enum BackendError {
     /// The network config asks for something this backend cannot do.
     #[error("backend: {0}")]
     Unsupported(String),
+    /// The WireGuard backend failed.
+    #[error(transparent)]
+    WireGuard(#[from] wireguard::WireGuardError),
+}
+
+/// How the userspace data paths run, from weftd's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Not `--no-udp-offloads`: TUN and UDP offloads where the kernel has them (UDP and
+    /// userspace WireGuard).
+    pub udp_offloads: bool,
+    /// `--wireguard-datapath`.
+    pub wireguard: wireguard::WireGuardDataPath,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            udp_offloads: true,
+            wireguard: wireguard::WireGuardDataPath::Auto,
+        }
+    }
 }
 
 /// A kernel entry weft owns but no lease justifies, found (and removed) by a reconcile.
@@ -115,6 +138,7 @@ async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface) {
         }
         BackendConfig::Udp { .. } => leftovers::Starting::Udp,
         BackendConfig::HostGw => leftovers::Starting::HostGw,
+        BackendConfig::WireGuard(_) => leftovers::Starting::WireGuard,
     };
     let result = match crate::netlink::connect() {
         Ok(handle) => leftovers::remove(&handle, starting, ext.index, cfg.network).await,
@@ -141,22 +165,33 @@ pub enum Backend {
     Udp(udp::UdpBackend),
     /// Direct routes to peers on one L2 segment.
     HostGw(hostgw::HostGwBackend),
+    /// Encrypted tunnels to every peer (`flannel-wg`).
+    WireGuard(wireguard::WireGuardBackend),
 }
 
 impl Backend {
     /// Prepares the backend for the configured type (VXLAN: loads or creates the VTEP MAC
     /// persisted in `state_dir`, before any device exists; UDP: with TUN and UDP offloads
-    /// where the kernel has them, unless `udp_offloads` is false).
+    /// where the kernel has them, unless `opts.udp_offloads` is false; WireGuard: with the
+    /// private key kept in `state_dir` and the data path `opts.wireguard`).
     pub async fn new(
         cfg: &NetworkConfig,
         ext: &ExternalInterface,
         state_dir: &Path,
-        udp_offloads: bool,
+        opts: BackendOptions,
     ) -> Result<Backend, BackendError> {
         // Refused before anything of another backend is removed: UDP tunnels over IPv4.
         if matches!(cfg.backend, BackendConfig::Udp { .. }) && !cfg.enable_ipv4 {
             return Err(BackendError::Unsupported(
                 "the udp backend tunnels over IPv4 and needs EnableIPv4; use vxlan or host-gw for an IPv6-only network"
+                    .to_string(),
+            ));
+        }
+        let udp_offloads = opts.udp_offloads;
+        // Refused the same way: weft's WireGuard backend carries IPv4 only so far.
+        if matches!(cfg.backend, BackendConfig::WireGuard(_)) && cfg.ipv6.is_some() {
+            return Err(BackendError::Unsupported(
+                "the wireguard backend carries IPv4 only so far (no flannel-wg-v6); use vxlan or host-gw for IPv6"
                     .to_string(),
             ));
         }
@@ -194,6 +229,17 @@ impl Backend {
                 }
                 Ok(Backend::HostGw(hostgw::HostGwBackend::new(&ext)))
             }
+            BackendConfig::WireGuard(wg) => Ok(Backend::WireGuard(
+                wireguard::WireGuardBackend::new(
+                    cfg.network,
+                    wg,
+                    ext,
+                    state_dir,
+                    opts.wireguard,
+                    udp_offloads,
+                )
+                .await?,
+            )),
         }
     }
 
@@ -203,6 +249,7 @@ impl Backend {
             Backend::Vxlan(b) => b.lease_attrs(),
             Backend::Udp(b) => b.lease_attrs(),
             Backend::HostGw(b) => b.lease_attrs(),
+            Backend::WireGuard(b) => b.lease_attrs(),
         }
     }
 
@@ -212,13 +259,15 @@ impl Backend {
             Backend::Vxlan(b) => b.mtu(),
             Backend::Udp(b) => b.mtu(),
             Backend::HostGw(b) => b.mtu(),
+            Backend::WireGuard(b) => b.mtu(),
         }
     }
 
-    /// The backend's own Prometheus metrics, for backends that keep counters (UDP).
+    /// The backend's own Prometheus metrics, for backends that keep counters (UDP, WireGuard).
     pub fn metrics(&self) -> Option<crate::health::BackendMetrics> {
         match self {
             Backend::Udp(b) => Some(b.counters()),
+            Backend::WireGuard(b) => Some(b.counters()),
             Backend::Vxlan(_) | Backend::HostGw(_) => None,
         }
     }
@@ -229,6 +278,7 @@ impl Backend {
     pub fn granted_offloads(&self) -> Option<&str> {
         match self {
             Backend::Udp(b) => Some(b.granted_offloads()),
+            Backend::WireGuard(b) => Some(b.granted_offloads()),
             Backend::Vxlan(_) | Backend::HostGw(_) => None,
         }
     }
@@ -240,6 +290,7 @@ impl Backend {
             Backend::Vxlan(b) => b.device_name(),
             Backend::Udp(b) => b.device_name(),
             Backend::HostGw(b) => b.device_name(),
+            Backend::WireGuard(b) => b.device_name(),
         }
     }
 
@@ -254,6 +305,7 @@ impl Backend {
             Backend::Vxlan(b) => b.reconcile(own, peers).await,
             Backend::Udp(b) => Ok(b.reconcile(own, peers).await?),
             Backend::HostGw(b) => Ok(b.reconcile(own, peers).await?),
+            Backend::WireGuard(b) => Ok(b.reconcile(own, peers).await?),
         }
     }
 
@@ -269,6 +321,7 @@ impl Backend {
             Backend::Vxlan(b) => b.apply_changes(own, changes).await,
             Backend::Udp(b) => Ok(b.apply_changes(own, changes).await?),
             Backend::HostGw(b) => Ok(b.apply_changes(own, changes).await?),
+            Backend::WireGuard(b) => Ok(b.apply_changes(own, changes).await?),
         }
     }
 
@@ -278,7 +331,7 @@ impl Backend {
         match self {
             Backend::Vxlan(b) => b.set_own_ipv6(own6),
             Backend::Udp(b) => b.set_own_ipv6(own6),
-            Backend::HostGw(_) => {}
+            Backend::HostGw(_) | Backend::WireGuard(_) => {}
         }
     }
 }
@@ -309,7 +362,7 @@ pub trait DataPath {
         cfg: &NetworkConfig,
         ext: &ExternalInterface,
         state_dir: &Path,
-        udp_offloads: bool,
+        opts: BackendOptions,
     ) -> impl std::future::Future<Output = Result<Self, BackendError>>
     where
         Self: Sized;
@@ -377,9 +430,9 @@ impl DataPath for Backend {
         cfg: &NetworkConfig,
         ext: &ExternalInterface,
         state_dir: &Path,
-        udp_offloads: bool,
+        opts: BackendOptions,
     ) -> impl std::future::Future<Output = Result<Self, BackendError>> {
-        Backend::new(cfg, ext, state_dir, udp_offloads)
+        Backend::new(cfg, ext, state_dir, opts)
     }
 
     fn reconcile(

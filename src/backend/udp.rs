@@ -8,9 +8,9 @@
 
 mod datapath;
 mod forwarding;
-mod offload;
+pub(crate) mod offload;
 pub(crate) mod packet;
-mod socket;
+pub(crate) mod socket;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -447,10 +447,9 @@ fn accept_local_source() {
     }
 }
 
-/// Opens `queues` queues of the persistent multi-queue TUN device `flannel0`, with
 /// The offloads the kernel granted, as an operator reads them in the log
 /// (`tun vnet_hdr, udp gso, udp gro`, or `none`).
-fn granted_offloads(vnet_hdr: bool, gso: bool, gro: bool) -> String {
+pub(crate) fn granted_offloads(vnet_hdr: bool, gso: bool, gro: bool) -> String {
     let granted: Vec<&str> = [
         (vnet_hdr, "tun vnet_hdr"),
         (gso, "udp gso"),
@@ -466,11 +465,39 @@ fn granted_offloads(vnet_hdr: bool, gso: bool, gro: bool) -> String {
     }
 }
 
-/// virtio-net headers when `offloads` and the kernel takes them, all non-blocking.
+/// A TUN operation that failed: what was attempted, and the kernel's answer.
+#[derive(Debug)]
+pub(crate) struct TunFailure {
+    /// `create`, `add queue to`, ...
+    pub op: &'static str,
+    /// The kernel's answer.
+    pub source: io::Error,
+}
+
+impl From<TunFailure> for UdpError {
+    fn from(f: TunFailure) -> UdpError {
+        UdpError::Tun {
+            op: f.op,
+            source: f.source,
+        }
+    }
+}
+
 fn open_tun_queues(queues: usize, offloads: bool) -> Result<Vec<SyncDevice>, UdpError> {
+    Ok(open_tun_device(TUN_NAME, queues, offloads)?)
+}
+
+/// Opens `queues` queues of the persistent multi-queue TUN device `name`, with virtio-net
+/// headers when `offloads` and the kernel takes them, all non-blocking. Shared by every
+/// userspace data path (UDP, WireGuard).
+pub(crate) fn open_tun_device(
+    name: &str,
+    queues: usize,
+    offloads: bool,
+) -> Result<Vec<SyncDevice>, TunFailure> {
     let build = |offload: bool| {
         DeviceBuilder::new()
-            .name(TUN_NAME)
+            .name(name)
             .multi_queue(true)
             .offload(offload)
             .build_sync()
@@ -478,33 +505,33 @@ fn open_tun_queues(queues: usize, offloads: bool) -> Result<Vec<SyncDevice>, Udp
     let first = match build(offloads) {
         Ok(dev) => dev,
         Err(e) if offloads && e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::warn!(error = %e, "TUN offloads unavailable; running without vnet headers");
-            build(false).map_err(|source| UdpError::Tun {
+            tracing::warn!(error = %e, device = name, "TUN offloads unavailable; running without vnet headers");
+            build(false).map_err(|source| TunFailure {
                 op: "create",
                 source,
             })?
         }
         Err(source) => {
-            return Err(UdpError::Tun {
+            return Err(TunFailure {
                 op: "create",
                 source,
             })
         }
     };
-    first.persist().map_err(|source| UdpError::Tun {
+    first.persist().map_err(|source| TunFailure {
         op: "make persistent",
         source,
     })?;
     let mut all = Vec::with_capacity(queues);
     for _ in 1..queues {
-        all.push(first.try_clone().map_err(|source| UdpError::Tun {
+        all.push(first.try_clone().map_err(|source| TunFailure {
             op: "add queue to",
             source,
         })?);
     }
     all.insert(0, first);
     for dev in &all {
-        dev.set_nonblocking(true).map_err(|source| UdpError::Tun {
+        dev.set_nonblocking(true).map_err(|source| TunFailure {
             op: "set non-blocking",
             source,
         })?;

@@ -56,6 +56,11 @@ struct Flags {
     /// them, and to rule them out when debugging.
     #[arg(long, env = "WEFTD_NO_UDP_OFFLOADS")]
     no_udp_offloads: bool,
+    /// WireGuard backend: `kernel` (the kernel's WireGuard; fails where the kernel has none),
+    /// `userspace` (weft's own data path on a TUN device), or `auto`: the kernel's where it
+    /// can create a wireguard device, else userspace. The choice is logged.
+    #[arg(long, env = "WEFTD_WIREGUARD_DATAPATH", default_value = "auto")]
+    wireguard_datapath: weft::backend::wireguard::WireGuardDataPath,
     /// Serve /healthz, /readyz and /metrics on this address (off by default).
     #[arg(long, env = "WEFTD_HEALTHZ_ADDR")]
     healthz_addr: Option<SocketAddr>,
@@ -226,6 +231,7 @@ impl Flags {
             lease_ttl: Duration::from_secs(self.subnet_lease_ttl.max(5)),
             ip_masq: self.ip_masq,
             udp_offloads: !self.no_udp_offloads,
+            wireguard_datapath: self.wireguard_datapath,
             healthz_addr: self.healthz_addr,
             resync_interval: Duration::from_secs(self.resync_interval.max(1)),
             relist_interval: Duration::from_secs(self.relist_interval.max(1)),

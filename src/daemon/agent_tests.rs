@@ -189,7 +189,7 @@ impl DataPath for RecordingDataPath {
         _cfg: &NetworkConfig,
         _ext: &ExternalInterface,
         _state_dir: &Path,
-        _udp_offloads: bool,
+        _opts: crate::backend::BackendOptions,
     ) -> impl std::future::Future<Output = Result<Self, BackendError>> {
         std::future::ready(Ok(self.clone()))
     }
@@ -243,6 +243,7 @@ fn agent(
         lease_ttl: Duration::from_secs(86_400),
         ip_masq: false,
         udp_offloads: false,
+        wireguard_datapath: crate::backend::wireguard::WireGuardDataPath::Auto,
         healthz_addr: None,
         resync_interval: Duration::from_secs(60),
         relist_interval: Duration::from_secs(600),

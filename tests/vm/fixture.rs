@@ -44,6 +44,8 @@ const MODULES: &[&str] = &[
     "vxlan",
     "tun",
     "overlay",
+    // The kernel WireGuard data path (the host kernel has no such module).
+    "wireguard",
 ];
 /// How long a boot (or reboot) may take before the test fails with the console's tail.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);

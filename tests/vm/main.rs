@@ -2,8 +2,6 @@
 //! power loss, a NIC with its own offloads. Each test is one scenario group: it boots its VMs
 //! once, runs its scenarios in order, and fails loudly if a VM does not boot. Needs root,
 //! `qemu-system-x86` and the kernel `scripts/setup.sh` caches; run alone with `scripts/test-vm.sh`.
-//!
-//! Pending: the kernel WireGuard path (Debian's kernel has the module) waits for a WireGuard backend.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -456,4 +454,66 @@ fn udp_then_host_gw_and_a_static_pod_across_reboot() {
     pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "host-gw");
     assert_ne!(vm1.boot_id(), first_boot);
     static_pod_ran_this_boot(&vm1, "the static pod runs again after the reboot");
+}
+
+#[test]
+fn wireguard_kernel_data_path_in_vms_and_userspace_on_the_host() {
+    const WG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#;
+    let _lock = vm_lock();
+    let seg = Segment::new(WG);
+    let (vm1, vm2) = (seg.vm(1), seg.vm(2));
+    eprintln!("boot of two VMs: {:?}", boot_all(&[&vm1, &vm2]));
+    // The host's kernel has no WireGuard: this node runs the userspace data path.
+    let node = Node::new(&seg.underlay, 3, &seg.etcd.endpoint());
+    node.start_weftd(&[]);
+
+    for vm in [&vm1, &vm2] {
+        own_subnet(vm);
+    }
+    node.wait_subnet_env(CONVERGE);
+    for vm in [&vm1, &vm2] {
+        let links = vm.ip_json(&["-d", "link", "show", "flannel-wg"]);
+        assert_eq!(
+            links.first().map(|l| l["linkinfo"]["info_kind"].clone()),
+            Some(Value::from("wireguard")),
+            "{}: flannel-wg is the kernel's WireGuard device: {links:?}",
+            vm.name()
+        );
+        assert!(
+            vm.weftd_log().contains(r#"datapath="kernel""#),
+            "{}: the kernel data path is logged:\n{}",
+            vm.name(),
+            vm.weftd_log()
+        );
+    }
+    assert!(node.log().contains("using the userspace data path"));
+    let (a, b, np) = (vm1.add_pod("pa"), vm2.add_pod("pb"), node.add_pod());
+    pods_talk(&vm1, "pa", &a, &vm2, "pb", &b, "kernel wireguard");
+    vm_and_node_pods_talk(&vm1, "pa", &a, &np, "kernel and userspace wireguard");
+
+    // A real reboot of vm1 keeps its private key (in the persistent state directory): the
+    // lease's public key is the same, so no peer is re-keyed, and pods talk again.
+    let s1 = own_subnet(&vm1);
+    let key_of = |subnet: &str| {
+        lease(&seg, ETCD_PREFIX, subnet).map(|(_, v)| v["BackendData"]["PublicKey"].clone())
+    };
+    let before = key_of(&s1).unwrap_or_else(|| panic!("no lease for {s1}"));
+    eprintln!("reboot of vm1: {:?}", vm1.reboot());
+    assert_eq!(own_subnet(&vm1), s1, "subnet after reboot");
+    wait_until(
+        CONVERGE,
+        "vm1's weftd back (second start in its log)",
+        || vm1.weftd_log().matches("weft-vm: start weftd").count() >= 2,
+    );
+    assert_eq!(key_of(&s1), Some(before), "public key after reboot");
+    let a = vm1.add_pod("pa");
+    pods_talk(
+        &vm1,
+        "pa",
+        &a,
+        &vm2,
+        "pb",
+        &b,
+        "kernel wireguard after reboot",
+    );
 }

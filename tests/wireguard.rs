@@ -1,0 +1,620 @@
+//! Integration tests of the WireGuard backend (Flannel's `wireguard` type) on the cluster
+//! harness: real etcd, real weftd, real network namespaces and kernel devices. This kernel has
+//! no WireGuard module, so weftd runs its userspace data path; the interop test runs Debian's
+//! `wireguard-go`, configured with `wg` as flanneld configures its device.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const WG_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","Backend":{"Type":"wireguard"}}"#;
+/// Flannel's default listen port.
+const WG_PORT: u16 = 51820;
+/// Sent in the clear between two pods; must never show on the underlay.
+const MARKER: &[u8] = b"weft-plaintext-marker-4f1c9a7e";
+
+/// The lease value's `BackendData` of `node`.
+fn backend_data(cluster: &Cluster, node: &Node) -> serde_json::Value {
+    let key = node.lease_key().expect("node has a lease");
+    let value = cluster.etcd.get(&key).expect("lease value");
+    let v: serde_json::Value = serde_json::from_str(&value).expect("lease is JSON");
+    v["BackendData"].clone()
+}
+
+/// Sends `payload` over TCP from `from` to a listener in `to`; returns what arrived.
+fn send_over_tcp(from: &Pod, to: &Pod, payload: &[u8]) -> Vec<u8> {
+    let listener = to
+        .netns()
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .expect("bind in pod");
+    let port = listener.local_addr().expect("listener address").port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    });
+    let target: SocketAddr = format!("{}:{port}", to.ip()).parse().expect("target");
+    let mut stream = from
+        .netns()
+        .run(|| TcpStream::connect_timeout(&target, Duration::from_secs(5)))
+        .expect("connect pod to pod");
+    stream.write_all(payload).expect("send payload");
+    drop(stream);
+    server.join().expect("receiver thread")
+}
+
+/// `tcpdump` on every port of the underlay bridge (forwarded frames do not pass `br0` itself), writing what nodes send each other (etcd traffic and ARP
+/// left out) to a file; stopped and read with [`Capture::finish`].
+struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Capture {
+    fn start(underlay: &Underlay, etcd_ip: &str) -> Capture {
+        let dir = tempfile::tempdir().expect("capture dir");
+        let file = dir.path().join("underlay.pcap");
+        let err = dir.path().join("tcpdump.err");
+        let filter = format!("ip and not host {etcd_ip}");
+        let child = underlay
+            .netns()
+            .command("tcpdump")
+            .args([
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-s",
+                "0",
+                "-Z",
+                "root",
+                "-w",
+            ])
+            .arg(&file)
+            .arg(&filter)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).expect("tcpdump stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("tcpdump (scripts/setup.sh installs it): {e}"));
+        wait_until(Duration::from_secs(10), "tcpdump listening", || {
+            std::fs::read_to_string(&err).is_ok_and(|t| t.contains("listening on"))
+        });
+        Capture {
+            child,
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the capture; returns the raw file and `tcpdump -r`'s one line per packet.
+    fn finish(mut self) -> (Vec<u8>, Vec<String>) {
+        std::thread::sleep(Duration::from_millis(500));
+        // SIGINT lets tcpdump flush its file.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+        let raw = std::fs::read(&self.file).expect("read capture");
+        let text = host_ok(
+            "tcpdump",
+            &["-r", &self.file.to_string_lossy(), "-n", "-q", "-t"],
+        );
+        (raw, text.lines().map(str::to_string).collect())
+    }
+}
+
+fn etcd_ip(cluster: &Cluster) -> String {
+    let endpoint = cluster.etcd.endpoint();
+    let host = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    host.split(':').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn wireguard_pods_on_three_nodes_talk_and_the_underlay_carries_only_ciphertext() {
+    let cluster = Cluster::new(3, WG_CONFIG);
+    cluster.start();
+    let pods: Vec<Pod> = (0..3).map(|i| cluster.node(i).add_pod()).collect();
+
+    // Flannel's formats: lease BackendData, device, MTU.
+    for i in 0..3 {
+        let node = cluster.node(i);
+        let data = backend_data(&cluster, node);
+        assert_eq!(data["Port"], WG_PORT, "{data}");
+        let key = data["PublicKey"].as_str().expect("PublicKey string");
+        assert_eq!(key.len(), 44, "base64 of 32 bytes: {key}");
+        let value = cluster.etcd.get(&node.lease_key().unwrap()).unwrap();
+        assert!(
+            value.starts_with(&format!(
+                r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"#,
+                node.public_ip()
+            )),
+            "{value}"
+        );
+        let link = node.link("flannel-wg").expect("flannel-wg exists");
+        assert_eq!(
+            link["mtu"], 1420,
+            "flannel-wg MTU is eth0 1500 - 80: {link}"
+        );
+        let env = node.subnet_env().unwrap_or_default();
+        assert!(env.contains("FLANNEL_MTU=1420"), "{env}");
+        let route = node.route_to("10.244.0.0/16").expect("cluster route");
+        assert_eq!(route["dev"], "flannel-wg", "{route}");
+        assert!(
+            node.log().contains("using the userspace data path"),
+            "the data path choice is logged:\n{}",
+            node.log_tail(30)
+        );
+    }
+
+    for (i, a) in pods.iter().enumerate() {
+        for (j, b) in pods.iter().enumerate() {
+            if i != j {
+                wait_until(
+                    Duration::from_secs(20),
+                    &format!("pod {i} reaches pod {j}"),
+                    || a.tcp_check(b),
+                );
+            }
+        }
+    }
+
+    let capture = Capture::start(&cluster.underlay, &etcd_ip(&cluster));
+    let mut payload = Vec::new();
+    for _ in 0..200 {
+        payload.extend_from_slice(MARKER);
+    }
+    assert_eq!(send_over_tcp(&pods[0], &pods[1], &payload), payload);
+    assert_eq!(send_over_tcp(&pods[2], &pods[0], &payload), payload);
+    let (raw, lines) = capture.finish();
+    assert!(lines.len() >= 4, "the capture saw the traffic: {lines:?}");
+    assert!(
+        !raw.windows(MARKER.len()).any(|w| w == MARKER),
+        "the plaintext marker crossed the underlay"
+    );
+    for line in &lines {
+        let port = format!(".{WG_PORT} ");
+        let ok = line.contains(" UDP, ")
+            && line.matches(&port).count() + line.matches(&format!(".{WG_PORT}:")).count() == 2;
+        assert!(ok, "not WireGuard UDP {WG_PORT} <-> {WG_PORT}: {line}");
+    }
+}
+
+#[test]
+fn wireguard_private_key_is_0600_kept_across_restarts_and_never_leaves_the_node() {
+    let cluster = Cluster::new(2, WG_CONFIG);
+    cluster.start();
+    let a = cluster.node(0).add_pod();
+    let b = cluster.node(1).add_pod();
+    wait_until(Duration::from_secs(20), "pods talk", || a.tcp_check(&b));
+    let node = cluster.node(0);
+    let key_file = node.state_dir().join("wireguard.key");
+    let meta = std::fs::metadata(&key_file).expect("key file in --state-dir");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let private = std::fs::read_to_string(&key_file).expect("read key");
+    assert_eq!(private.len(), 44, "base64 key as Flannel's wgkey");
+    let public = backend_data(&cluster, node)["PublicKey"].clone();
+
+    let probe = a.traffic_probe(&b);
+    probe.wait_attempts(10);
+    node.restart();
+    probe.wait_attempts(20);
+    cluster.node(1).kill9();
+    cluster.node(1).start_weftd(&[]);
+    probe.wait_attempts(40);
+    let stats = probe.stop();
+    eprintln!("wireguard restarts: {stats:?}");
+    // The pumps live in weftd: a restart pauses forwarding until the new one runs and has
+    // shaken hands again; the device, its address and route stay.
+    assert!(
+        stats.longest_gap < Duration::from_secs(5),
+        "traffic stopped for {:?} across restarts: {stats:?}",
+        stats.longest_gap
+    );
+    assert!(
+        a.tcp_check(&b) && b.tcp_check(&a),
+        "pods talk after restarts"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        private,
+        "re-keyed"
+    );
+    assert_eq!(backend_data(&cluster, node)["PublicKey"], public);
+
+    for (k, v) in cluster.etcd.get_prefix(ETCD_PREFIX) {
+        assert!(!v.contains(private.trim()), "private key in etcd at {k}");
+    }
+    for i in 0..2 {
+        assert!(
+            !cluster.node(i).log().contains(private.trim()),
+            "private key in the log"
+        );
+    }
+}
+
+#[test]
+fn wireguard_key_file_env_is_honoured_as_for_flanneld() {
+    let cluster = Cluster::new(1, WG_CONFIG);
+    let node = cluster.node(0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("flannel/wgkey");
+    // A key generated by wg, in Flannel's file.
+    let private = host_ok("wg", &["genkey"]);
+    let public = wg_pubkey(private.trim());
+    std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
+    std::fs::write(&key_file, &private).unwrap();
+    let mut args: Vec<(String, String)> = Vec::new();
+    let base = node.base_args();
+    for pair in base.chunks(2) {
+        let flag = pair[0]
+            .trim_start_matches("--")
+            .replace('-', "_")
+            .to_uppercase();
+        args.push((format!("WEFTD_{flag}"), pair[1].clone()));
+    }
+    args.push((
+        "WIREGUARD_KEY_FILE".to_string(),
+        key_file.to_string_lossy().into_owned(),
+    ));
+    let envs: Vec<(&str, &str)> = args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    node.start_weftd_env(&envs);
+    node.wait_subnet_env(Duration::from_secs(30));
+    assert_eq!(backend_data(&cluster, node)["PublicKey"], public.as_str());
+    assert!(
+        !node.state_dir().join("wireguard.key").exists(),
+        "a second key was made in --state-dir"
+    );
+}
+
+/// `wg pubkey` of `private`.
+fn wg_pubkey(private: &str) -> String {
+    let mut child = std::process::Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wg pubkey (scripts/setup.sh installs wireguard-tools)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(private.as_bytes())
+        .expect("write key");
+    let out = child.wait_with_output().expect("wg pubkey");
+    assert!(out.status.success(), "wg pubkey failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A Flannel wireguard node nobody here wrote: Debian's `wireguard-go` in a namespace on the
+/// underlay, its device configured with `wg` and `ip` as flanneld's `wgDevice` configures
+/// `flannel-wg`, its lease written as flanneld writes it.
+struct FlannelWgNode {
+    ns: Netns,
+    /// wireguard-go's control socket lives in /var/run/wireguard, shared by every namespace,
+    /// so the device gets a per-test name (a lease does not carry it).
+    ifname: String,
+    daemon: Child,
+    public_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl FlannelWgNode {
+    const IP: &'static str = "192.0.2.50";
+
+    fn start(cluster: &Cluster) -> FlannelWgNode {
+        let ns = Netns::new("fwg");
+        cluster.underlay.attach(&ns, Self::IP);
+        ns.sysctl("net.ipv4.ip_forward", "1");
+        let ifname = format!("fwg{}", std::process::id() % 100_000);
+        let daemon = ns
+            .command("wireguard-go")
+            .args(["-f", &ifname])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("wireguard-go (scripts/setup.sh installs it): {e}"));
+        let dir = tempfile::tempdir().expect("key dir");
+        let key_file = dir.path().join("wgkey");
+        let private = host_ok("wg", &["genkey"]);
+        std::fs::write(&key_file, private.trim()).expect("write key");
+        wait_until(Duration::from_secs(10), "wireguard-go device up", || {
+            ns.exec(&["ip", "link", "show", "dev", &ifname])
+                .status
+                .success()
+        });
+        // newWGDevice: private key and listen port; MTU = 1500 - 80.
+        ns.exec_ok(&[
+            "wg",
+            "set",
+            &ifname,
+            "private-key",
+            &key_file.to_string_lossy(),
+            "listen-port",
+            "51820",
+        ]);
+        ns.ip(&["link", "set", &ifname, "mtu", "1420"]);
+        // Configure: <subnet>.0/32 on the device, up, route for the whole Network, scope link.
+        ns.ip(&["addr", "add", "10.244.200.0/32", "dev", &ifname]);
+        ns.ip(&["link", "set", &ifname, "up"]);
+        ns.ip(&[
+            "route",
+            "replace",
+            "10.244.0.0/16",
+            "dev",
+            &ifname,
+            "scope",
+            "link",
+        ]);
+        let node = FlannelWgNode {
+            ns,
+            ifname,
+            daemon,
+            public_key: wg_pubkey(private.trim()),
+            _dir: dir,
+        };
+        let value = format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{}","Port":51820}}}}"#,
+            Self::IP,
+            node.public_key
+        );
+        cluster
+            .etcd
+            .put_with_ttl(&lease_key("10.244.200.0-24"), &value, 3600);
+        node
+    }
+
+    /// addPeer for a weft node's lease: endpoint PublicIP:Port, allowed-ips its subnet.
+    fn add_peer(&self, cluster: &Cluster, node: &Node) {
+        let data = backend_data(cluster, node);
+        let key = data["PublicKey"].as_str().expect("PublicKey");
+        let endpoint = format!("{}:{}", node.public_ip(), data["Port"]);
+        let subnet = node.subnet().expect("weft node subnet");
+        self.ns.exec_ok(&[
+            "wg",
+            "set",
+            &self.ifname,
+            "peer",
+            key,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            &subnet,
+        ]);
+    }
+}
+
+impl Drop for FlannelWgNode {
+    fn drop(&mut self) {
+        // SIGTERM lets wireguard-go remove its control socket.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.daemon.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.daemon.wait();
+    }
+}
+
+#[test]
+fn wireguard_interoperates_with_wireguard_go_configured_as_flanneld() {
+    let cluster = Cluster::new(2, WG_CONFIG);
+    cluster.start();
+    let flannel = FlannelWgNode::start(&cluster);
+    for i in 0..2 {
+        flannel.add_peer(&cluster, cluster.node(i));
+    }
+    let pod_ns = Netns::new("fwgp");
+    wire_pod(
+        &flannel.ns,
+        &pod_ns,
+        "vp0",
+        "10.244.200.1/24",
+        "10.244.200.10/24",
+        1420,
+    );
+    for i in 0..2 {
+        let pod = cluster.node(i).add_pod();
+        wait_until(
+            Duration::from_secs(20),
+            &format!("weft pod on node {i} reaches the pod behind wireguard-go"),
+            || tcp_source_seen(pod.netns(), &pod_ns, "10.244.200.10").is_some(),
+        );
+        let seen = tcp_source_seen(&pod_ns, pod.netns(), pod.ip());
+        assert_eq!(
+            seen,
+            Some(Ipv4Addr::new(10, 244, 200, 10)),
+            "the pod behind wireguard-go reaches the weft pod on node {i}, unmasqueraded"
+        );
+    }
+    let shown = flannel
+        .ns
+        .exec_ok(&["wg", "show", &flannel.ifname, "latest-handshakes"]);
+    assert_eq!(
+        shown.lines().filter(|l| !l.ends_with("\t0")).count(),
+        2,
+        "wireguard-go shook hands with both weft nodes: {shown}"
+    );
+}
+
+/// Stops weftd on both nodes, writes `config`, starts them again and waits until both publish
+/// `backend_type` and the pods talk both ways.
+fn switch_to(cluster: &Cluster, config: &str, backend_type: &str, a: &Pod, b: &Pod) {
+    for i in 0..2 {
+        cluster.node(i).stop();
+    }
+    cluster.etcd.put(NETWORK_CONFIG_KEY, config);
+    for i in 0..2 {
+        cluster.node(i).start_weftd(&[]);
+    }
+    let published = format!(r#""BackendType":"{backend_type}""#);
+    for i in 0..2 {
+        let node = cluster.node(i);
+        node.wait_until(Duration::from_secs(30), &published, || {
+            node.lease_key()
+                .and_then(|key| cluster.etcd.get(&key))
+                .is_some_and(|value| value.contains(&published))
+        });
+    }
+    wait_until(
+        Duration::from_secs(30),
+        &format!("pods talk over {backend_type}"),
+        || a.tcp_check(b) && b.tcp_check(a),
+    );
+}
+
+#[test]
+fn switching_between_vxlan_and_wireguard_leaves_nothing_of_the_old_backend() {
+    let cluster = Cluster::new(2, VXLAN_CONFIG);
+    cluster.start();
+    let a = cluster.node(0).add_pod();
+    let b = cluster.node(1).add_pod();
+    wait_until(Duration::from_secs(20), "pods talk over vxlan", || {
+        a.tcp_check(&b)
+    });
+    let n0 = cluster.node(0);
+    let peer = cluster.node(1).subnet().expect("node 2 subnet");
+
+    switch_to(&cluster, WG_CONFIG, "wireguard", &a, &b);
+    assert!(
+        n0.link("flannel.1").is_none(),
+        "flannel.1 left behind after vxlan -> wireguard:\n{}",
+        cluster.dump()
+    );
+    assert!(
+        n0.route_to(&peer).is_none(),
+        "vxlan peer route left behind:\n{}",
+        cluster.dump()
+    );
+    let route = n0
+        .route_to("10.244.0.0/16")
+        .expect("wireguard cluster route");
+    assert_eq!(route["dev"], "flannel-wg", "{route}");
+
+    switch_to(&cluster, VXLAN_CONFIG, "vxlan", &a, &b);
+    assert!(
+        n0.link("flannel-wg").is_none(),
+        "flannel-wg left behind after wireguard -> vxlan:\n{}",
+        cluster.dump()
+    );
+    assert!(
+        n0.route_to("10.244.0.0/16").is_none(),
+        "wireguard's cluster route left behind:\n{}",
+        cluster.dump()
+    );
+    let route = n0.route_to(&peer).expect("vxlan peer route");
+    assert_eq!(route["dev"], "flannel.1", "{route}");
+}
+
+/// Whether this kernel can create a WireGuard device (in a throwaway namespace).
+fn kernel_has_wireguard() -> bool {
+    let ns = Netns::new("wgprobe");
+    ns.exec(&["ip", "link", "add", "wgprobe0", "type", "wireguard"])
+        .status
+        .success()
+}
+
+#[test]
+fn wireguard_datapath_kernel_runs_on_the_kernel_or_refuses_loudly() {
+    let cluster = Cluster::new(2, WG_CONFIG);
+    if kernel_has_wireguard() {
+        for i in 0..2 {
+            cluster
+                .node(i)
+                .start_weftd(&["--wireguard-datapath", "kernel"]);
+        }
+        for i in 0..2 {
+            cluster.node(i).wait_subnet_env(Duration::from_secs(30));
+        }
+        let a = cluster.node(0).add_pod();
+        let b = cluster.node(1).add_pod();
+        wait_until(
+            Duration::from_secs(20),
+            "pods talk over kernel WireGuard",
+            || a.tcp_check(&b) && b.tcp_check(&a),
+        );
+        let link = cluster.node(0).link("flannel-wg").expect("flannel-wg");
+        assert_eq!(link["linkinfo"]["info_kind"], "wireguard", "{link}");
+        assert!(cluster.node(0).log().contains(r#"datapath="kernel""#));
+    } else {
+        let node = cluster.node(0);
+        node.start_weftd(&["--wireguard-datapath", "kernel"]);
+        node.wait_until(Duration::from_secs(20), "weftd exits", || {
+            node.exit_status().is_some()
+        });
+        assert!(
+            !node.exit_status().is_some_and(|s| s.success()),
+            "weftd exited 0 without a kernel WireGuard"
+        );
+        let log = node.log();
+        assert!(
+            log.contains(
+                "kernel WireGuard requested, but the kernel cannot create a wireguard device"
+            ),
+            "{}",
+            node.log_tail(20)
+        );
+        assert!(
+            node.link("flannel-wg").is_none(),
+            "a device was left behind"
+        );
+    }
+}
+
+#[test]
+fn hostile_wireguard_leases_are_rejected_and_the_data_path_keeps_working() {
+    let cluster = Cluster::new(2, WG_CONFIG);
+    cluster.start();
+    let a = cluster.node(0).add_pod();
+    let b = cluster.node(1).add_pod();
+    wait_until(Duration::from_secs(20), "pods talk", || a.tcp_check(&b));
+    let n0 = cluster.node(0);
+    let stolen = backend_data(&cluster, cluster.node(1))["PublicKey"]
+        .as_str()
+        .expect("PublicKey")
+        .to_string();
+    let hostile = [
+        (
+            "10.244.201.0-24",
+            "AAAA".to_string(),
+            "is not a WireGuard public key",
+        ),
+        (
+            "10.244.202.0-24",
+            stolen,
+            "is already the public key of another node's older lease",
+        ),
+    ];
+    for (subnet, key, _) in &hostile {
+        cluster.etcd.put_with_ttl(
+            &lease_key(subnet),
+            &format!(
+                r#"{{"PublicIP":"192.0.2.60","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}}}}"#
+            ),
+            3600,
+        );
+    }
+    for (subnet, _, why) in &hostile {
+        let key = lease_key(subnet);
+        n0.wait_until(Duration::from_secs(20), &format!("{key} rejected"), || {
+            n0.log()
+                .lines()
+                .any(|l| l.contains("lease rejected") && l.contains(&key) && l.contains(why))
+        });
+    }
+    assert!(
+        a.tcp_check(&b) && b.tcp_check(&a),
+        "pods talk with hostile leases in etcd"
+    );
+}
