@@ -7,6 +7,7 @@ pub mod hostgw;
 pub mod leftovers;
 pub mod pipeline;
 pub mod routes;
+mod tun_device;
 pub mod udp;
 pub mod vxlan;
 pub mod wireguard;

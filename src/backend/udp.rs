@@ -27,7 +27,8 @@ pub use packet::{net_unreachable, parse_ipv4, Malformed};
 
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
-use crate::backend::{PeerChange, ReconcileReport, StaleEntry};
+use crate::backend::tun_device::{self, SettleError};
+use crate::backend::{PeerChange, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, Ipv4Route, Ipv6Route, NetlinkError};
 use datapath::{DataPath, Queue, SharedTable};
@@ -79,6 +80,15 @@ pub enum UdpError {
     /// A netlink operation on `flannel0`, its address or its route failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+}
+
+impl From<SettleError> for UdpError {
+    fn from(e: SettleError) -> UdpError {
+        match e {
+            SettleError::Netlink(e) => UdpError::Netlink(e),
+            SettleError::Device { op, source } => UdpError::Tun { op, source },
+        }
+    }
 }
 
 /// The UDP backend of one node.
@@ -214,40 +224,15 @@ impl UdpBackend {
             self.start_data_path(&handle).await?;
             outcome.added += 1;
         }
-        let link = netlink::link_by_index(&handle, self.tun_index)
-            .await?
-            .ok_or_else(|| UdpError::Tun {
-                op: "find",
-                source: io::Error::from_raw_os_error(libc::ENODEV),
-            })?;
-        if netlink::link_mtu(&link) != Some(self.mtu) {
-            netlink::set_link_mtu(&handle, self.tun_index, TUN_NAME, self.mtu).await?;
-            outcome.added += 1;
-        }
-        let addr = Ipv4Network::new(own.network(), 32).map_err(|_| UdpError::Tun {
-            op: "address",
-            source: io::Error::from_raw_os_error(libc::EINVAL),
-        })?;
-        let mut have_addr = false;
-        for (_, a) in netlink::ipv4_addresses(&handle, Some(self.tun_index)).await? {
-            if a == addr {
-                have_addr = true;
-            } else {
-                netlink::del_address(&handle, self.tun_index, TUN_NAME, a).await?;
-                outcome.removed += 1;
-                outcome
-                    .stale
-                    .push(StaleEntry::new("address", format!("{a} dev {TUN_NAME}")));
-            }
-        }
-        if !have_addr {
-            netlink::add_address(&handle, self.tun_index, TUN_NAME, addr).await?;
-            outcome.added += 1;
-        }
-        if !netlink::link_is_up(&link) {
-            netlink::set_link_up(&handle, self.tun_index, TUN_NAME).await?;
-            outcome.added += 1;
-        }
+        tun_device::settle(
+            &handle,
+            self.tun_index,
+            TUN_NAME,
+            self.mtu,
+            own,
+            &mut outcome,
+        )
+        .await?;
         accept_local_source();
         let (entries, table) = self.desired(peers);
         let devices = self.devices();

@@ -29,9 +29,10 @@ pub use userspace::WireGuardCounters;
 
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
+use crate::backend::tun_device::{self, SettleError};
 use crate::backend::udp::socket::UnderlaySocket;
 use crate::backend::udp::{granted_offloads, open_tun_device};
-use crate::backend::{BackendError, PeerChange, ReconcileReport, StaleEntry};
+use crate::backend::{BackendError, PeerChange, ReconcileReport};
 use crate::config::WireGuardConfig;
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
@@ -123,6 +124,15 @@ pub enum WireGuardError {
     /// A netlink operation on the device, its address or its route failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+}
+
+impl From<SettleError> for WireGuardError {
+    fn from(e: SettleError) -> WireGuardError {
+        match e {
+            SettleError::Netlink(e) => WireGuardError::Netlink(e),
+            SettleError::Device { op, source } => WireGuardError::Tun { op, source },
+        }
+    }
 }
 
 impl From<crate::backend::udp::TunFailure> for WireGuardError {
@@ -423,40 +433,15 @@ impl WireGuardBackend {
             }
             outcome.added += 1;
         }
-        let link = netlink::link_by_index(&handle, self.tun_index)
-            .await?
-            .ok_or_else(|| WireGuardError::Tun {
-                op: "find",
-                source: io::Error::from_raw_os_error(libc::ENODEV),
-            })?;
-        if netlink::link_mtu(&link) != Some(self.mtu) {
-            netlink::set_link_mtu(&handle, self.tun_index, DEVICE_NAME, self.mtu).await?;
-            outcome.added += 1;
-        }
-        let addr = Ipv4Network::new(own.network(), 32).map_err(|_| WireGuardError::Tun {
-            op: "address",
-            source: io::Error::from_raw_os_error(libc::EINVAL),
-        })?;
-        let mut have_addr = false;
-        for (_, a) in netlink::ipv4_addresses(&handle, Some(self.tun_index)).await? {
-            if a == addr {
-                have_addr = true;
-            } else {
-                netlink::del_address(&handle, self.tun_index, DEVICE_NAME, a).await?;
-                outcome.removed += 1;
-                outcome
-                    .stale
-                    .push(StaleEntry::new("address", format!("{a} dev {DEVICE_NAME}")));
-            }
-        }
-        if !have_addr {
-            netlink::add_address(&handle, self.tun_index, DEVICE_NAME, addr).await?;
-            outcome.added += 1;
-        }
-        if !netlink::link_is_up(&link) {
-            netlink::set_link_up(&handle, self.tun_index, DEVICE_NAME).await?;
-            outcome.added += 1;
-        }
+        tun_device::settle(
+            &handle,
+            self.tun_index,
+            DEVICE_NAME,
+            self.mtu,
+            own,
+            &mut outcome,
+        )
+        .await?;
         let entries = self.desired_entries();
         let devices = self.devices();
         let tun = self.tun_index;

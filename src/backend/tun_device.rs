@@ -1,0 +1,80 @@
+//! The settle step shared by the two backends that own a layer-3 point-to-point device
+//! (`flannel0` of udp, `flannel-wg` of wireguard): MTU, the one `<subnet>.0/32` address and
+//! the link state, brought in line on every full reconcile.
+
+use std::io;
+
+use ipnetwork::Ipv4Network;
+use rtnetlink::Handle;
+
+use crate::backend::{ReconcileReport, StaleEntry};
+use crate::netlink::{self, NetlinkError};
+
+/// Why the device could not be brought in line; each backend maps it into its own error.
+#[derive(Debug)]
+pub(crate) enum SettleError {
+    /// A netlink request failed.
+    Netlink(NetlinkError),
+    /// The device is gone (`find`) or the address cannot be formed (`address`).
+    Device {
+        /// What was attempted.
+        op: &'static str,
+        /// The error, as the kernel would report it.
+        source: io::Error,
+    },
+}
+
+impl From<NetlinkError> for SettleError {
+    fn from(e: NetlinkError) -> Self {
+        SettleError::Netlink(e)
+    }
+}
+
+/// Sets the MTU of device `index` (named `name` in errors and stale entries) to `mtu`,
+/// leaves `own.network()/32` its only IPv4 address and brings it up, counting every change
+/// in `outcome`. The device carries no broadcast domain: the address only gives locally
+/// originated packets a source inside the own subnet.
+pub(crate) async fn settle(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    mtu: u32,
+    own: Ipv4Network,
+    outcome: &mut ReconcileReport,
+) -> Result<(), SettleError> {
+    let link = netlink::link_by_index(handle, index)
+        .await?
+        .ok_or_else(|| SettleError::Device {
+            op: "find",
+            source: io::Error::from_raw_os_error(libc::ENODEV),
+        })?;
+    if netlink::link_mtu(&link) != Some(mtu) {
+        netlink::set_link_mtu(handle, index, name, mtu).await?;
+        outcome.added += 1;
+    }
+    let addr = Ipv4Network::new(own.network(), 32).map_err(|_| SettleError::Device {
+        op: "address",
+        source: io::Error::from_raw_os_error(libc::EINVAL),
+    })?;
+    let mut have_addr = false;
+    for (_, a) in netlink::ipv4_addresses(handle, Some(index)).await? {
+        if a == addr {
+            have_addr = true;
+        } else {
+            netlink::del_address(handle, index, name, a).await?;
+            outcome.removed += 1;
+            outcome
+                .stale
+                .push(StaleEntry::new("address", format!("{a} dev {name}")));
+        }
+    }
+    if !have_addr {
+        netlink::add_address(handle, index, name, addr).await?;
+        outcome.added += 1;
+    }
+    if !netlink::link_is_up(&link) {
+        netlink::set_link_up(handle, index, name).await?;
+        outcome.added += 1;
+    }
+    Ok(())
+}
