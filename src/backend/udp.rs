@@ -10,6 +10,7 @@ mod datapath;
 mod forwarding;
 pub(crate) mod offload;
 pub(crate) mod packet;
+pub(crate) mod pumps;
 pub(crate) mod socket;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -18,7 +18,6 @@ use std::ops::Range;
 use std::os::fd::{AsFd as _, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::thread::JoinHandle;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
@@ -28,17 +27,10 @@ use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 use super::forwarding::ForwardingTable;
 use super::offload::{complete_checksum, is_gso, segment, spread, Segment, SegmentError, TcpRun};
 use super::packet::{ipv4_destination, ipv6_destination, net_unreachable, parse_ipv4, parse_ipv6};
+use super::pumps::{
+    is_fatal, PumpThreads, PLAIN, POLL_MS, READ_BUFFER, RECV_MESSAGES, SPREAD_ROOM,
+};
 use super::socket::{poll_readable, Datagram, RecvBatch, UnderlaySocket};
-
-/// How long a pump blocks before it looks at the stop flag again.
-const POLL_MS: u16 = 200;
-/// Messages per `recvmmsg`; each can hold a 64 KiB GRO batch.
-const RECV_MESSAGES: usize = 16;
-/// Room for one TUN read: a 64 KiB super-packet behind its virtio-net header.
-const READ_BUFFER: usize = VIRTIO_NET_HDR_LEN + 65_535;
-/// Room behind a TUN read for the headers [`spread`] puts between the segments: 64 segments
-/// of up to 120 header bytes (super-packets cut finer go out from two iovecs per datagram).
-const SPREAD_ROOM: usize = 64 * 120;
 
 /// Packet and drop counters of the UDP data path, for the daemon's `/metrics`.
 #[derive(Debug, Default)]
@@ -166,8 +158,8 @@ pub struct Queue {
 
 /// The running pumps; dropping it stops and joins them.
 pub struct DataPath {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    /// Held for its drop, which stops and joins the pumps.
+    _threads: PumpThreads,
 }
 
 impl DataPath {
@@ -178,11 +170,8 @@ impl DataPath {
         table: SharedTable,
         counters: Arc<UdpCounters>,
     ) -> io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut path = DataPath {
-            stop: stop.clone(),
-            threads: Vec::new(),
-        };
+        let mut threads = PumpThreads::new("UDP");
+        let stop = threads.stop_flag();
         for (i, queue) in queues.into_iter().enumerate() {
             let queue = Arc::new(queue);
             let tx = TxPump {
@@ -198,35 +187,11 @@ impl DataPath {
                 counters: counters.clone(),
                 stop: stop.clone(),
             };
-            path.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("weft-udp-tx{i}"))
-                    .spawn(move || tx.run())?,
-            );
-            path.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("weft-udp-rx{i}"))
-                    .spawn(move || rx.run())?,
-            );
+            threads.spawn(format!("weft-udp-tx{i}"), move || tx.run())?;
+            threads.spawn(format!("weft-udp-rx{i}"), move || rx.run())?;
         }
-        Ok(path)
+        Ok(DataPath { _threads: threads })
     }
-}
-
-impl Drop for DataPath {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("a UDP data path thread panicked");
-            }
-        }
-    }
-}
-
-/// Whether an I/O error means the TUN queue or socket is gone for good.
-fn is_fatal(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EBADFD) | Some(libc::EBADF))
 }
 
 struct TxPump {
@@ -236,16 +201,6 @@ struct TxPump {
     counters: Arc<UdpCounters>,
     stop: Arc<AtomicBool>,
 }
-
-/// The virtio-net header of a packet read without one (no offloads).
-const PLAIN: VirtioNetHdr = VirtioNetHdr {
-    flags: 0,
-    gso_type: 0,
-    hdr_len: 0,
-    gso_size: 0,
-    csum_start: 0,
-    csum_offset: 0,
-};
 
 impl TxPump {
     fn run(self) {

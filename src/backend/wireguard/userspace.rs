@@ -17,7 +17,6 @@ use std::ops::Range;
 use std::os::fd::{AsFd as _, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use boringtun::noise::errors::WireGuardError;
@@ -33,19 +32,14 @@ use crate::backend::udp::offload::{
     complete_checksum, is_gso, segment, spread, PacketAt, Segment, TcpRun,
 };
 use crate::backend::udp::packet::{ipv4_destination, parse_ipv4};
+use crate::backend::udp::pumps::{
+    is_fatal, PumpThreads, PLAIN, POLL_MS, READ_BUFFER, RECV_MESSAGES, SPREAD_ROOM,
+};
 use crate::backend::udp::socket::{
     poll_readable, Datagram, RecvBatch, UnderlaySocket, RECV_BUFFER,
 };
 use crate::wireguard_key::{SecretKey, WireGuardKey};
 
-/// How long a pump blocks before it looks at the stop flag again.
-const POLL_MS: u16 = 200;
-/// Messages per `recvmmsg`; each can hold a 64 KiB GRO batch.
-const RECV_MESSAGES: usize = 16;
-/// Room for one TUN read: a 64 KiB super-packet behind its virtio-net header.
-const READ_BUFFER: usize = VIRTIO_NET_HDR_LEN + 65_535;
-/// Room behind a TUN read for the segment headers [`spread`] lays out (as the UDP backend).
-const SPREAD_ROOM: usize = 64 * 120;
 /// Bytes WireGuard adds to a packet: type, receiver index, counter (16) and the tag (16).
 const DATA_OVERHEAD: usize = 32;
 /// Room for one super-packet's ciphertexts: every segment grows by [`DATA_OVERHEAD`]; a
@@ -311,8 +305,8 @@ pub struct Queue {
 
 /// The running pumps and timer; dropping it stops and joins them.
 pub struct UserspaceDataPath {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    /// Held for its drop, which stops and joins the pumps.
+    _threads: PumpThreads,
 }
 
 impl UserspaceDataPath {
@@ -322,11 +316,8 @@ impl UserspaceDataPath {
         peers: SharedPeers,
         counters: Arc<WireGuardCounters>,
     ) -> io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut path = UserspaceDataPath {
-            stop: stop.clone(),
-            threads: Vec::new(),
-        };
+        let mut threads = PumpThreads::new("WireGuard");
+        let stop = threads.stop_flag();
         let queues: Vec<Arc<Queue>> = queues.into_iter().map(Arc::new).collect();
         for (i, queue) in queues.iter().enumerate() {
             let pump = Pump {
@@ -341,16 +332,8 @@ impl UserspaceDataPath {
                 counters: counters.clone(),
                 stop: stop.clone(),
             };
-            path.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("weft-wg-tx{i}"))
-                    .spawn(move || pump.run_tx())?,
-            );
-            path.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("weft-wg-rx{i}"))
-                    .spawn(move || rx.run_rx())?,
-            );
+            threads.spawn(format!("weft-wg-tx{i}"), move || pump.run_tx())?;
+            threads.spawn(format!("weft-wg-rx{i}"), move || rx.run_rx())?;
         }
         if let Some(queue) = queues.first() {
             let timer = Pump {
@@ -359,41 +342,11 @@ impl UserspaceDataPath {
                 counters,
                 stop,
             };
-            path.threads.push(
-                std::thread::Builder::new()
-                    .name("weft-wg-timers".to_string())
-                    .spawn(move || timer.run_timers())?,
-            );
+            threads.spawn("weft-wg-timers".to_string(), move || timer.run_timers())?;
         }
-        Ok(path)
+        Ok(UserspaceDataPath { _threads: threads })
     }
 }
-
-impl Drop for UserspaceDataPath {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("a WireGuard data path thread panicked");
-            }
-        }
-    }
-}
-
-/// Whether an I/O error means the TUN queue or socket is gone for good.
-fn is_fatal(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EBADFD) | Some(libc::EBADF))
-}
-
-/// The virtio-net header of a packet read without one (no offloads).
-const PLAIN: VirtioNetHdr = VirtioNetHdr {
-    flags: 0,
-    gso_type: 0,
-    hdr_len: 0,
-    gso_size: 0,
-    csum_start: 0,
-    csum_offset: 0,
-};
 
 struct Pump {
     queue: Arc<Queue>,
