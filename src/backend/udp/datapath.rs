@@ -20,15 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::DescriptorEncoder;
 use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::forwarding::ForwardingTable;
 use super::offload::{complete_checksum, is_gso, segment, spread, Segment, SegmentError, TcpRun};
 use super::packet::{ipv4_destination, ipv6_destination, net_unreachable, parse_ipv4, parse_ipv6};
 use super::pumps::{
-    is_fatal, PumpThreads, PLAIN, POLL_MS, READ_BUFFER, RECV_MESSAGES, SPREAD_ROOM,
+    encode_counters, is_fatal, PumpThreads, PLAIN, POLL_MS, READ_BUFFER, RECV_MESSAGES, SPREAD_ROOM,
 };
 use super::socket::{poll_readable, Datagram, RecvBatch, UnderlaySocket};
 
@@ -123,18 +122,7 @@ impl Collector for UdpCounters {
                 "Failed UDP receives and TUN writes.",
             ),
         ];
-        for (name, value, help) in rows {
-            // The encoder appends `_total` to the sample name.
-            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
-            let family = format!("weft_udp_{name}");
-            counter.encode(encoder.encode_descriptor(
-                &family,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
-        Ok(())
+        encode_counters(&mut encoder, "weft_udp", &rows)
     }
 }
 

@@ -3,10 +3,12 @@
 //! an error that ends a pump.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
 use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 /// How long a pump blocks before it looks at the stop flag again.
@@ -80,4 +82,19 @@ impl Drop for PumpThreads {
             }
         }
     }
+}
+
+/// Writes the pumps' `counters` (name, value, help) as Prometheus counters named
+/// `<prefix>_<name>_total` (the encoder appends `_total`).
+pub(crate) fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    counters: &[(&str, &AtomicU64, &str)],
+) -> std::fmt::Result {
+    for (name, value, help) in counters {
+        let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+        let family = format!("{prefix}_{name}");
+        counter.encode(encoder.encode_descriptor(&family, help, None, counter.metric_type())?)?;
+    }
+    Ok(())
 }

@@ -23,8 +23,7 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use ipnetwork::Ipv4Network;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::DescriptorEncoder;
 use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use super::peers::PeerSpec;
@@ -33,7 +32,7 @@ use crate::backend::udp::offload::{
 };
 use crate::backend::udp::packet::{ipv4_destination, parse_ipv4};
 use crate::backend::udp::pumps::{
-    is_fatal, PumpThreads, PLAIN, POLL_MS, READ_BUFFER, RECV_MESSAGES, SPREAD_ROOM,
+    encode_counters, is_fatal, PumpThreads, PLAIN, POLL_MS, READ_BUFFER, RECV_MESSAGES, SPREAD_ROOM,
 };
 use crate::backend::udp::socket::{
     poll_readable, Datagram, RecvBatch, UnderlaySocket, RECV_BUFFER,
@@ -151,18 +150,7 @@ impl Collector for WireGuardCounters {
                 "Handshake, cookie and keepalive messages sent.",
             ),
         ];
-        for (name, value, help) in rows {
-            // The encoder appends `_total` to the sample name.
-            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
-            let family = format!("weft_wireguard_{name}");
-            counter.encode(encoder.encode_descriptor(
-                &family,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
-        Ok(())
+        encode_counters(&mut encoder, "weft_wireguard", &rows)
     }
 }
 
