@@ -7,44 +7,26 @@ use std::io;
 use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 
+use crate::backend::udp::TunFailure;
 use crate::backend::{ReconcileReport, StaleEntry};
 use crate::netlink::{self, NetlinkError};
-
-/// Why the device could not be brought in line; each backend maps it into its own error.
-#[derive(Debug)]
-pub(crate) enum SettleError {
-    /// A netlink request failed.
-    Netlink(NetlinkError),
-    /// The device is gone (`find`) or the address cannot be formed (`address`).
-    Device {
-        /// What was attempted.
-        op: &'static str,
-        /// The error, as the kernel would report it.
-        source: io::Error,
-    },
-}
-
-impl From<NetlinkError> for SettleError {
-    fn from(e: NetlinkError) -> Self {
-        SettleError::Netlink(e)
-    }
-}
 
 /// Sets the MTU of device `index` (named `name` in errors and stale entries) to `mtu`,
 /// leaves `own.network()/32` its only IPv4 address and brings it up, counting every change
 /// in `outcome`. The device carries no broadcast domain: the address only gives locally
-/// originated packets a source inside the own subnet.
-pub(crate) async fn settle(
+/// originated packets a source inside the own subnet. Each backend names the failure in its
+/// own error type `E`.
+pub(crate) async fn settle<E: From<NetlinkError> + From<TunFailure>>(
     handle: &Handle,
     index: u32,
     name: &str,
     mtu: u32,
     own: Ipv4Network,
     outcome: &mut ReconcileReport,
-) -> Result<(), SettleError> {
+) -> Result<(), E> {
     let link = netlink::link_by_index(handle, index)
         .await?
-        .ok_or_else(|| SettleError::Device {
+        .ok_or_else(|| TunFailure {
             op: "find",
             source: io::Error::from_raw_os_error(libc::ENODEV),
         })?;
@@ -52,7 +34,7 @@ pub(crate) async fn settle(
         netlink::set_link_mtu(handle, index, name, mtu).await?;
         outcome.added += 1;
     }
-    let addr = Ipv4Network::new(own.network(), 32).map_err(|_| SettleError::Device {
+    let addr = Ipv4Network::new(own.network(), 32).map_err(|_| TunFailure {
         op: "address",
         source: io::Error::from_raw_os_error(libc::EINVAL),
     })?;

@@ -28,7 +28,7 @@ pub use packet::{net_unreachable, parse_ipv4, Malformed};
 
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
-use crate::backend::tun_device::{self, SettleError};
+use crate::backend::tun_device;
 use crate::backend::{PeerChange, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, Ipv4Route, Ipv6Route, NetlinkError};
@@ -81,15 +81,6 @@ pub enum UdpError {
     /// A netlink operation on `flannel0`, its address or its route failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-}
-
-impl From<SettleError> for UdpError {
-    fn from(e: SettleError) -> UdpError {
-        match e {
-            SettleError::Netlink(e) => UdpError::Netlink(e),
-            SettleError::Device { op, source } => UdpError::Tun { op, source },
-        }
-    }
 }
 
 /// The UDP backend of one node.
@@ -225,7 +216,7 @@ impl UdpBackend {
             self.start_data_path(&handle).await?;
             outcome.added += 1;
         }
-        tun_device::settle(
+        tun_device::settle::<UdpError>(
             &handle,
             self.tun_index,
             TUN_NAME,

@@ -29,7 +29,7 @@ pub use userspace::WireGuardCounters;
 
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
-use crate::backend::tun_device::{self, SettleError};
+use crate::backend::tun_device;
 use crate::backend::udp::socket::UnderlaySocket;
 use crate::backend::udp::{granted_offloads, open_tun_device};
 use crate::backend::{BackendError, PeerChange, ReconcileReport};
@@ -124,15 +124,6 @@ pub enum WireGuardError {
     /// A netlink operation on the device, its address or its route failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-}
-
-impl From<SettleError> for WireGuardError {
-    fn from(e: SettleError) -> WireGuardError {
-        match e {
-            SettleError::Netlink(e) => WireGuardError::Netlink(e),
-            SettleError::Device { op, source } => WireGuardError::Tun { op, source },
-        }
-    }
 }
 
 impl From<crate::backend::udp::TunFailure> for WireGuardError {
@@ -433,7 +424,7 @@ impl WireGuardBackend {
             }
             outcome.added += 1;
         }
-        tun_device::settle(
+        tun_device::settle::<WireGuardError>(
             &handle,
             self.tun_index,
             DEVICE_NAME,
