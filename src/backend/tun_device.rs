@@ -60,3 +60,14 @@ pub(crate) async fn settle<E: From<NetlinkError> + From<TunFailure>>(
     }
     Ok(())
 }
+
+/// Whether the device called `name` is no longer the one at `index`: deleted, or deleted and
+/// created again by someone else. The caller then recreates it before [`settle`].
+pub(crate) async fn replaced(
+    handle: &Handle,
+    name: &str,
+    index: u32,
+) -> Result<bool, NetlinkError> {
+    let link = netlink::link_by_name(handle, name).await?;
+    Ok(link.as_ref().map(|l| l.header.index) != Some(index))
+}

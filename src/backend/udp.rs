@@ -206,8 +206,7 @@ impl UdpBackend {
     ) -> Result<ReconcileReport, UdpError> {
         let handle = netlink::connect()?;
         let mut outcome = ReconcileReport::default();
-        let link = netlink::link_by_name(&handle, TUN_NAME).await?;
-        if link.as_ref().map(|l| l.header.index) != Some(self.tun_index) {
+        if tun_device::replaced(&handle, TUN_NAME, self.tun_index).await? {
             tracing::warn!(
                 device = TUN_NAME,
                 "TUN device vanished or was replaced; recreating it"

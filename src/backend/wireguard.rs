@@ -405,8 +405,7 @@ impl WireGuardBackend {
     ) -> Result<ReconcileReport, WireGuardError> {
         let handle = netlink::connect()?;
         let mut outcome = ReconcileReport::default();
-        let link = netlink::link_by_name(&handle, DEVICE_NAME).await?;
-        if link.as_ref().map(|l| l.header.index) != Some(self.tun_index) {
+        if tun_device::replaced(&handle, DEVICE_NAME, self.tun_index).await? {
             tracing::warn!(
                 device = DEVICE_NAME,
                 "WireGuard device vanished or was replaced; recreating it"
