@@ -7,7 +7,9 @@ use std::io;
 use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 
-use crate::backend::udp::TunFailure;
+use tun_rs::SyncDevice;
+
+use crate::backend::udp::{open_tun_device, TunFailure};
 use crate::backend::{ReconcileReport, StaleEntry};
 use crate::netlink::{self, NetlinkError};
 
@@ -70,4 +72,46 @@ pub(crate) async fn replaced(
 ) -> Result<bool, NetlinkError> {
     let link = netlink::link_by_name(handle, name).await?;
     Ok(link.as_ref().map(|l| l.header.index) != Some(index))
+}
+
+/// Most TUN queues (and pump thread pairs) a userspace data path uses.
+const MAX_QUEUES: usize = 4;
+
+/// Opens the queues of the multi-queue TUN device `name` (one per core, at most
+/// [`MAX_QUEUES`]). A device of that name that cannot be attached to (left by Flannel as
+/// another kind, or created with other flags) is deleted and created again.
+pub(crate) async fn open_queues<E: From<NetlinkError> + From<TunFailure>>(
+    handle: &Handle,
+    name: &str,
+    offloads: bool,
+) -> Result<Vec<SyncDevice>, E> {
+    let queues = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, MAX_QUEUES);
+    match open_tun_device(name, queues, offloads) {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            let Some(link) = netlink::link_by_name(handle, name).await? else {
+                return Err(e.into());
+            };
+            tracing::warn!(error = %e.source, device = name, op = e.op, "existing device is unusable; recreating it");
+            netlink::del_link(handle, link.header.index, name).await?;
+            Ok(open_tun_device(name, queues, offloads)?)
+        }
+    }
+}
+
+/// The index of the device `name`, which has just been opened.
+pub(crate) async fn index_of<E: From<NetlinkError> + From<TunFailure>>(
+    handle: &Handle,
+    name: &str,
+) -> Result<u32, E> {
+    let link = netlink::link_by_name(handle, name)
+        .await?
+        .ok_or_else(|| TunFailure {
+            op: "find",
+            source: io::Error::from_raw_os_error(libc::ENODEV),
+        })?;
+    Ok(link.header.index)
 }

@@ -41,8 +41,6 @@ pub const TUN_NAME: &str = "flannel0";
 pub const UDP_OVERHEAD: u32 = 28;
 /// The lease `BackendType` of this backend.
 pub const BACKEND_TYPE: &str = "udp";
-/// Most TUN queues (and pump thread pairs) the data path uses.
-const MAX_QUEUES: usize = 4;
 
 /// A failure of the UDP backend, naming the object and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -361,23 +359,7 @@ impl UdpBackend {
     }
 
     async fn start_data_path(&mut self, handle: &Handle) -> Result<(), UdpError> {
-        let queues = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, MAX_QUEUES);
-        let tuns = match open_tun_queues(queues, self.offloads) {
-            Ok(t) => t,
-            Err(e) => {
-                // A flannel0 left by Flannel or created with other flags cannot be attached
-                // to: replace it.
-                let Some(link) = netlink::link_by_name(handle, TUN_NAME).await? else {
-                    return Err(e);
-                };
-                tracing::warn!(error = %e, device = TUN_NAME, "existing device is unusable; recreating it");
-                netlink::del_link(handle, link.header.index, TUN_NAME).await?;
-                open_tun_queues(queues, self.offloads)?
-            }
-        };
+        let tuns = tun_device::open_queues::<UdpError>(handle, TUN_NAME, self.offloads).await?;
         let mut qs = Vec::with_capacity(tuns.len());
         let bind = SocketAddrV4::new(self.ext.iface_addr, self.port);
         for tun in tuns {
@@ -395,13 +377,7 @@ impl UdpBackend {
             "UDP data path"
         );
         self.granted = offloads;
-        let link = netlink::link_by_name(handle, TUN_NAME)
-            .await?
-            .ok_or_else(|| UdpError::Tun {
-                op: "find",
-                source: io::Error::from_raw_os_error(libc::ENODEV),
-            })?;
-        self.tun_index = link.header.index;
+        self.tun_index = tun_device::index_of::<UdpError>(handle, TUN_NAME).await?;
         self.datapath = Some(
             DataPath::start(qs, self.port, self.table.clone(), self.counters.clone())
                 .map_err(UdpError::Threads)?,
@@ -457,10 +433,6 @@ impl From<TunFailure> for UdpError {
             source: f.source,
         }
     }
-}
-
-fn open_tun_queues(queues: usize, offloads: bool) -> Result<Vec<SyncDevice>, UdpError> {
-    Ok(open_tun_device(TUN_NAME, queues, offloads)?)
 }
 
 /// Opens `queues` queues of the persistent multi-queue TUN device `name`, with virtio-net

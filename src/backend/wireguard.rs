@@ -30,8 +30,8 @@ pub use userspace::WireGuardCounters;
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
 use crate::backend::tun_device;
+use crate::backend::udp::granted_offloads;
 use crate::backend::udp::socket::UnderlaySocket;
-use crate::backend::udp::{granted_offloads, open_tun_device};
 use crate::backend::{BackendError, PeerChange, ReconcileReport};
 use crate::config::WireGuardConfig;
 use crate::lease::{Lease, LeaseAttrs};
@@ -46,8 +46,6 @@ pub const DEVICE_NAME_V6: &str = "flannel-wg-v6";
 /// Bytes Flannel reserves for the encapsulation (outer IPv6 header 40, UDP 8, WireGuard 32):
 /// the device and pod MTU is the underlay's minus this.
 pub const OVERHEAD: u32 = 80;
-/// Most TUN queues (and pump thread pairs) the userspace data path uses.
-const MAX_QUEUES: usize = 4;
 
 /// Which WireGuard data path runs (weftd's `--wireguard-datapath`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -541,23 +539,8 @@ impl WireGuardBackend {
     }
 
     async fn start_userspace(&mut self, handle: &Handle) -> Result<(), WireGuardError> {
-        let queues = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, MAX_QUEUES);
-        let tuns = match open_tun_device(DEVICE_NAME, queues, self.offloads) {
-            Ok(t) => t,
-            Err(e) => {
-                // A flannel-wg of another kind (a kernel WireGuard device Flannel left) or
-                // with other flags cannot be attached to: replace it.
-                let Some(link) = netlink::link_by_name(handle, DEVICE_NAME).await? else {
-                    return Err(e.into());
-                };
-                tracing::warn!(error = %e.source, device = DEVICE_NAME, "existing device is unusable; recreating it");
-                netlink::del_link(handle, link.header.index, DEVICE_NAME).await?;
-                open_tun_device(DEVICE_NAME, queues, self.offloads)?
-            }
-        };
+        let tuns =
+            tun_device::open_queues::<WireGuardError>(handle, DEVICE_NAME, self.offloads).await?;
         let bind = SocketAddrV4::new(self.ext.iface_addr, self.listen_port);
         let mut qs = Vec::with_capacity(tuns.len());
         for tun in tuns {
@@ -577,13 +560,7 @@ impl WireGuardBackend {
             "WireGuard data path"
         );
         self.granted = offloads;
-        let link = netlink::link_by_name(handle, DEVICE_NAME)
-            .await?
-            .ok_or_else(|| WireGuardError::Tun {
-                op: "find",
-                source: io::Error::from_raw_os_error(libc::ENODEV),
-            })?;
-        self.tun_index = link.header.index;
+        self.tun_index = tun_device::index_of::<WireGuardError>(handle, DEVICE_NAME).await?;
         self.kernel = None;
         self.datapath = Some(
             UserspaceDataPath::start(qs, self.peers.clone(), self.counters.clone())
