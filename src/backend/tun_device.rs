@@ -28,10 +28,7 @@ pub(crate) async fn settle<E: From<NetlinkError> + From<TunFailure>>(
 ) -> Result<(), E> {
     let link = netlink::link_by_index(handle, index)
         .await?
-        .ok_or_else(|| TunFailure {
-            op: "find",
-            source: io::Error::from_raw_os_error(libc::ENODEV),
-        })?;
+        .ok_or_else(missing)?;
     if netlink::link_mtu(&link) != Some(mtu) {
         netlink::set_link_mtu(handle, index, name, mtu).await?;
         outcome.added += 1;
@@ -109,9 +106,14 @@ pub(crate) async fn index_of<E: From<NetlinkError> + From<TunFailure>>(
 ) -> Result<u32, E> {
     let link = netlink::link_by_name(handle, name)
         .await?
-        .ok_or_else(|| TunFailure {
-            op: "find",
-            source: io::Error::from_raw_os_error(libc::ENODEV),
-        })?;
+        .ok_or_else(missing)?;
     Ok(link.header.index)
+}
+
+/// The failure of finding no device where one was just opened or settled.
+fn missing() -> TunFailure {
+    TunFailure {
+        op: "find",
+        source: io::Error::from_raw_os_error(libc::ENODEV),
+    }
 }
