@@ -47,26 +47,7 @@ pub enum MasqError {
 pub fn masq_ruleset(network: Ipv4Network, subnet: Ipv4Network) -> String {
     let n = Ipv4Network::new(network.network(), network.prefix()).unwrap_or(network);
     let s = Ipv4Network::new(subnet.network(), subnet.prefix()).unwrap_or(subnet);
-    let mark = KUBE_PROXY_MASQ_MARK;
-    format!(
-        "table ip {TABLE}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority 100; policy accept;\n\
-         \t\tmeta mark & {mark:#x} == {mark:#x} return\n\
-         \t\tip saddr {n} ip daddr {n} return\n\
-         \t\tip saddr {n} ip daddr != 224.0.0.0/4 masquerade fully-random\n\
-         \t\tip saddr != {n} ip daddr {s} return\n\
-         \t\tip saddr != {n} ip daddr {n} masquerade fully-random\n\
-         \t}}\n\
-         \tchain forward {{\n\
-         \t\ttype filter hook forward priority 0; policy accept;\n\
-         \t\tip saddr {n} accept\n\
-         \t\tip daddr {n} accept\n\
-         \t}}\n\
-         }}\n"
-    )
+    family_ruleset("ip", "224.0.0.0/4", n, s)
 }
 
 /// The IPv6 twin of [`masq_ruleset`] (`table ip6 weft`), as Flannel's IPv6 masquerade rules:
@@ -74,23 +55,35 @@ pub fn masq_ruleset(network: Ipv4Network, subnet: Ipv4Network) -> String {
 pub fn masq6_ruleset(network: Ipv6Network, subnet: Ipv6Network) -> String {
     let n = Ipv6Network::new(network.network(), network.prefix()).unwrap_or(network);
     let s = Ipv6Network::new(subnet.network(), subnet.prefix()).unwrap_or(subnet);
+    family_ruleset("ip6", "ff00::/8", n, s)
+}
+
+/// The rule set of one address family: nft spells the table family and the address match
+/// alike (`ip`/`ip6`), so the two families differ only in that word and the multicast range.
+fn family_ruleset(
+    family: &str,
+    multicast: &str,
+    n: impl std::fmt::Display,
+    s: impl std::fmt::Display,
+) -> String {
     let mark = KUBE_PROXY_MASQ_MARK;
+    let f = family;
     format!(
-        "table ip6 {TABLE}\n\
-         delete table ip6 {TABLE}\n\
-         table ip6 {TABLE} {{\n\
+        "table {f} {TABLE}\n\
+         delete table {f} {TABLE}\n\
+         table {f} {TABLE} {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority 100; policy accept;\n\
          \t\tmeta mark & {mark:#x} == {mark:#x} return\n\
-         \t\tip6 saddr {n} ip6 daddr {n} return\n\
-         \t\tip6 saddr {n} ip6 daddr != ff00::/8 masquerade fully-random\n\
-         \t\tip6 saddr != {n} ip6 daddr {s} return\n\
-         \t\tip6 saddr != {n} ip6 daddr {n} masquerade fully-random\n\
+         \t\t{f} saddr {n} {f} daddr {n} return\n\
+         \t\t{f} saddr {n} {f} daddr != {multicast} masquerade fully-random\n\
+         \t\t{f} saddr != {n} {f} daddr {s} return\n\
+         \t\t{f} saddr != {n} {f} daddr {n} masquerade fully-random\n\
          \t}}\n\
          \tchain forward {{\n\
          \t\ttype filter hook forward priority 0; policy accept;\n\
-         \t\tip6 saddr {n} accept\n\
-         \t\tip6 daddr {n} accept\n\
+         \t\t{f} saddr {n} accept\n\
+         \t\t{f} daddr {n} accept\n\
          \t}}\n\
          }}\n"
     )
