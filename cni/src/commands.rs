@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::ip::{Ipv4Net, Ipv6Net};
 use crate::ipam::{IpamStore, Pool, Pool6, LAST_RESERVED_FILE_6};
 use crate::log::Log;
-use crate::netlink::{format_mac, Link, Netlink};
+use crate::netlink::{format_mac, Link, Netlink, NetnsNetlink};
 use crate::netns::{Netns, NetnsError};
 use crate::result::{AddResult, Interface, IpConfig, IpConfig6, Route, Route6};
 use crate::subnet_env::{NodeSubnet, NodeSubnet6};

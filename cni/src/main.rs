@@ -11,10 +11,12 @@ mod ip;
 mod ipam;
 mod log;
 mod netlink;
-mod netns;
 mod result;
 mod subnet_env;
 mod version;
+
+/// The namespace helper is the `weft_netns` library of this package (shared with weftd).
+use weft_netns as netns;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd as _, AsRawFd};
 use std::time::{Duration, Instant};
 
+use crate::netns::{Netns, NetnsError};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
@@ -644,6 +645,23 @@ pub fn format_mac(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// A netlink socket inside a network namespace (see [`Netns::within`]).
+pub trait NetnsNetlink {
+    /// Opens a netlink socket inside this namespace.
+    fn netlink(&self) -> Result<Netlink, NetnsError>;
+}
+
+impl NetnsNetlink for Netns {
+    fn netlink(&self) -> Result<Netlink, NetnsError> {
+        self.within(Netlink::open)?
+            .map_err(|source| NetnsError::Io {
+                op: "open netlink socket in",
+                path: self.path().to_path_buf(),
+                source,
+            })
+    }
 }
 
 #[cfg(test)]

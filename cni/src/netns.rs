@@ -1,4 +1,6 @@
-//! The container's network namespace: opening and validating `CNI_NETNS`, and reaching into it.
+//! A network namespace: opening and validating a path (`CNI_NETNS`, a pod's sandbox), and
+//! reaching into it. Also the library `weft_netns`, so that the pod core (its probes) enters a
+//! namespace the way the plugin does, without the plugin linking tokio or etcd.
 
 use std::fs::File;
 use std::io;
@@ -6,8 +8,6 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
 use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
-
-use crate::netlink::Netlink;
 
 /// Why `CNI_NETNS` cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -94,16 +94,6 @@ impl Netns {
     /// The open namespace file (for `IFLA_NET_NS_FD`).
     pub fn file(&self) -> &File {
         &self.file
-    }
-
-    /// Opens a netlink socket inside this namespace (see [`Netns::within`]).
-    pub fn netlink(&self) -> Result<Netlink, NetnsError> {
-        self.within(Netlink::open)?
-            .map_err(|source| NetnsError::Io {
-                op: "open netlink socket in",
-                path: self.path.clone(),
-                source,
-            })
     }
 
     /// Runs `open` with the calling thread inside this namespace, for creating sockets, which

@@ -5,7 +5,6 @@
 //! ([`ProbeCounter`]); the checks themselves are at the bottom.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -264,22 +263,9 @@ enum ProbeError {
     /// The TCP connection failed.
     #[error("connect: {0}")]
     Connect(#[source] std::io::Error),
-    /// The pod's network namespace could not be opened.
-    #[error("open netns {}: {source}", path.display())]
-    OpenNetns {
-        /// The namespace file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Entering the pod's network namespace failed.
-    #[error("setns {}: {source}", path.display())]
-    Setns {
-        /// The namespace file.
-        path: PathBuf,
-        /// The cause.
-        source: nix::errno::Errno,
-    },
+    /// The pod's network namespace could not be opened or entered.
+    #[error(transparent)]
+    Netns(#[from] weft_netns::NetnsError),
     /// The probe thread panicked.
     #[error("probe thread panicked")]
     Panicked,
@@ -381,15 +367,9 @@ where
     F: FnOnce() -> Result<(), ProbeError> + Send + 'static,
 {
     let path: PathBuf = netns.to_path_buf();
-    let handle = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).map_err(|source| ProbeError::OpenNetns {
-            path: path.clone(),
-            source,
-        })?;
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|source| ProbeError::Setns { path, source })?;
-        f()
-    });
+    // The CNI plugin's helper: the namespace file is checked to be one (nsfs), the thread
+    // enters it for `f` alone and returns.
+    let handle = std::thread::spawn(move || weft_netns::Netns::open(&path)?.within(f)?);
     handle.join().map_err(|_| ProbeError::Panicked)?
 }
 
