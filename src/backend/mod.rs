@@ -128,9 +128,10 @@ pub struct ReconcileReport {
 }
 
 /// Removes what other backends left on this node (a changed `Backend.Type` or VNI), before
-/// the configured backend sets up its own data path. Failures are logged, not fatal: the new
-/// data path works next to leftovers, only less cleanly.
-async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface) {
+/// the configured backend sets up its own data path: also the userspace WireGuard data path
+/// process and its socket in `state_dir`. Failures are logged, not fatal: the new data path
+/// works next to leftovers, only less cleanly.
+async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface, state_dir: &Path) {
     let vxlan_name;
     let starting = match &cfg.backend {
         BackendConfig::Vxlan { vni, .. } => {
@@ -141,6 +142,16 @@ async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface) {
         BackendConfig::HostGw => leftovers::Starting::HostGw,
         BackendConfig::WireGuard(_) => leftovers::Starting::WireGuard,
     };
+    if starting != leftovers::Starting::WireGuard {
+        let socket = wireguard::control::socket_path(state_dir);
+        match wireguard::control::stop(&socket, None) {
+            Ok(Some(pid)) => {
+                tracing::info!(removed = %format!("WireGuard data path process {pid}"), "removed what another backend left behind");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not stop the WireGuard data path process"),
+        }
+    }
     let result = match crate::netlink::connect() {
         Ok(handle) => leftovers::remove(&handle, starting, ext.index, cfg.network).await,
         Err(e) => Err(e),
@@ -196,7 +207,7 @@ impl Backend {
                     .to_string(),
             ));
         }
-        remove_leftovers(cfg, ext).await;
+        remove_leftovers(cfg, ext, state_dir).await;
         match &cfg.backend {
             BackendConfig::Vxlan {
                 vni,

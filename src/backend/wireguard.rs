@@ -6,38 +6,45 @@
 //!
 //! Two data paths behind the backend ([`WireGuardDataPath`]): the kernel's WireGuard where the
 //! kernel has the module, and a userspace one ([`userspace`]) built on the UDP backend's fast
-//! TUN machinery otherwise. The private key lives in `--state-dir` ([`key`]); the device's
-//! address and route go through the entry pipeline like every backend's.
+//! TUN machinery otherwise. The userspace one runs in its own process ([`datapath`]), as
+//! wireguard-go does, which weftd starts once and configures over a unix socket in
+//! `--state-dir` ([`control`], [`uapi`]): a weftd restart finds it there and only brings its
+//! peers up to date. The private key lives in `--state-dir` ([`key`]); the device's address
+//! and route go through the entry pipeline like every backend's.
 
+pub mod control;
+pub mod datapath;
 pub mod kernel;
 pub mod key;
 pub mod peers;
+pub mod uapi;
 mod userspace;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddrV4;
-use std::path::Path;
-use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Arc;
 
 use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 
 pub use peers::{wireguard_peers, PeerSpec, BACKEND_TYPE};
+pub use control::DataPathCounters;
 pub use userspace::WireGuardCounters;
 
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
 use crate::backend::tun_device;
-use crate::backend::udp::granted_offloads;
-use crate::backend::udp::socket::UnderlaySocket;
 use crate::backend::{BackendError, PeerChange, ReconcileReport};
 use crate::config::WireGuardConfig;
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
-use crate::wireguard_key::WireGuardKey;
-use userspace::{next_table, PeerTable, Queue, SharedPeers, TunnSettings, UserspaceDataPath};
+use crate::wireguard_key::{SecretKey, WireGuardKey};
+use control::ControlSocket;
+use datapath::DataPathArgs;
+use uapi::{PeerSet, SetRequest};
 
 /// The IPv4 device, as Flannel names it.
 pub const DEVICE_NAME: &str = "flannel-wg";
@@ -97,6 +104,25 @@ pub enum WireGuardError {
     /// The pump threads could not be started.
     #[error("start WireGuard data path threads: {0}")]
     Threads(#[source] io::Error),
+    /// The userspace data path's control socket failed.
+    #[error("{op} WireGuard data path socket {}: {source}", path.display())]
+    Control {
+        /// What was attempted.
+        op: &'static str,
+        /// The socket.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// The userspace data path refused a request, answered nonsense or did not start.
+    #[error("WireGuard data path at {}: {reason}", path.display())]
+    Refused {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// `--wireguard-datapath kernel` on a kernel without WireGuard.
     #[error("kernel WireGuard requested, but the kernel cannot create a wireguard device: {0}")]
     NoKernelWireGuard(String),
@@ -133,6 +159,16 @@ impl From<crate::backend::udp::TunFailure> for WireGuardError {
     }
 }
 
+/// What every peer is configured with, besides its lease.
+pub struct TunnSettings {
+    /// This node's private key.
+    pub private: SecretKey,
+    /// `Backend.PSK`.
+    pub psk: Option<SecretKey>,
+    /// `Backend.PersistentKeepaliveInterval` in seconds, 0 for none.
+    pub keepalive: u16,
+}
+
 /// The WireGuard backend of one node.
 pub struct WireGuardBackend {
     network: Ipv4Network,
@@ -141,10 +177,15 @@ pub struct WireGuardBackend {
     mtu: u32,
     public_key: WireGuardKey,
     settings: TunnSettings,
-    peers: SharedPeers,
-    next_index: AtomicU32,
-    counters: Arc<WireGuardCounters>,
-    datapath: Option<UserspaceDataPath>,
+    state_dir: PathBuf,
+    counters: Arc<DataPathCounters>,
+    /// The userspace data path process's socket, when it carries the data path.
+    datapath: Option<ControlSocket>,
+    /// That process, when this weftd started it (reaped when it is stopped).
+    child: Option<Child>,
+    /// The peers the data path process holds as this weftd last set them; `None` until the
+    /// first pass since it was found or started has set them all.
+    datapath_peers: Option<BTreeMap<WireGuardKey, PeerSpec>>,
     /// The kernel's WireGuard, when it carries the data path.
     kernel: Option<kernel::WireGuardNetlink>,
     /// Whether every kernel peer has been written since the device was (re)attached: a PSK or
@@ -235,10 +276,11 @@ impl WireGuardBackend {
                 psk: cfg.psk.clone(),
                 keepalive: cfg.persistent_keepalive,
             },
-            peers: Arc::new(RwLock::new(Arc::new(PeerTable::default()))),
-            next_index: AtomicU32::new(rand::random::<u32>() >> 8),
-            counters: Arc::new(WireGuardCounters::default()),
+            state_dir: state_dir.to_path_buf(),
+            counters: Arc::new(DataPathCounters::default()),
             datapath: None,
+            child: None,
+            datapath_peers: None,
             kernel: None,
             kernel_peers_written: false,
             tun_index: 0,
@@ -272,6 +314,7 @@ impl WireGuardBackend {
     /// Makes `flannel-wg` a kernel WireGuard device (replacing a TUN device of that name the
     /// userspace path left) with the private key and listen port. The error says why not.
     async fn start_kernel(&mut self, handle: &Handle) -> Result<(), String> {
+        self.stop_datapath().map_err(|e| e.to_string())?;
         let existing = netlink::link_by_name(handle, DEVICE_NAME)
             .await
             .map_err(|e| e.to_string())?;
@@ -309,7 +352,7 @@ impl WireGuardBackend {
         self.tun_index = link.header.index;
         self.kernel = Some(nl);
         self.kernel_peers_written = false;
-        self.datapath = None;
+        self.counters.attach(None);
         self.granted = "kernel".to_string();
         tracing::info!(
             device = DEVICE_NAME,
@@ -384,8 +427,8 @@ impl WireGuardBackend {
         self.public_key
     }
 
-    /// The data path's counters.
-    pub fn counters(&self) -> Arc<WireGuardCounters> {
+    /// The data path's counters (fetched from the data path process at every scrape).
+    pub fn counters(&self) -> Arc<DataPathCounters> {
         self.counters.clone()
     }
 
@@ -403,7 +446,8 @@ impl WireGuardBackend {
     ) -> Result<ReconcileReport, WireGuardError> {
         let handle = netlink::connect()?;
         let mut outcome = ReconcileReport::default();
-        if tun_device::replaced(&handle, DEVICE_NAME, self.tun_index).await? {
+        let lost = self.datapath.is_some() && self.datapath_lost();
+        if lost || tun_device::replaced(&handle, DEVICE_NAME, self.tun_index).await? {
             tracing::warn!(
                 device = DEVICE_NAME,
                 "WireGuard device vanished or was replaced; recreating it"
@@ -416,7 +460,6 @@ impl WireGuardBackend {
                         source: io::Error::other(why),
                     })?;
             } else {
-                self.datapath = None;
                 self.start_userspace(&handle).await?;
             }
             outcome.added += 1;
@@ -445,7 +488,7 @@ impl WireGuardBackend {
         outcome.removed += route.removed;
         outcome.failed += route.failed;
         outcome.stale.extend(route.stale);
-        let (kept, added, removed) = self.sync_peers(own, peers)?;
+        let (kept, added, removed) = self.sync_peers(own, peers, true)?;
         outcome.desired += kept + added;
         outcome.present += kept;
         outcome.added += added;
@@ -472,7 +515,7 @@ impl WireGuardBackend {
             };
         }
         let peers: Vec<Lease> = self.leases.values().cloned().collect();
-        let (kept, added, removed) = self.sync_peers(own, &peers)?;
+        let (kept, added, removed) = self.sync_peers(own, &peers, false)?;
         Ok(Some(ReconcileReport {
             desired: kept + added,
             present: kept,
@@ -513,59 +556,201 @@ impl WireGuardBackend {
         }
     }
 
-    /// Brings the data path's peers in line with `leases`: (present, added, removed).
+    /// Brings the data path's peers in line with `leases`: (present, added, removed). A
+    /// `full` pass reads the userspace data path's peers back first.
     fn sync_peers(
         &mut self,
         own: Ipv4Network,
         leases: &[Lease],
+        full: bool,
     ) -> Result<(usize, usize, usize), WireGuardError> {
         if self.kernel.is_some() {
             self.sync_kernel_peers(own, leases)
         } else {
-            Ok(self.swap_peers(own, leases))
+            self.sync_datapath_peers(own, leases, full)
         }
     }
 
-    fn swap_peers(&self, own: Ipv4Network, leases: &[Lease]) -> (usize, usize, usize) {
-        let specs: BTreeMap<WireGuardKey, PeerSpec> =
-            wireguard_peers(own, self.listen_port, leases);
-        let mut guard = match self.peers.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
+    /// Sends the userspace data path the peers that changed since the last `set` (a full
+    /// pass compares with what it answers to `get`): one `set=1` with the upserts and
+    /// removals; peers that stay keep their sessions.
+    fn sync_datapath_peers(
+        &mut self,
+        own: Ipv4Network,
+        leases: &[Lease],
+        full: bool,
+    ) -> Result<(usize, usize, usize), WireGuardError> {
+        let Some(control) = self.datapath.clone() else {
+            return Ok((0, 0, 0));
         };
-        let (table, counts) = next_table(own, &specs, &guard, &self.settings, &self.next_index);
-        *guard = Arc::new(table);
-        counts
+        let specs = wireguard_peers(own, self.listen_port, leases);
+        let actual: BTreeMap<WireGuardKey, kernel::KernelPeer> = match &self.datapath_peers {
+            Some(known) if !full => known
+                .iter()
+                .map(|(k, p)| {
+                    let peer = kernel::KernelPeer {
+                        endpoint: Some(p.endpoint),
+                        allowed: p.allowed.clone(),
+                    };
+                    (*k, peer)
+                })
+                .collect(),
+            _ => control
+                .get()?
+                .peers
+                .into_iter()
+                .map(|(k, p)| {
+                    let peer = kernel::KernelPeer {
+                        endpoint: p.endpoint,
+                        allowed: p.allowed,
+                    };
+                    (k, peer)
+                })
+                .collect(),
+        };
+        let mut changes = kernel::peer_changes(&specs, &actual);
+        let first = self.datapath_peers.is_none();
+        if first {
+            // The PSK and keepalive cannot be read back: set every peer once.
+            changes.upsert = specs.values().cloned().collect();
+            changes.present = 0;
+        }
+        let mut req = SetRequest {
+            own_subnet: Some(own),
+            ..Default::default()
+        };
+        for spec in &changes.upsert {
+            let mut peer = PeerSet::new(spec.key);
+            peer.endpoint = Some(spec.endpoint);
+            peer.replace_allowed_ips = true;
+            peer.allowed = spec.allowed.clone();
+            peer.keepalive = Some(self.settings.keepalive);
+            peer.psk = Some(self.settings.psk.clone());
+            req.peers.push(peer);
+        }
+        for key in &changes.remove {
+            let mut peer = PeerSet::new(*key);
+            peer.remove = true;
+            req.peers.push(peer);
+        }
+        if !req.peers.is_empty() || full {
+            // Until the set succeeds, what the process holds is unknown.
+            self.datapath_peers = None;
+            control.set(&req)?;
+        }
+        self.datapath_peers = Some(specs);
+        Ok((changes.present, changes.upsert.len(), changes.remove.len()))
     }
 
-    async fn start_userspace(&mut self, handle: &Handle) -> Result<(), WireGuardError> {
-        let tuns =
-            tun_device::open_queues::<WireGuardError>(handle, DEVICE_NAME, self.offloads).await?;
-        let bind = SocketAddrV4::new(self.ext.iface_addr, self.listen_port);
-        let mut qs = Vec::with_capacity(tuns.len());
-        for tun in tuns {
-            let socket = UnderlaySocket::bind(bind, self.offloads)
-                .map_err(|source| WireGuardError::Socket { addr: bind, source })?;
-            qs.push(Queue { tun, socket });
+    /// Whether the data path process this weftd started has exited (the device went with it).
+    fn datapath_lost(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => {
+                tracing::warn!(%status, "the WireGuard data path process exited");
+                self.child = None;
+                true
+            }
+            _ => self
+                .datapath
+                .as_ref()
+                .is_some_and(|c| c.pid().is_none()),
         }
-        let offloads = qs.first().map_or_else(String::new, |q| {
-            granted_offloads(q.tun.tcp_gso(), q.socket.gso(), q.socket.gro())
-        });
+    }
+
+    /// Stops the userspace data path process, if one runs, and removes its socket.
+    fn stop_datapath(&mut self) -> Result<(), WireGuardError> {
+        let socket = control::socket_path(&self.state_dir);
+        control::stop(&socket, self.child.as_mut())?;
+        self.child = None;
+        self.datapath = None;
+        self.datapath_peers = None;
+        Ok(())
+    }
+
+    /// Why the data path process answering `view` is not this backend's (another device,
+    /// address, port or key), if it is not.
+    fn incompatible(&self, view: &uapi::DeviceView, bind: SocketAddrV4) -> Option<String> {
+        if view.device != DEVICE_NAME {
+            return Some(format!("it owns device {:?}", view.device));
+        }
+        if view.bind != Some(bind) || view.listen_port != self.listen_port {
+            return Some(format!("it is bound to {:?}, not {bind}", view.bind));
+        }
+        match view.public_key {
+            Some(k) if k != self.public_key => Some(format!("it holds another key ({k})")),
+            _ => None,
+        }
+    }
+
+    /// Finds the data path process a previous weftd started and keeps it when it is this
+    /// backend's and its device is there; otherwise stops it and starts a new one. Then sets
+    /// the private key.
+    async fn start_userspace(&mut self, handle: &Handle) -> Result<(), WireGuardError> {
+        let args = DataPathArgs {
+            socket: control::socket_path(&self.state_dir),
+            device: DEVICE_NAME.to_string(),
+            bind: SocketAddrV4::new(self.ext.iface_addr, self.listen_port),
+            offloads: self.offloads,
+        };
+        let control = ControlSocket::new(args.socket.clone());
+        let device = netlink::link_by_name(handle, DEVICE_NAME).await?;
+        let reused = match control.get() {
+            Ok(view) => match (self.incompatible(&view, args.bind), device) {
+                (None, Some(_)) => {
+                    self.granted = view.offloads;
+                    true
+                }
+                (why, _) => {
+                    let why = why.unwrap_or_else(|| format!("{DEVICE_NAME} is gone"));
+                    tracing::info!(reason = %why, "replacing the WireGuard data path process");
+                    false
+                }
+            },
+            Err(_) => false,
+        };
+        if !reused {
+            self.stop_datapath()?;
+            ensure_private_dir(&self.state_dir)?;
+            self.child = Some(control::spawn(&args)?);
+            self.granted = control.get()?.offloads;
+        }
+        control.set(&SetRequest {
+            private_key: Some(self.settings.private.clone()),
+            listen_port: Some(self.listen_port),
+            ..Default::default()
+        })?;
+        self.tun_index = tun_device::index_of::<WireGuardError>(handle, DEVICE_NAME).await?;
+        self.kernel = None;
+        self.datapath_peers = None;
+        self.counters.attach(Some(control.clone()));
         tracing::info!(
             device = DEVICE_NAME,
             datapath = "userspace",
-            queues = qs.len(),
+            pid = control.pid(),
+            reused,
             listen_port = self.listen_port,
-            offloads = %offloads,
+            offloads = %self.granted,
             "WireGuard data path"
         );
-        self.granted = offloads;
-        self.tun_index = tun_device::index_of::<WireGuardError>(handle, DEVICE_NAME).await?;
-        self.kernel = None;
-        self.datapath = Some(
-            UserspaceDataPath::start(qs, self.peers.clone(), self.counters.clone())
-                .map_err(WireGuardError::Threads)?,
-        );
+        self.datapath = Some(control);
         Ok(())
     }
+}
+
+/// Creates `dir` (0700) if it is missing: the data path's socket goes there.
+fn ensure_private_dir(dir: &Path) -> Result<(), WireGuardError> {
+    use std::os::unix::fs::PermissionsExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    let err = |op| {
+        move |source| WireGuardError::Control {
+            op,
+            path: dir.to_path_buf(),
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(err("create directory of"))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(err("restrict directory of"))
 }

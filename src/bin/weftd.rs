@@ -252,6 +252,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == weft::backend::wireguard::control::SUBCOMMAND)
+    {
+        return run_wireguard_datapath();
+    }
     // Before the first thread: the variables leave the environment children inherit.
     let notifier = ServiceNotifier::take_from_env();
     let matches = Flags::command().get_matches();
@@ -302,6 +308,42 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "weftd stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The userspace WireGuard data path process weftd starts for itself (`weftd
+/// wireguard-datapath`, hidden): it gets the private key over its socket, never here.
+#[derive(Debug, Parser)]
+#[command(name = "weftd wireguard-datapath", hide = true)]
+struct DataPathFlags {
+    /// The control socket to create.
+    #[arg(long)]
+    socket: PathBuf,
+    /// The TUN device to own.
+    #[arg(long)]
+    device: String,
+    /// Underlay address and listen port to bind.
+    #[arg(long)]
+    bind: std::net::SocketAddrV4,
+    /// Ask the kernel for TUN and UDP offloads.
+    #[arg(long, action = clap::ArgAction::Set)]
+    offloads: bool,
+}
+
+fn run_wireguard_datapath() -> ExitCode {
+    let flags = DataPathFlags::parse_from(std::env::args_os().skip(1));
+    let args = weft::backend::wireguard::datapath::DataPathArgs {
+        socket: flags.socket,
+        device: flags.device,
+        bind: flags.bind,
+        offloads: flags.offloads,
+    };
+    match weft::backend::wireguard::datapath::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "WireGuard data path stopped");
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! [`Node`]: a node namespace on the underlay running weftd.
 
 use super::*;
+use std::os::unix::ffi::OsStrExt as _;
 
 /// How weftd was started on a node, for restarts.
 #[derive(Debug, Clone)]
@@ -235,6 +236,30 @@ impl Node {
             Some(launch) => self.spawn_weftd(&launch),
             None => panic!("restart: weftd on {} was never started", self.name()),
         }
+    }
+
+    /// The userspace WireGuard data path's control socket in `--state-dir`.
+    pub fn wireguard_socket(&self) -> PathBuf {
+        self.state_dir().join("wireguard-datapath.sock")
+    }
+
+    /// The pids of the WireGuard data path processes weftd started for this node (their
+    /// command line names this node's socket).
+    pub fn wireguard_datapath_pids(&self) -> Vec<i32> {
+        let socket = self.wireguard_socket();
+        let socket = socket.as_os_str().as_bytes();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                words.contains(&&b"wireguard-datapath"[..]) && words.contains(&socket)
+            })
+            .collect()
     }
 
     /// The subnet file's content, if it exists.
@@ -521,6 +546,10 @@ impl Drop for Node {
         let mut guard = self.weftd.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mut child) = guard.take() {
             kill_and_reap(&mut child);
+        }
+        // weftd's userspace WireGuard data path runs in a session of its own and outlives it.
+        for pid in self.wireguard_datapath_pids() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         if std::thread::panicking() {
             eprintln!(

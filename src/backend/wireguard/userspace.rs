@@ -9,6 +9,9 @@
 //! lock of the sending peer, drops what the peer may not send (WireGuard's cryptokey
 //! routing: the inner source must be in the peer's allowed IPs) and writes runs of one TCP
 //! flow back as one segment. A timer thread drives handshakes, rekeys and keepalives.
+//!
+//! It runs in the data path process ([`super::datapath`]), not in weftd, so a weftd restart
+//! does not pause it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -85,10 +88,11 @@ fn add(counter: &AtomicU64, n: u64) {
     }
 }
 
-/// The counters as `weft_wireguard_<name>_total` on the daemon's `/metrics`.
-impl Collector for WireGuardCounters {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let rows: [(&str, &AtomicU64, &str); 12] = [
+impl WireGuardCounters {
+    /// Every counter: its name (`weft_wireguard_<name>_total` on `/metrics`, `weft_<name>=` on
+    /// the control socket), value and help text.
+    pub fn rows(&self) -> [(&'static str, &AtomicU64, &'static str); 12] {
+        [
             (
                 "tx_packets",
                 &self.tx_packets,
@@ -149,14 +153,23 @@ impl Collector for WireGuardCounters {
                 &self.handshakes_sent,
                 "Handshake, cookie and keepalive messages sent.",
             ),
-        ];
-        encode_counters(&mut encoder, "weft_wireguard", &rows)
+        ]
+    }
+}
+
+/// The counters as `weft_wireguard_<name>_total` on the daemon's `/metrics`.
+impl Collector for WireGuardCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        encode_counters(&mut encoder, "weft_wireguard", &self.rows())
     }
 }
 
 /// One peer as the pumps see it: its settings and its WireGuard state machine.
 pub struct Peer {
     spec: PeerSpec,
+    /// The PSK and keepalive its `Tunn` was made with.
+    psk: Option<SecretKey>,
+    keepalive: u16,
     tunn: Arc<Mutex<Tunn>>,
 }
 
@@ -174,7 +187,7 @@ impl Peer {
 }
 
 /// The peers by allowed IPs (longest prefix first) and by endpoint address, swapped whole by
-/// a reconcile; a peer whose key and settings stay keeps its sessions.
+/// a `set`; a peer whose key and settings stay keeps its sessions.
 #[derive(Default)]
 pub struct PeerTable {
     own_subnet: Option<Ipv4Network>,
@@ -197,7 +210,7 @@ impl PeerTable {
     }
 }
 
-/// The peer table as the pumps see it: swapped whole by a reconcile.
+/// The peer table as the pumps see it: swapped whole by a `set`.
 pub type SharedPeers = Arc<RwLock<Arc<PeerTable>>>;
 
 fn snapshot(table: &SharedPeers) -> Arc<PeerTable> {
@@ -207,42 +220,66 @@ fn snapshot(table: &SharedPeers) -> Arc<PeerTable> {
     }
 }
 
-/// What every peer's `Tunn` is made with.
-pub struct TunnSettings {
-    /// This node's private key.
-    pub private: SecretKey,
-    /// `Backend.PSK`.
+/// One peer as the control socket configured it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Key, endpoint, allowed IPs.
+    pub spec: PeerSpec,
+    /// Its pre-shared key, if any.
     pub psk: Option<SecretKey>,
-    /// `Backend.PersistentKeepaliveInterval` in seconds, 0 for none.
+    /// Its persistent keepalive in seconds, 0 for none.
     pub keepalive: u16,
 }
 
-/// Builds the next table from `specs`, keeping the state of peers whose key and endpoint
-/// did not change. Returns the table and (kept, added, removed) peers.
+impl PeerTable {
+    /// The peers, by key, as configured.
+    pub fn configs(&self) -> BTreeMap<WireGuardKey, PeerConfig> {
+        self.by_key
+            .iter()
+            .map(|(k, p)| {
+                let config = PeerConfig {
+                    spec: p.spec.clone(),
+                    psk: p.psk.clone(),
+                    keepalive: p.keepalive,
+                };
+                (*k, config)
+            })
+            .collect()
+    }
+}
+
+/// Builds the next table from `peers`, keeping the sessions of peers whose key, PSK and
+/// keepalive did not change (a new endpoint or allowed IPs keep them, as in a device).
+/// Returns the table and (kept, added, removed) peers.
 pub fn next_table(
-    own: Ipv4Network,
-    specs: &BTreeMap<WireGuardKey, PeerSpec>,
+    own: Option<Ipv4Network>,
+    peers: &BTreeMap<WireGuardKey, PeerConfig>,
     previous: &PeerTable,
-    settings: &TunnSettings,
+    private: &SecretKey,
     next_index: &AtomicU32,
 ) -> (PeerTable, (usize, usize, usize)) {
     let mut table = PeerTable {
-        own_subnet: Some(own),
+        own_subnet: own,
         ..Default::default()
     };
     let (mut kept, mut added) = (0, 0);
     let mut lens: HashMap<u8, HashMap<u32, Arc<Peer>>> = HashMap::new();
-    for (key, spec) in specs {
-        let peer = match previous.by_key.get(key) {
-            Some(old) if old.spec == *spec => {
+    for (key, config) in peers {
+        let old = previous
+            .by_key
+            .get(key)
+            .filter(|old| old.psk == config.psk && old.keepalive == config.keepalive);
+        let peer = match old {
+            Some(old) if old.spec == config.spec => {
                 kept += 1;
                 old.clone()
             }
             Some(old) => {
-                // A new endpoint or allowed IPs: the sessions stay valid, as in a device.
                 kept += 1;
                 Arc::new(Peer {
-                    spec: spec.clone(),
+                    spec: config.spec.clone(),
+                    psk: config.psk.clone(),
+                    keepalive: config.keepalive,
                     tunn: old.tunn.clone(),
                 })
             }
@@ -250,15 +287,17 @@ pub fn next_table(
                 added += 1;
                 let index = next_index.fetch_add(1, Ordering::Relaxed) & MAX_PEER_INDEX;
                 let tunn = Tunn::new(
-                    boringtun::x25519::StaticSecret::from(*settings.private.as_bytes()),
+                    boringtun::x25519::StaticSecret::from(*private.as_bytes()),
                     boringtun::x25519::PublicKey::from(*key.as_bytes()),
-                    settings.psk.as_ref().map(|k| *k.as_bytes()),
-                    (settings.keepalive > 0).then_some(settings.keepalive),
+                    config.psk.as_ref().map(|k| *k.as_bytes()),
+                    (config.keepalive > 0).then_some(config.keepalive),
                     index,
                     None,
                 );
                 Arc::new(Peer {
-                    spec: spec.clone(),
+                    spec: config.spec.clone(),
+                    psk: config.psk.clone(),
+                    keepalive: config.keepalive,
                     tunn: Arc::new(Mutex::new(tunn)),
                 })
             }
@@ -276,7 +315,7 @@ pub fn next_table(
     let removed = previous
         .by_key
         .keys()
-        .filter(|k| !specs.contains_key(k))
+        .filter(|k| !peers.contains_key(k))
         .count();
     table.by_len = lens.into_iter().collect();
     table.by_len.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
@@ -293,6 +332,8 @@ pub struct Queue {
 
 /// The running pumps and timer; dropping it stops and joins them.
 pub struct UserspaceDataPath {
+    /// Raised by a pump whose TUN queue is gone (the device was deleted).
+    stop: Arc<AtomicBool>,
     /// Held for its drop, which stops and joins the pumps.
     _threads: PumpThreads,
 }
@@ -332,7 +373,15 @@ impl UserspaceDataPath {
             };
             threads.spawn("weft-wg-timers".to_string(), move || timer.run_timers())?;
         }
-        Ok(UserspaceDataPath { _threads: threads })
+        Ok(UserspaceDataPath {
+            stop: threads.stop_flag(),
+            _threads: threads,
+        })
+    }
+
+    /// Whether the pumps stopped because the TUN device is gone.
+    pub fn device_gone(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 }
 
@@ -405,7 +454,9 @@ impl Pump {
                 Err(e) => {
                     add(&self.counters.tx_errors, 1);
                     if is_fatal(&e) {
-                        tracing::error!(error = %e, "WireGuard TUN queue is gone; tx pump stops");
+                        // The device was deleted: every queue is gone, the data path ends.
+                        tracing::error!(error = %e, "WireGuard TUN queue is gone; the data path stops");
+                        self.stop.store(true, Ordering::Relaxed);
                         return;
                     }
                     continue;

@@ -1,0 +1,285 @@
+//! weftd's side of the userspace data path process ([`super::datapath`]): where its control
+//! socket lives, how weftd starts it (a re-exec of its own binary, argument vector only, in
+//! a session of its own so a SIGKILL of weftd does not reach it), talks to it (UAPI `set=1`
+//! and `get=1`, [`super::uapi`]) and stops it (a backend switch, an incompatible process).
+//! Its counters reach `/metrics` through [`DataPathCounters`], fetched with `get=1`.
+
+use std::io::{self, BufRead, BufReader, Read as _, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use super::datapath::DataPathArgs;
+use super::uapi::{self, DeviceView, SetRequest};
+use super::userspace::WireGuardCounters;
+use super::WireGuardError;
+
+/// The control socket's name under `--state-dir`.
+pub const SOCKET_NAME: &str = "wireguard-datapath.sock";
+/// weftd's hidden subcommand that runs the data path process.
+pub const SUBCOMMAND: &str = "wireguard-datapath";
+/// How long a request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a started process may take to answer on its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopped process may take to exit before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `<state_dir>/wireguard-datapath.sock`.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_NAME)
+}
+
+/// The control socket of a data path process.
+#[derive(Debug, Clone)]
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// The socket at `path`.
+    pub fn new(path: PathBuf) -> ControlSocket {
+        ControlSocket { path }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(io::Error) -> WireGuardError {
+        let path = self.path.clone();
+        move |source| WireGuardError::Control { op, path, source }
+    }
+
+    fn connect(&self) -> Result<UnixStream, WireGuardError> {
+        let stream = UnixStream::connect(&self.path).map_err(self.err("connect to"))?;
+        stream
+            .set_read_timeout(Some(REQUEST_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))
+            .map_err(self.err("configure"))?;
+        Ok(stream)
+    }
+
+    /// Sends one request (its lines) and returns the answer's lines up to the empty one.
+    fn exchange(&self, request: &str) -> Result<String, WireGuardError> {
+        let mut stream = self.connect()?;
+        stream
+            .write_all(request.as_bytes())
+            .and_then(|()| stream.write_all(b"\n"))
+            .map_err(self.err("write to"))?;
+        let mut reader = BufReader::new(stream).take(uapi::MAX_REQUEST as u64);
+        let mut answer = String::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(self.err("read from"))?;
+            if n == 0 || line == "\n" {
+                return Ok(answer);
+            }
+            answer.push_str(&line);
+        }
+    }
+
+    /// `get=1`: the device, its peers and counters.
+    pub fn get(&self) -> Result<DeviceView, WireGuardError> {
+        let answer = self.exchange("get=1\n")?;
+        uapi::parse_device(&answer).map_err(|e| WireGuardError::Refused {
+            path: self.path.clone(),
+            reason: format!("get=1: {e}"),
+        })
+    }
+
+    /// `set=1` with `req`.
+    pub fn set(&self, req: &SetRequest) -> Result<(), WireGuardError> {
+        let answer = self.exchange(&uapi::format_set(req))?;
+        match uapi::parse_errno(&answer) {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(WireGuardError::Refused {
+                path: self.path.clone(),
+                reason: format!("set=1: errno={n} ({})", io::Error::from_raw_os_error(n as i32)),
+            }),
+            Err(e) => Err(WireGuardError::Refused {
+                path: self.path.clone(),
+                reason: format!("set=1: {e}"),
+            }),
+        }
+    }
+
+    /// The pid of the process answering on the socket (its peer credentials), if one does.
+    pub fn pid(&self) -> Option<i32> {
+        let stream = UnixStream::connect(&self.path).ok()?;
+        let cred =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .ok()?;
+        Some(cred.pid())
+    }
+}
+
+/// Starts the data path process with `args` (the running binary, re-executed as `weftd
+/// wireguard-datapath`, its own session, only the logging variables of the environment) and
+/// waits until it answers on its socket.
+pub fn spawn(args: &DataPathArgs) -> Result<Child, WireGuardError> {
+    let socket = ControlSocket::new(args.socket.clone());
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("weftd")
+        .arg(SUBCOMMAND)
+        .arg("--socket")
+        .arg(&args.socket)
+        .arg("--device")
+        .arg(&args.device)
+        .arg("--bind")
+        .arg(args.bind.to_string())
+        .arg("--offloads")
+        .arg(args.offloads.to_string())
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k == "RUST_LOG" || k == "NO_COLOR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(socket.err("start the process of"))?;
+    let start = Instant::now();
+    loop {
+        if socket.get().is_ok() {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(WireGuardError::Refused {
+                path: args.socket.clone(),
+                reason: format!("the data path process exited with {status} before answering"),
+            });
+        }
+        if start.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(WireGuardError::Refused {
+                path: args.socket.clone(),
+                reason: format!("the data path process did not answer within {START_TIMEOUT:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` runs (a zombie nobody has reaped yet has ended).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is a data path process (its command line names [`SUBCOMMAND`]).
+fn is_data_path(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|w| w == SUBCOMMAND.as_bytes()))
+}
+
+/// Stops the data path process answering on `socket`, if any (SIGTERM, SIGKILL after
+/// [`STOP_TIMEOUT`]), reaps it when it is `child`, and removes the socket. Returns the pid
+/// stopped.
+pub fn stop(socket: &Path, child: Option<&mut Child>) -> Result<Option<i32>, WireGuardError> {
+    let control = ControlSocket::new(socket.to_path_buf());
+    let pid = control.pid().filter(|p| is_data_path(*p));
+    if let Some(pid) = pid {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let start = Instant::now();
+        let mut child = child.filter(|c| c.id() as i32 == pid);
+        loop {
+            if let Some(c) = child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+            } else if !running(pid) {
+                break;
+            }
+            if start.elapsed() > STOP_TIMEOUT {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                if let Some(c) = child.as_mut() {
+                    let _ = c.wait();
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::info!(pid, socket = %socket.display(), "stopped the WireGuard data path process");
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => Ok(pid),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(pid),
+        Err(source) => Err(WireGuardError::Control {
+            op: "remove",
+            path: socket.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The data path's counters on weftd's `/metrics` (`weft_wireguard_<name>_total`), fetched
+/// with `get=1` at every scrape; the last values fetched stand while the process does not
+/// answer. Without a data path process (the kernel's WireGuard) they stay 0.
+#[derive(Debug, Default)]
+pub struct DataPathCounters {
+    socket: Mutex<Option<ControlSocket>>,
+    last: WireGuardCounters,
+}
+
+impl DataPathCounters {
+    /// Fetches from `socket` from now on (None: the kernel's data path, no counters).
+    pub fn attach(&self, socket: Option<ControlSocket>) {
+        let mut guard = match self.socket.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if guard.as_ref().map(ControlSocket::path) != socket.as_ref().map(ControlSocket::path) {
+            for (_, v, _) in self.last.rows() {
+                v.store(0, Ordering::Relaxed);
+            }
+        }
+        *guard = socket;
+    }
+
+    fn refresh(&self) {
+        let socket = match self.socket.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let Some(socket) = socket else { return };
+        match socket.get() {
+            Ok(view) => {
+                for (name, v, _) in self.last.rows() {
+                    if let Some(n) = view.counters.get(name) {
+                        v.store(*n, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "fetch WireGuard data path counters"),
+        }
+    }
+}
+
+impl Collector for DataPathCounters {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        self.refresh();
+        self.last.encode(encoder)
+    }
+}

@@ -1,0 +1,476 @@
+//! The userspace WireGuard data path as its own long-lived process, as wireguard-go runs:
+//! weftd starts it once (`weftd wireguard-datapath`, see [`super::control`]), it owns the TUN
+//! queues of `flannel-wg`, the UDP sockets and every peer's sessions, and weftd configures it
+//! over a unix socket in `--state-dir` with WireGuard's UAPI text ([`super::uapi`]). A weftd
+//! restart (SIGTERM or SIGKILL) leaves it running, so pods keep talking and sessions stay.
+//!
+//! It ends when its TUN device is deleted (a backend switch removes `flannel-wg`), when its
+//! socket is removed or replaced, or on a signal. Bad control input is answered with an
+//! errno and changes nothing; it never ends the process.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read as _, Write};
+use std::net::SocketAddrV4;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+
+use super::key::public_key;
+use super::peers::PeerSpec;
+use super::uapi::{self, DeviceView, PeerView, Request, SetRequest, UapiError};
+use super::userspace::{
+    next_table, PeerConfig, PeerTable, Queue, SharedPeers, UserspaceDataPath, WireGuardCounters,
+};
+use super::WireGuardError;
+use crate::backend::tun_device;
+use crate::backend::udp::granted_offloads;
+use crate::backend::udp::socket::{poll_readable, UnderlaySocket};
+use crate::netlink;
+use crate::wireguard_key::{SecretKey, WireGuardKey};
+
+/// How long one control connection may take to send its request or read the answer.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the process looks at its device and socket between requests.
+const WATCH_MS: u16 = 200;
+
+/// What the process is started with (its argument vector; the private key comes over the
+/// socket).
+#[derive(Debug, Clone)]
+pub struct DataPathArgs {
+    /// The control socket to create.
+    pub socket: PathBuf,
+    /// The TUN device to own.
+    pub device: String,
+    /// The underlay address and listen port the sockets bind to.
+    pub bind: SocketAddrV4,
+    /// Whether to ask the kernel for TUN and UDP offloads.
+    pub offloads: bool,
+}
+
+/// The device's configuration as the socket set it (`Debug` prints no key: [`SecretKey`]).
+#[derive(Debug, Default)]
+struct DeviceConfig {
+    private: Option<SecretKey>,
+    own: Option<Ipv4Network>,
+    peers: BTreeMap<WireGuardKey, PeerConfig>,
+}
+
+/// The configuration `req` leads to from `current`, or why not (then nothing changes).
+fn apply_set(
+    current: &DeviceConfig,
+    req: &SetRequest,
+    listen_port: u16,
+) -> Result<DeviceConfig, UapiError> {
+    let refuse = |key: &str, reason: String| UapiError::Invalid {
+        line: 0,
+        key: key.to_string(),
+        reason,
+    };
+    if let Some(port) = req.listen_port {
+        if port != listen_port {
+            return Err(refuse(
+                "listen_port",
+                format!("{port}: this data path is bound to {listen_port}; start another"),
+            ));
+        }
+    }
+    let mut next = DeviceConfig {
+        private: req.private_key.clone().or_else(|| current.private.clone()),
+        own: req.own_subnet.or(current.own),
+        peers: if req.replace_peers {
+            BTreeMap::new()
+        } else {
+            current.peers.clone()
+        },
+    };
+    for p in &req.peers {
+        if p.remove {
+            next.peers.remove(&p.key);
+            continue;
+        }
+        let existing = next.peers.get(&p.key).cloned();
+        if p.update_only && existing.is_none() {
+            continue;
+        }
+        let mut allowed = match (&existing, p.replace_allowed_ips) {
+            (Some(e), false) => e.spec.allowed.clone(),
+            _ => Vec::new(),
+        };
+        for a in &p.allowed {
+            if !allowed.contains(a) {
+                allowed.push(*a);
+            }
+        }
+        let Some(endpoint) = p.endpoint.or(existing.as_ref().map(|e| e.spec.endpoint)) else {
+            return Err(refuse(
+                "endpoint",
+                format!("peer {} has none; this data path needs one", p.key),
+            ));
+        };
+        let config = PeerConfig {
+            spec: PeerSpec {
+                key: p.key,
+                endpoint,
+                allowed,
+            },
+            psk: match &p.psk {
+                Some(psk) => psk.clone(),
+                None => existing.as_ref().and_then(|e| e.psk.clone()),
+            },
+            keepalive: p
+                .keepalive
+                .or(existing.as_ref().map(|e| e.keepalive))
+                .unwrap_or(0),
+        };
+        next.peers.insert(p.key, config);
+    }
+    if next.private.is_none() && !next.peers.is_empty() {
+        return Err(refuse(
+            "private_key",
+            "peers need the device's private key first".to_string(),
+        ));
+    }
+    Ok(next)
+}
+
+/// The running data path: its pumps, its peers and its identity.
+struct DataPath {
+    args: DataPathArgs,
+    config: DeviceConfig,
+    peers: SharedPeers,
+    next_index: AtomicU32,
+    counters: Arc<WireGuardCounters>,
+    offloads: String,
+    pumps: UserspaceDataPath,
+}
+
+impl DataPath {
+    /// Answers one request (the text up to its empty line) with the text of the answer.
+    fn answer(&mut self, text: &str) -> String {
+        let request = match uapi::parse_request(text) {
+            Ok(r) => r,
+            Err(e) => return refused(&e),
+        };
+        match request {
+            Request::Get => format!("{}errno=0\n\n", uapi::format_device(&self.view())),
+            Request::Set(req) => match self.set(&req) {
+                Ok(()) => "errno=0\n\n".to_string(),
+                Err(e) => refused(&e),
+            },
+        }
+    }
+
+    fn set(&mut self, req: &SetRequest) -> Result<(), UapiError> {
+        let next = apply_set(&self.config, req, self.args.bind.port())?;
+        let rekeyed = next.private != self.config.private;
+        let Some(private) = next.private.as_ref() else {
+            self.config = next;
+            return Ok(());
+        };
+        let mut guard = match self.peers.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        // A new private key invalidates every session.
+        let empty = PeerTable::default();
+        let previous: &PeerTable = if rekeyed { &empty } else { &guard };
+        let (table, (kept, added, removed)) =
+            next_table(next.own, &next.peers, previous, private, &self.next_index);
+        *guard = Arc::new(table);
+        drop(guard);
+        if added + removed > 0 || rekeyed {
+            tracing::info!(
+                device = %self.args.device,
+                peers = kept + added,
+                added,
+                removed,
+                "WireGuard data path peers set"
+            );
+        }
+        self.config = next;
+        Ok(())
+    }
+
+    fn view(&self) -> DeviceView {
+        let table = match self.peers.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        DeviceView {
+            listen_port: self.args.bind.port(),
+            device: self.args.device.clone(),
+            bind: Some(self.args.bind),
+            public_key: self.config.private.as_ref().map(public_key),
+            own_subnet: self.config.own,
+            offloads: self.offloads.clone(),
+            counters: self
+                .counters
+                .rows()
+                .iter()
+                .map(|(name, v, _)| (name.to_string(), v.load(Ordering::Relaxed)))
+                .collect(),
+            peers: table
+                .configs()
+                .into_iter()
+                .map(|(k, c)| {
+                    let view = PeerView {
+                        endpoint: Some(c.spec.endpoint),
+                        allowed: c.spec.allowed,
+                        keepalive: c.keepalive,
+                    };
+                    (k, view)
+                })
+                .collect(),
+        }
+    }
+}
+
+fn refused(e: &UapiError) -> String {
+    tracing::warn!(error = %e, "control request refused");
+    format!("errno={}\n\n", e.errno())
+}
+
+/// Reads requests from one connection and answers each, until the peer closes it, sends
+/// more than [`uapi::MAX_REQUEST`] or stalls past [`CONTROL_TIMEOUT`].
+fn serve_connection(path: &mut DataPath, stream: UnixStream) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CONTROL_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONTROL_TIMEOUT))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream).take(uapi::MAX_REQUEST as u64);
+    let mut request = String::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            // Closed, or the size limit reached: a partial request is answered as refused.
+            if !request.is_empty() {
+                let answer = path.answer(&request);
+                writer.write_all(answer.as_bytes())?;
+            }
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches('\n');
+        if text.is_empty() {
+            let answer = path.answer(&request);
+            writer.write_all(answer.as_bytes())?;
+            request.clear();
+            continue;
+        }
+        request.push_str(text);
+        request.push('\n');
+    }
+}
+
+/// Whether the socket file is still the one this process bound (same inode).
+fn socket_is_ours(path: &Path, inode: u64) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == inode)
+}
+
+/// Creates the control socket (0600) at `path`, refusing when a live process answers there.
+fn bind_control(path: &Path) -> Result<UnixListener, WireGuardError> {
+    let err = |op: &'static str| {
+        let path = path.to_path_buf();
+        move |source| WireGuardError::Control { op, path, source }
+    };
+    if UnixStream::connect(path).is_ok() {
+        return Err(err("bind")(io::Error::from_raw_os_error(libc::EADDRINUSE)));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("remove stale")(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(err("restrict"))?;
+    listener.set_nonblocking(true).map_err(err("configure"))?;
+    Ok(listener)
+}
+
+/// Runs the data path process: opens the device and sockets, creates the control socket and
+/// serves it until the device or the socket is gone. Blocks; must run in the node's network
+/// namespace.
+pub fn run(args: DataPathArgs) -> Result<(), WireGuardError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(WireGuardError::Threads)?;
+    let tuns = runtime.block_on(async {
+        let handle = netlink::connect()?;
+        tun_device::open_queues::<WireGuardError>(&handle, &args.device, args.offloads).await
+    })?;
+    drop(runtime);
+    let mut qs = Vec::with_capacity(tuns.len());
+    for tun in tuns {
+        let socket = UnderlaySocket::bind(args.bind, args.offloads).map_err(|source| {
+            WireGuardError::Socket {
+                addr: args.bind,
+                source,
+            }
+        })?;
+        qs.push(Queue { tun, socket });
+    }
+    let offloads = qs.first().map_or_else(String::new, |q| {
+        granted_offloads(q.tun.tcp_gso(), q.socket.gso(), q.socket.gro())
+    });
+    let queues = qs.len();
+    let listener = bind_control(&args.socket)?;
+    let inode = std::fs::symlink_metadata(&args.socket)
+        .map(|m| m.ino())
+        .map_err(|source| WireGuardError::Control {
+            op: "stat",
+            path: args.socket.clone(),
+            source,
+        })?;
+    let peers: SharedPeers = Arc::new(RwLock::new(Arc::new(PeerTable::default())));
+    let counters = Arc::new(WireGuardCounters::default());
+    let pumps = UserspaceDataPath::start(qs, peers.clone(), counters.clone())
+        .map_err(WireGuardError::Threads)?;
+    tracing::info!(
+        device = %args.device,
+        pid = std::process::id(),
+        queues,
+        bind = %args.bind,
+        offloads = %offloads,
+        "WireGuard data path process running"
+    );
+    let mut path = DataPath {
+        args,
+        config: DeviceConfig::default(),
+        peers,
+        next_index: AtomicU32::new(rand::random::<u32>() >> 8),
+        counters,
+        offloads,
+        pumps,
+    };
+    loop {
+        if path.pumps.device_gone() {
+            tracing::info!(device = %path.args.device, "TUN device gone; WireGuard data path exits");
+            break;
+        }
+        if !socket_is_ours(&path.args.socket, inode) {
+            tracing::info!(socket = %path.args.socket.display(), "control socket removed; WireGuard data path exits");
+            return Ok(());
+        }
+        if let Err(e) = poll_readable(listener.as_fd(), WATCH_MS) {
+            tracing::warn!(error = %e, "poll control socket");
+            std::thread::sleep(Duration::from_millis(u64::from(WATCH_MS)));
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = serve_connection(&mut path, stream) {
+                    tracing::debug!(error = %e, "control connection ended");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => tracing::warn!(error = %e, "accept on control socket"),
+        }
+    }
+    if socket_is_ours(&path.args.socket, inode) {
+        let _ = std::fs::remove_file(&path.args.socket);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::wireguard::uapi::PeerSet;
+
+    const KEY_A: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+    const KEY_B: &str = "Y2FD6uTgrq+/bbBAXCNOtE+PGk8Papoh7qaWBpQUXn0=";
+
+    fn peer(key: &str, endpoint: &str, allowed: &str) -> PeerSet {
+        let mut p = PeerSet::new(WireGuardKey::parse(key).unwrap());
+        p.endpoint = Some(endpoint.parse().unwrap());
+        p.replace_allowed_ips = true;
+        p.allowed = vec![allowed.parse().unwrap()];
+        p
+    }
+
+    #[test]
+    fn sets_add_update_and_remove_peers_as_a_device_does() {
+        let private = SecretKey::parse(KEY_B).unwrap();
+        let first = SetRequest {
+            private_key: Some(private),
+            listen_port: Some(51820),
+            own_subnet: Some("10.244.1.0/24".parse().unwrap()),
+            peers: vec![peer(KEY_A, "192.0.2.12:51820", "10.244.2.0/24")],
+            ..Default::default()
+        };
+        let c = apply_set(&DeviceConfig::default(), &first, 51820).unwrap();
+        let a = WireGuardKey::parse(KEY_A).unwrap();
+        assert_eq!(c.peers[&a].spec.allowed, vec!["10.244.2.0/24".parse().unwrap()]);
+        // Allowed IPs add up without replace_allowed_ips; the endpoint stays.
+        let mut more = PeerSet::new(a);
+        more.allowed = vec!["10.244.3.0/24".parse().unwrap()];
+        more.keepalive = Some(25);
+        let c = apply_set(
+            &c,
+            &SetRequest {
+                peers: vec![more],
+                ..Default::default()
+            },
+            51820,
+        )
+        .unwrap();
+        assert_eq!(c.peers[&a].spec.allowed.len(), 2);
+        assert_eq!(c.peers[&a].spec.endpoint, "192.0.2.12:51820".parse().unwrap());
+        assert_eq!(c.peers[&a].keepalive, 25);
+        let mut gone = PeerSet::new(a);
+        gone.remove = true;
+        let c = apply_set(
+            &c,
+            &SetRequest {
+                peers: vec![gone],
+                ..Default::default()
+            },
+            51820,
+        )
+        .unwrap();
+        assert!(c.peers.is_empty());
+        assert!(c.private.is_some(), "the key stays");
+    }
+
+    #[test]
+    fn a_refused_set_changes_nothing() {
+        let c = DeviceConfig::default();
+        // Peers before any private key.
+        let req = SetRequest {
+            peers: vec![peer(KEY_A, "192.0.2.12:51820", "10.244.2.0/24")],
+            ..Default::default()
+        };
+        assert!(apply_set(&c, &req, 51820).is_err());
+        // Another port than the one bound.
+        let req = SetRequest {
+            listen_port: Some(1),
+            ..Default::default()
+        };
+        let err = apply_set(&c, &req, 51820).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        // A new peer without an endpoint.
+        let req = SetRequest {
+            private_key: Some(SecretKey::parse(KEY_B).unwrap()),
+            peers: vec![PeerSet::new(WireGuardKey::parse(KEY_A).unwrap())],
+            ..Default::default()
+        };
+        assert!(apply_set(&c, &req, 51820).is_err());
+        // update_only on a peer that is not there adds nothing.
+        let mut p = peer(KEY_A, "192.0.2.12:51820", "10.244.2.0/24");
+        p.update_only = true;
+        let req = SetRequest {
+            private_key: Some(SecretKey::parse(KEY_B).unwrap()),
+            peers: vec![p],
+            ..Default::default()
+        };
+        assert!(apply_set(&c, &req, 51820).unwrap().peers.is_empty());
+    }
+}
