@@ -566,7 +566,11 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
     let pids = n0.wireguard_datapath_pids();
     assert_eq!(pids.len(), 1, "one data path process: {pids:?}");
     let pid = pids[0];
-    assert_ne!(Some(pid as u32), n0.weftd_pid(), "the data path is not weftd");
+    assert_ne!(
+        Some(pid as u32),
+        n0.weftd_pid(),
+        "the data path is not weftd"
+    );
     // Its control socket is weftd's only: 0600 in a 0700 directory.
     let socket = n0.wireguard_socket();
     let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
@@ -577,13 +581,20 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
     for file in ["cmdline", "environ"] {
         let text = std::fs::read(format!("/proc/{pid}/{file}")).expect("read /proc");
         let text = String::from_utf8_lossy(&text);
-        assert!(!text.contains(private.trim()), "private key in /proc/{pid}/{file}");
+        assert!(
+            !text.contains(private.trim()),
+            "private key in /proc/{pid}/{file}"
+        );
     }
     // weftd's /metrics shows the data path's counters, fetched over the socket.
-    n0.wait_until(Duration::from_secs(10), "tx and rx counters on /metrics", || {
-        wireguard_counter(n0, "tx_packets").is_some_and(|n| n > 0)
-            && wireguard_counter(n0, "rx_packets").is_some_and(|n| n > 0)
-    });
+    n0.wait_until(
+        Duration::from_secs(10),
+        "tx and rx counters on /metrics",
+        || {
+            wireguard_counter(n0, "tx_packets").is_some_and(|n| n > 0)
+                && wireguard_counter(n0, "rx_packets").is_some_and(|n| n > 0)
+        },
+    );
 
     // Hostile control input is answered with an errno; the process neither dies nor changes.
     let key_hex: String = base64::engine::general_purpose::STANDARD
@@ -597,23 +608,45 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         (b"garbage\n\n".to_vec(), "errno=71"),
         (b"set=1\nprivate_key=zz\n\n".to_vec(), "errno=22"),
         (b"set=1\nlisten_port=1\n\n".to_vec(), "errno=22"),
-        (b"set=1\nreplace_peers=true\nbogus=1\n\n".to_vec(), "errno=22"),
-        (format!("set=1\n{peer_line}endpoint=[2001:db8::1]:51820\n\n").into_bytes(), "errno=22"),
-        (format!("set=1\n{peer_line}allowed_ip=10.244.0.0/99\n\n").into_bytes(), "errno=22"),
+        (
+            b"set=1\nreplace_peers=true\nbogus=1\n\n".to_vec(),
+            "errno=22",
+        ),
+        (
+            format!("set=1\n{peer_line}endpoint=[2001:db8::1]:51820\n\n").into_bytes(),
+            "errno=22",
+        ),
+        (
+            format!("set=1\n{peer_line}allowed_ip=10.244.0.0/99\n\n").into_bytes(),
+            "errno=22",
+        ),
         (b"\xff\xfe\x00set=1\n\n".to_vec(), "errno=71"),
         (vec![b'x'; 1 << 20], ""),
     ];
     for (request, answer) in hostile {
         let got = control_exchange(&socket, &request);
-        assert!(got.starts_with(answer), "{:?} answered {got:?}", String::from_utf8_lossy(&request[..request.len().min(80)]));
+        assert!(
+            got.starts_with(answer),
+            "{:?} answered {got:?}",
+            String::from_utf8_lossy(&request[..request.len().min(80)])
+        );
     }
     let got = control_exchange(&socket, b"get=1\n\n");
-    assert!(got.contains("listen_port=51820\n") && got.ends_with("errno=0\n\n"), "{got}");
+    assert!(
+        got.contains("listen_port=51820\n") && got.ends_with("errno=0\n\n"),
+        "{got}"
+    );
     assert!(!got.contains(&key_hex), "get=1 answered the private key");
-    assert_eq!(n0.wireguard_datapath_pids(), vec![pid], "bad control input ended the data path");
-    wait_until(Duration::from_secs(10), "pods talk after hostile control input", || {
-        a.tcp_check(&b) && b.tcp_check(&a)
-    });
+    assert_eq!(
+        n0.wireguard_datapath_pids(),
+        vec![pid],
+        "bad control input ended the data path"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "pods talk after hostile control input",
+        || a.tcp_check(&b) && b.tcp_check(&a),
+    );
 
     n0.restart();
     n0.wait_ready(Duration::from_secs(30));

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 
-pub use peers::{wireguard_peers, PeerSpec, BACKEND_TYPE};
 pub use control::DataPathCounters;
+pub use peers::{wireguard_peers, PeerSpec, BACKEND_TYPE};
 pub use userspace::WireGuardCounters;
 
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
@@ -650,10 +650,7 @@ impl WireGuardBackend {
                 self.child = None;
                 true
             }
-            _ => self
-                .datapath
-                .as_ref()
-                .is_some_and(|c| c.pid().is_none()),
+            _ => self.datapath.as_ref().is_some_and(|c| c.pid().is_none()),
         }
     }
 

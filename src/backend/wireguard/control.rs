@@ -106,7 +106,10 @@ impl ControlSocket {
             Ok(0) => Ok(()),
             Ok(n) => Err(WireGuardError::Refused {
                 path: self.path.clone(),
-                reason: format!("set=1: errno={n} ({})", io::Error::from_raw_os_error(n as i32)),
+                reason: format!(
+                    "set=1: errno={n} ({})",
+                    io::Error::from_raw_os_error(n as i32)
+                ),
             }),
             Err(e) => Err(WireGuardError::Refused {
                 path: self.path.clone(),
@@ -209,8 +212,15 @@ pub fn stop(socket: &Path, child: Option<&mut Child>) -> Result<Option<i32>, Wir
                 if let Ok(Some(_)) = c.try_wait() {
                     break;
                 }
-            } else if !running(pid) {
-                break;
+            } else {
+                // Reaps it if this weftd started it under an earlier backend; ECHILD otherwise.
+                let _ = nix::sys::wait::waitpid(
+                    Pid::from_raw(pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
+                if !running(pid) {
+                    break;
+                }
             }
             if start.elapsed() > STOP_TIMEOUT {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

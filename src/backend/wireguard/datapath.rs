@@ -67,8 +67,7 @@ fn apply_set(
     req: &SetRequest,
     listen_port: u16,
 ) -> Result<DeviceConfig, UapiError> {
-    let refuse = |key: &str, reason: String| UapiError::Invalid {
-        line: 0,
+    let refuse = |key: &str, reason: String| UapiError::Refused {
         key: key.to_string(),
         reason,
     };
@@ -408,7 +407,10 @@ mod tests {
         };
         let c = apply_set(&DeviceConfig::default(), &first, 51820).unwrap();
         let a = WireGuardKey::parse(KEY_A).unwrap();
-        assert_eq!(c.peers[&a].spec.allowed, vec!["10.244.2.0/24".parse().unwrap()]);
+        assert_eq!(
+            c.peers[&a].spec.allowed,
+            vec!["10.244.2.0/24".parse().unwrap()]
+        );
         // Allowed IPs add up without replace_allowed_ips; the endpoint stays.
         let mut more = PeerSet::new(a);
         more.allowed = vec!["10.244.3.0/24".parse().unwrap()];
@@ -423,7 +425,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.peers[&a].spec.allowed.len(), 2);
-        assert_eq!(c.peers[&a].spec.endpoint, "192.0.2.12:51820".parse().unwrap());
+        assert_eq!(
+            c.peers[&a].spec.endpoint,
+            "192.0.2.12:51820".parse().unwrap()
+        );
         assert_eq!(c.peers[&a].keepalive, 25);
         let mut gone = PeerSet::new(a);
         gone.remove = true;

@@ -129,6 +129,15 @@ pub enum UapiError {
         /// What is wrong.
         reason: String,
     },
+    /// A request the data path cannot carry out as a whole (another port, peers before the
+    /// private key, a peer without an endpoint).
+    #[error("{key}: {reason}")]
+    Refused {
+        /// The key that cannot be honoured.
+        key: String,
+        /// Why not.
+        reason: String,
+    },
     /// A known key with a value it cannot take, or an unknown key.
     #[error("line {line}: {key}: {reason}")]
     Invalid {
@@ -147,7 +156,7 @@ impl UapiError {
     pub fn errno(&self) -> i32 {
         match self {
             UapiError::Protocol { .. } => libc::EPROTO,
-            UapiError::Invalid { .. } => libc::EINVAL,
+            UapiError::Invalid { .. } | UapiError::Refused { .. } => libc::EINVAL,
         }
     }
 }
@@ -209,10 +218,7 @@ fn parse_endpoint(line: usize, key: &str, value: &str) -> Result<SocketAddrV4, U
         Ok(SocketAddr::V6(_)) => Err(invalid(
             line,
             key,
-            format!(
-                "{} is IPv6; this data path tunnels over IPv4",
-                shown(value)
-            ),
+            format!("{} is IPv6; this data path tunnels over IPv4", shown(value)),
         )),
         Err(_) => Err(invalid(
             line,
@@ -284,9 +290,10 @@ fn parse_set<'a>(lines: impl Iterator<Item = (usize, &'a str)>) -> Result<SetReq
     for (line, text) in lines {
         let (key, value) = split(line, text)?;
         if key == "public_key" {
-            let bytes = parse_hex_key(value)
-                .ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
-            req.peers.push(PeerSet::new(WireGuardKey::from_bytes(bytes)));
+            let bytes =
+                parse_hex_key(value).ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
+            req.peers
+                .push(PeerSet::new(WireGuardKey::from_bytes(bytes)));
             continue;
         }
         if let Some(peer) = req.peers.last_mut() {
@@ -302,7 +309,8 @@ fn parse_set<'a>(lines: impl Iterator<Item = (usize, &'a str)>) -> Result<SetReq
                 "preshared_key" => {
                     let bytes = parse_hex_key(value)
                         .ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
-                    peer.psk = Some((bytes != [0u8; KEY_LEN]).then(|| SecretKey::from_bytes(bytes)));
+                    peer.psk =
+                        Some((bytes != [0u8; KEY_LEN]).then(|| SecretKey::from_bytes(bytes)));
                 }
                 "protocol_version" if value == "1" => {}
                 "protocol_version" => {
@@ -314,8 +322,8 @@ fn parse_set<'a>(lines: impl Iterator<Item = (usize, &'a str)>) -> Result<SetReq
         }
         match key {
             "private_key" => {
-                let bytes = parse_hex_key(value)
-                    .ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
+                let bytes =
+                    parse_hex_key(value).ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
                 req.private_key = Some(SecretKey::from_bytes(bytes));
             }
             "listen_port" => req.listen_port = Some(parse_number(line, key, value)?),
@@ -324,7 +332,11 @@ fn parse_set<'a>(lines: impl Iterator<Item = (usize, &'a str)>) -> Result<SetReq
             // No firewall marks: the sockets carry none.
             "fwmark" if value == "0" => {}
             other => {
-                return Err(invalid(line, other, "not a device key this data path knows"))
+                return Err(invalid(
+                    line,
+                    other,
+                    "not a device key this data path knows",
+                ))
             }
         }
     }
@@ -422,8 +434,8 @@ pub fn parse_device(text: &str) -> Result<DeviceView, UapiError> {
             continue;
         }
         if key == "public_key" {
-            let bytes = parse_hex_key(value)
-                .ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
+            let bytes =
+                parse_hex_key(value).ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
             let k = WireGuardKey::from_bytes(bytes);
             view.peers.entry(k).or_default();
             peer = Some(k);
@@ -444,8 +456,8 @@ pub fn parse_device(text: &str) -> Result<DeviceView, UapiError> {
             "weft_device" => view.device = value.to_string(),
             "weft_bind" => view.bind = Some(parse_endpoint(line, key, value)?),
             "weft_public_key" => {
-                let bytes = parse_hex_key(value)
-                    .ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
+                let bytes =
+                    parse_hex_key(value).ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
                 view.public_key = Some(WireGuardKey::from_bytes(bytes));
             }
             "weft_own_subnet" => view.own_subnet = Some(parse_subnet(line, key, value)?),
@@ -554,35 +566,92 @@ mod tests {
 
     #[test]
     fn hostile_requests_are_refused_with_the_line_and_key_and_never_a_key_value() {
-        let peer = format!(
-            "public_key={}\n",
-            hex(key(KEY_A).as_bytes())
-        );
+        let peer = format!("public_key={}\n", hex(key(KEY_A).as_bytes()));
         let secret = "zz".repeat(32);
         let cases: Vec<(String, i32, &str)> = vec![
             (String::new(), libc::EPROTO, "empty"),
             ("hello".into(), libc::EPROTO, "neither"),
             ("get=1\nset=1".into(), libc::EPROTO, "after get=1"),
             ("set=1\ngarbage".into(), libc::EPROTO, "not key=value"),
-            (format!("set=1\nprivate_key={secret}"), libc::EINVAL, "private_key: not 64 hex"),
+            (
+                format!("set=1\nprivate_key={secret}"),
+                libc::EINVAL,
+                "private_key: not 64 hex",
+            ),
             ("set=1\nprivate_key=00".into(), libc::EINVAL, "private_key"),
-            ("set=1\nlisten_port=70000".into(), libc::EINVAL, "listen_port"),
+            (
+                "set=1\nlisten_port=70000".into(),
+                libc::EINVAL,
+                "listen_port",
+            ),
             ("set=1\nlisten_port=-1".into(), libc::EINVAL, "listen_port"),
-            ("set=1\nreplace_peers=yes".into(), libc::EINVAL, "replace_peers"),
+            (
+                "set=1\nreplace_peers=yes".into(),
+                libc::EINVAL,
+                "replace_peers",
+            ),
             ("set=1\nfwmark=7".into(), libc::EINVAL, "fwmark"),
-            ("set=1\nendpoint=192.0.2.1:1".into(), libc::EINVAL, "device key"),
+            (
+                "set=1\nendpoint=192.0.2.1:1".into(),
+                libc::EINVAL,
+                "device key",
+            ),
             ("set=1\npublic_key=xyz".into(), libc::EINVAL, "public_key"),
-            (format!("set=1\n{peer}endpoint=[2001:db8::1]:51820"), libc::EINVAL, "IPv6"),
-            (format!("set=1\n{peer}endpoint=192.0.2.1:0"), libc::EINVAL, "no address or port"),
-            (format!("set=1\n{peer}endpoint=nowhere"), libc::EINVAL, "endpoint"),
-            (format!("set=1\n{peer}allowed_ip=10.0.0.0/33"), libc::EINVAL, "allowed_ip"),
-            (format!("set=1\n{peer}allowed_ip=fd00::/64"), libc::EINVAL, "IPv6"),
-            (format!("set=1\n{peer}persistent_keepalive_interval=65536"), libc::EINVAL, "persistent"),
-            (format!("set=1\n{peer}preshared_key={secret}"), libc::EINVAL, "preshared_key"),
-            (format!("set=1\n{peer}protocol_version=2"), libc::EINVAL, "protocol_version"),
-            (format!("set=1\n{peer}listen_port=1"), libc::EINVAL, "peer key"),
-            (format!("set=1\n{}=1", "k".repeat(5000)), libc::EINVAL, "device key"),
-            ("set=1\n\u{0}\u{1}=\u{ff}".into(), libc::EINVAL, "device key"),
+            (
+                format!("set=1\n{peer}endpoint=[2001:db8::1]:51820"),
+                libc::EINVAL,
+                "IPv6",
+            ),
+            (
+                format!("set=1\n{peer}endpoint=192.0.2.1:0"),
+                libc::EINVAL,
+                "no address or port",
+            ),
+            (
+                format!("set=1\n{peer}endpoint=nowhere"),
+                libc::EINVAL,
+                "endpoint",
+            ),
+            (
+                format!("set=1\n{peer}allowed_ip=10.0.0.0/33"),
+                libc::EINVAL,
+                "allowed_ip",
+            ),
+            (
+                format!("set=1\n{peer}allowed_ip=fd00::/64"),
+                libc::EINVAL,
+                "IPv6",
+            ),
+            (
+                format!("set=1\n{peer}persistent_keepalive_interval=65536"),
+                libc::EINVAL,
+                "persistent",
+            ),
+            (
+                format!("set=1\n{peer}preshared_key={secret}"),
+                libc::EINVAL,
+                "preshared_key",
+            ),
+            (
+                format!("set=1\n{peer}protocol_version=2"),
+                libc::EINVAL,
+                "protocol_version",
+            ),
+            (
+                format!("set=1\n{peer}listen_port=1"),
+                libc::EINVAL,
+                "peer key",
+            ),
+            (
+                format!("set=1\n{}=1", "k".repeat(5000)),
+                libc::EINVAL,
+                "device key",
+            ),
+            (
+                "set=1\n\u{0}\u{1}=\u{ff}".into(),
+                libc::EINVAL,
+                "device key",
+            ),
         ];
         for (text, errno, says) in cases {
             let err = parse_request(&text).expect_err(&text);
