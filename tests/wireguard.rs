@@ -613,7 +613,7 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
             "errno=22",
         ),
         (
-            format!("set=1\n{peer_line}endpoint=[2001:db8::1]:51820\n\n").into_bytes(),
+            format!("set=1\n{peer_line}endpoint=[2001:db8::1]:0\n\n").into_bytes(),
             "errno=22",
         ),
         (
@@ -666,6 +666,19 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
     wait_until(Duration::from_secs(10), "pods talk after restarts", || {
         a.tcp_check(&b) && b.tcp_check(&a)
     });
+
+    // A deleted device ends its data path process; weftd starts a new one on a new device.
+    n0.netns().ip(&["link", "del", "flannel-wg"]);
+    wait_until(
+        Duration::from_secs(30),
+        "pods talk again after flannel-wg was deleted",
+        || a.tcp_check(&b) && b.tcp_check(&a),
+    );
+    let after = n0.wireguard_datapath_pids();
+    assert!(
+        after.len() == 1 && after[0] != pid,
+        "one new data path process after the device was deleted: {after:?} (was {pid})"
+    );
 
     switch_to(&cluster, VXLAN_CONFIG, "vxlan", &a, &b);
     for i in 0..2 {

@@ -22,12 +22,12 @@ mod userspace;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Arc;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 
 pub use control::DataPathCounters;
@@ -601,8 +601,18 @@ impl WireGuardBackend {
                 .into_iter()
                 .map(|(k, p)| {
                     let peer = kernel::KernelPeer {
-                        endpoint: p.endpoint,
-                        allowed: p.allowed,
+                        endpoint: match p.endpoint {
+                            Some(SocketAddr::V4(e)) => Some(e),
+                            _ => None,
+                        },
+                        allowed: p
+                            .allowed
+                            .into_iter()
+                            .filter_map(|n| match n {
+                                IpNetwork::V4(n) => Some(n),
+                                IpNetwork::V6(_) => None,
+                            })
+                            .collect(),
                     };
                     (k, peer)
                 })
@@ -616,14 +626,14 @@ impl WireGuardBackend {
             changes.present = 0;
         }
         let mut req = SetRequest {
-            own_subnet: Some(own),
+            own_subnets: vec![IpNetwork::V4(own)],
             ..Default::default()
         };
         for spec in &changes.upsert {
             let mut peer = PeerSet::new(spec.key);
-            peer.endpoint = Some(spec.endpoint);
+            peer.endpoint = Some(SocketAddr::V4(spec.endpoint));
             peer.replace_allowed_ips = true;
-            peer.allowed = spec.allowed.clone();
+            peer.allowed = spec.allowed.iter().copied().map(IpNetwork::V4).collect();
             peer.keepalive = Some(self.settings.keepalive);
             peer.psk = Some(self.settings.psk.clone());
             req.peers.push(peer);
@@ -666,7 +676,7 @@ impl WireGuardBackend {
 
     /// Why the data path process answering `view` is not this backend's (another device,
     /// address, port or key), if it is not.
-    fn incompatible(&self, view: &uapi::DeviceView, bind: SocketAddrV4) -> Option<String> {
+    fn incompatible(&self, view: &uapi::DeviceView, bind: SocketAddr) -> Option<String> {
         if view.device != DEVICE_NAME {
             return Some(format!("it owns device {:?}", view.device));
         }
@@ -686,7 +696,7 @@ impl WireGuardBackend {
         let args = DataPathArgs {
             socket: control::socket_path(&self.state_dir),
             device: DEVICE_NAME.to_string(),
-            bind: SocketAddrV4::new(self.ext.iface_addr, self.listen_port),
+            bind: SocketAddr::V4(SocketAddrV4::new(self.ext.iface_addr, self.listen_port)),
             offloads: self.offloads,
         };
         let control = ControlSocket::new(args.socket.clone());

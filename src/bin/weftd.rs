@@ -326,7 +326,7 @@ struct DataPathFlags {
     device: String,
     /// Underlay address and listen port to bind.
     #[arg(long)]
-    bind: std::net::SocketAddrV4,
+    bind: std::net::SocketAddr,
     /// Ask the kernel for TUN and UDP offloads.
     #[arg(long, action = clap::ArgAction::Set)]
     offloads: bool,

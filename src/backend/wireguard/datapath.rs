@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read as _, Write};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
 use super::key::public_key;
 use super::peers::PeerSpec;
@@ -48,7 +48,7 @@ pub struct DataPathArgs {
     /// The TUN device to own.
     pub device: String,
     /// The underlay address and listen port the sockets bind to.
-    pub bind: SocketAddrV4,
+    pub bind: SocketAddr,
     /// Whether to ask the kernel for TUN and UDP offloads.
     pub offloads: bool,
 }
@@ -57,8 +57,40 @@ pub struct DataPathArgs {
 #[derive(Debug, Default)]
 struct DeviceConfig {
     private: Option<SecretKey>,
-    own: Option<Ipv4Network>,
+    own: Vec<IpNetwork>,
     peers: BTreeMap<WireGuardKey, PeerConfig>,
+}
+
+impl DeviceConfig {
+    /// The IPv4 pod subnet decrypted packets must be for.
+    fn own_v4(&self) -> Option<Ipv4Network> {
+        self.own.iter().find_map(|n| match n {
+            IpNetwork::V4(n) => Some(*n),
+            IpNetwork::V6(_) => None,
+        })
+    }
+}
+
+/// An endpoint as the peer table holds it (IPv4: this data path tunnels over IPv4).
+fn carried_endpoint(key: &WireGuardKey, e: SocketAddr) -> Result<SocketAddrV4, UapiError> {
+    match e {
+        SocketAddr::V4(e) => Ok(e),
+        SocketAddr::V6(_) => Err(UapiError::Refused {
+            key: "endpoint".to_string(),
+            reason: format!("peer {key}: {e} is IPv6; this data path tunnels over IPv4"),
+        }),
+    }
+}
+
+/// An allowed IP as the peer table holds it (IPv4: this data path carries IPv4).
+fn carried_net(key: &WireGuardKey, n: IpNetwork) -> Result<Ipv4Network, UapiError> {
+    match n {
+        IpNetwork::V4(n) => Ok(n),
+        IpNetwork::V6(_) => Err(UapiError::Refused {
+            key: "allowed_ip".to_string(),
+            reason: format!("peer {key}: {n} is IPv6; this data path carries IPv4"),
+        }),
+    }
 }
 
 /// The configuration `req` leads to from `current`, or why not (then nothing changes).
@@ -81,7 +113,11 @@ fn apply_set(
     }
     let mut next = DeviceConfig {
         private: req.private_key.clone().or_else(|| current.private.clone()),
-        own: req.own_subnet.or(current.own),
+        own: if req.own_subnets.is_empty() {
+            current.own.clone()
+        } else {
+            req.own_subnets.clone()
+        },
         peers: if req.replace_peers {
             BTreeMap::new()
         } else {
@@ -102,11 +138,16 @@ fn apply_set(
             _ => Vec::new(),
         };
         for a in &p.allowed {
-            if !allowed.contains(a) {
-                allowed.push(*a);
+            let a = carried_net(&p.key, *a)?;
+            if !allowed.contains(&a) {
+                allowed.push(a);
             }
         }
-        let Some(endpoint) = p.endpoint.or(existing.as_ref().map(|e| e.spec.endpoint)) else {
+        let endpoint = match p.endpoint {
+            Some(e) => Some(carried_endpoint(&p.key, e)?),
+            None => existing.as_ref().map(|e| e.spec.endpoint),
+        };
+        let Some(endpoint) = endpoint else {
             return Err(refuse(
                 "endpoint",
                 format!("peer {} has none; this data path needs one", p.key),
@@ -179,8 +220,13 @@ impl DataPath {
         // A new private key invalidates every session.
         let empty = PeerTable::default();
         let previous: &PeerTable = if rekeyed { &empty } else { &guard };
-        let (table, (kept, added, removed)) =
-            next_table(next.own, &next.peers, previous, private, &self.next_index);
+        let (table, (kept, added, removed)) = next_table(
+            next.own_v4(),
+            &next.peers,
+            previous,
+            private,
+            &self.next_index,
+        );
         *guard = Arc::new(table);
         drop(guard);
         if added + removed > 0 || rekeyed {
@@ -206,7 +252,7 @@ impl DataPath {
             device: self.args.device.clone(),
             bind: Some(self.args.bind),
             public_key: self.config.private.as_ref().map(public_key),
-            own_subnet: self.config.own,
+            own_subnets: self.config.own.clone(),
             offloads: self.offloads.clone(),
             counters: self
                 .counters
@@ -219,8 +265,8 @@ impl DataPath {
                 .into_iter()
                 .map(|(k, c)| {
                     let view = PeerView {
-                        endpoint: Some(c.spec.endpoint),
-                        allowed: c.spec.allowed,
+                        endpoint: Some(SocketAddr::V4(c.spec.endpoint)),
+                        allowed: c.spec.allowed.into_iter().map(IpNetwork::V4).collect(),
                         keepalive: c.keepalive,
                     };
                     (k, view)
@@ -307,14 +353,16 @@ pub fn run(args: DataPathArgs) -> Result<(), WireGuardError> {
         tun_device::open_queues::<WireGuardError>(&handle, &args.device, args.offloads).await
     })?;
     drop(runtime);
+    let SocketAddr::V4(bind) = args.bind else {
+        return Err(WireGuardError::Refused {
+            path: args.socket.clone(),
+            reason: format!("{} is IPv6; this data path tunnels over IPv4", args.bind),
+        });
+    };
     let mut qs = Vec::with_capacity(tuns.len());
     for tun in tuns {
-        let socket = UnderlaySocket::bind(args.bind, args.offloads).map_err(|source| {
-            WireGuardError::Socket {
-                addr: args.bind,
-                source,
-            }
-        })?;
+        let socket = UnderlaySocket::bind(bind, args.offloads)
+            .map_err(|source| WireGuardError::Socket { addr: bind, source })?;
         qs.push(Queue { tun, socket });
     }
     let offloads = qs.first().map_or_else(String::new, |q| {
@@ -401,7 +449,7 @@ mod tests {
         let first = SetRequest {
             private_key: Some(private),
             listen_port: Some(51820),
-            own_subnet: Some("10.244.1.0/24".parse().unwrap()),
+            own_subnets: vec!["10.244.1.0/24".parse().unwrap()],
             peers: vec![peer(KEY_A, "192.0.2.12:51820", "10.244.2.0/24")],
             ..Default::default()
         };
@@ -465,6 +513,15 @@ mod tests {
         let req = SetRequest {
             private_key: Some(SecretKey::parse(KEY_B).unwrap()),
             peers: vec![PeerSet::new(WireGuardKey::parse(KEY_A).unwrap())],
+            ..Default::default()
+        };
+        assert!(apply_set(&c, &req, 51820).is_err());
+        // IPv6 endpoints and allowed IPs are not carried by this data path.
+        let mut p = peer(KEY_A, "192.0.2.12:51820", "10.244.2.0/24");
+        p.endpoint = Some("[2001:db8::2]:51820".parse().unwrap());
+        let req = SetRequest {
+            private_key: Some(SecretKey::parse(KEY_B).unwrap()),
+            peers: vec![p],
             ..Default::default()
         };
         assert!(apply_set(&c, &req, 51820).is_err());

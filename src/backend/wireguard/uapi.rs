@@ -5,8 +5,8 @@
 //! lines. Keys are lowercase hex. Peer lines follow the `public_key=` that opens the peer.
 //!
 //! What weft adds, all prefixed `weft_` so no known key is bent: the device-level
-//! `weft_own_subnet=` (the node's pod subnet; decrypted packets for other destinations are
-//! dropped), and in a `get` answer the device's identity (`weft_device=`, `weft_bind=`,
+//! `weft_own_subnet=` (the node's pod subnets, one line per family; decrypted packets for other
+//! destinations are dropped), and in a `get` answer the device's identity (`weft_device=`, `weft_bind=`,
 //! `weft_public_key=`, `weft_offloads=`) and the data path's counters (`weft_<counter>=`).
 //! A `get` never answers the private key (it never leaves weftd but towards the data path).
 //!
@@ -15,9 +15,9 @@
 //! value of a key line.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 use crate::wireguard_key::{SecretKey, WireGuardKey, KEY_LEN};
 
@@ -42,8 +42,9 @@ pub struct SetRequest {
     pub listen_port: Option<u16>,
     /// `replace_peers=true`: peers not named in this request are removed.
     pub replace_peers: bool,
-    /// `weft_own_subnet=`: the pod subnet decrypted packets must be for.
-    pub own_subnet: Option<Ipv4Network>,
+    /// `weft_own_subnet=` lines: the pod subnets decrypted packets must be for (replacing
+    /// the device's when any is given).
+    pub own_subnets: Vec<IpNetwork>,
     /// The peers named, in order.
     pub peers: Vec<PeerSet>,
 }
@@ -58,11 +59,11 @@ pub struct PeerSet {
     /// `update_only=true`: only if the peer exists.
     pub update_only: bool,
     /// `endpoint=`.
-    pub endpoint: Option<SocketAddrV4>,
+    pub endpoint: Option<SocketAddr>,
     /// `replace_allowed_ips=true`: the allowed IPs named here replace the peer's.
     pub replace_allowed_ips: bool,
     /// `allowed_ip=` lines.
-    pub allowed: Vec<Ipv4Network>,
+    pub allowed: Vec<IpNetwork>,
     /// `persistent_keepalive_interval=`.
     pub keepalive: Option<u16>,
     /// `preshared_key=` (all zeros: none).
@@ -93,11 +94,11 @@ pub struct DeviceView {
     /// `weft_device=`: the TUN device the data path owns.
     pub device: String,
     /// `weft_bind=`: the underlay address its sockets are bound to.
-    pub bind: Option<SocketAddrV4>,
+    pub bind: Option<SocketAddr>,
     /// `weft_public_key=`: the public half of the private key set, if one is.
     pub public_key: Option<WireGuardKey>,
-    /// `weft_own_subnet=`.
-    pub own_subnet: Option<Ipv4Network>,
+    /// `weft_own_subnet=` lines.
+    pub own_subnets: Vec<IpNetwork>,
     /// `weft_offloads=`: the offloads the kernel granted its TUN queues and sockets.
     pub offloads: String,
     /// `weft_<name>=`: the data path's counters.
@@ -110,9 +111,9 @@ pub struct DeviceView {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerView {
     /// `endpoint=`.
-    pub endpoint: Option<SocketAddrV4>,
+    pub endpoint: Option<SocketAddr>,
     /// `allowed_ip=` lines.
-    pub allowed: Vec<Ipv4Network>,
+    pub allowed: Vec<IpNetwork>,
     /// `persistent_keepalive_interval=`.
     pub keepalive: u16,
 }
@@ -207,18 +208,13 @@ fn parse_bool(line: usize, key: &str, value: &str) -> Result<bool, UapiError> {
     }
 }
 
-fn parse_endpoint(line: usize, key: &str, value: &str) -> Result<SocketAddrV4, UapiError> {
+fn parse_endpoint(line: usize, key: &str, value: &str) -> Result<SocketAddr, UapiError> {
     match value.parse::<SocketAddr>() {
-        Ok(SocketAddr::V4(a)) if a.port() != 0 && !a.ip().is_unspecified() => Ok(a),
-        Ok(SocketAddr::V4(_)) => Err(invalid(
+        Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => Ok(a),
+        Ok(_) => Err(invalid(
             line,
             key,
             format!("{} has no address or port", shown(value)),
-        )),
-        Ok(SocketAddr::V6(_)) => Err(invalid(
-            line,
-            key,
-            format!("{} is IPv6; this data path tunnels over IPv4", shown(value)),
         )),
         Err(_) => Err(invalid(
             line,
@@ -228,22 +224,13 @@ fn parse_endpoint(line: usize, key: &str, value: &str) -> Result<SocketAddrV4, U
     }
 }
 
-fn parse_subnet(line: usize, key: &str, value: &str) -> Result<Ipv4Network, UapiError> {
-    match value.parse::<IpNetwork>() {
-        // WireGuard keeps the network of an allowed IP with host bits set.
-        Ok(IpNetwork::V4(n)) => Ipv4Network::new(n.network(), n.prefix())
-            .map_err(|e| invalid(line, key, format!("{}: {e}", shown(value)))),
-        Ok(IpNetwork::V6(_)) => Err(invalid(
-            line,
-            key,
-            format!("{} is IPv6; this data path carries IPv4", shown(value)),
-        )),
-        Err(_) => Err(invalid(
-            line,
-            key,
-            format!("{} is not an IPv4 prefix", shown(value)),
-        )),
-    }
+fn parse_subnet(line: usize, key: &str, value: &str) -> Result<IpNetwork, UapiError> {
+    let net = value
+        .parse::<IpNetwork>()
+        .map_err(|_| invalid(line, key, format!("{} is not an IP prefix", shown(value))))?;
+    // WireGuard keeps the network of an allowed IP with host bits set.
+    IpNetwork::new(net.network(), net.prefix())
+        .map_err(|e| invalid(line, key, format!("{}: {e}", shown(value))))
 }
 
 fn parse_number<T: std::str::FromStr>(line: usize, key: &str, value: &str) -> Result<T, UapiError> {
@@ -328,7 +315,7 @@ fn parse_set<'a>(lines: impl Iterator<Item = (usize, &'a str)>) -> Result<SetReq
             }
             "listen_port" => req.listen_port = Some(parse_number(line, key, value)?),
             "replace_peers" => req.replace_peers = parse_bool(line, key, value)?,
-            "weft_own_subnet" => req.own_subnet = Some(parse_subnet(line, key, value)?),
+            "weft_own_subnet" => req.own_subnets.push(parse_subnet(line, key, value)?),
             // No firewall marks: the sockets carry none.
             "fwmark" if value == "0" => {}
             other => {
@@ -355,7 +342,7 @@ pub fn format_set(req: &SetRequest) -> String {
     if req.replace_peers {
         out.push_str("replace_peers=true\n");
     }
-    if let Some(s) = req.own_subnet {
+    for s in &req.own_subnets {
         out.push_str(&format!("weft_own_subnet={s}\n"));
     }
     for p in &req.peers {
@@ -397,7 +384,7 @@ pub fn format_device(view: &DeviceView) -> String {
     if let Some(k) = view.public_key {
         out.push_str(&format!("weft_public_key={}\n", hex(k.as_bytes())));
     }
-    if let Some(s) = view.own_subnet {
+    for s in &view.own_subnets {
         out.push_str(&format!("weft_own_subnet={s}\n"));
     }
     out.push_str(&format!("weft_offloads={}\n", view.offloads));
@@ -460,7 +447,7 @@ pub fn parse_device(text: &str) -> Result<DeviceView, UapiError> {
                     parse_hex_key(value).ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
                 view.public_key = Some(WireGuardKey::from_bytes(bytes));
             }
-            "weft_own_subnet" => view.own_subnet = Some(parse_subnet(line, key, value)?),
+            "weft_own_subnet" => view.own_subnets.push(parse_subnet(line, key, value)?),
             "weft_offloads" => view.offloads = value.to_string(),
             _ => {
                 if let Some(name) = key.strip_prefix("weft_") {
@@ -523,7 +510,10 @@ mod tests {
             private_key: Some(private),
             listen_port: Some(51820),
             replace_peers: true,
-            own_subnet: Some("10.244.1.0/24".parse().unwrap()),
+            own_subnets: vec![
+                "10.244.1.0/24".parse().unwrap(),
+                "fd00:1::/64".parse().unwrap(),
+            ],
             peers: vec![peer, gone],
         };
         let text = format_set(&req);
@@ -544,7 +534,7 @@ mod tests {
             device: "flannel-wg".to_string(),
             bind: Some("192.0.2.11:51820".parse().unwrap()),
             public_key: Some(key(KEY_B)),
-            own_subnet: Some("10.244.1.0/24".parse().unwrap()),
+            own_subnets: vec!["10.244.1.0/24".parse().unwrap()],
             offloads: "tun-tso udp-gso".to_string(),
             ..Default::default()
         };
@@ -598,12 +588,12 @@ mod tests {
             ),
             ("set=1\npublic_key=xyz".into(), libc::EINVAL, "public_key"),
             (
-                format!("set=1\n{peer}endpoint=[2001:db8::1]:51820"),
+                format!("set=1\n{peer}endpoint=[2001:db8::1]:0"),
                 libc::EINVAL,
-                "IPv6",
+                "no address or port",
             ),
             (
-                format!("set=1\n{peer}endpoint=192.0.2.1:0"),
+                format!("set=1\n{peer}endpoint=0.0.0.0:51820"),
                 libc::EINVAL,
                 "no address or port",
             ),
@@ -618,9 +608,9 @@ mod tests {
                 "allowed_ip",
             ),
             (
-                format!("set=1\n{peer}allowed_ip=fd00::/64"),
+                format!("set=1\n{peer}allowed_ip=fd00::/129"),
                 libc::EINVAL,
-                "IPv6",
+                "allowed_ip",
             ),
             (
                 format!("set=1\n{peer}persistent_keepalive_interval=65536"),
