@@ -143,13 +143,17 @@ async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface, state_di
         BackendConfig::WireGuard(_) => leftovers::Starting::WireGuard,
     };
     if starting != leftovers::Starting::WireGuard {
-        let socket = wireguard::control::socket_path(state_dir);
-        match wireguard::control::stop(&socket, None) {
-            Ok(Some(pid)) => {
-                tracing::info!(removed = %format!("WireGuard data path process {pid}"), "removed what another backend left behind");
+        for device in [wireguard::DEVICE_NAME, wireguard::DEVICE_NAME_V6] {
+            let socket = wireguard::control::socket_path(state_dir, device);
+            match wireguard::control::stop(&socket, None) {
+                Ok(Some(pid)) => {
+                    tracing::info!(removed = %format!("WireGuard data path process {pid} of {device}"), "removed what another backend left behind");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, device, "could not stop the WireGuard data path process")
+                }
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "could not stop the WireGuard data path process"),
         }
     }
     let result = match crate::netlink::connect() {

@@ -666,7 +666,7 @@ impl WireGuardBackend {
 
     /// Stops the userspace data path process, if one runs, and removes its socket.
     fn stop_datapath(&mut self) -> Result<(), WireGuardError> {
-        let socket = control::socket_path(&self.state_dir);
+        let socket = control::socket_path(&self.state_dir, DEVICE_NAME);
         control::stop(&socket, self.child.as_mut())?;
         self.child = None;
         self.datapath = None;
@@ -694,7 +694,7 @@ impl WireGuardBackend {
     /// the private key.
     async fn start_userspace(&mut self, handle: &Handle) -> Result<(), WireGuardError> {
         let args = DataPathArgs {
-            socket: control::socket_path(&self.state_dir),
+            socket: control::socket_path(&self.state_dir, DEVICE_NAME),
             device: DEVICE_NAME.to_string(),
             bind: SocketAddr::V4(SocketAddrV4::new(self.ext.iface_addr, self.listen_port)),
             offloads: self.offloads,

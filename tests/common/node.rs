@@ -238,16 +238,17 @@ impl Node {
         }
     }
 
-    /// The userspace WireGuard data path's control socket in `--state-dir`.
+    /// The control socket in `--state-dir` of the userspace WireGuard data path of
+    /// `flannel-wg`.
     pub fn wireguard_socket(&self) -> PathBuf {
-        self.state_dir().join("wireguard-datapath.sock")
+        self.state_dir().join("flannel-wg.sock")
     }
 
     /// The pids of the WireGuard data path processes weftd started for this node (their
-    /// command line names this node's socket).
+    /// command line names a socket in this node's state dir).
     pub fn wireguard_datapath_pids(&self) -> Vec<i32> {
-        let socket = self.wireguard_socket();
-        let socket = socket.as_os_str().as_bytes();
+        let state = self.state_dir();
+        let state = state.as_os_str().as_bytes();
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -257,7 +258,8 @@ impl Node {
             .filter(|pid| {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                words.contains(&&b"wireguard-datapath"[..]) && words.contains(&socket)
+                words.contains(&&b"wireguard-datapath"[..])
+                    && words.iter().any(|w| w.starts_with(state))
             })
             .collect()
     }

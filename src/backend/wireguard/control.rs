@@ -23,8 +23,6 @@ use super::uapi::{self, DeviceView, SetRequest};
 use super::userspace::WireGuardCounters;
 use super::WireGuardError;
 
-/// The control socket's name under `--state-dir`.
-pub const SOCKET_NAME: &str = "wireguard-datapath.sock";
 /// weftd's hidden subcommand that runs the data path process.
 pub const SUBCOMMAND: &str = "wireguard-datapath";
 /// How long a request may take.
@@ -34,9 +32,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopped process may take to exit before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `<state_dir>/wireguard-datapath.sock`.
-pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(SOCKET_NAME)
+/// The control socket of the data path of `device`: `<state_dir>/<device>.sock`, as
+/// wireguard-go names its socket after its interface.
+pub fn socket_path(state_dir: &Path, device: &str) -> PathBuf {
+    state_dir.join(format!("{device}.sock"))
 }
 
 /// The control socket of a data path process.
