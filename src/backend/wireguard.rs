@@ -352,7 +352,7 @@ impl WireGuardBackend {
         self.tun_index = link.header.index;
         self.kernel = Some(nl);
         self.kernel_peers_written = false;
-        self.counters.attach(None);
+        self.counters.attach(DEVICE_NAME, None);
         self.granted = "kernel".to_string();
         tracing::info!(
             device = DEVICE_NAME,
@@ -729,7 +729,7 @@ impl WireGuardBackend {
         self.tun_index = tun_device::index_of::<WireGuardError>(handle, DEVICE_NAME).await?;
         self.kernel = None;
         self.datapath_peers = None;
-        self.counters.attach(Some(control.clone()));
+        self.counters.attach(DEVICE_NAME, Some(control.clone()));
         tracing::info!(
             device = DEVICE_NAME,
             datapath = "userspace",

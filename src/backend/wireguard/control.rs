@@ -4,6 +4,7 @@
 //! and `get=1`, [`super::uapi`]) and stops it (a backend switch, an incompatible process).
 //! Its counters reach `/metrics` through [`DataPathCounters`], fetched with `get=1`.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read as _, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -243,52 +244,68 @@ pub fn stop(socket: &Path, child: Option<&mut Child>) -> Result<Option<i32>, Wir
     }
 }
 
-/// The data path's counters on weftd's `/metrics` (`weft_wireguard_<name>_total`), fetched
-/// with `get=1` at every scrape; the last values fetched stand while the process does not
-/// answer. Without a data path process (the kernel's WireGuard) they stay 0.
+/// The data path's counters on weftd's `/metrics` (`weft_wireguard_<name>_total`), summed
+/// over the devices' data path processes, fetched with `get=1` at every scrape; the last
+/// values fetched from a process stand while it does not answer. Devices on the kernel's
+/// WireGuard add nothing.
 #[derive(Debug, Default)]
 pub struct DataPathCounters {
-    socket: Mutex<Option<ControlSocket>>,
-    last: WireGuardCounters,
+    /// Per device: its socket and the counters last fetched from it.
+    devices: Mutex<BTreeMap<String, FetchedCounters>>,
+}
+
+/// A device's data path socket and the counters last fetched from it.
+#[derive(Debug)]
+struct FetchedCounters {
+    socket: ControlSocket,
+    last: BTreeMap<String, u64>,
 }
 
 impl DataPathCounters {
-    /// Fetches from `socket` from now on (None: the kernel's data path, no counters).
-    pub fn attach(&self, socket: Option<ControlSocket>) {
-        let mut guard = match self.socket.lock() {
+    /// Fetches `device`'s counters from `socket` from now on (None: the kernel's data path).
+    pub fn attach(&self, device: &str, socket: Option<ControlSocket>) {
+        let mut devices = match self.devices.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if guard.as_ref().map(ControlSocket::path) != socket.as_ref().map(ControlSocket::path) {
-            for (_, v, _) in self.last.rows() {
-                v.store(0, Ordering::Relaxed);
+        match socket {
+            Some(socket) => {
+                let fetched = FetchedCounters {
+                    socket,
+                    last: BTreeMap::new(),
+                };
+                devices.insert(device.to_string(), fetched);
+            }
+            None => {
+                devices.remove(device);
             }
         }
-        *guard = socket;
     }
 
-    fn refresh(&self) {
-        let socket = match self.socket.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
+    /// Fetches every device's counters and returns their sums.
+    fn refresh(&self) -> WireGuardCounters {
+        let mut devices = match self.devices.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         };
-        let Some(socket) = socket else { return };
-        match socket.get() {
-            Ok(view) => {
-                for (name, v, _) in self.last.rows() {
-                    if let Some(n) = view.counters.get(name) {
-                        v.store(*n, Ordering::Relaxed);
-                    }
+        let sum = WireGuardCounters::default();
+        for (device, FetchedCounters { socket, last }) in devices.iter_mut() {
+            match socket.get() {
+                Ok(view) => *last = view.counters,
+                Err(e) => {
+                    tracing::debug!(device = %device, error = %e, "fetch WireGuard data path counters")
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "fetch WireGuard data path counters"),
+            for (name, v, _) in sum.rows() {
+                v.fetch_add(last.get(name).copied().unwrap_or(0), Ordering::Relaxed);
+            }
         }
+        sum
     }
 }
 
 impl Collector for DataPathCounters {
     fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
-        self.refresh();
-        self.last.encode(encoder)
+        self.refresh().encode(encoder)
     }
 }

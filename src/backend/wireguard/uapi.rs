@@ -441,7 +441,17 @@ pub fn parse_device(text: &str) -> Result<DeviceView, UapiError> {
         match key {
             "listen_port" => view.listen_port = parse_number(line, key, value)?,
             "weft_device" => view.device = value.to_string(),
-            "weft_bind" => view.bind = Some(parse_endpoint(line, key, value)?),
+            // A wildcard address is a bind address, unlike an endpoint.
+            "weft_bind" => {
+                let bind = value.parse().map_err(|_| {
+                    invalid(
+                        line,
+                        key,
+                        format!("{} is not an address:port", shown(value)),
+                    )
+                })?;
+                view.bind = Some(bind);
+            }
             "weft_public_key" => {
                 let bytes =
                     parse_hex_key(value).ok_or_else(|| invalid(line, key, "not 64 hex digits"))?;
@@ -532,7 +542,7 @@ mod tests {
         let mut view = DeviceView {
             listen_port: 51820,
             device: "flannel-wg".to_string(),
-            bind: Some("192.0.2.11:51820".parse().unwrap()),
+            bind: Some("[::]:51820".parse().unwrap()),
             public_key: Some(key(KEY_B)),
             own_subnets: vec!["10.244.1.0/24".parse().unwrap()],
             offloads: "tun-tso udp-gso".to_string(),
