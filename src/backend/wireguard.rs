@@ -675,13 +675,19 @@ impl WireGuardBackend {
     }
 
     /// Why the data path process answering `view` is not this backend's (another device,
-    /// address, port or key), if it is not.
+    /// address, port or key, or offloads where none are asked for), if it is not.
     fn incompatible(&self, view: &uapi::DeviceView, bind: SocketAddr) -> Option<String> {
         if view.device != DEVICE_NAME {
             return Some(format!("it owns device {:?}", view.device));
         }
         if view.bind != Some(bind) || view.listen_port != self.listen_port {
             return Some(format!("it is bound to {:?}, not {bind}", view.bind));
+        }
+        if !self.offloads && view.offloads != "none" {
+            return Some(format!(
+                "it uses offloads ({}); --no-udp-offloads asks for none",
+                view.offloads
+            ));
         }
         match view.public_key {
             Some(k) if k != self.public_key => Some(format!("it holds another key ({k})")),
