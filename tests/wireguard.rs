@@ -679,6 +679,25 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         after.len() == 1 && after[0] != pid,
         "one new data path process after the device was deleted: {after:?} (was {pid})"
     );
+    // Offloads switched off: the process that has them is replaced by one without.
+    n0.stop();
+    n0.start_weftd(&["--no-udp-offloads"]);
+    n0.wait_ready(Duration::from_secs(30));
+    let plain = n0.wireguard_datapath_pids();
+    assert!(
+        plain.len() == 1 && plain != after,
+        "--no-udp-offloads replaced the data path process: {plain:?} (was {after:?})"
+    );
+    assert!(
+        n0.log().contains("reused=false") && n0.log_tail(20).contains("offloads=none"),
+        "{}",
+        n0.log_tail(20)
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "pods talk without offloads",
+        || a.tcp_check(&b) && b.tcp_check(&a),
+    );
 
     switch_to(&cluster, VXLAN_CONFIG, "vxlan", &a, &b);
     for i in 0..2 {
