@@ -337,7 +337,7 @@ impl UdpBackend {
         Ok(Some(ReconcileReport {
             failed: route.failed,
             desired: counts.len,
-            present: counts.len - added,
+            present: counts.len.saturating_sub(added),
             added,
             removed: counts.removed + counts.replaced,
             ..Default::default()
