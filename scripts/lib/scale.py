@@ -597,6 +597,9 @@ def phase_fanout(args, etcd, nss, n):
         + (f"all {len(agents)} right" if not wrong_agents else f"{len(wrong_agents)} wrong {wrong_agents[:3]}"))
     for w in agents:
         w.proc.kill()
+    # Their addresses (192.0.2.11 up) must not answer on the underlay for later sections' nodes.
+    for w in agents:
+        nss.remove(w.ns)
     return {"p50": pct(last, 50), "p99": pct(last, 99), "missed": missed, "etcd_cpu": cpu}
 
 def phase_fib(args, nss, n):
@@ -773,7 +776,8 @@ def phase_udp(args, etcd, nss, n):
     put_config(etcd, "udp")
     lease, _ = load_leases(etcd, n, "udp")
     etcd.delete_prefix("/weft-bench-unwatched/")
-    nodes = [Weftd(args, nss, f"u{i}", f"192.0.2.{10 + i}", quiet=True) for i in (1, 2)]
+    # Out of the fan-out agents' range (192.0.2.11 up).
+    nodes = [Weftd(args, nss, f"u{i}", f"192.0.2.{200 + i}", quiet=True) for i in (1, 2)]
     ready = [w.ready_after(180) for w in nodes]
     log(f"   two UDP nodes ready on {n} leases after {ready[0] * 1000:.0f} and {ready[1] * 1000:.0f} ms")
     pods = [wire_pod(nss, w.ns, f"up{i}", w.subnet_env) for i, w in enumerate(nodes)]
