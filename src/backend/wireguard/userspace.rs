@@ -663,7 +663,7 @@ impl Pump {
                 // IPv6 inside the tunnel: delivered once dual stack allows v6 subnets here.
                 TunnResult::WriteToTunnelV6(..) => add(&self.counters.rx_not_allowed, 1),
                 TunnResult::Err(WireGuardError::NoCurrentSession) => {
-                    // The peer still uses a session this process never had (weftd restarted):
+                    // The peer still uses a session this process never had (this data path process was restarted):
                     // shake hands now rather than after its 15 s rekey timeout.
                     add(&self.counters.rx_rejected, 1);
                     if let TunnResult::WriteToNetwork(msg) =
