@@ -189,13 +189,6 @@ impl Backend {
             ));
         }
         let udp_offloads = opts.udp_offloads;
-        // Refused the same way: weft's WireGuard backend carries IPv4 only so far.
-        if matches!(cfg.backend, BackendConfig::WireGuard(_)) && cfg.ipv6.is_some() {
-            return Err(BackendError::Unsupported(
-                "the wireguard backend carries IPv4 only so far (no flannel-wg-v6); use vxlan or host-gw for IPv6"
-                    .to_string(),
-            ));
-        }
         remove_leftovers(cfg, ext).await;
         match &cfg.backend {
             BackendConfig::Vxlan {
@@ -232,7 +225,7 @@ impl Backend {
             }
             BackendConfig::WireGuard(wg) => Ok(Backend::WireGuard(
                 wireguard::WireGuardBackend::new(
-                    cfg.network,
+                    cfg,
                     wg,
                     ext,
                     state_dir,
@@ -327,12 +320,13 @@ impl Backend {
     }
 
     /// Tells the data path this node's own IPv6 subnet from the lease (the VXLAN IPv6 device
-    /// carries its network address).
+    /// carries its network address; WireGuard's IPv6 device its `/128`).
     pub fn set_own_ipv6(&mut self, own6: Option<Ipv6Network>) {
         match self {
             Backend::Vxlan(b) => b.set_own_ipv6(own6),
             Backend::Udp(b) => b.set_own_ipv6(own6),
-            Backend::HostGw(_) | Backend::WireGuard(_) => {}
+            Backend::WireGuard(b) => b.set_own_ipv6(own6),
+            Backend::HostGw(_) => {}
         }
     }
 }
