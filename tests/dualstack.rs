@@ -1008,3 +1008,300 @@ fn restarted_node_without_its_lease_gets_both_previous_subnets() {
     let after = leases(&cluster.etcd);
     assert_eq!(after[0].0, before[0].0, "the same dual-stack key");
 }
+
+/// `DUAL_CONFIG` with the wireguard backend and `extra` backend keys (e.g. `,"Mode":"ipv6"`).
+fn wireguard_config(base: &str, extra: &str) -> String {
+    base.replace(
+        r#""Type":"vxlan""#,
+        &format!(r#""Type":"wireguard"{extra}"#),
+    )
+}
+
+/// Sent in the clear between two pods; must never show on the underlay.
+const MARKER: &[u8] = b"weft-plaintext-marker-v6-5d2e81c0";
+
+/// Sends 200 markers over TCP from `from` to `ip` (a listener in `to`); true when they all
+/// arrive.
+fn markers_ok(from: &Netns, to: &Netns, ip: &str) -> bool {
+    let ip: IpAddr = ip.parse().expect("pod address");
+    let listener = to
+        .run(|| TcpListener::bind((ip, 0)))
+        .unwrap_or_else(|e| panic!("bind {ip} in {}: {e}", to.name()));
+    let port = listener.local_addr().expect("listener address").port();
+    let payload: Vec<u8> = MARKER.repeat(200);
+    let server = std::thread::spawn(move || -> Option<Vec<u8>> {
+        let (mut s, _) = listener.accept().ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).ok()?;
+        Some(got)
+    });
+    let target = SocketAddr::from((ip, port));
+    let sent = from.run(|| -> Option<()> {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).ok()?;
+        s.write_all(&payload).ok()
+    });
+    sent.is_some() && server.join().ok().flatten().as_deref() == Some(&payload[..])
+}
+
+/// Asserts that every captured packet is WireGuard: UDP of `family` (`IP` or `IP6`) from
+/// `port` to `port`, and that the plaintext marker never crossed the underlay.
+fn assert_only_wireguard(raw: &[u8], lines: &[String], family: &str, port: u16) {
+    assert!(lines.len() >= 4, "the capture saw the traffic: {lines:?}");
+    assert!(
+        !raw.windows(MARKER.len()).any(|w| w == MARKER),
+        "the plaintext marker crossed the underlay"
+    );
+    for line in lines {
+        let ok = line.contains(&format!(" {family} "))
+            && line.contains(" UDP, ")
+            && line.matches(&format!(".{port} ")).count()
+                + line.matches(&format!(".{port}:")).count()
+                == 2;
+        assert!(ok, "not WireGuard {family} UDP {port} <-> {port}: {line}");
+    }
+}
+
+/// The lease key and value of `node` (found by its PublicIPv6) as etcd holds them, and its
+/// WireGuard public key.
+fn wireguard_lease(cluster: &Cluster, node: &Node) -> (String, String, String) {
+    let want = v6_of(node);
+    let (key, value) = cluster
+        .etcd
+        .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+        .into_iter()
+        .find(|(_, v)| v.contains(&format!(r#""PublicIPv6":"{want}""#)))
+        .unwrap_or_else(|| panic!("no lease with PublicIPv6 {want}"));
+    let v: serde_json::Value = serde_json::from_str(&value).expect("lease is JSON");
+    let public_key = v["BackendV6Data"]["PublicKey"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no BackendV6Data.PublicKey: {value}"))
+        .to_string();
+    (key, value, public_key)
+}
+
+/// The routes of `node` on `dev` for `family` (`-4` or `-6`), as `ip route` prints them.
+fn routes_on(node: &Node, family: &str, dev: &str) -> String {
+    node.netns().ip(&[family, "route", "show", "dev", dev])
+}
+
+/// WireGuard in a dual-stack network, `Mode: separate` (Flannel's default): `flannel-wg`
+/// carries IPv4 over the IPv4 underlay on 51820, `flannel-wg-v6` IPv6 over the IPv6 underlay
+/// on 51821; the lease has Flannel's `BackendData` and `BackendV6Data`; pods on three nodes
+/// talk TCP over both families both ways, and the underlay carries only WireGuard UDP.
+#[test]
+fn wireguard_dual_stack_pods_talk_over_ipv4_and_ipv6_and_the_underlay_carries_only_ciphertext() {
+    let cluster = Cluster::new(3, &wireguard_config(DUAL_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    for node in &cluster.nodes {
+        let env = node.wait_subnet_env(CONVERGE);
+        assert_eq!(
+            env_var(&env, "FLANNEL_MTU").as_deref(),
+            Some("1420"),
+            "{env}"
+        );
+        let (lease_key, value, key) = wireguard_lease(&cluster, node);
+        let re = regex::Regex::new(FLANNEL_SUBNET_REGEX).expect("Flannel's regex");
+        assert!(
+            re.is_match(&lease_key) && lease_key.contains("-24&fd00:10:244:1"),
+            "Flannel's dual-stack key: {lease_key}"
+        );
+        assert_eq!(
+            value,
+            format!(
+                r#"{{"PublicIP":"{}","PublicIPv6":"{}","BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}},"BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#,
+                node.public_ip(),
+                v6_of(node)
+            ),
+            "Flannel's lease, one key for both devices"
+        );
+        for dev in ["flannel-wg", "flannel-wg-v6"] {
+            let link = node
+                .link(dev)
+                .unwrap_or_else(|| panic!("{dev} missing\n{}", node.log_tail(30)));
+            assert_eq!(link["mtu"], 1420, "{dev}: {link}");
+        }
+        assert!(
+            routes_on(node, "-4", "flannel-wg").contains("10.244.0.0/16"),
+            "{}",
+            routes_on(node, "-4", "flannel-wg")
+        );
+        let r6 = routes_on(node, "-6", "flannel-wg-v6");
+        assert!(r6.contains("fd00:10:244::/48"), "{r6}");
+        let sn6 = env_var(&env, "FLANNEL_IPV6_SUBNET").unwrap_or_default();
+        let own6 = format!("{}/128", sn6.trim_end_matches("1/64"));
+        let addrs = node
+            .netns()
+            .ip(&["-6", "addr", "show", "dev", "flannel-wg-v6"]);
+        assert!(addrs.contains(&own6), "{own6} on flannel-wg-v6: {addrs}");
+    }
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
+        wait_tcp(&pods[0], &pods[1], ip, &dump);
+    }
+    assert_mesh(&pods, &dump);
+
+    // Each family rides its own device and port, encrypted.
+    for (filter, family, port, pick) in [
+        ("ip", "IP", 51820u16, 4),
+        ("ip6 and not ip6 multicast and not icmp6", "IP6", 51821, 6),
+    ] {
+        let capture = Capture::start(
+            &cluster.underlay,
+            &format!("{filter} and not host {}", etcd_ip(&cluster)),
+        );
+        for (a, b) in [(&pods[0], &pods[1]), (&pods[2], &pods[0])] {
+            let ip = if pick == 4 { &b.ip4 } else { &b.ip6 };
+            let ip = ip.as_deref().unwrap_or_default();
+            assert!(markers_ok(&a.ns, &b.ns, ip), "markers -> {ip}\n{}", dump());
+            assert!(
+                bulk_ok(&a.ns, &b.ns, ip, 4 << 20),
+                "bulk TCP -> {ip}\n{}",
+                dump()
+            );
+        }
+        let (raw, lines) = capture.finish();
+        assert_only_wireguard(&raw, &lines, family, port);
+    }
+}
+
+/// WireGuard in an IPv6-only network on the IPv6 underlay: only `flannel-wg-v6` (51821), the
+/// lease `PublicIP` 0.0.0.0 with `BackendV6Data` alone, pods talk over IPv6 both ways, and
+/// nodes reach each other only over IPv6 WireGuard.
+#[test]
+fn wireguard_ipv6_only_cluster_on_an_ipv6_underlay() {
+    let cluster = Cluster::new(3, &wireguard_config(V6_ONLY_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    for node in &cluster.nodes {
+        let env = node.wait_subnet_env(CONVERGE);
+        assert!(
+            env.starts_with("FLANNEL_IPV6_NETWORK=fd00:20::/48\nFLANNEL_IPV6_SUBNET=fd00:20:0:")
+                && env.ends_with("::1/64\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n"),
+            "{env}"
+        );
+        assert!(node.link("flannel-wg").is_none(), "no IPv4 device");
+        assert!(node.link("flannel-wg-v6").is_some(), "no flannel-wg-v6");
+        let (lease_key, value, key) = wireguard_lease(&cluster, node);
+        assert_eq!(
+            value,
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#,
+                v6_of(node)
+            )
+        );
+        assert!(
+            lease_key.contains("/subnets/0.0.0.0-0&fd00:20:0:"),
+            "{lease_key}"
+        );
+    }
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    assert!(pods.iter().all(|p| p.ip4.is_none()));
+    let dump = || cluster.dump();
+    wait_tcp(
+        &pods[0],
+        &pods[1],
+        pods[1].ip6.as_deref().unwrap_or_default(),
+        &dump,
+    );
+    assert_mesh(&pods, &dump);
+    let capture = Capture::start(
+        &cluster.underlay,
+        &format!(
+            "(ip or ip6) and not ip6 multicast and not icmp6 and not host {}",
+            etcd_ip(&cluster)
+        ),
+    );
+    for (a, b) in [
+        (&pods[0], &pods[1]),
+        (&pods[1], &pods[2]),
+        (&pods[2], &pods[0]),
+    ] {
+        let ip = b.ip6.as_deref().unwrap_or_default();
+        assert!(markers_ok(&a.ns, &b.ns, ip), "markers -> {ip}\n{}", dump());
+        assert!(
+            bulk_ok(&a.ns, &b.ns, ip, 4 << 20),
+            "bulk -> {ip}\n{}",
+            dump()
+        );
+    }
+    let (raw, lines) = capture.finish();
+    assert_only_wireguard(&raw, &lines, "IP6", 51821);
+}
+
+/// Flannel's single-device modes: `ipv6` puts both families on one `flannel-wg` whose peers'
+/// endpoints are their IPv6 addresses; `auto` picks IPv4 for these peers (192.0.2.0/24 is no
+/// RFC 1918 range, so Flannel's `selectMode` prefers it). Pods talk over both families; the
+/// underlay carries only WireGuard on `ListenPort` of the chosen family.
+#[test]
+fn wireguard_single_device_modes_carry_both_families_over_the_mode_s_underlay() {
+    for (mode, family) in [("ipv6", "IP6"), ("auto", "IP")] {
+        let cluster = Cluster::new(
+            2,
+            &wireguard_config(DUAL_CONFIG, &format!(r#","Mode":"{mode}""#)),
+        );
+        ipv6_underlay(&cluster);
+        cluster.start();
+        for node in &cluster.nodes {
+            node.wait_subnet_env(CONVERGE);
+            assert!(node.link("flannel-wg").is_some(), "{mode}: no flannel-wg");
+            assert!(
+                node.link("flannel-wg-v6").is_none(),
+                "{mode}: one device for both families"
+            );
+            let r4 = routes_on(node, "-4", "flannel-wg");
+            let r6 = routes_on(node, "-6", "flannel-wg");
+            assert!(r4.contains("10.244.0.0/16"), "{mode}: {r4}");
+            assert!(r6.contains("fd00:10:244::/48"), "{mode}: {r6}");
+            let (_, value, key) = wireguard_lease(&cluster, node);
+            // BackendV6Data names the port the one device listens on (see the backend docs).
+            assert!(
+                value.ends_with(&format!(
+                    r#""BackendData":{{"PublicKey":"{key}","Port":51820}},"BackendV6Data":{{"PublicKey":"{key}","Port":51820}}}}"#
+                )),
+                "{mode}: {value}"
+            );
+        }
+        let pods: Vec<TestPod> = cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| add_weft_pod(n, k as u32))
+            .collect();
+        let dump = || cluster.dump();
+        for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
+            wait_tcp(&pods[0], &pods[1], ip, &dump);
+        }
+        assert_mesh(&pods, &dump);
+        let capture = Capture::start(
+            &cluster.underlay,
+            &format!(
+                "(ip or ip6) and not ip6 multicast and not icmp6 and not host {}",
+                etcd_ip(&cluster)
+            ),
+        );
+        for (a, b) in [(&pods[0], &pods[1]), (&pods[1], &pods[0])] {
+            for ip in [&b.ip4, &b.ip6].into_iter().flatten() {
+                assert!(
+                    markers_ok(&a.ns, &b.ns, ip),
+                    "{mode}: markers -> {ip}\n{}",
+                    dump()
+                );
+            }
+        }
+        let (raw, lines) = capture.finish();
+        assert_only_wireguard(&raw, &lines, family, 51820);
+    }
+}
