@@ -1094,6 +1094,7 @@ fn wireguard_dual_stack_pods_talk_over_ipv4_and_ipv6_and_the_underlay_carries_on
     let cluster = Cluster::new(3, &wireguard_config(DUAL_CONFIG, ""));
     ipv6_underlay(&cluster);
     cluster.start();
+    let re = regex::Regex::new(FLANNEL_SUBNET_REGEX).expect("Flannel's regex");
     for node in &cluster.nodes {
         let env = node.wait_subnet_env(CONVERGE);
         assert_eq!(
@@ -1102,7 +1103,6 @@ fn wireguard_dual_stack_pods_talk_over_ipv4_and_ipv6_and_the_underlay_carries_on
             "{env}"
         );
         let (lease_key, value, key) = wireguard_lease(&cluster, node);
-        let re = regex::Regex::new(FLANNEL_SUBNET_REGEX).expect("Flannel's regex");
         assert!(
             re.is_match(&lease_key) && lease_key.contains("-24&fd00:10:244:1"),
             "Flannel's dual-stack key: {lease_key}"
