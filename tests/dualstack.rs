@@ -1239,6 +1239,44 @@ fn wireguard_ipv6_only_cluster_on_an_ipv6_underlay() {
     }
     let (raw, lines) = capture.finish();
     assert_only_wireguard(&raw, &lines, "IP6", 51821);
+
+    // Hostile BackendV6Data is refused by name, as BackendData is; the data path keeps going.
+    let (_, _, stolen) = wireguard_lease(&cluster, cluster.node(1));
+    let hostile = [
+        (
+            "fd00:20:0:f1::",
+            "AAAA".to_string(),
+            "BackendV6Data.PublicKey \"AAAA\" is not a WireGuard public key",
+        ),
+        (
+            "fd00:20:0:f2::",
+            stolen,
+            "is already the public key of another node's older lease",
+        ),
+    ];
+    for (net, key, _) in &hostile {
+        cluster.etcd.put_with_ttl(
+            &format!("{ETCD_PREFIX}/subnets/0.0.0.0-0&{net}-64"),
+            &format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::60","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#
+            ),
+            3600,
+        );
+    }
+    let n0 = cluster.node(0);
+    for (net, _, why) in &hostile {
+        n0.wait_until(CONVERGE, &format!("{net} rejected"), || {
+            n0.log()
+                .lines()
+                .any(|l| l.contains("lease rejected") && l.contains(net) && l.contains(why))
+        });
+    }
+    let ip = pods[1].ip6.as_deref().unwrap_or_default();
+    assert!(
+        tcp_ok(&pods[0].ns, &pods[1].ns, ip),
+        "pods talk with hostile leases in etcd\n{}",
+        dump()
+    );
 }
 
 /// Flannel's single-device modes: `ipv6` puts both families on one `flannel-wg` whose peers'
