@@ -1343,3 +1343,55 @@ fn wireguard_single_device_modes_carry_both_families_over_the_mode_s_underlay() 
         assert_only_wireguard(&raw, &lines, family, 51820);
     }
 }
+
+/// Switching `Mode` from `separate` to `ipv6` (weftd restarted with the new config, as for any
+/// backend change) removes `flannel-wg-v6` (a persistent TUN device) and its route: the one
+/// `flannel-wg` carries IPv6, the lease names the port it listens on, and pods talk over it.
+#[test]
+fn wireguard_mode_switch_removes_the_device_the_new_mode_does_not_use() {
+    let cluster = Cluster::new(2, &wireguard_config(DUAL_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    for node in &cluster.nodes {
+        assert!(
+            node.link("flannel-wg-v6").is_some(),
+            "separate: flannel-wg-v6"
+        );
+        node.stop();
+    }
+    cluster.etcd.put(
+        NETWORK_CONFIG_KEY,
+        &wireguard_config(DUAL_CONFIG, r#","Mode":"ipv6""#),
+    );
+    for node in &cluster.nodes {
+        node.restart();
+    }
+    for node in &cluster.nodes {
+        node.wait_until(CONVERGE, "Mode ipv6 lease published", || {
+            wireguard_lease(&cluster, node)
+                .1
+                .contains(r#""BackendV6Data":{"PublicKey":"#)
+                && wireguard_lease(&cluster, node)
+                    .1
+                    .ends_with(r#""Port":51820}}"#)
+        });
+        assert!(
+            node.link("flannel-wg-v6").is_none(),
+            "flannel-wg-v6 left behind\n{}",
+            node.log_tail(30)
+        );
+        let r6 = routes_on(node, "-6", "flannel-wg");
+        assert!(r6.contains("fd00:10:244::/48"), "{r6}");
+    }
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
+        wait_tcp(&pods[0], &pods[1], ip, &dump);
+    }
+    assert_mesh(&pods, &dump);
+}

@@ -132,6 +132,7 @@ pub struct ReconcileReport {
 /// data path works next to leftovers, only less cleanly.
 async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface) {
     let vxlan_name;
+    let wireguard_devices: Vec<&str>;
     let starting = match &cfg.backend {
         BackendConfig::Vxlan { vni, .. } => {
             vxlan_name = format!("flannel.{vni}");
@@ -139,7 +140,14 @@ async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface) {
         }
         BackendConfig::Udp { .. } => leftovers::Starting::Udp,
         BackendConfig::HostGw => leftovers::Starting::HostGw,
-        BackendConfig::WireGuard(_) => leftovers::Starting::WireGuard,
+        BackendConfig::WireGuard(wg) => {
+            wireguard_devices =
+                wireguard::device_layout(wg.mode, cfg.enable_ipv4, cfg.ipv6.is_some(), wg)
+                    .into_iter()
+                    .map(|(name, _, _)| name)
+                    .collect();
+            leftovers::Starting::WireGuard(&wireguard_devices)
+        }
     };
     let result = match crate::netlink::connect() {
         Ok(handle) => leftovers::remove(&handle, starting, ext.index, cfg.network).await,
