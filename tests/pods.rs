@@ -724,7 +724,8 @@ spec:
 }
 
 /// When run `restart` of a pod's container `c` started, in seconds since the epoch: the
-/// timestamp of the first line it logged (CRI logs carry nanoseconds; the container logs at once).
+/// timestamp of the first line it logged (CRI logs carry nanoseconds; the container logs at once,
+/// though the line may land in the file a moment after the status shows the run).
 fn run_started(node: &PodNode, rec: &PodRecord, restart: u32) -> f64 {
     let m = &rec.pod.metadata;
     let pod = PodId::new(&m.namespace, &m.name, &m.uid).unwrap_or_else(|e| panic!("{e}"));
@@ -733,14 +734,14 @@ fn run_started(node: &PodNode, rec: &PodRecord, restart: u32) -> f64 {
         .layout()
         .container_log(&pod, "c", restart)
         .unwrap_or_else(|e| panic!("{e}"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("log of run {restart}: {}: {e}", path.display()));
-    let stamp = text
-        .lines()
-        .next()
-        .and_then(weft::pod::crilog::parse_record)
-        .map(|r| r.timestamp.to_string())
-        .unwrap_or_else(|| panic!("no log record in {}: {text:?}", path.display()));
+    // The status may show run `restart` before its first line reaches the log: wait for it.
+    let stamp = wait_for(WAIT, &format!("a log record in {}", path.display()), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        text.lines()
+            .next()
+            .and_then(weft::pod::crilog::parse_record)
+            .map(|r| r.timestamp.to_string())
+    });
     let whole = status::parse_rfc3339(&stamp)
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .unwrap_or_else(|| panic!("bad timestamp {stamp:?} in {}", path.display()));
