@@ -1395,3 +1395,137 @@ fn wireguard_mode_switch_removes_the_device_the_new_mode_does_not_use() {
     }
     assert_mesh(&pods, &dump);
 }
+
+/// A Flannel IPv6 wireguard node nobody here wrote: Debian's `wireguard-go` in a namespace on
+/// the IPv6 underlay, configured with `wg` and `ip` as flanneld configures `flannel-wg-v6`
+/// (listen port 51821, `<subnet6>::/128`, the `IPv6Network` route), its lease written as
+/// flanneld writes an IPv6-only one. Weft nodes and it must reach each other's pods.
+#[test]
+fn wireguard_ipv6_only_interoperates_with_wireguard_go_configured_as_flanneld() {
+    let cluster = Cluster::new(2, &wireguard_config(V6_ONLY_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let fl = Netns::new("fwg6");
+    no_dad(&fl);
+    cluster.underlay.attach(&fl, "192.0.2.51");
+    no_dad(&fl);
+    fl.ip(&["addr", "add", "2001:db8::51/64", "dev", "eth0", "nodad"]);
+    fl.sysctl("net.ipv6.conf.all.forwarding", "1");
+    // wireguard-go's control socket lives in /var/run/wireguard, shared by every namespace.
+    let ifname = format!("fwg6{}", std::process::id() % 100_000);
+    let mut daemon = fl
+        .command("wireguard-go")
+        .args(["-f", &ifname])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("wireguard-go (scripts/setup.sh installs it): {e}"));
+    struct Stop<'a>(&'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            // SIGTERM lets wireguard-go remove its control socket.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(&mut daemon);
+    let dir = tempfile::tempdir().expect("key dir");
+    let key_file = dir.path().join("wgkey");
+    let private = fl.exec_ok(&["wg", "genkey"]);
+    std::fs::write(&key_file, private.trim()).expect("write key");
+    let public = {
+        let mut child = std::process::Command::new("wg")
+            .arg("pubkey")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("wg pubkey");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(private.trim().as_bytes())
+            .expect("write key");
+        let out = child.wait_with_output().expect("wg pubkey");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    wait_until(Duration::from_secs(10), "wireguard-go device up", || {
+        fl.exec(&["ip", "link", "show", "dev", &ifname])
+            .status
+            .success()
+    });
+    // newWGDevice and ConfigureV6, as flanneld does them for flannel-wg-v6.
+    fl.exec_ok(&[
+        "wg",
+        "set",
+        &ifname,
+        "private-key",
+        &key_file.to_string_lossy(),
+        "listen-port",
+        "51821",
+    ]);
+    fl.ip(&["link", "set", &ifname, "mtu", "1420"]);
+    fl.ip(&["addr", "add", "fd00:20:0:f0::/128", "dev", &ifname, "nodad"]);
+    fl.ip(&["link", "set", &ifname, "up"]);
+    fl.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00:20::/48",
+        "dev",
+        &ifname,
+        "scope",
+        "link",
+    ]);
+    cluster.etcd.put_with_ttl(
+        &format!("{ETCD_PREFIX}/subnets/0.0.0.0-0&fd00:20:0:f0::-64"),
+        &format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::51","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{public}","Port":51821}}}}"#
+        ),
+        3600,
+    );
+    // addPeer for each weft node's lease: [PublicIPv6]:BackendV6Data.Port, its IPv6 subnet.
+    for node in &cluster.nodes {
+        let (key, value, peer_key) = wireguard_lease(&cluster, node);
+        let v: serde_json::Value = serde_json::from_str(&value).expect("lease JSON");
+        let endpoint = format!("[{}]:{}", v6_of(node), v["BackendV6Data"]["Port"]);
+        let subnet6 = key
+            .rsplit_once('&')
+            .map(|(_, s)| s.replace('-', "/"))
+            .expect("IPv6 part of the key");
+        fl.exec_ok(&[
+            "wg",
+            "set",
+            &ifname,
+            "peer",
+            &peer_key,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            &subnet6,
+        ]);
+    }
+    let fl_pod = add_pod(&fl, 90, None, Some("fd00:20:0:f0::1/64"), 1420);
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    let fl_ip = fl_pod.ip6.as_deref().unwrap_or_default();
+    for pod in &pods {
+        wait_tcp(pod, &fl_pod, fl_ip, &dump);
+        let ip = pod.ip6.as_deref().unwrap_or_default();
+        wait_tcp(&fl_pod, pod, ip, &dump);
+    }
+    let shown = fl.exec_ok(&["wg", "show", &ifname, "latest-handshakes"]);
+    assert_eq!(
+        shown.lines().filter(|l| !l.ends_with("\t0")).count(),
+        2,
+        "wireguard-go shook hands with both weft nodes: {shown}"
+    );
+}
