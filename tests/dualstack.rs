@@ -1516,11 +1516,13 @@ fn wireguard_ipv6_only_interoperates_with_wireguard_go_configured_as_flanneld() 
         .map(|(k, n)| add_weft_pod(n, k as u32))
         .collect();
     let dump = || cluster.dump();
+    // The Flannel side speaks first: it reaches weft at the endpoint weft's lease names (a
+    // handshake from weft would let wireguard-go learn weft's address whatever the lease says).
     let fl_ip = fl_pod.ip6.as_deref().unwrap_or_default();
     for pod in &pods {
-        wait_tcp(pod, &fl_pod, fl_ip, &dump);
         let ip = pod.ip6.as_deref().unwrap_or_default();
         wait_tcp(&fl_pod, pod, ip, &dump);
+        wait_tcp(pod, &fl_pod, fl_ip, &dump);
     }
     let shown = fl.exec_ok(&["wg", "show", &ifname, "latest-handshakes"]);
     assert_eq!(
