@@ -1531,3 +1531,45 @@ fn wireguard_ipv6_only_interoperates_with_wireguard_go_configured_as_flanneld() 
         "wireguard-go shook hands with both weft nodes: {shown}"
     );
 }
+
+/// A deleted `flannel-wg-v6` is noticed at once (not at the next resync, 30 s away) and made
+/// again with its address and route; IPv6 pods talk again.
+#[test]
+fn wireguard_deleted_ipv6_device_is_recreated_at_once() {
+    let cluster = Cluster::new(2, &wireguard_config(DUAL_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    let ip6 = pods[1].ip6.as_deref().unwrap_or_default();
+    wait_tcp(&pods[0], &pods[1], ip6, &dump);
+    let node = cluster.node(0);
+    let before = node.link("flannel-wg-v6").expect("flannel-wg-v6")["ifindex"].clone();
+    node.netns().ip(&["link", "del", "flannel-wg-v6"]);
+    node.wait_until(
+        Duration::from_secs(10),
+        "flannel-wg-v6 recreated with its route",
+        || {
+            node.link("flannel-wg-v6")
+                .is_some_and(|l| l["ifindex"] != before)
+                && routes_on(node, "-6", "flannel-wg-v6").contains("fd00:10:244::/48")
+        },
+    );
+    assert!(
+        node.log().contains("overlay device removed; recreating it"),
+        "{}",
+        node.log_tail(30)
+    );
+    wait_tcp(&pods[0], &pods[1], ip6, &dump);
+    wait_tcp(
+        &pods[1],
+        &pods[0],
+        pods[0].ip6.as_deref().unwrap_or_default(),
+        &dump,
+    );
+}

@@ -296,6 +296,16 @@ impl Backend {
         }
     }
 
+    /// Whether `name` is one of the backend's devices: besides [`Backend::device_name`], the
+    /// IPv6 devices `flannel-v6.<VNI>` and `flannel-wg-v6`.
+    pub fn owns_device(&self, name: &str) -> bool {
+        match self {
+            Backend::Vxlan(b) => b.owns_device(name),
+            Backend::WireGuard(b) => b.owns_device(name),
+            Backend::Udp(_) | Backend::HostGw(_) => name == self.device_name(),
+        }
+    }
+
     /// Makes the kernel match `own` and `peers`: device, address, and per-peer entries; adds
     /// what is missing and removes what no peer justifies. Idempotent.
     pub async fn reconcile(
@@ -350,6 +360,11 @@ pub trait DataPath {
 
     /// The device the data path owns.
     fn device_name(&self) -> &str;
+
+    /// Whether `name` is one of the data path's devices (its IPv6 device too).
+    fn owns_device(&self, name: &str) -> bool {
+        name == self.device_name()
+    }
 
     /// The offloads the kernel granted a userspace data path; `None` where the kernel
     /// forwards.
@@ -418,6 +433,10 @@ impl DataPath for Backend {
 
     fn device_name(&self) -> &str {
         Backend::device_name(self)
+    }
+
+    fn owns_device(&self, name: &str) -> bool {
+        Backend::owns_device(self, name)
     }
 
     fn granted_offloads(&self) -> Option<&str> {

@@ -513,9 +513,9 @@ impl WireGuardBackend {
         self.devices.first().map_or(DEVICE_NAME, |d| d.name)
     }
 
-    /// The names of all the backend's devices.
-    pub fn device_names(&self) -> Vec<&'static str> {
-        self.devices.iter().map(|d| d.name).collect()
+    /// Whether `name` is one of the backend's devices.
+    pub fn owns_device(&self, name: &str) -> bool {
+        self.devices.iter().any(|d| d.name == name)
     }
 
     /// The node's public key.
