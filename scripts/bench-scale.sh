@@ -13,6 +13,16 @@
 #   fanout  50 weftd processes, each on its own node namespace, watching the same 5000 leases;
 #           100 writes at 10/s: latency from a write to the LAST agent's kernel holding it; etcd's
 #           CPU meanwhile.
+#   fib     why the floor is slow at 10 000 peers: `ip -batch` of 10 000 routes on one device in
+#           four shapes (Flannel's distinct on-link gateways, one shared gateway, no gateway,
+#           distinct gateways and metrics), also at 2500 and 5000.
+#   hostgw  the host-gw backend at 10 000 peers: weftd from process start to every route
+#           programmed, against `ip -batch` of the same routes, 3 rounds alternating the order.
+#   udp     the UDP backend at 10 000 peers: the forwarding table's per-packet lookup at 100
+#           against 10 000 peers and a one-lease change against a full rebuild (the real table
+#           code, examples/udp-lookup.rs); then two weftd nodes with a pod each, iperf3 pod to
+#           pod while 50 lease changes/s change the table, against the same writes to keys no
+#           weftd watches (same etcd and driver load), 5 rounds alternating, medians and ratio.
 #
 #   scripts/bench-scale.sh                   release build, the full run (~5 minutes)
 #   PEERS=1000,2000 AGENTS=5 CHURN_SECONDS=10 REST_SECONDS=10 scripts/bench-scale.sh   quick
@@ -21,12 +31,16 @@
 #   WEFTD_WRAP="perf record -g -o /tmp/weftd.perf" SECTIONS=start PEERS=10000 scripts/bench-scale.sh
 #                                            profile weftd (RSS and CPU figures are then perf's)
 #   SECTIONS=start,churn PEERS=10000 scripts/bench-scale.sh   only these phases (start, churn,
-#                                            fanout; churn runs on the start phase's largest node)
+#                                            fanout, fib, hostgw, udp; churn runs on the start phase's
+#                                            largest node)
+#   SECTIONS=hostgw,udp HOSTGW_PEERS=2000 UDP_PEERS=2000 UDP_ROUNDS=2 UDP_SECONDS=3 HOSTGW_ROUNDS=1 \
+#       LOOKUP_ROUNDS=3 scripts/bench-scale.sh              quick look at the host-gw and UDP sections
 #
 # Addresses: underlay 192.0.2.0/24; pod network 10.0.0.0/8 in /24s (10 000 /24s do not fit in a
 # /16); the fake peers' public IPs are in 198.18.0.0/15 (RFC 2544 benchmarking range), only ever
-# written into FDB entries of the test namespaces, never sent to. Nothing touches the machine's own
-# network. Needs root, python3, etcd.
+# written into FDB entries, host-gw routes and UDP forwarding tables of the test namespaces, never
+# sent to (the host-gw node holds 198.19.255.250/15 on its underlay veth besides 192.0.2.10/24).
+# Nothing touches the machine's own network. Needs root, python3, etcd, iperf3.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -49,9 +63,9 @@ bash scripts/setup.sh >/dev/null
 if [ -n "${SKIP_BUILD:-}" ]; then
     echo "   SKIP_BUILD set: using the existing target/$PROFILE/weftd"
 elif [ "$PROFILE" = release ]; then
-    cargo build --quiet --release --bin weftd
+    cargo build --quiet --release --bin weftd --example udp-lookup
 else
-    cargo build --quiet --bin weftd
+    cargo build --quiet --bin weftd --example udp-lookup
 fi
 # WEFTD=/path/to/weftd measures another build (e.g. a baseline) with this driver.
 WEFTD=${WEFTD:-$ROOT/target/$PROFILE/weftd}
@@ -79,9 +93,17 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 
+SECTIONS=${SECTIONS:-start,churn,fanout,fib,hostgw,udp}
+if [[ ",$SECTIONS," == *,udp,* ]]; then
+    echo "== udp forwarding table: lookup per packet and table change (examples/udp-lookup.rs)"
+    "$ROOT/target/$PROFILE/examples/udp-lookup" "${LOOKUP_ROUNDS:-9}"
+fi
+
 # The driver runs inside etcd's namespace, where etcd answers on 127.0.0.1.
 ip netns exec "$P-etcd" python3 "$ROOT/scripts/lib/scale.py" --prefix "$P" --work "$WORK" --weftd "$WEFTD" \
     --peers "${PEERS:-5000,10000}" --churn-rate "${CHURN_RATE:-50}" --churn-seconds "${CHURN_SECONDS:-60}" \
     --rest-seconds "${REST_SECONDS:-60}" --agents "${AGENTS:-50}" --fanout-leases "${FANOUT_LEASES:-5000}" \
     --fanout-writes "${FANOUT_WRITES:-100}" --fanout-rate "${FANOUT_RATE:-10}" \
-    --sections "${SECTIONS:-start,churn,fanout}"
+    --fib-routes "${FIB_ROUTES:-10000}" --hostgw-peers "${HOSTGW_PEERS:-10000}" --hostgw-rounds "${HOSTGW_ROUNDS:-3}" \
+    --udp-peers "${UDP_PEERS:-10000}" --udp-rounds "${UDP_ROUNDS:-5}" --udp-seconds "${UDP_SECONDS:-5}" \
+    --sections "$SECTIONS"

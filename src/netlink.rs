@@ -692,11 +692,12 @@ fn fdb_message(index: u32, entry: &FdbEntry) -> NeighbourMessage {
 }
 
 /// One request of a [`run_batch`]: a route, neighbour or FDB change, and its description.
+/// Held serialised (the sequence number is set when sent): a first pass at 10 000 peers builds
+/// 30 000 of them, and the bytes take a third of the memory of the message structs.
 #[derive(Debug, Clone)]
 pub struct BatchRequest {
-    message: RouteNetlinkMessage,
-    flags: u16,
-    op: String,
+    bytes: Box<[u8]>,
+    op: Box<str>,
     absent_ok: bool,
 }
 
@@ -704,15 +705,28 @@ const CREATE_REPLACE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REP
 const DELETE: u16 = NLM_F_REQUEST | NLM_F_ACK;
 
 impl BatchRequest {
+    fn new(message: RouteNetlinkMessage, flags: u16, op: String, absent_ok: bool) -> Self {
+        let mut msg = NetlinkMessage::from(message);
+        msg.header.flags = flags;
+        msg.finalize();
+        let mut bytes = vec![0; msg.buffer_len()];
+        msg.serialize(&mut bytes);
+        BatchRequest {
+            bytes: bytes.into_boxed_slice(),
+            op: op.into_boxed_str(),
+            absent_ok,
+        }
+    }
+
     /// Adds or replaces a route; `dev` names the device in errors.
     pub fn replace_route(route: &Ipv4Route, dev: &str) -> Self {
         let onlink = if route.onlink { " onlink" } else { "" };
-        BatchRequest {
-            message: RouteNetlinkMessage::NewRoute(route_message(route)),
-            flags: CREATE_REPLACE,
-            op: format!("add route {} dev {dev}{onlink}", route.describe()),
-            absent_ok: false,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::NewRoute(route_message(route)),
+            CREATE_REPLACE,
+            format!("add route {} dev {dev}{onlink}", route.describe()),
+            false,
+        )
     }
 
     /// Deletes one of weft's routes (the kernel matches the protocol, so a route someone else
@@ -720,22 +734,26 @@ impl BatchRequest {
     pub fn del_route(route: &Ipv4Route, dev: &str) -> Self {
         let mut msg = route_message(route);
         msg.header.scope = RouteScope::NoWhere;
-        BatchRequest {
-            message: RouteNetlinkMessage::DelRoute(msg),
-            flags: DELETE,
-            op: format!("delete route {} dev {dev}", route.describe()),
-            absent_ok: true,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::DelRoute(msg),
+            DELETE,
+            format!("delete route {} dev {dev}", route.describe()),
+            true,
+        )
     }
 
     /// Deletes a route whoever added it (protocol and scope left unset, so the kernel does
     /// not match on them): only for the untagged routes a previous weft version wrote.
     pub fn del_untagged_route(route: &Ipv4Route, dev: &str) -> Self {
-        let mut req = Self::del_route(route, dev);
-        if let RouteNetlinkMessage::DelRoute(msg) = &mut req.message {
-            msg.header.protocol = RouteProtocol::Unspec;
-        }
-        req
+        let mut msg = route_message(route);
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.protocol = RouteProtocol::Unspec;
+        BatchRequest::new(
+            RouteNetlinkMessage::DelRoute(msg),
+            DELETE,
+            format!("delete route {} dev {dev}", route.describe()),
+            true,
+        )
     }
 
     /// Adds or replaces the permanent neighbour entry `ip -> mac` on device `index`.
@@ -748,12 +766,12 @@ impl BatchRequest {
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-        BatchRequest {
-            message: RouteNetlinkMessage::NewNeighbour(msg),
-            flags: CREATE_REPLACE,
-            op: format!("add neighbour {ip} lladdr {mac} dev {dev}"),
-            absent_ok: false,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            CREATE_REPLACE,
+            format!("add neighbour {ip} lladdr {mac} dev {dev}"),
+            false,
+        )
     }
 
     /// Deletes the neighbour entry for `ip` on device `index`; one already gone counts as
@@ -764,33 +782,33 @@ impl BatchRequest {
         msg.header.ifindex = index;
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        BatchRequest {
-            message: RouteNetlinkMessage::DelNeighbour(msg),
-            flags: DELETE,
-            op: format!("delete neighbour {ip} dev {dev}"),
-            absent_ok: true,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::DelNeighbour(msg),
+            DELETE,
+            format!("delete neighbour {ip} dev {dev}"),
+            true,
+        )
     }
 
     /// Adds or replaces the permanent FDB entry `<mac> dst <ip> self` on VXLAN device `index`.
     pub fn replace_fdb(index: u32, dev: &str, entry: &FdbEntry) -> Self {
-        BatchRequest {
-            message: RouteNetlinkMessage::NewNeighbour(fdb_message(index, entry)),
-            flags: CREATE_REPLACE,
-            op: format!("add fdb {} dst {} dev {dev}", entry.mac, entry.dst),
-            absent_ok: false,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::NewNeighbour(fdb_message(index, entry)),
+            CREATE_REPLACE,
+            format!("add fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+            false,
+        )
     }
 
     /// Deletes one FDB entry (that MAC towards that destination); one already gone counts as
     /// deleted.
     pub fn del_fdb(index: u32, dev: &str, entry: &FdbEntry) -> Self {
-        BatchRequest {
-            message: RouteNetlinkMessage::DelNeighbour(fdb_message(index, entry)),
-            flags: DELETE,
-            op: format!("delete fdb {} dst {} dev {dev}", entry.mac, entry.dst),
-            absent_ok: true,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::DelNeighbour(fdb_message(index, entry)),
+            DELETE,
+            format!("delete fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+            true,
+        )
     }
 }
 
@@ -859,13 +877,10 @@ fn send_batch(
         let base = (chunk_no * BATCH_CHUNK) as u32 + 1;
         send_buf.clear();
         for (i, req) in chunk.iter().enumerate() {
-            let mut msg = NetlinkMessage::from(req.message.clone());
-            msg.header.flags = req.flags;
-            msg.header.sequence_number = base + i as u32;
-            msg.finalize();
             let start = send_buf.len();
-            send_buf.resize(start + msg.buffer_len(), 0);
-            msg.serialize(&mut send_buf[start..]);
+            send_buf.extend_from_slice(&req.bytes);
+            // nlmsghdr: length (4), type (2), flags (2), then the sequence number (4).
+            send_buf[start + 8..start + 12].copy_from_slice(&(base + i as u32).to_ne_bytes());
         }
         socket
             .send(&send_buf, 0)
@@ -880,7 +895,7 @@ fn send_batch(
                     // ACKs lost to a full receive buffer: count the unanswered requests as failed.
                     for (req, _) in chunk.iter().zip(&answered).filter(|(_, a)| !**a) {
                         errors.push(NetlinkError::Request {
-                            op: req.op.clone(),
+                            op: req.op.to_string(),
                             source: io::Error::new(e.kind(), format!("no answer from kernel: {e}")),
                         });
                     }
@@ -924,7 +939,7 @@ fn send_batch(
                             ok += 1;
                         } else {
                             errors.push(NetlinkError::Request {
-                                op: req.op.clone(),
+                                op: req.op.to_string(),
                                 source: io::Error::from_raw_os_error(errno),
                             });
                         }
@@ -1282,24 +1297,24 @@ impl BatchRequest {
     /// Adds or replaces an IPv6 route; `dev` names the device in errors.
     pub fn replace_route6(route: &Ipv6Route, dev: &str) -> Self {
         let onlink = if route.onlink { " onlink" } else { "" };
-        BatchRequest {
-            message: RouteNetlinkMessage::NewRoute(route_message6(route)),
-            flags: CREATE_REPLACE,
-            op: format!("add route {} dev {dev}{onlink}", route.describe()),
-            absent_ok: false,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::NewRoute(route_message6(route)),
+            CREATE_REPLACE,
+            format!("add route {} dev {dev}{onlink}", route.describe()),
+            false,
+        )
     }
 
     /// Deletes one of weft's IPv6 routes; a route already gone counts as deleted.
     pub fn del_route6(route: &Ipv6Route, dev: &str) -> Self {
         let mut msg = route_message6(route);
         msg.header.scope = RouteScope::NoWhere;
-        BatchRequest {
-            message: RouteNetlinkMessage::DelRoute(msg),
-            flags: DELETE,
-            op: format!("delete route {} dev {dev}", route.describe()),
-            absent_ok: true,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::DelRoute(msg),
+            DELETE,
+            format!("delete route {} dev {dev}", route.describe()),
+            true,
+        )
     }
 
     /// Adds or replaces the permanent IPv6 neighbour entry `ip -> mac` on device `index`.
@@ -1312,12 +1327,12 @@ impl BatchRequest {
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-        BatchRequest {
-            message: RouteNetlinkMessage::NewNeighbour(msg),
-            flags: CREATE_REPLACE,
-            op: format!("add neighbour {ip} lladdr {mac} dev {dev}"),
-            absent_ok: false,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            CREATE_REPLACE,
+            format!("add neighbour {ip} lladdr {mac} dev {dev}"),
+            false,
+        )
     }
 
     /// Deletes the IPv6 neighbour entry for `ip` on device `index`.
@@ -1327,32 +1342,32 @@ impl BatchRequest {
         msg.header.ifindex = index;
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
-        BatchRequest {
-            message: RouteNetlinkMessage::DelNeighbour(msg),
-            flags: DELETE,
-            op: format!("delete neighbour {ip} dev {dev}"),
-            absent_ok: true,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::DelNeighbour(msg),
+            DELETE,
+            format!("delete neighbour {ip} dev {dev}"),
+            true,
+        )
     }
 
     /// Adds or replaces the permanent FDB entry `<mac> dst <ipv6> self` on device `index`.
     pub fn replace_fdb6(index: u32, dev: &str, entry: &FdbEntry6) -> Self {
-        BatchRequest {
-            message: RouteNetlinkMessage::NewNeighbour(fdb_message6(index, entry)),
-            flags: CREATE_REPLACE,
-            op: format!("add fdb {} dst {} dev {dev}", entry.mac, entry.dst),
-            absent_ok: false,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::NewNeighbour(fdb_message6(index, entry)),
+            CREATE_REPLACE,
+            format!("add fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+            false,
+        )
     }
 
     /// Deletes one IPv6 FDB entry.
     pub fn del_fdb6(index: u32, dev: &str, entry: &FdbEntry6) -> Self {
-        BatchRequest {
-            message: RouteNetlinkMessage::DelNeighbour(fdb_message6(index, entry)),
-            flags: DELETE,
-            op: format!("delete fdb {} dst {} dev {dev}", entry.mac, entry.dst),
-            absent_ok: true,
-        }
+        BatchRequest::new(
+            RouteNetlinkMessage::DelNeighbour(fdb_message6(index, entry)),
+            DELETE,
+            format!("delete fdb {} dst {} dev {dev}", entry.mac, entry.dst),
+            true,
+        )
     }
 }
 

@@ -467,6 +467,23 @@ fn expiry_after(seconds: i64) -> SystemTime {
 }
 
 /// One key-value of `<prefix>/subnets/` as it is, for [`crate::validate`].
+/// Keys per Range request when listing a prefix.
+pub const LIST_PAGE: i64 = 500;
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's prefix rule:
+/// the last byte below 0xff incremented, the rest cut).
+fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): every key from `prefix` on.
+    vec![0]
+}
+
 fn raw_from_kv(kv: &KeyValue) -> RawLease {
     RawLease {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -599,58 +616,83 @@ impl EtcdStore {
     /// warning naming the key: a bad lease must not stop the node.
     pub async fn list_leases(&self) -> Result<LeaseSnapshot, StoreError> {
         let prefix = subnets_prefix(&self.prefix);
-        let resp = self
-            .timed(
-                "list leases",
-                &prefix,
-                self.client
-                    .kv_client()
-                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let leases = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| match lease_from_kv(&self.prefix, kv) {
-                Ok(lease) => Some(lease),
-                Err(e) => {
-                    warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "skipping a lease that does not parse");
-                    None
+        let mut leases = Vec::new();
+        let revision = self
+            .list_pages("list leases", &prefix, |kv| {
+                match lease_from_kv(&self.prefix, kv) {
+                    Ok(lease) => leases.push(lease),
+                    Err(e) => {
+                        warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "skipping a lease that does not parse");
+                    }
                 }
             })
-            .collect();
+            .await?;
         Ok(LeaseSnapshot { leases, revision })
     }
 
-    /// The network config and every lease key, unparsed, in one read (one revision).
+    /// The network config and every lease key, unparsed, as of one revision.
     pub async fn list_network(&self) -> Result<NetworkSnapshot, StoreError> {
         let prefix = format!("{}/", self.prefix);
-        let resp = self
-            .timed(
-                "list network",
-                &prefix,
-                self.client
-                    .kv_client()
-                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let config_key = config_key(&self.prefix);
         let subnets = subnets_prefix(&self.prefix);
-        let mut snapshot = NetworkSnapshot {
-            config: None,
-            leases: Vec::new(),
+        let mut config = None;
+        let mut leases = Vec::new();
+        let revision = self
+            .list_pages("list network", &prefix, |kv| {
+                if kv.key() == config_key.as_bytes() {
+                    config = Some(String::from_utf8_lossy(kv.value()).into_owned());
+                } else if kv.key().starts_with(subnets.as_bytes()) {
+                    leases.push(raw_from_kv(kv));
+                }
+            })
+            .await?;
+        Ok(NetworkSnapshot {
+            config,
+            leases,
             revision,
-        };
-        for kv in resp.kvs() {
-            if kv.key() == config_key.as_bytes() {
-                snapshot.config = Some(String::from_utf8_lossy(kv.value()).into_owned());
-            } else if kv.key().starts_with(subnets.as_bytes()) {
-                snapshot.leases.push(raw_from_kv(kv));
+        })
+    }
+
+    /// Reads every key under `prefix` in pages of [`LIST_PAGE`] keys, all at the revision of
+    /// the first page, handing each to `each`; returns that revision. Pages keep both etcd's
+    /// responses and weftd's receive buffers small at 10 000 leases (one Range of them all is
+    /// several megabytes, decoded whole).
+    async fn list_pages(
+        &self,
+        op: &'static str,
+        prefix: &str,
+        mut each: impl FnMut(&KeyValue),
+    ) -> Result<i64, StoreError> {
+        let end = prefix_range_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let resp = self
+                .timed(
+                    op,
+                    prefix,
+                    self.client.kv_client().get(from.clone(), Some(options)),
+                )
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            resp.kvs().iter().for_each(&mut each);
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    // The next key after `last`.
+                    from.push(0);
+                }
+                _ => return Ok(revision),
             }
         }
-        Ok(snapshot)
     }
 
     /// When the etcd lease `id` expires (for display); `None` when it has already expired.
@@ -1371,6 +1413,16 @@ impl NetworkWatch for LeaseWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_range_end_is_etcds() {
+        assert_eq!(
+            prefix_range_end(b"/coreos.com/network/"),
+            b"/coreos.com/network0"
+        );
+        assert_eq!(prefix_range_end(b"a\xff"), b"b");
+        assert_eq!(prefix_range_end(b"\xff\xff"), vec![0]);
+    }
 
     #[test]
     fn failover_moves_to_the_next_endpoint_once_per_failure() {

@@ -14,7 +14,9 @@ use etcd_client::Client;
 use ipnetwork::Ipv4Network;
 use weft::config::NetworkConfig;
 use weft::lease::{Lease, LeaseAttrs};
-use weft::store::{EtcdOptions, EtcdStore, LeaseEvent, LeaseLostReason, OwnLease, StoreError};
+use weft::store::{
+    EtcdOptions, EtcdStore, LeaseEvent, LeaseLostReason, OwnLease, StoreError, LIST_PAGE,
+};
 
 const PREFIX: &str = "/coreos.com/network";
 const CONFIG: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -1205,5 +1207,82 @@ fn username_and_password() {
             !text.contains("wrong-pw") && !format!("{err:?}").contains("wrong-pw"),
             "{err:?}"
         );
+    });
+}
+
+/// Range requests etcd has answered so far (its own gRPC counters on /metrics).
+async fn range_requests() -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect("127.0.0.1:2379")
+        .await
+        .expect("connect to etcd for /metrics");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("ask for /metrics");
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.expect("read /metrics");
+    let total: f64 = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{") && l.contains("grpc_method=\"Range\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        body.contains("grpc_server_handled_total"),
+        "etcd's /metrics has no gRPC counters:\n{}",
+        &body[..body.len().min(500)]
+    );
+    total
+}
+
+#[test]
+fn a_large_network_is_listed_in_pages_at_one_revision() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        put_config(CONFIG).await;
+        let mut c = raw().await;
+        // Two full pages and a bit: with the config key, three Range requests.
+        let n = 2 * usize::try_from(LIST_PAGE).expect("page fits usize") + 7;
+        let keys: Vec<String> = (0..n)
+            .map(|i| format!("{PREFIX}/subnets/10.{}.{}.0-24", 100 + i / 256, i % 256))
+            .collect();
+        for chunk in keys.chunks(100) {
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|k| {
+                    etcd_client::TxnOp::put(
+                        k.as_str(),
+                        r#"{"PublicIP":"192.0.2.9","BackendType":"host-gw"}"#,
+                        None,
+                    )
+                })
+                .collect();
+            c.txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .expect("write leases");
+        }
+        let head = c.get("/", None).await.expect("read revision");
+        let revision = head.header().expect("header").revision();
+        let before = range_requests().await;
+        let snap = s.list_network().await.expect("list network");
+        let ranges = range_requests().await - before;
+        assert_eq!(
+            ranges, 3.0,
+            "one Range request per page of {LIST_PAGE} keys"
+        );
+        assert_eq!(snap.revision, revision);
+        assert_eq!(snap.config.as_deref(), Some(CONFIG));
+        let mut want = keys.clone();
+        want.sort();
+        let got: Vec<&str> = snap.leases.iter().map(|l| l.key.as_str()).collect();
+        assert_eq!(
+            got, want,
+            "every key once, in order, across page boundaries"
+        );
+        let leases = s.list_leases().await.expect("list leases");
+        assert_eq!(leases.leases.len(), n);
+        assert_eq!(leases.revision, revision);
     });
 }

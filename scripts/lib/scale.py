@@ -18,6 +18,16 @@ Phases (each measured in the same run as its reference):
   fanout  AGENTS weftd processes, one per node namespace, watching the same leases; writes at a
           steady rate; latency from a write to the last agent's kernel having it; etcd's CPU;
           every agent's kernel against etcd.
+  hostgw  the host-gw backend at HOSTGW_PEERS peers (on-link public IPs in 198.18.0.0/15): weftd
+          from process start to every route programmed, against `ip -batch` of the same routes
+          on a fresh interface, alternating which goes first; weftd's RSS.
+  fib     why the 10 000-peer floor is slow: `ip -batch` of FIB_ROUTES routes on one device in
+          four shapes (Flannel's distinct on-link gateways; one shared gateway; no gateway;
+          distinct gateways with distinct metrics), at a quarter, half and all of FIB_ROUTES.
+  udp     the UDP backend at UDP_PEERS peers: two weftd nodes with a pod each; iperf3 from pod
+          to pod while CHURN_RATE lease changes per second change both nodes' forwarding tables,
+          against the same while the same writes go to keys no weftd watches (equal etcd and
+          driver load, no table change); rounds alternate, medians and their ratio.
 """
 
 import argparse
@@ -33,6 +43,7 @@ import subprocess
 import sys
 import time
 import base64
+import threading
 from base64 import b64encode
 
 PREFIX_KEY = "/coreos.com/network"
@@ -130,6 +141,22 @@ def lease_value(ip, mac):
     return json.dumps({"PublicIP": ip, "BackendType": "vxlan", "BackendData": {"VNI": 1, "VtepMAC": mac}})
 
 
+def onlink_ip(i):
+    """The i-th fake peer's public IP for host-gw and udp: distinct, in 198.18.0.0/15 from
+    198.18.0.2 up (the node itself is 198.19.255.250)."""
+    a = (198 << 24 | 18 << 16) + i + 2
+    return f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}"
+
+
+def plain_value(backend, ip):
+    """A lease value without BackendData, as host-gw and udp publish."""
+    return json.dumps({"PublicIP": ip, "BackendType": backend})
+
+
+def put_config(etcd, backend):
+    etcd.put(f"{PREFIX_KEY}/config", json.dumps(dict(CONFIG, Backend={"Type": backend})))
+
+
 def lease_key(subnet):
     return f"{PREFIX_KEY}/subnets/{subnet}-24"
 
@@ -192,9 +219,11 @@ def cpu_ticks(pid):
 
 
 class Weftd:
-    def __init__(self, args, nss, name, ip, quiet=False):
+    def __init__(self, args, nss, name, ip, quiet=False, iface="eth0", extra_addr=None):
         self.ns = nss.new(name)
         nss.attach(self.ns, ip)
+        if extra_addr:
+            run("ip", "-n", self.ns, "addr", "add", extra_addr, "dev", "eth0")
         self.dir = os.path.join(args.work, name)
         os.makedirs(self.dir, exist_ok=True)
         self.subnet_env = os.path.join(self.dir, "subnet.env")
@@ -204,7 +233,7 @@ class Weftd:
             ["ip", "netns", "exec", self.ns, "env", "RUST_LOG=warn" if quiet else "RUST_LOG=info"]
             + (os.environ["WEFTD_WRAP"].split() if os.environ.get("WEFTD_WRAP") else [])
             + [args.weftd,
-             "--etcd-endpoints", f"http://{ETCD_IP}:2379", "--iface", "eth0",
+             "--etcd-endpoints", f"http://{ETCD_IP}:2379", "--iface", iface,
              "--subnet-file", self.subnet_env, "--state-dir", os.path.join(self.dir, "state"),
              "--peer-probe-interval", "0", "--healthz-addr", "127.0.0.1:9102"],
             stdout=self.logf, stderr=subprocess.STDOUT)
@@ -252,12 +281,17 @@ def floor(nss, name, entries, work):
     return took
 
 
-def load_leases(etcd, n):
+def load_leases(etcd, n, backend="vxlan"):
+    """n fake peers' leases; vxlan ones with a VTEP MAC, host-gw and udp ones with an on-link
+    public IP (`onlink_ip`)."""
     etcd.delete_prefix(f"{PREFIX_KEY}/subnets/")
     lease = etcd.grant(7200)
     entries = [peer(i) for i in range(n)]
+    if backend != "vxlan":
+        entries = [(s, mac, onlink_ip(i)) for i, (s, mac, _) in enumerate(entries)]
+    value = (lambda ip, mac: lease_value(ip, mac)) if backend == "vxlan" else (lambda ip, _: plain_value(backend, ip))
     for k in range(0, n, 1000):
-        etcd.txn_puts([(lease_key(s), lease_value(ip, mac)) for s, mac, ip in entries[k:k + 1000]], lease)
+        etcd.txn_puts([(lease_key(s), value(ip, mac)) for s, mac, ip in entries[k:k + 1000]], lease)
     return lease, entries
 
 
@@ -563,7 +597,229 @@ def phase_fanout(args, etcd, nss, n):
         + (f"all {len(agents)} right" if not wrong_agents else f"{len(wrong_agents)} wrong {wrong_agents[:3]}"))
     for w in agents:
         w.proc.kill()
+    # Their addresses (192.0.2.11 up) must not answer on the underlay for later sections' nodes.
+    for w in agents:
+        nss.remove(w.ns)
     return {"p50": pct(last, 50), "p99": pct(last, 99), "missed": missed, "etcd_cpu": cpu}
+
+def phase_fib(args, nss, n):
+    """Times `ip -batch` of n routes per shape on a fresh veth; the kernel's fib_info hash
+    covers protocol, scope, metric, preferred source and device but not the gateway, so
+    routes that differ only in their gateway share one hash chain."""
+    shapes = [
+        ("distinct on-link gateways (Flannel's)", lambda s, i: f"route add {s}/24 via {s} dev d0 onlink"),
+        ("one shared gateway", lambda s, i: f"route add {s}/24 via 10.0.0.1 dev d0 onlink"),
+        ("no gateway", lambda s, i: f"route add {s}/24 dev d0"),
+        ("distinct gateways and metrics", lambda s, i: f"route add {s}/24 via {s} dev d0 onlink metric {i + 1}"),
+    ]
+    for size in (n // 4, n // 2, n):
+        line = []
+        for label, shape in shapes:
+            ns = nss.new("fib")
+            run("ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d0p")
+            run("ip", "-n", ns, "link", "set", "d0p", "up")
+            run("ip", "-n", ns, "link", "set", "d0", "up")
+            run("ip", "-n", ns, "addr", "add", "10.0.0.0/32", "dev", "d0")
+            path = os.path.join(args.work, "fib.ip")
+            with open(path, "w") as f:
+                for i in range(size):
+                    f.write(shape(peer(i)[0], i) + "\n")
+            t0 = time.time()
+            run("ip", "-n", ns, "-batch", path)
+            line.append(f"{label} {(time.time() - t0) * 1000:.0f} ms")
+            nss.remove(ns)
+        log(f"   {size:>6} routes: " + "; ".join(line))
+
+
+HOSTGW_NODE = "198.19.255.250"
+WEFT_ROUTE_PROTOCOL = "87"
+
+
+def hostgw_routes(ns):
+    return run("ip", "-n", ns, "route", "show", "dev", "eth0", "proto", WEFT_ROUTE_PROTOCOL,
+               check=False).count(" via ")
+
+
+def hostgw_floor(nss, name, entries, work):
+    """The same routes by `ip -batch` on a fresh interface with the node's on-link address,
+    with weft's route protocol (the kernel hashes it); seconds."""
+    ns = nss.new(name)
+    run("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    run("ip", "-n", ns, "link", "set", "eth0p", "up")
+    run("ip", "-n", ns, "addr", "add", f"{HOSTGW_NODE}/15", "dev", "eth0")
+    run("ip", "-n", ns, "link", "set", "eth0", "up")
+    path = os.path.join(work, f"{name}.ip")
+    with open(path, "w") as f:
+        for subnet, _, ip in entries:
+            f.write(f"route add {subnet}/24 via {ip} dev eth0 proto {WEFT_ROUTE_PROTOCOL}\n")
+    t0 = time.time()
+    run("ip", "-n", ns, "-batch", path)
+    took = time.time() - t0
+    nss.remove(ns)
+    return took
+
+
+def phase_hostgw(args, etcd, nss, n):
+    put_config(etcd, "host-gw")
+    _, entries = load_leases(etcd, n, "host-gw")
+    results = []
+    for rnd in range(args.hostgw_rounds):
+        took = {}
+        for which in ([0, 1] if rnd % 2 == 0 else [1, 0]):
+            if which == 0:
+                node = Weftd(args, nss, f"h{rnd}", "192.0.2.10", iface=HOSTGW_NODE, extra_addr=f"{HOSTGW_NODE}/15")
+                took["weftd"] = node.ready_after(120)
+                have = hostgw_routes(node.ns)
+                if have != n:
+                    raise SystemExit(f"bench-scale: host-gw weftd ready with {have} routes, want {n} "
+                                     f"(see {node.logf.name})")
+                time.sleep(2)
+                rss = proc_status(node.pid, "VmRSS") / 1024
+                node.proc.kill()
+                nss.remove(node.ns)
+            else:
+                took["floor"] = hostgw_floor(nss, f"hf{rnd}", entries, args.work)
+        results.append((took["weftd"], took["floor"], rss))
+        log(f"   round {rnd + 1}: {n} peers: weftd ready {took['weftd'] * 1000:7.0f} ms, floor {took['floor'] * 1000:7.0f} ms "
+            f"(ratio {took['weftd'] / took['floor']:.2f}), RSS {rss:.1f} MiB")
+    w = statistics.median(r[0] for r in results)
+    f = statistics.median(r[1] for r in results)
+    log(f"   host-gw at {n} peers, median of {len(results)}: weftd {w * 1000:.0f} ms, ip -batch floor {f * 1000:.0f} ms, "
+        f"ratio {w / f:.2f}")
+    put_config(etcd, "vxlan")
+
+
+def wire_pod(nss, node, name, subnet_env):
+    """A pod namespace behind a cni0 bridge on `node`, as the CNI plugin wires one; its IP."""
+    env = {}
+    with open(subnet_env) as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            env[k] = v
+    gw = env["FLANNEL_SUBNET"]
+    mtu = env["FLANNEL_MTU"]
+    base, plen = gw.split("/")
+    pod_ip = base.rsplit(".", 1)[0] + ".10"
+    pod = nss.new(name)
+    run("ip", "-n", node, "link", "add", "cni0", "mtu", mtu, "type", "bridge")
+    run("ip", "-n", node, "addr", "add", gw, "dev", "cni0")
+    run("ip", "-n", node, "link", "set", "cni0", "up")
+    run("ip", "-n", node, "link", "add", "veth0", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", pod)
+    run("ip", "-n", node, "link", "set", "veth0", "master", "cni0", "up")
+    run("ip", "-n", pod, "addr", "add", f"{pod_ip}/{plen}", "dev", "eth0")
+    run("ip", "-n", pod, "link", "set", "eth0", "up")
+    run("ip", "-n", pod, "route", "add", "default", "via", base)
+    run("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    return pod, pod_ip
+
+
+class Churn(threading.Thread):
+    """Lease changes at `rate` per second (add, delete, public IP change in turn) until
+    stopped, on its own etcd connection; with `watched` False the same writes go to keys under
+    a prefix no weftd watches (the control: equal etcd and driver load, no table change)."""
+
+    def __init__(self, rate, lease, first_new, live, watched):
+        super().__init__(daemon=True)
+        self.rate, self.lease, self.next_new, self.live, self.watched = rate, lease, first_new, live, watched
+        self.stop = threading.Event()
+        self.writes = 0
+
+    def run(self):
+        etcd = Etcd()
+        rng = random.Random(17)
+        prefix = PREFIX_KEY if self.watched else "/weft-bench-unwatched"
+        t0 = time.time()
+        k = 0
+        while not self.stop.is_set():
+            delay = t0 + k / self.rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            kind = k % 3
+            if kind == 0:
+                i = self.next_new
+                self.next_new += 1
+                self.live.append(i)
+                subnet = peer(i)[0]
+                etcd.put(f"{prefix}/subnets/{subnet}-24", plain_value("udp", onlink_ip(i)), self.lease)
+            elif kind == 1:
+                i = self.live.pop(rng.randrange(len(self.live)))
+                etcd.delete(f"{prefix}/subnets/{peer(i)[0]}-24")
+            else:
+                i = self.live[rng.randrange(len(self.live))]
+                etcd.put(f"{prefix}/subnets/{peer(i)[0]}-24",
+                         plain_value("udp", onlink_ip(100_000 + k % 20_000)), self.lease)
+            self.writes += 1
+            k += 1
+
+
+def iperf(client, server, ip, seconds):
+    """Gbit/s received by the server pod over `seconds` (after one omitted second)."""
+    srv = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    out = run("ip", "netns", "exec", client, "iperf3", "-c", ip, "-p", "5201", "-O", "1", "-t", str(seconds), "-J")
+    srv.wait(timeout=10)
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def table_edits(ns):
+    """Forwarding-table entries weftd added plus removed so far (its /metrics counters)."""
+    text = run("ip", "netns", "exec", ns, "curl", "-fsS", "http://127.0.0.1:9102/metrics", check=False)
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(("weft_kernel_entries_added", "weft_kernel_entries_removed")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def phase_udp(args, etcd, nss, n):
+    put_config(etcd, "udp")
+    lease, _ = load_leases(etcd, n, "udp")
+    etcd.delete_prefix("/weft-bench-unwatched/")
+    # Out of the fan-out agents' range (192.0.2.11 up).
+    nodes = [Weftd(args, nss, f"u{i}", f"192.0.2.{200 + i}", quiet=True) for i in (1, 2)]
+    ready = [w.ready_after(180) for w in nodes]
+    log(f"   two UDP nodes ready on {n} leases after {ready[0] * 1000:.0f} and {ready[1] * 1000:.0f} ms")
+    pods = [wire_pod(nss, w.ns, f"up{i}", w.subnet_env) for i, w in enumerate(nodes)]
+    for _ in range(100):
+        if subprocess.run(["ip", "netns", "exec", pods[0][0], "ping", "-c1", "-W1", pods[1][1]],
+                          capture_output=True).returncode == 0:
+            break
+        time.sleep(0.2)
+    else:
+        raise SystemExit("bench-scale: pods cannot reach each other over the UDP backend")
+    live = list(range(n))
+    next_new = n
+    gbps = {True: [], False: []}
+    for rnd in range(args.udp_rounds):
+        for watched in ([False, True] if rnd % 2 == 0 else [True, False]):
+            # The control works on a copy of the live peers: its writes change nothing weftd sees.
+            churn = Churn(args.churn_rate, lease, next_new, live if watched else list(live), watched)
+            e0 = table_edits(nodes[0].ns)
+            churn.start()
+            g = iperf(pods[0][0], pods[1][0], pods[1][1], args.udp_seconds)
+            churn.stop.set()
+            churn.join()
+            time.sleep(0.2)
+            edits = table_edits(nodes[0].ns) - e0
+            if watched:
+                next_new = churn.next_new
+            else:
+                etcd.delete_prefix("/weft-bench-unwatched/")
+            gbps[watched].append(g)
+            log(f"   round {rnd + 1}: {'table churn' if watched else 'control    '} {churn.writes} writes, "
+                f"{edits:.0f} table entries changed on node 1, {g:.2f} Gbit/s")
+    quiet = statistics.median(gbps[False])
+    busy = statistics.median(gbps[True])
+    log(f"   UDP pod-to-pod at {n} peers, median of {args.udp_rounds}: {busy:.2f} Gbit/s while {args.churn_rate:.0f} lease "
+        f"changes/s change the forwarding table, {quiet:.2f} Gbit/s with the same writes unwatched; ratio {busy / quiet:.2f}")
+    for w in nodes:
+        w.proc.kill()
+    for pod, _ in pods:
+        nss.remove(pod)
+    for w in nodes:
+        nss.remove(w.ns)
+    put_config(etcd, "vxlan")
 
 
 args_prefix = ""
@@ -584,7 +840,13 @@ def main():
     ap.add_argument("--fanout-writes", type=int, default=100)
     ap.add_argument("--fanout-rate", type=float, default=10)
     ap.add_argument("--drain-seconds", type=float, default=60)
-    ap.add_argument("--sections", default="start,churn,fanout")
+    ap.add_argument("--sections", default="start,churn,fanout,fib,hostgw,udp")
+    ap.add_argument("--fib-routes", type=int, default=10000)
+    ap.add_argument("--hostgw-peers", type=int, default=10000)
+    ap.add_argument("--hostgw-rounds", type=int, default=3)
+    ap.add_argument("--udp-peers", type=int, default=10000)
+    ap.add_argument("--udp-rounds", type=int, default=5)
+    ap.add_argument("--udp-seconds", type=float, default=5)
     args = ap.parse_args()
     args.peers = [int(x) for x in args.peers.split(",")]
     sections = set(args.sections.split(","))
@@ -604,6 +866,15 @@ def main():
         if "fanout" in sections and args.agents > 0:
             log(f"== fan-out: {args.agents} weftd agents on {args.fanout_leases} leases")
             phase_fanout(args, etcd, nss, args.fanout_leases)
+        if "fib" in sections:
+            log("== fib: ip -batch of routes on one device, by shape (the kernel's fib_info hash)")
+            phase_fib(args, nss, args.fib_routes)
+        if "hostgw" in sections:
+            log(f"== host-gw: weftd from process start to every route programmed, against ip -batch")
+            phase_hostgw(args, etcd, nss, args.hostgw_peers)
+        if "udp" in sections:
+            log(f"== udp: pod-to-pod throughput while lease changes swap the forwarding table")
+            phase_udp(args, etcd, nss, args.udp_peers)
     finally:
         nss.remove_all()
 

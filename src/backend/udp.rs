@@ -13,7 +13,7 @@ pub(crate) mod packet;
 pub(crate) mod pumps;
 pub(crate) mod socket;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, RwLock};
@@ -23,7 +23,7 @@ use rtnetlink::Handle;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 pub use datapath::UdpCounters;
-pub use forwarding::ForwardingTable;
+pub use forwarding::{EditCounts, Edited, ForwardingTable, SharedTable, TableWriter};
 pub use packet::{net_unreachable, parse_ipv4, Malformed};
 
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
@@ -32,7 +32,7 @@ use crate::backend::tun_device;
 use crate::backend::{PeerChange, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netlink::{self, ExternalInterface, Ipv4Route, Ipv6Route, NetlinkError};
-use datapath::{DataPath, Queue, SharedTable};
+use datapath::{DataPath, Queue};
 use socket::UnderlaySocket;
 
 /// Name of the TUN device, as Flannel's.
@@ -87,7 +87,8 @@ pub struct UdpBackend {
     port: u16,
     ext: ExternalInterface,
     mtu: u32,
-    table: SharedTable,
+    /// Publishes the forwarding table to the pumps.
+    table: TableWriter,
     counters: Arc<UdpCounters>,
     datapath: Option<DataPath>,
     tun_index: u32,
@@ -100,8 +101,6 @@ pub struct UdpBackend {
     /// `IPv6Network` and this node's IPv6 subnet on a dual-stack node: IPv6 pod packets take
     /// `flannel0` and the IPv4 underlay like IPv4 ones.
     ipv6: Option<(Ipv6Network, Option<Ipv6Network>)>,
-    /// The `udp` peers of the current table, by subnet, which incremental passes change.
-    peers: BTreeMap<Ipv4Network, Ipv4Addr>,
 }
 
 impl std::fmt::Debug for UdpBackend {
@@ -141,10 +140,9 @@ impl UdpBackend {
             port,
             ext: ext.clone(),
             mtu: ext.mtu - UDP_OVERHEAD,
-            table: Arc::new(RwLock::new(Arc::new(ForwardingTable::default()))),
+            table: TableWriter::new(Arc::new(RwLock::new(Arc::new(ForwardingTable::default())))),
             counters: Arc::new(UdpCounters::default()),
             datapath: None,
-            peers: BTreeMap::new(),
             tun_index: 0,
             offloads,
             granted: String::new(),
@@ -232,8 +230,7 @@ impl UdpBackend {
         all.routes6 = self.desired_routes6();
         let d = entries::diff(&all, &view.actual);
         let route = self.pipeline.full(&devices, entries, d).await?;
-        self.peers = table;
-        let mut table = ForwardingTable::new(own, self.peers.iter().map(|(s, ip)| (*s, *ip)));
+        let mut table = ForwardingTable::new(own, table);
         if let Some((_, Some(own6))) = self.ipv6 {
             table = table.with_ipv6(
                 own6,
@@ -248,7 +245,7 @@ impl UdpBackend {
         outcome.removed += route.removed;
         outcome.failed += route.failed;
         outcome.stale.extend(route.stale);
-        let (present, added, removed) = self.swap_table(table);
+        let (present, added, removed) = self.table.replace(table);
         outcome.desired += present + added;
         outcome.present += present;
         outcome.added += added;
@@ -258,7 +255,7 @@ impl UdpBackend {
 
     /// The desired state: one weft route on `flannel0` (the cluster network), and the peers
     /// that run this backend (the forwarding table's entries).
-    fn desired(&self, peers: &[Lease]) -> (EntriesByPeer, BTreeMap<Ipv4Network, Ipv4Addr>) {
+    fn desired(&self, peers: &[Lease]) -> (EntriesByPeer, Vec<(Ipv4Network, Ipv4Addr)>) {
         let route = Ipv4Route {
             dst: self.network,
             gateway: None,
@@ -306,18 +303,6 @@ impl UdpBackend {
         }
     }
 
-    /// Swaps in a new forwarding table; returns (present, added, removed) peers.
-    fn swap_table(&self, table: ForwardingTable) -> (usize, usize, usize) {
-        let table = Arc::new(table);
-        let mut guard = match self.table.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let counts = guard.diff(&table);
-        *guard = table;
-        counts
-    }
-
     /// Applies peer changes: only the forwarding table changes (the cluster route does not
     /// depend on peers). `None` when a full reconcile is due.
     pub async fn apply_changes(
@@ -332,25 +317,32 @@ impl UdpBackend {
         let Some(route) = self.pipeline.incremental(&self.devices(), &[]).await? else {
             return Ok(None);
         };
-        for change in changes {
-            match &change.lease {
-                Some(l) if l.attrs.backend_type == BACKEND_TYPE => {
-                    self.peers.insert(change.subnet, l.attrs.public_ip)
-                }
-                _ => self.peers.remove(&change.subnet),
-            };
+        if self.table.shared_own_subnet() != Some(own) {
+            return Ok(None);
         }
-        let table = ForwardingTable::new(own, self.peers.iter().map(|(s, ip)| (*s, *ip)));
-        let mut report = ReconcileReport {
+        let edits: Vec<_> = changes
+            .iter()
+            .map(|change| {
+                let ip = change
+                    .lease
+                    .as_ref()
+                    .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
+                    .map(|l| l.attrs.public_ip);
+                (change.subnet, ip)
+            })
+            .collect();
+        let counts = self.table.apply(&edits);
+        // A peer whose public IP changed counts as one entry removed and one added, as in a
+        // full pass.
+        let added = counts.added + counts.replaced;
+        Ok(Some(ReconcileReport {
             failed: route.failed,
+            desired: counts.len,
+            present: counts.len.saturating_sub(added),
+            added,
+            removed: counts.removed + counts.replaced,
             ..Default::default()
-        };
-        let (present, added, removed) = self.swap_table(table);
-        report.desired += present + added;
-        report.present += present;
-        report.added += added;
-        report.removed += removed;
-        Ok(Some(report))
+        }))
     }
 
     /// The offloads the kernel granted the running data path (`tun vnet_hdr, udp gso, udp
@@ -380,8 +372,13 @@ impl UdpBackend {
         self.granted = offloads;
         self.tun_index = tun_device::index_of::<UdpError>(handle, TUN_NAME).await?;
         self.datapath = Some(
-            DataPath::start(qs, self.port, self.table.clone(), self.counters.clone())
-                .map_err(UdpError::Threads)?,
+            DataPath::start(
+                qs,
+                self.port,
+                self.table.shared().clone(),
+                self.counters.clone(),
+            )
+            .map_err(UdpError::Threads)?,
         );
         Ok(())
     }

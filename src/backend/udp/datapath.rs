@@ -17,13 +17,13 @@ use std::net::{IpAddr, SocketAddrV4};
 use std::ops::Range;
 use std::os::fd::{AsFd as _, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
-use super::forwarding::ForwardingTable;
+use super::forwarding::{snapshot, ForwardingTable, SharedTable};
 use super::offload::{complete_checksum, is_gso, segment, spread, Segment, SegmentError, TcpRun};
 use super::packet::{ipv4_destination, ipv6_destination, net_unreachable, parse_ipv4, parse_ipv6};
 use super::pumps::{
@@ -123,16 +123,6 @@ impl Collector for UdpCounters {
             ),
         ];
         encode_counters(&mut encoder, "weft_udp", &rows)
-    }
-}
-
-/// The forwarding table as the pumps see it: swapped whole by a reconcile.
-pub type SharedTable = Arc<RwLock<Arc<ForwardingTable>>>;
-
-fn snapshot(table: &SharedTable) -> Arc<ForwardingTable> {
-    match table.read() {
-        Ok(guard) => guard.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
     }
 }
 

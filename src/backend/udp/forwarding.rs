@@ -1,8 +1,14 @@
 //! The UDP backend's forwarding table: longest-prefix match from a pod address to the
 //! public IP of the node whose subnet holds it, plus the set of addresses allowed to send.
+//!
+//! The pumps read an immutable snapshot (`Arc`) per packet batch, so a lookup never waits. A
+//! full reconcile builds a new table; a lease change is applied by [`TableWriter`] to a second
+//! copy (the previous snapshot, once no pump holds it) and swapped in, so its cost follows the
+//! number of changes, not the number of peers.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, RwLock};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
@@ -16,8 +22,9 @@ pub struct ForwardingTable {
     tun_addr: Option<Ipv4Addr>,
     /// Per prefix length (longest first): network address -> peer public IP.
     by_len: Vec<(u8, HashMap<u32, Ipv4Addr>)>,
-    /// Public IPs of all peers: the only sources datagrams are accepted from.
-    senders: HashSet<Ipv4Addr>,
+    /// Public IPs of all peers, with the number of subnets each holds: the only sources
+    /// datagrams are accepted from.
+    senders: HashMap<Ipv4Addr, u32>,
     /// This node's IPv6 subnet on a dual-stack node.
     own_subnet6: Option<Ipv6Network>,
     /// The IPv6 twin of `by_len`: peers' IPv6 subnets, reached over the IPv4 underlay.
@@ -32,15 +39,19 @@ impl ForwardingTable {
         peers: impl IntoIterator<Item = (Ipv4Network, Ipv4Addr)>,
     ) -> Self {
         let mut lens: HashMap<u8, HashMap<u32, Ipv4Addr>> = HashMap::new();
-        let mut senders = HashSet::new();
+        let mut senders: HashMap<Ipv4Addr, u32> = HashMap::new();
         for (subnet, public_ip) in peers {
             if subnet == own_subnet {
                 continue;
             }
-            lens.entry(subnet.prefix())
+            if let Some(old) = lens
+                .entry(subnet.prefix())
                 .or_default()
-                .insert(u32::from(subnet.network()), public_ip);
-            senders.insert(public_ip);
+                .insert(u32::from(subnet.network()), public_ip)
+            {
+                forget_sender(&mut senders, old);
+            }
+            *senders.entry(public_ip).or_default() += 1;
         }
         let mut by_len: Vec<_> = lens.into_iter().collect();
         by_len.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
@@ -66,10 +77,14 @@ impl ForwardingTable {
             if subnet == own_subnet6 {
                 continue;
             }
-            lens.entry(subnet.prefix())
+            if let Some(old) = lens
+                .entry(subnet.prefix())
                 .or_default()
-                .insert(u128::from(subnet.network()), public_ip);
-            self.senders.insert(public_ip);
+                .insert(u128::from(subnet.network()), public_ip)
+            {
+                forget_sender(&mut self.senders, old);
+            }
+            *self.senders.entry(public_ip).or_default() += 1;
         }
         let mut by_len6: Vec<_> = lens.into_iter().collect();
         by_len6.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
@@ -103,7 +118,7 @@ impl ForwardingTable {
 
     /// Whether `src` is the public IP of a node holding a lease.
     pub fn is_peer(&self, src: Ipv4Addr) -> bool {
-        self.senders.contains(&src)
+        self.senders.contains_key(&src)
     }
 
     /// Whether `dst` is inside this node's subnet.
@@ -146,6 +161,212 @@ impl ForwardingTable {
     /// Whether the table has no peers.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// This node's subnet, once it has one.
+    pub fn own_subnet(&self) -> Option<Ipv4Network> {
+        self.own_subnet
+    }
+
+    /// Routes `subnet` to `public_ip`, or (`None`) to nobody; the own subnet is never a peer.
+    pub fn edit(&mut self, subnet: Ipv4Network, public_ip: Option<Ipv4Addr>) -> Edited {
+        if Some(subnet) == self.own_subnet {
+            return Edited::Unchanged;
+        }
+        let net = u32::from(subnet.network());
+        edit_by_len(
+            &mut self.by_len,
+            &mut self.senders,
+            subnet.prefix(),
+            net,
+            public_ip,
+        )
+    }
+}
+
+/// What one [`ForwardingTable::edit`] did to the table's peer entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edited {
+    /// The entry was already so (or absent and asked to be absent).
+    Unchanged,
+    /// A new peer subnet.
+    Added,
+    /// A peer subnet now goes to another public IP.
+    Replaced,
+    /// A peer subnet is gone.
+    Removed,
+}
+
+/// Sets or removes one network of one prefix length, keeping `by_len` longest first without
+/// empty lengths and `senders` counting the subnets of each public IP.
+fn edit_by_len<K: std::hash::Hash + Eq>(
+    by_len: &mut Vec<(u8, HashMap<K, Ipv4Addr>)>,
+    senders: &mut HashMap<Ipv4Addr, u32>,
+    len: u8,
+    net: K,
+    public_ip: Option<Ipv4Addr>,
+) -> Edited {
+    let pos = by_len.iter().position(|(l, _)| *l <= len);
+    let at = match (pos, public_ip) {
+        (Some(i), _) if by_len[i].0 == len => i,
+        (_, None) => return Edited::Unchanged,
+        (Some(i), Some(_)) => {
+            by_len.insert(i, (len, HashMap::new()));
+            i
+        }
+        (None, Some(_)) => {
+            by_len.push((len, HashMap::new()));
+            by_len.len() - 1
+        }
+    };
+    let nets = &mut by_len[at].1;
+    let (old, edited) = match public_ip {
+        Some(ip) => match nets.insert(net, ip) {
+            Some(old) if old == ip => return Edited::Unchanged,
+            Some(old) => (Some(old), Edited::Replaced),
+            None => (None, Edited::Added),
+        },
+        None => match nets.remove(&net) {
+            Some(old) => (Some(old), Edited::Removed),
+            None => return Edited::Unchanged,
+        },
+    };
+    if nets.is_empty() {
+        by_len.remove(at);
+    }
+    if let Some(old) = old {
+        forget_sender(senders, old);
+    }
+    if let Some(ip) = public_ip {
+        *senders.entry(ip).or_default() += 1;
+    }
+    edited
+}
+
+/// Drops one subnet of `ip` from the sender counts.
+fn forget_sender(senders: &mut HashMap<Ipv4Addr, u32>, ip: Ipv4Addr) {
+    if let Some(n) = senders.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            senders.remove(&ip);
+        }
+    }
+}
+
+/// The forwarding table as the pumps see it: swapped whole, read as a snapshot per batch.
+pub type SharedTable = Arc<RwLock<Arc<ForwardingTable>>>;
+
+/// The table the pumps use now.
+pub fn snapshot(table: &SharedTable) -> Arc<ForwardingTable> {
+    match table.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Publishes `table` to the pumps; returns the one it replaces.
+fn publish(shared: &SharedTable, table: ForwardingTable) -> Arc<ForwardingTable> {
+    let mut guard = match shared.write() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    std::mem::replace(&mut *guard, Arc::new(table))
+}
+
+/// Peer entries a batch of edits added, replaced and removed, and the table's size after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EditCounts {
+    /// New peer subnets.
+    pub added: usize,
+    /// Peer subnets that moved to another public IP.
+    pub replaced: usize,
+    /// Peer subnets that are gone.
+    pub removed: usize,
+    /// Peer subnets in the table after the edits.
+    pub len: usize,
+}
+
+/// The only writer of a [`SharedTable`]. Keeps the previously published table as a spare and
+/// the edits it lacks: the next batch is applied to the spare (once the pumps no longer hold
+/// it, which they do only for one packet batch) and published, so a batch of k edits costs
+/// O(k), not a rebuild of every peer. Should a pump still hold the spare, the published table
+/// is copied instead (counted in [`TableWriter::copies`]).
+#[derive(Debug)]
+pub struct TableWriter {
+    shared: SharedTable,
+    /// The table published before the current one.
+    spare: Option<Arc<ForwardingTable>>,
+    /// Edits published since `spare` was current.
+    lag: Vec<(Ipv4Network, Option<Ipv4Addr>)>,
+    copies: usize,
+}
+
+impl TableWriter {
+    /// The writer of `shared`.
+    pub fn new(shared: SharedTable) -> Self {
+        TableWriter {
+            shared,
+            spare: None,
+            lag: Vec::new(),
+            copies: 0,
+        }
+    }
+
+    /// The table the pumps read.
+    pub fn shared(&self) -> &SharedTable {
+        &self.shared
+    }
+
+    /// The own subnet of the published table (`None` before the first full pass).
+    pub fn shared_own_subnet(&self) -> Option<Ipv4Network> {
+        snapshot(&self.shared).own_subnet()
+    }
+
+    /// Publishes a table built by a full pass; returns (kept, added, removed) peers against
+    /// the one it replaces.
+    pub fn replace(&mut self, table: ForwardingTable) -> (usize, usize, usize) {
+        let counts = snapshot(&self.shared).diff(&table);
+        // A full pass costs O(peers) anyway; the spare starts as a copy of what is published.
+        self.spare = Some(Arc::new(table.clone()));
+        self.lag.clear();
+        publish(&self.shared, table);
+        counts
+    }
+
+    /// Applies `edits` (subnet to public IP, or `None` to remove) and publishes the result.
+    pub fn apply(&mut self, edits: &[(Ipv4Network, Option<Ipv4Addr>)]) -> EditCounts {
+        let mut next = match self.spare.take().map(Arc::try_unwrap) {
+            Some(Ok(mut spare)) => {
+                for (subnet, ip) in self.lag.drain(..) {
+                    spare.edit(subnet, ip);
+                }
+                spare
+            }
+            _ => {
+                self.lag.clear();
+                self.copies += 1;
+                ForwardingTable::clone(&snapshot(&self.shared))
+            }
+        };
+        let mut counts = EditCounts::default();
+        for (subnet, ip) in edits {
+            match next.edit(*subnet, *ip) {
+                Edited::Unchanged => {}
+                Edited::Added => counts.added += 1,
+                Edited::Replaced => counts.replaced += 1,
+                Edited::Removed => counts.removed += 1,
+            }
+        }
+        counts.len = next.len();
+        self.spare = Some(publish(&self.shared, next));
+        self.lag.extend_from_slice(edits);
+        counts
+    }
+
+    /// How many times a batch had to copy the whole table because a pump held the spare (or
+    /// no full pass had published a table yet).
+    pub fn copies(&self) -> usize {
+        self.copies
     }
 }
 
@@ -280,5 +501,178 @@ mod tests {
             [(net("10.244.2.0/24"), ip("192.0.2.2"))],
         );
         assert_eq!(v4_only.diff(&t), (1, 1, 0));
+    }
+
+    fn shared(table: ForwardingTable) -> SharedTable {
+        Arc::new(RwLock::new(Arc::new(table)))
+    }
+
+    /// The table a full pass would build from `model`.
+    fn rebuilt(
+        own: Ipv4Network,
+        model: &std::collections::BTreeMap<Ipv4Network, Ipv4Addr>,
+    ) -> ForwardingTable {
+        ForwardingTable::new(own, model.iter().map(|(s, ip)| (*s, *ip)))
+    }
+
+    #[test]
+    fn edits_reach_the_pumps_without_copying_the_table() {
+        let own = net("10.244.0.0/24");
+        let mut model: std::collections::BTreeMap<_, _> = (1..=200u32)
+            .map(|i| {
+                let n = Ipv4Network::new(Ipv4Addr::from(0x0af4_0000 + (i << 8)), 24).unwrap();
+                (n, Ipv4Addr::from(0xc000_0200 + i))
+            })
+            .collect();
+        let mut w = TableWriter::new(shared(ForwardingTable::default()));
+        assert_eq!(w.replace(rebuilt(own, &model)), (0, 200, 0));
+        let batches: [&[(Ipv4Network, Option<Ipv4Addr>)]; 3] = [
+            &[
+                (net("10.244.1.0/24"), None),
+                (net("10.245.7.0/24"), Some(ip("192.0.2.99"))),
+            ],
+            &[(net("10.244.2.0/24"), Some(ip("192.0.2.77")))],
+            &[(net("10.245.7.0/24"), None), (net("10.244.3.0/24"), None)],
+        ];
+        let want = [
+            EditCounts {
+                added: 1,
+                replaced: 0,
+                removed: 1,
+                len: 200,
+            },
+            EditCounts {
+                added: 0,
+                replaced: 1,
+                removed: 0,
+                len: 200,
+            },
+            EditCounts {
+                added: 0,
+                replaced: 0,
+                removed: 2,
+                len: 198,
+            },
+        ];
+        for (edits, want) in batches.iter().zip(want) {
+            assert_eq!(w.apply(edits), want);
+            for (subnet, ip) in *edits {
+                match ip {
+                    Some(ip) => model.insert(*subnet, *ip),
+                    None => model.remove(subnet),
+                };
+            }
+            assert_eq!(*snapshot(w.shared()), rebuilt(own, &model));
+        }
+        assert_eq!(w.copies(), 0, "every batch reused the spare table");
+    }
+
+    #[test]
+    fn a_snapshot_held_by_a_pump_stays_as_it_was() {
+        let own = net("10.244.0.0/24");
+        let mut w = TableWriter::new(shared(ForwardingTable::default()));
+        w.replace(ForwardingTable::new(
+            own,
+            [(net("10.244.1.0/24"), ip("192.0.2.1"))],
+        ));
+        w.apply(&[(net("10.244.2.0/24"), Some(ip("192.0.2.2")))]);
+        // A pump holds the current table (and through the next swap, the spare).
+        let held = snapshot(w.shared());
+        w.apply(&[(net("10.244.3.0/24"), Some(ip("192.0.2.3")))]);
+        w.apply(&[(net("10.244.1.0/24"), None)]);
+        assert_eq!(w.copies(), 1, "the held spare was copied, not changed");
+        assert_eq!(held.len(), 2);
+        assert_eq!(held.next_hop(ip("10.244.1.5")), Some(ip("192.0.2.1")));
+        assert_eq!(held.next_hop(ip("10.244.3.5")), None);
+        drop(held);
+        let now = snapshot(w.shared());
+        assert_eq!(
+            *now,
+            ForwardingTable::new(
+                own,
+                [
+                    (net("10.244.2.0/24"), ip("192.0.2.2")),
+                    (net("10.244.3.0/24"), ip("192.0.2.3")),
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn senders_stay_accepted_while_any_of_their_subnets_is_routed() {
+        let own = net("10.244.0.0/24");
+        let mut t = ForwardingTable::new(own, []);
+        assert_eq!(
+            t.edit(net("10.244.1.0/24"), Some(ip("192.0.2.1"))),
+            Edited::Added
+        );
+        assert_eq!(
+            t.edit(net("10.244.8.0/21"), Some(ip("192.0.2.1"))),
+            Edited::Added
+        );
+        assert_eq!(
+            t.edit(net("10.244.1.0/24"), Some(ip("192.0.2.1"))),
+            Edited::Unchanged
+        );
+        assert_eq!(
+            t.edit(own, Some(ip("192.0.2.1"))),
+            Edited::Unchanged,
+            "own subnet"
+        );
+        assert_eq!(t.next_hop(ip("10.244.9.1")), Some(ip("192.0.2.1")));
+        assert_eq!(t.edit(net("10.244.1.0/24"), None), Edited::Removed);
+        assert!(t.is_peer(ip("192.0.2.1")), "the /21 is still routed to it");
+        assert_eq!(
+            t.edit(net("10.244.8.0/21"), Some(ip("192.0.2.2"))),
+            Edited::Replaced
+        );
+        assert!(!t.is_peer(ip("192.0.2.1")));
+        assert!(t.is_peer(ip("192.0.2.2")));
+        assert_eq!(t.edit(net("10.244.8.0/21"), None), Edited::Removed);
+        assert_eq!(t.edit(net("10.244.8.0/21"), None), Edited::Unchanged);
+        assert_eq!(t, ForwardingTable::new(own, []));
+    }
+
+    #[test]
+    fn random_edit_batches_match_a_full_rebuild() {
+        use rand::{Rng, SeedableRng};
+        let own = net("10.244.0.0/24");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let mut model = std::collections::BTreeMap::new();
+        let mut w = TableWriter::new(shared(ForwardingTable::default()));
+        w.replace(rebuilt(own, &model));
+        let mut held = Vec::new();
+        for round in 0..300 {
+            let edits: Vec<(Ipv4Network, Option<Ipv4Addr>)> = (0..rng.random_range(1..8))
+                .map(|_| {
+                    let len = [16u8, 20, 24, 24, 24, 26][rng.random_range(0..6)];
+                    let addr = Ipv4Addr::from(0x0af4_0000 | rng.random_range(0..0x1000u32) << 4);
+                    let subnet = Ipv4Network::new(addr, len).unwrap();
+                    let subnet = Ipv4Network::new(subnet.network(), len).unwrap();
+                    let ip = rng
+                        .random_bool(0.7)
+                        .then(|| Ipv4Addr::from(0xc000_0200 + rng.random_range(1..20u32)));
+                    (subnet, ip)
+                })
+                .collect();
+            w.apply(&edits);
+            for (subnet, ip) in &edits {
+                if *subnet == own {
+                    continue;
+                }
+                match ip {
+                    Some(ip) => model.insert(*subnet, *ip),
+                    None => model.remove(subnet),
+                };
+            }
+            assert_eq!(*snapshot(w.shared()), rebuilt(own, &model), "round {round}");
+            // Now and then a pump keeps a snapshot across batches.
+            if round % 37 == 0 {
+                held.push(snapshot(w.shared()));
+            } else if round % 37 == 5 {
+                held.clear();
+            }
+        }
+        assert!(w.copies() > 0 && w.copies() < 30, "copies {}", w.copies());
     }
 }
