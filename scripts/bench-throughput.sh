@@ -9,6 +9,11 @@
 #                 hops cost, which no backend can remove)
 #   vxlan-hand    pods over a VXLAN overlay built by hand with ip(8), exactly Flannel's layout
 #   weft-vxlan    pods over weftd's VXLAN backend
+#   vxlan6-hand   IPv6 pods over an IPv6 VXLAN built by hand with ip(8) on an IPv6 underlay
+#                 (2001:db8::/64 on the same two nodes), exactly Flannel's flannel-v6.1 layout,
+#                 pod MTU 1430
+#   weft-vxlan6   IPv6 pods over weftd's VXLAN backend in an IPv6-only network on that underlay
+#                 (flannel-v6.1), pod MTU 1430 (weft's own for IPv6)
 #   weft-udp      pods over weftd's UDP backend (userspace data path), pods at VXLAN's MTU 1450
 #                 (not UDP's own 1472) so that UDP and VXLAN carry the same segment size
 #   weft-udp-plain  the same with --no-udp-offloads (one packet per syscall, as Flannel's)
@@ -39,7 +44,9 @@ work=$(mktemp -d /tmp/weft-bench.XXXXXX)
 etcd_data=$(mktemp -d /dev/shm/weft-bench-etcd.XXXXXX)
 etcd_ip=192.0.2.254
 node_ips=(192.0.2.11 192.0.2.12)
+node_ips6=(2001:db8::11 2001:db8::12)
 network=10.244.0.0/16
+network6=fd00:20::/48
 
 die() { echo "bench-throughput: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces)"
@@ -105,6 +112,30 @@ cleanup_namespaces() {
     done
 }
 
+ipv6_underlay() { # IPv6 on the nodes' eth0 (2001:db8::/64), no duplicate address detection
+    local role
+    for role in ul n1 n2 p1 p2; do
+        inns "$role" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    done
+    ip -n "$(ns n1)" addr add "${node_ips6[0]}/64" dev eth0 nodad
+    ip -n "$(ns n2)" addr add "${node_ips6[1]}/64" dev eth0 nodad
+    inns n1 sysctl -qw net.ipv6.conf.all.forwarding=1
+    inns n2 sysctl -qw net.ipv6.conf.all.forwarding=1
+}
+
+wire_pod6() { # wire_pod6 <node> <pod> <gateway cidr, e.g. fd00:20:0:1::1/64> <mtu>: an IPv6-only pod
+    local node=$1 pod=$2 gw=$3 mtu=$4
+    local gw_ip=${gw%/*} len=${gw#*/}
+    ip -n "$(ns "$node")" link add cni0 mtu "$mtu" type bridge
+    ip -n "$(ns "$node")" addr add "$gw" dev cni0 nodad
+    ip -n "$(ns "$node")" link set cni0 up
+    ip -n "$(ns "$node")" link add veth0 mtu "$mtu" type veth peer name eth0 netns "$(ns "$pod")"
+    ip -n "$(ns "$node")" link set veth0 master cni0 up
+    ip -n "$(ns "$pod")" addr add "${gw_ip%::1}::10/$len" dev eth0 nodad
+    ip -n "$(ns "$pod")" link set eth0 up
+    ip -n "$(ns "$pod")" -6 route add default via "$gw_ip"
+}
+
 wire_pod() { # wire_pod <node> <pod> <gateway cidr, e.g. 10.244.1.1/24> <mtu>
     local node=$1 pod=$2 gw=$3 mtu=$4
     local base=${gw%.*} len=${gw#*/}
@@ -161,6 +192,28 @@ case_vxlan_hand() {
     iperf p1 p2 10.244.2.10
 }
 
+case_vxlan6_hand() { # Flannel's flannel-v6.1 by hand, IPv6 pods over the IPv6 underlay
+    topology
+    ipv6_underlay
+    local i peer mac
+    for i in 1 2; do
+        ip -n "$(ns "n$i")" link add flannel-v6.1 type vxlan id 1 local "${node_ips6[$((i - 1))]}" dev eth0 \
+            dstport 8472 nolearning
+        ip -n "$(ns "n$i")" link set flannel-v6.1 mtu 1430 up
+        ip -n "$(ns "n$i")" addr add "fd00:20:0:$i::/128" dev flannel-v6.1 nodad
+    done
+    for i in 1 2; do
+        peer=$((3 - i))
+        mac=$(ip -n "$(ns "n$peer")" -j link show dev flannel-v6.1 | awk -F'"address":"' '{split($2, a, "\""); print a[1]}')
+        ip -n "$(ns "n$i")" -6 route add "fd00:20:0:$peer::/64" via "fd00:20:0:$peer::" dev flannel-v6.1 onlink
+        ip -n "$(ns "n$i")" -6 neigh add "fd00:20:0:$peer::" lladdr "$mac" dev flannel-v6.1 nud permanent
+        bridge -n "$(ns "n$i")" fdb add "$mac" dev flannel-v6.1 dst "${node_ips6[$((peer - 1))]}" self permanent
+        wire_pod6 "n$i" "p$i" "fd00:20:0:$i::1/64" 1430
+    done
+    for _ in $(seq 50); do inns p1 ping -6 -c1 -W1 fd00:20:0:2::10 >/dev/null 2>&1 && break; sleep 0.2; done
+    iperf p1 p2 fd00:20:0:2::10
+}
+
 case_wg_go() { # Debian's wireguard-go, configured as flanneld configures flannel-wg
     topology
     local i peer dev
@@ -197,9 +250,17 @@ case_underlay() { # pods over the bare underlay, routed by hand as host-gw does
 }
 
 start_weft() { # start_weft <backend type> [pod MTU cap] [weftd flags..]: etcd, weftd on both nodes, a pod on each
+    # With weft_ipv6=1 the network is IPv6-only on the IPv6 underlay, the pods IPv6-only.
     local mtu_cap=${2:-0}
     local -a flags=("${@:3}")
+    local label=$1 config="{\"Network\":\"$network\",\"Backend\":{\"Type\":\"$1\"}}"
     topology
+    if [ -n "${weft_ipv6:-}" ]; then
+        label="$1-v6"
+        config="{\"EnableIPv4\":false,\"EnableIPv6\":true,\"IPv6Network\":\"$network6\",\"Backend\":{\"Type\":\"$1\"}}"
+        ipv6_underlay
+    fi
+    set -- "$label"
     local data="$etcd_data/$1"
     rm -rf "$data" "$work/$1-n1" "$work/$1-n2" # every round starts from an empty cluster
     mkdir -p "$data"
@@ -210,7 +271,7 @@ start_weft() { # start_weft <backend type> [pod MTU cap] [weftd flags..]: etcd, 
     local i
     for i in $(seq 100); do
         inns etcd etcdctl --endpoints "http://$etcd_ip:2379" put /coreos.com/network/config \
-            "{\"Network\":\"$network\",\"Backend\":{\"Type\":\"$1\"}}" >/dev/null 2>&1 && break
+            "$config" >/dev/null 2>&1 && break
         sleep 0.1
     done
     for i in 1 2; do
@@ -223,11 +284,18 @@ start_weft() { # start_weft <backend type> [pod MTU cap] [weftd flags..]: etcd, 
         local env="$work/$1-n$i/subnet.env" t
         for t in $(seq 300); do [ -s "$env" ] && break; sleep 0.1; done
         [ -s "$env" ] || die "weftd ($1) on node $i wrote no subnet.env: $(tail -5 "$work/$1-n$i/weftd.log")"
+        unset FLANNEL_SUBNET FLANNEL_IPV6_SUBNET
         # shellcheck disable=SC1090
         . "$env"
         if [ "$mtu_cap" -gt 0 ] && [ "$FLANNEL_MTU" -gt "$mtu_cap" ]; then FLANNEL_MTU=$mtu_cap; fi
-        wire_pod "n$i" "p$i" "$FLANNEL_SUBNET" "$FLANNEL_MTU"
-        eval "pod_ip_$i=\${FLANNEL_SUBNET%.*}.10"
+        if [ -n "${FLANNEL_SUBNET:-}" ]; then
+            wire_pod "n$i" "p$i" "$FLANNEL_SUBNET" "$FLANNEL_MTU"
+            eval "pod_ip_$i=\${FLANNEL_SUBNET%.*}.10"
+        else
+            wire_pod6 "n$i" "p$i" "$FLANNEL_IPV6_SUBNET" "$FLANNEL_MTU"
+            local gw6=${FLANNEL_IPV6_SUBNET%/*}
+            eval "pod_ip_$i=\${gw6%::1}::10"
+        fi
     done
     for t in $(seq 100); do
         inns p1 ping -c1 -W1 "$pod_ip_2" >/dev/null 2>&1 && return 0
@@ -247,7 +315,7 @@ declare -A gbps runs
 # Run order: each weft case next to the reference its target compares it with, so the per-round
 # ratios below compare measurements taken seconds apart; odd rounds run the list forwards (the
 # reference first), even rounds backwards (weft first).
-names=(underlay weft-host-gw vxlan-hand weft-vxlan weft-udp weft-wg wg-go weft-udp-plain node-to-node)
+names=(underlay weft-host-gw vxlan-hand weft-vxlan vxlan6-hand weft-vxlan6 weft-udp weft-wg wg-go weft-udp-plain node-to-node)
 median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo "single-stream TCP, ${seconds}s per case, ${rounds} rounds (cases interleaved; median reported)" >&2
 run_case() {
@@ -257,6 +325,8 @@ run_case() {
     node-to-node) case_node_to_node ;;
     vxlan-hand) case_vxlan_hand ;;
     weft-vxlan) case_weft vxlan ;;
+    vxlan6-hand) case_vxlan6_hand ;;
+    weft-vxlan6) weft_ipv6=1 case_weft vxlan ;;
     weft-udp) case_weft udp 1450 ;;
     weft-udp-plain) case_weft udp 1450 --no-udp-offloads ;;
     weft-host-gw) case_weft host-gw ;;
@@ -290,6 +360,7 @@ ratio() { # ratio <case> <reference>: median over the rounds of 100 * case / ref
     echo "$out" | median | awk '{ printf "%.0f", $1 }'
 }
 r_vxlan=$(ratio weft-vxlan vxlan-hand)
+r_vxlan6=$(ratio weft-vxlan6 vxlan6-hand)
 r_hostgw=$(ratio weft-host-gw underlay)
 r_hostgw_nodes=$(ratio weft-host-gw node-to-node)
 r_pods_nodes=$(ratio underlay node-to-node)
@@ -334,6 +405,8 @@ Date: ${date_utc}
 | node to node, no pods (context) | ${gbps[node-to-node]} |
 | VXLAN built by hand (kernel floor) | ${gbps[vxlan-hand]} |
 | weft VXLAN | ${gbps[weft-vxlan]} |
+| IPv6 VXLAN built by hand on the IPv6 underlay, pod MTU 1430 | ${gbps[vxlan6-hand]} |
+| weft VXLAN, IPv6-only network on the IPv6 underlay, pod MTU 1430 | ${gbps[weft-vxlan6]} |
 | weft UDP (userspace), pod MTU 1450 | ${gbps[weft-udp]} |
 | weft UDP with \`--no-udp-offloads\`, pod MTU 1450 | ${gbps[weft-udp-plain]} |
 | weft host-gw | ${gbps[weft-host-gw]} |
@@ -343,6 +416,7 @@ Date: ${date_utc}
 | ratio | value | target | |
 |---|---:|---:|---|
 | weft VXLAN / hand-built VXLAN | ${r_vxlan} % (rounds $(spread weft-vxlan vxlan-hand)) | ≥ 95 % | $(verdict "$r_vxlan" 95) |
+| weft VXLAN / hand-built VXLAN, over the IPv6 underlay | ${r_vxlan6} % (rounds $(spread weft-vxlan6 vxlan6-hand)) | ≥ 95 % | $(verdict "$r_vxlan6" 95) |
 | weft host-gw / underlay (pods over the bare underlay) | ${r_hostgw} % (rounds $(spread weft-host-gw underlay)) | ≥ 95 % | $(verdict "$r_hostgw" 95) |
 | weft host-gw / node to node | ${r_hostgw_nodes} % | (context) | |
 | pods over the bare underlay / node to node | ${r_pods_nodes} % | (context: cost of the pod hops) | |

@@ -472,8 +472,8 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                         self.reconcile().await;
                     } else if self.ext_gone && !event.removed {
                         self.reconcile().await;
-                    } else if event.removed && event.name.as_deref() == Some(self.backend.device_name()) {
-                        warn!(device = self.backend.device_name(), "overlay device removed; recreating it");
+                    } else if let Some(name) = event.name.as_deref().filter(|n| event.removed && self.backend.owns_device(n)) {
+                        warn!(device = name, "overlay device removed; recreating it");
                         self.reconcile().await;
                     }
                 }

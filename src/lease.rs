@@ -50,7 +50,7 @@ impl serde::Serialize for LeaseAttrs {
             None => s.skip_field("BackendData")?,
         }
         match &self.backend_v6_data {
-            Some(data) => s.serialize_field("BackendV6Data", data)?,
+            Some(data) => s.serialize_field("BackendV6Data", &InGoOrder(data))?,
             None => s.skip_field("BackendV6Data")?,
         }
         s.end()
@@ -143,21 +143,24 @@ impl LeaseAttrs {
 
     /// `BackendData.PublicKey` of a WireGuard lease: the text, and the key when it is one.
     pub fn wireguard_public_key(&self) -> Option<(&str, Result<WireGuardKey, KeyError>)> {
-        let text = backend_data_field(self.backend_data.as_ref(), "PublicKey")?.as_str()?;
-        Some((text, WireGuardKey::parse(text)))
+        wireguard_key_in(self.backend_data.as_ref())
     }
 
     /// `BackendData.Port` of a WireGuard lease: `Ok(None)` when absent or 0 (flanneld then
     /// uses its own listen port), `Err` with the value's text when it is no port.
     pub fn wireguard_port(&self) -> Result<Option<u16>, String> {
-        match backend_data_field(self.backend_data.as_ref(), "Port") {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => match v.as_u64() {
-                Some(0) => Ok(None),
-                Some(n) => u16::try_from(n).map(Some).map_err(|_| v.to_string()),
-                None => Err(v.to_string()),
-            },
-        }
+        wireguard_port_in(self.backend_data.as_ref())
+    }
+
+    /// `BackendV6Data.PublicKey` of a dual-stack or IPv6-only WireGuard lease.
+    pub fn wireguard_v6_public_key(&self) -> Option<(&str, Result<WireGuardKey, KeyError>)> {
+        wireguard_key_in(self.backend_v6_data.as_ref())
+    }
+
+    /// `BackendV6Data.Port` of a dual-stack or IPv6-only WireGuard lease, read as
+    /// [`LeaseAttrs::wireguard_port`].
+    pub fn wireguard_v6_port(&self) -> Result<Option<u16>, String> {
+        wireguard_port_in(self.backend_v6_data.as_ref())
     }
 
     /// `BackendData.VNI` of a VXLAN lease, if present.
@@ -181,6 +184,27 @@ impl LeaseAttrs {
     /// `BackendV6Data.VtepMAC` of a dual-stack or IPv6-only VXLAN lease, if present.
     pub fn v6_vtep_mac(&self) -> Option<&str> {
         backend_data_field(self.backend_v6_data.as_ref(), "VtepMAC")?.as_str()
+    }
+}
+
+/// `PublicKey` of a WireGuard `BackendData` or `BackendV6Data`: the text, and the key when
+/// it is one.
+fn wireguard_key_in(
+    data: Option<&serde_json::Value>,
+) -> Option<(&str, Result<WireGuardKey, KeyError>)> {
+    let text = backend_data_field(data, "PublicKey")?.as_str()?;
+    Some((text, WireGuardKey::parse(text)))
+}
+
+/// `Port` of a WireGuard `BackendData` or `BackendV6Data`: `Ok(None)` when absent or 0.
+fn wireguard_port_in(data: Option<&serde_json::Value>) -> Result<Option<u16>, String> {
+    match backend_data_field(data, "Port") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(0) => Ok(None),
+            Some(n) => u16::try_from(n).map(Some).map_err(|_| v.to_string()),
+            None => Err(v.to_string()),
+        },
     }
 }
 

@@ -125,9 +125,10 @@ pub enum RejectReason {
         /// Why.
         why: String,
     },
-    /// `BackendData` of a WireGuard lease: `PublicKey` missing or malformed, `Port` no port.
+    /// `BackendData` or `BackendV6Data` of a WireGuard lease: `PublicKey` missing or
+    /// malformed, `Port` no port.
     WireGuardData {
-        /// `BackendData.PublicKey` or `BackendData.Port`.
+        /// `BackendData.PublicKey`, `BackendV6Data.Port`, ...
         field: &'static str,
         /// The value found (`-` when missing).
         found: String,
@@ -250,8 +251,9 @@ pub struct AcceptedSubnets {
     v6: Vec<(Ipv6Network, String)>,
     /// VTEP MACs of believed VXLAN leases: MAC -> (the node's PublicIP and PublicIPv6, key).
     macs: BTreeMap<[u8; 6], (NodeAddresses, String)>,
-    /// Public keys of believed WireGuard leases: key -> (PublicIP, key of the lease).
-    wireguard_keys: BTreeMap<[u8; 32], (Ipv4Addr, String)>,
+    /// Public keys of believed WireGuard leases: key -> (the node's PublicIP and PublicIPv6,
+    /// key of the lease).
+    wireguard_keys: BTreeMap<[u8; 32], (NodeAddresses, String)>,
 }
 
 impl AcceptedSubnets {
@@ -278,35 +280,38 @@ impl AcceptedSubnets {
     pub fn mac_owner(&self, mac: &[u8; 6], attrs: &LeaseAttrs) -> Option<&str> {
         self.macs
             .get(mac)
-            .filter(|((ip, ip6), _)| {
-                let owner = LeaseAttrs {
-                    public_ip: *ip,
-                    public_ipv6: *ip6,
-                    backend_type: String::new(),
-                    backend_data: None,
-                    backend_v6_data: None,
-                };
-                !owner.same_node(attrs)
-            })
+            .filter(|(node, _)| !is_same_node(*node, attrs))
             .map(|(_, k)| k.as_str())
     }
 
-    /// The key of a believed lease of another node with WireGuard public key `public_key`: a
-    /// second node claiming it would get the first's allowed IPs and endpoint mixed with its own.
-    pub fn wireguard_key_owner(&self, public_key: &[u8; 32], public_ip: Ipv4Addr) -> Option<&str> {
+    /// The key of a believed lease of another node (another `PublicIP`, or for IPv6-only
+    /// leases another `PublicIPv6`) with WireGuard public key `public_key`: a second node
+    /// claiming it would get the first's allowed IPs and endpoint mixed with its own.
+    pub fn wireguard_key_owner(&self, public_key: &[u8; 32], attrs: &LeaseAttrs) -> Option<&str> {
         self.wireguard_keys
             .get(public_key)
-            .filter(|(ip, _)| *ip != public_ip)
+            .filter(|(node, _)| !is_same_node(*node, attrs))
             .map(|(_, k)| k.as_str())
     }
 
     /// Records a believed lease's subnets and, for VXLAN, its VTEP MAC (WireGuard: its public
     /// key).
     pub fn insert_lease(&mut self, subnet: DualSubnet, lease: &Lease, key: &str) {
-        if let Some((_, Ok(public_key))) = lease.attrs.wireguard_public_key() {
-            self.wireguard_keys
-                .entry(*public_key.as_bytes())
-                .or_insert_with(|| (lease.attrs.public_ip, key.to_string()));
+        let keys = [
+            lease.attrs.wireguard_public_key(),
+            lease.attrs.wireguard_v6_public_key(),
+        ];
+        for (_, public_key) in keys.into_iter().flatten() {
+            if let Ok(public_key) = public_key {
+                self.wireguard_keys
+                    .entry(*public_key.as_bytes())
+                    .or_insert_with(|| {
+                        (
+                            (lease.attrs.public_ip, lease.attrs.public_ipv6),
+                            key.to_string(),
+                        )
+                    });
+            }
         }
         let macs = [lease.attrs.vtep_mac(), lease.attrs.v6_vtep_mac()];
         for mac in macs.into_iter().flatten().filter_map(parse_mac) {
@@ -332,6 +337,19 @@ impl AcceptedSubnets {
             self.v6.push((v6, key.to_string()));
         }
     }
+}
+
+/// Whether the node of `node` (its PublicIP and PublicIPv6) is the node of `attrs`.
+fn is_same_node(node: NodeAddresses, attrs: &LeaseAttrs) -> bool {
+    let (public_ip, public_ipv6) = node;
+    let owner = LeaseAttrs {
+        public_ip,
+        public_ipv6,
+        backend_type: String::new(),
+        backend_data: None,
+        backend_v6_data: None,
+    };
+    owner.same_node(attrs)
 }
 
 /// Judges one lease against `policy` and the leases already believed (`accepted`; for a
@@ -529,13 +547,22 @@ fn judge_parsed(
         }
     }
     if let BackendConfig::WireGuard(_) = cfg.backend {
-        let public_key = check_wireguard_data(&attrs)?;
-        if let Some(older) = accepted.wireguard_key_owner(&public_key, attrs.public_ip) {
-            return Err(RejectReason::WireGuardData {
-                field: "BackendData.PublicKey",
-                found: format!("{:?}", WireGuardKey::from_bytes(public_key).to_string()),
-                why: format!("is already the public key of another node's older lease {older}"),
-            });
+        let mut sections = Vec::new();
+        if cfg.enable_ipv4 {
+            sections.push(WireGuardSection::V4);
+        }
+        if ipv6_subnet.is_some() {
+            sections.push(WireGuardSection::V6);
+        }
+        for section in sections {
+            let public_key = check_wireguard_data(&attrs, section)?;
+            if let Some(older) = accepted.wireguard_key_owner(&public_key, &attrs) {
+                return Err(RejectReason::WireGuardData {
+                    field: section.field("PublicKey"),
+                    found: format!("{:?}", WireGuardKey::from_bytes(public_key).to_string()),
+                    why: format!("is already the public key of another node's older lease {older}"),
+                });
+            }
         }
     }
     let lease = Lease {
@@ -783,16 +810,51 @@ fn check_vxlan_data(
     Ok(mac)
 }
 
-/// A WireGuard peer needs a well-formed `BackendData.PublicKey` (32 bytes of base64) and, if
-/// given, a `Port` that is a UDP port; a lease without them could never be a peer.
-fn check_wireguard_data(attrs: &LeaseAttrs) -> Result<[u8; 32], RejectReason> {
-    let key_value = crate::lease::backend_data_field(attrs.backend_data.as_ref(), "PublicKey");
+/// The WireGuard section of a lease: `BackendData` (IPv4) or `BackendV6Data` (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WireGuardSection {
+    V4,
+    V6,
+}
+
+impl WireGuardSection {
+    /// `BackendData.<name>` or `BackendV6Data.<name>` (the fields WireGuard leases have).
+    fn field(self, name: &str) -> &'static str {
+        match (self, name) {
+            (WireGuardSection::V4, "PublicKey") => "BackendData.PublicKey",
+            (WireGuardSection::V4, _) => "BackendData.Port",
+            (WireGuardSection::V6, "PublicKey") => "BackendV6Data.PublicKey",
+            (WireGuardSection::V6, _) => "BackendV6Data.Port",
+        }
+    }
+}
+
+/// A WireGuard peer needs in each section its network uses (`BackendData` with IPv4,
+/// `BackendV6Data` with IPv6) a well-formed `PublicKey` (32 bytes of base64) and, if given, a
+/// `Port` that is a UDP port; a lease without them could never be a peer.
+fn check_wireguard_data(
+    attrs: &LeaseAttrs,
+    section: WireGuardSection,
+) -> Result<[u8; 32], RejectReason> {
+    let (data, key, port) = match section {
+        WireGuardSection::V4 => (
+            attrs.backend_data.as_ref(),
+            attrs.wireguard_public_key(),
+            attrs.wireguard_port(),
+        ),
+        WireGuardSection::V6 => (
+            attrs.backend_v6_data.as_ref(),
+            attrs.wireguard_v6_public_key(),
+            attrs.wireguard_v6_port(),
+        ),
+    };
+    let key_value = crate::lease::backend_data_field(data, "PublicKey");
     let fail = |why: String| RejectReason::WireGuardData {
-        field: "BackendData.PublicKey",
+        field: section.field("PublicKey"),
         found: key_value.map_or_else(|| "-".to_string(), |v| v.to_string()),
         why,
     };
-    let public_key = match attrs.wireguard_public_key() {
+    let public_key = match key {
         None => return Err(fail("is missing or not a string".to_string())),
         Some((_, Err(e))) => return Err(fail(format!("is not a WireGuard public key: {e}"))),
         Some((_, Ok(key))) if key.as_bytes() == &[0; 32] => {
@@ -800,13 +862,11 @@ fn check_wireguard_data(attrs: &LeaseAttrs) -> Result<[u8; 32], RejectReason> {
         }
         Some((_, Ok(key))) => *key.as_bytes(),
     };
-    attrs
-        .wireguard_port()
-        .map_err(|found| RejectReason::WireGuardData {
-            field: "BackendData.Port",
-            found,
-            why: "is not a UDP port (0 to 65535)".to_string(),
-        })?;
+    port.map_err(|found| RejectReason::WireGuardData {
+        field: section.field("Port"),
+        found,
+        why: "is not a UDP port (0 to 65535)".to_string(),
+    })?;
     Ok(public_key)
 }
 
@@ -967,6 +1027,84 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn wireguard_v6_sections_are_judged_like_backend_data() {
+        let mut policy = policy();
+        const KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+        let good = format!(r#"{{"PublicKey":"{KEY}","Port":51821}}"#);
+        for (config, key, v4_data) in [
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard"}}"#,
+                "10.244.3.0-24&fd00:10:244:3::-64",
+                format!(r#","BackendData":{{"PublicKey":"{KEY}","Port":51820}}"#),
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard"}}"#,
+                "0.0.0.0-0&fd00:10:244:3::-64",
+                String::new(),
+            ),
+        ] {
+            policy.config = NetworkConfig::parse(config).unwrap();
+            let public_ip = if v4_data.is_empty() {
+                "0.0.0.0"
+            } else {
+                "192.0.2.13"
+            };
+            let judge = |v6_data: &str| {
+                let value = format!(
+                    r#"{{"PublicIP":"{public_ip}","PublicIPv6":"2001:db8::13","BackendType":"wireguard"{v4_data},"BackendV6Data":{v6_data}}}"#
+                );
+                validate_lease(&policy, &raw(key, &value, 5), &AcceptedSubnets::default())
+                    .map(|(_, l)| l)
+            };
+            let lease = judge(&good).unwrap();
+            assert_eq!(lease.attrs.wireguard_v6_port(), Ok(Some(51821)));
+            let cases: &[(&str, &str)] = &[
+                ("null", "BackendV6Data.PublicKey - is missing or not a string"),
+                (
+                    r#"{"PublicKey":"AAAA","Port":51821}"#,
+                    "BackendV6Data.PublicKey \"AAAA\" is not a WireGuard public key: decodes to 3 bytes, a WireGuard key has 32",
+                ),
+                (
+                    r#"{"PublicKey":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#,
+                    "BackendV6Data.PublicKey \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\" is all zeros",
+                ),
+                (
+                    r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":-1}"#,
+                    "BackendV6Data.Port -1 is not a UDP port (0 to 65535)",
+                ),
+            ];
+            for (data, want) in cases {
+                match judge(data) {
+                    Ok(l) => panic!("{config}: {data} must be rejected, got {l:?}"),
+                    Err(r) => assert_eq!(r.to_string(), *want, "{config}: {data}"),
+                }
+            }
+        }
+        // IPv6-only nodes (all PublicIP 0.0.0.0) are told apart by PublicIPv6: a second one
+        // with the first's key is refused, the first under another subnet is not.
+        let wg6 = |ip6: &str| {
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{ip6}","BackendType":"wireguard","BackendV6Data":{good}}}"#
+            )
+        };
+        let older = raw("0.0.0.0-0&fd00:10:244:3::-64", &wg6("2001:db8::13"), 1);
+        let thief = raw("0.0.0.0-0&fd00:10:244:4::-64", &wg6("2001:db8::14"), 2);
+        let moved = raw("0.0.0.0-0&fd00:10:244:5::-64", &wg6("2001:db8::13"), 3);
+        let v = validate_leases(&policy, [&older, &thief, &moved]);
+        assert_eq!(v.accepted.len(), 2, "{v:?}");
+        assert_eq!(v.rejected.len(), 1);
+        assert_eq!(v.rejected[0].key, thief.key);
+        assert!(
+            v.rejected[0]
+                .reason
+                .to_string()
+                .starts_with("BackendV6Data.PublicKey \"xTIBA5"),
+            "{}",
+            v.rejected[0].reason
+        );
     }
 
     #[test]

@@ -1008,3 +1008,568 @@ fn restarted_node_without_its_lease_gets_both_previous_subnets() {
     let after = leases(&cluster.etcd);
     assert_eq!(after[0].0, before[0].0, "the same dual-stack key");
 }
+
+/// `DUAL_CONFIG` with the wireguard backend and `extra` backend keys (e.g. `,"Mode":"ipv6"`).
+fn wireguard_config(base: &str, extra: &str) -> String {
+    base.replace(
+        r#""Type":"vxlan""#,
+        &format!(r#""Type":"wireguard"{extra}"#),
+    )
+}
+
+/// Sent in the clear between two pods; must never show on the underlay.
+const MARKER: &[u8] = b"weft-plaintext-marker-v6-5d2e81c0";
+
+/// Sends 200 markers over TCP from `from` to `ip` (a listener in `to`); true when they all
+/// arrive.
+fn markers_ok(from: &Netns, to: &Netns, ip: &str) -> bool {
+    let ip: IpAddr = ip.parse().expect("pod address");
+    let listener = to
+        .run(|| TcpListener::bind((ip, 0)))
+        .unwrap_or_else(|e| panic!("bind {ip} in {}: {e}", to.name()));
+    let port = listener.local_addr().expect("listener address").port();
+    let payload: Vec<u8> = MARKER.repeat(200);
+    let server = std::thread::spawn(move || -> Option<Vec<u8>> {
+        let (mut s, _) = listener.accept().ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).ok()?;
+        Some(got)
+    });
+    let target = SocketAddr::from((ip, port));
+    let sent = from.run(|| -> Option<()> {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).ok()?;
+        s.write_all(&payload).ok()
+    });
+    sent.is_some() && server.join().ok().flatten().as_deref() == Some(&payload[..])
+}
+
+/// Asserts that every captured packet is WireGuard: UDP of `family` (`IP` or `IP6`) from
+/// `port` to `port`, and that the plaintext marker never crossed the underlay.
+fn assert_only_wireguard(raw: &[u8], lines: &[String], family: &str, port: u16) {
+    assert!(lines.len() >= 4, "the capture saw the traffic: {lines:?}");
+    assert!(
+        !raw.windows(MARKER.len()).any(|w| w == MARKER),
+        "the plaintext marker crossed the underlay"
+    );
+    for line in lines {
+        let ok = line.contains(&format!(" {family} "))
+            && line.contains(" UDP, ")
+            && line.matches(&format!(".{port} ")).count()
+                + line.matches(&format!(".{port}:")).count()
+                == 2;
+        assert!(ok, "not WireGuard {family} UDP {port} <-> {port}: {line}");
+    }
+}
+
+/// The lease key and value of `node` (found by its PublicIPv6) as etcd holds them, and its
+/// WireGuard public key.
+fn wireguard_lease(cluster: &Cluster, node: &Node) -> (String, String, String) {
+    let want = v6_of(node);
+    let (key, value) = cluster
+        .etcd
+        .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+        .into_iter()
+        .find(|(_, v)| v.contains(&format!(r#""PublicIPv6":"{want}""#)))
+        .unwrap_or_else(|| panic!("no lease with PublicIPv6 {want}"));
+    let v: serde_json::Value = serde_json::from_str(&value).expect("lease is JSON");
+    let public_key = v["BackendV6Data"]["PublicKey"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no BackendV6Data.PublicKey: {value}"))
+        .to_string();
+    (key, value, public_key)
+}
+
+/// The routes of `node` on `dev` for `family` (`-4` or `-6`), as `ip route` prints them.
+fn routes_on(node: &Node, family: &str, dev: &str) -> String {
+    node.netns().ip(&[family, "route", "show", "dev", dev])
+}
+
+/// WireGuard in a dual-stack network, `Mode: separate` (Flannel's default): `flannel-wg`
+/// carries IPv4 over the IPv4 underlay on 51820, `flannel-wg-v6` IPv6 over the IPv6 underlay
+/// on 51821; the lease has Flannel's `BackendData` and `BackendV6Data`; pods on three nodes
+/// talk TCP over both families both ways, and the underlay carries only WireGuard UDP.
+#[test]
+fn wireguard_dual_stack_pods_talk_over_ipv4_and_ipv6_and_the_underlay_carries_only_ciphertext() {
+    let cluster = Cluster::new(3, &wireguard_config(DUAL_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let re = regex::Regex::new(FLANNEL_SUBNET_REGEX).expect("Flannel's regex");
+    for node in &cluster.nodes {
+        let env = node.wait_subnet_env(CONVERGE);
+        assert_eq!(
+            env_var(&env, "FLANNEL_MTU").as_deref(),
+            Some("1420"),
+            "{env}"
+        );
+        let (lease_key, value, key) = wireguard_lease(&cluster, node);
+        assert!(
+            re.is_match(&lease_key) && lease_key.contains("-24&fd00:10:244:1"),
+            "Flannel's dual-stack key: {lease_key}"
+        );
+        assert_eq!(
+            value,
+            format!(
+                r#"{{"PublicIP":"{}","PublicIPv6":"{}","BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}},"BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#,
+                node.public_ip(),
+                v6_of(node)
+            ),
+            "Flannel's lease, one key for both devices"
+        );
+        for dev in ["flannel-wg", "flannel-wg-v6"] {
+            let link = node
+                .link(dev)
+                .unwrap_or_else(|| panic!("{dev} missing\n{}", node.log_tail(30)));
+            assert_eq!(link["mtu"], 1420, "{dev}: {link}");
+        }
+        assert!(
+            routes_on(node, "-4", "flannel-wg").contains("10.244.0.0/16"),
+            "{}",
+            routes_on(node, "-4", "flannel-wg")
+        );
+        let r6 = routes_on(node, "-6", "flannel-wg-v6");
+        assert!(r6.contains("fd00:10:244::/48"), "{r6}");
+        let sn6 = env_var(&env, "FLANNEL_IPV6_SUBNET").unwrap_or_default();
+        let own6 = format!("{}/128", sn6.trim_end_matches("1/64"));
+        let addrs = node
+            .netns()
+            .ip(&["-6", "addr", "show", "dev", "flannel-wg-v6"]);
+        assert!(addrs.contains(&own6), "{own6} on flannel-wg-v6: {addrs}");
+    }
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
+        wait_tcp(&pods[0], &pods[1], ip, &dump);
+    }
+    assert_mesh(&pods, &dump);
+
+    // Each family rides its own device and port, encrypted.
+    for (filter, family, port, pick) in [
+        ("ip", "IP", 51820u16, 4),
+        ("ip6 and not ip6 multicast and not icmp6", "IP6", 51821, 6),
+    ] {
+        let capture = Capture::start(
+            &cluster.underlay,
+            &format!("{filter} and not host {}", etcd_ip(&cluster)),
+        );
+        for (a, b) in [(&pods[0], &pods[1]), (&pods[2], &pods[0])] {
+            let ip = if pick == 4 { &b.ip4 } else { &b.ip6 };
+            let ip = ip.as_deref().unwrap_or_default();
+            assert!(markers_ok(&a.ns, &b.ns, ip), "markers -> {ip}\n{}", dump());
+            assert!(
+                bulk_ok(&a.ns, &b.ns, ip, 4 << 20),
+                "bulk TCP -> {ip}\n{}",
+                dump()
+            );
+        }
+        let (raw, lines) = capture.finish();
+        assert_only_wireguard(&raw, &lines, family, port);
+    }
+}
+
+/// WireGuard in an IPv6-only network on the IPv6 underlay: only `flannel-wg-v6` (51821), the
+/// lease `PublicIP` 0.0.0.0 with `BackendV6Data` alone, pods talk over IPv6 both ways, and
+/// nodes reach each other only over IPv6 WireGuard.
+#[test]
+fn wireguard_ipv6_only_cluster_on_an_ipv6_underlay() {
+    let cluster = Cluster::new(3, &wireguard_config(V6_ONLY_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    for node in &cluster.nodes {
+        let env = node.wait_subnet_env(CONVERGE);
+        assert!(
+            env.starts_with("FLANNEL_IPV6_NETWORK=fd00:20::/48\nFLANNEL_IPV6_SUBNET=fd00:20:0:")
+                && env.ends_with("::1/64\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n"),
+            "{env}"
+        );
+        assert!(node.link("flannel-wg").is_none(), "no IPv4 device");
+        assert!(node.link("flannel-wg-v6").is_some(), "no flannel-wg-v6");
+        let (lease_key, value, key) = wireguard_lease(&cluster, node);
+        assert_eq!(
+            value,
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#,
+                v6_of(node)
+            )
+        );
+        assert!(
+            lease_key.contains("/subnets/0.0.0.0-0&fd00:20:0:"),
+            "{lease_key}"
+        );
+    }
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    assert!(pods.iter().all(|p| p.ip4.is_none()));
+    let dump = || cluster.dump();
+    wait_tcp(
+        &pods[0],
+        &pods[1],
+        pods[1].ip6.as_deref().unwrap_or_default(),
+        &dump,
+    );
+    assert_mesh(&pods, &dump);
+    let capture = Capture::start(
+        &cluster.underlay,
+        &format!(
+            "(ip or ip6) and not ip6 multicast and not icmp6 and not host {}",
+            etcd_ip(&cluster)
+        ),
+    );
+    for (a, b) in [
+        (&pods[0], &pods[1]),
+        (&pods[1], &pods[2]),
+        (&pods[2], &pods[0]),
+    ] {
+        let ip = b.ip6.as_deref().unwrap_or_default();
+        assert!(markers_ok(&a.ns, &b.ns, ip), "markers -> {ip}\n{}", dump());
+        assert!(
+            bulk_ok(&a.ns, &b.ns, ip, 4 << 20),
+            "bulk -> {ip}\n{}",
+            dump()
+        );
+    }
+    let (raw, lines) = capture.finish();
+    assert_only_wireguard(&raw, &lines, "IP6", 51821);
+
+    // Hostile BackendV6Data is refused by name, as BackendData is; the data path keeps going.
+    let (_, _, stolen) = wireguard_lease(&cluster, cluster.node(1));
+    let hostile = [
+        (
+            "fd00:20:0:f1::",
+            "AAAA".to_string(),
+            "BackendV6Data.PublicKey \"AAAA\" is not a WireGuard public key",
+        ),
+        (
+            "fd00:20:0:f2::",
+            stolen,
+            "is already the public key of another node's older lease",
+        ),
+    ];
+    for (net, key, _) in &hostile {
+        cluster.etcd.put_with_ttl(
+            &format!("{ETCD_PREFIX}/subnets/0.0.0.0-0&{net}-64"),
+            &format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::60","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#
+            ),
+            3600,
+        );
+    }
+    let n0 = cluster.node(0);
+    for (net, _, why) in &hostile {
+        n0.wait_until(CONVERGE, &format!("{net} rejected"), || {
+            n0.log()
+                .lines()
+                .any(|l| l.contains("lease rejected") && l.contains(net) && l.contains(why))
+        });
+    }
+    let ip = pods[1].ip6.as_deref().unwrap_or_default();
+    assert!(
+        tcp_ok(&pods[0].ns, &pods[1].ns, ip),
+        "pods talk with hostile leases in etcd\n{}",
+        dump()
+    );
+}
+
+/// Flannel's single-device modes: `ipv6` puts both families on one `flannel-wg` whose peers'
+/// endpoints are their IPv6 addresses; `auto` picks IPv4 for these peers (192.0.2.0/24 is no
+/// RFC 1918 range, so Flannel's `selectMode` prefers it). Pods talk over both families; the
+/// underlay carries only WireGuard on `ListenPort` of the chosen family.
+#[test]
+fn wireguard_single_device_modes_carry_both_families_over_the_mode_s_underlay() {
+    for (mode, family) in [("ipv6", "IP6"), ("auto", "IP")] {
+        let cluster = Cluster::new(
+            2,
+            &wireguard_config(DUAL_CONFIG, &format!(r#","Mode":"{mode}""#)),
+        );
+        ipv6_underlay(&cluster);
+        cluster.start();
+        for node in &cluster.nodes {
+            node.wait_subnet_env(CONVERGE);
+            assert!(node.link("flannel-wg").is_some(), "{mode}: no flannel-wg");
+            assert!(
+                node.link("flannel-wg-v6").is_none(),
+                "{mode}: one device for both families"
+            );
+            let r4 = routes_on(node, "-4", "flannel-wg");
+            let r6 = routes_on(node, "-6", "flannel-wg");
+            assert!(r4.contains("10.244.0.0/16"), "{mode}: {r4}");
+            assert!(r6.contains("fd00:10:244::/48"), "{mode}: {r6}");
+            let (_, value, key) = wireguard_lease(&cluster, node);
+            // BackendV6Data names the port the one device listens on (see the backend docs).
+            assert!(
+                value.ends_with(&format!(
+                    r#""BackendData":{{"PublicKey":"{key}","Port":51820}},"BackendV6Data":{{"PublicKey":"{key}","Port":51820}}}}"#
+                )),
+                "{mode}: {value}"
+            );
+        }
+        let pods: Vec<TestPod> = cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| add_weft_pod(n, k as u32))
+            .collect();
+        let dump = || cluster.dump();
+        for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
+            wait_tcp(&pods[0], &pods[1], ip, &dump);
+        }
+        assert_mesh(&pods, &dump);
+        let capture = Capture::start(
+            &cluster.underlay,
+            &format!(
+                "(ip or ip6) and not ip6 multicast and not icmp6 and not host {}",
+                etcd_ip(&cluster)
+            ),
+        );
+        for (a, b) in [(&pods[0], &pods[1]), (&pods[1], &pods[0])] {
+            for ip in [&b.ip4, &b.ip6].into_iter().flatten() {
+                assert!(
+                    markers_ok(&a.ns, &b.ns, ip),
+                    "{mode}: markers -> {ip}\n{}",
+                    dump()
+                );
+            }
+        }
+        let (raw, lines) = capture.finish();
+        assert_only_wireguard(&raw, &lines, family, 51820);
+    }
+}
+
+/// Switching `Mode` from `separate` to `ipv6` (weftd restarted with the new config, as for any
+/// backend change) removes `flannel-wg-v6` (a persistent TUN device) and its route: the one
+/// `flannel-wg` carries IPv6, the lease names the port it listens on, and pods talk over it.
+#[test]
+fn wireguard_mode_switch_removes_the_device_the_new_mode_does_not_use() {
+    let cluster = Cluster::new(2, &wireguard_config(DUAL_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    for node in &cluster.nodes {
+        assert!(
+            node.link("flannel-wg-v6").is_some(),
+            "separate: flannel-wg-v6"
+        );
+        node.stop();
+    }
+    cluster.etcd.put(
+        NETWORK_CONFIG_KEY,
+        &wireguard_config(DUAL_CONFIG, r#","Mode":"ipv6""#),
+    );
+    for node in &cluster.nodes {
+        node.restart();
+    }
+    for node in &cluster.nodes {
+        node.wait_until(CONVERGE, "Mode ipv6 lease published", || {
+            wireguard_lease(&cluster, node)
+                .1
+                .contains(r#""BackendV6Data":{"PublicKey":"#)
+                && wireguard_lease(&cluster, node)
+                    .1
+                    .ends_with(r#""Port":51820}}"#)
+        });
+        assert!(
+            node.link("flannel-wg-v6").is_none(),
+            "flannel-wg-v6 left behind\n{}",
+            node.log_tail(30)
+        );
+        let r6 = routes_on(node, "-6", "flannel-wg");
+        assert!(r6.contains("fd00:10:244::/48"), "{r6}");
+    }
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
+        wait_tcp(&pods[0], &pods[1], ip, &dump);
+    }
+    assert_mesh(&pods, &dump);
+}
+
+/// A Flannel IPv6 wireguard node nobody here wrote: Debian's `wireguard-go` in a namespace on
+/// the IPv6 underlay, configured with `wg` and `ip` as flanneld configures `flannel-wg-v6`
+/// (listen port 51821, `<subnet6>::/128`, the `IPv6Network` route), its lease written as
+/// flanneld writes an IPv6-only one. Weft nodes and it must reach each other's pods.
+#[test]
+fn wireguard_ipv6_only_interoperates_with_wireguard_go_configured_as_flanneld() {
+    let cluster = Cluster::new(2, &wireguard_config(V6_ONLY_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let fl = Netns::new("fwg6");
+    no_dad(&fl);
+    cluster.underlay.attach(&fl, "192.0.2.51");
+    no_dad(&fl);
+    fl.ip(&["addr", "add", "2001:db8::51/64", "dev", "eth0", "nodad"]);
+    fl.sysctl("net.ipv6.conf.all.forwarding", "1");
+    // wireguard-go's control socket lives in /var/run/wireguard, shared by every namespace.
+    let ifname = format!("fwg6{}", std::process::id() % 100_000);
+    let mut daemon = fl
+        .command("wireguard-go")
+        .args(["-f", &ifname])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("wireguard-go (scripts/setup.sh installs it): {e}"));
+    struct Stop<'a>(&'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            // SIGTERM lets wireguard-go remove its control socket.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(&mut daemon);
+    let dir = tempfile::tempdir().expect("key dir");
+    let key_file = dir.path().join("wgkey");
+    let private = fl.exec_ok(&["wg", "genkey"]);
+    std::fs::write(&key_file, private.trim()).expect("write key");
+    let public = {
+        let mut child = std::process::Command::new("wg")
+            .arg("pubkey")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("wg pubkey");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(private.trim().as_bytes())
+            .expect("write key");
+        let out = child.wait_with_output().expect("wg pubkey");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    wait_until(Duration::from_secs(10), "wireguard-go device up", || {
+        fl.exec(&["ip", "link", "show", "dev", &ifname])
+            .status
+            .success()
+    });
+    // newWGDevice and ConfigureV6, as flanneld does them for flannel-wg-v6.
+    fl.exec_ok(&[
+        "wg",
+        "set",
+        &ifname,
+        "private-key",
+        &key_file.to_string_lossy(),
+        "listen-port",
+        "51821",
+    ]);
+    fl.ip(&["link", "set", &ifname, "mtu", "1420"]);
+    fl.ip(&["addr", "add", "fd00:20:0:f0::/128", "dev", &ifname, "nodad"]);
+    fl.ip(&["link", "set", &ifname, "up"]);
+    fl.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00:20::/48",
+        "dev",
+        &ifname,
+        "scope",
+        "link",
+    ]);
+    cluster.etcd.put_with_ttl(
+        &format!("{ETCD_PREFIX}/subnets/0.0.0.0-0&fd00:20:0:f0::-64"),
+        &format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::51","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{public}","Port":51821}}}}"#
+        ),
+        3600,
+    );
+    // addPeer for each weft node's lease: [PublicIPv6]:BackendV6Data.Port, its IPv6 subnet.
+    for node in &cluster.nodes {
+        let (key, value, peer_key) = wireguard_lease(&cluster, node);
+        let v: serde_json::Value = serde_json::from_str(&value).expect("lease JSON");
+        let endpoint = format!("[{}]:{}", v6_of(node), v["BackendV6Data"]["Port"]);
+        let subnet6 = key
+            .rsplit_once('&')
+            .map(|(_, s)| s.replace('-', "/"))
+            .expect("IPv6 part of the key");
+        fl.exec_ok(&[
+            "wg",
+            "set",
+            &ifname,
+            "peer",
+            &peer_key,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            &subnet6,
+        ]);
+    }
+    let fl_pod = add_pod(&fl, 90, None, Some("fd00:20:0:f0::1/64"), 1420);
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    // The Flannel side speaks first: it reaches weft at the endpoint weft's lease names (a
+    // handshake from weft would let wireguard-go learn weft's address whatever the lease says).
+    let fl_ip = fl_pod.ip6.as_deref().unwrap_or_default();
+    for pod in &pods {
+        let ip = pod.ip6.as_deref().unwrap_or_default();
+        wait_tcp(&fl_pod, pod, ip, &dump);
+        wait_tcp(pod, &fl_pod, fl_ip, &dump);
+    }
+    let shown = fl.exec_ok(&["wg", "show", &ifname, "latest-handshakes"]);
+    assert_eq!(
+        shown.lines().filter(|l| !l.ends_with("\t0")).count(),
+        2,
+        "wireguard-go shook hands with both weft nodes: {shown}"
+    );
+}
+
+/// A deleted `flannel-wg-v6` is noticed at once (not at the next resync, 30 s away) and made
+/// again with its address and route; IPv6 pods talk again.
+#[test]
+fn wireguard_deleted_ipv6_device_is_recreated_at_once() {
+    let cluster = Cluster::new(2, &wireguard_config(DUAL_CONFIG, ""));
+    ipv6_underlay(&cluster);
+    cluster.start();
+    let pods: Vec<TestPod> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect();
+    let dump = || cluster.dump();
+    let ip6 = pods[1].ip6.as_deref().unwrap_or_default();
+    wait_tcp(&pods[0], &pods[1], ip6, &dump);
+    let node = cluster.node(0);
+    let before = node.link("flannel-wg-v6").expect("flannel-wg-v6")["ifindex"].clone();
+    node.netns().ip(&["link", "del", "flannel-wg-v6"]);
+    node.wait_until(
+        Duration::from_secs(10),
+        "flannel-wg-v6 recreated with its route",
+        || {
+            node.link("flannel-wg-v6")
+                .is_some_and(|l| l["ifindex"] != before)
+                && routes_on(node, "-6", "flannel-wg-v6").contains("fd00:10:244::/48")
+        },
+    );
+    assert!(
+        node.log().contains("overlay device removed; recreating it"),
+        "{}",
+        node.log_tail(30)
+    );
+    wait_tcp(&pods[0], &pods[1], ip6, &dump);
+    wait_tcp(
+        &pods[1],
+        &pods[0],
+        pods[0].ip6.as_deref().unwrap_or_default(),
+        &dump,
+    );
+}

@@ -972,6 +972,33 @@ fn requests_to_a_dead_etcd_fail_instead_of_hanging() {
     });
 }
 
+/// Waits until every thread of `pid` is in the stopped state ('T' in /proc/PID/task/*/stat).
+fn wait_stopped(pid: nix::unistd::Pid) {
+    let tasks = format!("/proc/{pid}/task");
+    let all_stopped = || {
+        let Ok(dir) = std::fs::read_dir(&tasks) else {
+            return false;
+        };
+        dir.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all_stopped() {
+        assert!(
+            Instant::now() < deadline,
+            "etcd (pid {pid}) did not stop within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn requests_to_a_frozen_etcd_time_out() {
     let etcd = EtcdNs::start();
@@ -985,6 +1012,9 @@ fn requests_to_a_frozen_etcd_time_out() {
             .unwrap();
         // A stopped etcd keeps its TCP connections open but never answers.
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop etcd");
+        // kill(2) returns before every thread has stopped; on a loaded machine a thread still
+        // running could answer the next request.
+        wait_stopped(pid);
         let t = Instant::now();
         let err = s.renew(&own, DAY).await.unwrap_err();
         let took = t.elapsed();

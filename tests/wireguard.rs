@@ -53,77 +53,6 @@ fn send_over_tcp(from: &Pod, to: &Pod, payload: &[u8]) -> Vec<u8> {
     server.join().expect("receiver thread")
 }
 
-/// `tcpdump` on every port of the underlay bridge (forwarded frames do not pass `br0` itself), writing what nodes send each other (etcd traffic and ARP
-/// left out) to a file; stopped and read with [`Capture::finish`].
-struct Capture {
-    child: Child,
-    file: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Capture {
-    fn start(underlay: &Underlay, etcd_ip: &str) -> Capture {
-        let dir = tempfile::tempdir().expect("capture dir");
-        let file = dir.path().join("underlay.pcap");
-        let err = dir.path().join("tcpdump.err");
-        let filter = format!("ip and not host {etcd_ip}");
-        let child = underlay
-            .netns()
-            .command("tcpdump")
-            .args([
-                "-i",
-                "any",
-                "--immediate-mode",
-                "-U",
-                "-n",
-                "-s",
-                "0",
-                "-Z",
-                "root",
-                "-w",
-            ])
-            .arg(&file)
-            .arg(&filter)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).expect("tcpdump stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("tcpdump (scripts/setup.sh installs it): {e}"));
-        wait_until(Duration::from_secs(10), "tcpdump listening", || {
-            std::fs::read_to_string(&err).is_ok_and(|t| t.contains("listening on"))
-        });
-        Capture {
-            child,
-            file,
-            _dir: dir,
-        }
-    }
-
-    /// Stops the capture; returns the raw file and `tcpdump -r`'s one line per packet.
-    fn finish(mut self) -> (Vec<u8>, Vec<String>) {
-        std::thread::sleep(Duration::from_millis(500));
-        // SIGINT lets tcpdump flush its file.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.child.wait();
-        let raw = std::fs::read(&self.file).expect("read capture");
-        let text = host_ok(
-            "tcpdump",
-            &["-r", &self.file.to_string_lossy(), "-n", "-q", "-t"],
-        );
-        (raw, text.lines().map(str::to_string).collect())
-    }
-}
-
-fn etcd_ip(cluster: &Cluster) -> String {
-    let endpoint = cluster.etcd.endpoint();
-    let host = endpoint
-        .trim_start_matches("http://")
-        .trim_start_matches("https://");
-    host.split(':').next().unwrap_or_default().to_string()
-}
-
 #[test]
 fn wireguard_pods_on_three_nodes_talk_and_the_underlay_carries_only_ciphertext() {
     let cluster = Cluster::new(3, WG_CONFIG);
@@ -173,7 +102,10 @@ fn wireguard_pods_on_three_nodes_talk_and_the_underlay_carries_only_ciphertext()
         }
     }
 
-    let capture = Capture::start(&cluster.underlay, &etcd_ip(&cluster));
+    let capture = Capture::start(
+        &cluster.underlay,
+        &format!("ip and not host {}", etcd_ip(&cluster)),
+    );
     let mut payload = Vec::new();
     for _ in 0..200 {
         payload.extend_from_slice(MARKER);

@@ -450,9 +450,14 @@ def phase_start(args, etcd, nss):
         time.sleep(2)  # settle: the first resync and any post-ready work
         rss = proc_status(node.pid, "VmRSS") / 1024
         hwm = proc_status(node.pid, "VmHWM") / 1024
+        # VmRSS is the target's figure; its split shows what is weftd's own memory (anonymous)
+        # and what is the binary and libraries mapped from the page cache (file).
+        anon = proc_status(node.pid, "RssAnon") / 1024
+        mapped = proc_status(node.pid, "RssFile") / 1024
         results.append((n, took["weftd"], took["floor"], rss, hwm))
         log(f"   {n:>6} peers: weftd ready {took['weftd'] * 1000:7.0f} ms, floor {took['floor'] * 1000:7.0f} ms "
-            f"(ratio {took['weftd'] / took['floor']:.2f}), RSS {rss:.1f} MiB (peak {hwm:.1f} MiB)")
+            f"(ratio {took['weftd'] / took['floor']:.2f}), RSS {rss:.1f} MiB (peak {hwm:.1f} MiB; "
+            f"anonymous {anon:.1f}, file {mapped:.1f})")
     return node, lease, results
 
 

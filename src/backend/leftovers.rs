@@ -6,8 +6,10 @@
 //! route for yet. At start the chosen backend removes the others' devices and routes:
 //! VXLAN devices `flannel.<VNI>` (also of another VNI), the TUN device `flannel0`, the
 //! WireGuard devices `flannel-wg`/`flannel-wg-v6` (TUN or kernel WireGuard), and
-//! host-gw's routes (weft's route protocol, a gateway, inside the cluster network). Nothing
-//! else is touched: not other devices, not routes of other protocols.
+//! host-gw's routes (weft's route protocol, a gateway, inside the cluster network). WireGuard
+//! itself removes the one of its two devices its `Mode` no longer uses (`flannel-wg-v6` after
+//! a switch to a one-device mode or to IPv4 alone). Nothing else is touched: not other
+//! devices, not routes of other protocols.
 
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
@@ -25,8 +27,8 @@ pub enum Starting<'a> {
     Udp,
     /// host-gw.
     HostGw,
-    /// WireGuard (`flannel-wg`, `flannel-wg-v6`).
-    WireGuard,
+    /// WireGuard with the devices its layout uses (`flannel-wg`, `flannel-wg-v6` or both).
+    WireGuard(&'a [&'a str]),
 }
 
 /// A device another backend left behind.
@@ -62,7 +64,7 @@ pub fn is_other_backends_device(starting: Starting<'_>, name: &str, kind: &InfoK
         InfoKind::Tun if name == super::udp::TUN_NAME => starting != Starting::Udp,
         // The userspace data path's TUN device, or the kernel's (or Flannel's) WireGuard one.
         InfoKind::Tun | InfoKind::Wireguard if is_wireguard_device(name) => {
-            starting != Starting::WireGuard
+            !matches!(starting, Starting::WireGuard(keeps) if keeps.contains(&name))
         }
         _ => false,
     }
@@ -134,6 +136,8 @@ pub async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// `Mode: separate` in a dual-stack network.
+    const BOTH: &[&str] = &["flannel-wg", "flannel-wg-v6"];
 
     #[test]
     fn only_the_other_backends_devices_are_leftovers() {
@@ -168,11 +172,30 @@ mod tests {
             &wg
         ));
         assert!(is_other_backends_device(HostGw, "flannel-wg-v6", &wg));
-        assert!(!is_other_backends_device(WireGuard, "flannel-wg", &tun));
-        assert!(!is_other_backends_device(WireGuard, "flannel-wg-v6", &wg));
-        assert!(is_other_backends_device(WireGuard, "flannel0", &tun));
-        assert!(is_other_backends_device(WireGuard, "flannel.1", &vx));
+        assert!(!is_other_backends_device(
+            WireGuard(BOTH),
+            "flannel-wg",
+            &tun
+        ));
+        assert!(!is_other_backends_device(
+            WireGuard(BOTH),
+            "flannel-wg-v6",
+            &wg
+        ));
+        assert!(is_other_backends_device(WireGuard(BOTH), "flannel0", &tun));
+        assert!(is_other_backends_device(WireGuard(BOTH), "flannel.1", &vx));
         assert!(!is_other_backends_device(HostGw, "wg0", &wg));
+        // A one-device mode (or IPv4 alone) leaves flannel-wg-v6 unused: a leftover.
+        assert!(is_other_backends_device(
+            WireGuard(&["flannel-wg"]),
+            "flannel-wg-v6",
+            &tun
+        ));
+        assert!(is_other_backends_device(
+            WireGuard(&["flannel-wg-v6"]),
+            "flannel-wg",
+            &wg
+        ));
         // Not a backend's name or not its kind: someone else's device.
         assert!(!is_other_backends_device(Udp, "flannel.x", &vx));
         assert!(!is_other_backends_device(Udp, "flannel.", &vx));

@@ -133,6 +133,7 @@ pub struct ReconcileReport {
 /// works next to leftovers, only less cleanly.
 async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface, state_dir: &Path) {
     let vxlan_name;
+    let wireguard_devices: Vec<&str>;
     let starting = match &cfg.backend {
         BackendConfig::Vxlan { vni, .. } => {
             vxlan_name = format!("flannel.{vni}");
@@ -140,10 +141,22 @@ async fn remove_leftovers(cfg: &NetworkConfig, ext: &ExternalInterface, state_di
         }
         BackendConfig::Udp { .. } => leftovers::Starting::Udp,
         BackendConfig::HostGw => leftovers::Starting::HostGw,
-        BackendConfig::WireGuard(_) => leftovers::Starting::WireGuard,
+        BackendConfig::WireGuard(wg) => {
+            wireguard_devices =
+                wireguard::device_layout(wg.mode, cfg.enable_ipv4, cfg.ipv6.is_some(), wg)
+                    .into_iter()
+                    .map(|(name, _, _)| name)
+                    .collect();
+            leftovers::Starting::WireGuard(&wireguard_devices)
+        }
     };
-    if starting != leftovers::Starting::WireGuard {
-        for device in [wireguard::DEVICE_NAME, wireguard::DEVICE_NAME_V6] {
+    // The data path processes of WireGuard devices the starting layout does not keep.
+    let kept: &[&str] = match starting {
+        leftovers::Starting::WireGuard(keeps) => keeps,
+        _ => &[],
+    };
+    for device in [wireguard::DEVICE_NAME, wireguard::DEVICE_NAME_V6] {
+        if !kept.contains(&device) {
             let socket = wireguard::control::socket_path(state_dir, device);
             match wireguard::control::stop(&socket, None) {
                 Ok(Some(pid)) => {
@@ -204,13 +217,6 @@ impl Backend {
             ));
         }
         let udp_offloads = opts.udp_offloads;
-        // Refused the same way: weft's WireGuard backend carries IPv4 only so far.
-        if matches!(cfg.backend, BackendConfig::WireGuard(_)) && cfg.ipv6.is_some() {
-            return Err(BackendError::Unsupported(
-                "the wireguard backend carries IPv4 only so far (no flannel-wg-v6); use vxlan or host-gw for IPv6"
-                    .to_string(),
-            ));
-        }
         remove_leftovers(cfg, ext, state_dir).await;
         match &cfg.backend {
             BackendConfig::Vxlan {
@@ -247,7 +253,7 @@ impl Backend {
             }
             BackendConfig::WireGuard(wg) => Ok(Backend::WireGuard(
                 wireguard::WireGuardBackend::new(
-                    cfg.network,
+                    cfg,
                     wg,
                     ext,
                     state_dir,
@@ -310,6 +316,16 @@ impl Backend {
         }
     }
 
+    /// Whether `name` is one of the backend's devices: besides [`Backend::device_name`], the
+    /// IPv6 devices `flannel-v6.<VNI>` and `flannel-wg-v6`.
+    pub fn owns_device(&self, name: &str) -> bool {
+        match self {
+            Backend::Vxlan(b) => b.owns_device(name),
+            Backend::WireGuard(b) => b.owns_device(name),
+            Backend::Udp(_) | Backend::HostGw(_) => name == self.device_name(),
+        }
+    }
+
     /// Makes the kernel match `own` and `peers`: device, address, and per-peer entries; adds
     /// what is missing and removes what no peer justifies. Idempotent.
     pub async fn reconcile(
@@ -342,12 +358,13 @@ impl Backend {
     }
 
     /// Tells the data path this node's own IPv6 subnet from the lease (the VXLAN IPv6 device
-    /// carries its network address).
+    /// carries its network address; WireGuard's IPv6 device its `/128`).
     pub fn set_own_ipv6(&mut self, own6: Option<Ipv6Network>) {
         match self {
             Backend::Vxlan(b) => b.set_own_ipv6(own6),
             Backend::Udp(b) => b.set_own_ipv6(own6),
-            Backend::HostGw(_) | Backend::WireGuard(_) => {}
+            Backend::WireGuard(b) => b.set_own_ipv6(own6),
+            Backend::HostGw(_) => {}
         }
     }
 }
@@ -363,6 +380,11 @@ pub trait DataPath {
 
     /// The device the data path owns.
     fn device_name(&self) -> &str;
+
+    /// Whether `name` is one of the data path's devices (its IPv6 device too).
+    fn owns_device(&self, name: &str) -> bool {
+        name == self.device_name()
+    }
 
     /// The offloads the kernel granted a userspace data path; `None` where the kernel
     /// forwards.
@@ -431,6 +453,10 @@ impl DataPath for Backend {
 
     fn device_name(&self) -> &str {
         Backend::device_name(self)
+    }
+
+    fn owns_device(&self, name: &str) -> bool {
+        Backend::owns_device(self, name)
     }
 
     fn granted_offloads(&self) -> Option<&str> {

@@ -1,10 +1,11 @@
 //! The settle step shared by the two backends that own a layer-3 point-to-point device
-//! (`flannel0` of udp, `flannel-wg` of wireguard): MTU, the one `<subnet>.0/32` address and
-//! the link state, brought in line on every full reconcile.
+//! (`flannel0` of udp, `flannel-wg` and `flannel-wg-v6` of wireguard): MTU, the one
+//! `<subnet>.0/32` address (and `<subnet6>::/128` on a device carrying IPv6) and the link
+//! state, brought in line on every full reconcile.
 
 use std::io;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use rtnetlink::Handle;
 
 use tun_rs::SyncDevice;
@@ -14,16 +15,18 @@ use crate::backend::{ReconcileReport, StaleEntry};
 use crate::netlink::{self, NetlinkError};
 
 /// Sets the MTU of device `index` (named `name` in errors and stale entries) to `mtu`,
-/// leaves `own.network()/32` its only IPv4 address and brings it up, counting every change
-/// in `outcome`. The device carries no broadcast domain: the address only gives locally
-/// originated packets a source inside the own subnet. Each backend names the failure in its
-/// own error type `E`.
+/// leaves `own.network()/32` its only IPv4 address (none without `own`) and, with `own6`,
+/// `own6.network()/128` its only routable IPv6 address, and brings it up, counting every
+/// change in `outcome`. The device carries no broadcast domain: the addresses only give
+/// locally originated packets a source inside the own subnets. Each backend names the
+/// failure in its own error type `E`.
 pub(crate) async fn settle<E: From<NetlinkError> + From<TunFailure>>(
     handle: &Handle,
     index: u32,
     name: &str,
     mtu: u32,
-    own: Ipv4Network,
+    own: Option<Ipv4Network>,
+    own6: Option<Ipv6Network>,
     outcome: &mut ReconcileReport,
 ) -> Result<(), E> {
     let link = netlink::link_by_index(handle, index)
@@ -33,13 +36,17 @@ pub(crate) async fn settle<E: From<NetlinkError> + From<TunFailure>>(
         netlink::set_link_mtu(handle, index, name, mtu).await?;
         outcome.added += 1;
     }
-    let addr = Ipv4Network::new(own.network(), 32).map_err(|_| TunFailure {
+    let bad = || TunFailure {
         op: "address",
         source: io::Error::from_raw_os_error(libc::EINVAL),
-    })?;
-    let mut have_addr = false;
+    };
+    let addr = own
+        .map(|own| Ipv4Network::new(own.network(), 32))
+        .transpose()
+        .map_err(|_| bad())?;
+    let mut have_addr = addr.is_none();
     for (_, a) in netlink::ipv4_addresses(handle, Some(index)).await? {
-        if a == addr {
+        if Some(a) == addr {
             have_addr = true;
         } else {
             netlink::del_address(handle, index, name, a).await?;
@@ -49,9 +56,28 @@ pub(crate) async fn settle<E: From<NetlinkError> + From<TunFailure>>(
                 .push(StaleEntry::new("address", format!("{a} dev {name}")));
         }
     }
-    if !have_addr {
+    if let (false, Some(addr)) = (have_addr, addr) {
         netlink::add_address(handle, index, name, addr).await?;
         outcome.added += 1;
+    }
+    if let Some(own6) = own6 {
+        let addr6 = Ipv6Network::new(own6.network(), 128).map_err(|_| bad())?;
+        let mut have6 = false;
+        for (_, a) in netlink::ipv6_addresses(handle, Some(index)).await? {
+            if a == addr6 {
+                have6 = true;
+            } else if netlink::is_routable_v6(&a.ip()) {
+                netlink::del_address6(handle, index, name, a).await?;
+                outcome.removed += 1;
+                outcome
+                    .stale
+                    .push(StaleEntry::new("address", format!("{a} dev {name}")));
+            }
+        }
+        if !have6 {
+            netlink::add_address6(handle, index, name, addr6).await?;
+            outcome.added += 1;
+        }
     }
     if !netlink::link_is_up(&link) {
         netlink::set_link_up(handle, index, name).await?;

@@ -216,7 +216,8 @@ impl UdpBackend {
             self.tun_index,
             TUN_NAME,
             self.mtu,
-            own,
+            Some(own),
+            None,
             &mut outcome,
         )
         .await?;

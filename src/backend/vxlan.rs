@@ -343,6 +343,11 @@ impl VxlanBackend {
         &self.name
     }
 
+    /// Whether `name` is one of the backend's devices (`flannel.<VNI>`, `flannel-v6.<VNI>`).
+    pub fn owns_device(&self, name: &str) -> bool {
+        name == self.name || self.v6.as_ref().is_some_and(|v6| v6.name == name)
+    }
+
     /// The tunnel's local address is the interface address, as Flannel's: behind NAT the
     /// published PublicIP is not a local address and could not source packets.
     fn wanted(&self) -> WantedDevice {

@@ -1,16 +1,20 @@
-//! The WireGuard backend: Flannel's `wireguard` type. Device `flannel-wg` (IPv4; `flannel-wg-v6`
-//! is the IPv6 device of `Mode: separate`), listen port 51820, lease `BackendData`
-//! `{"PublicKey":"...","Port":51820}`, and the device set up as flanneld sets it up: address
-//! `<subnet>.0/32`, one route for the whole `Network` on the device, and per peer lease a
-//! WireGuard peer (public key, endpoint `PublicIP:Port`, allowed IPs = its pod subnet).
+//! The WireGuard backend: Flannel's `wireguard` type. `Mode: separate` (the default) has
+//! device `flannel-wg` for IPv4 (listen port 51820, lease `BackendData`
+//! `{"PublicKey":"...","Port":51820}`) and `flannel-wg-v6` for IPv6 (51821, `BackendV6Data`);
+//! `auto`, `ipv4` and `ipv6` have one `flannel-wg` for both families ([`peers`] says which
+//! peer endpoint each mode uses). Each device is set up as flanneld sets it up: address
+//! `<subnet>.0/32` (and `<subnet6>::/128`), one route for the whole `Network` (and
+//! `IPv6Network`) on the device, and per peer lease a WireGuard peer (public key, endpoint,
+//! allowed IPs = its pod subnets). One private key serves every device, as Flannel's one key
+//! file does.
 //!
 //! Two data paths behind the backend ([`WireGuardDataPath`]): the kernel's WireGuard where the
 //! kernel has the module, and a userspace one ([`userspace`]) built on the UDP backend's fast
-//! TUN machinery otherwise. The userspace one runs in its own process ([`datapath`]), as
-//! wireguard-go does, which weftd starts once and configures over a unix socket in
-//! `--state-dir` ([`control`], [`uapi`]): a weftd restart finds it there and only brings its
-//! peers up to date. The private key lives in `--state-dir` ([`key`]); the device's address
-//! and route go through the entry pipeline like every backend's.
+//! TUN machinery otherwise. The userspace one runs in its own process per device
+//! ([`datapath`]), as wireguard-go does, which weftd starts once and configures over a unix
+//! socket in `--state-dir` ([`control`], [`uapi`]): a weftd restart finds it there and only
+//! brings its peers up to date. The private key lives in `--state-dir` ([`key`]); the
+//! device's address and route go through the entry pipeline like every backend's.
 
 pub mod control;
 pub mod datapath;
@@ -22,25 +26,25 @@ mod userspace;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Arc;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use rtnetlink::Handle;
 
 pub use control::DataPathCounters;
-pub use peers::{wireguard_peers, PeerSpec, BACKEND_TYPE};
+pub use peers::{wireguard_peers, DeviceRole, OwnLease, PeerContext, PeerSpec, BACKEND_TYPE};
 pub use userspace::WireGuardCounters;
 
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
 use crate::backend::tun_device;
 use crate::backend::{BackendError, PeerChange, ReconcileReport};
-use crate::config::WireGuardConfig;
+use crate::config::{NetworkConfig, WireGuardConfig, WireGuardMode};
 use crate::lease::{Lease, LeaseAttrs};
-use crate::netlink::{self, ExternalInterface, Ipv4Route, NetlinkError};
+use crate::netlink::{self, ExternalInterface, Ipv4Route, Ipv6Route, NetlinkError};
 use crate::wireguard_key::{SecretKey, WireGuardKey};
 use control::ControlSocket;
 use datapath::DataPathArgs;
@@ -48,7 +52,7 @@ use uapi::{PeerSet, SetRequest};
 
 /// The IPv4 device, as Flannel names it.
 pub const DEVICE_NAME: &str = "flannel-wg";
-/// The IPv6 device of `Mode: separate`, as Flannel names it (dual stack plugs in here).
+/// The IPv6 device of `Mode: separate`, as Flannel names it.
 pub const DEVICE_NAME_V6: &str = "flannel-wg-v6";
 /// Bytes Flannel reserves for the encapsulation (outer IPv6 header 40, UDP 8, WireGuard 32):
 /// the device and pod MTU is the underlay's minus this.
@@ -84,7 +88,7 @@ impl std::str::FromStr for WireGuardDataPath {
 #[derive(Debug, thiserror::Error)]
 pub enum WireGuardError {
     /// The TUN device could not be created, attached to or configured.
-    #[error("{op} TUN device {DEVICE_NAME}: {source}")]
+    #[error("{op} WireGuard TUN device: {source}")]
     Tun {
         /// What was attempted.
         op: &'static str,
@@ -96,7 +100,7 @@ pub enum WireGuardError {
     #[error("bind WireGuard UDP socket {addr}: {source}")]
     Socket {
         /// The address bound to.
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         /// The kernel's answer.
         #[source]
         source: io::Error,
@@ -127,10 +131,12 @@ pub enum WireGuardError {
     #[error("kernel WireGuard requested, but the kernel cannot create a wireguard device: {0}")]
     NoKernelWireGuard(String),
     /// Configuring the kernel's WireGuard device over generic netlink failed.
-    #[error("{op} kernel WireGuard device {DEVICE_NAME}: {source}")]
+    #[error("{op} kernel WireGuard device {device}: {source}")]
     Kernel {
         /// What was attempted.
         op: &'static str,
+        /// The device.
+        device: &'static str,
         /// The kernel's answer.
         #[source]
         source: io::Error,
@@ -145,6 +151,9 @@ pub enum WireGuardError {
         /// The smallest that works.
         min: u32,
     },
+    /// The network config asks for a layout the node cannot give.
+    #[error("wireguard: {0}")]
+    Config(String),
     /// A netlink operation on the device, its address or its route failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
@@ -156,6 +165,56 @@ impl From<crate::backend::udp::TunFailure> for WireGuardError {
             op: f.op,
             source: f.source,
         }
+    }
+}
+
+/// One WireGuard device of the backend (`flannel-wg` or `flannel-wg-v6`) and its data path.
+struct WgDevice {
+    name: &'static str,
+    role: DeviceRole,
+    listen_port: u16,
+    /// Where the userspace data path's sockets bind.
+    bind: SocketAddr,
+    /// Whether the device carries IPv4 and IPv6 pods.
+    carries_v4: bool,
+    carries_v6: bool,
+    /// The userspace data path process's socket, when it carries the data path.
+    datapath: Option<ControlSocket>,
+    /// That process, when this weftd started it (reaped when it is stopped).
+    child: Option<Child>,
+    /// The peers the data path process holds as this weftd last set them; `None` until the
+    /// first pass since it was found or started has set them all.
+    datapath_peers: Option<BTreeMap<WireGuardKey, PeerSpec>>,
+    /// The kernel's WireGuard, when it carries the data path.
+    kernel: Option<kernel::WireGuardNetlink>,
+    /// Whether every kernel peer has been written since the device was (re)attached: a PSK or
+    /// keepalive the kernel cannot show must be set once on peers a previous weftd left.
+    kernel_peers_written: bool,
+    tun_index: u32,
+    granted: String,
+    pipeline: EntryPipeline,
+}
+
+/// The devices of `mode` in a network with IPv4 (`ipv4`) and/or IPv6 (`ipv6`), as flanneld's
+/// `RegisterNetwork` creates them: (name, role, listen port).
+pub fn device_layout(
+    mode: WireGuardMode,
+    ipv4: bool,
+    ipv6: bool,
+    cfg: &WireGuardConfig,
+) -> Vec<(&'static str, DeviceRole, u16)> {
+    match mode {
+        WireGuardMode::Separate => {
+            let mut devs = Vec::new();
+            if ipv4 {
+                devs.push((DEVICE_NAME, DeviceRole::Ipv4, cfg.listen_port));
+            }
+            if ipv6 {
+                devs.push((DEVICE_NAME_V6, DeviceRole::Ipv6, cfg.listen_port_v6));
+            }
+            devs
+        }
+        mode => vec![(DEVICE_NAME, DeviceRole::Single(mode), cfg.listen_port)],
     }
 }
 
@@ -171,32 +230,23 @@ pub struct TunnSettings {
 
 /// The WireGuard backend of one node.
 pub struct WireGuardBackend {
-    network: Ipv4Network,
-    listen_port: u16,
+    /// `Network`; `None` in an IPv6-only network.
+    network: Option<Ipv4Network>,
+    /// `IPv6Network`; `None` without IPv6.
+    network6: Option<Ipv6Network>,
+    /// This node's IPv6 subnet, from the lease.
+    own6: Option<Ipv6Network>,
+    mode: WireGuardMode,
     ext: ExternalInterface,
     mtu: u32,
-    public_key: WireGuardKey,
+    lease: OwnLease,
     settings: TunnSettings,
     state_dir: PathBuf,
     counters: Arc<DataPathCounters>,
-    /// The userspace data path process's socket, when it carries the data path.
-    datapath: Option<ControlSocket>,
-    /// That process, when this weftd started it (reaped when it is stopped).
-    child: Option<Child>,
-    /// The peers the data path process holds as this weftd last set them; `None` until the
-    /// first pass since it was found or started has set them all.
-    datapath_peers: Option<BTreeMap<WireGuardKey, PeerSpec>>,
-    /// The kernel's WireGuard, when it carries the data path.
-    kernel: Option<kernel::WireGuardNetlink>,
-    /// Whether every kernel peer has been written since the device was (re)attached: a PSK or
-    /// keepalive the kernel cannot show must be set once on peers a previous weftd left.
-    kernel_peers_written: bool,
-    tun_index: u32,
     offloads: bool,
-    granted: String,
-    pipeline: EntryPipeline,
+    devices: Vec<WgDevice>,
     /// The believed `wireguard` leases of the last pass, by subnet, which incremental passes
-    /// update.
+    /// (IPv4-only networks) update.
     leases: BTreeMap<Ipv4Network, Lease>,
 }
 
@@ -205,11 +255,19 @@ impl std::fmt::Debug for WireGuardBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WireGuardBackend")
             .field("network", &self.network)
-            .field("listen_port", &self.listen_port)
+            .field("network6", &self.network6)
+            .field("mode", &self.mode)
             .field("ext", &self.ext.name)
             .field("mtu", &self.mtu)
-            .field("public_key", &self.public_key)
-            .field("tun_index", &self.tun_index)
+            .field("public_key", &self.lease.public_key)
+            .field(
+                "devices",
+                &self
+                    .devices
+                    .iter()
+                    .map(|d| (d.name, d.listen_port, d.tun_index))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -236,10 +294,10 @@ async fn kernel_has_wireguard(handle: &Handle) -> Result<(), String> {
 
 impl WireGuardBackend {
     /// Loads or creates the private key (`WIREGUARD_KEY_FILE` or `<state_dir>/wireguard.key`),
-    /// picks the data path (`choice`) and starts it on `flannel-wg`. Must run inside a tokio
-    /// runtime, in the network namespace the backend serves.
+    /// picks the data path (`choice`) and starts it on the devices `Mode` asks for. Must run
+    /// inside a tokio runtime, in the network namespace the backend serves.
     pub async fn new(
-        network: Ipv4Network,
+        net: &NetworkConfig,
         cfg: &WireGuardConfig,
         ext: &ExternalInterface,
         state_dir: &Path,
@@ -256,6 +314,16 @@ impl WireGuardBackend {
             }
             .into());
         }
+        let ipv4 = net.enable_ipv4;
+        let network6 = net.ipv6.as_ref().map(|v6| v6.network);
+        let ipv6 = network6.is_some();
+        if ipv6 && ext.public_ipv6.is_none() {
+            return Err(WireGuardError::Config(format!(
+                "IPv6 is enabled but {} has no IPv6 underlay address",
+                ext.name
+            ))
+            .into());
+        }
         let path = key::key_path(state_dir, std::env::var_os(key::KEY_FILE_ENV).as_deref());
         let (private, created) = key::load_or_create(&path)?;
         let public_key = key::public_key(&private);
@@ -264,13 +332,68 @@ impl WireGuardBackend {
         } else {
             tracing::info!(path = %path.display(), public_key = %public_key, "loaded WireGuard private key");
         }
+        let iface_v6 = ext
+            .network_v6
+            .map(|n| n.ip())
+            .unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let devices = device_layout(cfg.mode, ipv4, ipv6, cfg)
+            .into_iter()
+            .map(|(name, role, listen_port)| {
+                let (carries_v4, carries_v6) = match role {
+                    DeviceRole::Ipv4 => (true, false),
+                    DeviceRole::Ipv6 => (false, true),
+                    DeviceRole::Single(_) => (ipv4, ipv6),
+                };
+                // The underlay families the device's endpoints can be of.
+                let (under4, under6) = match role {
+                    DeviceRole::Ipv4 => (true, false),
+                    DeviceRole::Ipv6 => (false, true),
+                    DeviceRole::Single(WireGuardMode::Ipv4) if ipv4 => (true, false),
+                    DeviceRole::Single(WireGuardMode::Ipv6) if ipv6 => (false, true),
+                    DeviceRole::Single(_) => (ipv4, ipv6),
+                };
+                let bind = match (under4, under6) {
+                    // Peers of either family: one socket for both (IPv4 as v4-mapped).
+                    (true, true) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), listen_port),
+                    (false, true) => SocketAddr::new(IpAddr::V6(iface_v6), listen_port),
+                    _ => SocketAddr::new(IpAddr::V4(ext.iface_addr), listen_port),
+                };
+                WgDevice {
+                    name,
+                    role,
+                    listen_port,
+                    bind,
+                    carries_v4,
+                    carries_v6,
+                    datapath: None,
+                    child: None,
+                    datapath_peers: None,
+                    kernel: None,
+                    kernel_peers_written: false,
+                    tun_index: 0,
+                    granted: String::new(),
+                    pipeline: EntryPipeline::default(),
+                }
+            })
+            .collect();
         let handle = netlink::connect().map_err(WireGuardError::from)?;
         let mut backend = WireGuardBackend {
-            network,
-            listen_port: cfg.listen_port,
+            network: ipv4.then_some(net.network),
+            network6,
+            own6: None,
+            mode: cfg.mode,
             ext: ext.clone(),
             mtu: underlay_mtu - OVERHEAD,
-            public_key,
+            lease: OwnLease {
+                public_key,
+                public_ip: ext.public_ip,
+                public_ipv6: ext.public_ipv6,
+                ipv4,
+                ipv6,
+                mode: cfg.mode,
+                listen_port: cfg.listen_port,
+                listen_port_v6: cfg.listen_port_v6,
+            },
             settings: TunnSettings {
                 private,
                 psk: cfg.psk.clone(),
@@ -278,22 +401,24 @@ impl WireGuardBackend {
             },
             state_dir: state_dir.to_path_buf(),
             counters: Arc::new(DataPathCounters::default()),
-            datapath: None,
-            child: None,
-            datapath_peers: None,
-            kernel: None,
-            kernel_peers_written: false,
-            tun_index: 0,
             offloads,
-            granted: String::new(),
-            pipeline: EntryPipeline::default(),
+            devices,
             leases: BTreeMap::new(),
         };
         let kernel = match choice {
             WireGuardDataPath::Userspace => Err("--wireguard-datapath userspace".to_string()),
             WireGuardDataPath::Auto | WireGuardDataPath::Kernel => {
                 match kernel_has_wireguard(&handle).await {
-                    Ok(()) => backend.start_kernel(&handle).await,
+                    Ok(()) => {
+                        let mut result = Ok(());
+                        for i in 0..backend.devices.len() {
+                            result = backend.start_kernel(&handle, i).await;
+                            if result.is_err() {
+                                break;
+                            }
+                        }
+                        result
+                    }
                     Err(why) => Err(why),
                 }
             }
@@ -304,18 +429,24 @@ impl WireGuardBackend {
                 return Err(WireGuardError::NoKernelWireGuard(why).into())
             }
             Err(why) => {
-                tracing::info!(device = DEVICE_NAME, reason = %why, "kernel WireGuard unavailable; using the userspace data path");
-                backend.start_userspace(&handle).await?;
+                tracing::info!(reason = %why, "kernel WireGuard unavailable; using the userspace data path");
+                for i in 0..backend.devices.len() {
+                    backend.start_userspace(&handle, i).await?;
+                }
             }
         }
         Ok(backend)
     }
 
-    /// Makes `flannel-wg` a kernel WireGuard device (replacing a TUN device of that name the
+    /// Makes device `i` a kernel WireGuard device (replacing a TUN device of that name the
     /// userspace path left) with the private key and listen port. The error says why not.
-    async fn start_kernel(&mut self, handle: &Handle) -> Result<(), String> {
-        self.stop_datapath().map_err(|e| e.to_string())?;
-        let existing = netlink::link_by_name(handle, DEVICE_NAME)
+    async fn start_kernel(&mut self, handle: &Handle, i: usize) -> Result<(), String> {
+        self.stop_datapath(i).map_err(|e| e.to_string())?;
+        self.counters.attach(self.devices[i].name, None);
+        let mtu = self.mtu;
+        let dev = &mut self.devices[i];
+        let name = dev.name;
+        let existing = netlink::link_by_name(handle, name)
             .await
             .map_err(|e| e.to_string())?;
         let reuse = match &existing {
@@ -325,7 +456,7 @@ impl WireGuardBackend {
                     Some(rtnetlink::packet_route::link::InfoKind::Wireguard)
                 );
                 if !is_wg {
-                    netlink::del_link(handle, link.header.index, DEVICE_NAME)
+                    netlink::del_link(handle, link.header.index, name)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
@@ -334,82 +465,84 @@ impl WireGuardBackend {
             None => false,
         };
         if !reuse {
-            let msg = rtnetlink::LinkWireguard::new(DEVICE_NAME)
-                .mtu(self.mtu)
-                .build();
-            netlink::add_link(handle, msg, "wireguard device flannel-wg")
+            let msg = rtnetlink::LinkWireguard::new(name).mtu(mtu).build();
+            netlink::add_link(handle, msg, &format!("wireguard device {name}"))
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let link = netlink::link_by_name(handle, DEVICE_NAME)
+        let link = netlink::link_by_name(handle, name)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{DEVICE_NAME} vanished right after creation"))?;
+            .ok_or_else(|| format!("{name} vanished right after creation"))?;
         let mut nl = kernel::WireGuardNetlink::open()
             .map_err(|e| format!("open generic netlink family wireguard: {e}"))?;
-        nl.set_device(DEVICE_NAME, &self.settings.private, self.listen_port)
-            .map_err(|e| format!("set private key and listen port: {e}"))?;
-        self.tun_index = link.header.index;
-        self.kernel = Some(nl);
-        self.kernel_peers_written = false;
-        self.counters.attach(DEVICE_NAME, None);
-        self.granted = "kernel".to_string();
+        nl.set_device(name, &self.settings.private, dev.listen_port)
+            .map_err(|e| format!("set private key and listen port of {name}: {e}"))?;
+        dev.tun_index = link.header.index;
+        dev.kernel = Some(nl);
+        dev.kernel_peers_written = false;
+        dev.granted = "kernel".to_string();
         tracing::info!(
-            device = DEVICE_NAME,
+            device = name,
             datapath = "kernel",
-            listen_port = self.listen_port,
+            listen_port = dev.listen_port,
             "WireGuard data path"
         );
         Ok(())
     }
 
-    /// Reconciles the kernel device's peers with `leases`: (present, added or updated, removed).
+    /// What peers of device `role` are computed against.
+    fn context(&self, own: Ipv4Network, dev: &WgDevice) -> PeerContext {
+        PeerContext {
+            own: self.network.map(|_| own),
+            own6: self.own6,
+            ipv4: self.network.is_some(),
+            ipv6: self.network6.is_some(),
+            listen_port: dev.listen_port,
+            local_v4: !self.ext.iface_addr.is_unspecified(),
+            local_v6: self.network6.and(self.ext.public_ipv6),
+        }
+    }
+
+    /// Reconciles device `i`'s kernel peers with `leases`: (present, added or updated,
+    /// removed).
     fn sync_kernel_peers(
         &mut self,
         own: Ipv4Network,
+        i: usize,
         leases: &[Lease],
     ) -> Result<(usize, usize, usize), WireGuardError> {
-        let specs = wireguard_peers(own, self.listen_port, leases);
-        let Some(nl) = self.kernel.as_mut() else {
+        let ctx = self.context(own, &self.devices[i]);
+        let specs = wireguard_peers(&ctx, self.devices[i].role, leases);
+        let psk = self.settings.psk.clone();
+        let keepalive = self.settings.keepalive;
+        let dev = &mut self.devices[i];
+        let name = dev.name;
+        let Some(nl) = dev.kernel.as_mut() else {
             return Ok((0, 0, 0));
         };
-        let kernel_err = |op| move |source| WireGuardError::Kernel { op, source };
-        let actual = nl.peers(DEVICE_NAME).map_err(kernel_err("read peers of"))?;
+        let kernel_err = |op| {
+            move |source| WireGuardError::Kernel {
+                op,
+                device: name,
+                source,
+            }
+        };
+        let actual = nl.peers(name).map_err(kernel_err("read peers of"))?;
         let mut changes = kernel::peer_changes(&specs, &actual);
-        if !self.kernel_peers_written {
+        if !dev.kernel_peers_written {
             changes.upsert = specs.values().cloned().collect();
             changes.present = 0;
         }
-        nl.apply(
-            DEVICE_NAME,
-            &changes,
-            self.settings.psk.as_ref(),
-            self.settings.keepalive,
-        )
-        .map_err(kernel_err("set peers of"))?;
-        self.kernel_peers_written = true;
+        nl.apply(name, &changes, psk.as_ref(), keepalive)
+            .map_err(kernel_err("set peers of"))?;
+        dev.kernel_peers_written = true;
         Ok((changes.present, changes.upsert.len(), changes.remove.len()))
     }
 
-    /// The lease value: `{"PublicIP":..,"BackendType":"wireguard","BackendData":{"PublicKey":..,
-    /// "Port":51820}}`, as flanneld's `newSubnetAttrs` writes it for IPv4.
+    /// The lease value, as flanneld's `newSubnetAttrs` writes it (see [`OwnLease::attrs`]).
     pub fn lease_attrs(&self) -> LeaseAttrs {
-        let mut data = serde_json::Map::new();
-        data.insert(
-            "PublicKey".to_string(),
-            serde_json::Value::String(self.public_key.to_string()),
-        );
-        data.insert(
-            "Port".to_string(),
-            serde_json::Value::from(self.listen_port),
-        );
-        LeaseAttrs {
-            public_ip: self.ext.public_ip,
-            backend_type: BACKEND_TYPE.to_string(),
-            backend_data: Some(serde_json::Value::Object(data)),
-            public_ipv6: None,
-            backend_v6_data: None,
-        }
+        self.lease.attrs()
     }
 
     /// The pod MTU: the underlay's (`Backend.MTU` or the interface's) minus 80, as Flannel.
@@ -417,28 +550,41 @@ impl WireGuardBackend {
         self.mtu
     }
 
-    /// The device this backend owns.
+    /// The backend's first device (`flannel-wg`, or `flannel-wg-v6` in an IPv6-only network
+    /// of `Mode: separate`).
     pub fn device_name(&self) -> &str {
-        DEVICE_NAME
+        self.devices.first().map_or(DEVICE_NAME, |d| d.name)
+    }
+
+    /// Whether `name` is one of the backend's devices.
+    pub fn owns_device(&self, name: &str) -> bool {
+        self.devices.iter().any(|d| d.name == name)
     }
 
     /// The node's public key.
     pub fn public_key(&self) -> WireGuardKey {
-        self.public_key
+        self.lease.public_key
     }
 
-    /// The data path's counters (fetched from the data path process at every scrape).
+    /// The data path's counters, all devices together (fetched from the data path processes
+    /// at every scrape).
     pub fn counters(&self) -> Arc<DataPathCounters> {
         self.counters.clone()
     }
 
     /// The offloads the userspace data path was granted (`kernel` for the kernel's data path).
     pub fn granted_offloads(&self) -> &str {
-        &self.granted
+        self.devices.first().map_or("", |d| d.granted.as_str())
     }
 
-    /// Brings `flannel-wg` (device, MTU, address `<subnet>.0/32`, up, the cluster route) in
-    /// line with `own` and swaps in the peers of the `wireguard` leases among `peers`.
+    /// Tells the backend this node's IPv6 subnet (from the lease).
+    pub fn set_own_ipv6(&mut self, own6: Option<Ipv6Network>) {
+        self.own6 = own6;
+    }
+
+    /// Brings every device (device, MTU, addresses, up, the cluster routes) in line with
+    /// `own` (and the IPv6 subnet of [`WireGuardBackend::set_own_ipv6`]) and swaps in the
+    /// peers of the `wireguard` leases among `peers`.
     pub async fn reconcile(
         &mut self,
         own: Ipv4Network,
@@ -446,66 +592,99 @@ impl WireGuardBackend {
     ) -> Result<ReconcileReport, WireGuardError> {
         let handle = netlink::connect()?;
         let mut outcome = ReconcileReport::default();
-        let lost = self.datapath.is_some() && self.datapath_lost();
-        if lost || tun_device::replaced(&handle, DEVICE_NAME, self.tun_index).await? {
-            tracing::warn!(
-                device = DEVICE_NAME,
-                "WireGuard device vanished or was replaced; recreating it"
-            );
-            if self.kernel.is_some() {
-                self.start_kernel(&handle)
-                    .await
-                    .map_err(|why| WireGuardError::Kernel {
-                        op: "recreate",
-                        source: io::Error::other(why),
-                    })?;
-            } else {
-                self.start_userspace(&handle).await?;
-            }
-            outcome.added += 1;
+        for i in 0..self.devices.len() {
+            self.reconcile_device(&handle, own, i, peers, &mut outcome)
+                .await?;
         }
-        tun_device::settle::<WireGuardError>(
-            &handle,
-            self.tun_index,
-            DEVICE_NAME,
-            self.mtu,
-            own,
-            &mut outcome,
-        )
-        .await?;
-        let entries = self.desired_entries();
-        let devices = self.devices();
-        let tun = self.tun_index;
-        let view = pipeline::read_kernel(&handle, &devices, |r| r.oif == tun).await?;
-        let d = entries::diff(&KernelEntries::merged(&entries), &view.actual);
-        let route = self.pipeline.full(&devices, entries, d).await?;
         self.leases = peers
             .iter()
             .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
             .map(|l| (l.subnet, l.clone()))
             .collect();
+        Ok(outcome)
+    }
+
+    async fn reconcile_device(
+        &mut self,
+        handle: &Handle,
+        own: Ipv4Network,
+        i: usize,
+        peers: &[Lease],
+        outcome: &mut ReconcileReport,
+    ) -> Result<(), WireGuardError> {
+        let name = self.devices[i].name;
+        let lost = self.devices[i].datapath.is_some() && self.datapath_lost(i);
+        if lost || tun_device::replaced(handle, name, self.devices[i].tun_index).await? {
+            tracing::warn!(
+                device = name,
+                "WireGuard device vanished or was replaced; recreating it"
+            );
+            if self.devices[i].kernel.is_some() {
+                self.start_kernel(handle, i)
+                    .await
+                    .map_err(|why| WireGuardError::Kernel {
+                        op: "recreate",
+                        device: name,
+                        source: io::Error::other(why),
+                    })?;
+            } else {
+                self.start_userspace(handle, i).await?;
+            }
+            outcome.added += 1;
+        }
+        let dev = &self.devices[i];
+        let own4 = self.network.filter(|_| dev.carries_v4).map(|_| own);
+        let own6 = self.own6.filter(|_| dev.carries_v6);
+        tun_device::settle::<WireGuardError>(
+            handle,
+            dev.tun_index,
+            name,
+            self.mtu,
+            own4,
+            own6,
+            outcome,
+        )
+        .await?;
+        let entries = self.desired_entries(dev);
+        let routes6 = self.desired_routes6(dev);
+        let devices = device_of(dev);
+        let tun = dev.tun_index;
+        let view = pipeline::read_kernel(handle, &devices, |r| r.oif == tun).await?;
+        let mut all = KernelEntries::merged(&entries);
+        all.routes6 = routes6;
+        let d = entries::diff(&all, &view.actual);
+        let route = self.devices[i].pipeline.full(&devices, entries, d).await?;
         outcome.added += route.added;
         outcome.removed += route.removed;
         outcome.failed += route.failed;
         outcome.stale.extend(route.stale);
-        let (kept, added, removed) = self.sync_peers(own, peers, true)?;
+        let (kept, added, removed) = self.sync_peers(own, i, peers, true)?;
         outcome.desired += kept + added;
         outcome.present += kept;
         outcome.added += added;
         outcome.removed += removed;
-        Ok(outcome)
+        Ok(())
     }
 
-    /// Applies a changed peer table: only the peers change (the route does not depend on
-    /// them). `None` when a full reconcile is due.
+    /// Applies a changed peer table: only the peers change (the routes do not depend on
+    /// them). `None` when a full reconcile is due (always with IPv6: incremental passes know
+    /// peers by their IPv4 subnet alone).
     pub async fn apply_changes(
         &mut self,
         own: Ipv4Network,
         changes: &[PeerChange],
     ) -> Result<Option<ReconcileReport>, WireGuardError> {
-        let Some(route) = self.pipeline.incremental(&self.devices(), &[]).await? else {
+        if self.network6.is_some() || self.network.is_none() {
             return Ok(None);
-        };
+        }
+        let mut failed = 0;
+        for dev in &mut self.devices {
+            let devices = device_of(dev);
+            let Some(route) = dev.pipeline.incremental(&devices, &[]).await? else {
+                return Ok(None);
+            };
+            failed += route.failed;
+        }
         for change in changes {
             match &change.lease {
                 Some(l) if l.attrs.backend_type == BACKEND_TYPE => {
@@ -515,28 +694,34 @@ impl WireGuardBackend {
             };
         }
         let peers: Vec<Lease> = self.leases.values().cloned().collect();
-        let (kept, added, removed) = self.sync_peers(own, &peers, false)?;
-        Ok(Some(ReconcileReport {
-            desired: kept + added,
-            present: kept,
-            added,
-            removed,
-            failed: route.failed,
-            stale: Vec::new(),
-        }))
+        let mut report = ReconcileReport {
+            failed,
+            ..Default::default()
+        };
+        for i in 0..self.devices.len() {
+            let (kept, added, removed) = self.sync_peers(own, i, &peers, false)?;
+            report.desired += kept + added;
+            report.present += kept;
+            report.added += added;
+            report.removed += removed;
+        }
+        Ok(Some(report))
     }
 
-    /// One weft route on `flannel-wg`: the cluster network (Flannel's `addRoute`), the
-    /// device's rather than a peer's.
-    fn desired_entries(&self) -> EntriesByPeer {
+    /// The IPv4 route on a device carrying IPv4: the cluster network (Flannel's `addRoute`),
+    /// the device's rather than a peer's.
+    fn desired_entries(&self, dev: &WgDevice) -> EntriesByPeer {
+        let Some(network) = self.network.filter(|_| dev.carries_v4) else {
+            return EntriesByPeer::new();
+        };
         let route = Ipv4Route {
-            dst: self.network,
+            dst: network,
             gateway: None,
-            oif: self.tun_index,
+            oif: dev.tun_index,
             onlink: false,
         };
         [(
-            self.network,
+            network,
             PeerEntries {
                 route: Some(route),
                 ..Default::default()
@@ -545,46 +730,60 @@ impl WireGuardBackend {
         .into()
     }
 
-    fn devices(&self) -> Devices {
-        Devices {
-            overlay: None,
-            overlay6: None,
-            routes: Device {
-                index: self.tun_index,
-                name: DEVICE_NAME.to_string(),
-            },
-        }
+    /// The IPv6 route on a device carrying IPv6: `IPv6Network` (Flannel's `addRoute`).
+    fn desired_routes6(&self, dev: &WgDevice) -> std::collections::BTreeSet<Ipv6Route> {
+        self.network6
+            .filter(|_| dev.carries_v6)
+            .map(|dst| Ipv6Route {
+                dst,
+                gateway: None,
+                oif: dev.tun_index,
+                onlink: false,
+            })
+            .into_iter()
+            .collect()
     }
 
-    /// Brings the data path's peers in line with `leases`: (present, added, removed). A
-    /// `full` pass reads the userspace data path's peers back first.
+    /// Brings device `i`'s peers in line with `leases`: (present, added, removed). A `full`
+    /// pass reads the userspace data path's peers back first.
     fn sync_peers(
         &mut self,
         own: Ipv4Network,
+        i: usize,
         leases: &[Lease],
         full: bool,
     ) -> Result<(usize, usize, usize), WireGuardError> {
-        if self.kernel.is_some() {
-            self.sync_kernel_peers(own, leases)
+        if self.devices[i].kernel.is_some() {
+            self.sync_kernel_peers(own, i, leases)
         } else {
-            self.sync_datapath_peers(own, leases, full)
+            self.sync_datapath_peers(own, i, leases, full)
         }
     }
 
-    /// Sends the userspace data path the peers that changed since the last `set` (a full
-    /// pass compares with what it answers to `get`): one `set=1` with the upserts and
+    /// Sends device `i`'s userspace data path the peers that changed since the last `set` (a
+    /// full pass compares with what it answers to `get`): one `set=1` with the upserts and
     /// removals; peers that stay keep their sessions.
     fn sync_datapath_peers(
         &mut self,
         own: Ipv4Network,
+        i: usize,
         leases: &[Lease],
         full: bool,
     ) -> Result<(usize, usize, usize), WireGuardError> {
-        let Some(control) = self.datapath.clone() else {
+        let dev = &self.devices[i];
+        let Some(control) = dev.datapath.clone() else {
             return Ok((0, 0, 0));
         };
-        let specs = wireguard_peers(own, self.listen_port, leases);
-        let actual: BTreeMap<WireGuardKey, kernel::KernelPeer> = match &self.datapath_peers {
+        let ctx = self.context(own, dev);
+        let specs = wireguard_peers(&ctx, dev.role, leases);
+        let mut own_subnets = Vec::new();
+        if let Some(own4) = self.network.filter(|_| dev.carries_v4).map(|_| own) {
+            own_subnets.push(IpNetwork::V4(own4));
+        }
+        if let Some(own6) = self.own6.filter(|_| dev.carries_v6) {
+            own_subnets.push(IpNetwork::V6(own6));
+        }
+        let actual: BTreeMap<WireGuardKey, kernel::KernelPeer> = match &dev.datapath_peers {
             Some(known) if !full => known
                 .iter()
                 .map(|(k, p)| {
@@ -601,39 +800,28 @@ impl WireGuardBackend {
                 .into_iter()
                 .map(|(k, p)| {
                     let peer = kernel::KernelPeer {
-                        endpoint: match p.endpoint {
-                            Some(SocketAddr::V4(e)) => Some(e),
-                            _ => None,
-                        },
-                        allowed: p
-                            .allowed
-                            .into_iter()
-                            .filter_map(|n| match n {
-                                IpNetwork::V4(n) => Some(n),
-                                IpNetwork::V6(_) => None,
-                            })
-                            .collect(),
+                        endpoint: p.endpoint,
+                        allowed: p.allowed,
                     };
                     (k, peer)
                 })
                 .collect(),
         };
         let mut changes = kernel::peer_changes(&specs, &actual);
-        let first = self.datapath_peers.is_none();
-        if first {
+        if dev.datapath_peers.is_none() {
             // The PSK and keepalive cannot be read back: set every peer once.
             changes.upsert = specs.values().cloned().collect();
             changes.present = 0;
         }
         let mut req = SetRequest {
-            own_subnets: vec![IpNetwork::V4(own)],
+            own_subnets,
             ..Default::default()
         };
         for spec in &changes.upsert {
             let mut peer = PeerSet::new(spec.key);
-            peer.endpoint = Some(SocketAddr::V4(spec.endpoint));
+            peer.endpoint = Some(spec.endpoint);
             peer.replace_allowed_ips = true;
-            peer.allowed = spec.allowed.iter().copied().map(IpNetwork::V4).collect();
+            peer.allowed = spec.allowed.clone();
             peer.keepalive = Some(self.settings.keepalive);
             peer.psk = Some(self.settings.psk.clone());
             req.peers.push(peer);
@@ -643,45 +831,49 @@ impl WireGuardBackend {
             peer.remove = true;
             req.peers.push(peer);
         }
+        let dev = &mut self.devices[i];
         if !req.peers.is_empty() || full {
             // Until the set succeeds, what the process holds is unknown.
-            self.datapath_peers = None;
+            dev.datapath_peers = None;
             control.set(&req)?;
         }
-        self.datapath_peers = Some(specs);
+        dev.datapath_peers = Some(specs);
         Ok((changes.present, changes.upsert.len(), changes.remove.len()))
     }
 
-    /// Whether the data path process this weftd started has exited (the device went with it).
-    fn datapath_lost(&mut self) -> bool {
-        match self.child.as_mut().map(Child::try_wait) {
+    /// Whether device `i`'s data path process has exited (the device went with it).
+    fn datapath_lost(&mut self, i: usize) -> bool {
+        let dev = &mut self.devices[i];
+        match dev.child.as_mut().map(Child::try_wait) {
             Some(Ok(Some(status))) => {
-                tracing::warn!(%status, "the WireGuard data path process exited");
-                self.child = None;
+                tracing::warn!(device = dev.name, %status, "the WireGuard data path process exited");
+                dev.child = None;
                 true
             }
-            _ => self.datapath.as_ref().is_some_and(|c| c.pid().is_none()),
+            _ => dev.datapath.as_ref().is_some_and(|c| c.pid().is_none()),
         }
     }
 
-    /// Stops the userspace data path process, if one runs, and removes its socket.
-    fn stop_datapath(&mut self) -> Result<(), WireGuardError> {
-        let socket = control::socket_path(&self.state_dir, DEVICE_NAME);
-        control::stop(&socket, self.child.as_mut())?;
-        self.child = None;
-        self.datapath = None;
-        self.datapath_peers = None;
+    /// Stops device `i`'s userspace data path process, if one runs, and removes its socket.
+    fn stop_datapath(&mut self, i: usize) -> Result<(), WireGuardError> {
+        let dev = &mut self.devices[i];
+        let socket = control::socket_path(&self.state_dir, dev.name);
+        control::stop(&socket, dev.child.as_mut())?;
+        dev.child = None;
+        dev.datapath = None;
+        dev.datapath_peers = None;
         Ok(())
     }
 
-    /// Why the data path process answering `view` is not this backend's (another device,
+    /// Why the data path process answering `view` is not device `i`'s (another device,
     /// address, port or key, or offloads where none are asked for), if it is not.
-    fn incompatible(&self, view: &uapi::DeviceView, bind: SocketAddr) -> Option<String> {
-        if view.device != DEVICE_NAME {
+    fn incompatible(&self, view: &uapi::DeviceView, i: usize) -> Option<String> {
+        let dev = &self.devices[i];
+        if view.device != dev.name {
             return Some(format!("it owns device {:?}", view.device));
         }
-        if view.bind != Some(bind) || view.listen_port != self.listen_port {
-            return Some(format!("it is bound to {:?}, not {bind}", view.bind));
+        if view.bind != Some(dev.bind) || view.listen_port != dev.listen_port {
+            return Some(format!("it is bound to {:?}, not {}", view.bind, dev.bind));
         }
         if !self.offloads && view.offloads != "none" {
             return Some(format!(
@@ -690,62 +882,64 @@ impl WireGuardBackend {
             ));
         }
         match view.public_key {
-            Some(k) if k != self.public_key => Some(format!("it holds another key ({k})")),
+            Some(k) if k != self.lease.public_key => Some(format!("it holds another key ({k})")),
             _ => None,
         }
     }
 
-    /// Finds the data path process a previous weftd started and keeps it when it is this
-    /// backend's and its device is there; otherwise stops it and starts a new one. Then sets
-    /// the private key.
-    async fn start_userspace(&mut self, handle: &Handle) -> Result<(), WireGuardError> {
+    /// Finds the data path process of device `i` a previous weftd started and keeps it when
+    /// it is this device's and the device is there; otherwise stops it and starts a new one.
+    /// Then sets the private key.
+    async fn start_userspace(&mut self, handle: &Handle, i: usize) -> Result<(), WireGuardError> {
+        let name = self.devices[i].name;
         let args = DataPathArgs {
-            socket: control::socket_path(&self.state_dir, DEVICE_NAME),
-            device: DEVICE_NAME.to_string(),
-            bind: SocketAddr::V4(SocketAddrV4::new(self.ext.iface_addr, self.listen_port)),
+            socket: control::socket_path(&self.state_dir, name),
+            device: name.to_string(),
+            bind: self.devices[i].bind,
             offloads: self.offloads,
         };
         let control = ControlSocket::new(args.socket.clone());
-        let device = netlink::link_by_name(handle, DEVICE_NAME).await?;
-        let reused = match control.get() {
-            Ok(view) => match (self.incompatible(&view, args.bind), device) {
-                (None, Some(_)) => {
-                    self.granted = view.offloads;
-                    true
-                }
+        let device = netlink::link_by_name(handle, name).await?;
+        let mut granted = None;
+        if let Ok(view) = control.get() {
+            match (self.incompatible(&view, i), device) {
+                (None, Some(_)) => granted = Some(view.offloads),
                 (why, _) => {
-                    let why = why.unwrap_or_else(|| format!("{DEVICE_NAME} is gone"));
-                    tracing::info!(reason = %why, "replacing the WireGuard data path process");
-                    false
+                    let why = why.unwrap_or_else(|| format!("{name} is gone"));
+                    tracing::info!(device = name, reason = %why, "replacing the WireGuard data path process");
                 }
-            },
-            Err(_) => false,
-        };
-        if !reused {
-            self.stop_datapath()?;
-            ensure_private_dir(&self.state_dir)?;
-            self.child = Some(control::spawn(&args)?);
-            self.granted = control.get()?.offloads;
+            }
         }
+        let reused = granted.is_some();
+        if !reused {
+            self.stop_datapath(i)?;
+            ensure_private_dir(&self.state_dir)?;
+            self.devices[i].child = Some(control::spawn(&args)?);
+            granted = Some(control.get()?.offloads);
+        }
+        let listen_port = self.devices[i].listen_port;
         control.set(&SetRequest {
             private_key: Some(self.settings.private.clone()),
-            listen_port: Some(self.listen_port),
+            listen_port: Some(listen_port),
             ..Default::default()
         })?;
-        self.tun_index = tun_device::index_of::<WireGuardError>(handle, DEVICE_NAME).await?;
-        self.kernel = None;
-        self.datapath_peers = None;
-        self.counters.attach(DEVICE_NAME, Some(control.clone()));
+        let tun_index = tun_device::index_of::<WireGuardError>(handle, name).await?;
+        self.counters.attach(name, Some(control.clone()));
+        let dev = &mut self.devices[i];
+        dev.granted = granted.unwrap_or_default();
+        dev.tun_index = tun_index;
+        dev.kernel = None;
+        dev.datapath_peers = None;
         tracing::info!(
-            device = DEVICE_NAME,
+            device = name,
             datapath = "userspace",
             pid = control.pid(),
             reused,
-            listen_port = self.listen_port,
-            offloads = %self.granted,
+            listen = %dev.bind,
+            offloads = %dev.granted,
             "WireGuard data path"
         );
-        self.datapath = Some(control);
+        dev.datapath = Some(control);
         Ok(())
     }
 }
@@ -766,4 +960,53 @@ fn ensure_private_dir(dir: &Path) -> Result<(), WireGuardError> {
     std::fs::create_dir_all(dir).map_err(err("create directory of"))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(err("restrict directory of"))
+}
+
+/// The device of `dev`, for the entry pipeline: its routes live on it.
+fn device_of(dev: &WgDevice) -> Devices {
+    Devices {
+        overlay: None,
+        overlay6: None,
+        routes: Device {
+            index: dev.tun_index,
+            name: dev.name.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wg(mode: WireGuardMode) -> WireGuardConfig {
+        WireGuardConfig {
+            listen_port: 51820,
+            listen_port_v6: 51821,
+            psk: None,
+            mtu: None,
+            persistent_keepalive: 0,
+            mode,
+        }
+    }
+
+    #[test]
+    fn devices_are_laid_out_as_flanneld_registers_them() {
+        use WireGuardMode::*;
+        let names = |mode, v4, v6| {
+            device_layout(mode, v4, v6, &wg(mode))
+                .into_iter()
+                .map(|(n, _, port)| (n, port))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(Separate, true, false), [("flannel-wg", 51820)]);
+        assert_eq!(
+            names(Separate, true, true),
+            [("flannel-wg", 51820), ("flannel-wg-v6", 51821)]
+        );
+        assert_eq!(names(Separate, false, true), [("flannel-wg-v6", 51821)]);
+        for mode in [Auto, Ipv4, Ipv6] {
+            assert_eq!(names(mode, true, true), [("flannel-wg", 51820)]);
+            assert_eq!(names(mode, false, true), [("flannel-wg", 51820)]);
+        }
+    }
 }

@@ -7,7 +7,8 @@
 //! (so its destructors never ran) are removed the next time any test creates a namespace.
 //!
 //! Use it from a test file with `mod common;` and `use common::*;`. One file per fixture
-//! (`netns.rs`, `underlay.rs`, `etcd.rs`, `node.rs`, `pod.rs`, `cluster.rs`, `etcd_cluster.rs`),
+//! (`netns.rs`, `underlay.rs`, `etcd.rs`, `node.rs`, `pod.rs`, `cluster.rs`, `etcd_cluster.rs`,
+//! `capture.rs`),
 //! the helpers they share in `support.rs`; everything is re-exported here. Images for pod tests
 //! are built by `image.rs`, included by the files that need it.
 //!
@@ -38,6 +39,8 @@
 //!   `member(i)` ([`EtcdMember`]: `ip`, `netns`, `is_running`, `metric(name)` from `/metrics`),
 //!   `leader`, `wait_leader`, `move_leader(i)`, `kill(i)`, `kill_all`, `start(i)`, `start_all`,
 //!   `partition(i)`/`heal(i)` (nftables drop in the member's namespace), `put`, `get`, `etcdctl`.
+//! * [`Capture`]: `Capture::start(&underlay, pcap_filter)`, a `tcpdump` on the underlay's
+//!   bridge ports; `finish() -> (raw pcap bytes, one text line per packet)`; [`etcd_ip`].
 //! * Free functions: [`unique_name`], [`wait_for`], [`wait_until`], [`bin_path`], [`lease_key`],
 //!   [`subnet_of`], [`vxlan_lease_value`], [`flannel_vxlan_lease_value`], [`expected_subnet_env`], [`tcp_source_seen`],
 //!   [`wire_pod`], [`cleanup_stale`], [`nft_apply`].
@@ -47,6 +50,7 @@
 
 #![allow(dead_code)] // each tests/*.rs uses a different part of this shared harness
 
+mod capture;
 mod cluster;
 mod etcd;
 mod etcd_cluster;
@@ -57,6 +61,8 @@ mod support;
 mod underlay;
 
 // Each test binary uses a different part of the harness.
+#[allow(unused_imports)]
+pub use capture::*;
 #[allow(unused_imports)]
 pub use cluster::*;
 #[allow(unused_imports)]

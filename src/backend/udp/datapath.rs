@@ -391,7 +391,9 @@ impl RxPump {
                     UdpCounters::add(&self.counters.rx_malformed, 1);
                     continue;
                 }
-                if !table.is_peer(src) {
+                // The UDP backend's socket is IPv4: every sender is.
+                let known = matches!(src, IpAddr::V4(ip) if table.is_peer(ip));
+                if !known {
                     let count = len.div_ceil(seg);
                     UdpCounters::add(&self.counters.rx_unknown_source, count as u64);
                     continue;

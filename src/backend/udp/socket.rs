@@ -1,17 +1,18 @@
 //! The UDP backend's underlay socket: batched receive (`recvmmsg`) with UDP GRO, and sends
 //! of many datagrams in one call, with UDP GSO (`UDP_SEGMENT`) where the kernel has it and
-//! `sendmmsg` where it does not.
+//! `sendmmsg` where it does not. IPv4 or IPv6; an IPv6 socket bound to `::` also carries
+//! IPv4 (as v4-mapped addresses), for a WireGuard device whose peers are of either family.
 
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::{
-    self, sockopt, AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn,
+    self, sockopt, AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
 };
 use nix::sys::time::TimeVal;
 
@@ -22,7 +23,8 @@ const UDP_GRO: libc::c_int = 104;
 /// The kernel refuses UDP GSO sends of more segments than this (`UDP_MAX_SEGMENTS`, 64 on
 /// kernels before 6.7).
 pub const MAX_GSO_SEGMENTS: usize = 64;
-/// Largest UDP payload of one (GSO) send: 65535 minus IPv4 and UDP headers.
+/// Largest UDP payload of one (GSO) send: 65535 minus IPv4 and UDP headers (IPv6 allows a
+/// little more; one limit keeps the batching the same for both).
 pub const MAX_GSO_BYTES: usize = 65_507;
 /// Socket buffer size asked for; traffic comes in bursts of 64 KiB GSO batches.
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -69,8 +71,64 @@ pub fn push_merged(iov: &mut Vec<libc::iovec>, from: usize, part: &[u8]) {
 #[derive(Debug)]
 pub struct UnderlaySocket {
     fd: OwnedFd,
+    /// Whether the socket is `AF_INET6` (IPv4 destinations then go out v4-mapped).
+    v6: bool,
     gso: AtomicBool,
     gro: bool,
+}
+
+/// A destination as `sendmsg` takes it.
+#[derive(Clone, Copy)]
+enum RawAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl RawAddr {
+    fn name(&mut self) -> (*mut libc::c_void, libc::socklen_t) {
+        match self {
+            RawAddr::V4(sa) => (
+                (sa as *mut libc::sockaddr_in).cast(),
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            RawAddr::V6(sa) => (
+                (sa as *mut libc::sockaddr_in6).cast(),
+                mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ),
+        }
+    }
+}
+
+fn sockaddr_in6(addr: SocketAddrV6) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: addr.port().to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: addr.ip().octets(),
+        },
+        sin6_scope_id: addr.scope_id(),
+    }
+}
+
+/// The sender of a received message (v4-mapped IPv6 as the IPv4 address it is).
+fn source_of(sa: &libc::sockaddr_storage) -> IpAddr {
+    match i32::from(sa.ss_family) {
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote an AF_INET6 address, a sockaddr_in6, into the storage.
+            let sa6 =
+                unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(sa6.sin6_addr.s6_addr);
+            ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)
+        }
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote an AF_INET address, a sockaddr_in, into the storage.
+            let sa4 =
+                unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            IpAddr::V4(Ipv4Addr::from(u32::from_be(sa4.sin_addr.s_addr)))
+        }
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
 }
 
 fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
@@ -87,10 +145,16 @@ fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
 impl UnderlaySocket {
     /// Opens a UDP socket bound to `addr` with `SO_REUSEPORT` (so every worker has its own
     /// socket on the same port), large buffers, and, when `offloads`, GSO/GRO switched on
-    /// where available.
-    pub fn bind(addr: SocketAddrV4, offloads: bool) -> io::Result<Self> {
+    /// where available. An IPv6 socket bound to `::` takes IPv4 as well; one bound to an
+    /// IPv6 address only IPv6.
+    pub fn bind(addr: impl Into<SocketAddr>, offloads: bool) -> io::Result<Self> {
+        let addr = addr.into();
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
         let fd = socket::socket(
-            AddressFamily::Inet,
+            family,
             SockType::Datagram,
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::Udp,
@@ -105,15 +169,38 @@ impl UnderlaySocket {
         }
         let timeout = TimeVal::new(0, RECV_TIMEOUT_MS * 1000);
         socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
-        socket::bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+        match addr {
+            SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
+            SocketAddr::V6(a) => {
+                socket::setsockopt(&fd, sockopt::Ipv6V6Only, &!a.ip().is_unspecified())?;
+                socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?
+            }
+        }
         // Setting a GSO size of 0 succeeds exactly on kernels that know UDP_SEGMENT.
         let gso = offloads && socket::setsockopt(&fd, sockopt::UdpGsoSegment, &0).is_ok();
         let gro = offloads && socket::setsockopt(&fd, sockopt::UdpGroSegment, &true).is_ok();
         Ok(UnderlaySocket {
             fd,
+            v6: addr.is_ipv6(),
             gso: AtomicBool::new(gso),
             gro,
         })
+    }
+
+    /// `dst` as this socket's family takes it: IPv4 v4-mapped on an IPv6 socket; an IPv6
+    /// destination on an IPv4 socket is refused.
+    fn raw(&self, dst: SocketAddr) -> io::Result<RawAddr> {
+        match (dst, self.v6) {
+            (SocketAddr::V4(a), false) => Ok(RawAddr::V4(sockaddr_in(a))),
+            (SocketAddr::V4(a), true) => Ok(RawAddr::V6(sockaddr_in6(SocketAddrV6::new(
+                a.ip().to_ipv6_mapped(),
+                a.port(),
+                0,
+                0,
+            )))),
+            (SocketAddr::V6(a), true) => Ok(RawAddr::V6(sockaddr_in6(a))),
+            (SocketAddr::V6(_), false) => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+        }
     }
 
     /// Whether sends use UDP GSO (cleared for good after the kernel refused one).
@@ -131,10 +218,15 @@ impl UnderlaySocket {
     /// copied here). With GSO, runs of equal size (the last of a run may be shorter) go out
     /// in one `sendmsg`; otherwise, or when the kernel refuses GSO, one `sendmmsg` carries
     /// the whole batch.
-    pub fn send_datagrams(&self, dst: SocketAddrV4, datagrams: &[Datagram<'_>]) -> io::Result<()> {
+    pub fn send_datagrams(
+        &self,
+        dst: impl Into<SocketAddr>,
+        datagrams: &[Datagram<'_>],
+    ) -> io::Result<()> {
         if datagrams.is_empty() {
             return Ok(());
         }
+        let dst = self.raw(dst.into())?;
         let mut sent = 0;
         if self.gso() && datagrams.len() > 1 {
             match self.send_gso_runs(dst, datagrams, &mut sent) {
@@ -155,7 +247,7 @@ impl UnderlaySocket {
     /// them queued together); `sent` counts the datagrams already sent when it fails.
     fn send_gso_runs(
         &self,
-        dst: SocketAddrV4,
+        dst: RawAddr,
         datagrams: &[Datagram<'_>],
         sent: &mut usize,
     ) -> io::Result<()> {
@@ -182,7 +274,8 @@ impl UnderlaySocket {
             runs.push((start, end, seg));
             start = end;
         }
-        let mut sa = sockaddr_in(dst);
+        let mut sa = dst;
+        let (name, namelen) = sa.name();
         // Per run its iovecs, parts that lie back to back in memory merged into one: each
         // iovec costs the kernel a separate user copy.
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(2 * datagrams.len());
@@ -202,8 +295,8 @@ impl UnderlaySocket {
             // SAFETY: mmsghdr is plain old data; all-zero is valid.
             let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
             let msg = &mut m.msg_hdr;
-            msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
-            msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msg.msg_name = name;
+            msg.msg_namelen = namelen;
             msg.msg_iov = iov[span.start..].as_mut_ptr();
             msg.msg_iovlen = span.len();
             if end - first > 1 {
@@ -226,19 +319,20 @@ impl UnderlaySocket {
         self.sendmmsg_all(&mut msgs, |done| *sent = runs[done - 1].1)
     }
 
-    fn send_mmsg(&self, dst: SocketAddrV4, datagrams: &[Datagram<'_>]) -> io::Result<()> {
+    fn send_mmsg(&self, dst: RawAddr, datagrams: &[Datagram<'_>]) -> io::Result<()> {
         if datagrams.is_empty() {
             return Ok(());
         }
-        let mut sa = sockaddr_in(dst);
+        let mut sa = dst;
+        let (name, namelen) = sa.name();
         let mut iov: Vec<[libc::iovec; 2]> = datagrams.iter().map(iovecs).collect();
         let mut msgs: Vec<libc::mmsghdr> = iov
             .iter_mut()
             .map(|v| {
                 // SAFETY: mmsghdr is plain old data; all-zero is valid.
                 let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
-                m.msg_hdr.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
-                m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                m.msg_hdr.msg_name = name;
+                m.msg_hdr.msg_namelen = namelen;
                 m.msg_hdr.msg_iov = v.as_mut_ptr();
                 m.msg_hdr.msg_iovlen = v.len();
                 m
@@ -301,8 +395,8 @@ impl UnderlaySocket {
             .map(|i| {
                 // SAFETY: mmsghdr is plain old data; all-zero is valid.
                 let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
-                m.msg_hdr.msg_name = (&mut batch.addrs[i] as *mut libc::sockaddr_in).cast();
-                m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                m.msg_hdr.msg_name = (&mut batch.addrs[i] as *mut libc::sockaddr_storage).cast();
+                m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 m.msg_hdr.msg_iov = &mut iov[i];
                 m.msg_hdr.msg_iovlen = 1;
                 m.msg_hdr.msg_control = batch.control[i].as_mut_ptr().cast();
@@ -336,8 +430,7 @@ impl UnderlaySocket {
             batch.lens[i] = m.msg_len as usize;
             batch.truncated[i] = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             batch.segment[i] = gro_segment_size(&m.msg_hdr).unwrap_or(batch.lens[i]);
-            let sa = &batch.addrs[i];
-            batch.sources[i] = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
+            batch.sources[i] = source_of(&batch.addrs[i]);
         }
         Ok(rc)
     }
@@ -372,12 +465,12 @@ fn gro_segment_size(hdr: &libc::msghdr) -> Option<usize> {
 /// Reusable receive state for [`UnderlaySocket::recv_batch`]: buffers and per-message results.
 pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
-    addrs: Vec<libc::sockaddr_in>,
+    addrs: Vec<libc::sockaddr_storage>,
     control: Vec<[u64; 8]>,
     lens: Vec<usize>,
     truncated: Vec<bool>,
     segment: Vec<usize>,
-    sources: Vec<Ipv4Addr>,
+    sources: Vec<IpAddr>,
 }
 
 impl RecvBatch {
@@ -385,19 +478,20 @@ impl RecvBatch {
     pub fn new(messages: usize) -> Self {
         RecvBatch {
             bufs: vec![vec![0u8; RECV_BUFFER]; messages],
-            addrs: vec![sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); messages],
+            // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+            addrs: vec![unsafe { mem::zeroed::<libc::sockaddr_storage>() }; messages],
             control: vec![[0u64; 8]; messages],
             lens: vec![0; messages],
             truncated: vec![false; messages],
             segment: vec![0; messages],
-            sources: vec![Ipv4Addr::UNSPECIFIED; messages],
+            sources: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED); messages],
         }
     }
 
     /// Message `i` of the last receive: its sender, its bytes (several datagrams of the
     /// segment size, the last maybe shorter, when the kernel coalesced them; empty for an
     /// empty datagram), the segment size (at least 1), and whether it was truncated.
-    pub fn message(&self, i: usize) -> (Ipv4Addr, &[u8], usize, bool) {
+    pub fn message(&self, i: usize) -> (IpAddr, &[u8], usize, bool) {
         let data = &self.bufs[i][..self.lens[i].min(RECV_BUFFER)];
         let seg = self.segment[i].max(1);
         (self.sources[i], data, seg, self.truncated[i])
@@ -464,7 +558,7 @@ mod tests {
                 let n = rx.recv_batch(&mut batch).expect("receive");
                 for i in 0..n {
                     let (src, data, seg, truncated) = batch.message(i);
-                    assert_eq!(src, lo);
+                    assert_eq!(src, IpAddr::V4(lo));
                     assert!(!truncated);
                     got.extend(data.chunks(seg).map(|d| d.to_vec()));
                 }
@@ -518,6 +612,73 @@ mod tests {
         let (gso, got) = round_trip(false);
         assert!(gso, "this kernel (>= 4.18) has UDP_SEGMENT");
         assert_eq!(got, expected());
+    }
+
+    #[test]
+    fn a_dual_stack_socket_talks_to_ipv4_and_ipv6_peers() {
+        in_private_netns(|| {
+            let lo4 = Ipv4Addr::LOCALHOST;
+            let lo6 = std::net::Ipv6Addr::LOCALHOST;
+            let dual = UnderlaySocket::bind(
+                SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 51820),
+                true,
+            )
+            .expect("bind [::]:51820");
+            let v4 = UnderlaySocket::bind(SocketAddrV4::new(lo4, 7000), true).expect("bind v4");
+            let v6 =
+                UnderlaySocket::bind(SocketAddrV6::new(lo6, 7001, 0, 0), true).expect("bind v6");
+            // An IPv4 socket cannot reach an IPv6 peer: refused, not sent somewhere else.
+            let e = v4
+                .send_datagrams(SocketAddrV6::new(lo6, 51820, 0, 0), &[[b"x", &[][..]]])
+                .unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EAFNOSUPPORT));
+            v4.send_datagrams(SocketAddrV4::new(lo4, 51820), &[[b"four", &[][..]]])
+                .expect("send v4");
+            v6.send_datagrams(SocketAddrV6::new(lo6, 51820, 0, 0), &[[b"six", &[][..]]])
+                .expect("send v6");
+            let mut batch = RecvBatch::new(8);
+            let mut got = Vec::new();
+            for _ in 0..50 {
+                let n = dual.recv_batch(&mut batch).expect("receive");
+                for i in 0..n {
+                    let (src, data, _, _) = batch.message(i);
+                    got.push((src, data.to_vec()));
+                }
+                if got.len() >= 2 {
+                    break;
+                }
+            }
+            got.sort();
+            assert_eq!(
+                got,
+                [
+                    (IpAddr::V4(lo4), b"four".to_vec()),
+                    (IpAddr::V6(lo6), b"six".to_vec())
+                ],
+                "an IPv4 sender shows as IPv4, not v4-mapped"
+            );
+            // And back: IPv4 as v4-mapped from the dual-stack socket, in a GSO batch.
+            let two = [[&b"a1"[..], &[][..]], [&b"a2"[..], &[][..]]];
+            dual.send_datagrams(SocketAddrV4::new(lo4, 7000), &two)
+                .expect("send to v4 from [::]");
+            dual.send_datagrams(SocketAddrV6::new(lo6, 7001, 0, 0), &two)
+                .expect("send to v6 from [::]");
+            for (sock, want) in [(&v4, IpAddr::V4(lo4)), (&v6, IpAddr::V6(lo6))] {
+                let mut seen = Vec::new();
+                for _ in 0..50 {
+                    let n = sock.recv_batch(&mut batch).expect("receive back");
+                    for i in 0..n {
+                        let (src, data, seg, _) = batch.message(i);
+                        assert_eq!(src, want);
+                        seen.extend(data.chunks(seg).map(|d| d.to_vec()));
+                    }
+                    if seen.len() >= 2 {
+                        break;
+                    }
+                }
+                assert_eq!(seen, [b"a1".to_vec(), b"a2".to_vec()]);
+            }
+        })
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read as _, Write};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::key::public_key;
 use super::peers::PeerSpec;
@@ -69,27 +69,13 @@ impl DeviceConfig {
             IpNetwork::V6(_) => None,
         })
     }
-}
 
-/// An endpoint as the peer table holds it (IPv4: this data path tunnels over IPv4).
-fn carried_endpoint(key: &WireGuardKey, e: SocketAddr) -> Result<SocketAddrV4, UapiError> {
-    match e {
-        SocketAddr::V4(e) => Ok(e),
-        SocketAddr::V6(_) => Err(UapiError::Refused {
-            key: "endpoint".to_string(),
-            reason: format!("peer {key}: {e} is IPv6; this data path tunnels over IPv4"),
-        }),
-    }
-}
-
-/// An allowed IP as the peer table holds it (IPv4: this data path carries IPv4).
-fn carried_net(key: &WireGuardKey, n: IpNetwork) -> Result<Ipv4Network, UapiError> {
-    match n {
-        IpNetwork::V4(n) => Ok(n),
-        IpNetwork::V6(_) => Err(UapiError::Refused {
-            key: "allowed_ip".to_string(),
-            reason: format!("peer {key}: {n} is IPv6; this data path carries IPv4"),
-        }),
+    /// The IPv6 pod subnet decrypted packets must be for.
+    fn own_v6(&self) -> Option<Ipv6Network> {
+        self.own.iter().find_map(|n| match n {
+            IpNetwork::V6(n) => Some(*n),
+            IpNetwork::V4(_) => None,
+        })
     }
 }
 
@@ -138,16 +124,11 @@ fn apply_set(
             _ => Vec::new(),
         };
         for a in &p.allowed {
-            let a = carried_net(&p.key, *a)?;
-            if !allowed.contains(&a) {
-                allowed.push(a);
+            if !allowed.contains(a) {
+                allowed.push(*a);
             }
         }
-        let endpoint = match p.endpoint {
-            Some(e) => Some(carried_endpoint(&p.key, e)?),
-            None => existing.as_ref().map(|e| e.spec.endpoint),
-        };
-        let Some(endpoint) = endpoint else {
+        let Some(endpoint) = p.endpoint.or(existing.as_ref().map(|e| e.spec.endpoint)) else {
             return Err(refuse(
                 "endpoint",
                 format!("peer {} has none; this data path needs one", p.key),
@@ -222,6 +203,7 @@ impl DataPath {
         let previous: &PeerTable = if rekeyed { &empty } else { &guard };
         let (table, (kept, added, removed)) = next_table(
             next.own_v4(),
+            next.own_v6(),
             &next.peers,
             previous,
             private,
@@ -265,8 +247,8 @@ impl DataPath {
                 .into_iter()
                 .map(|(k, c)| {
                     let view = PeerView {
-                        endpoint: Some(SocketAddr::V4(c.spec.endpoint)),
-                        allowed: c.spec.allowed.into_iter().map(IpNetwork::V4).collect(),
+                        endpoint: Some(c.spec.endpoint),
+                        allowed: c.spec.allowed,
                         keepalive: c.keepalive,
                     };
                     (k, view)
@@ -353,12 +335,7 @@ pub fn run(args: DataPathArgs) -> Result<(), WireGuardError> {
         tun_device::open_queues::<WireGuardError>(&handle, &args.device, args.offloads).await
     })?;
     drop(runtime);
-    let SocketAddr::V4(bind) = args.bind else {
-        return Err(WireGuardError::Refused {
-            path: args.socket.clone(),
-            reason: format!("{} is IPv6; this data path tunnels over IPv4", args.bind),
-        });
-    };
+    let bind = args.bind;
     let mut qs = Vec::with_capacity(tuns.len());
     for tun in tuns {
         let socket = UnderlaySocket::bind(bind, args.offloads)
@@ -513,15 +490,6 @@ mod tests {
         let req = SetRequest {
             private_key: Some(SecretKey::parse(KEY_B).unwrap()),
             peers: vec![PeerSet::new(WireGuardKey::parse(KEY_A).unwrap())],
-            ..Default::default()
-        };
-        assert!(apply_set(&c, &req, 51820).is_err());
-        // IPv6 endpoints and allowed IPs are not carried by this data path.
-        let mut p = peer(KEY_A, "192.0.2.12:51820", "10.244.2.0/24");
-        p.endpoint = Some("[2001:db8::2]:51820".parse().unwrap());
-        let req = SetRequest {
-            private_key: Some(SecretKey::parse(KEY_B).unwrap()),
-            peers: vec![p],
             ..Default::default()
         };
         assert!(apply_set(&c, &req, 51820).is_err());

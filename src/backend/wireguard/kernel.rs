@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -28,10 +28,10 @@ const PEERS_PER_MESSAGE: usize = 32;
 /// A peer as the kernel holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelPeer {
-    /// Its endpoint, if set and IPv4.
-    pub endpoint: Option<SocketAddrV4>,
-    /// Its IPv4 allowed IPs.
-    pub allowed: Vec<Ipv4Network>,
+    /// Its endpoint, if set.
+    pub endpoint: Option<SocketAddr>,
+    /// Its allowed IPs, both families.
+    pub allowed: Vec<IpNetwork>,
 }
 
 /// What to change on the device: peers to add or update, peers to remove.
@@ -79,15 +79,19 @@ fn peer_attributes(spec: &PeerSpec, psk: Option<&SecretKey>, keepalive: u16) -> 
     let mut attrs = vec![
         WireguardPeerAttribute::PublicKey(*spec.key.as_bytes()),
         WireguardPeerAttribute::Flags(WireguardPeerFlags::ReplaceAllowedIps),
-        WireguardPeerAttribute::Endpoint(SocketAddr::V4(spec.endpoint)),
+        WireguardPeerAttribute::Endpoint(spec.endpoint),
         WireguardPeerAttribute::PersistentKeepalive(keepalive),
         WireguardPeerAttribute::AllowedIps(
             spec.allowed
                 .iter()
                 .map(|net| {
+                    let family = match net {
+                        IpNetwork::V4(_) => WireguardAddressFamily::Ipv4,
+                        IpNetwork::V6(_) => WireguardAddressFamily::Ipv6,
+                    };
                     WireguardAllowedIp(vec![
-                        WireguardAllowedIpAttr::Family(WireguardAddressFamily::Ipv4),
-                        WireguardAllowedIpAttr::IpAddr(IpAddr::V4(net.network())),
+                        WireguardAllowedIpAttr::Family(family),
+                        WireguardAllowedIpAttr::IpAddr(net.network()),
                         WireguardAllowedIpAttr::Cidr(net.prefix()),
                     ])
                 })
@@ -223,11 +227,13 @@ impl WireGuardNetlink {
                             WireguardPeerAttribute::PublicKey(k) => {
                                 key = Some(WireGuardKey::from_bytes(k))
                             }
-                            WireguardPeerAttribute::Endpoint(SocketAddr::V4(e)) => {
+                            WireguardPeerAttribute::Endpoint(e) => {
+                                // The kernel shows a v4 endpoint of a dual-stack socket as it
+                                // was set.
                                 peer.endpoint = Some(e)
                             }
                             WireguardPeerAttribute::AllowedIps(ips) => {
-                                peer.allowed.extend(ips.iter().filter_map(allowed_v4))
+                                peer.allowed.extend(ips.iter().filter_map(allowed_ip))
                             }
                             _ => {}
                         }
@@ -295,17 +301,17 @@ impl WireGuardNetlink {
     }
 }
 
-fn allowed_v4(ip: &WireguardAllowedIp) -> Option<Ipv4Network> {
-    let mut addr = None;
+fn allowed_ip(ip: &WireguardAllowedIp) -> Option<IpNetwork> {
+    let mut addr: Option<IpAddr> = None;
     let mut cidr = None;
     for a in &ip.0 {
         match a {
-            WireguardAllowedIpAttr::IpAddr(IpAddr::V4(v4)) => addr = Some(*v4),
+            WireguardAllowedIpAttr::IpAddr(ip) => addr = Some(*ip),
             WireguardAllowedIpAttr::Cidr(c) => cidr = Some(*c),
             _ => {}
         }
     }
-    Ipv4Network::new(addr?, cidr?).ok()
+    IpNetwork::new(addr?, cidr?).ok()
 }
 
 #[cfg(test)]
@@ -364,8 +370,34 @@ mod tests {
         let allowed = allowed.unwrap();
         assert_eq!(allowed.len(), 1);
         assert_eq!(
-            allowed_v4(&allowed[0]),
+            allowed_ip(&allowed[0]),
             Some("10.244.1.0/24".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn an_ipv6_peer_entry_has_an_ipv6_endpoint_and_allowed_ips() {
+        let s = PeerSpec {
+            key: WireGuardKey::from_bytes([1; 32]),
+            endpoint: "[2001:db8::2]:51821".parse().unwrap(),
+            allowed: vec![
+                "10.244.2.0/24".parse().unwrap(),
+                "fd00:10:244:2::/64".parse().unwrap(),
+            ],
+        };
+        let WireguardPeer(attrs) = peer_attributes(&s, None, 0);
+        assert!(attrs.contains(&WireguardPeerAttribute::Endpoint(s.endpoint)));
+        let allowed = attrs
+            .iter()
+            .find_map(|a| match a {
+                WireguardPeerAttribute::AllowedIps(ips) => Some(ips.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let got: Vec<IpNetwork> = allowed.iter().filter_map(allowed_ip).collect();
+        assert_eq!(got, s.allowed);
+        assert!(allowed[1].0.contains(&WireguardAllowedIpAttr::Family(
+            WireguardAddressFamily::Ipv6
+        )));
     }
 }

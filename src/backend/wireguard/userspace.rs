@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::ops::Range;
 use std::os::fd::{AsFd as _, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use tun_rs::{SyncDevice, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
@@ -33,7 +33,7 @@ use super::peers::PeerSpec;
 use crate::backend::udp::offload::{
     complete_checksum, is_gso, segment, spread, PacketAt, Segment, TcpRun,
 };
-use crate::backend::udp::packet::{ipv4_destination, parse_ipv4};
+use crate::backend::udp::packet::{ipv4_destination, ipv6_destination, parse_ipv4, parse_ipv6};
 use crate::backend::udp::pumps::{
     encode_counters, is_fatal, PumpThreads, PLAIN, POLL_MS, READ_BUFFER, RECV_MESSAGES, SPREAD_ROOM,
 };
@@ -61,7 +61,8 @@ pub struct WireGuardCounters {
     pub tx_bytes: AtomicU64,
     /// Packets for an address no peer's allowed IPs hold (dropped).
     pub tx_no_peer: AtomicU64,
-    /// Packets read from the device that are not IPv4 or cannot be cut into segments.
+    /// Packets read from the device that are neither IPv4 nor IPv6 or cannot be cut into
+    /// segments.
     pub tx_dropped: AtomicU64,
     /// Failed TUN reads and UDP sends.
     pub tx_errors: AtomicU64,
@@ -111,7 +112,7 @@ impl WireGuardCounters {
             (
                 "tx_dropped",
                 &self.tx_dropped,
-                "Packets that are not IPv4 or cannot be segmented.",
+                "Packets that are neither IPv4 nor IPv6 or cannot be segmented.",
             ),
             (
                 "tx_errors",
@@ -181,7 +182,7 @@ impl Peer {
         }
     }
 
-    fn allows(&self, src: Ipv4Addr) -> bool {
+    fn allows(&self, src: IpAddr) -> bool {
         self.spec.allowed.iter().any(|n| n.contains(src))
     }
 }
@@ -191,22 +192,38 @@ impl Peer {
 #[derive(Default)]
 pub struct PeerTable {
     own_subnet: Option<Ipv4Network>,
+    own_subnet6: Option<Ipv6Network>,
     by_len: Vec<(u8, HashMap<u32, Arc<Peer>>)>,
-    by_endpoint: HashMap<Ipv4Addr, Arc<Peer>>,
+    by_len6: Vec<(u8, HashMap<u128, Arc<Peer>>)>,
+    by_endpoint: HashMap<IpAddr, Arc<Peer>>,
     by_key: BTreeMap<WireGuardKey, Arc<Peer>>,
 }
 
 impl PeerTable {
-    fn route(&self, dst: Ipv4Addr) -> Option<&Arc<Peer>> {
-        let dst = u32::from(dst);
-        self.by_len.iter().find_map(|(len, nets)| {
-            let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
-            nets.get(&(dst & mask))
-        })
+    fn route(&self, dst: IpAddr) -> Option<&Arc<Peer>> {
+        match dst {
+            IpAddr::V4(dst) => {
+                let dst = u32::from(dst);
+                self.by_len.iter().find_map(|(len, nets)| {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                    nets.get(&(dst & mask))
+                })
+            }
+            IpAddr::V6(dst) => {
+                let dst = u128::from(dst);
+                self.by_len6.iter().find_map(|(len, nets)| {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+                    nets.get(&(dst & mask))
+                })
+            }
+        }
     }
 
-    fn is_local(&self, dst: Ipv4Addr) -> bool {
-        self.own_subnet.is_some_and(|s| s.contains(dst))
+    fn is_local(&self, dst: IpAddr) -> bool {
+        match dst {
+            IpAddr::V4(dst) => self.own_subnet.is_some_and(|s| s.contains(dst)),
+            IpAddr::V6(dst) => self.own_subnet6.is_some_and(|s| s.contains(dst)),
+        }
     }
 }
 
@@ -249,10 +266,12 @@ impl PeerTable {
 }
 
 /// Builds the next table from `peers`, keeping the sessions of peers whose key, PSK and
-/// keepalive did not change (a new endpoint or allowed IPs keep them, as in a device).
-/// Returns the table and (kept, added, removed) peers.
+/// keepalive did not change (a new endpoint or allowed IPs keep them, as in a device);
+/// packets to `own` and `own6` are this device's to deliver. Returns the table and (kept,
+/// added, removed) peers.
 pub fn next_table(
     own: Option<Ipv4Network>,
+    own6: Option<Ipv6Network>,
     peers: &BTreeMap<WireGuardKey, PeerConfig>,
     previous: &PeerTable,
     private: &SecretKey,
@@ -260,10 +279,12 @@ pub fn next_table(
 ) -> (PeerTable, (usize, usize, usize)) {
     let mut table = PeerTable {
         own_subnet: own,
+        own_subnet6: own6,
         ..Default::default()
     };
     let (mut kept, mut added) = (0, 0);
     let mut lens: HashMap<u8, HashMap<u32, Arc<Peer>>> = HashMap::new();
+    let mut lens6: HashMap<u8, HashMap<u128, Arc<Peer>>> = HashMap::new();
     for (key, config) in peers {
         let old = previous
             .by_key
@@ -303,13 +324,20 @@ pub fn next_table(
             }
         };
         for net in &peer.spec.allowed {
-            lens.entry(net.prefix())
-                .or_default()
-                .insert(u32::from(net.network()), peer.clone());
+            match net {
+                IpNetwork::V4(net) => lens
+                    .entry(net.prefix())
+                    .or_default()
+                    .insert(u32::from(net.network()), peer.clone()),
+                IpNetwork::V6(net) => lens6
+                    .entry(net.prefix())
+                    .or_default()
+                    .insert(u128::from(net.network()), peer.clone()),
+            };
         }
         table
             .by_endpoint
-            .insert(*peer.spec.endpoint.ip(), peer.clone());
+            .insert(peer.spec.endpoint.ip(), peer.clone());
         table.by_key.insert(*key, peer);
     }
     let removed = previous
@@ -319,6 +347,10 @@ pub fn next_table(
         .count();
     table.by_len = lens.into_iter().collect();
     table.by_len.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+    table.by_len6 = lens6.into_iter().collect();
+    table
+        .by_len6
+        .sort_by_key(|(len, _)| std::cmp::Reverse(*len));
     (table, (kept, added, removed))
 }
 
@@ -479,9 +511,15 @@ impl Pump {
     /// Encrypts the packet (or the segments of the super-packet) in `room[..len]` for the peer
     /// owning its destination and sends the ciphertexts as one batch.
     fn seal_and_send(&self, hdr: &VirtioNetHdr, room: &mut [u8], len: usize, s: &mut TxScratch) {
-        let Some(dst) = ipv4_destination(&room[..len]) else {
-            add(&self.counters.tx_dropped, 1);
-            return;
+        let dst = match ipv4_destination(&room[..len]) {
+            Some(ip) => IpAddr::V4(ip),
+            None => match ipv6_destination(&room[..len]) {
+                Some(ip) => IpAddr::V6(ip),
+                None => {
+                    add(&self.counters.tx_dropped, 1);
+                    return;
+                }
+            },
         };
         let table = snapshot(&self.peers);
         let Some(peer) = table.route(dst) else {
@@ -626,11 +664,22 @@ impl Pump {
         let mut tunn = peer.lock();
         let mut at = 0;
         for datagram in data.chunks(seg) {
-            match tunn.decapsulate(Some(IpAddr::V4(src)), datagram, &mut out[at..]) {
+            match tunn.decapsulate(Some(src), datagram, &mut out[at..]) {
                 TunnResult::WriteToTunnelV4(pkt, inner_src) => {
                     let n = pkt.len();
-                    let deliver = peer.allows(inner_src)
-                        && parse_ipv4(pkt).is_ok_and(|a| table.is_local(a.dst));
+                    let deliver = peer.allows(IpAddr::V4(inner_src))
+                        && parse_ipv4(pkt).is_ok_and(|a| table.is_local(IpAddr::V4(a.dst)));
+                    if deliver {
+                        found.push((i, at..at + n));
+                        at += n;
+                    } else {
+                        add(&self.counters.rx_not_allowed, 1);
+                    }
+                }
+                TunnResult::WriteToTunnelV6(pkt, inner_src) => {
+                    let n = pkt.len();
+                    let deliver = peer.allows(IpAddr::V6(inner_src))
+                        && parse_ipv6(pkt).is_ok_and(|dst| table.is_local(IpAddr::V6(dst)));
                     if deliver {
                         found.push((i, at..at + n));
                         at += n;
@@ -660,8 +709,6 @@ impl Pump {
                 }
                 // A keepalive, or a handshake answer consumed.
                 TunnResult::Done => {}
-                // IPv6 inside the tunnel: delivered once dual stack allows v6 subnets here.
-                TunnResult::WriteToTunnelV6(..) => add(&self.counters.rx_not_allowed, 1),
                 TunnResult::Err(WireGuardError::NoCurrentSession) => {
                     // The peer still uses a session this process never had (this data path process was restarted):
                     // shake hands now rather than after its 15 s rekey timeout.
