@@ -823,6 +823,20 @@ impl EtcdStore {
                 }
             };
             if let Some(lease) = self.claim(candidate, candidate6, attrs, ttl).await? {
+                // A dual-stack key names two subnets, and the claim only checked that this
+                // exact key was free: a node racing us may hold either subnet under another
+                // key. The older claim keeps it; the newer gives its key back and picks again.
+                if cfg.enable_ipv4 && candidate6.is_some() {
+                    if let Some(older) = self.older_overlapping_claim(&lease).await? {
+                        info!(subnet = %candidate, ipv6_subnet = ?candidate6, older = %older, attempt, "a racing node claimed one of the subnets first, picking again");
+                        if let Some(id) = lease.etcd_lease {
+                            self.revoke_quietly(id, &lease.key(&self.prefix)).await;
+                        }
+                        lost.push(candidate);
+                        lost6.extend(candidate6);
+                        continue;
+                    }
+                }
                 info!(subnet = %candidate, ipv6_subnet = ?candidate6, public_ip = %attrs.public_ip, "claimed a new subnet lease");
                 return Ok(lease);
             }
@@ -833,6 +847,38 @@ impl EtcdStore {
         Err(StoreError::ClaimRaces {
             attempts: MAX_CLAIM_ATTEMPTS,
         })
+    }
+
+    /// The key of a lease created before `own`'s key whose IPv4 or IPv6 subnet overlaps one
+    /// of `own`'s, if any (what validation would judge `own` to lose to).
+    async fn older_overlapping_claim(&self, own: &OwnLease) -> Result<Option<String>, StoreError> {
+        let own_key = own.key(&self.prefix);
+        let mut own_revision = None;
+        let mut others: Vec<(String, i64, Lease)> = Vec::new();
+        self.list_pages("check claim", &subnets_prefix(&self.prefix), |kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if key == own_key {
+                own_revision = Some(kv.create_revision());
+            } else if let Ok(lease) = lease_from_kv(&self.prefix, kv) {
+                others.push((key, kv.create_revision(), lease));
+            }
+        })
+        .await?;
+        // Our key already gone (revoked, expired): nothing of ours to defend.
+        let Some(mine) = own_revision else {
+            return Ok(None);
+        };
+        let overlaps = |l: &Lease| {
+            (l.has_ipv4()
+                && (l.subnet.contains(own.subnet.ip()) || own.subnet.contains(l.subnet.ip())))
+                || matches!((l.ipv6_subnet, own.ipv6_subnet), (Some(a), Some(b))
+                    if a.contains(b.network()) || b.contains(a.network()))
+        };
+        Ok(others
+            .into_iter()
+            .filter(|(_, created, lease)| *created < mine && overlaps(lease))
+            .map(|(key, _, _)| key)
+            .next())
     }
 
     /// Extends our lease. A reservation needs nothing. Under etcd v3 the etcd lease is kept

@@ -2,6 +2,7 @@
 //! it creates (`weft-st-<pid>-<n>`) and talks to it from a thread that joined that namespace, so
 //! nothing touches the machine's own network. Needs root, `ip` and `/usr/bin/etcd`.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -343,6 +344,54 @@ fn dual(public_ip: &str, mac: &str, public_ipv6: &str, mac6: &str) -> LeaseAttrs
         backend_v6_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac6})),
         ..vxlan(public_ip, mac)
     }
+}
+
+/// Nodes starting together in a dual-stack network: a claim only checks that its exact key is
+/// free, and two keys can share a subnet (`10.244.5.0-24&fd00::a:0-64`, `10.244.9.0-24&fd00::a:0-64`).
+/// With more nodes than half the IPv6 range racing, some pick the same subnet; every node must
+/// still end with subnets no other node holds.
+#[test]
+fn dual_stack_nodes_racing_for_subnets_never_share_one() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        // 12 IPv6 subnets (fd00:10:244::/64 .. fd00:10:244:b::/64) for 8 nodes.
+        let cfg = put_config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetMin":"fd00:10:244::","IPv6SubnetMax":"fd00:10:244:b::"}"#,
+        )
+        .await;
+        let mut stores = Vec::new();
+        for _ in 0..8 {
+            stores.push(store().await);
+        }
+        let claims = stores.iter().enumerate().map(|(i, s)| {
+            let attrs = dual(
+                &format!("192.0.2.{}", 10 + i),
+                &format!("aa:bb:cc:dd:ee:{:02x}", 10 + i),
+                &format!("2001:db8::{}", 10 + i),
+                &format!("aa:bb:cc:dd:e6:{:02x}", 10 + i),
+            );
+            let cfg = &cfg;
+            async move { s.acquire(cfg, &attrs, None, DAY).await }
+        });
+        let leases: Vec<_> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("acquire: {e}")))
+            .collect();
+        let v4: BTreeSet<_> = leases.iter().map(|l| l.subnet).collect();
+        let v6: BTreeSet<_> = leases.iter().map(|l| l.ipv6_subnet.expect("IPv6 subnet")).collect();
+        assert_eq!((v4.len(), v6.len()), (8, 8), "shared subnets: {leases:#?}");
+        // etcd holds exactly the eight winning keys.
+        let held = stores[0].list_leases().await.unwrap().leases;
+        assert_eq!(held.len(), 8, "{held:#?}");
+        for l in &leases {
+            assert!(
+                held.iter()
+                    .any(|h| (h.subnet, h.ipv6_subnet) == (l.subnet, l.ipv6_subnet)),
+                "{l:?} not in etcd"
+            );
+        }
+    });
 }
 
 #[test]
