@@ -1150,7 +1150,7 @@ fn wireguard_dual_stack_pods_talk_over_ipv4_and_ipv6_and_the_underlay_carries_on
 
     // Each family rides its own device and port, encrypted.
     for (filter, family, port, pick) in [
-        ("ip", "IP", 51820u16, 4),
+        ("ip and not igmp", "IP", 51820u16, 4),
         ("ip6 and not ip6 multicast and not icmp6", "IP6", 51821, 6),
     ] {
         let capture = Capture::start(
@@ -1220,7 +1220,7 @@ fn wireguard_ipv6_only_cluster_on_an_ipv6_underlay() {
     let capture = Capture::start(
         &cluster.underlay,
         &format!(
-            "(ip or ip6) and not ip6 multicast and not icmp6 and not host {}",
+            "(ip or ip6) and not igmp and not ip6 multicast and not icmp6 and not host {}",
             etcd_ip(&cluster)
         ),
     );
@@ -1326,7 +1326,7 @@ fn wireguard_single_device_modes_carry_both_families_over_the_mode_s_underlay() 
         let capture = Capture::start(
             &cluster.underlay,
             &format!(
-                "(ip or ip6) and not ip6 multicast and not icmp6 and not host {}",
+                "(ip or ip6) and not igmp and not ip6 multicast and not icmp6 and not host {}",
                 etcd_ip(&cluster)
             ),
         );

@@ -104,7 +104,7 @@ fn wireguard_pods_on_three_nodes_talk_and_the_underlay_carries_only_ciphertext()
 
     let capture = Capture::start(
         &cluster.underlay,
-        &format!("ip and not host {}", etcd_ip(&cluster)),
+        &format!("ip and not igmp and not host {}", etcd_ip(&cluster)),
     );
     let mut payload = Vec::new();
     for _ in 0..200 {
@@ -606,7 +606,14 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         "pods talk again after flannel-wg was deleted",
         || a.tcp_check(&b) && b.tcp_check(&a),
     );
-    let after = n0.wireguard_datapath_pids();
+    // The old process notices the deletion at its next check (WATCH_MS) and then joins its
+    // pumps: it may still be ending when the new one already carries the pods.
+    let mut after = n0.wireguard_datapath_pids();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(after.len() == 1 && after[0] != pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        after = n0.wireguard_datapath_pids();
+    }
     assert!(
         after.len() == 1 && after[0] != pid,
         "one new data path process after the device was deleted: {after:?} (was {pid})"

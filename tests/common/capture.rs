@@ -15,6 +15,9 @@ pub struct Capture {
 
 impl Capture {
     /// Starts capturing what matches the pcap `filter` (e.g. `ip and not host 192.0.2.2`).
+    /// Filters for pod traffic leave out `igmp` (and, for IPv6, multicast and ICMPv6): an
+    /// interface coming up in a node sends membership reports (from 0.0.0.0 where it has no
+    /// IPv4 address) for a second or two, which is the kernel's, not the pods'.
     pub fn start(underlay: &Underlay, filter: &str) -> Capture {
         let dir = tempfile::tempdir().expect("capture dir");
         let file = dir.path().join("underlay.pcap");
