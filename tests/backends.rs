@@ -771,49 +771,6 @@ fn udp_deleted_tun_device_is_recreated_and_traffic_resumes() {
 
 const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan"}}"#;
 
-/// Stops weftd on every node (the data paths stay), switches the network config to `config`
-/// and starts weftd again; returns when both nodes publish `backend_type`, node 1 has the
-/// peer's entries the new backend programs (`programmed`), and the pods talk both ways.
-fn switch_backend(
-    cluster: &Cluster,
-    config: &str,
-    backend_type: &str,
-    programmed: impl Fn() -> bool,
-    a: &Pod,
-    b: &Pod,
-) {
-    for i in 0..2 {
-        cluster.node(i).stop();
-    }
-    cluster.etcd.put(NETWORK_CONFIG_KEY, config);
-    for i in 0..2 {
-        cluster.node(i).start_weftd(&[]);
-    }
-    let published = format!(r#""BackendType":"{backend_type}""#);
-    for i in 0..2 {
-        let node = cluster.node(i);
-        node.wait_until(
-            Duration::from_secs(30),
-            &format!("lease published with {published}"),
-            || {
-                node.lease_key()
-                    .and_then(|key| cluster.etcd.get(&key))
-                    .is_some_and(|value| value.contains(&published))
-            },
-        );
-    }
-    cluster.node(0).wait_until(
-        Duration::from_secs(30),
-        &format!("the peer programmed by {backend_type}"),
-        programmed,
-    );
-    wait_until(
-        Duration::from_secs(30),
-        "pods talk after the switch",
-        || a.tcp_check(b) && b.tcp_check(a),
-    );
-}
-
 #[test]
 fn switching_backend_type_removes_what_the_old_backend_left() {
     let (cluster, a, b) = two_node_cluster(UDP_CONFIG);
@@ -826,14 +783,7 @@ fn switching_backend_type_removes_what_the_old_backend_left() {
         n0.route_to(&peer)
             .is_some_and(|r| r["dev"].as_str() == Some(dev))
     };
-    switch_backend(
-        &cluster,
-        HOSTGW_CONFIG,
-        "host-gw",
-        || routed_via("eth0"),
-        &a,
-        &b,
-    );
+    cluster.switch_backend(HOSTGW_CONFIG, "host-gw", || routed_via("eth0"), &a, &b);
     assert!(
         n0.link("flannel0").is_none(),
         "flannel0 left behind after udp -> host-gw:\n{}",
@@ -853,14 +803,7 @@ fn switching_backend_type_removes_what_the_old_backend_left() {
         n0.log_tail(30)
     );
 
-    switch_backend(
-        &cluster,
-        VXLAN_CONFIG,
-        "vxlan",
-        || routed_via("flannel.1"),
-        &a,
-        &b,
-    );
+    cluster.switch_backend(VXLAN_CONFIG, "vxlan", || routed_via("flannel.1"), &a, &b);
     let route = n0.route_to(&peer).expect("vxlan peer route");
     assert_eq!(
         route["dev"],
@@ -875,8 +818,7 @@ fn switching_backend_type_removes_what_the_old_backend_left() {
         .count();
     assert_eq!(routes_to_peer, 1, "{}", cluster.dump());
 
-    switch_backend(
-        &cluster,
+    cluster.switch_backend(
         UDP_CONFIG,
         "udp",
         || n0.route_to("10.244.0.0/16").is_some(),

@@ -391,32 +391,6 @@ fn wireguard_interoperates_with_wireguard_go_configured_as_flanneld() {
     );
 }
 
-/// Stops weftd on both nodes, writes `config`, starts them again and waits until both publish
-/// `backend_type` and the pods talk both ways.
-fn switch_to(cluster: &Cluster, config: &str, backend_type: &str, a: &Pod, b: &Pod) {
-    for i in 0..2 {
-        cluster.node(i).stop();
-    }
-    cluster.etcd.put(NETWORK_CONFIG_KEY, config);
-    for i in 0..2 {
-        cluster.node(i).start_weftd(&[]);
-    }
-    let published = format!(r#""BackendType":"{backend_type}""#);
-    for i in 0..2 {
-        let node = cluster.node(i);
-        node.wait_until(Duration::from_secs(30), &published, || {
-            node.lease_key()
-                .and_then(|key| cluster.etcd.get(&key))
-                .is_some_and(|value| value.contains(&published))
-        });
-    }
-    wait_until(
-        Duration::from_secs(30),
-        &format!("pods talk over {backend_type}"),
-        || a.tcp_check(b) && b.tcp_check(a),
-    );
-}
-
 #[test]
 fn switching_between_vxlan_and_wireguard_leaves_nothing_of_the_old_backend() {
     let cluster = Cluster::new(2, VXLAN_CONFIG);
@@ -429,7 +403,7 @@ fn switching_between_vxlan_and_wireguard_leaves_nothing_of_the_old_backend() {
     let n0 = cluster.node(0);
     let peer = cluster.node(1).subnet().expect("node 2 subnet");
 
-    switch_to(&cluster, WG_CONFIG, "wireguard", &a, &b);
+    cluster.switch_backend(WG_CONFIG, "wireguard", || true, &a, &b);
     assert!(
         n0.link("flannel.1").is_none(),
         "flannel.1 left behind after vxlan -> wireguard:\n{}",
@@ -445,7 +419,7 @@ fn switching_between_vxlan_and_wireguard_leaves_nothing_of_the_old_backend() {
         .expect("wireguard cluster route");
     assert_eq!(route["dev"], "flannel-wg", "{route}");
 
-    switch_to(&cluster, VXLAN_CONFIG, "vxlan", &a, &b);
+    cluster.switch_backend(VXLAN_CONFIG, "vxlan", || true, &a, &b);
     assert!(
         n0.link("flannel-wg").is_none(),
         "flannel-wg left behind after wireguard -> vxlan:\n{}",
@@ -638,7 +612,7 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         || a.tcp_check(&b) && b.tcp_check(&a),
     );
 
-    switch_to(&cluster, VXLAN_CONFIG, "vxlan", &a, &b);
+    cluster.switch_backend(VXLAN_CONFIG, "vxlan", || true, &a, &b);
     for i in 0..2 {
         let node = cluster.node(i);
         assert!(

@@ -121,6 +121,50 @@ impl Cluster {
         }
     }
 
+    /// Stops weftd on the first two nodes (the data paths stay), switches the network config
+    /// to `config` and starts weftd again; returns when both publish `backend_type`, node 1
+    /// has the peer's entries the new backend programs (`programmed`), and pods `a` and `b`
+    /// talk both ways.
+    pub fn switch_backend(
+        &self,
+        config: &str,
+        backend_type: &str,
+        programmed: impl Fn() -> bool,
+        a: &Pod,
+        b: &Pod,
+    ) {
+        for i in 0..2 {
+            self.node(i).stop();
+        }
+        self.etcd.put(NETWORK_CONFIG_KEY, config);
+        for i in 0..2 {
+            self.node(i).start_weftd(&[]);
+        }
+        let published = format!(r#""BackendType":"{backend_type}""#);
+        for i in 0..2 {
+            let node = self.node(i);
+            node.wait_until(
+                Duration::from_secs(30),
+                &format!("lease published with {published}"),
+                || {
+                    node.lease_key()
+                        .and_then(|key| self.etcd.get(&key))
+                        .is_some_and(|value| value.contains(&published))
+                },
+            );
+        }
+        self.node(0).wait_until(
+            Duration::from_secs(30),
+            &format!("the peer programmed by {backend_type}"),
+            programmed,
+        );
+        wait_until(
+            Duration::from_secs(30),
+            &format!("pods talk over {backend_type} after the switch"),
+            || a.tcp_check(b) && b.tcp_check(a),
+        );
+    }
+
     /// A text dump of leases and every node's routes, neighbours and FDB (for failure messages).
     pub fn dump(&self) -> String {
         let mut s = String::new();

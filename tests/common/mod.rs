@@ -33,7 +33,7 @@
 //!   datagrams echoed back, counting the lost ones, for "pod traffic never stops" tests).
 //! * [`Cluster`]: `Cluster::new(n_nodes, config_json)` (underlay + etcd + config at
 //!   [`NETWORK_CONFIG_KEY`] + n nodes, weftd not yet running), `start()` (weftd everywhere, waits
-//!   for every subnet.env), `add_node()`, `wait_mesh(timeout)`, `node(i)`, `dump()`.
+//!   for every subnet.env), `add_node()`, `wait_mesh(timeout)`, `node(i)`, `switch_backend(config, type, programmed, a, b)`, `dump()`.
 //! * [`EtcdCluster`]: `EtcdCluster::new(&underlay, 3)`, a real etcd cluster, member `i` in its own
 //!   namespace at 192.0.2.(251+i); `endpoints()` (comma-separated, for `--etcd-endpoints`),
 //!   `member(i)` ([`EtcdMember`]: `ip`, `netns`, `is_running`, `metric(name)` from `/metrics`),
