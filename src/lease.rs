@@ -293,16 +293,20 @@ pub fn dual_lease_key(prefix: &str, subnet: Ipv4Network, ipv6: Option<Ipv6Networ
     )
 }
 
-/// Parses the subnet out of a full etcd key `<prefix>/subnets/<subnet key>`.
-pub fn parse_lease_key(prefix: &str, key: &str) -> Result<Ipv4Network, LeaseError> {
+/// The subnet key part (`10.244.1.0-24`, `...&fd00::-64`) of a full etcd key
+/// `<prefix>/subnets/<subnet key>`.
+pub fn subnet_key_part<'k>(prefix: &str, key: &'k str) -> Result<&'k str, LeaseError> {
     let subnets = subnets_prefix(prefix);
-    let rest = key
-        .strip_prefix(&subnets)
+    key.strip_prefix(&subnets)
         .ok_or_else(|| LeaseError::NotASubnetKey {
             key: key.to_string(),
             subnets_prefix: subnets.clone(),
-        })?;
-    Ok(parse_subnet_key(rest)?)
+        })
+}
+
+/// Parses the subnet out of a full etcd key `<prefix>/subnets/<subnet key>`.
+pub fn parse_lease_key(prefix: &str, key: &str) -> Result<Ipv4Network, LeaseError> {
+    Ok(parse_subnet_key(subnet_key_part(prefix, key)?)?)
 }
 
 #[cfg(test)]

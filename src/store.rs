@@ -497,14 +497,7 @@ fn raw_from_kv(kv: &KeyValue) -> RawLease {
 /// Parses one key-value of `<prefix>/subnets/` into a lease.
 fn lease_from_kv(prefix: &str, kv: &KeyValue) -> Result<Lease, LeaseError> {
     let key = String::from_utf8_lossy(kv.key());
-    let subnets = subnets_prefix(prefix);
-    let rest = key
-        .strip_prefix(&subnets)
-        .ok_or_else(|| LeaseError::NotASubnetKey {
-            key: key.to_string(),
-            subnets_prefix: subnets.clone(),
-        })?;
-    let dual = parse_dual_subnet_key(rest)?;
+    let dual = parse_dual_subnet_key(crate::lease::subnet_key_part(prefix, &key)?)?;
     let attrs = LeaseAttrs::from_json(&key, kv.value())?;
     Ok(Lease {
         ipv6_subnet: dual.v6,
