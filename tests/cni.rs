@@ -1433,8 +1433,10 @@ fn reused_address_is_announced_to_the_node_at_once() {
         neighbour_mac(&site.node, "cni0", "10.244.28.9"),
         Some(first_mac.clone())
     );
-    // The kernel lets an ARP override a neighbour entry only after its locktime (1 s).
-    std::thread::sleep(Duration::from_millis(1100));
+    // The kernel lets an ARP override a neighbour entry only after its locktime (1 s) from
+    // the entry's last update; half a second of margin for a loaded machine (one full-suite
+    // run saw the announcement ignored with 100 ms).
+    std::thread::sleep(Duration::from_millis(1500));
     Call::new(&site.node, "DEL")
         .attachment("arp-first", "eth0", Some(&first))
         .conf(&site.conf("1.0.0"))
