@@ -1016,11 +1016,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                 Peers::All(all) => s.peers = all.iter().map(|l| PeerStatus::of(l, state)).collect(),
                 Peers::Changed(changes) => {
                     for c in changes {
-                        let at = s.peers.binary_search_by(|p| {
-                            p.subnet
-                                .parse::<Ipv4Network>()
-                                .map_or(std::cmp::Ordering::Less, |have| have.cmp(&c.subnet))
-                        });
+                        let at = s.peers.binary_search_by(|p| p.subnet.cmp(&c.subnet));
                         match (at, &c.lease) {
                             (Ok(i), Some(l)) => s.peers[i] = PeerStatus::of(l, state),
                             (Ok(i), None) => {

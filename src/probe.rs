@@ -284,10 +284,7 @@ fn round(
     let peers: Vec<(String, Ipv4Addr, Ipv4Addr)> = status
         .peers
         .iter()
-        .filter_map(|p| {
-            let net: ipnetwork::Ipv4Network = p.subnet.parse().ok()?;
-            Some((p.subnet.clone(), net.network(), p.public_ip))
-        })
+        .map(|p| (p.subnet.to_string(), p.subnet.network(), p.public_ip))
         .collect();
     let mut sent: BTreeMap<u16, Sent> = BTreeMap::new();
     let mut send = |peer: usize, kind: Kind, size: u32, to: Ipv4Addr, seq: &mut u16| {

@@ -3,6 +3,7 @@
 //! The agent records a [`NodeStatus`] on a [`StatusBoard`] after every reconcile; the board
 //! turns it into systemd's `STATUS=` line (and `READY=1` the first time the node is ready).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::net::Ipv4Addr;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 use tracing::{debug, info, warn};
@@ -145,20 +147,22 @@ impl PeerState {
     }
 }
 
-/// One peer node.
+/// One peer node. At 10 000 peers the board holds one of these per peer for as long as weftd
+/// runs, so it holds no heap allocation of its own (the JSON is the same as with strings).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
     /// The peer's subnet.
-    pub subnet: String,
+    #[serde(with = "subnet_text")]
+    pub subnet: Ipv4Network,
     /// The peer's `PublicIP`.
     #[serde(rename = "publicIP")]
     pub public_ip: Ipv4Addr,
-    /// The peer's `BackendType`.
-    pub backend_type: String,
-    /// The peer's VTEP MAC (VXLAN only).
+    /// The peer's `BackendType` (weft's backend names are held without an allocation).
+    pub backend_type: Cow<'static, str>,
+    /// The peer's VTEP MAC (VXLAN only), as the lease spells it.
     #[serde(rename = "vtepMAC")]
-    pub vtep_mac: Option<String>,
+    pub vtep_mac: Option<MacText>,
     /// Whether its entries are in the kernel.
     pub state: PeerState,
     /// The latest probe over the overlay; `None` before the first round or with probing off.
@@ -169,14 +173,95 @@ pub struct PeerStatus {
 impl PeerStatus {
     /// A peer lease in `state`.
     pub fn of(lease: &Lease, state: PeerState) -> PeerStatus {
+        let backend_type = match BACKEND_NAMES
+            .iter()
+            .find(|n| **n == lease.attrs.backend_type)
+        {
+            Some(name) => Cow::Borrowed(*name),
+            None => Cow::Owned(lease.attrs.backend_type.clone()),
+        };
         PeerStatus {
-            subnet: lease.subnet.to_string(),
+            subnet: lease.subnet,
             public_ip: lease.attrs.public_ip,
-            backend_type: lease.attrs.backend_type.clone(),
-            vtep_mac: lease.attrs.vtep_mac().map(str::to_string),
+            backend_type,
+            vtep_mac: lease.attrs.vtep_mac().map(MacText::from),
             state,
             health: None,
         }
+    }
+}
+
+/// The `BackendType`s weft writes, which peer statuses borrow instead of copying.
+const BACKEND_NAMES: [&str; 4] = ["vxlan", "udp", "host-gw", "wireguard"];
+
+/// A lease's `VtepMAC` text exactly as written: inline when it has a MAC's 17 ASCII
+/// characters (every valid one), on the heap otherwise.
+#[derive(Clone, PartialEq, Eq)]
+pub enum MacText {
+    /// `aa:bb:cc:dd:ee:ff`, in any case.
+    Inline([u8; 17]),
+    /// Any other text.
+    Other(Box<str>),
+}
+
+impl MacText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Built only from 17 ASCII bytes.
+            MacText::Inline(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
+            MacText::Other(text) => text,
+        }
+    }
+}
+
+impl From<&str> for MacText {
+    fn from(text: &str) -> MacText {
+        match <[u8; 17]>::try_from(text.as_bytes()) {
+            Ok(bytes) if text.is_ascii() => MacText::Inline(bytes),
+            _ => MacText::Other(text.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for MacText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for MacText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for MacText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MacText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<MacText, D::Error> {
+        let text = <Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(MacText::from(&*text))
+    }
+}
+
+/// A subnet in the status JSON: its text, `10.244.4.0/24`.
+mod subnet_text {
+    use ipnetwork::Ipv4Network;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(subnet: &Ipv4Network, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(subnet)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Network, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse()
+            .map_err(|e| serde::de::Error::custom(format!("subnet {text:?}: {e}")))
     }
 }
 
@@ -323,7 +408,7 @@ impl StatusBoard {
             .clone();
         let health = self.peer_health();
         for peer in &mut status.peers {
-            peer.health = health.get(&peer.subnet).cloned();
+            peer.health = health.get(&peer.subnet.to_string()).cloned();
         }
         status
     }
@@ -552,7 +637,7 @@ mod tests {
             }],
             peers: vec![
                 PeerStatus {
-                    subnet: "10.244.4.0/24".into(),
+                    subnet: "10.244.4.0/24".parse().unwrap(),
                     public_ip: Ipv4Addr::new(192, 0, 2, 12),
                     backend_type: "vxlan".into(),
                     vtep_mac: Some("aa:bb:cc:dd:ee:01".into()),
@@ -560,7 +645,7 @@ mod tests {
                     health: None,
                 },
                 PeerStatus {
-                    subnet: "10.244.5.0/24".into(),
+                    subnet: "10.244.5.0/24".parse().unwrap(),
                     public_ip: Ipv4Addr::new(192, 0, 2, 13),
                     backend_type: "vxlan".into(),
                     vtep_mac: None,

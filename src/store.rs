@@ -494,6 +494,23 @@ fn raw_from_kv(kv: &KeyValue) -> RawLease {
     }
 }
 
+/// [`raw_from_kv`] for a key-value the caller owns: the raw lease keeps etcd's decoded
+/// buffers instead of copies, so a listing of 10 000 leases leaves no freed originals
+/// interleaved with the table weftd keeps.
+fn raw_from_owned_kv(kv: KeyValue) -> RawLease {
+    let (etcd_lease, create_revision, mod_revision) =
+        (kv.lease(), kv.create_revision(), kv.mod_revision());
+    let (key, value) = kv.into_key_value();
+    RawLease {
+        key: String::from_utf8(key)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        value,
+        etcd_lease,
+        create_revision,
+        mod_revision,
+    }
+}
+
 /// Parses one key-value of `<prefix>/subnets/` into a lease.
 fn lease_from_kv(prefix: &str, kv: &KeyValue) -> Result<Lease, LeaseError> {
     let key = String::from_utf8_lossy(kv.key());
@@ -612,7 +629,7 @@ impl EtcdStore {
         let mut leases = Vec::new();
         let revision = self
             .list_pages("list leases", &prefix, |kv| {
-                match lease_from_kv(&self.prefix, kv) {
+                match lease_from_kv(&self.prefix, &kv) {
                     Ok(lease) => leases.push(lease),
                     Err(e) => {
                         warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "skipping a lease that does not parse");
@@ -635,7 +652,7 @@ impl EtcdStore {
                 if kv.key() == config_key.as_bytes() {
                     config = Some(String::from_utf8_lossy(kv.value()).into_owned());
                 } else if kv.key().starts_with(subnets.as_bytes()) {
-                    leases.push(raw_from_kv(kv));
+                    leases.push(raw_from_owned_kv(kv));
                 }
             })
             .await?;
@@ -654,7 +671,7 @@ impl EtcdStore {
         &self,
         op: &'static str,
         prefix: &str,
-        mut each: impl FnMut(&KeyValue),
+        mut each: impl FnMut(KeyValue),
     ) -> Result<i64, StoreError> {
         let end = prefix_range_end(prefix.as_bytes());
         let mut from = prefix.as_bytes().to_vec();
@@ -666,7 +683,7 @@ impl EtcdStore {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let resp = self
+            let mut resp = self
                 .timed(
                     op,
                     prefix,
@@ -676,14 +693,18 @@ impl EtcdStore {
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             }
-            resp.kvs().iter().for_each(&mut each);
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    from = last.key().to_vec();
-                    // The next key after `last`.
-                    from.push(0);
-                }
-                _ => return Ok(revision),
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let next = kvs.last().filter(|_| more).map(|last| {
+                let mut next = last.key().to_vec();
+                // The next key after `last`.
+                next.push(0);
+                next
+            });
+            kvs.into_iter().for_each(&mut each);
+            match next {
+                Some(next) => from = next,
+                None => return Ok(revision),
             }
         }
     }
@@ -852,7 +873,7 @@ impl EtcdStore {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             if key == own_key {
                 own_revision = Some(kv.create_revision());
-            } else if let Ok(lease) = lease_from_kv(&self.prefix, kv) {
+            } else if let Ok(lease) = lease_from_kv(&self.prefix, &kv) {
                 others.push((key, kv.create_revision(), lease));
             }
         })

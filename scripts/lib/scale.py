@@ -37,6 +37,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -454,6 +455,8 @@ def phase_start(args, etcd, nss):
         # and what is the binary and libraries mapped from the page cache (file).
         anon = proc_status(node.pid, "RssAnon") / 1024
         mapped = proc_status(node.pid, "RssFile") / 1024
+        # Where the pages are, mapping by mapping (kept with KEEP_WORK=1).
+        shutil.copyfile(f"/proc/{node.pid}/smaps", os.path.join(args.work, f"weftd-{n}.smaps"))
         results.append((n, took["weftd"], took["floor"], rss, hwm))
         log(f"   {n:>6} peers: weftd ready {took['weftd'] * 1000:7.0f} ms, floor {took['floor'] * 1000:7.0f} ms "
             f"(ratio {took['weftd'] / took['floor']:.2f}), RSS {rss:.1f} MiB (peak {hwm:.1f} MiB; "

@@ -13,7 +13,7 @@ use weft::config::NetworkConfig;
 use weft::lease::{subnets_prefix, LeaseAttrs, RawLease};
 use weft::netconf::{self, ConfigChange};
 use weft::podview::{self, PodSummary};
-use weft::status::{rfc3339_utc, NodeStatus};
+use weft::status::{rfc3339_utc, MacText, NodeStatus};
 use weft::store::{EtcdStore, StoreError};
 
 #[path = "flags/etcd.rs"]
@@ -873,10 +873,10 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
         .iter()
         .map(|p| {
             vec![
-                p.subnet.clone(),
+                p.subnet.to_string(),
                 p.public_ip.to_string(),
-                p.backend_type.clone(),
-                p.vtep_mac.clone().unwrap_or_else(dash),
+                p.backend_type.to_string(),
+                p.vtep_mac.as_ref().map_or_else(dash, MacText::to_string),
                 p.state.as_str().to_string(),
                 p.health
                     .as_ref()
