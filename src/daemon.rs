@@ -13,7 +13,7 @@
 mod agent_tests;
 pub mod decisions;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -27,7 +27,7 @@ use crate::backend::guard::{self, RouteGuard};
 use crate::backend::{Backend, DataPath, PeerChange};
 use crate::config::NetworkConfig;
 use crate::health::Metrics;
-use crate::lease::{config_key, lease_key, Lease, RawLease};
+use crate::lease::{config_key, lease_key, Lease, RawLease, RawLeaseTable};
 use crate::masq;
 use crate::netlink::{self, ExternalInterface};
 use crate::notify::{NotifyState, ServiceNotifier};
@@ -254,7 +254,7 @@ struct Agent<S: LeaseStore = EtcdStore, D: DataPath = Backend> {
     config_text: Option<String>,
     /// Every key under `<prefix>/subnets/`, ours included, unparsed, by key: nothing in it is
     /// believed before [`validate_leases`] (each reconcile).
-    leases: BTreeMap<String, RawLease>,
+    leases: RawLeaseTable,
     /// etcd revision the table reflects.
     revision: i64,
     /// The mod revision of each rejected or refused key already logged, so a bad key is
@@ -367,7 +367,7 @@ impl Agent {
             backend,
             own,
             config_text: Some(config_text),
-            leases: BTreeMap::new(),
+            leases: RawLeaseTable::default(),
             revision: 0,
             reported: HashMap::new(),
             rejected: Vec::new(),
@@ -492,11 +492,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
     /// compares the network config with the running one.
     async fn relist(&mut self) -> Result<(), StoreError> {
         let snapshot = self.store.list_network().await?;
-        self.leases = snapshot
-            .leases
-            .into_iter()
-            .map(|l| (l.key.clone(), l))
-            .collect();
+        self.leases = snapshot.leases.into_iter().collect();
         self.revision = snapshot.revision;
         self.config_seen(snapshot.config);
         self.check_own_lease().await
@@ -586,7 +582,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
     /// the last pass saw for the next incremental one.
     fn set_lease(&mut self, key: String, raw: Option<RawLease>) {
         let old = match raw {
-            Some(raw) => self.leases.insert(key.clone(), raw),
+            Some(raw) => self.leases.insert(raw),
             None => self.leases.remove(&key),
         };
         self.dirty.entry(key).or_insert(old);

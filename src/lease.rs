@@ -1,5 +1,7 @@
 //! Subnet leases as Flannel stores them: key `<prefix>/subnets/10.244.1.0-24`, JSON value.
 
+use std::borrow::Borrow;
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -237,6 +239,84 @@ pub struct RawLease {
     pub create_revision: i64,
     /// The revision of the key's last change.
     pub mod_revision: i64,
+}
+
+/// Every key under `<prefix>/subnets/` as etcd holds it, by key. Each key is held once, in its
+/// lease: at 10 000 leases a map from a copy of the key would hold every key twice.
+#[derive(Debug, Clone, Default)]
+pub struct RawLeaseTable(BTreeSet<ByKey>);
+
+/// A raw lease ordered and looked up by its key alone.
+#[derive(Debug, Clone)]
+struct ByKey(RawLease);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &ByKey) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &ByKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &ByKey) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
+
+impl Borrow<str> for ByKey {
+    fn borrow(&self) -> &str {
+        &self.0.key
+    }
+}
+
+impl RawLeaseTable {
+    /// The lease at `key`.
+    pub fn get(&self, key: &str) -> Option<&RawLease> {
+        self.0.get(key).map(|l| &l.0)
+    }
+
+    /// Puts `raw` in under its key; returns the lease it replaced.
+    pub fn insert(&mut self, raw: RawLease) -> Option<RawLease> {
+        self.0.replace(ByKey(raw)).map(|l| l.0)
+    }
+
+    /// Takes the lease at `key` out.
+    pub fn remove(&mut self, key: &str) -> Option<RawLease> {
+        self.0.take(key).map(|l| l.0)
+    }
+
+    /// Every lease, in key order.
+    pub fn values(&self) -> impl Iterator<Item = &RawLease> {
+        self.0.iter().map(|l| &l.0)
+    }
+
+    /// How many keys there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<RawLease> for RawLeaseTable {
+    /// The table of `leases`; of two with the same key the later one stays.
+    fn from_iter<I: IntoIterator<Item = RawLease>>(leases: I) -> RawLeaseTable {
+        let mut table = RawLeaseTable::default();
+        for raw in leases {
+            table.insert(raw);
+        }
+        table
+    }
 }
 
 /// One subnet lease as read from etcd.
@@ -487,6 +567,33 @@ mod tests {
             ]
         );
         assert!(obj["PublicIPv6"].is_string() && obj["BackendV6Data"]["VNI"].is_u64());
+    }
+
+    #[test]
+    fn raw_lease_table_holds_one_lease_per_key() {
+        let raw = |key: &str, value: &str| RawLease {
+            key: key.to_string(),
+            value: value.as_bytes().to_vec(),
+            etcd_lease: 1,
+            create_revision: 1,
+            mod_revision: 1,
+        };
+        let mut table: RawLeaseTable = [raw("/p/subnets/b", "1"), raw("/p/subnets/a", "2")]
+            .into_iter()
+            .chain([raw("/p/subnets/b", "3")])
+            .collect();
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.get("/p/subnets/b").unwrap().value, b"3");
+        let keys: Vec<&str> = table.values().map(|l| l.key.as_str()).collect();
+        assert_eq!(keys, ["/p/subnets/a", "/p/subnets/b"]);
+        let old = table.insert(raw("/p/subnets/a", "4")).unwrap();
+        assert_eq!(old.value, b"2");
+        assert_eq!(table.get("/p/subnets/a").unwrap().value, b"4");
+        assert_eq!(table.remove("/p/subnets/a").unwrap().value, b"4");
+        assert!(table.get("/p/subnets/a").is_none());
+        assert!(table.remove("/p/subnets/a").is_none());
+        assert_eq!(table.len(), 1);
+        assert!(!table.is_empty());
     }
 
     #[test]

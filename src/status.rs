@@ -699,8 +699,47 @@ mod tests {
         assert_eq!(json["rejected"][0]["by"], "validation");
         assert_eq!(json["rejected"][0]["reason"], "public_ip");
         assert_eq!(json["lastReconcile"]["stale"][0]["kind"], "fdb");
+        assert_eq!(json["peers"][0]["subnet"], "10.244.4.0/24");
+        assert_eq!(json["peers"][0]["backendType"], "vxlan");
+        assert_eq!(json["peers"][0]["vtepMAC"], "aa:bb:cc:dd:ee:01");
+        assert_eq!(json["peers"][1]["vtepMAC"], serde_json::Value::Null);
         let back: NodeStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn peer_status_keeps_the_leases_text_without_allocating_for_weft_names() {
+        let lease = |backend: &str, mac: &str| Lease {
+            subnet: "10.244.4.0/24".parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: crate::lease::LeaseAttrs {
+                public_ip: Ipv4Addr::new(192, 0, 2, 12),
+                backend_type: backend.to_string(),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+                public_ipv6: None,
+                backend_v6_data: None,
+            },
+            etcd_lease: Some(1),
+            mod_revision: 1,
+        };
+        let p = PeerStatus::of(&lease("vxlan", "AA:bb:CC:dd:ee:01"), PeerState::Programmed);
+        assert!(matches!(p.backend_type, Cow::Borrowed("vxlan")));
+        assert!(matches!(p.vtep_mac, Some(MacText::Inline(_))));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["vtepMAC"], "AA:bb:CC:dd:ee:01");
+        assert_eq!(json["subnet"], "10.244.4.0/24");
+        // Anything else another writer put there is shown as written.
+        let p = PeerStatus::of(&lease("flannel-ng", "not a mac"), PeerState::Programmed);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["backendType"], "flannel-ng");
+        assert_eq!(json["vtepMAC"], "not a mac");
+        let back: PeerStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, p);
+        assert!(serde_json::from_value::<PeerStatus>(serde_json::json!({
+            "subnet": "10.244.4.0/33", "publicIP": "192.0.2.12", "backendType": "vxlan",
+            "vtepMAC": null, "state": "programmed"
+        }))
+        .is_err());
     }
 
     #[test]

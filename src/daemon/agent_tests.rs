@@ -278,7 +278,7 @@ fn agent(
         backend: data_path.clone(),
         own,
         config_text: Some(CONFIG.to_string()),
-        leases: leases.into_iter().map(|l| (l.key.clone(), l)).collect(),
+        leases: leases.into_iter().collect(),
         revision: 6,
         reported: HashMap::new(),
         rejected: Vec::new(),

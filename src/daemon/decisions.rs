@@ -3,17 +3,16 @@
 //! them out against etcd ([`crate::store::LeaseStore`]) and the kernel
 //! ([`crate::backend::DataPath`]); here they are tested without either.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::config::{ConfigChange, NetworkConfig};
-use crate::lease::{LeaseAttrs, RawLease};
+use crate::lease::{LeaseAttrs, RawLeaseTable};
 use crate::store::{LeaseLostReason, OwnLease, StoreError};
 
 /// Whether the lease table still shows the node's own lease under its public IP; the reason
 /// it was lost otherwise (deleted or expired, taken by another writer, overwritten).
 pub fn own_lease_lost(
-    table: &BTreeMap<String, RawLease>,
+    table: &RawLeaseTable,
     key: &str,
     public_ip: Ipv4Addr,
 ) -> Option<LeaseLostReason> {
@@ -147,21 +146,20 @@ pub fn jittered(mean: std::time::Duration, unit: f64) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::RawLease;
 
     const KEY: &str = "/coreos.com/network/subnets/10.244.1.0-24";
 
-    fn table(value: &str) -> BTreeMap<String, RawLease> {
-        [(
-            KEY.to_string(),
-            RawLease {
-                key: KEY.to_string(),
-                value: value.as_bytes().to_vec(),
-                etcd_lease: 7,
-                create_revision: 1,
-                mod_revision: 2,
-            },
-        )]
-        .into()
+    fn table(value: &str) -> RawLeaseTable {
+        [RawLease {
+            key: KEY.to_string(),
+            value: value.as_bytes().to_vec(),
+            etcd_lease: 7,
+            create_revision: 1,
+            mod_revision: 2,
+        }]
+        .into_iter()
+        .collect()
     }
 
     fn me() -> Ipv4Addr {
@@ -189,7 +187,7 @@ mod tests {
         let mine = r#"{"PublicIP":"192.0.2.1","BackendType":"vxlan"}"#;
         assert_eq!(own_lease_lost(&table(mine), KEY, me()), None);
         assert_eq!(
-            own_lease_lost(&BTreeMap::new(), KEY, me()),
+            own_lease_lost(&RawLeaseTable::default(), KEY, me()),
             Some(LeaseLostReason::Deleted)
         );
         let theirs = r#"{"PublicIP":"192.0.2.9","BackendType":"vxlan"}"#;
