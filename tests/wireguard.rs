@@ -606,6 +606,26 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         "pods talk without offloads",
         || a.tcp_check(&b) && b.tcp_check(&a),
     );
+    // And back: offloads asked for again replace the process that runs without them.
+    n0.stop();
+    n0.start_weftd(&[]);
+    n0.wait_ready(Duration::from_secs(30));
+    let offloaded = n0.wireguard_datapath_pids();
+    assert!(
+        offloaded.len() == 1 && offloaded != plain,
+        "offloads asked for again replaced the data path process: {offloaded:?} (was {plain:?})"
+    );
+    assert!(
+        n0.log().contains("it was started without offloads")
+            && !n0.log_tail(20).contains("offloads=none"),
+        "{}",
+        n0.log_tail(20)
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "pods talk with offloads again",
+        || a.tcp_check(&b) && b.tcp_check(&a),
+    );
 
     cluster.switch_backend(VXLAN_CONFIG, "vxlan", || true, &a, &b);
     for i in 0..2 {
