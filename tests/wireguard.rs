@@ -29,6 +29,16 @@ fn backend_data(cluster: &Cluster, node: &Node) -> serde_json::Value {
     v["BackendData"].clone()
 }
 
+/// A pod on node 1 and one on node 2 of `cluster`, once they talk TCP both ways.
+fn pods_talking(cluster: &Cluster, what: &str) -> (Pod, Pod) {
+    let a = cluster.node(0).add_pod();
+    let b = cluster.node(1).add_pod();
+    wait_until(Duration::from_secs(20), what, || {
+        a.tcp_check(&b) && b.tcp_check(&a)
+    });
+    (a, b)
+}
+
 /// Sends `payload` over TCP from `from` to a listener in `to`; returns what arrived.
 fn send_over_tcp(from: &Pod, to: &Pod, payload: &[u8]) -> Vec<u8> {
     let listener = to
@@ -463,11 +473,7 @@ fn wireguard_counter(node: &Node, name: &str) -> Option<u64> {
 fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_stops_it() {
     let cluster = Cluster::new(2, WG_CONFIG);
     cluster.start();
-    let a = cluster.node(0).add_pod();
-    let b = cluster.node(1).add_pod();
-    wait_until(Duration::from_secs(20), "pods talk", || {
-        a.tcp_check(&b) && b.tcp_check(&a)
-    });
+    let (a, b) = pods_talking(&cluster, "pods talk");
     let n0 = cluster.node(0);
     let pids = n0.wireguard_datapath_pids();
     assert_eq!(pids.len(), 1, "one data path process: {pids:?}");
@@ -662,11 +668,7 @@ fn key_hex(base64_key: &str) -> String {
 fn lease_changes_while_weftd_is_down_reach_the_data_path_it_kept() {
     let mut cluster = Cluster::new(2, WG_CONFIG);
     cluster.start();
-    let a = cluster.node(0).add_pod();
-    let b = cluster.node(1).add_pod();
-    wait_until(Duration::from_secs(20), "pods talk", || {
-        a.tcp_check(&b) && b.tcp_check(&a)
-    });
+    let (a, _b) = pods_talking(&cluster, "pods talk");
     let n0 = cluster.node(0);
     let pids = n0.wireguard_datapath_pids();
     assert_eq!(pids.len(), 1, "one data path process: {pids:?}");
@@ -749,13 +751,7 @@ fn wireguard_datapath_kernel_runs_on_the_kernel_or_refuses_loudly() {
         for i in 0..2 {
             cluster.node(i).wait_subnet_env(Duration::from_secs(30));
         }
-        let a = cluster.node(0).add_pod();
-        let b = cluster.node(1).add_pod();
-        wait_until(
-            Duration::from_secs(20),
-            "pods talk over kernel WireGuard",
-            || a.tcp_check(&b) && b.tcp_check(&a),
-        );
+        let _pods = pods_talking(&cluster, "pods talk over kernel WireGuard");
         let link = cluster.node(0).link("flannel-wg").expect("flannel-wg");
         assert_eq!(link["linkinfo"]["info_kind"], "wireguard", "{link}");
         assert!(cluster.node(0).log().contains(r#"datapath="kernel""#));
