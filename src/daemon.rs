@@ -27,7 +27,7 @@ use crate::backend::guard::{self, RouteGuard};
 use crate::backend::{Backend, DataPath, PeerChange};
 use crate::config::NetworkConfig;
 use crate::health::Metrics;
-use crate::lease::{config_key, lease_key, Lease, RawLease, RawLeaseTable};
+use crate::lease::{config_key, Lease, RawLease, RawLeaseTable};
 use crate::masq;
 use crate::netlink::{self, ExternalInterface};
 use crate::notify::{NotifyState, ServiceNotifier};
@@ -500,7 +500,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
 
     /// The key of our own lease.
     fn own_key(&self) -> String {
-        lease_key(&self.opts.etcd.prefix, self.own.subnet)
+        self.own.key(&self.opts.etcd.prefix)
     }
 
     /// Re-acquires when the table no longer shows our lease under our public IP: deleted,

@@ -221,6 +221,28 @@ fn wait_tcp(a: &TestPod, b: &TestPod, ip: &str, what: &dyn Fn() -> String) {
     }
 }
 
+/// A pod on every node of `cluster`, in node order.
+fn pod_per_node(cluster: &Cluster) -> Vec<TestPod> {
+    cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| add_weft_pod(n, k as u32))
+        .collect()
+}
+
+/// A pod on every node of `cluster` (in node order), once pod 1 reaches each address of
+/// pod 2 and then every pod reaches every other pod's addresses (the mesh converged).
+fn pods_in_mesh(cluster: &Cluster) -> Vec<TestPod> {
+    let pods = pod_per_node(cluster);
+    let dump = || cluster.dump();
+    for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
+        wait_tcp(&pods[0], &pods[1], ip, &dump);
+    }
+    assert_mesh(&pods, &dump);
+    pods
+}
+
 /// The keys and values under `<prefix>/subnets/`.
 fn leases(etcd: &Etcd) -> Vec<(String, serde_json::Value)> {
     etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
@@ -280,17 +302,7 @@ fn dual_stack_pods_on_three_nodes_talk_tcp_over_ipv4_and_ipv6_both_ways() {
         assert_eq!(value["BackendV6Data"]["VNI"], 1, "{key} = {value}");
         assert!(value["BackendV6Data"]["VtepMAC"].is_string(), "{value}");
     }
-    let pods: Vec<TestPod> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(k, n)| add_weft_pod(n, k as u32))
-        .collect();
-    let dump = || cluster.dump();
-    for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
-        wait_tcp(&pods[0], &pods[1], ip, &dump);
-    }
-    assert_mesh(&pods, &dump);
+    let pods = pods_in_mesh(&cluster);
     // Flannel's IPv6 entries: route X:: /64 via X:: dev flannel-v6.1 onlink, weft's protocol.
     let n0 = cluster.node(0);
     let routes6 = n0
@@ -339,21 +351,9 @@ fn ipv6_only_cluster_on_an_ipv6_underlay() {
             .unwrap_or_default()
             .starts_with("2001:db8::1"));
     }
-    let pods: Vec<TestPod> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(k, n)| add_weft_pod(n, k as u32))
-        .collect();
+    let pods = pods_in_mesh(&cluster);
     assert!(pods.iter().all(|p| p.ip4.is_none()));
     let dump = || cluster.dump();
-    wait_tcp(
-        &pods[0],
-        &pods[1],
-        pods[1].ip6.as_deref().unwrap_or_default(),
-        &dump,
-    );
-    assert_mesh(&pods, &dump);
     // The overlay's remote VTEPs are IPv6 underlay addresses.
     let fdb = cluster.node(0).fdb();
     let dsts: Vec<&str> = fdb
@@ -927,20 +927,8 @@ fn udp_backend_carries_ipv6_pods() {
             };
             node.start_weftd(args);
         }
-        let pods: Vec<TestPod> = cluster
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(k, n)| add_weft_pod(n, k as u32))
-            .collect();
+        let pods = pods_in_mesh(&cluster);
         let dump = || cluster.dump();
-        wait_tcp(
-            &pods[0],
-            &pods[1],
-            pods[1].ip6.as_deref().unwrap_or_default(),
-            &dump,
-        );
-        assert_mesh(&pods, &dump);
         for (a, b) in [(&pods[0], &pods[1]), (&pods[1], &pods[0])] {
             let ip6 = b.ip6.as_deref().unwrap_or_default();
             assert!(
@@ -960,20 +948,7 @@ fn host_gw_routes_ipv6_pods_via_public_ipv6() {
     let cluster = Cluster::new(2, &config);
     ipv6_underlay(&cluster);
     cluster.start();
-    let pods: Vec<TestPod> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(k, n)| add_weft_pod(n, k as u32))
-        .collect();
-    let dump = || cluster.dump();
-    wait_tcp(
-        &pods[0],
-        &pods[1],
-        pods[1].ip6.as_deref().unwrap_or_default(),
-        &dump,
-    );
-    assert_mesh(&pods, &dump);
+    let pods = pods_in_mesh(&cluster);
     let peer6 = pods[1].ip6.as_deref().unwrap_or_default();
     let peer_net = format!("{}::/64", &peer6[..peer6.rfind("::").unwrap_or(0)]);
     let routes6 = cluster
@@ -1136,17 +1111,8 @@ fn wireguard_dual_stack_pods_talk_over_ipv4_and_ipv6_and_the_underlay_carries_on
             .ip(&["-6", "addr", "show", "dev", "flannel-wg-v6"]);
         assert!(addrs.contains(&own6), "{own6} on flannel-wg-v6: {addrs}");
     }
-    let pods: Vec<TestPod> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(k, n)| add_weft_pod(n, k as u32))
-        .collect();
+    let pods = pods_in_mesh(&cluster);
     let dump = || cluster.dump();
-    for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
-        wait_tcp(&pods[0], &pods[1], ip, &dump);
-    }
-    assert_mesh(&pods, &dump);
 
     // Each family rides its own device and port, encrypted.
     for (filter, family, port, pick) in [
@@ -1202,21 +1168,9 @@ fn wireguard_ipv6_only_cluster_on_an_ipv6_underlay() {
             "{lease_key}"
         );
     }
-    let pods: Vec<TestPod> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(k, n)| add_weft_pod(n, k as u32))
-        .collect();
+    let pods = pods_in_mesh(&cluster);
     assert!(pods.iter().all(|p| p.ip4.is_none()));
     let dump = || cluster.dump();
-    wait_tcp(
-        &pods[0],
-        &pods[1],
-        pods[1].ip6.as_deref().unwrap_or_default(),
-        &dump,
-    );
-    assert_mesh(&pods, &dump);
     let capture = Capture::start(
         &cluster.underlay,
         &format!(
@@ -1312,17 +1266,8 @@ fn wireguard_single_device_modes_carry_both_families_over_the_mode_s_underlay() 
                 "{mode}: {value}"
             );
         }
-        let pods: Vec<TestPod> = cluster
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(k, n)| add_weft_pod(n, k as u32))
-            .collect();
+        let pods = pods_in_mesh(&cluster);
         let dump = || cluster.dump();
-        for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
-            wait_tcp(&pods[0], &pods[1], ip, &dump);
-        }
-        assert_mesh(&pods, &dump);
         let capture = Capture::start(
             &cluster.underlay,
             &format!(
@@ -1383,17 +1328,7 @@ fn wireguard_mode_switch_removes_the_device_the_new_mode_does_not_use() {
         let r6 = routes_on(node, "-6", "flannel-wg");
         assert!(r6.contains("fd00:10:244::/48"), "{r6}");
     }
-    let pods: Vec<TestPod> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(k, n)| add_weft_pod(n, k as u32))
-        .collect();
-    let dump = || cluster.dump();
-    for ip in [&pods[1].ip4, &pods[1].ip6].into_iter().flatten() {
-        wait_tcp(&pods[0], &pods[1], ip, &dump);
-    }
-    assert_mesh(&pods, &dump);
+    let _pods = pods_in_mesh(&cluster);
 }
 
 /// A Flannel IPv6 wireguard node nobody here wrote: Debian's `wireguard-go` in a namespace on
@@ -1509,12 +1444,7 @@ fn wireguard_ipv6_only_interoperates_with_wireguard_go_configured_as_flanneld() 
         ]);
     }
     let fl_pod = add_pod(&fl, 90, None, Some("fd00:20:0:f0::1/64"), 1420);
-    let pods: Vec<TestPod> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(k, n)| add_weft_pod(n, k as u32))
-        .collect();
+    let pods = pod_per_node(&cluster);
     let dump = || cluster.dump();
     // The Flannel side speaks first: it reaches weft at the endpoint weft's lease names (a
     // handshake from weft would let wireguard-go learn weft's address whatever the lease says).
@@ -1539,12 +1469,7 @@ fn wireguard_deleted_ipv6_device_is_recreated_at_once() {
     let cluster = Cluster::new(2, &wireguard_config(DUAL_CONFIG, ""));
     ipv6_underlay(&cluster);
     cluster.start();
-    let pods: Vec<TestPod> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(k, n)| add_weft_pod(n, k as u32))
-        .collect();
+    let pods = pod_per_node(&cluster);
     let dump = || cluster.dump();
     let ip6 = pods[1].ip6.as_deref().unwrap_or_default();
     wait_tcp(&pods[0], &pods[1], ip6, &dump);

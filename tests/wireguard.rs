@@ -29,6 +29,16 @@ fn backend_data(cluster: &Cluster, node: &Node) -> serde_json::Value {
     v["BackendData"].clone()
 }
 
+/// A pod on node 1 and one on node 2 of `cluster`, once they talk TCP both ways.
+fn pods_talking(cluster: &Cluster, what: &str) -> (Pod, Pod) {
+    let a = cluster.node(0).add_pod();
+    let b = cluster.node(1).add_pod();
+    wait_until(Duration::from_secs(20), what, || {
+        a.tcp_check(&b) && b.tcp_check(&a)
+    });
+    (a, b)
+}
+
 /// Sends `payload` over TCP from `from` to a listener in `to`; returns what arrived.
 fn send_over_tcp(from: &Pod, to: &Pod, payload: &[u8]) -> Vec<u8> {
     let listener = to
@@ -463,11 +473,7 @@ fn wireguard_counter(node: &Node, name: &str) -> Option<u64> {
 fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_stops_it() {
     let cluster = Cluster::new(2, WG_CONFIG);
     cluster.start();
-    let a = cluster.node(0).add_pod();
-    let b = cluster.node(1).add_pod();
-    wait_until(Duration::from_secs(20), "pods talk", || {
-        a.tcp_check(&b) && b.tcp_check(&a)
-    });
+    let (a, b) = pods_talking(&cluster, "pods talk");
     let n0 = cluster.node(0);
     let pids = n0.wireguard_datapath_pids();
     assert_eq!(pids.len(), 1, "one data path process: {pids:?}");
@@ -503,12 +509,7 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
     );
 
     // Hostile control input is answered with an errno; the process neither dies nor changes.
-    let key_hex: String = base64::engine::general_purpose::STANDARD
-        .decode(private.trim())
-        .expect("base64 key")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key_hex = key_hex(&private);
     let peer_line = format!("public_key={}\n", "ab".repeat(32));
     let hostile: Vec<(Vec<u8>, &str)> = vec![
         (b"garbage\n\n".to_vec(), "errno=71"),
@@ -611,6 +612,26 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         "pods talk without offloads",
         || a.tcp_check(&b) && b.tcp_check(&a),
     );
+    // And back: offloads asked for again replace the process that runs without them.
+    n0.stop();
+    n0.start_weftd(&[]);
+    n0.wait_ready(Duration::from_secs(30));
+    let offloaded = n0.wireguard_datapath_pids();
+    assert!(
+        offloaded.len() == 1 && offloaded != plain,
+        "offloads asked for again replaced the data path process: {offloaded:?} (was {plain:?})"
+    );
+    assert!(
+        n0.log().contains("it was started without offloads")
+            && !n0.log_tail(20).contains("offloads=none"),
+        "{}",
+        n0.log_tail(20)
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "pods talk with offloads again",
+        || a.tcp_check(&b) && b.tcp_check(&a),
+    );
 
     cluster.switch_backend(VXLAN_CONFIG, "vxlan", || true, &a, &b);
     for i in 0..2 {
@@ -627,6 +648,87 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         );
         assert!(node.link("flannel-wg").is_none(), "flannel-wg left behind");
     }
+}
+
+/// The hex form WireGuard's UAPI (`get=1`) gives a base64 key in.
+fn key_hex(base64_key: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .decode(base64_key.trim())
+        .expect("base64 key")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Leases that change while weftd is down reach the data path process it kept: a node that
+/// left (its lease deleted) is no peer of the process after the restart, a node that joined
+/// is one, and pods on the joined node reach pods on the restarted one. weftd diffs what the
+/// process answers to `get=1` against the leases when it finds the process again.
+#[test]
+fn lease_changes_while_weftd_is_down_reach_the_data_path_it_kept() {
+    let mut cluster = Cluster::new(2, WG_CONFIG);
+    cluster.start();
+    let (a, _b) = pods_talking(&cluster, "pods talk");
+    let n0 = cluster.node(0);
+    let pids = n0.wireguard_datapath_pids();
+    assert_eq!(pids.len(), 1, "one data path process: {pids:?}");
+    let socket = n0.wireguard_socket();
+    let left = key_hex(
+        backend_data(&cluster, cluster.node(1))["PublicKey"]
+            .as_str()
+            .expect("node 2's public key"),
+    );
+    let peers = control_exchange(&socket, b"get=1\n\n");
+    assert!(peers.contains(&format!("public_key={left}\n")), "{peers}");
+
+    n0.stop();
+    assert_eq!(
+        n0.wireguard_datapath_pids(),
+        pids,
+        "the data path outlives weftd"
+    );
+    // While weftd is down, node 2 leaves and node 3 joins.
+    let n1 = cluster.node(1);
+    n1.stop();
+    let key = n1.lease_key().expect("node 2's lease");
+    assert!(cluster.etcd.del(&key), "delete {key}");
+    cluster.add_node().start_weftd(&[]);
+    let n2 = cluster.node(2);
+    n2.wait_subnet_env(Duration::from_secs(30));
+    let joined = key_hex(
+        backend_data(&cluster, n2)["PublicKey"]
+            .as_str()
+            .expect("node 3's public key"),
+    );
+    let c = n2.add_pod();
+    let n0 = cluster.node(0);
+    assert!(
+        !control_exchange(&socket, b"get=1\n\n").contains(&joined),
+        "the data path knew the new node before weftd came back"
+    );
+
+    n0.start_weftd(&[]);
+    n0.wait_ready(Duration::from_secs(30));
+    assert_eq!(
+        n0.wireguard_datapath_pids(),
+        pids,
+        "weftd found its data path process again"
+    );
+    assert!(n0.log().contains("reused=true"), "{}", n0.log_tail(30));
+    wait_until(
+        Duration::from_secs(20),
+        "pods on the restarted node and on the node that joined talk",
+        || a.tcp_check(&c) && c.tcp_check(&a),
+    );
+    let peers = control_exchange(&socket, b"get=1\n\n");
+    assert!(
+        peers.contains(&format!("public_key={joined}\n")),
+        "the node that joined is a peer: {peers}"
+    );
+    assert!(
+        !peers.contains(&left),
+        "the node that left is still a peer: {peers}"
+    );
 }
 
 /// Whether this kernel can create a WireGuard device (in a throwaway namespace).
@@ -649,13 +751,7 @@ fn wireguard_datapath_kernel_runs_on_the_kernel_or_refuses_loudly() {
         for i in 0..2 {
             cluster.node(i).wait_subnet_env(Duration::from_secs(30));
         }
-        let a = cluster.node(0).add_pod();
-        let b = cluster.node(1).add_pod();
-        wait_until(
-            Duration::from_secs(20),
-            "pods talk over kernel WireGuard",
-            || a.tcp_check(&b) && b.tcp_check(&a),
-        );
+        let _pods = pods_talking(&cluster, "pods talk over kernel WireGuard");
         let link = cluster.node(0).link("flannel-wg").expect("flannel-wg");
         assert_eq!(link["linkinfo"]["info_kind"], "wireguard", "{link}");
         assert!(cluster.node(0).log().contains(r#"datapath="kernel""#));

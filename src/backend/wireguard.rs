@@ -875,11 +875,22 @@ impl WireGuardBackend {
         if view.bind != Some(dev.bind) || view.listen_port != dev.listen_port {
             return Some(format!("it is bound to {:?}, not {}", view.bind, dev.bind));
         }
-        if !self.offloads && view.offloads != "none" {
-            return Some(format!(
-                "it uses offloads ({}); --no-udp-offloads asks for none",
-                view.offloads
-            ));
+        match view.offloads_asked {
+            Some(asked) if asked != self.offloads => {
+                let (was, now) = if asked {
+                    ("with offloads", "--no-udp-offloads asks for none")
+                } else {
+                    ("without offloads", "weftd now asks for them")
+                };
+                return Some(format!("it was started {was}; {now}"));
+            }
+            None if !self.offloads && view.offloads != "none" => {
+                return Some(format!(
+                    "it uses offloads ({}); --no-udp-offloads asks for none",
+                    view.offloads
+                ));
+            }
+            _ => {}
         }
         match view.public_key {
             Some(k) if k != self.lease.public_key => Some(format!("it holds another key ({k})")),

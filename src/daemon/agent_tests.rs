@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::backend::{BackendError, ReconcileReport};
-use crate::lease::LeaseAttrs;
+use crate::lease::{lease_key, LeaseAttrs};
 use crate::netlink::NetlinkError;
 use crate::store::{EtcdOptions, NetworkEvent, NetworkSnapshot, NetworkWatch};
 
@@ -462,4 +462,53 @@ async fn a_live_config_change_steers_the_next_acquire_and_a_new_network_is_refus
         ]
     );
     assert_eq!(a.config.network, net("10.244.0.0/16"));
+}
+
+/// A dual-stack node knows its own lease by its whole key (`10.244.1.0-24&fd00:...-64`): a
+/// peer's watch event neither takes it for lost (no acquire) nor leaves a key of the IPv4
+/// subnet alone in the table, which validation would then judge against the real one.
+#[tokio::test]
+async fn a_dual_stack_node_keeps_its_own_lease_through_peer_events() {
+    const DUAL: &str =
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = agent(&store, &dp, dir.path());
+    a.config = NetworkConfig::parse(DUAL).unwrap();
+    a.config_text = Some(DUAL.to_string());
+    a.own.ipv6_subnet = Some("fd00:10:244:1::/64".parse().unwrap());
+    let own_key = crate::lease::dual_lease_key(PREFIX, a.own.subnet, a.own.ipv6_subnet);
+    let peer_key = crate::lease::dual_lease_key(
+        PREFIX,
+        net("10.244.2.0/24"),
+        Some("fd00:10:244:2::/64".parse().unwrap()),
+    );
+    let entry = |key: &str, value: String, revision| RawLease {
+        key: key.to_string(),
+        value: value.into_bytes(),
+        etcd_lease: 7,
+        create_revision: revision,
+        mod_revision: revision,
+    };
+    a.leases = [
+        entry(&own_key, a.own.attrs.to_json(), 5),
+        entry(&peer_key, vxlan_value("192.0.2.2", "0a:00:00:00:00:02"), 6),
+    ]
+    .into_iter()
+    .map(|l| (l.key.clone(), l))
+    .collect();
+    // Were the own lease taken for lost, this answer would be taken and the call recorded.
+    store.state().acquire.push_back(a.own.clone());
+    a.note_changes(vec![NetworkEvent::LeasePut(entry(
+        &peer_key,
+        vxlan_value("192.0.2.2", "0a:00:00:00:00:03"),
+        7,
+    ))])
+    .await;
+    assert!(
+        store.state().acquired_with.is_empty(),
+        "a peer's event re-acquired the own lease"
+    );
+    let keys: Vec<&String> = a.leases.keys().collect();
+    assert_eq!(keys, [&own_key, &peer_key]);
 }

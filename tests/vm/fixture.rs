@@ -501,6 +501,11 @@ impl Vm {
         &self.ip
     }
 
+    /// The guest's IPv6 underlay address (2001:db8::(10+index), beside its IPv4 one).
+    pub fn ip6(&self) -> String {
+        format!("2001:db8::{}", 10 + self.index)
+    }
+
     /// The VM's name (also QEMU's `-name`, carrying the owner pid).
     pub fn name(&self) -> &str {
         &self.name
@@ -625,8 +630,10 @@ impl Vm {
             image.initrd.display().to_string(),
             "-append".into(),
             format!(
-                "console=ttyS0 loglevel=4 weft.ip={}/24 weft.name=vm{}",
-                self.ip, self.index
+                "console=ttyS0 loglevel=4 weft.ip={}/24 weft.ip6={}/64 weft.name=vm{}",
+                self.ip,
+                self.ip6(),
+                self.index
             ),
             "-device".into(),
             "virtio-serial-pci".into(),
@@ -851,6 +858,12 @@ impl Vm {
     /// Creates pod `name` in the guest: a network namespace wired by the weft CNI plugin.
     /// Returns the pod's address.
     pub fn add_pod(&self, name: &str) -> String {
+        self.add_pod_addresses(name).swap_remove(0)
+    }
+
+    /// [`Vm::add_pod`] returning every address the plugin gave the pod (IPv4 first, then
+    /// IPv6 in a dual-stack network).
+    pub fn add_pod_addresses(&self, name: &str) -> Vec<String> {
         self.run_ok(&["/usr/bin/ip", "netns", "add", name]);
         let conf = json!({
             "cniVersion": "1.0.0",
@@ -876,8 +889,21 @@ impl Vm {
         );
         let result: Value = serde_json::from_str(&r.stdout)
             .unwrap_or_else(|e| panic!("{}: CNI ADD result {}: {e}", self.name, r.stdout));
-        let addr = result["ips"][0]["address"].as_str().unwrap_or_default();
-        addr.split('/').next().unwrap_or_default().to_string()
+        let addresses: Vec<String> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str())
+            .filter_map(|a| a.split('/').next())
+            .map(str::to_string)
+            .collect();
+        assert!(
+            !addresses.is_empty(),
+            "{}: CNI ADD {name} gave no address: {}",
+            self.name,
+            r.stdout
+        );
+        addresses
     }
 
     /// TCP from pod `from` here to `to_ip` where `server` listens in pod `to_pod`: the token

@@ -517,3 +517,66 @@ fn wireguard_kernel_data_path_in_vms_and_userspace_on_the_host() {
         "kernel wireguard after reboot",
     );
 }
+
+/// The kernel's WireGuard over IPv6 in Flannel's default `separate` mode: in a dual-stack
+/// network each VM runs the kernel's `flannel-wg` (IPv4 underlay, port 51820) and
+/// `flannel-wg-v6` (IPv6 underlay, port 51821), and pods talk over both families.
+#[test]
+fn wireguard_kernel_data_path_over_ipv6_in_vms() {
+    const WG6: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard"}}"#;
+    let _lock = vm_lock();
+    let seg = Segment::new(WG6);
+    let (vm1, vm2) = (seg.vm(1), seg.vm(2));
+    eprintln!("boot of two VMs: {:?}", boot_all(&[&vm1, &vm2]));
+    for vm in [&vm1, &vm2] {
+        own_subnet(vm);
+        let env = vm.wait_subnet_env(CONVERGE);
+        assert!(
+            env.contains("FLANNEL_IPV6_SUBNET=fd00:10:244:"),
+            "{}: subnet.env has no IPv6 subnet:\n{env}",
+            vm.name()
+        );
+        for dev in ["flannel-wg", "flannel-wg-v6"] {
+            let links = vm.ip_json(&["-d", "link", "show", dev]);
+            assert_eq!(
+                links.first().map(|l| l["linkinfo"]["info_kind"].clone()),
+                Some(Value::from("wireguard")),
+                "{}: {dev} is the kernel's WireGuard device: {links:?}\n{}",
+                vm.name(),
+                vm.weftd_log()
+            );
+        }
+        let port = vm.run_ok(&["/usr/bin/wg", "show", "flannel-wg-v6", "listen-port"]);
+        assert_eq!(port.trim(), "51821", "{}: flannel-wg-v6's port", vm.name());
+    }
+    let a = vm1.add_pod_addresses("pa");
+    let b = vm2.add_pod_addresses("pb");
+    assert!(
+        a.len() == 2 && b.len() == 2,
+        "one address per family: {a:?} {b:?}"
+    );
+    pods_talk(
+        &vm1,
+        "pa",
+        &a[0],
+        &vm2,
+        "pb",
+        &b[0],
+        "kernel wireguard, IPv4 pods",
+    );
+    pods_talk(
+        &vm1,
+        "pa",
+        &a[1],
+        &vm2,
+        "pb",
+        &b[1],
+        "kernel wireguard, IPv6 pods",
+    );
+    // The IPv6 device's peer is the other VM at its IPv6 underlay address.
+    let endpoints = vm1.run_ok(&["/usr/bin/wg", "show", "flannel-wg-v6", "endpoints"]);
+    assert!(
+        endpoints.contains(&format!("[{}]:51821", vm2.ip6())),
+        "vm1's flannel-wg-v6 endpoints: {endpoints}"
+    );
+}

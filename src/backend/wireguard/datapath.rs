@@ -9,15 +9,15 @@
 //! errno and changes nothing; it never ends the process.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read as _, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
@@ -38,6 +38,8 @@ use crate::wireguard_key::{SecretKey, WireGuardKey};
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the process looks at its device and socket between requests.
 const WATCH_MS: u16 = 200;
+/// Control connections served at once.
+const MAX_CONNECTIONS: usize = 8;
 
 /// What the process is started with (its argument vector; the private key comes over the
 /// socket).
@@ -236,6 +238,7 @@ impl DataPath {
             public_key: self.config.private.as_ref().map(public_key),
             own_subnets: self.config.own.clone(),
             offloads: self.offloads.clone(),
+            offloads_asked: Some(self.args.offloads),
             counters: self
                 .counters
                 .rows()
@@ -263,14 +266,106 @@ fn refused(e: &UapiError) -> String {
     format!("errno={}\n\n", e.errno())
 }
 
+/// Something that answers one control request: the data path, or a stand-in in tests.
+trait Answer: Send + 'static {
+    /// The text of the answer to the request `text` (its lines, without the empty one).
+    fn answer(&mut self, text: &str) -> String;
+}
+
+impl Answer for DataPath {
+    fn answer(&mut self, text: &str) -> String {
+        DataPath::answer(self, text)
+    }
+}
+
+/// A control socket stream whose reads share one deadline: a request must arrive whole
+/// within [`CONTROL_TIMEOUT`] of the previous answer (or of the connection), however the
+/// client paces its bytes.
+struct DeadlineStream {
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+impl io::Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+/// Serves the control socket: every connection on its own thread (at most
+/// [`MAX_CONNECTIONS`] at once, more are closed at once), the answerer locked only while it
+/// answers, so a client that stalls delays nobody else.
+struct ControlServer<A> {
+    answerer: Arc<Mutex<A>>,
+    open: Arc<AtomicUsize>,
+}
+
+impl<A: Answer> ControlServer<A> {
+    fn new(answerer: Arc<Mutex<A>>) -> Self {
+        ControlServer {
+            answerer,
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Accepts what the listener has queued (it is non-blocking) and hands each connection to a thread.
+    fn accept(&self, listener: &UnixListener) {
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on control socket");
+                    return;
+                }
+            };
+            if self.open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(
+                    limit = MAX_CONNECTIONS,
+                    "too many control connections at once; closing a new one"
+                );
+                continue;
+            }
+            let answerer = self.answerer.clone();
+            let open = self.open.clone();
+            let spawned = std::thread::Builder::new()
+                .name("weft-wg-control".into())
+                .spawn(move || {
+                    if let Err(e) = serve_connection(&answerer, stream) {
+                        tracing::debug!(error = %e, "control connection ended");
+                    }
+                    open.fetch_sub(1, Ordering::AcqRel);
+                });
+            if let Err(e) = spawned {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(error = %e, "no thread for a control connection; closing it");
+            }
+        }
+    }
+}
+
+/// Locks `m`, taking over the value a panicked holder left.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Reads requests from one connection and answers each, until the peer closes it, sends
-/// more than [`uapi::MAX_REQUEST`] or stalls past [`CONTROL_TIMEOUT`].
-fn serve_connection(path: &mut DataPath, stream: UnixStream) -> io::Result<()> {
+/// more than [`uapi::MAX_REQUEST`] or takes longer than [`CONTROL_TIMEOUT`] for a request.
+fn serve_connection<A: Answer>(answerer: &Mutex<A>, stream: UnixStream) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(CONTROL_TIMEOUT))?;
     stream.set_write_timeout(Some(CONTROL_TIMEOUT))?;
     let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream).take(uapi::MAX_REQUEST as u64);
+    let mut reader = BufReader::new(DeadlineStream {
+        stream,
+        deadline: Instant::now() + CONTROL_TIMEOUT,
+    })
+    .take(uapi::MAX_REQUEST as u64);
     let mut request = String::new();
     let mut line = Vec::new();
     loop {
@@ -278,7 +373,7 @@ fn serve_connection(path: &mut DataPath, stream: UnixStream) -> io::Result<()> {
         if reader.read_until(b'\n', &mut line)? == 0 {
             // Closed, or the size limit reached: a partial request is answered as refused.
             if !request.is_empty() {
-                let answer = path.answer(&request);
+                let answer = lock(answerer).answer(&request);
                 writer.write_all(answer.as_bytes())?;
             }
             return Ok(());
@@ -286,9 +381,10 @@ fn serve_connection(path: &mut DataPath, stream: UnixStream) -> io::Result<()> {
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches('\n');
         if text.is_empty() {
-            let answer = path.answer(&request);
+            let answer = lock(answerer).answer(&request);
             writer.write_all(answer.as_bytes())?;
             request.clear();
+            reader.get_mut().get_mut().deadline = Instant::now() + CONTROL_TIMEOUT;
             continue;
         }
         request.push_str(text);
@@ -366,7 +462,9 @@ pub fn run(args: DataPathArgs) -> Result<(), WireGuardError> {
         offloads = %offloads,
         "WireGuard data path process running"
     );
-    let mut path = DataPath {
+    let device = args.device.clone();
+    let socket = args.socket.clone();
+    let path = Arc::new(Mutex::new(DataPath {
         args,
         config: DeviceConfig::default(),
         peers,
@@ -374,32 +472,25 @@ pub fn run(args: DataPathArgs) -> Result<(), WireGuardError> {
         counters,
         offloads,
         pumps,
-    };
+    }));
+    let server = ControlServer::new(path.clone());
     loop {
-        if path.pumps.device_gone() {
-            tracing::info!(device = %path.args.device, "TUN device gone; WireGuard data path exits");
+        if lock(&path).pumps.device_gone() {
+            tracing::info!(device = %device, "TUN device gone; WireGuard data path exits");
             break;
         }
-        if !socket_is_ours(&path.args.socket, inode) {
-            tracing::info!(socket = %path.args.socket.display(), "control socket removed; WireGuard data path exits");
+        if !socket_is_ours(&socket, inode) {
+            tracing::info!(socket = %socket.display(), "control socket removed; WireGuard data path exits");
             return Ok(());
         }
         if let Err(e) = poll_readable(listener.as_fd(), WATCH_MS) {
             tracing::warn!(error = %e, "poll control socket");
             std::thread::sleep(Duration::from_millis(u64::from(WATCH_MS)));
         }
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = serve_connection(&mut path, stream) {
-                    tracing::debug!(error = %e, "control connection ended");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => tracing::warn!(error = %e, "accept on control socket"),
-        }
+        server.accept(&listener);
     }
-    if socket_is_ours(&path.args.socket, inode) {
-        let _ = std::fs::remove_file(&path.args.socket);
+    if socket_is_ours(&socket, inode) {
+        let _ = std::fs::remove_file(&socket);
     }
     Ok(())
 }
@@ -468,6 +559,79 @@ mod tests {
         .unwrap();
         assert!(c.peers.is_empty());
         assert!(c.private.is_some(), "the key stays");
+    }
+
+    /// Answers every request with its own text, as a stand-in for the data path.
+    struct Echo;
+
+    impl Answer for Echo {
+        fn answer(&mut self, text: &str) -> String {
+            format!("{text}errno=0\n\n")
+        }
+    }
+
+    #[test]
+    fn a_stalled_client_delays_no_other_and_is_cut_off_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let serving = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let server = ControlServer::new(Arc::new(Mutex::new(Echo)));
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = poll_readable(listener.as_fd(), 50);
+                    server.accept(&listener);
+                }
+            })
+        };
+        // A client that starts a request and then sends a byte a second, never finishing it.
+        let mut stalled = UnixStream::connect(&path).unwrap();
+        stalled.write_all(b"get=1\n").unwrap();
+        let trickle = {
+            let mut s = stalled.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for _ in 0..12 {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if s.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        // Another client is answered while the first one stalls.
+        let mut other = UnixStream::connect(&path).unwrap();
+        other.set_read_timeout(Some(CONTROL_TIMEOUT / 2)).unwrap();
+        other.write_all(b"get=1\n\n").unwrap();
+        let mut answer = [0u8; 64];
+        let n = other
+            .read(&mut answer)
+            .expect("answered while another client stalls");
+        assert_eq!(&answer[..n], b"get=1\nerrno=0\n\n");
+        // The stalled client is cut off once its request took CONTROL_TIMEOUT, however it
+        // paces its bytes: its connection ends (EOF) well before its trickle would.
+        stalled.set_read_timeout(Some(CONTROL_TIMEOUT * 2)).unwrap();
+        let started = Instant::now();
+        let end = stalled.read(&mut answer);
+        // (A reset when bytes it sent were still unread.)
+        assert!(
+            matches!(&end, Ok(0))
+                || end
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+            "the stalled connection is closed: {end:?}"
+        );
+        assert!(
+            started.elapsed() < CONTROL_TIMEOUT + Duration::from_secs(2),
+            "closed at its deadline, not after {:?}",
+            started.elapsed()
+        );
+        stop.store(true, Ordering::Relaxed);
+        serving.join().unwrap();
+        trickle.join().unwrap();
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct DeviceView {
     pub own_subnets: Vec<IpNetwork>,
     /// `weft_offloads=`: the offloads the kernel granted its TUN queues and sockets.
     pub offloads: String,
+    /// `weft_offloads_asked=`: whether the process was started asking for offloads (the
+    /// kernel may have granted none); absent from a process that does not say.
+    pub offloads_asked: Option<bool>,
     /// `weft_<name>=`: the data path's counters.
     pub counters: BTreeMap<String, u64>,
     /// The peers, by key.
@@ -388,6 +391,9 @@ pub fn format_device(view: &DeviceView) -> String {
         out.push_str(&format!("weft_own_subnet={s}\n"));
     }
     out.push_str(&format!("weft_offloads={}\n", view.offloads));
+    if let Some(asked) = view.offloads_asked {
+        out.push_str(&format!("weft_offloads_asked={asked}\n"));
+    }
     for (name, value) in &view.counters {
         out.push_str(&format!("weft_{name}={value}\n"));
     }
@@ -459,6 +465,12 @@ pub fn parse_device(text: &str) -> Result<DeviceView, UapiError> {
             }
             "weft_own_subnet" => view.own_subnets.push(parse_subnet(line, key, value)?),
             "weft_offloads" => view.offloads = value.to_string(),
+            "weft_offloads_asked" => {
+                let asked = value.parse().map_err(|_| {
+                    invalid(line, key, format!("{} is not true or false", shown(value)))
+                })?;
+                view.offloads_asked = Some(asked);
+            }
             _ => {
                 if let Some(name) = key.strip_prefix("weft_") {
                     view.counters
@@ -546,6 +558,7 @@ mod tests {
             public_key: Some(key(KEY_B)),
             own_subnets: vec!["10.244.1.0/24".parse().unwrap()],
             offloads: "tun-tso udp-gso".to_string(),
+            offloads_asked: Some(true),
             ..Default::default()
         };
         view.counters.insert("tx_packets".to_string(), 7);
