@@ -495,7 +495,6 @@ async fn a_dual_stack_node_keeps_its_own_lease_through_peer_events() {
         entry(&peer_key, vxlan_value("192.0.2.2", "0a:00:00:00:00:02"), 6),
     ]
     .into_iter()
-    .map(|l| (l.key.clone(), l))
     .collect();
     // Were the own lease taken for lost, this answer would be taken and the call recorded.
     store.state().acquire.push_back(a.own.clone());
@@ -509,6 +508,6 @@ async fn a_dual_stack_node_keeps_its_own_lease_through_peer_events() {
         store.state().acquired_with.is_empty(),
         "a peer's event re-acquired the own lease"
     );
-    let keys: Vec<&String> = a.leases.keys().collect();
+    let keys: Vec<&String> = a.leases.values().map(|l| &l.key).collect();
     assert_eq!(keys, [&own_key, &peer_key]);
 }
