@@ -75,6 +75,8 @@ pub struct DaemonOptions {
     pub udp_offloads: bool,
     /// `--wireguard-datapath`: the WireGuard backend's data path.
     pub wireguard_datapath: crate::backend::wireguard::WireGuardDataPath,
+    /// `--route-nexthops`: VXLAN and host-gw route IPv4 peers through nexthop objects.
+    pub route_nexthops: bool,
     /// `--healthz-addr`.
     pub healthz_addr: Option<SocketAddr>,
     /// `--resync-interval`: period of the full reconcile against the cached lease table.
@@ -97,6 +99,7 @@ impl DaemonOptions {
         crate::backend::BackendOptions {
             udp_offloads: self.udp_offloads,
             wireguard: self.wireguard_datapath,
+            route_nexthops: self.route_nexthops,
         }
     }
 }

@@ -26,6 +26,9 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
 use tokio::sync::mpsc;
 
+mod nexthop;
+pub use nexthop::{dump_nexthops, Nexthop, NexthopTable};
+
 /// The route protocol (`proto` in `ip route`) of every route weft adds: 87 is unassigned in
 /// iproute2's `rt_protos` (shows as `proto 87`). A reconcile recognises weft's routes by it, so
 /// it never removes a route it did not add, also on a shared device (host-gw's underlay).
@@ -491,6 +494,9 @@ pub struct Ipv4Route {
     pub oif: u32,
     /// Whether the next hop is declared on-link (VXLAN peers: `X.0` on `flannel.<VNI>`).
     pub onlink: bool,
+    /// The nexthop object the route goes through (`nhid`, `--route-nexthops`), which holds
+    /// the gateway, device and on-link flag above; `None` for a route of Flannel's shape.
+    pub nexthop: Option<u32>,
 }
 
 /// All IPv4 routes of all tables (the kernel ignores dump filters without strict checking).
@@ -515,9 +521,10 @@ fn route_oif(r: &RouteMessage) -> Option<u32> {
 impl Ipv4Route {
     /// `ip route` style text for logs and errors, without the device.
     fn describe(&self) -> String {
-        match self.gateway {
-            Some(gw) => format!("{} via {gw}", self.dst),
-            None => self.dst.to_string(),
+        match (self.nexthop, self.gateway) {
+            (Some(id), _) => format!("{} nhid {id}", self.dst),
+            (None, Some(gw)) => format!("{} via {gw}", self.dst),
+            (None, None) => self.dst.to_string(),
         }
     }
 }
@@ -562,11 +569,23 @@ pub fn main_table_routes(msgs: &[RouteMessage], origin: RouteOrigin) -> Vec<Ipv4
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
                 _ => None,
             });
+            let nexthop = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::NhId(id) => Some(*id),
+                _ => None,
+            });
+            // Without `nexthop_compat_mode` a route through a nexthop object names no device;
+            // the object does (see `pipeline::read_kernel`).
+            let oif = match (route_oif(r), nexthop) {
+                (Some(oif), _) => oif,
+                (None, Some(_)) => 0,
+                (None, None) => return None,
+            };
             Some(Ipv4Route {
                 dst: Ipv4Network::new(dst_ip, r.header.destination_prefix_length).ok()?,
                 gateway,
-                oif: route_oif(r)?,
+                oif,
                 onlink: r.header.flags.contains(RouteFlags::Onlink),
+                nexthop,
             })
         })
         .collect()
@@ -574,6 +593,16 @@ pub fn main_table_routes(msgs: &[RouteMessage], origin: RouteOrigin) -> Vec<Ipv4
 
 /// The message for one of weft's routes (protocol [`WEFT_ROUTE_PROTOCOL`]).
 fn route_message(route: &Ipv4Route) -> RouteMessage {
+    if let Some(id) = route.nexthop {
+        // The kernel refuses a gateway or device beside a nexthop id: the object holds them.
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(route.dst.network(), route.dst.prefix())
+            .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL))
+            .scope(RouteScope::Universe)
+            .build();
+        msg.attributes.push(RouteAttribute::NhId(id));
+        return msg;
+    }
     let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(route.dst.network(), route.dst.prefix())
         .output_interface(route.oif)
@@ -705,17 +734,22 @@ const CREATE_REPLACE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REP
 const DELETE: u16 = NLM_F_REQUEST | NLM_F_ACK;
 
 impl BatchRequest {
+    /// A request from its serialised message (sequence number 0; set when sent).
+    fn from_bytes(bytes: Vec<u8>, op: String, absent_ok: bool) -> Self {
+        BatchRequest {
+            bytes: bytes.into_boxed_slice(),
+            op: op.into_boxed_str(),
+            absent_ok,
+        }
+    }
+
     fn new(message: RouteNetlinkMessage, flags: u16, op: String, absent_ok: bool) -> Self {
         let mut msg = NetlinkMessage::from(message);
         msg.header.flags = flags;
         msg.finalize();
         let mut bytes = vec![0; msg.buffer_len()];
         msg.serialize(&mut bytes);
-        BatchRequest {
-            bytes: bytes.into_boxed_slice(),
-            op: op.into_boxed_str(),
-            absent_ok,
-        }
+        BatchRequest::from_bytes(bytes, op, absent_ok)
     }
 
     /// Adds or replaces a route; `dev` names the device in errors.

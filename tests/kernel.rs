@@ -851,6 +851,7 @@ fn batch_errors_name_the_operation_and_absent_deletes_succeed() {
             gateway: Some(Ipv4Addr::new(10, 244, 3, 0)),
             oif: 9999,
             onlink: true,
+            nexthop: None,
         };
         let fdb = netlink::FdbEntry {
             mac: MacAddr([0x0a, 0, 0, 0, 0, 3]),

@@ -10,13 +10,17 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::Ipv4Network;
 
-use crate::netlink::{FdbEntry, FdbEntry6, Ipv4Route, Ipv6Route, MacAddr, Neighbour, Neighbour6};
+use crate::netlink::{
+    FdbEntry, FdbEntry6, Ipv4Route, Ipv6Route, MacAddr, Neighbour, Neighbour6, Nexthop,
+};
 
 /// The kernel entries a backend wants for its peer leases (its desired state).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelEntries {
     /// Routes to peer subnets, all carrying [`crate::netlink::WEFT_ROUTE_PROTOCOL`].
     pub routes: BTreeSet<Ipv4Route>,
+    /// The nexthop objects those routes go through (`--route-nexthops`).
+    pub nexthops: BTreeSet<Nexthop>,
     /// Permanent neighbour entries on the overlay device, by IP.
     pub neighbours: BTreeMap<Ipv4Addr, MacAddr>,
     /// FDB entries on the overlay device.
@@ -33,6 +37,7 @@ impl KernelEntries {
     /// How many kernel entries these are.
     pub fn len(&self) -> usize {
         self.routes.len()
+            + self.nexthops.len()
             + self.neighbours.len()
             + self.fdb.len()
             + self.routes6.len()
@@ -52,6 +57,8 @@ impl KernelEntries {
 pub struct PeerEntries {
     /// The route to the peer's subnet.
     pub route: Option<Ipv4Route>,
+    /// The nexthop object the route goes through (`--route-nexthops`).
+    pub nexthop: Option<Nexthop>,
     /// The permanent neighbour entry of the peer's VTEP address.
     pub neighbour: Option<(Ipv4Addr, MacAddr)>,
     /// The FDB entry of the peer's VTEP.
@@ -67,6 +74,7 @@ impl KernelEntries {
         let mut all = KernelEntries::default();
         for p in by_peer.values() {
             all.routes.extend(p.route);
+            all.nexthops.extend(p.nexthop);
             if let Some((ip, mac)) = p.neighbour {
                 all.neighbours.insert(ip, mac);
             }
@@ -102,7 +110,11 @@ impl AppliedEntries {
             + self
                 .by_peer
                 .values()
-                .map(|p| usize::from(p.route.is_some()) + usize::from(p.neighbour.is_some()))
+                .map(|p| {
+                    usize::from(p.route.is_some())
+                        + usize::from(p.nexthop.is_some())
+                        + usize::from(p.neighbour.is_some())
+                })
                 .sum::<usize>()
     }
 
@@ -125,6 +137,16 @@ impl AppliedEntries {
             if old.route != new.route {
                 d.del_routes.extend(old.route);
                 d.add_routes.extend(new.route);
+            }
+            if old.nexthop != new.nexthop {
+                // One id per peer subnet: a changed nexthop is replaced in place.
+                if let Some(was) = old
+                    .nexthop
+                    .filter(|o| new.nexthop.map(|n| n.id) != Some(o.id))
+                {
+                    d.del_nexthops.push(was.id);
+                }
+                d.add_nexthops.extend(new.nexthop);
             }
             if old.neighbour != new.neighbour {
                 match (old.neighbour, new.neighbour) {
@@ -156,6 +178,7 @@ impl AppliedEntries {
         }
         // A peer's entry that another changed peer takes over in the same pass stays.
         d.del_routes.retain(|r| !d.add_routes.contains(r));
+        keep_routes_replaced_in_place(&mut d);
         d.del_fdb.retain(|e| !d.add_fdb.contains(e));
         d.add_fdb.retain(|e| self.fdb_users.contains_key(e));
         d
@@ -167,6 +190,8 @@ impl AppliedEntries {
 pub struct ActualEntries {
     /// weft's routes (protocol [`crate::netlink::WEFT_ROUTE_PROTOCOL`]) on the backend's devices.
     pub routes: Vec<Ipv4Route>,
+    /// weft's nexthop objects (the same protocol), on any device.
+    pub nexthops: Vec<Nexthop>,
     /// All IPv4 neighbour entries of the overlay device.
     pub neighbours: Vec<Neighbour>,
     /// All FDB entries of the overlay device.
@@ -184,6 +209,7 @@ impl ActualEntries {
     pub fn programmed(desired: &KernelEntries) -> ActualEntries {
         ActualEntries {
             routes: desired.routes.iter().copied().collect(),
+            nexthops: desired.nexthops.iter().copied().collect(),
             neighbours: desired
                 .neighbours
                 .iter()
@@ -220,7 +246,8 @@ pub struct SkippedPeer {
 
 /// What to change so that the kernel holds exactly the desired entries. Removals must be
 /// applied before additions (a changed route or FDB entry is one removal plus one addition);
-/// a neighbour whose MAC changed is replaced in place.
+/// a neighbour whose MAC changed is replaced in place. Nexthop objects are added before the
+/// routes through them and deleted last, once no route wanted goes through them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EntryDiff {
     /// weft's routes to delete.
@@ -234,6 +261,10 @@ pub struct EntryDiff {
     pub del_fdb: Vec<FdbEntry>,
     /// Routes to add.
     pub add_routes: Vec<Ipv4Route>,
+    /// Nexthop objects to add or replace (before the routes).
+    pub add_nexthops: Vec<Nexthop>,
+    /// weft's nexthop objects to delete, by id (after the routes).
+    pub del_nexthops: Vec<u32>,
     /// Permanent neighbour entries to add or replace.
     pub add_neighbours: Vec<(Ipv4Addr, MacAddr)>,
     /// FDB entries to add.
@@ -262,6 +293,8 @@ impl EntryDiff {
             && self.del_neighbours.is_empty()
             && self.del_fdb.is_empty()
             && self.add_routes.is_empty()
+            && self.add_nexthops.is_empty()
+            && self.del_nexthops.is_empty()
             && self.add_neighbours.is_empty()
             && self.add_fdb.is_empty()
             && self.del_routes6.is_empty()
@@ -281,6 +314,23 @@ pub fn diff(desired: &KernelEntries, actual: &ActualEntries) -> EntryDiff {
     d.del_routes = actual_routes.difference(&desired.routes).copied().collect();
     d.add_routes = desired.routes.difference(&actual_routes).copied().collect();
     d.present += desired.routes.len() - d.add_routes.len();
+    keep_routes_replaced_in_place(&mut d);
+
+    let wanted_ids: BTreeSet<u32> = desired.nexthops.iter().map(|n| n.id).collect();
+    let actual_nexthops: BTreeSet<Nexthop> = actual.nexthops.iter().copied().collect();
+    d.del_nexthops = actual_nexthops
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| !wanted_ids.contains(id))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    d.add_nexthops = desired
+        .nexthops
+        .difference(&actual_nexthops)
+        .copied()
+        .collect();
+    d.present += desired.nexthops.len() - d.add_nexthops.len();
 
     let mut seen_neighbours = BTreeSet::new();
     let mut good_neighbours = BTreeSet::new();
@@ -320,6 +370,58 @@ pub fn diff(desired: &KernelEntries, actual: &ActualEntries) -> EntryDiff {
     (d.del_fdb6, d.add_fdb6) = set_diff(&desired.fdb6, &actual.fdb6);
     d.present += desired.fdb6.len() - d.add_fdb6.len();
     d
+}
+
+/// Drops the deletion of a route that an added route of the same destination replaces while
+/// one of the two goes through a nexthop object (a switch between Flannel's shape and
+/// `--route-nexthops`): a replace matches on destination and metric, so the peer keeps a
+/// route throughout.
+fn keep_routes_replaced_in_place(d: &mut EntryDiff) {
+    let switched: BTreeSet<Ipv4Network> = d
+        .add_routes
+        .iter()
+        .filter(|add| {
+            d.del_routes
+                .iter()
+                .any(|del| del.dst == add.dst && (del.nexthop.is_some() || add.nexthop.is_some()))
+        })
+        .map(|r| r.dst)
+        .collect();
+    d.del_routes.retain(|r| !switched.contains(&r.dst));
+}
+
+/// The id of the nexthop object of the peer with subnet `subnet`: its network address as a
+/// number, unique per peer and stable across restarts (never 0: no peer has 0.0.0.0).
+pub fn nexthop_id(subnet: Ipv4Network) -> u32 {
+    u32::from(subnet.network())
+}
+
+/// A peer's entries with its route through a nexthop object of its own (`--route-nexthops`):
+/// same gateway, device and on-link flag, held by the object. A route without a gateway, or
+/// one whose id a nexthop of someone else holds (in `foreign`), keeps Flannel's shape.
+pub fn through_nexthop(
+    subnet: Ipv4Network,
+    mut entries: PeerEntries,
+    foreign: &BTreeSet<u32>,
+) -> PeerEntries {
+    let id = nexthop_id(subnet);
+    let Some(route) = entries.route.as_mut() else {
+        return entries;
+    };
+    let Some(gateway) = route.gateway else {
+        return entries;
+    };
+    if id == 0 || foreign.contains(&id) {
+        return entries;
+    }
+    route.nexthop = Some(id);
+    entries.nexthop = Some(Nexthop {
+        id,
+        gateway,
+        oif: route.oif,
+        onlink: route.onlink,
+    });
+    entries
 }
 
 /// What to delete from `actual` and add to it to make it `desired`.
@@ -389,6 +491,7 @@ mod tests {
             gateway: Some(gw.parse().unwrap()),
             oif,
             onlink: true,
+            nexthop: None,
         }
     }
 
@@ -437,6 +540,7 @@ mod tests {
         (
             subnet,
             PeerEntries {
+                nexthop: None,
                 route: Some(route(
                     &subnet.to_string(),
                     &subnet.network().to_string(),

@@ -146,6 +146,7 @@ pub fn peer_route(
         gateway: Some(ip),
         oif: ext.index,
         onlink: false,
+        nexthop: None,
     }))
 }
 
@@ -164,6 +165,12 @@ impl HostGwBackend {
             ext: ext.clone(),
             pipeline: EntryPipeline::default(),
         }
+    }
+
+    /// Routes each IPv4 peer through a nexthop object of its own (`--route-nexthops`).
+    pub fn with_route_nexthops(mut self, on: bool) -> Self {
+        self.pipeline = EntryPipeline::new(on);
+        self
     }
 
     /// The lease value this node publishes: `{"PublicIP":..,"BackendType":"host-gw"}`.
@@ -233,7 +240,7 @@ impl HostGwBackend {
         own: Ipv4Network,
         peers: &[Lease],
     ) -> Result<ReconcileReport, HostGwError> {
-        let (desired, unroutable) = self.desired(own, peers);
+        let (mut desired, unroutable) = self.desired(own, peers);
         let (routes6, unroutable6) = self.desired6(peers);
         let handle = netlink::connect()?;
         let devices = self.devices();
@@ -241,6 +248,7 @@ impl HostGwBackend {
         let view =
             pipeline::read_kernel(&handle, &devices, |r| r.oif == ext && r.gateway.is_some())
                 .await?;
+        self.pipeline.shape(&mut desired, &view);
         let mut all = KernelEntries::merged(&desired);
         all.routes6 = routes6;
         let d = entries::diff(&all, &view.actual);
@@ -331,13 +339,15 @@ mod tests {
                     dst: "10.244.2.0/24".parse().unwrap(),
                     gateway: Some("192.0.2.2".parse().unwrap()),
                     oif: 2,
-                    onlink: false
+                    onlink: false,
+                    nexthop: None,
                 },
                 Ipv4Route {
                     dst: "10.244.5.0/24".parse().unwrap(),
                     gateway: Some("192.0.2.5".parse().unwrap()),
                     oif: 2,
-                    onlink: false
+                    onlink: false,
+                    nexthop: None,
                 },
             ]
         );

@@ -221,6 +221,7 @@ mod tests {
             gateway: Some("192.0.2.3".parse().unwrap()),
             oif: 2,
             onlink: false,
+            nexthop: None,
         };
         assert!(is_other_backends_route(
             Starting::Vxlan("flannel.1"),

@@ -68,6 +68,8 @@ pub struct BackendOptions {
     pub udp_offloads: bool,
     /// `--wireguard-datapath`.
     pub wireguard: wireguard::WireGuardDataPath,
+    /// `--route-nexthops`: VXLAN and host-gw route each IPv4 peer through a nexthop object.
+    pub route_nexthops: bool,
 }
 
 impl Default for BackendOptions {
@@ -75,6 +77,7 @@ impl Default for BackendOptions {
         BackendOptions {
             udp_offloads: true,
             wireguard: wireguard::WireGuardDataPath::Auto,
+            route_nexthops: false,
         }
     }
 }
@@ -82,7 +85,7 @@ impl Default for BackendOptions {
 /// A kernel entry weft owns but no lease justifies, found (and removed) by a reconcile.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StaleEntry {
-    /// `route`, `neighbour`, `fdb` or `address`.
+    /// `route`, `nexthop`, `neighbour`, `fdb` or `address`.
     pub kind: String,
     /// What it pointed at: `10.244.9.0/24 via 192.0.2.19 dev eth0`, `aa:bb:cc:00:00:09 dst
     /// 192.0.2.19 dev flannel.1`, ...
@@ -235,7 +238,9 @@ impl Backend {
                     enable_ipv6: cfg.ipv6.is_some(),
                 };
                 Ok(Backend::Vxlan(
-                    vxlan::VxlanBackend::new(settings, ext.clone(), state_dir).await?,
+                    vxlan::VxlanBackend::new(settings, ext.clone(), state_dir)
+                        .await?
+                        .with_route_nexthops(opts.route_nexthops),
                 ))
             }
             BackendConfig::Udp { port } => Ok(Backend::Udp(
@@ -249,7 +254,9 @@ impl Backend {
                 if !cfg.enable_ipv4 {
                     ext.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
                 }
-                Ok(Backend::HostGw(hostgw::HostGwBackend::new(&ext)))
+                Ok(Backend::HostGw(
+                    hostgw::HostGwBackend::new(&ext).with_route_nexthops(opts.route_nexthops),
+                ))
             }
             BackendConfig::WireGuard(wg) => Ok(Backend::WireGuard(
                 wireguard::WireGuardBackend::new(

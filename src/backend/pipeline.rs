@@ -5,13 +5,13 @@
 //! change, not the table. Either way
 //! the changes go out as netlink batches ([`netlink::run_batch`]), off the runtime's workers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rtnetlink::Handle;
 
 use ipnetwork::Ipv4Network;
 
-use super::entries::{ActualEntries, AppliedEntries, EntriesByPeer, EntryDiff, PeerEntries};
+use super::entries::{self, ActualEntries, AppliedEntries, EntriesByPeer, EntryDiff, PeerEntries};
 use super::{ReconcileReport, StaleEntry};
 use crate::netlink::{self, BatchRequest, Ipv4Route, NetlinkError, RouteOrigin};
 
@@ -63,11 +63,13 @@ pub struct KernelView {
     pub actual: ActualEntries,
     /// Every main-table unicast route without weft's protocol that the kernel did not make.
     pub untagged: Vec<Ipv4Route>,
+    /// The ids of the nexthop objects of other protocols, which weft leaves alone.
+    pub foreign_nexthops: BTreeSet<u32>,
 }
 
-/// Reads weft's entries: its routes (protocol 87) that `owns` accepts, and every neighbour and
-/// FDB entry of the overlay device; with an IPv6 overlay device or IPv6 routes, the same of
-/// IPv6 (weft's IPv6 routes on the backend's devices).
+/// Reads weft's entries: its routes (protocol 87) that `owns` accepts, its nexthop objects
+/// (the same protocol), and every neighbour and FDB entry of the overlay device; with an IPv6
+/// overlay device or IPv6 routes, the same of IPv6 (weft's IPv6 routes on the backend's devices).
 pub async fn read_kernel(
     handle: &Handle,
     devices: &Devices,
@@ -75,8 +77,23 @@ pub async fn read_kernel(
 ) -> Result<KernelView, NetlinkError> {
     // One dump at a time: a netlink socket refuses a second dump while one runs (EBUSY).
     let dump = netlink::dump_ipv4_routes(handle).await?;
+    let nexthops = netlink::dump_nexthops()?;
+    let by_id: BTreeMap<u32, &netlink::Nexthop> = nexthops.weft.iter().map(|n| (n.id, n)).collect();
     let routes = netlink::main_table_routes(&dump, RouteOrigin::Weft)
         .into_iter()
+        .map(|mut r| {
+            // A route dumped without `nexthop_compat_mode` names its object alone.
+            if let Some(nh) = r
+                .nexthop
+                .filter(|_| r.oif == 0)
+                .and_then(|id| by_id.get(&id))
+            {
+                r.gateway = Some(nh.gateway);
+                r.oif = nh.oif;
+                r.onlink = nh.onlink;
+            }
+            r
+        })
         .filter(|r| owns(r))
         .collect();
     let untagged = netlink::main_table_routes(&dump, RouteOrigin::Untagged);
@@ -106,6 +123,7 @@ pub async fn read_kernel(
     Ok(KernelView {
         actual: ActualEntries {
             routes,
+            nexthops: nexthops.weft,
             neighbours,
             fdb,
             routes6,
@@ -113,6 +131,7 @@ pub async fn read_kernel(
             fdb6,
         },
         untagged,
+        foreign_nexthops: nexthops.foreign,
     })
 }
 
@@ -123,9 +142,40 @@ pub struct EntryPipeline {
     /// The entries the last pass left in the kernel; `None` before the first full pass, after
     /// a pass the kernel refused part of, or when the devices changed.
     applied: Option<(Devices, AppliedEntries)>,
+    /// `--route-nexthops`: IPv4 peer routes go through nexthop objects (see [`Self::shape`]).
+    route_nexthops: bool,
+    /// The nexthop ids someone else holds, as the last full pass read them.
+    foreign_nexthops: BTreeSet<u32>,
 }
 
 impl EntryPipeline {
+    /// A pipeline that routes each IPv4 peer through a nexthop object of its own when
+    /// `route_nexthops` (`--route-nexthops`), else in Flannel's shape.
+    pub fn new(route_nexthops: bool) -> Self {
+        EntryPipeline {
+            route_nexthops,
+            ..Default::default()
+        }
+    }
+
+    /// Puts the peers' routes into the shape this pipeline programs: with `--route-nexthops`
+    /// each through a nexthop object whose id is the peer's subnet address, unless a nexthop of
+    /// someone else holds that id (warned about once; the peer keeps Flannel's shape). Without
+    /// it the routes stay as stated, and a full pass removes weft's nexthop objects.
+    pub fn shape(&mut self, desired: &mut EntriesByPeer, view: &KernelView) {
+        if !self.route_nexthops {
+            return;
+        }
+        for (subnet, e) in desired.iter_mut() {
+            let id = entries::nexthop_id(*subnet);
+            if view.foreign_nexthops.contains(&id) && !self.foreign_nexthops.contains(&id) {
+                tracing::warn!(peer = %subnet, nexthop = id, "a nexthop of another protocol holds the peer's id; routing it without one");
+            }
+            *e = entries::through_nexthop(*subnet, *e, &view.foreign_nexthops);
+        }
+        self.foreign_nexthops = view.foreign_nexthops.clone();
+    }
+
     /// Applies `d` (computed against the kernel by the caller) and remembers `desired`.
     pub async fn full(
         &mut self,
@@ -156,10 +206,24 @@ impl EntryPipeline {
         if &last_devices != devices {
             return Ok(None);
         }
-        let mut d = applied.change(changes);
+        let mut d = match self.route_nexthops {
+            true => {
+                let shaped: Vec<_> = changes
+                    .iter()
+                    .map(|(subnet, e)| {
+                        let e =
+                            e.map(|e| entries::through_nexthop(*subnet, e, &self.foreign_nexthops));
+                        (*subnet, e)
+                    })
+                    .collect();
+                applied.change(&shaped)
+            }
+            false => applied.change(changes),
+        };
         let desired = applied.len();
-        d.present =
-            desired.saturating_sub(d.add_routes.len() + d.add_neighbours.len() + d.add_fdb.len());
+        d.present = desired.saturating_sub(
+            d.add_routes.len() + d.add_nexthops.len() + d.add_neighbours.len() + d.add_fdb.len(),
+        );
         let report = apply(devices, &d, desired).await?;
         if report.failed == 0 {
             self.applied = Some((last_devices, applied));
@@ -173,7 +237,8 @@ impl EntryPipeline {
     }
 }
 
-/// Sends the removals, then the additions (a changed route or FDB entry is one of each).
+/// Sends the removals, then the additions (a changed route or FDB entry is one of each), then
+/// the nexthop objects no route wanted goes through any more.
 async fn apply(
     devices: &Devices,
     d: &EntryDiff,
@@ -188,6 +253,9 @@ async fn apply(
         removals.push(BatchRequest::del_untagged_route(r, devices.name_of(r.oif)));
     }
     let mut additions = Vec::new();
+    for nh in &d.add_nexthops {
+        additions.push(BatchRequest::replace_nexthop(nh, devices.name_of(nh.oif)));
+    }
     for r in &d.add_routes {
         additions.push(BatchRequest::replace_route(r, devices.name_of(r.oif)));
     }
@@ -234,11 +302,21 @@ async fn apply(
     } else {
         netlink::run_batch(removals).await?
     };
-    let (added, add_errors) = if additions.is_empty() {
+    let (added, mut add_errors) = if additions.is_empty() {
         (0, Vec::new())
     } else {
         netlink::run_batch(additions).await?
     };
+    let mut removed = removed;
+    if !d.del_nexthops.is_empty() {
+        let last = d
+            .del_nexthops
+            .iter()
+            .map(|id| BatchRequest::del_nexthop(*id));
+        let (n, errors) = netlink::run_batch(last.collect()).await?;
+        removed += n;
+        add_errors.extend(errors);
+    }
     for e in del_errors.iter().chain(add_errors.iter()) {
         tracing::warn!(device = %devices.routes.name, error = %e, "peer entry not programmed");
     }
@@ -265,6 +343,11 @@ async fn apply(
             .chain(d.del_fdb.iter().map(|e| {
                 StaleEntry::new("fdb", format!("{} dst {} dev {overlay_name}", e.mac, e.dst))
             }))
+            .chain(
+                d.del_nexthops
+                    .iter()
+                    .map(|id| StaleEntry::new("nexthop", format!("id {id}"))),
+            )
             .chain(d.del_routes6.iter().map(|r| {
                 StaleEntry::new(
                     "route",

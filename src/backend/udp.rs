@@ -261,6 +261,7 @@ impl UdpBackend {
             gateway: None,
             oif: self.tun_index,
             onlink: false,
+            nexthop: None,
         };
         let entries = [(
             self.network,

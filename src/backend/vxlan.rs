@@ -296,6 +296,12 @@ impl VxlanBackend {
         })
     }
 
+    /// Routes each IPv4 peer through a nexthop object of its own (`--route-nexthops`).
+    pub fn with_route_nexthops(mut self, on: bool) -> Self {
+        self.pipeline = EntryPipeline::new(on);
+        self
+    }
+
     /// Sets this node's own IPv6 subnet (from the lease), whose network address
     /// `flannel-v6.<VNI>` carries.
     pub fn set_own_ipv6(&mut self, own6: Option<Ipv6Network>) {
@@ -536,13 +542,14 @@ impl VxlanBackend {
             Some(v6) => Some(self.ensure_device6(v6).await?),
             None => None,
         };
-        let (desired, desired6) = self.desired(index, index6, own, peer_leases);
+        let (mut desired, desired6) = self.desired(index, index6, own, peer_leases);
         let devices = self.devices(index, index6);
         let ext = self.ext.index;
         let view = pipeline::read_kernel(&self.handle, &devices, |r| {
             Some(r.oif) == index || r.oif == ext
         })
         .await?;
+        self.pipeline.shape(&mut desired, &view);
         let mut merged = KernelEntries::merged(&desired);
         merged.routes6 = desired6.routes6;
         merged.neighbours6 = desired6.neighbours6;

@@ -719,6 +719,7 @@ impl WireGuardBackend {
             gateway: None,
             oif: dev.tun_index,
             onlink: false,
+            nexthop: None,
         };
         [(
             network,

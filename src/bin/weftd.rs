@@ -61,6 +61,13 @@ struct Flags {
     /// can create a wireguard device, else userspace. The choice is logged.
     #[arg(long, env = "WEFTD_WIREGUARD_DATAPATH", default_value = "auto")]
     wireguard_datapath: weft::backend::wireguard::WireGuardDataPath,
+    /// VXLAN and host-gw: route each IPv4 peer through a nexthop object of its own
+    /// (`ip route ... nhid N`, N the peer subnet's address as a number) instead of Flannel's
+    /// `X/24 via X.0 dev flannel.1 onlink`; much faster to program at thousands of peers, but a
+    /// different route shape (off by default). Switching back converts the routes and removes
+    /// weft's nexthops.
+    #[arg(long, env = "WEFTD_ROUTE_NEXTHOPS")]
+    route_nexthops: bool,
     /// Serve /healthz, /readyz and /metrics on this address (off by default).
     #[arg(long, env = "WEFTD_HEALTHZ_ADDR")]
     healthz_addr: Option<SocketAddr>,
@@ -232,6 +239,7 @@ impl Flags {
             ip_masq: self.ip_masq,
             udp_offloads: !self.no_udp_offloads,
             wireguard_datapath: self.wireguard_datapath,
+            route_nexthops: self.route_nexthops,
             healthz_addr: self.healthz_addr,
             resync_interval: Duration::from_secs(self.resync_interval.max(1)),
             relist_interval: Duration::from_secs(self.relist_interval.max(1)),

@@ -244,6 +244,7 @@ fn agent(
         ip_masq: false,
         udp_offloads: false,
         wireguard_datapath: crate::backend::wireguard::WireGuardDataPath::Auto,
+        route_nexthops: false,
         healthz_addr: None,
         resync_interval: Duration::from_secs(60),
         relist_interval: Duration::from_secs(600),

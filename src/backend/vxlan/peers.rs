@@ -100,6 +100,7 @@ pub fn vxlan_peer(
                     gateway: Some(public_ip),
                     oif: topo.ext_index,
                     onlink: false,
+                    nexthop: None,
                 }),
                 ..Default::default()
             }));
@@ -116,7 +117,9 @@ pub fn vxlan_peer(
             gateway: Some(gateway),
             oif: topo.dev_index,
             onlink: true,
+            nexthop: None,
         }),
+        nexthop: None,
         neighbour: Some((gateway, mac)),
         fdb: Some(FdbEntry {
             mac,
@@ -294,7 +297,8 @@ mod tests {
                 dst: net("10.244.3.0/24"),
                 gateway: Some("10.244.3.0".parse().unwrap()),
                 oif: DEV,
-                onlink: true
+                onlink: true,
+                nexthop: None,
             }]
         );
         assert_eq!(
@@ -387,13 +391,15 @@ mod tests {
             dst: net("10.244.2.0/24"),
             gateway: Some("192.0.2.2".parse().unwrap()),
             oif: EXT,
-            onlink: false
+            onlink: false,
+            nexthop: None,
         }));
         assert!(want.routes.contains(&Ipv4Route {
             dst: net("10.244.3.0/24"),
             gateway: Some("10.244.3.0".parse().unwrap()),
             oif: DEV,
-            onlink: true
+            onlink: true,
+            nexthop: None,
         }));
         assert_eq!(want.neighbours.len(), 1);
         assert_eq!(want.fdb.len(), 1);
@@ -560,6 +566,7 @@ mod tests {
             gateway: Some("192.0.2.254".parse().unwrap()),
             oif,
             onlink: false,
+            nexthop: None,
         };
         let device_route = |dst: &str, oif: u32| Ipv4Route {
             gateway: None,
