@@ -4,7 +4,10 @@
 #   start   5000 and 10 000 leases: a fresh weftd from process start until every kernel entry
 #           (route, neighbour, FDB entry per peer: 30 000 at 10 000 peers) is programmed, against
 #           the floor (`ip -batch` + `bridge -batch` of the same entries on a fresh VXLAN device) in
-#           the same run, alternating which goes first; weftd's RSS.
+#           the same run; both in Flannel's route shape and with `--route-nexthops` (the floor then
+#           adds a nexthop object per peer first and routes `X/24 nhid N`); START_ROUNDS rounds
+#           (default 3) alternating the order, medians, weftd/floor per shape and nexthops/Flannel;
+#           weftd's RSS in each shape.
 #   churn   50 lease changes per second for 60 s (add, delete, VTEP MAC change in turn) on the
 #           10 000-peer node: latency from each etcd write to the change in the kernel (seen by
 #           `ip -ts monitor`), p50/p99; weftd's CPU; etcd requests per minute from weftd during the
@@ -28,6 +31,8 @@
 #   PEERS=1000,2000 AGENTS=5 CHURN_SECONDS=10 REST_SECONDS=10 scripts/bench-scale.sh   quick
 #   SKIP_BUILD=1 scripts/bench-scale.sh      use the weftd already built
 #   SKIP_BUILD=1 WEFTD=/tmp/weftd-old scripts/bench-scale.sh   measure another build
+#   PROFILE=debug SKIP_BUILD=1 SECTIONS=start PEERS=2000 START_ROUNDS=1 scripts/bench-scale.sh
+#                                            smoke run on the dev build (slower than release)
 #   WEFTD_WRAP="perf record -g -o /tmp/weftd.perf" SECTIONS=start PEERS=10000 scripts/bench-scale.sh
 #                                            profile weftd (RSS and CPU figures are then perf's)
 #   SECTIONS=start,churn PEERS=10000 scripts/bench-scale.sh   only these phases (start, churn,
@@ -106,4 +111,4 @@ ip netns exec "$P-etcd" python3 "$ROOT/scripts/lib/scale.py" --prefix "$P" --wor
     --fanout-writes "${FANOUT_WRITES:-100}" --fanout-rate "${FANOUT_RATE:-10}" \
     --fib-routes "${FIB_ROUTES:-10000}" --hostgw-peers "${HOSTGW_PEERS:-10000}" --hostgw-rounds "${HOSTGW_ROUNDS:-3}" \
     --udp-peers "${UDP_PEERS:-10000}" --udp-rounds "${UDP_ROUNDS:-5}" --udp-seconds "${UDP_SECONDS:-5}" \
-    --sections "$SECTIONS"
+    --start-rounds "${START_ROUNDS:-3}" --sections "$SECTIONS"

@@ -7,9 +7,12 @@ namespaces); nothing touches the machine's own network. The fake peers' public I
 198.18.0.0/15 (RFC 2544 benchmarking range): only ever written into FDB entries, never sent to.
 
 Phases (each measured in the same run as its reference):
-  start   for each lease count: start weftd on a fresh node until every kernel entry (route,
-          neighbour, FDB entry per peer) is in place, against the floor: the same entries applied
-          by `ip -batch` + `bridge -batch` on a fresh VXLAN device; weftd's RSS.
+  start   for each lease count, in START_ROUNDS rounds alternating the order: start weftd on a
+          fresh node until every kernel entry (route, neighbour, FDB entry per peer) is in place,
+          in Flannel's route shape and with --route-nexthops (routes through nexthop objects),
+          against the floor in each shape: the same entries applied by `ip -batch` (`nexthop
+          add` lines first for the nexthop shape) + `bridge -batch` on a fresh VXLAN device;
+          medians, weftd/floor per shape and nexthop/Flannel; weftd's RSS in each shape.
   churn   on the largest node: CHURN_RATE lease changes per second (add, delete, VTEP MAC change in
           turn) for CHURN_SECONDS; latency from each etcd write leaving this driver to the change
           seen in the node's kernel (`ip -ts monitor`), weftd's CPU, etcd requests per minute
@@ -220,7 +223,7 @@ def cpu_ticks(pid):
 
 
 class Weftd:
-    def __init__(self, args, nss, name, ip, quiet=False, iface="eth0", extra_addr=None):
+    def __init__(self, args, nss, name, ip, quiet=False, iface="eth0", extra_addr=None, flags=()):
         self.ns = nss.new(name)
         nss.attach(self.ns, ip)
         if extra_addr:
@@ -236,7 +239,7 @@ class Weftd:
             + [args.weftd,
              "--etcd-endpoints", f"http://{ETCD_IP}:2379", "--iface", iface,
              "--subnet-file", self.subnet_env, "--state-dir", os.path.join(self.dir, "state"),
-             "--peer-probe-interval", "0", "--healthz-addr", "127.0.0.1:9102"],
+             "--peer-probe-interval", "0", "--healthz-addr", "127.0.0.1:9102", *flags],
             stdout=self.logf, stderr=subprocess.STDOUT)
 
     @property
@@ -254,8 +257,15 @@ class Weftd:
         return time.time() - self.t0
 
 
-def floor(nss, name, entries, work):
-    """The same entries by `ip -batch` + `bridge -batch` on a fresh VXLAN device; seconds."""
+def nhid(subnet):
+    """weftd's nexthop id of a peer subnet (`--route-nexthops`): its address as a number."""
+    a, b, c, d = (int(x) for x in subnet.split("."))
+    return a << 24 | b << 16 | c << 8 | d
+
+
+def floor(nss, name, entries, work, nexthops=False):
+    """The same entries by `ip -batch` + `bridge -batch` on a fresh VXLAN device; seconds. With
+    `nexthops`, each route goes through a nexthop object of its own, all added first."""
     ns = nss.new(name)
     run("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
     run("ip", "-n", ns, "link", "set", "eth0p", "up")
@@ -264,8 +274,12 @@ def floor(nss, name, entries, work):
     ipb = os.path.join(work, f"{name}.ip")
     brb = os.path.join(work, f"{name}.bridge")
     with open(ipb, "w") as f:
+        if nexthops:
+            for subnet, _, _ in entries:
+                f.write(f"nexthop add id {nhid(subnet)} via {subnet} dev flannel.1 onlink\n")
         for subnet, mac, _ in entries:
-            f.write(f"route add {subnet}/24 via {subnet} dev flannel.1 onlink\n")
+            via = f"nhid {nhid(subnet)}" if nexthops else f"via {subnet} dev flannel.1 onlink"
+            f.write(f"route add {subnet}/24 {via}\n")
             f.write(f"neigh add {subnet} lladdr {mac} dev flannel.1 nud permanent\n")
     with open(brb, "w") as f:
         for _, mac, ip in entries:
@@ -429,38 +443,64 @@ def drain(monitors, changes, limit):
     return time.time() - t0
 
 
-def phase_start(args, etcd, nss):
+# The two route shapes of the start section: Flannel's, and through nexthop objects.
+SHAPES = (("fl", "Flannel", ()), ("nh", "nexthops", ("--route-nexthops",)))
+
+
+def start_weftd(args, nss, n, shape, flags):
+    """A fresh weftd node started on n leases in one route shape: seconds to ready, RSS figures
+    2 s later (MiB: VmRSS, VmHWM, anonymous, file); the node is removed again."""
+    node = Weftd(args, nss, f"w{n}{shape}", "192.0.2.10", flags=flags)
+    took = node.ready_after(120)
+    have = counts(node.ns)
+    if have != (n, n, n):
+        raise SystemExit(f"bench-scale: weftd ({shape}) ready with {have} entries, want {n} each")
+    if flags and run("ip", "-n", node.ns, "route", "show", "dev", "flannel.1").count("nhid") != n:
+        raise SystemExit(f"bench-scale: weftd with {' '.join(flags)} ready without {n} nhid routes")
+    time.sleep(2)  # settle: the first resync and any post-ready work
+    # VmRSS is the target's figure; its split shows what is weftd's own memory (anonymous)
+    # and what is the binary and libraries mapped from the page cache (file).
+    mem = tuple(proc_status(node.pid, f) / 1024 for f in ("VmRSS", "VmHWM", "RssAnon", "RssFile"))
+    # Where the pages are, mapping by mapping (kept with KEEP_WORK=1).
+    shutil.copyfile(f"/proc/{node.pid}/smaps", os.path.join(args.work, f"weftd-{n}-{shape}.smaps"))
+    node.proc.kill()
+    nss.remove(node.ns)
+    return took, mem
+
+
+def phase_start(args, etcd, nss, keep_node):
+    """Per lease count, START_ROUNDS rounds of weftd and the floor in both route shapes, the
+    order reversed every other round; with `keep_node`, a Flannel-shape weftd on the largest
+    count stays running (for the churn section)."""
     results = []
-    node = None
+    lease = None
     for n in args.peers:
         lease, entries = load_leases(etcd, n)
-        if node:
-            node.proc.kill()
-            nss.remove(node.ns)
-        order = [0, 1] if len(results) % 2 == 0 else [1, 0]
-        took = {}
-        for which in order:
-            if which == 0:
-                node = Weftd(args, nss, f"n{n}", "192.0.2.10")
-                took["weftd"] = node.ready_after(120)
-                have = counts(node.ns)
-                if have != (n, n, n):
-                    raise SystemExit(f"bench-scale: weftd ready with {have} entries, want {n} each")
-            else:
-                took["floor"] = floor(nss, f"f{n}", entries, args.work)
-        time.sleep(2)  # settle: the first resync and any post-ready work
-        rss = proc_status(node.pid, "VmRSS") / 1024
-        hwm = proc_status(node.pid, "VmHWM") / 1024
-        # VmRSS is the target's figure; its split shows what is weftd's own memory (anonymous)
-        # and what is the binary and libraries mapped from the page cache (file).
-        anon = proc_status(node.pid, "RssAnon") / 1024
-        mapped = proc_status(node.pid, "RssFile") / 1024
-        # Where the pages are, mapping by mapping (kept with KEEP_WORK=1).
-        shutil.copyfile(f"/proc/{node.pid}/smaps", os.path.join(args.work, f"weftd-{n}.smaps"))
-        results.append((n, took["weftd"], took["floor"], rss, hwm))
-        log(f"   {n:>6} peers: weftd ready {took['weftd'] * 1000:7.0f} ms, floor {took['floor'] * 1000:7.0f} ms "
-            f"(ratio {took['weftd'] / took['floor']:.2f}), RSS {rss:.1f} MiB (peak {hwm:.1f} MiB; "
-            f"anonymous {anon:.1f}, file {mapped:.1f})")
+        runs = [(kind, shape) for shape in SHAPES for kind in ("weftd", "floor")]
+        took = {(kind, shape[0]): [] for kind, shape in runs}
+        mem = {}
+        for r in range(args.start_rounds):
+            for kind, (key, _, flags) in runs if r % 2 == 0 else reversed(runs):
+                if kind == "weftd":
+                    t, mem[key] = start_weftd(args, nss, n, key, flags)
+                else:
+                    t = floor(nss, f"f{n}{key}", entries, args.work, nexthops=bool(flags))
+                took[(kind, key)].append(t)
+            log(f"   {n:>6} peers, round {r + 1}: " + ", ".join(
+                f"{kind} {name} {took[(kind, key)][-1] * 1000:.0f} ms" for kind, (key, name, _) in runs))
+        med = {k: statistics.median(v) for k, v in took.items()}
+        for key, name, _ in SHAPES:
+            rss, hwm, anon, mapped = mem[key]
+            log(f"   {n:>6} peers, {name:>8}: weftd ready {med[('weftd', key)] * 1000:7.0f} ms, floor "
+                f"{med[('floor', key)] * 1000:7.0f} ms (ratio {med[('weftd', key)] / med[('floor', key)]:.2f}), "
+                f"RSS {rss:.1f} MiB (peak {hwm:.1f} MiB; anonymous {anon:.1f}, file {mapped:.1f})")
+        log(f"   {n:>6} peers, nexthops/Flannel (medians of {args.start_rounds}): weftd "
+            f"{med[('weftd', 'nh')] / med[('weftd', 'fl')]:.2f}, floor {med[('floor', 'nh')] / med[('floor', 'fl')]:.2f}")
+        results.append((n, med, mem))
+    node = None
+    if keep_node:
+        node = Weftd(args, nss, f"n{args.peers[-1]}", "192.0.2.10")
+        node.ready_after(120)
     return node, lease, results
 
 
@@ -849,6 +889,7 @@ def main():
     ap.add_argument("--fanout-rate", type=float, default=10)
     ap.add_argument("--drain-seconds", type=float, default=60)
     ap.add_argument("--sections", default="start,churn,fanout,fib,hostgw,udp")
+    ap.add_argument("--start-rounds", type=int, default=3)
     ap.add_argument("--fib-routes", type=int, default=10000)
     ap.add_argument("--hostgw-peers", type=int, default=10000)
     ap.add_argument("--hostgw-rounds", type=int, default=3)
@@ -864,13 +905,20 @@ def main():
     etcd.put(f"{PREFIX_KEY}/config", json.dumps(CONFIG))
     try:
         if sections & {"start", "churn"}:
-            log("== start: weftd from process start to every entry programmed, against ip/bridge -batch")
-            node, lease, _ = phase_start(args, etcd, nss)
+            node, lease = None, None
+            if "start" in sections:
+                log("== start: weftd from process start to every entry programmed, against ip/bridge -batch, "
+                    "in Flannel's route shape and through nexthop objects")
+                node, lease, _ = phase_start(args, etcd, nss, keep_node="churn" in sections)
             if "churn" in sections:
-                log(f"== churn at {max(args.peers)} peers")
-                phase_churn(args, etcd, node, lease, max(args.peers))
-            node.proc.kill()
-            nss.remove(node.ns)
+                if node is None:
+                    lease, _ = load_leases(etcd, args.peers[-1])
+                    node = Weftd(args, nss, f"n{args.peers[-1]}", "192.0.2.10")
+                    node.ready_after(120)
+                log(f"== churn at {args.peers[-1]} peers")
+                phase_churn(args, etcd, node, lease, args.peers[-1])
+                node.proc.kill()
+                nss.remove(node.ns)
         if "fanout" in sections and args.agents > 0:
             log(f"== fan-out: {args.agents} weftd agents on {args.fanout_leases} leases")
             phase_fanout(args, etcd, nss, args.fanout_leases)

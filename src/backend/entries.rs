@@ -656,4 +656,95 @@ mod tests {
         assert!(d.add_routes6.is_empty() && d.add_fdb6.is_empty());
         assert_eq!(d.present, 2);
     }
+
+    fn through(subnet: &str, gw: &str, oif: u32, onlink: bool) -> (Ipv4Network, PeerEntries) {
+        let subnet: Ipv4Network = subnet.parse().unwrap();
+        let mut r = route(&subnet.to_string(), gw, oif);
+        r.onlink = onlink;
+        let plain = PeerEntries {
+            route: Some(r),
+            ..Default::default()
+        };
+        (subnet, through_nexthop(subnet, plain, &BTreeSet::new()))
+    }
+
+    #[test]
+    fn nexthops_take_the_routes_gateway_and_skip_foreign_ids() {
+        let (subnet, e) = through("10.244.3.0/24", "10.244.3.0", 10, true);
+        let id = u32::from(Ipv4Addr::new(10, 244, 3, 0));
+        assert_eq!(
+            e.nexthop,
+            Some(Nexthop {
+                id,
+                gateway: Ipv4Addr::new(10, 244, 3, 0),
+                oif: 10,
+                onlink: true
+            })
+        );
+        let r = e.route.unwrap();
+        assert_eq!(
+            (r.nexthop, r.gateway, r.oif, r.onlink),
+            (Some(id), Some(Ipv4Addr::new(10, 244, 3, 0)), 10, true)
+        );
+        // Someone else's nexthop holds the id: Flannel's shape.
+        let plain = PeerEntries {
+            route: Some(route("10.244.3.0/24", "10.244.3.0", 10)),
+            ..Default::default()
+        };
+        assert_eq!(through_nexthop(subnet, plain, &[id].into()), plain);
+        // A device route (no gateway) has nothing for an object to hold.
+        let mut device = plain;
+        device.route.as_mut().unwrap().gateway = None;
+        assert_eq!(through_nexthop(subnet, device, &BTreeSet::new()), device);
+    }
+
+    #[test]
+    fn nexthops_switch_routes_in_place_both_ways() {
+        let (subnet, nh) = through("10.244.3.0/24", "10.244.3.0", 10, true);
+        let plain = route("10.244.3.0/24", "10.244.3.0", 10);
+        let on = KernelEntries::merged(&[(subnet, nh)].into());
+        let off = KernelEntries {
+            routes: [plain].into(),
+            ..Default::default()
+        };
+        // Off -> on: the object first, the route replaced (never deleted: no gap).
+        let d = diff(&on, &ActualEntries::programmed(&off));
+        assert_eq!(d.add_nexthops, vec![nh.nexthop.unwrap()]);
+        assert_eq!(d.add_routes, vec![nh.route.unwrap()]);
+        assert!(
+            d.del_routes.is_empty() && d.del_nexthops.is_empty(),
+            "{d:?}"
+        );
+        // On -> off: the route replaced, weft's object deleted (after it).
+        let d = diff(&off, &ActualEntries::programmed(&on));
+        assert_eq!(d.add_routes, vec![plain]);
+        assert_eq!(d.del_nexthops, vec![nh.nexthop.unwrap().id]);
+        assert!(
+            d.del_routes.is_empty() && d.add_nexthops.is_empty(),
+            "{d:?}"
+        );
+        assert!(diff(&on, &ActualEntries::programmed(&on)).is_empty());
+        assert_eq!(diff(&on, &ActualEntries::programmed(&on)).present, 2);
+    }
+
+    #[test]
+    fn nexthops_follow_a_changed_and_a_gone_peer() {
+        let (subnet, was) = through("10.244.3.0/24", "192.0.2.3", 2, false);
+        let mut applied = AppliedEntries::new([(subnet, was)].into());
+        assert_eq!(applied.len(), 2);
+        // host-gw: a new PublicIP replaces the object in place.
+        let (_, now) = through("10.244.3.0/24", "192.0.2.4", 2, false);
+        let d = applied.change(&[(subnet, Some(now))]);
+        assert_eq!(d.add_nexthops, vec![now.nexthop.unwrap()]);
+        assert_eq!(d.add_routes, vec![now.route.unwrap()]);
+        assert!(
+            d.del_nexthops.is_empty() && d.del_routes.is_empty(),
+            "{d:?}"
+        );
+        // Gone: route and object.
+        let d = applied.change(&[(subnet, None)]);
+        assert_eq!(d.del_routes, vec![now.route.unwrap()]);
+        assert_eq!(d.del_nexthops, vec![now.nexthop.unwrap().id]);
+        assert!(applied.is_empty());
+    }
 }
