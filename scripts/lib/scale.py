@@ -447,10 +447,12 @@ def drain(monitors, changes, limit):
 SHAPES = (("fl", "Flannel", ()), ("nh", "nexthops", ("--route-nexthops",)))
 
 
-def start_weftd(args, nss, n, shape, flags):
+def start_weftd(args, nss, n, shape, flags, r):
     """A fresh weftd node started on n leases in one route shape: seconds to ready, RSS figures
     2 s later (MiB: VmRSS, VmHWM, anonymous, file); the node is removed again."""
-    node = Weftd(args, nss, f"w{n}{shape}", "192.0.2.10", flags=flags)
+    # Names of their own each round: an old subnet.env would read as ready at once, and the
+    # kernel removes a deleted namespace's underlay port only later.
+    node = Weftd(args, nss, f"w{n}{shape}{r}", "192.0.2.10", flags=flags)
     took = node.ready_after(120)
     have = counts(node.ns)
     if have != (n, n, n):
@@ -482,9 +484,9 @@ def phase_start(args, etcd, nss, keep_node):
         for r in range(args.start_rounds):
             for kind, (key, _, flags) in runs if r % 2 == 0 else reversed(runs):
                 if kind == "weftd":
-                    t, mem[key] = start_weftd(args, nss, n, key, flags)
+                    t, mem[key] = start_weftd(args, nss, n, key, flags, r)
                 else:
-                    t = floor(nss, f"f{n}{key}", entries, args.work, nexthops=bool(flags))
+                    t = floor(nss, f"f{n}{key}{r}", entries, args.work, nexthops=bool(flags))
                 took[(kind, key)].append(t)
             log(f"   {n:>6} peers, round {r + 1}: " + ", ".join(
                 f"{kind} {name} {took[(kind, key)][-1] * 1000:.0f} ms" for kind, (key, name, _) in runs))
