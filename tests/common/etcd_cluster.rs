@@ -358,11 +358,14 @@ impl EtcdCluster {
         m.partitioned.store(true, Ordering::Relaxed);
     }
 
-    /// Removes the partition of member `i`.
+    /// Removes the partition of member `i` and waits until every member agrees on a leader: the
+    /// healed member comes back with a higher raft term (etcd 3.4 runs without pre-vote), which
+    /// unseats the leader and holds writes for an election.
     pub fn heal(&self, i: usize) {
         let m = &self.members[i];
         m.ns.exec_ok(&["nft", "delete", "table", "inet", "weft_fault"]);
         m.partitioned.store(false, Ordering::Relaxed);
+        self.wait_leader();
     }
 
     /// `etcdctl args..` against every member, run from a member that is up and reachable
@@ -376,8 +379,19 @@ impl EtcdCluster {
         from.etcdctl(&self.endpoints(), args)
     }
 
+    /// `etcdctl args..`, which must succeed; a request that timed out (an election under way)
+    /// is sent again for up to 20 s. Only for requests that may be repeated (put, get).
     fn etcdctl_ok(&self, args: &[&str]) -> String {
-        let out = self.etcdctl(args);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut out = self.etcdctl(args);
+        while !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("deadline exceeded")
+            && Instant::now() < deadline
+        {
+            println!("etcdctl {}: timed out, sending it again", args.join(" "));
+            std::thread::sleep(Duration::from_millis(200));
+            out = self.etcdctl(args);
+        }
         if !out.status.success() {
             panic!(
                 "etcdctl {} failed: {}\n{}",
