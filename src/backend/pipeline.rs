@@ -146,6 +146,9 @@ pub struct EntryPipeline {
     route_nexthops: bool,
     /// The nexthop ids someone else holds, as the last full pass read them.
     foreign_nexthops: BTreeSet<u32>,
+    /// The peers (by nexthop id) that a foreign nexthop keeps in Flannel's shape, each warned
+    /// about once.
+    blocked: BTreeSet<u32>,
 }
 
 impl EntryPipeline {
@@ -166,13 +169,18 @@ impl EntryPipeline {
         if !self.route_nexthops {
             return;
         }
+        let mut blocked = BTreeSet::new();
         for (subnet, e) in desired.iter_mut() {
             let id = entries::nexthop_id(*subnet);
-            if view.foreign_nexthops.contains(&id) && !self.foreign_nexthops.contains(&id) {
-                tracing::warn!(peer = %subnet, nexthop = id, "a nexthop of another protocol holds the peer's id; routing it without one");
+            if view.foreign_nexthops.contains(&id) {
+                if !self.blocked.contains(&id) {
+                    tracing::warn!(peer = %subnet, nexthop = id, "a nexthop of another protocol holds the peer's id; routing it without one");
+                }
+                blocked.insert(id);
             }
             *e = entries::through_nexthop(*subnet, *e, &view.foreign_nexthops);
         }
+        self.blocked = blocked;
         self.foreign_nexthops = view.foreign_nexthops.clone();
     }
 
@@ -297,27 +305,27 @@ async fn apply(
             additions.push(BatchRequest::replace_fdb6(dev.index, &dev.name, e));
         }
     }
-    let (removed, del_errors) = if removals.is_empty() {
+    let (mut removed, mut errors) = if removals.is_empty() {
         (0, Vec::new())
     } else {
         netlink::run_batch(removals).await?
     };
-    let (added, mut add_errors) = if additions.is_empty() {
+    let (added, add_errors) = if additions.is_empty() {
         (0, Vec::new())
     } else {
         netlink::run_batch(additions).await?
     };
-    let mut removed = removed;
+    errors.extend(add_errors);
     if !d.del_nexthops.is_empty() {
         let last = d
             .del_nexthops
             .iter()
             .map(|id| BatchRequest::del_nexthop(*id));
-        let (n, errors) = netlink::run_batch(last.collect()).await?;
+        let (n, nexthop_errors) = netlink::run_batch(last.collect()).await?;
         removed += n;
-        add_errors.extend(errors);
+        errors.extend(nexthop_errors);
     }
-    for e in del_errors.iter().chain(add_errors.iter()) {
+    for e in &errors {
         tracing::warn!(device = %devices.routes.name, error = %e, "peer entry not programmed");
     }
     let overlay_name = overlay.map_or("", |d| d.name.as_str());
@@ -371,7 +379,7 @@ async fn apply(
         present: d.present,
         added,
         removed,
-        failed: del_errors.len() + add_errors.len(),
+        failed: errors.len(),
         stale,
     })
 }
