@@ -137,14 +137,23 @@ fn vxlan_with_route_nexthops_routes_every_peer_through_a_nexthop_object_and_pods
 }
 
 #[test]
-fn vxlan_with_route_nexthops_follows_a_lease_that_changes_and_goes() {
+fn vxlan_with_weftd_route_nexthops_variable_follows_a_lease_that_changes_and_goes() {
     let cluster = Cluster::new(1, VXLAN_CONFIG);
     let n0 = cluster.node(0);
     let key = lease_key(FAKE_SUBNET);
     cluster
         .etcd
         .put(&key, &vxlan_lease("192.0.2.77", "0a:00:00:00:00:77"));
-    start_with(&cluster, &[FLAG]);
+    // Switched on by its variable alone.
+    let endpoint = cluster.etcd.endpoint();
+    n0.start_weftd_env(&[
+        ("WEFTD_ETCD_ENDPOINTS", &endpoint),
+        ("WEFTD_IFACE", "eth0"),
+        ("WEFTD_SUBNET_FILE", &n0.subnet_file().to_string_lossy()),
+        ("WEFTD_STATE_DIR", &n0.state_dir().to_string_lossy()),
+        ("WEFTD_ROUTE_NEXTHOPS", "true"),
+    ]);
+    n0.wait_subnet_env(CONVERGE);
     let gw = subnet_address(FAKE_SUBNET);
     n0.wait_until(CONVERGE, "peer through its nexthop", || {
         through_nexthop(n0, FAKE_SUBNET, &gw, "flannel.1", true)
