@@ -393,6 +393,11 @@ def match_latencies(changes, idx):
     return lat, missed
 
 
+# What went wrong in the run (a kernel that disagrees with etcd, changes never seen): the script
+# prints every figure and then exits non-zero.
+FAILURES = []
+
+
 def kernel_vs_etcd(etcd, ns, own_ip):
     """Compares the node's kernel with every peer lease in etcd: the routes, permanent neighbours
     and FDB entries that are missing, wrong or left over. The authority on whether a change was
@@ -569,6 +574,9 @@ def phase_churn(args, etcd, node, lease, n):
     log(f"     the kernel had every change {drained:.1f} s after the last write (waited up to {args.drain_seconds:.0f} s)")
     log(f"     kernel against etcd {drained:.1f} s after the last write: {peers_now} peers, "
         + ("every entry right" if not wrong else "; ".join(f"{k}: {len(v)} {v[:3]}" for k, v in wrong.items())))
+    if wrong or missed:
+        FAILURES.append(f"churn at {n} peers: {len(missed)} changes missed, kernel against etcd: "
+                        + ("right" if not wrong else ", ".join(f"{k} {len(v)}" for k, v in wrong.items())))
     log(f"     weftd CPU {cpu:.1f} % of one core during the churn")
     log(f"     etcd unary gRPC requests: churn {u1 - u0:.0f} handled, {etcd.requests - r0} of them the driver's")
     log(f"     etcd requests from weftd: churn {churn_req / elapsed * 60:.1f}/min, rest {rest_req / args.rest_seconds * 60:.1f}/min;"
@@ -645,6 +653,9 @@ def phase_fanout(args, etcd, nss, n):
         f"missed {missed}; every agent had every write {drained:.1f} s after the last; etcd CPU {cpu:.1f} % of one core")
     log(f"     kernel against etcd on every agent: "
         + (f"all {len(agents)} right" if not wrong_agents else f"{len(wrong_agents)} wrong {wrong_agents[:3]}"))
+    if wrong_agents or missed:
+        FAILURES.append(f"fan-out: {missed} writes missed by some agent, {len(wrong_agents)} agents' kernels "
+                        "disagree with etcd")
     for w in agents:
         w.proc.kill()
     # Their addresses (192.0.2.11 up) must not answer on the underlay for later sections' nodes.
@@ -935,7 +946,10 @@ def main():
             phase_udp(args, etcd, nss, args.udp_peers)
     finally:
         nss.remove_all()
+    for f in FAILURES:
+        log(f"FAILED: {f}")
+    return 1 if FAILURES else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
