@@ -111,4 +111,4 @@ ip netns exec "$P-etcd" python3 "$ROOT/scripts/lib/scale.py" --prefix "$P" --wor
     --fanout-writes "${FANOUT_WRITES:-100}" --fanout-rate "${FANOUT_RATE:-10}" \
     --fib-routes "${FIB_ROUTES:-10000}" --hostgw-peers "${HOSTGW_PEERS:-10000}" --hostgw-rounds "${HOSTGW_ROUNDS:-3}" \
     --udp-peers "${UDP_PEERS:-10000}" --udp-rounds "${UDP_ROUNDS:-5}" --udp-seconds "${UDP_SECONDS:-5}" \
-    --start-rounds "${START_ROUNDS:-3}" --sections "$SECTIONS"
+    --start-rounds "${START_ROUNDS:-3}" --sections "$SECTIONS" --chart "${CHART:-$ROOT/docs/scale.svg}"

@@ -886,6 +886,55 @@ def phase_udp(args, etcd, nss, n):
 args_prefix = ""
 
 
+def write_chart(path, start, churn, fanout):
+    """An SVG bar chart of the run: per peer count, the start of weftd against its floor in both
+    route shapes (target line 1.5 s) and weftd's RSS (target line 20 MiB); the churn's and the
+    fan-out's write-to-kernel latencies (target line 50 ms). Only the sections that ran."""
+    panels = []
+    bars = []
+    for n, med, _ in start:
+        for key, name, _ in SHAPES:
+            bars.append((f"{n} peers, weftd, {name}", med[("weftd", key)] * 1000))
+            bars.append((f"{n} peers, floor, {name}", med[("floor", key)] * 1000))
+    if bars:
+        panels.append(("start to every kernel entry programmed (ms, median)", bars, 1500, "1.5 s"))
+    bars = [(f"{n} peers, weftd RSS, {name}", mem[key][0]) for n, _, mem in start for key, name, _ in SHAPES]
+    if bars:
+        panels.append(("weftd RSS after programming (MiB)", bars, 20, "20 MiB"))
+    bars = []
+    if churn:
+        bars += [("churn 50/s: write to kernel p50", churn["p50"]), ("churn 50/s: write to kernel p99", churn["p99"])]
+    if fanout:
+        bars += [("fan-out: write to last agent p50", fanout["p50"]), ("fan-out: write to last agent p99", fanout["p99"])]
+    if bars:
+        panels.append(("latency from an etcd write (ms)", bars, 50, "50 ms"))
+    if not panels:
+        return
+    w, label_w, bar_w, row, y = 760, 260, 400, 22, 10
+    out = []
+    for title, rows, target, target_label in panels:
+        top = max([v for _, v in rows] + [target]) * 1.1
+        out.append(f'<text x="10" y="{y + 14}" font-weight="bold">{title}</text>')
+        y += 24
+        y0 = y
+        for label, v in rows:
+            bw = v / top * bar_w
+            colour = "#4c72b0" if "floor" not in label else "#9aa5b1"
+            out.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{label}</text>')
+            out.append(f'<rect x="{label_w}" y="{y + 3}" width="{bw:.1f}" height="{row - 6}" fill="{colour}"/>')
+            out.append(f'<text x="{label_w + bw + 4:.1f}" y="{y + 15}">{v:.1f}</text>')
+            y += row
+        tx = label_w + target / top * bar_w
+        out.append(f'<line x1="{tx:.1f}" y1="{y0}" x2="{tx:.1f}" y2="{y}" stroke="#c44e52" stroke-dasharray="4 3"/>')
+        out.append(f'<text x="{tx + 3:.1f}" y="{y0 - 2}" fill="#c44e52">target {target_label}</text>')
+        y += 16
+    with open(path, "w") as f:
+        f.write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{y}" viewBox="0 0 {w} {y}" '
+                f'font-family="sans-serif" font-size="13">\n<rect width="{w}" height="{y}" fill="white"/>\n')
+        f.write("\n".join(out) + "\n</svg>\n")
+    log(f"   chart: {path}")
+
+
 def main():
     global args_prefix
     ap = argparse.ArgumentParser()
@@ -903,6 +952,7 @@ def main():
     ap.add_argument("--drain-seconds", type=float, default=60)
     ap.add_argument("--sections", default="start,churn,fanout,fib,hostgw,udp")
     ap.add_argument("--start-rounds", type=int, default=3)
+    ap.add_argument("--chart", default="", help="write an SVG bar chart of the run here")
     ap.add_argument("--fib-routes", type=int, default=10000)
     ap.add_argument("--hostgw-peers", type=int, default=10000)
     ap.add_argument("--hostgw-rounds", type=int, default=3)
@@ -916,25 +966,26 @@ def main():
     nss = Namespaces(args.prefix)
     etcd = Etcd()
     etcd.put(f"{PREFIX_KEY}/config", json.dumps(CONFIG))
+    start, churn, fanout = [], None, None
     try:
         if sections & {"start", "churn"}:
             node, lease = None, None
             if "start" in sections:
                 log("== start: weftd from process start to every entry programmed, against ip/bridge -batch, "
                     "in Flannel's route shape and through nexthop objects")
-                node, lease, _ = phase_start(args, etcd, nss, keep_node="churn" in sections)
+                node, lease, start = phase_start(args, etcd, nss, keep_node="churn" in sections)
             if "churn" in sections:
                 if node is None:
                     lease, _ = load_leases(etcd, args.peers[-1])
                     node = Weftd(args, nss, f"n{args.peers[-1]}", "192.0.2.10")
                     node.ready_after(120)
                 log(f"== churn at {args.peers[-1]} peers")
-                phase_churn(args, etcd, node, lease, args.peers[-1])
+                churn = phase_churn(args, etcd, node, lease, args.peers[-1])
                 node.proc.kill()
                 nss.remove(node.ns)
         if "fanout" in sections and args.agents > 0:
             log(f"== fan-out: {args.agents} weftd agents on {args.fanout_leases} leases")
-            phase_fanout(args, etcd, nss, args.fanout_leases)
+            fanout = phase_fanout(args, etcd, nss, args.fanout_leases)
         if "fib" in sections:
             log("== fib: ip -batch of routes on one device, by shape (the kernel's fib_info hash)")
             phase_fib(args, nss, args.fib_routes)
@@ -946,6 +997,8 @@ def main():
             phase_udp(args, etcd, nss, args.udp_peers)
     finally:
         nss.remove_all()
+    if args.chart:
+        write_chart(args.chart, start, churn, fanout)
     for f in FAILURES:
         log(f"FAILED: {f}")
     return 1 if FAILURES else 0
