@@ -38,8 +38,8 @@ use crate::status::{
     StaleRemoval, StatusBoard,
 };
 use crate::store::{
-    endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseStore, NetworkEvent, NetworkWatch,
-    OwnLease, StoreError,
+    endpoint_host, EtcdOptions, EtcdStore, LeaseLostReason, LeaseStore, NetworkEvent,
+    NetworkSnapshot, NetworkWatch, OwnLease, StoreError,
 };
 use crate::subnet_env::SubnetEnv;
 use crate::validate::{
@@ -353,6 +353,20 @@ impl Agent {
         }
         let previous = previous_subnets(&opts.subnet_file, &config);
         board.set_phase("acquiring a subnet lease");
+        // One listing serves both the claim and the lease table (at 10 000 leases a listing
+        // is tens of milliseconds of the start); the watch from its revision brings the claim.
+        let mut backoff = Backoff::new();
+        let listed = loop {
+            match store.list_network().await {
+                Ok(listed) => break listed,
+                Err(e) => {
+                    metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, "list leases; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
         let own = acquire(
             &store,
             &config,
@@ -360,6 +374,7 @@ impl Agent {
             previous,
             opts.lease_ttl,
             &metrics,
+            Some(&listed),
         )
         .await;
         let mut agent = Agent {
@@ -389,12 +404,11 @@ impl Agent {
             dirty: HashMap::new(),
         };
         agent.note_lease();
-        let mut backoff = Backoff::new();
-        while let Err(e) = agent.relist().await {
-            agent.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-            warn!(error = %e, "list leases; retrying");
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
+        // The table as listed, before our claim: the watch from the listing's revision brings
+        // the claim (or the renewed value) as a change, so the own lease is not checked here.
+        agent.leases = listed.leases.into_iter().collect();
+        agent.revision = listed.revision;
+        agent.config_seen(listed.config);
         agent.reconcile().await;
         Ok(agent)
     }
@@ -1422,7 +1436,8 @@ async fn resolve_endpoints(endpoints: &[String]) -> Vec<Ipv4Addr> {
     addresses
 }
 
-/// Acquires our lease, retrying etcd failures with back-off.
+/// Acquires our lease, retrying etcd failures with back-off; the first attempt decides on
+/// `listed` when given (a listing just made), every retry lists again.
 async fn acquire(
     store: &impl LeaseStore,
     config: &NetworkConfig,
@@ -1430,14 +1445,24 @@ async fn acquire(
     (previous, previous6): (Option<Ipv4Network>, Option<Ipv6Network>),
     ttl: Duration,
     metrics: &Metrics,
+    mut listed: Option<&NetworkSnapshot>,
 ) -> OwnLease {
     let attrs = backend.lease_attrs();
     let mut backoff = Backoff::new();
     loop {
-        match store
-            .acquire_dual(config, &attrs, previous, previous6, ttl)
-            .await
-        {
+        let attempt = match listed.take() {
+            Some(listed) => {
+                store
+                    .acquire_listed(config, &attrs, (previous, previous6), ttl, listed)
+                    .await
+            }
+            None => {
+                store
+                    .acquire_dual(config, &attrs, previous, previous6, ttl)
+                    .await
+            }
+        };
+        match attempt {
             Ok(own) => {
                 let kind = if own.etcd_lease.is_some() {
                     "lease"

@@ -511,6 +511,41 @@ fn raw_from_owned_kv(kv: KeyValue) -> RawLease {
     }
 }
 
+impl LeaseSnapshot {
+    /// The leases of a network listing that parse (others skipped with a warning naming the
+    /// key, as [`EtcdStore::list_leases`] does), at the listing's revision.
+    pub fn of_network(prefix: &str, listed: &NetworkSnapshot) -> Self {
+        let leases = listed
+            .leases
+            .iter()
+            .filter_map(|raw| match lease_from_raw(prefix, raw) {
+                Ok(lease) => Some(lease),
+                Err(e) => {
+                    warn!(key = %raw.key, error = %e, "skipping a lease that does not parse");
+                    None
+                }
+            })
+            .collect();
+        LeaseSnapshot {
+            leases,
+            revision: listed.revision,
+        }
+    }
+}
+
+/// Parses one listed lease of `<prefix>/subnets/` (see [`lease_from_kv`]).
+fn lease_from_raw(prefix: &str, raw: &RawLease) -> Result<Lease, LeaseError> {
+    let dual = parse_dual_subnet_key(crate::lease::subnet_key_part(prefix, &raw.key)?)?;
+    let attrs = LeaseAttrs::from_json(&raw.key, &raw.value)?;
+    Ok(Lease {
+        ipv6_subnet: dual.v6,
+        subnet: dual.v4,
+        attrs,
+        etcd_lease: (raw.etcd_lease != 0).then_some(raw.etcd_lease),
+        mod_revision: raw.mod_revision,
+    })
+}
+
 /// Parses one key-value of `<prefix>/subnets/` into a lease.
 fn lease_from_kv(prefix: &str, kv: &KeyValue) -> Result<Lease, LeaseError> {
     let key = String::from_utf8_lossy(kv.key());
@@ -746,12 +781,43 @@ impl EtcdStore {
         previous6: Option<Ipv6Network>,
         ttl: Duration,
     ) -> Result<OwnLease, StoreError> {
+        self.acquire_from(cfg, attrs, (previous, previous6), ttl, None)
+            .await
+    }
+
+    /// [`EtcdStore::acquire_dual`] deciding its first attempt on `listed`, a listing of the
+    /// network the caller has just made (weftd's start lists once, not once to claim and once
+    /// for its table); a lost race lists again.
+    pub async fn acquire_listed(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: (Option<Ipv4Network>, Option<Ipv6Network>),
+        ttl: Duration,
+        listed: &NetworkSnapshot,
+    ) -> Result<OwnLease, StoreError> {
+        let snap = LeaseSnapshot::of_network(&self.prefix, listed);
+        self.acquire_from(cfg, attrs, previous, ttl, Some(snap))
+            .await
+    }
+
+    async fn acquire_from(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        (previous, previous6): (Option<Ipv4Network>, Option<Ipv6Network>),
+        ttl: Duration,
+        mut listed: Option<LeaseSnapshot>,
+    ) -> Result<OwnLease, StoreError> {
         // Subnets whose claim failed although the listing showed them free (another node was
         // faster, or the key holds a value that does not parse): never tried twice.
         let mut lost: Vec<Ipv4Network> = Vec::new();
         let mut lost6: Vec<Ipv6Network> = Vec::new();
         for attempt in 1..=MAX_CLAIM_ATTEMPTS {
-            let snap = self.list_leases().await?;
+            let snap = match listed.take() {
+                Some(snap) => snap,
+                None => self.list_leases().await?,
+            };
             let mut mine: Vec<&Lease> = snap
                 .leases
                 .iter()
@@ -1393,6 +1459,19 @@ pub trait LeaseStore {
         self.acquire(cfg, attrs, previous, ttl)
     }
 
+    /// Claims a subnet deciding the first attempt on `listed`, a listing the caller has just
+    /// made (see [`EtcdStore::acquire_listed`]); a store that cannot use it lists again.
+    fn acquire_listed(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        (previous, previous6): (Option<Ipv4Network>, Option<Ipv6Network>),
+        ttl: Duration,
+        _listed: &NetworkSnapshot,
+    ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send {
+        self.acquire_dual(cfg, attrs, previous, previous6, ttl)
+    }
+
     /// Extends the node's lease (see [`EtcdStore::renew`]).
     fn renew(
         &self,
@@ -1440,6 +1519,17 @@ impl LeaseStore for EtcdStore {
         ttl: Duration,
     ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send {
         EtcdStore::acquire_dual(self, cfg, attrs, previous, previous6, ttl)
+    }
+
+    fn acquire_listed(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous: (Option<Ipv4Network>, Option<Ipv6Network>),
+        ttl: Duration,
+        listed: &NetworkSnapshot,
+    ) -> impl Future<Output = Result<OwnLease, StoreError>> + Send {
+        EtcdStore::acquire_listed(self, cfg, attrs, previous, ttl, listed)
     }
 
     fn renew(
