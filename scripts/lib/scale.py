@@ -907,7 +907,7 @@ def write_chart(path, start, churn, fanout):
     if fanout:
         bars += [("fan-out: write to last agent p50", fanout["p50"]), ("fan-out: write to last agent p99", fanout["p99"])]
     if bars:
-        panels.append(("latency from an etcd write (ms)", bars, 50, "50 ms"))
+        panels.append(("latency from an etcd write (ms)", bars, 50, "50 ms (churn p99)"))
     if not panels:
         return
     w, label_w, bar_w, row, y = 760, 260, 400, 22, 10
