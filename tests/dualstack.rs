@@ -25,20 +25,6 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// Flannel's `subnetRegex` (pkg/subnet/subnet.go), which flanneld parses lease keys with.
 const FLANNEL_SUBNET_REGEX: &str = r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$";
 
-/// Turns duplicate address detection off in `ns` (all, default and existing interfaces).
-fn no_dad(ns: &Netns) {
-    for key in ["all", "default"] {
-        ns.sysctl(&format!("net.ipv6.conf.{key}.accept_dad"), "0");
-    }
-    if ns
-        .exec(&["ip", "link", "show", "dev", "eth0"])
-        .status
-        .success()
-    {
-        ns.sysctl("net.ipv6.conf.eth0.accept_dad", "0");
-    }
-}
-
 /// Node `i`'s IPv6 underlay address on the same `eth0` as its IPv4 one.
 fn v6_of(node: &Node) -> String {
     format!("2001:db8::{}", 10 + node.index())
@@ -46,9 +32,9 @@ fn v6_of(node: &Node) -> String {
 
 /// Gives every node (and the underlay bridge) IPv6 on the underlay, 2001:db8::/64.
 fn ipv6_underlay(cluster: &Cluster) {
-    no_dad(cluster.underlay.netns());
+    cluster.underlay.netns().no_dad();
     for node in &cluster.nodes {
-        no_dad(node.netns());
+        node.netns().no_dad();
         node.netns().ip(&[
             "addr",
             "add",
@@ -79,7 +65,7 @@ struct TestPod {
 /// routes via the gateways.
 fn add_pod(node: &Netns, k: u32, gw4: Option<&str>, gw6: Option<&str>, mtu: u32) -> TestPod {
     let ns = Netns::new(&format!("p{k}"));
-    no_dad(&ns);
+    ns.no_dad();
     let host_veth = format!("vp{k}");
     let mut ip4 = None;
     let mut ip6 = None;
@@ -99,7 +85,7 @@ fn add_pod(node: &Netns, k: u32, gw4: Option<&str>, gw6: Option<&str>, mtu: u32)
         (None, None) => panic!("add_pod: no gateway"),
     };
     // The node's bridge gets no DAD either (it may be created right here).
-    no_dad(node);
+    node.no_dad();
     wire_pod(node, &ns, &host_veth, first.0, &first.1, mtu);
     if let (Some(_), Some(gw)) = (gw4, gw6) {
         let net: ipnetwork::Ipv6Network = gw.parse().expect("IPv6 gateway");
@@ -415,9 +401,9 @@ fn flannel_format_dual_stack_node_built_by_hand_interoperates() {
     // The Flannel node, set up as flanneld sets itself up (device names, attributes,
     // addresses), at 192.0.2.99 / 2001:db8::99 with 10.244.99.0/24 and fd00:10:244:99::/64.
     let fl = Netns::new("flannel");
-    no_dad(&fl);
+    fl.no_dad();
     cluster.underlay.attach(&fl, "192.0.2.99");
-    no_dad(&fl);
+    fl.no_dad();
     fl.ip(&["addr", "add", "2001:db8::99/64", "dev", "eth0", "nodad"]);
     fl.sysctl("net.ipv4.ip_forward", "1");
     fl.sysctl("net.ipv6.conf.all.forwarding", "1");
@@ -799,9 +785,9 @@ fn ipv6_pod_egress_is_masqueraded_with_ip_masq() {
     assert!(ruleset.contains("table ip6 weft"), "{ruleset}");
     // A host outside the cluster, on the underlay only.
     let outside = Netns::new("outside");
-    no_dad(&outside);
+    outside.no_dad();
     cluster.underlay.attach(&outside, "192.0.2.200");
-    no_dad(&outside);
+    outside.no_dad();
     outside.ip(&["addr", "add", "2001:db8::c8/64", "dev", "eth0", "nodad"]);
     let pod = add_weft_pod(node, 0);
     let listener = outside
@@ -1341,9 +1327,9 @@ fn wireguard_ipv6_only_interoperates_with_wireguard_go_configured_as_flanneld() 
     ipv6_underlay(&cluster);
     cluster.start();
     let fl = Netns::new("fwg6");
-    no_dad(&fl);
+    fl.no_dad();
     cluster.underlay.attach(&fl, "192.0.2.51");
-    no_dad(&fl);
+    fl.no_dad();
     fl.ip(&["addr", "add", "2001:db8::51/64", "dev", "eth0", "nodad"]);
     fl.sysctl("net.ipv6.conf.all.forwarding", "1");
     // wireguard-go's control socket lives in /var/run/wireguard, shared by every namespace.

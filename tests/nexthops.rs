@@ -174,11 +174,7 @@ fn vxlan_with_weftd_route_nexthops_variable_follows_a_lease_that_changes_and_goe
     );
 
     assert!(cluster.etcd.del(&key), "delete {key}");
-    n0.wait_until(
-        CONVERGE,
-        "withdrawn peer's route and nexthop removed",
-        || n0.route_to(FAKE_SUBNET).is_none() && nexthop(n0, nhid_of(FAKE_SUBNET)).is_none(),
-    );
+    wait_route_and_nexthop_gone(n0, FAKE_SUBNET);
     assert!(
         n0.vxlan_peer_absent(FAKE_SUBNET, "0a:00:00:00:00:78"),
         "{}",
@@ -257,11 +253,7 @@ fn hostgw_with_route_nexthops_routes_peers_via_their_public_ip_and_udp_removes_t
     });
 
     assert!(cluster.etcd.del(&key), "delete {key}");
-    n0.wait_until(
-        CONVERGE,
-        "withdrawn peer's route and nexthop removed",
-        || n0.route_to(FAKE_SUBNET).is_none() && nexthop(n0, nhid_of(FAKE_SUBNET)).is_none(),
-    );
+    wait_route_and_nexthop_gone(n0, FAKE_SUBNET);
     assert!(
         through_nexthop(n0, &peer, &peer_ip, "eth0", false),
         "{}",
@@ -321,26 +313,12 @@ fn a_foreign_nexthop_holding_a_peers_id_is_left_alone_and_that_peer_keeps_flanne
     assert!(log.contains(FAKE_SUBNET), "{}", n0.log_tail(30));
 }
 
-/// Turns duplicate address detection off in `ns`, so IPv6 addresses are usable at once.
-fn no_dad(ns: &Netns) {
-    for key in ["all", "default"] {
-        ns.sysctl(&format!("net.ipv6.conf.{key}.accept_dad"), "0");
-    }
-    if ns
-        .exec(&["ip", "link", "show", "dev", "eth0"])
-        .status
-        .success()
-    {
-        ns.sysctl("net.ipv6.conf.eth0.accept_dad", "0");
-    }
-}
-
 #[test]
 fn dual_stack_with_route_nexthops_uses_them_for_ipv4_and_flannels_shape_for_ipv6() {
     let cluster = Cluster::new(2, DUAL_CONFIG);
-    no_dad(cluster.underlay.netns());
+    cluster.underlay.netns().no_dad();
     for node in &cluster.nodes {
-        no_dad(node.netns());
+        node.netns().no_dad();
         let v6 = format!("2001:db8::{}/64", 10 + node.index());
         node.netns()
             .ip(&["addr", "add", &v6, "dev", "eth0", "nodad"]);
@@ -390,4 +368,13 @@ fn dual_stack_with_route_nexthops_uses_them_for_ipv4_and_flannels_shape_for_ipv6
     wait_until(CONVERGE, "pod a reaches pod b over IPv4", || {
         a.tcp_check(&b)
     });
+}
+
+/// Waits until `node` holds neither a route to `subnet` nor its nexthop object.
+fn wait_route_and_nexthop_gone(node: &Node, subnet: &str) {
+    node.wait_until(
+        CONVERGE,
+        "withdrawn peer's route and nexthop removed",
+        || node.route_to(subnet).is_none() && nexthop(node, nhid_of(subnet)).is_none(),
+    );
 }

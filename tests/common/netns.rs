@@ -97,6 +97,21 @@ impl Netns {
         self.exec_ok(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
     }
 
+    /// Turns IPv6 duplicate address detection off here (all, default and an existing `eth0`),
+    /// so IPv6 addresses are usable at once.
+    pub fn no_dad(&self) {
+        for key in ["all", "default"] {
+            self.sysctl(&format!("net.ipv6.conf.{key}.accept_dad"), "0");
+        }
+        if self
+            .exec(&["ip", "link", "show", "dev", "eth0"])
+            .status
+            .success()
+        {
+            self.sysctl("net.ipv6.conf.eth0.accept_dad", "0");
+        }
+    }
+
     /// Moves the calling thread into this namespace (for threads that live in it).
     pub fn enter(&self) {
         let file = match File::open(self.path()) {
