@@ -620,6 +620,61 @@ fn previous_subnet_is_honoured_when_free_and_in_range() {
     });
 }
 
+/// weftd's start claims from the listing it keeps as its table (`acquire_listed`): keys that
+/// do not parse are skipped there as in a fresh listing, and still count as occupied; a
+/// lease of this node in the listing is reused with the revision the listing read.
+#[test]
+fn acquire_from_a_listing_skips_hostile_keys_and_reuses_the_nodes_lease() {
+    let etcd = EtcdNs::start();
+    etcd.run(|| async {
+        let s = store().await;
+        let cfg = put_config(CONFIG).await;
+        let mut client = raw().await;
+        let garbage = key(net("10.244.88.0/24"));
+        client.put(garbage.as_str(), "{garbage", None).await.unwrap();
+        let escape = format!("{PREFIX}/subnets/../../config");
+        let value = r#"{"PublicIP":"192.0.2.8","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:00:00:00:00:08"}}"#;
+        client.put(escape.as_str(), value, None).await.unwrap();
+        let other = s
+            .acquire(&cfg, &vxlan("192.0.2.9", "aa:00:00:00:00:09"), None, DAY)
+            .await
+            .unwrap();
+
+        let listed = s.list_network().await.unwrap();
+        assert_eq!(listed.leases.len(), 3, "the listing holds every key, raw");
+        let mine = s
+            .acquire_listed(
+                &cfg,
+                &vxlan("192.0.2.1", "aa:00:00:00:00:01"),
+                (Some(net("10.244.88.0/24")), None),
+                DAY,
+                &listed,
+            )
+            .await
+            .unwrap();
+        assert!(cfg.contains_subnet(&mine.subnet));
+        assert_ne!(mine.subnet, net("10.244.88.0/24"), "a key that does not parse is occupied");
+        assert_ne!(mine.subnet, other.subnet);
+        assert_eq!(raw_get(&garbage).await.unwrap().0, "{garbage");
+        assert_eq!(raw_get(&escape).await.unwrap().0, value);
+
+        // The other node restarting with a new VTEP MAC reuses its key from the listing.
+        let listed = s.list_network().await.unwrap();
+        let again = s
+            .acquire_listed(
+                &cfg,
+                &vxlan("192.0.2.9", "aa:00:00:00:00:99"),
+                (None, None),
+                DAY,
+                &listed,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.subnet, other.subnet);
+        assert!(raw_get(&key(other.subnet)).await.unwrap().0.contains("aa:00:00:00:00:99"));
+    });
+}
+
 #[test]
 fn own_lease_outside_a_changed_config_is_replaced() {
     let etcd = EtcdNs::start();
