@@ -375,11 +375,7 @@ fn resync_repairs_the_kernel_without_asking_etcd() {
     node.wait_subnet_env(Duration::from_secs(30));
     let programmed = || node.vxlan_peer_programmed("flannel.1", &subnet, &ip, &mac);
     node.wait_until(Duration::from_secs(10), "the peer programmed", programmed);
-    let ranges = || {
-        etcd.member(0)
-            .metric(RANGES)
-            .unwrap_or_else(|| panic!("etcd does not report {RANGES}"))
-    };
+    let ranges = || range_operations(&etcd);
     let before = ranges();
     // A peer route deleted by hand (weftd does not watch routes): a resync puts it back.
     node.netns().ip(&["route", "del", &subnet]);
@@ -408,11 +404,7 @@ fn start_lists_the_network_once() {
     etcd.put(NETWORK_CONFIG_KEY, VXLAN_CONFIG);
     let (subnet, ip, mac) = fake_peer(1);
     etcd.put(&lease_key(&subnet), &vxlan_lease_value(&ip, &mac));
-    let ranges = || {
-        etcd.member(0)
-            .metric(RANGES)
-            .unwrap_or_else(|| panic!("etcd does not report {RANGES}"))
-    };
+    let ranges = || range_operations(&etcd);
     let node = Node::new(&underlay, 1, &etcd.endpoints());
     let before = ranges();
     node.start_weftd(&["--relist-interval", "3600"]);
@@ -449,4 +441,11 @@ fn start_lists_the_network_once() {
         "the own lease was taken for lost:\n{}",
         node.log()
     );
+}
+
+/// etcd's count of range operations (reads) on its first member.
+fn range_operations(etcd: &EtcdCluster) -> f64 {
+    etcd.member(0)
+        .metric(RANGES)
+        .unwrap_or_else(|| panic!("etcd does not report {RANGES}"))
 }
