@@ -23,7 +23,12 @@
 #   wg-go         pods over Debian's wireguard-go between the same two nodes, set up by hand
 #                 with wg(8) and ip(8) as flanneld sets up flannel-wg, pod MTU 1420
 # Prints Gbit/s and the ratios the issue sets targets for, and writes docs/throughput.md and
-# the bar chart docs/throughput.svg (drawn by this script).
+# the bar chart docs/throughput.svg (drawn by this script). Beside each case it reads how busy
+# the machine's cores were while the case ran (/proc/stat, the whole machine: both nodes,
+# iperf3, everything) and so what one Gbit cost in core-seconds; and it runs
+# examples/wg-cipher.rs (boringtun's seal and open, the cipher work of the WireGuard data path,
+# on one core) to print a model of the most any userspace WireGuard can carry here: weft UDP's
+# cost per Gbit plus the cipher's, on the cores weft UDP kept busy.
 #
 # Runs as root; touches nothing outside its own namespaces (named wbench-<pid>-*), removed on
 # exit. Environment: BENCH_SECONDS (per case and round, default 5), BENCH_ROUNDS (default 7;
@@ -31,7 +36,8 @@
 # side of a ratio always runs first, and the median is reported, because a shared machine
 # is noisy), BENCH_ONLY (space-separated case names to run; the others report 0),
 # BENCH_PERF_DIR (record a system-wide perf profile per case there), WEFTD (weftd binary;
-# default: build target/release/weftd), DOCS_DIR (default <repo>/docs).
+# default: build target/release/weftd), WG_CIPHER (the wg-cipher example binary; default:
+# build it), DOCS_DIR (default <repo>/docs).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,6 +66,12 @@ if [ -z "${WEFTD:-}" ]; then
     WEFTD="${CARGO_TARGET_DIR:-$here/target}/release/weftd"
 fi
 [ -x "$WEFTD" ] || die "weftd binary $WEFTD not found"
+if [ -z "${WG_CIPHER:-}" ]; then
+    echo "building examples/wg-cipher (release)..." >&2
+    (cd "$here" && cargo build --quiet --release --example wg-cipher)
+    WG_CIPHER="${CARGO_TARGET_DIR:-$here/target}/release/examples/wg-cipher"
+fi
+[ -x "$WG_CIPHER" ] || die "wg-cipher binary $WG_CIPHER not found"
 
 ns() { echo "$prefix-$1"; }
 inns() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
@@ -151,15 +163,28 @@ wire_pod() { # wire_pod <node> <pod> <gateway cidr, e.g. 10.244.1.1/24> <mtu>
 
 # --- measurement ---------------------------------------------------------------------------
 
+cpu_jiffies() { # the machine's total and idle (with iowait) jiffies since boot
+    awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $5 + $6; exit }' /proc/stat
+}
+
 iperf() { # iperf <client ns-role> <server ns-role> <server ip>: prints Gbit/s (receiver side)
-    local client=$1 server=$2 ip=$3 out pid
+    local client=$1 server=$2 ip=$3 out pid sampler t0 i0 t1 i1
     inns "$server" iperf3 -s -p 5201 >/dev/null 2>&1 &
     pid=$!
     sleep 0.5
     if [ -n "${BENCH_PERF_DIR:-}" ]; then # profile the whole machine during the middle of the run
         (sleep 1 && perf record -q -a -g -o "$BENCH_PERF_DIR/$current_case.data" -- sleep $((seconds - 2)) >/dev/null 2>&1) &
     fi
+    # The cores busy over the measured seconds (iperf3 leaves the first one out).
+    (sleep 1 && cpu_jiffies >"$work/cpu.start") &
+    sampler=$!
     out=$(inns "$client" iperf3 -c "$ip" -p 5201 -O 1 -t "$seconds" -f m) || die "iperf3 $client -> $ip failed"
+    cpu_jiffies >"$work/cpu.end"
+    wait "$sampler" || die "reading /proc/stat failed"
+    read -r t0 i0 <"$work/cpu.start"
+    read -r t1 i1 <"$work/cpu.end"
+    awk -v n="$(nproc)" -v t="$((t1 - t0))" -v i="$((i1 - i0))" \
+        'BEGIN { printf "%.2f\n", (t > 0) ? n * (t - i) / t : 0 }' >>"$work/cores-$current_case"
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     echo "$out" | awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") printf "%.2f\n", $(i-1) / 1000 }'
@@ -349,6 +374,38 @@ done
 for n in "${names[@]}"; do gbps[$n]=$(echo "${runs[$n]}" | median); done
 cleanup_namespaces
 
+# Cores busy per case (median over its rounds) and core-seconds per Gbit (median of the rounds'
+# busy cores / Gbit/s).
+declare -A cores cpg
+for n in "${names[@]}"; do
+    if [ -s "$work/cores-$n" ]; then
+        cores[$n]=$(median <"$work/cores-$n" | awk '{ printf "%.2f", $1 }')
+        read -r -a g <<<"${runs[$n]}"
+        cpg[$n]=$(awk 'NR == FNR { c[FNR] = $1; next } { for (i = 1; i <= NF; i++) if ($i > 0 && c[i] != "") print c[i] / $i }' \
+            "$work/cores-$n" <(echo "${g[@]}") | median | awk '{ printf "%.3f", $1 }')
+    else
+        cores[$n]=0
+        cpg[$n]=0
+    fi
+done
+
+# The cipher work of WireGuard on one core, and the model it gives.
+# One run per core at once: the data path's cipher work shares the machine with everything
+# else, and a core runs it slower when its neighbour is busy too. The mean of the runs.
+cipher_out=$(for _ in $(seq "$(nproc)"); do "$WG_CIPHER" 5 >"$work/cipher.$BASHPID.$RANDOM" & done; wait; cat "$work"/cipher.*) ||
+    die "wg-cipher failed"
+echo "$cipher_out" >&2
+field() { echo "$cipher_out" | awk -v f="$1" '/^packet 1420 / { for (i = 1; i <= NF; i++) if ($i == f) { s += $(i - 1); n++ } } END { if (n) printf "%.3f", s / n }'; }
+cipher_cpg=$(field core-seconds)
+cipher_rate=$(field GB/s | awk '{ printf "%.2f", $1 }')
+[ -n "$cipher_cpg" ] || die "wg-cipher printed no rate: $cipher_out"
+# model <cores>: Gbit/s of a data path spending weft UDP's core-seconds per Gbit plus the cipher's
+model() { awk -v c="$1" -v u="${cpg[weft-udp]}" -v x="$cipher_cpg" 'BEGIN { if (u > 0) printf "%.2f", c / (u + x); else print 0 }'; }
+model_busy=$(model "${cores[weft-udp]}")
+model_all=$(model "$(nproc)")
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f", 100 * a / b; else print 0 }'; }
+times() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print 0 }'; }
+
 ratio() { # ratio <case> <reference>: median over the rounds of 100 * case / reference (same round)
     local -a a b
     read -r -a a <<<"${runs[$1]}"
@@ -399,19 +456,23 @@ UDP and VXLAN are compared at the same segment size.
 Machine: ${machine}
 Date: ${date_utc}
 
-| case | Gbit/s |
-|---|---:|
-| pods over the bare underlay (routes by hand, no overlay) | ${gbps[underlay]} |
-| node to node, no pods (context) | ${gbps[node-to-node]} |
-| VXLAN built by hand (kernel floor) | ${gbps[vxlan-hand]} |
-| weft VXLAN | ${gbps[weft-vxlan]} |
-| IPv6 VXLAN built by hand on the IPv6 underlay, pod MTU 1430 | ${gbps[vxlan6-hand]} |
-| weft VXLAN, IPv6-only network on the IPv6 underlay, pod MTU 1430 | ${gbps[weft-vxlan6]} |
-| weft UDP (userspace), pod MTU 1450 | ${gbps[weft-udp]} |
-| weft UDP with \`--no-udp-offloads\`, pod MTU 1450 | ${gbps[weft-udp-plain]} |
-| weft host-gw | ${gbps[weft-host-gw]} |
-| weft WireGuard (userspace data path), pod MTU 1420 | ${gbps[weft-wg]} |
-| Debian's wireguard-go set up by hand as flanneld does, pod MTU 1420 | ${gbps[wg-go]} |
+| case | Gbit/s | cores busy | core-s per Gbit |
+|---|---:|---:|---:|
+| pods over the bare underlay (routes by hand, no overlay) | ${gbps[underlay]} | ${cores[underlay]} | ${cpg[underlay]} |
+| node to node, no pods (context) | ${gbps[node-to-node]} | ${cores[node-to-node]} | ${cpg[node-to-node]} |
+| VXLAN built by hand (kernel floor) | ${gbps[vxlan-hand]} | ${cores[vxlan-hand]} | ${cpg[vxlan-hand]} |
+| weft VXLAN | ${gbps[weft-vxlan]} | ${cores[weft-vxlan]} | ${cpg[weft-vxlan]} |
+| IPv6 VXLAN built by hand on the IPv6 underlay, pod MTU 1430 | ${gbps[vxlan6-hand]} | ${cores[vxlan6-hand]} | ${cpg[vxlan6-hand]} |
+| weft VXLAN, IPv6-only network on the IPv6 underlay, pod MTU 1430 | ${gbps[weft-vxlan6]} | ${cores[weft-vxlan6]} | ${cpg[weft-vxlan6]} |
+| weft UDP (userspace), pod MTU 1450 | ${gbps[weft-udp]} | ${cores[weft-udp]} | ${cpg[weft-udp]} |
+| weft UDP with \`--no-udp-offloads\`, pod MTU 1450 | ${gbps[weft-udp-plain]} | ${cores[weft-udp-plain]} | ${cpg[weft-udp-plain]} |
+| weft host-gw | ${gbps[weft-host-gw]} | ${cores[weft-host-gw]} | ${cpg[weft-host-gw]} |
+| weft WireGuard (userspace data path), pod MTU 1420 | ${gbps[weft-wg]} | ${cores[weft-wg]} | ${cpg[weft-wg]} |
+| Debian's wireguard-go set up by hand as flanneld does, pod MTU 1420 | ${gbps[wg-go]} | ${cores[wg-go]} | ${cpg[wg-go]} |
+
+"cores busy" is the whole machine ($(nproc) CPUs) while the case ran: both nodes,
+both iperf3 ends, the kernel's packet work; "core-s per Gbit" is that over the Gbit/s (median
+of the rounds), what one Gbit cost the machine.
 
 | ratio | value | target | |
 |---|---:|---:|---|
@@ -431,7 +492,24 @@ underlay with no overlay at all (a route per peer subnet via the peer node, set 
 floor any backend's pod-to-pod path stands on; node-to-node shows what the pods' own veth and
 bridge hops cost on this CPU-bound veth underlay, which no backend can take away.
 
+### What the WireGuard targets ask of this machine
+
+The cipher work alone, measured by \`examples/wg-cipher.rs\` (boringtun's \`encapsulate\` and
+\`decapsulate\`, the calls the data path makes per segment, 1420-byte packets, after a real
+handshake; one run on each core at once, their mean): one core seals and opens together
+${cipher_rate} GB/s of plaintext, so
+**${cipher_cpg} core-s per Gbit** of pod traffic (every bit is sealed on one node and opened on
+the other, both on this machine's cores). weft UDP, the same TUN and socket machinery without
+the cipher, cost ${cpg[weft-udp]} core-s per Gbit. A userspace WireGuard that spent nothing
+beyond those two would carry at most **${model_busy} Gbit/s** on the ${cores[weft-udp]} cores
+weft UDP kept busy ($(pct "$model_busy" "${gbps[weft-udp]}") % of weft UDP, $(times "$model_busy" "${gbps[wg-go]}")× wireguard-go), and
+${model_all} Gbit/s with all $(nproc) cores busy. weft WireGuard cost ${cpg[weft-wg]} core-s per Gbit;
+wireguard-go ${cpg[wg-go]} ($(times "${cpg[wg-go]}" "${cpg[weft-wg]}")× weft's). This is a model from
+measured costs, for reading the targets against the machine, not a measurement of a data path.
+
 Rounds (Gbit/s): $(for n in "${names[@]}"; do printf '%s:%s; ' "$n" "${runs[$n]}"; done)
+
+Rounds (cores busy): $(for n in "${names[@]}"; do printf '%s:%s; ' "$n" "$(tr '\n' ' ' <"$work/cores-$n" 2>/dev/null | sed 's/ $//')"; done)
 
 ![bar chart](throughput.svg)
 EOF
