@@ -245,9 +245,11 @@ impl HostGwBackend {
         let handle = netlink::connect()?;
         let devices = self.devices();
         let ext = self.ext.index;
-        let view =
-            pipeline::read_kernel(&handle, &devices, |r| r.oif == ext && r.gateway.is_some())
-                .await?;
+        let nexthops = self.pipeline.routes_through_nexthops();
+        let view = pipeline::read_kernel(&handle, &devices, nexthops, |r| {
+            r.oif == ext && r.gateway.is_some()
+        })
+        .await?;
         self.pipeline.shape(&mut desired, &view);
         let mut all = KernelEntries::merged(&desired);
         all.routes6 = routes6;

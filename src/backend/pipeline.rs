@@ -70,14 +70,18 @@ pub struct KernelView {
 /// Reads weft's entries: its routes (protocol 87) that `owns` accepts, its nexthop objects
 /// (the same protocol), and every neighbour and FDB entry of the overlay device; with an IPv6
 /// overlay device or IPv6 routes, the same of IPv6 (weft's IPv6 routes on the backend's devices).
+///
+/// `needs_nexthops`: whether routes go through nexthop objects (`--route-nexthops`); only
+/// then does a failed nexthop dump fail the read (see [`nexthops_for_pass`]).
 pub async fn read_kernel(
     handle: &Handle,
     devices: &Devices,
+    needs_nexthops: bool,
     owns: impl Fn(&Ipv4Route) -> bool,
 ) -> Result<KernelView, NetlinkError> {
     // One dump at a time: a netlink socket refuses a second dump while one runs (EBUSY).
     let dump = netlink::dump_ipv4_routes(handle).await?;
-    let nexthops = netlink::dump_nexthops()?;
+    let nexthops = nexthops_for_pass(netlink::dump_nexthops(), needs_nexthops)?;
     let by_id: BTreeMap<u32, &netlink::Nexthop> = nexthops.weft.iter().map(|n| (n.id, n)).collect();
     let routes = netlink::main_table_routes(&dump, RouteOrigin::Weft)
         .into_iter()
@@ -135,6 +139,25 @@ pub async fn read_kernel(
     })
 }
 
+/// The nexthop objects a pass works with. A pass whose routes go through nexthops cannot go
+/// on without knowing them; any other pass only looks for weft's leftover objects to delete
+/// (and a route naming its object alone), so a failed dump there is warned about and the pass
+/// goes on without them: the peers' routes are still programmed in Flannel's shape (a route
+/// misread for want of its object is replaced by the plain one), and the leftovers wait for a
+/// later pass.
+fn nexthops_for_pass(
+    dumped: Result<netlink::NexthopTable, NetlinkError>,
+    needed: bool,
+) -> Result<netlink::NexthopTable, NetlinkError> {
+    match dumped {
+        Err(e) if !needed => {
+            tracing::warn!(error = %e, "cannot list nexthop objects; going on without removing weft's leftover ones");
+            Ok(netlink::NexthopTable::default())
+        }
+        other => other,
+    }
+}
+
 /// The applier of one backend: sends diffs as batches and remembers, by peer, what it left
 /// in the kernel, which the next incremental pass diffs the changed peers against.
 #[derive(Debug, Default)]
@@ -159,6 +182,11 @@ impl EntryPipeline {
             route_nexthops,
             ..Default::default()
         }
+    }
+
+    /// Whether this pipeline routes peers through nexthop objects (`--route-nexthops`).
+    pub fn routes_through_nexthops(&self) -> bool {
+        self.route_nexthops
     }
 
     /// Puts the peers' routes into the shape this pipeline programs: with `--route-nexthops`
@@ -382,4 +410,37 @@ async fn apply(
         failed: errors.len(),
         stale,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Result<netlink::NexthopTable, NetlinkError> {
+        Err(NetlinkError::Request {
+            op: "list nexthops".to_string(),
+            source: std::io::Error::from_raw_os_error(libc::ENOBUFS),
+        })
+    }
+
+    fn one_foreign() -> netlink::NexthopTable {
+        netlink::NexthopTable {
+            weft: Vec::new(),
+            foreign: [7].into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_nexthop_dump_fails_only_a_pass_whose_routes_go_through_nexthops() {
+        let err = nexthops_for_pass(failed(), true).expect_err("routes need their objects");
+        assert!(err.to_string().contains("list nexthops"), "{err}");
+        let table = nexthops_for_pass(failed(), false).expect("Flannel's shape goes on");
+        assert_eq!(table, netlink::NexthopTable::default());
+        for needed in [true, false] {
+            assert_eq!(
+                nexthops_for_pass(Ok(one_foreign()), needed).expect("listed"),
+                one_foreign()
+            );
+        }
+    }
 }

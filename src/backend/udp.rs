@@ -225,7 +225,7 @@ impl UdpBackend {
         let (entries, table) = self.desired(peers);
         let devices = self.devices();
         let tun = self.tun_index;
-        let view = pipeline::read_kernel(&handle, &devices, |r| r.oif == tun).await?;
+        let view = pipeline::read_kernel(&handle, &devices, false, |r| r.oif == tun).await?;
         let mut all = KernelEntries::merged(&entries);
         all.routes6 = self.desired_routes6();
         let d = entries::diff(&all, &view.actual);

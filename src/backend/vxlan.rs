@@ -545,9 +545,12 @@ impl VxlanBackend {
         let (mut desired, desired6) = self.desired(index, index6, own, peer_leases);
         let devices = self.devices(index, index6);
         let ext = self.ext.index;
-        let view = pipeline::read_kernel(&self.handle, &devices, |r| {
-            Some(r.oif) == index || r.oif == ext
-        })
+        let view = pipeline::read_kernel(
+            &self.handle,
+            &devices,
+            self.pipeline.routes_through_nexthops(),
+            |r| Some(r.oif) == index || r.oif == ext,
+        )
         .await?;
         self.pipeline.shape(&mut desired, &view);
         let mut merged = KernelEntries::merged(&desired);

@@ -649,7 +649,7 @@ impl WireGuardBackend {
         let routes6 = self.desired_routes6(dev);
         let devices = device_of(dev);
         let tun = dev.tun_index;
-        let view = pipeline::read_kernel(handle, &devices, |r| r.oif == tun).await?;
+        let view = pipeline::read_kernel(handle, &devices, false, |r| r.oif == tun).await?;
         let mut all = KernelEntries::merged(&entries);
         all.routes6 = routes6;
         let d = entries::diff(&all, &view.actual);

@@ -216,12 +216,20 @@ fn dump_err(source: io::Error) -> NetlinkError {
     }
 }
 
+/// How long the nexthop dump waits for each answer from the kernel before it gives up (it
+/// runs on the caller's thread; the kernel answers in microseconds).
+const DUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Every nexthop object of the calling thread's network namespace. A kernel without nexthop
 /// objects (before 5.3) holds none.
 pub fn dump_nexthops() -> Result<NexthopTable, NetlinkError> {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    use nix::sys::time::TimeVal;
     use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Connect)?;
+    let timeout = TimeVal::new(DUMP_TIMEOUT.as_secs() as i64, 0);
+    setsockopt(&socket, ReceiveTimeout, &timeout).map_err(|e| dump_err(e.into()))?;
     socket.bind_auto().map_err(dump_err)?;
     socket.connect(&SocketAddr::new(0, 0)).map_err(dump_err)?;
     let request = message(
