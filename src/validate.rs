@@ -14,7 +14,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use crate::config::{BackendConfig, NetworkConfig};
 use crate::lease::{subnets_prefix, Lease, LeaseAttrs, RawLease};
 use crate::subnet::{parse_dual_subnet_key, DualSubnet};
-use crate::wireguard_key::WireGuardKey;
+use crate::wireguard_key::{KeyError, WireGuardKey};
 
 /// What this node is, for the checks that depend on it. Every field may be empty (e.g. for
 /// `weftctl`, which judges leases without being a node).
@@ -630,74 +630,99 @@ pub fn validate_leases_indexed<'a>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Claim {
     v4: Ipv4Network,
-    v6: bool,
-    mac: Option<[u8; 6]>,
-    wireguard_key: Option<[u8; 32]>,
+    v6: Option<Ipv6Network>,
+    macs: [Option<[u8; 6]>; 2],
+    wireguard_keys: [Option<[u8; 32]>; 2],
 }
 
 impl Claim {
     fn of(dual: &DualSubnet, attrs: &LeaseAttrs) -> Claim {
+        let key = |k: Option<(&str, Result<WireGuardKey, KeyError>)>| match k {
+            Some((_, Ok(key))) => Some(*key.as_bytes()),
+            _ => None,
+        };
         Claim {
             v4: dual.v4,
-            v6: dual.v6.is_some(),
-            mac: attrs.vtep_mac().and_then(parse_mac),
-            wireguard_key: match attrs.wireguard_public_key() {
-                Some((_, Ok(key))) => Some(*key.as_bytes()),
-                _ => None,
-            },
+            v6: dual.v6,
+            macs: [
+                attrs.vtep_mac().and_then(parse_mac),
+                attrs.v6_vtep_mac().and_then(parse_mac),
+            ],
+            wireguard_keys: [
+                key(attrs.wireguard_public_key()),
+                key(attrs.wireguard_v6_public_key()),
+            ],
         }
     }
 }
 
-/// The subnets, VTEP MACs and WireGuard public keys every lease of a table claims, counted, to tell whether a changed
-/// key collides with any other. A key that collides with none (the normal case: one subnet,
-/// one VTEP per node) is judged alone, and its change alters no other key's verdict; only a
-/// collision needs the whole table judged again in age order.
+/// The subnets (IPv4 and IPv6), VTEP MACs and WireGuard public keys every lease of a table
+/// claims, counted, to tell whether a changed key collides with any other. A key that
+/// collides with none (the normal case: one subnet per family, one VTEP per node) is judged
+/// alone, and its change alters no other key's verdict; only a collision needs the whole
+/// table judged again in age order.
 ///
-/// All subnets [`parse_lease`] passes have the prefix length `SubnetLen` and are aligned, so
-/// two of them overlap exactly when they are equal; IPv6 parts (dual-stack keys) are not
-/// indexed and always send a change to the whole table.
+/// All subnets [`parse_lease`] passes have the prefix length `SubnetLen` (`IPv6SubnetLen`)
+/// and are aligned, so two of them overlap exactly when they are equal. The IPv4 part of
+/// IPv6-only keys (`0.0.0.0/0`) is counted like any other, so their changes always collide
+/// and go to the whole table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseClaims {
     v4: HashMap<Ipv4Network, u32>,
+    v6: HashMap<Ipv6Network, u32>,
     macs: HashMap<[u8; 6], u32>,
     wireguard_keys: HashMap<[u8; 32], u32>,
 }
 
+fn count_up<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, k: K) {
+    *map.entry(k).or_default() += 1;
+}
+
+fn count_down<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, k: K) {
+    if let Some(n) = map.get_mut(&k) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&k);
+        }
+    }
+}
+
 impl LeaseClaims {
     fn add(&mut self, c: &Claim) {
-        *self.v4.entry(c.v4).or_default() += 1;
-        if let Some(mac) = c.mac {
-            *self.macs.entry(mac).or_default() += 1;
+        count_up(&mut self.v4, c.v4);
+        if let Some(v6) = c.v6 {
+            count_up(&mut self.v6, v6);
         }
-        if let Some(key) = c.wireguard_key {
-            *self.wireguard_keys.entry(key).or_default() += 1;
+        for mac in c.macs.into_iter().flatten() {
+            count_up(&mut self.macs, mac);
+        }
+        for key in c.wireguard_keys.into_iter().flatten() {
+            count_up(&mut self.wireguard_keys, key);
         }
     }
 
     fn remove(&mut self, c: &Claim) {
-        fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, k: K) {
-            if let Some(n) = map.get_mut(&k) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&k);
-                }
-            }
+        count_down(&mut self.v4, c.v4);
+        if let Some(v6) = c.v6 {
+            count_down(&mut self.v6, v6);
         }
-        dec(&mut self.v4, c.v4);
-        if let Some(mac) = c.mac {
-            dec(&mut self.macs, mac);
+        for mac in c.macs.into_iter().flatten() {
+            count_down(&mut self.macs, mac);
         }
-        if let Some(key) = c.wireguard_key {
-            dec(&mut self.wireguard_keys, key);
+        for key in c.wireguard_keys.into_iter().flatten() {
+            count_down(&mut self.wireguard_keys, key);
         }
     }
 
+    /// Whether `c` claims something another key claims too (`c` itself not counted).
     fn collides(&self, c: &Claim) -> bool {
-        c.v6 || self.v4.contains_key(&c.v4)
-            || c.mac.is_some_and(|m| self.macs.contains_key(&m))
-            || c.wireguard_key
-                .is_some_and(|k| self.wireguard_keys.contains_key(&k))
+        self.v4.contains_key(&c.v4)
+            || c.v6.is_some_and(|v6| self.v6.contains_key(&v6))
+            || c.macs.iter().flatten().any(|m| self.macs.contains_key(m))
+            || c.wireguard_keys
+                .iter()
+                .flatten()
+                .any(|k| self.wireguard_keys.contains_key(k))
     }
 
     /// Takes the change of one key (`old` as the table last held it, `new` as it holds it
@@ -1528,8 +1553,7 @@ mod tests {
     #[test]
     fn a_change_judged_alone_agrees_with_the_whole_table() {
         let p = policy();
-        let key = |k: &str| format!("{PREFIX}/subnets/{k}");
-        let mut table: BTreeMap<String, RawLease> = [
+        let table: BTreeMap<String, RawLease> = [
             raw(
                 "10.244.2.0-24",
                 &vxlan("192.0.2.12", "0a:00:00:00:00:12"),
@@ -1544,7 +1568,7 @@ mod tests {
         .into_iter()
         .map(|r| (r.key.clone(), r))
         .collect();
-        let (_, mut claims) = validate_leases_indexed(&p, table.values());
+        let (_, claims) = validate_leases_indexed(&p, table.values());
         // (key, new value or None, whether it may be judged alone)
         let steps: Vec<(&str, Option<RawLease>, bool)> = vec![
             (
@@ -1604,18 +1628,136 @@ mod tests {
                 true,
             ),
         ];
+        judged_alone_agrees_with_the_whole_table(&p, table, claims, steps);
+    }
+
+    #[test]
+    fn a_dual_stack_change_judged_alone_agrees_with_the_whole_table() {
+        let p = dual_policy();
+        let value = |n: u8| {
+            vxlan6(
+                &format!("192.0.2.{n}"),
+                &format!("0a:00:00:00:00:{n:02x}"),
+                &format!("2001:db8::{n:x}"),
+                &format!("0a:00:00:00:06:{n:02x}"),
+            )
+        };
+        let table: BTreeMap<String, RawLease> = [
+            raw("10.244.2.0-24&fd00:10:244:2::-64", &value(2), 2),
+            raw("10.244.3.0-24&fd00:10:244:3::-64", &value(3), 3),
+        ]
+        .into_iter()
+        .map(|r| (r.key.clone(), r))
+        .collect();
+        let (_, claims) = validate_leases_indexed(&p, table.values());
+        let steps: Vec<(&str, Option<RawLease>, bool)> = vec![
+            // A new node: both subnets, both VTEPs free.
+            (
+                "10.244.4.0-24&fd00:10:244:4::-64",
+                Some(raw("10.244.4.0-24&fd00:10:244:4::-64", &value(4), 4)),
+                true,
+            ),
+            // Its PublicIPv6 changes: judged alone.
+            (
+                "10.244.4.0-24&fd00:10:244:4::-64",
+                Some(raw(
+                    "10.244.4.0-24&fd00:10:244:4::-64",
+                    &vxlan6(
+                        "192.0.2.4",
+                        "0a:00:00:00:00:04",
+                        "2001:db8::44",
+                        "0a:00:00:00:06:04",
+                    ),
+                    4,
+                )),
+                true,
+            ),
+            // A free IPv4 subnet with node 2's IPv6 subnet: the older key keeps it, which
+            // only the whole table shows.
+            (
+                "10.244.5.0-24&fd00:10:244:2::-64",
+                Some(raw("10.244.5.0-24&fd00:10:244:2::-64", &value(5), 5)),
+                false,
+            ),
+            // Free subnets with node 3's IPv6 VTEP MAC from another node.
+            (
+                "10.244.6.0-24&fd00:10:244:6::-64",
+                Some(raw(
+                    "10.244.6.0-24&fd00:10:244:6::-64",
+                    &vxlan6(
+                        "192.0.2.6",
+                        "0a:00:00:00:00:06",
+                        "2001:db8::6",
+                        "0a:00:00:00:06:03",
+                    ),
+                    6,
+                )),
+                false,
+            ),
+            // Node 4 goes: nobody else claimed its subnets.
+            ("10.244.4.0-24&fd00:10:244:4::-64", None, true),
+            // The owner of fd00:10:244:2::/64 goes: the younger claimant now wins.
+            ("10.244.2.0-24&fd00:10:244:2::-64", None, false),
+            // A key that does not parse as a lease is judged alone (rejected).
+            (
+                "10.244.7.0-24&fd00:10:244:7::-64",
+                Some(raw("10.244.7.0-24&fd00:10:244:7::-64", "{garbage", 7)),
+                true,
+            ),
+        ];
+        judged_alone_agrees_with_the_whole_table(&p, table, claims, steps);
+    }
+
+    #[test]
+    fn every_change_in_an_ipv6_only_network_goes_to_the_whole_table() {
+        let p = v6_only_policy();
+        let value = |n: u8| {
+            vxlan6(
+                "0.0.0.0",
+                "",
+                &format!("2001:db8::{n:x}"),
+                &format!("0a:00:00:00:06:{n:02x}"),
+            )
+        };
+        let table: BTreeMap<String, RawLease> = [raw("0.0.0.0-0&fd00:10:244:2::-64", &value(2), 2)]
+            .into_iter()
+            .map(|r| (r.key.clone(), r))
+            .collect();
+        let (_, claims) = validate_leases_indexed(&p, table.values());
+        // Every IPv6-only key claims 0.0.0.0/0: no change is judged alone.
+        let steps: Vec<(&str, Option<RawLease>, bool)> = vec![
+            (
+                "0.0.0.0-0&fd00:10:244:3::-64",
+                Some(raw("0.0.0.0-0&fd00:10:244:3::-64", &value(3), 3)),
+                false,
+            ),
+            ("0.0.0.0-0&fd00:10:244:2::-64", None, false),
+        ];
+        judged_alone_agrees_with_the_whole_table(&p, table, claims, steps);
+    }
+
+    /// Applies `steps` (key, new value or None, whether the change may be judged alone) to
+    /// `table` one by one, and checks each verdict of [`LeaseClaims::update`] against the
+    /// whole table's validation, and the claims against the whole table's index.
+    fn judged_alone_agrees_with_the_whole_table(
+        p: &LeasePolicy,
+        mut table: BTreeMap<String, RawLease>,
+        mut claims: LeaseClaims,
+        steps: Vec<(&str, Option<RawLease>, bool)>,
+    ) {
+        let key = |k: &str| format!("{PREFIX}/subnets/{k}");
         for (k, new, alone) in steps {
             let k = key(k);
             let old = match &new {
                 Some(r) => table.insert(k.clone(), r.clone()),
                 None => table.remove(&k),
             };
-            let verdict = claims.update(&p, old.as_ref(), new.as_ref());
-            let whole = validate_leases(&p, table.values());
+            let verdict = claims.update(p, old.as_ref(), new.as_ref());
+            let whole = validate_leases(p, table.values());
             match verdict {
                 ChangedKey::Collides => {
                     assert!(!alone, "{k} was sent to the whole table");
-                    claims = validate_leases_indexed(&p, table.values()).1;
+                    claims = validate_leases_indexed(p, table.values()).1;
                 }
                 ChangedKey::Gone => {
                     assert!(alone && new.is_none(), "{k}");
@@ -1638,7 +1780,7 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(claims, validate_leases_indexed(&p, table.values()).1, "{k}");
+            assert_eq!(claims, validate_leases_indexed(p, table.values()).1, "{k}");
         }
     }
 
