@@ -296,6 +296,17 @@ struct Agent<S: LeaseStore = EtcdStore, D: DataPath = Backend> {
     dirty: HashMap<String, Option<RawLease>>,
 }
 
+/// Makes every local IPv6 address (the `/128`s the route guard protects) this node's for
+/// validation too.
+fn with_ipv6_addresses(policy: &mut LeasePolicy, protected6: &[guard::Protected6]) {
+    policy.node.addresses_v6.extend(
+        protected6
+            .iter()
+            .filter(|p| p.prefix.prefix() == 128)
+            .map(|p| p.prefix.ip()),
+    );
+}
+
 /// The peers a pass saw: all of them (a full pass) or the ones that changed (incremental).
 #[derive(Clone, Copy)]
 enum Peers<'a> {
@@ -615,13 +626,13 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
             self.ext_gone,
             self.retry_reconcile.is_some(),
         );
-        // The incremental pass knows peers by their IPv4 subnet alone (an IPv6-only lease's is
-        // 0.0.0.0/0) and judges IPv6 collisions only in the whole table: with IPv6, every
-        // change is a full pass.
+        // IPv6 changes are judged against what the last full pass protected of IPv6 too (an
+        // IPv6-only network's changes all collide on their IPv4 part 0.0.0.0/0 in the claims,
+        // and its backends take them in full passes).
         if pass == Pass::Full
             || self.protected.is_none()
             || self.claims.is_none()
-            || self.config.ipv6.is_some()
+            || (self.config.ipv6.is_some() && self.protected6.is_none())
         {
             return self.reconcile().await;
         }
@@ -647,9 +658,18 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
     /// with another (see [`LeaseClaims`]): the whole table must be judged again.
     fn changed_peers(&mut self) -> Option<Vec<PeerChange>> {
         let protected = self.protected.clone()?;
+        let protected6 = match self.config.ipv6 {
+            Some(_) => Some(self.protected6.clone()?),
+            None => None,
+        };
         let mut claims = self.claims.take()?;
-        let policy = self.policy_with(&protected);
-        let route_guard = RouteGuard::new(protected);
+        let mut policy = self.policy_with(&protected);
+        let mut route_guard = RouteGuard::new(protected);
+        if let Some(protected6) = protected6 {
+            with_ipv6_addresses(&mut policy, &protected6);
+            route_guard = route_guard.with_ipv6(protected6);
+        }
+        let subnets_prefix = crate::lease::subnets_prefix(&self.opts.etcd.prefix);
         let mut changes = Vec::new();
         for (key, old) in std::mem::take(&mut self.dirty) {
             let new = self.leases.get(&key);
@@ -675,7 +695,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                     self.reported.remove(&key);
                     continue;
                 }
-                ChangedKey::Judged(Ok(lease)) => match route_guard.check(lease.subnet) {
+                ChangedKey::Judged(Ok(lease)) => match route_guard.check_lease(&lease) {
                     Ok(()) => {
                         self.reported.remove(&key);
                         Some(lease)
@@ -683,13 +703,17 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                     Err(refused) => {
                         let revision = lease.mod_revision;
                         if self.reported.get(&key) != Some(&revision) {
-                            error!(key, peer = %refused.dst, "route refused by the guard, not programmed: {refused}");
+                            error!(key, peer = %refused.dst, peer_ipv6 = ?refused.dst6, "route refused by the guard, not programmed: {refused}");
                             self.metrics.routes_refused.fetch_add(1, Ordering::Relaxed);
                         }
                         self.reported.insert(key.clone(), revision);
                         self.rejected.push(RejectedPeer {
                             key: key.clone(),
-                            subnet: Some(refused.dst.to_string()),
+                            subnet: Some(
+                                refused
+                                    .dst6
+                                    .map_or_else(|| refused.dst.to_string(), |v6| v6.to_string()),
+                            ),
                             by: RejectedBy::RouteGuard,
                             reason: "route_overlap".to_string(),
                             why: refused.to_string(),
@@ -702,7 +726,18 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                     None
                 }
             };
-            changes.push(PeerChange { subnet, lease });
+            // The IPv6 part of the key (in a network with IPv6): what a gone lease's IPv6
+            // entries are found by.
+            let subnet6 = key
+                .strip_prefix(&subnets_prefix)
+                .filter(|_| self.config.ipv6.is_some())
+                .and_then(|rest| crate::subnet::parse_dual_subnet_key(rest).ok())
+                .and_then(|dual| dual.v6);
+            changes.push(PeerChange {
+                subnet,
+                subnet6,
+                lease,
+            });
         }
         self.claims = Some(claims);
         let rejected_now = self
@@ -1164,13 +1199,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                     }
                 },
             };
-            // Every local IPv6 address is this node's for validation too.
-            policy.node.addresses_v6.extend(
-                protected6
-                    .iter()
-                    .filter(|p| p.prefix.prefix() == 128)
-                    .map(|p| p.prefix.ip()),
-            );
+            with_ipv6_addresses(&mut policy, &protected6);
             Some(protected6)
         } else {
             None

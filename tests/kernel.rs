@@ -267,9 +267,14 @@ fn expected_view(peers: &[Lease]) -> KernelView {
 }
 
 async fn new_backend(cfg: &NetworkConfig, state_dir: &Path) -> Backend {
-    let ext = netlink::find_external_interface(Some("eth0"), None)
+    let mut ext = netlink::find_external_interface(Some("eth0"), None)
         .await
         .expect("find eth0");
+    if cfg.ipv6.is_some() {
+        netlink::add_ipv6_underlay(&mut ext, None)
+            .await
+            .expect("IPv6 address of eth0");
+    }
     Backend::new(cfg, &ext, state_dir, BackendOptions::default())
         .await
         .expect("prepare backend")
@@ -629,10 +634,12 @@ fn lease_changes_touch_only_the_changed_peers_entries() {
     let changes = vec![
         PeerChange {
             subnet: peers[0].subnet,
+            subnet6: None,
             lease: None,
         },
         PeerChange {
             subnet: peer_n(21).subnet,
+            subnet6: None,
             lease: Some(peer_n(21)),
         },
     ];
@@ -679,6 +686,143 @@ fn lease_changes_touch_only_the_changed_peers_entries() {
         "{full:?}"
     );
     assert_eq!(kernel_view(&node.ns), expected_view(&changed));
+}
+
+/// Peer `i` of a dual-stack /26 cluster: [`peer_n`] plus the IPv6 subnet fd00:10:244:i::/64,
+/// PublicIPv6 2001:db8::1:i and IPv6 VTEP MAC 0a:00:00:00:06:i.
+fn dual_peer_n(i: u32) -> Lease {
+    let mut p = peer_n(i);
+    p.ipv6_subnet = Some(format!("fd00:10:244:{i:x}::/64").parse().unwrap());
+    p.attrs.public_ipv6 = Some(format!("2001:db8::1:{i:x}").parse().unwrap());
+    p.attrs.backend_v6_data =
+        Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0a:00:00:00:06:{i:02x}")}));
+    p
+}
+
+/// `flannel-v6.1` as the kernel shows it: routes, neighbours, FDB entries as strings.
+fn kernel_view6(ns: &Ns) -> BTreeSet<String> {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let mut view = BTreeSet::new();
+    for r in ns
+        .ip_json(&["-6", "route", "show", "dev", "flannel-v6.1", "proto", "87"])
+        .as_array()
+        .unwrap()
+    {
+        view.insert(format!("route {} via {}", s(&r["dst"]), s(&r["gateway"])));
+    }
+    for n in ns
+        .ip_json(&["-6", "neigh", "show", "dev", "flannel-v6.1"])
+        .as_array()
+        .unwrap()
+    {
+        view.insert(format!("neigh {} {}", s(&n["dst"]), s(&n["lladdr"])));
+    }
+    for f in ns.fdb_json("flannel-v6.1").as_array().unwrap() {
+        if s(&f["mac"]).starts_with("0a:") {
+            view.insert(format!("fdb {} dst {}", s(&f["mac"]), s(&f["dst"])));
+        }
+    }
+    view
+}
+
+/// What [`kernel_view6`] must show for these dual-stack peers.
+fn expected_view6(peers: &[Lease]) -> BTreeSet<String> {
+    let mut view = BTreeSet::new();
+    for p in peers {
+        let v6 = p.ipv6_subnet.unwrap();
+        let mac = p.attrs.backend_v6_data.as_ref().unwrap()["VtepMAC"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        view.insert(format!("route {v6} via {}", v6.network()));
+        view.insert(format!("neigh {} {mac}", v6.network()));
+        view.insert(format!("fdb {mac} dst {}", p.attrs.public_ipv6.unwrap()));
+    }
+    view
+}
+
+/// A dual-stack lease change is applied incrementally too: only the changed peers' IPv4 and
+/// IPv6 entries are sent (an IPv6 route deleted behind weft's back stays missing until the
+/// next full pass), and what the kernel holds on `flannel-v6.1` follows the leases.
+#[test]
+fn dual_stack_lease_changes_touch_only_the_changed_peers_entries_of_both_families() {
+    let node = TestNode::new("inc6");
+    node.ns
+        .ip(&["addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad"]);
+    let state = node.state_dir();
+    let cfg = NetworkConfig::parse(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":26,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let peers: Vec<Lease> = (1..=10).map(dual_peer_n).collect();
+    // Peer 1 leaves, peer 11 joins, peer 2's node moves to another IPv6 address.
+    let mut moved = dual_peer_n(2);
+    moved.attrs.public_ipv6 = Some("2001:db8::2:2".parse().unwrap());
+    let mut changed: Vec<Lease> = peers[2..].to_vec();
+    changed.push(moved.clone());
+    changed.push(dual_peer_n(11));
+    let change = |p: &Lease, lease: Option<Lease>| PeerChange {
+        subnet: p.subnet,
+        subnet6: p.ipv6_subnet,
+        lease,
+    };
+    let changes = vec![
+        change(&peers[0], None),
+        change(&dual_peer_n(11), Some(dual_peer_n(11))),
+        change(&moved, Some(moved.clone())),
+    ];
+    let untouched = peers[5].ipv6_subnet.unwrap().to_string();
+    let ns_name = node.ns.name.clone();
+    let (full0, incremental, full) = node.block_on({
+        let (cfg, state, peers, changed) =
+            (cfg.clone(), state.clone(), peers.clone(), changed.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.set_own_ipv6(Some("fd00:10:244:ff::/64".parse().unwrap()));
+            let full0 = backend.reconcile(own(), &peers).await.unwrap();
+            run(&[
+                "ip",
+                "-n",
+                &ns_name,
+                "-6",
+                "route",
+                "del",
+                &untouched,
+                "dev",
+                "flannel-v6.1",
+            ]);
+            let incremental = backend.apply_changes(own(), &changes).await.unwrap();
+            let view = kernel_view6(&Ns {
+                name: ns_name.clone(),
+            });
+            assert!(
+                !view
+                    .iter()
+                    .any(|e| e.starts_with(&format!("route {untouched}"))),
+                "an incremental pass re-read the kernel and restored {untouched}"
+            );
+            let full = backend.reconcile(own(), &changed).await.unwrap();
+            (full0, incremental, full)
+        }
+    });
+    assert_eq!((full0.added, full0.failed), (60, 0), "{full0:?}");
+    let incremental = incremental.expect("an incremental pass after a full one");
+    // Peer 1: 3 + 3 entries removed; peer 11: 3 + 3 added; peer 2: its IPv6 FDB entry
+    // replaced (one removed, one added). Nothing else was sent.
+    assert_eq!(
+        (incremental.added, incremental.removed, incremental.failed),
+        (7, 7, 0),
+        "{incremental:?}"
+    );
+    assert_eq!(incremental.present, 53, "{incremental:?}");
+    // The full pass finds the IPv6 route deleted behind weft's back and restores only it.
+    assert_eq!(
+        (full.added, full.removed, full.failed),
+        (1, 0, 0),
+        "{full:?}"
+    );
+    assert_eq!(kernel_view(&node.ns), expected_view(&changed));
+    assert_eq!(kernel_view6(&node.ns), expected_view6(&changed));
 }
 
 #[test]

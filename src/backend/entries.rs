@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::netlink::{
     FdbEntry, FdbEntry6, Ipv4Route, Ipv6Route, MacAddr, Neighbour, Neighbour6, Nexthop,
@@ -68,6 +68,31 @@ pub struct PeerEntries {
 /// The desired entries by the subnet (peer) that wants them.
 pub type EntriesByPeer = HashMap<Ipv4Network, PeerEntries>;
 
+/// The IPv6 kernel entries one peer lease yields (the IPv6 side of a dual-stack lease).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerEntries6 {
+    /// The route to the peer's IPv6 subnet.
+    pub route: Option<Ipv6Route>,
+    /// The permanent neighbour entry of the peer's IPv6 VTEP address.
+    pub neighbour: Option<(Ipv6Addr, MacAddr)>,
+    /// The FDB entry of the peer's IPv6 VTEP.
+    pub fdb: Option<FdbEntry6>,
+}
+
+/// The desired IPv6 entries by the IPv6 subnet (peer) that wants them.
+pub type EntriesByPeer6 = HashMap<Ipv6Network, PeerEntries6>;
+
+/// Adds the IPv6 entries of `by_peer` to `all` (an FDB entry two peers share is one entry).
+pub fn merge6(all: &mut KernelEntries, by_peer: &EntriesByPeer6) {
+    for p in by_peer.values() {
+        all.routes6.extend(p.route);
+        if let Some((ip, mac)) = p.neighbour {
+            all.neighbours6.insert(ip, mac);
+        }
+        all.fdb6.extend(p.fdb);
+    }
+}
+
 impl KernelEntries {
     /// All entries of `by_peer`, merged (an FDB entry two peers share is one entry).
     pub fn merged(by_peer: &EntriesByPeer) -> KernelEntries {
@@ -92,16 +117,28 @@ pub struct AppliedEntries {
     /// How many peers want each FDB entry: peers of one node (one VTEP) share it, and it goes
     /// only with the last of them.
     fdb_users: HashMap<FdbEntry, u32>,
+    /// The IPv6 entries by IPv6 subnet, and the users of each IPv6 FDB entry.
+    by_peer6: EntriesByPeer6,
+    fdb6_users: HashMap<FdbEntry6, u32>,
 }
 
 impl AppliedEntries {
-    /// The state once `by_peer` is programmed exactly.
-    pub fn new(by_peer: EntriesByPeer) -> AppliedEntries {
+    /// The state once `by_peer` and `by_peer6` are programmed exactly.
+    pub fn new(by_peer: EntriesByPeer, by_peer6: EntriesByPeer6) -> AppliedEntries {
         let mut fdb_users = HashMap::with_capacity(by_peer.len());
         for e in by_peer.values().filter_map(|p| p.fdb) {
             *fdb_users.entry(e).or_default() += 1;
         }
-        AppliedEntries { by_peer, fdb_users }
+        let mut fdb6_users = HashMap::with_capacity(by_peer6.len());
+        for e in by_peer6.values().filter_map(|p| p.fdb) {
+            *fdb6_users.entry(e).or_default() += 1;
+        }
+        AppliedEntries {
+            by_peer,
+            fdb_users,
+            by_peer6,
+            fdb6_users,
+        }
     }
 
     /// How many distinct kernel entries this is.
@@ -116,11 +153,64 @@ impl AppliedEntries {
                         + usize::from(p.neighbour.is_some())
                 })
                 .sum::<usize>()
+            + self.fdb6_users.len()
+            + self
+                .by_peer6
+                .values()
+                .map(|p| usize::from(p.route.is_some()) + usize::from(p.neighbour.is_some()))
+                .sum::<usize>()
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.by_peer.is_empty()
+        self.by_peer.is_empty() && self.by_peer6.is_empty()
+    }
+
+    /// Takes in the new IPv6 entries of the peers in `changes` (by IPv6 subnet; `None`: gone)
+    /// and adds what to change in the kernel to `d`, as [`Self::change`] does for IPv4.
+    pub fn change6(&mut self, changes: &[(Ipv6Network, Option<PeerEntries6>)], d: &mut EntryDiff) {
+        for (subnet, new) in changes {
+            let new = new.unwrap_or_default();
+            let old = match new == PeerEntries6::default() {
+                true => self.by_peer6.remove(subnet),
+                false => self.by_peer6.insert(*subnet, new),
+            }
+            .unwrap_or_default();
+            if old.route != new.route {
+                d.del_routes6.extend(old.route);
+                d.add_routes6.extend(new.route);
+            }
+            if old.neighbour != new.neighbour {
+                match (old.neighbour, new.neighbour) {
+                    (Some((was, _)), Some((ip, _))) if was == ip => {}
+                    (Some((was, _)), _) => d.del_neighbours6.push(was),
+                    (None, _) => {}
+                }
+                d.add_neighbours6.extend(new.neighbour);
+            }
+            if old.fdb != new.fdb {
+                if let Some(e) = old.fdb {
+                    if let Some(n) = self.fdb6_users.get_mut(&e) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.fdb6_users.remove(&e);
+                            d.del_fdb6.push(e);
+                        }
+                    }
+                }
+                if let Some(e) = new.fdb {
+                    let n = self.fdb6_users.entry(e).or_default();
+                    *n += 1;
+                    if *n == 1 {
+                        d.add_fdb6.push(e);
+                    }
+                }
+            }
+        }
+        // A peer's entry that another changed peer takes over in the same pass stays.
+        d.del_routes6.retain(|r| !d.add_routes6.contains(r));
+        d.del_fdb6.retain(|e| !d.add_fdb6.contains(e));
+        d.add_fdb6.retain(|e| self.fdb6_users.contains_key(e));
     }
 
     /// Takes in the new entries of the peers in `changes` (`None`: the peer is gone) and
@@ -568,7 +658,8 @@ mod tests {
         let (s2, p2) = peer(2, 2, 2);
         let (s3, p3) = peer(3, 2, 2);
         let (s4, p4) = peer(4, 4, 4);
-        let mut applied = AppliedEntries::new([(s2, p2), (s3, p3), (s4, p4)].into());
+        let mut applied =
+            AppliedEntries::new([(s2, p2), (s3, p3), (s4, p4)].into(), EntriesByPeer6::new());
         assert_eq!(applied.len(), 3 + 3 + 2);
 
         // Peer 2 goes: its route and neighbour, not the FDB entry peer 3 still uses.
@@ -594,7 +685,10 @@ mod tests {
 
         // Unchanged peers need nothing; the state equals one built from scratch.
         assert!(applied.change(&[(s5, Some(p5)), (s2, None)]).is_empty());
-        assert_eq!(applied, AppliedEntries::new([(s4, p4b), (s5, p5)].into()));
+        assert_eq!(
+            applied,
+            AppliedEntries::new([(s4, p4b), (s5, p5)].into(), EntriesByPeer6::new())
+        );
     }
 
     #[test]
@@ -734,10 +828,74 @@ mod tests {
         assert_eq!(diff(&on, &ActualEntries::programmed(&on)).present, 2);
     }
 
+    /// The IPv6 entries of a VXLAN peer `n` of node `node` (its IPv6 VTEP `mac`).
+    fn peer6(n: u16, node: u16, mac: &str) -> (Ipv6Network, PeerEntries6) {
+        let subnet: Ipv6Network = format!("fd00:10:244:{n:x}::/64").parse().unwrap();
+        let mac: MacAddr = mac.parse().unwrap();
+        let entries = PeerEntries6 {
+            route: Some(Ipv6Route {
+                dst: subnet,
+                gateway: Some(subnet.network()),
+                oif: 9,
+                onlink: true,
+            }),
+            neighbour: Some((subnet.network(), mac)),
+            fdb: Some(FdbEntry6 {
+                mac,
+                dst: format!("2001:db8::{node:x}").parse().unwrap(),
+            }),
+        };
+        (subnet, entries)
+    }
+
+    #[test]
+    fn ipv6_entries_change_by_peer_and_a_shared_fdb_entry_goes_with_its_last_user() {
+        // Two subnets of one node (a leftover key of its own) share its IPv6 VTEP.
+        let (a, pa) = peer6(2, 2, "0a:00:00:00:06:02");
+        let (b, pb) = peer6(3, 2, "0a:00:00:00:06:02");
+        let mut applied = AppliedEntries::new(EntriesByPeer::new(), [(a, pa), (b, pb)].into());
+        assert_eq!(
+            applied.len(),
+            5,
+            "two routes, two neighbours, one FDB entry"
+        );
+        // A goes: its route and neighbour go, the FDB entry stays for B.
+        let mut d = EntryDiff::default();
+        applied.change6(&[(a, None)], &mut d);
+        assert_eq!(d.del_routes6, vec![pa.route.unwrap()]);
+        assert_eq!(d.del_neighbours6, vec![a.network()]);
+        assert!(d.del_fdb6.is_empty() && d.add_fdb6.is_empty(), "{d:?}");
+        assert!(d.add_routes6.is_empty() && d.add_neighbours6.is_empty());
+        // B's node gets a new VTEP MAC: the neighbour is replaced in place, the old FDB entry
+        // (no user left) goes, the new one comes.
+        let (_, pb2) = peer6(3, 2, "0a:00:00:00:06:22");
+        let mut d = EntryDiff::default();
+        applied.change6(&[(b, Some(pb2))], &mut d);
+        assert!(d.del_neighbours6.is_empty(), "{d:?}");
+        assert_eq!(d.add_neighbours6, vec![pb2.neighbour.unwrap()]);
+        assert_eq!(d.del_fdb6, vec![pb.fdb.unwrap()]);
+        assert_eq!(d.add_fdb6, vec![pb2.fdb.unwrap()]);
+        assert!(
+            d.del_routes6.is_empty() && d.add_routes6.is_empty(),
+            "same route"
+        );
+        // A comes back: its entries, and the FDB entry it shares again is not sent twice.
+        let (_, pa2) = peer6(2, 2, "0a:00:00:00:06:22");
+        let mut d = EntryDiff::default();
+        applied.change6(&[(a, Some(pa2))], &mut d);
+        assert_eq!(d.add_routes6, vec![pa2.route.unwrap()]);
+        assert_eq!(d.add_neighbours6, vec![pa2.neighbour.unwrap()]);
+        assert!(d.add_fdb6.is_empty(), "{d:?}");
+        assert_eq!(
+            applied,
+            AppliedEntries::new(EntriesByPeer::new(), [(a, pa2), (b, pb2)].into())
+        );
+    }
+
     #[test]
     fn nexthops_follow_a_changed_and_a_gone_peer() {
         let (subnet, was) = through("10.244.3.0/24", "192.0.2.3", 2, false);
-        let mut applied = AppliedEntries::new([(subnet, was)].into());
+        let mut applied = AppliedEntries::new([(subnet, was)].into(), EntriesByPeer6::new());
         assert_eq!(applied.len(), 2);
         // host-gw: a new PublicIP replaces the object in place.
         let (_, now) = through("10.244.3.0/24", "192.0.2.4", 2, false);

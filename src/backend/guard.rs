@@ -116,6 +116,18 @@ impl RouteGuard {
         }
     }
 
+    /// Checks the routes of one lease: its IPv4 subnet (an IPv6-only lease, IPv4 part
+    /// 0.0.0.0-0, has no IPv4 route to check) and its IPv6 subnet.
+    pub fn check_lease(&self, lease: &Lease) -> Result<(), RefusedRoute> {
+        if lease.has_ipv4() || lease.ipv6_subnet.is_none() {
+            self.check(lease.subnet)?;
+        }
+        match lease.ipv6_subnet {
+            Some(v6) => self.check6(lease.subnet, v6),
+            None => Ok(()),
+        }
+    }
+
     /// Splits `peers` into those whose route may be installed and the refused ones. Every
     /// backend routes a peer's subnet (`X via X.0 dev flannel.1 onlink`, `X via PublicIP`, `X
     /// dev flannel0`), so the subnet is what is checked.
@@ -123,17 +135,7 @@ impl RouteGuard {
         let mut allowed = Vec::with_capacity(peers.len());
         let mut refused = Vec::new();
         for lease in peers {
-            // An IPv6-only lease (IPv4 part 0.0.0.0-0) gets no IPv4 route to check.
-            let v4 = if lease.has_ipv4() || lease.ipv6_subnet.is_none() {
-                self.check(lease.subnet)
-            } else {
-                Ok(())
-            };
-            let checked = v4.and_then(|()| match lease.ipv6_subnet {
-                Some(v6) => self.check6(lease.subnet, v6),
-                None => Ok(()),
-            });
-            match checked {
+            match self.check_lease(&lease) {
                 Ok(()) => allowed.push(lease),
                 Err(r) => refused.push(r),
             }

@@ -10,7 +10,9 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
-use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
+use crate::backend::entries::{
+    self, EntriesByPeer, EntriesByPeer6, KernelEntries, PeerEntries, PeerEntries6,
+};
 use crate::backend::pipeline::{self, Device, Devices, EntryPipeline};
 #[cfg(doc)]
 use crate::backend::routes::WEFT_ROUTE_PROTOCOL;
@@ -86,41 +88,62 @@ pub fn desired_routes(
 }
 
 /// The IPv6 routes the peers justify (`X6 via PublicIPv6 dev <ext>`, as Flannel's host-gw
-/// programs them), and an error for each peer whose PublicIPv6 is not on the segment.
+/// programs them), by IPv6 subnet, and an error for each peer whose PublicIPv6 is not on the
+/// segment.
 pub fn desired_routes6(
     ext: &ExternalInterface,
     peers: &[Lease],
-) -> (BTreeSet<Ipv6Route>, Vec<HostGwError>) {
-    let mut routes = BTreeSet::new();
+) -> (EntriesByPeer6, Vec<HostGwError>) {
+    let mut routes = EntriesByPeer6::new();
     let mut errors = Vec::new();
-    let Some(segment) = ext.network_v6 else {
-        return (routes, errors);
-    };
     for peer in peers {
-        let Some(v6) = peer.ipv6_subnet else {
-            continue;
-        };
-        if peer.attrs.backend_type != BACKEND_TYPE {
-            continue;
-        }
-        match peer.attrs.public_ipv6 {
-            Some(ip) if segment.contains(ip) && Some(ip) != ext.public_ipv6 => {
-                routes.insert(Ipv6Route {
-                    dst: v6,
-                    gateway: Some(ip),
-                    oif: ext.index,
-                    onlink: false,
-                });
+        match peer_route6(ext, peer) {
+            Ok(Some(route)) => {
+                routes.insert(route.dst, route_entries6(route));
             }
-            other => errors.push(HostGwError::NotOnLink6 {
-                subnet: v6,
-                public_ipv6: other.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
-                iface: ext.name.clone(),
-                network: segment.to_string(),
-            }),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
         }
     }
     (routes, errors)
+}
+
+/// The IPv6 route of one peer (see [`desired_routes6`]); `Ok(None)` when it has none.
+pub fn peer_route6(
+    ext: &ExternalInterface,
+    peer: &Lease,
+) -> Result<Option<Ipv6Route>, HostGwError> {
+    let Some(segment) = ext.network_v6 else {
+        return Ok(None);
+    };
+    let Some(v6) = peer.ipv6_subnet else {
+        return Ok(None);
+    };
+    if peer.attrs.backend_type != BACKEND_TYPE {
+        return Ok(None);
+    }
+    match peer.attrs.public_ipv6 {
+        Some(ip) if segment.contains(ip) && Some(ip) != ext.public_ipv6 => Ok(Some(Ipv6Route {
+            dst: v6,
+            gateway: Some(ip),
+            oif: ext.index,
+            onlink: false,
+        })),
+        other => Err(HostGwError::NotOnLink6 {
+            subnet: v6,
+            public_ipv6: other.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+            iface: ext.name.clone(),
+            network: segment.to_string(),
+        }),
+    }
+}
+
+/// The entries of one IPv6 route.
+fn route_entries6(route: Ipv6Route) -> PeerEntries6 {
+    PeerEntries6 {
+        route: Some(route),
+        ..Default::default()
+    }
 }
 
 /// The route of one peer (see [`desired_routes`]); `Ok(None)` when it is ignored.
@@ -224,7 +247,7 @@ impl HostGwBackend {
 
     /// The IPv6 routes of the peers (see [`desired_routes6`]); each peer that cannot be routed
     /// is logged as an error naming it.
-    fn desired6(&self, peers: &[Lease]) -> (BTreeSet<Ipv6Route>, usize) {
+    fn desired6(&self, peers: &[Lease]) -> (EntriesByPeer6, usize) {
         let (routes6, unroutable) = desired_routes6(&self.ext, peers);
         for err in &unroutable {
             tracing::error!(error = %err, "cannot route peer");
@@ -252,9 +275,9 @@ impl HostGwBackend {
         .await?;
         self.pipeline.shape(&mut desired, &view);
         let mut all = KernelEntries::merged(&desired);
-        all.routes6 = routes6;
+        entries::merge6(&mut all, &routes6);
         let d = entries::diff(&all, &view.actual);
-        let mut report = self.pipeline.full(&devices, desired, d).await?;
+        let mut report = self.pipeline.full(&devices, desired, routes6, d).await?;
         report.failed += unroutable + unroutable6;
         Ok(report)
     }
@@ -268,6 +291,7 @@ impl HostGwBackend {
     ) -> Result<Option<ReconcileReport>, HostGwError> {
         let mut unroutable = 0;
         let mut entries = Vec::with_capacity(changes.len());
+        let mut entries6 = Vec::new();
         for change in changes {
             let route = match change.lease.as_ref().map(|l| peer_route(&self.ext, own, l)) {
                 Some(Ok(route)) => route,
@@ -279,9 +303,24 @@ impl HostGwBackend {
                 None => None,
             };
             entries.push((change.subnet, route.map(route_entries)));
+            if let Some(subnet6) = change.subnet6 {
+                let route6 = match change.lease.as_ref().map(|l| peer_route6(&self.ext, l)) {
+                    Some(Ok(route)) => route,
+                    Some(Err(err)) => {
+                        tracing::error!(error = %err, "cannot route peer");
+                        unroutable += 1;
+                        None
+                    }
+                    None => None,
+                };
+                entries6.push((subnet6, route6.map(route_entries6)));
+            }
         }
         let devices = self.devices();
-        let report = self.pipeline.incremental(&devices, &entries).await?;
+        let report = self
+            .pipeline
+            .incremental(&devices, &entries, &entries6)
+            .await?;
         Ok(report.map(|mut r| {
             r.failed += unroutable;
             r
@@ -384,7 +423,10 @@ mod tests {
         far.attrs.public_ipv6 = Some("2001:db8:1::3".parse().unwrap());
         let (routes, errors) = desired_routes6(&e, &[near, far]);
         assert_eq!(
-            routes.into_iter().collect::<Vec<_>>(),
+            routes
+                .into_values()
+                .filter_map(|p| p.route)
+                .collect::<Vec<_>>(),
             vec![Ipv6Route {
                 dst: "fd00:10:244:2::/64".parse().unwrap(),
                 gateway: Some("2001:db8::2".parse().unwrap()),

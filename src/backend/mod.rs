@@ -108,6 +108,8 @@ impl StaleEntry {
 pub struct PeerChange {
     /// The peer's subnet.
     pub subnet: Ipv4Network,
+    /// The peer's IPv6 subnet, the IPv6 part of its key (dual stack).
+    pub subnet6: Option<Ipv6Network>,
     /// The lease now believed for it; `None` when it is gone or no longer believed.
     pub lease: Option<Lease>,
 }

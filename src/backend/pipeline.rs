@@ -9,9 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rtnetlink::Handle;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
-use super::entries::{self, ActualEntries, AppliedEntries, EntriesByPeer, EntryDiff, PeerEntries};
+use super::entries::{
+    self, ActualEntries, AppliedEntries, EntriesByPeer, EntriesByPeer6, EntryDiff, PeerEntries,
+    PeerEntries6,
+};
 use super::{ReconcileReport, StaleEntry};
 use crate::netlink::{self, BatchRequest, Ipv4Route, NetlinkError, RouteOrigin};
 
@@ -212,15 +215,18 @@ impl EntryPipeline {
         self.foreign_nexthops = view.foreign_nexthops.clone();
     }
 
-    /// Applies `d` (computed against the kernel by the caller) and remembers `desired`.
+    /// Applies `d` (computed against the kernel by the caller) and remembers `desired` and
+    /// `desired6` (the IPv6 entries by peer, which incremental passes build on; empty for a
+    /// backend whose IPv6 changes always take a full pass).
     pub async fn full(
         &mut self,
         devices: &Devices,
         desired: EntriesByPeer,
+        desired6: EntriesByPeer6,
         d: EntryDiff,
     ) -> Result<ReconcileReport, NetlinkError> {
         self.applied = None;
-        let applied = AppliedEntries::new(desired);
+        let applied = AppliedEntries::new(desired, desired6);
         let report = apply(devices, &d, applied.len()).await?;
         if report.failed == 0 {
             self.applied = Some((devices.clone(), applied));
@@ -235,6 +241,7 @@ impl EntryPipeline {
         &mut self,
         devices: &Devices,
         changes: &[(Ipv4Network, Option<PeerEntries>)],
+        changes6: &[(Ipv6Network, Option<PeerEntries6>)],
     ) -> Result<Option<ReconcileReport>, NetlinkError> {
         let Some((last_devices, mut applied)) = self.applied.take() else {
             return Ok(None);
@@ -256,9 +263,16 @@ impl EntryPipeline {
             }
             false => applied.change(changes),
         };
+        applied.change6(changes6, &mut d);
         let desired = applied.len();
         d.present = desired.saturating_sub(
-            d.add_routes.len() + d.add_nexthops.len() + d.add_neighbours.len() + d.add_fdb.len(),
+            d.add_routes.len()
+                + d.add_nexthops.len()
+                + d.add_neighbours.len()
+                + d.add_fdb.len()
+                + d.add_routes6.len()
+                + d.add_neighbours6.len()
+                + d.add_fdb6.len(),
         );
         let report = apply(devices, &d, desired).await?;
         if report.failed == 0 {

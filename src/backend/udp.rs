@@ -229,7 +229,10 @@ impl UdpBackend {
         let mut all = KernelEntries::merged(&entries);
         all.routes6 = self.desired_routes6();
         let d = entries::diff(&all, &view.actual);
-        let route = self.pipeline.full(&devices, entries, d).await?;
+        let route = self
+            .pipeline
+            .full(&devices, entries, Default::default(), d)
+            .await?;
         let mut table = ForwardingTable::new(own, table);
         if let Some((_, Some(own6))) = self.ipv6 {
             table = table.with_ipv6(
@@ -315,7 +318,7 @@ impl UdpBackend {
         if self.ipv6.is_some() {
             return Ok(None);
         }
-        let Some(route) = self.pipeline.incremental(&self.devices(), &[]).await? else {
+        let Some(route) = self.pipeline.incremental(&self.devices(), &[], &[]).await? else {
             return Ok(None);
         };
         if self.table.shared_own_subnet() != Some(own) {

@@ -17,7 +17,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkVxlan};
 use tracing::{debug, info, warn};
 
-use super::entries::{self, EntriesByPeer, KernelEntries, SkippedPeer};
+use super::entries::{self, EntriesByPeer, EntriesByPeer6, KernelEntries, SkippedPeer};
 use super::pipeline::{self, Device, Devices, EntryPipeline};
 use super::{BackendError, PeerChange, ReconcileReport};
 use crate::lease::{Lease, LeaseAttrs};
@@ -481,39 +481,40 @@ impl VxlanBackend {
         }
     }
 
-    /// The entries the peers justify: the IPv4 ones on `flannel.<VNI>` by peer, the IPv6 ones
-    /// on `flannel-v6.<VNI>` as one value; each unusable lease is warned about once, not on
-    /// every pass.
+    fn topology6(&self, index: u32) -> VxlanTopology6 {
+        VxlanTopology6 {
+            dev_index: index,
+            ext_index: self.ext.index,
+            direct_routing: self
+                .settings
+                .direct_routing
+                .then_some(self.ext.network_v6)
+                .flatten(),
+        }
+    }
+
+    /// The entries the peers justify, by peer: the IPv4 ones on `flannel.<VNI>`, the IPv6
+    /// ones on `flannel-v6.<VNI>`; each unusable lease is warned about once, not on every
+    /// pass.
     fn desired(
         &mut self,
         index: Option<u32>,
         index6: Option<u32>,
         own: Ipv4Network,
         peer_leases: &[Lease],
-    ) -> (EntriesByPeer, KernelEntries) {
+    ) -> (EntriesByPeer, EntriesByPeer6) {
         let (desired, mut skipped) = match index {
             Some(dev_index) => {
                 peers::vxlan_desired_by_peer(own, peer_leases, &self.topology(dev_index))
             }
             None => (EntriesByPeer::default(), Vec::new()),
         };
-        let mut desired6 = KernelEntries::default();
+        let mut desired6 = EntriesByPeer6::default();
         if let (Some(v6), Some(dev_index)) = (&self.v6, index6) {
-            let topo6 = VxlanTopology6 {
-                dev_index,
-                ext_index: self.ext.index,
-                direct_routing: self
-                    .settings
-                    .direct_routing
-                    .then_some(self.ext.network_v6)
-                    .flatten(),
-            };
-            skipped.extend(peers::vxlan_desired6(
-                v6.own,
-                peer_leases,
-                &topo6,
-                &mut desired6,
-            ));
+            let (by_peer, skipped6) =
+                peers::vxlan_desired6(v6.own, peer_leases, &self.topology6(dev_index));
+            desired6 = by_peer;
+            skipped.extend(skipped6);
         }
         let now_skipped: BTreeSet<SkippedPeer> = skipped.into_iter().collect();
         for s in now_skipped.difference(&self.warned_skipped) {
@@ -554,9 +555,7 @@ impl VxlanBackend {
         .await?;
         self.pipeline.shape(&mut desired, &view);
         let mut merged = KernelEntries::merged(&desired);
-        merged.routes6 = desired6.routes6;
-        merged.neighbours6 = desired6.neighbours6;
-        merged.fdb6 = desired6.fdb6;
+        entries::merge6(&mut merged, &desired6);
         let mut d = entries::diff(&merged, &view.actual);
         let adopting = !self.adopted_untagged;
         if let (true, Some(index)) = (adopting, index) {
@@ -568,7 +567,7 @@ impl VxlanBackend {
             entries::adopt_untagged(&mut d, &merged, &untagged);
         }
         drop(merged);
-        let report = self.pipeline.full(&devices, desired, d).await?;
+        let report = self.pipeline.full(&devices, desired, desired6, d).await?;
         if report.failed == 0 {
             self.adopted_untagged = true;
         }
@@ -591,12 +590,21 @@ impl VxlanBackend {
         let Some(index) = self.dev_index else {
             return Ok(None);
         };
-        // Incremental passes know the IPv4 peers alone.
-        if self.v6.is_some() || !self.settings.enable_ipv4 {
+        // An IPv6-only network keys every lease's IPv4 part 0.0.0.0/0: its changes take a
+        // full pass.
+        if !self.settings.enable_ipv4 {
             return Ok(None);
         }
         let topo = self.topology(index);
+        let index6 = match &self.v6 {
+            Some(v6) => match v6.index {
+                Some(i) => Some(i),
+                None => return Ok(None),
+            },
+            None => None,
+        };
         let mut entries = Vec::with_capacity(changes.len());
+        let mut entries6 = Vec::new();
         for change in changes {
             self.warned_skipped.retain(|s| s.subnet != change.subnet);
             let wanted = match &change.lease {
@@ -611,10 +619,26 @@ impl VxlanBackend {
                 None => None,
             };
             entries.push((change.subnet, wanted));
+            if let (Some(v6), Some(dev_index), Some(subnet6)) = (&self.v6, index6, change.subnet6) {
+                let wanted6 = match &change.lease {
+                    Some(lease) => {
+                        match peers::vxlan_peer6(v6.own, lease, &self.topology6(dev_index)) {
+                            Ok(e) => e.map(|(_, e)| e),
+                            Err(s) => {
+                                warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
+                                self.warned_skipped.insert(s);
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                entries6.push((subnet6, wanted6));
+            }
         }
         Ok(self
             .pipeline
-            .incremental(&self.devices(Some(index), None), &entries)
+            .incremental(&self.devices(Some(index), index6), &entries, &entries6)
             .await?)
     }
 }

@@ -653,7 +653,10 @@ impl WireGuardBackend {
         let mut all = KernelEntries::merged(&entries);
         all.routes6 = routes6;
         let d = entries::diff(&all, &view.actual);
-        let route = self.devices[i].pipeline.full(&devices, entries, d).await?;
+        let route = self.devices[i]
+            .pipeline
+            .full(&devices, entries, Default::default(), d)
+            .await?;
         outcome.added += route.added;
         outcome.removed += route.removed;
         outcome.failed += route.failed;
@@ -680,7 +683,7 @@ impl WireGuardBackend {
         let mut failed = 0;
         for dev in &mut self.devices {
             let devices = device_of(dev);
-            let Some(route) = dev.pipeline.incremental(&devices, &[]).await? else {
+            let Some(route) = dev.pipeline.incremental(&devices, &[], &[]).await? else {
                 return Ok(None);
             };
             failed += route.failed;

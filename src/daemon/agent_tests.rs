@@ -222,6 +222,21 @@ impl DataPath for RecordingDataPath {
             what: "the node's public address".to_string(),
         }]))
     }
+
+    /// The node's public IPv6 address only, if it has one.
+    fn protected6(
+        &self,
+        ext: &ExternalInterface,
+    ) -> impl std::future::Future<Output = Result<Vec<guard::Protected6>, NetlinkError>> {
+        std::future::ready(Ok(ext
+            .public_ipv6
+            .map(|ip| guard::Protected6 {
+                prefix: ip.into(),
+                what: "the node's public IPv6 address".to_string(),
+            })
+            .into_iter()
+            .collect()))
+    }
 }
 
 /// An agent on 10.244.1.0/24 with one peer (10.244.2.0/24) in its table, before its first
@@ -511,4 +526,175 @@ async fn a_dual_stack_node_keeps_its_own_lease_through_peer_events() {
     );
     let keys: Vec<&String> = a.leases.values().map(|l| &l.key).collect();
     assert_eq!(keys, [&own_key, &peer_key]);
+}
+
+/// A dual-stack agent (10.244.1.0/24 and fd00:10:244:1::/64, PublicIPv6 2001:db8::1) with one
+/// dual-stack peer, after its first (full) pass.
+async fn dual_stack_serving(
+    store: &FakeStore,
+    data_path: &RecordingDataPath,
+    dir: &Path,
+) -> Agent<FakeStore, RecordingDataPath> {
+    const DUAL: &str =
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#;
+    let mut a = agent(store, data_path, dir);
+    a.config = NetworkConfig::parse(DUAL).unwrap();
+    a.config_text = Some(DUAL.to_string());
+    a.ext.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+    a.ext.network_v6 = Some("2001:db8::1/64".parse().unwrap());
+    a.own.ipv6_subnet = Some("fd00:10:244:1::/64".parse().unwrap());
+    a.own.attrs = LeaseAttrs::from_json(
+        "own",
+        dual_value(ME, "0a:00:00:00:00:01", "2001:db8::1", "0a:00:00:00:06:01").as_bytes(),
+    )
+    .unwrap();
+    let own_key = crate::lease::dual_lease_key(PREFIX, a.own.subnet, a.own.ipv6_subnet);
+    a.leases = [
+        dual_raw(&own_key, a.own.attrs.to_json(), 5),
+        dual_raw(
+            &dual_key(2),
+            dual_value(
+                "192.0.2.2",
+                "0a:00:00:00:00:02",
+                "2001:db8::2",
+                "0a:00:00:00:06:02",
+            ),
+            6,
+        ),
+    ]
+    .into_iter()
+    .collect();
+    a.reconcile().await;
+    assert_eq!(
+        data_path.passes(),
+        [DataPathPass::Full(
+            net("10.244.1.0/24"),
+            vec![net("10.244.2.0/24")]
+        )],
+        "{:?}",
+        a.rejected
+    );
+    a
+}
+
+/// The key of dual-stack peer `n`: 10.244.n.0/24 and fd00:10:244:n::/64.
+fn dual_key(n: u8) -> String {
+    crate::lease::dual_lease_key(
+        PREFIX,
+        net(&format!("10.244.{n}.0/24")),
+        Some(format!("fd00:10:244:{n:x}::/64").parse().unwrap()),
+    )
+}
+
+fn dual_value(public_ip: &str, mac: &str, public_ipv6: &str, mac6: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","PublicIPv6":"{public_ipv6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+    )
+}
+
+fn dual_raw(key: &str, value: String, revision: i64) -> RawLease {
+    RawLease {
+        key: key.to_string(),
+        value: value.into_bytes(),
+        etcd_lease: 7,
+        create_revision: revision,
+        mod_revision: revision,
+    }
+}
+
+/// In a dual-stack network a peer's change is applied incrementally as in an IPv4 one; a key
+/// whose IPv6 subnet another key holds goes to a full pass (only the whole table tells which
+/// key keeps it), and a lease whose IPv6 subnet covers this node's IPv6 address is refused
+/// by the route guard in the incremental pass, named by its IPv6 subnet.
+#[tokio::test]
+async fn a_dual_stack_peer_change_is_applied_incrementally() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = dual_stack_serving(&store, &dp, dir.path()).await;
+    let joined = dual_raw(
+        &dual_key(4),
+        dual_value(
+            "192.0.2.4",
+            "0a:00:00:00:00:04",
+            "2001:db8::4",
+            "0a:00:00:00:06:04",
+        ),
+        9,
+    );
+    a.note_changes(vec![NetworkEvent::LeasePut(joined)]).await;
+    a.apply_changes().await;
+    assert_eq!(
+        dp.passes()[1..],
+        [DataPathPass::Incremental(
+            net("10.244.1.0/24"),
+            vec![net("10.244.4.0/24")]
+        )]
+    );
+    // Another node takes peer 2's IPv6 subnet with a free IPv4 one: the whole table decides.
+    let clash_key = crate::lease::dual_lease_key(
+        PREFIX,
+        net("10.244.5.0/24"),
+        Some("fd00:10:244:2::/64".parse().unwrap()),
+    );
+    let clash = dual_raw(
+        &clash_key,
+        dual_value(
+            "192.0.2.5",
+            "0a:00:00:00:00:05",
+            "2001:db8::5",
+            "0a:00:00:00:06:05",
+        ),
+        10,
+    );
+    a.note_changes(vec![NetworkEvent::LeasePut(clash)]).await;
+    a.apply_changes().await;
+    assert_eq!(
+        dp.passes()[2],
+        DataPathPass::Full(
+            net("10.244.1.0/24"),
+            vec![net("10.244.2.0/24"), net("10.244.4.0/24")]
+        ),
+        "the younger claim of fd00:10:244:2::/64 is rejected by the full pass"
+    );
+    // Peer 4 goes: incremental again.
+    a.note_changes(vec![NetworkEvent::LeaseDeleted { key: dual_key(4) }])
+        .await;
+    a.apply_changes().await;
+    assert_eq!(
+        dp.passes()[3],
+        DataPathPass::Incremental(net("10.244.1.0/24"), vec![net("10.244.4.0/24")])
+    );
+    // Say this node had an address inside fd00:10:244:7::/64 (the last full pass found it):
+    // a peer claiming that subnet is refused by the guard in the incremental pass.
+    a.protected6 = Some(vec![guard::Protected6 {
+        prefix: "fd00:10:244:7::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .into(),
+        what: "address fd00:10:244:7::1 of this node".to_string(),
+    }]);
+    let covering = dual_raw(
+        &dual_key(7),
+        dual_value(
+            "192.0.2.7",
+            "0a:00:00:00:00:07",
+            "2001:db8::7",
+            "0a:00:00:00:06:07",
+        ),
+        11,
+    );
+    a.note_changes(vec![NetworkEvent::LeasePut(covering)]).await;
+    a.apply_changes().await;
+    assert_eq!(
+        dp.passes()[4],
+        DataPathPass::Incremental(net("10.244.1.0/24"), vec![net("10.244.7.0/24")]),
+        "judged in an incremental pass, its entries withdrawn"
+    );
+    let refused: Vec<_> = a
+        .rejected
+        .iter()
+        .filter(|r| r.by == RejectedBy::RouteGuard)
+        .map(|r| r.subnet.clone())
+        .collect();
+    assert_eq!(refused, [Some("fd00:10:244:7::/64".to_string())]);
 }

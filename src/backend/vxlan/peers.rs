@@ -4,7 +4,9 @@
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
-use crate::backend::entries::{EntriesByPeer, KernelEntries, PeerEntries, SkippedPeer};
+use crate::backend::entries::{
+    EntriesByPeer, EntriesByPeer6, KernelEntries, PeerEntries, PeerEntries6, SkippedPeer,
+};
 use crate::lease::Lease;
 use crate::netlink::{FdbEntry, FdbEntry6, Ipv4Route, Ipv6Route, MacAddr};
 
@@ -140,67 +142,88 @@ pub struct VxlanTopology6 {
     pub direct_routing: Option<Ipv6Network>,
 }
 
-/// Adds the IPv6 entries the VXLAN backend wants for `peers` to `entries`, as Flannel programs
-/// them on `flannel-v6.<VNI>`: per peer with an IPv6 subnet `X` one route `X via X:: dev
-/// flannel-v6.<VNI> onlink`, one neighbour `X:: -> BackendV6Data.VtepMAC`, one FDB entry
-/// `VtepMAC -> PublicIPv6` (DirectRouting on one L2 segment: only `X via PublicIPv6 dev
-/// <ext>`). `own6` and leases without an IPv6 part are skipped.
+/// The IPv6 entries the VXLAN backend wants for `peers`, by IPv6 subnet, as Flannel programs
+/// them on `flannel-v6.<VNI>` (see [`vxlan_peer6`]), and the leases it skips.
 pub fn vxlan_desired6(
     own6: Option<Ipv6Network>,
     peers: &[Lease],
     topo: &VxlanTopology6,
-    entries: &mut KernelEntries,
-) -> Vec<SkippedPeer> {
+) -> (EntriesByPeer6, Vec<SkippedPeer>) {
+    let mut by_peer = EntriesByPeer6::new();
     let mut skipped = Vec::new();
     for lease in peers {
-        let Some(v6) = lease.ipv6_subnet else {
-            continue;
-        };
-        if Some(v6) == own6 || lease.attrs.backend_type != "vxlan" {
-            continue;
-        }
-        let Some(public_ipv6) = lease.attrs.public_ipv6 else {
-            skipped.push(SkippedPeer {
-                subnet: lease.subnet,
-                reason: format!("IPv6 subnet {v6} without PublicIPv6"),
-            });
-            continue;
-        };
-        if let Some(l2) = topo.direct_routing {
-            if l2.contains(public_ipv6) {
-                entries.routes6.insert(Ipv6Route {
-                    dst: v6,
-                    gateway: Some(public_ipv6),
-                    oif: topo.ext_index,
-                    onlink: false,
-                });
-                continue;
+        match vxlan_peer6(own6, lease, topo) {
+            Ok(Some((subnet, e))) => {
+                by_peer.insert(subnet, e);
             }
+            Ok(None) => {}
+            Err(s) => skipped.push(s),
         }
-        let mac = match vxlan_vtep_mac(lease.attrs.backend_v6_data.as_ref()) {
-            Ok(mac) => mac,
-            Err(reason) => {
-                skipped.push(SkippedPeer {
-                    subnet: lease.subnet,
-                    reason: format!("IPv6 side (BackendV6Data): {reason}"),
-                });
-                continue;
-            }
-        };
-        let gateway = v6.network();
-        entries.routes6.insert(Ipv6Route {
-            dst: v6,
-            gateway: Some(gateway),
-            oif: topo.dev_index,
-            onlink: true,
-        });
-        entries.neighbours6.insert(gateway, mac);
-        entries.fdb6.insert(FdbEntry6 {
-            mac,
-            dst: public_ipv6,
-        });
     }
-    skipped
+    (by_peer, skipped)
+}
+
+/// The IPv6 entries the VXLAN backend wants for one peer lease: for an IPv6 subnet `X` one
+/// route `X via X:: dev flannel-v6.<VNI> onlink`, one neighbour `X:: -> BackendV6Data.VtepMAC`,
+/// one FDB entry `VtepMAC -> PublicIPv6` (DirectRouting on one L2 segment: only `X via
+/// PublicIPv6 dev <ext>`). `None` for `own6`, another backend's lease or one without an IPv6
+/// part; an error names a lease that cannot be a VXLAN peer over IPv6.
+pub fn vxlan_peer6(
+    own6: Option<Ipv6Network>,
+    lease: &Lease,
+    topo: &VxlanTopology6,
+) -> Result<Option<(Ipv6Network, PeerEntries6)>, SkippedPeer> {
+    let Some(v6) = lease.ipv6_subnet else {
+        return Ok(None);
+    };
+    if Some(v6) == own6 || lease.attrs.backend_type != "vxlan" {
+        return Ok(None);
+    }
+    let Some(public_ipv6) = lease.attrs.public_ipv6 else {
+        return Err(SkippedPeer {
+            subnet: lease.subnet,
+            reason: format!("IPv6 subnet {v6} without PublicIPv6"),
+        });
+    };
+    if let Some(l2) = topo.direct_routing {
+        if l2.contains(public_ipv6) {
+            let route = Ipv6Route {
+                dst: v6,
+                gateway: Some(public_ipv6),
+                oif: topo.ext_index,
+                onlink: false,
+            };
+            return Ok(Some((
+                v6,
+                PeerEntries6 {
+                    route: Some(route),
+                    ..Default::default()
+                },
+            )));
+        }
+    }
+    let mac =
+        vxlan_vtep_mac(lease.attrs.backend_v6_data.as_ref()).map_err(|reason| SkippedPeer {
+            subnet: lease.subnet,
+            reason: format!("IPv6 side (BackendV6Data): {reason}"),
+        })?;
+    let gateway = v6.network();
+    Ok(Some((
+        v6,
+        PeerEntries6 {
+            route: Some(Ipv6Route {
+                dst: v6,
+                gateway: Some(gateway),
+                oif: topo.dev_index,
+                onlink: true,
+            }),
+            neighbour: Some((gateway, mac)),
+            fdb: Some(FdbEntry6 {
+                mac,
+                dst: public_ipv6,
+            }),
+        },
+    )))
 }
 
 /// The untagged routes among `all` (routes without weft's protocol) that a previous weft
@@ -229,7 +252,7 @@ pub fn untagged_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::entries::{diff, ActualEntries, EntryDiff};
+    use crate::backend::entries::{diff, merge6, ActualEntries, EntryDiff};
     use crate::lease::LeaseAttrs;
     use crate::netlink::Neighbour;
     use std::net::Ipv4Addr;
@@ -603,9 +626,14 @@ mod tests {
             ext_index: EXT,
             direct_routing: None,
         };
-        let mut entries = KernelEntries::default();
         let own6 = Some("fd00:10:244:1::/64".parse().unwrap());
-        let skipped = vxlan_desired6(own6, &[dual.clone(), v4_only, no_mac], &topo6, &mut entries);
+        let (by_peer, skipped) = vxlan_desired6(own6, &[dual.clone(), v4_only, no_mac], &topo6);
+        assert_eq!(
+            by_peer.keys().copied().collect::<Vec<_>>(),
+            vec!["fd00:10:244:2::/64".parse::<Ipv6Network>().unwrap()]
+        );
+        let mut entries = KernelEntries::default();
+        merge6(&mut entries, &by_peer);
         let mac: MacAddr = "0a:00:00:00:06:02".parse().unwrap();
         assert_eq!(
             entries.routes6.iter().copied().collect::<Vec<_>>(),
@@ -638,7 +666,7 @@ mod tests {
             direct_routing: Some("2001:db8::/64".parse().unwrap()),
             ..topo6
         };
-        vxlan_desired6(own6, &[dual], &direct, &mut entries);
+        merge6(&mut entries, &vxlan_desired6(own6, &[dual], &direct).0);
         assert_eq!(entries.len(), 1);
         let r = entries.routes6.first().unwrap();
         assert_eq!(
