@@ -542,13 +542,16 @@ fn neighbour_diff<A: Ord + Copy>(
             del.push(*ip);
         }
     }
+    // The permanent entries as they are, looked up per desired one (a scan of all of them
+    // per desired neighbour was 10^8 comparisons at 10 000 peers: 0.6 s of every full pass).
+    let good: BTreeSet<(A, MacAddr)> = actual
+        .iter()
+        .filter_map(|(a, m, permanent)| m.filter(|_| *permanent).map(|m| (*a, m)))
+        .collect();
     let mut add = Vec::new();
     let mut present = 0;
     for (ip, mac) in desired {
-        if actual
-            .iter()
-            .any(|(a, m, permanent)| a == ip && *m == Some(*mac) && *permanent)
-        {
+        if good.contains(&(*ip, *mac)) {
             present += 1;
         } else {
             add.push((*ip, *mac));
@@ -826,6 +829,47 @@ mod tests {
         );
         assert!(diff(&on, &ActualEntries::programmed(&on)).is_empty());
         assert_eq!(diff(&on, &ActualEntries::programmed(&on)).present, 2);
+    }
+
+    #[test]
+    fn ipv6_neighbours_present_wrong_stale_and_not_permanent() {
+        let ip = |s: &str| -> Ipv6Addr { s.parse().unwrap() };
+        let mac = |s: &str| -> MacAddr { s.parse().unwrap() };
+        let desired = KernelEntries {
+            neighbours6: [
+                (ip("fd00::a"), mac("0a:00:00:00:00:0a")),
+                (ip("fd00::b"), mac("0a:00:00:00:00:0b")),
+                (ip("fd00::c"), mac("0a:00:00:00:00:0c")),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let n = |i: &str, m: &str, permanent| Neighbour6 {
+            ip: ip(i),
+            mac: Some(mac(m)),
+            permanent,
+        };
+        let actual = ActualEntries {
+            neighbours6: vec![
+                n("fd00::a", "0a:00:00:00:00:0a", true),
+                n("fd00::b", "0a:00:00:00:00:99", true),
+                n("fd00::c", "0a:00:00:00:00:0c", false),
+                n("fd00::d", "0a:00:00:00:00:0d", true),
+                n("fd00::d", "0a:00:00:00:00:0e", false),
+            ],
+            ..Default::default()
+        };
+        let d = diff(&desired, &actual);
+        assert_eq!(d.del_neighbours6, vec![ip("fd00::d")], "a stale IP once");
+        assert_eq!(
+            d.add_neighbours6,
+            vec![
+                (ip("fd00::b"), mac("0a:00:00:00:00:0b")),
+                (ip("fd00::c"), mac("0a:00:00:00:00:0c")),
+            ],
+            "a wrong MAC and a neighbour that is not permanent are replaced"
+        );
+        assert_eq!(d.present, 1);
     }
 
     /// The IPv6 entries of a VXLAN peer `n` of node `node` (its IPv6 VTEP `mac`).
