@@ -247,8 +247,8 @@ type NodeAddresses = (Ipv4Addr, Option<Ipv6Addr>);
 pub struct AcceptedSubnets {
     /// Disjoint IPv4 ranges: first address -> (last address, key).
     v4: BTreeMap<u32, (u32, String)>,
-    /// IPv6 parts of dual-stack keys, with their key.
-    v6: Vec<(Ipv6Network, String)>,
+    /// Disjoint IPv6 ranges of dual-stack keys: first address -> (last address, key).
+    v6: BTreeMap<u128, (u128, String)>,
     /// VTEP MACs of believed VXLAN leases: MAC -> (the node's PublicIP and PublicIPv6, key).
     macs: BTreeMap<[u8; 6], (NodeAddresses, String)>,
     /// Public keys of believed WireGuard leases: key -> (the node's PublicIP and PublicIPv6,
@@ -266,12 +266,12 @@ impl AcceptedSubnets {
         (*end >= first).then_some(key.as_str())
     }
 
-    /// The key of a believed lease whose IPv6 part overlaps `subnet`, if any.
+    /// The key of a believed lease whose IPv6 part overlaps `subnet`, if any (a lookup, as
+    /// for IPv4: a scan per lease made a dual-stack table of 10 000 leases 10^8 comparisons).
     pub fn overlapping_v6(&self, subnet: &Ipv6Network) -> Option<&str> {
-        self.v6
-            .iter()
-            .find(|(n, _)| n.contains(subnet.network()) || subnet.contains(n.network()))
-            .map(|(_, k)| k.as_str())
+        let (first, last) = range6(subnet);
+        let (_, (end, key)) = self.v6.range(..=last).next_back()?;
+        (*end >= first).then_some(key.as_str())
     }
 
     /// The key of a believed lease of another node (another `PublicIP`, or for IPv6-only
@@ -334,9 +334,17 @@ impl AcceptedSubnets {
             self.v4.insert(first, (last, key.to_string()));
         }
         if let Some(v6) = subnet.v6 {
-            self.v6.push((v6, key.to_string()));
+            let (first, last) = range6(&v6);
+            self.v6.insert(first, (last, key.to_string()));
         }
     }
+}
+
+/// The first and the last address of `net`, as numbers.
+fn range6(net: &Ipv6Network) -> (u128, u128) {
+    let first = u128::from(net.network());
+    let host_bits = u128::MAX.checked_shr(u32::from(net.prefix())).unwrap_or(0);
+    (first, first | host_bits)
 }
 
 /// Whether the node of `node` (its PublicIP and PublicIPv6) is the node of `attrs`.
@@ -1782,6 +1790,39 @@ mod tests {
             }
             assert_eq!(claims, validate_leases_indexed(p, table.values()).1, "{k}");
         }
+    }
+
+    #[test]
+    fn ipv6_overlaps_are_found_by_range_whatever_the_prefix_lengths() {
+        let mut accepted = AcceptedSubnets::default();
+        let net = |s: &str| -> Ipv6Network { s.parse().unwrap() };
+        let dual = |v6: &str| DualSubnet {
+            v4: "0.0.0.0/0".parse().unwrap(),
+            v6: Some(net(v6)),
+        };
+        accepted.insert(dual("fd00:10:244:2::/64"), "two");
+        accepted.insert(dual("fd00:10:244:4::/64"), "four");
+        assert_eq!(
+            accepted.overlapping_v6(&net("fd00:10:244:2::/64")),
+            Some("two")
+        );
+        assert_eq!(accepted.overlapping_v6(&net("fd00:10:244:3::/64")), None);
+        assert_eq!(accepted.overlapping_v6(&net("fd00:10:244:5::/64")), None);
+        // Inside one, and covering both.
+        assert_eq!(
+            accepted.overlapping_v6(&net("fd00:10:244:2:8000::/65")),
+            Some("two")
+        );
+        assert!(accepted.overlapping_v6(&net("fd00:10:244::/48")).is_some());
+        assert_eq!(
+            accepted.overlapping_v6(&net("fd00:10:244:4::1/128")),
+            Some("four")
+        );
+        assert_eq!(
+            accepted.overlapping_v6(&net("fd00:10:244:1:ffff::/80")),
+            None
+        );
+        assert!(accepted.overlapping_v6(&net("::/0")).is_some());
     }
 
     #[test]
