@@ -13,6 +13,8 @@
 #           `ip -ts monitor`), p50/p99; weftd's CPU; etcd requests per minute from weftd during the
 #           churn and for 60 s at rest (etcd's own gRPC counters less the driver's requests), and
 #           the bytes etcd sent; then the node's kernel against etcd, entry by entry.
+#   churn6  the same churn on 10 000 dual-stack peers (VXLAN over IPv4 and IPv6: 60 000 kernel
+#           entries); weftd's CPU and p99 beside the churn section's.
 #   fanout  50 weftd processes, each on its own node namespace, watching the same 5000 leases;
 #           100 writes at 10/s: latency from a write to the LAST agent's kernel holding it; etcd's
 #           CPU meanwhile.
@@ -30,13 +32,14 @@
 #   scripts/bench-scale.sh                   release build, the full run (~5 minutes)
 #   PEERS=1000,2000 AGENTS=5 CHURN_SECONDS=10 REST_SECONDS=10 scripts/bench-scale.sh   quick
 #   SKIP_BUILD=1 scripts/bench-scale.sh      use the weftd already built
+#   CHART= SECTIONS=churn,churn6 ...         an empty CHART writes no chart (default docs/scale.svg)
 #   SKIP_BUILD=1 WEFTD=/tmp/weftd-old scripts/bench-scale.sh   measure another build
 #   PROFILE=debug SKIP_BUILD=1 SECTIONS=start PEERS=2000 START_ROUNDS=1 scripts/bench-scale.sh
 #                                            smoke run on the dev build (slower than release)
 #   WEFTD_WRAP="perf record -g -o /tmp/weftd.perf" SECTIONS=start PEERS=10000 scripts/bench-scale.sh
 #                                            profile weftd (RSS and CPU figures are then perf's)
 #   SECTIONS=start,churn PEERS=10000 scripts/bench-scale.sh   only these phases (start, churn,
-#                                            fanout, fib, hostgw, udp; churn runs on the start phase's
+#                                            churn6, fanout, fib, hostgw, udp; churn runs on the start phase's
 #                                            largest node)
 #   SECTIONS=hostgw,udp HOSTGW_PEERS=2000 UDP_PEERS=2000 UDP_ROUNDS=2 UDP_SECONDS=3 HOSTGW_ROUNDS=1 \
 #       LOOKUP_ROUNDS=3 scripts/bench-scale.sh              quick look at the host-gw and UDP sections
@@ -98,7 +101,7 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 
-SECTIONS=${SECTIONS:-start,churn,fanout,fib,hostgw,udp}
+SECTIONS=${SECTIONS:-start,churn,churn6,fanout,fib,hostgw,udp}
 if [[ ",$SECTIONS," == *,udp,* ]]; then
     echo "== udp forwarding table: lookup per packet and table change (examples/udp-lookup.rs)"
     "$ROOT/target/$PROFILE/examples/udp-lookup" "${LOOKUP_ROUNDS:-9}"
@@ -111,4 +114,4 @@ ip netns exec "$P-etcd" python3 "$ROOT/scripts/lib/scale.py" --prefix "$P" --wor
     --fanout-writes "${FANOUT_WRITES:-100}" --fanout-rate "${FANOUT_RATE:-10}" \
     --fib-routes "${FIB_ROUTES:-10000}" --hostgw-peers "${HOSTGW_PEERS:-10000}" --hostgw-rounds "${HOSTGW_ROUNDS:-3}" \
     --udp-peers "${UDP_PEERS:-10000}" --udp-rounds "${UDP_ROUNDS:-5}" --udp-seconds "${UDP_SECONDS:-5}" \
-    --start-rounds "${START_ROUNDS:-3}" --sections "$SECTIONS" --chart "${CHART:-$ROOT/docs/scale.svg}"
+    --start-rounds "${START_ROUNDS:-3}" --sections "$SECTIONS" --chart "${CHART-$ROOT/docs/scale.svg}"

@@ -18,6 +18,10 @@ Phases (each measured in the same run as its reference):
           seen in the node's kernel (`ip -ts monitor`), weftd's CPU, etcd requests per minute
           from weftd during the churn and at rest, bytes etcd sent; then the kernel against
           etcd, entry by entry (what decides whether a change was lost).
+  churn6  the same churn on as many dual-stack peers (keys `X-24&Y-64`, VXLAN over both
+          families: six kernel entries per peer) on a fresh dual-stack node; its figures beside
+          the churn section's when both run (weftd's CPU and p99, dual stack against IPv4 alone),
+          and every IPv6 entry counted against the peers afterwards.
   fanout  AGENTS weftd processes, one per node namespace, watching the same leases; writes at a
           steady rate; latency from a write to the last agent's kernel having it; etcd's CPU;
           every agent's kernel against etcd.
@@ -165,6 +169,34 @@ def lease_key(subnet):
     return f"{PREFIX_KEY}/subnets/{subnet}-24"
 
 
+# Dual stack (section churn6): the fake peers' IPv6 subnets from fd00:20:0:1::/64 up, the real
+# node's from fd00:20:0:f000::/64 up, out of the way as its IPv4 one is.
+CONFIG6 = dict(CONFIG, EnableIPv6=True, IPv6Network="fd00:20::/48", IPv6SubnetLen=64,
+               IPv6SubnetMin="fd00:20:0:f000::")
+
+
+def dual_lease_key(i):
+    """The i-th fake peer's dual-stack key: `<IPv4 subnet>-24&<IPv6 subnet>-64`, as Flannel's."""
+    subnet, _, _ = peer(i)
+    return f"{PREFIX_KEY}/subnets/{subnet}-24&fd00:20:0:{i + 1:x}::-64"
+
+
+def dual_lease_value(i, mac):
+    """The i-th fake peer's dual-stack VXLAN value (IPv4 VTEP `mac`), as flanneld writes it."""
+    _, _, ip = peer(i)
+    return json.dumps({"PublicIP": ip, "PublicIPv6": f"2001:db8::1:{i + 1:x}", "BackendType": "vxlan",
+                       "BackendData": {"VNI": 1, "VtepMAC": mac},
+                       "BackendV6Data": {"VNI": 1, "VtepMAC": f"02:46:c6:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"}})
+
+
+def counts6(ns):
+    """IPv6 routes, permanent neighbours and FDB entries on `flannel-v6.1`."""
+    r = run("ip", "-n", ns, "-6", "route", "show", "dev", "flannel-v6.1", "proto", "87", check=False).count(" via ")
+    n = run("ip", "-n", ns, "-6", "neigh", "show", "dev", "flannel-v6.1", "nud", "permanent", check=False).count("lladdr")
+    f = run("bridge", "-n", ns, "fdb", "show", "dev", "flannel-v6.1", check=False).count(" dst ")
+    return r, n, f
+
+
 class Namespaces:
     def __init__(self, prefix):
         self.prefix = prefix
@@ -227,7 +259,8 @@ class Weftd:
         self.ns = nss.new(name)
         nss.attach(self.ns, ip)
         if extra_addr:
-            run("ip", "-n", self.ns, "addr", "add", extra_addr, "dev", "eth0")
+            # An IPv6 address is usable at once only without duplicate address detection.
+            run("ip", "-n", self.ns, "addr", "add", extra_addr, "dev", "eth0", *(["nodad"] if ":" in extra_addr else []))
         self.dir = os.path.join(args.work, name)
         os.makedirs(self.dir, exist_ok=True)
         self.subnet_env = os.path.join(self.dir, "subnet.env")
@@ -296,12 +329,17 @@ def floor(nss, name, entries, work, nexthops=False):
     return took
 
 
-def load_leases(etcd, n, backend="vxlan"):
+def load_leases(etcd, n, backend="vxlan", dual=False):
     """n fake peers' leases; vxlan ones with a VTEP MAC, host-gw and udp ones with an on-link
-    public IP (`onlink_ip`)."""
+    public IP (`onlink_ip`); `dual`: dual-stack VXLAN keys and values."""
     etcd.delete_prefix(f"{PREFIX_KEY}/subnets/")
     lease = etcd.grant(7200)
     entries = [peer(i) for i in range(n)]
+    if dual:
+        for k in range(0, n, 1000):
+            etcd.txn_puts([(dual_lease_key(i), dual_lease_value(i, entries[i][1])) for i in range(k, min(n, k + 1000))],
+                          lease)
+        return lease, entries
     if backend != "vxlan":
         entries = [(s, mac, onlink_ip(i)) for i, (s, mac, _) in enumerate(entries)]
     value = (lambda ip, mac: lease_value(ip, mac)) if backend == "vxlan" else (lambda ip, _: plain_value(backend, ip))
@@ -511,8 +549,16 @@ def phase_start(args, etcd, nss, keep_node):
     return node, lease, results
 
 
-def phase_churn(args, etcd, node, lease, n):
-    mon = Monitor(node.ns, os.path.join(args.work, "churn.monitor"))
+def phase_churn(args, etcd, node, lease, n, dual=False):
+    """CHURN_RATE changes per second on the node's n peers (dual-stack keys and values with
+    `dual`), at rest before; latencies, weftd's CPU, etcd's load, the kernel against etcd."""
+    if dual:
+        key_of = lambda i: dual_lease_key(i)
+        value_of = lambda i, mac: dual_lease_value(i, mac)
+    else:
+        key_of = lambda i: lease_key(peer(i)[0])
+        value_of = lambda i, mac: lease_value(peer(i)[2], mac)
+    mon = Monitor(node.ns, os.path.join(args.work, "churn6.monitor" if dual else "churn.monitor"))
     time.sleep(0.3)
     # At rest first: what weftd asks of etcd when nothing changes.
     u0, b0 = etcd.metrics()
@@ -538,22 +584,23 @@ def phase_churn(args, etcd, node, lease, n):
             time.sleep(delay)
         kind = ("add", "del", "mac")[k % 3]
         if kind == "add":
-            subnet, mac, ip = peer(next_new)
-            live.append(next_new)
+            i = next_new
+            subnet, mac, _ = peer(i)
+            live.append(i)
             next_new += 1
             t = time.time()
-            etcd.put(lease_key(subnet), lease_value(ip, mac), lease)
+            etcd.put(key_of(i), value_of(i, mac), lease)
         elif kind == "del":
             i = live.pop(rng.randrange(len(live)))
-            subnet, mac, ip = peer(i)
+            subnet, mac, _ = peer(i)
             t = time.time()
-            etcd.delete(lease_key(subnet))
+            etcd.delete(key_of(i))
         else:
             i = live[rng.randrange(len(live))]
-            subnet, _, ip = peer(i)
+            subnet, _, _ = peer(i)
             mac = f"02:43:{k >> 24 & 255:02x}:{k >> 16 & 255:02x}:{k >> 8 & 255:02x}:{k & 255:02x}"
             t = time.time()
-            etcd.put(lease_key(subnet), lease_value(ip, mac), lease)
+            etcd.put(key_of(i), value_of(i, mac), lease)
         changes.append((kind, subnet, mac, t))
         k += 1
     elapsed = time.time() - t_start
@@ -565,6 +612,10 @@ def phase_churn(args, etcd, node, lease, n):
     # The kernel against etcd: conclusive while the drain took less than the resync interval
     # (30 s), after which a full pass would have repaired a change lost on the way.
     peers_now, wrong = kernel_vs_etcd(etcd, node.ns, "192.0.2.10")
+    if dual:
+        have6 = counts6(node.ns)
+        if have6 != (peers_now,) * 3:
+            wrong["IPv6 routes/neighbours/FDB entries not one per peer"] = [f"{have6} for {peers_now} peers"]
     mon.stop()
     lat, missed = match_latencies(changes, index_events(mon.events()))
     cpu = (ticks1 - ticks0) / CLK_TCK / elapsed * 100
@@ -575,7 +626,7 @@ def phase_churn(args, etcd, node, lease, n):
     log(f"     kernel against etcd {drained:.1f} s after the last write: {peers_now} peers, "
         + ("every entry right" if not wrong else "; ".join(f"{k}: {len(v)} {v[:3]}" for k, v in wrong.items())))
     if wrong or missed:
-        FAILURES.append(f"churn at {n} peers: {len(missed)} changes missed, kernel against etcd: "
+        FAILURES.append(f"churn{'6' if dual else ''} at {n} peers: {len(missed)} changes missed, kernel against etcd: "
                         + ("right" if not wrong else ", ".join(f"{k} {len(v)}" for k, v in wrong.items())))
     log(f"     weftd CPU {cpu:.1f} % of one core during the churn")
     log(f"     etcd unary gRPC requests: churn {u1 - u0:.0f} handled, {etcd.requests - r0} of them the driver's")
@@ -950,7 +1001,7 @@ def main():
     ap.add_argument("--fanout-writes", type=int, default=100)
     ap.add_argument("--fanout-rate", type=float, default=10)
     ap.add_argument("--drain-seconds", type=float, default=60)
-    ap.add_argument("--sections", default="start,churn,fanout,fib,hostgw,udp")
+    ap.add_argument("--sections", default="start,churn,churn6,fanout,fib,hostgw,udp")
     ap.add_argument("--start-rounds", type=int, default=3)
     ap.add_argument("--chart", default="", help="write an SVG bar chart of the run here")
     ap.add_argument("--fib-routes", type=int, default=10000)
@@ -983,6 +1034,23 @@ def main():
                 churn = phase_churn(args, etcd, node, lease, args.peers[-1])
                 node.proc.kill()
                 nss.remove(node.ns)
+        if "churn6" in sections:
+            n = args.peers[-1]
+            log(f"== churn6: the churn on {n} dual-stack peers (VXLAN over both families)")
+            etcd.put(f"{PREFIX_KEY}/config", json.dumps(CONFIG6))
+            lease, _ = load_leases(etcd, n, dual=True)
+            node = Weftd(args, nss, f"d{n}", "192.0.2.10", extra_addr="2001:db8::10/64")
+            node.ready_after(120)
+            have6 = counts6(node.ns)
+            if have6 != (n, n, n):
+                raise SystemExit(f"bench-scale: dual-stack weftd ready with {have6} IPv6 entries, want {n} each")
+            churn6 = phase_churn(args, etcd, node, lease, n, dual=True)
+            node.proc.kill()
+            nss.remove(node.ns)
+            etcd.put(f"{PREFIX_KEY}/config", json.dumps(CONFIG))
+            if churn:
+                log(f"   dual stack against IPv4 alone at {n} peers: weftd CPU {churn6['cpu']:.1f} % vs {churn['cpu']:.1f} %, "
+                    f"p99 {churn6['p99']:.1f} vs {churn['p99']:.1f} ms")
         if "fanout" in sections and args.agents > 0:
             log(f"== fan-out: {args.agents} weftd agents on {args.fanout_leases} leases")
             fanout = phase_fanout(args, etcd, nss, args.fanout_leases)
