@@ -825,6 +825,124 @@ fn dual_stack_lease_changes_touch_only_the_changed_peers_entries_of_both_familie
     assert_eq!(kernel_view6(&node.ns), expected_view6(&changed));
 }
 
+/// Peer `i` of a dual-stack host-gw cluster: [`peer_n`]'s subnet, PublicIP 192.0.2.(10 + i) and
+/// PublicIPv6 2001:db8::1:i on eth0's segments, IPv6 subnet fd00:10:244:i::/64.
+fn hostgw_dual_peer_n(i: u32) -> Lease {
+    let mut p = peer_n(i);
+    p.attrs.backend_type = "host-gw".to_string();
+    p.attrs.backend_data = None;
+    p.attrs.public_ip = Ipv4Addr::new(192, 0, 2, (10 + i) as u8);
+    p.ipv6_subnet = Some(format!("fd00:10:244:{i:x}::/64").parse().unwrap());
+    p.attrs.public_ipv6 = Some(format!("2001:db8::1:{i:x}").parse().unwrap());
+    p
+}
+
+/// host-gw's routes of both families as `ip` shows them: `dst via gateway`.
+fn hostgw_routes(ns: &Ns) -> BTreeSet<String> {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let mut routes = BTreeSet::new();
+    for family in ["-4", "-6"] {
+        for r in ns
+            .ip_json(&[family, "route", "show", "dev", "eth0", "proto", "87"])
+            .as_array()
+            .unwrap()
+        {
+            routes.insert(format!("{} via {}", s(&r["dst"]), s(&r["gateway"])));
+        }
+    }
+    routes
+}
+
+fn hostgw_expected(peers: &[Lease]) -> BTreeSet<String> {
+    let mut routes = BTreeSet::new();
+    for p in peers {
+        routes.insert(format!("{} via {}", p.subnet, p.attrs.public_ip));
+        routes.insert(format!(
+            "{} via {}",
+            p.ipv6_subnet.unwrap(),
+            p.attrs.public_ipv6.unwrap()
+        ));
+    }
+    routes
+}
+
+/// host-gw in a dual-stack network applies a lease change incrementally in both families: a
+/// peer's IPv4 and IPv6 routes come and go with it, a moved node's IPv6 route follows its new
+/// PublicIPv6, and nothing else is sent (an IPv6 route deleted behind weft's back stays
+/// missing until the next full pass).
+#[test]
+fn hostgw_dual_stack_lease_changes_touch_only_the_changed_peers_routes() {
+    let node = TestNode::new("hgw6");
+    node.ns
+        .ip(&["addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad"]);
+    let state = node.state_dir();
+    let cfg = NetworkConfig::parse(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":26,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"host-gw"}}"#,
+    )
+    .unwrap();
+    let peers: Vec<Lease> = (1..=10).map(hostgw_dual_peer_n).collect();
+    let mut moved = hostgw_dual_peer_n(2);
+    moved.attrs.public_ipv6 = Some("2001:db8::2:2".parse().unwrap());
+    let mut changed: Vec<Lease> = peers[2..].to_vec();
+    changed.push(moved.clone());
+    changed.push(hostgw_dual_peer_n(11));
+    let change = |p: &Lease, lease: Option<Lease>| PeerChange {
+        subnet: p.subnet,
+        subnet6: p.ipv6_subnet,
+        lease,
+    };
+    let changes = vec![
+        change(&peers[0], None),
+        change(&hostgw_dual_peer_n(11), Some(hostgw_dual_peer_n(11))),
+        change(&moved, Some(moved.clone())),
+    ];
+    let untouched = peers[5].ipv6_subnet.unwrap().to_string();
+    let ns_name = node.ns.name.clone();
+    let (incremental, full) = node.block_on({
+        let (cfg, state, peers, changed) = (cfg.clone(), state.clone(), peers, changed.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            let full0 = backend.reconcile(own(), &peers).await.unwrap();
+            assert_eq!((full0.added, full0.failed), (20, 0), "{full0:?}");
+            assert_eq!(
+                hostgw_routes(&Ns {
+                    name: ns_name.clone()
+                }),
+                hostgw_expected(&peers)
+            );
+            run(&[
+                "ip", "-n", &ns_name, "-6", "route", "del", &untouched, "dev", "eth0",
+            ]);
+            let incremental = backend.apply_changes(own(), &changes).await.unwrap();
+            let view = hostgw_routes(&Ns {
+                name: ns_name.clone(),
+            });
+            assert!(
+                !view.iter().any(|r| r.starts_with(&untouched)),
+                "an incremental pass re-read the kernel and restored {untouched}"
+            );
+            let mut want = hostgw_expected(&changed);
+            want.retain(|r| !r.starts_with(&untouched));
+            assert_eq!(view, want);
+            let full = backend.reconcile(own(), &changed).await.unwrap();
+            (incremental, full)
+        }
+    });
+    let incremental = incremental.expect("an incremental pass after a full one");
+    // Peer 1: two routes removed; peer 11: two added; peer 2: its IPv6 route replaced.
+    assert_eq!(
+        (incremental.added, incremental.removed, incremental.failed),
+        (3, 3, 0),
+        "{incremental:?}"
+    );
+    assert_eq!(
+        (full.added, full.removed, full.failed),
+        (1, 0, 0),
+        "{full:?}"
+    );
+    assert_eq!(hostgw_routes(&node.ns), hostgw_expected(&changed));
+}
+
 #[test]
 fn deleted_device_is_reported_recreated_and_reprogrammed() {
     let node = TestNode::new("del");
