@@ -653,17 +653,19 @@ fn subnet_env_and_readyz_come_after_all_peers_are_programmed() {
     let file_name = node.subnet_file();
     let file_name = file_name.file_name().unwrap_or_default();
 
-    // Polls /readyz until the file exists, remembering whether it ever said 200 before that.
+    // Polls /readyz until the file is seen, remembering whether it ever said 200 while the
+    // file was not on disk (the disk, not the inotify reader below, which may lag behind).
     let file_seen = AtomicBool::new(false);
     let ready_early = AtomicBool::new(false);
     let mut frozen_counts = None;
+    let subnet_path = node.subnet_file();
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while !file_seen.load(Ordering::SeqCst) {
                 if node
                     .http_get("/readyz")
                     .is_some_and(|(code, _)| code == 200)
-                    && !file_seen.load(Ordering::SeqCst)
+                    && !subnet_path.exists()
                 {
                     ready_early.store(true, Ordering::SeqCst);
                 }
