@@ -6,6 +6,7 @@
 //! on weft's own overlay device, so all of them are weft's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -180,32 +181,19 @@ impl AppliedEntries {
                 d.del_routes6.extend(old.route);
                 d.add_routes6.extend(new.route);
             }
-            if old.neighbour != new.neighbour {
-                match (old.neighbour, new.neighbour) {
-                    (Some((was, _)), Some((ip, _))) if was == ip => {}
-                    (Some((was, _)), _) => d.del_neighbours6.push(was),
-                    (None, _) => {}
-                }
-                d.add_neighbours6.extend(new.neighbour);
-            }
-            if old.fdb != new.fdb {
-                if let Some(e) = old.fdb {
-                    if let Some(n) = self.fdb6_users.get_mut(&e) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.fdb6_users.remove(&e);
-                            d.del_fdb6.push(e);
-                        }
-                    }
-                }
-                if let Some(e) = new.fdb {
-                    let n = self.fdb6_users.entry(e).or_default();
-                    *n += 1;
-                    if *n == 1 {
-                        d.add_fdb6.push(e);
-                    }
-                }
-            }
+            change_neighbour(
+                old.neighbour,
+                new.neighbour,
+                &mut d.del_neighbours6,
+                &mut d.add_neighbours6,
+            );
+            change_fdb_user(
+                &mut self.fdb6_users,
+                old.fdb,
+                new.fdb,
+                &mut d.del_fdb6,
+                &mut d.add_fdb6,
+            );
         }
         // A peer's entry that another changed peer takes over in the same pass stays.
         d.del_routes6.retain(|r| !d.add_routes6.contains(r));
@@ -238,33 +226,19 @@ impl AppliedEntries {
                 }
                 d.add_nexthops.extend(new.nexthop);
             }
-            if old.neighbour != new.neighbour {
-                match (old.neighbour, new.neighbour) {
-                    // Replaced in place.
-                    (Some((was, _)), Some((ip, _))) if was == ip => {}
-                    (Some((was, _)), _) => d.del_neighbours.push(was),
-                    (None, _) => {}
-                }
-                d.add_neighbours.extend(new.neighbour);
-            }
-            if old.fdb != new.fdb {
-                if let Some(e) = old.fdb {
-                    if let Some(n) = self.fdb_users.get_mut(&e) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.fdb_users.remove(&e);
-                            d.del_fdb.push(e);
-                        }
-                    }
-                }
-                if let Some(e) = new.fdb {
-                    let n = self.fdb_users.entry(e).or_default();
-                    *n += 1;
-                    if *n == 1 {
-                        d.add_fdb.push(e);
-                    }
-                }
-            }
+            change_neighbour(
+                old.neighbour,
+                new.neighbour,
+                &mut d.del_neighbours,
+                &mut d.add_neighbours,
+            );
+            change_fdb_user(
+                &mut self.fdb_users,
+                old.fdb,
+                new.fdb,
+                &mut d.del_fdb,
+                &mut d.add_fdb,
+            );
         }
         // A peer's entry that another changed peer takes over in the same pass stays.
         d.del_routes.retain(|r| !d.add_routes.contains(r));
@@ -272,6 +246,56 @@ impl AppliedEntries {
         d.del_fdb.retain(|e| !d.add_fdb.contains(e));
         d.add_fdb.retain(|e| self.fdb_users.contains_key(e));
         d
+    }
+}
+
+/// A peer's neighbour entry going from `old` to `new`: one of the same IP is replaced in place
+/// (added only); otherwise the old IP is deleted and the new entry added.
+fn change_neighbour<A: PartialEq + Copy>(
+    old: Option<(A, MacAddr)>,
+    new: Option<(A, MacAddr)>,
+    del: &mut Vec<A>,
+    add: &mut Vec<(A, MacAddr)>,
+) {
+    if old == new {
+        return;
+    }
+    match (old, new) {
+        (Some((was, _)), Some((ip, _))) if was == ip => {}
+        (Some((was, _)), _) => del.push(was),
+        (None, _) => {}
+    }
+    add.extend(new);
+}
+
+/// A peer's FDB entry going from `old` to `new`, with `users` counting the peers that want
+/// each entry (the peers of one node share it): an entry is deleted with its last user and
+/// added with its first.
+fn change_fdb_user<E: Hash + Eq + Copy>(
+    users: &mut HashMap<E, u32>,
+    old: Option<E>,
+    new: Option<E>,
+    del: &mut Vec<E>,
+    add: &mut Vec<E>,
+) {
+    if old == new {
+        return;
+    }
+    if let Some(e) = old {
+        if let Some(n) = users.get_mut(&e) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(&e);
+                del.push(e);
+            }
+        }
+    }
+    if let Some(e) = new {
+        let n = users.entry(e).or_default();
+        *n += 1;
+        if *n == 1 {
+            add.push(e);
+        }
     }
 }
 
