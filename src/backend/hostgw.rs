@@ -138,6 +138,15 @@ pub fn peer_route6(
     }
 }
 
+/// The route of a peer, or none when it cannot be routed (logged and counted in `unroutable`).
+fn routed<R>(route: Result<Option<R>, HostGwError>, unroutable: &mut usize) -> Option<R> {
+    route.unwrap_or_else(|err| {
+        tracing::error!(error = %err, "cannot route peer");
+        *unroutable += 1;
+        None
+    })
+}
+
 /// The entries of one IPv6 route.
 fn route_entries6(route: Ipv6Route) -> PeerEntries6 {
     PeerEntries6 {
@@ -231,15 +240,8 @@ impl HostGwBackend {
         let mut entries = EntriesByPeer::with_capacity(peers.len());
         let mut unroutable = 0;
         for peer in peers {
-            match peer_route(&self.ext, own, peer) {
-                Ok(Some(route)) => {
-                    entries.insert(peer.subnet, route_entries(route));
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot route peer");
-                    unroutable += 1;
-                }
+            if let Some(route) = routed(peer_route(&self.ext, own, peer), &mut unroutable) {
+                entries.insert(peer.subnet, route_entries(route));
             }
         }
         (entries, unroutable)
@@ -293,26 +295,11 @@ impl HostGwBackend {
         let mut entries = Vec::with_capacity(changes.len());
         let mut entries6 = Vec::new();
         for change in changes {
-            let route = match change.lease.as_ref().map(|l| peer_route(&self.ext, own, l)) {
-                Some(Ok(route)) => route,
-                Some(Err(err)) => {
-                    tracing::error!(error = %err, "cannot route peer");
-                    unroutable += 1;
-                    None
-                }
-                None => None,
-            };
+            let lease = change.lease.as_ref();
+            let route = lease.and_then(|l| routed(peer_route(&self.ext, own, l), &mut unroutable));
             entries.push((change.subnet, route.map(route_entries)));
             if let Some(subnet6) = change.subnet6 {
-                let route6 = match change.lease.as_ref().map(|l| peer_route6(&self.ext, l)) {
-                    Some(Ok(route)) => route,
-                    Some(Err(err)) => {
-                        tracing::error!(error = %err, "cannot route peer");
-                        unroutable += 1;
-                        None
-                    }
-                    None => None,
-                };
+                let route6 = lease.and_then(|l| routed(peer_route6(&self.ext, l), &mut unroutable));
                 entries6.push((subnet6, route6.map(route_entries6)));
             }
         }
