@@ -551,16 +551,7 @@ async fn dual_stack_serving(
     let own_key = crate::lease::dual_lease_key(PREFIX, a.own.subnet, a.own.ipv6_subnet);
     a.leases = [
         dual_raw(&own_key, a.own.attrs.to_json(), 5),
-        dual_raw(
-            &dual_key(2),
-            dual_value(
-                "192.0.2.2",
-                "0a:00:00:00:00:02",
-                "2001:db8::2",
-                "0a:00:00:00:06:02",
-            ),
-            6,
-        ),
+        dual_raw(&dual_key(2), node_value(2), 6),
     ]
     .into_iter()
     .collect();
@@ -592,6 +583,17 @@ fn dual_value(public_ip: &str, mac: &str, public_ipv6: &str, mac6: &str) -> Stri
     )
 }
 
+/// Node `n`'s dual-stack VXLAN value: PublicIP 192.0.2.n, PublicIPv6 2001:db8::n, VTEP MACs
+/// 0a:00:00:00:00:n and 0a:00:00:00:06:n.
+fn node_value(n: u8) -> String {
+    dual_value(
+        &format!("192.0.2.{n}"),
+        &format!("0a:00:00:00:00:{n:02x}"),
+        &format!("2001:db8::{n:x}"),
+        &format!("0a:00:00:00:06:{n:02x}"),
+    )
+}
+
 fn dual_raw(key: &str, value: String, revision: i64) -> RawLease {
     RawLease {
         key: key.to_string(),
@@ -611,16 +613,7 @@ async fn a_dual_stack_peer_change_is_applied_incrementally() {
     let dir = tempfile::tempdir().unwrap();
     let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
     let mut a = dual_stack_serving(&store, &dp, dir.path()).await;
-    let joined = dual_raw(
-        &dual_key(4),
-        dual_value(
-            "192.0.2.4",
-            "0a:00:00:00:00:04",
-            "2001:db8::4",
-            "0a:00:00:00:06:04",
-        ),
-        9,
-    );
+    let joined = dual_raw(&dual_key(4), node_value(4), 9);
     a.note_changes(vec![NetworkEvent::LeasePut(joined)]).await;
     a.apply_changes().await;
     assert_eq!(
@@ -636,16 +629,7 @@ async fn a_dual_stack_peer_change_is_applied_incrementally() {
         net("10.244.5.0/24"),
         Some("fd00:10:244:2::/64".parse().unwrap()),
     );
-    let clash = dual_raw(
-        &clash_key,
-        dual_value(
-            "192.0.2.5",
-            "0a:00:00:00:00:05",
-            "2001:db8::5",
-            "0a:00:00:00:06:05",
-        ),
-        10,
-    );
+    let clash = dual_raw(&clash_key, node_value(5), 10);
     a.note_changes(vec![NetworkEvent::LeasePut(clash)]).await;
     a.apply_changes().await;
     assert_eq!(
@@ -664,6 +648,31 @@ async fn a_dual_stack_peer_change_is_applied_incrementally() {
         dp.passes()[3],
         DataPathPass::Incremental(net("10.244.1.0/24"), vec![net("10.244.4.0/24")])
     );
+    // A key whose IPv6 part lies outside IPv6Network: judged alone, rejected by validation,
+    // nothing of it programmed.
+    let outside = crate::lease::dual_lease_key(
+        PREFIX,
+        net("10.244.8.0/24"),
+        Some("fd99:0:0:8::/64".parse().unwrap()),
+    );
+    a.note_changes(vec![NetworkEvent::LeasePut(dual_raw(
+        &outside,
+        node_value(8),
+        12,
+    ))])
+    .await;
+    a.apply_changes().await;
+    assert_eq!(
+        dp.passes()[4],
+        DataPathPass::Incremental(net("10.244.1.0/24"), vec![net("10.244.8.0/24")])
+    );
+    assert!(
+        a.rejected
+            .iter()
+            .any(|r| r.key == outside && r.by == RejectedBy::Validation),
+        "{:?}",
+        a.rejected
+    );
     // Say this node had an address inside fd00:10:244:7::/64 (the last full pass found it):
     // a peer claiming that subnet is refused by the guard in the incremental pass.
     a.protected6 = Some(vec![guard::Protected6 {
@@ -673,20 +682,11 @@ async fn a_dual_stack_peer_change_is_applied_incrementally() {
             .into(),
         what: "address fd00:10:244:7::1 of this node".to_string(),
     }]);
-    let covering = dual_raw(
-        &dual_key(7),
-        dual_value(
-            "192.0.2.7",
-            "0a:00:00:00:00:07",
-            "2001:db8::7",
-            "0a:00:00:00:06:07",
-        ),
-        11,
-    );
+    let covering = dual_raw(&dual_key(7), node_value(7), 13);
     a.note_changes(vec![NetworkEvent::LeasePut(covering)]).await;
     a.apply_changes().await;
     assert_eq!(
-        dp.passes()[4],
+        dp.passes()[5],
         DataPathPass::Incremental(net("10.244.1.0/24"), vec![net("10.244.7.0/24")]),
         "judged in an incremental pass, its entries withdrawn"
     );
