@@ -741,26 +741,35 @@ fn expected_view6(peers: &[Lease]) -> BTreeSet<String> {
     view
 }
 
-/// A dual-stack lease change is applied incrementally too: only the changed peers' IPv4 and
-/// IPv6 entries are sent (an IPv6 route deleted behind weft's back stays missing until the
-/// next full pass), and what the kernel holds on `flannel-v6.1` follows the leases.
-#[test]
-fn dual_stack_lease_changes_touch_only_the_changed_peers_entries_of_both_families() {
-    let node = TestNode::new("inc6");
+/// A dual-stack node (2001:db8::1 on eth0) of `backend` with peers 1 to 10 of `peer_n`, and
+/// a change of them: peer 1 leaves, peer 11 joins, peer 2's node moves to another IPv6 address.
+struct DualScenario {
+    node: TestNode,
+    state: PathBuf,
+    cfg: NetworkConfig,
+    peers: Vec<Lease>,
+    /// The peers after the change.
+    changed: Vec<Lease>,
+    changes: Vec<PeerChange>,
+    /// The IPv6 subnet of a peer the change leaves alone.
+    untouched: String,
+}
+
+fn dual_scenario(tag: &str, backend: &str, peer_n: fn(u32) -> Lease) -> DualScenario {
+    let node = TestNode::new(tag);
     node.ns
         .ip(&["addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad"]);
     let state = node.state_dir();
-    let cfg = NetworkConfig::parse(
-        r#"{"Network":"10.244.0.0/16","SubnetLen":26,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"vxlan"}}"#,
-    )
+    let cfg = NetworkConfig::parse(&format!(
+        r#"{{"Network":"10.244.0.0/16","SubnetLen":26,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{{"Type":"{backend}"}}}}"#
+    ))
     .unwrap();
-    let peers: Vec<Lease> = (1..=10).map(dual_peer_n).collect();
-    // Peer 1 leaves, peer 11 joins, peer 2's node moves to another IPv6 address.
-    let mut moved = dual_peer_n(2);
+    let peers: Vec<Lease> = (1..=10).map(peer_n).collect();
+    let mut moved = peer_n(2);
     moved.attrs.public_ipv6 = Some("2001:db8::2:2".parse().unwrap());
     let mut changed: Vec<Lease> = peers[2..].to_vec();
     changed.push(moved.clone());
-    changed.push(dual_peer_n(11));
+    changed.push(peer_n(11));
     let change = |p: &Lease, lease: Option<Lease>| PeerChange {
         subnet: p.subnet,
         subnet6: p.ipv6_subnet,
@@ -768,10 +777,35 @@ fn dual_stack_lease_changes_touch_only_the_changed_peers_entries_of_both_familie
     };
     let changes = vec![
         change(&peers[0], None),
-        change(&dual_peer_n(11), Some(dual_peer_n(11))),
+        change(&peer_n(11), Some(peer_n(11))),
         change(&moved, Some(moved.clone())),
     ];
     let untouched = peers[5].ipv6_subnet.unwrap().to_string();
+    DualScenario {
+        node,
+        state,
+        cfg,
+        peers,
+        changed,
+        changes,
+        untouched,
+    }
+}
+
+/// A dual-stack lease change is applied incrementally too: only the changed peers' IPv4 and
+/// IPv6 entries are sent (an IPv6 route deleted behind weft's back stays missing until the
+/// next full pass), and what the kernel holds on `flannel-v6.1` follows the leases.
+#[test]
+fn dual_stack_lease_changes_touch_only_the_changed_peers_entries_of_both_families() {
+    let DualScenario {
+        node,
+        state,
+        cfg,
+        peers,
+        changed,
+        changes,
+        untouched,
+    } = dual_scenario("inc6", "vxlan", dual_peer_n);
     let ns_name = node.ns.name.clone();
     let (full0, incremental, full) = node.block_on({
         let (cfg, state, peers, changed) =
@@ -872,31 +906,15 @@ fn hostgw_expected(peers: &[Lease]) -> BTreeSet<String> {
 /// missing until the next full pass).
 #[test]
 fn hostgw_dual_stack_lease_changes_touch_only_the_changed_peers_routes() {
-    let node = TestNode::new("hgw6");
-    node.ns
-        .ip(&["addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad"]);
-    let state = node.state_dir();
-    let cfg = NetworkConfig::parse(
-        r#"{"Network":"10.244.0.0/16","SubnetLen":26,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"host-gw"}}"#,
-    )
-    .unwrap();
-    let peers: Vec<Lease> = (1..=10).map(hostgw_dual_peer_n).collect();
-    let mut moved = hostgw_dual_peer_n(2);
-    moved.attrs.public_ipv6 = Some("2001:db8::2:2".parse().unwrap());
-    let mut changed: Vec<Lease> = peers[2..].to_vec();
-    changed.push(moved.clone());
-    changed.push(hostgw_dual_peer_n(11));
-    let change = |p: &Lease, lease: Option<Lease>| PeerChange {
-        subnet: p.subnet,
-        subnet6: p.ipv6_subnet,
-        lease,
-    };
-    let changes = vec![
-        change(&peers[0], None),
-        change(&hostgw_dual_peer_n(11), Some(hostgw_dual_peer_n(11))),
-        change(&moved, Some(moved.clone())),
-    ];
-    let untouched = peers[5].ipv6_subnet.unwrap().to_string();
+    let DualScenario {
+        node,
+        state,
+        cfg,
+        peers,
+        changed,
+        changes,
+        untouched,
+    } = dual_scenario("hgw6", "host-gw", hostgw_dual_peer_n);
     let ns_name = node.ns.name.clone();
     let (incremental, full) = node.block_on({
         let (cfg, state, peers, changed) = (cfg.clone(), state.clone(), peers, changed.clone());
