@@ -626,9 +626,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
             self.ext_gone,
             self.retry_reconcile.is_some(),
         );
-        // IPv6 changes are judged against what the last full pass protected of IPv6 too (an
-        // IPv6-only network's changes all collide on their IPv4 part 0.0.0.0/0 in the claims,
-        // and its backends take them in full passes).
+        // IPv6 changes are judged against what the last full pass protected of IPv6 too.
         if pass == Pass::Full
             || self.protected.is_none()
             || self.claims.is_none()
@@ -670,6 +668,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
             route_guard = route_guard.with_ipv6(protected6);
         }
         let subnets_prefix = crate::lease::subnets_prefix(&self.opts.etcd.prefix);
+        let own_key = self.own_key();
         let mut changes = Vec::new();
         for (key, old) in std::mem::take(&mut self.dirty) {
             let new = self.leases.get(&key);
@@ -691,7 +690,8 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                     self.reported.remove(&key);
                     None
                 }
-                ChangedKey::Judged(Ok(lease)) if lease.subnet == self.own.subnet => {
+                // By key: in an IPv6-only network every lease's IPv4 subnet is 0.0.0.0/0.
+                ChangedKey::Judged(Ok(_)) if key == own_key => {
                     self.reported.remove(&key);
                     continue;
                 }

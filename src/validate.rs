@@ -614,7 +614,7 @@ pub fn validate_leases_indexed<'a>(
     let mut claims = LeaseClaims::default();
     for raw in ordered {
         let judged = parse_lease(policy, raw).and_then(|(dual, attrs)| {
-            claims.add(&Claim::of(&dual, &attrs));
+            claims.add(&Claim::of(policy, &dual, &attrs));
             judge_parsed(policy, raw, dual, attrs, &taken)
         });
         match judged {
@@ -637,20 +637,21 @@ pub fn validate_leases_indexed<'a>(
 /// What one lease that reaches the comparison with other leases could collide on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Claim {
-    v4: Ipv4Network,
+    /// `None` in an IPv6-only network, where every key's IPv4 part is `0.0.0.0/0`.
+    v4: Option<Ipv4Network>,
     v6: Option<Ipv6Network>,
     macs: [Option<[u8; 6]>; 2],
     wireguard_keys: [Option<[u8; 32]>; 2],
 }
 
 impl Claim {
-    fn of(dual: &DualSubnet, attrs: &LeaseAttrs) -> Claim {
+    fn of(policy: &LeasePolicy, dual: &DualSubnet, attrs: &LeaseAttrs) -> Claim {
         let key = |k: Option<(&str, Result<WireGuardKey, KeyError>)>| match k {
             Some((_, Ok(key))) => Some(*key.as_bytes()),
             _ => None,
         };
         Claim {
-            v4: dual.v4,
+            v4: policy.config.enable_ipv4.then_some(dual.v4),
             v6: dual.v6,
             macs: [
                 attrs.vtep_mac().and_then(parse_mac),
@@ -697,7 +698,9 @@ fn count_down<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, k: K) {
 
 impl LeaseClaims {
     fn add(&mut self, c: &Claim) {
-        count_up(&mut self.v4, c.v4);
+        if let Some(v4) = c.v4 {
+            count_up(&mut self.v4, v4);
+        }
         if let Some(v6) = c.v6 {
             count_up(&mut self.v6, v6);
         }
@@ -710,7 +713,9 @@ impl LeaseClaims {
     }
 
     fn remove(&mut self, c: &Claim) {
-        count_down(&mut self.v4, c.v4);
+        if let Some(v4) = c.v4 {
+            count_down(&mut self.v4, v4);
+        }
         if let Some(v6) = c.v6 {
             count_down(&mut self.v6, v6);
         }
@@ -724,7 +729,7 @@ impl LeaseClaims {
 
     /// Whether `c` claims something another key claims too (`c` itself not counted).
     fn collides(&self, c: &Claim) -> bool {
-        self.v4.contains_key(&c.v4)
+        c.v4.is_some_and(|v4| self.v4.contains_key(&v4))
             || c.v6.is_some_and(|v6| self.v6.contains_key(&v6))
             || c.macs.iter().flatten().any(|m| self.macs.contains_key(m))
             || c.wireguard_keys
@@ -745,13 +750,13 @@ impl LeaseClaims {
     ) -> ChangedKey {
         let old_claim = old
             .and_then(|raw| parse_lease(policy, raw).ok())
-            .map(|(d, a)| Claim::of(&d, &a));
+            .map(|(d, a)| Claim::of(policy, &d, &a));
         if let Some(c) = &old_claim {
             self.remove(c);
         }
         let parsed = new.map(|raw| (raw, parse_lease(policy, raw)));
         let new_claim = match &parsed {
-            Some((_, Ok((d, a)))) => Some(Claim::of(d, a)),
+            Some((_, Ok((d, a)))) => Some(Claim::of(policy, d, a)),
             _ => None,
         };
         let collides = old_claim.is_some_and(|c| self.collides(&c))
@@ -920,7 +925,7 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::lease_key;
+    use crate::lease::{dual_lease_key, lease_key};
 
     const PREFIX: &str = "/coreos.com/network";
     const OWN_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x11];
@@ -1717,29 +1722,53 @@ mod tests {
     }
 
     #[test]
-    fn every_change_in_an_ipv6_only_network_goes_to_the_whole_table() {
+    fn an_ipv6_only_change_is_judged_alone_unless_it_collides_on_its_ipv6_claims() {
         let p = v6_only_policy();
-        let value = |n: u8| {
+        let value = |n: u8, mac: u8| {
             vxlan6(
                 "0.0.0.0",
                 "",
                 &format!("2001:db8::{n:x}"),
-                &format!("0a:00:00:00:06:{n:02x}"),
+                &format!("0a:00:00:00:06:{mac:02x}"),
             )
         };
-        let table: BTreeMap<String, RawLease> = [raw("0.0.0.0-0&fd00:10:244:2::-64", &value(2), 2)]
-            .into_iter()
-            .map(|r| (r.key.clone(), r))
-            .collect();
+        let table: BTreeMap<String, RawLease> =
+            [raw("0.0.0.0-0&fd00:10:244:2::-64", &value(2, 2), 2)]
+                .into_iter()
+                .map(|r| (r.key.clone(), r))
+                .collect();
         let (_, claims) = validate_leases_indexed(&p, table.values());
-        // Every IPv6-only key claims 0.0.0.0/0: no change is judged alone.
+        // Every IPv6-only key's IPv4 part is 0.0.0.0/0: that claims nothing, the IPv6 subnet
+        // and the VTEP MACs do.
         let steps: Vec<(&str, Option<RawLease>, bool)> = vec![
             (
                 "0.0.0.0-0&fd00:10:244:3::-64",
-                Some(raw("0.0.0.0-0&fd00:10:244:3::-64", &value(3), 3)),
+                Some(raw("0.0.0.0-0&fd00:10:244:3::-64", &value(3, 3), 3)),
+                true,
+            ),
+            // Another node's VTEP MAC: the older key keeps it.
+            (
+                "0.0.0.0-0&fd00:10:244:4::-64",
+                Some(raw("0.0.0.0-0&fd00:10:244:4::-64", &value(4, 3), 4)),
                 false,
             ),
-            ("0.0.0.0-0&fd00:10:244:2::-64", None, false),
+            (
+                "0.0.0.0-0&fd00:10:244:4::-64",
+                Some(raw("0.0.0.0-0&fd00:10:244:4::-64", &value(4, 4), 5)),
+                false,
+            ),
+            // An IPv4 part in an IPv6-only network: rejected alone, claims nothing.
+            (
+                "10.244.5.0-24&fd00:10:244:5::-64",
+                Some(raw("10.244.5.0-24&fd00:10:244:5::-64", &value(5, 5), 6)),
+                true,
+            ),
+            ("0.0.0.0-0&fd00:10:244:2::-64", None, true),
+            (
+                "0.0.0.0-0&fd00:10:244:4::-64",
+                Some(raw("0.0.0.0-0&fd00:10:244:4::-64", &value(14, 4), 7)),
+                true,
+            ),
         ];
         judged_alone_agrees_with_the_whole_table(&p, table, claims, steps);
     }
@@ -1769,10 +1798,11 @@ mod tests {
                 }
                 ChangedKey::Gone => {
                     assert!(alone && new.is_none(), "{k}");
-                    assert!(!whole
-                        .accepted
-                        .iter()
-                        .any(|l| lease_key(PREFIX, l.subnet) == k));
+                    assert!(!whole.accepted.iter().any(|l| dual_lease_key(
+                        PREFIX,
+                        l.subnet,
+                        l.ipv6_subnet
+                    ) == k));
                 }
                 ChangedKey::Judged(judged) => {
                     assert!(alone, "{k} was judged alone");

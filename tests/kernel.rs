@@ -859,6 +859,104 @@ fn dual_stack_lease_changes_touch_only_the_changed_peers_entries_of_both_familie
     assert_eq!(kernel_view6(&node.ns), expected_view6(&changed));
 }
 
+/// The IPv6-only twin of a dual-stack lease, as Flannel keys and writes it: IPv4 part
+/// `0.0.0.0/0`, PublicIP `0.0.0.0`, no `BackendData`.
+fn v6_only(mut p: Lease) -> Lease {
+    p.subnet = "0.0.0.0/0".parse().unwrap();
+    p.attrs.public_ip = Ipv4Addr::UNSPECIFIED;
+    p.attrs.backend_data = None;
+    p
+}
+
+/// In an IPv6-only network (every lease keyed `0.0.0.0-0&...`) VXLAN applies a lease change
+/// incrementally by the peers' IPv6 subnets: only the changed peers' entries on
+/// `flannel-v6.1` are sent, nothing of IPv4 is touched.
+#[test]
+fn ipv6_only_lease_changes_touch_only_the_changed_peers_entries() {
+    let DualScenario {
+        node,
+        state,
+        peers,
+        changed,
+        changes,
+        untouched,
+        ..
+    } = dual_scenario("inc6o", "vxlan", dual_peer_n);
+    let cfg = NetworkConfig::parse(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let peers: Vec<Lease> = peers.into_iter().map(v6_only).collect();
+    let changed: Vec<Lease> = changed.into_iter().map(v6_only).collect();
+    let changes: Vec<PeerChange> = changes
+        .into_iter()
+        .map(|c| PeerChange {
+            subnet: "0.0.0.0/0".parse().unwrap(),
+            lease: c.lease.map(v6_only),
+            ..c
+        })
+        .collect();
+    let own = || -> Ipv4Network { "0.0.0.0/0".parse().unwrap() };
+    let ns_name = node.ns.name.clone();
+    let (full0, incremental, full) = node.block_on({
+        let (state, peers, changed) = (state.clone(), peers.clone(), changed.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.set_own_ipv6(Some("fd00:10:244:ff::/64".parse().unwrap()));
+            let full0 = backend.reconcile(own(), &peers).await.unwrap();
+            run(&[
+                "ip",
+                "-n",
+                &ns_name,
+                "-6",
+                "route",
+                "del",
+                &untouched,
+                "dev",
+                "flannel-v6.1",
+            ]);
+            let incremental = backend.apply_changes(own(), &changes).await.unwrap();
+            let view = kernel_view6(&Ns {
+                name: ns_name.clone(),
+            });
+            assert!(
+                !view
+                    .iter()
+                    .any(|e| e.starts_with(&format!("route {untouched}"))),
+                "an incremental pass re-read the kernel and restored {untouched}"
+            );
+            let mut want = expected_view6(&changed);
+            want.retain(|e| !e.starts_with(&format!("route {untouched}")));
+            assert_eq!(view, want);
+            let full = backend.reconcile(own(), &changed).await.unwrap();
+            (full0, incremental, full)
+        }
+    });
+    assert_eq!((full0.added, full0.failed), (30, 0), "{full0:?}");
+    let incremental =
+        incremental.expect("an incremental pass after a full one in an IPv6-only network");
+    // Peer 1: 3 entries removed; peer 11: 3 added; peer 2: its FDB entry replaced.
+    assert_eq!(
+        (incremental.added, incremental.removed, incremental.failed),
+        (4, 4, 0),
+        "{incremental:?}"
+    );
+    assert_eq!(incremental.present, 26, "{incremental:?}");
+    assert_eq!(
+        (full.added, full.removed, full.failed),
+        (1, 0, 0),
+        "{full:?}"
+    );
+    assert_eq!(kernel_view6(&node.ns), expected_view6(&changed));
+    assert!(
+        node.ns
+            .ip(&["link", "show"])
+            .lines()
+            .all(|l| !l.contains("flannel.1:")),
+        "an IPv6-only network has no flannel.1"
+    );
+}
+
 /// Peer `i` of a dual-stack host-gw cluster: [`peer_n`]'s subnet, PublicIP 192.0.2.(10 + i) and
 /// PublicIPv6 2001:db8::1:i on eth0's segments, IPv6 subnet fd00:10:244:i::/64.
 fn hostgw_dual_peer_n(i: u32) -> Lease {

@@ -590,12 +590,9 @@ impl VxlanBackend {
         let Some(index) = self.dev_index else {
             return Ok(None);
         };
-        // An IPv6-only network keys every lease's IPv4 part 0.0.0.0/0: its changes take a
-        // full pass.
-        if !self.settings.enable_ipv4 {
-            return Ok(None);
-        }
-        let topo = self.topology(index);
+        // An IPv6-only network has no `flannel.<VNI>` (the index is the pass's sentinel) and
+        // keys every lease's IPv4 part 0.0.0.0/0: its changes are IPv6 entries alone.
+        let index = Some(index).filter(|_| self.settings.enable_ipv4);
         let index6 = match &self.v6 {
             Some(v6) => match v6.index {
                 Some(i) => Some(i),
@@ -606,19 +603,21 @@ impl VxlanBackend {
         let mut entries = Vec::with_capacity(changes.len());
         let mut entries6 = Vec::new();
         for change in changes {
-            self.warned_skipped.retain(|s| s.subnet != change.subnet);
-            let wanted = match &change.lease {
-                Some(lease) => match peers::vxlan_peer(own, lease, &topo) {
-                    Ok(e) => e,
-                    Err(s) => {
-                        warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
-                        self.warned_skipped.insert(s);
-                        None
-                    }
-                },
-                None => None,
-            };
-            entries.push((change.subnet, wanted));
+            if let Some(index) = index {
+                self.warned_skipped.retain(|s| s.subnet != change.subnet);
+                let wanted = match &change.lease {
+                    Some(lease) => match peers::vxlan_peer(own, lease, &self.topology(index)) {
+                        Ok(e) => e,
+                        Err(s) => {
+                            warn!(peer = %s.subnet, reason = %s.reason, "skipping peer lease");
+                            self.warned_skipped.insert(s);
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                entries.push((change.subnet, wanted));
+            }
             if let (Some(v6), Some(dev_index), Some(subnet6)) = (&self.v6, index6, change.subnet6) {
                 let wanted6 = match &change.lease {
                     Some(lease) => {
@@ -638,7 +637,7 @@ impl VxlanBackend {
         }
         Ok(self
             .pipeline
-            .incremental(&self.devices(Some(index), index6), &entries, &entries6)
+            .incremental(&self.devices(index, index6), &entries, &entries6)
             .await?)
     }
 }

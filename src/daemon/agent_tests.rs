@@ -139,11 +139,21 @@ enum DataPathPass {
 
 /// A data path that records every pass and programs nothing.
 #[derive(Debug, Clone, Default)]
-struct RecordingDataPath(Arc<Mutex<Vec<DataPathPass>>>);
+struct RecordingDataPath(Arc<Mutex<Vec<DataPathPass>>>, Arc<Mutex<Vec<PeerChange>>>);
 
 impl RecordingDataPath {
     fn passes(&self) -> Vec<DataPathPass> {
         self.0.lock().unwrap().clone()
+    }
+
+    /// The IPv6 subnets of the last incremental pass's changes, each with whether it
+    /// came (or changed) rather than went.
+    fn last_changes6(&self) -> Vec<(Option<Ipv6Network>, bool)> {
+        let changes = self.1.lock().unwrap();
+        changes
+            .iter()
+            .map(|c| (c.subnet6, c.lease.is_some()))
+            .collect()
     }
 
     fn record(&self, pass: DataPathPass) -> ReconcileReport {
@@ -208,6 +218,7 @@ impl DataPath for RecordingDataPath {
         changes: &[PeerChange],
     ) -> impl std::future::Future<Output = Result<Option<ReconcileReport>, BackendError>> {
         let pass = DataPathPass::Incremental(own, changes.iter().map(|c| c.subnet).collect());
+        *self.1.lock().unwrap() = changes.to_vec();
         std::future::ready(Ok(Some(self.record(pass))))
     }
 
@@ -697,4 +708,110 @@ async fn a_dual_stack_peer_change_is_applied_incrementally() {
         .map(|r| r.subnet.clone())
         .collect();
     assert_eq!(refused, [Some("fd00:10:244:7::/64".to_string())]);
+}
+
+/// The key of IPv6-only peer `n`: `0.0.0.0-0&fd00:10:244:n::-64`.
+fn v6_only_key(n: u8) -> String {
+    crate::lease::dual_lease_key(
+        PREFIX,
+        net("0.0.0.0/0"),
+        Some(format!("fd00:10:244:{n:x}::/64").parse().unwrap()),
+    )
+}
+
+/// IPv6-only VXLAN peer `n`'s value: PublicIPv6 2001:db8::n, VTEP MAC 0a:00:00:00:06:mac.
+fn v6_only_value(n: u8, mac: u8) -> String {
+    format!(
+        r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::{n:x}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"0a:00:00:00:06:{mac:02x}"}}}}"#
+    )
+}
+
+/// In an IPv6-only network (every key's IPv4 part `0.0.0.0/0`) a peer's change is applied
+/// incrementally too, found by its IPv6 subnet; the node's own key is not a peer; a key
+/// taking another node's VTEP MAC goes to a full pass.
+#[tokio::test]
+async fn an_ipv6_only_peer_change_is_applied_incrementally() {
+    const V6_ONLY: &str =
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = agent(&store, &dp, dir.path());
+    a.config = NetworkConfig::parse(V6_ONLY).unwrap();
+    a.config_text = Some(V6_ONLY.to_string());
+    a.ext.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
+    a.ext.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+    a.ext.network_v6 = Some("2001:db8::1/64".parse().unwrap());
+    a.own.subnet = net("0.0.0.0/0");
+    a.own.ipv6_subnet = Some("fd00:10:244:1::/64".parse().unwrap());
+    a.own.attrs = LeaseAttrs::from_json("own", v6_only_value(1, 1).as_bytes()).unwrap();
+    a.leases = [
+        dual_raw(&v6_only_key(1), v6_only_value(1, 1), 5),
+        dual_raw(&v6_only_key(2), v6_only_value(2, 2), 6),
+    ]
+    .into_iter()
+    .collect();
+    a.reconcile().await;
+    assert_eq!(
+        dp.passes(),
+        [DataPathPass::Full(net("0.0.0.0/0"), vec![net("0.0.0.0/0")])],
+        "{:?}",
+        a.rejected
+    );
+    let v6 =
+        |n: u8| -> Option<Ipv6Network> { Some(format!("fd00:10:244:{n:x}::/64").parse().unwrap()) };
+    // Peer 3 joins, peer 2 changes its address: one incremental pass with both.
+    a.note_changes(vec![
+        NetworkEvent::LeasePut(dual_raw(&v6_only_key(3), v6_only_value(3, 3), 7)),
+        NetworkEvent::LeasePut(dual_raw(&v6_only_key(2), v6_only_value(12, 2), 8)),
+    ])
+    .await;
+    a.apply_changes().await;
+    assert!(
+        matches!(dp.passes()[1], DataPathPass::Incremental(..)),
+        "{:?}",
+        dp.passes()
+    );
+    let mut changed = dp.last_changes6();
+    changed.sort();
+    assert_eq!(changed, [(v6(2), true), (v6(3), true)]);
+    // The node's own key rewritten (say by its own re-publication): not a peer's change.
+    a.note_changes(vec![NetworkEvent::LeasePut(dual_raw(
+        &v6_only_key(1),
+        v6_only_value(1, 1),
+        9,
+    ))])
+    .await;
+    a.apply_changes().await;
+    assert!(
+        matches!(dp.passes()[2], DataPathPass::Incremental(..)),
+        "{:?}",
+        dp.passes()
+    );
+    assert_eq!(dp.last_changes6(), []);
+    // Peer 4 takes peer 3's VTEP MAC: only the whole table tells which keeps it.
+    a.note_changes(vec![NetworkEvent::LeasePut(dual_raw(
+        &v6_only_key(4),
+        v6_only_value(4, 3),
+        10,
+    ))])
+    .await;
+    a.apply_changes().await;
+    assert!(
+        matches!(dp.passes()[3], DataPathPass::Full(..)),
+        "{:?}",
+        dp.passes()
+    );
+    // Peer 2 goes: incremental, found by its IPv6 subnet. (Peer 3 going would free its MAC
+    // for peer 4: a full pass.)
+    a.note_changes(vec![NetworkEvent::LeaseDeleted {
+        key: v6_only_key(2),
+    }])
+    .await;
+    a.apply_changes().await;
+    assert!(
+        matches!(dp.passes()[4], DataPathPass::Incremental(..)),
+        "{:?}",
+        dp.passes()
+    );
+    assert_eq!(dp.last_changes6(), [(v6(2), false)]);
 }
