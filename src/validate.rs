@@ -925,7 +925,7 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::{dual_lease_key, lease_key};
+    use crate::lease::dual_lease_key;
 
     const PREFIX: &str = "/coreos.com/network";
     const OWN_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x11];
