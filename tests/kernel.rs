@@ -957,6 +957,69 @@ fn ipv6_only_lease_changes_touch_only_the_changed_peers_entries() {
     );
 }
 
+/// Peer `i` of a dual-stack udp cluster: [`dual_peer_n`] with the udp backend's lease.
+fn udp_dual_peer_n(i: u32) -> Lease {
+    let mut p = dual_peer_n(i);
+    p.attrs.backend_type = "udp".to_string();
+    p.attrs.backend_data = None;
+    p.attrs.backend_v6_data = None;
+    p
+}
+
+/// The udp backend of a dual-stack node applies a lease change to its forwarding table
+/// incrementally in both families (the IPv6 subnets of peers go to their PublicIP over the
+/// IPv4 underlay), and a full pass over the same leases afterwards finds the table as it
+/// would build it.
+#[test]
+fn udp_dual_stack_lease_changes_are_applied_to_the_forwarding_table_incrementally() {
+    let DualScenario {
+        node,
+        state,
+        cfg,
+        peers,
+        mut changed,
+        mut changes,
+        ..
+    } = dual_scenario("udp6", "udp", udp_dual_peer_n);
+    // Peer 3's node moves to another PublicIP: both its entries go there.
+    let mut moved = udp_dual_peer_n(3);
+    moved.attrs.public_ip = Ipv4Addr::new(198, 51, 100, 203);
+    changed.retain(|p| p.subnet != moved.subnet);
+    changed.push(moved.clone());
+    changes.push(PeerChange {
+        subnet: moved.subnet,
+        subnet6: moved.ipv6_subnet,
+        lease: Some(moved),
+    });
+    let (full0, incremental, full) = node.block_on({
+        let (cfg, state, peers, changed) = (cfg.clone(), state.clone(), peers, changed.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            backend.set_own_ipv6(Some("fd00:10:244:ff::/64".parse().unwrap()));
+            let full0 = backend.reconcile(own(), &peers).await.unwrap();
+            let incremental = backend.apply_changes(own(), &changes).await.unwrap();
+            let full = backend.reconcile(own(), &changed).await.unwrap();
+            (full0, incremental, full)
+        }
+    });
+    // 10 peers, an IPv4 and an IPv6 subnet each (the device's route is not a peer entry).
+    assert_eq!((full0.desired, full0.failed), (20, 0), "{full0:?}");
+    let incremental = incremental.expect("an incremental pass after a full one, with IPv6");
+    // Peer 1: 2 entries removed; peer 11: 2 added; peer 3: 2 replaced (one removed and one
+    // added each); peer 2 moved only its PublicIPv6, which the udp backend does not use.
+    assert_eq!(
+        (incremental.added, incremental.removed, incremental.failed),
+        (4, 4, 0),
+        "{incremental:?}"
+    );
+    assert_eq!(incremental.desired, 20, "{incremental:?}");
+    assert_eq!(
+        (full.added, full.removed, full.present, full.failed),
+        (0, 0, 20, 0),
+        "the full pass found the table as the incremental pass left it: {full:?}"
+    );
+}
+
 /// Peer `i` of a dual-stack host-gw cluster: [`peer_n`]'s subnet, PublicIP 192.0.2.(10 + i) and
 /// PublicIPv6 2001:db8::1:i on eth0's segments, IPv6 subnet fd00:10:244:i::/64.
 fn hostgw_dual_peer_n(i: u32) -> Lease {

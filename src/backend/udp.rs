@@ -18,7 +18,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, RwLock};
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use rtnetlink::Handle;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
@@ -314,8 +314,8 @@ impl UdpBackend {
         own: Ipv4Network,
         changes: &[PeerChange],
     ) -> Result<Option<ReconcileReport>, UdpError> {
-        // The incremental table knows IPv4 subnets only.
-        if self.ipv6.is_some() {
+        // With IPv6 the table needs the node's own IPv6 subnet, which a full pass brings.
+        if matches!(self.ipv6, Some((_, None))) {
             return Ok(None);
         }
         let Some(route) = self.pipeline.incremental(&self.devices(), &[], &[]).await? else {
@@ -324,17 +324,18 @@ impl UdpBackend {
         if self.table.shared_own_subnet() != Some(own) {
             return Ok(None);
         }
-        let edits: Vec<_> = changes
-            .iter()
-            .map(|change| {
-                let ip = change
-                    .lease
-                    .as_ref()
-                    .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
-                    .map(|l| l.attrs.public_ip);
-                (change.subnet, ip)
-            })
-            .collect();
+        let mut edits: Vec<(IpNetwork, Option<Ipv4Addr>)> = Vec::with_capacity(changes.len());
+        for change in changes {
+            let ip = change
+                .lease
+                .as_ref()
+                .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
+                .map(|l| l.attrs.public_ip);
+            edits.push((change.subnet.into(), ip));
+            if let (Some(_), Some(subnet6)) = (self.ipv6, change.subnet6) {
+                edits.push((subnet6.into(), ip));
+            }
+        }
         let counts = self.table.apply(&edits);
         // A peer whose public IP changed counts as one entry removed and one added, as in a
         // full pass.

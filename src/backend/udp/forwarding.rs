@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, RwLock};
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 /// What the data path needs to know about the cluster, rebuilt by every reconcile and read
 /// by the workers without locking per packet.
@@ -168,19 +168,31 @@ impl ForwardingTable {
         self.own_subnet
     }
 
-    /// Routes `subnet` to `public_ip`, or (`None`) to nobody; the own subnet is never a peer.
-    pub fn edit(&mut self, subnet: Ipv4Network, public_ip: Option<Ipv4Addr>) -> Edited {
-        if Some(subnet) == self.own_subnet {
-            return Edited::Unchanged;
+    /// Routes `subnet` (an IPv4 or a dual-stack node's IPv6 one) to `public_ip`, or (`None`)
+    /// to nobody; the own subnets are never a peer's.
+    pub fn edit(&mut self, subnet: impl Into<IpNetwork>, public_ip: Option<Ipv4Addr>) -> Edited {
+        match subnet.into() {
+            IpNetwork::V4(subnet) if Some(subnet) != self.own_subnet => edit_by_len(
+                &mut self.by_len,
+                &mut self.senders,
+                subnet.prefix(),
+                u32::from(subnet.network()),
+                public_ip,
+            ),
+            // IPv6 subnets only on a dual-stack node (one that knows its own IPv6 subnet).
+            IpNetwork::V6(subnet)
+                if self.own_subnet6.is_some() && Some(subnet) != self.own_subnet6 =>
+            {
+                edit_by_len(
+                    &mut self.by_len6,
+                    &mut self.senders,
+                    subnet.prefix(),
+                    u128::from(subnet.network()),
+                    public_ip,
+                )
+            }
+            _ => Edited::Unchanged,
         }
-        let net = u32::from(subnet.network());
-        edit_by_len(
-            &mut self.by_len,
-            &mut self.senders,
-            subnet.prefix(),
-            net,
-            public_ip,
-        )
     }
 }
 
@@ -297,7 +309,7 @@ pub struct TableWriter {
     /// The table published before the current one.
     spare: Option<Arc<ForwardingTable>>,
     /// Edits published since `spare` was current.
-    lag: Vec<(Ipv4Network, Option<Ipv4Addr>)>,
+    lag: Vec<(IpNetwork, Option<Ipv4Addr>)>,
     copies: usize,
 }
 
@@ -334,7 +346,10 @@ impl TableWriter {
     }
 
     /// Applies `edits` (subnet to public IP, or `None` to remove) and publishes the result.
-    pub fn apply(&mut self, edits: &[(Ipv4Network, Option<Ipv4Addr>)]) -> EditCounts {
+    pub fn apply<S: Into<IpNetwork> + Copy>(
+        &mut self,
+        edits: &[(S, Option<Ipv4Addr>)],
+    ) -> EditCounts {
         let mut next = match self.spare.take().map(Arc::try_unwrap) {
             Some(Ok(mut spare)) => {
                 for (subnet, ip) in self.lag.drain(..) {
@@ -359,7 +374,8 @@ impl TableWriter {
         }
         counts.len = next.len();
         self.spare = Some(publish(&self.shared, next));
-        self.lag.extend_from_slice(edits);
+        self.lag
+            .extend(edits.iter().map(|(subnet, ip)| ((*subnet).into(), *ip)));
         counts
     }
 
@@ -674,5 +690,73 @@ mod tests {
             }
         }
         assert!(w.copies() > 0 && w.copies() < 30, "copies {}", w.copies());
+    }
+
+    #[test]
+    fn ipv6_edits_of_a_dual_stack_table_match_a_full_rebuild() {
+        use rand::{Rng, SeedableRng};
+        let own = net("10.244.0.0/24");
+        let own6: Ipv6Network = "fd00:10:244::/64".parse().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let (mut model, mut model6) = (
+            std::collections::BTreeMap::new(),
+            std::collections::BTreeMap::new(),
+        );
+        let build = |m: &std::collections::BTreeMap<Ipv4Network, Ipv4Addr>,
+                     m6: &std::collections::BTreeMap<Ipv6Network, Ipv4Addr>| {
+            ForwardingTable::new(own, m.iter().map(|(s, ip)| (*s, *ip)))
+                .with_ipv6(own6, m6.iter().map(|(s, ip)| (*s, *ip)))
+        };
+        let mut w = TableWriter::new(shared(ForwardingTable::default()));
+        w.replace(build(&model, &model6));
+        for round in 0..300 {
+            // A peer's change edits both its subnets, as a dual-stack lease change does.
+            let edits: Vec<(IpNetwork, Option<Ipv4Addr>)> = (0..rng.random_range(1..6))
+                .flat_map(|_| {
+                    let n = rng.random_range(0..64u32);
+                    let v4 = Ipv4Network::new(Ipv4Addr::from(0x0af4_0000 + (n << 8)), 24).unwrap();
+                    let v6 = Ipv6Network::new(
+                        Ipv6Addr::from(0xfd00_0010_0244_0000_u128 << 64 | u128::from(n) << 64),
+                        64,
+                    )
+                    .unwrap();
+                    let ip = rng
+                        .random_bool(0.7)
+                        .then(|| Ipv4Addr::from(0xc000_0200 + rng.random_range(1..20u32)));
+                    [(IpNetwork::V4(v4), ip), (IpNetwork::V6(v6), ip)]
+                })
+                .collect();
+            w.apply(&edits);
+            for (subnet, ip) in &edits {
+                match (subnet, ip) {
+                    (IpNetwork::V4(s), _) if *s == own => {}
+                    (IpNetwork::V6(s), _) if *s == own6 => {}
+                    (IpNetwork::V4(s), Some(ip)) => drop(model.insert(*s, *ip)),
+                    (IpNetwork::V4(s), None) => drop(model.remove(s)),
+                    (IpNetwork::V6(s), Some(ip)) => drop(model6.insert(*s, *ip)),
+                    (IpNetwork::V6(s), None) => drop(model6.remove(s)),
+                }
+            }
+            let now = snapshot(w.shared());
+            assert_eq!(*now, build(&model, &model6), "round {round}");
+            for (s, ip) in &model6 {
+                assert_eq!(now.next_hop6(s.network()), Some(*ip), "round {round}");
+                assert!(now.is_peer(*ip));
+            }
+        }
+        assert!(
+            snapshot(w.shared()).next_hop6(own6.network()).is_none(),
+            "the own IPv6 subnet is never a peer's"
+        );
+        // A table without IPv6 takes no IPv6 edits.
+        let mut v4_only = ForwardingTable::new(own, []);
+        assert_eq!(
+            v4_only.edit(
+                "fd00:10:244:1::/64".parse::<Ipv6Network>().unwrap(),
+                Some(ip("192.0.2.1"))
+            ),
+            Edited::Unchanged
+        );
+        assert!(v4_only.is_empty());
     }
 }
