@@ -989,6 +989,9 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let peers = self.believed_peers().await;
         self.backend.set_own_ipv6(self.own.ipv6_subnet);
         let result = self.backend.reconcile(self.own.subnet, &peers).await;
+        self.metrics
+            .reconcile_full_runs
+            .fetch_add(1, Ordering::Relaxed);
         let took = started.elapsed();
         let report = match result {
             Ok(report) => report,
@@ -1064,7 +1067,11 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                 Peers::All(all) => s.peers = all.iter().map(|l| PeerStatus::of(l, state)).collect(),
                 Peers::Changed(changes) => {
                     for c in changes {
-                        let at = s.peers.binary_search_by(|p| p.subnet.cmp(&c.subnet));
+                        // By both subnets, the order of a full pass's peers: an
+                        // IPv6-only network keys every IPv4 part 0.0.0.0/0.
+                        let at = s.peers.binary_search_by(|p| {
+                            (p.subnet, p.subnet6).cmp(&(c.subnet, c.subnet6))
+                        });
                         match (at, &c.lease) {
                             (Ok(i), Some(l)) => s.peers[i] = PeerStatus::of(l, state),
                             (Ok(i), None) => {

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub peers_programmed: AtomicU64,
     /// Completed reconcile runs.
     pub reconcile_runs: AtomicU64,
+    /// Of those, full passes (every lease judged, the kernel read back); the rest were
+    /// incremental (only changed leases).
+    pub reconcile_full_runs: AtomicU64,
     /// Reconcile runs that hit at least one error.
     pub reconcile_failures: AtomicU64,
     /// Duration of the last reconcile, in microseconds.
@@ -167,6 +170,11 @@ impl Metrics {
             "weft_reconcile_runs",
             "Reconcile runs.",
             counter(load(&self.reconcile_runs)),
+        );
+        r.register(
+            "weft_reconcile_full_runs",
+            "Reconcile runs that were full passes (the rest applied only changed leases).",
+            counter(load(&self.reconcile_full_runs)),
         );
         r.register(
             "weft_reconcile_failures",

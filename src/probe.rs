@@ -284,6 +284,8 @@ fn round(
     let peers: Vec<(String, Ipv4Addr, Ipv4Addr)> = status
         .peers
         .iter()
+        // The probes are IPv4: an IPv6-only peer (`0.0.0.0/0`) has no <subnet>.0 to ask.
+        .filter(|p| p.subnet.prefix() != 0)
         .map(|p| (p.subnet.to_string(), p.subnet.network(), p.public_ip))
         .collect();
     let mut sent: BTreeMap<u16, Sent> = BTreeMap::new();

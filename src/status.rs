@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 use tracing::{debug, info, warn};
@@ -155,6 +155,14 @@ pub struct PeerStatus {
     /// The peer's subnet.
     #[serde(with = "subnet_text")]
     pub subnet: Ipv4Network,
+    /// The peer's IPv6 subnet (dual stack and IPv6-only; there `subnet` is `0.0.0.0/0`).
+    #[serde(
+        rename = "subnetIPv6",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "subnet6_text"
+    )]
+    pub subnet6: Option<Ipv6Network>,
     /// The peer's `PublicIP`.
     #[serde(rename = "publicIP")]
     pub public_ip: Ipv4Addr,
@@ -182,6 +190,7 @@ impl PeerStatus {
         };
         PeerStatus {
             subnet: lease.subnet,
+            subnet6: lease.ipv6_subnet,
             public_ip: lease.attrs.public_ip,
             backend_type,
             vtep_mac: lease.attrs.vtep_mac().map(MacText::from),
@@ -262,6 +271,27 @@ mod subnet_text {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         text.parse()
             .map_err(|e| serde::de::Error::custom(format!("subnet {text:?}: {e}")))
+    }
+}
+
+mod subnet6_text {
+    use ipnetwork::Ipv6Network;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(subnet: &Option<Ipv6Network>, s: S) -> Result<S::Ok, S::Error> {
+        match subnet {
+            Some(subnet) => s.collect_str(subnet),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv6Network>, D::Error> {
+        let Some(text) = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)? else {
+            return Ok(None);
+        };
+        text.parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("IPv6 subnet {text:?}: {e}")))
     }
 }
 
@@ -638,6 +668,7 @@ mod tests {
             peers: vec![
                 PeerStatus {
                     subnet: "10.244.4.0/24".parse().unwrap(),
+                    subnet6: Some("fd00:10:244:4::/64".parse().unwrap()),
                     public_ip: Ipv4Addr::new(192, 0, 2, 12),
                     backend_type: "vxlan".into(),
                     vtep_mac: Some("aa:bb:cc:dd:ee:01".into()),
@@ -646,6 +677,7 @@ mod tests {
                 },
                 PeerStatus {
                     subnet: "10.244.5.0/24".parse().unwrap(),
+                    subnet6: None,
                     public_ip: Ipv4Addr::new(192, 0, 2, 13),
                     backend_type: "vxlan".into(),
                     vtep_mac: None,
@@ -703,6 +735,8 @@ mod tests {
         assert_eq!(json["peers"][0]["backendType"], "vxlan");
         assert_eq!(json["peers"][0]["vtepMAC"], "aa:bb:cc:dd:ee:01");
         assert_eq!(json["peers"][1]["vtepMAC"], serde_json::Value::Null);
+        assert_eq!(json["peers"][0]["subnetIPv6"], "fd00:10:244:4::/64");
+        assert!(json["peers"][1].get("subnetIPv6").is_none(), "{json}");
         let back: NodeStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
     }

@@ -872,8 +872,13 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
         .peers
         .iter()
         .map(|p| {
+            let subnet = match p.subnet6 {
+                Some(v6) if p.subnet.prefix() == 0 => v6.to_string(),
+                Some(v6) => format!("{},{v6}", p.subnet),
+                None => p.subnet.to_string(),
+            };
             vec![
-                p.subnet.to_string(),
+                subnet,
                 p.public_ip.to_string(),
                 p.backend_type.to_string(),
                 p.vtep_mac.as_ref().map_or_else(dash, MacText::to_string),
@@ -1187,6 +1192,33 @@ mod tests {
         let text = render_status(&waiting, at(0));
         assert!(
             text.contains("Ready:          no (waiting for a valid network config at /coreos.com/network/config)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_table_names_the_ipv6_subnets_of_dual_stack_and_ipv6_only_peers() {
+        let status: NodeStatus = serde_json::from_value(serde_json::json!({
+            "version": "0.1.0", "interface": "eth0", "publicIP": "192.0.2.11",
+            "ready": true, "phase": "ready",
+            "peers": [{"subnet": "0.0.0.0/0", "subnetIPv6": "fd00:10:244:2::/64",
+                       "publicIP": "0.0.0.0", "backendType": "vxlan", "vtepMAC": null,
+                       "state": "programmed"},
+                      {"subnet": "10.244.4.0/24", "subnetIPv6": "fd00:10:244:4::/64",
+                       "publicIP": "192.0.2.12", "backendType": "vxlan", "vtepMAC": null,
+                       "state": "programmed"}]
+        }))
+        .unwrap();
+        let text = render_status(&status, at(0));
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("SUBNET"))
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            rows,
+            ["fd00:10:244:2::/64", "10.244.4.0/24,fd00:10:244:4::/64"],
             "{text}"
         );
     }

@@ -774,6 +774,14 @@ async fn an_ipv6_only_peer_change_is_applied_incrementally() {
     let mut changed = dp.last_changes6();
     changed.sort();
     assert_eq!(changed, [(v6(2), true), (v6(3), true)]);
+    let board6 = |a: &Agent<FakeStore, RecordingDataPath>| -> Vec<Option<Ipv6Network>> {
+        a.board.snapshot().peers.iter().map(|p| p.subnet6).collect()
+    };
+    assert_eq!(
+        board6(&a),
+        [v6(2), v6(3)],
+        "the status board by IPv6 subnet"
+    );
     // The node's own key rewritten (say by its own re-publication): not a peer's change.
     a.note_changes(vec![NetworkEvent::LeasePut(dual_raw(
         &v6_only_key(1),
@@ -814,4 +822,10 @@ async fn an_ipv6_only_peer_change_is_applied_incrementally() {
         dp.passes()
     );
     assert_eq!(dp.last_changes6(), [(v6(2), false)]);
+    assert_eq!(board6(&a), [v6(3)]);
+    assert_eq!(
+        a.metrics.reconcile_full_runs.load(Ordering::Relaxed),
+        2,
+        "the first pass and the MAC clash's"
+    );
 }
