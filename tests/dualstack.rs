@@ -1124,6 +1124,55 @@ fn wireguard_dual_stack_pods_talk_over_ipv4_and_ipv6_and_the_underlay_carries_on
     }
 }
 
+/// The value of an unlabelled counter or gauge on the node's `/metrics`.
+fn metric(node: &Node, name: &str) -> Option<f64> {
+    let (_, text) = node.http_get("/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// With IPv6 (dual stack and IPv6-only), a WireGuard node that joins is taken in by the
+/// others incrementally, as in an IPv4 network: no full pass on the nodes already serving
+/// (the periodic resync is 10 minutes away), and pods reach the new node's pod over every
+/// family both ways.
+#[test]
+fn wireguard_with_ipv6_takes_a_joining_node_in_without_a_full_pass() {
+    for (base, network) in [(DUAL_CONFIG, "dual stack"), (V6_ONLY_CONFIG, "IPv6-only")] {
+        let cluster = Cluster::new(3, &wireguard_config(base, ""));
+        ipv6_underlay(&cluster);
+        let args = ["--resync-interval", "600"];
+        for node in &cluster.nodes[..2] {
+            node.start_weftd(&args);
+        }
+        for node in &cluster.nodes[..2] {
+            node.wait_subnet_env(CONVERGE);
+        }
+        let full_runs = |n: &Node| metric(n, "weft_reconcile_full_runs_total");
+        let n0 = cluster.node(0);
+        // Node 1's lease may reach node 0 after node 0's first pass: wait for it to settle.
+        n0.wait_until(CONVERGE, "node 0 sees node 1", || {
+            metric(n0, "weft_peers_desired") == Some(1.0)
+        });
+        let before = full_runs(n0).expect("weft_reconcile_full_runs_total on /metrics");
+        cluster.node(2).start_weftd(&args);
+        cluster.node(2).wait_subnet_env(CONVERGE);
+        let pods = pods_in_mesh(&cluster);
+        let dump = || cluster.dump();
+        for (a, b) in [(&pods[0], &pods[2]), (&pods[2], &pods[0])] {
+            for ip in [&b.ip4, &b.ip6].into_iter().flatten() {
+                assert!(tcp_ok(&a.ns, &b.ns, ip), "TCP -> {ip}\n{}", dump());
+            }
+        }
+        assert_eq!(metric(n0, "weft_peers_desired"), Some(2.0), "{}", dump());
+        assert_eq!(
+            full_runs(n0),
+            Some(before),
+            "node 2's lease took a full pass on node 0 ({network})\n{}",
+            n0.log_tail(40)
+        );
+    }
+}
+
 /// WireGuard in an IPv6-only network on the IPv6 underlay: only `flannel-wg-v6` (51821), the
 /// lease `PublicIP` 0.0.0.0 with `BackendV6Data` alone, pods talk over IPv6 both ways, and
 /// nodes reach each other only over IPv6 WireGuard.

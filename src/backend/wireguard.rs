@@ -245,9 +245,10 @@ pub struct WireGuardBackend {
     counters: Arc<DataPathCounters>,
     offloads: bool,
     devices: Vec<WgDevice>,
-    /// The believed `wireguard` leases of the last pass, by subnet, which incremental passes
-    /// (IPv4-only networks) update.
-    leases: BTreeMap<Ipv4Network, Lease>,
+    /// The believed `wireguard` leases of the last pass, by their key's subnets (IPv4 part,
+    /// IPv6 part: an IPv6-only network keys every IPv4 part `0.0.0.0/0`), which incremental
+    /// passes update.
+    leases: BTreeMap<(Ipv4Network, Option<Ipv6Network>), Lease>,
 }
 
 impl std::fmt::Debug for WireGuardBackend {
@@ -599,7 +600,7 @@ impl WireGuardBackend {
         self.leases = peers
             .iter()
             .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
-            .map(|l| (l.subnet, l.clone()))
+            .map(|l| ((l.subnet, l.ipv6_subnet), l.clone()))
             .collect();
         Ok(outcome)
     }
@@ -670,14 +671,15 @@ impl WireGuardBackend {
     }
 
     /// Applies a changed peer table: only the peers change (the routes do not depend on
-    /// them). `None` when a full reconcile is due (always with IPv6: incremental passes know
-    /// peers by their IPv4 subnet alone).
+    /// them), in either family. `None` when a full reconcile is due.
     pub async fn apply_changes(
         &mut self,
         own: Ipv4Network,
         changes: &[PeerChange],
     ) -> Result<Option<ReconcileReport>, WireGuardError> {
-        if self.network6.is_some() || self.network.is_none() {
+        // With IPv6 the peers' allowed IPs need the node's own IPv6 subnet, which a full
+        // pass brings.
+        if self.network6.is_some() && self.own6.is_none() {
             return Ok(None);
         }
         let mut failed = 0;
@@ -690,10 +692,10 @@ impl WireGuardBackend {
         }
         for change in changes {
             match &change.lease {
-                Some(l) if l.attrs.backend_type == BACKEND_TYPE => {
-                    self.leases.insert(change.subnet, l.clone())
-                }
-                _ => self.leases.remove(&change.subnet),
+                Some(l) if l.attrs.backend_type == BACKEND_TYPE => self
+                    .leases
+                    .insert((change.subnet, change.subnet6), l.clone()),
+                _ => self.leases.remove(&(change.subnet, change.subnet6)),
             };
         }
         let peers: Vec<Lease> = self.leases.values().cloned().collect();
