@@ -1122,6 +1122,79 @@ fn hostgw_dual_stack_lease_changes_touch_only_the_changed_peers_routes() {
     assert_eq!(hostgw_routes(&node.ns), hostgw_expected(&changed));
 }
 
+/// host-gw in an IPv6-only network applies a lease change incrementally by the peers' IPv6
+/// subnets (every lease's IPv4 part is `0.0.0.0/0`): routes come, go and follow a moved
+/// node's PublicIPv6, and no IPv4 route is written.
+#[test]
+fn hostgw_ipv6_only_lease_changes_touch_only_the_changed_peers_routes() {
+    let DualScenario {
+        node,
+        state,
+        peers,
+        changed,
+        changes,
+        untouched,
+        ..
+    } = dual_scenario("hgw6o", "host-gw", hostgw_dual_peer_n);
+    let cfg = NetworkConfig::parse(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"host-gw"}}"#,
+    )
+    .unwrap();
+    let peers: Vec<Lease> = peers.into_iter().map(v6_only).collect();
+    let changed: Vec<Lease> = changed.into_iter().map(v6_only).collect();
+    let changes: Vec<PeerChange> = changes
+        .into_iter()
+        .map(|c| PeerChange {
+            subnet: "0.0.0.0/0".parse().unwrap(),
+            lease: c.lease.map(v6_only),
+            ..c
+        })
+        .collect();
+    let routes6 = |peers: &[Lease]| -> BTreeSet<String> {
+        peers
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} via {}",
+                    p.ipv6_subnet.unwrap(),
+                    p.attrs.public_ipv6.unwrap()
+                )
+            })
+            .collect()
+    };
+    let own = || -> Ipv4Network { "0.0.0.0/0".parse().unwrap() };
+    let ns_name = node.ns.name.clone();
+    let (incremental, full) = node.block_on({
+        let (state, peers, changed) = (state.clone(), peers.clone(), changed.clone());
+        move |_| async move {
+            let mut backend = new_backend(&cfg, &state).await;
+            let full0 = backend.reconcile(own(), &peers).await.unwrap();
+            assert_eq!((full0.added, full0.failed), (10, 0), "{full0:?}");
+            run(&[
+                "ip", "-n", &ns_name, "-6", "route", "del", &untouched, "dev", "eth0",
+            ]);
+            let incremental = backend.apply_changes(own(), &changes).await.unwrap();
+            let full = backend.reconcile(own(), &changed).await.unwrap();
+            (incremental, full)
+        }
+    });
+    let incremental =
+        incremental.expect("an incremental pass after a full one in an IPv6-only network");
+    // Peer 1: its route removed; peer 11: added; peer 2: its route replaced.
+    assert_eq!(
+        (incremental.added, incremental.removed, incremental.failed),
+        (2, 2, 0),
+        "{incremental:?}"
+    );
+    // Only the full pass restores the route deleted behind weft's back.
+    assert_eq!(
+        (full.added, full.removed, full.failed),
+        (1, 0, 0),
+        "{full:?}"
+    );
+    assert_eq!(hostgw_routes(&node.ns), routes6(&changed));
+}
+
 #[test]
 fn deleted_device_is_reported_recreated_and_reprogrammed() {
     let node = TestNode::new("del");
