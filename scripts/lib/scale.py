@@ -22,6 +22,9 @@ Phases (each measured in the same run as its reference):
           families: six kernel entries per peer) on a fresh dual-stack node; its figures beside
           the churn section's when both run (weftd's CPU and p99, dual stack against IPv4 alone),
           and every IPv6 entry counted against the peers afterwards.
+  churn6only  the same churn on as many IPv6-only peers (keys `0.0.0.0-0&Y-64`, VXLAN over
+          IPv6: three entries per peer on flannel-v6.1), changes seen by their IPv6 routes and
+          neighbours, the kernel against etcd entry by entry.
   fanout  AGENTS weftd processes, one per node namespace, watching the same leases; writes at a
           steady rate; latency from a write to the last agent's kernel having it; etcd's CPU;
           every agent's kernel against etcd.
@@ -189,6 +192,27 @@ def dual_lease_value(i, mac):
                        "BackendV6Data": {"VNI": 1, "VtepMAC": f"02:46:c6:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"}})
 
 
+# IPv6-only (section churn6only): keys `0.0.0.0-0&<IPv6 subnet>-64`, values with PublicIP
+# 0.0.0.0 and BackendV6Data alone, as flanneld writes them in an IPv6-only network.
+CONFIG6ONLY = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00:20::/48", "IPv6SubnetLen": 64,
+               "IPv6SubnetMin": "fd00:20:0:f000::", "Backend": {"Type": "vxlan"}}
+
+
+def v6only_subnet(i):
+    """The i-th fake peer's IPv6 subnet (network address), as ip shows it."""
+    return f"fd00:20:0:{i + 1:x}::"
+
+
+def v6only_lease_key(i):
+    return f"{PREFIX_KEY}/subnets/0.0.0.0-0&{v6only_subnet(i)}-64"
+
+
+def v6only_lease_value(i, mac):
+    """The i-th fake peer's IPv6-only VXLAN value (IPv6 VTEP `mac`)."""
+    return json.dumps({"PublicIP": "0.0.0.0", "PublicIPv6": f"2001:db8::1:{i + 1:x}", "BackendType": "vxlan",
+                       "BackendV6Data": {"VNI": 1, "VtepMAC": mac}})
+
+
 def counts6(ns):
     """IPv6 routes, permanent neighbours and FDB entries on `flannel-v6.1`."""
     r = run("ip", "-n", ns, "-6", "route", "show", "dev", "flannel-v6.1", "proto", "87", check=False).count(" via ")
@@ -329,12 +353,17 @@ def floor(nss, name, entries, work, nexthops=False):
     return took
 
 
-def load_leases(etcd, n, backend="vxlan", dual=False):
+def load_leases(etcd, n, backend="vxlan", dual=False, v6only=False):
     """n fake peers' leases; vxlan ones with a VTEP MAC, host-gw and udp ones with an on-link
-    public IP (`onlink_ip`); `dual`: dual-stack VXLAN keys and values."""
+    public IP (`onlink_ip`); `dual`: dual-stack VXLAN keys and values; `v6only`: IPv6-only ones."""
     etcd.delete_prefix(f"{PREFIX_KEY}/subnets/")
     lease = etcd.grant(7200)
     entries = [peer(i) for i in range(n)]
+    if v6only:
+        for k in range(0, n, 1000):
+            etcd.txn_puts([(v6only_lease_key(i), v6only_lease_value(i, entries[i][1]))
+                           for i in range(k, min(n, k + 1000))], lease)
+        return lease, entries
     if dual:
         for k in range(0, n, 1000):
             etcd.txn_puts([(dual_lease_key(i), dual_lease_value(i, entries[i][1])) for i in range(k, min(n, k + 1000))],
@@ -392,10 +421,11 @@ def index_events(events):
         parts = e.split()
         if not parts:
             continue
-        if parts[0] == "Deleted" and len(parts) > 1 and parts[1].endswith("/24"):
-            key = ("del", parts[1][:-3])
-        elif parts[0].endswith("/24") and "flannel.1" in parts:
-            key = ("add", parts[0][:-3])
+        # IPv4 peers' /24 routes on flannel.1, IPv6-only peers' /64 ones on flannel-v6.1.
+        if parts[0] == "Deleted" and len(parts) > 1 and parts[1].endswith(("/24", "/64")):
+            key = ("del", parts[1].rsplit("/", 1)[0])
+        elif parts[0].endswith(("/24", "/64")) and ("flannel.1" in parts or "flannel-v6.1" in parts):
+            key = ("add", parts[0].rsplit("/", 1)[0])
         elif "lladdr" in parts and parts[0] != "Deleted":
             key = ("mac", parts[0], parts[parts.index("lladdr") + 1])
         else:
@@ -436,31 +466,39 @@ def match_latencies(changes, idx):
 FAILURES = []
 
 
-def kernel_vs_etcd(etcd, ns, own_ip):
+def kernel_vs_etcd(etcd, ns, own_ip, v6only=False):
     """Compares the node's kernel with every peer lease in etcd: the routes, permanent neighbours
-    and FDB entries that are missing, wrong or left over. The authority on whether a change was
-    lost, whatever `ip monitor` saw."""
+    and FDB entries that are missing, wrong or left over (`v6only`: an IPv6-only network's, on
+    flannel-v6.1, the node's own lease found by its PublicIPv6 `own_ip`). The authority on whether
+    a change was lost, whatever `ip monitor` saw."""
     resp = etcd.post("kv/range", {"key": b64(f"{PREFIX_KEY}/subnets/"),
                                   "range_end": b64(f"{PREFIX_KEY}/subnets0")})
     want = {}
     for kv in resp.get("kvs", []):
         key = base64.b64decode(kv["key"]).decode()
         v = json.loads(base64.b64decode(kv["value"]))
+        if v6only:
+            if v.get("PublicIPv6") == own_ip:
+                continue
+            subnet = key.rsplit("/", 1)[1].split("&")[1].rsplit("-", 1)[0]
+            want[subnet] = (v["BackendV6Data"]["VtepMAC"], v["PublicIPv6"])
+            continue
         if v["PublicIP"] == own_ip:
             continue
         subnet = key.rsplit("/", 1)[1].split("-")[0]
         want[subnet] = (v["BackendData"]["VtepMAC"], v["PublicIP"])
+    family, dev = ("-6", "flannel-v6.1") if v6only else ("-4", "flannel.1")
     routes = set()
-    for line in run("ip", "-n", ns, "route", "show", "dev", "flannel.1", check=False).splitlines():
-        if "onlink" in line:
+    for line in run("ip", "-n", ns, family, "route", "show", "dev", dev, "proto", "87", check=False).splitlines():
+        if " via " in line:
             routes.add(line.split()[0].split("/")[0])
     neigh = {}
-    for line in run("ip", "-n", ns, "neigh", "show", "dev", "flannel.1", "nud", "permanent", check=False).splitlines():
+    for line in run("ip", "-n", ns, family, "neigh", "show", "dev", dev, "nud", "permanent", check=False).splitlines():
         parts = line.split()
         if "lladdr" in parts:
             neigh[parts[0]] = parts[parts.index("lladdr") + 1]
     fdb = set()
-    for line in run("bridge", "-n", ns, "fdb", "show", "dev", "flannel.1", check=False).splitlines():
+    for line in run("bridge", "-n", ns, "fdb", "show", "dev", dev, check=False).splitlines():
         parts = line.split()
         if "dst" in parts:
             fdb.add((parts[0], parts[parts.index("dst") + 1]))
@@ -549,16 +587,23 @@ def phase_start(args, etcd, nss, keep_node):
     return node, lease, results
 
 
-def phase_churn(args, etcd, node, lease, n, dual=False):
+def phase_churn(args, etcd, node, lease, n, dual=False, v6only=False):
     """CHURN_RATE changes per second on the node's n peers (dual-stack keys and values with
-    `dual`), at rest before; latencies, weftd's CPU, etcd's load, the kernel against etcd."""
-    if dual:
+    `dual`, IPv6-only ones with `v6only`: changes then seen by their IPv6 subnets), at rest
+    before; latencies, weftd's CPU, etcd's load, the kernel against etcd."""
+    name = "churn6only" if v6only else "churn6" if dual else "churn"
+    subnet_of = lambda i: peer(i)[0]
+    if v6only:
+        key_of = v6only_lease_key
+        value_of = v6only_lease_value
+        subnet_of = v6only_subnet
+    elif dual:
         key_of = lambda i: dual_lease_key(i)
         value_of = lambda i, mac: dual_lease_value(i, mac)
     else:
         key_of = lambda i: lease_key(peer(i)[0])
         value_of = lambda i, mac: lease_value(peer(i)[2], mac)
-    mon = Monitor(node.ns, os.path.join(args.work, "churn6.monitor" if dual else "churn.monitor"))
+    mon = Monitor(node.ns, os.path.join(args.work, f"{name}.monitor"))
     time.sleep(0.3)
     # At rest first: what weftd asks of etcd when nothing changes.
     u0, b0 = etcd.metrics()
@@ -585,19 +630,21 @@ def phase_churn(args, etcd, node, lease, n, dual=False):
         kind = ("add", "del", "mac")[k % 3]
         if kind == "add":
             i = next_new
-            subnet, mac, _ = peer(i)
+            _, mac, _ = peer(i)
+            subnet = subnet_of(i)
             live.append(i)
             next_new += 1
             t = time.time()
             etcd.put(key_of(i), value_of(i, mac), lease)
         elif kind == "del":
             i = live.pop(rng.randrange(len(live)))
-            subnet, mac, _ = peer(i)
+            _, mac, _ = peer(i)
+            subnet = subnet_of(i)
             t = time.time()
             etcd.delete(key_of(i))
         else:
             i = live[rng.randrange(len(live))]
-            subnet, _, _ = peer(i)
+            subnet = subnet_of(i)
             mac = f"02:43:{k >> 24 & 255:02x}:{k >> 16 & 255:02x}:{k >> 8 & 255:02x}:{k & 255:02x}"
             t = time.time()
             etcd.put(key_of(i), value_of(i, mac), lease)
@@ -611,7 +658,7 @@ def phase_churn(args, etcd, node, lease, n, dual=False):
     drained = drain([mon], changes, args.drain_seconds)
     # The kernel against etcd: conclusive while the drain took less than the resync interval
     # (30 s), after which a full pass would have repaired a change lost on the way.
-    peers_now, wrong = kernel_vs_etcd(etcd, node.ns, "192.0.2.10")
+    peers_now, wrong = kernel_vs_etcd(etcd, node.ns, "2001:db8::10" if v6only else "192.0.2.10", v6only=v6only)
     if dual:
         have6 = counts6(node.ns)
         if have6 != (peers_now,) * 3:
@@ -626,7 +673,7 @@ def phase_churn(args, etcd, node, lease, n, dual=False):
     log(f"     kernel against etcd {drained:.1f} s after the last write: {peers_now} peers, "
         + ("every entry right" if not wrong else "; ".join(f"{k}: {len(v)} {v[:3]}" for k, v in wrong.items())))
     if wrong or missed:
-        FAILURES.append(f"churn{'6' if dual else ''} at {n} peers: {len(missed)} changes missed, kernel against etcd: "
+        FAILURES.append(f"{name} at {n} peers: {len(missed)} changes missed, kernel against etcd: "
                         + ("right" if not wrong else ", ".join(f"{k} {len(v)}" for k, v in wrong.items())))
     log(f"     weftd CPU {cpu:.1f} % of one core during the churn")
     log(f"     etcd unary gRPC requests: churn {u1 - u0:.0f} handled, {etcd.requests - r0} of them the driver's")
@@ -1001,7 +1048,7 @@ def main():
     ap.add_argument("--fanout-writes", type=int, default=100)
     ap.add_argument("--fanout-rate", type=float, default=10)
     ap.add_argument("--drain-seconds", type=float, default=60)
-    ap.add_argument("--sections", default="start,churn,churn6,fanout,fib,hostgw,udp")
+    ap.add_argument("--sections", default="start,churn,churn6,churn6only,fanout,fib,hostgw,udp")
     ap.add_argument("--start-rounds", type=int, default=3)
     ap.add_argument("--chart", default="", help="write an SVG bar chart of the run here")
     ap.add_argument("--fib-routes", type=int, default=10000)
@@ -1051,6 +1098,23 @@ def main():
             if churn:
                 log(f"   dual stack against IPv4 alone at {n} peers: weftd CPU {churn6['cpu']:.1f} % vs {churn['cpu']:.1f} %, "
                     f"p99 {churn6['p99']:.1f} vs {churn['p99']:.1f} ms")
+        if "churn6only" in sections:
+            n = args.peers[-1]
+            log(f"== churn6only: the churn on {n} IPv6-only peers (VXLAN over IPv6, keys 0.0.0.0-0&...)")
+            etcd.put(f"{PREFIX_KEY}/config", json.dumps(CONFIG6ONLY))
+            lease, _ = load_leases(etcd, n, v6only=True)
+            node = Weftd(args, nss, f"o{n}", "192.0.2.10", extra_addr="2001:db8::10/64")
+            node.ready_after(120)
+            have6 = counts6(node.ns)
+            if have6 != (n, n, n):
+                raise SystemExit(f"bench-scale: IPv6-only weftd ready with {have6} IPv6 entries, want {n} each")
+            churn6only = phase_churn(args, etcd, node, lease, n, v6only=True)
+            node.proc.kill()
+            nss.remove(node.ns)
+            etcd.put(f"{PREFIX_KEY}/config", json.dumps(CONFIG))
+            if churn:
+                log(f"   IPv6-only against IPv4 at {n} peers: weftd CPU {churn6only['cpu']:.1f} % vs {churn['cpu']:.1f} %, "
+                    f"p99 {churn6only['p99']:.1f} vs {churn['p99']:.1f} ms")
         if "fanout" in sections and args.agents > 0:
             log(f"== fan-out: {args.agents} weftd agents on {args.fanout_leases} leases")
             fanout = phase_fanout(args, etcd, nss, args.fanout_leases)
