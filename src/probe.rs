@@ -262,6 +262,17 @@ pub fn spawn(board: Arc<StatusBoard>, interval: Duration) -> std::io::Result<()>
     Ok(())
 }
 
+/// The peers a round probes: (name, overlay address `<subnet>.0`, public IP). The probes are
+/// IPv4: an IPv6-only peer (IPv4 part `0.0.0.0/0`) has no `<subnet>.0` to ask.
+fn probe_targets(status: &NodeStatus) -> Vec<(String, Ipv4Addr, Ipv4Addr)> {
+    status
+        .peers
+        .iter()
+        .filter(|p| p.subnet.prefix() != 0)
+        .map(|p| (p.subnet.to_string(), p.subnet.network(), p.public_ip))
+        .collect()
+}
+
 /// One round: send, collect answers until every probe is answered or the round's time is up,
 /// record and log.
 fn round(
@@ -281,13 +292,7 @@ fn round(
     }
     let mtu = backend.mtu;
     let previous = board.peer_health();
-    let peers: Vec<(String, Ipv4Addr, Ipv4Addr)> = status
-        .peers
-        .iter()
-        // The probes are IPv4: an IPv6-only peer (`0.0.0.0/0`) has no <subnet>.0 to ask.
-        .filter(|p| p.subnet.prefix() != 0)
-        .map(|p| (p.subnet.to_string(), p.subnet.network(), p.public_ip))
-        .collect();
+    let peers = probe_targets(status);
     let mut sent: BTreeMap<u16, Sent> = BTreeMap::new();
     let mut send = |peer: usize, kind: Kind, size: u32, to: Ipv4Addr, seq: &mut u16| {
         *seq = seq.wrapping_add(1);
@@ -398,6 +403,35 @@ fn round(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_only_peers_are_not_probed_over_ipv4() {
+        let peer = |subnet: &str, subnet6: Option<&str>, ip: &str| crate::status::PeerStatus {
+            subnet: subnet.parse().unwrap(),
+            subnet6: subnet6.map(|s| s.parse().unwrap()),
+            public_ip: ip.parse().unwrap(),
+            backend_type: "vxlan".into(),
+            vtep_mac: None,
+            state: crate::status::PeerState::Programmed,
+            health: None,
+        };
+        let status = NodeStatus {
+            peers: vec![
+                peer("0.0.0.0/0", Some("fd00:10:244:2::/64"), "0.0.0.0"),
+                peer("10.244.4.0/24", Some("fd00:10:244:4::/64"), "192.0.2.4"),
+                peer("0.0.0.0/0", Some("fd00:10:244:5::/64"), "0.0.0.0"),
+            ],
+            ..NodeStatus::default()
+        };
+        assert_eq!(
+            probe_targets(&status),
+            [(
+                "10.244.4.0/24".to_string(),
+                Ipv4Addr::new(10, 244, 4, 0),
+                Ipv4Addr::new(192, 0, 2, 4)
+            )]
+        );
+    }
 
     #[test]
     fn patterns_map_to_classic_failures() {
