@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use weft::config::NetworkConfig;
 use weft::lease::{subnets_prefix, LeaseAttrs, RawLease};
 use weft::netconf::{self, ConfigChange};
@@ -350,6 +350,16 @@ struct LeaseRow {
     checked: bool,
 }
 
+/// A peer's subnets as the tables show them: dual stack both (`10.244.4.0/24,fd00:10:244:4::/64`),
+/// IPv6-only (IPv4 part `0.0.0.0/0`) the IPv6 one.
+fn subnets_text(v4: Ipv4Network, v6: Option<Ipv6Network>) -> String {
+    match v6 {
+        Some(v6) if v4.prefix() == 0 => v6.to_string(),
+        Some(v6) => format!("{v4},{v6}"),
+        None => v4.to_string(),
+    }
+}
+
 impl LeaseRow {
     /// A row for whatever a key holds: as much as parses, empty cells for the rest.
     fn from_raw(prefix: &str, raw: &RawLease, expires: Option<SystemTime>) -> LeaseRow {
@@ -359,15 +369,8 @@ impl LeaseRow {
             .unwrap_or(&raw.key);
         let attrs = LeaseAttrs::from_json(&raw.key, &raw.value).ok();
         LeaseRow {
-            // Dual stack: both subnets; IPv6-only (`0.0.0.0-0&...`): the IPv6 one.
-            subnet: parse_dual_subnet_key(name).map_or_else(
-                |_| name.to_string(),
-                |d| match d.v6 {
-                    Some(v6) if d.v4.prefix() == 0 => v6.to_string(),
-                    Some(v6) => format!("{},{v6}", d.v4),
-                    None => d.v4.to_string(),
-                },
-            ),
+            subnet: parse_dual_subnet_key(name)
+                .map_or_else(|_| name.to_string(), |d| subnets_text(d.v4, d.v6)),
             public_ip: attrs.as_ref().map(|a| a.public_ip),
             backend_type: attrs
                 .as_ref()
@@ -872,13 +875,8 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
         .peers
         .iter()
         .map(|p| {
-            let subnet = match p.subnet6 {
-                Some(v6) if p.subnet.prefix() == 0 => v6.to_string(),
-                Some(v6) => format!("{},{v6}", p.subnet),
-                None => p.subnet.to_string(),
-            };
             vec![
-                subnet,
+                subnets_text(p.subnet, p.subnet6),
                 p.public_ip.to_string(),
                 p.backend_type.to_string(),
                 p.vtep_mac.as_ref().map_or_else(dash, MacText::to_string),
