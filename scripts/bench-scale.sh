@@ -30,6 +30,9 @@
 #           code, examples/udp-lookup.rs); then two weftd nodes with a pod each, iperf3 pod to
 #           pod while 50 lease changes/s change the table, against the same writes to keys no
 #           weftd watches (same etcd and driver load), 5 rounds alternating, medians and ratio.
+#   wgpeers the WireGuard backend at 10 000 dual-stack peers: what one lease change costs in
+#           computing peers, kept by lease against recomputing every peer as incremental passes
+#           did before (the real code, examples/wg-peers.rs), medians of WG_ROUNDS (5) and ratio.
 #
 #   scripts/bench-scale.sh                   release build, the full run (~5 minutes)
 #   PEERS=1000,2000 AGENTS=5 CHURN_SECONDS=10 REST_SECONDS=10 scripts/bench-scale.sh   quick
@@ -41,7 +44,7 @@
 #   WEFTD_WRAP="perf record -g -o /tmp/weftd.perf" SECTIONS=start PEERS=10000 scripts/bench-scale.sh
 #                                            profile weftd (RSS and CPU figures are then perf's)
 #   SECTIONS=start,churn PEERS=10000 scripts/bench-scale.sh   only these phases (start, churn,
-#                                            churn6, churn6only, fanout, fib, hostgw, udp; churn runs on the start phase's
+#                                            churn6, churn6only, fanout, fib, hostgw, udp, wgpeers; churn runs on the start phase's
 #                                            largest node)
 #   SECTIONS=hostgw,udp HOSTGW_PEERS=2000 UDP_PEERS=2000 UDP_ROUNDS=2 UDP_SECONDS=3 HOSTGW_ROUNDS=1 \
 #       LOOKUP_ROUNDS=3 scripts/bench-scale.sh              quick look at the host-gw and UDP sections
@@ -73,9 +76,9 @@ bash scripts/setup.sh >/dev/null
 if [ -n "${SKIP_BUILD:-}" ]; then
     echo "   SKIP_BUILD set: using the existing target/$PROFILE/weftd"
 elif [ "$PROFILE" = release ]; then
-    cargo build --quiet --release --bin weftd --example udp-lookup
+    cargo build --quiet --release --bin weftd --example udp-lookup --example wg-peers
 else
-    cargo build --quiet --bin weftd --example udp-lookup
+    cargo build --quiet --bin weftd --example udp-lookup --example wg-peers
 fi
 # WEFTD=/path/to/weftd measures another build (e.g. a baseline) with this driver.
 WEFTD=${WEFTD:-$ROOT/target/$PROFILE/weftd}
@@ -103,10 +106,14 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 
-SECTIONS=${SECTIONS:-start,churn,churn6,churn6only,fanout,fib,hostgw,udp}
+SECTIONS=${SECTIONS:-start,churn,churn6,churn6only,fanout,fib,hostgw,udp,wgpeers}
 if [[ ",$SECTIONS," == *,udp,* ]]; then
     echo "== udp forwarding table: lookup per packet and table change (examples/udp-lookup.rs)"
     "$ROOT/target/$PROFILE/examples/udp-lookup" "${LOOKUP_ROUNDS:-9}"
+fi
+if [[ ",$SECTIONS," == *,wgpeers,* ]]; then
+    echo "== wireguard peers: one lease change at 10 000 dual-stack peers (examples/wg-peers.rs)"
+    "$ROOT/target/$PROFILE/examples/wg-peers" "${WG_ROUNDS:-5}"
 fi
 
 # The driver runs inside etcd's namespace, where etcd answers on 127.0.0.1.

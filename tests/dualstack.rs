@@ -1154,6 +1154,8 @@ fn wireguard_with_ipv6_takes_a_joining_node_in_without_a_full_pass() {
             metric(n0, "weft_peers_desired") == Some(1.0)
         });
         let before = full_runs(n0).expect("weft_reconcile_full_runs_total on /metrics");
+        let added = |n: &Node| metric(n, "weft_kernel_entries_added_total");
+        let added_before = added(n0);
         cluster.node(2).start_weftd(&args);
         cluster.node(2).wait_subnet_env(CONVERGE);
         let pods = pods_in_mesh(&cluster);
@@ -1168,6 +1170,14 @@ fn wireguard_with_ipv6_takes_a_joining_node_in_without_a_full_pass() {
             full_runs(n0),
             Some(before),
             "node 2's lease took a full pass on node 0 ({network})\n{}",
+            n0.log_tail(40)
+        );
+        // Only node 2's peer was written: one per device (`flannel-wg`, `flannel-wg-v6`).
+        let devices = if base == DUAL_CONFIG { 2.0 } else { 1.0 };
+        assert_eq!(
+            added(n0).zip(added_before).map(|(a, b)| a - b),
+            Some(devices),
+            "peers written on node 0 when node 2 joined ({network})\n{}",
             n0.log_tail(40)
         );
     }

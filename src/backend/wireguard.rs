@@ -35,7 +35,9 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use rtnetlink::Handle;
 
 pub use control::DataPathCounters;
-pub use peers::{wireguard_peers, DeviceRole, OwnLease, PeerContext, PeerSpec, BACKEND_TYPE};
+pub use peers::{
+    wireguard_peers, DesiredPeers, DeviceRole, OwnLease, PeerContext, PeerSpec, BACKEND_TYPE,
+};
 pub use userspace::WireGuardCounters;
 
 use crate::backend::entries::{self, EntriesByPeer, KernelEntries, PeerEntries};
@@ -182,9 +184,10 @@ struct WgDevice {
     datapath: Option<ControlSocket>,
     /// That process, when this weftd started it (reaped when it is stopped).
     child: Option<Child>,
-    /// The peers the data path process holds as this weftd last set them; `None` until the
-    /// first pass since it was found or started has set them all.
-    datapath_peers: Option<BTreeMap<WireGuardKey, PeerSpec>>,
+    /// The peers the data path (process or kernel) holds as this weftd last set them, kept by
+    /// lease so a lease change touches only its peers; `None` until a full pass since the
+    /// device or process was found or started has set them all, or after a failed write.
+    peers: Option<DesiredPeers>,
     /// The kernel's WireGuard, when it carries the data path.
     kernel: Option<kernel::WireGuardNetlink>,
     /// Whether every kernel peer has been written since the device was (re)attached: a PSK or
@@ -193,6 +196,11 @@ struct WgDevice {
     tun_index: u32,
     granted: String,
     pipeline: EntryPipeline,
+}
+
+/// The error of kernel operation `op` on WireGuard device `device`.
+fn kernel_error(device: &'static str, op: &'static str) -> impl Fn(io::Error) -> WireGuardError {
+    move |source| WireGuardError::Kernel { op, device, source }
 }
 
 /// The devices of `mode` in a network with IPv4 (`ipv4`) and/or IPv6 (`ipv6`), as flanneld's
@@ -245,10 +253,6 @@ pub struct WireGuardBackend {
     counters: Arc<DataPathCounters>,
     offloads: bool,
     devices: Vec<WgDevice>,
-    /// The believed `wireguard` leases of the last pass, by their key's subnets (IPv4 part,
-    /// IPv6 part: an IPv6-only network keys every IPv4 part `0.0.0.0/0`), which incremental
-    /// passes update.
-    leases: BTreeMap<(Ipv4Network, Option<Ipv6Network>), Lease>,
 }
 
 impl std::fmt::Debug for WireGuardBackend {
@@ -368,7 +372,7 @@ impl WireGuardBackend {
                     carries_v6,
                     datapath: None,
                     child: None,
-                    datapath_peers: None,
+                    peers: None,
                     kernel: None,
                     kernel_peers_written: false,
                     tun_index: 0,
@@ -404,7 +408,6 @@ impl WireGuardBackend {
             counters: Arc::new(DataPathCounters::default()),
             offloads,
             devices,
-            leases: BTreeMap::new(),
         };
         let kernel = match choice {
             WireGuardDataPath::Userspace => Err("--wireguard-datapath userspace".to_string()),
@@ -505,39 +508,33 @@ impl WireGuardBackend {
         }
     }
 
-    /// Reconciles device `i`'s kernel peers with `leases`: (present, added or updated,
-    /// removed).
+    /// Reconciles device `i`'s kernel peers with `desired`, read back from the kernel:
+    /// (present, added or updated, removed).
     fn sync_kernel_peers(
         &mut self,
-        own: Ipv4Network,
         i: usize,
-        leases: &[Lease],
+        desired: DesiredPeers,
     ) -> Result<(usize, usize, usize), WireGuardError> {
-        let ctx = self.context(own, &self.devices[i]);
-        let specs = wireguard_peers(&ctx, self.devices[i].role, leases);
         let psk = self.settings.psk.clone();
         let keepalive = self.settings.keepalive;
         let dev = &mut self.devices[i];
+        dev.peers = None;
         let name = dev.name;
         let Some(nl) = dev.kernel.as_mut() else {
             return Ok((0, 0, 0));
         };
-        let kernel_err = |op| {
-            move |source| WireGuardError::Kernel {
-                op,
-                device: name,
-                source,
-            }
-        };
-        let actual = nl.peers(name).map_err(kernel_err("read peers of"))?;
-        let mut changes = kernel::peer_changes(&specs, &actual);
+        let actual = nl
+            .peers(name)
+            .map_err(kernel_error(name, "read peers of"))?;
+        let mut changes = kernel::peer_changes(desired.peers(), &actual);
         if !dev.kernel_peers_written {
-            changes.upsert = specs.values().cloned().collect();
+            changes.upsert = desired.peers().values().cloned().collect();
             changes.present = 0;
         }
         nl.apply(name, &changes, psk.as_ref(), keepalive)
-            .map_err(kernel_err("set peers of"))?;
+            .map_err(kernel_error(name, "set peers of"))?;
         dev.kernel_peers_written = true;
+        dev.peers = Some(desired);
         Ok((changes.present, changes.upsert.len(), changes.remove.len()))
     }
 
@@ -597,11 +594,6 @@ impl WireGuardBackend {
             self.reconcile_device(&handle, own, i, peers, &mut outcome)
                 .await?;
         }
-        self.leases = peers
-            .iter()
-            .filter(|l| l.attrs.backend_type == BACKEND_TYPE)
-            .map(|l| ((l.subnet, l.ipv6_subnet), l.clone()))
-            .collect();
         Ok(outcome)
     }
 
@@ -662,7 +654,7 @@ impl WireGuardBackend {
         outcome.removed += route.removed;
         outcome.failed += route.failed;
         outcome.stale.extend(route.stale);
-        let (kept, added, removed) = self.sync_peers(own, i, peers, true)?;
+        let (kept, added, removed) = self.sync_peers(own, i, peers)?;
         outcome.desired += kept + added;
         outcome.present += kept;
         outcome.added += added;
@@ -682,6 +674,10 @@ impl WireGuardBackend {
         if self.network6.is_some() && self.own6.is_none() {
             return Ok(None);
         }
+        // Incremental only on what a full pass set on every device.
+        if self.devices.iter().any(|d| d.peers.is_none()) {
+            return Ok(None);
+        }
         let mut failed = 0;
         for dev in &mut self.devices {
             let devices = device_of(dev);
@@ -690,21 +686,12 @@ impl WireGuardBackend {
             };
             failed += route.failed;
         }
-        for change in changes {
-            match &change.lease {
-                Some(l) if l.attrs.backend_type == BACKEND_TYPE => self
-                    .leases
-                    .insert((change.subnet, change.subnet6), l.clone()),
-                _ => self.leases.remove(&(change.subnet, change.subnet6)),
-            };
-        }
-        let peers: Vec<Lease> = self.leases.values().cloned().collect();
         let mut report = ReconcileReport {
             failed,
             ..Default::default()
         };
         for i in 0..self.devices.len() {
-            let (kept, added, removed) = self.sync_peers(own, i, &peers, false)?;
+            let (kept, added, removed) = self.apply_peer_changes(own, i, changes)?;
             report.desired += kept + added;
             report.present += kept;
             report.added += added;
@@ -750,38 +737,35 @@ impl WireGuardBackend {
             .collect()
     }
 
-    /// Brings device `i`'s peers in line with `leases`: (present, added, removed). A `full`
-    /// pass reads the userspace data path's peers back first.
+    /// Brings device `i`'s peers in line with `leases`, read back from the data path:
+    /// (present, added, removed).
     fn sync_peers(
         &mut self,
         own: Ipv4Network,
         i: usize,
         leases: &[Lease],
-        full: bool,
     ) -> Result<(usize, usize, usize), WireGuardError> {
+        let ctx = self.context(own, &self.devices[i]);
+        let desired = DesiredPeers::new(&ctx, self.devices[i].role, leases);
         if self.devices[i].kernel.is_some() {
-            self.sync_kernel_peers(own, i, leases)
+            self.sync_kernel_peers(i, desired)
         } else {
-            self.sync_datapath_peers(own, i, leases, full)
+            self.sync_datapath_peers(own, i, desired)
         }
     }
 
-    /// Sends device `i`'s userspace data path the peers that changed since the last `set` (a
-    /// full pass compares with what it answers to `get`): one `set=1` with the upserts and
-    /// removals; peers that stay keep their sessions.
+    /// Sends device `i`'s userspace data path the peers that differ from what it answers to
+    /// `get`: one `set=1` with the upserts and removals; peers that stay keep their sessions.
     fn sync_datapath_peers(
         &mut self,
         own: Ipv4Network,
         i: usize,
-        leases: &[Lease],
-        full: bool,
+        desired: DesiredPeers,
     ) -> Result<(usize, usize, usize), WireGuardError> {
         let dev = &self.devices[i];
         let Some(control) = dev.datapath.clone() else {
             return Ok((0, 0, 0));
         };
-        let ctx = self.context(own, dev);
-        let specs = wireguard_peers(&ctx, dev.role, leases);
         let mut own_subnets = Vec::new();
         if let Some(own4) = self.network.filter(|_| dev.carries_v4).map(|_| own) {
             own_subnets.push(IpNetwork::V4(own4));
@@ -789,36 +773,83 @@ impl WireGuardBackend {
         if let Some(own6) = self.own6.filter(|_| dev.carries_v6) {
             own_subnets.push(IpNetwork::V6(own6));
         }
-        let actual: BTreeMap<WireGuardKey, kernel::KernelPeer> = match &dev.datapath_peers {
-            Some(known) if !full => known
-                .iter()
-                .map(|(k, p)| {
-                    let peer = kernel::KernelPeer {
-                        endpoint: Some(p.endpoint),
-                        allowed: p.allowed.clone(),
-                    };
-                    (*k, peer)
-                })
-                .collect(),
-            _ => control
-                .get()?
-                .peers
-                .into_iter()
-                .map(|(k, p)| {
-                    let peer = kernel::KernelPeer {
-                        endpoint: p.endpoint,
-                        allowed: p.allowed,
-                    };
-                    (k, peer)
-                })
-                .collect(),
-        };
-        let mut changes = kernel::peer_changes(&specs, &actual);
-        if dev.datapath_peers.is_none() {
+        let actual: BTreeMap<WireGuardKey, kernel::KernelPeer> = control
+            .get()?
+            .peers
+            .into_iter()
+            .map(|(k, p)| {
+                let peer = kernel::KernelPeer {
+                    endpoint: p.endpoint,
+                    allowed: p.allowed,
+                };
+                (k, peer)
+            })
+            .collect();
+        let mut changes = kernel::peer_changes(desired.peers(), &actual);
+        if dev.peers.is_none() {
             // The PSK and keepalive cannot be read back: set every peer once.
-            changes.upsert = specs.values().cloned().collect();
+            changes.upsert = desired.peers().values().cloned().collect();
             changes.present = 0;
         }
+        let req = self.peer_request(&changes, own_subnets);
+        let dev = &mut self.devices[i];
+        // Until the set succeeds, what the process holds is unknown.
+        dev.peers = None;
+        control.set(&req)?;
+        dev.peers = Some(desired);
+        Ok((changes.present, changes.upsert.len(), changes.remove.len()))
+    }
+
+    /// Applies lease `changes` to device `i`'s peers without reading them back: only the
+    /// peers the changed leases make are computed and written (one `set=1` to the userspace
+    /// data path, or one netlink exchange with the kernel). (present, added or updated,
+    /// removed).
+    fn apply_peer_changes(
+        &mut self,
+        own: Ipv4Network,
+        i: usize,
+        changes: &[PeerChange],
+    ) -> Result<(usize, usize, usize), WireGuardError> {
+        let ctx = self.context(own, &self.devices[i]);
+        let role = self.devices[i].role;
+        // Taken: until the write succeeds, what the data path holds is unknown.
+        let Some(mut peers) = self.devices[i].peers.take() else {
+            return Ok((0, 0, 0));
+        };
+        let mut edits: BTreeMap<WireGuardKey, Option<PeerSpec>> = BTreeMap::new();
+        for c in changes {
+            edits.extend(peers.set(&ctx, role, (c.subnet, c.subnet6), c.lease.as_ref()));
+        }
+        let mut out = kernel::PeerChanges::default();
+        for (key, spec) in edits {
+            match spec {
+                Some(spec) => out.upsert.push(spec),
+                None => out.remove.push(key),
+            }
+        }
+        out.present = peers.peers().len().saturating_sub(out.upsert.len());
+        if !out.upsert.is_empty() || !out.remove.is_empty() {
+            let req = self.peer_request(&out, Vec::new());
+            let (psk, keepalive) = (self.settings.psk.clone(), self.settings.keepalive);
+            let dev = &mut self.devices[i];
+            let name = dev.name;
+            if let Some(nl) = dev.kernel.as_mut() {
+                nl.apply(name, &out, psk.as_ref(), keepalive)
+                    .map_err(kernel_error(name, "set peers of"))?;
+            } else if let Some(control) = &dev.datapath {
+                control.set(&req)?;
+            }
+        }
+        self.devices[i].peers = Some(peers);
+        Ok((out.present, out.upsert.len(), out.remove.len()))
+    }
+
+    /// The `set=1` request of `changes` (an empty `own_subnets` keeps the data path's).
+    fn peer_request(
+        &self,
+        changes: &kernel::PeerChanges,
+        own_subnets: Vec<IpNetwork>,
+    ) -> SetRequest {
         let mut req = SetRequest {
             own_subnets,
             ..Default::default()
@@ -837,14 +868,7 @@ impl WireGuardBackend {
             peer.remove = true;
             req.peers.push(peer);
         }
-        let dev = &mut self.devices[i];
-        if !req.peers.is_empty() || full {
-            // Until the set succeeds, what the process holds is unknown.
-            dev.datapath_peers = None;
-            control.set(&req)?;
-        }
-        dev.datapath_peers = Some(specs);
-        Ok((changes.present, changes.upsert.len(), changes.remove.len()))
+        req
     }
 
     /// Whether device `i`'s data path process has exited (the device went with it).
@@ -867,7 +891,7 @@ impl WireGuardBackend {
         control::stop(&socket, dev.child.as_mut())?;
         dev.child = None;
         dev.datapath = None;
-        dev.datapath_peers = None;
+        dev.peers = None;
         Ok(())
     }
 
@@ -946,7 +970,7 @@ impl WireGuardBackend {
         dev.granted = granted.unwrap_or_default();
         dev.tun_index = tun_index;
         dev.kernel = None;
-        dev.datapath_peers = None;
+        dev.peers = None;
         tracing::info!(
             device = name,
             datapath = "userspace",

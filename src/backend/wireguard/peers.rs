@@ -9,7 +9,7 @@
 //! whose endpoint is the peer's IPv4 or IPv6 address as the mode says. A lease without a port
 //! means the device's own listen port, as Flannel reads it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -209,19 +209,118 @@ pub fn wireguard_peers(
     leases: &[Lease],
 ) -> BTreeMap<WireGuardKey, PeerSpec> {
     let mut peers: BTreeMap<WireGuardKey, PeerSpec> = BTreeMap::new();
-    for lease in leases {
-        if lease.attrs.backend_type != BACKEND_TYPE || is_own(ctx, lease) {
-            continue;
-        }
-        let Some(spec) = peer_of(ctx, role, lease) else {
-            continue;
-        };
+    for spec in leases.iter().filter_map(|l| spec_of(ctx, role, l)) {
         peers
             .entry(spec.key)
             .and_modify(|p| p.allowed.extend(spec.allowed.iter().copied()))
             .or_insert(spec);
     }
     peers
+}
+
+/// The peer one lease makes on device `role`: none for this node's own lease and other
+/// backends' leases.
+fn spec_of(ctx: &PeerContext, role: DeviceRole, lease: &Lease) -> Option<PeerSpec> {
+    if lease.attrs.backend_type != BACKEND_TYPE || is_own(ctx, lease) {
+        return None;
+    }
+    peer_of(ctx, role, lease)
+}
+/// A lease's place in the table: the subnets of its key (IPv4 part, IPv6 part; an IPv6-only
+/// network keys every IPv4 part `0.0.0.0/0`).
+pub type LeaseKey = (Ipv4Network, Option<Ipv6Network>);
+
+/// The lease key of `lease`.
+pub fn lease_key(lease: &Lease) -> LeaseKey {
+    (lease.subnet, lease.ipv6_subnet)
+}
+
+/// One device's desired peers, kept by lease so that a lease change recomputes only the peers
+/// it touches: [`wireguard_peers`] of every lease, changed one lease at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredPeers {
+    /// The peer each lease makes, by lease key.
+    by_lease: BTreeMap<LeaseKey, PeerSpec>,
+    /// The leases making each public key's peer (one, unless a node moved subnets).
+    users: HashMap<WireGuardKey, BTreeSet<LeaseKey>>,
+    /// The peers, merged per public key as [`wireguard_peers`] merges them.
+    peers: BTreeMap<WireGuardKey, PeerSpec>,
+}
+
+impl DesiredPeers {
+    /// The peers of device `role` among `leases` (in lease-key order, as the table holds them).
+    pub fn new<'a>(
+        ctx: &PeerContext,
+        role: DeviceRole,
+        leases: impl IntoIterator<Item = &'a Lease>,
+    ) -> DesiredPeers {
+        let mut desired = DesiredPeers::default();
+        for lease in leases {
+            desired.set(ctx, role, lease_key(lease), Some(lease));
+        }
+        desired
+    }
+
+    /// The peers, by public key.
+    pub fn peers(&self) -> &BTreeMap<WireGuardKey, PeerSpec> {
+        &self.peers
+    }
+
+    /// Takes lease `key`'s new version (`None`: gone or no longer believed) and returns the
+    /// peers that changed: each with its new spec, or `None` when it is gone.
+    pub fn set(
+        &mut self,
+        ctx: &PeerContext,
+        role: DeviceRole,
+        key: LeaseKey,
+        lease: Option<&Lease>,
+    ) -> Vec<(WireGuardKey, Option<PeerSpec>)> {
+        let new = lease.and_then(|l| spec_of(ctx, role, l));
+        let old = match &new {
+            Some(spec) => self.by_lease.insert(key, spec.clone()),
+            None => self.by_lease.remove(&key),
+        };
+        if let Some(old) = &old {
+            if let Some(users) = self.users.get_mut(&old.key) {
+                users.remove(&key);
+                if users.is_empty() {
+                    self.users.remove(&old.key);
+                }
+            }
+        }
+        if let Some(new) = &new {
+            self.users.entry(new.key).or_default().insert(key);
+        }
+        let mut touched: Vec<WireGuardKey> = old.iter().chain(&new).map(|s| s.key).collect();
+        touched.dedup();
+        let mut changed = Vec::new();
+        for public_key in touched {
+            let merged = self.merged(public_key);
+            if self.peers.get(&public_key) == merged.as_ref() {
+                continue;
+            }
+            match &merged {
+                Some(spec) => self.peers.insert(public_key, spec.clone()),
+                None => self.peers.remove(&public_key),
+            };
+            changed.push((public_key, merged));
+        }
+        changed
+    }
+
+    /// The peer of `public_key` from the leases making it, merged in lease-key order.
+    fn merged(&self, public_key: WireGuardKey) -> Option<PeerSpec> {
+        let mut specs = self
+            .users
+            .get(&public_key)?
+            .iter()
+            .map(|k| &self.by_lease[k]);
+        let mut merged = specs.next()?.clone();
+        for spec in specs {
+            merged.allowed.extend(spec.allowed.iter().copied());
+        }
+        Some(merged)
+    }
 }
 
 /// The peer whose endpoint address is `ip`, among `peers` (a datagram's sender).
@@ -543,5 +642,68 @@ mod tests {
             ..own
         };
         assert_eq!(single.attrs().backend_v6_data.unwrap()["Port"], 51820);
+    }
+
+    #[test]
+    fn desired_peers_changed_lease_by_lease_match_the_whole_table() {
+        use rand::{Rng, SeedableRng};
+        // Keys 0..5 of 32 bytes each, base64; node n's lease may carry any of them, so some
+        // public keys are shared by two leases (a node that moved subnets) and merge.
+        let keys: Vec<String> = (0..6u8)
+            .map(|k| WireGuardKey::from_bytes([k + 1; 32]).to_string())
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        for (ctx, role) in [
+            (ctx_dual(51820), DeviceRole::Ipv4),
+            (ctx_dual(51821), DeviceRole::Ipv6),
+            (ctx_dual(51820), DeviceRole::Single(WireGuardMode::Auto)),
+        ] {
+            let mut table: BTreeMap<LeaseKey, Lease> = BTreeMap::new();
+            let mut desired = DesiredPeers::default();
+            for step in 0..400 {
+                let n: u8 = rng.random_range(1..12);
+                let key = (
+                    format!("10.244.{n}.0/24").parse().unwrap(),
+                    Some(format!("fd00:10:244:{n}::/64").parse().unwrap()),
+                );
+                let lease = rng.random_bool(0.75).then(|| {
+                    let mut l = dual(
+                        n,
+                        true,
+                        &keys[rng.random_range(0..keys.len())],
+                        &keys[rng.random_range(0..keys.len())],
+                    );
+                    if rng.random_bool(0.1) {
+                        l.attrs.backend_type = "vxlan".to_string();
+                    }
+                    l.attrs.public_ip = Ipv4Addr::new(192, 0, 2, rng.random_range(2..250));
+                    l
+                });
+                let before = desired.peers().clone();
+                let changed = desired.set(&ctx, role, key, lease.as_ref());
+                match lease {
+                    Some(l) => table.insert(key, l),
+                    None => table.remove(&key),
+                };
+                let leases: Vec<Lease> = table.values().cloned().collect();
+                let whole = wireguard_peers(&ctx, role, &leases);
+                assert_eq!(desired.peers(), &whole, "{role:?} step {step}");
+                // The changes returned are exactly what turns the old peers into the new.
+                let mut replayed = before;
+                for (k, spec) in changed {
+                    assert_ne!(
+                        replayed.get(&k),
+                        spec.as_ref(),
+                        "an unchanged peer reported"
+                    );
+                    match spec {
+                        Some(spec) => replayed.insert(k, spec),
+                        None => replayed.remove(&k),
+                    };
+                }
+                assert_eq!(replayed, whole, "{role:?} step {step}");
+                assert_eq!(DesiredPeers::new(&ctx, role, &leases).peers(), &whole);
+            }
+        }
     }
 }
