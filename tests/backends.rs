@@ -769,6 +769,34 @@ fn udp_deleted_tun_device_is_recreated_and_traffic_resumes() {
     assert!(b.tcp_check(&a), "TCP b -> a after recreation");
 }
 
+/// weftd's UDP data path gets the TUN framing it asks for although a stale queue (of a weftd
+/// still ending) holds `flannel0` with the other one; see the WireGuard test of the same name.
+#[test]
+fn udp_data_path_gets_the_tun_framing_it_asked_for_while_a_stale_queue_holds_its_device() {
+    let cluster = Cluster::new(2, UDP_CONFIG);
+    let n0 = cluster.node(0);
+    let stale = n0.netns().run(|| hold_tun_queue("flannel0", true));
+    n0.start_weftd(&["--no-udp-offloads"]);
+    cluster.node(1).start_weftd(&[]);
+    for i in 0..2 {
+        cluster.node(i).wait_subnet_env(Duration::from_secs(30));
+    }
+    let a = n0.add_pod();
+    let b = cluster.node(1).add_pod();
+    wait_until(
+        Duration::from_secs(20),
+        "pods talk although a stale queue held flannel0",
+        || a.tcp_check(&b) && b.tcp_check(&a),
+    );
+    assert!(
+        n0.log()
+            .contains("existing device is unusable; recreating it"),
+        "{}",
+        n0.log_tail(30)
+    );
+    drop(stale);
+}
+
 const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan"}}"#;
 
 #[test]

@@ -39,6 +39,40 @@ fn pods_talking(cluster: &Cluster, what: &str) -> (Pod, Pod) {
     (a, b)
 }
 
+/// Waits until pods `a` (node 0) and `b` (node 1) talk TCP both ways again; on a timeout the
+/// panic shows what each node's data path process says of its peer (`get=1`: handshake, bytes)
+/// and each weftd's log tail, so a failure tells whether a handshake or the data stalled.
+fn pods_talk_again(cluster: &Cluster, a: &Pod, b: &Pod, timeout: Duration, what: &str) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if a.tcp_check(b) && b.tcp_check(a) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut report = String::new();
+    for i in 0..2 {
+        let node = cluster.node(i);
+        let socket = node.wireguard_socket();
+        let device = if socket.exists() {
+            control_exchange(&socket, b"get=1\n\n")
+                .lines()
+                .filter(|l| !l.starts_with("private_key="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            "no control socket".to_string()
+        };
+        report.push_str(&format!(
+            "----- {}: data path {:?}: {device}\n{}\n",
+            node.name(),
+            node.wireguard_datapath_pids(),
+            node.log_tail(15)
+        ));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}\n{report}");
+}
+
 /// Sends `payload` over TCP from `from` to a listener in `to`; returns what arrived.
 fn send_over_tcp(from: &Pod, to: &Pod, payload: &[u8]) -> Vec<u8> {
     let listener = to
@@ -549,10 +583,12 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         vec![pid],
         "bad control input ended the data path"
     );
-    wait_until(
+    pods_talk_again(
+        &cluster,
+        &a,
+        &b,
         Duration::from_secs(10),
         "pods talk after hostile control input",
-        || a.tcp_check(&b) && b.tcp_check(&a),
     );
 
     n0.restart();
@@ -570,16 +606,22 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         "the new weftd says it found the data path: {}",
         n0.log_tail(30)
     );
-    wait_until(Duration::from_secs(10), "pods talk after restarts", || {
-        a.tcp_check(&b) && b.tcp_check(&a)
-    });
+    pods_talk_again(
+        &cluster,
+        &a,
+        &b,
+        Duration::from_secs(10),
+        "pods talk after restarts",
+    );
 
     // A deleted device ends its data path process; weftd starts a new one on a new device.
     n0.netns().ip(&["link", "del", "flannel-wg"]);
-    wait_until(
+    pods_talk_again(
+        &cluster,
+        &a,
+        &b,
         Duration::from_secs(30),
         "pods talk again after flannel-wg was deleted",
-        || a.tcp_check(&b) && b.tcp_check(&a),
     );
     // The old process notices the deletion at its next check (WATCH_MS) and then joins its
     // pumps: it may still be ending when the new one already carries the pods.
@@ -607,10 +649,12 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         "{}",
         n0.log_tail(20)
     );
-    wait_until(
+    pods_talk_again(
+        &cluster,
+        &a,
+        &b,
         Duration::from_secs(10),
         "pods talk without offloads",
-        || a.tcp_check(&b) && b.tcp_check(&a),
     );
     // And back: offloads asked for again replace the process that runs without them.
     n0.stop();
@@ -627,10 +671,12 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         "{}",
         n0.log_tail(20)
     );
-    wait_until(
+    pods_talk_again(
+        &cluster,
+        &a,
+        &b,
         Duration::from_secs(10),
         "pods talk with offloads again",
-        || a.tcp_check(&b) && b.tcp_check(&a),
     );
 
     cluster.switch_backend(VXLAN_CONFIG, "vxlan", || true, &a, &b);
@@ -648,6 +694,45 @@ fn a_weftd_restart_keeps_the_wireguard_data_path_process_and_a_switch_to_vxlan_s
         );
         assert!(node.link("flannel-wg").is_none(), "flannel-wg left behind");
     }
+}
+
+/// A data path process asks for TUN framing with or without virtio-net headers, but the kernel
+/// keeps a multi-queue device's flags while another queue is attached. An old data path process
+/// still ending (its main thread a zombie, a pump thread not yet gone) held `flannel-wg` when
+/// the new one attached, and every packet the new one read was dropped as unparsable: the pods
+/// never talked again. The new process must get the framing it asked for: here a stale queue
+/// with headers holds node 0's device while its data path starts without offloads, and one
+/// without headers holds node 1's while its data path asks for them.
+#[test]
+fn a_data_path_gets_the_tun_framing_it_asked_for_while_a_stale_queue_holds_its_device() {
+    let cluster = Cluster::new(2, WG_CONFIG);
+    let n0 = cluster.node(0);
+    let n1 = cluster.node(1);
+    let stale0 = n0.netns().run(|| hold_tun_queue("flannel-wg", true));
+    let stale1 = n1.netns().run(|| hold_tun_queue("flannel-wg", false));
+    n0.start_weftd(&["--no-udp-offloads"]);
+    n1.start_weftd(&[]);
+    for node in [n0, n1] {
+        node.wait_subnet_env(Duration::from_secs(30));
+    }
+    let (_a, _b) = pods_talking(
+        &cluster,
+        "pods talk although stale queues held both devices",
+    );
+    for node in [n0, n1] {
+        assert!(
+            node.log()
+                .contains("existing device is unusable; recreating it"),
+            "{}",
+            node.log_tail(30)
+        );
+    }
+    assert!(
+        n0.log_tail(40).contains("offloads=none"),
+        "{}",
+        n0.log_tail(40)
+    );
+    drop((stale0, stale1));
 }
 
 /// The hex form WireGuard's UAPI (`get=1`) gives a base64 key in.

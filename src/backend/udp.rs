@@ -16,6 +16,7 @@ pub(crate) mod socket;
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, RwLock};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -469,6 +470,19 @@ pub(crate) fn open_tun_device(
             })
         }
     };
+    // The kernel keeps a multi-queue device's flags while another queue is attached (a data
+    // path process still ending, started with or without offloads): this queue then reads
+    // and writes in the old framing. Refused here, so the caller recreates the device.
+    if vnet_header(&first).map_err(|source| TunFailure {
+        op: "read the flags of",
+        source,
+    })? != first.tcp_gso()
+    {
+        return Err(TunFailure {
+            op: "attach with its own virtio-net header setting to",
+            source: io::Error::from_raw_os_error(libc::EBUSY),
+        });
+    }
     first.persist().map_err(|source| TunFailure {
         op: "make persistent",
         source,
@@ -488,6 +502,21 @@ pub(crate) fn open_tun_device(
         })?;
     }
     Ok(all)
+}
+
+/// Whether the TUN device behind `dev` frames packets with a virtio-net header, as the kernel
+/// says (`TUNGETIFF`), not as asked.
+fn vnet_header(dev: &SyncDevice) -> io::Result<bool> {
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: `dev` owns a live TUN descriptor; TUNGETIFF fills `req`, which outlives the call.
+    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), libc::TUNGETIFF, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNGETIFF wrote the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    Ok(libc::c_int::from(flags) & libc::IFF_VNET_HDR != 0)
 }
 
 #[cfg(test)]

@@ -181,12 +181,17 @@ pub fn spawn(args: &DataPathArgs) -> Result<Child, WireGuardError> {
     }
 }
 
-/// Whether `pid` runs (a zombie nobody has reaped yet has ended).
+/// Whether `pid` runs. A zombie nobody has reaped yet has ended, but a zombie main thread
+/// counts as running while another thread of the process is still ending: the process's
+/// descriptors (its TUN queues, its sockets) are open until the last one is gone.
 fn running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => {
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_none_or(|(_, rest)| rest.starts_with('Z'));
+            !zombie || std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1)
+        }
         Err(_) => false,
     }
 }
