@@ -8,13 +8,17 @@
 //! overlay does not: encapsulated packets are dropped (a firewall on the backend's UDP port,
 //! or bad checksums from an offload). Neither answers: the node is gone and its lease stale.
 //!
-//! The prober is a thread of its own with one raw ICMP socket: a round costs three small
-//! packets per peer (the ladder only while a black hole is being measured).
+//! A peer of an IPv6-only network (no IPv4 subnet) is probed the same way with ICMPv6: at its
+//! overlay address `<IPv6 subnet>::` and at its `PublicIPv6`; dual-stack peers are probed over
+//! IPv4.
+//!
+//! The prober is a thread of its own with one raw ICMP socket per family: a round costs three
+//! small packets per peer (the ladder only while a black hole is being measured).
 
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::AsRawFd as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,8 +35,12 @@ use crate::status::{unix_seconds, NodeStatus, StatusBoard};
 
 /// The small probe's IP packet size (ping's default).
 const SMALL: u32 = 84;
+/// The small IPv6 probe's packet size (ping's default over IPv6).
+const SMALL_V6: u32 = 104;
 /// The smallest size the black-hole ladder tries (IPv4's minimum reassembly size).
 const LADDER_FROM: u32 = 576;
+/// The smallest size the ladder tries over IPv6 (IPv6's minimum link MTU).
+const LADDER_FROM_V6: u32 = 1280;
 /// Step between the ladder's sizes.
 const LADDER_STEP: u32 = 10;
 
@@ -89,9 +97,10 @@ pub fn diagnose(small: bool, large: bool, underlay: bool) -> Diagnosis {
 }
 
 /// The log line for a diagnosis; names what to check.
-pub fn explain(peer: &str, public_ip: Ipv4Addr, backend: &str, mtu: u32, h: &PeerHealth) -> String {
+pub fn explain(peer: &str, public_ip: IpAddr, backend: &str, mtu: u32, h: &PeerHealth) -> String {
     let port = match backend {
         "udp" => crate::config::DEFAULT_UDP_PORT,
+        "wireguard" if public_ip.is_ipv6() => crate::config::DEFAULT_WIREGUARD_PORT_V6,
         "wireguard" => crate::config::DEFAULT_WIREGUARD_PORT,
         _ => crate::config::DEFAULT_VXLAN_PORT,
     };
@@ -173,6 +182,32 @@ fn echo_request(id: u16, seq: u16, size: u32) -> Vec<u8> {
     icmp
 }
 
+/// One ICMPv6 echo request (type 128) with `id`, `seq` and a payload filling `size` bytes of
+/// IPv6; the kernel fills in the checksum of a raw ICMPv6 socket.
+fn echo_request6(id: u16, seq: u16, size: u32) -> Vec<u8> {
+    let len = size.saturating_sub(40).max(8) as usize;
+    let mut icmp = vec![0u8; len];
+    icmp[0] = 128;
+    icmp[4..6].copy_from_slice(&id.to_be_bytes());
+    icmp[6..8].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in icmp[8..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    icmp
+}
+
+/// `(id, seq)` of an ICMPv6 echo reply (type 129), as a raw ICMPv6 socket receives it
+/// (without the IPv6 header).
+fn parse_reply6(icmp: &[u8]) -> Option<(u16, u16)> {
+    if icmp.len() < 8 || icmp[0] != 129 {
+        return None;
+    }
+    Some((
+        u16::from_be_bytes([icmp[4], icmp[5]]),
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+    ))
+}
+
 /// `(source, id, seq)` of an echo reply in a raw IPv4 packet.
 fn parse_reply(pkt: &[u8]) -> Option<(Ipv4Addr, u16, u16)> {
     let ihl = usize::from(pkt.first()? & 0x0f) * 4;
@@ -203,8 +238,155 @@ struct Sent {
     peer: usize,
     kind: Kind,
     size: u32,
-    to: Ipv4Addr,
+    to: IpAddr,
     at: Instant,
+}
+
+/// A peer a round probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// The name its health is kept and shown under: its subnet (its IPv6 subnet when it has
+    /// no IPv4 one).
+    name: String,
+    /// Its overlay address, `<subnet>.0` or `<IPv6 subnet>::`.
+    overlay: IpAddr,
+    /// Its public address on the underlay, of the same family.
+    underlay: IpAddr,
+}
+
+/// The raw ICMP sockets of the prober; IPv6's is `None` where the kernel has no IPv6.
+struct Sockets {
+    v4: Socket,
+    v6: Option<Socket>,
+}
+
+impl Sockets {
+    fn open() -> std::io::Result<Sockets> {
+        let v4 = Socket::new(
+            Domain::IPV4,
+            Type::from(libc::SOCK_RAW),
+            Some(Protocol::ICMPV4),
+        )?;
+        // DF on every probe and no fragmentation by the sender, whatever the kernel learnt.
+        // Neither socket2 nor nix offers IP_MTU_DISCOVER: one raw setsockopt.
+        set_int(
+            &v4,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )?;
+        let v6 = match Self::open_v6() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "no ICMPv6 probe socket; IPv6-only peers are not probed");
+                None
+            }
+        };
+        for s in std::iter::once(&v4).chain(v6.as_ref()) {
+            // A round queues a few probes per peer, and those to a dead peer wait in its
+            // neighbour queue, charged to this socket: room for a round at a thousand peers,
+            // beyond wmem_max (root may).
+            if let Err(e) =
+                nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::SndBufForce, &(4 << 20))
+            {
+                warn!(error = %e, "enlarge the probe socket's send buffer");
+            }
+            s.set_nonblocking(true)?;
+        }
+        Ok(Sockets { v4, v6 })
+    }
+
+    fn open_v6() -> std::io::Result<Socket> {
+        let v6 = Socket::new(
+            Domain::IPV6,
+            Type::from(libc::SOCK_RAW),
+            Some(Protocol::ICMPV6),
+        )?;
+        set_int(
+            &v6,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )?;
+        set_int(&v6, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)?;
+        Ok(v6)
+    }
+
+    /// Sends one echo request of `size` bytes to `to`, without waiting for buffer space.
+    fn send(&self, id: u16, seq: u16, size: u32, to: IpAddr) -> bool {
+        let (socket, pkt) = match to {
+            IpAddr::V4(_) => (&self.v4, echo_request(id, seq, size)),
+            IpAddr::V6(_) => match &self.v6 {
+                Some(s) => (s, echo_request6(id, seq, size)),
+                None => return false,
+            },
+        };
+        let addr = SockAddr::from(SocketAddr::new(to, 0));
+        socket
+            .send_to_with_flags(&pkt, &addr, libc::MSG_DONTWAIT)
+            .is_ok()
+    }
+
+    /// Waits up to `timeout` for an answer on either socket and returns every echo reply
+    /// then queued: `(source, id, seq)`.
+    fn replies(&self, timeout: Duration, buf: &mut [MaybeUninit<u8>]) -> Vec<(IpAddr, u16, u16)> {
+        use nix::poll::{poll, PollFd, PollFlags};
+        let mut fds = vec![PollFd::new(self.v4.as_fd(), PollFlags::POLLIN)];
+        if let Some(v6) = &self.v6 {
+            fds.push(PollFd::new(v6.as_fd(), PollFlags::POLLIN));
+        }
+        let ms = u16::try_from(timeout.as_millis())
+            .unwrap_or(u16::MAX)
+            .max(1);
+        if !matches!(poll(&mut fds, ms), Ok(n) if n > 0) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        while let Ok((len, _)) = self.v4.recv_from(buf) {
+            if let Some((src, id, seq)) = parse_reply(initialised(buf, len)) {
+                out.push((IpAddr::V4(src), id, seq));
+            }
+        }
+        if let Some(v6) = &self.v6 {
+            while let Ok((len, from)) = v6.recv_from(buf) {
+                let src = from.as_socket().map(|a| a.ip());
+                if let (Some(src), Some((id, seq))) = (src, parse_reply6(initialised(buf, len))) {
+                    out.push((src, id, seq));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The first `len` bytes of `buf`, which a receive call has just written.
+fn initialised(buf: &[MaybeUninit<u8>], len: usize) -> &[u8] {
+    let len = len.min(buf.len());
+    // SAFETY: recv_from initialised the first `len` bytes; MaybeUninit<u8> has u8's layout.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) }
+}
+
+/// One integer socket option, which neither socket2 nor nix offers.
+fn set_int(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: a valid socket, an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of_val(&value) as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -217,35 +399,7 @@ struct Answers {
 
 /// Starts the prober thread: a round every `interval` once the node is ready.
 pub fn spawn(board: Arc<StatusBoard>, interval: Duration) -> std::io::Result<()> {
-    let socket = Socket::new(
-        Domain::IPV4,
-        Type::from(libc::SOCK_RAW),
-        Some(Protocol::ICMPV4),
-    )?;
-    // DF on every probe and no fragmentation by the sender, whatever the kernel learnt.
-    // Neither socket2 nor nix offers IP_MTU_DISCOVER: one raw setsockopt.
-    let probe = libc::IP_PMTUDISC_PROBE;
-    // SAFETY: a valid socket, an int option of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            std::ptr::from_ref(&probe).cast(),
-            std::mem::size_of_val(&probe) as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // A round queues a few probes per peer, and those to a dead peer wait in its ARP queue,
-    // charged to this socket: room for a round at a thousand peers, beyond wmem_max (root may).
-    if let Err(e) =
-        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBufForce, &(4 << 20))
-    {
-        warn!(error = %e, "enlarge the probe socket's send buffer");
-    }
-    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let sockets = Sockets::open()?;
     let id = rand::random::<u16>();
     std::thread::Builder::new()
         .name("weft-probe".into())
@@ -255,28 +409,41 @@ pub fn spawn(board: Arc<StatusBoard>, interval: Duration) -> std::io::Result<()>
                 std::thread::sleep(interval);
                 let status = board.snapshot();
                 if status.ready {
-                    round(&socket, id, &mut seq, &status, &board, interval);
+                    round(&sockets, id, &mut seq, &status, &board, interval);
                 }
             }
         })?;
     Ok(())
 }
 
-/// The peers a round probes: (name, overlay address `<subnet>.0`, public IP). The probes are
-/// IPv4: an IPv6-only peer (IPv4 part `0.0.0.0/0`) has no `<subnet>.0` to ask.
-fn probe_targets(status: &NodeStatus) -> Vec<(String, Ipv4Addr, Ipv4Addr)> {
+/// The peers a round probes. A peer with an IPv4 subnet is probed over IPv4; an IPv6-only
+/// peer (IPv4 part `0.0.0.0/0`) over IPv6, when its lease names a `PublicIPv6`.
+fn probe_targets(status: &NodeStatus) -> Vec<Target> {
     status
         .peers
         .iter()
-        .filter(|p| p.subnet.prefix() != 0)
-        .map(|p| (p.subnet.to_string(), p.subnet.network(), p.public_ip))
+        .filter_map(|p| {
+            if p.subnet.prefix() != 0 {
+                return Some(Target {
+                    name: p.subnet.to_string(),
+                    overlay: IpAddr::V4(p.subnet.network()),
+                    underlay: IpAddr::V4(p.public_ip),
+                });
+            }
+            let (subnet6, public_ipv6) = (p.subnet6?, p.public_ipv6?);
+            Some(Target {
+                name: subnet6.to_string(),
+                overlay: IpAddr::V6(subnet6.network()),
+                underlay: IpAddr::V6(public_ipv6),
+            })
+        })
         .collect()
 }
 
 /// One round: send, collect answers until every probe is answered or the round's time is up,
 /// record and log.
 fn round(
-    socket: &Socket,
+    sockets: &Sockets,
     id: u16,
     seq: &mut u16,
     status: &NodeStatus,
@@ -294,16 +461,11 @@ fn round(
     let previous = board.peer_health();
     let peers = probe_targets(status);
     let mut sent: BTreeMap<u16, Sent> = BTreeMap::new();
-    let mut send = |peer: usize, kind: Kind, size: u32, to: Ipv4Addr, seq: &mut u16| {
+    let mut send = |peer: usize, kind: Kind, size: u32, to: IpAddr, seq: &mut u16| {
         *seq = seq.wrapping_add(1);
-        let pkt = echo_request(id, *seq, size);
-        let addr = SockAddr::from(SocketAddrV4::new(to, 0));
-        // Never wait for buffer space: probes queued behind a dead peer's ARP must not hold
-        // up the round; a probe that cannot be queued counts as unanswered.
-        if socket
-            .send_to_with_flags(&pkt, &addr, libc::MSG_DONTWAIT)
-            .is_ok()
-        {
+        // Never wait for buffer space: probes queued behind a dead peer's neighbour entry
+        // must not hold up the round; a probe that cannot be queued counts as unanswered.
+        if sockets.send(id, *seq, size, to) {
             sent.insert(
                 *seq,
                 Sent {
@@ -316,19 +478,23 @@ fn round(
             );
         }
     };
-    for (i, (subnet, overlay, underlay)) in peers.iter().enumerate() {
-        send(i, Kind::Small, SMALL, *overlay, seq);
-        send(i, Kind::Large, mtu, *overlay, seq);
-        send(i, Kind::Underlay, SMALL, *underlay, seq);
+    for (i, t) in peers.iter().enumerate() {
+        let (small, ladder_from) = match t.overlay {
+            IpAddr::V4(_) => (SMALL, LADDER_FROM),
+            IpAddr::V6(_) => (SMALL_V6, LADDER_FROM_V6),
+        };
+        send(i, Kind::Small, small, t.overlay, seq);
+        send(i, Kind::Large, mtu, t.overlay, seq);
+        send(i, Kind::Underlay, small, t.underlay, seq);
         let measuring = previous
-            .get(subnet)
+            .get(&t.name)
             .is_some_and(|h| h.diagnosis == Diagnosis::MtuBlackHole && h.path_mtu.is_none());
         if measuring {
             // Down from the device MTU, so a path MTU a multiple of the step below it is
             // named exactly.
             let mut size = mtu.saturating_sub(LADDER_STEP);
-            while size >= LADDER_FROM {
-                send(i, Kind::Ladder, size, *overlay, seq);
+            while size >= ladder_from {
+                send(i, Kind::Ladder, size, t.overlay, seq);
                 size -= LADDER_STEP;
             }
         }
@@ -337,40 +503,34 @@ fn round(
     let deadline =
         Instant::now() + (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(2));
     let mut buf = vec![MaybeUninit::<u8>::uninit(); 65_536];
-    while !sent.is_empty() && Instant::now() < deadline {
-        let Ok((len, _)) = socket.recv_from(&mut buf) else {
-            continue;
+    while !sent.is_empty() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
         };
-        // SAFETY: recv_from initialised the first `len` bytes.
-        let pkt: Vec<u8> = buf[..len]
-            .iter()
-            .map(|b| unsafe { b.assume_init() })
-            .collect();
-        let Some((src, reply_id, reply_seq)) = parse_reply(&pkt) else {
-            continue;
-        };
-        if reply_id != id {
-            continue;
-        }
-        let Some(probe) = sent.remove(&reply_seq) else {
-            continue;
-        };
-        if probe.to != src {
-            continue;
-        }
-        let a = &mut answers[probe.peer];
-        match probe.kind {
-            Kind::Small => a.small_rtt = Some(probe.at.elapsed()),
-            Kind::Large => a.large = true,
-            Kind::Underlay => a.underlay = true,
-            Kind::Ladder => a.ladder_best = a.ladder_best.max(Some(probe.size)),
+        for (src, reply_id, reply_seq) in sockets.replies(left, &mut buf) {
+            if reply_id != id {
+                continue;
+            }
+            let Some(probe) = sent.remove(&reply_seq) else {
+                continue;
+            };
+            if probe.to != src {
+                continue;
+            }
+            let a = &mut answers[probe.peer];
+            match probe.kind {
+                Kind::Small => a.small_rtt = Some(probe.at.elapsed()),
+                Kind::Large => a.large = true,
+                Kind::Underlay => a.underlay = true,
+                Kind::Ladder => a.ladder_best = a.ladder_best.max(Some(probe.size)),
+            }
         }
     }
     let now = unix_seconds(SystemTime::now());
     let mut health = BTreeMap::new();
-    for ((subnet, _, public_ip), a) in peers.iter().zip(answers) {
+    for (t, a) in peers.iter().zip(answers) {
         let diagnosis = diagnose(a.small_rtt.is_some(), a.large, a.underlay);
-        let was = previous.get(subnet);
+        let was = previous.get(&t.name);
         let path_mtu = match diagnosis {
             Diagnosis::Healthy => Some(mtu),
             Diagnosis::MtuBlackHole => a.ladder_best.or_else(|| {
@@ -388,14 +548,14 @@ fn round(
         };
         let changed = was.is_none_or(|w| w.diagnosis != h.diagnosis || w.path_mtu != h.path_mtu);
         if changed {
-            let line = explain(subnet, *public_ip, &backend.kind, mtu, &h);
+            let line = explain(&t.name, t.underlay, &backend.kind, mtu, &h);
             if h.diagnosis == Diagnosis::Healthy {
-                info!(peer = %subnet, "{line}");
+                info!(peer = %t.name, "{line}");
             } else {
-                warn!(peer = %subnet, "{line}");
+                warn!(peer = %t.name, "{line}");
             }
         }
-        health.insert(subnet.clone(), h);
+        health.insert(t.name.clone(), h);
     }
     board.set_peer_health(health);
 }
@@ -405,32 +565,72 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ipv6_only_peers_are_not_probed_over_ipv4() {
-        let peer = |subnet: &str, subnet6: Option<&str>, ip: &str| crate::status::PeerStatus {
-            subnet: subnet.parse().unwrap(),
-            subnet6: subnet6.map(|s| s.parse().unwrap()),
-            public_ip: ip.parse().unwrap(),
-            backend_type: "vxlan".into(),
-            vtep_mac: None,
-            state: crate::status::PeerState::Programmed,
-            health: None,
+    fn ipv6_only_peers_are_probed_over_ipv6_and_the_others_over_ipv4() {
+        let peer = |subnet: &str, subnet6: Option<&str>, ip: &str, ip6: Option<&str>| {
+            crate::status::PeerStatus {
+                subnet: subnet.parse().unwrap(),
+                subnet6: subnet6.map(|s| s.parse().unwrap()),
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: ip6.map(|s| s.parse().unwrap()),
+                backend_type: "vxlan".into(),
+                vtep_mac: None,
+                state: crate::status::PeerState::Programmed,
+                health: None,
+            }
         };
         let status = NodeStatus {
             peers: vec![
-                peer("0.0.0.0/0", Some("fd00:10:244:2::/64"), "0.0.0.0"),
-                peer("10.244.4.0/24", Some("fd00:10:244:4::/64"), "192.0.2.4"),
-                peer("0.0.0.0/0", Some("fd00:10:244:5::/64"), "0.0.0.0"),
+                peer(
+                    "0.0.0.0/0",
+                    Some("fd00:10:244:2::/64"),
+                    "0.0.0.0",
+                    Some("2001:db8::2"),
+                ),
+                peer(
+                    "10.244.4.0/24",
+                    Some("fd00:10:244:4::/64"),
+                    "192.0.2.4",
+                    Some("2001:db8::4"),
+                ),
+                // No PublicIPv6 to check the underlay with: not probed.
+                peer("0.0.0.0/0", Some("fd00:10:244:5::/64"), "0.0.0.0", None),
             ],
             ..NodeStatus::default()
         };
+        let target = |name: &str, overlay: &str, underlay: &str| Target {
+            name: name.to_string(),
+            overlay: overlay.parse().unwrap(),
+            underlay: underlay.parse().unwrap(),
+        };
         assert_eq!(
             probe_targets(&status),
-            [(
-                "10.244.4.0/24".to_string(),
-                Ipv4Addr::new(10, 244, 4, 0),
-                Ipv4Addr::new(192, 0, 2, 4)
-            )]
+            [
+                target("fd00:10:244:2::/64", "fd00:10:244:2::", "2001:db8::2"),
+                target("10.244.4.0/24", "10.244.4.0", "192.0.2.4"),
+            ]
         );
+        // Their health is shown under the same names.
+        let keys: Vec<String> = status.peers.iter().map(|p| p.health_key()).collect();
+        assert_eq!(
+            keys,
+            ["fd00:10:244:2::/64", "10.244.4.0/24", "fd00:10:244:5::/64"]
+        );
+    }
+
+    #[test]
+    fn icmpv6_echo_requests_fill_the_size_asked_and_replies_parse_back() {
+        let icmp = echo_request6(0x1234, 7, 1430);
+        assert_eq!(
+            icmp.len(),
+            1390,
+            "1430 bytes of IPv6 less its 40-byte header"
+        );
+        assert_eq!(icmp[0], 128);
+        let mut reply = icmp.clone();
+        reply[0] = 129;
+        assert_eq!(parse_reply6(&reply), Some((0x1234, 7)));
+        assert_eq!(parse_reply6(&icmp), None, "a request is no reply");
+        assert_eq!(parse_reply6(&reply[..7]), None);
     }
 
     #[test]
@@ -504,7 +704,7 @@ mod tests {
         let h = &health["10.244.2.0/24"];
         let line = explain(
             "10.244.2.0/24",
-            Ipv4Addr::new(192, 0, 2, 12),
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 12)),
             "vxlan",
             1450,
             h,
@@ -520,13 +720,25 @@ mod tests {
         };
         let line = explain(
             "10.244.2.0/24",
-            Ipv4Addr::new(192, 0, 2, 12),
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 12)),
             "vxlan",
             1450,
             &dropped,
         );
         assert!(
             line.contains("UDP 8472") && line.contains("tx-checksum-ip-generic"),
+            "{line}"
+        );
+        // WireGuard listens for IPv6 peers on ListenPortV6.
+        let line = explain(
+            "fd00:10:244:2::/64",
+            "2001:db8::12".parse().unwrap(),
+            "wireguard",
+            1420,
+            &dropped,
+        );
+        assert!(
+            line.starts_with("encapsulation dropped to peer fd00:10:244:2::/64: the underlay reaches 2001:db8::12 but wireguard packets (UDP 51821)"),
             "{line}"
         );
     }

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Read as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -166,6 +166,13 @@ pub struct PeerStatus {
     /// The peer's `PublicIP`.
     #[serde(rename = "publicIP")]
     pub public_ip: Ipv4Addr,
+    /// The peer's `PublicIPv6`, when its lease has one.
+    #[serde(
+        rename = "publicIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The peer's `BackendType` (weft's backend names are held without an allocation).
     pub backend_type: Cow<'static, str>,
     /// The peer's VTEP MAC (VXLAN only), as the lease spells it.
@@ -192,10 +199,22 @@ impl PeerStatus {
             subnet: lease.subnet,
             subnet6: lease.ipv6_subnet,
             public_ip: lease.attrs.public_ip,
+            public_ipv6: lease.attrs.public_ipv6,
             backend_type,
             vtep_mac: lease.attrs.vtep_mac().map(MacText::from),
             state,
             health: None,
+        }
+    }
+}
+
+impl PeerStatus {
+    /// The name the prober keeps this peer's health under (the `peer` label of its metrics):
+    /// its subnet, or its IPv6 subnet when it has no IPv4 one.
+    pub fn health_key(&self) -> String {
+        match self.subnet6 {
+            Some(subnet6) if self.subnet.prefix() == 0 => subnet6.to_string(),
+            _ => self.subnet.to_string(),
         }
     }
 }
@@ -438,7 +457,7 @@ impl StatusBoard {
             .clone();
         let health = self.peer_health();
         for peer in &mut status.peers {
-            peer.health = health.get(&peer.subnet.to_string()).cloned();
+            peer.health = health.get(&peer.health_key()).cloned();
         }
         status
     }
@@ -670,6 +689,7 @@ mod tests {
                     subnet: "10.244.4.0/24".parse().unwrap(),
                     subnet6: Some("fd00:10:244:4::/64".parse().unwrap()),
                     public_ip: Ipv4Addr::new(192, 0, 2, 12),
+                    public_ipv6: Some("2001:db8::12".parse().unwrap()),
                     backend_type: "vxlan".into(),
                     vtep_mac: Some("aa:bb:cc:dd:ee:01".into()),
                     state: PeerState::Programmed,
@@ -679,6 +699,7 @@ mod tests {
                     subnet: "10.244.5.0/24".parse().unwrap(),
                     subnet6: None,
                     public_ip: Ipv4Addr::new(192, 0, 2, 13),
+                    public_ipv6: None,
                     backend_type: "vxlan".into(),
                     vtep_mac: None,
                     state: PeerState::Incomplete,

@@ -1186,6 +1186,105 @@ fn wireguard_with_ipv6_takes_a_joining_node_in_without_a_full_pass() {
 /// WireGuard in an IPv6-only network on the IPv6 underlay: only `flannel-wg-v6` (51821), the
 /// lease `PublicIP` 0.0.0.0 with `BackendV6Data` alone, pods talk over IPv6 both ways, and
 /// nodes reach each other only over IPv6 WireGuard.
+/// `weft_peer_<name>{peer="<subnet>"}` from a node's /metrics.
+fn peer_metric(node: &Node, name: &str, peer: &str) -> Option<String> {
+    let (_, body) = node.http_get("/metrics")?;
+    let prefix = format!("weft_peer_{name}{{peer=\"{peer}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_string)
+}
+
+/// weftd probes the peers of an IPv6-only network over IPv6 (ICMPv6 to `<IPv6 subnet>::` over
+/// the overlay and to `PublicIPv6` on the underlay) and names the classic failures as it does
+/// for IPv4: healthy at the full MTU 1430, an MTU black hole with the size that passes (node
+/// 2's end of the underlay takes 1400-byte frames: 1330 bytes of pod packet plus VXLAN's 70 over
+/// IPv6), encapsulation dropped (nft drops UDP 8472 on node 3); `weftctl status` shows the
+/// health on each IPv6-only peer. Without IPv6 probes these peers had no health at all.
+#[test]
+fn ipv6_only_peers_are_probed_over_ipv6_and_their_failures_named() {
+    let cluster = Cluster::new(3, V6_ONLY_CONFIG);
+    ipv6_underlay(&cluster);
+    for node in &cluster.nodes {
+        node.start_weftd(&["--peer-probe-interval", "1"]);
+    }
+    let subnet6 = |node: &Node| {
+        let env = node.wait_subnet_env(CONVERGE);
+        let s: ipnetwork::Ipv6Network = env_var(&env, "FLANNEL_IPV6_SUBNET")
+            .expect("FLANNEL_IPV6_SUBNET")
+            .parse()
+            .expect("an IPv6 subnet");
+        ipnetwork::Ipv6Network::new(s.network(), s.prefix())
+            .expect("its network")
+            .to_string()
+    };
+    let (n1, n2, n3) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    subnet6(n1);
+    let (s2, s3) = (subnet6(n2), subnet6(n3));
+    n1.wait_until(CONVERGE, "healthy IPv6-only peers in /metrics", || {
+        [&s2, &s3].iter().all(|s| {
+            peer_metric(n1, "reachable", s).as_deref() == Some("1")
+                && peer_metric(n1, "path_mtu_bytes", s).as_deref() == Some("1430")
+        })
+    });
+    assert!(n1.log().contains(&format!(
+        "peer {s2} ({}) reachable over the overlay at full MTU 1430",
+        v6_of(n2)
+    )));
+
+    let soon = Duration::from_secs(5);
+    n2.netns().ip(&["link", "set", "eth0", "mtu", "1400"]);
+    n1.wait_until(soon, "the IPv6 MTU black hole measured", || {
+        n1.log().contains(&format!(
+            "MTU black hole to peer {s2} ({}): 1430-byte packets with DF are lost on the way, 1330 bytes pass",
+            v6_of(n2)
+        )) && peer_metric(n1, "path_mtu_bytes", &s2).as_deref() == Some("1330")
+    });
+
+    n3.netns().exec_ok(&[
+        "nft",
+        "add table inet drop8472; add chain inet drop8472 in { type filter hook input priority 0; }; add rule inet drop8472 in udp dport 8472 drop",
+    ]);
+    n1.wait_until(soon, "dropped IPv6 encapsulation diagnosed", || {
+        n1.log().contains(&format!(
+            "encapsulation dropped to peer {s3}: the underlay reaches {} but vxlan packets (UDP 8472) do not pass",
+            v6_of(n3)
+        )) && peer_metric(n1, "reachable", &s3).as_deref() == Some("0")
+    });
+
+    let socket = n1.dir().join("weftd.sock");
+    let out = n1
+        .netns()
+        .command(env!("CARGO_BIN_EXE_weftctl"))
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .args(["-o", "json"])
+        .output()
+        .expect("run weftctl status");
+    let json = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let peer = |subnet6: &str| {
+        v["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["subnetIPv6"] == subnet6))
+            .cloned()
+            .unwrap_or_else(|| panic!("no peer {subnet6}: {json}"))
+    };
+    assert_eq!(peer(&s2)["health"]["diagnosis"], "mtu-black-hole", "{json}");
+    assert_eq!(peer(&s2)["publicIPv6"], v6_of(n2), "{json}");
+    assert_eq!(
+        peer(&s3)["health"]["diagnosis"],
+        "encapsulation-dropped",
+        "{json}"
+    );
+}
+
 #[test]
 fn wireguard_ipv6_only_cluster_on_an_ipv6_underlay() {
     let cluster = Cluster::new(3, &wireguard_config(V6_ONLY_CONFIG, ""));
