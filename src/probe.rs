@@ -8,9 +8,8 @@
 //! overlay does not: encapsulated packets are dropped (a firewall on the backend's UDP port,
 //! or bad checksums from an offload). Neither answers: the node is gone and its lease stale.
 //!
-//! A peer of an IPv6-only network (no IPv4 subnet) is probed the same way with ICMPv6: at its
-//! overlay address `<IPv6 subnet>::` and at its `PublicIPv6`; dual-stack peers are probed over
-//! IPv4.
+//! A peer's IPv6 overlay is probed the same way with ICMPv6, at `<IPv6 subnet>::` (a dual-stack
+//! peer over both families, an IPv6-only one over IPv6 alone), its underlay at its `PublicIPv6`.
 //!
 //! The prober is a thread of its own with one raw ICMP socket per family: a round costs three
 //! small packets per peer (the ladder only while a black hole is being measured).
@@ -416,28 +415,33 @@ pub fn spawn(board: Arc<StatusBoard>, interval: Duration) -> std::io::Result<()>
     Ok(())
 }
 
-/// The peers a round probes. A peer with an IPv4 subnet is probed over IPv4; an IPv6-only
-/// peer (IPv4 part `0.0.0.0/0`) over IPv6, when its lease names a `PublicIPv6`.
+/// The peers a round probes. A peer with an IPv4 subnet is probed over IPv4 and, with an IPv6
+/// subnet too, over IPv6 as well; an IPv6-only peer (IPv4 part `0.0.0.0/0`) over IPv6 when its
+/// lease names a `PublicIPv6`. A dual-stack peer's IPv6 underlay check goes to its
+/// `PublicIPv6`, or to its `PublicIP` when its IPv6 pods ride the IPv4 underlay.
 fn probe_targets(status: &NodeStatus) -> Vec<Target> {
-    status
-        .peers
-        .iter()
-        .filter_map(|p| {
-            if p.subnet.prefix() != 0 {
-                return Some(Target {
-                    name: p.subnet.to_string(),
-                    overlay: IpAddr::V4(p.subnet.network()),
-                    underlay: IpAddr::V4(p.public_ip),
-                });
-            }
-            let (subnet6, public_ipv6) = (p.subnet6?, p.public_ipv6?);
-            Some(Target {
+    let mut targets = Vec::with_capacity(status.peers.len());
+    for p in &status.peers {
+        let v6 = |underlay: IpAddr| {
+            p.subnet6.map(|subnet6| Target {
                 name: subnet6.to_string(),
                 overlay: IpAddr::V6(subnet6.network()),
-                underlay: IpAddr::V6(public_ipv6),
+                underlay,
             })
-        })
-        .collect()
+        };
+        if p.subnet.prefix() == 0 {
+            targets.extend(p.public_ipv6.and_then(|ip| v6(IpAddr::V6(ip))));
+            continue;
+        }
+        targets.push(Target {
+            name: p.subnet.to_string(),
+            overlay: IpAddr::V4(p.subnet.network()),
+            underlay: IpAddr::V4(p.public_ip),
+        });
+        let underlay6 = p.public_ipv6.map_or(IpAddr::V4(p.public_ip), IpAddr::V6);
+        targets.extend(v6(underlay6));
+    }
+    targets
 }
 
 /// One round: send, collect answers until every probe is answered or the round's time is up,
@@ -565,7 +569,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ipv6_only_peers_are_probed_over_ipv6_and_the_others_over_ipv4() {
+    fn peers_are_probed_over_each_family_they_have() {
         let peer = |subnet: &str, subnet6: Option<&str>, ip: &str, ip6: Option<&str>| {
             crate::status::PeerStatus {
                 subnet: subnet.parse().unwrap(),
@@ -576,6 +580,7 @@ mod tests {
                 vtep_mac: None,
                 state: crate::status::PeerState::Programmed,
                 health: None,
+                health6: None,
             }
         };
         let status = NodeStatus {
@@ -594,6 +599,12 @@ mod tests {
                 ),
                 // No PublicIPv6 to check the underlay with: not probed.
                 peer("0.0.0.0/0", Some("fd00:10:244:5::/64"), "0.0.0.0", None),
+                peer(
+                    "10.244.6.0/24",
+                    Some("fd00:10:244:6::/64"),
+                    "192.0.2.6",
+                    None,
+                ),
             ],
             ..NodeStatus::default()
         };
@@ -607,13 +618,27 @@ mod tests {
             [
                 target("fd00:10:244:2::/64", "fd00:10:244:2::", "2001:db8::2"),
                 target("10.244.4.0/24", "10.244.4.0", "192.0.2.4"),
+                target("fd00:10:244:4::/64", "fd00:10:244:4::", "2001:db8::4"),
+                target("10.244.6.0/24", "10.244.6.0", "192.0.2.6"),
+                // IPv6 pods over the IPv4 underlay: the underlay is checked over IPv4.
+                target("fd00:10:244:6::/64", "fd00:10:244:6::", "192.0.2.6"),
             ]
         );
         // Their health is shown under the same names.
-        let keys: Vec<String> = status.peers.iter().map(|p| p.health_key()).collect();
+        let keys: Vec<(String, Option<String>)> = status
+            .peers
+            .iter()
+            .map(|p| (p.health_key(), p.health6_key()))
+            .collect();
+        let key = |k: &str, k6: Option<&str>| (k.to_string(), k6.map(str::to_string));
         assert_eq!(
             keys,
-            ["fd00:10:244:2::/64", "10.244.4.0/24", "fd00:10:244:5::/64"]
+            [
+                key("fd00:10:244:2::/64", None),
+                key("10.244.4.0/24", Some("fd00:10:244:4::/64")),
+                key("fd00:10:244:5::/64", None),
+                key("10.244.6.0/24", Some("fd00:10:244:6::/64")),
+            ]
         );
     }
 

@@ -181,8 +181,16 @@ pub struct PeerStatus {
     /// Whether its entries are in the kernel.
     pub state: PeerState,
     /// The latest probe over the overlay; `None` before the first round or with probing off.
+    /// An IPv6-only peer's probes are over IPv6.
     #[serde(default)]
     pub health: Option<PeerHealth>,
+    /// A dual-stack peer's latest probe over its IPv6 overlay.
+    #[serde(
+        rename = "healthIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub health6: Option<PeerHealth>,
 }
 
 impl PeerStatus {
@@ -204,6 +212,7 @@ impl PeerStatus {
             vtep_mac: lease.attrs.vtep_mac().map(MacText::from),
             state,
             health: None,
+            health6: None,
         }
     }
 }
@@ -216,6 +225,13 @@ impl PeerStatus {
             Some(subnet6) if self.subnet.prefix() == 0 => subnet6.to_string(),
             _ => self.subnet.to_string(),
         }
+    }
+
+    /// The name a dual-stack peer's IPv6 health is kept under: its IPv6 subnet.
+    pub fn health6_key(&self) -> Option<String> {
+        self.subnet6
+            .filter(|_| self.subnet.prefix() != 0)
+            .map(|s| s.to_string())
     }
 }
 
@@ -458,6 +474,7 @@ impl StatusBoard {
         let health = self.peer_health();
         for peer in &mut status.peers {
             peer.health = health.get(&peer.health_key()).cloned();
+            peer.health6 = peer.health6_key().and_then(|k| health.get(&k).cloned());
         }
         status
     }
@@ -694,6 +711,7 @@ mod tests {
                     vtep_mac: Some("aa:bb:cc:dd:ee:01".into()),
                     state: PeerState::Programmed,
                     health: None,
+                    health6: None,
                 },
                 PeerStatus {
                     subnet: "10.244.5.0/24".parse().unwrap(),
@@ -704,6 +722,7 @@ mod tests {
                     vtep_mac: None,
                     state: PeerState::Incomplete,
                     health: None,
+                    health6: None,
                 },
             ],
             last_reconcile: Some(ReconcileStatus {

@@ -1195,6 +1195,89 @@ fn peer_metric(node: &Node, name: &str, peer: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The subnet (network address and prefix) a node's subnet.env names in `key`
+/// (`FLANNEL_SUBNET`, `FLANNEL_IPV6_SUBNET`), once it is written.
+fn env_subnet(node: &Node, key: &str) -> String {
+    let env = node.wait_subnet_env(CONVERGE);
+    let s: ipnetwork::IpNetwork = env_var(&env, key)
+        .unwrap_or_else(|| panic!("no {key} in {env}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{key}: {e}"));
+    ipnetwork::IpNetwork::new(s.network(), s.prefix())
+        .expect("its network")
+        .to_string()
+}
+
+/// A dual-stack peer is probed over both families: with VXLAN over IPv6 dropped on node 2
+/// (nft, `ip6` only) its IPv6 overlay is diagnosed `encapsulation-dropped` while its IPv4 one
+/// stays healthy, and `weftctl status` shows both (JSON `health`, `healthIPv6`). An IPv4 probe
+/// alone calls this peer healthy while its IPv6 pods are cut off.
+#[test]
+fn dual_stack_peers_are_probed_over_both_families() {
+    let cluster = Cluster::new(2, DUAL_CONFIG);
+    ipv6_underlay(&cluster);
+    for node in &cluster.nodes {
+        node.start_weftd(&["--peer-probe-interval", "1"]);
+    }
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    env_subnet(n1, "FLANNEL_SUBNET");
+    let (s2, s2v6) = (
+        env_subnet(n2, "FLANNEL_SUBNET"),
+        env_subnet(n2, "FLANNEL_IPV6_SUBNET"),
+    );
+    n1.wait_until(CONVERGE, "both families of the peer healthy", || {
+        [&s2, &s2v6]
+            .iter()
+            .all(|s| peer_metric(n1, "reachable", s).as_deref() == Some("1"))
+    });
+    n2.netns().exec_ok(&[
+        "nft",
+        "add table ip6 drop8472; add chain ip6 drop8472 in { type filter hook input priority 0; }; add rule ip6 drop8472 in udp dport 8472 drop",
+    ]);
+    n1.wait_until(
+        Duration::from_secs(5),
+        "dropped IPv6 encapsulation diagnosed",
+        || {
+            n1.log().contains(&format!(
+                "encapsulation dropped to peer {s2v6}: the underlay reaches {} but vxlan packets (UDP 8472) do not pass",
+                v6_of(n2)
+            )) && peer_metric(n1, "reachable", &s2v6).as_deref() == Some("0")
+        },
+    );
+    assert_eq!(peer_metric(n1, "reachable", &s2).as_deref(), Some("1"));
+    let json = weftctl_status_json(n1);
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let peer = v["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["subnet"] == s2.as_str()))
+        .unwrap_or_else(|| panic!("no peer {s2}: {json}"));
+    assert_eq!(peer["health"]["diagnosis"], "healthy", "{json}");
+    assert_eq!(
+        peer["healthIPv6"]["diagnosis"], "encapsulation-dropped",
+        "{json}"
+    );
+}
+
+/// `weftctl status -o json` over a node's socket.
+fn weftctl_status_json(node: &Node) -> String {
+    let socket = node.dir().join("weftd.sock");
+    let out = node
+        .netns()
+        .command(env!("CARGO_BIN_EXE_weftctl"))
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .args(["-o", "json"])
+        .output()
+        .expect("run weftctl status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// weftd probes the peers of an IPv6-only network over IPv6 (ICMPv6 to `<IPv6 subnet>::` over
 /// the overlay and to `PublicIPv6` on the underlay) and names the classic failures as it does
 /// for IPv4: healthy at the full MTU 1430, an MTU black hole with the size that passes (node
@@ -1208,16 +1291,7 @@ fn ipv6_only_peers_are_probed_over_ipv6_and_their_failures_named() {
     for node in &cluster.nodes {
         node.start_weftd(&["--peer-probe-interval", "1"]);
     }
-    let subnet6 = |node: &Node| {
-        let env = node.wait_subnet_env(CONVERGE);
-        let s: ipnetwork::Ipv6Network = env_var(&env, "FLANNEL_IPV6_SUBNET")
-            .expect("FLANNEL_IPV6_SUBNET")
-            .parse()
-            .expect("an IPv6 subnet");
-        ipnetwork::Ipv6Network::new(s.network(), s.prefix())
-            .expect("its network")
-            .to_string()
-    };
+    let subnet6 = |node: &Node| env_subnet(node, "FLANNEL_IPV6_SUBNET");
     let (n1, n2, n3) = (cluster.node(0), cluster.node(1), cluster.node(2));
     subnet6(n1);
     let (s2, s3) = (subnet6(n2), subnet6(n3));
@@ -1252,21 +1326,7 @@ fn ipv6_only_peers_are_probed_over_ipv6_and_their_failures_named() {
         )) && peer_metric(n1, "reachable", &s3).as_deref() == Some("0")
     });
 
-    let socket = n1.dir().join("weftd.sock");
-    let out = n1
-        .netns()
-        .command(env!("CARGO_BIN_EXE_weftctl"))
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .args(["-o", "json"])
-        .output()
-        .expect("run weftctl status");
-    let json = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let json = weftctl_status_json(n1);
     let v: serde_json::Value =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     let peer = |subnet6: &str| {

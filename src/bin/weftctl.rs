@@ -13,7 +13,8 @@ use weft::config::NetworkConfig;
 use weft::lease::{subnets_prefix, LeaseAttrs, RawLease};
 use weft::netconf::{self, ConfigChange};
 use weft::podview::{self, PodSummary};
-use weft::status::{rfc3339_utc, MacText, NodeStatus};
+use weft::probe::PeerHealth;
+use weft::status::{rfc3339_utc, MacText, NodeStatus, PeerStatus};
 use weft::store::{EtcdStore, StoreError};
 
 #[path = "flags/etcd.rs"]
@@ -357,6 +358,16 @@ fn subnets_text(v4: Ipv4Network, v6: Option<Ipv6Network>) -> String {
         Some(v6) if v4.prefix() == 0 => v6.to_string(),
         Some(v6) => format!("{v4},{v6}"),
         None => v4.to_string(),
+    }
+}
+
+/// A peer's public addresses as the status table shows them: `PublicIP`, `PublicIP,PublicIPv6`
+/// for a dual-stack peer with both, `PublicIPv6` alone for an IPv6-only peer.
+fn public_ips_text(p: &PeerStatus) -> String {
+    match p.public_ipv6 {
+        Some(v6) if p.subnet.prefix() == 0 => v6.to_string(),
+        Some(v6) => format!("{},{v6}", p.public_ip),
+        None => p.public_ip.to_string(),
     }
 }
 
@@ -875,23 +886,36 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
         .peers
         .iter()
         .map(|p| {
+            // A dual-stack peer's IPv6 probe is shown after its IPv4 one where they differ.
+            let diagnosis = |h: &Option<PeerHealth>| {
+                h.as_ref()
+                    .map_or_else(dash, |h| h.diagnosis.as_str().to_string())
+            };
+            let path_mtu = |h: &Option<PeerHealth>| {
+                h.as_ref()
+                    .and_then(|h| h.path_mtu)
+                    .map_or_else(dash, |mtu| mtu.to_string())
+            };
+            let both = |v4: String, v6: Option<String>| match v6 {
+                Some(v6) if v6 != v4 => format!("{v4},{v6}"),
+                _ => v4,
+            };
+            let v6 = |f: &dyn Fn(&Option<PeerHealth>) -> String| {
+                p.health6.is_some().then(|| f(&p.health6))
+            };
             vec![
                 subnets_text(p.subnet, p.subnet6),
-                p.public_ip.to_string(),
+                public_ips_text(p),
                 p.backend_type.to_string(),
                 p.vtep_mac.as_ref().map_or_else(dash, MacText::to_string),
                 p.state.as_str().to_string(),
+                both(diagnosis(&p.health), v6(&diagnosis)),
                 p.health
                     .as_ref()
-                    .map_or_else(dash, |h| h.diagnosis.as_str().to_string()),
-                p.health
-                    .as_ref()
+                    .or(p.health6.as_ref())
                     .and_then(|h| h.rtt_seconds)
                     .map_or_else(dash, |rtt| format!("{:.2}ms", rtt * 1e3)),
-                p.health
-                    .as_ref()
-                    .and_then(|h| h.path_mtu)
-                    .map_or_else(dash, |mtu| mtu.to_string()),
+                both(path_mtu(&p.health), v6(&path_mtu)),
             ]
         })
         .collect();
@@ -1195,28 +1219,56 @@ mod tests {
     }
 
     #[test]
-    fn status_table_names_the_ipv6_subnets_of_dual_stack_and_ipv6_only_peers() {
+    fn status_table_names_the_ipv6_subnets_addresses_and_health_of_dual_stack_and_ipv6_only_peers()
+    {
         let status: NodeStatus = serde_json::from_value(serde_json::json!({
             "version": "0.1.0", "interface": "eth0", "publicIP": "192.0.2.11",
             "ready": true, "phase": "ready",
             "peers": [{"subnet": "0.0.0.0/0", "subnetIPv6": "fd00:10:244:2::/64",
-                       "publicIP": "0.0.0.0", "backendType": "vxlan", "vtepMAC": null,
-                       "state": "programmed"},
+                       "publicIP": "0.0.0.0", "publicIPv6": "2001:db8::2",
+                       "backendType": "vxlan", "vtepMAC": null, "state": "programmed",
+                       "health": {"reachable": true, "rttSeconds": 0.0004, "pathMtu": 1430,
+                                  "diagnosis": "healthy", "atUnix": 0}},
                       {"subnet": "10.244.4.0/24", "subnetIPv6": "fd00:10:244:4::/64",
-                       "publicIP": "192.0.2.12", "backendType": "vxlan", "vtepMAC": null,
-                       "state": "programmed"}]
+                       "publicIP": "192.0.2.12", "publicIPv6": "2001:db8::12",
+                       "backendType": "vxlan", "vtepMAC": null, "state": "programmed",
+                       "health": {"reachable": true, "rttSeconds": 0.0003, "pathMtu": 1430,
+                                  "diagnosis": "healthy", "atUnix": 0},
+                       "healthIPv6": {"reachable": true, "rttSeconds": 0.0005, "pathMtu": 1330,
+                                      "diagnosis": "mtu-black-hole", "atUnix": 0}}]
         }))
         .unwrap();
         let text = render_status(&status, at(0));
-        let rows: Vec<&str> = text
+        let rows: Vec<Vec<&str>> = text
             .lines()
             .skip_while(|l| !l.starts_with("SUBNET"))
             .skip(1)
-            .map(|l| l.split_whitespace().next().unwrap_or(""))
+            .map(|l| l.split_whitespace().collect())
             .collect();
         assert_eq!(
             rows,
-            ["fd00:10:244:2::/64", "10.244.4.0/24,fd00:10:244:4::/64"],
+            [
+                vec![
+                    "fd00:10:244:2::/64",
+                    "2001:db8::2",
+                    "vxlan",
+                    "-",
+                    "programmed",
+                    "healthy",
+                    "0.40ms",
+                    "1430"
+                ],
+                vec![
+                    "10.244.4.0/24,fd00:10:244:4::/64",
+                    "192.0.2.12,2001:db8::12",
+                    "vxlan",
+                    "-",
+                    "programmed",
+                    "healthy,mtu-black-hole",
+                    "0.30ms",
+                    "1430,1330"
+                ]
+            ],
             "{text}"
         );
     }
