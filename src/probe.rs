@@ -274,6 +274,9 @@ impl Sockets {
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_PROBE,
         )?;
+        // Only echo replies reach the socket: not the node's other ICMP (errors, pings of
+        // its pods), which would queue between rounds and be read only to be dropped.
+        set_option(&v4, libc::SOL_RAW, ICMP_FILTER, &!(1u32 << ECHO_REPLY))?;
         let v6 = match Self::open_v6() {
             Ok(s) => Some(s),
             Err(e) => {
@@ -308,6 +311,10 @@ impl Sockets {
             libc::IPV6_PMTUDISC_PROBE,
         )?;
         set_int(&v6, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)?;
+        // Only echo replies, not neighbour discovery and the rest of the node's ICMPv6.
+        let mut blocked = [u32::MAX; 8];
+        blocked[usize::from(ECHO_REPLY_V6 >> 5)] &= !(1u32 << (ECHO_REPLY_V6 & 31));
+        set_option(&v6, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &blocked)?;
         Ok(v6)
     }
 
@@ -365,6 +372,15 @@ fn initialised(buf: &[MaybeUninit<u8>], len: usize) -> &[u8] {
     unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) }
 }
 
+/// `ICMP_FILTER` (linux/icmp.h, level `SOL_RAW`): a mask of the ICMP types a raw socket drops.
+const ICMP_FILTER: libc::c_int = 1;
+/// `ICMP6_FILTER` (linux/icmpv6.h): 256 bits, a set bit drops that ICMPv6 type.
+const ICMP6_FILTER: libc::c_int = 1;
+/// ICMP's echo reply type.
+const ECHO_REPLY: u8 = 0;
+/// ICMPv6's echo reply type.
+const ECHO_REPLY_V6: u8 = 129;
+
 /// One integer socket option, which neither socket2 nor nix offers.
 fn set_int(
     socket: &Socket,
@@ -372,14 +388,24 @@ fn set_int(
     name: libc::c_int,
     value: libc::c_int,
 ) -> std::io::Result<()> {
-    // SAFETY: a valid socket, an int option of the right size.
+    set_option(socket, level, name, &value)
+}
+
+/// One socket option whose value is the plain bytes of `value`.
+fn set_option<T: Copy>(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: a valid socket; the kernel reads size_of::<T>() bytes of a live value.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             level,
             name,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of_val(&value) as libc::socklen_t,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
