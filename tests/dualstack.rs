@@ -1186,15 +1186,6 @@ fn wireguard_with_ipv6_takes_a_joining_node_in_without_a_full_pass() {
 /// WireGuard in an IPv6-only network on the IPv6 underlay: only `flannel-wg-v6` (51821), the
 /// lease `PublicIP` 0.0.0.0 with `BackendV6Data` alone, pods talk over IPv6 both ways, and
 /// nodes reach each other only over IPv6 WireGuard.
-/// `weft_peer_<name>{peer="<subnet>"}` from a node's /metrics.
-fn peer_metric(node: &Node, name: &str, peer: &str) -> Option<String> {
-    let (_, body) = node.http_get("/metrics")?;
-    let prefix = format!("weft_peer_{name}{{peer=\"{peer}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(str::to_string)
-}
-
 /// The subnet (network address and prefix) a node's subnet.env names in `key`
 /// (`FLANNEL_SUBNET`, `FLANNEL_IPV6_SUBNET`), once it is written.
 fn env_subnet(node: &Node, key: &str) -> String {
@@ -1228,7 +1219,7 @@ fn dual_stack_peers_are_probed_over_both_families() {
     n1.wait_until(CONVERGE, "both families of the peer healthy", || {
         [&s2, &s2v6]
             .iter()
-            .all(|s| peer_metric(n1, "reachable", s).as_deref() == Some("1"))
+            .all(|s| n1.peer_metric("reachable", s).as_deref() == Some("1"))
     });
     n2.netns().exec_ok(&[
         "nft",
@@ -1241,10 +1232,10 @@ fn dual_stack_peers_are_probed_over_both_families() {
             n1.log().contains(&format!(
                 "encapsulation dropped to peer {s2v6}: the underlay reaches {} but vxlan packets (UDP 8472) do not pass",
                 v6_of(n2)
-            )) && peer_metric(n1, "reachable", &s2v6).as_deref() == Some("0")
+            )) && n1.peer_metric("reachable", &s2v6).as_deref() == Some("0")
         },
     );
-    assert_eq!(peer_metric(n1, "reachable", &s2).as_deref(), Some("1"));
+    assert_eq!(n1.peer_metric("reachable", &s2).as_deref(), Some("1"));
     let json = weftctl_status_json(n1);
     let v: serde_json::Value =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
@@ -1297,8 +1288,8 @@ fn ipv6_only_peers_are_probed_over_ipv6_and_their_failures_named() {
     let (s2, s3) = (subnet6(n2), subnet6(n3));
     n1.wait_until(CONVERGE, "healthy IPv6-only peers in /metrics", || {
         [&s2, &s3].iter().all(|s| {
-            peer_metric(n1, "reachable", s).as_deref() == Some("1")
-                && peer_metric(n1, "path_mtu_bytes", s).as_deref() == Some("1430")
+            n1.peer_metric("reachable", s).as_deref() == Some("1")
+                && n1.peer_metric("path_mtu_bytes", s).as_deref() == Some("1430")
         })
     });
     assert!(n1.log().contains(&format!(
@@ -1312,7 +1303,7 @@ fn ipv6_only_peers_are_probed_over_ipv6_and_their_failures_named() {
         n1.log().contains(&format!(
             "MTU black hole to peer {s2} ({}): 1430-byte packets with DF are lost on the way, 1330 bytes pass",
             v6_of(n2)
-        )) && peer_metric(n1, "path_mtu_bytes", &s2).as_deref() == Some("1330")
+        )) && n1.peer_metric("path_mtu_bytes", &s2).as_deref() == Some("1330")
     });
 
     n3.netns().exec_ok(&[
@@ -1323,7 +1314,7 @@ fn ipv6_only_peers_are_probed_over_ipv6_and_their_failures_named() {
         n1.log().contains(&format!(
             "encapsulation dropped to peer {s3}: the underlay reaches {} but vxlan packets (UDP 8472) do not pass",
             v6_of(n3)
-        )) && peer_metric(n1, "reachable", &s3).as_deref() == Some("0")
+        )) && n1.peer_metric("reachable", &s3).as_deref() == Some("0")
     });
 
     let json = weftctl_status_json(n1);

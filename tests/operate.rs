@@ -928,15 +928,6 @@ fn grafana_dashboard_covers_weftds_metrics() {
     }
 }
 
-/// `weft_peer_<name>{peer="<subnet>"}` from a node's /metrics.
-fn peer_metric(node: &Node, name: &str, subnet: &str) -> Option<String> {
-    let (_, body) = node.http_get("/metrics")?;
-    let prefix = format!("weft_peer_{name}{{peer=\"{subnet}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(str::to_string)
-}
-
 /// weftd probes every peer over the overlay (small and full-MTU with DF, plus the underlay)
 /// and names Flannel's classic failures: an MTU black hole (a lower MTU on a veth of the
 /// underlay path; the MTU that works is measured), encapsulation dropped (nft drops UDP 8472 on
@@ -960,11 +951,11 @@ fn peer_health_names_black_hole_dropped_encapsulation_and_stale_lease() {
     let soon = Duration::from_secs(5);
     n1.wait_until(START, "healthy peers in /metrics", || {
         [&s2, &s3].iter().all(|s| {
-            peer_metric(n1, "reachable", s).as_deref() == Some("1")
-                && peer_metric(n1, "path_mtu_bytes", s).as_deref() == Some("1450")
+            n1.peer_metric("reachable", s).as_deref() == Some("1")
+                && n1.peer_metric("path_mtu_bytes", s).as_deref() == Some("1450")
         })
     });
-    assert!(peer_metric(n1, "rtt_seconds", &s2).is_some());
+    assert!(n1.peer_metric("rtt_seconds", &s2).is_some());
 
     // Node 2's end of the underlay takes 1400-byte frames: full-size VXLAN packets to it vanish.
     n2.netns().ip(&["link", "set", "eth0", "mtu", "1400"]);
@@ -975,9 +966,9 @@ fn peer_health_names_black_hole_dropped_encapsulation_and_stale_lease() {
     });
     n1.wait_until(soon, "the MTU that works named", || {
         n1.log().contains(&format!("MTU black hole to peer {s2} (192.0.2.12): 1450-byte packets with DF are lost on the way, 1350 bytes pass"))
-            && peer_metric(n1, "path_mtu_bytes", &s2).as_deref() == Some("1350")
+            && n1.peer_metric("path_mtu_bytes", &s2).as_deref() == Some("1350")
     });
-    assert_eq!(peer_metric(n1, "reachable", &s2).as_deref(), Some("1"));
+    assert_eq!(n1.peer_metric("reachable", &s2).as_deref(), Some("1"));
 
     // Node 3 drops VXLAN: the underlay still answers.
     n3.netns().exec_ok(&[
@@ -986,7 +977,7 @@ fn peer_health_names_black_hole_dropped_encapsulation_and_stale_lease() {
     ]);
     n1.wait_until(soon, "dropped encapsulation diagnosed", || {
         n1.log().contains(&format!("encapsulation dropped to peer {s3}: the underlay reaches 192.0.2.13 but vxlan packets (UDP 8472) do not pass"))
-            && peer_metric(n1, "reachable", &s3).as_deref() == Some("0")
+            && n1.peer_metric("reachable", &s3).as_deref() == Some("0")
     });
 
     // A lease whose node is gone.

@@ -430,6 +430,16 @@ impl Node {
         })
     }
 
+    /// The value of `weft_peer_<name>{peer="<peer>"}` on weftd's /metrics (the prober's health
+    /// of a peer, named by its subnet).
+    pub fn peer_metric(&self, name: &str, peer: &str) -> Option<String> {
+        let (_, body) = self.http_get("/metrics")?;
+        let prefix = format!("weft_peer_{name}{{peer=\"{peer}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
+    }
+
     /// GET `path` from weftd's healthz server; `(status code, body)`, None if not reachable.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, Self::HEALTHZ_PORT));
