@@ -416,9 +416,23 @@ impl Agent {
         };
         agent.note_lease();
         // The table as listed, before our claim: the watch from the listing's revision brings
-        // the claim (or the renewed value) as a change, so the own lease is not checked here.
+        // the claim (or the renewed value) as a change. Until it does, the table holds our
+        // lease as we wrote it (as after a re-acquire), so a peer's change that comes first
+        // does not read as our lease gone.
         agent.leases = listed.leases.into_iter().collect();
         agent.revision = listed.revision;
+        let key = agent.own_key();
+        let create_revision = agent
+            .leases
+            .get(&key)
+            .map_or(agent.revision, |r| r.create_revision);
+        agent.leases.insert(RawLease {
+            key,
+            value: agent.own.attrs.to_json().into_bytes(),
+            etcd_lease: agent.own.etcd_lease.unwrap_or(0),
+            create_revision,
+            mod_revision: agent.revision,
+        });
         agent.config_seen(listed.config);
         agent.reconcile().await;
         Ok(agent)
@@ -438,7 +452,16 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         };
         let mut resync = tokio::time::interval(self.opts.resync_interval);
         resync.tick().await;
-        let mut watch: Option<S::Watch> = None;
+        // The start listed and reconciled: watch from that listing (its changes since, our
+        // claim among them, arrive as events). Only a watch that cannot open lists again.
+        let mut watch: Option<S::Watch> = match self.store.watch_network(self.revision + 1).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "open the lease watch; re-listing");
+                None
+            }
+        };
         let mut backoff = Backoff::new();
         let mut retry_at = Instant::now();
         let mut relist_at =

@@ -441,6 +441,25 @@ fn start_lists_the_network_once() {
         "the own lease was taken for lost:\n{}",
         node.log()
     );
+    // Nor is it listed again, nor the kernel read whole again, once the node serves: the
+    // start's pass is the only full one, and the event loop watches from the start's listing.
+    let full_runs = node
+        .http_get("/metrics")
+        .and_then(|(_, text)| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("weft_reconcile_full_runs_total ")?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .expect("weft_reconcile_full_runs_total on /metrics");
+    assert_eq!(full_runs, 1.0, "full passes from start to the second peer");
+    assert!(
+        ranges() - before <= 4.0,
+        "{} range operations from the start to the second peer",
+        ranges() - before
+    );
 }
 
 /// etcd's count of range operations (reads) on its first member.
