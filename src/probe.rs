@@ -280,7 +280,7 @@ impl Sockets {
         let v6 = match Self::open_v6() {
             Ok(s) => Some(s),
             Err(e) => {
-                warn!(error = %e, "no ICMPv6 probe socket; IPv6-only peers are not probed");
+                warn!(error = %e, "no ICMPv6 probe socket; the peers' IPv6 overlays are not probed");
                 None
             }
         };

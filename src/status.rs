@@ -184,13 +184,14 @@ pub struct PeerStatus {
     /// An IPv6-only peer's probes are over IPv6.
     #[serde(default)]
     pub health: Option<PeerHealth>,
-    /// A dual-stack peer's latest probe over its IPv6 overlay.
+    /// A dual-stack peer's latest probe over its IPv6 overlay (boxed: the board keeps
+    /// thousands of peer statuses, this is attached only to a snapshot).
     #[serde(
         rename = "healthIPv6",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub health6: Option<PeerHealth>,
+    pub health6: Option<Box<PeerHealth>>,
 }
 
 impl PeerStatus {
@@ -474,7 +475,10 @@ impl StatusBoard {
         let health = self.peer_health();
         for peer in &mut status.peers {
             peer.health = health.get(&peer.health_key()).cloned();
-            peer.health6 = peer.health6_key().and_then(|k| health.get(&k).cloned());
+            peer.health6 = peer
+                .health6_key()
+                .and_then(|k| health.get(&k).cloned())
+                .map(Box::new);
         }
         status
     }

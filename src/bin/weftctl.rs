@@ -361,6 +361,17 @@ fn subnets_text(v4: Ipv4Network, v6: Option<Ipv6Network>) -> String {
     }
 }
 
+/// The HEALTH cell of one probe: its diagnosis, `-` before the first.
+fn diagnosis_text(h: Option<&PeerHealth>) -> String {
+    h.map_or_else(|| "-".to_string(), |h| h.diagnosis.as_str().to_string())
+}
+
+/// The PATH MTU cell of one probe.
+fn path_mtu_text(h: Option<&PeerHealth>) -> String {
+    h.and_then(|h| h.path_mtu)
+        .map_or_else(|| "-".to_string(), |mtu| mtu.to_string())
+}
+
 /// A peer's public addresses as the status table shows them: `PublicIP`, `PublicIP,PublicIPv6`
 /// for a dual-stack peer with both, `PublicIPv6` alone for an IPv6-only peer.
 fn public_ips_text(p: &PeerStatus) -> String {
@@ -887,21 +898,12 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
         .iter()
         .map(|p| {
             // A dual-stack peer's IPv6 probe is shown after its IPv4 one where they differ.
-            let diagnosis = |h: &Option<PeerHealth>| {
-                h.as_ref()
-                    .map_or_else(dash, |h| h.diagnosis.as_str().to_string())
-            };
-            let path_mtu = |h: &Option<PeerHealth>| {
-                h.as_ref()
-                    .and_then(|h| h.path_mtu)
-                    .map_or_else(dash, |mtu| mtu.to_string())
-            };
-            let both = |v4: String, v6: Option<String>| match v6 {
-                Some(v6) if v6 != v4 => format!("{v4},{v6}"),
-                _ => v4,
-            };
-            let v6 = |f: &dyn Fn(&Option<PeerHealth>) -> String| {
-                p.health6.is_some().then(|| f(&p.health6))
+            let both = |text: fn(Option<&PeerHealth>) -> String| {
+                let v4 = text(p.health.as_ref());
+                match p.health6.as_deref().map(|h| text(Some(h))) {
+                    Some(v6) if v6 != v4 => format!("{v4},{v6}"),
+                    _ => v4,
+                }
             };
             vec![
                 subnets_text(p.subnet, p.subnet6),
@@ -909,13 +911,13 @@ fn render_status(s: &NodeStatus, now: SystemTime) -> String {
                 p.backend_type.to_string(),
                 p.vtep_mac.as_ref().map_or_else(dash, MacText::to_string),
                 p.state.as_str().to_string(),
-                both(diagnosis(&p.health), v6(&diagnosis)),
+                both(diagnosis_text),
                 p.health
                     .as_ref()
-                    .or(p.health6.as_ref())
+                    .or(p.health6.as_deref())
                     .and_then(|h| h.rtt_seconds)
                     .map_or_else(dash, |rtt| format!("{:.2}ms", rtt * 1e3)),
-                both(path_mtu(&p.health), v6(&path_mtu)),
+                both(path_mtu_text),
             ]
         })
         .collect();
