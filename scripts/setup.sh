@@ -31,7 +31,7 @@ PACKAGES=(
     containerd                   # real runtime driving the CNI plugin (ctr run --cni) in tests/cni_runtimes.rs
     iptables                     # portmap's rules; tests/cni_runtimes.rs checks none are left
     jq                           # JSON in the scripts
-    python3                      # scripts/bench-scale.sh's driver (scripts/lib/scale.py); the VM tier's guest agent (over 9p)
+    python3                      # scripts/bench-scale.sh's driver (scripts/lib/scale.py); the VM tier's guest agent (over 9p); a process whose main thread ends first (wireguard/control.rs test)
     curl                         # healthz/metrics in the demo
     openssl                      # test CA and certificates for the etcd TLS tests
     binutils                     # strip, objdump: scripts/package.sh

@@ -314,3 +314,48 @@ impl Collector for DataPathCounters {
         self.refresh().encode(encoder)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::running;
+    use std::time::{Duration, Instant};
+
+    /// A process whose main thread has ended (a zombie in `/proc/<pid>/stat`) while another
+    /// thread still runs holds its descriptors: it counts as running until the last thread is
+    /// gone. (The data path's TUN queues stayed attached in exactly this state.)
+    #[test]
+    fn a_zombie_main_thread_with_a_live_thread_counts_as_running() {
+        // The main thread leaves with the raw exit syscall (60: the thread alone, not the
+        // process), the other thread lives on for a second.
+        let script = "import ctypes, threading, time\n\
+                      threading.Thread(target=time.sleep, args=(1,)).start()\n\
+                      time.sleep(0.1)\n\
+                      ctypes.CDLL(None).syscall(60, 0)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+            .expect("python3");
+        let pid = child.id() as i32;
+        let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !stat().contains(") Z") {
+            assert!(
+                Instant::now() < deadline,
+                "the main thread never ended: {}",
+                stat()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            running(pid),
+            "a zombie main thread with a live thread read as ended"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running(pid) {
+            assert!(Instant::now() < deadline, "the process never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = child.wait().expect("reap");
+        assert!(status.success(), "{status}");
+    }
+}
