@@ -421,18 +421,12 @@ impl Agent {
         // does not read as our lease gone.
         agent.leases = listed.leases.into_iter().collect();
         agent.revision = listed.revision;
-        let key = agent.own_key();
         let create_revision = agent
             .leases
-            .get(&key)
+            .get(&agent.own_key())
             .map_or(agent.revision, |r| r.create_revision);
-        agent.leases.insert(RawLease {
-            key,
-            value: agent.own.attrs.to_json().into_bytes(),
-            etcd_lease: agent.own.etcd_lease.unwrap_or(0),
-            create_revision,
-            mod_revision: agent.revision,
-        });
+        let own = agent.own_as_written(create_revision);
+        agent.leases.insert(own);
         agent.config_seen(listed.config);
         agent.reconcile().await;
         Ok(agent)
@@ -872,15 +866,21 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         self.own = own;
         self.note_lease();
         // Until the watch delivers the key, the table holds our lease as we wrote it.
-        let raw = RawLease {
+        let raw = self.own_as_written(self.revision);
+        self.set_lease(raw.key.clone(), Some(raw));
+        Ok(())
+    }
+
+    /// Our lease as we wrote it, for the table until the watch delivers the key; it counts
+    /// from `create_revision` in overlaps.
+    fn own_as_written(&self, create_revision: i64) -> RawLease {
+        RawLease {
             key: self.own_key(),
             value: self.own.attrs.to_json().into_bytes(),
             etcd_lease: self.own.etcd_lease.unwrap_or(0),
-            create_revision: self.revision,
+            create_revision,
             mod_revision: self.revision,
-        };
-        self.set_lease(raw.key.clone(), Some(raw));
-        Ok(())
+        }
     }
 
     fn note_lease(&self) {
