@@ -448,24 +448,28 @@ pub fn spawn(board: Arc<StatusBoard>, interval: Duration) -> std::io::Result<()>
 fn probe_targets(status: &NodeStatus) -> Vec<Target> {
     let mut targets = Vec::with_capacity(status.peers.len());
     for p in &status.peers {
-        let v6 = |underlay: IpAddr| {
+        // Named as the board looks their health up.
+        let v6 = |name: String, underlay: IpAddr| {
             p.subnet6.map(|subnet6| Target {
-                name: subnet6.to_string(),
+                name,
                 overlay: IpAddr::V6(subnet6.network()),
                 underlay,
             })
         };
         if p.subnet.prefix() == 0 {
-            targets.extend(p.public_ipv6.and_then(|ip| v6(IpAddr::V6(ip))));
+            targets.extend(
+                p.public_ipv6
+                    .and_then(|ip| v6(p.health_key(), IpAddr::V6(ip))),
+            );
             continue;
         }
         targets.push(Target {
-            name: p.subnet.to_string(),
+            name: p.health_key(),
             overlay: IpAddr::V4(p.subnet.network()),
             underlay: IpAddr::V4(p.public_ip),
         });
         let underlay6 = p.public_ipv6.map_or(IpAddr::V4(p.public_ip), IpAddr::V6);
-        targets.extend(v6(underlay6));
+        targets.extend(p.health6_key().and_then(|name| v6(name, underlay6)));
     }
     targets
 }

@@ -216,9 +216,7 @@ impl PeerStatus {
             health6: None,
         }
     }
-}
 
-impl PeerStatus {
     /// The name the prober keeps this peer's health under (the `peer` label of its metrics):
     /// its subnet, or its IPv6 subnet when it has no IPv4 one.
     pub fn health_key(&self) -> String {
