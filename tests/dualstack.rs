@@ -1199,17 +1199,23 @@ fn env_subnet(node: &Node, key: &str) -> String {
         .to_string()
 }
 
+/// `n` nodes on the IPv6 underlay, each weftd probing its peers every second.
+fn probed_cluster(n: u32, config: &str) -> Cluster {
+    let cluster = Cluster::new(n, config);
+    ipv6_underlay(&cluster);
+    for node in &cluster.nodes {
+        node.start_weftd(&["--peer-probe-interval", "1"]);
+    }
+    cluster
+}
+
 /// A dual-stack peer is probed over both families: with VXLAN over IPv6 dropped on node 2
 /// (nft, `ip6` only) its IPv6 overlay is diagnosed `encapsulation-dropped` while its IPv4 one
 /// stays healthy, and `weftctl status` shows both (JSON `health`, `healthIPv6`). An IPv4 probe
 /// alone calls this peer healthy while its IPv6 pods are cut off.
 #[test]
 fn dual_stack_peers_are_probed_over_both_families() {
-    let cluster = Cluster::new(2, DUAL_CONFIG);
-    ipv6_underlay(&cluster);
-    for node in &cluster.nodes {
-        node.start_weftd(&["--peer-probe-interval", "1"]);
-    }
+    let cluster = probed_cluster(2, DUAL_CONFIG);
     let (n1, n2) = (cluster.node(0), cluster.node(1));
     env_subnet(n1, "FLANNEL_SUBNET");
     let (s2, s2v6) = (
@@ -1277,11 +1283,7 @@ fn weftctl_status_json(node: &Node) -> String {
 /// health on each IPv6-only peer. Without IPv6 probes these peers had no health at all.
 #[test]
 fn ipv6_only_peers_are_probed_over_ipv6_and_their_failures_named() {
-    let cluster = Cluster::new(3, V6_ONLY_CONFIG);
-    ipv6_underlay(&cluster);
-    for node in &cluster.nodes {
-        node.start_weftd(&["--peer-probe-interval", "1"]);
-    }
+    let cluster = probed_cluster(3, V6_ONLY_CONFIG);
     let subnet6 = |node: &Node| env_subnet(node, "FLANNEL_IPV6_SUBNET");
     let (n1, n2, n3) = (cluster.node(0), cluster.node(1), cluster.node(2));
     subnet6(n1);
