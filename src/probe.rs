@@ -12,7 +12,10 @@
 //! peer over both families, an IPv6-only one over IPv6 alone), its underlay at its `PublicIPv6`.
 //!
 //! The prober is a thread of its own with one raw ICMP socket per family: a round costs three
-//! small packets per peer (the ladder only while a black hole is being measured).
+//! small packets per peer (the ladder only while a black hole is being measured). A reply
+//! counts only if it carries the prober's id, an outstanding sequence number, the random
+//! token that probe's payload carried and the probe's full length, and comes from the
+//! address the probe went to: a forged reply must have seen the request.
 
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
@@ -166,63 +169,75 @@ fn encode_peer_health(
     )
 }
 
-/// One echo request: ICMP type 8 with `id`, `seq` and a payload filling `size` bytes of IP.
-fn echo_request(id: u16, seq: u16, size: u32) -> Vec<u8> {
-    let len = size.saturating_sub(20).max(8) as usize;
-    let mut icmp = vec![0u8; len];
-    icmp[0] = 8;
-    icmp[4..6].copy_from_slice(&id.to_be_bytes());
-    icmp[6..8].copy_from_slice(&seq.to_be_bytes());
-    for (i, b) in icmp[8..].iter_mut().enumerate() {
+/// What identifies one probe: the prober's `id`, the probe's `seq` and a random `token`
+/// the request carries in its payload and a true reply echoes, so a reply forged by someone
+/// who did not see the request (guessing id and sequence) is not taken for an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Echo {
+    id: u16,
+    seq: u16,
+    token: u64,
+}
+
+/// The ICMP echo header and token length: type, code, checksum, id, seq, then the token.
+const ECHO_HEAD: usize = 16;
+
+/// An echo message of ICMP `kind` for `echo`, `len` bytes long (at least [`ECHO_HEAD`]):
+/// the token first in the payload, then a counting pattern.
+fn echo_message(kind: u8, echo: Echo, len: usize) -> Vec<u8> {
+    let mut icmp = vec![0u8; len.max(ECHO_HEAD)];
+    icmp[0] = kind;
+    icmp[4..6].copy_from_slice(&echo.id.to_be_bytes());
+    icmp[6..8].copy_from_slice(&echo.seq.to_be_bytes());
+    icmp[8..16].copy_from_slice(&echo.token.to_be_bytes());
+    for (i, b) in icmp[ECHO_HEAD..].iter_mut().enumerate() {
         *b = i as u8;
     }
+    icmp
+}
+
+/// One echo request: ICMP type 8 for `echo`, filling `size` bytes of IP.
+fn echo_request(echo: Echo, size: u32) -> Vec<u8> {
+    let mut icmp = echo_message(8, echo, size.saturating_sub(20) as usize);
     let sum = internet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     icmp
 }
 
-/// One ICMPv6 echo request (type 128) with `id`, `seq` and a payload filling `size` bytes of
-/// IPv6; the kernel fills in the checksum of a raw ICMPv6 socket.
-fn echo_request6(id: u16, seq: u16, size: u32) -> Vec<u8> {
-    let len = size.saturating_sub(40).max(8) as usize;
-    let mut icmp = vec![0u8; len];
-    icmp[0] = 128;
-    icmp[4..6].copy_from_slice(&id.to_be_bytes());
-    icmp[6..8].copy_from_slice(&seq.to_be_bytes());
-    for (i, b) in icmp[8..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    icmp
+/// One ICMPv6 echo request (type 128) for `echo`, filling `size` bytes of IPv6; the kernel
+/// fills in the checksum of a raw ICMPv6 socket.
+fn echo_request6(echo: Echo, size: u32) -> Vec<u8> {
+    echo_message(128, echo, size.saturating_sub(40) as usize)
 }
 
-/// `(id, seq)` of an ICMPv6 echo reply (type 129), as a raw ICMPv6 socket receives it
-/// (without the IPv6 header).
-fn parse_reply6(icmp: &[u8]) -> Option<(u16, u16)> {
-    if icmp.len() < 8 || icmp[0] != 129 {
+/// The echo and length (in bytes of ICMP) of an echo reply message of ICMP type `kind`.
+fn parse_echo(kind: u8, icmp: &[u8]) -> Option<(Echo, usize)> {
+    if icmp.len() < ECHO_HEAD || icmp[0] != kind {
         return None;
     }
-    Some((
-        u16::from_be_bytes([icmp[4], icmp[5]]),
-        u16::from_be_bytes([icmp[6], icmp[7]]),
-    ))
+    let echo = Echo {
+        id: u16::from_be_bytes([icmp[4], icmp[5]]),
+        seq: u16::from_be_bytes([icmp[6], icmp[7]]),
+        token: u64::from_be_bytes(icmp[8..16].try_into().ok()?),
+    };
+    Some((echo, icmp.len()))
 }
 
-/// `(source, id, seq)` of an echo reply in a raw IPv4 packet.
-fn parse_reply(pkt: &[u8]) -> Option<(Ipv4Addr, u16, u16)> {
+/// An ICMPv6 echo reply (type 129), as a raw ICMPv6 socket receives it (without the IPv6
+/// header).
+fn parse_reply6(icmp: &[u8]) -> Option<(Echo, usize)> {
+    parse_echo(129, icmp)
+}
+
+/// The source, echo and ICMP length of an echo reply in a raw IPv4 packet.
+fn parse_reply(pkt: &[u8]) -> Option<(Ipv4Addr, Echo, usize)> {
     let ihl = usize::from(pkt.first()? & 0x0f) * 4;
-    if pkt.len() < ihl + 8 || pkt.get(9) != Some(&1) {
+    if ihl < 20 || pkt.len() < ihl || pkt.get(9) != Some(&1) {
         return None;
     }
-    let icmp = &pkt[ihl..];
-    if icmp[0] != 0 {
-        return None;
-    }
+    let (echo, len) = parse_echo(0, &pkt[ihl..])?;
     let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-    Some((
-        src,
-        u16::from_be_bytes([icmp[4], icmp[5]]),
-        u16::from_be_bytes([icmp[6], icmp[7]]),
-    ))
+    Some((src, echo, len))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +254,10 @@ struct Sent {
     size: u32,
     to: IpAddr,
     at: Instant,
+    /// The token its request carries.
+    token: u64,
+    /// Its length in bytes of ICMP, which a true reply has too.
+    len: usize,
 }
 
 /// A peer a round probes.
@@ -318,24 +337,27 @@ impl Sockets {
         Ok(v6)
     }
 
-    /// Sends one echo request of `size` bytes to `to`, without waiting for buffer space.
-    fn send(&self, id: u16, seq: u16, size: u32, to: IpAddr) -> bool {
+    /// Sends one echo request of `size` bytes to `to`, without waiting for buffer space;
+    /// the length of its ICMP message if it was queued.
+    fn send(&self, echo: Echo, size: u32, to: IpAddr) -> Option<usize> {
         let (socket, pkt) = match to {
-            IpAddr::V4(_) => (&self.v4, echo_request(id, seq, size)),
-            IpAddr::V6(_) => match &self.v6 {
-                Some(s) => (s, echo_request6(id, seq, size)),
-                None => return false,
-            },
+            IpAddr::V4(_) => (&self.v4, echo_request(echo, size)),
+            IpAddr::V6(_) => (self.v6.as_ref()?, echo_request6(echo, size)),
         };
         let addr = SockAddr::from(SocketAddr::new(to, 0));
         socket
             .send_to_with_flags(&pkt, &addr, libc::MSG_DONTWAIT)
-            .is_ok()
+            .ok()
+            .map(|_| pkt.len())
     }
 
     /// Waits up to `timeout` for an answer on either socket and returns every echo reply
-    /// then queued: `(source, id, seq)`.
-    fn replies(&self, timeout: Duration, buf: &mut [MaybeUninit<u8>]) -> Vec<(IpAddr, u16, u16)> {
+    /// then queued: `(source, echo, ICMP length)`.
+    fn replies(
+        &self,
+        timeout: Duration,
+        buf: &mut [MaybeUninit<u8>],
+    ) -> Vec<(IpAddr, Echo, usize)> {
         use nix::poll::{poll, PollFd, PollFlags};
         let mut fds = vec![PollFd::new(self.v4.as_fd(), PollFlags::POLLIN)];
         if let Some(v6) = &self.v6 {
@@ -349,15 +371,15 @@ impl Sockets {
         }
         let mut out = Vec::new();
         while let Ok((len, _)) = self.v4.recv_from(buf) {
-            if let Some((src, id, seq)) = parse_reply(initialised(buf, len)) {
-                out.push((IpAddr::V4(src), id, seq));
+            if let Some((src, echo, len)) = parse_reply(initialised(buf, len)) {
+                out.push((IpAddr::V4(src), echo, len));
             }
         }
         if let Some(v6) = &self.v6 {
             while let Ok((len, from)) = v6.recv_from(buf) {
                 let src = from.as_socket().map(|a| a.ip());
-                if let (Some(src), Some((id, seq))) = (src, parse_reply6(initialised(buf, len))) {
-                    out.push((src, id, seq));
+                if let (Some(src), Some((echo, len))) = (src, parse_reply6(initialised(buf, len))) {
+                    out.push((src, echo, len));
                 }
             }
         }
@@ -474,6 +496,14 @@ fn probe_targets(status: &NodeStatus) -> Vec<Target> {
     targets
 }
 
+/// Whether a reply from `src` with `echo`, `len` bytes of ICMP, answers `probe` (the probe
+/// sent with its sequence number, if one is outstanding): this prober's id, the address the
+/// probe went to, the token it carried and its full length (a reply cut short is no proof
+/// that the full size got through).
+fn answers_probe(probe: Option<&Sent>, id: u16, src: IpAddr, echo: Echo, len: usize) -> bool {
+    probe.is_some_and(|p| echo.id == id && p.to == src && p.token == echo.token && p.len == len)
+}
+
 /// One round: send, collect answers until every probe is answered or the round's time is up,
 /// record and log.
 fn round(
@@ -499,7 +529,12 @@ fn round(
         *seq = seq.wrapping_add(1);
         // Never wait for buffer space: probes queued behind a dead peer's neighbour entry
         // must not hold up the round; a probe that cannot be queued counts as unanswered.
-        if sockets.send(id, *seq, size, to) {
+        let echo = Echo {
+            id,
+            seq: *seq,
+            token: rand::random(),
+        };
+        if let Some(len) = sockets.send(echo, size, to) {
             sent.insert(
                 *seq,
                 Sent {
@@ -508,6 +543,8 @@ fn round(
                     size,
                     to,
                     at: Instant::now(),
+                    token: echo.token,
+                    len,
                 },
             );
         }
@@ -541,16 +578,13 @@ fn round(
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             break;
         };
-        for (src, reply_id, reply_seq) in sockets.replies(left, &mut buf) {
-            if reply_id != id {
+        for (src, echo, len) in sockets.replies(left, &mut buf) {
+            if !answers_probe(sent.get(&echo.seq), id, src, echo, len) {
                 continue;
             }
-            let Some(probe) = sent.remove(&reply_seq) else {
+            let Some(probe) = sent.remove(&echo.seq) else {
                 continue;
             };
-            if probe.to != src {
-                continue;
-            }
             let a = &mut answers[probe.peer];
             match probe.kind {
                 Kind::Small => a.small_rtt = Some(probe.at.elapsed()),
@@ -672,9 +706,15 @@ mod tests {
         );
     }
 
+    const ECHO: Echo = Echo {
+        id: 0x1234,
+        seq: 7,
+        token: 0x0102_0304_0506_0708,
+    };
+
     #[test]
     fn icmpv6_echo_requests_fill_the_size_asked_and_replies_parse_back() {
-        let icmp = echo_request6(0x1234, 7, 1430);
+        let icmp = echo_request6(ECHO, 1430);
         assert_eq!(
             icmp.len(),
             1390,
@@ -683,9 +723,9 @@ mod tests {
         assert_eq!(icmp[0], 128);
         let mut reply = icmp.clone();
         reply[0] = 129;
-        assert_eq!(parse_reply6(&reply), Some((0x1234, 7)));
+        assert_eq!(parse_reply6(&reply), Some((ECHO, 1390)));
         assert_eq!(parse_reply6(&icmp), None, "a request is no reply");
-        assert_eq!(parse_reply6(&reply[..7]), None);
+        assert_eq!(parse_reply6(&reply[..15]), None, "no room for the token");
     }
 
     #[test]
@@ -702,9 +742,15 @@ mod tests {
 
     #[test]
     fn echo_requests_carry_a_valid_checksum_and_parse_back() {
-        let icmp = echo_request(0x1234, 7, 1450);
+        let icmp = echo_request(ECHO, 1450);
         assert_eq!(icmp.len(), 1430);
         assert_eq!(internet_checksum(&icmp), 0, "checksum does not verify");
+        assert_eq!(
+            icmp[8..16],
+            ECHO.token.to_be_bytes(),
+            "the token leads the payload"
+        );
+        assert_eq!(echo_request(ECHO, 84).len(), 64, "ping's default size");
         let mut ip = vec![
             0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 244, 2, 0, 10, 244, 1, 0,
         ];
@@ -713,11 +759,53 @@ mod tests {
         ip.extend_from_slice(&reply);
         assert_eq!(
             parse_reply(&ip),
-            Some((Ipv4Addr::new(10, 244, 2, 0), 0x1234, 7))
+            Some((Ipv4Addr::new(10, 244, 2, 0), ECHO, 1430))
         );
         ip[20] = 8;
         assert_eq!(parse_reply(&ip), None, "a request is no reply");
-        assert_eq!(parse_reply(&ip[..24]), None);
+        assert_eq!(parse_reply(&ip[..35]), None, "no room for the token");
+        ip[0] = 0x41;
+        assert_eq!(parse_reply(&ip), None, "a header length under 20 bytes");
+    }
+
+    #[test]
+    fn a_reply_answers_only_the_probe_whose_token_and_length_it_echoes() {
+        let peer: IpAddr = "10.244.2.0".parse().unwrap();
+        let probe = Sent {
+            peer: 0,
+            kind: Kind::Large,
+            size: 1450,
+            to: peer,
+            at: Instant::now(),
+            token: ECHO.token,
+            len: 1430,
+        };
+        let answers = |src: IpAddr, echo: Echo, len: usize| {
+            answers_probe(Some(&probe), ECHO.id, src, echo, len)
+        };
+        assert!(answers(peer, ECHO, 1430), "the true reply");
+        // Forged by someone who guessed id and sequence but never saw the request.
+        let forged = Echo {
+            token: 0x0807_0605_0403_0201,
+            ..ECHO
+        };
+        assert!(!answers(peer, forged, 1430), "a guessed token");
+        assert!(
+            !answers(peer, ECHO, 64),
+            "a small reply is no answer to a full-MTU probe"
+        );
+        assert!(
+            !answers("10.244.3.0".parse().unwrap(), ECHO, 1430),
+            "another source"
+        );
+        assert!(
+            !answers(peer, Echo { id: 1, ..ECHO }, 1430),
+            "another prober's id"
+        );
+        assert!(
+            !answers_probe(None, ECHO.id, peer, ECHO, 1430),
+            "no probe outstanding"
+        );
     }
 
     #[test]
