@@ -17,7 +17,7 @@
 //! token that probe's payload carried and the probe's full length, and comes from the
 //! address the probe went to: a forged reply must have seen the request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -45,6 +45,10 @@ const LADDER_FROM: u32 = 576;
 const LADDER_FROM_V6: u32 = 1280;
 /// Step between the ladder's sizes.
 const LADDER_STEP: u32 = 10;
+/// The most peers whose black hole one round measures with a ladder (up to 88 probes of up
+/// to the device MTU each): a cluster-wide MTU mistake at thousands of peers must not turn
+/// a round into hundreds of megabytes of ICMP. The others wait for later rounds, in turn.
+const LADDERS_PER_ROUND: usize = 16;
 
 /// What the probes say about a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,9 +173,9 @@ fn encode_peer_health(
     )
 }
 
-/// What identifies one probe: the prober's `id`, the probe's `seq` and a random `token`
-/// the request carries in its payload and a true reply echoes, so a reply forged by someone
-/// who did not see the request (guessing id and sequence) is not taken for an answer.
+/// What identifies one probe: its ICMP `id` and `seq` and a random `token` the request
+/// carries in its payload and a true reply echoes, so a reply forged by someone who did not
+/// see the request (guessing id and sequence) is not taken for an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Echo {
     id: u16,
@@ -248,16 +252,49 @@ enum Kind {
     Ladder,
 }
 
-struct Sent {
+/// One probe a round sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Planned {
+    /// The index of its peer among the round's targets.
     peer: usize,
     kind: Kind,
+    /// Its size in bytes of IP.
     size: u32,
     to: IpAddr,
+}
+
+/// One probe sent and not yet answered.
+struct Sent {
+    probe: Planned,
     at: Instant,
-    /// The token its request carries.
-    token: u64,
+    /// What its request carried.
+    echo: Echo,
     /// Its length in bytes of ICMP, which a true reply has too.
     len: usize,
+}
+
+/// The prober's numbering of its probes: a 32-bit count spread over ICMP id (the high half,
+/// from a random base) and sequence number (the low half), so a round of more than 65 536
+/// probes (a thousand black holes being measured, ten thousand dual-stack peers) never
+/// gives two outstanding probes one number.
+#[derive(Debug, Clone, Copy)]
+struct Numbering {
+    base: u16,
+    next: u32,
+}
+
+impl Numbering {
+    /// The next probe's number and the id and sequence number that carry it.
+    fn take(&mut self) -> (u32, u16, u16) {
+        let n = self.next;
+        self.next = self.next.wrapping_add(1);
+        (n, self.base.wrapping_add((n >> 16) as u16), n as u16)
+    }
+
+    /// The number a reply's id and sequence number carry.
+    fn number(&self, id: u16, seq: u16) -> u32 {
+        u32::from(id.wrapping_sub(self.base)) << 16 | u32::from(seq)
+    }
 }
 
 /// A peer a round probes.
@@ -447,16 +484,27 @@ struct Answers {
 /// Starts the prober thread: a round every `interval` once the node is ready.
 pub fn spawn(board: Arc<StatusBoard>, interval: Duration) -> std::io::Result<()> {
     let sockets = Sockets::open()?;
-    let id = rand::random::<u16>();
+    let mut numbering = Numbering {
+        base: rand::random(),
+        next: 0,
+    };
     std::thread::Builder::new()
         .name("weft-probe".into())
         .spawn(move || {
-            let mut seq: u16 = 0;
+            let mut round_no: u64 = 0;
             loop {
                 std::thread::sleep(interval);
                 let status = board.snapshot();
                 if status.ready {
-                    round(&sockets, id, &mut seq, &status, &board, interval);
+                    round(
+                        &sockets,
+                        &mut numbering,
+                        round_no,
+                        &status,
+                        &board,
+                        interval,
+                    );
+                    round_no += 1;
                 }
             }
         })?;
@@ -496,20 +544,82 @@ fn probe_targets(status: &NodeStatus) -> Vec<Target> {
     targets
 }
 
-/// Whether a reply from `src` with `echo`, `len` bytes of ICMP, answers `probe` (the probe
-/// sent with its sequence number, if one is outstanding): this prober's id, the address the
-/// probe went to, the token it carried and its full length (a reply cut short is no proof
-/// that the full size got through).
-fn answers_probe(probe: Option<&Sent>, id: u16, src: IpAddr, echo: Echo, len: usize) -> bool {
-    probe.is_some_and(|p| echo.id == id && p.to == src && p.token == echo.token && p.len == len)
+/// Whether a reply from `src` with `echo`, `len` bytes of ICMP, answers `sent` (the probe
+/// outstanding under the number the reply carries, if any): the id, sequence number and
+/// token that probe carried, from the address it went to, at its full length (a reply cut
+/// short is no proof that the full size got through).
+fn answers_probe(sent: Option<&Sent>, src: IpAddr, echo: Echo, len: usize) -> bool {
+    sent.is_some_and(|s| s.echo == echo && s.probe.to == src && s.len == len)
+}
+
+/// The probes of one round, in sending order: three per target, and a ladder of sizes for
+/// the peers whose black hole is still to be measured (`measuring(name)`), at most
+/// [`LADDERS_PER_ROUND`] of them, taken in turn from `round_no` on so that every one gets
+/// its ladder within a few rounds.
+fn plan(
+    targets: &[Target],
+    mtu: u32,
+    round_no: u64,
+    measuring: impl Fn(&str) -> bool,
+) -> Vec<Planned> {
+    let mut probes = Vec::with_capacity(targets.len() * 3);
+    for (peer, t) in targets.iter().enumerate() {
+        let small = match t.overlay {
+            IpAddr::V4(_) => SMALL,
+            IpAddr::V6(_) => SMALL_V6,
+        };
+        let mut probe = |kind, size, to| {
+            probes.push(Planned {
+                peer,
+                kind,
+                size,
+                to,
+            })
+        };
+        probe(Kind::Small, small, t.overlay);
+        probe(Kind::Large, mtu, t.overlay);
+        probe(Kind::Underlay, small, t.underlay);
+    }
+    let waiting: Vec<usize> = (0..targets.len())
+        .filter(|&i| measuring(&targets[i].name))
+        .collect();
+    if waiting.is_empty() {
+        return probes;
+    }
+    let first = (round_no as usize).wrapping_mul(LADDERS_PER_ROUND) % waiting.len();
+    for &peer in waiting
+        .iter()
+        .cycle()
+        .skip(first)
+        .take(LADDERS_PER_ROUND.min(waiting.len()))
+    {
+        let t = &targets[peer];
+        let ladder_from = match t.overlay {
+            IpAddr::V4(_) => LADDER_FROM,
+            IpAddr::V6(_) => LADDER_FROM_V6,
+        };
+        // Down from the device MTU, so a path MTU a multiple of the step below it is named
+        // exactly.
+        let mut size = mtu.saturating_sub(LADDER_STEP);
+        while size >= ladder_from {
+            probes.push(Planned {
+                peer,
+                kind: Kind::Ladder,
+                size,
+                to: t.overlay,
+            });
+            size -= LADDER_STEP;
+        }
+    }
+    probes
 }
 
 /// One round: send, collect answers until every probe is answered or the round's time is up,
 /// record and log.
 fn round(
     sockets: &Sockets,
-    id: u16,
-    seq: &mut u16,
+    numbering: &mut Numbering,
+    round_no: u64,
     status: &NodeStatus,
     board: &StatusBoard,
     interval: Duration,
@@ -524,50 +634,32 @@ fn round(
     let mtu = backend.mtu;
     let previous = board.peer_health();
     let peers = probe_targets(status);
-    let mut sent: BTreeMap<u16, Sent> = BTreeMap::new();
-    let mut send = |peer: usize, kind: Kind, size: u32, to: IpAddr, seq: &mut u16| {
-        *seq = seq.wrapping_add(1);
-        // Never wait for buffer space: probes queued behind a dead peer's neighbour entry
-        // must not hold up the round; a probe that cannot be queued counts as unanswered.
+    let measuring = |name: &str| {
+        previous
+            .get(name)
+            .is_some_and(|h| h.diagnosis == Diagnosis::MtuBlackHole && h.path_mtu.is_none())
+    };
+    let mut sent: HashMap<u32, Sent> = HashMap::new();
+    for probe in plan(&peers, mtu, round_no, measuring) {
+        let (n, id, seq) = numbering.take();
         let echo = Echo {
             id,
-            seq: *seq,
+            seq,
             token: rand::random(),
         };
-        if let Some(len) = sockets.send(echo, size, to) {
+        // Never wait for buffer space: probes queued behind a dead peer's neighbour entry
+        // must not hold up the round; a probe that cannot be queued counts as unanswered.
+        if let Some(len) = sockets.send(echo, probe.size, probe.to) {
+            let at = Instant::now();
             sent.insert(
-                *seq,
+                n,
                 Sent {
-                    peer,
-                    kind,
-                    size,
-                    to,
-                    at: Instant::now(),
-                    token: echo.token,
+                    probe,
+                    at,
+                    echo,
                     len,
                 },
             );
-        }
-    };
-    for (i, t) in peers.iter().enumerate() {
-        let (small, ladder_from) = match t.overlay {
-            IpAddr::V4(_) => (SMALL, LADDER_FROM),
-            IpAddr::V6(_) => (SMALL_V6, LADDER_FROM_V6),
-        };
-        send(i, Kind::Small, small, t.overlay, seq);
-        send(i, Kind::Large, mtu, t.overlay, seq);
-        send(i, Kind::Underlay, small, t.underlay, seq);
-        let measuring = previous
-            .get(&t.name)
-            .is_some_and(|h| h.diagnosis == Diagnosis::MtuBlackHole && h.path_mtu.is_none());
-        if measuring {
-            // Down from the device MTU, so a path MTU a multiple of the step below it is
-            // named exactly.
-            let mut size = mtu.saturating_sub(LADDER_STEP);
-            while size >= ladder_from {
-                send(i, Kind::Ladder, size, t.overlay, seq);
-                size -= LADDER_STEP;
-            }
         }
     }
     let mut answers: Vec<Answers> = peers.iter().map(|_| Answers::default()).collect();
@@ -579,15 +671,16 @@ fn round(
             break;
         };
         for (src, echo, len) in sockets.replies(left, &mut buf) {
-            if !answers_probe(sent.get(&echo.seq), id, src, echo, len) {
+            let n = numbering.number(echo.id, echo.seq);
+            if !answers_probe(sent.get(&n), src, echo, len) {
                 continue;
             }
-            let Some(probe) = sent.remove(&echo.seq) else {
+            let Some(Sent { probe, at, .. }) = sent.remove(&n) else {
                 continue;
             };
             let a = &mut answers[probe.peer];
             match probe.kind {
-                Kind::Small => a.small_rtt = Some(probe.at.elapsed()),
+                Kind::Small => a.small_rtt = Some(at.elapsed()),
                 Kind::Large => a.large = true,
                 Kind::Underlay => a.underlay = true,
                 Kind::Ladder => a.ladder_best = a.ladder_best.max(Some(probe.size)),
@@ -771,18 +864,19 @@ mod tests {
     #[test]
     fn a_reply_answers_only_the_probe_whose_token_and_length_it_echoes() {
         let peer: IpAddr = "10.244.2.0".parse().unwrap();
-        let probe = Sent {
-            peer: 0,
-            kind: Kind::Large,
-            size: 1450,
-            to: peer,
+        let sent = Sent {
+            probe: Planned {
+                peer: 0,
+                kind: Kind::Large,
+                size: 1450,
+                to: peer,
+            },
             at: Instant::now(),
-            token: ECHO.token,
+            echo: ECHO,
             len: 1430,
         };
-        let answers = |src: IpAddr, echo: Echo, len: usize| {
-            answers_probe(Some(&probe), ECHO.id, src, echo, len)
-        };
+        let answers =
+            |src: IpAddr, echo: Echo, len: usize| answers_probe(Some(&sent), src, echo, len);
         assert!(answers(peer, ECHO, 1430), "the true reply");
         // Forged by someone who guessed id and sequence but never saw the request.
         let forged = Echo {
@@ -798,13 +892,76 @@ mod tests {
             !answers("10.244.3.0".parse().unwrap(), ECHO, 1430),
             "another source"
         );
+        assert!(!answers(peer, Echo { id: 1, ..ECHO }, 1430), "another id");
         assert!(
-            !answers(peer, Echo { id: 1, ..ECHO }, 1430),
-            "another prober's id"
+            !answers(peer, Echo { seq: 8, ..ECHO }, 1430),
+            "another sequence number"
         );
         assert!(
-            !answers_probe(None, ECHO.id, peer, ECHO, 1430),
+            !answers_probe(None, peer, ECHO, 1430),
             "no probe outstanding"
+        );
+    }
+
+    #[test]
+    fn probe_numbers_stay_distinct_beyond_65536_probes_in_a_round() {
+        let mut numbering = Numbering {
+            base: 0xfff0,
+            next: 0,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for expected in 0..200_000u32 {
+            let (n, id, seq) = numbering.take();
+            assert_eq!(n, expected);
+            assert!(seen.insert((id, seq)), "probe {n} reuses id {id} seq {seq}");
+            assert_eq!(numbering.number(id, seq), n, "a reply names its probe");
+        }
+    }
+
+    fn targets(n: usize) -> Vec<Target> {
+        (0..n)
+            .map(|i| Target {
+                name: format!("10.244.{}.{}/32", i / 256, i % 256),
+                overlay: IpAddr::V4(Ipv4Addr::new(10, 244, (i / 256) as u8, (i % 256) as u8)),
+                underlay: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_round_ladders_a_bounded_number_of_black_holes_and_every_one_in_turn() {
+        // Three black holes: all measured at once, one ladder each, 1440 down to 580.
+        let few = targets(5);
+        let probes = plan(&few, 1450, 0, |name| name < "10.244.0.3");
+        let ladders: Vec<&Planned> = probes.iter().filter(|p| p.kind == Kind::Ladder).collect();
+        assert_eq!(probes.len() - ladders.len(), 15, "three probes per peer");
+        assert_eq!(ladders.len(), 3 * 87);
+        assert_eq!(ladders.first().map(|p| (p.peer, p.size)), Some((0, 1440)));
+        assert_eq!(ladders.last().map(|p| (p.peer, p.size)), Some((2, 580)));
+        assert!(plan(&few, 1450, 0, |_| false)
+            .iter()
+            .all(|p| p.kind != Kind::Ladder));
+
+        // A cluster-wide MTU mistake: every one of a thousand peers a black hole. A round
+        // sends at most LADDERS_PER_ROUND ladders, and every peer gets its own in turn.
+        let many = targets(1000);
+        let mut laddered = std::collections::BTreeSet::new();
+        let rounds = 1000usize.div_ceil(LADDERS_PER_ROUND) as u64;
+        for round_no in 0..rounds {
+            let probes = plan(&many, 1450, round_no, |_| true);
+            let peers: std::collections::BTreeSet<usize> = probes
+                .iter()
+                .filter(|p| p.kind == Kind::Ladder)
+                .map(|p| p.peer)
+                .collect();
+            assert_eq!(peers.len(), LADDERS_PER_ROUND, "round {round_no}");
+            assert_eq!(probes.len(), 3000 + LADDERS_PER_ROUND * 87);
+            laddered.extend(peers);
+        }
+        assert_eq!(
+            laddered.len(),
+            1000,
+            "every black hole measured within {rounds} rounds"
         );
     }
 
