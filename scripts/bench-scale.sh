@@ -17,6 +17,9 @@
 #           entries); weftd's CPU and p99 beside the churn section's.
 #   churn6only  the same churn on 10 000 IPv6-only peers (keys 0.0.0.0-0&..., VXLAN over IPv6:
 #           30 000 entries on flannel-v6.1), latencies from the IPv6 routes and neighbours.
+#   probe   the peer prober on 10 000 dual-stack peers of which none answers (their underlay
+#           addresses are unrouted): the prober thread's CPU per round, the echo requests the
+#           kernel sent per round, weftd's CPU and RSS, and that every peer's health is reported.
 #   fanout  50 weftd processes, each on its own node namespace, watching the same 5000 leases;
 #           100 writes at 10/s: latency from a write to the LAST agent's kernel holding it; etcd's
 #           CPU meanwhile.
@@ -44,7 +47,7 @@
 #   WEFTD_WRAP="perf record -g -o /tmp/weftd.perf" SECTIONS=start PEERS=10000 scripts/bench-scale.sh
 #                                            profile weftd (RSS and CPU figures are then perf's)
 #   SECTIONS=start,churn PEERS=10000 scripts/bench-scale.sh   only these phases (start, churn,
-#                                            churn6, churn6only, fanout, fib, hostgw, udp, wgpeers; churn runs on the start phase's
+#                                            churn6, churn6only, probe, fanout, fib, hostgw, udp, wgpeers; churn runs on the start phase's
 #                                            largest node)
 #   SECTIONS=hostgw,udp HOSTGW_PEERS=2000 UDP_PEERS=2000 UDP_ROUNDS=2 UDP_SECONDS=3 HOSTGW_ROUNDS=1 \
 #       LOOKUP_ROUNDS=3 scripts/bench-scale.sh              quick look at the host-gw and UDP sections
@@ -106,7 +109,7 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 
-SECTIONS=${SECTIONS:-start,churn,churn6,churn6only,fanout,fib,hostgw,udp,wgpeers}
+SECTIONS=${SECTIONS:-start,churn,churn6,churn6only,probe,fanout,fib,hostgw,udp,wgpeers}
 if [[ ",$SECTIONS," == *,udp,* ]]; then
     echo "== udp forwarding table: lookup per packet and table change (examples/udp-lookup.rs)"
     "$ROOT/target/$PROFILE/examples/udp-lookup" "${LOOKUP_ROUNDS:-9}"

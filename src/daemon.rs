@@ -1383,7 +1383,7 @@ async fn publish_pods(etcd: EtcdOptions, node: String, pod_root: PathBuf, board:
 /// Hands the heap pages a full pass freed back to the system. The pass's dumps, validated
 /// leases and netlink batches peak at tens of MiB at 10 000 peers, and glibc keeps freed pages
 /// mapped (per arena) unless asked: the node's memory would stay at that peak.
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim takes no pointers; it only returns free pages of the allocator's own
     // arenas to the kernel.

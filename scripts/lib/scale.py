@@ -279,7 +279,7 @@ def cpu_ticks(pid):
 
 
 class Weftd:
-    def __init__(self, args, nss, name, ip, quiet=False, iface="eth0", extra_addr=None, flags=()):
+    def __init__(self, args, nss, name, ip, quiet=False, iface="eth0", extra_addr=None, flags=(), probe_interval=0):
         self.ns = nss.new(name)
         nss.attach(self.ns, ip)
         if extra_addr:
@@ -296,7 +296,7 @@ class Weftd:
             + [args.weftd,
              "--etcd-endpoints", f"http://{ETCD_IP}:2379", "--iface", iface,
              "--subnet-file", self.subnet_env, "--state-dir", os.path.join(self.dir, "state"),
-             "--peer-probe-interval", "0", "--healthz-addr", "127.0.0.1:9102", *flags],
+             "--peer-probe-interval", str(probe_interval), "--healthz-addr", "127.0.0.1:9102", *flags],
             stdout=self.logf, stderr=subprocess.STDOUT)
 
     @property
@@ -585,6 +585,88 @@ def phase_start(args, etcd, nss, keep_node):
         node = Weftd(args, nss, f"n{args.peers[-1]}", "192.0.2.10")
         node.ready_after(120)
     return node, lease, results
+
+
+def thread_ticks(pid, name):
+    """CPU ticks (user + system) of the thread of `pid` called `name`."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().strip() == name:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                return int(fields[11]) + int(fields[12])
+    raise SystemExit(f"bench-scale: weftd {pid} has no thread {name}")
+
+
+def out_echos(ns):
+    """Echo requests the namespace has sent: (ICMP, ICMPv6), from /proc/net/snmp and snmp6."""
+    snmp = run("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").splitlines()
+    heads = [l.split() for l in snmp if l.startswith("Icmp:")]
+    v4 = int(dict(zip(heads[0], heads[1]))["OutEchos"])
+    snmp6 = dict(l.split()[:2] for l in run("ip", "netns", "exec", ns, "cat", "/proc/net/snmp6").splitlines() if l.strip())
+    return v4, int(snmp6["Icmp6OutEchos"])
+
+
+def health_series(ns):
+    """Peers whose health weftd reports (`weft_peer_reachable` series) and how many read reachable."""
+    text = run("ip", "netns", "exec", ns, "curl", "-fsS", "http://127.0.0.1:9102/metrics", check=False)
+    values = [l.rsplit(" ", 1)[1] for l in text.splitlines() if l.startswith("weft_peer_reachable{")]
+    return len(values), sum(1 for v in values if float(v) == 1)
+
+
+PROBE_INTERVAL = 5
+PROBE_ROUNDS = 6
+
+
+def phase_probe(args, etcd, nss, n):
+    """The peer prober on n dual-stack peers (three probes per peer and family per round), none
+    of which answers: the fake peers' underlay addresses of both families are unrouted (the
+    overlay probes go into the VXLAN devices and end there, the underlay ones are refused at
+    once), so every round ends at its deadline and every peer is diagnosed down. The prober thread's CPU per round, the echo
+    requests the kernel sent per round, weftd's CPU and RSS, and the health series reported;
+    then weftd's CPU and RSS on the same peers with probing off."""
+    etcd.put(f"{PREFIX_KEY}/config", json.dumps(CONFIG6))
+    load_leases(etcd, n, dual=True)
+    # The node's IPv6 address is off the fake peers' /64 (2001:db8::1:x), so nothing resolves
+    # their addresses: ten thousand unresolved neighbour entries would fill the kernel's
+    # neighbour table, which all namespaces share.
+    node = Weftd(args, nss, f"p{n}", "192.0.2.10", extra_addr="2001:db8:ff::10/64", probe_interval=PROBE_INTERVAL)
+    node.ready_after(120)
+    deadline = time.time() + 4 * PROBE_INTERVAL + 30
+    while health_series(node.ns)[0] < 2 * n:
+        if time.time() > deadline:
+            raise SystemExit(f"bench-scale: prober reported {health_series(node.ns)} of {2 * n} peer families")
+        time.sleep(0.5)
+    ticks0, process0, echos0, t0 = thread_ticks(node.pid, "weft-probe"), cpu_ticks(node.pid), out_echos(node.ns), time.time()
+    time.sleep(PROBE_ROUNDS * PROBE_INTERVAL)
+    ticks1, process1, echos1, t1 = thread_ticks(node.pid, "weft-probe"), cpu_ticks(node.pid), out_echos(node.ns), time.time()
+    # A round sends two overlay echo requests per peer over IPv4 (small and full-size; the
+    # underlay one is refused before it is sent), and sleeps the interval after its deadline.
+    rounds = (echos1[0] - echos0[0]) / (2 * n)
+    hz = os.sysconf("SC_CLK_TCK")
+    series, reachable = health_series(node.ns)
+    rss = proc_status(node.pid, "VmRSS") / 1024
+    per_round = [(b - a) / rounds for a, b in zip(echos0, echos1)]
+    log(f"   {n:>6} dual-stack peers, interval {PROBE_INTERVAL} s, {rounds:.1f} rounds in {t1 - t0:.0f} s: prober thread "
+        f"{(ticks1 - ticks0) / hz / rounds * 1000:.0f} ms CPU per round, weftd {(process1 - process0) / hz / (t1 - t0) * 100:.1f} % "
+        f"of a core; echo requests sent per round {per_round[0]:.0f} ICMP + {per_round[1]:.0f} ICMPv6; "
+        f"health of {series} peer families reported ({reachable} reachable); RSS {rss:.1f} MiB")
+    if reachable:
+        FAILURES.append(f"probe: {reachable} fake peers read reachable")
+    node.proc.kill()
+    nss.remove(node.ns)
+    # The reference: the same node with probing off, over as long a time.
+    quiet = Weftd(args, nss, f"q{n}", "192.0.2.10", extra_addr="2001:db8:ff::10/64")
+    quiet.ready_after(120)
+    time.sleep(2 * PROBE_INTERVAL)
+    q0, s0 = cpu_ticks(quiet.pid), time.time()
+    time.sleep(t1 - t0)
+    q1, s1 = cpu_ticks(quiet.pid), time.time()
+    log(f"   {n:>6} dual-stack peers, probing off: weftd {(q1 - q0) / hz / (s1 - s0) * 100:.1f} % of a core, "
+        f"RSS {proc_status(quiet.pid, 'VmRSS') / 1024:.1f} MiB")
+    quiet.proc.kill()
+    nss.remove(quiet.ns)
+    etcd.put(f"{PREFIX_KEY}/config", json.dumps(CONFIG))
 
 
 def phase_churn(args, etcd, node, lease, n, dual=False, v6only=False):
@@ -1048,7 +1130,7 @@ def main():
     ap.add_argument("--fanout-writes", type=int, default=100)
     ap.add_argument("--fanout-rate", type=float, default=10)
     ap.add_argument("--drain-seconds", type=float, default=60)
-    ap.add_argument("--sections", default="start,churn,churn6,churn6only,fanout,fib,hostgw,udp")
+    ap.add_argument("--sections", default="start,churn,churn6,churn6only,probe,fanout,fib,hostgw,udp")
     ap.add_argument("--start-rounds", type=int, default=3)
     ap.add_argument("--chart", default="", help="write an SVG bar chart of the run here")
     ap.add_argument("--fib-routes", type=int, default=10000)
@@ -1115,6 +1197,10 @@ def main():
             if churn:
                 log(f"   IPv6-only against IPv4 at {n} peers: weftd CPU {churn6only['cpu']:.1f} % vs {churn['cpu']:.1f} %, "
                     f"p99 {churn6only['p99']:.1f} vs {churn['p99']:.1f} ms")
+        if "probe" in sections:
+            n = args.peers[-1]
+            log(f"== probe: the peer prober on {n} dual-stack peers, none answering")
+            phase_probe(args, etcd, nss, n)
         if "fanout" in sections and args.agents > 0:
             log(f"== fan-out: {args.agents} weftd agents on {args.fanout_leases} leases")
             fanout = phase_fanout(args, etcd, nss, args.fanout_leases)
