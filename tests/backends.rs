@@ -136,6 +136,12 @@ fn udp_pods_on_two_nodes_talk_both_ways_and_bulk_arrives_intact() {
     assert_pods_talk_and_bulk_arrives_intact(&a, &b, "udp", BULK_BYTES);
 }
 
+#[test]
+fn udp_carries_super_packets_of_tiny_segments_whole() {
+    let (_cluster, a, b) = two_node_cluster(UDP_CONFIG);
+    a.tiny_mss_transfer(&b, 8 << 20, 88).assert_whole("udp");
+}
+
 /// The offloads `weftctl status -o json` reports for `node`'s backend.
 fn status_offloads(node: &Node) -> String {
     let socket = node.dir().join("weftd.sock");

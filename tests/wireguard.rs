@@ -911,3 +911,17 @@ fn hostile_wireguard_leases_are_rejected_and_the_data_path_keeps_working() {
         "pods talk with hostile leases in etcd"
     );
 }
+
+#[test]
+fn wireguard_carries_super_packets_of_tiny_segments_whole() {
+    let cluster = Cluster::new(2, WG_CONFIG);
+    cluster.start();
+    let (a, b) = pods_talking(&cluster, "pods talk over WireGuard");
+    let t = a.tiny_mss_transfer(&b, 8 << 20, 88);
+    t.assert_whole("wireguard");
+    assert_eq!(
+        wireguard_counter(cluster.node(0), "tx_dropped"),
+        Some(0),
+        "the sender's data path dropped nothing"
+    );
+}

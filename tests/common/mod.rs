@@ -30,7 +30,9 @@
 //!   `add_pod_in`.
 //! * [`Pod`]: a namespace wired by hand to the node's `cni0` bridge; `ip()`, `netns()`, `exec`,
 //!   `tcp_check(&other) -> bool`, `traffic_probe(&other) -> TrafficProbe` (numbered UDP
-//!   datagrams echoed back, counting the lost ones, for "pod traffic never stops" tests).
+//!   datagrams echoed back, counting the lost ones, for "pod traffic never stops" tests),
+//!   `tiny_mss_transfer(&other, bytes, mss) -> TinyMssTransfer` (TCP to a listener advertising
+//!   a tiny MSS, so the overlay sees super-packets of hundreds of segments; `assert_whole`).
 //! * [`Cluster`]: `Cluster::new(n_nodes, config_json)` (underlay + etcd + config at
 //!   [`NETWORK_CONFIG_KEY`] + n nodes, weftd not yet running), `start()` (weftd everywhere, waits
 //!   for every subnet.env), `add_node()`, `wait_mesh(timeout)`, `node(i)`, `switch_backend(config, type, programmed, a, b)`, `dump()`.

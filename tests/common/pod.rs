@@ -53,6 +53,49 @@ impl Pod {
         ok && served
     }
 
+    /// Sends `bytes` over TCP from this pod to a listener in `to` that advertises an MSS of
+    /// `mss`, so this pod's TSO hands the node's overlay device super-packets of hundreds of
+    /// tiny segments; reports what arrived and how many segments this pod's TCP retransmitted.
+    pub fn tiny_mss_transfer(&self, to: &Pod, bytes: usize, mss: u32) -> TinyMssTransfer {
+        let listener = to
+            .ns
+            .run(|| {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                s.set_tcp_mss(mss)?;
+                s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+                s.listen(1)?;
+                Ok::<TcpListener, std::io::Error>(s.into())
+            })
+            .unwrap_or_else(|e| panic!("listener with MSS {mss} in pod {}: {e}", to.ns.name()));
+        let port = listener.local_addr().expect("listener address").port();
+        let payload: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            got
+        });
+        let before = tcp_retransmits(&self.ns);
+        let ip: Ipv4Addr = to.ip.parse().expect("pod address");
+        let mut stream = self
+            .ns
+            .run(|| {
+                TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(5))
+            })
+            .unwrap_or_else(|e| panic!("connect {} -> {}: {e}", self.ns.name(), to.ip));
+        stream.write_all(&payload).expect("send");
+        drop(stream);
+        let got = server.join().expect("receiver thread");
+        TinyMssTransfer {
+            bytes,
+            segments: bytes.div_ceil(mss as usize),
+            intact: got == payload,
+            received: got.len(),
+            retransmits: tcp_retransmits(&self.ns) - before,
+        }
+    }
+
     /// Starts a numbered UDP datagram every 50 ms from this pod to `other`, echoed back; counts loss.
     pub fn traffic_probe(&self, other: &Pod) -> TrafficProbe {
         TrafficProbe::start(&self.ns, &other.ns, &other.ip)
@@ -304,4 +347,56 @@ impl Drop for TrafficProbe {
     fn drop(&mut self) {
         self.halt();
     }
+}
+
+/// What [`Pod::tiny_mss_transfer`] saw.
+#[derive(Debug)]
+pub struct TinyMssTransfer {
+    pub bytes: usize,
+    /// Segments the payload takes at the advertised MSS.
+    pub segments: usize,
+    pub intact: bool,
+    pub received: usize,
+    /// Segments the sender's TCP retransmitted during the transfer.
+    pub retransmits: u64,
+}
+
+impl TinyMssTransfer {
+    /// The payload arrived intact and (almost) nothing had to be sent twice. An overlay that
+    /// drops part of each super-packet shows as thousands of retransmits (about a fifth of
+    /// the segments); a clean path as none. The bound (1 % of the segments) leaves room for
+    /// the odd drop on a loaded machine.
+    pub fn assert_whole(&self, what: &str) {
+        eprintln!("{what}: tiny-MSS transfer {self:?}");
+        assert!(
+            self.intact,
+            "{what}: {} of {} bytes arrived, not intact",
+            self.received, self.bytes
+        );
+        assert!(
+            self.retransmits * 100 < self.segments as u64,
+            "{what}: {} of {} segments retransmitted: the overlay loses part of each super-packet",
+            self.retransmits,
+            self.segments
+        );
+    }
+}
+
+/// `RetransSegs` of the `Tcp:` line of `ns`'s `/proc/net/snmp`.
+fn tcp_retransmits(ns: &Netns) -> u64 {
+    let out = ns.exec(&["cat", "/proc/net/snmp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        panic!("no Tcp: lines in /proc/net/snmp of {}: {text}", ns.name());
+    };
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "RetransSegs")
+        .expect("RetransSegs column");
+    values
+        .split_whitespace()
+        .nth(at)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("RetransSegs in {values:?}"))
 }

@@ -44,8 +44,12 @@ use crate::wireguard_key::{SecretKey, WireGuardKey};
 
 /// Bytes WireGuard adds to a packet: type, receiver index, counter (16) and the tag (16).
 const DATA_OVERHEAD: usize = 32;
-/// Room for one super-packet's ciphertexts: every segment grows by [`DATA_OVERHEAD`]; a
-/// handshake message (148 bytes) fits as well.
+/// Room `encapsulate` wants beyond a packet's own ciphertext: a handshake initiation (148
+/// bytes) goes out in place of the packet when the session needs one.
+const HANDSHAKE_ROOM: usize = 148;
+/// Room for the ciphertexts of a super-packet of up to 64 segments (their headers take
+/// [`SPREAD_ROOM`], each grows by [`DATA_OVERHEAD`]) and a handshake; super-packets cut finer
+/// are sealed and sent in several batches.
 const SEAL_BUFFER: usize = READ_BUFFER + SPREAD_ROOM + 128 * DATA_OVERHEAD + 256;
 /// How often the timers of every peer run (boringtun wants 100 ms to 250 ms).
 const TIMER_TICK: Duration = Duration::from_millis(100);
@@ -509,7 +513,7 @@ impl Pump {
     }
 
     /// Encrypts the packet (or the segments of the super-packet) in `room[..len]` for the peer
-    /// owning its destination and sends the ciphertexts as one batch.
+    /// owning its destination and sends the ciphertexts, one batch per [`SEAL_BUFFER`] they fill.
     fn seal_and_send(&self, hdr: &VirtioNetHdr, room: &mut [u8], len: usize, s: &mut TxScratch) {
         let dst = match ipv4_destination(&room[..len]) {
             Some(ip) => IpAddr::V4(ip),
@@ -552,36 +556,55 @@ impl Pump {
             s.laid_out.push(0..len);
         }
         let plain: &[u8] = if in_joined { &s.joined } else { room };
-        s.sealed_at.clear();
-        let mut at = 0;
-        let mut bytes = 0;
-        {
-            let mut tunn = peer.lock();
-            for r in &s.laid_out {
-                let pkt = &plain[r.clone()];
-                if s.sealed.len() - at < pkt.len() + DATA_OVERHEAD + 148 {
-                    break;
-                }
-                match tunn.encapsulate(pkt, &mut s.sealed[at..]) {
-                    TunnResult::WriteToNetwork(out) => {
-                        let n = out.len();
-                        s.sealed_at.push(at..at + n);
-                        at += n;
-                        bytes += pkt.len();
+        // Sealed in batches that fit `sealed`: a super-packet of many small segments (a peer
+        // that advertised a tiny MSS) grows past it, and its tail goes out in further batches.
+        let mut next = 0;
+        while next < s.laid_out.len() {
+            s.sealed_at.clear();
+            let mut at = 0;
+            let mut bytes = 0;
+            {
+                let mut tunn = peer.lock();
+                while let Some(r) = s.laid_out.get(next) {
+                    let pkt = &plain[r.clone()];
+                    let room_needed = pkt.len() + DATA_OVERHEAD + HANDSHAKE_ROOM;
+                    if s.sealed.len() - at < room_needed {
+                        if at > 0 {
+                            break;
+                        }
+                        // Larger than an empty buffer: never from a TUN read, but never a
+                        // stall either.
+                        next += 1;
+                        add(&self.counters.tx_dropped, 1);
+                        continue;
                     }
-                    // Queued until the handshake completes.
-                    TunnResult::Done => {}
-                    _ => add(&self.counters.tx_errors, 1),
+                    next += 1;
+                    match tunn.encapsulate(pkt, &mut s.sealed[at..]) {
+                        TunnResult::WriteToNetwork(out) => {
+                            let n = out.len();
+                            s.sealed_at.push(at..at + n);
+                            at += n;
+                            bytes += pkt.len();
+                        }
+                        // Queued until the handshake completes.
+                        TunnResult::Done => {}
+                        _ => add(&self.counters.tx_errors, 1),
+                    }
                 }
             }
+            self.send_sealed(peer, &s.sealed, &s.sealed_at, bytes);
         }
-        if s.sealed_at.is_empty() {
+    }
+
+    /// Sends the ciphertexts at `sealed_at` in `sealed` (of `bytes` plaintext bytes) to `peer`
+    /// as one batch.
+    fn send_sealed(&self, peer: &Peer, sealed: &[u8], sealed_at: &[Range<usize>], bytes: usize) {
+        if sealed_at.is_empty() {
             return;
         }
-        let datagrams: Vec<Datagram<'_>> = s
-            .sealed_at
+        let datagrams: Vec<Datagram<'_>> = sealed_at
             .iter()
-            .map(|r| [&s.sealed[r.clone()], &[][..]])
+            .map(|r| [&sealed[r.clone()], &[][..]])
             .collect();
         match self
             .queue
