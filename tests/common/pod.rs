@@ -53,47 +53,9 @@ impl Pod {
         ok && served
     }
 
-    /// Sends `bytes` over TCP from this pod to a listener in `to` that advertises an MSS of
-    /// `mss`, so this pod's TSO hands the node's overlay device super-packets of hundreds of
-    /// tiny segments; reports what arrived and how many segments this pod's TCP retransmitted.
+    /// [`tiny_mss_transfer`] from this pod to `to`'s address.
     pub fn tiny_mss_transfer(&self, to: &Pod, bytes: usize, mss: u32) -> TinyMssTransfer {
-        let listener = to
-            .ns
-            .run(|| {
-                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-                s.set_tcp_mss(mss)?;
-                s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
-                s.listen(1)?;
-                Ok::<TcpListener, std::io::Error>(s.into())
-            })
-            .unwrap_or_else(|e| panic!("listener with MSS {mss} in pod {}: {e}", to.ns.name()));
-        let port = listener.local_addr().expect("listener address").port();
-        let payload: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().expect("accept");
-            s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-            let mut got = Vec::new();
-            let _ = s.read_to_end(&mut got);
-            got
-        });
-        let before = tcp_retransmits(&self.ns);
-        let ip: Ipv4Addr = to.ip.parse().expect("pod address");
-        let mut stream = self
-            .ns
-            .run(|| {
-                TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(5))
-            })
-            .unwrap_or_else(|e| panic!("connect {} -> {}: {e}", self.ns.name(), to.ip));
-        stream.write_all(&payload).expect("send");
-        drop(stream);
-        let got = server.join().expect("receiver thread");
-        TinyMssTransfer {
-            bytes,
-            segments: bytes.div_ceil(mss as usize),
-            intact: got == payload,
-            received: got.len(),
-            retransmits: tcp_retransmits(&self.ns) - before,
-        }
+        tiny_mss_transfer(&self.ns, &to.ns, &to.ip, bytes, mss)
     }
 
     /// Starts a numbered UDP datagram every 50 ms from this pod to `other`, echoed back; counts loss.
@@ -349,7 +311,63 @@ impl Drop for TrafficProbe {
     }
 }
 
-/// What [`Pod::tiny_mss_transfer`] saw.
+/// Sends `bytes` over TCP from namespace `from` to a listener at `to_ip` (IPv4 or IPv6) in `to`
+/// that advertises an MSS of `mss`, so `from`'s TSO hands the node's overlay device
+/// super-packets of hundreds of tiny segments; reports what arrived and how many segments
+/// `from`'s TCP retransmitted.
+pub fn tiny_mss_transfer(
+    from: &Netns,
+    to: &Netns,
+    to_ip: &str,
+    bytes: usize,
+    mss: u32,
+) -> TinyMssTransfer {
+    let ip: IpAddr = to_ip
+        .parse()
+        .unwrap_or_else(|e| panic!("pod address {to_ip:?}: {e}"));
+    let listener = to
+        .run(|| {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(SocketAddr::new(ip, 0)),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            s.set_tcp_mss(mss)?;
+            let any: IpAddr = match ip {
+                IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+            };
+            s.bind(&SocketAddr::new(any, 0).into())?;
+            s.listen(1)?;
+            Ok::<TcpListener, std::io::Error>(s.into())
+        })
+        .unwrap_or_else(|e| panic!("listener with MSS {mss} in {}: {e}", to.name()));
+    let port = listener.local_addr().expect("listener address").port();
+    let payload: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    });
+    let before = tcp_retransmits(from);
+    let mut stream = from
+        .run(|| TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("connect {} -> {to_ip}: {e}", from.name()));
+    stream.write_all(&payload).expect("send");
+    drop(stream);
+    let got = server.join().expect("receiver thread");
+    TinyMssTransfer {
+        bytes,
+        segments: bytes.div_ceil(mss as usize),
+        intact: got == payload,
+        received: got.len(),
+        retransmits: tcp_retransmits(from) - before,
+    }
+}
+
+/// What [`tiny_mss_transfer`] saw.
 #[derive(Debug)]
 pub struct TinyMssTransfer {
     pub bytes: usize,
@@ -382,7 +400,7 @@ impl TinyMssTransfer {
     }
 }
 
-/// `RetransSegs` of the `Tcp:` line of `ns`'s `/proc/net/snmp`.
+/// `RetransSegs` of the `Tcp:` line of `ns`'s `/proc/net/snmp` (IPv4 and IPv6 alike).
 fn tcp_retransmits(ns: &Netns) -> u64 {
     let out = ns.exec(&["cat", "/proc/net/snmp"]);
     let text = String::from_utf8_lossy(&out.stdout);
