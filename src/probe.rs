@@ -86,6 +86,11 @@ pub struct PeerHealth {
     pub rtt_seconds: Option<f64>,
     /// The largest packet that crossed the overlay (the device MTU when the full probe passes).
     pub path_mtu: Option<u32>,
+    /// Set when a black hole's ladder got no answer at any size: the path MTU is below this
+    /// (the ladder's smallest size), so nothing the ladder can name; not laddered again
+    /// while the diagnosis holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu_below: Option<u32>,
     /// What the pattern means.
     pub diagnosis: Diagnosis,
     /// When this was measured, Unix seconds.
@@ -112,11 +117,14 @@ pub fn explain(peer: &str, public_ip: IpAddr, backend: &str, mtu: u32, h: &PeerH
     };
     match h.diagnosis {
         Diagnosis::Healthy => format!("peer {peer} ({public_ip}) reachable over the overlay at full MTU {mtu}"),
-        Diagnosis::MtuBlackHole => match h.path_mtu {
-            Some(works) => format!(
+        Diagnosis::MtuBlackHole => match (h.path_mtu, h.path_mtu_below) {
+            (Some(works), _) => format!(
                 "MTU black hole to peer {peer} ({public_ip}): {mtu}-byte packets with DF are lost on the way, {works} bytes pass; lower the backend MTU to {works} or fix the underlay path's MTU"
             ),
-            None => format!(
+            (None, Some(floor)) => format!(
+                "MTU black hole to peer {peer} ({public_ip}): small packets pass, but none of {floor} to {mtu} bytes with DF; the path MTU is below {floor}, too small for any backend MTU: fix the underlay path's MTU"
+            ),
+            (None, None) => format!(
                 "MTU black hole to peer {peer} ({public_ip}): small packets pass, {mtu}-byte packets with DF are lost; measuring the MTU that works"
             ),
         },
@@ -250,6 +258,9 @@ enum Kind {
     Large,
     Underlay,
     Ladder,
+    /// One probe at the size a black hole's last verdict rests on (its named path MTU, or the
+    /// ladder's smallest size when nothing passed), to notice when the path changed.
+    Confirm,
 }
 
 /// One probe a round sends.
@@ -473,12 +484,78 @@ fn set_option<T: Copy>(
     Ok(())
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Answers {
     small_rtt: Option<Duration>,
     large: bool,
     underlay: bool,
     ladder_best: Option<u32>,
+    /// Ladder probes planned for the peer this round, those the socket took, and the
+    /// smallest size among them.
+    ladder_planned: u32,
+    ladder_sent: u32,
+    ladder_smallest: Option<u32>,
+    /// The confirming probe went out, and it was answered.
+    confirm_sent: bool,
+    confirm_answered: bool,
+}
+
+/// Whether a round should ladder the peer whose last health is `h`: a black hole whose MTU
+/// is neither named nor known to be below the ladder.
+fn still_to_measure(h: &PeerHealth) -> bool {
+    h.diagnosis == Diagnosis::MtuBlackHole && h.path_mtu.is_none() && h.path_mtu_below.is_none()
+}
+
+/// The size a round probes once more for the peer whose last health is `h`: a measured
+/// black hole's path MTU (which should still pass) or the ladder's smallest size (which
+/// should still fail).
+fn to_confirm(h: &PeerHealth) -> Option<u32> {
+    if h.diagnosis != Diagnosis::MtuBlackHole {
+        return None;
+    }
+    h.path_mtu.or(h.path_mtu_below)
+}
+
+/// A peer's health from one round's answers `a`, its previous health `was` and the device
+/// MTU. A named path MTU (or "below the ladder") is kept while the diagnosis stays a black
+/// hole and the confirming probe agrees; when it does not (the named size no longer passes,
+/// or the ladder's smallest size now does), the path changed and is measured again.
+fn judge(a: &Answers, was: Option<&PeerHealth>, mtu: u32, now: u64) -> PeerHealth {
+    let diagnosis = diagnose(a.small_rtt.is_some(), a.large, a.underlay);
+    let kept = was.filter(|h| h.diagnosis == diagnosis);
+    let (path_mtu, path_mtu_below) = match diagnosis {
+        Diagnosis::Healthy => (Some(mtu), None),
+        Diagnosis::MtuBlackHole => match a.ladder_best {
+            Some(best) => (Some(best), None),
+            // Every size was sent and none came back.
+            None if a.ladder_planned > 0 && a.ladder_sent == a.ladder_planned => {
+                (None, a.ladder_smallest)
+            }
+            None => {
+                let (named, below) = (
+                    kept.and_then(|h| h.path_mtu),
+                    kept.and_then(|h| h.path_mtu_below),
+                );
+                let changed = a.confirm_sent
+                    && ((named.is_some() && !a.confirm_answered)
+                        || (below.is_some() && a.confirm_answered));
+                if changed {
+                    (None, None)
+                } else {
+                    (named, below)
+                }
+            }
+        },
+        _ => (None, None),
+    };
+    PeerHealth {
+        reachable: a.small_rtt.is_some(),
+        rtt_seconds: a.small_rtt.map(|d| d.as_secs_f64()),
+        path_mtu,
+        path_mtu_below,
+        diagnosis,
+        at_unix: now,
+    }
 }
 
 /// Starts the prober thread: a round every `interval` once the node is ready.
@@ -552,7 +629,8 @@ fn answers_probe(sent: Option<&Sent>, src: IpAddr, echo: Echo, len: usize) -> bo
     sent.is_some_and(|s| s.echo == echo && s.probe.to == src && s.len == len)
 }
 
-/// The probes of one round, in sending order: three per target, and a ladder of sizes for
+/// The probes of one round, in sending order: three per target, one more at the size
+/// `confirming(name)` gives for a black hole already measured, and a ladder of sizes for
 /// the peers whose black hole is still to be measured (`measuring(name)`), at most
 /// [`LADDERS_PER_ROUND`] of them, taken in turn from `round_no` on so that every one gets
 /// its ladder within a few rounds.
@@ -561,6 +639,7 @@ fn plan(
     mtu: u32,
     round_no: u64,
     measuring: impl Fn(&str) -> bool,
+    confirming: impl Fn(&str) -> Option<u32>,
 ) -> Vec<Planned> {
     let mut probes = Vec::with_capacity(targets.len() * 3);
     for (peer, t) in targets.iter().enumerate() {
@@ -579,6 +658,9 @@ fn plan(
         probe(Kind::Small, small, t.overlay);
         probe(Kind::Large, mtu, t.overlay);
         probe(Kind::Underlay, small, t.underlay);
+        if let Some(size) = confirming(&t.name) {
+            probe(Kind::Confirm, size, t.overlay);
+        }
     }
     let waiting: Vec<usize> = (0..targets.len())
         .filter(|&i| measuring(&targets[i].name))
@@ -634,13 +716,17 @@ fn round(
     let mtu = backend.mtu;
     let previous = board.peer_health();
     let peers = probe_targets(status);
-    let measuring = |name: &str| {
-        previous
-            .get(name)
-            .is_some_and(|h| h.diagnosis == Diagnosis::MtuBlackHole && h.path_mtu.is_none())
-    };
+    let measuring = |name: &str| previous.get(name).is_some_and(still_to_measure);
+    let confirming = |name: &str| previous.get(name).and_then(to_confirm);
+    let mut answers: Vec<Answers> = peers.iter().map(|_| Answers::default()).collect();
     let mut sent: HashMap<u32, Sent> = HashMap::new();
-    for probe in plan(&peers, mtu, round_no, measuring) {
+    for probe in plan(&peers, mtu, round_no, measuring, confirming) {
+        let ladder = probe.kind == Kind::Ladder;
+        if ladder {
+            let a = &mut answers[probe.peer];
+            a.ladder_planned += 1;
+            a.ladder_smallest = Some(a.ladder_smallest.map_or(probe.size, |m| m.min(probe.size)));
+        }
         let (n, id, seq) = numbering.take();
         let echo = Echo {
             id,
@@ -650,6 +736,11 @@ fn round(
         // Never wait for buffer space: probes queued behind a dead peer's neighbour entry
         // must not hold up the round; a probe that cannot be queued counts as unanswered.
         if let Some(len) = sockets.send(echo, probe.size, probe.to) {
+            match probe.kind {
+                Kind::Ladder => answers[probe.peer].ladder_sent += 1,
+                Kind::Confirm => answers[probe.peer].confirm_sent = true,
+                _ => {}
+            }
             let at = Instant::now();
             sent.insert(
                 n,
@@ -662,7 +753,6 @@ fn round(
             );
         }
     }
-    let mut answers: Vec<Answers> = peers.iter().map(|_| Answers::default()).collect();
     let deadline =
         Instant::now() + (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(2));
     let mut buf = vec![MaybeUninit::<u8>::uninit(); 65_536];
@@ -684,30 +774,20 @@ fn round(
                 Kind::Large => a.large = true,
                 Kind::Underlay => a.underlay = true,
                 Kind::Ladder => a.ladder_best = a.ladder_best.max(Some(probe.size)),
+                Kind::Confirm => a.confirm_answered = true,
             }
         }
     }
     let now = unix_seconds(SystemTime::now());
     let mut health = BTreeMap::new();
     for (t, a) in peers.iter().zip(answers) {
-        let diagnosis = diagnose(a.small_rtt.is_some(), a.large, a.underlay);
         let was = previous.get(&t.name);
-        let path_mtu = match diagnosis {
-            Diagnosis::Healthy => Some(mtu),
-            Diagnosis::MtuBlackHole => a.ladder_best.or_else(|| {
-                was.and_then(|h| h.path_mtu)
-                    .filter(|_| was.is_some_and(|h| h.diagnosis == diagnosis))
-            }),
-            _ => None,
-        };
-        let h = PeerHealth {
-            reachable: a.small_rtt.is_some(),
-            rtt_seconds: a.small_rtt.map(|d| d.as_secs_f64()),
-            path_mtu,
-            diagnosis,
-            at_unix: now,
-        };
-        let changed = was.is_none_or(|w| w.diagnosis != h.diagnosis || w.path_mtu != h.path_mtu);
+        let h = judge(&a, was, mtu, now);
+        let changed = was.is_none_or(|w| {
+            w.diagnosis != h.diagnosis
+                || w.path_mtu != h.path_mtu
+                || w.path_mtu_below != h.path_mtu_below
+        });
         if changed {
             let line = explain(&t.name, t.underlay, &backend.kind, mtu, &h);
             if h.diagnosis == Diagnosis::Healthy {
@@ -936,13 +1016,13 @@ mod tests {
     fn a_round_ladders_a_bounded_number_of_black_holes_and_every_one_in_turn() {
         // Three black holes: all measured at once, one ladder each, 1440 down to 580.
         let few = targets(5);
-        let probes = plan(&few, 1450, 0, |name| name < "10.244.0.3");
+        let probes = plan(&few, 1450, 0, |name| name < "10.244.0.3", |_| None);
         let ladders: Vec<&Planned> = probes.iter().filter(|p| p.kind == Kind::Ladder).collect();
         assert_eq!(probes.len() - ladders.len(), 15, "three probes per peer");
         assert_eq!(ladders.len(), 3 * 87);
         assert_eq!(ladders.first().map(|p| (p.peer, p.size)), Some((0, 1440)));
         assert_eq!(ladders.last().map(|p| (p.peer, p.size)), Some((2, 580)));
-        assert!(plan(&few, 1450, 0, |_| false)
+        assert!(plan(&few, 1450, 0, |_| false, |_| None)
             .iter()
             .all(|p| p.kind != Kind::Ladder));
 
@@ -952,7 +1032,7 @@ mod tests {
         let mut laddered = std::collections::BTreeSet::new();
         let rounds = 1000usize.div_ceil(LADDERS_PER_ROUND) as u64;
         for round_no in 0..rounds {
-            let probes = plan(&many, 1450, round_no, |_| true);
+            let probes = plan(&many, 1450, round_no, |_| true, |_| None);
             let peers: std::collections::BTreeSet<usize> = probes
                 .iter()
                 .filter(|p| p.kind == Kind::Ladder)
@@ -970,6 +1050,164 @@ mod tests {
     }
 
     #[test]
+    fn a_ladder_nothing_answers_puts_the_path_mtu_below_it_and_is_not_run_again() {
+        let black_hole = |ladder: Option<(u32, u32, u32)>, best: Option<u32>| Answers {
+            small_rtt: Some(Duration::from_micros(300)),
+            large: false,
+            underlay: true,
+            ladder_best: best,
+            ladder_planned: ladder.map_or(0, |l| l.0),
+            ladder_sent: ladder.map_or(0, |l| l.1),
+            ladder_smallest: ladder.map(|l| l.2),
+            ..Answers::default()
+        };
+        // First round: a black hole, not yet measured, so the next round ladders it.
+        let first = judge(&black_hole(None, None), None, 1450, 1);
+        assert_eq!((first.path_mtu, first.path_mtu_below), (None, None));
+        assert!(still_to_measure(&first));
+        // Its ladder (1440 down to 580) was sent whole and nothing came back.
+        let laddered = judge(
+            &black_hole(Some((87, 87, 580)), None),
+            Some(&first),
+            1450,
+            2,
+        );
+        assert_eq!(
+            (laddered.path_mtu, laddered.path_mtu_below),
+            (None, Some(580))
+        );
+        assert!(!still_to_measure(&laddered), "not laddered again");
+        let targets = targets(3);
+        let healths = BTreeMap::from([(targets[1].name.clone(), laddered.clone())]);
+        let probes = plan(
+            &targets,
+            1450,
+            0,
+            |name| healths.get(name).is_some_and(still_to_measure),
+            |name| healths.get(name).and_then(to_confirm),
+        );
+        assert!(
+            probes.iter().all(|p| p.kind != Kind::Ladder),
+            "no ladder planned"
+        );
+        let confirms: Vec<(usize, u32)> = probes
+            .iter()
+            .filter(|p| p.kind == Kind::Confirm)
+            .map(|p| (p.peer, p.size))
+            .collect();
+        assert_eq!(
+            confirms,
+            [(1, 580)],
+            "one probe at the ladder's smallest size"
+        );
+        let line = explain(
+            "10.244.2.0/24",
+            "192.0.2.12".parse().unwrap(),
+            "vxlan",
+            1450,
+            &laddered,
+        );
+        assert!(
+            line.contains("none of 580 to 1450 bytes") && line.contains("below 580"),
+            "{line}"
+        );
+        // Kept while the peer stays a black hole and 580 still fails (or was not sent).
+        let still = Answers {
+            confirm_sent: true,
+            ..black_hole(None, None)
+        };
+        let later = judge(&still, Some(&laddered), 1450, 3);
+        assert_eq!(later.path_mtu_below, Some(580));
+        assert_eq!(
+            judge(&black_hole(None, None), Some(&later), 1450, 4).path_mtu_below,
+            Some(580)
+        );
+        // 580 passes now: the path changed, measure again.
+        let grew = judge(
+            &Answers {
+                confirm_answered: true,
+                ..still
+            },
+            Some(&later),
+            1450,
+            4,
+        );
+        assert_eq!((grew.path_mtu, grew.path_mtu_below), (None, None));
+        assert!(still_to_measure(&grew));
+        // Gone once it heals.
+        let healed = judge(
+            &Answers {
+                large: true,
+                ..black_hole(None, None)
+            },
+            Some(&later),
+            1450,
+            4,
+        );
+        assert_eq!(
+            (healed.diagnosis, healed.path_mtu, healed.path_mtu_below),
+            (Diagnosis::Healthy, Some(1450), None)
+        );
+        assert_eq!(to_confirm(&healed), None);
+        // A ladder the socket did not take whole proves nothing: measured again.
+        let partial = judge(
+            &black_hole(Some((87, 40, 580)), None),
+            Some(&first),
+            1450,
+            2,
+        );
+        assert_eq!((partial.path_mtu, partial.path_mtu_below), (None, None));
+        assert!(still_to_measure(&partial));
+    }
+
+    #[test]
+    fn a_named_path_mtu_is_kept_while_it_passes_and_measured_again_when_it_stops() {
+        let black_hole = Answers {
+            small_rtt: Some(Duration::from_micros(300)),
+            underlay: true,
+            ..Answers::default()
+        };
+        let first = judge(&black_hole, None, 1450, 1);
+        let named = judge(
+            &Answers {
+                ladder_best: Some(1350),
+                ladder_planned: 87,
+                ladder_sent: 87,
+                ladder_smallest: Some(580),
+                ..black_hole
+            },
+            Some(&first),
+            1450,
+            2,
+        );
+        assert_eq!((named.path_mtu, named.path_mtu_below), (Some(1350), None));
+        assert!(!still_to_measure(&named));
+        assert_eq!(to_confirm(&named), Some(1350));
+        // 1350 still passes: kept, no ladder.
+        let passes = Answers {
+            confirm_sent: true,
+            confirm_answered: true,
+            ..black_hole
+        };
+        let kept = judge(&passes, Some(&named), 1450, 3);
+        assert_eq!(kept.path_mtu, Some(1350));
+        // The path shrank under it (1350 lost now): the advice "lower to 1350" would be
+        // wrong, so the size is forgotten and the next round ladders the peer again.
+        let lost = Answers {
+            confirm_sent: true,
+            ..black_hole
+        };
+        let stale = judge(&lost, Some(&kept), 1450, 4);
+        assert_eq!((stale.path_mtu, stale.path_mtu_below), (None, None));
+        assert!(still_to_measure(&stale));
+        // A confirming probe the socket did not take proves nothing.
+        assert_eq!(
+            judge(&black_hole, Some(&kept), 1450, 4).path_mtu,
+            Some(1350)
+        );
+    }
+
+    #[test]
     fn metrics_and_explanations() {
         let mut health = BTreeMap::new();
         health.insert(
@@ -978,6 +1216,7 @@ mod tests {
                 reachable: true,
                 rtt_seconds: Some(0.0004),
                 path_mtu: Some(1350),
+                path_mtu_below: None,
                 diagnosis: Diagnosis::MtuBlackHole,
                 at_unix: 0,
             },

@@ -970,6 +970,17 @@ fn peer_health_names_black_hole_dropped_encapsulation_and_stale_lease() {
     });
     assert_eq!(n1.peer_metric("reachable", &s2).as_deref(), Some("1"));
 
+    // The path shrinks under the named size, below anything the ladder tries (560-byte
+    // frames: 510-byte VXLAN payloads): 1350 stops passing, the peer is measured again and
+    // named as below the ladder's smallest size, with no advice to lower the MTU to a size
+    // that no longer works.
+    n2.netns().ip(&["link", "set", "eth0", "mtu", "560"]);
+    n1.wait_until(Duration::from_secs(15), "the path MTU named as below the ladder", || {
+        n1.log().contains(&format!("MTU black hole to peer {s2} (192.0.2.12): small packets pass, but none of 580 to 1450 bytes with DF; the path MTU is below 580"))
+            && n1.peer_metric("path_mtu_bytes", &s2).is_none()
+    });
+    assert_eq!(n1.peer_metric("reachable", &s2).as_deref(), Some("1"));
+
     // Node 3 drops VXLAN: the underlay still answers.
     n3.netns().exec_ok(&[
         "nft",
@@ -1009,6 +1020,13 @@ fn peer_health_names_black_hole_dropped_encapsulation_and_stale_lease() {
             .map(|p| p["health"]["diagnosis"].clone())
     };
     assert_eq!(diagnosis(&s2), Some("mtu-black-hole".into()), "{json}");
+    let s2_health = v["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["subnet"] == s2.as_str()))
+        .map(|p| p["health"].clone())
+        .unwrap_or_default();
+    assert_eq!(s2_health["pathMtuBelow"], 580, "{json}");
+    assert!(s2_health["pathMtu"].is_null(), "{json}");
     assert_eq!(
         diagnosis(&s3),
         Some("encapsulation-dropped".into()),

@@ -368,8 +368,11 @@ fn diagnosis_text(h: Option<&PeerHealth>) -> String {
 
 /// The PATH MTU cell of one probe.
 fn path_mtu_text(h: Option<&PeerHealth>) -> String {
-    h.and_then(|h| h.path_mtu)
-        .map_or_else(|| "-".to_string(), |mtu| mtu.to_string())
+    match h.map(|h| (h.path_mtu, h.path_mtu_below)) {
+        Some((Some(mtu), _)) => mtu.to_string(),
+        Some((None, Some(below))) => format!("<{below}"),
+        _ => "-".to_string(),
+    }
 }
 
 /// A peer's public addresses as the status table shows them: `PublicIP`, `PublicIP,PublicIPv6`
@@ -1073,6 +1076,22 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn the_path_mtu_cell_names_a_size_below_the_ladder() {
+        let h = |path_mtu, path_mtu_below| PeerHealth {
+            reachable: true,
+            rtt_seconds: None,
+            path_mtu,
+            path_mtu_below,
+            diagnosis: weft::probe::Diagnosis::MtuBlackHole,
+            at_unix: 0,
+        };
+        assert_eq!(path_mtu_text(Some(&h(Some(1350), None))), "1350");
+        assert_eq!(path_mtu_text(Some(&h(None, Some(580)))), "<580");
+        assert_eq!(path_mtu_text(Some(&h(None, None))), "-");
+        assert_eq!(path_mtu_text(None), "-");
     }
 
     #[test]
