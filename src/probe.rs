@@ -88,7 +88,7 @@ pub struct PeerHealth {
     pub path_mtu: Option<u32>,
     /// Set when a black hole's ladder got no answer at any size: the path MTU is below this
     /// (the ladder's smallest size), so nothing the ladder can name; not laddered again
-    /// while the diagnosis holds.
+    /// until a probe of this size passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_mtu_below: Option<u32>,
     /// What the pattern means.
