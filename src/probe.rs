@@ -721,8 +721,7 @@ fn round(
     let mut answers: Vec<Answers> = peers.iter().map(|_| Answers::default()).collect();
     let mut sent: HashMap<u32, Sent> = HashMap::new();
     for probe in plan(&peers, mtu, round_no, measuring, confirming) {
-        let ladder = probe.kind == Kind::Ladder;
-        if ladder {
+        if probe.kind == Kind::Ladder {
             let a = &mut answers[probe.peer];
             a.ladder_planned += 1;
             a.ladder_smallest = Some(a.ladder_smallest.map_or(probe.size, |m| m.min(probe.size)));

@@ -1013,18 +1013,15 @@ fn peer_health_names_black_hole_dropped_encapsulation_and_stale_lease() {
     assert!(ok, "{err}");
     let v: serde_json::Value =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
-    let diagnosis = |subnet: &str| {
+    let health = |subnet: &str| {
         v["peers"]
             .as_array()
             .and_then(|ps| ps.iter().find(|p| p["subnet"] == subnet))
-            .map(|p| p["health"]["diagnosis"].clone())
+            .map(|p| p["health"].clone())
     };
+    let diagnosis = |subnet: &str| health(subnet).map(|h| h["diagnosis"].clone());
     assert_eq!(diagnosis(&s2), Some("mtu-black-hole".into()), "{json}");
-    let s2_health = v["peers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["subnet"] == s2.as_str()))
-        .map(|p| p["health"].clone())
-        .unwrap_or_default();
+    let s2_health = health(&s2).unwrap_or_default();
     assert_eq!(s2_health["pathMtuBelow"], 580, "{json}");
     assert!(s2_health["pathMtu"].is_null(), "{json}");
     assert_eq!(
