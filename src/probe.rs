@@ -95,6 +95,10 @@ pub struct PeerHealth {
     pub diagnosis: Diagnosis,
     /// When this was measured, Unix seconds.
     pub at_unix: u64,
+    /// Rounds in a row whose confirming probe of `path_mtu` went unanswered: one lost probe
+    /// is no proof that the path shrank (see [`judge`]). The prober's own bookkeeping.
+    #[serde(skip)]
+    pub confirm_misses: u8,
 }
 
 /// The diagnosis for one round's answers.
@@ -484,6 +488,10 @@ fn set_option<T: Copy>(
     Ok(())
 }
 
+/// Rounds in a row a named path MTU's confirming probe must go unanswered before the size is
+/// forgotten and the peer laddered again.
+const CONFIRM_MISSES: u8 = 2;
+
 #[derive(Debug, Default)]
 struct Answers {
     small_rtt: Option<Duration>,
@@ -518,35 +526,45 @@ fn to_confirm(h: &PeerHealth) -> Option<u32> {
 
 /// A peer's health from one round's answers `a`, its previous health `was` and the device
 /// MTU. A named path MTU (or "below the ladder") is kept while the diagnosis stays a black
-/// hole and the confirming probe agrees; when it does not (the named size no longer passes,
-/// or the ladder's smallest size now does), the path changed and is measured again.
+/// hole and the confirming probe agrees; when it does not, the path changed and is measured
+/// again. An answer is proof (a probe's reply is checked against its token, length and
+/// source), so "below the ladder" goes as soon as its size passes; silence is not (a probe
+/// lost to congestion), so a named size goes only after [`CONFIRM_MISSES`] rounds in a row
+/// left its confirming probe unanswered.
 fn judge(a: &Answers, was: Option<&PeerHealth>, mtu: u32, now: u64) -> PeerHealth {
     let diagnosis = diagnose(a.small_rtt.is_some(), a.large, a.underlay);
     let kept = was.filter(|h| h.diagnosis == diagnosis);
-    let (path_mtu, path_mtu_below) = match diagnosis {
-        Diagnosis::Healthy => (Some(mtu), None),
+    let (path_mtu, path_mtu_below, confirm_misses) = match diagnosis {
+        Diagnosis::Healthy => (Some(mtu), None, 0),
         Diagnosis::MtuBlackHole => match a.ladder_best {
-            Some(best) => (Some(best), None),
+            Some(best) => (Some(best), None, 0),
             // Every size was sent and none came back.
             None if a.ladder_planned > 0 && a.ladder_sent == a.ladder_planned => {
-                (None, a.ladder_smallest)
+                (None, a.ladder_smallest, 0)
             }
             None => {
                 let (named, below) = (
                     kept.and_then(|h| h.path_mtu),
                     kept.and_then(|h| h.path_mtu_below),
                 );
-                let changed = a.confirm_sent
-                    && ((named.is_some() && !a.confirm_answered)
-                        || (below.is_some() && a.confirm_answered));
-                if changed {
-                    (None, None)
+                let misses = kept.map_or(0, |h| h.confirm_misses);
+                if !a.confirm_sent {
+                    // Nothing learnt this round.
+                    (named, below, misses)
+                } else if below.is_some() && a.confirm_answered {
+                    (None, None, 0)
+                } else if named.is_some() && !a.confirm_answered {
+                    if misses + 1 >= CONFIRM_MISSES {
+                        (None, None, 0)
+                    } else {
+                        (named, below, misses + 1)
+                    }
                 } else {
-                    (named, below)
+                    (named, below, 0)
                 }
             }
         },
-        _ => (None, None),
+        _ => (None, None, 0),
     };
     PeerHealth {
         reachable: a.small_rtt.is_some(),
@@ -555,6 +573,7 @@ fn judge(a: &Answers, was: Option<&PeerHealth>, mtu: u32, now: u64) -> PeerHealt
         path_mtu_below,
         diagnosis,
         at_unix: now,
+        confirm_misses,
     }
 }
 
@@ -1190,19 +1209,33 @@ mod tests {
         };
         let kept = judge(&passes, Some(&named), 1450, 3);
         assert_eq!(kept.path_mtu, Some(1350));
-        // The path shrank under it (1350 lost now): the advice "lower to 1350" would be
-        // wrong, so the size is forgotten and the next round ladders the peer again.
+        // One confirming probe lost (congestion, say): no proof, the size is kept.
         let lost = Answers {
             confirm_sent: true,
             ..black_hole
         };
-        let stale = judge(&lost, Some(&kept), 1450, 4);
+        let doubted = judge(&lost, Some(&kept), 1450, 4);
+        assert_eq!(doubted.path_mtu, Some(1350), "one lost probe is not proof");
+        assert!(!still_to_measure(&doubted));
+        // ... and an answer the round after clears the doubt.
+        let cleared = judge(&passes, Some(&doubted), 1450, 5);
+        assert_eq!(
+            judge(&lost, Some(&cleared), 1450, 6).path_mtu,
+            Some(1350),
+            "the misses are counted in a row"
+        );
+        // The path shrank under it (1350 lost twice in a row): the advice "lower to 1350"
+        // would be wrong, so the size is forgotten and the next round ladders the peer again.
+        let stale = judge(&lost, Some(&doubted), 1450, 5);
         assert_eq!((stale.path_mtu, stale.path_mtu_below), (None, None));
         assert!(still_to_measure(&stale));
-        // A confirming probe the socket did not take proves nothing.
+        // A confirming probe the socket did not take proves nothing, and counts for nothing.
+        let unsent = judge(&black_hole, Some(&doubted), 1450, 5);
+        assert_eq!(unsent.path_mtu, Some(1350));
         assert_eq!(
-            judge(&black_hole, Some(&kept), 1450, 4).path_mtu,
-            Some(1350)
+            judge(&lost, Some(&unsent), 1450, 6).path_mtu,
+            None,
+            "the miss before the unsent round still counts"
         );
     }
 
@@ -1218,6 +1251,7 @@ mod tests {
                 path_mtu_below: None,
                 diagnosis: Diagnosis::MtuBlackHole,
                 at_unix: 0,
+                confirm_misses: 0,
             },
         );
         #[derive(Debug)]
