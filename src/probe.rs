@@ -99,6 +99,11 @@ pub struct PeerHealth {
     /// is no proof that the path shrank (see [`judge`]). The prober's own bookkeeping.
     #[serde(skip)]
     pub confirm_misses: u8,
+    /// The smallest size of a ladder that went wholly unanswered in the last round: the path
+    /// MTU is named below it only when a probe of that size fails again the round after, for
+    /// a ladder lost to congestion is no proof either. The prober's own bookkeeping.
+    #[serde(skip)]
+    pub pending_below: Option<u32>,
 }
 
 /// The diagnosis for one round's answers.
@@ -509,48 +514,60 @@ struct Answers {
 }
 
 /// Whether a round should ladder the peer whose last health is `h`: a black hole whose MTU
-/// is neither named nor known to be below the ladder.
+/// is neither named nor known (or suspected) to be below the ladder.
 fn still_to_measure(h: &PeerHealth) -> bool {
-    h.diagnosis == Diagnosis::MtuBlackHole && h.path_mtu.is_none() && h.path_mtu_below.is_none()
+    h.diagnosis == Diagnosis::MtuBlackHole
+        && h.path_mtu.is_none()
+        && h.path_mtu_below.is_none()
+        && h.pending_below.is_none()
 }
 
 /// The size a round probes once more for the peer whose last health is `h`: a measured
 /// black hole's path MTU (which should still pass) or the ladder's smallest size (which
-/// should still fail).
+/// should still fail, whether the path MTU is named below it or only suspected to be).
 fn to_confirm(h: &PeerHealth) -> Option<u32> {
     if h.diagnosis != Diagnosis::MtuBlackHole {
         return None;
     }
-    h.path_mtu.or(h.path_mtu_below)
+    h.path_mtu.or(h.path_mtu_below).or(h.pending_below)
 }
 
 /// A peer's health from one round's answers `a`, its previous health `was` and the device
 /// MTU. A named path MTU (or "below the ladder") is kept while the diagnosis stays a black
 /// hole and the confirming probe agrees; when it does not, the path changed and is measured
 /// again. An answer is proof (a probe's reply is checked against its token, length and
-/// source), so "below the ladder" goes as soon as its size passes; silence is not (a probe
+/// source), so "below the ladder" goes as soon as its size passes; silence is not (probes
 /// lost to congestion), so a named size goes only after [`CONFIRM_MISSES`] rounds in a row
-/// left its confirming probe unanswered.
+/// left its confirming probe unanswered, and a ladder nothing answered names the path MTU
+/// below it only once a probe of its smallest size goes unanswered the round after too.
 fn judge(a: &Answers, was: Option<&PeerHealth>, mtu: u32, now: u64) -> PeerHealth {
     let diagnosis = diagnose(a.small_rtt.is_some(), a.large, a.underlay);
     let kept = was.filter(|h| h.diagnosis == diagnosis);
+    let mut pending_below = None;
     let (path_mtu, path_mtu_below, confirm_misses) = match diagnosis {
         Diagnosis::Healthy => (Some(mtu), None, 0),
         Diagnosis::MtuBlackHole => match a.ladder_best {
             Some(best) => (Some(best), None, 0),
-            // Every size was sent and none came back.
+            // Every size was sent and none came back: suspected, confirmed next round.
             None if a.ladder_planned > 0 && a.ladder_sent == a.ladder_planned => {
-                (None, a.ladder_smallest, 0)
+                pending_below = a.ladder_smallest;
+                (None, None, 0)
             }
             None => {
                 let (named, below) = (
                     kept.and_then(|h| h.path_mtu),
                     kept.and_then(|h| h.path_mtu_below),
                 );
+                let suspected = kept.and_then(|h| h.pending_below);
                 let misses = kept.map_or(0, |h| h.confirm_misses);
                 if !a.confirm_sent {
                     // Nothing learnt this round.
+                    pending_below = suspected;
                     (named, below, misses)
+                } else if suspected.is_some() {
+                    // Unanswered twice (the ladder, then its smallest size): below it.
+                    // Answered: the path carries that size after all, measure again.
+                    (None, suspected.filter(|_| !a.confirm_answered), 0)
                 } else if below.is_some() && a.confirm_answered {
                     (None, None, 0)
                 } else if named.is_some() && !a.confirm_answered {
@@ -574,6 +591,7 @@ fn judge(a: &Answers, was: Option<&PeerHealth>, mtu: u32, now: u64) -> PeerHealt
         diagnosis,
         at_unix: now,
         confirm_misses,
+        pending_below,
     }
 }
 
@@ -1083,13 +1101,40 @@ mod tests {
         let first = judge(&black_hole(None, None), None, 1450, 1);
         assert_eq!((first.path_mtu, first.path_mtu_below), (None, None));
         assert!(still_to_measure(&first));
-        // Its ladder (1440 down to 580) was sent whole and nothing came back.
-        let laddered = judge(
+        // Its ladder (1440 down to 580) was sent whole and nothing came back: suspected, not
+        // yet said (every probe of one round may have been lost to congestion).
+        let silent = judge(
             &black_hole(Some((87, 87, 580)), None),
             Some(&first),
             1450,
             2,
         );
+        assert_eq!(
+            (silent.path_mtu, silent.path_mtu_below),
+            (None, None),
+            "one silent ladder is not proof"
+        );
+        assert!(!still_to_measure(&silent), "not laddered again at once");
+        assert_eq!(to_confirm(&silent), Some(580), "580 probed once more");
+        // 580 answers the round after: the ladder was lost, not too large; measure again.
+        let answered = Answers {
+            confirm_sent: true,
+            confirm_answered: true,
+            ..black_hole(None, None)
+        };
+        let lost = judge(&answered, Some(&silent), 1450, 3);
+        assert_eq!((lost.path_mtu, lost.path_mtu_below), (None, None));
+        assert!(still_to_measure(&lost));
+        // A round whose probe of 580 the socket did not take keeps the suspicion.
+        let unsent = judge(&black_hole(None, None), Some(&silent), 1450, 3);
+        assert_eq!(to_confirm(&unsent), Some(580));
+        assert_eq!(unsent.path_mtu_below, None);
+        // 580 unanswered again: the path MTU is below the ladder.
+        let still = Answers {
+            confirm_sent: true,
+            ..black_hole(None, None)
+        };
+        let laddered = judge(&still, Some(&unsent), 1450, 4);
         assert_eq!(
             (laddered.path_mtu, laddered.path_mtu_below),
             (None, Some(580))
@@ -1130,10 +1175,6 @@ mod tests {
             "{line}"
         );
         // Kept while the peer stays a black hole and 580 still fails (or was not sent).
-        let still = Answers {
-            confirm_sent: true,
-            ..black_hole(None, None)
-        };
         let later = judge(&still, Some(&laddered), 1450, 3);
         assert_eq!(later.path_mtu_below, Some(580));
         assert_eq!(
@@ -1252,6 +1293,7 @@ mod tests {
                 diagnosis: Diagnosis::MtuBlackHole,
                 at_unix: 0,
                 confirm_misses: 0,
+                pending_below: None,
             },
         );
         #[derive(Debug)]

@@ -1088,6 +1088,7 @@ mod tests {
             diagnosis: weft::probe::Diagnosis::MtuBlackHole,
             at_unix: 0,
             confirm_misses: 0,
+            pending_below: None,
         };
         assert_eq!(path_mtu_text(Some(&h(Some(1350), None))), "1350");
         assert_eq!(path_mtu_text(Some(&h(None, Some(580)))), "<580");
