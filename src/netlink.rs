@@ -301,6 +301,14 @@ pub fn link_mtu(link: &LinkMessage) -> Option<u32> {
     })
 }
 
+/// The transmit queue length of a link message.
+pub fn link_txqueuelen(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::TxQueueLen(q) => Some(*q),
+        _ => None,
+    })
+}
+
 /// The hardware address of a link message.
 pub fn link_mac(link: &LinkMessage) -> Option<MacAddr> {
     link.attributes.iter().find_map(|a| match a {
@@ -401,6 +409,22 @@ pub async fn set_link_mtu(
         .execute()
         .await
         .map_err(|e| NetlinkError::request(format!("set mtu {mtu} on {name}"), e))
+}
+
+/// Sets the link's transmit queue length (for a TUN device, the slots of each queue's ring).
+pub async fn set_link_txqueuelen(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    len: u32,
+) -> Result<(), NetlinkError> {
+    let msg = LinkUnspec::new_with_index(index).txqueuelen(len).build();
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::request(format!("set txqueuelen {len} on {name}"), e))
 }
 
 /// Brings the link up.

@@ -14,17 +14,39 @@ use crate::backend::udp::{open_tun_device, TunFailure};
 use crate::backend::{ReconcileReport, StaleEntry};
 use crate::netlink::{self, NetlinkError};
 
-/// Sets the MTU of device `index` (named `name` in errors and stale entries) to `mtu`,
-/// leaves `own.network()/32` its only IPv4 address (none without `own`) and, with `own6`,
-/// `own6.network()/128` its only routable IPv6 address, and brings it up, counting every
-/// change in `outcome`. The device carries no broadcast domain: the addresses only give
-/// locally originated packets a source inside the own subnets. Each backend names the
-/// failure in its own error type `E`.
+/// The transmit queue length of a TUN device whose data path reads no super-packets (no
+/// vnet headers: `--no-udp-offloads`, or a kernel that refused them). The kernel then cuts
+/// each pod's super-packet into segments in front of the device, all queued at once, and at
+/// the smallest MSS Linux sends (48 bytes) one 64 KiB super-packet is ~1 370 segments: in
+/// the default 500 slots its tail is dropped every time, and the sender's TCP retransmits a
+/// sixth of what it sends. 2048 holds one whole.
+pub(crate) const SEGMENTED_QUEUE_LEN: u32 = 2048;
+
+/// The queue length [`settle`] keeps on a device whose data path was granted `offloads` (as
+/// [`granted_offloads`](crate::backend::udp::granted_offloads) words them, `kernel` for the
+/// kernel's WireGuard, empty while unknown): [`SEGMENTED_QUEUE_LEN`] on a TUN device without
+/// vnet headers; with them every slot holds a whole super-packet, and otherwise the length is
+/// left as it is.
+pub(crate) fn queue_len_for(offloads: &str) -> Option<u32> {
+    let segmented = !offloads.is_empty()
+        && offloads != "kernel"
+        && !offloads.split(", ").any(|o| o == "tun vnet_hdr");
+    segmented.then_some(SEGMENTED_QUEUE_LEN)
+}
+
+/// Sets the MTU of device `index` (named `name` in errors and stale entries) to `mtu`, its
+/// transmit queue length to `queue_len` when given, leaves `own.network()/32` its only IPv4
+/// address (none without `own`) and, with `own6`, `own6.network()/128` its only routable
+/// IPv6 address, and brings it up, counting every change in `outcome`. The device carries no
+/// broadcast domain: the addresses only give locally originated packets a source inside the
+/// own subnets. Each backend names the failure in its own error type `E`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn settle<E: From<NetlinkError> + From<TunFailure>>(
     handle: &Handle,
     index: u32,
     name: &str,
     mtu: u32,
+    queue_len: Option<u32>,
     own: Option<Ipv4Network>,
     own6: Option<Ipv6Network>,
     outcome: &mut ReconcileReport,
@@ -34,6 +56,10 @@ pub(crate) async fn settle<E: From<NetlinkError> + From<TunFailure>>(
         .ok_or_else(missing)?;
     if netlink::link_mtu(&link) != Some(mtu) {
         netlink::set_link_mtu(handle, index, name, mtu).await?;
+        outcome.added += 1;
+    }
+    if let Some(q) = queue_len.filter(|&q| netlink::link_txqueuelen(&link) != Some(q)) {
+        netlink::set_link_txqueuelen(handle, index, name, q).await?;
         outcome.added += 1;
     }
     let bad = || TunFailure {
@@ -141,5 +167,29 @@ fn missing() -> TunFailure {
     TunFailure {
         op: "find",
         source: io::Error::from_raw_os_error(libc::ENODEV),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::udp::granted_offloads;
+
+    #[test]
+    fn a_tun_device_without_vnet_headers_gets_a_queue_for_a_whole_super_packet() {
+        for (vnet, gso, gro) in [(false, false, false), (false, true, true)] {
+            assert_eq!(
+                queue_len_for(&granted_offloads(vnet, gso, gro)),
+                Some(SEGMENTED_QUEUE_LEN)
+            );
+        }
+        // With vnet headers a slot holds a whole super-packet; the kernel's WireGuard has
+        // no TUN ring; an unknown grant changes nothing.
+        assert_eq!(queue_len_for(&granted_offloads(true, true, true)), None);
+        assert_eq!(queue_len_for(&granted_offloads(true, false, false)), None);
+        assert_eq!(queue_len_for("kernel"), None);
+        assert_eq!(queue_len_for(""), None);
+        // One 64 KiB super-packet at Linux's smallest MSS (48) fits.
+        assert!(SEGMENTED_QUEUE_LEN as usize >= 65_536 / 48);
     }
 }

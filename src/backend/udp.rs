@@ -217,6 +217,7 @@ impl UdpBackend {
             self.tun_index,
             TUN_NAME,
             self.mtu,
+            tun_device::queue_len_for(&self.granted),
             Some(own),
             None,
             &mut outcome,

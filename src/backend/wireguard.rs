@@ -633,6 +633,7 @@ impl WireGuardBackend {
             dev.tun_index,
             name,
             self.mtu,
+            tun_device::queue_len_for(&dev.granted),
             own4,
             own6,
             outcome,
