@@ -129,6 +129,12 @@ pub fn is_gso(hdr: &VirtioNetHdr) -> bool {
 /// checksum, TCP sequence number, flags and checksum or UDP length and checksum) is appended
 /// to `headers`, and `segments` receives where each header and payload lie. Payloads are not
 /// copied; their checksums are computed in place.
+///
+/// Where the headers end is read from the packet (the TCP data offset, or UDP's fixed 8
+/// bytes), not from `hdr.hdr_len`: the kernel fills that with the length of the buffer's
+/// linear part, which on the forwarding path (a GRO-merged packet from another device) can
+/// hold the first segment's payload too, and cutting there would repeat that payload in
+/// every segment under valid checksums.
 pub fn segment(
     hdr: &VirtioNetHdr,
     pkt: &[u8],
@@ -144,8 +150,13 @@ pub fn segment(
         other => return Err(SegmentError::Unsupported(other)),
     };
     let v6 = pkt.first().is_some_and(|b| b >> 4 == 6);
-    let hdr_len = usize::from(hdr.hdr_len);
     let ihl = usize::from(hdr.csum_start);
+    let hdr_len = ihl
+        + if proto == PROTO_TCP {
+            pkt.get(ihl + 12).map_or(0, |b| usize::from(b >> 4) * 4)
+        } else {
+            8
+        };
     let gso_size = usize::from(hdr.gso_size);
     let bad = SegmentError::BadHeader {
         hdr_len: hdr.hdr_len,
@@ -628,15 +639,48 @@ mod tests {
     }
 
     #[test]
+    fn the_headers_end_where_the_packet_says_not_where_the_kernel_hint_does() {
+        // On the forwarding path the kernel's hdr_len can span the whole first segment.
+        let (hdr, pkt) = super_packet(3000, 1400, TCP_ACK | TCP_PSH);
+        let (mut want_headers, mut want) = (Vec::new(), Vec::new());
+        segment(&hdr, &pkt, &mut want_headers, &mut want).unwrap();
+        for hint in [52 + 1400, 52 + 8, 0, 4000] {
+            let hinted = VirtioNetHdr {
+                hdr_len: hint,
+                ..hdr
+            };
+            let (mut headers, mut segs) = (Vec::new(), Vec::new());
+            segment(&hinted, &pkt, &mut headers, &mut segs).unwrap();
+            assert_eq!(segs, want, "hdr_len {hint}");
+            assert_eq!(headers, want_headers, "hdr_len {hint}");
+        }
+        assert_eq!(want[0].header.len(), 52);
+        assert_eq!(want[0].payload, 52..52 + 1400);
+    }
+
+    #[test]
     fn refuses_headers_that_do_not_fit() {
-        let (mut hdr, pkt) = super_packet(3000, 1400, TCP_ACK);
+        let (mut hdr, mut pkt) = super_packet(3000, 1400, TCP_ACK);
         let (mut headers, mut segs) = (Vec::new(), Vec::new());
-        hdr.hdr_len = 4000;
-        assert!(matches!(
-            segment(&hdr, &pkt, &mut headers, &mut segs),
-            Err(SegmentError::BadHeader { .. })
-        ));
-        hdr.hdr_len = 52;
+        // A TCP data offset under 20 bytes, or past the packet's end.
+        for (doff, len) in [(4u8, pkt.len()), (15, 50)] {
+            let mut bad = pkt.clone();
+            bad[32] = doff << 4;
+            bad.truncate(len);
+            assert!(
+                matches!(
+                    segment(&hdr, &bad, &mut headers, &mut segs),
+                    Err(SegmentError::BadHeader { .. })
+                ),
+                "data offset {doff}, {len} bytes"
+            );
+        }
+        pkt.truncate(20 + 12);
+        assert!(
+            segment(&hdr, &pkt, &mut headers, &mut segs).is_err(),
+            "no data offset"
+        );
+        let (_, pkt) = super_packet(3000, 1400, TCP_ACK);
         // GSO_UDP (UFO, fragmentation) is not cut; TCPV6 on an IPv4 packet is a bad header.
         hdr.gso_type = 3;
         assert_eq!(
