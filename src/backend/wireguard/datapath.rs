@@ -370,11 +370,18 @@ fn serve_connection<A: Answer>(answerer: &Mutex<A>, stream: UnixStream) -> io::R
     let mut line = Vec::new();
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            // Closed, or the size limit reached: a partial request is answered as refused.
-            if !request.is_empty() {
-                let answer = lock(answerer).answer(&request);
-                writer.write_all(answer.as_bytes())?;
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            // Closed, or the size limit reached, before the request's empty line: what came
+            // is refused whole and never applied, for its last line may be cut short
+            // (`allowed_ip=10.244.2.0/2` of `/24`) and a `replace_peers` request without its
+            // tail would drop every peer it did not get to.
+            if !request.is_empty() || !line.is_empty() {
+                let cut = UapiError::Protocol {
+                    line: request.lines().count() + 1,
+                    reason: "the request ended before its empty line".to_string(),
+                };
+                writer.write_all(refused(&cut).as_bytes())?;
             }
             return Ok(());
         }
@@ -632,6 +639,54 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         serving.join().unwrap();
         trickle.join().unwrap();
+    }
+
+    /// Counts the requests it is asked to carry out.
+    struct Counting(usize);
+
+    impl Answer for Counting {
+        fn answer(&mut self, _text: &str) -> String {
+            self.0 += 1;
+            "errno=0\n\n".to_string()
+        }
+    }
+
+    #[test]
+    fn a_request_cut_short_is_refused_and_never_applied() {
+        for partial in [
+            &b"set=1\nreplace_peers=true\npublic_key=aa\n"[..],
+            b"set=1\nallowed_ip=10.244.2.0/2",
+            b"get=1",
+        ] {
+            let answerer = Arc::new(Mutex::new(Counting(0)));
+            let (mut client, server) = UnixStream::pair().unwrap();
+            let serving = {
+                let answerer = answerer.clone();
+                std::thread::spawn(move || serve_connection(&*answerer, server))
+            };
+            client.write_all(partial).unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut answer = String::new();
+            client.read_to_string(&mut answer).unwrap();
+            serving.join().unwrap().unwrap();
+            let shown = String::from_utf8_lossy(partial);
+            assert_eq!(answer, format!("errno={}\n\n", libc::EPROTO), "{shown:?}");
+            assert_eq!(lock(&answerer).0, 0, "{shown:?} was carried out");
+        }
+        // A whole request on the same path is carried out.
+        let answerer = Arc::new(Mutex::new(Counting(0)));
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let serving = {
+            let answerer = answerer.clone();
+            std::thread::spawn(move || serve_connection(&*answerer, server))
+        };
+        client.write_all(b"get=1\n\n").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        serving.join().unwrap().unwrap();
+        assert_eq!(answer, "errno=0\n\n");
+        assert_eq!(lock(&answerer).0, 1);
     }
 
     #[test]
