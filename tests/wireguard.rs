@@ -912,6 +912,54 @@ fn hostile_wireguard_leases_are_rejected_and_the_data_path_keeps_working() {
     );
 }
 
+/// Sends `count` WireGuard data datagrams (type 4, a random receiver index, garbage for the
+/// ciphertext) from the underlay namespace with the forged source `from` (a peer's
+/// `IP:port`) to `to`, over a raw socket: what anyone on the underlay path can send without a
+/// key.
+fn spoof_wireguard_data(cluster: &Cluster, from: &str, to: &str, count: u32) {
+    let ul = cluster.underlay.netns();
+    ul.ip(&["addr", "add", "192.0.2.250/24", "dev", "br0"]);
+    const SPOOF: &str = r#"
+import os, socket, struct, sys, time
+(src, sport), (dst, dport) = [(a, int(p)) for a, p in (x.rsplit(":", 1) for x in sys.argv[1:3])]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for i in range(int(sys.argv[3])):
+    wg = struct.pack("<II", 4, int.from_bytes(os.urandom(4), "little")) + struct.pack("<Q", i) + os.urandom(48)
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(wg), 0) + wg
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xffff, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    s.sendto(ip + udp, (dst, 0))
+    time.sleep(0.001)
+"#;
+    ul.exec_ok(&["python3", "-c", SPOOF, from, to, &count.to_string()]);
+}
+
+#[test]
+fn forged_data_datagrams_do_not_make_the_nodes_shake_hands() {
+    // A data datagram for a receiver index nobody holds needs no key to forge, only the
+    // peer's source address; each one used to start a handshake, so a forger made the two
+    // nodes shake hands once per round trip.
+    let cluster = Cluster::new(2, WG_CONFIG);
+    cluster.start();
+    let (a, b) = pods_talking(&cluster, "pods talk over WireGuard");
+    let n0 = cluster.node(0);
+    let counter = |name| wireguard_counter(n0, name).unwrap_or_else(|| panic!("no {name}"));
+    let (rejected, handshakes) = (counter("rx_rejected"), counter("handshakes_sent"));
+    spoof_wireguard_data(&cluster, "192.0.2.12:51820", "192.0.2.11:51820", 1000);
+    n0.wait_until(
+        Duration::from_secs(5),
+        "the forged datagrams rejected",
+        || counter("rx_rejected") >= rejected + 500,
+    );
+    let started = counter("handshakes_sent") - handshakes;
+    assert!(
+        started <= 2,
+        "{started} handshake messages sent for {} forged datagrams",
+        counter("rx_rejected") - rejected
+    );
+    assert!(a.tcp_check(&b) && b.tcp_check(&a), "pods still talk");
+}
+
 #[test]
 fn wireguard_without_offloads_carries_super_packets_of_tiny_segments_whole() {
     // Without vnet headers the kernel cuts each pod super-packet into segments in front of

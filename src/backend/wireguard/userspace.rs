@@ -53,6 +53,20 @@ const HANDSHAKE_ROOM: usize = 148;
 const SEAL_BUFFER: usize = READ_BUFFER + SPREAD_ROOM + 128 * DATA_OVERHEAD + 256;
 /// How often the timers of every peer run (boringtun wants 100 ms to 250 ms).
 const TIMER_TICK: Duration = Duration::from_millis(100);
+/// WireGuard's REKEY_TIMEOUT: a session younger than this is not replaced because a datagram
+/// came for a session this process does not hold (see [`may_reinitiate`]).
+const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a data datagram for a session this process does not hold should start a
+/// handshake, given how long ago the current session was made (`None`: there is none). With
+/// no session (this process was restarted and the peer still uses the old one) it should, at
+/// once rather than after the peer's 15 s rekey timeout. With a young one it should not:
+/// such a datagram needs no key to forge, only the peer's source address, and answering each
+/// with a handshake would let anyone who can spoof that address make the two nodes shake
+/// hands once per round trip.
+fn may_reinitiate(since_last_handshake: Option<Duration>) -> bool {
+    since_last_handshake.is_none_or(|d| d >= REKEY_TIMEOUT)
+}
 /// Receiver indices are 24 bits; boringtun puts the session in the low 8.
 const MAX_PEER_INDEX: u32 = (1 << 24) - 1;
 
@@ -733,14 +747,17 @@ impl Pump {
                 // A keepalive, or a handshake answer consumed.
                 TunnResult::Done => {}
                 TunnResult::Err(WireGuardError::NoCurrentSession) => {
-                    // The peer still uses a session this process never had (this data path process was restarted):
-                    // shake hands now rather than after its 15 s rekey timeout.
+                    // The peer still uses a session this process never had (this data path
+                    // process was restarted): shake hands now rather than after its 15 s
+                    // rekey timeout — unless a session is young (a forged datagram).
                     add(&self.counters.rx_rejected, 1);
-                    if let TunnResult::WriteToNetwork(msg) =
-                        tunn.format_handshake_initiation(spare, false)
-                    {
-                        let msg: &[u8] = msg;
-                        self.send_control(peer, msg);
+                    if may_reinitiate(tunn.stats().0) {
+                        if let TunnResult::WriteToNetwork(msg) =
+                            tunn.format_handshake_initiation(spare, false)
+                        {
+                            let msg: &[u8] = msg;
+                            self.send_control(peer, msg);
+                        }
                     }
                 }
                 TunnResult::Err(e) => {
@@ -810,5 +827,18 @@ impl Pump {
             add(&self.counters.rx_packets, count);
             add(&self.counters.rx_bytes, bytes as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_for_an_unknown_session_replaces_only_a_missing_or_old_one() {
+        assert!(may_reinitiate(None), "no session: shake hands at once");
+        assert!(!may_reinitiate(Some(Duration::ZERO)));
+        assert!(!may_reinitiate(Some(Duration::from_secs(4))));
+        assert!(may_reinitiate(Some(REKEY_TIMEOUT)));
     }
 }
