@@ -1481,6 +1481,28 @@ fn hostile_input_is_refused_and_leaves_nothing_behind() {
         tcp_ok(&site.node, &pod, &result_ip(&first)),
         "first pod still wired"
     );
+    // The same with a static address the attachment holds: the refused ADD must not take
+    // the address from the pod in place (it was not this ADD's to undo).
+    let static_pod = Netns::new("pod");
+    let mut call = Call::new(&site.node, "ADD").attachment("dup-static", "eth0", Some(&static_pod));
+    call.extra_env = vec![("CNI_ARGS", "IP=10.244.29.50")];
+    call.conf(&site.conf("1.0.0")).result();
+    let mut call = Call::new(&site.node, "ADD").attachment("dup-static", "eth0", Some(&other));
+    call.extra_env = vec![("CNI_ARGS", "IP=10.244.29.50")];
+    let out = call.conf(&site.conf("1.0.0"));
+    assert_eq!(out.code(), 107, "{out:?}");
+    assert_eq!(
+        site.allocations(),
+        vec![
+            ("10.244.29.2".to_string(), "dup\r\neth0".to_string()),
+            ("10.244.29.50".to_string(), "dup-static\r\neth0".to_string()),
+        ],
+        "the static address stays with the pod holding it"
+    );
+    assert!(
+        tcp_ok(&site.node, &static_pod, "10.244.29.50"),
+        "static pod still wired"
+    );
     let links_before: HashSet<String> = site
         .node
         .ip_json(&["link", "show"])
@@ -1533,7 +1555,22 @@ fn hostile_input_is_refused_and_leaves_nothing_behind() {
             target.ip_json(&["link", "show"]).len() == 1,
             "{what}: only lo in the pod namespace"
         );
-        assert_eq!(site.allocations().len(), 1, "{what}");
+        assert_eq!(site.allocations().len(), 2, "{what}");
+    }
+    // CNI_NETNS naming a FIFO (or a device) is refused without being opened: an open would
+    // block forever (or wake the device's driver).
+    for (what, path) in [("fifo", fifo.as_path()), ("device", Path::new("/dev/null"))] {
+        let mut call = Call::new(&site.node, "ADD").attachment("hostile", "eth0", None);
+        call.netns = Some(path.to_path_buf());
+        let out = call.conf(&site.conf("1.0.0"));
+        assert_eq!(out.code(), 4, "CNI_NETNS {what}: {out:?}");
+        assert!(
+            out.error()["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("not a namespace file")),
+            "CNI_NETNS {what}: {out:?}"
+        );
+        assert_eq!(site.allocations().len(), 2, "CNI_NETNS {what}");
     }
 }
 

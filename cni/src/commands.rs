@@ -86,6 +86,7 @@ fn netns_error(err: NetnsError, container: &str) -> Error {
         NetnsError::Io { op, path, source } => Error::Io {
             op: match op {
                 "open" => "open network namespace",
+                "stat" => "stat network namespace",
                 "statfs" => "statfs network namespace",
                 _ => "enter network namespace",
             },
@@ -134,17 +135,21 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
     }
 
     let store = IpamStore::new(&conf.data_dir, &conf.name);
-    let (ip, ip6) = {
+    // `made`: the IPv4 address was allocated by this ADD (a static one the attachment
+    // already held is not, and a failure must leave it to its holder).
+    let (ip, ip6, made) = {
         let locked = store.lock()?;
-        let ip = match (requested, &pool) {
-            (Some(ip), _) => Some(
-                locked
-                    .allocate_static(ip, &env.container_id, &env.ifname)
-                    .map(|()| ip)?,
+        let (ip, made) = match (requested, &pool) {
+            (Some(ip), _) => (
+                Some(ip),
+                locked.allocate_static(ip, &env.container_id, &env.ifname)?,
             ),
-            (None, Some(pool)) => Some(locked.allocate(pool, &env.container_id, &env.ifname)?),
+            (None, Some(pool)) => (
+                Some(locked.allocate(pool, &env.container_id, &env.ifname)?),
+                true,
+            ),
             // An IPv6-only node.
-            (None, None) => None,
+            (None, None) => (None, false),
         };
         // One address per family, in host-local's layout: the IPv6 range is range set 1.
         let ip6 = match &node.ipv6 {
@@ -153,14 +158,15 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
                 match locked.allocate6(&Pool6::new(v6.subnet), &env.container_id, &env.ifname) {
                     Ok(ip6) => Some(ip6),
                     Err(e) => {
-                        let ips: Vec<IpAddr> = ip.into_iter().map(IpAddr::V4).collect();
+                        let ips: Vec<IpAddr> =
+                            ip.filter(|_| made).into_iter().map(IpAddr::V4).collect();
                         locked.release_hinted(&ips, &env.container_id, &env.ifname)?;
                         return Err(e);
                     }
                 }
             }
         };
-        (ip, ip6)
+        (ip, ip6, made)
     };
     let address = match (ip, node.ipv4) {
         (Some(ip), Some(v4)) => Some(Ipv4Net::new(ip, v4.subnet.prefix()).ok_or_else(|| {
@@ -215,6 +221,7 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
                 }
             }
             let ips: Vec<IpAddr> = ip
+                .filter(|_| made)
                 .map(IpAddr::V4)
                 .into_iter()
                 .chain(ip6.map(IpAddr::V6))

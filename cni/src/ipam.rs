@@ -11,7 +11,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -98,8 +98,10 @@ impl Pool {
         let size = (self.end + 1).saturating_sub(self.start);
         (0..size)
             .map(move |step| {
-                let offset = (first - self.start + step) % size;
-                Ipv4Addr::from(self.start + offset)
+                // In u64: a pool of most of the address space (a /0 or /1 node subnet)
+                // would overflow u32 here.
+                let offset = (u64::from(first - self.start) + u64::from(step)) % u64::from(size);
+                Ipv4Addr::from(self.start + offset as u32)
             })
             .filter(move |ip| *ip != self.gateway)
     }
@@ -209,16 +211,23 @@ impl IpamStore {
 
     /// Creates the directory if needed and takes the exclusive lock.
     pub fn lock(&self) -> Result<LockedStore<'_>> {
-        fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
-            op: "create IPAM directory",
-            path: self.dir.clone(),
-            source,
-        })?;
+        // host-local's modes (directories 0755, files 0600), whatever the runtime's umask: an
+        // allocation anyone could write or remove would let them take or free pods' addresses.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&self.dir)
+            .map_err(|source| Error::Io {
+                op: "create IPAM directory",
+                path: self.dir.clone(),
+                source,
+            })?;
         let lock_path = self.dir.join(LOCK_FILE);
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(|source| Error::Io {
                 op: "open IPAM lock",
@@ -352,7 +361,13 @@ impl LockedStore<'_> {
         ifname: &str,
     ) -> Result<Option<IpAddr>> {
         let content = format_owner(container_id, ifname);
-        let create = |path: &Path| File::options().write(true).create_new(true).open(path);
+        let create = |path: &Path| {
+            File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+        };
         for candidate in candidates {
             let path = self.dir.join(candidate.to_string());
             let mut created = create(&path);
@@ -390,10 +405,18 @@ impl LockedStore<'_> {
 
     /// Allocates the requested `ip` (already checked against the pool) to `(container_id,
     /// ifname)`. An allocation the same attachment already holds is kept (a runtime re-adding a
-    /// container with its old address); one held by anyone else is refused.
-    pub fn allocate_static(&self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<()> {
+    /// container with its old address); one held by anyone else is refused. Returns whether
+    /// this call made the allocation, so that a failed ADD undoes only what it made and never
+    /// the address of an attachment already in place.
+    pub fn allocate_static(&self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<bool> {
         let path = self.dir.join(ip.to_string());
-        let create = || File::options().write(true).create_new(true).open(&path);
+        let create = || {
+            File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+        };
         let mut created = create();
         if matches!(&created, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
             if is_empty_file(&path) {
@@ -412,7 +435,7 @@ impl LockedStore<'_> {
                         })
                         .owned_by(container_id, ifname) =>
                     {
-                        Ok(())
+                        Ok(false)
                     }
                     Some((id, owner_ifname)) => Err(Error::AddressTaken {
                         ip,
@@ -439,7 +462,8 @@ impl LockedStore<'_> {
                 source,
             });
         }
-        self.write_last_reserved(ip)
+        self.write_last_reserved(ip)?;
+        Ok(true)
     }
 
     /// Records `ip` in `last_reserved_ip.0`, overwritten in place (host-local's exact content).
@@ -457,6 +481,7 @@ impl LockedStore<'_> {
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(0o600)
                 .open(&path)?;
             file.write_all_at(text.as_bytes(), 0)?;
             file.set_len(text.len() as u64)
@@ -575,17 +600,23 @@ mod tests {
         for bad in ["10.244.1.0", "10.244.1.1", "10.244.1.255", "10.244.2.5"] {
             assert!(p.static_refusal(ip(bad)).is_some(), "{bad}");
         }
-        locked
-            .allocate_static(ip("10.244.1.50"), "c1", "eth0")
-            .unwrap();
+        assert!(
+            locked
+                .allocate_static(ip("10.244.1.50"), "c1", "eth0")
+                .unwrap(),
+            "made by this call"
+        );
         assert_eq!(
             fs::read_to_string(dir.0.join("net/10.244.1.50")).unwrap(),
             "c1\r\neth0"
         );
         assert_eq!(locked.last_reserved(), Some(ip("10.244.1.50")));
-        locked
-            .allocate_static(ip("10.244.1.50"), "c1", "eth0")
-            .unwrap();
+        assert!(
+            !locked
+                .allocate_static(ip("10.244.1.50"), "c1", "eth0")
+                .unwrap(),
+            "already held by the same attachment: not this call's to undo"
+        );
         let err = locked
             .allocate_static(ip("10.244.1.50"), "c2", "eth0")
             .unwrap_err();
@@ -595,6 +626,48 @@ mod tests {
         locked
             .allocate_static(ip("10.244.1.51"), "c3", "eth0")
             .unwrap();
+    }
+
+    #[test]
+    fn state_files_get_host_locals_modes_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("modes");
+        // A runtime started with umask 0 (each test is its own process under nextest).
+        // SAFETY: umask only swaps the process's file creation mask.
+        let before = unsafe { libc::umask(0) };
+        let store = IpamStore::new(&dir.0, "net");
+        let made = (|| {
+            let locked = store.lock()?;
+            locked.allocate(&pool("10.244.1.1/24"), "c1", "eth0")?;
+            locked.allocate_static(ip("10.244.1.50"), "c2", "eth0")?;
+            locked.allocate6(
+                &Pool6::new("fd00:10:244:1::1/64".parse().unwrap()),
+                "c1",
+                "eth0",
+            )?;
+            Ok::<_, Error>(())
+        })();
+        // SAFETY: as above.
+        unsafe { libc::umask(before) };
+        made.unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(store.dir()), 0o755, "{}", store.dir().display());
+        let mut files = 0;
+        for entry in fs::read_dir(store.dir()).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            files += 1;
+        }
+        // Three addresses, two last-reserved files, the lock.
+        assert_eq!(files, 6);
+    }
+
+    #[test]
+    fn a_pool_of_almost_every_address_wraps_without_overflow() {
+        let p = pool("0.0.0.1/0");
+        let last = ip("255.255.255.253");
+        let first: Vec<Ipv4Addr> = p.candidates(Some(last)).take(3).collect();
+        assert_eq!(first, [ip("255.255.255.254"), ip("0.0.0.2"), ip("0.0.0.3")]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
@@ -56,19 +57,58 @@ pub struct Netns {
 impl Netns {
     /// Opens `path` and checks that it is a namespace file (on nsfs, as bind mounts and /proc/<pid>/ns/net are).
     pub fn open(path: &Path) -> Result<Netns, NetnsError> {
-        let file = File::open(path).map_err(|source| {
+        // A namespace file is a regular file on nsfs: a FIFO named here would block the open
+        // forever, and opening a device can wake its driver, so neither is opened at all
+        // (and the open itself never blocks nor takes a controlling terminal, should the
+        // path change in between; the nsfs check below has the last word).
+        let meta = std::fs::metadata(path).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 NetnsError::Missing {
                     path: path.to_path_buf(),
                 }
             } else {
                 NetnsError::Io {
-                    op: "open",
+                    op: "stat",
                     path: path.to_path_buf(),
                     source,
                 }
             }
         })?;
+        if !meta.is_file() {
+            let kind = meta.file_type();
+            let what = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_char_device() || kind.is_block_device() {
+                "a device"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(NetnsError::NotNetns {
+                path: path.to_path_buf(),
+                reason: format!("{what}, not a namespace file; not opened"),
+            });
+        }
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|source| {
+                if source.kind() == io::ErrorKind::NotFound {
+                    NetnsError::Missing {
+                        path: path.to_path_buf(),
+                    }
+                } else {
+                    NetnsError::Io {
+                        op: "open",
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                }
+            })?;
         let fs = fstatfs(&file).map_err(|errno| NetnsError::Io {
             op: "statfs",
             path: path.to_path_buf(),
