@@ -159,45 +159,43 @@ impl AddResult {
         })
     }
 
-    /// Reads a result of any supported version (e.g. `prevResult`), both families.
+    /// Reads a result of any supported version (e.g. `prevResult`), both families. A field
+    /// may be absent, but one present with the wrong type is refused: read as absent, it
+    /// would let CHECK pass without checking what it names.
     pub fn from_json(value: &Value) -> Result<AddResult> {
-        let bad = |what: String| Error::InvalidConfig(format!("prevResult: {what}"));
+        Self::read(value).map_err(|what| Error::InvalidConfig(format!("prevResult: {what}")))
+    }
+
+    fn read(value: &Value) -> std::result::Result<AddResult, String> {
         let obj = value
             .as_object()
-            .ok_or_else(|| bad("not a JSON object".into()))?;
+            .ok_or_else(|| "not a JSON object".to_string())?;
         let mut interfaces = Vec::new();
-        for iface in array(obj, "interfaces") {
-            let name = iface
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("interfaces[].name missing".into()))?;
+        for iface in array(obj, "interfaces")? {
+            let name = opt_str(iface, "interfaces[]", "name")?
+                .ok_or_else(|| "interfaces[].name missing".to_string())?;
             interfaces.push(Interface {
-                name: name.to_string(),
-                mac: str_field(iface, "mac").unwrap_or_default(),
-                mtu: iface
-                    .get("mtu")
-                    .and_then(Value::as_u64)
-                    .and_then(|m| u32::try_from(m).ok()),
-                sandbox: str_field(iface, "sandbox").filter(|s| !s.is_empty()),
+                name,
+                mac: opt_str(iface, "interfaces[]", "mac")?.unwrap_or_default(),
+                mtu: opt_u32(iface, "interfaces[]", "mtu")?,
+                sandbox: opt_str(iface, "interfaces[]", "sandbox")?.filter(|s| !s.is_empty()),
             });
         }
         let mut ips = Vec::new();
         let mut ips6 = Vec::new();
-        for ip in array(obj, "ips") {
-            let address =
-                str_field(ip, "address").ok_or_else(|| bad("ips[].address missing".into()))?;
-            let interface = ip
-                .get("interface")
-                .and_then(Value::as_u64)
-                .and_then(|i| usize::try_from(i).ok());
+        for ip in array(obj, "ips")? {
+            let address = opt_str(ip, "ips[]", "address")?
+                .ok_or_else(|| "ips[].address missing".to_string())?;
+            let interface = opt_u32(ip, "ips[]", "interface")?.map(|i| i as usize);
+            let gateway = opt_str(ip, "ips[]", "gateway")?;
             if address.contains(':') {
                 let address = address
                     .parse::<Ipv6Net>()
-                    .map_err(|e| bad(format!("ips[].address: {e}")))?;
-                let gateway = str_field(ip, "gateway")
+                    .map_err(|e| format!("ips[].address: {e}"))?;
+                let gateway = gateway
                     .map(|g| {
                         g.parse::<Ipv6Addr>()
-                            .map_err(|_| bad(format!("ips[].gateway {g:?}")))
+                            .map_err(|_| format!("ips[].gateway {g:?}"))
                     })
                     .transpose()?;
                 ips6.push(IpConfig6 {
@@ -209,11 +207,11 @@ impl AddResult {
             }
             let address = address
                 .parse::<Ipv4Net>()
-                .map_err(|e| bad(format!("ips[].address: {e}")))?;
-            let gateway = str_field(ip, "gateway")
+                .map_err(|e| format!("ips[].address: {e}"))?;
+            let gateway = gateway
                 .map(|g| {
                     g.parse::<Ipv4Addr>()
-                        .map_err(|_| bad(format!("ips[].gateway {g:?}")))
+                        .map_err(|_| format!("ips[].gateway {g:?}"))
                 })
                 .transpose()?;
             ips.push(IpConfig {
@@ -224,16 +222,18 @@ impl AddResult {
         }
         let mut routes = Vec::new();
         let mut routes6 = Vec::new();
-        for route in array(obj, "routes") {
-            let dst = str_field(route, "dst").ok_or_else(|| bad("routes[].dst missing".into()))?;
+        for route in array(obj, "routes")? {
+            let dst = opt_str(route, "routes[]", "dst")?
+                .ok_or_else(|| "routes[].dst missing".to_string())?;
+            let gw = opt_str(route, "routes[]", "gw")?;
             if dst.contains(':') {
                 let dst = dst
                     .parse::<Ipv6Net>()
-                    .map_err(|e| bad(format!("routes[].dst: {e}")))?;
-                let gw = str_field(route, "gw")
+                    .map_err(|e| format!("routes[].dst: {e}"))?;
+                let gw = gw
                     .map(|g| {
                         g.parse::<Ipv6Addr>()
-                            .map_err(|_| bad(format!("routes[].gw {g:?}")))
+                            .map_err(|_| format!("routes[].gw {g:?}"))
                     })
                     .transpose()?;
                 routes6.push(Route6 { dst, gw });
@@ -241,11 +241,11 @@ impl AddResult {
             }
             let dst = dst
                 .parse::<Ipv4Net>()
-                .map_err(|e| bad(format!("routes[].dst: {e}")))?;
-            let gw = str_field(route, "gw")
+                .map_err(|e| format!("routes[].dst: {e}"))?;
+            let gw = gw
                 .map(|g| {
                     g.parse::<Ipv4Addr>()
-                        .map_err(|_| bad(format!("routes[].gw {g:?}")))
+                        .map_err(|_| format!("routes[].gw {g:?}"))
                 })
                 .transpose()?;
             routes.push(Route { dst, gw });
@@ -261,12 +261,55 @@ impl AddResult {
     }
 }
 
-fn array<'a>(obj: &'a Map<String, Value>, key: &str) -> impl Iterator<Item = &'a Value> {
-    obj.get(key).and_then(Value::as_array).into_iter().flatten()
+/// The elements of the array at `key` (none when absent); another type is refused.
+fn array<'a>(obj: &'a Map<String, Value>, key: &str) -> std::result::Result<&'a [Value], String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(other) => Err(format!("{key} is not an array: {}", shown(other))),
+    }
 }
 
-fn str_field(value: &Value, key: &str) -> Option<String> {
-    value.get(key).and_then(Value::as_str).map(str::to_string)
+/// The string at `key` of the object `value` (an element of `list`), if present; an element
+/// that is no object, or a value of another type, is refused.
+fn opt_str(value: &Value, list: &str, key: &str) -> std::result::Result<Option<String>, String> {
+    match field(value, list, key)? {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("{list}.{key} is not a string: {}", shown(other))),
+    }
+}
+
+/// The unsigned 32-bit number at `key`, as [`opt_str`] reads a string.
+fn opt_u32(value: &Value, list: &str, key: &str) -> std::result::Result<Option<u32>, String> {
+    match field(value, list, key)? {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| format!("{list}.{key} is not a number of 0 to 2^32-1: {}", shown(v))),
+    }
+}
+
+fn field<'a>(
+    value: &'a Value,
+    list: &str,
+    key: &str,
+) -> std::result::Result<Option<&'a Value>, String> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| format!("{list} holds a non-object: {}", shown(value)))?;
+    Ok(obj.get(key).filter(|v| !v.is_null()))
+}
+
+/// A value for an error message, cut short.
+fn shown(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
 }
 
 #[cfg(test)]
@@ -316,6 +359,60 @@ mod tests {
                 gw: Some("fd00:10:244:1::1".parse().unwrap()),
             }],
             ..sample()
+        }
+    }
+
+    #[test]
+    fn a_prev_result_field_of_the_wrong_type_is_refused_not_read_as_absent() {
+        let good = sample().to_json(Version::V1_0_0, "1.0.0");
+        let read = AddResult::from_json(&good).unwrap();
+        assert_eq!((read.ips, read.routes), (sample().ips, sample().routes));
+        let mut absent = good.clone();
+        absent["routes"] = Value::Null;
+        absent.as_object_mut().unwrap().remove("ips");
+        let read = AddResult::from_json(&absent).unwrap();
+        assert!(read.ips.is_empty() && read.routes.is_empty());
+        for (field, value, named) in [
+            ("ips", json!({}), "ips is not an array"),
+            ("routes", json!("x"), "routes is not an array"),
+            ("interfaces", json!(7), "interfaces is not an array"),
+            ("ips", json!(["10.244.1.2/24"]), "ips[] holds a non-object"),
+            (
+                "ips",
+                json!([{"address": 7}]),
+                "ips[].address is not a string",
+            ),
+            (
+                "ips",
+                json!([{"address": "10.244.1.2/24", "interface": "1"}]),
+                "ips[].interface is not a number",
+            ),
+            (
+                "ips",
+                json!([{"address": "10.244.1.2/24", "gateway": false}]),
+                "ips[].gateway is not a string",
+            ),
+            (
+                "interfaces",
+                json!([{"name": "eth0", "mtu": "1450"}]),
+                "interfaces[].mtu is not a number",
+            ),
+            (
+                "interfaces",
+                json!([{"name": "eth0", "mac": 2}]),
+                "interfaces[].mac is not a string",
+            ),
+            (
+                "routes",
+                json!([{"dst": "0.0.0.0/0", "gw": []}]),
+                "routes[].gw is not a string",
+            ),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value;
+            let err = AddResult::from_json(&bad).unwrap_err();
+            assert_eq!(err.code(), 7, "{err}");
+            assert!(err.to_string().contains(named), "{named}: {err}");
         }
     }
 
