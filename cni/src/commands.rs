@@ -160,7 +160,13 @@ pub fn add(conf: &NetConf, env: &AttachmentEnv, log: &Log) -> Result<Value> {
                     Err(e) => {
                         let ips: Vec<IpAddr> =
                             ip.filter(|_| made).into_iter().map(IpAddr::V4).collect();
-                        locked.release_hinted(&ips, &env.container_id, &env.ifname)?;
+                        // The exhaustion is the answer; a failed undo is logged, not
+                        // answered in its place.
+                        if let Err(undo) =
+                            locked.release_hinted(&ips, &env.container_id, &env.ifname)
+                        {
+                            log.error(format_args!("undo: release {ips:?}: {undo}"));
+                        }
                         return Err(e);
                     }
                 }

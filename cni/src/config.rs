@@ -192,8 +192,7 @@ impl NetConf {
             ("args.cni.ips", from_args.ips),
         ] {
             for text in list.unwrap_or_default() {
-                let ip = text.split('/').next().unwrap_or(&text);
-                static_ips.push(ip.parse::<Ipv4Addr>().map_err(|_| {
+                static_ips.push(crate::ip::parse_static_ipv4(&text).ok_or_else(|| {
                     Error::InvalidConfig(format!("{field}: {text:?} is not an IPv4 address"))
                 })?);
             }
@@ -311,6 +310,8 @@ mod tests {
         for bad in [
             r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"ips":["fd00::1/64"]}}"#,
             r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"mac":"ff:ff:ff:ff:ff:ff"}}"#,
+            r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"ips":["10.244.7.5/99"]}}"#,
+            r#"{"cniVersion":"1.0.0","name":"n","args":{"cni":{"ips":["10.244.7.5/x"]}}}"#,
         ] {
             assert_eq!(parse(bad).unwrap_err().code(), 7, "{bad}");
         }

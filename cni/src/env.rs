@@ -194,10 +194,10 @@ pub fn parse_cni_args(text: &str) -> std::result::Result<CniArgs, String> {
         match key {
             "IP" => {
                 for ip in value.split(',').filter(|v| !v.is_empty()) {
-                    let ip = ip.split('/').next().unwrap_or(ip);
                     args.ips.push(
-                        ip.parse()
-                            .map_err(|_| format!("IP={value:?}: {ip:?} is not an IPv4 address"))?,
+                        crate::ip::parse_static_ipv4(ip).ok_or_else(|| {
+                            format!("IP={value:?}: {ip:?} is not an IPv4 address")
+                        })?,
                     );
                 }
             }
@@ -330,6 +330,16 @@ mod tests {
         assert!(parse_cni_args("FOO=1;IgnoreUnknown=0").is_err());
         assert!(parse_cni_args("IP=fd00::1").is_err());
         assert!(parse_cni_args("IP=10.1.2").is_err());
+        // What follows the address is a prefix or nothing.
+        for bad in [
+            "10.244.7.5/garbage",
+            "10.244.7.5/33",
+            "10.244.7.5/",
+            "10.244.7.5/24/1",
+        ] {
+            let err = parse_cni_args(&format!("IP={bad}")).unwrap_err();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
         for bad in [
             "01:00:5e:00:00:01",
             "00:00:00:00:00:00",

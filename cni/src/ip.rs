@@ -66,6 +66,17 @@ impl Ipv4Net {
     }
 }
 
+/// A static address as runtimes ask for one: `10.244.7.5`, or with a prefix
+/// (`10.244.7.5/24`, the prefix being the node subnet's business and not used); anything
+/// else after the address is refused.
+pub fn parse_static_ipv4(text: &str) -> Option<Ipv4Addr> {
+    if text.contains('/') {
+        text.parse::<Ipv4Net>().ok().map(|net| net.addr())
+    } else {
+        text.parse().ok()
+    }
+}
+
 impl FromStr for Ipv4Net {
     type Err = ParseNetError;
 
