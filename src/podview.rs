@@ -209,15 +209,16 @@ fn desired_records(
     node: &str,
     host_ip: Option<Ipv4Addr>,
     pod_root: &Path,
-) -> BTreeMap<String, String> {
+) -> Option<BTreeMap<String, String>> {
     let records = match crate::pod::cli::read_pods(pod_root) {
         Ok(records) => records,
         Err(e) => {
+            // Not "no pods": planning from an empty set would delete every record.
             warn!(error = %e, "read the pods' status files; publishing what was there before");
-            return BTreeMap::new();
+            return None;
         }
     };
-    records
+    let desired = records
         .iter()
         .filter_map(|record| {
             let summary = PodSummary::of(record, node, host_ip);
@@ -229,7 +230,8 @@ fn desired_records(
                 }
             }
         })
-        .collect()
+        .collect();
+    Some(desired)
 }
 
 /// Keeps `<prefix>/pods/<node>/` in step with the pods under `pod_root`, every
@@ -260,8 +262,9 @@ pub async fn publish(store: EtcdStore, node: String, pod_root: PathBuf, board: A
             })
             .await
             {
-                Ok(d) => d,
-                Err(_) => continue,
+                Ok(Some(d)) => d,
+                // Unreadable this round: the records stay as they are.
+                Ok(None) | Err(_) => continue,
             }
         };
         let current = match published.take() {
@@ -381,6 +384,20 @@ mod tests {
     use super::*;
 
     const PREFIX: &str = "/coreos.com/network";
+
+    #[test]
+    fn pods_that_cannot_be_read_are_not_planned_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            desired_records(PREFIX, "node1", None, dir.path()),
+            Some(BTreeMap::new()),
+            "no pods: nothing to publish"
+        );
+        // A pod root that cannot be listed: no plan at all, so no record is deleted.
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, "x").unwrap();
+        assert_eq!(desired_records(PREFIX, "node1", None, &not_a_dir), None);
+    }
 
     fn summary(name: &str) -> PodSummary {
         PodSummary {

@@ -585,6 +585,13 @@ fn path_traversal_is_rejected() -> TestResult {
                 "../../../../etc/passwd".into(),
             )],
         ),
+        // Whiteouts naming the directory above (`.wh..`: at the top, the import's staging
+        // directory outside the root) or the one they are in (`.wh.`).
+        ("whiteout-dotdot", vec![file("kept"), file(".wh..")]),
+        (
+            "whiteout-dot",
+            vec![Entry::Dir("sub".into(), 0o755), file("sub/.wh.")],
+        ),
     ];
     for (tag, entries) in cases {
         let archive = dir.path().join(format!("{tag}.tar"));

@@ -260,7 +260,7 @@ pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), Str
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let read = |file: &str| fs::read_to_string(rootfs.join(file)).unwrap_or_default();
+    let read = |file: &str| super::image::read_image_file(rootfs, file).unwrap_or_default();
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(uid) => (uid, lookup_id(&read("etc/passwd"), u).and_then(|(_, g)| g)),
         Err(_) => lookup_id(&read("etc/passwd"), u)
@@ -287,7 +287,7 @@ pub fn container_user(spec: &ContainerSpec) -> Result<(u32, u32), BundleError> {
     let (uid, gid) = match sec.run_as_user {
         Some(uid) => {
             let passwd =
-                fs::read_to_string(spec.image.rootfs.join("etc/passwd")).unwrap_or_default();
+                super::image::read_image_file(&spec.image.rootfs, "etc/passwd").unwrap_or_default();
             let primary = passwd.lines().find_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
                 (f.len() >= 4 && f[2].parse() == Ok(uid))
@@ -848,5 +848,59 @@ mod tests {
         assert_eq!(resolve_user(Some("www:staff"), root.path())?, (33, 50));
         assert!(resolve_user(Some("nobody"), root.path()).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn an_images_user_files_are_read_inside_its_root_and_never_block() {
+        use std::os::unix::fs::symlink;
+        let node = tempfile::tempdir().unwrap();
+        // The node's own passwd, which an image's `etc -> /etc`-style link must not reach.
+        let node_etc = node.path().join("etc");
+        fs::create_dir_all(&node_etc).unwrap();
+        fs::write(node_etc.join("passwd"), "nodeuser:x:4242:4242::/:/bin/sh\n").unwrap();
+        type MakeRoot = Box<dyn Fn(&Path)>;
+        let cases: [(&str, MakeRoot); 4] = [
+            (
+                "etc/passwd -> /dev/zero (an endless read on the node)",
+                Box::new(|root: &Path| {
+                    fs::create_dir_all(root.join("etc")).unwrap();
+                    symlink("/dev/zero", root.join("etc/passwd")).unwrap();
+                }),
+            ),
+            (
+                "etc/passwd a FIFO (a blocking open)",
+                Box::new(|root: &Path| {
+                    fs::create_dir_all(root.join("etc")).unwrap();
+                    nix::unistd::mkfifo(&root.join("etc/passwd"), nix::sys::stat::Mode::S_IRWXU)
+                        .unwrap();
+                }),
+            ),
+            (
+                "etc -> the node's /etc",
+                Box::new(move |root: &Path| symlink(&node_etc, root.join("etc")).unwrap()),
+            ),
+            (
+                "etc/passwd larger than 1 MiB",
+                Box::new(|root: &Path| {
+                    fs::create_dir_all(root.join("etc")).unwrap();
+                    let big = "x".repeat(2 << 20) + "\nnodeuser:x:4242:4242::/:/bin/sh\n";
+                    fs::write(root.join("etc/passwd"), big).unwrap();
+                }),
+            ),
+        ];
+        for (what, make) in cases {
+            let root = tempfile::tempdir().unwrap();
+            make(root.path());
+            // Returns (and at once: a test thread blocked on a FIFO would hang the test).
+            assert!(
+                resolve_user(Some("nodeuser"), root.path()).is_err(),
+                "{what}: resolved"
+            );
+            assert_eq!(
+                resolve_user(Some("4242"), root.path()),
+                Ok((4242, 0)),
+                "{what}: no primary group from outside"
+            );
+        }
     }
 }

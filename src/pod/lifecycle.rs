@@ -54,6 +54,12 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
+    /// The grace period, bounded as a manifest's is: a `pod.json` written before the bound
+    /// (or by hand) must not overflow a deadline in the teardown that runs after a restart.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_seconds.min(super::manifest::MAX_SECONDS))
+    }
+
     /// Reads `<dir>/pod.json`; `None` when absent, unreadable, or naming a pod whose names
     /// cannot name paths (such a directory is left alone: removing it could reach anywhere).
     pub fn load(dir: &Path) -> Option<WorkerState> {
@@ -301,7 +307,7 @@ pub(super) fn teardown(
         }
     };
     let runtime = OciRuntime::new(&cfg.oci_runtime.to_string_lossy(), dir);
-    let grace = Duration::from_secs(state.grace_seconds);
+    let grace = state.grace();
     let ids: Vec<String> = match handles {
         Some(h) => h.iter().map(|h| h.id().to_string()).collect(),
         None => runtime.list().unwrap_or_default(),

@@ -718,6 +718,9 @@ fn validate(pod: &Pod) -> Result<(), FieldError> {
     if pod.spec.containers.is_empty() {
         return err("spec.containers", "at least one container is required");
     }
+    if let Some(grace) = pod.spec.termination_grace_period_seconds {
+        check_seconds("spec.terminationGracePeriodSeconds", grace)?;
+    }
     if let Some(sc) = &pod.spec.security_context {
         security::validate_pod(sc, pod.spec.host_namespaces())?;
     }
@@ -976,7 +979,26 @@ fn validate_container(at: &str, c: &Container, volumes: &BTreeSet<&str>) -> Resu
     Ok(())
 }
 
+/// The most seconds a duration field takes: Kubernetes' int32 for probe timings, and the
+/// same bound for the grace period, so that every deadline weft computes from one stays far
+/// inside what a clock can hold (2^31 s is 68 years).
+pub const MAX_SECONDS: u64 = i32::MAX as u64;
+
+fn check_seconds(at: &str, value: u64) -> Result<(), FieldError> {
+    if value > MAX_SECONDS {
+        return err(at, format!("{value} is more than {MAX_SECONDS} seconds"));
+    }
+    Ok(())
+}
+
 fn validate_probe(at: &str, c: &Container, p: &Probe) -> Result<(), FieldError> {
+    for (field, value) in [
+        ("initialDelaySeconds", p.initial_delay_seconds),
+        ("periodSeconds", p.period_seconds),
+        ("timeoutSeconds", p.timeout_seconds),
+    ] {
+        check_seconds(&format!("{at}.{field}"), value)?;
+    }
     let handlers = [
         p.exec.is_some(),
         p.http_get.is_some(),
@@ -1423,6 +1445,38 @@ spec:
             e.to_string(),
             "manifest /etc/weft/manifests/p.yaml: field metadata.name: required"
         );
+        // Durations a deadline is computed from: bounded (a huge one overflowed the clock and
+        // panicked the pod's teardown, leaving it behind for good).
+        let huge = "9223372036854775807";
+        let e = parse(&MYAPP.replace(
+            "spec:\n",
+            &format!("spec:\n  terminationGracePeriodSeconds: {huge}\n"),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "manifest /etc/weft/manifests/p.yaml: field spec.terminationGracePeriodSeconds: \
+                 {huge} is more than 2147483647 seconds"
+            )
+        );
+        for field in ["initialDelaySeconds", "periodSeconds", "timeoutSeconds"] {
+            let probe = format!(
+                "      livenessProbe: {{exec: {{command: [\"true\"]}}, {field}: {huge}}}\n"
+            );
+            let e = parse(&(MYAPP.to_string() + &probe)).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!(
+                    "field spec.containers[0].livenessProbe.{field}: {huge} is more than"
+                )),
+                "{e}"
+            );
+        }
+        let fine = MYAPP.replace(
+            "spec:\n",
+            "spec:\n  terminationGracePeriodSeconds: 2147483647\n",
+        );
+        assert!(parse(&fine).is_ok());
     }
 
     #[test]

@@ -576,7 +576,7 @@ impl PodRun {
             "Pod sandbox changed, it will be killed and re-created.",
         );
         self.record.pod.status.message = format!("SandboxChanged: {reason}");
-        let grace = Duration::from_secs(self.state.grace_seconds);
+        let grace = self.state.grace();
         let running: Vec<(String, String)> = self
             .slots
             .iter()
@@ -953,7 +953,7 @@ impl PodRun {
             "Killing",
             &format!("Container {name} failed {probe:?} probe, will be restarted"),
         );
-        let grace = Duration::from_secs(self.state.grace_seconds);
+        let grace = self.state.grace();
         if let Err(e) = self.runtime.stop(&id, grace) {
             tracing::warn!(container = %name, error = %e, "stop container after failed probe");
         }

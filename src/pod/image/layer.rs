@@ -305,6 +305,12 @@ pub(super) fn apply_layer(
             if hidden == ".wh..opq" {
                 apply_opaque(rootfs, &parent_rel, &written)
                     .map_err(io_err("apply opaque whiteout in", &parent))?;
+            } else if matches!(hidden, "" | "." | "..") || hidden.contains('/') {
+                // `.wh..` would remove the directory above, `.wh.` the one it is in.
+                return Err(unsafe_path(
+                    &raw,
+                    format!("whiteout of {hidden:?} names no entry of its directory"),
+                ));
             } else if !hidden.starts_with(".wh.") {
                 let target = parent.join(hidden);
                 remove_any(&target).map_err(io_err("apply whiteout to", &target))?;

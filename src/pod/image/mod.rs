@@ -22,6 +22,32 @@ pub use store::{ImageStore, StoredImage};
 
 pub use super::layout::DEFAULT_IMAGE_ROOT;
 
+/// Largest image file [`read_image_file`] reads (`/etc/passwd`, `/etc/group`).
+const MAX_IMAGE_FILE: u64 = 1 << 20;
+
+/// The text of the small file `rel` (`etc/passwd`) of the unpacked image root `rootfs`, read
+/// on the node as the container would see it: symlinks resolved inside the root (an image's
+/// `etc/passwd -> /dev/zero` or `etc -> /etc` names the image's own paths, not the node's),
+/// only a regular file, opened without following a last symlink and without blocking, at
+/// most [`MAX_IMAGE_FILE`] bytes. `None` when it is missing, something else or too large.
+pub fn read_image_file(rootfs: &Path, rel: &str) -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = layer::resolve_in_root(rootfs, Path::new(rel), false).ok()?;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_IMAGE_FILE {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_IMAGE_FILE).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// Errors of the image store, each naming the object, the operation and the offending value.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
