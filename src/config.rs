@@ -471,11 +471,66 @@ fn parse_network(v: &Value) -> Result<Ipv4Network, ConfigError> {
     let net: Ipv4Network = s
         .parse()
         .map_err(|e| invalid("Network", v, &format!("not an IPv4 CIDR: {e}")))?;
-    if net.prefix() == 0 && u32::from(net.ip()) == 0 {
+    // Masked first, as flanneld does (Go's net.ParseCIDR): `10.0.0.0/0` is 0.0.0.0/0 too.
+    if net.prefix() == 0 {
         return Err(invalid("Network", v, "the network is empty"));
     }
-    // Flannel masks the address to its network, as Go's net.ParseCIDR does.
-    Ipv4Network::new(net.network(), net.prefix()).map_err(|e| invalid("Network", v, &e.to_string()))
+    let network = Ipv4Network::new(net.network(), net.prefix())
+        .map_err(|e| invalid("Network", v, &e.to_string()))?;
+    if let Some(range) = SPECIAL_V4.iter().find(|(r, _)| overlaps4(*r, network)) {
+        return Err(invalid(
+            "Network",
+            v,
+            &format!(
+                "overlaps {} ({}): leases there would route it into the overlay",
+                range.0, range.1
+            ),
+        ));
+    }
+    Ok(network)
+}
+
+/// IPv4 ranges a pod network must not touch (RFC 6890): the routes of its leases would take
+/// the node's own loopback, link-local (169.254.169.254 metadata) or multicast traffic.
+const SPECIAL_V4: [(Ipv4Network, &str); 5] = [
+    (v4net([0, 0, 0, 0], 8), "this network"),
+    (v4net([127, 0, 0, 0], 8), "loopback"),
+    (v4net([169, 254, 0, 0], 16), "link-local"),
+    (v4net([224, 0, 0, 0], 4), "multicast"),
+    (v4net([240, 0, 0, 0], 4), "reserved"),
+];
+
+/// IPv6 ranges a pod network must not touch, as [`SPECIAL_V4`].
+const SPECIAL_V6: [(Ipv6Network, &str); 3] = [
+    (
+        v6net([0, 0, 0, 0, 0, 0, 0, 0], 127),
+        "unspecified and loopback",
+    ),
+    (v6net([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), "link-local"),
+    (v6net([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), "multicast"),
+];
+
+const fn v4net(a: [u8; 4], prefix: u8) -> Ipv4Network {
+    match Ipv4Network::new_checked(Ipv4Addr::new(a[0], a[1], a[2], a[3]), prefix) {
+        Some(n) => n,
+        None => panic!("bad constant prefix"),
+    }
+}
+
+const fn v6net(s: [u16; 8], prefix: u8) -> Ipv6Network {
+    let ip = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+    match Ipv6Network::new_checked(ip, prefix) {
+        Some(n) => n,
+        None => panic!("bad constant prefix"),
+    }
+}
+
+fn overlaps4(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+fn overlaps6(a: Ipv6Network, b: Ipv6Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
 }
 
 fn address_field<'a>(
@@ -535,6 +590,16 @@ fn parse_ipv6(fields: &Fields<'_>) -> Result<Ipv6Config, ConfigError> {
     // Masked to its network, as Go's net.ParseCIDR does.
     let network = Ipv6Network::new(parsed.network(), parsed.prefix())
         .map_err(|e| invalid("IPv6Network", v, &e.to_string()))?;
+    if let Some(range) = SPECIAL_V6.iter().find(|(r, _)| overlaps6(*r, network)) {
+        return Err(invalid(
+            "IPv6Network",
+            v,
+            &format!(
+                "overlaps {} ({}): leases there would route it into the overlay",
+                range.0, range.1
+            ),
+        ));
+    }
     let prefix = network.prefix();
     let subnet_len = match fields.get("IPv6SubnetLen").map(|v| (v, v.as_u64())) {
         None | Some((_, Some(0))) if prefix > 124 => {
@@ -1067,6 +1132,60 @@ mod tests {
         // A disabled IPv6 section is ignored, as Flannel does.
         let c = parse(r#"{"Network": "10.5.0.0/16", "EnableIPv6": false, "IPv6Network": "junk"}"#);
         assert_eq!(c.ipv6, None);
+    }
+
+    #[test]
+    fn a_pod_network_over_special_ranges_or_everything_is_refused() {
+        let cases = [
+            (
+                r#"{"Network": "10.0.0.0/0"}"#,
+                "field Network = \"10.0.0.0/0\": the network is empty",
+            ),
+            (
+                r#"{"Network": "169.254.0.0/16"}"#,
+                "overlaps 169.254.0.0/16 (link-local)",
+            ),
+            (
+                r#"{"Network": "169.0.0.0/8"}"#,
+                "overlaps 169.254.0.0/16 (link-local)",
+            ),
+            (
+                r#"{"Network": "127.1.0.0/16"}"#,
+                "overlaps 127.0.0.0/8 (loopback)",
+            ),
+            (
+                r#"{"Network": "224.0.0.0/8"}"#,
+                "overlaps 224.0.0.0/4 (multicast)",
+            ),
+            (
+                r#"{"Network": "240.0.0.0/8"}"#,
+                "overlaps 240.0.0.0/4 (reserved)",
+            ),
+            (
+                r#"{"Network": "0.1.0.0/16"}"#,
+                "overlaps 0.0.0.0/8 (this network)",
+            ),
+            (
+                r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fe80::/10"}"#,
+                "overlaps fe80::/10 (link-local)",
+            ),
+            (
+                r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "ff00::/16"}"#,
+                "overlaps ff00::/8 (multicast)",
+            ),
+            (
+                r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "::/96"}"#,
+                "overlaps ::/127 (unspecified and loopback)",
+            ),
+        ];
+        for (json, want) in cases {
+            let got = err(json).to_string();
+            assert!(got.contains(want), "{json}: got {got:?}, want {want:?}");
+        }
+        // Next to them is fine.
+        parse(r#"{"Network": "10.244.0.0/16"}"#);
+        parse(r#"{"Network": "100.64.0.0/10"}"#);
+        parse(r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/48"}"#);
     }
 
     #[test]

@@ -552,8 +552,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
     /// expired, overwritten with something that is not a lease, or taken by another writer.
     async fn check_own_lease(&mut self) -> Result<(), StoreError> {
         let key = self.own_key();
-        let Some(reason) = decisions::own_lease_lost(&self.leases, &key, self.own.attrs.public_ip)
-        else {
+        let Some(reason) = decisions::own_lease_lost(&self.leases, &key, &self.own.attrs) else {
             return Ok(());
         };
         self.own_lease_lost(&reason);
@@ -1063,7 +1062,10 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
             report.removed,
             report.failed > 0,
         );
-        self.retry_reconcile = (report.failed > 0).then(|| Instant::now() + RECONCILE_RETRY);
+        // Only what the kernel refused is worth another try soon; a peer off this node's
+        // segment stays unroutable until a lease or an address changes.
+        self.retry_reconcile =
+            (report.failed > report.unroutable).then(|| Instant::now() + RECONCILE_RETRY);
         if report.added + report.removed + report.failed > 0 {
             info!(
                 subnet = %self.own.subnet,

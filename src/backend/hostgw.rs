@@ -281,6 +281,7 @@ impl HostGwBackend {
         let d = entries::diff(&all, &view.actual);
         let mut report = self.pipeline.full(&devices, desired, routes6, d).await?;
         report.failed += unroutable + unroutable6;
+        report.unroutable += unroutable + unroutable6;
         Ok(report)
     }
 
@@ -310,6 +311,7 @@ impl HostGwBackend {
             .await?;
         Ok(report.map(|mut r| {
             r.failed += unroutable;
+            r.unroutable += unroutable;
             r
         }))
     }

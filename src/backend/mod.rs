@@ -127,6 +127,10 @@ pub struct ReconcileReport {
     pub removed: usize,
     /// Additions and removals the kernel refused (each logged with its error).
     pub failed: usize,
+    /// Of `failed`, the peers this node cannot route at all (host-gw: a PublicIP off its
+    /// segment): retrying cannot help, only a lease or an address change can, and those
+    /// bring a reconcile of their own.
+    pub unroutable: usize,
     /// The kernel entries this pass found stale and removed (a removal the kernel refused is
     /// also counted in `failed`).
     pub stale: Vec<StaleEntry>,

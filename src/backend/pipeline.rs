@@ -422,6 +422,7 @@ async fn apply(
         added,
         removed,
         failed: errors.len(),
+        unroutable: 0,
         stale,
     })
 }

@@ -3,23 +3,23 @@
 //! them out against etcd ([`crate::store::LeaseStore`]) and the kernel
 //! ([`crate::backend::DataPath`]); here they are tested without either.
 
-use std::net::Ipv4Addr;
-
 use crate::config::{ConfigChange, NetworkConfig};
 use crate::lease::{LeaseAttrs, RawLeaseTable};
 use crate::store::{LeaseLostReason, OwnLease, StoreError};
 
-/// Whether the lease table still shows the node's own lease under its public IP; the reason
-/// it was lost otherwise (deleted or expired, taken by another writer, overwritten).
+/// Whether the lease table still shows the node's own lease (`own`: its attributes) as this
+/// node's — the same PublicIP, or in an IPv6-only network (every PublicIP 0.0.0.0) the same
+/// PublicIPv6, as the renewal checks; the reason it was lost otherwise (deleted or expired,
+/// taken by another writer, overwritten).
 pub fn own_lease_lost(
     table: &RawLeaseTable,
     key: &str,
-    public_ip: Ipv4Addr,
+    own: &LeaseAttrs,
 ) -> Option<LeaseLostReason> {
     match table.get(key) {
         None => Some(LeaseLostReason::Deleted),
         Some(raw) => match LeaseAttrs::from_json(key, &raw.value) {
-            Ok(a) if a.public_ip == public_ip => None,
+            Ok(a) if a.same_node(own) => None,
             Ok(a) => Some(LeaseLostReason::TakenBy(a.public_ip)),
             Err(e) => Some(LeaseLostReason::Invalid(e.to_string())),
         },
@@ -145,6 +145,8 @@ pub fn jittered(mean: std::time::Duration, unit: f64) -> std::time::Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::lease::RawLease;
 
@@ -184,21 +186,38 @@ mod tests {
 
     #[test]
     fn own_lease_is_held_lost_taken_or_overwritten() {
+        let me = own().attrs;
         let mine = r#"{"PublicIP":"192.0.2.1","BackendType":"vxlan"}"#;
-        assert_eq!(own_lease_lost(&table(mine), KEY, me()), None);
+        assert_eq!(own_lease_lost(&table(mine), KEY, &me), None);
         assert_eq!(
-            own_lease_lost(&RawLeaseTable::default(), KEY, me()),
+            own_lease_lost(&RawLeaseTable::default(), KEY, &me),
             Some(LeaseLostReason::Deleted)
         );
         let theirs = r#"{"PublicIP":"192.0.2.9","BackendType":"vxlan"}"#;
         assert_eq!(
-            own_lease_lost(&table(theirs), KEY, me()),
+            own_lease_lost(&table(theirs), KEY, &me),
             Some(LeaseLostReason::TakenBy("192.0.2.9".parse().unwrap()))
         );
         assert!(matches!(
-            own_lease_lost(&table("not json"), KEY, me()),
+            own_lease_lost(&table("not json"), KEY, &me),
             Some(LeaseLostReason::Invalid(_))
         ));
+        // IPv6-only: every PublicIP is 0.0.0.0, the node is its PublicIPv6.
+        let me6 = LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some("2001:db8::1".parse().unwrap()),
+            ..own().attrs
+        };
+        let mine6 = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::1","BackendType":"vxlan"}"#;
+        assert_eq!(own_lease_lost(&table(mine6), KEY, &me6), None);
+        let theirs6 = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::9","BackendType":"vxlan"}"#;
+        assert!(
+            matches!(
+                own_lease_lost(&table(theirs6), KEY, &me6),
+                Some(LeaseLostReason::TakenBy(_))
+            ),
+            "another IPv6-only node's write is a takeover"
+        );
     }
 
     #[test]
