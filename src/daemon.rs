@@ -686,6 +686,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let subnets_prefix = crate::lease::subnets_prefix(&self.opts.etcd.prefix);
         let own_key = self.own_key();
         let mut changes = Vec::new();
+        let mut named: Option<NamedSubnets> = None;
         for (key, old) in std::mem::take(&mut self.dirty) {
             let new = self.leases.get(&key);
             let verdict = claims.update(&policy, old.as_ref(), new);
@@ -749,6 +750,17 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
                 .filter(|_| self.config.ipv6.is_some())
                 .and_then(|rest| crate::subnet::parse_dual_subnet_key(rest).ok())
                 .and_then(|dual| dual.v6);
+            // A key that programs nothing now has its entries withdrawn by subnet; when
+            // another key names the same subnet (a claim that came and went within this
+            // batch next to the node holding it, or a bad value under a live node's IPv4
+            // subnet with another IPv6 part), that would take the other key's entries: only
+            // the whole table tells what stays.
+            if lease.is_none() {
+                let named = named.get_or_insert_with(|| self.named_subnets());
+                if named.elsewhere(self.leases.get(&key).is_some(), subnet, subnet6) {
+                    return None;
+                }
+            }
             changes.push(PeerChange {
                 subnet,
                 subnet6,
@@ -765,6 +777,28 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
             .leases_rejected_now
             .store(rejected_now as u64, Ordering::Relaxed);
         Some(changes)
+    }
+
+    /// How many keys of the table name each subnet (IPv4 other than `0.0.0.0/0`, IPv6).
+    fn named_subnets(&self) -> NamedSubnets {
+        let subnets_prefix = crate::lease::subnets_prefix(&self.opts.etcd.prefix);
+        let mut named = NamedSubnets::default();
+        for raw in self.leases.values() {
+            let Some(dual) = raw
+                .key
+                .strip_prefix(&subnets_prefix)
+                .and_then(|rest| crate::subnet::parse_dual_subnet_key(rest).ok())
+            else {
+                continue;
+            };
+            if dual.v4.prefix() != 0 {
+                *named.v4.entry(dual.v4).or_default() += 1;
+            }
+            if let Some(v6) = dual.v6 {
+                *named.v6.entry(v6).or_default() += 1;
+            }
+        }
+        named
     }
 
     /// Records a key validation rejected in an incremental pass: logged and counted once
@@ -1588,6 +1622,29 @@ fn enable_ipv6_forwarding() {
                 warn!(error = %e, "enable net.ipv6.conf.all.forwarding; IPv6 pod traffic between nodes needs it")
             }
         },
+    }
+}
+
+/// How many lease keys name each node subnet, for [`Agent::changed_peers`].
+#[derive(Debug, Default)]
+struct NamedSubnets {
+    v4: HashMap<Ipv4Network, usize>,
+    v6: HashMap<ipnetwork::Ipv6Network, usize>,
+}
+
+impl NamedSubnets {
+    /// Whether a key other than the one at hand names `subnet` (unless `0.0.0.0/0`) or
+    /// `subnet6`; `present`: the key at hand is still in the table (counted here itself).
+    fn elsewhere(
+        &self,
+        present: bool,
+        subnet: Ipv4Network,
+        subnet6: Option<ipnetwork::Ipv6Network>,
+    ) -> bool {
+        let own = usize::from(present);
+        let v4 = subnet.prefix() != 0 && self.v4.get(&subnet).copied().unwrap_or(0) > own;
+        let v6 = subnet6.is_some_and(|s| self.v6.get(&s).copied().unwrap_or(0) > own);
+        v4 || v6
     }
 }
 

@@ -829,3 +829,63 @@ async fn an_ipv6_only_peer_change_is_applied_incrementally() {
         "the first pass and the MAC clash's"
     );
 }
+
+/// A key that comes and goes within one batch (a racing node's claim of a live node's IPv4
+/// subnet with another IPv6 part, revoked once it saw it lost), or that holds a bad value under
+/// a live node's IPv4 subnet, programs nothing, and withdrawing "its" entries by subnet would
+/// take the live node's: such a batch goes to a full pass. (Seen in the suite: the IPv4 path to
+/// the live node was gone until the next resync.)
+#[tokio::test]
+async fn a_key_that_programs_nothing_never_withdraws_another_keys_subnet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, dp) = (FakeStore::default(), RecordingDataPath::default());
+    let mut a = dual_stack_serving(&store, &dp, dir.path()).await;
+    let racing = crate::lease::dual_lease_key(
+        PREFIX,
+        net("10.244.2.0/24"),
+        Some("fd00:10:244:99::/64".parse().unwrap()),
+    );
+    a.note_changes(vec![
+        NetworkEvent::LeasePut(dual_raw(&racing, node_value(5), 9)),
+        NetworkEvent::LeaseDeleted {
+            key: racing.clone(),
+        },
+    ])
+    .await;
+    a.apply_changes().await;
+    assert_eq!(
+        dp.passes()[1],
+        DataPathPass::Full(net("10.244.1.0/24"), vec![net("10.244.2.0/24")]),
+        "peer 2 keeps its entries"
+    );
+    // A bad value under peer 2's IPv4 subnet: rejected, and peer 2 keeps its entries.
+    a.note_changes(vec![NetworkEvent::LeasePut(dual_raw(
+        &racing,
+        "not json".to_string(),
+        10,
+    ))])
+    .await;
+    a.apply_changes().await;
+    assert_eq!(
+        dp.passes()[2],
+        DataPathPass::Full(net("10.244.1.0/24"), vec![net("10.244.2.0/24")])
+    );
+    // A key that names nobody else's subnet still goes incrementally.
+    a.note_changes(vec![NetworkEvent::LeaseDeleted { key: racing }])
+        .await;
+    a.apply_changes().await;
+    a.note_changes(vec![NetworkEvent::LeasePut(dual_raw(
+        &dual_key(4),
+        node_value(4),
+        11,
+    ))])
+    .await;
+    a.apply_changes().await;
+    assert_eq!(
+        dp.passes().last(),
+        Some(&DataPathPass::Incremental(
+            net("10.244.1.0/24"),
+            vec![net("10.244.4.0/24")]
+        ))
+    );
+}
