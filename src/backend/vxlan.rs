@@ -123,7 +123,15 @@ pub fn load_vtep_mac(path: &Path) -> Result<Option<MacAddr>, BackendError> {
 /// directory), creating the state directory if needed.
 pub fn store_vtep_mac(path: &Path, mac: MacAddr) -> Result<(), BackendError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(state_err("create state directory", dir))?;
+    // 0700, as the WireGuard key's creator makes it: whichever comes first makes it for both.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(state_err("create state directory", dir))?;
+    }
     crate::atomic_file::write_atomic(path, format!("{mac}\n").as_bytes(), 0o600)
         .map_err(state_err("write VTEP MAC file", path))?;
     fs::File::open(dir)
@@ -742,6 +750,12 @@ mod tests {
         assert_eq!(load_vtep_mac(&path).unwrap(), Some(mac));
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let dir_mode = fs::metadata(dir.join("state"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700, "the state directory it created");
         fs::write(&path, "garbage\n").unwrap();
         let err = load_vtep_mac(&path).unwrap_err().to_string();
         assert!(
