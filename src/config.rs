@@ -11,7 +11,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
 
 use crate::wireguard_key::SecretKey;
@@ -477,17 +477,30 @@ fn parse_network(v: &Value) -> Result<Ipv4Network, ConfigError> {
     }
     let network = Ipv4Network::new(net.network(), net.prefix())
         .map_err(|e| invalid("Network", v, &e.to_string()))?;
-    if let Some(range) = SPECIAL_V4.iter().find(|(r, _)| overlaps4(*r, network)) {
-        return Err(invalid(
-            "Network",
-            v,
-            &format!(
-                "overlaps {} ({}): leases there would route it into the overlay",
-                range.0, range.1
-            ),
-        ));
-    }
+    not_special("Network", v, network.into())?;
     Ok(network)
+}
+
+/// Refuses a pod network that overlaps one of [`SPECIAL_V4`] or [`SPECIAL_V6`].
+fn not_special(field: &'static str, v: &Value, network: IpNetwork) -> Result<(), ConfigError> {
+    let hit = match network {
+        IpNetwork::V4(n) => SPECIAL_V4
+            .iter()
+            .find(|(r, _)| r.overlaps(n))
+            .map(|(r, what)| (IpNetwork::V4(*r), *what)),
+        IpNetwork::V6(n) => SPECIAL_V6
+            .iter()
+            .find(|(r, _)| r.overlaps(n))
+            .map(|(r, what)| (IpNetwork::V6(*r), *what)),
+    };
+    match hit {
+        Some((range, what)) => Err(invalid(
+            field,
+            v,
+            &format!("overlaps {range} ({what}): leases there would route it into the overlay"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// IPv4 ranges a pod network must not touch (RFC 6890): the routes of its leases would take
@@ -523,14 +536,6 @@ const fn v6net(s: [u16; 8], prefix: u8) -> Ipv6Network {
         Some(n) => n,
         None => panic!("bad constant prefix"),
     }
-}
-
-fn overlaps4(a: Ipv4Network, b: Ipv4Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
-}
-
-fn overlaps6(a: Ipv6Network, b: Ipv6Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
 }
 
 fn address_field<'a>(
@@ -590,16 +595,7 @@ fn parse_ipv6(fields: &Fields<'_>) -> Result<Ipv6Config, ConfigError> {
     // Masked to its network, as Go's net.ParseCIDR does.
     let network = Ipv6Network::new(parsed.network(), parsed.prefix())
         .map_err(|e| invalid("IPv6Network", v, &e.to_string()))?;
-    if let Some(range) = SPECIAL_V6.iter().find(|(r, _)| overlaps6(*r, network)) {
-        return Err(invalid(
-            "IPv6Network",
-            v,
-            &format!(
-                "overlaps {} ({}): leases there would route it into the overlay",
-                range.0, range.1
-            ),
-        ));
-    }
+    not_special("IPv6Network", v, network.into())?;
     let prefix = network.prefix();
     let subnet_len = match fields.get("IPv6SubnetLen").map(|v| (v, v.as_u64())) {
         None | Some((_, Some(0))) if prefix > 124 => {

@@ -745,10 +745,8 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
             };
             // The IPv6 part of the key (in a network with IPv6): what a gone lease's IPv6
             // entries are found by.
-            let subnet6 = key
-                .strip_prefix(&subnets_prefix)
+            let subnet6 = key_subnets(&subnets_prefix, &key)
                 .filter(|_| self.config.ipv6.is_some())
-                .and_then(|rest| crate::subnet::parse_dual_subnet_key(rest).ok())
                 .and_then(|dual| dual.v6);
             // A key that programs nothing now has its entries withdrawn by subnet; when
             // another key names the same subnet (a claim that came and went within this
@@ -784,11 +782,7 @@ impl<S: LeaseStore, D: DataPath> Agent<S, D> {
         let subnets_prefix = crate::lease::subnets_prefix(&self.opts.etcd.prefix);
         let mut named = NamedSubnets::default();
         for raw in self.leases.values() {
-            let Some(dual) = raw
-                .key
-                .strip_prefix(&subnets_prefix)
-                .and_then(|rest| crate::subnet::parse_dual_subnet_key(rest).ok())
-            else {
+            let Some(dual) = key_subnets(&subnets_prefix, &raw.key) else {
                 continue;
             };
             if dual.v4.prefix() != 0 {
@@ -1623,6 +1617,12 @@ fn enable_ipv6_forwarding() {
             }
         },
     }
+}
+
+/// The subnets the lease key `key` names (`None` when it is not one under `subnets_prefix`).
+fn key_subnets(subnets_prefix: &str, key: &str) -> Option<crate::subnet::DualSubnet> {
+    key.strip_prefix(subnets_prefix)
+        .and_then(|rest| crate::subnet::parse_dual_subnet_key(rest).ok())
 }
 
 /// How many lease keys name each node subnet, for [`Agent::changed_peers`].

@@ -403,12 +403,7 @@ pub async fn set_link_mtu(
     mtu: u32,
 ) -> Result<(), NetlinkError> {
     let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
-    handle
-        .link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(|e| NetlinkError::request(format!("set mtu {mtu} on {name}"), e))
+    set_link(handle, msg, || format!("set mtu {mtu} on {name}")).await
 }
 
 /// Sets the link's transmit queue length (for a TUN device, the slots of each queue's ring).
@@ -419,23 +414,27 @@ pub async fn set_link_txqueuelen(
     len: u32,
 ) -> Result<(), NetlinkError> {
     let msg = LinkUnspec::new_with_index(index).txqueuelen(len).build();
-    handle
-        .link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(|e| NetlinkError::request(format!("set txqueuelen {len} on {name}"), e))
+    set_link(handle, msg, || format!("set txqueuelen {len} on {name}")).await
 }
 
 /// Brings the link up.
 pub async fn set_link_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
     let msg = LinkUnspec::new_with_index(index).up().build();
+    set_link(handle, msg, || format!("set {name} up")).await
+}
+
+/// Sends one link change; `what` names it in the error.
+async fn set_link(
+    handle: &Handle,
+    msg: LinkMessage,
+    what: impl FnOnce() -> String,
+) -> Result<(), NetlinkError> {
     handle
         .link()
         .set(msg)
         .execute()
         .await
-        .map_err(|e| NetlinkError::request(format!("set {name} up"), e))
+        .map_err(|e| NetlinkError::request(what(), e))
 }
 
 /// The IPv4 addresses of one link (`Some(index)`) or of all links, with their link index.

@@ -57,23 +57,24 @@ pub struct Netns {
 impl Netns {
     /// Opens `path` and checks that it is a namespace file (on nsfs, as bind mounts and /proc/<pid>/ns/net are).
     pub fn open(path: &Path) -> Result<Netns, NetnsError> {
+        // NotFound from the stat or the open: the container (and its namespace) is gone.
+        let failed = |op: &'static str| {
+            move |source: io::Error| match source.kind() {
+                io::ErrorKind::NotFound => NetnsError::Missing {
+                    path: path.to_path_buf(),
+                },
+                _ => NetnsError::Io {
+                    op,
+                    path: path.to_path_buf(),
+                    source,
+                },
+            }
+        };
         // A namespace file is a regular file on nsfs: a FIFO named here would block the open
         // forever, and opening a device can wake its driver, so neither is opened at all
         // (and the open itself never blocks nor takes a controlling terminal, should the
         // path change in between; the nsfs check below has the last word).
-        let meta = std::fs::metadata(path).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                NetnsError::Missing {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                NetnsError::Io {
-                    op: "stat",
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
+        let meta = std::fs::metadata(path).map_err(failed("stat"))?;
         if !meta.is_file() {
             let kind = meta.file_type();
             let what = if kind.is_dir() {
@@ -96,19 +97,7 @@ impl Netns {
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
-            .map_err(|source| {
-                if source.kind() == io::ErrorKind::NotFound {
-                    NetnsError::Missing {
-                        path: path.to_path_buf(),
-                    }
-                } else {
-                    NetnsError::Io {
-                        op: "open",
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                }
-            })?;
+            .map_err(failed("open"))?;
         let fs = fstatfs(&file).map_err(|errno| NetnsError::Io {
             op: "statfs",
             path: path.to_path_buf(),
